@@ -1,0 +1,22 @@
+//! custody's domain core.
+//!
+//! People, groups, scopes, grants and the rules that keep duties apart, as
+//! plain data and pure functions. Every rule answers with a [`Decision`]: the
+//! same value is shown on the command line, returned by the API and written
+//! into the audit log.
+//!
+//! This crate knows nothing about SQL, HTTP, files or git processes.
+
+pub mod audit;
+pub mod decision;
+pub mod grant;
+pub mod name;
+pub mod scope;
+pub mod secret;
+pub mod time;
+
+pub use decision::{Decision, Reason, Rule};
+pub use grant::{AdminEra, GrantAction, GrantStatus};
+pub use name::{Email, GroupName, InvalidInput, UserName};
+pub use scope::{Scope, Scopes};
+pub use time::Timestamp;

@@ -1,0 +1,156 @@
+//! What differs between SQLite and PostgreSQL, and nothing else.
+
+use std::borrow::Cow;
+
+use sqlx::{AnyConnection, Executor};
+
+use crate::Result;
+
+/// The database behind a store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// One file in the data directory; one writer process.
+    Sqlite,
+    /// A server, shared by any number of custody processes.
+    Postgres,
+}
+
+/// Migrations per dialect, in order. A migration is never edited once
+/// released; a change to the schema is a new one.
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(1, "people", include_str!("../migrations/sqlite/0001_people.sql"))];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "people", include_str!("../migrations/postgres/0001_people.sql"))];
+
+/// The PostgreSQL advisory lock held by whoever appends to the audit log or
+/// migrates, so that processes sharing a database take turns.
+const WRITER_LOCK: i64 = 0x637573746f6479; // "custody"
+
+impl Dialect {
+    /// The dialect of a database URL.
+    pub fn of_url(url: &str) -> Option<Dialect> {
+        if url.starts_with("sqlite:") {
+            Some(Dialect::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Dialect::Postgres)
+        } else {
+            None
+        }
+    }
+
+    /// The name used in logs and health output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "sqlite",
+            Dialect::Postgres => "postgres",
+        }
+    }
+
+    pub(crate) fn normalise_url(self, url: &str) -> String {
+        match self {
+            // Create the file on first start.
+            Dialect::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
+            _ => url.to_owned(),
+        }
+    }
+
+    pub(crate) fn readers(self) -> u32 {
+        match self {
+            Dialect::Sqlite => 8,
+            Dialect::Postgres => 16,
+        }
+    }
+
+    /// SQL is written once with `$1`-style placeholders; SQLite spells them `?1`.
+    pub(crate) fn sql(self, sql: &'static str) -> Cow<'static, str> {
+        match self {
+            Dialect::Postgres => Cow::Borrowed(sql),
+            Dialect::Sqlite => Cow::Owned(sql.replace('$', "?")),
+        }
+    }
+
+    pub(crate) async fn prepare_writer(self, conn: &mut AnyConnection) -> Result<()> {
+        if self == Dialect::Sqlite {
+            // WAL lets readers run beside the writer; FULL makes every commit
+            // durable once it returns.
+            conn.execute(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn prepare_reader(self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+        if self == Dialect::Sqlite {
+            conn.execute("PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Opens the writer's transaction. On SQLite it takes the write lock at
+    /// once; on PostgreSQL it takes custody's advisory lock, so that appends
+    /// to the audit log from several processes are serialised and sequence
+    /// numbers stay gapless and in commit order.
+    pub(crate) async fn begin_write(self, conn: &mut AnyConnection) -> Result<()> {
+        match self {
+            Dialect::Sqlite => {
+                conn.execute("BEGIN IMMEDIATE").await?;
+            }
+            Dialect::Postgres => {
+                conn.execute("BEGIN").await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(WRITER_LOCK)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies every migration not yet applied, each in its own transaction.
+    pub(crate) async fn migrate(self, conn: &mut AnyConnection) -> Result<()> {
+        let migrations = match self {
+            Dialect::Sqlite => SQLITE_MIGRATIONS,
+            Dialect::Postgres => POSTGRES_MIGRATIONS,
+        };
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS custody_migrations (\
+             version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+        )
+        .await?;
+        for (version, name, sql) in migrations {
+            self.begin_write(conn).await?;
+            let applied: Option<i64> = sqlx::query_scalar(&self.sql("SELECT version FROM custody_migrations WHERE version = $1"))
+                .bind(*version)
+                .fetch_optional(&mut *conn)
+                .await?;
+            if applied.is_some() {
+                conn.execute("ROLLBACK").await?;
+                continue;
+            }
+            let outcome = async {
+                sqlx::raw_sql(sql).execute(&mut *conn).await?;
+                sqlx::query(&self.sql("INSERT INTO custody_migrations (version, name, applied_at) VALUES ($1, $2, $3)"))
+                    .bind(*version)
+                    .bind(*name)
+                    .bind(crate::now_ms())
+                    .execute(&mut *conn)
+                    .await
+            }
+            .await;
+            match outcome {
+                Ok(_) => {
+                    conn.execute("COMMIT").await?;
+                    tracing::info!(version, name, dialect = self.name(), "applied migration");
+                }
+                Err(error) => {
+                    let _ = conn.execute("ROLLBACK").await;
+                    return Err(error.into());
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,446 @@
+//! Grants: asked for by one admin, applied when a second approves.
+
+use custody_domain::audit::{NewEvent, SYSTEM_ACTOR};
+use custody_domain::grant::{self, AdminActor, AdminEra, Effect, GrantAction, GrantFacts, GrantStatus};
+use custody_domain::{Decision, GroupName, Reason, Rule, Scope, Timestamp, UserName};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::people::{in_group, require_admin, revoke_all, user_id, Authenticated};
+use crate::writer::Tx;
+use crate::{col, now_ms, Page, PageRequest, Result, Store, StoreError};
+
+/// A user created by a grant cannot redeem an invite before it is approved.
+pub const AWAITING_APPROVAL: Rule = Rule("grant.awaiting_approval");
+/// The same grant is already waiting.
+pub const DUPLICATE: Rule = Rule("grant.duplicate");
+
+/// A grant as shown.
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GrantView {
+    /// The grant's number.
+    pub id: i64,
+    /// What it does, as a structured value (`kind`, and its fields).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub action: GrantAction,
+    /// What it does, in words.
+    pub description: String,
+    /// The user it is about.
+    pub named_user: String,
+    /// The admin who asked for it.
+    pub requested_by: String,
+    /// When it was asked for.
+    pub requested_at: Timestamp,
+    /// `pending`, `approved`, `rejected` or `bootstrap` (applied at once
+    /// while the instance had a single admin).
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub status: GrantStatus,
+    /// Who approved or rejected it.
+    pub decided_by: Option<String>,
+    /// When it was decided.
+    pub decided_at: Option<Timestamp>,
+    /// The note given with a rejection.
+    pub note: Option<String>,
+}
+
+fn facts_of(view: &GrantView) -> GrantFacts<'_> {
+    GrantFacts {
+        id: view.id,
+        action: &view.action,
+        requested_by: &view.requested_by,
+        status: view.status,
+    }
+}
+
+fn grant_view(row: &sqlx::any::AnyRow) -> Result<GrantView> {
+    let payload: String = col(row, "payload")?;
+    let action: GrantAction =
+        serde_json::from_str(&payload).map_err(|e| StoreError::Corrupt(format!("grant payload: {e}")))?;
+    let status: String = col(row, "status")?;
+    Ok(GrantView {
+        id: col(row, "id")?,
+        description: action.describe(),
+        action,
+        named_user: col(row, "named_user")?,
+        requested_by: col(row, "requested_by")?,
+        requested_at: Timestamp::from_millis(col(row, "requested_at")?),
+        status: GrantStatus::parse(&status).ok_or_else(|| StoreError::Corrupt(format!("grant status {status:?}")))?,
+        decided_by: col(row, "decided_by")?,
+        decided_at: col::<Option<i64>>(row, "decided_at")?.map(Timestamp::from_millis),
+        note: col(row, "note")?,
+    })
+}
+
+async fn load(tx: &mut Tx, id: i64) -> Result<GrantView> {
+    let sql = tx.sql(
+        "SELECT id, payload, named_user, requested_by, requested_at, status, decided_by, decided_at, note \
+         FROM grants WHERE id = $1",
+    );
+    let row = sqlx::query(&sql)
+        .bind(id)
+        .fetch_optional(tx.conn())
+        .await?
+        .ok_or_else(|| StoreError::not_found("grant", id))?;
+    grant_view(&row)
+}
+
+pub(crate) async fn era(tx: &mut Tx) -> Result<AdminEra> {
+    let sql = tx.sql("SELECT value FROM instance WHERE key = $1");
+    let value: Option<String> = sqlx::query_scalar(&sql).bind("admin_era").fetch_optional(tx.conn()).await?;
+    match value.as_deref() {
+        Some("bootstrap") => Ok(AdminEra::Bootstrap),
+        Some("governed") => Ok(AdminEra::Governed),
+        other => Err(StoreError::Corrupt(format!("admin era {other:?}"))),
+    }
+}
+
+async fn admin_count(tx: &mut Tx) -> Result<usize> {
+    let sql = "SELECT COUNT(*) FROM group_members m JOIN groups g ON g.id = m.group_id \
+               JOIN users u ON u.id = m.user_id WHERE g.name = 'admins' AND u.disabled_at IS NULL";
+    let count: i64 = sqlx::query_scalar(sql).fetch_one(tx.conn()).await?;
+    Ok(count as usize)
+}
+
+/// Ends the bootstrap era for good once a second admin exists.
+async fn advance_era(tx: &mut Tx) -> Result<()> {
+    let before = era(tx).await?;
+    let after = before.after(admin_count(tx).await?);
+    if before != after {
+        let sql = tx.sql("UPDATE instance SET value = $1 WHERE key = $2");
+        sqlx::query(&sql).bind("governed").bind("admin_era").execute(tx.conn()).await?;
+        tx.audit(NewEvent {
+            actor: SYSTEM_ACTOR.into(),
+            action: "instance.bootstrap.end".into(),
+            subject: "instance".into(),
+            details: json!({ "reason": "a second admin exists; from now on every grant needs a second admin" }),
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+async fn group_id(tx: &mut Tx, group: &GroupName) -> Result<i64> {
+    let sql = tx.sql("SELECT id FROM groups WHERE name = $1");
+    sqlx::query_scalar(&sql)
+        .bind(group.as_str())
+        .fetch_optional(tx.conn())
+        .await?
+        .ok_or_else(|| StoreError::not_found("group", group))
+}
+
+async fn existing_user(tx: &mut Tx, user: &UserName) -> Result<(i64, bool)> {
+    let (id, _, disabled_at) = user_id(tx, user).await?.ok_or_else(|| StoreError::not_found("user", user))?;
+    Ok((id, disabled_at.is_some()))
+}
+
+/// Checks that `action` can be applied to the state as it is now.
+async fn check_applicable(tx: &mut Tx, action: &GrantAction) -> Result<()> {
+    match action {
+        GrantAction::CreateUser { user, .. } => {
+            let (_, state, _) = user_id(tx, user).await?.ok_or_else(|| StoreError::not_found("user", user))?;
+            if state != "pending" {
+                return Err(StoreError::Conflict(format!("user {user} already exists")));
+            }
+        }
+        GrantAction::AddGroupMember { group, user } => {
+            let group_id = group_id(tx, group).await?;
+            let (user_id, disabled) = existing_user(tx, user).await?;
+            if disabled {
+                return Err(StoreError::Conflict(format!("user {user} is disabled")));
+            }
+            let sql = tx.sql("SELECT COUNT(*) FROM group_members WHERE group_id = $1 AND user_id = $2");
+            let n: i64 = sqlx::query_scalar(&sql).bind(group_id).bind(user_id).fetch_one(tx.conn()).await?;
+            if n > 0 {
+                return Err(StoreError::Conflict(format!("{user} is already a member of {group}")));
+            }
+        }
+        GrantAction::RemoveGroupMember { group, user } => {
+            let group_id = group_id(tx, group).await?;
+            let (user_id, _) = existing_user(tx, user).await?;
+            let sql = tx.sql("SELECT COUNT(*) FROM group_members WHERE group_id = $1 AND user_id = $2");
+            let n: i64 = sqlx::query_scalar(&sql).bind(group_id).bind(user_id).fetch_one(tx.conn()).await?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("{user} is not a member of {group}")));
+            }
+            keeps_an_admin(tx, action, true).await?;
+        }
+        GrantAction::DisableUser { user } => {
+            let (user_id, disabled) = existing_user(tx, user).await?;
+            if disabled {
+                return Err(StoreError::Conflict(format!("user {user} is already disabled")));
+            }
+            let is_admin = in_group(tx, user_id, "admins").await?;
+            keeps_an_admin(tx, action, is_admin).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn keeps_an_admin(tx: &mut Tx, action: &GrantAction, target_is_admin: bool) -> Result<()> {
+    let decision = grant::decide_keeps_an_admin(action, target_is_admin, admin_count(tx).await?);
+    if !decision.allowed {
+        return Err(StoreError::Refused(decision));
+    }
+    Ok(())
+}
+
+/// Applies a grant's action. `grant_id` is recorded on memberships.
+pub(crate) async fn apply(tx: &mut Tx, grant_id: i64, action: &GrantAction) -> Result<()> {
+    check_applicable(tx, action).await?;
+    let now = now_ms();
+    match action {
+        GrantAction::CreateUser { user, .. } => {
+            let sql = tx.sql("UPDATE users SET state = 'active' WHERE name = $1 AND state = 'pending'");
+            sqlx::query(&sql).bind(user.as_str()).execute(tx.conn()).await?;
+        }
+        GrantAction::AddGroupMember { group, user } => {
+            let group_id = group_id(tx, group).await?;
+            let (user_id, _) = existing_user(tx, user).await?;
+            let sql = tx.sql("INSERT INTO group_members (group_id, user_id, grant_id, added_at) VALUES ($1, $2, $3, $4)");
+            sqlx::query(&sql).bind(group_id).bind(user_id).bind(grant_id).bind(now).execute(tx.conn()).await?;
+        }
+        GrantAction::RemoveGroupMember { group, user } => {
+            let group_id = group_id(tx, group).await?;
+            let (user_id, _) = existing_user(tx, user).await?;
+            let sql = tx.sql("DELETE FROM group_members WHERE group_id = $1 AND user_id = $2");
+            sqlx::query(&sql).bind(group_id).bind(user_id).execute(tx.conn()).await?;
+        }
+        GrantAction::DisableUser { user } => {
+            let (user_id, _) = existing_user(tx, user).await?;
+            let sql = tx.sql("UPDATE users SET disabled_at = $1 WHERE id = $2");
+            sqlx::query(&sql).bind(now).bind(user_id).execute(tx.conn()).await?;
+            revoke_all(tx, user_id).await?;
+        }
+    }
+    advance_era(tx).await
+}
+
+fn applied_event(actor: &str, grant: &GrantView, how: &str) -> NewEvent {
+    NewEvent {
+        actor: actor.to_owned(),
+        action: grant.action.action_name().into(),
+        subject: format!("user:{}", grant.named_user),
+        details: json!({
+            "grant": grant.id,
+            "requested_by": grant.requested_by,
+            "bootstrap": grant.status == GrantStatus::Bootstrap,
+            "how": how,
+            "action": grant.action,
+        }),
+    }
+}
+
+async fn insert(tx: &mut Tx, requested_by: &str, action: &GrantAction, status: GrantStatus) -> Result<GrantView> {
+    let payload = serde_json::to_string(action).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let decided_at = (status != GrantStatus::Pending).then(now_ms);
+    let sql = tx.sql(
+        "INSERT INTO grants (action, payload, named_user, requested_by, requested_at, status, decided_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+    );
+    let id: i64 = sqlx::query_scalar(&sql)
+        .bind(action.action_name())
+        .bind(payload)
+        .bind(action.named_user().as_str())
+        .bind(requested_by)
+        .bind(now_ms())
+        .bind(status.as_str())
+        .bind(decided_at)
+        .fetch_one(tx.conn())
+        .await?;
+    load(tx, id).await
+}
+
+/// Records the first admin, made by `custody init`, as a bootstrap grant.
+pub(crate) async fn record_initial_admin(tx: &mut Tx, admin: &UserName, user_id: i64) -> Result<()> {
+    let action = GrantAction::AddGroupMember {
+        group: GroupName::admins(),
+        user: admin.clone(),
+    };
+    let grant = insert(tx, SYSTEM_ACTOR, &action, GrantStatus::Bootstrap).await?;
+    let sql = tx.sql(
+        "INSERT INTO group_members (group_id, user_id, grant_id, added_at) \
+         SELECT id, $1, $2, $3 FROM groups WHERE name = 'admins'",
+    );
+    sqlx::query(&sql).bind(user_id).bind(grant.id).bind(now_ms()).execute(tx.conn()).await?;
+    tx.audit(applied_event(SYSTEM_ACTOR, &grant, "init")).await?;
+    Ok(())
+}
+
+/// An admin asks for a grant. In the bootstrap era it applies at once and
+/// is marked so; afterwards it waits for a second admin.
+pub(crate) async fn request(tx: &mut Tx, actor: &Authenticated, action: GrantAction) -> Result<GrantView> {
+    require_admin(tx, actor).await?;
+    let payload = serde_json::to_string(&action).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let sql = tx.sql("SELECT id FROM grants WHERE status = 'pending' AND payload = $1");
+    let duplicate: Option<i64> = sqlx::query_scalar(&sql).bind(payload).fetch_optional(tx.conn()).await?;
+    if let Some(id) = duplicate {
+        return Err(StoreError::Refused(Decision::deny(
+            Reason::new(DUPLICATE, format!("grant {id} already asks to {}", action.describe()))
+                .satisfy(format!("approve or reject grant {id}")),
+        )));
+    }
+    check_applicable(tx, &action).await?;
+    match grant::effect_of_request(era(tx).await?) {
+        Effect::ApplyAsBootstrap => {
+            let grant = insert(tx, actor.name.as_str(), &action, GrantStatus::Bootstrap).await?;
+            apply(tx, grant.id, &action).await?;
+            tx.audit(applied_event(actor.name.as_str(), &grant, "bootstrap")).await?;
+            Ok(grant)
+        }
+        Effect::AwaitSecondAdmin => {
+            let grant = insert(tx, actor.name.as_str(), &action, GrantStatus::Pending).await?;
+            tx.audit(NewEvent {
+                actor: actor.name.to_string(),
+                action: "grant.request".into(),
+                subject: format!("grant:{}", grant.id),
+                details: json!({ "action": action, "description": grant.description }),
+            })
+            .await?;
+            Ok(grant)
+        }
+    }
+}
+
+/// The pending grant that would create `user`, if any.
+pub(crate) async fn pending_for_user(tx: &mut Tx, user: &str) -> Result<Option<i64>> {
+    let sql = tx.sql("SELECT id FROM grants WHERE status = 'pending' AND action = 'user.create' AND named_user = $1");
+    Ok(sqlx::query_scalar(&sql).bind(user).fetch_optional(tx.conn()).await?)
+}
+
+fn refuse_if(decision: Decision) -> Result<()> {
+    if decision.allowed {
+        Ok(())
+    } else {
+        Err(StoreError::Refused(decision))
+    }
+}
+
+async fn acting_admin<'a>(tx: &mut Tx, actor: &'a Authenticated) -> Result<AdminActor<'a>> {
+    Ok(AdminActor {
+        name: &actor.name,
+        is_admin: in_group(tx, actor.user_id, "admins").await?,
+        admin_scope: actor.has_scope(Scope::Admin),
+    })
+}
+
+impl Store {
+    /// A second admin approves a pending grant, which is applied at once.
+    pub async fn approve_grant(&self, actor: &Authenticated, id: i64) -> Result<GrantView> {
+        let actor = actor.clone();
+        self.write(move |tx| {
+            Box::pin(async move {
+                let grant = load(tx, id).await?;
+                let admin = acting_admin(tx, &actor).await?;
+                refuse_if(grant::decide_approval(&facts_of(&grant), &admin))?;
+                apply(tx, grant.id, &grant.action).await?;
+                let sql = tx.sql(
+                    "UPDATE grants SET status = 'approved', decided_by = $1, decided_at = $2 \
+                     WHERE id = $3 AND status = 'pending'",
+                );
+                let done = sqlx::query(&sql).bind(actor.name.as_str()).bind(now_ms()).bind(id).execute(tx.conn()).await?;
+                if done.rows_affected() != 1 {
+                    return Err(StoreError::Conflict(format!("grant {id} was decided meanwhile")));
+                }
+                let grant = load(tx, id).await?;
+                tx.audit(NewEvent {
+                    actor: actor.name.to_string(),
+                    action: "grant.approve".into(),
+                    subject: format!("grant:{id}"),
+                    details: json!({ "requested_by": grant.requested_by, "description": grant.description }),
+                })
+                .await?;
+                tx.audit(applied_event(actor.name.as_str(), &grant, "approved")).await?;
+                Ok(grant)
+            })
+        })
+        .await
+    }
+
+    /// An admin rejects a pending grant (the requester may withdraw it).
+    /// Nothing of it is applied; a user it would have created is removed.
+    pub async fn reject_grant(&self, actor: &Authenticated, id: i64, note: Option<String>) -> Result<GrantView> {
+        let actor = actor.clone();
+        self.write(move |tx| {
+            Box::pin(async move {
+                let grant = load(tx, id).await?;
+                let admin = acting_admin(tx, &actor).await?;
+                refuse_if(grant::decide_rejection(&facts_of(&grant), &admin))?;
+                let sql = tx.sql(
+                    "UPDATE grants SET status = 'rejected', decided_by = $1, decided_at = $2, note = $3 \
+                     WHERE id = $4 AND status = 'pending'",
+                );
+                let done = sqlx::query(&sql)
+                    .bind(actor.name.as_str())
+                    .bind(now_ms())
+                    .bind(note.clone())
+                    .bind(id)
+                    .execute(tx.conn())
+                    .await?;
+                if done.rows_affected() != 1 {
+                    return Err(StoreError::Conflict(format!("grant {id} was decided meanwhile")));
+                }
+                if let GrantAction::CreateUser { user, .. } = &grant.action {
+                    // Frees the name and address for another try.
+                    for sql in [
+                        "DELETE FROM invites WHERE user_id IN (SELECT id FROM users WHERE name = $1 AND state = 'pending')",
+                        "DELETE FROM user_emails WHERE user_id IN (SELECT id FROM users WHERE name = $1 AND state = 'pending')",
+                        "DELETE FROM users WHERE name = $1 AND state = 'pending'",
+                    ] {
+                        let sql = tx.sql(sql);
+                        sqlx::query(&sql).bind(user.as_str()).execute(tx.conn()).await?;
+                    }
+                }
+                tx.audit(NewEvent {
+                    actor: actor.name.to_string(),
+                    action: "grant.reject".into(),
+                    subject: format!("grant:{id}"),
+                    details: json!({ "requested_by": grant.requested_by, "description": grant.description, "note": note }),
+                })
+                .await?;
+                load(tx, id).await
+            })
+        })
+        .await
+    }
+
+    /// One grant.
+    pub async fn get_grant(&self, id: i64) -> Result<GrantView> {
+        let sql = self.sql(
+            "SELECT id, payload, named_user, requested_by, requested_at, status, decided_by, decided_at, note \
+             FROM grants WHERE id = $1",
+        );
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(self.readers())
+            .await?
+            .ok_or_else(|| StoreError::not_found("grant", id))?;
+        grant_view(&row)
+    }
+
+    /// Grants, optionally only those with `status`, a page at a time.
+    pub async fn list_grants(&self, status: Option<GrantStatus>, page: PageRequest) -> Result<Page<GrantView>> {
+        let sql = self.sql(
+            "SELECT id, payload, named_user, requested_by, requested_at, status, decided_by, decided_at, note \
+             FROM grants WHERE id > $1 AND ($2 = '' OR status = $2) ORDER BY id LIMIT $3",
+        );
+        let rows = sqlx::query(&sql)
+            .bind(page.after.unwrap_or(0))
+            .bind(status.map(GrantStatus::as_str).unwrap_or(""))
+            .bind(page.limit)
+            .fetch_all(self.readers())
+            .await?;
+        let items = rows.iter().map(grant_view).collect::<Result<Vec<_>>>()?;
+        Ok(Page::from_items(items, page, |g| g.id))
+    }
+
+    /// Whether the instance is still in its bootstrap era.
+    pub async fn admin_era(&self) -> Result<AdminEra> {
+        let sql = self.sql("SELECT value FROM instance WHERE key = $1");
+        let value: Option<String> = sqlx::query_scalar(&sql).bind("admin_era").fetch_optional(self.readers()).await?;
+        match value.as_deref() {
+            Some("governed") => Ok(AdminEra::Governed),
+            _ => Ok(AdminEra::Bootstrap),
+        }
+    }
+}

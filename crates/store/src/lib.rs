@@ -1,0 +1,243 @@
+//! custody's storage.
+//!
+//! One interface, [`Store`], over two real backends: SQLite (the embedded
+//! default, one file in the data directory) and PostgreSQL (for scale-out).
+//! Both run the same SQL except where a [`Dialect`] says otherwise, and each
+//! has its own migrations, applied at start.
+//!
+//! Every state change goes through one writer per process, which commits the
+//! changes that arrive together in one transaction ("group commit") and
+//! writes each change's audit events in that same transaction. A change that
+//! fails is rolled back to its own savepoint without disturbing the others.
+//!
+//! Each operation loads what the domain rules need inside its transaction,
+//! asks the domain core for a decision, and writes only when it is allowed,
+//! so a check and the change it guards cannot be separated by a race.
+//!
+//! This crate knows nothing about HTTP, the terminal or password hashing.
+
+mod audit;
+mod dialect;
+mod grants;
+mod groups;
+mod people;
+mod writer;
+
+use std::sync::Arc;
+
+use custody_domain::{Decision, InvalidInput};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, ConnectOptions, Connection as _};
+
+pub use audit::{AuditFilter, AuditPage};
+pub use dialect::Dialect;
+pub use grants::GrantView;
+pub use groups::{GroupView, MemberView};
+pub use people::{Authenticated, CreatedUser, Initialised, NewToken, TokenView, UserView};
+pub use writer::Tx;
+
+/// Why a store operation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A rule refused it; the decision says which and what would satisfy it.
+    #[error("refused: {0}")]
+    Refused(Decision),
+    /// Something named does not exist.
+    #[error("{what} {name:?} does not exist")]
+    NotFound {
+        /// What kind of thing.
+        what: &'static str,
+        /// Its name or id.
+        name: String,
+    },
+    /// It would duplicate something unique.
+    #[error("{0}")]
+    Conflict(String),
+    /// The input breaks a rule for names, e-mails or secrets.
+    #[error(transparent)]
+    Invalid(#[from] InvalidInput),
+    /// The presented secret is unknown, revoked, expired or its owner disabled.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Stored data could not be read back.
+    #[error("stored data is damaged: {0}")]
+    Corrupt(String),
+    /// The database cannot be reached now; retry later.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The writer has stopped (the process is shutting down).
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+impl StoreError {
+    pub(crate) fn not_found(what: &'static str, name: impl ToString) -> Self {
+        StoreError::NotFound {
+            what,
+            name: name.to_string(),
+        }
+    }
+}
+
+/// A result of a store operation.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Which page of a list to read: items after `after`, at most `limit`.
+#[derive(Clone, Copy, Debug)]
+pub struct PageRequest {
+    /// Return items whose id is greater than this.
+    pub after: Option<i64>,
+    /// At most this many, between 1 and [`PageRequest::MAX`].
+    pub limit: i64,
+}
+
+impl PageRequest {
+    /// The largest page.
+    pub const MAX: i64 = 500;
+    /// The page size when none is asked for.
+    pub const DEFAULT: i64 = 100;
+
+    /// A page after `after` of at most `limit` items, clamped to sane bounds.
+    pub fn new(after: Option<i64>, limit: Option<i64>) -> Self {
+        PageRequest {
+            after,
+            limit: limit.unwrap_or(Self::DEFAULT).clamp(1, Self::MAX),
+        }
+    }
+}
+
+impl Default for PageRequest {
+    fn default() -> Self {
+        PageRequest::new(None, None)
+    }
+}
+
+/// One page of a list, and where the next one starts.
+#[derive(Clone, Debug, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Page<T> {
+    /// The items on this page.
+    pub items: Vec<T>,
+    /// Pass as `after` to read the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<i64>,
+}
+
+impl<T> Page<T> {
+    pub(crate) fn from_items(items: Vec<T>, request: PageRequest, id: impl Fn(&T) -> i64) -> Self {
+        let next_cursor = if items.len() as i64 == request.limit {
+            items.last().map(id)
+        } else {
+            None
+        };
+        Page { items, next_cursor }
+    }
+}
+
+/// The store: a pool of readers and the handle of the single writer.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dialect: Dialect,
+    readers: AnyPool,
+    writer: writer::Handle,
+}
+
+impl Store {
+    /// Opens the database at `url` (`sqlite://PATH` or `postgres://…`),
+    /// creating a SQLite file when missing, applies migrations, and starts
+    /// the writer. Must be called inside a Tokio runtime.
+    pub async fn open(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let dialect = Dialect::of_url(url).ok_or_else(|| {
+            StoreError::Invalid(InvalidInput::new(
+                "database URL",
+                url,
+                "expected sqlite://PATH or postgres://USER@HOST:PORT/DATABASE",
+            ))
+        })?;
+        let url = dialect.normalise_url(url);
+        let options: AnyConnectOptions = url.parse()?;
+        let options = options.disable_statement_logging();
+
+        let mut writer_conn = sqlx::AnyConnection::connect_with(&options).await?;
+        dialect.prepare_writer(&mut writer_conn).await?;
+        dialect.migrate(&mut writer_conn).await?;
+
+        let readers = AnyPoolOptions::new()
+            .max_connections(dialect.readers())
+            .min_connections(1)
+            .after_connect(move |conn, _| Box::pin(async move { dialect.prepare_reader(conn).await }))
+            .connect_with(options.clone())
+            .await?;
+        let writer = writer::Handle::start(dialect, writer_conn, options);
+        Ok(Store {
+            inner: Arc::new(Inner {
+                dialect,
+                readers,
+                writer,
+            }),
+        })
+    }
+
+    /// Which database this store is on.
+    pub fn dialect(&self) -> Dialect {
+        self.inner.dialect
+    }
+
+    /// The pool for reads, which see every committed write.
+    pub(crate) fn readers(&self) -> &AnyPool {
+        &self.inner.readers
+    }
+
+    /// Rewrites `$N` placeholders for the backend.
+    pub(crate) fn sql(&self, sql: &'static str) -> std::borrow::Cow<'static, str> {
+        self.inner.dialect.sql(sql)
+    }
+
+    /// Runs `op` in the writer's transaction and returns its result once that
+    /// transaction has committed. If `op` fails, none of its writes (and none
+    /// of its audit events) remain.
+    pub async fn write<T, F>(&self, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'t> FnOnce(&'t mut Tx) -> futures_util::future::BoxFuture<'t, Result<T>> + Send + 'static,
+    {
+        self.inner.writer.run(op).await
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(self.readers()).await?;
+        Ok(())
+    }
+
+    /// Waits for pending writes and closes every connection.
+    pub async fn close(&self) {
+        self.inner.writer.close().await;
+        self.inner.readers.close().await;
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Reads a column, mapping a decoding failure to [`StoreError::Corrupt`].
+pub(crate) fn col<'r, T>(row: &'r sqlx::any::AnyRow, name: &str) -> Result<T>
+where
+    T: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    use sqlx::Row;
+    row.try_get(name).map_err(|e| StoreError::Corrupt(format!("column {name}: {e}")))
+}

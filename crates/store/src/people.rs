@@ -1,0 +1,736 @@
+//! Users, invite codes, tokens and authentication.
+
+use base64::Engine as _;
+use custody_domain::audit::NewEvent;
+use custody_domain::grant::{self, AdminActor, GrantAction};
+use custody_domain::secret::{self, SecretKind};
+use custody_domain::{Decision, Email, GroupName, InvalidInput, Reason, Rule, Scope, Scopes, Timestamp, UserName};
+use rand::Rng as _;
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::grants::{self, GrantView};
+use crate::writer::Tx;
+use crate::{col, now_ms, Page, PageRequest, Result, Store, StoreError};
+
+/// How long an invite code stays valid.
+pub const INVITE_LIFETIME_MS: i64 = 7 * 24 * 3600 * 1000;
+/// How often a token's last use is written back, at most.
+const LAST_USE_RESOLUTION_MS: i64 = 60_000;
+
+/// Only admins may give a token the admin scope.
+pub const ADMIN_SCOPE_NEEDS_ADMIN: Rule = Rule("token.admin_scope_needs_admin");
+
+/// Who is acting, as established by their token. Handlers receive this or
+/// never run.
+#[derive(Clone, Debug)]
+pub struct Authenticated {
+    /// The user's id.
+    pub user_id: i64,
+    /// The user's name.
+    pub name: UserName,
+    /// The scopes of the token used.
+    pub scopes: Scopes,
+    /// The id of the token used.
+    pub token_id: String,
+    /// Whether the user is an admin now.
+    pub is_admin: bool,
+    /// Whether the user is an auditor now.
+    pub is_auditor: bool,
+}
+
+impl Authenticated {
+    /// Whether the token carries `scope`.
+    pub fn has_scope(&self, scope: Scope) -> bool {
+        self.scopes.contains(scope)
+    }
+
+    /// The actor as the grant rules see them.
+    pub fn as_admin(&self) -> AdminActor<'_> {
+        AdminActor {
+            name: &self.name,
+            is_admin: self.is_admin,
+            admin_scope: self.has_scope(Scope::Admin),
+        }
+    }
+
+    /// Whether they may read everything (admins and auditors).
+    pub fn reads_everything(&self) -> bool {
+        self.is_admin || self.is_auditor
+    }
+}
+
+/// A person, as shown.
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UserView {
+    /// The user's id.
+    pub id: i64,
+    /// The unique name.
+    pub name: String,
+    /// How they are shown.
+    pub display_name: String,
+    /// Registered e-mail addresses.
+    pub emails: Vec<String>,
+    /// `pending` until the grant creating them is approved, then `active`.
+    pub state: String,
+    /// Whether the user is disabled.
+    pub disabled: bool,
+    /// Whether the user is an admin.
+    pub admin: bool,
+    /// The groups the user belongs to.
+    pub groups: Vec<String>,
+    /// When the user was created.
+    pub created_at: Timestamp,
+}
+
+/// A user just asked for, with the invite code only the asking admin sees.
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CreatedUser {
+    /// The new user's name.
+    pub name: String,
+    /// The one-time code the user redeems for their own token.
+    pub invite_code: String,
+    /// When the code stops working.
+    pub invite_expires_at: Timestamp,
+    /// The grant creating the user: pending until a second admin approves.
+    pub grant: grants::GrantView,
+}
+
+/// A token just made. Its secret is shown once and never stored.
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NewToken {
+    /// The token's public id.
+    pub id: String,
+    /// The token itself.
+    pub token: String,
+    /// Its scopes.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    pub scopes: Scopes,
+    /// When it stops working, if ever.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+}
+
+/// A token as listed: never its secret.
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TokenView {
+    /// Its public id.
+    pub id: String,
+    /// What its owner called it.
+    pub name: String,
+    /// Its scopes.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    pub scopes: Scopes,
+    /// When it was made.
+    pub created_at: Timestamp,
+    /// When it stops working, if ever.
+    pub expires_at: Option<Timestamp>,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<Timestamp>,
+    /// When it was last used (to the minute).
+    pub last_used_at: Option<Timestamp>,
+}
+
+fn random_id() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::thread_rng();
+    (0..secret::ID_LEN)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+fn random_secret() -> String {
+    let bytes: [u8; 32] = rand::thread_rng().gen();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+fn secret_matches(stored_hash: &str, presented: &str) -> bool {
+    stored_hash.as_bytes().ct_eq(hash_secret(presented).as_bytes()).into()
+}
+
+fn ts(ms: Option<i64>) -> Option<Timestamp> {
+    ms.map(Timestamp::from_millis)
+}
+
+/// Checks the free-text name a person gives a token.
+fn check_token_name(name: &str) -> Result<()> {
+    if name.trim().is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+        return Err(InvalidInput::new("token name", name, "use 1 to 64 characters without control characters").into());
+    }
+    Ok(())
+}
+
+pub(crate) async fn user_id(tx: &mut Tx, name: &UserName) -> Result<Option<(i64, String, Option<i64>)>> {
+    let sql = tx.sql("SELECT id, state, disabled_at FROM users WHERE name = $1");
+    let row = sqlx::query(&sql).bind(name.as_str()).fetch_optional(tx.conn()).await?;
+    row.map(|row| Ok((col(&row, "id")?, col(&row, "state")?, col(&row, "disabled_at")?)))
+        .transpose()
+}
+
+/// Whether `user_id` is in the group named `group` now.
+pub(crate) async fn in_group(tx: &mut Tx, user_id: i64, group: &str) -> Result<bool> {
+    let sql = tx.sql(
+        "SELECT COUNT(*) FROM group_members m JOIN groups g ON g.id = m.group_id \
+         WHERE m.user_id = $1 AND g.name = $2",
+    );
+    let count: i64 = sqlx::query_scalar(&sql).bind(user_id).bind(group).fetch_one(tx.conn()).await?;
+    Ok(count > 0)
+}
+
+/// Re-reads the actor's admin status inside the transaction, so that a
+/// decision rests on what is true at commit, not at authentication.
+pub(crate) async fn require_admin(tx: &mut Tx, actor: &Authenticated) -> Result<()> {
+    let is_admin = in_group(tx, actor.user_id, "admins").await?;
+    let decision = grant::decide_admin(&AdminActor {
+        name: &actor.name,
+        is_admin,
+        admin_scope: actor.has_scope(Scope::Admin),
+    });
+    if !decision.allowed {
+        return Err(StoreError::Refused(decision));
+    }
+    Ok(())
+}
+
+pub(crate) async fn insert_token(
+    tx: &mut Tx,
+    user_id: i64,
+    name: &str,
+    scopes: Scopes,
+    expires_at: Option<i64>,
+) -> Result<NewToken> {
+    let (id, secret) = (random_id(), random_secret());
+    let sql = tx.sql(
+        "INSERT INTO tokens (id, user_id, name, secret_hash, scopes, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    );
+    sqlx::query(&sql)
+        .bind(&id)
+        .bind(user_id)
+        .bind(name)
+        .bind(hash_secret(&secret))
+        .bind(scopes.to_list())
+        .bind(now_ms())
+        .bind(expires_at)
+        .execute(tx.conn())
+        .await?;
+    Ok(NewToken {
+        token: secret::format_secret(SecretKind::Token, &id, &secret),
+        id,
+        scopes,
+        expires_at: ts(expires_at),
+    })
+}
+
+fn token_event(actor: &str, user: &str, token: &NewToken, how: &str) -> NewEvent {
+    NewEvent {
+        actor: actor.to_owned(),
+        action: "token.create".into(),
+        subject: format!("user:{user}"),
+        details: json!({ "token_id": token.id, "scopes": token.scopes, "expires_at": token.expires_at, "how": how }),
+    }
+}
+
+/// Revokes every token of a user and voids their unredeemed invites.
+pub(crate) async fn revoke_all(tx: &mut Tx, user_id: i64) -> Result<()> {
+    let now = now_ms();
+    let sql = tx.sql("UPDATE tokens SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL");
+    sqlx::query(&sql).bind(now).bind(user_id).execute(tx.conn()).await?;
+    let sql = tx.sql("UPDATE invites SET expires_at = $1 WHERE user_id = $2 AND redeemed_at IS NULL AND expires_at > $1");
+    sqlx::query(&sql).bind(now).bind(user_id).execute(tx.conn()).await?;
+    Ok(())
+}
+
+/// What init made: the first admin's token.
+#[derive(Clone, Debug, Serialize)]
+pub struct Initialised {
+    /// The first admin.
+    pub admin: String,
+    /// Their token, shown once.
+    pub token: String,
+}
+
+impl Store {
+    /// Whether this database holds an initialised instance, and its name.
+    pub async fn instance_name(&self) -> Result<Option<String>> {
+        let sql = self.sql("SELECT value FROM instance WHERE key = $1");
+        Ok(sqlx::query_scalar(&sql).bind("name").fetch_optional(self.readers()).await?)
+    }
+
+    /// Creates the instance: the built-in groups, the first admin and their
+    /// token. The admin is granted in the bootstrap era and recorded so.
+    pub async fn initialise(&self, instance: &str, admin: UserName, email: Option<Email>) -> Result<Initialised> {
+        let instance = instance.to_owned();
+        self.write(move |tx| {
+            Box::pin(async move {
+                let sql = tx.sql("INSERT INTO instance (key, value) VALUES ($1, $2) ON CONFLICT DO NOTHING");
+                let created = sqlx::query(&sql).bind("name").bind(&instance).execute(tx.conn()).await?;
+                if created.rows_affected() == 0 {
+                    return Err(StoreError::Conflict("this database already holds a custody instance".into()));
+                }
+                sqlx::query(&sql).bind("admin_era").bind("bootstrap").execute(tx.conn()).await?;
+                let now = now_ms();
+                for group in [GroupName::admins(), GroupName::auditors()] {
+                    let sql = tx.sql("INSERT INTO groups (name, builtin, created_at) VALUES ($1, 1, $2)");
+                    sqlx::query(&sql).bind(group.as_str()).bind(now).execute(tx.conn()).await?;
+                }
+                tx.audit(NewEvent {
+                    actor: custody_domain::audit::SYSTEM_ACTOR.into(),
+                    action: "instance.init".into(),
+                    subject: format!("instance:{instance}"),
+                    details: json!({ "admin": admin, "builtin_groups": ["admins", "auditors"] }),
+                })
+                .await?;
+                let display_name = admin.to_string();
+                let user_id = insert_user(tx, &admin, &display_name, email.as_ref(), "active").await?;
+                tx.audit(NewEvent {
+                    actor: custody_domain::audit::SYSTEM_ACTOR.into(),
+                    action: "user.create".into(),
+                    subject: format!("user:{admin}"),
+                    details: json!({ "email": email, "bootstrap": true }),
+                })
+                .await?;
+                grants::record_initial_admin(tx, &admin, user_id).await?;
+                let token = insert_token(tx, user_id, "init", Scopes::of(&Scope::ALL), None).await?;
+                tx.audit(token_event(admin.as_str(), admin.as_str(), &token, "init")).await?;
+                Ok(Initialised {
+                    admin: admin.to_string(),
+                    token: token.token,
+                })
+            })
+        })
+        .await
+    }
+
+    /// Finds who holds a presented token. Unknown, malformed, revoked and
+    /// expired tokens and disabled users all fail the same way, so a caller
+    /// learns nothing about which.
+    pub async fn authenticate(&self, presented: &str) -> Result<Authenticated> {
+        const REFUSED: StoreError = StoreError::Unauthenticated("invalid, expired or revoked token");
+        let parts = secret::parse_secret(SecretKind::Token, presented).map_err(|_| REFUSED)?;
+        let sql = self.sql(
+            "SELECT t.secret_hash, t.scopes, t.expires_at, t.revoked_at, t.last_used_at, \
+                    u.id, u.name, u.state, u.disabled_at, \
+                    (SELECT COUNT(*) FROM group_members m JOIN groups g ON g.id = m.group_id \
+                      WHERE m.user_id = u.id AND g.name = 'admins') AS admin, \
+                    (SELECT COUNT(*) FROM group_members m JOIN groups g ON g.id = m.group_id \
+                      WHERE m.user_id = u.id AND g.name = 'auditors') AS auditor \
+             FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.id = $1",
+        );
+        let row = sqlx::query(&sql)
+            .bind(parts.id)
+            .fetch_optional(self.readers())
+            .await?
+            .ok_or(REFUSED)?;
+        let stored: String = col(&row, "secret_hash")?;
+        if !secret_matches(&stored, parts.secret) {
+            return Err(REFUSED);
+        }
+        let now = now_ms();
+        let expires_at: Option<i64> = col(&row, "expires_at")?;
+        let revoked_at: Option<i64> = col(&row, "revoked_at")?;
+        let disabled_at: Option<i64> = col(&row, "disabled_at")?;
+        let state: String = col(&row, "state")?;
+        if revoked_at.is_some() || expires_at.is_some_and(|t| t <= now) || disabled_at.is_some() || state != "active" {
+            return Err(REFUSED);
+        }
+        let name: String = col(&row, "name")?;
+        let scopes: String = col(&row, "scopes")?;
+        let authenticated = Authenticated {
+            user_id: col(&row, "id")?,
+            name: UserName::parse(&name).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            scopes: Scopes::parse_list(&scopes).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            token_id: parts.id.to_owned(),
+            is_admin: col::<i64>(&row, "admin")? > 0,
+            is_auditor: col::<i64>(&row, "auditor")? > 0,
+        };
+        let last_used: Option<i64> = col(&row, "last_used_at")?;
+        if last_used.is_none_or(|t| now - t >= LAST_USE_RESOLUTION_MS) {
+            self.touch_token(authenticated.token_id.clone(), now);
+        }
+        Ok(authenticated)
+    }
+
+    /// Records a token's last use in the background; a lost update only
+    /// makes "last used" a minute staler.
+    fn touch_token(&self, token_id: String, now: i64) {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let _ = store
+                .write(move |tx| {
+                    Box::pin(async move {
+                        let sql = tx.sql("UPDATE tokens SET last_used_at = $1 WHERE id = $2");
+                        sqlx::query(&sql).bind(now).bind(&token_id).execute(tx.conn()).await?;
+                        Ok(())
+                    })
+                })
+                .await;
+        });
+    }
+
+    /// An admin asks for a new user. The user exists as `pending` until a
+    /// second admin approves the grant (at once in the bootstrap era); the
+    /// invite code works from then on, for seven days.
+    pub async fn request_user(
+        &self,
+        actor: &Authenticated,
+        name: UserName,
+        email: Email,
+        display_name: Option<String>,
+    ) -> Result<CreatedUser> {
+        let display_name = display_name.unwrap_or_else(|| name.to_string());
+        custody_domain::name::check_display_name(&display_name)?;
+        let actor = actor.clone();
+        self.write(move |tx| {
+            Box::pin(async move {
+                require_admin(tx, &actor).await?;
+                if user_id(tx, &name).await?.is_some() {
+                    return Err(StoreError::Conflict(format!("a user named {name} already exists")));
+                }
+                let sql = tx.sql("SELECT COUNT(*) FROM user_emails WHERE email = $1");
+                let taken: i64 = sqlx::query_scalar(&sql).bind(email.as_str()).fetch_one(tx.conn()).await?;
+                if taken > 0 {
+                    return Err(StoreError::Conflict(format!("the e-mail address {email} belongs to another user")));
+                }
+                let user_id = insert_user(tx, &name, &display_name, Some(&email), "pending").await?;
+                let (id, secret) = (random_id(), random_secret());
+                let expires_at = now_ms() + INVITE_LIFETIME_MS;
+                let sql = tx.sql(
+                    "INSERT INTO invites (id, user_id, secret_hash, created_by, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                );
+                sqlx::query(&sql)
+                    .bind(&id)
+                    .bind(user_id)
+                    .bind(hash_secret(&secret))
+                    .bind(actor.name.as_str())
+                    .bind(now_ms())
+                    .bind(expires_at)
+                    .execute(tx.conn())
+                    .await?;
+                let action = GrantAction::CreateUser {
+                    user: name.clone(),
+                    email,
+                    display_name,
+                };
+                let grant = grants::request(tx, &actor, action).await?;
+                Ok(CreatedUser {
+                    name: name.to_string(),
+                    invite_code: secret::format_secret(SecretKind::Invite, &id, &secret),
+                    invite_expires_at: Timestamp::from_millis(expires_at),
+                    grant,
+                })
+            })
+        })
+        .await
+    }
+
+    /// Redeems an invite code for the invited user's first token. Needs no
+    /// authentication: the code is the credential, once.
+    pub async fn redeem_invite(&self, code: &str) -> Result<NewToken> {
+        const REFUSED: StoreError = StoreError::Unauthenticated("invalid, expired or already redeemed invite code");
+        let parts = secret::parse_secret(SecretKind::Invite, code).map_err(|_| REFUSED)?;
+        let (id, presented) = (parts.id.to_owned(), parts.secret.to_owned());
+        self.write(move |tx| {
+            Box::pin(async move {
+                let sql = tx.sql(
+                    "SELECT i.secret_hash, i.expires_at, i.redeemed_at, u.id, u.name, u.state, u.disabled_at \
+                     FROM invites i JOIN users u ON u.id = i.user_id WHERE i.id = $1",
+                );
+                let row = sqlx::query(&sql).bind(&id).fetch_optional(tx.conn()).await?.ok_or(REFUSED)?;
+                let stored: String = col(&row, "secret_hash")?;
+                if !secret_matches(&stored, &presented) {
+                    return Err(REFUSED);
+                }
+                let expires_at: i64 = col(&row, "expires_at")?;
+                let redeemed_at: Option<i64> = col(&row, "redeemed_at")?;
+                let disabled_at: Option<i64> = col(&row, "disabled_at")?;
+                if redeemed_at.is_some() || expires_at <= now_ms() || disabled_at.is_some() {
+                    return Err(REFUSED);
+                }
+                let user_id: i64 = col(&row, "id")?;
+                let name: String = col(&row, "name")?;
+                let state: String = col(&row, "state")?;
+                if state != "active" {
+                    let grant = grants::pending_for_user(tx, &name).await?;
+                    return Err(StoreError::Refused(Decision::deny(
+                        Reason::new(grants::AWAITING_APPROVAL, format!("the grant creating user {name} is still pending"))
+                            .satisfy(match grant {
+                                Some(id) => format!("a second admin must approve grant {id}; then redeem the code again"),
+                                None => "a second admin must approve the grant; then redeem the code again".into(),
+                            }),
+                    )));
+                }
+                let sql = tx.sql("UPDATE invites SET redeemed_at = $1 WHERE id = $2 AND redeemed_at IS NULL");
+                let done = sqlx::query(&sql).bind(now_ms()).bind(&id).execute(tx.conn()).await?;
+                if done.rows_affected() != 1 {
+                    return Err(REFUSED);
+                }
+                let token = insert_token(tx, user_id, "invite", Scopes::of(&[Scope::Read, Scope::Write]), None).await?;
+                tx.audit(NewEvent {
+                    actor: name.clone(),
+                    action: "invite.redeem".into(),
+                    subject: format!("user:{name}"),
+                    details: json!({ "invite_id": id }),
+                })
+                .await?;
+                tx.audit(token_event(&name, &name, &token, "invite")).await?;
+                Ok(token)
+            })
+        })
+        .await
+    }
+
+    /// The actor makes a token for themselves. Nobody makes one for anyone
+    /// else: an admin cannot act as another user.
+    pub async fn create_token(
+        &self,
+        actor: &Authenticated,
+        name: String,
+        scopes: Scopes,
+        expires_at: Option<i64>,
+    ) -> Result<NewToken> {
+        check_token_name(&name)?;
+        if expires_at.is_some_and(|t| t <= now_ms()) {
+            return Err(InvalidInput::new("expiry", "(in the past)", "choose a time in the future").into());
+        }
+        let actor = actor.clone();
+        self.write(move |tx| {
+            Box::pin(async move {
+                if scopes.contains(Scope::Admin) && !in_group(tx, actor.user_id, "admins").await? {
+                    return Err(StoreError::Refused(Decision::deny(
+                        Reason::new(ADMIN_SCOPE_NEEDS_ADMIN, format!("{} is not an admin", actor.name))
+                            .satisfy("ask for read or write scopes"),
+                    )));
+                }
+                let token = insert_token(tx, actor.user_id, &name, scopes, expires_at).await?;
+                tx.audit(token_event(actor.name.as_str(), actor.name.as_str(), &token, "create")).await?;
+                Ok(token)
+            })
+        })
+        .await
+    }
+
+    /// Makes a token for the named user after they proved their password
+    /// (checked by the caller).
+    pub async fn create_token_after_login(&self, user_id: i64, name: &UserName, scopes: Scopes) -> Result<NewToken> {
+        let name = name.clone();
+        self.write(move |tx| {
+            Box::pin(async move {
+                let token = insert_token(tx, user_id, "password login", scopes, Some(now_ms() + 24 * 3600 * 1000)).await?;
+                tx.audit(token_event(name.as_str(), name.as_str(), &token, "password")).await?;
+                Ok(token)
+            })
+        })
+        .await
+    }
+
+    /// The actor's own tokens.
+    pub async fn list_tokens(&self, actor: &Authenticated, page: PageRequest) -> Result<Page<TokenView>> {
+        let sql = self.sql(
+            "SELECT n, id, name, scopes, created_at, expires_at, revoked_at, last_used_at FROM tokens \
+             WHERE user_id = $1 AND n > $2 ORDER BY n LIMIT $3",
+        );
+        let rows = sqlx::query(&sql)
+            .bind(actor.user_id)
+            .bind(page.after.unwrap_or(0))
+            .bind(page.limit)
+            .fetch_all(self.readers())
+            .await?;
+        let mut items = Vec::with_capacity(rows.len());
+        let mut cursors = Vec::with_capacity(rows.len());
+        for row in rows {
+            let scopes: String = col(&row, "scopes")?;
+            cursors.push(col::<i64>(&row, "n")?);
+            items.push(TokenView {
+                id: col(&row, "id")?,
+                name: col(&row, "name")?,
+                scopes: Scopes::parse_list(&scopes).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                created_at: Timestamp::from_millis(col(&row, "created_at")?),
+                expires_at: ts(col(&row, "expires_at")?),
+                revoked_at: ts(col(&row, "revoked_at")?),
+                last_used_at: ts(col(&row, "last_used_at")?),
+            });
+        }
+        let next_cursor = (items.len() as i64 == page.limit).then(|| cursors.last().copied()).flatten();
+        Ok(Page { items, next_cursor })
+    }
+
+    /// Revokes a token. Its owner may revoke it, and so may an admin (to cut
+    /// off a leaked token at once); revoking never needs a second admin.
+    pub async fn revoke_token(&self, actor: &Authenticated, token_id: &str) -> Result<()> {
+        let (actor, token_id) = (actor.clone(), token_id.to_owned());
+        self.write(move |tx| {
+            Box::pin(async move {
+                let sql = tx.sql(
+                    "SELECT t.user_id, t.revoked_at, u.name FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.id = $1",
+                );
+                let row = sqlx::query(&sql)
+                    .bind(&token_id)
+                    .fetch_optional(tx.conn())
+                    .await?
+                    .ok_or_else(|| StoreError::not_found("token", &token_id))?;
+                let owner: i64 = col(&row, "user_id")?;
+                let owner_name: String = col(&row, "name")?;
+                if owner != actor.user_id {
+                    require_admin(tx, &actor).await.map_err(|_| StoreError::not_found("token", &token_id))?;
+                }
+                if col::<Option<i64>>(&row, "revoked_at")?.is_some() {
+                    return Ok(());
+                }
+                let sql = tx.sql("UPDATE tokens SET revoked_at = $1 WHERE id = $2");
+                sqlx::query(&sql).bind(now_ms()).bind(&token_id).execute(tx.conn()).await?;
+                tx.audit(NewEvent {
+                    actor: actor.name.to_string(),
+                    action: "token.revoke".into(),
+                    subject: format!("user:{owner_name}"),
+                    details: json!({ "token_id": token_id }),
+                })
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Sets the actor's own password hash (the caller hashes it).
+    pub async fn set_password_hash(&self, actor: &Authenticated, hash: String) -> Result<()> {
+        let actor = actor.clone();
+        self.write(move |tx| {
+            Box::pin(async move {
+                let sql = tx.sql("UPDATE users SET password_hash = $1 WHERE id = $2");
+                sqlx::query(&sql).bind(hash).bind(actor.user_id).execute(tx.conn()).await?;
+                tx.audit(NewEvent {
+                    actor: actor.name.to_string(),
+                    action: "user.password.set".into(),
+                    subject: format!("user:{}", actor.name),
+                    details: json!({}),
+                })
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// The id and password hash of an active, enabled user, for a login.
+    pub async fn password_hash(&self, name: &UserName) -> Result<Option<(i64, String)>> {
+        let sql = self.sql(
+            "SELECT id, password_hash FROM users \
+             WHERE name = $1 AND state = 'active' AND disabled_at IS NULL AND password_hash IS NOT NULL",
+        );
+        let row = sqlx::query(&sql).bind(name.as_str()).fetch_optional(self.readers()).await?;
+        row.map(|row| Ok((col(&row, "id")?, col(&row, "password_hash")?)))
+            .transpose()
+    }
+
+    /// Disables a user and revokes their tokens. For an admin or a member of
+    /// any group this is a grant; for anyone else it happens at once.
+    ///
+    /// Returns the grant when one was needed.
+    pub async fn disable_user(&self, actor: &Authenticated, name: UserName) -> Result<Option<GrantView>> {
+        let actor = actor.clone();
+        self.write(move |tx| {
+            Box::pin(async move {
+                require_admin(tx, &actor).await?;
+                let (id, _, disabled_at) =
+                    user_id(tx, &name).await?.ok_or_else(|| StoreError::not_found("user", &name))?;
+                if disabled_at.is_some() {
+                    return Err(StoreError::Conflict(format!("user {name} is already disabled")));
+                }
+                let sql = tx.sql("SELECT COUNT(*) FROM group_members WHERE user_id = $1");
+                let groups: i64 = sqlx::query_scalar(&sql).bind(id).fetch_one(tx.conn()).await?;
+                let action = GrantAction::DisableUser { user: name.clone() };
+                if grant::disabling_needs_grant(groups > 0) {
+                    return grants::request(tx, &actor, action).await.map(Some);
+                }
+                grants::apply(tx, 0, &action).await?;
+                tx.audit(NewEvent {
+                    actor: actor.name.to_string(),
+                    action: "user.disable".into(),
+                    subject: format!("user:{name}"),
+                    details: json!({ "grant": null, "reason": "holds no duty, so no second admin is needed" }),
+                })
+                .await?;
+                Ok(None)
+            })
+        })
+        .await
+    }
+
+    /// Every user, a page at a time.
+    pub async fn list_users(&self, page: PageRequest) -> Result<Page<UserView>> {
+        let sql = self.sql(
+            "SELECT id, name, display_name, state, disabled_at, created_at FROM users WHERE id > $1 ORDER BY id LIMIT $2",
+        );
+        let rows = sqlx::query(&sql)
+            .bind(page.after.unwrap_or(0))
+            .bind(page.limit)
+            .fetch_all(self.readers())
+            .await?;
+        let mut users = Vec::with_capacity(rows.len());
+        for row in &rows {
+            users.push(self.user_view(row).await?);
+        }
+        Ok(Page::from_items(users, page, |u| u.id))
+    }
+
+    /// One user.
+    pub async fn get_user(&self, name: &UserName) -> Result<UserView> {
+        let sql = self.sql("SELECT id, name, display_name, state, disabled_at, created_at FROM users WHERE name = $1");
+        let row = sqlx::query(&sql)
+            .bind(name.as_str())
+            .fetch_optional(self.readers())
+            .await?
+            .ok_or_else(|| StoreError::not_found("user", name))?;
+        self.user_view(&row).await
+    }
+
+    async fn user_view(&self, row: &sqlx::any::AnyRow) -> Result<UserView> {
+        let id: i64 = col(row, "id")?;
+        let sql = self.sql("SELECT email FROM user_emails WHERE user_id = $1 ORDER BY added_at, email");
+        let emails: Vec<String> = sqlx::query_scalar(&sql).bind(id).fetch_all(self.readers()).await?;
+        let sql = self.sql(
+            "SELECT g.name FROM group_members m JOIN groups g ON g.id = m.group_id WHERE m.user_id = $1 ORDER BY g.name",
+        );
+        let groups: Vec<String> = sqlx::query_scalar(&sql).bind(id).fetch_all(self.readers()).await?;
+        Ok(UserView {
+            id,
+            name: col(row, "name")?,
+            display_name: col(row, "display_name")?,
+            emails,
+            state: col(row, "state")?,
+            disabled: col::<Option<i64>>(row, "disabled_at")?.is_some(),
+            admin: groups.iter().any(|g| g == "admins"),
+            groups,
+            created_at: Timestamp::from_millis(col(row, "created_at")?),
+        })
+    }
+}
+
+async fn insert_user(tx: &mut Tx, name: &UserName, display_name: &str, email: Option<&Email>, state: &str) -> Result<i64> {
+    let now = now_ms();
+    let sql = tx.sql("INSERT INTO users (name, display_name, state, created_at) VALUES ($1, $2, $3, $4) RETURNING id");
+    let id: i64 = sqlx::query_scalar(&sql)
+        .bind(name.as_str())
+        .bind(display_name)
+        .bind(state)
+        .bind(now)
+        .fetch_one(tx.conn())
+        .await?;
+    if let Some(email) = email {
+        let sql = tx.sql("INSERT INTO user_emails (email, user_id, added_at) VALUES ($1, $2, $3)");
+        sqlx::query(&sql).bind(email.as_str()).bind(id).bind(now).execute(tx.conn()).await?;
+    }
+    Ok(id)
+}

@@ -1,0 +1,200 @@
+//! The single writer: group commit with one savepoint per operation.
+//!
+//! Operations queue on a channel. The writer takes every operation waiting,
+//! opens one transaction, runs each inside its own savepoint, commits once,
+//! and only then answers each caller. One fsync thus covers a whole group,
+//! while each operation's writes and audit events still stand or fall
+//! together.
+
+use std::any::Any;
+
+use custody_domain::audit::NewEvent;
+use futures_util::future::BoxFuture;
+use sqlx::any::AnyConnectOptions;
+use sqlx::{AnyConnection, ConnectOptions, Connection as _, Executor};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Dialect, Result, StoreError};
+
+/// The most operations committed together.
+const MAX_GROUP: usize = 512;
+
+type Erased = Box<dyn Any + Send>;
+type Op = Box<dyn for<'t> FnOnce(&'t mut Tx) -> BoxFuture<'t, Result<Erased>> + Send>;
+
+struct Job {
+    op: Op,
+    done: oneshot::Sender<Result<Erased>>,
+}
+
+/// The writer's open transaction, handed to each operation in turn.
+pub struct Tx {
+    conn: AnyConnection,
+    dialect: Dialect,
+    next_seq: i64,
+}
+
+impl Tx {
+    /// The connection, inside the transaction.
+    pub fn conn(&mut self) -> &mut AnyConnection {
+        &mut self.conn
+    }
+
+    /// SQL with placeholders spelled for this database.
+    pub fn sql(&self, sql: &'static str) -> std::borrow::Cow<'static, str> {
+        self.dialect.sql(sql)
+    }
+
+    /// Which database this is.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Appends an audit event in this transaction and returns its sequence
+    /// number. It commits with the change it records, or not at all.
+    pub async fn audit(&mut self, event: NewEvent) -> Result<i64> {
+        let seq = self.next_seq;
+        let details = serde_json::to_string(&event.details).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let sql = self.sql(
+            "INSERT INTO audit_events (seq, at, actor, action, subject, details) VALUES ($1, $2, $3, $4, $5, $6)",
+        );
+        sqlx::query(&sql)
+            .bind(seq)
+            .bind(crate::now_ms())
+            .bind(event.actor)
+            .bind(event.action)
+            .bind(event.subject)
+            .bind(details)
+            .execute(&mut self.conn)
+            .await?;
+        self.next_seq += 1;
+        Ok(seq)
+    }
+}
+
+pub(crate) struct Handle {
+    sender: tokio::sync::Mutex<Option<mpsc::Sender<Job>>>,
+    stopped: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Handle {
+    pub(crate) fn start(dialect: Dialect, conn: AnyConnection, options: AnyConnectOptions) -> Handle {
+        let (sender, receiver) = mpsc::channel(4 * MAX_GROUP);
+        let task = tokio::spawn(run(dialect, conn, options, receiver));
+        Handle {
+            sender: tokio::sync::Mutex::new(Some(sender)),
+            stopped: tokio::sync::Mutex::new(Some(task)),
+        }
+    }
+
+    pub(crate) async fn run<T, F>(&self, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'t> FnOnce(&'t mut Tx) -> BoxFuture<'t, Result<T>> + Send + 'static,
+    {
+        let op: Op = Box::new(move |tx: &mut Tx| {
+            let fut = op(tx);
+            Box::pin(async move { fut.await.map(|value| Box::new(value) as Erased) })
+        });
+        let (done, answer) = oneshot::channel();
+        let sender = self.sender.lock().await.clone().ok_or(StoreError::Closed)?;
+        sender.send(Job { op, done }).await.map_err(|_| StoreError::Closed)?;
+        let value = answer.await.map_err(|_| StoreError::Closed)??;
+        Ok(*value.downcast::<T>().expect("the writer returns what the operation made"))
+    }
+
+    pub(crate) async fn close(&self) {
+        self.sender.lock().await.take();
+        if let Some(task) = self.stopped.lock().await.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn run(dialect: Dialect, conn: AnyConnection, options: AnyConnectOptions, mut receiver: mpsc::Receiver<Job>) {
+    let mut conn = Some(conn);
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while receiver.recv_many(&mut group, MAX_GROUP).await > 0 {
+        let connection = match conn.take() {
+            Some(c) => Ok(c),
+            None => reconnect(dialect, &options).await,
+        };
+        match connection {
+            Ok(c) => conn = commit_group(dialect, c, &mut group).await,
+            Err(error) => {
+                let message = error.to_string();
+                for job in group.drain(..) {
+                    let _ = job.done.send(Err(StoreError::Unavailable(message.clone())));
+                }
+            }
+        }
+    }
+    if let Some(conn) = conn {
+        let _ = conn.close().await;
+    }
+}
+
+async fn reconnect(dialect: Dialect, options: &AnyConnectOptions) -> Result<AnyConnection> {
+    let mut conn = options.connect().await?;
+    dialect.prepare_writer(&mut conn).await?;
+    Ok(conn)
+}
+
+/// Commits one group; returns the connection when it is still usable.
+async fn commit_group(dialect: Dialect, conn: AnyConnection, group: &mut Vec<Job>) -> Option<AnyConnection> {
+    let mut tx = Tx { conn, dialect, next_seq: 0 };
+    let mut answers: Vec<(oneshot::Sender<Result<Erased>>, Result<Erased>)> = Vec::with_capacity(group.len());
+
+    let outcome: Result<()> = async {
+        dialect.begin_write(&mut tx.conn).await?;
+        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_events")
+            .fetch_one(&mut tx.conn)
+            .await?;
+        tx.next_seq = last.unwrap_or(0) + 1;
+        for job in group.drain(..) {
+            tx.conn.execute("SAVEPOINT op").await?;
+            let seq_before = tx.next_seq;
+            match (job.op)(&mut tx).await {
+                Ok(value) => {
+                    tx.conn.execute("RELEASE SAVEPOINT op").await?;
+                    answers.push((job.done, Ok(value)));
+                }
+                Err(error) => {
+                    tx.conn.execute("ROLLBACK TO SAVEPOINT op").await?;
+                    tx.conn.execute("RELEASE SAVEPOINT op").await?;
+                    tx.next_seq = seq_before;
+                    answers.push((job.done, Err(error)));
+                }
+            }
+        }
+        tx.conn.execute("COMMIT").await?;
+        Ok(())
+    }
+    .await;
+
+    match outcome {
+        Ok(()) => {
+            for (done, answer) in answers {
+                let _ = done.send(answer);
+            }
+            Some(tx.conn)
+        }
+        Err(error) => {
+            tracing::error!(%error, "write transaction failed; rolling back the whole group");
+            let usable = tx.conn.execute("ROLLBACK").await.is_ok();
+            let message = error.to_string();
+            let failed = || StoreError::Unavailable(format!("write transaction failed: {message}"));
+            for (done, answer) in answers {
+                // Operations that failed on their own keep their own error.
+                let _ = done.send(match answer {
+                    Ok(_) => Err(failed()),
+                    Err(own) => Err(own),
+                });
+            }
+            for job in group.drain(..) {
+                let _ = job.done.send(Err(failed()));
+            }
+            usable.then_some(tx.conn)
+        }
+    }
+}
