@@ -1,1 +1,129 @@
-fn main() {}
+//! `custody`: the server, and the client of its API, in one binary.
+//!
+//! This is the only crate that knows the terminal: flags, environment,
+//! config files, what is printed and the exit codes (0 done, 1 refused by a
+//! rule, 2 usage or input error or not found, 3 server unreachable or
+//! failed).
+
+mod client;
+mod commands;
+mod config;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Segregation of duties from commit to production, and the proof of it.
+#[derive(Parser, Debug)]
+#[command(name = "custody", version, about, propagate_version = true)]
+struct Cli {
+    /// Print results as JSON (snake_case keys) for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+    /// The server, for client commands (default: from `custody login`).
+    #[arg(long, global = true, env = "CUSTODY_SERVER", value_name = "URL")]
+    server: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a new instance: data directory, service keys, first admin.
+    Init(serve::InitArgs),
+    /// Run the server (initialising ./custody-data on first start).
+    Serve(serve::ServeArgs),
+    /// Store the server and token that client commands use.
+    Login(commands::LoginArgs),
+    /// Forget the stored token.
+    Logout,
+    /// Who the current token belongs to.
+    Whoami,
+    /// People.
+    #[command(subcommand)]
+    User(commands::UserCommand),
+    /// Your own tokens, and redeeming an invite.
+    #[command(subcommand)]
+    Token(commands::TokenCommand),
+    /// Groups of people.
+    #[command(subcommand)]
+    Group(commands::GroupCommand),
+    /// Grants waiting for a second admin.
+    #[command(subcommand)]
+    Grant(commands::GrantCommand),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(commands::AuditCommand),
+}
+
+/// What went wrong, with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    /// 1 refused, 2 input or not found, 3 server unreachable or failing.
+    pub code: u8,
+    /// What to tell the person.
+    pub message: String,
+    /// The error as the server sent it, for `--json`.
+    pub body: Option<serde_json::Value>,
+}
+
+impl Failure {
+    /// An input or usage error (exit 2).
+    pub fn input(message: impl Into<String>) -> Self {
+        Failure { code: 2, message: message.into(), body: None }
+    }
+
+    /// A local failure not caused by input (exit 3).
+    pub fn internal(message: impl Into<String>) -> Self {
+        Failure { code: 3, message: message.into(), body: None }
+    }
+}
+
+impl From<custody_domain::InvalidInput> for Failure {
+    fn from(error: custody_domain::InvalidInput) -> Self {
+        Failure::input(error.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("custody: cannot start: {error}");
+            return ExitCode::from(3);
+        }
+    };
+    let json = cli.json;
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            if json {
+                let body = failure.body.unwrap_or_else(
+                    || serde_json::json!({ "error": { "code": "failed", "message": failure.message } }),
+                );
+                eprintln!("{body}");
+            } else {
+                eprintln!("custody: {}", failure.message);
+            }
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let out = commands::Output { json: cli.json };
+    match cli.command {
+        Command::Init(args) => serve::init(args, out).await,
+        Command::Serve(args) => serve::serve(args).await,
+        Command::Login(args) => commands::login(cli.server, args, out).await,
+        Command::Logout => commands::logout(out),
+        Command::Whoami => commands::whoami(&client::Client::from_env(cli.server)?, out).await,
+        Command::User(command) => commands::user(&client::Client::from_env(cli.server)?, command, out).await,
+        Command::Token(command) => commands::token(cli.server, command, out).await,
+        Command::Group(command) => commands::group(&client::Client::from_env(cli.server)?, command, out).await,
+        Command::Grant(command) => commands::grant(&client::Client::from_env(cli.server)?, command, out).await,
+        Command::Audit(command) => commands::audit(&client::Client::from_env(cli.server)?, command, out).await,
+    }
+}

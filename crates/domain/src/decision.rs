@@ -32,11 +32,7 @@ pub struct Reason {
 impl Reason {
     /// A reason under `rule` with the given message.
     pub fn new(rule: Rule, message: impl Into<String>) -> Self {
-        Reason {
-            rule: rule.0.to_owned(),
-            message: message.into(),
-            satisfy: None,
-        }
+        Reason { rule: rule.0.to_owned(), message: message.into(), satisfy: None }
     }
 
     /// Adds what would satisfy the rule.
@@ -71,10 +67,7 @@ pub struct Decision {
 impl Decision {
     /// A decision with no refusal yet.
     pub fn allow() -> Self {
-        Decision {
-            allowed: true,
-            reasons: Vec::new(),
-        }
+        Decision { allowed: true, reasons: Vec::new() }
     }
 
     /// A decision refused for one reason.

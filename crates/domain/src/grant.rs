@@ -193,8 +193,7 @@ pub struct AdminActor<'a> {
 pub fn decide_admin(actor: &AdminActor<'_>) -> Decision {
     let mut decision = Decision::allow();
     decision.require(actor.is_admin, || {
-        Reason::new(ADMIN_REQUIRED, format!("{} is not an admin", actor.name))
-            .satisfy("ask an admin to do this")
+        Reason::new(ADMIN_REQUIRED, format!("{} is not an admin", actor.name)).satisfy("ask an admin to do this")
     });
     decision.require(!actor.is_admin || actor.admin_scope, || {
         Reason::new(ADMIN_REQUIRED, "this token lacks the admin scope")

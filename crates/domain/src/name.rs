@@ -23,11 +23,7 @@ impl InvalidInput {
         } else {
             value.to_owned()
         };
-        InvalidInput {
-            what,
-            value,
-            why: why.into(),
-        }
+        InvalidInput { what, value, why: why.into() }
     }
 }
 
@@ -57,19 +53,11 @@ fn check_name(what: &'static str, value: &str, reserved: &[&str]) -> Result<(), 
     if !value.bytes().all(allowed) {
         return fail(NAME_RULE);
     }
-    if value.contains("..")
-        || value.ends_with('.')
-        || value.ends_with(".git")
-        || value.ends_with(".lock")
-    {
+    if value.contains("..") || value.ends_with('.') || value.ends_with(".git") || value.ends_with(".lock") {
         return fail(NAME_RULE);
     }
     if reserved.contains(&value) {
-        return Err(InvalidInput::new(
-            what,
-            value,
-            format!("{value:?} is reserved by custody; choose another name"),
-        ));
+        return Err(InvalidInput::new(what, value, format!("{value:?} is reserved by custody; choose another name")));
     }
     Ok(())
 }
@@ -124,7 +112,8 @@ macro_rules! name_type {
 }
 
 /// Names custody uses for itself in audit events and URLs.
-pub const RESERVED_USER_NAMES: &[&str] = &["custody", "system", "builder", "deployer", "gate", "ledger", "anonymous", "me"];
+pub const RESERVED_USER_NAMES: &[&str] =
+    &["custody", "system", "builder", "deployer", "gate", "ledger", "anonymous", "me"];
 
 name_type!(
     /// The unique, unchangeable name of a person.
@@ -205,6 +194,13 @@ impl TryFrom<String> for Email {
     }
 }
 
+impl std::str::FromStr for Email {
+    type Err = InvalidInput;
+    fn from_str(value: &str) -> Result<Self, InvalidInput> {
+        Email::parse(value)
+    }
+}
+
 impl From<Email> for String {
     fn from(email: Email) -> String {
         email.0
@@ -220,11 +216,7 @@ impl std::fmt::Display for Email {
 /// Checks a display name: 1 to 128 characters, no control characters.
 pub fn check_display_name(value: &str) -> Result<(), InvalidInput> {
     if value.trim().is_empty() || value.chars().count() > 128 || value.chars().any(char::is_control) {
-        return Err(InvalidInput::new(
-            "display name",
-            value,
-            "use 1 to 128 characters without control characters",
-        ));
+        return Err(InvalidInput::new("display name", value, "use 1 to 128 characters without control characters"));
     }
     Ok(())
 }
@@ -243,8 +235,24 @@ mod tests {
     #[test]
     fn names_that_could_escape_a_path_or_alias_another_are_refused() {
         for name in [
-            "", "..", "a/b", "a\\b", "../etc", "a..b", "Alice", "-rf", ".hidden", "a b", "x.", "x.lock", "x.git",
-            "a\0b", "ünïcode", "a:b", "a@b", &"x".repeat(65),
+            "",
+            "..",
+            "a/b",
+            "a\\b",
+            "../etc",
+            "a..b",
+            "Alice",
+            "-rf",
+            ".hidden",
+            "a b",
+            "x.",
+            "x.lock",
+            "x.git",
+            "a\0b",
+            "ünïcode",
+            "a:b",
+            "a@b",
+            &"x".repeat(65),
         ] {
             let err = UserName::parse(name).unwrap_err();
             assert!(err.to_string().contains("not valid"), "{name:?}: {err}");

@@ -66,15 +66,12 @@ pub fn parse_secret(kind: SecretKind, presented: &str) -> Result<SecretParts<'_>
             format!("expected {}_ followed by an id and a secret, as custody printed it", kind.prefix()),
         )
     };
-    let rest = presented
-        .strip_prefix(kind.prefix())
-        .and_then(|rest| rest.strip_prefix('_'))
-        .ok_or_else(invalid)?;
+    let rest = presented.strip_prefix(kind.prefix()).and_then(|rest| rest.strip_prefix('_')).ok_or_else(invalid)?;
     let (id, secret) = rest.split_at_checked(ID_LEN).ok_or_else(invalid)?;
     let secret = secret.strip_prefix('_').ok_or_else(invalid)?;
     let id_ok = id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    let secret_ok = secret.len() == SECRET_LEN
-        && secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let secret_ok =
+        secret.len() == SECRET_LEN && secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if !id_ok || !secret_ok {
         return Err(invalid());
     }
@@ -102,7 +99,13 @@ mod tests {
 
     #[test]
     fn malformed_secrets_are_refused_without_echoing_them() {
-        for bad in ["", "cst_", "cst_short_x", "cst_abcdefgh1234_tooshort", "cst_ABCDEFGH1234_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"] {
+        for bad in [
+            "",
+            "cst_",
+            "cst_short_x",
+            "cst_abcdefgh1234_tooshort",
+            "cst_ABCDEFGH1234_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ] {
             let err = parse_secret(SecretKind::Token, bad).unwrap_err();
             assert!(!err.to_string().contains("AAAA"), "{err}");
         }

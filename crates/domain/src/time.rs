@@ -27,10 +27,10 @@ impl Timestamp {
     /// The time in RFC 3339, UTC, with milliseconds.
     pub fn to_rfc3339(self) -> String {
         let nanos = i128::from(self.0) * 1_000_000;
-        let moment = ::time::OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(::time::OffsetDateTime::UNIX_EPOCH);
-        let format = ::time::macros::format_description!(
-            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-        );
+        let moment =
+            ::time::OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(::time::OffsetDateTime::UNIX_EPOCH);
+        let format =
+            ::time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
         moment.format(&format).unwrap_or_default()
     }
 }

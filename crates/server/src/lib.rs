@@ -1,1 +1,140 @@
-//! placeholder
+//! custody's HTTP server: the JSON API under `/api/v1`, health and readiness,
+//! Prometheus metrics and the OpenAPI document generated from the handlers.
+//!
+//! This is the only crate that knows HTTP. It knows nothing about the
+//! terminal, and decides nothing itself: rules live in the domain core and
+//! are applied by the store inside its transactions.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod instance;
+pub mod metrics;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use custody_store::Store;
+use serde_json::json;
+
+use crate::auth::RateLimiter;
+use crate::metrics::Metrics;
+
+/// The largest request body the JSON API accepts.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// Limits on attempts with secrets.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Failed password logins allowed per source and per name in the window.
+    pub failed_logins: u32,
+    /// Invite redemptions allowed per source in the window.
+    pub redemptions: u32,
+    /// The window.
+    pub window: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { failed_logins: 10, redemptions: 10, window: Duration::from_secs(15 * 60) }
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+struct Shared {
+    store: Store,
+    instance: String,
+    metrics: Metrics,
+    logins: RateLimiter,
+    redemptions: RateLimiter,
+}
+
+impl AppState {
+    /// State over an open store.
+    pub fn new(store: Store, instance: String, limits: Limits) -> Self {
+        AppState(Arc::new(Shared {
+            store,
+            instance,
+            metrics: Metrics::default(),
+            logins: RateLimiter::new(limits.failed_logins, limits.window),
+            redemptions: RateLimiter::new(limits.redemptions, limits.window),
+        }))
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.0.store
+    }
+
+    /// The instance's name.
+    pub fn instance(&self) -> &str {
+        &self.0.instance
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
+    pub(crate) fn logins(&self) -> &RateLimiter {
+        &self.0.logins
+    }
+
+    pub(crate) fn redemptions(&self) -> &RateLimiter {
+        &self.0.redemptions
+    }
+}
+
+/// Every route of the server.
+pub fn router(state: AppState) -> Router {
+    let tracked = Router::new()
+        .nest("/api/v1", api::routes())
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track));
+    tracked
+        .route("/metrics", get(metrics::serve))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+async fn not_found() -> error::ApiError {
+    error::ApiError::not_found("no such route; the API is described at /api/v1/openapi.json")
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    match state.store().ping().await {
+        Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready", "database": state.store().dialect().name() }))),
+        Err(error) => {
+            tracing::warn!(%error, "not ready");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "status": "unavailable", "reason": "the database does not answer" })),
+            )
+        }
+    }
+}
+
+/// Serves on `listener` until `shutdown` completes, then finishes the
+/// requests in flight and returns.
+pub async fn launch_with_tcp_listener(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}

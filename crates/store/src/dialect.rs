@@ -83,8 +83,7 @@ impl Dialect {
 
     pub(crate) async fn prepare_reader(self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
         if self == Dialect::Sqlite {
-            conn.execute("PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;")
-                .await?;
+            conn.execute("PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; PRAGMA query_only = ON;").await?;
         }
         Ok(())
     }
@@ -100,10 +99,7 @@ impl Dialect {
             }
             Dialect::Postgres => {
                 conn.execute("BEGIN").await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(WRITER_LOCK)
-                    .execute(&mut *conn)
-                    .await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITER_LOCK).execute(&mut *conn).await?;
             }
         }
         Ok(())
@@ -122,10 +118,11 @@ impl Dialect {
         .await?;
         for (version, name, sql) in migrations {
             self.begin_write(conn).await?;
-            let applied: Option<i64> = sqlx::query_scalar(&self.sql("SELECT version FROM custody_migrations WHERE version = $1"))
-                .bind(*version)
-                .fetch_optional(&mut *conn)
-                .await?;
+            let applied: Option<i64> =
+                sqlx::query_scalar(&self.sql("SELECT version FROM custody_migrations WHERE version = $1"))
+                    .bind(*version)
+                    .fetch_optional(&mut *conn)
+                    .await?;
             if applied.is_some() {
                 conn.execute("ROLLBACK").await?;
                 continue;

@@ -45,12 +45,7 @@ pub struct GrantView {
 }
 
 fn facts_of(view: &GrantView) -> GrantFacts<'_> {
-    GrantFacts {
-        id: view.id,
-        action: &view.action,
-        requested_by: &view.requested_by,
-        status: view.status,
-    }
+    GrantFacts { id: view.id, action: &view.action, requested_by: &view.requested_by, status: view.status }
 }
 
 fn grant_view(row: &sqlx::any::AnyRow) -> Result<GrantView> {
@@ -102,8 +97,9 @@ async fn admin_count(tx: &mut Tx) -> Result<usize> {
     Ok(count as usize)
 }
 
-/// Ends the bootstrap era for good once a second admin exists.
-async fn advance_era(tx: &mut Tx) -> Result<()> {
+/// Ends the bootstrap era for good once a second admin exists. Called after
+/// a grant's own events, so the log reads in the order things happened.
+pub(crate) async fn advance_era(tx: &mut Tx) -> Result<()> {
     let before = era(tx).await?;
     let after = before.after(admin_count(tx).await?);
     if before != after {
@@ -145,9 +141,17 @@ async fn check_applicable(tx: &mut Tx, action: &GrantAction) -> Result<()> {
         }
         GrantAction::AddGroupMember { group, user } => {
             let group_id = group_id(tx, group).await?;
-            let (user_id, disabled) = existing_user(tx, user).await?;
-            if disabled {
+            let (user_id, state, disabled_at) =
+                user_id(tx, user).await?.ok_or_else(|| StoreError::not_found("user", user))?;
+            if disabled_at.is_some() {
                 return Err(StoreError::Conflict(format!("user {user} is disabled")));
+            }
+            if state != "active" {
+                let pending = pending_for_user(tx, user.as_str()).await?;
+                return Err(StoreError::Conflict(format!(
+                    "user {user} does not exist yet: the grant creating them ({}) must be approved first",
+                    pending.map_or("pending".to_owned(), |id| format!("grant {id}"))
+                )));
             }
             let sql = tx.sql("SELECT COUNT(*) FROM group_members WHERE group_id = $1 AND user_id = $2");
             let n: i64 = sqlx::query_scalar(&sql).bind(group_id).bind(user_id).fetch_one(tx.conn()).await?;
@@ -197,7 +201,8 @@ pub(crate) async fn apply(tx: &mut Tx, grant_id: i64, action: &GrantAction) -> R
         GrantAction::AddGroupMember { group, user } => {
             let group_id = group_id(tx, group).await?;
             let (user_id, _) = existing_user(tx, user).await?;
-            let sql = tx.sql("INSERT INTO group_members (group_id, user_id, grant_id, added_at) VALUES ($1, $2, $3, $4)");
+            let sql =
+                tx.sql("INSERT INTO group_members (group_id, user_id, grant_id, added_at) VALUES ($1, $2, $3, $4)");
             sqlx::query(&sql).bind(group_id).bind(user_id).bind(grant_id).bind(now).execute(tx.conn()).await?;
         }
         GrantAction::RemoveGroupMember { group, user } => {
@@ -213,7 +218,7 @@ pub(crate) async fn apply(tx: &mut Tx, grant_id: i64, action: &GrantAction) -> R
             revoke_all(tx, user_id).await?;
         }
     }
-    advance_era(tx).await
+    Ok(())
 }
 
 fn applied_event(actor: &str, grant: &GrantView, how: &str) -> NewEvent {
@@ -253,10 +258,7 @@ async fn insert(tx: &mut Tx, requested_by: &str, action: &GrantAction, status: G
 
 /// Records the first admin, made by `custody init`, as a bootstrap grant.
 pub(crate) async fn record_initial_admin(tx: &mut Tx, admin: &UserName, user_id: i64) -> Result<()> {
-    let action = GrantAction::AddGroupMember {
-        group: GroupName::admins(),
-        user: admin.clone(),
-    };
+    let action = GrantAction::AddGroupMember { group: GroupName::admins(), user: admin.clone() };
     let grant = insert(tx, SYSTEM_ACTOR, &action, GrantStatus::Bootstrap).await?;
     let sql = tx.sql(
         "INSERT INTO group_members (group_id, user_id, grant_id, added_at) \
@@ -286,6 +288,7 @@ pub(crate) async fn request(tx: &mut Tx, actor: &Authenticated, action: GrantAct
             let grant = insert(tx, actor.name.as_str(), &action, GrantStatus::Bootstrap).await?;
             apply(tx, grant.id, &action).await?;
             tx.audit(applied_event(actor.name.as_str(), &grant, "bootstrap")).await?;
+            advance_era(tx).await?;
             Ok(grant)
         }
         Effect::AwaitSecondAdmin => {
@@ -338,7 +341,8 @@ impl Store {
                     "UPDATE grants SET status = 'approved', decided_by = $1, decided_at = $2 \
                      WHERE id = $3 AND status = 'pending'",
                 );
-                let done = sqlx::query(&sql).bind(actor.name.as_str()).bind(now_ms()).bind(id).execute(tx.conn()).await?;
+                let done =
+                    sqlx::query(&sql).bind(actor.name.as_str()).bind(now_ms()).bind(id).execute(tx.conn()).await?;
                 if done.rows_affected() != 1 {
                     return Err(StoreError::Conflict(format!("grant {id} was decided meanwhile")));
                 }
@@ -351,6 +355,7 @@ impl Store {
                 })
                 .await?;
                 tx.audit(applied_event(actor.name.as_str(), &grant, "approved")).await?;
+                advance_era(tx).await?;
                 Ok(grant)
             })
         })

@@ -66,7 +66,12 @@ impl Store {
     }
 
     /// An admin asks to add `user` to `group`: a grant.
-    pub async fn request_membership(&self, actor: &Authenticated, group: GroupName, user: UserName) -> Result<GrantView> {
+    pub async fn request_membership(
+        &self,
+        actor: &Authenticated,
+        group: GroupName,
+        user: UserName,
+    ) -> Result<GrantView> {
         self.request_grant(actor, GrantAction::AddGroupMember { group, user }).await
     }
 
@@ -83,11 +88,8 @@ impl Store {
     /// Every group with its members, a page at a time.
     pub async fn list_groups(&self, page: PageRequest) -> Result<Page<GroupView>> {
         let sql = self.sql("SELECT id FROM groups WHERE id > $1 ORDER BY id LIMIT $2");
-        let ids: Vec<i64> = sqlx::query_scalar(&sql)
-            .bind(page.after.unwrap_or(0))
-            .bind(page.limit)
-            .fetch_all(self.readers())
-            .await?;
+        let ids: Vec<i64> =
+            sqlx::query_scalar(&sql).bind(page.after.unwrap_or(0)).bind(page.limit).fetch_all(self.readers()).await?;
         let mut groups = Vec::with_capacity(ids.len());
         for id in ids {
             groups.push(self.group_by_id(id).await?);

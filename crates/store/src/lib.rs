@@ -75,10 +75,7 @@ pub enum StoreError {
 
 impl StoreError {
     pub(crate) fn not_found(what: &'static str, name: impl ToString) -> Self {
-        StoreError::NotFound {
-            what,
-            name: name.to_string(),
-        }
+        StoreError::NotFound { what, name: name.to_string() }
     }
 }
 
@@ -102,10 +99,7 @@ impl PageRequest {
 
     /// A page after `after` of at most `limit` items, clamped to sane bounds.
     pub fn new(after: Option<i64>, limit: Option<i64>) -> Self {
-        PageRequest {
-            after,
-            limit: limit.unwrap_or(Self::DEFAULT).clamp(1, Self::MAX),
-        }
+        PageRequest { after, limit: limit.unwrap_or(Self::DEFAULT).clamp(1, Self::MAX) }
     }
 }
 
@@ -128,11 +122,7 @@ pub struct Page<T> {
 
 impl<T> Page<T> {
     pub(crate) fn from_items(items: Vec<T>, request: PageRequest, id: impl Fn(&T) -> i64) -> Self {
-        let next_cursor = if items.len() as i64 == request.limit {
-            items.last().map(id)
-        } else {
-            None
-        };
+        let next_cursor = if items.len() as i64 == request.limit { items.last().map(id) } else { None };
         Page { items, next_cursor }
     }
 }
@@ -177,13 +167,7 @@ impl Store {
             .connect_with(options.clone())
             .await?;
         let writer = writer::Handle::start(dialect, writer_conn, options);
-        Ok(Store {
-            inner: Arc::new(Inner {
-                dialect,
-                readers,
-                writer,
-            }),
-        })
+        Ok(Store { inner: Arc::new(Inner { dialect, readers, writer }) })
     }
 
     /// Which database this store is on.
@@ -227,10 +211,7 @@ impl Store {
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Reads a column, mapping a decoding failure to [`StoreError::Corrupt`].
@@ -241,3 +222,6 @@ where
     use sqlx::Row;
     row.try_get(name).map_err(|e| StoreError::Corrupt(format!("column {name}: {e}")))
 }
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;

@@ -49,11 +49,7 @@ impl Authenticated {
 
     /// The actor as the grant rules see them.
     pub fn as_admin(&self) -> AdminActor<'_> {
-        AdminActor {
-            name: &self.name,
-            is_admin: self.is_admin,
-            admin_scope: self.has_scope(Scope::Admin),
-        }
+        AdminActor { name: &self.name, is_admin: self.is_admin, admin_scope: self.has_scope(Scope::Admin) }
     }
 
     /// Whether they may read everything (admins and auditors).
@@ -140,9 +136,7 @@ pub struct TokenView {
 fn random_id() -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::thread_rng();
-    (0..secret::ID_LEN)
-        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
-        .collect()
+    (0..secret::ID_LEN).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
 }
 
 fn random_secret() -> String {
@@ -173,8 +167,7 @@ fn check_token_name(name: &str) -> Result<()> {
 pub(crate) async fn user_id(tx: &mut Tx, name: &UserName) -> Result<Option<(i64, String, Option<i64>)>> {
     let sql = tx.sql("SELECT id, state, disabled_at FROM users WHERE name = $1");
     let row = sqlx::query(&sql).bind(name.as_str()).fetch_optional(tx.conn()).await?;
-    row.map(|row| Ok((col(&row, "id")?, col(&row, "state")?, col(&row, "disabled_at")?)))
-        .transpose()
+    row.map(|row| Ok((col(&row, "id")?, col(&row, "state")?, col(&row, "disabled_at")?))).transpose()
 }
 
 /// Whether `user_id` is in the group named `group` now.
@@ -191,11 +184,8 @@ pub(crate) async fn in_group(tx: &mut Tx, user_id: i64, group: &str) -> Result<b
 /// decision rests on what is true at commit, not at authentication.
 pub(crate) async fn require_admin(tx: &mut Tx, actor: &Authenticated) -> Result<()> {
     let is_admin = in_group(tx, actor.user_id, "admins").await?;
-    let decision = grant::decide_admin(&AdminActor {
-        name: &actor.name,
-        is_admin,
-        admin_scope: actor.has_scope(Scope::Admin),
-    });
+    let decision =
+        grant::decide_admin(&AdminActor { name: &actor.name, is_admin, admin_scope: actor.has_scope(Scope::Admin) });
     if !decision.allowed {
         return Err(StoreError::Refused(decision));
     }
@@ -246,7 +236,8 @@ pub(crate) async fn revoke_all(tx: &mut Tx, user_id: i64) -> Result<()> {
     let now = now_ms();
     let sql = tx.sql("UPDATE tokens SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL");
     sqlx::query(&sql).bind(now).bind(user_id).execute(tx.conn()).await?;
-    let sql = tx.sql("UPDATE invites SET expires_at = $1 WHERE user_id = $2 AND redeemed_at IS NULL AND expires_at > $1");
+    let sql =
+        tx.sql("UPDATE invites SET expires_at = $1 WHERE user_id = $2 AND redeemed_at IS NULL AND expires_at > $1");
     sqlx::query(&sql).bind(now).bind(user_id).execute(tx.conn()).await?;
     Ok(())
 }
@@ -303,10 +294,7 @@ impl Store {
                 grants::record_initial_admin(tx, &admin, user_id).await?;
                 let token = insert_token(tx, user_id, "init", Scopes::of(&Scope::ALL), None).await?;
                 tx.audit(token_event(admin.as_str(), admin.as_str(), &token, "init")).await?;
-                Ok(Initialised {
-                    admin: admin.to_string(),
-                    token: token.token,
-                })
+                Ok(Initialised { admin: admin.to_string(), token: token.token })
             })
         })
         .await
@@ -327,11 +315,7 @@ impl Store {
                       WHERE m.user_id = u.id AND g.name = 'auditors') AS auditor \
              FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.id = $1",
         );
-        let row = sqlx::query(&sql)
-            .bind(parts.id)
-            .fetch_optional(self.readers())
-            .await?
-            .ok_or(REFUSED)?;
+        let row = sqlx::query(&sql).bind(parts.id).fetch_optional(self.readers()).await?.ok_or(REFUSED)?;
         let stored: String = col(&row, "secret_hash")?;
         if !secret_matches(&stored, parts.secret) {
             return Err(REFUSED);
@@ -418,11 +402,7 @@ impl Store {
                     .bind(expires_at)
                     .execute(tx.conn())
                     .await?;
-                let action = GrantAction::CreateUser {
-                    user: name.clone(),
-                    email,
-                    display_name,
-                };
+                let action = GrantAction::CreateUser { user: name.clone(), email, display_name };
                 let grant = grants::request(tx, &actor, action).await?;
                 Ok(CreatedUser {
                     name: name.to_string(),
@@ -464,11 +444,14 @@ impl Store {
                 if state != "active" {
                     let grant = grants::pending_for_user(tx, &name).await?;
                     return Err(StoreError::Refused(Decision::deny(
-                        Reason::new(grants::AWAITING_APPROVAL, format!("the grant creating user {name} is still pending"))
-                            .satisfy(match grant {
-                                Some(id) => format!("a second admin must approve grant {id}; then redeem the code again"),
-                                None => "a second admin must approve the grant; then redeem the code again".into(),
-                            }),
+                        Reason::new(
+                            grants::AWAITING_APPROVAL,
+                            format!("the grant creating user {name} is still pending"),
+                        )
+                        .satisfy(match grant {
+                            Some(id) => format!("a second admin must approve grant {id}; then redeem the code again"),
+                            None => "a second admin must approve the grant; then redeem the code again".into(),
+                        }),
                     )));
                 }
                 let sql = tx.sql("UPDATE invites SET redeemed_at = $1 WHERE id = $2 AND redeemed_at IS NULL");
@@ -521,13 +504,22 @@ impl Store {
         .await
     }
 
-    /// Makes a token for the named user after they proved their password
-    /// (checked by the caller).
+    /// Makes a token, valid for a day, for the named user after they proved
+    /// their password (checked by the caller). This is the one way for an
+    /// admin to get a token with the admin scope besides `custody init`: a
+    /// token can only make tokens with no more scopes than it has.
     pub async fn create_token_after_login(&self, user_id: i64, name: &UserName, scopes: Scopes) -> Result<NewToken> {
         let name = name.clone();
         self.write(move |tx| {
             Box::pin(async move {
-                let token = insert_token(tx, user_id, "password login", scopes, Some(now_ms() + 24 * 3600 * 1000)).await?;
+                if scopes.contains(Scope::Admin) && !in_group(tx, user_id, "admins").await? {
+                    return Err(StoreError::Refused(Decision::deny(
+                        Reason::new(ADMIN_SCOPE_NEEDS_ADMIN, format!("{name} is not an admin"))
+                            .satisfy("ask for read or write scopes"),
+                    )));
+                }
+                let token =
+                    insert_token(tx, user_id, "password login", scopes, Some(now_ms() + 24 * 3600 * 1000)).await?;
                 tx.audit(token_event(name.as_str(), name.as_str(), &token, "password")).await?;
                 Ok(token)
             })
@@ -630,8 +622,7 @@ impl Store {
              WHERE name = $1 AND state = 'active' AND disabled_at IS NULL AND password_hash IS NOT NULL",
         );
         let row = sqlx::query(&sql).bind(name.as_str()).fetch_optional(self.readers()).await?;
-        row.map(|row| Ok((col(&row, "id")?, col(&row, "password_hash")?)))
-            .transpose()
+        row.map(|row| Ok((col(&row, "id")?, col(&row, "password_hash")?))).transpose()
     }
 
     /// Disables a user and revokes their tokens. For an admin or a member of
@@ -673,11 +664,7 @@ impl Store {
         let sql = self.sql(
             "SELECT id, name, display_name, state, disabled_at, created_at FROM users WHERE id > $1 ORDER BY id LIMIT $2",
         );
-        let rows = sqlx::query(&sql)
-            .bind(page.after.unwrap_or(0))
-            .bind(page.limit)
-            .fetch_all(self.readers())
-            .await?;
+        let rows = sqlx::query(&sql).bind(page.after.unwrap_or(0)).bind(page.limit).fetch_all(self.readers()).await?;
         let mut users = Vec::with_capacity(rows.len());
         for row in &rows {
             users.push(self.user_view(row).await?);
@@ -718,7 +705,13 @@ impl Store {
     }
 }
 
-async fn insert_user(tx: &mut Tx, name: &UserName, display_name: &str, email: Option<&Email>, state: &str) -> Result<i64> {
+async fn insert_user(
+    tx: &mut Tx,
+    name: &UserName,
+    display_name: &str,
+    email: Option<&Email>,
+    state: &str,
+) -> Result<i64> {
     let now = now_ms();
     let sql = tx.sql("INSERT INTO users (name, display_name, state, created_at) VALUES ($1, $2, $3, $4) RETURNING id");
     let id: i64 = sqlx::query_scalar(&sql)

@@ -55,9 +55,8 @@ impl Tx {
     pub async fn audit(&mut self, event: NewEvent) -> Result<i64> {
         let seq = self.next_seq;
         let details = serde_json::to_string(&event.details).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let sql = self.sql(
-            "INSERT INTO audit_events (seq, at, actor, action, subject, details) VALUES ($1, $2, $3, $4, $5, $6)",
-        );
+        let sql = self
+            .sql("INSERT INTO audit_events (seq, at, actor, action, subject, details) VALUES ($1, $2, $3, $4, $5, $6)");
         sqlx::query(&sql)
             .bind(seq)
             .bind(crate::now_ms())
@@ -81,10 +80,7 @@ impl Handle {
     pub(crate) fn start(dialect: Dialect, conn: AnyConnection, options: AnyConnectOptions) -> Handle {
         let (sender, receiver) = mpsc::channel(4 * MAX_GROUP);
         let task = tokio::spawn(run(dialect, conn, options, receiver));
-        Handle {
-            sender: tokio::sync::Mutex::new(Some(sender)),
-            stopped: tokio::sync::Mutex::new(Some(task)),
-        }
+        Handle { sender: tokio::sync::Mutex::new(Some(sender)), stopped: tokio::sync::Mutex::new(Some(task)) }
     }
 
     pub(crate) async fn run<T, F>(&self, op: F) -> Result<T>
@@ -147,9 +143,7 @@ async fn commit_group(dialect: Dialect, conn: AnyConnection, group: &mut Vec<Job
 
     let outcome: Result<()> = async {
         dialect.begin_write(&mut tx.conn).await?;
-        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_events")
-            .fetch_one(&mut tx.conn)
-            .await?;
+        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_events").fetch_one(&mut tx.conn).await?;
         tx.next_seq = last.unwrap_or(0) + 1;
         for job in group.drain(..) {
             tx.conn.execute("SAVEPOINT op").await?;

@@ -1,0 +1,143 @@
+//! A client of custody's JSON API.
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::config::Credentials;
+use crate::Failure;
+
+/// The server and token client commands use.
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// A client of `server`, presenting `token` when given.
+    pub fn new(server: &str, token: Option<String>) -> Result<Client, Failure> {
+        let base = server.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Failure::input(format!("server {server:?} must be a URL such as http://127.0.0.1:8080")));
+        }
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("custody/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Failure::internal(e.to_string()))?;
+        Ok(Client { http, base, token })
+    }
+
+    /// The server from `--server`/`CUSTODY_SERVER` or `custody login`, and
+    /// the token from `CUSTODY_TOKEN` or `custody login`.
+    pub fn from_env(server: Option<String>) -> Result<Client, Failure> {
+        let stored = Credentials::load()?;
+        let server = server
+            .or(stored.server)
+            .ok_or_else(|| Failure::input("no server: run `custody login --server URL`, or set CUSTODY_SERVER"))?;
+        let token = std::env::var("CUSTODY_TOKEN").ok().filter(|t| !t.is_empty()).or(stored.token);
+        Client::new(&server, token)
+    }
+
+    /// The server's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends a request and returns the JSON answer (null for 204).
+    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, Failure> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method, &url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| Failure {
+            code: 3,
+            message: format!("cannot reach custody at {}: {}", self.base, root_cause(&e)),
+            body: None,
+        })?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| Failure {
+            code: 3,
+            message: format!("the answer from {} broke off: {e}", self.base),
+            body: None,
+        })?;
+        if status.is_success() {
+            if text.is_empty() {
+                return Ok(Value::Null);
+            }
+            return serde_json::from_str(&text)
+                .map_err(|e| Failure::internal(format!("the server sent invalid JSON: {e}")));
+        }
+        Err(failure_from(status, &text))
+    }
+
+    /// GET.
+    pub async fn get(&self, path: &str) -> Result<Value, Failure> {
+        self.call(Method::GET, path, None).await
+    }
+
+    /// POST with a JSON body.
+    pub async fn post(&self, path: &str, body: Value) -> Result<Value, Failure> {
+        self.call(Method::POST, path, Some(&body)).await
+    }
+
+    /// Every item of a paginated list, following `next_cursor`.
+    pub async fn list(&self, path: &str) -> Result<Vec<Value>, Failure> {
+        let mut items = Vec::new();
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let mut after: Option<i64> = None;
+        loop {
+            let page_path = match after {
+                Some(cursor) => format!("{path}{separator}limit=500&after={cursor}"),
+                None => format!("{path}{separator}limit=500"),
+            };
+            let page = self.get(&page_path).await?;
+            if let Some(list) = page.get("items").and_then(Value::as_array) {
+                items.extend(list.iter().cloned());
+            }
+            match page.get("next_cursor").and_then(Value::as_i64) {
+                Some(cursor) => after = Some(cursor),
+                None => return Ok(items),
+            }
+        }
+    }
+}
+
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// Maps an error answer to an exit code and a message with every reason.
+fn failure_from(status: StatusCode, text: &str) -> Failure {
+    let body: Option<Value> = serde_json::from_str(text).ok();
+    let error = body.as_ref().and_then(|b| b.get("error"));
+    let mut message = error
+        .and_then(|e| e.get("message"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("the server answered {status}"));
+    if let Some(reasons) = error.and_then(|e| e.get("reasons")).and_then(Value::as_array) {
+        message = "refused:".to_owned();
+        for reason in reasons {
+            let rule = reason.get("rule").and_then(Value::as_str).unwrap_or("?");
+            let text = reason.get("message").and_then(Value::as_str).unwrap_or("");
+            message.push_str(&format!("\n  - {text} [{rule}]"));
+            if let Some(satisfy) = reason.get("satisfy").and_then(Value::as_str) {
+                message.push_str(&format!("\n    to satisfy: {satisfy}"));
+            }
+        }
+    }
+    let code = match status.as_u16() {
+        401 | 403 | 429 => 1,
+        400..=499 => 2,
+        _ => 3,
+    };
+    Failure { code, message, body }
+}

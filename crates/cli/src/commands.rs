@@ -1,0 +1,533 @@
+//! Client commands: one function per noun, printing for people or `--json`.
+
+use std::io::BufRead as _;
+
+use clap::{Args, Subcommand};
+use custody_domain::{Email, GroupName, Scopes, Timestamp, UserName};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::client::Client;
+use crate::config::{credentials_path, Credentials};
+use crate::Failure;
+
+/// How results are printed.
+#[derive(Clone, Copy, Debug)]
+pub struct Output {
+    /// JSON for scripts instead of text for people.
+    pub json: bool,
+}
+
+impl Output {
+    /// Prints a value as JSON on one line.
+    pub fn print_json(&self, value: &impl serde::Serialize) {
+        println!("{}", serde_json::to_string(value).unwrap_or_else(|_| "null".into()));
+    }
+
+    /// Prints `value` as JSON, or `text(value)` for people.
+    fn show(&self, value: &Value, text: impl FnOnce(&Value) -> String) {
+        if self.json {
+            self.print_json(value);
+        } else {
+            println!("{}", text(value));
+        }
+    }
+
+    /// Prints a list as a JSON array, or one line per item.
+    fn list(&self, items: &[Value], line: impl Fn(&Value) -> String, empty: &str) {
+        if self.json {
+            self.print_json(&items);
+        } else if items.is_empty() {
+            println!("{empty}");
+        } else {
+            for item in items {
+                println!("{}", line(item));
+            }
+        }
+    }
+}
+
+fn s<'a>(value: &'a Value, key: &str) -> &'a str {
+    value.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+fn strings(value: &Value, key: &str) -> String {
+    value
+        .get(key)
+        .and_then(Value::as_array)
+        .map(|items| items.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default()
+}
+
+/// Reads one line from standard input, without its line ending.
+fn read_line(what: &str) -> Result<String, Failure> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| Failure::input(format!("cannot read the {what} from standard input: {e}")))?;
+    let line = line.trim_end_matches(['\r', '\n']).to_owned();
+    if line.is_empty() {
+        return Err(Failure::input(format!("no {what} on standard input")));
+    }
+    Ok(line)
+}
+
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    /// Read the token from standard input (the default when CUSTODY_TOKEN is unset).
+    #[arg(long)]
+    token_stdin: bool,
+}
+
+pub async fn login(server: Option<String>, args: LoginArgs, out: Output) -> Result<(), Failure> {
+    let mut stored = Credentials::load()?;
+    let server = server
+        .or(stored.server.clone())
+        .ok_or_else(|| Failure::input("name the server: `custody login --server URL`"))?;
+    let from_env = std::env::var("CUSTODY_TOKEN").ok().filter(|t| !t.is_empty());
+    let token = match from_env {
+        Some(token) if !args.token_stdin => token,
+        _ => {
+            if !out.json {
+                eprintln!("paste the token and press Enter:");
+            }
+            read_line("token")?.trim().to_owned()
+        }
+    };
+    let client = Client::new(&server, Some(token.clone()))?;
+    let me = client.get("/api/v1/me").await?;
+    stored.server = Some(client.base().to_owned());
+    stored.token = Some(token);
+    let path = stored.save()?;
+    out.show(&json!({ "server": client.base(), "user": me.get("name") }), |_| {
+        format!("logged in to {} as {} (saved in {})", client.base(), s(&me, "name"), path.display())
+    });
+    Ok(())
+}
+
+pub fn logout(out: Output) -> Result<(), Failure> {
+    let mut stored = Credentials::load()?;
+    let had = stored.token.take().is_some();
+    if had {
+        stored.save()?;
+    }
+    let path = credentials_path().map(|p| p.display().to_string()).unwrap_or_default();
+    out.show(&json!({ "logged_out": had }), |_| {
+        if had {
+            format!("forgot the token stored in {path} (it still works until revoked: `custody token revoke ID`)")
+        } else {
+            "no token was stored".into()
+        }
+    });
+    Ok(())
+}
+
+fn user_line(user: &Value) -> String {
+    let mut flags = Vec::new();
+    if user.get("admin").and_then(Value::as_bool) == Some(true) {
+        flags.push("admin".to_owned());
+    }
+    if s(user, "state") == "pending" {
+        flags.push("pending approval".to_owned());
+    }
+    if user.get("disabled").and_then(Value::as_bool) == Some(true) {
+        flags.push("disabled".to_owned());
+    }
+    let flags = if flags.is_empty() { String::new() } else { format!(" [{}]", flags.join(", ")) };
+    format!("{:<20} {:<30} {}{}", s(user, "name"), s(user, "display_name"), strings(user, "emails"), flags)
+}
+
+fn user_text(user: &Value) -> String {
+    format!(
+        "{}\ngroups: {}\ncreated: {}",
+        user_line(user),
+        match strings(user, "groups") {
+            g if g.is_empty() => "(none)".to_owned(),
+            g => g,
+        },
+        s(user, "created_at")
+    )
+}
+
+pub async fn whoami(client: &Client, out: Output) -> Result<(), Failure> {
+    let me = client.get("/api/v1/me").await?;
+    out.show(&me, user_text);
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UserCommand {
+    /// Ask for a new user (a grant); prints their one-time invite code.
+    Add {
+        /// Lowercase letters, digits, '-', '_' and '.'.
+        name: String,
+        /// Their e-mail address, used to recognise their commits.
+        #[arg(long)]
+        email: String,
+        /// How they are shown.
+        #[arg(long)]
+        display_name: Option<String>,
+    },
+    /// Every user.
+    List,
+    /// One user.
+    Show { name: String },
+    /// Disable a user and revoke their tokens (a grant for admins and group members).
+    Disable { name: String },
+    /// Set your own password for the web, read from standard input.
+    SetPassword,
+}
+
+pub async fn user(client: &Client, command: UserCommand, out: Output) -> Result<(), Failure> {
+    match command {
+        UserCommand::Add { name, email, display_name } => {
+            UserName::parse(&name)?;
+            Email::parse(&email)?;
+            let created = client
+                .post("/api/v1/users", json!({ "name": name, "email": email, "display_name": display_name }))
+                .await?;
+            out.show(&created, |c| {
+                let grant = &c["grant"];
+                let status = match s(grant, "status") {
+                    "pending" => format!(
+                        "grant {} is pending: another admin must run `custody grant approve {}` before the code works",
+                        grant["id"], grant["id"]
+                    ),
+                    _ => format!("grant {} applied at once (bootstrap: this instance has a single admin)", grant["id"]),
+                };
+                format!(
+                    "user {} asked for; {status}\ninvite code (shown once, valid until {}): {}\nthe user runs: custody token redeem CODE",
+                    s(c, "name"),
+                    s(c, "invite_expires_at"),
+                    s(c, "invite_code")
+                )
+            });
+        }
+        UserCommand::List => {
+            let users = client.list("/api/v1/users").await?;
+            out.list(&users, user_line, "no users");
+        }
+        UserCommand::Show { name } => {
+            let user = client.get(&format!("/api/v1/users/{}", UserName::parse(&name)?)).await?;
+            out.show(&user, user_text);
+        }
+        UserCommand::Disable { name } => {
+            let outcome =
+                client.post(&format!("/api/v1/users/{}/disable", UserName::parse(&name)?), json!(null)).await?;
+            out.show(&outcome, |o| match o.get("grant").filter(|g| !g.is_null()) {
+                Some(grant) if s(grant, "status") == "pending" => {
+                    format!("disabling {name} is grant {}, pending a second admin", grant["id"])
+                }
+                _ => format!("{name} is disabled and their tokens are revoked"),
+            });
+        }
+        UserCommand::SetPassword => {
+            if !out.json {
+                eprintln!("new password (at least 12 characters), then Enter:");
+            }
+            let password = read_line("password")?;
+            client.call(Method::PUT, "/api/v1/me/password", Some(&json!({ "password": password }))).await?;
+            out.show(&json!({ "password_set": true }), |_| "password set".into());
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Redeem an invite code for your own token (needs no token).
+    Redeem {
+        code: String,
+        /// Also store the token and server, as `custody login` does.
+        #[arg(long)]
+        save: bool,
+    },
+    /// Create a token for yourself.
+    Create {
+        /// What it is for.
+        #[arg(long, default_value = "cli")]
+        name: String,
+        /// Comma-separated: read, write, admin.
+        #[arg(long, default_value = "read,write")]
+        scope: String,
+        /// When it expires, as a duration such as 30d or 12h; never by default.
+        #[arg(long)]
+        expires: Option<humantime::Duration>,
+    },
+    /// Your tokens (never their secrets).
+    List,
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
+pub async fn token(server: Option<String>, command: TokenCommand, out: Output) -> Result<(), Failure> {
+    if let TokenCommand::Redeem { code, save } = command {
+        let stored = Credentials::load()?;
+        let server = server
+            .or(stored.server)
+            .ok_or_else(|| Failure::input("name the server: --server URL or CUSTODY_SERVER"))?;
+        let client = Client::new(&server, None)?;
+        let token = client.post("/api/v1/invites/redeem", json!({ "code": code.trim() })).await?;
+        if save {
+            let mut stored = Credentials::load()?;
+            stored.server = Some(client.base().to_owned());
+            stored.token = Some(s(&token, "token").to_owned());
+            stored.save()?;
+        }
+        out.show(&json!({ "token": token["token"], "id": token["id"] }), |t| {
+            format!("your token (shown once; keep it secret): {}", s(t, "token"))
+        });
+        return Ok(());
+    }
+    let client = Client::from_env(server)?;
+    match command {
+        TokenCommand::Redeem { .. } => unreachable!("handled above"),
+        TokenCommand::Create { name, scope, expires } => {
+            let scopes = Scopes::parse_list(&scope)?;
+            let body = json!({ "name": name, "scopes": scopes, "expires_in": expires.map(|d| d.as_secs().max(1)) });
+            let made = client.post("/api/v1/tokens", body).await?;
+            out.show(&made, |t| format!("token {} ({}): {}", s(t, "id"), strings(t, "scopes"), s(t, "token")));
+        }
+        TokenCommand::List => {
+            let tokens = client.list("/api/v1/tokens").await?;
+            out.list(
+                &tokens,
+                |t| {
+                    let state = if !t["revoked_at"].is_null() {
+                        "revoked".to_owned()
+                    } else if let Some(expiry) = t["expires_at"].as_str() {
+                        format!("expires {expiry}")
+                    } else {
+                        "no expiry".to_owned()
+                    };
+                    let used = t["last_used_at"].as_str().unwrap_or("never");
+                    format!(
+                        "{}  {:<16} {:<18} {state}, last used {used}",
+                        s(t, "id"),
+                        s(t, "name"),
+                        strings(t, "scopes")
+                    )
+                },
+                "no tokens",
+            );
+        }
+        TokenCommand::Revoke { id } => {
+            client.call(Method::DELETE, &format!("/api/v1/tokens/{id}"), None).await?;
+            out.show(&json!({ "revoked": id }), |_| format!("token {id} revoked"));
+        }
+    }
+    Ok(())
+}
+
+fn grant_line(grant: &Value) -> String {
+    let decided = match s(grant, "decided_by") {
+        "" => String::new(),
+        by => format!(" by {by}"),
+    };
+    format!(
+        "#{:<5} {:<9} {}  (asked by {}{decided})",
+        grant["id"],
+        s(grant, "status"),
+        s(grant, "description"),
+        s(grant, "requested_by")
+    )
+}
+
+fn group_line(group: &Value) -> String {
+    let members: Vec<&str> =
+        group["members"].as_array().map(|m| m.iter().filter_map(|m| m["user"].as_str()).collect()).unwrap_or_default();
+    format!("{:<24} {}", s(group, "name"), if members.is_empty() { "(no members)".into() } else { members.join(", ") })
+}
+
+fn grant_outcome(grant: &Value) -> String {
+    match s(grant, "status") {
+        "pending" => format!(
+            "grant {} asked for: {}; another admin must approve it (`custody grant approve {}`)",
+            grant["id"],
+            s(grant, "description"),
+            grant["id"]
+        ),
+        "bootstrap" => format!(
+            "{} (applied at once as bootstrap grant {}: this instance has a single admin)",
+            s(grant, "description"),
+            grant["id"]
+        ),
+        status => format!("grant {} {status}: {}", grant["id"], s(grant, "description")),
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GroupCommand {
+    /// Create an empty group.
+    Create { name: String },
+    /// Ask to add a user to a group (a grant). `admins` makes them an admin.
+    Add { group: String, user: String },
+    /// Ask to remove a user from a group (a grant).
+    Remove { group: String, user: String },
+    /// Every group with its members.
+    List,
+    /// One group.
+    Show { name: String },
+}
+
+pub async fn group(client: &Client, command: GroupCommand, out: Output) -> Result<(), Failure> {
+    match command {
+        GroupCommand::Create { name } => {
+            GroupName::parse(&name)?;
+            let group = client.post("/api/v1/groups", json!({ "name": name })).await?;
+            out.show(&group, |g| format!("group {} created", s(g, "name")));
+        }
+        GroupCommand::Add { group, user } => {
+            let (group, user) = (GroupName::parse(&group)?, UserName::parse(&user)?);
+            let grant = client.post(&format!("/api/v1/groups/{group}/members"), json!({ "user": user })).await?;
+            out.show(&grant, grant_outcome);
+        }
+        GroupCommand::Remove { group, user } => {
+            let (group, user) = (GroupName::parse(&group)?, UserName::parse(&user)?);
+            let grant = client.call(Method::DELETE, &format!("/api/v1/groups/{group}/members/{user}"), None).await?;
+            out.show(&grant, grant_outcome);
+        }
+        GroupCommand::List => {
+            let groups = client.list("/api/v1/groups").await?;
+            out.list(&groups, group_line, "no groups");
+        }
+        GroupCommand::Show { name } => {
+            let group = client.get(&format!("/api/v1/groups/{}", GroupName::parse(&name)?)).await?;
+            out.show(&group, group_line);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GrantCommand {
+    /// Grants: pending ones by default.
+    List {
+        /// pending, approved, rejected, bootstrap or all.
+        #[arg(long, default_value = "pending")]
+        status: String,
+    },
+    /// One grant.
+    Show { id: i64 },
+    /// Approve a grant another admin asked for; it applies at once.
+    Approve { id: i64 },
+    /// Reject a grant (or withdraw your own).
+    Reject {
+        id: i64,
+        /// Why.
+        #[arg(short = 'm', long = "message")]
+        message: Option<String>,
+    },
+}
+
+pub async fn grant(client: &Client, command: GrantCommand, out: Output) -> Result<(), Failure> {
+    match command {
+        GrantCommand::List { status } => {
+            let path = match status.as_str() {
+                "all" => "/api/v1/grants".to_owned(),
+                "pending" | "approved" | "rejected" | "bootstrap" => format!("/api/v1/grants?status={status}"),
+                other => {
+                    return Err(Failure::input(format!(
+                        "--status {other:?}: use pending, approved, rejected, bootstrap or all"
+                    )))
+                }
+            };
+            let grants = client.list(&path).await?;
+            out.list(&grants, grant_line, &format!("no {status} grants"));
+        }
+        GrantCommand::Show { id } => {
+            let grant = client.get(&format!("/api/v1/grants/{id}")).await?;
+            out.show(&grant, grant_line);
+        }
+        GrantCommand::Approve { id } => {
+            let grant = client.post(&format!("/api/v1/grants/{id}/approve"), json!(null)).await?;
+            out.show(&grant, |g| format!("approved and applied grant {}: {}", g["id"], s(g, "description")));
+        }
+        GrantCommand::Reject { id, message } => {
+            let grant = client.post(&format!("/api/v1/grants/{id}/reject"), json!({ "note": message })).await?;
+            out.show(&grant, |g| format!("rejected grant {}: {}", g["id"], s(g, "description")));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Audit events in order.
+    Log {
+        /// Only events since this time: RFC 3339, or a duration ago such as 2h.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events before this time: RFC 3339, or a duration ago.
+        #[arg(long)]
+        until: Option<String>,
+        /// Only events by this actor.
+        #[arg(long)]
+        actor: Option<String>,
+        /// Only events with this action, such as grant.approve.
+        #[arg(long)]
+        action: Option<String>,
+    },
+}
+
+/// Reads RFC 3339, or a duration meaning that long ago.
+fn point_in_time(value: &str) -> Result<Timestamp, Failure> {
+    if let Ok(t) = Timestamp::parse_rfc3339(value) {
+        return Ok(t);
+    }
+    let ago = humantime::parse_duration(value).map_err(|_| {
+        Failure::input(format!("{value:?} is neither an RFC 3339 time (2026-11-28T19:00:00Z) nor a duration (2h)"))
+    })?;
+    Ok(Timestamp::from_millis(custody_store::now_ms() - ago.as_millis() as i64))
+}
+
+pub async fn audit(client: &Client, command: AuditCommand, out: Output) -> Result<(), Failure> {
+    let AuditCommand::Log { since, until, actor, action } = command;
+    let mut query = Vec::new();
+    if let Some(since) = since {
+        query.push(format!("since={}", point_in_time(&since)?));
+    }
+    if let Some(until) = until {
+        query.push(format!("until={}", point_in_time(&until)?));
+    }
+    if let Some(actor) = actor {
+        query.push(format!("actor={}", encode(&actor)));
+    }
+    if let Some(action) = action {
+        query.push(format!("action={}", encode(&action)));
+    }
+    let path = if query.is_empty() {
+        "/api/v1/audit/events".to_owned()
+    } else {
+        format!("/api/v1/audit/events?{}", query.join("&"))
+    };
+    let events = client.list(&path).await?;
+    out.list(
+        &events,
+        |e| {
+            format!(
+                "{:>6}  {}  {:<12} {:<22} {}  {}",
+                e["seq"],
+                s(e, "at"),
+                s(e, "actor"),
+                s(e, "action"),
+                s(e, "subject"),
+                e["details"]
+            )
+        },
+        "no events",
+    );
+    Ok(())
+}
+
+/// Percent-encodes a query value.
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

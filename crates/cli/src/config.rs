@@ -1,0 +1,101 @@
+//! Files the command reads and writes: the server's optional config file,
+//! and the client's stored server and token.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::Failure;
+
+/// The server's config file. Every key is optional; flags and `CUSTODY_*`
+/// environment variables take precedence over it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    /// The data directory.
+    pub data_dir: Option<PathBuf>,
+    /// The address to listen on.
+    pub listen: Option<String>,
+    /// A PostgreSQL URL; SQLite in the data directory when absent.
+    pub database_url: Option<String>,
+    /// `text` or `json`.
+    pub log_format: Option<String>,
+    /// The instance's name, used when initialising.
+    pub name: Option<String>,
+}
+
+impl ServerFile {
+    /// Reads and strictly validates a config file.
+    pub fn read(path: &Path) -> Result<ServerFile, Failure> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Failure::input(format!("cannot read config file {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| {
+            let place = e
+                .span()
+                .map(|span| {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                    format!(" at line {line}, column {column}")
+                })
+                .unwrap_or_default();
+            Failure::input(format!("config file {}{place}: {}", path.display(), e.message()))
+        })
+    }
+}
+
+/// What `custody login` stores.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// The server's base URL.
+    pub server: Option<String>,
+    /// The token.
+    pub token: Option<String>,
+}
+
+/// Where the credentials live: `$CUSTODY_CONFIG_DIR`, else
+/// `$XDG_CONFIG_HOME/custody`, else `~/.config/custody`.
+pub fn credentials_path() -> Option<PathBuf> {
+    let dir = std::env::var_os("CUSTODY_CONFIG_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CONFIG_HOME").map(|d| PathBuf::from(d).join("custody")))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config").join("custody")))?;
+    Some(dir.join("credentials.toml"))
+}
+
+impl Credentials {
+    /// The stored credentials, or none.
+    pub fn load() -> Result<Credentials, Failure> {
+        let Some(path) = credentials_path() else {
+            return Ok(Credentials::default());
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text)
+                .map_err(|e| Failure::input(format!("{} is damaged ({e}); run `custody login` again", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Credentials::default()),
+            Err(e) => Err(Failure::input(format!("cannot read {}: {e}", path.display()))),
+        }
+    }
+
+    /// Writes the credentials, readable by their owner only.
+    pub fn save(&self) -> Result<PathBuf, Failure> {
+        let path =
+            credentials_path().ok_or_else(|| Failure::input("set HOME or CUSTODY_CONFIG_DIR to store credentials"))?;
+        let failed = |e: std::io::Error| Failure::internal(format!("cannot write {}: {e}", path.display()));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(failed)?;
+        }
+        let text = toml::to_string(self).map_err(|e| Failure::internal(e.to_string()))?;
+        let temporary = path.with_extension("toml.tmp");
+        let _ = std::fs::remove_file(&temporary);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&temporary).map_err(failed)?;
+        std::io::Write::write_all(&mut file, text.as_bytes()).map_err(failed)?;
+        std::fs::rename(&temporary, &path).map_err(failed)?;
+        Ok(path)
+    }
+}

@@ -1,0 +1,167 @@
+//! `custody init` and `custody serve`.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use clap::Args;
+use custody_domain::{Email, UserName};
+use custody_server::instance::{self, DataDir, InitOptions, InstanceError};
+use custody_server::{AppState, Limits};
+
+use crate::commands::Output;
+use crate::config::ServerFile;
+use crate::Failure;
+
+const DEFAULT_DATA_DIR: &str = "./custody-data";
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_ADMIN: &str = "admin";
+const DEFAULT_NAME: &str = "custody";
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// The data directory to create.
+    #[arg(long, env = "CUSTODY_DATA_DIR", value_name = "DIR")]
+    data_dir: PathBuf,
+    /// The first admin's user name.
+    #[arg(long, value_name = "NAME")]
+    admin: String,
+    /// The first admin's e-mail address.
+    #[arg(long, value_name = "EMAIL")]
+    admin_email: Option<String>,
+    /// A PostgreSQL URL (postgres://…); SQLite in the data directory by default.
+    #[arg(long, env = "CUSTODY_DATABASE_URL", value_name = "URL")]
+    database_url: Option<String>,
+    /// The instance's name, which signs its audit checkpoints.
+    #[arg(long, env = "CUSTODY_NAME", default_value = DEFAULT_NAME)]
+    name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// A TOML config file; flags and CUSTODY_* variables override it.
+    #[arg(long, env = "CUSTODY_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The data directory [default: ./custody-data].
+    #[arg(long, env = "CUSTODY_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Where to listen, HOST:PORT; port 0 picks a free one [default: 127.0.0.1:8080].
+    #[arg(long, env = "CUSTODY_LISTEN", value_name = "ADDR")]
+    listen: Option<String>,
+    /// A PostgreSQL URL (postgres://…); SQLite in the data directory by default.
+    #[arg(long, env = "CUSTODY_DATABASE_URL", value_name = "URL")]
+    database_url: Option<String>,
+    /// Log as `text` or `json` [default: text]. The level comes from CUSTODY_LOG (e.g. `info`, `debug`).
+    #[arg(long, env = "CUSTODY_LOG_FORMAT", value_name = "FORMAT")]
+    log_format: Option<String>,
+}
+
+fn instance_failure(error: InstanceError) -> Failure {
+    match error {
+        InstanceError::AlreadyInitialised(_) | InstanceError::NotInitialised(_) => Failure::input(error.to_string()),
+        InstanceError::Store(custody_store::StoreError::Invalid(e)) => Failure::input(e.to_string()),
+        other => Failure::internal(other.to_string()),
+    }
+}
+
+pub async fn init(args: InitArgs, out: Output) -> Result<(), Failure> {
+    let admin = UserName::parse(&args.admin)?;
+    let admin_email = args.admin_email.as_deref().map(Email::parse).transpose()?;
+    let data_dir = DataDir::new(&args.data_dir);
+    let options = InitOptions { name: args.name, admin, admin_email, database_url: args.database_url };
+    let made = instance::init(&data_dir, options).await.map_err(instance_failure)?;
+    if out.json {
+        out.print_json(&made);
+    } else {
+        println!("initialised a custody instance in {}", data_dir.root().display());
+        println!("admin: {}", made.admin);
+        println!("token: {}", made.token);
+        println!("(the token is shown once; store it with `custody login --server URL` and keep it secret)");
+    }
+    Ok(())
+}
+
+fn init_logging(format: &str) -> Result<(), Failure> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CUSTODY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        "text" => builder.init(),
+        "json" => builder.json().flatten_event(true).init(),
+        other => return Err(Failure::input(format!("log format {other:?} is not text or json"))),
+    }
+    Ok(())
+}
+
+pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let file = match &args.config {
+        Some(path) => ServerFile::read(path)?,
+        None => ServerFile::default(),
+    };
+    let data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let listen = args.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let database_url = args.database_url.or(file.database_url);
+    let log_format = args.log_format.or(file.log_format).unwrap_or_else(|| "text".to_owned());
+    init_logging(&log_format)?;
+
+    let data_dir = DataDir::new(data_dir);
+    let first_start = !data_dir.has_keys();
+    let bootstrap = if first_start {
+        let options = InitOptions {
+            name: file.name.unwrap_or_else(|| DEFAULT_NAME.to_owned()),
+            admin: UserName::parse(DEFAULT_ADMIN)?,
+            admin_email: None,
+            database_url: database_url.clone(),
+        };
+        Some(instance::init(&data_dir, options).await.map_err(instance_failure)?)
+    } else {
+        None
+    };
+    let instance = instance::open(&data_dir, database_url).await.map_err(instance_failure)?;
+
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .map_err(|e| Failure::input(format!("cannot listen on {listen}: {e}")))?;
+    let address = listener.local_addr().map_err(|e| Failure::internal(e.to_string()))?;
+    let url = format!("http://{address}");
+    if let Some(made) = bootstrap {
+        println!("initialised a new custody instance in {}", data_dir.root().display());
+        println!("admin: {}", made.admin);
+        println!("token: {}", made.token);
+        println!("(shown once: run `custody login --server {url}` and paste it)");
+    }
+    println!("listening on {url}");
+    let _ = std::io::stdout().flush();
+    tracing::info!(%url, database = instance.store.dialect().name(), data_dir = %data_dir.root().display(), "serving");
+
+    let store = instance.store.clone();
+    let state = AppState::new(instance.store, instance.name, Limits::default());
+    custody_server::launch_with_tcp_listener(listener, state, shutdown_signal())
+        .await
+        .map_err(|e| Failure::internal(format!("server failed: {e}")))?;
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

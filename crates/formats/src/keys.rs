@@ -1,0 +1,221 @@
+//! ed25519 service keys, one per duty, in PKCS#8 PEM files of mode 0600.
+
+use std::path::Path;
+
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The duty a service key signs for. A verifier accepts a statement only
+/// from the key of its duty.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyRole {
+    /// Build provenance and check results.
+    Builder,
+    /// Change attestations (the merge gate).
+    Gate,
+    /// Deployment attestations.
+    Deployer,
+    /// Checkpoints of the audit ledger.
+    Ledger,
+}
+
+impl KeyRole {
+    /// Every role, in order.
+    pub const ALL: [KeyRole; 4] = [KeyRole::Builder, KeyRole::Gate, KeyRole::Deployer, KeyRole::Ledger];
+
+    /// The role's name, also its key file's stem.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyRole::Builder => "builder",
+            KeyRole::Gate => "gate",
+            KeyRole::Deployer => "deployer",
+            KeyRole::Ledger => "ledger",
+        }
+    }
+}
+
+/// Why a key could not be made, read or used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The key file could not be read or written.
+    #[error("key file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// The key file holds no valid ed25519 PKCS#8 key.
+    #[error("key file {path} holds no ed25519 private key in PKCS#8 PEM: {why}")]
+    Malformed {
+        /// The file.
+        path: String,
+        /// What the decoder said.
+        why: String,
+    },
+    /// The key file can be read by others than its owner.
+    #[error("key file {path} has mode {mode:o}; it must be readable by its owner only (chmod 600)")]
+    TooOpen {
+        /// The file.
+        path: String,
+        /// Its mode bits.
+        mode: u32,
+    },
+    /// A signature did not verify.
+    #[error("signature does not verify")]
+    BadSignature,
+}
+
+/// A service's private key and its role.
+pub struct ServiceKey {
+    role: KeyRole,
+    key: SigningKey,
+}
+
+impl std::fmt::Debug for ServiceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceKey")
+            .field("role", &self.role)
+            .field("key_id", &self.public().key_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceKey {
+    /// A new random key for `role`.
+    pub fn generate(role: KeyRole) -> ServiceKey {
+        ServiceKey { role, key: SigningKey::generate(&mut rand::rngs::OsRng) }
+    }
+
+    /// The role this key signs for.
+    pub fn role(&self) -> KeyRole {
+        self.role
+    }
+
+    /// The public half.
+    pub fn public(&self) -> PublicKey {
+        PublicKey { role: self.role, key: self.key.verifying_key() }
+    }
+
+    /// Signs `message`.
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        self.key.sign(message).to_bytes()
+    }
+
+    /// Writes the key as PKCS#8 PEM to a new file readable by its owner
+    /// only. Refuses to overwrite an existing file.
+    pub fn save(&self, path: &Path) -> Result<(), KeyError> {
+        let io = |source| KeyError::Io { path: path.display().to_string(), source };
+        let pem = self
+            .key
+            .to_pkcs8_pem(Default::default())
+            .map_err(|e| KeyError::Malformed { path: path.display().to_string(), why: e.to_string() })?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(path).map_err(io)?;
+        std::io::Write::write_all(&mut file, pem.as_bytes()).map_err(io)?;
+        file.sync_all().map_err(io)
+    }
+
+    /// Reads a key written by [`ServiceKey::save`], refusing a file that
+    /// others can read.
+    pub fn load(role: KeyRole, path: &Path) -> Result<ServiceKey, KeyError> {
+        let shown = || path.display().to_string();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode =
+                std::fs::metadata(path).map_err(|source| KeyError::Io { path: shown(), source })?.permissions().mode();
+            if mode & 0o077 != 0 {
+                return Err(KeyError::TooOpen { path: shown(), mode: mode & 0o777 });
+            }
+        }
+        let pem = std::fs::read_to_string(path).map_err(|source| KeyError::Io { path: shown(), source })?;
+        let key =
+            SigningKey::from_pkcs8_pem(&pem).map_err(|e| KeyError::Malformed { path: shown(), why: e.to_string() })?;
+        Ok(ServiceKey { role, key })
+    }
+}
+
+/// A service's public key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicKey {
+    role: KeyRole,
+    key: VerifyingKey,
+}
+
+impl PublicKey {
+    /// The role this key signs for.
+    pub fn role(&self) -> KeyRole {
+        self.role
+    }
+
+    /// The key's id: the hex SHA-256 of its SubjectPublicKeyInfo DER.
+    pub fn key_id(&self) -> String {
+        let der = self.key.to_public_key_der().map(|d| d.into_vec()).unwrap_or_default();
+        hex_lower(&Sha256::digest(der))
+    }
+
+    /// The key as SubjectPublicKeyInfo PEM, which openssl reads.
+    pub fn to_pem(&self) -> String {
+        self.key.to_public_key_pem(Default::default()).unwrap_or_default()
+    }
+
+    /// The raw 32-byte key.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.key.to_bytes()
+    }
+
+    /// Checks a signature over `message`.
+    pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), KeyError> {
+        let signature = ed25519_dalek::Signature::from_slice(signature).map_err(|_| KeyError::BadSignature)?;
+        self.key.verify(message, &signature).map_err(|_| KeyError::BadSignature)
+    }
+}
+
+pub(crate) fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_key_loads_back_and_signs_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gate.pem");
+        let key = ServiceKey::generate(KeyRole::Gate);
+        key.save(&path).unwrap();
+        let loaded = ServiceKey::load(KeyRole::Gate, &path).unwrap();
+        assert_eq!(loaded.public(), key.public());
+        let signature = loaded.sign(b"merge");
+        key.public().verify(b"merge", &signature).unwrap();
+        assert!(key.public().verify(b"merged", &signature).is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn key_files_are_private_and_open_ones_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.pem");
+        ServiceKey::generate(KeyRole::Ledger).save(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(ServiceKey::load(KeyRole::Ledger, &path), Err(KeyError::TooOpen { .. })));
+    }
+
+    #[test]
+    fn an_existing_key_file_is_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("builder.pem");
+        ServiceKey::generate(KeyRole::Builder).save(&path).unwrap();
+        assert!(ServiceKey::generate(KeyRole::Builder).save(&path).is_err());
+    }
+}

@@ -1,0 +1,135 @@
+//! The JSON API under `/api/v1`, and its OpenAPI document.
+
+mod audit;
+mod groups;
+mod people;
+
+use axum::extract::{FromRequestParts, Query};
+use axum::http::request::Parts;
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use utoipa::OpenApi;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// Query parameters, with malformed ones refused as a 400 that says why.
+pub struct Params<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(value)| Params(value))
+            .map_err(|rejection| ApiError::invalid(format!("bad query parameters: {}", rejection.body_text())))
+    }
+}
+
+/// Which page of a list: items after the cursor `after`, at most `limit` (1-500, default 100).
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// The `next_cursor` of the previous page.
+    pub after: Option<i64>,
+    /// How many items, 1 to 500.
+    pub limit: Option<i64>,
+}
+
+impl PageQuery {
+    pub(crate) fn request(&self) -> Result<custody_store::PageRequest, ApiError> {
+        if let Some(limit) = self.limit {
+            if !(1..=custody_store::PageRequest::MAX).contains(&limit) {
+                return Err(ApiError::invalid(format!(
+                    "limit must be between 1 and {}",
+                    custody_store::PageRequest::MAX
+                )));
+            }
+        }
+        Ok(custody_store::PageRequest::new(self.after, self.limit))
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "custody", description = "Segregation of duties from commit to production, and the evidence of it."),
+    paths(
+        people::me, people::set_password, people::login, people::redeem,
+        people::list_users, people::create_user, people::get_user, people::disable_user,
+        people::list_tokens, people::create_token, people::revoke_token,
+        groups::list_groups, groups::create_group, groups::get_group, groups::add_member, groups::remove_member,
+        groups::list_grants, groups::get_grant, groups::approve_grant, groups::reject_grant,
+        audit::events,
+    ),
+    components(schemas(crate::error::ErrorBody)),
+    modifiers(&TokenSecurity),
+    tags(
+        (name = "people", description = "Users, invites, tokens and passwords"),
+        (name = "groups", description = "Groups and the grants that change who may do what"),
+        (name = "audit", description = "The append-only audit log"),
+    )
+)]
+struct ApiDoc;
+
+struct TokenSecurity;
+
+impl utoipa::Modify for TokenSecurity {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("cst_…").build()),
+        );
+    }
+}
+
+/// The OpenAPI document of this API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi())
+}
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/openapi.json", get(openapi_json))
+        .route("/me", get(people::me))
+        .route("/me/password", put(people::set_password))
+        .route("/auth/token", post(people::login))
+        .route("/invites/redeem", post(people::redeem))
+        .route("/users", get(people::list_users).post(people::create_user))
+        .route("/users/{name}", get(people::get_user))
+        .route("/users/{name}/disable", post(people::disable_user))
+        .route("/tokens", get(people::list_tokens).post(people::create_token))
+        .route("/tokens/{id}", delete(people::revoke_token))
+        .route("/groups", get(groups::list_groups).post(groups::create_group))
+        .route("/groups/{name}", get(groups::get_group))
+        .route("/groups/{name}/members", post(groups::add_member))
+        .route("/groups/{name}/members/{user}", delete(groups::remove_member))
+        .route("/grants", get(groups::list_grants))
+        .route("/grants/{id}", get(groups::get_grant))
+        .route("/grants/{id}/approve", post(groups::approve_grant))
+        .route("/grants/{id}/reject", post(groups::reject_grant))
+        .route("/audit/events", get(audit::events))
+}
+
+/// Path parameters, with malformed ones refused as a 400 that says why.
+pub struct PathParam<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathParam<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| PathParam(value))
+            .map_err(|rejection| ApiError::invalid(format!("bad path: {}", rejection.body_text())))
+    }
+}

@@ -1,0 +1,287 @@
+//! Users, invites, tokens and passwords.
+
+use std::net::SocketAddr;
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::Json;
+use custody_domain::{Email, Scope, Scopes, UserName};
+use custody_store::{CreatedUser, GrantView, NewToken, Page, TokenView, UserView};
+use serde::{Deserialize, Serialize};
+
+use super::{PageQuery, Params, PathParam};
+use crate::auth::{limit_keys, Auth, Body};
+use crate::error::{ApiError, ApiResult};
+use crate::AppState;
+
+const MIN_PASSWORD: usize = 12;
+const MAX_PASSWORD: usize = 1024;
+
+/// Who the token belongs to.
+#[utoipa::path(get, path = "/api/v1/me", tag = "people", security(("token" = [])),
+    responses((status = 200, body = UserView), (status = 401, body = crate::error::ErrorBody)))]
+pub(crate) async fn me(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<UserView>> {
+    Ok(Json(state.store().get_user(&auth.0.name).await?))
+}
+
+/// A new password for the web.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PasswordRequest {
+    /// At least 12 characters.
+    password: String,
+}
+
+/// Sets the caller's own password.
+#[utoipa::path(put, path = "/api/v1/me/password", tag = "people", security(("token" = [])), request_body = PasswordRequest,
+    responses((status = 204), (status = 400, body = crate::error::ErrorBody)))]
+pub(crate) async fn set_password(
+    State(state): State<AppState>,
+    auth: Auth,
+    Body(request): Body<PasswordRequest>,
+) -> ApiResult<StatusCode> {
+    auth.require(Scope::Write)?;
+    let length = request.password.chars().count();
+    if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&length) {
+        return Err(ApiError::invalid(format!(
+            "a password needs {MIN_PASSWORD} to {MAX_PASSWORD} characters; this one has {length}"
+        )));
+    }
+    let hash = tokio::task::spawn_blocking(move || {
+        let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+        Argon2::default().hash_password(request.password.as_bytes(), &salt).map(|h| h.to_string())
+    })
+    .await
+    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "hashing failed"))?
+    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "hashing failed"))?;
+    state.store().set_password_hash(&auth.0, hash).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A password login, which yields a token valid for a day.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LoginRequest {
+    name: String,
+    password: String,
+    /// Defaults to read and write.
+    #[schema(value_type = Option<Vec<String>>)]
+    scopes: Option<Scopes>,
+}
+
+/// Exchanges a name and password for a token valid for a day. Admins get an
+/// admin-scoped token this way. Failures are rate-limited per source and per
+/// name.
+#[utoipa::path(post, path = "/api/v1/auth/token", tag = "people", request_body = LoginRequest,
+    responses((status = 200, body = NewToken), (status = 401, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody)))]
+pub(crate) async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Body(request): Body<LoginRequest>,
+) -> ApiResult<Json<NewToken>> {
+    let keys = limit_keys(peer.ip(), Some(&request.name));
+    state.logins().check(&keys)?;
+    let refused = || ApiError::unauthenticated("wrong name or password");
+    let user = match UserName::parse(&request.name) {
+        Ok(name) => state.store().password_hash(&name).await?.map(|found| (name, found)),
+        Err(_) => None,
+    };
+    let stored = user.as_ref().map(|(_, (_, hash))| hash.clone());
+    let password = request.password;
+    // Verify against a fixed hash when the user is unknown, so that timing
+    // does not tell which names exist.
+    let verified = tokio::task::spawn_blocking(move || {
+        let stored = stored.unwrap_or_else(|| UNKNOWN_USER_HASH.clone());
+        PasswordHash::new(&stored)
+            .map(|hash| Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false);
+    let Some((name, (user_id, _))) = user.filter(|_| verified) else {
+        state.logins().record(&keys);
+        tracing::info!(source = %peer.ip(), name = %request.name, "failed login");
+        return Err(refused());
+    };
+    let scopes = request.scopes.unwrap_or_else(|| Scopes::of(&[Scope::Read, Scope::Write]));
+    Ok(Json(state.store().create_token_after_login(user_id, &name, scopes).await?))
+}
+
+/// The argon2 hash of a random password nobody knows, made once.
+static UNKNOWN_USER_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    let password: [u8; 32] = rand_bytes();
+    Argon2::default().hash_password(&password, &salt).map(|h| h.to_string()).unwrap_or_default()
+});
+
+fn rand_bytes() -> [u8; 32] {
+    use argon2::password_hash::rand_core::RngCore;
+    let mut bytes = [0u8; 32];
+    argon2::password_hash::rand_core::OsRng.fill_bytes(&mut bytes);
+    bytes
+}
+
+/// An invite code to redeem.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RedeemRequest {
+    code: String,
+}
+
+/// Redeems an invite code for the invited user's own token. Needs no
+/// token; attempts are rate-limited per source.
+#[utoipa::path(post, path = "/api/v1/invites/redeem", tag = "people", request_body = RedeemRequest,
+    responses((status = 200, body = NewToken), (status = 401, body = crate::error::ErrorBody),
+              (status = 403, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody)))]
+pub(crate) async fn redeem(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Body(request): Body<RedeemRequest>,
+) -> ApiResult<Json<NewToken>> {
+    let keys = limit_keys(peer.ip(), None);
+    state.redemptions().check(&keys)?;
+    state.redemptions().record(&keys);
+    Ok(Json(state.store().redeem_invite(request.code.trim()).await?))
+}
+
+/// Every user.
+#[utoipa::path(get, path = "/api/v1/users", tag = "people", security(("token" = [])), params(PageQuery),
+    responses((status = 200, body = Page<UserView>)))]
+pub(crate) async fn list_users(
+    State(state): State<AppState>,
+    auth: Auth,
+    Params(page): Params<PageQuery>,
+) -> ApiResult<Json<Page<UserView>>> {
+    auth.require(Scope::Read)?;
+    Ok(Json(state.store().list_users(page.request()?).await?))
+}
+
+/// A user to create.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateUserRequest {
+    /// Lowercase letters, digits, `-`, `_`, `.`; 1 to 64 characters.
+    name: String,
+    email: String,
+    display_name: Option<String>,
+}
+
+/// An admin asks for a new user: a grant. The answer holds the invite code,
+/// which works once a second admin approved the grant.
+#[utoipa::path(post, path = "/api/v1/users", tag = "people", security(("token" = [])), request_body = CreateUserRequest,
+    responses((status = 201, body = CreatedUser), (status = 400, body = crate::error::ErrorBody),
+              (status = 403, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+pub(crate) async fn create_user(
+    State(state): State<AppState>,
+    auth: Auth,
+    Body(request): Body<CreateUserRequest>,
+) -> ApiResult<(StatusCode, Json<CreatedUser>)> {
+    let name = UserName::parse(&request.name)?;
+    let email = Email::parse(&request.email)?;
+    let created = state.store().request_user(&auth.0, name, email, request.display_name).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// One user.
+#[utoipa::path(get, path = "/api/v1/users/{name}", tag = "people", security(("token" = [])),
+    responses((status = 200, body = UserView), (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn get_user(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam(name): PathParam<String>,
+) -> ApiResult<Json<UserView>> {
+    auth.require(Scope::Read)?;
+    Ok(Json(state.store().get_user(&UserName::parse(&name)?).await?))
+}
+
+/// The outcome of disabling a user.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct DisableOutcome {
+    /// Whether the user is disabled now.
+    disabled: bool,
+    /// The grant, when disabling them needs a second admin.
+    grant: Option<GrantView>,
+}
+
+/// Disables a user and revokes their tokens: at once for someone holding no
+/// duty, as a grant for an admin or group member.
+#[utoipa::path(post, path = "/api/v1/users/{name}/disable", tag = "people", security(("token" = [])),
+    responses((status = 200, body = DisableOutcome), (status = 403, body = crate::error::ErrorBody)))]
+pub(crate) async fn disable_user(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam(name): PathParam<String>,
+) -> ApiResult<Json<DisableOutcome>> {
+    let grant = state.store().disable_user(&auth.0, UserName::parse(&name)?).await?;
+    let disabled = grant.as_ref().is_none_or(|g| g.status != custody_domain::GrantStatus::Pending);
+    Ok(Json(DisableOutcome { disabled, grant }))
+}
+
+/// The caller's own tokens.
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "people", security(("token" = [])), params(PageQuery),
+    responses((status = 200, body = Page<TokenView>)))]
+pub(crate) async fn list_tokens(
+    State(state): State<AppState>,
+    auth: Auth,
+    Params(page): Params<PageQuery>,
+) -> ApiResult<Json<Page<TokenView>>> {
+    Ok(Json(state.store().list_tokens(&auth.0, page.request()?).await?))
+}
+
+/// A token to create for oneself.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateTokenRequest {
+    /// What it is for.
+    name: String,
+    /// Its scopes; `write` and `admin` include `read`.
+    #[schema(value_type = Vec<String>)]
+    scopes: Scopes,
+    /// Seconds until it expires; never when absent.
+    expires_in: Option<u64>,
+}
+
+/// Creates a token for the caller. Nobody can create one for someone else.
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "people", security(("token" = [])), request_body = CreateTokenRequest,
+    responses((status = 201, body = NewToken), (status = 403, body = crate::error::ErrorBody)))]
+pub(crate) async fn create_token(
+    State(state): State<AppState>,
+    auth: Auth,
+    Body(request): Body<CreateTokenRequest>,
+) -> ApiResult<(StatusCode, Json<NewToken>)> {
+    if let Some(missing) = request.scopes.to_vec().into_iter().find(|s| !auth.0.has_scope(*s)) {
+        return Err(ApiError::forbidden(format!(
+            "this token lacks the {missing} scope, so it cannot make a token that has it; \
+             log in with your password to get one (`custody login --user NAME --scope {missing}`)"
+        )));
+    }
+    let expires_at = match request.expires_in {
+        Some(0) => return Err(ApiError::invalid("expires_in must be at least 1 second")),
+        Some(seconds) => {
+            let ms = i64::try_from(seconds)
+                .ok()
+                .and_then(|s| s.checked_mul(1000))
+                .and_then(|ms| custody_store::now_ms().checked_add(ms))
+                .ok_or_else(|| ApiError::invalid("expires_in is too large"))?;
+            Some(ms)
+        }
+        None => None,
+    };
+    let token = state.store().create_token(&auth.0, request.name, request.scopes, expires_at).await?;
+    Ok((StatusCode::CREATED, Json(token)))
+}
+
+/// Revokes a token: one's own, or any as an admin.
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "people", security(("token" = [])),
+    responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn revoke_token(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam(id): PathParam<String>,
+) -> ApiResult<StatusCode> {
+    auth.require(Scope::Write)?;
+    state.store().revoke_token(&auth.0, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,137 @@
+//! API errors: `{"error": {"code", "message", "reasons"?}}` with a fitting status.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use custody_domain::Reason;
+use custody_store::StoreError;
+use serde::Serialize;
+
+/// An error as the API returns it.
+#[derive(Debug)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// A stable, machine-readable code.
+    pub code: &'static str,
+    /// What happened and what to do, for people.
+    pub message: String,
+    /// The rules that refused, when a decision did.
+    pub reasons: Vec<Reason>,
+    /// Seconds to wait, for rate limits.
+    pub retry_after: Option<u64>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct ErrorDetail {
+    /// A stable, machine-readable code such as `refused` or `invalid_input`.
+    code: &'static str,
+    /// What happened and what to do.
+    message: String,
+    /// For refusals: each rule that refused and what would satisfy it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    reasons: Vec<Reason>,
+}
+
+impl ApiError {
+    /// An error with a status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into(), reasons: Vec::new(), retry_after: None }
+    }
+
+    /// 400: the request is malformed or breaks an input rule.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_input", message)
+    }
+
+    /// 401: no valid credentials.
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+    }
+
+    /// 403: authenticated, but not allowed.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 429, with how long to wait.
+    pub fn rate_limited(retry_after: u64) -> Self {
+        let mut error = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many attempts; try again in {retry_after} s"),
+        );
+        error.retry_after = Some(retry_after);
+        error
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Refused(decision) => {
+                let mut api = ApiError::new(StatusCode::FORBIDDEN, "refused", format!("refused: {decision}"));
+                api.reasons = decision.reasons;
+                api
+            }
+            StoreError::NotFound { .. } => ApiError::not_found(error.to_string()),
+            StoreError::Conflict(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            StoreError::Invalid(invalid) => ApiError::invalid(invalid.to_string()),
+            StoreError::Unauthenticated(message) => ApiError::unauthenticated(message),
+            StoreError::Unavailable(_) | StoreError::Closed => {
+                tracing::error!(%error, "store unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the database is unavailable; try again shortly",
+                )
+            }
+            StoreError::Database(_) | StoreError::Corrupt(_) => {
+                tracing::error!(%error, "store failure");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; the server log has the details",
+                )
+            }
+        }
+    }
+}
+
+impl From<custody_domain::InvalidInput> for ApiError {
+    fn from(error: custody_domain::InvalidInput) -> Self {
+        ApiError::invalid(error.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message, reasons: self.reasons } };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"custody\", Basic realm=\"custody\""),
+            );
+        }
+        if let Some(seconds) = self.retry_after {
+            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}
+
+/// A result of a handler.
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,181 @@
+//! An instance's data directory: database, repositories, blobs and keys.
+
+use std::path::{Path, PathBuf};
+
+use custody_domain::{Email, UserName};
+use custody_formats::keys::{KeyError, KeyRole, ServiceKey};
+use custody_store::{Initialised, Store, StoreError};
+
+/// Where an instance keeps everything, under one directory.
+#[derive(Clone, Debug)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+/// Why an instance could not be made or opened.
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    /// A directory or file could not be made or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// Where.
+        path: String,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+    /// A service key is missing, unreadable or too open.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The database refused.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The data directory already holds an instance.
+    #[error("{0} already holds a custody instance; use `custody serve --data-dir {0}`, or choose another directory")]
+    AlreadyInitialised(String),
+    /// The data directory holds no instance.
+    #[error("{0} holds no custody instance; run `custody init --data-dir {0} --admin NAME` first")]
+    NotInitialised(String),
+}
+
+impl DataDir {
+    /// The data directory at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        DataDir { root: root.into() }
+    }
+
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The SQLite database of the embedded default.
+    pub fn database_url(&self) -> String {
+        format!("sqlite://{}", self.root.join("custody.db").display())
+    }
+
+    /// Bare git repositories.
+    pub fn repositories(&self) -> PathBuf {
+        self.root.join("repositories")
+    }
+
+    /// Content-addressed blobs (artifacts, logs).
+    pub fn blobs(&self) -> PathBuf {
+        self.root.join("blobs")
+    }
+
+    /// The service keys.
+    pub fn keys(&self) -> PathBuf {
+        self.root.join("keys")
+    }
+
+    /// The file of one service key.
+    pub fn key_file(&self, role: KeyRole) -> PathBuf {
+        self.keys().join(format!("{}.pem", role.as_str()))
+    }
+
+    /// Whether the directory already holds service keys.
+    pub fn has_keys(&self) -> bool {
+        self.key_file(KeyRole::Ledger).exists()
+    }
+
+    fn create_dirs(&self) -> Result<(), InstanceError> {
+        for dir in [self.root.clone(), self.repositories(), self.blobs(), self.keys()] {
+            std::fs::create_dir_all(&dir)
+                .map_err(|source| InstanceError::Io { path: dir.display().to_string(), source })?;
+            restrict(&dir)?;
+        }
+        // The database holds token and password hashes: owner only, before
+        // SQLite creates it (its journal files take the same mode).
+        let database = self.root.join("custody.db");
+        if !database.exists() {
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            options
+                .open(&database)
+                .map_err(|source| InstanceError::Io { path: database.display().to_string(), source })?;
+        }
+        Ok(())
+    }
+
+    /// Loads every service key, refusing missing or open ones.
+    pub fn load_keys(&self) -> Result<Vec<ServiceKey>, InstanceError> {
+        KeyRole::ALL.into_iter().map(|role| Ok(ServiceKey::load(role, &self.key_file(role))?)).collect()
+    }
+}
+
+#[cfg(unix)]
+fn restrict(dir: &Path) -> Result<(), InstanceError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|source| InstanceError::Io { path: dir.display().to_string(), source })
+}
+
+#[cfg(not(unix))]
+fn restrict(_: &Path) -> Result<(), InstanceError> {
+    Ok(())
+}
+
+/// How to make a new instance.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    /// The instance's name (the origin of its checkpoints).
+    pub name: String,
+    /// The first admin.
+    pub admin: UserName,
+    /// The first admin's e-mail address, if given.
+    pub admin_email: Option<Email>,
+    /// The database; the data directory's SQLite file when absent.
+    pub database_url: Option<String>,
+}
+
+/// Makes a new instance: directories, service keys and the database with
+/// its first admin. Returns the admin's token, shown once.
+pub async fn init(data_dir: &DataDir, options: InitOptions) -> Result<Initialised, InstanceError> {
+    if data_dir.has_keys() {
+        return Err(InstanceError::AlreadyInitialised(data_dir.root().display().to_string()));
+    }
+    data_dir.create_dirs()?;
+    let url = options.database_url.unwrap_or_else(|| data_dir.database_url());
+    let store = Store::open(&url).await?;
+    let outcome = async {
+        if store.instance_name().await?.is_some() {
+            return Err(InstanceError::AlreadyInitialised(data_dir.root().display().to_string()));
+        }
+        for role in KeyRole::ALL {
+            ServiceKey::generate(role).save(&data_dir.key_file(role))?;
+        }
+        Ok(store.initialise(&options.name, options.admin, options.admin_email).await?)
+    }
+    .await;
+    store.close().await;
+    outcome
+}
+
+/// An open instance: its store and keys.
+pub struct Instance {
+    /// The data directory.
+    pub data_dir: DataDir,
+    /// The database.
+    pub store: Store,
+    /// The instance's name.
+    pub name: String,
+    /// The service keys.
+    pub keys: Vec<ServiceKey>,
+}
+
+/// Opens an initialised instance.
+pub async fn open(data_dir: &DataDir, database_url: Option<String>) -> Result<Instance, InstanceError> {
+    if !data_dir.has_keys() {
+        return Err(InstanceError::NotInitialised(data_dir.root().display().to_string()));
+    }
+    let keys = data_dir.load_keys()?;
+    let url = database_url.unwrap_or_else(|| data_dir.database_url());
+    let store = Store::open(&url).await?;
+    let Some(name) = store.instance_name().await? else {
+        store.close().await;
+        return Err(InstanceError::NotInitialised(data_dir.root().display().to_string()));
+    };
+    Ok(Instance { data_dir: data_dir.clone(), store, name, keys })
+}
