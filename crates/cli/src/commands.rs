@@ -21,7 +21,7 @@ pub struct Output {
 impl Output {
     /// Prints a value as JSON on one line.
     pub fn print_json(&self, value: &impl serde::Serialize) {
-        println!("{}", serde_json::to_string(value).unwrap_or_else(|_| "null".into()));
+        say(&serde_json::to_string(value).unwrap_or_else(|_| "null".into()));
     }
 
     /// Prints `value` as JSON, or `text(value)` for people.
@@ -29,7 +29,7 @@ impl Output {
         if self.json {
             self.print_json(value);
         } else {
-            println!("{}", text(value));
+            say(&text(value));
         }
     }
 
@@ -38,11 +38,23 @@ impl Output {
         if self.json {
             self.print_json(&items);
         } else if items.is_empty() {
-            println!("{empty}");
+            say(empty);
         } else {
             for item in items {
-                println!("{}", line(item));
+                say(&line(item));
             }
+        }
+    }
+}
+
+/// Prints a line on standard output. When the reader has gone (`| head`),
+/// there is nobody left to tell: stop quietly instead of panicking.
+pub fn say(line: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = writeln!(stdout, "{line}") {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
         }
     }
 }
@@ -76,8 +88,15 @@ fn read_line(what: &str) -> Result<String, Failure> {
 #[derive(Args, Debug)]
 pub struct LoginArgs {
     /// Read the token from standard input (the default when CUSTODY_TOKEN is unset).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "user")]
     token_stdin: bool,
+    /// Log in with this user's password (read from standard input) instead
+    /// of a token; gets a token valid for a day.
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+    /// With --user: the scopes of that token. Admins ask for `read,write,admin`.
+    #[arg(long, requires = "user", default_value = "read,write")]
+    scope: String,
 }
 
 pub async fn login(server: Option<String>, args: LoginArgs, out: Output) -> Result<(), Failure> {
@@ -86,13 +105,27 @@ pub async fn login(server: Option<String>, args: LoginArgs, out: Output) -> Resu
         .or(stored.server.clone())
         .ok_or_else(|| Failure::input("name the server: `custody login --server URL`"))?;
     let from_env = std::env::var("CUSTODY_TOKEN").ok().filter(|t| !t.is_empty());
-    let token = match from_env {
-        Some(token) if !args.token_stdin => token,
-        _ => {
-            if !out.json {
-                eprintln!("paste the token and press Enter:");
+    let token = if let Some(user) = &args.user {
+        let user = UserName::parse(user)?;
+        let scopes = Scopes::parse_list(&args.scope)?;
+        if !out.json {
+            eprintln!("password for {user}, then Enter:");
+        }
+        let password = read_line("password")?;
+        let anonymous = Client::new(&server, None)?;
+        let made = anonymous
+            .post("/api/v1/auth/token", json!({ "name": user, "password": password, "scopes": scopes }))
+            .await?;
+        s(&made, "token").to_owned()
+    } else {
+        match from_env {
+            Some(token) if !args.token_stdin => token,
+            _ => {
+                if !out.json {
+                    eprintln!("paste the token and press Enter:");
+                }
+                read_line("token")?.trim().to_owned()
             }
-            read_line("token")?.trim().to_owned()
         }
     };
     let client = Client::new(&server, Some(token.clone()))?;

@@ -87,7 +87,20 @@ impl From<custody_domain::InvalidInput> for Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            use clap::error::ErrorKind;
+            let usage = !matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion);
+            if usage && std::env::args().any(|a| a == "--json") {
+                let message = error.render().to_string();
+                let first = message.lines().next().unwrap_or("usage error").trim_start_matches("error: ");
+                eprintln!("{}", serde_json::json!({ "error": { "code": "usage", "message": first } }));
+                return ExitCode::from(2);
+            }
+            error.exit();
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {

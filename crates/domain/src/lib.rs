@@ -17,6 +17,6 @@ pub mod time;
 
 pub use decision::{Decision, Reason, Rule};
 pub use grant::{AdminEra, GrantAction, GrantStatus};
-pub use name::{Email, GroupName, InvalidInput, UserName};
+pub use name::{Email, GroupName, InvalidInput, ProjectName, UserName};
 pub use scope::{Scope, Scopes};
 pub use time::Timestamp;

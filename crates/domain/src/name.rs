@@ -129,6 +129,18 @@ name_type!(
     &[]
 );
 
+/// Names that would collide with custody's own URL paths.
+pub const RESERVED_PROJECT_NAMES: &[&str] = &[
+    "api", "admin", "login", "logout", "static", "assets", "healthz", "readyz", "metrics", "new", "settings", "audit",
+];
+
+name_type!(
+    /// The name of a project and its repository.
+    ProjectName,
+    "project name",
+    RESERVED_PROJECT_NAMES
+);
+
 impl GroupName {
     /// The built-in group whose members are admins.
     pub fn admins() -> Self {
@@ -263,6 +275,14 @@ mod tests {
     fn reserved_user_names_are_refused_with_a_reason() {
         let err = UserName::parse("custody").unwrap_err();
         assert!(err.why.contains("reserved"), "{err}");
+    }
+
+    #[test]
+    fn project_names_cannot_take_custodys_own_paths() {
+        assert!(ProjectName::parse("payments").is_ok());
+        for name in ["api", "metrics", "../payments", "payments.git"] {
+            assert!(ProjectName::parse(name).is_err(), "{name}");
+        }
     }
 
     #[test]

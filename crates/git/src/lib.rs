@@ -1,1 +1,127 @@
-//! placeholder
+//! Bare git repositories on disk, one per project.
+//!
+//! Repositories live under one directory of the data directory, named after
+//! their validated project name, so no name can reach outside it. Every
+//! repository checks the objects it receives (`receive.fsckObjects`).
+//!
+//! This crate knows nothing about users, grants or HTTP: it is told what to
+//! do and does it with the `git` program.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use custody_domain::ProjectName;
+
+/// Why a repository operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    /// `git` could not be started.
+    #[error("cannot run git: {0}; is git installed and on PATH?")]
+    Spawn(std::io::Error),
+    /// `git` ran and failed.
+    #[error("git {args} failed: {stderr}")]
+    Failed {
+        /// The arguments given.
+        args: String,
+        /// What git said.
+        stderr: String,
+    },
+    /// The repository already exists.
+    #[error("a repository for {0} already exists")]
+    Exists(String),
+}
+
+/// The directory holding every project's bare repository.
+#[derive(Clone, Debug)]
+pub struct Repositories {
+    root: PathBuf,
+}
+
+impl Repositories {
+    /// Repositories under `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Repositories { root: root.into() }
+    }
+
+    /// Where the repository of `project` lives: `ROOT/NAME.git`. The name's
+    /// rules (no separators, no `..`) keep it inside `ROOT`.
+    pub fn path(&self, project: &ProjectName) -> PathBuf {
+        self.root.join(format!("{project}.git"))
+    }
+
+    /// Creates an empty bare repository for `project` whose HEAD names
+    /// `default_branch`, with received objects checked.
+    pub fn create(&self, project: &ProjectName, default_branch: &str) -> Result<PathBuf, GitError> {
+        let path = self.path(project);
+        if path.exists() {
+            return Err(GitError::Exists(project.to_string()));
+        }
+        let head = format!("--initial-branch={default_branch}");
+        git(None, &["init", "--quiet", "--bare", &head, &path.to_string_lossy()])?;
+        for (key, value) in [
+            ("receive.fsckObjects", "true"),
+            ("transfer.fsckObjects", "true"),
+            ("receive.denyNonFastForwards", "true"),
+            ("core.logAllRefUpdates", "true"),
+        ] {
+            git(Some(&path), &["config", key, value])?;
+        }
+        Ok(path)
+    }
+}
+
+/// Runs git with a clean configuration, in `dir` when given.
+fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, GitError> {
+    let mut command = Command::new("git");
+    if let Some(dir) = dir {
+        command.arg("-C").arg(dir);
+    }
+    let output = command
+        .args(args)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .map_err(GitError::Spawn)?;
+    if !output.status.success() {
+        return Err(GitError::Failed {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_repository_is_bare_checks_objects_and_names_its_default_branch() {
+        let dir = tempfile::tempdir().unwrap();
+        let repos = Repositories::new(dir.path());
+        let project = ProjectName::parse("payments").unwrap();
+        let path = repos.create(&project, "main").unwrap();
+        assert_eq!(path, dir.path().join("payments.git"));
+        assert_eq!(git(Some(&path), &["rev-parse", "--is-bare-repository"]).unwrap().trim(), "true");
+        assert_eq!(git(Some(&path), &["config", "receive.fsckObjects"]).unwrap().trim(), "true");
+        assert_eq!(git(Some(&path), &["symbolic-ref", "HEAD"]).unwrap().trim(), "refs/heads/main");
+    }
+
+    #[test]
+    fn an_existing_repository_is_never_recreated() {
+        let dir = tempfile::tempdir().unwrap();
+        let repos = Repositories::new(dir.path());
+        let project = ProjectName::parse("payments").unwrap();
+        repos.create(&project, "main").unwrap();
+        assert!(matches!(repos.create(&project, "main"), Err(GitError::Exists(_))));
+    }
+
+    #[test]
+    fn an_invalid_default_branch_is_refused_by_git() {
+        let dir = tempfile::tempdir().unwrap();
+        let repos = Repositories::new(dir.path());
+        let project = ProjectName::parse("payments").unwrap();
+        assert!(repos.create(&project, "bad..name").is_err());
+    }
+}

@@ -1,1 +1,94 @@
-//! placeholder
+//! What a pipeline script sees when custody runs it.
+//!
+//! A script starts from an empty environment: only a fixed `PATH`, its own
+//! home inside the job's workspace, and the `CUSTODY_*` variables that
+//! describe the job. Nothing of custody's own environment (database URLs,
+//! tokens, key paths) leaks into it.
+//!
+//! This crate knows nothing about HTTP or how decisions are made.
+
+use std::path::Path;
+
+/// The `PATH` every script gets.
+pub const SCRIPT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// What kind of job a script runs for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobKind {
+    /// A check of a change's head.
+    Check,
+    /// A build of a mainline commit.
+    Build,
+    /// A deployment to an environment.
+    Deploy {
+        /// The environment deployed to.
+        environment: String,
+    },
+}
+
+/// The facts about a job that its script is told.
+#[derive(Clone, Debug)]
+pub struct Job<'a> {
+    /// Which kind.
+    pub kind: JobKind,
+    /// The project's name.
+    pub project: &'a str,
+    /// The commit being checked, built or deployed.
+    pub commit: &'a str,
+    /// The build's id.
+    pub build: &'a str,
+}
+
+/// The complete environment of a script run in `workspace`, and nothing else.
+pub fn script_environment(job: &Job<'_>, workspace: &Path) -> Vec<(String, String)> {
+    let home = workspace.join(".home");
+    let mut env = vec![
+        ("PATH".to_owned(), SCRIPT_PATH.to_owned()),
+        ("HOME".to_owned(), home.display().to_string()),
+        ("TMPDIR".to_owned(), workspace.join(".tmp").display().to_string()),
+        ("LANG".to_owned(), "C.UTF-8".to_owned()),
+        ("CUSTODY_PROJECT".to_owned(), job.project.to_owned()),
+        ("CUSTODY_COMMIT".to_owned(), job.commit.to_owned()),
+        ("CUSTODY_BUILD".to_owned(), job.build.to_owned()),
+    ];
+    if let JobKind::Deploy { environment } = &job.kind {
+        env.push(("CUSTODY_ENVIRONMENT".to_owned(), environment.clone()));
+    }
+    env
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    #[test]
+    fn a_script_sees_only_its_own_environment() {
+        let workspace = tempfile::tempdir().unwrap();
+        let job = Job { kind: JobKind::Build, project: "payments", commit: "abc123", build: "7" };
+        let mut command = Command::new("/usr/bin/env");
+        command.env_clear().envs(script_environment(&job, workspace.path()));
+        // custody's own secrets live in its environment; the script must not see them.
+        std::env::set_var("CUSTODY_DATABASE_URL", "postgres://secret@db/custody");
+        let output = String::from_utf8(command.output().unwrap().stdout).unwrap();
+        assert!(output.contains("CUSTODY_PROJECT=payments"));
+        assert!(output.contains("CUSTODY_COMMIT=abc123"));
+        assert!(!output.contains("CUSTODY_DATABASE_URL"), "{output}");
+        assert!(!output.contains("CUSTODY_ENVIRONMENT"));
+        assert_eq!(output.lines().count(), 7, "{output}");
+    }
+
+    #[test]
+    fn a_deploy_script_is_told_its_environment() {
+        let job = Job {
+            kind: JobKind::Deploy { environment: "production".into() },
+            project: "payments",
+            commit: "abc123",
+            build: "7",
+        };
+        let env = script_environment(&job, Path::new("/work/job"));
+        assert!(env.contains(&("CUSTODY_ENVIRONMENT".to_owned(), "production".to_owned())));
+        assert!(env.contains(&("HOME".to_owned(), "/work/job/.home".to_owned())));
+    }
+}

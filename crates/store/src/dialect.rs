@@ -56,13 +56,18 @@ impl Dialect {
     pub(crate) fn readers(self) -> u32 {
         match self {
             Dialect::Sqlite => 8,
-            Dialect::Postgres => 16,
+            Dialect::Postgres => 8,
         }
     }
 
-    /// SQL is written once with `$1`-style placeholders; SQLite spells them `?1`.
+    /// SQL is written once in SQLite's words with `$1`-style placeholders.
+    /// SQLite spells placeholders `?1`; PostgreSQL names two functions
+    /// differently (`string_agg` for `group_concat`, `chr` for `char`).
     pub(crate) fn sql(self, sql: &'static str) -> Cow<'static, str> {
         match self {
+            Dialect::Postgres if sql.contains("group_concat(") => {
+                Cow::Owned(sql.replace("group_concat(", "string_agg(").replace("char(", "chr("))
+            }
             Dialect::Postgres => Cow::Borrowed(sql),
             Dialect::Sqlite => Cow::Owned(sql.replace('$', "?")),
         }

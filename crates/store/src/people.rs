@@ -309,10 +309,8 @@ impl Store {
         let sql = self.sql(
             "SELECT t.secret_hash, t.scopes, t.expires_at, t.revoked_at, t.last_used_at, \
                     u.id, u.name, u.state, u.disabled_at, \
-                    (SELECT COUNT(*) FROM group_members m JOIN groups g ON g.id = m.group_id \
-                      WHERE m.user_id = u.id AND g.name = 'admins') AS admin, \
-                    (SELECT COUNT(*) FROM group_members m JOIN groups g ON g.id = m.group_id \
-                      WHERE m.user_id = u.id AND g.name = 'auditors') AS auditor \
+                    (SELECT group_concat(g.name, char(31)) FROM group_members m JOIN groups g ON g.id = m.group_id \
+                      WHERE m.user_id = u.id AND g.name IN ('admins', 'auditors')) AS duties \
              FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.id = $1",
         );
         let row = sqlx::query(&sql).bind(parts.id).fetch_optional(self.readers()).await?.ok_or(REFUSED)?;
@@ -330,13 +328,14 @@ impl Store {
         }
         let name: String = col(&row, "name")?;
         let scopes: String = col(&row, "scopes")?;
+        let duties = split_sorted(col(&row, "duties")?);
         let authenticated = Authenticated {
             user_id: col(&row, "id")?,
             name: UserName::parse(&name).map_err(|e| StoreError::Corrupt(e.to_string()))?,
             scopes: Scopes::parse_list(&scopes).map_err(|e| StoreError::Corrupt(e.to_string()))?,
             token_id: parts.id.to_owned(),
-            is_admin: col::<i64>(&row, "admin")? > 0,
-            is_auditor: col::<i64>(&row, "auditor")? > 0,
+            is_admin: duties.iter().any(|d| d == "admins"),
+            is_auditor: duties.iter().any(|d| d == "auditors"),
         };
         let last_used: Option<i64> = col(&row, "last_used_at")?;
         if last_used.is_none_or(|t| now - t >= LAST_USE_RESOLUTION_MS) {
@@ -661,48 +660,61 @@ impl Store {
 
     /// Every user, a page at a time.
     pub async fn list_users(&self, page: PageRequest) -> Result<Page<UserView>> {
-        let sql = self.sql(
-            "SELECT id, name, display_name, state, disabled_at, created_at FROM users WHERE id > $1 ORDER BY id LIMIT $2",
-        );
+        let sql = self.sql(user_query!("WHERE u.id > $1 ORDER BY u.id LIMIT $2"));
         let rows = sqlx::query(&sql).bind(page.after.unwrap_or(0)).bind(page.limit).fetch_all(self.readers()).await?;
-        let mut users = Vec::with_capacity(rows.len());
-        for row in &rows {
-            users.push(self.user_view(row).await?);
-        }
+        let users = rows.iter().map(user_view).collect::<Result<Vec<_>>>()?;
         Ok(Page::from_items(users, page, |u| u.id))
     }
 
     /// One user.
     pub async fn get_user(&self, name: &UserName) -> Result<UserView> {
-        let sql = self.sql("SELECT id, name, display_name, state, disabled_at, created_at FROM users WHERE name = $1");
+        let sql = self.sql(user_query!("WHERE u.name = $1"));
         let row = sqlx::query(&sql)
             .bind(name.as_str())
             .fetch_optional(self.readers())
             .await?
             .ok_or_else(|| StoreError::not_found("user", name))?;
-        self.user_view(&row).await
+        user_view(&row)
     }
+}
 
-    async fn user_view(&self, row: &sqlx::any::AnyRow) -> Result<UserView> {
-        let id: i64 = col(row, "id")?;
-        let sql = self.sql("SELECT email FROM user_emails WHERE user_id = $1 ORDER BY added_at, email");
-        let emails: Vec<String> = sqlx::query_scalar(&sql).bind(id).fetch_all(self.readers()).await?;
-        let sql = self.sql(
-            "SELECT g.name FROM group_members m JOIN groups g ON g.id = m.group_id WHERE m.user_id = $1 ORDER BY g.name",
-        );
-        let groups: Vec<String> = sqlx::query_scalar(&sql).bind(id).fetch_all(self.readers()).await?;
-        Ok(UserView {
-            id,
-            name: col(row, "name")?,
-            display_name: col(row, "display_name")?,
-            emails,
-            state: col(row, "state")?,
-            disabled: col::<Option<i64>>(row, "disabled_at")?.is_some(),
-            admin: groups.iter().any(|g| g == "admins"),
-            groups,
-            created_at: Timestamp::from_millis(col(row, "created_at")?),
-        })
-    }
+/// A user with their e-mail addresses and groups, in one query: each list
+/// is aggregated with the unit separator, which no name or address holds.
+macro_rules! user_query {
+    ($tail:literal) => {
+        concat!(
+            "SELECT u.id, u.name, u.display_name, u.state, u.disabled_at, u.created_at, ",
+            "(SELECT group_concat(e.email, char(31)) FROM user_emails e WHERE e.user_id = u.id) AS emails, ",
+            "(SELECT group_concat(g.name, char(31)) FROM group_members m JOIN groups g ON g.id = m.group_id ",
+            "WHERE m.user_id = u.id) AS groups ",
+            "FROM users u ",
+            $tail
+        )
+    };
+}
+use user_query;
+
+fn split_sorted(list: Option<String>) -> Vec<String> {
+    let mut items: Vec<String> = list
+        .map(|list| list.split('\u{1f}').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+        .unwrap_or_default();
+    items.sort();
+    items
+}
+
+fn user_view(row: &sqlx::any::AnyRow) -> Result<UserView> {
+    let groups = split_sorted(col(row, "groups")?);
+    Ok(UserView {
+        id: col(row, "id")?,
+        name: col(row, "name")?,
+        display_name: col(row, "display_name")?,
+        emails: split_sorted(col(row, "emails")?),
+        state: col(row, "state")?,
+        disabled: col::<Option<i64>>(row, "disabled_at")?.is_some(),
+        admin: groups.iter().any(|g| g == "admins"),
+        groups,
+        created_at: Timestamp::from_millis(col(row, "created_at")?),
+    })
 }
 
 async fn insert_user(

@@ -131,7 +131,7 @@ pub(crate) struct RedeemRequest {
 }
 
 /// Redeems an invite code for the invited user's own token. Needs no
-/// token; attempts are rate-limited per source.
+/// token; attempts are rate-limited per source and per invite.
 #[utoipa::path(post, path = "/api/v1/invites/redeem", tag = "people", request_body = RedeemRequest,
     responses((status = 200, body = NewToken), (status = 401, body = crate::error::ErrorBody),
               (status = 403, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody)))]
@@ -140,10 +140,13 @@ pub(crate) async fn redeem(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Body(request): Body<RedeemRequest>,
 ) -> ApiResult<Json<NewToken>> {
-    let keys = limit_keys(peer.ip(), None);
+    // Counted per source, and per invite (its public id), so neither many
+    // guesses from one place nor guesses at one invite from many get far.
+    let code = request.code.trim();
+    let keys = limit_keys(peer.ip(), code.get(..16));
     state.redemptions().check(&keys)?;
     state.redemptions().record(&keys);
-    Ok(Json(state.store().redeem_invite(request.code.trim()).await?))
+    Ok(Json(state.store().redeem_invite(code).await?))
 }
 
 /// Every user.
