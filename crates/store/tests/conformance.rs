@@ -285,6 +285,16 @@ async fn requester_cannot_approve_own_grant(store: Store) {
     assert_eq!(store.get_user(&user("carol")).await.unwrap().state, "pending");
 }
 
+async fn a_user_still_awaiting_approval_cannot_be_made_an_admin(store: Store) {
+    let (root, _bob) = governed(&store).await;
+    let carol = ask_for_user(&store, &root, "carol").await;
+    // Were this allowed, carol would count as an admin before anyone approved
+    // her existence, and rejecting her creation would leave a dangling member.
+    let err = store.request_membership(&root, GroupName::admins(), user("carol")).await.unwrap_err();
+    assert!(matches!(&err, StoreError::Conflict(m) if m.contains(&format!("grant {}", carol.grant.id))), "{err:?}");
+    assert!(!store.get_group(&GroupName::admins()).await.unwrap().members.iter().any(|m| m.user == "carol"));
+}
+
 async fn an_admin_named_by_a_grant_cannot_approve_it(store: Store) {
     let (root, bob) = governed(&store).await;
     store.create_group(&root, group("qa")).await.unwrap();
@@ -818,6 +828,7 @@ conformance! {
     bootstrap_grants_apply_at_once_until_a_second_admin_exists,
     removing_the_second_admin_does_not_reopen_bootstrap,
     requester_cannot_approve_own_grant,
+    a_user_still_awaiting_approval_cannot_be_made_an_admin,
     an_admin_named_by_a_grant_cannot_approve_it,
     a_second_admin_approves_and_the_grant_applies,
     pending_users_invite_waits_for_approval_then_redeems_once,
