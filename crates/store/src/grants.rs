@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::people::{in_group, require_admin, revoke_all, user_id, Authenticated};
 use crate::writer::Tx;
-use crate::{col, now_ms, Page, PageRequest, Result, Store, StoreError};
+use crate::{col, now_ms, Dialect, Page, PageRequest, Result, Store, StoreError};
 
 /// A user created by a grant cannot redeem an invite before it is approved.
 pub const AWAITING_APPROVAL: Rule = Rule("grant.awaiting_approval");
@@ -67,17 +67,24 @@ fn grant_view(row: &sqlx::any::AnyRow) -> Result<GrantView> {
     })
 }
 
-async fn load(tx: &mut Tx, id: i64) -> Result<GrantView> {
-    let sql = tx.sql(
-        "SELECT id, payload, named_user, requested_by, requested_at, status, decided_by, decided_at, note \
-         FROM grants WHERE id = $1",
-    );
-    let row = sqlx::query(&sql)
-        .bind(id)
-        .fetch_optional(tx.conn())
-        .await?
-        .ok_or_else(|| StoreError::not_found("grant", id))?;
+const SELECT_GRANT: &str = "SELECT id, payload, named_user, requested_by, requested_at, status, decided_by, \
+                            decided_at, note FROM grants WHERE id = $1";
+
+/// One grant, through the writer's transaction or a reader.
+async fn fetch<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    dialect: Dialect,
+    id: i64,
+) -> Result<GrantView> {
+    let sql = dialect.sql(SELECT_GRANT);
+    let row =
+        sqlx::query(&sql).bind(id).fetch_optional(executor).await?.ok_or_else(|| StoreError::not_found("grant", id))?;
     grant_view(&row)
+}
+
+async fn load(tx: &mut Tx, id: i64) -> Result<GrantView> {
+    let dialect = tx.dialect();
+    fetch(tx.conn(), dialect, id).await
 }
 
 pub(crate) async fn era(tx: &mut Tx) -> Result<AdminEra> {
@@ -411,16 +418,7 @@ impl Store {
 
     /// One grant.
     pub async fn get_grant(&self, id: i64) -> Result<GrantView> {
-        let sql = self.sql(
-            "SELECT id, payload, named_user, requested_by, requested_at, status, decided_by, decided_at, note \
-             FROM grants WHERE id = $1",
-        );
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(self.readers())
-            .await?
-            .ok_or_else(|| StoreError::not_found("grant", id))?;
-        grant_view(&row)
+        fetch(self.readers(), self.dialect(), id).await
     }
 
     /// Grants, optionally only those with `status`, a page at a time.
