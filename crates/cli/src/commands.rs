@@ -25,7 +25,7 @@ impl Output {
     }
 
     /// Prints `value` as JSON, or `text(value)` for people.
-    fn show(&self, value: &Value, text: impl FnOnce(&Value) -> String) {
+    pub fn show(&self, value: &Value, text: impl FnOnce(&Value) -> String) {
         if self.json {
             self.print_json(value);
         } else {
@@ -34,7 +34,7 @@ impl Output {
     }
 
     /// Prints a list as a JSON array, or one line per item.
-    fn list(&self, items: &[Value], line: impl Fn(&Value) -> String, empty: &str) {
+    pub fn list(&self, items: &[Value], line: impl Fn(&Value) -> String, empty: &str) {
         if self.json {
             self.print_json(&items);
         } else if items.is_empty() {
@@ -373,7 +373,7 @@ fn group_line(group: &Value) -> String {
     format!("{:<24} {}", s(group, "name"), if members.is_empty() { "(no members)".into() } else { members.join(", ") })
 }
 
-fn grant_outcome(grant: &Value) -> String {
+pub fn grant_outcome(grant: &Value) -> String {
     match s(grant, "status") {
         "pending" => format!(
             "grant {} asked for: {}; another admin must approve it (`custody grant approve {}`)",

@@ -22,6 +22,8 @@ pub struct ServerFile {
     pub log_format: Option<String>,
     /// The instance's name, used when initialising.
     pub name: Option<String>,
+    /// The URL clients reach the server at.
+    pub public_url: Option<String>,
 }
 
 impl ServerFile {

@@ -8,6 +8,8 @@
 mod client;
 mod commands;
 mod config;
+mod hook;
+mod project;
 mod serve;
 
 use std::process::ExitCode;
@@ -55,6 +57,12 @@ enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(commands::AuditCommand),
+    /// Projects and their repositories.
+    #[command(subcommand)]
+    Project(project::ProjectCommand),
+    /// Run by git during a push; not for people.
+    #[command(subcommand, hide = true)]
+    Hook(hook::HookCommand),
 }
 
 /// What went wrong, with the exit code it maps to.
@@ -109,6 +117,7 @@ fn main() -> ExitCode {
         }
     };
     let json = cli.json;
+    let hook_output = matches!(cli.command, Command::Hook(_));
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
@@ -117,6 +126,9 @@ fn main() -> ExitCode {
                     || serde_json::json!({ "error": { "code": "failed", "message": failure.message } }),
                 );
                 eprintln!("{body}");
+            } else if hook_output {
+                // git shows these lines to the pusher as `remote: …`.
+                eprintln!("{}", failure.message);
             } else {
                 eprintln!("custody: {}", failure.message);
             }
@@ -138,5 +150,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Group(command) => commands::group(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Grant(command) => commands::grant(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Audit(command) => commands::audit(&client::Client::from_env(cli.server)?, command, out).await,
+        Command::Project(command) => project::run(&client::Client::from_env(cli.server)?, command, out).await,
+        Command::Hook(command) => hook::run(command).await,
     }
 }

@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// A PostgreSQL URL (postgres://…); SQLite in the data directory by default.
     #[arg(long, env = "CUSTODY_DATABASE_URL", value_name = "URL")]
     database_url: Option<String>,
+    /// The URL clients reach this server at, when it differs from where it
+    /// listens (behind a proxy); used in clone URLs.
+    #[arg(long, env = "CUSTODY_PUBLIC_URL", value_name = "URL")]
+    public_url: Option<String>,
     /// Log as `text` or `json` [default: text]. The level comes from CUSTODY_LOG (e.g. `info`, `debug`).
     #[arg(long, env = "CUSTODY_LOG_FORMAT", value_name = "FORMAT")]
     log_format: Option<String>,
@@ -101,6 +105,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let listen = args.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
     let database_url = args.database_url.or(file.database_url);
     let log_format = args.log_format.or(file.log_format).unwrap_or_else(|| "text".to_owned());
+    let public_url = args.public_url.or(file.public_url);
     init_logging(&log_format)?;
 
     let data_dir = DataDir::new(data_dir);
@@ -133,8 +138,17 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let _ = std::io::stdout().flush();
     tracing::info!(%url, database = instance.store.dialect().name(), data_dir = %data_dir.root().display(), "serving");
 
+    // Every repository runs this very binary as its hooks.
+    let program =
+        std::env::current_exe().map_err(|e| Failure::internal(format!("cannot find the custody binary: {e}")))?;
+    custody_git::hook::install(&data_dir.hooks(), &program)
+        .map_err(|e| Failure::internal(format!("cannot write the git hooks in {}: {e}", data_dir.hooks().display())))?;
+    let repositories = custody_git::Repositories::new(data_dir.repositories());
     let store = instance.store.clone();
-    let state = AppState::new(instance.store, instance.name, Limits::default());
+    let state = AppState::new(instance.store, instance.name, Limits::default(), repositories);
+    if let Some(public) = &public_url {
+        state.hosting().set_public_url(public);
+    }
     custody_server::launch_with_tcp_listener(listener, state, shutdown_signal())
         .await
         .map_err(|e| Failure::internal(format!("server failed: {e}")))?;

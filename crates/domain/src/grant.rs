@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Decision, Email, GroupName, Reason, Rule, UserName};
+use crate::{Decision, Email, GroupName, ProjectName, Reason, Role, Rule, UserName};
 
 /// Only admins may ask for or decide grants.
 pub const ADMIN_REQUIRED: Rule = Rule("admin.required");
@@ -57,16 +57,59 @@ pub enum GrantAction {
         /// The user disabled.
         user: UserName,
     },
+    /// Makes a user a member of a project, or changes their role.
+    AddProjectMember {
+        /// The project.
+        project: ProjectName,
+        /// The user.
+        user: UserName,
+        /// What they may do.
+        role: Role,
+    },
+    /// Removes a user from a project.
+    RemoveProjectMember {
+        /// The project.
+        project: ProjectName,
+        /// The user.
+        user: UserName,
+    },
+    /// Protects one more branch of a project.
+    ProtectBranch {
+        /// The project.
+        project: ProjectName,
+        /// The branch, such as `release`.
+        branch: String,
+    },
+    /// Stops protecting a branch (never the default branch).
+    UnprotectBranch {
+        /// The project.
+        project: ProjectName,
+        /// The branch.
+        branch: String,
+    },
 }
 
 impl GrantAction {
-    /// The person the grant is about. They may never approve it.
-    pub fn named_user(&self) -> &UserName {
+    /// The person the grant is about, if any. They may never approve it.
+    pub fn named_user(&self) -> Option<&UserName> {
         match self {
             GrantAction::CreateUser { user, .. }
             | GrantAction::AddGroupMember { user, .. }
             | GrantAction::RemoveGroupMember { user, .. }
-            | GrantAction::DisableUser { user } => user,
+            | GrantAction::DisableUser { user }
+            | GrantAction::AddProjectMember { user, .. }
+            | GrantAction::RemoveProjectMember { user, .. } => Some(user),
+            GrantAction::ProtectBranch { .. } | GrantAction::UnprotectBranch { .. } => None,
+        }
+    }
+
+    /// What the grant is about, as an audit subject (`user:bob`, `project:pay`).
+    pub fn subject(&self) -> String {
+        match self {
+            GrantAction::ProtectBranch { project, .. } | GrantAction::UnprotectBranch { project, .. } => {
+                format!("project:{project}")
+            }
+            _ => self.named_user().map(|u| format!("user:{u}")).unwrap_or_default(),
         }
     }
 
@@ -77,6 +120,10 @@ impl GrantAction {
             GrantAction::AddGroupMember { .. } => "group.member.add",
             GrantAction::RemoveGroupMember { .. } => "group.member.remove",
             GrantAction::DisableUser { .. } => "user.disable",
+            GrantAction::AddProjectMember { .. } => "project.member.add",
+            GrantAction::RemoveProjectMember { .. } => "project.member.remove",
+            GrantAction::ProtectBranch { .. } => "project.branch.protect",
+            GrantAction::UnprotectBranch { .. } => "project.branch.unprotect",
         }
     }
 
@@ -87,6 +134,14 @@ impl GrantAction {
             GrantAction::AddGroupMember { group, user } => format!("add {user} to group {group}"),
             GrantAction::RemoveGroupMember { group, user } => format!("remove {user} from group {group}"),
             GrantAction::DisableUser { user } => format!("disable user {user}"),
+            GrantAction::AddProjectMember { project, user, role } => {
+                format!("give {user} {} access to project {project}", role.as_str())
+            }
+            GrantAction::RemoveProjectMember { project, user } => format!("remove {user} from project {project}"),
+            GrantAction::ProtectBranch { project, branch } => format!("protect branch {branch} of project {project}"),
+            GrantAction::UnprotectBranch { project, branch } => {
+                format!("stop protecting branch {branch} of project {project}")
+            }
         }
     }
 
@@ -229,7 +284,7 @@ pub fn decide_approval(grant: &GrantFacts<'_>, approver: &AdminActor<'_>) -> Dec
         )
         .satisfy("another admin must approve it")
     });
-    decision.require(grant.action.named_user() != approver.name, || {
+    decision.require(grant.action.named_user() != Some(approver.name), || {
         Reason::new(
             NAMED_CANNOT_APPROVE,
             format!("grant {} names {} ({}), who cannot approve it", grant.id, approver.name, grant.action.describe()),

@@ -7,10 +7,18 @@
 //! This crate knows nothing about users, grants or HTTP: it is told what to
 //! do and does it with the `git` program.
 
+pub mod hook;
+pub mod service;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use custody_domain::ProjectName;
+
+/// Where the hooks of every repository live, relative to a repository
+/// (hooks run in the bare repository's directory), so that the data
+/// directory can move.
+pub const HOOKS_FROM_REPOSITORY: &str = "../../hooks";
 
 /// Why a repository operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +67,9 @@ impl Repositories {
         let head = format!("--initial-branch={default_branch}");
         git(None, &["init", "--quiet", "--bare", &head, &path.to_string_lossy()])?;
         for (key, value) in [
+            ("core.hooksPath", HOOKS_FROM_REPOSITORY),
+            ("uploadpack.hideRefs", "refs/custody"),
+            ("receive.hideRefs", "refs/custody"),
             ("receive.fsckObjects", "true"),
             ("transfer.fsckObjects", "true"),
             ("receive.denyNonFastForwards", "true"),
@@ -70,19 +81,18 @@ impl Repositories {
     }
 }
 
+/// The settings every git process custody starts gets: no system or user
+/// configuration, no prompts.
+pub const CLEAN_GIT_ENV: [(&str, &str); 3] =
+    [("GIT_CONFIG_NOSYSTEM", "1"), ("GIT_CONFIG_GLOBAL", "/dev/null"), ("GIT_TERMINAL_PROMPT", "0")];
+
 /// Runs git with a clean configuration, in `dir` when given.
-fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, GitError> {
+pub fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, GitError> {
     let mut command = Command::new("git");
     if let Some(dir) = dir {
         command.arg("-C").arg(dir);
     }
-    let output = command
-        .args(args)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .output()
-        .map_err(GitError::Spawn)?;
+    let output = command.args(args).envs(CLEAN_GIT_ENV).output().map_err(GitError::Spawn)?;
     if !output.status.success() {
         return Err(GitError::Failed {
             args: args.join(" "),

@@ -58,6 +58,11 @@ impl DataDir {
         self.root.join("repositories")
     }
 
+    /// The hook scripts every repository runs.
+    pub fn hooks(&self) -> PathBuf {
+        self.root.join("hooks")
+    }
+
     /// Content-addressed blobs (artifacts, logs).
     pub fn blobs(&self) -> PathBuf {
         self.root.join("blobs")
@@ -79,7 +84,7 @@ impl DataDir {
     }
 
     fn create_dirs(&self) -> Result<(), InstanceError> {
-        for dir in [self.root.clone(), self.repositories(), self.blobs(), self.keys()] {
+        for dir in [self.root.clone(), self.repositories(), self.hooks(), self.blobs(), self.keys()] {
             std::fs::create_dir_all(&dir)
                 .map_err(|source| InstanceError::Io { path: dir.display().to_string(), source })?;
             restrict(&dir)?;

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod git;
 pub mod instance;
 pub mod metrics;
 
@@ -28,6 +29,9 @@ use crate::metrics::Metrics;
 
 /// The largest request body the JSON API accepts.
 pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// The largest report a push hook may send (the commits of a large push).
+pub const HOOK_BODY_LIMIT: usize = 256 * 1024 * 1024;
 
 /// Limits on attempts with secrets.
 #[derive(Clone, Debug)]
@@ -52,6 +56,7 @@ pub struct AppState(Arc<Shared>);
 
 struct Shared {
     store: Store,
+    hosting: git::Hosting,
     instance: String,
     metrics: Metrics,
     logins: RateLimiter,
@@ -59,10 +64,11 @@ struct Shared {
 }
 
 impl AppState {
-    /// State over an open store.
-    pub fn new(store: Store, instance: String, limits: Limits) -> Self {
+    /// State over an open store, hosting the repositories under `repositories`.
+    pub fn new(store: Store, instance: String, limits: Limits, repositories: custody_git::Repositories) -> Self {
         AppState(Arc::new(Shared {
             store,
+            hosting: git::Hosting::new(repositories),
             instance,
             metrics: Metrics::default(),
             logins: RateLimiter::new(limits.failed_logins, limits.window),
@@ -73,6 +79,11 @@ impl AppState {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.0.store
+    }
+
+    /// Git hosting.
+    pub fn hosting(&self) -> &git::Hosting {
+        &self.0.hosting
     }
 
     /// The instance's name.
@@ -97,6 +108,8 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     let tracked = Router::new()
         .nest("/api/v1", api::routes())
+        .merge(git::routes())
+        .merge(git::hook_routes().layer(DefaultBodyLimit::max(HOOK_BODY_LIMIT)))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track));
@@ -135,6 +148,7 @@ pub async fn launch_with_tcp_listener(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    state.hosting().set_listening(listener.local_addr()?);
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }

@@ -17,9 +17,14 @@ pub enum Dialect {
 
 /// Migrations per dialect, in order. A migration is never edited once
 /// released; a change to the schema is a new one.
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(1, "people", include_str!("../migrations/sqlite/0001_people.sql"))];
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "people", include_str!("../migrations/postgres/0001_people.sql"))];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "people", include_str!("../migrations/sqlite/0001_people.sql")),
+    (2, "projects", include_str!("../migrations/sqlite/0002_projects.sql")),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "people", include_str!("../migrations/postgres/0001_people.sql")),
+    (2, "projects", include_str!("../migrations/postgres/0002_projects.sql")),
+];
 
 /// The PostgreSQL advisory lock held by whoever appends to the audit log or
 /// migrates, so that processes sharing a database take turns.

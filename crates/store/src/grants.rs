@@ -132,7 +132,7 @@ async fn group_id(tx: &mut Tx, group: &GroupName) -> Result<i64> {
         .ok_or_else(|| StoreError::not_found("group", group))
 }
 
-async fn existing_user(tx: &mut Tx, user: &UserName) -> Result<(i64, bool)> {
+pub(crate) async fn existing_user(tx: &mut Tx, user: &UserName) -> Result<(i64, bool)> {
     let (id, _, disabled_at) = user_id(tx, user).await?.ok_or_else(|| StoreError::not_found("user", user))?;
     Ok((id, disabled_at.is_some()))
 }
@@ -184,6 +184,10 @@ async fn check_applicable(tx: &mut Tx, action: &GrantAction) -> Result<()> {
             let is_admin = in_group(tx, user_id, "admins").await?;
             keeps_an_admin(tx, action, is_admin).await?;
         }
+        GrantAction::AddProjectMember { .. }
+        | GrantAction::RemoveProjectMember { .. }
+        | GrantAction::ProtectBranch { .. }
+        | GrantAction::UnprotectBranch { .. } => crate::projects::check_applicable(tx, action).await?,
     }
     Ok(())
 }
@@ -224,6 +228,10 @@ pub(crate) async fn apply(tx: &mut Tx, grant_id: i64, action: &GrantAction) -> R
             sqlx::query(&sql).bind(now).bind(user_id).execute(tx.conn()).await?;
             revoke_all(tx, user_id).await?;
         }
+        GrantAction::AddProjectMember { .. }
+        | GrantAction::RemoveProjectMember { .. }
+        | GrantAction::ProtectBranch { .. }
+        | GrantAction::UnprotectBranch { .. } => crate::projects::apply(tx, grant_id, action).await?,
     }
     Ok(())
 }
@@ -232,7 +240,7 @@ fn applied_event(actor: &str, grant: &GrantView, how: &str) -> NewEvent {
     NewEvent {
         actor: actor.to_owned(),
         action: grant.action.action_name().into(),
-        subject: format!("user:{}", grant.named_user),
+        subject: grant.action.subject(),
         details: json!({
             "grant": grant.id,
             "requested_by": grant.requested_by,
@@ -253,7 +261,7 @@ async fn insert(tx: &mut Tx, requested_by: &str, action: &GrantAction, status: G
     let id: i64 = sqlx::query_scalar(&sql)
         .bind(action.action_name())
         .bind(payload)
-        .bind(action.named_user().as_str())
+        .bind(action.named_user().map_or("", UserName::as_str))
         .bind(requested_by)
         .bind(now_ms())
         .bind(status.as_str())

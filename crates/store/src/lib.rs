@@ -21,6 +21,7 @@ mod dialect;
 mod grants;
 mod groups;
 mod people;
+mod projects;
 mod writer;
 
 use std::sync::Arc;
@@ -30,10 +31,12 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Connection as _};
 
 pub use audit::{AuditFilter, AuditPage};
+pub use custody_domain::project::{Identity, PushedCommit};
 pub use dialect::Dialect;
 pub use grants::GrantView;
 pub use groups::{GroupView, MemberView};
-pub use people::{Authenticated, CreatedUser, Initialised, NewToken, TokenView, UserView};
+pub use people::{random_secret, Authenticated, CreatedUser, Initialised, NewToken, TokenView, UserView};
+pub use projects::{CommitView, ProjectAccess, ProjectMemberView, ProjectView, PushView};
 pub use writer::Tx;
 
 /// Why a store operation did not happen.

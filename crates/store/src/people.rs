@@ -139,7 +139,9 @@ fn random_id() -> String {
     (0..secret::ID_LEN).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
 }
 
-fn random_secret() -> String {
+/// 256 random bits in unpadded base64url: the secret part of tokens,
+/// invite codes and push capabilities.
+pub fn random_secret() -> String {
     let bytes: [u8; 32] = rand::thread_rng().gen();
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }

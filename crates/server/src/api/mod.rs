@@ -3,6 +3,7 @@
 mod audit;
 mod groups;
 mod people;
+mod projects;
 
 use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
@@ -64,6 +65,9 @@ impl PageQuery {
         groups::list_groups, groups::create_group, groups::get_group, groups::add_member, groups::remove_member,
         groups::list_grants, groups::get_grant, groups::approve_grant, groups::reject_grant,
         audit::events,
+        projects::create_project, projects::list_projects, projects::get_project,
+        projects::add_member, projects::remove_member, projects::protect_branch, projects::unprotect_branch,
+        projects::pushes, projects::commit,
     ),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&TokenSecurity),
@@ -71,6 +75,7 @@ impl PageQuery {
         (name = "people", description = "Users, invites, tokens and passwords"),
         (name = "groups", description = "Groups and the grants that change who may do what"),
         (name = "audit", description = "The append-only audit log"),
+        (name = "projects", description = "Projects, their repositories and the push log"),
     )
 )]
 struct ApiDoc;
@@ -118,6 +123,14 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/grants/{id}/approve", post(groups::approve_grant))
         .route("/grants/{id}/reject", post(groups::reject_grant))
         .route("/audit/events", get(audit::events))
+        .route("/projects", get(projects::list_projects).post(projects::create_project))
+        .route("/projects/{name}", get(projects::get_project))
+        .route("/projects/{name}/members", post(projects::add_member))
+        .route("/projects/{name}/members/{user}", delete(projects::remove_member))
+        .route("/projects/{name}/protected-branches", post(projects::protect_branch))
+        .route("/projects/{name}/protected-branches/{branch}", delete(projects::unprotect_branch))
+        .route("/projects/{name}/pushes", get(projects::pushes))
+        .route("/projects/{name}/commits/{sha}", get(projects::commit))
 }
 
 /// Path parameters, with malformed ones refused as a 400 that says why.

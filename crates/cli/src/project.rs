@@ -1,0 +1,188 @@
+//! `custody project …`: projects, their members and protected branches.
+
+use clap::Subcommand;
+use custody_domain::{ProjectName, Role, UserName};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::client::Client;
+use crate::commands::{grant_outcome, Output};
+use crate::Failure;
+
+#[derive(Subcommand, Debug)]
+pub enum ProjectCommand {
+    /// Create a project with an empty repository.
+    Create {
+        name: String,
+        /// The mainline, always protected.
+        #[arg(long, default_value = "main")]
+        default_branch: String,
+    },
+    /// The projects you may see.
+    List,
+    /// One project, with its clone URL.
+    Show { name: String },
+    /// Members of a project.
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Ask to protect another branch (a grant).
+    Protect { name: String, branch: String },
+    /// Ask to stop protecting a branch (a grant); the default branch stays protected.
+    Unprotect { name: String, branch: String },
+    /// Who pushed what, as authenticated.
+    Pushes { name: String },
+    /// A commit: who pushed it first, and who it names.
+    Commit { name: String, sha: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MemberCommand {
+    /// Ask to give a user a role (a grant).
+    Add {
+        project: String,
+        user: String,
+        /// read, write or maintain.
+        #[arg(long)]
+        role: String,
+    },
+    /// Ask to remove a user (a grant).
+    Remove { project: String, user: String },
+}
+
+fn project_text(p: &Value) -> String {
+    let members: Vec<String> = p["members"]
+        .as_array()
+        .map(|m| {
+            m.iter()
+                .map(|m| format!("{} ({})", m["user"].as_str().unwrap_or(""), m["role"].as_str().unwrap_or("")))
+                .collect()
+        })
+        .unwrap_or_default();
+    let protected: Vec<&str> =
+        p["protected_branches"].as_array().map(|b| b.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    format!(
+        "{}\nclone: {}\ndefault branch: {}\nprotected: {}\nmembers: {}",
+        p["name"].as_str().unwrap_or(""),
+        p["clone_url"].as_str().unwrap_or(""),
+        p["default_branch"].as_str().unwrap_or(""),
+        protected.join(", "),
+        if members.is_empty() { "(none)".to_owned() } else { members.join(", ") }
+    )
+}
+
+fn identity(i: &Value) -> String {
+    let user = i["user"].as_str().map(|u| format!(" = {u}")).unwrap_or_else(|| " (no custody user)".into());
+    format!("{} <{}>{user}", i["name"].as_str().unwrap_or(""), i["email"].as_str().unwrap_or(""))
+}
+
+pub async fn run(client: &Client, command: ProjectCommand, out: Output) -> Result<(), Failure> {
+    match command {
+        ProjectCommand::Create { name, default_branch } => {
+            ProjectName::parse(&name)?;
+            custody_domain::project::check_branch_name(&default_branch)?;
+            let made =
+                client.post("/api/v1/projects", json!({ "name": name, "default_branch": default_branch })).await?;
+            out.show(&made, |p| {
+                format!(
+                    "project {} created; clone it with: git clone {}",
+                    p["name"].as_str().unwrap_or(""),
+                    p["clone_url"].as_str().unwrap_or("")
+                )
+            });
+        }
+        ProjectCommand::List => {
+            let projects = client.list("/api/v1/projects").await?;
+            out.list(
+                &projects,
+                |p| format!("{:<24} {}", p["name"].as_str().unwrap_or(""), p["clone_url"].as_str().unwrap_or("")),
+                "no projects",
+            );
+        }
+        ProjectCommand::Show { name } => {
+            let project = client.get(&format!("/api/v1/projects/{}", ProjectName::parse(&name)?)).await?;
+            out.show(&project, project_text);
+        }
+        ProjectCommand::Member(MemberCommand::Add { project, user, role }) => {
+            let (project, user, role) = (ProjectName::parse(&project)?, UserName::parse(&user)?, Role::parse(&role)?);
+            let grant = client
+                .post(&format!("/api/v1/projects/{project}/members"), json!({ "user": user, "role": role.as_str() }))
+                .await?;
+            out.show(&grant, grant_outcome);
+        }
+        ProjectCommand::Member(MemberCommand::Remove { project, user }) => {
+            let (project, user) = (ProjectName::parse(&project)?, UserName::parse(&user)?);
+            let grant =
+                client.call(Method::DELETE, &format!("/api/v1/projects/{project}/members/{user}"), None).await?;
+            out.show(&grant, grant_outcome);
+        }
+        ProjectCommand::Protect { name, branch } => {
+            custody_domain::project::check_branch_name(&branch)?;
+            let grant = client
+                .post(
+                    &format!("/api/v1/projects/{}/protected-branches", ProjectName::parse(&name)?),
+                    json!({ "branch": branch }),
+                )
+                .await?;
+            out.show(&grant, grant_outcome);
+        }
+        ProjectCommand::Unprotect { name, branch } => {
+            custody_domain::project::check_branch_name(&branch)?;
+            let path = format!("/api/v1/projects/{}/protected-branches/{branch}", ProjectName::parse(&name)?);
+            let grant = client.call(Method::DELETE, &path, None).await?;
+            out.show(&grant, grant_outcome);
+        }
+        ProjectCommand::Pushes { name } => {
+            let pushes = client.list(&format!("/api/v1/projects/{}/pushes", ProjectName::parse(&name)?)).await?;
+            out.list(
+                &pushes,
+                |p| {
+                    let refs: Vec<String> = p["updates"]
+                        .as_array()
+                        .map(|u| {
+                            u.iter()
+                                .map(|u| {
+                                    format!(
+                                        "{} {}..{}",
+                                        u["name"].as_str().unwrap_or(""),
+                                        short(&u["old"]),
+                                        short(&u["new"])
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let commits = p["commits"].as_array().map_or(0, Vec::len);
+                    format!(
+                        "#{:<5} {} {}  {}  ({commits} new commits)",
+                        p["id"],
+                        p["at"].as_str().unwrap_or(""),
+                        p["pusher"].as_str().unwrap_or(""),
+                        refs.join(", ")
+                    )
+                },
+                "no pushes",
+            );
+        }
+        ProjectCommand::Commit { name, sha } => {
+            let commit = client.get(&format!("/api/v1/projects/{}/commits/{sha}", ProjectName::parse(&name)?)).await?;
+            out.show(&commit, |c| {
+                let co: Vec<String> =
+                    c["co_authors"].as_array().map(|a| a.iter().map(identity).collect()).unwrap_or_default();
+                format!(
+                    "{}\npushed first by: {} (push {})\nauthor: {}\ncommitter: {}\nco-authors: {}",
+                    c["sha"].as_str().unwrap_or(""),
+                    c["pusher"].as_str().unwrap_or("(imported)"),
+                    c["first_push"],
+                    identity(&c["author"]),
+                    identity(&c["committer"]),
+                    if co.is_empty() { "(none)".to_owned() } else { co.join("; ") }
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+fn short(id: &Value) -> &str {
+    id.as_str().map(|s| &s[..s.len().min(8)]).unwrap_or("")
+}

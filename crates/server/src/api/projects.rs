@@ -1,0 +1,214 @@
+//! Projects: their repositories, members and protected branches, and the push log.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use custody_domain::grant::GrantAction;
+use custody_domain::{ProjectName, Role, Scope, UserName};
+use custody_store::{CommitView, GrantView, Page, ProjectView, PushView};
+use serde::{Deserialize, Serialize};
+
+use super::{PageQuery, Params, PathParam};
+use crate::auth::{Auth, Body};
+use crate::error::{ApiError, ApiResult};
+use crate::AppState;
+
+/// A project with where to clone it from.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ProjectAnswer {
+    #[serde(flatten)]
+    project: ProjectView,
+    /// The URL for `git clone`, with a token as the password.
+    clone_url: String,
+}
+
+fn answer(state: &AppState, project: ProjectView) -> ProjectAnswer {
+    let clone_url = format!("{}/{}.git", state.hosting().base_url(), project.name);
+    ProjectAnswer { project, clone_url }
+}
+
+/// A project to create.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateProjectRequest {
+    /// Lowercase letters, digits, `-`, `_`, `.`; not a name custody uses for itself.
+    name: String,
+    /// The mainline; `main` when absent. Always protected.
+    default_branch: Option<String>,
+}
+
+/// An admin creates a project with an empty repository.
+#[utoipa::path(post, path = "/api/v1/projects", tag = "projects", security(("token" = [])), request_body = CreateProjectRequest,
+    responses((status = 201, body = ProjectAnswer), (status = 409, body = crate::error::ErrorBody)))]
+pub(crate) async fn create_project(
+    State(state): State<AppState>,
+    auth: Auth,
+    Body(request): Body<CreateProjectRequest>,
+) -> ApiResult<(StatusCode, Json<ProjectAnswer>)> {
+    let name = ProjectName::parse(&request.name)?;
+    let default_branch = request.default_branch.unwrap_or_else(|| "main".to_owned());
+    custody_domain::project::check_branch_name(&default_branch)?;
+    // Refuse early, before touching the disk, when the caller may not do it
+    // or the name is taken.
+    if !auth.0.is_admin || !auth.0.has_scope(Scope::Admin) {
+        let decision = custody_domain::grant::decide_admin(&auth.0.as_admin());
+        return Err(custody_store::StoreError::Refused(decision).into());
+    }
+    if state.store().project_exists(&name).await? {
+        return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("a project named {name} already exists")));
+    }
+    let repositories = state.hosting().repositories().clone();
+    let (repo_name, branch) = (name.clone(), default_branch.clone());
+    let path = tokio::task::spawn_blocking(move || repositories.create(&repo_name, &branch))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "creating the repository failed"))?
+        .map_err(|e| match e {
+            custody_git::GitError::Exists(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("a repository for {name} exists on disk without a project; remove it or choose another name"),
+            ),
+            other => {
+                tracing::error!(error = %other, "creating a repository");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "creating the repository failed")
+            }
+        })?;
+    match state.store().create_project(&auth.0, name, default_branch).await {
+        Ok(project) => Ok((StatusCode::CREATED, Json(answer(&state, project)))),
+        Err(error) => {
+            // Nothing half-made stays behind.
+            let _ = std::fs::remove_dir_all(&path);
+            Err(error.into())
+        }
+    }
+}
+
+/// The projects the caller may see.
+#[utoipa::path(get, path = "/api/v1/projects", tag = "projects", security(("token" = [])), params(PageQuery),
+    responses((status = 200, body = Page<ProjectAnswer>)))]
+pub(crate) async fn list_projects(
+    State(state): State<AppState>,
+    auth: Auth,
+    Params(page): Params<PageQuery>,
+) -> ApiResult<Json<Page<ProjectAnswer>>> {
+    auth.require(Scope::Read)?;
+    let page = state.store().list_projects(&auth.0, page.request()?).await?;
+    Ok(Json(Page { items: page.items.into_iter().map(|p| answer(&state, p)).collect(), next_cursor: page.next_cursor }))
+}
+
+async fn readable(state: &AppState, auth: &Auth, name: &str) -> ApiResult<ProjectName> {
+    auth.require(Scope::Read)?;
+    let name = ProjectName::parse(name)?;
+    state.store().project_access(&auth.0, &name).await?;
+    Ok(name)
+}
+
+/// One project.
+#[utoipa::path(get, path = "/api/v1/projects/{name}", tag = "projects", security(("token" = [])),
+    responses((status = 200, body = ProjectAnswer), (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn get_project(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam(name): PathParam<String>,
+) -> ApiResult<Json<ProjectAnswer>> {
+    let name = readable(&state, &auth, &name).await?;
+    Ok(Json(answer(&state, state.store().get_project(&name).await?)))
+}
+
+/// A member to add.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProjectMemberRequest {
+    user: String,
+    /// `read`, `write` or `maintain`.
+    role: String,
+}
+
+/// An admin asks to give a user a role in a project: a grant.
+#[utoipa::path(post, path = "/api/v1/projects/{name}/members", tag = "projects", security(("token" = [])), request_body = ProjectMemberRequest,
+    responses((status = 202, body = GrantView), (status = 403, body = crate::error::ErrorBody)))]
+pub(crate) async fn add_member(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam(name): PathParam<String>,
+    Body(request): Body<ProjectMemberRequest>,
+) -> ApiResult<(StatusCode, Json<GrantView>)> {
+    let action = GrantAction::AddProjectMember {
+        project: ProjectName::parse(&name)?,
+        user: UserName::parse(&request.user)?,
+        role: Role::parse(&request.role)?,
+    };
+    Ok((StatusCode::ACCEPTED, Json(state.store().request(&auth.0, action).await?)))
+}
+
+/// An admin asks to remove a member: a grant.
+#[utoipa::path(delete, path = "/api/v1/projects/{name}/members/{user}", tag = "projects", security(("token" = [])),
+    responses((status = 202, body = GrantView), (status = 403, body = crate::error::ErrorBody)))]
+pub(crate) async fn remove_member(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((name, user)): PathParam<(String, String)>,
+) -> ApiResult<(StatusCode, Json<GrantView>)> {
+    let action =
+        GrantAction::RemoveProjectMember { project: ProjectName::parse(&name)?, user: UserName::parse(&user)? };
+    Ok((StatusCode::ACCEPTED, Json(state.store().request(&auth.0, action).await?)))
+}
+
+/// A branch to protect.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BranchRequest {
+    branch: String,
+}
+
+/// An admin asks to protect another branch: a grant.
+#[utoipa::path(post, path = "/api/v1/projects/{name}/protected-branches", tag = "projects", security(("token" = [])), request_body = BranchRequest,
+    responses((status = 202, body = GrantView), (status = 403, body = crate::error::ErrorBody)))]
+pub(crate) async fn protect_branch(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam(name): PathParam<String>,
+    Body(request): Body<BranchRequest>,
+) -> ApiResult<(StatusCode, Json<GrantView>)> {
+    custody_domain::project::check_branch_name(&request.branch)?;
+    let action = GrantAction::ProtectBranch { project: ProjectName::parse(&name)?, branch: request.branch };
+    Ok((StatusCode::ACCEPTED, Json(state.store().request(&auth.0, action).await?)))
+}
+
+/// An admin asks to stop protecting a branch: a grant. The default branch
+/// stays protected.
+#[utoipa::path(delete, path = "/api/v1/projects/{name}/protected-branches/{branch}", tag = "projects", security(("token" = [])),
+    responses((status = 202, body = GrantView), (status = 403, body = crate::error::ErrorBody)))]
+pub(crate) async fn unprotect_branch(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((name, branch)): PathParam<(String, String)>,
+) -> ApiResult<(StatusCode, Json<GrantView>)> {
+    let action = GrantAction::UnprotectBranch { project: ProjectName::parse(&name)?, branch };
+    Ok((StatusCode::ACCEPTED, Json(state.store().request(&auth.0, action).await?)))
+}
+
+/// The project's pushes: who pushed what, as authenticated.
+#[utoipa::path(get, path = "/api/v1/projects/{name}/pushes", tag = "projects", security(("token" = [])), params(PageQuery),
+    responses((status = 200, body = Page<PushView>)))]
+pub(crate) async fn pushes(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam(name): PathParam<String>,
+    Params(page): Params<PageQuery>,
+) -> ApiResult<Json<Page<PushView>>> {
+    let name = readable(&state, &auth, &name).await?;
+    Ok(Json(state.store().pushes(&name, page.request()?).await?))
+}
+
+/// A commit: who pushed it first, and who it names.
+#[utoipa::path(get, path = "/api/v1/projects/{name}/commits/{sha}", tag = "projects", security(("token" = [])),
+    responses((status = 200, body = CommitView), (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn commit(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((name, sha)): PathParam<(String, String)>,
+) -> ApiResult<Json<CommitView>> {
+    let name = readable(&state, &auth, &name).await?;
+    Ok(Json(state.store().commit(&name, &sha).await?))
+}

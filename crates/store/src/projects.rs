@@ -1,0 +1,575 @@
+//! Projects, their members and protected branches, and the push log.
+
+use custody_domain::audit::NewEvent;
+use custody_domain::grant::GrantAction;
+use custody_domain::project::check_branch_name;
+use custody_domain::project::{Identity, PushedCommit};
+use custody_domain::{ProjectName, RefUpdate, Role, Timestamp, UserName};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::grants::{self, existing_user, GrantView};
+use crate::people::{require_admin, Authenticated};
+use crate::writer::Tx;
+use crate::{col, now_ms, Page, PageRequest, Result, Store, StoreError};
+
+/// A project as shown.
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ProjectView {
+    /// The project's id.
+    pub id: i64,
+    /// Its name, also its repository's.
+    pub name: String,
+    /// The mainline: always protected, built and deployed.
+    pub default_branch: String,
+    /// Every protected branch, the default branch first.
+    pub protected_branches: Vec<String>,
+    /// Who may read or write it.
+    pub members: Vec<ProjectMemberView>,
+    /// `private`: members, admins and auditors only.
+    pub visibility: String,
+    /// The admin who created it.
+    pub created_by: String,
+    /// When.
+    pub created_at: Timestamp,
+}
+
+/// A member of a project.
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ProjectMemberView {
+    /// The member.
+    pub user: String,
+    /// `read`, `write` or `maintain`.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub role: Role,
+    /// The grant that made them one.
+    pub grant: i64,
+}
+
+/// What someone may do in a project, and what the push rules need.
+#[derive(Clone, Debug)]
+pub struct ProjectAccess {
+    /// The project's id.
+    pub project_id: i64,
+    /// The project's name.
+    pub project: ProjectName,
+    /// Their role, if they are a member.
+    pub role: Option<Role>,
+    /// Whether they may read it.
+    pub can_read: bool,
+    /// The default branch.
+    pub default_branch: String,
+    /// The protected branches besides the default one.
+    pub protected: Vec<String>,
+}
+
+/// A commit and who brought it in: the pusher is known from
+/// authentication; the rest is what the commit claims.
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CommitView {
+    /// The commit id.
+    pub sha: String,
+    /// The push that first brought it in.
+    pub first_push: Option<i64>,
+    /// Who made that push.
+    pub pusher: Option<String>,
+    /// The named author.
+    pub author: Identity,
+    /// The named committer.
+    pub committer: Identity,
+    /// The named co-authors.
+    pub co_authors: Vec<Identity>,
+}
+
+/// One accepted push.
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PushView {
+    /// The push's id.
+    pub id: i64,
+    /// The authenticated pusher.
+    pub pusher: String,
+    /// When.
+    pub at: Timestamp,
+    /// The refs it moved.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
+    pub updates: Vec<RefUpdate>,
+    /// The commits it brought in, oldest first.
+    pub commits: Vec<String>,
+}
+
+async fn project_id(tx: &mut Tx, project: &ProjectName) -> Result<(i64, String)> {
+    let sql = tx.sql("SELECT id, default_branch FROM projects WHERE name = $1");
+    let row = sqlx::query(&sql)
+        .bind(project.as_str())
+        .fetch_optional(tx.conn())
+        .await?
+        .ok_or_else(|| StoreError::not_found("project", project))?;
+    Ok((col(&row, "id")?, col(&row, "default_branch")?))
+}
+
+async fn is_protected(tx: &mut Tx, project_id: i64, branch: &str) -> Result<bool> {
+    let sql = tx.sql("SELECT COUNT(*) FROM protected_branches WHERE project_id = $1 AND branch = $2");
+    let n: i64 = sqlx::query_scalar(&sql).bind(project_id).bind(branch).fetch_one(tx.conn()).await?;
+    Ok(n > 0)
+}
+
+/// Checks that a project grant can apply to the state as it is now.
+pub(crate) async fn check_applicable(tx: &mut Tx, action: &GrantAction) -> Result<()> {
+    match action {
+        GrantAction::AddProjectMember { project, user, .. } => {
+            project_id(tx, project).await?;
+            let (_, disabled) = existing_user(tx, user).await?;
+            if disabled {
+                return Err(StoreError::Conflict(format!("user {user} is disabled")));
+            }
+        }
+        GrantAction::RemoveProjectMember { project, user } => {
+            let (project_id, _) = project_id(tx, project).await?;
+            let (user_id, _) = existing_user(tx, user).await?;
+            let sql = tx.sql("SELECT COUNT(*) FROM project_members WHERE project_id = $1 AND user_id = $2");
+            let n: i64 = sqlx::query_scalar(&sql).bind(project_id).bind(user_id).fetch_one(tx.conn()).await?;
+            if n == 0 {
+                return Err(StoreError::Conflict(format!("{user} is not a member of {project}")));
+            }
+        }
+        GrantAction::ProtectBranch { project, branch } => {
+            check_branch_name(branch)?;
+            let (project_id, default_branch) = project_id(tx, project).await?;
+            if *branch == default_branch || is_protected(tx, project_id, branch).await? {
+                return Err(StoreError::Conflict(format!("branch {branch} of {project} is already protected")));
+            }
+        }
+        GrantAction::UnprotectBranch { project, branch } => {
+            let (project_id, default_branch) = project_id(tx, project).await?;
+            if *branch == default_branch {
+                return Err(StoreError::Conflict(format!(
+                    "{branch} is the default branch of {project}; it is always protected"
+                )));
+            }
+            if !is_protected(tx, project_id, branch).await? {
+                return Err(StoreError::Conflict(format!("branch {branch} of {project} is not protected")));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Applies a project grant.
+pub(crate) async fn apply(tx: &mut Tx, grant_id: i64, action: &GrantAction) -> Result<()> {
+    match action {
+        GrantAction::AddProjectMember { project, user, role } => {
+            let (project_id, _) = project_id(tx, project).await?;
+            let (user_id, _) = existing_user(tx, user).await?;
+            let sql = tx.sql(
+                "INSERT INTO project_members (project_id, user_id, role, grant_id, added_at) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (project_id, user_id) DO UPDATE SET role = excluded.role, grant_id = excluded.grant_id",
+            );
+            sqlx::query(&sql)
+                .bind(project_id)
+                .bind(user_id)
+                .bind(role.as_str())
+                .bind(grant_id)
+                .bind(now_ms())
+                .execute(tx.conn())
+                .await?;
+        }
+        GrantAction::RemoveProjectMember { project, user } => {
+            let (project_id, _) = project_id(tx, project).await?;
+            let (user_id, _) = existing_user(tx, user).await?;
+            let sql = tx.sql("DELETE FROM project_members WHERE project_id = $1 AND user_id = $2");
+            sqlx::query(&sql).bind(project_id).bind(user_id).execute(tx.conn()).await?;
+        }
+        GrantAction::ProtectBranch { project, branch } => {
+            let (project_id, _) = project_id(tx, project).await?;
+            let sql = tx.sql("INSERT INTO protected_branches (project_id, branch, grant_id) VALUES ($1, $2, $3)");
+            sqlx::query(&sql).bind(project_id).bind(branch).bind(grant_id).execute(tx.conn()).await?;
+        }
+        GrantAction::UnprotectBranch { project, branch } => {
+            let (project_id, _) = project_id(tx, project).await?;
+            let sql = tx.sql("DELETE FROM protected_branches WHERE project_id = $1 AND branch = $2");
+            sqlx::query(&sql).bind(project_id).bind(branch).execute(tx.conn()).await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Finds the user whose registered address is `email`.
+async fn user_by_email(tx: &mut Tx, email: &str) -> Result<Option<(i64, String)>> {
+    let sql = tx.sql("SELECT u.id, u.name FROM user_emails e JOIN users u ON u.id = e.user_id WHERE e.email = $1");
+    let row = sqlx::query(&sql).bind(email.to_lowercase()).fetch_optional(tx.conn()).await?;
+    row.map(|row| Ok((col(&row, "id")?, col(&row, "name")?))).transpose()
+}
+
+impl Store {
+    /// An admin creates a project. An empty project with no members confers
+    /// nothing, so it needs no second admin; its members come by grants.
+    /// The caller has made its repository already.
+    pub async fn create_project(
+        &self,
+        actor: &Authenticated,
+        name: ProjectName,
+        default_branch: String,
+    ) -> Result<ProjectView> {
+        check_branch_name(&default_branch)?;
+        let actor = actor.clone();
+        let project = name.clone();
+        self.write(move |tx| {
+            Box::pin(async move {
+                require_admin(tx, &actor).await?;
+                let sql = tx.sql(
+                    "INSERT INTO projects (name, default_branch, created_by, created_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT DO NOTHING RETURNING id",
+                );
+                let id: Option<i64> = sqlx::query_scalar(&sql)
+                    .bind(name.as_str())
+                    .bind(&default_branch)
+                    .bind(actor.name.as_str())
+                    .bind(now_ms())
+                    .fetch_optional(tx.conn())
+                    .await?;
+                id.ok_or_else(|| StoreError::Conflict(format!("a project named {name} already exists")))?;
+                tx.audit(NewEvent {
+                    actor: actor.name.to_string(),
+                    action: "project.create".into(),
+                    subject: format!("project:{name}"),
+                    details: json!({ "default_branch": default_branch }),
+                })
+                .await?;
+                Ok(())
+            })
+        })
+        .await?;
+        self.get_project(&project).await
+    }
+
+    /// Whether a project of that name exists.
+    pub async fn project_exists(&self, name: &ProjectName) -> Result<bool> {
+        let sql = self.sql("SELECT COUNT(*) FROM projects WHERE name = $1");
+        let n: i64 = sqlx::query_scalar(&sql).bind(name.as_str()).fetch_one(self.readers()).await?;
+        Ok(n > 0)
+    }
+
+    /// One project with its members and protected branches.
+    pub async fn get_project(&self, name: &ProjectName) -> Result<ProjectView> {
+        let sql = self
+            .sql("SELECT id, name, default_branch, visibility, created_by, created_at FROM projects WHERE name = $1");
+        let row = sqlx::query(&sql)
+            .bind(name.as_str())
+            .fetch_optional(self.readers())
+            .await?
+            .ok_or_else(|| StoreError::not_found("project", name))?;
+        self.project_view(&row).await
+    }
+
+    async fn project_view(&self, row: &sqlx::any::AnyRow) -> Result<ProjectView> {
+        let id: i64 = col(row, "id")?;
+        let default_branch: String = col(row, "default_branch")?;
+        let sql = self.sql("SELECT branch FROM protected_branches WHERE project_id = $1 ORDER BY branch");
+        let mut protected_branches = vec![default_branch.clone()];
+        protected_branches.extend(sqlx::query_scalar::<_, String>(&sql).bind(id).fetch_all(self.readers()).await?);
+        let sql = self.sql(
+            "SELECT u.name, m.role, m.grant_id FROM project_members m JOIN users u ON u.id = m.user_id \
+             WHERE m.project_id = $1 ORDER BY u.name",
+        );
+        let members = sqlx::query(&sql)
+            .bind(id)
+            .fetch_all(self.readers())
+            .await?
+            .iter()
+            .map(|m| {
+                let role: String = col(m, "role")?;
+                Ok(ProjectMemberView {
+                    user: col(m, "name")?,
+                    role: Role::parse(&role).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    grant: col(m, "grant_id")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ProjectView {
+            id,
+            name: col(row, "name")?,
+            default_branch,
+            protected_branches,
+            members,
+            visibility: col(row, "visibility")?,
+            created_by: col(row, "created_by")?,
+            created_at: Timestamp::from_millis(col(row, "created_at")?),
+        })
+    }
+
+    /// The projects `reader` may see: all of them for admins and auditors,
+    /// their own for everyone else.
+    pub async fn list_projects(&self, reader: &Authenticated, page: PageRequest) -> Result<Page<ProjectView>> {
+        let sql = self.sql(
+            "SELECT id, name, default_branch, visibility, created_by, created_at FROM projects p \
+             WHERE id > $1 AND ($2 = 1 OR EXISTS (SELECT 1 FROM project_members m WHERE m.project_id = p.id AND m.user_id = $3)) \
+             ORDER BY id LIMIT $4",
+        );
+        let rows = sqlx::query(&sql)
+            .bind(page.after.unwrap_or(0))
+            .bind(i64::from(reader.reads_everything()))
+            .bind(reader.user_id)
+            .bind(page.limit)
+            .fetch_all(self.readers())
+            .await?;
+        let mut projects = Vec::with_capacity(rows.len());
+        for row in &rows {
+            projects.push(self.project_view(row).await?);
+        }
+        Ok(Page::from_items(projects, page, |p| p.id))
+    }
+
+    /// What `user` may do in `project`. A project they may not read is
+    /// reported as missing, so its existence does not leak.
+    pub async fn project_access(&self, user: &Authenticated, project: &ProjectName) -> Result<ProjectAccess> {
+        let sql = self.sql(
+            "SELECT p.id, p.default_branch, \
+                    (SELECT role FROM project_members m WHERE m.project_id = p.id AND m.user_id = $2) AS role, \
+                    (SELECT group_concat(b.branch, char(31)) FROM protected_branches b WHERE b.project_id = p.id) AS protected \
+             FROM projects p WHERE p.name = $1",
+        );
+        let row = sqlx::query(&sql)
+            .bind(project.as_str())
+            .bind(user.user_id)
+            .fetch_optional(self.readers())
+            .await?
+            .ok_or_else(|| StoreError::not_found("project", project))?;
+        let role: Option<String> = col(&row, "role")?;
+        let role = role.map(|r| Role::parse(&r)).transpose().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let can_read = role.is_some() || user.reads_everything();
+        if !can_read {
+            return Err(StoreError::not_found("project", project));
+        }
+        let protected: Option<String> = col(&row, "protected")?;
+        Ok(ProjectAccess {
+            project_id: col(&row, "id")?,
+            project: project.clone(),
+            role,
+            can_read,
+            default_branch: col(&row, "default_branch")?,
+            protected: protected.map(|p| p.split('\u{1f}').map(str::to_owned).collect()).unwrap_or_default(),
+        })
+    }
+
+    /// An admin asks to give `user` a role in `project`: a grant.
+    pub async fn request_project_member(
+        &self,
+        actor: &Authenticated,
+        project: ProjectName,
+        user: UserName,
+        role: Role,
+    ) -> Result<GrantView> {
+        self.request(actor, GrantAction::AddProjectMember { project, user, role }).await
+    }
+
+    /// An admin asks for a project grant of any kind.
+    pub async fn request(&self, actor: &Authenticated, action: GrantAction) -> Result<GrantView> {
+        let actor = actor.clone();
+        self.write(move |tx| Box::pin(async move { grants::request(tx, &actor, action).await })).await
+    }
+
+    /// Records an accepted push: its ref updates, and the commits it brought
+    /// in with the identities they name, mapped to users by registered
+    /// e-mail. A commit seen before keeps its first pusher.
+    pub async fn record_push(
+        &self,
+        access: &ProjectAccess,
+        pusher: &Authenticated,
+        updates: Vec<RefUpdate>,
+        commits: Vec<PushedCommit>,
+    ) -> Result<i64> {
+        let (project_id, project, pusher) = (access.project_id, access.project.clone(), pusher.clone());
+        self.write(move |tx| {
+            Box::pin(async move {
+                let sql = tx.sql("INSERT INTO pushes (project_id, pusher_id, at) VALUES ($1, $2, $3) RETURNING id");
+                let push_id: i64 =
+                    sqlx::query_scalar(&sql).bind(project_id).bind(pusher.user_id).bind(now_ms()).fetch_one(tx.conn()).await?;
+                for update in &updates {
+                    let sql = tx.sql("INSERT INTO push_updates (push_id, ref_name, old_id, new_id) VALUES ($1, $2, $3, $4)");
+                    sqlx::query(&sql)
+                        .bind(push_id)
+                        .bind(&update.name)
+                        .bind(&update.old)
+                        .bind(&update.new)
+                        .execute(tx.conn())
+                        .await?;
+                }
+                let mut introduced = Vec::new();
+                let mut named = std::collections::BTreeSet::new();
+                for commit in &commits {
+                    let author = user_by_email(tx, &commit.author.email).await?;
+                    let committer = user_by_email(tx, &commit.committer.email).await?;
+                    let sql = tx.sql(
+                        "INSERT INTO commits (project_id, sha, first_push_id, author_name, author_email, author_user_id, \
+                         committer_name, committer_email, committer_user_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                         ON CONFLICT (project_id, sha) DO NOTHING",
+                    );
+                    let inserted = sqlx::query(&sql)
+                        .bind(project_id)
+                        .bind(&commit.sha)
+                        .bind(push_id)
+                        .bind(&commit.author.name)
+                        .bind(&commit.author.email)
+                        .bind(author.as_ref().map(|a| a.0))
+                        .bind(&commit.committer.name)
+                        .bind(&commit.committer.email)
+                        .bind(committer.as_ref().map(|c| c.0))
+                        .execute(tx.conn())
+                        .await?;
+                    if inserted.rows_affected() == 0 {
+                        continue;
+                    }
+                    introduced.push(commit.sha.clone());
+                    named.extend(author.map(|a| a.1));
+                    named.extend(committer.map(|c| c.1));
+                    for (position, co_author) in commit.co_authors.iter().enumerate() {
+                        let user = user_by_email(tx, &co_author.email).await?;
+                        let sql = tx.sql(
+                            "INSERT INTO commit_coauthors (project_id, sha, position, name, email, user_id) \
+                             VALUES ($1, $2, $3, $4, $5, $6)",
+                        );
+                        sqlx::query(&sql)
+                            .bind(project_id)
+                            .bind(&commit.sha)
+                            .bind(position as i64)
+                            .bind(&co_author.name)
+                            .bind(&co_author.email)
+                            .bind(user.as_ref().map(|u| u.0))
+                            .execute(tx.conn())
+                            .await?;
+                        named.extend(user.map(|u| u.1));
+                    }
+                }
+                tx.audit(NewEvent {
+                    actor: pusher.name.to_string(),
+                    action: "git.push".into(),
+                    subject: format!("project:{project}"),
+                    details: json!({
+                        "push": push_id,
+                        "updates": updates,
+                        "commits_introduced": introduced.len(),
+                        "first_commit": introduced.first(),
+                        "last_commit": introduced.last(),
+                        "users_named_by_commits": named,
+                    }),
+                })
+                .await?;
+                Ok(push_id)
+            })
+        })
+        .await
+    }
+
+    /// Records a push the rules refused, for the auditor's eye: who tried to
+    /// move what, and every rule that stopped it.
+    pub async fn record_refused_push(
+        &self,
+        access: &ProjectAccess,
+        pusher: &Authenticated,
+        updates: &[RefUpdate],
+        decision: &custody_domain::Decision,
+    ) -> Result<()> {
+        let event = NewEvent {
+            actor: pusher.name.to_string(),
+            action: "git.push.refused".into(),
+            subject: format!("project:{}", access.project),
+            details: json!({ "updates": updates, "reasons": decision.reasons }),
+        };
+        self.write(move |tx| {
+            Box::pin(async move {
+                tx.audit(event).await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// A commit and who brought it in.
+    pub async fn commit(&self, project: &ProjectName, sha: &str) -> Result<CommitView> {
+        let sql = self.sql(
+            "SELECT c.sha, c.first_push_id, pu.name AS pusher, c.author_name, c.author_email, au.name AS author_user, \
+                    c.committer_name, c.committer_email, cu.name AS committer_user \
+             FROM commits c JOIN projects p ON p.id = c.project_id \
+             LEFT JOIN pushes ps ON ps.id = c.first_push_id LEFT JOIN users pu ON pu.id = ps.pusher_id \
+             LEFT JOIN users au ON au.id = c.author_user_id LEFT JOIN users cu ON cu.id = c.committer_user_id \
+             WHERE p.name = $1 AND c.sha = $2",
+        );
+        let row = sqlx::query(&sql)
+            .bind(project.as_str())
+            .bind(sha)
+            .fetch_optional(self.readers())
+            .await?
+            .ok_or_else(|| StoreError::not_found("commit", sha))?;
+        let sql = self.sql(
+            "SELECT ca.name, ca.email, u.name AS user_name FROM commit_coauthors ca JOIN projects p ON p.id = ca.project_id \
+             LEFT JOIN users u ON u.id = ca.user_id WHERE p.name = $1 AND ca.sha = $2 ORDER BY ca.position",
+        );
+        let co_authors = sqlx::query(&sql)
+            .bind(project.as_str())
+            .bind(sha)
+            .fetch_all(self.readers())
+            .await?
+            .iter()
+            .map(|r| Ok(Identity { name: col(r, "name")?, email: col(r, "email")?, user: col(r, "user_name")? }))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(CommitView {
+            sha: col(&row, "sha")?,
+            first_push: col(&row, "first_push_id")?,
+            pusher: col(&row, "pusher")?,
+            author: Identity {
+                name: col(&row, "author_name")?,
+                email: col(&row, "author_email")?,
+                user: col(&row, "author_user")?,
+            },
+            committer: Identity {
+                name: col(&row, "committer_name")?,
+                email: col(&row, "committer_email")?,
+                user: col(&row, "committer_user")?,
+            },
+            co_authors,
+        })
+    }
+
+    /// A project's pushes, oldest first, a page at a time.
+    pub async fn pushes(&self, project: &ProjectName, page: PageRequest) -> Result<Page<PushView>> {
+        let sql = self.sql(
+            "SELECT ps.id, u.name, ps.at FROM pushes ps JOIN projects p ON p.id = ps.project_id \
+             JOIN users u ON u.id = ps.pusher_id WHERE p.name = $1 AND ps.id > $2 ORDER BY ps.id LIMIT $3",
+        );
+        let rows = sqlx::query(&sql)
+            .bind(project.as_str())
+            .bind(page.after.unwrap_or(0))
+            .bind(page.limit)
+            .fetch_all(self.readers())
+            .await?;
+        let mut pushes = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: i64 = col(row, "id")?;
+            let sql =
+                self.sql("SELECT ref_name, old_id, new_id FROM push_updates WHERE push_id = $1 ORDER BY ref_name");
+            let updates = sqlx::query(&sql)
+                .bind(id)
+                .fetch_all(self.readers())
+                .await?
+                .iter()
+                .map(|u| Ok(RefUpdate { name: col(u, "ref_name")?, old: col(u, "old_id")?, new: col(u, "new_id")? }))
+                .collect::<Result<Vec<_>>>()?;
+            let sql = self.sql("SELECT sha FROM commits WHERE first_push_id = $1 ORDER BY sha");
+            let commits: Vec<String> = sqlx::query_scalar(&sql).bind(id).fetch_all(self.readers()).await?;
+            pushes.push(PushView {
+                id,
+                pusher: col(row, "name")?,
+                at: Timestamp::from_millis(col(row, "at")?),
+                updates,
+                commits,
+            });
+        }
+        Ok(Page::from_items(pushes, page, |p| p.id))
+    }
+}
