@@ -78,6 +78,14 @@ impl Dialect {
         }
     }
 
+    /// [`Dialect::sql`] for SQL built at run time (such as multi-row inserts).
+    pub(crate) fn sql_owned(self, sql: String) -> String {
+        match self {
+            Dialect::Postgres => sql,
+            Dialect::Sqlite => sql.replace('$', "?"),
+        }
+    }
+
     pub(crate) async fn prepare_writer(self, conn: &mut AnyConnection) -> Result<()> {
         if self == Dialect::Sqlite {
             // WAL lets readers run beside the writer; FULL makes every commit

@@ -206,6 +206,22 @@ async fn user_by_email(tx: &mut Tx, email: &str) -> Result<Option<(i64, String)>
     row.map(|row| Ok((col(&row, "id")?, col(&row, "name")?))).transpose()
 }
 
+/// Commits inserted by one statement (9 parameters each).
+const COMMITS_PER_STATEMENT: usize = 200;
+
+async fn lookup(
+    tx: &mut Tx,
+    known: &mut std::collections::HashMap<String, Option<(i64, String)>>,
+    email: &str,
+) -> Result<Option<(i64, String)>> {
+    if let Some(found) = known.get(email) {
+        return Ok(found.clone());
+    }
+    let found = user_by_email(tx, email).await?;
+    known.insert(email.to_owned(), found.clone());
+    Ok(found)
+}
+
 impl Store {
     /// An admin creates a project. An empty project with no members confers
     /// nothing, so it needs no second admin; its members come by grants.
@@ -402,48 +418,71 @@ impl Store {
                 }
                 let mut introduced = Vec::new();
                 let mut named = std::collections::BTreeSet::new();
-                for commit in &commits {
-                    let author = user_by_email(tx, &commit.author.email).await?;
-                    let committer = user_by_email(tx, &commit.committer.email).await?;
-                    let sql = tx.sql(
-                        "INSERT INTO commits (project_id, sha, first_push_id, author_name, author_email, author_user_id, \
-                         committer_name, committer_email, committer_user_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                         ON CONFLICT (project_id, sha) DO NOTHING",
-                    );
-                    let inserted = sqlx::query(&sql)
-                        .bind(project_id)
-                        .bind(&commit.sha)
-                        .bind(push_id)
-                        .bind(&commit.author.name)
-                        .bind(&commit.author.email)
-                        .bind(author.as_ref().map(|a| a.0))
-                        .bind(&commit.committer.name)
-                        .bind(&commit.committer.email)
-                        .bind(committer.as_ref().map(|c| c.0))
-                        .execute(tx.conn())
-                        .await?;
-                    if inserted.rows_affected() == 0 {
-                        continue;
+                // A large push names few people many times: look each address up once.
+                let mut known: std::collections::HashMap<String, Option<(i64, String)>> = Default::default();
+                // Many rows per statement: a push of ten thousand commits is
+                // fifty statements, not ten thousand.
+                for chunk in commits.chunks(COMMITS_PER_STATEMENT) {
+                    let mut people = Vec::with_capacity(chunk.len());
+                    for commit in chunk {
+                        let author = lookup(tx, &mut known, &commit.author.email).await?;
+                        let committer = lookup(tx, &mut known, &commit.committer.email).await?;
+                        people.push((author, committer));
                     }
-                    introduced.push(commit.sha.clone());
-                    named.extend(author.map(|a| a.1));
-                    named.extend(committer.map(|c| c.1));
-                    for (position, co_author) in commit.co_authors.iter().enumerate() {
-                        let user = user_by_email(tx, &co_author.email).await?;
-                        let sql = tx.sql(
-                            "INSERT INTO commit_coauthors (project_id, sha, position, name, email, user_id) \
-                             VALUES ($1, $2, $3, $4, $5, $6)",
-                        );
-                        sqlx::query(&sql)
+                    let rows: Vec<String> = (0..chunk.len())
+                        .map(|i| {
+                            let n = i * 9;
+                            format!(
+                                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                                n + 1, n + 2, n + 3, n + 4, n + 5, n + 6, n + 7, n + 8, n + 9
+                            )
+                        })
+                        .collect();
+                    let sql = tx.dialect().sql_owned(format!(
+                        "INSERT INTO commits (project_id, sha, first_push_id, author_name, author_email, author_user_id, \
+                         committer_name, committer_email, committer_user_id) VALUES {} \
+                         ON CONFLICT (project_id, sha) DO NOTHING RETURNING sha",
+                        rows.join(", ")
+                    ));
+                    let mut query = sqlx::query_scalar::<_, String>(&sql);
+                    for (commit, (author, committer)) in chunk.iter().zip(&people) {
+                        query = query
                             .bind(project_id)
                             .bind(&commit.sha)
-                            .bind(position as i64)
-                            .bind(&co_author.name)
-                            .bind(&co_author.email)
-                            .bind(user.as_ref().map(|u| u.0))
-                            .execute(tx.conn())
-                            .await?;
-                        named.extend(user.map(|u| u.1));
+                            .bind(push_id)
+                            .bind(&commit.author.name)
+                            .bind(&commit.author.email)
+                            .bind(author.as_ref().map(|a| a.0))
+                            .bind(&commit.committer.name)
+                            .bind(&commit.committer.email)
+                            .bind(committer.as_ref().map(|c| c.0));
+                    }
+                    let inserted: std::collections::HashSet<String> =
+                        query.fetch_all(tx.conn()).await?.into_iter().collect();
+                    for (commit, (author, committer)) in chunk.iter().zip(people) {
+                        if !inserted.contains(&commit.sha) {
+                            continue;
+                        }
+                        introduced.push(commit.sha.clone());
+                        named.extend(author.map(|a| a.1));
+                        named.extend(committer.map(|c| c.1));
+                        for (position, co_author) in commit.co_authors.iter().enumerate() {
+                            let user = lookup(tx, &mut known, &co_author.email).await?;
+                            let sql = tx.sql(
+                                "INSERT INTO commit_coauthors (project_id, sha, position, name, email, user_id) \
+                                 VALUES ($1, $2, $3, $4, $5, $6)",
+                            );
+                            sqlx::query(&sql)
+                                .bind(project_id)
+                                .bind(&commit.sha)
+                                .bind(position as i64)
+                                .bind(&co_author.name)
+                                .bind(&co_author.email)
+                                .bind(user.as_ref().map(|u| u.0))
+                                .execute(tx.conn())
+                                .await?;
+                            named.extend(user.map(|u| u.1));
+                        }
                     }
                 }
                 tx.audit(NewEvent {

@@ -295,6 +295,51 @@ async fn a_user_still_awaiting_approval_cannot_be_made_an_admin(store: Store) {
     assert!(!store.get_group(&GroupName::admins()).await.unwrap().members.iter().any(|m| m.user == "carol"));
 }
 
+async fn a_push_records_its_pusher_and_the_people_its_commits_name(store: Store) {
+    use custody_domain::project::{Identity, PushedCommit, RefUpdate, ZERO_ID};
+    let root = init_root(&store).await;
+    let alice = join(&store, &ask_for_user(&store, &root, "alice").await).await;
+    join(&store, &ask_for_user(&store, &root, "bob").await).await;
+    let project = custody_domain::ProjectName::parse("payments").unwrap();
+    store.create_project(&root, project.clone(), "main".into()).await.unwrap();
+    store.request_project_member(&root, project.clone(), user("alice"), custody_domain::Role::Write).await.unwrap();
+    let access = store.project_access(&alice, &project).await.unwrap();
+    assert_eq!(access.role, Some(custody_domain::Role::Write));
+
+    let who = |name: &str, address: &str| Identity { name: name.into(), email: address.into(), user: None };
+    let commit = |sha: &str| PushedCommit {
+        sha: sha.into(),
+        author: who("Bob", "BOB@example.com"),
+        committer: who("Alice", "alice@example.com"),
+        co_authors: vec![who("Carol", "carol@elsewhere.example")],
+    };
+    let (first, second) = ("a".repeat(40), "b".repeat(40));
+    let update = RefUpdate { name: "refs/heads/feature".into(), old: ZERO_ID.into(), new: second.clone() };
+    let push = store.record_push(&access, &alice, vec![update], vec![commit(&first), commit(&second)]).await.unwrap();
+
+    let seen = store.commit(&project, &first).await.unwrap();
+    assert_eq!(seen.pusher.as_deref(), Some("alice"), "the pusher comes from authentication");
+    assert_eq!(seen.first_push, Some(push));
+    assert_eq!(seen.author.user.as_deref(), Some("bob"), "addresses are matched without case");
+    assert_eq!(seen.committer.user.as_deref(), Some("alice"));
+    assert_eq!(seen.co_authors[0].user, None, "an unknown address is kept as written");
+    assert_eq!(seen.co_authors[0].email, "carol@elsewhere.example");
+
+    // Pushing the same commit again keeps its first pusher.
+    let again = RefUpdate { name: "refs/heads/other".into(), old: ZERO_ID.into(), new: first.clone() };
+    store.record_push(&access, &root, vec![again], vec![commit(&first)]).await.unwrap();
+    assert_eq!(store.commit(&project, &first).await.unwrap().first_push, Some(push));
+
+    let pushes = store.pushes(&project, PageRequest::default()).await.unwrap().items;
+    assert_eq!(pushes.len(), 2);
+    assert_eq!((pushes[0].pusher.as_str(), pushes[0].commits.len()), ("alice", 2));
+    assert!(pushes[1].commits.is_empty());
+    let events = all_events(&store).await;
+    let logged = events.iter().find(|e| e.action == "git.push").expect("a push event");
+    assert_eq!(logged.actor, "alice");
+    assert_eq!(logged.details["users_named_by_commits"], serde_json::json!(["alice", "bob"]));
+}
+
 async fn an_admin_named_by_a_grant_cannot_approve_it(store: Store) {
     let (root, bob) = governed(&store).await;
     store.create_group(&root, group("qa")).await.unwrap();
@@ -829,6 +874,7 @@ conformance! {
     removing_the_second_admin_does_not_reopen_bootstrap,
     requester_cannot_approve_own_grant,
     a_user_still_awaiting_approval_cannot_be_made_an_admin,
+    a_push_records_its_pusher_and_the_people_its_commits_name,
     an_admin_named_by_a_grant_cannot_approve_it,
     a_second_admin_approves_and_the_grant_applies,
     pending_users_invite_waits_for_approval_then_redeems_once,
