@@ -74,7 +74,8 @@ for run in $(seq 1 "$runs"); do
   git init -q --bare -b main "$plain_base/$name.git"
   git -C "$plain_base/$name.git" config receive.fsckObjects true
   git -C "$plain_base/$name.git" config transfer.fsckObjects true
-  git -C "$plain_base/$name.git" config receive.denyNonFastForwards true
+  git -C "$plain_base/$name.git" config uploadpack.hideRefs refs/custody
+  git -C "$plain_base/$name.git" config receive.hideRefs refs/custody
   plain_url="git://127.0.0.1:$port_plain/$name.git"
 
   # main is protected in custody, so both receive the history as a feature branch.

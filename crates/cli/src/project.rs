@@ -17,6 +17,10 @@ pub enum ProjectCommand {
         /// The mainline, always protected.
         #[arg(long, default_value = "main")]
         default_branch: String,
+        /// Take this git repository (a path on the server) as the project's
+        /// unreviewed baseline; a grant a second admin approves.
+        #[arg(long, value_name = "PATH")]
+        import: Option<String>,
     },
     /// The projects you may see.
     List,
@@ -77,17 +81,24 @@ fn identity(i: &Value) -> String {
 
 pub async fn run(client: &Client, command: ProjectCommand, out: Output) -> Result<(), Failure> {
     match command {
-        ProjectCommand::Create { name, default_branch } => {
+        ProjectCommand::Create { name, default_branch, import } => {
             ProjectName::parse(&name)?;
             custody_domain::project::check_branch_name(&default_branch)?;
-            let made =
-                client.post("/api/v1/projects", json!({ "name": name, "default_branch": default_branch })).await?;
+            // A relative path means the caller's directory, when the server shares this machine.
+            let import = import.map(|p| std::fs::canonicalize(&p).map(|c| c.display().to_string()).unwrap_or(p));
+            let body = json!({ "name": name, "default_branch": default_branch, "import": import });
+            let made = client.post("/api/v1/projects", body).await?;
             out.show(&made, |p| {
-                format!(
+                let mut text = format!(
                     "project {} created; clone it with: git clone {}",
                     p["name"].as_str().unwrap_or(""),
                     p["clone_url"].as_str().unwrap_or("")
-                )
+                );
+                if let Some(grant) = p.get("import_grant").filter(|g| !g.is_null()) {
+                    text.push('\n');
+                    text.push_str(&grant_outcome(grant));
+                }
+                text
             });
         }
         ProjectCommand::List => {
@@ -171,7 +182,10 @@ pub async fn run(client: &Client, command: ProjectCommand, out: Output) -> Resul
                 format!(
                     "{}\npushed first by: {} (push {})\nauthor: {}\ncommitter: {}\nco-authors: {}",
                     c["sha"].as_str().unwrap_or(""),
-                    c["pusher"].as_str().unwrap_or("(imported)"),
+                    c["pusher"].as_str().map(str::to_owned).unwrap_or_else(|| format!(
+                        "nobody: imported, unreviewed, by grant {}",
+                        c["imported_by_grant"]
+                    )),
                     c["first_push"],
                     identity(&c["author"]),
                     identity(&c["committer"]),

@@ -87,6 +87,16 @@ pub enum GrantAction {
         /// The branch.
         branch: String,
     },
+    /// Takes an existing repository's history as a project's unreviewed
+    /// baseline: exactly these refs, fetched when the grant was asked for.
+    ImportRepository {
+        /// The project.
+        project: ProjectName,
+        /// Where the history came from, on the server.
+        source: String,
+        /// The refs imported and the commits they point at.
+        refs: Vec<(String, String)>,
+    },
 }
 
 impl GrantAction {
@@ -99,16 +109,18 @@ impl GrantAction {
             | GrantAction::DisableUser { user }
             | GrantAction::AddProjectMember { user, .. }
             | GrantAction::RemoveProjectMember { user, .. } => Some(user),
-            GrantAction::ProtectBranch { .. } | GrantAction::UnprotectBranch { .. } => None,
+            GrantAction::ProtectBranch { .. }
+            | GrantAction::UnprotectBranch { .. }
+            | GrantAction::ImportRepository { .. } => None,
         }
     }
 
     /// What the grant is about, as an audit subject (`user:bob`, `project:pay`).
     pub fn subject(&self) -> String {
         match self {
-            GrantAction::ProtectBranch { project, .. } | GrantAction::UnprotectBranch { project, .. } => {
-                format!("project:{project}")
-            }
+            GrantAction::ProtectBranch { project, .. }
+            | GrantAction::UnprotectBranch { project, .. }
+            | GrantAction::ImportRepository { project, .. } => format!("project:{project}"),
             _ => self.named_user().map(|u| format!("user:{u}")).unwrap_or_default(),
         }
     }
@@ -124,6 +136,7 @@ impl GrantAction {
             GrantAction::RemoveProjectMember { .. } => "project.member.remove",
             GrantAction::ProtectBranch { .. } => "project.branch.protect",
             GrantAction::UnprotectBranch { .. } => "project.branch.unprotect",
+            GrantAction::ImportRepository { .. } => "project.import",
         }
     }
 
@@ -141,6 +154,11 @@ impl GrantAction {
             GrantAction::ProtectBranch { project, branch } => format!("protect branch {branch} of project {project}"),
             GrantAction::UnprotectBranch { project, branch } => {
                 format!("stop protecting branch {branch} of project {project}")
+            }
+            GrantAction::ImportRepository { project, source, refs } => {
+                let shown: Vec<String> =
+                    refs.iter().map(|(name, id)| format!("{name} at {}", &id[..id.len().min(12)])).collect();
+                format!("import {source} into project {project} as unreviewed history ({})", shown.join(", "))
             }
         }
     }

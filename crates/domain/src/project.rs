@@ -170,6 +170,20 @@ pub fn decide_ref_update(update: &RefUpdate, project: &str, protected: &[String]
                 )),
             );
         }
+        // git keeps refs as paths: `main/x` and `main` cannot both exist, so
+        // creating one would keep the protected branch from ever being made.
+        if update.creates() {
+            let mut protected_names = std::iter::once(default_branch).chain(protected.iter().map(String::as_str));
+            if let Some(taken) = protected_names.find(|p| nests(branch, p)) {
+                return Decision::deny(
+                    Reason::new(
+                        PROTECTED_BRANCH,
+                        format!("{branch} would block the protected branch {taken}: git cannot hold both"),
+                    )
+                    .satisfy(format!("choose a branch name that is neither inside {taken}/ nor a folder above it")),
+                );
+            }
+        }
         return Decision::allow();
     }
     if name.starts_with("refs/tags/") {
@@ -185,6 +199,14 @@ pub fn decide_ref_update(update: &RefUpdate, project: &str, protected: &[String]
         Reason::new(UNSUPPORTED_REF, format!("{name} is neither a branch nor a tag"))
             .satisfy("push to refs/heads/BRANCH or refs/tags/TAG"),
     )
+}
+
+/// Whether one branch name is a folder of the other, in any case
+/// (`main/x` and `main`, `release` and `Release/2.x`).
+fn nests(a: &str, b: &str) -> bool {
+    let (a, b) = (a.to_ascii_lowercase(), b.to_ascii_lowercase());
+    let inside = |outer: &str, inner: &str| inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with('/'));
+    inside(&a, &b) || inside(&b, &a)
 }
 
 /// Decides a whole push: every update must be allowed, or none happens.
@@ -253,6 +275,22 @@ mod tests {
             let decision = decide_ref_update(&update(name, ZERO_ID, A), "payments", &protected, "main");
             assert_eq!(decision.reasons[0].rule, UNSUPPORTED_REF.0, "{name}");
         }
+    }
+
+    #[test]
+    fn a_new_branch_cannot_be_a_folder_of_a_protected_one_or_hold_it() {
+        let protected = vec!["release/2.x".to_owned()];
+        for name in ["refs/heads/main/x", "refs/heads/MAIN/x/y", "refs/heads/release", "refs/heads/release/2.x/hotfix"]
+        {
+            let decision = decide_ref_update(&update(name, ZERO_ID, A), "payments", &protected, "main");
+            assert_eq!(decision.reasons[0].rule, PROTECTED_BRANCH.0, "{name}");
+        }
+        for name in ["refs/heads/main-x", "refs/heads/mainly/x", "refs/heads/release-2", "refs/heads/release/3.x"] {
+            assert!(decide_ref_update(&update(name, ZERO_ID, A), "payments", &protected, "main").allowed, "{name}");
+        }
+        // One made before the rule may still move or go.
+        assert!(decide_ref_update(&update("refs/heads/main/x", A, B), "payments", &protected, "main").allowed);
+        assert!(decide_ref_update(&update("refs/heads/main/x", A, ZERO_ID), "payments", &protected, "main").allowed);
     }
 
     #[test]

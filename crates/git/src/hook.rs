@@ -73,6 +73,13 @@ pub fn read_updates(input: impl BufRead) -> Result<Vec<RefUpdate>, HookError> {
 /// the quarantined objects.
 pub fn new_commits(repository: &Path, updates: &[RefUpdate]) -> Result<Vec<PushedCommit>, HookError> {
     let tips: Vec<&str> = updates.iter().filter(|u| u.new != ZERO_ID).map(|u| u.new.as_str()).collect();
+    commits_between(repository, &tips, &["--all"])
+}
+
+/// The commits reachable from `tips` and not from the refs that `exclude`
+/// selects (`--all`, `--branches`…), oldest first, with the identities
+/// they name.
+pub fn commits_between(repository: &Path, tips: &[&str], exclude: &[&str]) -> Result<Vec<PushedCommit>, HookError> {
     if tips.is_empty() {
         return Ok(Vec::new());
     }
@@ -81,7 +88,8 @@ pub fn new_commits(repository: &Path, updates: &[RefUpdate]) -> Result<Vec<Pushe
         "--format=%H%x00%an%x00%ae%x00%cn%x00%ce%x00%(trailers:key=Co-authored-by,valueonly,separator=%x1f)%x1e";
     let mut args = vec!["log", "--reverse", "--topo-order", format];
     args.extend(tips.iter().copied());
-    args.extend(["--not", "--all"]);
+    args.push("--not");
+    args.extend(exclude.iter().copied());
     let mut command = Command::new("git");
     command.arg("-C").arg(repository).args(&args);
     let output = command.output()?;

@@ -72,12 +72,90 @@ impl Repositories {
             ("receive.hideRefs", "refs/custody"),
             ("receive.fsckObjects", "true"),
             ("transfer.fsckObjects", "true"),
-            ("receive.denyNonFastForwards", "true"),
             ("core.logAllRefUpdates", "true"),
         ] {
             git(Some(&path), &["config", key, value])?;
         }
         Ok(path)
+    }
+}
+
+/// Where an import waits, hidden, until a second admin approves it.
+const IMPORT_NAMESPACE: &str = "refs/custody/import/";
+
+impl Repositories {
+    /// Fetches every branch and tag of the repository at `source` into the
+    /// hidden import namespace of `project`'s repository, with received
+    /// objects checked, and returns the refs as they will be published
+    /// (`refs/heads/main`) with their commit ids. What a second admin
+    /// approves is exactly this, whatever happens to `source` later.
+    pub fn stage_import(&self, project: &ProjectName, source: &Path) -> Result<Vec<(String, String)>, GitError> {
+        let path = self.path(project);
+        git(Some(source), &["rev-parse", "--git-dir"])?;
+        let source = source.to_string_lossy();
+        git(
+            Some(&path),
+            &[
+                "fetch",
+                "--quiet",
+                "--no-tags",
+                &source,
+                "+refs/heads/*:refs/custody/import/heads/*",
+                "+refs/tags/*:refs/custody/import/tags/*",
+            ],
+        )?;
+        let listed = git(Some(&path), &["for-each-ref", "--format=%(refname) %(objectname)", IMPORT_NAMESPACE])?;
+        Ok(listed
+            .lines()
+            .filter_map(|line| line.split_once(' '))
+            .map(|(name, id)| (format!("refs/{}", &name[IMPORT_NAMESPACE.len()..]), id.to_owned()))
+            .collect())
+    }
+
+    /// The commits an import brings, read before they are published.
+    pub fn import_commits(
+        &self,
+        project: &ProjectName,
+        refs: &[(String, String)],
+    ) -> Result<Vec<custody_domain::project::PushedCommit>, GitError> {
+        let tips: Vec<&str> = refs.iter().map(|(_, id)| id.as_str()).collect();
+        hook::commits_between(&self.path(project), &tips, &["--branches", "--tags"]).map_err(|e| match e {
+            hook::HookError::Git(g) => g,
+            other => GitError::Failed { args: "log".into(), stderr: other.to_string() },
+        })
+    }
+
+    /// Publishes an approved import: creates each ref at its staged commit
+    /// (failing if any exists) and drops the hidden copies.
+    pub fn publish_import(&self, project: &ProjectName, refs: &[(String, String)]) -> Result<(), GitError> {
+        let path = self.path(project);
+        let mut commands = String::from("start\n");
+        for (name, id) in refs {
+            commands.push_str(&format!("create {name} {id}\n"));
+            commands.push_str(&format!("delete {IMPORT_NAMESPACE}{} {id}\n", &name["refs/".len()..]));
+        }
+        commands.push_str("prepare\ncommit\n");
+        let mut child = Command::new("git")
+            .arg("-C")
+            .arg(&path)
+            .args(["update-ref", "--stdin"])
+            .envs(CLEAN_GIT_ENV)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(GitError::Spawn)?;
+        if let Some(mut stdin) = child.stdin.take() {
+            std::io::Write::write_all(&mut stdin, commands.as_bytes()).map_err(GitError::Spawn)?;
+        }
+        let output = child.wait_with_output().map_err(GitError::Spawn)?;
+        if !output.status.success() {
+            return Err(GitError::Failed {
+                args: "update-ref --stdin".into(),
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -125,6 +203,49 @@ mod tests {
         let project = ProjectName::parse("payments").unwrap();
         repos.create(&project, "main").unwrap();
         assert!(matches!(repos.create(&project, "main"), Err(GitError::Exists(_))));
+    }
+
+    #[test]
+    fn an_import_waits_hidden_and_is_published_exactly_as_staged() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source");
+        git(None, &["init", "-q", "-b", "main", &source.to_string_lossy()]).unwrap();
+        let commit = |message: &str| {
+            let out = Command::new("git")
+                .arg("-C")
+                .arg(&source)
+                .args([
+                    "-c",
+                    "user.name=Alice",
+                    "-c",
+                    "user.email=alice@example.com",
+                    "commit",
+                    "-q",
+                    "--allow-empty",
+                    "-m",
+                    message,
+                ])
+                .envs(CLEAN_GIT_ENV)
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+        };
+        commit("one");
+        commit("two");
+        let repos = Repositories::new(dir.path().join("repos"));
+        let project = ProjectName::parse("legacy").unwrap();
+        let path = repos.create(&project, "main").unwrap();
+        let staged = repos.stage_import(&project, &source).unwrap();
+        assert_eq!(staged.len(), 1);
+        assert_eq!(staged[0].0, "refs/heads/main");
+        // Hidden until published.
+        assert!(git(Some(&path), &["rev-parse", "--verify", "-q", "refs/heads/main"]).is_err());
+        // Later changes at the source do not change what was staged.
+        commit("three, after the request");
+        assert_eq!(repos.import_commits(&project, &staged).unwrap().len(), 2);
+        repos.publish_import(&project, &staged).unwrap();
+        assert_eq!(git(Some(&path), &["rev-parse", "refs/heads/main"]).unwrap().trim(), staged[0].1);
+        assert!(git(Some(&path), &["for-each-ref", IMPORT_NAMESPACE]).unwrap().trim().is_empty());
     }
 
     #[test]

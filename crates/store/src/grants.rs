@@ -187,7 +187,8 @@ async fn check_applicable(tx: &mut Tx, action: &GrantAction) -> Result<()> {
         GrantAction::AddProjectMember { .. }
         | GrantAction::RemoveProjectMember { .. }
         | GrantAction::ProtectBranch { .. }
-        | GrantAction::UnprotectBranch { .. } => crate::projects::check_applicable(tx, action).await?,
+        | GrantAction::UnprotectBranch { .. }
+        | GrantAction::ImportRepository { .. } => crate::projects::check_applicable(tx, action).await?,
     }
     Ok(())
 }
@@ -231,7 +232,8 @@ pub(crate) async fn apply(tx: &mut Tx, grant_id: i64, action: &GrantAction) -> R
         GrantAction::AddProjectMember { .. }
         | GrantAction::RemoveProjectMember { .. }
         | GrantAction::ProtectBranch { .. }
-        | GrantAction::UnprotectBranch { .. } => crate::projects::apply(tx, grant_id, action).await?,
+        | GrantAction::UnprotectBranch { .. }
+        | GrantAction::ImportRepository { .. } => crate::projects::apply(tx, grant_id, action).await?,
     }
     Ok(())
 }

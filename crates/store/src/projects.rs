@@ -74,6 +74,8 @@ pub struct CommitView {
     pub sha: String,
     /// The push that first brought it in.
     pub first_push: Option<i64>,
+    /// The import grant that brought it in as unreviewed history, if so.
+    pub imported_by_grant: Option<i64>,
     /// Who made that push.
     pub pusher: Option<String>,
     /// The named author.
@@ -141,6 +143,16 @@ pub(crate) async fn check_applicable(tx: &mut Tx, action: &GrantAction) -> Resul
             let (project_id, default_branch) = project_id(tx, project).await?;
             if *branch == default_branch || is_protected(tx, project_id, branch).await? {
                 return Err(StoreError::Conflict(format!("branch {branch} of {project} is already protected")));
+            }
+        }
+        GrantAction::ImportRepository { project, .. } => {
+            let (project_id, _) = project_id(tx, project).await?;
+            let sql = tx.sql("SELECT COUNT(*) FROM commits WHERE project_id = $1");
+            let n: i64 = sqlx::query_scalar(&sql).bind(project_id).fetch_one(tx.conn()).await?;
+            if n > 0 {
+                return Err(StoreError::Conflict(format!(
+                    "{project} already has history; only an empty project takes an import"
+                )));
             }
         }
         GrantAction::UnprotectBranch { project, branch } => {
@@ -505,6 +517,50 @@ impl Store {
         .await
     }
 
+    /// Records the commits an approved import brought in, as unreviewed
+    /// history of the grant that approved it.
+    pub async fn record_import(&self, project: &ProjectName, grant: i64, commits: Vec<PushedCommit>) -> Result<usize> {
+        let project = project.clone();
+        self.write(move |tx| {
+            Box::pin(async move {
+                let (project_id, _) = project_id(tx, &project).await?;
+                let mut known = std::collections::HashMap::new();
+                let mut recorded = 0;
+                for commit in &commits {
+                    let author = lookup(tx, &mut known, &commit.author.email).await?;
+                    let committer = lookup(tx, &mut known, &commit.committer.email).await?;
+                    let sql = tx.sql(
+                        "INSERT INTO commits (project_id, sha, import_grant_id, author_name, author_email, author_user_id, \
+                         committer_name, committer_email, committer_user_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                         ON CONFLICT (project_id, sha) DO NOTHING",
+                    );
+                    recorded += sqlx::query(&sql)
+                        .bind(project_id)
+                        .bind(&commit.sha)
+                        .bind(grant)
+                        .bind(&commit.author.name)
+                        .bind(&commit.author.email)
+                        .bind(author.map(|a| a.0))
+                        .bind(&commit.committer.name)
+                        .bind(&commit.committer.email)
+                        .bind(committer.map(|c| c.0))
+                        .execute(tx.conn())
+                        .await?
+                        .rows_affected() as usize;
+                }
+                tx.audit(NewEvent {
+                    actor: custody_domain::audit::SYSTEM_ACTOR.into(),
+                    action: "project.import.apply".into(),
+                    subject: format!("project:{project}"),
+                    details: json!({ "grant": grant, "commits": recorded, "reviewed": false }),
+                })
+                .await?;
+                Ok(recorded)
+            })
+        })
+        .await
+    }
+
     /// Records a push the rules refused, for the auditor's eye: who tried to
     /// move what, and every rule that stopped it.
     pub async fn record_refused_push(
@@ -532,7 +588,7 @@ impl Store {
     /// A commit and who brought it in.
     pub async fn commit(&self, project: &ProjectName, sha: &str) -> Result<CommitView> {
         let sql = self.sql(
-            "SELECT c.sha, c.first_push_id, pu.name AS pusher, c.author_name, c.author_email, au.name AS author_user, \
+            "SELECT c.sha, c.first_push_id, c.import_grant_id, pu.name AS pusher, c.author_name, c.author_email, au.name AS author_user, \
                     c.committer_name, c.committer_email, cu.name AS committer_user \
              FROM commits c JOIN projects p ON p.id = c.project_id \
              LEFT JOIN pushes ps ON ps.id = c.first_push_id LEFT JOIN users pu ON pu.id = ps.pusher_id \
@@ -560,6 +616,7 @@ impl Store {
         Ok(CommitView {
             sha: col(&row, "sha")?,
             first_push: col(&row, "first_push_id")?,
+            imported_by_grant: col(&row, "import_grant_id")?,
             pusher: col(&row, "pusher")?,
             author: Identity {
                 name: col(&row, "author_name")?,

@@ -142,7 +142,9 @@ pub(crate) async fn approve_grant(
     auth: Auth,
     PathParam(id): PathParam<i64>,
 ) -> ApiResult<Json<GrantView>> {
-    Ok(Json(state.store().approve_grant(&auth.0, id).await?))
+    let grant = state.store().approve_grant(&auth.0, id).await?;
+    super::projects::complete_import(&state, &grant).await?;
+    Ok(Json(grant))
 }
 
 /// Why a grant is rejected.

@@ -35,16 +35,52 @@ pub(crate) struct CreateProjectRequest {
     name: String,
     /// The mainline; `main` when absent. Always protected.
     default_branch: Option<String>,
+    /// A git repository on the server to take as the unreviewed baseline:
+    /// a grant, applied when a second admin approves it.
+    import: Option<String>,
+}
+
+/// A project just made, and the import grant if one was asked for.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct CreatedProject {
+    #[serde(flatten)]
+    project: ProjectAnswer,
+    /// The grant importing the history, pending a second admin (or applied
+    /// at once, marked, during bootstrap).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    import_grant: Option<GrantView>,
+}
+
+/// Publishes an approved import and records its commits as unreviewed.
+pub(crate) async fn complete_import(state: &AppState, grant: &GrantView) -> ApiResult<()> {
+    let GrantAction::ImportRepository { project, refs, .. } = &grant.action else {
+        return Ok(());
+    };
+    let repositories = state.hosting().repositories().clone();
+    let (name, staged) = (project.clone(), refs.clone());
+    let commits = tokio::task::spawn_blocking(move || {
+        let commits = repositories.import_commits(&name, &staged)?;
+        repositories.publish_import(&name, &staged)?;
+        Ok::<_, custody_git::GitError>(commits)
+    })
+    .await
+    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the import failed"))?
+    .map_err(|error| {
+        tracing::error!(%error, grant = grant.id, "publishing an import");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("publishing the import failed: {error}"))
+    })?;
+    state.store().record_import(project, grant.id, commits).await?;
+    Ok(())
 }
 
 /// An admin creates a project with an empty repository.
 #[utoipa::path(post, path = "/api/v1/projects", tag = "projects", security(("token" = [])), request_body = CreateProjectRequest,
-    responses((status = 201, body = ProjectAnswer), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = CreatedProject), (status = 409, body = crate::error::ErrorBody)))]
 pub(crate) async fn create_project(
     State(state): State<AppState>,
     auth: Auth,
     Body(request): Body<CreateProjectRequest>,
-) -> ApiResult<(StatusCode, Json<ProjectAnswer>)> {
+) -> ApiResult<(StatusCode, Json<CreatedProject>)> {
     let name = ProjectName::parse(&request.name)?;
     let default_branch = request.default_branch.unwrap_or_else(|| "main".to_owned());
     custody_domain::project::check_branch_name(&default_branch)?;
@@ -73,14 +109,52 @@ pub(crate) async fn create_project(
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "creating the repository failed")
             }
         })?;
-    match state.store().create_project(&auth.0, name, default_branch).await {
-        Ok(project) => Ok((StatusCode::CREATED, Json(answer(&state, project)))),
+    let staged = match &request.import {
+        Some(source) => {
+            let (repositories, project, source) =
+                (state.hosting().repositories().clone(), name.clone(), source.clone());
+            let staged = tokio::task::spawn_blocking(move || {
+                repositories.stage_import(&project, std::path::Path::new(&source)).map(|refs| (source, refs))
+            })
+            .await
+            .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the import failed"));
+            match staged {
+                Ok(Ok(staged)) => Some(staged),
+                Ok(Err(error)) => {
+                    let _ = std::fs::remove_dir_all(&path);
+                    return Err(ApiError::invalid(format!(
+                        "cannot import from {}: {error}",
+                        request.import.as_deref().unwrap_or_default()
+                    )));
+                }
+                Err(error) => {
+                    let _ = std::fs::remove_dir_all(&path);
+                    return Err(error);
+                }
+            }
+        }
+        None => None,
+    };
+    let project = match state.store().create_project(&auth.0, name.clone(), default_branch).await {
+        Ok(project) => project,
         Err(error) => {
             // Nothing half-made stays behind.
             let _ = std::fs::remove_dir_all(&path);
-            Err(error.into())
+            return Err(error.into());
         }
-    }
+    };
+    let import_grant = match staged {
+        Some((source, refs)) => {
+            let action = GrantAction::ImportRepository { project: name, source, refs };
+            let grant = state.store().request(&auth.0, action).await?;
+            if grant.status == custody_domain::GrantStatus::Bootstrap {
+                complete_import(&state, &grant).await?;
+            }
+            Some(grant)
+        }
+        None => None,
+    };
+    Ok((StatusCode::CREATED, Json(CreatedProject { project: answer(&state, project), import_grant })))
 }
 
 /// The projects the caller may see.

@@ -45,11 +45,13 @@ CREATE TABLE push_updates (
 );
 CREATE INDEX push_updates_ref ON push_updates(ref_name);
 
--- Every commit that entered a repository, with the push that first brought it.
+-- Every commit that entered a repository, with the push that first brought
+-- it, or the import grant that brought it in as unreviewed history.
 CREATE TABLE commits (
     project_id BIGINT NOT NULL REFERENCES projects(id),
     sha TEXT NOT NULL,
     first_push_id BIGINT REFERENCES pushes(id),
+    import_grant_id BIGINT,
     author_name TEXT NOT NULL,
     author_email TEXT NOT NULL,
     author_user_id BIGINT REFERENCES users(id),
