@@ -9,8 +9,10 @@
 
 pub mod audit;
 pub mod decision;
+pub mod glob;
 pub mod grant;
 pub mod name;
+pub mod pipeline;
 pub mod project;
 pub mod scope;
 pub mod secret;

@@ -225,6 +225,11 @@ impl std::fmt::Display for Email {
     }
 }
 
+/// Checks an environment's name: the rules of every name.
+pub fn check_environment_name(value: &str) -> Result<(), InvalidInput> {
+    check_name("environment name", value, &[])
+}
+
 /// Checks a display name: 1 to 128 characters, no control characters.
 pub fn check_display_name(value: &str) -> Result<(), InvalidInput> {
     if value.trim().is_empty() || value.chars().count() > 128 || value.chars().any(char::is_control) {

@@ -1,0 +1,618 @@
+//! End-to-end tests of git hosting: the real `git` client on PATH pushes and
+//! fetches over smart HTTP to a real `custody serve`, and the tests look at
+//! what custody recorded and at what the server's bare repository holds.
+//!
+//! Every git command runs with a clean environment: no system or user
+//! configuration, no prompts, a temporary HOME, and identities given with
+//! `-c user.name=… -c user.email=…`. Tokens travel in the remote URL.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+use support::{http_request, run, run_with_input, Run, Sandbox, Server};
+
+const PROJECT: &str = "payments";
+
+/// A git command in `dir`, as the person `(name, email)`, with nothing of
+/// the environment running the tests.
+fn git_command(home: &Path, dir: &Path, who: (&str, &str)) -> Command {
+    let mut command = Command::new("git");
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into()))
+        .env("HOME", home)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("LC_ALL", "C")
+        .current_dir(dir)
+        .arg("-c")
+        .arg(format!("user.name={}", who.0))
+        .arg("-c")
+        .arg(format!("user.email={}", who.1))
+        .args(["-c", "init.defaultBranch=main", "-c", "advice.detachedHead=false"]);
+    command
+}
+
+/// One test's instance: a server on a fresh data directory with the
+/// project `payments`, its admin logged in, and alice a writer.
+struct Hosted {
+    sandbox: Sandbox,
+    server: Server,
+    /// The bootstrap admin's token (all scopes; not a project member).
+    admin: String,
+    /// Alice's token (read and write), a writer in `payments`.
+    alice: String,
+}
+
+impl Hosted {
+    fn new() -> Hosted {
+        let sandbox = Sandbox::new();
+        std::fs::create_dir_all(sandbox.path("home")).expect("a HOME for git");
+        let server = sandbox.serve("data");
+        let admin = server.token.clone().expect("a bootstrap token on first start");
+
+        let mut login = sandbox.as_user("admin");
+        login.args(["login", "--json", "--server", &server.url]);
+        let login = run_with_input(login, Some(&format!("{admin}\n"))).json();
+        assert_eq!(login["user"], "admin", "{login}");
+
+        let mut hosted = Hosted { sandbox, server, admin, alice: String::new() };
+        let project = hosted.as_admin(&["project", "create", PROJECT, "--json"]).json();
+        assert_eq!(project["name"], PROJECT, "{project}");
+        hosted.alice = hosted.add_user("alice", "write");
+        hosted
+    }
+
+    /// A command as the admin, with the credentials `custody login` stored.
+    fn as_admin(&self, args: &[&str]) -> Run {
+        let mut command = self.sandbox.as_user("admin");
+        command.args(args);
+        run(command)
+    }
+
+    /// A command as `who`, holding `token`.
+    fn as_user(&self, who: &str, token: &str, args: &[&str]) -> Run {
+        self.sandbox.client(who, &self.server, token, args)
+    }
+
+    /// Adds a user, redeems their invite, and (unless `role` is empty) makes
+    /// them a member of the project: their token.
+    fn add_user(&self, name: &str, role: &str) -> String {
+        let email = format!("{name}@example.com");
+        let added = self.as_admin(&["user", "add", name, "--email", &email, "--json"]).json();
+        let code = added["invite_code"].as_str().expect("an invite code").to_owned();
+        let mut redeem = self.sandbox.as_user(name);
+        redeem.args(["token", "redeem", &code, "--json", "--server", &self.server.url]);
+        let token = run(redeem).json()["token"].as_str().expect("a token").to_owned();
+        if !role.is_empty() {
+            self.add_member(name, role);
+        }
+        token
+    }
+
+    /// Makes `name` a member; the single admin's grant applies at once.
+    fn add_member(&self, name: &str, role: &str) {
+        let grant = self.as_admin(&["project", "member", "add", PROJECT, name, "--role", role, "--json"]).json();
+        assert_eq!(grant["status"], "bootstrap", "{grant}");
+    }
+
+    /// `http://USER:TOKEN@127.0.0.1:PORT/payments.git`.
+    fn url(&self, user: &str, token: &str) -> String {
+        format!("http://{user}:{token}@127.0.0.1:{}/{PROJECT}.git", self.server.port())
+    }
+
+    /// The project's repository on the server.
+    fn bare_path(&self) -> PathBuf {
+        self.sandbox.path("data").join("repositories").join(format!("{PROJECT}.git"))
+    }
+
+    /// git in the temporary directory, as `who`.
+    fn git(&self, who: &str, args: &[&str]) -> Run {
+        self.git_in(&self.sandbox.path(""), who, args)
+    }
+
+    /// git in `dir`, as `who` (`who@example.com`).
+    fn git_in(&self, dir: &Path, who: &str, args: &[&str]) -> Run {
+        let email = format!("{who}@example.com");
+        let mut command = git_command(&self.sandbox.path("home"), dir, (who, &email));
+        command.args(args);
+        run(command)
+    }
+
+    /// git with env additions (such as tracing) in `dir`, as `who`.
+    fn git_env(&self, dir: &Path, who: &str, env: &[(&str, &str)], args: &[&str]) -> Run {
+        let email = format!("{who}@example.com");
+        let mut command = git_command(&self.sandbox.path("home"), dir, (who, &email));
+        command.envs(env.iter().copied()).args(args);
+        run(command)
+    }
+
+    /// git on the server's bare repository, as the operator would run it.
+    fn bare(&self, args: &[&str]) -> Run {
+        let mut command =
+            git_command(&self.sandbox.path("home"), &self.sandbox.path(""), ("operator", "op@example.com"));
+        command.arg("--git-dir").arg(self.bare_path()).args(args);
+        run(command)
+    }
+
+    /// Whether the server's repository holds the object `id`.
+    fn server_has(&self, id: &str) -> bool {
+        self.bare(&["cat-file", "-e", id]).code() == Some(0)
+    }
+
+    /// What a ref of the server's repository points at, if it exists.
+    fn server_ref(&self, name: &str) -> Option<String> {
+        let found = self.bare(&["rev-parse", "--verify", "--quiet", name]);
+        (found.code() == Some(0)).then(|| found.stdout.trim().to_owned())
+    }
+
+    /// Every ref of the server's repository, by name.
+    fn server_refs(&self) -> Vec<String> {
+        let listed = self.bare(&["for-each-ref", "--format=%(refname)"]).expect_code(0);
+        listed.stdout.lines().map(str::to_owned).collect()
+    }
+
+    /// A new working repository `name`, owned by `who`, whose origin is the
+    /// project with `token`.
+    fn workspace(&self, name: &str, who: &str, token: &str) -> Workspace<'_> {
+        let dir = self.sandbox.path(name);
+        self.git(who, &["init", "-q", &dir.to_string_lossy()]).expect_code(0);
+        let work = Workspace { hosted: self, dir, who: who.to_owned() };
+        work.ok(&["remote", "add", "origin", &self.url(who, token)]);
+        work
+    }
+
+    /// A clone of the project by `who` with `token`, into `name`.
+    fn clone(&self, name: &str, who: &str, token: &str, extra: &[&str]) -> Run {
+        let url = self.url(who, token);
+        let mut args = extra.to_vec();
+        args.extend(["clone", "-q", &url, name]);
+        self.git(who, &args)
+    }
+
+    /// The audit events with `action`.
+    fn audit_events(&self, action: &str) -> Vec<Value> {
+        let events = self.as_admin(&["audit", "log", "--action", action, "--json"]).json();
+        events.as_array().expect("a list of events").clone()
+    }
+
+    /// The project's push log.
+    fn pushes(&self) -> Vec<Value> {
+        let pushes = self.as_user("alice", &self.alice, &["project", "pushes", PROJECT, "--json"]).json();
+        pushes.as_array().expect("a list of pushes").clone()
+    }
+
+    /// What custody knows of a commit.
+    fn commit(&self, sha: &str) -> Value {
+        self.as_user("alice", &self.alice, &["project", "commit", PROJECT, sha, "--json"]).json()
+    }
+
+    /// Sets up a `main`. In the product, main moves only by custody's own
+    /// merge of a change (a later feature), never by a push: this test setup
+    /// stands in for that merge by pushing a commit to a feature branch and
+    /// pointing main at it inside the server's repository.
+    fn seed_main(&self, work: &Workspace<'_>) -> String {
+        let base = work.commit("base.txt", "the first commit on main\n", "Base");
+        work.ok(&["push", "-q", "origin", "HEAD:refs/heads/seed"]);
+        self.bare(&["update-ref", "refs/heads/main", &base]).expect_code(0);
+        assert_eq!(self.server_ref("refs/heads/main").as_deref(), Some(base.as_str()));
+        base
+    }
+}
+
+/// A working repository of one person.
+struct Workspace<'a> {
+    hosted: &'a Hosted,
+    dir: PathBuf,
+    who: String,
+}
+
+impl Workspace<'_> {
+    fn git(&self, args: &[&str]) -> Run {
+        self.hosted.git_in(&self.dir, &self.who, args)
+    }
+
+    #[track_caller]
+    fn ok(&self, args: &[&str]) -> String {
+        self.git(args).expect_code(0).stdout.trim().to_owned()
+    }
+
+    /// Commits a file with `content`: the new commit's id.
+    fn commit(&self, file: &str, content: &str, message: &str) -> String {
+        std::fs::write(self.dir.join(file), content).expect("write a file");
+        self.ok(&["add", file]);
+        self.ok(&["commit", "-q", "-m", message]);
+        self.ok(&["rev-parse", "HEAD"])
+    }
+
+    /// A push that must be refused: git's whole output.
+    #[track_caller]
+    fn refused(&self, args: &[&str]) -> Run {
+        let mut all = vec!["push"];
+        all.extend(args);
+        let pushed = self.git(&all);
+        assert_ne!(pushed.code(), Some(0), "git push {args:?} was accepted: {pushed:#?}");
+        pushed
+    }
+}
+
+#[test]
+fn alice_pushes_a_feature_branch_and_is_recorded_as_its_pusher() {
+    let hosted = Hosted::new();
+    let work = hosted.workspace("alice", "alice", &hosted.alice);
+    work.ok(&["checkout", "-q", "-b", "feature"]);
+    let first = work.commit("one.txt", "one\n", "First");
+    let second = work.commit("two.txt", "two\n", "Second");
+
+    let pushed = work.git(&["push", "origin", "feature"]).expect_code(0);
+    assert!(pushed.stderr.contains("feature -> feature"), "{pushed:?}");
+    assert_eq!(hosted.server_ref("refs/heads/feature").as_deref(), Some(second.as_str()));
+
+    let pushes = hosted.pushes();
+    assert_eq!(pushes.len(), 1, "{pushes:?}");
+    let push = &pushes[0];
+    assert_eq!(push["pusher"], "alice", "{push}");
+    let updates = push["updates"].as_array().expect("updates");
+    assert_eq!(updates.len(), 1, "{push}");
+    assert_eq!(updates[0]["name"], "refs/heads/feature", "{push}");
+    assert_eq!(updates[0]["new"], second.as_str(), "{push}");
+    let mut commits: Vec<&str> =
+        push["commits"].as_array().expect("commits").iter().filter_map(Value::as_str).collect();
+    commits.sort_unstable();
+    let mut expected = vec![first.as_str(), second.as_str()];
+    expected.sort_unstable();
+    assert_eq!(commits, expected, "{push}");
+
+    for sha in [&first, &second] {
+        let commit = hosted.commit(sha);
+        assert_eq!(commit["sha"], sha.as_str(), "{commit}");
+        assert_eq!(commit["pusher"], "alice", "{commit}");
+        assert_eq!(commit["first_push"], push["id"], "{commit}");
+        assert_eq!(commit["author"]["user"], "alice", "{commit}");
+    }
+
+    let accepted = hosted.audit_events("git.push");
+    assert_eq!(accepted.len(), 1, "{accepted:?}");
+    assert_eq!(accepted[0]["actor"], "alice", "{accepted:?}");
+}
+
+#[test]
+fn alice_and_an_admin_cannot_push_to_main_and_nothing_of_it_stays() {
+    let hosted = Hosted::new();
+    // The admin joins as a writer, so that what stops them is the
+    // protected branch and not a missing membership.
+    hosted.add_member("admin", "write");
+
+    let alice = hosted.workspace("alice", "alice", &hosted.alice);
+    // A new project has no main, and a push cannot create it.
+    let first = alice.commit("first.txt", "first\n", "First");
+    let refused = alice.refused(&["origin", "HEAD:main"]);
+    assert!(refused.stderr.contains("nobody can create it"), "{refused:?}");
+    assert_eq!(hosted.server_refs(), Vec::<String>::new());
+    assert!(!hosted.server_has(&first));
+
+    let base = hosted.seed_main(&alice);
+    let admin = hosted.workspace("admin", "admin", &hosted.admin);
+    admin.ok(&["fetch", "-q", "origin", "refs/heads/main"]);
+    admin.ok(&["checkout", "-q", "-b", "main", "FETCH_HEAD"]);
+
+    for (who, work) in [("alice", &alice), ("admin", &admin)] {
+        let content = format!("{who} tries to slip this past review at {:?}\n", std::time::SystemTime::now());
+        let file = format!("{who}-secret.txt");
+        let commit = work.commit(&file, &content, &format!("{who} goes straight to main"));
+        let tree = work.ok(&["rev-parse", "HEAD^{tree}"]);
+        let blob = work.ok(&["hash-object", &file]);
+        assert_ne!(commit, base);
+
+        let refused = work.refused(&["origin", "HEAD:main"]);
+        assert!(refused.stderr.contains("protected branch"), "{who}: {refused:?}");
+        assert!(refused.stderr.contains("open a change"), "{who}: {refused:?}");
+        assert!(refused.stderr.contains("push.protected_branch"), "{who}: {refused:?}");
+
+        assert_eq!(hosted.server_ref("refs/heads/main").as_deref(), Some(base.as_str()), "{who} moved main");
+        for (what, id) in [("commit", &commit), ("tree", &tree), ("blob", &blob)] {
+            assert!(!hosted.server_has(id), "the refused {what} {id} of {who} stayed in the server's repository");
+        }
+    }
+
+    // Only the seeding push was accepted.
+    let pushes = hosted.pushes();
+    assert_eq!(pushes.len(), 1, "{pushes:?}");
+
+    let refusals = hosted.audit_events("git.push.refused");
+    let actors: Vec<&str> = refusals.iter().filter_map(|e| e["actor"].as_str()).collect();
+    assert_eq!(actors, ["alice", "alice", "admin"], "{refusals:?}");
+    let alice_refusal = &refusals[1];
+    assert_eq!(alice_refusal["subject"], format!("project:{PROJECT}"), "{alice_refusal}");
+    assert_eq!(alice_refusal["details"]["updates"][0]["name"], "refs/heads/main", "{alice_refusal}");
+    assert_eq!(alice_refusal["details"]["reasons"][0]["rule"], "push.protected_branch", "{alice_refusal}");
+}
+
+#[test]
+fn force_push_and_deletion_of_main_are_refused() {
+    let hosted = Hosted::new();
+    let work = hosted.workspace("alice", "alice", &hosted.alice);
+    let base = hosted.seed_main(&work);
+
+    // Another history, unrelated to main.
+    work.ok(&["checkout", "-q", "--orphan", "other"]);
+    work.ok(&["rm", "-q", "-r", "--cached", "."]);
+    let other = work.commit("other.txt", "another history\n", "Other");
+    assert_ne!(other, base);
+
+    let forced = work.refused(&["--force", "origin", "other:main"]);
+    assert!(forced.stderr.contains("protected branch"), "{forced:?}");
+    assert_eq!(hosted.server_ref("refs/heads/main").as_deref(), Some(base.as_str()));
+
+    let deleted = work.refused(&["origin", ":main"]);
+    assert!(deleted.stderr.contains("protected branch"), "{deleted:?}");
+    assert_eq!(hosted.server_ref("refs/heads/main").as_deref(), Some(base.as_str()));
+
+    let deleted = work.refused(&["origin", "--delete", "refs/heads/main"]);
+    assert!(deleted.stderr.contains("protected branch"), "{deleted:?}");
+    assert_eq!(hosted.server_ref("refs/heads/main").as_deref(), Some(base.as_str()));
+    assert!(!hosted.server_has(&other), "the refused history stayed in the server's repository");
+}
+
+#[test]
+fn the_internal_namespace_is_hidden_and_refused() {
+    let hosted = Hosted::new();
+    let work = hosted.workspace("alice", "alice", &hosted.alice);
+    let commit = work.commit("x.txt", "x\n", "X");
+
+    work.refused(&["origin", "HEAD:refs/custody/x"]);
+    assert_eq!(hosted.server_ref("refs/custody/x"), None);
+    assert!(!hosted.server_has(&commit));
+
+    // custody's own ref, made inside the server's repository.
+    work.ok(&["push", "-q", "origin", "HEAD:refs/heads/feature"]);
+    hosted.bare(&["update-ref", "refs/custody/secret", &commit]).expect_code(0);
+    assert!(hosted.server_refs().contains(&"refs/custody/secret".to_owned()));
+
+    for version in ["0", "2"] {
+        let listed = work.ok(&["-c", &format!("protocol.version={version}"), "ls-remote", "origin"]);
+        assert!(listed.contains("refs/heads/feature"), "v{version}: {listed}");
+        assert!(!listed.contains("refs/custody"), "v{version} shows custody's refs: {listed}");
+    }
+    // Not even by asking for it, by name or by id.
+    let asked = work.git(&["fetch", "origin", "refs/custody/secret"]);
+    assert_ne!(asked.code(), Some(0), "{asked:?}");
+    let hidden = hosted.bare(&["commit-tree", "-m", "custody's own", &format!("{commit}^{{tree}}")]).expect_code(0);
+    let hidden = hidden.stdout.trim().to_owned();
+    hosted.bare(&["update-ref", "refs/custody/hidden", &hidden]).expect_code(0);
+    // Only over protocol v0: in v2 a want "can be anything" (gitprotocol-v2),
+    // so upload-pack serves any object whose id the client already knows.
+    // Hiding is of the names; what sits under refs/custody must be no secret
+    // from the project's readers.
+    let asked = work.git(&["-c", "protocol.version=0", "fetch", "origin", &hidden]);
+    assert_ne!(asked.code(), Some(0), "a hidden commit was fetched by its id: {asked:?}");
+    assert_ne!(work.git(&["cat-file", "-e", &hidden]).code(), Some(0));
+
+    // Nor can it be moved or deleted.
+    work.refused(&["origin", "HEAD:refs/custody/secret"]);
+    work.refused(&["origin", ":refs/custody/secret"]);
+    assert_eq!(hosted.server_ref("refs/custody/secret").as_deref(), Some(commit.as_str()));
+}
+
+#[test]
+fn ref_spellings_that_could_alias_main_cannot_reach_it() {
+    let hosted = Hosted::new();
+    let work = hosted.workspace("alice", "alice", &hosted.alice);
+    let base = hosted.seed_main(&work);
+    let refs_before = hosted.server_refs();
+    let next = work.commit("next.txt", "next\n", "Next");
+
+    for destination in [
+        "refs/heads/MAIN",
+        "refs/heads/Main",
+        "refs/heads/mAIN",
+        "HEAD",
+        "refs/heads/HEAD",
+        "refs/remotes/origin/main",
+        "refs/main",
+        // git could not make it while main exists; custody refuses it first,
+        // so that its objects never enter either.
+        "refs/heads/main/x",
+        "refs/heads/MAIN/x",
+    ] {
+        let attempt = work.git(&["push", "origin", &format!("HEAD:{destination}")]);
+        assert_ne!(attempt.code(), Some(0), "a push to {destination} was accepted: {attempt:#?}");
+        assert!(attempt.stderr.contains("custody refused this push"), "{destination}: {attempt:?}");
+        assert_eq!(
+            hosted.server_ref("refs/heads/main").as_deref(),
+            Some(base.as_str()),
+            "a push to {destination} moved main"
+        );
+        assert_eq!(hosted.server_refs(), refs_before, "a push to {destination} made a ref");
+    }
+    assert!(!hosted.server_has(&next), "a refused push left its commit behind");
+    let refs = hosted.server_refs();
+    assert!(!refs.iter().any(|r| r.eq_ignore_ascii_case("refs/heads/main") && r != "refs/heads/main"), "{refs:?}");
+}
+
+#[test]
+fn a_commit_naming_bob_pushed_by_alice_records_both() {
+    let hosted = Hosted::new();
+    hosted.add_user("bob", "");
+    let work = hosted.workspace("alice", "alice", &hosted.alice);
+    work.ok(&["checkout", "-q", "-b", "feature"]);
+    std::fs::write(work.dir.join("bob.txt"), "bob's work\n").expect("write a file");
+    work.ok(&["add", "bob.txt"]);
+    work.ok(&[
+        "commit",
+        "-q",
+        "--author",
+        "Bob Builder <bob@example.com>",
+        "-m",
+        "Bob's work\n\nCo-authored-by: Carol <carol@nowhere.example>",
+    ]);
+    let sha = work.ok(&["rev-parse", "HEAD"]);
+    work.ok(&["push", "-q", "origin", "feature"]);
+
+    let commit = hosted.commit(&sha);
+    assert_eq!(commit["pusher"], "alice", "{commit}");
+    assert_eq!(commit["author"]["name"], "Bob Builder", "{commit}");
+    assert_eq!(commit["author"]["email"], "bob@example.com", "{commit}");
+    assert_eq!(commit["author"]["user"], "bob", "{commit}");
+    assert_eq!(commit["committer"]["email"], "alice@example.com", "{commit}");
+    assert_eq!(commit["committer"]["user"], "alice", "{commit}");
+    let co_authors = commit["co_authors"].as_array().expect("co-authors");
+    assert_eq!(co_authors.len(), 1, "{commit}");
+    assert_eq!(co_authors[0]["name"], "Carol", "{commit}");
+    assert_eq!(co_authors[0]["email"], "carol@nowhere.example", "{commit}");
+    assert!(co_authors[0].get("user").is_none_or(Value::is_null), "carol is no custody user: {commit}");
+
+    let accepted = hosted.audit_events("git.push");
+    assert_eq!(accepted.len(), 1, "{accepted:?}");
+    assert_eq!(accepted[0]["actor"], "alice", "{accepted:?}");
+    let named: Vec<&str> = accepted[0]["details"]["users_named_by_commits"]
+        .as_array()
+        .expect("users named")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(named, ["alice", "bob"], "{accepted:?}");
+}
+
+#[test]
+fn a_private_project_needs_credentials() {
+    let hosted = Hosted::new();
+    let work = hosted.workspace("alice", "alice", &hosted.alice);
+    let tip = work.commit("a.txt", "a\n", "A");
+    work.ok(&["push", "-q", "origin", "HEAD:refs/heads/feature"]);
+
+    // No credentials: git fails without prompting, and the server asked
+    // for Basic credentials.
+    let anonymous = format!("http://127.0.0.1:{}/{PROJECT}.git", hosted.server.port());
+    let cloned = hosted.git("alice", &["clone", "-q", &anonymous, "anonymous"]);
+    assert_ne!(cloned.code(), Some(0), "{cloned:?}");
+    assert!(!hosted.sandbox.path("anonymous").join(".git").exists());
+    let path = format!("/{PROJECT}.git/info/refs?service=git-upload-pack");
+    let answer = http_request(&hosted.server.url, &path, &[]);
+    assert_eq!(answer.status, 401, "{answer:?}");
+    let challenge = answer.header("www-authenticate").unwrap_or_default();
+    assert!(challenge.starts_with("Basic"), "{answer:?}");
+
+    // A read token clones…
+    let made = hosted.as_user("alice", &hosted.alice, &["token", "create", "--scope", "read", "--json"]).json();
+    let read = made["token"].as_str().expect("a token").to_owned();
+    hosted.clone("reader", "alice", &read, &[]).expect_code(0);
+    let reader = Workspace { hosted: &hosted, dir: hosted.sandbox.path("reader"), who: "alice".into() };
+    assert_eq!(reader.ok(&["rev-parse", "refs/remotes/origin/feature"]), tip);
+
+    // …but cannot push.
+    reader.ok(&["checkout", "-q", "-b", "mine", "origin/feature"]);
+    let mine = reader.commit("b.txt", "b\n", "B");
+    let refused = reader.refused(&["origin", "mine"]);
+    assert!(refused.stderr.contains("403"), "{refused:?}");
+    assert_eq!(hosted.server_ref("refs/heads/mine"), None);
+    assert!(!hosted.server_has(&mine));
+
+    // Someone who is no member is told the repository does not exist.
+    let bob = hosted.add_user("bob", "");
+    let cloned = hosted.clone("bob", "bob", &bob, &[]);
+    assert_ne!(cloned.code(), Some(0), "{cloned:?}");
+    assert!(cloned.stderr.contains("not found") || cloned.stderr.contains("404"), "{cloned:?}");
+    let bearer = format!("Bearer {bob}");
+    let answer = http_request(&hosted.server.url, &path, &[("Authorization", &bearer)]);
+    assert_eq!(answer.status, 404, "{answer:?}");
+    // As for a project that does not exist at all.
+    let answer = http_request(
+        &hosted.server.url,
+        "/nothing.git/info/refs?service=git-upload-pack",
+        &[("Authorization", &bearer)],
+    );
+    assert_eq!(answer.status, 404, "{answer:?}");
+}
+
+#[test]
+fn protocol_v2_and_gzip_work() {
+    let hosted = Hosted::new();
+    let work = hosted.workspace("alice", "alice", &hosted.alice);
+    // Many branches on distinct commits: a clone asks for each, and a
+    // request of more than 1 KiB is one git sends gzipped.
+    let mut tips = Vec::new();
+    for i in 0..40 {
+        tips.push(work.commit("n.txt", &format!("{i}\n"), &format!("Commit {i}")));
+        work.ok(&["branch", &format!("b{i:02}")]);
+    }
+    work.ok(&["push", "-q", "origin", "refs/heads/b*:refs/heads/b*"]);
+
+    let trace = [("GIT_TRACE_PACKET", "1"), ("GIT_TRACE_CURL", "1"), ("GIT_TRACE_CURL_NO_DATA", "1")];
+    let url = hosted.url("alice", &hosted.alice);
+    let cloned =
+        hosted.git_env(&hosted.sandbox.path(""), "alice", &trace, &["-c", "protocol.version=2", "clone", &url, "v2"]);
+    let cloned = cloned.expect_code(0);
+    assert!(cloned.stderr.contains("version 2"), "no protocol v2 in the trace: {}", cloned.stderr);
+    assert!(cloned.stderr.contains("command=fetch"), "{}", cloned.stderr);
+    assert!(cloned.stderr.contains("Content-Encoding: gzip"), "no gzip request in the trace: {}", cloned.stderr);
+    let clone = Workspace { hosted: &hosted, dir: hosted.sandbox.path("v2"), who: "alice".into() };
+    assert_eq!(clone.ok(&["rev-parse", "refs/remotes/origin/b39"]), tips[39]);
+
+    // A push, then a fetch of it over v2.
+    work.ok(&["checkout", "-q", "-b", "feature"]);
+    let later = work.commit("later.txt", "later\n", "Later");
+    work.ok(&["-c", "protocol.version=2", "push", "-q", "origin", "feature"]);
+    let fetched = hosted.git_env(&clone.dir, "alice", &trace, &["-c", "protocol.version=2", "fetch", "origin"]);
+    let fetched = fetched.expect_code(0);
+    assert!(fetched.stderr.contains("version 2"), "{}", fetched.stderr);
+    assert_eq!(clone.ok(&["rev-parse", "refs/remotes/origin/feature"]), later);
+
+    // And the same over protocol v0, gzip included.
+    let cloned =
+        hosted.git_env(&hosted.sandbox.path(""), "alice", &trace, &["-c", "protocol.version=0", "clone", &url, "v0"]);
+    let cloned = cloned.expect_code(0);
+    assert!(!cloned.stderr.contains("version 2"), "{}", cloned.stderr);
+    assert!(cloned.stderr.contains("Content-Encoding: gzip"), "no gzip request in the trace: {}", cloned.stderr);
+    let v0 = Workspace { hosted: &hosted, dir: hosted.sandbox.path("v0"), who: "alice".into() };
+    assert_eq!(v0.ok(&["rev-parse", "refs/remotes/origin/feature"]), later);
+    v0.ok(&["fsck", "--no-progress"]);
+}
+
+#[test]
+fn a_branch_nested_under_main_cannot_squat_it_before_its_first_merge() {
+    let hosted = Hosted::new();
+    let work = hosted.workspace("alice", "alice", &hosted.alice);
+    let commit = work.commit("x.txt", "x\n", "X");
+    assert_eq!(hosted.server_ref("refs/heads/main"), None, "a new project has no main yet");
+
+    // While main does not exist, refs/heads/main/x would be a directory
+    // where main must go: custody's first merge could never create it.
+    for destination in ["refs/heads/main/x", "refs/heads/Main/x", "refs/heads/main/deep/x"] {
+        let refused = work.refused(&["origin", &format!("HEAD:{destination}")]);
+        assert!(refused.stderr.contains("push.protected_branch"), "{destination}: {refused:?}");
+        assert_eq!(hosted.server_refs(), Vec::<String>::new(), "a push to {destination} made a ref");
+    }
+    assert!(!hosted.server_has(&commit));
+
+    // A name that merely starts the same way is an ordinary branch.
+    work.ok(&["push", "-q", "origin", "HEAD:refs/heads/main-fix", "HEAD:refs/heads/mainly/x"]);
+    hosted.bare(&["update-ref", "refs/heads/main", &commit]).expect_code(0);
+}
+
+#[test]
+fn the_name_in_the_url_is_not_the_pusher() {
+    let hosted = Hosted::new();
+    hosted.add_user("bob", "write");
+    // Alice's token under bob's name: the token says who pushes.
+    let work = hosted.workspace("alice", "alice", &hosted.alice);
+    work.ok(&["remote", "set-url", "origin", &hosted.url("bob", &hosted.alice)]);
+    let commit = work.commit("a.txt", "a\n", "A");
+    work.ok(&["push", "-q", "origin", "HEAD:refs/heads/feature"]);
+
+    let pushes = hosted.pushes();
+    assert_eq!(pushes.len(), 1, "{pushes:?}");
+    assert_eq!(pushes[0]["pusher"], "alice", "{pushes:?}");
+    assert_eq!(hosted.commit(&commit)["pusher"], "alice");
+
+    // And a wrong token under a right name is no one.
+    work.ok(&["remote", "set-url", "origin", &hosted.url("alice", "cst_not_a_token")]);
+    work.commit("b.txt", "b\n", "B");
+    let refused = work.refused(&["origin", "HEAD:refs/heads/feature"]);
+    assert!(refused.stderr.contains("Authentication failed"), "{refused:?}");
+    assert_eq!(hosted.pushes().len(), 1);
+}

@@ -1,0 +1,437 @@
+//! The pipeline file, `.custody/pipeline.toml`: the reviewed policy of a
+//! project, read from the target branch of a change.
+//!
+//! Reading is strict: an unknown key, a wrong type or a value out of range
+//! is an error that names its line and column, so a typo can never loosen a
+//! rule by being ignored.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::glob::Glob;
+use crate::GroupName;
+
+/// Where the pipeline file lives in a repository.
+pub const PATH: &str = ".custody/pipeline.toml";
+
+/// Why a pipeline file was refused, and where.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{PATH}{}: {message}", location.map(|(l, c)| format!(" line {l}, column {c}")).unwrap_or_default())]
+pub struct PipelineError {
+    /// Line and column (from 1), when known.
+    pub location: Option<(usize, usize)>,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+/// The policy a pipeline file states, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pipeline {
+    /// Distinct independent approvals every change needs (at least 1).
+    pub approvals: u32,
+    /// Code-owner style rules.
+    pub rules: Vec<PathRule>,
+    /// The group that must approve changes to owned paths.
+    pub owners: Option<GroupName>,
+    /// Owned paths besides `.custody/**` and the scripts named here.
+    pub owned: Vec<Glob>,
+    /// The check command, run on every change head.
+    pub check: Option<String>,
+    /// The build command, run on every new mainline commit.
+    pub build: Option<String>,
+    /// The files a build produces.
+    pub artifacts: Vec<Glob>,
+    /// How long a check or build may run.
+    pub timeout: Duration,
+    /// Whether checks and builds may reach the network.
+    pub network: bool,
+    /// Environments, in the order they are passed.
+    pub environments: Vec<Environment>,
+}
+
+/// A code-owner style rule: changes touching `paths` need `approvals` from
+/// members of `group`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathRule {
+    /// The patterns.
+    pub paths: Vec<Glob>,
+    /// Whose approvals count.
+    pub group: GroupName,
+    /// How many.
+    pub approvals: u32,
+}
+
+/// A deployment environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Environment {
+    /// Its name.
+    pub name: String,
+    /// The deploy script.
+    pub deploy: Option<String>,
+    /// The environment a build must have reached first.
+    pub after: Option<String>,
+    /// Independent approvals a deployment needs.
+    pub approvals: u32,
+    /// Whose approvals count.
+    pub approvers: Option<GroupName>,
+    /// Who signs off manual tests, when any are needed.
+    pub testers: Option<GroupName>,
+    /// How long a build must have been live in `after`.
+    pub soak: Option<Duration>,
+    /// Whether reviewers of a change may approve its deployment.
+    pub reviewers_may_approve: bool,
+}
+
+impl Default for Pipeline {
+    /// The policy of a project with no pipeline file: one independent approval.
+    fn default() -> Self {
+        Pipeline {
+            approvals: 1,
+            rules: Vec::new(),
+            owners: None,
+            owned: Vec::new(),
+            check: None,
+            build: None,
+            artifacts: Vec::new(),
+            timeout: Duration::from_secs(30 * 60),
+            network: false,
+            environments: Vec::new(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    review: Option<toml::Spanned<ReviewSection>>,
+    pipeline: Option<toml::Spanned<PipelineSection>>,
+    #[serde(default)]
+    environment: Vec<toml::Spanned<EnvironmentSection>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReviewSection {
+    approvals: Option<toml::Spanned<i64>>,
+    #[serde(default)]
+    rule: Vec<toml::Spanned<RuleSection>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleSection {
+    paths: toml::Spanned<Vec<toml::Spanned<String>>>,
+    group: toml::Spanned<String>,
+    approvals: Option<toml::Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineSection {
+    owners: Option<toml::Spanned<String>>,
+    #[serde(default)]
+    owned: Vec<toml::Spanned<String>>,
+    check: Option<toml::Spanned<String>>,
+    build: Option<toml::Spanned<String>>,
+    #[serde(default)]
+    artifacts: Vec<toml::Spanned<String>>,
+    timeout: Option<toml::Spanned<String>>,
+    network: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvironmentSection {
+    name: toml::Spanned<String>,
+    deploy: Option<toml::Spanned<String>>,
+    after: Option<toml::Spanned<String>>,
+    approvals: Option<toml::Spanned<i64>>,
+    approvers: Option<toml::Spanned<String>>,
+    testers: Option<toml::Spanned<String>>,
+    soak: Option<toml::Spanned<String>>,
+    reviewers_may_approve: Option<bool>,
+}
+
+/// Reads durations such as `90s`, `30m`, `1h`, `2d`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let seconds = match unit {
+        "s" => number,
+        "m" => number.checked_mul(60)?,
+        "h" => number.checked_mul(3600)?,
+        "d" => number.checked_mul(86_400)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(seconds))
+}
+
+struct Reader<'a> {
+    text: &'a str,
+}
+
+impl Reader<'_> {
+    fn at(&self, span: std::ops::Range<usize>, message: impl Into<String>) -> PipelineError {
+        let before = &self.text[..span.start.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        PipelineError { location: Some((line, column)), message: message.into() }
+    }
+
+    fn count(&self, value: &toml::Spanned<i64>, min: i64, what: &str) -> Result<u32, PipelineError> {
+        let n = *value.get_ref();
+        if n < min || n > 100 {
+            return Err(self.at(value.span(), format!("{what} must be between {min} and 100, not {n}")));
+        }
+        Ok(n as u32)
+    }
+
+    fn group(&self, value: &toml::Spanned<String>) -> Result<GroupName, PipelineError> {
+        GroupName::parse(value.get_ref()).map_err(|e| self.at(value.span(), e.to_string()))
+    }
+
+    fn glob(&self, value: &toml::Spanned<String>) -> Result<Glob, PipelineError> {
+        Glob::parse(value.get_ref()).map_err(|e| self.at(value.span(), e.to_string()))
+    }
+
+    fn duration(&self, value: &toml::Spanned<String>) -> Result<Duration, PipelineError> {
+        parse_duration(value.get_ref()).ok_or_else(|| {
+            self.at(value.span(), format!("{:?} is not a duration; write it like 90s, 30m, 1h or 2d", value.get_ref()))
+        })
+    }
+
+    /// A command: a script path in the repository, optionally with
+    /// arguments. The script must be relative, inside the repository.
+    fn command(&self, value: &toml::Spanned<String>) -> Result<String, PipelineError> {
+        let command = value.get_ref().trim();
+        let script = command.split_whitespace().next().unwrap_or("");
+        if script.is_empty() || script.starts_with('/') || script.split('/').any(|p| p == "..") {
+            return Err(self.at(
+                value.span(),
+                "a command starts with a script in the repository, such as scripts/ci.sh (relative, no '..')",
+            ));
+        }
+        Ok(command.to_owned())
+    }
+}
+
+/// Reads and validates a pipeline file.
+pub fn parse(text: &str) -> Result<Pipeline, PipelineError> {
+    let file: File = toml::from_str(text).map_err(|e| {
+        let reader = Reader { text };
+        match e.span() {
+            Some(span) => reader.at(span, e.message().to_owned()),
+            None => PipelineError { location: None, message: e.message().to_owned() },
+        }
+    })?;
+    let reader = Reader { text };
+    let mut pipeline = Pipeline::default();
+    if let Some(review) = file.review {
+        let review = review.into_inner();
+        if let Some(approvals) = &review.approvals {
+            pipeline.approvals = reader.count(approvals, 1, "review.approvals")?;
+        }
+        for rule in review.rule {
+            let span = rule.span();
+            let rule = rule.into_inner();
+            if rule.paths.get_ref().is_empty() {
+                return Err(reader.at(span, "a rule needs at least one path pattern"));
+            }
+            pipeline.rules.push(PathRule {
+                paths: rule.paths.get_ref().iter().map(|p| reader.glob(p)).collect::<Result<_, _>>()?,
+                group: reader.group(&rule.group)?,
+                approvals: match &rule.approvals {
+                    Some(a) => reader.count(a, 1, "rule approvals")?,
+                    None => 1,
+                },
+            });
+        }
+    }
+    if let Some(section) = file.pipeline {
+        let section = section.into_inner();
+        pipeline.owners = section.owners.as_ref().map(|g| reader.group(g)).transpose()?;
+        pipeline.owned = section.owned.iter().map(|p| reader.glob(p)).collect::<Result<_, _>>()?;
+        pipeline.check = section.check.as_ref().map(|c| reader.command(c)).transpose()?;
+        pipeline.build = section.build.as_ref().map(|c| reader.command(c)).transpose()?;
+        pipeline.artifacts = section.artifacts.iter().map(|p| reader.glob(p)).collect::<Result<_, _>>()?;
+        if let Some(timeout) = &section.timeout {
+            pipeline.timeout = reader.duration(timeout)?;
+        }
+        pipeline.network = section.network.unwrap_or(false);
+    }
+    let mut names: Vec<String> = Vec::new();
+    for environment in file.environment {
+        let environment = environment.into_inner();
+        let name = environment.name.get_ref().clone();
+        if crate::name::check_environment_name(&name).is_err() {
+            return Err(reader.at(
+                environment.name.span(),
+                format!("environment name {name:?} is not valid: {}", crate::name::NAME_RULE),
+            ));
+        }
+        if names.contains(&name) {
+            return Err(reader.at(environment.name.span(), format!("environment {name} is defined twice")));
+        }
+        if let Some(after) = &environment.after {
+            // Naming only environments defined above rules out cycles.
+            if !names.contains(after.get_ref()) {
+                return Err(reader.at(
+                    after.span(),
+                    format!("after = {:?} names no environment defined above this one", after.get_ref()),
+                ));
+            }
+        }
+        let approvals = match &environment.approvals {
+            Some(a) => reader.count(a, 0, "approvals")?,
+            None => 0,
+        };
+        let approvers = environment.approvers.as_ref().map(|g| reader.group(g)).transpose()?;
+        if approvals > 0 && approvers.is_none() {
+            return Err(reader.at(
+                environment.name.span(),
+                format!("environment {name} needs approvals but names no approvers group"),
+            ));
+        }
+        pipeline.environments.push(Environment {
+            deploy: environment.deploy.as_ref().map(|c| reader.command(c)).transpose()?,
+            after: environment.after.map(|a| a.into_inner()),
+            approvals,
+            approvers,
+            testers: environment.testers.as_ref().map(|g| reader.group(g)).transpose()?,
+            soak: environment.soak.as_ref().map(|s| reader.duration(s)).transpose()?,
+            reviewers_may_approve: environment.reviewers_may_approve.unwrap_or(false),
+            name: name.clone(),
+        });
+        names.push(name);
+    }
+    if pipeline.owners.is_none() && (!pipeline.owned.is_empty() || pipeline.check.is_some() || pipeline.build.is_some())
+    {
+        // Without owners, nobody could ever approve a change to the
+        // pipeline itself; say so instead of locking the project.
+        return Err(PipelineError {
+            location: None,
+            message: "[pipeline] names scripts or owned paths but no owners group to approve changes to them".into(),
+        });
+    }
+    Ok(pipeline)
+}
+
+impl Pipeline {
+    /// Whether a path is owned by the pipeline's owners: `.custody/**`, every
+    /// script the pipeline names, and its `owned` list.
+    pub fn owns(&self, path: &str) -> bool {
+        if path == ".custody" || path.starts_with(".custody/") {
+            return true;
+        }
+        let scripts = self
+            .check
+            .iter()
+            .chain(&self.build)
+            .chain(self.environments.iter().filter_map(|e| e.deploy.as_ref()))
+            .filter_map(|command| command.split_whitespace().next());
+        for script in scripts {
+            if path == script.trim_start_matches("./") {
+                return true;
+            }
+        }
+        self.owned.iter().any(|glob| glob.matches(path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DESIGN_EXAMPLE: &str = r#"
+[review]
+approvals = 2
+[[review.rule]]
+paths = ["src/payments/**"]
+group = "payments"
+approvals = 1
+
+[pipeline]
+owners = "platform"
+owned = ["Makefile", "lib/**"]
+check = "scripts/ci.sh"
+build = "scripts/build.sh"
+artifacts = ["dist/*.tar.gz"]
+timeout = "30m"
+network = false
+
+[[environment]]
+name = "staging"
+deploy = "scripts/deploy.sh"
+
+[[environment]]
+name = "production"
+after = "staging"
+approvals = 2
+approvers = "release-managers"
+testers = "qa"
+soak = "1h"
+reviewers_may_approve = false
+"#;
+
+    #[test]
+    fn the_design_example_reads_as_written() {
+        let pipeline = parse(DESIGN_EXAMPLE).unwrap();
+        assert_eq!(pipeline.approvals, 2);
+        assert_eq!(pipeline.rules[0].group.as_str(), "payments");
+        assert_eq!(pipeline.timeout, Duration::from_secs(1800));
+        assert_eq!(pipeline.environments[1].after.as_deref(), Some("staging"));
+        assert_eq!(pipeline.environments[1].soak, Some(Duration::from_secs(3600)));
+        assert!(pipeline.owns(".custody/pipeline.toml"));
+        assert!(pipeline.owns("scripts/ci.sh"));
+        assert!(pipeline.owns("scripts/deploy.sh"));
+        assert!(pipeline.owns("lib/x/y.py"));
+        assert!(pipeline.owns("Makefile"));
+        assert!(!pipeline.owns("src/main.rs"));
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_with_line_and_column() {
+        let error = parse("[review]\napprovals = 1\napprovers = 0\n").unwrap_err();
+        assert_eq!(error.location, Some((3, 1)), "{error}");
+        assert!(error.message.contains("unknown field"), "{error}");
+    }
+
+    #[test]
+    fn zero_approvals_cannot_be_written() {
+        let error = parse("[review]\napprovals = 0\n").unwrap_err();
+        assert_eq!(error.location, Some((2, 13)), "{error}");
+    }
+
+    #[test]
+    fn no_file_means_one_independent_approval() {
+        assert_eq!(Pipeline::default().approvals, 1);
+        assert_eq!(parse("").unwrap().approvals, 1);
+    }
+
+    #[test]
+    fn environments_must_name_earlier_ones_and_have_approvers_when_approvals_are_needed() {
+        let error = parse("[[environment]]\nname = \"prod\"\nafter = \"staging\"\n").unwrap_err();
+        assert_eq!(error.location, Some((3, 9)), "{error}");
+        let error = parse("[[environment]]\nname = \"prod\"\napprovals = 1\n").unwrap_err();
+        assert!(error.message.contains("approvers"), "{error}");
+    }
+
+    #[test]
+    fn scripts_must_live_in_the_repository() {
+        for bad in ["/bin/true", "../outside.sh", ""] {
+            let text = format!("[pipeline]\nowners = \"platform\"\ncheck = {bad:?}\n");
+            assert!(parse(&text).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_durations_and_types_say_where() {
+        let error = parse("[pipeline]\nowners = \"p\"\ntimeout = \"soon\"\n").unwrap_err();
+        assert_eq!(error.location.unwrap().0, 3);
+        let error = parse("[review]\napprovals = \"two\"\n").unwrap_err();
+        assert_eq!(error.location.unwrap().0, 2);
+    }
+}
