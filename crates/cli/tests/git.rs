@@ -616,3 +616,61 @@ fn the_name_in_the_url_is_not_the_pusher() {
     assert!(refused.stderr.contains("Authentication failed"), "{refused:?}");
     assert_eq!(hosted.pushes().len(), 1);
 }
+
+#[test]
+fn an_import_waits_for_a_second_admin_and_is_recorded_as_unreviewed() {
+    let hosted = Hosted::new();
+    // bob becomes the second admin, which ends bootstrap; an admin-scoped
+    // token comes only from logging in with a password.
+    let bob = hosted.add_user("bob", "");
+    let grant = hosted.as_admin(&["group", "add", "admins", "bob", "--json"]).json();
+    assert_eq!(grant["status"], "bootstrap", "{grant}");
+    let mut password = hosted.sandbox.as_user("bob");
+    password.env("CUSTODY_SERVER", &hosted.server.url).env("CUSTODY_TOKEN", &bob).args([
+        "user",
+        "set-password",
+        "--json",
+    ]);
+    run_with_input(password, Some("a long enough password\n")).expect_code(0);
+    let mut login = hosted.sandbox.as_user("bob");
+    login.args(["login", "--server", &hosted.server.url, "--user", "bob", "--scope", "read,write,admin", "--json"]);
+    run_with_input(login, Some("a long enough password\n")).expect_code(0);
+
+    // An existing repository with history nobody reviewed.
+    let source = hosted.workspace("legacy-source", "alice", &hosted.alice);
+    source.commit("a.txt", "one\n", "one");
+    let tip = source.commit("b.txt", "two\n", "two");
+    let path = source.dir.to_string_lossy().into_owned();
+    let made = hosted.as_admin(&["project", "create", "legacy", "--import", &path, "--json"]).json();
+    let grant = &made["import_grant"];
+    assert_eq!(grant["status"], "pending", "{made}");
+    let id = grant["id"].as_i64().expect("a grant id").to_string();
+
+    // Staged, not published: the repository shows nothing yet.
+    let legacy = hosted.sandbox.path("data").join("repositories").join("legacy.git");
+    let main = |hosted: &Hosted| {
+        let mut command = git_command(&hosted.sandbox.path("home"), &hosted.sandbox.path(""), ("op", "op@example.com"));
+        command.arg("--git-dir").arg(&legacy).args(["rev-parse", "--verify", "--quiet", "refs/heads/main"]);
+        let found = run(command);
+        (found.code() == Some(0)).then(|| found.stdout.trim().to_owned())
+    };
+    assert_eq!(main(&hosted), None);
+    // Commits made at the source after the request are not part of it.
+    source.commit("c.txt", "three\n", "three, after the request");
+
+    let refused = hosted.as_admin(&["grant", "approve", &id]).expect_code(1);
+    assert!(refused.stderr.contains("grant.requester_cannot_approve"), "{refused:#?}");
+    let mut approve = hosted.sandbox.as_user("bob");
+    approve.args(["grant", "approve", &id, "--json"]);
+    let approved = run(approve).json();
+    assert_eq!(approved["status"], "approved", "{approved}");
+
+    assert_eq!(main(&hosted).as_deref(), Some(tip.as_str()), "exactly the staged history is published");
+    let commit = hosted.as_admin(&["project", "commit", "legacy", &tip, "--json"]).json();
+    assert_eq!(commit["imported_by_grant"].as_i64().map(|g| g.to_string()), Some(id.clone()), "{commit}");
+    assert!(commit["pusher"].is_null(), "nobody pushed an imported commit: {commit}");
+    let applied = hosted.audit_events("project.import.apply");
+    assert_eq!(applied.len(), 1);
+    assert_eq!(applied[0]["details"]["commits"], 2);
+    assert_eq!(applied[0]["details"]["reviewed"], false);
+}
