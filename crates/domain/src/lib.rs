@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod decision;
+pub mod gate;
 pub mod glob;
 pub mod grant;
 pub mod name;

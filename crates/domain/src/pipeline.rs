@@ -104,8 +104,8 @@ impl Default for Pipeline {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
-    review: Option<toml::Spanned<ReviewSection>>,
-    pipeline: Option<toml::Spanned<PipelineSection>>,
+    review: Option<ReviewSection>,
+    pipeline: Option<PipelineSection>,
     #[serde(default)]
     environment: Vec<toml::Spanned<EnvironmentSection>>,
 }
@@ -230,7 +230,6 @@ pub fn parse(text: &str) -> Result<Pipeline, PipelineError> {
     let reader = Reader { text };
     let mut pipeline = Pipeline::default();
     if let Some(review) = file.review {
-        let review = review.into_inner();
         if let Some(approvals) = &review.approvals {
             pipeline.approvals = reader.count(approvals, 1, "review.approvals")?;
         }
@@ -251,7 +250,6 @@ pub fn parse(text: &str) -> Result<Pipeline, PipelineError> {
         }
     }
     if let Some(section) = file.pipeline {
-        let section = section.into_inner();
         pipeline.owners = section.owners.as_ref().map(|g| reader.group(g)).transpose()?;
         pipeline.owned = section.owned.iter().map(|p| reader.glob(p)).collect::<Result<_, _>>()?;
         pipeline.check = section.check.as_ref().map(|c| reader.command(c)).transpose()?;
@@ -403,6 +401,12 @@ reviewers_may_approve = false
     fn zero_approvals_cannot_be_written() {
         let error = parse("[review]\napprovals = 0\n").unwrap_err();
         assert_eq!(error.location, Some((2, 13)), "{error}");
+    }
+
+    #[test]
+    fn a_rule_table_may_come_without_a_review_table() {
+        let pipeline = parse("[[review.rule]]\npaths = [\"src/**\"]\ngroup = \"core\"\n").unwrap();
+        assert_eq!(pipeline.rules.len(), 1);
     }
 
     #[test]

@@ -1,0 +1,479 @@
+//! The merge gate: whether a change may enter its target branch, rule by
+//! rule.
+//!
+//! Every rule is evaluated and reported, passed or failed, with what would
+//! satisfy a failing one. The policy comes from the target branch (the
+//! reviewed pipeline file), never from the change: a change cannot loosen
+//! its own rules.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::pipeline::{Pipeline, PipelineError};
+use crate::{Decision, GroupName, Reason, UserName};
+
+/// A review's verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Approves the head it was given on.
+    Approve,
+    /// Blocks merging until the same reviewer approves or withdraws it.
+    RequestChanges,
+    /// Says something; decides nothing.
+    Comment,
+    /// Withdraws the reviewer's earlier request for changes.
+    Withdraw,
+}
+
+impl Verdict {
+    /// The verdict's name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Approve => "approve",
+            Verdict::RequestChanges => "request_changes",
+            Verdict::Comment => "comment",
+            Verdict::Withdraw => "withdraw",
+        }
+    }
+
+    /// Reads a stored verdict.
+    pub fn parse(value: &str) -> Option<Verdict> {
+        [Verdict::Approve, Verdict::RequestChanges, Verdict::Comment, Verdict::Withdraw]
+            .into_iter()
+            .find(|v| v.as_str() == value)
+    }
+}
+
+/// A review as the gate sees it, in the order given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Review {
+    /// Who reviewed.
+    pub reviewer: UserName,
+    /// What they said.
+    pub verdict: Verdict,
+    /// The head they said it on.
+    pub head: String,
+}
+
+/// The state of the required check on the current head.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum CheckState {
+    /// The policy names no check.
+    NotRequired,
+    /// Not run yet, or still running.
+    Pending,
+    /// Passed on this head.
+    Passed,
+    /// Failed on this head.
+    Failed {
+        /// Why, in a line.
+        reason: String,
+    },
+}
+
+/// Everything the gate decides on, gathered atomically with the decision.
+#[derive(Clone, Debug)]
+pub struct GateFacts<'a> {
+    /// Whether the change is open.
+    pub open: bool,
+    /// The head being evaluated.
+    pub head: &'a str,
+    /// The policy of the target branch.
+    pub policy: &'a Pipeline,
+    /// The change's authors.
+    pub authors: &'a BTreeSet<UserName>,
+    /// Every review, in order.
+    pub reviews: &'a [Review],
+    /// Project members who may approve (write access or more).
+    pub writers: &'a BTreeSet<UserName>,
+    /// Members of the groups the policy names.
+    pub groups: &'a BTreeMap<GroupName, BTreeSet<UserName>>,
+    /// Paths the change touches, relative to the repository's root.
+    pub changed_paths: &'a [String],
+    /// The pipeline file as the change would leave it, when it changes it.
+    pub proposed_pipeline: Option<&'a Result<Pipeline, PipelineError>>,
+    /// The required check on this head.
+    pub check: &'a CheckState,
+    /// Whether the change merges cleanly into its target.
+    pub mergeable: Result<(), String>,
+}
+
+/// One rule's outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleOutcome {
+    /// The rule's stable name.
+    pub rule: String,
+    /// Whether it holds.
+    pub passed: bool,
+    /// What it found.
+    pub message: String,
+    /// What would satisfy it, when it fails.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub satisfy: Option<String>,
+}
+
+/// The gate, rule by rule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateReport {
+    /// Whether every rule holds.
+    pub open: bool,
+    /// The head evaluated.
+    pub head: String,
+    /// The independent approvals that count, at this head.
+    pub approvers: Vec<String>,
+    /// Every rule.
+    pub rules: Vec<RuleOutcome>,
+}
+
+impl GateReport {
+    /// The gate as a decision: its failing rules are the reasons.
+    pub fn decision(&self) -> Decision {
+        let mut decision = Decision::allow();
+        for rule in self.rules.iter().filter(|r| !r.passed) {
+            decision.refuse(Reason {
+                rule: rule.rule.clone(),
+                message: rule.message.clone(),
+                satisfy: rule.satisfy.clone(),
+            });
+        }
+        decision
+    }
+}
+
+/// Where each reviewer stands: approving this head, and whether they still
+/// request changes.
+fn standing(reviews: &[Review], head: &str) -> (BTreeSet<UserName>, BTreeSet<UserName>) {
+    let mut approving = BTreeSet::new();
+    let mut requesting = BTreeSet::new();
+    for review in reviews {
+        match review.verdict {
+            Verdict::Approve => {
+                requesting.remove(&review.reviewer);
+                if review.head == head {
+                    approving.insert(review.reviewer.clone());
+                } else {
+                    approving.remove(&review.reviewer);
+                }
+            }
+            Verdict::RequestChanges => {
+                approving.remove(&review.reviewer);
+                requesting.insert(review.reviewer.clone());
+            }
+            Verdict::Withdraw => {
+                requesting.remove(&review.reviewer);
+            }
+            Verdict::Comment => {}
+        }
+    }
+    (approving, requesting)
+}
+
+fn names(users: &BTreeSet<UserName>) -> String {
+    if users.is_empty() {
+        "nobody".to_owned()
+    } else {
+        users.iter().map(UserName::as_str).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// Evaluates every rule of the gate.
+pub fn evaluate(facts: &GateFacts<'_>) -> GateReport {
+    let mut rules = Vec::new();
+    let mut rule = |rule: &str, passed: bool, message: String, satisfy: Option<String>| {
+        rules.push(RuleOutcome {
+            rule: rule.to_owned(),
+            passed,
+            message,
+            satisfy: if passed { None } else { satisfy },
+        });
+    };
+
+    rule(
+        "gate.change_open",
+        facts.open,
+        if facts.open { "the change is open".into() } else { "the change is not open".into() },
+        Some("reopen the change".into()),
+    );
+
+    let (approving, requesting) = standing(facts.reviews, facts.head);
+    let ignored_authors: BTreeSet<UserName> = approving.intersection(facts.authors).cloned().collect();
+    let ignored_readers: BTreeSet<UserName> =
+        approving.iter().filter(|u| !facts.writers.contains(*u) && !facts.authors.contains(*u)).cloned().collect();
+    let independent: BTreeSet<UserName> =
+        approving.iter().filter(|u| !facts.authors.contains(*u) && facts.writers.contains(*u)).cloned().collect();
+
+    let needed = facts.policy.approvals as usize;
+    let mut message = format!(
+        "{} of {needed} independent approvals at {} ({})",
+        independent.len(),
+        short(facts.head),
+        names(&independent)
+    );
+    if !ignored_authors.is_empty() {
+        message.push_str(&format!("; not counted, as authors of the change: {}", names(&ignored_authors)));
+    }
+    if !ignored_readers.is_empty() {
+        message.push_str(&format!("; not counted, without write access: {}", names(&ignored_readers)));
+    }
+    rule(
+        "gate.independent_approvals",
+        independent.len() >= needed,
+        message,
+        Some(format!(
+            "{} more approval(s) of this head by project members with write access who are not authors ({})",
+            needed.saturating_sub(independent.len()),
+            names(facts.authors)
+        )),
+    );
+
+    for (index, path_rule) in facts.policy.rules.iter().enumerate() {
+        let touched: Vec<&String> =
+            facts.changed_paths.iter().filter(|p| path_rule.paths.iter().any(|g| g.matches(p))).collect();
+        if touched.is_empty() {
+            continue;
+        }
+        let members = facts.groups.get(&path_rule.group).cloned().unwrap_or_default();
+        let from_group: BTreeSet<UserName> = independent.intersection(&members).cloned().collect();
+        let patterns: Vec<&str> = path_rule.paths.iter().map(|g| g.as_str()).collect();
+        rule(
+            &format!("gate.path_rule.{}", index + 1),
+            from_group.len() >= path_rule.approvals as usize,
+            format!(
+                "the change touches {} ({}): {} of {} approvals from group {} ({})",
+                touched[0],
+                patterns.join(", "),
+                from_group.len(),
+                path_rule.approvals,
+                path_rule.group,
+                names(&from_group)
+            ),
+            Some(format!("an approval of this head by a member of {} who is not an author", path_rule.group)),
+        );
+    }
+
+    let owned: Vec<&String> = facts.changed_paths.iter().filter(|p| facts.policy.owns(p)).collect();
+    if let Some(first) = owned.first() {
+        match &facts.policy.owners {
+            Some(owners) => {
+                let members = facts.groups.get(owners).cloned().unwrap_or_default();
+                let from_owners: BTreeSet<UserName> = independent.intersection(&members).cloned().collect();
+                rule(
+                    "gate.pipeline_owners",
+                    !from_owners.is_empty(),
+                    format!(
+                        "the change touches {} owned path(s), such as {first}: approvals from pipeline owners {owners}: {}",
+                        owned.len(),
+                        names(&from_owners)
+                    ),
+                    Some(format!("an approval of this head by a member of {owners} who is not an author")),
+                );
+            }
+            None => rule(
+                "gate.pipeline_owners",
+                true,
+                format!(
+                    "the change touches {first}; the target's policy names no owners group, so the other rules apply"
+                ),
+                None,
+            ),
+        }
+    }
+
+    rule(
+        "gate.changes_requested",
+        requesting.is_empty(),
+        if requesting.is_empty() {
+            "no outstanding request for changes".into()
+        } else {
+            format!("changes requested by {}", names(&requesting))
+        },
+        Some("the same reviewer approves or withdraws the request".into()),
+    );
+
+    match &facts.check {
+        CheckState::NotRequired => {}
+        CheckState::Passed => rule("gate.check", true, format!("the check passed on {}", short(facts.head)), None),
+        CheckState::Pending => rule(
+            "gate.check",
+            false,
+            format!("the check has not passed on {} yet", short(facts.head)),
+            Some("wait for the check of this head to pass".into()),
+        ),
+        CheckState::Failed { reason } => rule(
+            "gate.check",
+            false,
+            format!("the check failed on {}: {reason}", short(facts.head)),
+            Some("push a fix; the check runs again on the new head".into()),
+        ),
+    }
+
+    if let Some(proposed) = facts.proposed_pipeline {
+        match proposed {
+            Ok(_) => rule("gate.pipeline_valid", true, "the changed pipeline file is valid".into(), None),
+            Err(error) => rule(
+                "gate.pipeline_valid",
+                false,
+                format!("the change would leave an invalid pipeline file: {error}"),
+                Some("fix the pipeline file in the change".into()),
+            ),
+        }
+    }
+
+    match &facts.mergeable {
+        Ok(()) => rule("gate.mergeable", true, "merges cleanly into the target".into(), None),
+        Err(why) => rule(
+            "gate.mergeable",
+            false,
+            format!("does not merge cleanly: {why}"),
+            Some("merge or rebase the target into the source branch and push".into()),
+        ),
+    }
+
+    let open = rules.iter().all(|r| r.passed);
+    GateReport {
+        open,
+        head: facts.head.to_owned(),
+        approvers: independent.iter().map(|u| u.to_string()).collect(),
+        rules,
+    }
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str) -> UserName {
+        UserName::parse(name).unwrap()
+    }
+
+    fn set(names: &[&str]) -> BTreeSet<UserName> {
+        names.iter().map(|n| user(n)).collect()
+    }
+
+    fn review(who: &str, verdict: Verdict, head: &str) -> Review {
+        Review { reviewer: user(who), verdict, head: head.into() }
+    }
+
+    struct World {
+        policy: Pipeline,
+        authors: BTreeSet<UserName>,
+        writers: BTreeSet<UserName>,
+        groups: BTreeMap<GroupName, BTreeSet<UserName>>,
+        paths: Vec<String>,
+        check: CheckState,
+    }
+
+    impl World {
+        fn new() -> World {
+            World {
+                policy: Pipeline::default(),
+                authors: set(&["alice"]),
+                writers: set(&["alice", "bob", "carol"]),
+                groups: BTreeMap::new(),
+                paths: vec!["src/lib.rs".into()],
+                check: CheckState::NotRequired,
+            }
+        }
+
+        fn gate(&self, reviews: &[Review], head: &str) -> GateReport {
+            evaluate(&GateFacts {
+                open: true,
+                head,
+                policy: &self.policy,
+                authors: &self.authors,
+                reviews,
+                writers: &self.writers,
+                groups: &self.groups,
+                changed_paths: &self.paths,
+                proposed_pipeline: None,
+                check: &self.check,
+                mergeable: Ok(()),
+            })
+        }
+    }
+
+    fn failed(report: &GateReport) -> Vec<&str> {
+        report.rules.iter().filter(|r| !r.passed).map(|r| r.rule.as_str()).collect()
+    }
+
+    #[test]
+    fn alices_own_approval_does_not_count_and_the_gate_says_why() {
+        let world = World::new();
+        let report = world.gate(&[review("alice", Verdict::Approve, "h1")], "h1");
+        assert!(!report.open);
+        let approvals = report.rules.iter().find(|r| r.rule == "gate.independent_approvals").unwrap();
+        assert!(approvals.message.contains("as authors of the change: alice"), "{}", approvals.message);
+        assert!(world.gate(&[review("bob", Verdict::Approve, "h1")], "h1").open);
+    }
+
+    #[test]
+    fn a_new_head_voids_approvals() {
+        let world = World::new();
+        let reviews = [review("bob", Verdict::Approve, "h1")];
+        assert!(world.gate(&reviews, "h1").open);
+        assert_eq!(failed(&world.gate(&reviews, "h2")), ["gate.independent_approvals"]);
+    }
+
+    #[test]
+    fn a_request_for_changes_blocks_until_the_same_reviewer_lifts_it() {
+        let world = World::new();
+        let mut reviews = vec![review("carol", Verdict::RequestChanges, "h1"), review("bob", Verdict::Approve, "h2")];
+        assert_eq!(failed(&world.gate(&reviews, "h2")), ["gate.changes_requested"]);
+        reviews.push(review("bob", Verdict::Withdraw, "h2"));
+        assert_eq!(failed(&world.gate(&reviews, "h2")), ["gate.changes_requested"], "only carol can lift hers");
+        reviews.push(review("carol", Verdict::Withdraw, "h2"));
+        assert!(world.gate(&reviews, "h2").open);
+    }
+
+    #[test]
+    fn approvals_are_of_distinct_writers() {
+        let mut world = World::new();
+        world.policy.approvals = 2;
+        world.writers = set(&["alice", "bob"]);
+        let reviews = [
+            review("bob", Verdict::Approve, "h1"),
+            review("bob", Verdict::Approve, "h1"),
+            review("dave", Verdict::Approve, "h1"),
+        ];
+        let report = world.gate(&reviews, "h1");
+        assert!(!report.open);
+        assert_eq!(report.approvers, ["bob"]);
+    }
+
+    #[test]
+    fn owned_paths_need_a_pipeline_owner() {
+        let mut world = World::new();
+        world.policy =
+            crate::pipeline::parse("[pipeline]\nowners = \"platform\"\ncheck = \"scripts/ci.sh\"\n").unwrap();
+        world.check = CheckState::Passed;
+        world.groups.insert(GroupName::parse("platform").unwrap(), set(&["carol"]));
+        world.paths = vec!["scripts/ci.sh".into()];
+        assert_eq!(failed(&world.gate(&[review("bob", Verdict::Approve, "h")], "h")), ["gate.pipeline_owners"]);
+        assert!(world.gate(&[review("carol", Verdict::Approve, "h")], "h").open);
+    }
+
+    #[test]
+    fn path_rules_need_their_groups_approval() {
+        let mut world = World::new();
+        world.policy =
+            crate::pipeline::parse("[[review.rule]]\npaths = [\"src/payments/**\"]\ngroup = \"payments\"\n").unwrap();
+        world.groups.insert(GroupName::parse("payments").unwrap(), set(&["carol"]));
+        world.paths = vec!["src/payments/ledger.rs".into()];
+        assert_eq!(failed(&world.gate(&[review("bob", Verdict::Approve, "h")], "h")), ["gate.path_rule.1"]);
+        assert!(world.gate(&[review("carol", Verdict::Approve, "h")], "h").open);
+    }
+
+    #[test]
+    fn a_required_check_must_pass_on_this_head() {
+        let mut world = World::new();
+        world.check = CheckState::Failed { reason: "exit 1".into() };
+        assert_eq!(failed(&world.gate(&[review("bob", Verdict::Approve, "h")], "h")), ["gate.check"]);
+    }
+}
