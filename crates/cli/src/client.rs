@@ -74,6 +74,26 @@ impl Client {
         Err(failure_from(status, &text))
     }
 
+    /// GET of a text answer.
+    pub async fn text(&self, path: &str) -> Result<String, Failure> {
+        let mut request = self.http.get(format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|e| Failure {
+            code: 3,
+            message: format!("cannot reach custody at {}: {}", self.base, root_cause(&e)),
+            body: None,
+        })?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| Failure::internal(e.to_string()))?;
+        if status.is_success() {
+            Ok(text)
+        } else {
+            Err(failure_from(status, &text))
+        }
+    }
+
     /// GET.
     pub async fn get(&self, path: &str) -> Result<Value, Failure> {
         self.call(Method::GET, path, None).await

@@ -5,6 +5,7 @@
 //! rule, 2 usage or input error or not found, 3 server unreachable or
 //! failed).
 
+mod change;
 mod client;
 mod commands;
 mod config;
@@ -60,6 +61,9 @@ enum Command {
     /// Projects and their repositories.
     #[command(subcommand)]
     Project(project::ProjectCommand),
+    /// Change requests: review, gate and merge.
+    #[command(subcommand)]
+    Change(change::ChangeCommand),
     /// Run by git during a push; not for people.
     #[command(subcommand, hide = true)]
     Hook(hook::HookCommand),
@@ -152,5 +156,6 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Audit(command) => commands::audit(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Project(command) => project::run(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Hook(command) => hook::run(command).await,
+        Command::Change(command) => change::run(&client::Client::from_env(cli.server)?, command, out).await,
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod changes;
 pub mod error;
 pub mod git;
 pub mod instance;

@@ -17,6 +17,7 @@
 //! This crate knows nothing about HTTP, the terminal or password hashing.
 
 mod audit;
+mod changes;
 mod dialect;
 mod grants;
 mod groups;
@@ -31,6 +32,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Connection as _};
 
 pub use audit::{AuditFilter, AuditPage};
+pub use changes::{AuthorReason, Authors, ChangeView, GateRecords, MergePlan, ReviewView};
 pub use custody_domain::project::{Identity, PushedCommit};
 pub use dialect::Dialect;
 pub use grants::GrantView;

@@ -511,6 +511,22 @@ impl Store {
                     }),
                 })
                 .await?;
+                for update in &updates {
+                    if let Some(branch) = update.name.strip_prefix("refs/heads/") {
+                        if !update.deletes() {
+                            crate::changes::follow_push(
+                                tx,
+                                project_id,
+                                project.as_str(),
+                                push_id,
+                                pusher.name.as_str(),
+                                branch,
+                                &update.new,
+                            )
+                            .await?;
+                        }
+                    }
+                }
                 Ok(push_id)
             })
         })

@@ -1,6 +1,7 @@
 //! The JSON API under `/api/v1`, and its OpenAPI document.
 
 mod audit;
+mod changes;
 mod groups;
 mod people;
 mod projects;
@@ -68,6 +69,8 @@ impl PageQuery {
         projects::create_project, projects::list_projects, projects::get_project,
         projects::add_member, projects::remove_member, projects::protect_branch, projects::unprotect_branch,
         projects::pushes, projects::commit,
+        changes::open_change, changes::list_changes, changes::get_change, changes::diff, changes::gate,
+        changes::review, changes::close, changes::reopen, changes::merge,
     ),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&TokenSecurity),
@@ -76,6 +79,7 @@ impl PageQuery {
         (name = "groups", description = "Groups and the grants that change who may do what"),
         (name = "audit", description = "The append-only audit log"),
         (name = "projects", description = "Projects, their repositories and the push log"),
+        (name = "changes", description = "Change requests, reviews and the merge gate"),
     )
 )]
 struct ApiDoc;
@@ -131,6 +135,14 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/projects/{name}/protected-branches/{branch}", delete(projects::unprotect_branch))
         .route("/projects/{name}/pushes", get(projects::pushes))
         .route("/projects/{name}/commits/{sha}", get(projects::commit))
+        .route("/projects/{name}/changes", get(changes::list_changes).post(changes::open_change))
+        .route("/projects/{name}/changes/{number}", get(changes::get_change))
+        .route("/projects/{name}/changes/{number}/diff", get(changes::diff))
+        .route("/projects/{name}/changes/{number}/gate", get(changes::gate))
+        .route("/projects/{name}/changes/{number}/reviews", post(changes::review))
+        .route("/projects/{name}/changes/{number}/close", post(changes::close))
+        .route("/projects/{name}/changes/{number}/reopen", post(changes::reopen))
+        .route("/projects/{name}/changes/{number}/merge", post(changes::merge))
 }
 
 /// Path parameters, with malformed ones refused as a 400 that says why.

@@ -1,0 +1,123 @@
+//! What a change request needs from its repository: its commits and paths,
+//! files as of a commit, and merging with compare-and-swap on the target.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::{git, GitError, CLEAN_GIT_ENV};
+
+/// The commit a ref points at, if it exists.
+pub fn resolve(repository: &Path, reference: &str) -> Result<Option<String>, GitError> {
+    match git(Some(repository), &["rev-parse", "--verify", "--quiet", &format!("{reference}^{{commit}}")]) {
+        Ok(id) => Ok(Some(id.trim().to_owned())),
+        Err(GitError::Failed { .. }) => Ok(None),
+        Err(other) => Err(other),
+    }
+}
+
+/// The commits of `head` that `base` lacks (all of them when there is no
+/// base), newest first.
+pub fn commits(repository: &Path, base: Option<&str>, head: &str) -> Result<Vec<String>, GitError> {
+    let mut args = vec!["rev-list", head];
+    if let Some(base) = base {
+        args.extend(["--not", base]);
+    }
+    Ok(git(Some(repository), &args)?.lines().map(str::to_owned).collect())
+}
+
+/// The paths `head` changes since it forked from `base` (every path of
+/// `head` when there is no base).
+pub fn changed_paths(repository: &Path, base: Option<&str>, head: &str) -> Result<Vec<String>, GitError> {
+    let listed = match base {
+        Some(base) => {
+            git(Some(repository), &["diff", "--no-renames", "--name-only", "-z", &format!("{base}...{head}")])?
+        }
+        None => git(Some(repository), &["ls-tree", "-r", "-z", "--name-only", head])?,
+    };
+    Ok(listed.split('\0').filter(|p| !p.is_empty()).map(str::to_owned).collect())
+}
+
+/// The diff of a change as git prints it.
+pub fn diff(repository: &Path, base: Option<&str>, head: &str) -> Result<String, GitError> {
+    match base {
+        Some(base) => git(Some(repository), &["diff", "--no-color", &format!("{base}...{head}")]),
+        None => git(Some(repository), &["show", "--no-color", "--format=", head]),
+    }
+}
+
+/// A file as of a commit, if it exists there.
+pub fn read_file(repository: &Path, commit: &str, path: &str) -> Result<Option<String>, GitError> {
+    match git(Some(repository), &["cat-file", "blob", &format!("{commit}:{path}")]) {
+        Ok(text) => Ok(Some(text)),
+        Err(GitError::Failed { stderr, .. })
+            if stderr.contains("does not exist") || stderr.contains("exists on disk") =>
+        {
+            Ok(None)
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// The tree of merging `head` into `base`, or why it does not merge cleanly.
+pub fn merge_tree(repository: &Path, base: &str, head: &str) -> Result<Result<String, String>, GitError> {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(repository)
+        .args(["merge-tree", "--write-tree", "--name-only", "--no-messages", base, head])
+        .envs(CLEAN_GIT_ENV)
+        .output()
+        .map_err(GitError::Spawn)?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    match output.status.code() {
+        Some(0) => Ok(Ok(stdout.lines().next().unwrap_or("").to_owned())),
+        Some(1) => {
+            let conflicts: Vec<&str> = stdout.lines().skip(1).filter(|l| !l.is_empty()).collect();
+            Ok(Err(format!("conflicts in {}", conflicts.join(", "))))
+        }
+        _ => Err(GitError::Failed {
+            args: "merge-tree".into(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        }),
+    }
+}
+
+/// Who custody's own commits are made by.
+pub const CUSTODY_IDENTITY: (&str, &str) = ("custody", "custody@localhost");
+
+/// Makes a commit of `tree` with `parents` and `message`, as custody.
+pub fn commit_tree(repository: &Path, tree: &str, parents: &[&str], message: &str) -> Result<String, GitError> {
+    let mut command = Command::new("git");
+    command.arg("-C").arg(repository).args(["commit-tree", tree]);
+    for parent in parents {
+        command.args(["-p", parent]);
+    }
+    let mut child = command
+        .envs(CLEAN_GIT_ENV)
+        .env("GIT_AUTHOR_NAME", CUSTODY_IDENTITY.0)
+        .env("GIT_AUTHOR_EMAIL", CUSTODY_IDENTITY.1)
+        .env("GIT_COMMITTER_NAME", CUSTODY_IDENTITY.0)
+        .env("GIT_COMMITTER_EMAIL", CUSTODY_IDENTITY.1)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(GitError::Spawn)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        std::io::Write::write_all(&mut stdin, message.as_bytes()).map_err(GitError::Spawn)?;
+    }
+    let output = child.wait_with_output().map_err(GitError::Spawn)?;
+    if !output.status.success() {
+        return Err(GitError::Failed {
+            args: "commit-tree".into(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+}
+
+/// Moves `reference` to `new` only if it still points at `old` (or does
+/// not exist, when `old` is `None`).
+pub fn compare_and_swap(repository: &Path, reference: &str, new: &str, old: Option<&str>) -> Result<(), GitError> {
+    let old = old.unwrap_or(custody_domain::project::ZERO_ID);
+    git(Some(repository), &["update-ref", "-m", "custody merge", reference, new, old]).map(|_| ())
+}

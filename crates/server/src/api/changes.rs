@@ -1,0 +1,239 @@
+//! Change requests: open, review, gate, merge.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use custody_domain::gate::{GateReport, Verdict};
+use custody_domain::project::check_branch_name;
+use custody_domain::{ProjectName, Scope};
+use custody_store::{AuthorReason, ChangeView, Page, ProjectAccess, ReviewView};
+use serde::{Deserialize, Serialize};
+
+use super::{Params, PathParam};
+use crate::auth::{Auth, Body};
+use crate::error::{ApiError, ApiResult};
+use crate::AppState;
+
+async fn access(state: &AppState, auth: &Auth, project: &str) -> ApiResult<ProjectAccess> {
+    auth.require(Scope::Read)?;
+    Ok(state.store().project_access(&auth.0, &ProjectName::parse(project)?).await?)
+}
+
+/// A change to open.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OpenChangeRequest {
+    /// The branch the change follows.
+    source: String,
+    /// Where it goes; the project's default branch when absent.
+    target: Option<String>,
+    title: String,
+    description: Option<String>,
+}
+
+/// Opens a change from a pushed branch.
+#[utoipa::path(post, path = "/api/v1/projects/{name}/changes", tag = "changes", security(("token" = [])), request_body = OpenChangeRequest,
+    responses((status = 201, body = ChangeView), (status = 400, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+pub(crate) async fn open_change(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam(project): PathParam<String>,
+    Body(request): Body<OpenChangeRequest>,
+) -> ApiResult<(StatusCode, Json<ChangeView>)> {
+    let access = access(&state, &auth, &project).await?;
+    let target = request.target.unwrap_or_else(|| access.default_branch.clone());
+    check_branch_name(&request.source)?;
+    check_branch_name(&target)?;
+    if request.source == target {
+        return Err(ApiError::invalid("the source and target branches are the same"));
+    }
+    let repository = state.hosting().repositories().path(&access.project);
+    let source_ref = format!("refs/heads/{}", request.source);
+    let head = tokio::task::spawn_blocking(move || custody_git::change::resolve(&repository, &source_ref))
+        .await
+        .map_err(|_| ApiError::invalid("reading the repository failed"))?
+        .map_err(|_| ApiError::invalid("reading the repository failed"))?
+        .ok_or_else(|| ApiError::invalid(format!("branch {} does not exist; push it first", request.source)))?;
+    let change = state
+        .store()
+        .open_change(
+            &auth.0,
+            &access,
+            request.source,
+            target,
+            request.title,
+            request.description.unwrap_or_default(),
+            head,
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(change)))
+}
+
+/// Which changes.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ChangeQuery {
+    /// `open`, `closed` or `merged`.
+    state: Option<String>,
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// A project's changes.
+#[utoipa::path(get, path = "/api/v1/projects/{name}/changes", tag = "changes", security(("token" = [])), params(ChangeQuery),
+    responses((status = 200, body = Page<ChangeView>)))]
+pub(crate) async fn list_changes(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam(project): PathParam<String>,
+    Params(query): Params<ChangeQuery>,
+) -> ApiResult<Json<Page<ChangeView>>> {
+    let access = access(&state, &auth, &project).await?;
+    if let Some(s) = &query.state {
+        if !["open", "closed", "merged"].contains(&s.as_str()) {
+            return Err(ApiError::invalid("state must be open, closed or merged"));
+        }
+    }
+    let page = super::PageQuery { after: query.after, limit: query.limit }.request()?;
+    Ok(Json(state.store().list_changes(&access, query.state.as_deref(), page).await?))
+}
+
+/// An author and every reason they are one.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct AuthorView {
+    user: String,
+    why: Vec<AuthorReason>,
+}
+
+/// A change with its authors.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ChangeDetail {
+    #[serde(flatten)]
+    change: ChangeView,
+    /// Everyone who may not review or approve it, and why.
+    authors: Vec<AuthorView>,
+    /// The gate as it stands.
+    #[schema(value_type = Object)]
+    gate: GateReport,
+}
+
+/// One change, with its authors, reviews and gate.
+#[utoipa::path(get, path = "/api/v1/projects/{name}/changes/{number}", tag = "changes", security(("token" = [])),
+    responses((status = 200, body = ChangeDetail), (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn get_change(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((project, number)): PathParam<(String, i64)>,
+) -> ApiResult<Json<ChangeDetail>> {
+    let access = access(&state, &auth, &project).await?;
+    let (_, records, gate) = crate::changes::gate_of(&state, &access, number).await?;
+    let authors =
+        records.authors.iter().map(|(user, why)| AuthorView { user: user.to_string(), why: why.clone() }).collect();
+    Ok(Json(ChangeDetail { change: records.change, authors, gate }))
+}
+
+/// The change's diff against where it forked from its target.
+#[utoipa::path(get, path = "/api/v1/projects/{name}/changes/{number}/diff", tag = "changes", security(("token" = [])),
+    responses((status = 200, content_type = "text/plain", body = String)))]
+pub(crate) async fn diff(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((project, number)): PathParam<(String, i64)>,
+) -> ApiResult<impl IntoResponse> {
+    let access = access(&state, &auth, &project).await?;
+    let change = state.store().get_change(&access.project, number).await?;
+    let repository = state.hosting().repositories().path(&access.project);
+    let text = tokio::task::spawn_blocking(move || {
+        let base = custody_git::change::resolve(&repository, &format!("refs/heads/{}", change.target_branch))?;
+        custody_git::change::diff(&repository, base.as_deref(), &change.head)
+    })
+    .await
+    .map_err(|_| ApiError::invalid("reading the repository failed"))?
+    .map_err(|_| ApiError::invalid("reading the repository failed"))?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text))
+}
+
+/// The gate, rule by rule.
+#[utoipa::path(get, path = "/api/v1/projects/{name}/changes/{number}/gate", tag = "changes", security(("token" = [])),
+    responses((status = 200, body = Object)))]
+pub(crate) async fn gate(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((project, number)): PathParam<(String, i64)>,
+) -> ApiResult<Json<GateReport>> {
+    let access = access(&state, &auth, &project).await?;
+    let (_, _, report) = crate::changes::gate_of(&state, &access, number).await?;
+    Ok(Json(report))
+}
+
+/// A review of the current head.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReviewRequest {
+    /// `approve`, `request_changes`, `comment` or `withdraw`.
+    verdict: String,
+    message: Option<String>,
+}
+
+/// Reviews the change's current head.
+#[utoipa::path(post, path = "/api/v1/projects/{name}/changes/{number}/reviews", tag = "changes", security(("token" = [])), request_body = ReviewRequest,
+    responses((status = 201, body = ReviewView), (status = 403, body = crate::error::ErrorBody)))]
+pub(crate) async fn review(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((project, number)): PathParam<(String, i64)>,
+    Body(request): Body<ReviewRequest>,
+) -> ApiResult<(StatusCode, Json<ReviewView>)> {
+    let access = access(&state, &auth, &project).await?;
+    let verdict = Verdict::parse(&request.verdict)
+        .ok_or_else(|| ApiError::invalid("verdict must be approve, request_changes, comment or withdraw"))?;
+    let review = state.store().review(&auth.0, &access, number, verdict, request.message.unwrap_or_default()).await?;
+    Ok((StatusCode::CREATED, Json(review)))
+}
+
+/// Closes a change.
+#[utoipa::path(post, path = "/api/v1/projects/{name}/changes/{number}/close", tag = "changes", security(("token" = [])),
+    responses((status = 200, body = ChangeView)))]
+pub(crate) async fn close(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((project, number)): PathParam<(String, i64)>,
+) -> ApiResult<Json<ChangeView>> {
+    let access = access(&state, &auth, &project).await?;
+    Ok(Json(state.store().set_change_state(&auth.0, &access, number, false).await?))
+}
+
+/// Reopens a closed change.
+#[utoipa::path(post, path = "/api/v1/projects/{name}/changes/{number}/reopen", tag = "changes", security(("token" = [])),
+    responses((status = 200, body = ChangeView)))]
+pub(crate) async fn reopen(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((project, number)): PathParam<(String, i64)>,
+) -> ApiResult<Json<ChangeView>> {
+    let access = access(&state, &auth, &project).await?;
+    Ok(Json(state.store().set_change_state(&auth.0, &access, number, true).await?))
+}
+
+/// A merged change and the gate that let it in.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Merged {
+    change: ChangeView,
+    #[schema(value_type = Object)]
+    gate: GateReport,
+}
+
+/// Merges the change if its gate is open; refused with every failing rule otherwise.
+#[utoipa::path(post, path = "/api/v1/projects/{name}/changes/{number}/merge", tag = "changes", security(("token" = [])),
+    responses((status = 200, body = Merged), (status = 403, body = crate::error::ErrorBody)))]
+pub(crate) async fn merge(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((project, number)): PathParam<(String, i64)>,
+) -> ApiResult<Json<Merged>> {
+    let access = access(&state, &auth, &project).await?;
+    let (change, gate) = crate::changes::merge(&state, &auth.0, &access, number).await?;
+    Ok(Json(Merged { change, gate }))
+}

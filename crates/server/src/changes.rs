@@ -1,0 +1,187 @@
+//! Changes: gathering what the gate decides on from git and the store, and
+//! merging atomically.
+//!
+//! The policy comes from the target branch's pipeline file; the facts about
+//! the change (its commits, the paths it touches, whether it merges) come
+//! from git for one exact head; who reviewed what and who the authors are
+//! come from the store, read in the same transaction that merges.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use custody_domain::gate::{self, CheckState, GateFacts, GateReport};
+use custody_domain::pipeline::{self, Pipeline, PipelineError};
+use custody_domain::GroupName;
+use custody_git::change as git;
+use custody_store::{Authenticated, ChangeView, GateRecords, MergePlan, ProjectAccess, StoreError};
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// What git says about a change at one head.
+#[derive(Clone, Debug)]
+pub struct GitFacts {
+    /// The head evaluated.
+    pub head: String,
+    /// The target's tip, if the target exists.
+    pub target_tip: Option<String>,
+    /// The change's commits, newest first.
+    pub commits: Vec<String>,
+    /// The paths it touches.
+    pub changed_paths: Vec<String>,
+    /// The target's policy.
+    pub policy: Result<Pipeline, PipelineError>,
+    /// The pipeline file as the change leaves it, when it touches it.
+    pub proposed: Option<Result<Pipeline, PipelineError>>,
+    /// The merged tree, or why it does not merge.
+    pub merge: Result<String, String>,
+}
+
+fn internal(error: impl std::fmt::Display) -> ApiError {
+    tracing::error!(%error, "git");
+    ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", "reading the repository failed")
+}
+
+/// Reads what git knows of `head` against the target branch as it is now.
+pub async fn git_facts(repository: PathBuf, target: String, head: String) -> Result<GitFacts, ApiError> {
+    tokio::task::spawn_blocking(move || -> Result<GitFacts, custody_git::GitError> {
+        let target_tip = git::resolve(&repository, &format!("refs/heads/{target}"))?;
+        let base = target_tip.as_deref();
+        let commits = git::commits(&repository, base, &head)?;
+        let changed_paths = git::changed_paths(&repository, base, &head)?;
+        let policy = match base {
+            Some(tip) => match git::read_file(&repository, tip, pipeline::PATH)? {
+                Some(text) => pipeline::parse(&text),
+                None => Ok(Pipeline::default()),
+            },
+            None => Ok(Pipeline::default()),
+        };
+        let proposed = if changed_paths.iter().any(|p| p == pipeline::PATH) {
+            Some(match git::read_file(&repository, &head, pipeline::PATH)? {
+                Some(text) => pipeline::parse(&text),
+                None => Ok(Pipeline::default()),
+            })
+        } else {
+            None
+        };
+        let merge = match base {
+            Some(tip) => git::merge_tree(&repository, tip, &head)?,
+            None => git::merge_tree(&repository, &head, &head)?,
+        };
+        Ok(GitFacts { head, target_tip, commits, changed_paths, policy, proposed, merge })
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)
+}
+
+/// The groups the policy names, whose members the gate needs.
+fn groups_of(policy: &Result<Pipeline, PipelineError>) -> Vec<GroupName> {
+    let Ok(policy) = policy else { return Vec::new() };
+    let mut groups: BTreeSet<GroupName> = policy.rules.iter().map(|r| r.group.clone()).collect();
+    groups.extend(policy.owners.clone());
+    groups.into_iter().collect()
+}
+
+/// The gate over git's facts and the store's records.
+pub fn evaluate(facts: &GitFacts, records: &GateRecords) -> GateReport {
+    let authors: BTreeSet<_> = records.authors.keys().cloned().collect();
+    let policy = match &facts.policy {
+        Ok(policy) => policy.clone(),
+        Err(error) => {
+            return GateReport {
+                open: false,
+                head: facts.head.clone(),
+                approvers: Vec::new(),
+                rules: vec![gate::RuleOutcome {
+                    rule: "gate.target_policy".into(),
+                    passed: false,
+                    message: format!("the target branch's pipeline file is invalid: {error}"),
+                    satisfy: Some("fix the pipeline file on the target branch through a change".into()),
+                }],
+            }
+        }
+    };
+    // Checks run with the builds work; until then a required check cannot pass.
+    let check = if policy.check.is_some() { CheckState::Pending } else { CheckState::NotRequired };
+    gate::evaluate(&GateFacts {
+        open: records.change.state == "open",
+        head: &facts.head,
+        policy: &policy,
+        authors: &authors,
+        reviews: &records.reviews,
+        writers: &records.writers,
+        groups: &records.groups,
+        changed_paths: &facts.changed_paths,
+        proposed_pipeline: facts.proposed.as_ref(),
+        check: &check,
+        mergeable: facts.merge.as_ref().map(|_| ()).map_err(Clone::clone),
+    })
+}
+
+/// Evaluates the gate of a change as it is now.
+pub async fn gate_of(
+    state: &AppState,
+    access: &ProjectAccess,
+    number: i64,
+) -> Result<(ChangeView, GateRecords, GateReport), ApiError> {
+    let change = state.store().get_change(&access.project, number).await?;
+    let repository = state.hosting().repositories().path(&access.project);
+    let facts = git_facts(repository, change.target_branch.clone(), change.head.clone()).await?;
+    let records = state.store().gate_records(access, number, facts.commits.clone(), groups_of(&facts.policy)).await?;
+    let report = evaluate(&facts, &records);
+    Ok((records.change.clone(), records, report))
+}
+
+/// Merges a change if its gate is open, atomically: the gate is evaluated
+/// again inside the merge's transaction for the exact head the merge commit
+/// is made of, and the target moves only by compare-and-swap from the tip
+/// that was merged against. A target that moved meanwhile is retried.
+pub async fn merge(
+    state: &AppState,
+    actor: &Authenticated,
+    access: &ProjectAccess,
+    number: i64,
+) -> Result<(ChangeView, GateReport), ApiError> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let change = state.store().get_change(&access.project, number).await?;
+        let repository = state.hosting().repositories().path(&access.project);
+        let facts = git_facts(repository.clone(), change.target_branch.clone(), change.head.clone()).await?;
+        let groups = groups_of(&facts.policy);
+        let evaluated_facts = facts.clone();
+        let target = change.target_branch.clone();
+        let (title, project) = (change.title.clone(), access.project.to_string());
+        let plan = MergePlan {
+            head: facts.head.clone(),
+            evaluate: Box::new(move |records| evaluate(&evaluated_facts, records)),
+            publish: Box::new(move |report| {
+                let tree = facts.merge.clone().map_err(|why| format!("the change does not merge cleanly: {why}"))?;
+                let mut message = format!("Merge change {project}#{number}: {title}\n\n");
+                message.push_str(&format!("Change: {project}#{number}\nReviewed-head: {}\n", facts.head));
+                for approver in &report.approvers {
+                    message.push_str(&format!("Approved-by: {approver}\n"));
+                }
+                message.push_str("Merged-by: custody\n");
+                let mut parents: Vec<&str> = facts.target_tip.iter().map(String::as_str).collect();
+                parents.push(&facts.head);
+                let commit = git::commit_tree(&repository, &tree, &parents, &message).map_err(|e| e.to_string())?;
+                git::compare_and_swap(
+                    &repository,
+                    &format!("refs/heads/{target}"),
+                    &commit,
+                    facts.target_tip.as_deref(),
+                )
+                .map_err(|_| TARGET_MOVED.to_owned())?;
+                Ok(commit)
+            }),
+        };
+        match state.store().merge_change(actor, access, number, facts.commits.clone(), groups, plan).await {
+            Err(StoreError::Conflict(message)) if message == TARGET_MOVED && attempts < 5 => continue,
+            other => return other.map_err(ApiError::from),
+        }
+    }
+}
+
+const TARGET_MOVED: &str = "the target branch moved while merging";

@@ -1,0 +1,657 @@
+//! Change requests: their heads, reviews and merge.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use custody_domain::audit::NewEvent;
+use custody_domain::gate::{Review, Verdict};
+use custody_domain::{Decision, GroupName, ProjectName, Reason, Rule, Timestamp, UserName};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::people::Authenticated;
+use crate::projects::ProjectAccess;
+use crate::writer::Tx;
+use crate::{col, now_ms, Page, PageRequest, Result, Store, StoreError};
+
+/// Only project members with write access may approve.
+pub const APPROVER_NEEDS_WRITE: Rule = Rule("review.write_access");
+/// Opening or changing a change needs write access.
+pub const CHANGE_NEEDS_WRITE: Rule = Rule("change.write_access");
+
+/// A change as shown.
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ChangeView {
+    /// Its id across the instance.
+    pub id: i64,
+    /// Its number within the project.
+    pub number: i64,
+    /// The project.
+    pub project: String,
+    /// What it is.
+    pub title: String,
+    /// Why.
+    pub description: String,
+    /// The branch it follows.
+    pub source_branch: String,
+    /// Where it goes.
+    pub target_branch: String,
+    /// `open`, `closed` or `merged`.
+    pub state: String,
+    /// Its current head.
+    pub head: String,
+    /// Who opened it.
+    pub opened_by: String,
+    /// When.
+    pub opened_at: Timestamp,
+    /// Who merged it.
+    pub merged_by: Option<String>,
+    /// When.
+    pub merged_at: Option<Timestamp>,
+    /// The merge commit on the target.
+    pub merge_commit: Option<String>,
+    /// Its reviews, oldest first.
+    pub reviews: Vec<ReviewView>,
+}
+
+/// A review as shown.
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReviewView {
+    /// Its id.
+    pub id: i64,
+    /// Who.
+    pub reviewer: String,
+    /// `approve`, `request_changes`, `comment` or `withdraw`.
+    pub verdict: String,
+    /// The head it was given on.
+    pub head: String,
+    /// Whether the change has moved on since (a stale approval counts for nothing).
+    pub stale: bool,
+    /// What they said.
+    pub message: String,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// Why someone is an author of a change.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AuthorReason {
+    /// They pushed one of its commits into the repository first.
+    PushedCommit {
+        /// The commit.
+        commit: String,
+    },
+    /// They moved its source branch.
+    MovedSourceBranch {
+        /// The push.
+        push: i64,
+    },
+    /// A commit names them as its author.
+    NamedAuthor {
+        /// The commit.
+        commit: String,
+    },
+    /// A commit names them as its committer.
+    NamedCommitter {
+        /// The commit.
+        commit: String,
+    },
+    /// A commit names them in a `Co-authored-by:` trailer.
+    CoAuthor {
+        /// The commit.
+        commit: String,
+    },
+}
+
+/// The authors of a change, each with every reason.
+pub type Authors = BTreeMap<UserName, Vec<AuthorReason>>;
+
+/// What the gate needs from the database, read in one transaction.
+#[derive(Clone, Debug)]
+pub struct GateRecords {
+    /// The change.
+    pub change: ChangeView,
+    /// Its reviews, for the gate.
+    pub reviews: Vec<Review>,
+    /// Its authors.
+    pub authors: Authors,
+    /// Project members with write access.
+    pub writers: BTreeSet<UserName>,
+    /// Members of the groups asked about.
+    pub groups: BTreeMap<GroupName, BTreeSet<UserName>>,
+}
+
+fn parse_user(name: String) -> Result<UserName> {
+    UserName::parse(&name).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+async fn change_row(tx: &mut Tx, project_id: i64, number: i64) -> Result<(i64, ChangeView)> {
+    let sql = tx.sql(
+        "SELECT c.id, c.number, p.name AS project, c.title, c.description, c.source_branch, c.target_branch, c.state, \
+                c.head, o.name AS opened_by, c.opened_at, m.name AS merged_by, c.merged_at, c.merge_commit \
+         FROM changes c JOIN projects p ON p.id = c.project_id JOIN users o ON o.id = c.opened_by \
+         LEFT JOIN users m ON m.id = c.merged_by WHERE c.project_id = $1 AND c.number = $2",
+    );
+    let row = sqlx::query(&sql)
+        .bind(project_id)
+        .bind(number)
+        .fetch_optional(tx.conn())
+        .await?
+        .ok_or_else(|| StoreError::not_found("change", number))?;
+    let view = change_view(&row)?;
+    Ok((view.id, view))
+}
+
+fn change_view(row: &sqlx::any::AnyRow) -> Result<ChangeView> {
+    Ok(ChangeView {
+        id: col(row, "id")?,
+        number: col(row, "number")?,
+        project: col(row, "project")?,
+        title: col(row, "title")?,
+        description: col(row, "description")?,
+        source_branch: col(row, "source_branch")?,
+        target_branch: col(row, "target_branch")?,
+        state: col(row, "state")?,
+        head: col(row, "head")?,
+        opened_by: col(row, "opened_by")?,
+        opened_at: Timestamp::from_millis(col(row, "opened_at")?),
+        merged_by: col(row, "merged_by")?,
+        merged_at: col::<Option<i64>>(row, "merged_at")?.map(Timestamp::from_millis),
+        merge_commit: col(row, "merge_commit")?,
+        reviews: Vec::new(),
+    })
+}
+
+async fn reviews_of(tx: &mut Tx, change_id: i64, head: &str) -> Result<Vec<ReviewView>> {
+    let sql = tx.sql(
+        "SELECT r.id, u.name, r.verdict, r.head, r.message, r.at FROM reviews r JOIN users u ON u.id = r.reviewer_id \
+         WHERE r.change_id = $1 ORDER BY r.id",
+    );
+    let rows = sqlx::query(&sql).bind(change_id).fetch_all(tx.conn()).await?;
+    rows.iter()
+        .map(|r| {
+            let reviewed: String = col(r, "head")?;
+            Ok(ReviewView {
+                id: col(r, "id")?,
+                reviewer: col(r, "name")?,
+                verdict: col(r, "verdict")?,
+                stale: reviewed != head,
+                head: reviewed,
+                message: col(r, "message")?,
+                at: Timestamp::from_millis(col(r, "at")?),
+            })
+        })
+        .collect()
+}
+
+/// The authors of a change whose commits are `commits`, from the push log.
+async fn authors_of(tx: &mut Tx, project_id: i64, source_branch: &str, commits: &[String]) -> Result<Authors> {
+    let mut authors: Authors = BTreeMap::new();
+    let mut add = |user: String, why: AuthorReason| -> Result<()> {
+        authors.entry(parse_user(user)?).or_default().push(why);
+        Ok(())
+    };
+    for chunk in commits.chunks(400) {
+        let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+        let list = placeholders.join(", ");
+        let sql = tx.dialect().sql_owned(format!(
+            "SELECT c.sha, pu.name AS pusher, au.name AS author, cu.name AS committer \
+             FROM commits c LEFT JOIN pushes ps ON ps.id = c.first_push_id LEFT JOIN users pu ON pu.id = ps.pusher_id \
+             LEFT JOIN users au ON au.id = c.author_user_id LEFT JOIN users cu ON cu.id = c.committer_user_id \
+             WHERE c.project_id = $1 AND c.sha IN ({list})"
+        ));
+        let mut query = sqlx::query(&sql).bind(project_id);
+        for sha in chunk {
+            query = query.bind(sha);
+        }
+        for row in query.fetch_all(tx.conn()).await? {
+            let sha: String = col(&row, "sha")?;
+            if let Some(pusher) = col::<Option<String>>(&row, "pusher")? {
+                add(pusher, AuthorReason::PushedCommit { commit: sha.clone() })?;
+            }
+            if let Some(author) = col::<Option<String>>(&row, "author")? {
+                add(author, AuthorReason::NamedAuthor { commit: sha.clone() })?;
+            }
+            if let Some(committer) = col::<Option<String>>(&row, "committer")? {
+                add(committer, AuthorReason::NamedCommitter { commit: sha })?;
+            }
+        }
+        let sql = tx.dialect().sql_owned(format!(
+            "SELECT ca.sha, u.name FROM commit_coauthors ca JOIN users u ON u.id = ca.user_id \
+             WHERE ca.project_id = $1 AND ca.sha IN ({list})"
+        ));
+        let mut query = sqlx::query(&sql).bind(project_id);
+        for sha in chunk {
+            query = query.bind(sha);
+        }
+        for row in query.fetch_all(tx.conn()).await? {
+            add(col(&row, "name")?, AuthorReason::CoAuthor { commit: col(&row, "sha")? })?;
+        }
+    }
+    // Everyone who ever moved the source branch: over-inclusive on purpose,
+    // since being an author can only make someone ineligible.
+    let sql = tx.sql(
+        "SELECT DISTINCT ps.id, u.name FROM push_updates pu JOIN pushes ps ON ps.id = pu.push_id \
+         JOIN users u ON u.id = ps.pusher_id WHERE ps.project_id = $1 AND pu.ref_name = $2 ORDER BY ps.id",
+    );
+    let rows =
+        sqlx::query(&sql).bind(project_id).bind(format!("refs/heads/{source_branch}")).fetch_all(tx.conn()).await?;
+    for row in rows {
+        add(col(&row, "name")?, AuthorReason::MovedSourceBranch { push: col(&row, "id")? })?;
+    }
+    for reasons in authors.values_mut() {
+        reasons.sort();
+        reasons.dedup();
+    }
+    Ok(authors)
+}
+
+async fn gate_records(
+    tx: &mut Tx,
+    access: &ProjectAccess,
+    number: i64,
+    commits: &[String],
+    groups: &[GroupName],
+) -> Result<GateRecords> {
+    let (change_id, mut change) = change_row(tx, access.project_id, number).await?;
+    change.reviews = reviews_of(tx, change_id, &change.head).await?;
+    let reviews = change
+        .reviews
+        .iter()
+        .map(|r| {
+            Ok(Review {
+                reviewer: parse_user(r.reviewer.clone())?,
+                verdict: Verdict::parse(&r.verdict)
+                    .ok_or_else(|| StoreError::Corrupt(format!("verdict {}", r.verdict)))?,
+                head: r.head.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let authors = authors_of(tx, access.project_id, &change.source_branch, commits).await?;
+    let sql = tx.sql(
+        "SELECT u.name FROM project_members m JOIN users u ON u.id = m.user_id \
+         WHERE m.project_id = $1 AND m.role IN ('write', 'maintain') AND u.disabled_at IS NULL",
+    );
+    let writers = sqlx::query_scalar::<_, String>(&sql)
+        .bind(access.project_id)
+        .fetch_all(tx.conn())
+        .await?
+        .into_iter()
+        .map(parse_user)
+        .collect::<Result<BTreeSet<_>>>()?;
+    let mut members = BTreeMap::new();
+    for group in groups {
+        let sql = tx.sql(
+            "SELECT u.name FROM group_members m JOIN groups g ON g.id = m.group_id JOIN users u ON u.id = m.user_id \
+             WHERE g.name = $1 AND u.disabled_at IS NULL",
+        );
+        let names = sqlx::query_scalar::<_, String>(&sql).bind(group.as_str()).fetch_all(tx.conn()).await?;
+        members.insert(group.clone(), names.into_iter().map(parse_user).collect::<Result<BTreeSet<_>>>()?);
+    }
+    Ok(GateRecords { change, reviews, authors, writers, groups: members })
+}
+
+fn require_writer(access: &ProjectAccess, actor: &Authenticated, rule: Rule, what: &str) -> Result<()> {
+    let can = access.role.is_some_and(|r| r.can_write()) && actor.has_scope(custody_domain::Scope::Write);
+    if !can {
+        return Err(StoreError::Refused(Decision::deny(
+            Reason::new(rule, format!("{} may not {what} in {}", actor.name, access.project))
+                .satisfy("a project member with write access and a token with the write scope"),
+        )));
+    }
+    Ok(())
+}
+
+/// How a merge is evaluated and made visible, supplied by the caller.
+pub struct MergePlan {
+    /// The head the gate was evaluated on.
+    pub head: String,
+    /// The gate, as evaluated inside the merge's transaction.
+    pub evaluate: Box<dyn FnOnce(&GateRecords) -> custody_domain::gate::GateReport + Send>,
+    /// Makes the merge commit and moves the target ref by compare-and-swap;
+    /// runs inside the transaction, after the gate passed, so that a failure
+    /// rolls everything back. Returns the merge commit.
+    pub publish: Box<dyn FnOnce(&custody_domain::gate::GateReport) -> std::result::Result<String, String> + Send>,
+}
+
+impl Store {
+    /// Opens a change from `source` into `target` at `head`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn open_change(
+        &self,
+        actor: &Authenticated,
+        access: &ProjectAccess,
+        source: String,
+        target: String,
+        title: String,
+        description: String,
+        head: String,
+    ) -> Result<ChangeView> {
+        require_writer(access, actor, CHANGE_NEEDS_WRITE, "open changes")?;
+        if title.trim().is_empty() || title.chars().count() > 200 {
+            return Err(custody_domain::InvalidInput::new("title", &title, "use 1 to 200 characters").into());
+        }
+        let (actor, project) = (actor.clone(), access.clone());
+        let number = self
+            .write(move |tx| {
+                Box::pin(async move {
+                    let sql = tx.sql(
+                        "SELECT number FROM changes WHERE project_id = $1 AND source_branch = $2 AND target_branch = $3 \
+                         AND state = 'open'",
+                    );
+                    let existing: Option<i64> = sqlx::query_scalar(&sql)
+                        .bind(project.project_id)
+                        .bind(&source)
+                        .bind(&target)
+                        .fetch_optional(tx.conn())
+                        .await?;
+                    if let Some(n) = existing {
+                        return Err(StoreError::Conflict(format!("change {n} is already open from {source} into {target}")));
+                    }
+                    let sql = tx.sql("SELECT COALESCE(MAX(number), 0) + 1 FROM changes WHERE project_id = $1");
+                    let number: i64 = sqlx::query_scalar(&sql).bind(project.project_id).fetch_one(tx.conn()).await?;
+                    let now = now_ms();
+                    let sql = tx.sql(
+                        "INSERT INTO changes (project_id, number, title, description, source_branch, target_branch, state, \
+                         head, opened_by, opened_at) VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $8, $9) RETURNING id",
+                    );
+                    let id: i64 = sqlx::query_scalar(&sql)
+                        .bind(project.project_id)
+                        .bind(number)
+                        .bind(&title)
+                        .bind(&description)
+                        .bind(&source)
+                        .bind(&target)
+                        .bind(&head)
+                        .bind(actor.user_id)
+                        .bind(now)
+                        .fetch_one(tx.conn())
+                        .await?;
+                    let sql = tx.sql("INSERT INTO change_heads (change_id, position, head, at) VALUES ($1, 1, $2, $3)");
+                    sqlx::query(&sql).bind(id).bind(&head).bind(now).execute(tx.conn()).await?;
+                    tx.audit(NewEvent {
+                        actor: actor.name.to_string(),
+                        action: "change.open".into(),
+                        subject: format!("change:{}/{number}", project.project),
+                        details: json!({ "source": source, "target": target, "head": head, "title": title }),
+                    })
+                    .await?;
+                    Ok(number)
+                })
+            })
+            .await?;
+        self.get_change(&access.project, number).await
+    }
+
+    /// One change, with its reviews.
+    pub async fn get_change(&self, project: &ProjectName, number: i64) -> Result<ChangeView> {
+        let project = project.clone();
+        // Read through the writer so that the change and its reviews are one snapshot.
+        self.write(move |tx| {
+            Box::pin(async move {
+                let sql = tx.sql("SELECT id FROM projects WHERE name = $1");
+                let project_id: i64 = sqlx::query_scalar(&sql)
+                    .bind(project.as_str())
+                    .fetch_optional(tx.conn())
+                    .await?
+                    .ok_or_else(|| StoreError::not_found("project", &project))?;
+                let (id, mut change) = change_row(tx, project_id, number).await?;
+                change.reviews = reviews_of(tx, id, &change.head).await?;
+                Ok(change)
+            })
+        })
+        .await
+    }
+
+    /// A project's changes, optionally in one state, newest number last.
+    pub async fn list_changes(
+        &self,
+        access: &ProjectAccess,
+        state: Option<&str>,
+        page: PageRequest,
+    ) -> Result<Page<ChangeView>> {
+        let sql = self.sql(
+            "SELECT c.id, c.number, p.name AS project, c.title, c.description, c.source_branch, c.target_branch, c.state, \
+                    c.head, o.name AS opened_by, c.opened_at, m.name AS merged_by, c.merged_at, c.merge_commit \
+             FROM changes c JOIN projects p ON p.id = c.project_id JOIN users o ON o.id = c.opened_by \
+             LEFT JOIN users m ON m.id = c.merged_by \
+             WHERE c.project_id = $1 AND c.number > $2 AND ($3 = '' OR c.state = $3) ORDER BY c.number LIMIT $4",
+        );
+        let rows = sqlx::query(&sql)
+            .bind(access.project_id)
+            .bind(page.after.unwrap_or(0))
+            .bind(state.unwrap_or(""))
+            .bind(page.limit)
+            .fetch_all(self.readers())
+            .await?;
+        let items = rows.iter().map(change_view).collect::<Result<Vec<_>>>()?;
+        Ok(Page::from_items(items, page, |c| c.number))
+    }
+
+    /// Closes or reopens a change.
+    pub async fn set_change_state(
+        &self,
+        actor: &Authenticated,
+        access: &ProjectAccess,
+        number: i64,
+        open: bool,
+    ) -> Result<ChangeView> {
+        require_writer(access, actor, CHANGE_NEEDS_WRITE, "close or reopen changes")?;
+        let (actor, access2) = (actor.clone(), access.clone());
+        self.write(move |tx| {
+            Box::pin(async move {
+                let (id, change) = change_row(tx, access2.project_id, number).await?;
+                let (from, to) = if open { ("closed", "open") } else { ("open", "closed") };
+                if change.state != from {
+                    return Err(StoreError::Conflict(format!("change {number} is {}, not {from}", change.state)));
+                }
+                let sql = tx.sql("UPDATE changes SET state = $1 WHERE id = $2 AND state = $3");
+                sqlx::query(&sql).bind(to).bind(id).bind(from).execute(tx.conn()).await?;
+                tx.audit(NewEvent {
+                    actor: actor.name.to_string(),
+                    action: if open { "change.reopen" } else { "change.close" }.into(),
+                    subject: format!("change:{}/{number}", access2.project),
+                    details: json!({ "head": change.head }),
+                })
+                .await?;
+                Ok(())
+            })
+        })
+        .await?;
+        self.get_change(&access.project, number).await
+    }
+
+    /// Records a review against the change's current head, read in the
+    /// same transaction: an approval can never land on a head its giver
+    /// did not see being current.
+    pub async fn review(
+        &self,
+        actor: &Authenticated,
+        access: &ProjectAccess,
+        number: i64,
+        verdict: Verdict,
+        message: String,
+    ) -> Result<ReviewView> {
+        if verdict == Verdict::Approve || verdict == Verdict::RequestChanges {
+            require_writer(access, actor, APPROVER_NEEDS_WRITE, "approve or request changes")?;
+        } else if !actor.has_scope(custody_domain::Scope::Write) {
+            return Err(StoreError::Refused(Decision::deny(Reason::new(
+                CHANGE_NEEDS_WRITE,
+                "this token lacks the write scope",
+            ))));
+        }
+        if message.chars().count() > 20_000 {
+            return Err(custody_domain::InvalidInput::new("message", "(long)", "use at most 20,000 characters").into());
+        }
+        let (actor, access) = (actor.clone(), access.clone());
+        self.write(move |tx| {
+            Box::pin(async move {
+                let (id, change) = change_row(tx, access.project_id, number).await?;
+                if change.state != "open" {
+                    return Err(StoreError::Conflict(format!("change {number} is {}; only open changes are reviewed", change.state)));
+                }
+                let now = now_ms();
+                let sql = tx.sql(
+                    "INSERT INTO reviews (change_id, reviewer_id, verdict, head, message, at) VALUES ($1, $2, $3, $4, $5, $6) \
+                     RETURNING id",
+                );
+                let review_id: i64 = sqlx::query_scalar(&sql)
+                    .bind(id)
+                    .bind(actor.user_id)
+                    .bind(verdict.as_str())
+                    .bind(&change.head)
+                    .bind(&message)
+                    .bind(now)
+                    .fetch_one(tx.conn())
+                    .await?;
+                tx.audit(NewEvent {
+                    actor: actor.name.to_string(),
+                    action: format!("change.review.{}", verdict.as_str()),
+                    subject: format!("change:{}/{number}", access.project),
+                    details: json!({ "head": change.head, "review": review_id }),
+                })
+                .await?;
+                Ok(ReviewView {
+                    id: review_id,
+                    reviewer: actor.name.to_string(),
+                    verdict: verdict.as_str().into(),
+                    head: change.head,
+                    stale: false,
+                    message,
+                    at: Timestamp::from_millis(now),
+                })
+            })
+        })
+        .await
+    }
+
+    /// Reads what the gate needs, in one transaction.
+    pub async fn gate_records(
+        &self,
+        access: &ProjectAccess,
+        number: i64,
+        commits: Vec<String>,
+        groups: Vec<GroupName>,
+    ) -> Result<GateRecords> {
+        let access = access.clone();
+        self.write(move |tx| Box::pin(async move { gate_records(tx, &access, number, &commits, &groups).await })).await
+    }
+
+    /// Merges a change: inside one transaction, re-reads the change and its
+    /// reviews, checks that its head is still the one the merge commit was
+    /// made for, evaluates the gate, moves the target ref (by the plan's
+    /// `publish`, a compare-and-swap) and records the merge. Any failure
+    /// leaves nothing changed.
+    pub async fn merge_change(
+        &self,
+        actor: &Authenticated,
+        access: &ProjectAccess,
+        number: i64,
+        commits: Vec<String>,
+        groups: Vec<GroupName>,
+        plan: MergePlan,
+    ) -> Result<(ChangeView, custody_domain::gate::GateReport)> {
+        require_writer(access, actor, CHANGE_NEEDS_WRITE, "merge changes")?;
+        let (actor, access2) = (actor.clone(), access.clone());
+        let report = self
+            .write(move |tx| {
+                Box::pin(async move {
+                    let records = gate_records(tx, &access2, number, &commits, &groups).await?;
+                    if records.change.head != plan.head {
+                        return Err(StoreError::Refused(Decision::deny(
+                            Reason::new(
+                                Rule("gate.head_moved"),
+                                format!(
+                                    "the change's head moved to {} while merging {}",
+                                    short(&records.change.head),
+                                    short(&plan.head)
+                                ),
+                            )
+                            .satisfy("review the new head; approvals of the old one no longer count"),
+                        )));
+                    }
+                    let report = (plan.evaluate)(&records);
+                    if !report.open {
+                        return Err(StoreError::Refused(report.decision()));
+                    }
+                    let merge_commit = (plan.publish)(&report).map_err(StoreError::Conflict)?;
+                    let now = now_ms();
+                    let sql = tx.sql(
+                        "UPDATE changes SET state = 'merged', merged_by = $1, merged_at = $2, merge_commit = $3 \
+                         WHERE id = $4 AND state = 'open' AND head = $5",
+                    );
+                    let done = sqlx::query(&sql)
+                        .bind(actor.user_id)
+                        .bind(now)
+                        .bind(&merge_commit)
+                        .bind(records.change.id)
+                        .bind(&plan.head)
+                        .execute(tx.conn())
+                        .await?;
+                    if done.rows_affected() != 1 {
+                        return Err(StoreError::Conflict(format!("change {number} changed while merging; try again")));
+                    }
+                    tx.audit(NewEvent {
+                        actor: actor.name.to_string(),
+                        action: "change.merge".into(),
+                        subject: format!("change:{}/{number}", access2.project),
+                        details: json!({
+                            "target": records.change.target_branch,
+                            "reviewed_head": plan.head,
+                            "merge_commit": merge_commit,
+                            "approvers": report.approvers,
+                            "authors": records.authors.keys().map(UserName::as_str).collect::<Vec<_>>(),
+                            "gate": report.rules,
+                        }),
+                    })
+                    .await?;
+                    Ok(report)
+                })
+            })
+            .await?;
+        Ok((self.get_change(&access.project, number).await?, report))
+    }
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// Moves the head of every open change following `branch` after a push.
+pub(crate) async fn follow_push(
+    tx: &mut Tx,
+    project_id: i64,
+    project: &str,
+    push_id: i64,
+    actor: &str,
+    branch: &str,
+    head: &str,
+) -> Result<()> {
+    let sql =
+        tx.sql("SELECT id, number, head FROM changes WHERE project_id = $1 AND source_branch = $2 AND state = 'open'");
+    let rows = sqlx::query(&sql).bind(project_id).bind(branch).fetch_all(tx.conn()).await?;
+    for row in rows {
+        let (id, number, old): (i64, i64, String) = (col(&row, "id")?, col(&row, "number")?, col(&row, "head")?);
+        if old == head {
+            continue;
+        }
+        let sql = tx.sql("UPDATE changes SET head = $1 WHERE id = $2");
+        sqlx::query(&sql).bind(head).bind(id).execute(tx.conn()).await?;
+        let sql = tx.sql(
+            "INSERT INTO change_heads (change_id, position, head, push_id, at) \
+             SELECT $1, COALESCE(MAX(position), 0) + 1, $2, $3, $4 FROM change_heads WHERE change_id = $1",
+        );
+        sqlx::query(&sql).bind(id).bind(head).bind(push_id).bind(now_ms()).execute(tx.conn()).await?;
+        tx.audit(NewEvent {
+            actor: actor.to_owned(),
+            action: "change.head".into(),
+            subject: format!("change:{project}/{number}"),
+            details: json!({ "old": old, "new": head, "push": push_id, "approvals": "void" }),
+        })
+        .await?;
+    }
+    Ok(())
+}
