@@ -47,6 +47,8 @@ pub enum ChangeCommand {
     Gate { project: String, number: i64 },
     /// Merge the change if its gate is open.
     Merge { project: String, number: i64 },
+    /// The signed change attestation of a merged change (a DSSE envelope).
+    Attestation { project: String, number: i64 },
 }
 
 #[derive(Args, Debug)]
@@ -216,6 +218,11 @@ pub async fn run(client: &Client, command: ChangeCommand, out: Output) -> Result
                     body: Some(json!({ "error": { "code": "gate_closed", "message": "the gate is closed" } })),
                 });
             }
+        }
+        ChangeCommand::Attestation { project, number } => {
+            let envelope = client.get(&path(&project, number, "/attestation")?).await?;
+            // An envelope is for machines in any case: always JSON.
+            out.print_json(&envelope);
         }
         ChangeCommand::Merge { project, number } => {
             let merged = client.call(Method::POST, &path(&project, number, "/merge")?, Some(&json!(null))).await?;

@@ -145,7 +145,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::internal(format!("cannot write the git hooks in {}: {e}", data_dir.hooks().display())))?;
     let repositories = custody_git::Repositories::new(data_dir.repositories());
     let store = instance.store.clone();
-    let state = AppState::new(instance.store, instance.name, Limits::default(), repositories);
+    let state = AppState::new(instance.store, instance.name, Limits::default(), repositories, instance.keys);
     if let Some(public) = &public_url {
         state.hosting().set_public_url(public);
     }

@@ -95,6 +95,11 @@ impl ServiceKey {
         self.role
     }
 
+    /// Another handle on the same key, for a task that signs on its own.
+    pub fn clone_key(&self) -> ServiceKey {
+        ServiceKey { role: self.role, key: self.key.clone() }
+    }
+
     /// The public half.
     pub fn public(&self) -> PublicKey {
         PublicKey { role: self.role, key: self.key.verifying_key() }

@@ -9,6 +9,8 @@
 
 pub mod dsse;
 pub mod keys;
+pub mod statement;
 
 pub use dsse::{Envelope, Signature};
 pub use keys::{KeyRole, PublicKey, ServiceKey};
+pub use statement::{Statement, Subject};

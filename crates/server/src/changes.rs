@@ -9,11 +9,15 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+use axum::http::StatusCode;
 use custody_domain::gate::{self, CheckState, GateFacts, GateReport};
 use custody_domain::pipeline::{self, Pipeline, PipelineError};
 use custody_domain::GroupName;
+use custody_formats::{KeyRole, ServiceKey, Statement, Subject};
 use custody_git::change as git;
-use custody_store::{Authenticated, ChangeView, GateRecords, MergePlan, ProjectAccess, StoreError};
+use custody_store::{Authenticated, ChangeView, GateRecords, MergePlan, ProjectAccess, Published, StoreError};
+use serde_json::json;
+use sha2::Digest;
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -31,6 +35,8 @@ pub struct GitFacts {
     pub changed_paths: Vec<String>,
     /// The target's policy.
     pub policy: Result<Pipeline, PipelineError>,
+    /// The SHA-256 of the target's pipeline file, when it has one.
+    pub policy_digest: Option<String>,
     /// The pipeline file as the change leaves it, when it touches it.
     pub proposed: Option<Result<Pipeline, PipelineError>>,
     /// The merged tree, or why it does not merge.
@@ -42,18 +48,34 @@ fn internal(error: impl std::fmt::Display) -> ApiError {
     ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", "reading the repository failed")
 }
 
-/// Reads what git knows of `head` against the target branch as it is now.
-pub async fn git_facts(repository: PathBuf, target: String, head: String) -> Result<GitFacts, ApiError> {
+/// Reads what git knows of `head` against the target branch as it is now,
+/// or, for a merged change, against the target as it was before the merge.
+pub async fn git_facts(
+    repository: PathBuf,
+    target: String,
+    head: String,
+    merged_as: Option<String>,
+) -> Result<GitFacts, ApiError> {
     tokio::task::spawn_blocking(move || -> Result<GitFacts, custody_git::GitError> {
-        let target_tip = git::resolve(&repository, &format!("refs/heads/{target}"))?;
+        let target_tip = match &merged_as {
+            // A merge commit's first parent is the target it was merged into;
+            // the first merge into an empty project has the head as its only parent.
+            Some(merge) if git::resolve(&repository, &format!("{merge}^2"))?.is_some() => {
+                git::resolve(&repository, &format!("{merge}^1"))?
+            }
+            Some(_) => None,
+            None => git::resolve(&repository, &format!("refs/heads/{target}"))?,
+        };
         let base = target_tip.as_deref();
         let commits = git::commits(&repository, base, &head)?;
         let changed_paths = git::changed_paths(&repository, base, &head)?;
-        let policy = match base {
-            Some(tip) => match git::read_file(&repository, tip, pipeline::PATH)? {
-                Some(text) => pipeline::parse(&text),
-                None => Ok(Pipeline::default()),
-            },
+        let policy_text = match base {
+            Some(tip) => git::read_file(&repository, tip, pipeline::PATH)?,
+            None => None,
+        };
+        let policy_digest = policy_text.as_ref().map(|text| hex(&sha2::Sha256::digest(text.as_bytes())));
+        let policy = match &policy_text {
+            Some(text) => pipeline::parse(text),
             None => Ok(Pipeline::default()),
         };
         let proposed = if changed_paths.iter().any(|p| p == pipeline::PATH) {
@@ -68,7 +90,7 @@ pub async fn git_facts(repository: PathBuf, target: String, head: String) -> Res
             Some(tip) => git::merge_tree(&repository, tip, &head)?,
             None => git::merge_tree(&repository, &head, &head)?,
         };
-        Ok(GitFacts { head, target_tip, commits, changed_paths, policy, proposed, merge })
+        Ok(GitFacts { head, target_tip, commits, changed_paths, policy, policy_digest, proposed, merge })
     })
     .await
     .map_err(internal)?
@@ -127,7 +149,8 @@ pub async fn gate_of(
 ) -> Result<(ChangeView, GateRecords, GateReport), ApiError> {
     let change = state.store().get_change(&access.project, number).await?;
     let repository = state.hosting().repositories().path(&access.project);
-    let facts = git_facts(repository, change.target_branch.clone(), change.head.clone()).await?;
+    let facts =
+        git_facts(repository, change.target_branch.clone(), change.head.clone(), change.merge_commit.clone()).await?;
     let records = state.store().gate_records(access, number, facts.commits.clone(), groups_of(&facts.policy)).await?;
     let report = evaluate(&facts, &records);
     Ok((records.change.clone(), records, report))
@@ -143,20 +166,26 @@ pub async fn merge(
     access: &ProjectAccess,
     number: i64,
 ) -> Result<(ChangeView, GateReport), ApiError> {
+    let gate_key = std::sync::Arc::new(state.key(KeyRole::Gate).map(ServiceKey::clone_key).ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "this server holds no gate key")
+    })?);
     let mut attempts = 0;
     loop {
         attempts += 1;
         let change = state.store().get_change(&access.project, number).await?;
         let repository = state.hosting().repositories().path(&access.project);
-        let facts = git_facts(repository.clone(), change.target_branch.clone(), change.head.clone()).await?;
+        let facts = git_facts(repository.clone(), change.target_branch.clone(), change.head.clone(), None).await?;
         let groups = groups_of(&facts.policy);
+        let commits = facts.commits.clone();
         let evaluated_facts = facts.clone();
         let target = change.target_branch.clone();
         let (title, project) = (change.title.clone(), access.project.to_string());
+        let merger = actor.name.to_string();
+        let gate_key = gate_key.clone();
         let plan = MergePlan {
             head: facts.head.clone(),
             evaluate: Box::new(move |records| evaluate(&evaluated_facts, records)),
-            publish: Box::new(move |report| {
+            publish: Box::new(move |records, report| {
                 let tree = facts.merge.clone().map_err(|why| format!("the change does not merge cleanly: {why}"))?;
                 let mut message = format!("Merge change {project}#{number}: {title}\n\n");
                 message.push_str(&format!("Change: {project}#{number}\nReviewed-head: {}\n", facts.head));
@@ -167,6 +196,8 @@ pub async fn merge(
                 let mut parents: Vec<&str> = facts.target_tip.iter().map(String::as_str).collect();
                 parents.push(&facts.head);
                 let commit = git::commit_tree(&repository, &tree, &parents, &message).map_err(|e| e.to_string())?;
+                let statement = attestation(&project, number, &target, &facts, records, report, &commit, &merger);
+                let envelope = serde_json::to_string(&statement.sign(&gate_key)).map_err(|e| e.to_string())?;
                 git::compare_and_swap(
                     &repository,
                     &format!("refs/heads/{target}"),
@@ -174,10 +205,10 @@ pub async fn merge(
                     facts.target_tip.as_deref(),
                 )
                 .map_err(|_| TARGET_MOVED.to_owned())?;
-                Ok(commit)
+                Ok(Published { commit, attestation: envelope })
             }),
         };
-        match state.store().merge_change(actor, access, number, facts.commits.clone(), groups, plan).await {
+        match state.store().merge_change(actor, access, number, commits, groups, plan).await {
             Err(StoreError::Conflict(message)) if message == TARGET_MOVED && attempts < 5 => continue,
             other => return other.map_err(ApiError::from),
         }
@@ -185,3 +216,47 @@ pub async fn merge(
 }
 
 const TARGET_MOVED: &str = "the target branch moved while merging";
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The change attestation: an in-toto Statement about the merge commit,
+/// for the gate key to sign.
+#[allow(clippy::too_many_arguments)]
+fn attestation(
+    project: &str,
+    number: i64,
+    target: &str,
+    facts: &GitFacts,
+    records: &GateRecords,
+    report: &GateReport,
+    merge_commit: &str,
+    merger: &str,
+) -> Statement {
+    let subject = Subject {
+        name: format!("{project}@refs/heads/{target}"),
+        digest: [("gitCommit".to_owned(), merge_commit.to_owned())].into(),
+    };
+    let authors: Vec<_> = records.authors.iter().map(|(user, why)| json!({ "user": user, "why": why })).collect();
+    let predicate = json!({
+        "project": project,
+        "change": number,
+        "title": records.change.title,
+        "target_ref": format!("refs/heads/{target}"),
+        "base": facts.target_tip,
+        "reviewed_head": facts.head,
+        "merge_commit": merge_commit,
+        "commits": facts.commits.len(),
+        "authors": authors,
+        "approvers": report.approvers,
+        "merged_by": merger,
+        "checks": [],
+        "policy": {
+            "path": pipeline::PATH,
+            "digest": facts.policy_digest.as_ref().map(|d| json!({ "sha256": d })),
+        },
+        "gate": report.rules,
+    });
+    Statement::new(vec![subject], custody_formats::statement::CHANGE_PREDICATE, predicate)
+}

@@ -57,6 +57,7 @@ pub struct AppState(Arc<Shared>);
 
 struct Shared {
     store: Store,
+    keys: Vec<custody_formats::ServiceKey>,
     hosting: git::Hosting,
     instance: String,
     metrics: Metrics,
@@ -66,9 +67,16 @@ struct Shared {
 
 impl AppState {
     /// State over an open store, hosting the repositories under `repositories`.
-    pub fn new(store: Store, instance: String, limits: Limits, repositories: custody_git::Repositories) -> Self {
+    pub fn new(
+        store: Store,
+        instance: String,
+        limits: Limits,
+        repositories: custody_git::Repositories,
+        keys: Vec<custody_formats::ServiceKey>,
+    ) -> Self {
         AppState(Arc::new(Shared {
             store,
+            keys,
             hosting: git::Hosting::new(repositories),
             instance,
             metrics: Metrics::default(),
@@ -80,6 +88,11 @@ impl AppState {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.0.store
+    }
+
+    /// The service key of `role`, if this process holds it.
+    pub fn key(&self, role: custody_formats::KeyRole) -> Option<&custody_formats::ServiceKey> {
+        self.0.keys.iter().find(|k| k.role() == role)
     }
 
     /// Git hosting.

@@ -313,8 +313,19 @@ pub struct MergePlan {
     pub evaluate: Box<dyn FnOnce(&GateRecords) -> custody_domain::gate::GateReport + Send>,
     /// Makes the merge commit and moves the target ref by compare-and-swap;
     /// runs inside the transaction, after the gate passed, so that a failure
-    /// rolls everything back. Returns the merge commit.
-    pub publish: Box<dyn FnOnce(&custody_domain::gate::GateReport) -> std::result::Result<String, String> + Send>,
+    /// rolls everything back.
+    #[allow(clippy::type_complexity)]
+    pub publish: Box<
+        dyn FnOnce(&GateRecords, &custody_domain::gate::GateReport) -> std::result::Result<Published, String> + Send,
+    >,
+}
+
+/// What a merge made visible.
+pub struct Published {
+    /// The merge commit on the target.
+    pub commit: String,
+    /// The signed change attestation.
+    pub attestation: String,
 }
 
 impl Store {
@@ -540,6 +551,18 @@ impl Store {
         self.write(move |tx| Box::pin(async move { gate_records(tx, &access, number, &commits, &groups).await })).await
     }
 
+    /// The signed attestation of a merged change.
+    pub async fn attestation(&self, access: &ProjectAccess, number: i64) -> Result<String> {
+        let sql = self.sql("SELECT attestation FROM changes WHERE project_id = $1 AND number = $2");
+        let found: Option<Option<String>> =
+            sqlx::query_scalar(&sql).bind(access.project_id).bind(number).fetch_optional(self.readers()).await?;
+        match found {
+            None => Err(StoreError::not_found("change", number)),
+            Some(None) => Err(StoreError::Conflict(format!("change {number} is not merged, so it has no attestation"))),
+            Some(Some(envelope)) => Ok(envelope),
+        }
+    }
+
     /// Merges a change: inside one transaction, re-reads the change and its
     /// reviews, checks that its head is still the one the merge commit was
     /// made for, evaluates the gate, moves the target ref (by the plan's
@@ -577,10 +600,11 @@ impl Store {
                     if !report.open {
                         return Err(StoreError::Refused(report.decision()));
                     }
-                    let merge_commit = (plan.publish)(&report).map_err(StoreError::Conflict)?;
+                    let published = (plan.publish)(&records, &report).map_err(StoreError::Conflict)?;
+                    let merge_commit = published.commit;
                     let now = now_ms();
                     let sql = tx.sql(
-                        "UPDATE changes SET state = 'merged', merged_by = $1, merged_at = $2, merge_commit = $3 \
+                        "UPDATE changes SET state = 'merged', merged_by = $1, merged_at = $2, merge_commit = $3, attestation = $6 \
                          WHERE id = $4 AND state = 'open' AND head = $5",
                     );
                     let done = sqlx::query(&sql)
@@ -589,6 +613,7 @@ impl Store {
                         .bind(&merge_commit)
                         .bind(records.change.id)
                         .bind(&plan.head)
+                        .bind(&published.attestation)
                         .execute(tx.conn())
                         .await?;
                     if done.rows_affected() != 1 {

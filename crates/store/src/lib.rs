@@ -32,7 +32,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Connection as _};
 
 pub use audit::{AuditFilter, AuditPage};
-pub use changes::{AuthorReason, Authors, ChangeView, GateRecords, MergePlan, ReviewView};
+pub use changes::{AuthorReason, Authors, ChangeView, GateRecords, MergePlan, Published, ReviewView};
 pub use custody_domain::project::{Identity, PushedCommit};
 pub use dialect::Dialect;
 pub use grants::GrantView;

@@ -237,3 +237,20 @@ pub(crate) async fn merge(
     let (change, gate) = crate::changes::merge(&state, &auth.0, &access, number).await?;
     Ok(Json(Merged { change, gate }))
 }
+
+/// The signed change attestation of a merged change: a DSSE envelope whose
+/// payload is an in-toto Statement v1, signed with the gate key.
+#[utoipa::path(get, path = "/api/v1/projects/{name}/changes/{number}/attestation", tag = "changes", security(("token" = [])),
+    responses((status = 200, body = Object), (status = 409, body = crate::error::ErrorBody)))]
+pub(crate) async fn attestation(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((project, number)): PathParam<(String, i64)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let access = access(&state, &auth, &project).await?;
+    let envelope = state.store().attestation(&access, number).await?;
+    let value = serde_json::from_str(&envelope).map_err(|_| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the stored attestation is damaged")
+    })?;
+    Ok(Json(value))
+}

@@ -15,6 +15,8 @@ CREATE TABLE changes (
     merged_by INTEGER REFERENCES users(id),
     merged_at INTEGER,
     merge_commit TEXT,
+    -- The gate key's signed change attestation (a DSSE envelope).
+    attestation TEXT,
     UNIQUE (project_id, number)
 );
 CREATE INDEX changes_source ON changes(project_id, source_branch, state);
