@@ -71,6 +71,10 @@ pub struct ReviewArgs {
     /// What you say.
     #[arg(short = 'm', long = "message")]
     message: Option<String>,
+    /// The head you looked at (from `change show`); refused if the change
+    /// has moved on since.
+    #[arg(long)]
+    head: Option<String>,
 }
 
 fn path(project: &str, number: i64, rest: &str) -> Result<String, Failure> {
@@ -198,7 +202,7 @@ pub async fn run(client: &Client, command: ChangeCommand, out: Output) -> Result
             } else {
                 "comment"
             };
-            let body = json!({ "verdict": verdict, "message": args.message });
+            let body = json!({ "verdict": verdict, "message": args.message, "head": args.head });
             let review = client.post(&path(&args.project, args.number, "/reviews")?, body).await?;
             out.show(&review, |r| {
                 format!(

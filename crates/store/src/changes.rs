@@ -15,6 +15,8 @@ use crate::{col, now_ms, Page, PageRequest, Result, Store, StoreError};
 
 /// Only project members with write access may approve.
 pub const APPROVER_NEEDS_WRITE: Rule = Rule("review.write_access");
+/// A review names the head its giver saw; it must still be the head.
+pub const REVIEW_HEAD_MOVED: Rule = Rule("review.head_moved");
 /// Opening or changing a change needs write access.
 pub const CHANGE_NEEDS_WRITE: Rule = Rule("change.write_access");
 
@@ -459,6 +461,24 @@ impl Store {
                 if change.state != from {
                     return Err(StoreError::Conflict(format!("change {number} is {}, not {from}", change.state)));
                 }
+                if open {
+                    let sql = tx.sql(
+                        "SELECT number FROM changes WHERE project_id = $1 AND source_branch = $2 AND target_branch = $3 \
+                         AND state = 'open'",
+                    );
+                    let other: Option<i64> = sqlx::query_scalar(&sql)
+                        .bind(access2.project_id)
+                        .bind(&change.source_branch)
+                        .bind(&change.target_branch)
+                        .fetch_optional(tx.conn())
+                        .await?;
+                    if let Some(other) = other {
+                        return Err(StoreError::Conflict(format!(
+                            "change {other} is already open from {} into {}; close it first",
+                            change.source_branch, change.target_branch
+                        )));
+                    }
+                }
                 let sql = tx.sql("UPDATE changes SET state = $1 WHERE id = $2 AND state = $3");
                 sqlx::query(&sql).bind(to).bind(id).bind(from).execute(tx.conn()).await?;
                 tx.audit(NewEvent {
@@ -476,8 +496,9 @@ impl Store {
     }
 
     /// Records a review against the change's current head, read in the
-    /// same transaction: an approval can never land on a head its giver
-    /// did not see being current.
+    /// same transaction. When the reviewer says which head they looked at
+    /// (`seen_head`), a review of any other head is refused, so an approval
+    /// can never land on a head its giver did not see.
     pub async fn review(
         &self,
         actor: &Authenticated,
@@ -485,6 +506,7 @@ impl Store {
         number: i64,
         verdict: Verdict,
         message: String,
+        seen_head: Option<String>,
     ) -> Result<ReviewView> {
         if verdict == Verdict::Approve || verdict == Verdict::RequestChanges {
             require_writer(access, actor, APPROVER_NEEDS_WRITE, "approve or request changes")?;
@@ -504,6 +526,19 @@ impl Store {
                 if change.state != "open" {
                     return Err(StoreError::Conflict(format!("change {number} is {}; only open changes are reviewed", change.state)));
                 }
+                if let Some(seen) = &seen_head {
+                    // A full id, or an unambiguous abbreviation of at least 7 characters.
+                    if seen.len() < 7 || !change.head.starts_with(seen.as_str()) {
+                        return Err(StoreError::Refused(Decision::deny(
+                            Reason::new(
+                                REVIEW_HEAD_MOVED,
+                                format!("you reviewed {}, but the change's head is now {}", short(seen), short(&change.head)),
+                            )
+                            .satisfy("look at the new head and review it"),
+                        )));
+                    }
+                }
+
                 let now = now_ms();
                 let sql = tx.sql(
                     "INSERT INTO reviews (change_id, reviewer_id, verdict, head, message, at) VALUES ($1, $2, $3, $4, $5, $6) \
@@ -645,7 +680,9 @@ fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
 
-/// Moves the head of every open change following `branch` after a push.
+/// Moves the head of every change following `branch` after a push: open
+/// ones, and closed ones too, so that a change reopened after its branch
+/// moved is at the branch's tip and not at a head it no longer has.
 pub(crate) async fn follow_push(
     tx: &mut Tx,
     project_id: i64,
@@ -655,8 +692,8 @@ pub(crate) async fn follow_push(
     branch: &str,
     head: &str,
 ) -> Result<()> {
-    let sql =
-        tx.sql("SELECT id, number, head FROM changes WHERE project_id = $1 AND source_branch = $2 AND state = 'open'");
+    let sql = tx
+        .sql("SELECT id, number, head FROM changes WHERE project_id = $1 AND source_branch = $2 AND state <> 'merged'");
     let rows = sqlx::query(&sql).bind(project_id).bind(branch).fetch_all(tx.conn()).await?;
     for row in rows {
         let (id, number, old): (i64, i64, String) = (col(&row, "id")?, col(&row, "number")?, col(&row, "head")?);

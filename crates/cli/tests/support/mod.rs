@@ -9,6 +9,8 @@
 // Each test binary uses its own part of this module.
 #![allow(dead_code)]
 
+pub mod hosted;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -327,8 +329,17 @@ impl Sandbox {
 
     /// `custody serve --data-dir DATA --listen 127.0.0.1:0`.
     pub fn serve(&self, data: &str) -> Server {
+        self.serve_on(data, None)
+    }
+
+    /// `custody serve --data-dir DATA --listen 127.0.0.1:0`, with
+    /// `--database-url URL` when given (SQLite in DATA otherwise).
+    pub fn serve_on(&self, data: &str, database_url: Option<&str>) -> Server {
         let mut command = self.as_user("server");
         command.arg("serve").arg("--data-dir").arg(self.path(data)).args(["--listen", "127.0.0.1:0"]);
+        if let Some(url) = database_url {
+            command.args(["--database-url", url]);
+        }
         Server::start(command)
     }
 

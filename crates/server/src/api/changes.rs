@@ -175,6 +175,8 @@ pub(crate) struct ReviewRequest {
     /// `approve`, `request_changes`, `comment` or `withdraw`.
     verdict: String,
     message: Option<String>,
+    /// The head the reviewer looked at; refused if the change moved on.
+    head: Option<String>,
 }
 
 /// Reviews the change's current head.
@@ -189,7 +191,10 @@ pub(crate) async fn review(
     let access = access(&state, &auth, &project).await?;
     let verdict = Verdict::parse(&request.verdict)
         .ok_or_else(|| ApiError::invalid("verdict must be approve, request_changes, comment or withdraw"))?;
-    let review = state.store().review(&auth.0, &access, number, verdict, request.message.unwrap_or_default()).await?;
+    let review = state
+        .store()
+        .review(&auth.0, &access, number, verdict, request.message.unwrap_or_default(), request.head)
+        .await?;
     Ok((StatusCode::CREATED, Json(review)))
 }
 

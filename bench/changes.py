@@ -1,0 +1,76 @@
+"""Gate evaluation and change listing, measured against a running custody.
+
+    python3 bench/changes.py            (builds nothing; run bench/changes.sh)
+
+Reads CUSTODY_SERVER, ADMIN, ALICE, BOB and PROJECT from the environment:
+bench/changes.sh sets them up.
+"""
+import http.client
+import json
+import os
+import statistics
+import time
+import urllib.parse
+
+server = urllib.parse.urlparse(os.environ["CUSTODY_SERVER"])
+project = os.environ["PROJECT"]
+tokens = {name: os.environ[name.upper()] for name in ("admin", "alice", "bob")}
+conn = http.client.HTTPConnection(server.hostname, server.port)
+
+
+def call(method, path, who, body=None):
+    headers = {"Authorization": f"Bearer {tokens[who]}"}
+    data = None
+    if body is not None:
+        data = json.dumps(body)
+        headers["Content-Type"] = "application/json"
+    started = time.perf_counter()
+    conn.request(method, path, body=data, headers=headers)
+    response = conn.getresponse()
+    payload = response.read()
+    elapsed = time.perf_counter() - started
+    if response.status >= 300:
+        raise SystemExit(f"{method} {path}: {response.status} {payload[:300]!r}")
+    return json.loads(payload) if payload else None, elapsed
+
+
+def percentile(values, p):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+base = f"/api/v1/projects/{project}/changes"
+change, _ = call("POST", base, "alice", {"source": "big", "target": "main", "title": "a thousand commits"})
+number = change["number"]
+for i in range(50):
+    call("POST", f"{base}/{number}/reviews", "bob", {"verdict": "comment" if i % 2 else "approve", "message": f"review {i}"})
+
+gate_times = []
+for _ in range(20):
+    call("GET", f"{base}/{number}/gate", "bob")
+for _ in range(300):
+    report, elapsed = call("GET", f"{base}/{number}/gate", "bob")
+    gate_times.append(elapsed * 1000)
+print(f"gate of a change with {os.environ.get('COMMITS', '?')} commits and 50 reviews, 300 requests:")
+print(f"  p50 {statistics.median(gate_times):.2f} ms, p99 {percentile(gate_times, 99):.2f} ms (HTTP round trip on loopback)")
+print(f"  gate open: {report['open']}")
+
+started = time.perf_counter()
+for i in range(10_000):
+    call("POST", base, "alice", {"source": "small", "target": f"t{i}", "title": f"change {i}"})
+print(f"opened 10,000 changes in {time.perf_counter() - started:.1f} s")
+
+list_times = []
+for _ in range(20):
+    started = time.perf_counter()
+    total, after = 0, None
+    while True:
+        path = f"{base}?state=open&limit=500" + (f"&after={after}" if after else "")
+        page, _ = call("GET", path, "alice")
+        total += len(page["items"])
+        after = page.get("next_cursor")
+        if after is None:
+            break
+    list_times.append((time.perf_counter() - started) * 1000)
+print(f"listing all {total} open changes (20 pages of 500), 20 times:")
+print(f"  p50 {statistics.median(list_times):.1f} ms, max {max(list_times):.1f} ms")

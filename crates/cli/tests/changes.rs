@@ -1,0 +1,741 @@
+//! End-to-end tests of change requests and the merge gate: the real `git`
+//! client pushes to a real `custody serve`, people review and merge with the
+//! `custody change` commands, and the tests look at the gate, at the merge
+//! commit in the server's repository and at the audit log.
+//!
+//! Every scenario runs on both backends: SQLite in the data directory, and a
+//! fresh PostgreSQL database (skipped only with `CUSTODY_TEST_SKIP_POSTGRES=1`
+//! outside CI; an unreachable server fails the test).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Barrier;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::hosted::{Backend, Hosted, Workspace, PROJECT};
+use support::Run;
+
+/// The pipeline file's path.
+const PIPELINE: &str = ".custody/pipeline.toml";
+
+/// A hosted project where alice, bob and carol are writers.
+fn team(backend: Backend) -> Option<Hosted> {
+    let hosted = Hosted::on(backend)?;
+    hosted.add_user("bob", "write");
+    hosted.add_user("carol", "write");
+    Some(hosted)
+}
+
+/// `custody change ARGS` as `who`.
+fn change(hosted: &Hosted, who: &str, args: &[&str]) -> Run {
+    let mut all = vec!["change"];
+    all.extend(args);
+    hosted.run_as(who, &all)
+}
+
+/// Opens a change from `source` into the default branch, as `who`: its number.
+fn open(hosted: &Hosted, who: &str, source: &str, title: &str) -> i64 {
+    let made = change(hosted, who, &["open", PROJECT, "--source", source, "--title", title, "--json"]).json();
+    assert_eq!(made["state"], "open", "{made}");
+    assert_eq!(made["opened_by"], who, "{made}");
+    made["number"].as_i64().expect("a change number")
+}
+
+/// `change show --json`: the change, its authors, reviews and gate.
+fn show(hosted: &Hosted, number: i64) -> Value {
+    change(hosted, "alice", &["show", PROJECT, &number.to_string(), "--json"]).json()
+}
+
+/// `change gate --json` as `who`: the gate, after checking that the exit
+/// code says the same as the report (0 open, 1 closed).
+#[track_caller]
+fn gate(hosted: &Hosted, number: i64) -> Value {
+    let run = change(hosted, "alice", &["gate", PROJECT, &number.to_string(), "--json"]);
+    let report: Value =
+        serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("the gate is not JSON ({e}): {run:#?}"));
+    let open = report["open"].as_bool().expect("open or not");
+    assert_eq!(run.code(), Some(if open { 0 } else { 1 }), "{run:#?}");
+    if !open {
+        assert_eq!(run.json_error()["error"]["code"], "gate_closed", "{run:#?}");
+    }
+    report
+}
+
+/// The rules a gate report fails.
+fn failing(report: &Value) -> Vec<String> {
+    let rules = report["rules"].as_array().expect("rules");
+    rules.iter().filter(|r| r["passed"] == false).map(|r| r["rule"].as_str().unwrap_or("?").to_owned()).collect()
+}
+
+/// One rule of a gate report.
+#[track_caller]
+fn rule<'a>(report: &'a Value, name: &str) -> &'a Value {
+    let rules = report["rules"].as_array().expect("rules");
+    rules.iter().find(|r| r["rule"] == name).unwrap_or_else(|| panic!("no rule {name} in {report}"))
+}
+
+/// Reviews the change's current head as `who` with `--approve`,
+/// `--request-changes`, `--comment` or `--withdraw`: the review.
+#[track_caller]
+fn review(hosted: &Hosted, who: &str, number: i64, verdict: &str) -> Value {
+    let made = change(hosted, who, &["review", PROJECT, &number.to_string(), verdict, "--json"]).json();
+    assert_eq!(made["reviewer"], who, "{made}");
+    made
+}
+
+/// `change merge --json` as `who`, whatever comes of it.
+fn try_merge(hosted: &Hosted, who: &str, number: i64) -> Run {
+    change(hosted, who, &["merge", PROJECT, &number.to_string(), "--json"])
+}
+
+/// A merge that must succeed: the merge commit.
+#[track_caller]
+fn merge(hosted: &Hosted, who: &str, number: i64) -> String {
+    let merged = try_merge(hosted, who, number).json();
+    assert_eq!(merged["change"]["state"], "merged", "{merged}");
+    assert_eq!(merged["change"]["merged_by"], who, "{merged}");
+    assert_eq!(merged["gate"]["open"], true, "{merged}");
+    merged["change"]["merge_commit"].as_str().expect("a merge commit").to_owned()
+}
+
+/// The rules a refused command names, from its `--json` error.
+#[track_caller]
+fn refused_rules(run: &Run) -> Vec<String> {
+    assert_eq!(run.code(), Some(1), "expected a refusal: {run:#?}");
+    let error = run.json_error();
+    let reasons = error["error"]["reasons"].as_array().unwrap_or_else(|| panic!("no reasons in {error}"));
+    reasons.iter().map(|r| r["rule"].as_str().unwrap_or("?").to_owned()).collect()
+}
+
+/// Who the change's authors are, each with the kinds of reason.
+fn authors(detail: &Value) -> BTreeMap<String, Vec<String>> {
+    let listed = detail["authors"].as_array().expect("authors");
+    listed
+        .iter()
+        .map(|a| {
+            let kinds = a["why"].as_array().expect("reasons").iter();
+            (
+                a["user"].as_str().unwrap_or("?").to_owned(),
+                kinds.map(|w| w["kind"].as_str().unwrap_or("?").to_owned()).collect(),
+            )
+        })
+        .collect()
+}
+
+/// A commit of the server's repository: its author, parents and trailers.
+struct Commit {
+    author: String,
+    parents: Vec<String>,
+    trailers: Vec<(String, String)>,
+}
+
+fn server_commit(hosted: &Hosted, id: &str) -> Commit {
+    let shown = hosted.bare(&["show", "-s", "--format=%an <%ae>%n%P", id]).expect_code(0);
+    let mut lines = shown.stdout.lines();
+    let author = lines.next().unwrap_or_default().to_owned();
+    let parents = lines.next().unwrap_or_default().split_whitespace().map(str::to_owned).collect();
+    let trailers = hosted.bare(&["show", "-s", "--format=%(trailers:only,unfold)", id]).expect_code(0);
+    let trailers = trailers
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_once(": "))
+        .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+        .collect();
+    Commit { author, parents, trailers }
+}
+
+impl Commit {
+    fn trailer(&self, key: &str) -> Vec<&str> {
+        self.trailers.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str()).collect()
+    }
+}
+
+/// A file as of a commit of the server's repository.
+fn server_file(hosted: &Hosted, commit: &str, path: &str) -> Option<String> {
+    let shown = hosted.bare(&["cat-file", "blob", &format!("{commit}:{path}")]);
+    (shown.code() == Some(0)).then_some(shown.stdout)
+}
+
+/// The audit events of `action` about change `number`.
+fn change_events(hosted: &Hosted, action: &str, number: i64) -> Vec<Value> {
+    let subject = format!("change:{PROJECT}/{number}");
+    hosted.audit_events(action).into_iter().filter(|e| e["subject"] == subject.as_str()).collect()
+}
+
+fn actors(events: &[Value]) -> Vec<&str> {
+    events.iter().filter_map(|e| e["actor"].as_str()).collect()
+}
+
+/// alice's workspace with main seeded, on a new branch `branch`.
+fn alice_on_branch<'a>(hosted: &'a Hosted, branch: &str) -> (Workspace<'a>, String) {
+    let work = hosted.workspace("alice", "alice", &hosted.alice);
+    let base = hosted.seed_main(&work);
+    work.ok(&["checkout", "-q", "-b", branch]);
+    (work, base)
+}
+
+/// Checks out the server's main as a new local branch `branch`.
+fn branch_from_main(work: &Workspace<'_>, branch: &str) -> String {
+    work.ok(&["fetch", "-q", "origin", "refs/heads/main"]);
+    work.ok(&["checkout", "-q", "-B", branch, "FETCH_HEAD"]);
+    work.ok(&["rev-parse", "HEAD"])
+}
+
+fn alices_change_merges_after_bob_approves(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let (work, base) = alice_on_branch(&hosted, "feature");
+    let head = work.commit("feature.txt", "a feature\n", "Add a feature");
+    work.ok(&["push", "-q", "origin", "feature"]);
+
+    let number = open(&hosted, "alice", "feature", "Add a feature");
+    assert_eq!(number, 1);
+    let detail = show(&hosted, number);
+    assert_eq!(detail["head"], head.as_str(), "{detail}");
+    assert_eq!(detail["source_branch"], "feature", "{detail}");
+    assert_eq!(detail["target_branch"], "main", "{detail}");
+    assert_eq!(authors(&detail).keys().collect::<Vec<_>>(), ["alice"], "{detail}");
+
+    // Her own approval is recorded, and does not count.
+    let own = review(&hosted, "alice", number, "--approve");
+    assert_eq!(own["head"], head.as_str(), "{own}");
+    let closed = change(&hosted, "alice", &["gate", PROJECT, "1"]).expect_code(1);
+    assert!(closed.stdout.contains("gate CLOSED"), "{closed:#?}");
+    assert!(closed.stdout.contains("not counted, as authors of the change: alice"), "{closed:#?}");
+    let report = gate(&hosted, number);
+    assert_eq!(failing(&report), ["gate.independent_approvals"], "{report}");
+    assert_eq!(report["approvers"], serde_json::json!([]), "{report}");
+    let refused = try_merge(&hosted, "alice", number);
+    assert_eq!(refused_rules(&refused), ["gate.independent_approvals"]);
+    assert_eq!(hosted.server_ref("refs/heads/main").as_deref(), Some(base.as_str()));
+
+    let approval = review(&hosted, "bob", number, "--approve");
+    assert_eq!(approval["head"], head.as_str(), "{approval}");
+    let opened = change(&hosted, "bob", &["gate", PROJECT, "1"]).expect_code(0);
+    assert!(opened.stdout.contains("gate OPEN"), "{opened:#?}");
+    assert_eq!(gate(&hosted, number)["approvers"], serde_json::json!(["bob"]));
+
+    let merged = merge(&hosted, "bob", number);
+    assert_eq!(hosted.server_ref("refs/heads/main").as_deref(), Some(merged.as_str()));
+    let commit = server_commit(&hosted, &merged);
+    assert_eq!(commit.author, "custody <custody@localhost>");
+    assert_eq!(commit.parents, [base.clone(), head.clone()]);
+    assert_eq!(commit.trailer("Change"), [format!("{PROJECT}#1").as_str()]);
+    assert_eq!(commit.trailer("Reviewed-head"), [head.as_str()]);
+    assert_eq!(commit.trailer("Approved-by"), ["bob"]);
+    assert_eq!(server_file(&hosted, &merged, "feature.txt").as_deref(), Some("a feature\n"));
+
+    let detail = show(&hosted, number);
+    assert_eq!(detail["state"], "merged", "{detail}");
+    assert_eq!(detail["merged_by"], "bob", "{detail}");
+    assert_eq!(detail["merge_commit"], merged.as_str(), "{detail}");
+    // A merged change stays merged: merging again changes nothing.
+    let again = try_merge(&hosted, "bob", number);
+    assert!(refused_rules(&again).contains(&"gate.change_open".to_owned()), "{again:#?}");
+    assert_eq!(hosted.server_ref("refs/heads/main").as_deref(), Some(merged.as_str()));
+
+    let opened = change_events(&hosted, "change.open", number);
+    assert_eq!(actors(&opened), ["alice"], "{opened:?}");
+    assert_eq!(opened[0]["details"]["head"], head.as_str(), "{opened:?}");
+    let approvals = change_events(&hosted, "change.review.approve", number);
+    assert_eq!(actors(&approvals), ["alice", "bob"], "{approvals:?}");
+    let merges = change_events(&hosted, "change.merge", number);
+    assert_eq!(actors(&merges), ["bob"], "{merges:?}");
+    let details = &merges[0]["details"];
+    assert_eq!(details["approvers"], serde_json::json!(["bob"]), "{details}");
+    assert_eq!(details["authors"], serde_json::json!(["alice"]), "{details}");
+    assert_eq!(details["reviewed_head"], head.as_str(), "{details}");
+    assert_eq!(details["merge_commit"], merged.as_str(), "{details}");
+    assert_eq!(details["target"], "main", "{details}");
+}
+
+fn bob_pushing_to_alices_branch_makes_him_an_author(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let (work, base) = alice_on_branch(&hosted, "feature");
+    work.commit("feature.txt", "a feature\n", "Add a feature");
+    work.ok(&["push", "-q", "origin", "feature"]);
+    let number = open(&hosted, "alice", "feature", "Add a feature");
+
+    // bob fixes something on alice's branch.
+    let bob = hosted.workspace("bob", "bob", &hosted.token("bob"));
+    bob.ok(&["fetch", "-q", "origin", "feature"]);
+    bob.ok(&["checkout", "-q", "-b", "feature", "FETCH_HEAD"]);
+    let fix = bob.commit("feature.txt", "a feature, fixed\n", "Fix the feature");
+    bob.ok(&["push", "-q", "origin", "feature"]);
+    assert_eq!(show(&hosted, number)["head"], fix.as_str());
+
+    let approval = review(&hosted, "bob", number, "--approve");
+    assert_eq!(approval["head"], fix.as_str(), "{approval}");
+    let report = gate(&hosted, number);
+    assert_eq!(failing(&report), ["gate.independent_approvals"], "{report}");
+    let message = rule(&report, "gate.independent_approvals")["message"].as_str().unwrap_or_default();
+    assert!(message.contains("not counted, as authors of the change: bob"), "{message}");
+
+    let detail = show(&hosted, number);
+    let authors = authors(&detail);
+    assert_eq!(authors.keys().collect::<Vec<_>>(), ["alice", "bob"], "{detail}");
+    let bob_is = &authors["bob"];
+    assert!(bob_is.contains(&"moved_source_branch".to_owned()), "{detail}");
+    assert!(bob_is.contains(&"pushed_commit".to_owned()), "{detail}");
+    assert!(refused_rules(&try_merge(&hosted, "bob", number)).contains(&"gate.independent_approvals".to_owned()));
+
+    review(&hosted, "carol", number, "--approve");
+    let report = gate(&hosted, number);
+    assert_eq!(report["approvers"], serde_json::json!(["carol"]), "{report}");
+    let merged = merge(&hosted, "carol", number);
+    let commit = server_commit(&hosted, &merged);
+    assert_eq!(commit.parents, [base, fix.clone()]);
+    assert_eq!(commit.trailer("Reviewed-head"), [fix.as_str()]);
+    assert_eq!(commit.trailer("Approved-by"), ["carol"]);
+    let merges = change_events(&hosted, "change.merge", number);
+    assert_eq!(merges[0]["details"]["authors"], serde_json::json!(["alice", "bob"]), "{merges:?}");
+}
+
+fn a_new_push_makes_approvals_stale(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let (work, base) = alice_on_branch(&hosted, "feature");
+    let first = work.commit("feature.txt", "a feature\n", "Add a feature");
+    work.ok(&["push", "-q", "origin", "feature"]);
+    let number = open(&hosted, "alice", "feature", "Add a feature");
+    assert_eq!(review(&hosted, "bob", number, "--approve")["head"], first.as_str());
+    assert_eq!(gate(&hosted, number)["open"], true);
+
+    let second = work.commit("more.txt", "more\n", "And more");
+    work.ok(&["push", "-q", "origin", "feature"]);
+    let detail = show(&hosted, number);
+    assert_eq!(detail["head"], second.as_str(), "{detail}");
+    let reviews = detail["reviews"].as_array().expect("reviews");
+    assert_eq!(reviews.len(), 1, "{detail}");
+    assert_eq!(reviews[0]["reviewer"], "bob", "{detail}");
+    assert_eq!(reviews[0]["head"], first.as_str(), "{detail}");
+    assert_eq!(reviews[0]["stale"], true, "{detail}");
+    let moved = change_events(&hosted, "change.head", number);
+    assert_eq!(actors(&moved), ["alice"], "{moved:?}");
+    assert_eq!(moved[0]["details"]["old"], first.as_str(), "{moved:?}");
+    assert_eq!(moved[0]["details"]["new"], second.as_str(), "{moved:?}");
+
+    // Refused, in words and in JSON; main stays.
+    let refused = change(&hosted, "bob", &["merge", PROJECT, &number.to_string()]).expect_code(1);
+    assert!(refused.stderr.contains("gate.independent_approvals"), "{refused:#?}");
+    assert_eq!(refused_rules(&try_merge(&hosted, "bob", number)), ["gate.independent_approvals"]);
+    assert_eq!(hosted.server_ref("refs/heads/main").as_deref(), Some(base.as_str()));
+    assert!(change_events(&hosted, "change.merge", number).is_empty());
+
+    // bob names the head he looked at: an approval of the old one is refused.
+    let late = change(&hosted, "bob", &["review", PROJECT, &number.to_string(), "--approve", "--head", &first[..12]]);
+    let late = late.expect_code(1);
+    assert!(late.stderr.contains("review.head_moved"), "{late:#?}");
+    assert_eq!(review(&hosted, "bob", number, "--approve")["head"], second.as_str());
+    let stale: Vec<Value> =
+        show(&hosted, number)["reviews"].as_array().expect("reviews").iter().map(|r| r["stale"].clone()).collect();
+    assert_eq!(stale, [true, false]);
+    let merged = merge(&hosted, "bob", number);
+    let commit = server_commit(&hosted, &merged);
+    assert_eq!(commit.parents, [base, second.clone()]);
+    assert_eq!(commit.trailer("Reviewed-head"), [second.as_str()]);
+    assert_eq!(commit.trailer("Approved-by"), ["bob"]);
+    assert_eq!(hosted.server_ref("refs/heads/main").as_deref(), Some(merged.as_str()));
+}
+
+fn the_target_policy_governs_a_change_to_the_pipeline(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    // A new project has no main: a change into it creates it.
+    assert_eq!(hosted.server_ref("refs/heads/main"), None);
+    let work = hosted.workspace("alice", "alice", &hosted.alice);
+    work.ok(&["checkout", "-q", "-b", "setup"]);
+    let policy = "[review]\napprovals = 1\n[pipeline]\nowners = \"platform\"\n";
+    let setup = work.commit(PIPELINE, policy, "A pipeline with owners");
+    work.ok(&["push", "-q", "origin", "setup"]);
+    let first = open(&hosted, "alice", "setup", "A pipeline");
+    let report = gate(&hosted, first);
+    assert_eq!(failing(&report), ["gate.independent_approvals"], "{report}");
+    assert_eq!(rule(&report, "gate.pipeline_valid")["passed"], true, "{report}");
+    review(&hosted, "bob", first, "--approve");
+    let created = merge(&hosted, "bob", first);
+    assert_eq!(hosted.server_ref("refs/heads/main").as_deref(), Some(created.as_str()));
+    let commit = server_commit(&hosted, &created);
+    assert_eq!(commit.parents, [setup.as_str()], "the first merge has only the change's head as parent");
+    assert_eq!(commit.trailer("Reviewed-head"), [setup.as_str()]);
+    assert_eq!(server_file(&hosted, &created, PIPELINE).as_deref(), Some(policy));
+
+    let made = hosted.as_admin(&["group", "create", "platform", "--json"]).json();
+    assert_eq!(made["name"], "platform", "{made}");
+    let grant = hosted.as_admin(&["group", "add", "platform", "carol", "--json"]).json();
+    assert_eq!(grant["status"], "bootstrap", "{grant}");
+
+    // Loosening the rules below what is valid: refused as invalid, and it
+    // needs a pipeline owner besides.
+    branch_from_main(&work, "loosen");
+    work.commit(PIPELINE, "[review]\napprovals = 0\n[pipeline]\nowners = \"platform\"\n", "No reviews");
+    work.ok(&["push", "-q", "origin", "loosen"]);
+    let loosen = open(&hosted, "alice", "loosen", "No reviews");
+    review(&hosted, "bob", loosen, "--approve");
+    let report = gate(&hosted, loosen);
+    assert_eq!(failing(&report), ["gate.pipeline_owners", "gate.pipeline_valid"], "{report}");
+    let invalid = rule(&report, "gate.pipeline_valid")["message"].as_str().unwrap_or_default();
+    assert!(invalid.contains("review.approvals must be between 1 and 100, not 0"), "{invalid}");
+    assert!(invalid.contains("line 2, column 13"), "{invalid}");
+    let refused = refused_rules(&try_merge(&hosted, "bob", loosen));
+    assert_eq!(refused, ["gate.pipeline_owners", "gate.pipeline_valid"]);
+    review(&hosted, "carol", loosen, "--approve");
+    let report = gate(&hosted, loosen);
+    assert_eq!(failing(&report), ["gate.pipeline_valid"], "{report}");
+    assert_eq!(refused_rules(&try_merge(&hosted, "carol", loosen)), ["gate.pipeline_valid"]);
+    assert_eq!(hosted.server_ref("refs/heads/main").as_deref(), Some(created.as_str()));
+
+    // A valid edit of the pipeline file needs an owner's approval.
+    branch_from_main(&work, "tune");
+    let tuned = "[review]\napprovals = 1\n[pipeline]\nowners = \"platform\"\ntimeout = \"10m\"\n";
+    let head = work.commit(PIPELINE, tuned, "A shorter timeout");
+    work.ok(&["push", "-q", "origin", "tune"]);
+    let tune = open(&hosted, "alice", "tune", "A shorter timeout");
+    review(&hosted, "bob", tune, "--approve");
+    let report = gate(&hosted, tune);
+    assert_eq!(failing(&report), ["gate.pipeline_owners"], "{report}");
+    assert_eq!(rule(&report, "gate.independent_approvals")["passed"], true, "{report}");
+    assert_eq!(refused_rules(&try_merge(&hosted, "bob", tune)), ["gate.pipeline_owners"]);
+    review(&hosted, "carol", tune, "--approve");
+    let report = gate(&hosted, tune);
+    assert_eq!(report["approvers"], serde_json::json!(["bob", "carol"]), "{report}");
+    let merged = merge(&hosted, "carol", tune);
+    let commit = server_commit(&hosted, &merged);
+    assert_eq!(commit.parents, [created, head]);
+    assert_eq!(commit.trailer("Approved-by"), ["bob", "carol"]);
+    assert_eq!(server_file(&hosted, &merged, PIPELINE).as_deref(), Some(tuned));
+}
+
+fn a_commit_naming_carol_makes_her_an_author(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let (work, _) = alice_on_branch(&hosted, "feature");
+    std::fs::write(work.dir.join("carol.txt"), "carol's idea\n").expect("write a file");
+    work.ok(&["add", "carol.txt"]);
+    work.ok(&["commit", "-q", "--author", "Carol <carol@example.com>", "-m", "Carol's idea"]);
+    let sha = work.ok(&["rev-parse", "HEAD"]);
+    work.ok(&["push", "-q", "origin", "feature"]);
+    let number = open(&hosted, "alice", "feature", "Carol's idea");
+
+    review(&hosted, "carol", number, "--approve");
+    let report = gate(&hosted, number);
+    assert_eq!(failing(&report), ["gate.independent_approvals"], "{report}");
+    let message = rule(&report, "gate.independent_approvals")["message"].as_str().unwrap_or_default();
+    assert!(message.contains("not counted, as authors of the change: carol"), "{message}");
+
+    let detail = show(&hosted, number);
+    let listed = detail["authors"].as_array().expect("authors");
+    let carol = listed.iter().find(|a| a["user"] == "carol").unwrap_or_else(|| panic!("carol is no author: {detail}"));
+    let why = carol["why"].as_array().expect("reasons");
+    assert!(why.iter().any(|w| w["kind"] == "named_author" && w["commit"] == sha.as_str()), "{detail}");
+    assert!(!why.iter().any(|w| w["kind"] == "pushed_commit"), "carol pushed nothing: {detail}");
+    assert!(authors(&detail)["alice"].contains(&"named_committer".to_owned()), "{detail}");
+
+    review(&hosted, "bob", number, "--approve");
+    assert_eq!(gate(&hosted, number)["approvers"], serde_json::json!(["bob"]));
+    merge(&hosted, "bob", number);
+}
+
+fn an_invalid_pipeline_file_in_a_change_is_refused_with_line_and_column(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let (work, base) = alice_on_branch(&hosted, "typo");
+    work.commit(PIPELINE, "[review]\napprovals = 1\nbogus = true\n", "A typo in the pipeline");
+    work.ok(&["push", "-q", "origin", "typo"]);
+    let number = open(&hosted, "alice", "typo", "A typo");
+    review(&hosted, "bob", number, "--approve");
+
+    let report = gate(&hosted, number);
+    assert_eq!(failing(&report), ["gate.pipeline_valid"], "{report}");
+    let invalid = rule(&report, "gate.pipeline_valid");
+    let message = invalid["message"].as_str().unwrap_or_default();
+    assert!(message.contains("line 3, column 1"), "{message}");
+    assert!(message.contains("bogus"), "{message}");
+    assert!(invalid["satisfy"].as_str().is_some_and(|s| !s.is_empty()), "{invalid}");
+    let text = change(&hosted, "alice", &["gate", PROJECT, &number.to_string()]).expect_code(1);
+    assert!(text.stdout.contains("FAIL  gate.pipeline_valid"), "{text:#?}");
+    assert!(text.stdout.contains("line 3, column 1"), "{text:#?}");
+
+    assert_eq!(refused_rules(&try_merge(&hosted, "bob", number)), ["gate.pipeline_valid"]);
+    assert_eq!(hosted.server_ref("refs/heads/main").as_deref(), Some(base.as_str()));
+}
+
+fn request_changes_blocks_until_withdrawn(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let (work, base) = alice_on_branch(&hosted, "feature");
+    let head = work.commit("feature.txt", "a feature\n", "Add a feature");
+    work.ok(&["push", "-q", "origin", "feature"]);
+    let number = open(&hosted, "alice", "feature", "Add a feature");
+
+    review(&hosted, "bob", number, "--approve");
+    let asked = change(
+        &hosted,
+        "carol",
+        &["review", PROJECT, &number.to_string(), "--request-changes", "-m", "please rename it", "--json"],
+    )
+    .json();
+    assert_eq!(asked["verdict"], "request_changes", "{asked}");
+    let report = gate(&hosted, number);
+    assert_eq!(failing(&report), ["gate.changes_requested"], "{report}");
+    let message = rule(&report, "gate.changes_requested")["message"].as_str().unwrap_or_default();
+    assert!(message.contains("changes requested by carol"), "{message}");
+    assert_eq!(refused_rules(&try_merge(&hosted, "bob", number)), ["gate.changes_requested"]);
+
+    // Only carol can lift her request; a comment does not.
+    review(&hosted, "bob", number, "--withdraw");
+    assert_eq!(failing(&gate(&hosted, number)), ["gate.changes_requested"]);
+    review(&hosted, "carol", number, "--comment");
+    assert_eq!(failing(&gate(&hosted, number)), ["gate.changes_requested"]);
+    assert_eq!(hosted.server_ref("refs/heads/main").as_deref(), Some(base.as_str()));
+
+    review(&hosted, "carol", number, "--withdraw");
+    let report = gate(&hosted, number);
+    assert!(failing(&report).is_empty(), "{report}");
+    assert_eq!(report["approvers"], serde_json::json!(["bob"]), "{report}");
+    let merged = merge(&hosted, "bob", number);
+    assert_eq!(server_commit(&hosted, &merged).trailer("Reviewed-head"), [head.as_str()]);
+    let verdicts: Vec<Value> =
+        show(&hosted, number)["reviews"].as_array().expect("reviews").iter().map(|r| r["verdict"].clone()).collect();
+    assert_eq!(verdicts, ["approve", "request_changes", "withdraw", "comment", "withdraw"]);
+}
+
+fn pushes_racing_merges_never_merge_an_unapproved_head(backend: Backend) {
+    const ROUNDS: u64 = 10;
+    let Some(hosted) = team(backend) else { return };
+    let work = hosted.workspace("alice", "alice", &hosted.alice);
+    hosted.seed_main(&work);
+    let (mut merged_rounds, mut refused_rounds) = (0, 0);
+
+    for round in 0..ROUNDS {
+        let branch = format!("round-{round}");
+        let main_before = branch_from_main(&work, &branch);
+        let approved = work.commit(&format!("round-{round}.txt"), "approved\n", &format!("Round {round}"));
+        work.ok(&["push", "-q", "origin", &branch]);
+        let number = open(&hosted, "alice", &branch, &format!("Round {round}"));
+        assert_eq!(review(&hosted, "bob", number, "--approve")["head"], approved.as_str());
+
+        // The next head, made beforehand so that only the push races: a new
+        // commit on top in even rounds, a rewritten one force-pushed in odd.
+        let force = round % 2 == 1;
+        let unapproved = if force {
+            std::fs::write(work.dir.join(format!("round-{round}.txt")), "rewritten\n").expect("write a file");
+            work.ok(&["commit", "-q", "-a", "--amend", "-m", &format!("Round {round}, rewritten")]);
+            work.ok(&["rev-parse", "HEAD"])
+        } else {
+            work.commit(&format!("round-{round}-more.txt"), "unapproved\n", "Unapproved")
+        };
+        let mut push_args = vec!["push", "-q"];
+        if force {
+            push_args.push("--force");
+        }
+        push_args.extend(["origin", branch.as_str()]);
+        // Staggered starts, so that the merge lands before, during and
+        // after the push across the rounds (a push takes some 70 ms here,
+        // a merge some 35 ms).
+        let merge_delay = Duration::from_millis(round * 9);
+
+        let barrier = Barrier::new(2);
+        let started = Instant::now();
+        let (pushed, merging) = thread::scope(|scope| {
+            let push = scope.spawn(|| {
+                barrier.wait();
+                let pushed = work.git(&push_args);
+                (pushed, started.elapsed())
+            });
+            let merge = scope.spawn(|| {
+                barrier.wait();
+                thread::sleep(merge_delay);
+                let merging = try_merge(&hosted, "bob", number);
+                (merging, started.elapsed())
+            });
+            (push.join().expect("the push thread"), merge.join().expect("the merge thread"))
+        });
+        let ((pushed, push_done), (merging, merge_done)) = (pushed, merging);
+        pushed.expect_code(0);
+        eprintln!(
+            "round {round}: push done at {push_done:?}, merge started at {merge_delay:?}, done at {merge_done:?}: \
+             exit {:?} {}",
+            merging.code(),
+            merging.stderr.trim()
+        );
+
+        let main_after = hosted.server_ref("refs/heads/main").expect("main");
+        let detail = show(&hosted, number);
+        assert_ne!(
+            hosted.bare(&["merge-base", "--is-ancestor", &unapproved, &main_after]).code(),
+            Some(0),
+            "round {round}: the unapproved head {unapproved} reached main"
+        );
+        if merging.code() == Some(0) {
+            merged_rounds += 1;
+            let merged: Value = serde_json::from_str(merging.stdout.trim()).expect("the merge as JSON");
+            let commit_id = merged["change"]["merge_commit"].as_str().expect("a merge commit");
+            assert_eq!(main_after, commit_id, "round {round}");
+            let commit = server_commit(&hosted, commit_id);
+            assert_eq!(commit.parents, [main_before.clone(), approved.clone()], "round {round}");
+            assert_eq!(commit.trailer("Reviewed-head"), [approved.as_str()], "round {round}");
+            assert_eq!(commit.trailer("Approved-by"), ["bob"], "round {round}");
+            assert_eq!(detail["state"], "merged", "round {round}: {detail}");
+            assert_eq!(detail["head"], approved.as_str(), "round {round}: {detail}");
+            assert_eq!(detail["merge_commit"], commit_id, "round {round}: {detail}");
+            let merges = change_events(&hosted, "change.merge", number);
+            assert_eq!(merges.len(), 1, "round {round}: {merges:?}");
+            assert_eq!(merges[0]["details"]["reviewed_head"], approved.as_str(), "round {round}: {merges:?}");
+        } else {
+            refused_rounds += 1;
+            let rules = refused_rules(&merging);
+            assert!(
+                rules.iter().all(|r| r == "gate.head_moved" || r == "gate.independent_approvals"),
+                "round {round}: {merging:#?}"
+            );
+            assert_eq!(main_after, main_before, "round {round}: a refused merge moved main");
+            assert_eq!(detail["state"], "open", "round {round}: {detail}");
+            assert_eq!(detail["head"], unapproved.as_str(), "round {round}: {detail}");
+            assert!(change_events(&hosted, "change.merge", number).is_empty(), "round {round}");
+            change(&hosted, "alice", &["close", PROJECT, &number.to_string(), "--json"]).json();
+        }
+    }
+    eprintln!("{merged_rounds} rounds merged, {refused_rounds} refused");
+    assert_eq!(merged_rounds + refused_rounds, ROUNDS);
+}
+
+fn merges_racing_merges_land_each_change_once(backend: Backend) {
+    const ROUNDS: usize = 3;
+    let Some(hosted) = team(backend) else { return };
+    let work = hosted.workspace("alice", "alice", &hosted.alice);
+    hosted.seed_main(&work);
+
+    for round in 0..ROUNDS {
+        let main_before = hosted.server_ref("refs/heads/main").expect("main");
+        let mut changes = Vec::new();
+        for side in ["left", "right"] {
+            let branch = format!("{side}-{round}");
+            branch_from_main(&work, &branch);
+            let head = work.commit(&format!("{branch}.txt"), "a side\n", &format!("The {side} side"));
+            work.ok(&["push", "-q", "origin", &branch]);
+            let number = open(&hosted, "alice", &branch, &branch);
+            review(&hosted, "bob", number, "--approve");
+            changes.push((number, head, branch));
+        }
+
+        // bob and carol each merge both changes, all at once: the target
+        // moves under every merge but the first, and each change is merged
+        // by exactly one of them.
+        let attempts: Vec<(&str, i64)> =
+            ["bob", "carol"].iter().flat_map(|who| changes.iter().map(move |(n, _, _)| (*who, *n))).collect();
+        let barrier = Barrier::new(attempts.len());
+        let outcomes: Vec<(&str, i64, Run)> = thread::scope(|scope| {
+            let running: Vec<_> = attempts
+                .iter()
+                .map(|&(who, number)| {
+                    let (hosted, barrier) = (&hosted, &barrier);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        (who, number, try_merge(hosted, who, number))
+                    })
+                })
+                .collect();
+            running.into_iter().map(|t| t.join().expect("a merge thread")).collect()
+        });
+
+        for (number, head, _) in &changes {
+            let (merged, refused): (Vec<_>, Vec<_>) =
+                outcomes.iter().filter(|(_, n, _)| n == number).partition(|(_, _, run)| run.code() == Some(0));
+            assert_eq!(merged.len(), 1, "round {round}: change {number} merged {} times: {outcomes:#?}", merged.len());
+            for (_, _, run) in refused {
+                assert!(refused_rules(run).contains(&"gate.change_open".to_owned()), "round {round}: {run:#?}");
+            }
+            let detail = show(&hosted, *number);
+            assert_eq!(detail["state"], "merged", "round {round}: {detail}");
+            assert_eq!(detail["merged_by"], merged[0].0, "round {round}: {detail}");
+            let merges = change_events(&hosted, "change.merge", *number);
+            assert_eq!(merges.len(), 1, "round {round}: {merges:?}");
+            assert_eq!(merges[0]["details"]["reviewed_head"], head.as_str(), "round {round}: {merges:?}");
+        }
+
+        // main went through both merge commits, one on top of the other.
+        let main_after = hosted.server_ref("refs/heads/main").expect("main");
+        let top = server_commit(&hosted, &main_after);
+        let below = server_commit(&hosted, &top.parents[0]);
+        assert_eq!(below.parents[0], main_before, "round {round}");
+        let mut reviewed = vec![top.parents[1].clone(), below.parents[1].clone()];
+        reviewed.sort();
+        let mut heads: Vec<String> = changes.iter().map(|(_, head, _)| head.clone()).collect();
+        heads.sort();
+        assert_eq!(reviewed, heads, "round {round}");
+        for (_, _, branch) in &changes {
+            let file = format!("{branch}.txt");
+            assert_eq!(server_file(&hosted, &main_after, &file).as_deref(), Some("a side\n"), "round {round}");
+        }
+    }
+}
+
+fn a_change_reopened_after_a_push_is_at_its_branchs_tip(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let (work, base) = alice_on_branch(&hosted, "feature");
+    let first = work.commit("feature.txt", "a feature\n", "Add a feature");
+    work.ok(&["push", "-q", "origin", "feature"]);
+    let number = open(&hosted, "alice", "feature", "Add a feature");
+    let listed = change(&hosted, "alice", &["list", PROJECT]).expect_code(0);
+    assert!(listed.stdout.contains("Add a feature (feature -> main) by alice"), "{listed:#?}");
+    let diff = change(&hosted, "bob", &["diff", PROJECT, &number.to_string()]).expect_code(0);
+    assert!(diff.stdout.contains("+++ b/feature.txt") && diff.stdout.contains("+a feature"), "{diff:#?}");
+    review(&hosted, "bob", number, "--approve");
+
+    let closed = change(&hosted, "alice", &["close", PROJECT, &number.to_string(), "--json"]).json();
+    assert_eq!(closed["state"], "closed", "{closed}");
+    assert_eq!(failing(&gate(&hosted, number)), ["gate.change_open"]);
+    assert_eq!(refused_rules(&try_merge(&hosted, "bob", number)), ["gate.change_open"]);
+    let late = change(&hosted, "carol", &["review", PROJECT, &number.to_string(), "--approve", "--json"]);
+    assert_eq!(late.code(), Some(2), "{late:#?}");
+    assert_eq!(late.json_error()["error"]["code"], "conflict", "{late:#?}");
+    let listed = change(&hosted, "alice", &["list", PROJECT, "--state", "closed", "--json"]).json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+
+    // The branch moves while the change is closed; reopened, the change is
+    // where its branch is, and bob's approval of the old head is stale.
+    let second = work.commit("more.txt", "more\n", "And more");
+    work.ok(&["push", "-q", "origin", "feature"]);
+    let reopened = change(&hosted, "alice", &["reopen", PROJECT, &number.to_string(), "--json"]).json();
+    assert_eq!(reopened["state"], "open", "{reopened}");
+    assert_eq!(reopened["head"], second.as_str(), "the reopened change is not at its branch's tip: {reopened}");
+    let detail = show(&hosted, number);
+    assert_eq!(detail["reviews"][0]["head"], first.as_str(), "{detail}");
+    assert_eq!(detail["reviews"][0]["stale"], true, "{detail}");
+    assert_eq!(failing(&gate(&hosted, number)), ["gate.independent_approvals"]);
+
+    review(&hosted, "bob", number, "--approve");
+    let merged = merge(&hosted, "bob", number);
+    let commit = server_commit(&hosted, &merged);
+    assert_eq!(commit.parents, [base, second.clone()]);
+    assert_eq!(commit.trailer("Reviewed-head"), [second.as_str()]);
+    let states: Vec<&str> = ["change.close", "change.reopen", "change.merge"]
+        .iter()
+        .filter(|action| change_events(&hosted, action, number).len() == 1)
+        .copied()
+        .collect();
+    assert_eq!(states, ["change.close", "change.reopen", "change.merge"]);
+}
+
+/// Each scenario as a test on each backend: `sqlite::NAME` and `postgres::NAME`.
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test] fn $scenario() { super::$scenario(super::Backend::Sqlite) })*
+        }
+        mod postgres {
+            $(#[test] fn $scenario() { super::$scenario(super::Backend::Postgres) })*
+        }
+    };
+}
+
+on_both_backends!(
+    alices_change_merges_after_bob_approves,
+    bob_pushing_to_alices_branch_makes_him_an_author,
+    a_new_push_makes_approvals_stale,
+    the_target_policy_governs_a_change_to_the_pipeline,
+    a_commit_naming_carol_makes_her_an_author,
+    an_invalid_pipeline_file_in_a_change_is_refused_with_line_and_column,
+    request_changes_blocks_until_withdrawn,
+    pushes_racing_merges_never_merge_an_unapproved_head,
+    merges_racing_merges_land_each_change_once,
+    a_change_reopened_after_a_push_is_at_its_branchs_tip,
+);
