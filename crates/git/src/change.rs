@@ -15,6 +15,27 @@ pub fn resolve(repository: &Path, reference: &str) -> Result<Option<String>, Git
     }
 }
 
+/// Where a ref points, read from the repository's files without starting
+/// git: the loose ref file, else `packed-refs`. Refs are updated by atomic
+/// rename, so a read sees the old or the new value, never half of one.
+pub fn read_ref(repository: &Path, name: &str) -> std::io::Result<Option<String>> {
+    let is_id = |s: &str| s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    match std::fs::read_to_string(repository.join(name)) {
+        Ok(text) if is_id(text.trim()) => return Ok(Some(text.trim().to_owned())),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.kind() == std::io::ErrorKind::IsADirectory => {}
+        Err(e) => return Err(e),
+    }
+    match std::fs::read_to_string(repository.join("packed-refs")) {
+        Ok(packed) => Ok(packed.lines().find_map(|line| {
+            let (id, reference) = line.split_once(' ')?;
+            (reference == name && is_id(id)).then(|| id.to_owned())
+        })),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The commits of `head` that `base` lacks (all of them when there is no
 /// base), newest first.
 pub fn commits(repository: &Path, base: Option<&str>, head: &str) -> Result<Vec<String>, GitError> {
@@ -120,4 +141,29 @@ pub fn commit_tree(repository: &Path, tree: &str, parents: &[&str], message: &st
 pub fn compare_and_swap(repository: &Path, reference: &str, new: &str, old: Option<&str>) -> Result<(), GitError> {
     let old = old.unwrap_or(custody_domain::project::ZERO_ID);
     git(Some(repository), &["update-ref", "-m", "custody merge", reference, new, old]).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refs_are_read_loose_or_packed_as_git_sees_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path();
+        git(None, &["init", "-q", "--bare", "-b", "main", &repo.to_string_lossy()]).unwrap();
+        // `git mktree` with nothing on standard input writes the empty tree.
+        let tree = git(Some(repo), &["mktree"]).unwrap().trim().to_owned();
+        let commit = commit_tree(repo, &tree, &[], "one").unwrap();
+        assert_eq!(read_ref(repo, "refs/heads/main").unwrap(), None);
+        compare_and_swap(repo, "refs/heads/main", &commit, None).unwrap();
+        assert_eq!(read_ref(repo, "refs/heads/main").unwrap().as_deref(), Some(commit.as_str()));
+        git(Some(repo), &["pack-refs", "--all"]).unwrap();
+        assert!(!repo.join("refs/heads/main").exists());
+        assert_eq!(read_ref(repo, "refs/heads/main").unwrap().as_deref(), Some(commit.as_str()));
+        assert_eq!(resolve(repo, "refs/heads/main").unwrap().as_deref(), Some(commit.as_str()));
+        // A second compare-and-swap from the old value fails: the ref moved.
+        let other = commit_tree(repo, &tree, &[&commit], "two").unwrap();
+        assert!(compare_and_swap(repo, "refs/heads/main", &other, None).is_err());
+    }
 }

@@ -7,7 +7,7 @@
 //! come from the store, read in the same transaction that merges.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::sync::Arc;
 
 use axum::http::StatusCode;
 use custody_domain::gate::{self, CheckState, GateFacts, GateReport};
@@ -50,22 +50,38 @@ fn internal(error: impl std::fmt::Display) -> ApiError {
 
 /// Reads what git knows of `head` against the target branch as it is now,
 /// or, for a merged change, against the target as it was before the merge.
+/// The answer depends only on the two commits, so it is remembered.
 pub async fn git_facts(
-    repository: PathBuf,
+    state: &AppState,
+    project: &custody_domain::ProjectName,
     target: String,
     head: String,
     merged_as: Option<String>,
-) -> Result<GitFacts, ApiError> {
-    tokio::task::spawn_blocking(move || -> Result<GitFacts, custody_git::GitError> {
-        let target_tip = match &merged_as {
-            // A merge commit's first parent is the target it was merged into;
-            // the first merge into an empty project has the head as its only parent.
-            Some(merge) if git::resolve(&repository, &format!("{merge}^2"))?.is_some() => {
-                git::resolve(&repository, &format!("{merge}^1"))?
-            }
-            Some(_) => None,
-            None => git::resolve(&repository, &format!("refs/heads/{target}"))?,
-        };
+) -> Result<Arc<GitFacts>, ApiError> {
+    let repository = state.hosting().repositories().path(project);
+    let target_tip = match &merged_as {
+        None => git::read_ref(&repository, &format!("refs/heads/{target}")).map_err(internal)?,
+        Some(merge) => {
+            let (repository, merge) = (repository.clone(), merge.clone());
+            tokio::task::spawn_blocking(move || -> Result<Option<String>, custody_git::GitError> {
+                // A merge commit's first parent is the target it was merged into;
+                // the first merge into an empty project has the head as its only parent.
+                if git::resolve(&repository, &format!("{merge}^2"))?.is_some() {
+                    git::resolve(&repository, &format!("{merge}^1"))
+                } else {
+                    Ok(None)
+                }
+            })
+            .await
+            .map_err(internal)?
+            .map_err(internal)?
+        }
+    };
+    let key = (project.to_string(), target_tip.clone(), head.clone());
+    if let Some(facts) = state.hosting().remembered_facts(&key) {
+        return Ok(facts);
+    }
+    let facts = tokio::task::spawn_blocking(move || -> Result<GitFacts, custody_git::GitError> {
         let base = target_tip.as_deref();
         let commits = git::commits(&repository, base, &head)?;
         let changed_paths = git::changed_paths(&repository, base, &head)?;
@@ -94,7 +110,10 @@ pub async fn git_facts(
     })
     .await
     .map_err(internal)?
-    .map_err(internal)
+    .map_err(internal)?;
+    let facts = Arc::new(facts);
+    state.hosting().remember_facts(key, facts.clone());
+    Ok(facts)
 }
 
 /// The groups the policy names, whose members the gate needs.
@@ -148,9 +167,14 @@ pub async fn gate_of(
     number: i64,
 ) -> Result<(ChangeView, GateRecords, GateReport), ApiError> {
     let change = state.store().get_change(&access.project, number).await?;
-    let repository = state.hosting().repositories().path(&access.project);
-    let facts =
-        git_facts(repository, change.target_branch.clone(), change.head.clone(), change.merge_commit.clone()).await?;
+    let facts = git_facts(
+        state,
+        &access.project,
+        change.target_branch.clone(),
+        change.head.clone(),
+        change.merge_commit.clone(),
+    )
+    .await?;
     let records = state.store().gate_records(access, number, facts.commits.clone(), groups_of(&facts.policy)).await?;
     let report = evaluate(&facts, &records);
     Ok((records.change.clone(), records, report))
@@ -174,7 +198,7 @@ pub async fn merge(
         attempts += 1;
         let change = state.store().get_change(&access.project, number).await?;
         let repository = state.hosting().repositories().path(&access.project);
-        let facts = git_facts(repository.clone(), change.target_branch.clone(), change.head.clone(), None).await?;
+        let facts = git_facts(state, &access.project, change.target_branch.clone(), change.head.clone(), None).await?;
         let groups = groups_of(&facts.policy);
         let commits = facts.commits.clone();
         let evaluated_facts = facts.clone();
