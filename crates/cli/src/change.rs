@@ -47,6 +47,14 @@ pub enum ChangeCommand {
     Gate { project: String, number: i64 },
     /// Merge the change if its gate is open.
     Merge { project: String, number: i64 },
+    /// The check runs of a change.
+    Checks {
+        project: String,
+        number: i64,
+        /// Print each run's output too.
+        #[arg(long)]
+        log: bool,
+    },
     /// The signed change attestation of a merged change (a DSSE envelope).
     Attestation { project: String, number: i64 },
 }
@@ -222,6 +230,28 @@ pub async fn run(client: &Client, command: ChangeCommand, out: Output) -> Result
                     body: Some(json!({ "error": { "code": "gate_closed", "message": "the gate is closed" } })),
                 });
             }
+        }
+        ChangeCommand::Checks { project, number, log } => {
+            let runs = client.get(&path(&project, number, if log { "/checks?log=true" } else { "/checks" })?).await?;
+            let runs = runs.as_array().cloned().unwrap_or_default();
+            out.list(
+                &runs,
+                |r| {
+                    let mut line = format!(
+                        "{} {:<12} {} exit {}",
+                        r["head"].as_str().map(|h| &h[..h.len().min(12)]).unwrap_or(""),
+                        r["status"].as_str().unwrap_or(""),
+                        r["command"].as_str().unwrap_or("-"),
+                        r["exit_code"]
+                    );
+                    if let Some(text) = r["log"].as_str() {
+                        line.push('\n');
+                        line.push_str(text);
+                    }
+                    line
+                },
+                "no checks",
+            );
         }
         ChangeCommand::Attestation { project, number } => {
             let envelope = client.get(&path(&project, number, "/attestation")?).await?;

@@ -149,9 +149,24 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     if let Some(public) = &public_url {
         state.hosting().set_public_url(public);
     }
-    custody_server::launch_with_tcp_listener(listener, state, shutdown_signal())
+    // One signal stops both the server and the check runner.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    let runner = tokio::spawn(custody_runner::checks::run(
+        store.clone(),
+        custody_git::Repositories::new(data_dir.repositories()),
+        until_stopped(stopped.clone()),
+    ));
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    custody_server::launch_with_tcp_listener(listener, state, until_stopped(stopped))
         .await
         .map_err(|e| Failure::internal(format!("server failed: {e}")))?;
+    let _ = runner.await;
     store.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -102,6 +102,36 @@ pub fn merge_tree(repository: &Path, base: &str, head: &str) -> Result<Result<St
     }
 }
 
+/// Writes the files of `commit` into `dest` (a fresh checkout without
+/// `.git`), with `git archive` piped into `tar`.
+pub fn export_tree(repository: &Path, commit: &str, dest: &Path) -> Result<(), GitError> {
+    let mut archive = Command::new("git")
+        .arg("-C")
+        .arg(repository)
+        .args(["archive", "--format=tar", commit])
+        .envs(CLEAN_GIT_ENV)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(GitError::Spawn)?;
+    let stdout =
+        archive.stdout.take().ok_or_else(|| GitError::Failed { args: "archive".into(), stderr: "no output".into() })?;
+    let untar = Command::new("tar")
+        .args(["-x", "--no-same-owner", "-C"])
+        .arg(dest)
+        .stdin(stdout)
+        .output()
+        .map_err(GitError::Spawn)?;
+    let archived = archive.wait_with_output().map_err(GitError::Spawn)?;
+    if !archived.status.success() || !untar.status.success() {
+        return Err(GitError::Failed {
+            args: "archive | tar".into(),
+            stderr: format!("{}{}", String::from_utf8_lossy(&archived.stderr), String::from_utf8_lossy(&untar.stderr)),
+        });
+    }
+    Ok(())
+}
+
 /// Who custody's own commits are made by.
 pub const CUSTODY_IDENTITY: (&str, &str) = ("custody", "custody@localhost");
 

@@ -7,6 +7,9 @@
 //!
 //! This crate knows nothing about HTTP or how decisions are made.
 
+pub mod checks;
+pub mod sandbox;
+
 use std::path::Path;
 
 /// The `PATH` every script gets.

@@ -124,8 +124,8 @@ fn groups_of(policy: &Result<Pipeline, PipelineError>) -> Vec<GroupName> {
     groups.into_iter().collect()
 }
 
-/// The gate over git's facts and the store's records.
-pub fn evaluate(facts: &GitFacts, records: &GateRecords) -> GateReport {
+/// The gate over git's facts, the store's records and the check of the head.
+pub fn evaluate(facts: &GitFacts, records: &GateRecords, check: &CheckState) -> GateReport {
     let authors: BTreeSet<_> = records.authors.keys().cloned().collect();
     let policy = match &facts.policy {
         Ok(policy) => policy.clone(),
@@ -143,8 +143,7 @@ pub fn evaluate(facts: &GitFacts, records: &GateRecords) -> GateReport {
             }
         }
     };
-    // Checks run with the builds work; until then a required check cannot pass.
-    let check = if policy.check.is_some() { CheckState::Pending } else { CheckState::NotRequired };
+    let check = if policy.check.is_some() { check.clone() } else { CheckState::NotRequired };
     gate::evaluate(&GateFacts {
         open: records.change.state == "open",
         head: &facts.head,
@@ -176,7 +175,8 @@ pub async fn gate_of(
     )
     .await?;
     let records = state.store().gate_records(access, number, facts.commits.clone(), groups_of(&facts.policy)).await?;
-    let report = evaluate(&facts, &records);
+    let check = state.store().check_state(access, number, &facts.head).await?;
+    let report = evaluate(&facts, &records, &check);
     Ok((records.change.clone(), records, report))
 }
 
@@ -202,13 +202,14 @@ pub async fn merge(
         let groups = groups_of(&facts.policy);
         let commits = facts.commits.clone();
         let evaluated_facts = facts.clone();
+        let check = state.store().check_state(access, number, &facts.head).await?;
         let target = change.target_branch.clone();
         let (title, project) = (change.title.clone(), access.project.to_string());
         let merger = actor.name.to_string();
         let gate_key = gate_key.clone();
         let plan = MergePlan {
             head: facts.head.clone(),
-            evaluate: Box::new(move |records| evaluate(&evaluated_facts, records)),
+            evaluate: Box::new(move |records| evaluate(&evaluated_facts, records, &check)),
             publish: Box::new(move |records, report| {
                 let tree = facts.merge.clone().map_err(|why| format!("the change does not merge cleanly: {why}"))?;
                 let mut message = format!("Merge change {project}#{number}: {title}\n\n");

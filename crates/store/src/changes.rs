@@ -385,6 +385,7 @@ impl Store {
                         .await?;
                     let sql = tx.sql("INSERT INTO change_heads (change_id, position, head, at) VALUES ($1, 1, $2, $3)");
                     sqlx::query(&sql).bind(id).bind(&head).bind(now).execute(tx.conn()).await?;
+                    crate::checks::enqueue(tx, id, &head).await?;
                     tx.audit(NewEvent {
                         actor: actor.name.to_string(),
                         action: "change.open".into(),
@@ -707,6 +708,7 @@ pub(crate) async fn follow_push(
              SELECT $1, COALESCE(MAX(position), 0) + 1, $2, $3, $4 FROM change_heads WHERE change_id = $1",
         );
         sqlx::query(&sql).bind(id).bind(head).bind(push_id).bind(now_ms()).execute(tx.conn()).await?;
+        crate::checks::enqueue(tx, id, head).await?;
         tx.audit(NewEvent {
             actor: actor.to_owned(),
             action: "change.head".into(),

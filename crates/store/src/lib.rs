@@ -18,6 +18,7 @@
 
 mod audit;
 mod changes;
+mod checks;
 mod dialect;
 mod grants;
 mod groups;
@@ -33,6 +34,7 @@ use sqlx::{AnyPool, ConnectOptions, Connection as _};
 
 pub use audit::{AuditFilter, AuditPage};
 pub use changes::{AuthorReason, Authors, ChangeView, GateRecords, MergePlan, Published, ReviewView};
+pub use checks::{CheckOutcome, CheckRunView, LeasedCheck};
 pub use custody_domain::project::{Identity, PushedCommit};
 pub use dialect::Dialect;
 pub use grants::GrantView;

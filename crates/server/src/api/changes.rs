@@ -259,3 +259,25 @@ pub(crate) async fn attestation(
     })?;
     Ok(Json(value))
 }
+
+/// Whether to include logs.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ChecksQuery {
+    /// Include each run's output.
+    log: Option<bool>,
+}
+
+/// The check runs of a change, newest first.
+#[utoipa::path(get, path = "/api/v1/projects/{name}/changes/{number}/checks", tag = "changes", security(("token" = [])), params(ChecksQuery),
+    responses((status = 200, body = Vec<custody_store::CheckRunView>)))]
+pub(crate) async fn checks(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((project, number)): PathParam<(String, i64)>,
+    Params(query): Params<ChecksQuery>,
+) -> ApiResult<Json<Vec<custody_store::CheckRunView>>> {
+    let access = access(&state, &auth, &project).await?;
+    Ok(Json(state.store().check_runs(&access, number, query.log.unwrap_or(false)).await?))
+}

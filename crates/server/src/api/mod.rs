@@ -70,7 +70,7 @@ impl PageQuery {
         projects::add_member, projects::remove_member, projects::protect_branch, projects::unprotect_branch,
         projects::pushes, projects::commit,
         changes::open_change, changes::list_changes, changes::get_change, changes::diff, changes::gate,
-        changes::review, changes::close, changes::reopen, changes::merge, changes::attestation,
+        changes::review, changes::close, changes::reopen, changes::merge, changes::attestation, changes::checks,
     ),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&TokenSecurity),
@@ -144,6 +144,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/projects/{name}/changes/{number}/reopen", post(changes::reopen))
         .route("/projects/{name}/changes/{number}/merge", post(changes::merge))
         .route("/projects/{name}/changes/{number}/attestation", get(changes::attestation))
+        .route("/projects/{name}/changes/{number}/checks", get(changes::checks))
 }
 
 /// Path parameters, with malformed ones refused as a 400 that says why.

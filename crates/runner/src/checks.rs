@@ -1,0 +1,149 @@
+//! The check runner: leases queued check runs and runs the target branch's
+//! check command on each change head, in the sandbox.
+
+use std::path::Path;
+use std::time::Duration;
+
+use custody_domain::pipeline::{self, Pipeline};
+use custody_domain::ProjectName;
+use custody_git::change as git;
+use custody_git::Repositories;
+use custody_store::{CheckOutcome, LeasedCheck, Store};
+
+use crate::sandbox::{self, Limits};
+use crate::{script_environment, Job, JobKind};
+
+/// A run left `running` this long is taken again (its runner died).
+const STALE_MS: i64 = 2 * 3600 * 1000;
+/// How often an idle runner looks for work.
+const IDLE: Duration = Duration::from_millis(300);
+
+/// Runs checks until `shutdown` completes.
+pub async fn run(store: Store, repositories: Repositories, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let leased = tokio::select! {
+            () = &mut shutdown => return,
+            leased = store.lease_check(STALE_MS) => leased,
+        };
+        match leased {
+            Ok(Some(lease)) => {
+                let outcome = tokio::select! {
+                    () = &mut shutdown => {
+                        // Dropping the check kills its sandbox; another start runs it again.
+                        if let Err(error) = store.requeue_check(&lease).await {
+                            tracing::error!(%error, run = lease.id, "requeueing a check");
+                        }
+                        return;
+                    }
+                    outcome = check(&repositories, &lease) => outcome,
+                };
+                tracing::info!(project = %lease.project, change = lease.number, head = %lease.head, status = outcome.status, "check finished");
+                if let Err(error) = store.finish_check(&lease, outcome).await {
+                    tracing::error!(%error, run = lease.id, "recording a check");
+                }
+            }
+            Ok(None) => {
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    () = tokio::time::sleep(IDLE) => {}
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "leasing a check");
+                tokio::time::sleep(IDLE * 10).await;
+            }
+        }
+    }
+}
+
+fn outcome(status: &'static str, command: Option<String>, target_tip: Option<String>, log: String) -> CheckOutcome {
+    CheckOutcome { status, command, target_tip, exit_code: None, log }
+}
+
+/// Runs one check: the command and its script as they are on the target
+/// branch, in a fresh checkout of the head.
+pub async fn check(repositories: &Repositories, lease: &LeasedCheck) -> CheckOutcome {
+    let Ok(project) = ProjectName::parse(&lease.project) else {
+        return outcome("error", None, None, format!("project name {:?} is not valid", lease.project));
+    };
+    let repository = repositories.path(&project);
+    let (lease2, repo2) = (lease.clone(), repository.clone());
+    let prepared = tokio::task::spawn_blocking(move || prepare(&repo2, &lease2)).await;
+    let (policy, target_tip, workspace) = match prepared {
+        Ok(Ok(Prepared::Run { policy, target_tip, workspace })) => (policy, target_tip, workspace),
+        Ok(Ok(Prepared::Done(outcome))) => return outcome,
+        Ok(Err(message)) => return outcome("error", None, None, message),
+        Err(_) => return outcome("error", None, None, "preparing the check failed".into()),
+    };
+    let Some(command) = policy.check.clone() else {
+        return outcome("not_required", None, target_tip, String::new());
+    };
+    let job = Job { kind: JobKind::Check, project: &lease.project, commit: &lease.head, build: "" };
+    let env = script_environment(&job, Path::new("/work"));
+    let limits = Limits { timeout: policy.timeout, network: policy.network };
+    match sandbox::run(workspace.path(), &command, &env, &limits).await {
+        Ok(done) => {
+            let status = if done.exit_code == Some(0) { "passed" } else { "failed" };
+            CheckOutcome {
+                status,
+                command: Some(command),
+                target_tip,
+                exit_code: done.exit_code.map(i64::from),
+                log: done.log,
+            }
+        }
+        Err(error) => outcome("error", Some(command), target_tip, error.to_string()),
+    }
+}
+
+enum Prepared {
+    Run { policy: Pipeline, target_tip: Option<String>, workspace: tempfile::TempDir },
+    Done(CheckOutcome),
+}
+
+fn prepare(repository: &Path, lease: &LeasedCheck) -> Result<Prepared, String> {
+    let failed = |e: custody_git::GitError| e.to_string();
+    let target_tip =
+        git::read_ref(repository, &format!("refs/heads/{}", lease.target_branch)).map_err(|e| e.to_string())?;
+    // The change's own pipeline file must stay valid: say where it is not.
+    if let Some(text) = git::read_file(repository, &lease.head, pipeline::PATH).map_err(failed)? {
+        if let Err(error) = pipeline::parse(&text) {
+            return Ok(Prepared::Done(outcome("failed", None, target_tip, format!("the change's {error}\n"))));
+        }
+    }
+    let policy = match &target_tip {
+        Some(tip) => match git::read_file(repository, tip, pipeline::PATH).map_err(failed)? {
+            Some(text) => pipeline::parse(&text).map_err(|e| format!("the target branch's {e}"))?,
+            None => Pipeline::default(),
+        },
+        None => Pipeline::default(),
+    };
+    let Some(command) = &policy.check else {
+        return Ok(Prepared::Run { policy, target_tip, workspace: tempfile::tempdir().map_err(|e| e.to_string())? });
+    };
+    let workspace = tempfile::tempdir().map_err(|e| e.to_string())?;
+    git::export_tree(repository, &lease.head, workspace.path()).map_err(failed)?;
+    // The script as the target branch has it, so that a change cannot turn
+    // its own check green by editing it.
+    let script = command.split_whitespace().next().unwrap_or_default().trim_start_matches("./");
+    let tip = target_tip.as_deref().ok_or("the target branch does not exist, so it names no check script")?;
+    let text = git::read_file(repository, tip, script)
+        .map_err(failed)?
+        .ok_or_else(|| format!("{script} does not exist on the target branch"))?;
+    let path = workspace.path().join(script);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+    }
+    let _ = std::fs::remove_file(&path);
+    std::fs::write(&path, text).map_err(|e| e.to_string())?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+    }
+    for dir in [".home", ".tmp"] {
+        std::fs::create_dir_all(workspace.path().join(dir)).map_err(|e| e.to_string())?;
+    }
+    Ok(Prepared::Run { policy, target_tip, workspace })
+}

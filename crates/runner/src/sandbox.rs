@@ -1,0 +1,239 @@
+//! The sandbox a script runs in: bubblewrap with every namespace unshared.
+//!
+//! Inside, the script sees its workspace (read-write, at `/work`), the
+//! system's programs and libraries under `/usr` (read-only), a fresh `/tmp`,
+//! `/proc` and `/dev`, and nothing else: the data directory, the keys, the
+//! database and the rest of the host's files do not exist for it. It has no
+//! network unless the pipeline allows it, runs as an unprivileged user in
+//! its own user namespace, in a session of its own, and dies with its
+//! parent. A timeout kills it.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+/// The most output kept of one run.
+pub const LOG_LIMIT: usize = 1024 * 1024;
+
+/// What a sandboxed run may do.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// How long it may run.
+    pub timeout: Duration,
+    /// Whether it may reach the network.
+    pub network: bool,
+}
+
+/// How a sandboxed run ended.
+#[derive(Clone, Debug)]
+pub struct Finished {
+    /// The exit code; `None` when killed or when the sandbox failed.
+    pub exit_code: Option<i32>,
+    /// Whether the timeout killed it.
+    pub timed_out: bool,
+    /// Its output and errors, interleaved as written, cut at [`LOG_LIMIT`].
+    pub log: String,
+}
+
+/// Why a script could not be run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// bubblewrap is not installed.
+    #[error("bubblewrap (bwrap) is needed to run pipeline scripts in a sandbox; install it (Debian: apt-get install bubblewrap)")]
+    Missing,
+    /// Starting it failed.
+    #[error("cannot start the sandbox: {0}")]
+    Start(std::io::Error),
+}
+
+/// The bubblewrap arguments for running `command` with `sh -c` in `workspace`.
+pub fn arguments(workspace: &Path, env: &[(String, String)], limits: &Limits) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--unshare-all",
+        "--die-with-parent",
+        "--new-session",
+        "--uid",
+        "65534",
+        "--gid",
+        "65534",
+        "--ro-bind",
+        "/usr",
+        "/usr",
+        "--symlink",
+        "usr/bin",
+        "/bin",
+        "--symlink",
+        "usr/lib",
+        "/lib",
+        "--symlink",
+        "usr/lib64",
+        "/lib64",
+        "--symlink",
+        "usr/sbin",
+        "/sbin",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    // Only what programs need from /etc; never the whole of it.
+    for path in ["/etc/alternatives", "/etc/ld.so.cache", "/etc/ssl/certs"] {
+        if Path::new(path).exists() {
+            args.extend(["--ro-bind".into(), path.into(), path.into()]);
+        }
+    }
+    if limits.network {
+        args.push("--share-net".into());
+        if Path::new("/etc/resolv.conf").exists() {
+            args.extend(["--ro-bind".into(), "/etc/resolv.conf".into(), "/etc/resolv.conf".into()]);
+        }
+    }
+    args.extend(["--bind".into(), workspace.display().to_string(), "/work".into(), "--chdir".into(), "/work".into()]);
+    args.push("--clearenv".into());
+    for (key, value) in env {
+        args.extend(["--setenv".into(), key.clone(), value.clone()]);
+    }
+    args
+}
+
+/// Runs `command` (a shell command line) in the sandbox.
+pub async fn run(
+    workspace: &Path,
+    command: &str,
+    env: &[(String, String)],
+    limits: &Limits,
+) -> Result<Finished, SandboxError> {
+    let bwrap =
+        ["/usr/bin/bwrap", "/bin/bwrap"].into_iter().find(|p| Path::new(p).exists()).ok_or(SandboxError::Missing)?;
+    let mut child = Command::new(bwrap)
+        .args(arguments(workspace, env, limits))
+        .args(["--", "/bin/sh", "-c", &format!("exec 2>&1; {command}")])
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(SandboxError::Start)?;
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let reading = async {
+        let (mut out, err) = tokio::join!(read_capped(&mut stdout, LOG_LIMIT), read_capped(&mut stderr, 64 * 1024));
+        out.extend(err);
+        out
+    };
+    let waited = tokio::time::timeout(limits.timeout, async {
+        let output = reading.await;
+        let status = child.wait().await;
+        (output, status)
+    })
+    .await;
+    match waited {
+        Ok((output, status)) => Ok(Finished {
+            exit_code: status.ok().and_then(|s| s.code()),
+            timed_out: false,
+            log: String::from_utf8_lossy(&output).into_owned(),
+        }),
+        Err(_) => {
+            // --die-with-parent and the new session take the script's whole
+            // process tree down with bwrap.
+            let _ = child.kill().await;
+            Ok(Finished {
+                exit_code: None,
+                timed_out: true,
+                log: format!("killed after the timeout of {} s\n", limits.timeout.as_secs()),
+            })
+        }
+    }
+}
+
+/// Reads to the end, keeping the first `limit` bytes: a script that writes
+/// more is never blocked on a full pipe.
+async fn read_capped(reader: &mut (impl tokio::io::AsyncRead + Unpin), limit: usize) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut buffer = [0u8; 8192];
+    loop {
+        match reader.read(&mut buffer).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = limit.saturating_sub(kept.len());
+                kept.extend_from_slice(&buffer[..n.min(room)]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits { timeout: Duration::from_secs(20), network: false }
+    }
+
+    fn available() -> bool {
+        let present = Path::new("/usr/bin/bwrap").exists();
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+        assert!(present || !ci, "bubblewrap must be installed when CI=true");
+        present
+    }
+
+    #[tokio::test]
+    async fn a_script_sees_its_workspace_and_not_the_hosts_files() {
+        if !available() {
+            return;
+        }
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("signing.key"), "secret").unwrap();
+        let workspace = tempfile::tempdir().unwrap();
+        std::fs::write(workspace.path().join("input.txt"), "hello").unwrap();
+        let secret = host.path().join("signing.key");
+        let command = format!(
+            "cat input.txt; echo; cat {} && echo LEAKED; ls /root /etc/shadow 2>/dev/null && echo LEAKED; echo out > made.txt",
+            secret.display()
+        );
+        let done = run(workspace.path(), &command, &[], &limits()).await.unwrap();
+        assert_eq!(done.exit_code, Some(0), "{}", done.log);
+        assert!(done.log.starts_with("hello"), "{}", done.log);
+        assert!(!done.log.contains("LEAKED"), "{}", done.log);
+        assert!(!done.log.contains("secret"), "{}", done.log);
+        assert_eq!(std::fs::read_to_string(workspace.path().join("made.txt")).unwrap(), "out\n");
+    }
+
+    #[tokio::test]
+    async fn a_script_has_no_network_and_a_clean_environment() {
+        if !available() {
+            return;
+        }
+        let workspace = tempfile::tempdir().unwrap();
+        let env = vec![("CUSTODY_PROJECT".to_owned(), "payments".to_owned())];
+        let done =
+            run(workspace.path(), "echo $CUSTODY_PROJECT; env | wc -l; cat /proc/net/dev | wc -l", &env, &limits())
+                .await
+                .unwrap();
+        let lines: Vec<&str> = done.log.lines().collect();
+        assert_eq!(lines[0], "payments", "{}", done.log);
+        // Only the loopback device exists in a fresh network namespace.
+        assert_eq!(lines[2].trim(), "3", "{}", done.log);
+    }
+
+    #[tokio::test]
+    async fn a_script_past_its_timeout_is_killed() {
+        if !available() {
+            return;
+        }
+        let workspace = tempfile::tempdir().unwrap();
+        let limits = Limits { timeout: Duration::from_millis(500), network: false };
+        let done = run(workspace.path(), "sleep 30", &[], &limits).await.unwrap();
+        assert!(done.timed_out);
+        assert_eq!(done.exit_code, None);
+    }
+}
