@@ -716,6 +716,79 @@ fn a_change_reopened_after_a_push_is_at_its_branchs_tip(backend: Backend) {
 }
 
 /// Each scenario as a test on each backend: `sqlite::NAME` and `postgres::NAME`.
+/// The check runs of a change once none is queued or running (bounded wait).
+#[track_caller]
+fn settled_checks(hosted: &Hosted, number: i64) -> Vec<Value> {
+    for _ in 0..300 {
+        let runs = change(hosted, "alice", &["checks", PROJECT, &number.to_string(), "--log", "--json"]).json();
+        let runs = runs.as_array().expect("a list of runs").clone();
+        if !runs.is_empty() && runs.iter().all(|r| r["status"] != "queued" && r["status"] != "running") {
+            return runs;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("the checks of change {number} did not finish");
+}
+
+fn a_change_cannot_turn_its_own_check_green(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    // main: a check that fails unless ok.txt exists, owned by platform.
+    let work = hosted.workspace("alice", "alice", &hosted.alice);
+    work.ok(&["checkout", "-q", "-b", "setup"]);
+    let policy = "[pipeline]\nowners = \"platform\"\ncheck = \"scripts/ci.sh\"\n";
+    work.commit(PIPELINE, policy, "A pipeline with a check");
+    work.commit(
+        "scripts/ci.sh",
+        "#!/bin/sh\ntest -f ok.txt || { echo 'ok.txt is missing'; exit 1; }\necho checked\n",
+        "The check",
+    );
+    work.ok(&["push", "-q", "origin", "setup"]);
+    let first = open(&hosted, "alice", "setup", "A pipeline");
+    review(&hosted, "bob", first, "--approve");
+    merge(&hosted, "bob", first);
+    hosted.as_admin(&["group", "create", "platform", "--json"]).json();
+    hosted.as_admin(&["group", "add", "platform", "carol", "--json"]).json();
+
+    // The change rewrites the check to pass; the target's script still runs.
+    branch_from_main(&work, "cheat");
+    work.commit("scripts/ci.sh", "#!/bin/sh\nexit 0\n", "Make the check pass");
+    work.ok(&["push", "-q", "origin", "cheat"]);
+    let cheat = open(&hosted, "alice", "cheat", "Green at last");
+    let runs = settled_checks(&hosted, cheat);
+    assert_eq!(runs[0]["status"], "failed", "{runs:?}");
+    assert!(runs[0]["log"].as_str().unwrap_or_default().contains("ok.txt is missing"), "{runs:?}");
+    review(&hosted, "bob", cheat, "--approve");
+    review(&hosted, "carol", cheat, "--approve");
+    let report = gate(&hosted, cheat);
+    assert_eq!(failing(&report), ["gate.check"], "{report}");
+    assert_eq!(refused_rules(&try_merge(&hosted, "carol", cheat)), ["gate.check"]);
+
+    // The honest fix passes the target's check, in the sandbox.
+    branch_from_main(&work, "fix");
+    let head = work.commit("ok.txt", "fine\n", "Provide ok.txt");
+    work.ok(&["push", "-q", "origin", "fix"]);
+    let fix = open(&hosted, "alice", "fix", "Provide ok.txt");
+    let runs = settled_checks(&hosted, fix);
+    assert_eq!(
+        (runs[0]["status"].as_str(), runs[0]["head"].as_str()),
+        (Some("passed"), Some(head.as_str())),
+        "{runs:?}"
+    );
+    assert!(runs[0]["log"].as_str().unwrap_or_default().contains("checked"), "{runs:?}");
+    review(&hosted, "bob", fix, "--approve");
+    assert_eq!(gate(&hosted, fix)["open"], true);
+    merge(&hosted, "bob", fix);
+
+    // A change leaving an invalid pipeline file fails its check, saying where.
+    branch_from_main(&work, "broken");
+    work.commit(PIPELINE, "[pipeline]\nowners = \"platform\"\ncheck = \"scripts/ci.sh\"\nbogus = 1\n", "Broken");
+    work.ok(&["push", "-q", "origin", "broken"]);
+    let broken = open(&hosted, "alice", "broken", "Broken pipeline");
+    let runs = settled_checks(&hosted, broken);
+    assert_eq!(runs[0]["status"], "failed", "{runs:?}");
+    assert!(runs[0]["log"].as_str().unwrap_or_default().contains("line 4, column 1"), "{runs:?}");
+}
+
 macro_rules! on_both_backends {
     ($($scenario:ident),* $(,)?) => {
         mod sqlite {
@@ -738,4 +811,5 @@ on_both_backends!(
     pushes_racing_merges_never_merge_an_unapproved_head,
     merges_racing_merges_land_each_change_once,
     a_change_reopened_after_a_push_is_at_its_branchs_tip,
+    a_change_cannot_turn_its_own_check_green,
 );
