@@ -45,6 +45,15 @@ impl Client {
 
     /// Sends a request and returns the JSON answer (null for 204).
     pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, Failure> {
+        let text = self.send(method, path, body).await?;
+        if text.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&text).map_err(|e| Failure::internal(format!("the server sent invalid JSON: {e}")))
+    }
+
+    /// Sends a request and returns the answer's text, or the failure it reports.
+    async fn send(&self, method: Method, path: &str, body: Option<&Value>) -> Result<String, Failure> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method, &url);
         if let Some(token) = &self.token {
@@ -65,33 +74,15 @@ impl Client {
             body: None,
         })?;
         if status.is_success() {
-            if text.is_empty() {
-                return Ok(Value::Null);
-            }
-            return serde_json::from_str(&text)
-                .map_err(|e| Failure::internal(format!("the server sent invalid JSON: {e}")));
-        }
-        Err(failure_from(status, &text))
-    }
-
-    /// GET of a text answer.
-    pub async fn text(&self, path: &str) -> Result<String, Failure> {
-        let mut request = self.http.get(format!("{}{path}", self.base));
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.map_err(|e| Failure {
-            code: 3,
-            message: format!("cannot reach custody at {}: {}", self.base, root_cause(&e)),
-            body: None,
-        })?;
-        let status = response.status();
-        let text = response.text().await.map_err(|e| Failure::internal(e.to_string()))?;
-        if status.is_success() {
             Ok(text)
         } else {
             Err(failure_from(status, &text))
         }
+    }
+
+    /// GET of a text answer.
+    pub async fn text(&self, path: &str) -> Result<String, Failure> {
+        self.send(Method::GET, path, None).await
     }
 
     /// GET.

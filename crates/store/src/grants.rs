@@ -345,6 +345,13 @@ async fn acting_admin<'a>(tx: &mut Tx, actor: &'a Authenticated) -> Result<Admin
 }
 
 impl Store {
+    /// An admin asks for a grant of any kind: applied at once, and marked,
+    /// during bootstrap; otherwise pending until a second admin approves.
+    pub async fn request(&self, actor: &Authenticated, action: GrantAction) -> Result<GrantView> {
+        let actor = actor.clone();
+        self.write(move |tx| Box::pin(async move { request(tx, &actor, action).await })).await
+    }
+
     /// A second admin approves a pending grant, which is applied at once.
     pub async fn approve_grant(&self, actor: &Authenticated, id: i64) -> Result<GrantView> {
         let actor = actor.clone();

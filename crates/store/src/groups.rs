@@ -6,7 +6,7 @@ use custody_domain::{GroupName, Timestamp, UserName};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::grants::{self, GrantView};
+use crate::grants::GrantView;
 use crate::people::{require_admin, Authenticated};
 use crate::{col, now_ms, Page, PageRequest, Result, Store, StoreError};
 
@@ -72,17 +72,12 @@ impl Store {
         group: GroupName,
         user: UserName,
     ) -> Result<GrantView> {
-        self.request_grant(actor, GrantAction::AddGroupMember { group, user }).await
+        self.request(actor, GrantAction::AddGroupMember { group, user }).await
     }
 
     /// An admin asks to remove `user` from `group`: a grant.
     pub async fn request_removal(&self, actor: &Authenticated, group: GroupName, user: UserName) -> Result<GrantView> {
-        self.request_grant(actor, GrantAction::RemoveGroupMember { group, user }).await
-    }
-
-    async fn request_grant(&self, actor: &Authenticated, action: GrantAction) -> Result<GrantView> {
-        let actor = actor.clone();
-        self.write(move |tx| Box::pin(async move { grants::request(tx, &actor, action).await })).await
+        self.request(actor, GrantAction::RemoveGroupMember { group, user }).await
     }
 
     /// Every group with its members, a page at a time.

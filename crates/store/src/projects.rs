@@ -8,7 +8,7 @@ use custody_domain::{ProjectName, RefUpdate, Role, Timestamp, UserName};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::grants::{self, existing_user, GrantView};
+use crate::grants::{existing_user, GrantView};
 use crate::people::{require_admin, Authenticated};
 use crate::writer::Tx;
 use crate::{col, now_ms, Page, PageRequest, Result, Store, StoreError};
@@ -394,12 +394,6 @@ impl Store {
         role: Role,
     ) -> Result<GrantView> {
         self.request(actor, GrantAction::AddProjectMember { project, user, role }).await
-    }
-
-    /// An admin asks for a project grant of any kind.
-    pub async fn request(&self, actor: &Authenticated, action: GrantAction) -> Result<GrantView> {
-        let actor = actor.clone();
-        self.write(move |tx| Box::pin(async move { grants::request(tx, &actor, action).await })).await
     }
 
     /// Records an accepted push: its ref updates, and the commits it brought
