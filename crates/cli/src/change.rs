@@ -46,7 +46,13 @@ pub enum ChangeCommand {
     /// Every rule of the gate, passed or failed (exit 0 open, 1 closed).
     Gate { project: String, number: i64 },
     /// Merge the change if its gate is open.
-    Merge { project: String, number: i64 },
+    Merge {
+        project: String,
+        number: i64,
+        /// If the gate is closed, merge as soon as it opens.
+        #[arg(long)]
+        auto: bool,
+    },
     /// The check runs of a change.
     Checks {
         project: String,
@@ -258,14 +264,23 @@ pub async fn run(client: &Client, command: ChangeCommand, out: Output) -> Result
             // An envelope is for machines in any case: always JSON.
             out.print_json(&envelope);
         }
-        ChangeCommand::Merge { project, number } => {
-            let merged = client.call(Method::POST, &path(&project, number, "/merge")?, Some(&json!(null))).await?;
+        ChangeCommand::Merge { project, number, auto } => {
+            let rest = if auto { "/merge?auto=true" } else { "/merge" };
+            let merged = client.call(Method::POST, &path(&project, number, rest)?, Some(&json!(null))).await?;
             out.show(&merged, |m| {
-                format!(
-                    "merged change {} as {}",
-                    m["change"]["number"],
-                    m["change"]["merge_commit"].as_str().unwrap_or("")
-                )
+                if m["auto_merge"].as_bool() == Some(true) {
+                    format!(
+                        "custody will merge change {} as soon as its gate opens\n{}",
+                        m["change"]["number"],
+                        gate_text(&m["gate"])
+                    )
+                } else {
+                    format!(
+                        "merged change {} as {}",
+                        m["change"]["number"],
+                        m["change"]["merge_commit"].as_str().unwrap_or("")
+                    )
+                }
             });
         }
     }

@@ -159,6 +159,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         custody_git::Repositories::new(data_dir.repositories()),
         until_stopped(stopped.clone()),
     ));
+    let merger = tokio::spawn(custody_server::changes::auto_merge(state.clone(), until_stopped(stopped.clone())));
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop.send(true);
@@ -167,6 +168,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         .await
         .map_err(|e| Failure::internal(format!("server failed: {e}")))?;
     let _ = runner.await;
+    let _ = merger.await;
     store.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -789,6 +789,36 @@ fn a_change_cannot_turn_its_own_check_green(backend: Backend) {
     assert!(runs[0]["log"].as_str().unwrap_or_default().contains("line 4, column 1"), "{runs:?}");
 }
 
+fn auto_merge_waits_for_the_gate_and_merges_as_it_opens(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let (work, base) = alice_on_branch(&hosted, "feature");
+    work.commit("feature.txt", "a feature\n", "Add a feature");
+    work.ok(&["push", "-q", "origin", "feature"]);
+    let number = open(&hosted, "alice", "feature", "Add a feature");
+    let asked = change(&hosted, "alice", &["merge", PROJECT, &number.to_string(), "--auto", "--json"]).json();
+    assert_eq!(asked["auto_merge"], true, "{asked}");
+    assert_eq!(asked["change"]["state"], "open", "{asked}");
+    // alice's own approval does not open the gate, so nothing merges.
+    review(&hosted, "alice", number, "--approve");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(show(&hosted, number)["state"], "open");
+    assert_eq!(hosted.server_ref("refs/heads/main").as_deref(), Some(base.as_str()));
+    // bob's approval opens it; custody merges, as alice asked.
+    review(&hosted, "bob", number, "--approve");
+    let mut merged = Value::Null;
+    for _ in 0..100 {
+        merged = show(&hosted, number);
+        if merged["state"] == "merged" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(merged["state"], "merged", "{merged}");
+    assert_eq!(merged["merged_by"], "alice", "{merged}");
+    let commit = server_commit(&hosted, merged["merge_commit"].as_str().expect("a merge commit"));
+    assert_eq!(commit.trailer("Approved-by"), ["bob"]);
+}
+
 macro_rules! on_both_backends {
     ($($scenario:ident),* $(,)?) => {
         mod sqlite {
@@ -812,4 +842,5 @@ on_both_backends!(
     merges_racing_merges_land_each_change_once,
     a_change_reopened_after_a_push_is_at_its_branchs_tip,
     a_change_cannot_turn_its_own_check_green,
+    auto_merge_waits_for_the_gate_and_merges_as_it_opens,
 );

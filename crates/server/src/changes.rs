@@ -285,3 +285,49 @@ fn attestation(
     });
     Statement::new(vec![subject], custody_formats::statement::CHANGE_PREDICATE, predicate)
 }
+
+/// Merges changes whose asker wanted them merged when their gate opens,
+/// with the asker's authority as it is at that moment, until `shutdown`.
+pub async fn auto_merge(state: AppState, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+        }
+        let candidates = match state.store().auto_merge_candidates().await {
+            Ok(candidates) => candidates,
+            Err(error) => {
+                tracing::error!(%error, "listing changes to merge");
+                continue;
+            }
+        };
+        for (project, number, user_id) in candidates {
+            if let Err(error) = try_auto_merge(&state, &project, number, user_id).await {
+                tracing::debug!(error = %error.message, %project, number, "auto-merge not yet");
+            }
+        }
+    }
+}
+
+async fn try_auto_merge(state: &AppState, project: &str, number: i64, user_id: i64) -> Result<(), ApiError> {
+    let project = custody_domain::ProjectName::parse(project)?;
+    let cancel = |why: &str| state.store().cancel_auto_merge(&project, number, why.to_owned());
+    let Some(actor) = state.store().acting_user(user_id).await? else {
+        cancel("the user who asked is disabled").await?;
+        return Ok(());
+    };
+    let access = match state.store().project_access(&actor, &project).await {
+        Ok(access) if access.role.is_some_and(|r| r.can_write()) => access,
+        _ => {
+            cancel(&format!("{} no longer has write access", actor.name)).await?;
+            return Ok(());
+        }
+    };
+    let (_, _, gate) = gate_of(state, &access, number).await?;
+    if gate.open {
+        let (change, _) = merge(state, &actor, &access, number).await?;
+        tracing::info!(%project, number, merge = ?change.merge_commit, by = %actor.name, "merged as the gate opened");
+    }
+    Ok(())
+}

@@ -480,7 +480,7 @@ impl Store {
                         )));
                     }
                 }
-                let sql = tx.sql("UPDATE changes SET state = $1 WHERE id = $2 AND state = $3");
+                let sql = tx.sql("UPDATE changes SET state = $1, auto_merge_by = NULL WHERE id = $2 AND state = $3");
                 sqlx::query(&sql).bind(to).bind(id).bind(from).execute(tx.conn()).await?;
                 tx.audit(NewEvent {
                     actor: actor.name.to_string(),
@@ -585,6 +585,64 @@ impl Store {
     ) -> Result<GateRecords> {
         let access = access.clone();
         self.write(move |tx| Box::pin(async move { gate_records(tx, &access, number, &commits, &groups).await })).await
+    }
+
+    /// Asks for a change to be merged as soon as its gate opens, by the
+    /// asker's authority at that moment.
+    pub async fn request_auto_merge(&self, actor: &Authenticated, access: &ProjectAccess, number: i64) -> Result<()> {
+        require_writer(access, actor, CHANGE_NEEDS_WRITE, "merge changes")?;
+        let (actor, access) = (actor.clone(), access.clone());
+        self.write(move |tx| {
+            Box::pin(async move {
+                let (id, change) = change_row(tx, access.project_id, number).await?;
+                if change.state != "open" {
+                    return Err(StoreError::Conflict(format!("change {number} is {}, not open", change.state)));
+                }
+                let sql = tx.sql("UPDATE changes SET auto_merge_by = $1 WHERE id = $2");
+                sqlx::query(&sql).bind(actor.user_id).bind(id).execute(tx.conn()).await?;
+                tx.audit(NewEvent {
+                    actor: actor.name.to_string(),
+                    action: "change.auto_merge".into(),
+                    subject: format!("change:{}/{number}", access.project),
+                    details: json!({ "head": change.head }),
+                })
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Open changes waiting to be merged when their gate opens: project,
+    /// number and the asker's user id.
+    pub async fn auto_merge_candidates(&self) -> Result<Vec<(String, i64, i64)>> {
+        let sql = "SELECT p.name, c.number, c.auto_merge_by FROM changes c JOIN projects p ON p.id = c.project_id \
+                   WHERE c.state = 'open' AND c.auto_merge_by IS NOT NULL ORDER BY c.id";
+        let rows = sqlx::query(sql).fetch_all(self.readers()).await?;
+        rows.iter().map(|r| Ok((col(r, "name")?, col(r, "number")?, col(r, "auto_merge_by")?))).collect()
+    }
+
+    /// Stops waiting to merge a change (its asker can no longer merge).
+    pub async fn cancel_auto_merge(&self, project: &ProjectName, number: i64, why: String) -> Result<()> {
+        let project = project.clone();
+        self.write(move |tx| {
+            Box::pin(async move {
+                let sql = tx.sql(
+                    "UPDATE changes SET auto_merge_by = NULL WHERE number = $1 \
+                     AND project_id = (SELECT id FROM projects WHERE name = $2)",
+                );
+                sqlx::query(&sql).bind(number).bind(project.as_str()).execute(tx.conn()).await?;
+                tx.audit(NewEvent {
+                    actor: custody_domain::audit::SYSTEM_ACTOR.into(),
+                    action: "change.auto_merge.cancel".into(),
+                    subject: format!("change:{project}/{number}"),
+                    details: json!({ "reason": why }),
+                })
+                .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// The signed attestation of a merged change.

@@ -346,6 +346,23 @@ impl Store {
         Ok(authenticated)
     }
 
+    /// A user acting on their own earlier request (such as a merge asked to
+    /// happen when the gate opens), with the authority they have now: read
+    /// and write, never admin. `None` when they are disabled or gone.
+    pub async fn acting_user(&self, user_id: i64) -> Result<Option<Authenticated>> {
+        let sql = self.sql("SELECT name FROM users WHERE id = $1 AND state = 'active' AND disabled_at IS NULL");
+        let name: Option<String> = sqlx::query_scalar(&sql).bind(user_id).fetch_optional(self.readers()).await?;
+        let Some(name) = name else { return Ok(None) };
+        Ok(Some(Authenticated {
+            user_id,
+            name: UserName::parse(&name).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            scopes: Scopes::of(&[Scope::Read, Scope::Write]),
+            token_id: String::new(),
+            is_admin: false,
+            is_auditor: false,
+        }))
+    }
+
     /// Records a token's last use in the background; a lost update only
     /// makes "last used" a minute staler.
     fn touch_token(&self, token_id: String, now: i64) {

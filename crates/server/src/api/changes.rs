@@ -222,25 +222,47 @@ pub(crate) async fn reopen(
     Ok(Json(state.store().set_change_state(&auth.0, &access, number, true).await?))
 }
 
-/// A merged change and the gate that let it in.
+/// A merged change and the gate that let it in, or the promise to merge it.
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Merged {
     change: ChangeView,
     #[schema(value_type = Object)]
     gate: GateReport,
+    /// True when the gate was closed and custody will merge the change as
+    /// soon as it opens.
+    auto_merge: bool,
 }
 
-/// Merges the change if its gate is open; refused with every failing rule otherwise.
-#[utoipa::path(post, path = "/api/v1/projects/{name}/changes/{number}/merge", tag = "changes", security(("token" = [])),
-    responses((status = 200, body = Merged), (status = 403, body = crate::error::ErrorBody)))]
+/// How to merge.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct MergeQuery {
+    /// Merge as soon as the gate opens, if it is closed now.
+    auto: Option<bool>,
+}
+
+/// Merges the change if its gate is open; refused with every failing rule
+/// otherwise, or, with `auto=true`, merged by custody as soon as it opens.
+#[utoipa::path(post, path = "/api/v1/projects/{name}/changes/{number}/merge", tag = "changes", security(("token" = [])), params(MergeQuery),
+    responses((status = 200, body = Merged), (status = 202, body = Merged), (status = 403, body = crate::error::ErrorBody)))]
 pub(crate) async fn merge(
     State(state): State<AppState>,
     auth: Auth,
     PathParam((project, number)): PathParam<(String, i64)>,
-) -> ApiResult<Json<Merged>> {
+    Params(query): Params<MergeQuery>,
+) -> ApiResult<(StatusCode, Json<Merged>)> {
     let access = access(&state, &auth, &project).await?;
+    if query.auto == Some(true) {
+        let (_, _, gate) = crate::changes::gate_of(&state, &access, number).await?;
+        if !gate.open {
+            state.store().request_auto_merge(&auth.0, &access, number).await?;
+            let change = state.store().get_change(&access.project, number).await?;
+            return Ok((StatusCode::ACCEPTED, Json(Merged { change, gate, auto_merge: true })));
+        }
+    }
     let (change, gate) = crate::changes::merge(&state, &auth.0, &access, number).await?;
-    Ok(Json(Merged { change, gate }))
+    Ok((StatusCode::OK, Json(Merged { change, gate, auto_merge: false })))
 }
 
 /// The signed change attestation of a merged change: a DSSE envelope whose

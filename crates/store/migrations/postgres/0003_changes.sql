@@ -15,6 +15,8 @@ CREATE TABLE changes (
     merged_by BIGINT REFERENCES users(id),
     merged_at BIGINT,
     merge_commit TEXT,
+    -- Who asked for the change to be merged as soon as its gate opens.
+    auto_merge_by BIGINT REFERENCES users(id),
     -- The gate key's signed change attestation (a DSSE envelope).
     attestation TEXT,
     UNIQUE (project_id, number)
