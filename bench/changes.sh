@@ -14,7 +14,7 @@ trap cleanup EXIT
 export GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null GIT_TERMINAL_PROMPT=0 HOME="$work/home" CUSTODY_CONFIG_DIR="$work/cfg"
 mkdir -p "$HOME"
 
-"$bin" serve --data-dir "$work/data" --listen 127.0.0.1:0 >"$work/out" 2>"$work/err" &
+CUSTODY_LOG="${CUSTODY_LOG:-warn}" "$bin" serve --data-dir "$work/data" --listen 127.0.0.1:0 >"$work/out" 2>"$work/err" &
 server=$!
 for _ in $(seq 1 50); do grep -q '^listening on' "$work/out" && break; sleep 0.1; done
 url=$(sed -n 's/^listening on //p' "$work/out")

@@ -165,16 +165,19 @@ pub async fn gate_of(
     access: &ProjectAccess,
     number: i64,
 ) -> Result<(ChangeView, GateRecords, GateReport), ApiError> {
-    let change = state.store().get_change(&access.project, number).await?;
-    let facts = git_facts(
-        state,
-        &access.project,
-        change.target_branch.clone(),
-        change.head.clone(),
-        change.merge_commit.clone(),
-    )
-    .await?;
-    let records = state.store().gate_records(access, number, facts.commits.clone(), groups_of(&facts.policy)).await?;
+    // The head is read first to ask git about it; if a push moves it before
+    // the records are read, evaluate again rather than mix two heads.
+    let mut attempts = 0;
+    let (facts, records) = loop {
+        attempts += 1;
+        let (target, head, merge_commit) = state.store().change_position(access, number).await?;
+        let facts = git_facts(state, &access.project, target, head, merge_commit).await?;
+        let records =
+            state.store().gate_records(access, number, facts.commits.clone(), groups_of(&facts.policy)).await?;
+        if records.change.head == facts.head || attempts >= 3 {
+            break (facts, records);
+        }
+    };
     let check = state.store().check_state(access, number, &facts.head).await?;
     let report = evaluate(&facts, &records, &check);
     Ok((records.change.clone(), records, report))

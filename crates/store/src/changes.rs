@@ -189,9 +189,11 @@ async fn reviews_of(tx: &mut Tx, change_id: i64, head: &str) -> Result<Vec<Revie
         .collect()
 }
 
-/// The authors of a change whose commits are `commits`, from the push log.
-async fn authors_of(tx: &mut Tx, project_id: i64, source_branch: &str, commits: &[String]) -> Result<Authors> {
+/// The authors the commits themselves make: their first pushers and the
+/// users they name; and whether every commit was found recorded.
+async fn commit_authors(tx: &mut Tx, project_id: i64, commits: &[String]) -> Result<(Authors, bool)> {
     let mut authors: Authors = BTreeMap::new();
+    let mut found = 0;
     let mut add = |user: String, why: AuthorReason| -> Result<()> {
         authors.entry(parse_user(user)?).or_default().push(why);
         Ok(())
@@ -211,6 +213,7 @@ async fn authors_of(tx: &mut Tx, project_id: i64, source_branch: &str, commits: 
         }
         for row in query.fetch_all(tx.conn()).await? {
             let sha: String = col(&row, "sha")?;
+            found += 1;
             if let Some(pusher) = col::<Option<String>>(&row, "pusher")? {
                 add(pusher, AuthorReason::PushedCommit { commit: sha.clone() })?;
             }
@@ -233,6 +236,55 @@ async fn authors_of(tx: &mut Tx, project_id: i64, source_branch: &str, commits: 
             add(col(&row, "name")?, AuthorReason::CoAuthor { commit: col(&row, "sha")? })?;
         }
     }
+    Ok((authors, found == commits.len()))
+}
+
+/// Authors by commit: fixed for a given list of commits, since a commit's
+/// record (its first push, the people it names) is written once.
+pub(crate) type AuthorsCache = std::sync::Mutex<std::collections::HashMap<(i64, [u8; 32]), Authors>>;
+
+/// How many commit lists' authors are remembered.
+const AUTHORS_REMEMBERED: usize = 256;
+
+fn commits_key(project_id: i64, commits: &[String]) -> (i64, [u8; 32]) {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    for sha in commits {
+        hasher.update(sha.as_bytes());
+        hasher.update(b"\n");
+    }
+    (project_id, hasher.finalize().into())
+}
+
+/// The authors of a change whose commits are `commits`, from the push log.
+async fn authors_of(
+    tx: &mut Tx,
+    cache: &AuthorsCache,
+    project_id: i64,
+    source_branch: &str,
+    commits: &[String],
+) -> Result<Authors> {
+    let key = commits_key(project_id, commits);
+    let remembered = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
+    let mut authors = match remembered {
+        Some(authors) => authors,
+        None => {
+            let (authors, complete) = commit_authors(tx, project_id, commits).await?;
+            // Only a list whose every commit is recorded is final.
+            if complete {
+                let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+                if cache.len() >= AUTHORS_REMEMBERED {
+                    cache.clear();
+                }
+                cache.insert(key, authors.clone());
+            }
+            authors
+        }
+    };
+    let mut add = |user: String, why: AuthorReason| -> Result<()> {
+        authors.entry(parse_user(user)?).or_default().push(why);
+        Ok(())
+    };
     // Everyone who ever moved the source branch: over-inclusive on purpose,
     // since being an author can only make someone ineligible.
     let sql = tx.sql(
@@ -253,6 +305,7 @@ async fn authors_of(tx: &mut Tx, project_id: i64, source_branch: &str, commits: 
 
 async fn gate_records(
     tx: &mut Tx,
+    cache: &AuthorsCache,
     access: &ProjectAccess,
     number: i64,
     commits: &[String],
@@ -272,7 +325,7 @@ async fn gate_records(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let authors = authors_of(tx, access.project_id, &change.source_branch, commits).await?;
+    let authors = authors_of(tx, cache, access.project_id, &change.source_branch, commits).await?;
     let sql = tx.sql(
         "SELECT u.name FROM project_members m JOIN users u ON u.id = m.user_id \
          WHERE m.project_id = $1 AND m.role IN ('write', 'maintain') AND u.disabled_at IS NULL",
@@ -398,6 +451,24 @@ impl Store {
             })
             .await?;
         self.get_change(&access.project, number).await
+    }
+
+    /// Where a change stands, read without the writer: its target branch,
+    /// head and merge commit.
+    pub async fn change_position(
+        &self,
+        access: &ProjectAccess,
+        number: i64,
+    ) -> Result<(String, String, Option<String>)> {
+        let sql =
+            self.sql("SELECT target_branch, head, merge_commit FROM changes WHERE project_id = $1 AND number = $2");
+        let row = sqlx::query(&sql)
+            .bind(access.project_id)
+            .bind(number)
+            .fetch_optional(self.readers())
+            .await?
+            .ok_or_else(|| StoreError::not_found("change", number))?;
+        Ok((col(&row, "target_branch")?, col(&row, "head")?, col(&row, "merge_commit")?))
     }
 
     /// One change, with its reviews.
@@ -583,8 +654,11 @@ impl Store {
         commits: Vec<String>,
         groups: Vec<GroupName>,
     ) -> Result<GateRecords> {
-        let access = access.clone();
-        self.write(move |tx| Box::pin(async move { gate_records(tx, &access, number, &commits, &groups).await })).await
+        let (access, cache) = (access.clone(), self.authors_cache());
+        self.write(move |tx| {
+            Box::pin(async move { gate_records(tx, &cache, &access, number, &commits, &groups).await })
+        })
+        .await
     }
 
     /// Asks for a change to be merged as soon as its gate opens, by the
@@ -672,11 +746,11 @@ impl Store {
         plan: MergePlan,
     ) -> Result<(ChangeView, custody_domain::gate::GateReport)> {
         require_writer(access, actor, CHANGE_NEEDS_WRITE, "merge changes")?;
-        let (actor, access2) = (actor.clone(), access.clone());
+        let (actor, access2, cache) = (actor.clone(), access.clone(), self.authors_cache());
         let report = self
             .write(move |tx| {
                 Box::pin(async move {
-                    let records = gate_records(tx, &access2, number, &commits, &groups).await?;
+                    let records = gate_records(tx, &cache, &access2, number, &commits, &groups).await?;
                     if records.change.head != plan.head {
                         return Err(StoreError::Refused(Decision::deny(
                             Reason::new(

@@ -144,6 +144,7 @@ struct Inner {
     dialect: Dialect,
     readers: AnyPool,
     writer: writer::Handle,
+    authors: Arc<changes::AuthorsCache>,
 }
 
 impl Store {
@@ -174,7 +175,11 @@ impl Store {
             .connect_with(options.clone())
             .await?;
         let writer = writer::Handle::start(dialect, writer_conn, options);
-        Ok(Store { inner: Arc::new(Inner { dialect, readers, writer }) })
+        Ok(Store { inner: Arc::new(Inner { dialect, readers, writer, authors: Arc::default() }) })
+    }
+
+    pub(crate) fn authors_cache(&self) -> Arc<changes::AuthorsCache> {
+        self.inner.authors.clone()
     }
 
     /// Which database this store is on.
