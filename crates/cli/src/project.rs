@@ -33,6 +33,8 @@ pub enum ProjectCommand {
     Protect { name: String, branch: String },
     /// Ask to stop protecting a branch (a grant); the default branch stays protected.
     Unprotect { name: String, branch: String },
+    /// Ask to make another branch the default (a grant); the old one stays protected.
+    SetDefaultBranch { name: String, branch: String },
     /// Who pushed what, as authenticated.
     Pushes { name: String },
     /// A commit: who pushed it first, and who it names.
@@ -140,6 +142,12 @@ pub async fn run(client: &Client, command: ProjectCommand, out: Output) -> Resul
             custody_domain::project::check_branch_name(&branch)?;
             let path = format!("/api/v1/projects/{}/protected-branches/{branch}", ProjectName::parse(&name)?);
             let grant = client.call(Method::DELETE, &path, None).await?;
+            out.show(&grant, grant_outcome);
+        }
+        ProjectCommand::SetDefaultBranch { name, branch } => {
+            custody_domain::project::check_branch_name(&branch)?;
+            let path = format!("/api/v1/projects/{}/default-branch", ProjectName::parse(&name)?);
+            let grant = client.call(Method::PUT, &path, Some(&json!({ "branch": branch }))).await?;
             out.show(&grant, grant_outcome);
         }
         ProjectCommand::Pushes { name } => {

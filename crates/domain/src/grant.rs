@@ -87,6 +87,14 @@ pub enum GrantAction {
         /// The branch.
         branch: String,
     },
+    /// Makes another branch the project's mainline (built, deployed, and
+    /// always protected).
+    SetDefaultBranch {
+        /// The project.
+        project: ProjectName,
+        /// The new default branch.
+        branch: String,
+    },
     /// Takes an existing repository's history as a project's unreviewed
     /// baseline: exactly these refs, fetched when the grant was asked for.
     ImportRepository {
@@ -111,6 +119,7 @@ impl GrantAction {
             | GrantAction::RemoveProjectMember { user, .. } => Some(user),
             GrantAction::ProtectBranch { .. }
             | GrantAction::UnprotectBranch { .. }
+            | GrantAction::SetDefaultBranch { .. }
             | GrantAction::ImportRepository { .. } => None,
         }
     }
@@ -120,6 +129,7 @@ impl GrantAction {
         match self {
             GrantAction::ProtectBranch { project, .. }
             | GrantAction::UnprotectBranch { project, .. }
+            | GrantAction::SetDefaultBranch { project, .. }
             | GrantAction::ImportRepository { project, .. } => format!("project:{project}"),
             _ => self.named_user().map(|u| format!("user:{u}")).unwrap_or_default(),
         }
@@ -137,6 +147,7 @@ impl GrantAction {
             GrantAction::ProtectBranch { .. } => "project.branch.protect",
             GrantAction::UnprotectBranch { .. } => "project.branch.unprotect",
             GrantAction::ImportRepository { .. } => "project.import",
+            GrantAction::SetDefaultBranch { .. } => "project.default_branch",
         }
     }
 
@@ -154,6 +165,9 @@ impl GrantAction {
             GrantAction::ProtectBranch { project, branch } => format!("protect branch {branch} of project {project}"),
             GrantAction::UnprotectBranch { project, branch } => {
                 format!("stop protecting branch {branch} of project {project}")
+            }
+            GrantAction::SetDefaultBranch { project, branch } => {
+                format!("make {branch} the default branch of project {project}")
             }
             GrantAction::ImportRepository { project, source, refs } => {
                 let shown: Vec<String> =

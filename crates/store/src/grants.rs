@@ -188,6 +188,7 @@ async fn check_applicable(tx: &mut Tx, action: &GrantAction) -> Result<()> {
         | GrantAction::RemoveProjectMember { .. }
         | GrantAction::ProtectBranch { .. }
         | GrantAction::UnprotectBranch { .. }
+        | GrantAction::SetDefaultBranch { .. }
         | GrantAction::ImportRepository { .. } => crate::projects::check_applicable(tx, action).await?,
     }
     Ok(())
@@ -233,6 +234,7 @@ pub(crate) async fn apply(tx: &mut Tx, grant_id: i64, action: &GrantAction) -> R
         | GrantAction::RemoveProjectMember { .. }
         | GrantAction::ProtectBranch { .. }
         | GrantAction::UnprotectBranch { .. }
+        | GrantAction::SetDefaultBranch { .. }
         | GrantAction::ImportRepository { .. } => crate::projects::apply(tx, grant_id, action).await?,
     }
     Ok(())

@@ -145,6 +145,13 @@ pub(crate) async fn check_applicable(tx: &mut Tx, action: &GrantAction) -> Resul
                 return Err(StoreError::Conflict(format!("branch {branch} of {project} is already protected")));
             }
         }
+        GrantAction::SetDefaultBranch { project, branch } => {
+            check_branch_name(branch)?;
+            let (_, default_branch) = project_id(tx, project).await?;
+            if *branch == default_branch {
+                return Err(StoreError::Conflict(format!("{branch} is already the default branch of {project}")));
+            }
+        }
         GrantAction::ImportRepository { project, .. } => {
             let (project_id, _) = project_id(tx, project).await?;
             let sql = tx.sql("SELECT COUNT(*) FROM commits WHERE project_id = $1");
@@ -205,6 +212,19 @@ pub(crate) async fn apply(tx: &mut Tx, grant_id: i64, action: &GrantAction) -> R
             let (project_id, _) = project_id(tx, project).await?;
             let sql = tx.sql("DELETE FROM protected_branches WHERE project_id = $1 AND branch = $2");
             sqlx::query(&sql).bind(project_id).bind(branch).execute(tx.conn()).await?;
+        }
+        GrantAction::SetDefaultBranch { project, branch } => {
+            // The old mainline stays protected: taking protection away is a
+            // grant of its own.
+            let (project_id, old) = project_id(tx, project).await?;
+            let sql = tx.sql(
+                "INSERT INTO protected_branches (project_id, branch, grant_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            );
+            sqlx::query(&sql).bind(project_id).bind(&old).bind(grant_id).execute(tx.conn()).await?;
+            let sql = tx.sql("DELETE FROM protected_branches WHERE project_id = $1 AND branch = $2");
+            sqlx::query(&sql).bind(project_id).bind(branch).execute(tx.conn()).await?;
+            let sql = tx.sql("UPDATE projects SET default_branch = $1 WHERE id = $2");
+            sqlx::query(&sql).bind(branch).bind(project_id).execute(tx.conn()).await?;
         }
         _ => {}
     }

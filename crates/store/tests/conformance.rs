@@ -340,6 +340,22 @@ async fn a_push_records_its_pusher_and_the_people_its_commits_name(store: Store)
     assert_eq!(logged.details["users_named_by_commits"], serde_json::json!(["alice", "bob"]));
 }
 
+async fn changing_the_default_branch_is_a_grant_and_keeps_the_old_one_protected(store: Store) {
+    use custody_domain::grant::GrantAction;
+    let (root, bob) = governed(&store).await;
+    let project = custody_domain::ProjectName::parse("payments").unwrap();
+    store.create_project(&root, project.clone(), "main".into()).await.unwrap();
+    let action = GrantAction::SetDefaultBranch { project: project.clone(), branch: "trunk".into() };
+    let grant = store.request(&root, action).await.unwrap();
+    assert_eq!(grant.status, GrantStatus::Pending);
+    assert_eq!(store.get_project(&project).await.unwrap().default_branch, "main", "nothing changes before approval");
+    assert_eq!(refused_rules(store.approve_grant(&root, grant.id).await), ["grant.requester_cannot_approve"]);
+    store.approve_grant(&bob, grant.id).await.unwrap();
+    let view = store.get_project(&project).await.unwrap();
+    assert_eq!(view.default_branch, "trunk");
+    assert_eq!(view.protected_branches, ["trunk", "main"], "the old mainline stays protected");
+}
+
 async fn an_admin_named_by_a_grant_cannot_approve_it(store: Store) {
     let (root, bob) = governed(&store).await;
     store.create_group(&root, group("qa")).await.unwrap();
@@ -875,6 +891,7 @@ conformance! {
     requester_cannot_approve_own_grant,
     a_user_still_awaiting_approval_cannot_be_made_an_admin,
     a_push_records_its_pusher_and_the_people_its_commits_name,
+    changing_the_default_branch_is_a_grant_and_keeps_the_old_one_protected,
     an_admin_named_by_a_grant_cannot_approve_it,
     a_second_admin_approves_and_the_grant_applies,
     pending_users_invite_waits_for_approval_then_redeems_once,

@@ -68,7 +68,7 @@ impl PageQuery {
         audit::events,
         projects::create_project, projects::list_projects, projects::get_project,
         projects::add_member, projects::remove_member, projects::protect_branch, projects::unprotect_branch,
-        projects::pushes, projects::commit,
+        projects::pushes, projects::commit, projects::set_default_branch,
         changes::open_change, changes::list_changes, changes::get_change, changes::diff, changes::gate,
         changes::review, changes::close, changes::reopen, changes::merge, changes::attestation, changes::checks,
     ),
@@ -134,6 +134,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/projects/{name}/protected-branches", post(projects::protect_branch))
         .route("/projects/{name}/protected-branches/{branch}", delete(projects::unprotect_branch))
         .route("/projects/{name}/pushes", get(projects::pushes))
+        .route("/projects/{name}/default-branch", put(projects::set_default_branch))
         .route("/projects/{name}/commits/{sha}", get(projects::commit))
         .route("/projects/{name}/changes", get(changes::list_changes).post(changes::open_change))
         .route("/projects/{name}/changes/{number}", get(changes::get_change))

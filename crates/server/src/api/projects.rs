@@ -286,3 +286,18 @@ pub(crate) async fn commit(
     let name = readable(&state, &auth, &name).await?;
     Ok(Json(state.store().commit(&name, &sha).await?))
 }
+
+/// An admin asks to make another branch the default: a grant. The old
+/// default branch stays protected.
+#[utoipa::path(put, path = "/api/v1/projects/{name}/default-branch", tag = "projects", security(("token" = [])), request_body = BranchRequest,
+    responses((status = 202, body = GrantView), (status = 403, body = crate::error::ErrorBody)))]
+pub(crate) async fn set_default_branch(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam(name): PathParam<String>,
+    Body(request): Body<BranchRequest>,
+) -> ApiResult<(StatusCode, Json<GrantView>)> {
+    custody_domain::project::check_branch_name(&request.branch)?;
+    let action = GrantAction::SetDefaultBranch { project: ProjectName::parse(&name)?, branch: request.branch };
+    Ok((StatusCode::ACCEPTED, Json(state.store().request(&auth.0, action).await?)))
+}
