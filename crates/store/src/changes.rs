@@ -147,6 +147,47 @@ async fn change_row(tx: &mut Tx, project_id: i64, number: i64) -> Result<(i64, C
     Ok((view.id, view))
 }
 
+/// A change as the database's JSON gives it.
+#[derive(serde::Deserialize)]
+struct ChangeRow {
+    id: i64,
+    number: i64,
+    project: String,
+    title: String,
+    description: String,
+    source_branch: String,
+    target_branch: String,
+    state: String,
+    head: String,
+    opened_by: String,
+    opened_at: i64,
+    merged_by: Option<String>,
+    merged_at: Option<i64>,
+    merge_commit: Option<String>,
+}
+
+impl ChangeRow {
+    fn into_view(self) -> ChangeView {
+        ChangeView {
+            id: self.id,
+            number: self.number,
+            project: self.project,
+            title: self.title,
+            description: self.description,
+            source_branch: self.source_branch,
+            target_branch: self.target_branch,
+            state: self.state,
+            head: self.head,
+            opened_by: self.opened_by,
+            opened_at: Timestamp::from_millis(self.opened_at),
+            merged_by: self.merged_by,
+            merged_at: self.merged_at.map(Timestamp::from_millis),
+            merge_commit: self.merge_commit,
+            reviews: Vec::new(),
+        }
+    }
+}
+
 fn change_view(row: &sqlx::any::AnyRow) -> Result<ChangeView> {
     Ok(ChangeView {
         id: col(row, "id")?,
@@ -498,21 +539,32 @@ impl Store {
         state: Option<&str>,
         page: PageRequest,
     ) -> Result<Page<ChangeView>> {
+        // The page comes back as one JSON document built by the database:
+        // one value to decode instead of fourteen columns of each row.
         let sql = self.sql(
-            "SELECT c.id, c.number, p.name AS project, c.title, c.description, c.source_branch, c.target_branch, c.state, \
+            "SELECT CAST(json_group_array(json_object(\
+                'id', id, 'number', number, 'project', project, 'title', title, 'description', description, \
+                'source_branch', source_branch, 'target_branch', target_branch, 'state', state, 'head', head, \
+                'opened_by', opened_by, 'opened_at', opened_at, 'merged_by', merged_by, 'merged_at', merged_at, \
+                'merge_commit', merge_commit) ORDER BY number) AS TEXT) FROM (\
+             SELECT c.id, c.number, p.name AS project, c.title, c.description, c.source_branch, c.target_branch, c.state, \
                     c.head, o.name AS opened_by, c.opened_at, m.name AS merged_by, c.merged_at, c.merge_commit \
              FROM changes c JOIN projects p ON p.id = c.project_id JOIN users o ON o.id = c.opened_by \
              LEFT JOIN users m ON m.id = c.merged_by \
-             WHERE c.project_id = $1 AND c.number > $2 AND ($3 = '' OR c.state = $3) ORDER BY c.number LIMIT $4",
+             WHERE c.project_id = $1 AND c.number > $2 AND ($3 = '' OR c.state = $3) ORDER BY c.number LIMIT $4) page",
         );
-        let rows = sqlx::query(&sql)
+        let document: Option<String> = sqlx::query_scalar(&sql)
             .bind(access.project_id)
             .bind(page.after.unwrap_or(0))
             .bind(state.unwrap_or(""))
             .bind(page.limit)
-            .fetch_all(self.readers())
+            .fetch_one(self.readers())
             .await?;
-        let items = rows.iter().map(change_view).collect::<Result<Vec<_>>>()?;
+        let rows: Vec<ChangeRow> = match document {
+            Some(text) => serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("change list: {e}")))?,
+            None => Vec::new(),
+        };
+        let items: Vec<ChangeView> = rows.into_iter().map(ChangeRow::into_view).collect();
         Ok(Page::from_items(items, page, |c| c.number))
     }
 

@@ -70,12 +70,20 @@ impl Dialect {
     }
 
     /// SQL is written once in SQLite's words with `$1`-style placeholders.
-    /// SQLite spells placeholders `?1`; PostgreSQL names two functions
-    /// differently (`string_agg` for `group_concat`, `chr` for `char`).
+    /// SQLite spells placeholders `?1`; PostgreSQL names a few functions
+    /// differently (`string_agg` for `group_concat`, `chr` for `char`,
+    /// `json_agg` and `json_build_object` for SQLite's JSON functions).
     pub(crate) fn sql(self, sql: &'static str) -> Cow<'static, str> {
+        /// SQLite's names, and PostgreSQL's for the same functions.
+        const RENAMED: [(&str, &str); 4] = [
+            ("group_concat(", "string_agg("),
+            ("char(", "chr("),
+            ("json_group_array(", "json_agg("),
+            ("json_object(", "json_build_object("),
+        ];
         match self {
-            Dialect::Postgres if sql.contains("group_concat(") => {
-                Cow::Owned(sql.replace("group_concat(", "string_agg(").replace("char(", "chr("))
+            Dialect::Postgres if RENAMED.iter().any(|(from, _)| sql.contains(from)) => {
+                Cow::Owned(RENAMED.iter().fold(sql.to_owned(), |sql, (from, to)| sql.replace(from, to)))
             }
             Dialect::Postgres => Cow::Borrowed(sql),
             Dialect::Sqlite => Cow::Owned(sql.replace('$', "?")),
