@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use custody_domain::{GrantStatus, GroupName, UserName};
+use custody_domain::{GrantAction, GrantStatus, GroupName, UserName};
 use custody_store::{GrantView, GroupView, Page};
 use serde::Deserialize;
 
@@ -73,8 +73,7 @@ pub(crate) async fn add_member(
     Body(request): Body<MemberRequest>,
 ) -> ApiResult<(StatusCode, Json<GrantView>)> {
     let (group, user) = (GroupName::parse(&name)?, UserName::parse(&request.user)?);
-    let grant = state.store().request_membership(&auth.0, group, user).await?;
-    Ok((StatusCode::ACCEPTED, Json(grant)))
+    super::grant_requested(&state, &auth, GrantAction::AddGroupMember { group, user }).await
 }
 
 /// An admin asks to remove a member: a grant.
@@ -86,8 +85,7 @@ pub(crate) async fn remove_member(
     PathParam((name, user)): PathParam<(String, String)>,
 ) -> ApiResult<(StatusCode, Json<GrantView>)> {
     let (group, user) = (GroupName::parse(&name)?, UserName::parse(&user)?);
-    let grant = state.store().request_removal(&auth.0, group, user).await?;
-    Ok((StatusCode::ACCEPTED, Json(grant)))
+    super::grant_requested(&state, &auth, GrantAction::RemoveGroupMember { group, user }).await
 }
 
 /// Which grants to list.

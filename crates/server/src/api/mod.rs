@@ -148,6 +148,16 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/projects/{name}/changes/{number}/checks", get(changes::checks))
 }
 
+/// Asks for a grant on behalf of the caller: 202 with the grant, pending a
+/// second admin (or applied at once, and marked, during bootstrap).
+pub(crate) async fn grant_requested(
+    state: &crate::AppState,
+    auth: &crate::auth::Auth,
+    action: custody_domain::GrantAction,
+) -> crate::error::ApiResult<(axum::http::StatusCode, Json<custody_store::GrantView>)> {
+    Ok((axum::http::StatusCode::ACCEPTED, Json(state.store().request(&auth.0, action).await?)))
+}
+
 /// Path parameters, with malformed ones refused as a 400 that says why.
 pub struct PathParam<T>(pub T);
 

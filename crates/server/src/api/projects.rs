@@ -212,7 +212,7 @@ pub(crate) async fn add_member(
         user: UserName::parse(&request.user)?,
         role: Role::parse(&request.role)?,
     };
-    Ok((StatusCode::ACCEPTED, Json(state.store().request(&auth.0, action).await?)))
+    super::grant_requested(&state, &auth, action).await
 }
 
 /// An admin asks to remove a member: a grant.
@@ -225,7 +225,7 @@ pub(crate) async fn remove_member(
 ) -> ApiResult<(StatusCode, Json<GrantView>)> {
     let action =
         GrantAction::RemoveProjectMember { project: ProjectName::parse(&name)?, user: UserName::parse(&user)? };
-    Ok((StatusCode::ACCEPTED, Json(state.store().request(&auth.0, action).await?)))
+    super::grant_requested(&state, &auth, action).await
 }
 
 /// A branch to protect.
@@ -246,7 +246,7 @@ pub(crate) async fn protect_branch(
 ) -> ApiResult<(StatusCode, Json<GrantView>)> {
     custody_domain::project::check_branch_name(&request.branch)?;
     let action = GrantAction::ProtectBranch { project: ProjectName::parse(&name)?, branch: request.branch };
-    Ok((StatusCode::ACCEPTED, Json(state.store().request(&auth.0, action).await?)))
+    super::grant_requested(&state, &auth, action).await
 }
 
 /// An admin asks to stop protecting a branch: a grant. The default branch
@@ -259,7 +259,7 @@ pub(crate) async fn unprotect_branch(
     PathParam((name, branch)): PathParam<(String, String)>,
 ) -> ApiResult<(StatusCode, Json<GrantView>)> {
     let action = GrantAction::UnprotectBranch { project: ProjectName::parse(&name)?, branch };
-    Ok((StatusCode::ACCEPTED, Json(state.store().request(&auth.0, action).await?)))
+    super::grant_requested(&state, &auth, action).await
 }
 
 /// The project's pushes: who pushed what, as authenticated.
@@ -299,5 +299,5 @@ pub(crate) async fn set_default_branch(
 ) -> ApiResult<(StatusCode, Json<GrantView>)> {
     custody_domain::project::check_branch_name(&request.branch)?;
     let action = GrantAction::SetDefaultBranch { project: ProjectName::parse(&name)?, branch: request.branch };
-    Ok((StatusCode::ACCEPTED, Json(state.store().request(&auth.0, action).await?)))
+    super::grant_requested(&state, &auth, action).await
 }
