@@ -758,6 +758,8 @@ fn a_change_cannot_turn_its_own_check_green(backend: Backend) {
     assert_eq!(runs[0]["status"], "failed", "{runs:?}");
     assert!(runs[0]["log"].as_str().unwrap_or_default().contains("ok.txt is missing"), "{runs:?}");
     review(&hosted, "bob", cheat, "--approve");
+    // The check script is owned by the pipeline's owners.
+    assert_eq!(failing(&gate(&hosted, cheat)), ["gate.pipeline_owners", "gate.check"]);
     review(&hosted, "carol", cheat, "--approve");
     let report = gate(&hosted, cheat);
     assert_eq!(failing(&report), ["gate.check"], "{report}");
