@@ -166,6 +166,11 @@ pub fn commit_tree(repository: &Path, tree: &str, parents: &[&str], message: &st
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
+/// Deletes `reference` only if it still points at `old`.
+pub fn delete_ref(repository: &Path, reference: &str, old: &str) -> Result<(), GitError> {
+    git(Some(repository), &["update-ref", "-d", reference, old]).map(|_| ())
+}
+
 /// Moves `reference` to `new` only if it still points at `old` (or does
 /// not exist, when `old` is `None`).
 pub fn compare_and_swap(repository: &Path, reference: &str, new: &str, old: Option<&str>) -> Result<(), GitError> {

@@ -210,6 +210,9 @@ pub async fn merge(
         let (title, project) = (change.title.clone(), access.project.to_string());
         let merger = actor.name.to_string();
         let gate_key = gate_key.clone();
+        let moved: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+        let moved_in_publish = moved.clone();
+        let (revert_in, target_tip) = (repository.clone(), facts.target_tip.clone());
         let plan = MergePlan {
             head: facts.head.clone(),
             evaluate: Box::new(move |records| evaluate(&evaluated_facts, records, &check)),
@@ -233,12 +236,27 @@ pub async fn merge(
                     facts.target_tip.as_deref(),
                 )
                 .map_err(|_| TARGET_MOVED.to_owned())?;
+                *moved_in_publish.lock().unwrap_or_else(|e| e.into_inner()) = Some(commit.clone());
                 Ok(Published { commit, attestation: envelope })
             }),
         };
         match state.store().merge_change(actor, access, number, commits, groups, plan).await {
             Err(StoreError::Conflict(message)) if message == TARGET_MOVED && attempts < 5 => continue,
-            other => return other.map_err(ApiError::from),
+            Err(error) => {
+                // The ref moved but the transaction that records the merge did
+                // not commit: move it back, so nothing happens unrecorded.
+                let moved = moved.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(commit) = moved {
+                    let reference = format!("refs/heads/{}", change.target_branch);
+                    let reverted = match &target_tip {
+                        Some(old) => git::compare_and_swap(&revert_in, &reference, old, Some(&commit)),
+                        None => git::delete_ref(&revert_in, &reference, &commit),
+                    };
+                    tracing::error!(%error, ?reverted, %reference, "the merge was not recorded; its ref update was undone");
+                }
+                return Err(ApiError::from(error));
+            }
+            Ok(merged) => return Ok(merged),
         }
     }
 }
