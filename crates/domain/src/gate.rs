@@ -99,6 +99,8 @@ pub struct GateFacts<'a> {
     pub check: &'a CheckState,
     /// Whether the change merges cleanly into its target.
     pub mergeable: Result<(), String>,
+    /// Commits of the change nobody is recorded as having brought in.
+    pub unrecorded_commits: usize,
 }
 
 /// One rule's outcome.
@@ -196,6 +198,22 @@ pub fn evaluate(facts: &GateFacts<'_>) -> GateReport {
         facts.open,
         if facts.open { "the change is open".into() } else { "the change is not open".into() },
         Some("reopen the change".into()),
+    );
+
+    // Authors come from the push log: a commit it does not know could hide
+    // an author, so the gate fails closed.
+    rule(
+        "gate.commits_recorded",
+        facts.unrecorded_commits == 0,
+        if facts.unrecorded_commits == 0 {
+            "every commit of the change has a recorded pusher".into()
+        } else {
+            format!(
+                "{} commit(s) of the change were never recorded as pushed, so their authors are unknown",
+                facts.unrecorded_commits
+            )
+        },
+        Some("rewrite the commits (for example, rebase them) and push the new ones, so that custody records who brought them in".into()),
     );
 
     let (approving, requesting) = standing(facts.reviews, facts.head);
@@ -395,6 +413,7 @@ mod tests {
                 proposed_pipeline: None,
                 check: &self.check,
                 mergeable: Ok(()),
+                unrecorded_commits: 0,
             })
         }
     }

@@ -104,8 +104,14 @@ enum Prepared {
 
 fn prepare(repository: &Path, lease: &LeasedCheck) -> Result<Prepared, String> {
     let failed = |e: custody_git::GitError| e.to_string();
+    // A target that does not exist yet is governed by the mainline's policy.
     let target_tip =
-        git::read_ref(repository, &format!("refs/heads/{}", lease.target_branch)).map_err(|e| e.to_string())?;
+        match git::read_ref(repository, &format!("refs/heads/{}", lease.target_branch)).map_err(|e| e.to_string())? {
+            Some(tip) => Some(tip),
+            None => {
+                git::read_ref(repository, &format!("refs/heads/{}", lease.default_branch)).map_err(|e| e.to_string())?
+            }
+        };
     // The change's own pipeline file must stay valid: say where it is not.
     if let Some(text) = git::read_file(repository, &lease.head, pipeline::PATH).map_err(failed)? {
         if let Err(error) = pipeline::parse(&text) {
@@ -131,6 +137,24 @@ fn prepare(repository: &Path, lease: &LeasedCheck) -> Result<Prepared, String> {
     let text = git::read_file(repository, tip, script)
         .map_err(failed)?
         .ok_or_else(|| format!("{script} does not exist on the target branch"))?;
+    // The change's tree is unpacked already: refuse to follow any symbolic
+    // link it planted on the way to the script, which could point anywhere
+    // on the host.
+    let mut prefix = workspace.path().to_path_buf();
+    for part in Path::new(script).components() {
+        prefix.push(part);
+        if std::fs::symlink_metadata(&prefix).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Ok(Prepared::Done(outcome(
+                "failed",
+                Some(command.clone()),
+                target_tip,
+                format!(
+                    "{} is a symbolic link in the change; the check script's path may not contain one\n",
+                    prefix.strip_prefix(workspace.path()).unwrap_or(&prefix).display()
+                ),
+            )));
+        }
+    }
     let path = workspace.path().join(script);
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;

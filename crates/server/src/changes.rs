@@ -54,6 +54,7 @@ fn internal(error: impl std::fmt::Display) -> ApiError {
 pub async fn git_facts(
     state: &AppState,
     project: &custody_domain::ProjectName,
+    default_branch: &str,
     target: String,
     head: String,
     merged_as: Option<String>,
@@ -77,7 +78,13 @@ pub async fn git_facts(
             .map_err(internal)?
         }
     };
-    let key = (project.to_string(), target_tip.clone(), head.clone());
+    // A target that does not exist yet has no policy of its own: the
+    // mainline's governs, never the lax default of no file at all.
+    let policy_tip = match &target_tip {
+        Some(tip) => Some(tip.clone()),
+        None => git::read_ref(&repository, &format!("refs/heads/{default_branch}")).map_err(internal)?,
+    };
+    let key = (project.to_string(), target_tip.clone(), format!("{head} {}", policy_tip.as_deref().unwrap_or("")));
     if let Some(facts) = state.hosting().remembered_facts(&key) {
         return Ok(facts);
     }
@@ -85,7 +92,7 @@ pub async fn git_facts(
         let base = target_tip.as_deref();
         let commits = git::commits(&repository, base, &head)?;
         let changed_paths = git::changed_paths(&repository, base, &head)?;
-        let policy_text = match base {
+        let policy_text = match &policy_tip {
             Some(tip) => git::read_file(&repository, tip, pipeline::PATH)?,
             None => None,
         };
@@ -156,6 +163,7 @@ pub fn evaluate(facts: &GitFacts, records: &GateRecords, check: &CheckState) -> 
         proposed_pipeline: facts.proposed.as_ref(),
         check: &check,
         mergeable: facts.merge.as_ref().map(|_| ()).map_err(Clone::clone),
+        unrecorded_commits: records.unrecorded_commits,
     })
 }
 
@@ -171,7 +179,7 @@ pub async fn gate_of(
     let (facts, records) = loop {
         attempts += 1;
         let (target, head, merge_commit) = state.store().change_position(access, number).await?;
-        let facts = git_facts(state, &access.project, target, head, merge_commit).await?;
+        let facts = git_facts(state, &access.project, &access.default_branch, target, head, merge_commit).await?;
         let records =
             state.store().gate_records(access, number, facts.commits.clone(), groups_of(&facts.policy)).await?;
         if records.change.head == facts.head || attempts >= 3 {
@@ -201,7 +209,15 @@ pub async fn merge(
         attempts += 1;
         let change = state.store().get_change(&access.project, number).await?;
         let repository = state.hosting().repositories().path(&access.project);
-        let facts = git_facts(state, &access.project, change.target_branch.clone(), change.head.clone(), None).await?;
+        let facts = git_facts(
+            state,
+            &access.project,
+            &access.default_branch,
+            change.target_branch.clone(),
+            change.head.clone(),
+            None,
+        )
+        .await?;
         let groups = groups_of(&facts.policy);
         let commits = facts.commits.clone();
         let evaluated_facts = facts.clone();

@@ -58,7 +58,8 @@ struct PushSession {
     access: ProjectAccess,
     pusher: Authenticated,
     started: Instant,
-    accepted: Option<Vec<PushedCommit>>,
+    /// The recorded push, once the pre-receive decision accepted it.
+    recorded: Option<i64>,
 }
 
 impl Hosting {
@@ -126,7 +127,7 @@ impl Hosting {
         let capability = custody_store::random_secret();
         let mut sessions = self.sessions();
         sessions.retain(|_, s| s.started.elapsed() < CAPABILITY_LIFETIME);
-        sessions.insert(capability.clone(), PushSession { access, pusher, started: Instant::now(), accepted: None });
+        sessions.insert(capability.clone(), PushSession { access, pusher, started: Instant::now(), recorded: None });
         capability
     }
 }
@@ -324,9 +325,30 @@ async fn rpc(state: AppState, repo: String, service: Service, request: axum::ext
     });
     (
         [(header::CONTENT_TYPE, service.result_type()), (header::CACHE_CONTROL, "no-cache".to_owned())],
-        HttpBody::from_stream(ReaderStream::new(stdout)),
+        HttpBody::from_stream(relay(stdout)),
     )
         .into_response()
+}
+
+/// Streams git's output to the client. If the client goes away, the rest is
+/// still read to the end, so that git finishes its work (and runs the
+/// post-receive hook) rather than dying on a closed pipe.
+fn relay(
+    stdout: tokio::process::ChildStdout,
+) -> impl futures_util::Stream<Item = Result<axum::body::Bytes, std::io::Error>> {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(16);
+    tokio::spawn(async move {
+        let mut chunks = ReaderStream::new(stdout);
+        let mut client_gone = false;
+        while let Some(chunk) = futures_util::StreamExt::next(&mut chunks).await {
+            if !client_gone && sender.send(chunk).await.is_err() {
+                client_gone = true;
+            }
+        }
+    });
+    futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|chunk| (chunk, receiver))
+    })
 }
 
 /// What the pre-receive hook sends.
@@ -368,7 +390,10 @@ async fn pre_receive(State(state): State<AppState>, headers: HeaderMap, Json(pus
     };
     let session = {
         let sessions = state.hosting().sessions();
-        sessions.get(&token).map(|s| (s.access.clone(), s.pusher.clone()))
+        sessions
+            .get(&token)
+            .filter(|s| s.started.elapsed() < CAPABILITY_LIFETIME && s.recorded.is_none())
+            .map(|s| (s.access.clone(), s.pusher.clone()))
     };
     let Some((access, pusher)) = session else {
         return ApiError::unauthenticated("unknown or expired push capability").into_response();
@@ -394,8 +419,18 @@ async fn pre_receive(State(state): State<AppState>, headers: HeaderMap, Json(pus
         }
         return Json(HookAnswer { allowed: false, message }).into_response();
     }
+    // Recorded before any ref moves: whatever happens to the connection or
+    // to git afterwards, the push log knows who brought these commits in.
+    let push_id = match state.store().record_push(&access, &pusher, push.updates, push.commits).await {
+        Ok(push_id) => push_id,
+        Err(error) => {
+            tracing::error!(%error, "recording a push");
+            let message = vec!["custody could not record this push, so it refuses it; try again".to_owned()];
+            return Json(HookAnswer { allowed: false, message }).into_response();
+        }
+    };
     if let Some(session) = state.hosting().sessions().get_mut(&token) {
-        session.accepted = Some(push.commits);
+        session.recorded = Some(push_id);
     }
     Json(HookAnswer { allowed: true, message: Vec::new() }).into_response()
 }
@@ -405,13 +440,16 @@ async fn post_receive(State(state): State<AppState>, headers: HeaderMap, Json(pu
         return ApiError::unauthenticated("no capability").into_response();
     };
     let session = state.hosting().sessions().remove(&token);
-    let Some(PushSession { access, pusher, accepted: Some(commits), .. }) = session else {
+    let Some(PushSession { access, pusher, recorded: Some(push_id), started }) = session else {
         return ApiError::unauthenticated("unknown, expired or undecided push capability").into_response();
     };
-    match state.store().record_push(&access, &pusher, push.updates, commits).await {
-        Ok(push_id) => Json(json!({ "push": push_id })).into_response(),
+    if started.elapsed() >= CAPABILITY_LIFETIME {
+        return ApiError::unauthenticated("expired push capability").into_response();
+    }
+    match state.store().push_landed(&access, &pusher, push_id, push.updates).await {
+        Ok(()) => Json(json!({ "push": push_id })).into_response(),
         Err(error) => {
-            tracing::error!(%error, "recording a push");
+            tracing::error!(%error, "following a landed push");
             ApiError::from(error).into_response()
         }
     }

@@ -124,6 +124,9 @@ pub struct GateRecords {
     pub writers: BTreeSet<UserName>,
     /// Members of the groups asked about.
     pub groups: BTreeMap<GroupName, BTreeSet<UserName>>,
+    /// How many of the change's commits custody has no record of (nobody
+    /// is known to have pushed them): the gate refuses while any is unknown.
+    pub unrecorded_commits: usize,
 }
 
 fn parse_user(name: String) -> Result<UserName> {
@@ -232,7 +235,7 @@ async fn reviews_of(tx: &mut Tx, change_id: i64, head: &str) -> Result<Vec<Revie
 
 /// The authors the commits themselves make: their first pushers and the
 /// users they name; and whether every commit was found recorded.
-async fn commit_authors(tx: &mut Tx, project_id: i64, commits: &[String]) -> Result<(Authors, bool)> {
+async fn commit_authors(tx: &mut Tx, project_id: i64, commits: &[String]) -> Result<(Authors, usize)> {
     let mut authors: Authors = BTreeMap::new();
     let mut found = 0;
     let mut add = |user: String, why: AuthorReason| -> Result<()> {
@@ -277,7 +280,7 @@ async fn commit_authors(tx: &mut Tx, project_id: i64, commits: &[String]) -> Res
             add(col(&row, "name")?, AuthorReason::CoAuthor { commit: col(&row, "sha")? })?;
         }
     }
-    Ok((authors, found == commits.len()))
+    Ok((authors, commits.len().saturating_sub(found)))
 }
 
 /// Authors by commit: fixed for a given list of commits, since a commit's
@@ -304,15 +307,17 @@ async fn authors_of(
     project_id: i64,
     source_branch: &str,
     commits: &[String],
-) -> Result<Authors> {
+) -> Result<(Authors, usize)> {
     let key = commits_key(project_id, commits);
     let remembered = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
+    let mut unrecorded = 0;
     let mut authors = match remembered {
         Some(authors) => authors,
         None => {
-            let (authors, complete) = commit_authors(tx, project_id, commits).await?;
+            let (authors, missing) = commit_authors(tx, project_id, commits).await?;
+            unrecorded = missing;
             // Only a list whose every commit is recorded is final.
-            if complete {
+            if missing == 0 {
                 let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
                 if cache.len() >= AUTHORS_REMEMBERED {
                     cache.clear();
@@ -341,7 +346,7 @@ async fn authors_of(
         reasons.sort();
         reasons.dedup();
     }
-    Ok(authors)
+    Ok((authors, unrecorded))
 }
 
 async fn gate_records(
@@ -366,7 +371,8 @@ async fn gate_records(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let authors = authors_of(tx, cache, access.project_id, &change.source_branch, commits).await?;
+    let (authors, unrecorded_commits) =
+        authors_of(tx, cache, access.project_id, &change.source_branch, commits).await?;
     let sql = tx.sql(
         "SELECT u.name FROM project_members m JOIN users u ON u.id = m.user_id \
          WHERE m.project_id = $1 AND m.role IN ('write', 'maintain') AND u.disabled_at IS NULL",
@@ -387,7 +393,7 @@ async fn gate_records(
         let names = sqlx::query_scalar::<_, String>(&sql).bind(group.as_str()).fetch_all(tx.conn()).await?;
         members.insert(group.clone(), names.into_iter().map(parse_user).collect::<Result<BTreeSet<_>>>()?);
     }
-    Ok(GateRecords { change, reviews, authors, writers, groups: members })
+    Ok(GateRecords { change, reviews, authors, writers, groups: members, unrecorded_commits })
 }
 
 fn require_writer(access: &ProjectAccess, actor: &Authenticated, rule: Rule, what: &str) -> Result<()> {
@@ -822,6 +828,22 @@ impl Store {
                     }
                     let published = (plan.publish)(&records, &report).map_err(StoreError::Conflict)?;
                     let merge_commit = published.commit;
+                    // custody's own commit: recorded, so that later changes
+                    // containing it know who made it (nobody can have pushed it).
+                    let (name, email) = ("custody", "custody@localhost");
+                    let sql = tx.sql(
+                        "INSERT INTO commits (project_id, sha, author_name, author_email, committer_name, committer_email) \
+                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (project_id, sha) DO NOTHING",
+                    );
+                    sqlx::query(&sql)
+                        .bind(access2.project_id)
+                        .bind(&merge_commit)
+                        .bind(name)
+                        .bind(email)
+                        .bind(name)
+                        .bind(email)
+                        .execute(tx.conn())
+                        .await?;
                     let now = now_ms();
                     let sql = tx.sql(
                         "UPDATE changes SET state = 'merged', merged_by = $1, merged_at = $2, merge_commit = $3, attestation = $6 \

@@ -49,6 +49,9 @@ pub struct LeasedCheck {
     pub head: String,
     /// The branch whose pipeline governs.
     pub target_branch: String,
+    /// The project's default branch, whose pipeline governs a target that
+    /// does not exist yet.
+    pub default_branch: String,
 }
 
 /// How a check run ended.
@@ -98,7 +101,7 @@ impl Store {
             Box::pin(async move {
                 let now = now_ms();
                 let sql = tx.sql(
-                    "SELECT r.id, p.name AS project, c.number, r.head, c.target_branch FROM check_runs r \
+                    "SELECT r.id, p.name AS project, c.number, r.head, c.target_branch, p.default_branch FROM check_runs r \
                      JOIN changes c ON c.id = r.change_id JOIN projects p ON p.id = c.project_id \
                      WHERE r.status = 'queued' OR (r.status = 'running' AND r.started_at < $1) ORDER BY r.id LIMIT 1",
                 );
@@ -114,6 +117,7 @@ impl Store {
                     number: col(&row, "number")?,
                     head: col(&row, "head")?,
                     target_branch: col(&row, "target_branch")?,
+                    default_branch: col(&row, "default_branch")?,
                 }))
             })
         })

@@ -39,6 +39,8 @@ pub struct Authenticated {
     pub is_admin: bool,
     /// Whether the user is an auditor now.
     pub is_auditor: bool,
+    /// When the token used stops working, if ever.
+    pub expires_at: Option<i64>,
 }
 
 impl Authenticated {
@@ -338,6 +340,7 @@ impl Store {
             token_id: parts.id.to_owned(),
             is_admin: duties.iter().any(|d| d == "admins"),
             is_auditor: duties.iter().any(|d| d == "auditors"),
+            expires_at,
         };
         let last_used: Option<i64> = col(&row, "last_used_at")?;
         if last_used.is_none_or(|t| now - t >= LAST_USE_RESOLUTION_MS) {
@@ -360,6 +363,7 @@ impl Store {
             token_id: String::new(),
             is_admin: false,
             is_auditor: false,
+            expires_at: None,
         }))
     }
 
@@ -505,6 +509,12 @@ impl Store {
         if expires_at.is_some_and(|t| t <= now_ms()) {
             return Err(InvalidInput::new("expiry", "(in the past)", "choose a time in the future").into());
         }
+        // A token never outlives the token that made it.
+        let expires_at = match (expires_at, actor.expires_at) {
+            (Some(asked), Some(limit)) => Some(asked.min(limit)),
+            (None, limit) => limit,
+            (asked, None) => asked,
+        };
         let actor = actor.clone();
         self.write(move |tx| {
             Box::pin(async move {

@@ -416,9 +416,11 @@ impl Store {
         self.request(actor, GrantAction::AddProjectMember { project, user, role }).await
     }
 
-    /// Records an accepted push: its ref updates, and the commits it brought
-    /// in with the identities they name, mapped to users by registered
-    /// e-mail. A commit seen before keeps its first pusher.
+    /// Records an accepted push before any ref moves (from the pre-receive
+    /// decision): its ref updates, and the commits it brings in with the
+    /// identities they name, mapped to users by registered e-mail. A commit
+    /// seen before keeps its first pusher. Recording a push that then fails
+    /// to land can only make someone an author, never eligible.
     pub async fn record_push(
         &self,
         access: &ProjectAccess,
@@ -525,6 +527,24 @@ impl Store {
                     }),
                 })
                 .await?;
+                Ok(push_id)
+            })
+        })
+        .await
+    }
+
+    /// After a recorded push landed: moves the head of every change
+    /// following an updated branch.
+    pub async fn push_landed(
+        &self,
+        access: &ProjectAccess,
+        pusher: &Authenticated,
+        push_id: i64,
+        updates: Vec<RefUpdate>,
+    ) -> Result<()> {
+        let (project_id, project, pusher) = (access.project_id, access.project.clone(), pusher.clone());
+        self.write(move |tx| {
+            Box::pin(async move {
                 for update in &updates {
                     if let Some(branch) = update.name.strip_prefix("refs/heads/") {
                         if !update.deletes() {
@@ -541,7 +561,7 @@ impl Store {
                         }
                     }
                 }
-                Ok(push_id)
+                Ok(())
             })
         })
         .await
