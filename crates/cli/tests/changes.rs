@@ -821,6 +821,54 @@ fn auto_merge_waits_for_the_gate_and_merges_as_it_opens(backend: Backend) {
     assert_eq!(commit.trailer("Approved-by"), ["bob"]);
 }
 
+fn a_commit_nobody_is_recorded_as_pushing_closes_the_gate(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let (work, _) = alice_on_branch(&hosted, "feature");
+    let pushed = work.commit("feature.txt", "a feature\n", "Add a feature");
+    work.ok(&["push", "-q", "origin", "feature"]);
+    // A commit that reaches the branch without custody recording its pusher
+    // (as a push whose record was lost would leave it): made in the server's
+    // repository directly.
+    let tree = hosted.bare(&["rev-parse", &format!("{pushed}^{{tree}}")]).expect_code(0).stdout.trim().to_owned();
+    let sneaked =
+        hosted.bare(&["commit-tree", &tree, "-p", &pushed, "-m", "sneaked in"]).expect_code(0).stdout.trim().to_owned();
+    hosted.bare(&["update-ref", "refs/heads/feature", &sneaked]).expect_code(0);
+    let number = open(&hosted, "alice", "feature", "Add a feature");
+    assert_eq!(show(&hosted, number)["head"], sneaked.as_str());
+    review(&hosted, "bob", number, "--approve");
+    let report = gate(&hosted, number);
+    assert_eq!(failing(&report), ["gate.commits_recorded"], "{report}");
+    assert_eq!(refused_rules(&try_merge(&hosted, "bob", number)), ["gate.commits_recorded"]);
+}
+
+fn a_check_script_path_through_a_symlink_is_refused(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let work = hosted.workspace("alice", "alice", &hosted.alice);
+    work.ok(&["checkout", "-q", "-b", "setup"]);
+    work.commit(PIPELINE, "[pipeline]\nowners = \"platform\"\ncheck = \"scripts/ci.sh\"\n", "A pipeline");
+    work.commit("scripts/ci.sh", "#!/bin/sh\necho checked\n", "The check");
+    work.ok(&["push", "-q", "origin", "setup"]);
+    let first = open(&hosted, "alice", "setup", "A pipeline");
+    review(&hosted, "bob", first, "--approve");
+    merge(&hosted, "bob", first);
+
+    // The change replaces scripts/ with a link to a directory of the host:
+    // the runner must not write the check script through it.
+    let victim = hosted.sandbox.path("victim");
+    std::fs::create_dir_all(&victim).expect("a host directory");
+    branch_from_main(&work, "link");
+    work.ok(&["rm", "-q", "-r", "scripts"]);
+    std::os::unix::fs::symlink(&victim, work.dir.join("scripts")).expect("a symlink");
+    work.ok(&["add", "scripts"]);
+    work.ok(&["commit", "-q", "-m", "scripts elsewhere"]);
+    work.ok(&["push", "-q", "origin", "link"]);
+    let link = open(&hosted, "alice", "link", "Scripts elsewhere");
+    let runs = settled_checks(&hosted, link);
+    assert_eq!(runs[0]["status"], "failed", "{runs:?}");
+    assert!(runs[0]["log"].as_str().unwrap_or_default().contains("symbolic link"), "{runs:?}");
+    assert!(!victim.join("ci.sh").exists(), "the runner wrote outside the workspace");
+}
+
 macro_rules! on_both_backends {
     ($($scenario:ident),* $(,)?) => {
         mod sqlite {
@@ -845,4 +893,6 @@ on_both_backends!(
     a_change_reopened_after_a_push_is_at_its_branchs_tip,
     a_change_cannot_turn_its_own_check_green,
     auto_merge_waits_for_the_gate_and_merges_as_it_opens,
+    a_commit_nobody_is_recorded_as_pushing_closes_the_gate,
+    a_check_script_path_through_a_symlink_is_refused,
 );

@@ -356,6 +356,22 @@ async fn changing_the_default_branch_is_a_grant_and_keeps_the_old_one_protected(
     assert_eq!(view.protected_branches, ["trunk", "main"], "the old mainline stays protected");
 }
 
+async fn a_token_cannot_outlive_the_token_that_made_it(store: Store) {
+    let root = init_root(&store).await;
+    let alice = join(&store, &ask_for_user(&store, &root, "alice").await).await;
+    let soon = now_ms() + 60_000;
+    let short = store.create_token(&alice, "short".into(), Scopes::of(&[Scope::Write]), Some(soon)).await.unwrap();
+    let short = store.authenticate(&short.token).await.unwrap();
+    // Asking for no expiry, or a later one, still ends with the maker's.
+    for asked in [None, Some(soon + 3_600_000)] {
+        let made = store.create_token(&short, "longer".into(), Scopes::of(&[Scope::Read]), asked).await.unwrap();
+        assert_eq!(made.expires_at.map(|t| t.millis()), Some(soon), "{asked:?}");
+    }
+    let earlier =
+        store.create_token(&short, "earlier".into(), Scopes::of(&[Scope::Read]), Some(soon - 1000)).await.unwrap();
+    assert_eq!(earlier.expires_at.map(|t| t.millis()), Some(soon - 1000));
+}
+
 async fn an_admin_named_by_a_grant_cannot_approve_it(store: Store) {
     let (root, bob) = governed(&store).await;
     store.create_group(&root, group("qa")).await.unwrap();
@@ -892,6 +908,7 @@ conformance! {
     a_user_still_awaiting_approval_cannot_be_made_an_admin,
     a_push_records_its_pusher_and_the_people_its_commits_name,
     changing_the_default_branch_is_a_grant_and_keeps_the_old_one_protected,
+    a_token_cannot_outlive_the_token_that_made_it,
     an_admin_named_by_a_grant_cannot_approve_it,
     a_second_admin_approves_and_the_grant_applies,
     pending_users_invite_waits_for_approval_then_redeems_once,
