@@ -388,11 +388,10 @@ fn the_name_in_the_url_is_not_the_pusher() {
     assert_eq!(hosted.pushes().len(), 1);
 }
 
-#[test]
-fn an_import_waits_for_a_second_admin_and_is_recorded_as_unreviewed() {
-    let hosted = Hosted::new();
-    // bob becomes the second admin, which ends bootstrap; an admin-scoped
-    // token comes only from logging in with a password.
+/// bob becomes the second admin, which ends bootstrap; an admin-scoped
+/// token comes only from logging in with a password, which bob's stored
+/// credentials then hold.
+fn bob_second_admin(hosted: &Hosted) {
     let bob = hosted.add_user("bob", "");
     let grant = hosted.as_admin(&["group", "add", "admins", "bob", "--json"]).json();
     assert_eq!(grant["status"], "bootstrap", "{grant}");
@@ -406,6 +405,40 @@ fn an_import_waits_for_a_second_admin_and_is_recorded_as_unreviewed() {
     let mut login = hosted.sandbox.as_user("bob");
     login.args(["login", "--server", &hosted.server.url, "--user", "bob", "--scope", "read,write,admin", "--json"]);
     run_with_input(login, Some("a long enough password\n")).expect_code(0);
+}
+
+#[test]
+fn a_branch_about_to_become_the_mainline_is_frozen_and_must_be_reviewed() {
+    let hosted = Hosted::new();
+    bob_second_admin(&hosted);
+    let work = hosted.workspace("alice", "alice", &hosted.alice);
+    work.commit("a.txt", "unreviewed\n", "Unreviewed work");
+    work.ok(&["push", "-q", "origin", "HEAD:refs/heads/feature"]);
+
+    // An existing branch with unreviewed commits cannot become the default.
+    let refused = hosted.as_admin(&["project", "set-default-branch", PROJECT, "feature"]).expect_code(1);
+    assert!(refused.stderr.contains("project.default_branch.unreviewed"), "{refused:#?}");
+
+    // A branch named by a pending grant is frozen until the grant is decided.
+    let grant = hosted.as_admin(&["project", "set-default-branch", PROJECT, "trunk", "--json"]).json();
+    assert_eq!(grant["status"], "pending", "{grant}");
+    let pushed = work.refused(&["origin", "HEAD:refs/heads/trunk"]);
+    assert!(pushed.stderr.contains("protected branch"), "{pushed:#?}");
+    assert_eq!(hosted.server_ref("refs/heads/trunk"), None);
+
+    let id = grant["id"].as_i64().expect("a grant id").to_string();
+    let mut approve = hosted.sandbox.as_user("bob");
+    approve.args(["grant", "approve", &id, "--json"]);
+    assert_eq!(run(approve).json()["status"], "approved");
+    let project = hosted.as_admin(&["project", "show", PROJECT, "--json"]).json();
+    assert_eq!(project["default_branch"], "trunk", "{project}");
+    assert_eq!(project["protected_branches"], serde_json::json!(["trunk", "main"]), "{project}");
+}
+
+#[test]
+fn an_import_waits_for_a_second_admin_and_is_recorded_as_unreviewed() {
+    let hosted = Hosted::new();
+    bob_second_admin(&hosted);
 
     // An existing repository with history nobody reviewed.
     let source = hosted.workspace("legacy-source", "alice", &hosted.alice);

@@ -166,6 +166,22 @@ pub fn commit_tree(repository: &Path, tree: &str, parents: &[&str], message: &st
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
+/// Whether `ancestor` is reachable from `descendant` (or is it).
+pub fn is_ancestor(repository: &Path, ancestor: &str, descendant: &str) -> Result<bool, GitError> {
+    let status = Command::new("git")
+        .arg("-C")
+        .arg(repository)
+        .args(["merge-base", "--is-ancestor", ancestor, descendant])
+        .envs(CLEAN_GIT_ENV)
+        .status()
+        .map_err(GitError::Spawn)?;
+    match status.code() {
+        Some(0) => Ok(true),
+        Some(1) => Ok(false),
+        _ => Err(GitError::Failed { args: "merge-base --is-ancestor".into(), stderr: String::new() }),
+    }
+}
+
 /// Deletes `reference` only if it still points at `old`.
 pub fn delete_ref(repository: &Path, reference: &str, old: &str) -> Result<(), GitError> {
     git(Some(repository), &["update-ref", "-d", reference, old]).map(|_| ())

@@ -395,13 +395,31 @@ impl Store {
             return Err(StoreError::not_found("project", project));
         }
         let protected: Option<String> = col(&row, "protected")?;
+        let mut protected: Vec<String> =
+            protected.map(|p| p.split('\u{1f}').map(str::to_owned).collect()).unwrap_or_default();
+        // A branch a pending grant would protect, or make the default, is
+        // frozen from the request on: what the second admin approves is the
+        // branch as it was asked for.
+        let sql = self.sql(
+            "SELECT payload FROM grants WHERE status = 'pending' \
+             AND action IN ('project.branch.protect', 'project.default_branch')",
+        );
+        for payload in sqlx::query_scalar::<_, String>(&sql).fetch_all(self.readers()).await? {
+            match serde_json::from_str::<GrantAction>(&payload) {
+                Ok(
+                    GrantAction::ProtectBranch { project: p, branch }
+                    | GrantAction::SetDefaultBranch { project: p, branch },
+                ) if &p == project => protected.push(branch),
+                _ => {}
+            }
+        }
         Ok(ProjectAccess {
             project_id: col(&row, "id")?,
             project: project.clone(),
             role,
             can_read,
             default_branch: col(&row, "default_branch")?,
-            protected: protected.map(|p| p.split('\u{1f}').map(str::to_owned).collect()).unwrap_or_default(),
+            protected,
         })
     }
 

@@ -298,6 +298,41 @@ pub(crate) async fn set_default_branch(
     Body(request): Body<BranchRequest>,
 ) -> ApiResult<(StatusCode, Json<GrantView>)> {
     custody_domain::project::check_branch_name(&request.branch)?;
-    let action = GrantAction::SetDefaultBranch { project: ProjectName::parse(&name)?, branch: request.branch };
+    let project = ProjectName::parse(&name)?;
+    let access = state.store().project_access(&auth.0, &project).await?;
+    // Only reviewed history may become the mainline: an existing branch must
+    // hold nothing the current default branch does not.
+    let repository = state.hosting().repositories().path(&project);
+    let (branch, default_branch) = (request.branch.clone(), access.default_branch.clone());
+    let unreviewed = tokio::task::spawn_blocking(move || -> Result<bool, custody_git::GitError> {
+        let Some(tip) = custody_git::change::read_ref(&repository, &format!("refs/heads/{branch}"))
+            .map_err(custody_git::GitError::Spawn)?
+        else {
+            return Ok(false);
+        };
+        match custody_git::change::read_ref(&repository, &format!("refs/heads/{default_branch}"))
+            .map_err(custody_git::GitError::Spawn)?
+        {
+            Some(default_tip) => custody_git::change::is_ancestor(&repository, &tip, &default_tip).map(|is| !is),
+            None => Ok(true),
+        }
+    })
+    .await
+    .map_err(|_| ApiError::invalid("reading the repository failed"))?
+    .map_err(|_| ApiError::invalid("reading the repository failed"))?;
+    if unreviewed {
+        let decision = custody_domain::Decision::deny(
+            custody_domain::Reason::new(
+                custody_domain::Rule("project.default_branch.unreviewed"),
+                format!(
+                    "branch {} has commits that are not on {}: they never went through a change",
+                    request.branch, access.default_branch
+                ),
+            )
+            .satisfy(format!("merge those commits into {} through a change first", access.default_branch)),
+        );
+        return Err(custody_store::StoreError::Refused(decision).into());
+    }
+    let action = GrantAction::SetDefaultBranch { project, branch: request.branch };
     super::grant_requested(&state, &auth, action).await
 }
