@@ -58,6 +58,12 @@ pub fn changed_paths(repository: &Path, base: Option<&str>, head: &str) -> Resul
     Ok(listed.split('\0').filter(|p| !p.is_empty()).map(str::to_owned).collect())
 }
 
+/// The paths that differ between two trees (or commits).
+pub fn changed_paths_between(repository: &Path, from: &str, to: &str) -> Result<Vec<String>, GitError> {
+    let listed = git(Some(repository), &["diff", "--no-renames", "--name-only", "-z", from, to])?;
+    Ok(listed.split('\0').filter(|p| !p.is_empty()).map(str::to_owned).collect())
+}
+
 /// The diff of a change as git prints it.
 pub fn diff(repository: &Path, base: Option<&str>, head: &str) -> Result<String, GitError> {
     match base {

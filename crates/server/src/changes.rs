@@ -91,7 +91,18 @@ pub async fn git_facts(
     let facts = tokio::task::spawn_blocking(move || -> Result<GitFacts, custody_git::GitError> {
         let base = target_tip.as_deref();
         let commits = git::commits(&repository, base, &head)?;
-        let changed_paths = git::changed_paths(&repository, base, &head)?;
+        let merge = match base {
+            Some(tip) => git::merge_tree(&repository, tip, &head)?,
+            None => git::merge_tree(&repository, &head, &head)?,
+        };
+        // What the merge would change in the target, exactly: the target's
+        // tip against the merged tree (with several merge bases a three-dot
+        // diff can name other paths). Without a clean merge, the change's
+        // own paths since it forked.
+        let changed_paths = match (base, &merge) {
+            (Some(tip), Ok(tree)) => git::changed_paths_between(&repository, tip, tree)?,
+            _ => git::changed_paths(&repository, base, &head)?,
+        };
         let policy_text = match &policy_tip {
             Some(tip) => git::read_file(&repository, tip, pipeline::PATH)?,
             None => None,
@@ -108,10 +119,6 @@ pub async fn git_facts(
             })
         } else {
             None
-        };
-        let merge = match base {
-            Some(tip) => git::merge_tree(&repository, tip, &head)?,
-            None => git::merge_tree(&repository, &head, &head)?,
         };
         Ok(GitFacts { head, target_tip, commits, changed_paths, policy, policy_digest, proposed, merge })
     })
