@@ -869,6 +869,33 @@ fn a_check_script_path_through_a_symlink_is_refused(backend: Backend) {
     assert!(!victim.join("ci.sh").exists(), "the runner wrote outside the workspace");
 }
 
+fn auto_merge_lapses_when_the_asking_token_is_revoked(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let (work, base) = alice_on_branch(&hosted, "feature");
+    work.commit("feature.txt", "a feature\n", "Add a feature");
+    work.ok(&["push", "-q", "origin", "feature"]);
+    let number = open(&hosted, "alice", "feature", "Add a feature");
+    let asked = change(&hosted, "alice", &["merge", PROJECT, &number.to_string(), "--auto", "--json"]).json();
+    assert_eq!(asked["auto_merge"], true, "{asked}");
+    // alice's token is cut off (say it leaked): her standing request goes with it.
+    let tokens = hosted.run_as("alice", &["token", "list", "--json"]).json();
+    let id = tokens[0]["id"].as_str().expect("a token id").to_owned();
+    hosted.run_as("alice", &["token", "revoke", &id]).expect_code(0);
+    review(&hosted, "bob", number, "--approve");
+    let mut cancelled = Vec::new();
+    for _ in 0..100 {
+        cancelled = change_events(&hosted, "change.auto_merge.cancel", number);
+        if !cancelled.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(cancelled.len(), 1, "the request lapsed");
+    let detail = hosted.run_as("bob", &["change", "show", PROJECT, &number.to_string(), "--json"]).json();
+    assert_eq!(detail["state"], "open", "{detail}");
+    assert_eq!(hosted.server_ref("refs/heads/main").as_deref(), Some(base.as_str()));
+}
+
 macro_rules! on_both_backends {
     ($($scenario:ident),* $(,)?) => {
         mod sqlite {
@@ -895,4 +922,5 @@ on_both_backends!(
     auto_merge_waits_for_the_gate_and_merges_as_it_opens,
     a_commit_nobody_is_recorded_as_pushing_closes_the_gate,
     a_check_script_path_through_a_symlink_is_refused,
+    auto_merge_lapses_when_the_asking_token_is_revoked,
 );

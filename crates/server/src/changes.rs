@@ -346,17 +346,27 @@ pub async fn auto_merge(state: AppState, shutdown: impl std::future::Future<Outp
                 continue;
             }
         };
-        for (project, number, user_id) in candidates {
-            if let Err(error) = try_auto_merge(&state, &project, number, user_id).await {
+        for (project, number, user_id, token_live) in candidates {
+            if let Err(error) = try_auto_merge(&state, &project, number, user_id, token_live).await {
                 tracing::debug!(error = %error.message, %project, number, "auto-merge not yet");
             }
         }
     }
 }
 
-async fn try_auto_merge(state: &AppState, project: &str, number: i64, user_id: i64) -> Result<(), ApiError> {
+async fn try_auto_merge(
+    state: &AppState,
+    project: &str,
+    number: i64,
+    user_id: i64,
+    token_live: bool,
+) -> Result<(), ApiError> {
     let project = custody_domain::ProjectName::parse(project)?;
     let cancel = |why: &str| state.store().cancel_auto_merge(&project, number, why.to_owned());
+    if !token_live {
+        cancel("the token that asked for it was revoked or has expired").await?;
+        return Ok(());
+    }
     let Some(actor) = state.store().acting_user(user_id).await? else {
         cancel("the user who asked is disabled").await?;
         return Ok(());

@@ -730,8 +730,8 @@ impl Store {
                 if change.state != "open" {
                     return Err(StoreError::Conflict(format!("change {number} is {}, not open", change.state)));
                 }
-                let sql = tx.sql("UPDATE changes SET auto_merge_by = $1 WHERE id = $2");
-                sqlx::query(&sql).bind(actor.user_id).bind(id).execute(tx.conn()).await?;
+                let sql = tx.sql("UPDATE changes SET auto_merge_by = $1, auto_merge_token = $2 WHERE id = $3");
+                sqlx::query(&sql).bind(actor.user_id).bind(&actor.token_id).bind(id).execute(tx.conn()).await?;
                 tx.audit(NewEvent {
                     actor: actor.name.to_string(),
                     action: "change.auto_merge".into(),
@@ -746,12 +746,20 @@ impl Store {
     }
 
     /// Open changes waiting to be merged when their gate opens: project,
-    /// number and the asker's user id.
-    pub async fn auto_merge_candidates(&self) -> Result<Vec<(String, i64, i64)>> {
-        let sql = "SELECT p.name, c.number, c.auto_merge_by FROM changes c JOIN projects p ON p.id = c.project_id \
-                   WHERE c.state = 'open' AND c.auto_merge_by IS NOT NULL ORDER BY c.id";
-        let rows = sqlx::query(sql).fetch_all(self.readers()).await?;
-        rows.iter().map(|r| Ok((col(r, "name")?, col(r, "number")?, col(r, "auto_merge_by")?))).collect()
+    /// number, the asker's user id, and whether the token they asked with
+    /// still works (revoked or expired, the request lapses).
+    pub async fn auto_merge_candidates(&self) -> Result<Vec<(String, i64, i64, bool)>> {
+        let sql = self.sql(
+            "SELECT p.name, c.number, c.auto_merge_by, \
+                    (SELECT COUNT(*) FROM tokens t WHERE t.id = c.auto_merge_token AND t.revoked_at IS NULL \
+                      AND (t.expires_at IS NULL OR t.expires_at > $1)) AS live \
+             FROM changes c JOIN projects p ON p.id = c.project_id \
+             WHERE c.state = 'open' AND c.auto_merge_by IS NOT NULL ORDER BY c.id",
+        );
+        let rows = sqlx::query(&sql).bind(now_ms()).fetch_all(self.readers()).await?;
+        rows.iter()
+            .map(|r| Ok((col(r, "name")?, col(r, "number")?, col(r, "auto_merge_by")?, col::<i64>(r, "live")? > 0)))
+            .collect()
     }
 
     /// Stops waiting to merge a change (its asker can no longer merge).

@@ -17,6 +17,7 @@ CREATE TABLE changes (
     merge_commit TEXT,
     -- Who asked for the change to be merged as soon as its gate opens.
     auto_merge_by BIGINT REFERENCES users(id),
+    auto_merge_token TEXT,
     -- The gate key's signed change attestation (a DSSE envelope).
     attestation TEXT,
     UNIQUE (project_id, number)
