@@ -719,15 +719,14 @@ fn a_change_reopened_after_a_push_is_at_its_branchs_tip(backend: Backend) {
 /// The check runs of a change once none is queued or running (bounded wait).
 #[track_caller]
 fn settled_checks(hosted: &Hosted, number: i64) -> Vec<Value> {
-    for _ in 0..300 {
+    let settled = |runs: &Vec<Value>| {
+        !runs.is_empty() && runs.iter().all(|r| r["status"] != "queued" && r["status"] != "running")
+    };
+    eventually(|| {
         let runs = change(hosted, "alice", &["checks", PROJECT, &number.to_string(), "--log", "--json"]).json();
-        let runs = runs.as_array().expect("a list of runs").clone();
-        if !runs.is_empty() && runs.iter().all(|r| r["status"] != "queued" && r["status"] != "running") {
-            return runs;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    panic!("the checks of change {number} did not finish");
+        Some(runs.as_array().expect("a list of runs").clone()).filter(settled)
+    })
+    .unwrap_or_else(|| panic!("the checks of change {number} did not finish"))
 }
 
 fn a_change_cannot_turn_its_own_check_green(backend: Backend) {
@@ -791,14 +790,32 @@ fn a_change_cannot_turn_its_own_check_green(backend: Backend) {
     assert!(runs[0]["log"].as_str().unwrap_or_default().contains("line 4, column 1"), "{runs:?}");
 }
 
-fn auto_merge_waits_for_the_gate_and_merges_as_it_opens(backend: Backend) {
-    let Some(hosted) = team(backend) else { return };
+/// alice's change, with alice having asked for it to merge when its gate
+/// opens: the instance, main's commit, the change's number and the answer.
+fn auto_merge_asked(backend: Backend) -> Option<(Hosted, String, i64, Value)> {
+    let hosted = team(backend)?;
     let (work, base) = alice_on_branch(&hosted, "feature");
     work.commit("feature.txt", "a feature\n", "Add a feature");
     work.ok(&["push", "-q", "origin", "feature"]);
     let number = open(&hosted, "alice", "feature", "Add a feature");
     let asked = change(&hosted, "alice", &["merge", PROJECT, &number.to_string(), "--auto", "--json"]).json();
     assert_eq!(asked["auto_merge"], true, "{asked}");
+    Some((hosted, base, number, asked))
+}
+
+/// Polls `probe` every 100 ms, for at most 10 s, until it gives something.
+fn eventually<T>(mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    for _ in 0..100 {
+        if let Some(found) = probe() {
+            return Some(found);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    None
+}
+
+fn auto_merge_waits_for_the_gate_and_merges_as_it_opens(backend: Backend) {
+    let Some((hosted, base, number, asked)) = auto_merge_asked(backend) else { return };
     assert_eq!(asked["change"]["state"], "open", "{asked}");
     // alice's own approval does not open the gate, so nothing merges.
     review(&hosted, "alice", number, "--approve");
@@ -807,15 +824,8 @@ fn auto_merge_waits_for_the_gate_and_merges_as_it_opens(backend: Backend) {
     assert_eq!(hosted.server_ref("refs/heads/main").as_deref(), Some(base.as_str()));
     // bob's approval opens it; custody merges, as alice asked.
     review(&hosted, "bob", number, "--approve");
-    let mut merged = Value::Null;
-    for _ in 0..100 {
-        merged = show(&hosted, number);
-        if merged["state"] == "merged" {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert_eq!(merged["state"], "merged", "{merged}");
+    let merged = eventually(|| Some(show(&hosted, number)).filter(|c| c["state"] == "merged"))
+        .unwrap_or_else(|| panic!("change {number} was not merged: {}", show(&hosted, number)));
     assert_eq!(merged["merged_by"], "alice", "{merged}");
     let commit = server_commit(&hosted, merged["merge_commit"].as_str().expect("a merge commit"));
     assert_eq!(commit.trailer("Approved-by"), ["bob"]);
@@ -870,26 +880,15 @@ fn a_check_script_path_through_a_symlink_is_refused(backend: Backend) {
 }
 
 fn auto_merge_lapses_when_the_asking_token_is_revoked(backend: Backend) {
-    let Some(hosted) = team(backend) else { return };
-    let (work, base) = alice_on_branch(&hosted, "feature");
-    work.commit("feature.txt", "a feature\n", "Add a feature");
-    work.ok(&["push", "-q", "origin", "feature"]);
-    let number = open(&hosted, "alice", "feature", "Add a feature");
-    let asked = change(&hosted, "alice", &["merge", PROJECT, &number.to_string(), "--auto", "--json"]).json();
-    assert_eq!(asked["auto_merge"], true, "{asked}");
+    let Some((hosted, base, number, _)) = auto_merge_asked(backend) else { return };
     // alice's token is cut off (say it leaked): her standing request goes with it.
     let tokens = hosted.run_as("alice", &["token", "list", "--json"]).json();
     let id = tokens[0]["id"].as_str().expect("a token id").to_owned();
     hosted.run_as("alice", &["token", "revoke", &id]).expect_code(0);
     review(&hosted, "bob", number, "--approve");
-    let mut cancelled = Vec::new();
-    for _ in 0..100 {
-        cancelled = change_events(&hosted, "change.auto_merge.cancel", number);
-        if !cancelled.is_empty() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let cancelled =
+        eventually(|| Some(change_events(&hosted, "change.auto_merge.cancel", number)).filter(|e| !e.is_empty()))
+            .unwrap_or_default();
     assert_eq!(cancelled.len(), 1, "the request lapsed");
     let detail = hosted.run_as("bob", &["change", "show", PROJECT, &number.to_string(), "--json"]).json();
     assert_eq!(detail["state"], "open", "{detail}");

@@ -49,21 +49,9 @@ pub enum Backend {
     Postgres,
 }
 
-/// The administrative URL of the test PostgreSQL server, as the store's
-/// tests read it.
-pub fn postgres_admin_url() -> String {
-    std::env::var("CUSTODY_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-/// Whether PostgreSQL was deliberately switched off: only by
-/// `CUSTODY_TEST_SKIP_POSTGRES=1`, and never when `CI=true`.
-pub fn postgres_skipped() -> bool {
-    let skip = std::env::var("CUSTODY_TEST_SKIP_POSTGRES").is_ok_and(|v| v == "1");
-    if skip && std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("CUSTODY_TEST_SKIP_POSTGRES=1 is not allowed when CI=true: the PostgreSQL suite must run");
-    }
-    skip
-}
+// The same rules as the store's own tests: where PostgreSQL is, and when it
+// may be skipped (only on purpose, never with CI=true).
+pub use custody_store::testing::{postgres_admin_url, postgres_skipped};
 
 /// `psql` against the administrative database, stopping at the first error.
 fn psql(sql: &str) -> Run {
