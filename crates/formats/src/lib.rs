@@ -9,8 +9,10 @@
 
 pub mod dsse;
 pub mod keys;
+pub mod provenance;
 pub mod statement;
 
 pub use dsse::{Envelope, Signature};
 pub use keys::{KeyRole, PublicKey, ServiceKey};
+pub use provenance::BuildFacts;
 pub use statement::{Statement, Subject};

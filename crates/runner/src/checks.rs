@@ -81,7 +81,7 @@ pub async fn check(repositories: &Repositories, lease: &LeasedCheck) -> CheckOut
     };
     let job = Job { kind: JobKind::Check, project: &lease.project, commit: &lease.head, build: "" };
     let env = script_environment(&job, Path::new("/work"));
-    let limits = Limits { timeout: policy.timeout, network: policy.network };
+    let limits = Limits::new(policy.timeout, policy.network);
     match sandbox::run(workspace.path(), &command, &env, &limits).await {
         Ok(done) => {
             let status = if done.exit_code == Some(0) { "passed" } else { "failed" };

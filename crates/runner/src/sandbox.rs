@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
+use tokio::sync::mpsc;
 
 /// The most output kept of one run.
 pub const LOG_LIMIT: usize = 1024 * 1024;
@@ -25,6 +26,18 @@ pub struct Limits {
     pub timeout: Duration,
     /// Whether it may reach the network.
     pub network: bool,
+    /// The largest file it may write.
+    pub max_file_bytes: u64,
+}
+
+impl Limits {
+    /// The largest file a script may write unless told otherwise: 8 GiB.
+    pub const MAX_FILE_BYTES: u64 = 8 << 30;
+
+    /// Limits with the default file size.
+    pub fn new(timeout: Duration, network: bool) -> Limits {
+        Limits { timeout, network, max_file_bytes: Self::MAX_FILE_BYTES }
+    }
 }
 
 /// How a sandboxed run ended.
@@ -111,9 +124,22 @@ pub async fn run(
     env: &[(String, String)],
     limits: &Limits,
 ) -> Result<Finished, SandboxError> {
+    run_streaming(workspace, command, env, limits, None).await
+}
+
+/// Runs `command` in the sandbox, also sending its output to `output` as it
+/// is written (the kept log is still cut at [`LOG_LIMIT`]).
+pub async fn run_streaming(
+    workspace: &Path,
+    command: &str,
+    env: &[(String, String)],
+    limits: &Limits,
+    output: Option<mpsc::UnboundedSender<Vec<u8>>>,
+) -> Result<Finished, SandboxError> {
     let bwrap =
         ["/usr/bin/bwrap", "/bin/bwrap"].into_iter().find(|p| Path::new(p).exists()).ok_or(SandboxError::Missing)?;
-    let mut child = Command::new(bwrap)
+    let mut sandbox = Command::new(bwrap);
+    sandbox
         .args(arguments(workspace, env, limits))
         .args(["--", "/bin/sh", "-c", &format!("exec 2>&1; {command}")])
         .env_clear()
@@ -121,12 +147,22 @@ pub async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
-        .spawn()
-        .map_err(SandboxError::Start)?;
+        // Its own process group, so that a timeout kills all of it.
+        .process_group(0);
+    let file_size = limits.max_file_bytes;
+    // SAFETY: only async-signal-safe calls (setrlimit) between fork and exec.
+    unsafe {
+        sandbox.pre_exec(move || apply_rlimits(file_size));
+    }
+    let mut child = sandbox.spawn().map_err(SandboxError::Start)?;
+    let group = child.id();
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
     let reading = async {
-        let (mut out, err) = tokio::join!(read_capped(&mut stdout, LOG_LIMIT), read_capped(&mut stderr, 64 * 1024));
+        let (mut out, err) = tokio::join!(
+            read_capped(&mut stdout, LOG_LIMIT, output.clone()),
+            read_capped(&mut stderr, 64 * 1024, output)
+        );
         out.extend(err);
         out
     };
@@ -143,8 +179,14 @@ pub async fn run(
             log: String::from_utf8_lossy(&output).into_owned(),
         }),
         Err(_) => {
-            // --die-with-parent and the new session take the script's whole
-            // process tree down with bwrap.
+            // The whole group goes; bwrap's death also ends the sandbox's
+            // pid namespace, and with it every process the script started.
+            if let Some(pid) = group {
+                // SAFETY: kill(2) on a process group id we created.
+                unsafe {
+                    libc::kill(-(pid as i32), libc::SIGKILL);
+                }
+            }
             let _ = child.kill().await;
             Ok(Finished {
                 exit_code: None,
@@ -155,15 +197,46 @@ pub async fn run(
     }
 }
 
+/// Resource limits every script inherits: no core dumps, a bounded number of
+/// open files, and no file larger than `max_file_bytes`.
+fn apply_rlimits(max_file_bytes: u64) -> std::io::Result<()> {
+    let set = |resource, value: u64| {
+        let limit = libc::rlimit { rlim_cur: value as libc::rlim_t, rlim_max: value as libc::rlim_t };
+        // SAFETY: setrlimit with a valid pointer to a local struct.
+        if unsafe { libc::setrlimit(resource, &limit) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    set(libc::RLIMIT_CORE, 0)?;
+    set(libc::RLIMIT_NOFILE, 4096)?;
+    set(libc::RLIMIT_FSIZE, max_file_bytes)?;
+    Ok(())
+}
+
 /// Reads to the end, keeping the first `limit` bytes: a script that writes
 /// more is never blocked on a full pipe.
-async fn read_capped(reader: &mut (impl tokio::io::AsyncRead + Unpin), limit: usize) -> Vec<u8> {
+async fn read_capped(
+    reader: &mut (impl tokio::io::AsyncRead + Unpin),
+    limit: usize,
+    output: Option<mpsc::UnboundedSender<Vec<u8>>>,
+) -> Vec<u8> {
     let mut kept = Vec::new();
     let mut buffer = [0u8; 8192];
+    let mut streamed = 0usize;
     loop {
         match reader.read(&mut buffer).await {
             Ok(0) | Err(_) => return kept,
             Ok(n) => {
+                if let Some(output) = &output {
+                    // The stream is capped like the log, so a chatty script
+                    // cannot flood the database.
+                    let room = limit.saturating_sub(streamed).min(n);
+                    if room > 0 {
+                        streamed += room;
+                        let _ = output.send(buffer[..room].to_vec());
+                    }
+                }
                 let room = limit.saturating_sub(kept.len());
                 kept.extend_from_slice(&buffer[..n.min(room)]);
             }
@@ -176,7 +249,7 @@ mod tests {
     use super::*;
 
     fn limits() -> Limits {
-        Limits { timeout: Duration::from_secs(20), network: false }
+        Limits::new(Duration::from_secs(20), false)
     }
 
     fn available() -> bool {
@@ -231,9 +304,44 @@ mod tests {
             return;
         }
         let workspace = tempfile::tempdir().unwrap();
-        let limits = Limits { timeout: Duration::from_millis(500), network: false };
+        let limits = Limits::new(Duration::from_millis(500), false);
         let done = run(workspace.path(), "sleep 30", &[], &limits).await.unwrap();
         assert!(done.timed_out);
         assert_eq!(done.exit_code, None);
+    }
+
+    #[tokio::test]
+    async fn a_script_cannot_write_a_file_past_its_size_limit() {
+        if !available() {
+            return;
+        }
+        let workspace = tempfile::tempdir().unwrap();
+        let limits = Limits { max_file_bytes: 1 << 20, ..limits() };
+        let done =
+            run(workspace.path(), "head -c 3000000 /dev/zero > big; echo status $?", &[], &limits).await.unwrap();
+        assert!(!done.log.contains("status 0"), "{}", done.log);
+        let written = std::fs::metadata(workspace.path().join("big")).map(|m| m.len()).unwrap_or(0);
+        assert!(written <= 1 << 20, "wrote {written} bytes");
+    }
+
+    #[tokio::test]
+    async fn the_output_streams_while_the_script_runs() {
+        if !available() {
+            return;
+        }
+        let workspace = tempfile::tempdir().unwrap();
+        let (sender, mut receiver) = mpsc::unbounded_channel();
+        let limits = limits();
+        let done = run_streaming(workspace.path(), "echo first; sleep 1; echo second", &[], &limits, Some(sender));
+        let first = async { receiver.recv().await };
+        tokio::pin!(done);
+        // The first line arrives while the script still sleeps.
+        let chunk = tokio::select! {
+            chunk = first => chunk.unwrap(),
+            _ = &mut done => panic!("the script finished before its first line was streamed"),
+        };
+        assert_eq!(chunk, b"first\n");
+        let finished = done.await.unwrap();
+        assert_eq!(finished.log, "first\nsecond\n");
     }
 }

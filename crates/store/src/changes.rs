@@ -869,6 +869,13 @@ impl Store {
                     if done.rows_affected() != 1 {
                         return Err(StoreError::Conflict(format!("change {number} changed while merging; try again")));
                     }
+                    // A new mainline commit is built; the build is queued in
+                    // this transaction, so no merge can escape its build.
+                    let build = if records.change.target_branch == access2.default_branch {
+                        Some(crate::builds::enqueue(tx, access2.project_id, &merge_commit, &access2.default_branch, Some(number)).await?)
+                    } else {
+                        None
+                    };
                     tx.audit(NewEvent {
                         actor: actor.name.to_string(),
                         action: "change.merge".into(),
@@ -880,6 +887,7 @@ impl Store {
                             "approvers": report.approvers,
                             "authors": records.authors.keys().map(UserName::as_str).collect::<Vec<_>>(),
                             "gate": report.rules,
+                            "build": build,
                         }),
                     })
                     .await?;

@@ -17,6 +17,7 @@
 //! This crate knows nothing about HTTP, the terminal or password hashing.
 
 mod audit;
+mod builds;
 mod changes;
 mod checks;
 mod dialect;
@@ -33,6 +34,9 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Connection as _};
 
 pub use audit::{AuditFilter, AuditPage};
+pub use builds::{
+    ArtifactView, BuildOutcome, BuildView, LeasedBuild, LogChunk, NewArtifact, JOBS_CHANNEL, MAX_ATTEMPTS,
+};
 pub use changes::{AuthorReason, Authors, ChangeView, GateRecords, MergePlan, Published, ReviewView};
 pub use checks::{CheckOutcome, CheckRunView, LeasedCheck};
 pub use custody_domain::project::{Identity, PushedCommit};
@@ -175,7 +179,45 @@ impl Store {
             .connect_with(options.clone())
             .await?;
         let writer = writer::Handle::start(dialect, writer_conn, options);
-        Ok(Store { inner: Arc::new(Inner { dialect, readers, writer, authors: Arc::default() }) })
+        let store = Store { inner: Arc::new(Inner { dialect, readers, writer, authors: Arc::default() }) };
+        if dialect == Dialect::Postgres {
+            store.listen_for_jobs(url.to_string());
+        }
+        Ok(store)
+    }
+
+    /// Wakes this process's runners when another process queues jobs on the
+    /// same PostgreSQL database.
+    fn listen_for_jobs(&self, url: String) {
+        let jobs = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                let listener = async {
+                    let mut listener = sqlx::postgres::PgListener::connect(&url).await?;
+                    listener.listen(JOBS_CHANNEL).await?;
+                    loop {
+                        listener.recv().await?;
+                        let Some(inner) = jobs.upgrade() else { return Ok::<_, sqlx::Error>(()) };
+                        inner.writer.jobs().notify_waiters();
+                    }
+                };
+                match listener.await {
+                    Ok(()) => return,
+                    Err(error) => tracing::warn!(%error, "listening for queued jobs; retrying"),
+                }
+                if jobs.strong_count() == 0 {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// Completes when a transaction that queued jobs commits (in this
+    /// process, or on PostgreSQL in any process). Create it before looking
+    /// for work, then await it, so that no wake-up is lost in between.
+    pub fn jobs_queued(&self) -> tokio::sync::futures::Notified<'_> {
+        self.inner.writer.jobs().notified()
     }
 
     pub(crate) fn authors_cache(&self) -> Arc<changes::AuthorsCache> {

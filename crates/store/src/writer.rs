@@ -7,12 +7,13 @@
 //! together.
 
 use std::any::Any;
+use std::sync::Arc;
 
 use custody_domain::audit::NewEvent;
 use futures_util::future::BoxFuture;
 use sqlx::any::AnyConnectOptions;
 use sqlx::{AnyConnection, ConnectOptions, Connection as _, Executor};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::{Dialect, Result, StoreError};
 
@@ -32,6 +33,7 @@ pub struct Tx {
     conn: AnyConnection,
     dialect: Dialect,
     next_seq: i64,
+    jobs_queued: bool,
 }
 
 impl Tx {
@@ -48,6 +50,12 @@ impl Tx {
     /// Which database this is.
     pub fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    /// Says that this operation queued work for the runners: they are woken
+    /// once the transaction has committed.
+    pub(crate) fn jobs_queued(&mut self) {
+        self.jobs_queued = true;
     }
 
     /// Appends an audit event in this transaction and returns its sequence
@@ -72,6 +80,7 @@ impl Tx {
 }
 
 pub(crate) struct Handle {
+    jobs: Arc<Notify>,
     sender: tokio::sync::Mutex<Option<mpsc::Sender<Job>>>,
     stopped: tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -79,8 +88,9 @@ pub(crate) struct Handle {
 impl Handle {
     pub(crate) fn start(dialect: Dialect, conn: AnyConnection, options: AnyConnectOptions) -> Handle {
         let (sender, receiver) = mpsc::channel(4 * MAX_GROUP);
-        let task = tokio::spawn(run(dialect, conn, options, receiver));
-        Handle { sender: tokio::sync::Mutex::new(Some(sender)), stopped: tokio::sync::Mutex::new(Some(task)) }
+        let jobs = Arc::new(Notify::new());
+        let task = tokio::spawn(run(dialect, conn, options, receiver, jobs.clone()));
+        Handle { jobs, sender: tokio::sync::Mutex::new(Some(sender)), stopped: tokio::sync::Mutex::new(Some(task)) }
     }
 
     pub(crate) async fn run<T, F>(&self, op: F) -> Result<T>
@@ -99,6 +109,11 @@ impl Handle {
         Ok(*value.downcast::<T>().expect("the writer returns what the operation made"))
     }
 
+    /// Notified whenever a committed transaction queued jobs.
+    pub(crate) fn jobs(&self) -> &Arc<Notify> {
+        &self.jobs
+    }
+
     pub(crate) async fn close(&self) {
         self.sender.lock().await.take();
         if let Some(task) = self.stopped.lock().await.take() {
@@ -107,7 +122,13 @@ impl Handle {
     }
 }
 
-async fn run(dialect: Dialect, conn: AnyConnection, options: AnyConnectOptions, mut receiver: mpsc::Receiver<Job>) {
+async fn run(
+    dialect: Dialect,
+    conn: AnyConnection,
+    options: AnyConnectOptions,
+    mut receiver: mpsc::Receiver<Job>,
+    jobs: Arc<Notify>,
+) {
     let mut conn = Some(conn);
     let mut group = Vec::with_capacity(MAX_GROUP);
     while receiver.recv_many(&mut group, MAX_GROUP).await > 0 {
@@ -116,7 +137,7 @@ async fn run(dialect: Dialect, conn: AnyConnection, options: AnyConnectOptions, 
             None => reconnect(dialect, &options).await,
         };
         match connection {
-            Ok(c) => conn = commit_group(dialect, c, &mut group).await,
+            Ok(c) => conn = commit_group(dialect, c, &mut group, &jobs).await,
             Err(error) => {
                 let message = error.to_string();
                 for job in group.drain(..) {
@@ -137,8 +158,13 @@ async fn reconnect(dialect: Dialect, options: &AnyConnectOptions) -> Result<AnyC
 }
 
 /// Commits one group; returns the connection when it is still usable.
-async fn commit_group(dialect: Dialect, conn: AnyConnection, group: &mut Vec<Job>) -> Option<AnyConnection> {
-    let mut tx = Tx { conn, dialect, next_seq: 0 };
+async fn commit_group(
+    dialect: Dialect,
+    conn: AnyConnection,
+    group: &mut Vec<Job>,
+    jobs: &Notify,
+) -> Option<AnyConnection> {
+    let mut tx = Tx { conn, dialect, next_seq: 0, jobs_queued: false };
     let mut answers: Vec<(oneshot::Sender<Result<Erased>>, Result<Erased>)> = Vec::with_capacity(group.len());
 
     let outcome: Result<()> = async {
@@ -147,7 +173,7 @@ async fn commit_group(dialect: Dialect, conn: AnyConnection, group: &mut Vec<Job
         tx.next_seq = last.unwrap_or(0) + 1;
         for job in group.drain(..) {
             tx.conn.execute("SAVEPOINT op").await?;
-            let seq_before = tx.next_seq;
+            let (seq_before, queued_before) = (tx.next_seq, tx.jobs_queued);
             match (job.op)(&mut tx).await {
                 Ok(value) => {
                     tx.conn.execute("RELEASE SAVEPOINT op").await?;
@@ -157,6 +183,7 @@ async fn commit_group(dialect: Dialect, conn: AnyConnection, group: &mut Vec<Job
                     tx.conn.execute("ROLLBACK TO SAVEPOINT op").await?;
                     tx.conn.execute("RELEASE SAVEPOINT op").await?;
                     tx.next_seq = seq_before;
+                    tx.jobs_queued = queued_before;
                     answers.push((job.done, Err(error)));
                 }
             }
@@ -168,6 +195,9 @@ async fn commit_group(dialect: Dialect, conn: AnyConnection, group: &mut Vec<Job
 
     match outcome {
         Ok(()) => {
+            if tx.jobs_queued {
+                jobs.notify_waiters();
+            }
             for (done, answer) in answers {
                 let _ = done.send(answer);
             }
