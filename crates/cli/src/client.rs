@@ -80,6 +80,27 @@ impl Client {
         }
     }
 
+    /// GET of a body to be read a chunk at a time; a failure status is
+    /// reported as the failure it says.
+    pub async fn stream(&self, path: &str) -> Result<reqwest::Response, Failure> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.get(&url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|e| Failure {
+            code: 3,
+            message: format!("cannot reach custody at {}: {}", self.base, root_cause(&e)),
+            body: None,
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let text = response.text().await.unwrap_or_default();
+        Err(failure_from(status, &text))
+    }
+
     /// GET of a text answer.
     pub async fn text(&self, path: &str) -> Result<String, Failure> {
         self.send(Method::GET, path, None).await

@@ -24,6 +24,10 @@ pub struct ServerFile {
     pub name: Option<String>,
     /// The URL clients reach the server at.
     pub public_url: Option<String>,
+    /// Where artifacts are stored (`s3://BUCKET/PREFIX`).
+    pub blob_store: Option<String>,
+    /// How many builds run at once in the server's process.
+    pub builders: Option<usize>,
 }
 
 impl ServerFile {

@@ -5,6 +5,7 @@
 //! rule, 2 usage or input error or not found, 3 server unreachable or
 //! failed).
 
+mod build;
 mod change;
 mod client;
 mod commands;
@@ -64,6 +65,14 @@ enum Command {
     /// Change requests: review, gate and merge.
     #[command(subcommand)]
     Change(change::ChangeCommand),
+    /// Builds of mainline commits (read-only: the builder builds).
+    #[command(subcommand)]
+    Build(build::BuildCommand),
+    /// The artifact repository (read-only: only the builder stores artifacts).
+    #[command(subcommand)]
+    Artifact(build::ArtifactCommand),
+    /// Run builds in a separate process.
+    Worker(serve::WorkerArgs),
     /// Run by git during a push; not for people.
     #[command(subcommand, hide = true)]
     Hook(hook::HookCommand),
@@ -157,5 +166,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Project(command) => project::run(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Hook(command) => hook::run(command).await,
         Command::Change(command) => change::run(&client::Client::from_env(cli.server)?, command, out).await,
+        Command::Build(command) => build::build(&client::Client::from_env(cli.server)?, command, out).await,
+        Command::Artifact(command) => build::artifact(&client::Client::from_env(cli.server)?, command, out).await,
+        Command::Worker(args) => serve::worker(args).await,
     }
 }

@@ -57,6 +57,32 @@ pub struct ServeArgs {
     /// Log as `text` or `json` [default: text]. The level comes from CUSTODY_LOG (e.g. `info`, `debug`).
     #[arg(long, env = "CUSTODY_LOG_FORMAT", value_name = "FORMAT")]
     log_format: Option<String>,
+    /// Where artifacts are stored: `s3://BUCKET/PREFIX` (credentials from the AWS_* variables)
+    /// [default: the data directory's blobs/].
+    #[arg(long, env = "CUSTODY_BLOB_STORE", value_name = "URL")]
+    blob_store: Option<String>,
+    /// How many builds run at once inside this process; 0 leaves them to `custody worker` [default: 1].
+    #[arg(long, env = "CUSTODY_BUILDERS", value_name = "N")]
+    builders: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// The instance's data directory: its keys and repositories [default: ./custody-data].
+    #[arg(long, env = "CUSTODY_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// A PostgreSQL URL (postgres://…); SQLite in the data directory by default.
+    #[arg(long, env = "CUSTODY_DATABASE_URL", value_name = "URL")]
+    database_url: Option<String>,
+    /// Where artifacts are stored, as for `custody serve`.
+    #[arg(long, env = "CUSTODY_BLOB_STORE", value_name = "URL")]
+    blob_store: Option<String>,
+    /// How many builds run at once [default: 1].
+    #[arg(long, env = "CUSTODY_BUILDERS", value_name = "N", default_value_t = 1)]
+    builders: usize,
+    /// Log as `text` or `json`.
+    #[arg(long, env = "CUSTODY_LOG_FORMAT", value_name = "FORMAT", default_value = "text")]
+    log_format: String,
 }
 
 fn instance_failure(error: InstanceError) -> Failure {
@@ -106,6 +132,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let database_url = args.database_url.or(file.database_url);
     let log_format = args.log_format.or(file.log_format).unwrap_or_else(|| "text".to_owned());
     let public_url = args.public_url.or(file.public_url);
+    let blob_store = args.blob_store.or(file.blob_store);
+    let builders = args.builders.or(file.builders).unwrap_or(1);
     init_logging(&log_format)?;
 
     let data_dir = DataDir::new(data_dir);
@@ -145,7 +173,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::internal(format!("cannot write the git hooks in {}: {e}", data_dir.hooks().display())))?;
     let repositories = custody_git::Repositories::new(data_dir.repositories());
     let store = instance.store.clone();
-    let state = AppState::new(instance.store, instance.name, Limits::default(), repositories, instance.keys);
+    let blobs = open_blobs(blob_store.as_deref(), &data_dir)?;
+    let builder = builder(&instance, &data_dir, blobs.clone())?;
+    let state = AppState::new(instance.store, instance.name, Limits::default(), repositories, blobs, instance.keys);
     if let Some(public) = &public_url {
         state.hosting().set_public_url(public);
     }
@@ -160,6 +190,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         until_stopped(stopped.clone()),
     ));
     let merger = tokio::spawn(custody_server::changes::auto_merge(state.clone(), until_stopped(stopped.clone())));
+    let builders: Vec<_> =
+        (0..builders).map(|_| tokio::spawn(builder.clone().run(until_stopped(stopped.clone())))).collect();
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop.send(true);
@@ -169,8 +201,70 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::internal(format!("server failed: {e}")))?;
     let _ = runner.await;
     let _ = merger.await;
+    for builder in builders {
+        let _ = builder.await;
+    }
     store.close().await;
     tracing::info!("stopped");
+    Ok(())
+}
+
+fn open_blobs(url: Option<&str>, data_dir: &DataDir) -> Result<custody_blobs::Blobs, Failure> {
+    let opened = match url {
+        Some(url) => custody_blobs::Blobs::from_url(url, &data_dir.blobs()),
+        None => custody_blobs::Blobs::local(&data_dir.blobs()),
+    };
+    opened.map_err(|e| Failure::input(format!("cannot open the artifact store: {e}")))
+}
+
+fn builder(
+    instance: &instance::Instance,
+    data_dir: &DataDir,
+    blobs: custody_blobs::Blobs,
+) -> Result<custody_runner::builds::Builder, Failure> {
+    let key = instance
+        .keys
+        .iter()
+        .find(|k| k.role() == custody_formats::KeyRole::Builder)
+        .ok_or_else(|| Failure::input(format!("{} holds no builder key", data_dir.keys().display())))?;
+    Ok(custody_runner::builds::Builder {
+        store: instance.store.clone(),
+        repositories: custody_git::Repositories::new(data_dir.repositories()),
+        blobs,
+        key: std::sync::Arc::new(key.clone_key()),
+        instance: instance.name.clone(),
+        worker: custody_runner::builds::worker_name(),
+    })
+}
+
+/// `custody worker`: runs builds in a process of its own, beside (or
+/// instead of) the server's own builders, until Ctrl-C or SIGTERM.
+pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
+    init_logging(&args.log_format)?;
+    let data_dir = DataDir::new(args.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)));
+    let instance = instance::open(&data_dir, args.database_url).await.map_err(instance_failure)?;
+    let blobs = open_blobs(args.blob_store.as_deref(), &data_dir)?;
+    let builder = builder(&instance, &data_dir, blobs)?;
+    println!("worker {} running {} builder(s); artifacts in {}", builder.worker, args.builders, builder.blobs.describe());
+    let _ = std::io::stdout().flush();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut tasks = Vec::new();
+    for index in 0..args.builders.max(1) {
+        let mut one = builder.clone();
+        if index > 0 {
+            one.worker = format!("{}/{index}", builder.worker);
+        }
+        let mut stopped = stopped.clone();
+        tasks.push(tokio::spawn(one.run(async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        })));
+    }
+    shutdown_signal().await;
+    let _ = stop.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    instance.store.close().await;
     Ok(())
 }
 

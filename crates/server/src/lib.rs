@@ -59,6 +59,7 @@ struct Shared {
     store: Store,
     keys: Vec<custody_formats::ServiceKey>,
     hosting: git::Hosting,
+    blobs: custody_blobs::Blobs,
     instance: String,
     metrics: Metrics,
     logins: RateLimiter,
@@ -66,18 +67,21 @@ struct Shared {
 }
 
 impl AppState {
-    /// State over an open store, hosting the repositories under `repositories`.
+    /// State over an open store, hosting the repositories under
+    /// `repositories`, serving artifacts from `blobs`.
     pub fn new(
         store: Store,
         instance: String,
         limits: Limits,
         repositories: custody_git::Repositories,
+        blobs: custody_blobs::Blobs,
         keys: Vec<custody_formats::ServiceKey>,
     ) -> Self {
         AppState(Arc::new(Shared {
             store,
             keys,
             hosting: git::Hosting::new(repositories),
+            blobs,
             instance,
             metrics: Metrics::default(),
             logins: RateLimiter::new(limits.failed_logins, limits.window),
@@ -98,6 +102,11 @@ impl AppState {
     /// Git hosting.
     pub fn hosting(&self) -> &git::Hosting {
         &self.0.hosting
+    }
+
+    /// The artifact repository.
+    pub fn blobs(&self) -> &custody_blobs::Blobs {
+        &self.0.blobs
     }
 
     /// The instance's name.

@@ -32,6 +32,7 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: LatencyFamily,
+    damaged_blobs: Counter,
 }
 
 impl Default for Metrics {
@@ -42,11 +43,22 @@ impl Default for Metrics {
         let latency: LatencyFamily =
             Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 16)));
         registry.register("http_request_duration_seconds", "Time to answer an HTTP request", latency.clone());
-        Metrics { registry, requests, latency }
+        let damaged_blobs = Counter::default();
+        registry.register(
+            "damaged_blob_reads",
+            "Artifact downloads cut off because the blob no longer matched its digest",
+            damaged_blobs.clone(),
+        );
+        Metrics { registry, requests, latency, damaged_blobs }
     }
 }
 
 impl Metrics {
+    /// Counts a download cut off because its blob was damaged.
+    pub fn damaged_blob(&self) {
+        self.damaged_blobs.inc();
+    }
+
     /// The metrics in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::new();

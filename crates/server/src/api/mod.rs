@@ -1,6 +1,7 @@
 //! The JSON API under `/api/v1`, and its OpenAPI document.
 
 mod audit;
+mod builds;
 mod changes;
 mod groups;
 mod people;
@@ -71,6 +72,8 @@ impl PageQuery {
         projects::pushes, projects::commit, projects::set_default_branch,
         changes::open_change, changes::list_changes, changes::get_change, changes::diff, changes::gate,
         changes::review, changes::close, changes::reopen, changes::merge, changes::attestation, changes::checks,
+        builds::list_builds, builds::get_build, builds::build_log, builds::list_artifacts, builds::get_artifact,
+        builds::download, builds::provenance, builds::verify,
     ),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&TokenSecurity),
@@ -80,6 +83,7 @@ impl PageQuery {
         (name = "audit", description = "The append-only audit log"),
         (name = "projects", description = "Projects, their repositories and the push log"),
         (name = "changes", description = "Change requests, reviews and the merge gate"),
+        (name = "builds", description = "Builds of mainline commits and the artifact repository (read-only: only the builder stores artifacts)"),
     )
 )]
 struct ApiDoc;
@@ -146,6 +150,14 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/projects/{name}/changes/{number}/merge", post(changes::merge))
         .route("/projects/{name}/changes/{number}/attestation", get(changes::attestation))
         .route("/projects/{name}/changes/{number}/checks", get(changes::checks))
+        .route("/projects/{name}/builds", get(builds::list_builds))
+        .route("/projects/{name}/builds/{number}", get(builds::get_build))
+        .route("/projects/{name}/builds/{number}/log", get(builds::build_log))
+        .route("/projects/{name}/artifacts", get(builds::list_artifacts))
+        .route("/projects/{name}/artifacts/{digest}", get(builds::get_artifact))
+        .route("/projects/{name}/artifacts/{digest}/content", get(builds::download))
+        .route("/projects/{name}/artifacts/{digest}/provenance", get(builds::provenance))
+        .route("/artifacts/verify", get(builds::verify))
 }
 
 /// Asks for a grant on behalf of the caller: 202 with the grant, pending a

@@ -1,0 +1,493 @@
+//! The builder: leases queued builds, runs the pipeline's `build` command as
+//! the built commit defines it, in the sandbox, on a fresh checkout; stores
+//! the files that match `artifacts` in the blob store and signs SLSA
+//! provenance for them with the builder key.
+//!
+//! The build script never touches the blob store or the key: it runs in a
+//! sandbox where neither exists. Only after it has exited does the builder
+//! (outside the sandbox) look at what it left in the workspace, refusing
+//! anything that is not a regular file inside it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use custody_blobs::Blobs;
+use custody_domain::glob::Glob;
+use custody_domain::pipeline;
+use custody_domain::{ProjectName, Timestamp};
+use custody_formats::{BuildFacts, ServiceKey};
+use custody_git::change as git;
+use custody_git::Repositories;
+use custody_store::{BuildOutcome, LeasedBuild, NewArtifact, Store};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc;
+
+use crate::sandbox::{self, Limits};
+use crate::{script_environment, Job, JobKind};
+
+/// How long a lease lasts without a heartbeat.
+pub const LEASE: Duration = Duration::from_secs(30);
+/// How often an idle builder looks for work when no wake-up came (only a
+/// fallback: builds start from the event of their queueing).
+const IDLE: Duration = Duration::from_secs(2);
+/// The most files a build may leave in its workspace for collection.
+const MAX_FILES: usize = 100_000;
+
+/// What a builder needs.
+#[derive(Clone)]
+pub struct Builder {
+    /// The database.
+    pub store: Store,
+    /// The git repositories.
+    pub repositories: Repositories,
+    /// The artifact repository.
+    pub blobs: Blobs,
+    /// The builder key, which signs provenance.
+    pub key: Arc<ServiceKey>,
+    /// The instance's name.
+    pub instance: String,
+    /// This worker's name, unique among running workers.
+    pub worker: String,
+}
+
+/// A worker name unique to this process: host, process id and a random part.
+pub fn worker_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    let host = if host.is_empty() { "localhost".to_owned() } else { host };
+    let random = custody_store::random_secret(6);
+    format!("{host}:{}:{random}", std::process::id())
+}
+
+impl Builder {
+    /// Runs builds until `shutdown` completes.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            // Registered before looking, so a build queued in between still wakes us.
+            let woken = self.store.jobs_queued();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let leased = tokio::select! {
+                () = &mut shutdown => return,
+                leased = self.store.lease_build(&self.worker, LEASE.as_millis() as i64) => leased,
+            };
+            match leased {
+                Ok(Some(lease)) => {
+                    tracing::info!(project = %lease.project, build = lease.number, commit = %lease.commit, attempt = lease.attempt, "build started");
+                    let outcome = tokio::select! {
+                        () = &mut shutdown => {
+                            // Dropping the build kills its sandbox; another worker takes it again.
+                            if let Err(error) = self.store.requeue_build(&lease).await {
+                                tracing::error!(%error, build = lease.number, "requeueing a build");
+                            }
+                            return;
+                        }
+                        outcome = self.build_with_heartbeat(&lease) => outcome,
+                    };
+                    let Some(outcome) = outcome else { continue };
+                    tracing::info!(project = %lease.project, build = lease.number, status = outcome.status, "build finished");
+                    if let Err(error) = self.store.finish_build(&lease, outcome).await {
+                        tracing::error!(%error, build = lease.number, "recording a build");
+                    }
+                }
+                Ok(None) => {
+                    tokio::select! {
+                        () = &mut shutdown => return,
+                        () = &mut woken => {}
+                        () = tokio::time::sleep(IDLE) => {}
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "leasing a build");
+                    tokio::time::sleep(IDLE).await;
+                }
+            }
+        }
+    }
+
+    /// Builds while keeping the lease alive; `None` when the lease was lost
+    /// (another worker owns the build now, and this one's work is dropped).
+    async fn build_with_heartbeat(&self, lease: &LeasedBuild) -> Option<BuildOutcome> {
+        let heartbeat = async {
+            loop {
+                tokio::time::sleep(LEASE / 3).await;
+                match self.store.heartbeat_build(lease, LEASE.as_millis() as i64).await {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(error) => tracing::warn!(%error, build = lease.number, "heartbeat failed"),
+                }
+            }
+        };
+        tokio::select! {
+            outcome = self.build(lease) => Some(outcome),
+            () = heartbeat => {
+                tracing::warn!(project = %lease.project, build = lease.number, "lost the lease of a build; dropping it");
+                None
+            }
+        }
+    }
+
+    /// Runs one build to its outcome; every failure is an outcome with a
+    /// reason, never a panic.
+    pub async fn build(&self, lease: &LeasedBuild) -> BuildOutcome {
+        let failed = |status: &'static str, reason: String| BuildOutcome {
+            status,
+            reason: Some(reason),
+            ..BuildOutcome::default()
+        };
+        let Ok(project) = ProjectName::parse(&lease.project) else {
+            return failed("error", format!("project name {:?} is not valid", lease.project));
+        };
+        let repository = self.repositories.path(&project);
+        let commit = lease.commit.clone();
+        let prepared = tokio::task::spawn_blocking(move || prepare(&repository, &commit)).await;
+        let plan = match prepared {
+            Ok(Ok(Prepared::Run(plan))) => plan,
+            Ok(Ok(Prepared::Skip(reason))) => return failed("skipped", reason),
+            Ok(Ok(Prepared::Fail(outcome))) => return outcome,
+            Ok(Err(message)) => return failed("error", message),
+            Err(_) => return failed("error", "preparing the build failed".into()),
+        };
+        let mut outcome = BuildOutcome {
+            status: "failed",
+            command: Some(plan.command.clone()),
+            network: Some(plan.network),
+            pipeline_digest: Some(plan.pipeline_digest.clone()),
+            script_digest: plan.script.as_ref().map(|(_, d)| d.clone()),
+            ..BuildOutcome::default()
+        };
+
+        let build_id = lease.number.to_string();
+        let job = Job { kind: JobKind::Build, project: &lease.project, commit: &lease.commit, build: &build_id };
+        let env = script_environment(&job, Path::new("/work"));
+        let limits = Limits::new(plan.timeout, plan.network);
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let streaming = self.stream_log(lease, receiver);
+        let running = sandbox::run_streaming(plan.workspace.path(), &plan.command, &env, &limits, Some(sender));
+        let (finished, ()) = tokio::join!(running, streaming);
+        let finished = match finished {
+            Ok(finished) => finished,
+            Err(error) => {
+                outcome.status = "error";
+                outcome.reason = Some(error.to_string());
+                return outcome;
+            }
+        };
+        outcome.exit_code = finished.exit_code.map(i64::from);
+        if finished.timed_out {
+            outcome.reason = Some(format!("the build ran past its timeout of {} and was killed", humanize(plan.timeout)));
+            return outcome;
+        }
+        if finished.exit_code != Some(0) {
+            outcome.reason = Some(match finished.exit_code {
+                Some(code) => format!("the build command `{}` exited with code {code}; see the log", plan.command),
+                None => format!("the build command `{}` was killed by a signal; see the log", plan.command),
+            });
+            return outcome;
+        }
+
+        let workspace = plan.workspace.path().to_path_buf();
+        let globs = plan.artifacts.clone();
+        let found = tokio::task::spawn_blocking(move || collect(&workspace, &globs)).await;
+        let found = match found {
+            Ok(Ok(found)) => found,
+            Ok(Err(reason)) => {
+                outcome.reason = Some(reason);
+                return outcome;
+            }
+            Err(_) => {
+                outcome.status = "error";
+                outcome.reason = Some("collecting the artifacts failed".into());
+                return outcome;
+            }
+        };
+        let mut artifacts = Vec::with_capacity(found.len());
+        for (name, path) in found {
+            match self.blobs.ingest(&path).await {
+                Ok(stored) => artifacts.push(NewArtifact {
+                    name,
+                    digest: stored.digest.to_string(),
+                    size: stored.size as i64,
+                }),
+                Err(error) => {
+                    outcome.status = "error";
+                    outcome.reason = Some(format!("storing artifact {name} failed: {error}"));
+                    return outcome;
+                }
+            }
+        }
+        let facts = BuildFacts {
+            artifacts: artifacts.iter().map(|a| (a.name.clone(), a.digest.clone())).collect(),
+            instance: self.instance.clone(),
+            project: lease.project.clone(),
+            repository: format!("custody://{}/{}.git", self.instance, lease.project),
+            branch: lease.branch.clone(),
+            commit: lease.commit.clone(),
+            pipeline: (pipeline::PATH.to_owned(), plan.pipeline_digest.clone()),
+            command: plan.command.clone(),
+            script: plan.script.clone(),
+            network: plan.network,
+            builder_id: format!("custody://{}/builder", self.instance),
+            builder_version: env!("CARGO_PKG_VERSION").to_owned(),
+            invocation_id: format!(
+                "custody://{}/{}/builds/{}/attempts/{}",
+                self.instance, lease.project, lease.number, lease.attempt
+            ),
+            started_on: Timestamp::from_millis(lease.started_at).to_string(),
+            finished_on: Timestamp::from_millis(custody_store::now_ms()).to_string(),
+        };
+        let envelope = facts.statement().sign(&self.key);
+        outcome.provenance = Some(serde_json::to_string(&envelope).unwrap_or_default());
+        outcome.status = "succeeded";
+        outcome.artifacts = artifacts;
+        outcome
+    }
+
+    /// Writes the build's output to its log as it arrives, a batch at a time.
+    async fn stream_log(&self, lease: &LeasedBuild, mut receiver: mpsc::UnboundedReceiver<Vec<u8>>) {
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            let open = match tokio::time::timeout(Duration::from_millis(200), receiver.recv()).await {
+                Ok(Some(chunk)) => {
+                    pending.extend(chunk);
+                    while let Ok(more) = receiver.try_recv() {
+                        pending.extend(more);
+                    }
+                    true
+                }
+                Ok(None) => false,
+                Err(_) => true,
+            };
+            // Send whole characters only; a split one waits for its rest.
+            let cut = if open { utf8_boundary(&pending) } else { pending.len() };
+            if cut > 0 {
+                let text = String::from_utf8_lossy(&pending[..cut]).into_owned();
+                pending.drain(..cut);
+                if let Err(error) = self.store.append_build_log(lease, text).await {
+                    tracing::warn!(%error, build = lease.number, "writing a build's log");
+                }
+            }
+            if !open {
+                return;
+            }
+        }
+    }
+}
+
+fn utf8_boundary(bytes: &[u8]) -> usize {
+    match std::str::from_utf8(bytes) {
+        Ok(_) => bytes.len(),
+        Err(error) if error.error_len().is_none() => error.valid_up_to(),
+        Err(_) => bytes.len(),
+    }
+}
+
+fn humanize(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    if secs % 3600 == 0 && secs > 0 {
+        format!("{}h", secs / 3600)
+    } else if secs % 60 == 0 && secs > 0 {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+struct Plan {
+    workspace: tempfile::TempDir,
+    command: String,
+    network: bool,
+    timeout: Duration,
+    artifacts: Vec<Glob>,
+    pipeline_digest: String,
+    script: Option<(String, String)>,
+}
+
+enum Prepared {
+    Run(Plan),
+    Skip(String),
+    Fail(BuildOutcome),
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Reads the pipeline as the commit defines it and checks the commit out.
+fn prepare(repository: &Path, commit: &str) -> Result<Prepared, String> {
+    let failed = |e: custody_git::GitError| e.to_string();
+    let Some(text) = git::read_file(repository, commit, pipeline::PATH).map_err(failed)? else {
+        return Ok(Prepared::Skip(format!("{} does not exist at {commit}, so nothing is built", pipeline::PATH)));
+    };
+    let pipeline_digest = sha256_hex(text.as_bytes());
+    let policy = match pipeline::parse(&text) {
+        Ok(policy) => policy,
+        Err(error) => {
+            return Ok(Prepared::Fail(BuildOutcome {
+                status: "failed",
+                reason: Some(format!("{error}; fix the pipeline file in a new change")),
+                pipeline_digest: Some(pipeline_digest),
+                ..BuildOutcome::default()
+            }))
+        }
+    };
+    let Some(command) = policy.build.clone() else {
+        return Ok(Prepared::Skip(format!("{} at {commit} names no build command", pipeline::PATH)));
+    };
+    let workspace = tempfile::Builder::new().prefix("custody-build-").tempdir().map_err(|e| e.to_string())?;
+    git::export_tree(repository, commit, workspace.path()).map_err(failed)?;
+    for dir in [".home", ".tmp"] {
+        std::fs::create_dir_all(workspace.path().join(dir)).map_err(|e| e.to_string())?;
+    }
+    // The script the command runs, when it is a file of the repository: its
+    // digest goes into the provenance. A symbolic link on its path could
+    // point anywhere on the host, so it is refused.
+    let script_path = command.split_whitespace().next().unwrap_or_default().trim_start_matches("./").to_owned();
+    let mut script = None;
+    if !script_path.starts_with('/') && !script_path.split('/').any(|s| s == "..") {
+        let mut prefix = workspace.path().to_path_buf();
+        for part in Path::new(&script_path).components() {
+            prefix.push(part);
+            if std::fs::symlink_metadata(&prefix).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Ok(Prepared::Fail(BuildOutcome {
+                    status: "failed",
+                    reason: Some(format!("{script_path} is reached through a symbolic link; a build script's path may not contain one")),
+                    command: Some(command),
+                    pipeline_digest: Some(pipeline_digest),
+                    ..BuildOutcome::default()
+                }));
+            }
+        }
+        let path = workspace.path().join(&script_path);
+        if path.is_file() {
+            let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+            script = Some((script_path, sha256_hex(&bytes)));
+        }
+    }
+    Ok(Prepared::Run(Plan {
+        workspace,
+        command,
+        network: policy.network,
+        timeout: policy.timeout,
+        artifacts: policy.artifacts.clone(),
+        pipeline_digest,
+        script,
+    }))
+}
+
+/// The files of the workspace that match `globs`: regular files only,
+/// found without following any symbolic link. A match that is a link, or
+/// anything but a regular file, fails the whole build: nothing is stored.
+pub fn collect(workspace: &Path, globs: &[Glob]) -> Result<Vec<(String, PathBuf)>, String> {
+    if globs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut found = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    let mut seen = 0usize;
+    while let Some(relative) = stack.pop() {
+        let dir = workspace.join(&relative);
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)
+            .map_err(|e| format!("reading {}: {e}", relative.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("reading {}: {e}", relative.display()))?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            seen += 1;
+            if seen > MAX_FILES {
+                return Err(format!("the workspace holds more than {MAX_FILES} files; build fewer or clean up"));
+            }
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                return Err(format!("a file name in {} is not UTF-8", relative.display()));
+            };
+            let path = relative.join(&name);
+            let text = path.to_string_lossy().into_owned();
+            let meta = std::fs::symlink_metadata(entry.path()).map_err(|e| format!("reading {text}: {e}"))?;
+            let matched = globs.iter().any(|g| g.matches(&text));
+            if meta.file_type().is_symlink() {
+                if matched {
+                    return Err(format!(
+                        "{text} matches `artifacts` but is a symbolic link; only regular files inside the workspace \
+                         are artifacts, so nothing was stored"
+                    ));
+                }
+                continue;
+            }
+            if meta.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if !matched {
+                continue;
+            }
+            if !meta.is_file() {
+                return Err(format!("{text} matches `artifacts` but is not a regular file; nothing was stored"));
+            }
+            found.push((text, entry.path()));
+        }
+    }
+    found.sort();
+    if found.is_empty() {
+        let patterns: Vec<&str> = globs.iter().map(Glob::as_str).collect();
+        return Err(format!("the build succeeded but no file matches artifacts = {patterns:?}"));
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn globs(patterns: &[&str]) -> Vec<Glob> {
+        patterns.iter().map(|p| Glob::parse(p).unwrap()).collect()
+    }
+
+    #[test]
+    fn regular_files_matching_the_globs_are_collected() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("dist/sub")).unwrap();
+        std::fs::write(dir.path().join("dist/app.tar.gz"), "app").unwrap();
+        std::fs::write(dir.path().join("dist/sub/lib.tar.gz"), "lib").unwrap();
+        std::fs::write(dir.path().join("README"), "no").unwrap();
+        let found = collect(dir.path(), &globs(&["dist/**/*.tar.gz"])).unwrap();
+        let names: Vec<&str> = found.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["dist/app.tar.gz", "dist/sub/lib.tar.gz"]);
+    }
+
+    #[test]
+    fn an_artifact_that_is_a_symlink_to_a_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("builder.pem"), "PRIVATE").unwrap();
+        std::fs::create_dir(dir.path().join("dist")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("builder.pem"), dir.path().join("dist/app.tar.gz")).unwrap();
+        let error = collect(dir.path(), &globs(&["dist/*.tar.gz"])).unwrap_err();
+        assert!(error.contains("dist/app.tar.gz") && error.contains("symbolic link"), "{error}");
+    }
+
+    #[test]
+    fn a_symlinked_directory_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret.tar.gz"), "PRIVATE").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("dist")).unwrap();
+        let error = collect(dir.path(), &globs(&["dist/"])).unwrap_err();
+        assert!(error.contains("symbolic link"), "{error}");
+        std::fs::create_dir(dir.path().join("out")).unwrap();
+        std::fs::write(dir.path().join("out/real.tar.gz"), "real").unwrap();
+        let found = collect(dir.path(), &globs(&["*.tar.gz"])).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "out/real.tar.gz");
+    }
+
+    #[test]
+    fn globs_cannot_reach_outside_the_workspace() {
+        assert!(Glob::parse("../keys/*").is_err());
+        assert!(Glob::parse("dist/../../keys/builder.pem").is_err());
+        // An absolute pattern is anchored at the workspace, not the host's root.
+        let dir = tempfile::tempdir().unwrap();
+        let error = collect(dir.path(), &globs(&["/etc/passwd"])).unwrap_err();
+        assert!(error.contains("no file matches"), "{error}");
+    }
+}
