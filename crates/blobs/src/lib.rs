@@ -1,0 +1,548 @@
+//! The artifact blob store: content-addressed by sha256 and create-only.
+//!
+//! A blob is stored under `<prefix>/sha256/<first 2 hex>/<64 hex>` through
+//! [`object_store`], in local files (the default) or in an S3-compatible
+//! bucket. Ingest hashes while it streams the file into a staging object and
+//! only then makes the final key exist with a create-only operation (a hard
+//! link for local files, a multipart copy completed with `If-None-Match: *`
+//! for S3), so an existing digest is never overwritten and a partial object
+//! never appears under a final key. Local ingests are durable when they
+//! return (file and directories fsynced). Every read re-hashes while
+//! streaming and fails with [`BlobError::Damaged`], naming the digest, before
+//! it would signal the end of a blob whose bytes do not match its name.
+//!
+//! **Architecture invariant:** this crate knows nothing about the database,
+//! HTTP servers, people or policy. It stores and returns bytes by digest;
+//! who may write (only the builder) is decided by its callers.
+
+mod digest;
+mod error;
+
+use std::fs::File;
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path as FsPath, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::stream::{BoxStream, Stream, StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3CopyIfNotExists};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as Key;
+use object_store::{GetResultPayload, ObjectStore, WriteMultipart};
+use sha2::{Digest as _, Sha256};
+
+pub use digest::Digest;
+pub use error::BlobError;
+
+/// Size of the parts an ingest reads, hashes and uploads (S3 needs at least 5 MiB).
+const PART: usize = 8 << 20;
+/// Size of the chunks a read of a local blob yields.
+const READ_CHUNK: usize = 256 << 10;
+
+/// The outcome of an ingest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ingested {
+    pub digest: Digest,
+    pub size: u64,
+    /// False when a blob of that digest was stored already; it was left untouched.
+    pub created: bool,
+}
+
+/// The outcome of verifying one blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Intact,
+    Damaged { actual: Digest },
+    Missing,
+}
+
+/// A handle on the blob store; cheap to clone.
+#[derive(Clone)]
+pub struct Blobs {
+    store: Arc<dyn ObjectStore>,
+    /// Set for local files: the same store, to reach the files for fsync.
+    local: Option<Arc<LocalFileSystem>>,
+    prefix: Key,
+    description: String,
+    /// Parts uploading at once during an ingest.
+    concurrency: usize,
+}
+
+impl std::fmt::Debug for Blobs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blobs").field("store", &self.description).finish()
+    }
+}
+
+impl Blobs {
+    /// Local files under `dir`, created if missing: the default store.
+    pub fn local(dir: &FsPath) -> Result<Blobs, BlobError> {
+        std::fs::create_dir_all(dir).map_err(BlobError::io(format!("cannot create {}", dir.display())))?;
+        let fs = Arc::new(
+            LocalFileSystem::new_with_prefix(dir)
+                .map_err(BlobError::store(format!("cannot use {} for blobs", dir.display())))?,
+        );
+        Ok(Blobs {
+            store: fs.clone(),
+            local: Some(fs),
+            prefix: Key::default(),
+            description: format!("local files in {}", dir.display()),
+            concurrency: 2,
+        })
+    }
+
+    /// The store named by `--blob-store`: `s3://BUCKET/PREFIX` (credentials,
+    /// region and endpoint from the usual `AWS_*` environment variables),
+    /// `file:///DIRECTORY`, a directory path, or the empty string for
+    /// `local_default`.
+    pub fn from_url(url: &str, local_default: &FsPath) -> Result<Blobs, BlobError> {
+        Blobs::from_url_and_vars(url, local_default, std::env::vars())
+    }
+
+    /// [`Blobs::from_url`] with the variables given instead of the process
+    /// environment: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_SESSION_TOKEN`, `AWS_REGION`, `AWS_ENDPOINT_URL` (or
+    /// `AWS_ENDPOINT`), `AWS_ALLOW_HTTP`, `AWS_COPY_IF_NOT_EXISTS`, ...
+    pub fn from_url_and_vars(
+        url: &str,
+        local_default: &FsPath,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Blobs, BlobError> {
+        let url = url.trim();
+        if url.is_empty() {
+            return Blobs::local(local_default);
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            return Blobs::s3(url, rest, vars);
+        }
+        if let Some(dir) = url.strip_prefix("file://") {
+            if !dir.starts_with('/') {
+                return Err(BlobError::BadUrl(url.to_string()));
+            }
+            return Blobs::local(FsPath::new(dir));
+        }
+        if url.contains("://") {
+            return Err(BlobError::BadUrl(url.to_string()));
+        }
+        Blobs::local(FsPath::new(url))
+    }
+
+    fn s3(url: &str, rest: &str, vars: impl IntoIterator<Item = (String, String)>) -> Result<Blobs, BlobError> {
+        let bad = || BlobError::BadUrl(url.to_string());
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let prefix = prefix.trim_matches('/');
+        if bucket.is_empty() {
+            return Err(bad());
+        }
+        let prefix = Key::parse(prefix).map_err(|_| bad())?;
+        let mut builder = AmazonS3Builder::new();
+        for (name, value) in vars {
+            if name.starts_with("AWS_") {
+                if let Ok(key) = name.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
+                    builder = builder.with_config(key, value);
+                }
+            }
+        }
+        if builder.get_config_value(&AmazonS3ConfigKey::CopyIfNotExists).is_none() {
+            // Amazon S3's own create-only copy: a multipart upload of one
+            // copied part, completed with `If-None-Match: *`.
+            builder = builder.with_copy_if_not_exists(S3CopyIfNotExists::Multipart);
+        }
+        let endpoint = builder.get_config_value(&AmazonS3ConfigKey::Endpoint);
+        let store = builder
+            .with_bucket_name(bucket)
+            .build()
+            .map_err(BlobError::store(format!("cannot use the S3 bucket of {url}")))?;
+        let mut description = if prefix.as_ref().is_empty() {
+            format!("s3://{bucket}")
+        } else {
+            format!("s3://{bucket}/{prefix}")
+        };
+        if let Some(endpoint) = endpoint {
+            description.push_str(&format!(" at {endpoint}"));
+        }
+        Ok(Blobs { store: Arc::new(store), local: None, prefix, description, concurrency: 4 })
+    }
+
+    /// Where the blobs are, without secrets: "local files in DIR" or "s3://BUCKET/PREFIX".
+    pub fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    /// The object key of a digest: `<prefix>/sha256/<first 2 hex>/<64 hex>`.
+    pub fn key(&self, digest: &Digest) -> String {
+        self.key_of(digest).to_string()
+    }
+
+    fn key_of(&self, digest: &Digest) -> Key {
+        let hex = digest.hex();
+        self.prefix.child("sha256").child(&hex[..2]).child(hex.as_str())
+    }
+
+    /// Stores the regular file at `file` under its sha256, hashing while it
+    /// streams. Durable when it returns. If a blob of that digest exists it is
+    /// left as it is and `created` is false. Symbolic links, directories and
+    /// devices are refused.
+    pub async fn ingest(&self, file: &FsPath) -> Result<Ingested, BlobError> {
+        let path = file.to_path_buf();
+        let source = tokio::task::spawn_blocking(move || open_regular(&path)).await.expect("open does not panic")?;
+        let staging = self.prefix.child("staging").child(random_name());
+        let result = self.ingest_through(source, file, &staging).await;
+        // The staging object is garbage whatever happened; a failure to
+        // delete it only leaves garbage, never a wrong blob.
+        let _ = self.store.delete(&staging).await;
+        result
+    }
+
+    async fn ingest_through(&self, source: File, file: &FsPath, staging: &Key) -> Result<Ingested, BlobError> {
+        let upload = self
+            .store
+            .put_multipart(staging)
+            .await
+            .map_err(BlobError::store(format!("cannot start storing {} in {}", file.display(), self.description)))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(2);
+        let path = file.to_path_buf();
+        let reading = tokio::task::spawn_blocking(move || read_and_hash(source, &path, tx));
+        let mut upload_error = None;
+        while let Some(part) = rx.recv().await {
+            if let Err(e) = writer.wait_for_capacity(self.concurrency).await {
+                upload_error = Some(e);
+                break;
+            }
+            writer.put(part);
+        }
+        drop(rx);
+        let read = reading.await.expect("reading does not panic");
+        let stored = format!("cannot store {} in {}", file.display(), self.description);
+        if let Some(e) = upload_error {
+            let _ = writer.abort().await;
+            return Err(BlobError::Store { what: stored, source: e });
+        }
+        let (digest, size) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                let _ = writer.abort().await;
+                return Err(e);
+            }
+        };
+        writer.finish().await.map_err(BlobError::store(stored.clone()))?;
+        if let Some(local) = &self.local {
+            let staged = local.path_to_filesystem(staging).map_err(BlobError::store(stored.clone()))?;
+            fsync(staged).await?;
+        }
+
+        let key = self.key_of(&digest);
+        let created = match self.store.head(&key).await {
+            Ok(_) => false,
+            Err(object_store::Error::NotFound { .. }) => match self.store.copy_if_not_exists(staging, &key).await {
+                Ok(()) => true,
+                Err(object_store::Error::AlreadyExists { .. }) => false,
+                Err(e) => return Err(BlobError::Store { what: stored, source: e }),
+            },
+            Err(e) => return Err(BlobError::Store { what: stored, source: e }),
+        };
+        if let Some(local) = &self.local {
+            // The new name and the directories on its way must survive a crash too.
+            let blob = local.path_to_filesystem(&key).map_err(BlobError::store(stored))?;
+            let root = local.path_to_filesystem(&self.prefix.child("sha256")).ok();
+            let mut dir = blob.parent();
+            while let Some(d) = dir {
+                fsync(d.to_path_buf()).await?;
+                if root.as_deref().is_none_or(|root| d == root) {
+                    fsync(d.parent().unwrap_or(d).to_path_buf()).await?;
+                    break;
+                }
+                dir = d.parent();
+            }
+        }
+        Ok(Ingested { digest, size, created })
+    }
+
+    /// The size of a stored blob, or `None` when there is none of that digest.
+    pub async fn size(&self, digest: &Digest) -> Result<Option<u64>, BlobError> {
+        match self.store.head(&self.key_of(digest)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(BlobError::Store { what: format!("cannot look up blob sha256:{digest}"), source: e }),
+        }
+    }
+
+    /// Streams a blob, re-hashing it: the stream yields
+    /// [`BlobError::Damaged`] instead of ending if the bytes do not hash to
+    /// `digest`.
+    pub async fn read(&self, digest: &Digest) -> Result<BlobReader, BlobError> {
+        let what = format!("cannot read blob sha256:{digest}");
+        let got = match self.store.get(&self.key_of(digest)).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Err(BlobError::NotFound(*digest)),
+            Err(e) => return Err(BlobError::Store { what, source: e }),
+        };
+        let size = got.meta.size;
+        let inner = match got.payload {
+            GetResultPayload::File(file, _) => chunks_of(file, size, what),
+            GetResultPayload::Stream(stream) => {
+                stream.map_err(move |source| BlobError::Store { what: what.clone(), source }).boxed()
+            }
+        };
+        Ok(BlobReader { digest: *digest, size, inner, hasher: Some(Sha256::new()) })
+    }
+
+    /// Writes a blob to `dest` (created or truncated), verified on the way.
+    /// On any failure, a damaged blob included, `dest` is removed.
+    pub async fn copy_to_file(&self, digest: &Digest, dest: &FsPath) -> Result<u64, BlobError> {
+        let mut blob = self.read(digest).await?;
+        let mut out = tokio::fs::File::create(dest)
+            .await
+            .map_err(BlobError::io(format!("cannot create {}", dest.display())))?;
+        let result = async {
+            use tokio::io::AsyncWriteExt;
+            let mut written = 0u64;
+            while let Some(chunk) = blob.next().await {
+                let chunk = chunk?;
+                out.write_all(&chunk).await.map_err(BlobError::io(format!("cannot write {}", dest.display())))?;
+                written += chunk.len() as u64;
+            }
+            out.flush().await.map_err(BlobError::io(format!("cannot write {}", dest.display())))?;
+            Ok(written)
+        }
+        .await;
+        drop(out);
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(dest).await;
+        }
+        result
+    }
+
+    /// Reads a blob through and says whether it is intact.
+    pub async fn verify(&self, digest: &Digest) -> Result<Verdict, BlobError> {
+        let mut blob = match self.read(digest).await {
+            Ok(blob) => blob,
+            Err(BlobError::NotFound(_)) => return Ok(Verdict::Missing),
+            Err(e) => return Err(e),
+        };
+        while let Some(chunk) = blob.next().await {
+            match chunk {
+                Ok(_) => {}
+                Err(BlobError::Damaged { actual, .. }) => return Ok(Verdict::Damaged { actual }),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Verdict::Intact)
+    }
+
+    /// Every stored blob with its size, in digest order. Objects under the
+    /// blob prefix whose names are not digests are left out.
+    pub async fn list(&self) -> Result<Vec<(Digest, u64)>, BlobError> {
+        let root = self.prefix.child("sha256");
+        let mut listing = self.store.list(Some(&root));
+        let mut found = Vec::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(BlobError::store(format!("cannot list the blobs in {}", self.description)))?;
+            let parts: Vec<_> = meta.location.parts().collect();
+            let [.., dir, name] = parts.as_slice() else { continue };
+            let Ok(digest) = name.as_ref().parse::<Digest>() else { continue };
+            let canonical = digest.hex();
+            if name.as_ref() == canonical && dir.as_ref() == &canonical[..2] {
+                found.push((digest, meta.size));
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+}
+
+/// A blob being read: a stream of its bytes, re-hashed on the way.
+///
+/// When the bytes are all read and do not hash to the digest, the last item
+/// is `Err(BlobError::Damaged)` instead of the end of the stream: a consumer
+/// that stops at the first error never mistakes a damaged blob for a whole one.
+pub struct BlobReader {
+    digest: Digest,
+    size: u64,
+    inner: BoxStream<'static, Result<Bytes, BlobError>>,
+    hasher: Option<Sha256>,
+}
+
+impl BlobReader {
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    /// The size the store reports for the blob.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl Stream for BlobReader {
+    type Item = Result<Bytes, BlobError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let Some(hasher) = this.hasher.as_mut() else { return Poll::Ready(None) };
+        match this.inner.poll_next_unpin(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(chunk))) => {
+                hasher.update(&chunk);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.hasher = None;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                let hasher = this.hasher.take().expect("checked above");
+                let actual = Digest::from_bytes(hasher.finalize().into());
+                if actual == this.digest {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Ready(Some(Err(BlobError::Damaged { digest: this.digest, actual })))
+                }
+            }
+        }
+    }
+}
+
+/// Opens `path` for reading only if it is a regular file, not following a
+/// symbolic link at its last component and not blocking on a FIFO.
+fn open_regular(path: &FsPath) -> Result<File, BlobError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => BlobError::NotARegularFile(path.to_path_buf()),
+            _ => BlobError::Io { what: format!("cannot open {}", path.display()), source: e },
+        })?;
+    let meta = file.metadata().map_err(BlobError::io(format!("cannot inspect {}", path.display())))?;
+    if !meta.is_file() {
+        return Err(BlobError::NotARegularFile(path.to_path_buf()));
+    }
+    Ok(file)
+}
+
+/// Reads `file` in parts of [`PART`] bytes, hashing each and sending it on.
+/// The part buffers are reused once the upload has dropped them.
+fn read_and_hash(
+    mut file: File,
+    path: &FsPath,
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+) -> Result<(Digest, u64), BlobError> {
+    let pool: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    loop {
+        let mut buf = pool.lock().expect("pool lock").pop().unwrap_or_else(|| vec![0; PART]);
+        let mut filled = 0;
+        while filled < PART {
+            match file.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(BlobError::Io { what: format!("cannot read {}", path.display()), source: e }),
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        hasher.update(&buf[..filled]);
+        size += filled as u64;
+        let part = Bytes::from_owner(Pooled { buf, len: filled, pool: pool.clone() });
+        if tx.blocking_send(part).is_err() {
+            // The upload stopped; its error is the one to report.
+            return Err(BlobError::Io {
+                what: format!("cannot store {}", path.display()),
+                source: std::io::Error::other("the upload stopped"),
+            });
+        }
+        if filled < PART {
+            break;
+        }
+    }
+    Ok((Digest::from_bytes(hasher.finalize().into()), size))
+}
+
+/// A part buffer that goes back to its pool when the upload is done with it.
+struct Pooled {
+    buf: Vec<u8>,
+    len: usize,
+    pool: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Ok(mut pool) = self.pool.lock() {
+            pool.push(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
+/// A local blob file as a stream of chunks, each read on the blocking pool.
+fn chunks_of(file: File, size: u64, what: String) -> BoxStream<'static, Result<Bytes, BlobError>> {
+    futures_util::stream::try_unfold((file, size, what), |(mut file, remaining, what)| async move {
+        if remaining == 0 {
+            // Read past the size taken at open, so that bytes appended since count too.
+            let (file, extra) = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0; READ_CHUNK];
+                let n = file.read(&mut buf);
+                n.map(|n| {
+                    buf.truncate(n);
+                    (file, buf)
+                })
+            })
+            .await
+            .expect("reading does not panic")
+            .map_err(|e| BlobError::Io { what: what.clone(), source: e })?;
+            return Ok((!extra.is_empty()).then(|| (Bytes::from(extra), (file, 0, what))));
+        }
+        let want = remaining.min(READ_CHUNK as u64) as usize;
+        let (file, buf) = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0; want];
+            let mut filled = 0;
+            while filled < want {
+                match file.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            buf.truncate(filled);
+            Ok((file, buf))
+        })
+        .await
+        .expect("reading does not panic")
+        .map_err(|e| BlobError::Io { what: what.clone(), source: e })?;
+        if buf.is_empty() {
+            // The file is shorter than it was at open: the hash will say so.
+            return Ok(None);
+        }
+        let left = remaining - buf.len() as u64;
+        Ok(Some((Bytes::from(buf), (file, left, what))))
+    })
+    .boxed()
+}
+
+async fn fsync(path: PathBuf) -> Result<(), BlobError> {
+    tokio::task::spawn_blocking(move || {
+        File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(BlobError::io(format!("cannot make {} durable", path.display())))
+    })
+    .await
+    .expect("fsync does not panic")
+}
+
+fn random_name() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
