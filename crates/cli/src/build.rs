@@ -210,8 +210,9 @@ pub async fn artifact(client: &Client, command: ArtifactCommand, out: Output) ->
         }
         ArtifactCommand::Get { project, digest: text, output } => {
             let digest = digest(&text)?;
-            let size = download(client, &project_path(&project, &format!("/artifacts/{digest}/content"))?, &digest, &output)
-                .await?;
+            let size =
+                download(client, &project_path(&project, &format!("/artifacts/{digest}/content"))?, &digest, &output)
+                    .await?;
             out.show(&serde_json::json!({ "digest": digest, "size": size, "file": output }), |_| {
                 format!("wrote {} ({size} bytes, sha256:{digest} checked)", output.display())
             });

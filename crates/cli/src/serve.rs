@@ -245,7 +245,12 @@ pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
     let instance = instance::open(&data_dir, args.database_url).await.map_err(instance_failure)?;
     let blobs = open_blobs(args.blob_store.as_deref(), &data_dir)?;
     let builder = builder(&instance, &data_dir, blobs)?;
-    println!("worker {} running {} builder(s); artifacts in {}", builder.worker, args.builders, builder.blobs.describe());
+    println!(
+        "worker {} running {} builder(s); artifacts in {}",
+        builder.worker,
+        args.builders,
+        builder.blobs.describe()
+    );
     let _ = std::io::stdout().flush();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();

@@ -7,6 +7,7 @@
 //! fresh PostgreSQL database (skipped only with `CUSTODY_TEST_SKIP_POSTGRES=1`
 //! outside CI; an unreachable server fails the test).
 
+#[macro_use]
 mod support;
 
 use std::collections::BTreeMap;
@@ -15,34 +16,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::hosted::{Backend, Hosted, Workspace, PROJECT};
+use support::flow::{alice_on_branch, branch_from_main, change, eventually, merge, open, review, team, try_merge};
+use support::hosted::{Backend, Hosted, PROJECT};
 use support::Run;
 
 /// The pipeline file's path.
 const PIPELINE: &str = ".custody/pipeline.toml";
-
-/// A hosted project where alice, bob and carol are writers.
-fn team(backend: Backend) -> Option<Hosted> {
-    let hosted = Hosted::on(backend)?;
-    hosted.add_user("bob", "write");
-    hosted.add_user("carol", "write");
-    Some(hosted)
-}
-
-/// `custody change ARGS` as `who`.
-fn change(hosted: &Hosted, who: &str, args: &[&str]) -> Run {
-    let mut all = vec!["change"];
-    all.extend(args);
-    hosted.run_as(who, &all)
-}
-
-/// Opens a change from `source` into the default branch, as `who`: its number.
-fn open(hosted: &Hosted, who: &str, source: &str, title: &str) -> i64 {
-    let made = change(hosted, who, &["open", PROJECT, "--source", source, "--title", title, "--json"]).json();
-    assert_eq!(made["state"], "open", "{made}");
-    assert_eq!(made["opened_by"], who, "{made}");
-    made["number"].as_i64().expect("a change number")
-}
 
 /// `change show --json`: the change, its authors, reviews and gate.
 fn show(hosted: &Hosted, number: i64) -> Value {
@@ -75,30 +54,6 @@ fn failing(report: &Value) -> Vec<String> {
 fn rule<'a>(report: &'a Value, name: &str) -> &'a Value {
     let rules = report["rules"].as_array().expect("rules");
     rules.iter().find(|r| r["rule"] == name).unwrap_or_else(|| panic!("no rule {name} in {report}"))
-}
-
-/// Reviews the change's current head as `who` with `--approve`,
-/// `--request-changes`, `--comment` or `--withdraw`: the review.
-#[track_caller]
-fn review(hosted: &Hosted, who: &str, number: i64, verdict: &str) -> Value {
-    let made = change(hosted, who, &["review", PROJECT, &number.to_string(), verdict, "--json"]).json();
-    assert_eq!(made["reviewer"], who, "{made}");
-    made
-}
-
-/// `change merge --json` as `who`, whatever comes of it.
-fn try_merge(hosted: &Hosted, who: &str, number: i64) -> Run {
-    change(hosted, who, &["merge", PROJECT, &number.to_string(), "--json"])
-}
-
-/// A merge that must succeed: the merge commit.
-#[track_caller]
-fn merge(hosted: &Hosted, who: &str, number: i64) -> String {
-    let merged = try_merge(hosted, who, number).json();
-    assert_eq!(merged["change"]["state"], "merged", "{merged}");
-    assert_eq!(merged["change"]["merged_by"], who, "{merged}");
-    assert_eq!(merged["gate"]["open"], true, "{merged}");
-    merged["change"]["merge_commit"].as_str().expect("a merge commit").to_owned()
 }
 
 /// The rules a refused command names, from its `--json` error.
@@ -167,21 +122,6 @@ fn change_events(hosted: &Hosted, action: &str, number: i64) -> Vec<Value> {
 
 fn actors(events: &[Value]) -> Vec<&str> {
     events.iter().filter_map(|e| e["actor"].as_str()).collect()
-}
-
-/// alice's workspace with main seeded, on a new branch `branch`.
-fn alice_on_branch<'a>(hosted: &'a Hosted, branch: &str) -> (Workspace<'a>, String) {
-    let work = hosted.workspace("alice", "alice", &hosted.alice);
-    let base = hosted.seed_main(&work);
-    work.ok(&["checkout", "-q", "-b", branch]);
-    (work, base)
-}
-
-/// Checks out the server's main as a new local branch `branch`.
-fn branch_from_main(work: &Workspace<'_>, branch: &str) -> String {
-    work.ok(&["fetch", "-q", "origin", "refs/heads/main"]);
-    work.ok(&["checkout", "-q", "-B", branch, "FETCH_HEAD"]);
-    work.ok(&["rev-parse", "HEAD"])
 }
 
 fn alices_change_merges_after_bob_approves(backend: Backend) {
@@ -803,17 +743,6 @@ fn auto_merge_asked(backend: Backend) -> Option<(Hosted, String, i64, Value)> {
     Some((hosted, base, number, asked))
 }
 
-/// Polls `probe` every 100 ms, for at most 10 s, until it gives something.
-fn eventually<T>(mut probe: impl FnMut() -> Option<T>) -> Option<T> {
-    for _ in 0..100 {
-        if let Some(found) = probe() {
-            return Some(found);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    None
-}
-
 fn auto_merge_waits_for_the_gate_and_merges_as_it_opens(backend: Backend) {
     let Some((hosted, base, number, asked)) = auto_merge_asked(backend) else { return };
     assert_eq!(asked["change"]["state"], "open", "{asked}");
@@ -893,17 +822,6 @@ fn auto_merge_lapses_when_the_asking_token_is_revoked(backend: Backend) {
     let detail = hosted.run_as("bob", &["change", "show", PROJECT, &number.to_string(), "--json"]).json();
     assert_eq!(detail["state"], "open", "{detail}");
     assert_eq!(hosted.server_ref("refs/heads/main").as_deref(), Some(base.as_str()));
-}
-
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test] fn $scenario() { super::$scenario(super::Backend::Sqlite) })*
-        }
-        mod postgres {
-            $(#[test] fn $scenario() { super::$scenario(super::Backend::Postgres) })*
-        }
-    };
 }
 
 on_both_backends!(

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePublicKey};
 use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -110,14 +110,24 @@ impl ServiceKey {
         self.key.sign(message).to_bytes()
     }
 
+    /// The key as PKCS#8 v1 PEM (RFC 8410: the private key alone), the form
+    /// OpenSSL and other tools read.
+    pub fn to_pem(&self) -> String {
+        use base64::Engine;
+        // PrivateKeyInfo { version 0, algorithm id-Ed25519, privateKey OCTET STRING { OCTET STRING seed } }
+        const PREFIX: [u8; 16] =
+            [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+        let mut der = PREFIX.to_vec();
+        der.extend_from_slice(self.key.as_bytes());
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&der);
+        format!("-----BEGIN PRIVATE KEY-----\n{encoded}\n-----END PRIVATE KEY-----\n")
+    }
+
     /// Writes the key as PKCS#8 PEM to a new file readable by its owner
     /// only. Refuses to overwrite an existing file.
     pub fn save(&self, path: &Path) -> Result<(), KeyError> {
         let io = |source| KeyError::Io { path: path.display().to_string(), source };
-        let pem = self
-            .key
-            .to_pkcs8_pem(Default::default())
-            .map_err(|e| KeyError::Malformed { path: path.display().to_string(), why: e.to_string() })?;
+        let pem = self.to_pem();
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]
@@ -141,6 +151,7 @@ impl ServiceKey {
             }
         }
         let pem = std::fs::read_to_string(path).map_err(|source| KeyError::Io { path: shown(), source })?;
+        // Both PKCS#8 v1 (written now) and v2 (with the public key) are read.
         let key =
             SigningKey::from_pkcs8_pem(&pem).map_err(|e| KeyError::Malformed { path: shown(), why: e.to_string() })?;
         Ok(ServiceKey { role, key })
@@ -222,5 +233,24 @@ mod tests {
         let path = dir.path().join("builder.pem");
         ServiceKey::generate(KeyRole::Builder).save(&path).unwrap();
         assert!(ServiceKey::generate(KeyRole::Builder).save(&path).is_err());
+    }
+
+    #[test]
+    fn a_saved_key_reads_back_and_openssl_reads_it_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gate.pem");
+        let key = ServiceKey::generate(KeyRole::Gate);
+        key.save(&path).unwrap();
+        let read = ServiceKey::load(KeyRole::Gate, &path).unwrap();
+        assert_eq!(read.public().to_bytes(), key.public().to_bytes());
+        // The standard tool derives the same public key from the file.
+        if let Ok(output) = std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+            .arg(&path)
+            .output()
+        {
+            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+            assert_eq!(output.stdout[output.stdout.len() - 32..], key.public().to_bytes());
+        }
     }
 }

@@ -55,7 +55,7 @@ pub struct Builder {
 pub fn worker_name() -> String {
     let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
     let host = if host.is_empty() { "localhost".to_owned() } else { host };
-    let random = custody_store::random_secret(6);
+    let random: String = custody_store::random_secret().chars().take(8).collect();
     format!("{host}:{}:{random}", std::process::id())
 }
 
@@ -176,7 +176,8 @@ impl Builder {
         };
         outcome.exit_code = finished.exit_code.map(i64::from);
         if finished.timed_out {
-            outcome.reason = Some(format!("the build ran past its timeout of {} and was killed", humanize(plan.timeout)));
+            outcome.reason =
+                Some(format!("the build ran past its timeout of {} and was killed", humanize(plan.timeout)));
             return outcome;
         }
         if finished.exit_code != Some(0) {
@@ -205,11 +206,9 @@ impl Builder {
         let mut artifacts = Vec::with_capacity(found.len());
         for (name, path) in found {
             match self.blobs.ingest(&path).await {
-                Ok(stored) => artifacts.push(NewArtifact {
-                    name,
-                    digest: stored.digest.to_string(),
-                    size: stored.size as i64,
-                }),
+                Ok(stored) => {
+                    artifacts.push(NewArtifact { name, digest: stored.digest.to_string(), size: stored.size as i64 })
+                }
                 Err(error) => {
                     outcome.status = "error";
                     outcome.reason = Some(format!("storing artifact {name} failed: {error}"));
@@ -352,7 +351,9 @@ fn prepare(repository: &Path, commit: &str) -> Result<Prepared, String> {
             if std::fs::symlink_metadata(&prefix).is_ok_and(|m| m.file_type().is_symlink()) {
                 return Ok(Prepared::Fail(BuildOutcome {
                     status: "failed",
-                    reason: Some(format!("{script_path} is reached through a symbolic link; a build script's path may not contain one")),
+                    reason: Some(format!(
+                        "{script_path} is reached through a symbolic link; a build script's path may not contain one"
+                    )),
                     command: Some(command),
                     pipeline_digest: Some(pipeline_digest),
                     ..BuildOutcome::default()

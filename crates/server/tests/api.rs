@@ -45,7 +45,8 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let repositories = custody_git::Repositories::new(data_dir.repositories());
-        let state = AppState::new(opened.store, opened.name, limits, repositories, opened.keys);
+        let blobs = custody_blobs::Blobs::local(&data_dir.blobs()).unwrap();
+        let state = AppState::new(opened.store, opened.name, limits, repositories, blobs, opened.keys);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             custody_server::launch_with_tcp_listener(listener, state, async {

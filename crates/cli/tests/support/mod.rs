@@ -9,6 +9,21 @@
 // Each test binary uses its own part of this module.
 #![allow(dead_code)]
 
+/// Runs each scenario, a function taking a `Backend`, as one test on SQLite
+/// and one on PostgreSQL.
+#[allow(unused_macros)]
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test] fn $scenario() { super::$scenario(super::Backend::Sqlite) })*
+        }
+        mod postgres {
+            $(#[test] fn $scenario() { super::$scenario(super::Backend::Postgres) })*
+        }
+    };
+}
+
+pub mod flow;
 pub mod hosted;
 
 use std::io::{BufRead, BufReader, Read, Write};
