@@ -899,6 +899,104 @@ macro_rules! conformance {
     };
 }
 
+// ---------------------------------------------------------------------------
+// Builds: leases, heartbeats, workers that vanish
+// ---------------------------------------------------------------------------
+
+async fn project_with_builds(store: &Store, count: usize) -> custody_domain::ProjectName {
+    let root = init_root(store).await;
+    let project = custody_domain::ProjectName::parse("payments").unwrap();
+    store.create_project(&root, project.clone(), "main".into()).await.unwrap();
+    for i in 0..count {
+        let number = store.queue_build(&project, &format!("{i:040x}"), "main").await.unwrap();
+        assert_eq!(number, i as i64 + 1, "builds are numbered per project, in order");
+    }
+    project
+}
+
+async fn two_workers_never_lease_the_same_build(store: Store, url: String) {
+    let project = project_with_builds(&store, 40).await;
+    // A second store is a second process's writer on the same database.
+    let other = Store::open(&url).await.unwrap();
+    let take = |store: Store, worker: &'static str| async move {
+        let mut taken = Vec::new();
+        while let Some(lease) = store.lease_build(worker, 60_000).await.unwrap() {
+            taken.push(lease.number);
+        }
+        taken
+    };
+    let (a, b) = tokio::join!(take(store.clone(), "worker-a"), take(other.clone(), "worker-b"));
+    let mut all: Vec<i64> = a.iter().chain(&b).copied().collect();
+    all.sort();
+    assert_eq!(all, (1..=40).collect::<Vec<_>>(), "each build leased exactly once: a={a:?} b={b:?}");
+    for number in 1..=40 {
+        assert_eq!(store.build_attempts(&project, number).await.unwrap().len(), 1);
+    }
+    other.close().await;
+}
+
+async fn a_build_whose_worker_vanished_is_taken_again_and_the_old_lease_is_void(store: Store) {
+    let project = project_with_builds(&store, 1).await;
+    let ghost = store.lease_build("ghost", 1).await.unwrap().expect("a build to lease");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let second = store.lease_build("worker-b", 60_000).await.unwrap().expect("the expired build, again");
+    assert_eq!((second.number, second.attempt), (1, 2));
+    // The vanished worker comes back: it can neither heartbeat, log nor finish.
+    assert!(!store.heartbeat_build(&ghost, 60_000).await.unwrap());
+    assert!(matches!(store.append_build_log(&ghost, "late".into()).await, Err(StoreError::Conflict(_))));
+    let late = custody_store::BuildOutcome {
+        status: "succeeded",
+        artifacts: vec![custody_store::NewArtifact { name: "evil".into(), digest: "00".repeat(32), size: 1 }],
+        ..Default::default()
+    };
+    assert!(matches!(store.finish_build(&ghost, late).await, Err(StoreError::Conflict(_))));
+    // The current holder finishes it, once; finishing again is refused.
+    let made = custody_store::NewArtifact { name: "dist/app.tar.gz".into(), digest: "ab".repeat(32), size: 3 };
+    let outcome = custody_store::BuildOutcome { status: "succeeded", artifacts: vec![made], ..Default::default() };
+    store.finish_build(&second, outcome.clone()).await.unwrap();
+    assert!(store.finish_build(&second, outcome).await.is_err());
+    assert_eq!(store.build_attempts(&project, 1).await.unwrap(), ["ghost", "worker-b"]);
+    let counts = store.build_counts(&project).await.unwrap();
+    assert_eq!(counts, [("succeeded".to_owned(), 1)]);
+    let events = store
+        .audit_events(
+            &AuditFilter { action: Some("build.finish".into()), ..Default::default() },
+            PageRequest::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(events.items.len(), 1, "one finish, by the lease holder");
+    assert_eq!(events.items[0].details["artifacts"][0]["name"], "dist/app.tar.gz");
+}
+
+async fn a_build_abandoned_too_often_fails_with_the_reason(store: Store) {
+    let project = project_with_builds(&store, 1).await;
+    for _ in 0..custody_store::MAX_ATTEMPTS {
+        store.lease_build("crashing", 1).await.unwrap().expect("the build, again");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(store.lease_build("worker", 60_000).await.unwrap().is_none(), "nothing left to run");
+    assert_eq!(store.build_counts(&project).await.unwrap(), [("error".to_owned(), 1)]);
+    let events = store
+        .audit_events(
+            &AuditFilter { action: Some("build.finish".into()), ..Default::default() },
+            PageRequest::default(),
+        )
+        .await
+        .unwrap();
+    let reason = events.items[0].details["reason"].as_str().unwrap_or_default().to_owned();
+    assert!(reason.contains("stopped answering") && reason.contains("crashing"), "{reason}");
+}
+
+async fn a_requeued_build_is_taken_by_the_next_worker(store: Store) {
+    let project = project_with_builds(&store, 1).await;
+    let first = store.lease_build("stopping", 60_000).await.unwrap().expect("a build");
+    store.requeue_build(&first).await.unwrap();
+    let next = store.lease_build("next", 60_000).await.unwrap().expect("the requeued build");
+    assert_eq!(next.number, first.number);
+    assert_eq!(store.build_attempts(&project, 1).await.unwrap(), ["stopping", "next"]);
+}
+
 conformance! {
     initialise_makes_an_admin_with_every_scope,
     initialising_twice_is_a_conflict_that_writes_nothing,
@@ -931,4 +1029,8 @@ conformance! {
     the_database_refuses_to_change_or_delete_audit_events,
     listing_users_page_by_page_sees_each_once,
     listing_grants_by_status_pages_the_same_way,
+    two_workers_never_lease_the_same_build,
+    a_build_whose_worker_vanished_is_taken_again_and_the_old_lease_is_void,
+    a_build_abandoned_too_often_fails_with_the_reason,
+    a_requeued_build_is_taken_by_the_next_worker,
 }
