@@ -288,6 +288,64 @@ fn stored_blobs(data: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// Two `custody worker` processes share one PostgreSQL database and 200
+/// queued builds: every build runs exactly once, and both workers work.
+#[test]
+fn two_workers_on_postgres_run_each_of_200_builds_exactly_once() {
+    let Some(hosted) = Hosted::on_with(Backend::Postgres, &[("CUSTODY_BUILDERS", "0")]) else { return };
+    let url = hosted.database.as_ref().expect("a PostgreSQL database").url.clone();
+    let policy = pipeline("scripts/build.sh", "[\"out.txt\"]");
+    let script = "#!/bin/sh\necho $CUSTODY_BUILD > out.txt\n";
+    let (_work, base) = seed_with(&hosted, &[(PIPELINE, &policy, false), ("scripts/build.sh", script, true)], "unused");
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let project = custody_domain::ProjectName::parse(PROJECT).expect("a project name");
+    let store = runtime.block_on(custody_store::Store::open(&url)).expect("the store");
+    runtime.block_on(async {
+        for _ in 0..200 {
+            store.queue_build(&project, &base, "main").await.expect("queue a build");
+        }
+    });
+
+    let data = hosted.sandbox.path("data");
+    let worker = |name: &str| {
+        let mut command = hosted.sandbox.as_user(name);
+        command.arg("worker").arg("--data-dir").arg(&data).args(["--database-url", &url]);
+        support::Server::start_announcing(command, "worker ")
+    };
+    let mut workers = [worker("worker-1"), worker("worker-2")];
+    let mut counts = Vec::new();
+    for _ in 0..1200 {
+        counts = runtime.block_on(store.build_counts(&project)).expect("build counts");
+        if counts == [("succeeded".to_owned(), 200)] {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(counts, [("succeeded".to_owned(), 200)], "workers: {} / {}", workers[0].stderr(), workers[1].stderr());
+
+    let mut by_worker = std::collections::BTreeMap::<String, usize>::new();
+    for number in 1..=200 {
+        let attempts = runtime.block_on(store.build_attempts(&project, number)).expect("attempts");
+        assert_eq!(attempts.len(), 1, "build {number} ran {} times: {attempts:?}", attempts.len());
+        *by_worker.entry(attempts[0].clone()).or_default() += 1;
+    }
+    assert_eq!(by_worker.len(), 2, "both workers took builds: {by_worker:?}");
+    // Each build stored what its own run wrote.
+    let artifacts = custody(&hosted, &["artifact", "list", PROJECT, "--json"]).json();
+    let artifacts = artifacts.as_array().expect("a list");
+    assert_eq!(artifacts.len(), 200);
+    for artifact in artifacts {
+        let expected = sha256_hex(format!("{}\n", artifact["build"]).as_bytes());
+        assert_eq!(artifact["digest"], expected.as_str(), "{artifact}");
+    }
+    for worker in &mut workers {
+        let status = worker.stop().expect("the worker stops on SIGTERM");
+        assert!(status.success(), "{status:?}: {}", worker.stderr());
+    }
+    runtime.block_on(store.close());
+}
+
 on_both_backends! {
     merged_commit_is_built_into_a_signed_artifact,
     a_change_merged_elsewhere_is_not_built,

@@ -124,6 +124,11 @@ impl Hosted {
 
     /// On `backend`; `None` only when PostgreSQL was deliberately skipped.
     pub fn on(backend: Backend) -> Option<Hosted> {
+        Hosted::on_with(backend, &[])
+    }
+
+    /// On `backend`, its server started with `env` set besides.
+    pub fn on_with(backend: Backend, env: &[(&str, &str)]) -> Option<Hosted> {
         let database = match backend {
             Backend::Sqlite => None,
             Backend::Postgres if postgres_skipped() => {
@@ -134,7 +139,7 @@ impl Hosted {
         };
         let sandbox = Sandbox::new();
         std::fs::create_dir_all(sandbox.path("home")).expect("a HOME for git");
-        let server = sandbox.serve_on("data", database.as_ref().map(|d| d.url.as_str()));
+        let server = sandbox.serve_with("data", database.as_ref().map(|d| d.url.as_str()), env);
         let admin = server.token.clone().expect("a bootstrap token on first start");
 
         let mut login = sandbox.as_user("admin");

@@ -164,7 +164,13 @@ pub struct Server {
 impl Server {
     /// Starts `command` (a `custody serve …`) and waits for its listening
     /// line; panics with its output if it exits or stays silent instead.
-    pub fn start(mut command: Command) -> Server {
+    pub fn start(command: Command) -> Server {
+        Server::start_announcing(command, "listening on ")
+    }
+
+    /// Starts `command` and waits for a line starting with `marker` (the
+    /// listening line of a server, the first line of a worker).
+    pub fn start_announcing(mut command: Command, marker: &str) -> Server {
         command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn().expect("spawn custody serve");
         let stderr = Arc::new(Mutex::new(String::new()));
@@ -199,8 +205,10 @@ impl Server {
                     if let Some(token) = line.strip_prefix("token: ") {
                         server.token = Some(token.trim().to_owned());
                     }
-                    if let Some(url) = line.strip_prefix("listening on ") {
-                        server.url = url.trim().to_owned();
+                    if let Some(rest) = line.strip_prefix(marker) {
+                        if marker == "listening on " {
+                            server.url = rest.trim().to_owned();
+                        }
                         return server;
                     }
                 }
@@ -350,7 +358,13 @@ impl Sandbox {
     /// `custody serve --data-dir DATA --listen 127.0.0.1:0`, with
     /// `--database-url URL` when given (SQLite in DATA otherwise).
     pub fn serve_on(&self, data: &str, database_url: Option<&str>) -> Server {
+        self.serve_with(data, database_url, &[])
+    }
+
+    /// `custody serve` as [`Sandbox::serve_on`], with `env` set besides.
+    pub fn serve_with(&self, data: &str, database_url: Option<&str>, env: &[(&str, &str)]) -> Server {
         let mut command = self.as_user("server");
+        command.envs(env.iter().copied());
         command.arg("serve").arg("--data-dir").arg(self.path(data)).args(["--listen", "127.0.0.1:0"]);
         if let Some(url) = database_url {
             command.args(["--database-url", url]);
