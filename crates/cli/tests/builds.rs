@@ -272,6 +272,39 @@ fn a_failing_build_says_why_and_stores_nothing(backend: Backend) {
     assert_eq!(stored_blobs(&hosted.sandbox.path("data")), Vec::<PathBuf>::new());
 }
 
+fn a_running_builds_log_streams_and_a_timeout_kills_it(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let script = "#!/bin/sh\necho first line\nsleep 60\necho never printed\n";
+    let policy = format!("{}timeout = \"4s\"\n", pipeline("scripts/build.sh", "[\"dist/*\"]"));
+    let (work, _) = seed_with(
+        &hosted,
+        &[(PIPELINE, &policy, false), ("scripts/build.sh", script, true), ("src/app.txt", "version 1\n", false)],
+        "feature",
+    );
+    merge_a_change(&hosted, &work);
+    // The first line shows while the build still runs.
+    let mut seen_running = false;
+    for _ in 0..300 {
+        let log = custody(&hosted, &["build", "logs", PROJECT, "1"]).expect_code(0).stdout;
+        let build = custody(&hosted, &["build", "show", PROJECT, "1", "--json"]).json();
+        if log.contains("first line") {
+            assert_eq!(build["status"], "running", "the log is written as the script runs: {build}");
+            seen_running = true;
+            break;
+        }
+        assert!(matches!(build["status"].as_str(), Some("queued" | "running")), "{build}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(seen_running, "the first line never reached the log while the build ran");
+    // Following the log returns once the build is over.
+    let followed = custody(&hosted, &["build", "logs", PROJECT, "1", "-f"]).expect_code(0).stdout;
+    assert!(followed.starts_with("first line"), "{followed}");
+    assert!(!followed.contains("never printed"), "{followed}");
+    let build = finished_build(&hosted, 1);
+    assert_eq!(build["status"], "failed", "{build}");
+    assert!(build["reason"].as_str().is_some_and(|r| r.contains("timeout of 4s")), "{build}");
+}
+
 /// Every file in the data directory's blob store.
 fn stored_blobs(data: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -350,4 +383,5 @@ on_both_backends! {
     merged_commit_is_built_into_a_signed_artifact,
     a_change_merged_elsewhere_is_not_built,
     a_failing_build_says_why_and_stores_nothing,
+    a_running_builds_log_streams_and_a_timeout_kills_it,
 }

@@ -1,0 +1,84 @@
+"""Merge-to-build-start latency, measured against a running custody.
+
+    python3 bench/builds.py       (run bench/builds.sh, which sets it up)
+
+Each merge's `change.merge` audit event and its build's `build.start` event
+carry the server's commit-time clock; the latency is the difference.
+"""
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import time
+import urllib.parse
+
+server = urllib.parse.urlparse(os.environ["CUSTODY_SERVER"])
+project = os.environ["PROJECT"]
+tokens = {name: os.environ[name.upper()] for name in ("admin", "alice", "bob")}
+src, remote, merges = os.environ["SRC"], os.environ["REMOTE"], int(os.environ["MERGES"])
+conn = http.client.HTTPConnection(server.hostname, server.port)
+
+
+def call(method, path, who, body=None):
+    headers = {"Authorization": f"Bearer {tokens[who]}"}
+    data = None
+    if body is not None:
+        data = json.dumps(body)
+        headers["Content-Type"] = "application/json"
+    conn.request(method, path, body=data, headers=headers)
+    response = conn.getresponse()
+    payload = response.read()
+    if response.status >= 300:
+        raise SystemExit(f"{method} {path}: {response.status} {payload[:300]!r}")
+    return json.loads(payload) if payload else None
+
+
+def git(*args):
+    subprocess.run(["git", "-C", src, *args], check=True, capture_output=True)
+
+
+def events(action):
+    page = call("GET", f"/api/v1/audit/events?action={action}&limit=500", "admin")
+    return page["items"]
+
+
+base = f"/api/v1/projects/{project}"
+for i in range(1, merges + 1):
+    git("fetch", "-q", remote, "refs/heads/main")
+    git("checkout", "-q", "-B", f"f{i}", "FETCH_HEAD")
+    with open(os.path.join(src, "change.txt"), "w") as f:
+        f.write(f"change {i}\n")
+    git("add", "change.txt")
+    git("commit", "-q", "-m", f"change {i}")
+    git("push", "-q", remote, f"f{i}")
+    change = call("POST", f"{base}/changes", "alice", {"source": f"f{i}", "title": f"change {i}"})
+    number = change["number"]
+    call("POST", f"{base}/changes/{number}/reviews", "bob", {"verdict": "approve"})
+    call("POST", f"{base}/changes/{number}/merge", "alice", {})
+    for _ in range(500):
+        build = call("GET", f"{base}/builds/{i}", "alice")
+        if build["status"] not in ("queued", "running"):
+            break
+        time.sleep(0.01)
+
+merged = {e["details"]["build"]: e["at"] for e in events("change.merge")}
+started = {int(e["subject"].rsplit("/", 1)[1]): e["at"] for e in events("build.start")}
+
+
+def ms(stamp):
+    # RFC 3339 with milliseconds, UTC.
+    from datetime import datetime
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() * 1000
+
+
+latencies = sorted(ms(started[n]) - ms(merged[n]) for n in merged if n in started)
+
+
+def percentile(values, p):
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+print(f"merges: {len(latencies)}")
+print(f"merge -> build start: p50 {percentile(latencies, 50):.0f} ms, p95 {percentile(latencies, 95):.0f} ms, "
+      f"max {latencies[-1]:.0f} ms, mean {statistics.mean(latencies):.1f} ms")
