@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod decision;
+pub mod deploy;
 pub mod gate;
 pub mod glob;
 pub mod grant;
