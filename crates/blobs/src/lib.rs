@@ -156,11 +156,8 @@ impl Blobs {
             .with_bucket_name(bucket)
             .build()
             .map_err(BlobError::store(format!("cannot use the S3 bucket of {url}")))?;
-        let mut description = if prefix.as_ref().is_empty() {
-            format!("s3://{bucket}")
-        } else {
-            format!("s3://{bucket}/{prefix}")
-        };
+        let mut description =
+            if prefix.as_ref().is_empty() { format!("s3://{bucket}") } else { format!("s3://{bucket}/{prefix}") };
         if let Some(endpoint) = endpoint {
             description.push_str(&format!(" at {endpoint}"));
         }
@@ -198,11 +195,11 @@ impl Blobs {
     }
 
     async fn ingest_through(&self, source: File, file: &FsPath, staging: &Key) -> Result<Ingested, BlobError> {
-        let upload = self
-            .store
-            .put_multipart(staging)
-            .await
-            .map_err(BlobError::store(format!("cannot start storing {} in {}", file.display(), self.description)))?;
+        let upload = self.store.put_multipart(staging).await.map_err(BlobError::store(format!(
+            "cannot start storing {} in {}",
+            file.display(),
+            self.description
+        )))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(2);
         let path = file.to_path_buf();
@@ -295,9 +292,8 @@ impl Blobs {
     /// On any failure, a damaged blob included, `dest` is removed.
     pub async fn copy_to_file(&self, digest: &Digest, dest: &FsPath) -> Result<u64, BlobError> {
         let mut blob = self.read(digest).await?;
-        let mut out = tokio::fs::File::create(dest)
-            .await
-            .map_err(BlobError::io(format!("cannot create {}", dest.display())))?;
+        let mut out =
+            tokio::fs::File::create(dest).await.map_err(BlobError::io(format!("cannot create {}", dest.display())))?;
         let result = async {
             use tokio::io::AsyncWriteExt;
             let mut written = 0u64;
@@ -410,14 +406,13 @@ impl Stream for BlobReader {
 /// Opens `path` for reading only if it is a regular file, not following a
 /// symbolic link at its last component and not blocking on a FIFO.
 fn open_regular(path: &FsPath) -> Result<File, BlobError> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => BlobError::NotARegularFile(path.to_path_buf()),
-            _ => BlobError::Io { what: format!("cannot open {}", path.display()), source: e },
-        })?;
+    let file =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).map_err(
+            |e| match e.raw_os_error() {
+                Some(libc::ELOOP) => BlobError::NotARegularFile(path.to_path_buf()),
+                _ => BlobError::Io { what: format!("cannot open {}", path.display()), source: e },
+            },
+        )?;
     let meta = file.metadata().map_err(BlobError::io(format!("cannot inspect {}", path.display())))?;
     if !meta.is_file() {
         return Err(BlobError::NotARegularFile(path.to_path_buf()));
