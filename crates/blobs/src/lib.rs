@@ -181,8 +181,15 @@ impl Blobs {
 
     /// Stores the regular file at `file` under its sha256, hashing while it
     /// streams. Durable when it returns. If a blob of that digest exists it is
-    /// left as it is and `created` is false. Symbolic links, directories and
-    /// devices are refused.
+    /// left as it is, even if damaged (reads and [`Blobs::verify`] say so),
+    /// and `created` is false. Symbolic links (at the last component of
+    /// `file`), directories, FIFOs and devices are refused.
+    ///
+    /// The bytes go first to a staging object under `<prefix>/staging/`,
+    /// deleted afterwards. An ingest cut short (the process killed, the future
+    /// dropped) can leave a staging object or, on S3, an incomplete multipart
+    /// upload behind, never a final key: a bucket lifecycle rule on
+    /// `<prefix>/staging/` and on incomplete uploads clears those.
     pub async fn ingest(&self, file: &FsPath) -> Result<Ingested, BlobError> {
         let path = file.to_path_buf();
         let source = tokio::task::spawn_blocking(move || open_regular(&path)).await.expect("open does not panic")?;
@@ -328,6 +335,17 @@ impl Blobs {
             }
         }
         Ok(Verdict::Intact)
+    }
+
+    /// Scrubs the store: reads every blob through and returns each one's
+    /// verdict, in digest order. Damage is reported, not raised; an error
+    /// means the store itself could not be listed or read.
+    pub async fn verify_all(&self) -> Result<Vec<(Digest, Verdict)>, BlobError> {
+        let mut verdicts = Vec::new();
+        for (digest, _) in self.list().await? {
+            verdicts.push((digest, self.verify(&digest).await?));
+        }
+        Ok(verdicts)
     }
 
     /// Every stored blob with its size, in digest order. Objects under the

@@ -164,6 +164,33 @@ async fn a_blob_altered_on_disk_fails_its_download_naming_the_digest() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrub_of_the_store_reports_each_damaged_blob_and_only_those() {
+    let root = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let blobs = Blobs::local(root.path()).unwrap();
+    let mut digests = Vec::new();
+    for i in 0..4 {
+        let bytes = content(10_000 + i, i as u64);
+        digests.push(blobs.ingest(&write(work.path(), &format!("f{i}"), &bytes)).await.unwrap().digest);
+    }
+    std::fs::write(local_blob_path(root.path(), &digests[1]), b"bit rot").unwrap();
+    std::fs::write(local_blob_path(root.path(), &digests[3]), b"").unwrap();
+    let mut expected: Vec<_> = digests.iter().map(|d| (*d, Verdict::Intact)).collect();
+    expected[1].1 = Verdict::Damaged { actual: Digest::of(b"bit rot") };
+    expected[3].1 = Verdict::Damaged { actual: Digest::of(b"") };
+    expected.sort_by_key(|(d, _)| *d);
+    assert_eq!(blobs.verify_all().await.unwrap(), expected);
+}
+
+#[test]
+fn a_store_handle_and_a_blob_stream_can_cross_threads() {
+    fn shared<T: Clone + Send + Sync + 'static>() {}
+    fn sent<T: Send + 'static>() {}
+    shared::<Blobs>();
+    sent::<custody_blobs::BlobReader>();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blob_truncated_on_disk_is_reported_damaged() {
     let root = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
@@ -353,6 +380,7 @@ async fn a_blob_altered_in_the_bucket_fails_its_download_naming_the_digest() {
     let key = object_store::path::Path::parse(blobs.key(&digest)).unwrap();
     moto.raw("altered").put(&key, bytes.clone().into()).await.unwrap();
     an_altered_blob_is_refused(&blobs, digest, &bytes).await;
+    assert_eq!(blobs.verify_all().await.unwrap(), vec![(digest, Verdict::Damaged { actual: Digest::of(&bytes) })]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
