@@ -45,3 +45,13 @@ mt=$(printf '%s\n' "${tools[@]}" | median)
 mc=$(printf '%s\n' "${custody[@]}" | median)
 echo "ingest of ${mib} MiB (median of $runs): tee | openssl dgst -sha256; sync ${mt}s, custody ${mc}s," \
   "ratio $(awk -v a="$mc" -v b="$mt" 'BEGIN { printf "%.2f", a / b }')  [${tools[*]} | ${custody[*]}]"
+
+# Reading back: the re-hashing reader over the stored blob, against
+# `openssl dgst -sha256` over the same bytes (both from the page cache).
+rm -rf "$work/store"
+"$bin" "$work/artifact" "$work/store" --verify | sed -n 's/^verify \(.*\) in \([0-9.]*\) s.*/\2/p' >"$work/verify"
+start=$(now)
+openssl dgst -sha256 "$work/artifact" >/dev/null
+hash=$(awk -v a="$start" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }')
+echo "read back of ${mib} MiB, re-hashed: openssl dgst -sha256 ${hash}s, custody verify $(cat "$work/verify")s," \
+  "ratio $(awk -v a="$(cat "$work/verify")" -v b="$hash" 'BEGIN { printf "%.2f", a / b }')"
