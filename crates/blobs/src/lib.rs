@@ -240,8 +240,14 @@ impl Blobs {
         }
 
         let key = self.key_of(&digest);
-        let created = match self.store.head(&key).await {
-            Ok(_) => false,
+        // On S3, looking first saves copying a blob that is there already.
+        // Locally the create-only link is as cheap as the look, so it alone decides.
+        let present = match &self.local {
+            Some(_) => Err(object_store::Error::NotFound { path: key.to_string(), source: "not looked up".into() }),
+            None => self.store.head(&key).await.map(|_| ()),
+        };
+        let created = match present {
+            Ok(()) => false,
             Err(object_store::Error::NotFound { .. }) => match self.store.copy_if_not_exists(staging, &key).await {
                 Ok(()) => true,
                 Err(object_store::Error::AlreadyExists { .. }) => false,

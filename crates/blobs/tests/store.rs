@@ -87,9 +87,13 @@ async fn a_missing_blob_is_not_found(blobs: &Blobs) {
 
 async fn concurrent_ingests_create_one_blob(blobs: &Blobs) {
     let work = tempfile::tempdir().unwrap();
-    let bytes = content(3 << 20, 7);
-    let files: Vec<_> = (0..6).map(|i| write(work.path(), &format!("copy{i}"), &bytes)).collect();
-    let results = futures_util::future::join_all(files.iter().map(|f| blobs.ingest(f))).await;
+    let bytes = content(12 << 20, 7);
+    let files: Vec<_> = (0..8).map(|i| write(work.path(), &format!("copy{i}"), &bytes)).collect();
+    let tasks = files.into_iter().map(|f| {
+        let blobs = blobs.clone();
+        tokio::spawn(async move { blobs.ingest(&f).await })
+    });
+    let results: Vec<_> = futures_util::future::join_all(tasks).await.into_iter().map(|r| r.unwrap()).collect();
     let created = results.iter().filter(|r| r.as_ref().unwrap().created).count();
     assert_eq!(created, 1, "{results:?}");
     assert_eq!(blobs.list().await.unwrap(), vec![(Digest::of(&bytes), bytes.len() as u64)]);

@@ -19,6 +19,20 @@ impl Drop for Moto {
     }
 }
 
+/// moto's server (what `python3 -m moto.server` runs) handling one request at
+/// a time. Threaded, as `moto.server` starts it, moto checks a conditional
+/// write's `If-None-Match: *` and then writes in two steps without a lock, so
+/// two racing writes can both pass; S3 makes that check and the write one
+/// atomic step, and one request at a time is what gives moto the same
+/// guarantee. (Single-threaded, the server also answers with HTTP/1.0 and
+/// closes each connection, so one client cannot hold it.)
+const SERVE: &str = "
+import sys
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+run_simple('127.0.0.1', int(sys.argv[1]), DomainDispatcherApplication(create_backend_app), threaded=False)
+";
+
 /// Starts moto's S3 server on a free loopback port, or returns `None` when it
 /// is not installed (a failure with `CI=true`).
 pub fn moto() -> Option<Moto> {
@@ -36,7 +50,7 @@ pub fn moto() -> Option<Moto> {
     }
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let child = Command::new("python3")
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-c", SERVE, &port.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
