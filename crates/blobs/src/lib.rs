@@ -243,18 +243,19 @@ impl Blobs {
         // On S3, looking first saves copying a blob that is there already.
         // Locally the create-only link is as cheap as the look, so it alone decides.
         let present = match &self.local {
-            Some(_) => Err(object_store::Error::NotFound { path: key.to_string(), source: "not looked up".into() }),
-            None => self.store.head(&key).await.map(|_| ()),
+            Some(_) => false,
+            None => match self.store.head(&key).await {
+                Ok(_) => true,
+                Err(object_store::Error::NotFound { .. }) => false,
+                Err(e) => return Err(BlobError::Store { what: stored, source: e }),
+            },
         };
-        let created = match present {
-            Ok(()) => false,
-            Err(object_store::Error::NotFound { .. }) => match self.store.copy_if_not_exists(staging, &key).await {
+        let created = !present
+            && match self.store.copy_if_not_exists(staging, &key).await {
                 Ok(()) => true,
                 Err(object_store::Error::AlreadyExists { .. }) => false,
                 Err(e) => return Err(BlobError::Store { what: stored, source: e }),
-            },
-            Err(e) => return Err(BlobError::Store { what: stored, source: e }),
-        };
+            };
         if let Some(local) = &self.local {
             // The new name and the directories on its way must survive a crash too.
             let blob = local.path_to_filesystem(&key).map_err(BlobError::store(stored))?;
