@@ -11,6 +11,11 @@
 //! streaming and fails with [`BlobError::Damaged`], naming the digest, before
 //! it would signal the end of a blob whose bytes do not match its name.
 //!
+//! Limits: Amazon S3 copies at most 5 GiB in one part, so on S3 an artifact
+//! larger than that fails its ingest (with S3's error) rather than being
+//! stored. On local files, only the last component of an ingested path is
+//! refused if it is a symbolic link; the caller chooses the directories.
+//!
 //! **Architecture invariant:** this crate knows nothing about the database,
 //! HTTP servers, people or policy. It stores and returns bytes by digest;
 //! who may write (only the builder) is decided by its callers.
