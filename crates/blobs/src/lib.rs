@@ -309,7 +309,7 @@ impl Blobs {
         };
         let size = got.meta.size;
         let inner = match got.payload {
-            GetResultPayload::File(file, _) => chunks_of(file, size, what),
+            GetResultPayload::File(file, _) => chunks_of(file, what),
             GetResultPayload::Stream(stream) => {
                 stream.map_err(move |source| BlobError::Store { what: what.clone(), source }).boxed()
             }
@@ -523,50 +523,37 @@ impl Drop for Pooled {
     }
 }
 
-/// A local blob file as a stream of chunks, each read on the blocking pool.
-fn chunks_of(file: File, size: u64, what: String) -> BoxStream<'static, Result<Bytes, BlobError>> {
-    futures_util::stream::try_unfold((file, size, what), |(mut file, remaining, what)| async move {
-        if remaining == 0 {
-            // Read past the size taken at open, so that bytes appended since count too.
-            let (file, extra) = tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0; READ_CHUNK];
-                let n = file.read(&mut buf);
-                n.map(|n| {
-                    buf.truncate(n);
-                    (file, buf)
-                })
-            })
-            .await
-            .expect("reading does not panic")
-            .map_err(|e| BlobError::Io { what: what.clone(), source: e })?;
-            return Ok((!extra.is_empty()).then(|| (Bytes::from(extra), (file, 0, what))));
-        }
-        let want = remaining.min(READ_CHUNK as u64) as usize;
-        let (file, buf) = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0; want];
-            let mut filled = 0;
-            while filled < want {
-                match file.read(&mut buf[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
+/// A local blob file as a stream of chunks, read to its end (whatever size
+/// it had when opened) on a blocking thread that stays a few chunks ahead, so
+/// that reading the next chunk overlaps hashing this one.
+fn chunks_of(mut file: File, what: String) -> BoxStream<'static, Result<Bytes, BlobError>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, BlobError>>(4);
+    tokio::task::spawn_blocking(move || loop {
+        let mut buf = vec![0; READ_CHUNK];
+        let mut filled = 0;
+        let end = loop {
+            match file.read(&mut buf[filled..]) {
+                Ok(0) => break true,
+                Ok(n) => {
+                    filled += n;
+                    if filled == READ_CHUNK {
+                        break false;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(BlobError::Io { what, source: e }));
+                    return;
                 }
             }
-            buf.truncate(filled);
-            Ok((file, buf))
-        })
-        .await
-        .expect("reading does not panic")
-        .map_err(|e| BlobError::Io { what: what.clone(), source: e })?;
-        if buf.is_empty() {
-            // The file is shorter than it was at open: the hash will say so.
-            return Ok(None);
+        };
+        buf.truncate(filled);
+        // A closed channel means the reader was dropped: stop reading.
+        if (filled > 0 && tx.blocking_send(Ok(Bytes::from(buf))).is_err()) || end {
+            return;
         }
-        let left = remaining - buf.len() as u64;
-        Ok(Some((Bytes::from(buf), (file, left, what))))
-    })
-    .boxed()
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
 }
 
 async fn fsync(path: PathBuf) -> Result<(), BlobError> {
