@@ -11,6 +11,11 @@
 //! streaming and fails with [`BlobError::Damaged`], naming the digest, before
 //! it would signal the end of a blob whose bytes do not match its name.
 //!
+//! Limits: Amazon S3 copies at most 5 GiB in one part, so on S3 an artifact
+//! larger than that fails its ingest (with S3's error) rather than being
+//! stored. On local files, only the last component of an ingested path is
+//! refused if it is a symbolic link; the caller chooses the directories.
+//!
 //! **Architecture invariant:** this crate knows nothing about the database,
 //! HTTP servers, people or policy. It stores and returns bytes by digest;
 //! who may write (only the builder) is decided by its callers.
@@ -37,8 +42,14 @@ use sha2::{Digest as _, Sha256};
 pub use digest::Digest;
 pub use error::BlobError;
 
-/// Size of the parts an ingest reads, hashes and uploads (S3 needs at least 5 MiB).
-const PART: usize = 8 << 20;
+/// Size of the parts an ingest reads, hashes and uploads to S3 (at least 5 MiB there).
+const S3_PART: usize = 8 << 20;
+/// Size of the parts an ingest reads, hashes and writes to a local file.
+/// Measured (bench/ingest.sh): 1 MiB writes ingest 1 GiB two to three times
+/// faster than 2 MiB or 8 MiB ones on the reference machine.
+const LOCAL_PART: usize = 1 << 20;
+/// How many bytes an ingest reads ahead of the upload.
+const READ_AHEAD: usize = 16 << 20;
 /// Size of the chunks a read of a local blob yields.
 const READ_CHUNK: usize = 256 << 10;
 
@@ -67,6 +78,8 @@ pub struct Blobs {
     local: Option<Arc<LocalFileSystem>>,
     prefix: Key,
     description: String,
+    /// Size of an ingest's parts.
+    part: usize,
     /// Parts uploading at once during an ingest.
     concurrency: usize,
 }
@@ -90,6 +103,7 @@ impl Blobs {
             local: Some(fs),
             prefix: Key::default(),
             description: format!("local files in {}", dir.display()),
+            part: LOCAL_PART,
             concurrency: 2,
         })
     }
@@ -161,7 +175,7 @@ impl Blobs {
         if let Some(endpoint) = endpoint {
             description.push_str(&format!(" at {endpoint}"));
         }
-        Ok(Blobs { store: Arc::new(store), local: None, prefix, description, concurrency: 4 })
+        Ok(Blobs { store: Arc::new(store), local: None, prefix, description, part: S3_PART, concurrency: 4 })
     }
 
     /// Where the blobs are, without secrets: "local files in DIR" or "s3://BUCKET/PREFIX".
@@ -181,8 +195,15 @@ impl Blobs {
 
     /// Stores the regular file at `file` under its sha256, hashing while it
     /// streams. Durable when it returns. If a blob of that digest exists it is
-    /// left as it is and `created` is false. Symbolic links, directories and
-    /// devices are refused.
+    /// left as it is, even if damaged (reads and [`Blobs::verify`] say so),
+    /// and `created` is false. Symbolic links (at the last component of
+    /// `file`), directories, FIFOs and devices are refused.
+    ///
+    /// The bytes go first to a staging object under `<prefix>/staging/`,
+    /// deleted afterwards. An ingest cut short (the process killed, the future
+    /// dropped) can leave a staging object or, on S3, an incomplete multipart
+    /// upload behind, never a final key: a bucket lifecycle rule on
+    /// `<prefix>/staging/` and on incomplete uploads clears those.
     pub async fn ingest(&self, file: &FsPath) -> Result<Ingested, BlobError> {
         let path = file.to_path_buf();
         let source = tokio::task::spawn_blocking(move || open_regular(&path)).await.expect("open does not panic")?;
@@ -200,10 +221,11 @@ impl Blobs {
             file.display(),
             self.description
         )))?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(2);
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, self.part);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(READ_AHEAD / self.part);
         let path = file.to_path_buf();
-        let reading = tokio::task::spawn_blocking(move || read_and_hash(source, &path, tx));
+        let part = self.part;
+        let reading = tokio::task::spawn_blocking(move || read_and_hash(source, &path, part, tx));
         let mut upload_error = None;
         while let Some(part) = rx.recv().await {
             if let Err(e) = writer.wait_for_capacity(self.concurrency).await {
@@ -233,15 +255,22 @@ impl Blobs {
         }
 
         let key = self.key_of(&digest);
-        let created = match self.store.head(&key).await {
-            Ok(_) => false,
-            Err(object_store::Error::NotFound { .. }) => match self.store.copy_if_not_exists(staging, &key).await {
+        // On S3, looking first saves copying a blob that is there already.
+        // Locally the create-only link is as cheap as the look, so it alone decides.
+        let present = match &self.local {
+            Some(_) => false,
+            None => match self.store.head(&key).await {
+                Ok(_) => true,
+                Err(object_store::Error::NotFound { .. }) => false,
+                Err(e) => return Err(BlobError::Store { what: stored, source: e }),
+            },
+        };
+        let created = !present
+            && match self.store.copy_if_not_exists(staging, &key).await {
                 Ok(()) => true,
                 Err(object_store::Error::AlreadyExists { .. }) => false,
                 Err(e) => return Err(BlobError::Store { what: stored, source: e }),
-            },
-            Err(e) => return Err(BlobError::Store { what: stored, source: e }),
-        };
+            };
         if let Some(local) = &self.local {
             // The new name and the directories on its way must survive a crash too.
             let blob = local.path_to_filesystem(&key).map_err(BlobError::store(stored))?;
@@ -280,7 +309,7 @@ impl Blobs {
         };
         let size = got.meta.size;
         let inner = match got.payload {
-            GetResultPayload::File(file, _) => chunks_of(file, size, what),
+            GetResultPayload::File(file, _) => chunks_of(file, what),
             GetResultPayload::Stream(stream) => {
                 stream.map_err(move |source| BlobError::Store { what: what.clone(), source }).boxed()
             }
@@ -328,6 +357,17 @@ impl Blobs {
             }
         }
         Ok(Verdict::Intact)
+    }
+
+    /// Scrubs the store: reads every blob through and returns each one's
+    /// verdict, in digest order. Damage is reported, not raised; an error
+    /// means the store itself could not be listed or read.
+    pub async fn verify_all(&self) -> Result<Vec<(Digest, Verdict)>, BlobError> {
+        let mut verdicts = Vec::new();
+        for (digest, _) in self.list().await? {
+            verdicts.push((digest, self.verify(&digest).await?));
+        }
+        Ok(verdicts)
     }
 
     /// Every stored blob with its size, in digest order. Objects under the
@@ -420,20 +460,21 @@ fn open_regular(path: &FsPath) -> Result<File, BlobError> {
     Ok(file)
 }
 
-/// Reads `file` in parts of [`PART`] bytes, hashing each and sending it on.
+/// Reads `file` in parts of `part` bytes, hashing each and sending it on.
 /// The part buffers are reused once the upload has dropped them.
 fn read_and_hash(
     mut file: File,
     path: &FsPath,
+    part: usize,
     tx: tokio::sync::mpsc::Sender<Bytes>,
 ) -> Result<(Digest, u64), BlobError> {
     let pool: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     loop {
-        let mut buf = pool.lock().expect("pool lock").pop().unwrap_or_else(|| vec![0; PART]);
+        let mut buf = pool.lock().expect("pool lock").pop().unwrap_or_else(|| vec![0; part]);
         let mut filled = 0;
-        while filled < PART {
+        while filled < part {
             match file.read(&mut buf[filled..]) {
                 Ok(0) => break,
                 Ok(n) => filled += n,
@@ -446,15 +487,15 @@ fn read_and_hash(
         }
         hasher.update(&buf[..filled]);
         size += filled as u64;
-        let part = Bytes::from_owner(Pooled { buf, len: filled, pool: pool.clone() });
-        if tx.blocking_send(part).is_err() {
+        let chunk = Bytes::from_owner(Pooled { buf, len: filled, pool: pool.clone() });
+        if tx.blocking_send(chunk).is_err() {
             // The upload stopped; its error is the one to report.
             return Err(BlobError::Io {
                 what: format!("cannot store {}", path.display()),
                 source: std::io::Error::other("the upload stopped"),
             });
         }
-        if filled < PART {
+        if filled < part {
             break;
         }
     }
@@ -482,50 +523,37 @@ impl Drop for Pooled {
     }
 }
 
-/// A local blob file as a stream of chunks, each read on the blocking pool.
-fn chunks_of(file: File, size: u64, what: String) -> BoxStream<'static, Result<Bytes, BlobError>> {
-    futures_util::stream::try_unfold((file, size, what), |(mut file, remaining, what)| async move {
-        if remaining == 0 {
-            // Read past the size taken at open, so that bytes appended since count too.
-            let (file, extra) = tokio::task::spawn_blocking(move || {
-                let mut buf = vec![0; READ_CHUNK];
-                let n = file.read(&mut buf);
-                n.map(|n| {
-                    buf.truncate(n);
-                    (file, buf)
-                })
-            })
-            .await
-            .expect("reading does not panic")
-            .map_err(|e| BlobError::Io { what: what.clone(), source: e })?;
-            return Ok((!extra.is_empty()).then(|| (Bytes::from(extra), (file, 0, what))));
-        }
-        let want = remaining.min(READ_CHUNK as u64) as usize;
-        let (file, buf) = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0; want];
-            let mut filled = 0;
-            while filled < want {
-                match file.read(&mut buf[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
+/// A local blob file as a stream of chunks, read to its end (whatever size
+/// it had when opened) on a blocking thread that stays a few chunks ahead, so
+/// that reading the next chunk overlaps hashing this one.
+fn chunks_of(mut file: File, what: String) -> BoxStream<'static, Result<Bytes, BlobError>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, BlobError>>(4);
+    tokio::task::spawn_blocking(move || loop {
+        let mut buf = vec![0; READ_CHUNK];
+        let mut filled = 0;
+        let end = loop {
+            match file.read(&mut buf[filled..]) {
+                Ok(0) => break true,
+                Ok(n) => {
+                    filled += n;
+                    if filled == READ_CHUNK {
+                        break false;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(BlobError::Io { what, source: e }));
+                    return;
                 }
             }
-            buf.truncate(filled);
-            Ok((file, buf))
-        })
-        .await
-        .expect("reading does not panic")
-        .map_err(|e| BlobError::Io { what: what.clone(), source: e })?;
-        if buf.is_empty() {
-            // The file is shorter than it was at open: the hash will say so.
-            return Ok(None);
+        };
+        buf.truncate(filled);
+        // A closed channel means the reader was dropped: stop reading.
+        if (filled > 0 && tx.blocking_send(Ok(Bytes::from(buf))).is_err()) || end {
+            return;
         }
-        let left = remaining - buf.len() as u64;
-        Ok(Some((Bytes::from(buf), (file, left, what))))
-    })
-    .boxed()
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
 }
 
 async fn fsync(path: PathBuf) -> Result<(), BlobError> {
