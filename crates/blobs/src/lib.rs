@@ -22,6 +22,8 @@
 
 mod digest;
 mod error;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::fs::File;
 use std::io::{ErrorKind, Read};

@@ -1,7 +1,5 @@
 //! The artifact store against real local files and a real S3-protocol server (moto) on loopback.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 
 use custody_blobs::{BlobError, Blobs, Digest, Verdict};
@@ -289,7 +287,7 @@ fn a_store_is_named_by_a_url_or_a_path_and_a_bad_one_says_what_to_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_ingested_into_s3_reads_back_byte_for_byte() {
-    let Some(moto) = support::moto() else { return };
+    let Some(moto) = custody_blobs::testing::moto() else { return };
     let local = tempfile::tempdir().unwrap();
     let blobs = moto.blobs("roundtrip", local.path()).await;
     a_file_reads_back_byte_for_byte(&blobs, 100_000).await;
@@ -302,7 +300,7 @@ async fn a_file_ingested_into_s3_reads_back_byte_for_byte() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_20_mib_artifact_goes_to_s3_in_a_multipart_upload_and_reads_back() {
-    let Some(moto) = support::moto() else { return };
+    let Some(moto) = custody_blobs::testing::moto() else { return };
     let local = tempfile::tempdir().unwrap();
     // Ingest uploads in 8 MiB parts: three here, the last one short.
     let blobs = moto.blobs("big", local.path()).await;
@@ -311,14 +309,14 @@ async fn a_20_mib_artifact_goes_to_s3_in_a_multipart_upload_and_reads_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_file_is_a_blob_in_s3_too() {
-    let Some(moto) = support::moto() else { return };
+    let Some(moto) = custody_blobs::testing::moto() else { return };
     let local = tempfile::tempdir().unwrap();
     a_file_reads_back_byte_for_byte(&moto.blobs("empty", local.path()).await, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_content_ingested_twice_into_s3_is_stored_once_and_never_overwritten() {
-    let Some(moto) = support::moto() else { return };
+    let Some(moto) = custody_blobs::testing::moto() else { return };
     let local = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let blobs = moto.blobs("twice", local.path()).await;
@@ -338,7 +336,7 @@ async fn the_same_content_ingested_twice_into_s3_is_stored_once_and_never_overwr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_create_only_copy_never_replaces_an_object_that_appeared_meanwhile() {
-    let Some(moto) = support::moto() else { return };
+    let Some(moto) = custody_blobs::testing::moto() else { return };
     // The operation ingest relies on, against the server itself: a copy to an
     // existing key fails and leaves the key's bytes alone.
     moto.create_bucket("cas").await;
@@ -367,14 +365,14 @@ async fn the_create_only_copy_never_replaces_an_object_that_appeared_meanwhile()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_ingests_of_one_content_into_s3_create_it_once() {
-    let Some(moto) = support::moto() else { return };
+    let Some(moto) = custody_blobs::testing::moto() else { return };
     let local = tempfile::tempdir().unwrap();
     concurrent_ingests_create_one_blob(&moto.blobs("race", local.path()).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blob_altered_in_the_bucket_fails_its_download_naming_the_digest() {
-    let Some(moto) = support::moto() else { return };
+    let Some(moto) = custody_blobs::testing::moto() else { return };
     let local = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let blobs = moto.blobs("altered", local.path()).await;
@@ -389,7 +387,7 @@ async fn a_blob_altered_in_the_bucket_fails_its_download_naming_the_digest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_blob_in_s3_is_not_found_and_verifies_as_missing() {
-    let Some(moto) = support::moto() else { return };
+    let Some(moto) = custody_blobs::testing::moto() else { return };
     let local = tempfile::tempdir().unwrap();
     a_missing_blob_is_not_found(&moto.blobs("missing", local.path()).await).await;
 }

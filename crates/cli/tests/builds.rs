@@ -321,6 +321,66 @@ fn stored_blobs(data: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// With artifacts in an S3 bucket (moto's server on loopback), a merge's
+/// artifact lands in the bucket; bytes altered there behind custody's back
+/// are refused on download, naming the digest, and the scrub reports them.
+#[test]
+fn an_artifact_altered_in_the_s3_bucket_is_refused_and_reported() {
+    let Some(moto) = custody_blobs::testing::moto() else { return };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    runtime.block_on(moto.create_bucket("artifacts"));
+    let mut env: Vec<(String, String)> = moto.vars();
+    env.push(("CUSTODY_BLOB_STORE".into(), "s3://artifacts/custody".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let hosted = Hosted::on_with(Backend::Sqlite, &env).expect("SQLite is never skipped");
+    hosted.add_user("bob", "write");
+    let policy = pipeline("scripts/build.sh", "[\"dist/*.tar.gz\"]");
+    let (work, _) = seed_with(
+        &hosted,
+        &[(PIPELINE, &policy, false), ("scripts/build.sh", BUILD_SCRIPT, true), ("src/app.txt", "version 1\n", false)],
+        "feature",
+    );
+    merge_a_change(&hosted, &work);
+    let build = finished_build(&hosted, 1);
+    assert_eq!(build["status"], "succeeded", "{build}");
+    let digest = build["artifacts"][0]["digest"].as_str().expect("a digest").to_owned();
+    assert_eq!(stored_blobs(&hosted.sandbox.path("data")), Vec::<PathBuf>::new(), "nothing on local disk");
+
+    // The object is in the bucket under its digest, and downloads intact.
+    let blobs =
+        custody_blobs::Blobs::from_url_and_vars("s3://artifacts/custody", &hosted.sandbox.path("unused"), moto.vars())
+            .expect("the bucket");
+    let key = object_store::path::Path::from(blobs.key(&digest.parse().expect("a digest")));
+    let raw = moto.raw("artifacts");
+    let original = runtime.block_on(async {
+        use object_store::ObjectStore;
+        raw.get(&key).await.expect("the object").bytes().await.expect("its bytes")
+    });
+    assert_eq!(sha256_hex(&original), digest);
+    let file = hosted.sandbox.path("app.tar.gz");
+    let file_arg = file.to_str().expect("UTF-8").to_owned();
+    custody(&hosted, &["artifact", "get", PROJECT, &digest, "-o", &file_arg]).expect_code(0);
+    std::fs::remove_file(&file).expect("remove the download");
+
+    // Someone with the bucket's credentials swaps the bytes.
+    runtime.block_on(async {
+        use object_store::ObjectStore;
+        let mut altered = original.to_vec();
+        altered[10] ^= 0xff;
+        raw.put(&key, altered.into()).await.expect("overwrite the object");
+    });
+    let refused = custody(&hosted, &["artifact", "get", PROJECT, &digest, "-o", &file_arg]);
+    assert_eq!(refused.code(), Some(1), "{refused:#?}");
+    assert!(refused.stderr.contains(&digest), "the refusal names the digest: {refused:#?}");
+    assert!(!file.exists(), "nothing was written");
+    let scrub = hosted.as_admin(&["artifact", "verify", "--all", "--json"]);
+    assert_eq!(scrub.code(), Some(1), "{scrub:#?}");
+    let report: Value = serde_json::from_str(scrub.stdout.trim()).expect("a JSON report");
+    let damaged: Vec<&Value> = report.as_array().expect("a list").iter().filter(|c| c["state"] == "damaged").collect();
+    assert_eq!(damaged.len(), 1, "{report}");
+    assert_eq!(damaged[0]["digest"], digest.as_str(), "{report}");
+}
+
 /// Two `custody worker` processes share one PostgreSQL database and 200
 /// queued builds: every build runs exactly once, and both workers work.
 #[test]

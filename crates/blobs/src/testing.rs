@@ -1,14 +1,17 @@
-//! A real S3-protocol server on loopback for the tests: moto's server, one per test.
+//! A real S3-protocol server on loopback for tests (feature `testing`):
+//! moto's server, one per test.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use custody_blobs::Blobs;
+use crate::Blobs;
 
+/// A running moto server, stopped when dropped.
 pub struct Moto {
     child: Child,
+    /// `http://127.0.0.1:PORT`.
     pub endpoint: String,
 }
 
@@ -66,6 +69,7 @@ pub fn moto() -> Option<Moto> {
 }
 
 impl Moto {
+    /// The AWS_* variables that point a client at this server.
     pub fn vars(&self) -> Vec<(String, String)> {
         [
             ("AWS_ACCESS_KEY_ID", "testing"),
@@ -79,6 +83,7 @@ impl Moto {
         .collect()
     }
 
+    /// Creates a bucket.
     pub async fn create_bucket(&self, bucket: &str) {
         let response = reqwest::Client::new().put(format!("{}/{bucket}", self.endpoint)).send().await.unwrap();
         assert!(response.status().is_success(), "creating bucket {bucket}: {}", response.status());
