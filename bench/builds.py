@@ -5,33 +5,19 @@
 Each merge's `change.merge` audit event and its build's `build.start` event
 carry the server's commit-time clock; the latency is the difference.
 """
-import http.client
-import json
 import os
 import statistics
 import subprocess
 import time
-import urllib.parse
+from datetime import datetime
 
-server = urllib.parse.urlparse(os.environ["CUSTODY_SERVER"])
-project = os.environ["PROJECT"]
-tokens = {name: os.environ[name.upper()] for name in ("admin", "alice", "bob")}
+from team import call as timed_call, percentile, project
+
 src, remote, merges = os.environ["SRC"], os.environ["REMOTE"], int(os.environ["MERGES"])
-conn = http.client.HTTPConnection(server.hostname, server.port)
 
 
 def call(method, path, who, body=None):
-    headers = {"Authorization": f"Bearer {tokens[who]}"}
-    data = None
-    if body is not None:
-        data = json.dumps(body)
-        headers["Content-Type"] = "application/json"
-    conn.request(method, path, body=data, headers=headers)
-    response = conn.getresponse()
-    payload = response.read()
-    if response.status >= 300:
-        raise SystemExit(f"{method} {path}: {response.status} {payload[:300]!r}")
-    return json.loads(payload) if payload else None
+    return timed_call(method, path, who, body)[0]
 
 
 def git(*args):
@@ -68,15 +54,10 @@ started = {int(e["subject"].rsplit("/", 1)[1]): e["at"] for e in events("build.s
 
 def ms(stamp):
     # RFC 3339 with milliseconds, UTC.
-    from datetime import datetime
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() * 1000
 
 
 latencies = sorted(ms(started[n]) - ms(merged[n]) for n in merged if n in started)
-
-
-def percentile(values, p):
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
 print(f"merges: {len(latencies)}")

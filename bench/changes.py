@@ -5,38 +5,10 @@
 Reads CUSTODY_SERVER, ADMIN, ALICE, BOB and PROJECT from the environment:
 bench/changes.sh sets them up.
 """
-import http.client
-import json
-import os
 import statistics
 import time
-import urllib.parse
 
-server = urllib.parse.urlparse(os.environ["CUSTODY_SERVER"])
-project = os.environ["PROJECT"]
-tokens = {name: os.environ[name.upper()] for name in ("admin", "alice", "bob")}
-conn = http.client.HTTPConnection(server.hostname, server.port)
-
-
-def call(method, path, who, body=None):
-    headers = {"Authorization": f"Bearer {tokens[who]}"}
-    data = None
-    if body is not None:
-        data = json.dumps(body)
-        headers["Content-Type"] = "application/json"
-    started = time.perf_counter()
-    conn.request(method, path, body=data, headers=headers)
-    response = conn.getresponse()
-    payload = response.read()
-    elapsed = time.perf_counter() - started
-    if response.status >= 300:
-        raise SystemExit(f"{method} {path}: {response.status} {payload[:300]!r}")
-    return json.loads(payload) if payload else None, elapsed
-
-
-def percentile(values, p):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+from team import call, percentile, project
 
 
 base = f"/api/v1/projects/{project}/changes"

@@ -52,8 +52,8 @@ impl Client {
         serde_json::from_str(&text).map_err(|e| Failure::internal(format!("the server sent invalid JSON: {e}")))
     }
 
-    /// Sends a request and returns the answer's text, or the failure it reports.
-    async fn send(&self, method: Method, path: &str, body: Option<&Value>) -> Result<String, Failure> {
+    /// Sends a request with the token; a server that cannot be reached is a failure.
+    async fn request(&self, method: Method, path: &str, body: Option<&Value>) -> Result<reqwest::Response, Failure> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method, &url);
         if let Some(token) = &self.token {
@@ -62,11 +62,16 @@ impl Client {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|e| Failure {
+        request.send().await.map_err(|e| Failure {
             code: 3,
             message: format!("cannot reach custody at {}: {}", self.base, root_cause(&e)),
             body: None,
-        })?;
+        })
+    }
+
+    /// Sends a request and returns the answer's text, or the failure it reports.
+    async fn send(&self, method: Method, path: &str, body: Option<&Value>) -> Result<String, Failure> {
+        let response = self.request(method, path, body).await?;
         let status = response.status();
         let text = response.text().await.map_err(|e| Failure {
             code: 3,
@@ -83,16 +88,7 @@ impl Client {
     /// GET of a body to be read a chunk at a time; a failure status is
     /// reported as the failure it says.
     pub async fn stream(&self, path: &str) -> Result<reqwest::Response, Failure> {
-        let url = format!("{}{path}", self.base);
-        let mut request = self.http.get(&url);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        let response = request.send().await.map_err(|e| Failure {
-            code: 3,
-            message: format!("cannot reach custody at {}: {}", self.base, root_cause(&e)),
-            body: None,
-        })?;
+        let response = self.request(Method::GET, path, None).await?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);

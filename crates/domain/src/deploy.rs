@@ -86,15 +86,7 @@ pub struct DeployReport {
 impl DeployReport {
     /// The gate as a decision: its failing rules are the reasons.
     pub fn decision(&self) -> Decision {
-        let mut decision = Decision::allow();
-        for rule in self.rules.iter().filter(|r| !r.passed) {
-            decision.refuse(Reason {
-                rule: rule.rule.clone(),
-                message: rule.message.clone(),
-                satisfy: rule.satisfy.clone(),
-            });
-        }
-        decision
+        crate::gate::decision_of(&self.rules)
     }
 }
 

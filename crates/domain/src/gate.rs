@@ -133,16 +133,21 @@ pub struct GateReport {
 impl GateReport {
     /// The gate as a decision: its failing rules are the reasons.
     pub fn decision(&self) -> Decision {
-        let mut decision = Decision::allow();
-        for rule in self.rules.iter().filter(|r| !r.passed) {
-            decision.refuse(Reason {
-                rule: rule.rule.clone(),
-                message: rule.message.clone(),
-                satisfy: rule.satisfy.clone(),
-            });
-        }
-        decision
+        decision_of(&self.rules)
     }
+}
+
+/// A decision whose reasons are the failing rules of a report.
+pub fn decision_of(rules: &[RuleOutcome]) -> Decision {
+    let mut decision = Decision::allow();
+    for rule in rules.iter().filter(|r| !r.passed) {
+        decision.refuse(Reason {
+            rule: rule.rule.clone(),
+            message: rule.message.clone(),
+            satisfy: rule.satisfy.clone(),
+        });
+    }
+    decision
 }
 
 /// Where each reviewer stands: approving this head, and whether they still
