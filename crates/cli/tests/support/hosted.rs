@@ -124,6 +124,17 @@ impl Hosted {
 
     /// On `backend`; `None` only when PostgreSQL was deliberately skipped.
     pub fn on(backend: Backend) -> Option<Hosted> {
+        Hosted::serving(backend, &[])
+    }
+
+    /// On `backend`, with a server that runs no builds itself
+    /// (`--builders 0`): builds wait for a `custody worker`.
+    pub fn without_builders(backend: Backend) -> Option<Hosted> {
+        Hosted::serving(backend, &["--builders", "0"])
+    }
+
+    /// On `backend`, with `extra` arguments for `custody serve`.
+    fn serving(backend: Backend, extra: &[&str]) -> Option<Hosted> {
         let database = match backend {
             Backend::Sqlite => None,
             Backend::Postgres if postgres_skipped() => {
@@ -134,7 +145,7 @@ impl Hosted {
         };
         let sandbox = Sandbox::new();
         std::fs::create_dir_all(sandbox.path("home")).expect("a HOME for git");
-        let server = sandbox.serve_on("data", database.as_ref().map(|d| d.url.as_str()));
+        let server = sandbox.serve_with("data", database.as_ref().map(|d| d.url.as_str()), extra);
         let admin = server.token.clone().expect("a bootstrap token on first start");
 
         let mut login = sandbox.as_user("admin");
