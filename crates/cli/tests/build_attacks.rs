@@ -250,11 +250,7 @@ fn an_artifact_pattern_outside_the_workspace_fails_the_build(backend: Backend) {
     assert!(refused.stderr.contains("../keys/*") && refused.stderr.contains("pipeline"), "{refused:#?}");
 
     // A build of that commit (main got it without a merge) fails the same way.
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-    let store = runtime.block_on(Store::open(&database_url(&hosted))).expect("open the store");
-    let project = custody_domain::ProjectName::parse(PROJECT).expect("a project name");
-    let number = runtime.block_on(store.queue_build(&project, &base, "main")).expect("queue a build");
-    runtime.block_on(store.close());
+    let number = queue_build(&hosted, &base);
     let build = finished_build(&hosted, number);
 
     assert_eq!(build["status"], "failed", "{build}");
@@ -401,6 +397,11 @@ fn an_altered_blob_is_never_handed_out_and_is_reported(backend: Backend) {
     let original = std::fs::read(&blob).expect("the stored blob");
     assert_eq!(sha256_hex(&original), digest);
     verify(&hosted, &["--all"]).expect_code(0);
+    // Re-hashing the store is for overseers; a writer is refused.
+    let refused = custody(&hosted, &["artifact", "verify", "--all"]);
+    assert_eq!(refused.code(), Some(1), "{refused:#?}");
+    assert!(refused.stderr.contains("only admins and auditors"), "{refused:#?}");
+    assert!(refused.stdout.is_empty(), "{refused:#?}");
 
     let write = |bytes: &[u8]| {
         use std::os::unix::fs::PermissionsExt;
@@ -440,6 +441,58 @@ fn an_altered_blob_is_never_handed_out_and_is_reported(backend: Backend) {
         assert_eq!(checked.code(), Some(1), "{checked:#?}");
         assert!(checked.stdout.contains(&format!("MISSING    sha256:{digest}")), "{checked:#?}");
     }
+}
+
+/// Queues another build of `commit` on main, as the store lets the server
+/// do: its number.
+fn queue_build(hosted: &Hosted, commit: &str) -> i64 {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let store = runtime.block_on(Store::open(&database_url(hosted))).expect("open the store");
+    let project = custody_domain::ProjectName::parse(PROJECT).expect("a project name");
+    let number = runtime.block_on(store.queue_build(&project, commit, "main")).expect("queue a build");
+    runtime.block_on(store.close());
+    number
+}
+
+fn a_rebuild_onto_a_damaged_blob_fails_instead_of_vouching_for_it(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let data = hosted.sandbox.path("data");
+    // A reproducible build: the same commit makes the same bytes.
+    let script = "#!/bin/sh\nset -e\nmkdir -p dist\ncp src/app.txt dist/app.txt\n";
+    let policy = pipeline("scripts/build.sh", "[\"dist/*\"]");
+    let (work, _) = seed_with(
+        &hosted,
+        &[(PIPELINE, &policy, false), ("scripts/build.sh", script, true), ("src/app.txt", "version 1\n", false)],
+        "feature",
+    );
+    let commit = merge_a_change(&hosted, &work);
+    let first = finished_build(&hosted, 1);
+    assert_eq!(first["status"], "succeeded", "{first}");
+    let digest = first["artifacts"][0]["digest"].as_str().expect("a digest").to_owned();
+    assert_eq!(digest, sha256_hex(b"version 2\n"));
+    let blob = blob_file(&data, &digest);
+    std::fs::write(&blob, b"version 3\n").expect("alter the blob");
+
+    // Building the same bytes again does not vouch for the damaged copy.
+    let second = finished_build(&hosted, queue_build(&hosted, &commit));
+    assert_eq!(second["status"], "error", "{second}");
+    let reason = second["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("dist/app.txt") && reason.contains(&digest) && reason.contains("damaged"), "{second}");
+    assert_eq!(second["artifacts"], Value::Array(vec![]), "{second}");
+    let listed = artifacts_listed(&hosted);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["build"], 1, "{listed}");
+    assert_eq!(std::fs::read(&blob).expect("the blob"), b"version 3\n", "the damaged blob is kept for inspection");
+
+    // Once the damaged blob is removed, a build stores the bytes again.
+    std::fs::remove_file(&blob).expect("remove the damaged blob");
+    let third = finished_build(&hosted, queue_build(&hosted, &commit));
+    assert_eq!(third["status"], "succeeded", "{third}");
+    assert_eq!(third["artifacts"][0]["digest"], digest.as_str(), "{third}");
+    verify(&hosted, &[&digest]).expect_code(0);
+    let output = hosted.sandbox.path("app.txt");
+    custody(&hosted, &["artifact", "get", PROJECT, &digest, "-o", output.to_str().expect("UTF-8")]).expect_code(0);
+    assert_eq!(std::fs::read(&output).expect("the download"), b"version 2\n");
 }
 
 /// `custody worker` on the instance's data directory and database, stopped
@@ -553,4 +606,100 @@ on_both_backends! {
     no_person_can_store_an_artifact,
     an_altered_blob_is_never_handed_out_and_is_reported,
     a_build_taken_over_by_another_worker_stores_its_artifacts_once,
+    a_commit_that_writes_through_a_symlink_cannot_reach_the_host,
+    a_rebuild_onto_a_damaged_blob_fails_instead_of_vouching_for_it,
+}
+
+/// Writes a tree object as given, without git's checks: `(mode, name, id)`.
+fn literal_tree(work: &support::hosted::Workspace<'_>, entries: &[(&str, &str, &str)]) -> String {
+    let mut bytes = Vec::new();
+    for (mode, name, id) in entries {
+        bytes.extend_from_slice(format!("{mode} {name}\0").as_bytes());
+        let raw: Vec<u8> =
+            (0..id.len()).step_by(2).map(|i| u8::from_str_radix(&id[i..i + 2], 16).expect("hex")).collect();
+        bytes.extend_from_slice(&raw);
+    }
+    let file = work.dir.join("tree.bin");
+    std::fs::write(&file, bytes).expect("write the tree");
+    let id = work.ok(&["hash-object", "-t", "tree", "-w", "--literally", "tree.bin"]);
+    std::fs::remove_file(file).expect("remove the tree file");
+    id
+}
+
+/// Writes a blob: its id.
+fn blob(work: &support::hosted::Workspace<'_>, name: &str, content: &str) -> String {
+    std::fs::write(work.dir.join(name), content).expect("write a blob");
+    let id = work.ok(&["hash-object", "-w", name]);
+    std::fs::remove_file(work.dir.join(name)).expect("remove the blob file");
+    id
+}
+
+fn a_commit_that_writes_through_a_symlink_cannot_reach_the_host(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let data = hosted.sandbox.path("data");
+    let outside = hosted.sandbox.path("outside");
+    std::fs::create_dir_all(&outside).expect("a directory outside the workspace");
+
+    // A tree git itself would never make: `dist` is a symbolic link to a
+    // directory of the host, and also a directory holding `planted.txt`.
+    // Checked out naively, the file lands where the link points.
+    let work = hosted.workspace("alice", "alice", &hosted.alice);
+    let policy = pipeline("scripts/build.sh", "[\"dist/*\"]");
+    let policy = blob(&work, "policy", &policy);
+    let script = blob(&work, "script", "#!/bin/sh\necho ran\n");
+    let planted = blob(&work, "planted", "planted\n");
+    let link = blob(&work, "link", &outside.display().to_string());
+    let custody_dir = literal_tree(&work, &[("100644", "pipeline.toml", &policy)]);
+    let scripts = literal_tree(&work, &[("100755", "build.sh", &script)]);
+    let dist = literal_tree(&work, &[("100644", "planted.txt", &planted)]);
+    let root = literal_tree(
+        &work,
+        &[
+            ("40000", ".custody", &custody_dir),
+            ("120000", "dist", &link),
+            ("40000", "dist", &dist),
+            ("40000", "scripts", &scripts),
+        ],
+    );
+    let commit = work.ok(&["commit-tree", &root, "-m", "Writes through a link"]);
+    let pushed = work.git(&["push", "-q", "origin", &format!("{commit}:refs/heads/seed")]);
+
+    // The server checks what it receives and refuses it.
+    assert_ne!(pushed.code(), Some(0), "{pushed:#?}");
+    assert!(pushed.stderr.contains("duplicateEntries"), "{pushed:#?}");
+    assert!(!hosted.server_has(&commit), "{pushed:#?}");
+
+    // Were it in the repository anyway (put there behind the server's back),
+    // the builder's checkout would not write through the link either.
+    copy_loose_objects(&work.dir.join(".git").join("objects"), &hosted.bare_path().join("objects"));
+    assert!(hosted.server_has(&commit));
+    hosted.bare(&["update-ref", "refs/heads/main", &commit]).expect_code(0);
+    let number = queue_build(&hosted, &commit);
+    let build = finished_build(&hosted, number);
+    assert_eq!(build["status"], "error", "{build}");
+    assert!(build["reason"].as_str().is_some_and(|r| r.contains("tar")), "{build}");
+    assert_eq!(build["artifacts"], Value::Array(vec![]), "{build}");
+    let log = custody(&hosted, &["build", "logs", PROJECT, &number.to_string()]).expect_code(0).stdout;
+    assert!(!log.contains("ran"), "the script ran on a broken checkout: {log}");
+
+    let planted: Vec<_> = std::fs::read_dir(&outside).expect("the outside directory").collect();
+    assert!(planted.is_empty(), "a file was written outside the workspace: {planted:?}");
+    assert_eq!(stored_blobs(&data), Vec::<std::path::PathBuf>::new());
+}
+
+/// Copies the loose objects of one repository into another.
+fn copy_loose_objects(from: &Path, to: &Path) {
+    for dir in std::fs::read_dir(from).expect("the objects").filter_map(Result::ok) {
+        let name = dir.file_name();
+        if name.len() != 2 {
+            continue;
+        }
+        std::fs::create_dir_all(to.join(&name)).expect("an objects directory");
+        for object in std::fs::read_dir(dir.path()).expect("an objects directory").filter_map(Result::ok) {
+            let target = to.join(&name).join(object.file_name());
+            if !target.exists() {
+                std::fs::copy(object.path(), target).expect("copy an object");
+            }
+        }
+    }
 }
