@@ -9,7 +9,7 @@ pub enum BlobError {
     /// The stored bytes do not hash to the digest they are stored under.
     #[error(
         "blob sha256:{digest} is damaged: its bytes hash to sha256:{actual}; \
-         do not use it, restore the blob from a backup or build the artifact again"
+         do not use it; restore the blob from a backup, or remove it and build the artifact again"
     )]
     Damaged { digest: Digest, actual: Digest },
 

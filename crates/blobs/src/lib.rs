@@ -60,7 +60,7 @@ const READ_CHUNK: usize = 256 << 10;
 pub struct Ingested {
     pub digest: Digest,
     pub size: u64,
-    /// False when a blob of that digest was stored already; it was left untouched.
+    /// False when an intact blob of that digest was stored already; it was left untouched.
     pub created: bool,
 }
 
@@ -197,8 +197,8 @@ impl Blobs {
 
     /// Stores the regular file at `file` under its sha256, hashing while it
     /// streams. Durable when it returns. If a blob of that digest exists it is
-    /// left as it is, even if damaged (reads and [`Blobs::verify`] say so),
-    /// and `created` is false. Symbolic links (at the last component of
+    /// re-hashed and left as it is, and `created` is false; if it no longer
+    /// holds those bytes the ingest fails with [`BlobError::Damaged`]. Symbolic links (at the last component of
     /// `file`), directories, FIFOs and devices are refused.
     ///
     /// The bytes go first to a staging object under `<prefix>/staging/`,
@@ -273,6 +273,15 @@ impl Blobs {
                 Err(object_store::Error::AlreadyExists { .. }) => false,
                 Err(e) => return Err(BlobError::Store { what: stored, source: e }),
             };
+        if !created {
+            // A blob stored already is kept only if it still holds these
+            // bytes: a damaged one is never passed off as this file's copy.
+            match self.verify(&digest).await? {
+                Verdict::Intact => {}
+                Verdict::Damaged { actual } => return Err(BlobError::Damaged { digest, actual }),
+                Verdict::Missing => return Err(BlobError::NotFound(digest)),
+            }
+        }
         if let Some(local) = &self.local {
             // The new name and the directories on its way must survive a crash too.
             let blob = local.path_to_filesystem(&key).map_err(BlobError::store(stored))?;
@@ -570,4 +579,36 @@ async fn fsync(path: PathBuf) -> Result<(), BlobError> {
 
 fn random_name() -> String {
     hex::encode(rand::random::<[u8; 16]>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_ingest_never_passes_off_a_damaged_blob_as_its_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::local(&dir.path().join("blobs")).unwrap();
+        let file = dir.path().join("app.tar.gz");
+        std::fs::write(&file, b"the artifact").unwrap();
+        let first = blobs.ingest(&file).await.unwrap();
+        assert!(first.created);
+        let again = blobs.ingest(&file).await.unwrap();
+        assert_eq!((again.digest, again.created), (first.digest, false));
+
+        let stored = dir.path().join("blobs").join(blobs.key(&first.digest));
+        std::fs::write(&stored, b"the artifacT").unwrap();
+        let refused = blobs.ingest(&file).await.unwrap_err();
+        assert!(matches!(refused, BlobError::Damaged { digest, .. } if digest == first.digest), "{refused}");
+        assert_eq!(std::fs::read(&stored).unwrap(), b"the artifacT", "the damaged blob is left for inspection");
+
+        // Once it is removed, the next ingest stores the bytes anew.
+        std::fs::remove_file(&stored).unwrap();
+        assert!(blobs.ingest(&file).await.unwrap().created);
+        assert_eq!(blobs.verify(&first.digest).await.unwrap(), Verdict::Intact);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("blobs").join("staging"))
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
 }

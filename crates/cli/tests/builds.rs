@@ -6,92 +6,16 @@
 #[macro_use]
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::Value;
-use sha2::{Digest as _, Sha256};
-use support::flow::{change, merge, open, review, team};
-use support::hosted::{Backend, Hosted, Workspace, PROJECT};
-use support::Run;
-
-const PIPELINE: &str = ".custody/pipeline.toml";
-
-/// A build script that packs `src/` into `dist/app.tar.gz`.
-const BUILD_SCRIPT: &str =
-    "#!/bin/sh\nset -e\nmkdir -p dist\ntar -czf dist/app.tar.gz src\necho built $CUSTODY_PROJECT at $CUSTODY_COMMIT\n";
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex_of(&Sha256::digest(bytes))
-}
-
-fn hex_of(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Writes files (path, content, executable) and commits them: the commit.
-fn commit_files(work: &Workspace<'_>, files: &[(&str, &str, bool)], message: &str) -> String {
-    for (path, content, executable) in files {
-        let full = work.dir.join(path);
-        std::fs::create_dir_all(full.parent().expect("a parent")).expect("make the directory");
-        std::fs::write(&full, content).expect("write a file");
-        if *executable {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&full, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-        }
-        work.ok(&["add", path]);
-    }
-    work.ok(&["commit", "-q", "-m", message]);
-    work.ok(&["rev-parse", "HEAD"])
-}
-
-/// Puts `files` on main as its first commit (standing in for an earlier
-/// reviewed merge, like `Hosted::seed_main`), then checks out `branch`.
-fn seed_with<'a>(hosted: &'a Hosted, files: &[(&str, &str, bool)], branch: &str) -> (Workspace<'a>, String) {
-    let work = hosted.workspace("alice", "alice", &hosted.alice);
-    let base = commit_files(&work, files, "Base with a pipeline");
-    work.ok(&["push", "-q", "origin", "HEAD:refs/heads/seed"]);
-    hosted.bare(&["update-ref", "refs/heads/main", &base]).expect_code(0);
-    work.ok(&["checkout", "-q", "-b", branch]);
-    (work, base)
-}
-
-fn pipeline(build: &str, artifacts: &str) -> String {
-    format!(
-        "[review]\napprovals = 1\n[pipeline]\nowners = \"platform\"\nbuild = \"{build}\"\nartifacts = {artifacts}\n"
-    )
-}
-
-/// `custody build ARGS` / `custody artifact ARGS` as alice.
-fn custody(hosted: &Hosted, args: &[&str]) -> Run {
-    hosted.run_as("alice", args)
-}
-
-/// Waits (up to 60 s) for build `number` to finish: the build.
-#[track_caller]
-fn finished_build(hosted: &Hosted, number: i64) -> Value {
-    for _ in 0..600 {
-        let shown = custody(hosted, &["build", "show", PROJECT, &number.to_string(), "--json"]);
-        if shown.code() == Some(0) {
-            let build = shown.json();
-            if !matches!(build["status"].as_str(), Some("queued" | "running")) {
-                return build;
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    panic!("build {number} did not finish: {:#?}", custody(hosted, &["build", "show", PROJECT, &number.to_string()]))
-}
-
-/// alice's change of `src/app.txt`, approved by bob and merged by alice:
-/// the merge commit.
-fn merge_a_change(hosted: &Hosted, work: &Workspace<'_>) -> String {
-    commit_files(work, &[("src/app.txt", "version 2\n", false)], "Version 2");
-    work.ok(&["push", "-q", "origin", "feature"]);
-    let number = open(hosted, "alice", "feature", "Version 2");
-    review(hosted, "bob", number, "--approve");
-    merge(hosted, "alice", number)
-}
+use support::builds::{
+    builder_key, commit_files, custody, finished_build, merge_a_change, pipeline, seed_with, sha256_hex, stored_blobs,
+    BUILD_SCRIPT, PIPELINE,
+};
+use support::flow::{change, merge, review, team};
+use support::hosted::{Backend, Hosted, PROJECT};
 
 /// Runs Python with `script`, or `None` when the packages it needs are not
 /// installed outside CI (CI installs them and must run this).
@@ -214,17 +138,6 @@ fn merged_commit_is_built_into_a_signed_artifact(backend: Backend) {
     assert_eq!(merged[0]["details"]["build"], 1, "{merged:?}");
 }
 
-/// The builder's private key file in the instance's data directory.
-fn builder_key(hosted: &Hosted) -> PathBuf {
-    let keys = hosted.sandbox.path("data").join("keys");
-    let found = std::fs::read_dir(&keys)
-        .expect("the keys directory")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("builder")));
-    found.unwrap_or_else(|| panic!("no builder key in {}", keys.display()))
-}
-
 fn a_change_merged_elsewhere_is_not_built(backend: Backend) {
     let Some(hosted) = team(backend) else { return };
     let policy = pipeline("scripts/build.sh", "[\"dist/*.tar.gz\"]");
@@ -305,22 +218,6 @@ fn a_running_builds_log_streams_and_a_timeout_kills_it(backend: Backend) {
     assert!(build["reason"].as_str().is_some_and(|r| r.contains("timeout of 4s")), "{build}");
 }
 
-/// Every file in the data directory's blob store.
-fn stored_blobs(data: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![data.join("blobs")];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().filter_map(Result::ok) {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(entry.path());
-            } else {
-                found.push(entry.path());
-            }
-        }
-    }
-    found
-}
-
 /// With artifacts in an S3 bucket (moto's server on loopback), a merge's
 /// artifact lands in the bucket; bytes altered there behind custody's back
 /// are refused on download, naming the digest, and the scrub reports them.
@@ -385,7 +282,7 @@ fn an_artifact_altered_in_the_s3_bucket_is_refused_and_reported() {
 /// queued builds: every build runs exactly once, and both workers work.
 #[test]
 fn two_workers_on_postgres_run_each_of_200_builds_exactly_once() {
-    let Some(hosted) = Hosted::on_with(Backend::Postgres, &[("CUSTODY_BUILDERS", "0")]) else { return };
+    let Some(hosted) = Hosted::without_builders(Backend::Postgres) else { return };
     let url = hosted.database.as_ref().expect("a PostgreSQL database").url.clone();
     let policy = pipeline("scripts/build.sh", "[\"out.txt\"]");
     let script = "#!/bin/sh\necho $CUSTODY_BUILD > out.txt\n";
@@ -404,7 +301,7 @@ fn two_workers_on_postgres_run_each_of_200_builds_exactly_once() {
     let worker = |name: &str| {
         let mut command = hosted.sandbox.as_user(name);
         command.arg("worker").arg("--data-dir").arg(&data).args(["--database-url", &url]);
-        support::Server::start_announcing(command, "worker ")
+        support::Server::start_announced(command, "worker ")
     };
     let mut workers = [worker("worker-1"), worker("worker-2")];
     let mut counts = Vec::new();

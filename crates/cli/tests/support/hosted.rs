@@ -124,11 +124,22 @@ impl Hosted {
 
     /// On `backend`; `None` only when PostgreSQL was deliberately skipped.
     pub fn on(backend: Backend) -> Option<Hosted> {
-        Hosted::on_with(backend, &[])
+        Hosted::serving(backend, &[], &[])
     }
 
     /// On `backend`, its server started with `env` set besides.
     pub fn on_with(backend: Backend, env: &[(&str, &str)]) -> Option<Hosted> {
+        Hosted::serving(backend, env, &[])
+    }
+
+    /// On `backend`, with a server that runs no builds itself
+    /// (`--builders 0`): builds wait for a `custody worker`.
+    pub fn without_builders(backend: Backend) -> Option<Hosted> {
+        Hosted::serving(backend, &[], &["--builders", "0"])
+    }
+
+    /// On `backend`, `custody serve` started with `env` and `extra` arguments.
+    fn serving(backend: Backend, env: &[(&str, &str)], extra: &[&str]) -> Option<Hosted> {
         let database = match backend {
             Backend::Sqlite => None,
             Backend::Postgres if postgres_skipped() => {
@@ -139,7 +150,7 @@ impl Hosted {
         };
         let sandbox = Sandbox::new();
         std::fs::create_dir_all(sandbox.path("home")).expect("a HOME for git");
-        let server = sandbox.serve_with("data", database.as_ref().map(|d| d.url.as_str()), env);
+        let server = sandbox.serve_with("data", database.as_ref().map(|d| d.url.as_str()), env, extra);
         let admin = server.token.clone().expect("a bootstrap token on first start");
 
         let mut login = sandbox.as_user("admin");

@@ -23,6 +23,7 @@ macro_rules! on_both_backends {
     };
 }
 
+pub mod builds;
 pub mod flow;
 pub mod hosted;
 
@@ -55,6 +56,9 @@ pub const CUSTODY_VARS: &[&str] = &[
     "CUSTODY_LOG_FORMAT",
     "CUSTODY_LOG",
     "CUSTODY_NAME",
+    "CUSTODY_PUBLIC_URL",
+    "CUSTODY_BLOB_STORE",
+    "CUSTODY_BUILDERS",
 ];
 
 /// A command of the binary: working directory and credentials directory are
@@ -165,12 +169,14 @@ impl Server {
     /// Starts `command` (a `custody serve …`) and waits for its listening
     /// line; panics with its output if it exits or stays silent instead.
     pub fn start(command: Command) -> Server {
-        Server::start_announcing(command, "listening on ")
+        Server::start_announced(command, "listening on ")
     }
 
-    /// Starts `command` and waits for a line starting with `marker` (the
-    /// listening line of a server, the first line of a worker).
-    pub fn start_announcing(mut command: Command, marker: &str) -> Server {
+    /// Starts a long-running `command` (a server or a worker) and waits for
+    /// the line of its stdout that starts with `ready`; panics with its
+    /// output if it exits or stays silent instead. `url` is set only from a
+    /// `listening on` line.
+    pub fn start_announced(mut command: Command, ready: &str) -> Server {
         command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn().expect("spawn custody serve");
         let stderr = Arc::new(Mutex::new(String::new()));
@@ -205,10 +211,10 @@ impl Server {
                     if let Some(token) = line.strip_prefix("token: ") {
                         server.token = Some(token.trim().to_owned());
                     }
-                    if let Some(rest) = line.strip_prefix(marker) {
-                        if marker == "listening on " {
-                            server.url = rest.trim().to_owned();
-                        }
+                    if let Some(url) = line.strip_prefix("listening on ") {
+                        server.url = url.trim().to_owned();
+                    }
+                    if line.starts_with(ready) {
                         return server;
                     }
                 }
@@ -295,17 +301,28 @@ impl HttpAnswer {
 
 /// A minimal HTTP/1.1 GET with extra request headers.
 pub fn http_request(base: &str, path: &str, headers: &[(&str, &str)]) -> HttpAnswer {
+    http_send(base, "GET", path, headers, None)
+}
+
+/// A minimal HTTP/1.1 request of any method, with extra request headers
+/// and, when given, a body (sent with its `Content-Length`).
+pub fn http_send(base: &str, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> HttpAnswer {
     let authority = base.strip_prefix("http://").expect("an http:// URL");
     let address = authority.to_socket_addrs().expect("resolve").next().expect("an address");
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(10)).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
     stream.set_write_timeout(Some(Duration::from_secs(10))).expect("write timeout");
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nAccept: */*\r\n");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nAccept: */*\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
+    if let Some(body) = body {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).expect("send");
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body.unwrap_or_default());
+    stream.write_all(&bytes).expect("send");
     let mut response = Vec::new();
     stream.read_to_end(&mut response).expect("read the answer");
     let response = String::from_utf8_lossy(&response).into_owned();
@@ -358,17 +375,18 @@ impl Sandbox {
     /// `custody serve --data-dir DATA --listen 127.0.0.1:0`, with
     /// `--database-url URL` when given (SQLite in DATA otherwise).
     pub fn serve_on(&self, data: &str, database_url: Option<&str>) -> Server {
-        self.serve_with(data, database_url, &[])
+        self.serve_with(data, database_url, &[], &[])
     }
 
-    /// `custody serve` as [`Sandbox::serve_on`], with `env` set besides.
-    pub fn serve_with(&self, data: &str, database_url: Option<&str>, env: &[(&str, &str)]) -> Server {
+    /// [`Sandbox::serve_on`] with `env` set and `extra` arguments for `custody serve`.
+    pub fn serve_with(&self, data: &str, database_url: Option<&str>, env: &[(&str, &str)], extra: &[&str]) -> Server {
         let mut command = self.as_user("server");
         command.envs(env.iter().copied());
         command.arg("serve").arg("--data-dir").arg(self.path(data)).args(["--listen", "127.0.0.1:0"]);
         if let Some(url) = database_url {
             command.args(["--database-url", url]);
         }
+        command.args(extra);
         Server::start(command)
     }
 
