@@ -140,10 +140,12 @@ async fn the_same_content_ingested_twice_locally_is_stored_once_and_never_overwr
     assert_eq!((second.digest, second.size, second.created), (first.digest, first.size, false));
     assert_eq!(std::fs::metadata(&stored).unwrap().ino(), inode, "the stored file is the first one");
 
-    // Even an existing object with the wrong bytes is not replaced: the store is create-only.
+    // Even an existing object with the wrong bytes is not replaced (the
+    // store is create-only), and the ingest says it is damaged instead of
+    // passing it off as this file's copy.
     std::fs::write(&stored, b"altered").unwrap();
-    let third = blobs.ingest(&write(work.path(), "c", &bytes)).await.unwrap();
-    assert!(!third.created);
+    let third = blobs.ingest(&write(work.path(), "c", &bytes)).await.unwrap_err();
+    assert!(matches!(third, BlobError::Damaged { digest, .. } if digest == first.digest), "{third}");
     assert_eq!(std::fs::read(&stored).unwrap(), b"altered");
 }
 
@@ -325,12 +327,13 @@ async fn the_same_content_ingested_twice_into_s3_is_stored_once_and_never_overwr
     let second = blobs.ingest(&write(work.path(), "b", &bytes)).await.unwrap();
     assert_eq!((second.digest, second.size, second.created), (first.digest, first.size, false));
 
-    // Even an existing object with the wrong bytes is not replaced: the store is create-only.
+    // Even an existing object with the wrong bytes is not replaced, and the
+    // ingest says it is damaged.
     let key = object_store::path::Path::parse(blobs.key(&first.digest)).unwrap();
     let raw = moto.raw("twice");
     raw.put(&key, b"altered".to_vec().into()).await.unwrap();
-    let third = blobs.ingest(&write(work.path(), "c", &bytes)).await.unwrap();
-    assert!(!third.created);
+    let third = blobs.ingest(&write(work.path(), "c", &bytes)).await.unwrap_err();
+    assert!(matches!(third, BlobError::Damaged { digest, .. } if digest == first.digest), "{third}");
     assert_eq!(raw.get(&key).await.unwrap().bytes().await.unwrap().as_ref(), b"altered");
 }
 
