@@ -386,12 +386,7 @@ async fn gate_records(
         .collect::<Result<BTreeSet<_>>>()?;
     let mut members = BTreeMap::new();
     for group in groups {
-        let sql = tx.sql(
-            "SELECT u.name FROM group_members m JOIN groups g ON g.id = m.group_id JOIN users u ON u.id = m.user_id \
-             WHERE g.name = $1 AND u.disabled_at IS NULL",
-        );
-        let names = sqlx::query_scalar::<_, String>(&sql).bind(group.as_str()).fetch_all(tx.conn()).await?;
-        members.insert(group.clone(), names.into_iter().map(parse_user).collect::<Result<BTreeSet<_>>>()?);
+        members.insert(group.clone(), crate::deployments::group_members(tx, group).await?);
     }
     Ok(GateRecords { change, reviews, authors, writers, groups: members, unrecorded_commits })
 }
@@ -868,6 +863,16 @@ impl Store {
                         .await?;
                     if done.rows_affected() != 1 {
                         return Err(StoreError::Conflict(format!("change {number} changed while merging; try again")));
+                    }
+                    // Who held which duty, for the releases this change goes into.
+                    let duties = records.authors.keys().map(|u| (u.as_str().to_owned(), "author"))
+                        .chain(report.approvers.iter().map(|u| (u.clone(), "reviewer")));
+                    for (user, duty) in duties {
+                        let sql = tx.sql(
+                            "INSERT INTO change_duties (change_id, user_name, duty) VALUES ($1, $2, $3) \
+                             ON CONFLICT (change_id, user_name, duty) DO NOTHING",
+                        );
+                        sqlx::query(&sql).bind(records.change.id).bind(user).bind(duty).execute(tx.conn()).await?;
                     }
                     // A new mainline commit is built; the build is queued in
                     // this transaction, so no merge can escape its build.

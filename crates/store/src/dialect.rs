@@ -23,6 +23,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "changes", include_str!("../migrations/sqlite/0003_changes.sql")),
     (4, "checks", include_str!("../migrations/sqlite/0004_checks.sql")),
     (6, "builds", include_str!("../migrations/sqlite/0006_builds.sql")),
+    (7, "deployments", include_str!("../migrations/sqlite/0007_deployments.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "people", include_str!("../migrations/postgres/0001_people.sql")),
@@ -30,6 +31,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "changes", include_str!("../migrations/postgres/0003_changes.sql")),
     (4, "checks", include_str!("../migrations/postgres/0004_checks.sql")),
     (6, "builds", include_str!("../migrations/postgres/0006_builds.sql")),
+    (7, "deployments", include_str!("../migrations/postgres/0007_deployments.sql")),
 ];
 
 /// The PostgreSQL advisory lock held by whoever appends to the audit log or

@@ -20,6 +20,7 @@ mod audit;
 mod builds;
 mod changes;
 mod checks;
+mod deployments;
 mod dialect;
 mod grants;
 mod groups;
@@ -40,6 +41,7 @@ pub use builds::{
 pub use changes::{AuthorReason, Authors, ChangeView, GateRecords, MergePlan, Published, ReviewView};
 pub use checks::{CheckOutcome, CheckRunView, LeasedCheck};
 pub use custody_domain::project::{Identity, PushedCommit};
+pub use deployments::{DecisionView, DeployContext, DeployDecision, DeploymentView};
 pub use dialect::Dialect;
 pub use grants::GrantView;
 pub use groups::{GroupView, MemberView};

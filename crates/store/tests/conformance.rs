@@ -997,6 +997,206 @@ async fn a_requeued_build_is_taken_by_the_next_worker(store: Store) {
     assert_eq!(store.build_attempts(&project, 1).await.unwrap(), ["stopping", "next"]);
 }
 
+// ---------------------------------------------------------------------------
+// Deployments: who may approve and sign off
+// ---------------------------------------------------------------------------
+
+/// alice's change, approved by bob and merged; its build succeeded with
+/// provenance. Returns root, alice, bob, carol (release manager), dave
+/// (tester), erin (release manager too), the project's access and the
+/// build's number.
+async fn released_build(store: &Store) -> (Authenticated, [Authenticated; 5], custody_store::ProjectAccess, i64) {
+    use custody_domain::project::{Identity, PushedCommit, RefUpdate, ZERO_ID};
+    let root = init_root(store).await;
+    let mut people = Vec::new();
+    for name in ["alice", "bob", "carol", "dave", "erin"] {
+        people.push(join(store, &ask_for_user(store, &root, name).await).await);
+    }
+    let project = custody_domain::ProjectName::parse("payments").unwrap();
+    store.create_project(&root, project.clone(), "main".into()).await.unwrap();
+    for name in ["alice", "bob", "carol", "dave", "erin"] {
+        store.request_project_member(&root, project.clone(), user(name), custody_domain::Role::Write).await.unwrap();
+    }
+    store.create_group(&root, group("release-managers")).await.unwrap();
+    store.create_group(&root, group("qa")).await.unwrap();
+    for (g, name) in [
+        ("release-managers", "carol"),
+        ("release-managers", "erin"),
+        ("release-managers", "bob"),
+        ("release-managers", "alice"),
+        ("qa", "dave"),
+        ("qa", "alice"),
+    ] {
+        store.request_membership(&root, group(g), user(name)).await.unwrap();
+    }
+    let alice_access = store.project_access(&people[0], &project).await.unwrap();
+    let head = "a".repeat(40);
+    let me = Identity { name: "Alice".into(), email: "alice@example.com".into(), user: None };
+    let commit = PushedCommit { sha: head.clone(), author: me.clone(), committer: me, co_authors: vec![] };
+    let update = RefUpdate { name: "refs/heads/feature".into(), old: ZERO_ID.into(), new: head.clone() };
+    store.record_push(&alice_access, &people[0], vec![update], vec![commit]).await.unwrap();
+    let change = store
+        .open_change(
+            &people[0],
+            &alice_access,
+            "feature".into(),
+            "main".into(),
+            "Refunds".into(),
+            String::new(),
+            head.clone(),
+        )
+        .await
+        .unwrap();
+    let bob_access = store.project_access(&people[1], &project).await.unwrap();
+    store
+        .review(&people[1], &bob_access, change.number, custody_domain::gate::Verdict::Approve, String::new(), None)
+        .await
+        .unwrap();
+    let plan = custody_store::MergePlan {
+        head: head.clone(),
+        evaluate: Box::new(|records: &custody_store::GateRecords| custody_domain::gate::GateReport {
+            open: true,
+            head: records.change.head.clone(),
+            approvers: vec!["bob".into()],
+            rules: vec![],
+        }),
+        publish: Box::new(|_, _| Ok(custody_store::Published { commit: "m".repeat(40), attestation: "{}".into() })),
+    };
+    store.merge_change(&people[0], &alice_access, change.number, vec![head], vec![], plan).await.unwrap();
+    let lease = store.lease_build("worker", 60_000).await.unwrap().expect("the merge queued a build");
+    assert_eq!(lease.commit, "m".repeat(40));
+    let outcome = custody_store::BuildOutcome {
+        status: "succeeded",
+        provenance: Some("{}".into()),
+        artifacts: vec![custody_store::NewArtifact { name: "app".into(), digest: "ab".repeat(32), size: 1 }],
+        ..Default::default()
+    };
+    store.finish_build(&lease, outcome).await.unwrap();
+    let people: [Authenticated; 5] = people.try_into().unwrap();
+    (root, people, alice_access, lease.number)
+}
+
+fn production(approvals: u32, testers: bool) -> custody_store::DeployContext {
+    custody_store::DeployContext {
+        environment: custody_domain::pipeline::Environment {
+            name: "production".into(),
+            deploy: Some("scripts/deploy.sh".into()),
+            after: None,
+            approvals,
+            approvers: Some(group("release-managers")),
+            testers: testers.then(|| group("qa")),
+            soak: None,
+            reviewers_may_approve: false,
+        },
+        changes: vec![1],
+    }
+}
+
+async fn decide(
+    store: &Store,
+    who: &Authenticated,
+    access: &custody_store::ProjectAccess,
+    number: i64,
+    what: custody_store::DeployDecision,
+) -> Result<(custody_store::DeploymentView, custody_domain::deploy::DeployReport), StoreError> {
+    store.decide_deployment(who, access, number, what, String::new(), production(1, true)).await
+}
+
+async fn only_independent_people_open_a_deployment_gate(store: Store) {
+    use custody_store::DeployDecision::{Approve, TestPassed};
+    let (_root, [alice, bob, carol, dave, erin], access, build) = released_build(&store).await;
+    let (pending, report) = store.request_deployment(&erin, &access, build, production(1, true), None).await.unwrap();
+    assert_eq!(pending.status, "pending");
+    assert_eq!(pending.requested_by.as_deref(), Some("erin"));
+    assert!(!report.open);
+    let n = pending.number;
+    // The author, the reviewer and the requester are refused, each by its rule.
+    assert_eq!(refused_rules(decide(&store, &alice, &access, n, Approve).await), ["deploy.approver_not_author"]);
+    assert_eq!(refused_rules(decide(&store, &bob, &access, n, Approve).await), ["deploy.approver_not_reviewer"]);
+    assert_eq!(refused_rules(decide(&store, &erin, &access, n, Approve).await), ["deploy.approver_not_requester"]);
+    assert_eq!(refused_rules(decide(&store, &dave, &access, n, Approve).await), ["deploy.approver_in_group"]);
+    assert_eq!(refused_rules(decide(&store, &alice, &access, n, TestPassed).await), ["deploy.tester_not_author"]);
+    assert_eq!(refused_rules(decide(&store, &carol, &access, n, TestPassed).await), ["deploy.tester_in_group"]);
+    // carol approves: the gate still waits for dave's sign-off.
+    let (approved, report) = decide(&store, &carol, &access, n, Approve).await.unwrap();
+    assert_eq!(approved.status, "pending");
+    assert_eq!(report.approvers, ["carol"]);
+    let failing: Vec<&str> = report.rules.iter().filter(|r| !r.passed).map(|r| r.rule.as_str()).collect();
+    assert_eq!(failing, ["deploy.test_sign_off"]);
+    let (queued, report) = decide(&store, &dave, &access, n, TestPassed).await.unwrap();
+    assert!(report.open, "{report:?}");
+    assert_eq!(queued.status, "queued");
+    assert_eq!(queued.decisions.len(), 2);
+    // Nothing more is decided once it left `pending`.
+    assert!(matches!(decide(&store, &erin, &access, n, Approve).await, Err(StoreError::Conflict(_))));
+    let events = all_events(&store).await;
+    let approvals: Vec<&AuditEvent> = events.iter().filter(|e| e.action == "deploy.approve").collect();
+    assert_eq!(approvals.len(), 1, "refused attempts write nothing");
+    assert_eq!(approvals[0].actor, "carol");
+}
+
+async fn a_rejected_deployment_never_runs_and_a_pending_one_can_be_cancelled(store: Store) {
+    use custody_store::DeployDecision::Reject;
+    let (_root, [_alice, _bob, carol, _dave, erin], access, build) = released_build(&store).await;
+    let (pending, _) = store.request_deployment(&erin, &access, build, production(1, false), None).await.unwrap();
+    // A second request for the same build and environment is one too many.
+    let again = store.request_deployment(&erin, &access, build, production(1, false), None).await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    let no_reason =
+        store.decide_deployment(&carol, &access, pending.number, Reject, " ".into(), production(1, false)).await;
+    assert!(matches!(no_reason, Err(StoreError::Invalid(_))), "{no_reason:?}");
+    let (rejected, _) = store
+        .decide_deployment(
+            &carol,
+            &access,
+            pending.number,
+            Reject,
+            "not during the freeze".into(),
+            production(1, false),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rejected.status, "rejected");
+    assert!(rejected.reason.as_deref().is_some_and(|r| r.contains("not during the freeze")));
+    let (next, _) = store.request_deployment(&erin, &access, build, production(1, false), None).await.unwrap();
+    let cancelled = store.cancel_deployment(&erin, &access, next.number, "wrong build".into()).await.unwrap();
+    assert_eq!(cancelled.status, "cancelled");
+    assert!(matches!(
+        store.cancel_deployment(&erin, &access, next.number, "again".into()).await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+async fn break_glass_still_needs_an_approver_other_than_the_requester(store: Store) {
+    use custody_store::DeployDecision::Approve;
+    let (_root, [_alice, _bob, carol, _dave, erin], access, build) = released_build(&store).await;
+    let context = || {
+        let mut c = production(0, true);
+        c.environment.approvals = 0;
+        c
+    };
+    let (pending, report) =
+        store.request_deployment(&erin, &access, build, context(), Some("payments are down".into())).await.unwrap();
+    assert_eq!(pending.status, "pending", "no approvals configured, yet break-glass waits for one: {report:?}");
+    assert_eq!(pending.break_glass.as_deref(), Some("payments are down"));
+    let (queued, report) =
+        store.decide_deployment(&carol, &access, pending.number, Approve, String::new(), context()).await.unwrap();
+    assert_eq!(queued.status, "queued", "{report:?}");
+    let events = all_events(&store).await;
+    assert!(events.iter().any(|e| e.action == "deploy.break_glass" && e.actor == "erin"));
+}
+
+async fn a_build_that_custody_did_not_merge_is_never_deployed(store: Store) {
+    let (_root, [_alice, _bob, _carol, _dave, erin], access, _) = released_build(&store).await;
+    let number = store.queue_build(&access.project, &"c".repeat(40), "main").await.unwrap();
+    let lease = store.lease_build("worker", 60_000).await.unwrap().expect("the build");
+    let outcome =
+        custody_store::BuildOutcome { status: "succeeded", provenance: Some("{}".into()), ..Default::default() };
+    store.finish_build(&lease, outcome).await.unwrap();
+    let refused = store.request_deployment(&erin, &access, number, production(1, false), None).await;
+    assert_eq!(refused_rules(refused), ["deploy.provenance"]);
+}
+
 conformance! {
     initialise_makes_an_admin_with_every_scope,
     initialising_twice_is_a_conflict_that_writes_nothing,
@@ -1033,4 +1233,8 @@ conformance! {
     a_build_whose_worker_vanished_is_taken_again_and_the_old_lease_is_void,
     a_build_abandoned_too_often_fails_with_the_reason,
     a_requeued_build_is_taken_by_the_next_worker,
+    only_independent_people_open_a_deployment_gate,
+    a_rejected_deployment_never_runs_and_a_pending_one_can_be_cancelled,
+    break_glass_still_needs_an_approver_other_than_the_requester,
+    a_build_that_custody_did_not_merge_is_never_deployed,
 }

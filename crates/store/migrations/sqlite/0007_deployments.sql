@@ -1,0 +1,38 @@
+-- Who held which duty for each merged change, recorded by the merge itself,
+-- and deployments of builds to environments with the decisions on them.
+
+CREATE TABLE change_duties (
+    change_id INTEGER NOT NULL REFERENCES changes(id),
+    user_name TEXT NOT NULL,
+    duty TEXT NOT NULL CHECK (duty IN ('author', 'reviewer')),
+    PRIMARY KEY (change_id, user_name, duty)
+);
+
+CREATE TABLE deployments (
+    id INTEGER PRIMARY KEY,
+    project_id INTEGER NOT NULL REFERENCES projects(id),
+    number INTEGER NOT NULL,
+    environment TEXT NOT NULL,
+    build_id INTEGER NOT NULL REFERENCES builds(id),
+    status TEXT NOT NULL CHECK (status IN ('pending', 'queued', 'running', 'succeeded', 'failed', 'cancelled', 'rejected')),
+    requested_by INTEGER REFERENCES users(id),
+    break_glass_reason TEXT,
+    reason TEXT,
+    created_at INTEGER NOT NULL,
+    queued_at INTEGER,
+    started_at INTEGER,
+    finished_at INTEGER,
+    UNIQUE (project_id, number)
+);
+CREATE INDEX deployments_environment ON deployments(project_id, environment, status);
+CREATE INDEX deployments_build ON deployments(build_id);
+
+CREATE TABLE deployment_decisions (
+    id INTEGER PRIMARY KEY,
+    deployment_id INTEGER NOT NULL REFERENCES deployments(id),
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    kind TEXT NOT NULL CHECK (kind IN ('approve', 'reject', 'test_passed', 'test_failed')),
+    message TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
+CREATE INDEX deployment_decisions_deployment ON deployment_decisions(deployment_id, id);

@@ -1,0 +1,593 @@
+//! Deployments of builds to environments, and the decisions people take on
+//! them: approvals, rejections and manual test sign-offs.
+//!
+//! Every decision is checked and the deployment gate evaluated inside the
+//! writer's transaction, from facts gathered in it: who held which duty in
+//! every change of the release (recorded by each merge), who asked for the
+//! deployment, who is in the environment's groups now. The environment's
+//! definition and the release's changes are read from git by the caller
+//! (the mainline tip's pipeline file; the merges between what is live and
+//! the candidate) and passed in.
+
+use std::collections::BTreeSet;
+
+use custody_domain::audit::NewEvent;
+use custody_domain::deploy::{self, DeployFacts, DeployReport, Previous, SignOff};
+use custody_domain::pipeline::Environment;
+use custody_domain::{Decision, GroupName, Reason, Rule, Timestamp, UserName};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::projects::ProjectAccess;
+use crate::writer::Tx;
+use crate::{col, now_ms, Authenticated, Result, Store, StoreError};
+
+/// A decision someone took on a deployment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeployDecision {
+    /// Approves it.
+    Approve,
+    /// Rejects it: it will not run.
+    Reject,
+    /// Signs off its manual tests as passed.
+    TestPassed,
+    /// Signs off its manual tests as failed.
+    TestFailed,
+}
+
+impl DeployDecision {
+    /// The decision's name, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeployDecision::Approve => "approve",
+            DeployDecision::Reject => "reject",
+            DeployDecision::TestPassed => "test_passed",
+            DeployDecision::TestFailed => "test_failed",
+        }
+    }
+}
+
+/// A decision as shown.
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DecisionView {
+    /// Who took it.
+    pub user: String,
+    /// `approve`, `reject`, `test_passed` or `test_failed`.
+    pub kind: String,
+    /// What they said.
+    pub message: String,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// A deployment as shown.
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeploymentView {
+    /// Its number in the project.
+    pub number: i64,
+    /// The project.
+    pub project: String,
+    /// Where it goes.
+    pub environment: String,
+    /// The build deployed.
+    pub build: i64,
+    /// The commit the build was made from.
+    pub commit: String,
+    /// `pending` (waiting for its gate), `queued`, `running`, `succeeded`,
+    /// `failed`, `cancelled` or `rejected`.
+    pub status: String,
+    /// Who asked for it; absent for an automatic promotion.
+    pub requested_by: Option<String>,
+    /// Why the requester broke the glass, when they did.
+    pub break_glass: Option<String>,
+    /// Why it failed, was cancelled or rejected.
+    pub reason: Option<String>,
+    /// When it was asked for.
+    pub created_at: Timestamp,
+    /// When its gate opened.
+    pub queued_at: Option<Timestamp>,
+    /// When it finished.
+    pub finished_at: Option<Timestamp>,
+    /// The decisions taken on it, in order.
+    pub decisions: Vec<DecisionView>,
+}
+
+/// What the caller read from git for a deployment's gate.
+#[derive(Clone, Debug)]
+pub struct DeployContext {
+    /// The environment, as the mainline tip's pipeline file defines it.
+    pub environment: Environment,
+    /// The numbers of the changes in the release: every change merged
+    /// between the commit live in the environment and the candidate.
+    pub changes: Vec<i64>,
+}
+
+const DEPLOYMENT_COLUMNS: &str = "d.id, d.number, p.name AS project, d.environment, b.number AS build, \
+     b.commit_sha, d.status, u.name AS requested_by, d.break_glass_reason, d.reason, d.created_at, d.queued_at, \
+     d.finished_at FROM deployments d JOIN projects p ON p.id = d.project_id JOIN builds b ON b.id = d.build_id \
+     LEFT JOIN users u ON u.id = d.requested_by";
+
+fn deployment_view(row: &sqlx::any::AnyRow) -> Result<DeploymentView> {
+    Ok(DeploymentView {
+        number: col(row, "number")?,
+        project: col(row, "project")?,
+        environment: col(row, "environment")?,
+        build: col(row, "build")?,
+        commit: col(row, "commit_sha")?,
+        status: col(row, "status")?,
+        requested_by: col(row, "requested_by")?,
+        break_glass: col(row, "break_glass_reason")?,
+        reason: col(row, "reason")?,
+        created_at: Timestamp::from_millis(col(row, "created_at")?),
+        queued_at: col::<Option<i64>>(row, "queued_at")?.map(Timestamp::from_millis),
+        finished_at: col::<Option<i64>>(row, "finished_at")?.map(Timestamp::from_millis),
+        decisions: Vec::new(),
+    })
+}
+
+fn parse_user(name: String) -> Result<UserName> {
+    UserName::parse(&name).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// The enabled members of a group.
+pub(crate) async fn group_members(tx: &mut Tx, group: &GroupName) -> Result<BTreeSet<UserName>> {
+    let sql = tx.sql(
+        "SELECT u.name FROM group_members m JOIN groups g ON g.id = m.group_id JOIN users u ON u.id = m.user_id \
+         WHERE g.name = $1 AND u.disabled_at IS NULL",
+    );
+    let names = sqlx::query_scalar::<_, String>(&sql).bind(group.as_str()).fetch_all(tx.conn()).await?;
+    names.into_iter().map(parse_user).collect()
+}
+
+/// One deployment with its decisions, read in the transaction.
+async fn load(tx: &mut Tx, project_id: i64, number: i64) -> Result<(i64, i64, DeploymentView)> {
+    let sql = tx.dialect().sql_owned(format!("SELECT {DEPLOYMENT_COLUMNS} WHERE d.project_id = $1 AND d.number = $2"));
+    let row = sqlx::query(&sql).bind(project_id).bind(number).fetch_optional(tx.conn()).await?;
+    let row = row.ok_or_else(|| StoreError::not_found("deployment", number))?;
+    let id: i64 = col(&row, "id")?;
+    let mut view = deployment_view(&row)?;
+    let sql = tx.sql(
+        "SELECT u.name, x.kind, x.message, x.at FROM deployment_decisions x JOIN users u ON u.id = x.user_id \
+         WHERE x.deployment_id = $1 ORDER BY x.id",
+    );
+    for row in sqlx::query(&sql).bind(id).fetch_all(tx.conn()).await? {
+        view.decisions.push(DecisionView {
+            user: col(&row, "name")?,
+            kind: col(&row, "kind")?,
+            message: col(&row, "message")?,
+            at: Timestamp::from_millis(col(&row, "at")?),
+        });
+    }
+    let build_id: i64 = sqlx::query_scalar(&tx.sql("SELECT build_id FROM deployments WHERE id = $1"))
+        .bind(id)
+        .fetch_one(tx.conn())
+        .await?;
+    Ok((id, build_id, view))
+}
+
+/// The facts of a deployment's gate, read in the transaction.
+struct Gathered {
+    provenance: std::result::Result<(), String>,
+    previous: Option<Previous>,
+    authors: BTreeSet<UserName>,
+    reviewers: BTreeSet<UserName>,
+    approvers: BTreeSet<UserName>,
+    testers: BTreeSet<UserName>,
+    requester: Option<UserName>,
+    approvals: Vec<UserName>,
+    rejections: Vec<UserName>,
+    sign_offs: Vec<SignOff>,
+    break_glass: bool,
+}
+
+impl Gathered {
+    fn facts<'a>(&'a self, environment: &'a Environment) -> DeployFacts<'a> {
+        DeployFacts {
+            environment,
+            provenance: self.provenance.clone(),
+            previous: self.previous.clone(),
+            authors: &self.authors,
+            reviewers: &self.reviewers,
+            requester: self.requester.as_ref(),
+            approvals: &self.approvals,
+            rejections: &self.rejections,
+            approvers: &self.approvers,
+            testers: &self.testers,
+            sign_offs: &self.sign_offs,
+            now_ms: now_ms(),
+            break_glass: self.break_glass,
+        }
+    }
+}
+
+async fn gather(
+    tx: &mut Tx,
+    project_id: i64,
+    build_id: i64,
+    view: &DeploymentView,
+    context: &DeployContext,
+) -> Result<Gathered> {
+    let env = &context.environment;
+    // Provenance: a successful, signed build of a commit custody merged.
+    let sql = tx.sql("SELECT status, provenance, change_number FROM builds WHERE id = $1");
+    let row = sqlx::query(&sql).bind(build_id).fetch_one(tx.conn()).await?;
+    let status: String = col(&row, "status")?;
+    let signed = col::<Option<String>>(&row, "provenance")?.is_some();
+    let merged: Option<i64> = col(&row, "change_number")?;
+    let provenance = if status != "succeeded" {
+        Err(format!("build {} {status}, so it has no artifacts to deploy", view.build))
+    } else if !signed {
+        Err(format!("build {} has no signed provenance", view.build))
+    } else if merged.is_none() {
+        Err(format!("build {} is not of a commit custody merged", view.build))
+    } else {
+        Ok(())
+    };
+    let previous = match &env.after {
+        Some(after) => {
+            let sql = tx.sql(
+                "SELECT MIN(finished_at) FROM deployments WHERE project_id = $1 AND environment = $2 \
+                 AND build_id = $3 AND status = 'succeeded'",
+            );
+            let since: Option<i64> =
+                sqlx::query_scalar(&sql).bind(project_id).bind(after).bind(build_id).fetch_one(tx.conn()).await?;
+            Some(Previous { environment: after.clone(), live_since_ms: since })
+        }
+        None => None,
+    };
+    let mut authors = BTreeSet::new();
+    let mut reviewers = BTreeSet::new();
+    for number in &context.changes {
+        let sql = tx.sql(
+            "SELECT d.user_name, d.duty FROM change_duties d JOIN changes c ON c.id = d.change_id \
+             WHERE c.project_id = $1 AND c.number = $2",
+        );
+        for row in sqlx::query(&sql).bind(project_id).bind(number).fetch_all(tx.conn()).await? {
+            let user = parse_user(col(&row, "user_name")?)?;
+            if col::<String>(&row, "duty")? == "author" {
+                authors.insert(user);
+            } else {
+                reviewers.insert(user);
+            }
+        }
+    }
+    let approvers = match &env.approvers {
+        Some(group) => group_members(tx, group).await?,
+        None => BTreeSet::new(),
+    };
+    let testers = match &env.testers {
+        Some(group) => group_members(tx, group).await?,
+        None => BTreeSet::new(),
+    };
+    let requester = view.requested_by.clone().map(parse_user).transpose()?;
+    let mut approvals = Vec::new();
+    let mut rejections = Vec::new();
+    let mut sign_offs = Vec::new();
+    for decision in &view.decisions {
+        let user = parse_user(decision.user.clone())?;
+        match decision.kind.as_str() {
+            "approve" => approvals.push(user),
+            "reject" => rejections.push(user),
+            "test_passed" => sign_offs.push(SignOff { tester: user, passed: true }),
+            _ => sign_offs.push(SignOff { tester: user, passed: false }),
+        }
+    }
+    Ok(Gathered {
+        provenance,
+        previous,
+        authors,
+        reviewers,
+        approvers,
+        testers,
+        requester,
+        approvals,
+        rejections,
+        sign_offs,
+        break_glass: view.break_glass.is_some(),
+    })
+}
+
+/// Evaluates a deployment's gate from the facts in the transaction.
+async fn evaluate(
+    tx: &mut Tx,
+    project_id: i64,
+    build_id: i64,
+    view: &DeploymentView,
+    context: &DeployContext,
+) -> Result<DeployReport> {
+    let gathered = gather(tx, project_id, build_id, view, context).await?;
+    Ok(deploy::evaluate(&gathered.facts(&context.environment)))
+}
+
+/// Queues a pending deployment whose gate opened.
+async fn open_if_ready(tx: &mut Tx, id: i64, report: &DeployReport) -> Result<bool> {
+    if !report.open {
+        return Ok(false);
+    }
+    let sql = tx.sql("UPDATE deployments SET status = 'queued', queued_at = $1 WHERE id = $2 AND status = 'pending'");
+    let done = sqlx::query(&sql).bind(now_ms()).bind(id).execute(tx.conn()).await?;
+    if done.rows_affected() == 1 {
+        tx.jobs_queued();
+    }
+    Ok(done.rows_affected() == 1)
+}
+
+fn require_member(access: &ProjectAccess, actor: &Authenticated, what: &str) -> Result<()> {
+    if access.role.is_some() && actor.has_scope(custody_domain::Scope::Write) {
+        return Ok(());
+    }
+    Err(StoreError::Refused(Decision::deny(
+        Reason::new(
+            Rule("deploy.project_member"),
+            format!(
+                "{} is not a member of {} with a token that may write, so cannot {what}",
+                actor.name, access.project
+            ),
+        )
+        .satisfy("a project member acts, with a token that has the write scope"),
+    )))
+}
+
+impl Store {
+    /// Asks for a deployment of build `build` to `context.environment`. It
+    /// waits as `pending` until its gate opens; a deployment whose gate is
+    /// open at once is queued. `break_glass` (a reason) skips soak and test
+    /// sign-off, never provenance or approvals.
+    pub async fn request_deployment(
+        &self,
+        actor: &Authenticated,
+        access: &ProjectAccess,
+        build: i64,
+        context: DeployContext,
+        break_glass: Option<String>,
+    ) -> Result<(DeploymentView, DeployReport)> {
+        require_member(access, actor, "ask for deployments")?;
+        let (actor, access) = (actor.clone(), access.clone());
+        self.write(move |tx| {
+            Box::pin(async move {
+                let sql = tx.sql("SELECT id FROM builds WHERE project_id = $1 AND number = $2");
+                let build_id: Option<i64> =
+                    sqlx::query_scalar(&sql).bind(access.project_id).bind(build).fetch_optional(tx.conn()).await?;
+                let build_id =
+                    build_id.ok_or_else(|| StoreError::not_found("build", format!("{}/{build}", access.project)))?;
+                let env = context.environment.name.clone();
+                let sql = tx.sql(
+                    "SELECT number FROM deployments WHERE project_id = $1 AND environment = $2 AND build_id = $3 \
+                     AND status IN ('pending', 'queued', 'running')",
+                );
+                let waiting: Option<i64> = sqlx::query_scalar(&sql)
+                    .bind(access.project_id)
+                    .bind(&env)
+                    .bind(build_id)
+                    .fetch_optional(tx.conn())
+                    .await?;
+                if let Some(waiting) = waiting {
+                    return Err(StoreError::Conflict(format!(
+                        "deployment {waiting} of build {build} to {env} is already waiting; approve or cancel it"
+                    )));
+                }
+                let number: i64 = sqlx::query_scalar(
+                    &tx.sql("SELECT COALESCE(MAX(number), 0) + 1 FROM deployments WHERE project_id = $1"),
+                )
+                .bind(access.project_id)
+                .fetch_one(tx.conn())
+                .await?;
+                let sql = tx.sql(
+                    "INSERT INTO deployments (project_id, number, environment, build_id, status, requested_by, \
+                     break_glass_reason, created_at) VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7)",
+                );
+                sqlx::query(&sql)
+                    .bind(access.project_id)
+                    .bind(number)
+                    .bind(&env)
+                    .bind(build_id)
+                    .bind(actor.user_id)
+                    .bind(&break_glass)
+                    .bind(now_ms())
+                    .execute(tx.conn())
+                    .await?;
+                let (id, build_id, view) = load(tx, access.project_id, number).await?;
+                let report = evaluate(tx, access.project_id, build_id, &view, &context).await?;
+                // Provenance is checked at once: a build that can never
+                // deploy is refused, not left waiting.
+                if let Some(rule) = report.rules.iter().find(|r| r.rule == "deploy.provenance" && !r.passed) {
+                    return Err(StoreError::Refused(Decision::deny(
+                        Reason::new(Rule("deploy.provenance"), rule.message.clone())
+                            .satisfy(rule.satisfy.clone().unwrap_or_default()),
+                    )));
+                }
+                tx.audit(NewEvent {
+                    actor: actor.name.to_string(),
+                    action: if break_glass.is_some() { "deploy.break_glass".into() } else { "deploy.request".into() },
+                    subject: format!("deployment:{}/{number}", access.project),
+                    details: json!({
+                        "environment": env,
+                        "build": build,
+                        "commit": view.commit,
+                        "release": context.changes,
+                        "break_glass": break_glass,
+                    }),
+                })
+                .await?;
+                open_if_ready(tx, id, &report).await?;
+                let (_, _, view) = load(tx, access.project_id, number).await?;
+                Ok((view, report))
+            })
+        })
+        .await
+    }
+
+    /// Records a person's decision on a pending deployment, if it is theirs
+    /// to take, and queues the deployment when its gate opens.
+    pub async fn decide_deployment(
+        &self,
+        actor: &Authenticated,
+        access: &ProjectAccess,
+        number: i64,
+        decision: DeployDecision,
+        message: String,
+        context: DeployContext,
+    ) -> Result<(DeploymentView, DeployReport)> {
+        if !actor.has_scope(custody_domain::Scope::Write) {
+            return Err(StoreError::Refused(Decision::deny(
+                Reason::new(Rule("deploy.token_scope"), "this token may only read")
+                    .satisfy("use a token with the write scope"),
+            )));
+        }
+        if decision == DeployDecision::Reject && message.trim().is_empty() {
+            return Err(StoreError::Invalid(custody_domain::InvalidInput::new(
+                "message",
+                "",
+                "say why the deployment is rejected",
+            )));
+        }
+        let (actor, access) = (actor.clone(), access.clone());
+        self.write(move |tx| {
+            Box::pin(async move {
+                let (id, build_id, view) = load(tx, access.project_id, number).await?;
+                if view.status != "pending" {
+                    return Err(StoreError::Conflict(format!(
+                        "deployment {number} is {}; decisions are taken only while it is pending",
+                        view.status
+                    )));
+                }
+                if view.environment != context.environment.name {
+                    return Err(StoreError::Conflict(format!(
+                        "deployment {number} goes to {}, not {}",
+                        view.environment, context.environment.name
+                    )));
+                }
+                // Whether this person may take this decision, by the same
+                // rules the gate applies.
+                let who = actor.name.clone();
+                let gathered = gather(tx, access.project_id, build_id, &view, &context).await?;
+                let facts = gathered.facts(&context.environment);
+                let refusal = match decision {
+                    DeployDecision::Approve | DeployDecision::Reject => deploy::approval_refusal(&facts, &who),
+                    DeployDecision::TestPassed | DeployDecision::TestFailed => deploy::sign_off_refusal(&facts, &who),
+                };
+                let report = deploy::evaluate(&facts);
+                if let Some(reason) = refusal {
+                    return Err(StoreError::Refused(Decision::deny(reason)));
+                }
+                let sql = tx.sql(
+                    "INSERT INTO deployment_decisions (deployment_id, user_id, kind, message, at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                );
+                sqlx::query(&sql)
+                    .bind(id)
+                    .bind(actor.user_id)
+                    .bind(decision.as_str())
+                    .bind(&message)
+                    .bind(now_ms())
+                    .execute(tx.conn())
+                    .await?;
+                tx.audit(NewEvent {
+                    actor: actor.name.to_string(),
+                    action: format!("deploy.{}", decision.as_str()),
+                    subject: format!("deployment:{}/{number}", access.project),
+                    details: json!({ "environment": view.environment, "build": view.build, "message": message }),
+                })
+                .await?;
+                if decision == DeployDecision::Reject {
+                    let sql = tx
+                        .sql("UPDATE deployments SET status = 'rejected', reason = $1, finished_at = $2 WHERE id = $3");
+                    sqlx::query(&sql)
+                        .bind(format!("rejected by {who}: {message}"))
+                        .bind(now_ms())
+                        .bind(id)
+                        .execute(tx.conn())
+                        .await?;
+                }
+                let (_, _, view) = load(tx, access.project_id, number).await?;
+                let report = if decision == DeployDecision::Reject {
+                    report
+                } else {
+                    let report = evaluate(tx, access.project_id, build_id, &view, &context).await?;
+                    open_if_ready(tx, id, &report).await?;
+                    report
+                };
+                let (_, _, view) = load(tx, access.project_id, number).await?;
+                Ok((view, report))
+            })
+        })
+        .await
+    }
+
+    /// A deployment's gate as it stands.
+    pub async fn deployment_gate(
+        &self,
+        access: &ProjectAccess,
+        number: i64,
+        context: DeployContext,
+    ) -> Result<(DeploymentView, DeployReport)> {
+        let access = access.clone();
+        self.write(move |tx| {
+            Box::pin(async move {
+                let (_, build_id, view) = load(tx, access.project_id, number).await?;
+                let report = evaluate(tx, access.project_id, build_id, &view, &context).await?;
+                Ok((view, report))
+            })
+        })
+        .await
+    }
+
+    /// Cancels a deployment that has not started.
+    pub async fn cancel_deployment(
+        &self,
+        actor: &Authenticated,
+        access: &ProjectAccess,
+        number: i64,
+        why: String,
+    ) -> Result<DeploymentView> {
+        require_member(access, actor, "cancel deployments")?;
+        let (actor, access) = (actor.clone(), access.clone());
+        self.write(move |tx| {
+            Box::pin(async move {
+                let (id, _, view) = load(tx, access.project_id, number).await?;
+                let sql = tx.sql(
+                    "UPDATE deployments SET status = 'cancelled', reason = $1, finished_at = $2 \
+                     WHERE id = $3 AND status IN ('pending', 'queued')",
+                );
+                let reason = format!("cancelled by {}: {why}", actor.name);
+                let done = sqlx::query(&sql).bind(&reason).bind(now_ms()).bind(id).execute(tx.conn()).await?;
+                if done.rows_affected() != 1 {
+                    return Err(StoreError::Conflict(format!(
+                        "deployment {number} is {}; only a pending or queued one can be cancelled",
+                        view.status
+                    )));
+                }
+                tx.audit(NewEvent {
+                    actor: actor.name.to_string(),
+                    action: "deploy.cancel".into(),
+                    subject: format!("deployment:{}/{number}", access.project),
+                    details: json!({ "environment": view.environment, "build": view.build, "reason": why }),
+                })
+                .await?;
+                Ok(load(tx, access.project_id, number).await?.2)
+            })
+        })
+        .await
+    }
+
+    /// A project's deployments, newest first; only those to `environment`
+    /// when given.
+    pub async fn list_deployments(
+        &self,
+        access: &ProjectAccess,
+        environment: Option<&str>,
+    ) -> Result<Vec<DeploymentView>> {
+        let sql = self.inner.dialect.sql_owned(format!(
+            "SELECT {DEPLOYMENT_COLUMNS} WHERE d.project_id = $1 AND ($2 = '' OR d.environment = $2) \
+             ORDER BY d.number DESC LIMIT 500"
+        ));
+        let rows = sqlx::query(&sql)
+            .bind(access.project_id)
+            .bind(environment.unwrap_or_default())
+            .fetch_all(self.readers())
+            .await?;
+        rows.iter().map(deployment_view).collect()
+    }
+}
