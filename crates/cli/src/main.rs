@@ -10,6 +10,7 @@ mod change;
 mod client;
 mod commands;
 mod config;
+mod deploy;
 mod hook;
 mod project;
 mod serve;
@@ -71,6 +72,12 @@ enum Command {
     /// The artifact repository (read-only: only the builder stores artifacts).
     #[command(subcommand)]
     Artifact(build::ArtifactCommand),
+    /// Environments: their gates and what is live.
+    #[command(subcommand)]
+    Env(deploy::EnvCommand),
+    /// Deployments: ask, approve, reject, sign off tests, cancel.
+    #[command(subcommand)]
+    Deploy(deploy::DeployCommand),
     /// Run builds in a separate process.
     Worker(serve::WorkerArgs),
     /// Run by git during a push; not for people.
@@ -169,5 +176,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Build(command) => build::build(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Artifact(command) => build::artifact(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Worker(args) => serve::worker(args).await,
+        Command::Env(command) => deploy::env(&client::Client::from_env(cli.server)?, command, out).await,
+        Command::Deploy(command) => deploy::deploy(&client::Client::from_env(cli.server)?, command, out).await,
     }
 }

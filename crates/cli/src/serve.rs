@@ -175,6 +175,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let store = instance.store.clone();
     let blobs = open_blobs(blob_store.as_deref(), &data_dir)?;
     let builder = builder(&instance, &data_dir, blobs.clone())?;
+    let deployer = deployer(&builder, &instance)?;
+    let deployers = builders > 0;
     let state = AppState::new(instance.store, instance.name, Limits::default(), repositories, blobs, instance.keys);
     if let Some(public) = &public_url {
         state.hosting().set_public_url(public);
@@ -190,8 +192,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         until_stopped(stopped.clone()),
     ));
     let merger = tokio::spawn(custody_server::changes::auto_merge(state.clone(), until_stopped(stopped.clone())));
-    let builders: Vec<_> =
+    let mut builders: Vec<_> =
         (0..builders).map(|_| tokio::spawn(builder.clone().run(until_stopped(stopped.clone())))).collect();
+    if deployers {
+        builders.push(tokio::spawn(deployer.run(until_stopped(stopped.clone()))));
+    }
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop.send(true);
@@ -237,6 +242,24 @@ fn builder(
     })
 }
 
+fn deployer(
+    builder: &custody_runner::builds::Builder,
+    instance: &instance::Instance,
+) -> Result<custody_runner::deploys::Deployer, Failure> {
+    let key = instance
+        .keys
+        .iter()
+        .find(|k| k.role() == custody_formats::KeyRole::Deployer)
+        .ok_or_else(|| Failure::input("the data directory holds no deployer key"))?;
+    Ok(custody_runner::deploys::Deployer {
+        store: builder.store.clone(),
+        repositories: builder.repositories.clone(),
+        blobs: builder.blobs.clone(),
+        key: std::sync::Arc::new(key.clone_key()),
+        worker: format!("{}/deployer", builder.worker),
+    })
+}
+
 /// `custody worker`: runs builds in a process of its own, beside (or
 /// instead of) the server's own builders, until Ctrl-C or SIGTERM.
 pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
@@ -264,6 +287,11 @@ pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
             let _ = stopped.wait_for(|stop| *stop).await;
         })));
     }
+    let deployer = deployer(&builder, &instance)?;
+    let mut stopped_deployer = stopped.clone();
+    tasks.push(tokio::spawn(deployer.run(async move {
+        let _ = stopped_deployer.wait_for(|stop| *stop).await;
+    })));
     shutdown_signal().await;
     let _ = stop.send(true);
     for task in tasks {

@@ -336,9 +336,116 @@ fn two_workers_on_postgres_run_each_of_200_builds_exactly_once() {
     runtime.block_on(store.close());
 }
 
+/// A deploy script that shows what it was given.
+const DEPLOY_SCRIPT: &str = "#!/bin/sh\nset -e\necho deploying to $CUSTODY_ENVIRONMENT build $CUSTODY_BUILD\nsha256sum $CUSTODY_ARTIFACTS_DIR/dist/app.tar.gz\n";
+
+/// Two environments: staging deploys after every build, production after
+/// staging with an approval from release-managers.
+fn pipeline_with_environments() -> String {
+    format!(
+        "{}\n[[environment]]\nname = \"staging\"\ndeploy = \"scripts/deploy.sh\"\n\n[[environment]]\nname = \"production\"\n\
+         after = \"staging\"\ndeploy = \"scripts/deploy.sh\"\napprovals = 1\napprovers = \"release-managers\"\n",
+        pipeline("scripts/build.sh", "[\"dist/*.tar.gz\"]")
+    )
+}
+
+/// Waits (up to 60 s) for deployment `number` to reach a status in `wanted`.
+#[track_caller]
+fn deployment_reaching(hosted: &Hosted, number: i64, wanted: &[&str]) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..600 {
+        let shown = custody(hosted, &["deploy", "show", PROJECT, &number.to_string(), "--json"]);
+        if shown.code() == Some(0) {
+            last = shown.json();
+            if wanted.iter().any(|w| last["status"] == *w) {
+                return last;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("deployment {number} never reached {wanted:?}: {last}")
+}
+
+fn staging_deploys_itself_and_production_waits_for_an_independent_approver(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    hosted.as_admin(&["group", "create", "release-managers"]).expect_code(0);
+    for member in ["carol", "bob", "alice"] {
+        hosted.as_admin(&["group", "add", "release-managers", member]).expect_code(0);
+    }
+    let policy = pipeline_with_environments();
+    let (work, _) = seed_with(
+        &hosted,
+        &[
+            (PIPELINE, &policy, false),
+            ("scripts/build.sh", BUILD_SCRIPT, true),
+            ("scripts/deploy.sh", DEPLOY_SCRIPT, true),
+            ("src/app.txt", "version 1\n", false),
+        ],
+        "feature",
+    );
+    merge_a_change(&hosted, &work);
+    let build = finished_build(&hosted, 1);
+    assert_eq!(build["status"], "succeeded", "{build}");
+    let digest = build["artifacts"][0]["digest"].as_str().expect("a digest").to_owned();
+
+    // Staging has no gate: the build goes there on its own, then waits for production.
+    let staging = deployment_reaching(&hosted, 1, &["succeeded", "failed"]);
+    assert_eq!(staging["status"], "succeeded", "{staging}");
+    assert_eq!(staging["environment"], "staging");
+    assert_eq!(staging["requested_by"], Value::Null, "an automatic promotion");
+    let log = custody(&hosted, &["deploy", "log", PROJECT, "1"]).expect_code(0).stdout;
+    assert!(log.contains("deploying to staging build 1"), "{log}");
+    assert!(log.contains(&digest), "the verified artifact was there: {log}");
+    let production = deployment_reaching(&hosted, 2, &["pending"]);
+    assert_eq!(production["environment"], "production", "{production}");
+
+    // alice wrote the change and bob reviewed it: neither may approve.
+    let refused = custody(&hosted, &["deploy", "approve", PROJECT, "2", "--json"]);
+    assert_eq!(refused.code(), Some(1), "{refused:#?}");
+    assert_eq!(refused.json_error()["error"]["reasons"][0]["rule"], "deploy.approver_not_author", "{refused:#?}");
+    let refused = hosted.run_as("bob", &["deploy", "approve", PROJECT, "2", "--json"]);
+    assert_eq!(refused.json_error()["error"]["reasons"][0]["rule"], "deploy.approver_not_reviewer", "{refused:#?}");
+    let gate = custody(&hosted, &["deploy", "gate", PROJECT, "2", "--json"]);
+    assert_eq!(gate.code(), Some(1), "a closed gate exits 1: {gate:#?}");
+
+    // carol did neither: her approval opens the gate and the deployer runs.
+    let approved = hosted.run_as("carol", &["deploy", "approve", PROJECT, "2", "-m", "ship it", "--json"]).json();
+    assert_eq!(approved["gate"]["open"], true, "{approved}");
+    let production = deployment_reaching(&hosted, 2, &["succeeded", "failed"]);
+    assert_eq!(production["status"], "succeeded", "{production}");
+    let shown = custody(&hosted, &["env", "show", PROJECT, "production", "--json"]).json();
+    assert_eq!(shown["live"]["build"], 1, "{shown}");
+
+    // The deployer's attestation verifies with an implementation that is not custody's.
+    let envelope = custody(&hosted, &["deploy", "attestation", PROJECT, "2", "--json"]).json();
+    let file = hosted.sandbox.path("deployment.json");
+    std::fs::write(&file, envelope.to_string()).expect("write the envelope");
+    let key = support::builds::service_key(&hosted, "deployer");
+    if let Some(output) = python(VERIFY_PROVENANCE, &[file.to_str().expect("UTF-8"), key.to_str().expect("UTF-8")]) {
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let statement: Value = serde_json::from_slice(&output.stdout).expect("the statement");
+        assert_eq!(statement["predicateType"], "https://custody.dev/attestation/deployment/v1", "{statement}");
+        assert_eq!(statement["subject"][0]["digest"]["sha256"], digest.as_str(), "{statement}");
+        let predicate = &statement["predicate"];
+        assert_eq!(predicate["environment"], "production", "{statement}");
+        assert_eq!(predicate["approvers"], serde_json::json!(["carol"]), "{statement}");
+        assert_eq!(predicate["previous_deployment"], Value::Null, "{statement}");
+        assert_eq!(predicate["result"], "succeeded", "{statement}");
+        // The builder's key is not the deployer's: the envelope does not verify with it.
+        let wrong = builder_key(&hosted);
+        let output = python(VERIFY_PROVENANCE, &[file.to_str().expect("UTF-8"), wrong.to_str().expect("UTF-8")])
+            .expect("python ran before");
+        assert!(!output.status.success(), "a deployment attestation verified with the builder key");
+    }
+    let approvals = hosted.audit_events("deploy.approve");
+    assert_eq!(approvals.len(), 1, "refused approvals write nothing: {approvals:?}");
+    assert_eq!(approvals[0]["actor"], "carol");
+}
+
 on_both_backends! {
     merged_commit_is_built_into_a_signed_artifact,
     a_change_merged_elsewhere_is_not_built,
     a_failing_build_says_why_and_stores_nothing,
     a_running_builds_log_streams_and_a_timeout_kills_it,
+    staging_deploys_itself_and_production_waits_for_an_independent_approver,
 }

@@ -87,8 +87,20 @@ impl Builder {
                     };
                     let Some(outcome) = outcome else { continue };
                     tracing::info!(project = %lease.project, build = lease.number, status = outcome.status, "build finished");
+                    let succeeded = outcome.status == "succeeded";
                     if let Err(error) = self.store.finish_build(&lease, outcome).await {
                         tracing::error!(%error, build = lease.number, "recording a build");
+                    } else if succeeded {
+                        // The environments that follow none get the build.
+                        crate::deploys::promote(
+                            &self.store,
+                            &self.repositories,
+                            &lease.project,
+                            lease.number,
+                            &lease.commit,
+                            None,
+                        )
+                        .await;
                     }
                 }
                 Ok(None) => {

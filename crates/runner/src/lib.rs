@@ -9,6 +9,7 @@
 
 pub mod builds;
 pub mod checks;
+pub mod deploys;
 pub mod sandbox;
 
 use std::path::Path;

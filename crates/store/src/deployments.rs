@@ -11,7 +11,7 @@
 
 use std::collections::BTreeSet;
 
-use custody_domain::audit::NewEvent;
+use custody_domain::audit::{NewEvent, SYSTEM_ACTOR};
 use custody_domain::deploy::{self, DeployFacts, DeployReport, Previous, SignOff};
 use custody_domain::pipeline::Environment;
 use custody_domain::{Decision, GroupName, Reason, Rule, Timestamp, UserName};
@@ -330,6 +330,82 @@ fn require_member(access: &ProjectAccess, actor: &Authenticated, what: &str) -> 
     )))
 }
 
+/// Makes a pending deployment, evaluates its gate and queues it if open.
+async fn request(
+    tx: &mut Tx,
+    requester: Option<(i64, String)>,
+    project_id: i64,
+    project: String,
+    build: i64,
+    context: DeployContext,
+    break_glass: Option<String>,
+) -> Result<(DeploymentView, DeployReport)> {
+    let sql = tx.sql("SELECT id FROM builds WHERE project_id = $1 AND number = $2");
+    let build_id: Option<i64> = sqlx::query_scalar(&sql).bind(project_id).bind(build).fetch_optional(tx.conn()).await?;
+    let build_id = build_id.ok_or_else(|| StoreError::not_found("build", format!("{}/{build}", project)))?;
+    let env = context.environment.name.clone();
+    let sql = tx.sql(
+        "SELECT number FROM deployments WHERE project_id = $1 AND environment = $2 AND build_id = $3 \
+         AND status IN ('pending', 'queued', 'running')",
+    );
+    let waiting: Option<i64> =
+        sqlx::query_scalar(&sql).bind(project_id).bind(&env).bind(build_id).fetch_optional(tx.conn()).await?;
+    if let Some(waiting) = waiting {
+        return Err(StoreError::Conflict(format!(
+            "deployment {waiting} of build {build} to {env} is already waiting; approve or cancel it"
+        )));
+    }
+    let number: i64 =
+        sqlx::query_scalar(&tx.sql("SELECT COALESCE(MAX(number), 0) + 1 FROM deployments WHERE project_id = $1"))
+            .bind(project_id)
+            .fetch_one(tx.conn())
+            .await?;
+    let sql = tx.sql(
+        "INSERT INTO deployments (project_id, number, environment, build_id, status, requested_by, \
+         break_glass_reason, created_at) VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7)",
+    );
+    sqlx::query(&sql)
+        .bind(project_id)
+        .bind(number)
+        .bind(&env)
+        .bind(build_id)
+        .bind(requester.as_ref().map(|(id, _)| *id))
+        .bind(&break_glass)
+        .bind(now_ms())
+        .execute(tx.conn())
+        .await?;
+    let (id, build_id, view) = load(tx, project_id, number).await?;
+    let report = evaluate(tx, project_id, build_id, &view, &context).await?;
+    // Provenance is checked at once: a build that can never
+    // deploy is refused, not left waiting.
+    if let Some(rule) = report.rules.iter().find(|r| r.rule == "deploy.provenance" && !r.passed) {
+        return Err(StoreError::Refused(Decision::deny(
+            Reason::new(Rule("deploy.provenance"), rule.message.clone())
+                .satisfy(rule.satisfy.clone().unwrap_or_default()),
+        )));
+    }
+    tx.audit(NewEvent {
+        actor: requester.as_ref().map(|(_, name)| name.clone()).unwrap_or_else(|| SYSTEM_ACTOR.to_owned()),
+        action: match (&requester, &break_glass) {
+            (None, _) => "deploy.promote".into(),
+            (Some(_), Some(_)) => "deploy.break_glass".into(),
+            (Some(_), None) => "deploy.request".into(),
+        },
+        subject: format!("deployment:{}/{number}", project),
+        details: json!({
+            "environment": env,
+            "build": build,
+            "commit": view.commit,
+            "release": context.changes,
+            "break_glass": break_glass,
+        }),
+    })
+    .await?;
+    open_if_ready(tx, id, &report).await?;
+    let (_, _, view) = load(tx, project_id, number).await?;
+    Ok((view, report))
+}
+
 impl Store {
     /// Asks for a deployment of build `build` to `context.environment`. It
     /// waits as `pending` until its gate opens; a deployment whose gate is
@@ -344,76 +420,37 @@ impl Store {
         break_glass: Option<String>,
     ) -> Result<(DeploymentView, DeployReport)> {
         require_member(access, actor, "ask for deployments")?;
-        let (actor, access) = (actor.clone(), access.clone());
+        let requester = Some((actor.user_id, actor.name.to_string()));
+        let (project_id, project) = (access.project_id, access.project.to_string());
+        self.write(move |tx| {
+            Box::pin(async move { request(tx, requester, project_id, project, build, context, break_glass).await })
+        })
+        .await
+    }
+
+    /// Promotes a build to an environment on custody's own account: after a
+    /// build, to the environments that follow none; after a deployment, to
+    /// those that follow it. `None` when one is waiting already.
+    pub async fn promote(
+        &self,
+        project: &custody_domain::ProjectName,
+        build: i64,
+        context: DeployContext,
+    ) -> Result<Option<(DeploymentView, DeployReport)>> {
+        let project = project.to_string();
         self.write(move |tx| {
             Box::pin(async move {
-                let sql = tx.sql("SELECT id FROM builds WHERE project_id = $1 AND number = $2");
-                let build_id: Option<i64> =
-                    sqlx::query_scalar(&sql).bind(access.project_id).bind(build).fetch_optional(tx.conn()).await?;
-                let build_id =
-                    build_id.ok_or_else(|| StoreError::not_found("build", format!("{}/{build}", access.project)))?;
-                let env = context.environment.name.clone();
-                let sql = tx.sql(
-                    "SELECT number FROM deployments WHERE project_id = $1 AND environment = $2 AND build_id = $3 \
-                     AND status IN ('pending', 'queued', 'running')",
-                );
-                let waiting: Option<i64> = sqlx::query_scalar(&sql)
-                    .bind(access.project_id)
-                    .bind(&env)
-                    .bind(build_id)
+                let sql = tx.sql("SELECT id FROM projects WHERE name = $1");
+                let project_id: i64 = sqlx::query_scalar(&sql)
+                    .bind(&project)
                     .fetch_optional(tx.conn())
-                    .await?;
-                if let Some(waiting) = waiting {
-                    return Err(StoreError::Conflict(format!(
-                        "deployment {waiting} of build {build} to {env} is already waiting; approve or cancel it"
-                    )));
+                    .await?
+                    .ok_or_else(|| StoreError::not_found("project", &project))?;
+                match request(tx, None, project_id, project, build, context, None).await {
+                    Ok(made) => Ok(Some(made)),
+                    Err(StoreError::Conflict(_)) => Ok(None),
+                    Err(other) => Err(other),
                 }
-                let number: i64 = sqlx::query_scalar(
-                    &tx.sql("SELECT COALESCE(MAX(number), 0) + 1 FROM deployments WHERE project_id = $1"),
-                )
-                .bind(access.project_id)
-                .fetch_one(tx.conn())
-                .await?;
-                let sql = tx.sql(
-                    "INSERT INTO deployments (project_id, number, environment, build_id, status, requested_by, \
-                     break_glass_reason, created_at) VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7)",
-                );
-                sqlx::query(&sql)
-                    .bind(access.project_id)
-                    .bind(number)
-                    .bind(&env)
-                    .bind(build_id)
-                    .bind(actor.user_id)
-                    .bind(&break_glass)
-                    .bind(now_ms())
-                    .execute(tx.conn())
-                    .await?;
-                let (id, build_id, view) = load(tx, access.project_id, number).await?;
-                let report = evaluate(tx, access.project_id, build_id, &view, &context).await?;
-                // Provenance is checked at once: a build that can never
-                // deploy is refused, not left waiting.
-                if let Some(rule) = report.rules.iter().find(|r| r.rule == "deploy.provenance" && !r.passed) {
-                    return Err(StoreError::Refused(Decision::deny(
-                        Reason::new(Rule("deploy.provenance"), rule.message.clone())
-                            .satisfy(rule.satisfy.clone().unwrap_or_default()),
-                    )));
-                }
-                tx.audit(NewEvent {
-                    actor: actor.name.to_string(),
-                    action: if break_glass.is_some() { "deploy.break_glass".into() } else { "deploy.request".into() },
-                    subject: format!("deployment:{}/{number}", access.project),
-                    details: json!({
-                        "environment": env,
-                        "build": build,
-                        "commit": view.commit,
-                        "release": context.changes,
-                        "break_glass": break_glass,
-                    }),
-                })
-                .await?;
-                open_if_ready(tx, id, &report).await?;
-                let (_, _, view) = load(tx, access.project_id, number).await?;
-                Ok((view, report))
             })
         })
         .await
@@ -589,5 +626,269 @@ impl Store {
             .fetch_all(self.readers())
             .await?;
         rows.iter().map(deployment_view).collect()
+    }
+}
+
+/// A deployment a deployer has leased.
+#[derive(Clone, Debug)]
+pub struct LeasedDeployment {
+    /// Its row id.
+    pub id: i64,
+    /// The project.
+    pub project: String,
+    /// Its number.
+    pub number: i64,
+    /// Where it goes.
+    pub environment: String,
+    /// The build deployed.
+    pub build: i64,
+    /// The build's commit.
+    pub commit: String,
+    /// The build's artifacts: name and sha256.
+    pub artifacts: Vec<(String, String)>,
+    /// Who asked for it.
+    pub requested_by: Option<String>,
+    /// Who approved it.
+    pub approvers: Vec<String>,
+    /// Who signed off its tests as passed.
+    pub testers: Vec<String>,
+    /// The deployment live in the environment before it.
+    pub previous: Option<i64>,
+    /// The break-glass reason, when the glass was broken.
+    pub break_glass: Option<String>,
+    /// The deployer holding it.
+    pub worker: String,
+    /// When it started.
+    pub started_at: i64,
+}
+
+/// How a deployment ended.
+#[derive(Clone, Debug, Default)]
+pub struct DeployOutcome {
+    /// `succeeded` or `failed`.
+    pub status: &'static str,
+    /// Why it failed.
+    pub reason: Option<String>,
+    /// The deploy script's exit code.
+    pub exit_code: Option<i64>,
+    /// Its output (secrets redacted).
+    pub log: String,
+    /// The signed deployment attestation.
+    pub attestation: Option<String>,
+}
+
+impl Store {
+    /// Takes the oldest queued deployment to an environment where nothing
+    /// is running. A deployment whose deployer vanished is never run again
+    /// on its own (a deploy script need not be safe to repeat): it fails,
+    /// saying so.
+    pub async fn lease_deployment(&self, worker: &str, lease_ms: i64) -> Result<Option<LeasedDeployment>> {
+        let worker = worker.to_owned();
+        self.write(move |tx| {
+            Box::pin(async move {
+                let now = now_ms();
+                let sql = tx.sql(
+                    "SELECT d.id, d.number, p.name AS project, d.worker FROM deployments d \
+                     JOIN projects p ON p.id = d.project_id WHERE d.status = 'running' AND d.lease_until < $1",
+                );
+                for row in sqlx::query(&sql).bind(now).fetch_all(tx.conn()).await? {
+                    let (id, number, project): (i64, i64, String) =
+                        (col(&row, "id")?, col(&row, "number")?, col(&row, "project")?);
+                    let reason = format!(
+                        "the deployer running it ({}) stopped answering; a deployment is never repeated on its own: \
+                         check the environment, then request the deployment again",
+                        col::<Option<String>>(&row, "worker")?.unwrap_or_default()
+                    );
+                    let sql = tx.sql(
+                        "UPDATE deployments SET status = 'failed', reason = $1, finished_at = $2, lease_until = NULL \
+                         WHERE id = $3",
+                    );
+                    sqlx::query(&sql).bind(&reason).bind(now).bind(id).execute(tx.conn()).await?;
+                    tx.audit(NewEvent {
+                        actor: SYSTEM_ACTOR.into(),
+                        action: "deploy.finish".into(),
+                        subject: format!("deployment:{project}/{number}"),
+                        details: json!({ "status": "failed", "reason": reason }),
+                    })
+                    .await?;
+                }
+                let sql = tx.sql(
+                    "SELECT d.id, d.project_id, d.number, p.name AS project, d.environment, b.number AS build, \
+                     b.id AS build_id, b.commit_sha, u.name AS requested_by, d.break_glass_reason FROM deployments d \
+                     JOIN projects p ON p.id = d.project_id JOIN builds b ON b.id = d.build_id \
+                     LEFT JOIN users u ON u.id = d.requested_by \
+                     WHERE d.status = 'queued' AND NOT EXISTS (SELECT 1 FROM deployments r \
+                       WHERE r.project_id = d.project_id AND r.environment = d.environment AND r.status = 'running') \
+                     ORDER BY d.id LIMIT 1",
+                );
+                let Some(row) = sqlx::query(&sql).fetch_optional(tx.conn()).await? else { return Ok(None) };
+                let id: i64 = col(&row, "id")?;
+                let project_id: i64 = col(&row, "project_id")?;
+                let environment: String = col(&row, "environment")?;
+                let sql = tx.sql(
+                    "UPDATE deployments SET status = 'running', worker = $1, lease_until = $2, started_at = $3, \
+                     attempt = attempt + 1 WHERE id = $4 AND status = 'queued'",
+                );
+                sqlx::query(&sql).bind(&worker).bind(now + lease_ms).bind(now).bind(id).execute(tx.conn()).await?;
+                let sql = tx.sql("SELECT name, digest FROM artifacts WHERE build_id = $1 ORDER BY name");
+                let artifacts = sqlx::query(&sql)
+                    .bind(col::<i64>(&row, "build_id")?)
+                    .fetch_all(tx.conn())
+                    .await?
+                    .iter()
+                    .map(|r| Ok((col(r, "name")?, col(r, "digest")?)))
+                    .collect::<Result<Vec<(String, String)>>>()?;
+                let sql = tx.sql(
+                    "SELECT u.name, x.kind FROM deployment_decisions x JOIN users u ON u.id = x.user_id \
+                     WHERE x.deployment_id = $1 ORDER BY x.id",
+                );
+                let (mut approvers, mut testers) = (Vec::new(), Vec::new());
+                for r in sqlx::query(&sql).bind(id).fetch_all(tx.conn()).await? {
+                    let name: String = col(&r, "name")?;
+                    match col::<String>(&r, "kind")?.as_str() {
+                        "approve" => approvers.push(name),
+                        "test_passed" => testers.push(name),
+                        _ => {}
+                    }
+                }
+                let sql = tx.sql(
+                    "SELECT MAX(number) FROM deployments WHERE project_id = $1 AND environment = $2 \
+                     AND status = 'succeeded'",
+                );
+                let previous: Option<i64> =
+                    sqlx::query_scalar(&sql).bind(project_id).bind(&environment).fetch_one(tx.conn()).await?;
+                let lease = LeasedDeployment {
+                    id,
+                    project: col(&row, "project")?,
+                    number: col(&row, "number")?,
+                    environment,
+                    build: col(&row, "build")?,
+                    commit: col(&row, "commit_sha")?,
+                    artifacts,
+                    requested_by: col(&row, "requested_by")?,
+                    approvers,
+                    testers,
+                    previous,
+                    break_glass: col(&row, "break_glass_reason")?,
+                    worker: worker.clone(),
+                    started_at: now,
+                };
+                tx.audit(NewEvent {
+                    actor: SYSTEM_ACTOR.into(),
+                    action: "deploy.start".into(),
+                    subject: format!("deployment:{}/{}", lease.project, lease.number),
+                    details: json!({ "environment": lease.environment, "build": lease.build, "worker": worker }),
+                })
+                .await?;
+                Ok(Some(lease))
+            })
+        })
+        .await
+    }
+
+    /// Records how a deployment ended, if the deployer still holds it.
+    pub async fn finish_deployment(&self, lease: &LeasedDeployment, outcome: DeployOutcome) -> Result<()> {
+        let lease = lease.clone();
+        self.write(move |tx| {
+            Box::pin(async move {
+                let sql = tx.sql(
+                    "UPDATE deployments SET status = $1, reason = $2, exit_code = $3, log = $4, attestation = $5, \
+                     finished_at = $6, lease_until = NULL WHERE id = $7 AND status = 'running' AND worker = $8",
+                );
+                let done = sqlx::query(&sql)
+                    .bind(outcome.status)
+                    .bind(&outcome.reason)
+                    .bind(outcome.exit_code)
+                    .bind(&outcome.log)
+                    .bind(&outcome.attestation)
+                    .bind(now_ms())
+                    .bind(lease.id)
+                    .bind(&lease.worker)
+                    .execute(tx.conn())
+                    .await?;
+                if done.rows_affected() != 1 {
+                    return Err(StoreError::Conflict(format!(
+                        "deployment {}/{} is no longer held by {}",
+                        lease.project, lease.number, lease.worker
+                    )));
+                }
+                tx.audit(NewEvent {
+                    actor: SYSTEM_ACTOR.into(),
+                    action: "deploy.finish".into(),
+                    subject: format!("deployment:{}/{}", lease.project, lease.number),
+                    details: json!({
+                        "environment": lease.environment,
+                        "build": lease.build,
+                        "commit": lease.commit,
+                        "status": outcome.status,
+                        "reason": outcome.reason,
+                        "exit_code": outcome.exit_code,
+                        "approvers": lease.approvers,
+                        "testers": lease.testers,
+                        "requested_by": lease.requested_by,
+                        "previous": lease.previous,
+                        "break_glass": lease.break_glass,
+                    }),
+                })
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// A deployment with its decisions.
+    pub async fn get_deployment(&self, access: &ProjectAccess, number: i64) -> Result<DeploymentView> {
+        let access = access.clone();
+        // Read through the writer's connection so the view and its
+        // decisions are one consistent snapshot.
+        self.write(move |tx| Box::pin(async move { Ok(load(tx, access.project_id, number).await?.2) })).await
+    }
+
+    /// A deployment's log and signed attestation.
+    pub async fn deployment_record(&self, access: &ProjectAccess, number: i64) -> Result<(String, Option<String>)> {
+        let sql = self.sql("SELECT log, attestation FROM deployments WHERE project_id = $1 AND number = $2");
+        let row = sqlx::query(&sql).bind(access.project_id).bind(number).fetch_optional(self.readers()).await?;
+        let row = row.ok_or_else(|| StoreError::not_found("deployment", number))?;
+        Ok((col(&row, "log")?, col(&row, "attestation")?))
+    }
+
+    /// The commit live in an environment: that of its latest successful
+    /// deployment.
+    pub async fn live_commit(
+        &self,
+        project: &custody_domain::ProjectName,
+        environment: &str,
+    ) -> Result<Option<String>> {
+        let sql = self.sql(
+            "SELECT b.commit_sha FROM deployments d JOIN builds b ON b.id = d.build_id \
+             JOIN projects p ON p.id = d.project_id WHERE p.name = $1 AND d.environment = $2 \
+             AND d.status = 'succeeded' ORDER BY d.finished_at DESC, d.id DESC LIMIT 1",
+        );
+        Ok(sqlx::query_scalar(&sql).bind(project.as_str()).bind(environment).fetch_optional(self.readers()).await?)
+    }
+
+    /// The changes whose merges made these commits, by number.
+    pub async fn changes_merged_as(
+        &self,
+        project: &custody_domain::ProjectName,
+        commits: &[String],
+    ) -> Result<Vec<i64>> {
+        let mut found = Vec::new();
+        let sql = self.sql(
+            "SELECT c.number FROM changes c JOIN projects p ON p.id = c.project_id \
+             WHERE p.name = $1 AND c.merge_commit = $2",
+        );
+        for commit in commits {
+            if let Some(number) = sqlx::query_scalar::<_, i64>(&sql)
+                .bind(project.as_str())
+                .bind(commit)
+                .fetch_optional(self.readers())
+                .await?
+            {
+                found.push(number);
+            }
+        }
+        Ok(found)
     }
 }

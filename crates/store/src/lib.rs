@@ -41,7 +41,7 @@ pub use builds::{
 pub use changes::{AuthorReason, Authors, ChangeView, GateRecords, MergePlan, Published, ReviewView};
 pub use checks::{CheckOutcome, CheckRunView, LeasedCheck};
 pub use custody_domain::project::{Identity, PushedCommit};
-pub use deployments::{DecisionView, DeployContext, DeployDecision, DeploymentView};
+pub use deployments::{DecisionView, DeployContext, DeployDecision, DeployOutcome, DeploymentView, LeasedDeployment};
 pub use dialect::Dialect;
 pub use grants::GrantView;
 pub use groups::{GroupView, MemberView};

@@ -93,13 +93,18 @@ pub fn merge_a_change(hosted: &Hosted, work: &Workspace<'_>) -> String {
 
 /// The builder's private key file in the instance's data directory.
 pub fn builder_key(hosted: &Hosted) -> PathBuf {
+    service_key(hosted, "builder")
+}
+
+/// The private key file of a service (`builder`, `deployer`, …).
+pub fn service_key(hosted: &Hosted, role: &str) -> PathBuf {
     let keys = hosted.sandbox.path("data").join("keys");
     let found = std::fs::read_dir(&keys)
         .expect("the keys directory")
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("builder")));
-    found.unwrap_or_else(|| panic!("no builder key in {}", keys.display()))
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(role)));
+    found.unwrap_or_else(|| panic!("no {role} key in {}", keys.display()))
 }
 
 /// Every file in the data directory's blob store, sorted.

@@ -3,6 +3,7 @@
 mod audit;
 mod builds;
 mod changes;
+mod deploys;
 mod groups;
 mod people;
 mod projects;
@@ -74,6 +75,9 @@ impl PageQuery {
         changes::review, changes::close, changes::reopen, changes::merge, changes::attestation, changes::checks,
         builds::list_builds, builds::get_build, builds::build_log, builds::list_artifacts, builds::get_artifact,
         builds::download, builds::provenance, builds::verify,
+        deploys::list_environments, deploys::get_environment, deploys::list_deployments, deploys::get_deployment,
+        deploys::gate, deploys::request, deploys::approve, deploys::reject, deploys::sign_off, deploys::cancel,
+        deploys::record,
     ),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&TokenSecurity),
@@ -83,6 +87,7 @@ impl PageQuery {
         (name = "audit", description = "The append-only audit log"),
         (name = "projects", description = "Projects, their repositories and the push log"),
         (name = "changes", description = "Change requests, reviews and the merge gate"),
+        (name = "deployments", description = "Environments, deployments and the independent approvals they need"),
         (name = "builds", description = "Builds of mainline commits and the artifact repository (read-only: only the builder stores artifacts)"),
     )
 )]
@@ -158,6 +163,16 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/projects/{name}/artifacts/{digest}/content", get(builds::download))
         .route("/projects/{name}/artifacts/{digest}/provenance", get(builds::provenance))
         .route("/artifacts/verify", get(builds::verify))
+        .route("/projects/{name}/environments", get(deploys::list_environments))
+        .route("/projects/{name}/environments/{environment}", get(deploys::get_environment))
+        .route("/projects/{name}/deployments", get(deploys::list_deployments).post(deploys::request))
+        .route("/projects/{name}/deployments/{number}", get(deploys::get_deployment))
+        .route("/projects/{name}/deployments/{number}/gate", get(deploys::gate))
+        .route("/projects/{name}/deployments/{number}/approve", post(deploys::approve))
+        .route("/projects/{name}/deployments/{number}/reject", post(deploys::reject))
+        .route("/projects/{name}/deployments/{number}/sign-off", post(deploys::sign_off))
+        .route("/projects/{name}/deployments/{number}/cancel", post(deploys::cancel))
+        .route("/projects/{name}/deployments/{number}/record", get(deploys::record))
 }
 
 /// Asks for a grant on behalf of the caller: 202 with the grant, pending a

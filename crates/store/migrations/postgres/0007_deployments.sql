@@ -22,6 +22,12 @@ CREATE TABLE deployments (
     queued_at BIGINT,
     started_at BIGINT,
     finished_at BIGINT,
+    worker TEXT,
+    lease_until BIGINT,
+    attempt BIGINT NOT NULL DEFAULT 0,
+    exit_code BIGINT,
+    log TEXT NOT NULL DEFAULT '',
+    attestation TEXT,
     UNIQUE (project_id, number)
 );
 CREATE INDEX deployments_environment ON deployments(project_id, environment, status);

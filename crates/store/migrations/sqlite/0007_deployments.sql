@@ -22,6 +22,12 @@ CREATE TABLE deployments (
     queued_at INTEGER,
     started_at INTEGER,
     finished_at INTEGER,
+    worker TEXT,
+    lease_until INTEGER,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    exit_code INTEGER,
+    log TEXT NOT NULL DEFAULT '',
+    attestation TEXT,
     UNIQUE (project_id, number)
 );
 CREATE INDEX deployments_environment ON deployments(project_id, environment, status);

@@ -1,0 +1,260 @@
+//! `custody env …` and `custody deploy …`: environments, deployments and
+//! the decisions people take on them.
+
+use clap::{ArgGroup, Args, Subcommand};
+use custody_domain::ProjectName;
+use serde_json::{json, Value};
+
+use crate::client::Client;
+use crate::commands::Output;
+use crate::Failure;
+
+#[derive(Subcommand, Debug)]
+pub enum EnvCommand {
+    /// A project's environments: their gates and what is live.
+    List { project: String },
+    /// One environment: what is live since when, what waits, its history.
+    Show { project: String, environment: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeployCommand {
+    /// A project's deployments, newest first.
+    List {
+        project: String,
+        /// Only those to this environment.
+        #[arg(long)]
+        environment: Option<String>,
+    },
+    /// One deployment, with the decisions taken on it.
+    Show { project: String, number: i64 },
+    /// Every rule of a deployment's gate (exit 0 open, 1 closed).
+    Gate { project: String, number: i64 },
+    /// Ask for a deployment of a build (an earlier one to roll back).
+    Request(RequestArgs),
+    /// Approve a pending deployment.
+    Approve {
+        project: String,
+        number: i64,
+        #[arg(short = 'm', long = "message")]
+        message: Option<String>,
+    },
+    /// Reject a pending deployment, saying why.
+    Reject {
+        project: String,
+        number: i64,
+        #[arg(short = 'm', long = "message")]
+        message: String,
+    },
+    /// Sign off a pending deployment's manual tests.
+    SignOff(SignOffArgs),
+    /// Cancel a deployment that has not started.
+    Cancel {
+        project: String,
+        number: i64,
+        #[arg(short = 'm', long = "message")]
+        message: Option<String>,
+    },
+    /// A deployment's output.
+    Log { project: String, number: i64 },
+    /// A deployment's signed attestation (a DSSE envelope).
+    Attestation { project: String, number: i64 },
+}
+
+#[derive(Args, Debug)]
+pub struct RequestArgs {
+    project: String,
+    environment: String,
+    /// The build to deploy.
+    #[arg(long)]
+    build: i64,
+    /// Skip soak and test sign-off (never approvals); needs --reason.
+    #[arg(long, requires = "reason")]
+    break_glass: bool,
+    /// Why the glass is broken.
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("result").required(true).args(["passed", "failed"])))]
+pub struct SignOffArgs {
+    project: String,
+    number: i64,
+    /// The manual tests passed.
+    #[arg(long)]
+    passed: bool,
+    /// The manual tests failed.
+    #[arg(long)]
+    failed: bool,
+    #[arg(short = 'm', long = "message")]
+    message: Option<String>,
+}
+
+fn path(project: &str, rest: &str) -> Result<String, Failure> {
+    Ok(format!("/api/v1/projects/{}{rest}", ProjectName::parse(project)?))
+}
+
+fn deployment_line(d: &Value) -> String {
+    let by = d["requested_by"].as_str().map(|r| format!(" asked by {r}")).unwrap_or_else(|| " (automatic)".into());
+    let reason = d["reason"].as_str().map(|r| format!(": {r}")).unwrap_or_default();
+    format!(
+        "#{:<5} {:<10} {:<9} build #{}{}{}",
+        d["number"],
+        d["environment"].as_str().unwrap_or(""),
+        d["status"].as_str().unwrap_or(""),
+        d["build"],
+        by,
+        reason
+    )
+}
+
+fn deployment_text(d: &Value) -> String {
+    let mut lines = vec![deployment_line(d)];
+    lines.push(format!("  commit: {}", d["commit"].as_str().unwrap_or("")));
+    if let Some(reason) = d["break_glass"].as_str() {
+        lines.push(format!("  BREAK-GLASS: {reason}"));
+    }
+    for decision in d["decisions"].as_array().into_iter().flatten() {
+        lines.push(format!(
+            "  {} {} {}",
+            decision["user"].as_str().unwrap_or(""),
+            decision["kind"].as_str().unwrap_or(""),
+            decision["message"].as_str().unwrap_or("")
+        ));
+    }
+    lines.join("\n")
+}
+
+/// The gate as lines: each rule, passed or failed, and what would satisfy it.
+fn gate_text(answer: &Value) -> String {
+    let gate = &answer["gate"];
+    let open = gate["open"].as_bool() == Some(true);
+    let mut lines =
+        vec![deployment_line(&answer["deployment"]), format!("gate {}", if open { "OPEN" } else { "CLOSED" })];
+    for rule in gate["rules"].as_array().into_iter().flatten() {
+        let passed = rule["passed"].as_bool() == Some(true);
+        lines.push(format!(
+            "  {} {:<28} {}",
+            if passed { "pass" } else { "FAIL" },
+            rule["rule"].as_str().unwrap_or(""),
+            rule["message"].as_str().unwrap_or("")
+        ));
+        if let Some(satisfy) = rule["satisfy"].as_str() {
+            lines.push(format!("       to satisfy: {satisfy}"));
+        }
+    }
+    lines.join("\n")
+}
+
+fn environment_line(e: &Value) -> String {
+    let live = match e["live"].as_object() {
+        Some(live) => format!("build #{} since {}", live["build"], live["finished_at"].as_str().unwrap_or("")),
+        None => "nothing live".into(),
+    };
+    let after = e["after"].as_str().map(|a| format!(" after {a}")).unwrap_or_default();
+    let waiting = e["waiting"].as_array().map_or(0, Vec::len);
+    format!("{:<12}{after}: {live}; {waiting} waiting", e["name"].as_str().unwrap_or(""))
+}
+
+/// Runs a `custody env` command.
+pub async fn env(client: &Client, command: EnvCommand, out: Output) -> Result<(), Failure> {
+    match command {
+        EnvCommand::List { project } => {
+            let list = client.get(&path(&project, "/environments")?).await?;
+            out.list(list.as_array().map_or(&[][..], Vec::as_slice), environment_line, "no environments defined");
+        }
+        EnvCommand::Show { project, environment } => {
+            let shown = client.get(&path(&project, &format!("/environments/{environment}"))?).await?;
+            out.show(&shown, |e| {
+                let mut lines = vec![environment_line(e)];
+                lines.push(format!(
+                    "  gate: {} approval(s) from {}, testers {}, soak {}s",
+                    e["approvals"],
+                    e["approvers"].as_str().unwrap_or("nobody"),
+                    e["testers"].as_str().unwrap_or("none"),
+                    e["soak_seconds"].as_u64().unwrap_or(0)
+                ));
+                for d in e["history"].as_array().into_iter().flatten() {
+                    lines.push(format!("  {}", deployment_line(d)));
+                }
+                lines.join("\n")
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Runs a `custody deploy` command.
+pub async fn deploy(client: &Client, command: DeployCommand, out: Output) -> Result<(), Failure> {
+    match command {
+        DeployCommand::List { project, environment } => {
+            let query = environment.map(|e| format!("?environment={e}")).unwrap_or_default();
+            let list = client.get(&path(&project, &format!("/deployments{query}"))?).await?;
+            out.list(list.as_array().map_or(&[][..], Vec::as_slice), deployment_line, "no deployments yet");
+        }
+        DeployCommand::Show { project, number } => {
+            let shown = client.get(&path(&project, &format!("/deployments/{number}"))?).await?;
+            out.show(&shown, deployment_text);
+        }
+        DeployCommand::Gate { project, number } => {
+            let answer = client.get(&path(&project, &format!("/deployments/{number}/gate"))?).await?;
+            out.show(&answer, gate_text);
+            if answer["gate"]["open"].as_bool() != Some(true) && answer["deployment"]["status"] == "pending" {
+                return Err(Failure {
+                    code: 1,
+                    message: format!("the gate of deployment {number} is closed"),
+                    body: Some(json!({ "error": { "code": "gate_closed", "message": "the gate is closed" } })),
+                });
+            }
+        }
+        DeployCommand::Request(args) => {
+            if args.break_glass && args.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+                return Err(Failure::input("--break-glass needs --reason saying why"));
+            }
+            let body = json!({
+                "environment": args.environment,
+                "build": args.build,
+                "break_glass": if args.break_glass { args.reason.clone() } else { None },
+            });
+            let answer = client.post(&path(&args.project, "/deployments")?, body).await?;
+            out.show(&answer, gate_text);
+        }
+        DeployCommand::Approve { project, number, message } => {
+            let answer = client
+                .post(&path(&project, &format!("/deployments/{number}/approve"))?, json!({ "message": message }))
+                .await?;
+            out.show(&answer, gate_text);
+        }
+        DeployCommand::Reject { project, number, message } => {
+            let answer = client
+                .post(&path(&project, &format!("/deployments/{number}/reject"))?, json!({ "message": message }))
+                .await?;
+            out.show(&answer, gate_text);
+        }
+        DeployCommand::SignOff(args) => {
+            let body = json!({ "passed": args.passed && !args.failed, "message": args.message });
+            let answer =
+                client.post(&path(&args.project, &format!("/deployments/{}/sign-off", args.number))?, body).await?;
+            out.show(&answer, gate_text);
+        }
+        DeployCommand::Cancel { project, number, message } => {
+            let answer = client
+                .post(&path(&project, &format!("/deployments/{number}/cancel"))?, json!({ "message": message }))
+                .await?;
+            out.show(&answer, deployment_text);
+        }
+        DeployCommand::Log { project, number } => {
+            let record = client.get(&path(&project, &format!("/deployments/{number}/record"))?).await?;
+            out.show(&record, |r| r["log"].as_str().unwrap_or("").trim_end().to_owned());
+        }
+        DeployCommand::Attestation { project, number } => {
+            let record = client.get(&path(&project, &format!("/deployments/{number}/record"))?).await?;
+            if record["attestation"].is_null() {
+                return Err(Failure::input(format!("deployment {number} has not run, so it has no attestation yet")));
+            }
+            out.show(&record["attestation"], |a| serde_json::to_string_pretty(a).unwrap_or_default());
+        }
+    }
+    Ok(())
+}

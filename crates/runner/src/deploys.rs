@@ -1,0 +1,311 @@
+//! The deployer: leases queued deployments, runs the environment's deploy
+//! script as the build's own commit defines it, in the sandbox but with
+//! network, with the verified artifacts beside it; signs a deployment
+//! attestation with the deployer key; then promotes the build to the
+//! environments that follow.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use custody_blobs::Blobs;
+use custody_domain::pipeline::{self, Pipeline};
+use custody_domain::{ProjectName, Timestamp};
+use custody_formats::statement::{Statement, Subject};
+use custody_formats::ServiceKey;
+use custody_git::change as git;
+use custody_git::Repositories;
+use custody_store::{DeployContext, DeployOutcome, LeasedDeployment, Store};
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+
+use crate::sandbox::{self, Limits};
+use crate::{script_environment, Job, JobKind};
+
+/// The predicate type of a deployment attestation.
+pub const DEPLOYMENT_PREDICATE: &str = "https://custody.dev/attestation/deployment/v1";
+
+/// Where the verified artifacts are, inside the sandbox.
+pub const ARTIFACTS_DIR: &str = "/work/.custody-artifacts";
+
+/// How long an idle deployer waits when no wake-up came.
+const IDLE: Duration = Duration::from_secs(2);
+
+/// What a deployer needs.
+#[derive(Clone)]
+pub struct Deployer {
+    /// The database.
+    pub store: Store,
+    /// The git repositories.
+    pub repositories: Repositories,
+    /// The artifact repository.
+    pub blobs: Blobs,
+    /// The deployer key, which signs deployment attestations.
+    pub key: Arc<ServiceKey>,
+    /// This worker's name.
+    pub worker: String,
+}
+
+/// The pipeline file on the project's mainline tip, which governs every
+/// environment's gate.
+pub fn mainline_pipeline(repository: &Path, default_branch: &str) -> Result<Pipeline, String> {
+    let tip = git::read_ref(repository, &format!("refs/heads/{default_branch}")).map_err(|e| e.to_string())?;
+    let Some(tip) = tip else { return Ok(Pipeline::default()) };
+    match git::read_file(repository, &tip, pipeline::PATH).map_err(|e| e.to_string())? {
+        Some(text) => pipeline::parse(&text).map_err(|e| format!("the mainline's {e}")),
+        None => Ok(Pipeline::default()),
+    }
+}
+
+/// The gate context of deploying `commit` to `environment`: its
+/// definition on the mainline tip, and every change merged between the
+/// commit live there and the candidate.
+pub async fn release_context(
+    store: &Store,
+    repositories: &Repositories,
+    project: &ProjectName,
+    environment: &str,
+    commit: &str,
+) -> Result<DeployContext, String> {
+    let default_branch = store.get_project(project).await.map_err(|e| e.to_string())?.default_branch;
+    let repository = repositories.path(project);
+    let live = store.live_commit(project, environment).await.map_err(|e| e.to_string())?;
+    let (repo, candidate, branch) = (repository.clone(), commit.to_owned(), default_branch.clone());
+    let (policy, commits) = tokio::task::spawn_blocking(move || {
+        let policy = mainline_pipeline(&repo, &branch)?;
+        let commits = git::commits(&repo, live.as_deref(), &candidate).map_err(|e| e.to_string())?;
+        Ok::<_, String>((policy, commits))
+    })
+    .await
+    .map_err(|_| "reading the repository failed".to_owned())??;
+    let environment = policy
+        .environments
+        .iter()
+        .find(|e| e.name == environment)
+        .cloned()
+        .ok_or_else(|| format!("the mainline's pipeline file defines no environment {environment:?}"))?;
+    let changes = store.changes_merged_as(project, &commits).await.map_err(|e| e.to_string())?;
+    Ok(DeployContext { environment, changes })
+}
+
+/// Promotes a build to every environment that follows `after` (the
+/// environments with no `after` when it is `None`), as the mainline's
+/// pipeline file orders them.
+pub async fn promote(
+    store: &Store,
+    repositories: &Repositories,
+    project: &str,
+    build: i64,
+    commit: &str,
+    after: Option<&str>,
+) {
+    let Ok(project) = ProjectName::parse(project) else { return };
+    let default_branch = match store.get_project(&project).await {
+        Ok(view) => view.default_branch,
+        Err(error) => return tracing::warn!(%error, "promotion: reading the project"),
+    };
+    let repository = repositories.path(&project);
+    let policy = match tokio::task::spawn_blocking(move || mainline_pipeline(&repository, &default_branch)).await {
+        Ok(Ok(policy)) => policy,
+        Ok(Err(error)) => return tracing::warn!(%error, %project, "promotion: the mainline's pipeline"),
+        Err(_) => return,
+    };
+    for environment in policy.environments.iter().filter(|e| e.after.as_deref() == after) {
+        let context = match release_context(store, repositories, &project, &environment.name, commit).await {
+            Ok(context) => context,
+            Err(error) => {
+                tracing::warn!(%error, %project, environment = %environment.name, "promotion skipped");
+                continue;
+            }
+        };
+        match store.promote(&project, build, context).await {
+            Ok(Some((made, _))) => tracing::info!(
+                %project, environment = %environment.name, deployment = made.number, status = %made.status, "promoted"
+            ),
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, %project, environment = %environment.name, "promotion refused"),
+        }
+    }
+}
+
+impl Deployer {
+    /// Runs deployments until `shutdown` completes.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let woken = self.store.jobs_queued();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            // A deploy may run up to a day; the lease covers it.
+            let leased = tokio::select! {
+                () = &mut shutdown => return,
+                leased = self.store.lease_deployment(&self.worker, 26 * 3600 * 1000) => leased,
+            };
+            match leased {
+                Ok(Some(lease)) => {
+                    let outcome = tokio::select! {
+                        () = &mut shutdown => return,
+                        outcome = self.deploy(&lease) => outcome,
+                    };
+                    tracing::info!(project = %lease.project, deployment = lease.number, environment = %lease.environment, status = outcome.status, "deployment finished");
+                    let succeeded = outcome.status == "succeeded";
+                    if let Err(error) = self.store.finish_deployment(&lease, outcome).await {
+                        tracing::error!(%error, deployment = lease.number, "recording a deployment");
+                    } else if succeeded {
+                        promote(
+                            &self.store,
+                            &self.repositories,
+                            &lease.project,
+                            lease.build,
+                            &lease.commit,
+                            Some(&lease.environment),
+                        )
+                        .await;
+                    }
+                }
+                Ok(None) => {
+                    tokio::select! {
+                        () = &mut shutdown => return,
+                        () = &mut woken => {}
+                        () = tokio::time::sleep(IDLE) => {}
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "leasing a deployment");
+                    tokio::time::sleep(IDLE).await;
+                }
+            }
+        }
+    }
+
+    /// Runs one deployment to its outcome.
+    pub async fn deploy(&self, lease: &LeasedDeployment) -> DeployOutcome {
+        let failed =
+            |reason: String| DeployOutcome { status: "failed", reason: Some(reason), ..DeployOutcome::default() };
+        let Ok(project) = ProjectName::parse(&lease.project) else {
+            return failed(format!("project name {:?} is not valid", lease.project));
+        };
+        let repository = self.repositories.path(&project);
+        let (commit, environment) = (lease.commit.clone(), lease.environment.clone());
+        let prepared = tokio::task::spawn_blocking(move || prepare(&repository, &commit, &environment)).await;
+        let (workspace, script, timeout, pipeline_digest) = match prepared {
+            Ok(Ok(prepared)) => prepared,
+            Ok(Err(reason)) => return failed(reason),
+            Err(_) => return failed("preparing the deployment failed".into()),
+        };
+        // The artifacts, re-hashed on the way out of the store.
+        let artifacts_dir = workspace.path().join(".custody-artifacts");
+        for (name, digest) in &lease.artifacts {
+            let target = artifacts_dir.join(name);
+            if let Some(parent) = target.parent() {
+                if let Err(error) = std::fs::create_dir_all(parent) {
+                    return failed(format!("cannot place artifact {name}: {error}"));
+                }
+            }
+            let parsed = match digest.parse() {
+                Ok(parsed) => parsed,
+                Err(_) => return failed(format!("artifact {name} has no valid digest")),
+            };
+            if let Err(error) = self.blobs.copy_to_file(&parsed, &target).await {
+                return failed(format!("artifact {name} could not be verified: {error}"));
+            }
+        }
+        let build = lease.build.to_string();
+        let job = Job {
+            kind: JobKind::Deploy { environment: lease.environment.clone() },
+            project: &lease.project,
+            commit: &lease.commit,
+            build: &build,
+        };
+        let mut env = script_environment(&job, Path::new("/work"));
+        env.push(("CUSTODY_ARTIFACTS_DIR".into(), ARTIFACTS_DIR.into()));
+        // A deploy must reach its target: network is given, the data
+        // directory stays invisible.
+        let limits = Limits::new(timeout, true);
+        let finished = match sandbox::run(workspace.path(), &script, &env, &limits).await {
+            Ok(finished) => finished,
+            Err(error) => return failed(error.to_string()),
+        };
+        let (status, reason) = match (finished.timed_out, finished.exit_code) {
+            (true, _) => ("failed", Some(format!("the deploy script ran past its timeout of {}s", timeout.as_secs()))),
+            (false, Some(0)) => ("succeeded", None),
+            (false, Some(code)) => ("failed", Some(format!("the deploy script `{script}` exited with code {code}"))),
+            (false, None) => ("failed", Some(format!("the deploy script `{script}` was killed by a signal"))),
+        };
+        let subject = lease
+            .artifacts
+            .iter()
+            .map(|(name, digest)| Subject {
+                name: name.clone(),
+                digest: BTreeMap::from([("sha256".into(), digest.clone())]),
+            })
+            .collect();
+        let statement = Statement::new(
+            subject,
+            DEPLOYMENT_PREDICATE,
+            json!({
+                "project": lease.project,
+                "environment": lease.environment,
+                "deployment": lease.number,
+                "build": lease.build,
+                "commit": lease.commit,
+                "pipeline": { "path": pipeline::PATH, "sha256": pipeline_digest },
+                "script": script,
+                "requester": lease.requested_by,
+                "approvers": lease.approvers,
+                "testers": lease.testers,
+                "previous_deployment": lease.previous,
+                "break_glass": lease.break_glass,
+                "result": status,
+                "deployer": lease.worker,
+                "started_on": Timestamp::from_millis(lease.started_at).to_string(),
+                "finished_on": Timestamp::from_millis(custody_store::now_ms()).to_string(),
+            }),
+        );
+        let envelope = statement.sign(&self.key);
+        DeployOutcome {
+            status,
+            reason,
+            exit_code: finished.exit_code.map(i64::from),
+            log: finished.log,
+            attestation: Some(serde_json::to_string(&envelope).unwrap_or_default()),
+        }
+    }
+}
+
+/// Checks the build's commit out and finds the environment's deploy script
+/// as that commit defines it.
+fn prepare(
+    repository: &Path,
+    commit: &str,
+    environment: &str,
+) -> Result<(tempfile::TempDir, String, Duration, String), String> {
+    let text = git::read_file(repository, commit, pipeline::PATH)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("{} does not exist at {commit}", pipeline::PATH))?;
+    let digest = hex::encode(Sha256::digest(text.as_bytes()));
+    let policy = pipeline::parse(&text).map_err(|e| format!("the build's {e}"))?;
+    let script = policy
+        .environments
+        .iter()
+        .find(|e| e.name == environment)
+        .and_then(|e| e.deploy.clone())
+        .ok_or_else(|| format!("the pipeline file at {commit} names no deploy script for {environment}"))?;
+    let workspace = tempfile::Builder::new().prefix("custody-deploy-").tempdir().map_err(|e| e.to_string())?;
+    git::export_tree(repository, commit, workspace.path()).map_err(|e| e.to_string())?;
+    for dir in [".home", ".tmp", ".custody-artifacts"] {
+        std::fs::create_dir_all(workspace.path().join(dir)).map_err(|e| e.to_string())?;
+    }
+    let path = script.split_whitespace().next().unwrap_or_default().trim_start_matches("./").to_owned();
+    let mut prefix = workspace.path().to_path_buf();
+    for part in Path::new(&path).components() {
+        prefix.push(part);
+        if std::fs::symlink_metadata(&prefix).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(format!(
+                "{path} is reached through a symbolic link; a deploy script's path may not contain one"
+            ));
+        }
+    }
+    Ok((workspace, script, policy.timeout, digest))
+}

@@ -1,0 +1,321 @@
+//! Environments and deployments: what is live where, asking for a
+//! deployment, and the decisions people take on it.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use custody_domain::deploy::DeployReport;
+use custody_domain::{ProjectName, Scope};
+use custody_store::{DeployContext, DeployDecision, DeploymentView, ProjectAccess};
+use serde::{Deserialize, Serialize};
+
+use super::{Params, PathParam};
+use crate::auth::{Auth, Body};
+use crate::error::{ApiError, ApiResult};
+use crate::AppState;
+
+async fn access(state: &AppState, auth: &Auth, project: &str) -> ApiResult<ProjectAccess> {
+    auth.require(Scope::Read)?;
+    Ok(state.store().project_access(&auth.0, &ProjectName::parse(project)?).await?)
+}
+
+/// The gate context of a deployment to `environment` of `commit`, read from git.
+async fn context(
+    state: &AppState,
+    access: &ProjectAccess,
+    environment: &str,
+    commit: &str,
+) -> ApiResult<DeployContext> {
+    custody_runner::deploys::release_context(
+        state.store(),
+        state.hosting().repositories(),
+        &access.project,
+        environment,
+        commit,
+    )
+    .await
+    .map_err(|why| ApiError::new(StatusCode::CONFLICT, "no_environment", why))
+}
+
+/// An environment as the mainline's pipeline file defines it, and what is
+/// live in it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct EnvironmentView {
+    name: String,
+    after: Option<String>,
+    approvals: u32,
+    approvers: Option<String>,
+    testers: Option<String>,
+    /// Seconds a build must be live in `after` first.
+    soak_seconds: Option<u64>,
+    reviewers_may_approve: bool,
+    /// The latest successful deployment, if any.
+    live: Option<DeploymentView>,
+    /// Deployments pending, queued or running.
+    waiting: Vec<DeploymentView>,
+}
+
+async fn environments(state: &AppState, access: &ProjectAccess) -> ApiResult<Vec<EnvironmentView>> {
+    let repository = state.hosting().repositories().path(&access.project);
+    let branch = access.default_branch.clone();
+    let policy = tokio::task::spawn_blocking(move || custody_runner::deploys::mainline_pipeline(&repository, &branch))
+        .await
+        .map_err(|_| ApiError::invalid("reading the repository failed"))?
+        .map_err(|why| ApiError::new(StatusCode::CONFLICT, "invalid_pipeline", why))?;
+    let deployments = state.store().list_deployments(access, None).await?;
+    Ok(policy
+        .environments
+        .iter()
+        .map(|e| EnvironmentView {
+            name: e.name.clone(),
+            after: e.after.clone(),
+            approvals: e.approvals,
+            approvers: e.approvers.as_ref().map(ToString::to_string),
+            testers: e.testers.as_ref().map(ToString::to_string),
+            soak_seconds: e.soak.map(|s| s.as_secs()),
+            reviewers_may_approve: e.reviewers_may_approve,
+            live: deployments.iter().find(|d| d.environment == e.name && d.status == "succeeded").cloned(),
+            waiting: deployments
+                .iter()
+                .filter(|d| d.environment == e.name && matches!(d.status.as_str(), "pending" | "queued" | "running"))
+                .cloned()
+                .collect(),
+        })
+        .collect())
+}
+
+/// A project's environments, in the order of its pipeline file.
+#[utoipa::path(get, path = "/api/v1/projects/{name}/environments", tag = "deployments", security(("token" = [])),
+    responses((status = 200, body = Vec<EnvironmentView>)))]
+pub(crate) async fn list_environments(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam(project): PathParam<String>,
+) -> ApiResult<Json<Vec<EnvironmentView>>> {
+    let access = access(&state, &auth, &project).await?;
+    Ok(Json(environments(&state, &access).await?))
+}
+
+/// One environment, with its history.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct EnvironmentDetail {
+    #[serde(flatten)]
+    environment: EnvironmentView,
+    /// Every deployment to it, newest first.
+    history: Vec<DeploymentView>,
+}
+
+/// One environment: its gate, what is live, what waits, and its history.
+#[utoipa::path(get, path = "/api/v1/projects/{name}/environments/{environment}", tag = "deployments", security(("token" = [])),
+    responses((status = 200, body = EnvironmentDetail), (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn get_environment(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((project, name)): PathParam<(String, String)>,
+) -> ApiResult<Json<EnvironmentDetail>> {
+    let access = access(&state, &auth, &project).await?;
+    let environment =
+        environments(&state, &access).await?.into_iter().find(|e| e.name == name).ok_or_else(|| {
+            ApiError::not_found(format!("the mainline's pipeline file defines no environment {name:?}"))
+        })?;
+    let history = state.store().list_deployments(&access, Some(&name)).await?;
+    Ok(Json(EnvironmentDetail { environment, history }))
+}
+
+/// Which deployments.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct DeploymentQuery {
+    /// Only those to this environment.
+    environment: Option<String>,
+}
+
+/// A project's deployments, newest first.
+#[utoipa::path(get, path = "/api/v1/projects/{name}/deployments", tag = "deployments", security(("token" = [])), params(DeploymentQuery),
+    responses((status = 200, body = Vec<DeploymentView>)))]
+pub(crate) async fn list_deployments(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam(project): PathParam<String>,
+    Params(query): Params<DeploymentQuery>,
+) -> ApiResult<Json<Vec<DeploymentView>>> {
+    let access = access(&state, &auth, &project).await?;
+    Ok(Json(state.store().list_deployments(&access, query.environment.as_deref()).await?))
+}
+
+/// A deployment and its gate.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct DeploymentAndGate {
+    deployment: DeploymentView,
+    #[schema(value_type = Object)]
+    gate: DeployReport,
+}
+
+/// One deployment with the decisions taken on it.
+#[utoipa::path(get, path = "/api/v1/projects/{name}/deployments/{number}", tag = "deployments", security(("token" = [])),
+    responses((status = 200, body = DeploymentView), (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn get_deployment(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((project, number)): PathParam<(String, i64)>,
+) -> ApiResult<Json<DeploymentView>> {
+    let access = access(&state, &auth, &project).await?;
+    Ok(Json(state.store().get_deployment(&access, number).await?))
+}
+
+/// Every rule of a deployment's gate, passed or failed, with what would
+/// satisfy each.
+#[utoipa::path(get, path = "/api/v1/projects/{name}/deployments/{number}/gate", tag = "deployments", security(("token" = [])),
+    responses((status = 200, body = DeploymentAndGate)))]
+pub(crate) async fn gate(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((project, number)): PathParam<(String, i64)>,
+) -> ApiResult<Json<DeploymentAndGate>> {
+    let access = access(&state, &auth, &project).await?;
+    let deployment = state.store().get_deployment(&access, number).await?;
+    let context = context(&state, &access, &deployment.environment, &deployment.commit).await?;
+    let (deployment, gate) = state.store().deployment_gate(&access, number, context).await?;
+    Ok(Json(DeploymentAndGate { deployment, gate }))
+}
+
+/// A deployment to ask for.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeployRequest {
+    environment: String,
+    /// The build to deploy (an earlier one to roll back).
+    build: i64,
+    /// Skip soak and test sign-off, saying why; never approvals.
+    break_glass: Option<String>,
+}
+
+/// Asks for a deployment; it waits for its gate.
+#[utoipa::path(post, path = "/api/v1/projects/{name}/deployments", tag = "deployments", security(("token" = [])), request_body = DeployRequest,
+    responses((status = 201, body = DeploymentAndGate), (status = 403, body = crate::error::ErrorBody)))]
+pub(crate) async fn request(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam(project): PathParam<String>,
+    Body(request): Body<DeployRequest>,
+) -> ApiResult<(StatusCode, Json<DeploymentAndGate>)> {
+    auth.require(Scope::Write)?;
+    let access = access(&state, &auth, &project).await?;
+    if request.break_glass.as_deref().is_some_and(|r| r.trim().is_empty()) {
+        return Err(ApiError::invalid("say why the glass is broken: break_glass needs a reason"));
+    }
+    let build = state.store().get_build(&access, request.build).await?;
+    let context = context(&state, &access, &request.environment, &build.commit).await?;
+    let (deployment, gate) =
+        state.store().request_deployment(&auth.0, &access, request.build, context, request.break_glass).await?;
+    Ok((StatusCode::CREATED, Json(DeploymentAndGate { deployment, gate })))
+}
+
+/// What a person says with a decision.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DecisionRequest {
+    message: Option<String>,
+    /// For a test sign-off: whether the tests passed.
+    passed: Option<bool>,
+}
+
+async fn decide(
+    state: &AppState,
+    auth: &Auth,
+    project: &str,
+    number: i64,
+    decision: DeployDecision,
+    message: Option<String>,
+) -> ApiResult<Json<DeploymentAndGate>> {
+    auth.require(Scope::Write)?;
+    let access = access(state, auth, project).await?;
+    let deployment = state.store().get_deployment(&access, number).await?;
+    let context = context(state, &access, &deployment.environment, &deployment.commit).await?;
+    let (deployment, gate) = state
+        .store()
+        .decide_deployment(&auth.0, &access, number, decision, message.unwrap_or_default(), context)
+        .await?;
+    Ok(Json(DeploymentAndGate { deployment, gate }))
+}
+
+/// Approves a pending deployment.
+#[utoipa::path(post, path = "/api/v1/projects/{name}/deployments/{number}/approve", tag = "deployments", security(("token" = [])), request_body = DecisionRequest,
+    responses((status = 200, body = DeploymentAndGate), (status = 403, body = crate::error::ErrorBody)))]
+pub(crate) async fn approve(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((project, number)): PathParam<(String, i64)>,
+    Body(request): Body<DecisionRequest>,
+) -> ApiResult<Json<DeploymentAndGate>> {
+    decide(&state, &auth, &project, number, DeployDecision::Approve, request.message).await
+}
+
+/// Rejects a pending deployment, saying why.
+#[utoipa::path(post, path = "/api/v1/projects/{name}/deployments/{number}/reject", tag = "deployments", security(("token" = [])), request_body = DecisionRequest,
+    responses((status = 200, body = DeploymentAndGate), (status = 403, body = crate::error::ErrorBody)))]
+pub(crate) async fn reject(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((project, number)): PathParam<(String, i64)>,
+    Body(request): Body<DecisionRequest>,
+) -> ApiResult<Json<DeploymentAndGate>> {
+    decide(&state, &auth, &project, number, DeployDecision::Reject, request.message).await
+}
+
+/// Signs off a pending deployment's manual tests as passed or failed.
+#[utoipa::path(post, path = "/api/v1/projects/{name}/deployments/{number}/sign-off", tag = "deployments", security(("token" = [])), request_body = DecisionRequest,
+    responses((status = 200, body = DeploymentAndGate), (status = 403, body = crate::error::ErrorBody)))]
+pub(crate) async fn sign_off(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((project, number)): PathParam<(String, i64)>,
+    Body(request): Body<DecisionRequest>,
+) -> ApiResult<Json<DeploymentAndGate>> {
+    let decision = match request.passed {
+        Some(true) => DeployDecision::TestPassed,
+        Some(false) => DeployDecision::TestFailed,
+        None => return Err(ApiError::invalid("say whether the tests passed: \"passed\": true or false")),
+    };
+    decide(&state, &auth, &project, number, decision, request.message).await
+}
+
+/// Cancels a deployment that has not started.
+#[utoipa::path(post, path = "/api/v1/projects/{name}/deployments/{number}/cancel", tag = "deployments", security(("token" = [])), request_body = DecisionRequest,
+    responses((status = 200, body = DeploymentView), (status = 409, body = crate::error::ErrorBody)))]
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((project, number)): PathParam<(String, i64)>,
+    Body(request): Body<DecisionRequest>,
+) -> ApiResult<Json<DeploymentView>> {
+    auth.require(Scope::Write)?;
+    let access = access(&state, &auth, &project).await?;
+    Ok(Json(state.store().cancel_deployment(&auth.0, &access, number, request.message.unwrap_or_default()).await?))
+}
+
+/// A deployment's output and its signed attestation.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct DeploymentRecord {
+    log: String,
+    #[schema(value_type = Object)]
+    attestation: Option<serde_json::Value>,
+}
+
+/// A deployment's log and its attestation (a DSSE envelope signed by the
+/// deployer key), once it ran.
+#[utoipa::path(get, path = "/api/v1/projects/{name}/deployments/{number}/record", tag = "deployments", security(("token" = [])),
+    responses((status = 200, body = DeploymentRecord)))]
+pub(crate) async fn record(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((project, number)): PathParam<(String, i64)>,
+) -> ApiResult<Json<DeploymentRecord>> {
+    let access = access(&state, &auth, &project).await?;
+    let (log, attestation) = state.store().deployment_record(&access, number).await?;
+    let attestation = attestation.map(|a| serde_json::from_str(&a)).transpose().map_err(|_| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the stored attestation is damaged")
+    })?;
+    Ok(Json(DeploymentRecord { log, attestation }))
+}
