@@ -157,6 +157,46 @@ fn environment_line(e: &Value) -> String {
     format!("{:<12}{after}: {live}; {waiting} waiting", e["name"].as_str().unwrap_or(""))
 }
 
+#[derive(Subcommand, Debug)]
+pub enum FindingCommand {
+    /// Findings for an auditor (break-glass deployments), newest first.
+    List {
+        /// Only those nobody has reviewed.
+        #[arg(long)]
+        open: bool,
+    },
+    /// Record your review of a finding (admins who were not involved).
+    Resolve {
+        id: i64,
+        #[arg(short = 'm', long = "message")]
+        message: String,
+    },
+}
+
+fn finding_line(f: &Value) -> String {
+    let state = match f["resolved_by"].as_str() {
+        Some(by) => format!("reviewed by {by}: {}", f["resolution"].as_str().unwrap_or("")),
+        None => "OPEN".into(),
+    };
+    format!("{:<5} {:<12} {} ({state})", f["id"], f["kind"].as_str().unwrap_or(""), f["summary"].as_str().unwrap_or(""))
+}
+
+/// Runs a `custody finding` command.
+pub async fn finding(client: &Client, command: FindingCommand, out: Output) -> Result<(), Failure> {
+    match command {
+        FindingCommand::List { open } => {
+            let list = client.get(if open { "/api/v1/findings?open=true" } else { "/api/v1/findings" }).await?;
+            out.list(list.as_array().map_or(&[][..], Vec::as_slice), finding_line, "no findings");
+        }
+        FindingCommand::Resolve { id, message } => {
+            let resolved =
+                client.post(&format!("/api/v1/findings/{id}/resolve"), json!({ "message": message })).await?;
+            out.show(&resolved, finding_line);
+        }
+    }
+    Ok(())
+}
+
 /// Runs a `custody env` command.
 pub async fn env(client: &Client, command: EnvCommand, out: Output) -> Result<(), Failure> {
     match command {

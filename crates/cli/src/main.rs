@@ -78,6 +78,9 @@ enum Command {
     /// Deployments: ask, approve, reject, sign off tests, cancel.
     #[command(subcommand)]
     Deploy(deploy::DeployCommand),
+    /// Findings for auditors: break-glass deployments and their reviews.
+    #[command(subcommand)]
+    Finding(deploy::FindingCommand),
     /// Run builds in a separate process.
     Worker(serve::WorkerArgs),
     /// Run by git during a push; not for people.
@@ -176,6 +179,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Build(command) => build::build(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Artifact(command) => build::artifact(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Worker(args) => serve::worker(args).await,
+        Command::Finding(command) => deploy::finding(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Env(command) => deploy::env(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Deploy(command) => deploy::deploy(&client::Client::from_env(cli.server)?, command, out).await,
     }

@@ -440,6 +440,37 @@ fn staging_deploys_itself_and_production_waits_for_an_independent_approver(backe
     let approvals = hosted.audit_events("deploy.approve");
     assert_eq!(approvals.len(), 1, "refused approvals write nothing: {approvals:?}");
     assert_eq!(approvals[0]["actor"], "carol");
+
+    // carol breaks the glass to deploy again: she cannot approve her own
+    // request, and it stays an open finding until an admin reviews it.
+    let asked = hosted.run_as("carol", &["deploy", "request", PROJECT, "production", "--build", "1", "--break-glass"]);
+    assert_eq!(asked.code(), Some(2), "a break-glass request needs a reason: {asked:#?}");
+    let asked = hosted
+        .run_as(
+            "carol",
+            &[
+                "deploy",
+                "request",
+                PROJECT,
+                "production",
+                "--build",
+                "1",
+                "--break-glass",
+                "--reason",
+                "hotfix",
+                "--json",
+            ],
+        )
+        .json();
+    let number = asked["deployment"]["number"].as_i64().expect("a number");
+    assert_eq!(asked["deployment"]["break_glass"], "hotfix", "{asked}");
+    let own = hosted.run_as("carol", &["deploy", "approve", PROJECT, &number.to_string(), "--json"]);
+    assert_eq!(own.json_error()["error"]["reasons"][0]["rule"], "deploy.approver_not_requester", "{own:#?}");
+    let findings = hosted.as_admin(&["finding", "list", "--open", "--json"]).json();
+    assert_eq!(findings.as_array().map(Vec::len), Some(1), "{findings}");
+    let id = findings[0]["id"].to_string();
+    hosted.as_admin(&["finding", "resolve", &id, "-m", "reviewed with carol"]).expect_code(0);
+    assert_eq!(hosted.as_admin(&["finding", "list", "--open", "--json"]).json(), serde_json::json!([]));
 }
 
 on_both_backends! {

@@ -401,6 +401,17 @@ async fn request(
         }),
     })
     .await?;
+    if let (Some(reason), Some((_, requester))) = (&break_glass, &requester) {
+        crate::findings::open(
+            tx,
+            "break_glass",
+            Some(project_id),
+            &format!("deployment:{project}/{number}"),
+            &format!("{requester} broke the glass to deploy build {build} to {env}: {reason}"),
+            std::slice::from_ref(requester),
+        )
+        .await?;
+    }
     open_if_ready(tx, id, &report).await?;
     let (_, _, view) = load(tx, project_id, number).await?;
     Ok((view, report))

@@ -1167,9 +1167,9 @@ async fn a_rejected_deployment_never_runs_and_a_pending_one_can_be_cancelled(sto
     ));
 }
 
-async fn break_glass_still_needs_an_approver_other_than_the_requester(store: Store) {
+async fn break_glass_needs_another_approver_and_stays_a_finding_until_an_uninvolved_admin_reviews_it(store: Store) {
     use custody_store::DeployDecision::Approve;
-    let (_root, [_alice, _bob, carol, _dave, erin], access, build) = released_build(&store).await;
+    let (root, [_alice, _bob, carol, _dave, erin], access, build) = released_build(&store).await;
     let context = || {
         let mut c = production(0, true);
         c.environment.approvals = 0;
@@ -1184,6 +1184,42 @@ async fn break_glass_still_needs_an_approver_other_than_the_requester(store: Sto
     assert_eq!(queued.status, "queued", "{report:?}");
     let events = all_events(&store).await;
     assert!(events.iter().any(|e| e.action == "deploy.break_glass" && e.actor == "erin"));
+
+    // It stays an open finding until an admin who was not involved reviews it.
+    let open = store.list_findings(true).await.unwrap();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0].kind, "break_glass");
+    assert!(open[0].summary.contains("payments are down"), "{open:?}");
+    assert_eq!(
+        refused_rules(store.resolve_finding(&erin, open[0].id, "fine".into()).await),
+        ["admin.required"],
+        "the requester is no admin"
+    );
+    let root_token = store.create_token(&root, "admin".into(), Scopes::of(&[Scope::Admin]), None).await.unwrap();
+    let root_admin = store.authenticate(&root_token.token).await.unwrap();
+    let resolved = store.resolve_finding(&root_admin, open[0].id, "outage INC-7; reviewed".into()).await.unwrap();
+    assert_eq!(resolved.resolved_by.as_deref(), Some("root"));
+    assert!(store.list_findings(true).await.unwrap().is_empty());
+    assert!(matches!(
+        store.resolve_finding(&root_admin, open[0].id, "again".into()).await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    // An admin who broke the glass cannot review their own deployment.
+    store
+        .request_project_member(&root, access.project.clone(), user("root"), custody_domain::Role::Write)
+        .await
+        .unwrap();
+    let root_access = store.project_access(&root, &access.project).await.unwrap();
+    store.cancel_deployment(&erin, &access, queued.number, "superseded".into()).await.unwrap();
+    let (mine, _) =
+        store.request_deployment(&root, &root_access, build, context(), Some("hotfix".into())).await.unwrap();
+    let finding = store.list_findings(true).await.unwrap().remove(0);
+    assert!(finding.subject.ends_with(&format!("/{}", mine.number)), "{finding:?}");
+    assert_eq!(
+        refused_rules(store.resolve_finding(&root_admin, finding.id, "fine".into()).await),
+        ["finding.reviewer_not_involved"]
+    );
 }
 
 async fn a_build_that_custody_did_not_merge_is_never_deployed(store: Store) {
@@ -1235,6 +1271,6 @@ conformance! {
     a_requeued_build_is_taken_by_the_next_worker,
     only_independent_people_open_a_deployment_gate,
     a_rejected_deployment_never_runs_and_a_pending_one_can_be_cancelled,
-    break_glass_still_needs_an_approver_other_than_the_requester,
+    break_glass_needs_another_approver_and_stays_a_finding_until_an_uninvolved_admin_reviews_it,
     a_build_that_custody_did_not_merge_is_never_deployed,
 }

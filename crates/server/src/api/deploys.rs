@@ -319,3 +319,39 @@ pub(crate) async fn record(
     })?;
     Ok(Json(DeploymentRecord { log, attestation }))
 }
+
+/// Which findings.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct FindingQuery {
+    /// Only those nobody has reviewed yet.
+    open: Option<bool>,
+}
+
+/// Findings an auditor must look at (break-glass deployments), newest
+/// first. Admins and auditors.
+#[utoipa::path(get, path = "/api/v1/findings", tag = "deployments", security(("token" = [])), params(FindingQuery),
+    responses((status = 200, body = Vec<custody_store::FindingView>)))]
+pub(crate) async fn list_findings(
+    State(state): State<AppState>,
+    auth: Auth,
+    Params(query): Params<FindingQuery>,
+) -> ApiResult<Json<Vec<custody_store::FindingView>>> {
+    auth.require_overseer()?;
+    Ok(Json(state.store().list_findings(query.open.unwrap_or(false)).await?))
+}
+
+/// Records an admin's review of a finding; nobody involved in what it is
+/// about may.
+#[utoipa::path(post, path = "/api/v1/findings/{id}/resolve", tag = "deployments", security(("token" = [])), request_body = DecisionRequest,
+    responses((status = 200, body = custody_store::FindingView), (status = 403, body = crate::error::ErrorBody)))]
+pub(crate) async fn resolve_finding(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam(id): PathParam<i64>,
+    Body(request): Body<DecisionRequest>,
+) -> ApiResult<Json<custody_store::FindingView>> {
+    auth.require(Scope::Admin)?;
+    Ok(Json(state.store().resolve_finding(&auth.0, id, request.message.unwrap_or_default()).await?))
+}

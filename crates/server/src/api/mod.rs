@@ -77,7 +77,7 @@ impl PageQuery {
         builds::download, builds::provenance, builds::verify,
         deploys::list_environments, deploys::get_environment, deploys::list_deployments, deploys::get_deployment,
         deploys::gate, deploys::request, deploys::approve, deploys::reject, deploys::sign_off, deploys::cancel,
-        deploys::record,
+        deploys::record, deploys::list_findings, deploys::resolve_finding,
     ),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&TokenSecurity),
@@ -173,6 +173,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/projects/{name}/deployments/{number}/sign-off", post(deploys::sign_off))
         .route("/projects/{name}/deployments/{number}/cancel", post(deploys::cancel))
         .route("/projects/{name}/deployments/{number}/record", get(deploys::record))
+        .route("/findings", get(deploys::list_findings))
+        .route("/findings/{id}/resolve", post(deploys::resolve_finding))
 }
 
 /// Asks for a grant on behalf of the caller: 202 with the grant, pending a

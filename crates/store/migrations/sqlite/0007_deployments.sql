@@ -42,3 +42,19 @@ CREATE TABLE deployment_decisions (
     at INTEGER NOT NULL
 );
 CREATE INDEX deployment_decisions_deployment ON deployment_decisions(deployment_id, id);
+
+-- What an auditor must look at: a break-glass deployment stays an open
+-- finding until an admin who was not involved records a review of it.
+CREATE TABLE findings (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    project_id INTEGER REFERENCES projects(id),
+    subject TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    involved TEXT NOT NULL,
+    opened_at INTEGER NOT NULL,
+    resolved_by INTEGER REFERENCES users(id),
+    resolved_at INTEGER,
+    resolution TEXT
+);
+CREATE INDEX findings_open ON findings(resolved_at, id);

@@ -1,0 +1,163 @@
+//! Findings: what an auditor must look at. A break-glass deployment opens
+//! one in the transaction that records it; it stays open until an admin
+//! who was not involved (neither its requester nor anyone who decided on
+//! it) records a review.
+
+use custody_domain::audit::NewEvent;
+use custody_domain::{Decision, Reason, Rule, Timestamp};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::writer::Tx;
+use crate::{col, now_ms, Authenticated, Result, Store, StoreError};
+
+/// A finding as shown.
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FindingView {
+    /// Its id.
+    pub id: i64,
+    /// What kind (`break_glass`).
+    pub kind: String,
+    /// What it is about (`deployment:PROJECT/NUMBER`).
+    pub subject: String,
+    /// In a line.
+    pub summary: String,
+    /// When it was opened.
+    pub opened_at: Timestamp,
+    /// Who reviewed it, once someone did.
+    pub resolved_by: Option<String>,
+    /// When.
+    pub resolved_at: Option<Timestamp>,
+    /// What the review found.
+    pub resolution: Option<String>,
+}
+
+/// Opens a finding in the caller's transaction.
+pub(crate) async fn open(
+    tx: &mut Tx,
+    kind: &str,
+    project_id: Option<i64>,
+    subject: &str,
+    summary: &str,
+    involved: &[String],
+) -> Result<i64> {
+    let sql = tx.sql(
+        "INSERT INTO findings (kind, project_id, subject, summary, involved, opened_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+    );
+    let involved = serde_json::to_string(involved).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let id: i64 = sqlx::query_scalar(&sql)
+        .bind(kind)
+        .bind(project_id)
+        .bind(subject)
+        .bind(summary)
+        .bind(involved)
+        .bind(now_ms())
+        .fetch_one(tx.conn())
+        .await?;
+    Ok(id)
+}
+
+fn finding_view(row: &sqlx::any::AnyRow) -> Result<FindingView> {
+    Ok(FindingView {
+        id: col(row, "id")?,
+        kind: col(row, "kind")?,
+        subject: col(row, "subject")?,
+        summary: col(row, "summary")?,
+        opened_at: Timestamp::from_millis(col(row, "opened_at")?),
+        resolved_by: col(row, "resolver")?,
+        resolved_at: col::<Option<i64>>(row, "resolved_at")?.map(Timestamp::from_millis),
+        resolution: col(row, "resolution")?,
+    })
+}
+
+const FINDING_COLUMNS: &str = "f.id, f.kind, f.subject, f.summary, f.opened_at, u.name AS resolver, f.resolved_at, \
+     f.resolution, f.involved, f.project_id FROM findings f LEFT JOIN users u ON u.id = f.resolved_by";
+
+impl Store {
+    /// Findings, newest first; only open ones when asked.
+    pub async fn list_findings(&self, open_only: bool) -> Result<Vec<FindingView>> {
+        let sql = format!(
+            "SELECT {FINDING_COLUMNS} WHERE ({} OR f.resolved_at IS NULL) ORDER BY f.id DESC LIMIT 500",
+            if open_only { "1 = 0" } else { "1 = 1" }
+        );
+        let rows = sqlx::query(&sql).fetch_all(self.readers()).await?;
+        rows.iter().map(finding_view).collect()
+    }
+
+    /// Records an admin's review of an open finding. The requester of a
+    /// break-glass deployment and everyone who decided on it are refused.
+    pub async fn resolve_finding(&self, actor: &Authenticated, id: i64, resolution: String) -> Result<FindingView> {
+        if resolution.trim().is_empty() {
+            return Err(StoreError::Invalid(custody_domain::InvalidInput::new(
+                "message",
+                "",
+                "say what the review found",
+            )));
+        }
+        let actor = actor.clone();
+        self.write(move |tx| {
+            Box::pin(async move {
+                crate::people::require_admin(tx, &actor).await?;
+                let row = sqlx::query(&sql_select(tx)).bind(id).fetch_optional(tx.conn()).await?;
+                let row = row.ok_or_else(|| StoreError::not_found("finding", id))?;
+                let finding = finding_view(&row)?;
+                if finding.resolved_at.is_some() {
+                    return Err(StoreError::Conflict(format!("finding {id} was reviewed already")));
+                }
+                let mut involved: Vec<String> = serde_json::from_str(&col::<String>(&row, "involved")?)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                // Everyone who decided on the deployment is involved too.
+                if let Some(number) = finding.subject.rsplit('/').next().and_then(|n| n.parse::<i64>().ok()) {
+                    let sql = tx.sql(
+                        "SELECT u.name FROM deployment_decisions x JOIN deployments d ON d.id = x.deployment_id \
+                         JOIN users u ON u.id = x.user_id WHERE d.project_id = $1 AND d.number = $2",
+                    );
+                    let project_id: Option<i64> = col(&row, "project_id")?;
+                    involved.extend(
+                        sqlx::query_scalar::<_, String>(&sql)
+                            .bind(project_id)
+                            .bind(number)
+                            .fetch_all(tx.conn())
+                            .await?,
+                    );
+                }
+                if involved.iter().any(|name| name == actor.name.as_str()) {
+                    return Err(StoreError::Refused(Decision::deny(
+                        Reason::new(
+                            Rule("finding.reviewer_not_involved"),
+                            format!("{} took part in {}, so cannot review it", actor.name, finding.subject),
+                        )
+                        .satisfy("an admin who neither asked for nor decided on it reviews it"),
+                    )));
+                }
+                let sql = tx.sql(
+                    "UPDATE findings SET resolved_by = $1, resolved_at = $2, resolution = $3 \
+                     WHERE id = $4 AND resolved_at IS NULL",
+                );
+                sqlx::query(&sql)
+                    .bind(actor.user_id)
+                    .bind(now_ms())
+                    .bind(&resolution)
+                    .bind(id)
+                    .execute(tx.conn())
+                    .await?;
+                tx.audit(NewEvent {
+                    actor: actor.name.to_string(),
+                    action: "finding.resolve".into(),
+                    subject: format!("finding:{id}"),
+                    details: json!({ "kind": finding.kind, "about": finding.subject, "resolution": resolution }),
+                })
+                .await?;
+                let row = sqlx::query(&sql_select(tx)).bind(id).fetch_one(tx.conn()).await?;
+                finding_view(&row)
+            })
+        })
+        .await
+    }
+}
+
+fn sql_select(tx: &Tx) -> String {
+    tx.dialect().sql_owned(format!("SELECT {FINDING_COLUMNS} WHERE f.id = $1"))
+}
