@@ -22,12 +22,14 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "projects", include_str!("../migrations/sqlite/0002_projects.sql")),
     (3, "changes", include_str!("../migrations/sqlite/0003_changes.sql")),
     (4, "checks", include_str!("../migrations/sqlite/0004_checks.sql")),
+    (5, "ledger", include_str!("../migrations/sqlite/0005_ledger.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "people", include_str!("../migrations/postgres/0001_people.sql")),
     (2, "projects", include_str!("../migrations/postgres/0002_projects.sql")),
     (3, "changes", include_str!("../migrations/postgres/0003_changes.sql")),
     (4, "checks", include_str!("../migrations/postgres/0004_checks.sql")),
+    (5, "ledger", include_str!("../migrations/postgres/0005_ledger.sql")),
 ];
 
 /// The PostgreSQL advisory lock held by whoever appends to the audit log or
