@@ -16,6 +16,8 @@ const DEFAULT_DATA_DIR: &str = "./custody-data";
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_ADMIN: &str = "admin";
 const DEFAULT_NAME: &str = "custody";
+/// How often the ledger's tree head is signed while events arrive.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 #[derive(Args, Debug)]
 pub struct InitArgs {
@@ -160,6 +162,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         until_stopped(stopped.clone()),
     ));
     let merger = tokio::spawn(custody_server::changes::auto_merge(state.clone(), until_stopped(stopped.clone())));
+    // Signs a ledger checkpoint whenever the audit log grew, four times a second at most.
+    let checkpointer = state.key(custody_formats::KeyRole::Ledger).map(|key| {
+        let (store, origin, key) = (store.clone(), state.instance().to_owned(), key.clone_key());
+        let stop = until_stopped(stopped.clone());
+        tokio::spawn(async move { store.run_checkpointer(origin, key, CHECKPOINT_EVERY, stop).await })
+    });
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop.send(true);
@@ -169,6 +177,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::internal(format!("server failed: {e}")))?;
     let _ = runner.await;
     let _ = merger.await;
+    if let Some(checkpointer) = checkpointer {
+        let _ = checkpointer.await;
+    }
     store.close().await;
     tracing::info!("stopped");
     Ok(())

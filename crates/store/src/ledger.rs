@@ -16,7 +16,7 @@ use std::time::Duration;
 use custody_domain::InvalidInput;
 use custody_formats::checkpoint::{Checkpoint, NoteVerifier};
 use custody_formats::event::EventFields;
-use custody_formats::keys::ServiceKey;
+use custody_formats::keys::{PublicKey, ServiceKey};
 use custody_formats::merkle::{self, Frontier, Hash, NodeId};
 use futures_util::TryStreamExt as _;
 use sqlx::any::AnyConnectOptions;
@@ -486,6 +486,30 @@ const MOVE_WINDOW: i64 = 16;
 /// against the newest checkpoint `verifier` accepts. Names every event that
 /// was modified, deleted, inserted or moved.
 pub async fn inspect(url: &str, verifier: &NoteVerifier) -> Result<LedgerReport> {
+    let mut conn = connect_read_only(url).await?;
+    let report = inspect_connection(&mut conn, verifier).await;
+    let _ = conn.close().await;
+    report
+}
+
+/// [`inspect`] with the ledger's public key, under the instance name the
+/// database records (a changed name shows as checkpoints it did not sign).
+pub async fn inspect_with_key(url: &str, key: &PublicKey) -> Result<LedgerReport> {
+    let mut conn = connect_read_only(url).await?;
+    let dialect = Dialect::of_url(url).expect("checked when connecting");
+    let name: Option<String> = sqlx::query_scalar(&dialect.sql("SELECT value FROM instance WHERE key = $1"))
+        .bind("name")
+        .fetch_optional(&mut conn)
+        .await?;
+    let name = name.ok_or_else(|| StoreError::Corrupt("the database records no instance name".into()))?;
+    let verifier = NoteVerifier::new(&name, key)
+        .map_err(|e| StoreError::Invalid(InvalidInput::new("ledger key", "", e.to_string())))?;
+    let report = inspect_connection(&mut conn, &verifier).await;
+    let _ = conn.close().await;
+    report
+}
+
+async fn connect_read_only(url: &str) -> Result<AnyConnection> {
     sqlx::any::install_default_drivers();
     let dialect = Dialect::of_url(url).ok_or_else(|| {
         StoreError::Invalid(InvalidInput::new("database URL", url, "expected sqlite://PATH or postgres://…"))
@@ -495,17 +519,10 @@ pub async fn inspect(url: &str, verifier: &NoteVerifier) -> Result<LedgerReport>
         _ => url.to_owned(),
     };
     let options: AnyConnectOptions = url.parse()?;
-    let mut conn = options.disable_statement_logging().connect().await?;
-    let report = inspect_connection(&mut conn, dialect, verifier).await;
-    let _ = conn.close().await;
-    report
+    Ok(options.disable_statement_logging().connect().await?)
 }
 
-async fn inspect_connection(
-    conn: &mut AnyConnection,
-    dialect: Dialect,
-    verifier: &NoteVerifier,
-) -> Result<LedgerReport> {
+async fn inspect_connection(conn: &mut AnyConnection, verifier: &NoteVerifier) -> Result<LedgerReport> {
     let mut findings = Vec::new();
 
     // The stored leaves, and every node recomputed from them.
@@ -526,15 +543,13 @@ async fn inspect_connection(
 
     // Checkpoints: the newest genuine one is the reference; the stored tree
     // must give each checkpoint's head at its size.
-    let mut checkpoints: Vec<(u64, Hash, String)> = Vec::new();
+    let mut checkpoints: Vec<(u64, Hash, String, i64)> = Vec::new();
     {
-        let mut rows = sqlx::query("SELECT size, root, note FROM ledger_checkpoints ORDER BY size").fetch(&mut *conn);
+        let mut rows =
+            sqlx::query("SELECT size, root, note, at FROM ledger_checkpoints ORDER BY size").fetch(&mut *conn);
         while let Some(row) = rows.try_next().await? {
-            checkpoints.push((
-                col::<i64>(&row, "size")? as u64,
-                to_hash(col(&row, "root")?, "a root")?,
-                col(&row, "note")?,
-            ));
+            let size = col::<i64>(&row, "size")? as u64;
+            checkpoints.push((size, to_hash(col(&row, "root")?, "a root")?, col(&row, "note")?, col(&row, "at")?));
         }
     }
     let genuine = |size: u64, root: &Hash, note: &str| -> std::result::Result<(), String> {
@@ -545,14 +560,10 @@ async fn inspect_connection(
         Ok(())
     };
     let mut reference: Option<StoredCheckpoint> = None;
-    for (size, root, note) in checkpoints.iter().rev() {
+    for (size, root, note, at_ms) in checkpoints.iter().rev() {
         match genuine(*size, root, note) {
             Ok(()) => {
-                let at_ms = sqlx::query_scalar(&dialect.sql("SELECT at FROM ledger_checkpoints WHERE size = $1"))
-                    .bind(*size as i64)
-                    .fetch_one(&mut *conn)
-                    .await?;
-                reference = Some(StoredCheckpoint { size: *size, root: *root, note: note.clone(), at_ms });
+                reference = Some(StoredCheckpoint { size: *size, root: *root, note: note.clone(), at_ms: *at_ms });
                 break;
             }
             Err(why) => findings.push(Finding::ForgedCheckpoint { size: *size, why }),
@@ -593,7 +604,7 @@ async fn inspect_connection(
         // The first genuine-looking checkpoint the stored leaves disagree with
         // bounds where the rewriting happened.
         let mut good = 0u64;
-        for (size, root, note) in &checkpoints {
+        for (size, root, note, _) in &checkpoints {
             if *size > reference.size.min(tree_size) {
                 break;
             }

@@ -40,7 +40,7 @@ pub use custody_domain::project::{Identity, PushedCommit};
 pub use dialect::Dialect;
 pub use grants::GrantView;
 pub use groups::{GroupView, MemberView};
-pub use ledger::{inspect, Finding, LedgerReport, StoredCheckpoint};
+pub use ledger::{inspect, inspect_with_key, Finding, LedgerReport, StoredCheckpoint};
 pub use people::{random_secret, Authenticated, CreatedUser, Initialised, NewToken, TokenView, UserView};
 pub use projects::{CommitView, ProjectAccess, ProjectMemberView, ProjectView, PushView};
 pub use writer::Tx;
