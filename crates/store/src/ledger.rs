@@ -106,15 +106,20 @@ pub(crate) async fn insert_nodes(conn: &mut AnyConnection, dialect: Dialect, nod
     Ok(())
 }
 
-/// The tree's right edge, read inside the writer's transaction, with any
-/// events the tree does not cover yet (written before the ledger existed)
-/// hashed in. `last_seq` is the last event's sequence number.
+/// The tree's right edge, read inside the writer's transaction. On a
+/// database from before the ledger (events, but no tree and no checkpoint)
+/// every event is hashed in first. Events the tree does not cover on a
+/// database that has a tree were written around custody: they are refused,
+/// never hashed in, so that nobody can have custody vouch for them.
 pub(crate) async fn catch_up(conn: &mut AnyConnection, dialect: Dialect, last_seq: i64) -> Result<Frontier> {
     let size = tree_size(conn).await?;
-    if size > last_seq as u64 {
+    let checkpoints: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(size) FROM ledger_checkpoints").fetch_one(&mut *conn).await?;
+    let upgrading = size == 0 && checkpoints.is_none();
+    if size > last_seq as u64 || (size < last_seq as u64 && !upgrading) {
         return Err(StoreError::Corrupt(format!(
-            "the ledger covers {size} audit events but only {last_seq} exist: events were deleted; \
-             run `custody audit verify` to see which"
+            "the ledger covers {size} audit events but the last event is number {last_seq}: events were added or \
+             deleted around custody; run `custody audit verify` to see which"
         )));
     }
     let ids = Frontier::node_ids(size);
