@@ -157,19 +157,47 @@ struct EventRow {
     details: serde_json::Value,
 }
 
-impl EventRow {
-    fn read(row: &sqlx::any::AnyRow) -> Result<EventRow> {
-        let details: String = col(row, "details")?;
-        Ok(EventRow {
-            seq: col(row, "seq")?,
-            at: col(row, "at")?,
-            actor: col(row, "actor")?,
-            action: col(row, "action")?,
-            subject: col(row, "subject")?,
+/// An audit event as read, its details not yet parsed.
+struct RawEvent {
+    seq: i64,
+    at: i64,
+    actor: String,
+    action: String,
+    subject: String,
+    details: String,
+}
+
+impl RawEvent {
+    fn read(row: &sqlx::any::AnyRow) -> Result<RawEvent> {
+        use sqlx::Row as _;
+        let bad = |e: sqlx::Error| StoreError::Corrupt(format!("audit event: {e}"));
+        Ok(RawEvent {
+            seq: row.try_get(0).map_err(bad)?,
+            at: row.try_get(1).map_err(bad)?,
+            actor: row.try_get(2).map_err(bad)?,
+            action: row.try_get(3).map_err(bad)?,
+            subject: row.try_get(4).map_err(bad)?,
+            details: row.try_get(5).map_err(bad)?,
+        })
+    }
+
+    fn parse(self) -> EventRow {
+        EventRow {
+            seq: self.seq,
+            at: self.at,
+            actor: self.actor,
+            action: self.action,
+            subject: self.subject,
             // Details that are no longer JSON still hash (as a string), so
             // the damage shows as a modified event rather than an error.
-            details: serde_json::from_str(&details).unwrap_or(serde_json::Value::String(details)),
-        })
+            details: serde_json::from_str(&self.details).unwrap_or(serde_json::Value::String(self.details)),
+        }
+    }
+}
+
+impl EventRow {
+    fn read(row: &sqlx::any::AnyRow) -> Result<EventRow> {
+        Ok(RawEvent::read(row)?.parse())
     }
 
     /// The leaf this event's content would have at sequence number `seq`.
@@ -367,6 +395,67 @@ impl Store {
     }
 }
 
+/// Which database a connection is to.
+fn dialect_of(conn: &AnyConnection) -> Dialect {
+    if conn.backend_name().to_ascii_lowercase().starts_with("postgres") {
+        Dialect::Postgres
+    } else {
+        Dialect::Sqlite
+    }
+}
+
+/// The stored hashes of one level of the tree in index order, up to the
+/// first missing one. Each query carries a chunk of the level as one row
+/// (the hashes hex-encoded end to end), so a million hashes take a few
+/// dozen round trips rather than a million rows.
+async fn read_level(conn: &mut AnyConnection, dialect: Dialect, level: u8) -> Result<Vec<Hash>> {
+    const ROWS: i64 = 1 << 16;
+    let sql = match dialect {
+        Dialect::Sqlite => {
+            "SELECT count(*) AS n, min(idx) AS lo, max(idx) AS hi, group_concat(hex(hash), '' ORDER BY idx) AS hashes \
+             FROM ledger_nodes WHERE level = ?1 AND idx >= ?2 AND idx < ?3"
+        }
+        Dialect::Postgres => {
+            "SELECT count(*) AS n, min(idx) AS lo, max(idx) AS hi, \
+             string_agg(encode(hash, 'hex'), '' ORDER BY idx) AS hashes \
+             FROM ledger_nodes WHERE level = $1 AND idx >= $2 AND idx < $3"
+        }
+    };
+    let mut hashes = Vec::new();
+    let mut start = 0i64;
+    loop {
+        let row = sqlx::query(sql).bind(i64::from(level)).bind(start).bind(start + ROWS).fetch_one(&mut *conn).await?;
+        let n: i64 = col(&row, "n")?;
+        if n == 0 {
+            return Ok(hashes);
+        }
+        let (lo, hi): (i64, i64) = (col(&row, "lo")?, col(&row, "hi")?);
+        let text: String = col(&row, "hashes")?;
+        if !(lo == start && hi - lo + 1 == n && text.len() as i64 == 64 * n) {
+            // A gap, or a hash of the wrong length: read this chunk row by row.
+            let sql = dialect
+                .sql("SELECT idx, hash FROM ledger_nodes WHERE level = $1 AND idx >= $2 AND idx < $3 ORDER BY idx");
+            let rows =
+                sqlx::query(&sql).bind(i64::from(level)).bind(start).bind(start + ROWS).fetch_all(&mut *conn).await?;
+            for row in rows {
+                let idx: i64 = col(&row, "idx")?;
+                let Ok(hash) = to_hash(col(&row, "hash")?, "a ledger node") else { break };
+                if idx as usize != hashes.len() {
+                    break;
+                }
+                hashes.push(hash);
+            }
+            return Ok(hashes);
+        }
+        let bytes = hex::decode(&text).map_err(|e| StoreError::Corrupt(format!("ledger nodes: {e}")))?;
+        hashes.extend(bytes.chunks_exact(32).map(|c| <Hash>::try_from(c).expect("32 bytes")));
+        if n < ROWS {
+            return Ok(hashes);
+        }
+        start += ROWS;
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Inspection: what `custody audit verify` runs
 // ---------------------------------------------------------------------------
@@ -530,20 +619,9 @@ async fn connect_read_only(url: &str) -> Result<AnyConnection> {
 async fn inspect_connection(conn: &mut AnyConnection, verifier: &NoteVerifier) -> Result<LedgerReport> {
     let mut findings = Vec::new();
 
-    // The stored leaves, and every node recomputed from them.
-    let mut leaves: Vec<Hash> = Vec::new();
-    {
-        let mut rows = sqlx::query("SELECT idx, hash FROM ledger_nodes WHERE level = 0 ORDER BY idx").fetch(&mut *conn);
-        while let Some(row) = rows.try_next().await? {
-            let idx: i64 = col(&row, "idx")?;
-            if idx as usize != leaves.len() {
-                // A leaf was removed from the middle of the tree: every
-                // position from there on is unaccounted for.
-                break;
-            }
-            leaves.push(to_hash(col(&row, "hash")?, "a leaf")?);
-        }
-    }
+    // The stored leaves, up to the first one missing.
+    let dialect = dialect_of(conn);
+    let leaves = read_level(conn, dialect, 0).await?;
     let tree_size = leaves.len() as u64;
 
     // Checkpoints: the newest genuine one is the reference; the stored tree
@@ -621,43 +699,65 @@ async fn inspect_connection(conn: &mut AnyConnection, verifier: &NoteVerifier) -
             }
         }
     }
-    {
-        let mut rows = sqlx::query("SELECT level, idx, hash FROM ledger_nodes WHERE level > 0 ORDER BY level, idx")
-            .fetch(&mut *conn);
-        while let Some(row) = rows.try_next().await? {
-            let level = col::<i64>(&row, "level")? as u8;
-            let idx = col::<i64>(&row, "idx")? as u64;
-            let hash = to_hash(col(&row, "hash")?, "a node")?;
-            let expected = levels.get(level as usize - 1).and_then(|l| l.get(idx as usize));
-            if expected.is_some_and(|e| *e != hash) {
-                findings.push(Finding::NodeAltered { level, idx });
-            }
+    for (level, computed) in levels.iter().enumerate() {
+        let level = level as u8 + 1;
+        let stored = read_level(conn, dialect, level).await?;
+        if let Some(idx) = computed.iter().zip(&stored).position(|(c, s)| c != s) {
+            findings.push(Finding::NodeAltered { level, idx: idx as u64 });
+        } else if stored.len() < computed.len() {
+            findings.push(Finding::NodeAltered { level, idx: stored.len() as u64 });
         }
     }
     drop(levels);
 
-    // The events against the leaves.
-    let mut matched = vec![false; leaves.len()];
-    let mut present = vec![false; leaves.len()];
-    let mut suspects: Vec<EventRow> = Vec::new();
-    let mut events = 0u64;
-    {
-        let mut rows = sqlx::query("SELECT seq, at, actor, action, subject, details FROM audit_events ORDER BY seq")
-            .fetch(&mut *conn);
-        while let Some(row) = rows.try_next().await? {
-            events += 1;
-            let event = EventRow::read(&row)?;
-            let position = event.seq - 1;
-            if position >= 0 && (position as usize) < leaves.len() {
-                present[position as usize] = true;
-                if event.leaf(event.seq) == leaves[position as usize] {
-                    matched[position as usize] = true;
-                    continue;
+    // The events against the leaves: read here, hashed and matched on
+    // another thread, so that reading and hashing overlap.
+    let leaves = Arc::new(leaves);
+    let (batches, mut received) = tokio::sync::mpsc::channel::<Vec<RawEvent>>(8);
+    let checker = tokio::task::spawn_blocking({
+        let leaves = leaves.clone();
+        move || {
+            let mut matched = vec![false; leaves.len()];
+            let mut present = vec![false; leaves.len()];
+            let mut suspects: Vec<EventRow> = Vec::new();
+            let mut events = 0u64;
+            while let Some(batch) = received.blocking_recv() {
+                for raw in batch {
+                    events += 1;
+                    let event = raw.parse();
+                    let position = event.seq - 1;
+                    if position >= 0 && (position as usize) < leaves.len() {
+                        present[position as usize] = true;
+                        if event.leaf(event.seq) == leaves[position as usize] {
+                            matched[position as usize] = true;
+                            continue;
+                        }
+                    }
+                    suspects.push(event);
                 }
             }
-            suspects.push(event);
+            (matched, present, suspects, events)
         }
+    });
+    {
+        const BATCH: usize = 4096;
+        let mut rows =
+            sqlx::query("SELECT seq, at, actor, action, subject, details FROM audit_events ORDER BY seq").fetch(&mut *conn);
+        let mut batch = Vec::with_capacity(BATCH);
+        while let Some(row) = rows.try_next().await? {
+            batch.push(RawEvent::read(&row)?);
+            if batch.len() == BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                if batches.send(full).await.is_err() {
+                    break;
+                }
+            }
+        }
+        let _ = batches.send(batch).await;
+        drop(batches);
     }
+    let (mut matched, present, suspects, events) =
+        checker.await.map_err(|e| StoreError::Corrupt(format!("the event checker failed: {e}")))?;
     let mut unexplained = Vec::new();
     for event in suspects {
         let window = (event.seq - MOVE_WINDOW).max(1)..=(event.seq + MOVE_WINDOW).min(leaves.len() as i64);
