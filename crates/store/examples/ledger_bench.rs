@@ -150,16 +150,18 @@ async fn plain_batched_inserts(batch: usize, seconds: u64) -> f64 {
         for _ in 0..batch {
             seq += 1;
             let e = event(seq);
-            sqlx::query("INSERT INTO audit_events (seq, at, actor, action, subject, details) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
-                .bind(seq as i64)
-                .bind(custody_store::now_ms())
-                .bind(e.actor)
-                .bind(e.action)
-                .bind(e.subject)
-                .bind(e.details.to_string())
-                .execute(&mut conn)
-                .await
-                .unwrap();
+            sqlx::query(
+                "INSERT INTO audit_events (seq, at, actor, action, subject, details) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .bind(seq as i64)
+            .bind(custody_store::now_ms())
+            .bind(e.actor)
+            .bind(e.action)
+            .bind(e.subject)
+            .bind(e.details.to_string())
+            .execute(&mut conn)
+            .await
+            .unwrap();
         }
         conn.execute("COMMIT").await.unwrap();
     }
@@ -207,7 +209,10 @@ async fn big(events: u64, dir: &std::path::Path) {
     let verifier = NoteVerifier::new(ORIGIN, &key.public()).unwrap();
     std::fs::write(dir.join("ledger.vkey"), verifier.to_vkey() + "\n").unwrap();
     if !reuse {
-        println!("{}", json!({ "measure": "fill", "events": events, "seconds": filled, "events_per_s": events as f64 / filled }));
+        println!(
+            "{}",
+            json!({ "measure": "fill", "events": events, "seconds": filled, "events_per_s": events as f64 / filled })
+        );
     }
 
     // Inclusion proofs of random events against the checkpoint, and the

@@ -741,8 +741,8 @@ async fn inspect_connection(conn: &mut AnyConnection, verifier: &NoteVerifier) -
     });
     {
         const BATCH: usize = 4096;
-        let mut rows =
-            sqlx::query("SELECT seq, at, actor, action, subject, details FROM audit_events ORDER BY seq").fetch(&mut *conn);
+        let mut rows = sqlx::query("SELECT seq, at, actor, action, subject, details FROM audit_events ORDER BY seq")
+            .fetch(&mut *conn);
         let mut batch = Vec::with_capacity(BATCH);
         while let Some(row) = rows.try_next().await? {
             batch.push(RawEvent::read(&row)?);

@@ -180,17 +180,19 @@ async fn commit_group(
             Some(tree) if tree.size() == last as u64 => tree,
             _ => crate::ledger::catch_up(&mut tx.conn, dialect, last).await?,
         };
+        // Releasing one operation's savepoint and opening the next one's
+        // share a round trip; COMMIT releases the last.
+        let mut open = false;
         for job in group.drain(..) {
-            tx.conn.execute("SAVEPOINT op").await?;
+            let savepoint = if open { "RELEASE SAVEPOINT op; SAVEPOINT op" } else { "SAVEPOINT op" };
+            tx.conn.execute(savepoint).await?;
+            open = true;
             let seq_before = tx.next_seq;
             match (job.op)(&mut tx).await {
-                Ok(value) => {
-                    tx.conn.execute("RELEASE SAVEPOINT op").await?;
-                    answers.push((job.done, Ok(value)));
-                }
+                Ok(value) => answers.push((job.done, Ok(value))),
                 Err(error) => {
-                    tx.conn.execute("ROLLBACK TO SAVEPOINT op").await?;
-                    tx.conn.execute("RELEASE SAVEPOINT op").await?;
+                    tx.conn.execute("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op").await?;
+                    open = false;
                     tx.next_seq = seq_before;
                     tx.leaves.truncate((seq_before - last - 1) as usize);
                     answers.push((job.done, Err(error)));
