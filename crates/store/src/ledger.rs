@@ -181,6 +181,26 @@ impl RawEvent {
         })
     }
 
+    /// The events of a JSON array of `[seq, at, actor, action, subject, details]`.
+    fn from_json_array(text: &str) -> Result<Vec<RawEvent>> {
+        let rows: Vec<Vec<serde_json::Value>> =
+            serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("audit events: {e}")))?;
+        let text = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+        rows.iter()
+            .map(|row| match row.as_slice() {
+                [seq, at, actor, action, subject, details] => Ok(RawEvent {
+                    seq: seq.as_i64().ok_or_else(|| StoreError::Corrupt(format!("audit event seq {seq}")))?,
+                    at: at.as_i64().ok_or_else(|| StoreError::Corrupt(format!("audit event {seq}: at {at}")))?,
+                    actor: text(actor),
+                    action: text(action),
+                    subject: text(subject),
+                    details: text(details),
+                }),
+                _ => Err(StoreError::Corrupt("audit events: a row of the wrong shape".into())),
+            })
+            .collect()
+    }
+
     fn parse(self) -> EventRow {
         EventRow {
             seq: self.seq,
@@ -713,7 +733,7 @@ async fn inspect_connection(conn: &mut AnyConnection, verifier: &NoteVerifier) -
     // The events against the leaves: read here, hashed and matched on
     // another thread, so that reading and hashing overlap.
     let leaves = Arc::new(leaves);
-    let (batches, mut received) = tokio::sync::mpsc::channel::<Vec<RawEvent>>(8);
+    let (batches, mut received) = tokio::sync::mpsc::channel::<String>(4);
     let checker = tokio::task::spawn_blocking({
         let leaves = leaves.clone();
         move || {
@@ -721,8 +741,8 @@ async fn inspect_connection(conn: &mut AnyConnection, verifier: &NoteVerifier) -
             let mut present = vec![false; leaves.len()];
             let mut suspects: Vec<EventRow> = Vec::new();
             let mut events = 0u64;
-            while let Some(batch) = received.blocking_recv() {
-                for raw in batch {
+            while let Some(chunk) = received.blocking_recv() {
+                for raw in RawEvent::from_json_array(&chunk)? {
                     events += 1;
                     let event = raw.parse();
                     let position = event.seq - 1;
@@ -736,28 +756,43 @@ async fn inspect_connection(conn: &mut AnyConnection, verifier: &NoteVerifier) -
                     suspects.push(event);
                 }
             }
-            (matched, present, suspects, events)
+            Ok::<_, StoreError>((matched, present, suspects, events))
         }
     });
     {
-        const BATCH: usize = 4096;
-        let mut rows = sqlx::query("SELECT seq, at, actor, action, subject, details FROM audit_events ORDER BY seq")
-            .fetch(&mut *conn);
-        let mut batch = Vec::with_capacity(BATCH);
-        while let Some(row) = rows.try_next().await? {
-            batch.push(RawEvent::read(&row)?);
-            if batch.len() == BATCH {
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-                if batches.send(full).await.is_err() {
-                    break;
-                }
+        // A chunk of events per query, as one JSON array, so that a million
+        // events take a few dozen round trips rather than a million rows.
+        const ROWS: i64 = 1 << 15;
+        let sql = match dialect_of(conn) {
+            Dialect::Sqlite => {
+                "SELECT count(*) AS n, max(seq) AS hi, \
+                 json_group_array(json_array(seq, at, actor, action, subject, details)) AS events \
+                 FROM (SELECT seq, at, actor, action, subject, details FROM audit_events \
+                 WHERE seq > ?1 ORDER BY seq LIMIT ?2)"
+            }
+            Dialect::Postgres => {
+                "SELECT count(*) AS n, max(seq) AS hi, \
+                 json_agg(json_build_array(seq, at, actor, action, subject, details))::text AS events \
+                 FROM (SELECT seq, at, actor, action, subject, details FROM audit_events \
+                 WHERE seq > $1 ORDER BY seq LIMIT $2) AS chunk"
+            }
+        };
+        let mut after = i64::MIN;
+        loop {
+            let row = sqlx::query(sql).bind(after).bind(ROWS).fetch_one(&mut *conn).await?;
+            let n: i64 = col(&row, "n")?;
+            if n == 0 {
+                break;
+            }
+            after = col(&row, "hi")?;
+            if batches.send(col(&row, "events")?).await.is_err() || n < ROWS {
+                break;
             }
         }
-        let _ = batches.send(batch).await;
         drop(batches);
     }
     let (mut matched, present, suspects, events) =
-        checker.await.map_err(|e| StoreError::Corrupt(format!("the event checker failed: {e}")))?;
+        checker.await.map_err(|e| StoreError::Corrupt(format!("the event checker failed: {e}")))??;
     let mut unexplained = Vec::new();
     for event in suspects {
         let window = (event.seq - MOVE_WINDOW).max(1)..=(event.seq + MOVE_WINDOW).min(leaves.len() as i64);
