@@ -281,6 +281,28 @@ async fn events_written_before_the_ledger_existed_are_hashed_in(store: Store, ur
     reopened.close().await;
 }
 
+async fn an_event_written_around_custody_stops_the_writer_instead_of_being_vouched_for(
+    store: Store,
+    url: String,
+    _: Dialect,
+) {
+    let (_, verifier) = checkpointed_log(&store).await;
+    execute_raw(
+        &url,
+        "INSERT INTO audit_events (seq, at, actor, action, subject, details) \
+         VALUES (21, 1700000000000, 'mallory', 'grant.approve', 'grant:1', '{}')",
+    )
+    .await;
+    let refused = store.write(|tx| Box::pin(async move { tx.audit(event(99)).await })).await;
+    assert!(
+        matches!(&refused, Err(StoreError::Unavailable(m)) if m.contains("custody audit verify")),
+        "the writer must not hash in an event it did not write: {refused:?}"
+    );
+    assert_eq!(store.ledger_size().await.unwrap(), 20);
+    let report = inspect(&url, &verifier).await.unwrap();
+    assert_eq!(report.findings, vec![Finding::Inserted { seq: 21 }]);
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -311,4 +333,5 @@ both_backends! {
     an_event_edited_together_with_its_leaf_breaks_the_signed_checkpoint,
     a_forged_checkpoint_is_refused_and_the_genuine_one_used,
     events_written_before_the_ledger_existed_are_hashed_in,
+    an_event_written_around_custody_stops_the_writer_instead_of_being_vouched_for,
 }
