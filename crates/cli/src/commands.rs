@@ -502,10 +502,51 @@ pub enum AuditCommand {
         #[arg(long)]
         action: Option<String>,
     },
+    /// The newest signed checkpoint of the audit ledger.
+    Checkpoint {
+        /// Check its signature with this verifier key file (`name+keyid+key`).
+        #[arg(long, value_name = "FILE")]
+        key: Option<std::path::PathBuf>,
+    },
+    /// The inclusion proof of one event, checked against its checkpoint.
+    Proof {
+        /// The event's sequence number.
+        seq: i64,
+        /// Prove against the tree of this many events [default: the newest checkpoint].
+        #[arg(long)]
+        size: Option<u64>,
+    },
+    /// The consistency proof between two tree sizes.
+    Consistency {
+        /// The older tree size.
+        old: u64,
+        /// The newer tree size.
+        new: u64,
+    },
+    /// Recompute the ledger from the database and check it against the newest signed checkpoint.
+    Verify(crate::ledger::VerifyArgs),
+    /// Prove the newest checkpoint consistent with the one kept in FILE, then keep it.
+    Watch {
+        /// Where the last checkpoint seen is kept between runs.
+        #[arg(long, value_name = "FILE")]
+        state: std::path::PathBuf,
+        /// The ledger's verifier key file (`name+keyid+key`) [default: pinned in FILE on the first run].
+        #[arg(long, value_name = "FILE")]
+        key: Option<std::path::PathBuf>,
+    },
+    /// Every event as a JSON line with its inclusion proof and the checkpoint.
+    Export {
+        /// Only events since this time: RFC 3339, or a duration ago such as 2h.
+        #[arg(long)]
+        since: Option<String>,
+        /// Only events before this time: RFC 3339, or a duration ago.
+        #[arg(long)]
+        until: Option<String>,
+    },
 }
 
 /// Reads RFC 3339, or a duration meaning that long ago.
-fn point_in_time(value: &str) -> Result<Timestamp, Failure> {
+pub(crate) fn point_in_time(value: &str) -> Result<Timestamp, Failure> {
     if let Ok(t) = Timestamp::parse_rfc3339(value) {
         return Ok(t);
     }
@@ -515,8 +556,20 @@ fn point_in_time(value: &str) -> Result<Timestamp, Failure> {
     Ok(Timestamp::from_millis(custody_store::now_ms() - ago.as_millis() as i64))
 }
 
-pub async fn audit(client: &Client, command: AuditCommand, out: Output) -> Result<(), Failure> {
-    let AuditCommand::Log { since, until, actor, action } = command;
+pub async fn audit(server: Option<String>, command: AuditCommand, out: Output) -> Result<(), Failure> {
+    use crate::ledger;
+    let (since, until, actor, action) = match command {
+        AuditCommand::Log { since, until, actor, action } => (since, until, actor, action),
+        AuditCommand::Verify(args) => return ledger::verify(args, out).await,
+        AuditCommand::Checkpoint { key } => return ledger::checkpoint(&Client::from_env(server)?, key, out).await,
+        AuditCommand::Proof { seq, size } => return ledger::proof(&Client::from_env(server)?, seq, size, out).await,
+        AuditCommand::Consistency { old, new } => {
+            return ledger::consistency(&Client::from_env(server)?, old, new, out).await
+        }
+        AuditCommand::Watch { state, key } => return ledger::watch(&Client::from_env(server)?, &state, key, out).await,
+        AuditCommand::Export { since, until } => return ledger::export(&Client::from_env(server)?, since, until).await,
+    };
+    let client = &Client::from_env(server)?;
     let mut query = Vec::new();
     if let Some(since) = since {
         query.push(format!("since={}", point_in_time(&since)?));

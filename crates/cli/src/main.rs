@@ -12,6 +12,7 @@ mod commands;
 mod config;
 mod deploy;
 mod hook;
+mod ledger;
 mod project;
 mod serve;
 
@@ -172,7 +173,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Token(command) => commands::token(cli.server, command, out).await,
         Command::Group(command) => commands::group(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Grant(command) => commands::grant(&client::Client::from_env(cli.server)?, command, out).await,
-        Command::Audit(command) => commands::audit(&client::Client::from_env(cli.server)?, command, out).await,
+        Command::Audit(command) => commands::audit(cli.server, command, out).await,
         Command::Project(command) => project::run(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Hook(command) => hook::run(command).await,
         Command::Change(command) => change::run(&client::Client::from_env(cli.server)?, command, out).await,

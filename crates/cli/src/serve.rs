@@ -16,6 +16,8 @@ const DEFAULT_DATA_DIR: &str = "./custody-data";
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_ADMIN: &str = "admin";
 const DEFAULT_NAME: &str = "custody";
+/// How often the ledger's tree head is signed while events arrive.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 #[derive(Args, Debug)]
 pub struct InitArgs {
@@ -197,6 +199,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     if deployers {
         builders.push(tokio::spawn(deployer.run(until_stopped(stopped.clone()))));
     }
+    // Signs a ledger checkpoint whenever the audit log grew, four times a second at most.
+    let checkpointer = state.key(custody_formats::KeyRole::Ledger).map(|key| {
+        let (store, origin, key) = (store.clone(), state.instance().to_owned(), key.clone_key());
+        let stop = until_stopped(stopped.clone());
+        tokio::spawn(async move { store.run_checkpointer(origin, key, CHECKPOINT_EVERY, stop).await })
+    });
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop.send(true);
@@ -208,6 +216,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let _ = merger.await;
     for builder in builders {
         let _ = builder.await;
+    }
+    if let Some(checkpointer) = checkpointer {
+        let _ = checkpointer.await;
     }
     store.close().await;
     tracing::info!("stopped");

@@ -22,6 +22,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "projects", include_str!("../migrations/sqlite/0002_projects.sql")),
     (3, "changes", include_str!("../migrations/sqlite/0003_changes.sql")),
     (4, "checks", include_str!("../migrations/sqlite/0004_checks.sql")),
+    (5, "ledger", include_str!("../migrations/sqlite/0005_ledger.sql")),
     (6, "builds", include_str!("../migrations/sqlite/0006_builds.sql")),
     (7, "deployments", include_str!("../migrations/sqlite/0007_deployments.sql")),
 ];
@@ -30,6 +31,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "projects", include_str!("../migrations/postgres/0002_projects.sql")),
     (3, "changes", include_str!("../migrations/postgres/0003_changes.sql")),
     (4, "checks", include_str!("../migrations/postgres/0004_checks.sql")),
+    (5, "ledger", include_str!("../migrations/postgres/0005_ledger.sql")),
     (6, "builds", include_str!("../migrations/postgres/0006_builds.sql")),
     (7, "deployments", include_str!("../migrations/postgres/0007_deployments.sql")),
 ];

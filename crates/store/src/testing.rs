@@ -83,3 +83,28 @@ impl Drop for TestDatabase {
         .join();
     }
 }
+
+/// Runs SQL on the database at `url` directly, around custody, as someone
+/// with access to the database could: for tests that tamper with it.
+pub async fn execute_raw(url: &str, sql: &str) {
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    sqlx::raw_sql(sql).execute(&mut conn).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let _ = conn.close().await;
+}
+
+/// SQL that removes the triggers keeping the audit log and the ledger
+/// append-only, as an attacker with access to the database would first.
+pub fn drop_append_only_triggers(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Sqlite => {
+            "DROP TRIGGER audit_events_no_update; DROP TRIGGER audit_events_no_delete; \
+             DROP TRIGGER ledger_nodes_no_update; DROP TRIGGER ledger_nodes_no_delete; \
+             DROP TRIGGER ledger_checkpoints_no_update; DROP TRIGGER ledger_checkpoints_no_delete;"
+        }
+        Dialect::Postgres => {
+            "DROP TRIGGER audit_events_no_change ON audit_events; DROP TRIGGER ledger_nodes_no_change ON ledger_nodes; \
+             DROP TRIGGER ledger_checkpoints_no_change ON ledger_checkpoints;"
+        }
+    }
+}

@@ -10,6 +10,8 @@ use std::any::Any;
 use std::sync::Arc;
 
 use custody_domain::audit::NewEvent;
+use custody_formats::event::EventFields;
+use custody_formats::merkle::{Frontier, Hash};
 use futures_util::future::BoxFuture;
 use sqlx::any::AnyConnectOptions;
 use sqlx::{AnyConnection, ConnectOptions, Connection as _, Executor};
@@ -34,6 +36,8 @@ pub struct Tx {
     dialect: Dialect,
     next_seq: i64,
     jobs_queued: bool,
+    /// Leaf hashes of the events appended in this transaction, in order.
+    leaves: Vec<Hash>,
 }
 
 impl Tx {
@@ -59,15 +63,26 @@ impl Tx {
     }
 
     /// Appends an audit event in this transaction and returns its sequence
-    /// number. It commits with the change it records, or not at all.
+    /// number. It commits with the change it records, or not at all, and so
+    /// does its leaf in the ledger's Merkle tree.
     pub async fn audit(&mut self, event: NewEvent) -> Result<i64> {
         let seq = self.next_seq;
+        let at = crate::now_ms();
         let details = serde_json::to_string(&event.details).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let leaf = EventFields {
+            seq,
+            at_ms: at,
+            actor: &event.actor,
+            action: &event.action,
+            subject: &event.subject,
+            details: &event.details,
+        }
+        .leaf_hash();
         let sql = self
             .sql("INSERT INTO audit_events (seq, at, actor, action, subject, details) VALUES ($1, $2, $3, $4, $5, $6)");
         sqlx::query(&sql)
             .bind(seq)
-            .bind(crate::now_ms())
+            .bind(at)
             .bind(event.actor)
             .bind(event.action)
             .bind(event.subject)
@@ -75,6 +90,7 @@ impl Tx {
             .execute(&mut self.conn)
             .await?;
         self.next_seq += 1;
+        self.leaves.push(leaf);
         Ok(seq)
     }
 }
@@ -130,6 +146,8 @@ async fn run(
     jobs: Arc<Notify>,
 ) {
     let mut conn = Some(conn);
+    // The ledger's right edge as of the last commit, kept between groups.
+    let mut ledger: Option<Frontier> = None;
     let mut group = Vec::with_capacity(MAX_GROUP);
     while receiver.recv_many(&mut group, MAX_GROUP).await > 0 {
         let connection = match conn.take() {
@@ -137,7 +155,7 @@ async fn run(
             None => reconnect(dialect, &options).await,
         };
         match connection {
-            Ok(c) => conn = commit_group(dialect, c, &mut group, &jobs).await,
+            Ok(c) => conn = commit_group(dialect, c, &mut group, &jobs, &mut ledger).await,
             Err(error) => {
                 let message = error.to_string();
                 for job in group.drain(..) {
@@ -158,43 +176,66 @@ async fn reconnect(dialect: Dialect, options: &AnyConnectOptions) -> Result<AnyC
 }
 
 /// Commits one group; returns the connection when it is still usable.
+///
+/// The group's audit events are hashed into the ledger's Merkle tree before
+/// COMMIT, so the tree always covers exactly the committed events. `ledger`
+/// is the tree's right edge after the last commit; it is reloaded from the
+/// database when another process has appended since, and dropped when a
+/// commit fails.
 async fn commit_group(
     dialect: Dialect,
     conn: AnyConnection,
     group: &mut Vec<Job>,
     jobs: &Notify,
+    ledger: &mut Option<Frontier>,
 ) -> Option<AnyConnection> {
-    let mut tx = Tx { conn, dialect, next_seq: 0, jobs_queued: false };
+    let mut tx = Tx { conn, dialect, next_seq: 0, jobs_queued: false, leaves: Vec::new() };
+    let mut frontier = ledger.take();
     let mut answers: Vec<(oneshot::Sender<Result<Erased>>, Result<Erased>)> = Vec::with_capacity(group.len());
 
     let outcome: Result<()> = async {
         dialect.begin_write(&mut tx.conn).await?;
         let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_events").fetch_one(&mut tx.conn).await?;
-        tx.next_seq = last.unwrap_or(0) + 1;
+        let last = last.unwrap_or(0);
+        tx.next_seq = last + 1;
+        let mut tree = match frontier.take() {
+            Some(tree) if tree.size() == last as u64 => tree,
+            _ => crate::ledger::catch_up(&mut tx.conn, dialect, last).await?,
+        };
+        // Releasing one operation's savepoint and opening the next one's
+        // share a round trip; COMMIT releases the last.
+        let mut open = false;
         for job in group.drain(..) {
-            tx.conn.execute("SAVEPOINT op").await?;
+            let savepoint = if open { "RELEASE SAVEPOINT op; SAVEPOINT op" } else { "SAVEPOINT op" };
+            tx.conn.execute(savepoint).await?;
+            open = true;
             let (seq_before, queued_before) = (tx.next_seq, tx.jobs_queued);
             match (job.op)(&mut tx).await {
-                Ok(value) => {
-                    tx.conn.execute("RELEASE SAVEPOINT op").await?;
-                    answers.push((job.done, Ok(value)));
-                }
+                Ok(value) => answers.push((job.done, Ok(value))),
                 Err(error) => {
-                    tx.conn.execute("ROLLBACK TO SAVEPOINT op").await?;
-                    tx.conn.execute("RELEASE SAVEPOINT op").await?;
+                    tx.conn.execute("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op").await?;
+                    open = false;
                     tx.next_seq = seq_before;
                     tx.jobs_queued = queued_before;
+                    tx.leaves.truncate((seq_before - last - 1) as usize);
                     answers.push((job.done, Err(error)));
                 }
             }
         }
+        let mut nodes = Vec::with_capacity(2 * tx.leaves.len());
+        for leaf in tx.leaves.drain(..) {
+            tree.push(leaf, |id, hash| nodes.push((id, hash)));
+        }
+        crate::ledger::insert_nodes(&mut tx.conn, dialect, &nodes).await?;
         tx.conn.execute("COMMIT").await?;
+        frontier = Some(tree);
         Ok(())
     }
     .await;
 
     match outcome {
         Ok(()) => {
+            *ledger = frontier;
             if tx.jobs_queued {
                 jobs.notify_waiters();
             }

@@ -67,7 +67,7 @@ impl PageQuery {
         people::list_tokens, people::create_token, people::revoke_token,
         groups::list_groups, groups::create_group, groups::get_group, groups::add_member, groups::remove_member,
         groups::list_grants, groups::get_grant, groups::approve_grant, groups::reject_grant,
-        audit::events,
+        audit::events, audit::checkpoint, audit::consistency, audit::proof, audit::export,
         projects::create_project, projects::list_projects, projects::get_project,
         projects::add_member, projects::remove_member, projects::protect_branch, projects::unprotect_branch,
         projects::pushes, projects::commit, projects::set_default_branch,
@@ -84,7 +84,7 @@ impl PageQuery {
     tags(
         (name = "people", description = "Users, invites, tokens and passwords"),
         (name = "groups", description = "Groups and the grants that change who may do what"),
-        (name = "audit", description = "The append-only audit log"),
+        (name = "audit", description = "The append-only audit log, its signed checkpoints and proofs"),
         (name = "projects", description = "Projects, their repositories and the push log"),
         (name = "changes", description = "Change requests, reviews and the merge gate"),
         (name = "deployments", description = "Environments, deployments and the independent approvals they need"),
@@ -136,6 +136,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/grants/{id}/approve", post(groups::approve_grant))
         .route("/grants/{id}/reject", post(groups::reject_grant))
         .route("/audit/events", get(audit::events))
+        .route("/audit/checkpoint", get(audit::checkpoint))
+        .route("/audit/consistency", get(audit::consistency))
+        .route("/audit/proof/{seq}", get(audit::proof))
+        .route("/audit/export", get(audit::export))
         .route("/projects", get(projects::list_projects).post(projects::create_project))
         .route("/projects/{name}", get(projects::get_project))
         .route("/projects/{name}/members", post(projects::add_member))

@@ -1,0 +1,334 @@
+//! `custody audit checkpoint|proof|consistency|verify|watch|export`: the
+//! audit ledger from the command line.
+//!
+//! Everything the server sends is checked here before it is believed:
+//! checkpoints against the ledger's verifier key, proofs against the
+//! checkpoint's tree head, leaves against the events they hash. `verify`
+//! is the one command that reads a database itself (an operator's or
+//! auditor's check of a data directory); every other command speaks only
+//! the public API.
+
+use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use clap::Args;
+use custody_formats::checkpoint::{Checkpoint, NoteVerifier};
+use custody_formats::event::EventFields;
+use custody_formats::keys::{KeyRole, ServiceKey};
+use custody_formats::merkle::{self, Hash};
+use serde_json::{json, Value};
+
+use crate::client::Client;
+use crate::commands::{say, Output};
+use crate::Failure;
+
+/// A verification that found damage: exit 1.
+fn damaged(message: impl Into<String>) -> Failure {
+    Failure { code: 1, message: message.into(), body: None }
+}
+
+fn hash_of(value: &Value, what: &str) -> Result<Hash, Failure> {
+    value
+        .as_str()
+        .and_then(|s| STANDARD.decode(s).ok())
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| Failure::internal(format!("the server sent a malformed {what}")))
+}
+
+fn hashes_of(value: &Value) -> Result<Vec<Hash>, Failure> {
+    value
+        .as_array()
+        .ok_or_else(|| Failure::internal("the server sent a proof without hashes"))?
+        .iter()
+        .map(|h| hash_of(h, "proof hash"))
+        .collect()
+}
+
+fn read_verifier(path: &Path) -> Result<NoteVerifier, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| Failure::input(format!("{}: {e}", path.display())))?;
+    NoteVerifier::parse(&text).map_err(|e| Failure::input(format!("{}: {e}", path.display())))
+}
+
+/// `custody audit checkpoint`: the newest signed checkpoint.
+pub async fn checkpoint(client: &Client, key: Option<PathBuf>, out: Output) -> Result<(), Failure> {
+    let answer = client.get("/api/v1/audit/checkpoint").await?;
+    if let Some(path) = key {
+        let note = answer["note"].as_str().unwrap_or_default();
+        read_verifier(&path)?.open(note).map_err(|e| damaged(format!("the server's checkpoint: {e}")))?;
+    }
+    if out.json {
+        out.print_json(&answer);
+    } else {
+        say(answer["note"].as_str().unwrap_or_default().trim_end());
+    }
+    Ok(())
+}
+
+/// `custody audit proof SEQ`: the inclusion proof of one event, checked
+/// against the checkpoint and the event itself.
+pub async fn proof(client: &Client, seq: i64, size: Option<u64>, out: Output) -> Result<(), Failure> {
+    let path = match size {
+        Some(size) => format!("/api/v1/audit/proof/{seq}?size={size}"),
+        None => format!("/api/v1/audit/proof/{seq}"),
+    };
+    let answer = client.get(&path).await?;
+    let tree_size = answer["tree_size"].as_u64().ok_or_else(|| Failure::internal("the proof has no tree size"))?;
+    let leaf = hash_of(&answer["leaf_hash"], "leaf hash")?;
+    let hashes = hashes_of(&answer["hashes"])?;
+    let events = client.get(&format!("/api/v1/audit/events?after={}&limit=1", seq - 1)).await?;
+    let event = events["items"].get(0).filter(|e| e["seq"].as_i64() == Some(seq));
+    let event = event.ok_or_else(|| damaged(format!("the server lists no event {seq}")))?;
+    let at_ms = custody_domain::Timestamp::parse_rfc3339(event["at"].as_str().unwrap_or_default())
+        .map_err(|e| Failure::internal(e.to_string()))?
+        .millis();
+    if leaf_of(event, at_ms) != leaf {
+        return Err(damaged(format!("event {seq} as the server lists it does not hash to its leaf in the ledger")));
+    }
+    let mut verified = None;
+    if let Some(note) = answer["checkpoint"].as_str() {
+        let body = &note[..note.find("\n\n").map_or(note.len(), |end| end + 1)];
+        let checkpoint = Checkpoint::parse_body(body).map_err(|e| Failure::internal(e.to_string()))?;
+        merkle::verify_inclusion(&leaf, seq as u64 - 1, tree_size, &hashes, &checkpoint.root)
+            .map_err(|e| damaged(format!("the inclusion proof of event {seq} does not hold: {e}")))?;
+        verified = Some(checkpoint.size);
+    }
+    if out.json {
+        out.print_json(&answer);
+    } else {
+        match verified {
+            Some(size) => say(&format!("event {seq} is included in checkpoint {size} (proof verified)")),
+            None => say(&format!("event {seq}: inclusion proof in the tree of {tree_size} events")),
+        }
+        say(&format!("leaf hash: {}", STANDARD.encode(leaf)));
+        for (i, hash) in hashes.iter().enumerate() {
+            say(&format!("  {i:>2}  {}", STANDARD.encode(hash)));
+        }
+    }
+    Ok(())
+}
+
+/// The leaf hash of an event as the API lists it, with its time in ms.
+fn leaf_of(event: &Value, at_ms: i64) -> Hash {
+    let text = |k: &str| event[k].as_str().unwrap_or_default().to_owned();
+    let (actor, action, subject) = (text("actor"), text("action"), text("subject"));
+    EventFields {
+        seq: event["seq"].as_i64().unwrap_or_default(),
+        at_ms,
+        actor: &actor,
+        action: &action,
+        subject: &subject,
+        details: &event["details"],
+    }
+    .leaf_hash()
+}
+
+/// `custody audit consistency OLD NEW`: the proof that the tree of OLD
+/// events is a prefix of the tree of NEW events.
+pub async fn consistency(client: &Client, old: u64, new: u64, out: Output) -> Result<(), Failure> {
+    let answer = client.get(&format!("/api/v1/audit/consistency?old={old}&new={new}")).await?;
+    let hashes = hashes_of(&answer["hashes"])?;
+    if out.json {
+        out.print_json(&answer);
+    } else {
+        say(&format!("consistency proof from {old} to {new} events ({} hashes):", hashes.len()));
+        for (i, hash) in hashes.iter().enumerate() {
+            say(&format!("  {i:>2}  {}", STANDARD.encode(hash)));
+        }
+    }
+    Ok(())
+}
+
+/// Where `custody audit verify` finds the database and the ledger key.
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// The instance's data directory: its SQLite database and its ledger key.
+    #[arg(long, env = "CUSTODY_DATA_DIR", value_name = "DIR", default_value = "./custody-data")]
+    data_dir: PathBuf,
+    /// The database, when it is not the data directory's SQLite file (postgres://…).
+    #[arg(long, env = "CUSTODY_DATABASE_URL", value_name = "URL")]
+    database_url: Option<String>,
+    /// A file holding the ledger's verifier key (`name+keyid+key`); by
+    /// default the data directory's ledger key.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+}
+
+/// `custody audit verify`: recomputes the tree from the stored events and
+/// checks it against the newest genuine signed checkpoint.
+pub async fn verify(args: VerifyArgs, out: Output) -> Result<(), Failure> {
+    let data_dir = custody_server::instance::DataDir::new(&args.data_dir);
+    let url = args.database_url.clone().unwrap_or_else(|| data_dir.database_url());
+    if args.database_url.is_none() && !data_dir.root().join("custody.db").exists() {
+        return Err(Failure::input(format!(
+            "{} holds no custody database; pass --data-dir DIR or --database-url URL",
+            args.data_dir.display()
+        )));
+    }
+    let report = match &args.key {
+        Some(path) => custody_store::inspect(&url, &read_verifier(path)?).await,
+        None => {
+            let key = ServiceKey::load(KeyRole::Ledger, &data_dir.key_file(KeyRole::Ledger))
+                .map_err(|e| Failure::input(format!("{e}; pass the ledger's verifier key with --key FILE")))?;
+            custody_store::inspect_with_key(&url, &key.public()).await
+        }
+    };
+    let report = report.map_err(|e| match e {
+        custody_store::StoreError::Invalid(e) => Failure::input(e.to_string()),
+        other => Failure::internal(format!("cannot read the audit log: {other}")),
+    })?;
+    if out.json {
+        out.print_json(&json!({ "intact": report.intact(), "report": report }));
+    } else {
+        match &report.checkpoint {
+            Some(c) => say(&format!(
+                "checked {} events and a tree of {} against checkpoint {} signed {}",
+                report.events,
+                report.tree_size,
+                c.size,
+                custody_domain::Timestamp::from_millis(c.at_ms)
+            )),
+            None => say(&format!(
+                "checked {} events against the stored tree of {}; no genuine signed checkpoint exists yet, \
+                 so a rewrite of the whole ledger would go unseen here (an external watcher still sees it)",
+                report.events, report.tree_size
+            )),
+        }
+        for finding in &report.findings {
+            say(&format!("  {}", finding.describe()));
+        }
+    }
+    if report.intact() {
+        if !out.json {
+            say("audit log intact");
+        }
+        Ok(())
+    } else {
+        Err(damaged(format!("the audit log was tampered with: {} findings", report.findings.len())))
+    }
+}
+
+/// What `custody audit watch` keeps between runs.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WatchState {
+    /// The pinned verifier key.
+    verifier_key: String,
+    /// The last checkpoint seen and proved consistent, as signed.
+    note: String,
+    size: u64,
+    root: String,
+}
+
+/// `custody audit watch --state FILE`: fetches the newest checkpoint,
+/// checks its signature, proves it consistent with the one in FILE, and
+/// saves it there.
+pub async fn watch(client: &Client, state_file: &Path, key: Option<PathBuf>, out: Output) -> Result<(), Failure> {
+    let saved: Option<WatchState> = match std::fs::read_to_string(state_file) {
+        Ok(text) => Some(serde_json::from_str(&text).map_err(|e| {
+            Failure::input(format!("{}: not a watch state file ({e}); remove it to start over", state_file.display()))
+        })?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Failure::input(format!("{}: {e}", state_file.display()))),
+    };
+    let answer = client.get("/api/v1/audit/checkpoint").await?;
+    let mut pinned_now = false;
+    let verifier = match (&key, &saved) {
+        (Some(path), _) => read_verifier(path)?,
+        (None, Some(saved)) => NoteVerifier::parse(&saved.verifier_key).map_err(|e| Failure::input(e.to_string()))?,
+        (None, None) => {
+            pinned_now = true;
+            let offered = answer["verifier_key"].as_str().unwrap_or_default();
+            NoteVerifier::parse(offered).map_err(|e| Failure::internal(format!("the server's verifier key: {e}")))?
+        }
+    };
+    let note = answer["note"].as_str().unwrap_or_default();
+    let latest = verifier.open(note).map_err(|e| damaged(format!("the server's newest checkpoint: {e}")))?;
+
+    let mut report = json!({ "size": latest.size, "root": STANDARD.encode(latest.root) });
+    if let Some(saved) = &saved {
+        let old_root: Hash = STANDARD
+            .decode(&saved.root)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| Failure::input(format!("{}: the saved root is not a hash", state_file.display())))?;
+        if latest.size < saved.size {
+            return Err(damaged(format!(
+                "history was rewritten: the log shrank from {} to {} events since the checkpoint in {}",
+                saved.size,
+                latest.size,
+                state_file.display()
+            )));
+        }
+        let hashes = if latest.size == saved.size {
+            Vec::new()
+        } else {
+            let proof =
+                client.get(&format!("/api/v1/audit/consistency?old={}&new={}", saved.size, latest.size)).await?;
+            hashes_of(&proof["hashes"])?
+        };
+        merkle::verify_consistency(saved.size, latest.size, &old_root, &latest.root, &hashes).map_err(|e| {
+            damaged(format!(
+                "history was rewritten: checkpoint {} is not consistent with checkpoint {} saved in {} ({e})",
+                latest.size,
+                saved.size,
+                state_file.display()
+            ))
+        })?;
+        report["previous_size"] = json!(saved.size);
+    }
+    let state = WatchState {
+        verifier_key: verifier.to_vkey(),
+        note: note.to_owned(),
+        size: latest.size,
+        root: STANDARD.encode(latest.root),
+    };
+    let text = serde_json::to_string_pretty(&state).expect("the state serialises");
+    let temporary = state_file.with_extension("tmp");
+    std::fs::write(&temporary, text + "\n")
+        .and_then(|()| std::fs::rename(&temporary, state_file))
+        .map_err(|e| Failure::input(format!("cannot save {}: {e}", state_file.display())))?;
+    if out.json {
+        report["pinned_key"] = json!(pinned_now);
+        out.print_json(&report);
+    } else {
+        if pinned_now {
+            say(&format!(
+                "pinned the ledger key {} as the server offered it; check it against one you trust, or pass --key",
+                verifier.to_vkey()
+            ));
+        }
+        match &saved {
+            Some(saved) => say(&format!("checkpoint {} is consistent with checkpoint {}", latest.size, saved.size)),
+            None => say(&format!("saved checkpoint {} in {}", latest.size, state_file.display())),
+        }
+    }
+    Ok(())
+}
+
+/// `custody audit export`: one JSON line per event, each with its inclusion
+/// proof and the checkpoint it proves against.
+pub async fn export(client: &Client, since: Option<String>, until: Option<String>) -> Result<(), Failure> {
+    let checkpoint = client.get("/api/v1/audit/checkpoint").await?;
+    let size = checkpoint["size"].as_u64().ok_or_else(|| Failure::internal("the checkpoint has no size"))?;
+    let note = checkpoint["note"].as_str().unwrap_or_default().to_owned();
+    let mut path = format!("/api/v1/audit/export?size={size}");
+    if let Some(since) = since {
+        path.push_str(&format!("&since={}", crate::commands::point_in_time(&since)?));
+    }
+    if let Some(until) = until {
+        path.push_str(&format!("&until={}", crate::commands::point_in_time(&until)?));
+    }
+    for item in client.list(&path).await? {
+        let line = json!({
+            "event": {
+                "seq": item["seq"], "at": item["at"], "at_ms": item["at_ms"], "actor": item["actor"],
+                "action": item["action"], "subject": item["subject"], "details": item["details"],
+            },
+            "leaf_hash": item["leaf_hash"],
+            "inclusion": { "tree_size": item["tree_size"], "leaf_index": item["seq"].as_i64().map(|s| s - 1), "hashes": item["hashes"] },
+            "checkpoint": note,
+        });
+        say(&line.to_string());
+    }
+    Ok(())
+}

@@ -1,0 +1,337 @@
+//! The audit ledger on both backends: the tree the writer keeps, signed
+//! checkpoints, proofs checked by an independent implementation (the
+//! `tlog_tiles` crate, a port of Go's `sumdb/tlog`), and tampering with the
+//! real tables found and named by [`custody_store::inspect`].
+
+use std::sync::Arc;
+
+use custody_domain::audit::NewEvent;
+use custody_formats::checkpoint::NoteVerifier;
+use custody_formats::event::EventFields;
+use custody_formats::keys::{KeyRole, ServiceKey};
+use custody_formats::merkle::{self, Hash};
+use custody_store::testing::{drop_append_only_triggers, execute_raw, TestDatabase};
+use custody_store::{inspect, AuditFilter, Dialect, Finding, PageRequest, Store, StoreError};
+
+const ORIGIN: &str = "custody.test";
+
+async fn run<F, Fut>(dialect: Dialect, scenario: F)
+where
+    F: FnOnce(Store, String, Dialect) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let Some(db) = TestDatabase::new(dialect).await else { return };
+    let store = Store::open(&db.url).await.expect("the store opens on a fresh database");
+    scenario(store.clone(), db.url.clone(), dialect).await;
+    store.close().await;
+    drop(db);
+}
+
+fn event(i: usize) -> NewEvent {
+    NewEvent {
+        actor: format!("user{}", i % 5),
+        action: "test.append".into(),
+        subject: format!("thing:{i}"),
+        details: serde_json::json!({ "i": i, "nested": { "b": [1, 2], "a": "é" } }),
+    }
+}
+
+/// Appends `n` events from concurrent writers, so they commit in groups.
+async fn append(store: &Store, n: usize) {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.write(move |tx| Box::pin(async move { tx.audit(event(i)).await })).await
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().expect("the append commits");
+    }
+}
+
+/// The leaf hashes recomputed from the events as the API reads them.
+async fn leaves_from_events(store: &Store) -> Vec<Hash> {
+    let mut leaves = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.audit_events(&AuditFilter::default(), PageRequest::new(after, Some(500))).await.unwrap();
+        for e in &page.items {
+            assert_eq!(e.seq as usize, leaves.len() + 1);
+            let fields = EventFields {
+                seq: e.seq,
+                at_ms: e.at_ms,
+                actor: &e.actor,
+                action: &e.action,
+                subject: &e.subject,
+                details: &e.details,
+            };
+            leaves.push(fields.leaf_hash());
+        }
+        match page.next_cursor {
+            Some(cursor) => after = Some(cursor),
+            None => return leaves,
+        }
+    }
+}
+
+fn tlog(hash: &Hash) -> tlog_tiles::Hash {
+    tlog_tiles::Hash(*hash)
+}
+
+async fn the_tree_covers_every_committed_event_and_its_proofs_verify_independently(
+    store: Store,
+    _: String,
+    _: Dialect,
+) {
+    append(&store, 57).await;
+    assert_eq!(store.ledger_size().await.unwrap(), 57);
+    let leaves = leaves_from_events(&store).await;
+    for size in [1u64, 20, 32, 57] {
+        assert_eq!(store.ledger_root(size).await.unwrap(), merkle::root(&leaves[..size as usize]), "head of {size}");
+    }
+    let head = merkle::root(&leaves);
+    let seqs: Vec<i64> = (1..=57).collect();
+    let proofs = store.inclusion_proofs(&seqs, 57).await.unwrap();
+    for (seq, (leaf, proof)) in seqs.iter().zip(&proofs) {
+        assert_eq!(leaf, &leaves[*seq as usize - 1], "the stored leaf of event {seq} is its recomputed hash");
+        let proof: Vec<_> = proof.iter().map(tlog).collect();
+        tlog_tiles::check_record(&proof, 57, tlog(&head), *seq as u64 - 1, tlog(leaf))
+            .unwrap_or_else(|e| panic!("the inclusion proof of event {seq} does not verify: {e:?}"));
+    }
+    append(&store, 30).await;
+    let leaves = leaves_from_events(&store).await;
+    for old in [1u64, 13, 32, 57, 86] {
+        let proof: Vec<_> = store.consistency_proof(old, 87).await.unwrap().iter().map(tlog).collect();
+        let (old_head, new_head) = (merkle::root(&leaves[..old as usize]), merkle::root(&leaves));
+        tlog_tiles::check_tree(&proof, 87, tlog(&new_head), old, tlog(&old_head))
+            .unwrap_or_else(|e| panic!("the consistency proof {old} → 87 does not verify: {e:?}"));
+    }
+    assert!(matches!(store.inclusion_proofs(&[88], 87).await, Err(StoreError::Invalid(_))));
+    assert!(matches!(store.consistency_proof(10, 88).await, Err(StoreError::Invalid(_))));
+}
+
+async fn a_failed_operation_leaves_no_leaf_behind(store: Store, _: String, _: Dialect) {
+    append(&store, 3).await;
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .write(move |tx| {
+                    Box::pin(async move {
+                        let seq = tx.audit(event(100 + i)).await?;
+                        if i % 4 == 0 {
+                            return Err(StoreError::Conflict("this one fails".into()));
+                        }
+                        Ok(seq)
+                    })
+                })
+                .await
+        }));
+    }
+    for task in tasks {
+        let _ = task.await.unwrap();
+    }
+    assert_eq!(store.ledger_size().await.unwrap(), 33);
+    let leaves = leaves_from_events(&store).await;
+    assert_eq!(leaves.len(), 33);
+    assert_eq!(store.ledger_root(33).await.unwrap(), merkle::root(&leaves));
+}
+
+async fn a_checkpoint_is_signed_when_the_tree_grew_and_only_then(store: Store, _: String, _: Dialect) {
+    let key = Arc::new(ServiceKey::generate(KeyRole::Ledger));
+    let verifier = NoteVerifier::new(ORIGIN, &key.public()).unwrap();
+    assert_eq!(store.issue_checkpoint(ORIGIN, key.clone()).await.unwrap(), None, "nothing to sign in an empty log");
+    append(&store, 10).await;
+    let first = store.issue_checkpoint(ORIGIN, key.clone()).await.unwrap().expect("the tree grew");
+    assert_eq!(first.size, 10);
+    let opened = verifier.open(&first.note).unwrap();
+    assert_eq!((opened.size, opened.root), (10, store.ledger_root(10).await.unwrap()));
+    assert_eq!(store.issue_checkpoint(ORIGIN, key.clone()).await.unwrap(), None, "the tree did not grow");
+    append(&store, 5).await;
+    let second = store.issue_checkpoint(ORIGIN, key.clone()).await.unwrap().expect("the tree grew");
+    assert_eq!(second.size, 15);
+    assert_eq!(store.latest_checkpoint().await.unwrap(), Some(second.clone()));
+    assert_eq!(store.checkpoint_of_size(10).await.unwrap(), Some(first.clone()));
+
+    // The checkpointer task signs on its own, and a last time when stopped.
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let runner = {
+        let store = store.clone();
+        let key = key.clone_key();
+        tokio::spawn(async move {
+            store
+                .run_checkpointer(ORIGIN.into(), key, std::time::Duration::from_millis(50), async {
+                    let _ = stopped.await;
+                })
+                .await
+        })
+    };
+    append(&store, 4).await;
+    let _ = stop.send(());
+    runner.await.unwrap();
+    let last = store.latest_checkpoint().await.unwrap().unwrap();
+    assert_eq!(last.size, 19);
+    verifier.open(&last.note).unwrap();
+}
+
+/// Helpers for the tamper scenarios: a log of 20 events, checkpointed.
+async fn checkpointed_log(store: &Store) -> (Arc<ServiceKey>, NoteVerifier) {
+    let key = Arc::new(ServiceKey::generate(KeyRole::Ledger));
+    append(store, 20).await;
+    store.issue_checkpoint(ORIGIN, key.clone()).await.unwrap().expect("a checkpoint of 20 events");
+    let verifier = NoteVerifier::new(ORIGIN, &key.public()).unwrap();
+    (key, verifier)
+}
+
+async fn an_intact_log_inspects_clean(store: Store, url: String, _: Dialect) {
+    let (_, verifier) = checkpointed_log(&store).await;
+    let report = inspect(&url, &verifier).await.unwrap();
+    assert!(report.intact(), "{:?}", report.findings);
+    assert_eq!((report.events, report.tree_size, report.checkpoint.map(|c| c.size)), (20, 20, Some(20)));
+}
+
+async fn edited_deleted_swapped_and_inserted_events_are_each_named(store: Store, url: String, dialect: Dialect) {
+    let (_, verifier) = checkpointed_log(&store).await;
+    execute_raw(&url, drop_append_only_triggers(dialect)).await;
+    execute_raw(&url, "UPDATE audit_events SET actor = 'mallory' WHERE seq = 4").await;
+    execute_raw(&url, "DELETE FROM audit_events WHERE seq = 9").await;
+    execute_raw(
+        &url,
+        "UPDATE audit_events SET seq = -12 WHERE seq = 12; UPDATE audit_events SET seq = 12 WHERE seq = 13; \
+         UPDATE audit_events SET seq = 13 WHERE seq = -12;",
+    )
+    .await;
+    execute_raw(
+        &url,
+        "INSERT INTO audit_events (seq, at, actor, action, subject, details) \
+         VALUES (21, 1700000000000, 'mallory', 'grant.approve', 'grant:1', '{}')",
+    )
+    .await;
+    let report = inspect(&url, &verifier).await.unwrap();
+    assert_eq!(
+        report.findings,
+        vec![
+            Finding::Modified { seq: 4 },
+            Finding::Deleted { seq: 9 },
+            Finding::Reordered { seq: 12, stored_at: 13 },
+            Finding::Reordered { seq: 13, stored_at: 12 },
+            Finding::Inserted { seq: 21 },
+        ]
+    );
+}
+
+async fn an_event_edited_together_with_its_leaf_breaks_the_signed_checkpoint(
+    store: Store,
+    url: String,
+    dialect: Dialect,
+) {
+    let (_, verifier) = checkpointed_log(&store).await;
+    execute_raw(&url, drop_append_only_triggers(dialect)).await;
+    // The attacker rewrites event 6 and recomputes its leaf so the two agree.
+    execute_raw(&url, "UPDATE audit_events SET actor = 'mallory' WHERE seq = 6").await;
+    let events = store.audit_events(&AuditFilter::default(), PageRequest::new(Some(5), Some(1))).await.unwrap();
+    let e = &events.items[0];
+    let forged = EventFields {
+        seq: 6,
+        at_ms: e.at_ms,
+        actor: &e.actor,
+        action: &e.action,
+        subject: &e.subject,
+        details: &e.details,
+    }
+    .leaf_hash();
+    let hex: String = forged.iter().map(|b| format!("{b:02x}")).collect();
+    let literal = match dialect {
+        Dialect::Sqlite => format!("X'{hex}'"),
+        Dialect::Postgres => format!("'\\x{hex}'::bytea"),
+    };
+    execute_raw(&url, &format!("UPDATE ledger_nodes SET hash = {literal} WHERE level = 0 AND idx = 5")).await;
+    let report = inspect(&url, &verifier).await.unwrap();
+    assert!(report.findings.contains(&Finding::TreeRewritten { from_seq: 1, to_seq: 20 }), "{:?}", report.findings);
+    assert!(report.findings.contains(&Finding::NodeAltered { level: 1, idx: 2 }), "{:?}", report.findings);
+}
+
+async fn a_forged_checkpoint_is_refused_and_the_genuine_one_used(store: Store, url: String, _: Dialect) {
+    let (_, verifier) = checkpointed_log(&store).await;
+    append(&store, 2).await;
+    // A checkpoint signed with another key, as someone without the ledger key would.
+    store.issue_checkpoint(ORIGIN, Arc::new(ServiceKey::generate(KeyRole::Ledger))).await.unwrap().unwrap();
+    let report = inspect(&url, &verifier).await.unwrap();
+    assert_eq!(report.checkpoint.map(|c| c.size), Some(20));
+    assert!(
+        matches!(report.findings.as_slice(), [Finding::ForgedCheckpoint { size: 22, .. }]),
+        "{:?}",
+        report.findings
+    );
+}
+
+async fn events_written_before_the_ledger_existed_are_hashed_in(store: Store, url: String, dialect: Dialect) {
+    append(&store, 9).await;
+    store.close().await;
+    // As on a database from before the ledger: events without leaves.
+    execute_raw(&url, drop_append_only_triggers(dialect)).await;
+    execute_raw(&url, "DELETE FROM ledger_nodes").await;
+    let reopened = Store::open(&url).await.unwrap();
+    append(&reopened, 1).await;
+    assert_eq!(reopened.ledger_size().await.unwrap(), 10);
+    let leaves = leaves_from_events(&reopened).await;
+    assert_eq!(reopened.ledger_root(10).await.unwrap(), merkle::root(&leaves));
+    reopened.close().await;
+}
+
+async fn an_event_written_around_custody_stops_the_writer_instead_of_being_vouched_for(
+    store: Store,
+    url: String,
+    _: Dialect,
+) {
+    let (_, verifier) = checkpointed_log(&store).await;
+    execute_raw(
+        &url,
+        "INSERT INTO audit_events (seq, at, actor, action, subject, details) \
+         VALUES (21, 1700000000000, 'mallory', 'grant.approve', 'grant:1', '{}')",
+    )
+    .await;
+    let refused = store.write(|tx| Box::pin(async move { tx.audit(event(99)).await })).await;
+    assert!(
+        matches!(&refused, Err(StoreError::Unavailable(m)) if m.contains("custody audit verify")),
+        "the writer must not hash in an event it did not write: {refused:?}"
+    );
+    assert_eq!(store.ledger_size().await.unwrap(), 20);
+    let report = inspect(&url, &verifier).await.unwrap();
+    assert_eq!(report.findings, vec![Finding::Inserted { seq: 21 }]);
+}
+
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::run(custody_store::Dialect::Sqlite, super::$name).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::run(custody_store::Dialect::Postgres, super::$name).await;
+                }
+            )*
+        }
+    };
+}
+
+both_backends! {
+    the_tree_covers_every_committed_event_and_its_proofs_verify_independently,
+    a_failed_operation_leaves_no_leaf_behind,
+    a_checkpoint_is_signed_when_the_tree_grew_and_only_then,
+    an_intact_log_inspects_clean,
+    edited_deleted_swapped_and_inserted_events_are_each_named,
+    an_event_edited_together_with_its_leaf_breaks_the_signed_checkpoint,
+    a_forged_checkpoint_is_refused_and_the_genuine_one_used,
+    events_written_before_the_ledger_existed_are_hashed_in,
+    an_event_written_around_custody_stops_the_writer_instead_of_being_vouched_for,
+}
