@@ -12,8 +12,8 @@ use std::path::Path;
 use custody_store::{BuildOutcome, LeasedBuild, NewArtifact, Store, StoreError};
 use serde_json::Value;
 use support::builds::{
-    blob_file, builder_key, commit_files, custody, finished_build, merge_a_change, pipeline, seed_with, sha256_hex,
-    stored_blobs, BUILD_SCRIPT, PIPELINE,
+    blob_file, builder_key, commit_files, custody, finished_build, merge_a_change, pipeline, seed_build, seed_with,
+    sha256_hex, stored_blobs, BUILD_SCRIPT, PIPELINE,
 };
 use support::flow::{open, review, team, try_merge};
 use support::hosted::{Backend, Hosted, PROJECT};
@@ -460,11 +460,7 @@ fn a_rebuild_onto_a_damaged_blob_fails_instead_of_vouching_for_it(backend: Backe
     // A reproducible build: the same commit makes the same bytes.
     let script = "#!/bin/sh\nset -e\nmkdir -p dist\ncp src/app.txt dist/app.txt\n";
     let policy = pipeline("scripts/build.sh", "[\"dist/*\"]");
-    let (work, _) = seed_with(
-        &hosted,
-        &[(PIPELINE, &policy, false), ("scripts/build.sh", script, true), ("src/app.txt", "version 1\n", false)],
-        "feature",
-    );
+    let work = seed_build(&hosted, &policy, script);
     let commit = merge_a_change(&hosted, &work);
     let first = finished_build(&hosted, 1);
     assert_eq!(first["status"], "succeeded", "{first}");
@@ -522,11 +518,7 @@ fn a_build_taken_over_by_another_worker_stores_its_artifacts_once(backend: Backe
 
     // A merge queues the build; no builder runs in the server.
     let policy = pipeline("scripts/build.sh", "[\"dist/*.tar.gz\"]");
-    let (work, _) = seed_with(
-        &hosted,
-        &[(PIPELINE, &policy, false), ("scripts/build.sh", BUILD_SCRIPT, true), ("src/app.txt", "version 1\n", false)],
-        "feature",
-    );
+    let work = seed_build(&hosted, &policy, BUILD_SCRIPT);
     merge_a_change(&hosted, &work);
     let queued = custody(&hosted, &["build", "show", PROJECT, "1", "--json"]).json();
     assert_eq!(queued["status"], "queued", "{queued}");

@@ -11,8 +11,8 @@ use std::process::Command;
 
 use serde_json::Value;
 use support::builds::{
-    builder_key, commit_files, custody, finished_build, merge_a_change, pipeline, seed_with, sha256_hex, stored_blobs,
-    BUILD_SCRIPT, PIPELINE,
+    builder_key, commit_files, custody, finished_build, merge_a_change, pipeline, seed_build, seed_with, sha256_hex,
+    stored_blobs, BUILD_SCRIPT, PIPELINE,
 };
 use support::flow::{change, merge, review, team};
 use support::hosted::{Backend, Hosted, PROJECT};
@@ -56,11 +56,7 @@ print(json.dumps(json.loads(envelope.payload)))
 fn merged_commit_is_built_into_a_signed_artifact(backend: Backend) {
     let Some(hosted) = team(backend) else { return };
     let policy = pipeline("scripts/build.sh", "[\"dist/*.tar.gz\"]");
-    let (work, _) = seed_with(
-        &hosted,
-        &[(PIPELINE, &policy, false), ("scripts/build.sh", BUILD_SCRIPT, true), ("src/app.txt", "version 1\n", false)],
-        "feature",
-    );
+    let work = seed_build(&hosted, &policy, BUILD_SCRIPT);
     let merge_commit = merge_a_change(&hosted, &work);
 
     let build = finished_build(&hosted, 1);
@@ -167,11 +163,7 @@ fn a_failing_build_says_why_and_stores_nothing(backend: Backend) {
     let Some(hosted) = team(backend) else { return };
     let script = "#!/bin/sh\nmkdir -p dist\necho partial > dist/app.tar.gz\necho 'tests failed' >&2\nexit 3\n";
     let policy = pipeline("scripts/build.sh", "[\"dist/*.tar.gz\"]");
-    let (work, _) = seed_with(
-        &hosted,
-        &[(PIPELINE, &policy, false), ("scripts/build.sh", script, true), ("src/app.txt", "version 1\n", false)],
-        "feature",
-    );
+    let work = seed_build(&hosted, &policy, script);
     merge_a_change(&hosted, &work);
     let build = finished_build(&hosted, 1);
     assert_eq!(build["status"], "failed", "{build}");
@@ -189,11 +181,7 @@ fn a_running_builds_log_streams_and_a_timeout_kills_it(backend: Backend) {
     let Some(hosted) = team(backend) else { return };
     let script = "#!/bin/sh\necho first line\nsleep 60\necho never printed\n";
     let policy = format!("{}timeout = \"4s\"\n", pipeline("scripts/build.sh", "[\"dist/*\"]"));
-    let (work, _) = seed_with(
-        &hosted,
-        &[(PIPELINE, &policy, false), ("scripts/build.sh", script, true), ("src/app.txt", "version 1\n", false)],
-        "feature",
-    );
+    let work = seed_build(&hosted, &policy, script);
     merge_a_change(&hosted, &work);
     // The first line shows while the build still runs.
     let mut seen_running = false;
@@ -232,11 +220,7 @@ fn an_artifact_altered_in_the_s3_bucket_is_refused_and_reported() {
     let hosted = Hosted::on_with(Backend::Sqlite, &env).expect("SQLite is never skipped");
     hosted.add_user("bob", "write");
     let policy = pipeline("scripts/build.sh", "[\"dist/*.tar.gz\"]");
-    let (work, _) = seed_with(
-        &hosted,
-        &[(PIPELINE, &policy, false), ("scripts/build.sh", BUILD_SCRIPT, true), ("src/app.txt", "version 1\n", false)],
-        "feature",
-    );
+    let work = seed_build(&hosted, &policy, BUILD_SCRIPT);
     merge_a_change(&hosted, &work);
     let build = finished_build(&hosted, 1);
     assert_eq!(build["status"], "succeeded", "{build}");

@@ -5,6 +5,7 @@
 //! tampered with directly, and `custody audit watch` against a database
 //! restored from an older copy.
 
+#[macro_use]
 mod support;
 
 use std::path::PathBuf;
@@ -331,17 +332,6 @@ fn audit_watch_reports_a_database_restored_from_an_older_copy(backend: Backend) 
     }
     // The state still holds the last good checkpoint: the alarm repeats.
     assert_eq!(watch(&hosted).code(), Some(1));
-}
-
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test] fn $scenario() { super::$scenario(super::Backend::Sqlite) })*
-        }
-        mod postgres {
-            $(#[test] fn $scenario() { super::$scenario(super::Backend::Postgres) })*
-        }
-    };
 }
 
 on_both_backends!(

@@ -54,6 +54,13 @@ pub fn seed_with<'a>(hosted: &'a Hosted, files: &[(&str, &str, bool)], branch: &
 
 /// A pipeline file: one approval, the `build` command and the `artifacts`
 /// (a TOML array, as written).
+/// main with `policy` as its pipeline file, `script` as `scripts/build.sh`
+/// and `src/app.txt`; alice's workspace on a new branch `feature`.
+pub fn seed_build<'a>(hosted: &'a Hosted, policy: &str, script: &str) -> Workspace<'a> {
+    let files = [(PIPELINE, policy, false), ("scripts/build.sh", script, true), ("src/app.txt", "version 1\n", false)];
+    seed_with(hosted, &files, "feature").0
+}
+
 pub fn pipeline(build: &str, artifacts: &str) -> String {
     format!(
         "[review]\napprovals = 1\n[pipeline]\nowners = \"platform\"\nbuild = \"{build}\"\nartifacts = {artifacts}\n"
