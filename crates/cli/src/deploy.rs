@@ -197,6 +197,66 @@ pub async fn finding(client: &Client, command: FindingCommand, out: Output) -> R
     Ok(())
 }
 
+#[derive(Subcommand, Debug)]
+pub enum SecretCommand {
+    /// Set a new version of an environment secret; the value is read from
+    /// standard input. It becomes current when a second admin approves the
+    /// grant, and nobody can read it back.
+    Set { project: String, environment: String, name: String },
+    /// The secrets of an environment: names and versions, never values.
+    List { project: String, environment: String },
+}
+
+/// Runs a `custody secret` command.
+pub async fn secret(client: &Client, command: SecretCommand, out: Output) -> Result<(), Failure> {
+    match command {
+        SecretCommand::Set { project, environment, name } => {
+            let mut value = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut value)
+                .map_err(|e| Failure::input(format!("cannot read the value from standard input: {e}")))?;
+            let value = value.strip_suffix('\n').unwrap_or(&value).to_owned();
+            if value.is_empty() {
+                return Err(Failure::input(
+                    "no value on standard input: pipe the secret in, e.g. `custody secret set P ENV NAME < file`",
+                ));
+            }
+            let answer = client
+                .post(
+                    &path(&project, &format!("/environments/{environment}/secrets"))?,
+                    json!({ "name": name, "value": value }),
+                )
+                .await?;
+            out.show(&answer, |a| {
+                format!(
+                    "version {} of {name} is sealed; grant {} ({}) makes it current",
+                    a["version"],
+                    a["grant"]["id"],
+                    a["grant"]["status"].as_str().unwrap_or("")
+                )
+            });
+        }
+        SecretCommand::List { project, environment } => {
+            let list = client.get(&path(&project, &format!("/environments/{environment}/secrets"))?).await?;
+            out.list(
+                list.as_array().map_or(&[][..], Vec::as_slice),
+                |s| {
+                    let current = match s["version"].as_i64() {
+                        Some(v) => format!("version {v}, set by {}", s["set_by"].as_str().unwrap_or("")),
+                        None => "no current version".into(),
+                    };
+                    let pending = s["pending_version"]
+                        .as_i64()
+                        .map(|v| format!("; version {v} waits for its grant"))
+                        .unwrap_or_default();
+                    format!("{:<24} {current}{pending}", s["name"].as_str().unwrap_or(""))
+                },
+                "no secrets",
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Runs a `custody env` command.
 pub async fn env(client: &Client, command: EnvCommand, out: Output) -> Result<(), Failure> {
     match command {

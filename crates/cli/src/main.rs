@@ -79,6 +79,9 @@ enum Command {
     /// Deployments: ask, approve, reject, sign off tests, cancel.
     #[command(subcommand)]
     Deploy(deploy::DeployCommand),
+    /// Environment secrets: set (a grant), list names; never read back.
+    #[command(subcommand)]
+    Secret(deploy::SecretCommand),
     /// Findings for auditors: break-glass deployments and their reviews.
     #[command(subcommand)]
     Finding(deploy::FindingCommand),
@@ -180,6 +183,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Build(command) => build::build(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Artifact(command) => build::artifact(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Worker(args) => serve::worker(args).await,
+        Command::Secret(command) => deploy::secret(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Finding(command) => deploy::finding(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Env(command) => deploy::env(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Deploy(command) => deploy::deploy(&client::Client::from_env(cli.server)?, command, out).await,

@@ -177,9 +177,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let store = instance.store.clone();
     let blobs = open_blobs(blob_store.as_deref(), &data_dir)?;
     let builder = builder(&instance, &data_dir, blobs.clone())?;
-    let deployer = deployer(&builder, &instance)?;
+    let sealing = sealing_key(&data_dir)?;
+    let deployer = deployer(&builder, &instance, sealing.clone())?;
     let deployers = builders > 0;
-    let state = AppState::new(instance.store, instance.name, Limits::default(), repositories, blobs, instance.keys);
+    let state =
+        AppState::new(instance.store, instance.name, Limits::default(), repositories, blobs, instance.keys, sealing);
     if let Some(public) = &public_url {
         state.hosting().set_public_url(public);
     }
@@ -253,9 +255,14 @@ fn builder(
     })
 }
 
+fn sealing_key(data_dir: &DataDir) -> Result<std::sync::Arc<custody_formats::sealed::SealingKey>, Failure> {
+    data_dir.sealing_key().map(std::sync::Arc::new).map_err(|e| Failure::input(format!("the secrets key: {e}")))
+}
+
 fn deployer(
     builder: &custody_runner::builds::Builder,
     instance: &instance::Instance,
+    sealing: std::sync::Arc<custody_formats::sealed::SealingKey>,
 ) -> Result<custody_runner::deploys::Deployer, Failure> {
     let key = instance
         .keys
@@ -267,6 +274,7 @@ fn deployer(
         repositories: builder.repositories.clone(),
         blobs: builder.blobs.clone(),
         key: std::sync::Arc::new(key.clone_key()),
+        sealing,
         worker: format!("{}/deployer", builder.worker),
     })
 }
@@ -298,7 +306,7 @@ pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
             let _ = stopped.wait_for(|stop| *stop).await;
         })));
     }
-    let deployer = deployer(&builder, &instance)?;
+    let deployer = deployer(&builder, &instance, sealing_key(&data_dir)?)?;
     let mut stopped_deployer = stopped.clone();
     tasks.push(tokio::spawn(deployer.run(async move {
         let _ = stopped_deployer.wait_for(|stop| *stop).await;

@@ -457,10 +457,74 @@ fn staging_deploys_itself_and_production_waits_for_an_independent_approver(backe
     assert_eq!(hosted.as_admin(&["finding", "list", "--open", "--json"]).json(), serde_json::json!([]));
 }
 
+fn a_deploy_gets_its_secrets_and_nobody_sees_them(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let value = "correct-horse-battery-staple";
+    let script = "#!/bin/sh\necho \"password is $DB_PASSWORD\"\nprintf %s \"$DB_PASSWORD\" | sha256sum\n";
+    let policy = format!(
+        "{}\n[[environment]]\nname = \"staging\"\ndeploy = \"scripts/deploy.sh\"\n",
+        pipeline("scripts/build.sh", "[\"dist/*.tar.gz\"]")
+    );
+    // Only an admin sets a secret, and only through a grant (applied at once
+    // while the instance has a single admin).
+    let set = |who: &str| {
+        let mut command = hosted.sandbox.as_user(who);
+        command.args(["secret", "set", PROJECT, "staging", "DB_PASSWORD", "--json"]);
+        if who != "admin" {
+            command.env("CUSTODY_SERVER", &hosted.server.url).env("CUSTODY_TOKEN", hosted.token(who));
+        }
+        support::run_with_input(command, Some(&format!("{value}\n")))
+    };
+    let refused = set("alice");
+    assert_eq!(refused.code(), Some(1), "{refused:#?}");
+    let made = set("admin").json();
+    assert_eq!(made["version"], 1, "{made}");
+    assert_eq!(made["grant"]["status"], "bootstrap", "{made}");
+    let listed = hosted.as_admin(&["secret", "list", PROJECT, "staging", "--json"]);
+    assert!(!listed.stdout.contains(value), "{listed:#?}");
+    assert_eq!(listed.json()[0]["version"], 1);
+
+    let (work, _) = seed_with(
+        &hosted,
+        &[
+            (PIPELINE, &policy, false),
+            ("scripts/build.sh", BUILD_SCRIPT, true),
+            ("scripts/deploy.sh", script, true),
+            ("src/app.txt", "version 1\n", false),
+        ],
+        "feature",
+    );
+    merge_a_change(&hosted, &work);
+    let staging = deployment_reaching(&hosted, 1, &["succeeded", "failed"]);
+    assert_eq!(staging["status"], "succeeded", "{staging}");
+    let log = custody(&hosted, &["deploy", "log", PROJECT, "1"]).expect_code(0).stdout;
+    assert!(log.contains("password is [secret DB_PASSWORD]"), "{log}");
+    assert!(log.contains(&sha256_hex(value.as_bytes())), "the script got the value: {log}");
+    assert!(!log.contains(value), "{log}");
+    let envelope = custody(&hosted, &["deploy", "attestation", PROJECT, "1", "--json"]).json();
+    let statement: Value = {
+        use base64::Engine;
+        let payload = envelope["payload"].as_str().expect("a payload");
+        serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(payload).expect("base64"))
+            .expect("JSON")
+    };
+    assert_eq!(statement["predicate"]["secrets"], serde_json::json!({ "DB_PASSWORD": 1 }), "{statement}");
+    assert!(!envelope.to_string().contains(value));
+    // At rest, the database holds only the sealed value.
+    if backend == Backend::Sqlite {
+        let data = hosted.sandbox.path("data");
+        for file in ["custody.db", "custody.db-wal"] {
+            let bytes = std::fs::read(data.join(file)).unwrap_or_default();
+            assert!(!bytes.windows(value.len()).any(|w| w == value.as_bytes()), "{file} holds the secret in the clear");
+        }
+    }
+}
+
 on_both_backends! {
     merged_commit_is_built_into_a_signed_artifact,
     a_change_merged_elsewhere_is_not_built,
     a_failing_build_says_why_and_stores_nothing,
     a_running_builds_log_streams_and_a_timeout_kills_it,
     staging_deploys_itself_and_production_waits_for_an_independent_approver,
+    a_deploy_gets_its_secrets_and_nobody_sees_them,
 }

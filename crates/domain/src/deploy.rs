@@ -17,6 +17,24 @@ use crate::gate::RuleOutcome;
 use crate::pipeline::Environment;
 use crate::{Decision, Reason, UserName};
 
+/// Checks an environment secret's name: the variable a deploy script reads,
+/// `A`-`Z`, digits and `_`, starting with a letter, at most 64 characters,
+/// and none of the variables custody sets itself.
+pub fn check_secret_name(name: &str) -> Result<(), crate::InvalidInput> {
+    let invalid = |why: &str| Err(crate::InvalidInput::new("secret name", name, why));
+    let mut chars = name.chars();
+    if !chars.next().is_some_and(|c| c.is_ascii_uppercase())
+        || !chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        || name.len() > 64
+    {
+        return invalid("use A-Z, digits and _, starting with a letter, at most 64 characters (like DB_PASSWORD)");
+    }
+    if name.starts_with("CUSTODY_") || ["PATH", "HOME", "TMPDIR", "LANG"].contains(&name) {
+        return invalid("custody sets that variable itself; choose another name");
+    }
+    Ok(())
+}
+
 /// What the previous environment says about the candidate build.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Previous {

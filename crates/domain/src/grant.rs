@@ -105,6 +105,18 @@ pub enum GrantAction {
         /// The refs imported and the commits they point at.
         refs: Vec<(String, String)>,
     },
+    /// Makes a new version of an environment secret the one deployments
+    /// get. The value itself is sealed and never part of the grant.
+    SetSecret {
+        /// The project.
+        project: ProjectName,
+        /// The environment.
+        environment: String,
+        /// The secret's name, the variable a deploy script reads.
+        name: String,
+        /// The version the grant makes current.
+        version: i64,
+    },
 }
 
 impl GrantAction {
@@ -120,7 +132,8 @@ impl GrantAction {
             GrantAction::ProtectBranch { .. }
             | GrantAction::UnprotectBranch { .. }
             | GrantAction::SetDefaultBranch { .. }
-            | GrantAction::ImportRepository { .. } => None,
+            | GrantAction::ImportRepository { .. }
+            | GrantAction::SetSecret { .. } => None,
         }
     }
 
@@ -130,7 +143,8 @@ impl GrantAction {
             GrantAction::ProtectBranch { project, .. }
             | GrantAction::UnprotectBranch { project, .. }
             | GrantAction::SetDefaultBranch { project, .. }
-            | GrantAction::ImportRepository { project, .. } => format!("project:{project}"),
+            | GrantAction::ImportRepository { project, .. }
+            | GrantAction::SetSecret { project, .. } => format!("project:{project}"),
             _ => self.named_user().map(|u| format!("user:{u}")).unwrap_or_default(),
         }
     }
@@ -148,6 +162,7 @@ impl GrantAction {
             GrantAction::UnprotectBranch { .. } => "project.branch.unprotect",
             GrantAction::ImportRepository { .. } => "project.import",
             GrantAction::SetDefaultBranch { .. } => "project.default_branch",
+            GrantAction::SetSecret { .. } => "secret.set",
         }
     }
 
@@ -168,6 +183,9 @@ impl GrantAction {
             }
             GrantAction::SetDefaultBranch { project, branch } => {
                 format!("make {branch} the default branch of project {project}")
+            }
+            GrantAction::SetSecret { project, environment, name, version } => {
+                format!("make version {version} of secret {name} current for {environment} of project {project}")
             }
             GrantAction::ImportRepository { project, source, refs } => {
                 let shown: Vec<String> =

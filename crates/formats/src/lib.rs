@@ -15,6 +15,7 @@ pub mod event;
 pub mod keys;
 pub mod merkle;
 pub mod provenance;
+pub mod sealed;
 pub mod statement;
 
 pub use dsse::{Envelope, Signature};

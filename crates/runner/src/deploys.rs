@@ -43,6 +43,8 @@ pub struct Deployer {
     pub blobs: Blobs,
     /// The deployer key, which signs deployment attestations.
     pub key: Arc<ServiceKey>,
+    /// The key that seals environment secrets.
+    pub sealing: Arc<custody_formats::sealed::SealingKey>,
     /// This worker's name.
     pub worker: String,
 }
@@ -220,13 +222,38 @@ impl Deployer {
         };
         let mut env = script_environment(&job, Path::new("/work"));
         env.push(("CUSTODY_ARTIFACTS_DIR".into(), ARTIFACTS_DIR.into()));
+        // The environment's secrets, each a variable of its own name; the
+        // attestation records which version was used, never the value.
+        let sealed = match self.store.current_secrets(&project, &lease.environment).await {
+            Ok(sealed) => sealed,
+            Err(error) => return failed(format!("reading the environment's secrets failed: {error}")),
+        };
+        let mut secrets: Vec<(String, String)> = Vec::new();
+        let mut versions = BTreeMap::new();
+        for secret in &sealed {
+            let slot = custody_store::secret_slot(&lease.project, &lease.environment, &secret.name, secret.version);
+            let opened = self.sealing.open(
+                &slot,
+                &custody_formats::sealed::Sealed { nonce: secret.nonce.clone(), ciphertext: secret.ciphertext.clone() },
+            );
+            let Some(value) = opened.and_then(|v| String::from_utf8(v).ok()) else {
+                return failed(format!(
+                    "secret {} (version {}) does not open with this instance's key: it was altered or moved; set it again",
+                    secret.name, secret.version
+                ));
+            };
+            env.push((secret.name.clone(), value.clone()));
+            secrets.push((secret.name.clone(), value));
+            versions.insert(secret.name.clone(), secret.version);
+        }
         // A deploy must reach its target: network is given, the data
         // directory stays invisible.
         let limits = Limits::new(timeout, true);
-        let finished = match sandbox::run(workspace.path(), &script, &env, &limits).await {
+        let mut finished = match sandbox::run(workspace.path(), &script, &env, &limits).await {
             Ok(finished) => finished,
             Err(error) => return failed(error.to_string()),
         };
+        finished.log = redact(finished.log, &secrets);
         let (status, reason) = match (finished.timed_out, finished.exit_code) {
             (true, _) => ("failed", Some(format!("the deploy script ran past its timeout of {}s", timeout.as_secs()))),
             (false, Some(0)) => ("succeeded", None),
@@ -257,6 +284,7 @@ impl Deployer {
                 "testers": lease.testers,
                 "previous_deployment": lease.previous,
                 "break_glass": lease.break_glass,
+                "secrets": versions,
                 "result": status,
                 "deployer": lease.worker,
                 "started_on": Timestamp::from_millis(lease.started_at).to_string(),
@@ -272,6 +300,17 @@ impl Deployer {
             attestation: Some(serde_json::to_string(&envelope).unwrap_or_default()),
         }
     }
+}
+
+/// The log with every secret value replaced by its name.
+pub fn redact(mut log: String, secrets: &[(String, String)]) -> String {
+    let mut ordered: Vec<&(String, String)> = secrets.iter().filter(|(_, v)| !v.is_empty()).collect();
+    // Longer values first, so a value containing another is hidden whole.
+    ordered.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
+    for (name, value) in ordered {
+        log = log.replace(value.as_str(), &format!("[secret {name}]"));
+    }
+    log
 }
 
 /// Checks the build's commit out and finds the environment's deploy script
@@ -308,4 +347,16 @@ fn prepare(
         }
     }
     Ok((workspace, script, policy.timeout, digest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_values_never_reach_the_log() {
+        let secrets = vec![("DB".to_owned(), "hunter2".to_owned()), ("TOKEN".to_owned(), "hunter2-long".to_owned())];
+        let log = redact("connecting with hunter2\ntoken hunter2-long\n".into(), &secrets);
+        assert_eq!(log, "connecting with [secret DB]\ntoken [secret TOKEN]\n");
+    }
 }

@@ -78,6 +78,16 @@ impl DataDir {
         self.keys().join(format!("{}.pem", role.as_str()))
     }
 
+    /// The file of the key that seals environment secrets.
+    pub fn sealing_key_file(&self) -> PathBuf {
+        self.keys().join("secrets.key")
+    }
+
+    /// The key that seals environment secrets, made on first use.
+    pub fn sealing_key(&self) -> Result<custody_formats::sealed::SealingKey, custody_formats::keys::KeyError> {
+        custody_formats::sealed::SealingKey::load_or_create(&self.sealing_key_file())
+    }
+
     /// Whether the directory already holds service keys.
     pub fn has_keys(&self) -> bool {
         self.key_file(KeyRole::Ledger).exists()

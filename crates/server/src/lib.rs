@@ -60,6 +60,7 @@ struct Shared {
     keys: Vec<custody_formats::ServiceKey>,
     hosting: git::Hosting,
     blobs: custody_blobs::Blobs,
+    sealing: Arc<custody_formats::sealed::SealingKey>,
     instance: String,
     metrics: Metrics,
     logins: RateLimiter,
@@ -76,12 +77,14 @@ impl AppState {
         repositories: custody_git::Repositories,
         blobs: custody_blobs::Blobs,
         keys: Vec<custody_formats::ServiceKey>,
+        sealing: Arc<custody_formats::sealed::SealingKey>,
     ) -> Self {
         AppState(Arc::new(Shared {
             store,
             keys,
             hosting: git::Hosting::new(repositories),
             blobs,
+            sealing,
             instance,
             metrics: Metrics::default(),
             logins: RateLimiter::new(limits.failed_logins, limits.window),
@@ -107,6 +110,11 @@ impl AppState {
     /// The artifact repository.
     pub fn blobs(&self) -> &custody_blobs::Blobs {
         &self.0.blobs
+    }
+
+    /// The key that seals environment secrets.
+    pub fn sealing_key(&self) -> &custody_formats::sealed::SealingKey {
+        &self.0.sealing
     }
 
     /// The instance's name.

@@ -46,7 +46,8 @@ impl Server {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let repositories = custody_git::Repositories::new(data_dir.repositories());
         let blobs = custody_blobs::Blobs::local(&data_dir.blobs()).unwrap();
-        let state = AppState::new(opened.store, opened.name, limits, repositories, blobs, opened.keys);
+        let sealing = std::sync::Arc::new(data_dir.sealing_key().unwrap());
+        let state = AppState::new(opened.store, opened.name, limits, repositories, blobs, opened.keys, sealing);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             custody_server::launch_with_tcp_listener(listener, state, async {

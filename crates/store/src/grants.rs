@@ -190,6 +190,7 @@ async fn check_applicable(tx: &mut Tx, action: &GrantAction) -> Result<()> {
         | GrantAction::UnprotectBranch { .. }
         | GrantAction::SetDefaultBranch { .. }
         | GrantAction::ImportRepository { .. } => crate::projects::check_applicable(tx, action).await?,
+        GrantAction::SetSecret { .. } => {}
     }
     Ok(())
 }
@@ -236,6 +237,7 @@ pub(crate) async fn apply(tx: &mut Tx, grant_id: i64, action: &GrantAction) -> R
         | GrantAction::UnprotectBranch { .. }
         | GrantAction::SetDefaultBranch { .. }
         | GrantAction::ImportRepository { .. } => crate::projects::apply(tx, grant_id, action).await?,
+        GrantAction::SetSecret { .. } => crate::secrets::apply(tx, action).await?,
     }
     Ok(())
 }

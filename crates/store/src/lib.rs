@@ -28,6 +28,7 @@ mod groups;
 mod ledger;
 mod people;
 mod projects;
+mod secrets;
 mod writer;
 
 use std::sync::Arc;
@@ -51,6 +52,7 @@ pub use groups::{GroupView, MemberView};
 pub use ledger::{inspect, inspect_with_key, Finding, LedgerReport, StoredCheckpoint};
 pub use people::{random_secret, Authenticated, CreatedUser, Initialised, NewToken, TokenView, UserView};
 pub use projects::{CommitView, ProjectAccess, ProjectMemberView, ProjectView, PushView};
+pub use secrets::{slot as secret_slot, SealedSecret, SecretView};
 pub use writer::Tx;
 
 /// Why a store operation did not happen.

@@ -355,3 +355,61 @@ pub(crate) async fn resolve_finding(
     auth.require(Scope::Admin)?;
     Ok(Json(state.store().resolve_finding(&auth.0, id, request.message.unwrap_or_default()).await?))
 }
+
+/// A new version of a secret.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SecretRequest {
+    /// The variable's name, like `DB_PASSWORD`.
+    name: String,
+    /// The value; sealed at once, never shown again.
+    value: String,
+}
+
+/// What asking for a secret made: the version, waiting for its grant.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct SecretRequested {
+    version: i64,
+    #[schema(value_type = Object)]
+    grant: custody_store::GrantView,
+}
+
+/// Sets a new version of an environment secret: sealed at once, current
+/// when a second admin approves the grant. Admins only.
+#[utoipa::path(post, path = "/api/v1/projects/{name}/environments/{environment}/secrets", tag = "deployments", security(("token" = [])), request_body = SecretRequest,
+    responses((status = 202, body = SecretRequested), (status = 403, body = crate::error::ErrorBody)))]
+pub(crate) async fn set_secret(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((project, environment)): PathParam<(String, String)>,
+    Body(request): Body<SecretRequest>,
+) -> ApiResult<(StatusCode, Json<SecretRequested>)> {
+    auth.require(Scope::Admin)?;
+    let project = ProjectName::parse(&project)?;
+    custody_domain::name::check_environment_name(&environment)?;
+    if request.value.is_empty() {
+        return Err(ApiError::invalid("the secret's value is empty"));
+    }
+    let sealing = state.clone();
+    let value = request.value;
+    let (version, grant) = state
+        .store()
+        .request_secret(&auth.0, &project, environment, request.name, move |slot| {
+            let sealed = sealing.sealing_key().seal(slot, value.as_bytes());
+            (sealed.nonce, sealed.ciphertext)
+        })
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(SecretRequested { version, grant })))
+}
+
+/// The secrets of an environment: names and versions, never values.
+#[utoipa::path(get, path = "/api/v1/projects/{name}/environments/{environment}/secrets", tag = "deployments", security(("token" = [])),
+    responses((status = 200, body = Vec<custody_store::SecretView>)))]
+pub(crate) async fn list_secrets(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((project, environment)): PathParam<(String, String)>,
+) -> ApiResult<Json<Vec<custody_store::SecretView>>> {
+    let access = access(&state, &auth, &project).await?;
+    Ok(Json(state.store().list_secrets(&access.project, &environment).await?))
+}

@@ -77,7 +77,7 @@ impl PageQuery {
         builds::download, builds::provenance, builds::verify,
         deploys::list_environments, deploys::get_environment, deploys::list_deployments, deploys::get_deployment,
         deploys::gate, deploys::request, deploys::approve, deploys::reject, deploys::sign_off, deploys::cancel,
-        deploys::record, deploys::list_findings, deploys::resolve_finding,
+        deploys::record, deploys::list_findings, deploys::resolve_finding, deploys::set_secret, deploys::list_secrets,
     ),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&TokenSecurity),
@@ -178,6 +178,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/projects/{name}/deployments/{number}/cancel", post(deploys::cancel))
         .route("/projects/{name}/deployments/{number}/record", get(deploys::record))
         .route("/findings", get(deploys::list_findings))
+        .route(
+            "/projects/{name}/environments/{environment}/secrets",
+            get(deploys::list_secrets).post(deploys::set_secret),
+        )
         .route("/findings/{id}/resolve", post(deploys::resolve_finding))
 }
 

@@ -58,3 +58,20 @@ CREATE TABLE findings (
     resolution TEXT
 );
 CREATE INDEX findings_open ON findings(resolved_at, id);
+
+-- Environment secrets, sealed: each version waits for the grant that makes
+-- it current. Values are never stored in the clear, nor in any grant.
+CREATE TABLE secrets (
+    id INTEGER PRIMARY KEY,
+    project_id INTEGER NOT NULL REFERENCES projects(id),
+    environment TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    nonce TEXT NOT NULL,
+    ciphertext TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'current', 'replaced')),
+    set_by INTEGER NOT NULL REFERENCES users(id),
+    set_at INTEGER NOT NULL,
+    current_since INTEGER,
+    UNIQUE (project_id, environment, name, version)
+);
