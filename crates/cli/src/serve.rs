@@ -275,6 +275,7 @@ fn deployer(
         blobs: builder.blobs.clone(),
         key: std::sync::Arc::new(key.clone_key()),
         sealing,
+        builder: builder.key.public(),
         worker: format!("{}/deployer", builder.worker),
     })
 }

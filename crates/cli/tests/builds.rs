@@ -520,6 +520,49 @@ fn a_deploy_gets_its_secrets_and_nobody_sees_them(backend: Backend) {
     }
 }
 
+fn a_build_whose_provenance_signature_was_altered_is_never_deployed(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    hosted.as_admin(&["group", "create", "release-managers"]).expect_code(0);
+    hosted.as_admin(&["group", "add", "release-managers", "carol"]).expect_code(0);
+    let policy = format!(
+        "{}\n[[environment]]\nname = \"staging\"\ndeploy = \"scripts/deploy.sh\"\napprovals = 1\napprovers = \"release-managers\"\n",
+        pipeline("scripts/build.sh", "[\"dist/*.tar.gz\"]")
+    );
+    let (work, _) = seed_with(
+        &hosted,
+        &[
+            (PIPELINE, &policy, false),
+            ("scripts/build.sh", BUILD_SCRIPT, true),
+            ("scripts/deploy.sh", DEPLOY_SCRIPT, true),
+            ("src/app.txt", "version 1\n", false),
+        ],
+        "feature",
+    );
+    merge_a_change(&hosted, &work);
+    assert_eq!(finished_build(&hosted, 1)["status"], "succeeded");
+    deployment_reaching(&hosted, 1, &["pending"]);
+    // Someone with database access swaps the provenance's signature.
+    let url = match &hosted.database {
+        Some(database) => database.url.clone(),
+        None => format!("sqlite://{}", hosted.sandbox.path("data").join("custody.db").display()),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    runtime.block_on(custody_store::testing::execute_raw(
+        &url,
+        "UPDATE builds SET provenance = REPLACE(provenance, '\"sig\":\"', '\"sig\":\"AAAA')",
+    ));
+    hosted.run_as("carol", &["deploy", "approve", PROJECT, "1"]).expect_code(0);
+    let refused = deployment_reaching(&hosted, 1, &["succeeded", "failed"]);
+    assert_eq!(refused["status"], "failed", "{refused}");
+    let reason = refused["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("does not verify with the builder key") && reason.contains("nothing was deployed"),
+        "{refused}"
+    );
+    let log = custody(&hosted, &["deploy", "log", PROJECT, "1"]).expect_code(0).stdout;
+    assert!(!log.contains("deploying"), "the script never ran: {log}");
+}
+
 on_both_backends! {
     merged_commit_is_built_into_a_signed_artifact,
     a_change_merged_elsewhere_is_not_built,
@@ -527,4 +570,5 @@ on_both_backends! {
     a_running_builds_log_streams_and_a_timeout_kills_it,
     staging_deploys_itself_and_production_waits_for_an_independent_approver,
     a_deploy_gets_its_secrets_and_nobody_sees_them,
+    a_build_whose_provenance_signature_was_altered_is_never_deployed,
 }

@@ -45,6 +45,9 @@ pub struct Deployer {
     pub key: Arc<ServiceKey>,
     /// The key that seals environment secrets.
     pub sealing: Arc<custody_formats::sealed::SealingKey>,
+    /// The builder's public key: provenance is checked against it before
+    /// anything is deployed.
+    pub builder: custody_formats::PublicKey,
     /// This worker's name.
     pub worker: String,
 }
@@ -188,6 +191,16 @@ impl Deployer {
         let Ok(project) = ProjectName::parse(&lease.project) else {
             return failed(format!("project name {:?} is not valid", lease.project));
         };
+        // Only what the builder signed is deployed: the provenance must
+        // verify with the builder key and name every artifact.
+        let provenance = match self.store.provenance_of(&project, lease.build).await {
+            Ok(Some(provenance)) => provenance,
+            Ok(None) => return failed(format!("build {} has no provenance; nothing was deployed", lease.build)),
+            Err(error) => return failed(format!("reading the provenance failed: {error}")),
+        };
+        if let Err(why) = check_provenance(&provenance, &self.builder, &lease.artifacts) {
+            return failed(format!("the provenance of build {} {why}; nothing was deployed", lease.build));
+        }
         let repository = self.repositories.path(&project);
         let (commit, environment) = (lease.commit.clone(), lease.environment.clone());
         let prepared = tokio::task::spawn_blocking(move || prepare(&repository, &commit, &environment)).await;
@@ -302,6 +315,28 @@ impl Deployer {
     }
 }
 
+/// Checks a build's provenance envelope: signed by the builder key, an
+/// in-toto statement of SLSA provenance naming each artifact's digest.
+pub fn check_provenance(
+    envelope: &str,
+    builder: &custody_formats::PublicKey,
+    artifacts: &[(String, String)],
+) -> Result<(), String> {
+    let envelope: custody_formats::Envelope =
+        serde_json::from_str(envelope).map_err(|e| format!("is not a DSSE envelope ({e})"))?;
+    let payload = envelope.verify(builder).map_err(|_| "does not verify with the builder key".to_owned())?;
+    let statement: Statement = serde_json::from_slice(&payload).map_err(|e| format!("holds no statement ({e})"))?;
+    if statement.predicate_type != custody_formats::provenance::PROVENANCE_PREDICATE {
+        return Err(format!("is a {} statement, not SLSA provenance", statement.predicate_type));
+    }
+    for (name, digest) in artifacts {
+        if !statement.subject.iter().any(|s| s.digest.get("sha256") == Some(digest)) {
+            return Err(format!("does not name artifact {name} (sha256:{digest})"));
+        }
+    }
+    Ok(())
+}
+
 /// The log with every secret value replaced by its name.
 pub fn redact(mut log: String, secrets: &[(String, String)]) -> String {
     let mut ordered: Vec<&(String, String)> = secrets.iter().filter(|(_, v)| !v.is_empty()).collect();
@@ -352,6 +387,25 @@ fn prepare(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_provenance_the_builder_signed_for_these_artifacts_passes() {
+        use custody_formats::{KeyRole, ServiceKey};
+        let builder = ServiceKey::generate(KeyRole::Builder);
+        let deployer = ServiceKey::generate(KeyRole::Deployer);
+        let subject = Subject { name: "app".into(), digest: BTreeMap::from([("sha256".into(), "ab".repeat(32))]) };
+        let statement = Statement::new(vec![subject], custody_formats::provenance::PROVENANCE_PREDICATE, json!({}));
+        let signed = serde_json::to_string(&statement.sign(&builder)).unwrap();
+        let artifacts = [("app".to_owned(), "ab".repeat(32))];
+        assert_eq!(check_provenance(&signed, &builder.public(), &artifacts), Ok(()));
+        let by_deployer = serde_json::to_string(&statement.sign(&deployer)).unwrap();
+        assert!(check_provenance(&by_deployer, &builder.public(), &artifacts).unwrap_err().contains("builder key"));
+        let other = [("app".to_owned(), "cd".repeat(32))];
+        assert!(check_provenance(&signed, &builder.public(), &other).unwrap_err().contains("does not name"));
+        let mut altered: serde_json::Value = serde_json::from_str(&signed).unwrap();
+        altered["signatures"][0]["sig"] = json!("AAAA");
+        assert!(check_provenance(&altered.to_string(), &builder.public(), &artifacts).is_err());
+    }
 
     #[test]
     fn secret_values_never_reach_the_log() {

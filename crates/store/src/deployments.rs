@@ -856,6 +856,16 @@ impl Store {
         self.write(move |tx| Box::pin(async move { Ok(load(tx, access.project_id, number).await?.2) })).await
     }
 
+    /// The signed provenance of a build, by project name and build number.
+    pub async fn provenance_of(&self, project: &custody_domain::ProjectName, build: i64) -> Result<Option<String>> {
+        let sql = self.sql(
+            "SELECT b.provenance FROM builds b JOIN projects p ON p.id = b.project_id WHERE p.name = $1 AND b.number = $2",
+        );
+        let found: Option<Option<String>> =
+            sqlx::query_scalar(&sql).bind(project.as_str()).bind(build).fetch_optional(self.readers()).await?;
+        Ok(found.flatten())
+    }
+
     /// A deployment's log and signed attestation.
     pub async fn deployment_record(&self, access: &ProjectAccess, number: i64) -> Result<(String, Option<String>)> {
         let sql = self.sql("SELECT log, attestation FROM deployments WHERE project_id = $1 AND number = $2");
