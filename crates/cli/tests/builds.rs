@@ -333,6 +333,26 @@ fn pipeline_with_environments() -> String {
     )
 }
 
+/// main with `policy`, the standard build script, `deploy` as
+/// `scripts/deploy.sh` and `src/app.txt`; alice's workspace on `feature`.
+fn seed_deploying<'a>(hosted: &'a Hosted, policy: &str, deploy: &str) -> support::hosted::Workspace<'a> {
+    let files = [
+        (PIPELINE, policy, false),
+        ("scripts/build.sh", BUILD_SCRIPT, true),
+        ("scripts/deploy.sh", deploy, true),
+        ("src/app.txt", "version 1\n", false),
+    ];
+    seed_with(hosted, &files, "feature").0
+}
+
+/// Makes the group `release-managers` with `members`.
+fn release_managers(hosted: &Hosted, members: &[&str]) {
+    hosted.as_admin(&["group", "create", "release-managers"]).expect_code(0);
+    for member in members {
+        hosted.as_admin(&["group", "add", "release-managers", member]).expect_code(0);
+    }
+}
+
 /// Waits (up to 60 s) for deployment `number` to reach a status in `wanted`.
 #[track_caller]
 fn deployment_reaching(hosted: &Hosted, number: i64, wanted: &[&str]) -> Value {
@@ -352,21 +372,9 @@ fn deployment_reaching(hosted: &Hosted, number: i64, wanted: &[&str]) -> Value {
 
 fn staging_deploys_itself_and_production_waits_for_an_independent_approver(backend: Backend) {
     let Some(hosted) = team(backend) else { return };
-    hosted.as_admin(&["group", "create", "release-managers"]).expect_code(0);
-    for member in ["carol", "bob", "alice"] {
-        hosted.as_admin(&["group", "add", "release-managers", member]).expect_code(0);
-    }
+    release_managers(&hosted, &["carol", "bob", "alice"]);
     let policy = pipeline_with_environments();
-    let (work, _) = seed_with(
-        &hosted,
-        &[
-            (PIPELINE, &policy, false),
-            ("scripts/build.sh", BUILD_SCRIPT, true),
-            ("scripts/deploy.sh", DEPLOY_SCRIPT, true),
-            ("src/app.txt", "version 1\n", false),
-        ],
-        "feature",
-    );
+    let work = seed_deploying(&hosted, &policy, DEPLOY_SCRIPT);
     merge_a_change(&hosted, &work);
     let build = finished_build(&hosted, 1);
     assert_eq!(build["status"], "succeeded", "{build}");
@@ -484,16 +492,7 @@ fn a_deploy_gets_its_secrets_and_nobody_sees_them(backend: Backend) {
     assert!(!listed.stdout.contains(value), "{listed:#?}");
     assert_eq!(listed.json()[0]["version"], 1);
 
-    let (work, _) = seed_with(
-        &hosted,
-        &[
-            (PIPELINE, &policy, false),
-            ("scripts/build.sh", BUILD_SCRIPT, true),
-            ("scripts/deploy.sh", script, true),
-            ("src/app.txt", "version 1\n", false),
-        ],
-        "feature",
-    );
+    let work = seed_deploying(&hosted, &policy, script);
     merge_a_change(&hosted, &work);
     let staging = deployment_reaching(&hosted, 1, &["succeeded", "failed"]);
     assert_eq!(staging["status"], "succeeded", "{staging}");
@@ -522,22 +521,12 @@ fn a_deploy_gets_its_secrets_and_nobody_sees_them(backend: Backend) {
 
 fn a_build_whose_provenance_signature_was_altered_is_never_deployed(backend: Backend) {
     let Some(hosted) = team(backend) else { return };
-    hosted.as_admin(&["group", "create", "release-managers"]).expect_code(0);
-    hosted.as_admin(&["group", "add", "release-managers", "carol"]).expect_code(0);
+    release_managers(&hosted, &["carol"]);
     let policy = format!(
         "{}\n[[environment]]\nname = \"staging\"\ndeploy = \"scripts/deploy.sh\"\napprovals = 1\napprovers = \"release-managers\"\n",
         pipeline("scripts/build.sh", "[\"dist/*.tar.gz\"]")
     );
-    let (work, _) = seed_with(
-        &hosted,
-        &[
-            (PIPELINE, &policy, false),
-            ("scripts/build.sh", BUILD_SCRIPT, true),
-            ("scripts/deploy.sh", DEPLOY_SCRIPT, true),
-            ("src/app.txt", "version 1\n", false),
-        ],
-        "feature",
-    );
+    let work = seed_deploying(&hosted, &policy, DEPLOY_SCRIPT);
     merge_a_change(&hosted, &work);
     assert_eq!(finished_build(&hosted, 1)["status"], "succeeded");
     deployment_reaching(&hosted, 1, &["pending"]);
