@@ -104,15 +104,15 @@ impl Builder {
                     }
                 }
                 Ok(None) => {
-                    tokio::select! {
-                        () = &mut shutdown => return,
-                        () = &mut woken => {}
-                        () = tokio::time::sleep(IDLE) => {}
+                    if !crate::wait_for_work(woken, shutdown.as_mut(), IDLE).await {
+                        return;
                     }
                 }
                 Err(error) => {
                     tracing::error!(%error, "leasing a build");
-                    tokio::time::sleep(IDLE).await;
+                    if !crate::wait_for_work(woken, shutdown.as_mut(), IDLE).await {
+                        return;
+                    }
                 }
             }
         }

@@ -170,15 +170,15 @@ impl Deployer {
                     }
                 }
                 Ok(None) => {
-                    tokio::select! {
-                        () = &mut shutdown => return,
-                        () = &mut woken => {}
-                        () = tokio::time::sleep(IDLE) => {}
+                    if !crate::wait_for_work(woken, shutdown.as_mut(), IDLE).await {
+                        return;
                     }
                 }
                 Err(error) => {
                     tracing::error!(%error, "leasing a deployment");
-                    tokio::time::sleep(IDLE).await;
+                    if !crate::wait_for_work(woken, shutdown.as_mut(), IDLE).await {
+                        return;
+                    }
                 }
             }
         }

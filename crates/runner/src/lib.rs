@@ -17,6 +17,20 @@ use std::path::Path;
 /// The `PATH` every script gets.
 pub const SCRIPT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
+/// Waits between looking for work: until a committed transaction queues a
+/// job (`woken`), `every` passes, or `shutdown` completes. `false` on shutdown.
+pub(crate) async fn wait_for_work(
+    woken: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
+    shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+    every: std::time::Duration,
+) -> bool {
+    tokio::select! {
+        () = shutdown => false,
+        () = woken => true,
+        () = tokio::time::sleep(every) => true,
+    }
+}
+
 /// What kind of job a script runs for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JobKind {
