@@ -2,12 +2,15 @@
 //!
 //! Every scenario below is an `async fn` taking a fresh, empty [`Store`]
 //! (and, when it needs to go around the store, the database URL). The
-//! `conformance!` macro at the bottom turns each into two tests,
+//! `on_both_backends!` macro at the bottom turns each into two tests,
 //! `sqlite::NAME` and `postgres::NAME`, so SQLite and PostgreSQL are held to
 //! exactly the same behaviour.
 //!
 //! PostgreSQL is skipped only when `CUSTODY_TEST_SKIP_POSTGRES=1`; an
 //! unreachable server fails the tests (see `custody_store::testing`).
+
+#[macro_use]
+mod support;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -878,27 +881,6 @@ async fn listing_grants_by_status_pages_the_same_way(store: Store) {
 // Both backends
 // ---------------------------------------------------------------------------
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::run(custody_store::Dialect::Sqlite, super::$name).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::run(custody_store::Dialect::Postgres, super::$name).await;
-                }
-            )*
-        }
-    };
-}
-
 // ---------------------------------------------------------------------------
 // Builds: leases, heartbeats, workers that vanish
 // ---------------------------------------------------------------------------
@@ -1233,7 +1215,7 @@ async fn a_build_that_custody_did_not_merge_is_never_deployed(store: Store) {
     assert_eq!(refused_rules(refused), ["deploy.provenance"]);
 }
 
-conformance! {
+on_both_backends! {
     initialise_makes_an_admin_with_every_scope,
     initialising_twice_is_a_conflict_that_writes_nothing,
     bootstrap_grants_apply_at_once_until_a_second_admin_exists,

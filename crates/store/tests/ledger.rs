@@ -3,6 +3,9 @@
 //! `tlog_tiles` crate, a port of Go's `sumdb/tlog`), and tampering with the
 //! real tables found and named by [`custody_store::inspect`].
 
+#[macro_use]
+mod support;
+
 use std::sync::Arc;
 
 use custody_domain::audit::NewEvent;
@@ -303,28 +306,7 @@ async fn an_event_written_around_custody_stops_the_writer_instead_of_being_vouch
     assert_eq!(report.findings, vec![Finding::Inserted { seq: 21 }]);
 }
 
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::run(custody_store::Dialect::Sqlite, super::$name).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::run(custody_store::Dialect::Postgres, super::$name).await;
-                }
-            )*
-        }
-    };
-}
-
-both_backends! {
+on_both_backends! {
     the_tree_covers_every_committed_event_and_its_proofs_verify_independently,
     a_failed_operation_leaves_no_leaf_behind,
     a_checkpoint_is_signed_when_the_tree_grew_and_only_then,
