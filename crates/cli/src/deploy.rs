@@ -48,7 +48,7 @@ pub enum DeployCommand {
     },
     /// Sign off a pending deployment's manual tests.
     SignOff(SignOffArgs),
-    /// Cancel a deployment that has not started.
+    /// Cancel a pending or queued deployment, or stop a running one.
     Cancel {
         project: String,
         number: i64,
@@ -114,6 +114,9 @@ fn deployment_text(d: &Value) -> String {
     lines.push(format!("  commit: {}", d["commit"].as_str().unwrap_or("")));
     if let Some(reason) = d["break_glass"].as_str() {
         lines.push(format!("  BREAK-GLASS: {reason}"));
+    }
+    if let Some(asked) = d["cancel_requested"].as_str() {
+        lines.push(format!("  stopping: {asked}"));
     }
     for decision in d["decisions"].as_array().into_iter().flatten() {
         lines.push(format!(

@@ -24,8 +24,10 @@ macro_rules! on_both_backends {
 }
 
 pub mod builds;
+pub mod deploys;
 pub mod flow;
 pub mod hosted;
+pub mod verify;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
