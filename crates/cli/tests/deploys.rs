@@ -429,3 +429,51 @@ on_both_backends! {
     a_deploy_gets_its_secrets_and_nobody_sees_them,
     a_build_whose_provenance_signature_was_altered_is_never_deployed,
 }
+
+/// `custody demo` plays the seed's story on a fresh instance, shows each
+/// person in their duty and the refusals they meet, and leaves the server
+/// up; it refuses to reuse a data directory that holds anything.
+#[test]
+fn the_demo_tells_the_seed_story_and_leaves_the_server_running() {
+    let sandbox = support::Sandbox::new();
+    let data = sandbox.path("demo");
+    let mut command = sandbox.as_user("demo");
+    command.arg("demo").arg("--data-dir").arg(&data).args(["--listen", "127.0.0.1:0"]);
+    let mut demo = support::Server::start_announced(command, "Press Ctrl-C");
+    let told = demo.banner.join("\n");
+    for line in [
+        "bob (reviewer) reviews and approves change 1",
+        "refused by gate.independent_approvals",
+        "custody (build service) builds the merged commit",
+        "staging received app.tar.gz",
+        "refused by deploy.approver_not_author: alice is an author",
+        "dave (tester) tests staging by hand and signs off",
+        "carol (release manager) approves deployment 2 to production",
+        "production received app.tar.gz",
+        "change 1: written by alice, reviewed by bob",
+        "approved by carol",
+        "tested by dave",
+    ] {
+        assert!(told.contains(line), "the demo did not say {line:?}:\n{told}");
+    }
+    // The server stays up, and the people's tokens work against it.
+    let url =
+        told.lines().find_map(|l| l.split("serving ").nth(1)).expect("the demo names its server").trim().to_owned();
+    let tokens = std::fs::read_to_string(data.join("demo/tokens")).expect("the tokens file");
+    let carol = tokens.lines().find_map(|l| l.strip_prefix("carol ")).expect("carol's token");
+    let mut shown = sandbox.as_user("carol");
+    shown.env("CUSTODY_SERVER", &url).env("CUSTODY_TOKEN", carol);
+    shown.args(["env", "show", "payments", "production", "--json"]);
+    let shown = support::run(shown).json();
+    assert_eq!(shown["live"]["build"], 1, "{shown}");
+    let status = demo.stop().expect("the demo stops on SIGTERM");
+    assert!(status.success(), "{status:?}: {}", demo.stderr());
+    let address = url.trim_start_matches("http://");
+    assert!(std::net::TcpStream::connect(address).is_err(), "the demo's server stopped with it");
+
+    let mut again = sandbox.as_user("demo");
+    again.arg("demo").arg("--data-dir").arg(&data).args(["--listen", "127.0.0.1:0"]);
+    let again = support::run(again);
+    assert_eq!(again.code(), Some(2), "{again:#?}");
+    assert!(again.stderr.contains("is not empty"), "{again:#?}");
+}
