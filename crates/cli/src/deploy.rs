@@ -135,6 +135,14 @@ fn gate_text(answer: &Value) -> String {
     let open = gate["open"].as_bool() == Some(true);
     let mut lines =
         vec![deployment_line(&answer["deployment"]), format!("gate {}", if open { "OPEN" } else { "CLOSED" })];
+    if let Some(release) = answer["release"].as_array() {
+        let numbers: Vec<String> = release.iter().map(Value::to_string).collect();
+        lines.push(match numbers.len() {
+            0 => "  release: no change since what is live".to_owned(),
+            1..=20 => format!("  release: changes {}", numbers.join(", ")),
+            n => format!("  release: {n} changes, {} … {}", numbers[0], numbers[n - 1]),
+        });
+    }
     for rule in gate["rules"].as_array().into_iter().flatten() {
         let passed = rule["passed"].as_bool() == Some(true);
         lines.push(format!(

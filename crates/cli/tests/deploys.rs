@@ -312,6 +312,9 @@ fn nobody_approves_or_signs_off_a_release_they_had_a_hand_in(backend: Backend) {
 
     // Build 2's release holds both changes: alice's is not the newest, and
     // still she may not approve it; bob reviewed both; carol wrote one.
+    let gate = custody(&hosted, &["deploy", "gate", PROJECT, "4", "--json"]);
+    let gate: Value = serde_json::from_str(&gate.stdout).expect("the gate");
+    assert_eq!(gate["release"], json!([1, 2]), "{gate}");
     let approve = |who: &str| hosted.run_as(who, &["deploy", "approve", PROJECT, "4", "--json"]);
     assert_eq!(refused_rule(&approve("alice")), "deploy.approver_not_author");
     assert_eq!(refused_rule(&approve("bob")), "deploy.approver_not_reviewer");

@@ -72,7 +72,7 @@ pub fn mainline_pipeline(repository: &Path, default_branch: &str) -> Result<Pipe
 
 /// The gate context of deploying `commit` to `environment`: its
 /// definition on the mainline tip, and every change merged between the
-/// commit live there and the candidate.
+/// commit live there and the candidate, oldest first.
 pub async fn release_context(
     store: &Store,
     repositories: &Repositories,
@@ -97,7 +97,8 @@ pub async fn release_context(
         .find(|e| e.name == environment)
         .cloned()
         .ok_or_else(|| format!("the mainline's pipeline file defines no environment {environment:?}"))?;
-    let changes = store.changes_merged_as(project, &commits).await.map_err(|e| e.to_string())?;
+    let mut changes = store.changes_merged_as(project, &commits).await.map_err(|e| e.to_string())?;
+    changes.sort_unstable();
     Ok(DeployContext { environment, changes })
 }
 
