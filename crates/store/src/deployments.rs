@@ -94,6 +94,16 @@ pub struct DeploymentView {
     pub decisions: Vec<DecisionView>,
 }
 
+/// Where one person stands on a pending deployment: why each decision they
+/// might take would be refused, if it would.
+#[derive(Clone, Debug, Default)]
+pub struct Standing {
+    /// Why their approval or rejection would be refused.
+    pub approve: Option<Reason>,
+    /// Why their test sign-off would be refused.
+    pub sign_off: Option<Reason>,
+}
+
 /// What the caller read from git for a deployment's gate.
 #[derive(Clone, Debug)]
 pub struct DeployContext {
@@ -577,6 +587,33 @@ impl Store {
                 let (_, build_id, view) = load(tx, access.project_id, number).await?;
                 let report = evaluate(tx, access.project_id, build_id, &view, &context).await?;
                 Ok((view, report))
+            })
+        })
+        .await
+    }
+
+    /// A deployment's gate as it stands, and where `who` stands on it: the
+    /// reason their approval (or rejection) and their test sign-off would be
+    /// refused, by the same rules [`Store::decide_deployment`] applies, so a
+    /// page can show the reason before anyone clicks.
+    pub async fn deployment_standing(
+        &self,
+        access: &ProjectAccess,
+        number: i64,
+        context: DeployContext,
+        who: &UserName,
+    ) -> Result<(DeploymentView, DeployReport, Standing)> {
+        let (access, who) = (access.clone(), who.clone());
+        self.write(move |tx| {
+            Box::pin(async move {
+                let (_, build_id, view) = load(tx, access.project_id, number).await?;
+                let gathered = gather(tx, access.project_id, build_id, &view, &context).await?;
+                let facts = gathered.facts(&context.environment);
+                let standing = Standing {
+                    approve: deploy::approval_refusal(&facts, &who),
+                    sign_off: deploy::sign_off_refusal(&facts, &who),
+                };
+                Ok((view, deploy::evaluate(&facts), standing))
             })
         })
         .await
