@@ -619,6 +619,39 @@ impl Store {
         .await
     }
 
+    /// The decisions taken on a project's deployments (only those to
+    /// `environment` when given), with the number of the deployment each
+    /// was taken on, in order: one query for a whole list of deployments.
+    pub async fn deployment_decisions(
+        &self,
+        access: &ProjectAccess,
+        environment: Option<&str>,
+    ) -> Result<Vec<(i64, DecisionView)>> {
+        let sql = self.sql(
+            "SELECT d.number, u.name, x.kind, x.message, x.at FROM deployment_decisions x \
+             JOIN deployments d ON d.id = x.deployment_id JOIN users u ON u.id = x.user_id \
+             WHERE d.project_id = $1 AND ($2 = '' OR d.environment = $2) ORDER BY x.id",
+        );
+        let rows = sqlx::query(&sql)
+            .bind(access.project_id)
+            .bind(environment.unwrap_or_default())
+            .fetch_all(self.readers())
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    col(row, "number")?,
+                    DecisionView {
+                        user: col(row, "name")?,
+                        kind: col(row, "kind")?,
+                        message: col(row, "message")?,
+                        at: Timestamp::from_millis(col(row, "at")?),
+                    },
+                ))
+            })
+            .collect()
+    }
+
     /// Cancels a deployment that has not started.
     pub async fn cancel_deployment(
         &self,

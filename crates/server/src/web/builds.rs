@@ -10,7 +10,7 @@ use custody_store::{BuildView, ChangeView, DeploymentView};
 use serde_json::Value;
 
 use super::html::{self, esc, push, seg, short, status};
-use super::projects::{access, environments};
+use super::projects::{access, environments, with_decisions};
 use super::session::Visitor;
 use super::{WebError, WebResult};
 use crate::api::PathParam;
@@ -270,7 +270,9 @@ pub(crate) async fn show(
         Some(c) => Some(state.store().get_change(&access.project, c).await?),
         None => None,
     };
-    let deployments = state.store().list_deployments(&access, None).await?;
+    let mut deployments = state.store().list_deployments(&access, None).await?;
+    deployments.retain(|d| d.build == number);
+    with_decisions(&state, &access, None, &mut deployments).await?;
     let links = chain(&state, &access, &build, change.as_ref(), &deployments).await?;
 
     let p = seg(&project);

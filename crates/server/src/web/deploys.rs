@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use custody_store::{DeployContext, DeployDecision, DeploymentView, ProjectAccess};
 
 use super::html::{self, esc, push, seg, short, status};
-use super::projects::{access, environments};
+use super::projects::{access, environments, with_decisions};
 use super::session::{see_other, Posted, Visitor};
 use super::{WebError, WebResult};
 use crate::api::PathParam;
@@ -49,7 +49,8 @@ pub(crate) async fn environment(
     PathParam((project, name)): PathParam<(String, String)>,
 ) -> WebResult<Response> {
     let access = access(&state, &visitor, &project).await?;
-    let history = state.store().list_deployments(&access, Some(&name)).await?;
+    let mut history = state.store().list_deployments(&access, Some(&name)).await?;
+    with_decisions(&state, &access, Some(&name), &mut history).await?;
     let env = match environments(&state, &access, &history).await? {
         Ok(list) => list.into_iter().find(|e| e.environment.name == name),
         Err(why) => return Err(WebError::new(StatusCode::CONFLICT, why)),
@@ -59,7 +60,6 @@ pub(crate) async fn environment(
     })?;
     let e = &env.environment;
     let p = seg(&project);
-    let here = format!("/projects/{p}/environments/{}", seg(&name));
 
     let mut body = format!(
         "<p class=\"crumbs\"><a href=\"/projects\">Projects</a> / <a href=\"/projects/{p}\">{}</a> /</p><h1>Environment {}</h1>",
@@ -194,7 +194,6 @@ pub(crate) async fn environment(
         }
         body.push_str("</tbody></table>");
     }
-    let _ = here;
     Ok(html::document(&format!("Environment {name}"), Some(&visitor), &body).into_response())
 }
 

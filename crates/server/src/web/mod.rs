@@ -32,7 +32,7 @@ use crate::error::ApiError;
 use crate::AppState;
 
 /// What every page is sent with: no script or style but custody's own, no
-/// framing, no referrer, nothing cached.
+/// framing, no referrer to other sites, nothing cached.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
      img-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; object-src 'none'; \
      frame-ancestors 'none'";
@@ -73,7 +73,7 @@ async fn security_headers(request: Request, next: Next) -> Response {
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     if !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
@@ -135,7 +135,7 @@ impl From<custody_domain::InvalidInput> for WebError {
 impl IntoResponse for WebError {
     fn into_response(self) -> Response {
         if self.status == StatusCode::UNAUTHORIZED {
-            return session::to_login();
+            return session::to_login(self.back.as_deref());
         }
         let title = match self.status {
             StatusCode::FORBIDDEN if !self.reasons.is_empty() => "Refused",
@@ -150,7 +150,7 @@ impl IntoResponse for WebError {
         html::push(&mut body, format_args!("<p class=\"lead\" id=\"error\">{}</p>", html::esc(&self.message)));
         body.push_str(&html::reasons(&self.reasons));
         if let Some(back) = &self.back {
-            html::push(&mut body, format_args!("<p><a href=\"{}\">Back</a></p>", html::esc(back)));
+            html::push(&mut body, format_args!("<p><a href=\"{}\" id=\"back\">Back</a></p>", html::esc(back)));
         }
         (self.status, html::document(title, None, &body)).into_response()
     }

@@ -62,6 +62,22 @@ pub(crate) async fn list(State(state): State<AppState>, visitor: Visitor) -> Web
     Ok(html::document("Projects", Some(&visitor), &body).into_response())
 }
 
+/// Fills in the decisions taken on each of `deployments` (all to
+/// `environment`, when given), read in one query.
+pub(crate) async fn with_decisions(
+    state: &AppState,
+    access: &ProjectAccess,
+    environment: Option<&str>,
+    deployments: &mut [DeploymentView],
+) -> WebResult<()> {
+    for (number, decision) in state.store().deployment_decisions(access, environment).await? {
+        if let Some(d) = deployments.iter_mut().find(|d| d.number == number) {
+            d.decisions.push(decision);
+        }
+    }
+    Ok(())
+}
+
 /// An environment of the mainline's pipeline file and what is live there.
 pub(crate) struct EnvironmentState {
     pub environment: custody_domain::pipeline::Environment,

@@ -81,9 +81,13 @@ fn set_cookie(name: &str, value: &str, path: &str, max_age: Option<i64>) -> Head
         .unwrap_or_else(|_| HeaderValue::from_static("custody_invalid=; Max-Age=0"))
 }
 
-/// A redirect to the sign-in page.
-pub fn to_login() -> Response {
-    see_other("/login")
+/// A redirect to the sign-in page, which returns to `next` (a page, not a
+/// form's target) afterwards.
+pub fn to_login(next: Option<&str>) -> Response {
+    match next.filter(|n| !n.is_empty()) {
+        Some(next) if next_or_home(Some(next)) == next => see_other(&format!("/login?next={}", html::seg(next))),
+        _ => see_other("/login"),
+    }
 }
 
 /// A 303 to `to`.
@@ -96,7 +100,12 @@ impl FromRequestParts<AppState> for Visitor {
     type Rejection = WebError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let unauthenticated = || WebError::new(StatusCode::UNAUTHORIZED, "sign in first");
+        // Back to this page after signing in, when it is one to go back to.
+        let here = match parts.method {
+            axum::http::Method::GET => parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default(),
+            _ => String::new(),
+        };
+        let unauthenticated = || WebError::new(StatusCode::UNAUTHORIZED, "sign in first").back(here.clone());
         let session = cookie(&parts.headers, SESSION_COOKIE).ok_or_else(unauthenticated)?;
         let auth = state.store().authenticate(session).await.map_err(|_| unauthenticated())?;
         Ok(Visitor { auth, csrf: csrf_of(session) })
@@ -311,7 +320,7 @@ pub(crate) async fn login(
 /// Signs out: the session's token is revoked, the cookie cleared.
 pub(crate) async fn logout(State(state): State<AppState>, posted: Posted) -> WebResult {
     state.store().revoke_token(&posted.visitor.auth, &posted.visitor.auth.token_id).await?;
-    let mut response = to_login();
+    let mut response = to_login(None);
     response.headers_mut().append(header::SET_COOKIE, set_cookie(SESSION_COOKIE, "", "/", Some(0)));
     Ok(response)
 }
