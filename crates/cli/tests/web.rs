@@ -44,9 +44,15 @@ fn set_password(hosted: &Hosted, who: &str) {
     run_with_input(command, Some(&format!("{PASSWORD}\n"))).expect_code(0);
 }
 
-/// Where screenshots go, when asked for.
+/// Where screenshots go, when asked for (from the SQLite run only, so that
+/// the two runs do not write the same files).
 fn screenshots() -> Option<PathBuf> {
-    let dir = PathBuf::from(std::env::var_os("CUSTODY_SCREENSHOTS")?);
+    if std::thread::current().name().is_some_and(|n| n.contains("postgres")) {
+        return None;
+    }
+    // A relative directory is taken from the workspace's root.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = root.join(std::env::var_os("CUSTODY_SCREENSHOTS")?);
     std::fs::create_dir_all(&dir).expect("the screenshot directory");
     Some(dir)
 }
@@ -199,6 +205,7 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     let why = browser.text("#approve-refusal");
     assert!(why.contains("alice is an author of a change in this release"), "{why}");
     assert!(why.contains("What would satisfy it"), "{why}");
+    snap(&browser, "environment-refused", 1200);
     // Sent anyway (the button enabled by hand), the server refuses it the same way.
     browser.execute("document.getElementById('approve-deployment').disabled = false;", serde_json::json!([]));
     browser.click("#approve-deployment");
@@ -219,7 +226,7 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     let gate = browser.text("#deployment-2 .gate");
     assert!(gate.contains("deploy.approvals") || gate.contains("approval"), "{gate}");
     assert!(!browser.exists("#approve-refusal"), "carol is refused: {}", browser.body_text());
-    snap(&browser, "environment", 1300);
+    snap(&browser, "environment", 1200);
     browser.type_into("#decision-message", "ship it");
     browser.click("#approve-deployment");
     let approvals = hosted.audit_events("deploy.approve");
@@ -281,12 +288,13 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     browser.goto(&format!("{base}/login"));
     browser.type_into("#token", &hosted.admin);
     browser.click("#sign-in-token");
+    browser.goto(&format!("{base}/audit"));
+    snap(&browser, "audit", 1400);
     browser.goto(&format!("{base}/audit?action=deploy.approve"));
     assert_eq!(browser.attribute("#checkpoint-verdict", "data-intact").as_deref(), Some("true"));
     let events = browser.text("#events");
     assert!(events.contains("carol") && events.contains("deploy.approve"), "{events}");
     assert!(!events.contains("change.review"), "the filter holds: {events}");
-    snap(&browser, "audit", 1000);
     browser.goto(&format!("{base}/admin"));
     assert!(browser.text("#groups").contains("release-managers"), "{}", browser.text("#groups"));
     assert!(browser.text("#users").contains("carol"), "{}", browser.text("#users"));

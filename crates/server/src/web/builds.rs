@@ -239,7 +239,7 @@ async fn chain(
                         ("requested by".into(), d.requested_by.clone().unwrap_or_else(|| "custody (promotion)".into())),
                         ("approved by".into(), names(&who(&["approve"]))),
                         ("tested by".into(), names(&who(&["test_passed", "test_failed"]))),
-                        ("deployed by (service)".into(), format!("custody deployer · {}", d.status)),
+                        ("deployed by (service)".into(), "custody deployer".into()),
                     ],
                 )
             }
@@ -248,7 +248,7 @@ async fn chain(
         links.push(Link {
             href: Some(format!("/projects/{p}/environments/{}", seg(&env))),
             kind: env.clone(),
-            title: latest.map(|d| format!("deployment {}", d.number)).unwrap_or_else(|| env.clone()),
+            title: latest.map(|d| format!("#{} {}", d.number, d.status)).unwrap_or_else(|| "not deployed".into()),
             state,
             duties,
         });

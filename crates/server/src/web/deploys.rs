@@ -66,7 +66,7 @@ pub(crate) async fn environment(
         esc(&project),
         esc(&name)
     );
-    body.push_str("<dl class=\"facts\">");
+    body.push_str("<section><h2>Gate and what is live</h2><dl class=\"facts\">");
     push(
         &mut body,
         format_args!("<dt>After</dt><dd>{}</dd>", esc(e.after.as_deref().unwrap_or("— (deployed after each build)"))),
@@ -105,9 +105,7 @@ pub(crate) async fn environment(
         ),
         None => body.push_str("<dt>Live</dt><dd id=\"live\">nothing yet</dd>"),
     }
-    body.push_str("</dl>");
-
-    body.push_str("<h2>Waiting</h2>");
+    body.push_str("</dl></section><h2>Waiting</h2>");
     if env.waiting.is_empty() {
         body.push_str("<p class=\"empty\">Nothing waits.</p>");
     }

@@ -187,7 +187,7 @@ pub(crate) async fn show(
     }
     body.push_str("</ul></section></div>");
 
-    body.push_str("<h2>Environments</h2>");
+    body.push_str("<section><h2>Environments</h2>");
     match &environments {
         Err(why) => push(
             &mut body,
@@ -240,7 +240,7 @@ pub(crate) async fn show(
         }
     }
 
-    body.push_str("<h2>Latest builds</h2>");
+    body.push_str("</section><section><h2>Latest builds</h2>");
     if builds.items.is_empty() {
         body.push_str("<p class=\"empty\">No build yet: the builder builds each merge into the mainline.</p>");
     } else {
@@ -263,5 +263,6 @@ pub(crate) async fn show(
         }
         body.push_str("</tbody></table>");
     }
+    body.push_str("</section>");
     Ok(html::document(&project, Some(&visitor), &body).into_response())
 }
