@@ -280,6 +280,14 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     assert!(browser.text("#environments").contains("production"), "{}", browser.text("#environments"));
     snap(&browser, "project", 1100);
 
+    // Bad addresses get pages that say what is wrong, never a panic.
+    browser.goto(&format!("{base}/projects/{PROJECT}/changes/abc"));
+    assert!(browser.text("#error").contains("not one of custody's pages"), "{}", browser.body_text());
+    browser.goto(&format!("{base}/projects/{PROJECT}/changes/99"));
+    assert!(browser.body_text().contains("Not found"), "{}", browser.body_text());
+    browser.goto(&format!("{base}/projects/{PROJECT}/artifacts/not-a-digest"));
+    assert!(browser.text("#error").contains("64 hexadecimal digits"), "{}", browser.body_text());
+
     // carol is no auditor; the admin sees the log and its verified checkpoint.
     browser.goto(&format!("{base}/audit"));
     assert!(browser.body_text().contains("only admins and auditors"), "{}", browser.body_text());

@@ -10,8 +10,7 @@ use custody_store::PageRequest;
 
 use super::html::{self, esc, push, status};
 use super::session::{see_other, Posted, Visitor};
-use super::{WebError, WebResult};
-use crate::api::PathParam;
+use super::{WebError, WebPath, WebResult};
 use crate::AppState;
 
 /// The admin page.
@@ -87,7 +86,7 @@ pub(crate) async fn show(State(state): State<AppState>, visitor: Visitor) -> Web
 /// Approves or rejects a grant, through the same store calls as the API.
 pub(crate) async fn decide(
     State(state): State<AppState>,
-    PathParam(id): PathParam<i64>,
+    WebPath(id): WebPath<i64>,
     posted: Posted,
 ) -> WebResult<Response> {
     let actor = &posted.visitor.auth;

@@ -1,7 +1,7 @@
 //! The audit log for auditors and admins: events with filters, a page at a
 //! time, the latest signed checkpoint, and whether it verifies.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use custody_domain::Timestamp;
 use custody_formats::checkpoint::NoteVerifier;
@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::html::{self, esc, push};
 use super::session::Visitor;
-use super::{WebError, WebResult};
+use super::{WebError, WebQuery, WebResult};
 use crate::AppState;
 
 /// Events per page.
@@ -98,7 +98,7 @@ async fn checkpoint(state: &AppState) -> WebResult<String> {
 pub(crate) async fn events(
     State(state): State<AppState>,
     visitor: Visitor,
-    Query(query): Query<EventQuery>,
+    WebQuery(query): WebQuery<EventQuery>,
 ) -> WebResult<Response> {
     if !visitor.auth.reads_everything() {
         return Err(WebError::forbidden("only admins and auditors read the audit log"));

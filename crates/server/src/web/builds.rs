@@ -12,8 +12,7 @@ use serde_json::Value;
 use super::html::{self, esc, push, seg, short, status};
 use super::projects::{access, environments, with_decisions};
 use super::session::Visitor;
-use super::{WebError, WebResult};
-use crate::api::PathParam;
+use super::{WebError, WebPath, WebResult};
 use crate::AppState;
 
 /// A signed envelope opened with the key of its duty: the statement, or
@@ -260,7 +259,7 @@ async fn chain(
 pub(crate) async fn show(
     State(state): State<AppState>,
     visitor: Visitor,
-    PathParam((project, number)): PathParam<(String, i64)>,
+    WebPath((project, number)): WebPath<(String, i64)>,
 ) -> WebResult<Response> {
     let access = access(&state, &visitor, &project).await?;
     let build = state.store().get_build(&access, number).await?;
@@ -371,7 +370,7 @@ pub(crate) async fn show(
 pub(crate) async fn artifact(
     State(state): State<AppState>,
     visitor: Visitor,
-    PathParam((project, digest)): PathParam<(String, String)>,
+    WebPath((project, digest)): WebPath<(String, String)>,
 ) -> WebResult<Response> {
     let access = access(&state, &visitor, &project).await?;
     if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -10,8 +10,7 @@ use custody_store::AuthorReason;
 use super::html::{self, esc, push, seg, short, status};
 use super::projects::{access, read_git};
 use super::session::{see_other, Posted, Visitor};
-use super::{WebError, WebResult};
-use crate::api::PathParam;
+use super::{WebError, WebPath, WebResult};
 use crate::AppState;
 
 /// The largest diff shown in full.
@@ -61,7 +60,7 @@ fn diff_html(diff: &str) -> String {
 pub(crate) async fn show(
     State(state): State<AppState>,
     visitor: Visitor,
-    PathParam((project, number)): PathParam<(String, i64)>,
+    WebPath((project, number)): WebPath<(String, i64)>,
 ) -> WebResult<Response> {
     let access = access(&state, &visitor, &project).await?;
     let (change, records, gate) = crate::changes::gate_of(&state, &access, number).await?;
@@ -259,7 +258,7 @@ pub(crate) async fn show(
 /// Reviews the change's head the visitor saw.
 pub(crate) async fn review(
     State(state): State<AppState>,
-    PathParam((project, number)): PathParam<(String, i64)>,
+    WebPath((project, number)): WebPath<(String, i64)>,
     posted: Posted,
 ) -> WebResult<Response> {
     let here = format!("/projects/{}/changes/{number}", seg(&project));
@@ -278,7 +277,7 @@ pub(crate) async fn review(
 /// Merges the change through its gate.
 pub(crate) async fn merge(
     State(state): State<AppState>,
-    PathParam((project, number)): PathParam<(String, i64)>,
+    WebPath((project, number)): WebPath<(String, i64)>,
     posted: Posted,
 ) -> WebResult<Response> {
     let here = format!("/projects/{}/changes/{number}", seg(&project));

@@ -11,8 +11,7 @@ use custody_store::{DeployContext, DeployDecision, DeploymentView, ProjectAccess
 use super::html::{self, esc, push, seg, short, status};
 use super::projects::{access, environments, with_decisions};
 use super::session::{see_other, Posted, Visitor};
-use super::{WebError, WebResult};
-use crate::api::PathParam;
+use super::{WebError, WebPath, WebResult};
 use crate::AppState;
 
 async fn context(state: &AppState, access: &ProjectAccess, deployment: &DeploymentView) -> WebResult<DeployContext> {
@@ -46,7 +45,7 @@ fn decisions(deployment: &DeploymentView) -> String {
 pub(crate) async fn environment(
     State(state): State<AppState>,
     visitor: Visitor,
-    PathParam((project, name)): PathParam<(String, String)>,
+    WebPath((project, name)): WebPath<(String, String)>,
 ) -> WebResult<Response> {
     let access = access(&state, &visitor, &project).await?;
     let mut history = state.store().list_deployments(&access, Some(&name)).await?;
@@ -199,7 +198,7 @@ pub(crate) async fn environment(
 /// as the API, and returns to its environment; a refusal shows its reasons.
 pub(crate) async fn decide(
     State(state): State<AppState>,
-    PathParam((project, number)): PathParam<(String, i64)>,
+    WebPath((project, number)): WebPath<(String, i64)>,
     posted: Posted,
 ) -> WebResult<Response> {
     let access = access(&state, &posted.visitor, &project).await?;

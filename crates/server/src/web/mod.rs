@@ -156,5 +156,35 @@ impl IntoResponse for WebError {
     }
 }
 
+/// Path parameters; malformed ones get a 400 page that says why.
+pub struct WebPath<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> axum::extract::FromRequestParts<S> for WebPath<T> {
+    type Rejection = WebError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| WebPath(value))
+            .map_err(|rejection| {
+                WebError::invalid(format!("this address is not one of custody's pages: {}", rejection.body_text()))
+            })
+    }
+}
+
+/// Query parameters; malformed ones get a 400 page that says why.
+pub struct WebQuery<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for WebQuery<T> {
+    type Rejection = WebError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| WebQuery(value))
+            .map_err(|rejection| WebError::invalid(format!("bad query parameters: {}", rejection.body_text())))
+    }
+}
+
 /// A page or a redirect, or an error page.
 pub type WebResult<T = Response> = Result<T, WebError>;

@@ -8,8 +8,7 @@ use custody_store::{DeploymentView, PageRequest, ProjectAccess};
 
 use super::html::{self, esc, push, seg, short, status};
 use super::session::Visitor;
-use super::{WebError, WebResult};
-use crate::api::PathParam;
+use super::{WebError, WebPath, WebResult};
 use crate::AppState;
 
 /// The project as the visitor may see it; "not found" when they may not.
@@ -123,7 +122,7 @@ pub(crate) async fn environments(
 pub(crate) async fn show(
     State(state): State<AppState>,
     visitor: Visitor,
-    PathParam(name): PathParam<String>,
+    WebPath(name): WebPath<String>,
 ) -> WebResult<Response> {
     let access = access(&state, &visitor, &name).await?;
     let project = access.project.to_string();

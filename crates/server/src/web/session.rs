@@ -14,7 +14,7 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Query, Request, State};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -24,7 +24,7 @@ use serde::Deserialize;
 use sha2::Digest as _;
 
 use super::html::{self, esc, push};
-use super::{WebError, WebResult};
+use super::{WebError, WebQuery, WebResult};
 use crate::auth::limit_keys;
 use crate::AppState;
 
@@ -246,7 +246,7 @@ fn login_form(nonce: &str, next: &str, error: Option<&str>) -> Response {
 /// The sign-in page.
 pub(crate) async fn login_page(
     State(state): State<AppState>,
-    Query(query): Query<LoginQuery>,
+    WebQuery(query): WebQuery<LoginQuery>,
     headers: HeaderMap,
 ) -> Response {
     if let Some(session) = cookie(&headers, SESSION_COOKIE) {
