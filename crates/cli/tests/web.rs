@@ -306,7 +306,27 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     browser.goto(&format!("{base}/admin"));
     assert!(browser.text("#groups").contains("release-managers"), "{}", browser.text("#groups"));
     assert!(browser.text("#users").contains("carol"), "{}", browser.text("#users"));
+
+    // Once there are two admins, a grant waits for the one who did not ask.
+    hosted.as_admin(&["group", "add", "admins", "bob"]).expect_code(0);
+    hosted.as_admin(&["group", "create", "qa"]).expect_code(0);
+    let asked = hosted.as_admin(&["group", "add", "qa", "carol", "--json"]).json();
+    assert_eq!(asked["status"], "pending", "{asked}");
+    browser.goto(&format!("{base}/admin"));
+    let approve = ".card.grant button[value='approve']";
+    assert!(!browser.enabled(approve), "the requester may approve his own grant");
+    let why = browser.text(".card.grant .refusal");
+    assert!(why.contains("grant."), "{why}");
     snap(&browser, "admin", 1000);
+    sign_out(&browser);
+    sign_in_with_password(&browser, &hosted, "bob");
+    browser.goto(&format!("{base}/admin"));
+    assert!(browser.enabled(approve), "bob, the second admin, may not approve: {}", browser.body_text());
+    browser.click(approve);
+    assert!(!browser.exists(".card.grant"), "the grant still waits: {}", browser.body_text());
+    assert!(browser.text("#groups").contains("carol"), "{}", browser.text("#groups"));
+    let approved = hosted.audit_events("grant.approve");
+    assert_eq!(approved.last().map(|e| e["actor"].clone()), Some(Value::from("bob")), "{approved:?}");
 }
 
 on_both_backends! {
