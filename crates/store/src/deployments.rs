@@ -97,6 +97,16 @@ pub struct DeploymentView {
     pub decisions: Vec<DecisionView>,
 }
 
+/// Where one person stands on a pending deployment: why each decision they
+/// might take would be refused, if it would.
+#[derive(Clone, Debug, Default)]
+pub struct Standing {
+    /// Why their approval or rejection would be refused.
+    pub approve: Option<Reason>,
+    /// Why their test sign-off would be refused.
+    pub sign_off: Option<Reason>,
+}
+
 /// What the caller read from git for a deployment's gate.
 #[derive(Clone, Debug)]
 pub struct DeployContext {
@@ -639,6 +649,66 @@ impl Store {
             })
         })
         .await
+    }
+
+    /// A deployment's gate as it stands, and where `who` stands on it: the
+    /// reason their approval (or rejection) and their test sign-off would be
+    /// refused, by the same rules [`Store::decide_deployment`] applies, so a
+    /// page can show the reason before anyone clicks.
+    pub async fn deployment_standing(
+        &self,
+        access: &ProjectAccess,
+        number: i64,
+        context: DeployContext,
+        who: &UserName,
+    ) -> Result<(DeploymentView, DeployReport, Standing)> {
+        let (access, who) = (access.clone(), who.clone());
+        self.write(move |tx| {
+            Box::pin(async move {
+                let (_, build_id, view) = load(tx, access.project_id, number).await?;
+                let gathered = gather(tx, access.project_id, build_id, &view, &context).await?;
+                let facts = gathered.facts(&context.environment);
+                let standing = Standing {
+                    approve: deploy::approval_refusal(&facts, &who),
+                    sign_off: deploy::sign_off_refusal(&facts, &who),
+                };
+                Ok((view, deploy::evaluate(&facts), standing))
+            })
+        })
+        .await
+    }
+
+    /// The decisions taken on a project's deployments (only those to
+    /// `environment` when given), with the number of the deployment each
+    /// was taken on, in order: one query for a whole list of deployments.
+    pub async fn deployment_decisions(
+        &self,
+        access: &ProjectAccess,
+        environment: Option<&str>,
+    ) -> Result<Vec<(i64, DecisionView)>> {
+        let sql = self.sql(
+            "SELECT d.number, u.name, x.kind, x.message, x.at FROM deployment_decisions x \
+             JOIN deployments d ON d.id = x.deployment_id JOIN users u ON u.id = x.user_id \
+             WHERE d.project_id = $1 AND ($2 = '' OR d.environment = $2) ORDER BY x.id",
+        );
+        let rows = sqlx::query(&sql)
+            .bind(access.project_id)
+            .bind(environment.unwrap_or_default())
+            .fetch_all(self.readers())
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    col(row, "number")?,
+                    DecisionView {
+                        user: col(row, "name")?,
+                        kind: col(row, "kind")?,
+                        message: col(row, "message")?,
+                        at: Timestamp::from_millis(col(row, "at")?),
+                    },
+                ))
+            })
+            .collect()
     }
 
     /// Cancels a deployment that has not started.

@@ -46,7 +46,7 @@ pub use checks::{CheckOutcome, CheckRunView, LeasedCheck};
 pub use custody_domain::project::{Identity, PushedCommit};
 pub use deployments::{
     ChangeDuty, DecisionView, DeployContext, DeployDecision, DeployOutcome, DeploymentView, Duty, Heartbeat,
-    LeasedDeployment,
+    LeasedDeployment, Standing,
 };
 pub use dialect::Dialect;
 pub use findings::FindingView;

@@ -23,6 +23,7 @@ macro_rules! on_both_backends {
     };
 }
 
+pub mod browser;
 pub mod builds;
 pub mod deploys;
 pub mod flow;

@@ -5,7 +5,7 @@ mod builds;
 mod changes;
 mod deploys;
 mod groups;
-mod people;
+pub(crate) mod people;
 mod projects;
 
 use axum::extract::{FromRequestParts, Query};
