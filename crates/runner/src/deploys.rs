@@ -4,9 +4,9 @@
 //! attestation with the deployer key; then promotes the build to the
 //! environments that follow.
 
-use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use custody_blobs::Blobs;
@@ -59,15 +59,58 @@ pub struct Deployer {
     pub worker: String,
 }
 
+/// Answers already worked out, which never go stale: both are functions of
+/// commit ids, which name their content.
+struct Remembered<K, V> {
+    entries: Mutex<HashMap<K, V>>,
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> Remembered<K, V> {
+    /// At most this many answers are kept; then they are all forgotten.
+    const LIMIT: usize = 4096;
+
+    fn get(&self, key: &K) -> Option<V> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
+    }
+
+    fn keep(&self, key: K, value: V) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= Self::LIMIT {
+            entries.clear();
+        }
+        entries.insert(key, value);
+    }
+}
+
+/// Parsed pipeline files, by repository and commit.
+static PIPELINES: LazyLock<Remembered<(PathBuf, String), Pipeline>> =
+    LazyLock::new(|| Remembered { entries: Mutex::new(HashMap::new()) });
+
+/// A project, the commit live in an environment, and a candidate.
+type ReleaseKey = (String, Option<String>, String);
+
+/// The changes of a release, by project, live commit and candidate. The
+/// commits between two commits never change, and each mainline commit was
+/// recorded with its change in the merge's own transaction, before any
+/// build of it (or of a later commit) existed.
+static RELEASES: LazyLock<Remembered<ReleaseKey, Vec<i64>>> =
+    LazyLock::new(|| Remembered { entries: Mutex::new(HashMap::new()) });
+
 /// The pipeline file on the project's mainline tip, which governs every
 /// environment's gate.
 pub fn mainline_pipeline(repository: &Path, default_branch: &str) -> Result<Pipeline, String> {
     let tip = git::read_ref(repository, &format!("refs/heads/{default_branch}")).map_err(|e| e.to_string())?;
     let Some(tip) = tip else { return Ok(Pipeline::default()) };
-    match git::read_file(repository, &tip, pipeline::PATH).map_err(|e| e.to_string())? {
-        Some(text) => pipeline::parse(&text).map_err(|e| format!("the mainline's {e}")),
-        None => Ok(Pipeline::default()),
+    let key = (repository.to_owned(), tip);
+    if let Some(known) = PIPELINES.get(&key) {
+        return Ok(known);
     }
+    let policy = match git::read_file(repository, &key.1, pipeline::PATH).map_err(|e| e.to_string())? {
+        Some(text) => pipeline::parse(&text).map_err(|e| format!("the mainline's {e}"))?,
+        None => Pipeline::default(),
+    };
+    PIPELINES.keep(key, policy.clone());
+    Ok(policy)
 }
 
 /// The gate context of deploying `commit` to `environment`: its
@@ -83,10 +126,16 @@ pub async fn release_context(
     let default_branch = store.get_project(project).await.map_err(|e| e.to_string())?.default_branch;
     let repository = repositories.path(project);
     let live = store.live_commit(project, environment).await.map_err(|e| e.to_string())?;
-    let (repo, candidate, branch) = (repository.clone(), commit.to_owned(), default_branch.clone());
+    let key = (project.as_str().to_owned(), live.clone(), commit.to_owned());
+    let known = RELEASES.get(&key);
+    let (repo, candidate, branch, listed) = (repository.clone(), commit.to_owned(), default_branch, known.is_some());
     let (policy, commits) = tokio::task::spawn_blocking(move || {
         let policy = mainline_pipeline(&repo, &branch)?;
-        let commits = git::commits(&repo, live.as_deref(), &candidate).map_err(|e| e.to_string())?;
+        let commits = if listed {
+            Vec::new()
+        } else {
+            git::commits(&repo, live.as_deref(), &candidate).map_err(|e| e.to_string())?
+        };
         Ok::<_, String>((policy, commits))
     })
     .await
@@ -97,8 +146,15 @@ pub async fn release_context(
         .find(|e| e.name == environment)
         .cloned()
         .ok_or_else(|| format!("the mainline's pipeline file defines no environment {environment:?}"))?;
-    let mut changes = store.changes_merged_as(project, &commits).await.map_err(|e| e.to_string())?;
-    changes.sort_unstable();
+    let changes = match known {
+        Some(changes) => changes,
+        None => {
+            let mut changes = store.changes_merged_as(project, &commits).await.map_err(|e| e.to_string())?;
+            changes.sort_unstable();
+            RELEASES.keep(key, changes.clone());
+            changes
+        }
+    };
     Ok(DeployContext { environment, changes })
 }
 

@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::projects::ProjectAccess;
-use crate::writer::Tx;
+use crate::writer::{Reader, Reads, Tx};
 use crate::{col, now_ms, Authenticated, Result, Store, StoreError};
 
 /// A decision someone took on a deployment.
@@ -208,7 +208,7 @@ fn parse_user(name: String) -> Result<UserName> {
 }
 
 /// The enabled members of a group.
-pub(crate) async fn group_members(tx: &mut Tx, group: &GroupName) -> Result<BTreeSet<UserName>> {
+pub(crate) async fn group_members(tx: &mut impl Reads, group: &GroupName) -> Result<BTreeSet<UserName>> {
     let sql = tx.sql(
         "SELECT u.name FROM group_members m JOIN groups g ON g.id = m.group_id JOIN users u ON u.id = m.user_id \
          WHERE g.name = $1 AND u.disabled_at IS NULL",
@@ -218,7 +218,7 @@ pub(crate) async fn group_members(tx: &mut Tx, group: &GroupName) -> Result<BTre
 }
 
 /// One deployment with its decisions, read in the transaction.
-async fn load(tx: &mut Tx, project_id: i64, number: i64) -> Result<(i64, i64, DeploymentView)> {
+async fn load(tx: &mut impl Reads, project_id: i64, number: i64) -> Result<(i64, i64, DeploymentView)> {
     let sql = tx.dialect().sql_owned(format!("SELECT {DEPLOYMENT_COLUMNS} WHERE d.project_id = $1 AND d.number = $2"));
     let row = sqlx::query(&sql).bind(project_id).bind(number).fetch_optional(tx.conn()).await?;
     let row = row.ok_or_else(|| StoreError::not_found("deployment", number))?;
@@ -279,7 +279,7 @@ impl Gathered {
 }
 
 async fn gather(
-    tx: &mut Tx,
+    tx: &mut impl Reads,
     project_id: i64,
     build_id: i64,
     view: &DeploymentView,
@@ -360,7 +360,7 @@ async fn gather(
 
 /// Evaluates a deployment's gate from the facts in the transaction.
 async fn evaluate(
-    tx: &mut Tx,
+    tx: &mut impl Reads,
     project_id: i64,
     build_id: i64,
     view: &DeploymentView,
@@ -640,15 +640,12 @@ impl Store {
         number: i64,
         context: DeployContext,
     ) -> Result<(DeploymentView, DeployReport)> {
-        let access = access.clone();
-        self.write(move |tx| {
-            Box::pin(async move {
-                let (_, build_id, view) = load(tx, access.project_id, number).await?;
-                let report = evaluate(tx, access.project_id, build_id, &view, &context).await?;
-                Ok((view, report))
-            })
-        })
-        .await
+        // Only read: a reader's connection, not the writer's queue. Every
+        // decision evaluates the gate again inside the writer.
+        let mut reader = Reader { conn: self.readers().acquire().await?, dialect: self.inner.dialect };
+        let (_, build_id, view) = load(&mut reader, access.project_id, number).await?;
+        let report = evaluate(&mut reader, access.project_id, build_id, &view, &context).await?;
+        Ok((view, report))
     }
 
     /// A deployment's gate as it stands, and where `who` stands on it: the
@@ -662,20 +659,15 @@ impl Store {
         context: DeployContext,
         who: &UserName,
     ) -> Result<(DeploymentView, DeployReport, Standing)> {
-        let (access, who) = (access.clone(), who.clone());
-        self.write(move |tx| {
-            Box::pin(async move {
-                let (_, build_id, view) = load(tx, access.project_id, number).await?;
-                let gathered = gather(tx, access.project_id, build_id, &view, &context).await?;
-                let facts = gathered.facts(&context.environment);
-                let standing = Standing {
-                    approve: deploy::approval_refusal(&facts, &who),
-                    sign_off: deploy::sign_off_refusal(&facts, &who),
-                };
-                Ok((view, deploy::evaluate(&facts), standing))
-            })
-        })
-        .await
+        let mut reader = Reader { conn: self.readers().acquire().await?, dialect: self.inner.dialect };
+        let (_, build_id, view) = load(&mut reader, access.project_id, number).await?;
+        let gathered = gather(&mut reader, access.project_id, build_id, &view, &context).await?;
+        let facts = gathered.facts(&context.environment);
+        let standing = Standing {
+            approve: deploy::approval_refusal(&facts, who),
+            sign_off: deploy::sign_off_refusal(&facts, who),
+        };
+        Ok((view, deploy::evaluate(&facts), standing))
     }
 
     /// The decisions taken on a project's deployments (only those to

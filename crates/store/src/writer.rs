@@ -30,6 +30,46 @@ struct Job {
     done: oneshot::Sender<Result<Erased>>,
 }
 
+/// A connection that facts are read from: the writer's transaction, or a
+/// reader's connection when nothing is written.
+pub(crate) trait Reads: Send {
+    /// The connection.
+    fn conn(&mut self) -> &mut AnyConnection;
+    /// Which database this is.
+    fn dialect(&self) -> Dialect;
+    /// SQL with placeholders spelled for this database.
+    fn sql(&self, sql: &'static str) -> std::borrow::Cow<'static, str> {
+        self.dialect().sql(sql)
+    }
+}
+
+impl Reads for Tx {
+    fn conn(&mut self) -> &mut AnyConnection {
+        &mut self.conn
+    }
+
+    fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+}
+
+/// A reader's pooled connection, for reads that need the same facts as a
+/// write without waiting for the writer.
+pub(crate) struct Reader {
+    pub(crate) conn: sqlx::pool::PoolConnection<sqlx::Any>,
+    pub(crate) dialect: Dialect,
+}
+
+impl Reads for Reader {
+    fn conn(&mut self) -> &mut AnyConnection {
+        &mut self.conn
+    }
+
+    fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+}
+
 /// The writer's open transaction, handed to each operation in turn.
 pub struct Tx {
     conn: AnyConnection,
