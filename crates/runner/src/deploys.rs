@@ -281,12 +281,30 @@ impl Deployer {
                 digest: BTreeMap::from([("sha256".into(), digest.clone())]),
             })
             .collect();
+        // The release as the gate saw it: the environment it follows, its
+        // gate, and the changes it brings, so that an offline verifier can
+        // check the approvers against every author of the release.
+        let release =
+            release_context(&self.store, &self.repositories, &project, &lease.environment, &lease.commit).await.ok();
+        let after = release.as_ref().and_then(|r| r.environment.after.clone());
+        let changes = release.as_ref().map(|r| r.changes.clone());
+        let gate = release.as_ref().map(|r| {
+            json!({
+                "approvals": r.environment.approvals,
+                "approvers": r.environment.approvers.as_ref().map(|g| g.as_str()),
+                "testers": r.environment.testers.as_ref().map(|g| g.as_str()),
+                "reviewers_may_approve": r.environment.reviewers_may_approve,
+            })
+        });
         let statement = Statement::new(
             subject,
             DEPLOYMENT_PREDICATE,
             json!({
                 "project": lease.project,
                 "environment": lease.environment,
+                "after": after,
+                "changes": changes,
+                "gate": gate,
                 "deployment": lease.number,
                 "build": lease.build,
                 "commit": lease.commit,
