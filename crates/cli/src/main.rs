@@ -11,6 +11,7 @@ mod client;
 mod commands;
 mod config;
 mod deploy;
+mod evidence;
 mod hook;
 mod ledger;
 mod project;
@@ -85,6 +86,14 @@ enum Command {
     /// Findings for auditors: break-glass deployments and their reviews.
     #[command(subcommand)]
     Finding(deploy::FindingCommand),
+    /// The instance's public keys, for verifying evidence offline.
+    #[command(subcommand)]
+    Trust(evidence::TrustCommand),
+    /// Evidence bundles of deployments and artifacts.
+    #[command(subcommand)]
+    Evidence(evidence::EvidenceCommand),
+    /// Verify an evidence bundle offline, against a trust file (exit 0 valid, 1 not, 2 unreadable).
+    Verify(evidence::VerifyArgs),
     /// Run builds in a separate process.
     Worker(serve::WorkerArgs),
     /// Run by git during a push; not for people.
@@ -187,5 +196,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Finding(command) => deploy::finding(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Env(command) => deploy::env(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Deploy(command) => deploy::deploy(&client::Client::from_env(cli.server)?, command, out).await,
+        Command::Trust(command) => evidence::trust(&client::Client::from_env(cli.server)?, command).await,
+        Command::Evidence(command) => evidence::evidence(&client::Client::from_env(cli.server)?, command, out).await,
+        Command::Verify(args) => evidence::verify(args, out),
     }
 }
