@@ -8,6 +8,7 @@ mod evidence;
 mod groups;
 mod people;
 mod projects;
+mod report;
 
 use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
@@ -79,7 +80,7 @@ impl PageQuery {
         deploys::list_environments, deploys::get_environment, deploys::list_deployments, deploys::get_deployment,
         deploys::gate, deploys::request, deploys::approve, deploys::reject, deploys::sign_off, deploys::cancel,
         deploys::record, deploys::list_findings, deploys::resolve_finding, deploys::set_secret, deploys::list_secrets,
-        evidence::trust, evidence::export,
+        evidence::trust, evidence::export, report::report,
     ),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&TokenSecurity),
@@ -182,6 +183,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/projects/{name}/deployments/{number}/record", get(deploys::record))
         .route("/trust", get(evidence::trust))
         .route("/projects/{name}/evidence", get(evidence::export))
+        .route("/report", get(report::report))
         .route("/findings", get(deploys::list_findings))
         .route(
             "/projects/{name}/environments/{environment}/secrets",
