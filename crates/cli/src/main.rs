@@ -15,6 +15,7 @@ mod evidence;
 mod hook;
 mod ledger;
 mod project;
+mod report;
 mod serve;
 
 use std::process::ExitCode;
@@ -94,6 +95,8 @@ enum Command {
     Evidence(evidence::EvidenceCommand),
     /// Verify an evidence bundle offline, against a trust file (exit 0 valid, 1 not, 2 unreadable).
     Verify(evidence::VerifyArgs),
+    /// The auditor's report of a period: production deployments, duties, findings, controls.
+    Report(report::ReportArgs),
     /// Run builds in a separate process.
     Worker(serve::WorkerArgs),
     /// Run by git during a push; not for people.
@@ -199,5 +202,6 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Trust(command) => evidence::trust(&client::Client::from_env(cli.server)?, command).await,
         Command::Evidence(command) => evidence::evidence(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Verify(args) => evidence::verify(args, out),
+        Command::Report(args) => report::report(&client::Client::from_env(cli.server)?, args, out).await,
     }
 }

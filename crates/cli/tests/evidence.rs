@@ -528,8 +528,68 @@ fn independent_verification(hosted: &Hosted, exported: &Exported) {
     assert!(!check(&altered).status.success(), "python accepted provenance signed by the deployer key");
 }
 
+fn the_auditors_report_names_each_production_deployment_its_duties_and_findings(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let (number, _) = released(&hosted);
+    // carol breaks the glass: an open finding until an uninvolved admin reviews it.
+    hosted
+        .run_as(
+            "carol",
+            &["deploy", "request", PROJECT, "production", "--build", "1", "--break-glass", "--reason", "hotfix"],
+        )
+        .expect_code(0);
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    let data = hosted.as_admin(&["report", "--from", &today, "--to", &today, "--format", "json"]).json();
+    let deployments = data["deployments"].as_array().expect("deployments");
+    assert_eq!(deployments.len(), 1, "staging is not production: {data:#}");
+    let production = &deployments[0];
+    assert_eq!(production["number"], number);
+    assert_eq!(production["environment"], "production");
+    assert_eq!(production["approvers"], json!(["carol"]));
+    assert_eq!(production["testers"], json!(["dave"]));
+    assert_eq!(production["changes"][0]["authors"], json!(["alice"]));
+    assert_eq!(production["changes"][0]["reviewers"], json!(["bob"]));
+    let kinds: Vec<&str> =
+        data["findings"].as_array().expect("findings").iter().filter_map(|f| f["kind"].as_str()).collect();
+    assert!(kinds.contains(&"break_glass"), "{kinds:?}");
+    assert!(kinds.contains(&"bootstrap_grant"), "project members were added by the bootstrap admin alone: {kinds:?}");
+    let mapped: Vec<&str> =
+        data["controls"].as_array().expect("controls").iter().filter_map(|c| c["pci"].as_str()).collect();
+    assert!(mapped.iter().any(|m| m.contains("6.5.4")), "{mapped:?}");
+
+    // The printable report carries everything itself.
+    let file = hosted.sandbox.path("report.html");
+    hosted
+        .as_admin(&[
+            "report",
+            "--from",
+            &today,
+            "--to",
+            &today,
+            "--format",
+            "html",
+            "-o",
+            file.to_str().expect("UTF-8"),
+        ])
+        .expect_code(0);
+    let page = std::fs::read_to_string(&file).expect("the report");
+    assert!(page.starts_with("<!DOCTYPE html>") && page.contains("@page") && page.contains("carol"), "{page}");
+    assert!(
+        !page.contains("src=") && !page.contains("href=") && !page.contains("@import"),
+        "no external assets: {page}"
+    );
+    let md = hosted.as_admin(&["report", "--from", &today, "--to", &today, "--format", "md"]).expect_code(0).stdout;
+    assert!(
+        md.contains("NIST 800-53 AC-5") && md.contains("SOC 2 CC8.1") && md.contains("| approvers | carol |"),
+        "{md}"
+    );
+    // A period that ends before it starts is refused as input.
+    hosted.as_admin(&["report", "--from", &today, "--to", "2000-01-01"]).expect_code(2);
+}
+
 on_both_backends!(
     a_production_release_verifies_offline_with_every_duty_named,
     every_altered_field_of_the_bundle_fails_verification_with_its_reason,
     provenance_signed_with_the_deployers_key_fails_verification,
+    the_auditors_report_names_each_production_deployment_its_duties_and_findings,
 );
