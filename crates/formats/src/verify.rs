@@ -850,7 +850,8 @@ pub fn verify(bundle: &Bundle, trust: &TrustRoot, artifact: Option<&ArtifactFile
 }
 
 fn short(commit: &str) -> &str {
-    &commit[..commit.len().min(12)]
+    // A bundle is untrusted input: cut on a character boundary.
+    commit.char_indices().nth(12).map_or(commit, |(i, _)| &commit[..i])
 }
 
 fn none_or(names: &[String]) -> String {
@@ -986,7 +987,7 @@ fn check_inclusion(checks: &mut Checks, entry: &Entry, subject: &str, checkpoint
             "the inclusion proof is of leaf {}, but audit event {} is leaf {}",
             proof.leaf_index,
             event.seq,
-            event.seq - 1
+            event.seq.saturating_sub(1)
         ))
     } else {
         match proof.decoded() {
@@ -1030,6 +1031,57 @@ mod tests {
         assert!(requester_approved(Some("carol"), &names(&["carol"])));
         assert!(!requester_approved(None, &names(&["carol"])));
         assert_eq!(repeated(&names(&["bob", "bob"])), names(&["bob"]));
+    }
+
+    #[test]
+    fn a_bundle_of_nonsense_is_reported_not_panicked_on() {
+        use crate::evidence::{Bundle, BundleSubject, Entry, InclusionProof, LedgerEvent, BUNDLE_MEDIA_TYPE};
+        use crate::statement::Subject;
+        use crate::{KeyRole, ServiceKey};
+        let gate = ServiceKey::generate(KeyRole::Gate);
+        let odd = Statement::new(
+            vec![Subject { name: "é".into(), digest: Default::default() }],
+            CHANGE_PREDICATE,
+            serde_json::json!({ "change": -1, "merge_commit": "ééééééééééééééé", "authors": 3 }),
+        );
+        let provenance = Statement::new(
+            vec![],
+            PROVENANCE_PREDICATE,
+            serde_json::json!({ "buildDefinition": { "externalParameters": { "commit": "ééééééééééééééé" } } }),
+        );
+        let entry = |statement: &Statement, seq: i64| Entry {
+            envelope: statement.sign(&gate),
+            event: LedgerEvent {
+                seq,
+                at_ms: i64::MIN,
+                actor: String::new(),
+                action: String::new(),
+                subject: String::new(),
+                details: Value::Null,
+            },
+            proof: InclusionProof { leaf_index: u64::MAX, tree_size: 0, hashes: vec!["!".into()] },
+        };
+        let bundle = Bundle {
+            media_type: BUNDLE_MEDIA_TYPE.into(),
+            origin: "x".into(),
+            project: "p".into(),
+            subject: BundleSubject { deployment: Some(1), artifact: Some("zz".into()) },
+            checkpoint: "not a note".into(),
+            entries: vec![entry(&odd, 0), entry(&provenance, i64::MIN), entry(&provenance, i64::MAX)],
+        };
+        let report = verify(&bundle, &TrustRoot::new("x", vec![]), None);
+        assert!(!report.valid);
+        assert!(report.failures().any(|c| c.rule == "checkpoint.signature"));
+        assert!(report.failures().any(|c| c.rule == "envelope.signature"));
+        // With a checkpoint that verifies, the proofs themselves are judged.
+        let ledger = ServiceKey::generate(KeyRole::Ledger);
+        let note = crate::checkpoint::Checkpoint { origin: "x".into(), size: 0, root: crate::merkle::empty_root() }
+            .sign(&ledger)
+            .unwrap();
+        let trust = TrustRoot::new("x", vec![crate::trust::TrustedKey::current(&ledger.public(), 0)]);
+        let report = verify(&Bundle { checkpoint: note, ..bundle }, &trust, None);
+        assert!(report.checks.iter().any(|c| c.rule == "checkpoint.signature" && c.passed), "{}", report.to_text());
+        assert_eq!(report.failures().filter(|c| c.rule == "ledger.inclusion").count(), 3);
     }
 
     #[test]
