@@ -276,6 +276,36 @@ fn a_production_release_verifies_offline_with_every_duty_named(backend: Backend)
     assert_eq!(lines.len(), 4, "{lines:#?}");
     assert!(lines.iter().all(|l| l["payloadType"] == "application/vnd.in-toto+json"), "{lines:#?}");
 
+    // The bundle of the artifact, rather than of the deployment, verifies too.
+    let by_artifact = hosted.sandbox.path("artifact-bundle.json");
+    hosted
+        .as_admin(&["evidence", "export", PROJECT, "--artifact", &digest, "-o", by_artifact.to_str().expect("UTF-8")])
+        .expect_code(0);
+    let report = offline(
+        &hosted,
+        &[
+            "verify",
+            by_artifact.to_str().expect("UTF-8"),
+            "--trust",
+            exported.trust_file.to_str().expect("UTF-8"),
+            "--artifact",
+            artifact.to_str().expect("UTF-8"),
+            "--json",
+        ],
+    )
+    .expect_code(0)
+    .json();
+    assert_eq!(report["environments"], json!(["staging", "production"]), "{report:#}");
+
+    // Evidence is for admins and auditors; asking wrongly is an input error.
+    let refused = hosted.run_as("alice", &["evidence", "export", PROJECT, "--deployment", "2", "--json"]);
+    assert_eq!(refused.code(), Some(1), "{refused:#?}");
+    assert_eq!(refused.json_error()["error"]["code"], "forbidden", "{refused:#?}");
+    let missing = hosted.as_admin(&["evidence", "export", PROJECT, "--deployment", "99", "--json"]);
+    assert_eq!(missing.code(), Some(2), "{missing:#?}");
+    let bad = hosted.as_admin(&["evidence", "export", PROJECT, "--artifact", "not-a-digest", "--json"]);
+    assert_eq!(bad.code(), Some(2), "{bad:#?}");
+
     // A file that is no bundle cannot be read: exit 2.
     let junk = hosted.sandbox.path("junk.json");
     std::fs::write(&junk, "{\"hello\": 1}").expect("write");
@@ -403,6 +433,22 @@ fn every_altered_field_of_the_bundle_fails_verification_with_its_reason(backend:
     lines[1] = &bigger;
     bundle["checkpoint"] = json!(lines.join("\n"));
     fails_with(&hosted, &exported, &bundle, "checkpoint", "checkpoint.signature", "checkpoint", "does not verify");
+
+    // A trust file whose gate key became valid only after the merge.
+    let mut trust: Value =
+        serde_json::from_str(&std::fs::read_to_string(&exported.trust_file).expect("trust")).expect("JSON");
+    for key in trust["keys"].as_array_mut().expect("keys") {
+        if key["role"] == "gate" {
+            key["not_before"] = json!("2099-01-01T00:00:00Z");
+        }
+    }
+    let later = Exported {
+        bundle: original.clone(),
+        bundle_file: exported.bundle_file.clone(),
+        trust_file: hosted.sandbox.path("trust-later.json"),
+    };
+    std::fs::write(&later.trust_file, trust.to_string()).expect("write");
+    fails_with(&hosted, &later, original, "key-validity", "envelope.signature", "change 1", "was not valid at");
 
     // The order of environments.
     let mut bundle = original.clone();
