@@ -1,9 +1,11 @@
-"""Merge-to-build-start latency, measured against a running custody.
+"""Merge-to-build-start and build-success-to-staging-deploy-start
+latencies, measured against a running custody.
 
     python3 bench/builds.py       (run bench/builds.sh, which sets it up)
 
-Each merge's `change.merge` audit event and its build's `build.start` event
-carry the server's commit-time clock; the latency is the difference.
+Each merge's `change.merge` audit event, its build's `build.start` and
+`build.finish` events and its staging deployment's `deploy.start` event
+carry the server's commit-time clock; the latencies are the differences.
 """
 import os
 import statistics
@@ -42,9 +44,16 @@ for i in range(1, merges + 1):
     number = change["number"]
     call("POST", f"{base}/changes/{number}/reviews", "bob", {"verdict": "approve"})
     call("POST", f"{base}/changes/{number}/merge", "alice", {})
-    for _ in range(500):
+    for _ in range(1000):
         build = call("GET", f"{base}/builds/{i}", "alice")
         if build["status"] not in ("queued", "running"):
+            break
+        time.sleep(0.01)
+    # Each deployment runs alone, so that none waits behind the one before.
+    for _ in range(1000):
+        deployed = call("GET", f"{base}/deployments?environment=staging", "alice")
+        items = deployed["items"] if isinstance(deployed, dict) else deployed
+        if items and items[0]["build"] == i and items[0]["status"] not in ("pending", "queued", "running"):
             break
         time.sleep(0.01)
 
@@ -58,8 +67,17 @@ def ms(stamp):
 
 
 latencies = sorted(ms(started[n]) - ms(merged[n]) for n in merged if n in started)
+succeeded = {
+    int(e["subject"].rsplit("/", 1)[1]): e["at"] for e in events("build.finish") if e["details"]["status"] == "succeeded"
+}
+deploying = {e["details"]["build"]: e["at"] for e in events("deploy.start") if e["details"]["environment"] == "staging"}
+promoted = sorted(ms(deploying[n]) - ms(succeeded[n]) for n in succeeded if n in deploying)
 
 
-print(f"merges: {len(latencies)}")
-print(f"merge -> build start: p50 {percentile(latencies, 50):.0f} ms, p95 {percentile(latencies, 95):.0f} ms, "
-      f"max {latencies[-1]:.0f} ms, mean {statistics.mean(latencies):.1f} ms")
+def report(label, values):
+    print(f"{label}: p50 {percentile(values, 50):.0f} ms, p95 {percentile(values, 95):.0f} ms, "
+          f"max {values[-1]:.0f} ms, mean {statistics.mean(values):.1f} ms ({len(values)} samples)")
+
+
+report("merge -> build start", latencies)
+report("build success -> staging deploy start", promoted)

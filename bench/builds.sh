@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Latency from a merge into the mainline to the start of its build, on a
-# release build with SQLite: 50 changes pushed, approved and merged one
-# after another, each followed until its build has started.
+# Latency from a merge into the mainline to the start of its build, and
+# from the build's success to the start of its automatic staging
+# deployment, on a release build with SQLite: 50 changes pushed, approved
+# and merged one after another, each followed until it is live in staging.
 #
 #   bash bench/builds.sh [MERGES]
 set -euo pipefail
@@ -15,8 +16,10 @@ git init -q -b main "$src"
 git -C "$src" config user.name Alice; git -C "$src" config user.email alice@example.com
 mkdir -p "$src/.custody" "$src/scripts"
 printf '[review]\napprovals = 1\n[pipeline]\nowners = "platform"\nbuild = "scripts/build.sh"\nartifacts = ["out.txt"]\n' > "$src/.custody/pipeline.toml"
+printf '\n[[environment]]\nname = "staging"\ndeploy = "scripts/deploy.sh"\n' >> "$src/.custody/pipeline.toml"
 printf '#!/bin/sh\necho "$CUSTODY_COMMIT" > out.txt\n' > "$src/scripts/build.sh"
-chmod +x "$src/scripts/build.sh"
+printf '#!/bin/sh\ncat "$CUSTODY_ARTIFACTS_DIR/out.txt"\n' > "$src/scripts/deploy.sh"
+chmod +x "$src/scripts/build.sh" "$src/scripts/deploy.sh"
 git -C "$src" add -A; git -C "$src" commit -q -m base
 remote="http://alice:$alice@${url#http://}/bench.git"
 git -C "$src" push -q "$remote" main:refs/heads/seed

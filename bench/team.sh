@@ -5,7 +5,9 @@
 #   . bench/team.sh
 # then use $bin, $work, $url, $admin, $alice, $bob and `c` (custody as admin).
 cargo build --release --quiet
-bin="$(pwd)/${CARGO_TARGET_DIR:-target}/release/custody"
+target_dir="${CARGO_TARGET_DIR:-target}"
+case "$target_dir" in /*) ;; *) target_dir="$(pwd)/$target_dir" ;; esac
+bin="$target_dir/release/custody"
 work=$(mktemp -d)
 server=""
 cleanup() { [ -n "$server" ] && kill -TERM "$server" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }

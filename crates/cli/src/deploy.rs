@@ -48,7 +48,7 @@ pub enum DeployCommand {
     },
     /// Sign off a pending deployment's manual tests.
     SignOff(SignOffArgs),
-    /// Cancel a deployment that has not started.
+    /// Cancel a pending or queued deployment, or stop a running one.
     Cancel {
         project: String,
         number: i64,
@@ -115,6 +115,9 @@ fn deployment_text(d: &Value) -> String {
     if let Some(reason) = d["break_glass"].as_str() {
         lines.push(format!("  BREAK-GLASS: {reason}"));
     }
+    if let Some(asked) = d["cancel_requested"].as_str() {
+        lines.push(format!("  stopping: {asked}"));
+    }
     for decision in d["decisions"].as_array().into_iter().flatten() {
         lines.push(format!(
             "  {} {} {}",
@@ -132,6 +135,14 @@ fn gate_text(answer: &Value) -> String {
     let open = gate["open"].as_bool() == Some(true);
     let mut lines =
         vec![deployment_line(&answer["deployment"]), format!("gate {}", if open { "OPEN" } else { "CLOSED" })];
+    if let Some(release) = answer["release"].as_array() {
+        let numbers: Vec<String> = release.iter().map(Value::to_string).collect();
+        lines.push(match numbers.len() {
+            0 => "  release: no change since what is live".to_owned(),
+            1..=20 => format!("  release: changes {}", numbers.join(", ")),
+            n => format!("  release: {n} changes, {} … {}", numbers[0], numbers[n - 1]),
+        });
+    }
     for rule in gate["rules"].as_array().into_iter().flatten() {
         let passed = rule["passed"].as_bool() == Some(true);
         lines.push(format!(

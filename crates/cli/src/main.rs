@@ -10,6 +10,7 @@ mod change;
 mod client;
 mod commands;
 mod config;
+mod demo;
 mod deploy;
 mod evidence;
 mod hook;
@@ -42,6 +43,9 @@ enum Command {
     Init(serve::InitArgs),
     /// Run the server (initialising ./custody-data on first start).
     Serve(serve::ServeArgs),
+    /// Play the whole story from a commit to production on a fresh
+    /// instance, then leave its server running to look around.
+    Demo(demo::DemoArgs),
     /// Store the server and token that client commands use.
     Login(commands::LoginArgs),
     /// Forget the stored token.
@@ -181,6 +185,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Init(args) => serve::init(args, out).await,
         Command::Serve(args) => serve::serve(args).await,
+        Command::Demo(args) => demo::demo(args).await,
         Command::Login(args) => commands::login(cli.server, args, out).await,
         Command::Logout => commands::logout(out),
         Command::Whoami => commands::whoami(&client::Client::from_env(cli.server)?, out).await,

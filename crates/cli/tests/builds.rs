@@ -7,7 +7,6 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use serde_json::Value;
 use support::builds::{
@@ -16,42 +15,7 @@ use support::builds::{
 };
 use support::flow::{change, merge, review, team};
 use support::hosted::{Backend, Hosted, PROJECT};
-
-/// Runs Python with `script`, or `None` when the packages it needs are not
-/// installed outside CI (CI installs them and must run this).
-fn python(script: &str, args: &[&str]) -> Option<std::process::Output> {
-    let present = Command::new("python3")
-        .args(["-c", "import securesystemslib.signer, cryptography"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    assert!(present || !ci, "python3 with securesystemslib and cryptography must be installed when CI=true");
-    if !present {
-        eprintln!("skipping the independent verification: securesystemslib is not installed");
-        return None;
-    }
-    Some(Command::new("python3").arg("-c").arg(script).args(args).output().expect("run python3"))
-}
-
-/// Verifies a DSSE envelope and its in-toto statement with Python's
-/// securesystemslib and nothing of custody's: prints the statement.
-const VERIFY_PROVENANCE: &str = r#"
-import json, sys
-from cryptography.hazmat.primitives import serialization
-from securesystemslib.dsse import Envelope
-from securesystemslib.signer import SSlibKey
-
-envelope_path, key_path = sys.argv[1], sys.argv[2]
-private = serialization.load_pem_private_key(open(key_path, "rb").read(), password=None)
-public = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-envelope = Envelope.from_dict(json.load(open(envelope_path)))
-keyid = envelope.signatures and list(envelope.signatures)[0]
-key = SSlibKey(keyid, "ed25519", "ed25519", {"public": public.hex()})
-verified = envelope.verify([key], 1)
-assert keyid in verified, verified
-assert envelope.payload_type == "application/vnd.in-toto+json", envelope.payload_type
-print(json.dumps(json.loads(envelope.payload)))
-"#;
+use support::verify::{python, VERIFY_ENVELOPE};
 
 fn merged_commit_is_built_into_a_signed_artifact(backend: Backend) {
     let Some(hosted) = team(backend) else { return };
@@ -91,7 +55,7 @@ fn merged_commit_is_built_into_a_signed_artifact(backend: Backend) {
     std::fs::write(&envelope_file, envelope.to_string()).expect("write the envelope");
     let key = builder_key(&hosted);
     if let Some(output) =
-        python(VERIFY_PROVENANCE, &[envelope_file.to_str().expect("UTF-8"), key.to_str().expect("UTF-8")])
+        python(VERIFY_ENVELOPE, &[envelope_file.to_str().expect("UTF-8"), key.to_str().expect("UTF-8")])
     {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(output.status.success(), "securesystemslib refused the provenance: {stderr}");
@@ -118,7 +82,7 @@ fn merged_commit_is_built_into_a_signed_artifact(backend: Backend) {
             if payload.starts_with('e') { payload.replacen('e', "f", 1) } else { format!("e{}", &payload[1..]) };
         tampered["payload"] = Value::String(flipped);
         std::fs::write(&envelope_file, tampered.to_string()).expect("write the envelope");
-        let output = python(VERIFY_PROVENANCE, &[envelope_file.to_str().expect("UTF-8"), key.to_str().expect("UTF-8")])
+        let output = python(VERIFY_ENVELOPE, &[envelope_file.to_str().expect("UTF-8"), key.to_str().expect("UTF-8")])
             .expect("python ran before");
         assert!(!output.status.success(), "an altered payload verified");
     }
@@ -320,244 +284,9 @@ fn two_workers_on_postgres_run_each_of_200_builds_exactly_once() {
     runtime.block_on(store.close());
 }
 
-/// A deploy script that shows what it was given.
-const DEPLOY_SCRIPT: &str = "#!/bin/sh\nset -e\necho deploying to $CUSTODY_ENVIRONMENT build $CUSTODY_BUILD\nsha256sum $CUSTODY_ARTIFACTS_DIR/dist/app.tar.gz\n";
-
-/// Two environments: staging deploys after every build, production after
-/// staging with an approval from release-managers.
-fn pipeline_with_environments() -> String {
-    format!(
-        "{}\n[[environment]]\nname = \"staging\"\ndeploy = \"scripts/deploy.sh\"\n\n[[environment]]\nname = \"production\"\n\
-         after = \"staging\"\ndeploy = \"scripts/deploy.sh\"\napprovals = 1\napprovers = \"release-managers\"\n",
-        pipeline("scripts/build.sh", "[\"dist/*.tar.gz\"]")
-    )
-}
-
-/// main with `policy`, the standard build script, `deploy` as
-/// `scripts/deploy.sh` and `src/app.txt`; alice's workspace on `feature`.
-fn seed_deploying<'a>(hosted: &'a Hosted, policy: &str, deploy: &str) -> support::hosted::Workspace<'a> {
-    let files = [
-        (PIPELINE, policy, false),
-        ("scripts/build.sh", BUILD_SCRIPT, true),
-        ("scripts/deploy.sh", deploy, true),
-        ("src/app.txt", "version 1\n", false),
-    ];
-    seed_with(hosted, &files, "feature").0
-}
-
-/// Makes the group `release-managers` with `members`.
-fn release_managers(hosted: &Hosted, members: &[&str]) {
-    hosted.as_admin(&["group", "create", "release-managers"]).expect_code(0);
-    for member in members {
-        hosted.as_admin(&["group", "add", "release-managers", member]).expect_code(0);
-    }
-}
-
-/// Waits (up to 60 s) for deployment `number` to reach a status in `wanted`.
-#[track_caller]
-fn deployment_reaching(hosted: &Hosted, number: i64, wanted: &[&str]) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..600 {
-        let shown = custody(hosted, &["deploy", "show", PROJECT, &number.to_string(), "--json"]);
-        if shown.code() == Some(0) {
-            last = shown.json();
-            if wanted.iter().any(|w| last["status"] == *w) {
-                return last;
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    panic!("deployment {number} never reached {wanted:?}: {last}")
-}
-
-fn staging_deploys_itself_and_production_waits_for_an_independent_approver(backend: Backend) {
-    let Some(hosted) = team(backend) else { return };
-    release_managers(&hosted, &["carol", "bob", "alice"]);
-    let policy = pipeline_with_environments();
-    let work = seed_deploying(&hosted, &policy, DEPLOY_SCRIPT);
-    merge_a_change(&hosted, &work);
-    let build = finished_build(&hosted, 1);
-    assert_eq!(build["status"], "succeeded", "{build}");
-    let digest = build["artifacts"][0]["digest"].as_str().expect("a digest").to_owned();
-
-    // Staging has no gate: the build goes there on its own, then waits for production.
-    let staging = deployment_reaching(&hosted, 1, &["succeeded", "failed"]);
-    assert_eq!(staging["status"], "succeeded", "{staging}");
-    assert_eq!(staging["environment"], "staging");
-    assert_eq!(staging["requested_by"], Value::Null, "an automatic promotion");
-    let log = custody(&hosted, &["deploy", "log", PROJECT, "1"]).expect_code(0).stdout;
-    assert!(log.contains("deploying to staging build 1"), "{log}");
-    assert!(log.contains(&digest), "the verified artifact was there: {log}");
-    let production = deployment_reaching(&hosted, 2, &["pending"]);
-    assert_eq!(production["environment"], "production", "{production}");
-
-    // alice wrote the change and bob reviewed it: neither may approve.
-    let refused = custody(&hosted, &["deploy", "approve", PROJECT, "2", "--json"]);
-    assert_eq!(refused.code(), Some(1), "{refused:#?}");
-    assert_eq!(refused.json_error()["error"]["reasons"][0]["rule"], "deploy.approver_not_author", "{refused:#?}");
-    let refused = hosted.run_as("bob", &["deploy", "approve", PROJECT, "2", "--json"]);
-    assert_eq!(refused.json_error()["error"]["reasons"][0]["rule"], "deploy.approver_not_reviewer", "{refused:#?}");
-    let gate = custody(&hosted, &["deploy", "gate", PROJECT, "2", "--json"]);
-    assert_eq!(gate.code(), Some(1), "a closed gate exits 1: {gate:#?}");
-
-    // carol did neither: her approval opens the gate and the deployer runs.
-    let approved = hosted.run_as("carol", &["deploy", "approve", PROJECT, "2", "-m", "ship it", "--json"]).json();
-    assert_eq!(approved["gate"]["open"], true, "{approved}");
-    let production = deployment_reaching(&hosted, 2, &["succeeded", "failed"]);
-    assert_eq!(production["status"], "succeeded", "{production}");
-    let shown = custody(&hosted, &["env", "show", PROJECT, "production", "--json"]).json();
-    assert_eq!(shown["live"]["build"], 1, "{shown}");
-
-    // The deployer's attestation verifies with an implementation that is not custody's.
-    let envelope = custody(&hosted, &["deploy", "attestation", PROJECT, "2", "--json"]).json();
-    let file = hosted.sandbox.path("deployment.json");
-    std::fs::write(&file, envelope.to_string()).expect("write the envelope");
-    let key = support::builds::service_key(&hosted, "deployer");
-    if let Some(output) = python(VERIFY_PROVENANCE, &[file.to_str().expect("UTF-8"), key.to_str().expect("UTF-8")]) {
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        let statement: Value = serde_json::from_slice(&output.stdout).expect("the statement");
-        assert_eq!(statement["predicateType"], "https://custody.dev/attestation/deployment/v1", "{statement}");
-        assert_eq!(statement["subject"][0]["digest"]["sha256"], digest.as_str(), "{statement}");
-        let predicate = &statement["predicate"];
-        assert_eq!(predicate["environment"], "production", "{statement}");
-        assert_eq!(predicate["approvers"], serde_json::json!(["carol"]), "{statement}");
-        assert_eq!(predicate["previous_deployment"], Value::Null, "{statement}");
-        assert_eq!(predicate["result"], "succeeded", "{statement}");
-        // The builder's key is not the deployer's: the envelope does not verify with it.
-        let wrong = builder_key(&hosted);
-        let output = python(VERIFY_PROVENANCE, &[file.to_str().expect("UTF-8"), wrong.to_str().expect("UTF-8")])
-            .expect("python ran before");
-        assert!(!output.status.success(), "a deployment attestation verified with the builder key");
-    }
-    let approvals = hosted.audit_events("deploy.approve");
-    assert_eq!(approvals.len(), 1, "refused approvals write nothing: {approvals:?}");
-    assert_eq!(approvals[0]["actor"], "carol");
-
-    // carol breaks the glass to deploy again: she cannot approve her own
-    // request, and it stays an open finding until an admin reviews it.
-    let asked = hosted.run_as("carol", &["deploy", "request", PROJECT, "production", "--build", "1", "--break-glass"]);
-    assert_eq!(asked.code(), Some(2), "a break-glass request needs a reason: {asked:#?}");
-    let asked = hosted
-        .run_as(
-            "carol",
-            &[
-                "deploy",
-                "request",
-                PROJECT,
-                "production",
-                "--build",
-                "1",
-                "--break-glass",
-                "--reason",
-                "hotfix",
-                "--json",
-            ],
-        )
-        .json();
-    let number = asked["deployment"]["number"].as_i64().expect("a number");
-    assert_eq!(asked["deployment"]["break_glass"], "hotfix", "{asked}");
-    let own = hosted.run_as("carol", &["deploy", "approve", PROJECT, &number.to_string(), "--json"]);
-    assert_eq!(own.json_error()["error"]["reasons"][0]["rule"], "deploy.approver_not_requester", "{own:#?}");
-    let findings = hosted.as_admin(&["finding", "list", "--open", "--json"]).json();
-    assert_eq!(findings.as_array().map(Vec::len), Some(1), "{findings}");
-    let id = findings[0]["id"].to_string();
-    hosted.as_admin(&["finding", "resolve", &id, "-m", "reviewed with carol"]).expect_code(0);
-    assert_eq!(hosted.as_admin(&["finding", "list", "--open", "--json"]).json(), serde_json::json!([]));
-}
-
-fn a_deploy_gets_its_secrets_and_nobody_sees_them(backend: Backend) {
-    let Some(hosted) = team(backend) else { return };
-    let value = "correct-horse-battery-staple";
-    let script = "#!/bin/sh\necho \"password is $DB_PASSWORD\"\nprintf %s \"$DB_PASSWORD\" | sha256sum\n";
-    let policy = format!(
-        "{}\n[[environment]]\nname = \"staging\"\ndeploy = \"scripts/deploy.sh\"\n",
-        pipeline("scripts/build.sh", "[\"dist/*.tar.gz\"]")
-    );
-    // Only an admin sets a secret, and only through a grant (applied at once
-    // while the instance has a single admin).
-    let set = |who: &str| {
-        let mut command = hosted.sandbox.as_user(who);
-        command.args(["secret", "set", PROJECT, "staging", "DB_PASSWORD", "--json"]);
-        if who != "admin" {
-            command.env("CUSTODY_SERVER", &hosted.server.url).env("CUSTODY_TOKEN", hosted.token(who));
-        }
-        support::run_with_input(command, Some(&format!("{value}\n")))
-    };
-    let refused = set("alice");
-    assert_eq!(refused.code(), Some(1), "{refused:#?}");
-    let made = set("admin").json();
-    assert_eq!(made["version"], 1, "{made}");
-    assert_eq!(made["grant"]["status"], "bootstrap", "{made}");
-    let listed = hosted.as_admin(&["secret", "list", PROJECT, "staging", "--json"]);
-    assert!(!listed.stdout.contains(value), "{listed:#?}");
-    assert_eq!(listed.json()[0]["version"], 1);
-
-    let work = seed_deploying(&hosted, &policy, script);
-    merge_a_change(&hosted, &work);
-    let staging = deployment_reaching(&hosted, 1, &["succeeded", "failed"]);
-    assert_eq!(staging["status"], "succeeded", "{staging}");
-    let log = custody(&hosted, &["deploy", "log", PROJECT, "1"]).expect_code(0).stdout;
-    assert!(log.contains("password is [secret DB_PASSWORD]"), "{log}");
-    assert!(log.contains(&sha256_hex(value.as_bytes())), "the script got the value: {log}");
-    assert!(!log.contains(value), "{log}");
-    let envelope = custody(&hosted, &["deploy", "attestation", PROJECT, "1", "--json"]).json();
-    let statement: Value = {
-        use base64::Engine;
-        let payload = envelope["payload"].as_str().expect("a payload");
-        serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(payload).expect("base64"))
-            .expect("JSON")
-    };
-    assert_eq!(statement["predicate"]["secrets"], serde_json::json!({ "DB_PASSWORD": 1 }), "{statement}");
-    assert!(!envelope.to_string().contains(value));
-    // At rest, the database holds only the sealed value.
-    if backend == Backend::Sqlite {
-        let data = hosted.sandbox.path("data");
-        for file in ["custody.db", "custody.db-wal"] {
-            let bytes = std::fs::read(data.join(file)).unwrap_or_default();
-            assert!(!bytes.windows(value.len()).any(|w| w == value.as_bytes()), "{file} holds the secret in the clear");
-        }
-    }
-}
-
-fn a_build_whose_provenance_signature_was_altered_is_never_deployed(backend: Backend) {
-    let Some(hosted) = team(backend) else { return };
-    release_managers(&hosted, &["carol"]);
-    let policy = format!(
-        "{}\n[[environment]]\nname = \"staging\"\ndeploy = \"scripts/deploy.sh\"\napprovals = 1\napprovers = \"release-managers\"\n",
-        pipeline("scripts/build.sh", "[\"dist/*.tar.gz\"]")
-    );
-    let work = seed_deploying(&hosted, &policy, DEPLOY_SCRIPT);
-    merge_a_change(&hosted, &work);
-    assert_eq!(finished_build(&hosted, 1)["status"], "succeeded");
-    deployment_reaching(&hosted, 1, &["pending"]);
-    // Someone with database access swaps the provenance's signature.
-    let url = match &hosted.database {
-        Some(database) => database.url.clone(),
-        None => format!("sqlite://{}", hosted.sandbox.path("data").join("custody.db").display()),
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-    runtime.block_on(custody_store::testing::execute_raw(
-        &url,
-        "UPDATE builds SET provenance = REPLACE(provenance, '\"sig\":\"', '\"sig\":\"AAAA')",
-    ));
-    hosted.run_as("carol", &["deploy", "approve", PROJECT, "1"]).expect_code(0);
-    let refused = deployment_reaching(&hosted, 1, &["succeeded", "failed"]);
-    assert_eq!(refused["status"], "failed", "{refused}");
-    let reason = refused["reason"].as_str().unwrap_or_default();
-    assert!(
-        reason.contains("does not verify with the builder key") && reason.contains("nothing was deployed"),
-        "{refused}"
-    );
-    let log = custody(&hosted, &["deploy", "log", PROJECT, "1"]).expect_code(0).stdout;
-    assert!(!log.contains("deploying"), "the script never ran: {log}");
-}
-
 on_both_backends! {
     merged_commit_is_built_into_a_signed_artifact,
     a_change_merged_elsewhere_is_not_built,
     a_failing_build_says_why_and_stores_nothing,
     a_running_builds_log_streams_and_a_timeout_kills_it,
-    staging_deploys_itself_and_production_waits_for_an_independent_approver,
-    a_deploy_gets_its_secrets_and_nobody_sees_them,
-    a_build_whose_provenance_signature_was_altered_is_never_deployed,
 }

@@ -204,6 +204,7 @@ fn a_production_release_verifies_offline_with_every_duty_named(backend: Backend)
     assert_eq!(code, Some(0), "{report:#}");
     assert_eq!(report["valid"], true, "{:#?}", failures(&report));
     assert_eq!(report["environments"], json!(["staging", "production"]));
+    assert_eq!(report["findings"], json!([]), "each deployment names the changes it releases: {report:#}");
     let holders = |step: &str, duty: &str| {
         report["duties"]
             .as_array()

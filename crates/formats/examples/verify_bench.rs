@@ -82,7 +82,8 @@ fn write(dir: &Path) {
                 vec![Subject { name: "dist/app.tar.gz".into(), digest: [("sha256".into(), artifact.clone())].into() }],
                 DEPLOYMENT_PREDICATE,
                 json!({
-                    "project": "payments", "environment": environment, "after": after, "changes": [1],
+                    "project": "payments", "environment": environment, "after": after,
+                "release": [{"change": 1, "authors": ["alice"], "reviewers": ["bob"]}],
                     "gate": {"approvals": approvers.len(), "approvers": after.map(|_| "release-managers"),
                              "testers": after.map(|_| "qa"), "reviewers_may_approve": false},
                     "deployment": number, "build": 1, "commit": commit,

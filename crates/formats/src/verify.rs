@@ -308,7 +308,11 @@ struct DeploymentFacts {
     number: i64,
     environment: String,
     after: Option<String>,
+    /// The changes the release brings, as the deployer recorded them.
     changes: Option<Vec<i64>>,
+    /// Their authors and reviewers, as the deployer recorded them.
+    release_authors: Vec<String>,
+    release_reviewers: Vec<String>,
     gate: Value,
     build: i64,
     commit: String,
@@ -331,7 +335,15 @@ impl DeploymentFacts {
             number: p["deployment"].as_i64().unwrap_or(0),
             environment: p["environment"].as_str().unwrap_or_default().to_owned(),
             after: p["after"].as_str().map(str::to_owned),
-            changes: p["changes"].as_array().map(|a| a.iter().filter_map(Value::as_i64).collect()),
+            changes: p["release"].as_array().map(|a| a.iter().filter_map(|r| r["change"].as_i64()).collect()),
+            release_authors: p["release"]
+                .as_array()
+                .map(|a| a.iter().flat_map(|r| strings(&r["authors"])).collect())
+                .unwrap_or_default(),
+            release_reviewers: p["release"]
+                .as_array()
+                .map(|a| a.iter().flat_map(|r| strings(&r["reviewers"])).collect())
+                .unwrap_or_default(),
             gate: p["gate"].clone(),
             build: p["build"].as_i64().unwrap_or(0),
             commit: p["commit"].as_str().unwrap_or_default().to_owned(),
@@ -710,8 +722,12 @@ pub fn verify(bundle: &Bundle, trust: &TrustRoot, artifact: Option<&ArtifactFile
                 ));
             }
         }
-        let authors: Vec<String> = release.iter().flat_map(|c| c.authors.iter().cloned()).collect();
-        let reviewers: Vec<String> = release.iter().flat_map(|c| c.approvers.iter().cloned()).collect();
+        // Authors and reviewers as the change attestations name them, and
+        // as the deployment attestation does: whoever either names counts.
+        let mut authors: Vec<String> = release.iter().flat_map(|c| c.authors.iter().cloned()).collect();
+        authors.extend(d.release_authors.iter().cloned());
+        let mut reviewers: Vec<String> = release.iter().flat_map(|c| c.approvers.iter().cloned()).collect();
+        reviewers.extend(d.release_reviewers.iter().cloned());
 
         let needed = d.gate["approvals"].as_u64().unwrap_or(0) as usize;
         if needed > 0 {

@@ -16,7 +16,7 @@ use custody_formats::statement::{Statement, Subject};
 use custody_formats::ServiceKey;
 use custody_git::change as git;
 use custody_git::Repositories;
-use custody_store::{DeployContext, DeployOutcome, LeasedDeployment, Store};
+use custody_store::{DeployContext, DeployOutcome, Duty, Heartbeat, LeasedDeployment, Store};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
@@ -28,6 +28,13 @@ pub const DEPLOYMENT_PREDICATE: &str = "https://custody.dev/attestation/deployme
 
 /// Where the verified artifacts are, inside the sandbox.
 pub const ARTIFACTS_DIR: &str = "/work/.custody-artifacts";
+
+/// How long a deployment's lease lasts without a heartbeat.
+const LEASE: Duration = Duration::from_secs(30);
+
+/// How often a running deployment's deployer renews its lease and looks
+/// for a cancel from another process.
+const HEARTBEAT: Duration = Duration::from_secs(2);
 
 /// How long an idle deployer waits when no wake-up came.
 const IDLE: Duration = Duration::from_secs(2);
@@ -65,7 +72,7 @@ pub fn mainline_pipeline(repository: &Path, default_branch: &str) -> Result<Pipe
 
 /// The gate context of deploying `commit` to `environment`: its
 /// definition on the mainline tip, and every change merged between the
-/// commit live there and the candidate.
+/// commit live there and the candidate, oldest first.
 pub async fn release_context(
     store: &Store,
     repositories: &Repositories,
@@ -90,7 +97,8 @@ pub async fn release_context(
         .find(|e| e.name == environment)
         .cloned()
         .ok_or_else(|| format!("the mainline's pipeline file defines no environment {environment:?}"))?;
-    let changes = store.changes_merged_as(project, &commits).await.map_err(|e| e.to_string())?;
+    let mut changes = store.changes_merged_as(project, &commits).await.map_err(|e| e.to_string())?;
+    changes.sort_unstable();
     Ok(DeployContext { environment, changes })
 }
 
@@ -142,16 +150,15 @@ impl Deployer {
             let woken = self.store.jobs_queued();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            // A deploy may run up to a day; the lease covers it.
             let leased = tokio::select! {
                 () = &mut shutdown => return,
-                leased = self.store.lease_deployment(&self.worker, 26 * 3600 * 1000) => leased,
+                leased = self.store.lease_deployment(&self.worker, LEASE.as_millis() as i64) => leased,
             };
             match leased {
                 Ok(Some(lease)) => {
                     let outcome = tokio::select! {
                         () = &mut shutdown => return,
-                        outcome = self.deploy(&lease) => outcome,
+                        outcome = self.deploy(&lease, self.stop_signal(&lease)) => outcome,
                     };
                     tracing::info!(project = %lease.project, deployment = lease.number, environment = %lease.environment, status = outcome.status, "deployment finished");
                     let succeeded = outcome.status == "succeeded";
@@ -184,8 +191,57 @@ impl Deployer {
         }
     }
 
-    /// Runs one deployment to its outcome.
-    pub async fn deploy(&self, lease: &LeasedDeployment) -> DeployOutcome {
+    /// The changes of the release (merged since what is live in the
+    /// environment) with who wrote and who reviewed each.
+    async fn release(&self, lease: &LeasedDeployment) -> Result<Vec<serde_json::Value>, String> {
+        let project = ProjectName::parse(&lease.project).map_err(|e| e.to_string())?;
+        let context =
+            release_context(&self.store, &self.repositories, &project, &lease.environment, &lease.commit).await?;
+        let duties = self.store.release_duties(&project, &context.changes).await.map_err(|e| e.to_string())?;
+        Ok(context
+            .changes
+            .iter()
+            .map(|number| {
+                let held = |duty| {
+                    duties
+                        .iter()
+                        .filter(|d| d.change == *number && d.duty == duty)
+                        .map(|d| d.user.as_str())
+                        .collect::<Vec<_>>()
+                };
+                json!({ "change": number, "authors": held(Duty::Author), "reviewers": held(Duty::Reviewer) })
+            })
+            .collect())
+    }
+
+    /// Keeps a running deployment's lease alive; completes with the reason
+    /// to stop it when someone cancels it or the lease is lost. A cancel
+    /// wakes it at once in this process, or within a heartbeat elsewhere.
+    async fn stop_signal(&self, lease: &LeasedDeployment) -> String {
+        loop {
+            let woken = self.store.jobs_queued();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            match self.store.heartbeat_deployment(lease, LEASE.as_millis() as i64).await {
+                Ok(Heartbeat::Held) => {}
+                Ok(Heartbeat::Cancel(reason)) => return reason,
+                Ok(Heartbeat::Lost) => return format!("{} no longer holds the deployment", self.worker),
+                Err(error) => tracing::warn!(%error, deployment = lease.number, "heartbeat failed"),
+            }
+            tokio::select! {
+                () = woken => {}
+                () = tokio::time::sleep(HEARTBEAT) => {}
+            }
+        }
+    }
+
+    /// Runs one deployment to its outcome, or until `stop` gives a reason
+    /// to stop its script.
+    pub async fn deploy(
+        &self,
+        lease: &LeasedDeployment,
+        stop: impl std::future::Future<Output = String>,
+    ) -> DeployOutcome {
         let failed =
             |reason: String| DeployOutcome { status: "failed", reason: Some(reason), ..DeployOutcome::default() };
         let Ok(project) = ProjectName::parse(&lease.project) else {
@@ -259,19 +315,44 @@ impl Deployer {
             secrets.push((secret.name.clone(), value));
             versions.insert(secret.name.clone(), secret.version);
         }
+        // Who held each duty in the release goes into the attestation;
+        // read before the script runs, so nothing after it can fail.
+        let release = match self.release(lease).await {
+            Ok(release) => release,
+            Err(error) => return failed(format!("reading the release's duties failed: {error}")),
+        };
         // A deploy must reach its target: network is given, the data
         // directory stays invisible.
         let limits = Limits::new(timeout, true);
-        let mut finished = match sandbox::run(workspace.path(), &script, &env, &limits).await {
-            Ok(finished) => finished,
-            Err(error) => return failed(error.to_string()),
-        };
-        finished.log = redact(finished.log, &secrets);
-        let (status, reason) = match (finished.timed_out, finished.exit_code) {
-            (true, _) => ("failed", Some(format!("the deploy script ran past its timeout of {}s", timeout.as_secs()))),
-            (false, Some(0)) => ("succeeded", None),
-            (false, Some(code)) => ("failed", Some(format!("the deploy script `{script}` exited with code {code}"))),
-            (false, None) => ("failed", Some(format!("the deploy script `{script}` was killed by a signal"))),
+        let (output, mut chunks) = tokio::sync::mpsc::unbounded_channel();
+        let running = sandbox::run_streaming(workspace.path(), &script, &env, &limits, Some(output));
+        let (status, reason, exit_code, log) = tokio::select! {
+            finished = running => {
+                let finished = match finished {
+                    Ok(finished) => finished,
+                    Err(error) => return failed(error.to_string()),
+                };
+                let (status, reason) = match (finished.timed_out, finished.exit_code) {
+                    (true, _) => {
+                        ("failed", Some(format!("the deploy script ran past its timeout of {}s", timeout.as_secs())))
+                    }
+                    (false, Some(0)) => ("succeeded", None),
+                    (false, Some(code)) => {
+                        ("failed", Some(format!("the deploy script `{script}` exited with code {code}")))
+                    }
+                    (false, None) => ("failed", Some(format!("the deploy script `{script}` was killed by a signal"))),
+                };
+                (status, reason, finished.exit_code.map(i64::from), redact(finished.log, &secrets))
+            }
+            // Dropping the run kills the sandbox and everything in it.
+            why = stop => {
+                let mut seen = Vec::new();
+                while let Ok(chunk) = chunks.try_recv() {
+                    seen.extend(chunk);
+                }
+                let log = format!("{}\n[stopped: {why}]\n", String::from_utf8_lossy(&seen));
+                ("cancelled", Some(format!("{why}; the deploy script was stopped")), None, redact(log, &secrets))
+            }
         };
         let subject = lease
             .artifacts
@@ -281,19 +362,18 @@ impl Deployer {
                 digest: BTreeMap::from([("sha256".into(), digest.clone())]),
             })
             .collect();
-        // The release as the gate saw it: the environment it follows, its
-        // gate, and the changes it brings, so that an offline verifier can
-        // check the approvers against every author of the release.
-        let release =
+        // The environment this one follows and its gate, as the mainline
+        // defines them now, so that an offline verifier can check the
+        // environment order and the approvals the gate asked for.
+        let context =
             release_context(&self.store, &self.repositories, &project, &lease.environment, &lease.commit).await.ok();
-        let after = release.as_ref().and_then(|r| r.environment.after.clone());
-        let changes = release.as_ref().map(|r| r.changes.clone());
-        let gate = release.as_ref().map(|r| {
+        let after = context.as_ref().and_then(|c| c.environment.after.clone());
+        let gate = context.as_ref().map(|c| {
             json!({
-                "approvals": r.environment.approvals,
-                "approvers": r.environment.approvers.as_ref().map(|g| g.as_str()),
-                "testers": r.environment.testers.as_ref().map(|g| g.as_str()),
-                "reviewers_may_approve": r.environment.reviewers_may_approve,
+                "approvals": c.environment.approvals,
+                "approvers": c.environment.approvers.as_ref().map(|g| g.as_str()),
+                "testers": c.environment.testers.as_ref().map(|g| g.as_str()),
+                "reviewers_may_approve": c.environment.reviewers_may_approve,
             })
         });
         let statement = Statement::new(
@@ -303,13 +383,14 @@ impl Deployer {
                 "project": lease.project,
                 "environment": lease.environment,
                 "after": after,
-                "changes": changes,
                 "gate": gate,
                 "deployment": lease.number,
                 "build": lease.build,
                 "commit": lease.commit,
                 "pipeline": { "path": pipeline::PATH, "sha256": pipeline_digest },
                 "script": script,
+                "release": release,
+                "builder": lease.builder,
                 "requester": lease.requested_by,
                 "approvers": lease.approvers,
                 "testers": lease.testers,
@@ -326,8 +407,8 @@ impl Deployer {
         DeployOutcome {
             status,
             reason,
-            exit_code: finished.exit_code.map(i64::from),
-            log: finished.log,
+            exit_code,
+            log,
             attestation: Some(serde_json::to_string(&envelope).unwrap_or_default()),
         }
     }

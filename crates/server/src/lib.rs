@@ -1,5 +1,6 @@
 //! custody's HTTP server: the JSON API under `/api/v1`, health and readiness,
-//! Prometheus metrics and the OpenAPI document generated from the handlers.
+//! Prometheus metrics, the OpenAPI document generated from the handlers, and
+//! the server-rendered pages for people (`web`).
 //!
 //! This is the only crate that knows HTTP. It knows nothing about the
 //! terminal, and decides nothing itself: rules live in the domain core and
@@ -12,6 +13,7 @@ pub mod error;
 pub mod git;
 pub mod instance;
 pub mod metrics;
+pub mod web;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -143,6 +145,8 @@ pub fn router(state: AppState) -> Router {
         .merge(git::hook_routes().layer(DefaultBodyLimit::max(HOOK_BODY_LIMIT)))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        // The pages for people, beside the API.
+        .merge(web::routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track));
     tracked
         .route("/metrics", get(metrics::serve))

@@ -84,6 +84,9 @@ pub struct DeploymentView {
     pub break_glass: Option<String>,
     /// Why it failed, was cancelled or rejected.
     pub reason: Option<String>,
+    /// Who asked a running deployment to stop, and why; the deployer stops
+    /// its script and records it as cancelled.
+    pub cancel_requested: Option<String>,
     /// When it was asked for.
     pub created_at: Timestamp,
     /// When its gate opened.
@@ -92,6 +95,16 @@ pub struct DeploymentView {
     pub finished_at: Option<Timestamp>,
     /// The decisions taken on it, in order.
     pub decisions: Vec<DecisionView>,
+}
+
+/// Where one person stands on a pending deployment: why each decision they
+/// might take would be refused, if it would.
+#[derive(Clone, Debug, Default)]
+pub struct Standing {
+    /// Why their approval or rejection would be refused.
+    pub approve: Option<Reason>,
+    /// Why their test sign-off would be refused.
+    pub sign_off: Option<Reason>,
 }
 
 /// What the caller read from git for a deployment's gate.
@@ -104,8 +117,70 @@ pub struct DeployContext {
     pub changes: Vec<i64>,
 }
 
+/// A duty someone held in a merged change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Duty {
+    /// Wrote some of its commits.
+    Author,
+    /// Approved it in review.
+    Reviewer,
+}
+
+/// Who held a duty in which change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChangeDuty {
+    /// The change's number.
+    pub change: i64,
+    /// The person.
+    pub user: UserName,
+    /// The duty.
+    pub duty: Duty,
+}
+
+/// How many values one `IN (…)` list binds: well under SQLite's and
+/// PostgreSQL's limits on parameters.
+const IN_LIST_CHUNK: usize = 500;
+
+/// `$first, $first+1, …` for `count` parameters.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+}
+
+/// The recorded duties of `changes`, ordered by change, duty and person;
+/// one query per [`IN_LIST_CHUNK`] changes.
+async fn release_duties(
+    conn: &mut sqlx::AnyConnection,
+    dialect: crate::Dialect,
+    project_id: i64,
+    changes: &[i64],
+) -> Result<Vec<ChangeDuty>> {
+    let mut found = Vec::new();
+    for chunk in changes.chunks(IN_LIST_CHUNK) {
+        let sql = dialect.sql_owned(format!(
+            "SELECT c.number, d.user_name, d.duty FROM change_duties d JOIN changes c ON c.id = d.change_id \
+             WHERE c.project_id = $1 AND c.number IN ({})",
+            placeholders(2, chunk.len())
+        ));
+        let mut query = sqlx::query(&sql).bind(project_id);
+        for number in chunk {
+            query = query.bind(number);
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            let duty = match col::<String>(&row, "duty")?.as_str() {
+                "author" => Duty::Author,
+                "reviewer" => Duty::Reviewer,
+                other => return Err(StoreError::Corrupt(format!("unknown duty {other:?} in change_duties"))),
+            };
+            found.push(ChangeDuty { change: col(&row, "number")?, user: parse_user(col(&row, "user_name")?)?, duty });
+        }
+    }
+    found.sort_by(|a, b| (a.change, a.duty, &a.user).cmp(&(b.change, b.duty, &b.user)));
+    Ok(found)
+}
+
 const DEPLOYMENT_COLUMNS: &str = "d.id, d.number, p.name AS project, d.environment, b.number AS build, \
-     b.commit_sha, d.status, u.name AS requested_by, d.break_glass_reason, d.reason, d.created_at, d.queued_at, \
+     b.commit_sha, d.status, u.name AS requested_by, d.break_glass_reason, d.reason, d.cancel_requested, d.created_at, d.queued_at, \
      d.finished_at FROM deployments d JOIN projects p ON p.id = d.project_id JOIN builds b ON b.id = d.build_id \
      LEFT JOIN users u ON u.id = d.requested_by";
 
@@ -120,6 +195,7 @@ fn deployment_view(row: &sqlx::any::AnyRow) -> Result<DeploymentView> {
         requested_by: col(row, "requested_by")?,
         break_glass: col(row, "break_glass_reason")?,
         reason: col(row, "reason")?,
+        cancel_requested: col(row, "cancel_requested")?,
         created_at: Timestamp::from_millis(col(row, "created_at")?),
         queued_at: col::<Option<i64>>(row, "queued_at")?.map(Timestamp::from_millis),
         finished_at: col::<Option<i64>>(row, "finished_at")?.map(Timestamp::from_millis),
@@ -239,19 +315,12 @@ async fn gather(
     };
     let mut authors = BTreeSet::new();
     let mut reviewers = BTreeSet::new();
-    for number in &context.changes {
-        let sql = tx.sql(
-            "SELECT d.user_name, d.duty FROM change_duties d JOIN changes c ON c.id = d.change_id \
-             WHERE c.project_id = $1 AND c.number = $2",
-        );
-        for row in sqlx::query(&sql).bind(project_id).bind(number).fetch_all(tx.conn()).await? {
-            let user = parse_user(col(&row, "user_name")?)?;
-            if col::<String>(&row, "duty")? == "author" {
-                authors.insert(user);
-            } else {
-                reviewers.insert(user);
-            }
-        }
+    let dialect = tx.dialect();
+    for duty in release_duties(tx.conn(), dialect, project_id, &context.changes).await? {
+        match duty.duty {
+            Duty::Author => authors.insert(duty.user),
+            Duty::Reviewer => reviewers.insert(duty.user),
+        };
     }
     let approvers = match &env.approvers {
         Some(group) => group_members(tx, group).await?,
@@ -582,6 +651,66 @@ impl Store {
         .await
     }
 
+    /// A deployment's gate as it stands, and where `who` stands on it: the
+    /// reason their approval (or rejection) and their test sign-off would be
+    /// refused, by the same rules [`Store::decide_deployment`] applies, so a
+    /// page can show the reason before anyone clicks.
+    pub async fn deployment_standing(
+        &self,
+        access: &ProjectAccess,
+        number: i64,
+        context: DeployContext,
+        who: &UserName,
+    ) -> Result<(DeploymentView, DeployReport, Standing)> {
+        let (access, who) = (access.clone(), who.clone());
+        self.write(move |tx| {
+            Box::pin(async move {
+                let (_, build_id, view) = load(tx, access.project_id, number).await?;
+                let gathered = gather(tx, access.project_id, build_id, &view, &context).await?;
+                let facts = gathered.facts(&context.environment);
+                let standing = Standing {
+                    approve: deploy::approval_refusal(&facts, &who),
+                    sign_off: deploy::sign_off_refusal(&facts, &who),
+                };
+                Ok((view, deploy::evaluate(&facts), standing))
+            })
+        })
+        .await
+    }
+
+    /// The decisions taken on a project's deployments (only those to
+    /// `environment` when given), with the number of the deployment each
+    /// was taken on, in order: one query for a whole list of deployments.
+    pub async fn deployment_decisions(
+        &self,
+        access: &ProjectAccess,
+        environment: Option<&str>,
+    ) -> Result<Vec<(i64, DecisionView)>> {
+        let sql = self.sql(
+            "SELECT d.number, u.name, x.kind, x.message, x.at FROM deployment_decisions x \
+             JOIN deployments d ON d.id = x.deployment_id JOIN users u ON u.id = x.user_id \
+             WHERE d.project_id = $1 AND ($2 = '' OR d.environment = $2) ORDER BY x.id",
+        );
+        let rows = sqlx::query(&sql)
+            .bind(access.project_id)
+            .bind(environment.unwrap_or_default())
+            .fetch_all(self.readers())
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    col(row, "number")?,
+                    DecisionView {
+                        user: col(row, "name")?,
+                        kind: col(row, "kind")?,
+                        message: col(row, "message")?,
+                        at: Timestamp::from_millis(col(row, "at")?),
+                    },
+                ))
+            })
+            .collect()
+    }
+
     /// Cancels a deployment that has not started.
     pub async fn cancel_deployment(
         &self,
@@ -595,23 +724,44 @@ impl Store {
         self.write(move |tx| {
             Box::pin(async move {
                 let (id, _, view) = load(tx, access.project_id, number).await?;
-                let sql = tx.sql(
-                    "UPDATE deployments SET status = 'cancelled', reason = $1, finished_at = $2 \
-                     WHERE id = $3 AND status IN ('pending', 'queued')",
-                );
                 let reason = format!("cancelled by {}: {why}", actor.name);
-                let done = sqlx::query(&sql).bind(&reason).bind(now_ms()).bind(id).execute(tx.conn()).await?;
+                let running = view.status == "running";
+                let done = if running {
+                    // The deployer stops the script and records the end.
+                    let sql = tx.sql(
+                        "UPDATE deployments SET cancel_requested = $1 WHERE id = $2 AND status = 'running' \
+                         AND cancel_requested IS NULL",
+                    );
+                    sqlx::query(&sql).bind(&reason).bind(id).execute(tx.conn()).await?
+                } else {
+                    let sql = tx.sql(
+                        "UPDATE deployments SET status = 'cancelled', reason = $1, finished_at = $2 \
+                         WHERE id = $3 AND status IN ('pending', 'queued')",
+                    );
+                    sqlx::query(&sql).bind(&reason).bind(now_ms()).bind(id).execute(tx.conn()).await?
+                };
                 if done.rows_affected() != 1 {
+                    let state = match &view.cancel_requested {
+                        Some(asked) => format!("already being cancelled ({asked})"),
+                        None => view.status.clone(),
+                    };
                     return Err(StoreError::Conflict(format!(
-                        "deployment {number} is {}; only a pending or queued one can be cancelled",
-                        view.status
+                        "deployment {number} is {state}; only a pending, queued or running one can be cancelled"
                     )));
+                }
+                if running {
+                    tx.jobs_queued();
                 }
                 tx.audit(NewEvent {
                     actor: actor.name.to_string(),
                     action: "deploy.cancel".into(),
                     subject: format!("deployment:{}/{number}", access.project),
-                    details: json!({ "environment": view.environment, "build": view.build, "reason": why }),
+                    details: json!({
+                        "environment": view.environment,
+                        "build": view.build,
+                        "reason": why,
+                        "was": view.status,
+                    }),
                 })
                 .await?;
                 Ok(load(tx, access.project_id, number).await?.2)
@@ -667,10 +817,23 @@ pub struct LeasedDeployment {
     pub previous: Option<i64>,
     /// The break-glass reason, when the glass was broken.
     pub break_glass: Option<String>,
+    /// The worker that built the build.
+    pub builder: Option<String>,
     /// The deployer holding it.
     pub worker: String,
     /// When it started.
     pub started_at: i64,
+}
+
+/// What a running deployment's heartbeat found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Heartbeat {
+    /// The deployer still holds it: go on.
+    Held,
+    /// Someone cancelled it: stop the script. Who and why.
+    Cancel(String),
+    /// The deployer no longer holds it.
+    Lost,
 }
 
 /// How a deployment ended.
@@ -725,7 +888,7 @@ impl Store {
                 }
                 let sql = tx.sql(
                     "SELECT d.id, d.project_id, d.number, p.name AS project, d.environment, b.number AS build, \
-                     b.id AS build_id, b.commit_sha, u.name AS requested_by, d.break_glass_reason FROM deployments d \
+                     b.id AS build_id, b.commit_sha, b.worker AS builder, u.name AS requested_by, d.break_glass_reason FROM deployments d \
                      JOIN projects p ON p.id = d.project_id JOIN builds b ON b.id = d.build_id \
                      LEFT JOIN users u ON u.id = d.requested_by \
                      WHERE d.status = 'queued' AND NOT EXISTS (SELECT 1 FROM deployments r \
@@ -781,6 +944,7 @@ impl Store {
                     testers,
                     previous,
                     break_glass: col(&row, "break_glass_reason")?,
+                    builder: col(&row, "builder")?,
                     worker: worker.clone(),
                     started_at: now,
                 };
@@ -792,6 +956,33 @@ impl Store {
                 })
                 .await?;
                 Ok(Some(lease))
+            })
+        })
+        .await
+    }
+
+    /// Extends a running deployment's lease while its deployer holds it:
+    /// whether to go on, stop because someone cancelled it, or stop because
+    /// the lease was lost.
+    pub async fn heartbeat_deployment(&self, lease: &LeasedDeployment, lease_ms: i64) -> Result<Heartbeat> {
+        let lease = lease.clone();
+        self.write(move |tx| {
+            Box::pin(async move {
+                let sql = tx.sql(
+                    "UPDATE deployments SET lease_until = $1 WHERE id = $2 AND status = 'running' AND worker = $3",
+                );
+                let done = sqlx::query(&sql)
+                    .bind(now_ms() + lease_ms)
+                    .bind(lease.id)
+                    .bind(&lease.worker)
+                    .execute(tx.conn())
+                    .await?;
+                if done.rows_affected() != 1 {
+                    return Ok(Heartbeat::Lost);
+                }
+                let sql = tx.sql("SELECT cancel_requested FROM deployments WHERE id = $1");
+                let asked: Option<String> = sqlx::query_scalar(&sql).bind(lease.id).fetch_one(tx.conn()).await?;
+                Ok(asked.map_or(Heartbeat::Held, Heartbeat::Cancel))
             })
         })
         .await
@@ -890,27 +1081,43 @@ impl Store {
         Ok(sqlx::query_scalar(&sql).bind(project.as_str()).bind(environment).fetch_optional(self.readers()).await?)
     }
 
-    /// The changes whose merges made these commits, by number.
+    /// The changes whose merges made these commits, by number, in the
+    /// commits' order.
     pub async fn changes_merged_as(
         &self,
         project: &custody_domain::ProjectName,
         commits: &[String],
     ) -> Result<Vec<i64>> {
-        let mut found = Vec::new();
-        let sql = self.sql(
-            "SELECT c.number FROM changes c JOIN projects p ON p.id = c.project_id \
-             WHERE p.name = $1 AND c.merge_commit = $2",
-        );
-        for commit in commits {
-            if let Some(number) = sqlx::query_scalar::<_, i64>(&sql)
-                .bind(project.as_str())
-                .bind(commit)
-                .fetch_optional(self.readers())
-                .await?
-            {
-                found.push(number);
+        let mut merged = std::collections::HashMap::new();
+        for chunk in commits.chunks(IN_LIST_CHUNK) {
+            let sql = self.inner.dialect.sql_owned(format!(
+                "SELECT c.number, c.merge_commit FROM changes c JOIN projects p ON p.id = c.project_id \
+                 WHERE p.name = $1 AND c.merge_commit IN ({})",
+                placeholders(2, chunk.len())
+            ));
+            let mut query = sqlx::query(&sql).bind(project.as_str());
+            for commit in chunk {
+                query = query.bind(commit);
+            }
+            for row in query.fetch_all(self.readers()).await? {
+                merged.insert(col::<String>(&row, "merge_commit")?, col::<i64>(&row, "number")?);
             }
         }
-        Ok(found)
+        Ok(commits.iter().filter_map(|c| merged.get(c).copied()).collect())
+    }
+
+    /// Who held which duty in each of these changes, as their merges
+    /// recorded it.
+    pub async fn release_duties(
+        &self,
+        project: &custody_domain::ProjectName,
+        changes: &[i64],
+    ) -> Result<Vec<ChangeDuty>> {
+        let sql = self.sql("SELECT id FROM projects WHERE name = $1");
+        let project_id: Option<i64> =
+            sqlx::query_scalar(&sql).bind(project.as_str()).fetch_optional(self.readers()).await?;
+        let project_id = project_id.ok_or_else(|| StoreError::not_found("project", project))?;
+        let mut conn = self.readers().acquire().await?;
+        release_duties(&mut conn, self.inner.dialect, project_id, changes).await
     }
 }

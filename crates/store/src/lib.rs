@@ -45,7 +45,10 @@ pub use builds::{
 pub use changes::{AuthorReason, Authors, ChangeView, GateRecords, MergePlan, Published, ReviewView};
 pub use checks::{CheckOutcome, CheckRunView, LeasedCheck};
 pub use custody_domain::project::{Identity, PushedCommit};
-pub use deployments::{DecisionView, DeployContext, DeployDecision, DeployOutcome, DeploymentView, LeasedDeployment};
+pub use deployments::{
+    ChangeDuty, DecisionView, DeployContext, DeployDecision, DeployOutcome, DeploymentView, Duty, Heartbeat,
+    LeasedDeployment, Standing,
+};
 pub use dialect::Dialect;
 pub use findings::FindingView;
 pub use grants::GrantView;

@@ -23,9 +23,12 @@ macro_rules! on_both_backends {
     };
 }
 
+pub mod browser;
 pub mod builds;
+pub mod deploys;
 pub mod flow;
 pub mod hosted;
+pub mod verify;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};

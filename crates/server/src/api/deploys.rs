@@ -150,6 +150,9 @@ pub(crate) struct DeploymentAndGate {
     deployment: DeploymentView,
     #[schema(value_type = Object)]
     gate: DeployReport,
+    /// The changes of the release, by number: every change merged between
+    /// the commit live in the environment and the candidate.
+    release: Vec<i64>,
 }
 
 /// One deployment with the decisions taken on it.
@@ -176,8 +179,9 @@ pub(crate) async fn gate(
     let access = access(&state, &auth, &project).await?;
     let deployment = state.store().get_deployment(&access, number).await?;
     let context = context(&state, &access, &deployment.environment, &deployment.commit).await?;
+    let release = context.changes.clone();
     let (deployment, gate) = state.store().deployment_gate(&access, number, context).await?;
-    Ok(Json(DeploymentAndGate { deployment, gate }))
+    Ok(Json(DeploymentAndGate { deployment, gate, release }))
 }
 
 /// A deployment to ask for.
@@ -207,9 +211,10 @@ pub(crate) async fn request(
     }
     let build = state.store().get_build(&access, request.build).await?;
     let context = context(&state, &access, &request.environment, &build.commit).await?;
+    let release = context.changes.clone();
     let (deployment, gate) =
         state.store().request_deployment(&auth.0, &access, request.build, context, request.break_glass).await?;
-    Ok((StatusCode::CREATED, Json(DeploymentAndGate { deployment, gate })))
+    Ok((StatusCode::CREATED, Json(DeploymentAndGate { deployment, gate, release })))
 }
 
 /// What a person says with a decision.
@@ -233,11 +238,12 @@ async fn decide(
     let access = access(state, auth, project).await?;
     let deployment = state.store().get_deployment(&access, number).await?;
     let context = context(state, &access, &deployment.environment, &deployment.commit).await?;
+    let release = context.changes.clone();
     let (deployment, gate) = state
         .store()
         .decide_deployment(&auth.0, &access, number, decision, message.unwrap_or_default(), context)
         .await?;
-    Ok(Json(DeploymentAndGate { deployment, gate }))
+    Ok(Json(DeploymentAndGate { deployment, gate, release }))
 }
 
 /// Approves a pending deployment.

@@ -177,8 +177,8 @@ pub(crate) async fn export(
         let attestation = attestation.ok_or_else(|| {
             conflict(format!("deployment {} ({}) has not run, so it has no attestation yet", d.number, d.environment))
         })?;
-        if let Some(listed) = payload_predicate(&attestation).and_then(|p| p["changes"].as_array().cloned()) {
-            changes.extend(listed.iter().filter_map(serde_json::Value::as_i64));
+        if let Some(listed) = payload_predicate(&attestation).and_then(|p| p["release"].as_array().cloned()) {
+            changes.extend(listed.iter().filter_map(|r| r["change"].as_i64()));
         }
         deployment_envelopes.push((
             attestation,

@@ -6,7 +6,7 @@ mod changes;
 mod deploys;
 mod evidence;
 mod groups;
-mod people;
+pub(crate) mod people;
 mod projects;
 mod report;
 

@@ -84,12 +84,27 @@ pub(crate) async fn login(
     let keys = limit_keys(peer.ip(), Some(&request.name));
     state.logins().check(&keys)?;
     let refused = || ApiError::unauthenticated("wrong name or password");
-    let user = match UserName::parse(&request.name) {
+    let Some((name, user_id)) = check_password(&state, &request.name, request.password).await? else {
+        state.logins().record(&keys);
+        tracing::info!(source = %peer.ip(), name = %request.name, "failed login");
+        return Err(refused());
+    };
+    let scopes = request.scopes.unwrap_or_else(|| Scopes::of(&[Scope::Read, Scope::Write]));
+    Ok(Json(state.store().create_token_after_login(user_id, &name, scopes).await?))
+}
+
+/// The user named `name` and their id, if `password` is theirs. Takes as
+/// long for an unknown name as for a known one. Callers rate-limit.
+pub(crate) async fn check_password(
+    state: &AppState,
+    name: &str,
+    password: String,
+) -> ApiResult<Option<(UserName, i64)>> {
+    let user = match UserName::parse(name) {
         Ok(name) => state.store().password_hash(&name).await?.map(|found| (name, found)),
         Err(_) => None,
     };
     let stored = user.as_ref().map(|(_, (_, hash))| hash.clone());
-    let password = request.password;
     // Verify against a fixed hash when the user is unknown, so that timing
     // does not tell which names exist.
     let verified = tokio::task::spawn_blocking(move || {
@@ -100,13 +115,7 @@ pub(crate) async fn login(
     })
     .await
     .unwrap_or(false);
-    let Some((name, (user_id, _))) = user.filter(|_| verified) else {
-        state.logins().record(&keys);
-        tracing::info!(source = %peer.ip(), name = %request.name, "failed login");
-        return Err(refused());
-    };
-    let scopes = request.scopes.unwrap_or_else(|| Scopes::of(&[Scope::Read, Scope::Write]));
-    Ok(Json(state.store().create_token_after_login(user_id, &name, scopes).await?))
+    Ok(user.filter(|_| verified).map(|(name, (user_id, _))| (name, user_id)))
 }
 
 /// The argon2 hash of a random password nobody knows, made once.

@@ -135,8 +135,8 @@ pub(crate) async fn report(
                 let (_, attestation) = state.store().deployment_record(&access, number).await?;
                 let predicate = attestation.as_deref().map(predicate_of).unwrap_or(Value::Null);
                 let mut changes = Vec::new();
-                for change in predicate["changes"].as_array().cloned().unwrap_or_default() {
-                    let Some(change) = change.as_i64() else { continue };
+                for change in predicate["release"].as_array().cloned().unwrap_or_default() {
+                    let Some(change) = change["change"].as_i64() else { continue };
                     let merged =
                         state.store().audit_event_about("change.merge", &format!("change:{project}/{change}")).await?;
                     if let Some(merged) = merged {

@@ -1,0 +1,334 @@
+//! The web pages, in a real headless Chromium against a real server: bob
+//! approves alice's change, alice merges it and sees why her own approval
+//! of its deployment is refused, carol approves the production deployment,
+//! and the build page draws who held each duty. Forms without their CSRF
+//! token are refused.
+//!
+//! With `CUSTODY_SCREENSHOTS=DIR` the test also saves the main pages as
+//! PNG files in DIR (the README's screenshots are made this way).
+
+#[macro_use]
+mod support;
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+use support::browser::Browser;
+use support::builds::{commit_files, finished_build, pipeline, seed_with, BUILD_SCRIPT, PIPELINE};
+use support::flow::{eventually, open, team};
+use support::hosted::{Backend, Hosted, PROJECT};
+use support::{http_send, run_with_input};
+
+const PASSWORD: &str = "correct horse battery staple";
+const DEPLOY_SCRIPT: &str = "#!/bin/sh\nset -e\necho deploying to $CUSTODY_ENVIRONMENT build $CUSTODY_BUILD\n";
+/// A change title a browser would run as a script if the pages did not escape it.
+const TITLE: &str = "Refunds <script>document.title='owned'</script>";
+
+/// Two environments: staging deploys after every build, production after
+/// staging with an approval from release-managers.
+fn pipeline_with_environments() -> String {
+    format!(
+        "{}\n[[environment]]\nname = \"staging\"\ndeploy = \"scripts/deploy.sh\"\n\n[[environment]]\nname = \"production\"\n\
+         after = \"staging\"\ndeploy = \"scripts/deploy.sh\"\napprovals = 1\napprovers = \"release-managers\"\n",
+        pipeline("scripts/build.sh", "[\"dist/*.tar.gz\"]")
+    )
+}
+
+fn set_password(hosted: &Hosted, who: &str) {
+    let mut command = hosted.sandbox.as_user(who);
+    command.env("CUSTODY_SERVER", &hosted.server.url).env("CUSTODY_TOKEN", hosted.token(who)).args([
+        "user",
+        "set-password",
+        "--json",
+    ]);
+    run_with_input(command, Some(&format!("{PASSWORD}\n"))).expect_code(0);
+}
+
+/// Where screenshots go, when asked for (from the SQLite run only, so that
+/// the two runs do not write the same files).
+fn screenshots() -> Option<PathBuf> {
+    if std::thread::current().name().is_some_and(|n| n.contains("postgres")) {
+        return None;
+    }
+    // A relative directory is taken from the workspace's root.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = root.join(std::env::var_os("CUSTODY_SCREENSHOTS")?);
+    std::fs::create_dir_all(&dir).expect("the screenshot directory");
+    Some(dir)
+}
+
+fn snap(browser: &Browser, name: &str, height: u32) {
+    if let Some(dir) = screenshots() {
+        browser.resize(1280, height);
+        browser.screenshot(&dir.join(format!("{name}.png")));
+        browser.resize(1280, 1000);
+    }
+}
+
+fn sign_in_with_password(browser: &Browser, hosted: &Hosted, who: &str) {
+    browser.goto(&format!("{}/login", hosted.server.url));
+    browser.type_into("#name", who);
+    browser.type_into("#password", PASSWORD);
+    browser.click("#sign-in");
+    assert_eq!(browser.text("#signed-in-as"), who, "signed in: {}", browser.body_text());
+}
+
+fn sign_out(browser: &Browser) {
+    browser.click("header .who button");
+    assert!(browser.url().ends_with("/login"), "signed out: {}", browser.url());
+}
+
+/// Reloads `url` until `probe` holds (up to 60 s).
+#[track_caller]
+fn reload_until(browser: &Browser, url: &str, what: &str, probe: impl Fn(&Browser) -> bool) {
+    for _ in 0..300 {
+        browser.goto(url);
+        if probe(browser) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("{what} never showed on {url}:\n{}", browser.body_text());
+}
+
+/// The deployment `number` as the CLI shows it, once it reaches one of `wanted`.
+fn deployment_reaching(hosted: &Hosted, number: i64, wanted: &[&str]) -> Value {
+    let found = eventually(|| {
+        let shown = hosted.run_as("alice", &["deploy", "show", PROJECT, &number.to_string(), "--json"]);
+        let value = (shown.code() == Some(0)).then(|| shown.json())?;
+        wanted.iter().any(|w| value["status"] == *w).then_some(value)
+    });
+    found.unwrap_or_else(|| panic!("deployment {number} never reached {wanted:?}"))
+}
+
+fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let Some(browser) = Browser::start() else { return };
+    hosted.as_admin(&["group", "create", "release-managers"]).expect_code(0);
+    for member in ["carol", "alice"] {
+        hosted.as_admin(&["group", "add", "release-managers", member]).expect_code(0);
+    }
+    for who in ["alice", "bob"] {
+        set_password(&hosted, who);
+    }
+    let files = [
+        (PIPELINE, pipeline_with_environments(), false),
+        ("scripts/build.sh", BUILD_SCRIPT.to_owned(), true),
+        ("scripts/deploy.sh", DEPLOY_SCRIPT.to_owned(), true),
+        ("src/app.txt", "version 1\n".to_owned(), false),
+    ];
+    let files: Vec<(&str, &str, bool)> = files.iter().map(|(p, c, x)| (*p, c.as_str(), *x)).collect();
+    let (work, _) = seed_with(&hosted, &files, "feature");
+    commit_files(&work, &[("src/app.txt", "version 2\n", false)], "Refunds");
+    work.ok(&["push", "-q", "origin", "feature"]);
+    let number = open(&hosted, "alice", "feature", TITLE);
+    let base = &hosted.server.url;
+    let change_page = format!("{base}/projects/{PROJECT}/changes/{number}");
+
+    // A page asks for a sign-in first, then returns to itself.
+    browser.goto(&change_page);
+    assert!(browser.url().contains("/login?next="), "{}: {}", browser.url(), browser.body_text());
+    snap(&browser, "login", 800);
+    browser.type_into("#name", "bob");
+    browser.type_into("#password", "not bob's password");
+    browser.click("#sign-in");
+    assert!(browser.text("#error").contains("Wrong name or password"), "{}", browser.body_text());
+    browser.type_into("#name", "bob");
+    browser.type_into("#password", PASSWORD);
+    browser.click("#sign-in");
+    assert_eq!(browser.url(), change_page, "back on the page asked for");
+    assert_eq!(browser.text("#signed-in-as"), "bob");
+
+    // The session cookie is Secure, HttpOnly and SameSite=Strict, and
+    // Chromium keeps it on http://127.0.0.1 (a secure context).
+    let cookie = browser.cookie("custody_session").expect("a session cookie");
+    assert_eq!(cookie["secure"], true, "{cookie}");
+    assert_eq!(cookie["httpOnly"], true, "{cookie}");
+    assert_eq!(cookie["sameSite"], "Strict", "{cookie}");
+
+    // The title is shown as text, never run.
+    assert_eq!(browser.text("#change-title"), TITLE);
+    assert_eq!(browser.title(), format!("#{number} {TITLE} · custody"), "the title ran as a script");
+    assert!(browser.text("#authors").contains("alice"), "{}", browser.text("#authors"));
+    assert!(browser.text("#diff").contains("+version 2"), "{}", browser.text("#diff"));
+    assert_eq!(browser.attribute("#gate", "data-open").as_deref(), Some("false"));
+    let approvals = "#gate li[data-rule='gate.independent_approvals']";
+    assert!(browser.attribute(approvals, "class").is_some_and(|c| c.contains("fail")));
+    assert!(browser.text(approvals).contains("To pass:"), "{}", browser.text(approvals));
+
+    // bob approves the head he sees.
+    assert!(browser.enabled("#approve"));
+    browser.type_into("#review-message", "looks right");
+    browser.click("#approve");
+    assert!(browser.text("#reviews").contains("bob"), "{}", browser.text("#reviews"));
+    assert!(browser.attribute(approvals, "class").is_some_and(|c| c.contains("pass")), "{}", browser.text("#gate"));
+    let approved = hosted.audit_events("change.review.approve");
+    assert_eq!(approved.len(), 1, "{approved:?}");
+    assert_eq!(approved[0]["actor"], "bob");
+
+    // Signing out ends the session on the server, not only in the browser.
+    let session = cookie["value"].as_str().expect("the cookie's value").to_owned();
+    sign_out(&browser);
+    let cookie_header = format!("custody_session={session}");
+    let old = http_send(base, "GET", &format!("/projects/{PROJECT}"), &[("Cookie", &cookie_header)], None);
+    assert_eq!(old.status, 303, "a revoked session still works: {old:?}");
+    assert!(old.header("location").is_some_and(|l| l.starts_with("/login")), "{old:?}");
+
+    // alice may not approve her own change, and the page says why; she merges.
+    sign_in_with_password(&browser, &hosted, "alice");
+    browser.goto(&change_page);
+    assert!(!browser.enabled("#approve"), "alice's approve button is enabled");
+    let why = browser.text("#approve-refusal");
+    assert!(why.contains("you are an author of this change"), "{why}");
+    assert!(why.contains("gate.independent_approvals"), "{why}");
+    reload_until(&browser, &change_page, "an open gate", |b| {
+        b.attribute("#gate", "data-open").as_deref() == Some("true")
+    });
+    snap(&browser, "change", 1700);
+    browser.click("#merge");
+    assert!(browser.body_text().contains("Merged by alice"), "{}", browser.body_text());
+
+    // The builder builds, staging deploys itself, production waits.
+    let build = finished_build(&hosted, 1);
+    assert_eq!(build["status"], "succeeded", "{build}");
+    deployment_reaching(&hosted, 1, &["succeeded"]);
+    deployment_reaching(&hosted, 2, &["pending"]);
+
+    // alice wrote the release: her approve button is refused, with the rule.
+    let production = format!("{base}/projects/{PROJECT}/environments/production");
+    browser.goto(&production);
+    assert!(!browser.enabled("#approve-deployment"), "alice's approve button is enabled");
+    assert_eq!(
+        browser.attribute("#approve-refusal .refusal", "data-rule").as_deref(),
+        Some("deploy.approver_not_author")
+    );
+    let why = browser.text("#approve-refusal");
+    assert!(why.contains("alice is an author of a change in this release"), "{why}");
+    assert!(why.contains("What would satisfy it"), "{why}");
+    snap(&browser, "environment-refused", 1200);
+    // Sent anyway (the button enabled by hand), the server refuses it the same way.
+    browser.execute("document.getElementById('approve-deployment').disabled = false;", serde_json::json!([]));
+    browser.click("#approve-deployment");
+    let refused = browser.body_text();
+    assert!(refused.contains("Refused"), "{refused}");
+    assert!(browser.exists("li[data-rule='deploy.approver_not_author']"), "{refused}");
+    assert!(hosted.audit_events("deploy.approve").is_empty(), "a refused approval was recorded");
+    browser.click("#back");
+    assert!(browser.url().ends_with("/environments/production"), "{}", browser.url());
+    sign_out(&browser);
+
+    // carol signs in with her token and approves production.
+    browser.goto(&format!("{base}/login"));
+    browser.type_into("#token", &hosted.token("carol"));
+    browser.click("#sign-in-token");
+    assert_eq!(browser.text("#signed-in-as"), "carol");
+    browser.goto(&production);
+    let gate = browser.text("#deployment-2 .gate");
+    assert!(gate.contains("deploy.approvals") || gate.contains("approval"), "{gate}");
+    assert!(!browser.exists("#approve-refusal"), "carol is refused: {}", browser.body_text());
+    snap(&browser, "environment", 1200);
+    browser.type_into("#decision-message", "ship it");
+    browser.click("#approve-deployment");
+    let approvals = hosted.audit_events("deploy.approve");
+    assert_eq!(approvals.len(), 1, "{approvals:?}");
+    assert_eq!(approvals[0]["actor"], "carol");
+    deployment_reaching(&hosted, 2, &["succeeded"]);
+    reload_until(&browser, &production, "build 1 live", |b| b.text("#live").contains("build 1"));
+    assert!(browser.text("#history").contains("carol"), "{}", browser.text("#history"));
+
+    // The build page draws the chain of custody with the person in each duty.
+    browser.goto(&format!("{base}/projects/{PROJECT}/builds/1"));
+    let chain = browser.text("#chain");
+    for expected in ["COMMIT", "CHANGE", "BUILD", "STAGING", "PRODUCTION", "alice", "bob", "carol", "custody builder"] {
+        assert!(chain.contains(expected), "the chain lacks {expected}: {chain}");
+    }
+    let production_link = "#chain g[data-kind='production']";
+    assert_eq!(browser.attribute(production_link, "data-state").as_deref(), Some("ok"));
+    assert!(browser.text(production_link).contains("carol"), "{}", browser.text(production_link));
+    assert!(browser.text("#provenance-check").contains("verifies"), "{}", browser.text("#provenance-check"));
+    snap(&browser, "build", 1500);
+
+    // A form posted without its CSRF token is refused, and nothing happens.
+    let carol = browser.cookie("custody_session").expect("carol's session");
+    let cookie_header = format!("custody_session={}", carol["value"].as_str().expect("a value"));
+    let headers = [("Cookie", cookie_header.as_str()), ("Content-Type", "application/x-www-form-urlencoded")];
+    let path = format!("/projects/{PROJECT}/changes/{number}/review");
+    let forged = http_send(base, "POST", &path, &headers, Some(b"verdict=comment&message=forged"));
+    assert_eq!(forged.status, 403, "{forged:?}");
+    assert!(forged.body.contains("without its security token"), "{}", forged.body);
+    let wrong = http_send(base, "POST", &path, &headers, Some(b"verdict=comment&csrf=0000"));
+    assert_eq!(wrong.status, 403, "{wrong:?}");
+    let elsewhere = [
+        ("Cookie", cookie_header.as_str()),
+        ("Content-Type", "application/x-www-form-urlencoded"),
+        ("Origin", "http://evil.example"),
+    ];
+    let cross = http_send(base, "POST", &path, &elsewhere, Some(b"verdict=comment"));
+    assert_eq!(cross.status, 403, "{cross:?}");
+    assert!(hosted.audit_events("change.review.comment").is_empty(), "a forged form was acted on");
+    let login = http_send(base, "POST", "/login", &headers[1..], Some(b"method=password&name=bob&password=x"));
+    assert_eq!(login.status, 403, "a sign-in without its token: {login:?}");
+
+    // Every page is sent with a Content-Security-Policy that allows nothing
+    // from elsewhere and no framing.
+    let page = http_send(base, "GET", &format!("/projects/{PROJECT}"), &headers[..1], None);
+    assert_eq!(page.status, 200);
+    let policy = page.header("content-security-policy").unwrap_or_default();
+    assert!(policy.contains("default-src 'self'") && policy.contains("frame-ancestors 'none'"), "{policy}");
+    assert!(!page.body.contains("<script"), "the pages use no script");
+    browser.goto(&format!("{base}/projects/{PROJECT}"));
+    assert!(browser.text("#environments").contains("production"), "{}", browser.text("#environments"));
+    snap(&browser, "project", 1100);
+
+    // Bad addresses get pages that say what is wrong, never a panic.
+    browser.goto(&format!("{base}/projects/{PROJECT}/changes/abc"));
+    assert!(browser.text("#error").contains("not one of custody's pages"), "{}", browser.body_text());
+    browser.goto(&format!("{base}/projects/{PROJECT}/changes/99"));
+    assert!(browser.body_text().contains("Not found"), "{}", browser.body_text());
+    browser.goto(&format!("{base}/projects/{PROJECT}/artifacts/not-a-digest"));
+    assert!(browser.text("#error").contains("64 hexadecimal digits"), "{}", browser.body_text());
+
+    // carol is no auditor; the admin sees the log and its verified checkpoint.
+    browser.goto(&format!("{base}/audit"));
+    assert!(browser.body_text().contains("only admins and auditors"), "{}", browser.body_text());
+    browser.goto(&format!("{base}/projects"));
+    sign_out(&browser);
+    browser.goto(&format!("{base}/login"));
+    browser.type_into("#token", &hosted.admin);
+    browser.click("#sign-in-token");
+    browser.goto(&format!("{base}/audit"));
+    snap(&browser, "audit", 1400);
+    browser.goto(&format!("{base}/audit?action=deploy.approve"));
+    assert_eq!(browser.attribute("#checkpoint-verdict", "data-intact").as_deref(), Some("true"));
+    let events = browser.text("#events");
+    assert!(events.contains("carol") && events.contains("deploy.approve"), "{events}");
+    assert!(!events.contains("change.review"), "the filter holds: {events}");
+    browser.goto(&format!("{base}/admin"));
+    assert!(browser.text("#groups").contains("release-managers"), "{}", browser.text("#groups"));
+    assert!(browser.text("#users").contains("carol"), "{}", browser.text("#users"));
+
+    // Once there are two admins, a grant waits for the one who did not ask.
+    hosted.as_admin(&["group", "add", "admins", "bob"]).expect_code(0);
+    hosted.as_admin(&["group", "create", "qa"]).expect_code(0);
+    let asked = hosted.as_admin(&["group", "add", "qa", "carol", "--json"]).json();
+    assert_eq!(asked["status"], "pending", "{asked}");
+    browser.goto(&format!("{base}/admin"));
+    let approve = ".card.grant button[value='approve']";
+    assert!(!browser.enabled(approve), "the requester may approve his own grant");
+    let why = browser.text(".card.grant .refusal");
+    assert!(why.contains("grant."), "{why}");
+    snap(&browser, "admin", 1000);
+    sign_out(&browser);
+    sign_in_with_password(&browser, &hosted, "bob");
+    browser.goto(&format!("{base}/admin"));
+    assert!(browser.enabled(approve), "bob, the second admin, may not approve: {}", browser.body_text());
+    browser.click(approve);
+    assert!(!browser.exists(".card.grant"), "the grant still waits: {}", browser.body_text());
+    assert!(browser.text("#groups").contains("carol"), "{}", browser.text("#groups"));
+    let approved = hosted.audit_events("grant.approve");
+    assert_eq!(approved.last().map(|e| e["actor"].clone()), Some(Value::from("bob")), "{approved:?}");
+}
+
+on_both_backends! {
+    reviewers_and_approvers_work_in_a_real_browser,
+}

@@ -1,0 +1,190 @@
+//! Server-rendered pages for reviewers, approvers, testers, auditors and
+//! admins: the same store calls and the same decisions as the JSON API,
+//! drawn as HTML that works without JavaScript.
+//!
+//! The pages know no SQL and decide no rule: a handler signs the visitor in
+//! (a cookie holding a day-long token), checks a form's CSRF token, calls
+//! the store method the API calls, and renders what comes back, the
+//! `Reason`s of a refusal included. Every value interpolated into HTML goes
+//! through [`html::esc`]. The one stylesheet is served from the binary, and
+//! every page is sent with a Content-Security-Policy that allows nothing
+//! from elsewhere and no inline script or style.
+
+mod admin;
+mod audit;
+mod builds;
+mod changes;
+mod deploys;
+pub(crate) mod html;
+mod projects;
+pub(crate) mod session;
+
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use custody_domain::Reason;
+use custody_store::StoreError;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+/// What every page is sent with: no script or style but custody's own, no
+/// framing, no referrer to other sites, nothing cached.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+     img-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; object-src 'none'; \
+     frame-ancestors 'none'";
+
+const STYLESHEET: &str = include_str!("custody.css");
+
+/// The pages' routes.
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/projects") }))
+        .route("/static/custody.css", get(stylesheet))
+        .route("/login", get(session::login_page).post(session::login))
+        .route("/logout", post(session::logout))
+        .route("/projects", get(projects::list))
+        .route("/projects/{name}", get(projects::show))
+        .route("/projects/{name}/changes/{number}", get(changes::show))
+        .route("/projects/{name}/changes/{number}/review", post(changes::review))
+        .route("/projects/{name}/changes/{number}/merge", post(changes::merge))
+        .route("/projects/{name}/builds/{number}", get(builds::show))
+        .route("/projects/{name}/artifacts/{digest}", get(builds::artifact))
+        .route("/projects/{name}/environments/{environment}", get(deploys::environment))
+        .route("/projects/{name}/deployments/{number}/decide", post(deploys::decide))
+        .route("/audit", get(audit::events))
+        .route("/admin", get(admin::show))
+        .route("/admin/grants/{id}/decide", post(admin::decide))
+        .layer(axum::middleware::from_fn(security_headers))
+}
+
+async fn stylesheet() -> Response {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=3600")], STYLESHEET)
+        .into_response()
+}
+
+/// Sets the security headers on every page.
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+/// A page that could not be shown, or an action that was refused: its
+/// status, what happened and what to do, and the rules that refused.
+#[derive(Debug)]
+pub struct WebError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// What happened and what to do.
+    pub message: String,
+    /// The rules that refused, each with what would satisfy it.
+    pub reasons: Vec<Reason>,
+    /// Where to go back to.
+    pub back: Option<String>,
+}
+
+impl WebError {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        WebError { status, message: message.into(), reasons: Vec::new(), back: None }
+    }
+
+    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
+        WebError::new(StatusCode::FORBIDDEN, message)
+    }
+
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+        WebError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// Offers a link back to `href`.
+    pub(crate) fn back(mut self, href: impl Into<String>) -> Self {
+        self.back = Some(href.into());
+        self
+    }
+}
+
+impl From<ApiError> for WebError {
+    fn from(error: ApiError) -> Self {
+        WebError { status: error.status, message: error.message, reasons: error.reasons, back: None }
+    }
+}
+
+impl From<StoreError> for WebError {
+    fn from(error: StoreError) -> Self {
+        ApiError::from(error).into()
+    }
+}
+
+impl From<custody_domain::InvalidInput> for WebError {
+    fn from(error: custody_domain::InvalidInput) -> Self {
+        WebError::invalid(error.to_string())
+    }
+}
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        if self.status == StatusCode::UNAUTHORIZED {
+            return session::to_login(self.back.as_deref());
+        }
+        let title = match self.status {
+            StatusCode::FORBIDDEN if !self.reasons.is_empty() => "Refused",
+            StatusCode::FORBIDDEN => "Not allowed",
+            StatusCode::NOT_FOUND => "Not found",
+            StatusCode::CONFLICT => "Not now",
+            status if status.is_server_error() => "Something went wrong",
+            _ => "Cannot do that",
+        };
+        let mut body = String::new();
+        html::push(&mut body, format_args!("<h1>{}</h1>", html::esc(title)));
+        html::push(&mut body, format_args!("<p class=\"lead\" id=\"error\">{}</p>", html::esc(&self.message)));
+        body.push_str(&html::reasons(&self.reasons));
+        if let Some(back) = &self.back {
+            html::push(&mut body, format_args!("<p><a href=\"{}\" id=\"back\">Back</a></p>", html::esc(back)));
+        }
+        (self.status, html::document(title, None, &body)).into_response()
+    }
+}
+
+/// Path parameters; malformed ones get a 400 page that says why.
+pub struct WebPath<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> axum::extract::FromRequestParts<S> for WebPath<T> {
+    type Rejection = WebError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| WebPath(value))
+            .map_err(|rejection| {
+                WebError::invalid(format!("this address is not one of custody's pages: {}", rejection.body_text()))
+            })
+    }
+}
+
+/// Query parameters; malformed ones get a 400 page that says why.
+pub struct WebQuery<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for WebQuery<T> {
+    type Rejection = WebError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| WebQuery(value))
+            .map_err(|rejection| WebError::invalid(format!("bad query parameters: {}", rejection.body_text())))
+    }
+}
+
+/// A page or a redirect, or an error page.
+pub type WebResult<T = Response> = Result<T, WebError>;
