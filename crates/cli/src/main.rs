@@ -12,9 +12,11 @@ mod commands;
 mod config;
 mod demo;
 mod deploy;
+mod evidence;
 mod hook;
 mod ledger;
 mod project;
+mod report;
 mod serve;
 
 use std::process::ExitCode;
@@ -89,6 +91,16 @@ enum Command {
     /// Findings for auditors: break-glass deployments and their reviews.
     #[command(subcommand)]
     Finding(deploy::FindingCommand),
+    /// The instance's public keys, for verifying evidence offline.
+    #[command(subcommand)]
+    Trust(evidence::TrustCommand),
+    /// Evidence bundles of deployments and artifacts.
+    #[command(subcommand)]
+    Evidence(evidence::EvidenceCommand),
+    /// Verify an evidence bundle offline, against a trust file (exit 0 valid, 1 not, 2 unreadable).
+    Verify(evidence::VerifyArgs),
+    /// The auditor's report of a period: production deployments, duties, findings, controls.
+    Report(report::ReportArgs),
     /// Run builds in a separate process.
     Worker(serve::WorkerArgs),
     /// Run by git during a push; not for people.
@@ -192,5 +204,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Finding(command) => deploy::finding(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Env(command) => deploy::env(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Deploy(command) => deploy::deploy(&client::Client::from_env(cli.server)?, command, out).await,
+        Command::Trust(command) => evidence::trust(&client::Client::from_env(cli.server)?, command).await,
+        Command::Evidence(command) => evidence::evidence(&client::Client::from_env(cli.server)?, command, out).await,
+        Command::Verify(args) => evidence::verify(args, out),
+        Command::Report(args) => report::report(&client::Client::from_env(cli.server)?, args, out).await,
     }
 }

@@ -3,6 +3,7 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 
 use crate::keys::{KeyError, PublicKey, ServiceKey};
 
@@ -72,6 +73,22 @@ impl Envelope {
         }
     }
 
+    /// The envelope's digest, hex SHA-256 of its canonical JSON (keys
+    /// sorted, no whitespace). The audit event that records a signed
+    /// statement carries this digest, so that the event's inclusion in the
+    /// ledger covers the envelope too, however its JSON was spelled.
+    pub fn digest(&self) -> String {
+        let value = serde_json::to_value(self).unwrap_or_default();
+        let canonical = crate::event::canonical_json(&value);
+        crate::keys::hex_lower(&sha2::Sha256::digest(canonical.as_bytes()))
+    }
+
+    /// [`Envelope::digest`] of an envelope's JSON text, or `None` when the
+    /// text is no envelope.
+    pub fn digest_of_json(text: &str) -> Option<String> {
+        serde_json::from_str::<Envelope>(text).ok().map(|e| e.digest())
+    }
+
     /// Returns the payload if a signature by `key` verifies.
     pub fn verify(&self, key: &PublicKey) -> Result<Vec<u8>, EnvelopeError> {
         let payload = STANDARD.decode(&self.payload).map_err(|e| EnvelopeError::Encoding(e.to_string()))?;
@@ -123,5 +140,22 @@ mod tests {
         let mut envelope = Envelope::sign(IN_TOTO_PAYLOAD_TYPE, b"approved", &gate);
         envelope.payload_type = "text/plain".into();
         assert!(envelope.verify(&gate.public()).is_err());
+    }
+}
+
+#[cfg(test)]
+mod digest_tests {
+    use super::*;
+
+    #[test]
+    fn an_envelopes_digest_is_over_its_canonical_json() {
+        let envelope = Envelope {
+            payload: "eyJhIjoxfQ==".into(),
+            payload_type: IN_TOTO_PAYLOAD_TYPE.into(),
+            signatures: vec![Signature { keyid: "ab".into(), sig: "c+d/".into() }],
+        };
+        // sha256 of {"payload":"eyJhIjoxfQ==","payloadType":"application/vnd.in-toto+json","signatures":[{"keyid":"ab","sig":"c+d/"}]},
+        // as Python's json.dumps(sort_keys=True, separators=(",", ":")) writes it.
+        assert_eq!(envelope.digest(), "6566fb550a477d3106b08b9ea6179c220104db8f9b9a1d08e6f1b0229cb2ea50");
     }
 }

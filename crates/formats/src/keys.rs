@@ -166,6 +166,11 @@ pub struct PublicKey {
 }
 
 impl PublicKey {
+    /// The public key `key`, signing for `role`.
+    pub fn from_verifying_key(role: KeyRole, key: VerifyingKey) -> PublicKey {
+        PublicKey { role, key }
+    }
+
     /// The role this key signs for.
     pub fn role(&self) -> KeyRole {
         self.role

@@ -3,7 +3,8 @@
 //! The four service keys (builder, gate, deployer, ledger), the DSSE
 //! envelope that carries in-toto statements signed with them, and the audit
 //! ledger's Merkle tree (RFC 6962), event leaves and signed checkpoints
-//! (C2SP `tlog-checkpoint`, `signed-note`). Everything
+//! (C2SP `tlog-checkpoint`, `signed-note`), evidence bundles, trust roots
+//! and the offline verifier that checks one against the other. Everything
 //! here is pure data and cryptography, usable by an offline verifier.
 //!
 //! This crate knows nothing about databases, HTTP or custody's server; it
@@ -12,11 +13,14 @@
 pub mod checkpoint;
 pub mod dsse;
 pub mod event;
+pub mod evidence;
 pub mod keys;
 pub mod merkle;
 pub mod provenance;
 pub mod sealed;
 pub mod statement;
+pub mod trust;
+pub mod verify;
 
 pub use dsse::{Envelope, Signature};
 pub use keys::{KeyRole, PublicKey, ServiceKey};

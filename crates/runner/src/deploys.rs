@@ -418,12 +418,28 @@ impl Deployer {
                 digest: BTreeMap::from([("sha256".into(), digest.clone())]),
             })
             .collect();
+        // The environment this one follows and its gate, as the mainline
+        // defines them now, so that an offline verifier can check the
+        // environment order and the approvals the gate asked for.
+        let context =
+            release_context(&self.store, &self.repositories, &project, &lease.environment, &lease.commit).await.ok();
+        let after = context.as_ref().and_then(|c| c.environment.after.clone());
+        let gate = context.as_ref().map(|c| {
+            json!({
+                "approvals": c.environment.approvals,
+                "approvers": c.environment.approvers.as_ref().map(|g| g.as_str()),
+                "testers": c.environment.testers.as_ref().map(|g| g.as_str()),
+                "reviewers_may_approve": c.environment.reviewers_may_approve,
+            })
+        });
         let statement = Statement::new(
             subject,
             DEPLOYMENT_PREDICATE,
             json!({
                 "project": lease.project,
                 "environment": lease.environment,
+                "after": after,
+                "gate": gate,
                 "deployment": lease.number,
                 "build": lease.build,
                 "commit": lease.commit,

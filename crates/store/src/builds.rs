@@ -455,6 +455,7 @@ impl Store {
                         "artifacts": outcome.artifacts.iter()
                             .map(|a| json!({ "name": a.name, "sha256": a.digest, "size": a.size }))
                             .collect::<Vec<_>>(),
+                        "envelope_sha256": outcome.provenance.as_deref().and_then(custody_formats::Envelope::digest_of_json),
                     }),
                 })
                 .await?;

@@ -893,6 +893,7 @@ impl Store {
                             "authors": records.authors.keys().map(UserName::as_str).collect::<Vec<_>>(),
                             "gate": report.rules,
                             "build": build,
+                            "envelope_sha256": custody_formats::Envelope::digest_of_json(&published.attestation),
                         }),
                     })
                     .await?;

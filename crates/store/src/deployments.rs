@@ -1022,6 +1022,7 @@ impl Store {
                         "requested_by": lease.requested_by,
                         "previous": lease.previous,
                         "break_glass": lease.break_glass,
+                        "envelope_sha256": outcome.attestation.as_deref().and_then(custody_formats::Envelope::digest_of_json),
                     }),
                 })
                 .await?;

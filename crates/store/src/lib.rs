@@ -22,6 +22,7 @@ mod changes;
 mod checks;
 mod deployments;
 mod dialect;
+mod evidence;
 mod findings;
 mod grants;
 mod groups;

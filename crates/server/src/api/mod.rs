@@ -4,9 +4,11 @@ mod audit;
 mod builds;
 mod changes;
 mod deploys;
+mod evidence;
 mod groups;
 pub(crate) mod people;
 mod projects;
+mod report;
 
 use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
@@ -78,6 +80,7 @@ impl PageQuery {
         deploys::list_environments, deploys::get_environment, deploys::list_deployments, deploys::get_deployment,
         deploys::gate, deploys::request, deploys::approve, deploys::reject, deploys::sign_off, deploys::cancel,
         deploys::record, deploys::list_findings, deploys::resolve_finding, deploys::set_secret, deploys::list_secrets,
+        evidence::trust, evidence::export, report::report,
     ),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&TokenSecurity),
@@ -88,6 +91,7 @@ impl PageQuery {
         (name = "projects", description = "Projects, their repositories and the push log"),
         (name = "changes", description = "Change requests, reviews and the merge gate"),
         (name = "deployments", description = "Environments, deployments and the independent approvals they need"),
+        (name = "evidence", description = "Trust roots and evidence bundles for offline verification"),
         (name = "builds", description = "Builds of mainline commits and the artifact repository (read-only: only the builder stores artifacts)"),
     )
 )]
@@ -177,6 +181,9 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/projects/{name}/deployments/{number}/sign-off", post(deploys::sign_off))
         .route("/projects/{name}/deployments/{number}/cancel", post(deploys::cancel))
         .route("/projects/{name}/deployments/{number}/record", get(deploys::record))
+        .route("/trust", get(evidence::trust))
+        .route("/projects/{name}/evidence", get(evidence::export))
+        .route("/report", get(report::report))
         .route("/findings", get(deploys::list_findings))
         .route(
             "/projects/{name}/environments/{environment}/secrets",

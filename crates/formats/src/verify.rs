@@ -1,0 +1,1110 @@
+//! The offline verifier: an evidence bundle checked against a trust root,
+//! with nothing else: no server, no database, no policy file.
+//!
+//! It answers the auditor's question for one artifact or deployment: who
+//! wrote it, who reviewed it, who built it, who approved it, who deployed
+//! it, and was anybody two of those. Every rule it checks becomes a
+//! [`Check`] in the [`Report`], passed or failed with a sentence naming what
+//! is wrong; the bundle is valid when every check passed.
+//!
+//! The independence rules are restated here over what the signed
+//! statements say, as small pure functions ([`approvers_who_authored`] and
+//! its siblings), rather than borrowed from custody's policy code: the
+//! verifier is a second implementation of the rules the gates enforce, so
+//! a mistake in one is not silently repeated in the other.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::checkpoint::{Checkpoint, NoteVerifier};
+use crate::evidence::{Bundle, BundleSubject, Entry, BUNDLE_MEDIA_TYPE};
+use crate::keys::KeyRole;
+use crate::merkle;
+use crate::provenance::PROVENANCE_PREDICATE;
+use crate::statement::{Statement, CHANGE_PREDICATE, STATEMENT_TYPE};
+use crate::trust::{millis_of_rfc3339, rfc3339_of_millis, TrustRoot, ValidKey};
+
+/// The predicate type of a deployment attestation.
+pub const DEPLOYMENT_PREDICATE: &str = "https://custody.dev/attestation/deployment/v1";
+
+/// The predicate type of in-toto test results (signed by the builder).
+pub const TEST_RESULT_PREDICATE: &str = "https://in-toto.io/attestation/test-result/v0.1";
+
+/// A local file to check against the bundle's artifacts.
+#[derive(Clone, Debug)]
+pub struct ArtifactFile {
+    /// The file's name, for the report.
+    pub name: String,
+    /// Its sha256, hex.
+    pub sha256: String,
+}
+
+/// One rule, checked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// The rule's id, such as `deploy.approver_not_author`.
+    pub rule: String,
+    /// What it was checked on, such as `change 1` or `deployment 2 (production)`.
+    pub subject: String,
+    /// Whether it held.
+    pub passed: bool,
+    /// What was found, in a sentence.
+    pub message: String,
+}
+
+/// Who held a duty, in which step.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Duty {
+    /// The step: `change 1`, `build 1`, `deployment 2 (production)`.
+    pub step: String,
+    /// The duty: author, reviewer, merger, builder, requester, approver, tester, deployer.
+    pub duty: String,
+    /// Who held it.
+    pub holders: Vec<String>,
+}
+
+/// A person and every duty they held in the chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Person {
+    /// Their user name.
+    pub name: String,
+    /// `duty (step)`, for every duty held.
+    pub duties: Vec<String>,
+}
+
+/// An artifact the chain vouches for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Artifact {
+    /// Its name in the build.
+    pub name: String,
+    /// Its sha256, hex.
+    pub sha256: String,
+}
+
+/// What the verifier found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// Whether every check passed.
+    pub valid: bool,
+    /// The instance.
+    pub origin: String,
+    /// The project.
+    pub project: String,
+    /// What the bundle is evidence for.
+    pub subject: BundleSubject,
+    /// The tree size of the checkpoint proved against, when it verified.
+    pub checkpoint_size: Option<u64>,
+    /// The commit built.
+    pub commit: Option<String>,
+    /// The artifacts built.
+    pub artifacts: Vec<Artifact>,
+    /// The environments reached, in order.
+    pub environments: Vec<String>,
+    /// Each duty and who held it.
+    pub duties: Vec<Duty>,
+    /// Every person and their duties.
+    pub people: Vec<Person>,
+    /// Every rule checked.
+    pub checks: Vec<Check>,
+    /// What an auditor should look at although no rule failed (break-glass,
+    /// reviewers approving by policy).
+    pub findings: Vec<String>,
+}
+
+impl Report {
+    /// The checks that failed.
+    pub fn failures(&self) -> impl Iterator<Item = &Check> {
+        self.checks.iter().filter(|c| !c.passed)
+    }
+
+    /// The report for people: the chain, each duty and who held it, and
+    /// every rule with its outcome.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let what = match (&self.subject.deployment, &self.subject.artifact) {
+            (Some(d), _) => format!("deployment {d}"),
+            (None, Some(a)) => format!("artifact sha256:{a}"),
+            (None, None) => "nothing named".into(),
+        };
+        out.push_str(&format!("Evidence for {} of project {} on {}\n", what, self.project, self.origin));
+        out.push_str(&format!("Verdict: {}\n\n", if self.valid { "VALID" } else { "NOT VALID" }));
+        if let Some(commit) = &self.commit {
+            out.push_str(&format!("Commit:       {commit}\n"));
+        }
+        for a in &self.artifacts {
+            out.push_str(&format!("Artifact:     {} sha256:{}\n", a.name, a.sha256));
+        }
+        if !self.environments.is_empty() {
+            out.push_str(&format!("Environments: {}\n", self.environments.join(" -> ")));
+        }
+        if let Some(size) = self.checkpoint_size {
+            out.push_str(&format!("Checkpoint:   {} events, signed by the ledger key\n", size));
+        }
+        out.push_str("\nDuties\n");
+        for d in &self.duties {
+            let holders = if d.holders.is_empty() { "(nobody)".to_owned() } else { d.holders.join(", ") };
+            out.push_str(&format!("  {:<28} {:<10} {}\n", d.step, d.duty, holders));
+        }
+        let several: Vec<&Person> = self.people.iter().filter(|p| p.duties.len() > 1).collect();
+        if !several.is_empty() {
+            out.push_str("\nPeople with more than one duty\n");
+            for p in several {
+                out.push_str(&format!("  {}: {}\n", p.name, p.duties.join("; ")));
+            }
+        }
+        out.push_str("\nRules\n");
+        for c in &self.checks {
+            let mark = if c.passed { "pass" } else { "FAIL" };
+            out.push_str(&format!("  [{mark}] {} ({}): {}\n", c.rule, c.subject, c.message));
+        }
+        if !self.findings.is_empty() {
+            out.push_str("\nFindings\n");
+            for f in &self.findings {
+                out.push_str(&format!("  - {f}\n"));
+            }
+        }
+        let failed = self.failures().count();
+        out.push_str(&format!("\n{} rules checked, {} failed.\n", self.checks.len(), failed));
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The independence rules, as pure functions
+// ---------------------------------------------------------------------------
+
+/// The names in both lists, sorted, once each.
+fn both(a: &[String], b: &[String]) -> Vec<String> {
+    let b: BTreeSet<&String> = b.iter().collect();
+    a.iter().filter(|x| b.contains(x)).cloned().collect::<BTreeSet<_>>().into_iter().collect()
+}
+
+/// Approvers (of a change or a deployment) who are also authors: each one
+/// breaks segregation of duties.
+pub fn approvers_who_authored(approvers: &[String], authors: &[String]) -> Vec<String> {
+    both(approvers, authors)
+}
+
+/// Testers who are authors of a change in the release.
+pub fn testers_who_authored(testers: &[String], authors: &[String]) -> Vec<String> {
+    both(testers, authors)
+}
+
+/// Whether the requester of a deployment approved it themselves.
+pub fn requester_approved(requester: Option<&str>, approvers: &[String]) -> bool {
+    requester.is_some_and(|r| approvers.iter().any(|a| a == r))
+}
+
+/// Approvers of a deployment who reviewed a change in the release.
+pub fn approvers_who_reviewed(approvers: &[String], reviewers: &[String]) -> Vec<String> {
+    both(approvers, reviewers)
+}
+
+/// Names given more than once.
+pub fn repeated(names: &[String]) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    names.iter().filter(|n| !seen.insert(n.as_str())).cloned().collect::<BTreeSet<_>>().into_iter().collect()
+}
+
+/// Whether `environments` (each with the environment it must follow) are
+/// in an order the pipeline allows: the first follows nothing in the list
+/// (or nothing at all), each next one follows the one before it. Returns
+/// the position of the first out of place.
+pub fn out_of_order(environments: &[(String, Option<String>)]) -> Option<usize> {
+    environments.iter().enumerate().position(|(i, (_, after))| match (i, after) {
+        (0, _) => false,
+        (_, None) => true,
+        (i, Some(after)) => environments[i - 1].0 != *after,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Reading statements
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Change,
+    Provenance,
+    Deployment,
+    TestResult,
+}
+
+impl Kind {
+    fn of(predicate_type: &str) -> Option<Kind> {
+        match predicate_type {
+            CHANGE_PREDICATE => Some(Kind::Change),
+            PROVENANCE_PREDICATE => Some(Kind::Provenance),
+            DEPLOYMENT_PREDICATE => Some(Kind::Deployment),
+            TEST_RESULT_PREDICATE => Some(Kind::TestResult),
+            _ => None,
+        }
+    }
+
+    /// The only role whose key may sign this kind of statement.
+    fn role(self) -> KeyRole {
+        match self {
+            Kind::Change => KeyRole::Gate,
+            Kind::Provenance | Kind::TestResult => KeyRole::Builder,
+            Kind::Deployment => KeyRole::Deployer,
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Kind::Change => "change attestation",
+            Kind::Provenance => "build provenance",
+            Kind::Deployment => "deployment attestation",
+            Kind::TestResult => "test result",
+        }
+    }
+
+    fn action(self) -> &'static str {
+        match self {
+            Kind::Change => "change.merge",
+            Kind::Provenance => "build.finish",
+            Kind::Deployment => "deploy.finish",
+            Kind::TestResult => "check.finish",
+        }
+    }
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value.as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()).unwrap_or_default()
+}
+
+#[derive(Clone, Debug)]
+struct ChangeFacts {
+    number: i64,
+    merge_commit: String,
+    target_ref: String,
+    authors: Vec<String>,
+    approvers: Vec<String>,
+    merged_by: Option<String>,
+}
+
+impl ChangeFacts {
+    fn read(p: &Value) -> ChangeFacts {
+        ChangeFacts {
+            number: p["change"].as_i64().unwrap_or(0),
+            merge_commit: p["merge_commit"].as_str().unwrap_or_default().to_owned(),
+            target_ref: p["target_ref"].as_str().unwrap_or_default().to_owned(),
+            authors: p["authors"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x["user"].as_str().map(str::to_owned)).collect())
+                .unwrap_or_default(),
+            approvers: strings(&p["approvers"]),
+            merged_by: p["merged_by"].as_str().map(str::to_owned),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct DeploymentFacts {
+    number: i64,
+    environment: String,
+    after: Option<String>,
+    /// The changes the release brings, as the deployer recorded them.
+    changes: Option<Vec<i64>>,
+    /// Their authors and reviewers, as the deployer recorded them.
+    release_authors: Vec<String>,
+    release_reviewers: Vec<String>,
+    gate: Value,
+    build: i64,
+    commit: String,
+    requester: Option<String>,
+    approvers: Vec<String>,
+    testers: Vec<String>,
+    break_glass: Option<String>,
+    result: String,
+    deployer: Option<String>,
+    started_ms: Option<i64>,
+    finished_ms: Option<i64>,
+    artifacts: Vec<String>,
+}
+
+impl DeploymentFacts {
+    fn read(statement: &Statement) -> DeploymentFacts {
+        let p = &statement.predicate;
+        let time = |key: &str| p[key].as_str().and_then(millis_of_rfc3339);
+        DeploymentFacts {
+            number: p["deployment"].as_i64().unwrap_or(0),
+            environment: p["environment"].as_str().unwrap_or_default().to_owned(),
+            after: p["after"].as_str().map(str::to_owned),
+            changes: p["release"].as_array().map(|a| a.iter().filter_map(|r| r["change"].as_i64()).collect()),
+            release_authors: p["release"]
+                .as_array()
+                .map(|a| a.iter().flat_map(|r| strings(&r["authors"])).collect())
+                .unwrap_or_default(),
+            release_reviewers: p["release"]
+                .as_array()
+                .map(|a| a.iter().flat_map(|r| strings(&r["reviewers"])).collect())
+                .unwrap_or_default(),
+            gate: p["gate"].clone(),
+            build: p["build"].as_i64().unwrap_or(0),
+            commit: p["commit"].as_str().unwrap_or_default().to_owned(),
+            requester: p["requester"].as_str().map(str::to_owned),
+            approvers: strings(&p["approvers"]),
+            testers: strings(&p["testers"]),
+            break_glass: p["break_glass"].as_str().map(str::to_owned),
+            result: p["result"].as_str().unwrap_or_default().to_owned(),
+            deployer: p["deployer"].as_str().map(str::to_owned),
+            started_ms: time("started_on"),
+            finished_ms: time("finished_on"),
+            artifacts: statement.subject.iter().filter_map(|s| s.digest.get("sha256").cloned()).collect(),
+        }
+    }
+
+    fn label(&self) -> String {
+        format!("deployment {} ({})", self.number, self.environment)
+    }
+}
+
+struct Parsed {
+    statement: Statement,
+    kind: Kind,
+}
+
+fn build_number(statement: &Statement) -> Option<i64> {
+    let id = statement.predicate["runDetails"]["metadata"]["invocationId"].as_str()?;
+    id.split("/builds/").nth(1)?.split('/').next()?.parse().ok()
+}
+
+fn label(kind: Kind, statement: &Statement) -> String {
+    match kind {
+        Kind::Change => format!("change {}", statement.predicate["change"].as_i64().unwrap_or(0)),
+        Kind::Provenance => match build_number(statement) {
+            Some(n) => format!("build {n}"),
+            None => "build".into(),
+        },
+        Kind::Deployment => DeploymentFacts::read(statement).label(),
+        Kind::TestResult => "test result".into(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The verifier
+// ---------------------------------------------------------------------------
+
+struct Checks(Vec<Check>);
+
+impl Checks {
+    fn add(&mut self, rule: &str, subject: &str, passed: bool, message: impl Into<String>) {
+        self.0.push(Check { rule: rule.into(), subject: subject.into(), passed, message: message.into() });
+    }
+}
+
+/// Verifies `bundle` against `trust`, and `artifact` (a local file's
+/// digest) against the bundle when given. Never fails: every problem is a
+/// failed check in the report.
+pub fn verify(bundle: &Bundle, trust: &TrustRoot, artifact: Option<&ArtifactFile>) -> Report {
+    let mut checks = Checks(Vec::new());
+    let mut findings = Vec::new();
+    let mut duties = Vec::new();
+
+    let bundle_ok = bundle.media_type == BUNDLE_MEDIA_TYPE;
+    checks.add("bundle.format", "bundle", bundle_ok, format!("media type {}", bundle.media_type));
+    let origin_ok = bundle.origin == trust.origin;
+    checks.add(
+        "bundle.origin",
+        "bundle",
+        origin_ok,
+        if origin_ok {
+            format!("the bundle is from instance {:?}, which the trust file names", bundle.origin)
+        } else {
+            format!("the bundle claims instance {:?}, but the trust file is for {:?}", bundle.origin, trust.origin)
+        },
+    );
+
+    // Keys: every one must be readable, or the trust file is not usable.
+    let keys: Vec<ValidKey> = match trust.open() {
+        Ok(keys) => {
+            checks.add("trust.keys", "trust file", true, format!("{} keys read", keys.len()));
+            keys
+        }
+        Err(error) => {
+            checks.add("trust.keys", "trust file", false, error.to_string());
+            Vec::new()
+        }
+    };
+
+    // The checkpoint, signed by a ledger key of the trust file.
+    let checkpoint = open_checkpoint(&bundle.checkpoint, &trust.origin, &keys);
+    match &checkpoint {
+        Ok(c) => checks.add(
+            "checkpoint.signature",
+            "checkpoint",
+            true,
+            format!("the checkpoint of {} events is signed by the ledger key", c.size),
+        ),
+        Err(why) => checks.add("checkpoint.signature", "checkpoint", false, why.clone()),
+    }
+
+    // Each envelope: a statement, signed by its duty's key, recorded by an
+    // audit event that is included in the checkpoint's tree.
+    let mut parsed: Vec<Parsed> = Vec::new();
+    for (i, entry) in bundle.entries.iter().enumerate() {
+        let at = format!("entry {}", i + 1);
+        let statement = STANDARD
+            .decode(&entry.envelope.payload)
+            .ok()
+            .and_then(|payload| serde_json::from_slice::<Statement>(&payload).ok())
+            .filter(|s| s.statement_type == STATEMENT_TYPE);
+        let Some(statement) = statement else {
+            checks.add("envelope.statement", &at, false, "the envelope's payload is not an in-toto Statement v1");
+            continue;
+        };
+        let Some(kind) = Kind::of(&statement.predicate_type) else {
+            checks.add(
+                "envelope.statement",
+                &at,
+                false,
+                format!("predicate type {} is not one custody signs", statement.predicate_type),
+            );
+            continue;
+        };
+        let subject = label(kind, &statement);
+        check_signature(&mut checks, entry, kind, &subject, &keys);
+        check_binding(&mut checks, entry, kind, &subject, &statement, &bundle.project);
+        check_inclusion(&mut checks, entry, &subject, checkpoint.as_ref().ok());
+        parsed.push(Parsed { statement, kind });
+    }
+
+    // The chain: artifact, built from commit C, C merged by custody with
+    // independent approvals, then each deployment in environment order.
+    let changes: Vec<ChangeFacts> =
+        parsed.iter().filter(|p| p.kind == Kind::Change).map(|p| ChangeFacts::read(&p.statement.predicate)).collect();
+    let provenances: Vec<&Parsed> = parsed.iter().filter(|p| p.kind == Kind::Provenance).collect();
+    let deployments: Vec<DeploymentFacts> =
+        parsed.iter().filter(|p| p.kind == Kind::Deployment).map(|p| DeploymentFacts::read(&p.statement)).collect();
+
+    let mut artifacts = Vec::new();
+    let mut commit = None;
+    match provenances.as_slice() {
+        [one] => {
+            let s = &one.statement;
+            for subject in &s.subject {
+                if let Some(sha) = subject.digest.get("sha256") {
+                    artifacts.push(Artifact { name: subject.name.clone(), sha256: sha.clone() });
+                }
+            }
+            let built = s.predicate["buildDefinition"]["externalParameters"]["commit"].as_str().map(str::to_owned);
+            checks.add(
+                "chain.provenance",
+                &label(Kind::Provenance, s),
+                built.is_some() && !artifacts.is_empty(),
+                match &built {
+                    Some(c) => format!("{} artifacts built from commit {c}", artifacts.len()),
+                    None => "the provenance names no source commit".into(),
+                },
+            );
+            let builder = s.predicate["runDetails"]["builder"]["id"].as_str().unwrap_or("?").to_owned();
+            duties.push(Duty { step: label(Kind::Provenance, s), duty: "builder".into(), holders: vec![builder] });
+            commit = built;
+        }
+        [] => checks.add("chain.provenance", "bundle", false, "the bundle holds no build provenance"),
+        many => checks.add(
+            "chain.provenance",
+            "bundle",
+            false,
+            format!("the bundle holds {} build provenances; one artifact is built once", many.len()),
+        ),
+    }
+    let digests: BTreeSet<&str> = artifacts.iter().map(|a| a.sha256.as_str()).collect();
+
+    if let Some(wanted) = &bundle.subject.artifact {
+        let found = digests.contains(wanted.as_str());
+        checks.add(
+            "artifact.digest",
+            &format!("sha256:{wanted}"),
+            found,
+            if found {
+                "the bundle's artifact is one the builder's provenance names".to_owned()
+            } else {
+                format!("the bundle is for artifact sha256:{wanted}, which the provenance does not name")
+            },
+        );
+    }
+    if let Some(file) = artifact {
+        let found = digests.contains(file.sha256.as_str());
+        checks.add(
+            "artifact.file",
+            &file.name,
+            found,
+            if found {
+                format!("the file's sha256 {} is an artifact the builder signed", file.sha256)
+            } else {
+                format!(
+                    "the file's sha256 is {}, which no provenance in the bundle names: it is not the artifact built",
+                    file.sha256
+                )
+            },
+        );
+    }
+
+    // The source: custody merged the commit built, through a change.
+    if let Some(c) = &commit {
+        let merged = changes.iter().find(|ch| &ch.merge_commit == c);
+        checks.add(
+            "chain.source",
+            &format!("commit {}", short(c)),
+            merged.is_some(),
+            match merged {
+                Some(ch) => format!("custody merged it as change {} into {}", ch.number, ch.target_ref),
+                None => format!("no change attestation in the bundle says custody merged commit {c}"),
+            },
+        );
+    }
+    for ch in &changes {
+        let step = format!("change {}", ch.number);
+        duties.push(Duty { step: step.clone(), duty: "author".into(), holders: ch.authors.clone() });
+        duties.push(Duty { step: step.clone(), duty: "reviewer".into(), holders: ch.approvers.clone() });
+        if let Some(m) = &ch.merged_by {
+            duties.push(Duty { step: step.clone(), duty: "merger".into(), holders: vec![m.clone()] });
+        }
+        checks.add(
+            "change.approved",
+            &step,
+            !ch.approvers.is_empty(),
+            if ch.approvers.is_empty() {
+                "the change was merged without an approval".to_owned()
+            } else {
+                format!("approved by {}", ch.approvers.join(", "))
+            },
+        );
+        let bad = approvers_who_authored(&ch.approvers, &ch.authors);
+        checks.add(
+            "change.approver_not_author",
+            &step,
+            bad.is_empty(),
+            if bad.is_empty() {
+                format!("no approver is among its authors ({})", ch.authors.join(", "))
+            } else {
+                format!("{} approved the change but is among its authors", bad.join(", "))
+            },
+        );
+        let twice = repeated(&ch.approvers);
+        if !twice.is_empty() {
+            checks.add(
+                "change.distinct_approvers",
+                &step,
+                false,
+                format!("{} approved more than once", twice.join(", ")),
+            );
+        }
+    }
+
+    // Deployments, in the bundle's order, which must be the environments'.
+    let order: Vec<(String, Option<String>)> =
+        deployments.iter().map(|d| (d.environment.clone(), d.after.clone())).collect();
+    for (i, d) in deployments.iter().enumerate() {
+        let step = d.label();
+        duties.push(Duty {
+            step: step.clone(),
+            duty: "requester".into(),
+            holders: d.requester.iter().cloned().collect(),
+        });
+        duties.push(Duty { step: step.clone(), duty: "approver".into(), holders: d.approvers.clone() });
+        duties.push(Duty { step: step.clone(), duty: "tester".into(), holders: d.testers.clone() });
+        duties.push(Duty {
+            step: step.clone(),
+            duty: "deployer".into(),
+            holders: d.deployer.iter().cloned().collect(),
+        });
+
+        if let Some(c) = &commit {
+            checks.add(
+                "deploy.commit",
+                &step,
+                &d.commit == c,
+                if &d.commit == c {
+                    format!("deployed build {} of commit {}", d.build, short(c))
+                } else {
+                    format!("deployed commit {}, not the commit built ({})", d.commit, c)
+                },
+            );
+        }
+        let foreign: Vec<&String> = d.artifacts.iter().filter(|a| !digests.contains(a.as_str())).collect();
+        checks.add(
+            "deploy.artifact",
+            &step,
+            foreign.is_empty() && !d.artifacts.is_empty(),
+            if foreign.is_empty() {
+                format!("deployed {} artifacts, each named by the provenance", d.artifacts.len())
+            } else {
+                format!(
+                    "deployed sha256:{}, which the provenance does not name",
+                    foreign.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", sha256:")
+                )
+            },
+        );
+        checks.add(
+            "deploy.result",
+            &step,
+            d.result == "succeeded",
+            format!("the deployment {}", if d.result.is_empty() { "has no result" } else { &d.result }),
+        );
+        // Environment order.
+        let (passed, message) = match (i, &d.after) {
+            (0, None) => (true, "the first environment of the pipeline".to_owned()),
+            (0, Some(after)) => (
+                false,
+                format!(
+                    "{} must follow {after}, but the bundle holds no deployment to {after} before it",
+                    d.environment
+                ),
+            ),
+            (_, None) => (
+                false,
+                format!(
+                    "{} is a first environment, yet the bundle lists it after {}: the environments are out of order",
+                    d.environment,
+                    deployments[i - 1].environment
+                ),
+            ),
+            (_, Some(after)) => {
+                let prev = &deployments[i - 1];
+                if &prev.environment != after {
+                    (
+                        false,
+                        format!(
+                            "{} must follow {after}, but the deployment before it in the bundle is to {}: the environments are out of order",
+                            d.environment, prev.environment
+                        ),
+                    )
+                } else if prev.build != d.build {
+                    (
+                        false,
+                        format!(
+                            "build {} went to {}, but build {} went to {after}",
+                            d.build, d.environment, prev.build
+                        ),
+                    )
+                } else if let (Some(done), Some(start)) = (prev.finished_ms, d.started_ms) {
+                    if done <= start {
+                        (true, format!("follows {} to {after}, finished before it started", prev.label()))
+                    } else {
+                        (false, format!("started before {} to {after} had finished", prev.label()))
+                    }
+                } else {
+                    (false, "the deployments do not say when they started and finished".to_owned())
+                }
+            }
+        };
+        checks.add("deploy.order", &step, passed, message);
+
+        // The release: every change it brings, and their authors.
+        let mut release: Vec<&ChangeFacts> = Vec::new();
+        match &d.changes {
+            Some(numbers) => {
+                let missing: Vec<i64> =
+                    numbers.iter().copied().filter(|n| !changes.iter().any(|c| c.number == *n)).collect();
+                release = changes.iter().filter(|c| numbers.contains(&c.number)).collect();
+                checks.add(
+                    "deploy.changes",
+                    &step,
+                    missing.is_empty(),
+                    if missing.is_empty() {
+                        format!("releases changes {numbers:?}, each attested in the bundle")
+                    } else {
+                        format!("releases changes {missing:?}, whose attestations the bundle lacks")
+                    },
+                );
+            }
+            None => {
+                release.extend(changes.iter());
+                findings.push(format!(
+                    "{step}: the attestation does not list the changes it releases; every change in the bundle was taken"
+                ));
+            }
+        }
+        // Authors and reviewers as the change attestations name them, and
+        // as the deployment attestation does: whoever either names counts.
+        let mut authors: Vec<String> = release.iter().flat_map(|c| c.authors.iter().cloned()).collect();
+        authors.extend(d.release_authors.iter().cloned());
+        let mut reviewers: Vec<String> = release.iter().flat_map(|c| c.approvers.iter().cloned()).collect();
+        reviewers.extend(d.release_reviewers.iter().cloned());
+
+        let needed = d.gate["approvals"].as_u64().unwrap_or(0) as usize;
+        if needed > 0 {
+            checks.add(
+                "deploy.approvals",
+                &step,
+                d.approvers.len() >= needed && repeated(&d.approvers).is_empty(),
+                format!("{} of {needed} approvals, by {}", d.approvers.len(), none_or(&d.approvers)),
+            );
+        }
+        let bad = approvers_who_authored(&d.approvers, &authors);
+        checks.add(
+            "deploy.approver_not_author",
+            &step,
+            bad.is_empty(),
+            if bad.is_empty() {
+                format!("no approver ({}) wrote a change of the release", none_or(&d.approvers))
+            } else {
+                format!("{} approved the deployment but wrote a change of the release", bad.join(", "))
+            },
+        );
+        let own = requester_approved(d.requester.as_deref(), &d.approvers);
+        checks.add(
+            "deploy.approver_not_requester",
+            &step,
+            !own,
+            if own {
+                format!("{} requested the deployment and approved it", d.requester.as_deref().unwrap_or(""))
+            } else {
+                match &d.requester {
+                    Some(r) => format!("requested by {r}, approved by others"),
+                    None => "an automatic promotion, requested by nobody".to_owned(),
+                }
+            },
+        );
+        let reviewed = approvers_who_reviewed(&d.approvers, &reviewers);
+        let allowed = d.gate["reviewers_may_approve"].as_bool().unwrap_or(false);
+        if !reviewed.is_empty() && allowed {
+            findings.push(format!(
+                "{step}: {} reviewed a change and approved its deployment, as the environment allows",
+                reviewed.join(", ")
+            ));
+        }
+        checks.add(
+            "deploy.approver_not_reviewer",
+            &step,
+            reviewed.is_empty() || allowed,
+            if reviewed.is_empty() {
+                "no approver reviewed a change of the release".to_owned()
+            } else if allowed {
+                format!(
+                    "{} reviewed a change and approved its deployment, allowed by the environment",
+                    reviewed.join(", ")
+                )
+            } else {
+                format!("{} reviewed a change of the release and approved its deployment", reviewed.join(", "))
+            },
+        );
+        let bad = testers_who_authored(&d.testers, &authors);
+        checks.add(
+            "deploy.tester_not_author",
+            &step,
+            bad.is_empty(),
+            if bad.is_empty() {
+                format!("no tester ({}) wrote a change of the release", none_or(&d.testers))
+            } else {
+                format!("{} signed off the tests but wrote a change of the release", bad.join(", "))
+            },
+        );
+        if d.gate["testers"].is_string() {
+            let tested = !d.testers.is_empty() || d.break_glass.is_some();
+            checks.add(
+                "deploy.tested",
+                &step,
+                tested,
+                if !d.testers.is_empty() {
+                    format!("manual tests signed off by {}", d.testers.join(", "))
+                } else if d.break_glass.is_some() {
+                    "manual tests skipped by break-glass".to_owned()
+                } else {
+                    "the environment needs a test sign-off and nobody gave one".to_owned()
+                },
+            );
+        }
+        if let Some(why) = &d.break_glass {
+            findings.push(format!("{step}: break-glass deployment ({why}); soak and manual tests were skipped"));
+        }
+    }
+    if let Some(position) = out_of_order(&order) {
+        // Already reported per deployment; this names the whole sequence.
+        findings.push(format!(
+            "the deployments are listed as {}; position {} breaks the environment order",
+            order.iter().map(|(e, _)| e.as_str()).collect::<Vec<_>>().join(" -> "),
+            position + 1
+        ));
+    }
+    if let Some(number) = bundle.subject.deployment {
+        let last = deployments.last().map(|d| d.number);
+        checks.add(
+            "chain.subject",
+            &format!("deployment {number}"),
+            last == Some(number),
+            if last == Some(number) {
+                "the chain ends with the deployment the bundle is for".to_owned()
+            } else {
+                format!("the bundle is for deployment {number}, but its chain ends with {last:?}")
+            },
+        );
+    }
+
+    // Who held which duties.
+    let mut people: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for d in &duties {
+        if d.duty == "builder" || d.duty == "deployer" {
+            continue;
+        }
+        for h in &d.holders {
+            people.entry(h.clone()).or_default().push(format!("{} ({})", d.duty, d.step));
+        }
+    }
+    let checks = checks.0;
+    Report {
+        valid: checks.iter().all(|c| c.passed),
+        origin: bundle.origin.clone(),
+        project: bundle.project.clone(),
+        subject: bundle.subject.clone(),
+        checkpoint_size: checkpoint.ok().map(|c| c.size),
+        commit,
+        artifacts,
+        environments: deployments.iter().map(|d| d.environment.clone()).collect(),
+        duties,
+        people: people.into_iter().map(|(name, duties)| Person { name, duties }).collect(),
+        checks,
+        findings,
+    }
+}
+
+fn short(commit: &str) -> &str {
+    // A bundle is untrusted input: cut on a character boundary.
+    commit.char_indices().nth(12).map_or(commit, |(i, _)| &commit[..i])
+}
+
+fn none_or(names: &[String]) -> String {
+    if names.is_empty() {
+        "nobody".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+fn open_checkpoint(note: &str, origin: &str, keys: &[ValidKey]) -> Result<Checkpoint, String> {
+    let ledger: Vec<&ValidKey> = keys.iter().filter(|k| k.key.role() == KeyRole::Ledger).collect();
+    if ledger.is_empty() {
+        return Err("the trust file holds no ledger key".into());
+    }
+    let mut last = String::new();
+    for key in ledger {
+        match NoteVerifier::new(origin, &key.key).and_then(|v| v.open(note)) {
+            Ok(checkpoint) => return Ok(checkpoint),
+            Err(error) => last = error.to_string(),
+        }
+    }
+    Err(format!("the checkpoint does not verify with the ledger key: {last}"))
+}
+
+fn check_signature(checks: &mut Checks, entry: &Entry, kind: Kind, subject: &str, keys: &[ValidKey]) {
+    let role = kind.role();
+    let at = entry.event.at_ms;
+    let own: Vec<&ValidKey> = keys.iter().filter(|k| k.key.role() == role).collect();
+    let valid: Vec<&&ValidKey> = own.iter().filter(|k| k.valid_at(at)).collect();
+    if valid.iter().any(|k| entry.envelope.verify(&k.key).is_ok()) {
+        checks.add(
+            "envelope.signature",
+            subject,
+            true,
+            format!("the {} is signed by the {} key", kind.what(), role.as_str()),
+        );
+        return;
+    }
+    let message = if let Some(other) =
+        keys.iter().find(|k| k.key.role() != role && entry.envelope.verify(&k.key).is_ok())
+    {
+        format!(
+            "the {} is signed by the {} key, not the {} key: only the {} key may sign it",
+            kind.what(),
+            other.key.role().as_str(),
+            role.as_str(),
+            role.as_str()
+        )
+    } else if own.iter().any(|k| entry.envelope.verify(&k.key).is_ok()) {
+        format!(
+            "the {} is signed by a {} key that was not valid at {}",
+            kind.what(),
+            role.as_str(),
+            rfc3339_of_millis(at)
+        )
+    } else {
+        format!("no signature by the {} key verifies on the {}: it was altered or forged", role.as_str(), kind.what())
+    };
+    checks.add("envelope.signature", subject, false, message);
+}
+
+fn check_binding(checks: &mut Checks, entry: &Entry, kind: Kind, subject: &str, statement: &Statement, project: &str) {
+    let event = &entry.event;
+    let digest = entry.envelope.digest();
+    let recorded = event.details["envelope_sha256"].as_str();
+    let expected_subject = match kind {
+        Kind::Change => Some(format!("change:{project}/{}", statement.predicate["change"].as_i64().unwrap_or(0))),
+        Kind::Deployment => {
+            Some(format!("deployment:{project}/{}", statement.predicate["deployment"].as_i64().unwrap_or(0)))
+        }
+        Kind::Provenance => build_number(statement).map(|n| format!("build:{project}/{n}")),
+        Kind::TestResult => None,
+    };
+    let (passed, message) = if event.action != kind.action() {
+        (
+            false,
+            format!(
+                "audit event {} is a {}, not the {} that records a {}",
+                event.seq,
+                event.action,
+                kind.action(),
+                kind.what()
+            ),
+        )
+    } else if expected_subject.as_ref().is_some_and(|s| s != &event.subject) {
+        (
+            false,
+            format!(
+                "audit event {} is about {}, but the {} is about {}",
+                event.seq,
+                event.subject,
+                kind.what(),
+                expected_subject.unwrap_or_default()
+            ),
+        )
+    } else if recorded != Some(digest.as_str()) {
+        (
+            false,
+            match recorded {
+                Some(r) => format!(
+                    "audit event {} recorded envelope sha256:{r}, but this envelope's digest is sha256:{digest}: it is not the envelope the ledger recorded",
+                    event.seq
+                ),
+                None => format!("audit event {} records no envelope digest", event.seq),
+            },
+        )
+    } else {
+        (true, format!("audit event {} ({}) records this envelope's digest", event.seq, event.action))
+    };
+    checks.add("ledger.binding", subject, passed, message);
+}
+
+fn check_inclusion(checks: &mut Checks, entry: &Entry, subject: &str, checkpoint: Option<&Checkpoint>) {
+    let event = &entry.event;
+    let proof = &entry.proof;
+    let Some(checkpoint) = checkpoint else {
+        checks.add(
+            "ledger.inclusion",
+            subject,
+            false,
+            format!("audit event {} cannot be proved: the checkpoint did not verify", event.seq),
+        );
+        return;
+    };
+    let result = if proof.tree_size != checkpoint.size {
+        Err(format!(
+            "the inclusion proof of audit event {} is for a tree of {} events, the checkpoint's has {}",
+            event.seq, proof.tree_size, checkpoint.size
+        ))
+    } else if event.seq < 1 || proof.leaf_index != event.seq as u64 - 1 {
+        Err(format!(
+            "the inclusion proof is of leaf {}, but audit event {} is leaf {}",
+            proof.leaf_index,
+            event.seq,
+            event.seq.saturating_sub(1)
+        ))
+    } else {
+        match proof.decoded() {
+            None => Err(format!(
+                "the inclusion proof of audit event {} holds a hash that is not 32 bytes of base64",
+                event.seq
+            )),
+            Some(hashes) => merkle::verify_inclusion(
+                &event.leaf_hash(),
+                proof.leaf_index,
+                proof.tree_size,
+                &hashes,
+                &checkpoint.root,
+            )
+            .map_err(|e| format!("audit event {} is not in the checkpoint's tree: {e}", event.seq)),
+        }
+    };
+    match result {
+        Ok(()) => checks.add(
+            "ledger.inclusion",
+            subject,
+            true,
+            format!("audit event {} is included in the checkpoint of {} events", event.seq, checkpoint.size),
+        ),
+        Err(message) => checks.add("ledger.inclusion", subject, false, message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn an_approver_who_is_an_author_is_named() {
+        assert_eq!(approvers_who_authored(&names(&["bob", "alice"]), &names(&["alice"])), names(&["alice"]));
+        assert!(approvers_who_authored(&names(&["bob"]), &names(&["alice"])).is_empty());
+        assert!(requester_approved(Some("carol"), &names(&["carol"])));
+        assert!(!requester_approved(None, &names(&["carol"])));
+        assert_eq!(repeated(&names(&["bob", "bob"])), names(&["bob"]));
+    }
+
+    #[test]
+    fn a_bundle_of_nonsense_is_reported_not_panicked_on() {
+        use crate::evidence::{Bundle, BundleSubject, Entry, InclusionProof, LedgerEvent, BUNDLE_MEDIA_TYPE};
+        use crate::statement::Subject;
+        use crate::{KeyRole, ServiceKey};
+        let gate = ServiceKey::generate(KeyRole::Gate);
+        let odd = Statement::new(
+            vec![Subject { name: "é".into(), digest: Default::default() }],
+            CHANGE_PREDICATE,
+            serde_json::json!({ "change": -1, "merge_commit": "ééééééééééééééé", "authors": 3 }),
+        );
+        let provenance = Statement::new(
+            vec![],
+            PROVENANCE_PREDICATE,
+            serde_json::json!({ "buildDefinition": { "externalParameters": { "commit": "ééééééééééééééé" } } }),
+        );
+        let entry = |statement: &Statement, seq: i64| Entry {
+            envelope: statement.sign(&gate),
+            event: LedgerEvent {
+                seq,
+                at_ms: i64::MIN,
+                actor: String::new(),
+                action: String::new(),
+                subject: String::new(),
+                details: Value::Null,
+            },
+            proof: InclusionProof { leaf_index: u64::MAX, tree_size: 0, hashes: vec!["!".into()] },
+        };
+        let bundle = Bundle {
+            media_type: BUNDLE_MEDIA_TYPE.into(),
+            origin: "x".into(),
+            project: "p".into(),
+            subject: BundleSubject { deployment: Some(1), artifact: Some("zz".into()) },
+            checkpoint: "not a note".into(),
+            entries: vec![entry(&odd, 0), entry(&provenance, i64::MIN), entry(&provenance, i64::MAX)],
+        };
+        let report = verify(&bundle, &TrustRoot::new("x", vec![]), None);
+        assert!(!report.valid);
+        assert!(report.failures().any(|c| c.rule == "checkpoint.signature"));
+        assert!(report.failures().any(|c| c.rule == "envelope.signature"));
+        // With a checkpoint that verifies, the proofs themselves are judged.
+        let ledger = ServiceKey::generate(KeyRole::Ledger);
+        let note = crate::checkpoint::Checkpoint { origin: "x".into(), size: 0, root: crate::merkle::empty_root() }
+            .sign(&ledger)
+            .unwrap();
+        let trust = TrustRoot::new("x", vec![crate::trust::TrustedKey::current(&ledger.public(), 0)]);
+        let report = verify(&Bundle { checkpoint: note, ..bundle }, &trust, None);
+        assert!(report.checks.iter().any(|c| c.rule == "checkpoint.signature" && c.passed), "{}", report.to_text());
+        assert_eq!(report.failures().filter(|c| c.rule == "ledger.inclusion").count(), 3);
+    }
+
+    #[test]
+    fn environments_out_of_order_are_found() {
+        let staging = ("staging".to_owned(), None);
+        let production = ("production".to_owned(), Some("staging".to_owned()));
+        assert_eq!(out_of_order(&[staging.clone(), production.clone()]), None);
+        assert_eq!(out_of_order(&[production, staging]), Some(1));
+    }
+}

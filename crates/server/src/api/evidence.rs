@@ -1,0 +1,247 @@
+//! Offline evidence: the instance's trust root, and evidence bundles of one
+//! deployment or artifact that an auditor verifies without this server.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use base64::Engine as _;
+use custody_domain::audit::AuditEvent;
+use custody_domain::{ProjectName, Scope};
+use custody_formats::evidence::{Bundle, BundleSubject, Entry, InclusionProof, LedgerEvent, BUNDLE_MEDIA_TYPE};
+use custody_formats::trust::{TrustRoot, TrustedKey};
+use custody_formats::{KeyRole, ServiceKey};
+use custody_store::{DeploymentView, ProjectAccess};
+use serde::Deserialize;
+
+use super::{Params, PathParam};
+use crate::auth::Auth;
+use crate::error::{ApiError, ApiResult};
+use crate::AppState;
+
+fn unavailable(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+}
+
+fn conflict(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, "no_evidence", message)
+}
+
+/// The instance's public keys with their roles and validity: the trust root
+/// of `custody verify`. Public, like the checkpoint: it holds public keys only.
+/// An auditor compares it with a copy obtained from the operator out of band.
+#[utoipa::path(get, path = "/api/v1/trust", tag = "evidence",
+    responses((status = 200, description = "the trust root (application/vnd.custody.trust.v1+json)", body = Object)))]
+pub(crate) async fn trust(State(state): State<AppState>) -> ApiResult<Json<TrustRoot>> {
+    // The keys were made by `init`, just before its first audit event.
+    let since = state.store().initialised_at().await?.unwrap_or(0);
+    let mut keys = Vec::new();
+    for role in KeyRole::ALL {
+        let key = state.key(role).ok_or_else(|| unavailable(format!("this server holds no {} key", role.as_str())))?;
+        keys.push(TrustedKey::current(&key.public(), since));
+    }
+    Ok(Json(TrustRoot::new(state.instance(), keys)))
+}
+
+/// What to gather evidence for: exactly one of the two.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct EvidenceQuery {
+    /// A deployment's number: the bundle covers it and the deployments of
+    /// the same build to the environments before it.
+    deployment: Option<i64>,
+    /// An artifact's sha256 (hex): the bundle covers its build and every
+    /// successful deployment of that build.
+    artifact: Option<String>,
+}
+
+fn payload_predicate(envelope: &str) -> Option<serde_json::Value> {
+    let envelope: custody_formats::Envelope = serde_json::from_str(envelope).ok()?;
+    let payload = base64::engine::general_purpose::STANDARD.decode(envelope.payload).ok()?;
+    let statement: custody_formats::Statement = serde_json::from_slice(&payload).ok()?;
+    Some(statement.predicate)
+}
+
+/// The environments in pipeline order, from the mainline tip's pipeline file.
+async fn environment_order(state: &AppState, access: &ProjectAccess) -> ApiResult<Vec<(String, Option<String>)>> {
+    let repository = state.hosting().repositories().path(&access.project);
+    let branch = access.default_branch.clone();
+    let policy = tokio::task::spawn_blocking(move || custody_runner::deploys::mainline_pipeline(&repository, &branch))
+        .await
+        .map_err(|_| unavailable("reading the repository failed"))?
+        .map_err(conflict)?;
+    Ok(policy.environments.into_iter().map(|e| (e.name, e.after)).collect())
+}
+
+/// The environments `target` follows, nearest last, then `target`.
+fn chain_to(order: &[(String, Option<String>)], target: &str) -> Vec<String> {
+    let mut chain = vec![target.to_owned()];
+    let mut current = target.to_owned();
+    while let Some(after) = order.iter().find(|(name, _)| *name == current).and_then(|(_, after)| after.clone()) {
+        if chain.contains(&after) || chain.len() > order.len() {
+            break;
+        }
+        chain.push(after.clone());
+        current = after;
+    }
+    chain.reverse();
+    chain
+}
+
+/// An evidence bundle: every envelope of the chain (change attestations of
+/// the release, the build's provenance, the deployments in environment
+/// order), each with the audit event that recorded it and its inclusion
+/// proof, and the signed checkpoint they lead to. Admins and auditors only.
+#[utoipa::path(get, path = "/api/v1/projects/{name}/evidence", tag = "evidence", security(("token" = [])),
+    params(("name" = String, Path, description = "The project"), EvidenceQuery),
+    responses((status = 200, description = "the bundle (application/vnd.custody.evidence.v1+json)", body = Object)))]
+pub(crate) async fn export(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam(project): PathParam<String>,
+    Params(query): Params<EvidenceQuery>,
+) -> ApiResult<Json<Bundle>> {
+    auth.require(Scope::Read)?;
+    auth.require_overseer()?;
+    let access = state.store().project_access(&auth.0, &ProjectName::parse(&project)?).await?;
+    let store = state.store();
+    let order = environment_order(&state, &access).await?;
+
+    // Which build, and which of its deployments, in environment order.
+    let (subject, build, deployments): (BundleSubject, i64, Vec<DeploymentView>) =
+        match (query.deployment, query.artifact) {
+            (Some(number), None) => {
+                let target = store.get_deployment(&access, number).await?;
+                let succeeded = store.succeeded_deployments_of(&access, target.build).await?;
+                let mut chain = Vec::new();
+                for environment in chain_to(&order, &target.environment) {
+                    if environment == target.environment {
+                        chain.push(target.clone());
+                    } else if let Some(d) =
+                        succeeded.iter().rev().find(|d| d.environment == environment && d.number < target.number)
+                    {
+                        chain.push(d.clone());
+                    }
+                }
+                (BundleSubject { deployment: Some(number), artifact: None }, target.build, chain)
+            }
+            (None, Some(digest)) => {
+                let digest = digest.strip_prefix("sha256:").unwrap_or(&digest).to_ascii_lowercase();
+                if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid",
+                        "artifact: expected a sha256 digest, 64 hex digits",
+                    ));
+                }
+                let made = store.artifact(&access, &digest).await?;
+                let build = made[0].build;
+                let succeeded = store.succeeded_deployments_of(&access, build).await?;
+                let mut chain = Vec::new();
+                // Every environment in pipeline order, each by its first success.
+                let mut placed: Vec<String> = Vec::new();
+                while let Some((name, _)) = order
+                    .iter()
+                    .find(|(name, after)| !placed.contains(name) && after.as_ref().is_none_or(|a| placed.contains(a)))
+                {
+                    placed.push(name.clone());
+                    if let Some(d) = succeeded.iter().find(|d| &d.environment == name) {
+                        chain.push(d.clone());
+                    }
+                }
+                (BundleSubject { deployment: None, artifact: Some(digest) }, build, chain)
+            }
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "usage",
+                    "name exactly one of deployment=NUMBER or artifact=SHA256",
+                ))
+            }
+        };
+
+    // The envelopes, with the events that recorded them.
+    let project = access.project.to_string();
+    let mut envelopes: Vec<(String, String, String)> = Vec::new(); // (envelope, action, subject)
+    let provenance = store
+        .build_provenance(&access, build)
+        .await?
+        .ok_or_else(|| conflict(format!("build {build} has no signed provenance")))?;
+    let built = store.get_build(&access, build).await?;
+    let mut deployment_envelopes = Vec::new();
+    let mut changes: Vec<i64> = built.change.into_iter().collect();
+    for d in &deployments {
+        let (_, attestation) = store.deployment_record(&access, d.number).await?;
+        let attestation = attestation.ok_or_else(|| {
+            conflict(format!("deployment {} ({}) has not run, so it has no attestation yet", d.number, d.environment))
+        })?;
+        if let Some(listed) = payload_predicate(&attestation).and_then(|p| p["release"].as_array().cloned()) {
+            changes.extend(listed.iter().filter_map(|r| r["change"].as_i64()));
+        }
+        deployment_envelopes.push((
+            attestation,
+            "deploy.finish".to_owned(),
+            format!("deployment:{project}/{}", d.number),
+        ));
+    }
+    changes.sort_unstable();
+    changes.dedup();
+    for number in changes {
+        let attestation = store.attestation(&access, number).await?;
+        envelopes.push((attestation, "change.merge".into(), format!("change:{project}/{number}")));
+    }
+    envelopes.push((provenance, "build.finish".into(), format!("build:{project}/{build}")));
+    envelopes.extend(deployment_envelopes);
+
+    let mut events: Vec<AuditEvent> = Vec::new();
+    for (_, action, subject) in &envelopes {
+        let event = store
+            .audit_event_about(action, subject)
+            .await?
+            .ok_or_else(|| conflict(format!("the audit log holds no {action} event about {subject}")))?;
+        events.push(event);
+    }
+
+    // One checkpoint covering every event, signed now if none does yet.
+    let newest = events.iter().map(|e| e.seq).max().unwrap_or(0) as u64;
+    let mut checkpoint = store.latest_checkpoint().await?;
+    if checkpoint.as_ref().is_none_or(|c| c.size < newest) {
+        let key = state.key(KeyRole::Ledger).ok_or_else(|| unavailable("this server holds no ledger key"))?;
+        store.issue_checkpoint(state.instance(), Arc::new(ServiceKey::clone_key(key))).await?;
+        checkpoint = store.latest_checkpoint().await?;
+    }
+    let checkpoint = checkpoint
+        .filter(|c| c.size >= newest)
+        .ok_or_else(|| unavailable("no checkpoint covers these events yet; ask again in a second"))?;
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    let proofs = store.inclusion_proofs(&seqs, checkpoint.size).await?;
+
+    let mut entries = Vec::new();
+    for (((envelope, _, _), event), (_, hashes)) in envelopes.into_iter().zip(events).zip(proofs) {
+        let envelope = serde_json::from_str(&envelope).map_err(|_| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "a stored envelope is damaged")
+        })?;
+        entries.push(Entry {
+            envelope,
+            proof: InclusionProof::new(event.seq as u64 - 1, checkpoint.size, &hashes),
+            event: LedgerEvent {
+                seq: event.seq,
+                at_ms: event.at_ms,
+                actor: event.actor,
+                action: event.action,
+                subject: event.subject,
+                details: event.details,
+            },
+        });
+    }
+    Ok(Json(Bundle {
+        media_type: BUNDLE_MEDIA_TYPE.into(),
+        origin: state.instance().to_owned(),
+        project,
+        subject,
+        checkpoint: checkpoint.note,
+        entries,
+    }))
+}
