@@ -719,6 +719,12 @@ fn a_change_cannot_turn_its_own_check_green(backend: Backend) {
     review(&hosted, "bob", fix, "--approve");
     assert_eq!(gate(&hosted, fix)["open"], true);
     merge(&hosted, "bob", fix);
+    // The signed change attestation records the check that passed, with its log's digest.
+    let envelope = change(&hosted, "alice", &["attestation", PROJECT, &fix.to_string(), "--json"]).json();
+    let checks = support::deploys::statement_of(&envelope)["predicate"]["checks"].clone();
+    assert_eq!((checks[0]["status"].as_str(), checks[0]["head"].as_str()), (Some("passed"), Some(head.as_str())));
+    let log = runs[0]["log"].as_str().unwrap_or_default();
+    assert_eq!(checks[0]["log_sha256"], support::builds::sha256_hex(log.as_bytes()).as_str(), "{checks}");
 
     // A change leaving an invalid pipeline file fails its check, saying where.
     branch_from_main(&work, "broken");

@@ -16,55 +16,22 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use custody_formats::{Envelope, KeyRole, ServiceKey};
 use serde_json::{json, Value};
-use support::builds::{custody, finished_build, merge_a_change, pipeline, seed_with, BUILD_SCRIPT, PIPELINE};
+use support::builds::{custody, finished_build, merge_a_change};
+use support::deploys::{
+    deployment_reaching, group, pipeline_with_environments, release_managers, seed_deploying, DEPLOY_SCRIPT,
+};
 use support::flow::team;
 use support::hosted::{Backend, Hosted, PROJECT};
 use support::{run, Run};
 
-const DEPLOY_SCRIPT: &str = "#!/bin/sh\nset -e\necho deploying to $CUSTODY_ENVIRONMENT build $CUSTODY_BUILD\n";
-
-/// Staging after every build; production after staging, with an approval
-/// from release-managers and a test sign-off from qa.
-fn pipeline_with_gates() -> String {
-    format!(
-        "{}\n[[environment]]\nname = \"staging\"\ndeploy = \"scripts/deploy.sh\"\n\n[[environment]]\nname = \"production\"\n\
-         after = \"staging\"\ndeploy = \"scripts/deploy.sh\"\napprovals = 1\napprovers = \"release-managers\"\ntesters = \"qa\"\n",
-        pipeline("scripts/build.sh", "[\"dist/*.tar.gz\"]")
-    )
-}
-
-/// Waits (up to 60 s) for deployment `number` to reach a status in `wanted`.
-#[track_caller]
-fn deployment_reaching(hosted: &Hosted, number: i64, wanted: &[&str]) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..600 {
-        let shown = custody(hosted, &["deploy", "show", PROJECT, &number.to_string(), "--json"]);
-        if shown.code() == Some(0) {
-            last = shown.json();
-            if wanted.iter().any(|w| last["status"] == *w) {
-                return last;
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    panic!("deployment {number} never reached {wanted:?}: {last}")
-}
-
 /// The story up to a production deployment: its number and the artifact's digest.
 fn released(hosted: &Hosted) -> (i64, String) {
     hosted.add_user("dave", "write");
-    hosted.as_admin(&["group", "create", "release-managers"]).expect_code(0);
-    hosted.as_admin(&["group", "add", "release-managers", "carol"]).expect_code(0);
-    hosted.as_admin(&["group", "create", "qa"]).expect_code(0);
-    hosted.as_admin(&["group", "add", "qa", "dave"]).expect_code(0);
-    let policy = pipeline_with_gates();
-    let files = [
-        (PIPELINE, policy.as_str(), false),
-        ("scripts/build.sh", BUILD_SCRIPT, true),
-        ("scripts/deploy.sh", DEPLOY_SCRIPT, true),
-        ("src/app.txt", "version 1\n", false),
-    ];
-    let (work, _) = seed_with(hosted, &files, "feature");
+    release_managers(hosted, &["carol"]);
+    group(hosted, "qa", &["dave"]);
+    // Staging after every build; production after staging, with an
+    // approval from release-managers and a test sign-off from qa.
+    let work = seed_deploying(hosted, &pipeline_with_environments("testers = \"qa\"\n"), DEPLOY_SCRIPT);
     merge_a_change(hosted, &work);
     let build = finished_build(hosted, 1);
     assert_eq!(build["status"], "succeeded", "{build}");
@@ -219,7 +186,14 @@ fn a_production_release_verifies_offline_with_every_duty_named(backend: Backend)
     assert_eq!(holders("deployment 2 (production)", "approver"), json!(["carol"]));
     assert_eq!(holders("deployment 2 (production)", "tester"), json!(["dave"]));
     assert_eq!(holders("build 1", "builder"), json!(["custody://custody/builder"]));
-    for rule in ["deploy.approver_not_author", "deploy.tester_not_author", "deploy.order", "ledger.inclusion"] {
+    for rule in [
+        "change.checks",
+        "change.gate",
+        "deploy.approver_not_author",
+        "deploy.tester_not_author",
+        "deploy.order",
+        "ledger.inclusion",
+    ] {
         assert!(report["checks"].as_array().expect("checks").iter().any(|c| c["rule"] == rule), "{rule} checked");
     }
 

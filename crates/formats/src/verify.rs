@@ -204,6 +204,26 @@ pub fn approvers_who_reviewed(approvers: &[String], reviewers: &[String]) -> Vec
     both(approvers, reviewers)
 }
 
+/// Whether every check run a change attestation records is of the reviewed
+/// head and passed (or was not required), and what to say about it.
+pub fn checks_on_head(runs: &[(String, String, String)], head: &str) -> (bool, String) {
+    if runs.is_empty() {
+        return (true, "no check ran: the target's pipeline names none".to_owned());
+    }
+    let mut said = Vec::new();
+    let mut passed = true;
+    for (ran_on, status, command) in runs {
+        let on_head = ran_on == head;
+        passed &= on_head && matches!(status.as_str(), "passed" | "not_required");
+        said.push(if on_head {
+            format!("`{command}` {status} on the reviewed head {}", short(head))
+        } else {
+            format!("`{command}` {status} on {}, not the reviewed head {}", short(ran_on), short(head))
+        });
+    }
+    (passed, said.join("; "))
+}
+
 /// Names given more than once.
 pub fn repeated(names: &[String]) -> Vec<String> {
     let mut seen = BTreeSet::new();
@@ -285,6 +305,11 @@ struct ChangeFacts {
     authors: Vec<String>,
     approvers: Vec<String>,
     merged_by: Option<String>,
+    reviewed_head: String,
+    /// The check runs of the reviewed head: (head, status, command).
+    checks: Vec<(String, String, String)>,
+    /// The merge gate's rules as evaluated at the merge: (rule, passed).
+    gate: Vec<(String, bool)>,
 }
 
 impl ChangeFacts {
@@ -299,6 +324,22 @@ impl ChangeFacts {
                 .unwrap_or_default(),
             approvers: strings(&p["approvers"]),
             merged_by: p["merged_by"].as_str().map(str::to_owned),
+            reviewed_head: p["reviewed_head"].as_str().unwrap_or_default().to_owned(),
+            checks: p["checks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    let text = |key: &str| c[key].as_str().unwrap_or_default().to_owned();
+                    (text("head"), text("status"), text("command"))
+                })
+                .collect(),
+            gate: p["gate"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| (r["rule"].as_str().unwrap_or_default().to_owned(), r["passed"].as_bool() == Some(true)))
+                .collect(),
         }
     }
 }
@@ -585,6 +626,19 @@ pub fn verify(bundle: &Bundle, trust: &TrustRoot, artifact: Option<&ArtifactFile
                 format!("no approver is among its authors ({})", ch.authors.join(", "))
             } else {
                 format!("{} approved the change but is among its authors", bad.join(", "))
+            },
+        );
+        let (passed, message) = checks_on_head(&ch.checks, &ch.reviewed_head);
+        checks.add("change.checks", &step, passed, message);
+        let failed: Vec<&str> = ch.gate.iter().filter(|(_, passed)| !passed).map(|(rule, _)| rule.as_str()).collect();
+        checks.add(
+            "change.gate",
+            &step,
+            !ch.gate.is_empty() && failed.is_empty(),
+            match (ch.gate.len(), failed.as_slice()) {
+                (0, _) => "the change attestation records no merge gate".to_owned(),
+                (n, []) => format!("all {n} rules of the merge gate passed"),
+                (_, failed) => format!("merged while {} failed", failed.join(", ")),
             },
         );
         let twice = repeated(&ch.approvers);
@@ -1098,6 +1152,17 @@ mod tests {
         let report = verify(&Bundle { checkpoint: note, ..bundle }, &trust, None);
         assert!(report.checks.iter().any(|c| c.rule == "checkpoint.signature" && c.passed), "{}", report.to_text());
         assert_eq!(report.failures().filter(|c| c.rule == "ledger.inclusion").count(), 3);
+    }
+
+    #[test]
+    fn a_check_that_failed_or_ran_on_another_head_fails_the_change() {
+        let run = |head: &str, status: &str| (head.to_owned(), status.to_owned(), "scripts/check.sh".to_owned());
+        assert!(checks_on_head(&[run("aaaa", "passed")], "aaaa").0);
+        assert!(checks_on_head(&[], "aaaa").0, "no check configured");
+        let (passed, message) = checks_on_head(&[run("aaaa", "failed")], "aaaa");
+        assert!(!passed && message.contains("failed"), "{message}");
+        let (passed, message) = checks_on_head(&[run("bbbb", "passed")], "aaaa");
+        assert!(!passed && message.contains("not the reviewed head"), "{message}");
     }
 
     #[test]

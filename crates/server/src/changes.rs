@@ -16,8 +16,8 @@ use custody_domain::GroupName;
 use custody_formats::{KeyRole, ServiceKey, Statement, Subject};
 use custody_git::change as git;
 use custody_store::{Authenticated, ChangeView, GateRecords, MergePlan, ProjectAccess, Published, StoreError};
-use serde_json::json;
-use sha2::Digest;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -229,6 +229,11 @@ pub async fn merge(
         let commits = facts.commits.clone();
         let evaluated_facts = facts.clone();
         let check = state.store().check_state(access, number, &facts.head).await?;
+        // Runs are recorded only where the target's pipeline names a check.
+        let check_runs = match &facts.policy {
+            Ok(policy) if policy.check.is_some() => checks_of(state, access, number, &facts.head).await?,
+            _ => Vec::new(),
+        };
         let target = change.target_branch.clone();
         let (title, project) = (change.title.clone(), access.project.to_string());
         let merger = actor.name.to_string();
@@ -250,7 +255,8 @@ pub async fn merge(
                 let mut parents: Vec<&str> = facts.target_tip.iter().map(String::as_str).collect();
                 parents.push(&facts.head);
                 let commit = git::commit_tree(&repository, &tree, &parents, &message).map_err(|e| e.to_string())?;
-                let statement = attestation(&project, number, &target, &facts, records, report, &commit, &merger);
+                let merged = Merged { target: &target, commit: &commit, merger: &merger, checks: &check_runs };
+                let statement = attestation(&project, number, &facts, records, report, &merged);
                 let envelope = serde_json::to_string(&statement.sign(&gate_key)).map_err(|e| e.to_string())?;
                 git::compare_and_swap(
                     &repository,
@@ -293,34 +299,63 @@ fn hex(bytes: &[u8]) -> String {
 /// The change attestation: an in-toto Statement about the merge commit,
 /// for the gate key to sign.
 #[allow(clippy::too_many_arguments)]
+/// What a merge made, for its attestation.
+struct Merged<'a> {
+    target: &'a str,
+    commit: &'a str,
+    merger: &'a str,
+    /// The check runs of the reviewed head.
+    checks: &'a [Value],
+}
+
+/// The check runs of `head`, as the change attestation records them: what
+/// ran, against which target tip, how it ended, and the sha256 of its log.
+async fn checks_of(state: &AppState, access: &ProjectAccess, number: i64, head: &str) -> Result<Vec<Value>, ApiError> {
+    let runs = state.store().check_runs(access, number, true).await?;
+    Ok(runs
+        .iter()
+        .filter(|run| run.head == head)
+        .map(|run| {
+            let log = run.log.as_deref().unwrap_or_default();
+            json!({
+                "head": run.head,
+                "command": run.command,
+                "target_tip": run.target_tip,
+                "status": run.status,
+                "exit_code": run.exit_code,
+                "finished_on": run.finished_at.map(|t| t.to_string()),
+                "log_sha256": hex::encode(Sha256::digest(log.as_bytes())),
+            })
+        })
+        .collect())
+}
+
 fn attestation(
     project: &str,
     number: i64,
-    target: &str,
     facts: &GitFacts,
     records: &GateRecords,
     report: &GateReport,
-    merge_commit: &str,
-    merger: &str,
+    merged: &Merged<'_>,
 ) -> Statement {
     let subject = Subject {
-        name: format!("{project}@refs/heads/{target}"),
-        digest: [("gitCommit".to_owned(), merge_commit.to_owned())].into(),
+        name: format!("{project}@refs/heads/{}", merged.target),
+        digest: [("gitCommit".to_owned(), merged.commit.to_owned())].into(),
     };
     let authors: Vec<_> = records.authors.iter().map(|(user, why)| json!({ "user": user, "why": why })).collect();
     let predicate = json!({
         "project": project,
         "change": number,
         "title": records.change.title,
-        "target_ref": format!("refs/heads/{target}"),
+        "target_ref": format!("refs/heads/{}", merged.target),
         "base": facts.target_tip,
         "reviewed_head": facts.head,
-        "merge_commit": merge_commit,
+        "merge_commit": merged.commit,
         "commits": facts.commits.len(),
         "authors": authors,
         "approvers": report.approvers,
-        "merged_by": merger,
-        "checks": [],
+        "merged_by": merged.merger,
+        "checks": merged.checks,
         "policy": {
             "path": pipeline::PATH,
             "digest": facts.policy_digest.as_ref().map(|d| json!({ "sha256": d })),
