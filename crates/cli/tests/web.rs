@@ -14,25 +14,15 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 use support::browser::Browser;
-use support::builds::{commit_files, finished_build, pipeline, seed_with, BUILD_SCRIPT, PIPELINE};
-use support::flow::{eventually, open, team};
+use support::builds::{commit_files, finished_build, seed_with, BUILD_SCRIPT, PIPELINE};
+use support::deploys::{deployment_reaching, group, pipeline_with_environments, release_managers, DEPLOY_SCRIPT};
+use support::flow::{open, team};
 use support::hosted::{Backend, Hosted, PROJECT};
 use support::{http_send, run_with_input};
 
 const PASSWORD: &str = "correct horse battery staple";
-const DEPLOY_SCRIPT: &str = "#!/bin/sh\nset -e\necho deploying to $CUSTODY_ENVIRONMENT build $CUSTODY_BUILD\n";
 /// A change title a browser would run as a script if the pages did not escape it.
 const TITLE: &str = "Refunds <script>document.title='owned'</script>";
-
-/// Two environments: staging deploys after every build, production after
-/// staging with an approval from release-managers.
-fn pipeline_with_environments() -> String {
-    format!(
-        "{}\n[[environment]]\nname = \"staging\"\ndeploy = \"scripts/deploy.sh\"\n\n[[environment]]\nname = \"production\"\n\
-         after = \"staging\"\ndeploy = \"scripts/deploy.sh\"\napprovals = 1\napprovers = \"release-managers\"\n",
-        pipeline("scripts/build.sh", "[\"dist/*.tar.gz\"]")
-    )
-}
 
 fn set_password(hosted: &Hosted, who: &str) {
     let mut command = hosted.sandbox.as_user(who);
@@ -91,28 +81,17 @@ fn reload_until(browser: &Browser, url: &str, what: &str, probe: impl Fn(&Browse
     panic!("{what} never showed on {url}:\n{}", browser.body_text());
 }
 
-/// The deployment `number` as the CLI shows it, once it reaches one of `wanted`.
-fn deployment_reaching(hosted: &Hosted, number: i64, wanted: &[&str]) -> Value {
-    let found = eventually(|| {
-        let shown = hosted.run_as("alice", &["deploy", "show", PROJECT, &number.to_string(), "--json"]);
-        let value = (shown.code() == Some(0)).then(|| shown.json())?;
-        wanted.iter().any(|w| value["status"] == *w).then_some(value)
-    });
-    found.unwrap_or_else(|| panic!("deployment {number} never reached {wanted:?}"))
-}
-
 fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     let Some(hosted) = team(backend) else { return };
     let Some(browser) = Browser::start() else { return };
-    hosted.as_admin(&["group", "create", "release-managers"]).expect_code(0);
-    for member in ["carol", "alice"] {
-        hosted.as_admin(&["group", "add", "release-managers", member]).expect_code(0);
-    }
+    hosted.add_user("dave", "write");
+    release_managers(&hosted, &["carol", "alice"]);
+    group(&hosted, "testers", &["alice", "dave"]);
     for who in ["alice", "bob"] {
         set_password(&hosted, who);
     }
     let files = [
-        (PIPELINE, pipeline_with_environments(), false),
+        (PIPELINE, pipeline_with_environments("testers = \"testers\"\n"), false),
         ("scripts/build.sh", BUILD_SCRIPT.to_owned(), true),
         ("scripts/deploy.sh", DEPLOY_SCRIPT.to_owned(), true),
         ("src/app.txt", "version 1\n".to_owned(), false),
@@ -205,6 +184,11 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     let why = browser.text("#approve-refusal");
     assert!(why.contains("alice is an author of a change in this release"), "{why}");
     assert!(why.contains("What would satisfy it"), "{why}");
+    assert!(!browser.enabled("#tests-passed"), "alice may sign off her own change's tests");
+    assert_eq!(
+        browser.attribute("#sign-off-refusal .refusal", "data-rule").as_deref(),
+        Some("deploy.tester_not_author")
+    );
     snap(&browser, "environment-refused", 1200);
     // Sent anyway (the button enabled by hand), the server refuses it the same way.
     browser.execute("document.getElementById('approve-deployment').disabled = false;", serde_json::json!([]));
@@ -215,6 +199,20 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     assert!(hosted.audit_events("deploy.approve").is_empty(), "a refused approval was recorded");
     browser.click("#back");
     assert!(browser.url().ends_with("/environments/production"), "{}", browser.url());
+    sign_out(&browser);
+
+    // dave, a tester who wrote none of it, signs off the manual tests.
+    browser.goto(&format!("{base}/login"));
+    browser.type_into("#token", &hosted.token("dave"));
+    browser.click("#sign-in-token");
+    assert_eq!(browser.text("#signed-in-as"), "dave");
+    browser.goto(&production);
+    assert!(!browser.exists("#sign-off-refusal"), "dave is refused: {}", browser.body_text());
+    browser.type_into("#decision-message", "refunds go through");
+    browser.click("#tests-passed");
+    let signed = hosted.audit_events("deploy.test_passed");
+    assert_eq!(signed.iter().map(|e| e["actor"].clone()).collect::<Vec<_>>(), [Value::from("dave")], "{signed:?}");
+    assert_eq!(deployment_reaching(&hosted, 2, &["pending"])["status"], "pending", "still waits for an approver");
     sign_out(&browser);
 
     // carol signs in with her token and approves production.
