@@ -428,6 +428,7 @@ on_both_backends! {
     nobody_approves_or_signs_off_a_release_they_had_a_hand_in,
     a_build_never_live_in_staging_does_not_reach_production,
     cancelling_a_running_deployment_stops_its_script,
+    a_deployment_cut_short_by_a_shutdown_fails_and_is_not_run_again,
     staging_deploys_itself_and_production_waits_for_an_independent_approver,
     a_deploy_gets_its_secrets_and_nobody_sees_them,
     a_build_whose_provenance_signature_was_altered_is_never_deployed,
@@ -479,4 +480,37 @@ fn the_demo_tells_the_seed_story_and_leaves_the_server_running() {
     let again = support::run(again);
     assert_eq!(again.code(), Some(2), "{again:#?}");
     assert!(again.stderr.contains("is not empty"), "{again:#?}");
+}
+
+/// A server stopped while a deploy script runs kills the script and fails
+/// the deployment at once, saying why; after the restart it is not run
+/// again on its own, since a deploy script need not be safe to repeat.
+fn a_deployment_cut_short_by_a_shutdown_fails_and_is_not_run_again(backend: Backend) {
+    let Some(mut hosted) = team(backend) else { return };
+    let pause = if backend == Backend::Sqlite { "6181" } else { "6182" };
+    let script = format!("#!/bin/sh\necho started\nsleep {pause}\necho finished\n");
+    let policy = format!("{}\n[[environment]]\nname = \"staging\"\ndeploy = \"scripts/deploy.sh\"\n", build_section());
+    let work = seed_deploying(&hosted, &policy, &script);
+    merge_a_change(&hosted, &work);
+    assert_eq!(finished_build(&hosted, 1)["status"], "succeeded");
+    deployment_reaching(&hosted, 1, &["running"]);
+    assert!(support::flow::eventually(|| running(&["sleep", pause]).then_some(())).is_some(), "the script runs");
+
+    let status = hosted.server.stop().expect("the server stops on SIGTERM");
+    assert!(status.success(), "{status:?}: {}", hosted.server.stderr());
+    assert!(!running(&["sleep", pause]), "the script outlived the server");
+    let url = hosted.database.as_ref().map(|d| d.url.clone());
+    hosted.server = hosted.sandbox.serve_on("data", url.as_deref());
+    let failed = custody(&hosted, &["deploy", "show", PROJECT, "1", "--json"]).json();
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(
+        failed["reason"].as_str().is_some_and(|r| r.contains("was stopped while the deploy script ran")),
+        "{failed}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    assert!(!running(&["sleep", pause]), "the deployment ran again after the restart");
+    // The admin's stored login names the old port: ask with the token.
+    let started =
+        hosted.as_user("admin", &hosted.admin, &["audit", "log", "--action", "deploy.start", "--json"]).json();
+    assert_eq!(started.as_array().map(Vec::len), Some(1), "started once: {started}");
 }

@@ -213,8 +213,25 @@ impl Deployer {
             match leased {
                 Ok(Some(lease)) => {
                     let outcome = tokio::select! {
-                        () = &mut shutdown => return,
-                        outcome = self.deploy(&lease, self.stop_signal(&lease)) => outcome,
+                        () = &mut shutdown => None,
+                        outcome = self.deploy(&lease, self.stop_signal(&lease)) => Some(outcome),
+                    };
+                    let Some(outcome) = outcome else {
+                        // Stopping kills the script: say so now, rather than
+                        // leave the deployment running until its lease runs out.
+                        let stopped = DeployOutcome {
+                            status: "failed",
+                            reason: Some(format!(
+                                "{} was stopped while the deploy script ran, and the script with it; \
+                                 check the environment, then request the deployment again",
+                                self.worker
+                            )),
+                            ..DeployOutcome::default()
+                        };
+                        if let Err(error) = self.store.finish_deployment(&lease, stopped).await {
+                            tracing::error!(%error, deployment = lease.number, "recording a stopped deployment");
+                        }
+                        return;
                     };
                     tracing::info!(project = %lease.project, deployment = lease.number, environment = %lease.environment, status = outcome.status, "deployment finished");
                     let succeeded = outcome.status == "succeeded";
