@@ -3,9 +3,10 @@
 
 use std::process::Command;
 
-/// Runs Python with `script`, or `None` when the packages it needs are not
-/// installed outside CI (CI installs them and must run this).
-pub fn python(script: &str, args: &[&str]) -> Option<std::process::Output> {
+/// Whether Python with securesystemslib and cryptography is there. Outside
+/// CI a missing one skips the independent checks, saying so; CI installs
+/// them and must run them.
+pub fn python_present() -> bool {
     let present = Command::new("python3")
         .args(["-c", "import securesystemslib.signer, cryptography"])
         .output()
@@ -14,9 +15,13 @@ pub fn python(script: &str, args: &[&str]) -> Option<std::process::Output> {
     assert!(present || !ci, "python3 with securesystemslib and cryptography must be installed when CI=true");
     if !present {
         eprintln!("skipping the independent verification: securesystemslib is not installed");
-        return None;
     }
-    Some(Command::new("python3").arg("-c").arg(script).args(args).output().expect("run python3"))
+    present
+}
+
+/// Runs Python with `script`, or `None` when [`python_present`] says no.
+pub fn python(script: &str, args: &[&str]) -> Option<std::process::Output> {
+    python_present().then(|| Command::new("python3").arg("-c").arg(script).args(args).output().expect("run python3"))
 }
 
 /// Verifies a DSSE envelope and its in-toto statement with Python's
