@@ -382,19 +382,25 @@ fn running(words: &[&str]) -> bool {
     })
 }
 
+/// A merged change whose staging deploy script prints `started`, then
+/// sleeps for `pause` seconds (a number no other test sleeps for, to find
+/// its process): returns once the script is running.
+fn staging_deploy_sleeping(hosted: &Hosted, pause: &str) {
+    let script = format!("#!/bin/sh\necho started\nsleep {pause}\necho finished\n");
+    let policy = format!("{}\n[[environment]]\nname = \"staging\"\ndeploy = \"scripts/deploy.sh\"\n", build_section());
+    let work = seed_deploying(hosted, &policy, &script);
+    merge_a_change(hosted, &work);
+    assert_eq!(finished_build(hosted, 1)["status"], "succeeded");
+    deployment_reaching(hosted, 1, &["running"]);
+    assert!(support::flow::eventually(|| running(&["sleep", pause]).then_some(())).is_some(), "the script runs");
+}
+
 /// A running deployment can be stopped: its script dies with everything it
 /// started, the log keeps what it printed, and it is recorded as cancelled.
 fn cancelling_a_running_deployment_stops_its_script(backend: Backend) {
     let Some(hosted) = team(backend) else { return };
-    // A number no other test sleeps for, to find this script's process.
     let pause = if backend == Backend::Sqlite { "6171" } else { "6172" };
-    let script = format!("#!/bin/sh\necho started\nsleep {pause}\necho finished\n");
-    let policy = format!("{}\n[[environment]]\nname = \"staging\"\ndeploy = \"scripts/deploy.sh\"\n", build_section());
-    let work = seed_deploying(&hosted, &policy, &script);
-    merge_a_change(&hosted, &work);
-    assert_eq!(finished_build(&hosted, 1)["status"], "succeeded");
-    deployment_reaching(&hosted, 1, &["running"]);
-    assert!(support::flow::eventually(|| running(&["sleep", pause]).then_some(())).is_some(), "the script runs");
+    staging_deploy_sleeping(&hosted, pause);
 
     let stopping = hosted.run_as("carol", &["deploy", "cancel", PROJECT, "1", "-m", "wrong window", "--json"]).json();
     assert!(
@@ -483,13 +489,7 @@ fn the_demo_tells_the_seed_story_and_leaves_the_server_running() {
 fn a_deployment_cut_short_by_a_shutdown_fails_and_is_not_run_again(backend: Backend) {
     let Some(mut hosted) = team(backend) else { return };
     let pause = if backend == Backend::Sqlite { "6181" } else { "6182" };
-    let script = format!("#!/bin/sh\necho started\nsleep {pause}\necho finished\n");
-    let policy = format!("{}\n[[environment]]\nname = \"staging\"\ndeploy = \"scripts/deploy.sh\"\n", build_section());
-    let work = seed_deploying(&hosted, &policy, &script);
-    merge_a_change(&hosted, &work);
-    assert_eq!(finished_build(&hosted, 1)["status"], "succeeded");
-    deployment_reaching(&hosted, 1, &["running"]);
-    assert!(support::flow::eventually(|| running(&["sleep", pause]).then_some(())).is_some(), "the script runs");
+    staging_deploy_sleeping(&hosted, pause);
 
     let status = hosted.server.stop().expect("the server stops on SIGTERM");
     assert!(status.success(), "{status:?}: {}", hosted.server.stderr());
