@@ -1215,6 +1215,41 @@ async fn a_build_that_custody_did_not_merge_is_never_deployed(store: Store) {
     assert_eq!(refused_rules(refused), ["deploy.provenance"]);
 }
 
+async fn a_running_deployment_keeps_its_lease_by_heartbeat_and_stops_when_cancelled(store: Store) {
+    use custody_store::{DeployDecision::Approve, DeployOutcome, Heartbeat};
+    let (_root, [alice, _bob, carol, _dave, erin], access, build) = released_build(&store).await;
+    let (pending, _) = store.request_deployment(&erin, &access, build, production(1, false), None).await.unwrap();
+    // Where each person stands, before anyone clicks: alice wrote the release.
+    let (_, _, standing) =
+        store.deployment_standing(&access, pending.number, production(1, false), &alice.name).await.unwrap();
+    let why = standing.approve.expect("alice may not approve");
+    assert_eq!(why.rule, "deploy.approver_not_author");
+    let (_, _, standing) =
+        store.deployment_standing(&access, pending.number, production(1, false), &carol.name).await.unwrap();
+    assert!(standing.approve.is_none(), "{standing:?}");
+    store
+        .decide_deployment(&carol, &access, pending.number, Approve, String::new(), production(1, false))
+        .await
+        .unwrap();
+
+    let lease = store.lease_deployment("deployer-1", 30_000).await.unwrap().expect("a queued deployment");
+    assert!(store.lease_deployment("deployer-2", 30_000).await.unwrap().is_none(), "one at a time per environment");
+    assert_eq!(store.heartbeat_deployment(&lease, 30_000).await.unwrap(), Heartbeat::Held);
+    let stopping = store.cancel_deployment(&erin, &access, lease.number, "wrong window".into()).await.unwrap();
+    assert_eq!(stopping.status, "running", "the deployer records the end");
+    assert_eq!(stopping.cancel_requested.as_deref(), Some("cancelled by erin: wrong window"));
+    assert!(matches!(
+        store.cancel_deployment(&erin, &access, lease.number, "again".into()).await,
+        Err(StoreError::Conflict(message)) if message.contains("already being cancelled")
+    ));
+    let heard = store.heartbeat_deployment(&lease, 30_000).await.unwrap();
+    assert_eq!(heard, Heartbeat::Cancel("cancelled by erin: wrong window".into()));
+    let outcome = DeployOutcome { status: "cancelled", reason: Some("stopped".into()), ..DeployOutcome::default() };
+    store.finish_deployment(&lease, outcome).await.unwrap();
+    assert_eq!(store.get_deployment(&access, lease.number).await.unwrap().status, "cancelled");
+    assert_eq!(store.heartbeat_deployment(&lease, 30_000).await.unwrap(), Heartbeat::Lost);
+}
+
 on_both_backends! {
     initialise_makes_an_admin_with_every_scope,
     initialising_twice_is_a_conflict_that_writes_nothing,
@@ -1253,6 +1288,7 @@ on_both_backends! {
     a_requeued_build_is_taken_by_the_next_worker,
     only_independent_people_open_a_deployment_gate,
     a_rejected_deployment_never_runs_and_a_pending_one_can_be_cancelled,
+    a_running_deployment_keeps_its_lease_by_heartbeat_and_stops_when_cancelled,
     break_glass_needs_another_approver_and_stays_a_finding_until_an_uninvolved_admin_reviews_it,
     a_build_that_custody_did_not_merge_is_never_deployed,
 }
