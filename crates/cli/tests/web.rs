@@ -176,23 +176,26 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     // alice wrote the release: her approve button is refused, with the rule.
     let production = format!("{base}/projects/{PROJECT}/environments/production");
     browser.goto(&production);
-    assert!(!browser.enabled("#approve-deployment"), "alice's approve button is enabled");
+    assert!(!browser.enabled("#deployment-2 .approve-deployment"), "alice's approve button is enabled");
     assert_eq!(
-        browser.attribute("#approve-refusal .refusal", "data-rule").as_deref(),
+        browser.attribute("#deployment-2 .approve-refusal .refusal", "data-rule").as_deref(),
         Some("deploy.approver_not_author")
     );
-    let why = browser.text("#approve-refusal");
+    let why = browser.text("#deployment-2 .approve-refusal");
     assert!(why.contains("alice is an author of a change in this release"), "{why}");
     assert!(why.contains("What would satisfy it"), "{why}");
-    assert!(!browser.enabled("#tests-passed"), "alice may sign off her own change's tests");
+    assert!(!browser.enabled("#deployment-2 .tests-passed"), "alice may sign off her own change's tests");
     assert_eq!(
-        browser.attribute("#sign-off-refusal .refusal", "data-rule").as_deref(),
+        browser.attribute("#deployment-2 .sign-off-refusal .refusal", "data-rule").as_deref(),
         Some("deploy.tester_not_author")
     );
     snap(&browser, "environment-refused", 1200);
     // Sent anyway (the button enabled by hand), the server refuses it the same way.
-    browser.execute("document.getElementById('approve-deployment').disabled = false;", serde_json::json!([]));
-    browser.click("#approve-deployment");
+    browser.execute(
+        "document.querySelector('#deployment-2 .approve-deployment').disabled = false;",
+        serde_json::json!([]),
+    );
+    browser.click("#deployment-2 .approve-deployment");
     let refused = browser.body_text();
     assert!(refused.contains("Refused"), "{refused}");
     assert!(browser.exists("li[data-rule='deploy.approver_not_author']"), "{refused}");
@@ -207,9 +210,9 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     browser.click("#sign-in-token");
     assert_eq!(browser.text("#signed-in-as"), "dave");
     browser.goto(&production);
-    assert!(!browser.exists("#sign-off-refusal"), "dave is refused: {}", browser.body_text());
-    browser.type_into("#decision-message", "refunds go through");
-    browser.click("#tests-passed");
+    assert!(!browser.exists("#deployment-2 .sign-off-refusal"), "dave is refused: {}", browser.body_text());
+    browser.type_into("#deployment-2 .decision-message", "refunds go through");
+    browser.click("#deployment-2 .tests-passed");
     let signed = hosted.audit_events("deploy.test_passed");
     assert_eq!(signed.iter().map(|e| e["actor"].clone()).collect::<Vec<_>>(), [Value::from("dave")], "{signed:?}");
     assert_eq!(deployment_reaching(&hosted, 2, &["pending"])["status"], "pending", "still waits for an approver");
@@ -223,10 +226,10 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     browser.goto(&production);
     let gate = browser.text("#deployment-2 .gate");
     assert!(gate.contains("deploy.approvals") || gate.contains("approval"), "{gate}");
-    assert!(!browser.exists("#approve-refusal"), "carol is refused: {}", browser.body_text());
+    assert!(!browser.exists("#deployment-2 .approve-refusal"), "carol is refused: {}", browser.body_text());
     snap(&browser, "environment", 1200);
-    browser.type_into("#decision-message", "ship it");
-    browser.click("#approve-deployment");
+    browser.type_into("#deployment-2 .decision-message", "ship it");
+    browser.click("#deployment-2 .approve-deployment");
     let approvals = hosted.audit_events("deploy.approve");
     assert_eq!(approvals.len(), 1, "{approvals:?}");
     assert_eq!(approvals[0]["actor"], "carol");

@@ -139,13 +139,13 @@ pub(crate) async fn environment(
         }
         let action = format!("/projects/{p}/deployments/{}/decide", waiting.number);
         body.push_str(&html::form(&action, &visitor, "decide"));
-        body.push_str("<label>Message <textarea name=\"message\" rows=\"2\" id=\"decision-message\"></textarea></label><div class=\"buttons\">");
+        body.push_str("<label>Message <textarea name=\"message\" rows=\"2\" class=\"decision-message\"></textarea></label><div class=\"buttons\">");
         let disabled = if standing.approve.is_some() { " disabled" } else { "" };
         push(
             &mut body,
             format_args!(
-                "<button type=\"submit\" name=\"decision\" value=\"approve\" id=\"approve-deployment\" class=\"primary\"{disabled}>Approve</button>\
-                 <button type=\"submit\" name=\"decision\" value=\"reject\" id=\"reject-deployment\"{disabled}>Reject</button>"
+                "<button type=\"submit\" name=\"decision\" value=\"approve\" class=\"primary approve-deployment\"{disabled}>Approve</button>\
+                 <button type=\"submit\" name=\"decision\" value=\"reject\" class=\"reject-deployment\"{disabled}>Reject</button>"
             ),
         );
         if e.testers.is_some() {
@@ -153,17 +153,17 @@ pub(crate) async fn environment(
             push(
                 &mut body,
                 format_args!(
-                    "<button type=\"submit\" name=\"decision\" value=\"test_passed\" id=\"tests-passed\"{disabled}>Tests passed</button>\
-                     <button type=\"submit\" name=\"decision\" value=\"test_failed\" id=\"tests-failed\"{disabled}>Tests failed</button>"
+                    "<button type=\"submit\" name=\"decision\" value=\"test_passed\" class=\"tests-passed\"{disabled}>Tests passed</button>\
+                     <button type=\"submit\" name=\"decision\" value=\"test_failed\" class=\"tests-failed\"{disabled}>Tests failed</button>"
                 ),
             );
         }
         body.push_str("</div></form>");
         if let Some(reason) = &standing.approve {
-            push(&mut body, format_args!("<div id=\"approve-refusal\">{}</div>", html::refusal_note(reason)));
+            push(&mut body, format_args!("<div class=\"approve-refusal\">{}</div>", html::refusal_note(reason)));
         }
         if let (Some(reason), Some(_)) = (&standing.sign_off, &e.testers) {
-            push(&mut body, format_args!("<div id=\"sign-off-refusal\">{}</div>", html::refusal_note(reason)));
+            push(&mut body, format_args!("<div class=\"sign-off-refusal\">{}</div>", html::refusal_note(reason)));
         }
         body.push_str("</section>");
     }
