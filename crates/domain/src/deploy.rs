@@ -346,18 +346,11 @@ pub fn evaluate(facts: &DeployFacts<'_>) -> DeployReport {
 
 #[cfg(test)]
 mod tests {
+    use crate::names_for_tests::{set, user};
     use std::time::Duration;
 
     use super::*;
     use crate::GroupName;
-
-    fn user(name: &str) -> UserName {
-        UserName::parse(name).unwrap()
-    }
-
-    fn set(names: &[&str]) -> BTreeSet<UserName> {
-        names.iter().map(|n| user(n)).collect()
-    }
 
     fn production() -> Environment {
         Environment {

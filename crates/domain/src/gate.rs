@@ -371,14 +371,7 @@ fn short(id: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn user(name: &str) -> UserName {
-        UserName::parse(name).unwrap()
-    }
-
-    fn set(names: &[&str]) -> BTreeSet<UserName> {
-        names.iter().map(|n| user(n)).collect()
-    }
+    use crate::names_for_tests::{set, user};
 
     fn review(who: &str, verdict: Verdict, head: &str) -> Review {
         Review { reviewer: user(who), verdict, head: head.into() }

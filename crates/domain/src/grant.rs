@@ -367,10 +367,7 @@ pub fn decide_keeps_an_admin(action: &GrantAction, target_is_admin: bool, admins
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn user(name: &str) -> UserName {
-        UserName::parse(name).unwrap()
-    }
+    use crate::names_for_tests::user;
 
     fn admin(name: &UserName) -> AdminActor<'_> {
         AdminActor { name, is_admin: true, admin_scope: true }

@@ -20,6 +20,9 @@ pub mod scope;
 pub mod secret;
 pub mod time;
 
+#[cfg(test)]
+pub(crate) mod names_for_tests;
+
 pub use decision::{Decision, Reason, Rule};
 pub use grant::{AdminEra, GrantAction, GrantStatus};
 pub use name::{Email, GroupName, InvalidInput, ProjectName, UserName};
