@@ -115,7 +115,8 @@ fn deployment_text(d: &Value) -> String {
     if let Some(reason) = d["break_glass"].as_str() {
         lines.push(format!("  BREAK-GLASS: {reason}"));
     }
-    if let Some(asked) = d["cancel_requested"].as_str() {
+    // A cancel that came too late to stop the script is not news.
+    if let (Some(asked), "running") = (d["cancel_requested"].as_str(), d["status"].as_str().unwrap_or("")) {
         lines.push(format!("  stopping: {asked}"));
     }
     for decision in d["decisions"].as_array().into_iter().flatten() {
