@@ -62,60 +62,7 @@ pub fn worker_name() -> String {
 impl Builder {
     /// Runs builds until `shutdown` completes.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        loop {
-            // Registered before looking, so a build queued in between still wakes us.
-            let woken = self.store.jobs_queued();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            let leased = tokio::select! {
-                () = &mut shutdown => return,
-                leased = self.store.lease_build(&self.worker, LEASE.as_millis() as i64) => leased,
-            };
-            match leased {
-                Ok(Some(lease)) => {
-                    tracing::info!(project = %lease.project, build = lease.number, commit = %lease.commit, attempt = lease.attempt, "build started");
-                    let outcome = tokio::select! {
-                        () = &mut shutdown => {
-                            // Dropping the build kills its sandbox; another worker takes it again.
-                            if let Err(error) = self.store.requeue_build(&lease).await {
-                                tracing::error!(%error, build = lease.number, "requeueing a build");
-                            }
-                            return;
-                        }
-                        outcome = self.build_with_heartbeat(&lease) => outcome,
-                    };
-                    let Some(outcome) = outcome else { continue };
-                    tracing::info!(project = %lease.project, build = lease.number, status = outcome.status, "build finished");
-                    let succeeded = outcome.status == "succeeded";
-                    if let Err(error) = self.store.finish_build(&lease, outcome).await {
-                        tracing::error!(%error, build = lease.number, "recording a build");
-                    } else if succeeded {
-                        // The environments that follow none get the build.
-                        crate::deploys::promote(
-                            &self.store,
-                            &self.repositories,
-                            &lease.project,
-                            lease.number,
-                            &lease.commit,
-                            None,
-                        )
-                        .await;
-                    }
-                }
-                Ok(None) => {
-                    if !crate::wait_for_work(woken, shutdown.as_mut(), IDLE).await {
-                        return;
-                    }
-                }
-                Err(error) => {
-                    tracing::error!(%error, "leasing a build");
-                    if !crate::wait_for_work(woken, shutdown.as_mut(), IDLE).await {
-                        return;
-                    }
-                }
-            }
-        }
+        crate::work_until(&self, shutdown).await;
     }
 
     /// Builds while keeping the lease alive; `None` when the lease was lost
@@ -446,6 +393,45 @@ pub fn collect(workspace: &Path, globs: &[Glob]) -> Result<Vec<(String, PathBuf)
         return Err(format!("the build succeeded but no file matches artifacts = {patterns:?}"));
     }
     Ok(found)
+}
+
+impl crate::Worker for Builder {
+    type Lease = LeasedBuild;
+    type Outcome = BuildOutcome;
+    const KIND: &'static str = "build";
+    const IDLE: Duration = IDLE;
+
+    fn store(&self) -> &Store {
+        &self.store
+    }
+
+    async fn lease(&self) -> custody_store::Result<Option<LeasedBuild>> {
+        self.store.lease_build(&self.worker, LEASE.as_millis() as i64).await
+    }
+
+    async fn work(&self, lease: &LeasedBuild) -> Option<BuildOutcome> {
+        tracing::info!(project = %lease.project, build = lease.number, commit = %lease.commit, attempt = lease.attempt, "build started");
+        self.build_with_heartbeat(lease).await
+    }
+
+    async fn record(&self, lease: &LeasedBuild, outcome: BuildOutcome) {
+        tracing::info!(project = %lease.project, build = lease.number, status = outcome.status, "build finished");
+        let succeeded = outcome.status == "succeeded";
+        if let Err(error) = self.store.finish_build(lease, outcome).await {
+            tracing::error!(%error, build = lease.number, "recording a build");
+        } else if succeeded {
+            // The environments that follow none get the build.
+            crate::deploys::promote(&self.store, &self.repositories, &lease.project, lease.number, &lease.commit, None)
+                .await;
+        }
+    }
+
+    async fn interrupted(&self, lease: &LeasedBuild) {
+        // Another worker takes the build again.
+        if let Err(error) = self.store.requeue_build(lease).await {
+            tracing::error!(%error, build = lease.number, "requeueing a build");
+        }
+    }
 }
 
 #[cfg(test)]

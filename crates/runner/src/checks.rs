@@ -20,39 +20,44 @@ const IDLE: Duration = Duration::from_millis(300);
 
 /// Runs checks until `shutdown` completes.
 pub async fn run(store: Store, repositories: Repositories, shutdown: impl std::future::Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    loop {
-        let leased = tokio::select! {
-            () = &mut shutdown => return,
-            leased = store.lease_check(STALE_MS) => leased,
-        };
-        match leased {
-            Ok(Some(lease)) => {
-                let outcome = tokio::select! {
-                    () = &mut shutdown => {
-                        // Dropping the check kills its sandbox; another start runs it again.
-                        if let Err(error) = store.requeue_check(&lease).await {
-                            tracing::error!(%error, run = lease.id, "requeueing a check");
-                        }
-                        return;
-                    }
-                    outcome = check(&repositories, &lease) => outcome,
-                };
-                tracing::info!(project = %lease.project, change = lease.number, head = %lease.head, status = outcome.status, "check finished");
-                if let Err(error) = store.finish_check(&lease, outcome).await {
-                    tracing::error!(%error, run = lease.id, "recording a check");
-                }
-            }
-            Ok(None) => {
-                tokio::select! {
-                    () = &mut shutdown => return,
-                    () = tokio::time::sleep(IDLE) => {}
-                }
-            }
-            Err(error) => {
-                tracing::error!(%error, "leasing a check");
-                tokio::time::sleep(IDLE * 10).await;
-            }
+    crate::work_until(&CheckRunner { store, repositories }, shutdown).await;
+}
+
+/// Runs the check of each change head.
+struct CheckRunner {
+    store: Store,
+    repositories: Repositories,
+}
+
+impl crate::Worker for CheckRunner {
+    type Lease = LeasedCheck;
+    type Outcome = CheckOutcome;
+    const KIND: &'static str = "check";
+    const IDLE: Duration = IDLE;
+
+    fn store(&self) -> &Store {
+        &self.store
+    }
+
+    async fn lease(&self) -> custody_store::Result<Option<LeasedCheck>> {
+        self.store.lease_check(STALE_MS).await
+    }
+
+    async fn work(&self, lease: &LeasedCheck) -> Option<CheckOutcome> {
+        Some(check(&self.repositories, lease).await)
+    }
+
+    async fn record(&self, lease: &LeasedCheck, outcome: CheckOutcome) {
+        tracing::info!(project = %lease.project, change = lease.number, head = %lease.head, status = outcome.status, "check finished");
+        if let Err(error) = self.store.finish_check(lease, outcome).await {
+            tracing::error!(%error, run = lease.id, "recording a check");
+        }
+    }
+
+    async fn interrupted(&self, lease: &LeasedCheck) {
+        // Another start runs it again.
+        if let Err(error) = self.store.requeue_check(lease).await {
+            tracing::error!(%error, run = lease.id, "requeueing a check");
         }
     }
 }

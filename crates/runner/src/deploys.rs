@@ -201,67 +201,7 @@ pub async fn promote(
 impl Deployer {
     /// Runs deployments until `shutdown` completes.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        loop {
-            let woken = self.store.jobs_queued();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            let leased = tokio::select! {
-                () = &mut shutdown => return,
-                leased = self.store.lease_deployment(&self.worker, LEASE.as_millis() as i64) => leased,
-            };
-            match leased {
-                Ok(Some(lease)) => {
-                    let outcome = tokio::select! {
-                        () = &mut shutdown => None,
-                        outcome = self.deploy(&lease, self.stop_signal(&lease)) => Some(outcome),
-                    };
-                    let Some(outcome) = outcome else {
-                        // Stopping kills the script: say so now, rather than
-                        // leave the deployment running until its lease runs out.
-                        let stopped = DeployOutcome {
-                            status: "failed",
-                            reason: Some(format!(
-                                "{} was stopped while the deploy script ran, and the script with it; \
-                                 check the environment, then request the deployment again",
-                                self.worker
-                            )),
-                            ..DeployOutcome::default()
-                        };
-                        if let Err(error) = self.store.finish_deployment(&lease, stopped).await {
-                            tracing::error!(%error, deployment = lease.number, "recording a stopped deployment");
-                        }
-                        return;
-                    };
-                    tracing::info!(project = %lease.project, deployment = lease.number, environment = %lease.environment, status = outcome.status, "deployment finished");
-                    let succeeded = outcome.status == "succeeded";
-                    if let Err(error) = self.store.finish_deployment(&lease, outcome).await {
-                        tracing::error!(%error, deployment = lease.number, "recording a deployment");
-                    } else if succeeded {
-                        promote(
-                            &self.store,
-                            &self.repositories,
-                            &lease.project,
-                            lease.build,
-                            &lease.commit,
-                            Some(&lease.environment),
-                        )
-                        .await;
-                    }
-                }
-                Ok(None) => {
-                    if !crate::wait_for_work(woken, shutdown.as_mut(), IDLE).await {
-                        return;
-                    }
-                }
-                Err(error) => {
-                    tracing::error!(%error, "leasing a deployment");
-                    if !crate::wait_for_work(woken, shutdown.as_mut(), IDLE).await {
-                        return;
-                    }
-                }
-            }
-        }
+        crate::work_until(&self, shutdown).await;
     }
 
     /// The changes of the release (merged since what is live in the
@@ -483,6 +423,54 @@ impl Deployer {
             exit_code,
             log,
             attestation: Some(serde_json::to_string(&envelope).unwrap_or_default()),
+        }
+    }
+}
+
+impl crate::Worker for Deployer {
+    type Lease = LeasedDeployment;
+    type Outcome = DeployOutcome;
+    const KIND: &'static str = "deployment";
+    const IDLE: Duration = IDLE;
+
+    fn store(&self) -> &Store {
+        &self.store
+    }
+
+    async fn lease(&self) -> custody_store::Result<Option<LeasedDeployment>> {
+        self.store.lease_deployment(&self.worker, LEASE.as_millis() as i64).await
+    }
+
+    async fn work(&self, lease: &LeasedDeployment) -> Option<DeployOutcome> {
+        Some(self.deploy(lease, self.stop_signal(lease)).await)
+    }
+
+    async fn record(&self, lease: &LeasedDeployment, outcome: DeployOutcome) {
+        tracing::info!(project = %lease.project, deployment = lease.number, environment = %lease.environment, status = outcome.status, "deployment finished");
+        let succeeded = outcome.status == "succeeded";
+        if let Err(error) = self.store.finish_deployment(lease, outcome).await {
+            tracing::error!(%error, deployment = lease.number, "recording a deployment");
+        } else if succeeded {
+            let next = Some(lease.environment.as_str());
+            promote(&self.store, &self.repositories, &lease.project, lease.build, &lease.commit, next).await;
+        }
+    }
+
+    async fn interrupted(&self, lease: &LeasedDeployment) {
+        // The script died with the work: say so now, rather than leave the
+        // deployment running until its lease runs out. It is never run
+        // again on its own.
+        let stopped = DeployOutcome {
+            status: "failed",
+            reason: Some(format!(
+                "{} was stopped while the deploy script ran, and the script with it; \
+                 check the environment, then request the deployment again",
+                self.worker
+            )),
+            ..DeployOutcome::default()
+        };
+        if let Err(error) = self.store.finish_deployment(lease, stopped).await {
+            tracing::error!(%error, deployment = lease.number, "recording a stopped deployment");
         }
     }
 }

@@ -17,17 +17,70 @@ use std::path::Path;
 /// The `PATH` every script gets.
 pub const SCRIPT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
-/// Waits between looking for work: until a committed transaction queues a
-/// job (`woken`), `every` passes, or `shutdown` completes. `false` on shutdown.
-pub(crate) async fn wait_for_work(
-    woken: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
-    shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-    every: std::time::Duration,
-) -> bool {
-    tokio::select! {
-        () = shutdown => false,
-        () = woken => true,
-        () = tokio::time::sleep(every) => true,
+/// One kind of job a worker takes from the store and runs: checks, builds
+/// or deployments.
+pub(crate) trait Worker: Sync {
+    /// A job this worker holds.
+    type Lease: Send + Sync;
+    /// How a job ended.
+    type Outcome: Send;
+    /// What the job is called in logs.
+    const KIND: &'static str;
+    /// How long an idle worker waits when no wake-up came.
+    const IDLE: std::time::Duration;
+    /// The store the jobs come from.
+    fn store(&self) -> &custody_store::Store;
+    /// Takes the next job, if there is one.
+    fn lease(&self) -> impl std::future::Future<Output = custody_store::Result<Option<Self::Lease>>> + Send;
+    /// Runs a job to its end; `None` when its lease was lost on the way.
+    fn work(&self, lease: &Self::Lease) -> impl std::future::Future<Output = Option<Self::Outcome>> + Send;
+    /// Records how the job ended, and what follows from it. Runs to its
+    /// end even when a shutdown arrives meanwhile.
+    fn record(&self, lease: &Self::Lease, outcome: Self::Outcome) -> impl std::future::Future<Output = ()> + Send;
+    /// Records that a shutdown cut the job short (its sandbox is gone).
+    fn interrupted(&self, lease: &Self::Lease) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// Takes and runs `worker`'s jobs one at a time until `shutdown` completes.
+/// It looks for work when a committed transaction queues a job, or every
+/// [`Worker::IDLE`] when no wake-up came.
+pub(crate) async fn work_until<W: Worker>(worker: &W, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        // Registered before looking, so a job queued in between still wakes us.
+        let woken = worker.store().jobs_queued();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let leased = tokio::select! {
+            () = &mut shutdown => return,
+            leased = worker.lease() => leased,
+        };
+        let lease = match leased {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::error!(%error, "leasing a {}", W::KIND);
+                None
+            }
+        };
+        let Some(lease) = lease else {
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = woken => {}
+                () = tokio::time::sleep(W::IDLE) => {}
+            }
+            continue;
+        };
+        let outcome = tokio::select! {
+            () = &mut shutdown => {
+                // Dropping the work kills its sandbox.
+                worker.interrupted(&lease).await;
+                return;
+            }
+            outcome = worker.work(&lease) => outcome,
+        };
+        if let Some(outcome) = outcome {
+            worker.record(&lease, outcome).await;
+        }
     }
 }
 
