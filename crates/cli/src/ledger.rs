@@ -165,12 +165,15 @@ pub async fn verify(args: VerifyArgs, out: Output) -> Result<(), Failure> {
             args.data_dir.display()
         )));
     }
+    // The event key and anchor, where this host has them: they prove every
+    // event custody wrote and expose a truncated or restored database.
+    let secrets = data_dir.existing_ledger_secrets().map_err(|e| Failure::input(e.to_string()))?;
     let report = match &args.key {
-        Some(path) => custody_store::inspect(&url, &read_verifier(path)?).await,
+        Some(path) => custody_store::inspect(&url, &read_verifier(path)?, secrets.as_ref()).await,
         None => {
             let key = ServiceKey::load(KeyRole::Ledger, &data_dir.key_file(KeyRole::Ledger))
                 .map_err(|e| Failure::input(format!("{e}; pass the ledger's verifier key with --key FILE")))?;
-            custody_store::inspect_with_key(&url, &key.public()).await
+            custody_store::inspect_with_key(&url, &key.public(), secrets.as_ref()).await
         }
     };
     let report = report.map_err(|e| match e {
@@ -193,6 +196,13 @@ pub async fn verify(args: VerifyArgs, out: Output) -> Result<(), Failure> {
                  so a rewrite of the whole ledger would go unseen here (an external watcher still sees it)",
                 report.events, report.tree_size
             )),
+        }
+        if !report.tags_checked {
+            say(&format!(
+                "the event key is not in {}, so events' tags and the anchored tree head were not checked: run this \
+                 on the instance's host to see events written around custody and a restored older copy",
+                data_dir.keys().display()
+            ));
         }
         for finding in &report.findings {
             say(&format!("  {}", finding.describe()));

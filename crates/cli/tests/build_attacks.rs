@@ -447,7 +447,7 @@ fn an_altered_blob_is_never_handed_out_and_is_reported(backend: Backend) {
 /// do: its number.
 fn queue_build(hosted: &Hosted, commit: &str) -> i64 {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-    let store = runtime.block_on(Store::open(&database_url(hosted))).expect("open the store");
+    let store = runtime.block_on(Store::open(&database_url(hosted), ledger_secrets(hosted))).expect("open the store");
     let project = custody_domain::ProjectName::parse(PROJECT).expect("a project name");
     let number = runtime.block_on(store.queue_build(&project, commit, "main")).expect("queue a build");
     runtime.block_on(store.close());
@@ -502,6 +502,12 @@ fn worker(hosted: &Hosted) -> Server {
     Server::start_announced(command, "worker ")
 }
 
+/// The instance's event key and anchor, which a store opened beside the
+/// server's shares, as a second process of the instance would.
+fn ledger_secrets(hosted: &Hosted) -> custody_store::LedgerSecrets {
+    custody_server::instance::DataDir::new(hosted.sandbox.path("data")).ledger_secrets().expect("the instance's keys")
+}
+
 fn database_url(hosted: &Hosted) -> String {
     match &hosted.database {
         Some(database) => database.url.clone(),
@@ -514,7 +520,7 @@ fn a_build_taken_over_by_another_worker_stores_its_artifacts_once(backend: Backe
     hosted.add_user("bob", "write");
     let data = hosted.sandbox.path("data");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-    let store = runtime.block_on(Store::open(&database_url(&hosted))).expect("open the store");
+    let store = runtime.block_on(Store::open(&database_url(&hosted), ledger_secrets(&hosted))).expect("open the store");
 
     // A merge queues the build; no builder runs in the server.
     let policy = pipeline("scripts/build.sh", "[\"dist/*.tar.gz\"]");

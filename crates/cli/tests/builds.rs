@@ -238,7 +238,14 @@ fn two_workers_on_postgres_run_each_of_200_builds_exactly_once() {
 
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
     let project = custody_domain::ProjectName::parse(PROJECT).expect("a project name");
-    let store = runtime.block_on(custody_store::Store::open(&url)).expect("the store");
+    let store = runtime
+        .block_on(custody_store::Store::open(
+            &url,
+            custody_server::instance::DataDir::new(hosted.sandbox.path("data"))
+                .ledger_secrets()
+                .expect("the instance's keys"),
+        ))
+        .expect("the store");
     runtime.block_on(async {
         for _ in 0..200 {
             store.queue_build(&project, &base, "main").await.expect("queue a build");

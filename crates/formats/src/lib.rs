@@ -15,6 +15,7 @@ pub mod dsse;
 pub mod event;
 pub mod evidence;
 pub mod keys;
+pub mod ledger_key;
 pub mod merkle;
 pub mod provenance;
 pub mod sealed;

@@ -88,6 +88,11 @@ impl Frontier {
         self.size
     }
 
+    /// The perfect subtrees' hashes, in the order of [`Frontier::node_ids`].
+    pub fn nodes(&self) -> &[Hash] {
+        &self.nodes
+    }
+
     /// Appends a leaf hash, calling `stored(id, hash)` for the leaf and for
     /// every perfect subtree it completes, in that order.
     pub fn push(&mut self, leaf: Hash, mut stored: impl FnMut(NodeId, Hash)) {

@@ -8,7 +8,7 @@ use std::path::Path;
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use rand::RngCore;
+use rand::RngCore as _;
 
 use crate::keys::KeyError;
 
@@ -41,41 +41,7 @@ impl SealingKey {
     /// Reads the key at `path`, or makes one there (mode 0600) when there is
     /// none yet.
     pub fn load_or_create(path: &Path) -> Result<SealingKey, KeyError> {
-        let shown = || path.display().to_string();
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::PermissionsExt;
-                    let mode = std::fs::metadata(path)
-                        .map_err(|source| KeyError::Io { path: shown(), source })?
-                        .permissions()
-                        .mode();
-                    if mode & 0o077 != 0 {
-                        return Err(KeyError::TooOpen { path: shown(), mode: mode & 0o777 });
-                    }
-                }
-                let bytes =
-                    b64().decode(text.trim()).map_err(|e| KeyError::Malformed { path: shown(), why: e.to_string() })?;
-                let key: [u8; 32] = bytes
-                    .try_into()
-                    .map_err(|_| KeyError::Malformed { path: shown(), why: "a sealing key is 32 bytes".into() })?;
-                Ok(SealingKey { key })
-            }
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                let made = SealingKey::generate();
-                let mut options = std::fs::OpenOptions::new();
-                options.write(true).create_new(true);
-                #[cfg(unix)]
-                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-                let io = |source| KeyError::Io { path: shown(), source };
-                let mut file = options.open(path).map_err(io)?;
-                std::io::Write::write_all(&mut file, format!("{}\n", b64().encode(made.key)).as_bytes()).map_err(io)?;
-                file.sync_all().map_err(io)?;
-                Ok(made)
-            }
-            Err(source) => Err(KeyError::Io { path: shown(), source }),
-        }
+        Ok(SealingKey { key: crate::keys::load_or_create_secret(path, "a sealing key")? })
     }
 
     /// Seals `value` for `slot`.

@@ -96,6 +96,17 @@ impl From<StoreError> for ApiError {
                     "the database is unavailable; try again shortly",
                 )
             }
+            StoreError::Tampered(_) => {
+                // Not the caller's fault, and nothing was done: the writer
+                // stops until an operator looks. The rows are in the log.
+                tracing::error!(%error, "the database was changed around custody; refusing to write");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "tampered",
+                    "the database was changed around custody, so nothing is written until an operator runs \
+                     `custody audit verify`; the server log names the rows",
+                )
+            }
             StoreError::Database(_) | StoreError::Corrupt(_) => {
                 tracing::error!(%error, "store failure");
                 ApiError::new(

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use custody_domain::{Email, UserName};
 use custody_formats::keys::{KeyError, KeyRole, ServiceKey};
-use custody_store::{Initialised, Store, StoreError};
+use custody_formats::ledger_key::{AnchorFile, EventKey};
+use custody_store::{Initialised, LedgerSecrets, Store, StoreError};
 
 /// Where an instance keeps everything, under one directory.
 #[derive(Clone, Debug)]
@@ -88,6 +89,32 @@ impl DataDir {
         custody_formats::sealed::SealingKey::load_or_create(&self.sealing_key_file())
     }
 
+    /// The secret that authenticates audit events and hashes tokens.
+    pub fn event_key_file(&self) -> PathBuf {
+        self.keys().join("event.key")
+    }
+
+    /// Where the newest committed tree head of the ledger is anchored.
+    pub fn anchor_file(&self) -> PathBuf {
+        self.keys().join("ledger.anchor")
+    }
+
+    /// The event key (made on first use) and the anchor, which the store
+    /// needs to trust what it reads back.
+    pub fn ledger_secrets(&self) -> Result<LedgerSecrets, KeyError> {
+        Ok(LedgerSecrets {
+            key: EventKey::load_or_create(&self.event_key_file())?,
+            anchor: AnchorFile::new(self.anchor_file()),
+        })
+    }
+
+    /// The event key and anchor if this directory has them, never making
+    /// one: for reading a database without becoming its writer.
+    pub fn existing_ledger_secrets(&self) -> Result<Option<LedgerSecrets>, KeyError> {
+        Ok(EventKey::load(&self.event_key_file())?
+            .map(|key| LedgerSecrets { key, anchor: AnchorFile::new(self.anchor_file()) }))
+    }
+
     /// Whether the directory already holds service keys.
     pub fn has_keys(&self) -> bool {
         self.key_file(KeyRole::Ledger).exists()
@@ -153,7 +180,7 @@ pub async fn init(data_dir: &DataDir, options: InitOptions) -> Result<Initialise
     }
     data_dir.create_dirs()?;
     let url = options.database_url.unwrap_or_else(|| data_dir.database_url());
-    let store = Store::open(&url).await?;
+    let store = Store::open(&url, data_dir.ledger_secrets()?).await?;
     let outcome = async {
         if store.instance_name().await?.is_some() {
             return Err(InstanceError::AlreadyInitialised(data_dir.root().display().to_string()));
@@ -187,7 +214,7 @@ pub async fn open(data_dir: &DataDir, database_url: Option<String>) -> Result<In
     }
     let keys = data_dir.load_keys()?;
     let url = database_url.unwrap_or_else(|| data_dir.database_url());
-    let store = Store::open(&url).await?;
+    let store = Store::open(&url, data_dir.ledger_secrets()?).await?;
     let Some(name) = store.instance_name().await? else {
         store.close().await;
         return Err(InstanceError::NotInitialised(data_dir.root().display().to_string()));

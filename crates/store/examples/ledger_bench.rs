@@ -49,7 +49,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 async fn append(clients: usize, seconds: u64) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("custody.db").display());
-    let store = Store::open(&url).await.unwrap();
+    let store = Store::open(&url, custody_store::testing::secrets_for(&url)).await.unwrap();
     let key = Arc::new(ServiceKey::generate(KeyRole::Ledger));
 
     // The checkpointer, recording when each checkpoint committed.
@@ -175,7 +175,11 @@ async fn big(events: u64, dir: &std::path::Path) {
     let key_file = dir.join("ledger.pem");
     // A log filled by an earlier run is used again (delete DIR to refill).
     let reuse = key_file.exists() && path.exists();
-    let store = Store::open(&url).await.unwrap();
+    let secrets = custody_store::LedgerSecrets {
+        key: custody_formats::ledger_key::EventKey::load_or_create(&dir.join("event.key")).unwrap(),
+        anchor: custody_formats::ledger_key::AnchorFile::new(dir.join("ledger.anchor")),
+    };
+    let store = Store::open(&url, secrets).await.unwrap();
     let key = if reuse {
         Arc::new(ServiceKey::load(KeyRole::Ledger, &key_file).unwrap())
     } else {
@@ -261,7 +265,7 @@ async fn big(events: u64, dir: &std::path::Path) {
 
     // A full inspection, and the reference: reading the same rows.
     let t = Instant::now();
-    let report = custody_store::inspect(&url, &verifier).await.unwrap();
+    let report = custody_store::inspect(&url, &verifier, None).await.unwrap();
     let inspected = t.elapsed().as_secs_f64();
     assert!(report.intact(), "{:?}", &report.findings[..report.findings.len().min(5)]);
     let t = Instant::now();

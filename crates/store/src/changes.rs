@@ -349,6 +349,84 @@ async fn authors_of(
     Ok((authors, unrecorded))
 }
 
+/// Checks a change's row and its reviews against the change's proven events:
+/// its head and state are the ones its events last recorded, and its reviews
+/// are exactly the reviews its events record. A review inserted, edited or
+/// deleted around custody, or a head or state set around it, fails closed,
+/// naming the row.
+async fn prove_change(tx: &mut Tx, change: &ChangeView) -> Result<()> {
+    use crate::proof::{detail, unproven};
+    let subject = format!("change:{}/{}", change.project, change.number);
+    let events = crate::proof::proven_events(tx, &subject).await?;
+    let (mut head, mut state): (Option<&str>, Option<&str>) = (None, None);
+    let mut recorded: BTreeMap<i64, (&str, &str, &str)> = BTreeMap::new();
+    for event in &events {
+        match event.action.as_str() {
+            "change.open" => (head, state) = (detail(event, "head"), Some("open")),
+            "change.head" => head = detail(event, "new"),
+            "change.close" => state = Some("closed"),
+            "change.reopen" => state = Some("open"),
+            "change.merge" => state = Some("merged"),
+            action => {
+                if let Some(verdict) = action.strip_prefix("change.review.") {
+                    let id = event.details.get("review").and_then(serde_json::Value::as_i64).unwrap_or_default();
+                    recorded.insert(id, (event.actor.as_str(), verdict, detail(event, "head").unwrap_or_default()));
+                }
+            }
+        }
+    }
+    {
+        if head != Some(change.head.as_str()) {
+            return Err(unproven(format!(
+                "changes row {}: its head {} is not the head custody recorded for change {} ({})",
+                change.id,
+                short(&change.head),
+                change.number,
+                head.map(short).unwrap_or("none")
+            )));
+        }
+        if state != Some(change.state.as_str()) {
+            return Err(unproven(format!(
+                "changes row {}: it is {} but custody recorded it {}",
+                change.id,
+                change.state,
+                state.unwrap_or("never opened")
+            )));
+        }
+    }
+    for review in &change.reviews {
+        match recorded.remove(&review.id) {
+            Some((reviewer, verdict, head))
+                if reviewer == review.reviewer && verdict == review.verdict && head == review.head => {}
+            Some(_) => {
+                return Err(unproven(format!(
+                    "reviews row {}: {} {} on {} is not the review custody recorded (edited around custody)",
+                    review.id,
+                    review.reviewer,
+                    review.verdict,
+                    short(&review.head)
+                )))
+            }
+            None => {
+                return Err(unproven(format!(
+                    "reviews row {}: {} {} on {} was never recorded by custody (inserted around custody)",
+                    review.id,
+                    review.reviewer,
+                    review.verdict,
+                    short(&review.head)
+                )))
+            }
+        }
+    }
+    if let Some((id, (reviewer, verdict, head))) = recorded.into_iter().next() {
+        return Err(unproven(format!(
+            "reviews row {id}: custody recorded {reviewer} {verdict} on {} and the row is gone (deleted around custody)",
+            short(head)
+        )));
+    }
+    Ok(())
+}
+
 async fn gate_records(
     tx: &mut Tx,
     cache: &AuthorsCache,
@@ -359,6 +437,7 @@ async fn gate_records(
 ) -> Result<GateRecords> {
     let (change_id, mut change) = change_row(tx, access.project_id, number).await?;
     change.reviews = reviews_of(tx, change_id, &change.head).await?;
+    prove_change(tx, &change).await?;
     let reviews = change
         .reviews
         .iter()

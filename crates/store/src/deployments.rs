@@ -9,7 +9,7 @@
 //! (the mainline tip's pipeline file; the merges between what is live and
 //! the candidate) and passed in.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use custody_domain::audit::{NewEvent, SYSTEM_ACTOR};
 use custody_domain::deploy::{self, DeployFacts, DeployReport, Previous, SignOff};
@@ -286,6 +286,7 @@ async fn gather(
     context: &DeployContext,
 ) -> Result<Gathered> {
     let env = &context.environment;
+    prove_decisions(tx, view).await?;
     // Provenance: a successful, signed build of a commit custody merged.
     let sql = tx.sql("SELECT status, provenance, change_number FROM builds WHERE id = $1");
     let row = sqlx::query(&sql).bind(build_id).fetch_one(tx.conn()).await?;
@@ -358,6 +359,79 @@ async fn gather(
     })
 }
 
+/// The decisions custody recorded on a deployment, oldest first, from its
+/// proven events: (who, kind).
+fn recorded_decisions(events: &[crate::proof::TaggedEvent]) -> Vec<(&str, &str)> {
+    events
+        .iter()
+        .filter_map(|e| match e.action.strip_prefix("deploy.")? {
+            kind @ ("approve" | "reject" | "test_passed" | "test_failed") => Some((e.actor.as_str(), kind)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Checks a deployment's decision rows against its proven events: exactly
+/// the approvals, rejections and sign-offs custody recorded, in order. A
+/// decision inserted, edited or deleted around custody fails closed, naming
+/// the row.
+async fn prove_decisions(tx: &mut impl Reads, view: &DeploymentView) -> Result<Vec<crate::proof::TaggedEvent>> {
+    let subject = format!("deployment:{}/{}", view.project, view.number);
+    let events = crate::proof::proven_events(tx, &subject).await?;
+    let recorded = recorded_decisions(&events);
+    let rows: Vec<(&str, &str)> = view.decisions.iter().map(|d| (d.user.as_str(), d.kind.as_str())).collect();
+    if rows != recorded {
+        let position = rows.iter().zip(&recorded).position(|(a, b)| a != b).unwrap_or(rows.len().min(recorded.len()));
+        let what = match (rows.get(position), recorded.get(position)) {
+            (Some((user, kind)), _) if !recorded.contains(&(user, kind)) => {
+                format!("{user} {kind} was never recorded by custody (inserted or edited around custody)")
+            }
+            (_, Some((user, kind))) => {
+                format!("custody recorded {user} {kind} and the row is gone (deleted around custody)")
+            }
+            (Some((user, kind)), None) => format!("{user} {kind} was never recorded by custody"),
+            (None, None) => "the decisions are not the ones custody recorded".into(),
+        };
+        return Err(crate::proof::unproven(format!(
+            "deployment_decisions of deployment {} of {}: {what}",
+            view.number, view.project
+        )));
+    }
+    Ok(events)
+}
+
+/// Checks that custody itself queued a deployment: its decisions are the
+/// recorded ones, its request names its environment and build, and the last
+/// thing recorded about it is that its gate opened.
+async fn prove_queued(tx: &mut Tx, view: &DeploymentView) -> Result<()> {
+    use crate::proof::{detail, unproven};
+    let events = prove_decisions(tx, view).await?;
+    let request =
+        events.iter().find(|e| matches!(e.action.as_str(), "deploy.request" | "deploy.promote" | "deploy.break_glass"));
+    let Some(request) = request else {
+        return Err(unproven(format!(
+            "deployments row {} of {}: custody never recorded a request for it (inserted around custody)",
+            view.number, view.project
+        )));
+    };
+    let build = request.details.get("build").and_then(serde_json::Value::as_i64);
+    if detail(request, "environment") != Some(view.environment.as_str()) || build != Some(view.build) {
+        return Err(unproven(format!(
+            "deployments row {} of {}: build {} to {} is not what custody recorded (edited around custody)",
+            view.number, view.project, view.build, view.environment
+        )));
+    }
+    let last = events.iter().rev().find(|e| e.action != "deploy.cancel").map(|e| e.action.as_str());
+    if last != Some("deploy.queue") {
+        return Err(unproven(format!(
+            "deployments row {} of {}: it is queued, but custody never recorded its gate opening (its status was \
+             set around custody)",
+            view.number, view.project
+        )));
+    }
+    Ok(())
+}
+
 /// Evaluates a deployment's gate from the facts in the transaction.
 async fn evaluate(
     tx: &mut impl Reads,
@@ -371,7 +445,9 @@ async fn evaluate(
 }
 
 /// Queues a pending deployment whose gate opened.
-async fn open_if_ready(tx: &mut Tx, id: i64, report: &DeployReport) -> Result<bool> {
+/// Queues a pending deployment whose gate opened, recording that it did:
+/// the deployer runs only a deployment whose queueing custody recorded.
+async fn open_if_ready(tx: &mut Tx, id: i64, view: &DeploymentView, report: &DeployReport) -> Result<bool> {
     if !report.open {
         return Ok(false);
     }
@@ -379,6 +455,17 @@ async fn open_if_ready(tx: &mut Tx, id: i64, report: &DeployReport) -> Result<bo
     let done = sqlx::query(&sql).bind(now_ms()).bind(id).execute(tx.conn()).await?;
     if done.rows_affected() == 1 {
         tx.jobs_queued();
+        tx.audit(NewEvent {
+            actor: SYSTEM_ACTOR.into(),
+            action: "deploy.queue".into(),
+            subject: format!("deployment:{}/{}", view.project, view.number),
+            details: json!({
+                "environment": view.environment,
+                "build": view.build,
+                "gate": report.rules.iter().map(|r| (r.rule.clone(), r.passed)).collect::<BTreeMap<_, _>>(),
+            }),
+        })
+        .await?;
     }
     Ok(done.rows_affected() == 1)
 }
@@ -481,7 +568,7 @@ async fn request(
         )
         .await?;
     }
-    open_if_ready(tx, id, &report).await?;
+    open_if_ready(tx, id, &view, &report).await?;
     let (_, _, view) = load(tx, project_id, number).await?;
     Ok((view, report))
 }
@@ -623,7 +710,7 @@ impl Store {
                     report
                 } else {
                     let report = evaluate(tx, access.project_id, build_id, &view, &context).await?;
-                    open_if_ready(tx, id, &report).await?;
+                    open_if_ready(tx, id, &view, &report).await?;
                     report
                 };
                 let (_, _, view) = load(tx, access.project_id, number).await?;
@@ -642,7 +729,11 @@ impl Store {
     ) -> Result<(DeploymentView, DeployReport)> {
         // Only read: a reader's connection, not the writer's queue. Every
         // decision evaluates the gate again inside the writer.
-        let mut reader = Reader { conn: self.readers().acquire().await?, dialect: self.inner.dialect };
+        let mut reader = Reader {
+            conn: self.readers().acquire().await?,
+            dialect: self.inner.dialect,
+            ledger: self.ledger().clone(),
+        };
         let (_, build_id, view) = load(&mut reader, access.project_id, number).await?;
         let report = evaluate(&mut reader, access.project_id, build_id, &view, &context).await?;
         Ok((view, report))
@@ -659,7 +750,11 @@ impl Store {
         context: DeployContext,
         who: &UserName,
     ) -> Result<(DeploymentView, DeployReport, Standing)> {
-        let mut reader = Reader { conn: self.readers().acquire().await?, dialect: self.inner.dialect };
+        let mut reader = Reader {
+            conn: self.readers().acquire().await?,
+            dialect: self.inner.dialect,
+            ledger: self.ledger().clone(),
+        };
         let (_, build_id, view) = load(&mut reader, access.project_id, number).await?;
         let gathered = gather(&mut reader, access.project_id, build_id, &view, &context).await?;
         let facts = gathered.facts(&context.environment);
@@ -887,7 +982,32 @@ impl Store {
                        WHERE r.project_id = d.project_id AND r.environment = d.environment AND r.status = 'running') \
                      ORDER BY d.id LIMIT 1",
                 );
-                let Some(row) = sqlx::query(&sql).fetch_optional(tx.conn()).await? else { return Ok(None) };
+                let row = loop {
+                    let Some(row) = sqlx::query(&sql).fetch_optional(tx.conn()).await? else { return Ok(None) };
+                    // Nothing runs that custody did not queue: the decisions
+                    // and the queueing must be the ones it recorded.
+                    let (project_id, number): (i64, i64) = (col(&row, "project_id")?, col(&row, "number")?);
+                    let (id, _, view) = load(tx, project_id, number).await?;
+                    let why = match prove_queued(tx, &view).await {
+                        Ok(()) => break row,
+                        Err(StoreError::Refused(decision)) => decision.to_string(),
+                        Err(other) => return Err(other),
+                    };
+                    let reason = format!("not run: {why}");
+                    tracing::error!(deployment = number, project = %view.project, %reason, "refusing a deployment custody did not queue");
+                    let sql = tx.sql(
+                        "UPDATE deployments SET status = 'failed', reason = $1, finished_at = $2, lease_until = NULL \
+                         WHERE id = $3",
+                    );
+                    sqlx::query(&sql).bind(&reason).bind(now).bind(id).execute(tx.conn()).await?;
+                    tx.audit(NewEvent {
+                        actor: SYSTEM_ACTOR.into(),
+                        action: "deploy.finish".into(),
+                        subject: format!("deployment:{}/{number}", view.project),
+                        details: json!({ "status": "failed", "reason": reason }),
+                    })
+                    .await?;
+                };
                 let id: i64 = col(&row, "id")?;
                 let project_id: i64 = col(&row, "project_id")?;
                 let environment: String = col(&row, "environment")?;

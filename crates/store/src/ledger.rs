@@ -22,7 +22,7 @@ use futures_util::TryStreamExt as _;
 use sqlx::any::AnyConnectOptions;
 use sqlx::{AnyConnection, ConnectOptions as _, Connection as _};
 
-use crate::{col, Dialect, Result, Store, StoreError};
+use crate::{col, Dialect, LedgerSecrets, Result, Store, StoreError};
 
 /// How many nodes one multi-row INSERT or one lookup carries.
 const CHUNK: usize = 200;
@@ -55,14 +55,18 @@ fn out_of_range(what: &'static str, value: impl ToString, why: impl Into<String>
 }
 
 /// How many leaves the stored tree has.
-async fn tree_size(conn: &mut AnyConnection) -> Result<u64> {
+pub(crate) async fn tree_size(conn: &mut AnyConnection) -> Result<u64> {
     let last: Option<i64> =
         sqlx::query_scalar("SELECT MAX(idx) FROM ledger_nodes WHERE level = 0").fetch_one(&mut *conn).await?;
     Ok(last.map_or(0, |i| i as u64 + 1))
 }
 
 /// Reads stored nodes by id, a chunk per query.
-async fn fetch_nodes(conn: &mut AnyConnection, dialect: Dialect, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash>> {
+pub(crate) async fn fetch_nodes(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    ids: &[NodeId],
+) -> Result<HashMap<NodeId, Hash>> {
     let mut found = HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(CHUNK) {
         let mut sql = String::from("SELECT level, idx, hash FROM ledger_nodes WHERE ");
@@ -106,47 +110,6 @@ pub(crate) async fn insert_nodes(conn: &mut AnyConnection, dialect: Dialect, nod
     Ok(())
 }
 
-/// The tree's right edge, read inside the writer's transaction. On a
-/// database from before the ledger (events, but no tree and no checkpoint)
-/// every event is hashed in first. Events the tree does not cover on a
-/// database that has a tree were written around custody: they are refused,
-/// never hashed in, so that nobody can have custody vouch for them.
-pub(crate) async fn catch_up(conn: &mut AnyConnection, dialect: Dialect, last_seq: i64) -> Result<Frontier> {
-    let size = tree_size(conn).await?;
-    let checkpoints: Option<i64> =
-        sqlx::query_scalar("SELECT MAX(size) FROM ledger_checkpoints").fetch_one(&mut *conn).await?;
-    let upgrading = size == 0 && checkpoints.is_none();
-    if size > last_seq as u64 || (size < last_seq as u64 && !upgrading) {
-        return Err(StoreError::Corrupt(format!(
-            "the ledger covers {size} audit events but the last event is number {last_seq}: events were added or \
-             deleted around custody; run `custody audit verify` to see which"
-        )));
-    }
-    let ids = Frontier::node_ids(size);
-    let found = fetch_nodes(conn, dialect, &ids).await?;
-    let nodes = ids.iter().map(|id| found.get(id).copied()).collect::<Option<Vec<_>>>().ok_or_else(|| {
-        StoreError::Corrupt("nodes of the ledger's tree are missing; run `custody audit verify`".into())
-    })?;
-    let mut frontier = Frontier::from_nodes(size, nodes).expect("one node per set bit of the size");
-    if size == last_seq as u64 {
-        return Ok(frontier);
-    }
-    let sql =
-        dialect.sql("SELECT seq, at, actor, action, subject, details FROM audit_events WHERE seq > $1 ORDER BY seq");
-    let rows = sqlx::query(&sql).bind(size as i64).fetch_all(&mut *conn).await?;
-    let mut new_nodes = Vec::new();
-    for row in &rows {
-        let event = EventRow::read(row)?;
-        if event.seq as u64 != frontier.size() + 1 {
-            return Err(StoreError::Corrupt(format!("audit event {} is missing", frontier.size() + 1)));
-        }
-        frontier.push(event.leaf(event.seq), |id, hash| new_nodes.push((id, hash)));
-    }
-    insert_nodes(conn, dialect, &new_nodes).await?;
-    tracing::info!(events = rows.len(), size = frontier.size(), "hashed earlier audit events into the ledger");
-    Ok(frontier)
-}
-
 /// An audit event as read back, for hashing.
 struct EventRow {
     seq: i64,
@@ -168,19 +131,6 @@ struct RawEvent {
 }
 
 impl RawEvent {
-    fn read(row: &sqlx::any::AnyRow) -> Result<RawEvent> {
-        use sqlx::Row as _;
-        let bad = |e: sqlx::Error| StoreError::Corrupt(format!("audit event: {e}"));
-        Ok(RawEvent {
-            seq: row.try_get(0).map_err(bad)?,
-            at: row.try_get(1).map_err(bad)?,
-            actor: row.try_get(2).map_err(bad)?,
-            action: row.try_get(3).map_err(bad)?,
-            subject: row.try_get(4).map_err(bad)?,
-            details: row.try_get(5).map_err(bad)?,
-        })
-    }
-
     /// The events of a JSON array of `[seq, at, actor, action, subject, details]`.
     fn from_json_array(text: &str) -> Result<Vec<RawEvent>> {
         let rows: Vec<Vec<serde_json::Value>> =
@@ -216,10 +166,6 @@ impl RawEvent {
 }
 
 impl EventRow {
-    fn read(row: &sqlx::any::AnyRow) -> Result<EventRow> {
-        Ok(RawEvent::read(row)?.parse())
-    }
-
     /// The leaf this event's content would have at sequence number `seq`.
     fn leaf(&self, seq: i64) -> Hash {
         EventFields {
@@ -305,15 +251,13 @@ impl Store {
         self.write(move |tx| {
             Box::pin(async move {
                 let dialect = tx.dialect();
-                let size = tree_size(tx.conn()).await?;
+                // The head the writer proved (every event tagged, chained and
+                // hashed by custody), never one read from the stored nodes.
+                let (size, root) = tx.proven_head();
                 let last = read_checkpoint(tx.conn(), dialect, None).await?;
                 if last.is_some_and(|c| c.size >= size) || size == 0 {
                     return Ok(None);
                 }
-                let ids = merkle::root_nodes(size);
-                let nodes = fetch_nodes(tx.conn(), dialect, &ids).await?;
-                let root = merkle::root_from_nodes(size, |id| nodes.get(&id).copied())
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 let note = Checkpoint { origin, size, root }
                     .sign(&key)
                     .map_err(|e| StoreError::Invalid(InvalidInput::new("ledger key", "", e.to_string())))?;
@@ -529,6 +473,15 @@ pub enum Finding {
         /// Its index.
         idx: u64,
     },
+    /// Custody cannot prove it wrote this: an event without a valid tag, a
+    /// subject's chain with an event missing, a log that no longer extends
+    /// the anchored tree head (truncated or restored from an older copy).
+    Unproven {
+        /// The first event it is about (0: the log as a whole).
+        seq: i64,
+        /// What, naming the table and row.
+        why: String,
+    },
     /// A stored checkpoint's signature does not verify with the ledger key.
     ForgedCheckpoint {
         /// Its size.
@@ -548,6 +501,7 @@ impl Finding {
             Finding::TreeTruncated { tree_size, .. } => *tree_size as i64 + 1,
             Finding::NodeAltered { level, idx } => ((*idx << level) + 1) as i64,
             Finding::ForgedCheckpoint { size, .. } => *size as i64,
+            Finding::Unproven { seq, .. } => *seq,
         }
     }
 
@@ -568,6 +522,7 @@ impl Finding {
             ),
             Finding::NodeAltered { level, idx } => format!("the ledger's node at level {level}, index {idx} was altered"),
             Finding::ForgedCheckpoint { size, why } => format!("the checkpoint of size {size} is not genuine: {why}"),
+            Finding::Unproven { why, .. } => why.clone(),
         }
     }
 }
@@ -583,6 +538,9 @@ pub struct LedgerReport {
     pub checkpoint: Option<StoredCheckpoint>,
     /// Every problem, in sequence order; empty when the log is intact.
     pub findings: Vec<Finding>,
+    /// Whether every event's tag and the anchored tree head were checked
+    /// (they need the instance's event key and anchor).
+    pub tags_checked: bool,
 }
 
 impl LedgerReport {
@@ -599,16 +557,19 @@ const MOVE_WINDOW: i64 = 16;
 /// checks the audit events against the stored tree and the stored tree
 /// against the newest checkpoint `verifier` accepts. Names every event that
 /// was modified, deleted, inserted or moved.
-pub async fn inspect(url: &str, verifier: &NoteVerifier) -> Result<LedgerReport> {
+///
+/// With the instance's `secrets`, also checks every event's tag and chain
+/// and that the log still extends the anchored tree head.
+pub async fn inspect(url: &str, verifier: &NoteVerifier, secrets: Option<&LedgerSecrets>) -> Result<LedgerReport> {
     let mut conn = connect_read_only(url).await?;
-    let report = inspect_connection(&mut conn, verifier).await;
+    let report = inspect_connection(&mut conn, verifier, secrets).await;
     let _ = conn.close().await;
     report
 }
 
 /// [`inspect`] with the ledger's public key, under the instance name the
 /// database records (a changed name shows as checkpoints it did not sign).
-pub async fn inspect_with_key(url: &str, key: &PublicKey) -> Result<LedgerReport> {
+pub async fn inspect_with_key(url: &str, key: &PublicKey, secrets: Option<&LedgerSecrets>) -> Result<LedgerReport> {
     let mut conn = connect_read_only(url).await?;
     let dialect = Dialect::of_url(url).expect("checked when connecting");
     let name: Option<String> = sqlx::query_scalar(&dialect.sql("SELECT value FROM instance WHERE key = $1"))
@@ -618,7 +579,7 @@ pub async fn inspect_with_key(url: &str, key: &PublicKey) -> Result<LedgerReport
     let name = name.ok_or_else(|| StoreError::Corrupt("the database records no instance name".into()))?;
     let verifier = NoteVerifier::new(&name, key)
         .map_err(|e| StoreError::Invalid(InvalidInput::new("ledger key", "", e.to_string())))?;
-    let report = inspect_connection(&mut conn, &verifier).await;
+    let report = inspect_connection(&mut conn, &verifier, secrets).await;
     let _ = conn.close().await;
     report
 }
@@ -636,8 +597,18 @@ async fn connect_read_only(url: &str) -> Result<AnyConnection> {
     Ok(options.disable_statement_logging().connect().await?)
 }
 
-async fn inspect_connection(conn: &mut AnyConnection, verifier: &NoteVerifier) -> Result<LedgerReport> {
+async fn inspect_connection(
+    conn: &mut AnyConnection,
+    verifier: &NoteVerifier,
+    secrets: Option<&LedgerSecrets>,
+) -> Result<LedgerReport> {
     let mut findings = Vec::new();
+    if let Some(secrets) = secrets {
+        let anchor = secrets.anchor.load().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let dialect = dialect_of(conn);
+        let scan = crate::proof::scan(conn, dialect, &secrets.key, anchor, secrets.anchor.path()).await?;
+        findings.extend(scan.findings.into_iter().map(|(seq, why)| Finding::Unproven { seq, why }));
+    }
 
     // The stored leaves, up to the first one missing.
     let dialect = dialect_of(conn);
@@ -821,5 +792,5 @@ async fn inspect_connection(conn: &mut AnyConnection, verifier: &NoteVerifier) -
         }
     }
     findings.sort_by_key(Finding::seq);
-    Ok(LedgerReport { events, tree_size, checkpoint: reference, findings })
+    Ok(LedgerReport { events, tree_size, checkpoint: reference, findings, tags_checked: secrets.is_some() })
 }

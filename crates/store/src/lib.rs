@@ -29,6 +29,7 @@ mod groups;
 mod ledger;
 mod people;
 mod projects;
+mod proof;
 mod secrets;
 mod writer;
 
@@ -56,6 +57,7 @@ pub use groups::{GroupView, MemberView};
 pub use ledger::{inspect, inspect_with_key, Finding, LedgerReport, StoredCheckpoint};
 pub use people::{random_secret, Authenticated, CreatedUser, Initialised, NewToken, TokenView, UserView};
 pub use projects::{CommitView, ProjectAccess, ProjectMemberView, ProjectView, PushView};
+pub use proof::{LedgerSecrets, UNPROVEN_FACT};
 pub use secrets::{slot as secret_slot, SealedSecret, SecretView};
 pub use writer::Tx;
 
@@ -88,6 +90,10 @@ pub enum StoreError {
     /// Stored data could not be read back.
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
+    /// The database holds facts custody did not write (or lost facts it
+    /// did): rows written, edited or deleted around custody. Names each.
+    #[error("the database was changed around custody: {0}")]
+    Tampered(String),
     /// The database cannot be reached now; retry later.
     #[error("database unavailable: {0}")]
     Unavailable(String),
@@ -161,13 +167,17 @@ struct Inner {
     readers: AnyPool,
     writer: writer::Handle,
     authors: Arc<changes::AuthorsCache>,
+    ledger: Arc<proof::LedgerState>,
 }
 
 impl Store {
     /// Opens the database at `url` (`sqlite://PATH` or `postgres://…`),
-    /// creating a SQLite file when missing, applies migrations, and starts
-    /// the writer. Must be called inside a Tokio runtime.
-    pub async fn open(url: &str) -> Result<Store> {
+    /// creating a SQLite file when missing, applies migrations, verifies the
+    /// whole audit log against `secrets` (every event's tag and chain, the
+    /// tree against the anchor), and starts the writer. A database changed
+    /// around custody is refused with [`StoreError::Tampered`], naming
+    /// every row at fault. Must be called inside a Tokio runtime.
+    pub async fn open(url: &str, secrets: LedgerSecrets) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let dialect = Dialect::of_url(url).ok_or_else(|| {
             StoreError::Invalid(InvalidInput::new(
@@ -183,6 +193,8 @@ impl Store {
         let mut writer_conn = sqlx::AnyConnection::connect_with(&options).await?;
         dialect.prepare_writer(&mut writer_conn).await?;
         dialect.migrate(&mut writer_conn).await?;
+        let verified = proof::verify_at_open(&mut writer_conn, dialect, secrets).await?;
+        let ledger = verified.state.clone();
 
         let readers = AnyPoolOptions::new()
             .max_connections(dialect.readers())
@@ -190,8 +202,8 @@ impl Store {
             .after_connect(move |conn, _| Box::pin(async move { dialect.prepare_reader(conn).await }))
             .connect_with(options.clone())
             .await?;
-        let writer = writer::Handle::start(dialect, writer_conn, options);
-        let store = Store { inner: Arc::new(Inner { dialect, readers, writer, authors: Arc::default() }) };
+        let writer = writer::Handle::start(dialect, writer_conn, options, verified);
+        let store = Store { inner: Arc::new(Inner { dialect, readers, writer, authors: Arc::default(), ledger }) };
         if dialect == Dialect::Postgres {
             store.listen_for_jobs(url.to_string());
         }
@@ -230,6 +242,11 @@ impl Store {
     /// for work, then await it, so that no wake-up is lost in between.
     pub fn jobs_queued(&self) -> tokio::sync::futures::Notified<'_> {
         self.inner.writer.jobs().notified()
+    }
+
+    /// The ledger as this process proved it.
+    pub(crate) fn ledger(&self) -> &Arc<proof::LedgerState> {
+        &self.inner.ledger
     }
 
     pub(crate) fn authors_cache(&self) -> Arc<changes::AuthorsCache> {

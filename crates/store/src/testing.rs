@@ -108,3 +108,53 @@ pub fn drop_append_only_triggers(dialect: Dialect) -> &'static str {
         }
     }
 }
+
+/// The event key and anchor of the database at `url` in this test process:
+/// made on first use and then the same for every store opened on it, as the
+/// processes of one instance share its data directory's `keys/`.
+pub fn secrets_for(url: &str) -> crate::LedgerSecrets {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static MADE: OnceLock<Mutex<HashMap<String, (crate::LedgerSecrets, tempfile::TempDir)>>> = OnceLock::new();
+    let mut made = MADE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    made.entry(url.to_owned()).or_insert_with(crate::LedgerSecrets::ephemeral).0.clone()
+}
+
+/// Recomputes the ledger's whole tree from the events as they now stand and
+/// replaces every stored node with it, as an attacker who can write the
+/// database (and knows RFC 6962) would after editing events: the tree then
+/// agrees with the events, so only what custody keeps outside the database
+/// can tell. Drop the append-only triggers first.
+pub async fn rewrite_ledger_tree(url: &str) {
+    use sqlx::Row as _;
+    sqlx::any::install_default_drivers();
+    let dialect = Dialect::of_url(url).expect("a database URL");
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    let rows = sqlx::query("SELECT seq, at, actor, action, subject, details FROM audit_events ORDER BY seq")
+        .fetch_all(&mut conn)
+        .await
+        .expect("read the events");
+    let mut frontier = custody_formats::merkle::Frontier::default();
+    let mut nodes = Vec::new();
+    for row in &rows {
+        let details: String = row.get(5);
+        let details: serde_json::Value = serde_json::from_str(&details).expect("JSON details");
+        let (actor, action, subject): (String, String, String) = (row.get(2), row.get(3), row.get(4));
+        let leaf = custody_formats::event::EventFields {
+            seq: frontier.size() as i64 + 1,
+            at_ms: row.get(1),
+            actor: &actor,
+            action: &action,
+            subject: &subject,
+            details: &details,
+        }
+        .leaf_hash();
+        frontier.push(leaf, |id, hash| nodes.push((id, hash)));
+    }
+    conn.execute("DELETE FROM ledger_nodes").await.expect("delete the tree");
+    for ((level, idx), hash) in nodes {
+        let sql = dialect.sql("INSERT INTO ledger_nodes (level, idx, hash) VALUES ($1, $2, $3)");
+        sqlx::query(&sql).bind(i64::from(level)).bind(idx as i64).bind(hash.to_vec()).execute(&mut conn).await.unwrap();
+    }
+    let _ = conn.close().await;
+}

@@ -7,16 +7,19 @@
 //! together.
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use custody_domain::audit::NewEvent;
 use custody_formats::event::EventFields;
+use custody_formats::ledger_key::Anchor;
 use custody_formats::merkle::{Frontier, Hash};
 use futures_util::future::BoxFuture;
 use sqlx::any::AnyConnectOptions;
 use sqlx::{AnyConnection, ConnectOptions, Connection as _, Executor};
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use crate::proof::{LedgerState, TaggedEvent, Verified};
 use crate::{Dialect, Result, StoreError};
 
 /// The most operations committed together.
@@ -41,6 +44,12 @@ pub(crate) trait Reads: Send {
     fn sql(&self, sql: &'static str) -> std::borrow::Cow<'static, str> {
         self.dialect().sql(sql)
     }
+    /// The ledger as this process proved it.
+    fn ledger_state(&self) -> Arc<LedgerState>;
+    /// The newest event about `subject` written but not yet committed here.
+    fn pending(&self, _subject: &str) -> Option<i64> {
+        None
+    }
 }
 
 impl Reads for Tx {
@@ -51,6 +60,14 @@ impl Reads for Tx {
     fn dialect(&self) -> Dialect {
         self.dialect
     }
+
+    fn ledger_state(&self) -> Arc<LedgerState> {
+        self.ledger.clone()
+    }
+
+    fn pending(&self, subject: &str) -> Option<i64> {
+        self.pending_newest(subject)
+    }
 }
 
 /// A reader's pooled connection, for reads that need the same facts as a
@@ -58,6 +75,7 @@ impl Reads for Tx {
 pub(crate) struct Reader {
     pub(crate) conn: sqlx::pool::PoolConnection<sqlx::Any>,
     pub(crate) dialect: Dialect,
+    pub(crate) ledger: Arc<LedgerState>,
 }
 
 impl Reads for Reader {
@@ -67,6 +85,10 @@ impl Reads for Reader {
 
     fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    fn ledger_state(&self) -> Arc<LedgerState> {
+        self.ledger.clone()
     }
 }
 
@@ -78,6 +100,13 @@ pub struct Tx {
     jobs_queued: bool,
     /// Leaf hashes of the events appended in this transaction, in order.
     leaves: Vec<Hash>,
+    ledger: Arc<LedgerState>,
+    /// The newest event of each subject appended in this transaction.
+    newest: HashMap<String, i64>,
+    /// What `newest` held before each append, to undo a failed operation's.
+    undo: Vec<(String, Option<i64>)>,
+    /// The proven tree as this transaction began: its size and head.
+    head: (u64, Hash),
 }
 
 impl Tx {
@@ -102,9 +131,20 @@ impl Tx {
         self.jobs_queued = true;
     }
 
+    /// The newest event about `subject` appended in this transaction.
+    pub(crate) fn pending_newest(&self, subject: &str) -> Option<i64> {
+        self.newest.get(subject).copied()
+    }
+
+    /// The proven tree as this transaction began: its size and head.
+    pub(crate) fn proven_head(&self) -> (u64, Hash) {
+        self.head
+    }
+
     /// Appends an audit event in this transaction and returns its sequence
     /// number. It commits with the change it records, or not at all, and so
-    /// does its leaf in the ledger's Merkle tree.
+    /// does its leaf in the ledger's Merkle tree. The event is tagged under
+    /// the event key and chained to the previous event about its subject.
     pub async fn audit(&mut self, event: NewEvent) -> Result<i64> {
         let seq = self.next_seq;
         let at = crate::now_ms();
@@ -118,20 +158,39 @@ impl Tx {
             details: &event.details,
         }
         .leaf_hash();
-        let sql = self
-            .sql("INSERT INTO audit_events (seq, at, actor, action, subject, details) VALUES ($1, $2, $3, $4, $5, $6)");
+        let prev = self.pending_newest(&event.subject).or_else(|| self.ledger.newest(&event.subject)).unwrap_or(0);
+        let mac = self.ledger.secrets.key.event_mac(&leaf, prev);
+        let sql = self.sql(
+            "INSERT INTO audit_events (seq, at, actor, action, subject, details, prev, mac) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        );
         sqlx::query(&sql)
             .bind(seq)
             .bind(at)
             .bind(event.actor)
             .bind(event.action)
-            .bind(event.subject)
+            .bind(&event.subject)
             .bind(details)
+            .bind(prev)
+            .bind(mac.to_vec())
             .execute(&mut self.conn)
             .await?;
         self.next_seq += 1;
         self.leaves.push(leaf);
+        let before = self.newest.insert(event.subject.clone(), seq);
+        self.undo.push((event.subject, before));
         Ok(seq)
+    }
+
+    /// Forgets the subjects' newest events appended after `mark` undo steps.
+    fn undo_to(&mut self, mark: usize) {
+        while self.undo.len() > mark {
+            let (subject, before) = self.undo.pop().expect("longer than the mark");
+            match before {
+                Some(seq) => self.newest.insert(subject, seq),
+                None => self.newest.remove(&subject),
+            };
+        }
     }
 }
 
@@ -142,10 +201,15 @@ pub(crate) struct Handle {
 }
 
 impl Handle {
-    pub(crate) fn start(dialect: Dialect, conn: AnyConnection, options: AnyConnectOptions) -> Handle {
+    pub(crate) fn start(
+        dialect: Dialect,
+        conn: AnyConnection,
+        options: AnyConnectOptions,
+        verified: Verified,
+    ) -> Handle {
         let (sender, receiver) = mpsc::channel(4 * MAX_GROUP);
         let jobs = Arc::new(Notify::new());
-        let task = tokio::spawn(run(dialect, conn, options, receiver, jobs.clone()));
+        let task = tokio::spawn(run(dialect, conn, options, receiver, jobs.clone(), verified));
         Handle { jobs, sender: tokio::sync::Mutex::new(Some(sender)), stopped: tokio::sync::Mutex::new(Some(task)) }
     }
 
@@ -184,10 +248,14 @@ async fn run(
     options: AnyConnectOptions,
     mut receiver: mpsc::Receiver<Job>,
     jobs: Arc<Notify>,
+    verified: Verified,
 ) {
     let mut conn = Some(conn);
-    // The ledger's right edge as of the last commit, kept between groups.
-    let mut ledger: Option<Frontier> = None;
+    let state = verified.state;
+    // The proven tree's right edge as of the last commit, kept between
+    // groups: verified at start-up, then extended only by events this
+    // writer appended or proved.
+    let mut ledger = verified.frontier;
     let mut group = Vec::with_capacity(MAX_GROUP);
     while receiver.recv_many(&mut group, MAX_GROUP).await > 0 {
         let connection = match conn.take() {
@@ -195,7 +263,7 @@ async fn run(
             None => reconnect(dialect, &options).await,
         };
         match connection {
-            Ok(c) => conn = commit_group(dialect, c, &mut group, &jobs, &mut ledger).await,
+            Ok(c) => conn = commit_group(dialect, c, &mut group, &jobs, &state, &mut ledger).await,
             Err(error) => {
                 let message = error.to_string();
                 for job in group.drain(..) {
@@ -219,18 +287,30 @@ async fn reconnect(dialect: Dialect, options: &AnyConnectOptions) -> Result<AnyC
 ///
 /// The group's audit events are hashed into the ledger's Merkle tree before
 /// COMMIT, so the tree always covers exactly the committed events. `ledger`
-/// is the tree's right edge after the last commit; it is reloaded from the
-/// database when another process has appended since, and dropped when a
-/// commit fails.
+/// is the proven tree's right edge after the last commit; events another
+/// process appended since are proved (tag, chain, and the stored tree) and
+/// hashed in before anything is written; after COMMIT the new head is
+/// anchored outside the database before any caller is answered.
 async fn commit_group(
     dialect: Dialect,
     conn: AnyConnection,
     group: &mut Vec<Job>,
     jobs: &Notify,
-    ledger: &mut Option<Frontier>,
+    state: &Arc<LedgerState>,
+    ledger: &mut Frontier,
 ) -> Option<AnyConnection> {
-    let mut tx = Tx { conn, dialect, next_seq: 0, jobs_queued: false, leaves: Vec::new() };
-    let mut frontier = ledger.take();
+    let mut tx = Tx {
+        conn,
+        dialect,
+        next_seq: 0,
+        jobs_queued: false,
+        leaves: Vec::new(),
+        ledger: state.clone(),
+        newest: HashMap::new(),
+        undo: Vec::new(),
+        head: (ledger.size(), ledger.root()),
+    };
+    let mut frontier: Option<Frontier> = None;
     let mut answers: Vec<(oneshot::Sender<Result<Erased>>, Result<Erased>)> = Vec::with_capacity(group.len());
 
     let outcome: Result<()> = async {
@@ -238,10 +318,11 @@ async fn commit_group(
         let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_events").fetch_one(&mut tx.conn).await?;
         let last = last.unwrap_or(0);
         tx.next_seq = last + 1;
-        let mut tree = match frontier.take() {
-            Some(tree) if tree.size() == last as u64 => tree,
-            _ => crate::ledger::catch_up(&mut tx.conn, dialect, last).await?,
-        };
+        let mut tree = ledger.clone();
+        if tree.size() != last as u64 {
+            prove_appended(&mut tx, &mut tree, last).await?;
+        }
+        tx.head = (tree.size(), tree.root());
         // Releasing one operation's savepoint and opening the next one's
         // share a round trip; COMMIT releases the last.
         let mut open = false;
@@ -249,7 +330,7 @@ async fn commit_group(
             let savepoint = if open { "RELEASE SAVEPOINT op; SAVEPOINT op" } else { "SAVEPOINT op" };
             tx.conn.execute(savepoint).await?;
             open = true;
-            let (seq_before, queued_before) = (tx.next_seq, tx.jobs_queued);
+            let (seq_before, queued_before, undo_before) = (tx.next_seq, tx.jobs_queued, tx.undo.len());
             match (job.op)(&mut tx).await {
                 Ok(value) => answers.push((job.done, Ok(value))),
                 Err(error) => {
@@ -257,6 +338,7 @@ async fn commit_group(
                     open = false;
                     tx.next_seq = seq_before;
                     tx.jobs_queued = queued_before;
+                    tx.undo_to(undo_before);
                     tx.leaves.truncate((seq_before - last - 1) as usize);
                     answers.push((job.done, Err(error)));
                 }
@@ -275,7 +357,18 @@ async fn commit_group(
 
     match outcome {
         Ok(()) => {
-            *ledger = frontier;
+            let tree = frontier.expect("a committed group has its tree");
+            let grew = tree.size() != ledger.size();
+            *ledger = tree;
+            state.committed(tx.newest.drain());
+            if grew {
+                let anchor = Anchor { size: ledger.size(), root: ledger.root(), legacy: state.legacy.max(0) as u64 };
+                if let Err(error) = state.secrets.anchor.save(&anchor) {
+                    // The commit stands; an anchor behind the database only
+                    // weakens the check of a later restore, never blocks it.
+                    tracing::error!(%error, "could not anchor the ledger's new tree head");
+                }
+            }
             if tx.jobs_queued {
                 jobs.notify_waiters();
             }
@@ -286,9 +379,16 @@ async fn commit_group(
         }
         Err(error) => {
             tracing::error!(%error, "write transaction failed; rolling back the whole group");
-            let usable = tx.conn.execute("ROLLBACK").await.is_ok();
-            let message = error.to_string();
-            let failed = || StoreError::Unavailable(format!("write transaction failed: {message}"));
+            let usable = tx.conn.execute("ROLLBACK").await.is_ok() && !matches!(error, StoreError::Tampered(_));
+            let tampered = matches!(error, StoreError::Tampered(_));
+            let message = match &error {
+                StoreError::Tampered(what) => what.clone(),
+                other => other.to_string(),
+            };
+            let failed = || match tampered {
+                true => StoreError::Tampered(message.clone()),
+                false => StoreError::Unavailable(format!("write transaction failed: {message}")),
+            };
             for (done, answer) in answers {
                 // Operations that failed on their own keep their own error.
                 let _ = done.send(match answer {
@@ -302,4 +402,60 @@ async fn commit_group(
             usable.then_some(tx.conn)
         }
     }
+}
+
+/// Proves the events appended since this writer's last commit (by another
+/// process sharing the database) and hashes them into `tree`: each must be
+/// tagged, chained to the subject's previous event, and the stored tree must
+/// be the one they give. Anything else was written around custody, and the
+/// writer stops rather than vouch for it.
+async fn prove_appended(tx: &mut Tx, tree: &mut Frontier, last: i64) -> Result<()> {
+    let size = tree.size() as i64;
+    if last < size {
+        return Err(StoreError::Tampered(format!(
+            "audit_events {} to {size}: custody committed them and they are gone (deleted around custody, or the \
+             database was restored from an older copy); run `custody audit verify`",
+            last + 1
+        )));
+    }
+    let sql = tx.sql(
+        "SELECT seq, at, actor, action, subject, details, prev, mac FROM audit_events WHERE seq > $1 ORDER BY seq",
+    );
+    let rows = sqlx::query(&sql).bind(size).fetch_all(&mut tx.conn).await?;
+    let mut newest: HashMap<String, i64> = HashMap::new();
+    for row in &rows {
+        let event = TaggedEvent::read(row)?;
+        if event.seq != tree.size() as i64 + 1 {
+            return Err(StoreError::Tampered(format!("audit_events seq {}: missing", tree.size() + 1)));
+        }
+        if event.mac.is_none() && event.seq <= tx.ledger.legacy {
+            tree.push(event.leaf(), |_, _| {});
+            continue;
+        }
+        if let Some(why) = event.unproven(&tx.ledger.secrets.key, tx.ledger.legacy) {
+            return Err(StoreError::Tampered(format!(
+                "{why}; the writer stops until an operator runs `custody audit verify`"
+            )));
+        }
+        let previous = newest.get(&event.subject).copied().or_else(|| tx.ledger.newest(&event.subject)).unwrap_or(0);
+        if event.prev != Some(previous) {
+            return Err(StoreError::Tampered(format!(
+                "audit_events seq {}: the event before it about {} is not the one custody recorded",
+                event.seq, event.subject
+            )));
+        }
+        newest.insert(event.subject.clone(), event.seq);
+        tree.push(event.leaf(), |_, _| {});
+    }
+    let ids = Frontier::node_ids(tree.size());
+    let stored = crate::ledger::fetch_nodes(&mut tx.conn, tx.dialect, &ids).await?;
+    if ids.iter().zip(tree.nodes()).any(|(id, hash)| stored.get(id) != Some(hash)) {
+        return Err(StoreError::Tampered(
+            "ledger_nodes: the stored tree is not the tree of the stored events (written around custody); run \
+             `custody audit verify`"
+                .into(),
+        ));
+    }
+    tx.ledger.committed(newest);
+    Ok(())
 }

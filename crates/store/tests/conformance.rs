@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use custody_domain::audit::{AuditEvent, NewEvent, SYSTEM_ACTOR};
 use custody_domain::{AdminEra, Email, GrantStatus, GroupName, Scope, Scopes, UserName};
-use custody_store::testing::TestDatabase;
+use custody_store::testing::{execute_raw, TestDatabase};
 use custody_store::{
     now_ms, AuditFilter, Authenticated, CreatedUser, Dialect, PageRequest, Store, StoreError, UserView,
 };
@@ -63,7 +63,9 @@ async fn run<M>(dialect: Dialect, scenario: impl Scenario<M>) {
         // Only when PostgreSQL was deliberately skipped.
         return;
     };
-    let store = Store::open(&db.url).await.expect("the store opens on a fresh database");
+    let store = Store::open(&db.url, custody_store::testing::secrets_for(&db.url))
+        .await
+        .expect("the store opens on a fresh database");
     assert_eq!(store.dialect(), dialect);
     scenario.call(store.clone(), db.url.clone()).await;
     store.close().await;
@@ -899,7 +901,7 @@ async fn project_with_builds(store: &Store, count: usize) -> custody_domain::Pro
 async fn two_workers_never_lease_the_same_build(store: Store, url: String) {
     let project = project_with_builds(&store, 40).await;
     // A second store is a second process's writer on the same database.
-    let other = Store::open(&url).await.unwrap();
+    let other = Store::open(&url, custody_store::testing::secrets_for(&url)).await.unwrap();
     let take = |store: Store, worker: &'static str| async move {
         let mut taken = Vec::new();
         while let Some(lease) = store.lease_build(worker, 60_000).await.unwrap() {
@@ -983,11 +985,9 @@ async fn a_requeued_build_is_taken_by_the_next_worker(store: Store) {
 // Deployments: who may approve and sign off
 // ---------------------------------------------------------------------------
 
-/// alice's change, approved by bob and merged; its build succeeded with
-/// provenance. Returns root, alice, bob, carol (release manager), dave
-/// (tester), erin (release manager too), the project's access and the
-/// build's number.
-async fn released_build(store: &Store) -> (Authenticated, [Authenticated; 5], custody_store::ProjectAccess, i64) {
+/// alice's change 1 of `payments`, pushed and opened by her, unreviewed:
+/// root, the five people, alice's access and the change's head.
+async fn opened_change(store: &Store) -> (Authenticated, Vec<Authenticated>, custody_store::ProjectAccess, String) {
     use custody_domain::project::{Identity, PushedCommit, RefUpdate, ZERO_ID};
     let root = init_root(store).await;
     let mut people = Vec::new();
@@ -1017,7 +1017,7 @@ async fn released_build(store: &Store) -> (Authenticated, [Authenticated; 5], cu
     let commit = PushedCommit { sha: head.clone(), author: me.clone(), committer: me, co_authors: vec![] };
     let update = RefUpdate { name: "refs/heads/feature".into(), old: ZERO_ID.into(), new: head.clone() };
     store.record_push(&alice_access, &people[0], vec![update], vec![commit]).await.unwrap();
-    let change = store
+    store
         .open_change(
             &people[0],
             &alice_access,
@@ -1029,6 +1029,17 @@ async fn released_build(store: &Store) -> (Authenticated, [Authenticated; 5], cu
         )
         .await
         .unwrap();
+    (root, people, alice_access, head)
+}
+
+/// alice's change, approved by bob and merged; its build succeeded with
+/// provenance. Returns root, alice, bob, carol (release manager), dave
+/// (tester), erin (release manager too), the project's access and the
+/// build's number.
+async fn released_build(store: &Store) -> (Authenticated, [Authenticated; 5], custody_store::ProjectAccess, i64) {
+    let (root, people, alice_access, head) = opened_change(store).await;
+    let project = alice_access.project.clone();
+    let change = store.get_change(&project, 1).await.unwrap();
     let bob_access = store.project_access(&people[1], &project).await.unwrap();
     store
         .review(&people[1], &bob_access, change.number, custody_domain::gate::Verdict::Approve, String::new(), None)
@@ -1250,7 +1261,121 @@ async fn a_running_deployment_keeps_its_lease_by_heartbeat_and_stops_when_cancel
     assert_eq!(store.heartbeat_deployment(&lease, 30_000).await.unwrap(), Heartbeat::Lost);
 }
 
+// ---------------------------------------------------------------------------
+// Whoever can write the database, without the keys, cannot forge a decision
+// ---------------------------------------------------------------------------
+
+/// A merge whose gate opens whenever the store's facts hold up.
+fn open_plan(head: &str) -> custody_store::MergePlan {
+    custody_store::MergePlan {
+        head: head.to_owned(),
+        evaluate: Box::new(|records: &custody_store::GateRecords| custody_domain::gate::GateReport {
+            open: true,
+            head: records.change.head.clone(),
+            approvers: records.reviews.iter().map(|r| r.reviewer.to_string()).collect(),
+            rules: vec![],
+        }),
+        publish: Box::new(|_, _| Ok(custody_store::Published { commit: "m".repeat(40), attestation: "{}".into() })),
+    }
+}
+
+/// The message of a refusal for an unproven fact.
+fn unproven<T: std::fmt::Debug>(result: Result<T, StoreError>) -> String {
+    match result {
+        Err(StoreError::Refused(decision)) => {
+            assert_eq!(decision.reasons.len(), 1, "{decision:?}");
+            assert_eq!(decision.reasons[0].rule, custody_store::UNPROVEN_FACT.0, "{decision:?}");
+            decision.reasons[0].message.clone()
+        }
+        other => panic!("expected a refusal for an unproven fact, got {other:?}"),
+    }
+}
+
+async fn a_review_inserted_into_the_database_does_not_open_the_merge_gate(store: Store, url: String) {
+    let (_root, people, alice_access, head) = opened_change(&store).await;
+    execute_raw(
+        &url,
+        &format!(
+            "INSERT INTO reviews (change_id, reviewer_id, verdict, head, message, at) \
+             SELECT c.id, u.id, 'approve', '{head}', '', 1 FROM changes c, users u WHERE u.name = 'bob'"
+        ),
+    )
+    .await;
+    let merged = store.merge_change(&people[0], &alice_access, 1, vec![head.clone()], vec![], open_plan(&head)).await;
+    let why = unproven(merged);
+    assert!(why.contains("reviews row") && why.contains("bob approve") && why.contains("never recorded"), "{why}");
+    assert_eq!(store.get_change(&alice_access.project, 1).await.unwrap().state, "open", "nothing merged");
+}
+
+async fn an_edited_verdict_and_a_deleted_request_for_changes_each_fail_closed(store: Store, url: String) {
+    use custody_domain::gate::Verdict;
+    let (_root, people, alice_access, head) = opened_change(&store).await;
+    let project = alice_access.project.clone();
+    let bob = store.project_access(&people[1], &project).await.unwrap();
+    let carol = store.project_access(&people[2], &project).await.unwrap();
+    store.review(&people[1], &bob, 1, Verdict::RequestChanges, "no".into(), None).await.unwrap();
+    store.review(&people[2], &carol, 1, Verdict::Approve, String::new(), None).await.unwrap();
+    // bob's request for changes turned into an approval.
+    execute_raw(&url, "UPDATE reviews SET verdict = 'approve' WHERE verdict = 'request_changes'").await;
+    let why = unproven(store.gate_records(&alice_access, 1, vec![head.clone()], vec![]).await);
+    assert!(why.contains("bob approve") && why.contains("edited around custody"), "{why}");
+    // bob's request for changes deleted instead.
+    execute_raw(&url, "DELETE FROM reviews WHERE reviewer_id = (SELECT id FROM users WHERE name = 'bob')").await;
+    let merged = store.merge_change(&people[0], &alice_access, 1, vec![head.clone()], vec![], open_plan(&head)).await;
+    let why = unproven(merged);
+    assert!(why.contains("bob request_changes") && why.contains("deleted around custody"), "{why}");
+}
+
+async fn forged_deployment_decisions_and_a_queued_status_deploy_nothing(store: Store, url: String) {
+    let (_root, [_alice, _bob, _carol, _dave, erin], access, build) = released_build(&store).await;
+    let (pending, _) = store.request_deployment(&erin, &access, build, production(1, true), None).await.unwrap();
+    execute_raw(
+        &url,
+        "INSERT INTO deployment_decisions (deployment_id, user_id, kind, message, at) \
+         SELECT d.id, u.id, CASE u.name WHEN 'carol' THEN 'approve' ELSE 'test_passed' END, '', 1 \
+         FROM deployments d, users u WHERE u.name IN ('carol', 'dave')",
+    )
+    .await;
+    execute_raw(&url, "UPDATE deployments SET status = 'queued'").await;
+    // The gate as shown refuses to rest on the forged decisions.
+    let why = unproven(store.deployment_gate(&access, pending.number, production(1, true)).await);
+    assert!(why.contains("deployment_decisions") && why.contains("never recorded"), "{why}");
+    // The deployer runs nothing, and says why.
+    assert!(store.lease_deployment("deployer", 30_000).await.unwrap().is_none(), "nothing runs");
+    let failed = store.get_deployment(&access, pending.number).await.unwrap();
+    assert_eq!(failed.status, "failed");
+    assert!(failed.reason.as_deref().is_some_and(|r| r.contains("deployment_decisions")), "{failed:?}");
+    let events = all_events(&store).await;
+    assert!(!events.iter().any(|e| e.action == "deploy.start"), "no deployment started");
+    assert!(events.iter().any(|e| e.action == "deploy.finish" && e.details["status"] == "failed"));
+}
+
+async fn a_status_set_to_queued_in_the_database_runs_nothing(store: Store, url: String) {
+    let (_root, [_alice, _bob, _carol, _dave, erin], access, build) = released_build(&store).await;
+    let (pending, _) = store.request_deployment(&erin, &access, build, production(1, true), None).await.unwrap();
+    execute_raw(&url, "UPDATE deployments SET status = 'queued'").await;
+    assert!(store.lease_deployment("deployer", 30_000).await.unwrap().is_none(), "nothing runs");
+    let failed = store.get_deployment(&access, pending.number).await.unwrap();
+    assert_eq!(failed.status, "failed");
+    assert!(failed.reason.as_deref().is_some_and(|r| r.contains("never recorded its gate opening")), "{failed:?}");
+}
+
+async fn a_deployment_custody_queued_runs(store: Store) {
+    use custody_store::DeployDecision::{Approve, TestPassed};
+    let (_root, [_alice, _bob, carol, dave, erin], access, build) = released_build(&store).await;
+    let (pending, _) = store.request_deployment(&erin, &access, build, production(1, true), None).await.unwrap();
+    decide(&store, &carol, &access, pending.number, Approve).await.unwrap();
+    decide(&store, &dave, &access, pending.number, TestPassed).await.unwrap();
+    let lease = store.lease_deployment("deployer", 30_000).await.unwrap().expect("the queued deployment runs");
+    assert_eq!((lease.approvers, lease.testers), (vec!["carol".to_owned()], vec!["dave".to_owned()]));
+}
+
 on_both_backends! {
+    a_review_inserted_into_the_database_does_not_open_the_merge_gate,
+    an_edited_verdict_and_a_deleted_request_for_changes_each_fail_closed,
+    forged_deployment_decisions_and_a_queued_status_deploy_nothing,
+    a_status_set_to_queued_in_the_database_runs_nothing,
+    a_deployment_custody_queued_runs,
     initialise_makes_an_admin_with_every_scope,
     initialising_twice_is_a_conflict_that_writes_nothing,
     bootstrap_grants_apply_at_once_until_a_second_admin_exists,

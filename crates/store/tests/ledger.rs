@@ -24,7 +24,9 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     let Some(db) = TestDatabase::new(dialect).await else { return };
-    let store = Store::open(&db.url).await.expect("the store opens on a fresh database");
+    let store = Store::open(&db.url, custody_store::testing::secrets_for(&db.url))
+        .await
+        .expect("the store opens on a fresh database");
     scenario(store.clone(), db.url.clone(), dialect).await;
     store.close().await;
     drop(db);
@@ -190,7 +192,7 @@ async fn checkpointed_log(store: &Store) -> (Arc<ServiceKey>, NoteVerifier) {
 
 async fn an_intact_log_inspects_clean(store: Store, url: String, _: Dialect) {
     let (_, verifier) = checkpointed_log(&store).await;
-    let report = inspect(&url, &verifier).await.unwrap();
+    let report = inspect(&url, &verifier, None).await.unwrap();
     assert!(report.intact(), "{:?}", report.findings);
     assert_eq!((report.events, report.tree_size, report.checkpoint.map(|c| c.size)), (20, 20, Some(20)));
 }
@@ -212,7 +214,7 @@ async fn edited_deleted_swapped_and_inserted_events_are_each_named(store: Store,
          VALUES (21, 1700000000000, 'mallory', 'grant.approve', 'grant:1', '{}')",
     )
     .await;
-    let report = inspect(&url, &verifier).await.unwrap();
+    let report = inspect(&url, &verifier, None).await.unwrap();
     assert_eq!(
         report.findings,
         vec![
@@ -251,7 +253,7 @@ async fn an_event_edited_together_with_its_leaf_breaks_the_signed_checkpoint(
         Dialect::Postgres => format!("'\\x{hex}'::bytea"),
     };
     execute_raw(&url, &format!("UPDATE ledger_nodes SET hash = {literal} WHERE level = 0 AND idx = 5")).await;
-    let report = inspect(&url, &verifier).await.unwrap();
+    let report = inspect(&url, &verifier, None).await.unwrap();
     assert!(report.findings.contains(&Finding::TreeRewritten { from_seq: 1, to_seq: 20 }), "{:?}", report.findings);
     assert!(report.findings.contains(&Finding::NodeAltered { level: 1, idx: 2 }), "{:?}", report.findings);
 }
@@ -261,7 +263,7 @@ async fn a_forged_checkpoint_is_refused_and_the_genuine_one_used(store: Store, u
     append(&store, 2).await;
     // A checkpoint signed with another key, as someone without the ledger key would.
     store.issue_checkpoint(ORIGIN, Arc::new(ServiceKey::generate(KeyRole::Ledger))).await.unwrap().unwrap();
-    let report = inspect(&url, &verifier).await.unwrap();
+    let report = inspect(&url, &verifier, None).await.unwrap();
     assert_eq!(report.checkpoint.map(|c| c.size), Some(20));
     assert!(
         matches!(report.findings.as_slice(), [Finding::ForgedCheckpoint { size: 22, .. }]),
@@ -276,7 +278,7 @@ async fn events_written_before_the_ledger_existed_are_hashed_in(store: Store, ur
     // As on a database from before the ledger: events without leaves.
     execute_raw(&url, drop_append_only_triggers(dialect)).await;
     execute_raw(&url, "DELETE FROM ledger_nodes").await;
-    let reopened = Store::open(&url).await.unwrap();
+    let reopened = Store::open(&url, custody_store::testing::secrets_for(&url)).await.unwrap();
     append(&reopened, 1).await;
     assert_eq!(reopened.ledger_size().await.unwrap(), 10);
     let leaves = leaves_from_events(&reopened).await;
@@ -298,11 +300,11 @@ async fn an_event_written_around_custody_stops_the_writer_instead_of_being_vouch
     .await;
     let refused = store.write(|tx| Box::pin(async move { tx.audit(event(99)).await })).await;
     assert!(
-        matches!(&refused, Err(StoreError::Unavailable(m)) if m.contains("custody audit verify")),
+        matches!(&refused, Err(StoreError::Tampered(m)) if m.contains("custody audit verify") && m.contains("seq 21")),
         "the writer must not hash in an event it did not write: {refused:?}"
     );
     assert_eq!(store.ledger_size().await.unwrap(), 20);
-    let report = inspect(&url, &verifier).await.unwrap();
+    let report = inspect(&url, &verifier, None).await.unwrap();
     assert_eq!(report.findings, vec![Finding::Inserted { seq: 21 }]);
 }
 
@@ -316,4 +318,130 @@ on_both_backends! {
     a_forged_checkpoint_is_refused_and_the_genuine_one_used,
     events_written_before_the_ledger_existed_are_hashed_in,
     an_event_written_around_custody_stops_the_writer_instead_of_being_vouched_for,
+}
+
+// ---------------------------------------------------------------------------
+// Whoever can write the database, without the keys: what the event tags and
+// the anchor expose, even when the tree is recomputed to agree.
+// ---------------------------------------------------------------------------
+
+/// The refusal a store gives when the database was changed around it.
+fn tampered<T>(result: Result<T, StoreError>) -> String {
+    match result {
+        Err(StoreError::Tampered(what)) => what,
+        Err(other) => panic!("expected the database to be refused as changed around custody, got {other:?}"),
+        Ok(_) => panic!("expected the database to be refused as changed around custody; it was accepted"),
+    }
+}
+
+async fn reopen(url: &str) -> Result<Store, StoreError> {
+    Store::open(url, custody_store::testing::secrets_for(url)).await
+}
+
+const FORGED: &str = "INSERT INTO audit_events (seq, at, actor, action, subject, details) \
+     VALUES (21, 1700000000000, 'bob', 'change.review.approve', 'change:payments/1', '{\"head\":\"x\"}')";
+
+async fn an_event_appended_with_its_leaf_and_nodes_is_refused_while_running_and_after_a_restart(
+    store: Store,
+    url: String,
+    dialect: Dialect,
+) {
+    let (_, verifier) = checkpointed_log(&store).await;
+    execute_raw(&url, drop_append_only_triggers(dialect)).await;
+    execute_raw(&url, FORGED).await;
+    custody_store::testing::rewrite_ledger_tree(&url).await;
+    // The tree now agrees with the forged event; the tag does not.
+    let running = tampered(store.write(|tx| Box::pin(async move { tx.audit(event(99)).await })).await);
+    assert!(running.contains("audit_events seq 21"), "{running}");
+    store.close().await;
+    let restarted = tampered(reopen(&url).await);
+    assert!(restarted.contains("audit_events seq 21") && restarted.contains("no tag"), "{restarted}");
+    let secrets = custody_store::testing::secrets_for(&url);
+    let report = inspect(&url, &verifier, Some(&secrets)).await.unwrap();
+    assert!(report.tags_checked);
+    assert!(
+        report.findings.iter().any(|f| matches!(f, Finding::Unproven { seq: 21, .. })),
+        "audit verify names the forged event: {:?}",
+        report.findings
+    );
+    // Without the event key, the recomputed tree would have hidden it.
+    let blind = inspect(&url, &verifier, None).await.unwrap();
+    assert!(!blind.findings.iter().any(|f| matches!(f, Finding::Unproven { .. })));
+}
+
+async fn an_edited_or_deleted_event_with_a_recomputed_tree_is_named_at_start_up(
+    store: Store,
+    url: String,
+    dialect: Dialect,
+) {
+    append(&store, 20).await;
+    store.close().await;
+    execute_raw(&url, drop_append_only_triggers(dialect)).await;
+    execute_raw(&url, "UPDATE audit_events SET actor = 'mallory' WHERE seq = 4").await;
+    execute_raw(&url, "DELETE FROM audit_events WHERE seq = 9").await;
+    custody_store::testing::rewrite_ledger_tree(&url).await;
+    let refused = tampered(reopen(&url).await);
+    assert!(refused.contains("audit_events seq 4: its tag does not verify"), "{refused}");
+    assert!(refused.contains("audit_events seq 9: missing"), "{refused}");
+}
+
+async fn a_log_truncated_to_an_earlier_checkpoint_and_appended_to_is_refused(
+    store: Store,
+    url: String,
+    dialect: Dialect,
+) {
+    let key = Arc::new(ServiceKey::generate(KeyRole::Ledger));
+    append(&store, 10).await;
+    store.issue_checkpoint(ORIGIN, key.clone()).await.unwrap().expect("a checkpoint of 10");
+    append(&store, 10).await;
+    store.issue_checkpoint(ORIGIN, key.clone()).await.unwrap().expect("a checkpoint of 20");
+    store.close().await;
+    // Back to the checkpoint of 10, as if the last ten never happened.
+    execute_raw(&url, drop_append_only_triggers(dialect)).await;
+    execute_raw(&url, "DELETE FROM audit_events WHERE seq > 10").await;
+    execute_raw(&url, "DELETE FROM ledger_checkpoints WHERE size > 10").await;
+    custody_store::testing::rewrite_ledger_tree(&url).await;
+    let verifier = NoteVerifier::new(ORIGIN, &key.public()).unwrap();
+    assert!(inspect(&url, &verifier, None).await.unwrap().intact(), "the tree and its checkpoints alone agree");
+    let refused = tampered(reopen(&url).await);
+    assert!(refused.contains("custody committed them and the log ends at 10"), "{refused}");
+    let secrets = custody_store::testing::secrets_for(&url);
+    let report = inspect(&url, &verifier, Some(&secrets)).await.unwrap();
+    assert!(!report.intact(), "audit verify on the host sees the truncation");
+    // Forged appends after the truncation carry no tag either.
+    execute_raw(&url, &FORGED.replace("21", "11")).await;
+    custody_store::testing::rewrite_ledger_tree(&url).await;
+    let refused = tampered(reopen(&url).await);
+    assert!(refused.contains("audit_events seq 11") && refused.contains("no tag"), "{refused}");
+}
+
+mod attacks {
+    use super::*;
+
+    on_both_backends! {
+        an_event_appended_with_its_leaf_and_nodes_is_refused_while_running_and_after_a_restart,
+        an_edited_or_deleted_event_with_a_recomputed_tree_is_named_at_start_up,
+        a_log_truncated_to_an_earlier_checkpoint_and_appended_to_is_refused,
+    }
+}
+
+/// SQLite: the data directory's database file replaced by an older copy of
+/// itself, the way a restored backup would be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_copy_of_the_database_restored_in_place_is_refused() {
+    let Some(db) = TestDatabase::new(Dialect::Sqlite).await else { return };
+    let path = db.url.trim_start_matches("sqlite://").to_owned();
+    let store = reopen(&db.url).await.unwrap();
+    append(&store, 10).await;
+    store.close().await;
+    std::fs::copy(&path, format!("{path}.old")).unwrap();
+    let store = reopen(&db.url).await.unwrap();
+    append(&store, 10).await;
+    store.close().await;
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{path}{suffix}"));
+    }
+    std::fs::copy(format!("{path}.old"), &path).unwrap();
+    let refused = tampered(reopen(&db.url).await);
+    assert!(refused.contains("the log ends at 10"), "{refused}");
 }

@@ -1,0 +1,404 @@
+//! Facts custody can prove it wrote.
+//!
+//! Whoever can write the database but holds no key must not be able to make
+//! a rule pass. Three things kept outside the database make that so:
+//!
+//! - every audit event carries a tag (HMAC under the event key) over its
+//!   leaf hash and `prev`, the previous event about the same subject, so an
+//!   event written, edited or moved around custody does not verify;
+//! - the writer's tree head is anchored outside the database after every
+//!   commit, so a database truncated, or restored from an older copy, no
+//!   longer extends it;
+//! - this process keeps the newest event of every subject in memory (built
+//!   at start-up by verifying the whole log against the anchor, then kept by
+//!   the writer), so a decision that reads a subject's events knows that the
+//!   chain it read ends where custody last wrote, and that none is missing.
+//!
+//! A decision reads its facts from a subject's proven events
+//! ([`proven_events`]) and checks the rows it also reads against them; a row
+//! that no event proves fails the decision closed, naming the row.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use custody_domain::{Decision, Reason, Rule};
+use custody_formats::event::EventFields;
+use custody_formats::ledger_key::{Anchor, AnchorFile, EventKey};
+use custody_formats::merkle::{Frontier, Hash};
+use sqlx::AnyConnection;
+
+use crate::writer::Reads;
+use crate::{col, Dialect, Result, StoreError};
+
+/// The rule that refuses a decision whose facts custody cannot prove.
+pub const UNPROVEN_FACT: Rule = Rule("integrity.unproven_fact");
+
+/// What the store needs from outside the database to trust what it reads
+/// back: the event key and the anchor's file.
+#[derive(Clone, Debug)]
+pub struct LedgerSecrets {
+    /// Authenticates every event (and hashes bearer tokens).
+    pub key: EventKey,
+    /// Where the newest committed tree head is kept.
+    pub anchor: AnchorFile,
+}
+
+impl LedgerSecrets {
+    /// Secrets that live in a fresh temporary directory, for tests and
+    /// benchmarks that make a database of their own.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn ephemeral() -> (LedgerSecrets, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let secrets =
+            LedgerSecrets { key: EventKey::generate(), anchor: AnchorFile::new(dir.path().join("ledger.anchor")) };
+        (secrets, dir)
+    }
+}
+
+/// The refusal of a decision that would rest on an unproven fact.
+pub(crate) fn unproven(what: String) -> StoreError {
+    StoreError::Refused(Decision::deny(Reason::new(UNPROVEN_FACT, what).satisfy(
+        "custody did not write this, so no rule may rest on it: an operator runs `custody audit verify`, finds who \
+         wrote the database around custody, and restores the rows custody recorded",
+    )))
+}
+
+/// The process's view of the ledger, shared by the writer and the readers.
+pub(crate) struct LedgerState {
+    pub(crate) secrets: LedgerSecrets,
+    /// Events up to this sequence number carry no tag (written before
+    /// events were authenticated).
+    pub(crate) legacy: i64,
+    /// The newest committed event of every subject.
+    subjects: Mutex<HashMap<String, i64>>,
+}
+
+impl LedgerState {
+    /// The newest committed event about `subject`, if any.
+    pub(crate) fn newest(&self, subject: &str) -> Option<i64> {
+        self.subjects.lock().unwrap_or_else(|e| e.into_inner()).get(subject).copied()
+    }
+
+    /// Records the newest events of a committed group.
+    pub(crate) fn committed(&self, newest: impl IntoIterator<Item = (String, i64)>) {
+        let mut subjects = self.subjects.lock().unwrap_or_else(|e| e.into_inner());
+        for (subject, seq) in newest {
+            let slot = subjects.entry(subject).or_insert(seq);
+            *slot = (*slot).max(seq);
+        }
+    }
+}
+
+/// An event as stored, with its tag.
+pub(crate) struct TaggedEvent {
+    pub(crate) seq: i64,
+    pub(crate) at: i64,
+    pub(crate) actor: String,
+    pub(crate) action: String,
+    pub(crate) subject: String,
+    pub(crate) details: serde_json::Value,
+    pub(crate) prev: Option<i64>,
+    pub(crate) mac: Option<Vec<u8>>,
+}
+
+impl TaggedEvent {
+    pub(crate) fn read(row: &sqlx::any::AnyRow) -> Result<TaggedEvent> {
+        let details: String = col(row, "details")?;
+        Ok(TaggedEvent {
+            seq: col(row, "seq")?,
+            at: col(row, "at")?,
+            actor: col(row, "actor")?,
+            action: col(row, "action")?,
+            subject: col(row, "subject")?,
+            details: serde_json::from_str(&details).unwrap_or(serde_json::Value::String(details)),
+            prev: col(row, "prev")?,
+            mac: col(row, "mac")?,
+        })
+    }
+
+    /// Its leaf hash in the ledger.
+    pub(crate) fn leaf(&self) -> Hash {
+        EventFields {
+            seq: self.seq,
+            at_ms: self.at,
+            actor: &self.actor,
+            action: &self.action,
+            subject: &self.subject,
+            details: &self.details,
+        }
+        .leaf_hash()
+    }
+
+    /// Why its tag does not prove it, or `None` when it does.
+    pub(crate) fn unproven(&self, key: &EventKey, legacy: i64) -> Option<String> {
+        match (&self.mac, self.prev) {
+            (Some(mac), Some(prev)) if key.verify_event(&self.leaf(), prev, mac) => None,
+            (Some(_), _) => Some(format!(
+                "audit_events seq {}: its tag does not verify, so custody did not write it as it stands (written, \
+                 edited or moved around custody)",
+                self.seq
+            )),
+            (None, _) if self.seq <= legacy => None,
+            (None, _) => Some(format!(
+                "audit_events seq {}: it carries no tag, so custody did not write it (inserted around custody)",
+                self.seq
+            )),
+        }
+    }
+}
+
+pub(crate) const EVENT_COLUMNS: &str = "seq, at, actor, action, subject, details, prev, mac";
+
+/// Every event about `subject`, oldest first, proven: each tag verifies,
+/// each names the one before it, and the chain reaches the newest event
+/// custody recorded about it. Anything else fails closed, naming the row.
+pub(crate) async fn proven_events(tx: &mut impl Reads, subject: &str) -> Result<Vec<TaggedEvent>> {
+    let state = tx.ledger_state();
+    let pending = tx.pending(subject);
+    let sql =
+        tx.dialect().sql_owned(format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE subject = $1 ORDER BY seq"));
+    let rows = sqlx::query(&sql).bind(subject).fetch_all(tx.conn()).await?;
+    let events = rows.iter().map(TaggedEvent::read).collect::<Result<Vec<_>>>()?;
+    // The newest event custody recorded: in this transaction, or committed.
+    let newest = pending.or_else(|| state.newest(subject));
+    let mut previous = 0i64;
+    let mut reached = newest.is_none();
+    for event in &events {
+        if let Some(why) = event.unproven(&state.secrets.key, state.legacy) {
+            return Err(unproven(why));
+        }
+        if event.seq > state.legacy && event.prev != Some(previous) {
+            return Err(unproven(format!(
+                "audit_events before seq {} about {subject}: an event custody recorded there is missing (deleted \
+                 around custody)",
+                event.seq
+            )));
+        }
+        previous = event.seq;
+        if Some(event.seq) == newest {
+            reached = true;
+        }
+    }
+    if !reached {
+        return Err(unproven(match events.last() {
+            Some(last) => format!(
+                "audit_events after seq {} about {subject}: custody recorded event {} about it, which is missing \
+                 (deleted around custody, or the database was restored from an older copy)",
+                last.seq,
+                newest.unwrap_or_default()
+            ),
+            None => format!(
+                "audit_events about {subject}: custody recorded event {} about it, which is missing",
+                newest.unwrap_or_default()
+            ),
+        }));
+    }
+    if newest.is_none() && !events.is_empty() {
+        return Err(unproven(format!(
+            "audit_events seq {} about {subject}: custody never recorded an event about it",
+            events[0].seq
+        )));
+    }
+    Ok(events)
+}
+
+/// What verifying the whole log at start-up gave.
+pub(crate) struct Verified {
+    pub(crate) state: Arc<LedgerState>,
+    pub(crate) frontier: Frontier,
+}
+
+/// Something the start-up verification found, naming the table and row.
+pub(crate) fn describe(findings: &[String]) -> String {
+    const SHOWN: usize = 20;
+    let mut text = findings.iter().take(SHOWN).cloned().collect::<Vec<_>>().join("; ");
+    if findings.len() > SHOWN {
+        text.push_str(&format!("; and {} more", findings.len() - SHOWN));
+    }
+    text
+}
+
+/// Reads every event, oldest first, a chunk at a time.
+async fn for_each_event(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    mut each: impl FnMut(TaggedEvent) -> Result<()>,
+) -> Result<()> {
+    const ROWS: i64 = 4096;
+    let sql =
+        dialect.sql_owned(format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2"));
+    let mut after = i64::MIN;
+    loop {
+        let rows = sqlx::query(&sql).bind(after).bind(ROWS).fetch_all(&mut *conn).await?;
+        for row in &rows {
+            let event = TaggedEvent::read(row)?;
+            after = event.seq;
+            each(event)?;
+        }
+        if (rows.len() as i64) < ROWS {
+            return Ok(());
+        }
+    }
+}
+
+/// What a scan of the whole log found.
+pub(crate) struct Scan {
+    /// Every row at fault, named.
+    pub(crate) findings: Vec<(i64, String)>,
+    subjects: HashMap<String, i64>,
+    frontier: Frontier,
+    /// The tree's nodes, when the database has none yet (from before the ledger).
+    new_nodes: Option<Vec<(custody_formats::merkle::NodeId, Hash)>>,
+    legacy: i64,
+}
+
+/// Reads every event and checks it: its tag and chain, the tree its events
+/// give against the anchor (a log that no longer extends it was truncated,
+/// rewritten or restored from an older copy), and the stored tree's right
+/// edge against that tree. Reads only.
+pub(crate) async fn scan(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    key: &EventKey,
+    anchor: Option<Anchor>,
+    anchor_path: &std::path::Path,
+) -> Result<Scan> {
+    let mut findings: Vec<(i64, String)> = Vec::new();
+    let mut subjects: HashMap<String, i64> = HashMap::new();
+    let mut frontier = Frontier::default();
+    let mut anchor_root: Option<Hash> = None;
+    let mut tagged = 0u64;
+    let legacy = anchor.map_or(i64::MAX, |a| a.legacy as i64);
+    // A database from before the ledger has events but no tree yet: the
+    // tree is built from them, once.
+    let stored_size = crate::ledger::tree_size(conn).await?;
+    let checkpoints: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(size) FROM ledger_checkpoints").fetch_one(&mut *conn).await?;
+    let build_tree = stored_size == 0 && checkpoints.is_none();
+    let mut new_nodes = Vec::new();
+    for_each_event(conn, dialect, |event| {
+        let expected = frontier.size() as i64 + 1;
+        if event.seq != expected {
+            findings.push((
+                expected,
+                format!(
+                    "audit_events seq {expected}{}: missing (deleted around custody)",
+                    if event.seq > expected + 1 { format!(" to {}", event.seq - 1) } else { String::new() }
+                ),
+            ));
+        }
+        if event.mac.is_some() {
+            tagged += 1;
+        }
+        if let Some(why) = event.unproven(key, legacy) {
+            findings.push((event.seq, why));
+        } else if event.mac.is_some() {
+            let previous = subjects.get(&event.subject).copied().unwrap_or(0);
+            if event.prev != Some(previous) {
+                findings.push((
+                    event.seq,
+                    format!(
+                        "audit_events seq {}: the event before it about {} is not the one custody recorded there (an \
+                         event about it was deleted or added around custody)",
+                        event.seq, event.subject
+                    ),
+                ));
+            }
+        }
+        subjects.insert(event.subject.clone(), event.seq);
+        frontier.push(event.leaf(), |id, hash| {
+            if build_tree {
+                new_nodes.push((id, hash));
+            }
+        });
+        if anchor.is_some_and(|a| a.size == frontier.size()) {
+            anchor_root = Some(frontier.root());
+        }
+        Ok(())
+    })
+    .await?;
+    let size = frontier.size();
+    let legacy = match anchor {
+        Some(anchor) => {
+            if size < anchor.size {
+                findings.push((
+                    size as i64 + 1,
+                    format!(
+                        "audit_events {} to {}: custody committed them and the log ends at {size} (the database was \
+                         truncated or restored from an older copy)",
+                        size + 1,
+                        anchor.size
+                    ),
+                ));
+            } else if anchor.size > 0 && anchor_root != Some(anchor.root) {
+                findings.push((
+                    1,
+                    format!(
+                        "audit_events 1 to {}: these are not the events custody committed (the log was rewritten, or \
+                         the database restored from another copy)",
+                        anchor.size
+                    ),
+                ));
+            }
+            anchor.legacy as i64
+        }
+        None if tagged > 0 => {
+            findings.push((
+                0,
+                format!(
+                    "{}: the anchor is missing, but the log holds authenticated events; restore it from the data \
+                     directory's backup",
+                    anchor_path.display()
+                ),
+            ));
+            0
+        }
+        None => size as i64,
+    };
+    if findings.is_empty() && size > 0 && !build_tree {
+        let ids = Frontier::node_ids(size);
+        let stored = crate::ledger::fetch_nodes(conn, dialect, &ids).await?;
+        if ids.iter().zip(frontier.nodes()).any(|(id, hash)| stored.get(id) != Some(hash)) {
+            findings.push((
+                size as i64,
+                "ledger_nodes: the stored tree is not the tree of the stored events (nodes written around custody)"
+                    .into(),
+            ));
+        }
+    }
+    findings.sort_by_key(|f| f.0);
+    Ok(Scan { findings, subjects, frontier, new_nodes: build_tree.then_some(new_nodes), legacy })
+}
+
+/// Verifies the whole log before the writer starts ([`scan`]), makes the
+/// anchor on an instance's first start (events written before then are
+/// legacy), and builds the tree of a database from before the ledger.
+/// Refuses to open, naming every event and row at fault.
+pub(crate) async fn verify_at_open(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    secrets: LedgerSecrets,
+) -> Result<Verified> {
+    let anchor = secrets.anchor.load().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let scan = scan(conn, dialect, &secrets.key, anchor, secrets.anchor.path()).await?;
+    if !scan.findings.is_empty() {
+        let findings: Vec<String> = scan.findings.into_iter().map(|f| f.1).collect();
+        return Err(StoreError::Tampered(format!("{}; run `custody audit verify`", describe(&findings))));
+    }
+    let frontier = scan.frontier;
+    if let Some(nodes) = scan.new_nodes.filter(|n| !n.is_empty()) {
+        crate::ledger::insert_nodes(conn, dialect, &nodes).await?;
+        tracing::info!(events = frontier.size(), "hashed earlier audit events into the ledger");
+    }
+    if anchor.is_none() {
+        let made = Anchor { size: frontier.size(), root: frontier.root(), legacy: scan.legacy as u64 };
+        secrets.anchor.save(&made).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    }
+    let state = Arc::new(LedgerState { secrets, legacy: scan.legacy, subjects: Mutex::new(scan.subjects) });
+    Ok(Verified { state, frontier })
+}
+
+/// The text of a JSON field of an event's details.
+pub(crate) fn detail<'e>(event: &'e TaggedEvent, field: &str) -> Option<&'e str> {
+    event.details.get(field).and_then(serde_json::Value::as_str)
+}
