@@ -215,7 +215,17 @@ fn audit_verify_names_every_tampered_event(backend: Backend) {
     ] {
         assert!(damaged.stdout.contains(&line), "verify does not say {line:?}: {damaged:?}");
     }
-    assert!(damaged.stderr.contains("tampered with: 5 findings"), "{damaged:?}");
+    // On the instance's host, the event key and the anchor expose the same
+    // events again, by their tags, and the log no longer being custody's.
+    for line in [
+        "audit_events seq 2: its tag does not verify".to_owned(),
+        "audit_events seq 6: missing".to_owned(),
+        format!("audit_events seq {inserted}: it carries no tag"),
+        format!("audit_events 1 to {size}: these are not the events custody committed"),
+    ] {
+        assert!(damaged.stdout.contains(&line), "verify does not say {line:?}: {damaged:?}");
+    }
+    assert!(damaged.stderr.contains("tampered with:"), "{damaged:?}");
 
     let report = verify(&hosted, true);
     assert_eq!(report.code(), Some(1));
@@ -226,7 +236,9 @@ fn audit_verify_names_every_tampered_event(backend: Backend) {
         .unwrap()
         .iter()
         .map(|f| (f["kind"].as_str().unwrap().to_owned(), f["seq"].as_i64().unwrap()))
+        .filter(|(kind, _)| kind != "unproven")
         .collect();
+    assert_eq!(report["report"]["tags_checked"], true);
     let expected = [("modified", 2), ("reordered", 3), ("reordered", 4), ("deleted", 6), ("inserted", inserted)];
     assert_eq!(kinds, expected.map(|(k, s)| (k.to_owned(), s)).to_vec());
 }
@@ -308,6 +320,7 @@ fn audit_watch_reports_a_database_restored_from_an_older_copy(backend: Backend) 
     // A backup is taken; then history goes on and the watcher sees it.
     hosted.server.stop();
     let backup = snapshot(&hosted);
+    let backup_anchor = std::fs::read(hosted.sandbox.path("data").join("keys").join("ledger.anchor")).unwrap();
     restart(&mut hosted);
     admin(&hosted, &["user", "add", "bob", "--email", "bob@example.com"]).expect_code(0);
     admin(&hosted, &["group", "create", "release-managers"]).expect_code(0);
@@ -315,10 +328,20 @@ fn audit_watch_reports_a_database_restored_from_an_older_copy(backend: Backend) 
     let second = watch(&hosted).expect_code(0);
     assert!(second.stdout.contains(&format!("checkpoint {seen} is consistent with")), "{second:?}");
 
-    // The database is restored from the backup, and new events follow:
-    // the log the server now shows is not an extension of what was seen.
+    // The database is restored from the backup. On its own it is refused:
+    // the log no longer extends the tree head anchored in keys/.
     hosted.server.stop();
+    let anchor_file = hosted.sandbox.path("data").join("keys").join("ledger.anchor");
+    let anchor_now = std::fs::read(&anchor_file).unwrap();
     restore(&hosted, &backup);
+    let refused = verify(&hosted, false);
+    assert_eq!(refused.code(), Some(1), "{refused:?}");
+    assert!(refused.stdout.contains("truncated or restored from an older copy"), "{refused:?}");
+    // An operator restores the anchor of the backup with it, and new events
+    // follow: the log the server now shows is not an extension of what the
+    // watcher saw.
+    std::fs::write(&anchor_file, &backup_anchor).unwrap();
+    assert_ne!(anchor_now, backup_anchor);
     restart(&mut hosted);
     for name in ["mallory", "trent", "oscar", "peggy"] {
         admin(&hosted, &["user", "add", name, "--email", &format!("{name}@example.com")]).expect_code(0);

@@ -203,6 +203,46 @@ pub(crate) fn hex_lower(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Reads the 32-byte secret (base64) at `path`, refusing a file others can
+/// read, or makes a random one there (mode 0600, fsynced) when there is none.
+pub fn load_or_create_secret(path: &std::path::Path, what: &str) -> Result<[u8; 32], KeyError> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let shown = || path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(path)
+                    .map_err(|source| KeyError::Io { path: shown(), source })?
+                    .permissions()
+                    .mode();
+                if mode & 0o077 != 0 {
+                    return Err(KeyError::TooOpen { path: shown(), mode: mode & 0o777 });
+                }
+            }
+            let bytes =
+                b64.decode(text.trim()).map_err(|e| KeyError::Malformed { path: shown(), why: e.to_string() })?;
+            bytes.try_into().map_err(|_| KeyError::Malformed { path: shown(), why: format!("{what} is 32 bytes") })
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let mut made = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut made);
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let io = |source| KeyError::Io { path: shown(), source };
+            let mut file = options.open(path).map_err(io)?;
+            std::io::Write::write_all(&mut file, format!("{}\n", b64.encode(made)).as_bytes()).map_err(io)?;
+            file.sync_all().map_err(io)?;
+            Ok(made)
+        }
+        Err(source) => Err(KeyError::Io { path: shown(), source }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,45 +297,5 @@ mod tests {
             assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
             assert_eq!(output.stdout[output.stdout.len() - 32..], key.public().to_bytes());
         }
-    }
-}
-
-/// Reads the 32-byte secret (base64) at `path`, refusing a file others can
-/// read, or makes a random one there (mode 0600, fsynced) when there is none.
-pub fn load_or_create_secret(path: &std::path::Path, what: &str) -> Result<[u8; 32], KeyError> {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let shown = || path.display().to_string();
-    match std::fs::read_to_string(path) {
-        Ok(text) => {
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                let mode = std::fs::metadata(path)
-                    .map_err(|source| KeyError::Io { path: shown(), source })?
-                    .permissions()
-                    .mode();
-                if mode & 0o077 != 0 {
-                    return Err(KeyError::TooOpen { path: shown(), mode: mode & 0o777 });
-                }
-            }
-            let bytes =
-                b64.decode(text.trim()).map_err(|e| KeyError::Malformed { path: shown(), why: e.to_string() })?;
-            bytes.try_into().map_err(|_| KeyError::Malformed { path: shown(), why: format!("{what} is 32 bytes") })
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            let mut made = [0u8; 32];
-            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut made);
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let io = |source| KeyError::Io { path: shown(), source };
-            let mut file = options.open(path).map_err(io)?;
-            std::io::Write::write_all(&mut file, format!("{}\n", b64.encode(made)).as_bytes()).map_err(io)?;
-            file.sync_all().map_err(io)?;
-            Ok(made)
-        }
-        Err(source) => Err(KeyError::Io { path: shown(), source }),
     }
 }

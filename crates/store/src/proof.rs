@@ -276,9 +276,11 @@ pub(crate) async fn scan(
         sqlx::query_scalar("SELECT MAX(size) FROM ledger_checkpoints").fetch_one(&mut *conn).await?;
     let build_tree = stored_size == 0 && checkpoints.is_none();
     let mut new_nodes = Vec::new();
+    let mut next = 1i64;
     for_each_event(conn, dialect, |event| {
-        let expected = frontier.size() as i64 + 1;
-        if event.seq != expected {
+        let expected = next;
+        next = event.seq + 1;
+        if event.seq > expected {
             findings.push((
                 expected,
                 format!(
