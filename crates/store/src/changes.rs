@@ -375,24 +375,22 @@ async fn prove_change(tx: &mut Tx, change: &ChangeView) -> Result<()> {
             }
         }
     }
-    {
-        if head != Some(change.head.as_str()) {
-            return Err(unproven(format!(
-                "changes row {}: its head {} is not the head custody recorded for change {} ({})",
-                change.id,
-                short(&change.head),
-                change.number,
-                head.map(short).unwrap_or("none")
-            )));
-        }
-        if state != Some(change.state.as_str()) {
-            return Err(unproven(format!(
-                "changes row {}: it is {} but custody recorded it {}",
-                change.id,
-                change.state,
-                state.unwrap_or("never opened")
-            )));
-        }
+    if head != Some(change.head.as_str()) {
+        return Err(unproven(format!(
+            "changes row {}: its head {} is not the head custody recorded for change {} ({})",
+            change.id,
+            short(&change.head),
+            change.number,
+            head.map(short).unwrap_or("none")
+        )));
+    }
+    if state != Some(change.state.as_str()) {
+        return Err(unproven(format!(
+            "changes row {}: it is {} but custody recorded it {}",
+            change.id,
+            change.state,
+            state.unwrap_or("never opened")
+        )));
     }
     for review in &change.reviews {
         match recorded.remove(&review.id) {

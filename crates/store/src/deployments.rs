@@ -400,6 +400,23 @@ async fn prove_decisions(tx: &mut impl Reads, view: &DeploymentView) -> Result<V
     Ok(events)
 }
 
+/// Fails a deployment that will not run (its deployer vanished, or custody
+/// cannot prove it queued it), saying why, and records that it did.
+async fn fail_unrun(tx: &mut Tx, id: i64, subject: &str, reason: String, now: i64) -> Result<()> {
+    let sql = tx.sql(
+        "UPDATE deployments SET status = 'failed', reason = $1, finished_at = $2, lease_until = NULL WHERE id = $3",
+    );
+    sqlx::query(&sql).bind(&reason).bind(now).bind(id).execute(tx.conn()).await?;
+    tx.audit(NewEvent {
+        actor: SYSTEM_ACTOR.into(),
+        action: "deploy.finish".into(),
+        subject: subject.to_owned(),
+        details: json!({ "status": "failed", "reason": reason }),
+    })
+    .await?;
+    Ok(())
+}
+
 /// Checks that custody itself queued a deployment: its decisions are the
 /// recorded ones, its request names its environment and build, and the last
 /// thing recorded about it is that its gate opened.
@@ -960,18 +977,7 @@ impl Store {
                          check the environment, then request the deployment again",
                         col::<Option<String>>(&row, "worker")?.unwrap_or_default()
                     );
-                    let sql = tx.sql(
-                        "UPDATE deployments SET status = 'failed', reason = $1, finished_at = $2, lease_until = NULL \
-                         WHERE id = $3",
-                    );
-                    sqlx::query(&sql).bind(&reason).bind(now).bind(id).execute(tx.conn()).await?;
-                    tx.audit(NewEvent {
-                        actor: SYSTEM_ACTOR.into(),
-                        action: "deploy.finish".into(),
-                        subject: format!("deployment:{project}/{number}"),
-                        details: json!({ "status": "failed", "reason": reason }),
-                    })
-                    .await?;
+                    fail_unrun(tx, id, &format!("deployment:{project}/{number}"), reason, now).await?;
                 }
                 let sql = tx.sql(
                     "SELECT d.id, d.project_id, d.number, p.name AS project, d.environment, b.number AS build, \
@@ -995,18 +1001,7 @@ impl Store {
                     };
                     let reason = format!("not run: {why}");
                     tracing::error!(deployment = number, project = %view.project, %reason, "refusing a deployment custody did not queue");
-                    let sql = tx.sql(
-                        "UPDATE deployments SET status = 'failed', reason = $1, finished_at = $2, lease_until = NULL \
-                         WHERE id = $3",
-                    );
-                    sqlx::query(&sql).bind(&reason).bind(now).bind(id).execute(tx.conn()).await?;
-                    tx.audit(NewEvent {
-                        actor: SYSTEM_ACTOR.into(),
-                        action: "deploy.finish".into(),
-                        subject: format!("deployment:{}/{number}", view.project),
-                        details: json!({ "status": "failed", "reason": reason }),
-                    })
-                    .await?;
+                    fail_unrun(tx, id, &format!("deployment:{}/{number}", view.project), reason, now).await?;
                 };
                 let id: i64 = col(&row, "id")?;
                 let project_id: i64 = col(&row, "project_id")?;

@@ -15,13 +15,13 @@ use std::time::Duration;
 
 use custody_domain::InvalidInput;
 use custody_formats::checkpoint::{Checkpoint, NoteVerifier};
-use custody_formats::event::EventFields;
 use custody_formats::keys::{PublicKey, ServiceKey};
 use custody_formats::merkle::{self, Frontier, Hash, NodeId};
 use futures_util::TryStreamExt as _;
 use sqlx::any::AnyConnectOptions;
 use sqlx::{AnyConnection, ConnectOptions as _, Connection as _};
 
+use crate::proof::TaggedEvent;
 use crate::{col, Dialect, LedgerSecrets, Result, Store, StoreError};
 
 /// How many nodes one multi-row INSERT or one lookup carries.
@@ -110,16 +110,6 @@ pub(crate) async fn insert_nodes(conn: &mut AnyConnection, dialect: Dialect, nod
     Ok(())
 }
 
-/// An audit event as read back, for hashing.
-struct EventRow {
-    seq: i64,
-    at: i64,
-    actor: String,
-    action: String,
-    subject: String,
-    details: serde_json::Value,
-}
-
 /// An audit event as read, its details not yet parsed.
 struct RawEvent {
     seq: i64,
@@ -151,8 +141,8 @@ impl RawEvent {
             .collect()
     }
 
-    fn parse(self) -> EventRow {
-        EventRow {
+    fn parse(self) -> TaggedEvent {
+        TaggedEvent {
             seq: self.seq,
             at: self.at,
             actor: self.actor,
@@ -161,22 +151,9 @@ impl RawEvent {
             // Details that are no longer JSON still hash (as a string), so
             // the damage shows as a modified event rather than an error.
             details: serde_json::from_str(&self.details).unwrap_or(serde_json::Value::String(self.details)),
+            prev: None,
+            mac: None,
         }
-    }
-}
-
-impl EventRow {
-    /// The leaf this event's content would have at sequence number `seq`.
-    fn leaf(&self, seq: i64) -> Hash {
-        EventFields {
-            seq,
-            at_ms: self.at,
-            actor: &self.actor,
-            action: &self.action,
-            subject: &self.subject,
-            details: &self.details,
-        }
-        .leaf_hash()
     }
 }
 
@@ -710,7 +687,7 @@ async fn inspect_connection(
         move || {
             let mut matched = vec![false; leaves.len()];
             let mut present = vec![false; leaves.len()];
-            let mut suspects: Vec<EventRow> = Vec::new();
+            let mut suspects: Vec<TaggedEvent> = Vec::new();
             let mut events = 0u64;
             while let Some(chunk) = received.blocking_recv() {
                 for raw in RawEvent::from_json_array(&chunk)? {
@@ -719,7 +696,7 @@ async fn inspect_connection(
                     let position = event.seq - 1;
                     if position >= 0 && (position as usize) < leaves.len() {
                         present[position as usize] = true;
-                        if event.leaf(event.seq) == leaves[position as usize] {
+                        if event.leaf() == leaves[position as usize] {
                             matched[position as usize] = true;
                             continue;
                         }
@@ -767,9 +744,9 @@ async fn inspect_connection(
     let mut unexplained = Vec::new();
     for event in suspects {
         let window = (event.seq - MOVE_WINDOW).max(1)..=(event.seq + MOVE_WINDOW).min(leaves.len() as i64);
-        let moved_from = window
-            .into_iter()
-            .find(|&seq| seq != event.seq && !matched[seq as usize - 1] && event.leaf(seq) == leaves[seq as usize - 1]);
+        let moved_from = window.into_iter().find(|&seq| {
+            seq != event.seq && !matched[seq as usize - 1] && event.leaf_at(seq) == leaves[seq as usize - 1]
+        });
         match moved_from {
             Some(seq) => {
                 matched[seq as usize - 1] = true;

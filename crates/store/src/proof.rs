@@ -89,7 +89,8 @@ impl LedgerState {
     }
 }
 
-/// An event as stored, with its tag.
+/// An event as stored, with its tag (none when read for inspection without
+/// the event key).
 pub(crate) struct TaggedEvent {
     pub(crate) seq: i64,
     pub(crate) at: i64,
@@ -118,8 +119,14 @@ impl TaggedEvent {
 
     /// Its leaf hash in the ledger.
     pub(crate) fn leaf(&self) -> Hash {
+        self.leaf_at(self.seq)
+    }
+
+    /// The leaf its content would have at sequence number `seq` (where a
+    /// moved event came from).
+    pub(crate) fn leaf_at(&self, seq: i64) -> Hash {
         EventFields {
-            seq: self.seq,
+            seq,
             at_ms: self.at,
             actor: &self.actor,
             action: &self.action,
@@ -127,6 +134,22 @@ impl TaggedEvent {
             details: &self.details,
         }
         .leaf_hash()
+    }
+
+    /// Why custody cannot prove it, or `None` when it can: its tag must
+    /// verify, and name `previous` (the subject's event before it) as its
+    /// predecessor.
+    pub(crate) fn unproven_after(&self, previous: i64, key: &EventKey, legacy: i64) -> Option<String> {
+        if let Some(why) = self.unproven(key, legacy) {
+            return Some(why);
+        }
+        (self.mac.is_some() && self.prev != Some(previous)).then(|| {
+            format!(
+                "audit_events seq {}: the event before it about {} is not the one custody recorded there (an event \
+                 about it was deleted or added around custody)",
+                self.seq, self.subject
+            )
+        })
     }
 
     /// Why its tag does not prove it, or `None` when it does.
@@ -164,15 +187,8 @@ pub(crate) async fn proven_events(tx: &mut impl Reads, subject: &str) -> Result<
     let mut previous = 0i64;
     let mut reached = newest.is_none();
     for event in &events {
-        if let Some(why) = event.unproven(&state.secrets.key, state.legacy) {
+        if let Some(why) = event.unproven_after(previous, &state.secrets.key, state.legacy) {
             return Err(unproven(why));
-        }
-        if event.seq > state.legacy && event.prev != Some(previous) {
-            return Err(unproven(format!(
-                "audit_events before seq {} about {subject}: an event custody recorded there is missing (deleted \
-                 around custody)",
-                event.seq
-            )));
         }
         previous = event.seq;
         if Some(event.seq) == newest {
@@ -292,20 +308,9 @@ pub(crate) async fn scan(
         if event.mac.is_some() {
             tagged += 1;
         }
-        if let Some(why) = event.unproven(key, legacy) {
+        let previous = subjects.get(&event.subject).copied().unwrap_or(0);
+        if let Some(why) = event.unproven_after(previous, key, legacy) {
             findings.push((event.seq, why));
-        } else if event.mac.is_some() {
-            let previous = subjects.get(&event.subject).copied().unwrap_or(0);
-            if event.prev != Some(previous) {
-                findings.push((
-                    event.seq,
-                    format!(
-                        "audit_events seq {}: the event before it about {} is not the one custody recorded there (an \
-                         event about it was deleted or added around custody)",
-                        event.seq, event.subject
-                    ),
-                ));
-            }
         }
         subjects.insert(event.subject.clone(), event.seq);
         frontier.push(event.leaf(), |id, hash| {

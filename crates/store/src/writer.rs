@@ -428,20 +428,10 @@ async fn prove_appended(tx: &mut Tx, tree: &mut Frontier, last: i64) -> Result<(
         if event.seq != tree.size() as i64 + 1 {
             return Err(StoreError::Tampered(format!("audit_events seq {}: missing", tree.size() + 1)));
         }
-        if event.mac.is_none() && event.seq <= tx.ledger.legacy {
-            tree.push(event.leaf(), |_, _| {});
-            continue;
-        }
-        if let Some(why) = event.unproven(&tx.ledger.secrets.key, tx.ledger.legacy) {
+        let previous = newest.get(&event.subject).copied().or_else(|| tx.ledger.newest(&event.subject)).unwrap_or(0);
+        if let Some(why) = event.unproven_after(previous, &tx.ledger.secrets.key, tx.ledger.legacy) {
             return Err(StoreError::Tampered(format!(
                 "{why}; the writer stops until an operator runs `custody audit verify`"
-            )));
-        }
-        let previous = newest.get(&event.subject).copied().or_else(|| tx.ledger.newest(&event.subject)).unwrap_or(0);
-        if event.prev != Some(previous) {
-            return Err(StoreError::Tampered(format!(
-                "audit_events seq {}: the event before it about {} is not the one custody recorded",
-                event.seq, event.subject
             )));
         }
         newest.insert(event.subject.clone(), event.seq);
