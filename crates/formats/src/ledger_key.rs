@@ -24,7 +24,7 @@ use crate::merkle::Hash;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The secret that authenticates audit events and bearer-token hashes.
+/// The secret that authenticates audit events and keys bearer-secret hashes.
 #[derive(Clone)]
 pub struct EventKey {
     key: [u8; 32],
@@ -92,12 +92,17 @@ impl EventKey {
         mac.verify_slice(tag).is_ok()
     }
 
-    /// What a bearer token's secret is stored as: a keyed hash, so that a
-    /// row written into the database without this key matches no secret.
-    pub fn token_hash(&self, secret: &str) -> [u8; 32] {
+    /// What a bearer secret (a token's, an invite's) is stored as: a keyed
+    /// hash of the secret's SHA-256 digest bound to the row it belongs to
+    /// (`bound`: its id, owner, scopes, expiry), so that a row written into
+    /// the database without this key matches no secret, and a row moved to
+    /// another owner or given other scopes no longer matches its own.
+    pub fn secret_hash(&self, bound: &str, secret_digest: &str) -> [u8; 32] {
         let mut mac = self.mac();
         mac.update(TOKEN_LABEL);
-        mac.update(secret.as_bytes());
+        mac.update(&(bound.len() as u64).to_be_bytes());
+        mac.update(bound.as_bytes());
+        mac.update(secret_digest.as_bytes());
         mac.finalize().into_bytes().into()
     }
 }
@@ -230,10 +235,11 @@ mod tests {
     }
 
     #[test]
-    fn a_token_hash_needs_the_key() {
+    fn a_secret_hash_needs_the_key_and_binds_its_row() {
         let key = EventKey::generate();
-        assert_eq!(key.token_hash("secret"), key.token_hash("secret"));
-        assert_ne!(key.token_hash("secret"), EventKey::generate().token_hash("secret"));
+        assert_eq!(key.secret_hash("token\nabc\n7", "digest"), key.secret_hash("token\nabc\n7", "digest"));
+        assert_ne!(key.secret_hash("token\nabc\n7", "digest"), key.secret_hash("token\nabc\n8", "digest"));
+        assert_ne!(key.secret_hash("token\nabc\n7", "digest"), EventKey::generate().secret_hash("token\nabc\n7", "digest"));
     }
 
     #[test]

@@ -8,7 +8,10 @@ use custody_domain::{Decision, Email, GroupName, InvalidInput, Reason, Rule, Sco
 use rand::Rng as _;
 use serde::Serialize;
 use serde_json::json;
+use custody_formats::ledger_key::EventKey;
 use sha2::{Digest, Sha256};
+
+use crate::writer::Reads as _;
 use subtle::ConstantTimeEq;
 
 use crate::grants::{self, GrantView};
@@ -152,8 +155,66 @@ fn hash_secret(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
-fn secret_matches(stored_hash: &str, presented: &str) -> bool {
-    stored_hash.as_bytes().ct_eq(hash_secret(presented).as_bytes()).into()
+/// The row a bearer secret belongs to, which its stored hash binds.
+pub(crate) struct Bound<'a> {
+    /// `token` or `invite`.
+    pub(crate) kind: &'static str,
+    pub(crate) id: &'a str,
+    pub(crate) user_id: i64,
+    pub(crate) scopes: &'a str,
+    pub(crate) expires_at: Option<i64>,
+}
+
+/// Marks a hash keyed by the event key and bound to its row.
+const KEYED: &str = "k1:";
+
+impl Bound<'_> {
+    /// What the secret whose SHA-256 digest is `digest` is stored as.
+    pub(crate) fn stored(&self, key: &EventKey, digest: &str) -> String {
+        let expires = self.expires_at.map(|t| t.to_string()).unwrap_or_default();
+        let bound = format!("{}\n{}\n{}\n{}\n{expires}", self.kind, self.id, self.user_id, self.scopes);
+        format!("{KEYED}{}", hex::encode(key.secret_hash(&bound, digest)))
+    }
+
+    /// Whether `presented` is the secret of this row, as stored. A hash not
+    /// keyed by this instance's event key (written around custody, or moved
+    /// from another row) never matches.
+    fn matches(&self, key: &EventKey, stored: &str, presented: &str) -> bool {
+        stored.as_bytes().ct_eq(self.stored(key, &hash_secret(presented)).as_bytes()).into()
+    }
+}
+
+/// Re-keys the secret hashes written before they were keyed (plain SHA-256
+/// digests), once, when an instance first gets its event key: each becomes
+/// the keyed hash of that digest, bound to its row.
+pub(crate) async fn rekey_secrets(conn: &mut sqlx::AnyConnection, dialect: crate::Dialect, key: &EventKey) -> Result<()> {
+    let rows = sqlx::query(&dialect.sql(
+        "SELECT 'token' AS kind, id, user_id, scopes, expires_at, secret_hash FROM tokens WHERE secret_hash NOT LIKE 'k1:%' \
+         UNION ALL SELECT 'invite', id, user_id, '', expires_at, secret_hash FROM invites WHERE secret_hash NOT LIKE 'k1:%'",
+    ))
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in &rows {
+        let kind: String = col(row, "kind")?;
+        let (id, digest): (String, String) = (col(row, "id")?, col(row, "secret_hash")?);
+        let scopes: String = col(row, "scopes")?;
+        let bound = Bound {
+            kind: if kind == "token" { "token" } else { "invite" },
+            id: &id,
+            user_id: col(row, "user_id")?,
+            scopes: &scopes,
+            expires_at: col(row, "expires_at")?,
+        };
+        let sql = match bound.kind {
+            "token" => "UPDATE tokens SET secret_hash = $1 WHERE id = $2",
+            _ => "UPDATE invites SET secret_hash = $1 WHERE id = $2",
+        };
+        sqlx::query(&dialect.sql(sql)).bind(bound.stored(key, &digest)).bind(&id).execute(&mut *conn).await?;
+    }
+    if !rows.is_empty() {
+        tracing::info!(secrets = rows.len(), "keyed the stored hashes of tokens and invites");
+    }
+    Ok(())
 }
 
 fn ts(ms: Option<i64>) -> Option<Timestamp> {
@@ -204,6 +265,9 @@ pub(crate) async fn insert_token(
     expires_at: Option<i64>,
 ) -> Result<NewToken> {
     let (id, secret) = (random_id(), random_secret());
+    let list = scopes.to_list();
+    let bound = Bound { kind: "token", id: &id, user_id, scopes: &list, expires_at };
+    let stored = bound.stored(&tx.ledger_state().secrets.key, &hash_secret(&secret));
     let sql = tx.sql(
         "INSERT INTO tokens (id, user_id, name, secret_hash, scopes, created_at, expires_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -212,8 +276,8 @@ pub(crate) async fn insert_token(
         .bind(&id)
         .bind(user_id)
         .bind(name)
-        .bind(hash_secret(&secret))
-        .bind(scopes.to_list())
+        .bind(stored)
+        .bind(&list)
         .bind(now_ms())
         .bind(expires_at)
         .execute(tx.conn())
@@ -319,11 +383,13 @@ impl Store {
         );
         let row = sqlx::query(&sql).bind(parts.id).fetch_optional(self.readers()).await?.ok_or(REFUSED)?;
         let stored: String = col(&row, "secret_hash")?;
-        if !secret_matches(&stored, parts.secret) {
+        let scopes: String = col(&row, "scopes")?;
+        let expires_at: Option<i64> = col(&row, "expires_at")?;
+        let bound = Bound { kind: "token", id: parts.id, user_id: col(&row, "id")?, scopes: &scopes, expires_at };
+        if !bound.matches(&self.ledger().secrets.key, &stored, parts.secret) {
             return Err(REFUSED);
         }
         let now = now_ms();
-        let expires_at: Option<i64> = col(&row, "expires_at")?;
         let revoked_at: Option<i64> = col(&row, "revoked_at")?;
         let disabled_at: Option<i64> = col(&row, "disabled_at")?;
         let state: String = col(&row, "state")?;
@@ -331,7 +397,6 @@ impl Store {
             return Err(REFUSED);
         }
         let name: String = col(&row, "name")?;
-        let scopes: String = col(&row, "scopes")?;
         let duties = split_sorted(col(&row, "duties")?);
         let authenticated = Authenticated {
             user_id: col(&row, "id")?,
@@ -411,6 +476,8 @@ impl Store {
                 let user_id = insert_user(tx, &name, &display_name, Some(&email), "pending").await?;
                 let (id, secret) = (random_id(), random_secret());
                 let expires_at = now_ms() + INVITE_LIFETIME_MS;
+                let bound = Bound { kind: "invite", id: &id, user_id, scopes: "", expires_at: Some(expires_at) };
+                let stored = bound.stored(&tx.ledger_state().secrets.key, &hash_secret(&secret));
                 let sql = tx.sql(
                     "INSERT INTO invites (id, user_id, secret_hash, created_by, created_at, expires_at) \
                      VALUES ($1, $2, $3, $4, $5, $6)",
@@ -418,7 +485,7 @@ impl Store {
                 sqlx::query(&sql)
                     .bind(&id)
                     .bind(user_id)
-                    .bind(hash_secret(&secret))
+                    .bind(stored)
                     .bind(actor.name.as_str())
                     .bind(now_ms())
                     .bind(expires_at)
@@ -451,10 +518,12 @@ impl Store {
                 );
                 let row = sqlx::query(&sql).bind(&id).fetch_optional(tx.conn()).await?.ok_or(REFUSED)?;
                 let stored: String = col(&row, "secret_hash")?;
-                if !secret_matches(&stored, &presented) {
+                let expires_at: i64 = col(&row, "expires_at")?;
+                let bound =
+                    Bound { kind: "invite", id: &id, user_id: col(&row, "id")?, scopes: "", expires_at: Some(expires_at) };
+                if !bound.matches(&tx.ledger_state().secrets.key, &stored, &presented) {
                     return Err(REFUSED);
                 }
-                let expires_at: i64 = col(&row, "expires_at")?;
                 let redeemed_at: Option<i64> = col(&row, "redeemed_at")?;
                 let disabled_at: Option<i64> = col(&row, "disabled_at")?;
                 if redeemed_at.is_some() || expires_at <= now_ms() || disabled_at.is_some() {

@@ -398,6 +398,9 @@ pub(crate) async fn verify_at_open(
         tracing::info!(events = frontier.size(), "hashed earlier audit events into the ledger");
     }
     if anchor.is_none() {
+        // An instance's first start with its event key: the secrets stored
+        // before are keyed now, before the anchor says this was done.
+        crate::people::rekey_secrets(conn, dialect, &secrets.key).await?;
         let made = Anchor { size: frontier.size(), root: frontier.root(), legacy: scan.legacy as u64 };
         secrets.anchor.save(&made).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     }

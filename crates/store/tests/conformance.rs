@@ -1370,7 +1370,52 @@ async fn a_deployment_custody_queued_runs(store: Store) {
     assert_eq!((lease.approvers, lease.testers), (vec!["carol".to_owned()], vec!["dave".to_owned()]));
 }
 
+async fn a_token_row_written_into_the_database_does_not_authenticate(store: Store, url: String) {
+    use custody_domain::secret::{format_secret, SecretKind};
+    let root = init_root(&store).await;
+    let alice = join(&store, &ask_for_user(&store, &root, "alice").await).await;
+    join(&store, &ask_for_user(&store, &root, "bob").await).await;
+    // A token row for bob holding the SHA-256 of a secret the attacker chose,
+    // as tokens were once stored, and one that looks keyed.
+    let secret = "A".repeat(43);
+    let digest = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(secret.as_bytes()))
+    };
+    for (id, hash) in [("forgedtoken1", digest.clone()), ("forgedtoken2", format!("k1:{digest}"))] {
+        execute_raw(
+            &url,
+            &format!(
+                "INSERT INTO tokens (id, user_id, name, secret_hash, scopes, created_at) \
+                 SELECT '{id}', id, 'forged', '{hash}', 'read,write,admin', 1 FROM users WHERE name = 'bob'"
+            ),
+        )
+        .await;
+        let presented = format_secret(SecretKind::Token, id, &secret);
+        assert!(
+            matches!(store.authenticate(&presented).await, Err(StoreError::Unauthenticated(_))),
+            "a token custody did not make must not authenticate"
+        );
+    }
+    // alice's own token moved to bob, or given the admin scope, no longer
+    // matches its row.
+    let presented = store.create_token(&alice, "mine".into(), Scopes::of(&[Scope::Read]), None).await.unwrap();
+    assert_eq!(store.authenticate(&presented.token).await.unwrap().name.as_str(), "alice");
+    execute_raw(&url, &format!("UPDATE tokens SET scopes = 'read,write,admin' WHERE id = '{}'", presented.id)).await;
+    assert!(matches!(store.authenticate(&presented.token).await, Err(StoreError::Unauthenticated(_))));
+    execute_raw(
+        &url,
+        &format!(
+            "UPDATE tokens SET scopes = 'read', user_id = (SELECT id FROM users WHERE name = 'bob') WHERE id = '{}'",
+            presented.id
+        ),
+    )
+    .await;
+    assert!(matches!(store.authenticate(&presented.token).await, Err(StoreError::Unauthenticated(_))));
+}
+
 on_both_backends! {
+    a_token_row_written_into_the_database_does_not_authenticate,
     a_review_inserted_into_the_database_does_not_open_the_merge_gate,
     an_edited_verdict_and_a_deleted_request_for_changes_each_fail_closed,
     forged_deployment_decisions_and_a_queued_status_deploy_nothing,
