@@ -41,6 +41,7 @@ pub type EventMac = [u8; 32];
 
 const EVENT_LABEL: &[u8] = b"custody event v1\n";
 const TOKEN_LABEL: &[u8] = b"custody token v1\n";
+const SEAL_LABEL: &[u8] = b"custody seal v1\n";
 
 impl EventKey {
     /// A key from its bytes.
@@ -90,6 +91,27 @@ impl EventKey {
         mac.update(leaf);
         mac.update(&prev.to_be_bytes());
         mac.verify_slice(tag).is_ok()
+    }
+
+    /// The tag of a subject's seal: the digest of its rows as of event
+    /// `seq`, the newest event about it when the rows were last written.
+    pub fn seal_mac(&self, subject: &str, seq: i64, digest: &Hash) -> EventMac {
+        self.seal(subject, seq, digest).finalize().into_bytes().into()
+    }
+
+    /// Whether `tag` is the seal's tag, compared in constant time.
+    pub fn verify_seal(&self, subject: &str, seq: i64, digest: &Hash, tag: &[u8]) -> bool {
+        self.seal(subject, seq, digest).verify_slice(tag).is_ok()
+    }
+
+    fn seal(&self, subject: &str, seq: i64, digest: &Hash) -> HmacSha256 {
+        let mut mac = self.mac();
+        mac.update(SEAL_LABEL);
+        mac.update(&(subject.len() as u64).to_be_bytes());
+        mac.update(subject.as_bytes());
+        mac.update(&seq.to_be_bytes());
+        mac.update(digest);
+        mac
     }
 
     /// What a bearer secret (a token's, an invite's) is stored as: a keyed
@@ -239,7 +261,10 @@ mod tests {
         let key = EventKey::generate();
         assert_eq!(key.secret_hash("token\nabc\n7", "digest"), key.secret_hash("token\nabc\n7", "digest"));
         assert_ne!(key.secret_hash("token\nabc\n7", "digest"), key.secret_hash("token\nabc\n8", "digest"));
-        assert_ne!(key.secret_hash("token\nabc\n7", "digest"), EventKey::generate().secret_hash("token\nabc\n7", "digest"));
+        assert_ne!(
+            key.secret_hash("token\nabc\n7", "digest"),
+            EventKey::generate().secret_hash("token\nabc\n7", "digest")
+        );
     }
 
     #[test]

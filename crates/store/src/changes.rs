@@ -436,6 +436,12 @@ async fn gate_records(
     let (change_id, mut change) = change_row(tx, access.project_id, number).await?;
     change.reviews = reviews_of(tx, change_id, &change.head).await?;
     prove_change(tx, &change).await?;
+    // Whether a reviewer may approve (write access, groups) rests on their
+    // memberships as custody wrote them.
+    let reviewers: BTreeSet<&str> = change.reviews.iter().map(|r| r.reviewer.as_str()).collect();
+    for reviewer in reviewers {
+        crate::seals::check(tx, &format!("user:{reviewer}")).await?;
+    }
     let reviews = change
         .reviews
         .iter()
@@ -724,6 +730,7 @@ impl Store {
         let (actor, access) = (actor.clone(), access.clone());
         self.write(move |tx| {
             Box::pin(async move {
+                crate::seals::check(tx, &format!("user:{}", actor.name)).await?;
                 let (id, change) = change_row(tx, access.project_id, number).await?;
                 if change.state != "open" {
                     return Err(StoreError::Conflict(format!("change {number} is {}; only open changes are reviewed", change.state)));

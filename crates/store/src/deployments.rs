@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::projects::ProjectAccess;
-use crate::writer::{Reader, Reads, Tx};
+use crate::writer::{Reads, Tx};
 use crate::{col, now_ms, Authenticated, Result, Store, StoreError};
 
 /// A decision someone took on a deployment.
@@ -287,6 +287,12 @@ async fn gather(
 ) -> Result<Gathered> {
     let env = &context.environment;
     prove_decisions(tx, view).await?;
+    // Whether each person who decided is an approver or a tester rests on
+    // their memberships as custody wrote them.
+    let deciders: BTreeSet<&str> = view.decisions.iter().map(|d| d.user.as_str()).collect();
+    for user in deciders {
+        crate::seals::check(tx, &format!("user:{user}")).await?;
+    }
     // Provenance: a successful, signed build of a commit custody merged.
     let sql = tx.sql("SELECT status, provenance, change_number FROM builds WHERE id = $1");
     let row = sqlx::query(&sql).bind(build_id).fetch_one(tx.conn()).await?;
@@ -681,7 +687,9 @@ impl Store {
                     )));
                 }
                 // Whether this person may take this decision, by the same
-                // rules the gate applies.
+                // rules the gate applies, on their memberships as custody
+                // wrote them.
+                crate::seals::check(tx, &format!("user:{}", actor.name)).await?;
                 let who = actor.name.clone();
                 let gathered = gather(tx, access.project_id, build_id, &view, &context).await?;
                 let facts = gathered.facts(&context.environment);
@@ -746,11 +754,7 @@ impl Store {
     ) -> Result<(DeploymentView, DeployReport)> {
         // Only read: a reader's connection, not the writer's queue. Every
         // decision evaluates the gate again inside the writer.
-        let mut reader = Reader {
-            conn: self.readers().acquire().await?,
-            dialect: self.inner.dialect,
-            ledger: self.ledger().clone(),
-        };
+        let mut reader = self.reader().await?;
         let (_, build_id, view) = load(&mut reader, access.project_id, number).await?;
         let report = evaluate(&mut reader, access.project_id, build_id, &view, &context).await?;
         Ok((view, report))
@@ -767,11 +771,7 @@ impl Store {
         context: DeployContext,
         who: &UserName,
     ) -> Result<(DeploymentView, DeployReport, Standing)> {
-        let mut reader = Reader {
-            conn: self.readers().acquire().await?,
-            dialect: self.inner.dialect,
-            ledger: self.ledger().clone(),
-        };
+        let mut reader = self.reader().await?;
         let (_, build_id, view) = load(&mut reader, access.project_id, number).await?;
         let gathered = gather(&mut reader, access.project_id, build_id, &view, &context).await?;
         let facts = gathered.facts(&context.environment);

@@ -28,6 +28,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "deployment_cancel", include_str!("../migrations/sqlite/0008_deployment_cancel.sql")),
     (9, "audit_subject", include_str!("../migrations/sqlite/0009_audit_subject.sql")),
     (10, "event_tags", include_str!("../migrations/sqlite/0010_event_tags.sql")),
+    (11, "subject_seals", include_str!("../migrations/sqlite/0011_subject_seals.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "people", include_str!("../migrations/postgres/0001_people.sql")),
@@ -40,6 +41,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "deployment_cancel", include_str!("../migrations/postgres/0008_deployment_cancel.sql")),
     (9, "audit_subject", include_str!("../migrations/postgres/0009_audit_subject.sql")),
     (10, "event_tags", include_str!("../migrations/postgres/0010_event_tags.sql")),
+    (11, "subject_seals", include_str!("../migrations/postgres/0011_subject_seals.sql")),
 ];
 
 /// The PostgreSQL advisory lock held by whoever appends to the audit log or

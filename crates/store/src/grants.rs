@@ -83,6 +83,7 @@ async fn fetch<'e>(
 }
 
 async fn load(tx: &mut Tx, id: i64) -> Result<GrantView> {
+    crate::seals::check(tx, &format!("grant:{id}")).await?;
     let dialect = tx.dialect();
     fetch(tx.conn(), dialect, id).await
 }
@@ -274,6 +275,7 @@ async fn insert(tx: &mut Tx, requested_by: &str, action: &GrantAction, status: G
         .bind(decided_at)
         .fetch_one(tx.conn())
         .await?;
+    tx.touch(&format!("grant:{id}"));
     load(tx, id).await
 }
 
@@ -365,6 +367,7 @@ impl Store {
                 let admin = acting_admin(tx, &actor).await?;
                 refuse_if(grant::decide_approval(&facts_of(&grant), &admin))?;
                 apply(tx, grant.id, &grant.action).await?;
+                tx.touch(&format!("grant:{id}"));
                 let sql = tx.sql(
                     "UPDATE grants SET status = 'approved', decided_by = $1, decided_at = $2 \
                      WHERE id = $3 AND status = 'pending'",
@@ -399,6 +402,7 @@ impl Store {
                 let grant = load(tx, id).await?;
                 let admin = acting_admin(tx, &actor).await?;
                 refuse_if(grant::decide_rejection(&facts_of(&grant), &admin))?;
+                tx.touch(&format!("grant:{id}"));
                 let sql = tx.sql(
                     "UPDATE grants SET status = 'rejected', decided_by = $1, decided_at = $2, note = $3 \
                      WHERE id = $4 AND status = 'pending'",
@@ -423,6 +427,7 @@ impl Store {
                         let sql = tx.sql(sql);
                         sqlx::query(&sql).bind(user.as_str()).execute(tx.conn()).await?;
                     }
+                    tx.touch(&format!("user:{user}"));
                 }
                 tx.audit(NewEvent {
                     actor: actor.name.to_string(),

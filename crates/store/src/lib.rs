@@ -30,6 +30,7 @@ mod ledger;
 mod people;
 mod projects;
 mod proof;
+mod seals;
 mod secrets;
 mod writer;
 
@@ -194,7 +195,7 @@ impl Store {
         dialect.prepare_writer(&mut writer_conn).await?;
         dialect.migrate(&mut writer_conn).await?;
         let verified = proof::verify_at_open(&mut writer_conn, dialect, secrets).await?;
-        let ledger = verified.state.clone();
+        let (ledger, first_start) = (verified.state.clone(), verified.first_start);
 
         let readers = AnyPoolOptions::new()
             .max_connections(dialect.readers())
@@ -204,6 +205,11 @@ impl Store {
             .await?;
         let writer = writer::Handle::start(dialect, writer_conn, options, verified);
         let store = Store { inner: Arc::new(Inner { dialect, readers, writer, authors: Arc::default(), ledger }) };
+        if first_start {
+            // Rows written before the instance had its event key are sealed
+            // as they stand, once.
+            store.write(|tx| Box::pin(seals::seal_all(tx))).await?;
+        }
         if dialect == Dialect::Postgres {
             store.listen_for_jobs(url.to_string());
         }
@@ -247,6 +253,20 @@ impl Store {
     /// The ledger as this process proved it.
     pub(crate) fn ledger(&self) -> &Arc<proof::LedgerState> {
         &self.inner.ledger
+    }
+
+    /// A reader's connection that knows the ledger, for proofs and seals.
+    pub(crate) async fn reader(&self) -> Result<writer::Reader> {
+        Ok(writer::Reader {
+            conn: self.readers().acquire().await?,
+            dialect: self.dialect(),
+            ledger: self.ledger().clone(),
+        })
+    }
+
+    /// Checks a subject's seal on a reader's connection.
+    pub(crate) async fn check_seal(&self, subject: &str) -> Result<()> {
+        seals::check(&mut self.reader().await?, subject).await
     }
 
     pub(crate) fn authors_cache(&self) -> Arc<changes::AuthorsCache> {

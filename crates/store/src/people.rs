@@ -5,10 +5,10 @@ use custody_domain::audit::NewEvent;
 use custody_domain::grant::{self, AdminActor, GrantAction};
 use custody_domain::secret::{self, SecretKind};
 use custody_domain::{Decision, Email, GroupName, InvalidInput, Reason, Rule, Scope, Scopes, Timestamp, UserName};
+use custody_formats::ledger_key::EventKey;
 use rand::Rng as _;
 use serde::Serialize;
 use serde_json::json;
-use custody_formats::ledger_key::EventKey;
 use sha2::{Digest, Sha256};
 
 use crate::writer::Reads as _;
@@ -187,7 +187,11 @@ impl Bound<'_> {
 /// Re-keys the secret hashes written before they were keyed (plain SHA-256
 /// digests), once, when an instance first gets its event key: each becomes
 /// the keyed hash of that digest, bound to its row.
-pub(crate) async fn rekey_secrets(conn: &mut sqlx::AnyConnection, dialect: crate::Dialect, key: &EventKey) -> Result<()> {
+pub(crate) async fn rekey_secrets(
+    conn: &mut sqlx::AnyConnection,
+    dialect: crate::Dialect,
+    key: &EventKey,
+) -> Result<()> {
     let rows = sqlx::query(&dialect.sql(
         "SELECT 'token' AS kind, id, user_id, scopes, expires_at, secret_hash FROM tokens WHERE secret_hash NOT LIKE 'k1:%' \
          UNION ALL SELECT 'invite', id, user_id, '', expires_at, secret_hash FROM invites WHERE secret_hash NOT LIKE 'k1:%'",
@@ -248,6 +252,7 @@ pub(crate) async fn in_group(tx: &mut Tx, user_id: i64, group: &str) -> Result<b
 /// Re-reads the actor's admin status inside the transaction, so that a
 /// decision rests on what is true at commit, not at authentication.
 pub(crate) async fn require_admin(tx: &mut Tx, actor: &Authenticated) -> Result<()> {
+    crate::seals::check(tx, &format!("user:{}", actor.name)).await?;
     let is_admin = in_group(tx, actor.user_id, "admins").await?;
     let decision =
         grant::decide_admin(&AdminActor { name: &actor.name, is_admin, admin_scope: actor.has_scope(Scope::Admin) });
@@ -397,6 +402,9 @@ impl Store {
             return Err(REFUSED);
         }
         let name: String = col(&row, "name")?;
+        // Who they are, whether they may act and the groups that make them
+        // admin or auditor: only as custody wrote them.
+        self.check_seal(&format!("user:{name}")).await?;
         let duties = split_sorted(col(&row, "duties")?);
         let authenticated = Authenticated {
             user_id: col(&row, "id")?,
@@ -519,8 +527,13 @@ impl Store {
                 let row = sqlx::query(&sql).bind(&id).fetch_optional(tx.conn()).await?.ok_or(REFUSED)?;
                 let stored: String = col(&row, "secret_hash")?;
                 let expires_at: i64 = col(&row, "expires_at")?;
-                let bound =
-                    Bound { kind: "invite", id: &id, user_id: col(&row, "id")?, scopes: "", expires_at: Some(expires_at) };
+                let bound = Bound {
+                    kind: "invite",
+                    id: &id,
+                    user_id: col(&row, "id")?,
+                    scopes: "",
+                    expires_at: Some(expires_at),
+                };
                 if !bound.matches(&tx.ledger_state().secrets.key, &stored, &presented) {
                     return Err(REFUSED);
                 }
@@ -714,6 +727,7 @@ impl Store {
 
     /// The id and password hash of an active, enabled user, for a login.
     pub async fn password_hash(&self, name: &UserName) -> Result<Option<(i64, String)>> {
+        self.check_seal(&format!("user:{name}")).await?;
         let sql = self.sql(
             "SELECT id, password_hash FROM users \
              WHERE name = $1 AND state = 'active' AND disabled_at IS NULL AND password_hash IS NOT NULL",
@@ -835,5 +849,6 @@ async fn insert_user(
         let sql = tx.sql("INSERT INTO user_emails (email, user_id, added_at) VALUES ($1, $2, $3)");
         sqlx::query(&sql).bind(email.as_str()).bind(id).bind(now).execute(tx.conn()).await?;
     }
+    tx.touch(&format!("user:{name}"));
     Ok(id)
 }

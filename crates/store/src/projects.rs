@@ -376,6 +376,8 @@ impl Store {
     /// What `user` may do in `project`. A project they may not read is
     /// reported as missing, so its existence does not leak.
     pub async fn project_access(&self, user: &Authenticated, project: &ProjectName) -> Result<ProjectAccess> {
+        // Its default and protected branches only as custody wrote them.
+        self.check_seal(&format!("project:{project}")).await?;
         let sql = self.sql(
             "SELECT p.id, p.default_branch, \
                     (SELECT role FROM project_members m WHERE m.project_id = p.id AND m.user_id = $2) AS role, \

@@ -222,6 +222,8 @@ pub(crate) async fn proven_events(tx: &mut impl Reads, subject: &str) -> Result<
 pub(crate) struct Verified {
     pub(crate) state: Arc<LedgerState>,
     pub(crate) frontier: Frontier,
+    /// Whether this is the instance's first start with its event key.
+    pub(crate) first_start: bool,
 }
 
 /// Something the start-up verification found, naming the table and row.
@@ -405,7 +407,7 @@ pub(crate) async fn verify_at_open(
         secrets.anchor.save(&made).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     }
     let state = Arc::new(LedgerState { secrets, legacy: scan.legacy, subjects: Mutex::new(scan.subjects) });
-    Ok(Verified { state, frontier })
+    Ok(Verified { state, frontier, first_start: anchor.is_none() })
 }
 
 /// The text of a JSON field of an event's details.

@@ -50,6 +50,11 @@ pub(crate) trait Reads: Send {
     fn pending(&self, _subject: &str) -> Option<i64> {
         None
     }
+    /// Whether the running operation is changing `subject`'s sealed rows
+    /// (they are sealed anew when it ends).
+    fn changing(&self, _subject: &str) -> bool {
+        false
+    }
 }
 
 impl Reads for Tx {
@@ -67,6 +72,10 @@ impl Reads for Tx {
 
     fn pending(&self, subject: &str) -> Option<i64> {
         self.pending_newest(subject)
+    }
+
+    fn changing(&self, subject: &str) -> bool {
+        self.touched.contains(subject)
     }
 }
 
@@ -107,6 +116,8 @@ pub struct Tx {
     undo: Vec<(String, Option<i64>)>,
     /// The proven tree as this transaction began: its size and head.
     head: (u64, Hash),
+    /// Subjects the running operation wrote about, to seal when it ends.
+    touched: std::collections::BTreeSet<String>,
 }
 
 impl Tx {
@@ -177,9 +188,22 @@ impl Tx {
             .await?;
         self.next_seq += 1;
         self.leaves.push(leaf);
+        self.touched.insert(event.subject.clone());
         let before = self.newest.insert(event.subject.clone(), seq);
         self.undo.push((event.subject, before));
         Ok(seq)
+    }
+
+    /// Says that the running operation changed `subject`'s sealed rows
+    /// without writing an event about it (a pending user's creation): its
+    /// seal is renewed when the operation ends.
+    pub(crate) fn touch(&mut self, subject: &str) {
+        self.touched.insert(subject.to_owned());
+    }
+
+    /// The subjects to seal, leaving none.
+    pub(crate) fn take_touched(&mut self) -> std::collections::BTreeSet<String> {
+        std::mem::take(&mut self.touched)
     }
 
     /// Forgets the subjects' newest events appended after `mark` undo steps.
@@ -309,6 +333,7 @@ async fn commit_group(
         newest: HashMap::new(),
         undo: Vec::new(),
         head: (ledger.size(), ledger.root()),
+        touched: Default::default(),
     };
     let mut frontier: Option<Frontier> = None;
     let mut answers: Vec<(oneshot::Sender<Result<Erased>>, Result<Erased>)> = Vec::with_capacity(group.len());
@@ -331,9 +356,14 @@ async fn commit_group(
             tx.conn.execute(savepoint).await?;
             open = true;
             let (seq_before, queued_before, undo_before) = (tx.next_seq, tx.jobs_queued, tx.undo.len());
-            match (job.op)(&mut tx).await {
+            let outcome = match (job.op)(&mut tx).await {
+                Ok(value) => crate::seals::seal_touched(&mut tx).await.map(|()| value),
+                Err(error) => Err(error),
+            };
+            match outcome {
                 Ok(value) => answers.push((job.done, Ok(value))),
                 Err(error) => {
+                    tx.touched.clear();
                     tx.conn.execute("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op").await?;
                     open = false;
                     tx.next_seq = seq_before;

@@ -1414,7 +1414,83 @@ async fn a_token_row_written_into_the_database_does_not_authenticate(store: Stor
     assert!(matches!(store.authenticate(&presented.token).await, Err(StoreError::Unauthenticated(_))));
 }
 
+async fn a_group_membership_written_into_the_database_makes_nobody_an_approver(store: Store, url: String) {
+    use custody_store::DeployDecision::Approve;
+    let (_root, [_alice, _bob, _carol, dave, erin], access, build) = released_build(&store).await;
+    let (pending, _) = store.request_deployment(&erin, &access, build, production(1, true), None).await.unwrap();
+    // dave, a tester, is put among the release managers around custody.
+    execute_raw(
+        &url,
+        "INSERT INTO group_members (group_id, user_id, grant_id, added_at) \
+         SELECT g.id, u.id, 1, 1 FROM groups g, users u WHERE g.name = 'release-managers' AND u.name = 'dave'",
+    )
+    .await;
+    let why = unproven(decide(&store, &dave, &access, pending.number, Approve).await);
+    assert!(why.contains("group_members") && why.contains("of dave"), "{why}");
+    // Nor can he sign in any more: who he is is no longer proven.
+    let why = unproven(store.password_hash(&user("dave")).await);
+    assert!(why.contains("of dave"), "{why}");
+}
+
+async fn a_grant_approved_in_the_database_is_refused_and_applies_nothing(store: Store, url: String) {
+    let (root, bob) = governed(&store).await;
+    let carol = ask_for_user(&store, &root, "carol").await;
+    store.approve_grant(&bob, carol.grant.id).await.unwrap();
+    let grant = store.request_membership(&root, group("auditors"), user("carol")).await.unwrap();
+    // The grant marked approved, and its effect written, around custody.
+    execute_raw(&url, &format!("UPDATE grants SET status = 'approved', decided_by = 'bob' WHERE id = {}", grant.id))
+        .await;
+    execute_raw(
+        &url,
+        "INSERT INTO group_members (group_id, user_id, grant_id, added_at) \
+         SELECT g.id, u.id, 1, 1 FROM groups g, users u WHERE g.name = 'auditors' AND u.name = 'carol'",
+    )
+    .await;
+    let why = unproven(store.approve_grant(&bob, grant.id).await);
+    assert!(why.contains(&format!("grants row {}", grant.id)), "{why}");
+    let why = unproven(store.password_hash(&user("carol")).await);
+    assert!(why.contains("group_members") && why.contains("of carol"), "{why}");
+}
+
+async fn a_swapped_password_hash_and_a_put_back_seal_are_refused(store: Store, url: String) {
+    let root = init_root(&store).await;
+    let alice = join(&store, &ask_for_user(&store, &root, "alice").await).await;
+    let bob = join(&store, &ask_for_user(&store, &root, "bob").await).await;
+    store.set_password_hash(&alice, "alice-hash".into()).await.unwrap();
+    store.set_password_hash(&bob, "bob-hash".into()).await.unwrap();
+    assert_eq!(store.password_hash(&user("bob")).await.unwrap().map(|(_, h)| h).as_deref(), Some("bob-hash"));
+    // bob's password hash replaced by alice's, whose password the attacker knows.
+    execute_raw(&url, "UPDATE users SET password_hash = 'alice-hash' WHERE name = 'bob'").await;
+    let why = unproven(store.password_hash(&user("bob")).await);
+    assert!(why.contains("users") && why.contains("of bob"), "{why}");
+    // Put back as it was, and bob sets a new password; then the old rows and
+    // their old seal are put back together: older than bob's newest event.
+    execute_raw(&url, "UPDATE users SET password_hash = 'bob-hash' WHERE name = 'bob'").await;
+    execute_raw(&url, "CREATE TABLE old_seal AS SELECT * FROM subject_seals WHERE subject = 'user:bob'").await;
+    store.set_password_hash(&bob, "bob-new-hash".into()).await.unwrap();
+    execute_raw(
+        &url,
+        "UPDATE users SET password_hash = 'bob-hash' WHERE name = 'bob'; \
+         UPDATE subject_seals SET seq = (SELECT seq FROM old_seal), digest = (SELECT digest FROM old_seal), \
+         mac = (SELECT mac FROM old_seal) WHERE subject = 'user:bob'",
+    )
+    .await;
+    let why = unproven(store.password_hash(&user("bob")).await);
+    assert!(why.contains("older than custody's newest event"), "{why}");
+}
+
+async fn an_unprotected_branch_in_the_database_is_refused(store: Store, url: String) {
+    let (_root, people, access, _head) = opened_change(&store).await;
+    execute_raw(&url, "UPDATE projects SET default_branch = 'release' WHERE name = 'payments'").await;
+    let why = unproven(store.project_access(&people[0], &access.project).await);
+    assert!(why.contains("protected_branches rows of payments"), "{why}");
+}
+
 on_both_backends! {
+    a_group_membership_written_into_the_database_makes_nobody_an_approver,
+    a_grant_approved_in_the_database_is_refused_and_applies_nothing,
+    a_swapped_password_hash_and_a_put_back_seal_are_refused,
+    an_unprotected_branch_in_the_database_is_refused,
     a_token_row_written_into_the_database_does_not_authenticate,
     a_review_inserted_into_the_database_does_not_open_the_merge_gate,
     an_edited_verdict_and_a_deleted_request_for_changes_each_fail_closed,

@@ -1,0 +1,186 @@
+//! Seals over the rows a rule reads that are current state rather than a
+//! history: a user's state, password hash, e-mail addresses and memberships
+//! (`user:NAME`), a project's default and protected branches
+//! (`project:NAME`), a grant's decision (`grant:ID`).
+//!
+//! Whenever an operation writes an event about such a subject, the writer
+//! digests the subject's rows as the operation leaves them and stores the
+//! digest with the sequence number of that event, tagged under the event
+//! key ([`seal_touched`]). A reader recomputes the digest from the rows and
+//! accepts them only when the seal's tag verifies, the digests agree, and
+//! the seal is not older than the subject's newest event this process
+//! proved ([`check`]): a row inserted, edited or deleted around custody
+//! changes the digest, and an older seal put back with older rows is older
+//! than the subject's newest event.
+
+use custody_formats::merkle::Hash;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::proof::unproven;
+use crate::writer::{Reads, Tx};
+use crate::{col, Result};
+
+/// The rows of `subject` a rule reads, as one canonical value, or `None`
+/// for a subject that has no sealed rows.
+async fn rows_of(tx: &mut impl Reads, subject: &str) -> Result<Option<Value>> {
+    let Some((kind, name)) = subject.split_once(':') else { return Ok(None) };
+    let value = match kind {
+        "user" => {
+            let sql = tx.sql("SELECT id, state, disabled_at, password_hash FROM users WHERE name = $1");
+            let Some(row) = sqlx::query(&sql).bind(name).fetch_optional(tx.conn()).await? else {
+                return Ok(Some(Value::Null));
+            };
+            let id: i64 = col(&row, "id")?;
+            let (state, disabled, password): (String, Option<i64>, Option<String>) =
+                (col(&row, "state")?, col(&row, "disabled_at")?, col(&row, "password_hash")?);
+            let sql = tx.sql("SELECT email FROM user_emails WHERE user_id = $1 ORDER BY email");
+            let emails: Vec<String> = sqlx::query_scalar(&sql).bind(id).fetch_all(tx.conn()).await?;
+            let sql = tx.sql(
+                "SELECT g.name FROM group_members m JOIN groups g ON g.id = m.group_id WHERE m.user_id = $1 ORDER BY g.name",
+            );
+            let groups: Vec<String> = sqlx::query_scalar(&sql).bind(id).fetch_all(tx.conn()).await?;
+            let sql = tx.sql(
+                "SELECT p.name, m.role FROM project_members m JOIN projects p ON p.id = m.project_id \
+                 WHERE m.user_id = $1 ORDER BY p.name",
+            );
+            let mut projects = Vec::new();
+            for row in sqlx::query(&sql).bind(id).fetch_all(tx.conn()).await? {
+                projects.push(json!([col::<String>(&row, "name")?, col::<String>(&row, "role")?]));
+            }
+            json!({ "id": id, "state": state, "disabled_at": disabled, "password": password, "emails": emails,
+                    "groups": groups, "projects": projects })
+        }
+        "project" => {
+            let sql = tx.sql("SELECT id, default_branch FROM projects WHERE name = $1");
+            let Some(row) = sqlx::query(&sql).bind(name).fetch_optional(tx.conn()).await? else {
+                return Ok(Some(Value::Null));
+            };
+            let id: i64 = col(&row, "id")?;
+            let default: String = col(&row, "default_branch")?;
+            let sql = tx.sql("SELECT branch FROM protected_branches WHERE project_id = $1 ORDER BY branch");
+            let protected: Vec<String> = sqlx::query_scalar(&sql).bind(id).fetch_all(tx.conn()).await?;
+            json!({ "id": id, "default_branch": default, "protected": protected })
+        }
+        "grant" => {
+            let Ok(id) = name.parse::<i64>() else { return Ok(None) };
+            let sql = tx
+                .sql("SELECT action, payload, named_user, requested_by, status, decided_by FROM grants WHERE id = $1");
+            let Some(row) = sqlx::query(&sql).bind(id).fetch_optional(tx.conn()).await? else {
+                return Ok(Some(Value::Null));
+            };
+            json!([
+                col::<String>(&row, "action")?,
+                col::<String>(&row, "payload")?,
+                col::<String>(&row, "named_user")?,
+                col::<String>(&row, "requested_by")?,
+                col::<String>(&row, "status")?,
+                col::<Option<String>>(&row, "decided_by")?,
+            ])
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(value))
+}
+
+fn digest_of(subject: &str, rows: &Value) -> Hash {
+    let mut hasher = Sha256::new();
+    hasher.update(subject.as_bytes());
+    hasher.update([0]);
+    hasher.update(rows.to_string().as_bytes());
+    hasher.finalize().into()
+}
+
+/// Seals `subject` as its rows stand now, as of event `seq`.
+async fn seal(tx: &mut Tx, subject: &str, seq: i64) -> Result<()> {
+    let Some(rows) = rows_of(tx, subject).await? else { return Ok(()) };
+    let digest = digest_of(subject, &rows);
+    let mac = tx.ledger_state().secrets.key.seal_mac(subject, seq, &digest);
+    let sql = tx.sql(
+        "INSERT INTO subject_seals (subject, seq, digest, mac) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (subject) DO UPDATE SET seq = excluded.seq, digest = excluded.digest, mac = excluded.mac",
+    );
+    sqlx::query(&sql).bind(subject).bind(seq).bind(digest.to_vec()).bind(mac.to_vec()).execute(tx.conn()).await?;
+    Ok(())
+}
+
+/// Seals every subject the operation that just ran wrote an event about,
+/// or said it changed: called by the writer before the operation's
+/// savepoint is released, so a seal commits with the rows it covers.
+pub(crate) async fn seal_touched(tx: &mut Tx) -> Result<()> {
+    for subject in tx.take_touched() {
+        let seq = tx.pending(&subject).or_else(|| tx.ledger_state().newest(&subject)).unwrap_or(0);
+        seal(tx, &subject, seq).await?;
+    }
+    Ok(())
+}
+
+/// Checks that `subject`'s rows are the ones custody last wrote; refuses,
+/// naming the subject's rows, when they are not.
+pub(crate) async fn check(tx: &mut impl Reads, subject: &str) -> Result<()> {
+    if tx.changing(subject) {
+        return Ok(());
+    }
+    let Some(rows) = rows_of(tx, subject).await? else { return Ok(()) };
+    let digest = digest_of(subject, &rows);
+    let sql = tx.sql("SELECT seq, digest, mac FROM subject_seals WHERE subject = $1");
+    let sealed = sqlx::query(&sql).bind(subject).fetch_optional(tx.conn()).await?;
+    let state = tx.ledger_state();
+    let newest = tx.pending(subject).or_else(|| state.newest(subject)).unwrap_or(0);
+    let what = rows_named(subject);
+    let Some(sealed) = sealed else {
+        if rows.is_null() && newest == 0 {
+            return Ok(());
+        }
+        return Err(unproven(format!("{what}: custody never sealed them (the seal was deleted around custody)")));
+    };
+    let (seq, stored, mac): (i64, Vec<u8>, Vec<u8>) =
+        (col(&sealed, "seq")?, col(&sealed, "digest")?, col(&sealed, "mac")?);
+    let stored: Option<Hash> = stored.try_into().ok();
+    let genuine = stored.is_some_and(|d| state.secrets.key.verify_seal(subject, seq, &d, &mac));
+    if !genuine {
+        return Err(unproven(format!("subject_seals row {subject}: its tag does not verify (written around custody)")));
+    }
+    if seq < newest {
+        return Err(unproven(format!(
+            "subject_seals row {subject}: it is older than custody's newest event about it ({newest}), so it and \
+             {what} were put back from an older copy"
+        )));
+    }
+    if stored != Some(digest) {
+        return Err(unproven(format!(
+            "{what}: they are not the rows custody last wrote (inserted, edited or deleted around custody)"
+        )));
+    }
+    Ok(())
+}
+
+/// The rows a subject's seal covers, for people.
+fn rows_named(subject: &str) -> String {
+    match subject.split_once(':') {
+        Some(("user", name)) => {
+            format!("the users, user_emails, group_members and project_members rows of {name}")
+        }
+        Some(("project", name)) => format!("the projects and protected_branches rows of {name}"),
+        Some(("grant", id)) => format!("grants row {id}"),
+        _ => subject.to_owned(),
+    }
+}
+
+/// Seals every sealed subject from its rows as they stand: once, when an
+/// instance first gets its event key (an upgrade), before its anchor exists.
+pub(crate) async fn seal_all(tx: &mut Tx) -> Result<()> {
+    let mut subjects: Vec<String> = Vec::new();
+    for (sql, prefix) in [
+        ("SELECT name FROM users", "user"),
+        ("SELECT name FROM projects", "project"),
+        ("SELECT CAST(id AS TEXT) FROM grants", "grant"),
+    ] {
+        let names: Vec<String> = sqlx::query_scalar(sql).fetch_all(tx.conn()).await?;
+        subjects.extend(names.into_iter().map(|n| format!("{prefix}:{n}")));
+    }
+    for subject in subjects {
+        tx.touch(&subject);
+    }
+    seal_touched(tx).await
+}
