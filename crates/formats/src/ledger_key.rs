@@ -42,6 +42,7 @@ pub type EventMac = [u8; 32];
 const EVENT_LABEL: &[u8] = b"custody event v1\n";
 const TOKEN_LABEL: &[u8] = b"custody token v1\n";
 const SEAL_LABEL: &[u8] = b"custody seal v1\n";
+const ROW_LABEL: &[u8] = b"custody row v1\n";
 
 impl EventKey {
     /// A key from its bytes.
@@ -112,6 +113,18 @@ impl EventKey {
         mac.update(&seq.to_be_bytes());
         mac.update(digest);
         mac
+    }
+
+    /// The tag of a row written once and never changed (a commit's record):
+    /// its table and its fields, each length-prefixed.
+    pub fn row_mac(&self, table: &str, fields: &[&str]) -> EventMac {
+        let mut mac = self.mac();
+        mac.update(ROW_LABEL);
+        for field in std::iter::once(&table).chain(fields) {
+            mac.update(&(field.len() as u64).to_be_bytes());
+            mac.update(field.as_bytes());
+        }
+        mac.finalize().into_bytes().into()
     }
 
     /// What a bearer secret (a token's, an invite's) is stored as: a keyed

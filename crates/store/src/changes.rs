@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::people::Authenticated;
 use crate::projects::ProjectAccess;
-use crate::writer::Tx;
+use crate::writer::{Reads as _, Tx};
 use crate::{col, now_ms, Page, PageRequest, Result, Store, StoreError};
 
 /// Only project members with write access may approve.
@@ -246,7 +246,8 @@ async fn commit_authors(tx: &mut Tx, project_id: i64, commits: &[String]) -> Res
         let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
         let list = placeholders.join(", ");
         let sql = tx.dialect().sql_owned(format!(
-            "SELECT c.sha, pu.name AS pusher, au.name AS author, cu.name AS committer \
+            "SELECT c.sha, pu.name AS pusher, au.name AS author, cu.name AS committer, c.first_push_id, ps.pusher_id, \
+             c.import_grant_id, c.author_user_id, c.committer_user_id, c.seal \
              FROM commits c LEFT JOIN pushes ps ON ps.id = c.first_push_id LEFT JOIN users pu ON pu.id = ps.pusher_id \
              LEFT JOIN users au ON au.id = c.author_user_id LEFT JOIN users cu ON cu.id = c.committer_user_id \
              WHERE c.project_id = $1 AND c.sha IN ({list})"
@@ -255,7 +256,42 @@ async fn commit_authors(tx: &mut Tx, project_id: i64, commits: &[String]) -> Res
         for sha in chunk {
             query = query.bind(sha);
         }
+        let rows = query.fetch_all(tx.conn()).await?;
+        // Every record must be the one custody sealed: its push, pusher and
+        // the users it names, co-authors included.
+        let sql = tx.dialect().sql_owned(format!(
+            "SELECT ca.sha, ca.user_id FROM commit_coauthors ca \
+             WHERE ca.project_id = $1 AND ca.user_id IS NOT NULL AND ca.sha IN ({list})"
+        ));
+        let mut query = sqlx::query(&sql).bind(project_id);
+        for sha in chunk {
+            query = query.bind(sha);
+        }
+        let mut co_authors: BTreeMap<String, Vec<i64>> = BTreeMap::new();
         for row in query.fetch_all(tx.conn()).await? {
+            co_authors.entry(col(&row, "sha")?).or_default().push(col(&row, "user_id")?);
+        }
+        let key = tx.ledger_state().secrets.key.clone();
+        for row in &rows {
+            let sha: String = col(row, "sha")?;
+            let record = crate::projects::CommitRecord {
+                project_id,
+                sha: &sha,
+                first_push: col(row, "first_push_id")?,
+                pusher: col(row, "pusher_id")?,
+                import_grant: col(row, "import_grant_id")?,
+                author: col(row, "author_user_id")?,
+                committer: col(row, "committer_user_id")?,
+                co_authors: co_authors.remove(&sha).unwrap_or_default(),
+            };
+            if col::<Option<String>>(row, "seal")?.as_deref() != Some(record.seal(&key).as_str()) {
+                return Err(crate::proof::unproven(format!(
+                    "commits row {sha}: its record (the push that brought it, its pusher, the users it names) is not \
+                     the one custody sealed (edited, or its push or co-authors deleted, around custody)"
+                )));
+            }
+        }
+        for row in rows {
             let sha: String = col(&row, "sha")?;
             found += 1;
             if let Some(pusher) = col::<Option<String>>(&row, "pusher")? {
@@ -918,9 +954,20 @@ impl Store {
                     // custody's own commit: recorded, so that later changes
                     // containing it know who made it (nobody can have pushed it).
                     let (name, email) = ("custody", "custody@localhost");
+                    let seal = crate::projects::CommitRecord {
+                        project_id: access2.project_id,
+                        sha: &merge_commit,
+                        first_push: None,
+                        pusher: None,
+                        import_grant: None,
+                        author: None,
+                        committer: None,
+                        co_authors: Vec::new(),
+                    }
+                    .seal(&tx.ledger_state().secrets.key);
                     let sql = tx.sql(
-                        "INSERT INTO commits (project_id, sha, author_name, author_email, committer_name, committer_email) \
-                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (project_id, sha) DO NOTHING",
+                        "INSERT INTO commits (project_id, sha, author_name, author_email, committer_name, committer_email, seal) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (project_id, sha) DO NOTHING",
                     );
                     sqlx::query(&sql)
                         .bind(access2.project_id)
@@ -929,6 +976,7 @@ impl Store {
                         .bind(email)
                         .bind(name)
                         .bind(email)
+                        .bind(seal)
                         .execute(tx.conn())
                         .await?;
                     let now = now_ms();

@@ -29,6 +29,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (9, "audit_subject", include_str!("../migrations/sqlite/0009_audit_subject.sql")),
     (10, "event_tags", include_str!("../migrations/sqlite/0010_event_tags.sql")),
     (11, "subject_seals", include_str!("../migrations/sqlite/0011_subject_seals.sql")),
+    (12, "commit_seals", include_str!("../migrations/sqlite/0012_commit_seals.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "people", include_str!("../migrations/postgres/0001_people.sql")),
@@ -42,6 +43,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (9, "audit_subject", include_str!("../migrations/postgres/0009_audit_subject.sql")),
     (10, "event_tags", include_str!("../migrations/postgres/0010_event_tags.sql")),
     (11, "subject_seals", include_str!("../migrations/postgres/0011_subject_seals.sql")),
+    (12, "commit_seals", include_str!("../migrations/postgres/0012_commit_seals.sql")),
 ];
 
 /// The PostgreSQL advisory lock held by whoever appends to the audit log or

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::grants::{existing_user, GrantView};
 use crate::people::{require_admin, Authenticated};
-use crate::writer::Tx;
+use crate::writer::{Reads as _, Tx};
 use crate::{col, now_ms, Page, PageRequest, Result, Store, StoreError};
 
 /// A project as shown.
@@ -254,6 +254,69 @@ async fn lookup(
     Ok(found)
 }
 
+/// What a commit's record says, as its seal covers it.
+pub(crate) struct CommitRecord<'a> {
+    pub(crate) project_id: i64,
+    pub(crate) sha: &'a str,
+    pub(crate) first_push: Option<i64>,
+    pub(crate) pusher: Option<i64>,
+    pub(crate) import_grant: Option<i64>,
+    pub(crate) author: Option<i64>,
+    pub(crate) committer: Option<i64>,
+    /// The users its co-author trailers name, in any order.
+    pub(crate) co_authors: Vec<i64>,
+}
+
+impl CommitRecord<'_> {
+    /// Its seal under the event key: hex of the tag.
+    pub(crate) fn seal(&self, key: &custody_formats::ledger_key::EventKey) -> String {
+        let text = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
+        let mut co_authors = self.co_authors.clone();
+        co_authors.sort_unstable();
+        co_authors.dedup();
+        let co_authors = co_authors.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        let fields = [
+            self.project_id.to_string(),
+            self.sha.to_owned(),
+            text(self.first_push),
+            text(self.pusher),
+            text(self.import_grant),
+            text(self.author),
+            text(self.committer),
+            co_authors,
+        ];
+        hex::encode(key.row_mac("commits", &fields.iter().map(String::as_str).collect::<Vec<_>>()))
+    }
+}
+
+/// Seals every commit record written before records were sealed, from the
+/// rows as they stand: once, when an instance first gets its event key.
+pub(crate) async fn seal_unsealed_commits(tx: &mut Tx) -> Result<()> {
+    let sql = "SELECT c.project_id, c.sha, c.first_push_id, ps.pusher_id, c.import_grant_id, c.author_user_id, \
+               c.committer_user_id FROM commits c LEFT JOIN pushes ps ON ps.id = c.first_push_id WHERE c.seal IS NULL";
+    let rows = sqlx::query(sql).fetch_all(tx.conn()).await?;
+    let key = tx.ledger_state().secrets.key.clone();
+    for row in &rows {
+        let (project_id, sha): (i64, String) = (col(row, "project_id")?, col(row, "sha")?);
+        let sql =
+            tx.sql("SELECT user_id FROM commit_coauthors WHERE project_id = $1 AND sha = $2 AND user_id IS NOT NULL");
+        let co_authors: Vec<i64> = sqlx::query_scalar(&sql).bind(project_id).bind(&sha).fetch_all(tx.conn()).await?;
+        let record = CommitRecord {
+            project_id,
+            sha: &sha,
+            first_push: col(row, "first_push_id")?,
+            pusher: col(row, "pusher_id")?,
+            import_grant: col(row, "import_grant_id")?,
+            author: col(row, "author_user_id")?,
+            committer: col(row, "committer_user_id")?,
+            co_authors,
+        };
+        let sql = tx.sql("UPDATE commits SET seal = $1 WHERE project_id = $2 AND sha = $3");
+        sqlx::query(&sql).bind(record.seal(&key)).bind(project_id).bind(&sha).execute(tx.conn()).await?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// An admin creates a project. An empty project with no members confers
     /// nothing, so it needs no second admin; its members come by grants.
@@ -472,39 +535,57 @@ impl Store {
                 // fifty statements, not ten thousand.
                 for chunk in commits.chunks(COMMITS_PER_STATEMENT) {
                     let mut people = Vec::with_capacity(chunk.len());
+                    let mut seals = Vec::with_capacity(chunk.len());
                     for commit in chunk {
                         let author = lookup(tx, &mut known, &commit.author.email).await?;
                         let committer = lookup(tx, &mut known, &commit.committer.email).await?;
+                        let mut co_authors = Vec::new();
+                        for co_author in &commit.co_authors {
+                            co_authors.extend(lookup(tx, &mut known, &co_author.email).await?.map(|u| u.0));
+                        }
+                        let record = CommitRecord {
+                            project_id,
+                            sha: &commit.sha,
+                            first_push: Some(push_id),
+                            pusher: Some(pusher.user_id),
+                            import_grant: None,
+                            author: author.as_ref().map(|a| a.0),
+                            committer: committer.as_ref().map(|c| c.0),
+                            co_authors,
+                        };
+                        seals.push(record.seal(&tx.ledger_state().secrets.key));
                         people.push((author, committer));
                     }
                     // The chunk travels as one JSON parameter that the
-                    // database unpacks: one bind instead of nine per row.
+                    // database unpacks: one bind instead of ten per row.
                     let rows: Vec<serde_json::Value> = chunk
                         .iter()
                         .zip(&people)
-                        .map(|(commit, (author, committer))| {
+                        .zip(&seals)
+                        .map(|((commit, (author, committer)), seal)| {
                             json!({
                                 "s": commit.sha, "an": commit.author.name, "ae": commit.author.email,
                                 "au": author.as_ref().map(|a| a.0),
                                 "cn": commit.committer.name, "ce": commit.committer.email,
-                                "cu": committer.as_ref().map(|c| c.0),
+                                "cu": committer.as_ref().map(|c| c.0), "z": seal,
                             })
                         })
                         .collect();
                     let sql = match tx.dialect() {
                         crate::Dialect::Sqlite => {
                             "INSERT INTO commits (project_id, sha, first_push_id, author_name, author_email, author_user_id, \
-                             committer_name, committer_email, committer_user_id) \
+                             committer_name, committer_email, committer_user_id, seal) \
                              SELECT ?1, json_extract(value, '$.s'), ?2, json_extract(value, '$.an'), \
                              json_extract(value, '$.ae'), json_extract(value, '$.au'), json_extract(value, '$.cn'), \
-                             json_extract(value, '$.ce'), json_extract(value, '$.cu') FROM json_each(?3) WHERE true \
+                             json_extract(value, '$.ce'), json_extract(value, '$.cu'), json_extract(value, '$.z') \
+                             FROM json_each(?3) WHERE true \
                              ON CONFLICT (project_id, sha) DO NOTHING RETURNING sha"
                         }
                         crate::Dialect::Postgres => {
                             "INSERT INTO commits (project_id, sha, first_push_id, author_name, author_email, author_user_id, \
-                             committer_name, committer_email, committer_user_id) \
+                             committer_name, committer_email, committer_user_id, seal) \
                              SELECT $1, j->>'s', $2, j->>'an', j->>'ae', (j->>'au')::bigint, j->>'cn', j->>'ce', \
-                             (j->>'cu')::bigint FROM json_array_elements($3::json) AS j \
+                             (j->>'cu')::bigint, j->>'z' FROM json_array_elements($3::json) AS j \
                              ON CONFLICT (project_id, sha) DO NOTHING RETURNING sha"
                         }
                     };
@@ -604,10 +685,21 @@ impl Store {
                 for commit in &commits {
                     let author = lookup(tx, &mut known, &commit.author.email).await?;
                     let committer = lookup(tx, &mut known, &commit.committer.email).await?;
+                    let seal = CommitRecord {
+                        project_id,
+                        sha: &commit.sha,
+                        first_push: None,
+                        pusher: None,
+                        import_grant: Some(grant),
+                        author: author.as_ref().map(|a| a.0),
+                        committer: committer.as_ref().map(|c| c.0),
+                        co_authors: Vec::new(),
+                    }
+                    .seal(&tx.ledger_state().secrets.key);
                     let sql = tx.sql(
                         "INSERT INTO commits (project_id, sha, import_grant_id, author_name, author_email, author_user_id, \
-                         committer_name, committer_email, committer_user_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                         ON CONFLICT (project_id, sha) DO NOTHING",
+                         committer_name, committer_email, committer_user_id, seal) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (project_id, sha) DO NOTHING",
                     );
                     recorded += sqlx::query(&sql)
                         .bind(project_id)
@@ -619,6 +711,7 @@ impl Store {
                         .bind(&commit.committer.name)
                         .bind(&commit.committer.email)
                         .bind(committer.map(|c| c.0))
+                        .bind(seal)
                         .execute(tx.conn())
                         .await?
                         .rows_affected() as usize;

@@ -182,5 +182,6 @@ pub(crate) async fn seal_all(tx: &mut Tx) -> Result<()> {
     for subject in subjects {
         tx.touch(&subject);
     }
-    seal_touched(tx).await
+    seal_touched(tx).await?;
+    crate::projects::seal_unsealed_commits(tx).await
 }

@@ -1486,7 +1486,24 @@ async fn an_unprotected_branch_in_the_database_is_refused(store: Store, url: Str
     assert!(why.contains("protected_branches rows of payments"), "{why}");
 }
 
+async fn a_deleted_or_reassigned_push_makes_nobody_eligible(store: Store, url: String) {
+    use custody_domain::gate::Verdict;
+    let (_root, people, alice_access, head) = opened_change(&store).await;
+    let bob = store.project_access(&people[1], &alice_access.project).await.unwrap();
+    store.review(&people[1], &bob, 1, Verdict::Approve, String::new(), None).await.unwrap();
+    // alice's push given to carol: alice would no longer be an author.
+    execute_raw(&url, "UPDATE pushes SET pusher_id = (SELECT id FROM users WHERE name = 'carol')").await;
+    let why = unproven(store.gate_records(&alice_access, 1, vec![head.clone()], vec![]).await);
+    assert!(why.contains(&format!("commits row {head}")), "{why}");
+    // alice's push deleted outright, and her commit detached from it.
+    execute_raw(&url, "DELETE FROM push_updates; UPDATE commits SET first_push_id = NULL; DELETE FROM pushes").await;
+    let merged = store.merge_change(&people[0], &alice_access, 1, vec![head.clone()], vec![], open_plan(&head)).await;
+    let why = unproven(merged);
+    assert!(why.contains(&format!("commits row {head}")), "{why}");
+}
+
 on_both_backends! {
+    a_deleted_or_reassigned_push_makes_nobody_eligible,
     a_group_membership_written_into_the_database_makes_nobody_an_approver,
     a_grant_approved_in_the_database_is_refused_and_applies_nothing,
     a_swapped_password_hash_and_a_put_back_seal_are_refused,
