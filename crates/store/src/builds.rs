@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::projects::ProjectAccess;
-use crate::writer::Tx;
+use crate::writer::{Reads, Tx};
 use crate::{col, now_ms, Dialect, Page, PageRequest, Result, Store, StoreError};
 
 /// How many times a build is taken before a worker that keeps vanishing
@@ -180,8 +180,55 @@ pub(crate) async fn enqueue(
         // Delivered when the transaction commits, and only then.
         sqlx::query("SELECT pg_notify($1, '')").bind(JOBS_CHANNEL).execute(tx.conn()).await?;
     }
+    let project: String = sqlx::query_scalar(&tx.sql("SELECT name FROM projects WHERE id = $1"))
+        .bind(project_id)
+        .fetch_one(tx.conn())
+        .await?;
+    // The builder builds only what custody recorded queueing.
+    tx.audit(NewEvent {
+        actor: SYSTEM_ACTOR.into(),
+        action: "build.queue".into(),
+        subject: format!("build:{project}/{number}"),
+        details: json!({ "commit": commit, "branch": branch, "change": change }),
+    })
+    .await?;
     tx.jobs_queued();
     Ok(number)
+}
+
+/// Checks a build's row against its proven events: custody queued this
+/// commit on this branch as this build, and the status is the one it last
+/// recorded. A build row written or edited around custody fails closed,
+/// naming the row. Returns the events, oldest first.
+pub(crate) async fn prove_build(
+    tx: &mut impl Reads,
+    project: &str,
+    number: i64,
+    commit: &str,
+    status: &str,
+) -> Result<Vec<crate::proof::TaggedEvent>> {
+    use crate::proof::{detail, unproven};
+    let events = crate::proof::proven_events(tx, &format!("build:{project}/{number}")).await?;
+    let queued = events.first().filter(|e| e.action == "build.queue");
+    if queued.and_then(|e| detail(e, "commit")) != Some(commit) {
+        return Err(unproven(format!(
+            "builds row {number} of {project}: custody never queued a build of {commit} as it (written or edited \
+             around custody)"
+        )));
+    }
+    let recorded = events.iter().rev().find_map(|e| match e.action.as_str() {
+        "build.queue" | "build.requeue" => Some("queued"),
+        "build.start" => Some("running"),
+        "build.finish" => detail(e, "status"),
+        _ => None,
+    });
+    if recorded != Some(status) {
+        return Err(unproven(format!(
+            "builds row {number} of {project}: it is {status}, but custody recorded it {}",
+            recorded.unwrap_or("nothing")
+        )));
+    }
+    Ok(events)
 }
 
 const BUILD_COLUMNS: &str = "b.id, p.name AS project, b.number, b.commit_sha, b.branch, b.change_number, b.status, \
@@ -282,12 +329,36 @@ impl Store {
                 let now = now_ms();
                 fail_abandoned(tx, now).await?;
                 let sql = tx.sql(
-                    "SELECT b.id, p.name AS project, b.number, b.commit_sha, b.branch, b.attempt, b.worker \
+                    "SELECT b.id, p.name AS project, b.number, b.commit_sha, b.branch, b.attempt, b.worker, b.status \
                      FROM builds b JOIN projects p ON p.id = b.project_id \
                      WHERE b.status = 'queued' OR (b.status = 'running' AND b.lease_until < $1) ORDER BY b.id LIMIT 1",
                 );
-                let Some(row) = sqlx::query(&sql).bind(now).fetch_optional(tx.conn()).await? else {
-                    return Ok(None);
+                let row = loop {
+                    let Some(row) = sqlx::query(&sql).bind(now).fetch_optional(tx.conn()).await? else {
+                        return Ok(None);
+                    };
+                    // Nothing is built, signed or stored that custody did not
+                    // queue.
+                    let (project, number): (String, i64) = (col(&row, "project")?, col(&row, "number")?);
+                    let (commit, status): (String, String) = (col(&row, "commit_sha")?, col(&row, "status")?);
+                    let why = match prove_build(tx, &project, number, &commit, &status).await {
+                        Ok(_) => break row,
+                        Err(StoreError::Refused(decision)) => decision.to_string(),
+                        Err(other) => return Err(other),
+                    };
+                    let reason = format!("not built: {why}");
+                    tracing::error!(build = number, %project, %reason, "refusing a build custody did not queue");
+                    let sql = tx.sql(
+                        "UPDATE builds SET status = 'error', reason = $1, finished_at = $2, lease_until = NULL WHERE id = $3",
+                    );
+                    sqlx::query(&sql).bind(&reason).bind(now).bind(col::<i64>(&row, "id")?).execute(tx.conn()).await?;
+                    tx.audit(NewEvent {
+                        actor: SYSTEM_ACTOR.into(),
+                        action: "build.finish".into(),
+                        subject: format!("build:{project}/{number}"),
+                        details: json!({ "status": "error", "reason": reason }),
+                    })
+                    .await?;
                 };
                 let id: i64 = col(&row, "id")?;
                 let attempt = col::<i64>(&row, "attempt")? + 1;
@@ -378,7 +449,17 @@ impl Store {
                     "UPDATE builds SET status = 'queued', worker = NULL, lease_until = NULL \
                      WHERE id = $1 AND status = 'running' AND worker = $2 AND attempt = $3",
                 );
-                sqlx::query(&sql).bind(lease.id).bind(&lease.worker).bind(lease.attempt).execute(tx.conn()).await?;
+                let done =
+                    sqlx::query(&sql).bind(lease.id).bind(&lease.worker).bind(lease.attempt).execute(tx.conn()).await?;
+                if done.rows_affected() == 1 {
+                    tx.audit(NewEvent {
+                        actor: SYSTEM_ACTOR.into(),
+                        action: "build.requeue".into(),
+                        subject: format!("build:{}/{}", lease.project, lease.number),
+                        details: json!({ "attempt": lease.attempt, "worker": lease.worker, "reason": "the worker stopped" }),
+                    })
+                    .await?;
+                }
                 append_log(tx, &lease, "--- the worker stopped; the build is queued again ---\n".into()).await.ok();
                 Ok(())
             })

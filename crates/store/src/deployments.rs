@@ -299,6 +299,9 @@ async fn gather(
     let status: String = col(&row, "status")?;
     let signed = col::<Option<String>>(&row, "provenance")?.is_some();
     let merged: Option<i64> = col(&row, "change_number")?;
+    if status == "succeeded" {
+        crate::builds::prove_build(tx, &view.project, view.build, &view.commit, &status).await?;
+    }
     let provenance = if status != "succeeded" {
         Err(format!("build {} {status}, so it has no artifacts to deploy", view.build))
     } else if !signed {
@@ -450,6 +453,30 @@ async fn prove_queued(tx: &mut Tx, view: &DeploymentView) -> Result<()> {
             "deployments row {} of {}: it is queued, but custody never recorded its gate opening (its status was \
              set around custody)",
             view.number, view.project
+        )));
+    }
+    // The build, and exactly the artifacts its builder recorded.
+    let built = crate::builds::prove_build(tx, &view.project, view.build, &view.commit, "succeeded").await?;
+    let recorded: BTreeSet<(String, String)> = built
+        .last()
+        .and_then(|e| e.details.get("artifacts"))
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|a| Some((a.get("name")?.as_str()?.to_owned(), a.get("sha256")?.as_str()?.to_owned())))
+        .collect();
+    let sql = tx.sql(
+        "SELECT a.name, a.digest FROM artifacts a JOIN builds b ON b.id = a.build_id JOIN projects p ON p.id = b.project_id \
+         WHERE p.name = $1 AND b.number = $2",
+    );
+    let mut stored = BTreeSet::new();
+    for row in sqlx::query(&sql).bind(&view.project).bind(view.build).fetch_all(tx.conn()).await? {
+        stored.insert((col::<String>(&row, "name")?, col::<String>(&row, "digest")?));
+    }
+    if stored != recorded {
+        return Err(unproven(format!(
+            "artifacts of build {} of {}: they are not the artifacts its builder recorded (written around custody)",
+            view.build, view.project
         )));
     }
     Ok(())

@@ -1502,7 +1502,47 @@ async fn a_deleted_or_reassigned_push_makes_nobody_eligible(store: Store, url: S
     assert!(why.contains(&format!("commits row {head}")), "{why}");
 }
 
+async fn a_build_written_into_the_database_is_never_built(store: Store, url: String) {
+    let project = project_with_builds(&store, 1).await;
+    // A queued build of an unmerged commit, inserted around custody, and
+    // custody's own queued build given another commit.
+    execute_raw(
+        &url,
+        "INSERT INTO builds (project_id, number, commit_sha, branch, status, queued_at) \
+         SELECT id, 2, 'ffffffffffffffffffffffffffffffffffffffff', 'main', 'queued', 1 FROM projects",
+    )
+    .await;
+    execute_raw(&url, "UPDATE builds SET commit_sha = 'eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee' WHERE number = 1")
+        .await;
+    assert!(store.lease_build("worker", 60_000).await.unwrap().is_none(), "nothing is built");
+    let events = all_events(&store).await;
+    assert!(!events.iter().any(|e| e.action == "build.start"), "no build started");
+    for number in [1, 2] {
+        let refused = events
+            .iter()
+            .find(|e| e.subject == format!("build:{project}/{number}") && e.action == "build.finish")
+            .unwrap_or_else(|| panic!("build {number} is failed, saying why"));
+        let reason = refused.details["reason"].as_str().unwrap();
+        assert!(reason.contains(&format!("builds row {number}")), "{reason}");
+    }
+}
+
+async fn artifacts_swapped_in_the_database_are_never_deployed(store: Store, url: String) {
+    use custody_store::DeployDecision::{Approve, TestPassed};
+    let (_root, [_alice, _bob, carol, dave, erin], access, build) = released_build(&store).await;
+    let (pending, _) = store.request_deployment(&erin, &access, build, production(1, true), None).await.unwrap();
+    decide(&store, &carol, &access, pending.number, Approve).await.unwrap();
+    decide(&store, &dave, &access, pending.number, TestPassed).await.unwrap();
+    execute_raw(&url, &format!("UPDATE artifacts SET digest = '{}'", "cd".repeat(32))).await;
+    assert!(store.lease_deployment("deployer", 30_000).await.unwrap().is_none(), "nothing runs");
+    let failed = store.get_deployment(&access, pending.number).await.unwrap();
+    assert_eq!(failed.status, "failed");
+    assert!(failed.reason.as_deref().is_some_and(|r| r.contains("artifacts of build")), "{failed:?}");
+}
+
 on_both_backends! {
+    a_build_written_into_the_database_is_never_built,
+    artifacts_swapped_in_the_database_are_never_deployed,
     a_deleted_or_reassigned_push_makes_nobody_eligible,
     a_group_membership_written_into_the_database_makes_nobody_an_approver,
     a_grant_approved_in_the_database_is_refused_and_applies_nothing,
