@@ -16,6 +16,9 @@ const DEFAULT_DATA_DIR: &str = "./custody-data";
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_ADMIN: &str = "admin";
 const DEFAULT_NAME: &str = "custody";
+/// How often the whole audit log is checked again while serving.
+const LEDGER_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// How often the ledger's tree head is signed while events arrive.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -207,6 +210,12 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         let stop = until_stopped(stopped.clone());
         tokio::spawn(async move { store.run_checkpointer(origin, key, CHECKPOINT_EVERY, stop).await })
     });
+    // Checks the whole audit log against its tags and anchor while serving,
+    // as at start-up, so that a change made around custody stops the writer.
+    let ledger_checks = {
+        let (store, stop) = (store.clone(), until_stopped(stopped.clone()));
+        tokio::spawn(async move { store.run_ledger_checks(LEDGER_CHECK_EVERY, stop).await })
+    };
     tokio::spawn(async move {
         shutdown_signal().await;
         let _ = stop.send(true);
@@ -222,6 +231,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     if let Some(checkpointer) = checkpointer {
         let _ = checkpointer.await;
     }
+    let _ = ledger_checks.await;
     store.close().await;
     tracing::info!("stopped");
     Ok(())

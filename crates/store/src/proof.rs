@@ -71,12 +71,21 @@ pub(crate) struct LedgerState {
     pub(crate) legacy: i64,
     /// The newest committed event of every subject.
     subjects: Mutex<HashMap<String, i64>>,
+    /// Set when a check of the whole log while running found it changed
+    /// around custody; the writer then refuses every write.
+    halted: Mutex<Option<String>>,
 }
 
 impl LedgerState {
     /// The newest committed event about `subject`, if any.
     pub(crate) fn newest(&self, subject: &str) -> Option<i64> {
         self.subjects.lock().unwrap_or_else(|e| e.into_inner()).get(subject).copied()
+    }
+
+    /// Why the writer must not write: the log was found changed around
+    /// custody while it ran.
+    pub(crate) fn halted(&self) -> Option<String> {
+        self.halted.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Records the newest events of a committed group.
@@ -406,11 +415,60 @@ pub(crate) async fn verify_at_open(
         let made = Anchor { size: frontier.size(), root: frontier.root(), legacy: scan.legacy as u64 };
         secrets.anchor.save(&made).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     }
-    let state = Arc::new(LedgerState { secrets, legacy: scan.legacy, subjects: Mutex::new(scan.subjects) });
+    let state = Arc::new(LedgerState {
+        secrets,
+        legacy: scan.legacy,
+        subjects: Mutex::new(scan.subjects),
+        halted: Mutex::new(None),
+    });
     Ok(Verified { state, frontier, first_start: anchor.is_none() })
 }
 
 /// The text of a JSON field of an event's details.
 pub(crate) fn detail<'e>(event: &'e TaggedEvent, field: &str) -> Option<&'e str> {
     event.details.get(field).and_then(serde_json::Value::as_str)
+}
+
+impl crate::Store {
+    /// Checks the whole log again while custody runs, as at start-up: every
+    /// event's tag and chain, and that the log still extends the anchored
+    /// tree head. When something was changed around custody, the writer
+    /// stops writing (every write then fails as [`StoreError::Tampered`],
+    /// naming the rows) until an operator looks and restarts it.
+    pub async fn check_ledger(&self) -> Result<()> {
+        let state = self.ledger().clone();
+        let anchor = state.secrets.anchor.load().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut conn = self.readers().acquire().await?;
+        let found = scan(&mut conn, self.dialect(), &state.secrets.key, anchor, state.secrets.anchor.path()).await?;
+        if found.findings.is_empty() {
+            return Ok(());
+        }
+        let findings: Vec<String> = found.findings.into_iter().map(|f| f.1).collect();
+        let what = format!("{}; run `custody audit verify`", describe(&findings));
+        tracing::error!(%what, "the audit log was changed around custody; the writer stops");
+        *state.halted.lock().unwrap_or_else(|e| e.into_inner()) = Some(what.clone());
+        Err(StoreError::Tampered(what))
+    }
+
+    /// Runs [`Store::check_ledger`] every `every` until `stop` completes.
+    pub async fn run_ledger_checks(
+        &self,
+        every: std::time::Duration,
+        stop: impl std::future::Future<Output = ()> + Send,
+    ) {
+        tokio::pin!(stop);
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                _ = ticks.tick() => {
+                    if let Err(error) = self.check_ledger().await {
+                        tracing::warn!(%error, "checking the audit log");
+                    }
+                }
+            }
+        }
+    }
 }

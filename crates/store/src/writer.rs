@@ -339,6 +339,9 @@ async fn commit_group(
     let mut answers: Vec<(oneshot::Sender<Result<Erased>>, Result<Erased>)> = Vec::with_capacity(group.len());
 
     let outcome: Result<()> = async {
+        if let Some(why) = state.halted() {
+            return Err(StoreError::Tampered(why));
+        }
         dialect.begin_write(&mut tx.conn).await?;
         let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_events").fetch_one(&mut tx.conn).await?;
         let last = last.unwrap_or(0);

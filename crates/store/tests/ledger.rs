@@ -445,3 +445,30 @@ async fn an_older_copy_of_the_database_restored_in_place_is_refused() {
     let refused = tampered(reopen(&db.url).await);
     assert!(refused.contains("the log ends at 10"), "{refused}");
 }
+
+async fn an_old_event_edited_or_deleted_while_running_stops_the_writer_at_the_next_check(
+    store: Store,
+    url: String,
+    dialect: Dialect,
+) {
+    append(&store, 20).await;
+    store.check_ledger().await.expect("an intact log checks clean");
+    execute_raw(&url, drop_append_only_triggers(dialect)).await;
+    execute_raw(&url, "UPDATE audit_events SET actor = 'mallory' WHERE seq = 4").await;
+    execute_raw(&url, "DELETE FROM audit_events WHERE seq = 9").await;
+    custody_store::testing::rewrite_ledger_tree(&url).await;
+    let found = tampered(store.check_ledger().await);
+    assert!(found.contains("audit_events seq 4: its tag does not verify"), "{found}");
+    assert!(found.contains("audit_events seq 9: missing"), "{found}");
+    // From now on nothing is written, and every caller is told why.
+    let refused = tampered(store.write(|tx| Box::pin(async move { tx.audit(event(99)).await })).await);
+    assert!(refused.contains("audit_events seq 4"), "{refused}");
+}
+
+mod while_running {
+    use super::*;
+
+    on_both_backends! {
+        an_old_event_edited_or_deleted_while_running_stops_the_writer_at_the_next_check,
+    }
+}
