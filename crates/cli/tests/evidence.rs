@@ -601,9 +601,95 @@ fn the_auditors_report_names_each_production_deployment_its_duties_and_findings(
     hosted.as_admin(&["report", "--from", &today, "--to", "2000-01-01"]).expect_code(2);
 }
 
+/// Version 2 bundles carry each review, approval and sign-off an
+/// attestation names as its own ledger event; without it, the duty is not
+/// proved. A bundle of the first version still verifies.
+fn every_named_duty_must_be_its_ledger_event_and_a_first_version_bundle_still_verifies(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let (number, _) = released(&hosted);
+    let exported = export(&hosted, number);
+    let original = &exported.bundle;
+    assert_eq!(original["media_type"], "application/vnd.custody.evidence.v2+json");
+    let (code, report) = verify(&hosted, &exported, original, "v2");
+    assert_eq!(code, Some(0), "{report:#}");
+    let duties = original["duties"].as_array().expect("duties").clone();
+    let position = |action: &str| {
+        duties.iter().position(|d| d["event"]["action"] == action).unwrap_or_else(|| panic!("a {action} duty"))
+    };
+
+    // The reviewer's approval left out.
+    let mut bundle = original.clone();
+    bundle["duties"].as_array_mut().unwrap().remove(position("change.review.approve"));
+    fails_with(&hosted, &exported, &bundle, "no-review", "change.approvals_logged", "change 1", "holds no approval");
+
+    // The production approval left out, and a sign-off given to someone else.
+    let mut bundle = original.clone();
+    bundle["duties"].as_array_mut().unwrap().retain(|d| {
+        !(d["event"]["action"] == "deploy.approve" && d["event"]["subject"] == format!("deployment:{PROJECT}/{number}"))
+    });
+    let production = format!("deployment {number} (production)");
+    fails_with(&hosted, &exported, &bundle, "no-approval", "deploy.decisions_logged", &production, "holds no decision");
+    let mut bundle = original.clone();
+    let tester = position("deploy.test_passed");
+    bundle["duties"][tester]["event"]["actor"] = json!("mallory");
+    let (code, report) = verify(&hosted, &exported, &bundle, "forged-tester");
+    assert_eq!(code, Some(1), "{report:#}");
+    assert!(failures(&report).iter().any(|(rule, _, _)| rule == "ledger.inclusion"), "{report:#}");
+
+    // The first version: no duties' events, and still valid.
+    let mut bundle = original.clone();
+    bundle["media_type"] = json!("application/vnd.custody.evidence.v1+json");
+    bundle.as_object_mut().unwrap().remove("duties");
+    let (code, report) = verify(&hosted, &exported, &bundle, "v1");
+    assert_eq!(code, Some(0), "a bundle of the first version still verifies: {report:#}");
+}
+
+/// An approval written into the audit log around custody, with the ledger's
+/// tree recomputed to agree, makes no evidence: the export refuses, naming
+/// the event, instead of handing out a bundle that rests on it.
+fn no_evidence_is_exported_from_a_forged_approval(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let (number, _) = released(&hosted);
+    let url = match &hosted.database {
+        Some(db) => db.url.clone(),
+        None => format!("sqlite://{}", hosted.sandbox.path("data").join("custody.db").display()),
+    };
+    let dialect =
+        if hosted.database.is_some() { custody_store::Dialect::Postgres } else { custody_store::Dialect::Sqlite };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        custody_store::testing::execute_raw(&url, custody_store::testing::drop_append_only_triggers(dialect)).await;
+        custody_store::testing::execute_raw(
+            &url,
+            &format!(
+                "INSERT INTO audit_events (seq, at, actor, action, subject, details) \
+                 SELECT MAX(seq) + 1, 1700000000000, 'mallory', 'deploy.approve', 'deployment:{PROJECT}/{number}', '{{}}' \
+                 FROM audit_events"
+            ),
+        )
+        .await;
+        custody_store::testing::rewrite_ledger_tree(&url).await;
+    });
+    let bundle_file = hosted.sandbox.path("forged.json");
+    let refused = hosted.as_admin(&[
+        "evidence",
+        "export",
+        PROJECT,
+        "--deployment",
+        &number.to_string(),
+        "-o",
+        bundle_file.to_str().expect("UTF-8"),
+    ]);
+    assert_ne!(refused.code(), Some(0), "{refused:?}");
+    assert!(refused.stderr.contains("audit_events seq") && refused.stderr.contains("no tag"), "{refused:?}");
+    assert!(!bundle_file.exists(), "no bundle was written");
+}
+
 on_both_backends!(
     a_production_release_verifies_offline_with_every_duty_named,
     every_altered_field_of_the_bundle_fails_verification_with_its_reason,
     provenance_signed_with_the_deployers_key_fails_verification,
     the_auditors_report_names_each_production_deployment_its_duties_and_findings,
+    every_named_duty_must_be_its_ledger_event_and_a_first_version_bundle_still_verifies,
+    no_evidence_is_exported_from_a_forged_approval,
 );

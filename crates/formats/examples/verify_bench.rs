@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use custody_formats::checkpoint::Checkpoint;
-use custody_formats::evidence::{Bundle, BundleSubject, Entry, InclusionProof, LedgerEvent, BUNDLE_MEDIA_TYPE};
+use custody_formats::evidence::{Bundle, BundleSubject, Entry, InclusionProof, LedgerEvent, BUNDLE_MEDIA_TYPE_V1};
 use custody_formats::merkle::{self, Frontier};
 use custody_formats::statement::{Statement, Subject, CHANGE_PREDICATE};
 use custody_formats::trust::{TrustRoot, TrustedKey};
@@ -160,12 +160,15 @@ fn write(dir: &Path) {
         })
         .collect();
     let bundle = Bundle {
-        media_type: BUNDLE_MEDIA_TYPE.into(),
+        // The first version: the statements' events only, as the
+        // in-toto comparison checks signatures and layout, not duties' events.
+        media_type: BUNDLE_MEDIA_TYPE_V1.into(),
         origin: "custody".into(),
         project: "payments".into(),
         subject: BundleSubject { deployment: Some(2), artifact: None },
         checkpoint: note,
         entries,
+        duties: vec![],
     };
     let trust =
         TrustRoot::new("custody", KeyRole::ALL.iter().map(|r| TrustedKey::current(&keys[r].public(), T0)).collect());

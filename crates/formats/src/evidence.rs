@@ -19,8 +19,14 @@ use crate::dsse::Envelope;
 use crate::event::EventFields;
 use crate::merkle::Hash;
 
-/// The media type of an evidence bundle.
-pub const BUNDLE_MEDIA_TYPE: &str = "application/vnd.custody.evidence.v1+json";
+/// The media type of an evidence bundle, as exported now (version 2: each
+/// review, approval and test sign-off a statement names comes with the
+/// ledger event that recorded it, proved included).
+pub const BUNDLE_MEDIA_TYPE: &str = "application/vnd.custody.evidence.v2+json";
+
+/// The media type of the first version, which carried the signed
+/// statements' events only; such bundles still verify.
+pub const BUNDLE_MEDIA_TYPE_V1: &str = "application/vnd.custody.evidence.v1+json";
 
 /// An evidence bundle.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -38,6 +44,21 @@ pub struct Bundle {
     pub checkpoint: String,
     /// The envelopes, each with its event and proof, in the chain's order.
     pub entries: Vec<Entry>,
+    /// Version 2: the ledger event of every review, approval and test
+    /// sign-off the statements name, each with its inclusion proof.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub duties: Vec<LoggedDuty>,
+}
+
+/// A person's duty as the ledger recorded it (`change.review.approve`,
+/// `deploy.approve`, `deploy.test_passed`), proved included.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggedDuty {
+    /// The audit event.
+    pub event: LedgerEvent,
+    /// Its inclusion proof in the checkpoint's tree.
+    pub proof: InclusionProof,
 }
 
 /// What a bundle is evidence for: a deployment, or an artifact.
@@ -133,13 +154,22 @@ impl Bundle {
     /// Reads a bundle.
     pub fn parse(text: &str) -> Result<Bundle, BundleError> {
         let bundle: Bundle = serde_json::from_str(text).map_err(|e| BundleError::Malformed(e.to_string()))?;
-        if bundle.media_type != BUNDLE_MEDIA_TYPE {
+        if bundle.version().is_none() {
             return Err(BundleError::Malformed(format!(
-                "media type {:?} is not {BUNDLE_MEDIA_TYPE}",
+                "media type {:?} is neither {BUNDLE_MEDIA_TYPE} nor {BUNDLE_MEDIA_TYPE_V1}",
                 bundle.media_type
             )));
         }
         Ok(bundle)
+    }
+
+    /// Which version of the format it is, from its media type.
+    pub fn version(&self) -> Option<u8> {
+        match self.media_type.as_str() {
+            BUNDLE_MEDIA_TYPE => Some(2),
+            BUNDLE_MEDIA_TYPE_V1 => Some(1),
+            _ => None,
+        }
     }
 
     /// The envelopes alone as in-toto JSON Lines (`.intoto.jsonl`): one DSSE

@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::checkpoint::{Checkpoint, NoteVerifier};
-use crate::evidence::{Bundle, BundleSubject, Entry, BUNDLE_MEDIA_TYPE};
+use crate::evidence::{Bundle, BundleSubject, Entry, InclusionProof, LedgerEvent};
 use crate::keys::KeyRole;
 use crate::merkle;
 use crate::provenance::PROVENANCE_PREDICATE;
@@ -447,8 +447,8 @@ pub fn verify(bundle: &Bundle, trust: &TrustRoot, artifact: Option<&ArtifactFile
     let mut findings = Vec::new();
     let mut duties = Vec::new();
 
-    let bundle_ok = bundle.media_type == BUNDLE_MEDIA_TYPE;
-    checks.add("bundle.format", "bundle", bundle_ok, format!("media type {}", bundle.media_type));
+    let version = bundle.version();
+    checks.add("bundle.format", "bundle", version.is_some(), format!("media type {}", bundle.media_type));
     let origin_ok = bundle.origin == trust.origin;
     checks.add(
         "bundle.origin",
@@ -511,9 +511,19 @@ pub fn verify(bundle: &Bundle, trust: &TrustRoot, artifact: Option<&ArtifactFile
         let subject = label(kind, &statement);
         check_signature(&mut checks, entry, kind, &subject, &keys);
         check_binding(&mut checks, entry, kind, &subject, &statement, &bundle.project);
-        check_inclusion(&mut checks, entry, &subject, checkpoint.as_ref().ok());
+        check_inclusion(&mut checks, &entry.event, &entry.proof, &subject, checkpoint.as_ref().ok());
         parsed.push(Parsed { statement, kind });
     }
+    // Version 2: the duties the statements name, as the ledger recorded
+    // them; only those proved included count.
+    let mut logged: Vec<&LedgerEvent> = Vec::new();
+    for duty in &bundle.duties {
+        let at = format!("{} by {} ({})", duty.event.action, duty.event.actor, duty.event.subject);
+        if check_inclusion(&mut checks, &duty.event, &duty.proof, &at, checkpoint.as_ref().ok()) {
+            logged.push(&duty.event);
+        }
+    }
+    let v2 = version == Some(2);
 
     // The chain: artifact, built from commit C, C merged by custody with
     // independent approvals, then each deployment in environment order.
@@ -641,6 +651,24 @@ pub fn verify(bundle: &Bundle, trust: &TrustRoot, artifact: Option<&ArtifactFile
                 (_, failed) => format!("merged while {} failed", failed.join(", ")),
             },
         );
+        if v2 {
+            let subject = format!("change:{}/{}", bundle.project, ch.number);
+            let missing = unlogged(&ch.approvers, &logged, "change.review.approve", &subject, Some(&ch.reviewed_head));
+            checks.add(
+                "change.approvals_logged",
+                &step,
+                missing.is_empty(),
+                if missing.is_empty() {
+                    format!("every approval of {} is an event in the ledger", short(&ch.reviewed_head))
+                } else {
+                    format!(
+                        "the ledger holds no approval of {} by {}, whom the attestation names",
+                        short(&ch.reviewed_head),
+                        missing.join(", ")
+                    )
+                },
+            );
+        }
         let twice = repeated(&ch.approvers);
         if !twice.is_empty() {
             checks.add(
@@ -670,6 +698,25 @@ pub fn verify(bundle: &Bundle, trust: &TrustRoot, artifact: Option<&ArtifactFile
             holders: d.deployer.iter().cloned().collect(),
         });
 
+        if v2 {
+            let subject = format!("deployment:{}/{}", bundle.project, d.number);
+            let mut missing = unlogged(&d.approvers, &logged, "deploy.approve", &subject, None);
+            missing.extend(
+                unlogged(&d.testers, &logged, "deploy.test_passed", &subject, None)
+                    .into_iter()
+                    .map(|t| format!("{t} (test sign-off)")),
+            );
+            checks.add(
+                "deploy.decisions_logged",
+                &step,
+                missing.is_empty(),
+                if missing.is_empty() {
+                    "every approval and test sign-off it names is an event in the ledger".to_owned()
+                } else {
+                    format!("the ledger holds no decision by {}, whom the attestation names", missing.join(", "))
+                },
+            );
+        }
         if let Some(c) = &commit {
             checks.add(
                 "deploy.commit",
@@ -1035,9 +1082,31 @@ fn check_binding(checks: &mut Checks, entry: &Entry, kind: Kind, subject: &str, 
     checks.add("ledger.binding", subject, passed, message);
 }
 
-fn check_inclusion(checks: &mut Checks, entry: &Entry, subject: &str, checkpoint: Option<&Checkpoint>) {
-    let event = &entry.event;
-    let proof = &entry.proof;
+/// The people of `named` for whom no logged event has `action` about
+/// `subject` (and, when given, was taken on `head`).
+fn unlogged(named: &[String], logged: &[&LedgerEvent], action: &str, subject: &str, head: Option<&str>) -> Vec<String> {
+    named
+        .iter()
+        .filter(|who| {
+            !logged.iter().any(|e| {
+                e.action == action
+                    && e.subject == subject
+                    && &&e.actor == who
+                    && head.is_none_or(|h| e.details["head"].as_str() == Some(h))
+            })
+        })
+        .cloned()
+        .collect()
+}
+
+/// Checks that `event` is in the checkpoint's tree by `proof`; whether it is.
+fn check_inclusion(
+    checks: &mut Checks,
+    event: &LedgerEvent,
+    proof: &InclusionProof,
+    subject: &str,
+    checkpoint: Option<&Checkpoint>,
+) -> bool {
     let Some(checkpoint) = checkpoint else {
         checks.add(
             "ledger.inclusion",
@@ -1045,7 +1114,7 @@ fn check_inclusion(checks: &mut Checks, entry: &Entry, subject: &str, checkpoint
             false,
             format!("audit event {} cannot be proved: the checkpoint did not verify", event.seq),
         );
-        return;
+        return false;
     };
     let result = if proof.tree_size != checkpoint.size {
         Err(format!(
@@ -1075,6 +1144,7 @@ fn check_inclusion(checks: &mut Checks, entry: &Entry, subject: &str, checkpoint
             .map_err(|e| format!("audit event {} is not in the checkpoint's tree: {e}", event.seq)),
         }
     };
+    let included = result.is_ok();
     match result {
         Ok(()) => checks.add(
             "ledger.inclusion",
@@ -1084,6 +1154,7 @@ fn check_inclusion(checks: &mut Checks, entry: &Entry, subject: &str, checkpoint
         ),
         Err(message) => checks.add("ledger.inclusion", subject, false, message),
     }
+    included
 }
 
 #[cfg(test)]
@@ -1138,6 +1209,7 @@ mod tests {
             subject: BundleSubject { deployment: Some(1), artifact: Some("zz".into()) },
             checkpoint: "not a note".into(),
             entries: vec![entry(&odd, 0), entry(&provenance, i64::MIN), entry(&provenance, i64::MAX)],
+            duties: vec![],
         };
         let report = verify(&bundle, &TrustRoot::new("x", vec![]), None);
         assert!(!report.valid);

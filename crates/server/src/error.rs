@@ -96,15 +96,14 @@ impl From<StoreError> for ApiError {
                     "the database is unavailable; try again shortly",
                 )
             }
-            StoreError::Tampered(_) => {
+            StoreError::Tampered(what) => {
                 // Not the caller's fault, and nothing was done: the writer
-                // stops until an operator looks. The rows are in the log.
-                tracing::error!(%error, "the database was changed around custody; refusing to write");
+                // stops until an operator looks.
+                tracing::error!(%what, "the database was changed around custody; refusing to write");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "tampered",
-                    "the database was changed around custody, so nothing is written until an operator runs \
-                     `custody audit verify`; the server log names the rows",
+                    format!("the database was changed around custody, so nothing is written until an operator looks: {what}"),
                 )
             }
             StoreError::Database(_) | StoreError::Corrupt(_) => {

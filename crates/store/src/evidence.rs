@@ -22,6 +22,24 @@ fn event(row: &sqlx::any::AnyRow) -> Result<AuditEvent> {
 }
 
 impl Store {
+    /// Every event about `subject`, oldest first, proved as a decision
+    /// proves them (each tag, the subject's unbroken chain to the newest
+    /// event custody wrote about it): what evidence is built from.
+    pub async fn proven_events_about(&self, subject: &str) -> Result<Vec<AuditEvent>> {
+        let events = crate::proof::proven_events(&mut self.reader().await?, subject).await?;
+        Ok(events
+            .into_iter()
+            .map(|e| AuditEvent {
+                seq: e.seq,
+                at_ms: e.at,
+                actor: e.actor,
+                action: e.action,
+                subject: e.subject,
+                details: e.details,
+            })
+            .collect())
+    }
+
     /// The newest audit event with `action` about `subject`, such as the
     /// `change.merge` of `change:payments/3`.
     pub async fn audit_event_about(&self, action: &str, subject: &str) -> Result<Option<AuditEvent>> {

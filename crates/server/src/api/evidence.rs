@@ -9,7 +9,9 @@ use axum::Json;
 use base64::Engine as _;
 use custody_domain::audit::AuditEvent;
 use custody_domain::{ProjectName, Scope};
-use custody_formats::evidence::{Bundle, BundleSubject, Entry, InclusionProof, LedgerEvent, BUNDLE_MEDIA_TYPE};
+use custody_formats::evidence::{
+    Bundle, BundleSubject, Entry, InclusionProof, LedgerEvent, LoggedDuty, BUNDLE_MEDIA_TYPE,
+};
 use custody_formats::trust::{TrustRoot, TrustedKey};
 use custody_formats::{KeyRole, ServiceKey};
 use custody_store::{DeploymentView, ProjectAccess};
@@ -96,7 +98,7 @@ fn chain_to(order: &[(String, Option<String>)], target: &str) -> Vec<String> {
 /// proof, and the signed checkpoint they lead to. Admins and auditors only.
 #[utoipa::path(get, path = "/api/v1/projects/{name}/evidence", tag = "evidence", security(("token" = [])),
     params(("name" = String, Path, description = "The project"), EvidenceQuery),
-    responses((status = 200, description = "the bundle (application/vnd.custody.evidence.v1+json)", body = Object)))]
+    responses((status = 200, description = "the bundle (application/vnd.custody.evidence.v2+json)", body = Object)))]
 pub(crate) async fn export(
     State(state): State<AppState>,
     auth: Auth,
@@ -195,17 +197,24 @@ pub(crate) async fn export(
     envelopes.push((provenance, "build.finish".into(), format!("build:{project}/{build}")));
     envelopes.extend(deployment_envelopes);
 
+    // Each envelope's event, and every review, approval and sign-off the
+    // statements name, from events custody can prove it wrote.
     let mut events: Vec<AuditEvent> = Vec::new();
+    let mut duties: Vec<AuditEvent> = Vec::new();
     for (_, action, subject) in &envelopes {
-        let event = store
-            .audit_event_about(action, subject)
-            .await?
+        let about = store.proven_events_about(subject).await?;
+        let event = about
+            .iter()
+            .rev()
+            .find(|e| &e.action == action)
+            .cloned()
             .ok_or_else(|| conflict(format!("the audit log holds no {action} event about {subject}")))?;
+        duties.extend(logged_duties(&about, &event));
         events.push(event);
     }
 
     // One checkpoint covering every event, signed now if none does yet.
-    let newest = events.iter().map(|e| e.seq).max().unwrap_or(0) as u64;
+    let newest = events.iter().chain(&duties).map(|e| e.seq).max().unwrap_or(0) as u64;
     let mut checkpoint = store.latest_checkpoint().await?;
     if checkpoint.as_ref().is_none_or(|c| c.size < newest) {
         let key = state.key(KeyRole::Ledger).ok_or_else(|| unavailable("this server holds no ledger key"))?;
@@ -215,8 +224,17 @@ pub(crate) async fn export(
     let checkpoint = checkpoint
         .filter(|c| c.size >= newest)
         .ok_or_else(|| unavailable("no checkpoint covers these events yet; ask again in a second"))?;
-    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
-    let proofs = store.inclusion_proofs(&seqs, checkpoint.size).await?;
+    let seqs: Vec<i64> = events.iter().chain(&duties).map(|e| e.seq).collect();
+    let mut proofs = store.inclusion_proofs(&seqs, checkpoint.size).await?;
+    let duty_proofs = proofs.split_off(events.len());
+    let duties = duties
+        .into_iter()
+        .zip(duty_proofs)
+        .map(|(event, (_, hashes))| LoggedDuty {
+            proof: InclusionProof::new(event.seq as u64 - 1, checkpoint.size, &hashes),
+            event: ledger_event(event),
+        })
+        .collect();
 
     let mut entries = Vec::new();
     for (((envelope, _, _), event), (_, hashes)) in envelopes.into_iter().zip(events).zip(proofs) {
@@ -226,14 +244,7 @@ pub(crate) async fn export(
         entries.push(Entry {
             envelope,
             proof: InclusionProof::new(event.seq as u64 - 1, checkpoint.size, &hashes),
-            event: LedgerEvent {
-                seq: event.seq,
-                at_ms: event.at_ms,
-                actor: event.actor,
-                action: event.action,
-                subject: event.subject,
-                details: event.details,
-            },
+            event: ledger_event(event),
         });
     }
     Ok(Json(Bundle {
@@ -243,5 +254,37 @@ pub(crate) async fn export(
         subject,
         checkpoint: checkpoint.note,
         entries,
+        duties,
     }))
+}
+
+fn ledger_event(event: AuditEvent) -> LedgerEvent {
+    LedgerEvent {
+        seq: event.seq,
+        at_ms: event.at_ms,
+        actor: event.actor,
+        action: event.action,
+        subject: event.subject,
+        details: event.details,
+    }
+}
+
+/// The duties a recorded statement names, as their own events: the
+/// approvals of the head a change was merged at, and a deployment's
+/// approvals and test sign-offs.
+fn logged_duties(about: &[AuditEvent], recorded: &AuditEvent) -> Vec<AuditEvent> {
+    match recorded.action.as_str() {
+        "change.merge" => {
+            let head = recorded.details["reviewed_head"].as_str();
+            about
+                .iter()
+                .filter(|e| e.action == "change.review.approve" && e.details["head"].as_str() == head)
+                .cloned()
+                .collect()
+        }
+        "deploy.finish" => {
+            about.iter().filter(|e| e.action == "deploy.approve" || e.action == "deploy.test_passed").cloned().collect()
+        }
+        _ => Vec::new(),
+    }
 }
