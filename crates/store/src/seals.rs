@@ -27,29 +27,33 @@ async fn rows_of(tx: &mut impl Reads, subject: &str) -> Result<Option<Value>> {
     let Some((kind, name)) = subject.split_once(':') else { return Ok(None) };
     let value = match kind {
         "user" => {
-            let sql = tx.sql("SELECT id, state, disabled_at, password_hash FROM users WHERE name = $1");
+            // One query: the user, and their addresses, groups and project
+            // roles as lists (sorted here, as the database does not promise
+            // an order inside an aggregate).
+            let sql = tx.sql(
+                "SELECT u.id, u.state, u.disabled_at, u.password_hash, \
+                        (SELECT group_concat(e.email, char(31)) FROM user_emails e WHERE e.user_id = u.id) AS emails, \
+                        (SELECT group_concat(g.name, char(31)) FROM group_members m JOIN groups g ON g.id = m.group_id \
+                          WHERE m.user_id = u.id) AS groups, \
+                        (SELECT group_concat(p.name || char(30) || m.role, char(31)) FROM project_members m \
+                          JOIN projects p ON p.id = m.project_id WHERE m.user_id = u.id) AS projects \
+                 FROM users u WHERE u.name = $1",
+            );
             let Some(row) = sqlx::query(&sql).bind(name).fetch_optional(tx.conn()).await? else {
                 return Ok(Some(Value::Null));
+            };
+            let list = |column: &str| -> Result<Vec<String>> {
+                let joined: Option<String> = col(&row, column)?;
+                let mut items: Vec<String> =
+                    joined.map(|j| j.split('\u{1f}').map(str::to_owned).collect()).unwrap_or_default();
+                items.sort();
+                Ok(items)
             };
             let id: i64 = col(&row, "id")?;
             let (state, disabled, password): (String, Option<i64>, Option<String>) =
                 (col(&row, "state")?, col(&row, "disabled_at")?, col(&row, "password_hash")?);
-            let sql = tx.sql("SELECT email FROM user_emails WHERE user_id = $1 ORDER BY email");
-            let emails: Vec<String> = sqlx::query_scalar(&sql).bind(id).fetch_all(tx.conn()).await?;
-            let sql = tx.sql(
-                "SELECT g.name FROM group_members m JOIN groups g ON g.id = m.group_id WHERE m.user_id = $1 ORDER BY g.name",
-            );
-            let groups: Vec<String> = sqlx::query_scalar(&sql).bind(id).fetch_all(tx.conn()).await?;
-            let sql = tx.sql(
-                "SELECT p.name, m.role FROM project_members m JOIN projects p ON p.id = m.project_id \
-                 WHERE m.user_id = $1 ORDER BY p.name",
-            );
-            let mut projects = Vec::new();
-            for row in sqlx::query(&sql).bind(id).fetch_all(tx.conn()).await? {
-                projects.push(json!([col::<String>(&row, "name")?, col::<String>(&row, "role")?]));
-            }
-            json!({ "id": id, "state": state, "disabled_at": disabled, "password": password, "emails": emails,
-                    "groups": groups, "projects": projects })
+            json!({ "id": id, "state": state, "disabled_at": disabled, "password": password,
+                    "emails": list("emails")?, "groups": list("groups")?, "projects": list("projects")? })
         }
         "project" => {
             let sql = tx.sql("SELECT id, default_branch FROM projects WHERE name = $1");
