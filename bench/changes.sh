@@ -23,3 +23,15 @@ PY
 git -C "$work/src" push -q "http://alice:$alice@${url#http://}/bench.git" big:refs/heads/big big~999:refs/heads/small
 
 CUSTODY_SERVER="$url" ADMIN="$admin" ALICE="$alice" BOB="$bob" PROJECT=bench COMMITS=1000 python3 bench/changes.py
+
+# The anchor, in the same run: git listing the same 1,000 commits, as a process.
+python3 - "$work/src" <<'PY'
+import statistics, subprocess, sys, time
+times = []
+for _ in range(200):
+    started = time.perf_counter()
+    subprocess.run(["git", "-C", sys.argv[1], "rev-list", "--count", "big"], check=True, capture_output=True)
+    times.append((time.perf_counter() - started) * 1000)
+times.sort()
+print(f"anchor git rev-list --count over the change's 1,000 commits, 200 runs: p50 {statistics.median(times):.2f} ms, p99 {times[197]:.2f} ms")
+PY

@@ -325,6 +325,8 @@ async fn gather(
     };
     let mut authors = BTreeSet::new();
     let mut reviewers = BTreeSet::new();
+    // Who wrote and who reviewed the release, as each merge recorded it.
+    crate::seals::check_changes(tx, &view.project, &context.changes).await?;
     let dialect = tx.dialect();
     for duty in release_duties(tx.conn(), dialect, project_id, &context.changes).await? {
         match duty.duty {

@@ -15,6 +15,15 @@ pub enum Dialect {
     Postgres,
 }
 
+/// SQLite's names of the functions PostgreSQL names differently, and
+/// PostgreSQL's.
+const RENAMED: [(&str, &str); 4] = [
+    ("group_concat(", "string_agg("),
+    ("char(", "chr("),
+    ("json_group_array(", "json_agg("),
+    ("json_object(", "json_build_object("),
+];
+
 /// Migrations per dialect, in order. A migration is never edited once
 /// released; a change to the schema is a new one.
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -90,13 +99,6 @@ impl Dialect {
     /// differently (`string_agg` for `group_concat`, `chr` for `char`,
     /// `json_agg` and `json_build_object` for SQLite's JSON functions).
     pub(crate) fn sql(self, sql: &'static str) -> Cow<'static, str> {
-        /// SQLite's names, and PostgreSQL's for the same functions.
-        const RENAMED: [(&str, &str); 4] = [
-            ("group_concat(", "string_agg("),
-            ("char(", "chr("),
-            ("json_group_array(", "json_agg("),
-            ("json_object(", "json_build_object("),
-        ];
         match self {
             Dialect::Postgres if RENAMED.iter().any(|(from, _)| sql.contains(from)) => {
                 Cow::Owned(RENAMED.iter().fold(sql.to_owned(), |sql, (from, to)| sql.replace(from, to)))
@@ -109,6 +111,9 @@ impl Dialect {
     /// [`Dialect::sql`] for SQL built at run time (such as multi-row inserts).
     pub(crate) fn sql_owned(self, sql: String) -> String {
         match self {
+            Dialect::Postgres if RENAMED.iter().any(|(from, _)| sql.contains(from)) => {
+                RENAMED.iter().fold(sql, |sql, (from, to)| sql.replace(from, to))
+            }
             Dialect::Postgres => sql,
             Dialect::Sqlite => sql.replace('$', "?"),
         }

@@ -55,6 +55,20 @@ async fn rows_of(tx: &mut impl Reads, subject: &str) -> Result<Option<Value>> {
             json!({ "id": id, "state": state, "disabled_at": disabled, "password": password,
                     "emails": list("emails")?, "groups": list("groups")?, "projects": list("projects")? })
         }
+        "change" => {
+            let Some((project, number)) = name.rsplit_once('/') else { return Ok(None) };
+            let Ok(number) = number.parse::<i64>() else { return Ok(None) };
+            let sql = tx.sql(
+                "SELECT c.state, c.head, c.merge_commit, \
+                        (SELECT group_concat(d.user_name || char(30) || d.duty, char(31)) FROM change_duties d \
+                          WHERE d.change_id = c.id) AS duties \
+                 FROM changes c JOIN projects p ON p.id = c.project_id WHERE p.name = $1 AND c.number = $2",
+            );
+            let Some(row) = sqlx::query(&sql).bind(project).bind(number).fetch_optional(tx.conn()).await? else {
+                return Ok(Some(Value::Null));
+            };
+            change_rows(&row)?
+        }
         "project" => {
             let sql = tx.sql("SELECT id, default_branch FROM projects WHERE name = $1");
             let Some(row) = sqlx::query(&sql).bind(name).fetch_optional(tx.conn()).await? else {
@@ -85,6 +99,20 @@ async fn rows_of(tx: &mut impl Reads, subject: &str) -> Result<Option<Value>> {
         _ => return Ok(None),
     };
     Ok(Some(value))
+}
+
+/// A change's sealed rows, from a row of its state, head, merge commit and
+/// duties (`user RS duty`, joined by US).
+fn change_rows(row: &sqlx::any::AnyRow) -> Result<Value> {
+    let duties: Option<String> = col(row, "duties")?;
+    let mut duties: Vec<&str> = duties.as_deref().map(|d| d.split('\u{1f}').collect()).unwrap_or_default();
+    duties.sort_unstable();
+    Ok(json!({
+        "state": col::<String>(row, "state")?,
+        "head": col::<String>(row, "head")?,
+        "merge_commit": col::<Option<String>>(row, "merge_commit")?,
+        "duties": duties,
+    }))
 }
 
 fn digest_of(subject: &str, rows: &Value) -> Hash {
@@ -131,15 +159,28 @@ pub(crate) async fn check(tx: &mut impl Reads, subject: &str) -> Result<()> {
     let sealed = sqlx::query(&sql).bind(subject).fetch_optional(tx.conn()).await?;
     let state = tx.ledger_state();
     let newest = tx.pending(subject).or_else(|| state.newest(subject)).unwrap_or(0);
-    let what = rows_named(subject);
     let Some(sealed) = sealed else {
         if rows.is_null() && newest == 0 {
             return Ok(());
         }
-        return Err(unproven(format!("{what}: custody never sealed them (the seal was deleted around custody)")));
+        return Err(unproven(format!(
+            "{}: custody never sealed them (the seal was deleted around custody)",
+            rows_named(subject)
+        )));
     };
-    let (seq, stored, mac): (i64, Vec<u8>, Vec<u8>) =
-        (col(&sealed, "seq")?, col(&sealed, "digest")?, col(&sealed, "mac")?);
+    let sealed = (col(&sealed, "seq")?, col(&sealed, "digest")?, col(&sealed, "mac")?);
+    compare(&state, subject, newest, &digest, sealed)
+}
+
+/// Whether the seal `(seq, digest, tag)` of `subject` is genuine, not older
+/// than the subject's newest event, and seals exactly `digest`.
+fn compare(
+    state: &crate::proof::LedgerState,
+    subject: &str,
+    newest: i64,
+    digest: &Hash,
+    (seq, stored, mac): (i64, Vec<u8>, Vec<u8>),
+) -> Result<()> {
     let stored: Option<Hash> = stored.try_into().ok();
     let genuine = stored.is_some_and(|d| state.secrets.key.verify_seal(subject, seq, &d, &mac));
     if !genuine {
@@ -148,13 +189,48 @@ pub(crate) async fn check(tx: &mut impl Reads, subject: &str) -> Result<()> {
     if seq < newest {
         return Err(unproven(format!(
             "subject_seals row {subject}: it is older than custody's newest event about it ({newest}), so it and \
-             {what} were put back from an older copy"
+             {} were put back from an older copy",
+            rows_named(subject)
         )));
     }
-    if stored != Some(digest) {
+    if stored.as_ref() != Some(digest) {
         return Err(unproven(format!(
-            "{what}: they are not the rows custody last wrote (inserted, edited or deleted around custody)"
+            "{}: they are not the rows custody last wrote (inserted, edited or deleted around custody)",
+            rows_named(subject)
         )));
+    }
+    Ok(())
+}
+
+/// Checks the seals of many changes of a project at once (a release's): one
+/// query for their rows and seals per 400 changes.
+pub(crate) async fn check_changes(tx: &mut impl Reads, project: &str, numbers: &[i64]) -> Result<()> {
+    let state = tx.ledger_state();
+    for chunk in numbers.chunks(400) {
+        let list = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ");
+        let sql = tx.dialect().sql_owned(format!(
+            "SELECT c.number, c.state, c.head, c.merge_commit, \
+                    (SELECT group_concat(d.user_name || char(30) || d.duty, char(31)) FROM change_duties d \
+                      WHERE d.change_id = c.id) AS duties, s.seq, s.digest, s.mac \
+             FROM changes c JOIN projects p ON p.id = c.project_id \
+             LEFT JOIN subject_seals s ON s.subject = 'change:' || p.name || '/' || CAST(c.number AS TEXT) \
+             WHERE p.name = $1 AND c.number IN ({list})"
+        ));
+        let mut query = sqlx::query(&sql).bind(project);
+        for number in chunk {
+            query = query.bind(number);
+        }
+        for row in query.fetch_all(tx.conn()).await? {
+            let subject = format!("change:{project}/{}", col::<i64>(&row, "number")?);
+            let digest = digest_of(&subject, &change_rows(&row)?);
+            let newest = tx.pending(&subject).or_else(|| state.newest(&subject)).unwrap_or(0);
+            let sealed: (Option<i64>, Option<Vec<u8>>, Option<Vec<u8>>) =
+                (col(&row, "seq")?, col(&row, "digest")?, col(&row, "mac")?);
+            let (Some(seq), Some(stored), Some(mac)) = sealed else {
+                return Err(unproven(format!("{}: custody never sealed them", rows_named(&subject))));
+            };
+            compare(&state, &subject, newest, &digest, (seq, stored, mac))?;
+        }
     }
     Ok(())
 }
@@ -167,6 +243,7 @@ fn rows_named(subject: &str) -> String {
         }
         Some(("project", name)) => format!("the projects and protected_branches rows of {name}"),
         Some(("grant", id)) => format!("grants row {id}"),
+        Some(("change", name)) => format!("the changes and change_duties rows of change {name}"),
         _ => subject.to_owned(),
     }
 }
@@ -179,6 +256,10 @@ pub(crate) async fn seal_all(tx: &mut Tx) -> Result<()> {
         ("SELECT name FROM users", "user"),
         ("SELECT name FROM projects", "project"),
         ("SELECT CAST(id AS TEXT) FROM grants", "grant"),
+        (
+            "SELECT p.name || '/' || CAST(c.number AS TEXT) FROM changes c JOIN projects p ON p.id = c.project_id",
+            "change",
+        ),
     ] {
         let names: Vec<String> = sqlx::query_scalar(sql).fetch_all(tx.conn()).await?;
         subjects.extend(names.into_iter().map(|n| format!("{prefix}:{n}")));

@@ -1540,7 +1540,16 @@ async fn artifacts_swapped_in_the_database_are_never_deployed(store: Store, url:
     assert!(failed.reason.as_deref().is_some_and(|r| r.contains("artifacts of build")), "{failed:?}");
 }
 
+async fn an_author_removed_from_a_merged_changes_duties_cannot_approve_its_release(store: Store, url: String) {
+    let (_root, [_alice, _bob, _carol, _dave, erin], access, build) = released_build(&store).await;
+    // alice wrote change 1; her duty as its author is deleted around custody.
+    execute_raw(&url, "DELETE FROM change_duties WHERE user_name = 'alice'").await;
+    let why = unproven(store.request_deployment(&erin, &access, build, production(1, true), None).await);
+    assert!(why.contains("change_duties rows of change payments/1"), "{why}");
+}
+
 on_both_backends! {
+    an_author_removed_from_a_merged_changes_duties_cannot_approve_its_release,
     a_build_written_into_the_database_is_never_built,
     artifacts_swapped_in_the_database_are_never_deployed,
     a_deleted_or_reassigned_push_makes_nobody_eligible,
