@@ -313,12 +313,18 @@ async fn gather(
     };
     let previous = match &env.after {
         Some(after) => {
+            // The first success there, as custody recorded it: its live time
+            // is its recorded finish, never a row's.
             let sql = tx.sql(
-                "SELECT MIN(finished_at) FROM deployments WHERE project_id = $1 AND environment = $2 \
-                 AND build_id = $3 AND status = 'succeeded'",
+                "SELECT number FROM deployments WHERE project_id = $1 AND environment = $2 \
+                 AND build_id = $3 AND status = 'succeeded' ORDER BY finished_at, number LIMIT 1",
             );
-            let since: Option<i64> =
-                sqlx::query_scalar(&sql).bind(project_id).bind(after).bind(build_id).fetch_one(tx.conn()).await?;
+            let first: Option<i64> =
+                sqlx::query_scalar(&sql).bind(project_id).bind(after).bind(build_id).fetch_optional(tx.conn()).await?;
+            let since = match first {
+                Some(number) => Some(succeeded_at(tx, &view.project, number).await?),
+                None => None,
+            };
             Some(Previous { environment: after.clone(), live_since_ms: since })
         }
         None => None,
@@ -380,6 +386,21 @@ fn recorded_decisions(events: &[crate::proof::TaggedEvent]) -> Vec<(&str, &str)>
             _ => None,
         })
         .collect()
+}
+
+/// When custody recorded deployment `number` succeeding; refuses, naming
+/// the row, when its events do not end in that success.
+async fn succeeded_at(tx: &mut impl Reads, project: &str, number: i64) -> Result<i64> {
+    let events = crate::proof::proven_events(tx, &format!("deployment:{project}/{number}")).await?;
+    match events.last() {
+        Some(last) if last.action == "deploy.finish" && crate::proof::detail(last, "status") == Some("succeeded") => {
+            Ok(last.at)
+        }
+        _ => Err(crate::proof::unproven(format!(
+            "deployments row {number} of {project}: it says succeeded, but custody never recorded it succeeding \
+             (its status was set around custody)"
+        ))),
+    }
 }
 
 /// Checks a deployment's decision rows against its proven events: exactly

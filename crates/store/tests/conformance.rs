@@ -1548,7 +1548,23 @@ async fn an_author_removed_from_a_merged_changes_duties_cannot_approve_its_relea
     assert!(why.contains("change_duties rows of change payments/1"), "{why}");
 }
 
+async fn a_staging_success_written_into_the_database_does_not_open_production(store: Store, url: String) {
+    let (_root, [_alice, _bob, _carol, _dave, erin], access, build) = released_build(&store).await;
+    let mut production = production(0, false);
+    production.environment.after = Some("staging".into());
+    // A staging deployment of the build, marked succeeded around custody.
+    execute_raw(
+        &url,
+        "INSERT INTO deployments (project_id, number, environment, build_id, status, created_at, finished_at) \
+         SELECT project_id, 7, 'staging', id, 'succeeded', 1, 1 FROM builds",
+    )
+    .await;
+    let why = unproven(store.request_deployment(&erin, &access, build, production, None).await);
+    assert!(why.contains("deployments row 7") && why.contains("never recorded it succeeding"), "{why}");
+}
+
 on_both_backends! {
+    a_staging_success_written_into_the_database_does_not_open_production,
     an_author_removed_from_a_merged_changes_duties_cannot_approve_its_release,
     a_build_written_into_the_database_is_never_built,
     artifacts_swapped_in_the_database_are_never_deployed,
