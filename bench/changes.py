@@ -5,12 +5,16 @@
 Reads CUSTODY_SERVER, ADMIN, ALICE, BOB and PROJECT from the environment:
 bench/changes.sh sets them up.
 """
+import http.client
+import os
 import statistics
 import time
+import urllib.parse
 
 from team import call, percentile, project
 
 
+server = urllib.parse.urlparse(os.environ["CUSTODY_SERVER"])
 base = f"/api/v1/projects/{project}/changes"
 change, _ = call("POST", base, "alice", {"source": "big", "target": "main", "title": "a thousand commits"})
 number = change["number"]
