@@ -472,6 +472,9 @@ async fn gate_records(
     let (change_id, mut change) = change_row(tx, access.project_id, number).await?;
     change.reviews = reviews_of(tx, change_id, &change.head).await?;
     prove_change(tx, &change).await?;
+    // A merge renews the change's seal with its duties: only over rows
+    // custody wrote.
+    crate::seals::check(tx, &format!("change:{}/{number}", access.project)).await?;
     // Whether a reviewer may approve (write access, groups) rests on their
     // memberships as custody wrote them.
     let reviewers: BTreeSet<&str> = change.reviews.iter().map(|r| r.reviewer.as_str()).collect();

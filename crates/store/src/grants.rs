@@ -207,6 +207,9 @@ async fn keeps_an_admin(tx: &mut Tx, action: &GrantAction, target_is_admin: bool
 /// Applies a grant's action. `grant_id` is recorded on memberships.
 pub(crate) async fn apply(tx: &mut Tx, grant_id: i64, action: &GrantAction) -> Result<()> {
     check_applicable(tx, action).await?;
+    // Its event renews the subject's seal: only over rows custody wrote, so
+    // that no forged row is sealed in with the grant.
+    crate::seals::check(tx, &action.subject()).await?;
     let now = now_ms();
     match action {
         GrantAction::CreateUser { user, .. } => {

@@ -1563,7 +1563,26 @@ async fn a_staging_success_written_into_the_database_does_not_open_production(st
     assert!(why.contains("deployments row 7") && why.contains("never recorded it succeeding"), "{why}");
 }
 
+async fn a_forged_membership_is_not_sealed_in_by_a_later_grant(store: Store, url: String) {
+    let (root, bob) = governed(&store).await;
+    let carol = ask_for_user(&store, &root, "carol").await;
+    store.approve_grant(&bob, carol.grant.id).await.unwrap();
+    execute_raw(
+        &url,
+        "INSERT INTO group_members (group_id, user_id, grant_id, added_at) \
+         SELECT g.id, u.id, 1, 1 FROM groups g, users u WHERE g.name = 'admins' AND u.name = 'carol'",
+    )
+    .await;
+    // A genuine grant about carol must not seal the forged row in.
+    let grant = store.request_membership(&root, group("auditors"), user("carol")).await.unwrap();
+    let why = unproven(store.approve_grant(&bob, grant.id).await);
+    assert!(why.contains("group_members") && why.contains("of carol"), "{why}");
+    let why = unproven(store.password_hash(&user("carol")).await);
+    assert!(why.contains("of carol"), "{why}");
+}
+
 on_both_backends! {
+    a_forged_membership_is_not_sealed_in_by_a_later_grant,
     a_staging_success_written_into_the_database_does_not_open_production,
     an_author_removed_from_a_merged_changes_duties_cannot_approve_its_release,
     a_build_written_into_the_database_is_never_built,
