@@ -770,6 +770,7 @@ impl Store {
         self.write(move |tx| {
             Box::pin(async move {
                 crate::seals::check(tx, &format!("user:{}", actor.name)).await?;
+                crate::seals::check(tx, &format!("change:{}/{number}", access.project)).await?;
                 let (id, change) = change_row(tx, access.project_id, number).await?;
                 if change.state != "open" {
                     return Err(StoreError::Conflict(format!("change {number} is {}; only open changes are reviewed", change.state)));

@@ -544,6 +544,8 @@ impl Store {
                 }
                 let user_id: i64 = col(&row, "id")?;
                 let name: String = col(&row, "name")?;
+                // Redeeming renews the user's seal: only over rows custody wrote.
+                crate::seals::check(tx, &format!("user:{name}")).await?;
                 let state: String = col(&row, "state")?;
                 if state != "active" {
                     let grant = grants::pending_for_user(tx, &name).await?;
@@ -690,6 +692,8 @@ impl Store {
                 if col::<Option<i64>>(&row, "revoked_at")?.is_some() {
                     return Ok(());
                 }
+                // Its event renews the owner's seal: only over rows custody wrote.
+                crate::seals::check(tx, &format!("user:{owner_name}")).await?;
                 let sql = tx.sql("UPDATE tokens SET revoked_at = $1 WHERE id = $2");
                 sqlx::query(&sql).bind(now_ms()).bind(&token_id).execute(tx.conn()).await?;
                 tx.audit(NewEvent {
