@@ -379,13 +379,16 @@ impl Store {
     pub async fn authenticate(&self, presented: &str) -> Result<Authenticated> {
         const REFUSED: StoreError = StoreError::Unauthenticated("invalid, expired or revoked token");
         let parts = secret::parse_secret(SecretKind::Token, presented).map_err(|_| REFUSED)?;
-        let sql = self.sql(
-            "SELECT t.secret_hash, t.scopes, t.expires_at, t.revoked_at, t.last_used_at, \
-                    u.id, u.name, u.state, u.disabled_at, \
-                    (SELECT group_concat(g.name, char(31)) FROM group_members m JOIN groups g ON g.id = m.group_id \
-                      WHERE m.user_id = u.id AND g.name IN ('admins', 'auditors')) AS duties \
-             FROM tokens t JOIN users u ON u.id = t.user_id WHERE t.id = $1",
-        );
+        // One query: the token, its owner's sealed rows (whose groups make
+        // them admin or auditor) and the owner's seal.
+        let sql = self.sql(concat!(
+            "SELECT t.secret_hash, t.scopes, t.expires_at, t.revoked_at, t.last_used_at, u.name, ",
+            crate::seals::user_sealed_columns!(),
+            ", ",
+            crate::seals::seal_columns!(),
+            " FROM tokens t JOIN users u ON u.id = t.user_id \
+             LEFT JOIN subject_seals s ON s.subject = 'user:' || u.name WHERE t.id = $1"
+        ));
         let row = sqlx::query(&sql).bind(parts.id).fetch_optional(self.readers()).await?.ok_or(REFUSED)?;
         let stored: String = col(&row, "secret_hash")?;
         let scopes: String = col(&row, "scopes")?;
@@ -404,15 +407,17 @@ impl Store {
         let name: String = col(&row, "name")?;
         // Who they are, whether they may act and the groups that make them
         // admin or auditor: only as custody wrote them.
-        self.check_seal(&format!("user:{name}")).await?;
-        let duties = split_sorted(col(&row, "duties")?);
+        let subject = format!("user:{name}");
+        let newest = self.ledger().newest(&subject).unwrap_or(0);
+        crate::seals::check_loaded(self.ledger(), &subject, newest, &crate::seals::user_rows(&row)?, &row)?;
+        let groups = crate::seals::list(&row, "groups")?;
         let authenticated = Authenticated {
             user_id: col(&row, "id")?,
             name: UserName::parse(&name).map_err(|e| StoreError::Corrupt(e.to_string()))?,
             scopes: Scopes::parse_list(&scopes).map_err(|e| StoreError::Corrupt(e.to_string()))?,
             token_id: parts.id.to_owned(),
-            is_admin: duties.iter().any(|d| d == "admins"),
-            is_auditor: duties.iter().any(|d| d == "auditors"),
+            is_admin: groups.iter().any(|g| g == "admins"),
+            is_auditor: groups.iter().any(|g| g == "auditors"),
             expires_at,
         };
         let last_used: Option<i64> = col(&row, "last_used_at")?;
@@ -810,21 +815,13 @@ macro_rules! user_query {
 }
 use user_query;
 
-fn split_sorted(list: Option<String>) -> Vec<String> {
-    let mut items: Vec<String> = list
-        .map(|list| list.split('\u{1f}').filter(|s| !s.is_empty()).map(str::to_owned).collect())
-        .unwrap_or_default();
-    items.sort();
-    items
-}
-
 fn user_view(row: &sqlx::any::AnyRow) -> Result<UserView> {
-    let groups = split_sorted(col(row, "groups")?);
+    let groups = crate::seals::list(row, "groups")?;
     Ok(UserView {
         id: col(row, "id")?,
         name: col(row, "name")?,
         display_name: col(row, "display_name")?,
-        emails: split_sorted(col(row, "emails")?),
+        emails: crate::seals::list(row, "emails")?,
         state: col(row, "state")?,
         disabled: col::<Option<i64>>(row, "disabled_at")?.is_some(),
         admin: groups.iter().any(|g| g == "admins"),

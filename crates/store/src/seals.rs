@@ -27,33 +27,11 @@ async fn rows_of(tx: &mut impl Reads, subject: &str) -> Result<Option<Value>> {
     let Some((kind, name)) = subject.split_once(':') else { return Ok(None) };
     let value = match kind {
         "user" => {
-            // One query: the user, and their addresses, groups and project
-            // roles as lists (sorted here, as the database does not promise
-            // an order inside an aggregate).
-            let sql = tx.sql(
-                "SELECT u.id, u.state, u.disabled_at, u.password_hash, \
-                        (SELECT group_concat(e.email, char(31)) FROM user_emails e WHERE e.user_id = u.id) AS emails, \
-                        (SELECT group_concat(g.name, char(31)) FROM group_members m JOIN groups g ON g.id = m.group_id \
-                          WHERE m.user_id = u.id) AS groups, \
-                        (SELECT group_concat(p.name || char(30) || m.role, char(31)) FROM project_members m \
-                          JOIN projects p ON p.id = m.project_id WHERE m.user_id = u.id) AS projects \
-                 FROM users u WHERE u.name = $1",
-            );
+            let sql = tx.sql(concat!("SELECT ", user_sealed_columns!(), " FROM users u WHERE u.name = $1"));
             let Some(row) = sqlx::query(&sql).bind(name).fetch_optional(tx.conn()).await? else {
                 return Ok(Some(Value::Null));
             };
-            let list = |column: &str| -> Result<Vec<String>> {
-                let joined: Option<String> = col(&row, column)?;
-                let mut items: Vec<String> =
-                    joined.map(|j| j.split('\u{1f}').map(str::to_owned).collect()).unwrap_or_default();
-                items.sort();
-                Ok(items)
-            };
-            let id: i64 = col(&row, "id")?;
-            let (state, disabled, password): (String, Option<i64>, Option<String>) =
-                (col(&row, "state")?, col(&row, "disabled_at")?, col(&row, "password_hash")?);
-            json!({ "id": id, "state": state, "disabled_at": disabled, "password": password,
-                    "emails": list("emails")?, "groups": list("groups")?, "projects": list("projects")? })
+            user_rows(&row)?
         }
         "change" => {
             let Some((project, number)) = name.rsplit_once('/') else { return Ok(None) };
@@ -99,6 +77,71 @@ async fn rows_of(tx: &mut impl Reads, subject: &str) -> Result<Option<Value>> {
         _ => return Ok(None),
     };
     Ok(Some(value))
+}
+
+/// The columns of a user's sealed rows, over `users u`: the user, and their
+/// addresses, groups and project roles as lists, so that one query reads
+/// them (authentication reads them with the token).
+macro_rules! user_sealed_columns {
+    () => {
+        "u.id, u.state, u.disabled_at, u.password_hash, \
+         (SELECT group_concat(e.email, char(31)) FROM user_emails e WHERE e.user_id = u.id) AS emails, \
+         (SELECT group_concat(g.name, char(31)) FROM group_members m JOIN groups g ON g.id = m.group_id \
+           WHERE m.user_id = u.id) AS groups, \
+         (SELECT group_concat(p.name || char(30) || m.role, char(31)) FROM project_members m \
+           JOIN projects p ON p.id = m.project_id WHERE m.user_id = u.id) AS projects"
+    };
+}
+pub(crate) use user_sealed_columns;
+
+/// The columns of a subject's seal, joined as `s`.
+macro_rules! seal_columns {
+    () => {
+        "s.seq AS seal_seq, s.digest AS seal_digest, s.mac AS seal_mac"
+    };
+}
+pub(crate) use seal_columns;
+
+/// A list column of [`user_sealed_columns`], sorted (the database does not
+/// promise an order inside an aggregate).
+pub(crate) fn list(row: &sqlx::any::AnyRow, column: &str) -> Result<Vec<String>> {
+    let joined: Option<String> = col(row, column)?;
+    let mut items: Vec<String> =
+        joined.map(|j| j.split('\u{1f}').filter(|s| !s.is_empty()).map(str::to_owned).collect()).unwrap_or_default();
+    items.sort();
+    Ok(items)
+}
+
+/// A user's sealed rows, from a row of [`user_sealed_columns`].
+pub(crate) fn user_rows(row: &sqlx::any::AnyRow) -> Result<Value> {
+    Ok(json!({
+        "id": col::<i64>(row, "id")?,
+        "state": col::<String>(row, "state")?,
+        "disabled_at": col::<Option<i64>>(row, "disabled_at")?,
+        "password": col::<Option<String>>(row, "password_hash")?,
+        "emails": list(row, "emails")?,
+        "groups": list(row, "groups")?,
+        "projects": list(row, "projects")?,
+    }))
+}
+
+/// Checks rows read together with their seal ([`seal_columns`]) against it.
+pub(crate) fn check_loaded(
+    state: &crate::proof::LedgerState,
+    subject: &str,
+    newest: i64,
+    rows: &Value,
+    row: &sqlx::any::AnyRow,
+) -> Result<()> {
+    let sealed: (Option<i64>, Option<Vec<u8>>, Option<Vec<u8>>) =
+        (col(row, "seal_seq")?, col(row, "seal_digest")?, col(row, "seal_mac")?);
+    let (Some(seq), Some(stored), Some(mac)) = sealed else {
+        return Err(unproven(format!(
+            "{}: custody never sealed them (the seal was deleted around custody)",
+            rows_named(subject)
+        )));
+    };
+    compare(state, subject, newest, &digest_of(subject, rows), (seq, stored, mac))
 }
 
 /// A change's sealed rows, from a row of its state, head, merge commit and
@@ -211,10 +254,11 @@ pub(crate) async fn check_changes(tx: &mut impl Reads, project: &str, numbers: &
         let sql = tx.dialect().sql_owned(format!(
             "SELECT c.number, c.state, c.head, c.merge_commit, \
                     (SELECT group_concat(d.user_name || char(30) || d.duty, char(31)) FROM change_duties d \
-                      WHERE d.change_id = c.id) AS duties, s.seq, s.digest, s.mac \
+                      WHERE d.change_id = c.id) AS duties, {} \
              FROM changes c JOIN projects p ON p.id = c.project_id \
              LEFT JOIN subject_seals s ON s.subject = 'change:' || p.name || '/' || CAST(c.number AS TEXT) \
-             WHERE p.name = $1 AND c.number IN ({list})"
+             WHERE p.name = $1 AND c.number IN ({list})",
+            seal_columns!()
         ));
         let mut query = sqlx::query(&sql).bind(project);
         for number in chunk {
@@ -222,14 +266,8 @@ pub(crate) async fn check_changes(tx: &mut impl Reads, project: &str, numbers: &
         }
         for row in query.fetch_all(tx.conn()).await? {
             let subject = format!("change:{project}/{}", col::<i64>(&row, "number")?);
-            let digest = digest_of(&subject, &change_rows(&row)?);
             let newest = tx.pending(&subject).or_else(|| state.newest(&subject)).unwrap_or(0);
-            let sealed: (Option<i64>, Option<Vec<u8>>, Option<Vec<u8>>) =
-                (col(&row, "seq")?, col(&row, "digest")?, col(&row, "mac")?);
-            let (Some(seq), Some(stored), Some(mac)) = sealed else {
-                return Err(unproven(format!("{}: custody never sealed them", rows_named(&subject))));
-            };
-            compare(&state, &subject, newest, &digest, (seq, stored, mac))?;
+            check_loaded(&state, &subject, newest, &change_rows(&row)?, &row)?;
         }
     }
     Ok(())
