@@ -9,7 +9,8 @@
 #   2. inclusion proofs in a log of EVENTS events; reference: reading one
 #      event by its primary key;
 #   3. the full inspection of that log, in-process and as the real
-#      `custody audit verify` command; reference: reading the same rows.
+#      `custody audit verify` command; reference: reading the same rows;
+#   4. opening a store on that log, which verifies it whole at start-up.
 #
 #   bash bench/ledger.sh [seconds] [events]
 #
@@ -31,6 +32,8 @@ echo "== durable appends, 1 client, ${seconds}s"
 "$target/examples/ledger_bench" append 1 "$seconds"
 echo "== a log of $events events: proofs and inspection"
 "$target/examples/ledger_bench" big "$events" "$dir"
+echo "== the same log opened again: start-up verifies every event's tag and chain and the anchor"
+"$target/examples/ledger_bench" big "$events" "$dir" | grep '"open'
 echo "== custody audit verify on it (the command, from a cold process)"
 TIMEFORMAT='{"measure": "custody audit verify", "seconds": %R}'
 time "$target/custody" audit verify --database-url "sqlite://$dir/custody.db" --key "$dir/ledger.vkey"
