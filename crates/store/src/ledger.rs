@@ -110,38 +110,95 @@ pub(crate) async fn insert_nodes(conn: &mut AnyConnection, dialect: Dialect, nod
     Ok(())
 }
 
+/// How many events one chunk carries.
+pub(crate) const EVENT_CHUNK: i64 = 1 << 15;
+
+/// The next chunk of events after `after`, as one JSON array of
+/// `[seq, at, actor, action, subject, details]` (and, when `tagged`, `prev`
+/// and the tag in hex), with its size and last sequence number: a million
+/// events take a few dozen round trips rather than a million rows. `None`
+/// when no event follows. Without `tagged` it reads a database from before
+/// events were tagged too.
+pub(crate) async fn event_chunk(
+    conn: &mut AnyConnection,
+    after: i64,
+    tagged: bool,
+) -> Result<Option<(i64, i64, String)>> {
+    let sql = match (dialect_of(conn), tagged) {
+        (Dialect::Sqlite, false) => {
+            "SELECT count(*) AS n, max(seq) AS hi, \
+             json_group_array(json_array(seq, at, actor, action, subject, details)) AS events \
+             FROM (SELECT seq, at, actor, action, subject, details FROM audit_events \
+             WHERE seq > ?1 ORDER BY seq LIMIT ?2)"
+        }
+        (Dialect::Sqlite, true) => {
+            "SELECT count(*) AS n, max(seq) AS hi, \
+             json_group_array(json_array(seq, at, actor, action, subject, details, prev, hex(mac))) AS events \
+             FROM (SELECT seq, at, actor, action, subject, details, prev, mac FROM audit_events \
+             WHERE seq > ?1 ORDER BY seq LIMIT ?2)"
+        }
+        (Dialect::Postgres, false) => {
+            "SELECT count(*) AS n, max(seq) AS hi, \
+             json_agg(json_build_array(seq, at, actor, action, subject, details))::text AS events \
+             FROM (SELECT seq, at, actor, action, subject, details FROM audit_events \
+             WHERE seq > $1 ORDER BY seq LIMIT $2) AS chunk"
+        }
+        (Dialect::Postgres, true) => {
+            "SELECT count(*) AS n, max(seq) AS hi, \
+             json_agg(json_build_array(seq, at, actor, action, subject, details, prev, encode(mac, 'hex')))::text \
+             AS events FROM (SELECT seq, at, actor, action, subject, details, prev, mac FROM audit_events \
+             WHERE seq > $1 ORDER BY seq LIMIT $2) AS chunk"
+        }
+    };
+    let row = sqlx::query(sql).bind(after).bind(EVENT_CHUNK).fetch_one(&mut *conn).await?;
+    let n: i64 = col(&row, "n")?;
+    if n == 0 {
+        return Ok(None);
+    }
+    Ok(Some((n, col(&row, "hi")?, col(&row, "events")?)))
+}
+
 /// An audit event as read, its details not yet parsed.
-struct RawEvent {
+pub(crate) struct RawEvent {
     seq: i64,
     at: i64,
     actor: String,
     action: String,
     subject: String,
     details: String,
+    prev: Option<i64>,
+    mac: Option<String>,
 }
 
 impl RawEvent {
-    /// The events of a JSON array of `[seq, at, actor, action, subject, details]`.
-    fn from_json_array(text: &str) -> Result<Vec<RawEvent>> {
+    /// The events of a chunk from [`event_chunk`].
+    pub(crate) fn from_json_array(text: &str) -> Result<Vec<RawEvent>> {
         let rows: Vec<Vec<serde_json::Value>> =
             serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("audit events: {e}")))?;
         let text = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
         rows.iter()
-            .map(|row| match row.as_slice() {
-                [seq, at, actor, action, subject, details] => Ok(RawEvent {
+            .map(|row| {
+                let (fields, tag) = match row.as_slice() {
+                    [a, b, c, d, e, f] => ([a, b, c, d, e, f], None),
+                    [a, b, c, d, e, f, prev, mac] => ([a, b, c, d, e, f], Some((prev, mac))),
+                    _ => return Err(StoreError::Corrupt("audit events: a row of the wrong shape".into())),
+                };
+                let [seq, at, actor, action, subject, details] = fields;
+                Ok(RawEvent {
                     seq: seq.as_i64().ok_or_else(|| StoreError::Corrupt(format!("audit event seq {seq}")))?,
                     at: at.as_i64().ok_or_else(|| StoreError::Corrupt(format!("audit event {seq}: at {at}")))?,
                     actor: text(actor),
                     action: text(action),
                     subject: text(subject),
                     details: text(details),
-                }),
-                _ => Err(StoreError::Corrupt("audit events: a row of the wrong shape".into())),
+                    prev: tag.and_then(|(prev, _)| prev.as_i64()),
+                    mac: tag.and_then(|(_, mac)| mac.as_str()).filter(|m| !m.is_empty()).map(str::to_owned),
+                })
             })
             .collect()
     }
 
-    fn parse(self) -> TaggedEvent {
+    pub(crate) fn parse(self) -> TaggedEvent {
         TaggedEvent {
             seq: self.seq,
             at: self.at,
@@ -151,8 +208,9 @@ impl RawEvent {
             // Details that are no longer JSON still hash (as a string), so
             // the damage shows as a modified event rather than an error.
             details: serde_json::from_str(&self.details).unwrap_or(serde_json::Value::String(self.details)),
-            prev: None,
-            mac: None,
+            prev: self.prev,
+            // A tag that is not hex is no tag: it verifies as nothing.
+            mac: self.mac.map(|m| hex::decode(m).unwrap_or_default()),
         }
     }
 }
@@ -708,32 +766,10 @@ async fn inspect_connection(
         }
     });
     {
-        // A chunk of events per query, as one JSON array, so that a million
-        // events take a few dozen round trips rather than a million rows.
-        const ROWS: i64 = 1 << 15;
-        let sql = match dialect_of(conn) {
-            Dialect::Sqlite => {
-                "SELECT count(*) AS n, max(seq) AS hi, \
-                 json_group_array(json_array(seq, at, actor, action, subject, details)) AS events \
-                 FROM (SELECT seq, at, actor, action, subject, details FROM audit_events \
-                 WHERE seq > ?1 ORDER BY seq LIMIT ?2)"
-            }
-            Dialect::Postgres => {
-                "SELECT count(*) AS n, max(seq) AS hi, \
-                 json_agg(json_build_array(seq, at, actor, action, subject, details))::text AS events \
-                 FROM (SELECT seq, at, actor, action, subject, details FROM audit_events \
-                 WHERE seq > $1 ORDER BY seq LIMIT $2) AS chunk"
-            }
-        };
         let mut after = i64::MIN;
-        loop {
-            let row = sqlx::query(sql).bind(after).bind(ROWS).fetch_one(&mut *conn).await?;
-            let n: i64 = col(&row, "n")?;
-            if n == 0 {
-                break;
-            }
-            after = col(&row, "hi")?;
-            if batches.send(col(&row, "events")?).await.is_err() || n < ROWS {
+        while let Some((n, hi, events)) = event_chunk(conn, after, false).await? {
+            after = hi;
+            if batches.send(events).await.is_err() || n < EVENT_CHUNK {
                 break;
             }
         }

@@ -242,26 +242,18 @@ pub(crate) fn describe(findings: &[String]) -> String {
 }
 
 /// Reads every event, oldest first, a chunk at a time.
-async fn for_each_event(
-    conn: &mut AnyConnection,
-    dialect: Dialect,
-    mut each: impl FnMut(TaggedEvent) -> Result<()>,
-) -> Result<()> {
-    const ROWS: i64 = 4096;
-    let sql =
-        dialect.sql_owned(format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2"));
+async fn for_each_event(conn: &mut AnyConnection, mut each: impl FnMut(TaggedEvent) -> Result<()>) -> Result<()> {
     let mut after = i64::MIN;
-    loop {
-        let rows = sqlx::query(&sql).bind(after).bind(ROWS).fetch_all(&mut *conn).await?;
-        for row in &rows {
-            let event = TaggedEvent::read(row)?;
-            after = event.seq;
-            each(event)?;
+    while let Some((n, hi, events)) = crate::ledger::event_chunk(conn, after, true).await? {
+        for raw in crate::ledger::RawEvent::from_json_array(&events)? {
+            each(raw.parse())?;
         }
-        if (rows.len() as i64) < ROWS {
-            return Ok(());
+        after = hi;
+        if n < crate::ledger::EVENT_CHUNK {
+            break;
         }
     }
+    Ok(())
 }
 
 /// What a scan of the whole log found.
@@ -300,7 +292,7 @@ pub(crate) async fn scan(
     let build_tree = stored_size == 0 && checkpoints.is_none();
     let mut new_nodes = Vec::new();
     let mut next = 1i64;
-    for_each_event(conn, dialect, |event| {
+    for_each_event(conn, |event| {
         let expected = next;
         next = event.seq + 1;
         if event.seq > expected {
