@@ -148,8 +148,8 @@ impl TaggedEvent {
     /// Why custody cannot prove it, or `None` when it can: its tag must
     /// verify, and name `previous` (the subject's event before it) as its
     /// predecessor.
-    pub(crate) fn unproven_after(&self, previous: i64, key: &EventKey, legacy: i64) -> Option<String> {
-        if let Some(why) = self.unproven(key, legacy) {
+    pub(crate) fn unproven_after(&self, leaf: &Hash, previous: i64, key: &EventKey, legacy: i64) -> Option<String> {
+        if let Some(why) = self.unproven(leaf, key, legacy) {
             return Some(why);
         }
         (self.mac.is_some() && self.prev != Some(previous)).then(|| {
@@ -161,10 +161,11 @@ impl TaggedEvent {
         })
     }
 
-    /// Why its tag does not prove it, or `None` when it does.
-    pub(crate) fn unproven(&self, key: &EventKey, legacy: i64) -> Option<String> {
+    /// Why its tag does not prove it, or `None` when it does; `leaf` is its
+    /// [`TaggedEvent::leaf`], computed once by the caller.
+    pub(crate) fn unproven(&self, leaf: &Hash, key: &EventKey, legacy: i64) -> Option<String> {
         match (&self.mac, self.prev) {
-            (Some(mac), Some(prev)) if key.verify_event(&self.leaf(), prev, mac) => None,
+            (Some(mac), Some(prev)) if key.verify_event(leaf, prev, mac) => None,
             (Some(_), _) => Some(format!(
                 "audit_events seq {}: its tag does not verify, so custody did not write it as it stands (written, \
                  edited or moved around custody)",
@@ -196,7 +197,7 @@ pub(crate) async fn proven_events(tx: &mut impl Reads, subject: &str) -> Result<
     let mut previous = 0i64;
     let mut reached = newest.is_none();
     for event in &events {
-        if let Some(why) = event.unproven_after(previous, &state.secrets.key, state.legacy) {
+        if let Some(why) = event.unproven_after(&event.leaf(), previous, &state.secrets.key, state.legacy) {
             return Err(unproven(why));
         }
         previous = event.seq;
@@ -307,12 +308,13 @@ pub(crate) async fn scan(
         if event.mac.is_some() {
             tagged += 1;
         }
+        let leaf = event.leaf();
         let previous = subjects.get(&event.subject).copied().unwrap_or(0);
-        if let Some(why) = event.unproven_after(previous, key, legacy) {
+        if let Some(why) = event.unproven_after(&leaf, previous, key, legacy) {
             findings.push((event.seq, why));
         }
-        subjects.insert(event.subject.clone(), event.seq);
-        frontier.push(event.leaf(), |id, hash| {
+        subjects.insert(event.subject, event.seq);
+        frontier.push(leaf, |id, hash| {
             if build_tree {
                 new_nodes.push((id, hash));
             }

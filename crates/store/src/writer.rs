@@ -461,14 +461,15 @@ async fn prove_appended(tx: &mut Tx, tree: &mut Frontier, last: i64) -> Result<(
         if event.seq != tree.size() as i64 + 1 {
             return Err(StoreError::Tampered(format!("audit_events seq {}: missing", tree.size() + 1)));
         }
+        let leaf = event.leaf();
         let previous = newest.get(&event.subject).copied().or_else(|| tx.ledger.newest(&event.subject)).unwrap_or(0);
-        if let Some(why) = event.unproven_after(previous, &tx.ledger.secrets.key, tx.ledger.legacy) {
+        if let Some(why) = event.unproven_after(&leaf, previous, &tx.ledger.secrets.key, tx.ledger.legacy) {
             return Err(StoreError::Tampered(format!(
                 "{why}; the writer stops until an operator runs `custody audit verify`"
             )));
         }
-        newest.insert(event.subject.clone(), event.seq);
-        tree.push(event.leaf(), |_, _| {});
+        newest.insert(event.subject, event.seq);
+        tree.push(leaf, |_, _| {});
     }
     let ids = Frontier::node_ids(tree.size());
     let stored = crate::ledger::fetch_nodes(&mut tx.conn, tx.dialect, &ids).await?;
