@@ -45,14 +45,22 @@ pub enum ChangeCommand {
     Review(ReviewArgs),
     /// Every rule of the gate, passed or failed (exit 0 open, 1 closed).
     Gate { project: String, number: i64 },
-    /// Merge the change if its gate is open.
+    /// Merge the change if its gate is open, waiting for its turn behind
+    /// other merges into the same branch.
     Merge {
         project: String,
         number: i64,
         /// If the gate is closed, merge as soon as it opens.
         #[arg(long)]
         auto: bool,
+        /// Do not wait: queue the change, and custody merges it in its turn
+        /// once its gate is open (see `change queue`).
+        #[arg(long)]
+        no_wait: bool,
     },
+    /// The project's merge queue: merges whose branch is moving, then the
+    /// changes custody merges in turn as their gates open.
+    Queue { project: String },
     /// The check runs of a change.
     Checks {
         project: String,
@@ -264,13 +272,46 @@ pub async fn run(client: &Client, command: ChangeCommand, out: Output) -> Result
             // An envelope is for machines in any case: always JSON.
             out.print_json(&envelope);
         }
-        ChangeCommand::Merge { project, number, auto } => {
-            let rest = if auto { "/merge?auto=true" } else { "/merge" };
+        ChangeCommand::Queue { project } => {
+            let name = ProjectName::parse(&project)?;
+            let queue = client.get(&format!("/api/v1/projects/{name}/merge-queue")).await?;
+            out.show(&queue, |q| {
+                let mut text = String::new();
+                for moving in q["moving"].as_array().into_iter().flatten() {
+                    text.push_str(&format!(
+                        "moving  #{:<5} {} to {}\n",
+                        moving["change"],
+                        moving["reference"].as_str().unwrap_or(""),
+                        moving["merge_commit"].as_str().unwrap_or("")
+                    ));
+                }
+                for (turn, waiting) in q["waiting"].as_array().into_iter().flatten().enumerate() {
+                    text.push_str(&format!(
+                        "{:<7} #{:<5} into {} (asked by {}): {}\n",
+                        turn + 1,
+                        waiting["change"],
+                        waiting["target"].as_str().unwrap_or(""),
+                        waiting["asked_by"].as_str().unwrap_or("?"),
+                        waiting["title"].as_str().unwrap_or("")
+                    ));
+                }
+                if text.is_empty() {
+                    text.push_str("the merge queue is empty");
+                }
+                text.trim_end().to_owned()
+            });
+        }
+        ChangeCommand::Merge { project, number, auto, no_wait } => {
+            let rest = match (auto, no_wait) {
+                (_, true) => "/merge?wait=false",
+                (true, false) => "/merge?auto=true",
+                (false, false) => "/merge",
+            };
             let merged = client.call(Method::POST, &path(&project, number, rest)?, Some(&json!(null))).await?;
             out.show(&merged, |m| {
                 if m["auto_merge"].as_bool() == Some(true) {
                     format!(
-                        "custody will merge change {} as soon as its gate opens\n{}",
+                        "queued: custody will merge change {} in its turn, once its gate is open\n{}",
                         m["change"]["number"],
                         gate_text(&m["gate"])
                     )

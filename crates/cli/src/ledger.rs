@@ -180,8 +180,13 @@ pub async fn verify(args: VerifyArgs, out: Output) -> Result<(), Failure> {
         custody_store::StoreError::Invalid(e) => Failure::input(e.to_string()),
         other => Failure::internal(format!("cannot read the audit log: {other}")),
     })?;
+    let intruders = unrecorded_commits(&url, &data_dir).await?;
     if out.json {
-        out.print_json(&json!({ "intact": report.intact(), "report": report }));
+        out.print_json(&json!({
+            "intact": report.intact() && intruders.is_empty(),
+            "report": report,
+            "unrecorded_commits": intruders,
+        }));
     } else {
         match &report.checkpoint {
             Some(c) => say(&format!(
@@ -207,6 +212,15 @@ pub async fn verify(args: VerifyArgs, out: Output) -> Result<(), Failure> {
         for finding in &report.findings {
             say(&format!("  {}", finding.describe()));
         }
+        for intruder in &intruders {
+            say(&format!("  {intruder}"));
+        }
+    }
+    if !intruders.is_empty() {
+        return Err(damaged(format!(
+            "a protected branch holds commits custody recorded no merge of: {} found",
+            intruders.len()
+        )));
     }
     if report.intact() {
         if !out.json {
@@ -216,6 +230,37 @@ pub async fn verify(args: VerifyArgs, out: Output) -> Result<(), Failure> {
     } else {
         Err(damaged(format!("the audit log was tampered with: {} findings", report.findings.len())))
     }
+}
+
+/// Commits on a protected branch that sit on top of a recorded merge
+/// without being one (the branch moved around custody), as sentences; none
+/// when this host has no repositories (verifying a copied database).
+async fn unrecorded_commits(url: &str, data_dir: &custody_server::instance::DataDir) -> Result<Vec<String>, Failure> {
+    let repositories = custody_git::Repositories::new(data_dir.repositories());
+    if !data_dir.repositories().is_dir() {
+        return Ok(Vec::new());
+    }
+    let mainlines = custody_store::recorded_mainlines(url)
+        .await
+        .map_err(|e| Failure::internal(format!("cannot read the recorded merges: {e}")))?;
+    let mut found = Vec::new();
+    for mainline in mainlines {
+        let Ok(project) = custody_domain::ProjectName::parse(&mainline.project) else { continue };
+        let repository = repositories.path(&project);
+        for branch in &mainline.branches {
+            let reference = format!("refs/heads/{branch}");
+            let Ok(Some(tip)) = custody_git::change::read_ref(&repository, &reference) else { continue };
+            let chain = custody_git::change::first_parents(&repository, None, &tip)
+                .map_err(|e| Failure::internal(format!("reading {reference} of {project}: {e}")))?;
+            if let Some(intruder) = custody_runner::deploys::unrecorded_on_mainline(&chain, &mainline.merges) {
+                found.push(format!(
+                    "{project} {reference}: commit {intruder} sits on a merge custody recorded and custody recorded \
+                     no merge of it (the branch was moved around custody)"
+                ));
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// What `custody audit watch` keeps between runs.

@@ -21,6 +21,9 @@ const LEDGER_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(3
 
 /// How often the ledger's tree head is signed while events arrive.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+/// How often the promotions owed after successes are looked for (and at
+/// start-up).
+const PROMOTIONS_REPAIRED_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Args, Debug)]
 pub struct InitArgs {
@@ -179,14 +182,23 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let repositories = custody_git::Repositories::new(data_dir.repositories());
     let store = instance.store.clone();
     let blobs = open_blobs(blob_store.as_deref(), &data_dir)?;
-    let builder = builder(&instance, &data_dir, blobs.clone())?;
+    let boot_id = custody_runner::boot::Boot::id();
+    let builder = builder(&instance, &data_dir, blobs.clone(), &boot_id)?;
     let sealing = sealing_key(&data_dir)?;
     let deployer = deployer(&builder, &instance, sealing.clone())?;
+    let _boot = start_boot(&data_dir, &store, boot_id, vec![builder.worker.clone(), deployer.worker.clone()]).await?;
     let deployers = builders > 0;
     let state =
         AppState::new(instance.store, instance.name, Limits::default(), repositories, blobs, instance.keys, sealing);
     if let Some(public) = &public_url {
         state.hosting().set_public_url(public);
+    }
+    // A merge recorded by a process that died before moving its ref is
+    // moved now, before anyone is served.
+    match custody_server::changes::settle_merges(&state).await {
+        Ok(0) => {}
+        Ok(settled) => tracing::warn!(settled, "settled merges a previous process recorded and did not finish"),
+        Err(error) => tracing::error!(error = %error.message, "settling recorded merges"),
     }
     // One signal stops both the server and the check runner.
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -203,6 +215,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         (0..builders).map(|_| tokio::spawn(builder.clone().run(until_stopped(stopped.clone())))).collect();
     if deployers {
         builders.push(tokio::spawn(deployer.run(until_stopped(stopped.clone()))));
+        // Promotions a process that died right after a success never made.
+        builders.push(tokio::spawn(custody_runner::deploys::repair_promotions(
+            store.clone(),
+            custody_git::Repositories::new(data_dir.repositories()),
+            PROMOTIONS_REPAIRED_EVERY,
+            until_stopped(stopped.clone()),
+        )));
     }
     // Signs a ledger checkpoint whenever the audit log grew, four times a second at most.
     let checkpointer = state.key(custody_formats::KeyRole::Ledger).map(|key| {
@@ -245,10 +264,33 @@ fn open_blobs(url: Option<&str>, data_dir: &DataDir) -> Result<custody_blobs::Bl
     opened.map_err(|e| Failure::input(format!("cannot open the artifact store: {e}")))
 }
 
+/// Registers this process's boot under the data directory, and releases at
+/// once the work of earlier processes on it that ended (crashed, killed)
+/// instead of waiting for their leases to run out.
+async fn start_boot(
+    data_dir: &DataDir,
+    store: &custody_store::Store,
+    id: String,
+    workers: Vec<String>,
+) -> Result<custody_runner::boot::Boot, Failure> {
+    let (boot, ended) = custody_runner::boot::Boot::start(data_dir.root(), id, &workers).map_err(|e| {
+        Failure::internal(format!("cannot register this process in {}: {e}", data_dir.root().display()))
+    })?;
+    if !ended.is_empty() {
+        let why = format!("its process ended, found at the start of {}", boot.id);
+        match store.release_dead_workers(ended.clone(), why).await {
+            Ok(released) => tracing::warn!(?ended, released, "released the work of processes that ended"),
+            Err(error) => tracing::error!(%error, ?ended, "releasing the work of processes that ended"),
+        }
+    }
+    Ok(boot)
+}
+
 fn builder(
     instance: &instance::Instance,
     data_dir: &DataDir,
     blobs: custody_blobs::Blobs,
+    boot: &str,
 ) -> Result<custody_runner::builds::Builder, Failure> {
     let key = instance
         .keys
@@ -261,7 +303,7 @@ fn builder(
         blobs,
         key: std::sync::Arc::new(key.clone_key()),
         instance: instance.name.clone(),
-        worker: custody_runner::builds::worker_name(),
+        worker: custody_runner::builds::worker_name(boot),
     })
 }
 
@@ -297,7 +339,13 @@ pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
     let data_dir = DataDir::new(args.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)));
     let instance = instance::open(&data_dir, args.database_url).await.map_err(instance_failure)?;
     let blobs = open_blobs(args.blob_store.as_deref(), &data_dir)?;
-    let builder = builder(&instance, &data_dir, blobs)?;
+    let boot_id = custody_runner::boot::Boot::id();
+    let builder = builder(&instance, &data_dir, blobs, &boot_id)?;
+    let mut workers: Vec<String> = (0..args.builders.max(1))
+        .map(|i| if i == 0 { builder.worker.clone() } else { format!("{}/{i}", builder.worker) })
+        .collect();
+    workers.push(format!("{}/deployer", builder.worker));
+    let _boot = start_boot(&data_dir, &instance.store, boot_id, workers).await?;
     println!(
         "worker {} running {} builder(s); artifacts in {}",
         builder.worker,

@@ -608,6 +608,65 @@ fn merges_racing_merges_land_each_change_once(backend: Backend) {
     }
 }
 
+/// Twenty approved changes merged all at once, half through a second
+/// server on the same data directory and database: every one merges, with
+/// no retry by any client, one after the other on main.
+fn twenty_merges_through_two_servers_all_land_in_order(backend: Backend) {
+    const CHANGES: usize = 20;
+    let Some(hosted) = team(backend) else { return };
+    let work = hosted.workspace("alice", "alice", &hosted.alice);
+    let base = hosted.seed_main(&work);
+    let mut numbers = Vec::new();
+    for index in 0..CHANGES {
+        let branch = format!("side-{index}");
+        work.ok(&["checkout", "-q", "-B", &branch, &base]);
+        work.commit(&format!("{branch}.txt"), "a side\n", &format!("Side {index}"));
+        work.ok(&["push", "-q", "origin", &branch]);
+        let number = open(&hosted, "alice", &branch, &branch);
+        review(&hosted, "bob", number, "--approve");
+        numbers.push(number);
+    }
+    let url = hosted.database.as_ref().map(|d| d.url.clone());
+    let second = hosted.sandbox.serve_on("data", url.as_deref());
+    let servers = [&hosted.server, &second];
+    let barrier = Barrier::new(CHANGES);
+    let token = hosted.token("bob");
+    let outcomes: Vec<(i64, Run)> = thread::scope(|scope| {
+        let running: Vec<_> = numbers
+            .iter()
+            .enumerate()
+            .map(|(index, &number)| {
+                let (hosted, barrier, server, token) = (&hosted, &barrier, servers[index % 2], &token);
+                scope.spawn(move || {
+                    barrier.wait();
+                    let args = ["change", "merge", PROJECT, &number.to_string(), "--json"];
+                    (number, hosted.sandbox.client("bob", server, token, &args))
+                })
+            })
+            .collect();
+        running.into_iter().map(|t| t.join().expect("a merge thread")).collect()
+    });
+    for (number, run) in &outcomes {
+        assert_eq!(run.code(), Some(0), "change {number} merged at the first ask: {run:#?}");
+    }
+    // main is the twenty merge commits, one on top of the other, in the
+    // order the merge events record.
+    let main = hosted.server_ref("refs/heads/main").expect("main");
+    let chain = hosted.bare(&["rev-list", "--first-parent", &format!("{base}..{main}")]).expect_code(0).stdout;
+    let mut chain: Vec<&str> = chain.lines().collect();
+    chain.reverse();
+    let recorded: Vec<String> = hosted
+        .audit_events("change.merge")
+        .iter()
+        .map(|e| e["details"]["merge_commit"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(chain, recorded, "main holds exactly the recorded merges, in order");
+    assert_eq!(recorded.len(), CHANGES);
+    for index in 0..CHANGES {
+        assert_eq!(server_file(&hosted, &main, &format!("side-{index}.txt")).as_deref(), Some("a side\n"));
+    }
+}
+
 fn a_change_reopened_after_a_push_is_at_its_branchs_tip(backend: Backend) {
     let Some(hosted) = team(backend) else { return };
     let (work, base) = alice_on_branch(&hosted, "feature");
@@ -840,6 +899,7 @@ on_both_backends!(
     request_changes_blocks_until_withdrawn,
     pushes_racing_merges_never_merge_an_unapproved_head,
     merges_racing_merges_land_each_change_once,
+    twenty_merges_through_two_servers_all_land_in_order,
     a_change_reopened_after_a_push_is_at_its_branchs_tip,
     a_change_cannot_turn_its_own_check_green,
     auto_merge_waits_for_the_gate_and_merges_as_it_opens,

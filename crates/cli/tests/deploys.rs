@@ -395,6 +395,26 @@ fn staging_deploy_sleeping(hosted: &Hosted, pause: &str) {
     assert!(support::flow::eventually(|| running(&["sleep", pause]).then_some(())).is_some(), "the script runs");
 }
 
+/// A server killed (SIGKILL) while a deploy script runs: at the next start
+/// the deployment fails at once, saying its process ended, rather than when
+/// its lease would have run out, and it is not run again.
+fn a_deployment_whose_server_was_killed_fails_at_the_next_start(backend: Backend) {
+    let Some(mut hosted) = team(backend) else { return };
+    let pause = if backend == Backend::Sqlite { "6191" } else { "6192" };
+    staging_deploy_sleeping(&hosted, pause);
+    hosted.server.kill().expect("the server dies");
+    hosted.restart_with(&[]);
+    // The deployer's lease runs 30 s; the restart releases it within a poll.
+    let failed = support::flow::eventually(|| {
+        let shown = custody(&hosted, &["deploy", "show", PROJECT, "1", "--json"]).json();
+        (shown["status"] == "failed").then_some(shown)
+    })
+    .expect("the deployment failed soon after the restart");
+    assert!(failed["reason"].as_str().is_some_and(|r| r.contains("its process ended")), "{failed}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!running(&["sleep", pause]), "the deployment ran again after the restart");
+}
+
 /// A running deployment can be stopped: its script dies with everything it
 /// started, the log keeps what it printed, and it is recorded as cancelled.
 fn cancelling_a_running_deployment_stops_its_script(backend: Backend) {
@@ -430,6 +450,7 @@ on_both_backends! {
     a_build_never_live_in_staging_does_not_reach_production,
     cancelling_a_running_deployment_stops_its_script,
     a_deployment_cut_short_by_a_shutdown_fails_and_is_not_run_again,
+    a_deployment_whose_server_was_killed_fails_at_the_next_start,
     staging_deploys_itself_and_production_waits_for_an_independent_approver,
     a_deploy_gets_its_secrets_and_nobody_sees_them,
     a_build_whose_provenance_signature_was_altered_is_never_deployed,

@@ -46,6 +46,16 @@ pub fn commits(repository: &Path, base: Option<&str>, head: &str) -> Result<Vec<
     Ok(git(Some(repository), &args)?.lines().map(str::to_owned).collect())
 }
 
+/// The commits of `head`'s first-parent chain not reachable from `base`,
+/// newest first: on a branch only custody's merges move, the merges.
+pub fn first_parents(repository: &Path, base: Option<&str>, head: &str) -> Result<Vec<String>, GitError> {
+    let mut args = vec!["rev-list", "--first-parent", head];
+    if let Some(base) = base {
+        args.extend(["--not", base]);
+    }
+    Ok(git(Some(repository), &args)?.lines().map(str::to_owned).collect())
+}
+
 /// The paths `head` changes since it forked from `base` (every path of
 /// `head` when there is no base).
 pub fn changed_paths(repository: &Path, base: Option<&str>, head: &str) -> Result<Vec<String>, GitError> {

@@ -51,12 +51,10 @@ pub struct Builder {
     pub worker: String,
 }
 
-/// A worker name unique to this process: host, process id and a random part.
-pub fn worker_name() -> String {
-    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
-    let host = if host.is_empty() { "localhost".to_owned() } else { host };
-    let random: String = custody_store::random_secret().chars().take(8).collect();
-    format!("{host}:{}:{random}", std::process::id())
+/// A worker name unique to this process: host, process id and boot id
+/// (see [`crate::boot`]).
+pub fn worker_name(boot: &str) -> String {
+    format!("{}:{}:{boot}", crate::boot::host(), std::process::id())
 }
 
 impl Builder {
@@ -420,6 +418,7 @@ impl crate::Worker for Builder {
         if let Err(error) = self.store.finish_build(lease, outcome).await {
             tracing::error!(%error, build = lease.number, "recording a build");
         } else if succeeded {
+            custody_store::fault::point("build.succeeded");
             // The environments that follow none get the build.
             crate::deploys::promote(&self.store, &self.repositories, &lease.project, lease.number, &lease.commit, None)
                 .await;

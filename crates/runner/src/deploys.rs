@@ -129,14 +129,17 @@ pub async fn release_context(
     let key = (project.as_str().to_owned(), live.clone(), commit.to_owned());
     let known = RELEASES.get(&key);
     let (repo, candidate, branch, listed) = (repository.clone(), commit.to_owned(), default_branch, known.is_some());
-    let (policy, commits) = tokio::task::spawn_blocking(move || {
+    let (policy, commits, chain) = tokio::task::spawn_blocking(move || {
         let policy = mainline_pipeline(&repo, &branch)?;
-        let commits = if listed {
-            Vec::new()
+        let (commits, chain) = if listed {
+            (Vec::new(), Vec::new())
         } else {
-            git::commits(&repo, live.as_deref(), &candidate).map_err(|e| e.to_string())?
+            (
+                git::commits(&repo, live.as_deref(), &candidate).map_err(|e| e.to_string())?,
+                git::first_parents(&repo, live.as_deref(), &candidate).map_err(|e| e.to_string())?,
+            )
         };
-        Ok::<_, String>((policy, commits))
+        Ok::<_, String>((policy, commits, chain))
     })
     .await
     .map_err(|_| "reading the repository failed".to_owned())??;
@@ -149,13 +152,33 @@ pub async fn release_context(
     let changes = match known {
         Some(changes) => changes,
         None => {
-            let mut changes = store.changes_merged_as(project, &commits).await.map_err(|e| e.to_string())?;
+            let recorded = store.merges_recorded_as(project, &commits).await.map_err(|e| e.to_string())?;
+            if let Some(intruder) = unrecorded_on_mainline(&chain, &recorded) {
+                return Err(format!(
+                    "commit {intruder} is on the mainline below this build and custody recorded no merge of it (it \
+                     was put there around custody): no build containing it is deployed; an operator runs \
+                     `custody audit verify`"
+                ));
+            }
+            let mut changes: Vec<i64> = commits.iter().filter_map(|c| recorded.get(c).copied()).collect();
             changes.sort_unstable();
             RELEASES.keep(key, changes.clone());
             changes
         }
     };
     Ok(DeployContext { environment, changes })
+}
+
+/// The first commit of a mainline's first-parent `chain` (newest first)
+/// that sits on top of a merge custody recorded without being one itself:
+/// something moved the mainline around custody. Commits below the oldest
+/// recorded merge are the history from before custody merged.
+pub fn unrecorded_on_mainline<'c>(
+    chain: &'c [String],
+    recorded: &std::collections::HashMap<String, i64>,
+) -> Option<&'c str> {
+    let oldest = chain.iter().rposition(|c| recorded.contains_key(c))?;
+    chain[..oldest].iter().find(|c| !recorded.contains_key(*c)).map(String::as_str)
 }
 
 /// Promotes a build to every environment that follows `after` (the
@@ -194,6 +217,32 @@ pub async fn promote(
             ),
             Ok(None) => {}
             Err(error) => tracing::warn!(%error, %project, environment = %environment.name, "promotion refused"),
+        }
+    }
+}
+
+/// Makes the promotions owed after every success, should a process have
+/// died between a success and its promotion: at once, then every `every`,
+/// until `shutdown` completes.
+pub async fn repair_promotions(
+    store: Store,
+    repositories: Repositories,
+    every: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        match store.promotions_owed().await {
+            Ok(owed) => {
+                for (project, build, commit, after) in owed {
+                    promote(&store, &repositories, &project, build, &commit, after.as_deref()).await;
+                }
+            }
+            Err(error) => tracing::error!(%error, "listing the promotions owed"),
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(every) => {}
         }
     }
 }

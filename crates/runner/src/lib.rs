@@ -7,6 +7,7 @@
 //!
 //! This crate knows nothing about HTTP or how decisions are made.
 
+pub mod boot;
 pub mod builds;
 pub mod checks;
 pub mod deploys;

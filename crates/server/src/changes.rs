@@ -15,7 +15,10 @@ use custody_domain::pipeline::{self, Pipeline, PipelineError};
 use custody_domain::GroupName;
 use custody_formats::{KeyRole, ServiceKey, Statement, Subject};
 use custody_git::change as git;
-use custody_store::{Authenticated, ChangeView, GateRecords, MergePlan, ProjectAccess, Published, StoreError};
+use custody_store::{
+    Authenticated, ChangeView, GateRecords, MergeIntent, MergePlan, ProjectAccess, Published, Settled, StoreError,
+    TARGET_MOVED,
+};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -200,8 +203,11 @@ pub async fn gate_of(
 
 /// Merges a change if its gate is open, atomically: the gate is evaluated
 /// again inside the merge's transaction for the exact head the merge commit
-/// is made of, and the target moves only by compare-and-swap from the tip
-/// that was merged against. A target that moved meanwhile is retried.
+/// is made of, and that transaction records the merge with its intent
+/// before the target ref moves (by compare-and-swap from the tip merged
+/// on). Merges of one target queue behind each other in this process; one
+/// that loses a race with another process gathers its facts again against
+/// the new tip and is decided again, until it merges or its gate refuses.
 pub async fn merge(
     state: &AppState,
     actor: &Authenticated,
@@ -211,9 +217,14 @@ pub async fn merge(
     let gate_key = std::sync::Arc::new(state.key(KeyRole::Gate).map(ServiceKey::clone_key).ok_or_else(|| {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "this server holds no gate key")
     })?);
-    let mut attempts = 0;
+    let first = state.store().get_change(&access.project, number).await?;
+    let turn = state.merge_turn(&access.project, &first.target_branch);
+    let _turn = turn.lock().await;
+    let mut lost = 0u32;
     loop {
-        attempts += 1;
+        // Whatever an earlier merge (here, or in a process that died)
+        // recorded and did not yet move is moved first.
+        settle_merges(state).await?;
         let change = state.store().get_change(&access.project, number).await?;
         let repository = state.hosting().repositories().path(&access.project);
         let facts = git_facts(
@@ -238,11 +249,9 @@ pub async fn merge(
         let (title, project) = (change.title.clone(), access.project.to_string());
         let merger = actor.name.to_string();
         let gate_key = gate_key.clone();
-        let moved: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
-        let moved_in_publish = moved.clone();
-        let (revert_in, target_tip) = (repository.clone(), facts.target_tip.clone());
         let plan = MergePlan {
             head: facts.head.clone(),
+            base: facts.target_tip.clone(),
             evaluate: Box::new(move |records| evaluate(&evaluated_facts, records, &check)),
             publish: Box::new(move |records, report| {
                 let tree = facts.merge.clone().map_err(|why| format!("the change does not merge cleanly: {why}"))?;
@@ -258,39 +267,78 @@ pub async fn merge(
                 let merged = Merged { target: &target, commit: &commit, merger: &merger, checks: &check_runs };
                 let statement = attestation(&project, number, &facts, records, report, &merged);
                 let envelope = serde_json::to_string(&statement.sign(&gate_key)).map_err(|e| e.to_string())?;
-                git::compare_and_swap(
-                    &repository,
-                    &format!("refs/heads/{target}"),
-                    &commit,
-                    facts.target_tip.as_deref(),
-                )
-                .map_err(|_| TARGET_MOVED.to_owned())?;
-                *moved_in_publish.lock().unwrap_or_else(|e| e.into_inner()) = Some(commit.clone());
                 Ok(Published { commit, attestation: envelope })
             }),
         };
         match state.store().merge_change(actor, access, number, commits, groups, plan).await {
-            Err(StoreError::Conflict(message)) if message == TARGET_MOVED && attempts < 5 => continue,
-            Err(error) => {
-                // The ref moved but the transaction that records the merge did
-                // not commit: move it back, so nothing happens unrecorded.
-                let moved = moved.lock().unwrap_or_else(|e| e.into_inner()).take();
-                if let Some(commit) = moved {
-                    let reference = format!("refs/heads/{}", change.target_branch);
-                    let reverted = match &target_tip {
-                        Some(old) => git::compare_and_swap(&revert_in, &reference, old, Some(&commit)),
-                        None => git::delete_ref(&revert_in, &reference, &commit),
-                    };
-                    tracing::error!(%error, ?reverted, %reference, "the merge was not recorded; its ref update was undone");
-                }
-                return Err(ApiError::from(error));
+            Err(StoreError::Conflict(message)) if message == TARGET_MOVED && lost < MERGE_RACES => {
+                // Another process merged into the target first: its turn
+                // came first; this one is decided again on the new tip.
+                lost += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20 + u64::from(lost) * 10)).await;
             }
-            Ok(merged) => return Ok(merged),
+            Err(StoreError::Conflict(message)) if message == TARGET_MOVED => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    format!("the target branch kept moving while merging ({lost} tries); try again"),
+                )
+                .retry_after(1))
+            }
+            Err(error) => return Err(ApiError::from(error)),
+            Ok(merged) => {
+                custody_store::fault::point("merge.recorded");
+                settle_merges(state).await?;
+                return Ok(merged);
+            }
         }
     }
 }
 
-const TARGET_MOVED: &str = "the target branch moved while merging";
+/// How many races with other processes a merge may lose before it gives up.
+const MERGE_RACES: u32 = 50;
+
+/// Moves the refs of every merge recorded and not yet settled, oldest
+/// first, by compare-and-swap from the tip each merge was made on, and
+/// records how each ended. Runs before and after every merge, at start-up,
+/// and every few seconds, so that a process that died between recording a
+/// merge and moving its ref leaves nothing half-done for long.
+pub async fn settle_merges(state: &AppState) -> Result<usize, ApiError> {
+    let pending = state.store().pending_merges().await?;
+    let count = pending.len();
+    for intent in pending {
+        let repository = state.hosting().repositories().path(&intent.project);
+        let moving = intent.clone();
+        let settled = tokio::task::spawn_blocking(move || -> Result<Settled, custody_git::GitError> {
+            let MergeIntent { reference, old, new, .. } = &moving;
+            let tip = git::resolve(&repository, reference)?;
+            if tip.as_deref() == Some(new.as_str()) {
+                return Ok(Settled::Applied);
+            }
+            if tip == *old && git::compare_and_swap(&repository, reference, new, old.as_deref()).is_ok() {
+                custody_store::fault::point("merge.moved");
+                return Ok(Settled::Applied);
+            }
+            // Moved meanwhile: by this very merge and on from it, or elsewhere.
+            let tip = git::resolve(&repository, reference)?;
+            match &tip {
+                Some(tip) if tip == new || git::is_ancestor(&repository, new, tip)? => Ok(Settled::Applied),
+                _ => Ok(Settled::Dropped { tip }),
+            }
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+        if let Settled::Dropped { tip } = &settled {
+            tracing::error!(
+                project = %intent.project, change = intent.change, reference = %intent.reference, ?tip,
+                "a recorded merge never reached its branch: the change is reopened"
+            );
+        }
+        state.store().settle_merge(&intent, settled).await?;
+    }
+    Ok(count)
+}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -373,6 +421,10 @@ pub async fn auto_merge(state: AppState, shutdown: impl std::future::Future<Outp
         tokio::select! {
             () = &mut shutdown => return,
             () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+        }
+        // Merges another process recorded and died before moving.
+        if let Err(error) = settle_merges(&state).await {
+            tracing::error!(error = %error.message, "settling recorded merges");
         }
         let candidates = match state.store().auto_merge_candidates().await {
             Ok(candidates) => candidates,

@@ -17,7 +17,8 @@ pub struct ApiError {
     pub message: String,
     /// The rules that refused, when a decision did.
     pub reasons: Vec<Reason>,
-    /// Seconds to wait, for rate limits.
+    /// Seconds to wait before trying again: rate limits, and failures that
+    /// are not the request's (the database unreachable or full, a race).
     pub retry_after: Option<u64>,
 }
 
@@ -42,6 +43,12 @@ impl ApiError {
     /// An error with a status, code and message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError { status, code, message: message.into(), reasons: Vec::new(), retry_after: None }
+    }
+
+    /// The same error, telling the client to try again in `seconds`.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     /// 400: the request is malformed or breaks an input rule.
@@ -93,8 +100,19 @@ impl From<StoreError> for ApiError {
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
-                    "the database is unavailable; try again shortly",
+                    "the database is unavailable; nothing was changed; try again shortly",
                 )
+                .retry_after(2)
+            }
+            StoreError::Database(_) if error.is_transient() => {
+                tracing::error!(%error, "the database could not write");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the database could not take the write (unreachable, full or busy); nothing was changed; \
+                     try again shortly",
+                )
+                .retry_after(2)
             }
             StoreError::Tampered(what) => {
                 // Not the caller's fault, and nothing was done: the writer

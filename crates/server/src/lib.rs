@@ -67,6 +67,8 @@ struct Shared {
     metrics: Metrics,
     logins: RateLimiter,
     redemptions: RateLimiter,
+    /// One turn at a time per merge target, in this process.
+    merge_turns: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl AppState {
@@ -91,6 +93,7 @@ impl AppState {
             metrics: Metrics::default(),
             logins: RateLimiter::new(limits.failed_logins, limits.window),
             redemptions: RateLimiter::new(limits.redemptions, limits.window),
+            merge_turns: Default::default(),
         }))
     }
 
@@ -135,6 +138,16 @@ impl AppState {
     pub(crate) fn redemptions(&self) -> &RateLimiter {
         &self.0.redemptions
     }
+
+    /// The turn of merges into `target` of `project` in this process.
+    pub(crate) fn merge_turn(
+        &self,
+        project: &custody_domain::ProjectName,
+        target: &str,
+    ) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self.0.merge_turns.lock().unwrap_or_else(|e| e.into_inner());
+        turns.entry(format!("{project}\u{0}{target}")).or_default().clone()
+    }
 }
 
 /// Every route of the server.
@@ -163,17 +176,19 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// Ready when the database answers and takes writes.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
-    match state.store().ping().await {
-        Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready", "database": state.store().dialect().name() }))),
-        Err(error) => {
-            tracing::warn!(%error, "not ready");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "unavailable", "reason": "the database does not answer" })),
-            )
-        }
+    let unavailable = |reason: String| {
+        tracing::warn!(%reason, "not ready");
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable", "reason": reason })))
+    };
+    if let Err(error) = state.store().ping().await {
+        return unavailable(format!("the database does not answer: {error}"));
     }
+    if let Err(why) = state.store().writable().await {
+        return unavailable(why);
+    }
+    (StatusCode::OK, Json(json!({ "status": "ready", "database": state.store().dialect().name() })))
 }
 
 /// Serves on `listener` until `shutdown` completes, then finishes the

@@ -304,6 +304,33 @@ async fn fail_abandoned(tx: &mut Tx, now: i64) -> Result<()> {
     Ok(())
 }
 
+/// Fails the queued builds of `commit`, whose merge never reached its
+/// branch, saying why.
+pub(crate) async fn fail_queued_of(
+    tx: &mut Tx,
+    project_id: i64,
+    project: &ProjectName,
+    commit: &str,
+    why: &str,
+) -> Result<()> {
+    let sql = tx.sql("SELECT id, number FROM builds WHERE project_id = $1 AND commit_sha = $2 AND status = 'queued'");
+    let rows = sqlx::query(&sql).bind(project_id).bind(commit).fetch_all(tx.conn()).await?;
+    let reason = format!("not built: {why}");
+    for row in rows {
+        let sql = tx
+            .sql("UPDATE builds SET status = 'error', reason = $1, finished_at = $2, lease_until = NULL WHERE id = $3");
+        sqlx::query(&sql).bind(&reason).bind(now_ms()).bind(col::<i64>(&row, "id")?).execute(tx.conn()).await?;
+        tx.audit(NewEvent {
+            actor: SYSTEM_ACTOR.into(),
+            action: "build.finish".into(),
+            subject: format!("build:{project}/{}", col::<i64>(&row, "number")?),
+            details: json!({ "status": "error", "reason": reason }),
+        })
+        .await?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Queues a build of `commit` on `branch` of `project`, as a merge into
     /// the mainline does. Returns the build's number.
@@ -331,14 +358,17 @@ impl Store {
                 let sql = tx.sql(
                     "SELECT b.id, p.name AS project, b.number, b.commit_sha, b.branch, b.attempt, b.worker, b.status \
                      FROM builds b JOIN projects p ON p.id = b.project_id \
-                     WHERE b.status = 'queued' OR (b.status = 'running' AND b.lease_until < $1) ORDER BY b.id LIMIT 1",
+                     WHERE (b.status = 'queued' OR (b.status = 'running' AND b.lease_until < $1)) \
+                       AND NOT EXISTS (SELECT 1 FROM merge_intents i WHERE i.project_id = b.project_id \
+                         AND i.new_tip = b.commit_sha AND i.state <> 'applied') \
+                     ORDER BY b.id LIMIT 1",
                 );
                 let row = loop {
                     let Some(row) = sqlx::query(&sql).bind(now).fetch_optional(tx.conn()).await? else {
                         return Ok(None);
                     };
                     // Nothing is built, signed or stored that custody did not
-                    // queue.
+                    // queue (nor before its merge reached the branch).
                     let (project, number): (String, i64) = (col(&row, "project")?, col(&row, "number")?);
                     let (commit, status): (String, String) = (col(&row, "commit_sha")?, col(&row, "status")?);
                     let why = match prove_build(tx, &project, number, &commit, &status).await {

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::people::Authenticated;
 use crate::projects::ProjectAccess;
-use crate::writer::{Reads as _, Tx};
+use crate::writer::{Reads, Tx};
 use crate::{col, now_ms, Page, PageRequest, Result, Store, StoreError};
 
 /// Only project members with write access may approve.
@@ -133,7 +133,7 @@ fn parse_user(name: String) -> Result<UserName> {
     UserName::parse(&name).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-async fn change_row(tx: &mut Tx, project_id: i64, number: i64) -> Result<(i64, ChangeView)> {
+async fn change_row(tx: &mut impl Reads, project_id: i64, number: i64) -> Result<(i64, ChangeView)> {
     let sql = tx.sql(
         "SELECT c.id, c.number, p.name AS project, c.title, c.description, c.source_branch, c.target_branch, c.state, \
                 c.head, o.name AS opened_by, c.opened_at, m.name AS merged_by, c.merged_at, c.merge_commit \
@@ -211,7 +211,7 @@ fn change_view(row: &sqlx::any::AnyRow) -> Result<ChangeView> {
     })
 }
 
-async fn reviews_of(tx: &mut Tx, change_id: i64, head: &str) -> Result<Vec<ReviewView>> {
+async fn reviews_of(tx: &mut impl Reads, change_id: i64, head: &str) -> Result<Vec<ReviewView>> {
     let sql = tx.sql(
         "SELECT r.id, u.name, r.verdict, r.head, r.message, r.at FROM reviews r JOIN users u ON u.id = r.reviewer_id \
          WHERE r.change_id = $1 ORDER BY r.id",
@@ -235,7 +235,7 @@ async fn reviews_of(tx: &mut Tx, change_id: i64, head: &str) -> Result<Vec<Revie
 
 /// The authors the commits themselves make: their first pushers and the
 /// users they name; and whether every commit was found recorded.
-async fn commit_authors(tx: &mut Tx, project_id: i64, commits: &[String]) -> Result<(Authors, usize)> {
+async fn commit_authors(tx: &mut impl Reads, project_id: i64, commits: &[String]) -> Result<(Authors, usize)> {
     let mut authors: Authors = BTreeMap::new();
     let mut found = 0;
     let mut add = |user: String, why: AuthorReason| -> Result<()> {
@@ -319,9 +319,71 @@ async fn commit_authors(tx: &mut Tx, project_id: i64, commits: &[String]) -> Res
     Ok((authors, commits.len().saturating_sub(found)))
 }
 
-/// Authors by commit: fixed for a given list of commits, since a commit's
-/// record (its first push, the people it names) is written once.
-pub(crate) type AuthorsCache = std::sync::Mutex<std::collections::HashMap<(i64, [u8; 32]), Authors>>;
+/// What the merge gate remembers between calls about authorship.
+#[derive(Default)]
+pub(crate) struct AuthorsCache {
+    /// Authors by commit list: fixed for a given list of commits, since a
+    /// commit's record (its first push, the people it names) is written once.
+    by_commits: std::sync::Mutex<std::collections::HashMap<(i64, [u8; 32]), Authors>>,
+    /// Who moved which branch, by project, from the project's proven
+    /// `git.push` events, read on from where it stopped.
+    moved: std::sync::Mutex<std::collections::HashMap<String, MovedRefs>>,
+}
+
+/// Who moved each branch of a project, from its proven `git.push` events
+/// up to `through`.
+#[derive(Clone, Default)]
+struct MovedRefs {
+    through: i64,
+    by_ref: std::collections::HashMap<String, BTreeSet<(i64, String)>>,
+}
+
+impl MovedRefs {
+    fn add(&mut self, event: &crate::proof::TaggedEvent) {
+        if event.action != "git.push" {
+            return;
+        }
+        let push = event.details.get("push").and_then(serde_json::Value::as_i64).unwrap_or_default();
+        let updates = event.details.get("updates").and_then(serde_json::Value::as_array);
+        for name in updates.into_iter().flatten().filter_map(|u| u.get("name").and_then(serde_json::Value::as_str)) {
+            self.by_ref.entry(name.to_owned()).or_default().insert((push, event.actor.clone()));
+        }
+    }
+}
+
+/// Everyone who ever moved `branch` of `project`, by push, from the
+/// project's proven `git.push` events: a push record deleted around custody
+/// is still in the log, and one inserted around it is not proven.
+async fn moved_branch(
+    tx: &mut impl Reads,
+    cache: &AuthorsCache,
+    project: &ProjectName,
+    branch: &str,
+) -> Result<BTreeSet<(i64, String)>> {
+    let subject = format!("project:{project}");
+    let known = cache.moved.lock().unwrap_or_else(|e| e.into_inner()).get(&subject).cloned().unwrap_or_default();
+    let events = crate::proof::proven_events_after(tx, &subject, known.through).await?;
+    // Only what was committed when this process last knew of it is kept:
+    // this transaction's own events may yet roll back.
+    let committed = tx.ledger_state().newest(&subject).unwrap_or(0);
+    let mut moved = known;
+    let mut kept = None;
+    for event in &events {
+        moved.add(event);
+        if event.seq <= committed {
+            moved.through = event.seq;
+            kept = Some(moved.clone());
+        }
+    }
+    if let Some(kept) = kept {
+        let mut cache = cache.moved.lock().unwrap_or_else(|e| e.into_inner());
+        let stale = cache.get(&subject).is_some_and(|c| c.through >= kept.through);
+        if !stale {
+            cache.insert(subject, kept);
+        }
+    }
+    Ok(moved.by_ref.remove(&format!("refs/heads/{branch}")).unwrap_or_default())
+}
 
 /// How many commit lists' authors are remembered.
 const AUTHORS_REMEMBERED: usize = 256;
@@ -338,14 +400,15 @@ fn commits_key(project_id: i64, commits: &[String]) -> (i64, [u8; 32]) {
 
 /// The authors of a change whose commits are `commits`, from the push log.
 async fn authors_of(
-    tx: &mut Tx,
+    tx: &mut impl Reads,
     cache: &AuthorsCache,
     project_id: i64,
+    project: &ProjectName,
     source_branch: &str,
     commits: &[String],
 ) -> Result<(Authors, usize)> {
     let key = commits_key(project_id, commits);
-    let remembered = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
+    let remembered = cache.by_commits.lock().unwrap_or_else(|e| e.into_inner()).get(&key).cloned();
     let mut unrecorded = 0;
     let mut authors = match remembered {
         Some(authors) => authors,
@@ -354,7 +417,7 @@ async fn authors_of(
             unrecorded = missing;
             // Only a list whose every commit is recorded is final.
             if missing == 0 {
-                let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+                let mut cache = cache.by_commits.lock().unwrap_or_else(|e| e.into_inner());
                 if cache.len() >= AUTHORS_REMEMBERED {
                     cache.clear();
                 }
@@ -369,14 +432,8 @@ async fn authors_of(
     };
     // Everyone who ever moved the source branch: over-inclusive on purpose,
     // since being an author can only make someone ineligible.
-    let sql = tx.sql(
-        "SELECT DISTINCT ps.id, u.name FROM push_updates pu JOIN pushes ps ON ps.id = pu.push_id \
-         JOIN users u ON u.id = ps.pusher_id WHERE ps.project_id = $1 AND pu.ref_name = $2 ORDER BY ps.id",
-    );
-    let rows =
-        sqlx::query(&sql).bind(project_id).bind(format!("refs/heads/{source_branch}")).fetch_all(tx.conn()).await?;
-    for row in rows {
-        add(col(&row, "name")?, AuthorReason::MovedSourceBranch { push: col(&row, "id")? })?;
+    for (push, user) in moved_branch(tx, cache, project, source_branch).await? {
+        add(user, AuthorReason::MovedSourceBranch { push })?;
     }
     for reasons in authors.values_mut() {
         reasons.sort();
@@ -390,7 +447,7 @@ async fn authors_of(
 /// are exactly the reviews its events record. A review inserted, edited or
 /// deleted around custody, or a head or state set around it, fails closed,
 /// naming the row.
-async fn prove_change(tx: &mut Tx, change: &ChangeView) -> Result<()> {
+async fn prove_change(tx: &mut impl Reads, change: &ChangeView) -> Result<()> {
     use crate::proof::{detail, unproven};
     let subject = format!("change:{}/{}", change.project, change.number);
     let events = crate::proof::proven_events(tx, &subject).await?;
@@ -403,6 +460,7 @@ async fn prove_change(tx: &mut Tx, change: &ChangeView) -> Result<()> {
             "change.close" => state = Some("closed"),
             "change.reopen" => state = Some("open"),
             "change.merge" => state = Some("merged"),
+            "change.merge_dropped" => state = Some("open"),
             action => {
                 if let Some(verdict) = action.strip_prefix("change.review.") {
                     let id = event.details.get("review").and_then(serde_json::Value::as_i64).unwrap_or_default();
@@ -462,7 +520,7 @@ async fn prove_change(tx: &mut Tx, change: &ChangeView) -> Result<()> {
 }
 
 async fn gate_records(
-    tx: &mut Tx,
+    tx: &mut impl Reads,
     cache: &AuthorsCache,
     access: &ProjectAccess,
     number: i64,
@@ -494,7 +552,7 @@ async fn gate_records(
         })
         .collect::<Result<Vec<_>>>()?;
     let (authors, unrecorded_commits) =
-        authors_of(tx, cache, access.project_id, &change.source_branch, commits).await?;
+        authors_of(tx, cache, access.project_id, &access.project, &change.source_branch, commits).await?;
     let sql = tx.sql(
         "SELECT u.name FROM project_members m JOIN users u ON u.id = m.user_id \
          WHERE m.project_id = $1 AND m.role IN ('write', 'maintain') AND u.disabled_at IS NULL",
@@ -528,11 +586,15 @@ fn require_writer(access: &ProjectAccess, actor: &Authenticated, rule: Rule, wha
 pub struct MergePlan {
     /// The head the gate was evaluated on.
     pub head: String,
+    /// The target's tip the merge is made on; `None` when the merge
+    /// creates the target branch.
+    pub base: Option<String>,
     /// The gate, as evaluated inside the merge's transaction.
     pub evaluate: Box<dyn FnOnce(&GateRecords) -> custody_domain::gate::GateReport + Send>,
-    /// Makes the merge commit and moves the target ref by compare-and-swap;
-    /// runs inside the transaction, after the gate passed, so that a failure
-    /// rolls everything back.
+    /// Makes the merge commit and signs its attestation; runs inside the
+    /// transaction, after the gate passed. It does not move the target ref:
+    /// the caller does that after the merge's intent committed (see
+    /// [`crate::MergeIntent`]).
     #[allow(clippy::type_complexity)]
     pub publish: Box<
         dyn FnOnce(&GateRecords, &custody_domain::gate::GateReport) -> std::result::Result<Published, String> + Send,
@@ -823,7 +885,8 @@ impl Store {
         .await
     }
 
-    /// Reads what the gate needs, in one transaction.
+    /// Reads what the gate needs, in one read-only transaction on a reader
+    /// (the merge reads them again inside its own write).
     pub async fn gate_records(
         &self,
         access: &ProjectAccess,
@@ -831,11 +894,12 @@ impl Store {
         commits: Vec<String>,
         groups: Vec<GroupName>,
     ) -> Result<GateRecords> {
-        let (access, cache) = (access.clone(), self.authors_cache());
-        self.write(move |tx| {
-            Box::pin(async move { gate_records(tx, &cache, &access, number, &commits, &groups).await })
-        })
-        .await
+        let cache = self.authors_cache();
+        let mut reader = self.reader().await?;
+        reader.begin_snapshot().await?;
+        let records = gate_records(&mut reader, &cache, access, number, &commits, &groups).await;
+        reader.end_snapshot().await;
+        records
     }
 
     /// Asks for a change to be merged as soon as its gate opens, by the
@@ -955,6 +1019,9 @@ impl Store {
                     }
                     let published = (plan.publish)(&records, &report).map_err(StoreError::Conflict)?;
                     let merge_commit = published.commit;
+                    let reference = format!("refs/heads/{}", records.change.target_branch);
+                    crate::intents::record(tx, access2.project_id, number, &reference, plan.base.as_deref(), &merge_commit)
+                        .await?;
                     // custody's own commit: recorded, so that later changes
                     // containing it know who made it (nobody can have pushed it).
                     let (name, email) = ("custody", "custody@localhost");
@@ -1024,6 +1091,7 @@ impl Store {
                         details: json!({
                             "target": records.change.target_branch,
                             "reviewed_head": plan.head,
+                            "base": plan.base,
                             "merge_commit": merge_commit,
                             "approvers": report.approvers,
                             "authors": records.authors.keys().map(UserName::as_str).collect::<Vec<_>>(),

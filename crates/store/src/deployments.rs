@@ -378,7 +378,7 @@ async fn gather(
 
 /// The decisions custody recorded on a deployment, oldest first, from its
 /// proven events: (who, kind).
-fn recorded_decisions(events: &[crate::proof::TaggedEvent]) -> Vec<(&str, &str)> {
+pub(crate) fn recorded_decisions(events: &[crate::proof::TaggedEvent]) -> Vec<(&str, &str)> {
     events
         .iter()
         .filter_map(|e| match e.action.strip_prefix("deploy.")? {
@@ -686,6 +686,21 @@ impl Store {
                     .fetch_optional(tx.conn())
                     .await?
                     .ok_or_else(|| StoreError::not_found("project", &project))?;
+                // Once per build and environment: a promotion repeated after
+                // a crash (or by the repair at start-up) finds it made.
+                let sql = tx.sql(
+                    "SELECT d.number FROM deployments d JOIN builds b ON b.id = d.build_id \
+                     WHERE d.project_id = $1 AND b.number = $2 AND d.environment = $3 LIMIT 1",
+                );
+                let made: Option<i64> = sqlx::query_scalar(&sql)
+                    .bind(project_id)
+                    .bind(build)
+                    .bind(&context.environment.name)
+                    .fetch_optional(tx.conn())
+                    .await?;
+                if made.is_some() {
+                    return Ok(None);
+                }
                 match request(tx, None, project_id, project, build, context, None).await {
                     Ok(made) => Ok(Some(made)),
                     Err(StoreError::Conflict(_)) => Ok(None),
@@ -694,6 +709,42 @@ impl Store {
             })
         })
         .await
+    }
+
+    /// What promotions may be owed: the newest successful build of each
+    /// project's default branch (to the environments that follow none), and
+    /// the newest successful deployment of each environment (to those that
+    /// follow it), as `(project, build, commit, after)`. Promoting each
+    /// again is harmless (a promotion is made once per build and
+    /// environment), so this repairs the promotions a process that died
+    /// right after a success never made.
+    pub async fn promotions_owed(&self) -> Result<Vec<(String, i64, String, Option<String>)>> {
+        let sql = self.sql(
+            "SELECT p.name, b.number, b.commit_sha FROM builds b JOIN projects p ON p.id = b.project_id \
+             WHERE b.status = 'succeeded' AND b.branch = p.default_branch AND b.number = \
+               (SELECT MAX(o.number) FROM builds o WHERE o.project_id = b.project_id AND o.status = 'succeeded' \
+                AND o.branch = p.default_branch)",
+        );
+        let mut owed = Vec::new();
+        for row in sqlx::query(&sql).fetch_all(self.readers()).await? {
+            owed.push((col(&row, "name")?, col(&row, "number")?, col(&row, "commit_sha")?, None));
+        }
+        let sql = self.sql(
+            "SELECT p.name, b.number, b.commit_sha, d.environment FROM deployments d \
+             JOIN projects p ON p.id = d.project_id JOIN builds b ON b.id = d.build_id \
+             WHERE d.status = 'succeeded' AND d.number = \
+               (SELECT MAX(o.number) FROM deployments o WHERE o.project_id = d.project_id \
+                AND o.environment = d.environment AND o.status = 'succeeded')",
+        );
+        for row in sqlx::query(&sql).fetch_all(self.readers()).await? {
+            owed.push((
+                col(&row, "name")?,
+                col(&row, "number")?,
+                col(&row, "commit_sha")?,
+                Some(col(&row, "environment")?),
+            ));
+        }
+        Ok(owed)
     }
 
     /// Records a person's decision on a pending deployment, if it is theirs
@@ -1006,6 +1057,65 @@ pub struct DeployOutcome {
 }
 
 impl Store {
+    /// Releases at once the work held by `workers`, whose process is known
+    /// to have ended (its start-up lock was free): their running builds are
+    /// queued again and their running deployments fail (a deploy script is
+    /// never repeated on its own), each with an event saying so, rather
+    /// than waiting for their leases to run out. Returns how many.
+    pub async fn release_dead_workers(&self, workers: Vec<String>, why: String) -> Result<usize> {
+        if workers.is_empty() {
+            return Ok(0);
+        }
+        self.write(move |tx| {
+            Box::pin(async move {
+                let now = now_ms();
+                let mut released = 0;
+                for worker in &workers {
+                    let sql = tx.sql(
+                        "SELECT b.id, b.number, b.attempt, p.name AS project FROM builds b \
+                         JOIN projects p ON p.id = b.project_id WHERE b.status = 'running' AND b.worker = $1",
+                    );
+                    for row in sqlx::query(&sql).bind(worker).fetch_all(tx.conn()).await? {
+                        let (id, number, project): (i64, i64, String) =
+                            (col(&row, "id")?, col(&row, "number")?, col(&row, "project")?);
+                        let sql = tx.sql(
+                            "UPDATE builds SET status = 'queued', worker = NULL, lease_until = NULL \
+                             WHERE id = $1 AND status = 'running'",
+                        );
+                        sqlx::query(&sql).bind(id).execute(tx.conn()).await?;
+                        tx.audit(NewEvent {
+                            actor: SYSTEM_ACTOR.into(),
+                            action: "build.requeue".into(),
+                            subject: format!("build:{project}/{number}"),
+                            details: json!({ "attempt": col::<i64>(&row, "attempt")?, "worker": worker, "reason": why }),
+                        })
+                        .await?;
+                        released += 1;
+                    }
+                    let sql = tx.sql(
+                        "SELECT d.id, d.number, p.name AS project FROM deployments d \
+                         JOIN projects p ON p.id = d.project_id WHERE d.status = 'running' AND d.worker = $1",
+                    );
+                    for row in sqlx::query(&sql).bind(worker).fetch_all(tx.conn()).await? {
+                        let (id, number, project): (i64, i64, String) =
+                            (col(&row, "id")?, col(&row, "number")?, col(&row, "project")?);
+                        let reason = format!(
+                            "the deployer running it ({worker}) was interrupted: {why}; a deployment is never \
+                             repeated on its own: check the environment, then request the deployment again"
+                        );
+                        fail_unrun(tx, id, &format!("deployment:{project}/{number}"), reason, now).await?;
+                        released += 1;
+                    }
+                }
+                if released > 0 {
+                    tx.jobs_queued();
+                }
+                Ok(released)
+            })
+        })
+        .await
+    }
+
     /// Takes the oldest queued deployment to an environment where nothing
     /// is running. A deployment whose deployer vanished is never run again
     /// on its own (a deploy script need not be safe to repeat): it fails,
@@ -1245,6 +1355,17 @@ impl Store {
         project: &custody_domain::ProjectName,
         commits: &[String],
     ) -> Result<Vec<i64>> {
+        let merged = self.merges_recorded_as(project, commits).await?;
+        Ok(commits.iter().filter_map(|c| merged.get(c).copied()).collect())
+    }
+
+    /// Which of `commits` are merge commits custody recorded, with their
+    /// change's number.
+    pub async fn merges_recorded_as(
+        &self,
+        project: &custody_domain::ProjectName,
+        commits: &[String],
+    ) -> Result<std::collections::HashMap<String, i64>> {
         let mut merged = std::collections::HashMap::new();
         for chunk in commits.chunks(IN_LIST_CHUNK) {
             let sql = self.inner.dialect.sql_owned(format!(
@@ -1260,7 +1381,7 @@ impl Store {
                 merged.insert(col::<String>(&row, "merge_commit")?, col::<i64>(&row, "number")?);
             }
         }
-        Ok(commits.iter().filter_map(|c| merged.get(c).copied()).collect())
+        Ok(merged)
     }
 
     /// Who held which duty in each of these changes, as their merges

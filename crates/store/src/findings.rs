@@ -56,6 +56,8 @@ pub(crate) async fn open(
         .bind(now_ms())
         .fetch_one(tx.conn())
         .await?;
+    // Who was involved is what the review rule reads: sealed from the start.
+    tx.touch(&format!("finding:{id}"));
     Ok(id)
 }
 
@@ -106,21 +108,16 @@ impl Store {
                 if finding.resolved_at.is_some() {
                     return Err(StoreError::Conflict(format!("finding {id} was reviewed already")));
                 }
+                // Who was involved, only as custody wrote it.
+                crate::seals::check(tx, &format!("finding:{id}")).await?;
                 let mut involved: Vec<String> = serde_json::from_str(&col::<String>(&row, "involved")?)
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                // Everyone who decided on the deployment is involved too.
-                if let Some(number) = finding.subject.rsplit('/').next().and_then(|n| n.parse::<i64>().ok()) {
-                    let sql = tx.sql(
-                        "SELECT u.name FROM deployment_decisions x JOIN deployments d ON d.id = x.deployment_id \
-                         JOIN users u ON u.id = x.user_id WHERE d.project_id = $1 AND d.number = $2",
-                    );
-                    let project_id: Option<i64> = col(&row, "project_id")?;
+                // Everyone who decided on the deployment is involved too, as
+                // its proven events say.
+                if finding.subject.starts_with("deployment:") {
+                    let events = crate::proof::proven_events(tx, &finding.subject).await?;
                     involved.extend(
-                        sqlx::query_scalar::<_, String>(&sql)
-                            .bind(project_id)
-                            .bind(number)
-                            .fetch_all(tx.conn())
-                            .await?,
+                        crate::deployments::recorded_decisions(&events).into_iter().map(|(user, _)| user.to_owned()),
                     );
                 }
                 if involved.iter().any(|name| name == actor.name.as_str()) {

@@ -619,7 +619,7 @@ pub async fn inspect_with_key(url: &str, key: &PublicKey, secrets: Option<&Ledge
     report
 }
 
-async fn connect_read_only(url: &str) -> Result<AnyConnection> {
+pub(crate) async fn connect_read_only(url: &str) -> Result<AnyConnection> {
     sqlx::any::install_default_drivers();
     let dialect = Dialect::of_url(url).ok_or_else(|| {
         StoreError::Invalid(InvalidInput::new("database URL", url, "expected sqlite://PATH or postgres://…"))

@@ -23,9 +23,11 @@ mod checks;
 mod deployments;
 mod dialect;
 mod evidence;
+pub mod fault;
 mod findings;
 mod grants;
 mod groups;
+mod intents;
 mod ledger;
 mod people;
 mod projects;
@@ -55,6 +57,9 @@ pub use dialect::Dialect;
 pub use findings::FindingView;
 pub use grants::GrantView;
 pub use groups::{GroupView, MemberView};
+pub use intents::{
+    recorded_mainlines, Mainline, MergeIntent, MergeQueue, MovingMerge, Settled, WaitingMerge, TARGET_MOVED,
+};
 pub use ledger::{inspect, inspect_with_key, Finding, LedgerReport, StoredCheckpoint};
 pub use people::{random_secret, Authenticated, CreatedUser, Initialised, NewToken, TokenView, UserView};
 pub use projects::{CommitView, ProjectAccess, ProjectMemberView, ProjectView, PushView};
@@ -104,6 +109,32 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the failure is not the request's and may pass: the database
+    /// unreachable, full, out of resources, busy, or a transaction lost to
+    /// a concurrent one. Nothing was written; the same request may succeed
+    /// later.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) | StoreError::Closed => true,
+            StoreError::Database(error) => match error {
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+                sqlx::Error::Database(db) => {
+                    let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+                    // PostgreSQL: connection (08), resources such as a full
+                    // disk (53), operator intervention (57P), serialization
+                    // and deadlock (40). SQLite: busy (5), locked (6), I/O
+                    // (10), full (13), cannot open (14), and their extended
+                    // codes (the low byte).
+                    let sqlite = code.parse::<i64>().map(|c| c & 0xff);
+                    ["08", "53", "57P", "40"].iter().any(|p| code.starts_with(p))
+                        || matches!(sqlite, Ok(5 | 6 | 10 | 13 | 14))
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
     pub(crate) fn not_found(what: &'static str, name: impl ToString) -> Self {
         StoreError::NotFound { what, name: name.to_string() }
     }
@@ -303,6 +334,31 @@ impl Store {
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(self.readers()).await?;
         Ok(())
+    }
+
+    /// Whether the database takes writes: `Err` with the reason when the
+    /// log was found changed around custody, or when the last write failed
+    /// and a probe write (one row of its own) fails too.
+    pub async fn writable(&self) -> std::result::Result<(), String> {
+        if let Some(why) = self.ledger().halted() {
+            return Err(format!("the database was changed around custody: {why}"));
+        }
+        let failing = self.ledger().write_failure.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if failing.is_none() {
+            return Ok(());
+        }
+        let probe = self
+            .write(|tx| {
+                Box::pin(async move {
+                    let sql = tx.sql(
+                        "INSERT INTO write_probe (id, at) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                    );
+                    sqlx::query(&sql).bind(now_ms()).execute(tx.conn()).await?;
+                    Ok(())
+                })
+            })
+            .await;
+        probe.map_err(|error| format!("writes fail: {error}"))
     }
 
     /// Waits for pending writes and closes every connection.

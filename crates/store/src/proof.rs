@@ -74,6 +74,8 @@ pub(crate) struct LedgerState {
     /// Set when a check of the whole log while running found it changed
     /// around custody; the writer then refuses every write.
     halted: Mutex<Option<String>>,
+    /// Why the last write transaction failed, until one commits again.
+    pub(crate) write_failure: Mutex<Option<String>>,
 }
 
 impl LedgerState {
@@ -186,16 +188,23 @@ pub(crate) const EVENT_COLUMNS: &str = "seq, at, actor, action, subject, details
 /// each names the one before it, and the chain reaches the newest event
 /// custody recorded about it. Anything else fails closed, naming the row.
 pub(crate) async fn proven_events(tx: &mut impl Reads, subject: &str) -> Result<Vec<TaggedEvent>> {
+    proven_events_after(tx, subject, 0).await
+}
+
+/// The events about `subject` after `after`, an event about it that the
+/// caller proved earlier (0 for none), each proven as by [`proven_events`].
+pub(crate) async fn proven_events_after(tx: &mut impl Reads, subject: &str, after: i64) -> Result<Vec<TaggedEvent>> {
     let state = tx.ledger_state();
     let pending = tx.pending(subject);
-    let sql =
-        tx.dialect().sql_owned(format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE subject = $1 ORDER BY seq"));
-    let rows = sqlx::query(&sql).bind(subject).fetch_all(tx.conn()).await?;
+    let sql = tx
+        .dialect()
+        .sql_owned(format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE subject = $1 AND seq > $2 ORDER BY seq"));
+    let rows = sqlx::query(&sql).bind(subject).bind(after).fetch_all(tx.conn()).await?;
     let events = rows.iter().map(TaggedEvent::read).collect::<Result<Vec<_>>>()?;
     // The newest event custody recorded: in this transaction, or committed.
     let newest = pending.or_else(|| state.newest(subject));
-    let mut previous = 0i64;
-    let mut reached = newest.is_none();
+    let mut previous = after;
+    let mut reached = newest.is_none_or(|n| n <= after);
     for event in &events {
         if let Some(why) = event.unproven_after(&event.leaf(), previous, &state.secrets.key, state.legacy) {
             return Err(unproven(why));
@@ -410,6 +419,7 @@ pub(crate) async fn verify_at_open(
         legacy: scan.legacy,
         subjects: Mutex::new(scan.subjects),
         halted: Mutex::new(None),
+        write_failure: Mutex::new(None),
     });
     Ok(Verified { state, frontier, first_start: anchor.is_none() })
 }

@@ -1,7 +1,8 @@
 //! Seals over the rows a rule reads that are current state rather than a
-//! history: a user's state, password hash, e-mail addresses and memberships
-//! (`user:NAME`), a project's default and protected branches
-//! (`project:NAME`), a grant's decision (`grant:ID`).
+//! history: a user's state, password hash, e-mail addresses, memberships
+//! and revoked tokens (`user:NAME`), a project's default and protected branches
+//! (`project:NAME`), a grant's decision (`grant:ID`), a finding and who was
+//! involved in it (`finding:ID`).
 //!
 //! Whenever an operation writes an event about such a subject, the writer
 //! digests the subject's rows as the operation leaves them and stores the
@@ -74,6 +75,26 @@ async fn rows_of(tx: &mut impl Reads, subject: &str) -> Result<Option<Value>> {
                 col::<Option<String>>(&row, "decided_by")?,
             ])
         }
+        "finding" => {
+            let Ok(id) = name.parse::<i64>() else { return Ok(None) };
+            let sql = tx.sql(
+                "SELECT kind, project_id, subject, summary, involved, resolved_by, resolved_at, resolution \
+                 FROM findings WHERE id = $1",
+            );
+            let Some(row) = sqlx::query(&sql).bind(id).fetch_optional(tx.conn()).await? else {
+                return Ok(Some(Value::Null));
+            };
+            json!([
+                col::<String>(&row, "kind")?,
+                col::<Option<i64>>(&row, "project_id")?,
+                col::<String>(&row, "subject")?,
+                col::<String>(&row, "summary")?,
+                col::<String>(&row, "involved")?,
+                col::<Option<i64>>(&row, "resolved_by")?,
+                col::<Option<i64>>(&row, "resolved_at")?,
+                col::<Option<String>>(&row, "resolution")?,
+            ])
+        }
         _ => return Ok(None),
     };
     Ok(Some(value))
@@ -89,7 +110,9 @@ macro_rules! user_sealed_columns {
          (SELECT group_concat(g.name, char(31)) FROM group_members m JOIN groups g ON g.id = m.group_id \
            WHERE m.user_id = u.id) AS groups, \
          (SELECT group_concat(p.name || char(30) || m.role, char(31)) FROM project_members m \
-           JOIN projects p ON p.id = m.project_id WHERE m.user_id = u.id) AS projects"
+           JOIN projects p ON p.id = m.project_id WHERE m.user_id = u.id) AS projects, \
+         (SELECT group_concat(r.id, char(31)) FROM tokens r \
+           WHERE r.user_id = u.id AND r.revoked_at IS NOT NULL) AS revoked"
     };
 }
 pub(crate) use user_sealed_columns;
@@ -114,7 +137,7 @@ pub(crate) fn list(row: &sqlx::any::AnyRow, column: &str) -> Result<Vec<String>>
 
 /// A user's sealed rows, from a row of [`user_sealed_columns`].
 pub(crate) fn user_rows(row: &sqlx::any::AnyRow) -> Result<Value> {
-    Ok(json!({
+    let mut rows = json!({
         "id": col::<i64>(row, "id")?,
         "state": col::<String>(row, "state")?,
         "disabled_at": col::<Option<i64>>(row, "disabled_at")?,
@@ -122,7 +145,15 @@ pub(crate) fn user_rows(row: &sqlx::any::AnyRow) -> Result<Value> {
         "emails": list(row, "emails")?,
         "groups": list(row, "groups")?,
         "projects": list(row, "projects")?,
-    }))
+    });
+    // Their revoked tokens, so that clearing a revocation around custody
+    // does not revive a token whose secret someone kept. Only when there
+    // are any, so that seals written before this was sealed still hold.
+    let revoked = list(row, "revoked")?;
+    if !revoked.is_empty() {
+        rows["revoked_tokens"] = json!(revoked);
+    }
+    Ok(rows)
 }
 
 /// Checks rows read together with their seal ([`seal_columns`]) against it.
@@ -281,6 +312,7 @@ fn rows_named(subject: &str) -> String {
         }
         Some(("project", name)) => format!("the projects and protected_branches rows of {name}"),
         Some(("grant", id)) => format!("grants row {id}"),
+        Some(("finding", id)) => format!("findings row {id}"),
         Some(("change", name)) => format!("the changes and change_duties rows of change {name}"),
         _ => subject.to_owned(),
     }
@@ -294,6 +326,7 @@ pub(crate) async fn seal_all(tx: &mut Tx) -> Result<()> {
         ("SELECT name FROM users", "user"),
         ("SELECT name FROM projects", "project"),
         ("SELECT CAST(id AS TEXT) FROM grants", "grant"),
+        ("SELECT CAST(id AS TEXT) FROM findings", "finding"),
         (
             "SELECT p.name || '/' || CAST(c.number AS TEXT) FROM changes c JOIN projects p ON p.id = c.project_id",
             "change",

@@ -87,6 +87,27 @@ pub(crate) struct Reader {
     pub(crate) ledger: Arc<LedgerState>,
 }
 
+impl Reader {
+    /// Starts a read-only transaction, so that every read after it sees the
+    /// same snapshot of the database.
+    pub(crate) async fn begin_snapshot(&mut self) -> Result<()> {
+        let begin = match self.dialect {
+            Dialect::Sqlite => "BEGIN",
+            Dialect::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        };
+        self.conn.execute(begin).await?;
+        Ok(())
+    }
+
+    /// Ends the snapshot; a connection that cannot end it is closed rather
+    /// than handed back to the pool inside a transaction.
+    pub(crate) async fn end_snapshot(mut self) {
+        if self.conn.execute("ROLLBACK").await.is_err() {
+            let _ = self.conn.close().await;
+        }
+    }
+}
+
 impl Reads for Reader {
     fn conn(&mut self) -> &mut AnyConnection {
         &mut self.conn
@@ -290,6 +311,7 @@ async fn run(
             Ok(c) => conn = commit_group(dialect, c, &mut group, &jobs, &state, &mut ledger).await,
             Err(error) => {
                 let message = error.to_string();
+                *state.write_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(message.clone());
                 for job in group.drain(..) {
                     let _ = job.done.send(Err(StoreError::Unavailable(message.clone())));
                 }
@@ -394,6 +416,7 @@ async fn commit_group(
             let grew = tree.size() != ledger.size();
             *ledger = tree;
             state.committed(tx.newest.drain());
+            *state.write_failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
             if grew {
                 let anchor = Anchor { size: ledger.size(), root: ledger.root(), legacy: state.legacy.max(0) as u64 };
                 if let Err(error) = state.secrets.anchor.save(&anchor) {
@@ -418,6 +441,7 @@ async fn commit_group(
                 StoreError::Tampered(what) => what.clone(),
                 other => other.to_string(),
             };
+            *state.write_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(message.clone());
             let failed = || match tampered {
                 true => StoreError::Tampered(message.clone()),
                 false => StoreError::Unavailable(format!("write transaction failed: {message}")),

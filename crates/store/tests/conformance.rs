@@ -1047,6 +1047,7 @@ async fn released_build(store: &Store) -> (Authenticated, [Authenticated; 5], cu
         .unwrap();
     let plan = custody_store::MergePlan {
         head: head.clone(),
+        base: None,
         evaluate: Box::new(|records: &custody_store::GateRecords| custody_domain::gate::GateReport {
             open: true,
             head: records.change.head.clone(),
@@ -1056,6 +1057,8 @@ async fn released_build(store: &Store) -> (Authenticated, [Authenticated; 5], cu
         publish: Box::new(|_, _| Ok(custody_store::Published { commit: "m".repeat(40), attestation: "{}".into() })),
     };
     store.merge_change(&people[0], &alice_access, change.number, vec![head], vec![], plan).await.unwrap();
+    assert!(store.lease_build("worker", 60_000).await.unwrap().is_none(), "not built before main holds the merge");
+    settle_all(store, custody_store::Settled::Applied).await;
     let lease = store.lease_build("worker", 60_000).await.unwrap().expect("the merge queued a build");
     assert_eq!(lease.commit, "m".repeat(40));
     let outcome = custody_store::BuildOutcome {
@@ -1265,10 +1268,21 @@ async fn a_running_deployment_keeps_its_lease_by_heartbeat_and_stops_when_cancel
 // Whoever can write the database, without the keys, cannot forge a decision
 // ---------------------------------------------------------------------------
 
+/// Settles every pending merge intent as `settled`, as the server does
+/// once it moved (or could not move) their refs: the intents.
+async fn settle_all(store: &Store, settled: custody_store::Settled) -> Vec<custody_store::MergeIntent> {
+    let pending = store.pending_merges().await.unwrap();
+    for intent in &pending {
+        store.settle_merge(intent, settled.clone()).await.unwrap();
+    }
+    pending
+}
+
 /// A merge whose gate opens whenever the store's facts hold up.
 fn open_plan(head: &str) -> custody_store::MergePlan {
     custody_store::MergePlan {
         head: head.to_owned(),
+        base: None,
         evaluate: Box::new(|records: &custody_store::GateRecords| custody_domain::gate::GateReport {
             open: true,
             head: records.change.head.clone(),
@@ -1581,8 +1595,139 @@ async fn a_forged_membership_is_not_sealed_in_by_a_later_grant(store: Store, url
     assert!(why.contains("of carol"), "{why}");
 }
 
+async fn someone_whose_push_of_the_source_branch_was_deleted_is_still_its_author(store: Store, url: String) {
+    use custody_domain::project::RefUpdate;
+    let (_root, people, alice_access, head) = opened_change(&store).await;
+    // bob moves alice's branch (here back onto the same commit): he is an
+    // author of the change from then on.
+    let bob_access = store.project_access(&people[1], &alice_access.project).await.unwrap();
+    let update = RefUpdate { name: "refs/heads/feature".into(), old: head.clone(), new: head.clone() };
+    let push = store.record_push(&bob_access, &people[1], vec![update], vec![]).await.unwrap();
+    let moved = |records: &custody_store::GateRecords| {
+        records
+            .authors
+            .get(&user("bob"))
+            .is_some_and(|why| why.contains(&custody_store::AuthorReason::MovedSourceBranch { push }))
+    };
+    let records = store.gate_records(&alice_access, 1, vec![head.clone()], vec![]).await.unwrap();
+    assert!(moved(&records), "{:?}", records.authors);
+    // His push deleted around custody: the log still says he moved it.
+    execute_raw(
+        &url,
+        &format!("DELETE FROM push_updates WHERE push_id = {push}; DELETE FROM pushes WHERE id = {push}"),
+    )
+    .await;
+    let records = store.gate_records(&alice_access, 1, vec![head.clone()], vec![]).await.unwrap();
+    assert!(moved(&records), "{:?}", records.authors);
+    // And read afresh, by a process that never saw the push.
+    let reopened = Store::open(&url, custody_store::testing::secrets_for(&url)).await.unwrap();
+    let records = reopened.gate_records(&alice_access, 1, vec![head], vec![]).await.unwrap();
+    assert!(moved(&records), "{:?}", records.authors);
+}
+
+async fn a_revocation_cleared_in_the_database_does_not_revive_the_token(store: Store, url: String) {
+    let root = init_root(&store).await;
+    let token = store.create_token(&root, "laptop".into(), Scopes::of(&[Scope::Read]), None).await.unwrap();
+    store.revoke_token(&root, &token.id).await.unwrap();
+    // Someone who kept the secret clears the revocation around custody.
+    execute_raw(&url, &format!("UPDATE tokens SET revoked_at = NULL WHERE id = '{}'", token.id)).await;
+    let why = unproven(store.authenticate(&token.token).await);
+    assert!(why.contains("of root"), "{why}");
+}
+
+async fn an_admin_erased_from_a_break_glass_finding_still_cannot_review_it(store: Store, url: String) {
+    let (root, _people, access, build) = released_build(&store).await;
+    store
+        .request_project_member(&root, access.project.clone(), user("root"), custody_domain::Role::Write)
+        .await
+        .unwrap();
+    let root_access = store.project_access(&root, &access.project).await.unwrap();
+    let mut context = production(0, true);
+    context.environment.approvals = 0;
+    store.request_deployment(&root, &root_access, build, context, Some("hotfix".into())).await.unwrap();
+    let finding = store.list_findings(true).await.unwrap().remove(0);
+    // root, who broke the glass, is taken off the finding around custody.
+    execute_raw(&url, &format!("UPDATE findings SET involved = '[]' WHERE id = {}", finding.id)).await;
+    let root_token = store.create_token(&root, "admin".into(), Scopes::of(&[Scope::Admin]), None).await.unwrap();
+    let root_admin = store.authenticate(&root_token.token).await.unwrap();
+    let why = unproven(store.resolve_finding(&root_admin, finding.id, "fine".into()).await);
+    assert!(why.contains(&format!("findings row {}", finding.id)), "{why}");
+    assert_eq!(store.list_findings(true).await.unwrap().len(), 1, "it stays open");
+}
+
+async fn a_merge_is_recorded_with_its_intent_and_one_per_starting_tip(store: Store, url: String) {
+    let (_root, people, access, head) = opened_change(&store).await;
+    let bob = store.project_access(&people[1], &access.project).await.unwrap();
+    store.review(&people[1], &bob, 1, custody_domain::gate::Verdict::Approve, String::new(), None).await.unwrap();
+    store.merge_change(&people[0], &access, 1, vec![head.clone()], vec![], open_plan(&head)).await.unwrap();
+    let pending = store.pending_merges().await.unwrap();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!((pending[0].change, pending[0].reference.as_str()), (1, "refs/heads/main"));
+    assert_eq!((pending[0].old.as_deref(), pending[0].new.clone()), (None, "m".repeat(40)));
+
+    // A second change merged from the same tip (main as it was before the
+    // first merge) loses the race: it is told to gather its facts again.
+    let head2 = "b".repeat(40);
+    let me = custody_domain::project::Identity { name: "Alice".into(), email: "alice@example.com".into(), user: None };
+    let commit =
+        custody_store::PushedCommit { sha: head2.clone(), author: me.clone(), committer: me, co_authors: vec![] };
+    let update = custody_domain::project::RefUpdate {
+        name: "refs/heads/second".into(),
+        old: custody_domain::project::ZERO_ID.into(),
+        new: head2.clone(),
+    };
+    store.record_push(&access, &people[0], vec![update], vec![commit]).await.unwrap();
+    store
+        .open_change(&people[0], &access, "second".into(), "main".into(), "Second".into(), String::new(), head2.clone())
+        .await
+        .unwrap();
+    store.review(&people[1], &bob, 2, custody_domain::gate::Verdict::Approve, String::new(), None).await.unwrap();
+    let mut plan = open_plan(&head2);
+    plan.publish = Box::new(|_, _| Ok(custody_store::Published { commit: "n".repeat(40), attestation: "{}".into() }));
+    let raced = store.merge_change(&people[0], &access, 2, vec![head2.clone()], vec![], plan).await;
+    assert!(matches!(&raced, Err(StoreError::Conflict(m)) if m == custody_store::TARGET_MOVED), "{raced:?}");
+    assert_eq!(store.get_change(&access.project, 2).await.unwrap().state, "open", "nothing of it was recorded");
+
+    // Made on the first merge, it is recorded.
+    let mut plan = open_plan(&head2);
+    plan.base = Some("m".repeat(40));
+    plan.publish = Box::new(|_, _| Ok(custody_store::Published { commit: "n".repeat(40), attestation: "{}".into() }));
+    store.merge_change(&people[0], &access, 2, vec![head2], vec![], plan).await.unwrap();
+    assert_eq!(store.pending_merges().await.unwrap().len(), 2);
+
+    // An intent edited around custody (to move main elsewhere) moves nothing.
+    execute_raw(&url, &format!("UPDATE merge_intents SET new_tip = '{}' WHERE change_number = 2", "e".repeat(40)))
+        .await;
+    let why = unproven(store.pending_merges().await);
+    assert!(why.contains("merge_intents row") && why.contains("change 2"), "{why}");
+}
+
+async fn a_merge_that_never_reached_its_branch_reopens_the_change(store: Store) {
+    let (_root, people, access, head) = opened_change(&store).await;
+    let bob = store.project_access(&people[1], &access.project).await.unwrap();
+    store.review(&people[1], &bob, 1, custody_domain::gate::Verdict::Approve, String::new(), None).await.unwrap();
+    store.merge_change(&people[0], &access, 1, vec![head.clone()], vec![], open_plan(&head)).await.unwrap();
+    settle_all(&store, custody_store::Settled::Dropped { tip: Some("f".repeat(40)) }).await;
+    let change = store.get_change(&access.project, 1).await.unwrap();
+    assert_eq!((change.state.as_str(), change.merge_commit.as_deref()), ("open", None), "{change:?}");
+    let events = all_events(&store).await;
+    let dropped = events.iter().find(|e| e.action == "change.merge_dropped").expect("the drop is recorded");
+    assert!(dropped.details["reason"].as_str().unwrap().contains("never reached it"), "{dropped:?}");
+    assert!(store.lease_build("worker", 60_000).await.unwrap().is_none(), "its build is not built");
+    let failed = events.iter().find(|e| e.action == "build.finish").expect("its build failed, saying why");
+    assert_eq!(failed.details["status"], "error");
+    // The change merges again, on proven facts.
+    store.merge_change(&people[0], &access, 1, vec![head.clone()], vec![], open_plan(&head)).await.unwrap();
+    assert_eq!(store.get_change(&access.project, 1).await.unwrap().state, "merged");
+}
+
 on_both_backends! {
     a_forged_membership_is_not_sealed_in_by_a_later_grant,
+    a_merge_is_recorded_with_its_intent_and_one_per_starting_tip,
+    a_merge_that_never_reached_its_branch_reopens_the_change,
+    an_admin_erased_from_a_break_glass_finding_still_cannot_review_it,
+    someone_whose_push_of_the_source_branch_was_deleted_is_still_its_author,
+    a_revocation_cleared_in_the_database_does_not_revive_the_token,
     a_staging_success_written_into_the_database_does_not_open_production,
     an_author_removed_from_a_merged_changes_duties_cannot_approve_its_release,
     a_build_written_into_the_database_is_never_built,

@@ -166,6 +166,19 @@ impl Hosted {
         Some(hosted)
     }
 
+    /// Starts `custody serve` again on the same data directory and database
+    /// (after it stopped or died), with `env` set, and logs the admin in to
+    /// its new address. Workspaces cloned before still name the old one.
+    pub fn restart_with(&mut self, env: &[(&str, &str)]) {
+        self.server.stop();
+        let url = self.database.as_ref().map(|d| d.url.clone());
+        self.server = self.sandbox.serve_with("data", url.as_deref(), env, &[]);
+        let mut login = self.sandbox.as_user("admin");
+        login.args(["login", "--json", "--server", &self.server.url]);
+        let login = run_with_input(login, Some(&format!("{}\n", self.admin))).json();
+        assert_eq!(login["user"], "admin", "{login}");
+    }
+
     /// A command as the admin, with the credentials `custody login` stored.
     pub fn as_admin(&self, args: &[&str]) -> Run {
         let mut command = self.sandbox.as_user("admin");

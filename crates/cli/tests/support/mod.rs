@@ -266,6 +266,19 @@ impl Server {
         }
     }
 
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the server with SIGKILL, as a crash would: nothing of it runs
+    /// after this.
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let _ = child.kill();
+        self.wait_for_exit(STOP_TIMEOUT)
+    }
+
     /// Sends SIGTERM and waits for the exit; `None` if it had to be killed.
     pub fn stop(&mut self) -> Option<ExitStatus> {
         let pid = self.child.as_ref()?.id();

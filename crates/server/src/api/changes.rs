@@ -240,6 +240,9 @@ pub(crate) struct Merged {
 pub(crate) struct MergeQuery {
     /// Merge as soon as the gate opens, if it is closed now.
     auto: Option<bool>,
+    /// `false`: do not wait for the merge; queue the change, and custody
+    /// merges it in its turn once its gate is open (202).
+    wait: Option<bool>,
 }
 
 /// Merges the change if its gate is open; refused with every failing rule
@@ -253,9 +256,9 @@ pub(crate) async fn merge(
     Params(query): Params<MergeQuery>,
 ) -> ApiResult<(StatusCode, Json<Merged>)> {
     let access = access(&state, &auth, &project).await?;
-    if query.auto == Some(true) {
+    if query.auto == Some(true) || query.wait == Some(false) {
         let (_, _, gate) = crate::changes::gate_of(&state, &access, number).await?;
-        if !gate.open {
+        if !gate.open || query.wait == Some(false) {
             state.store().request_auto_merge(&auth.0, &access, number).await?;
             let change = state.store().get_change(&access.project, number).await?;
             return Ok((StatusCode::ACCEPTED, Json(Merged { change, gate, auto_merge: true })));
@@ -263,6 +266,19 @@ pub(crate) async fn merge(
     }
     let (change, gate) = crate::changes::merge(&state, &auth.0, &access, number).await?;
     Ok((StatusCode::OK, Json(Merged { change, gate, auto_merge: false })))
+}
+
+/// The project's merge queue: merges whose ref is moving, then the changes
+/// custody merges in turn as their gates open.
+#[utoipa::path(get, path = "/api/v1/projects/{name}/merge-queue", tag = "changes", security(("token" = [])),
+    responses((status = 200, body = custody_store::MergeQueue), (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn merge_queue(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam(project): PathParam<String>,
+) -> ApiResult<Json<custody_store::MergeQueue>> {
+    let access = access(&state, &auth, &project).await?;
+    Ok(Json(state.store().merge_queue(&access.project).await?))
 }
 
 /// The signed change attestation of a merged change: a DSSE envelope whose

@@ -74,7 +74,8 @@ impl PageQuery {
         projects::add_member, projects::remove_member, projects::protect_branch, projects::unprotect_branch,
         projects::pushes, projects::commit, projects::set_default_branch,
         changes::open_change, changes::list_changes, changes::get_change, changes::diff, changes::gate,
-        changes::review, changes::close, changes::reopen, changes::merge, changes::attestation, changes::checks,
+        changes::review, changes::close, changes::reopen, changes::merge, changes::merge_queue, changes::attestation,
+        changes::checks,
         builds::list_builds, builds::get_build, builds::build_log, builds::list_artifacts, builds::get_artifact,
         builds::download, builds::provenance, builds::verify,
         deploys::list_environments, deploys::get_environment, deploys::list_deployments, deploys::get_deployment,
@@ -161,6 +162,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/projects/{name}/changes/{number}/close", post(changes::close))
         .route("/projects/{name}/changes/{number}/reopen", post(changes::reopen))
         .route("/projects/{name}/changes/{number}/merge", post(changes::merge))
+        .route("/projects/{name}/merge-queue", get(changes::merge_queue))
         .route("/projects/{name}/changes/{number}/attestation", get(changes::attestation))
         .route("/projects/{name}/changes/{number}/checks", get(changes::checks))
         .route("/projects/{name}/builds", get(builds::list_builds))
