@@ -1,5 +1,6 @@
 # What the bench scripts share: a release build of custody serving a fresh
-# SQLite data directory in a temporary folder, the admin's token, and the
+# SQLite data directory in a temporary folder (or PostgreSQL with
+# BACKEND=postgres), the admin's token, and the
 # project `bench` with alice and bob as writers. Source it from bench/*.sh:
 #
 #   . bench/team.sh
@@ -15,7 +16,15 @@ trap cleanup EXIT
 export GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null GIT_TERMINAL_PROMPT=0 HOME="$work/home" CUSTODY_CONFIG_DIR="$work/cfg"
 mkdir -p "$HOME"
 
-CUSTODY_LOG="${CUSTODY_LOG:-warn}" "$bin" serve --data-dir "$work/data" --listen 127.0.0.1:0 >"$work/out" 2>"$work/err" &
+# BACKEND=postgres: a fresh database on the local PostgreSQL instead.
+db_args=()
+if [ "${BACKEND:-sqlite}" = postgres ]; then
+  db_name="custody_bench_$$"
+  psql -q -h 127.0.0.1 -U postgres -d test -c "CREATE DATABASE $db_name" >/dev/null
+  trap 'cleanup; psql -q -h 127.0.0.1 -U postgres -d test -c "DROP DATABASE IF EXISTS $db_name WITH (FORCE)" >/dev/null' EXIT
+  db_args=(--database-url "postgres://postgres@127.0.0.1:5432/$db_name")
+fi
+CUSTODY_LOG="${CUSTODY_LOG:-warn}" "$bin" serve --data-dir "$work/data" --listen 127.0.0.1:0 "${db_args[@]}" >"$work/out" 2>"$work/err" &
 server=$!
 for _ in $(seq 1 50); do grep -q '^listening on' "$work/out" && break; sleep 0.1; done
 url=$(sed -n 's/^listening on //p' "$work/out")
