@@ -138,6 +138,9 @@ impl From<custody_domain::InvalidInput> for Failure {
 }
 
 fn main() -> ExitCode {
+    // Whatever this process was started with stays with it: no program it
+    // runs (git, a pipeline script) inherits a descriptor above 2.
+    custody_runner::sandbox::close_inherited_descriptors();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {

@@ -415,6 +415,25 @@ fn a_deployment_whose_server_was_killed_fails_at_the_next_start(backend: Backend
     assert!(!running(&["sleep", pause]), "the deployment ran again after the restart");
 }
 
+/// A commit holding `.custody-artifacts` as a link to a host directory
+/// (where the deployer, as root, would write the artifacts): the deployment
+/// fails naming the path, and nothing lands in that directory.
+fn a_committed_link_does_not_redirect_the_deployers_artifacts(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let policy = format!("{}\n[[environment]]\nname = \"staging\"\ndeploy = \"scripts/deploy.sh\"\n", build_section());
+    let work = seed_deploying(&hosted, &policy, DEPLOY_SCRIPT);
+    let host = hosted.sandbox.path("host-dir");
+    std::fs::create_dir_all(&host).unwrap();
+    std::os::unix::fs::symlink(&host, work.dir.join(".custody-artifacts")).unwrap();
+    work.ok(&["add", ".custody-artifacts"]);
+    merge_a_change(&hosted, &work);
+    assert_eq!(finished_build(&hosted, 1)["status"], "succeeded");
+    let failed = deployment_reaching(&hosted, 1, &["failed", "succeeded"]);
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(failed["reason"].as_str().is_some_and(|r| r.contains(".custody-artifacts")), "{failed}");
+    assert_eq!(std::fs::read_dir(&host).unwrap().count(), 0, "nothing was written through the link");
+}
+
 /// A running deployment can be stopped: its script dies with everything it
 /// started, the log keeps what it printed, and it is recorded as cancelled.
 fn cancelling_a_running_deployment_stops_its_script(backend: Backend) {
@@ -451,6 +470,7 @@ on_both_backends! {
     cancelling_a_running_deployment_stops_its_script,
     a_deployment_cut_short_by_a_shutdown_fails_and_is_not_run_again,
     a_deployment_whose_server_was_killed_fails_at_the_next_start,
+    a_committed_link_does_not_redirect_the_deployers_artifacts,
     staging_deploys_itself_and_production_waits_for_an_independent_approver,
     a_deploy_gets_its_secrets_and_nobody_sees_them,
     a_build_whose_provenance_signature_was_altered_is_never_deployed,

@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+use crate::try_lock;
+
 /// This process's boot: its id and the lock it holds while it lives.
 pub struct Boot {
     /// Random, new at every start.
@@ -33,15 +35,6 @@ pub fn host() -> String {
     } else {
         host
     }
-}
-
-/// Takes an exclusive lock on `file` without waiting: `false` when another
-/// open file description holds one. The kernel drops it when its holder
-/// closes the file or dies.
-fn try_lock(file: &File) -> bool {
-    use std::os::fd::AsRawFd as _;
-    // SAFETY: flock on a descriptor this function borrows for the call.
-    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 impl Boot {

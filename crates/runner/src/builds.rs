@@ -121,7 +121,7 @@ impl Builder {
         let limits = Limits::new(plan.timeout, plan.network);
         let (sender, receiver) = mpsc::unbounded_channel();
         let streaming = self.stream_log(lease, receiver);
-        let running = sandbox::run_streaming(plan.workspace.path(), &plan.command, &env, &limits, Some(sender));
+        let running = sandbox::run_streaming(&plan.workspace, &plan.command, &env, &limits, Some(sender));
         let (finished, ()) = tokio::join!(running, streaming);
         let finished = match finished {
             Ok(finished) => finished,
@@ -251,7 +251,7 @@ fn humanize(duration: Duration) -> String {
 }
 
 struct Plan {
-    workspace: tempfile::TempDir,
+    workspace: sandbox::Workspace,
     command: String,
     network: bool,
     timeout: Duration,
@@ -291,10 +291,18 @@ fn prepare(repository: &Path, commit: &str) -> Result<Prepared, String> {
     let Some(command) = policy.build.clone() else {
         return Ok(Prepared::Skip(format!("{} at {commit} names no build command", pipeline::PATH)));
     };
-    let workspace = tempfile::Builder::new().prefix("custody-build-").tempdir().map_err(|e| e.to_string())?;
+    let workspace = sandbox::Workspace::new("build").map_err(|e| e.to_string())?;
     git::export_tree(repository, commit, workspace.path()).map_err(failed)?;
     for dir in [".home", ".tmp"] {
-        std::fs::create_dir_all(workspace.path().join(dir)).map_err(|e| e.to_string())?;
+        if let Err(why) = workspace.fresh_dir(dir) {
+            return Ok(Prepared::Fail(BuildOutcome {
+                status: "failed",
+                reason: Some(why),
+                command: Some(command),
+                pipeline_digest: Some(pipeline_digest),
+                ..BuildOutcome::default()
+            }));
+        }
     }
     // The script the command runs, when it is a file of the repository: its
     // digest goes into the provenance. A symbolic link on its path could

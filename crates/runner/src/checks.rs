@@ -87,7 +87,7 @@ pub async fn check(repositories: &Repositories, lease: &LeasedCheck) -> CheckOut
     let job = Job { kind: JobKind::Check, project: &lease.project, commit: &lease.head, build: "" };
     let env = script_environment(&job, Path::new("/work"));
     let limits = Limits::new(policy.timeout, policy.network);
-    match sandbox::run(workspace.path(), &command, &env, &limits).await {
+    match sandbox::run(&workspace, &command, &env, &limits).await {
         Ok(done) => {
             let status = if done.exit_code == Some(0) { "passed" } else { "failed" };
             CheckOutcome {
@@ -103,7 +103,7 @@ pub async fn check(repositories: &Repositories, lease: &LeasedCheck) -> CheckOut
 }
 
 enum Prepared {
-    Run { policy: Pipeline, target_tip: Option<String>, workspace: tempfile::TempDir },
+    Run { policy: Pipeline, target_tip: Option<String>, workspace: sandbox::Workspace },
     Done(CheckOutcome),
 }
 
@@ -131,9 +131,13 @@ fn prepare(repository: &Path, lease: &LeasedCheck) -> Result<Prepared, String> {
         None => Pipeline::default(),
     };
     let Some(command) = &policy.check else {
-        return Ok(Prepared::Run { policy, target_tip, workspace: tempfile::tempdir().map_err(|e| e.to_string())? });
+        return Ok(Prepared::Run {
+            policy,
+            target_tip,
+            workspace: sandbox::Workspace::new("check").map_err(|e| e.to_string())?,
+        });
     };
-    let workspace = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let workspace = sandbox::Workspace::new("check").map_err(|e| e.to_string())?;
     git::export_tree(repository, &lease.head, workspace.path()).map_err(failed)?;
     // The script as the target branch has it, so that a change cannot turn
     // its own check green by editing it.
@@ -172,7 +176,9 @@ fn prepare(repository: &Path, lease: &LeasedCheck) -> Result<Prepared, String> {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
     }
     for dir in [".home", ".tmp"] {
-        std::fs::create_dir_all(workspace.path().join(dir)).map_err(|e| e.to_string())?;
+        if let Err(why) = workspace.fresh_dir(dir) {
+            return Ok(Prepared::Done(outcome("failed", Some(command.clone()), target_tip, format!("{why}\n"))));
+        }
     }
     Ok(Prepared::Run { policy, target_tip, workspace })
 }

@@ -387,7 +387,7 @@ impl Deployer {
         // directory stays invisible.
         let limits = Limits::new(timeout, true);
         let (output, mut chunks) = tokio::sync::mpsc::unbounded_channel();
-        let running = sandbox::run_streaming(workspace.path(), &script, &env, &limits, Some(output));
+        let running = sandbox::run_streaming(&workspace, &script, &env, &limits, Some(output));
         let (status, reason, exit_code, log) = tokio::select! {
             finished = running => {
                 let finished = match finished {
@@ -563,7 +563,7 @@ fn prepare(
     repository: &Path,
     commit: &str,
     environment: &str,
-) -> Result<(tempfile::TempDir, String, Duration, String), String> {
+) -> Result<(sandbox::Workspace, String, Duration, String), String> {
     let text = git::read_file(repository, commit, pipeline::PATH)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("{} does not exist at {commit}", pipeline::PATH))?;
@@ -575,10 +575,17 @@ fn prepare(
         .find(|e| e.name == environment)
         .and_then(|e| e.deploy.clone())
         .ok_or_else(|| format!("the pipeline file at {commit} names no deploy script for {environment}"))?;
-    let workspace = tempfile::Builder::new().prefix("custody-deploy-").tempdir().map_err(|e| e.to_string())?;
+    let workspace = sandbox::Workspace::new("deploy").map_err(|e| e.to_string())?;
     git::export_tree(repository, commit, workspace.path()).map_err(|e| e.to_string())?;
+    // The artifacts' directory is custody's alone: a checkout holding
+    // anything by its name (a link to a host directory, say) fails the job.
+    if std::fs::symlink_metadata(workspace.path().join(".custody-artifacts")).is_ok() {
+        return Err(".custody-artifacts is in the commit; custody makes it itself and never writes through \
+                    what a commit put there: remove it from the repository"
+            .into());
+    }
     for dir in [".home", ".tmp", ".custody-artifacts"] {
-        std::fs::create_dir_all(workspace.path().join(dir)).map_err(|e| e.to_string())?;
+        workspace.fresh_dir(dir)?;
     }
     let path = script.split_whitespace().next().unwrap_or_default().trim_start_matches("./").to_owned();
     let mut prefix = workspace.path().to_path_buf();

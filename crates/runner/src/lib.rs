@@ -15,6 +15,15 @@ pub mod sandbox;
 
 use std::path::Path;
 
+/// Takes an exclusive lock on `file` without waiting: `false` when another
+/// open file description holds one. The kernel drops it when its holder
+/// closes the file or dies, however it died.
+pub(crate) fn try_lock(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: flock on a descriptor borrowed for the call.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
 /// The `PATH` every script gets.
 pub const SCRIPT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 

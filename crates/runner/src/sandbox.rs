@@ -7,6 +7,12 @@
 //! network unless the pipeline allows it, runs as an unprivileged user in
 //! its own user namespace, in a session of its own, and dies with its
 //! parent. A timeout kills it.
+//!
+//! On the host, the job never acts as a privileged user: when custody runs
+//! as root, each job runs under a uid of its own (one per running job, see
+//! [`JOB_UID_BASE`]), its workspace belongs to that uid inside a directory
+//! no other local user can enter, and no descriptor custody holds (a key it
+//! opened, one it was started with) survives into the script.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -60,6 +66,150 @@ pub enum SandboxError {
     /// Starting it failed.
     #[error("cannot start the sandbox: {0}")]
     Start(std::io::Error),
+}
+
+/// Where a job's uid comes from when custody runs as root: slot `n` of the
+/// host is uid `JOB_UID_BASE + n` (`CUSTODY_JOB_UID_BASE` overrides it);
+/// each slot is held by one job at a time, host-wide, through a lock file.
+pub const JOB_UID_BASE: u32 = 1_900_000;
+
+/// How many jobs may run at once on one host under their own uids.
+const JOB_SLOTS: u32 = 1024;
+
+/// A job's uid, held while the job runs.
+#[derive(Debug)]
+struct Slot {
+    uid: u32,
+    _lock: std::fs::File,
+}
+
+impl Slot {
+    /// A free slot of this host, when custody runs as root; `None` when it
+    /// does not (a job then runs as custody's own, unprivileged, user).
+    fn acquire() -> std::io::Result<Option<Slot>> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Ok(None);
+        }
+        let base = std::env::var("CUSTODY_JOB_UID_BASE").ok().and_then(|b| b.parse().ok()).unwrap_or(JOB_UID_BASE);
+        let dir = std::env::temp_dir().join("custody-job-slots");
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        // Only root's own directory: never one another user planted or linked.
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let meta = std::fs::symlink_metadata(&dir)?;
+        if !meta.is_dir() || meta.uid() != 0 {
+            return Err(std::io::Error::other(format!("{} is not a directory of root's", dir.display())));
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        for n in 0..JOB_SLOTS {
+            let file = std::fs::File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(dir.join(format!("{n}.lock")))?;
+            if crate::try_lock(&file) {
+                return Ok(Some(Slot { uid: base + n, _lock: file }));
+            }
+        }
+        Err(std::io::Error::other(format!("all {JOB_SLOTS} job slots of this host are taken")))
+    }
+}
+
+use std::os::unix::fs::OpenOptionsExt as _;
+
+/// A job's workspace on the host: a fresh directory inside a private one
+/// (mode 0700), both handed to the job's own uid before it runs when custody
+/// runs as root, so that no other local user can enter it and nothing the
+/// job leaves there (a setuid copy of a program, say) belongs to root.
+#[derive(Debug)]
+pub struct Workspace {
+    root: tempfile::TempDir,
+    work: std::path::PathBuf,
+    slot: Option<Slot>,
+}
+
+impl Workspace {
+    /// A new, empty workspace for a job of `kind` (`check`, `build`, `deploy`).
+    pub fn new(kind: &str) -> std::io::Result<Workspace> {
+        let slot = Slot::acquire()?;
+        let root = tempfile::Builder::new().prefix(&format!("custody-{kind}-")).tempdir()?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o700))?;
+        let work = root.path().join("work");
+        std::fs::create_dir(&work)?;
+        Ok(Workspace { root, work, slot })
+    }
+
+    /// The workspace (seen as `/work` inside the sandbox).
+    pub fn path(&self) -> &Path {
+        &self.work
+    }
+
+    /// The host uid the job runs as, when it is not custody's own.
+    pub fn job_uid(&self) -> Option<u32> {
+        self.slot.as_ref().map(|s| s.uid)
+    }
+
+    /// Makes the directory `name` of the workspace for the job (its home,
+    /// its temporary files, the artifacts of a deployment). A checkout that
+    /// holds anything there other than a plain directory (a symbolic link
+    /// to somewhere on the host, say) fails the job, naming the path.
+    pub fn fresh_dir(&self, name: &str) -> Result<std::path::PathBuf, String> {
+        let path = self.work.join(name);
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() && !meta.file_type().is_symlink() => Ok(path),
+            Ok(_) => Err(format!(
+                "{name} in the checkout is not a plain directory (a symbolic link or a file); custody makes it \
+                 itself and never writes through a link: remove it from the repository"
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir(&path).map_err(|e| format!("cannot make {name}: {e}"))?;
+                Ok(path)
+            }
+            Err(e) => Err(format!("cannot look at {name}: {e}")),
+        }
+    }
+
+    /// Gives everything in the workspace to the job's uid, without following
+    /// any link; called once custody has placed everything, before the job
+    /// runs.
+    fn hand_over(&self) -> std::io::Result<()> {
+        let Some(uid) = self.job_uid() else { return Ok(()) };
+        fn walk(path: &Path, uid: u32) -> std::io::Result<()> {
+            std::os::unix::fs::lchown(path, Some(uid), Some(uid))?;
+            let meta = std::fs::symlink_metadata(path)?;
+            if meta.is_dir() {
+                for entry in std::fs::read_dir(path)? {
+                    walk(&entry?.path(), uid)?;
+                }
+            }
+            Ok(())
+        }
+        walk(self.root.path(), uid)
+    }
+}
+
+/// Marks every descriptor above 2 close-on-exec: whatever custody was
+/// started with (or opened without the flag) never reaches a script.
+/// Async-signal-safe, for use between fork and exec.
+pub fn close_inherited_descriptors() {
+    // SAFETY: close_range only changes flags of this process's descriptors.
+    let done = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    if done != 0 {
+        // Kernels before 5.11: one at a time, up to the descriptor limit.
+        // SAFETY: sysconf and fcntl on integers, no memory involved.
+        let most = unsafe { libc::sysconf(libc::_SC_OPEN_MAX) }.clamp(3, 65_536) as i32;
+        for fd in 3..most {
+            unsafe {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+    }
 }
 
 /// The bubblewrap arguments for running `command` with `sh -c` in `workspace`.
@@ -119,7 +269,7 @@ pub fn arguments(workspace: &Path, env: &[(String, String)], limits: &Limits) ->
 
 /// Runs `command` (a shell command line) in the sandbox.
 pub async fn run(
-    workspace: &Path,
+    workspace: &Workspace,
     command: &str,
     env: &[(String, String)],
     limits: &Limits,
@@ -130,7 +280,7 @@ pub async fn run(
 /// Runs `command` in the sandbox, also sending its output to `output` as it
 /// is written (the kept log is still cut at [`LOG_LIMIT`]).
 pub async fn run_streaming(
-    workspace: &Path,
+    workspace: &Workspace,
     command: &str,
     env: &[(String, String)],
     limits: &Limits,
@@ -138,9 +288,11 @@ pub async fn run_streaming(
 ) -> Result<Finished, SandboxError> {
     let bwrap =
         ["/usr/bin/bwrap", "/bin/bwrap"].into_iter().find(|p| Path::new(p).exists()).ok_or(SandboxError::Missing)?;
+    workspace.hand_over().map_err(SandboxError::Start)?;
+    let job_uid = workspace.job_uid();
     let mut sandbox = Command::new(bwrap);
     sandbox
-        .args(arguments(workspace, env, limits))
+        .args(arguments(workspace.path(), env, limits))
         .args(["--", "/bin/sh", "-c", &format!("exec 2>&1; {command}")])
         .env_clear()
         .stdin(Stdio::null())
@@ -150,9 +302,24 @@ pub async fn run_streaming(
         // Its own process group, so that a timeout kills all of it.
         .process_group(0);
     let file_size = limits.max_file_bytes;
-    // SAFETY: only async-signal-safe calls (setrlimit) between fork and exec.
+    // SAFETY: only async-signal-safe calls (close_range or fcntl, setrlimit,
+    // setgroups, setgid, setuid) between fork and exec.
     unsafe {
-        sandbox.pre_exec(move || apply_rlimits(file_size));
+        sandbox.pre_exec(move || {
+            close_inherited_descriptors();
+            apply_rlimits(file_size)?;
+            if let Some(uid) = job_uid {
+                // The job's own uid, never root's: bubblewrap then maps its
+                // sandbox user to it.
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(uid as libc::gid_t) != 0
+                    || libc::setuid(uid as libc::uid_t) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
     }
     let mut child = sandbox.spawn().map_err(SandboxError::Start)?;
     let group = child.id();
@@ -266,14 +433,14 @@ mod tests {
         }
         let host = tempfile::tempdir().unwrap();
         std::fs::write(host.path().join("signing.key"), "secret").unwrap();
-        let workspace = tempfile::tempdir().unwrap();
+        let workspace = Workspace::new("test").unwrap();
         std::fs::write(workspace.path().join("input.txt"), "hello").unwrap();
         let secret = host.path().join("signing.key");
         let command = format!(
             "cat input.txt; echo; cat {} && echo LEAKED; ls /root /etc/shadow 2>/dev/null && echo LEAKED; echo out > made.txt",
             secret.display()
         );
-        let done = run(workspace.path(), &command, &[], &limits()).await.unwrap();
+        let done = run(&workspace, &command, &[], &limits()).await.unwrap();
         assert_eq!(done.exit_code, Some(0), "{}", done.log);
         assert!(done.log.starts_with("hello"), "{}", done.log);
         assert!(!done.log.contains("LEAKED"), "{}", done.log);
@@ -286,12 +453,11 @@ mod tests {
         if !available() {
             return;
         }
-        let workspace = tempfile::tempdir().unwrap();
+        let workspace = Workspace::new("test").unwrap();
         let env = vec![("CUSTODY_PROJECT".to_owned(), "payments".to_owned())];
-        let done =
-            run(workspace.path(), "echo $CUSTODY_PROJECT; env | wc -l; cat /proc/net/dev | wc -l", &env, &limits())
-                .await
-                .unwrap();
+        let done = run(&workspace, "echo $CUSTODY_PROJECT; env | wc -l; cat /proc/net/dev | wc -l", &env, &limits())
+            .await
+            .unwrap();
         let lines: Vec<&str> = done.log.lines().collect();
         assert_eq!(lines[0], "payments", "{}", done.log);
         // Only the loopback device exists in a fresh network namespace.
@@ -303,9 +469,9 @@ mod tests {
         if !available() {
             return;
         }
-        let workspace = tempfile::tempdir().unwrap();
+        let workspace = Workspace::new("test").unwrap();
         let limits = Limits::new(Duration::from_millis(500), false);
-        let done = run(workspace.path(), "sleep 30", &[], &limits).await.unwrap();
+        let done = run(&workspace, "sleep 30", &[], &limits).await.unwrap();
         assert!(done.timed_out);
         assert_eq!(done.exit_code, None);
     }
@@ -315,10 +481,9 @@ mod tests {
         if !available() {
             return;
         }
-        let workspace = tempfile::tempdir().unwrap();
+        let workspace = Workspace::new("test").unwrap();
         let limits = Limits { max_file_bytes: 1 << 20, ..limits() };
-        let done =
-            run(workspace.path(), "head -c 3000000 /dev/zero > big; echo status $?", &[], &limits).await.unwrap();
+        let done = run(&workspace, "head -c 3000000 /dev/zero > big; echo status $?", &[], &limits).await.unwrap();
         assert!(!done.log.contains("status 0"), "{}", done.log);
         let written = std::fs::metadata(workspace.path().join("big")).map(|m| m.len()).unwrap_or(0);
         assert!(written <= 1 << 20, "wrote {written} bytes");
@@ -329,10 +494,10 @@ mod tests {
         if !available() {
             return;
         }
-        let workspace = tempfile::tempdir().unwrap();
+        let workspace = Workspace::new("test").unwrap();
         let (sender, mut receiver) = mpsc::unbounded_channel();
         let limits = limits();
-        let done = run_streaming(workspace.path(), "echo first; sleep 1; echo second", &[], &limits, Some(sender));
+        let done = run_streaming(&workspace, "echo first; sleep 1; echo second", &[], &limits, Some(sender));
         let first = async { receiver.recv().await };
         tokio::pin!(done);
         // The first line arrives while the script still sleeps.
@@ -343,5 +508,70 @@ mod tests {
         assert_eq!(chunk, b"first\n");
         let finished = done.await.unwrap();
         assert_eq!(finished.log, "first\nsecond\n");
+    }
+
+    #[tokio::test]
+    async fn a_job_never_acts_as_root_on_the_host_and_its_workspace_is_private() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        if !available() {
+            return;
+        }
+        let workspace = Workspace::new("test").unwrap();
+        // A setuid copy of a program, made by the script and seen from the host.
+        let done = run(&workspace, "cp /usr/bin/true ./escape && chmod 4755 ./escape && echo made", &[], &limits())
+            .await
+            .unwrap();
+        assert!(done.log.contains("made"), "{}", done.log);
+        let escape = std::fs::metadata(workspace.path().join("escape")).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        let custody_uid = unsafe { libc::geteuid() };
+        if custody_uid == 0 {
+            assert_ne!(escape.uid(), 0, "the job's files are not root's");
+            assert_eq!(Some(escape.uid()), workspace.job_uid());
+        } else {
+            assert_eq!(escape.uid(), custody_uid, "the job runs as custody's own user");
+        }
+        let parent = std::fs::metadata(workspace.path().parent().unwrap()).unwrap();
+        assert_eq!(parent.permissions().mode() & 0o777, 0o700, "no other local user enters the workspace");
+        assert_eq!(parent.uid(), escape.uid());
+        // Two jobs at once hold two different uids.
+        let other = Workspace::new("test").unwrap();
+        if custody_uid == 0 {
+            assert_ne!(other.job_uid(), workspace.job_uid());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_descriptor_custody_holds_does_not_reach_a_script() {
+        use std::os::fd::AsRawFd as _;
+        if !available() {
+            return;
+        }
+        let keys = tempfile::tempdir().unwrap();
+        let key = keys.path().join("ledger.pem");
+        std::fs::write(&key, "PRIVATE KEY MATERIAL").unwrap();
+        let file = std::fs::File::open(&key).unwrap();
+        // As if custody had been started with it open: no close-on-exec.
+        // SAFETY: fcntl on a descriptor this test owns.
+        unsafe {
+            libc::fcntl(file.as_raw_fd(), libc::F_SETFD, 0);
+        }
+        let workspace = Workspace::new("test").unwrap();
+        let fd = file.as_raw_fd();
+        let command = format!("cat /proc/self/fd/{fd} 2>&1; ls /proc/self/fd; echo done");
+        let done = run(&workspace, &command, &[], &limits()).await.unwrap();
+        assert!(done.log.contains("done"), "{}", done.log);
+        assert!(!done.log.contains("PRIVATE KEY"), "{}", done.log);
+        drop(file);
+    }
+
+    #[test]
+    fn a_link_in_the_checkout_where_custody_makes_a_directory_fails_the_job() {
+        let workspace = Workspace::new("test").unwrap();
+        let host = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(host.path(), workspace.path().join(".home")).unwrap();
+        let why = workspace.fresh_dir(".home").unwrap_err();
+        assert!(why.contains(".home") && why.contains("symbolic link"), "{why}");
+        assert!(workspace.fresh_dir(".tmp").is_ok());
     }
 }

@@ -288,10 +288,14 @@ impl Store {
 
     /// A reader's connection that knows the ledger, for proofs and seals.
     pub(crate) async fn reader(&self) -> Result<writer::Reader> {
+        // Read before the connection's first query: what it reads is at
+        // least this new.
+        let bound = self.ledger().through();
         Ok(writer::Reader {
             conn: self.readers().acquire().await?,
             dialect: self.dialect(),
             ledger: self.ledger().clone(),
+            bound,
         })
     }
 

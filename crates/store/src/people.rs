@@ -389,6 +389,7 @@ impl Store {
             " FROM tokens t JOIN users u ON u.id = t.user_id \
              LEFT JOIN subject_seals s ON s.subject = 'user:' || u.name WHERE t.id = $1"
         ));
+        let through = self.ledger().through();
         let row = sqlx::query(&sql).bind(parts.id).fetch_optional(self.readers()).await?.ok_or(REFUSED)?;
         let stored: String = col(&row, "secret_hash")?;
         let scopes: String = col(&row, "scopes")?;
@@ -408,7 +409,7 @@ impl Store {
         // Who they are, whether they may act and the groups that make them
         // admin or auditor: only as custody wrote them.
         let subject = format!("user:{name}");
-        let newest = self.ledger().newest(&subject).unwrap_or(0);
+        let newest = self.ledger().newest_within(&subject, through).unwrap_or(0);
         crate::seals::check_loaded(self.ledger(), &subject, newest, &crate::seals::user_rows(&row)?, &row)?;
         let groups = crate::seals::list(&row, "groups")?;
         let authenticated = Authenticated {

@@ -76,6 +76,8 @@ pub(crate) struct LedgerState {
     halted: Mutex<Option<String>>,
     /// Why the last write transaction failed, until one commits again.
     pub(crate) write_failure: Mutex<Option<String>>,
+    /// The newest sequence number committed as far as this process knows.
+    through: std::sync::atomic::AtomicI64,
 }
 
 impl LedgerState {
@@ -96,7 +98,24 @@ impl LedgerState {
         for (subject, seq) in newest {
             let slot = subjects.entry(subject).or_insert(seq);
             *slot = (*slot).max(seq);
+            self.through.fetch_max(seq, std::sync::atomic::Ordering::SeqCst);
         }
+    }
+
+    /// The newest sequence number committed as far as this process knows:
+    /// read before a read starts, it bounds what that read can see.
+    pub(crate) fn through(&self) -> i64 {
+        self.through.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The newest committed event about `subject`, if it is no newer than
+    /// `bound` (what a read that started then can see); `None` when it is
+    /// (the subject changed while the read ran), so that a read racing a
+    /// write is not taken for rows deleted or put back around custody. Only
+    /// reads outside the writer take this view; every decision the writer
+    /// takes checks against the newest event.
+    pub(crate) fn newest_within(&self, subject: &str, bound: i64) -> Option<i64> {
+        self.newest(subject).filter(|n| *n <= bound)
     }
 }
 
@@ -195,14 +214,13 @@ pub(crate) async fn proven_events(tx: &mut impl Reads, subject: &str) -> Result<
 /// caller proved earlier (0 for none), each proven as by [`proven_events`].
 pub(crate) async fn proven_events_after(tx: &mut impl Reads, subject: &str, after: i64) -> Result<Vec<TaggedEvent>> {
     let state = tx.ledger_state();
-    let pending = tx.pending(subject);
     let sql = tx
         .dialect()
         .sql_owned(format!("SELECT {EVENT_COLUMNS} FROM audit_events WHERE subject = $1 AND seq > $2 ORDER BY seq"));
     let rows = sqlx::query(&sql).bind(subject).bind(after).fetch_all(tx.conn()).await?;
     let events = rows.iter().map(TaggedEvent::read).collect::<Result<Vec<_>>>()?;
     // The newest event custody recorded: in this transaction, or committed.
-    let newest = pending.or_else(|| state.newest(subject));
+    let newest = tx.newest(subject);
     let mut previous = after;
     let mut reached = newest.is_none_or(|n| n <= after);
     for event in &events {
@@ -420,6 +438,7 @@ pub(crate) async fn verify_at_open(
         subjects: Mutex::new(scan.subjects),
         halted: Mutex::new(None),
         write_failure: Mutex::new(None),
+        through: Default::default(),
     });
     Ok(Verified { state, frontier, first_start: anchor.is_none() })
 }

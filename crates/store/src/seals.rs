@@ -232,7 +232,7 @@ pub(crate) async fn check(tx: &mut impl Reads, subject: &str) -> Result<()> {
     let sql = tx.sql("SELECT seq, digest, mac FROM subject_seals WHERE subject = $1");
     let sealed = sqlx::query(&sql).bind(subject).fetch_optional(tx.conn()).await?;
     let state = tx.ledger_state();
-    let newest = tx.pending(subject).or_else(|| state.newest(subject)).unwrap_or(0);
+    let newest = tx.newest(subject).unwrap_or(0);
     let Some(sealed) = sealed else {
         if rows.is_null() && newest == 0 {
             return Ok(());
@@ -297,7 +297,7 @@ pub(crate) async fn check_changes(tx: &mut impl Reads, project: &str, numbers: &
         }
         for row in query.fetch_all(tx.conn()).await? {
             let subject = format!("change:{project}/{}", col::<i64>(&row, "number")?);
-            let newest = tx.pending(&subject).or_else(|| state.newest(&subject)).unwrap_or(0);
+            let newest = tx.newest(&subject).unwrap_or(0);
             check_loaded(&state, &subject, newest, &change_rows(&row)?, &row)?;
         }
     }

@@ -52,6 +52,13 @@ pub(crate) trait Reads: Send {
     }
     /// Whether the running operation is changing `subject`'s sealed rows
     /// (they are sealed anew when it ends).
+    /// The newest event about `subject` custody recorded, as this reader
+    /// may rely on it: in the writer, the newest written (in its transaction
+    /// or committed); in a reader, the newest committed before the read
+    /// began (see [`LedgerState::newest_within`]).
+    fn newest(&self, subject: &str) -> Option<i64> {
+        self.pending(subject).or_else(|| self.ledger_state().newest(subject))
+    }
     fn changing(&self, _subject: &str) -> bool {
         false
     }
@@ -85,6 +92,8 @@ pub(crate) struct Reader {
     pub(crate) conn: sqlx::pool::PoolConnection<sqlx::Any>,
     pub(crate) dialect: Dialect,
     pub(crate) ledger: Arc<LedgerState>,
+    /// The newest sequence number committed before this reader's first read.
+    pub(crate) bound: i64,
 }
 
 impl Reader {
@@ -119,6 +128,10 @@ impl Reads for Reader {
 
     fn ledger_state(&self) -> Arc<LedgerState> {
         self.ledger.clone()
+    }
+
+    fn newest(&self, subject: &str) -> Option<i64> {
+        self.ledger.newest_within(subject, self.bound)
     }
 }
 
