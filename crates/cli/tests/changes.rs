@@ -233,6 +233,30 @@ fn bob_pushing_to_alices_branch_makes_him_an_author(backend: Backend) {
     assert_eq!(merges[0]["details"]["authors"], serde_json::json!(["alice", "bob"]), "{merges:?}");
 }
 
+/// bob approves the first head; alice pushes a second one, then forces the
+/// branch back to the first: bob's approval stays void, as the audit log
+/// said when the head moved, and the gate stays closed.
+fn an_approval_voided_by_a_new_head_does_not_come_back_with_the_old_head(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let (work, _base) = alice_on_branch(&hosted, "feature");
+    let first = work.commit("feature.txt", "a feature\n", "Add a feature");
+    work.ok(&["push", "-q", "origin", "feature"]);
+    let number = open(&hosted, "alice", "feature", "Add a feature");
+    review(&hosted, "bob", number, "--approve");
+    work.commit("more.txt", "more\n", "And more");
+    work.ok(&["push", "-q", "origin", "feature"]);
+    work.ok(&["reset", "-q", "--hard", &first]);
+    work.ok(&["push", "-q", "--force", "origin", "feature"]);
+    let detail = show(&hosted, number);
+    assert_eq!(detail["head"], first.as_str(), "{detail}");
+    assert_eq!(detail["reviews"][0]["stale"], true, "{detail}");
+    assert_eq!(failing(&gate(&hosted, number)), ["gate.independent_approvals"]);
+    assert_eq!(refused_rules(&try_merge(&hosted, "bob", number)), ["gate.independent_approvals"]);
+    // Approving again, on what is there now, counts.
+    review(&hosted, "bob", number, "--approve");
+    assert_eq!(gate(&hosted, number)["open"], true);
+}
+
 fn a_new_push_makes_approvals_stale(backend: Backend) {
     let Some(hosted) = team(backend) else { return };
     let (work, base) = alice_on_branch(&hosted, "feature");
@@ -825,6 +849,28 @@ fn auto_merge_waits_for_the_gate_and_merges_as_it_opens(backend: Backend) {
     assert_eq!(commit.trailer("Approved-by"), ["bob"]);
 }
 
+/// `merge --no-wait` queues the change and returns at once; the queue shows
+/// it until custody merges it in its turn, once its gate is open.
+fn a_merge_asked_without_waiting_is_queued_and_merged_in_its_turn(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let (work, _base) = alice_on_branch(&hosted, "feature");
+    work.commit("feature.txt", "a feature\n", "Add a feature");
+    work.ok(&["push", "-q", "origin", "feature"]);
+    let number = open(&hosted, "alice", "feature", "Add a feature");
+    let queued = change(&hosted, "alice", &["merge", PROJECT, &number.to_string(), "--no-wait", "--json"]).json();
+    assert_eq!(queued["auto_merge"], true, "{queued}");
+    let queue = change(&hosted, "carol", &["queue", PROJECT, "--json"]).json();
+    assert_eq!(queue["waiting"][0]["change"], number, "{queue}");
+    assert_eq!(queue["waiting"][0]["asked_by"], "alice", "{queue}");
+    let text = change(&hosted, "carol", &["queue", PROJECT]).expect_code(0).stdout;
+    assert!(text.contains(&format!("#{number}")) && text.contains("asked by alice"), "{text}");
+    review(&hosted, "bob", number, "--approve");
+    let merged = eventually(|| Some(show(&hosted, number)).filter(|c| c["state"] == "merged"));
+    assert!(merged.is_some(), "merged in its turn: {}", show(&hosted, number));
+    let queue = change(&hosted, "carol", &["queue", PROJECT, "--json"]).json();
+    assert_eq!(queue, serde_json::json!({ "moving": [], "waiting": [] }));
+}
+
 fn a_commit_nobody_is_recorded_as_pushing_closes_the_gate(backend: Backend) {
     let Some(hosted) = team(backend) else { return };
     let (work, _) = alice_on_branch(&hosted, "feature");
@@ -900,9 +946,11 @@ on_both_backends!(
     pushes_racing_merges_never_merge_an_unapproved_head,
     merges_racing_merges_land_each_change_once,
     twenty_merges_through_two_servers_all_land_in_order,
+    an_approval_voided_by_a_new_head_does_not_come_back_with_the_old_head,
     a_change_reopened_after_a_push_is_at_its_branchs_tip,
     a_change_cannot_turn_its_own_check_green,
     auto_merge_waits_for_the_gate_and_merges_as_it_opens,
+    a_merge_asked_without_waiting_is_queued_and_merged_in_its_turn,
     a_commit_nobody_is_recorded_as_pushing_closes_the_gate,
     a_check_script_path_through_a_symlink_is_refused,
     auto_merge_lapses_when_the_asking_token_is_revoked,

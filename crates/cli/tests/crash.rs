@@ -300,6 +300,58 @@ fn half_done(hosted: &Hosted, base: &str, acknowledged: &[i64]) -> Vec<String> {
     problems
 }
 
+/// PostgreSQL turned read-only under custody (a failover to a replica,
+/// maintenance): writes answer 503 with Retry-After and the CLI exits 3,
+/// `/readyz` fails, and both recover once the database takes writes again.
+#[test]
+fn a_database_that_stops_taking_writes_answers_503_and_is_not_ready() {
+    use support::hosted::psql;
+    let Some(hosted) = Hosted::on(Backend::Postgres) else { return };
+    let name = hosted.database.as_ref().expect("a database").name.clone();
+    let read_only = |on: bool| {
+        let setting = if on { "on" } else { "off" };
+        psql(&format!("ALTER DATABASE {name} SET default_transaction_read_only = {setting}")).expect_code(0);
+        // Every connection starts again under the new setting.
+        psql(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        ))
+        .expect_code(0);
+    };
+    read_only(true);
+    let refused = eventually(|| {
+        let run = hosted.as_admin(&["user", "add", "bob", "--email", "bob@example.com", "--json"]);
+        (run.code() == Some(3)).then_some(run)
+    })
+    .expect("a write fails as the server's failure, exit 3");
+    assert_eq!(refused.json_error()["error"]["code"], "unavailable", "{refused:#?}");
+    let answer = support::http_send(
+        &hosted.server.url,
+        "POST",
+        "/api/v1/users",
+        &[("Authorization", &format!("Bearer {}", hosted.admin)), ("Content-Type", "application/json")],
+        Some(br#"{"name":"carol","email":"carol@example.com"}"#),
+    );
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert!(answer.headers.iter().any(|(k, _)| k == "retry-after"), "{:?}", answer.headers);
+    let ready = support::http_send(&hosted.server.url, "GET", "/readyz", &[], None);
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(ready.body.contains("writes fail"), "{}", ready.body);
+
+    read_only(false);
+    let ready = eventually(|| {
+        let ready = support::http_send(&hosted.server.url, "GET", "/readyz", &[], None);
+        (ready.status == 200).then_some(ready)
+    });
+    assert!(ready.is_some(), "ready again once writes succeed");
+    // A pooled connection the restart cut may fail once more, as a 503 the
+    // client is told to retry: the write then goes through.
+    let added = eventually(|| {
+        let run = hosted.as_admin(&["user", "add", "bob", "--email", "bob@example.com", "--json"]);
+        (run.code() != Some(3)).then_some(run)
+    });
+    assert_eq!(added.and_then(|run| run.code()), Some(0), "the write goes through once the database takes it");
+}
+
 on_both_backends!(
     crash_rounds,
     a_build_whose_success_outlived_the_server_is_promoted_at_the_next_start,

@@ -55,6 +55,9 @@ pub struct Review {
     pub verdict: Verdict,
     /// The head they said it on.
     pub head: String,
+    /// Whether the change's head moved after it: an approval voided so never
+    /// counts again, even when the head moves back to the one approved.
+    pub voided: bool,
 }
 
 /// The state of the required check on the current head.
@@ -159,7 +162,7 @@ fn standing(reviews: &[Review], head: &str) -> (BTreeSet<UserName>, BTreeSet<Use
         match review.verdict {
             Verdict::Approve => {
                 requesting.remove(&review.reviewer);
-                if review.head == head {
+                if review.head == head && !review.voided {
                     approving.insert(review.reviewer.clone());
                 } else {
                     approving.remove(&review.reviewer);
@@ -374,7 +377,7 @@ mod tests {
     use crate::names_for_tests::{set, user};
 
     fn review(who: &str, verdict: Verdict, head: &str) -> Review {
-        Review { reviewer: user(who), verdict, head: head.into() }
+        Review { reviewer: user(who), verdict, head: head.into(), voided: false }
     }
 
     struct World {
@@ -436,6 +439,17 @@ mod tests {
         let reviews = [review("bob", Verdict::Approve, "h1")];
         assert!(world.gate(&reviews, "h1").open);
         assert_eq!(failed(&world.gate(&reviews, "h2")), ["gate.independent_approvals"]);
+    }
+
+    #[test]
+    fn an_approval_voided_by_a_new_head_never_counts_again() {
+        let world = World::new();
+        // bob approved h1; the head moved to h2, then back to h1.
+        let mut approval = review("bob", Verdict::Approve, "h1");
+        approval.voided = true;
+        let report = world.gate(&[approval], "h1");
+        assert!(!report.open, "{report:?}");
+        assert!(report.approvers.is_empty());
     }
 
     #[test]

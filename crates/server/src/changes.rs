@@ -183,6 +183,40 @@ pub async fn gate_of(
     access: &ProjectAccess,
     number: i64,
 ) -> Result<(ChangeView, GateRecords, GateReport), ApiError> {
+    // Everything the gate reads from the database changes only with a new
+    // audit event, and from git only with the target's tip: an evaluation
+    // at the same newest event and tip still holds.
+    // Read with the access, a moment ago.
+    let seq = access.as_of;
+    let project = access.project.as_str();
+    if let Some(known) = state.remembered_gate(project, number) {
+        if known.seq == seq {
+            let repository = state.hosting().repositories().path(&access.project);
+            let target = format!("refs/heads/{}", known.gate.0.target_branch);
+            if git::read_ref(&repository, &target).map_err(internal)? == known.target_tip {
+                return Ok(known.gate.clone());
+            }
+        }
+    }
+    let (gate, target_tip) = evaluate_gate(state, access, number).await?;
+    state.remember_gate(project, number, RememberedGate { seq, target_tip, gate: gate.clone() });
+    Ok(gate)
+}
+
+/// An evaluated gate, and what it was evaluated at.
+pub(crate) struct RememberedGate {
+    seq: i64,
+    target_tip: Option<String>,
+    gate: (ChangeView, GateRecords, GateReport),
+}
+
+/// The gate, and the target's tip it was evaluated at (for a merged
+/// change, the target's tip as it is now, which its gate does not read).
+async fn evaluate_gate(
+    state: &AppState,
+    access: &ProjectAccess,
+    number: i64,
+) -> Result<((ChangeView, GateRecords, GateReport), Option<String>), ApiError> {
     // The head is read first to ask git about it; if a push moves it before
     // the records are read, evaluate again rather than mix two heads.
     let mut attempts = 0;
@@ -198,7 +232,14 @@ pub async fn gate_of(
     };
     let check = state.store().check_state(access, number, &facts.head).await?;
     let report = evaluate(&facts, &records, &check);
-    Ok((records.change.clone(), records, report))
+    let target_tip = match &records.change.merge_commit {
+        None => facts.target_tip.clone(),
+        Some(_) => {
+            let repository = state.hosting().repositories().path(&access.project);
+            git::read_ref(&repository, &format!("refs/heads/{}", records.change.target_branch)).map_err(internal)?
+        }
+    };
+    Ok(((records.change.clone(), records, report), target_tip))
 }
 
 /// Merges a change if its gate is open, atomically: the gate is evaluated

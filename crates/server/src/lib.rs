@@ -57,6 +57,9 @@ impl Default for Limits {
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
 
+/// How many evaluated gates are remembered.
+const GATES_REMEMBERED: usize = 4096;
+
 struct Shared {
     store: Store,
     keys: Vec<custody_formats::ServiceKey>,
@@ -69,6 +72,9 @@ struct Shared {
     redemptions: RateLimiter,
     /// One turn at a time per merge target, in this process.
     merge_turns: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Gates evaluated, by project and change, with the audit log's newest
+    /// sequence number and the target's tip they were evaluated at.
+    gates: std::sync::Mutex<std::collections::HashMap<(String, i64), Arc<changes::RememberedGate>>>,
 }
 
 impl AppState {
@@ -94,6 +100,7 @@ impl AppState {
             logins: RateLimiter::new(limits.failed_logins, limits.window),
             redemptions: RateLimiter::new(limits.redemptions, limits.window),
             merge_turns: Default::default(),
+            gates: Default::default(),
         }))
     }
 
@@ -137,6 +144,18 @@ impl AppState {
 
     pub(crate) fn redemptions(&self) -> &RateLimiter {
         &self.0.redemptions
+    }
+
+    pub(crate) fn remembered_gate(&self, project: &str, number: i64) -> Option<Arc<changes::RememberedGate>> {
+        self.0.gates.lock().unwrap_or_else(|e| e.into_inner()).get(&(project.to_owned(), number)).cloned()
+    }
+
+    pub(crate) fn remember_gate(&self, project: &str, number: i64, gate: changes::RememberedGate) {
+        let mut gates = self.0.gates.lock().unwrap_or_else(|e| e.into_inner());
+        if gates.len() >= GATES_REMEMBERED {
+            gates.clear();
+        }
+        gates.insert((project.to_owned(), number), Arc::new(gate));
     }
 
     /// The turn of merges into `target` of `project` in this process.

@@ -68,7 +68,8 @@ pub struct ReviewView {
     pub verdict: String,
     /// The head it was given on.
     pub head: String,
-    /// Whether the change has moved on since (a stale approval counts for nothing).
+    /// Whether the change has moved on since, or moved on and back (a stale
+    /// review's approval counts for nothing, ever).
     pub stale: bool,
     /// What they said.
     pub message: String,
@@ -447,16 +448,22 @@ async fn authors_of(
 /// are exactly the reviews its events record. A review inserted, edited or
 /// deleted around custody, or a head or state set around it, fails closed,
 /// naming the row.
-async fn prove_change(tx: &mut impl Reads, change: &ChangeView) -> Result<()> {
+/// Returns the reviews a later head voided, by id.
+async fn prove_change(tx: &mut impl Reads, change: &ChangeView) -> Result<BTreeSet<i64>> {
     use crate::proof::{detail, unproven};
     let subject = format!("change:{}/{}", change.project, change.number);
     let events = crate::proof::proven_events(tx, &subject).await?;
     let (mut head, mut state): (Option<&str>, Option<&str>) = (None, None);
     let mut recorded: BTreeMap<i64, (&str, &str, &str)> = BTreeMap::new();
+    let mut voided = BTreeSet::new();
     for event in &events {
         match event.action.as_str() {
             "change.open" => (head, state) = (detail(event, "head"), Some("open")),
-            "change.head" => head = detail(event, "new"),
+            "change.head" => {
+                head = detail(event, "new");
+                // Every review before a new head is void for good.
+                voided.extend(recorded.keys().copied());
+            }
             "change.close" => state = Some("closed"),
             "change.reopen" => state = Some("open"),
             "change.merge" => state = Some("merged"),
@@ -516,7 +523,7 @@ async fn prove_change(tx: &mut impl Reads, change: &ChangeView) -> Result<()> {
             short(head)
         )));
     }
-    Ok(())
+    Ok(voided)
 }
 
 async fn gate_records(
@@ -529,7 +536,10 @@ async fn gate_records(
 ) -> Result<GateRecords> {
     let (change_id, mut change) = change_row(tx, access.project_id, number).await?;
     change.reviews = reviews_of(tx, change_id, &change.head).await?;
-    prove_change(tx, &change).await?;
+    let voided = prove_change(tx, &change).await?;
+    for review in &mut change.reviews {
+        review.stale |= voided.contains(&review.id);
+    }
     // A merge renews the change's seal with its duties: only over rows
     // custody wrote.
     crate::seals::check(tx, &format!("change:{}/{number}", access.project)).await?;
@@ -548,6 +558,7 @@ async fn gate_records(
                 verdict: Verdict::parse(&r.verdict)
                     .ok_or_else(|| StoreError::Corrupt(format!("verdict {}", r.verdict)))?,
                 head: r.head.clone(),
+                voided: voided.contains(&r.id),
             })
         })
         .collect::<Result<Vec<_>>>()?;

@@ -120,13 +120,14 @@ impl StoreError {
                 sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
                 sqlx::Error::Database(db) => {
                     let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
-                    // PostgreSQL: connection (08), resources such as a full
+                    // PostgreSQL: connection (08), a read-only database (a
+                    // replica, maintenance: 25006), resources such as a full
                     // disk (53), operator intervention (57P), serialization
                     // and deadlock (40). SQLite: busy (5), locked (6), I/O
                     // (10), full (13), cannot open (14), and their extended
                     // codes (the low byte).
                     let sqlite = code.parse::<i64>().map(|c| c & 0xff);
-                    ["08", "53", "57P", "40"].iter().any(|p| code.starts_with(p))
+                    ["08", "25006", "53", "57P", "40"].iter().any(|p| code.starts_with(p))
                         || matches!(sqlite, Ok(5 | 6 | 10 | 13 | 14))
                 }
                 _ => false,
@@ -200,6 +201,39 @@ struct Inner {
     writer: writer::Handle,
     authors: Arc<changes::AuthorsCache>,
     ledger: Arc<proof::LedgerState>,
+    /// Project accesses, by project, user and whether they read everything.
+    accesses: AsOf<(String, i64, bool), projects::ProjectAccess>,
+}
+
+/// Answers remembered with the audit log's newest sequence number they were
+/// read at: every change custody records writes an event, so an answer is
+/// good while that number has not moved.
+pub(crate) struct AsOf<K, V> {
+    entries: std::sync::Mutex<std::collections::HashMap<K, (i64, V)>>,
+}
+
+impl<K, V> Default for AsOf<K, V> {
+    fn default() -> Self {
+        AsOf { entries: Default::default() }
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> AsOf<K, V> {
+    /// How many answers are kept.
+    const KEPT: usize = 4096;
+
+    pub(crate) fn remembered(&self, key: &K, seq: i64) -> Option<V> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.get(key).filter(|(at, _)| *at == seq).map(|(_, value)| value.clone())
+    }
+
+    pub(crate) fn remember(&self, key: K, seq: i64, value: V) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= Self::KEPT {
+            entries.clear();
+        }
+        entries.insert(key, (seq, value));
+    }
 }
 
 impl Store {
@@ -235,7 +269,16 @@ impl Store {
             .connect_with(options.clone())
             .await?;
         let writer = writer::Handle::start(dialect, writer_conn, options, verified);
-        let store = Store { inner: Arc::new(Inner { dialect, readers, writer, authors: Arc::default(), ledger }) };
+        let store = Store {
+            inner: Arc::new(Inner {
+                dialect,
+                readers,
+                writer,
+                authors: Arc::default(),
+                ledger,
+                accesses: AsOf::default(),
+            }),
+        };
         if first_start {
             // Rows written before the instance had its event key are sealed
             // as they stand, once.
@@ -338,6 +381,15 @@ impl Store {
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(self.readers()).await?;
         Ok(())
+    }
+
+    /// The newest audit event's sequence number: every change custody
+    /// records writes one, so an answer computed from the database at one
+    /// value still holds while it has not moved.
+    pub async fn newest_seq(&self) -> Result<i64> {
+        let newest: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(seq) FROM audit_events").fetch_one(self.readers()).await?;
+        Ok(newest.unwrap_or(0))
     }
 
     /// Whether the database takes writes: `Err` with the reason when the

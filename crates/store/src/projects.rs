@@ -63,6 +63,9 @@ pub struct ProjectAccess {
     pub default_branch: String,
     /// The protected branches besides the default one.
     pub protected: Vec<String>,
+    /// The audit log's newest sequence number when this was read: what the
+    /// database held then is what it held at that event.
+    pub as_of: i64,
 }
 
 /// A commit and who brought it in: the pusher is known from
@@ -439,6 +442,19 @@ impl Store {
     /// What `user` may do in `project`. A project they may not read is
     /// reported as missing, so its existence does not leak.
     pub async fn project_access(&self, user: &Authenticated, project: &ProjectName) -> Result<ProjectAccess> {
+        // What it reads changes only with a new audit event: the same answer
+        // holds while the newest event is the same.
+        let seq = self.newest_seq().await?;
+        let key = (project.to_string(), user.user_id, user.reads_everything());
+        if let Some(known) = self.inner.accesses.remembered(&key, seq) {
+            return Ok(known);
+        }
+        let access = ProjectAccess { as_of: seq, ..self.read_project_access(user, project).await? };
+        self.inner.accesses.remember(key, seq, access.clone());
+        Ok(access)
+    }
+
+    async fn read_project_access(&self, user: &Authenticated, project: &ProjectName) -> Result<ProjectAccess> {
         // Its default and protected branches only as custody wrote them.
         self.check_seal(&format!("project:{project}")).await?;
         let sql = self.sql(
@@ -485,6 +501,7 @@ impl Store {
             can_read,
             default_branch: col(&row, "default_branch")?,
             protected,
+            as_of: 0,
         })
     }
 

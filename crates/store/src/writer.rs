@@ -371,6 +371,10 @@ async fn commit_group(
         touched: Default::default(),
     };
     let mut frontier: Option<Frontier> = None;
+    // An operation that failed because the database would not take its
+    // writes (read-only, full, gone): the writer is not well, even when the
+    // group's empty remainder commits.
+    let mut transient: Option<String> = None;
     let mut answers: Vec<(oneshot::Sender<Result<Erased>>, Result<Erased>)> = Vec::with_capacity(group.len());
 
     let outcome: Result<()> = async {
@@ -401,6 +405,9 @@ async fn commit_group(
             match outcome {
                 Ok(value) => answers.push((job.done, Ok(value))),
                 Err(error) => {
+                    if error.is_transient() {
+                        transient = Some(error.to_string());
+                    }
                     tx.touched.clear();
                     tx.conn.execute("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op").await?;
                     open = false;
@@ -429,7 +436,7 @@ async fn commit_group(
             let grew = tree.size() != ledger.size();
             *ledger = tree;
             state.committed(tx.newest.drain());
-            *state.write_failure.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            *state.write_failure.lock().unwrap_or_else(|e| e.into_inner()) = transient;
             if grew {
                 let anchor = Anchor { size: ledger.size(), root: ledger.root(), legacy: state.legacy.max(0) as u64 };
                 if let Err(error) = state.secrets.anchor.save(&anchor) {

@@ -54,7 +54,7 @@ pub enum Backend {
 pub use custody_store::testing::{postgres_admin_url, postgres_skipped};
 
 /// `psql` against the administrative database, stopping at the first error.
-fn psql(sql: &str) -> Run {
+pub fn psql(sql: &str) -> Run {
     let mut command = Command::new("psql");
     command
         .arg(postgres_admin_url())

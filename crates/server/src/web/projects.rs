@@ -143,6 +143,7 @@ pub(crate) async fn show(
     let deployments = state.store().list_deployments(&access, None).await?;
     let environments = environments(&state, &access, &deployments).await?;
     let builds = state.store().list_builds(&access, PageRequest::new(None, Some(10))).await?;
+    let queue = state.store().merge_queue(&access.project).await?;
 
     let mut body = format!("<p class=\"crumbs\"><a href=\"/projects\">Projects</a> /</p><h1>{}</h1>", esc(&project));
     body.push_str("<div class=\"columns\"><section><h2>Open changes</h2>");
@@ -166,6 +167,37 @@ pub(crate) async fn show(
             );
         }
         body.push_str("</tbody></table>");
+    }
+    if !queue.moving.is_empty() || !queue.waiting.is_empty() {
+        body.push_str("<h2>Merge queue</h2><ol id=\"merge-queue\">");
+        for moving in &queue.moving {
+            push(
+                &mut body,
+                format_args!(
+                    "<li><a href=\"/projects/{p}/changes/{n}\">#{n}</a> merged as <code class=\"sha\">{}</code>; \
+                     <code>{}</code> is moving to it</li>",
+                    esc(short(&moving.merge_commit)),
+                    esc(&moving.reference),
+                    n = moving.change,
+                    p = seg(&project),
+                ),
+            );
+        }
+        for waiting in &queue.waiting {
+            push(
+                &mut body,
+                format_args!(
+                    "<li><a href=\"/projects/{p}/changes/{n}\">#{n}</a> {} into <code>{}</code>, \
+                     merged in its turn once its gate is open (asked by {})</li>",
+                    esc(&waiting.title),
+                    esc(&waiting.target),
+                    esc(waiting.asked_by.as_deref().unwrap_or("?")),
+                    n = waiting.change,
+                    p = seg(&project),
+                ),
+            );
+        }
+        body.push_str("</ol>");
     }
     body.push_str("</section><section><h2>Branches</h2><ul class=\"plain\" id=\"branches\">");
     for (branch, id) in &branches {
