@@ -190,10 +190,11 @@ pub async fn run(client: &Client, command: ProjectCommand, out: Output) -> Resul
                 format!(
                     "{}\npushed first by: {} (push {})\nauthor: {}\ncommitter: {}\nco-authors: {}",
                     c["sha"].as_str().unwrap_or(""),
-                    c["pusher"].as_str().map(str::to_owned).unwrap_or_else(|| format!(
-                        "nobody: imported, unreviewed, by grant {}",
-                        c["imported_by_grant"]
-                    )),
+                    match (c["pusher"].as_str(), c["imported_by_grant"].as_i64()) {
+                        (Some(pusher), _) => pusher.to_owned(),
+                        (None, Some(grant)) => format!("nobody: imported, unreviewed, by grant {grant}"),
+                        (None, None) => "nobody: custody made it, merging a reviewed change".to_owned(),
+                    },
                     c["first_push"],
                     identity(&c["author"]),
                     identity(&c["committer"]),

@@ -165,7 +165,11 @@ fn alices_change_merges_after_bob_approves(backend: Backend) {
     assert_eq!(commit.trailer("Change"), [format!("{PROJECT}#1").as_str()]);
     assert_eq!(commit.trailer("Reviewed-head"), [head.as_str()]);
     assert_eq!(commit.trailer("Approved-by"), ["bob"]);
+    assert_eq!(commit.trailer("Merged-by"), ["bob"], "the person who merged, not custody");
     assert_eq!(server_file(&hosted, &merged, "feature.txt").as_deref(), Some("a feature\n"));
+    let shown = hosted.run_as("alice", &["project", "commit", PROJECT, &merged]).expect_code(0).stdout;
+    assert!(shown.contains("custody made it, merging a reviewed change"), "{shown}");
+    assert!(!shown.contains("imported"), "{shown}");
 
     let detail = show(&hosted, number);
     assert_eq!(detail["state"], "merged", "{detail}");

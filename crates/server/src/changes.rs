@@ -301,7 +301,9 @@ pub async fn merge(
                 for approver in &report.approvers {
                     message.push_str(&format!("Approved-by: {approver}\n"));
                 }
-                message.push_str("Merged-by: custody\n");
+                // The person who merged; custody stays the commit's author
+                // and committer.
+                message.push_str(&format!("Merged-by: {merger}\n"));
                 let mut parents: Vec<&str> = facts.target_tip.iter().map(String::as_str).collect();
                 parents.push(&facts.head);
                 let commit = git::commit_tree(&repository, &tree, &parents, &message).map_err(|e| e.to_string())?;

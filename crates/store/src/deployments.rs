@@ -956,6 +956,10 @@ impl Store {
                 }
                 if running {
                     tx.jobs_queued();
+                } else if view.break_glass.is_some() {
+                    // Nothing ran: the break-glass finding has nothing left
+                    // to review.
+                    crate::findings::withdraw(tx, &format!("deployment:{}/{number}", access.project), &reason).await?;
                 }
                 tx.audit(NewEvent {
                     actor: actor.name.to_string(),

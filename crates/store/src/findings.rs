@@ -61,6 +61,28 @@ pub(crate) async fn open(
     Ok(id)
 }
 
+/// Closes the open findings about `subject` in the caller's transaction,
+/// when what they were about never happened (a break-glass deployment
+/// cancelled before it ran), with an event each.
+pub(crate) async fn withdraw(tx: &mut Tx, subject: &str, why: &str) -> Result<()> {
+    let sql = tx.sql("SELECT id, kind FROM findings WHERE subject = $1 AND resolved_at IS NULL");
+    let rows = sqlx::query(&sql).bind(subject).fetch_all(tx.conn()).await?;
+    for row in rows {
+        let (id, kind): (i64, String) = (col(&row, "id")?, col(&row, "kind")?);
+        let resolution = format!("withdrawn: {why}; nothing ran");
+        let sql = tx.sql("UPDATE findings SET resolved_at = $1, resolution = $2 WHERE id = $3 AND resolved_at IS NULL");
+        sqlx::query(&sql).bind(now_ms()).bind(&resolution).bind(id).execute(tx.conn()).await?;
+        tx.audit(NewEvent {
+            actor: custody_domain::audit::SYSTEM_ACTOR.into(),
+            action: "finding.withdraw".into(),
+            subject: format!("finding:{id}"),
+            details: json!({ "kind": kind, "about": subject, "resolution": resolution }),
+        })
+        .await?;
+    }
+    Ok(())
+}
+
 fn finding_view(row: &sqlx::any::AnyRow) -> Result<FindingView> {
     Ok(FindingView {
         id: col(row, "id")?,

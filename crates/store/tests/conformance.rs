@@ -1218,6 +1218,20 @@ async fn break_glass_needs_another_approver_and_stays_a_finding_until_an_uninvol
     );
 }
 
+async fn a_break_glass_request_cancelled_before_it_ran_leaves_no_open_finding(store: Store) {
+    let (_root, [_alice, _bob, _carol, _dave, erin], access, build) = released_build(&store).await;
+    let mut context = production(0, true);
+    context.environment.approvals = 0;
+    let (pending, _) =
+        store.request_deployment(&erin, &access, build, context, Some("payments are down".into())).await.unwrap();
+    assert_eq!(store.list_findings(true).await.unwrap().len(), 1);
+    store.cancel_deployment(&erin, &access, pending.number, "it came back up".into()).await.unwrap();
+    assert!(store.list_findings(true).await.unwrap().is_empty(), "nothing ran, nothing to review");
+    let all = store.list_findings(false).await.unwrap();
+    assert!(all[0].resolution.as_deref().is_some_and(|r| r.contains("withdrawn")), "{all:?}");
+    assert!(all_events(&store).await.iter().any(|e| e.action == "finding.withdraw"));
+}
+
 async fn a_build_that_custody_did_not_merge_is_never_deployed(store: Store) {
     let (_root, [_alice, _bob, _carol, _dave, erin], access, _) = released_build(&store).await;
     let number = store.queue_build(&access.project, &"c".repeat(40), "main").await.unwrap();
@@ -1782,5 +1796,6 @@ on_both_backends! {
     a_rejected_deployment_never_runs_and_a_pending_one_can_be_cancelled,
     a_running_deployment_keeps_its_lease_by_heartbeat_and_stops_when_cancelled,
     break_glass_needs_another_approver_and_stays_a_finding_until_an_uninvolved_admin_reviews_it,
+    a_break_glass_request_cancelled_before_it_ran_leaves_no_open_finding,
     a_build_that_custody_did_not_merge_is_never_deployed,
 }
