@@ -366,6 +366,29 @@ fn a_branch_nested_under_main_cannot_squat_it_before_its_first_merge() {
 }
 
 #[test]
+fn a_tag_or_branch_that_would_be_taken_for_main_is_refused() {
+    let hosted = Hosted::new();
+    let work = hosted.workspace("alice", "alice", &hosted.alice);
+    let base = hosted.seed_main(&work);
+    let mine = work.commit("mine.txt", "alice's\n", "Alice's own main");
+    for destination in [
+        "refs/tags/main",
+        "refs/heads/refs/heads/main",
+        "refs/heads/heads/main",
+        "refs/heads/m\u{0430}in",
+        "refs/heads/main\u{200b}",
+    ] {
+        let refused = work.refused(&["origin", &format!("{mine}:{destination}")]);
+        assert!(
+            refused.stderr.contains("push.ref_shadows_protected") || refused.stderr.contains("push.ref_name"),
+            "{destination:?}: {refused:?}"
+        );
+    }
+    assert_eq!(hosted.server_ref("refs/heads/main").as_deref(), Some(base.as_str()));
+    assert!(!hosted.server_refs().iter().any(|r| r.contains("tags/main") || r.contains("heads/heads")));
+}
+
+#[test]
 fn the_name_in_the_url_is_not_the_pusher() {
     let hosted = Hosted::new();
     hosted.add_user("bob", "write");

@@ -144,6 +144,35 @@ pub struct PushedCommit {
     pub co_authors: Vec<Identity>,
 }
 
+/// A new branch or tag would be taken for a protected branch.
+pub const REF_SHADOWS_PROTECTED: Rule = Rule("push.ref_shadows_protected");
+/// A new branch or tag is named outside the safe alphabet.
+pub const REF_NAME_UNSAFE: Rule = Rule("push.ref_name");
+
+/// The characters a new branch or tag may use: ASCII letters and digits and
+/// `. _ - / + @`. Anything else (a Cyrillic `а`, a zero-width space, a
+/// control character) could make a name look like another one.
+pub fn safe_ref_character(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | '+' | '@')
+}
+
+/// The protected branch a new ref `name` could be taken for, if any: its
+/// short name with every leading `refs/`, `heads/`, `tags/` and `remotes/`
+/// taken off is a protected branch's name, in any case (a tag `main`, a
+/// branch `refs/heads/main` or `heads/main`), so that `git rev-parse`, a
+/// checkout or a person could read it as the branch.
+pub fn shadowed_branch<'p>(name: &str, default_branch: &'p str, protected: &'p [String]) -> Option<&'p str> {
+    let mut short = name.strip_prefix("refs/heads/").or_else(|| name.strip_prefix("refs/tags/"))?;
+    let prefixes = ["refs/", "heads/", "tags/", "remotes/"];
+    while let Some(rest) = prefixes
+        .iter()
+        .find_map(|p| short.get(..p.len()).filter(|head| head.eq_ignore_ascii_case(p)).map(|_| &short[p.len()..]))
+    {
+        short = rest;
+    }
+    std::iter::once(default_branch).chain(protected.iter().map(String::as_str)).find(|p| p.eq_ignore_ascii_case(short))
+}
+
 /// Decides one ref update. `protected` holds branch names (`main`), which
 /// are matched without regard to case so that no spelling of a protected
 /// branch gets through on any file system.
@@ -154,6 +183,26 @@ pub fn decide_ref_update(update: &RefUpdate, project: &str, protected: &[String]
             Reason::new(INTERNAL_REF, format!("{name} is in custody's own namespace ({INTERNAL_NAMESPACE})"))
                 .satisfy("push to a branch under refs/heads/ instead"),
         );
+    }
+    if update.creates() && (name.starts_with("refs/heads/") || name.starts_with("refs/tags/")) {
+        if let Some(bad) = name.chars().find(|c| !safe_ref_character(*c)) {
+            return Decision::deny(
+                Reason::new(REF_NAME_UNSAFE, format!("{name:?} holds {bad:?}, which a name could be mistaken by"))
+                    .satisfy("name branches and tags with ASCII letters, digits and . _ - / + @"),
+            );
+        }
+        let short = name.strip_prefix("refs/heads/").unwrap_or(name);
+        if let Some(branch) =
+            shadowed_branch(name, default_branch, protected).filter(|b| !b.eq_ignore_ascii_case(short))
+        {
+            return Decision::deny(
+                Reason::new(
+                    REF_SHADOWS_PROTECTED,
+                    format!("{name} would be taken for the protected branch {branch} (by git rev-parse, a checkout or a person)"),
+                )
+                .satisfy(format!("choose a name that does not end up as {branch}")),
+            );
+        }
     }
     if let Some(branch) = name.strip_prefix("refs/heads/") {
         let is_protected = branch == "HEAD"
@@ -262,6 +311,33 @@ mod tests {
             let decision = decide_ref_update(&u, "payments", &[], "main");
             assert_eq!(decision.reasons[0].rule, PROTECTED_BRANCH.0);
             assert!(decision.reasons[0].satisfy.as_deref().unwrap().contains("open a change"));
+        }
+    }
+
+    #[test]
+    fn refs_that_shadow_a_protected_branch_or_look_like_one_are_refused() {
+        let protected = vec!["release".to_owned()];
+        for name in [
+            "refs/tags/main",
+            "refs/tags/Main",
+            "refs/heads/refs/heads/main",
+            "refs/heads/heads/main",
+            "refs/heads/refs/tags/release",
+            "refs/tags/heads/main",
+            "refs/heads/remotes/main",
+        ] {
+            let decision = decide_ref_update(&update(name, ZERO_ID, A), "payments", &protected, "main");
+            assert!(!decision.allowed, "{name}");
+            assert!(decision.reasons.iter().any(|r| r.rule == REF_SHADOWS_PROTECTED.0), "{name}: {decision:?}");
+        }
+        for name in ["refs/heads/m\u{0430}in", "refs/heads/main\u{200b}", "refs/tags/v1\u{0007}"] {
+            let decision = decide_ref_update(&update(name, ZERO_ID, A), "payments", &protected, "main");
+            assert!(!decision.allowed, "{name:?}");
+            assert_eq!(decision.reasons[0].rule, REF_NAME_UNSAFE.0, "{name:?}");
+        }
+        for name in ["refs/heads/feature/JIRA-12_fix", "refs/tags/v1.2.3", "refs/heads/maintenance", "refs/tags/main-1"]
+        {
+            assert!(decide_ref_update(&update(name, ZERO_ID, A), "payments", &protected, "main").allowed, "{name}");
         }
     }
 
