@@ -72,6 +72,9 @@ pub struct ServeArgs {
     /// How many builds run at once inside this process; 0 leaves them to `custody worker` [default: 1].
     #[arg(long, env = "CUSTODY_BUILDERS", value_name = "N")]
     builders: Option<usize>,
+    /// The largest pack one push may send, in bytes (1 GiB unless set).
+    #[arg(long, env = "CUSTODY_MAX_PUSH_BYTES", value_name = "BYTES")]
+    max_push_bytes: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -188,8 +191,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let deployer = deployer(&builder, &instance, sealing.clone())?;
     let _boot = start_boot(&data_dir, &store, boot_id, vec![builder.worker.clone(), deployer.worker.clone()]).await?;
     let deployers = builders > 0;
-    let state =
-        AppState::new(instance.store, instance.name, Limits::default(), repositories, blobs, instance.keys, sealing);
+    let limits = Limits { max_push_bytes: args.max_push_bytes.unwrap_or(Limits::MAX_PUSH_BYTES), ..Limits::default() };
+    let state = AppState::new(instance.store, instance.name, limits, repositories, blobs, instance.keys, sealing);
     if let Some(public) = &public_url {
         state.hosting().set_public_url(public);
     }

@@ -389,6 +389,33 @@ fn a_tag_or_branch_that_would_be_taken_for_main_is_refused() {
 }
 
 #[test]
+fn a_push_larger_than_the_instance_allows_is_refused_and_lands_nothing() {
+    let hosted = Hosted::with_args(&["--max-push-bytes", "1000000"]);
+    let work = hosted.workspace("alice", "alice", &hosted.alice);
+    // Three megabytes git cannot compress.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..3_000_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    std::fs::write(work.dir.join("noise.bin"), noise).unwrap();
+    work.ok(&["add", "noise.bin"]);
+    work.ok(&["commit", "-q", "-m", "Noise"]);
+    let refused = work.refused(&["origin", "HEAD:refs/heads/big"]);
+    assert!(refused.stderr.contains("maximum allowed size"), "{refused:?}");
+    assert!(hosted.server_ref("refs/heads/big").is_none());
+    // A push within the limit goes through.
+    work.ok(&["checkout", "-q", "--orphan", "small"]);
+    work.ok(&["rm", "-q", "-f", "noise.bin"]);
+    work.commit("small.txt", "small\n", "Small");
+    work.ok(&["push", "-q", "origin", "HEAD:refs/heads/small"]);
+}
+
+#[test]
 fn the_name_in_the_url_is_not_the_pusher() {
     let hosted = Hosted::new();
     hosted.add_user("bob", "write");

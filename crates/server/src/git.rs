@@ -279,6 +279,15 @@ async fn rpc(state: AppState, repo: String, service: Service, request: axum::ext
         let token = hosting.open_session(access.clone(), user.clone());
         extra.push((custody_git::hook::URL_VAR.to_owned(), url.clone()));
         extra.push((custody_git::hook::CAPABILITY_VAR.to_owned(), token.clone()));
+        // No push sends more than the instance allows: git refuses the pack
+        // and says so to the client.
+        for (key, value) in [
+            ("GIT_CONFIG_COUNT", "1".to_owned()),
+            ("GIT_CONFIG_KEY_0", "receive.maxInputSize".to_owned()),
+            ("GIT_CONFIG_VALUE_0", state.max_push_bytes().to_string()),
+        ] {
+            extra.push((key.to_owned(), value));
+        }
         capability = Some(token);
     }
     let protocol = git_protocol(&parts.headers);

@@ -45,11 +45,23 @@ pub struct Limits {
     pub redemptions: u32,
     /// The window.
     pub window: Duration,
+    /// The largest pack one push may send (git's `receive.maxInputSize`).
+    pub max_push_bytes: u64,
+}
+
+impl Limits {
+    /// The largest push unless told otherwise: 1 GiB.
+    pub const MAX_PUSH_BYTES: u64 = 1 << 30;
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { failed_logins: 10, redemptions: 10, window: Duration::from_secs(15 * 60) }
+        Limits {
+            failed_logins: 10,
+            redemptions: 10,
+            window: Duration::from_secs(15 * 60),
+            max_push_bytes: Self::MAX_PUSH_BYTES,
+        }
     }
 }
 
@@ -70,6 +82,7 @@ struct Shared {
     metrics: Metrics,
     logins: RateLimiter,
     redemptions: RateLimiter,
+    max_push_bytes: u64,
     /// One turn at a time per merge target, in this process.
     merge_turns: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Gates evaluated, by project and change, with the audit log's newest
@@ -99,6 +112,7 @@ impl AppState {
             metrics: Metrics::default(),
             logins: RateLimiter::new(limits.failed_logins, limits.window),
             redemptions: RateLimiter::new(limits.redemptions, limits.window),
+            max_push_bytes: limits.max_push_bytes,
             merge_turns: Default::default(),
             gates: Default::default(),
         }))
@@ -144,6 +158,10 @@ impl AppState {
 
     pub(crate) fn redemptions(&self) -> &RateLimiter {
         &self.0.redemptions
+    }
+
+    pub(crate) fn max_push_bytes(&self) -> u64 {
+        self.0.max_push_bytes
     }
 
     pub(crate) fn remembered_gate(&self, project: &str, number: i64) -> Option<Arc<changes::RememberedGate>> {

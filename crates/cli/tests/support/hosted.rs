@@ -138,6 +138,11 @@ impl Hosted {
         Hosted::serving(backend, &[], &["--builders", "0"])
     }
 
+    /// On SQLite, `custody serve` started with `extra` arguments.
+    pub fn with_args(extra: &[&str]) -> Hosted {
+        Hosted::serving(Backend::Sqlite, &[], extra).expect("SQLite is never skipped")
+    }
+
     /// On `backend`, `custody serve` started with `env` and `extra` arguments.
     fn serving(backend: Backend, env: &[(&str, &str)], extra: &[&str]) -> Option<Hosted> {
         let database = match backend {
