@@ -548,13 +548,51 @@ pub fn check_provenance(
 
 /// The log with every secret value replaced by its name.
 pub fn redact(mut log: String, secrets: &[(String, String)]) -> String {
-    let mut ordered: Vec<&(String, String)> = secrets.iter().filter(|(_, v)| !v.is_empty()).collect();
-    // Longer values first, so a value containing another is hidden whole.
-    ordered.sort_by_key(|(_, v)| std::cmp::Reverse(v.len()));
-    for (name, value) in ordered {
-        log = log.replace(value.as_str(), &format!("[secret {name}]"));
+    // Each value as written, and as a script would most often re-encode it:
+    // base64 (padded or not), base64url, hex in either case, and
+    // URL-encoding.
+    let mut forms: Vec<(String, &str)> = Vec::new();
+    for (name, value) in secrets.iter().filter(|(_, v)| !v.is_empty()) {
+        for form in encodings(value) {
+            if form.len() >= 4 {
+                forms.push((form, name.as_str()));
+            }
+        }
+    }
+    // Longer forms first, so a value containing another is hidden whole.
+    forms.sort_by_key(|(form, _)| std::cmp::Reverse(form.len()));
+    for (form, name) in forms {
+        log = log.replace(form.as_str(), &format!("[secret {name}]"));
     }
     log
+}
+
+/// A secret value and its common encodings.
+fn encodings(value: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let bytes = value.as_bytes();
+    let standard = base64::engine::general_purpose::STANDARD.encode(bytes);
+    let url_safe = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let url_encoded: String = bytes
+        .iter()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (*b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect();
+    let mut forms = vec![
+        value.to_owned(),
+        standard.trim_end_matches('=').to_owned(),
+        standard,
+        url_safe,
+        hex::encode(bytes),
+        hex::encode_upper(bytes),
+        url_encoded.clone(),
+        url_encoded.to_ascii_lowercase(),
+    ];
+    forms.sort();
+    forms.dedup();
+    forms
 }
 
 /// Checks the build's commit out and finds the environment's deploy script
@@ -628,5 +666,24 @@ mod tests {
         let secrets = vec![("DB".to_owned(), "hunter2".to_owned()), ("TOKEN".to_owned(), "hunter2-long".to_owned())];
         let log = redact("connecting with hunter2\ntoken hunter2-long\n".into(), &secrets);
         assert_eq!(log, "connecting with [secret DB]\ntoken [secret TOKEN]\n");
+    }
+
+    #[test]
+    fn a_secret_re_encoded_by_the_script_is_hidden_too() {
+        let value = "p@ss/w0rd+=?";
+        let secrets = vec![("DB_PASSWORD".to_owned(), value.to_owned())];
+        use base64::Engine as _;
+        let printed = [
+            base64::engine::general_purpose::STANDARD.encode(value),
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(value),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value),
+            hex::encode(value),
+            hex::encode_upper(value),
+            "p%40ss%2Fw0rd%2B%3D%3F".to_owned(),
+        ];
+        for shown in printed {
+            let log = redact(format!("token: {shown}\n"), &secrets);
+            assert_eq!(log, "token: [secret DB_PASSWORD]\n", "{shown}");
+        }
     }
 }
