@@ -52,7 +52,7 @@ impl Output {
 pub fn say(line: &str) {
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
-    if let Err(error) = writeln!(stdout, "{line}") {
+    if let Err(error) = writeln!(stdout, "{}", for_terminal(line)) {
         if error.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
         }
@@ -616,4 +616,41 @@ fn encode(value: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// `text` with every control character but newline and tab written out as
+/// `\uXXXX`, so that nothing a user wrote into a name, title or message
+/// (an escape sequence that recolours, moves the cursor or retitles the
+/// window) acts on the terminal of whoever reads it. JSON stays valid: the
+/// escape is JSON's own.
+pub fn for_terminal(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    text.chars()
+        .map(|c| match c {
+            '\n' | '\t' => c.to_string(),
+            c if c.is_control() => format!("\\u{:04x}", c as u32),
+            c => c.to_string(),
+        })
+        .collect::<String>()
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::for_terminal;
+
+    #[test]
+    fn escape_sequences_do_not_reach_the_terminal() {
+        let hostile = "Refunds\u{1b}]0;pwned\u{7}\u{1b}[2J\u{9b}31m\tdone\nnext";
+        let shown = for_terminal(hostile);
+        assert!(!shown.chars().any(|c| c.is_control() && c != '\n' && c != '\t'), "{shown:?}");
+        assert_eq!(shown, "Refunds\\u001b]0;pwned\\u0007\\u001b[2J\\u009b31m\tdone\nnext");
+        // JSON stays JSON.
+        let json = serde_json::to_string(&serde_json::json!({ "title": "a\u{9b}b" })).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&for_terminal(&json)).unwrap();
+        assert_eq!(value["title"], "a\u{9b}b");
+        assert_eq!(for_terminal("plain"), "plain");
+    }
 }

@@ -171,12 +171,12 @@ fn main() -> ExitCode {
                 let body = failure.body.unwrap_or_else(
                     || serde_json::json!({ "error": { "code": "failed", "message": failure.message } }),
                 );
-                eprintln!("{body}");
+                eprintln!("{}", commands::for_terminal(&body.to_string()));
             } else if hook_output {
                 // git shows these lines to the pusher as `remote: …`.
-                eprintln!("{}", failure.message);
+                eprintln!("{}", commands::for_terminal(&failure.message));
             } else {
-                eprintln!("custody: {}", failure.message);
+                eprintln!("custody: {}", commands::for_terminal(&failure.message));
             }
             ExitCode::from(failure.code)
         }

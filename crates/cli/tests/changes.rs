@@ -875,6 +875,24 @@ fn a_merge_asked_without_waiting_is_queued_and_merged_in_its_turn(backend: Backe
     assert_eq!(queue, serde_json::json!({ "moving": [], "waiting": [] }));
 }
 
+/// A title carrying terminal escape sequences is shown with them written
+/// out, so that reading a list cannot recolour, clear or retitle anyone's
+/// terminal.
+fn a_title_with_escape_sequences_does_not_reach_the_terminal_raw(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let (work, _) = alice_on_branch(&hosted, "feature");
+    work.commit("feature.txt", "a feature\n", "Add a feature");
+    work.ok(&["push", "-q", "origin", "feature"]);
+    let hostile = "Refunds\u{1b}]0;owned\u{7}\u{1b}[2J";
+    let made = change(&hosted, "alice", &["open", PROJECT, "--source", "feature", "--title", hostile, "--json"]);
+    let number = made.json()["number"].as_i64().expect("a change");
+    for args in [vec!["list", PROJECT], vec!["show", PROJECT, &number.to_string()]] {
+        let shown = change(&hosted, "bob", &args).expect_code(0).stdout;
+        assert!(!shown.contains('\u{1b}') && !shown.contains('\u{7}'), "{args:?}: {shown:?}");
+        assert!(shown.contains("Refunds\\u001b]0;owned"), "{args:?}: {shown:?}");
+    }
+}
+
 fn a_commit_nobody_is_recorded_as_pushing_closes_the_gate(backend: Backend) {
     let Some(hosted) = team(backend) else { return };
     let (work, _) = alice_on_branch(&hosted, "feature");
@@ -955,6 +973,7 @@ on_both_backends!(
     a_change_cannot_turn_its_own_check_green,
     auto_merge_waits_for_the_gate_and_merges_as_it_opens,
     a_merge_asked_without_waiting_is_queued_and_merged_in_its_turn,
+    a_title_with_escape_sequences_does_not_reach_the_terminal_raw,
     a_commit_nobody_is_recorded_as_pushing_closes_the_gate,
     a_check_script_path_through_a_symlink_is_refused,
     auto_merge_lapses_when_the_asking_token_is_revoked,
