@@ -44,6 +44,9 @@ pub struct Authenticated {
     pub is_auditor: bool,
     /// When the token used stops working, if ever.
     pub expires_at: Option<i64>,
+    /// The audit log's newest sequence number, read with the token (0 when
+    /// not read): what a request can rely on as current.
+    pub as_of: i64,
 }
 
 impl Authenticated {
@@ -382,7 +385,8 @@ impl Store {
         // One query: the token, its owner's sealed rows (whose groups make
         // them admin or auditor) and the owner's seal.
         let sql = self.sql(concat!(
-            "SELECT t.secret_hash, t.scopes, t.expires_at, t.revoked_at, t.last_used_at, u.name, ",
+            "SELECT t.secret_hash, t.scopes, t.expires_at, t.revoked_at, t.last_used_at, u.name, \
+             (SELECT MAX(seq) FROM audit_events) AS newest_seq, ",
             crate::seals::user_sealed_columns!(),
             ", ",
             crate::seals::seal_columns!(),
@@ -420,6 +424,7 @@ impl Store {
             is_admin: groups.iter().any(|g| g == "admins"),
             is_auditor: groups.iter().any(|g| g == "auditors"),
             expires_at,
+            as_of: col::<Option<i64>>(&row, "newest_seq")?.unwrap_or(0),
         };
         let last_used: Option<i64> = col(&row, "last_used_at")?;
         if last_used.is_none_or(|t| now - t >= LAST_USE_RESOLUTION_MS) {
@@ -443,6 +448,7 @@ impl Store {
             is_admin: false,
             is_auditor: false,
             expires_at: None,
+            as_of: 0,
         }))
     }
 

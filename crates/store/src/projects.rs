@@ -444,7 +444,12 @@ impl Store {
     pub async fn project_access(&self, user: &Authenticated, project: &ProjectName) -> Result<ProjectAccess> {
         // What it reads changes only with a new audit event: the same answer
         // holds while the newest event is the same.
-        let seq = self.newest_seq().await?;
+        // The newest event read with the token, when nothing this process
+        // committed since is newer; else read now.
+        let seq = match user.as_of {
+            seen if seen > 0 && seen >= self.ledger().through() => seen,
+            _ => self.newest_seq().await?,
+        };
         let key = (project.to_string(), user.user_id, user.reads_everything());
         if let Some(known) = self.inner.accesses.remembered(&key, seq) {
             return Ok(known);
