@@ -94,16 +94,6 @@ fn a_crash_after_the_ref_moved_is_settled_at_the_next_start(backend: Backend) {
     assert_merged_once_and_main_moves_on(&hosted, &base, number);
 }
 
-/// SQL run on the instance's database directly, as its administrator could.
-fn tamper(hosted: &Hosted, sql: &str) {
-    let url = match &hosted.database {
-        Some(db) => db.url.clone(),
-        None => format!("sqlite://{}", hosted.sandbox.path("data").join("custody.db").display()),
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-    runtime.block_on(custody_store::testing::execute_raw(&url, sql));
-}
-
 fn a_merge_intent_written_into_the_database_moves_nothing(backend: Backend) {
     let Some(mut hosted) = Hosted::on(backend) else { return };
     hosted.add_user("bob", "write");
@@ -113,13 +103,10 @@ fn a_merge_intent_written_into_the_database_moves_nothing(backend: Backend) {
     let number = open(&hosted, "alice", "feature", "Unreviewed");
     // An intent to move main onto alice's unreviewed commit, as if custody
     // had recorded its merge; then a restart, which settles intents.
-    tamper(
-        &hosted,
-        &format!(
-            "INSERT INTO merge_intents (project_id, change_number, ref_name, old_tip, new_tip, created_at) \
+    hosted.tamper(&format!(
+        "INSERT INTO merge_intents (project_id, change_number, ref_name, old_tip, new_tip, created_at) \
              SELECT id, {number}, 'refs/heads/main', '{base}', '{head}', 1 FROM projects"
-        ),
-    );
+    ));
     hosted.restart_with(&[]);
     std::thread::sleep(std::time::Duration::from_secs(1));
     assert_eq!(hosted.server_ref("refs/heads/main").as_deref(), Some(base.as_str()), "main did not move");

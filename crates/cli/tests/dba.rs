@@ -13,18 +13,8 @@ use support::deploys::{
     deployment_reaching, group, pipeline_with_environments, release_managers, seed_deploying, DEPLOY_SCRIPT,
 };
 use support::flow::{alice_on_branch, open, review, team, try_merge};
-use support::hosted::{Backend, Hosted, PROJECT};
+use support::hosted::{Backend, PROJECT};
 use support::Run;
-
-/// SQL run on the instance's database directly, as its administrator could.
-fn tamper(hosted: &Hosted, sql: &str) {
-    let url = match &hosted.database {
-        Some(db) => db.url.clone(),
-        None => format!("sqlite://{}", hosted.sandbox.path("data").join("custody.db").display()),
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
-    runtime.block_on(custody_store::testing::execute_raw(&url, sql));
-}
 
 /// The one reason of a refusal for an unproven fact: its message.
 #[track_caller]
@@ -43,13 +33,10 @@ fn a_review_written_into_the_database_does_not_let_alice_merge(backend: Backend)
     let head = work.commit("feature.txt", "unreviewed\n", "Ship it unreviewed");
     work.ok(&["push", "-q", "origin", "feature"]);
     let number = open(&hosted, "alice", "feature", "Unreviewed");
-    tamper(
-        &hosted,
-        &format!(
-            "INSERT INTO reviews (change_id, reviewer_id, verdict, head, message, at) \
+    hosted.tamper(&format!(
+        "INSERT INTO reviews (change_id, reviewer_id, verdict, head, message, at) \
              SELECT c.id, u.id, 'approve', '{head}', '', 1 FROM changes c, users u WHERE u.name = 'bob'"
-        ),
-    );
+    ));
     let why = unproven(&try_merge(&hosted, "alice", number));
     assert!(why.contains("reviews row") && why.contains("bob approve"), "{why}");
     assert_eq!(hosted.server_ref("refs/heads/main").as_deref(), Some(base.as_str()), "main did not move");
@@ -64,7 +51,7 @@ fn a_request_for_changes_deleted_from_the_database_does_not_open_the_gate(backen
     let number = open(&hosted, "alice", "feature", "A feature");
     review(&hosted, "bob", number, "--request-changes");
     review(&hosted, "carol", number, "--approve");
-    tamper(&hosted, "DELETE FROM reviews WHERE reviewer_id = (SELECT id FROM users WHERE name = 'bob')");
+    hosted.tamper("DELETE FROM reviews WHERE reviewer_id = (SELECT id FROM users WHERE name = 'bob')");
     let why = unproven(&try_merge(&hosted, "alice", number));
     assert!(why.contains("bob request_changes") && why.contains("deleted around custody"), "{why}");
     assert_eq!(hosted.server_ref("refs/heads/main").as_deref(), Some(base.as_str()), "main did not move");
@@ -77,13 +64,10 @@ fn a_token_written_into_the_database_acts_as_nobody(backend: Backend) {
         use sha2::Digest as _;
         sha2::Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
     };
-    tamper(
-        &hosted,
-        &format!(
-            "INSERT INTO tokens (id, user_id, name, secret_hash, scopes, created_at) \
+    hosted.tamper(&format!(
+        "INSERT INTO tokens (id, user_id, name, secret_hash, scopes, created_at) \
              SELECT 'forgedtoken1', id, 'forged', '{digest}', 'read,write', 1 FROM users WHERE name = 'bob'"
-        ),
-    );
+    ));
     let forged = format_secret(SecretKind::Token, "forgedtoken1", &secret);
     let refused = hosted.as_user("bob", &forged, &["change", "list", PROJECT, "--json"]);
     assert_ne!(refused.code(), Some(0), "a token custody did not make acts as nobody: {refused:#?}");
@@ -107,21 +91,19 @@ fn forged_production_approvals_run_nothing(backend: Backend) {
     deployment_reaching(&hosted, 2, &["pending"]);
     // dave, a tester, put among the release managers around custody, cannot
     // approve production.
-    tamper(
-        &hosted,
+    hosted.tamper(
         "INSERT INTO group_members (group_id, user_id, grant_id, added_at) \
          SELECT g.id, u.id, 1, 1 FROM groups g, users u WHERE g.name = 'release-managers' AND u.name = 'dave'",
     );
     let approved = hosted.run_as("dave", &["deploy", "approve", PROJECT, "2", "-m", "ship it", "--json"]);
     assert_ne!(approved.code(), Some(0), "{approved:#?}");
     assert!(approved.stderr.contains("group_members") || approved.stdout.contains("group_members"), "{approved:#?}");
-    tamper(
-        &hosted,
+    hosted.tamper(
         "INSERT INTO deployment_decisions (deployment_id, user_id, kind, message, at) \
          SELECT d.id, u.id, CASE u.name WHEN 'carol' THEN 'approve' ELSE 'test_passed' END, '', 1 \
          FROM deployments d, users u WHERE d.number = 2 AND u.name IN ('carol', 'dave')",
     );
-    tamper(&hosted, "UPDATE deployments SET status = 'queued' WHERE number = 2");
+    hosted.tamper("UPDATE deployments SET status = 'queued' WHERE number = 2");
     let refused = deployment_reaching(&hosted, 2, &["failed", "succeeded"]);
     assert_eq!(refused["status"], "failed", "{refused}");
     assert!(refused["reason"].as_str().is_some_and(|r| r.contains("deployment_decisions")), "{refused}");
@@ -142,13 +124,10 @@ fn a_build_written_into_the_database_is_never_built(backend: Backend) {
     assert_eq!(finished_build(&hosted, 1)["status"], "succeeded");
     let unmerged = work.commit("src/app.txt", "never reviewed\n", "Unreviewed");
     work.ok(&["push", "-q", "origin", "feature"]);
-    tamper(
-        &hosted,
-        &format!(
-            "INSERT INTO builds (project_id, number, commit_sha, branch, status, queued_at) \
+    hosted.tamper(&format!(
+        "INSERT INTO builds (project_id, number, commit_sha, branch, status, queued_at) \
              SELECT id, 2, '{unmerged}', 'main', 'queued', 1 FROM projects"
-        ),
-    );
+    ));
     // The builder finds it on its next look for work, and refuses it.
     let refused = finished_build(&hosted, 2);
     assert_eq!(refused["status"], "error", "{refused}");
@@ -164,13 +143,13 @@ fn an_edited_verdict_or_a_reassigned_push_does_not_let_alice_merge(backend: Back
     let number = open(&hosted, "alice", "feature", "A feature");
     review(&hosted, "bob", number, "--request-changes");
     // bob's request for changes turned into an approval.
-    tamper(&hosted, "UPDATE reviews SET verdict = 'approve'");
+    hosted.tamper("UPDATE reviews SET verdict = 'approve'");
     let why = unproven(&try_merge(&hosted, "alice", number));
     assert!(why.contains("bob approve") && why.contains("edited around custody"), "{why}");
-    tamper(&hosted, "UPDATE reviews SET verdict = 'request_changes'");
+    hosted.tamper("UPDATE reviews SET verdict = 'request_changes'");
     // alice's push given to carol, so that alice could approve her own work.
     review(&hosted, "bob", number, "--approve");
-    tamper(&hosted, "UPDATE pushes SET pusher_id = (SELECT id FROM users WHERE name = 'carol')");
+    hosted.tamper("UPDATE pushes SET pusher_id = (SELECT id FROM users WHERE name = 'carol')");
     let why = unproven(&try_merge(&hosted, "alice", number));
     assert!(why.contains(&format!("commits row {head}")), "{why}");
     assert_eq!(hosted.server_ref("refs/heads/main").as_deref(), Some(base.as_str()), "main did not move");

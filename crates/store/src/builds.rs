@@ -371,8 +371,19 @@ impl Store {
                     // queue (nor before its merge reached the branch).
                     let (project, number): (String, i64) = (col(&row, "project")?, col(&row, "number")?);
                     let (commit, status): (String, String) = (col(&row, "commit_sha")?, col(&row, "status")?);
-                    let why = match prove_build(tx, &project, number, &commit, &status).await {
-                        Ok(_) => break row,
+                    let proven = match prove_build(tx, &project, number, &commit, &status).await {
+                        Ok(events) => {
+                            // A merge's build, only once the merge is proven on its branch.
+                            let change = events.first().and_then(|e| e.details.get("change")).and_then(|c| c.as_i64());
+                            match change {
+                                Some(change) => crate::intents::prove_landed(tx, &project, change, &commit).await,
+                                None => Ok(()),
+                            }
+                        }
+                        Err(error) => Err(error),
+                    };
+                    let why = match proven {
+                        Ok(()) => break row,
                         Err(StoreError::Refused(decision)) => decision.to_string(),
                         Err(other) => return Err(other),
                     };

@@ -238,10 +238,20 @@ impl Store {
                 };
                 let sql = tx.sql("UPDATE merge_intents SET state = $1, settled_at = $2 WHERE id = $3 AND state = 'pending'");
                 let done = sqlx::query(&sql).bind(state).bind(now_ms()).bind(intent.id).execute(tx.conn()).await?;
-                let Settled::Dropped { tip } = settled else { return Ok(()) };
                 if done.rows_affected() != 1 {
                     return Ok(());
                 }
+                let Settled::Dropped { tip } = settled else {
+                    // The builder builds the merge only once this is logged.
+                    tx.audit(NewEvent {
+                        actor: custody_domain::audit::SYSTEM_ACTOR.into(),
+                        action: "change.merge_landed".into(),
+                        subject: format!("change:{}/{}", intent.project, intent.change),
+                        details: json!({ "merge_commit": intent.new, "target": intent.reference }),
+                    })
+                    .await?;
+                    return Ok(());
+                };
                 let sql = tx.sql("SELECT id FROM projects WHERE name = $1");
                 let project_id: i64 = sqlx::query_scalar(&sql).bind(intent.project.as_str()).fetch_one(tx.conn()).await?;
                 let sql = tx.sql(
@@ -326,4 +336,40 @@ pub async fn recorded_mainlines(url: &str) -> Result<Vec<Mainline>> {
     }
     let _ = conn.close().await;
     Ok(mainlines)
+}
+
+/// Whether the merge of `change` as `commit` is proven to have reached its
+/// branch: a merge recorded with its intent (its event names a base) needs
+/// the `change.merge_landed` event its settling wrote; merges recorded
+/// before intents existed moved their branch in their own transaction.
+pub(crate) async fn prove_landed(
+    tx: &mut impl crate::writer::Reads,
+    project: &str,
+    change: i64,
+    commit: &str,
+) -> Result<()> {
+    let events = crate::proof::proven_events(tx, &format!("change:{project}/{change}")).await?;
+    let merged = events
+        .iter()
+        .rposition(|e| e.action == "change.merge" && crate::proof::detail(e, "merge_commit") == Some(commit));
+    let Some(merged) = merged else {
+        return Err(crate::proof::unproven(format!(
+            "change {change} of {project}: custody recorded no merge of it as {}",
+            short(commit)
+        )));
+    };
+    if events[merged].details.get("base").is_none() {
+        return Ok(());
+    }
+    let landed = events[merged..]
+        .iter()
+        .any(|e| e.action == "change.merge_landed" && crate::proof::detail(e, "merge_commit") == Some(commit));
+    if landed {
+        return Ok(());
+    }
+    Err(crate::proof::unproven(format!(
+        "merge_intents of change {change} of {project}: custody never recorded its merge {} reaching the branch, and \
+         no intent is pending (deleted or settled around custody)",
+        short(commit)
+    )))
 }

@@ -1716,6 +1716,23 @@ async fn a_merge_is_recorded_with_its_intent_and_one_per_starting_tip(store: Sto
     assert!(why.contains("merge_intents row") && why.contains("change 2"), "{why}");
 }
 
+async fn a_merge_intent_deleted_or_settled_in_the_database_gets_its_merge_no_build(store: Store, url: String) {
+    let (_root, people, access, head) = opened_change(&store).await;
+    let bob = store.project_access(&people[1], &access.project).await.unwrap();
+    store.review(&people[1], &bob, 1, custody_domain::gate::Verdict::Approve, String::new(), None).await.unwrap();
+    store.merge_change(&people[0], &access, 1, vec![head.clone()], vec![], open_plan(&head)).await.unwrap();
+    // The intent marked applied (or deleted) around custody, main never moved.
+    for sql in ["UPDATE merge_intents SET state = 'applied'", "DELETE FROM merge_intents"] {
+        execute_raw(&url, sql).await;
+        assert!(store.pending_merges().await.unwrap().is_empty());
+    }
+    assert!(store.lease_build("worker", 60_000).await.unwrap().is_none(), "nothing is built");
+    let events = all_events(&store).await;
+    let refused = events.iter().find(|e| e.action == "build.finish").expect("the build fails, saying why");
+    let reason = refused.details["reason"].as_str().unwrap();
+    assert!(reason.contains("merge_intents of change 1"), "{reason}");
+}
+
 async fn a_merge_that_never_reached_its_branch_reopens_the_change(store: Store) {
     let (_root, people, access, head) = opened_change(&store).await;
     let bob = store.project_access(&people[1], &access.project).await.unwrap();
@@ -1739,6 +1756,7 @@ on_both_backends! {
     a_forged_membership_is_not_sealed_in_by_a_later_grant,
     a_merge_is_recorded_with_its_intent_and_one_per_starting_tip,
     a_merge_that_never_reached_its_branch_reopens_the_change,
+    a_merge_intent_deleted_or_settled_in_the_database_gets_its_merge_no_build,
     an_admin_erased_from_a_break_glass_finding_still_cannot_review_it,
     someone_whose_push_of_the_source_branch_was_deleted_is_still_its_author,
     a_revocation_cleared_in_the_database_does_not_revive_the_token,

@@ -184,6 +184,17 @@ impl Hosted {
         assert_eq!(login["user"], "admin", "{login}");
     }
 
+    /// Runs `sql` on the instance's database directly, as its administrator
+    /// could, around custody.
+    pub fn tamper(&self, sql: &str) {
+        let url = match &self.database {
+            Some(db) => db.url.clone(),
+            None => format!("sqlite://{}", self.sandbox.path("data").join("custody.db").display()),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        runtime.block_on(custody_store::testing::execute_raw(&url, sql));
+    }
+
     /// A command as the admin, with the credentials `custody login` stored.
     pub fn as_admin(&self, args: &[&str]) -> Run {
         let mut command = self.sandbox.as_user("admin");
