@@ -75,6 +75,49 @@ pub struct ServeArgs {
     /// The largest pack one push may send, in bytes (1 GiB unless set).
     #[arg(long, env = "CUSTODY_MAX_PUSH_BYTES", value_name = "BYTES")]
     max_push_bytes: Option<u64>,
+    #[command(flatten)]
+    jobs: JobArgs,
+}
+
+/// The most any one job (check, build, deployment) may use; a pipeline file
+/// may ask for less, never for more.
+#[derive(Args, Debug)]
+pub struct JobArgs {
+    /// Memory of all of a job's processes together, such as 512MiB or 4GiB [default: 4GiB].
+    #[arg(long, env = "CUSTODY_JOB_MEMORY", value_name = "SIZE")]
+    job_memory: Option<String>,
+    /// Processes and threads a job may run at once [default: 1024].
+    #[arg(long, env = "CUSTODY_JOB_PROCESSES", value_name = "N")]
+    job_processes: Option<u32>,
+    /// CPU time any one process of a job may use, such as 30m or 2h [default: 2h].
+    #[arg(long, env = "CUSTODY_JOB_CPU_TIME", value_name = "DURATION")]
+    job_cpu_time: Option<String>,
+}
+
+impl JobArgs {
+    fn ceiling(&self) -> Result<custody_runner::sandbox::Ceiling, Failure> {
+        use custody_domain::pipeline::{parse_duration, parse_size};
+        let mut ceiling = custody_runner::sandbox::Ceiling::default();
+        if let Some(memory) = &self.job_memory {
+            ceiling.memory_bytes = parse_size(memory).filter(|b| *b >= 16 << 20).ok_or_else(|| {
+                Failure::input(format!(
+                    "--job-memory {memory:?} is not a size of at least 16MiB; write it like 512MiB or 4GiB"
+                ))
+            })?;
+        }
+        if let Some(processes) = self.job_processes {
+            if processes < 8 {
+                return Err(Failure::input(format!("--job-processes {processes} is too few; give at least 8")));
+            }
+            ceiling.processes = processes;
+        }
+        if let Some(cpu_time) = &self.job_cpu_time {
+            ceiling.cpu_time = parse_duration(cpu_time).filter(|d| !d.is_zero()).ok_or_else(|| {
+                Failure::input(format!("--job-cpu-time {cpu_time:?} is not a duration; write it like 90s, 30m or 2h"))
+            })?;
+        }
+        Ok(ceiling)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -94,6 +137,8 @@ pub struct WorkerArgs {
     /// Log as `text` or `json`.
     #[arg(long, env = "CUSTODY_LOG_FORMAT", value_name = "FORMAT", default_value = "text")]
     log_format: String,
+    #[command(flatten)]
+    jobs: JobArgs,
 }
 
 fn instance_failure(error: InstanceError) -> Failure {
@@ -186,7 +231,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let store = instance.store.clone();
     let blobs = open_blobs(blob_store.as_deref(), &data_dir)?;
     let boot_id = custody_runner::boot::Boot::id();
-    let builder = builder(&instance, &data_dir, blobs.clone(), &boot_id)?;
+    let ceiling = args.jobs.ceiling()?;
+    let builder = builder(&instance, &data_dir, blobs.clone(), &boot_id, ceiling)?;
     let sealing = sealing_key(&data_dir)?;
     let deployer = deployer(&builder, &instance, sealing.clone())?;
     let _boot = start_boot(&data_dir, &store, boot_id, vec![builder.worker.clone(), deployer.worker.clone()]).await?;
@@ -211,6 +257,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let runner = tokio::spawn(custody_runner::checks::run(
         store.clone(),
         custody_git::Repositories::new(data_dir.repositories()),
+        ceiling,
         until_stopped(stopped.clone()),
     ));
     let merger = tokio::spawn(custody_server::changes::auto_merge(state.clone(), until_stopped(stopped.clone())));
@@ -294,6 +341,7 @@ fn builder(
     data_dir: &DataDir,
     blobs: custody_blobs::Blobs,
     boot: &str,
+    ceiling: custody_runner::sandbox::Ceiling,
 ) -> Result<custody_runner::builds::Builder, Failure> {
     let key = instance
         .keys
@@ -307,6 +355,7 @@ fn builder(
         key: std::sync::Arc::new(key.clone_key()),
         instance: instance.name.clone(),
         worker: custody_runner::builds::worker_name(boot),
+        ceiling,
     })
 }
 
@@ -332,6 +381,7 @@ fn deployer(
         sealing,
         builder: builder.key.public(),
         worker: format!("{}/deployer", builder.worker),
+        ceiling: builder.ceiling,
     })
 }
 
@@ -343,7 +393,7 @@ pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
     let instance = instance::open(&data_dir, args.database_url).await.map_err(instance_failure)?;
     let blobs = open_blobs(args.blob_store.as_deref(), &data_dir)?;
     let boot_id = custody_runner::boot::Boot::id();
-    let builder = builder(&instance, &data_dir, blobs, &boot_id)?;
+    let builder = builder(&instance, &data_dir, blobs, &boot_id, args.jobs.ceiling()?)?;
     let mut workers: Vec<String> = (0..args.builders.max(1))
         .map(|i| if i == 0 { builder.worker.clone() } else { format!("{}/{i}", builder.worker) })
         .collect();

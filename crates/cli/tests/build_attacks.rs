@@ -714,3 +714,73 @@ fn copy_loose_objects(from: &Path, to: &Path) {
         }
     }
 }
+
+/// How long each `/healthz` took while `busy` ran, polled every 20 ms.
+fn health_latencies_while(hosted: &Hosted, busy: impl FnOnce()) -> Vec<std::time::Duration> {
+    use std::io::{Read as _, Write as _};
+    let port = hosted.server.port();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut taken = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = std::time::Instant::now();
+                let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the server listens");
+                stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+                let mut answer = String::new();
+                stream.read_to_string(&mut answer).unwrap();
+                taken.push(started.elapsed());
+                assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            taken
+        })
+    };
+    busy();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    poller.join().expect("the poller")
+}
+
+#[test]
+fn a_fork_bomb_and_a_memory_hog_fail_their_builds_while_the_server_keeps_answering() {
+    let hosted = team(Backend::Sqlite).expect("SQLite is never skipped");
+    // Each keeps at it until its limit stops it or its timeout does.
+    let script = "#!/bin/sh\ncase \"$(cat src/app.txt)\" in\n\
+                  bomb*) bomb() { bomb | bomb; }; while :; do bomb; done ;;\n\
+                  hog*) while :; do python3 -c \"b = b'x' * (1 << 30)\"; done ;;\n\
+                  esac\nmkdir -p dist\ntar -czf dist/app.tar.gz src\n";
+    let policy = format!(
+        "{}timeout = \"8s\"\nmemory = \"512MiB\"\nprocesses = 64\n",
+        pipeline("scripts/build.sh", "[\"dist/app.tar.gz\"]")
+    );
+    let (work, _) = seed_with(
+        &hosted,
+        &[(PIPELINE, &policy, false), ("scripts/build.sh", script, true), ("src/app.txt", "version 1\n", false)],
+        "feature",
+    );
+    let mut latencies = Vec::new();
+    for (number, (content, limit)) in
+        [("bomb\n", "its limit of 64 processes"), ("hog\n", "its memory limit of 512 MiB")].into_iter().enumerate()
+    {
+        commit_files(&work, &[("src/app.txt", content, false)], content.trim());
+        work.ok(&["push", "-q", "-f", "origin", "HEAD:refs/heads/feature"]);
+        let change = open(&hosted, "alice", "feature", content.trim());
+        review(&hosted, "bob", change, "--approve");
+        support::flow::merge(&hosted, "alice", change);
+        let mut build = Value::Null;
+        latencies.extend(health_latencies_while(&hosted, || build = finished_build(&hosted, number as i64 + 1)));
+        assert_eq!(build["status"], "failed", "{build}");
+        let reason = build["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains(limit), "{content}: {build}");
+        let log = custody(&hosted, &["build", "logs", PROJECT, &(number + 1).to_string()]).expect_code(0);
+        assert!(log.stdout.contains(&format!("custody: the job ran into {limit}")), "{log:#?}");
+    }
+    // The server kept answering throughout.
+    latencies.sort();
+    let p95 = latencies[latencies.len() * 95 / 100];
+    println!("/healthz during the builds: {} polls, p95 {p95:?}, max {:?}", latencies.len(), latencies.last());
+    assert!(latencies.len() >= 20, "{latencies:?}");
+    assert!(p95 < std::time::Duration::from_millis(100), "{latencies:?}");
+    assert!(latencies.last() < Some(&std::time::Duration::from_millis(500)), "{latencies:?}");
+}

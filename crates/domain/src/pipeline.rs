@@ -46,8 +46,26 @@ pub struct Pipeline {
     pub timeout: Duration,
     /// Whether checks and builds may reach the network.
     pub network: bool,
+    /// What one job (a check, a build, a deployment) may use; unset values
+    /// take the instance's ceiling.
+    pub resources: Resources,
+    /// Helper files a check may use besides the pipeline's own files and
+    /// scripts, taken from the target branch like them (never from the
+    /// change under check).
+    pub check_inputs: Vec<Glob>,
     /// Environments, in the order they are passed.
     pub environments: Vec<Environment>,
+}
+
+/// What one job may use, as the pipeline file asks; the instance caps each.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Resources {
+    /// Memory, in bytes (`memory = "512MiB"`).
+    pub memory_bytes: Option<u64>,
+    /// Processes and threads at once (`processes = 256`).
+    pub processes: Option<u32>,
+    /// CPU time of any one process (`cpu_time = "10m"`).
+    pub cpu_time: Option<Duration>,
 }
 
 /// A code-owner style rule: changes touching `paths` need `approvals` from
@@ -96,6 +114,8 @@ impl Default for Pipeline {
             artifacts: Vec::new(),
             timeout: Duration::from_secs(30 * 60),
             network: false,
+            resources: Resources::default(),
+            check_inputs: Vec::new(),
             environments: Vec::new(),
         }
     }
@@ -138,6 +158,11 @@ struct PipelineSection {
     artifacts: Vec<toml::Spanned<String>>,
     timeout: Option<toml::Spanned<String>>,
     network: Option<bool>,
+    memory: Option<toml::Spanned<String>>,
+    processes: Option<toml::Spanned<i64>>,
+    cpu_time: Option<toml::Spanned<String>>,
+    #[serde(default)]
+    check_inputs: Vec<toml::Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -151,6 +176,27 @@ struct EnvironmentSection {
     testers: Option<toml::Spanned<String>>,
     soak: Option<toml::Spanned<String>>,
     reviewers_may_approve: Option<bool>,
+}
+
+/// Reads sizes such as `512MiB`, `4GiB`, `100MB` or a plain number of bytes.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let unit: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => return None,
+    };
+    number.checked_mul(unit)
 }
 
 /// Reads durations such as `90s`, `30m`, `1h`, `2d`.
@@ -259,6 +305,32 @@ pub fn parse(text: &str) -> Result<Pipeline, PipelineError> {
             pipeline.timeout = reader.duration(timeout)?;
         }
         pipeline.network = section.network.unwrap_or(false);
+        if let Some(memory) = &section.memory {
+            let bytes = parse_size(memory.get_ref()).filter(|b| *b >= 16 << 20).ok_or_else(|| {
+                reader.at(
+                    memory.span(),
+                    format!(
+                        "memory = {:?} is not a size of at least 16MiB; write it like 512MiB or 4GiB",
+                        memory.get_ref()
+                    ),
+                )
+            })?;
+            pipeline.resources.memory_bytes = Some(bytes);
+        }
+        if let Some(processes) = &section.processes {
+            let n = *processes.get_ref();
+            if !(8..=1_000_000).contains(&n) {
+                return Err(reader.at(processes.span(), format!("processes must be between 8 and 1000000, not {n}")));
+            }
+            pipeline.resources.processes = Some(n as u32);
+        }
+        if let Some(cpu_time) = &section.cpu_time {
+            pipeline.resources.cpu_time = Some(reader.duration(cpu_time)?).filter(|d| !d.is_zero());
+            if pipeline.resources.cpu_time.is_none() {
+                return Err(reader.at(cpu_time.span(), "cpu_time must be longer than zero"));
+            }
+        }
+        pipeline.check_inputs = section.check_inputs.iter().map(|p| reader.glob(p)).collect::<Result<_, _>>()?;
     }
     let mut names: Vec<String> = Vec::new();
     for environment in file.environment {
@@ -318,24 +390,31 @@ pub fn parse(text: &str) -> Result<Pipeline, PipelineError> {
 }
 
 impl Pipeline {
-    /// Whether a path is owned by the pipeline's owners: `.custody/**`, every
-    /// script the pipeline names, and its `owned` list.
-    pub fn owns(&self, path: &str) -> bool {
-        if path == ".custody" || path.starts_with(".custody/") {
-            return true;
-        }
-        let scripts = self
-            .check
+    /// Whether a check takes `path` from the target branch rather than from
+    /// the change under check: `.custody/**`, every script the pipeline
+    /// names and its `check_inputs`. Not the whole `owned` list, which may
+    /// hold the very code the check tests.
+    pub fn governs_checks(&self, path: &str) -> bool {
+        path == ".custody"
+            || path.starts_with(".custody/")
+            || self.scripts().any(|script| path == script)
+            || self.check_inputs.iter().any(|glob| glob.matches(path))
+    }
+
+    /// The scripts the pipeline names, as repository paths.
+    fn scripts(&self) -> impl Iterator<Item = &str> {
+        self.check
             .iter()
             .chain(&self.build)
             .chain(self.environments.iter().filter_map(|e| e.deploy.as_ref()))
-            .filter_map(|command| command.split_whitespace().next());
-        for script in scripts {
-            if path == script.trim_start_matches("./") {
-                return true;
-            }
-        }
-        self.owned.iter().any(|glob| glob.matches(path))
+            .filter_map(|command| command.split_whitespace().next())
+            .map(|script| script.trim_start_matches("./"))
+    }
+
+    /// Whether a path is owned by the pipeline's owners: `.custody/**`, every
+    /// script the pipeline names, its check inputs and its `owned` list.
+    pub fn owns(&self, path: &str) -> bool {
+        self.governs_checks(path) || self.owned.iter().any(|glob| glob.matches(path))
     }
 }
 
@@ -437,5 +516,27 @@ reviewers_may_approve = false
         assert_eq!(error.location.unwrap().0, 3);
         let error = parse("[review]\napprovals = \"two\"\n").unwrap_err();
         assert_eq!(error.location.unwrap().0, 2);
+    }
+
+    #[test]
+    fn a_pipeline_asks_for_its_jobs_resources_and_names_its_check_inputs() {
+        let pipeline = parse(
+            "[pipeline]\nowners = \"platform\"\ncheck = \"scripts/check.sh\"\nmemory = \"512MiB\"\nprocesses = 64\n\
+             cpu_time = \"10m\"\ncheck_inputs = [\"scripts/lib/*.sh\"]\n",
+        )
+        .unwrap();
+        assert_eq!(pipeline.resources.memory_bytes, Some(512 << 20));
+        assert_eq!(pipeline.resources.processes, Some(64));
+        assert_eq!(pipeline.resources.cpu_time, Some(Duration::from_secs(600)));
+        assert!(pipeline.owns("scripts/lib/common.sh"), "a check input is the owners' to approve");
+        assert!(!pipeline.owns("src/main.rs"));
+        let error = parse("[pipeline]\nmemory = \"lots\"\n").unwrap_err();
+        assert_eq!(error.location, Some((2, 10)));
+        assert!(error.message.contains("512MiB"), "{error}");
+        let error = parse("[pipeline]\nprocesses = 2\n").unwrap_err();
+        assert!(error.message.contains("between 8"), "{error}");
+        assert_eq!(parse_size("4GiB"), Some(4 << 30));
+        assert_eq!(parse_size("100MB"), Some(100_000_000));
+        assert_eq!(parse_size("12 parsecs"), None);
     }
 }

@@ -49,6 +49,8 @@ pub struct Builder {
     pub instance: String,
     /// This worker's name, unique among running workers.
     pub worker: String,
+    /// The most any job may use, whatever its pipeline asks.
+    pub ceiling: sandbox::Ceiling,
 }
 
 /// A worker name unique to this process: host, process id and boot id
@@ -118,8 +120,11 @@ impl Builder {
         let build_id = lease.number.to_string();
         let job = Job { kind: JobKind::Build, project: &lease.project, commit: &lease.commit, build: &build_id };
         let env = script_environment(&job, Path::new("/work"));
-        let limits = Limits::new(plan.timeout, plan.network);
+        let (limits, notes) = Limits::within(plan.timeout, plan.network, &plan.resources, &self.ceiling);
         let (sender, receiver) = mpsc::unbounded_channel();
+        if !notes.is_empty() {
+            let _ = sender.send(notes.into_bytes());
+        }
         let streaming = self.stream_log(lease, receiver);
         let running = sandbox::run_streaming(&plan.workspace, &plan.command, &env, &limits, Some(sender));
         let (finished, ()) = tokio::join!(running, streaming);
@@ -132,6 +137,10 @@ impl Builder {
             }
         };
         outcome.exit_code = finished.exit_code.map(i64::from);
+        if let Some(limit) = &finished.limit {
+            outcome.reason = Some(format!("the build ran into {limit} and was stopped; see the log"));
+            return outcome;
+        }
         if finished.timed_out {
             outcome.reason =
                 Some(format!("the build ran past its timeout of {} and was killed", humanize(plan.timeout)));
@@ -255,6 +264,7 @@ struct Plan {
     command: String,
     network: bool,
     timeout: Duration,
+    resources: pipeline::Resources,
     artifacts: Vec<Glob>,
     pipeline_digest: String,
     script: Option<(String, String)>,
@@ -336,6 +346,7 @@ fn prepare(repository: &Path, commit: &str) -> Result<Prepared, String> {
         command,
         network: policy.network,
         timeout: policy.timeout,
+        resources: policy.resources,
         artifacts: policy.artifacts.clone(),
         pipeline_digest,
         script,

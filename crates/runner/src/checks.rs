@@ -18,15 +18,21 @@ const STALE_MS: i64 = 2 * 3600 * 1000;
 /// How often an idle runner looks for work.
 const IDLE: Duration = Duration::from_millis(300);
 
-/// Runs checks until `shutdown` completes.
-pub async fn run(store: Store, repositories: Repositories, shutdown: impl std::future::Future<Output = ()>) {
-    crate::work_until(&CheckRunner { store, repositories }, shutdown).await;
+/// Runs checks until `shutdown` completes; no check uses more than `ceiling`.
+pub async fn run(
+    store: Store,
+    repositories: Repositories,
+    ceiling: sandbox::Ceiling,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    crate::work_until(&CheckRunner { store, repositories, ceiling }, shutdown).await;
 }
 
 /// Runs the check of each change head.
 struct CheckRunner {
     store: Store,
     repositories: Repositories,
+    ceiling: sandbox::Ceiling,
 }
 
 impl crate::Worker for CheckRunner {
@@ -44,7 +50,7 @@ impl crate::Worker for CheckRunner {
     }
 
     async fn work(&self, lease: &LeasedCheck) -> Option<CheckOutcome> {
-        Some(check(&self.repositories, lease).await)
+        Some(check(&self.repositories, lease, &self.ceiling).await)
     }
 
     async fn record(&self, lease: &LeasedCheck, outcome: CheckOutcome) {
@@ -68,7 +74,7 @@ fn outcome(status: &'static str, command: Option<String>, target_tip: Option<Str
 
 /// Runs one check: the command and its script as they are on the target
 /// branch, in a fresh checkout of the head.
-pub async fn check(repositories: &Repositories, lease: &LeasedCheck) -> CheckOutcome {
+pub async fn check(repositories: &Repositories, lease: &LeasedCheck, ceiling: &sandbox::Ceiling) -> CheckOutcome {
     let Ok(project) = ProjectName::parse(&lease.project) else {
         return outcome("error", None, None, format!("project name {:?} is not valid", lease.project));
     };
@@ -76,7 +82,7 @@ pub async fn check(repositories: &Repositories, lease: &LeasedCheck) -> CheckOut
     let (lease2, repo2) = (lease.clone(), repository.clone());
     let prepared = tokio::task::spawn_blocking(move || prepare(&repo2, &lease2)).await;
     let (policy, target_tip, workspace) = match prepared {
-        Ok(Ok(Prepared::Run { policy, target_tip, workspace })) => (policy, target_tip, workspace),
+        Ok(Ok(Prepared::Run { policy, target_tip, workspace })) => (*policy, target_tip, workspace),
         Ok(Ok(Prepared::Done(outcome))) => return outcome,
         Ok(Err(message)) => return outcome("error", None, None, message),
         Err(_) => return outcome("error", None, None, "preparing the check failed".into()),
@@ -86,16 +92,16 @@ pub async fn check(repositories: &Repositories, lease: &LeasedCheck) -> CheckOut
     };
     let job = Job { kind: JobKind::Check, project: &lease.project, commit: &lease.head, build: "" };
     let env = script_environment(&job, Path::new("/work"));
-    let limits = Limits::new(policy.timeout, policy.network);
+    let (limits, notes) = Limits::within(policy.timeout, policy.network, &policy.resources, ceiling);
     match sandbox::run(&workspace, &command, &env, &limits).await {
         Ok(done) => {
-            let status = if done.exit_code == Some(0) { "passed" } else { "failed" };
+            let status = if done.exit_code == Some(0) && done.limit.is_none() { "passed" } else { "failed" };
             CheckOutcome {
                 status,
                 command: Some(command),
                 target_tip,
                 exit_code: done.exit_code.map(i64::from),
-                log: done.log,
+                log: notes + &done.log,
             }
         }
         Err(error) => outcome("error", Some(command), target_tip, error.to_string()),
@@ -103,7 +109,7 @@ pub async fn check(repositories: &Repositories, lease: &LeasedCheck) -> CheckOut
 }
 
 enum Prepared {
-    Run { policy: Pipeline, target_tip: Option<String>, workspace: sandbox::Workspace },
+    Run { policy: Box<Pipeline>, target_tip: Option<String>, workspace: sandbox::Workspace },
     Done(CheckOutcome),
 }
 
@@ -132,23 +138,24 @@ fn prepare(repository: &Path, lease: &LeasedCheck) -> Result<Prepared, String> {
     };
     let Some(command) = &policy.check else {
         return Ok(Prepared::Run {
-            policy,
+            policy: Box::new(policy),
             target_tip,
             workspace: sandbox::Workspace::new("check").map_err(|e| e.to_string())?,
         });
     };
-    let workspace = sandbox::Workspace::new("check").map_err(|e| e.to_string())?;
-    git::export_tree(repository, &lease.head, workspace.path()).map_err(failed)?;
-    // The script as the target branch has it, so that a change cannot turn
-    // its own check green by editing it.
+    // The change's tree, with what governs the check as the target branch
+    // has it: `.custody/**`, the pipeline's scripts and its check inputs.
+    // A change can neither edit its own check nor hand it a helper to
+    // source, and a link it plants is never in the way.
     let script = command.split_whitespace().next().unwrap_or_default().trim_start_matches("./");
     let tip = target_tip.as_deref().ok_or("the target branch does not exist, so it names no check script")?;
-    let text = git::read_file(repository, tip, script)
-        .map_err(failed)?
-        .ok_or_else(|| format!("{script} does not exist on the target branch"))?;
-    // The change's tree is unpacked already: refuse to follow any symbolic
-    // link it planted on the way to the script, which could point anywhere
-    // on the host.
+    if git::read_file(repository, tip, script).map_err(failed)?.is_none() {
+        return Err(format!("{script} does not exist on the target branch"));
+    }
+    let tree =
+        git::tree_governed_by(repository, &lease.head, tip, |path| policy.governs_checks(path)).map_err(failed)?;
+    let workspace = sandbox::Workspace::new("check").map_err(|e| e.to_string())?;
+    git::export_tree(repository, &tree, workspace.path()).map_err(failed)?;
     let mut prefix = workspace.path().to_path_buf();
     for part in Path::new(script).components() {
         prefix.push(part);
@@ -158,27 +165,23 @@ fn prepare(repository: &Path, lease: &LeasedCheck) -> Result<Prepared, String> {
                 Some(command.clone()),
                 target_tip,
                 format!(
-                    "{} is a symbolic link in the change; the check script's path may not contain one\n",
+                    "{} is a symbolic link on the target branch; the check script's path may not contain one\n",
                     prefix.strip_prefix(workspace.path()).unwrap_or(&prefix).display()
                 ),
             )));
         }
     }
-    let path = workspace.path().join(script);
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
-    }
-    let _ = std::fs::remove_file(&path);
-    std::fs::write(&path, text).map_err(|e| e.to_string())?;
-    #[cfg(unix)]
+    // Run as a program, whether or not it was committed executable.
     {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = workspace.path().join(script);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("{script}: {e}"))?;
     }
     for dir in [".home", ".tmp"] {
         if let Err(why) = workspace.fresh_dir(dir) {
             return Ok(Prepared::Done(outcome("failed", Some(command.clone()), target_tip, format!("{why}\n"))));
         }
     }
-    Ok(Prepared::Run { policy, target_tip, workspace })
+    Ok(Prepared::Run { policy: Box::new(policy), target_tip, workspace })
 }

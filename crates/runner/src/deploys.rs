@@ -57,6 +57,8 @@ pub struct Deployer {
     pub builder: custody_formats::PublicKey,
     /// This worker's name.
     pub worker: String,
+    /// The most any job may use, whatever its pipeline asks.
+    pub ceiling: sandbox::Ceiling,
 }
 
 /// Answers already worked out, which never go stale: both are functions of
@@ -322,7 +324,7 @@ impl Deployer {
         let repository = self.repositories.path(&project);
         let (commit, environment) = (lease.commit.clone(), lease.environment.clone());
         let prepared = tokio::task::spawn_blocking(move || prepare(&repository, &commit, &environment)).await;
-        let (workspace, script, timeout, pipeline_digest) = match prepared {
+        let (workspace, script, timeout, resources, pipeline_digest) = match prepared {
             Ok(Ok(prepared)) => prepared,
             Ok(Err(reason)) => return failed(reason),
             Err(_) => return failed("preparing the deployment failed".into()),
@@ -385,8 +387,11 @@ impl Deployer {
         };
         // A deploy must reach its target: network is given, the data
         // directory stays invisible.
-        let limits = Limits::new(timeout, true);
+        let (limits, notes) = Limits::within(timeout, true, &resources, &self.ceiling);
         let (output, mut chunks) = tokio::sync::mpsc::unbounded_channel();
+        if !notes.is_empty() {
+            let _ = output.send(notes.into_bytes());
+        }
         let running = sandbox::run_streaming(&workspace, &script, &env, &limits, Some(output));
         let (status, reason, exit_code, log) = tokio::select! {
             finished = running => {
@@ -395,6 +400,10 @@ impl Deployer {
                     Err(error) => return failed(error.to_string()),
                 };
                 let (status, reason) = match (finished.timed_out, finished.exit_code) {
+                    _ if finished.limit.is_some() => (
+                        "failed",
+                        finished.limit.as_ref().map(|limit| format!("the deploy script ran into {limit} and was stopped")),
+                    ),
                     (true, _) => {
                         ("failed", Some(format!("the deploy script ran past its timeout of {}s", timeout.as_secs())))
                     }
@@ -601,7 +610,7 @@ fn prepare(
     repository: &Path,
     commit: &str,
     environment: &str,
-) -> Result<(sandbox::Workspace, String, Duration, String), String> {
+) -> Result<(sandbox::Workspace, String, Duration, pipeline::Resources, String), String> {
     let text = git::read_file(repository, commit, pipeline::PATH)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("{} does not exist at {commit}", pipeline::PATH))?;
@@ -635,7 +644,7 @@ fn prepare(
             ));
         }
     }
-    Ok((workspace, script, policy.timeout, digest))
+    Ok((workspace, script, policy.timeout, policy.resources, digest))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 
 pub mod boot;
 pub mod builds;
+pub mod cgroup;
 pub mod checks;
 pub mod deploys;
 pub mod sandbox;

@@ -22,6 +22,9 @@ use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 use tokio::sync::mpsc;
 
+use crate::cgroup::{Hit, JobGroup};
+pub use custody_domain::pipeline::Resources;
+
 /// The most output kept of one run.
 pub const LOG_LIMIT: usize = 1024 * 1024;
 
@@ -34,15 +37,95 @@ pub struct Limits {
     pub network: bool,
     /// The largest file it may write.
     pub max_file_bytes: u64,
+    /// The memory all its processes may use together (a control group's
+    /// cap; where custody has none, only the timeout bounds it).
+    pub memory_bytes: u64,
+    /// How many processes and threads it may run at once.
+    pub processes: u32,
+    /// The CPU time any one of its processes may use.
+    pub cpu_time: Duration,
 }
 
 impl Limits {
     /// The largest file a script may write unless told otherwise: 8 GiB.
     pub const MAX_FILE_BYTES: u64 = 8 << 30;
 
-    /// Limits with the default file size.
+    /// Limits with the instance's default ceiling for everything else.
     pub fn new(timeout: Duration, network: bool) -> Limits {
-        Limits { timeout, network, max_file_bytes: Self::MAX_FILE_BYTES }
+        let ceiling = Ceiling::default();
+        Limits {
+            timeout,
+            network,
+            max_file_bytes: Self::MAX_FILE_BYTES,
+            memory_bytes: ceiling.memory_bytes,
+            processes: ceiling.processes,
+            cpu_time: ceiling.cpu_time,
+        }
+    }
+
+    /// The limits of a job whose pipeline asks for `asked`, within the
+    /// instance's `ceiling`; each value asked above the ceiling is held to
+    /// it, with a line saying so for the job's log.
+    pub fn within(timeout: Duration, network: bool, asked: &Resources, ceiling: &Ceiling) -> (Limits, String) {
+        let mut notes = String::new();
+        let mut cap = |what: &str, asked: Option<u64>, most: u64, show: &dyn Fn(u64) -> String| -> u64 {
+            match asked {
+                Some(asked) if asked > most => {
+                    notes.push_str(&format!(
+                        "custody: the pipeline asks for {what} {}, this instance allows at most {}; running with {}\n",
+                        show(asked),
+                        show(most),
+                        show(most)
+                    ));
+                    most
+                }
+                Some(asked) => asked,
+                None => most,
+            }
+        };
+        let memory_bytes = cap("memory", asked.memory_bytes, ceiling.memory_bytes, &|b| bytes(b));
+        let processes =
+            cap("processes", asked.processes.map(u64::from), u64::from(ceiling.processes), &|n| n.to_string()) as u32;
+        let cpu_time =
+            cap("cpu_time", asked.cpu_time.map(|d| d.as_secs()), ceiling.cpu_time.as_secs(), &|s| format!("{s}s"));
+        let limits = Limits {
+            timeout,
+            network,
+            max_file_bytes: Self::MAX_FILE_BYTES,
+            memory_bytes,
+            processes,
+            cpu_time: Duration::from_secs(cpu_time),
+        };
+        (limits, notes)
+    }
+}
+
+/// The most any job of this instance may use, whatever its pipeline asks
+/// (`custody serve --job-memory`, `--job-processes`, `--job-cpu-time`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ceiling {
+    /// Memory of all of a job's processes together.
+    pub memory_bytes: u64,
+    /// Processes and threads of a job at once.
+    pub processes: u32,
+    /// CPU time of any one process of a job.
+    pub cpu_time: Duration,
+}
+
+impl Default for Ceiling {
+    /// 4 GiB, 1,024 processes, two hours of CPU time.
+    fn default() -> Self {
+        Ceiling { memory_bytes: 4 << 30, processes: 1024, cpu_time: Duration::from_secs(2 * 3600) }
+    }
+}
+
+/// A size for people: `512 MiB`, `4 GiB`.
+pub fn bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 && n % (1 << 30) == 0 => format!("{} GiB", n >> 30),
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n => format!("{n} bytes"),
     }
 }
 
@@ -55,6 +138,9 @@ pub struct Finished {
     pub timed_out: bool,
     /// Its output and errors, interleaved as written, cut at [`LOG_LIMIT`].
     pub log: String,
+    /// The resource limit it ran into (`its memory limit of 512 MiB`), if
+    /// any: such a run has failed whatever its exit code.
+    pub limit: Option<String>,
 }
 
 /// Why a script could not be run at all.
@@ -79,6 +165,7 @@ const JOB_SLOTS: u32 = 1024;
 /// A job's uid, held while the job runs.
 #[derive(Debug)]
 struct Slot {
+    number: u32,
     uid: u32,
     _lock: std::fs::File,
 }
@@ -113,7 +200,7 @@ impl Slot {
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(dir.join(format!("{n}.lock")))?;
             if crate::try_lock(&file) {
-                return Ok(Some(Slot { uid: base + n, _lock: file }));
+                return Ok(Some(Slot { number: n, uid: base + n, _lock: file }));
             }
         }
         Err(std::io::Error::other(format!("all {JOB_SLOTS} job slots of this host are taken")))
@@ -290,6 +377,34 @@ pub async fn run_streaming(
         ["/usr/bin/bwrap", "/bin/bwrap"].into_iter().find(|p| Path::new(p).exists()).ok_or(SandboxError::Missing)?;
     workspace.hand_over().map_err(SandboxError::Start)?;
     let job_uid = workspace.job_uid();
+    // The kernel's cap on all of the job's processes together, where custody
+    // can make one (as root); the rlimits below are the floor either way.
+    let group = match &workspace.slot {
+        Some(slot) => match JobGroup::create(slot.number, limits.memory_bytes, limits.processes) {
+            Ok(group) => group,
+            Err(error) => {
+                tracing::warn!(%error, "cannot make the job's control group; its memory is not capped");
+                None
+            }
+        },
+        None => None,
+    };
+    // Held open until the job has started.
+    let entry_files = match &group {
+        Some(group) => group.entry_files().map_err(SandboxError::Start)?,
+        None => Vec::new(),
+    };
+    let entries: Vec<i32> = entry_files.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+    let floor = Floor {
+        file_bytes: limits.max_file_bytes,
+        cpu_seconds: limits.cpu_time.as_secs().max(1),
+        // RLIMIT_NPROC counts every task of the real uid: a job's own uid has
+        // only the job's; custody's own user also has custody's.
+        processes: match job_uid {
+            Some(_) => u64::from(limits.processes),
+            None => u64::from(limits.processes) + tasks_of_this_user(),
+        },
+    };
     let mut sandbox = Command::new(bwrap);
     sandbox
         .args(arguments(workspace.path(), env, limits))
@@ -301,13 +416,21 @@ pub async fn run_streaming(
         .kill_on_drop(true)
         // Its own process group, so that a timeout kills all of it.
         .process_group(0);
-    let file_size = limits.max_file_bytes;
-    // SAFETY: only async-signal-safe calls (close_range or fcntl, setrlimit,
-    // setgroups, setgid, setuid) between fork and exec.
+    // SAFETY: only async-signal-safe calls (write, close_range or fcntl,
+    // setrlimit, setgroups, setgid, setuid) between fork and exec, on
+    // memory allocated before the fork.
     unsafe {
+        let entries = entries.clone();
         sandbox.pre_exec(move || {
+            for fd in &entries {
+                // `0` is the writing process: the job joins its group
+                // before it can start anything.
+                if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             close_inherited_descriptors();
-            apply_rlimits(file_size)?;
+            floor.apply()?;
             if let Some(uid) = job_uid {
                 // The job's own uid, never root's: bubblewrap then maps its
                 // sandbox user to it.
@@ -322,9 +445,11 @@ pub async fn run_streaming(
         });
     }
     let mut child = sandbox.spawn().map_err(SandboxError::Start)?;
-    let group = child.id();
+    drop(entry_files);
+    let group_id = child.id();
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
+    let notice = output.clone();
     let reading = async {
         let (mut out, err) = tokio::join!(
             read_capped(&mut stdout, LOG_LIMIT, output.clone()),
@@ -339,46 +464,110 @@ pub async fn run_streaming(
         (output, status)
     })
     .await;
-    match waited {
-        Ok((output, status)) => Ok(Finished {
+    let mut finished = match waited {
+        Ok((output, status)) => Finished {
             exit_code: status.ok().and_then(|s| s.code()),
             timed_out: false,
             log: String::from_utf8_lossy(&output).into_owned(),
-        }),
+            limit: None,
+        },
         Err(_) => {
             // The whole group goes; bwrap's death also ends the sandbox's
             // pid namespace, and with it every process the script started.
-            if let Some(pid) = group {
+            if let Some(pid) = group_id {
                 // SAFETY: kill(2) on a process group id we created.
                 unsafe {
                     libc::kill(-(pid as i32), libc::SIGKILL);
                 }
             }
             let _ = child.kill().await;
-            Ok(Finished {
+            Finished {
                 exit_code: None,
                 timed_out: true,
                 log: format!("killed after the timeout of {} s\n", limits.timeout.as_secs()),
-            })
+                limit: None,
+            }
         }
+    };
+    finished.limit = match group.as_ref().and_then(JobGroup::hit) {
+        Some(Hit::Memory) => Some(format!("its memory limit of {}", bytes(limits.memory_bytes))),
+        Some(Hit::Processes) => Some(format!("its limit of {} processes", limits.processes)),
+        // 128 + SIGXCPU: a process ran out of CPU time.
+        None if finished.exit_code == Some(128 + libc::SIGXCPU) => {
+            Some(format!("its CPU-time limit of {} s per process", limits.cpu_time.as_secs()))
+        }
+        // A fork refused under RLIMIT_NPROC leaves no other sign.
+        None if forks_refused(&finished.log) => Some(format!("its limit of {} processes", limits.processes)),
+        None => None,
+    };
+    if let Some(limit) = &finished.limit {
+        let line = format!("\ncustody: the job ran into {limit} and was stopped\n");
+        if let Some(notice) = notice {
+            // Past the stream's cap too: this line always reaches the log.
+            let _ = notice.send(line.clone().into_bytes());
+        }
+        finished.log.push_str(&line);
     }
+    // Removing the group waits for its last tasks to be reaped.
+    if let Some(group) = group {
+        let _ = tokio::task::spawn_blocking(move || drop(group)).await;
+    }
+    Ok(finished)
 }
 
-/// Resource limits every script inherits: no core dumps, a bounded number of
-/// open files, and no file larger than `max_file_bytes`.
-fn apply_rlimits(max_file_bytes: u64) -> std::io::Result<()> {
-    let set = |resource, value: u64| {
-        let limit = libc::rlimit { rlim_cur: value as libc::rlim_t, rlim_max: value as libc::rlim_t };
-        // SAFETY: setrlimit with a valid pointer to a local struct.
-        if unsafe { libc::setrlimit(resource, &limit) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+/// Whether a shell said that a fork was refused.
+fn forks_refused(log: &str) -> bool {
+    log.contains("Cannot fork") || log.contains("fork: Resource temporarily unavailable")
+}
+
+/// How many tasks (processes and threads) custody's own user runs now.
+fn tasks_of_this_user() -> u64 {
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() }.to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
+        .filter(|status| {
+            status.lines().any(|l| l.strip_prefix("Uid:").and_then(|v| v.split_whitespace().next()) == Some(&uid))
+        })
+        .filter_map(|status| {
+            status.lines().find_map(|l| l.strip_prefix("Threads:").and_then(|n| n.trim().parse::<u64>().ok()))
+        })
+        .sum()
+}
+
+/// The resource limits every script inherits, the floor under any control
+/// group: no core dumps, a bounded number of open files, no file larger
+/// than `file_bytes`, no process past `cpu_seconds` of CPU time, and at
+/// most `processes` tasks of the uid it runs as. Never `RLIMIT_AS`: it
+/// counts address space reserved, not used, and breaks JVMs and Go.
+#[derive(Clone, Copy)]
+struct Floor {
+    file_bytes: u64,
+    cpu_seconds: u64,
+    processes: u64,
+}
+
+impl Floor {
+    fn apply(&self) -> std::io::Result<()> {
+        let set = |resource, soft: u64, hard: u64| {
+            let limit = libc::rlimit { rlim_cur: soft as libc::rlim_t, rlim_max: hard as libc::rlim_t };
+            // SAFETY: setrlimit with a valid pointer to a local struct.
+            if unsafe { libc::setrlimit(resource, &limit) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        };
+        set(libc::RLIMIT_CORE, 0, 0)?;
+        set(libc::RLIMIT_NOFILE, 4096, 4096)?;
+        set(libc::RLIMIT_FSIZE, self.file_bytes, self.file_bytes)?;
+        // SIGXCPU at the limit, which a shell reports; SIGKILL a second on.
+        set(libc::RLIMIT_CPU, self.cpu_seconds, self.cpu_seconds + 1)?;
+        set(libc::RLIMIT_NPROC, self.processes, self.processes)?;
         Ok(())
-    };
-    set(libc::RLIMIT_CORE, 0)?;
-    set(libc::RLIMIT_NOFILE, 4096)?;
-    set(libc::RLIMIT_FSIZE, max_file_bytes)?;
-    Ok(())
+    }
 }
 
 /// Reads to the end, keeping the first `limit` bytes: a script that writes
@@ -573,5 +762,131 @@ mod tests {
         let why = workspace.fresh_dir(".home").unwrap_err();
         assert!(why.contains(".home") && why.contains("symbolic link"), "{why}");
         assert!(workspace.fresh_dir(".tmp").is_ok());
+    }
+
+    /// Whether custody can cap a job's memory here: it runs as root on a
+    /// host with the memory and pids controllers. Under CI, which runs as
+    /// root on such hosts, it must.
+    fn capped() -> bool {
+        let workspace = Workspace::new("test").unwrap();
+        let capped = workspace.slot.as_ref().is_some_and(|slot| {
+            JobGroup::create(slot.number + 512, 64 << 20, 64).expect("making a control group").is_some()
+        });
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+        assert!(capped || workspace.slot.is_none() || !ci, "as root under CI, jobs must get a control group");
+        capped
+    }
+
+    #[tokio::test]
+    async fn a_fork_bomb_fails_its_job_with_the_process_limit_named() {
+        if !available() {
+            return;
+        }
+        let workspace = Workspace::new("test").unwrap();
+        let limits = Limits { processes: 64, ..limits() };
+        let done = run(&workspace, "bomb() { bomb | bomb; }; bomb; echo survived", &[], &limits).await.unwrap();
+        assert_eq!(done.limit.as_deref(), Some("its limit of 64 processes"), "{}", done.log);
+        assert!(done.log.contains("custody: the job ran into its limit of 64 processes"), "{}", done.log);
+        // Every process of the bomb is gone with its job (a zombie left to
+        // the host's init to reap runs nothing).
+        if let Some(uid) = workspace.job_uid() {
+            let listed = std::process::Command::new("ps")
+                .args(["-o", "pid=,stat=,comm=", "-u", &uid.to_string()])
+                .output()
+                .unwrap();
+            let listed = String::from_utf8_lossy(&listed.stdout);
+            let running: Vec<&str> =
+                listed.lines().filter(|l| l.split_whitespace().nth(1).is_some_and(|s| !s.starts_with('Z'))).collect();
+            assert!(running.is_empty(), "left running: {running:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_job_touching_more_memory_than_its_limit_fails_with_the_limit_named() {
+        if !available() {
+            return;
+        }
+        let workspace = Workspace::new("test").unwrap();
+        let limits = Limits { memory_bytes: 512 << 20, ..limits() };
+        // 1 GiB, every page of it written.
+        let done =
+            run(&workspace, "python3 -c \"b = b'x' * (1 << 30); print('held', len(b))\"", &[], &limits).await.unwrap();
+        if capped() {
+            assert_eq!(done.limit.as_deref(), Some("its memory limit of 512 MiB"), "{}", done.log);
+            assert!(!done.log.contains("held"), "{}", done.log);
+        } else {
+            // Unprivileged, custody has no memory cap to give: the job is
+            // bounded by its timeout only, as SECURITY.md says.
+            assert_eq!(done.limit, None, "{}", done.log);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_process_past_its_cpu_time_is_stopped_with_the_limit_named() {
+        if !available() {
+            return;
+        }
+        let workspace = Workspace::new("test").unwrap();
+        let limits = Limits { cpu_time: Duration::from_secs(1), ..limits() };
+        let done = run(&workspace, "while :; do :; done", &[], &limits).await.unwrap();
+        assert!(!done.timed_out, "{}", done.log);
+        assert_eq!(done.limit.as_deref(), Some("its CPU-time limit of 1 s per process"), "{}", done.log);
+    }
+
+    #[test]
+    fn a_pipeline_asking_past_the_instance_ceiling_gets_the_ceiling() {
+        let ceiling = Ceiling { memory_bytes: 1 << 30, processes: 100, cpu_time: Duration::from_secs(60) };
+        let asked = Resources { memory_bytes: Some(8 << 30), processes: Some(50), cpu_time: None };
+        let (limits, notes) = Limits::within(Duration::from_secs(10), false, &asked, &ceiling);
+        assert_eq!(limits.memory_bytes, 1 << 30);
+        assert_eq!(limits.processes, 50);
+        assert_eq!(limits.cpu_time, Duration::from_secs(60));
+        assert_eq!(
+            notes,
+            "custody: the pipeline asks for memory 8 GiB, this instance allows at most 1 GiB; running with 1 GiB\n"
+        );
+    }
+
+    /// The tests of the sandbox that hold whichever user custody runs as.
+    const EITHER_USER: &[&str] = &[
+        "sandbox::tests::a_script_sees_its_workspace_and_not_the_hosts_files",
+        "sandbox::tests::a_script_has_no_network_and_a_clean_environment",
+        "sandbox::tests::a_job_never_acts_as_root_on_the_host_and_its_workspace_is_private",
+        "sandbox::tests::a_descriptor_custody_holds_does_not_reach_a_script",
+        "sandbox::tests::a_fork_bomb_fails_its_job_with_the_process_limit_named",
+        "sandbox::tests::a_job_touching_more_memory_than_its_limit_fails_with_the_limit_named",
+        "sandbox::tests::a_process_past_its_cpu_time_is_stopped_with_the_limit_named",
+        "sandbox::tests::a_script_cannot_write_a_file_past_its_size_limit",
+    ];
+
+    #[test]
+    fn the_sandbox_holds_when_custody_runs_as_an_unprivileged_user() {
+        use std::os::unix::fs::PermissionsExt as _;
+        use std::os::unix::process::CommandExt as _;
+        // SAFETY: geteuid has no preconditions.
+        if !available() || unsafe { libc::geteuid() } != 0 {
+            // Not root: every test of this module runs unprivileged already.
+            return;
+        }
+        // This very test binary, where user nobody can run it.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let binary = dir.path().join("runner-tests");
+        std::fs::copy(std::env::current_exe().unwrap(), &binary).unwrap();
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let output = std::process::Command::new(&binary)
+            .args(["--exact", "--test-threads", "1"])
+            .args(EITHER_USER)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("TMPDIR", "/tmp")
+            .env("CI", std::env::var("CI").unwrap_or_default())
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{text}\n{}", String::from_utf8_lossy(&output.stderr));
+        assert!(text.contains(&format!("test result: ok. {} passed", EITHER_USER.len())), "{text}");
     }
 }
