@@ -42,7 +42,7 @@ for i in range(1, merges + 1):
     git("push", "-q", remote, f"f{i}")
     change = call("POST", f"{base}/changes", "alice", {"source": f"f{i}", "title": f"change {i}"})
     number = change["number"]
-    call("POST", f"{base}/changes/{number}/reviews", "bob", {"verdict": "approve"})
+    call("POST", f"{base}/changes/{number}/reviews", "bob", {"verdict": "approve", "head": change["head"]})
     call("POST", f"{base}/changes/{number}/merge", "alice", {})
     for _ in range(1000):
         build = call("GET", f"{base}/builds/{i}", "alice")

@@ -25,7 +25,8 @@ git -C "$src" checkout -q -b feature
 echo feature > "$src/feature.txt"; git -C "$src" add -A; git -C "$src" commit -q -m feature
 git -C "$src" push -q "$remote" feature
 CUSTODY_TOKEN="$alice" "$bin" change open bench --source feature --title Feature >/dev/null
-CUSTODY_TOKEN="$bob" "$bin" change review bench 1 --approve >/dev/null
+head=$(git -C "$src" rev-parse HEAD)
+CUSTODY_TOKEN="$bob" "$bin" change review bench 1 --approve --head "$head" >/dev/null
 
 run() { wrk -t2 -c64 -d"${seconds}s" --latency "$@"; }
 # Two seconds of the same load first: the first requests evaluate the gate,

@@ -19,7 +19,7 @@ base = f"/api/v1/projects/{project}/changes"
 change, _ = call("POST", base, "alice", {"source": "big", "target": "main", "title": "a thousand commits"})
 number = change["number"]
 for i in range(50):
-    call("POST", f"{base}/{number}/reviews", "bob", {"verdict": "comment" if i % 2 else "approve", "message": f"review {i}"})
+    call("POST", f"{base}/{number}/reviews", "bob", {"verdict": "comment" if i % 2 else "approve", "message": f"review {i}", "head": change["head"]})
 
 gate_times = []
 for _ in range(20):

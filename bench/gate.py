@@ -29,8 +29,9 @@ def call(method, path, who, body=None):
 prefix = f"/api/v1/projects/{project}"
 started = time.perf_counter()
 for i in range(1, changes + 1):
-    number = call("POST", f"{prefix}/changes", "alice", {"source": f"c{i}", "title": f"change {i}"})["number"]
-    call("POST", f"{prefix}/changes/{number}/reviews", "bob", {"verdict": "approve"})
+    opened = call("POST", f"{prefix}/changes", "alice", {"source": f"c{i}", "title": f"change {i}"})
+    number = opened["number"]
+    call("POST", f"{prefix}/changes/{number}/reviews", "bob", {"verdict": "approve", "head": opened["head"]})
     call("POST", f"{prefix}/changes/{number}/merge", "alice", {})
 print(f"{changes} changes merged in {time.perf_counter() - started:.1f} s")
 

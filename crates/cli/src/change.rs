@@ -78,8 +78,8 @@ pub enum ChangeCommand {
 pub struct ReviewArgs {
     project: String,
     number: i64,
-    /// Approve this head.
-    #[arg(long)]
+    /// Approve the head you read; needs --head with its full commit id.
+    #[arg(long, requires = "head")]
     approve: bool,
     /// Block merging until you approve or withdraw.
     #[arg(long)]
@@ -93,9 +93,9 @@ pub struct ReviewArgs {
     /// What you say.
     #[arg(short = 'm', long = "message")]
     message: Option<String>,
-    /// The head you looked at (from `change show`); refused if the change
-    /// has moved on since.
-    #[arg(long)]
+    /// The full commit id of the head you read (`change show` and
+    /// `change diff` print it); refused if the change has moved on since.
+    #[arg(long, value_name = "SHA")]
     head: Option<String>,
 }
 
@@ -199,11 +199,17 @@ pub async fn run(client: &Client, command: ChangeCommand, out: Output) -> Result
             out.show(&change, detail_text);
         }
         ChangeCommand::Diff { project, number } => {
-            let text = client.text(&path(&project, number, "/diff")?).await?;
+            let (text, head) = client.text_with_header(&path(&project, number, "/diff")?, "x-custody-head").await?;
             if out.json {
-                out.print_json(&json!({ "diff": text }));
+                out.print_json(&json!({ "diff": text, "head": head }));
             } else {
-                print!("{text}");
+                // The head goes to stderr, so that the diff itself can be piped.
+                if let Some(head) = &head {
+                    eprintln!(
+                        "head {head}\n(approve what you read: custody change review {project} {number} --approve --head {head})"
+                    );
+                }
+                print!("{}", crate::commands::for_terminal(&text));
             }
         }
         ChangeCommand::Close { project, number } => {

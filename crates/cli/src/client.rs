@@ -97,9 +97,16 @@ impl Client {
         Err(failure_from(status, &text))
     }
 
-    /// GET of a text answer.
-    pub async fn text(&self, path: &str) -> Result<String, Failure> {
-        self.send(Method::GET, path, None).await
+    /// GET of a text answer and the value of one of its headers.
+    pub async fn text_with_header(&self, path: &str, name: &str) -> Result<(String, Option<String>), Failure> {
+        let response = self.stream(path).await?;
+        let value = response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let text = response.text().await.map_err(|e| Failure {
+            code: 3,
+            message: format!("the answer from {} broke off: {e}", self.base),
+            body: None,
+        })?;
+        Ok((text, value))
     }
 
     /// GET.

@@ -222,7 +222,12 @@ impl Story {
         self.say("alice", "developer", "tries to merge it before anyone else has approved it");
         self.refused("alice", &["change", "merge", PROJECT, &change])?;
         self.say("bob", "reviewer", &format!("reviews and approves change {change}"));
-        self.custody("bob", &["change", "review", PROJECT, &change, "--approve", "-m", "looks right"])?;
+        let shown = self.custody("bob", &["change", "show", PROJECT, &change])?;
+        let head = shown["head"].as_str().unwrap_or_default().to_owned();
+        self.custody(
+            "bob",
+            &["change", "review", PROJECT, &change, "--approve", "--head", &head, "-m", "looks right"],
+        )?;
         self.say("alice", "developer", "merges it: custody checks the gate and merges");
         let merged = self.custody("alice", &["change", "merge", PROJECT, &change])?;
         let commit = merged["change"]["merge_commit"].as_str().unwrap_or_default().to_owned();

@@ -261,6 +261,42 @@ fn an_approval_voided_by_a_new_head_does_not_come_back_with_the_old_head(backend
     assert_eq!(gate(&hosted, number)["open"], true);
 }
 
+fn bob_cannot_approve_a_head_he_never_read(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let (work, _) = alice_on_branch(&hosted, "feature");
+    let read = work.commit("feature.txt", "a feature\n", "Add a feature");
+    work.ok(&["push", "-q", "origin", "feature"]);
+    let number = open(&hosted, "alice", "feature", "Add a feature");
+    // The diff bob reads names the head it ends at.
+    let diff = change(&hosted, "bob", &["diff", PROJECT, &number.to_string()]).expect_code(0);
+    assert!(diff.stdout.contains("+a feature"), "{diff:#?}");
+    assert!(diff.stderr.contains(&format!("--approve --head {read}")), "{diff:#?}");
+    // alice pushes while bob reads; the documented approval needs the head.
+    let unseen = work.commit("more.txt", "unreviewed\n", "And more");
+    work.ok(&["push", "-q", "origin", "feature"]);
+    let bare = change(&hosted, "bob", &["review", PROJECT, &number.to_string(), "--approve"]).expect_code(2);
+    assert!(bare.stderr.contains("--head"), "{bare:#?}");
+    let late = change(&hosted, "bob", &["review", PROJECT, &number.to_string(), "--approve", "--head", &read]);
+    let late = late.expect_code(1);
+    assert!(late.stderr.contains("review.head_moved"), "{late:#?}");
+    // An abbreviation is a prefix alice could find a second commit for.
+    let short = change(&hosted, "bob", &["review", PROJECT, &number.to_string(), "--approve", "--head", &unseen[..12]]);
+    let short = short.expect_code(1);
+    assert!(short.stderr.contains("review.head_moved"), "{short:#?}");
+    // Through the API, an approval without a head is refused too.
+    let token = hosted.token("bob");
+    let (status, body) = hosted.api(
+        "POST",
+        &format!("/api/v1/projects/{PROJECT}/changes/{number}/reviews"),
+        Some(&token),
+        Some(serde_json::json!({ "verdict": "approve" })),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("names the head you reviewed"), "{body}");
+    assert!(show(&hosted, number)["reviews"].as_array().expect("reviews").is_empty());
+    assert_eq!(gate(&hosted, number)["open"], false);
+}
+
 fn a_new_push_makes_approvals_stale(backend: Backend) {
     let Some(hosted) = team(backend) else { return };
     let (work, base) = alice_on_branch(&hosted, "feature");
@@ -292,7 +328,7 @@ fn a_new_push_makes_approvals_stale(backend: Backend) {
     assert!(change_events(&hosted, "change.merge", number).is_empty());
 
     // bob names the head he looked at: an approval of the old one is refused.
-    let late = change(&hosted, "bob", &["review", PROJECT, &number.to_string(), "--approve", "--head", &first[..12]]);
+    let late = change(&hosted, "bob", &["review", PROJECT, &number.to_string(), "--approve", "--head", &first]);
     let late = late.expect_code(1);
     assert!(late.stderr.contains("review.head_moved"), "{late:#?}");
     assert_eq!(review(&hosted, "bob", number, "--approve")["head"], second.as_str());
@@ -711,7 +747,8 @@ fn a_change_reopened_after_a_push_is_at_its_branchs_tip(backend: Backend) {
     assert_eq!(closed["state"], "closed", "{closed}");
     assert_eq!(failing(&gate(&hosted, number)), ["gate.change_open"]);
     assert_eq!(refused_rules(&try_merge(&hosted, "bob", number)), ["gate.change_open"]);
-    let late = change(&hosted, "carol", &["review", PROJECT, &number.to_string(), "--approve", "--json"]);
+    let late =
+        change(&hosted, "carol", &["review", PROJECT, &number.to_string(), "--approve", "--head", &first, "--json"]);
     assert_eq!(late.code(), Some(2), "{late:#?}");
     assert_eq!(late.json_error()["error"]["code"], "conflict", "{late:#?}");
     let listed = change(&hosted, "alice", &["list", PROJECT, "--state", "closed", "--json"]).json();
@@ -913,7 +950,7 @@ fn a_commit_nobody_is_recorded_as_pushing_closes_the_gate(backend: Backend) {
     assert_eq!(refused_rules(&try_merge(&hosted, "bob", number)), ["gate.commits_recorded"]);
 }
 
-fn a_check_script_path_through_a_symlink_is_refused(backend: Backend) {
+fn a_link_the_change_plants_on_the_check_scripts_path_is_never_followed(backend: Backend) {
     let Some(hosted) = team(backend) else { return };
     let work = hosted.workspace("alice", "alice", &hosted.alice);
     work.ok(&["checkout", "-q", "-b", "setup"]);
@@ -936,9 +973,53 @@ fn a_check_script_path_through_a_symlink_is_refused(backend: Backend) {
     work.ok(&["push", "-q", "origin", "link"]);
     let link = open(&hosted, "alice", "link", "Scripts elsewhere");
     let runs = settled_checks(&hosted, link);
-    assert_eq!(runs[0]["status"], "failed", "{runs:?}");
-    assert!(runs[0]["log"].as_str().unwrap_or_default().contains("symbolic link"), "{runs:?}");
+    // The link gives way to the target's script, which runs as reviewed.
+    assert_eq!(runs[0]["status"], "passed", "{runs:?}");
+    assert!(runs[0]["log"].as_str().unwrap_or_default().contains("checked"), "{runs:?}");
     assert!(!victim.join("ci.sh").exists(), "the runner wrote outside the workspace");
+}
+
+fn a_check_sources_its_helpers_as_the_target_has_them(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let work = hosted.workspace("alice", "alice", &hosted.alice);
+    work.ok(&["checkout", "-q", "-b", "setup"]);
+    let policy =
+        "[pipeline]\nowners = \"platform\"\ncheck = \"scripts/ci.sh\"\ncheck_inputs = [\"scripts/lib/*.sh\"]\n";
+    work.commit(PIPELINE, policy, "A pipeline whose check uses a helper");
+    work.commit("scripts/ci.sh", "#!/bin/sh\n. scripts/lib/verify.sh\nverify\n", "The check");
+    work.commit(
+        "scripts/lib/verify.sh",
+        "verify() { test -f ok.txt || { echo 'ok.txt is missing'; exit 1; }; echo verified; }\n",
+        "The helper",
+    );
+    work.ok(&["push", "-q", "origin", "setup"]);
+    let first = open(&hosted, "alice", "setup", "A pipeline");
+    review(&hosted, "bob", first, "--approve");
+    merge(&hosted, "bob", first);
+
+    // The change rewrites the helper the check sources, and plants a new
+    // one beside it: the check still runs the target's.
+    branch_from_main(&work, "cheat");
+    work.commit("scripts/lib/verify.sh", "verify() { echo 'all good'; }\n", "A kinder helper");
+    work.commit("scripts/lib/extra.sh", "echo planted\n", "Another helper");
+    work.ok(&["push", "-q", "origin", "cheat"]);
+    let cheat = open(&hosted, "alice", "cheat", "Green at last");
+    let runs = settled_checks(&hosted, cheat);
+    let log = runs[0]["log"].as_str().unwrap_or_default();
+    assert_eq!(runs[0]["status"], "failed", "{runs:?}");
+    assert!(log.contains("ok.txt is missing") && !log.contains("all good"), "{runs:?}");
+    // A check input is the pipeline owners' to approve, like the scripts.
+    review(&hosted, "bob", cheat, "--approve");
+    assert!(failing(&gate(&hosted, cheat)).contains(&"gate.pipeline_owners".to_owned()));
+
+    // The code under test still comes from the change.
+    branch_from_main(&work, "fix");
+    work.commit("ok.txt", "fine\n", "Provide ok.txt");
+    work.ok(&["push", "-q", "origin", "fix"]);
+    let fix = open(&hosted, "alice", "fix", "Provide ok.txt");
+    let runs = settled_checks(&hosted, fix);
+    assert_eq!(runs[0]["status"], "passed", "{runs:?}");
+    assert!(runs[0]["log"].as_str().unwrap_or_default().contains("verified"), "{runs:?}");
 }
 
 fn auto_merge_lapses_when_the_asking_token_is_revoked(backend: Backend) {
@@ -961,6 +1042,7 @@ on_both_backends!(
     alices_change_merges_after_bob_approves,
     bob_pushing_to_alices_branch_makes_him_an_author,
     a_new_push_makes_approvals_stale,
+    bob_cannot_approve_a_head_he_never_read,
     the_target_policy_governs_a_change_to_the_pipeline,
     a_commit_naming_carol_makes_her_an_author,
     an_invalid_pipeline_file_in_a_change_is_refused_with_line_and_column,
@@ -975,6 +1057,7 @@ on_both_backends!(
     a_merge_asked_without_waiting_is_queued_and_merged_in_its_turn,
     a_title_with_escape_sequences_does_not_reach_the_terminal_raw,
     a_commit_nobody_is_recorded_as_pushing_closes_the_gate,
-    a_check_script_path_through_a_symlink_is_refused,
+    a_link_the_change_plants_on_the_check_scripts_path_is_never_followed,
+    a_check_sources_its_helpers_as_the_target_has_them,
     auto_merge_lapses_when_the_asking_token_is_revoked,
 );

@@ -136,7 +136,7 @@ fn a_build_written_into_the_database_is_never_built(backend: Backend) {
 }
 
 fn an_edited_verdict_or_a_reassigned_push_does_not_let_alice_merge(backend: Backend) {
-    let Some(hosted) = team(backend) else { return };
+    let Some(mut hosted) = team(backend) else { return };
     let (work, base) = alice_on_branch(&hosted, "feature");
     let head = work.commit("feature.txt", "a feature\n", "Add a feature");
     work.ok(&["push", "-q", "origin", "feature"]);
@@ -150,6 +150,8 @@ fn an_edited_verdict_or_a_reassigned_push_does_not_let_alice_merge(backend: Back
     // alice's push given to carol, so that alice could approve her own work.
     review(&hosted, "bob", number, "--approve");
     hosted.tamper("UPDATE pushes SET pusher_id = (SELECT id FROM users WHERE name = 'carol')");
+    // A process that starts now reads the pushes anew, and proves them.
+    hosted.restart_with(&[]);
     let why = unproven(&try_merge(&hosted, "alice", number));
     assert!(why.contains(&format!("commits row {head}")), "{why}");
     assert_eq!(hosted.server_ref("refs/heads/main").as_deref(), Some(base.as_str()), "main did not move");

@@ -148,6 +148,107 @@ pub fn export_tree(repository: &Path, commit: &str, dest: &Path) -> Result<(), G
     Ok(())
 }
 
+/// One entry of a tree listing: mode, object id and path (as git has it,
+/// not always UTF-8).
+struct Entry {
+    mode: String,
+    id: String,
+    path: Vec<u8>,
+}
+
+/// Every file (blob, link or submodule) of `commit`'s tree.
+fn entries(repository: &Path, commit: &str) -> Result<Vec<Entry>, GitError> {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(repository)
+        .args(["ls-tree", "-r", "-z", "--full-tree", commit])
+        .envs(CLEAN_GIT_ENV)
+        .output()
+        .map_err(GitError::Spawn)?;
+    if !output.status.success() {
+        return Err(GitError::Failed {
+            args: format!("ls-tree {commit}"),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    let mut found = Vec::new();
+    for record in output.stdout.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+        let tab = record
+            .iter()
+            .position(|b| *b == b'\t')
+            .ok_or_else(|| GitError::Failed { args: "ls-tree".into(), stderr: "an entry without a path".into() })?;
+        let head = String::from_utf8_lossy(&record[..tab]);
+        let mut fields = head.split(' ');
+        let (Some(mode), Some(_kind), Some(id)) = (fields.next(), fields.next(), fields.next()) else {
+            return Err(GitError::Failed { args: "ls-tree".into(), stderr: format!("cannot read entry {head}") });
+        };
+        found.push(Entry { mode: mode.to_owned(), id: id.to_owned(), path: record[tab + 1..].to_vec() });
+    }
+    Ok(found)
+}
+
+/// The tree of `head` in which every path that `governed` accepts is as
+/// `target` has it: taken from `target` where it is there, absent where it
+/// is not. A path of `head` in the way of such a file (a directory that
+/// `head` made a link, say) gives way to it. The tree is written into the
+/// repository as an object that nothing points to; its id is returned.
+pub fn tree_governed_by(
+    repository: &Path,
+    head: &str,
+    target: &str,
+    governed: impl Fn(&str) -> bool,
+) -> Result<String, GitError> {
+    let taken: Vec<Entry> =
+        entries(repository, target)?.into_iter().filter(|e| governed(&String::from_utf8_lossy(&e.path))).collect();
+    let in_the_way = |path: &[u8]| {
+        taken.iter().any(|t| {
+            let below = |long: &[u8], short: &[u8]| {
+                long.len() > short.len() && long.starts_with(short) && long[short.len()] == b'/'
+            };
+            below(&t.path, path) || below(path, &t.path)
+        })
+    };
+    let kept: Vec<Entry> = entries(repository, head)?
+        .into_iter()
+        .filter(|e| !governed(&String::from_utf8_lossy(&e.path)) && !in_the_way(&e.path))
+        .collect();
+    let mut listing = Vec::new();
+    for entry in kept.iter().chain(&taken) {
+        listing.extend_from_slice(format!("{} {}\t", entry.mode, entry.id).as_bytes());
+        listing.extend_from_slice(&entry.path);
+        listing.push(0);
+    }
+    let scratch = tempfile::tempdir().map_err(GitError::Spawn)?;
+    let index = scratch.path().join("index");
+    let run = |args: &[&str], input: Option<&[u8]>| -> Result<String, GitError> {
+        use std::io::Write as _;
+        let mut child = Command::new("git")
+            .arg("-C")
+            .arg(repository)
+            .args(args)
+            .envs(CLEAN_GIT_ENV)
+            .env("GIT_INDEX_FILE", &index)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(GitError::Spawn)?;
+        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+            stdin.write_all(input).map_err(GitError::Spawn)?;
+        }
+        let output = child.wait_with_output().map_err(GitError::Spawn)?;
+        if !output.status.success() {
+            return Err(GitError::Failed {
+                args: args.join(" "),
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    };
+    run(&["update-index", "-z", "--index-info"], Some(&listing))?;
+    run(&["write-tree"], None)
+}
+
 /// Who custody's own commits are made by.
 pub const CUSTODY_IDENTITY: (&str, &str) = ("custody", "custody@localhost");
 

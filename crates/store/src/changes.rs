@@ -839,6 +839,17 @@ impl Store {
         if message.chars().count() > 20_000 {
             return Err(custody_domain::InvalidInput::new("message", "(long)", "use at most 20,000 characters").into());
         }
+        if verdict == Verdict::Approve && seen_head.as_deref().is_none_or(str::is_empty) {
+            // An approval binds to what its reviewer read, never to
+            // whatever the head is when it arrives.
+            return Err(custody_domain::InvalidInput::new(
+                "head",
+                "",
+                "an approval names the head you reviewed: give the full commit id that the change's page, \
+                 `custody change show` or `custody change diff` showed you",
+            )
+            .into());
+        }
         let (actor, access) = (actor.clone(), access.clone());
         self.write(move |tx| {
             Box::pin(async move {
@@ -849,8 +860,9 @@ impl Store {
                     return Err(StoreError::Conflict(format!("change {number} is {}; only open changes are reviewed", change.state)));
                 }
                 if let Some(seen) = &seen_head {
-                    // A full id, or an unambiguous abbreviation of at least 7 characters.
-                    if seen.len() < 7 || !change.head.starts_with(seen.as_str()) {
+                    // The full id: an abbreviation is a prefix an author
+                    // could find a second commit for.
+                    if !seen.eq_ignore_ascii_case(&change.head) {
                         return Err(StoreError::Refused(Decision::deny(
                             Reason::new(
                                 REVIEW_HEAD_MOVED,

@@ -1042,7 +1042,14 @@ async fn released_build(store: &Store) -> (Authenticated, [Authenticated; 5], cu
     let change = store.get_change(&project, 1).await.unwrap();
     let bob_access = store.project_access(&people[1], &project).await.unwrap();
     store
-        .review(&people[1], &bob_access, change.number, custody_domain::gate::Verdict::Approve, String::new(), None)
+        .review(
+            &people[1],
+            &bob_access,
+            change.number,
+            custody_domain::gate::Verdict::Approve,
+            String::new(),
+            Some(head.clone()),
+        )
         .await
         .unwrap();
     let plan = custody_store::MergePlan {
@@ -1342,7 +1349,7 @@ async fn an_edited_verdict_and_a_deleted_request_for_changes_each_fail_closed(st
     let bob = store.project_access(&people[1], &project).await.unwrap();
     let carol = store.project_access(&people[2], &project).await.unwrap();
     store.review(&people[1], &bob, 1, Verdict::RequestChanges, "no".into(), None).await.unwrap();
-    store.review(&people[2], &carol, 1, Verdict::Approve, String::new(), None).await.unwrap();
+    store.review(&people[2], &carol, 1, Verdict::Approve, String::new(), Some(head.clone())).await.unwrap();
     // bob's request for changes turned into an approval.
     execute_raw(&url, "UPDATE reviews SET verdict = 'approve' WHERE verdict = 'request_changes'").await;
     let why = unproven(store.gate_records(&alice_access, 1, vec![head.clone()], vec![]).await);
@@ -1518,7 +1525,7 @@ async fn a_deleted_or_reassigned_push_makes_nobody_eligible(store: Store, url: S
     use custody_domain::gate::Verdict;
     let (_root, people, alice_access, head) = opened_change(&store).await;
     let bob = store.project_access(&people[1], &alice_access.project).await.unwrap();
-    store.review(&people[1], &bob, 1, Verdict::Approve, String::new(), None).await.unwrap();
+    store.review(&people[1], &bob, 1, Verdict::Approve, String::new(), Some(head.clone())).await.unwrap();
     // alice's push given to carol: alice would no longer be an author.
     execute_raw(&url, "UPDATE pushes SET pusher_id = (SELECT id FROM users WHERE name = 'carol')").await;
     let why = unproven(store.gate_records(&alice_access, 1, vec![head.clone()], vec![]).await);
@@ -1672,7 +1679,10 @@ async fn an_admin_erased_from_a_break_glass_finding_still_cannot_review_it(store
 async fn a_merge_is_recorded_with_its_intent_and_one_per_starting_tip(store: Store, url: String) {
     let (_root, people, access, head) = opened_change(&store).await;
     let bob = store.project_access(&people[1], &access.project).await.unwrap();
-    store.review(&people[1], &bob, 1, custody_domain::gate::Verdict::Approve, String::new(), None).await.unwrap();
+    store
+        .review(&people[1], &bob, 1, custody_domain::gate::Verdict::Approve, String::new(), Some(head.clone()))
+        .await
+        .unwrap();
     store.merge_change(&people[0], &access, 1, vec![head.clone()], vec![], open_plan(&head)).await.unwrap();
     let pending = store.pending_merges().await.unwrap();
     assert_eq!(pending.len(), 1, "{pending:?}");
@@ -1695,7 +1705,10 @@ async fn a_merge_is_recorded_with_its_intent_and_one_per_starting_tip(store: Sto
         .open_change(&people[0], &access, "second".into(), "main".into(), "Second".into(), String::new(), head2.clone())
         .await
         .unwrap();
-    store.review(&people[1], &bob, 2, custody_domain::gate::Verdict::Approve, String::new(), None).await.unwrap();
+    store
+        .review(&people[1], &bob, 2, custody_domain::gate::Verdict::Approve, String::new(), Some(head2.clone()))
+        .await
+        .unwrap();
     let mut plan = open_plan(&head2);
     plan.publish = Box::new(|_, _| Ok(custody_store::Published { commit: "n".repeat(40), attestation: "{}".into() }));
     let raced = store.merge_change(&people[0], &access, 2, vec![head2.clone()], vec![], plan).await;
@@ -1719,7 +1732,10 @@ async fn a_merge_is_recorded_with_its_intent_and_one_per_starting_tip(store: Sto
 async fn a_merge_intent_deleted_or_settled_in_the_database_gets_its_merge_no_build(store: Store, url: String) {
     let (_root, people, access, head) = opened_change(&store).await;
     let bob = store.project_access(&people[1], &access.project).await.unwrap();
-    store.review(&people[1], &bob, 1, custody_domain::gate::Verdict::Approve, String::new(), None).await.unwrap();
+    store
+        .review(&people[1], &bob, 1, custody_domain::gate::Verdict::Approve, String::new(), Some(head.clone()))
+        .await
+        .unwrap();
     store.merge_change(&people[0], &access, 1, vec![head.clone()], vec![], open_plan(&head)).await.unwrap();
     // The intent marked applied (or deleted) around custody, main never moved.
     for sql in ["UPDATE merge_intents SET state = 'applied'", "DELETE FROM merge_intents"] {
@@ -1736,7 +1752,10 @@ async fn a_merge_intent_deleted_or_settled_in_the_database_gets_its_merge_no_bui
 async fn a_merge_that_never_reached_its_branch_reopens_the_change(store: Store) {
     let (_root, people, access, head) = opened_change(&store).await;
     let bob = store.project_access(&people[1], &access.project).await.unwrap();
-    store.review(&people[1], &bob, 1, custody_domain::gate::Verdict::Approve, String::new(), None).await.unwrap();
+    store
+        .review(&people[1], &bob, 1, custody_domain::gate::Verdict::Approve, String::new(), Some(head.clone()))
+        .await
+        .unwrap();
     store.merge_change(&people[0], &access, 1, vec![head.clone()], vec![], open_plan(&head)).await.unwrap();
     settle_all(&store, custody_store::Settled::Dropped { tip: Some("f".repeat(40)) }).await;
     let change = store.get_change(&access.project, 1).await.unwrap();

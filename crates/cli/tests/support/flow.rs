@@ -32,8 +32,17 @@ pub fn open(hosted: &Hosted, who: &str, source: &str, title: &str) -> i64 {
 /// Reviews the change's current head as `who` with `--approve`,
 /// `--request-changes`, `--comment` or `--withdraw`: the review.
 #[track_caller]
+/// An approval names the head its reviewer read: the one `change show`
+/// gives now.
 pub fn review(hosted: &Hosted, who: &str, number: i64, verdict: &str) -> Value {
-    let made = change(hosted, who, &["review", PROJECT, &number.to_string(), verdict, "--json"]).json();
+    let mut args =
+        vec!["review".to_owned(), PROJECT.to_owned(), number.to_string(), verdict.to_owned(), "--json".into()];
+    if verdict == "--approve" {
+        let shown = change(hosted, who, &["show", PROJECT, &number.to_string(), "--json"]).json();
+        args.extend(["--head".to_owned(), shown["head"].as_str().expect("a head").to_owned()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let made = change(hosted, who, &args).json();
     assert_eq!(made["reviewer"], who, "{made}");
     made
 }

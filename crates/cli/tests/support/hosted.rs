@@ -245,6 +245,23 @@ impl Hosted {
         assert_eq!(grant["status"], "bootstrap", "{grant}");
     }
 
+    /// A request to the API with curl, as a client other than the CLI
+    /// would send it: the status and the JSON answer.
+    pub fn api(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let mut curl = Command::new("curl");
+        curl.args(["-sS", "-X", method, "-w", "\n%{http_code}"]);
+        if let Some(token) = token {
+            curl.args(["-H", &format!("Authorization: Bearer {token}")]);
+        }
+        if let Some(body) = body {
+            curl.args(["-H", "Content-Type: application/json", "--data-binary", &body.to_string()]);
+        }
+        let output = curl.arg(format!("http://127.0.0.1:{}{path}", self.server.port())).output().expect("curl runs");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (answer, status) = text.rsplit_once('\n').expect("a status line");
+        (status.trim().parse().expect("a status"), serde_json::from_str(answer).unwrap_or(Value::Null))
+    }
+
     /// `http://USER:TOKEN@127.0.0.1:PORT/payments.git`.
     pub fn url(&self, user: &str, token: &str) -> String {
         format!("http://{user}:{token}@127.0.0.1:{}/{PROJECT}.git", self.server.port())

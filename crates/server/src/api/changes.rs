@@ -145,6 +145,7 @@ pub(crate) async fn diff(
     let access = access(&state, &auth, &project).await?;
     let change = state.store().get_change(&access.project, number).await?;
     let repository = state.hosting().repositories().path(&access.project);
+    let head = change.head.clone();
     let text = tokio::task::spawn_blocking(move || {
         let base = custody_git::change::resolve(&repository, &format!("refs/heads/{}", change.target_branch))?;
         custody_git::change::diff(&repository, base.as_deref(), &change.head)
@@ -152,7 +153,8 @@ pub(crate) async fn diff(
     .await
     .map_err(|_| ApiError::invalid("reading the repository failed"))?
     .map_err(|_| ApiError::invalid("reading the repository failed"))?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text))
+    // The head this diff ends at: what an approval of it must name.
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()), (HEAD_HEADER, head)], text))
 }
 
 /// The gate, rule by rule.
@@ -168,6 +170,9 @@ pub(crate) async fn gate(
     Ok(Json(report))
 }
 
+/// The header of a change's diff that names the head it ends at.
+pub(crate) const HEAD_HEADER: header::HeaderName = header::HeaderName::from_static("x-custody-head");
+
 /// A review of the current head.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -175,7 +180,9 @@ pub(crate) struct ReviewRequest {
     /// `approve`, `request_changes`, `comment` or `withdraw`.
     verdict: String,
     message: Option<String>,
-    /// The head the reviewer looked at; refused if the change moved on.
+    /// The head the reviewer looked at (the change's `head`, or the
+    /// `X-Custody-Head` of its diff); required to approve, and refused if
+    /// the change has moved on since.
     head: Option<String>,
 }
 
@@ -191,6 +198,13 @@ pub(crate) async fn review(
     let access = access(&state, &auth, &project).await?;
     let verdict = Verdict::parse(&request.verdict)
         .ok_or_else(|| ApiError::invalid("verdict must be approve, request_changes, comment or withdraw"))?;
+    if verdict == Verdict::Approve && request.head.as_deref().is_none_or(str::is_empty) {
+        // An approval binds to what its reviewer read, never to whatever
+        // the head is when it arrives.
+        return Err(ApiError::invalid(
+            "an approval names the head you reviewed: give head, the commit the change's page,              `custody change show` or the diff's X-Custody-Head showed you",
+        ));
+    }
     let review = state
         .store()
         .review(&auth.0, &access, number, verdict, request.message.unwrap_or_default(), request.head)
