@@ -70,7 +70,7 @@ fn controls() -> Value {
         },
         {
             "control": "Gated deployments in environment order",
-            "how": "A deploy script from the reviewed source deploys; environments are passed in order; gated environments need approvers and testers who wrote no change of the release and did not request it.",
+            "how": "A deploy script from the reviewed source deploys; environments are passed in order; gated environments need approvers and testers who wrote no change of the release and did not request it. A deployment passes the environment's gate as the mainline, the commit live there and the release each define it, so a change that weakens a gate never governs its own deployment, and every weakening is an open finding.",
             "sox": "Testing and approval before production; segregation of development and production",
             "pci": "6.5.1 testing and approval; 6.5.3 pre-production separated from production; 6.5.4 roles separated so only reviewed and approved changes are deployed",
             "nist_ac5": "Approver, tester and author are different people",

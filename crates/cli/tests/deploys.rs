@@ -463,7 +463,94 @@ fn cancelling_a_running_deployment_stops_its_script(backend: Backend) {
     assert_eq!((events[0]["actor"].as_str(), events[0]["details"]["was"].as_str()), (Some("carol"), Some("running")));
 }
 
+fn a_change_that_lowers_productions_gate_does_not_deploy_itself(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    hosted.add_user("dave", "write");
+    release_managers(&hosted, &["carol"]);
+    group(&hosted, "platform", &["dave"]);
+    let strict = pipeline_with_environments("");
+    let work = seed_deploying(&hosted, &strict, DEPLOY_SCRIPT);
+    merge_a_change(&hosted, &work);
+    deployment_reaching(&hosted, 1, &["succeeded"]);
+    deployment_reaching(&hosted, 2, &["pending"]);
+    hosted.run_as("carol", &["deploy", "approve", PROJECT, "2", "--json"]).expect_code(0);
+    deployment_reaching(&hosted, 2, &["succeeded"]);
+
+    // alice's change lets production deploy with no approval; bob reviews
+    // it and dave, for the pipeline's owners, approves it too.
+    let lax = strict.replace("approvals = 1\napprovers = \"release-managers\"\n", "");
+    assert_ne!(lax, strict);
+    branch_from_main(&work, "lax");
+    commit_files(
+        &work,
+        &[(support::builds::PIPELINE, &lax, false), ("src/app.txt", "version 3\n", false)],
+        "Ship faster",
+    );
+    work.ok(&["push", "-q", "origin", "lax"]);
+    let number = open(&hosted, "alice", "lax", "Ship faster");
+    review(&hosted, "bob", number, "--approve");
+    review(&hosted, "dave", number, "--approve");
+    merge(&hosted, "alice", number);
+
+    // Merged, it opens a finding that names what it weakened.
+    let findings = hosted.as_admin(&["finding", "list", "--open", "--json"]).json();
+    assert_eq!(findings.as_array().map(Vec::len), Some(1), "{findings}");
+    assert_eq!(findings[0]["kind"], "gate_weakened", "{findings}");
+    let summary = findings[0]["summary"].as_str().unwrap_or_default();
+    assert!(summary.contains("production: approvals lowered from 1 to 0"), "{findings}");
+    let merged = hosted.audit_events("change.merge");
+    assert_eq!(
+        merged.last().map(|e| e["details"]["weakened"].clone()),
+        Some(json!([
+            "production: approvals lowered from 1 to 0",
+            "production: approvers changed from release-managers to none"
+        ]))
+    );
+    let envelope = hosted.run_as("alice", &["change", "attestation", PROJECT, &number.to_string(), "--json"]).json();
+    assert_eq!(statement_of(&envelope)["predicate"]["weakened"][0], "production: approvals lowered from 1 to 0");
+
+    // Its release still needs production's approval, as the commit live
+    // there has it: the change does not govern its own deployment.
+    let build = finished_build(&hosted, 2);
+    assert_eq!(build["status"], "succeeded", "{build}");
+    deployment_reaching(&hosted, 3, &["succeeded"]);
+    let production = deployment_reaching(&hosted, 4, &["pending", "queued", "running", "succeeded"]);
+    assert_eq!(
+        (production["environment"].as_str(), production["status"].as_str()),
+        (Some("production"), Some("pending"))
+    );
+    let gate = custody(&hosted, &["deploy", "gate", PROJECT, "4", "--json"]);
+    assert_eq!(gate.code(), Some(1), "{gate:#?}");
+    let gate: Value = serde_json::from_str(&gate.stdout).unwrap_or_else(|e| panic!("{e}: {gate:#?}"));
+    let approvals =
+        gate["gate"]["rules"].as_array().expect("rules").iter().find(|r| r["rule"] == "deploy.approvals").cloned();
+    let approvals = approvals.unwrap_or_else(|| panic!("no approval rule: {gate}"));
+    assert_eq!(approvals["passed"], false, "{gate}");
+    assert!(approvals["message"].as_str().unwrap_or_default().contains("live in the environment"), "{gate}");
+    hosted.run_as("carol", &["deploy", "approve", PROJECT, "4", "--json"]).expect_code(0);
+    deployment_reaching(&hosted, 4, &["succeeded"]);
+
+    // An auditor verifying the release offline is shown the weakening.
+    let (trust, bundle) = (hosted.sandbox.path("trust.json"), hosted.sandbox.path("bundle.json"));
+    hosted.as_admin(&["trust", "export", "-o", trust.to_str().expect("UTF-8")]).expect_code(0);
+    let bundle_path = bundle.to_str().expect("UTF-8");
+    hosted.as_admin(&["evidence", "export", PROJECT, "--deployment", "4", "-o", bundle_path]).expect_code(0);
+    let verified = hosted.run_as("alice", &["verify", bundle_path, "--trust", trust.to_str().expect("UTF-8")]);
+    let verified = verified.expect_code(0);
+    assert!(
+        verified
+            .stdout
+            .contains(&format!("change {number}: weakened the gate: production: approvals lowered from 1 to 0")),
+        "{verified:#?}"
+    );
+
+    // Nobody who had a hand in the change reviews its finding; another admin does.
+    let id = findings[0]["id"].to_string();
+    hosted.as_admin(&["finding", "resolve", &id, "-m", "agreed with the release managers"]).expect_code(0);
+}
+
 on_both_backends! {
+    a_change_that_lowers_productions_gate_does_not_deploy_itself,
     the_seed_story_from_alices_commit_to_production,
     nobody_approves_or_signs_off_a_release_they_had_a_hand_in,
     a_build_never_live_in_staging_does_not_reach_production,

@@ -344,6 +344,68 @@ pub fn evaluate(facts: &DeployFacts<'_>) -> DeployReport {
     }
 }
 
+/// The deployment gate when more than one definition of the environment
+/// governs it (the pipeline of the commit live there, the release's, the
+/// mainline tip's): every one must hold. The first is the primary; each
+/// other adds the rules it decides differently, saying where it comes from.
+pub fn evaluate_all(gates: &[(&str, DeployFacts<'_>)]) -> DeployReport {
+    let mut reports = gates.iter().map(|(source, facts)| (*source, evaluate(facts)));
+    let Some((_, mut combined)) = reports.next() else {
+        return DeployReport {
+            open: false,
+            approvers: Vec::new(),
+            testers: Vec::new(),
+            reviewers_allowed_by_policy: Vec::new(),
+            rules: vec![RuleOutcome {
+                rule: "deploy.environment".into(),
+                passed: false,
+                message: "no pipeline file defines this environment".into(),
+                satisfy: Some("define the environment in the pipeline file through a change".into()),
+            }],
+        };
+    };
+    for (source, report) in reports {
+        combined.open &= report.open;
+        for rule in report.rules {
+            if !combined.rules.contains(&rule) {
+                combined.rules.push(RuleOutcome { message: format!("{} (as {source} has it)", rule.message), ..rule });
+            }
+        }
+        for (into, from) in [
+            (&mut combined.approvers, report.approvers),
+            (&mut combined.testers, report.testers),
+            (&mut combined.reviewers_allowed_by_policy, report.reviewers_allowed_by_policy),
+        ] {
+            for who in from {
+                if !into.contains(&who) {
+                    into.push(who);
+                }
+            }
+        }
+    }
+    combined
+}
+
+/// Why a decision by `who` would count under none of `gates`: `None` when
+/// it counts under at least one of them (where it does not, the combined
+/// gate says so).
+pub fn refusal_under_all(
+    gates: &[(&str, DeployFacts<'_>)],
+    who: &UserName,
+    refusal: fn(&DeployFacts<'_>, &UserName) -> Option<Reason>,
+) -> Option<Reason> {
+    let mut first = None;
+    for (_, facts) in gates {
+        match refusal(facts, who) {
+            None => return None,
+            Some(reason) => {
+                first.get_or_insert(reason);
+            }
+        }
+    }
+    first
+}
+
 #[cfg(test)]
 mod tests {
     use crate::names_for_tests::{set, user};

@@ -389,6 +389,79 @@ pub fn parse(text: &str) -> Result<Pipeline, PipelineError> {
     Ok(pipeline)
 }
 
+/// How `after` weakens a gate `before` set, one line each (empty when it
+/// weakens none): fewer approvals, testers or owners, other groups,
+/// reviewers allowed to approve, a shorter soak, a skipped environment
+/// order, a removed environment or rule, checks dropped or given the
+/// network. Strengthening is never listed.
+pub fn weakenings(before: &Pipeline, after: &Pipeline) -> Vec<String> {
+    let mut found = Vec::new();
+    let group = |g: &Option<GroupName>| g.as_ref().map_or_else(|| "none".to_owned(), GroupName::to_string);
+    if after.approvals < before.approvals {
+        found.push(format!("review.approvals lowered from {} to {}", before.approvals, after.approvals));
+    }
+    for rule in &before.rules {
+        let kept =
+            after.rules.iter().any(|r| r.paths == rule.paths && r.group == rule.group && r.approvals >= rule.approvals);
+        if !kept {
+            let paths: Vec<&str> = rule.paths.iter().map(Glob::as_str).collect();
+            found.push(format!(
+                "the review rule for {} ({} approval(s) by {}) was removed or lowered",
+                paths.join(", "),
+                rule.approvals,
+                rule.group
+            ));
+        }
+    }
+    if before.owners.is_some() && after.owners != before.owners {
+        found.push(format!("pipeline.owners changed from {} to {}", group(&before.owners), group(&after.owners)));
+    }
+    for glob in before.owned.iter().chain(&before.check_inputs) {
+        if !after.owned.contains(glob) && !after.check_inputs.contains(glob) {
+            found.push(format!("{} is no longer owned by the pipeline owners", glob.as_str()));
+        }
+    }
+    if before.check.is_some() && after.check.is_none() {
+        found.push("the check was removed".to_owned());
+    }
+    if after.network && !before.network {
+        found.push("checks and builds were given the network".to_owned());
+    }
+    for env in &before.environments {
+        let name = &env.name;
+        let Some(now) = after.environments.iter().find(|e| &e.name == name) else {
+            found.push(format!("environment {name} was removed (its last gate still holds)"));
+            continue;
+        };
+        if now.approvals < env.approvals {
+            found.push(format!("{name}: approvals lowered from {} to {}", env.approvals, now.approvals));
+        }
+        if env.approvers.is_some() && now.approvers != env.approvers {
+            found.push(format!(
+                "{name}: approvers changed from {} to {}",
+                group(&env.approvers),
+                group(&now.approvers)
+            ));
+        }
+        if env.testers.is_some() && now.testers != env.testers {
+            found.push(format!("{name}: testers changed from {} to {}", group(&env.testers), group(&now.testers)));
+        }
+        if now.reviewers_may_approve && !env.reviewers_may_approve {
+            found.push(format!("{name}: reviewers may now approve its deployments"));
+        }
+        if let Some(soak) = env.soak {
+            if now.soak.is_none_or(|s| s < soak) {
+                let shown = |d: Option<Duration>| d.map_or_else(|| "none".to_owned(), |d| format!("{}s", d.as_secs()));
+                found.push(format!("{name}: soak shortened from {} to {}", shown(Some(soak)), shown(now.soak)));
+            }
+        }
+        if env.after.is_some() && now.after != env.after {
+            found.push(format!("{name}: no longer deployed after {}", env.after.as_deref().unwrap_or_default()));
+        }
+    }
+    found
+}
+
 impl Pipeline {
     /// Whether a check takes `path` from the target branch rather than from
     /// the change under check: `.custody/**`, every script the pipeline
@@ -538,5 +611,39 @@ reviewers_may_approve = false
         assert_eq!(parse_size("4GiB"), Some(4 << 30));
         assert_eq!(parse_size("100MB"), Some(100_000_000));
         assert_eq!(parse_size("12 parsecs"), None);
+    }
+
+    #[test]
+    fn every_weakening_of_a_gate_is_named_and_no_strengthening_is() {
+        let before = parse(DESIGN_EXAMPLE).unwrap();
+        assert!(weakenings(&before, &before).is_empty());
+        let lax = DESIGN_EXAMPLE
+            .replace("approvals = 2\n[[review.rule]]", "approvals = 1\n[[review.rule]]")
+            .replace("soak = \"1h\"", "soak = \"10m\"")
+            .replace("reviewers_may_approve = false", "reviewers_may_approve = true");
+        let after = parse(&lax).unwrap();
+        assert_eq!(
+            weakenings(&before, &after),
+            [
+                "review.approvals lowered from 2 to 1",
+                "production: reviewers may now approve its deployments",
+                "production: soak shortened from 3600s to 600s",
+            ]
+        );
+        // Raising the bar is no weakening.
+        assert!(weakenings(&after, &before).is_empty());
+        let mut gone = before.clone();
+        gone.environments.retain(|e| e.name != "production");
+        assert_eq!(weakenings(&before, &gone), ["environment production was removed (its last gate still holds)"]);
+        let mut open = before.clone();
+        open.environments[1].approvals = 0;
+        open.environments[1].approvers = None;
+        assert_eq!(
+            weakenings(&before, &open),
+            [
+                "production: approvals lowered from 2 to 0",
+                "production: approvers changed from release-managers to none"
+            ]
+        );
     }
 }

@@ -310,6 +310,8 @@ struct ChangeFacts {
     checks: Vec<(String, String, String)>,
     /// The merge gate's rules as evaluated at the merge: (rule, passed).
     gate: Vec<(String, bool)>,
+    /// How the change weakened the gates of the branch it merged into.
+    weakened: Vec<String>,
 }
 
 impl ChangeFacts {
@@ -340,6 +342,7 @@ impl ChangeFacts {
                 .flatten()
                 .map(|r| (r["rule"].as_str().unwrap_or_default().to_owned(), r["passed"].as_bool() == Some(true)))
                 .collect(),
+            weakened: strings(&p["weakened"]),
         }
     }
 }
@@ -640,6 +643,9 @@ pub fn verify(bundle: &Bundle, trust: &TrustRoot, artifact: Option<&ArtifactFile
         );
         let (passed, message) = checks_on_head(&ch.checks, &ch.reviewed_head);
         checks.add("change.checks", &step, passed, message);
+        if !ch.weakened.is_empty() {
+            findings.push(format!("{step}: weakened the gate: {}", ch.weakened.join("; ")));
+        }
         let failed: Vec<&str> = ch.gate.iter().filter(|(_, passed)| !passed).map(|(rule, _)| rule.as_str()).collect();
         checks.add(
             "change.gate",

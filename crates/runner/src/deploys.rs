@@ -10,7 +10,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use custody_blobs::Blobs;
-use custody_domain::pipeline::{self, Pipeline};
+use custody_domain::pipeline::{self, Environment, Pipeline};
 use custody_domain::{ProjectName, Timestamp};
 use custody_formats::statement::{Statement, Subject};
 use custody_formats::ServiceKey;
@@ -98,26 +98,39 @@ type ReleaseKey = (String, Option<String>, String);
 static RELEASES: LazyLock<Remembered<ReleaseKey, Vec<i64>>> =
     LazyLock::new(|| Remembered { entries: Mutex::new(HashMap::new()) });
 
-/// The pipeline file on the project's mainline tip, which governs every
-/// environment's gate.
+/// The pipeline file on the project's mainline tip, which orders the
+/// environments and governs every environment's gate (with the pipelines
+/// of the commit live there and of the release; see [`release_context`]).
 pub fn mainline_pipeline(repository: &Path, default_branch: &str) -> Result<Pipeline, String> {
     let tip = git::read_ref(repository, &format!("refs/heads/{default_branch}")).map_err(|e| e.to_string())?;
     let Some(tip) = tip else { return Ok(Pipeline::default()) };
-    let key = (repository.to_owned(), tip);
+    pipeline_at(repository, &tip).map_err(|e| format!("the mainline's {e}"))
+}
+
+/// The pipeline file as `commit` has it (the lax default where it has
+/// none); remembered, since a commit never changes.
+fn pipeline_at(repository: &Path, commit: &str) -> Result<Pipeline, String> {
+    let key = (repository.to_owned(), commit.to_owned());
     if let Some(known) = PIPELINES.get(&key) {
         return Ok(known);
     }
-    let policy = match git::read_file(repository, &key.1, pipeline::PATH).map_err(|e| e.to_string())? {
-        Some(text) => pipeline::parse(&text).map_err(|e| format!("the mainline's {e}"))?,
+    let policy = match git::read_file(repository, commit, pipeline::PATH).map_err(|e| e.to_string())? {
+        Some(text) => pipeline::parse(&text).map_err(|e| e.to_string())?,
         None => Pipeline::default(),
     };
     PIPELINES.keep(key, policy.clone());
     Ok(policy)
 }
 
-/// The gate context of deploying `commit` to `environment`: its
-/// definition on the mainline tip, and every change merged between the
-/// commit live there and the candidate, oldest first.
+/// The gate context of deploying `commit` to `environment`: every
+/// definition of the environment that governs it, and every change merged
+/// between the commit live there and the candidate, oldest first.
+///
+/// A deployment passes the gate as the mainline tip's pipeline defines it,
+/// as the pipeline of the commit live in the environment defines it, and
+/// as the release's own pipeline defines it: a change that lowers a gate
+/// (fewer approvals, say) never governs its own deployment, and an
+/// environment a change removed keeps its last gate.
 pub async fn release_context(
     store: &Store,
     repositories: &Repositories,
@@ -131,26 +144,40 @@ pub async fn release_context(
     let key = (project.as_str().to_owned(), live.clone(), commit.to_owned());
     let known = RELEASES.get(&key);
     let (repo, candidate, branch, listed) = (repository.clone(), commit.to_owned(), default_branch, known.is_some());
-    let (policy, commits, chain) = tokio::task::spawn_blocking(move || {
-        let policy = mainline_pipeline(&repo, &branch)?;
+    let live_commit = live.clone();
+    let (definitions, commits, chain) = tokio::task::spawn_blocking(move || {
+        let short = |c: &str| c[..c.len().min(12)].to_owned();
+        let mut definitions = vec![("the mainline tip's pipeline".to_owned(), mainline_pipeline(&repo, &branch)?)];
+        if let Some(live) = &live_commit {
+            let policy = pipeline_at(&repo, live).map_err(|e| format!("the live commit's {e}"))?;
+            definitions.push((format!("the pipeline of {}, live in the environment", short(live)), policy));
+        }
+        let policy = pipeline_at(&repo, &candidate).map_err(|e| format!("the release's {e}"))?;
+        definitions.push((format!("the release's pipeline ({})", short(&candidate)), policy));
         let (commits, chain) = if listed {
             (Vec::new(), Vec::new())
         } else {
             (
-                git::commits(&repo, live.as_deref(), &candidate).map_err(|e| e.to_string())?,
-                git::first_parents(&repo, live.as_deref(), &candidate).map_err(|e| e.to_string())?,
+                git::commits(&repo, live_commit.as_deref(), &candidate).map_err(|e| e.to_string())?,
+                git::first_parents(&repo, live_commit.as_deref(), &candidate).map_err(|e| e.to_string())?,
             )
         };
-        Ok::<_, String>((policy, commits, chain))
+        Ok::<_, String>((definitions, commits, chain))
     })
     .await
     .map_err(|_| "reading the repository failed".to_owned())??;
-    let environment = policy
-        .environments
-        .iter()
-        .find(|e| e.name == environment)
-        .cloned()
-        .ok_or_else(|| format!("the mainline's pipeline file defines no environment {environment:?}"))?;
+    let mut governing: Vec<(String, Environment)> = Vec::new();
+    for (source, policy) in definitions {
+        if let Some(defined) = policy.environments.into_iter().find(|e| e.name == environment) {
+            if !governing.iter().any(|(_, known)| *known == defined) {
+                governing.push((source, defined));
+            }
+        }
+    }
+    if governing.is_empty() {
+        return Err(format!("no pipeline file that governs it defines an environment {environment:?}"));
+    }
+    let (_, primary) = governing.remove(0);
     let changes = match known {
         Some(changes) => changes,
         None => {
@@ -168,7 +195,7 @@ pub async fn release_context(
             changes
         }
     };
-    Ok(DeployContext { environment, changes })
+    Ok(DeployContext { environment: primary, also: governing, changes })
 }
 
 /// The first commit of a mainline's first-parent `chain` (newest first)

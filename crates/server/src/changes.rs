@@ -44,6 +44,9 @@ pub struct GitFacts {
     pub proposed: Option<Result<Pipeline, PipelineError>>,
     /// The merged tree, or why it does not merge.
     pub merge: Result<String, String>,
+    /// How the merged pipeline file weakens the target's gates, one line
+    /// each: every such merge opens a finding.
+    pub weakened: Vec<String>,
 }
 
 fn internal(error: impl std::fmt::Display) -> ApiError {
@@ -123,7 +126,19 @@ pub async fn git_facts(
         } else {
             None
         };
-        Ok(GitFacts { head, target_tip, commits, changed_paths, policy, policy_digest, proposed, merge })
+        // What the merge would leave, against what governs now.
+        let weakened = match (&policy, &merge) {
+            (Ok(before), Ok(tree)) if changed_paths.iter().any(|p| p == pipeline::PATH) => {
+                match git::read_file(&repository, tree, pipeline::PATH)? {
+                    Some(text) => {
+                        pipeline::parse(&text).map(|after| pipeline::weakenings(before, &after)).unwrap_or_default()
+                    }
+                    None => pipeline::weakenings(before, &Pipeline::default()),
+                }
+            }
+            _ => Vec::new(),
+        };
+        Ok(GitFacts { head, target_tip, commits, changed_paths, policy, policy_digest, proposed, merge, weakened })
     })
     .await
     .map_err(internal)?
@@ -293,6 +308,7 @@ pub async fn merge(
         let plan = MergePlan {
             head: facts.head.clone(),
             base: facts.target_tip.clone(),
+            weakened: facts.weakened.clone(),
             evaluate: Box::new(move |records| evaluate(&evaluated_facts, records, &check)),
             publish: Box::new(move |records, report| {
                 let tree = facts.merge.clone().map_err(|why| format!("the change does not merge cleanly: {why}"))?;
@@ -452,6 +468,7 @@ fn attestation(
             "digest": facts.policy_digest.as_ref().map(|d| json!({ "sha256": d })),
         },
         "gate": report.rules,
+        "weakened": facts.weakened,
     });
     Statement::new(vec![subject], custody_formats::statement::CHANGE_PREDICATE, predicate)
 }

@@ -600,6 +600,10 @@ pub struct MergePlan {
     /// The target's tip the merge is made on; `None` when the merge
     /// creates the target branch.
     pub base: Option<String>,
+    /// How the merge weakens the target's gates (see
+    /// [`custody_domain::pipeline::weakenings`]): a finding is opened for
+    /// them in the merge's transaction.
+    pub weakened: Vec<String>,
     /// The gate, as evaluated inside the merge's transaction.
     pub evaluate: Box<dyn FnOnce(&GateRecords) -> custody_domain::gate::GateReport + Send>,
     /// Makes the merge commit and signs its attestation; runs inside the
@@ -1107,6 +1111,24 @@ impl Store {
                     } else {
                         None
                     };
+                    // A weakened gate is allowed through review, but never
+                    // quietly: an admin who took no part in it reviews it.
+                    let finding = if plan.weakened.is_empty() {
+                        None
+                    } else {
+                        let mut involved: Vec<String> = records.authors.keys().map(|u| u.as_str().to_owned()).collect();
+                        involved.extend(report.approvers.iter().cloned());
+                        involved.push(actor.name.to_string());
+                        involved.sort();
+                        involved.dedup();
+                        let summary = format!(
+                            "change {}#{number} weakened the gate: {}",
+                            access2.project,
+                            plan.weakened.join("; ")
+                        );
+                        let subject = format!("change:{}/{number}", access2.project);
+                        Some(crate::findings::open(tx, "gate_weakened", Some(access2.project_id), &subject, &summary, &involved).await?)
+                    };
                     tx.audit(NewEvent {
                         actor: actor.name.to_string(),
                         action: "change.merge".into(),
@@ -1119,6 +1141,8 @@ impl Store {
                             "approvers": report.approvers,
                             "authors": records.authors.keys().map(UserName::as_str).collect::<Vec<_>>(),
                             "gate": report.rules,
+                            "weakened": plan.weakened,
+                            "finding": finding,
                             "build": build,
                             "envelope_sha256": custody_formats::Envelope::digest_of_json(&published.attestation),
                         }),

@@ -110,8 +110,16 @@ pub struct Standing {
 /// What the caller read from git for a deployment's gate.
 #[derive(Clone, Debug)]
 pub struct DeployContext {
-    /// The environment, as the mainline tip's pipeline file defines it.
+    /// The environment, as the mainline tip's pipeline file defines it
+    /// (or, where the tip no longer defines it, the first definition that
+    /// governs it).
     pub environment: Environment,
+    /// Other definitions of the environment the deployment must satisfy
+    /// too, where they differ from `environment`: as the pipeline of the
+    /// commit live there has it, and as the release's own has it, each with
+    /// where it comes from. A change that weakens a gate never governs its
+    /// own deployment alone.
+    pub also: Vec<(String, Environment)>,
     /// The numbers of the changes in the release: every change merged
     /// between the commit live in the environment and the candidate.
     pub changes: Vec<i64>,
@@ -246,11 +254,12 @@ async fn load(tx: &mut impl Reads, project_id: i64, number: i64) -> Result<(i64,
 /// The facts of a deployment's gate, read in the transaction.
 struct Gathered {
     provenance: std::result::Result<(), String>,
-    previous: Option<Previous>,
+    /// What each environment a definition names in `after` says.
+    previous: BTreeMap<String, Previous>,
     authors: BTreeSet<UserName>,
     reviewers: BTreeSet<UserName>,
-    approvers: BTreeSet<UserName>,
-    testers: BTreeSet<UserName>,
+    /// The members of each group a definition names.
+    members: BTreeMap<GroupName, BTreeSet<UserName>>,
     requester: Option<UserName>,
     approvals: Vec<UserName>,
     rejections: Vec<UserName>,
@@ -258,23 +267,36 @@ struct Gathered {
     break_glass: bool,
 }
 
+/// Nobody: the members of a group no definition names.
+static NOBODY: BTreeSet<UserName> = BTreeSet::new();
+
 impl Gathered {
     fn facts<'a>(&'a self, environment: &'a Environment) -> DeployFacts<'a> {
+        let members = |group: &Option<GroupName>| group.as_ref().and_then(|g| self.members.get(g)).unwrap_or(&NOBODY);
         DeployFacts {
             environment,
             provenance: self.provenance.clone(),
-            previous: self.previous.clone(),
+            previous: environment.after.as_ref().and_then(|after| self.previous.get(after)).cloned(),
             authors: &self.authors,
             reviewers: &self.reviewers,
             requester: self.requester.as_ref(),
             approvals: &self.approvals,
             rejections: &self.rejections,
-            approvers: &self.approvers,
-            testers: &self.testers,
+            approvers: members(&environment.approvers),
+            testers: members(&environment.testers),
             sign_offs: &self.sign_offs,
             now_ms: now_ms(),
             break_glass: self.break_glass,
         }
+    }
+
+    /// The facts under every definition that governs the deployment, the
+    /// primary first.
+    fn gates<'a>(&'a self, context: &'a DeployContext) -> Vec<(&'a str, DeployFacts<'a>)> {
+        std::iter::once(("the mainline tip's pipeline", &context.environment))
+            .chain(context.also.iter().map(|(source, env)| (source.as_str(), env)))
+            .map(|(source, env)| (source, self.facts(env)))
+            .collect()
     }
 }
 
@@ -285,7 +307,6 @@ async fn gather(
     view: &DeploymentView,
     context: &DeployContext,
 ) -> Result<Gathered> {
-    let env = &context.environment;
     prove_decisions(tx, view).await?;
     // Whether each person who decided is an approver or a tester rests on
     // their memberships as custody wrote them.
@@ -311,24 +332,28 @@ async fn gather(
     } else {
         Ok(())
     };
-    let previous = match &env.after {
-        Some(after) => {
-            // The first success there, as custody recorded it: its live time
-            // is its recorded finish, never a row's.
-            let sql = tx.sql(
-                "SELECT number FROM deployments WHERE project_id = $1 AND environment = $2 \
-                 AND build_id = $3 AND status = 'succeeded' ORDER BY finished_at, number LIMIT 1",
-            );
-            let first: Option<i64> =
-                sqlx::query_scalar(&sql).bind(project_id).bind(after).bind(build_id).fetch_optional(tx.conn()).await?;
-            let since = match first {
-                Some(number) => Some(succeeded_at(tx, &view.project, number).await?),
-                None => None,
-            };
-            Some(Previous { environment: after.clone(), live_since_ms: since })
-        }
-        None => None,
-    };
+    // Owned, so that nothing borrowed from an iterator lives across an await.
+    let definitions: Vec<Environment> =
+        std::iter::once(&context.environment).chain(context.also.iter().map(|(_, e)| e)).cloned().collect();
+    let afters: BTreeSet<String> = definitions.iter().filter_map(|e| e.after.clone()).collect();
+    let groups: BTreeSet<GroupName> =
+        definitions.iter().flat_map(|e| e.approvers.iter().chain(&e.testers)).cloned().collect();
+    let mut previous = BTreeMap::new();
+    for after in afters {
+        // The first success there, as custody recorded it: its live time
+        // is its recorded finish, never a row's.
+        let sql = tx.sql(
+            "SELECT number FROM deployments WHERE project_id = $1 AND environment = $2 \
+             AND build_id = $3 AND status = 'succeeded' ORDER BY finished_at, number LIMIT 1",
+        );
+        let first: Option<i64> =
+            sqlx::query_scalar(&sql).bind(project_id).bind(&after).bind(build_id).fetch_optional(tx.conn()).await?;
+        let since = match first {
+            Some(number) => Some(succeeded_at(tx, &view.project, number).await?),
+            None => None,
+        };
+        previous.insert(after.clone(), Previous { environment: after, live_since_ms: since });
+    }
     let mut authors = BTreeSet::new();
     let mut reviewers = BTreeSet::new();
     // Who wrote and who reviewed the release, as each merge recorded it.
@@ -340,14 +365,11 @@ async fn gather(
             Duty::Reviewer => reviewers.insert(duty.user),
         };
     }
-    let approvers = match &env.approvers {
-        Some(group) => group_members(tx, group).await?,
-        None => BTreeSet::new(),
-    };
-    let testers = match &env.testers {
-        Some(group) => group_members(tx, group).await?,
-        None => BTreeSet::new(),
-    };
+    let mut members = BTreeMap::new();
+    for group in groups {
+        let found = group_members(tx, &group).await?;
+        members.insert(group, found);
+    }
     let requester = view.requested_by.clone().map(parse_user).transpose()?;
     let mut approvals = Vec::new();
     let mut rejections = Vec::new();
@@ -366,8 +388,7 @@ async fn gather(
         previous,
         authors,
         reviewers,
-        approvers,
-        testers,
+        members,
         requester,
         approvals,
         rejections,
@@ -514,7 +535,7 @@ async fn evaluate(
     context: &DeployContext,
 ) -> Result<DeployReport> {
     let gathered = gather(tx, project_id, build_id, view, context).await?;
-    Ok(deploy::evaluate(&gathered.facts(&context.environment)))
+    Ok(deploy::evaluate_all(&gathered.gates(context)))
 }
 
 /// Queues a pending deployment whose gate opened.
@@ -793,12 +814,16 @@ impl Store {
                 crate::seals::check(tx, &format!("user:{}", actor.name)).await?;
                 let who = actor.name.clone();
                 let gathered = gather(tx, access.project_id, build_id, &view, &context).await?;
-                let facts = gathered.facts(&context.environment);
+                let gates = gathered.gates(&context);
                 let refusal = match decision {
-                    DeployDecision::Approve | DeployDecision::Reject => deploy::approval_refusal(&facts, &who),
-                    DeployDecision::TestPassed | DeployDecision::TestFailed => deploy::sign_off_refusal(&facts, &who),
+                    DeployDecision::Approve | DeployDecision::Reject => {
+                        deploy::refusal_under_all(&gates, &who, deploy::approval_refusal)
+                    }
+                    DeployDecision::TestPassed | DeployDecision::TestFailed => {
+                        deploy::refusal_under_all(&gates, &who, deploy::sign_off_refusal)
+                    }
                 };
-                let report = deploy::evaluate(&facts);
+                let report = deploy::evaluate_all(&gates);
                 if let Some(reason) = refusal {
                     return Err(StoreError::Refused(Decision::deny(reason)));
                 }
@@ -875,12 +900,12 @@ impl Store {
         let mut reader = self.reader().await?;
         let (_, build_id, view) = load(&mut reader, access.project_id, number).await?;
         let gathered = gather(&mut reader, access.project_id, build_id, &view, &context).await?;
-        let facts = gathered.facts(&context.environment);
+        let gates = gathered.gates(&context);
         let standing = Standing {
-            approve: deploy::approval_refusal(&facts, who),
-            sign_off: deploy::sign_off_refusal(&facts, who),
+            approve: deploy::refusal_under_all(&gates, who, deploy::approval_refusal),
+            sign_off: deploy::refusal_under_all(&gates, who, deploy::sign_off_refusal),
         };
-        Ok((view, deploy::evaluate(&facts), standing))
+        Ok((view, deploy::evaluate_all(&gates), standing))
     }
 
     /// The decisions taken on a project's deployments (only those to

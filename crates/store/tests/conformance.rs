@@ -1055,6 +1055,7 @@ async fn released_build(store: &Store) -> (Authenticated, [Authenticated; 5], cu
     let plan = custody_store::MergePlan {
         head: head.clone(),
         base: None,
+        weakened: Vec::new(),
         evaluate: Box::new(|records: &custody_store::GateRecords| custody_domain::gate::GateReport {
             open: true,
             head: records.change.head.clone(),
@@ -1091,6 +1092,7 @@ fn production(approvals: u32, testers: bool) -> custody_store::DeployContext {
             soak: None,
             reviewers_may_approve: false,
         },
+        also: Vec::new(),
         changes: vec![1],
     }
 }
@@ -1304,6 +1306,7 @@ fn open_plan(head: &str) -> custody_store::MergePlan {
     custody_store::MergePlan {
         head: head.to_owned(),
         base: None,
+        weakened: Vec::new(),
         evaluate: Box::new(|records: &custody_store::GateRecords| custody_domain::gate::GateReport {
             open: true,
             head: records.change.head.clone(),
