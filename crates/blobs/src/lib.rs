@@ -325,7 +325,7 @@ impl Blobs {
                 stream.map_err(move |source| BlobError::Store { what: what.clone(), source }).boxed()
             }
         };
-        Ok(BlobReader { digest: *digest, size, inner, hasher: Some(Sha256::new()) })
+        Ok(BlobReader { digest: *digest, size, inner, hasher: Some(Sha256::new()), held: None })
     }
 
     /// Writes a blob to `dest` (created or truncated), verified on the way.
@@ -407,11 +407,15 @@ impl Blobs {
 /// When the bytes are all read and do not hash to the digest, the last item
 /// is `Err(BlobError::Damaged)` instead of the end of the stream: a consumer
 /// that stops at the first error never mistakes a damaged blob for a whole one.
+/// The last byte read is held back until the hash is checked, so that a
+/// damaged blob never reaches its consumer whole, even one that ignores the
+/// error (an HTTP client counting bytes against `Content-Length`).
 pub struct BlobReader {
     digest: Digest,
     size: u64,
     inner: BoxStream<'static, Result<Bytes, BlobError>>,
     hasher: Option<Sha256>,
+    held: Option<Bytes>,
 }
 
 impl BlobReader {
@@ -430,24 +434,40 @@ impl Stream for BlobReader {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        let Some(hasher) = this.hasher.as_mut() else { return Poll::Ready(None) };
-        match this.inner.poll_next_unpin(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(chunk))) => {
-                hasher.update(&chunk);
-                Poll::Ready(Some(Ok(chunk)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                this.hasher = None;
-                Poll::Ready(Some(Err(e)))
-            }
-            Poll::Ready(None) => {
-                let hasher = this.hasher.take().expect("checked above");
-                let actual = Digest::from_bytes(hasher.finalize().into());
-                if actual == this.digest {
-                    Poll::Ready(None)
-                } else {
-                    Poll::Ready(Some(Err(BlobError::Damaged { digest: this.digest, actual })))
+        loop {
+            let Some(hasher) = this.hasher.as_mut() else {
+                // Checked: what was held back is whole.
+                return Poll::Ready(this.held.take().map(Ok));
+            };
+            match this.inner.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(mut chunk))) => {
+                    if chunk.is_empty() {
+                        continue;
+                    }
+                    hasher.update(&chunk);
+                    // Sends everything but the last byte read so far.
+                    let last = chunk.split_off(chunk.len() - 1);
+                    let before = match this.held.replace(last) {
+                        Some(held) => [held, chunk].concat().into(),
+                        None => chunk,
+                    };
+                    if !before.is_empty() {
+                        return Poll::Ready(Some(Ok(before)));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.hasher = None;
+                    this.held = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(None) => {
+                    let hasher = this.hasher.take().expect("checked above");
+                    let actual = Digest::from_bytes(hasher.finalize().into());
+                    if actual != this.digest {
+                        this.held = None;
+                        return Poll::Ready(Some(Err(BlobError::Damaged { digest: this.digest, actual })));
+                    }
                 }
             }
         }
@@ -584,6 +604,36 @@ fn random_name() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_reader_of_a_damaged_blob_never_yields_all_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::local(&dir.path().join("blobs")).unwrap();
+        let file = dir.path().join("app.tar.gz");
+        std::fs::write(&file, vec![7u8; 300_000]).unwrap();
+        let stored = blobs.ingest(&file).await.unwrap();
+        let mut whole = Vec::new();
+        let mut reader = blobs.read(&stored.digest).await.unwrap();
+        while let Some(chunk) = reader.next().await {
+            whole.extend_from_slice(&chunk.unwrap());
+        }
+        assert_eq!(whole.len(), 300_000, "a sound blob comes whole");
+        let path = dir.path().join("blobs").join(blobs.key(&stored.digest));
+        let mut altered = vec![7u8; 300_000];
+        altered[150_000] = 8;
+        std::fs::write(&path, &altered).unwrap();
+        let mut reader = blobs.read(&stored.digest).await.unwrap();
+        let mut received = 0;
+        let mut ended = None;
+        while let Some(chunk) = reader.next().await {
+            match chunk {
+                Ok(bytes) => received += bytes.len(),
+                Err(error) => ended = Some(error),
+            }
+        }
+        assert!(matches!(ended, Some(BlobError::Damaged { .. })), "{ended:?}");
+        assert!(received < altered.len(), "all {received} bytes of a damaged blob were handed out");
+    }
 
     #[tokio::test]
     async fn an_ingest_never_passes_off_a_damaged_blob_as_its_copy() {

@@ -416,6 +416,26 @@ fn an_altered_blob_is_never_handed_out_and_is_reported(backend: Backend) {
         let got = refused_download(&hosted, &digest, "app.tar.gz");
         assert_eq!(got.code(), Some(1), "{label}: {got:#?}");
         assert!(got.stderr.contains(&digest), "{label}: {got:#?}");
+        // A plain HTTP client never receives the damaged file whole: the
+        // server holds its end back until the hash is checked.
+        let saved = hosted.sandbox.path("curl-download");
+        let curl = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                saved.to_str().expect("UTF-8"),
+                "-H",
+                &format!("Authorization: Bearer {}", hosted.alice),
+            ])
+            .arg(format!(
+                "http://127.0.0.1:{}/api/v1/projects/{PROJECT}/artifacts/sha256:{digest}/content",
+                hosted.server.port()
+            ))
+            .output()
+            .expect("curl runs");
+        assert!(!curl.status.success(), "{label}: curl got it all: {curl:?}");
+        let received = std::fs::read(&saved).unwrap_or_default();
+        assert!(received.len() < bytes.len(), "{label}: {} of {} bytes", received.len(), bytes.len());
 
         let all = verify(&hosted, &["--all"]);
         assert_eq!(all.code(), Some(1), "{label}: {all:#?}");

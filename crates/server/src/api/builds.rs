@@ -161,6 +161,14 @@ pub(crate) async fn download(
             std::io::Error::other(error.to_string())
         })
     });
+    // Before the transfer is cut off, what was sent is flushed: the client
+    // sees an answer that broke off, never one that was not sent at all.
+    let stream = stream.then(|chunk| async move {
+        if chunk.is_err() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        chunk
+    });
     let mut response = HttpBody::from_stream(stream).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
