@@ -271,6 +271,31 @@ fn a_production_release_verifies_offline_with_every_duty_named(backend: Backend)
     .expect_code(0)
     .json();
     assert_eq!(report["environments"], json!(["staging", "production"]), "{report:#}");
+    // The auditor can compare each key out of band: its id and fingerprint.
+    let keys = report["keys"].as_array().expect("keys");
+    assert!(keys.iter().any(|k| k["role"] == "builder" && k["verified"] == 1), "{report:#}");
+    assert!(keys.iter().all(|k| k["fingerprint"].as_str().is_some_and(|f| f.starts_with("SHA256:"))), "{report:#}");
+
+    // Deployed to staging a second time, the artifact's bundle holds that too.
+    let again = hosted.run_as("alice", &["deploy", "request", PROJECT, "staging", "--build", "1", "--json"]).json();
+    let again = again["deployment"]["number"].as_i64().expect("a number");
+    deployment_reaching(&hosted, again, &["succeeded"]);
+    hosted
+        .as_admin(&["evidence", "export", PROJECT, "--artifact", &digest, "-o", by_artifact.to_str().expect("UTF-8")])
+        .expect_code(0);
+    let trust = exported.trust_file.to_str().expect("UTF-8");
+    let report = offline(&hosted, &["verify", by_artifact.to_str().expect("UTF-8"), "--trust", trust, "--json"])
+        .expect_code(0)
+        .json();
+    assert_eq!(report["environments"], json!(["staging", "production", "staging"]), "{report:#}");
+    let text = offline(&hosted, &["verify", by_artifact.to_str().expect("UTF-8"), "--trust", trust]).expect_code(0);
+    let builder = keys.iter().find(|k| k["role"] == "builder").expect("the builder key");
+    let line = format!(
+        "builder   {} {}",
+        builder["key_id"].as_str().unwrap_or(""),
+        builder["fingerprint"].as_str().unwrap_or("")
+    );
+    assert!(text.stdout.contains(&line), "{text:#?}");
 
     // Evidence is for admins and auditors; asking wrongly is an input error.
     let refused = hosted.run_as("alice", &["evidence", "export", PROJECT, "--deployment", "2", "--json"]);
@@ -429,7 +454,7 @@ fn every_altered_field_of_the_bundle_fails_verification_with_its_reason(backend:
     let mut bundle = original.clone();
     let entries = bundle["entries"].as_array_mut().expect("entries");
     entries.swap(staging, production);
-    fails_with(&hosted, &exported, &bundle, "order", "deploy.order", "deployment 1 (staging)", "out of order");
+    fails_with(&hosted, &exported, &bundle, "order", "deploy.order", "deployment 2 (production)", "out of order");
 }
 
 fn provenance_signed_with_the_deployers_key_fails_verification(backend: Backend) {

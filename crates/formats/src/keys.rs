@@ -182,6 +182,18 @@ impl PublicKey {
         hex_lower(&Sha256::digest(der))
     }
 
+    /// The key's fingerprint as `ssh-keygen -l` shows an ed25519 key:
+    /// `SHA256:` and the unpadded base64 of the SHA-256 of its SSH wire form.
+    pub fn fingerprint(&self) -> String {
+        use base64::Engine as _;
+        let mut wire = Vec::new();
+        for part in [&b"ssh-ed25519"[..], &self.key.to_bytes()[..]] {
+            wire.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            wire.extend_from_slice(part);
+        }
+        format!("SHA256:{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(Sha256::digest(&wire)))
+    }
+
     /// The key as SubjectPublicKeyInfo PEM, which openssl reads.
     pub fn to_pem(&self) -> String {
         self.key.to_public_key_pem(Default::default()).unwrap_or_default()
@@ -246,6 +258,36 @@ pub fn load_or_create_secret(path: &std::path::Path, what: &str) -> Result<[u8; 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_keys_id_and_fingerprint_are_what_openssl_and_ssh_keygen_print() {
+        use base64::Engine as _;
+        let dir = tempfile::tempdir().unwrap();
+        let public = ServiceKey::generate(KeyRole::Builder).public();
+        let pem = dir.path().join("builder.pub.pem");
+        std::fs::write(&pem, public.to_pem()).unwrap();
+        let der = std::process::Command::new("openssl")
+            .args(["pkey", "-pubin", "-outform", "DER", "-in"])
+            .arg(&pem)
+            .output()
+            .expect("openssl runs");
+        assert!(der.status.success(), "{der:?}");
+        assert_eq!(public.key_id(), hex_lower(&Sha256::digest(&der.stdout)));
+        // An OpenSSH public key line from the raw key openssl printed.
+        let raw = &der.stdout[der.stdout.len() - 32..];
+        let mut wire = Vec::new();
+        for part in [&b"ssh-ed25519"[..], raw] {
+            wire.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            wire.extend_from_slice(part);
+        }
+        let line = dir.path().join("builder.pub");
+        std::fs::write(&line, format!("ssh-ed25519 {}\n", base64::engine::general_purpose::STANDARD.encode(&wire)))
+            .unwrap();
+        let shown = std::process::Command::new("ssh-keygen").arg("-l").arg("-f").arg(&line).output();
+        let shown = shown.expect("ssh-keygen runs");
+        let text = String::from_utf8_lossy(&shown.stdout);
+        assert!(text.contains(&public.fingerprint()), "{text} vs {}", public.fingerprint());
+    }
 
     #[test]
     fn a_saved_key_loads_back_and_signs_the_same() {

@@ -111,8 +111,27 @@ pub struct Report {
     /// Every rule checked.
     pub checks: Vec<Check>,
     /// What an auditor should look at although no rule failed (break-glass,
-    /// reviewers approving by policy).
+    /// reviewers approving by policy, weakened gates).
     pub findings: Vec<String>,
+    /// The keys that verified the bundle, to compare out of band with the
+    /// operator's: each key's id (the hex SHA-256 of its
+    /// SubjectPublicKeyInfo DER, what `openssl pkey -pubin -outform DER |
+    /// sha256sum` prints) and its fingerprint in the OpenSSH style.
+    pub keys: Vec<KeyUsed>,
+}
+
+/// A key of the trust file, and what it verified in the bundle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct KeyUsed {
+    /// Its duty.
+    pub role: String,
+    /// The hex SHA-256 of its SubjectPublicKeyInfo DER.
+    pub key_id: String,
+    /// `SHA256:` and the unpadded base64 of the raw public key's SHA-256, as
+    /// `ssh-keygen -l` shows an ed25519 key.
+    pub fingerprint: String,
+    /// How many signatures in the bundle it verified (the checkpoint's too).
+    pub verified: usize,
 }
 
 impl Report {
@@ -160,6 +179,12 @@ impl Report {
         for c in &self.checks {
             let mark = if c.passed { "pass" } else { "FAIL" };
             out.push_str(&format!("  [{mark}] {} ({}): {}\n", c.rule, c.subject, c.message));
+        }
+        if !self.keys.is_empty() {
+            out.push_str("\nKeys (compare them with the operator's, out of band)\n");
+            for k in &self.keys {
+                out.push_str(&format!("  {:<9} {} {} verified {}\n", k.role, k.key_id, k.fingerprint, k.verified));
+            }
         }
         if !self.findings.is_empty() {
             out.push_str("\nFindings\n");
@@ -231,14 +256,13 @@ pub fn repeated(names: &[String]) -> Vec<String> {
 }
 
 /// Whether `environments` (each with the environment it must follow) are
-/// in an order the pipeline allows: the first follows nothing in the list
-/// (or nothing at all), each next one follows the one before it. Returns
-/// the position of the first out of place.
+/// in an order the pipeline allows: each that follows another comes after
+/// a deployment to that one; a first environment may come anywhere (it is
+/// deployed to again). Returns the position of the first out of place.
 pub fn out_of_order(environments: &[(String, Option<String>)]) -> Option<usize> {
-    environments.iter().enumerate().position(|(i, (_, after))| match (i, after) {
-        (0, _) => false,
-        (_, None) => true,
-        (i, Some(after)) => environments[i - 1].0 != *after,
+    environments.iter().enumerate().position(|(i, (_, after))| match after {
+        None => false,
+        Some(after) => !environments[..i].iter().any(|(name, _)| name == after),
     })
 }
 
@@ -477,7 +501,8 @@ pub fn verify(bundle: &Bundle, trust: &TrustRoot, artifact: Option<&ArtifactFile
     };
 
     // The checkpoint, signed by a ledger key of the trust file.
-    let checkpoint = open_checkpoint(&bundle.checkpoint, &trust.origin, &keys);
+    let mut verified_by: BTreeMap<String, usize> = BTreeMap::new();
+    let checkpoint = open_checkpoint(&bundle.checkpoint, &trust.origin, &keys, &mut verified_by);
     match &checkpoint {
         Ok(c) => checks.add(
             "checkpoint.signature",
@@ -512,7 +537,9 @@ pub fn verify(bundle: &Bundle, trust: &TrustRoot, artifact: Option<&ArtifactFile
             continue;
         };
         let subject = label(kind, &statement);
-        check_signature(&mut checks, entry, kind, &subject, &keys);
+        if let Some(key_id) = check_signature(&mut checks, entry, kind, &subject, &keys) {
+            *verified_by.entry(key_id).or_default() += 1;
+        }
         check_binding(&mut checks, entry, kind, &subject, &statement, &bundle.project);
         check_inclusion(&mut checks, &entry.event, &entry.proof, &subject, checkpoint.as_ref().ok());
         parsed.push(Parsed { statement, kind });
@@ -755,52 +782,30 @@ pub fn verify(bundle: &Bundle, trust: &TrustRoot, artifact: Option<&ArtifactFile
             d.result == "succeeded",
             format!("the deployment {}", if d.result.is_empty() { "has no result" } else { &d.result }),
         );
-        // Environment order.
-        let (passed, message) = match (i, &d.after) {
-            (0, None) => (true, "the first environment of the pipeline".to_owned()),
-            (0, Some(after)) => (
-                false,
-                format!(
-                    "{} must follow {after}, but the bundle holds no deployment to {after} before it",
-                    d.environment
+        // Environment order: a deployment to an environment that follows
+        // another comes after one of the same build there, in the bundle
+        // and in time. A first environment may be deployed to again later.
+        let earlier =
+            |after: &str| deployments[..i].iter().rev().find(|p| p.environment == after && p.build == d.build);
+        let (passed, message) = match &d.after {
+            None => (true, "a first environment of the pipeline".to_owned()),
+            Some(after) => match earlier(after) {
+                None => (
+                    false,
+                    format!(
+                        "{} must follow {after}, but the bundle holds no deployment of build {} to {after} before it: \
+                         the environments are out of order",
+                        d.environment, d.build
+                    ),
                 ),
-            ),
-            (_, None) => (
-                false,
-                format!(
-                    "{} is a first environment, yet the bundle lists it after {}: the environments are out of order",
-                    d.environment,
-                    deployments[i - 1].environment
-                ),
-            ),
-            (_, Some(after)) => {
-                let prev = &deployments[i - 1];
-                if &prev.environment != after {
-                    (
-                        false,
-                        format!(
-                            "{} must follow {after}, but the deployment before it in the bundle is to {}: the environments are out of order",
-                            d.environment, prev.environment
-                        ),
-                    )
-                } else if prev.build != d.build {
-                    (
-                        false,
-                        format!(
-                            "build {} went to {}, but build {} went to {after}",
-                            d.build, d.environment, prev.build
-                        ),
-                    )
-                } else if let (Some(done), Some(start)) = (prev.finished_ms, d.started_ms) {
-                    if done <= start {
+                Some(prev) => match (prev.finished_ms, d.started_ms) {
+                    (Some(done), Some(start)) if done <= start => {
                         (true, format!("follows {} to {after}, finished before it started", prev.label()))
-                    } else {
-                        (false, format!("started before {} to {after} had finished", prev.label()))
                     }
-                } else {
-                    (false, "the deployments do not say when they started and finished".to_owned())
-                }
-            }
+                    (Some(_), Some(_)) => (false, format!("started before {} to {after} had finished", prev.label())),
+                    _ => (false, "the deployments do not say when they started and finished".to_owned()),
+                },
+            },
         };
         checks.add("deploy.order", &step, passed, message);
 
@@ -969,6 +974,15 @@ pub fn verify(bundle: &Bundle, trust: &TrustRoot, artifact: Option<&ArtifactFile
         people: people.into_iter().map(|(name, duties)| Person { name, duties }).collect(),
         checks,
         findings,
+        keys: keys
+            .iter()
+            .map(|k| KeyUsed {
+                role: k.key.role().as_str().to_owned(),
+                key_id: k.key.key_id(),
+                fingerprint: k.key.fingerprint(),
+                verified: verified_by.get(&k.key.key_id()).copied().unwrap_or(0),
+            })
+            .collect(),
     }
 }
 
@@ -985,7 +999,12 @@ fn none_or(names: &[String]) -> String {
     }
 }
 
-fn open_checkpoint(note: &str, origin: &str, keys: &[ValidKey]) -> Result<Checkpoint, String> {
+fn open_checkpoint(
+    note: &str,
+    origin: &str,
+    keys: &[ValidKey],
+    verified_by: &mut BTreeMap<String, usize>,
+) -> Result<Checkpoint, String> {
     let ledger: Vec<&ValidKey> = keys.iter().filter(|k| k.key.role() == KeyRole::Ledger).collect();
     if ledger.is_empty() {
         return Err("the trust file holds no ledger key".into());
@@ -993,26 +1012,31 @@ fn open_checkpoint(note: &str, origin: &str, keys: &[ValidKey]) -> Result<Checkp
     let mut last = String::new();
     for key in ledger {
         match NoteVerifier::new(origin, &key.key).and_then(|v| v.open(note)) {
-            Ok(checkpoint) => return Ok(checkpoint),
+            Ok(checkpoint) => {
+                *verified_by.entry(key.key.key_id()).or_default() += 1;
+                return Ok(checkpoint);
+            }
             Err(error) => last = error.to_string(),
         }
     }
     Err(format!("the checkpoint does not verify with the ledger key: {last}"))
 }
 
-fn check_signature(checks: &mut Checks, entry: &Entry, kind: Kind, subject: &str, keys: &[ValidKey]) {
+/// Checks an envelope's signature: the id of the key that verified it.
+fn check_signature(checks: &mut Checks, entry: &Entry, kind: Kind, subject: &str, keys: &[ValidKey]) -> Option<String> {
     let role = kind.role();
     let at = entry.event.at_ms;
     let own: Vec<&ValidKey> = keys.iter().filter(|k| k.key.role() == role).collect();
     let valid: Vec<&&ValidKey> = own.iter().filter(|k| k.valid_at(at)).collect();
-    if valid.iter().any(|k| entry.envelope.verify(&k.key).is_ok()) {
+    if let Some(key) = valid.iter().find(|k| entry.envelope.verify(&k.key).is_ok()) {
+        let key_id = key.key.key_id();
         checks.add(
             "envelope.signature",
             subject,
             true,
-            format!("the {} is signed by the {} key", kind.what(), role.as_str()),
+            format!("the {} is signed by the {} key {}", kind.what(), role.as_str(), short(&key_id)),
         );
-        return;
+        return Some(key_id);
     }
     let message = if let Some(other) =
         keys.iter().find(|k| k.key.role() != role && entry.envelope.verify(&k.key).is_ok())
@@ -1035,6 +1059,7 @@ fn check_signature(checks: &mut Checks, entry: &Entry, kind: Kind, subject: &str
         format!("no signature by the {} key verifies on the {}: it was altered or forged", role.as_str(), kind.what())
     };
     checks.add("envelope.signature", subject, false, message);
+    None
 }
 
 fn check_binding(checks: &mut Checks, entry: &Entry, kind: Kind, subject: &str, statement: &Statement, project: &str) {
@@ -1248,6 +1273,8 @@ mod tests {
         let staging = ("staging".to_owned(), None);
         let production = ("production".to_owned(), Some("staging".to_owned()));
         assert_eq!(out_of_order(&[staging.clone(), production.clone()]), None);
-        assert_eq!(out_of_order(&[production, staging]), Some(1));
+        // Deployed to staging again after production: still in order.
+        assert_eq!(out_of_order(&[staging.clone(), production.clone(), staging.clone(), production.clone()]), None);
+        assert_eq!(out_of_order(&[production, staging]), Some(0));
     }
 }

@@ -140,19 +140,10 @@ pub(crate) async fn export(
                 }
                 let made = store.artifact(&access, &digest).await?;
                 let build = made[0].build;
-                let succeeded = store.succeeded_deployments_of(&access, build).await?;
-                let mut chain = Vec::new();
-                // Every environment in pipeline order, each by its first success.
-                let mut placed: Vec<String> = Vec::new();
-                while let Some((name, _)) = order
-                    .iter()
-                    .find(|(name, after)| !placed.contains(name) && after.as_ref().is_none_or(|a| placed.contains(a)))
-                {
-                    placed.push(name.clone());
-                    if let Some(d) = succeeded.iter().find(|d| &d.environment == name) {
-                        chain.push(d.clone());
-                    }
-                }
+                // Every successful deployment of the build, in the order
+                // they ran: a second deployment to staging included.
+                let mut chain = store.succeeded_deployments_of(&access, build).await?;
+                chain.sort_by_key(|d| d.number);
                 (BundleSubject { deployment: None, artifact: Some(digest) }, build, chain)
             }
             _ => {
