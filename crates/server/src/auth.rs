@@ -160,6 +160,76 @@ impl RateLimiter {
     }
 }
 
+/// How password sign-ins are throttled: by source, a hard limit (past it,
+/// 429 with the seconds to wait); by name, a growing delay before the
+/// password is checked, never a lockout, so that nobody can lock an owner
+/// out of their account by failing on purpose from elsewhere.
+pub struct LoginThrottle {
+    sources: RateLimiter,
+    names: Mutex<HashMap<String, Vec<Instant>>>,
+    free: u32,
+    base: Duration,
+    window: Duration,
+}
+
+impl LoginThrottle {
+    /// The longest a sign-in naming someone waits.
+    pub const MOST: Duration = Duration::from_secs(8);
+
+    /// `per_source` failures per source in `window`; a name's failures past
+    /// `per_source` in the window delay each attempt naming it, from `base`
+    /// doubling to [`LoginThrottle::MOST`].
+    pub fn new(per_source: u32, window: Duration, base: Duration) -> Self {
+        LoginThrottle {
+            sources: RateLimiter::new(per_source, window),
+            names: Mutex::new(HashMap::new()),
+            free: per_source,
+            base,
+            window,
+        }
+    }
+
+    /// Refuses a source past its limit.
+    pub fn check_source(&self, source: IpAddr) -> Result<(), ApiError> {
+        self.sources.check(&limit_keys(source, None))
+    }
+
+    /// How long an attempt naming `name` waits before its password is checked.
+    pub fn delay(&self, name: &str) -> Duration {
+        let now = Instant::now();
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(times) = names.get_mut(name) else { return Duration::ZERO };
+        times.retain(|t| now.duration_since(*t) < self.window);
+        slowdown(times.len() as u32, self.free, self.base)
+    }
+
+    /// Counts a failure against the source and, when given, the name.
+    pub fn failed(&self, source: IpAddr, name: Option<&str>) {
+        self.sources.record(&limit_keys(source, None));
+        let Some(name) = name else { return };
+        let now = Instant::now();
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        if names.len() > 100_000 {
+            names.retain(|_, times| times.last().is_some_and(|t| now.duration_since(*t) < self.window));
+        }
+        names.entry(name.to_owned()).or_default().push(now);
+    }
+
+    /// The owner got in: their name's failures are forgotten.
+    pub fn succeeded(&self, name: &str) {
+        self.names.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+    }
+}
+
+/// The delay after `failures` of a name: none for the first `free`, then
+/// `base` doubling with each failure, up to [`LoginThrottle::MOST`].
+pub fn slowdown(failures: u32, free: u32, base: Duration) -> Duration {
+    match failures.checked_sub(free) {
+        None => Duration::ZERO,
+        Some(over) => base.saturating_mul(1u32 << over.min(16)).min(LoginThrottle::MOST),
+    }
+}
+
 /// The keys an attempt from `source` naming `name` is counted under.
 pub fn limit_keys(source: IpAddr, name: Option<&str>) -> Vec<String> {
     let mut keys = vec![format!("source:{source}")];
@@ -167,4 +237,31 @@ pub fn limit_keys(source: IpAddr, name: Option<&str>) -> Vec<String> {
         keys.push(format!("name:{name}"));
     }
     keys
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{slowdown, LoginThrottle};
+
+    #[test]
+    fn a_names_failures_slow_it_down_to_a_bound_and_never_stop_it() {
+        let base = Duration::from_millis(250);
+        assert_eq!(slowdown(0, 10, base), Duration::ZERO);
+        assert_eq!(slowdown(9, 10, base), Duration::ZERO);
+        assert_eq!(slowdown(10, 10, base), base);
+        assert_eq!(slowdown(12, 10, base), base * 4);
+        assert_eq!(slowdown(1_000_000, 10, base), LoginThrottle::MOST);
+        // The owner getting in forgets the name's failures.
+        let throttle = LoginThrottle::new(1, Duration::from_secs(60), base);
+        let source = std::net::IpAddr::from([127, 0, 0, 9]);
+        throttle.failed(source, Some("alice"));
+        throttle.failed(source, Some("alice"));
+        assert_eq!(throttle.delay("alice"), base * 2);
+        assert!(throttle.check_source(source).is_err());
+        assert!(throttle.check_source(std::net::IpAddr::from([127, 0, 0, 1])).is_ok());
+        throttle.succeeded("alice");
+        assert_eq!(throttle.delay("alice"), Duration::ZERO);
+    }
 }

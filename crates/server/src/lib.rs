@@ -27,7 +27,7 @@ use axum::{Json, Router};
 use custody_store::Store;
 use serde_json::json;
 
-use crate::auth::RateLimiter;
+use crate::auth::{LoginThrottle, RateLimiter};
 use crate::metrics::Metrics;
 
 /// The largest request body the JSON API accepts.
@@ -39,8 +39,12 @@ pub const HOOK_BODY_LIMIT: usize = 256 * 1024 * 1024;
 /// Limits on attempts with secrets.
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// Failed password logins allowed per source and per name in the window.
+    /// Failed sign-ins allowed per source in the window; past as many
+    /// failures for one name, each sign-in naming it waits longer.
     pub failed_logins: u32,
+    /// The first wait of a name past its free failures; it doubles with each
+    /// failure, to 8 s at most.
+    pub name_delay: Duration,
     /// Invite redemptions allowed per source in the window.
     pub redemptions: u32,
     /// The window.
@@ -58,6 +62,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             failed_logins: 10,
+            name_delay: Duration::from_millis(250),
             redemptions: 10,
             window: Duration::from_secs(15 * 60),
             max_push_bytes: Self::MAX_PUSH_BYTES,
@@ -80,7 +85,7 @@ struct Shared {
     sealing: Arc<custody_formats::sealed::SealingKey>,
     instance: String,
     metrics: Metrics,
-    logins: RateLimiter,
+    logins: LoginThrottle,
     redemptions: RateLimiter,
     max_push_bytes: u64,
     /// One turn at a time per merge target, in this process.
@@ -110,7 +115,7 @@ impl AppState {
             sealing,
             instance,
             metrics: Metrics::default(),
-            logins: RateLimiter::new(limits.failed_logins, limits.window),
+            logins: LoginThrottle::new(limits.failed_logins, limits.window, limits.name_delay),
             redemptions: RateLimiter::new(limits.redemptions, limits.window),
             max_push_bytes: limits.max_push_bytes,
             merge_turns: Default::default(),
@@ -152,7 +157,7 @@ impl AppState {
         &self.0.metrics
     }
 
-    pub(crate) fn logins(&self) -> &RateLimiter {
+    pub(crate) fn logins(&self) -> &LoginThrottle {
         &self.0.logins
     }
 

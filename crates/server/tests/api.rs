@@ -518,8 +518,8 @@ async fn invite_redemption_is_rate_limited_per_source() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_logins_are_rate_limited_per_name_and_a_password_login_works() {
-    let limits = Limits { failed_logins: 2, ..Limits::default() };
+async fn failed_logins_stop_their_source_and_never_lock_the_owner_out() {
+    let limits = Limits { failed_logins: 2, name_delay: std::time::Duration::from_millis(1), ..Limits::default() };
     let server = Server::start_with(Dialect::Sqlite, limits).await.unwrap();
     let alice = server.person("alice").await;
     let (status, _) = server
@@ -535,20 +535,30 @@ async fn failed_logins_are_rate_limited_per_name_and_a_password_login_works() {
         )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let login = |password: &'static str| {
-        server.call(
-            reqwest::Method::POST,
-            None,
-            "/api/v1/auth/token",
-            Some(json!({ "name": "alice", "password": password })),
-        )
+    // Each source its own loopback address.
+    let login = |source: [u8; 4], password: &'static str| {
+        let client = reqwest::Client::builder().local_address(std::net::IpAddr::from(source)).build().unwrap();
+        let url = format!("{}/api/v1/auth/token", server.base);
+        async move {
+            let response =
+                client.post(url).json(&json!({ "name": "alice", "password": password })).send().await.unwrap();
+            let status = response.status();
+            let retry = response.headers().get("retry-after").is_some();
+            (status, retry, response.json::<Value>().await.unwrap_or(Value::Null))
+        }
     };
-    let (status, token) = login("correct horse battery staple").await;
+    let (status, _, token) = login([127, 0, 0, 1], "correct horse battery staple").await;
     assert_eq!(status, StatusCode::OK, "{token}");
     assert_eq!(server.get(token["token"].as_str().unwrap(), "/api/v1/me").await.1["name"], "alice");
-    assert_eq!(login("wrong").await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(login("wrong again").await.0, StatusCode::UNAUTHORIZED);
-    // Locked out now, even with the right password, until the window passes.
-    let (status, body) = login("correct horse battery staple").await;
-    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    // Six sources guess alice's password until each is stopped.
+    for last in 2..=7 {
+        assert_eq!(login([127, 0, 0, last], "wrong").await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(login([127, 0, 0, last], "wrong again").await.0, StatusCode::UNAUTHORIZED);
+        let (status, retry, body) = login([127, 0, 0, last], "correct horse battery staple").await;
+        assert_eq!((status, retry), (StatusCode::TOO_MANY_REQUESTS, true), "{body}");
+        assert_eq!(body["error"]["code"], "rate_limited", "{body}");
+    }
+    // alice, from her own address, still gets in: slowed down, not locked out.
+    let (status, _, token) = login([127, 0, 0, 1], "correct horse battery staple").await;
+    assert_eq!(status, StatusCode::OK, "{token}");
 }

@@ -25,7 +25,6 @@ use sha2::Digest as _;
 
 use super::html::{self, esc, push};
 use super::{WebError, WebQuery, WebResult};
-use crate::auth::limit_keys;
 use crate::AppState;
 
 /// The session cookie's name.
@@ -280,10 +279,11 @@ pub(crate) async fn login(
     let made = match field("method").as_str() {
         "password" => {
             let name = field("name");
-            let keys = limit_keys(peer.ip(), Some(name.trim()));
-            state.logins().check(&keys).map_err(WebError::from)?;
+            state.logins().check_source(peer.ip()).map_err(WebError::from)?;
+            tokio::time::sleep(state.logins().delay(name.trim())).await;
             match crate::api::people::check_password(&state, name.trim(), field("password")).await? {
                 Some((name, user_id)) => {
+                    state.logins().succeeded(name.as_str());
                     let admin = state.store().get_user(&name).await?.admin;
                     let mut scopes = vec![Scope::Read, Scope::Write];
                     if admin {
@@ -292,17 +292,16 @@ pub(crate) async fn login(
                     state.store().create_token_after_login(user_id, &name, Scopes::of(&scopes)).await?
                 }
                 None => {
-                    state.logins().record(&keys);
+                    state.logins().failed(peer.ip(), Some(name.trim()));
                     tracing::info!(source = %peer.ip(), name = %name, "failed sign-in");
                     return Ok(login_form(&fresh, &next, Some("Wrong name or password.")));
                 }
             }
         }
         "token" => {
-            let keys = limit_keys(peer.ip(), None);
-            state.logins().check(&keys).map_err(WebError::from)?;
+            state.logins().check_source(peer.ip()).map_err(WebError::from)?;
             let Ok(auth) = state.store().authenticate(field("token").trim()).await else {
-                state.logins().record(&keys);
+                state.logins().failed(peer.ip(), None);
                 return Ok(login_form(&fresh, &next, Some("That token is invalid, expired or revoked.")));
             };
             let expires = custody_store::now_ms() + SESSION_MS;
