@@ -549,7 +549,32 @@ fn a_change_that_lowers_productions_gate_does_not_deploy_itself(backend: Backend
     hosted.as_admin(&["finding", "resolve", &id, "-m", "agreed with the release managers"]).expect_code(0);
 }
 
+fn an_environment_keeps_its_deploy_logs_from_everyone_but_its_log_readers(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    hosted.add_user("dave", "write");
+    release_managers(&hosted, &["carol"]);
+    group(&hosted, "ops", &["dave"]);
+    let policy = pipeline_with_environments("log_readers = \"ops\"\n");
+    let work = seed_deploying(&hosted, &policy, DEPLOY_SCRIPT);
+    merge_a_change(&hosted, &work);
+    deployment_reaching(&hosted, 2, &["pending"]);
+    hosted.run_as("carol", &["deploy", "approve", PROJECT, "2", "--json"]).expect_code(0);
+    deployment_reaching(&hosted, 2, &["succeeded"]);
+    // alice wrote the release, carol approved it: neither reads production's log.
+    for who in ["alice", "carol"] {
+        let refused = hosted.run_as(who, &["deploy", "log", PROJECT, "2", "--json"]);
+        assert_eq!(refused.code(), Some(1), "{who}: {refused:#?}");
+        assert_eq!(refused_rule(&refused), "deploy.log_reader", "{who}: {refused:#?}");
+    }
+    let read = hosted.run_as("dave", &["deploy", "log", PROJECT, "2"]).expect_code(0);
+    assert!(read.stdout.contains("deploying to production build 1"), "{read:#?}");
+    // Staging names no log readers: its log stays the project's.
+    let staging = hosted.run_as("alice", &["deploy", "log", PROJECT, "1"]).expect_code(0);
+    assert!(staging.stdout.contains("deploying to staging build 1"), "{staging:#?}");
+}
+
 on_both_backends! {
+    an_environment_keeps_its_deploy_logs_from_everyone_but_its_log_readers,
     a_change_that_lowers_productions_gate_does_not_deploy_itself,
     the_seed_story_from_alices_commit_to_production,
     nobody_approves_or_signs_off_a_release_they_had_a_hand_in,

@@ -424,6 +424,7 @@ mod tests {
             testers: Some(GroupName::parse("qa").unwrap()),
             soak: Some(Duration::from_secs(3600)),
             reviewers_may_approve: false,
+            log_readers: None,
         }
     }
 

@@ -99,6 +99,9 @@ pub struct Environment {
     pub soak: Option<Duration>,
     /// Whether reviewers of a change may approve its deployment.
     pub reviewers_may_approve: bool,
+    /// The group whose members (and auditors) alone read its deploy logs;
+    /// every project member when unset.
+    pub log_readers: Option<GroupName>,
 }
 
 impl Default for Pipeline {
@@ -176,6 +179,7 @@ struct EnvironmentSection {
     testers: Option<toml::Spanned<String>>,
     soak: Option<toml::Spanned<String>>,
     reviewers_may_approve: Option<bool>,
+    log_readers: Option<toml::Spanned<String>>,
 }
 
 /// Reads sizes such as `512MiB`, `4GiB`, `100MB` or a plain number of bytes.
@@ -373,6 +377,7 @@ pub fn parse(text: &str) -> Result<Pipeline, PipelineError> {
             testers: environment.testers.as_ref().map(|g| reader.group(g)).transpose()?,
             soak: environment.soak.as_ref().map(|s| reader.duration(s)).transpose()?,
             reviewers_may_approve: environment.reviewers_may_approve.unwrap_or(false),
+            log_readers: environment.log_readers.as_ref().map(|g| reader.group(g)).transpose()?,
             name: name.clone(),
         });
         names.push(name);
@@ -454,6 +459,13 @@ pub fn weakenings(before: &Pipeline, after: &Pipeline) -> Vec<String> {
                 let shown = |d: Option<Duration>| d.map_or_else(|| "none".to_owned(), |d| format!("{}s", d.as_secs()));
                 found.push(format!("{name}: soak shortened from {} to {}", shown(Some(soak)), shown(now.soak)));
             }
+        }
+        if env.log_readers.is_some() && now.log_readers != env.log_readers {
+            found.push(format!(
+                "{name}: deploy log readers changed from {} to {}",
+                group(&env.log_readers),
+                group(&now.log_readers).replace("none", "every project member")
+            ));
         }
         if env.after.is_some() && now.after != env.after {
             found.push(format!("{name}: no longer deployed after {}", env.after.as_deref().unwrap_or_default()));

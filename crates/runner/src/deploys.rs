@@ -109,7 +109,7 @@ pub fn mainline_pipeline(repository: &Path, default_branch: &str) -> Result<Pipe
 
 /// The pipeline file as `commit` has it (the lax default where it has
 /// none); remembered, since a commit never changes.
-fn pipeline_at(repository: &Path, commit: &str) -> Result<Pipeline, String> {
+pub fn pipeline_at(repository: &Path, commit: &str) -> Result<Pipeline, String> {
     let key = (repository.to_owned(), commit.to_owned());
     if let Some(known) = PIPELINES.get(&key) {
         return Ok(known);

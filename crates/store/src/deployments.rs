@@ -1354,6 +1354,39 @@ impl Store {
         Ok(found.flatten())
     }
 
+    /// A deployment's log and signed attestation, for `reader`: where the
+    /// environment names groups of log readers (as the mainline's and the
+    /// deployed commit's pipelines define it), only members of each, and
+    /// auditors, read the log.
+    pub async fn deployment_log(
+        &self,
+        reader: &Authenticated,
+        access: &ProjectAccess,
+        number: i64,
+        log_readers: &[GroupName],
+    ) -> Result<(String, Option<String>)> {
+        if !reader.is_auditor {
+            let mut tx = self.reader().await?;
+            crate::seals::check(&mut tx, &format!("user:{}", reader.name)).await?;
+            for group in log_readers {
+                if !group_members(&mut tx, group).await?.contains(&reader.name) {
+                    let (_, _, view) = load(&mut tx, access.project_id, number).await?;
+                    return Err(StoreError::Refused(Decision::deny(
+                        Reason::new(
+                            Rule("deploy.log_reader"),
+                            format!(
+                                "the deploy logs of {} are read only by members of {group} and auditors",
+                                view.environment
+                            ),
+                        )
+                        .satisfy(format!("a member of {group} reads it")),
+                    )));
+                }
+            }
+        }
+        self.deployment_record(access, number).await
+    }
+
     /// A deployment's log and signed attestation.
     pub async fn deployment_record(&self, access: &ProjectAccess, number: i64) -> Result<(String, Option<String>)> {
         let sql = self.sql("SELECT log, attestation FROM deployments WHERE project_id = $1 AND number = $2");

@@ -1091,6 +1091,7 @@ fn production(approvals: u32, testers: bool) -> custody_store::DeployContext {
             testers: testers.then(|| group("qa")),
             soak: None,
             reviewers_may_approve: false,
+            log_readers: None,
         },
         also: Vec::new(),
         changes: vec![1],

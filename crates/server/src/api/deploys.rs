@@ -319,7 +319,28 @@ pub(crate) async fn record(
     PathParam((project, number)): PathParam<(String, i64)>,
 ) -> ApiResult<Json<DeploymentRecord>> {
     let access = access(&state, &auth, &project).await?;
-    let (log, attestation) = state.store().deployment_record(&access, number).await?;
+    // Who reads the log: as the mainline's pipeline and the deployed
+    // commit's define the environment, each restriction holding.
+    let deployment = state.store().get_deployment(&access, number).await?;
+    let repository = state.hosting().repositories().path(&access.project);
+    let (branch, commit, environment) =
+        (access.default_branch.clone(), deployment.commit.clone(), deployment.environment.clone());
+    let log_readers = tokio::task::spawn_blocking(move || -> Result<Vec<custody_domain::GroupName>, String> {
+        let policies = [
+            custody_runner::deploys::mainline_pipeline(&repository, &branch)?,
+            custody_runner::deploys::pipeline_at(&repository, &commit)?,
+        ];
+        let mut groups: Vec<_> = policies
+            .iter()
+            .flat_map(|p| p.environments.iter().filter(|e| e.name == environment).filter_map(|e| e.log_readers.clone()))
+            .collect();
+        groups.dedup();
+        Ok(groups)
+    })
+    .await
+    .map_err(|_| ApiError::invalid("reading the repository failed"))?
+    .map_err(|why| ApiError::new(StatusCode::CONFLICT, "invalid_pipeline", why))?;
+    let (log, attestation) = state.store().deployment_log(&auth.0, &access, number, &log_readers).await?;
     let attestation = attestation.map(|a| serde_json::from_str(&a)).transpose().map_err(|_| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the stored attestation is damaged")
     })?;
