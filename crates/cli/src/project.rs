@@ -35,6 +35,9 @@ pub enum ProjectCommand {
     Unprotect { name: String, branch: String },
     /// Ask to make another branch the default (a grant); the old one stays protected.
     SetDefaultBranch { name: String, branch: String },
+    /// Ask to delete a tag, which no push may do (a grant); it goes once a
+    /// second admin approves, if it still points where it does now.
+    DeleteTag { name: String, tag: String },
     /// Who pushed what, as authenticated.
     Pushes { name: String },
     /// A commit: who pushed it first, and who it names.
@@ -141,6 +144,19 @@ pub async fn run(client: &Client, command: ProjectCommand, out: Output) -> Resul
         ProjectCommand::Unprotect { name, branch } => {
             custody_domain::project::check_branch_name(&branch)?;
             let path = format!("/api/v1/projects/{}/protected-branches/{branch}", ProjectName::parse(&name)?);
+            let grant = client.call(Method::DELETE, &path, None).await?;
+            out.show(&grant, grant_outcome);
+        }
+        ProjectCommand::DeleteTag { name, tag } => {
+            // One path segment, whatever the tag holds (`release/1`, say).
+            let segment: String = tag
+                .bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+                    other => format!("%{other:02X}"),
+                })
+                .collect();
+            let path = format!("/api/v1/projects/{}/tags/{segment}", ProjectName::parse(&name)?);
             let grant = client.call(Method::DELETE, &path, None).await?;
             out.show(&grant, grant_outcome);
         }

@@ -389,6 +389,35 @@ fn a_tag_or_branch_that_would_be_taken_for_main_is_refused() {
 }
 
 #[test]
+fn a_tag_no_push_may_delete_goes_with_two_admins() {
+    let hosted = Hosted::new();
+    bob_second_admin(&hosted);
+    let work = hosted.workspace("alice", "alice", &hosted.alice);
+    let base = hosted.seed_main(&work);
+    work.ok(&["tag", "release/1", &base]);
+    work.ok(&["push", "-q", "origin", "refs/tags/release/1"]);
+    // Nobody deletes a tag by pushing, not even an admin.
+    let refused = work.refused(&["origin", ":refs/tags/release/1"]);
+    assert!(refused.stderr.contains("tag"), "{refused:?}");
+    assert_eq!(hosted.server_ref("refs/tags/release/1").as_deref(), Some(base.as_str()));
+
+    let grant = hosted.as_admin(&["project", "delete-tag", PROJECT, "release/1", "--json"]).json();
+    assert_eq!(grant["status"], "pending", "{grant}");
+    assert_eq!(hosted.server_ref("refs/tags/release/1").as_deref(), Some(base.as_str()), "not before approval");
+    let id = grant["id"].as_i64().expect("a grant id").to_string();
+    let refused = hosted.as_admin(&["grant", "approve", &id]).expect_code(1);
+    assert!(refused.stderr.contains("grant.requester_cannot_approve"), "{refused:#?}");
+    let mut approve = hosted.sandbox.as_user("bob");
+    approve.args(["grant", "approve", &id, "--json"]);
+    assert_eq!(run(approve).json()["status"], "approved");
+    assert_eq!(hosted.server_ref("refs/tags/release/1"), None, "the tag is gone");
+    let deleted = hosted.audit_events("project.tag.delete");
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
+    // A tag that does not exist cannot be asked for.
+    hosted.as_admin(&["project", "delete-tag", PROJECT, "release/2"]).expect_code(2);
+}
+
+#[test]
 fn a_push_larger_than_the_instance_allows_is_refused_and_lands_nothing() {
     let hosted = Hosted::with_args(&["--max-push-bytes", "1000000"]);
     let work = hosted.workspace("alice", "alice", &hosted.alice);

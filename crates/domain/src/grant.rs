@@ -105,6 +105,16 @@ pub enum GrantAction {
         /// The refs imported and the commits they point at.
         refs: Vec<(String, String)>,
     },
+    /// Deletes a tag from a project's repository, which no push may do:
+    /// the tag as it pointed when the grant was asked for.
+    DeleteTag {
+        /// The project.
+        project: ProjectName,
+        /// The tag's name, without `refs/tags/`.
+        tag: String,
+        /// The object it pointed at; a tag moved since is not deleted.
+        target: String,
+    },
     /// Makes a new version of an environment secret the one deployments
     /// get. The value itself is sealed and never part of the grant.
     SetSecret {
@@ -133,6 +143,7 @@ impl GrantAction {
             | GrantAction::UnprotectBranch { .. }
             | GrantAction::SetDefaultBranch { .. }
             | GrantAction::ImportRepository { .. }
+            | GrantAction::DeleteTag { .. }
             | GrantAction::SetSecret { .. } => None,
         }
     }
@@ -144,6 +155,7 @@ impl GrantAction {
             | GrantAction::UnprotectBranch { project, .. }
             | GrantAction::SetDefaultBranch { project, .. }
             | GrantAction::ImportRepository { project, .. }
+            | GrantAction::DeleteTag { project, .. }
             | GrantAction::SetSecret { project, .. } => format!("project:{project}"),
             _ => self.named_user().map(|u| format!("user:{u}")).unwrap_or_default(),
         }
@@ -162,6 +174,7 @@ impl GrantAction {
             GrantAction::UnprotectBranch { .. } => "project.branch.unprotect",
             GrantAction::ImportRepository { .. } => "project.import",
             GrantAction::SetDefaultBranch { .. } => "project.default_branch",
+            GrantAction::DeleteTag { .. } => "project.tag.delete",
             GrantAction::SetSecret { .. } => "secret.set",
         }
     }
@@ -183,6 +196,9 @@ impl GrantAction {
             }
             GrantAction::SetDefaultBranch { project, branch } => {
                 format!("make {branch} the default branch of project {project}")
+            }
+            GrantAction::DeleteTag { project, tag, target } => {
+                format!("delete tag {tag} (at {}) of project {project}", &target[..target.len().min(12)])
             }
             GrantAction::SetSecret { project, environment, name, version } => {
                 format!("make version {version} of secret {name} current for {environment} of project {project}")

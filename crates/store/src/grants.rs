@@ -190,7 +190,8 @@ async fn check_applicable(tx: &mut Tx, action: &GrantAction) -> Result<()> {
         | GrantAction::ProtectBranch { .. }
         | GrantAction::UnprotectBranch { .. }
         | GrantAction::SetDefaultBranch { .. }
-        | GrantAction::ImportRepository { .. } => crate::projects::check_applicable(tx, action).await?,
+        | GrantAction::ImportRepository { .. }
+        | GrantAction::DeleteTag { .. } => crate::projects::check_applicable(tx, action).await?,
         GrantAction::SetSecret { .. } => {}
     }
     Ok(())
@@ -240,7 +241,8 @@ pub(crate) async fn apply(tx: &mut Tx, grant_id: i64, action: &GrantAction) -> R
         | GrantAction::ProtectBranch { .. }
         | GrantAction::UnprotectBranch { .. }
         | GrantAction::SetDefaultBranch { .. }
-        | GrantAction::ImportRepository { .. } => crate::projects::apply(tx, grant_id, action).await?,
+        | GrantAction::ImportRepository { .. }
+        | GrantAction::DeleteTag { .. } => crate::projects::apply(tx, grant_id, action).await?,
         GrantAction::SetSecret { .. } => crate::secrets::apply(tx, action).await?,
     }
     Ok(())

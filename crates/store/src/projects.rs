@@ -165,6 +165,12 @@ pub(crate) async fn check_applicable(tx: &mut Tx, action: &GrantAction) -> Resul
                 )));
             }
         }
+        GrantAction::DeleteTag { project, tag, .. } => {
+            project_id(tx, project).await?;
+            if tag.is_empty() || tag.contains("..") || tag.starts_with('/') {
+                return Err(custody_domain::InvalidInput::new("tag", tag, "name a tag, such as v1.2").into());
+            }
+        }
         GrantAction::UnprotectBranch { project, branch } => {
             let (project_id, default_branch) = project_id(tx, project).await?;
             if *branch == default_branch {

@@ -141,7 +141,7 @@ pub(crate) async fn approve_grant(
     PathParam(id): PathParam<i64>,
 ) -> ApiResult<Json<GrantView>> {
     let grant = state.store().approve_grant(&auth.0, id).await?;
-    super::projects::complete_import(&state, &grant).await?;
+    super::complete_grant(&state, &grant).await?;
     Ok(Json(grant))
 }
 

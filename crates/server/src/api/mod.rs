@@ -71,7 +71,7 @@ impl PageQuery {
         groups::list_grants, groups::get_grant, groups::approve_grant, groups::reject_grant,
         audit::events, audit::checkpoint, audit::consistency, audit::proof, audit::export,
         projects::create_project, projects::list_projects, projects::get_project,
-        projects::add_member, projects::remove_member, projects::protect_branch, projects::unprotect_branch,
+        projects::add_member, projects::remove_member, projects::protect_branch, projects::unprotect_branch, projects::delete_tag,
         projects::pushes, projects::commit, projects::set_default_branch,
         changes::open_change, changes::list_changes, changes::get_change, changes::diff, changes::gate,
         changes::review, changes::close, changes::reopen, changes::merge, changes::merge_queue, changes::attestation,
@@ -149,6 +149,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/projects/{name}", get(projects::get_project))
         .route("/projects/{name}/members", post(projects::add_member))
         .route("/projects/{name}/members/{user}", delete(projects::remove_member))
+        .route("/projects/{name}/tags/{tag}", delete(projects::delete_tag))
         .route("/projects/{name}/protected-branches", post(projects::protect_branch))
         .route("/projects/{name}/protected-branches/{branch}", delete(projects::unprotect_branch))
         .route("/projects/{name}/pushes", get(projects::pushes))
@@ -196,6 +197,20 @@ pub(crate) fn routes() -> Router<AppState> {
 
 /// Asks for a grant on behalf of the caller: 202 with the grant, pending a
 /// second admin (or applied at once, and marked, during bootstrap).
+/// Does in git what an applied grant asks for (publishes an import, deletes
+/// a tag); nothing for a grant still pending, rejected, or of another kind.
+pub(crate) async fn complete_grant(
+    state: &crate::AppState,
+    grant: &custody_store::GrantView,
+) -> crate::error::ApiResult<()> {
+    use custody_domain::GrantStatus;
+    if !matches!(grant.status, GrantStatus::Approved | GrantStatus::Bootstrap) {
+        return Ok(());
+    }
+    projects::complete_import(state, grant).await?;
+    projects::complete_tag_deletion(state, grant).await
+}
+
 pub(crate) async fn grant_requested(
     state: &crate::AppState,
     auth: &crate::auth::Auth,

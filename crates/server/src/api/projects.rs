@@ -51,6 +51,27 @@ pub(crate) struct CreatedProject {
     import_grant: Option<GrantView>,
 }
 
+/// Deletes the tag an approved grant names, if it still points where it
+/// did when the grant was asked for.
+pub(crate) async fn complete_tag_deletion(state: &AppState, grant: &GrantView) -> ApiResult<()> {
+    let GrantAction::DeleteTag { project, tag, target } = &grant.action else {
+        return Ok(());
+    };
+    let repository = state.hosting().repositories().path(project);
+    let (reference, old) = (format!("refs/tags/{tag}"), target.clone());
+    tokio::task::spawn_blocking(move || custody_git::change::delete_ref(&repository, &reference, &old))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "deleting the tag failed"))?
+        .map_err(|error| {
+            tracing::error!(%error, grant = grant.id, "deleting a tag");
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("tag {tag} no longer points at {target}, so it was not deleted; ask again: {error}"),
+            )
+        })
+}
+
 /// Publishes an approved import and records its commits as unreviewed.
 pub(crate) async fn complete_import(state: &AppState, grant: &GrantView) -> ApiResult<()> {
     let GrantAction::ImportRepository { project, refs, .. } = &grant.action else {
@@ -147,9 +168,7 @@ pub(crate) async fn create_project(
         Some((source, refs)) => {
             let action = GrantAction::ImportRepository { project: name, source, refs };
             let grant = state.store().request(&auth.0, action).await?;
-            if grant.status == custody_domain::GrantStatus::Bootstrap {
-                complete_import(&state, &grant).await?;
-            }
+            super::complete_grant(&state, &grant).await?;
             Some(grant)
         }
         None => None,
@@ -260,6 +279,30 @@ pub(crate) async fn unprotect_branch(
 ) -> ApiResult<(StatusCode, Json<GrantView>)> {
     let action = GrantAction::UnprotectBranch { project: ProjectName::parse(&name)?, branch };
     super::grant_requested(&state, &auth, action).await
+}
+
+/// An admin asks to delete a tag, which no push may do: a grant. The tag
+/// goes once a second admin approves, if it still points where it did.
+#[utoipa::path(delete, path = "/api/v1/projects/{name}/tags/{tag}", tag = "projects", security(("token" = [])),
+    responses((status = 202, body = GrantView), (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn delete_tag(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((name, tag)): PathParam<(String, String)>,
+) -> ApiResult<(StatusCode, Json<GrantView>)> {
+    let project = ProjectName::parse(&name)?;
+    state.store().project_access(&auth.0, &project).await?;
+    let repository = state.hosting().repositories().path(&project);
+    let reference = format!("refs/tags/{tag}");
+    let target = tokio::task::spawn_blocking(move || custody_git::change::read_ref(&repository, &reference))
+        .await
+        .map_err(|_| ApiError::invalid("reading the repository failed"))?
+        .map_err(|_| ApiError::invalid("reading the repository failed"))?
+        .ok_or_else(|| ApiError::not_found(format!("{project} has no tag {tag:?}")))?;
+    let action = GrantAction::DeleteTag { project, tag, target };
+    let (status, Json(grant)) = super::grant_requested(&state, &auth, action).await?;
+    super::complete_grant(&state, &grant).await?;
+    Ok((status, Json(grant)))
 }
 
 /// The project's pushes: who pushed what, as authenticated.

@@ -90,7 +90,7 @@ pub(crate) async fn decide(
     posted: Posted,
 ) -> WebResult<Response> {
     let actor = &posted.visitor.auth;
-    match posted.get("decision") {
+    let decided = match posted.get("decision") {
         Some("approve") => state.store().approve_grant(actor, id).await,
         Some("reject") => {
             let note = Some(posted.text("note")).filter(|n| !n.is_empty());
@@ -99,5 +99,7 @@ pub(crate) async fn decide(
         _ => return Err(WebError::invalid("choose approve or reject").back("/admin")),
     }
     .map_err(|e| WebError::from(e).back("/admin"))?;
+    // What an approved grant does in git (an import, a tag deleted).
+    crate::api::complete_grant(&state, &decided).await.map_err(|e| WebError::from(e).back("/admin"))?;
     Ok(see_other("/admin"))
 }
