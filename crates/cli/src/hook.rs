@@ -29,6 +29,25 @@ pub async fn run(command: HookCommand) -> Result<(), Failure> {
         hook::read_updates(BufReader::new(std::io::stdin().lock())).map_err(|e| Failure::internal(e.to_string()))?;
     let (path, body) = match command {
         HookCommand::PreReceive => {
+            // No object larger than the instance allows lands, whatever the
+            // pack's size.
+            if let Some(max) = std::env::var(hook::MAX_OBJECT_VAR).ok().and_then(|v| v.parse::<u64>().ok()) {
+                let oversized = hook::oversized_objects(Path::new("."), &updates, max)
+                    .map_err(|e| Failure::internal(e.to_string()))?;
+                if let Some((id, path, size)) = oversized.first() {
+                    let what = if path.is_empty() { format!("object {id}") } else { format!("{path} ({id})") };
+                    return Err(Failure {
+                        code: 1,
+                        message: format!(
+                            "custody refused this push [push.object_size]: {what} is {size} bytes, and this instance \
+                             takes objects of at most {max} bytes ({} too large in all); keep large files out of git \
+                             (an artifact store, or git LFS elsewhere)",
+                            oversized.len()
+                        ),
+                        body: None,
+                    });
+                }
+            }
             let commits = hook::new_commits(Path::new("."), &updates).map_err(|e| Failure::internal(e.to_string()))?;
             ("/internal/hooks/pre-receive", json!({ "updates": updates, "commits": commits }))
         }

@@ -75,6 +75,9 @@ pub struct ServeArgs {
     /// The largest pack one push may send, in bytes (1 GiB unless set).
     #[arg(long, env = "CUSTODY_MAX_PUSH_BYTES", value_name = "BYTES")]
     max_push_bytes: Option<u64>,
+    /// The largest object (a file's content) one push may bring, in bytes (100 MiB unless set).
+    #[arg(long, env = "CUSTODY_MAX_OBJECT_BYTES", value_name = "BYTES")]
+    max_object_bytes: Option<u64>,
     #[command(flatten)]
     jobs: JobArgs,
 }
@@ -237,7 +240,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let deployer = deployer(&builder, &instance, sealing.clone())?;
     let _boot = start_boot(&data_dir, &store, boot_id, vec![builder.worker.clone(), deployer.worker.clone()]).await?;
     let deployers = builders > 0;
-    let limits = Limits { max_push_bytes: args.max_push_bytes.unwrap_or(Limits::MAX_PUSH_BYTES), ..Limits::default() };
+    let limits = Limits {
+        max_push_bytes: args.max_push_bytes.unwrap_or(Limits::MAX_PUSH_BYTES),
+        max_object_bytes: args.max_object_bytes.unwrap_or(Limits::MAX_OBJECT_BYTES),
+        ..Limits::default()
+    };
     let state = AppState::new(instance.store, instance.name, limits, repositories, blobs, instance.keys, sealing);
     if let Some(public) = &public_url {
         state.hosting().set_public_url(public);

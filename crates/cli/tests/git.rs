@@ -445,6 +445,26 @@ fn a_push_larger_than_the_instance_allows_is_refused_and_lands_nothing() {
 }
 
 #[test]
+fn a_file_larger_than_the_instance_takes_is_refused_however_well_it_compresses() {
+    let hosted = Hosted::with_args(&["--max-object-bytes", "1000000"]);
+    let work = hosted.workspace("alice", "alice", &hosted.alice);
+    // Two megabytes of zeros: a tiny pack, a large file.
+    std::fs::create_dir_all(work.dir.join("data")).unwrap();
+    std::fs::write(work.dir.join("data/zeros.bin"), vec![0u8; 2_000_000]).unwrap();
+    work.ok(&["add", "data/zeros.bin"]);
+    work.ok(&["commit", "-q", "-m", "Zeros"]);
+    let refused = work.refused(&["origin", "HEAD:refs/heads/big"]);
+    assert!(refused.stderr.contains("push.object_size"), "{refused:?}");
+    assert!(refused.stderr.contains("data/zeros.bin") && refused.stderr.contains("2000000 bytes"), "{refused:?}");
+    assert!(hosted.server_ref("refs/heads/big").is_none());
+    // A file within the limit goes through.
+    work.ok(&["checkout", "-q", "--orphan", "small"]);
+    work.ok(&["rm", "-q", "-r", "-f", "data"]);
+    work.commit("small.txt", "small\n", "Small");
+    work.ok(&["push", "-q", "origin", "HEAD:refs/heads/small"]);
+}
+
+#[test]
 fn the_name_in_the_url_is_not_the_pusher() {
     let hosted = Hosted::new();
     hosted.add_user("bob", "write");

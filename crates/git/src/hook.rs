@@ -15,6 +15,8 @@ use custody_domain::project::{Identity, PushedCommit, RefUpdate, ZERO_ID};
 pub const URL_VAR: &str = "CUSTODY_HOOK_URL";
 /// The variable holding the one-time capability of this push.
 pub const CAPABILITY_VAR: &str = "CUSTODY_HOOK_CAPABILITY";
+/// The variable that tells the hook the largest object a push may bring.
+pub const MAX_OBJECT_VAR: &str = "CUSTODY_HOOK_MAX_OBJECT_BYTES";
 
 /// Writes the `pre-receive` and `post-receive` scripts into `dir`, each
 /// running `program hook NAME`.
@@ -74,6 +76,69 @@ pub fn read_updates(input: impl BufRead) -> Result<Vec<RefUpdate>, HookError> {
 pub fn new_commits(repository: &Path, updates: &[RefUpdate]) -> Result<Vec<PushedCommit>, HookError> {
     let tips: Vec<&str> = updates.iter().filter(|u| u.new != ZERO_ID).map(|u| u.new.as_str()).collect();
     commits_between(repository, &tips, &["--all"])
+}
+
+/// The objects the updates bring that are larger than `max` bytes: (id,
+/// the path it was first seen at, size), largest first. Runs inside the
+/// hook's environment, so it sees the quarantined objects.
+pub fn oversized_objects(
+    repository: &Path,
+    updates: &[RefUpdate],
+    max: u64,
+) -> Result<Vec<(String, String, u64)>, HookError> {
+    let tips: Vec<&str> = updates.iter().filter(|u| u.new != ZERO_ID).map(|u| u.new.as_str()).collect();
+    if tips.is_empty() {
+        return Ok(Vec::new());
+    }
+    let run = |args: &[&str], input: Option<Vec<u8>>| -> Result<Vec<u8>, HookError> {
+        use std::io::Write as _;
+        let mut child = Command::new("git")
+            .arg("-C")
+            .arg(repository)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let mut stdin = child.stdin.take();
+        // Fed from a thread, so that a large listing never blocks on a full pipe.
+        let feeder = input.map(|bytes| {
+            let stdin = stdin.take();
+            std::thread::spawn(move || {
+                if let Some(mut stdin) = stdin {
+                    let _ = stdin.write_all(&bytes);
+                }
+            })
+        });
+        drop(stdin);
+        let output = child.wait_with_output()?;
+        if let Some(feeder) = feeder {
+            let _ = feeder.join();
+        }
+        if !output.status.success() {
+            return Err(crate::GitError::Failed {
+                args: args.join(" "),
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            }
+            .into());
+        }
+        Ok(output.stdout)
+    };
+    let mut args = vec!["rev-list", "--objects"];
+    args.extend(tips.iter().copied());
+    args.extend(["--not", "--all"]);
+    let listed = run(&args, None)?;
+    let sizes = run(&["cat-file", "--batch-check=%(objectname) %(objectsize) %(rest)"], Some(listed))?;
+    let mut found: Vec<(String, String, u64)> = String::from_utf8_lossy(&sizes)
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ' ');
+            let (id, size) = (parts.next()?, parts.next()?.parse::<u64>().ok()?);
+            (size > max).then(|| (id.to_owned(), parts.next().unwrap_or("").to_owned(), size))
+        })
+        .collect();
+    found.sort_by(|a, b| b.2.cmp(&a.2));
+    Ok(found)
 }
 
 /// The commits reachable from `tips` and not from the refs that `exclude`

@@ -51,11 +51,15 @@ pub struct Limits {
     pub window: Duration,
     /// The largest pack one push may send (git's `receive.maxInputSize`).
     pub max_push_bytes: u64,
+    /// The largest object (a file's content, say) one push may bring.
+    pub max_object_bytes: u64,
 }
 
 impl Limits {
     /// The largest push unless told otherwise: 1 GiB.
     pub const MAX_PUSH_BYTES: u64 = 1 << 30;
+    /// The largest object unless told otherwise: 100 MiB.
+    pub const MAX_OBJECT_BYTES: u64 = 100 << 20;
 }
 
 impl Default for Limits {
@@ -66,6 +70,7 @@ impl Default for Limits {
             redemptions: 10,
             window: Duration::from_secs(15 * 60),
             max_push_bytes: Self::MAX_PUSH_BYTES,
+            max_object_bytes: Self::MAX_OBJECT_BYTES,
         }
     }
 }
@@ -88,6 +93,7 @@ struct Shared {
     logins: LoginThrottle,
     redemptions: RateLimiter,
     max_push_bytes: u64,
+    max_object_bytes: u64,
     /// One turn at a time per merge target, in this process.
     merge_turns: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Gates evaluated, by project and change, with the audit log's newest
@@ -118,6 +124,7 @@ impl AppState {
             logins: LoginThrottle::new(limits.failed_logins, limits.window, limits.name_delay),
             redemptions: RateLimiter::new(limits.redemptions, limits.window),
             max_push_bytes: limits.max_push_bytes,
+            max_object_bytes: limits.max_object_bytes,
             merge_turns: Default::default(),
             gates: Default::default(),
         }))
@@ -167,6 +174,10 @@ impl AppState {
 
     pub(crate) fn max_push_bytes(&self) -> u64 {
         self.0.max_push_bytes
+    }
+
+    pub(crate) fn max_object_bytes(&self) -> u64 {
+        self.0.max_object_bytes
     }
 
     pub(crate) fn remembered_gate(&self, project: &str, number: i64) -> Option<Arc<changes::RememberedGate>> {
