@@ -137,7 +137,7 @@ pub fn oversized_objects(
             (size > max).then(|| (id.to_owned(), parts.next().unwrap_or("").to_owned(), size))
         })
         .collect();
-    found.sort_by(|a, b| b.2.cmp(&a.2));
+    found.sort_by_key(|o| std::cmp::Reverse(o.2));
     Ok(found)
 }
 
