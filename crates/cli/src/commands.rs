@@ -41,7 +41,9 @@ impl Output {
             say(empty);
         } else {
             for item in items {
-                say(&line(item));
+                // One line an item: a newline someone wrote into a title
+                // never starts a line of its own that looks like another item.
+                say(&one_line(&line(item)));
             }
         }
     }
@@ -623,6 +625,14 @@ fn encode(value: &str) -> String {
 /// (an escape sequence that recolours, moves the cursor or retitles the
 /// window) acts on the terminal of whoever reads it. JSON stays valid: the
 /// escape is JSON's own.
+/// `text` on one line: line breaks written out as `\n` and `\r`.
+pub fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(['\n', '\r']) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    text.replace('\n', "\\n").replace('\r', "\\r").into()
+}
+
 pub fn for_terminal(text: &str) -> std::borrow::Cow<'_, str> {
     if !text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
         return std::borrow::Cow::Borrowed(text);
@@ -639,7 +649,15 @@ pub fn for_terminal(text: &str) -> std::borrow::Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
-    use super::for_terminal;
+    use super::{for_terminal, one_line};
+
+    #[test]
+    fn a_list_item_stays_on_its_line() {
+        let forged = "Refunds (feature -> main) by alice\n#2     merged  Approved by everyone";
+        assert_eq!(one_line(forged), "Refunds (feature -> main) by alice\\n#2     merged  Approved by everyone");
+        assert!(!one_line("a\r\nb").contains(['\n', '\r']));
+        assert_eq!(one_line("plain"), "plain");
+    }
 
     #[test]
     fn escape_sequences_do_not_reach_the_terminal() {

@@ -920,14 +920,19 @@ fn a_title_with_escape_sequences_does_not_reach_the_terminal_raw(backend: Backen
     let (work, _) = alice_on_branch(&hosted, "feature");
     work.commit("feature.txt", "a feature\n", "Add a feature");
     work.ok(&["push", "-q", "origin", "feature"]);
-    let hostile = "Refunds\u{1b}]0;owned\u{7}\u{1b}[2J";
-    let made = change(&hosted, "alice", &["open", PROJECT, "--source", "feature", "--title", hostile, "--json"]);
-    let number = made.json()["number"].as_i64().expect("a change");
-    for args in [vec!["list", PROJECT], vec!["show", PROJECT, &number.to_string()]] {
-        let shown = change(&hosted, "bob", &args).expect_code(0).stdout;
-        assert!(!shown.contains('\u{1b}') && !shown.contains('\u{7}'), "{args:?}: {shown:?}");
-        assert!(shown.contains("Refunds\\u001b]0;owned"), "{args:?}: {shown:?}");
+    // A title is one line: escape sequences and line breaks are refused.
+    for hostile in ["Refunds\u{1b}]0;owned\u{7}\u{1b}[2J", "Refunds\n#2     merged  Approved by everyone"] {
+        let refused = change(&hosted, "alice", &["open", PROJECT, "--source", "feature", "--title", hostile]);
+        let refused = refused.expect_code(2);
+        assert!(refused.stderr.contains("one line"), "{refused:#?}");
     }
+    // What may hold them (a description) reaches the terminal written out.
+    let hostile = "Refunds\u{1b}]0;owned\u{7}\u{1b}[2J";
+    let args = ["open", PROJECT, "--source", "feature", "--title", "Refunds", "-m", hostile, "--json"];
+    let number = change(&hosted, "alice", &args).json()["number"].as_i64().expect("a change");
+    let shown = change(&hosted, "bob", &["show", PROJECT, &number.to_string()]).expect_code(0).stdout;
+    assert!(!shown.contains('\u{1b}') && !shown.contains('\u{7}'), "{shown:?}");
+    assert!(shown.contains("Refunds\\u001b]0;owned"), "{shown:?}");
 }
 
 fn a_commit_nobody_is_recorded_as_pushing_closes_the_gate(backend: Backend) {

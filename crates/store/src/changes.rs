@@ -641,6 +641,14 @@ impl Store {
         if title.trim().is_empty() || title.chars().count() > 200 {
             return Err(custody_domain::InvalidInput::new("title", &title, "use 1 to 200 characters").into());
         }
+        if title.chars().any(char::is_control) {
+            return Err(custody_domain::InvalidInput::new(
+                "title",
+                &title,
+                "a title is one line, without control characters; say more in the description",
+            )
+            .into());
+        }
         let (actor, project) = (actor.clone(), access.clone());
         let number = self
             .write(move |tx| {
