@@ -125,6 +125,15 @@ pub struct DeployContext {
     pub changes: Vec<i64>,
 }
 
+/// An environment as it is now.
+#[derive(Clone, Debug, Default)]
+pub struct EnvironmentNow {
+    /// Its newest successful deployment: what is live there.
+    pub live: Option<DeploymentView>,
+    /// Deployments pending, queued or running, newest first.
+    pub waiting: Vec<DeploymentView>,
+}
+
 /// A duty someone held in a merged change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -1002,6 +1011,40 @@ impl Store {
             })
         })
         .await
+    }
+
+    /// What is live in each environment of a project (its newest success,
+    /// as [`Store::live_commit`] defines it) and what waits to go there,
+    /// however many deployments the project has made.
+    pub async fn environments_now(&self, access: &ProjectAccess) -> Result<BTreeMap<String, EnvironmentNow>> {
+        let sql = self.inner.dialect.sql_owned(format!(
+            "SELECT {DEPLOYMENT_COLUMNS} WHERE d.project_id = $1 AND (d.status IN ('pending', 'queued', 'running') \
+             OR d.id IN (SELECT (SELECT l.id FROM deployments l WHERE l.project_id = $1 AND l.environment = e.environment \
+             AND l.status = 'succeeded' ORDER BY l.finished_at DESC, l.id DESC LIMIT 1) \
+             FROM (SELECT DISTINCT environment FROM deployments WHERE project_id = $1) e)) \
+             ORDER BY d.number DESC"
+        ));
+        let rows = sqlx::query(&sql).bind(access.project_id).fetch_all(self.readers()).await?;
+        let mut now: BTreeMap<String, EnvironmentNow> = BTreeMap::new();
+        for row in &rows {
+            let view = deployment_view(row)?;
+            let entry = now.entry(view.environment.clone()).or_default();
+            if view.status == "succeeded" {
+                entry.live = Some(view);
+            } else {
+                entry.waiting.push(view);
+            }
+        }
+        Ok(now)
+    }
+
+    /// Every deployment of build `build`, oldest first.
+    pub async fn deployments_of_build(&self, access: &ProjectAccess, build: i64) -> Result<Vec<DeploymentView>> {
+        let sql = self.inner.dialect.sql_owned(format!(
+            "SELECT {DEPLOYMENT_COLUMNS} WHERE d.project_id = $1 AND b.number = $2 ORDER BY d.number"
+        ));
+        let rows = sqlx::query(&sql).bind(access.project_id).bind(build).fetch_all(self.readers()).await?;
+        rows.iter().map(deployment_view).collect()
     }
 
     /// A project's deployments, newest first; only those to `environment`

@@ -78,9 +78,8 @@ impl Store {
 
     /// The deployments of build `build` that succeeded, oldest first.
     pub async fn succeeded_deployments_of(&self, access: &ProjectAccess, build: i64) -> Result<Vec<DeploymentView>> {
-        let mut all = self.list_deployments(access, None).await?;
-        all.retain(|d| d.build == build && d.status == "succeeded");
-        all.reverse();
+        let mut all = self.deployments_of_build(access, build).await?;
+        all.retain(|d| d.status == "succeeded");
         Ok(all)
     }
 }

@@ -1409,6 +1409,50 @@ async fn a_deployment_custody_queued_runs(store: Store) {
     assert_eq!((lease.approvers, lease.testers), (vec!["carol".to_owned()], vec!["dave".to_owned()]));
 }
 
+async fn what_is_live_holds_past_five_hundred_deployments(store: Store) {
+    use custody_store::DeployDecision::{Approve, TestPassed};
+    let (_root, [_alice, _bob, carol, dave, erin], access, build) = released_build(&store).await;
+    let succeed = |lease: custody_store::LeasedDeployment| {
+        let store = store.clone();
+        async move {
+            let outcome =
+                custody_store::DeployOutcome { status: "succeeded", ..custody_store::DeployOutcome::default() };
+            store.finish_deployment(&lease, outcome).await.unwrap();
+        }
+    };
+    let (pending, _) = store.request_deployment(&erin, &access, build, production(1, true), None).await.unwrap();
+    decide(&store, &carol, &access, pending.number, Approve).await.unwrap();
+    decide(&store, &dave, &access, pending.number, TestPassed).await.unwrap();
+    succeed(store.lease_deployment("deployer", 30_000).await.unwrap().expect("production runs")).await;
+    // Then staging, again and again: far more than any page of deployments.
+    let staging = custody_store::DeployContext {
+        environment: custody_domain::pipeline::Environment {
+            name: "staging".into(),
+            deploy: Some("scripts/deploy.sh".into()),
+            after: None,
+            approvals: 0,
+            approvers: None,
+            testers: None,
+            soak: None,
+            reviewers_may_approve: false,
+            log_readers: None,
+        },
+        also: Vec::new(),
+        changes: vec![1],
+    };
+    for _ in 0..510 {
+        store.request_deployment(&erin, &access, build, staging.clone(), None).await.unwrap();
+        succeed(store.lease_deployment("deployer", 30_000).await.unwrap().expect("staging runs")).await;
+    }
+    let now = store.environments_now(&access).await.unwrap();
+    let live = |env: &str| now.get(env).and_then(|n| n.live.as_ref()).map(|d| d.number);
+    assert_eq!(live("production"), Some(pending.number), "production is still live after 510 staging deployments");
+    assert_eq!(live("staging"), Some(pending.number + 510));
+    assert!(now.values().all(|n| n.waiting.is_empty()));
+    assert_eq!(store.deployments_of_build(&access, build).await.unwrap().len(), 511);
+    assert_eq!(store.succeeded_deployments_of(&access, build).await.unwrap()[0].number, pending.number);
+}
+
 async fn a_token_row_written_into_the_database_does_not_authenticate(store: Store, url: String) {
     use custody_domain::secret::{format_secret, SecretKind};
     let root = init_root(&store).await;
@@ -1776,6 +1820,7 @@ async fn a_merge_that_never_reached_its_branch_reopens_the_change(store: Store) 
 }
 
 on_both_backends! {
+    what_is_live_holds_past_five_hundred_deployments,
     a_forged_membership_is_not_sealed_in_by_a_later_grant,
     a_merge_is_recorded_with_its_intent_and_one_per_starting_tip,
     a_merge_that_never_reached_its_branch_reopens_the_change,

@@ -62,11 +62,12 @@ async fn environments(state: &AppState, access: &ProjectAccess) -> ApiResult<Vec
         .await
         .map_err(|_| ApiError::invalid("reading the repository failed"))?
         .map_err(|why| ApiError::new(StatusCode::CONFLICT, "invalid_pipeline", why))?;
-    let deployments = state.store().list_deployments(access, None).await?;
+    let mut now = state.store().environments_now(access).await?;
     Ok(policy
         .environments
         .iter()
-        .map(|e| EnvironmentView {
+        .map(|e| (e, now.remove(&e.name).unwrap_or_default()))
+        .map(|(e, now)| EnvironmentView {
             name: e.name.clone(),
             after: e.after.clone(),
             approvals: e.approvals,
@@ -74,12 +75,8 @@ async fn environments(state: &AppState, access: &ProjectAccess) -> ApiResult<Vec
             testers: e.testers.as_ref().map(ToString::to_string),
             soak_seconds: e.soak.map(|s| s.as_secs()),
             reviewers_may_approve: e.reviewers_may_approve,
-            live: deployments.iter().find(|d| d.environment == e.name && d.status == "succeeded").cloned(),
-            waiting: deployments
-                .iter()
-                .filter(|d| d.environment == e.name && matches!(d.status.as_str(), "pending" | "queued" | "running"))
-                .cloned()
-                .collect(),
+            live: now.live,
+            waiting: now.waiting,
         })
         .collect())
 }

@@ -221,7 +221,7 @@ async fn chain(
         href: Some(format!("/projects/{p}/builds/{}", build.number)),
     });
     let ours: Vec<DeploymentView> = deployments.iter().filter(|d| d.build == build.number).cloned().collect();
-    let order: Vec<String> = match environments(state, access, &ours).await? {
+    let order: Vec<String> = match environments(state, access).await? {
         Ok(list) => list.into_iter().map(|e| e.environment.name).collect(),
         Err(_) => Vec::new(),
     };
@@ -269,8 +269,8 @@ pub(crate) async fn show(
         Some(c) => Some(state.store().get_change(&access.project, c).await?),
         None => None,
     };
-    let mut deployments = state.store().list_deployments(&access, None).await?;
-    deployments.retain(|d| d.build == number);
+    let mut deployments = state.store().deployments_of_build(&access, number).await?;
+    deployments.reverse();
     with_decisions(&state, &access, None, &mut deployments).await?;
     let links = chain(&state, &access, &build, change.as_ref(), &deployments).await?;
 

@@ -50,13 +50,14 @@ pub(crate) async fn environment(
     let access = access(&state, &visitor, &project).await?;
     let mut history = state.store().list_deployments(&access, Some(&name)).await?;
     with_decisions(&state, &access, Some(&name), &mut history).await?;
-    let env = match environments(&state, &access, &history).await? {
+    let mut env = match environments(&state, &access).await? {
         Ok(list) => list.into_iter().find(|e| e.environment.name == name),
         Err(why) => return Err(WebError::new(StatusCode::CONFLICT, why)),
     }
     .ok_or_else(|| {
         WebError::new(StatusCode::NOT_FOUND, format!("the mainline's pipeline file defines no environment {name:?}"))
     })?;
+    with_decisions(&state, &access, Some(&name), &mut env.waiting).await?;
     let e = &env.environment;
     let p = seg(&project);
 

@@ -90,7 +90,6 @@ pub(crate) struct EnvironmentState {
 pub(crate) async fn environments(
     state: &AppState,
     access: &ProjectAccess,
-    deployments: &[DeploymentView],
 ) -> WebResult<Result<Vec<EnvironmentState>, String>> {
     let repository = state.hosting().repositories().path(&access.project);
     let branch = access.default_branch.clone();
@@ -101,19 +100,13 @@ pub(crate) async fn environments(
         Ok(policy) => policy,
         Err(why) => return Ok(Err(why)),
     };
+    let mut now = state.store().environments_now(access).await?;
     Ok(Ok(policy
         .environments
         .into_iter()
-        .map(|environment| EnvironmentState {
-            live: deployments.iter().find(|d| d.environment == environment.name && d.status == "succeeded").cloned(),
-            waiting: deployments
-                .iter()
-                .filter(|d| {
-                    d.environment == environment.name && matches!(d.status.as_str(), "pending" | "queued" | "running")
-                })
-                .cloned()
-                .collect(),
-            environment,
+        .map(|environment| {
+            let now = now.remove(&environment.name).unwrap_or_default();
+            EnvironmentState { live: now.live, waiting: now.waiting, environment }
         })
         .collect()))
 }
@@ -140,8 +133,7 @@ pub(crate) async fn show(
     })
     .await?;
     let changes = state.store().list_changes(&access, Some("open"), PageRequest::new(None, Some(100))).await?;
-    let deployments = state.store().list_deployments(&access, None).await?;
-    let environments = environments(&state, &access, &deployments).await?;
+    let environments = environments(&state, &access).await?;
     let builds = state.store().list_builds(&access, PageRequest::new(None, Some(10))).await?;
     let queue = state.store().merge_queue(&access.project).await?;
 
