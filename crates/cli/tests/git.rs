@@ -465,6 +465,43 @@ fn a_file_larger_than_the_instance_takes_is_refused_however_well_it_compresses()
 }
 
 #[test]
+fn write_access_removed_while_a_push_is_in_flight_refuses_it() {
+    let mut hosted = Hosted::new();
+    {
+        let work = hosted.workspace("alice", "alice", &hosted.alice);
+        hosted.seed_main(&work);
+    }
+    let held = hosted.sandbox.path("push-held");
+    let held_text = held.to_str().expect("UTF-8").to_owned();
+    hosted.restart_with(&[("CUSTODY_PAUSE_AT", "push.decide"), ("CUSTODY_PAUSE_FILE", &held_text)]);
+    let work = hosted.workspace("alice-again", "alice", &hosted.alice);
+    work.ok(&["fetch", "-q", "origin", "refs/heads/main"]);
+    work.ok(&["checkout", "-q", "-B", "feature", "FETCH_HEAD"]);
+    work.commit("feature.txt", "a feature\n", "Add a feature");
+    // alice's push begins with write access, and is held before its decision.
+    let pushing = std::thread::scope(|scope| {
+        let push = scope.spawn(|| work.git(&["push", "-q", "origin", "feature"]));
+        for _ in 0..500 {
+            if held.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(held.exists(), "the push never reached its decision");
+        // Meanwhile her write access goes.
+        let grant = hosted.as_admin(&["project", "member", "add", PROJECT, "alice", "--role", "read", "--json"]).json();
+        assert_eq!(grant["status"], "bootstrap", "{grant}");
+        std::fs::remove_file(&held).expect("let the push go on");
+        push.join().expect("the push ran")
+    });
+    assert_ne!(pushing.code(), Some(0), "{pushing:?}");
+    assert!(pushing.stderr.contains("push.write_access"), "{pushing:?}");
+    assert!(hosted.server_ref("refs/heads/feature").is_none(), "nothing landed");
+    let refused = hosted.audit_events("git.push.refused");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+}
+
+#[test]
 fn the_name_in_the_url_is_not_the_pusher() {
     let hosted = Hosted::new();
     hosted.add_user("bob", "write");

@@ -21,7 +21,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use custody_domain::project::{self, PushedCommit, RefUpdate};
+use custody_domain::project::{PushedCommit, RefUpdate};
 use custody_domain::{ProjectName, Scope};
 use custody_git::service::{self, Service};
 use custody_git::Repositories;
@@ -408,34 +408,25 @@ async fn pre_receive(State(state): State<AppState>, headers: HeaderMap, Json(pus
     let Some((access, pusher)) = session else {
         return ApiError::unauthenticated("unknown or expired push capability").into_response();
     };
-    let can_write = access.role.is_some_and(|r| r.can_write());
-    let decision = project::decide_push(
-        &push.updates,
-        access.project.as_str(),
-        &access.protected,
-        &access.default_branch,
-        can_write,
-    );
-    if !decision.allowed {
-        if let Err(error) = state.store().record_refused_push(&access, &pusher, &push.updates, &decision).await {
-            tracing::error!(%error, "recording a refused push");
-        }
-        let mut message = vec![format!("custody refused this push by {}:", pusher.name)];
-        for reason in &decision.reasons {
-            message.push(format!("  - {} [{}]", reason.message, reason.rule));
-            if let Some(satisfy) = &reason.satisfy {
-                message.push(format!("    to get it in: {satisfy}"));
+    let _ = tokio::task::spawn_blocking(|| custody_store::fault::pause("push.decide")).await;
+    // Decided in the writer's transaction, on the access as it is now: not
+    // on the one this push began with.
+    let decided = state.store().decide_and_record_push(&pusher, &access.project, push.updates, push.commits).await;
+    let push_id = match decided {
+        Ok(custody_store::PushDecided::Recorded { push_id, .. }) => push_id,
+        Ok(custody_store::PushDecided::Refused(decision)) => {
+            let mut message = vec![format!("custody refused this push by {}:", pusher.name)];
+            for reason in &decision.reasons {
+                message.push(format!("  - {} [{}]", reason.message, reason.rule));
+                if let Some(satisfy) = &reason.satisfy {
+                    message.push(format!("    to get it in: {satisfy}"));
+                }
             }
+            return Json(HookAnswer { allowed: false, message }).into_response();
         }
-        return Json(HookAnswer { allowed: false, message }).into_response();
-    }
-    // Recorded before any ref moves: whatever happens to the connection or
-    // to git afterwards, the push log knows who brought these commits in.
-    let push_id = match state.store().record_push(&access, &pusher, push.updates, push.commits).await {
-        Ok(push_id) => push_id,
         Err(error) => {
-            tracing::error!(%error, "recording a push");
-            let message = vec!["custody could not record this push, so it refuses it; try again".to_owned()];
+            tracing::error!(%error, "deciding a push");
+            let message = vec!["custody could not decide this push, so it refuses it; try again".to_owned()];
             return Json(HookAnswer { allowed: false, message }).into_response();
         }
     };

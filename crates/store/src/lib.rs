@@ -62,7 +62,7 @@ pub use intents::{
 };
 pub use ledger::{inspect, inspect_with_key, Finding, LedgerReport, StoredCheckpoint};
 pub use people::{random_secret, Authenticated, CreatedUser, Initialised, NewToken, TokenView, UserView};
-pub use projects::{CommitView, ProjectAccess, ProjectMemberView, ProjectView, PushView};
+pub use projects::{CommitView, ProjectAccess, ProjectMemberView, ProjectView, PushDecided, PushView};
 pub use proof::{LedgerSecrets, UNPROVEN_FACT};
 pub use secrets::{slot as secret_slot, SealedSecret, SecretView};
 pub use writer::Tx;

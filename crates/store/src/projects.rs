@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::grants::{existing_user, GrantView};
 use crate::people::{require_admin, Authenticated};
-use crate::writer::{Reads as _, Tx};
+use crate::writer::{Reads, Tx};
 use crate::{col, now_ms, Page, PageRequest, Result, Store, StoreError};
 
 /// A project as shown.
@@ -240,6 +240,207 @@ pub(crate) async fn apply(tx: &mut Tx, grant_id: i64, action: &GrantAction) -> R
     Ok(())
 }
 
+/// Records an accepted push in the caller's transaction: its ref updates,
+/// and the commits it brings in with the identities they name.
+async fn insert_push(
+    tx: &mut Tx,
+    project_id: i64,
+    project: &ProjectName,
+    pusher: &Authenticated,
+    updates: &[RefUpdate],
+    commits: &[PushedCommit],
+) -> Result<i64> {
+    let sql = tx.sql("INSERT INTO pushes (project_id, pusher_id, at) VALUES ($1, $2, $3) RETURNING id");
+    let push_id: i64 =
+        sqlx::query_scalar(&sql).bind(project_id).bind(pusher.user_id).bind(now_ms()).fetch_one(tx.conn()).await?;
+    for update in updates {
+        let sql = tx.sql("INSERT INTO push_updates (push_id, ref_name, old_id, new_id) VALUES ($1, $2, $3, $4)");
+        sqlx::query(&sql)
+            .bind(push_id)
+            .bind(&update.name)
+            .bind(&update.old)
+            .bind(&update.new)
+            .execute(tx.conn())
+            .await?;
+    }
+    let mut introduced = Vec::new();
+    let mut named = std::collections::BTreeSet::new();
+    // A large push names few people many times: look each address up once.
+    let mut known: std::collections::HashMap<String, Option<(i64, String)>> = Default::default();
+    // Many rows per statement: a push of ten thousand commits is
+    // fifty statements, not ten thousand.
+    for chunk in commits.chunks(COMMITS_PER_STATEMENT) {
+        let mut people = Vec::with_capacity(chunk.len());
+        let mut seals = Vec::with_capacity(chunk.len());
+        for commit in chunk {
+            let author = lookup(tx, &mut known, &commit.author.email).await?;
+            let committer = lookup(tx, &mut known, &commit.committer.email).await?;
+            let mut co_authors = Vec::new();
+            for co_author in &commit.co_authors {
+                co_authors.extend(lookup(tx, &mut known, &co_author.email).await?.map(|u| u.0));
+            }
+            let record = CommitRecord {
+                project_id,
+                sha: &commit.sha,
+                first_push: Some(push_id),
+                pusher: Some(pusher.user_id),
+                import_grant: None,
+                author: author.as_ref().map(|a| a.0),
+                committer: committer.as_ref().map(|c| c.0),
+                co_authors,
+            };
+            seals.push(record.seal(&tx.ledger_state().secrets.key));
+            people.push((author, committer));
+        }
+        // The chunk travels as one JSON parameter that the
+        // database unpacks: one bind instead of ten per row.
+        let rows: Vec<serde_json::Value> = chunk
+            .iter()
+            .zip(&people)
+            .zip(&seals)
+            .map(|((commit, (author, committer)), seal)| {
+                json!({
+                    "s": commit.sha, "an": commit.author.name, "ae": commit.author.email,
+                    "au": author.as_ref().map(|a| a.0),
+                    "cn": commit.committer.name, "ce": commit.committer.email,
+                    "cu": committer.as_ref().map(|c| c.0), "z": seal,
+                })
+            })
+            .collect();
+        let sql = match tx.dialect() {
+            crate::Dialect::Sqlite => {
+                "INSERT INTO commits (project_id, sha, first_push_id, author_name, author_email, author_user_id, \
+                             committer_name, committer_email, committer_user_id, seal) \
+                             SELECT ?1, json_extract(value, '$.s'), ?2, json_extract(value, '$.an'), \
+                             json_extract(value, '$.ae'), json_extract(value, '$.au'), json_extract(value, '$.cn'), \
+                             json_extract(value, '$.ce'), json_extract(value, '$.cu'), json_extract(value, '$.z') \
+                             FROM json_each(?3) WHERE true \
+                             ON CONFLICT (project_id, sha) DO NOTHING RETURNING sha"
+            }
+            crate::Dialect::Postgres => {
+                "INSERT INTO commits (project_id, sha, first_push_id, author_name, author_email, author_user_id, \
+                             committer_name, committer_email, committer_user_id, seal) \
+                             SELECT $1, j->>'s', $2, j->>'an', j->>'ae', (j->>'au')::bigint, j->>'cn', j->>'ce', \
+                             (j->>'cu')::bigint, j->>'z' FROM json_array_elements($3::json) AS j \
+                             ON CONFLICT (project_id, sha) DO NOTHING RETURNING sha"
+            }
+        };
+        let document = serde_json::to_string(&rows).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let query = sqlx::query_scalar::<_, String>(sql).bind(project_id).bind(push_id).bind(document);
+        let inserted: std::collections::HashSet<String> = query.fetch_all(tx.conn()).await?.into_iter().collect();
+        for (commit, (author, committer)) in chunk.iter().zip(people) {
+            if !inserted.contains(&commit.sha) {
+                continue;
+            }
+            introduced.push(commit.sha.clone());
+            named.extend(author.map(|a| a.1));
+            named.extend(committer.map(|c| c.1));
+            for (position, co_author) in commit.co_authors.iter().enumerate() {
+                let user = lookup(tx, &mut known, &co_author.email).await?;
+                let sql = tx.sql(
+                    "INSERT INTO commit_coauthors (project_id, sha, position, name, email, user_id) \
+                                 VALUES ($1, $2, $3, $4, $5, $6)",
+                );
+                sqlx::query(&sql)
+                    .bind(project_id)
+                    .bind(&commit.sha)
+                    .bind(position as i64)
+                    .bind(&co_author.name)
+                    .bind(&co_author.email)
+                    .bind(user.as_ref().map(|u| u.0))
+                    .execute(tx.conn())
+                    .await?;
+                named.extend(user.map(|u| u.1));
+            }
+        }
+    }
+    tx.audit(NewEvent {
+        actor: pusher.name.to_string(),
+        action: "git.push".into(),
+        subject: format!("project:{project}"),
+        details: json!({
+            "push": push_id,
+            "updates": updates,
+            "commits_introduced": introduced.len(),
+            "first_commit": introduced.first(),
+            "last_commit": introduced.last(),
+            "users_named_by_commits": named,
+        }),
+    })
+    .await?;
+    Ok(push_id)
+}
+
+/// How a push was decided in the writer's transaction.
+#[derive(Debug)]
+pub enum PushDecided {
+    /// Accepted and recorded, on the access it was decided on.
+    Recorded {
+        /// The push's id.
+        push_id: i64,
+        /// The pusher's access to the project at that moment.
+        access: ProjectAccess,
+    },
+    /// Refused, with every reason (the refusal is recorded too).
+    Refused(custody_domain::Decision),
+}
+
+/// `user`'s access to `project`, read on `tx`.
+pub(crate) async fn access_in(
+    tx: &mut impl Reads,
+    user: &Authenticated,
+    project: &ProjectName,
+) -> Result<ProjectAccess> {
+    // Its default and protected branches only as custody wrote them.
+    crate::seals::check(tx, &format!("project:{project}")).await?;
+    let sql = tx.sql(
+            "SELECT p.id, p.default_branch, \
+                    (SELECT role FROM project_members m WHERE m.project_id = p.id AND m.user_id = $2) AS role, \
+                    (SELECT group_concat(b.branch, char(31)) FROM protected_branches b WHERE b.project_id = p.id) AS protected \
+             FROM projects p WHERE p.name = $1",
+        );
+    let row = sqlx::query(&sql)
+        .bind(project.as_str())
+        .bind(user.user_id)
+        .fetch_optional(tx.conn())
+        .await?
+        .ok_or_else(|| StoreError::not_found("project", project))?;
+    let role: Option<String> = col(&row, "role")?;
+    let role = role.map(|r| Role::parse(&r)).transpose().map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let can_read = role.is_some() || user.reads_everything();
+    if !can_read {
+        return Err(StoreError::not_found("project", project));
+    }
+    let protected: Option<String> = col(&row, "protected")?;
+    let mut protected: Vec<String> =
+        protected.map(|p| p.split('\u{1f}').map(str::to_owned).collect()).unwrap_or_default();
+    // A branch a pending grant would protect, or make the default, is
+    // frozen from the request on: what the second admin approves is the
+    // branch as it was asked for.
+    let sql = tx.sql(
+        "SELECT payload FROM grants WHERE status = 'pending' \
+             AND action IN ('project.branch.protect', 'project.default_branch')",
+    );
+    for payload in sqlx::query_scalar::<_, String>(&sql).fetch_all(tx.conn()).await? {
+        match serde_json::from_str::<GrantAction>(&payload) {
+            Ok(
+                GrantAction::ProtectBranch { project: p, branch }
+                | GrantAction::SetDefaultBranch { project: p, branch },
+            ) if &p == project => protected.push(branch),
+            _ => {}
+        }
+    }
+    Ok(ProjectAccess {
+        project_id: col(&row, "id")?,
+        project: project.clone(),
+        role,
+        can_read,
+        default_branch: col(&row, "default_branch")?,
+        protected,
+        as_of: 0,
+    })
+}
+
 /// Finds the user whose registered address is `email`.
 async fn user_by_email(tx: &mut Tx, email: &str) -> Result<Option<(i64, String)>> {
     let sql = tx.sql("SELECT u.id, u.name FROM user_emails e JOIN users u ON u.id = e.user_id WHERE e.email = $1");
@@ -466,54 +667,8 @@ impl Store {
     }
 
     async fn read_project_access(&self, user: &Authenticated, project: &ProjectName) -> Result<ProjectAccess> {
-        // Its default and protected branches only as custody wrote them.
-        self.check_seal(&format!("project:{project}")).await?;
-        let sql = self.sql(
-            "SELECT p.id, p.default_branch, \
-                    (SELECT role FROM project_members m WHERE m.project_id = p.id AND m.user_id = $2) AS role, \
-                    (SELECT group_concat(b.branch, char(31)) FROM protected_branches b WHERE b.project_id = p.id) AS protected \
-             FROM projects p WHERE p.name = $1",
-        );
-        let row = sqlx::query(&sql)
-            .bind(project.as_str())
-            .bind(user.user_id)
-            .fetch_optional(self.readers())
-            .await?
-            .ok_or_else(|| StoreError::not_found("project", project))?;
-        let role: Option<String> = col(&row, "role")?;
-        let role = role.map(|r| Role::parse(&r)).transpose().map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let can_read = role.is_some() || user.reads_everything();
-        if !can_read {
-            return Err(StoreError::not_found("project", project));
-        }
-        let protected: Option<String> = col(&row, "protected")?;
-        let mut protected: Vec<String> =
-            protected.map(|p| p.split('\u{1f}').map(str::to_owned).collect()).unwrap_or_default();
-        // A branch a pending grant would protect, or make the default, is
-        // frozen from the request on: what the second admin approves is the
-        // branch as it was asked for.
-        let sql = self.sql(
-            "SELECT payload FROM grants WHERE status = 'pending' \
-             AND action IN ('project.branch.protect', 'project.default_branch')",
-        );
-        for payload in sqlx::query_scalar::<_, String>(&sql).fetch_all(self.readers()).await? {
-            match serde_json::from_str::<GrantAction>(&payload) {
-                Ok(
-                    GrantAction::ProtectBranch { project: p, branch }
-                    | GrantAction::SetDefaultBranch { project: p, branch },
-                ) if &p == project => protected.push(branch),
-                _ => {}
-            }
-        }
-        Ok(ProjectAccess {
-            project_id: col(&row, "id")?,
-            project: project.clone(),
-            role,
-            can_read,
-            default_branch: col(&row, "default_branch")?,
-            protected,
-            as_of: 0,
-        })
+        let mut reader = self.reader().await?;
+        access_in(&mut reader, user, project).await
     }
 
     /// An admin asks to give `user` a role in `project`: a grant.
@@ -541,127 +696,65 @@ impl Store {
     ) -> Result<i64> {
         let (project_id, project, pusher) = (access.project_id, access.project.clone(), pusher.clone());
         self.write(move |tx| {
+            Box::pin(async move { insert_push(tx, project_id, &project, &pusher, &updates, &commits).await })
+        })
+        .await
+    }
+
+    /// Decides a push inside the writer's transaction, on the pusher's
+    /// access to the project as it is at that moment (not as it was when the
+    /// push began: write access removed, the pusher disabled or the token
+    /// revoked meanwhile all refuse it), and records it: accepted, its ref
+    /// updates and commits; refused, a `git.push.refused` event with every
+    /// reason.
+    pub async fn decide_and_record_push(
+        &self,
+        pusher: &Authenticated,
+        project: &ProjectName,
+        updates: Vec<RefUpdate>,
+        commits: Vec<PushedCommit>,
+    ) -> Result<PushDecided> {
+        let (project, pusher) = (project.clone(), pusher.clone());
+        self.write(move |tx| {
             Box::pin(async move {
-                let sql = tx.sql("INSERT INTO pushes (project_id, pusher_id, at) VALUES ($1, $2, $3) RETURNING id");
-                let push_id: i64 =
-                    sqlx::query_scalar(&sql).bind(project_id).bind(pusher.user_id).bind(now_ms()).fetch_one(tx.conn()).await?;
-                for update in &updates {
-                    let sql = tx.sql("INSERT INTO push_updates (push_id, ref_name, old_id, new_id) VALUES ($1, $2, $3, $4)");
-                    sqlx::query(&sql)
-                        .bind(push_id)
-                        .bind(&update.name)
-                        .bind(&update.old)
-                        .bind(&update.new)
-                        .execute(tx.conn())
-                        .await?;
-                }
-                let mut introduced = Vec::new();
-                let mut named = std::collections::BTreeSet::new();
-                // A large push names few people many times: look each address up once.
-                let mut known: std::collections::HashMap<String, Option<(i64, String)>> = Default::default();
-                // Many rows per statement: a push of ten thousand commits is
-                // fifty statements, not ten thousand.
-                for chunk in commits.chunks(COMMITS_PER_STATEMENT) {
-                    let mut people = Vec::with_capacity(chunk.len());
-                    let mut seals = Vec::with_capacity(chunk.len());
-                    for commit in chunk {
-                        let author = lookup(tx, &mut known, &commit.author.email).await?;
-                        let committer = lookup(tx, &mut known, &commit.committer.email).await?;
-                        let mut co_authors = Vec::new();
-                        for co_author in &commit.co_authors {
-                            co_authors.extend(lookup(tx, &mut known, &co_author.email).await?.map(|u| u.0));
-                        }
-                        let record = CommitRecord {
-                            project_id,
-                            sha: &commit.sha,
-                            first_push: Some(push_id),
-                            pusher: Some(pusher.user_id),
-                            import_grant: None,
-                            author: author.as_ref().map(|a| a.0),
-                            committer: committer.as_ref().map(|c| c.0),
-                            co_authors,
-                        };
-                        seals.push(record.seal(&tx.ledger_state().secrets.key));
-                        people.push((author, committer));
+                let access = access_in(tx, &pusher, &project).await?;
+                crate::seals::check(tx, &format!("user:{}", pusher.name)).await?;
+                let sql = tx.sql(
+                    "SELECT u.disabled_at, t.id AS token, t.revoked_at \
+                     FROM users u LEFT JOIN tokens t ON t.id = $2 AND t.user_id = u.id WHERE u.id = $1",
+                );
+                let row =
+                    sqlx::query(&sql).bind(pusher.user_id).bind(&pusher.token_id).fetch_optional(tx.conn()).await?;
+                let active = match row {
+                    Some(row) => {
+                        col::<Option<i64>>(&row, "disabled_at")?.is_none()
+                            && col::<Option<String>>(&row, "token")?.is_some()
+                            && col::<Option<i64>>(&row, "revoked_at")?.is_none()
                     }
-                    // The chunk travels as one JSON parameter that the
-                    // database unpacks: one bind instead of ten per row.
-                    let rows: Vec<serde_json::Value> = chunk
-                        .iter()
-                        .zip(&people)
-                        .zip(&seals)
-                        .map(|((commit, (author, committer)), seal)| {
-                            json!({
-                                "s": commit.sha, "an": commit.author.name, "ae": commit.author.email,
-                                "au": author.as_ref().map(|a| a.0),
-                                "cn": commit.committer.name, "ce": commit.committer.email,
-                                "cu": committer.as_ref().map(|c| c.0), "z": seal,
-                            })
-                        })
-                        .collect();
-                    let sql = match tx.dialect() {
-                        crate::Dialect::Sqlite => {
-                            "INSERT INTO commits (project_id, sha, first_push_id, author_name, author_email, author_user_id, \
-                             committer_name, committer_email, committer_user_id, seal) \
-                             SELECT ?1, json_extract(value, '$.s'), ?2, json_extract(value, '$.an'), \
-                             json_extract(value, '$.ae'), json_extract(value, '$.au'), json_extract(value, '$.cn'), \
-                             json_extract(value, '$.ce'), json_extract(value, '$.cu'), json_extract(value, '$.z') \
-                             FROM json_each(?3) WHERE true \
-                             ON CONFLICT (project_id, sha) DO NOTHING RETURNING sha"
-                        }
-                        crate::Dialect::Postgres => {
-                            "INSERT INTO commits (project_id, sha, first_push_id, author_name, author_email, author_user_id, \
-                             committer_name, committer_email, committer_user_id, seal) \
-                             SELECT $1, j->>'s', $2, j->>'an', j->>'ae', (j->>'au')::bigint, j->>'cn', j->>'ce', \
-                             (j->>'cu')::bigint, j->>'z' FROM json_array_elements($3::json) AS j \
-                             ON CONFLICT (project_id, sha) DO NOTHING RETURNING sha"
-                        }
-                    };
-                    let document = serde_json::to_string(&rows).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    let query = sqlx::query_scalar::<_, String>(sql).bind(project_id).bind(push_id).bind(document);
-                    let inserted: std::collections::HashSet<String> =
-                        query.fetch_all(tx.conn()).await?.into_iter().collect();
-                    for (commit, (author, committer)) in chunk.iter().zip(people) {
-                        if !inserted.contains(&commit.sha) {
-                            continue;
-                        }
-                        introduced.push(commit.sha.clone());
-                        named.extend(author.map(|a| a.1));
-                        named.extend(committer.map(|c| c.1));
-                        for (position, co_author) in commit.co_authors.iter().enumerate() {
-                            let user = lookup(tx, &mut known, &co_author.email).await?;
-                            let sql = tx.sql(
-                                "INSERT INTO commit_coauthors (project_id, sha, position, name, email, user_id) \
-                                 VALUES ($1, $2, $3, $4, $5, $6)",
-                            );
-                            sqlx::query(&sql)
-                                .bind(project_id)
-                                .bind(&commit.sha)
-                                .bind(position as i64)
-                                .bind(&co_author.name)
-                                .bind(&co_author.email)
-                                .bind(user.as_ref().map(|u| u.0))
-                                .execute(tx.conn())
-                                .await?;
-                            named.extend(user.map(|u| u.1));
-                        }
-                    }
+                    None => false,
+                };
+                let can_write = active
+                    && pusher.has_scope(custody_domain::Scope::Write)
+                    && access.role.is_some_and(|r| r.can_write());
+                let decision = custody_domain::project::decide_push(
+                    &updates,
+                    access.project.as_str(),
+                    &access.protected,
+                    &access.default_branch,
+                    can_write,
+                );
+                if !decision.allowed {
+                    tx.audit(NewEvent {
+                        actor: pusher.name.to_string(),
+                        action: "git.push.refused".into(),
+                        subject: format!("project:{}", access.project),
+                        details: json!({ "updates": updates, "reasons": decision.reasons }),
+                    })
+                    .await?;
+                    return Ok(PushDecided::Refused(decision));
                 }
-                tx.audit(NewEvent {
-                    actor: pusher.name.to_string(),
-                    action: "git.push".into(),
-                    subject: format!("project:{project}"),
-                    details: json!({
-                        "push": push_id,
-                        "updates": updates,
-                        "commits_introduced": introduced.len(),
-                        "first_commit": introduced.first(),
-                        "last_commit": introduced.last(),
-                        "users_named_by_commits": named,
-                    }),
-                })
-                .await?;
-                Ok(push_id)
+                let push_id = insert_push(tx, access.project_id, &access.project, &pusher, &updates, &commits).await?;
+                Ok(PushDecided::Recorded { push_id, access })
             })
         })
         .await
@@ -752,30 +845,6 @@ impl Store {
                 })
                 .await?;
                 Ok(recorded)
-            })
-        })
-        .await
-    }
-
-    /// Records a push the rules refused, for the auditor's eye: who tried to
-    /// move what, and every rule that stopped it.
-    pub async fn record_refused_push(
-        &self,
-        access: &ProjectAccess,
-        pusher: &Authenticated,
-        updates: &[RefUpdate],
-        decision: &custody_domain::Decision,
-    ) -> Result<()> {
-        let event = NewEvent {
-            actor: pusher.name.to_string(),
-            action: "git.push.refused".into(),
-            subject: format!("project:{}", access.project),
-            details: json!({ "updates": updates, "reasons": decision.reasons }),
-        };
-        self.write(move |tx| {
-            Box::pin(async move {
-                tx.audit(event).await?;
-                Ok(())
             })
         })
         .await
