@@ -100,25 +100,80 @@ impl Dialect {
     /// SQLite spells placeholders `?1`; PostgreSQL names a few functions
     /// differently (`string_agg` for `group_concat`, `chr` for `char`,
     /// `json_agg` and `json_build_object` for SQLite's JSON functions).
+    /// Only SQL is rewritten: never what is inside a string literal or a
+    /// quoted name, and a function only by its whole name.
     pub(crate) fn sql(self, sql: &'static str) -> Cow<'static, str> {
-        match self {
-            Dialect::Postgres if RENAMED.iter().any(|(from, _)| sql.contains(from)) => {
-                Cow::Owned(RENAMED.iter().fold(sql.to_owned(), |sql, (from, to)| sql.replace(from, to)))
-            }
-            Dialect::Postgres => Cow::Borrowed(sql),
-            Dialect::Sqlite => Cow::Owned(sql.replace('$', "?")),
+        match self.rewrite(sql) {
+            Cow::Borrowed(_) => Cow::Borrowed(sql),
+            Cow::Owned(rewritten) => Cow::Owned(rewritten),
         }
     }
 
     /// [`Dialect::sql`] for SQL built at run time (such as multi-row inserts).
     pub(crate) fn sql_owned(self, sql: String) -> String {
-        match self {
-            Dialect::Postgres if RENAMED.iter().any(|(from, _)| sql.contains(from)) => {
-                RENAMED.iter().fold(sql, |sql, (from, to)| sql.replace(from, to))
-            }
-            Dialect::Postgres => sql,
-            Dialect::Sqlite => sql.replace('$', "?"),
+        match self.rewrite(&sql) {
+            Cow::Borrowed(_) => sql,
+            Cow::Owned(rewritten) => rewritten,
         }
+    }
+
+    fn rewrite(self, sql: &str) -> Cow<'_, str> {
+        let needed = match self {
+            Dialect::Sqlite => sql.contains('$'),
+            Dialect::Postgres => RENAMED.iter().any(|(from, _)| sql.contains(from)),
+        };
+        if !needed {
+            return Cow::Borrowed(sql);
+        }
+        let bytes = sql.as_bytes();
+        let mut out = String::with_capacity(sql.len() + 16);
+        let mut quote: Option<u8> = None;
+        let mut i = 0;
+        while i < bytes.len() {
+            let c = bytes[i];
+            if let Some(q) = quote {
+                // Inside a literal or a quoted name; a doubled quote stays inside.
+                if c == q {
+                    quote = None;
+                }
+                let next = sql[i..].chars().next().map_or(1, char::len_utf8);
+                out.push_str(&sql[i..i + next]);
+                i += next;
+                continue;
+            }
+            match c {
+                b'\'' | b'"' => {
+                    quote = Some(c);
+                    out.push(c as char);
+                    i += 1;
+                }
+                b'$' if self == Dialect::Sqlite && bytes.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                    out.push('?');
+                    i += 1;
+                }
+                _ if self == Dialect::Postgres => {
+                    let starts_word = i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_');
+                    match RENAMED.iter().find(|(from, _)| starts_word && sql[i..].starts_with(from)) {
+                        Some((from, to)) => {
+                            out.push_str(to);
+                            i += from.len();
+                        }
+                        None => {
+                            // Copy the whole character: SQL may hold non-ASCII text.
+                            let next = sql[i..].chars().next().map_or(1, char::len_utf8);
+                            out.push_str(&sql[i..i + next]);
+                            i += next;
+                        }
+                    }
+                }
+                _ => {
+                    let next = sql[i..].chars().next().map_or(1, char::len_utf8);
+                    out.push_str(&sql[i..i + next]);
+                    i += next;
+                }
+            }
+        }
+        Cow::Owned(out)
     }
 
     pub(crate) async fn prepare_writer(self, conn: &mut AnyConnection) -> Result<()> {
@@ -202,5 +257,35 @@ impl Dialect {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Dialect::{Postgres, Sqlite};
+
+    #[test]
+    fn placeholders_are_rewritten_outside_literals_only() {
+        assert_eq!(
+            Sqlite.sql("SELECT json_extract(v, '$.s'), $1 FROM t WHERE a = $2 AND b = '$3'"),
+            "SELECT json_extract(v, '$.s'), ?1 FROM t WHERE a = ?2 AND b = '$3'"
+        );
+        assert_eq!(Sqlite.sql("SELECT 'it''s $1', $1"), "SELECT 'it''s $1', ?1");
+        assert_eq!(Sqlite.sql("SELECT \"$1\" FROM t"), "SELECT \"$1\" FROM t");
+        assert_eq!(Postgres.sql("SELECT $1, '$.s'"), "SELECT $1, '$.s'");
+    }
+
+    #[test]
+    fn functions_are_renamed_by_their_whole_name_outside_literals() {
+        assert_eq!(
+            Postgres.sql("SELECT group_concat(b, char(31)), CAST(x AS varchar(10)) FROM t WHERE n = 'char(1)'"),
+            "SELECT string_agg(b, chr(31)), CAST(x AS varchar(10)) FROM t WHERE n = 'char(1)'"
+        );
+        assert_eq!(
+            Postgres.sql("SELECT json_object('a', 1), my_char(2)"),
+            "SELECT json_build_object('a', 1), my_char(2)"
+        );
+        assert_eq!(Sqlite.sql("SELECT group_concat(b, char(31))"), "SELECT group_concat(b, char(31))");
+        assert_eq!(Postgres.sql_owned("SELECT 'é', char(9)".into()), "SELECT 'é', chr(9)");
     }
 }

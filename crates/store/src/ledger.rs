@@ -129,13 +129,13 @@ pub(crate) async fn event_chunk(
             "SELECT count(*) AS n, max(seq) AS hi, \
              json_group_array(json_array(seq, at, actor, action, subject, details)) AS events \
              FROM (SELECT seq, at, actor, action, subject, details FROM audit_events \
-             WHERE seq > ?1 ORDER BY seq LIMIT ?2)"
+             WHERE seq > $1 ORDER BY seq LIMIT $2)"
         }
         (Dialect::Sqlite, true) => {
             "SELECT count(*) AS n, max(seq) AS hi, \
              json_group_array(json_array(seq, at, actor, action, subject, details, prev, hex(mac))) AS events \
              FROM (SELECT seq, at, actor, action, subject, details, prev, mac FROM audit_events \
-             WHERE seq > ?1 ORDER BY seq LIMIT ?2)"
+             WHERE seq > $1 ORDER BY seq LIMIT $2)"
         }
         (Dialect::Postgres, false) => {
             "SELECT count(*) AS n, max(seq) AS hi, \
@@ -150,7 +150,8 @@ pub(crate) async fn event_chunk(
              WHERE seq > $1 ORDER BY seq LIMIT $2) AS chunk"
         }
     };
-    let row = sqlx::query(sql).bind(after).bind(EVENT_CHUNK).fetch_one(&mut *conn).await?;
+    let sql = dialect_of(conn).sql(sql);
+    let row = sqlx::query(&sql).bind(after).bind(EVENT_CHUNK).fetch_one(&mut *conn).await?;
     let n: i64 = col(&row, "n")?;
     if n == 0 {
         return Ok(None);
@@ -412,7 +413,7 @@ async fn read_level(conn: &mut AnyConnection, dialect: Dialect, level: u8) -> Re
     let sql = match dialect {
         Dialect::Sqlite => {
             "SELECT count(*) AS n, min(idx) AS lo, max(idx) AS hi, group_concat(hex(hash), '' ORDER BY idx) AS hashes \
-             FROM ledger_nodes WHERE level = ?1 AND idx >= ?2 AND idx < ?3"
+             FROM ledger_nodes WHERE level = $1 AND idx >= $2 AND idx < $3"
         }
         Dialect::Postgres => {
             "SELECT count(*) AS n, min(idx) AS lo, max(idx) AS hi, \
@@ -423,7 +424,12 @@ async fn read_level(conn: &mut AnyConnection, dialect: Dialect, level: u8) -> Re
     let mut hashes = Vec::new();
     let mut start = 0i64;
     loop {
-        let row = sqlx::query(sql).bind(i64::from(level)).bind(start).bind(start + ROWS).fetch_one(&mut *conn).await?;
+        let row = sqlx::query(&dialect.sql(sql))
+            .bind(i64::from(level))
+            .bind(start)
+            .bind(start + ROWS)
+            .fetch_one(&mut *conn)
+            .await?;
         let n: i64 = col(&row, "n")?;
         if n == 0 {
             return Ok(hashes);

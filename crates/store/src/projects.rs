@@ -307,14 +307,16 @@ async fn insert_push(
                 })
             })
             .collect();
-        let sql = match tx.dialect() {
+        // The same statement in each dialect's JSON functions, through the
+        // one placeholder rewriting.
+        let sql = tx.sql(match tx.dialect() {
             crate::Dialect::Sqlite => {
                 "INSERT INTO commits (project_id, sha, first_push_id, author_name, author_email, author_user_id, \
                              committer_name, committer_email, committer_user_id, seal) \
-                             SELECT ?1, json_extract(value, '$.s'), ?2, json_extract(value, '$.an'), \
+                             SELECT $1, json_extract(value, '$.s'), $2, json_extract(value, '$.an'), \
                              json_extract(value, '$.ae'), json_extract(value, '$.au'), json_extract(value, '$.cn'), \
                              json_extract(value, '$.ce'), json_extract(value, '$.cu'), json_extract(value, '$.z') \
-                             FROM json_each(?3) WHERE true \
+                             FROM json_each($3) WHERE true \
                              ON CONFLICT (project_id, sha) DO NOTHING RETURNING sha"
             }
             crate::Dialect::Postgres => {
@@ -324,9 +326,9 @@ async fn insert_push(
                              (j->>'cu')::bigint, j->>'z' FROM json_array_elements($3::json) AS j \
                              ON CONFLICT (project_id, sha) DO NOTHING RETURNING sha"
             }
-        };
+        });
         let document = serde_json::to_string(&rows).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let query = sqlx::query_scalar::<_, String>(sql).bind(project_id).bind(push_id).bind(document);
+        let query = sqlx::query_scalar::<_, String>(&sql).bind(project_id).bind(push_id).bind(document);
         let inserted: std::collections::HashSet<String> = query.fetch_all(tx.conn()).await?.into_iter().collect();
         for (commit, (author, committer)) in chunk.iter().zip(people) {
             if !inserted.contains(&commit.sha) {
