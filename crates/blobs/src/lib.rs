@@ -20,6 +20,8 @@
 //! HTTP servers, people or policy. It stores and returns bytes by digest;
 //! who may write (only the builder) is decided by its callers.
 
+#![forbid(unsafe_code)]
+
 mod digest;
 mod error;
 #[cfg(feature = "testing")]

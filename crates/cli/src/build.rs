@@ -79,7 +79,7 @@ fn digest(text: &str) -> Result<String, Failure> {
 }
 
 fn short(text: &str) -> &str {
-    &text[..text.len().min(12)]
+    custody_domain::short_id(text)
 }
 
 fn build_line(b: &Value) -> String {

@@ -121,7 +121,7 @@ pub fn gate_text(gate: &Value) -> String {
     let mut lines = vec![format!(
         "gate {} at {}",
         if open { "OPEN" } else { "CLOSED" },
-        gate["head"].as_str().map(|h| &h[..h.len().min(12)]).unwrap_or("")
+        gate["head"].as_str().map(custody_domain::short_id).unwrap_or("")
     )];
     for rule in gate["rules"].as_array().into_iter().flatten() {
         let mark = if rule["passed"].as_bool() == Some(true) { "pass" } else { "FAIL" };
@@ -153,7 +153,7 @@ fn detail_text(c: &Value) -> String {
                 let detail = w
                     .get("commit")
                     .and_then(Value::as_str)
-                    .map(|c| c[..c.len().min(12)].to_owned())
+                    .map(|c| custody_domain::short_id(c).to_owned())
                     .or_else(|| w.get("push").map(|p| format!("push {p}")))
                     .unwrap_or_default();
                 format!("{what} {detail}")
@@ -168,7 +168,7 @@ fn detail_text(c: &Value) -> String {
             "  {} {} at {}{stale} {}",
             review["reviewer"].as_str().unwrap_or(""),
             review["verdict"].as_str().unwrap_or(""),
-            review["head"].as_str().map(|h| &h[..h.len().min(12)]).unwrap_or(""),
+            review["head"].as_str().map(custody_domain::short_id).unwrap_or(""),
             review["message"].as_str().unwrap_or("")
         ));
     }
@@ -236,7 +236,7 @@ pub async fn run(client: &Client, command: ChangeCommand, out: Output) -> Result
                 format!(
                     "{} recorded at head {}",
                     r["verdict"].as_str().unwrap_or(""),
-                    r["head"].as_str().map(|h| &h[..h.len().min(12)]).unwrap_or("")
+                    r["head"].as_str().map(custody_domain::short_id).unwrap_or("")
                 )
             });
         }
@@ -259,7 +259,7 @@ pub async fn run(client: &Client, command: ChangeCommand, out: Output) -> Result
                 |r| {
                     let mut line = format!(
                         "{} {:<12} {} exit {}",
-                        r["head"].as_str().map(|h| &h[..h.len().min(12)]).unwrap_or(""),
+                        r["head"].as_str().map(custody_domain::short_id).unwrap_or(""),
                         r["status"].as_str().unwrap_or(""),
                         r["command"].as_str().unwrap_or("-"),
                         r["exit_code"]

@@ -496,7 +496,7 @@ fn shell_words(args: &[&str]) -> String {
 }
 
 fn short(hex: &str) -> &str {
-    &hex[..hex.len().min(12)]
+    custody_domain::short_id(hex)
 }
 
 /// A plain HTTP endpoint on loopback playing the servers the deploy script

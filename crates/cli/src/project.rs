@@ -223,5 +223,5 @@ pub async fn run(client: &Client, command: ProjectCommand, out: Output) -> Resul
 }
 
 fn short(id: &Value) -> &str {
-    id.as_str().map(|s| &s[..s.len().min(8)]).unwrap_or("")
+    id.as_str().map(|s| s.char_indices().nth(8).map_or(s, |(end, _)| &s[..end])).unwrap_or("")
 }

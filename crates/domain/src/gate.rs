@@ -368,7 +368,7 @@ pub fn evaluate(facts: &GateFacts<'_>) -> GateReport {
 }
 
 fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
+    crate::short_id(id)
 }
 
 #[cfg(test)]

@@ -198,14 +198,14 @@ impl GrantAction {
                 format!("make {branch} the default branch of project {project}")
             }
             GrantAction::DeleteTag { project, tag, target } => {
-                format!("delete tag {tag} (at {}) of project {project}", &target[..target.len().min(12)])
+                format!("delete tag {tag} (at {}) of project {project}", crate::short_id(target))
             }
             GrantAction::SetSecret { project, environment, name, version } => {
                 format!("make version {version} of secret {name} current for {environment} of project {project}")
             }
             GrantAction::ImportRepository { project, source, refs } => {
                 let shown: Vec<String> =
-                    refs.iter().map(|(name, id)| format!("{name} at {}", &id[..id.len().min(12)])).collect();
+                    refs.iter().map(|(name, id)| format!("{name} at {}", crate::short_id(id))).collect();
                 format!("import {source} into project {project} as unreviewed history ({})", shown.join(", "))
             }
         }

@@ -7,6 +7,8 @@
 //!
 //! This crate knows nothing about SQL, HTTP, files or git processes.
 
+#![forbid(unsafe_code)]
+
 pub mod audit;
 pub mod decision;
 pub mod deploy;
@@ -29,3 +31,10 @@ pub use name::{Email, GroupName, InvalidInput, ProjectName, UserName};
 pub use project::{RefUpdate, Role};
 pub use scope::{Scope, Scopes};
 pub use time::Timestamp;
+
+/// The first twelve characters of an id (a commit, a digest), as people
+/// read it; cut on a character boundary, so that text that is no id (from a
+/// request, say) never panics.
+pub fn short_id(id: &str) -> &str {
+    id.char_indices().nth(12).map_or(id, |(end, _)| &id[..end])
+}

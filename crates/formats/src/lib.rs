@@ -10,6 +10,8 @@
 //! This crate knows nothing about databases, HTTP or custody's server; it
 //! reads and writes key files only where a caller names them.
 
+#![forbid(unsafe_code)]
+
 pub mod checkpoint;
 pub mod dsse;
 pub mod event;

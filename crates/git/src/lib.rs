@@ -7,6 +7,8 @@
 //! This crate knows nothing about users, grants or HTTP: it is told what to
 //! do and does it with the `git` program.
 
+#![forbid(unsafe_code)]
+
 pub mod change;
 pub mod hook;
 pub mod service;

@@ -146,7 +146,7 @@ pub async fn release_context(
     let (repo, candidate, branch, listed) = (repository.clone(), commit.to_owned(), default_branch, known.is_some());
     let live_commit = live.clone();
     let (definitions, commits, chain) = tokio::task::spawn_blocking(move || {
-        let short = |c: &str| c[..c.len().min(12)].to_owned();
+        let short = |c: &str| custody_domain::short_id(c).to_owned();
         let mut definitions = vec![("the mainline tip's pipeline".to_owned(), mainline_pipeline(&repo, &branch)?)];
         if let Some(live) = &live_commit {
             let policy = pipeline_at(&repo, live).map_err(|e| format!("the live commit's {e}"))?;

@@ -17,7 +17,6 @@ use custody_formats::{KeyRole, ServiceKey, Statement, Subject};
 use custody_git::change as git;
 use custody_store::{
     Authenticated, ChangeView, GateRecords, MergeIntent, MergePlan, ProjectAccess, Published, Settled, StoreError,
-    TARGET_MOVED,
 };
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -330,13 +329,13 @@ pub async fn merge(
             }),
         };
         match state.store().merge_change(actor, access, number, commits, groups, plan).await {
-            Err(StoreError::Conflict(message)) if message == TARGET_MOVED && lost < MERGE_RACES => {
+            Err(StoreError::TargetMoved) if lost < MERGE_RACES => {
                 // Another process merged into the target first: its turn
                 // came first; this one is decided again on the new tip.
                 lost += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(20 + u64::from(lost) * 10)).await;
             }
-            Err(StoreError::Conflict(message)) if message == TARGET_MOVED => {
+            Err(StoreError::TargetMoved) => {
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "busy",

@@ -6,6 +6,8 @@
 //! terminal, and decides nothing itself: rules live in the domain core and
 //! are applied by the store inside its transactions.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod auth;
 pub mod changes;

@@ -1165,7 +1165,7 @@ impl Store {
 }
 
 fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
+    custody_domain::short_id(id)
 }
 
 /// Moves the head of every change following `branch` after a push: open

@@ -23,10 +23,6 @@ use serde_json::json;
 use crate::writer::{Reads as _, Tx};
 use crate::{col, now_ms, Result, Store, StoreError};
 
-/// Why a merge was not recorded: the target moved since its facts were
-/// gathered. Whoever merges gathers them again and retries.
-pub const TARGET_MOVED: &str = "the target branch moved while merging";
-
 /// A merge recorded whose ref move is not yet known to have happened.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MergeIntent {
@@ -57,7 +53,7 @@ pub enum Settled {
 }
 
 /// Records the intent of a merge inside the transaction that records the
-/// merge. Refuses with [`TARGET_MOVED`] when the merge was made on a tip
+/// merge. Refuses with [`StoreError::TargetMoved`] when the merge was made on a tip
 /// other than the last one a recorded merge left the ref at, or when another
 /// merge from the same tip was recorded first.
 pub(crate) async fn record(
@@ -75,7 +71,7 @@ pub(crate) async fn record(
     let recorded: Option<String> =
         sqlx::query_scalar(&sql).bind(project_id).bind(reference).fetch_optional(tx.conn()).await?;
     if recorded.is_some_and(|tip| Some(tip.as_str()) != old) {
-        return Err(StoreError::Conflict(TARGET_MOVED.into()));
+        return Err(StoreError::TargetMoved);
     }
     let sql = tx.sql(
         "INSERT INTO merge_intents (project_id, change_number, ref_name, old_tip, new_tip, created_at) \
@@ -92,7 +88,7 @@ pub(crate) async fn record(
         .execute(tx.conn())
         .await?;
     if done.rows_affected() != 1 {
-        return Err(StoreError::Conflict(TARGET_MOVED.into()));
+        return Err(StoreError::TargetMoved);
     }
     Ok(())
 }

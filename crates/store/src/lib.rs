@@ -16,6 +16,8 @@
 //!
 //! This crate knows nothing about HTTP, the terminal or password hashing.
 
+#![forbid(unsafe_code)]
+
 mod audit;
 mod builds;
 mod changes;
@@ -57,9 +59,7 @@ pub use dialect::Dialect;
 pub use findings::FindingView;
 pub use grants::GrantView;
 pub use groups::{GroupView, MemberView};
-pub use intents::{
-    recorded_mainlines, Mainline, MergeIntent, MergeQueue, MovingMerge, Settled, WaitingMerge, TARGET_MOVED,
-};
+pub use intents::{recorded_mainlines, Mainline, MergeIntent, MergeQueue, MovingMerge, Settled, WaitingMerge};
 pub use ledger::{inspect, inspect_with_key, Finding, LedgerReport, StoredCheckpoint};
 pub use people::{random_secret, Authenticated, CreatedUser, Initialised, NewToken, TokenView, UserView};
 pub use projects::{CommitView, ProjectAccess, ProjectMemberView, ProjectView, PushDecided, PushView};
@@ -84,6 +84,10 @@ pub enum StoreError {
     /// It would duplicate something unique.
     #[error("{0}")]
     Conflict(String),
+    /// A merge was not recorded: its target moved since its facts were
+    /// gathered. Whoever merges gathers them again and decides again.
+    #[error("the target branch moved while merging")]
+    TargetMoved,
     /// The input breaks a rule for names, e-mails or secrets.
     #[error(transparent)]
     Invalid(#[from] InvalidInput),

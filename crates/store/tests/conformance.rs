@@ -1760,7 +1760,7 @@ async fn a_merge_is_recorded_with_its_intent_and_one_per_starting_tip(store: Sto
     let mut plan = open_plan(&head2);
     plan.publish = Box::new(|_, _| Ok(custody_store::Published { commit: "n".repeat(40), attestation: "{}".into() }));
     let raced = store.merge_change(&people[0], &access, 2, vec![head2.clone()], vec![], plan).await;
-    assert!(matches!(&raced, Err(StoreError::Conflict(m)) if m == custody_store::TARGET_MOVED), "{raced:?}");
+    assert!(matches!(&raced, Err(StoreError::TargetMoved)), "{raced:?}");
     assert_eq!(store.get_change(&access.project, 2).await.unwrap().state, "open", "nothing of it was recorded");
 
     // Made on the first merge, it is recorded.
