@@ -432,7 +432,15 @@ impl Store {
                         let sql = tx.sql(sql);
                         sqlx::query(&sql).bind(user.as_str()).execute(tx.conn()).await?;
                     }
-                    tx.touch(&format!("user:{user}"));
+                    // An event about the user: their removal is sealed at
+                    // it, so the pending user cannot be replayed.
+                    tx.audit(NewEvent {
+                        actor: actor.name.to_string(),
+                        action: "user.rejected".into(),
+                        subject: format!("user:{user}"),
+                        details: json!({ "grant": id }),
+                    })
+                    .await?;
                 }
                 tx.audit(NewEvent {
                     actor: actor.name.to_string(),

@@ -513,6 +513,17 @@ impl Store {
                     .await?;
                 let action = GrantAction::CreateUser { user: name.clone(), email, display_name };
                 let grant = grants::request(tx, &actor, action).await?;
+                if grant.status == custody_domain::GrantStatus::Pending {
+                    // An event about the user, so that their rows as a
+                    // pending user are sealed at it and cannot be replayed.
+                    tx.audit(NewEvent {
+                        actor: actor.name.to_string(),
+                        action: "user.pending".into(),
+                        subject: format!("user:{name}"),
+                        details: json!({ "grant": grant.id, "invite": id, "invite_expires_at": expires_at }),
+                    })
+                    .await?;
+                }
                 Ok(CreatedUser {
                     name: name.to_string(),
                     invite_code: secret::format_secret(SecretKind::Invite, &id, &secret),

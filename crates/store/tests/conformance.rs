@@ -1646,6 +1646,31 @@ async fn a_staging_success_written_into_the_database_does_not_open_production(st
     assert!(why.contains("deployments row 7") && why.contains("never recorded it succeeding"), "{why}");
 }
 
+async fn a_rejected_user_replayed_in_the_database_is_refused(store: Store, url: String) {
+    let (root, bob) = governed(&store).await;
+    let carol = ask_for_user(&store, &root, "carol").await;
+    // Everything about carol as a pending user, seal included, kept aside.
+    for (copy, table, filter) in [
+        ("kept_users", "users", "name = 'carol'"),
+        ("kept_emails", "user_emails", "user_id IN (SELECT id FROM users WHERE name = 'carol')"),
+        ("kept_invites", "invites", "user_id IN (SELECT id FROM users WHERE name = 'carol')"),
+        ("kept_seals", "subject_seals", "subject = 'user:carol'"),
+    ] {
+        execute_raw(&url, &format!("CREATE TABLE {copy} AS SELECT * FROM {table} WHERE {filter}")).await;
+    }
+    store.reject_grant(&bob, carol.grant.id, Some("wrong team".into())).await.unwrap();
+    // Put back as it was, seal and all.
+    execute_raw(
+        &url,
+        "INSERT INTO users SELECT * FROM kept_users; INSERT INTO user_emails SELECT * FROM kept_emails; \
+         INSERT INTO invites SELECT * FROM kept_invites; DELETE FROM subject_seals WHERE subject = 'user:carol'; \
+         INSERT INTO subject_seals SELECT * FROM kept_seals",
+    )
+    .await;
+    let why = unproven(store.redeem_invite(&carol.invite_code).await);
+    assert!(why.contains("user:carol") || why.contains("carol"), "{why}");
+}
+
 async fn a_forged_membership_is_not_sealed_in_by_a_later_grant(store: Store, url: String) {
     let (root, bob) = governed(&store).await;
     let carol = ask_for_user(&store, &root, "carol").await;
@@ -1821,6 +1846,7 @@ async fn a_merge_that_never_reached_its_branch_reopens_the_change(store: Store) 
 
 on_both_backends! {
     what_is_live_holds_past_five_hundred_deployments,
+    a_rejected_user_replayed_in_the_database_is_refused,
     a_forged_membership_is_not_sealed_in_by_a_later_grant,
     a_merge_is_recorded_with_its_intent_and_one_per_starting_tip,
     a_merge_that_never_reached_its_branch_reopens_the_change,
