@@ -48,6 +48,12 @@ pub struct GitFacts {
     pub weakened: Vec<String>,
 }
 
+/// A ref's target, read on a blocking thread (a file read, never on the
+/// async workers).
+async fn ref_of(repository: std::path::PathBuf, name: String) -> Result<Option<String>, ApiError> {
+    tokio::task::spawn_blocking(move || git::read_ref(&repository, &name)).await.map_err(internal)?.map_err(internal)
+}
+
 fn internal(error: impl std::fmt::Display) -> ApiError {
     tracing::error!(%error, "git");
     ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", "reading the repository failed")
@@ -66,7 +72,7 @@ pub async fn git_facts(
 ) -> Result<Arc<GitFacts>, ApiError> {
     let repository = state.hosting().repositories().path(project);
     let target_tip = match &merged_as {
-        None => git::read_ref(&repository, &format!("refs/heads/{target}")).map_err(internal)?,
+        None => ref_of(repository.clone(), format!("refs/heads/{target}")).await?,
         Some(merge) => {
             let (repository, merge) = (repository.clone(), merge.clone());
             tokio::task::spawn_blocking(move || -> Result<Option<String>, custody_git::GitError> {
@@ -87,7 +93,7 @@ pub async fn git_facts(
     // mainline's governs, never the lax default of no file at all.
     let policy_tip = match &target_tip {
         Some(tip) => Some(tip.clone()),
-        None => git::read_ref(&repository, &format!("refs/heads/{default_branch}")).map_err(internal)?,
+        None => ref_of(repository.clone(), format!("refs/heads/{default_branch}")).await?,
     };
     let key = (project.to_string(), target_tip.clone(), format!("{head} {}", policy_tip.as_deref().unwrap_or("")));
     if let Some(facts) = state.hosting().remembered_facts(&key) {
@@ -207,7 +213,7 @@ pub async fn gate_of(
         if known.seq == seq {
             let repository = state.hosting().repositories().path(&access.project);
             let target = format!("refs/heads/{}", known.gate.0.target_branch);
-            if git::read_ref(&repository, &target).map_err(internal)? == known.target_tip {
+            if ref_of(repository, target).await? == known.target_tip {
                 return Ok(known.gate.clone());
             }
         }
@@ -250,7 +256,7 @@ async fn evaluate_gate(
         None => facts.target_tip.clone(),
         Some(_) => {
             let repository = state.hosting().repositories().path(&access.project);
-            git::read_ref(&repository, &format!("refs/heads/{}", records.change.target_branch)).map_err(internal)?
+            ref_of(repository, format!("refs/heads/{}", records.change.target_branch)).await?
         }
     };
     Ok(((records.change.clone(), records, report), target_tip))
@@ -293,25 +299,33 @@ pub async fn merge(
         .await?;
         let groups = groups_of(&facts.policy);
         let commits = facts.commits.clone();
-        let evaluated_facts = facts.clone();
         let check = state.store().check_state(access, number, &facts.head).await?;
         // Runs are recorded only where the target's pipeline names a check.
         let check_runs = match &facts.policy {
             Ok(policy) if policy.check.is_some() => checks_of(state, access, number, &facts.head).await?,
             _ => Vec::new(),
         };
-        let target = change.target_branch.clone();
-        let (title, project) = (change.title.clone(), access.project.to_string());
-        let merger = actor.name.to_string();
-        let gate_key = gate_key.clone();
-        let plan = MergePlan {
-            head: facts.head.clone(),
-            base: facts.target_tip.clone(),
-            weakened: facts.weakened.clone(),
-            evaluate: Box::new(move |records| evaluate(&evaluated_facts, records, &check)),
-            publish: Box::new(move |records, report| {
-                let tree = facts.merge.clone().map_err(|why| format!("the change does not merge cleanly: {why}"))?;
-                let mut message = format!("Merge change {project}#{number}: {title}\n\n");
+        let merged_by = actor.name.to_string();
+        // The merge commit and its signed attestation are made here, on a
+        // blocking thread, from the gate as it reads now: never inside the
+        // writer. The transaction records them only if its own reading of
+        // the facts gives the very statement that was signed.
+        let records = state.store().gate_records(access, number, commits.clone(), groups.clone()).await?;
+        let report = evaluate(&facts, &records, &check);
+        let prepared = if report.open {
+            if let Err(why) = &facts.merge {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    format!("the change does not merge cleanly: {why}"),
+                ));
+            }
+            let (facts, project, gate_key, merger, runs) =
+                (facts.clone(), access.project.to_string(), gate_key.clone(), merged_by.clone(), check_runs.clone());
+            let target = change.target_branch.clone();
+            let made = tokio::task::spawn_blocking(move || -> Result<Published, String> {
+                let tree = facts.merge.clone()?;
+                let mut message = format!("Merge change {project}#{number}: {}\n\n", records.change.title);
                 message.push_str(&format!("Change: {project}#{number}\nReviewed-head: {}\n", facts.head));
                 for approver in &report.approvers {
                     message.push_str(&format!("Approved-by: {approver}\n"));
@@ -322,20 +336,42 @@ pub async fn merge(
                 let mut parents: Vec<&str> = facts.target_tip.iter().map(String::as_str).collect();
                 parents.push(&facts.head);
                 let commit = git::commit_tree(&repository, &tree, &parents, &message).map_err(|e| e.to_string())?;
-                let merged = Merged { target: &target, commit: &commit, merger: &merger, checks: &check_runs };
-                let statement = attestation(&project, number, &facts, records, report, &merged);
+                let merged = Merged { target: &target, commit: &commit, merger: &merger, checks: &runs };
+                let statement = attestation(&project, number, &facts, &records, &report, &merged);
                 let envelope = serde_json::to_string(&statement.sign(&gate_key)).map_err(|e| e.to_string())?;
-                Ok(Published { commit, attestation: envelope })
+                let statement = serde_json::to_value(&statement).map_err(|e| e.to_string())?;
+                Ok(Published { commit, attestation: envelope, statement })
+            })
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+            Some(made)
+        } else {
+            None
+        };
+        let evaluated_facts = facts.clone();
+        let target = change.target_branch.clone();
+        let project = access.project.to_string();
+        let plan = MergePlan {
+            head: facts.head.clone(),
+            base: facts.target_tip.clone(),
+            weakened: facts.weakened.clone(),
+            evaluate: Box::new(move |records| evaluate(&evaluated_facts, records, &check)),
+            prepared,
+            restate: Box::new(move |records, report, commit| {
+                let merged = Merged { target: &target, commit, merger: &merged_by, checks: &check_runs };
+                serde_json::to_value(attestation(&project, number, &facts, records, report, &merged))
+                    .unwrap_or(serde_json::Value::Null)
             }),
         };
         match state.store().merge_change(actor, access, number, commits, groups, plan).await {
-            Err(StoreError::TargetMoved) if lost < MERGE_RACES => {
+            Err(StoreError::TargetMoved | StoreError::FactsMoved) if lost < MERGE_RACES => {
                 // Another process merged into the target first: its turn
                 // came first; this one is decided again on the new tip.
                 lost += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(20 + u64::from(lost) * 10)).await;
             }
-            Err(StoreError::TargetMoved) => {
+            Err(StoreError::TargetMoved | StoreError::FactsMoved) => {
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "busy",

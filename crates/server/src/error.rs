@@ -93,7 +93,9 @@ impl From<StoreError> for ApiError {
             }
             StoreError::NotFound { .. } => ApiError::not_found(error.to_string()),
             StoreError::Conflict(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
-            StoreError::TargetMoved => ApiError::new(StatusCode::CONFLICT, "conflict", error.to_string()),
+            StoreError::TargetMoved | StoreError::FactsMoved => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", error.to_string())
+            }
             StoreError::Invalid(invalid) => ApiError::invalid(invalid.to_string()),
             StoreError::Unauthenticated(message) => ApiError::unauthenticated(message),
             StoreError::Unavailable(_) | StoreError::Closed => {

@@ -606,14 +606,16 @@ pub struct MergePlan {
     pub weakened: Vec<String>,
     /// The gate, as evaluated inside the merge's transaction.
     pub evaluate: Box<dyn FnOnce(&GateRecords) -> custody_domain::gate::GateReport + Send>,
-    /// Makes the merge commit and signs its attestation; runs inside the
-    /// transaction, after the gate passed. It does not move the target ref:
-    /// the caller does that after the merge's intent committed (see
-    /// [`crate::MergeIntent`]).
+    /// The merge commit and its signed attestation, made before the
+    /// transaction (git and signing never run inside the writer) from the
+    /// gate as it was read then; `None` when that gate was closed.
+    pub prepared: Option<Published>,
+    /// The unsigned attestation statement of the records, the gate and the
+    /// merge commit as they are inside the transaction: the prepared merge
+    /// is recorded only when it is the one its attestation signed; else the
+    /// facts moved and the merge is decided again ([`StoreError::FactsMoved`]).
     #[allow(clippy::type_complexity)]
-    pub publish: Box<
-        dyn FnOnce(&GateRecords, &custody_domain::gate::GateReport) -> std::result::Result<Published, String> + Send,
-    >,
+    pub restate: Box<dyn FnOnce(&GateRecords, &custody_domain::gate::GateReport, &str) -> serde_json::Value + Send>,
 }
 
 /// What a merge made visible.
@@ -622,6 +624,8 @@ pub struct Published {
     pub commit: String,
     /// The signed change attestation.
     pub attestation: String,
+    /// The statement it signs, to compare with the facts in the transaction.
+    pub statement: serde_json::Value,
 }
 
 impl Store {
@@ -1052,7 +1056,12 @@ impl Store {
                     if !report.open {
                         return Err(StoreError::Refused(report.decision()));
                     }
-                    let published = (plan.publish)(&records, &report).map_err(StoreError::Conflict)?;
+                    // The merge prepared outside the writer, if the facts it
+                    // was made from are still the facts.
+                    let Some(published) = plan.prepared else { return Err(StoreError::FactsMoved) };
+                    if (plan.restate)(&records, &report, &published.commit) != published.statement {
+                        return Err(StoreError::FactsMoved);
+                    }
                     let merge_commit = published.commit;
                     let reference = format!("refs/heads/{}", records.change.target_branch);
                     crate::intents::record(tx, access2.project_id, number, &reference, plan.base.as_deref(), &merge_commit)

@@ -88,6 +88,11 @@ pub enum StoreError {
     /// gathered. Whoever merges gathers them again and decides again.
     #[error("the target branch moved while merging")]
     TargetMoved,
+    /// A merge prepared outside the writer no longer matches the facts in
+    /// its transaction (an approval came or went meanwhile): decide it
+    /// again.
+    #[error("the change's reviews or gate changed while merging")]
+    FactsMoved,
     /// The input breaks a rule for names, e-mails or secrets.
     #[error(transparent)]
     Invalid(#[from] InvalidInput),

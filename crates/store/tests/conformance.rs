@@ -1062,7 +1062,12 @@ async fn released_build(store: &Store) -> (Authenticated, [Authenticated; 5], cu
             approvers: vec!["bob".into()],
             rules: vec![],
         }),
-        publish: Box::new(|_, _| Ok(custody_store::Published { commit: "m".repeat(40), attestation: "{}".into() })),
+        prepared: Some(custody_store::Published {
+            commit: "m".repeat(40),
+            attestation: "{}".into(),
+            statement: serde_json::Value::Null,
+        }),
+        restate: Box::new(|_, _, _| serde_json::Value::Null),
     };
     store.merge_change(&people[0], &alice_access, change.number, vec![head], vec![], plan).await.unwrap();
     assert!(store.lease_build("worker", 60_000).await.unwrap().is_none(), "not built before main holds the merge");
@@ -1314,7 +1319,12 @@ fn open_plan(head: &str) -> custody_store::MergePlan {
             approvers: records.reviews.iter().map(|r| r.reviewer.to_string()).collect(),
             rules: vec![],
         }),
-        publish: Box::new(|_, _| Ok(custody_store::Published { commit: "m".repeat(40), attestation: "{}".into() })),
+        prepared: Some(custody_store::Published {
+            commit: "m".repeat(40),
+            attestation: "{}".into(),
+            statement: serde_json::Value::Null,
+        }),
+        restate: Box::new(|_, _, _| serde_json::Value::Null),
     }
 }
 
@@ -1646,6 +1656,24 @@ async fn a_staging_success_written_into_the_database_does_not_open_production(st
     assert!(why.contains("deployments row 7") && why.contains("never recorded it succeeding"), "{why}");
 }
 
+async fn a_merge_prepared_on_other_facts_is_decided_again_and_records_nothing(store: Store) {
+    let (_root, people, access, head) = opened_change(&store).await;
+    let project = access.project.clone();
+    let merge = |plan| store.merge_change(&people[0], &access, 1, vec![head.clone()], vec![], plan);
+    // Signed over a statement the facts in the transaction do not give.
+    let mut stale = open_plan(&head);
+    stale.prepared.as_mut().expect("prepared").statement = serde_json::json!({ "approvers": ["bob"] });
+    assert!(matches!(merge(stale).await, Err(StoreError::FactsMoved)));
+    // Nothing prepared, yet the gate opened in the transaction.
+    let mut unprepared = open_plan(&head);
+    unprepared.prepared = None;
+    assert!(matches!(merge(unprepared).await, Err(StoreError::FactsMoved)));
+    assert_eq!(store.get_change(&project, 1).await.unwrap().state, "open", "nothing was recorded");
+    assert!(store.pending_merges().await.unwrap().is_empty());
+    merge(open_plan(&head)).await.unwrap();
+    assert_eq!(store.get_change(&project, 1).await.unwrap().state, "merged");
+}
+
 async fn a_rejected_user_replayed_in_the_database_is_refused(store: Store, url: String) {
     let (root, bob) = governed(&store).await;
     let carol = ask_for_user(&store, &root, "carol").await;
@@ -1783,7 +1811,11 @@ async fn a_merge_is_recorded_with_its_intent_and_one_per_starting_tip(store: Sto
         .await
         .unwrap();
     let mut plan = open_plan(&head2);
-    plan.publish = Box::new(|_, _| Ok(custody_store::Published { commit: "n".repeat(40), attestation: "{}".into() }));
+    plan.prepared = Some(custody_store::Published {
+        commit: "n".repeat(40),
+        attestation: "{}".into(),
+        statement: serde_json::Value::Null,
+    });
     let raced = store.merge_change(&people[0], &access, 2, vec![head2.clone()], vec![], plan).await;
     assert!(matches!(&raced, Err(StoreError::TargetMoved)), "{raced:?}");
     assert_eq!(store.get_change(&access.project, 2).await.unwrap().state, "open", "nothing of it was recorded");
@@ -1791,7 +1823,11 @@ async fn a_merge_is_recorded_with_its_intent_and_one_per_starting_tip(store: Sto
     // Made on the first merge, it is recorded.
     let mut plan = open_plan(&head2);
     plan.base = Some("m".repeat(40));
-    plan.publish = Box::new(|_, _| Ok(custody_store::Published { commit: "n".repeat(40), attestation: "{}".into() }));
+    plan.prepared = Some(custody_store::Published {
+        commit: "n".repeat(40),
+        attestation: "{}".into(),
+        statement: serde_json::Value::Null,
+    });
     store.merge_change(&people[0], &access, 2, vec![head2], vec![], plan).await.unwrap();
     assert_eq!(store.pending_merges().await.unwrap().len(), 2);
 
@@ -1845,6 +1881,7 @@ async fn a_merge_that_never_reached_its_branch_reopens_the_change(store: Store) 
 }
 
 on_both_backends! {
+    a_merge_prepared_on_other_facts_is_decided_again_and_records_nothing,
     what_is_live_holds_past_five_hundred_deployments,
     a_rejected_user_replayed_in_the_database_is_refused,
     a_forged_membership_is_not_sealed_in_by_a_later_grant,
