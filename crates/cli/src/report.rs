@@ -122,8 +122,10 @@ fn text(value: &Value) -> String {
     }
 }
 
+/// Text made safe in HTML, in element content and in attributes quoted
+/// either way.
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
 fn authors(d: &Value) -> String {
@@ -364,4 +366,15 @@ pub async fn report(client: &Client, args: ReportArgs, out: Output) -> Result<()
 /// Percent-encodes what a time may hold that a query cannot (`+`, `:`).
 fn encode(s: &str) -> String {
     s.replace('%', "%25").replace('+', "%2B").replace(':', "%3A")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_report_escapes_every_character_markup_needs() {
+        assert_eq!(
+            super::escape("<a href='x' title=\"y\">&</a>"),
+            "&lt;a href=&#39;x&#39; title=&quot;y&quot;&gt;&amp;&lt;/a&gt;"
+        );
+    }
 }

@@ -118,7 +118,7 @@ pub async fn git_facts(
             Some(tip) => git::read_file(&repository, tip, pipeline::PATH)?,
             None => None,
         };
-        let policy_digest = policy_text.as_ref().map(|text| hex(&sha2::Sha256::digest(text.as_bytes())));
+        let policy_digest = policy_text.as_ref().map(|text| hex::encode(sha2::Sha256::digest(text.as_bytes())));
         let policy = match &policy_text {
             Some(text) => pipeline::parse(text),
             None => Ok(Pipeline::default()),
@@ -432,10 +432,6 @@ pub async fn settle_merges(state: &AppState) -> Result<usize, ApiError> {
         state.store().settle_merge(&intent, settled).await?;
     }
     Ok(count)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The change attestation: an in-toto Statement about the merge commit,
