@@ -137,6 +137,25 @@ impl AppState {
         &self.0.store
     }
 
+    /// What the gate of deploying `commit` to `environment` needs from git:
+    /// every definition of the environment that governs it, and the changes
+    /// the release brings; why not, when no definition names it.
+    pub(crate) async fn release_context(
+        &self,
+        access: &custody_store::ProjectAccess,
+        environment: &str,
+        commit: &str,
+    ) -> Result<custody_store::DeployContext, String> {
+        custody_runner::deploys::release_context(
+            self.store(),
+            self.hosting().repositories(),
+            &access.project,
+            environment,
+            commit,
+        )
+        .await
+    }
+
     /// The service key of `role`, if this process holds it.
     pub fn key(&self, role: custody_formats::KeyRole) -> Option<&custody_formats::ServiceKey> {
         self.0.keys.iter().find(|k| k.role() == role)

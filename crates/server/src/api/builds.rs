@@ -9,8 +9,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use custody_blobs::{BlobError, Digest, Verdict};
-use custody_domain::{ProjectName, Scope};
-use custody_store::{ArtifactView, BuildView, LogChunk, Page, ProjectAccess};
+use custody_store::{ArtifactView, BuildView, LogChunk, Page};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -19,10 +18,7 @@ use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
-async fn access(state: &AppState, auth: &Auth, project: &str) -> ApiResult<ProjectAccess> {
-    auth.require(Scope::Read)?;
-    Ok(state.store().project_access(&auth.0, &ProjectName::parse(project)?).await?)
-}
+use super::project_access as access;
 
 fn digest(text: &str) -> ApiResult<Digest> {
     text.parse().map_err(|_| ApiError::invalid(format!("{text:?} is not a sha256 digest; give 64 hexadecimal digits")))

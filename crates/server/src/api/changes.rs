@@ -6,8 +6,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use custody_domain::gate::{GateReport, Verdict};
 use custody_domain::project::check_branch_name;
-use custody_domain::{ProjectName, Scope};
-use custody_store::{AuthorReason, ChangeView, Page, ProjectAccess, ReviewView};
+use custody_store::{AuthorReason, ChangeView, Page, ReviewView};
 use serde::{Deserialize, Serialize};
 
 use super::{Params, PathParam};
@@ -15,10 +14,7 @@ use crate::auth::{Auth, Body};
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
-async fn access(state: &AppState, auth: &Auth, project: &str) -> ApiResult<ProjectAccess> {
-    auth.require(Scope::Read)?;
-    Ok(state.store().project_access(&auth.0, &ProjectName::parse(project)?).await?)
-}
+use super::project_access as access;
 
 /// A change to open.
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -14,10 +14,7 @@ use crate::auth::{Auth, Body};
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
-async fn access(state: &AppState, auth: &Auth, project: &str) -> ApiResult<ProjectAccess> {
-    auth.require(Scope::Read)?;
-    Ok(state.store().project_access(&auth.0, &ProjectName::parse(project)?).await?)
-}
+use super::project_access as access;
 
 /// The gate context of a deployment to `environment` of `commit`, read from git.
 async fn context(
@@ -26,15 +23,10 @@ async fn context(
     environment: &str,
     commit: &str,
 ) -> ApiResult<DeployContext> {
-    custody_runner::deploys::release_context(
-        state.store(),
-        state.hosting().repositories(),
-        &access.project,
-        environment,
-        commit,
-    )
-    .await
-    .map_err(|why| ApiError::new(StatusCode::CONFLICT, "no_environment", why))
+    state
+        .release_context(access, environment, commit)
+        .await
+        .map_err(|why| ApiError::new(StatusCode::CONFLICT, "no_environment", why))
 }
 
 /// An environment as the mainline's pipeline file defines it, and what is

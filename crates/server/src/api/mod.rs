@@ -211,6 +211,17 @@ pub(crate) async fn complete_grant(
     projects::complete_tag_deletion(state, grant).await
 }
 
+/// The caller's access to a project, for a handler that reads it: a token
+/// with the read scope, and a project the caller may see.
+pub(crate) async fn project_access(
+    state: &crate::AppState,
+    auth: &crate::auth::Auth,
+    project: &str,
+) -> crate::error::ApiResult<custody_store::ProjectAccess> {
+    auth.require(custody_domain::Scope::Read)?;
+    Ok(state.store().project_access(&auth.0, &custody_domain::ProjectName::parse(project)?).await?)
+}
+
 pub(crate) async fn grant_requested(
     state: &crate::AppState,
     auth: &crate::auth::Auth,

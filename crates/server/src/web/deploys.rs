@@ -15,15 +15,10 @@ use super::{WebError, WebPath, WebResult};
 use crate::AppState;
 
 async fn context(state: &AppState, access: &ProjectAccess, deployment: &DeploymentView) -> WebResult<DeployContext> {
-    custody_runner::deploys::release_context(
-        state.store(),
-        state.hosting().repositories(),
-        &access.project,
-        &deployment.environment,
-        &deployment.commit,
-    )
-    .await
-    .map_err(|why| WebError::new(StatusCode::CONFLICT, why))
+    state
+        .release_context(access, &deployment.environment, &deployment.commit)
+        .await
+        .map_err(|why| WebError::new(StatusCode::CONFLICT, why))
 }
 
 fn decisions(deployment: &DeploymentView) -> String {
