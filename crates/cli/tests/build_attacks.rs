@@ -568,7 +568,7 @@ fn a_build_taken_over_by_another_worker_stores_its_artifacts_once(backend: Backe
 
     // The first worker comes back with its own result: nothing of it is taken.
     let stale = BuildOutcome {
-        status: "succeeded",
+        status: custody_domain::status::BuildStatus::Succeeded,
         artifacts: vec![NewArtifact { name: "dist/app.tar.gz".into(), digest: sha256_hex(b"stale"), size: 5 }],
         ..BuildOutcome::default()
     };
@@ -589,7 +589,7 @@ fn a_build_taken_over_by_another_worker_stores_its_artifacts_once(backend: Backe
         started_at: lost.started_at,
     };
     let again = BuildOutcome {
-        status: "succeeded",
+        status: custody_domain::status::BuildStatus::Succeeded,
         artifacts: vec![NewArtifact { name: "dist/app.tar.gz".into(), digest: digest.clone(), size: 1 }],
         ..BuildOutcome::default()
     };

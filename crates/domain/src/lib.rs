@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod project;
 pub mod scope;
 pub mod secret;
+pub mod status;
 pub mod time;
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use std::time::Duration;
 use custody_blobs::Blobs;
 use custody_domain::glob::Glob;
 use custody_domain::pipeline;
+use custody_domain::status::BuildStatus;
 use custody_domain::{ProjectName, Timestamp};
 use custody_formats::{BuildFacts, ServiceKey};
 use custody_git::change as git;
@@ -90,26 +91,26 @@ impl Builder {
     /// Runs one build to its outcome; every failure is an outcome with a
     /// reason, never a panic.
     pub async fn build(&self, lease: &LeasedBuild) -> BuildOutcome {
-        let failed = |status: &'static str, reason: String| BuildOutcome {
+        let failed = |status: BuildStatus, reason: String| BuildOutcome {
             status,
             reason: Some(reason),
             ..BuildOutcome::default()
         };
         let Ok(project) = ProjectName::parse(&lease.project) else {
-            return failed("error", format!("project name {:?} is not valid", lease.project));
+            return failed(BuildStatus::Error, format!("project name {:?} is not valid", lease.project));
         };
         let repository = self.repositories.path(&project);
         let commit = lease.commit.clone();
         let prepared = tokio::task::spawn_blocking(move || prepare(&repository, &commit)).await;
         let plan = match prepared {
             Ok(Ok(Prepared::Run(plan))) => plan,
-            Ok(Ok(Prepared::Skip(reason))) => return failed("skipped", reason),
+            Ok(Ok(Prepared::Skip(reason))) => return failed(BuildStatus::Skipped, reason),
             Ok(Ok(Prepared::Fail(outcome))) => return outcome,
-            Ok(Err(message)) => return failed("error", message),
-            Err(_) => return failed("error", "preparing the build failed".into()),
+            Ok(Err(message)) => return failed(BuildStatus::Error, message),
+            Err(_) => return failed(BuildStatus::Error, "preparing the build failed".into()),
         };
         let mut outcome = BuildOutcome {
-            status: "failed",
+            status: BuildStatus::Failed,
             command: Some(plan.command.clone()),
             network: Some(plan.network),
             pipeline_digest: Some(plan.pipeline_digest.clone()),
@@ -131,7 +132,7 @@ impl Builder {
         let finished = match finished {
             Ok(finished) => finished,
             Err(error) => {
-                outcome.status = "error";
+                outcome.status = BuildStatus::Error;
                 outcome.reason = Some(error.to_string());
                 return outcome;
             }
@@ -164,7 +165,7 @@ impl Builder {
                 return outcome;
             }
             Err(_) => {
-                outcome.status = "error";
+                outcome.status = BuildStatus::Error;
                 outcome.reason = Some("collecting the artifacts failed".into());
                 return outcome;
             }
@@ -176,7 +177,7 @@ impl Builder {
                     artifacts.push(NewArtifact { name, digest: stored.digest.to_string(), size: stored.size as i64 })
                 }
                 Err(error) => {
-                    outcome.status = "error";
+                    outcome.status = BuildStatus::Error;
                     outcome.reason = Some(format!("storing artifact {name} failed: {error}"));
                     return outcome;
                 }
@@ -204,7 +205,7 @@ impl Builder {
         };
         let envelope = facts.statement().sign(&self.key);
         outcome.provenance = Some(serde_json::to_string(&envelope).unwrap_or_default());
-        outcome.status = "succeeded";
+        outcome.status = BuildStatus::Succeeded;
         outcome.artifacts = artifacts;
         outcome
     }
@@ -291,7 +292,7 @@ fn prepare(repository: &Path, commit: &str) -> Result<Prepared, String> {
         Ok(policy) => policy,
         Err(error) => {
             return Ok(Prepared::Fail(BuildOutcome {
-                status: "failed",
+                status: BuildStatus::Failed,
                 reason: Some(format!("{error}; fix the pipeline file in a new change")),
                 pipeline_digest: Some(pipeline_digest),
                 ..BuildOutcome::default()
@@ -306,7 +307,7 @@ fn prepare(repository: &Path, commit: &str) -> Result<Prepared, String> {
     for dir in [".home", ".tmp"] {
         if let Err(why) = workspace.fresh_dir(dir) {
             return Ok(Prepared::Fail(BuildOutcome {
-                status: "failed",
+                status: BuildStatus::Failed,
                 reason: Some(why),
                 command: Some(command),
                 pipeline_digest: Some(pipeline_digest),
@@ -325,7 +326,7 @@ fn prepare(repository: &Path, commit: &str) -> Result<Prepared, String> {
             prefix.push(part);
             if std::fs::symlink_metadata(&prefix).is_ok_and(|m| m.file_type().is_symlink()) {
                 return Ok(Prepared::Fail(BuildOutcome {
-                    status: "failed",
+                    status: BuildStatus::Failed,
                     reason: Some(format!(
                         "{script_path} is reached through a symbolic link; a build script's path may not contain one"
                     )),
@@ -432,8 +433,8 @@ impl crate::Worker for Builder {
     }
 
     async fn record(&self, lease: &LeasedBuild, outcome: BuildOutcome) {
-        tracing::info!(project = %lease.project, build = lease.number, status = outcome.status, "build finished");
-        let succeeded = outcome.status == "succeeded";
+        tracing::info!(project = %lease.project, build = lease.number, status = %outcome.status, "build finished");
+        let succeeded = outcome.status == BuildStatus::Succeeded;
         if let Err(error) = self.store.finish_build(lease, outcome).await {
             tracing::error!(%error, build = lease.number, "recording a build");
         } else if succeeded {

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use custody_domain::pipeline::{self, Pipeline};
+use custody_domain::status::CheckStatus;
 use custody_domain::ProjectName;
 use custody_git::change as git;
 use custody_git::Repositories;
@@ -54,7 +55,7 @@ impl crate::Worker for CheckRunner {
     }
 
     async fn record(&self, lease: &LeasedCheck, outcome: CheckOutcome) {
-        tracing::info!(project = %lease.project, change = lease.number, head = %lease.head, status = outcome.status, "check finished");
+        tracing::info!(project = %lease.project, change = lease.number, head = %lease.head, status = %outcome.status, "check finished");
         if let Err(error) = self.store.finish_check(lease, outcome).await {
             tracing::error!(%error, run = lease.id, "recording a check");
         }
@@ -68,7 +69,7 @@ impl crate::Worker for CheckRunner {
     }
 }
 
-fn outcome(status: &'static str, command: Option<String>, target_tip: Option<String>, log: String) -> CheckOutcome {
+fn outcome(status: CheckStatus, command: Option<String>, target_tip: Option<String>, log: String) -> CheckOutcome {
     CheckOutcome { status, command, target_tip, exit_code: None, log }
 }
 
@@ -76,7 +77,7 @@ fn outcome(status: &'static str, command: Option<String>, target_tip: Option<Str
 /// branch, in a fresh checkout of the head.
 pub async fn check(repositories: &Repositories, lease: &LeasedCheck, ceiling: &sandbox::Ceiling) -> CheckOutcome {
     let Ok(project) = ProjectName::parse(&lease.project) else {
-        return outcome("error", None, None, format!("project name {:?} is not valid", lease.project));
+        return outcome(CheckStatus::Error, None, None, format!("project name {:?} is not valid", lease.project));
     };
     let repository = repositories.path(&project);
     let (lease2, repo2) = (lease.clone(), repository.clone());
@@ -84,18 +85,22 @@ pub async fn check(repositories: &Repositories, lease: &LeasedCheck, ceiling: &s
     let (policy, target_tip, workspace) = match prepared {
         Ok(Ok(Prepared::Run { policy, target_tip, workspace })) => (*policy, target_tip, workspace),
         Ok(Ok(Prepared::Done(outcome))) => return outcome,
-        Ok(Err(message)) => return outcome("error", None, None, message),
-        Err(_) => return outcome("error", None, None, "preparing the check failed".into()),
+        Ok(Err(message)) => return outcome(CheckStatus::Error, None, None, message),
+        Err(_) => return outcome(CheckStatus::Error, None, None, "preparing the check failed".into()),
     };
     let Some(command) = policy.check.clone() else {
-        return outcome("not_required", None, target_tip, String::new());
+        return outcome(CheckStatus::NotRequired, None, target_tip, String::new());
     };
     let job = Job { kind: JobKind::Check, project: &lease.project, commit: &lease.head, build: "" };
     let env = script_environment(&job, Path::new("/work"));
     let (limits, notes) = Limits::within(policy.timeout, policy.network, &policy.resources, ceiling);
     match sandbox::run(&workspace, &command, &env, &limits).await {
         Ok(done) => {
-            let status = if done.exit_code == Some(0) && done.limit.is_none() { "passed" } else { "failed" };
+            let status = if done.exit_code == Some(0) && done.limit.is_none() {
+                CheckStatus::Passed
+            } else {
+                CheckStatus::Failed
+            };
             CheckOutcome {
                 status,
                 command: Some(command),
@@ -104,7 +109,7 @@ pub async fn check(repositories: &Repositories, lease: &LeasedCheck, ceiling: &s
                 log: notes + &done.log,
             }
         }
-        Err(error) => outcome("error", Some(command), target_tip, error.to_string()),
+        Err(error) => outcome(CheckStatus::Error, Some(command), target_tip, error.to_string()),
     }
 }
 
@@ -126,7 +131,12 @@ fn prepare(repository: &Path, lease: &LeasedCheck) -> Result<Prepared, String> {
     // The change's own pipeline file must stay valid: say where it is not.
     if let Some(text) = git::read_file(repository, &lease.head, pipeline::PATH).map_err(failed)? {
         if let Err(error) = pipeline::parse(&text) {
-            return Ok(Prepared::Done(outcome("failed", None, target_tip, format!("the change's {error}\n"))));
+            return Ok(Prepared::Done(outcome(
+                CheckStatus::Failed,
+                None,
+                target_tip,
+                format!("the change's {error}\n"),
+            )));
         }
     }
     let policy = match &target_tip {
@@ -161,7 +171,7 @@ fn prepare(repository: &Path, lease: &LeasedCheck) -> Result<Prepared, String> {
         prefix.push(part);
         if std::fs::symlink_metadata(&prefix).is_ok_and(|m| m.file_type().is_symlink()) {
             return Ok(Prepared::Done(outcome(
-                "failed",
+                CheckStatus::Failed,
                 Some(command.clone()),
                 target_tip,
                 format!(
@@ -180,7 +190,12 @@ fn prepare(repository: &Path, lease: &LeasedCheck) -> Result<Prepared, String> {
     }
     for dir in [".home", ".tmp"] {
         if let Err(why) = workspace.fresh_dir(dir) {
-            return Ok(Prepared::Done(outcome("failed", Some(command.clone()), target_tip, format!("{why}\n"))));
+            return Ok(Prepared::Done(outcome(
+                CheckStatus::Failed,
+                Some(command.clone()),
+                target_tip,
+                format!("{why}\n"),
+            )));
         }
     }
     Ok(Prepared::Run { policy: Box::new(policy), target_tip, workspace })

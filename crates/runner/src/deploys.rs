@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use custody_blobs::Blobs;
 use custody_domain::pipeline::{self, Environment, Pipeline};
+use custody_domain::status::DeploymentStatus;
 use custody_domain::{ProjectName, Timestamp};
 use custody_formats::statement::{Statement, Subject};
 use custody_formats::ServiceKey;
@@ -333,8 +334,11 @@ impl Deployer {
         lease: &LeasedDeployment,
         stop: impl std::future::Future<Output = String>,
     ) -> DeployOutcome {
-        let failed =
-            |reason: String| DeployOutcome { status: "failed", reason: Some(reason), ..DeployOutcome::default() };
+        let failed = |reason: String| DeployOutcome {
+            status: DeploymentStatus::Failed,
+            reason: Some(reason),
+            ..DeployOutcome::default()
+        };
         let Ok(project) = ProjectName::parse(&lease.project) else {
             return failed(format!("project name {:?} is not valid", lease.project));
         };
@@ -428,17 +432,17 @@ impl Deployer {
                 };
                 let (status, reason) = match (finished.timed_out, finished.exit_code) {
                     _ if finished.limit.is_some() => (
-                        "failed",
+                        DeploymentStatus::Failed,
                         finished.limit.as_ref().map(|limit| format!("the deploy script ran into {limit} and was stopped")),
                     ),
                     (true, _) => {
-                        ("failed", Some(format!("the deploy script ran past its timeout of {}s", timeout.as_secs())))
+                        (DeploymentStatus::Failed, Some(format!("the deploy script ran past its timeout of {}s", timeout.as_secs())))
                     }
-                    (false, Some(0)) => ("succeeded", None),
+                    (false, Some(0)) => (DeploymentStatus::Succeeded, None),
                     (false, Some(code)) => {
-                        ("failed", Some(format!("the deploy script `{script}` exited with code {code}")))
+                        (DeploymentStatus::Failed, Some(format!("the deploy script `{script}` exited with code {code}")))
                     }
-                    (false, None) => ("failed", Some(format!("the deploy script `{script}` was killed by a signal"))),
+                    (false, None) => (DeploymentStatus::Failed, Some(format!("the deploy script `{script}` was killed by a signal"))),
                 };
                 (status, reason, finished.exit_code.map(i64::from), redact(finished.log, &secrets))
             }
@@ -449,7 +453,7 @@ impl Deployer {
                     seen.extend(chunk);
                 }
                 let log = format!("{}\n[stopped: {why}]\n", String::from_utf8_lossy(&seen));
-                ("cancelled", Some(format!("{why}; the deploy script was stopped")), None, redact(log, &secrets))
+                (DeploymentStatus::Cancelled, Some(format!("{why}; the deploy script was stopped")), None, redact(log, &secrets))
             }
         };
         let subject = lease
@@ -531,8 +535,8 @@ impl crate::Worker for Deployer {
     }
 
     async fn record(&self, lease: &LeasedDeployment, outcome: DeployOutcome) {
-        tracing::info!(project = %lease.project, deployment = lease.number, environment = %lease.environment, status = outcome.status, "deployment finished");
-        let succeeded = outcome.status == "succeeded";
+        tracing::info!(project = %lease.project, deployment = lease.number, environment = %lease.environment, status = %outcome.status, "deployment finished");
+        let succeeded = outcome.status == DeploymentStatus::Succeeded;
         if let Err(error) = self.store.finish_deployment(lease, outcome).await {
             tracing::error!(%error, deployment = lease.number, "recording a deployment");
         } else if succeeded {
@@ -546,7 +550,7 @@ impl crate::Worker for Deployer {
         // deployment running until its lease runs out. It is never run
         // again on its own.
         let stopped = DeployOutcome {
-            status: "failed",
+            status: DeploymentStatus::Failed,
             reason: Some(format!(
                 "{} was stopped while the deploy script ran, and the script with it; \
                  check the environment, then request the deployment again",

@@ -182,7 +182,7 @@ pub fn evaluate(facts: &GitFacts, records: &GateRecords, check: &CheckState) -> 
     };
     let check = if policy.check.is_some() { check.clone() } else { CheckState::NotRequired };
     gate::evaluate(&GateFacts {
-        open: records.change.state == "open",
+        open: records.change.state == custody_domain::status::ChangeState::Open,
         head: &facts.head,
         policy: &policy,
         authors: &authors,

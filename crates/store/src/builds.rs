@@ -40,7 +40,8 @@ pub struct BuildView {
     /// The change whose merge made the commit.
     pub change: Option<i64>,
     /// `queued`, `running`, `succeeded`, `failed`, `error` or `skipped`.
-    pub status: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub status: custody_domain::status::BuildStatus,
     /// Why it failed, erred or was skipped.
     pub reason: Option<String>,
     /// How many times a worker took it.
@@ -123,7 +124,7 @@ pub struct NewArtifact {
 #[derive(Clone, Debug, Default)]
 pub struct BuildOutcome {
     /// `succeeded`, `failed`, `error` or `skipped`.
-    pub status: &'static str,
+    pub status: custody_domain::status::BuildStatus,
     /// Why, when it did not succeed.
     pub reason: Option<String>,
     /// The command run.
@@ -242,7 +243,7 @@ fn build_view(row: &sqlx::any::AnyRow) -> Result<BuildView> {
         commit: col(row, "commit_sha")?,
         branch: col(row, "branch")?,
         change: col(row, "change_number")?,
-        status: col(row, "status")?,
+        status: crate::status_col(row, "status", custody_domain::status::BuildStatus::parse)?,
         reason: col(row, "reason")?,
         attempt: col(row, "attempt")?,
         worker: col(row, "worker")?,
@@ -521,7 +522,7 @@ impl Store {
                      WHERE id = $10 AND status = 'running' AND worker = $11 AND attempt = $12",
                 );
                 let done = sqlx::query(&sql)
-                    .bind(outcome.status)
+                    .bind(outcome.status.as_str())
                     .bind(&outcome.reason)
                     .bind(&outcome.command)
                     .bind(outcome.network.map(i64::from))
@@ -634,7 +635,7 @@ impl Store {
     /// finished (so that nothing more will come).
     pub async fn build_log(&self, access: &ProjectAccess, number: i64, after: i64) -> Result<(Vec<LogChunk>, bool)> {
         let build = self.get_build(access, number).await?;
-        let finished = !matches!(build.status.as_str(), "queued" | "running");
+        let finished = !build.status.is_waiting();
         let sql = self.sql(
             "SELECT l.seq, l.data FROM build_logs l JOIN builds b ON b.id = l.build_id \
              WHERE b.project_id = $1 AND b.number = $2 AND l.seq > $3 ORDER BY l.seq LIMIT 1000",

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use custody_domain::audit::NewEvent;
 use custody_domain::gate::{Review, Verdict};
+use custody_domain::status::ChangeState;
 use custody_domain::{Decision, GroupName, ProjectName, Reason, Rule, Timestamp, UserName};
 use serde::Serialize;
 use serde_json::json;
@@ -39,7 +40,8 @@ pub struct ChangeView {
     /// Where it goes.
     pub target_branch: String,
     /// `open`, `closed` or `merged`.
-    pub state: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub state: ChangeState,
     /// Its current head.
     pub head: String,
     /// Who opened it.
@@ -161,7 +163,7 @@ struct ChangeRow {
     description: String,
     source_branch: String,
     target_branch: String,
-    state: String,
+    state: ChangeState,
     head: String,
     opened_by: String,
     opened_at: i64,
@@ -201,7 +203,7 @@ fn change_view(row: &sqlx::any::AnyRow) -> Result<ChangeView> {
         description: col(row, "description")?,
         source_branch: col(row, "source_branch")?,
         target_branch: col(row, "target_branch")?,
-        state: col(row, "state")?,
+        state: crate::status_col(row, "state", ChangeState::parse)?,
         head: col(row, "head")?,
         opened_by: col(row, "opened_by")?,
         opened_at: Timestamp::from_millis(col(row, "opened_at")?),
@@ -793,7 +795,8 @@ impl Store {
         self.write(move |tx| {
             Box::pin(async move {
                 let (id, change) = change_row(tx, access2.project_id, number).await?;
-                let (from, to) = if open { ("closed", "open") } else { ("open", "closed") };
+                let (from, to) =
+                    if open { (ChangeState::Closed, ChangeState::Open) } else { (ChangeState::Open, ChangeState::Closed) };
                 if change.state != from {
                     return Err(StoreError::Conflict(format!("change {number} is {}, not {from}", change.state)));
                 }
@@ -816,7 +819,7 @@ impl Store {
                     }
                 }
                 let sql = tx.sql("UPDATE changes SET state = $1, auto_merge_by = NULL WHERE id = $2 AND state = $3");
-                sqlx::query(&sql).bind(to).bind(id).bind(from).execute(tx.conn()).await?;
+                sqlx::query(&sql).bind(to.as_str()).bind(id).bind(from.as_str()).execute(tx.conn()).await?;
                 tx.audit(NewEvent {
                     actor: actor.name.to_string(),
                     action: if open { "change.reopen" } else { "change.close" }.into(),
@@ -872,7 +875,7 @@ impl Store {
                 crate::seals::check(tx, &format!("user:{}", actor.name)).await?;
                 crate::seals::check(tx, &format!("change:{}/{number}", access.project)).await?;
                 let (id, change) = change_row(tx, access.project_id, number).await?;
-                if change.state != "open" {
+                if change.state != ChangeState::Open {
                     return Err(StoreError::Conflict(format!("change {number} is {}; only open changes are reviewed", change.state)));
                 }
                 if let Some(seen) = &seen_head {
@@ -949,7 +952,7 @@ impl Store {
         self.write(move |tx| {
             Box::pin(async move {
                 let (id, change) = change_row(tx, access.project_id, number).await?;
-                if change.state != "open" {
+                if change.state != ChangeState::Open {
                     return Err(StoreError::Conflict(format!("change {number} is {}, not open", change.state)));
                 }
                 let sql = tx.sql("UPDATE changes SET auto_merge_by = $1, auto_merge_token = $2 WHERE id = $3");

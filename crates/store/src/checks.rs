@@ -20,7 +20,8 @@ pub struct CheckRunView {
     /// The head checked.
     pub head: String,
     /// `queued`, `running`, `passed`, `failed`, `error` or `not_required`.
-    pub status: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub status: custody_domain::status::CheckStatus,
     /// The command run, as the target branch's pipeline names it.
     pub command: Option<String>,
     /// The target's tip whose pipeline file and script were used.
@@ -58,7 +59,7 @@ pub struct LeasedCheck {
 #[derive(Clone, Debug)]
 pub struct CheckOutcome {
     /// `passed`, `failed`, `error` or `not_required`.
-    pub status: &'static str,
+    pub status: custody_domain::status::CheckStatus,
     /// The command run.
     pub command: Option<String>,
     /// The target tip used.
@@ -83,7 +84,7 @@ fn run_view(row: &sqlx::any::AnyRow, with_log: bool) -> Result<CheckRunView> {
     Ok(CheckRunView {
         id: col(row, "id")?,
         head: col(row, "head")?,
-        status: col(row, "status")?,
+        status: crate::status_col(row, "status", custody_domain::status::CheckStatus::parse)?,
         command: col(row, "command")?,
         target_tip: col(row, "target_tip")?,
         exit_code: col(row, "exit_code")?,
@@ -149,7 +150,7 @@ impl Store {
                      finished_at = $6 WHERE id = $7 AND status = 'running'",
                 );
                 let done = sqlx::query(&sql)
-                    .bind(outcome.status)
+                    .bind(outcome.status.as_str())
                     .bind(&outcome.command)
                     .bind(&outcome.target_tip)
                     .bind(outcome.exit_code)

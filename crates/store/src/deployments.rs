@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use custody_domain::audit::{NewEvent, SYSTEM_ACTOR};
 use custody_domain::deploy::{self, DeployFacts, DeployReport, Previous, SignOff};
 use custody_domain::pipeline::Environment;
+use custody_domain::status::DeploymentStatus;
 use custody_domain::{Decision, GroupName, Reason, Rule, Timestamp, UserName};
 use serde::Serialize;
 use serde_json::json;
@@ -77,7 +78,8 @@ pub struct DeploymentView {
     pub commit: String,
     /// `pending` (waiting for its gate), `queued`, `running`, `succeeded`,
     /// `failed`, `cancelled` or `rejected`.
-    pub status: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub status: DeploymentStatus,
     /// Who asked for it; absent for an automatic promotion.
     pub requested_by: Option<String>,
     /// Why the requester broke the glass, when they did.
@@ -208,7 +210,7 @@ fn deployment_view(row: &sqlx::any::AnyRow) -> Result<DeploymentView> {
         environment: col(row, "environment")?,
         build: col(row, "build")?,
         commit: col(row, "commit_sha")?,
-        status: col(row, "status")?,
+        status: crate::status_col(row, "status", DeploymentStatus::parse)?,
         requested_by: col(row, "requested_by")?,
         break_glass: col(row, "break_glass_reason")?,
         reason: col(row, "reason")?,
@@ -326,13 +328,14 @@ async fn gather(
     // Provenance: a successful, signed build of a commit custody merged.
     let sql = tx.sql("SELECT status, provenance, change_number FROM builds WHERE id = $1");
     let row = sqlx::query(&sql).bind(build_id).fetch_one(tx.conn()).await?;
-    let status: String = col(&row, "status")?;
+    let status = crate::status_col(&row, "status", custody_domain::status::BuildStatus::parse)?;
     let signed = col::<Option<String>>(&row, "provenance")?.is_some();
     let merged: Option<i64> = col(&row, "change_number")?;
-    if status == "succeeded" {
-        crate::builds::prove_build(tx, &view.project, view.build, &view.commit, &status).await?;
+    let succeeded = status == custody_domain::status::BuildStatus::Succeeded;
+    if succeeded {
+        crate::builds::prove_build(tx, &view.project, view.build, &view.commit, status.as_str()).await?;
     }
-    let provenance = if status != "succeeded" {
+    let provenance = if !succeeded {
         Err(format!("build {} {status}, so it has no artifacts to deploy", view.build))
     } else if !signed {
         Err(format!("build {} has no signed provenance", view.build))
@@ -805,7 +808,7 @@ impl Store {
         self.write(move |tx| {
             Box::pin(async move {
                 let (id, build_id, view) = load(tx, access.project_id, number).await?;
-                if view.status != "pending" {
+                if view.status != DeploymentStatus::Pending {
                     return Err(StoreError::Conflict(format!(
                         "deployment {number} is {}; decisions are taken only while it is pending",
                         view.status
@@ -964,7 +967,7 @@ impl Store {
             Box::pin(async move {
                 let (id, _, view) = load(tx, access.project_id, number).await?;
                 let reason = format!("cancelled by {}: {why}", actor.name);
-                let running = view.status == "running";
+                let running = view.status == DeploymentStatus::Running;
                 let done = if running {
                     // The deployer stops the script and records the end.
                     let sql = tx.sql(
@@ -982,7 +985,7 @@ impl Store {
                 if done.rows_affected() != 1 {
                     let state = match &view.cancel_requested {
                         Some(asked) => format!("already being cancelled ({asked})"),
-                        None => view.status.clone(),
+                        None => view.status.to_string(),
                     };
                     return Err(StoreError::Conflict(format!(
                         "deployment {number} is {state}; only a pending, queued or running one can be cancelled"
@@ -1029,7 +1032,7 @@ impl Store {
         for row in &rows {
             let view = deployment_view(row)?;
             let entry = now.entry(view.environment.clone()).or_default();
-            if view.status == "succeeded" {
+            if view.status == DeploymentStatus::Succeeded {
                 entry.live = Some(view);
             } else {
                 entry.waiting.push(view);
@@ -1116,8 +1119,8 @@ pub enum Heartbeat {
 /// How a deployment ended.
 #[derive(Clone, Debug, Default)]
 pub struct DeployOutcome {
-    /// `succeeded` or `failed`.
-    pub status: &'static str,
+    /// `succeeded`, `failed` or `cancelled`.
+    pub status: DeploymentStatus,
     /// Why it failed.
     pub reason: Option<String>,
     /// The deploy script's exit code.
@@ -1337,7 +1340,7 @@ impl Store {
                      finished_at = $6, lease_until = NULL WHERE id = $7 AND status = 'running' AND worker = $8",
                 );
                 let done = sqlx::query(&sql)
-                    .bind(outcome.status)
+                    .bind(outcome.status.as_str())
                     .bind(&outcome.reason)
                     .bind(outcome.exit_code)
                     .bind(&outcome.log)

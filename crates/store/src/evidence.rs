@@ -79,7 +79,7 @@ impl Store {
     /// The deployments of build `build` that succeeded, oldest first.
     pub async fn succeeded_deployments_of(&self, access: &ProjectAccess, build: i64) -> Result<Vec<DeploymentView>> {
         let mut all = self.deployments_of_build(access, build).await?;
-        all.retain(|d| d.status == "succeeded");
+        all.retain(|d| d.status == custody_domain::status::DeploymentStatus::Succeeded);
         Ok(all)
     }
 }

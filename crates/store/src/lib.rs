@@ -447,5 +447,11 @@ where
     row.try_get(name).map_err(|e| StoreError::Corrupt(format!("column {name}: {e}")))
 }
 
+/// A status column, read into its enum; another value is damaged data.
+pub(crate) fn status_col<S>(row: &sqlx::any::AnyRow, name: &str, parse: fn(&str) -> Option<S>) -> Result<S> {
+    let text: String = col(row, name)?;
+    parse(&text).ok_or_else(|| StoreError::Corrupt(format!("column {name}: unknown value {text:?}")))
+}
+
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

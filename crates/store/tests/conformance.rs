@@ -929,14 +929,18 @@ async fn a_build_whose_worker_vanished_is_taken_again_and_the_old_lease_is_void(
     assert!(!store.heartbeat_build(&ghost, 60_000).await.unwrap());
     assert!(matches!(store.append_build_log(&ghost, "late".into()).await, Err(StoreError::Conflict(_))));
     let late = custody_store::BuildOutcome {
-        status: "succeeded",
+        status: custody_domain::status::BuildStatus::Succeeded,
         artifacts: vec![custody_store::NewArtifact { name: "evil".into(), digest: "00".repeat(32), size: 1 }],
         ..Default::default()
     };
     assert!(matches!(store.finish_build(&ghost, late).await, Err(StoreError::Conflict(_))));
     // The current holder finishes it, once; finishing again is refused.
     let made = custody_store::NewArtifact { name: "dist/app.tar.gz".into(), digest: "ab".repeat(32), size: 3 };
-    let outcome = custody_store::BuildOutcome { status: "succeeded", artifacts: vec![made], ..Default::default() };
+    let outcome = custody_store::BuildOutcome {
+        status: custody_domain::status::BuildStatus::Succeeded,
+        artifacts: vec![made],
+        ..Default::default()
+    };
     store.finish_build(&second, outcome.clone()).await.unwrap();
     assert!(store.finish_build(&second, outcome).await.is_err());
     assert_eq!(store.build_attempts(&project, 1).await.unwrap(), ["ghost", "worker-b"]);
@@ -1075,7 +1079,7 @@ async fn released_build(store: &Store) -> (Authenticated, [Authenticated; 5], cu
     let lease = store.lease_build("worker", 60_000).await.unwrap().expect("the merge queued a build");
     assert_eq!(lease.commit, "m".repeat(40));
     let outcome = custody_store::BuildOutcome {
-        status: "succeeded",
+        status: custody_domain::status::BuildStatus::Succeeded,
         provenance: Some("{}".into()),
         artifacts: vec![custody_store::NewArtifact { name: "app".into(), digest: "ab".repeat(32), size: 1 }],
         ..Default::default()
@@ -1117,7 +1121,7 @@ async fn only_independent_people_open_a_deployment_gate(store: Store) {
     use custody_store::DeployDecision::{Approve, TestPassed};
     let (_root, [alice, bob, carol, dave, erin], access, build) = released_build(&store).await;
     let (pending, report) = store.request_deployment(&erin, &access, build, production(1, true), None).await.unwrap();
-    assert_eq!(pending.status, "pending");
+    assert_eq!(pending.status.as_str(), "pending");
     assert_eq!(pending.requested_by.as_deref(), Some("erin"));
     assert!(!report.open);
     let n = pending.number;
@@ -1130,13 +1134,13 @@ async fn only_independent_people_open_a_deployment_gate(store: Store) {
     assert_eq!(refused_rules(decide(&store, &carol, &access, n, TestPassed).await), ["deploy.tester_in_group"]);
     // carol approves: the gate still waits for dave's sign-off.
     let (approved, report) = decide(&store, &carol, &access, n, Approve).await.unwrap();
-    assert_eq!(approved.status, "pending");
+    assert_eq!(approved.status.as_str(), "pending");
     assert_eq!(report.approvers, ["carol"]);
     let failing: Vec<&str> = report.rules.iter().filter(|r| !r.passed).map(|r| r.rule.as_str()).collect();
     assert_eq!(failing, ["deploy.test_sign_off"]);
     let (queued, report) = decide(&store, &dave, &access, n, TestPassed).await.unwrap();
     assert!(report.open, "{report:?}");
-    assert_eq!(queued.status, "queued");
+    assert_eq!(queued.status.as_str(), "queued");
     assert_eq!(queued.decisions.len(), 2);
     // Nothing more is decided once it left `pending`.
     assert!(matches!(decide(&store, &erin, &access, n, Approve).await, Err(StoreError::Conflict(_))));
@@ -1167,11 +1171,11 @@ async fn a_rejected_deployment_never_runs_and_a_pending_one_can_be_cancelled(sto
         )
         .await
         .unwrap();
-    assert_eq!(rejected.status, "rejected");
+    assert_eq!(rejected.status.as_str(), "rejected");
     assert!(rejected.reason.as_deref().is_some_and(|r| r.contains("not during the freeze")));
     let (next, _) = store.request_deployment(&erin, &access, build, production(1, false), None).await.unwrap();
     let cancelled = store.cancel_deployment(&erin, &access, next.number, "wrong build".into()).await.unwrap();
-    assert_eq!(cancelled.status, "cancelled");
+    assert_eq!(cancelled.status.as_str(), "cancelled");
     assert!(matches!(
         store.cancel_deployment(&erin, &access, next.number, "again".into()).await,
         Err(StoreError::Conflict(_))
@@ -1188,11 +1192,15 @@ async fn break_glass_needs_another_approver_and_stays_a_finding_until_an_uninvol
     };
     let (pending, report) =
         store.request_deployment(&erin, &access, build, context(), Some("payments are down".into())).await.unwrap();
-    assert_eq!(pending.status, "pending", "no approvals configured, yet break-glass waits for one: {report:?}");
+    assert_eq!(
+        pending.status.as_str(),
+        "pending",
+        "no approvals configured, yet break-glass waits for one: {report:?}"
+    );
     assert_eq!(pending.break_glass.as_deref(), Some("payments are down"));
     let (queued, report) =
         store.decide_deployment(&carol, &access, pending.number, Approve, String::new(), context()).await.unwrap();
-    assert_eq!(queued.status, "queued", "{report:?}");
+    assert_eq!(queued.status.as_str(), "queued", "{report:?}");
     let events = all_events(&store).await;
     assert!(events.iter().any(|e| e.action == "deploy.break_glass" && e.actor == "erin"));
 
@@ -1251,8 +1259,11 @@ async fn a_build_that_custody_did_not_merge_is_never_deployed(store: Store) {
     let (_root, [_alice, _bob, _carol, _dave, erin], access, _) = released_build(&store).await;
     let number = store.queue_build(&access.project, &"c".repeat(40), "main").await.unwrap();
     let lease = store.lease_build("worker", 60_000).await.unwrap().expect("the build");
-    let outcome =
-        custody_store::BuildOutcome { status: "succeeded", provenance: Some("{}".into()), ..Default::default() };
+    let outcome = custody_store::BuildOutcome {
+        status: custody_domain::status::BuildStatus::Succeeded,
+        provenance: Some("{}".into()),
+        ..Default::default()
+    };
     store.finish_build(&lease, outcome).await.unwrap();
     let refused = store.request_deployment(&erin, &access, number, production(1, false), None).await;
     assert_eq!(refused_rules(refused), ["deploy.provenance"]);
@@ -1279,7 +1290,7 @@ async fn a_running_deployment_keeps_its_lease_by_heartbeat_and_stops_when_cancel
     assert!(store.lease_deployment("deployer-2", 30_000).await.unwrap().is_none(), "one at a time per environment");
     assert_eq!(store.heartbeat_deployment(&lease, 30_000).await.unwrap(), Heartbeat::Held);
     let stopping = store.cancel_deployment(&erin, &access, lease.number, "wrong window".into()).await.unwrap();
-    assert_eq!(stopping.status, "running", "the deployer records the end");
+    assert_eq!(stopping.status.as_str(), "running", "the deployer records the end");
     assert_eq!(stopping.cancel_requested.as_deref(), Some("cancelled by erin: wrong window"));
     assert!(matches!(
         store.cancel_deployment(&erin, &access, lease.number, "again".into()).await,
@@ -1287,9 +1298,13 @@ async fn a_running_deployment_keeps_its_lease_by_heartbeat_and_stops_when_cancel
     ));
     let heard = store.heartbeat_deployment(&lease, 30_000).await.unwrap();
     assert_eq!(heard, Heartbeat::Cancel("cancelled by erin: wrong window".into()));
-    let outcome = DeployOutcome { status: "cancelled", reason: Some("stopped".into()), ..DeployOutcome::default() };
+    let outcome = DeployOutcome {
+        status: custody_domain::status::DeploymentStatus::Cancelled,
+        reason: Some("stopped".into()),
+        ..DeployOutcome::default()
+    };
     store.finish_deployment(&lease, outcome).await.unwrap();
-    assert_eq!(store.get_deployment(&access, lease.number).await.unwrap().status, "cancelled");
+    assert_eq!(store.get_deployment(&access, lease.number).await.unwrap().status.as_str(), "cancelled");
     assert_eq!(store.heartbeat_deployment(&lease, 30_000).await.unwrap(), Heartbeat::Lost);
 }
 
@@ -1353,7 +1368,7 @@ async fn a_review_inserted_into_the_database_does_not_open_the_merge_gate(store:
     let merged = store.merge_change(&people[0], &alice_access, 1, vec![head.clone()], vec![], open_plan(&head)).await;
     let why = unproven(merged);
     assert!(why.contains("reviews row") && why.contains("bob approve") && why.contains("never recorded"), "{why}");
-    assert_eq!(store.get_change(&alice_access.project, 1).await.unwrap().state, "open", "nothing merged");
+    assert_eq!(store.get_change(&alice_access.project, 1).await.unwrap().state.as_str(), "open", "nothing merged");
 }
 
 async fn an_edited_verdict_and_a_deleted_request_for_changes_each_fail_closed(store: Store, url: String) {
@@ -1392,7 +1407,7 @@ async fn forged_deployment_decisions_and_a_queued_status_deploy_nothing(store: S
     // The deployer runs nothing, and says why.
     assert!(store.lease_deployment("deployer", 30_000).await.unwrap().is_none(), "nothing runs");
     let failed = store.get_deployment(&access, pending.number).await.unwrap();
-    assert_eq!(failed.status, "failed");
+    assert_eq!(failed.status.as_str(), "failed");
     assert!(failed.reason.as_deref().is_some_and(|r| r.contains("deployment_decisions")), "{failed:?}");
     let events = all_events(&store).await;
     assert!(!events.iter().any(|e| e.action == "deploy.start"), "no deployment started");
@@ -1405,7 +1420,7 @@ async fn a_status_set_to_queued_in_the_database_runs_nothing(store: Store, url: 
     execute_raw(&url, "UPDATE deployments SET status = 'queued'").await;
     assert!(store.lease_deployment("deployer", 30_000).await.unwrap().is_none(), "nothing runs");
     let failed = store.get_deployment(&access, pending.number).await.unwrap();
-    assert_eq!(failed.status, "failed");
+    assert_eq!(failed.status.as_str(), "failed");
     assert!(failed.reason.as_deref().is_some_and(|r| r.contains("never recorded its gate opening")), "{failed:?}");
 }
 
@@ -1425,8 +1440,10 @@ async fn what_is_live_holds_past_five_hundred_deployments(store: Store) {
     let succeed = |lease: custody_store::LeasedDeployment| {
         let store = store.clone();
         async move {
-            let outcome =
-                custody_store::DeployOutcome { status: "succeeded", ..custody_store::DeployOutcome::default() };
+            let outcome = custody_store::DeployOutcome {
+                status: custody_domain::status::DeploymentStatus::Succeeded,
+                ..custody_store::DeployOutcome::default()
+            };
             store.finish_deployment(&lease, outcome).await.unwrap();
         }
     };
@@ -1629,7 +1646,7 @@ async fn artifacts_swapped_in_the_database_are_never_deployed(store: Store, url:
     execute_raw(&url, &format!("UPDATE artifacts SET digest = '{}'", "cd".repeat(32))).await;
     assert!(store.lease_deployment("deployer", 30_000).await.unwrap().is_none(), "nothing runs");
     let failed = store.get_deployment(&access, pending.number).await.unwrap();
-    assert_eq!(failed.status, "failed");
+    assert_eq!(failed.status.as_str(), "failed");
     assert!(failed.reason.as_deref().is_some_and(|r| r.contains("artifacts of build")), "{failed:?}");
 }
 
@@ -1668,10 +1685,10 @@ async fn a_merge_prepared_on_other_facts_is_decided_again_and_records_nothing(st
     let mut unprepared = open_plan(&head);
     unprepared.prepared = None;
     assert!(matches!(merge(unprepared).await, Err(StoreError::FactsMoved)));
-    assert_eq!(store.get_change(&project, 1).await.unwrap().state, "open", "nothing was recorded");
+    assert_eq!(store.get_change(&project, 1).await.unwrap().state.as_str(), "open", "nothing was recorded");
     assert!(store.pending_merges().await.unwrap().is_empty());
     merge(open_plan(&head)).await.unwrap();
-    assert_eq!(store.get_change(&project, 1).await.unwrap().state, "merged");
+    assert_eq!(store.get_change(&project, 1).await.unwrap().state.as_str(), "merged");
 }
 
 async fn a_rejected_user_replayed_in_the_database_is_refused(store: Store, url: String) {
@@ -1818,7 +1835,11 @@ async fn a_merge_is_recorded_with_its_intent_and_one_per_starting_tip(store: Sto
     });
     let raced = store.merge_change(&people[0], &access, 2, vec![head2.clone()], vec![], plan).await;
     assert!(matches!(&raced, Err(StoreError::TargetMoved)), "{raced:?}");
-    assert_eq!(store.get_change(&access.project, 2).await.unwrap().state, "open", "nothing of it was recorded");
+    assert_eq!(
+        store.get_change(&access.project, 2).await.unwrap().state.as_str(),
+        "open",
+        "nothing of it was recorded"
+    );
 
     // Made on the first merge, it is recorded.
     let mut plan = open_plan(&head2);
@@ -1877,7 +1898,7 @@ async fn a_merge_that_never_reached_its_branch_reopens_the_change(store: Store) 
     assert_eq!(failed.details["status"], "error");
     // The change merges again, on proven facts.
     store.merge_change(&people[0], &access, 1, vec![head.clone()], vec![], open_plan(&head)).await.unwrap();
-    assert_eq!(store.get_change(&access.project, 1).await.unwrap().state, "merged");
+    assert_eq!(store.get_change(&access.project, 1).await.unwrap().state.as_str(), "merged");
 }
 
 on_both_backends! {

@@ -192,7 +192,7 @@ async fn chain(
         links.push(Link {
             kind: "change".into(),
             title: format!("#{} {}", change.number, change.title),
-            state: state_of(&change.state),
+            state: state_of(change.state.as_str()),
             duties: vec![
                 ("authors".into(), names(&list("authors", Some("user")))),
                 ("reviewers (approved)".into(), names(&approvers)),
@@ -212,7 +212,7 @@ async fn chain(
     links.push(Link {
         kind: "build".into(),
         title: format!("build {}", build.number),
-        state: state_of(&build.status),
+        state: state_of(build.status.as_str()),
         duties: vec![
             ("built by (service)".into(), "custody builder".into()),
             ("worker".into(), build.worker.clone().unwrap_or_else(|| "—".into())),
@@ -233,7 +233,7 @@ async fn chain(
                     d.decisions.iter().filter(|x| kinds.contains(&x.kind.as_str())).map(|x| x.user.clone()).collect()
                 };
                 (
-                    state_of(&d.status),
+                    state_of(d.status.as_str()),
                     vec![
                         ("requested by".into(), d.requested_by.clone().unwrap_or_else(|| "custody (promotion)".into())),
                         ("approved by".into(), names(&who(&["approve"]))),
@@ -279,7 +279,7 @@ pub(crate) async fn show(
         "<p class=\"crumbs\"><a href=\"/projects\">Projects</a> / <a href=\"/projects/{p}\">{}</a> /</p>\
          <h1>Build {number} {}</h1>",
         esc(&project),
-        status(&build.status)
+        status(build.status.as_str())
     );
     body.push_str("<section><h2>Chain of custody</h2><div class=\"chain-frame\">");
     body.push_str(&chain_svg(&links));

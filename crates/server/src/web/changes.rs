@@ -87,7 +87,7 @@ pub(crate) async fn show(
          <p class=\"meta\"><code>{}</code> → <code>{}</code> · opened by <strong>{}</strong> {} · head <code class=\"sha\" id=\"head\">{}</code></p>",
         esc(&project),
         esc(&change.title),
-        status(&change.state),
+        status(change.state.as_str()),
         esc(&change.source_branch),
         esc(&change.target_branch),
         esc(&change.opened_by),
@@ -121,7 +121,7 @@ pub(crate) async fn show(
     body.push_str("</section>");
 
     let writer = access.role.is_some_and(|r| r.can_write()) && visitor.auth.has_scope(custody_domain::Scope::Write);
-    if change.state == "open" {
+    if change.state == custody_domain::status::ChangeState::Open {
         body.push_str("<section class=\"actions\" id=\"actions\"><h2>Your review</h2>");
         if !writer {
             body.push_str("<p class=\"hint\">Only project members with write access review and merge changes.</p>");
@@ -241,7 +241,7 @@ pub(crate) async fn show(
             &mut body,
             format_args!(
                 "<details class=\"check\"><summary>{} on <code class=\"sha\">{}</code> · <code>{}</code>{}</summary><pre class=\"log\">{}</pre></details>",
-                status(&check.status),
+                status(check.status.as_str()),
                 esc(short(&check.head)),
                 esc(check.command.as_deref().unwrap_or("no command")),
                 check.exit_code.map(|c| format!(" · exit {c}")).unwrap_or_default(),

@@ -255,7 +255,7 @@ pub(crate) async fn show(
                         esc(&e.name),
                         esc(e.after.as_deref().unwrap_or("—")),
                         esc(&if gate.is_empty() { "automatic".to_owned() } else { gate.join("; ") }),
-                        env.waiting.iter().map(|d| format!("#{} {}", d.number, status(&d.status))).collect::<Vec<_>>().join(" ")
+                        env.waiting.iter().map(|d| format!("#{} {}", d.number, status(d.status.as_str()))).collect::<Vec<_>>().join(" ")
                     ),
                 );
             }
@@ -279,7 +279,7 @@ pub(crate) async fn show(
                     "<tr><td><a href=\"/projects/{}/builds/{n}\">{n}</a></td><td><code class=\"sha\">{}</code></td><td>{change}</td><td>{}</td></tr>",
                     seg(&project),
                     esc(short(&build.commit)),
-                    status(&build.status),
+                    status(build.status.as_str()),
                     n = build.number
                 ),
             );
