@@ -6,9 +6,19 @@ use serde::{Deserialize, Serialize};
 ///
 /// Rule names are part of the API: scripts match on them, and audit events
 /// record them.
+///
+/// Only this crate makes rules (the constructor is private): every reason
+/// code custody gives is decided here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
-pub struct Rule(pub &'static str);
+pub struct Rule(pub(crate) &'static str);
+
+impl Rule {
+    /// The rule's stable name.
+    pub const fn name(self) -> &'static str {
+        self.0
+    }
+}
 
 impl std::fmt::Display for Rule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -18,6 +18,7 @@ pub mod grant;
 pub mod name;
 pub mod pipeline;
 pub mod project;
+pub mod rules;
 pub mod scope;
 pub mod secret;
 pub mod status;

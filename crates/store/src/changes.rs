@@ -15,11 +15,11 @@ use crate::writer::{Reads, Tx};
 use crate::{col, now_ms, Page, PageRequest, Result, Store, StoreError};
 
 /// Only project members with write access may approve.
-pub const APPROVER_NEEDS_WRITE: Rule = Rule("review.write_access");
-/// A review names the head its giver saw; it must still be the head.
-pub const REVIEW_HEAD_MOVED: Rule = Rule("review.head_moved");
+pub use custody_domain::rules::APPROVER_NEEDS_WRITE;
 /// Opening or changing a change needs write access.
-pub const CHANGE_NEEDS_WRITE: Rule = Rule("change.write_access");
+pub use custody_domain::rules::CHANGE_NEEDS_WRITE;
+/// A review names the head its giver saw; it must still be the head.
+pub use custody_domain::rules::REVIEW_HEAD_MOVED;
 
 /// A change as shown.
 #[derive(Clone, Debug, Serialize)]
@@ -1045,7 +1045,7 @@ impl Store {
                     if records.change.head != plan.head {
                         return Err(StoreError::Refused(Decision::deny(
                             Reason::new(
-                                Rule("gate.head_moved"),
+                                custody_domain::rules::GATE_HEAD_MOVED,
                                 format!(
                                     "the change's head moved to {} while merging {}",
                                     short(&records.change.head),

@@ -15,7 +15,7 @@ use custody_domain::audit::{NewEvent, SYSTEM_ACTOR};
 use custody_domain::deploy::{self, DeployFacts, DeployReport, Previous, SignOff};
 use custody_domain::pipeline::Environment;
 use custody_domain::status::DeploymentStatus;
-use custody_domain::{Decision, GroupName, Reason, Rule, Timestamp, UserName};
+use custody_domain::{Decision, GroupName, Reason, Timestamp, UserName};
 use serde::Serialize;
 use serde_json::json;
 
@@ -582,7 +582,7 @@ fn require_member(access: &ProjectAccess, actor: &Authenticated, what: &str) -> 
     }
     Err(StoreError::Refused(Decision::deny(
         Reason::new(
-            Rule("deploy.project_member"),
+            custody_domain::rules::DEPLOY_PROJECT_MEMBER,
             format!(
                 "{} is not a member of {} with a token that may write, so cannot {what}",
                 actor.name, access.project
@@ -642,7 +642,7 @@ async fn request(
     // deploy is refused, not left waiting.
     if let Some(rule) = report.rules.iter().find(|r| r.rule == "deploy.provenance" && !r.passed) {
         return Err(StoreError::Refused(Decision::deny(
-            Reason::new(Rule("deploy.provenance"), rule.message.clone())
+            Reason::new(custody_domain::rules::DEPLOY_PROVENANCE, rule.message.clone())
                 .satisfy(rule.satisfy.clone().unwrap_or_default()),
         )));
     }
@@ -793,7 +793,7 @@ impl Store {
     ) -> Result<(DeploymentView, DeployReport)> {
         if !actor.has_scope(custody_domain::Scope::Write) {
             return Err(StoreError::Refused(Decision::deny(
-                Reason::new(Rule("deploy.token_scope"), "this token may only read")
+                Reason::new(custody_domain::rules::DEPLOY_TOKEN_SCOPE, "this token may only read")
                     .satisfy("use a token with the write scope"),
             )));
         }
@@ -1419,7 +1419,7 @@ impl Store {
                     let (_, _, view) = load(&mut tx, access.project_id, number).await?;
                     return Err(StoreError::Refused(Decision::deny(
                         Reason::new(
-                            Rule("deploy.log_reader"),
+                            custody_domain::rules::DEPLOY_LOG_READER,
                             format!(
                                 "the deploy logs of {} are read only by members of {group} and auditors",
                                 view.environment

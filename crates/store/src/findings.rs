@@ -4,7 +4,7 @@
 //! it) records a review.
 
 use custody_domain::audit::NewEvent;
-use custody_domain::{Decision, Reason, Rule, Timestamp};
+use custody_domain::{Decision, Reason, Timestamp};
 use serde::Serialize;
 use serde_json::json;
 
@@ -145,7 +145,7 @@ impl Store {
                 if involved.iter().any(|name| name == actor.name.as_str()) {
                     return Err(StoreError::Refused(Decision::deny(
                         Reason::new(
-                            Rule("finding.reviewer_not_involved"),
+                            custody_domain::rules::FINDING_REVIEWER_NOT_INVOLVED,
                             format!("{} took part in {}, so cannot review it", actor.name, finding.subject),
                         )
                         .satisfy("an admin who neither asked for nor decided on it reviews it"),

@@ -2,7 +2,7 @@
 
 use custody_domain::audit::{NewEvent, SYSTEM_ACTOR};
 use custody_domain::grant::{self, AdminActor, AdminEra, Effect, GrantAction, GrantFacts, GrantStatus};
-use custody_domain::{Decision, GroupName, Reason, Rule, Scope, Timestamp, UserName};
+use custody_domain::{Decision, GroupName, Reason, Scope, Timestamp, UserName};
 use serde::Serialize;
 use serde_json::json;
 
@@ -11,9 +11,9 @@ use crate::writer::Tx;
 use crate::{col, now_ms, Dialect, Page, PageRequest, Result, Store, StoreError};
 
 /// A user created by a grant cannot redeem an invite before it is approved.
-pub const AWAITING_APPROVAL: Rule = Rule("grant.awaiting_approval");
+pub use custody_domain::rules::AWAITING_APPROVAL;
 /// The same grant is already waiting.
-pub const DUPLICATE: Rule = Rule("grant.duplicate");
+pub use custody_domain::rules::GRANT_DUPLICATE as DUPLICATE;
 
 /// A grant as shown.
 #[derive(Clone, Debug, Serialize)]

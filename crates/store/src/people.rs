@@ -4,7 +4,7 @@ use base64::Engine as _;
 use custody_domain::audit::NewEvent;
 use custody_domain::grant::{self, AdminActor, GrantAction};
 use custody_domain::secret::{self, SecretKind};
-use custody_domain::{Decision, Email, GroupName, InvalidInput, Reason, Rule, Scope, Scopes, Timestamp, UserName};
+use custody_domain::{Decision, Email, GroupName, InvalidInput, Reason, Scope, Scopes, Timestamp, UserName};
 use custody_formats::ledger_key::EventKey;
 use rand::Rng as _;
 use serde::Serialize;
@@ -24,7 +24,7 @@ pub const INVITE_LIFETIME_MS: i64 = 7 * 24 * 3600 * 1000;
 const LAST_USE_RESOLUTION_MS: i64 = 60_000;
 
 /// Only admins may give a token the admin scope.
-pub const ADMIN_SCOPE_NEEDS_ADMIN: Rule = Rule("token.admin_scope_needs_admin");
+pub use custody_domain::rules::ADMIN_SCOPE_NEEDS_ADMIN;
 
 /// Who is acting, as established by their token. Handlers receive this or
 /// never run.

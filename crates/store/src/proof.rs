@@ -21,7 +21,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use custody_domain::{Decision, Reason, Rule};
+use custody_domain::{Decision, Reason};
 use custody_formats::event::EventFields;
 use custody_formats::ledger_key::{Anchor, AnchorFile, EventKey};
 use custody_formats::merkle::{Frontier, Hash};
@@ -31,7 +31,7 @@ use crate::writer::Reads;
 use crate::{col, Dialect, Result, StoreError};
 
 /// The rule that refuses a decision whose facts custody cannot prove.
-pub const UNPROVEN_FACT: Rule = Rule("integrity.unproven_fact");
+pub use custody_domain::rules::UNPROVEN_FACT;
 
 /// What the store needs from outside the database to trust what it reads
 /// back: the event key and the anchor's file.

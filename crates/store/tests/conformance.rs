@@ -1348,7 +1348,7 @@ fn unproven<T: std::fmt::Debug>(result: Result<T, StoreError>) -> String {
     match result {
         Err(StoreError::Refused(decision)) => {
             assert_eq!(decision.reasons.len(), 1, "{decision:?}");
-            assert_eq!(decision.reasons[0].rule, custody_store::UNPROVEN_FACT.0, "{decision:?}");
+            assert_eq!(decision.reasons[0].rule, custody_store::UNPROVEN_FACT.name(), "{decision:?}");
             decision.reasons[0].message.clone()
         }
         other => panic!("expected a refusal for an unproven fact, got {other:?}"),

@@ -366,7 +366,7 @@ pub(crate) async fn set_default_branch(
     if unreviewed {
         let decision = custody_domain::Decision::deny(
             custody_domain::Reason::new(
-                custody_domain::Rule("project.default_branch.unreviewed"),
+                custody_domain::rules::DEFAULT_BRANCH_UNREVIEWED,
                 format!(
                     "branch {} has commits that are not on {}: they never went through a change",
                     request.branch, access.default_branch
