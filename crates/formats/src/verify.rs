@@ -640,7 +640,81 @@ pub fn verify(bundle: &Bundle, trust: &TrustRoot, artifact: Option<&ArtifactFile
             },
         );
     }
-    for ch in &changes {
+    check_changes(&mut checks, &mut duties, &mut findings, &changes, v2, &logged, &bundle.project);
+    let built = Built { commit: commit.as_deref(), digests: &digests };
+    check_deployments(
+        &mut checks,
+        &mut duties,
+        &mut findings,
+        &deployments,
+        &changes,
+        &built,
+        v2,
+        &logged,
+        &bundle.project,
+    );
+    if let Some(number) = bundle.subject.deployment {
+        let last = deployments.last().map(|d| d.number);
+        checks.add(
+            "chain.subject",
+            &format!("deployment {number}"),
+            last == Some(number),
+            if last == Some(number) {
+                "the chain ends with the deployment the bundle is for".to_owned()
+            } else {
+                format!("the bundle is for deployment {number}, but its chain ends with {last:?}")
+            },
+        );
+    }
+
+    // Who held which duties.
+    let mut people: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for d in &duties {
+        if d.duty == "builder" || d.duty == "deployer" {
+            continue;
+        }
+        for h in &d.holders {
+            people.entry(h.clone()).or_default().push(format!("{} ({})", d.duty, d.step));
+        }
+    }
+    let checks = checks.0;
+    Report {
+        valid: checks.iter().all(|c| c.passed),
+        origin: bundle.origin.clone(),
+        project: bundle.project.clone(),
+        subject: bundle.subject.clone(),
+        checkpoint_size: checkpoint.ok().map(|c| c.size),
+        commit,
+        artifacts,
+        environments: deployments.iter().map(|d| d.environment.clone()).collect(),
+        duties,
+        people: people.into_iter().map(|(name, duties)| Person { name, duties }).collect(),
+        checks,
+        findings,
+        keys: keys
+            .iter()
+            .map(|k| KeyUsed {
+                role: k.key.role().as_str().to_owned(),
+                key_id: k.key.key_id(),
+                fingerprint: k.key.fingerprint(),
+                verified: verified_by.get(&k.key.key_id()).copied().unwrap_or(0),
+            })
+            .collect(),
+    }
+}
+
+/// The rules of each change: approved, independently, on the reviewed head,
+/// through its gate, every approval logged.
+fn check_changes(
+    checks: &mut Checks,
+    duties: &mut Vec<Duty>,
+    findings: &mut Vec<String>,
+    changes: &[ChangeFacts],
+    v2: bool,
+    logged: &[&LedgerEvent],
+    project: &str,
+) {
+    for ch in changes {
         let step = format!("change {}", ch.number);
         duties.push(Duty { step: step.clone(), duty: "author".into(), holders: ch.authors.clone() });
         duties.push(Duty { step: step.clone(), duty: "reviewer".into(), holders: ch.approvers.clone() });
@@ -685,8 +759,8 @@ pub fn verify(bundle: &Bundle, trust: &TrustRoot, artifact: Option<&ArtifactFile
             },
         );
         if v2 {
-            let subject = format!("change:{}/{}", bundle.project, ch.number);
-            let missing = unlogged(&ch.approvers, &logged, "change.review.approve", &subject, Some(&ch.reviewed_head));
+            let subject = format!("change:{}/{}", project, ch.number);
+            let missing = unlogged(&ch.approvers, logged, "change.review.approve", &subject, Some(&ch.reviewed_head));
             checks.add(
                 "change.approvals_logged",
                 &step,
@@ -712,7 +786,29 @@ pub fn verify(bundle: &Bundle, trust: &TrustRoot, artifact: Option<&ArtifactFile
             );
         }
     }
+}
 
+/// What the provenance says was built: the commit and the artifacts' digests.
+struct Built<'a> {
+    commit: Option<&'a str>,
+    digests: &'a BTreeSet<&'a str>,
+}
+
+/// The rules of each deployment: its environment order, its release, its
+/// independent approvers and testers, its artifacts, every decision logged.
+#[allow(clippy::too_many_arguments)]
+fn check_deployments(
+    checks: &mut Checks,
+    duties: &mut Vec<Duty>,
+    findings: &mut Vec<String>,
+    deployments: &[DeploymentFacts],
+    changes: &[ChangeFacts],
+    built: &Built<'_>,
+    v2: bool,
+    logged: &[&LedgerEvent],
+    project: &str,
+) {
+    let (commit, digests) = (built.commit, built.digests);
     // Deployments, in the bundle's order, which must be the environments'.
     let order: Vec<(String, Option<String>)> =
         deployments.iter().map(|d| (d.environment.clone(), d.after.clone())).collect();
@@ -732,10 +828,10 @@ pub fn verify(bundle: &Bundle, trust: &TrustRoot, artifact: Option<&ArtifactFile
         });
 
         if v2 {
-            let subject = format!("deployment:{}/{}", bundle.project, d.number);
-            let mut missing = unlogged(&d.approvers, &logged, "deploy.approve", &subject, None);
+            let subject = format!("deployment:{}/{}", project, d.number);
+            let mut missing = unlogged(&d.approvers, logged, "deploy.approve", &subject, None);
             missing.extend(
-                unlogged(&d.testers, &logged, "deploy.test_passed", &subject, None)
+                unlogged(&d.testers, logged, "deploy.test_passed", &subject, None)
                     .into_iter()
                     .map(|t| format!("{t} (test sign-off)")),
             );
@@ -935,54 +1031,6 @@ pub fn verify(bundle: &Bundle, trust: &TrustRoot, artifact: Option<&ArtifactFile
             order.iter().map(|(e, _)| e.as_str()).collect::<Vec<_>>().join(" -> "),
             position + 1
         ));
-    }
-    if let Some(number) = bundle.subject.deployment {
-        let last = deployments.last().map(|d| d.number);
-        checks.add(
-            "chain.subject",
-            &format!("deployment {number}"),
-            last == Some(number),
-            if last == Some(number) {
-                "the chain ends with the deployment the bundle is for".to_owned()
-            } else {
-                format!("the bundle is for deployment {number}, but its chain ends with {last:?}")
-            },
-        );
-    }
-
-    // Who held which duties.
-    let mut people: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for d in &duties {
-        if d.duty == "builder" || d.duty == "deployer" {
-            continue;
-        }
-        for h in &d.holders {
-            people.entry(h.clone()).or_default().push(format!("{} ({})", d.duty, d.step));
-        }
-    }
-    let checks = checks.0;
-    Report {
-        valid: checks.iter().all(|c| c.passed),
-        origin: bundle.origin.clone(),
-        project: bundle.project.clone(),
-        subject: bundle.subject.clone(),
-        checkpoint_size: checkpoint.ok().map(|c| c.size),
-        commit,
-        artifacts,
-        environments: deployments.iter().map(|d| d.environment.clone()).collect(),
-        duties,
-        people: people.into_iter().map(|(name, duties)| Person { name, duties }).collect(),
-        checks,
-        findings,
-        keys: keys
-            .iter()
-            .map(|k| KeyUsed {
-                role: k.key.role().as_str().to_owned(),
-                key_id: k.key.key_id(),
-                fingerprint: k.key.fingerprint(),
-                verified: verified_by.get(&k.key.key_id()).copied().unwrap_or(0),
-            })
-            .collect(),
     }
 }
 
