@@ -81,6 +81,15 @@ fn export(hosted: &Hosted, number: i64) -> Exported {
         .expect_code(0);
     let bundle: Value =
         serde_json::from_str(&std::fs::read_to_string(&bundle_file).expect("the bundle")).expect("JSON");
+    // `CUSTODY_WRITE_GOLDEN=DIR` keeps this bundle and its trust file, for
+    // the golden files the verifier must keep verifying
+    // (crates/formats/tests/golden).
+    if let Some(dir) = std::env::var_os("CUSTODY_WRITE_GOLDEN") {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).expect("the golden directory");
+        std::fs::copy(&bundle_file, dir.join("deployment.bundle.json")).expect("keep the bundle");
+        std::fs::copy(&trust_file, dir.join("trust.json")).expect("keep the trust file");
+    }
     Exported { bundle, bundle_file, trust_file }
 }
 
