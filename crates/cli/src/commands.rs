@@ -625,6 +625,24 @@ fn encode(value: &str) -> String {
 /// (an escape sequence that recolours, moves the cursor or retitles the
 /// window) acts on the terminal of whoever reads it. JSON stays valid: the
 /// escape is JSON's own.
+/// `text` for a log line: every control character written out (`\n`,
+/// `\u001b`), so that nothing a request carried starts a line of its own.
+pub fn for_log(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    text.chars()
+        .map(|c| match c {
+            '\n' => "\\n".to_owned(),
+            '\r' => "\\r".to_owned(),
+            '\t' => "\\t".to_owned(),
+            c if c.is_control() => format!("\\u{:04x}", c as u32),
+            c => c.to_string(),
+        })
+        .collect::<String>()
+        .into()
+}
+
 /// `text` on one line: line breaks written out as `\n` and `\r`.
 pub fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
     if !text.contains(['\n', '\r']) {
@@ -650,6 +668,14 @@ pub fn for_terminal(text: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::{for_terminal, one_line};
+
+    #[test]
+    fn a_log_value_never_breaks_its_line() {
+        let forged = "x\n2026-12-03T00:00:00Z  INFO custody: admin signed in\u{1b}[2J";
+        let shown = super::for_log(forged);
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert_eq!(shown, "x\\n2026-12-03T00:00:00Z  INFO custody: admin signed in\\u001b[2J");
+    }
 
     #[test]
     fn a_list_item_stays_on_its_line() {

@@ -174,7 +174,23 @@ fn init_logging(format: &str) -> Result<(), Failure> {
     let filter = EnvFilter::try_from_env("CUSTODY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
-        "text" => builder.init(),
+        // Every value written out with its control characters escaped, so
+        // that what a request carried (a name with a line break, an escape
+        // sequence) can never forge a line of the log.
+        "text" => {
+            use tracing_subscriber::field::MakeExt as _;
+            let fields = tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+                let raw = format!("{value:?}");
+                let shown = crate::commands::for_log(&raw);
+                if field.name() == "message" {
+                    write!(writer, "{shown}")
+                } else {
+                    write!(writer, "{field}={shown}")
+                }
+            })
+            .delimited(" ");
+            builder.fmt_fields(fields).init()
+        }
         "json" => builder.json().flatten_event(true).init(),
         other => return Err(Failure::input(format!("log format {other:?} is not text or json"))),
     }

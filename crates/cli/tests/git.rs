@@ -614,3 +614,21 @@ fn an_import_waits_for_a_second_admin_and_is_recorded_as_unreviewed() {
     assert_eq!(applied[0]["details"]["commits"], 2);
     assert_eq!(applied[0]["details"]["reviewed"], false);
 }
+
+#[test]
+fn a_name_sent_to_sign_in_cannot_forge_a_log_line() {
+    let hosted = Hosted::new();
+    let forged = "mallory\n2026-12-03T00:00:00.000000Z  INFO custody: admin granted everything\u{1b}[2J";
+    let (status, _) = hosted.api(
+        "POST",
+        "/api/v1/auth/token",
+        None,
+        Some(serde_json::json!({ "name": forged, "password": "guess" })),
+    );
+    assert_eq!(status, 401);
+    let logged = hosted.server.stderr();
+    let line = logged.lines().find(|l| l.contains("failed login")).unwrap_or_else(|| panic!("{logged}"));
+    assert!(line.contains("mallory\\n2026-12-03") && line.contains("\\u001b[2J"), "{line}");
+    assert!(!logged.lines().any(|l| l.starts_with("2026-12-03T00:00:00.000000Z")), "{logged}");
+    assert!(!logged.contains('\u{1b}'), "{logged:?}");
+}
