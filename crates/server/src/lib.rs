@@ -272,7 +272,16 @@ pub async fn launch_with_tcp_listener(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt as _;
     state.hosting().set_listening(listener.local_addr()?);
+    // No Nagle delay: a small answer (a git protocol-v2 response on a
+    // reused connection, say) goes out at once, not after the peer's
+    // delayed acknowledgement.
+    let listener = listener.tap_io(|socket| {
+        if let Err(error) = socket.set_nodelay(true) {
+            tracing::warn!(%error, "cannot set TCP_NODELAY on a connection");
+        }
+    });
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
