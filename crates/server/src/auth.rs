@@ -89,11 +89,31 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        // JSON is UTF-8: a body announced in another charset is refused
+        // rather than read as if it were UTF-8.
+        let content_type = req.headers().get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        if let Some(charset) = content_type.and_then(charset_of) {
+            if !charset.eq_ignore_ascii_case("utf-8") && !charset.eq_ignore_ascii_case("utf8") {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    format!("the body is announced as {charset}; send JSON as UTF-8 (charset=utf-8, or none)"),
+                ));
+            }
+        }
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(Body(value)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
     }
+}
+
+/// The `charset` parameter of a `Content-Type`, if it names one.
+fn charset_of(content_type: &str) -> Option<&str> {
+    content_type.split(';').skip(1).find_map(|param| {
+        let (name, value) = param.split_once('=')?;
+        name.trim().eq_ignore_ascii_case("charset").then(|| value.trim().trim_matches('"'))
+    })
 }
 
 fn json_rejection(rejection: JsonRejection) -> ApiError {

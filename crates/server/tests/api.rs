@@ -562,3 +562,36 @@ async fn failed_logins_stop_their_source_and_never_lock_the_owner_out() {
     let (status, _, token) = login([127, 0, 0, 1], "correct horse battery staple").await;
     assert_eq!(status, StatusCode::OK, "{token}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_is_decoded_strictly_and_refused_with_a_reason() {
+    let server = Server::start_with(Dialect::Sqlite, Limits::default()).await.unwrap();
+    let root = server.root.clone();
+    // A query value that is not UTF-8 once decoded, as a path segment would be refused.
+    let (status, body) = server.get(&root, "/api/v1/audit/events?actor=%FF").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("not UTF-8"), "{body}");
+    let (status, _) = server.get(&root, "/api/v1/audit/events?actor=caf%C3%A9").await;
+    assert_eq!(status, StatusCode::OK, "UTF-8 text percent-encoded is fine");
+    // A password with a NUL or a line break in it.
+    let alice = server.person("alice").await;
+    for password in ["correct horse\u{0}battery staple", "correct horse\nbattery staple"] {
+        let (status, body) = server
+            .call(reqwest::Method::PUT, Some(&alice), "/api/v1/me/password", Some(json!({ "password": password })))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body["error"]["message"].as_str().unwrap_or_default().contains("control characters"), "{body}");
+    }
+    // JSON announced in another charset.
+    let response = reqwest::Client::new()
+        .put(format!("{}/api/v1/me/password", server.base))
+        .bearer_auth(&alice)
+        .header("Content-Type", "application/json; charset=latin1")
+        .body(r#"{"password": "correct horse battery staple"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unsupported_media_type", "{body}");
+}

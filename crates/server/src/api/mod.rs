@@ -28,11 +28,50 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // Decoded as strictly as a path segment: a value that is not UTF-8
+        // once decoded is refused, never read with replacement characters.
+        if let Some(query) = parts.uri.query() {
+            if let Some(bad) = query.split('&').find(|pair| !decodes_to_utf8(pair)) {
+                return Err(ApiError::invalid(format!(
+                    "bad query parameters: {bad:?} is not UTF-8 once decoded; percent-encode UTF-8 text"
+                )));
+            }
+        }
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(value)| Params(value))
             .map_err(|rejection| ApiError::invalid(format!("bad query parameters: {}", rejection.body_text())))
     }
+}
+
+/// Whether a percent-encoded query pair decodes to UTF-8.
+fn decodes_to_utf8(pair: &str) -> bool {
+    let bytes = pair.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = pair.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(byte) => {
+                        decoded.push(byte);
+                        i += 3;
+                    }
+                    None => return false,
+                }
+            }
+            b'+' => {
+                decoded.push(b' ');
+                i += 1;
+            }
+            byte => {
+                decoded.push(byte);
+                i += 1;
+            }
+        }
+    }
+    std::str::from_utf8(&decoded).is_ok()
 }
 
 /// Which page of a list: items after the cursor `after`, at most `limit` (1-500, default 100).

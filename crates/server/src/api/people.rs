@@ -43,6 +43,11 @@ pub(crate) async fn set_password(
     Body(request): Body<PasswordRequest>,
 ) -> ApiResult<StatusCode> {
     auth.require(Scope::Write)?;
+    if request.password.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "a password holds no control characters (a NUL, a line break, a tab): choose one without them",
+        ));
+    }
     let length = request.password.chars().count();
     if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&length) {
         return Err(ApiError::invalid(format!(
