@@ -1448,12 +1448,20 @@ impl Store {
         project: &custody_domain::ProjectName,
         environment: &str,
     ) -> Result<Option<String>> {
-        let sql = self.sql(
-            "SELECT b.commit_sha FROM deployments d JOIN builds b ON b.id = d.build_id \
+        // Its gate governs the next deployment there: only a success and a
+        // commit custody recorded count, never a row written around it.
+        let mut reader = self.reader().await?;
+        let sql = reader.sql(
+            "SELECT d.number, b.number AS build, b.commit_sha FROM deployments d JOIN builds b ON b.id = d.build_id \
              JOIN projects p ON p.id = d.project_id WHERE p.name = $1 AND d.environment = $2 \
              AND d.status = 'succeeded' ORDER BY d.finished_at DESC, d.id DESC LIMIT 1",
         );
-        Ok(sqlx::query_scalar(&sql).bind(project.as_str()).bind(environment).fetch_optional(self.readers()).await?)
+        let row = sqlx::query(&sql).bind(project.as_str()).bind(environment).fetch_optional(reader.conn()).await?;
+        let Some(row) = row else { return Ok(None) };
+        let commit: String = col(&row, "commit_sha")?;
+        succeeded_at(&mut reader, project.as_str(), col(&row, "number")?).await?;
+        crate::builds::prove_build(&mut reader, project.as_str(), col(&row, "build")?, &commit, "succeeded").await?;
+        Ok(Some(commit))
     }
 
     /// The changes whose merges made these commits, by number, in the

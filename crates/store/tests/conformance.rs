@@ -1480,6 +1480,39 @@ async fn what_is_live_holds_past_five_hundred_deployments(store: Store) {
     assert_eq!(store.succeeded_deployments_of(&access, build).await.unwrap()[0].number, pending.number);
 }
 
+async fn a_live_deployment_written_around_custody_never_governs_a_gate(store: Store, url: String) {
+    use custody_store::DeployDecision::{Approve, TestPassed};
+    let (_root, [_alice, _bob, carol, dave, erin], access, build) = released_build(&store).await;
+    let (pending, _) = store.request_deployment(&erin, &access, build, production(1, true), None).await.unwrap();
+    decide(&store, &carol, &access, pending.number, Approve).await.unwrap();
+    decide(&store, &dave, &access, pending.number, TestPassed).await.unwrap();
+    let lease = store.lease_deployment("deployer", 30_000).await.unwrap().expect("production runs");
+    let outcome = custody_store::DeployOutcome {
+        status: custody_domain::status::DeploymentStatus::Succeeded,
+        ..custody_store::DeployOutcome::default()
+    };
+    store.finish_deployment(&lease, outcome).await.unwrap();
+    let live = store.live_commit(&access.project, "production").await.unwrap().expect("a live commit");
+    // Its build pointed at another commit (one whose pipeline is laxer, say):
+    // the gate it would bring is refused, not taken.
+    execute_raw(&url, &format!("UPDATE builds SET commit_sha = '{}' WHERE number = {build}", "e".repeat(40))).await;
+    let why = unproven(store.live_commit(&access.project, "production").await);
+    assert!(why.contains("build"), "{why}");
+    execute_raw(&url, &format!("UPDATE builds SET commit_sha = '{live}' WHERE number = {build}")).await;
+    // A deployment that never ran, marked succeeded and newest.
+    let (forged, _) = store.request_deployment(&erin, &access, build, production(1, true), None).await.unwrap();
+    execute_raw(
+        &url,
+        &format!(
+            "UPDATE deployments SET status = 'succeeded', finished_at = 9999999999999 WHERE number = {}",
+            forged.number
+        ),
+    )
+    .await;
+    let why = unproven(store.live_commit(&access.project, "production").await);
+    assert!(why.contains(&format!("deployments row {}", forged.number)), "{why}");
+}
+
 async fn a_token_row_written_into_the_database_does_not_authenticate(store: Store, url: String) {
     use custody_domain::secret::{format_secret, SecretKind};
     let root = init_root(&store).await;
@@ -1902,6 +1935,7 @@ async fn a_merge_that_never_reached_its_branch_reopens_the_change(store: Store) 
 }
 
 on_both_backends! {
+    a_live_deployment_written_around_custody_never_governs_a_gate,
     a_merge_prepared_on_other_facts_is_decided_again_and_records_nothing,
     what_is_live_holds_past_five_hundred_deployments,
     a_rejected_user_replayed_in_the_database_is_refused,
