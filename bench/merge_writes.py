@@ -3,29 +3,16 @@
     python3 bench/merge_writes.py    (run bench/merge_writes.sh, which sets it up)
 """
 import http.client
-import json
 import os
 import threading
 import time
 import urllib.parse
 
-from team import call, percentile, project, tokens
+from team import call, percentile, project
 
 server = urllib.parse.urlparse(os.environ["CUSTODY_SERVER"])
 merges = int(os.environ["MERGES"])
 CLIENTS = 16
-
-
-def post(conn, path, who, body):
-    headers = {"Authorization": f"Bearer {tokens[who]}", "Content-Type": "application/json"}
-    started = time.perf_counter()
-    conn.request("POST", path, body=json.dumps(body), headers=headers)
-    response = conn.getresponse()
-    payload = response.read()
-    elapsed = time.perf_counter() - started
-    if response.status >= 300:
-        raise SystemExit(f"POST {path}: {response.status} {payload[:300]!r}")
-    return json.loads(payload) if payload else None, elapsed
 
 
 def writers(stop, taken):
@@ -33,7 +20,7 @@ def writers(stop, taken):
     def client():
         conn = http.client.HTTPConnection(server.hostname, server.port)
         while not stop.is_set():
-            _, elapsed = post(conn, "/api/v1/tokens", "admin", {"name": "bench", "scopes": ["read"], "expires_in": 600})
+            _, elapsed = call("POST", "/api/v1/tokens", "admin", {"name": "bench", "scopes": ["read"], "expires_in": 600}, conn)
             taken.append(elapsed)
     threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
     for t in threads:
@@ -68,7 +55,7 @@ def merge_all():
     def merger(numbers):
         conn = http.client.HTTPConnection(server.hostname, server.port)
         for number in numbers:
-            post(conn, f"{base}/{number}/merge", "alice", {})
+            call("POST", f"{base}/{number}/merge", "alice", {}, conn)
     groups = [opened[i::4] for i in range(4)]
     threads = [threading.Thread(target=merger, args=(g,)) for g in groups]
     for t in threads:

@@ -12,16 +12,18 @@ tokens = {name: os.environ[name.upper()] for name in ("admin", "alice", "bob")}
 conn = http.client.HTTPConnection(server.hostname, server.port)
 
 
-def call(method, path, who, body=None):
-    """One API call as `who`: the JSON answer and the seconds it took."""
+def call(method, path, who, body=None, connection=None):
+    """One API call as `who` (on `connection`, the shared one by default):
+    the JSON answer and the seconds it took."""
+    connection = connection or conn
     headers = {"Authorization": f"Bearer {tokens[who]}"}
     data = None
     if body is not None:
         data = json.dumps(body)
         headers["Content-Type"] = "application/json"
     started = time.perf_counter()
-    conn.request(method, path, body=data, headers=headers)
-    response = conn.getresponse()
+    connection.request(method, path, body=data, headers=headers)
+    response = connection.getresponse()
     payload = response.read()
     elapsed = time.perf_counter() - started
     if response.status >= 300:
