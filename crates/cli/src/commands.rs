@@ -628,7 +628,10 @@ fn encode(value: &str) -> String {
 /// `text` for a log line: every control character written out (`\n`,
 /// `\u001b`), so that nothing a request carried starts a line of its own.
 pub fn for_log(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    // Control characters (C0 and C1, NEL among them) and the Unicode line
+    // and paragraph separators, which some viewers break lines at.
+    let breaks = |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
+    if !text.chars().any(breaks) {
         return std::borrow::Cow::Borrowed(text);
     }
     text.chars()
@@ -636,7 +639,7 @@ pub fn for_log(text: &str) -> std::borrow::Cow<'_, str> {
             '\n' => "\\n".to_owned(),
             '\r' => "\\r".to_owned(),
             '\t' => "\\t".to_owned(),
-            c if c.is_control() => format!("\\u{:04x}", c as u32),
+            c if breaks(c) => format!("\\u{:04x}", c as u32),
             c => c.to_string(),
         })
         .collect::<String>()

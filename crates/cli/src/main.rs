@@ -42,7 +42,7 @@ enum Command {
     /// Create a new instance: data directory, service keys, first admin.
     Init(serve::InitArgs),
     /// Run the server (initialising ./custody-data on first start).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Play the whole story from a commit to production on a fresh
     /// instance, then leave its server running to look around.
     Demo(demo::DemoArgs),
@@ -187,7 +187,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let out = commands::Output { json: cli.json };
     match cli.command {
         Command::Init(args) => serve::init(args, out).await,
-        Command::Serve(args) => serve::serve(args).await,
+        Command::Serve(args) => serve::serve(*args).await,
         Command::Demo(args) => demo::demo(args).await,
         Command::Login(args) => commands::login(cli.server, args, out).await,
         Command::Logout => commands::logout(out),

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use custody_domain::{Email, UserName};
+use custody_server::connections::ConnectionLimits;
 use custody_server::instance::{self, DataDir, InitOptions, InstanceError};
 use custody_server::{AppState, Limits};
 
@@ -80,6 +81,73 @@ pub struct ServeArgs {
     max_object_bytes: Option<u64>,
     #[command(flatten)]
     jobs: JobArgs,
+    #[command(flatten)]
+    connections: ConnectionArgs,
+}
+
+/// What a client's connection may cost the server (see SECURITY.md).
+#[derive(Args, Debug)]
+pub struct ConnectionArgs {
+    /// The longest from a request's first byte to the end of its headers [default: 15s].
+    #[arg(long, env = "CUSTODY_HEADER_TIMEOUT", value_name = "DURATION")]
+    header_timeout: Option<String>,
+    /// How long a kept-alive connection may wait for its next request [default: 60s].
+    #[arg(long, env = "CUSTODY_IDLE_TIMEOUT", value_name = "DURATION")]
+    idle_timeout: Option<String>,
+    /// The slowest a request body (a push) may arrive, in bytes a second [default: 1024].
+    #[arg(long, env = "CUSTODY_BODY_MIN_RATE", value_name = "BYTES")]
+    body_min_rate: Option<u64>,
+    /// How long a body may wait before its rate counts [default: 10s].
+    #[arg(long, env = "CUSTODY_BODY_GRACE", value_name = "DURATION")]
+    body_grace: Option<String>,
+    /// Connections open at once; past it clients are answered 503 [default: 4096].
+    #[arg(long, env = "CUSTODY_MAX_CONNECTIONS", value_name = "N")]
+    max_connections: Option<usize>,
+    /// Connections open at once from one address; behind a proxy, raise it to
+    /// --max-connections [default: 256].
+    #[arg(long, env = "CUSTODY_MAX_CONNECTIONS_PER_SOURCE", value_name = "N")]
+    max_connections_per_source: Option<usize>,
+}
+
+impl ConnectionArgs {
+    fn limits(&self) -> Result<ConnectionLimits, Failure> {
+        use custody_domain::pipeline::parse_duration;
+        let duration = |flag: &str, value: &Option<String>, default: std::time::Duration| match value {
+            None => Ok(default),
+            Some(text) => parse_duration(text)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| Failure::input(format!("--{flag} {text:?} is not a duration; write it like 15s or 2m"))),
+        };
+        let count = |flag: &str, value: Option<usize>, default: usize| match value {
+            Some(0) => Err(Failure::input(format!("--{flag} must be at least 1"))),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        let defaults = ConnectionLimits::default();
+        let limits = ConnectionLimits {
+            header_timeout: duration("header-timeout", &self.header_timeout, defaults.header_timeout)?,
+            idle_timeout: duration("idle-timeout", &self.idle_timeout, defaults.idle_timeout)?,
+            body_min_rate: match self.body_min_rate {
+                Some(0) => return Err(Failure::input("--body-min-rate must be at least 1 byte a second")),
+                Some(rate) => rate,
+                None => defaults.body_min_rate,
+            },
+            body_grace: duration("body-grace", &self.body_grace, defaults.body_grace)?,
+            max_connections: count("max-connections", self.max_connections, defaults.max_connections)?,
+            max_per_source: count(
+                "max-connections-per-source",
+                self.max_connections_per_source,
+                defaults.max_per_source,
+            )?,
+        };
+        if limits.max_per_source > limits.max_connections {
+            return Err(Failure::input(format!(
+                "--max-connections-per-source {} is above --max-connections {}; give at most as many",
+                limits.max_per_source, limits.max_connections
+            )));
+        }
+        Ok(limits)
+    }
 }
 
 /// The most any one job (check, build, deployment) may use; a pipeline file
@@ -209,6 +277,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let public_url = args.public_url.or(file.public_url);
     let blob_store = args.blob_store.or(file.blob_store);
     let builders = args.builders.or(file.builders).unwrap_or(1);
+    let connections = args.connections.limits()?;
     init_logging(&log_format)?;
 
     let data_dir = DataDir::new(data_dir);
@@ -312,7 +381,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         shutdown_signal().await;
         let _ = stop.send(true);
     });
-    custody_server::launch_with_tcp_listener(listener, state, until_stopped(stopped))
+    custody_server::launch_with_tcp_listener(listener, state, connections, until_stopped(stopped))
         .await
         .map_err(|e| Failure::internal(format!("server failed: {e}")))?;
     let _ = runner.await;

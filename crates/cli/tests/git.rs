@@ -632,3 +632,38 @@ fn a_name_sent_to_sign_in_cannot_forge_a_log_line() {
     assert!(!logged.lines().any(|l| l.starts_with("2026-12-03T00:00:00.000000Z")), "{logged}");
     assert!(!logged.contains('\u{1b}'), "{logged:?}");
 }
+
+#[test]
+fn a_branch_name_and_a_user_agent_sent_to_custody_cannot_forge_a_log_line() {
+    let hosted = Hosted::on_with(support::hosted::Backend::Sqlite, &[("CUSTODY_LOG", "info,custody_server=debug")])
+        .expect("SQLite is never skipped");
+    // A header may carry any byte above 0x7f: NEL and CSI, C1 controls that
+    // break lines and start escape sequences in some viewers.
+    let agent = "curl\u{85}2026-12-03T00:00:00.000000Z  INFO custody: admin granted everything\u{9b}2J";
+    let signed_in = std::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-A", agent, "-H", "Content-Type: application/json"])
+        .args(["--data-binary", r#"{"name":"mallory","password":"guess"}"#])
+        .arg(format!("http://127.0.0.1:{}/api/v1/auth/token", hosted.server.port()))
+        .output()
+        .expect("curl runs");
+    assert_eq!(String::from_utf8_lossy(&signed_in.stdout), "401");
+    let branch = "feat\n2026-12-03T00:00:00.000000Z  INFO custody: admin granted everything\u{1b}[2J";
+    let (status, _) = hosted.api(
+        "POST",
+        &format!("/api/v1/projects/{PROJECT}/changes"),
+        Some(&hosted.alice),
+        Some(serde_json::json!({ "source": branch, "title": "forged" })),
+    );
+    assert_eq!(status, 400);
+
+    let logged = hosted.server.stderr();
+    let login = logged.lines().find(|l| l.contains("failed login")).unwrap_or_else(|| panic!("{logged}"));
+    assert!(login.contains("curl\\u00852026-12-03") && login.contains("\\u009b2J"), "{login}");
+    let refused = logged
+        .lines()
+        .find(|l| l.contains("request refused") && l.contains("feat"))
+        .unwrap_or_else(|| panic!("{logged}"));
+    assert!(refused.contains("feat\\n2026-12-03") && refused.contains("[2J"), "{refused}");
+    assert!(!logged.lines().any(|l| l.starts_with("2026-12-03T00:00:00.000000Z")), "{logged}");
+    assert!(!logged.contains(['\u{1b}', '\u{85}', '\u{9b}']), "{logged:?}");
+}

@@ -108,7 +108,34 @@ macro_rules! name_type {
                 Self::parse(value)
             }
         }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                name_schema($what)
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $name {}
     };
+}
+
+/// A pattern every valid name matches (the reserved names and the endings
+/// `.git` and `.lock` aside, which [`NAME_RULE`] states in words).
+pub const NAME_PATTERN: &str = "^[a-z0-9][a-z0-9_-]*(\\.[a-z0-9_-]+)*$";
+
+/// The schema of a name: its pattern, its length and its rule in words.
+#[cfg(feature = "openapi")]
+pub fn name_schema(what: &str) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(NAME_PATTERN))
+        .min_length(Some(1))
+        .max_length(Some(MAX_NAME_LEN))
+        .description(Some(format!("A {what}: {NAME_RULE}.")))
+        .into()
 }
 
 /// Names custody uses for itself in audit events and URLs.

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod auth;
 pub mod changes;
+pub mod connections;
 pub mod error;
 pub mod git;
 pub mod instance;
@@ -18,7 +19,6 @@ pub mod metrics;
 pub mod web;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -227,7 +227,7 @@ impl AppState {
 /// Every route of the server.
 pub fn router(state: AppState) -> Router {
     let tracked = Router::new()
-        .nest("/api/v1", api::routes())
+        .merge(api::routes())
         .merge(git::routes())
         .merge(git::hook_routes().layer(DefaultBodyLimit::max(HOOK_BODY_LIMIT)))
         .route("/healthz", get(healthz))
@@ -265,23 +265,14 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::
     (StatusCode::OK, Json(json!({ "status": "ready", "database": state.store().dialect().name() })))
 }
 
-/// Serves on `listener` until `shutdown` completes, then finishes the
-/// requests in flight and returns.
+/// Serves on `listener` under `limits` until `shutdown` completes, then
+/// finishes the requests in flight and returns.
 pub async fn launch_with_tcp_listener(
     listener: tokio::net::TcpListener,
     state: AppState,
+    limits: connections::ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt as _;
     state.hosting().set_listening(listener.local_addr()?);
-    // No Nagle delay: a small answer (a git protocol-v2 response on a
-    // reused connection, say) goes out at once, not after the peer's
-    // delayed acknowledgement.
-    let listener = listener.tap_io(|socket| {
-        if let Err(error) = socket.set_nodelay(true) {
-            tracing::warn!(%error, "cannot set TCP_NODELAY on a connection");
-        }
-    });
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    connections::serve(listener, router(state), limits, shutdown).await
 }

@@ -73,14 +73,23 @@ pub(crate) async fn track(State(state): State<AppState>, request: Request, next:
     let method = request.method().to_string();
     let route =
         request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let agent = user_agent(request.headers());
     let response = next.run(request).await;
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     let metrics = state.metrics();
     metrics.requests.get_or_create(&RequestLabels { method: method.clone(), route: route.clone(), status }).inc();
     metrics.latency.get_or_create(&RouteLabels { route: route.clone() }).observe(elapsed.as_secs_f64());
-    tracing::debug!(%method, %route, status, micros = elapsed.as_micros() as u64, "request");
+    tracing::debug!(%method, %route, status, micros = elapsed.as_micros() as u64, user_agent = %agent, "request");
     response
+}
+
+/// The client's `User-Agent`, as text (for the log, which escapes it).
+pub(crate) fn user_agent(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get(axum::http::header::USER_AGENT)
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+        .unwrap_or_default()
 }
 
 /// `GET /metrics`.

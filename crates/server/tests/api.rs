@@ -50,7 +50,7 @@ impl Server {
         let state = AppState::new(opened.store, opened.name, limits, repositories, blobs, opened.keys, sealing);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            custody_server::launch_with_tcp_listener(listener, state, async {
+            custody_server::launch_with_tcp_listener(listener, state, Default::default(), async {
                 let _ = stopped.await;
             })
             .await
@@ -200,6 +200,7 @@ on_both_backends!(
     bad_input_is_a_clear_4xx_and_writes_nothing,
     duplicate_names_and_emails_are_conflicts_and_write_nothing,
     health_metrics_and_openapi_are_served,
+    every_documented_operation_is_served_and_no_other_method_is,
     lists_are_paginated,
 );
 
@@ -484,6 +485,40 @@ async fn health_metrics_and_openapi_are_served(server: Server) {
         metrics.contains("custody_http_requests_total{method=\"GET\",route=\"/readyz\",status=\"200\"} 1"),
         "{metrics}"
     );
+}
+
+/// The document and the routes agree: each documented operation reaches
+/// its handler (never the fallback, never 405), and on each documented path
+/// every other method is 405.
+async fn every_documented_operation_is_served_and_no_other_method_is(server: Server) {
+    let (_, doc) = server.call(reqwest::Method::GET, None, "/api/v1/openapi.json", None).await;
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 60, "{} paths", paths.len());
+    for (template, item) in paths {
+        let path = template
+            .split('/')
+            .map(|segment| match segment {
+                "{number}" | "{id}" | "{seq}" => "1".to_owned(),
+                "{sha}" => "0123abcd".to_owned(),
+                "{digest}" => "a".repeat(64),
+                s if s.starts_with('{') => "x1".to_owned(),
+                s => s.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        for method in ["get", "put", "post", "delete", "patch"] {
+            let verb = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).unwrap();
+            let body = matches!(method, "put" | "post" | "patch").then(|| json!({}));
+            let (status, answer) = server.call(verb, Some(&server.root), &path, body).await;
+            if item.get(method).is_some() {
+                assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {template} is documented, not served");
+                let message = answer["error"]["message"].as_str().unwrap_or("");
+                assert!(!message.contains("no such route"), "{method} {template} is documented, not served");
+            } else {
+                assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {template} is served, not documented");
+            }
+        }
+    }
 }
 
 async fn lists_are_paginated(server: Server) {

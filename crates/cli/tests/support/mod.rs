@@ -62,6 +62,12 @@ pub const CUSTODY_VARS: &[&str] = &[
     "CUSTODY_PUBLIC_URL",
     "CUSTODY_BLOB_STORE",
     "CUSTODY_BUILDERS",
+    "CUSTODY_HEADER_TIMEOUT",
+    "CUSTODY_IDLE_TIMEOUT",
+    "CUSTODY_BODY_MIN_RATE",
+    "CUSTODY_BODY_GRACE",
+    "CUSTODY_MAX_CONNECTIONS",
+    "CUSTODY_MAX_CONNECTIONS_PER_SOURCE",
 ];
 
 /// A command of the binary: working directory and credentials directory are
@@ -126,7 +132,12 @@ pub fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String>
 
 /// Runs a command to its end, feeding `stdin`, killing it after
 /// [`COMMAND_TIMEOUT`].
-pub fn run_with_input(mut command: Command, stdin: Option<&str>) -> Run {
+pub fn run_with_input(command: Command, stdin: Option<&str>) -> Run {
+    run_within(command, stdin, COMMAND_TIMEOUT)
+}
+
+/// [`run_with_input`], killed after `timeout` rather than [`COMMAND_TIMEOUT`].
+pub fn run_within(mut command: Command, stdin: Option<&str>, timeout: Duration) -> Run {
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
     command.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
     let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
@@ -137,7 +148,7 @@ pub fn run_with_input(mut command: Command, stdin: Option<&str>) -> Run {
     }
     let stdout = drain(child.stdout.take().expect("stdout"));
     let stderr = drain(child.stderr.take().expect("stderr"));
-    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for the command") {
             break status;
@@ -145,7 +156,7 @@ pub fn run_with_input(mut command: Command, stdin: Option<&str>) -> Run {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{command:?} did not finish within {COMMAND_TIMEOUT:?}");
+            panic!("{command:?} did not finish within {timeout:?}");
         }
         thread::sleep(Duration::from_millis(10));
     };

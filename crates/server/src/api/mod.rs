@@ -3,6 +3,7 @@
 mod audit;
 mod builds;
 mod changes;
+mod contract;
 mod deploys;
 mod evidence;
 mod groups;
@@ -12,11 +13,12 @@ mod report;
 
 use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
-use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::ApiError;
 use crate::AppState;
@@ -102,26 +104,6 @@ impl PageQuery {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "custody", description = "Segregation of duties from commit to production, and the evidence of it."),
-    paths(
-        people::me, people::set_password, people::login, people::redeem,
-        people::list_users, people::create_user, people::get_user, people::disable_user,
-        people::list_tokens, people::create_token, people::revoke_token,
-        groups::list_groups, groups::create_group, groups::get_group, groups::add_member, groups::remove_member,
-        groups::list_grants, groups::get_grant, groups::approve_grant, groups::reject_grant,
-        audit::events, audit::checkpoint, audit::consistency, audit::proof, audit::export,
-        projects::create_project, projects::list_projects, projects::get_project,
-        projects::add_member, projects::remove_member, projects::protect_branch, projects::unprotect_branch, projects::delete_tag,
-        projects::pushes, projects::commit, projects::set_default_branch,
-        changes::open_change, changes::list_changes, changes::get_change, changes::diff, changes::gate,
-        changes::review, changes::close, changes::reopen, changes::merge, changes::merge_queue, changes::attestation,
-        changes::checks,
-        builds::list_builds, builds::get_build, builds::build_log, builds::list_artifacts, builds::get_artifact,
-        builds::download, builds::provenance, builds::verify,
-        deploys::list_environments, deploys::get_environment, deploys::list_deployments, deploys::get_deployment,
-        deploys::gate, deploys::request, deploys::approve, deploys::reject, deploys::sign_off, deploys::cancel,
-        deploys::record, deploys::list_findings, deploys::resolve_finding, deploys::set_secret, deploys::list_secrets,
-        evidence::trust, evidence::export, report::report,
-    ),
     components(schemas(crate::error::ErrorBody)),
     modifiers(&TokenSecurity),
     tags(
@@ -132,6 +114,7 @@ impl PageQuery {
         (name = "changes", description = "Change requests, reviews and the merge gate"),
         (name = "deployments", description = "Environments, deployments and the independent approvals they need"),
         (name = "evidence", description = "Trust roots and evidence bundles for offline verification"),
+        (name = "meta", description = "This document"),
         (name = "builds", description = "Builds of mainline commits and the artifact repository (read-only: only the builder stores artifacts)"),
     )
 )]
@@ -150,88 +133,100 @@ impl utoipa::Modify for TokenSecurity {
     }
 }
 
-/// The OpenAPI document of this API.
+/// The OpenAPI document of this API: what the handlers declare, completed
+/// by [`contract::complete`] with what every operation shares.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+    let mut document = operations().split_for_parts().1;
+    contract::complete(&mut document);
+    document
 }
 
-async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(openapi())
+/// This document.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "meta",
+    responses((status = 200, description = "The OpenAPI document of this API", body = Object)))]
+async fn openapi_json() -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let document = DOCUMENT.get_or_init(|| serde_json::to_string(&openapi()).unwrap_or_default());
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], document.clone()).into_response()
 }
 
 pub(crate) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/openapi.json", get(openapi_json))
-        .route("/me", get(people::me))
-        .route("/me/password", put(people::set_password))
-        .route("/auth/token", post(people::login))
-        .route("/invites/redeem", post(people::redeem))
-        .route("/users", get(people::list_users).post(people::create_user))
-        .route("/users/{name}", get(people::get_user))
-        .route("/users/{name}/disable", post(people::disable_user))
-        .route("/tokens", get(people::list_tokens).post(people::create_token))
-        .route("/tokens/{id}", delete(people::revoke_token))
-        .route("/groups", get(groups::list_groups).post(groups::create_group))
-        .route("/groups/{name}", get(groups::get_group))
-        .route("/groups/{name}/members", post(groups::add_member))
-        .route("/groups/{name}/members/{user}", delete(groups::remove_member))
-        .route("/grants", get(groups::list_grants))
-        .route("/grants/{id}", get(groups::get_grant))
-        .route("/grants/{id}/approve", post(groups::approve_grant))
-        .route("/grants/{id}/reject", post(groups::reject_grant))
-        .route("/audit/events", get(audit::events))
-        .route("/audit/checkpoint", get(audit::checkpoint))
-        .route("/audit/consistency", get(audit::consistency))
-        .route("/audit/proof/{seq}", get(audit::proof))
-        .route("/audit/export", get(audit::export))
-        .route("/projects", get(projects::list_projects).post(projects::create_project))
-        .route("/projects/{name}", get(projects::get_project))
-        .route("/projects/{name}/members", post(projects::add_member))
-        .route("/projects/{name}/members/{user}", delete(projects::remove_member))
-        .route("/projects/{name}/tags/{tag}", delete(projects::delete_tag))
-        .route("/projects/{name}/protected-branches", post(projects::protect_branch))
-        .route("/projects/{name}/protected-branches/{branch}", delete(projects::unprotect_branch))
-        .route("/projects/{name}/pushes", get(projects::pushes))
-        .route("/projects/{name}/default-branch", put(projects::set_default_branch))
-        .route("/projects/{name}/commits/{sha}", get(projects::commit))
-        .route("/projects/{name}/changes", get(changes::list_changes).post(changes::open_change))
-        .route("/projects/{name}/changes/{number}", get(changes::get_change))
-        .route("/projects/{name}/changes/{number}/diff", get(changes::diff))
-        .route("/projects/{name}/changes/{number}/gate", get(changes::gate))
-        .route("/projects/{name}/changes/{number}/reviews", post(changes::review))
-        .route("/projects/{name}/changes/{number}/close", post(changes::close))
-        .route("/projects/{name}/changes/{number}/reopen", post(changes::reopen))
-        .route("/projects/{name}/changes/{number}/merge", post(changes::merge))
-        .route("/projects/{name}/merge-queue", get(changes::merge_queue))
-        .route("/projects/{name}/changes/{number}/attestation", get(changes::attestation))
-        .route("/projects/{name}/changes/{number}/checks", get(changes::checks))
-        .route("/projects/{name}/builds", get(builds::list_builds))
-        .route("/projects/{name}/builds/{number}", get(builds::get_build))
-        .route("/projects/{name}/builds/{number}/log", get(builds::build_log))
-        .route("/projects/{name}/artifacts", get(builds::list_artifacts))
-        .route("/projects/{name}/artifacts/{digest}", get(builds::get_artifact))
-        .route("/projects/{name}/artifacts/{digest}/content", get(builds::download))
-        .route("/projects/{name}/artifacts/{digest}/provenance", get(builds::provenance))
-        .route("/artifacts/verify", get(builds::verify))
-        .route("/projects/{name}/environments", get(deploys::list_environments))
-        .route("/projects/{name}/environments/{environment}", get(deploys::get_environment))
-        .route("/projects/{name}/deployments", get(deploys::list_deployments).post(deploys::request))
-        .route("/projects/{name}/deployments/{number}", get(deploys::get_deployment))
-        .route("/projects/{name}/deployments/{number}/gate", get(deploys::gate))
-        .route("/projects/{name}/deployments/{number}/approve", post(deploys::approve))
-        .route("/projects/{name}/deployments/{number}/reject", post(deploys::reject))
-        .route("/projects/{name}/deployments/{number}/sign-off", post(deploys::sign_off))
-        .route("/projects/{name}/deployments/{number}/cancel", post(deploys::cancel))
-        .route("/projects/{name}/deployments/{number}/record", get(deploys::record))
-        .route("/trust", get(evidence::trust))
-        .route("/projects/{name}/evidence", get(evidence::export))
-        .route("/report", get(report::report))
-        .route("/findings", get(deploys::list_findings))
-        .route(
-            "/projects/{name}/environments/{environment}/secrets",
-            get(deploys::list_secrets).post(deploys::set_secret),
-        )
-        .route("/findings/{id}/resolve", post(deploys::resolve_finding))
+    operations().split_for_parts().0
+}
+
+/// Every operation of the API, each served and described from its one
+/// `#[utoipa::path]`: nothing is served that the document does not describe.
+fn operations() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(openapi_json))
+        .routes(routes!(people::me))
+        .routes(routes!(people::set_password))
+        .routes(routes!(people::login))
+        .routes(routes!(people::redeem))
+        .routes(routes!(people::list_users, people::create_user))
+        .routes(routes!(people::get_user))
+        .routes(routes!(people::disable_user))
+        .routes(routes!(people::list_tokens, people::create_token))
+        .routes(routes!(people::revoke_token))
+        .routes(routes!(groups::list_groups, groups::create_group))
+        .routes(routes!(groups::get_group))
+        .routes(routes!(groups::add_member))
+        .routes(routes!(groups::remove_member))
+        .routes(routes!(groups::list_grants))
+        .routes(routes!(groups::get_grant))
+        .routes(routes!(groups::approve_grant))
+        .routes(routes!(groups::reject_grant))
+        .routes(routes!(audit::events))
+        .routes(routes!(audit::checkpoint))
+        .routes(routes!(audit::consistency))
+        .routes(routes!(audit::proof))
+        .routes(routes!(audit::export))
+        .routes(routes!(projects::list_projects, projects::create_project))
+        .routes(routes!(projects::get_project))
+        .routes(routes!(projects::add_member))
+        .routes(routes!(projects::remove_member))
+        .routes(routes!(projects::delete_tag))
+        .routes(routes!(projects::protect_branch))
+        .routes(routes!(projects::unprotect_branch))
+        .routes(routes!(projects::pushes))
+        .routes(routes!(projects::set_default_branch))
+        .routes(routes!(projects::commit))
+        .routes(routes!(changes::list_changes, changes::open_change))
+        .routes(routes!(changes::get_change))
+        .routes(routes!(changes::diff))
+        .routes(routes!(changes::gate))
+        .routes(routes!(changes::review))
+        .routes(routes!(changes::close))
+        .routes(routes!(changes::reopen))
+        .routes(routes!(changes::merge))
+        .routes(routes!(changes::merge_queue))
+        .routes(routes!(changes::attestation))
+        .routes(routes!(changes::checks))
+        .routes(routes!(builds::list_builds))
+        .routes(routes!(builds::get_build))
+        .routes(routes!(builds::build_log))
+        .routes(routes!(builds::list_artifacts))
+        .routes(routes!(builds::get_artifact))
+        .routes(routes!(builds::download))
+        .routes(routes!(builds::provenance))
+        .routes(routes!(builds::verify))
+        .routes(routes!(deploys::list_environments))
+        .routes(routes!(deploys::get_environment))
+        .routes(routes!(deploys::list_deployments, deploys::request))
+        .routes(routes!(deploys::get_deployment))
+        .routes(routes!(deploys::gate))
+        .routes(routes!(deploys::approve))
+        .routes(routes!(deploys::reject))
+        .routes(routes!(deploys::sign_off))
+        .routes(routes!(deploys::cancel))
+        .routes(routes!(deploys::record))
+        .routes(routes!(evidence::trust))
+        .routes(routes!(evidence::export))
+        .routes(routes!(report::report))
+        .routes(routes!(deploys::list_findings))
+        .routes(routes!(deploys::list_secrets, deploys::set_secret))
+        .routes(routes!(deploys::resolve_finding))
 }
 
 /// Asks for a grant on behalf of the caller: 202 with the grant, pending a

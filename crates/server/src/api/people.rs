@@ -84,6 +84,7 @@ pub(crate) struct LoginRequest {
 pub(crate) async fn login(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: axum::http::HeaderMap,
     Body(request): Body<LoginRequest>,
 ) -> ApiResult<Json<NewToken>> {
     state.logins().check_source(peer.ip())?;
@@ -91,7 +92,8 @@ pub(crate) async fn login(
     let refused = || ApiError::unauthenticated("wrong name or password");
     let Some((name, user_id)) = check_password(&state, &request.name, request.password).await? else {
         state.logins().failed(peer.ip(), Some(&request.name));
-        tracing::info!(source = %peer.ip(), name = %request.name, "failed login");
+        let user_agent = crate::metrics::user_agent(&headers);
+        tracing::info!(source = %peer.ip(), name = %request.name, %user_agent, "failed login");
         return Err(refused());
     };
     state.logins().succeeded(name.as_str());
