@@ -112,7 +112,7 @@ macro_rules! name_type {
         #[cfg(feature = "openapi")]
         impl utoipa::PartialSchema for $name {
             fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-                name_schema($what)
+                name_schema($what, $reserved)
             }
         }
 
@@ -121,17 +121,25 @@ macro_rules! name_type {
     };
 }
 
-/// A pattern every valid name matches (the reserved names and the endings
-/// `.git` and `.lock` aside, which [`NAME_RULE`] states in words).
-pub const NAME_PATTERN: &str = "^[a-z0-9][a-z0-9_-]*(\\.[a-z0-9_-]+)*$";
+/// The pattern (an ECMA-262 regular expression) of a name that is none of
+/// `reserved`: [`NAME_RULE`] as a pattern.
+pub fn name_pattern(reserved: &[&str]) -> String {
+    let mut pattern = String::from("^");
+    if !reserved.is_empty() {
+        let words: Vec<String> = reserved.iter().map(|w| w.replace('.', "\\.")).collect();
+        pattern.push_str(&format!("(?!(?:{})$)", words.join("|")));
+    }
+    pattern.push_str("(?!.*\\.(?:git|lock)$)[a-z0-9][a-z0-9_-]*(?:\\.[a-z0-9_-]+)*$");
+    pattern
+}
 
 /// The schema of a name: its pattern, its length and its rule in words.
 #[cfg(feature = "openapi")]
-pub fn name_schema(what: &str) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+pub fn name_schema(what: &str, reserved: &[&str]) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
     use utoipa::openapi::schema::{ObjectBuilder, Type};
     ObjectBuilder::new()
         .schema_type(Type::String)
-        .pattern(Some(NAME_PATTERN))
+        .pattern(Some(name_pattern(reserved)))
         .min_length(Some(1))
         .max_length(Some(MAX_NAME_LEN))
         .description(Some(format!("A {what}: {NAME_RULE}.")))
@@ -195,6 +203,27 @@ impl GroupName {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Email(String);
+
+/// [`Email::parse`]'s rule as a pattern (an ECMA-262 regular expression),
+/// with at most 254 characters.
+pub const EMAIL_PATTERN: &str = "^[^@\\s<>\\u0000-\\u001f\\u007f-\\u009f]+@(?=[^@]*\\.)[^@\\s<>.\\u0000-\\u001f\\u007f-\\u009f](?:[^@\\s<>\\u0000-\\u001f\\u007f-\\u009f]*[^@\\s<>.\\u0000-\\u001f\\u007f-\\u009f])?$";
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Email {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(EMAIL_PATTERN))
+            .min_length(Some(3))
+            .max_length(Some(254))
+            .description(Some("An e-mail address such as name@example.com: no spaces, one '@', a domain with a dot."))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Email {}
 
 impl Email {
     /// Validates and normalises an address: one `@`, a non-empty local part,

@@ -27,6 +27,32 @@ pub const ZERO_ID: &str = "0000000000000000000000000000000000000000";
 
 /// Checks a branch name (without `refs/heads/`): the common subset of git's
 /// ref-name rules, so that a name custody accepts is one git accepts too.
+/// [`check_branch_name`]'s rule as a pattern (an ECMA-262 regular
+/// expression), with a length of 1 to 200.
+pub const BRANCH_PATTERN: &str =
+    "^(?!HEAD$)(?![-/.])(?!.*\\.\\.)(?!.*//)(?!.*/\\.)(?!.*\\.lock(?:/|$))[A-Za-z0-9._/-]*[A-Za-z0-9_-]$";
+
+/// The schema of a branch name.
+#[cfg(feature = "openapi")]
+pub fn branch_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .pattern(Some(BRANCH_PATTERN))
+        .min_length(Some(1))
+        .max_length(Some(200))
+        .description(Some("A branch name: A-Z a-z 0-9 . _ - /, with no '..' or '//', not starting or ending with '/' or '.', no part ending in '.lock', and not HEAD."))
+        .build()
+}
+
+/// The schema of a branch name that may be absent (`null`).
+#[cfg(feature = "openapi")]
+pub fn optional_branch_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{SchemaType, Type};
+    let mut schema = branch_schema();
+    schema.schema_type = SchemaType::from_iter([Type::String, Type::Null]);
+    schema
+}
+
 pub fn check_branch_name(branch: &str) -> Result<(), crate::InvalidInput> {
     const RULE: &str = "use 1 to 200 characters from A-Z a-z 0-9 . _ - /, with no '..' or '//', \
                         not starting or ending with '/' or '.', no part ending in '.lock', and not HEAD";
@@ -49,6 +75,7 @@ pub fn check_branch_name(branch: &str) -> Result<(), crate::InvalidInput> {
 
 /// What a member may do in a project.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Clone and fetch, see changes.

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 /// One permission a token can carry. A token never gives more than its
 /// owner has: an `admin` scope acts only while its owner is an admin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// Read what its owner may read.

@@ -17,8 +17,10 @@ use crate::AppState;
 #[into_params(parameter_in = Query)]
 pub(crate) struct EventQuery {
     /// Only events at or after this RFC 3339 time.
+    #[param(value_type = Option<custody_domain::Timestamp>)]
     since: Option<String>,
     /// Only events before this RFC 3339 time.
+    #[param(value_type = Option<custody_domain::Timestamp>)]
     until: Option<String>,
     /// Only events by this actor.
     actor: Option<String>,
@@ -27,6 +29,7 @@ pub(crate) struct EventQuery {
     /// The `next_cursor` (a sequence number) of the previous page.
     after: Option<i64>,
     /// 1 to 500.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
@@ -240,12 +243,15 @@ pub(crate) struct ExportQuery {
     /// The tree size to prove against (a checkpoint's size); the newest checkpoint's by default.
     size: Option<u64>,
     /// Only events at or after this RFC 3339 time.
+    #[param(value_type = Option<custody_domain::Timestamp>)]
     since: Option<String>,
     /// Only events before this RFC 3339 time.
+    #[param(value_type = Option<custody_domain::Timestamp>)]
     until: Option<String>,
     /// The `next_cursor` (a sequence number) of the previous page.
     after: Option<i64>,
     /// 1 to 500.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 

@@ -89,6 +89,7 @@ pub(crate) struct ArtifactQuery {
     /// Only those of this build.
     build: Option<i64>,
     after: Option<i64>,
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
@@ -227,6 +228,7 @@ pub(crate) async fn provenance(
 #[into_params(parameter_in = Query)]
 pub(crate) struct VerifyQuery {
     /// Only this artifact.
+    #[param(pattern = "^(sha256:)?[0-9a-fA-F]{64}$")]
     digest: Option<String>,
 }
 

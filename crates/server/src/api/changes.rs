@@ -21,8 +21,10 @@ use super::project_access as access;
 #[serde(deny_unknown_fields)]
 pub(crate) struct OpenChangeRequest {
     /// The branch the change follows.
+    #[schema(schema_with = custody_domain::project::branch_schema)]
     source: String,
     /// Where it goes; the project's default branch when absent.
+    #[schema(schema_with = custody_domain::project::optional_branch_schema)]
     target: Option<String>,
     title: String,
     description: Option<String>,
@@ -72,8 +74,10 @@ pub(crate) async fn open_change(
 #[into_params(parameter_in = Query)]
 pub(crate) struct ChangeQuery {
     /// `open`, `closed` or `merged`.
+    #[param(pattern = "^(open|closed|merged)$")]
     state: Option<String>,
     after: Option<i64>,
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
@@ -174,6 +178,7 @@ pub(crate) const HEAD_HEADER: header::HeaderName = header::HeaderName::from_stat
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReviewRequest {
     /// `approve`, `request_changes`, `comment` or `withdraw`.
+    #[schema(pattern = "^(approve|request_changes|comment|withdraw)$")]
     verdict: String,
     message: Option<String>,
     /// The head the reviewer looked at (the change's `head`, or the
@@ -326,6 +331,9 @@ pub(crate) async fn checks(
     PathParam((project, number)): PathParam<(String, i64)>,
     Params(query): Params<ChecksQuery>,
 ) -> ApiResult<Json<Vec<custody_store::CheckRunView>>> {
+    if number < 1 {
+        return Err(ApiError::invalid("change numbers start at 1"));
+    }
     let access = access(&state, &auth, &project).await?;
     Ok(Json(state.store().check_runs(&access, number, query.log.unwrap_or(false)).await?))
 }

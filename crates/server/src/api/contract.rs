@@ -11,23 +11,25 @@ use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, Required, ResponseBuilder};
 use utoipa::PartialSchema as _;
 
+/// A SHA-256 digest as the API reads one.
+pub(crate) const DIGEST_PATTERN: &str = "^(sha256:)?[0-9a-fA-F]{64}$";
+
 /// Completes `document`: path parameters, shared statuses, and the error
 /// body each refers to.
 pub(crate) fn complete(document: &mut utoipa::openapi::OpenApi) {
     for (path, item) in document.paths.paths.iter_mut() {
         let operations = [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.options,
-            &mut item.head,
-            &mut item.patch,
-            &mut item.trace,
+            (&mut item.get, false),
+            (&mut item.put, true),
+            (&mut item.post, true),
+            (&mut item.delete, true),
+            (&mut item.patch, true),
         ];
-        for operation in operations.into_iter().flatten() {
-            declare_path_parameters(path, operation);
-            declare_statuses(path, operation);
+        for (operation, writes) in operations {
+            if let Some(operation) = operation {
+                declare_path_parameters(path, operation);
+                declare_statuses(path, operation, writes);
+            }
         }
     }
 }
@@ -109,22 +111,14 @@ fn path_parameter(path: &str, name: &str) -> (RefOr<Schema>, &'static str) {
             "The commit id.",
         ),
         "digest" => (
-            text("^(sha256:)?[0-9a-f]{64}$", 64, 71, "A SHA-256 digest: 64 hex digits, optionally after `sha256:`."),
+            text(DIGEST_PATTERN, 64, 71, "A SHA-256 digest: 64 hex digits, optionally after `sha256:`."),
             "The artifact's SHA-256 digest.",
         ),
         "environment" => (
-            custody_domain::name::name_schema("environment name"),
+            custody_domain::name::name_schema("environment name", &[]),
             "The environment's name, as the pipeline file names it.",
         ),
-        "branch" => (
-            text(
-                "^[A-Za-z0-9._/-]{1,200}$",
-                1,
-                200,
-                "A branch name: A-Z a-z 0-9 . _ - /, with no '..' or '//' (percent-encode '/').",
-            ),
-            "The branch's name.",
-        ),
+        "branch" => (custody_domain::project::branch_schema().into(), "The branch's name (percent-encode '/')."),
         "tag" => (text("^[A-Za-z0-9._/+@-]{1,200}$", 1, 200, "A tag name."), "The tag's name."),
         _ => (text(".*", 0, 1024, "Text."), "A path parameter."),
     }
@@ -132,10 +126,9 @@ fn path_parameter(path: &str, name: &str) -> (RefOr<Schema>, &'static str) {
 
 /// The statuses any operation can answer with besides its own, by what it
 /// takes: every status the shared extractors and store errors produce.
-fn declare_statuses(path: &str, operation: &mut Operation) {
+fn declare_statuses(path: &str, operation: &mut Operation, writes: bool) {
     let secured = operation.security.as_ref().is_some_and(|s| !s.is_empty());
     let has_body = operation.request_body.is_some();
-    let has_parameters = !template_parameters(path).is_empty();
     let mut statuses: Vec<(&str, &str)> = vec![
         ("400", "The request is malformed or breaks an input rule (a name, a limit, a query parameter)."),
         ("503", "The database is unavailable or refuses writes until an operator looks; nothing was changed."),
@@ -144,8 +137,12 @@ fn declare_statuses(path: &str, operation: &mut Operation) {
         statuses.push(("401", "No valid token: send `Authorization: Bearer TOKEN`."));
         statuses.push(("403", "The token lacks the scope, or its holder the role, this operation needs."));
     }
-    if has_parameters {
-        statuses.push(("404", "Nothing by that name or number, or nothing the caller may see."));
+    statuses.push(("404", "Nothing by that name or number, or nothing the caller may see."));
+    if writes {
+        statuses.push((
+            "409",
+            "The request conflicts with the state it finds: it is already so, or waits for another step.",
+        ));
     }
     if has_body {
         statuses.push(("413", "The body is larger than the API accepts."));

@@ -177,10 +177,13 @@ pub(crate) async fn gate(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct DeployRequest {
+    #[schema(value_type = String, pattern = "^(?!.*\\.(?:git|lock)$)[a-z0-9][a-z0-9_-]*(?:\\.[a-z0-9_-]+)*$", min_length = 1, max_length = 64)]
     environment: String,
     /// The build to deploy (an earlier one to roll back).
+    #[schema(minimum = 1)]
     build: i64,
     /// Skip soak and test sign-off, saying why; never approvals.
+    #[schema(min_length = 1)]
     break_glass: Option<String>,
 }
 
@@ -211,7 +214,24 @@ pub(crate) async fn request(
 #[serde(deny_unknown_fields)]
 pub(crate) struct DecisionRequest {
     message: Option<String>,
-    /// For a test sign-off: whether the tests passed.
+}
+
+/// What resolving a finding says.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ResolveRequest {
+    /// What the review of the finding found.
+    #[schema(required = true, value_type = String, min_length = 1)]
+    message: Option<String>,
+}
+
+/// A test sign-off.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SignOffRequest {
+    message: Option<String>,
+    /// Whether the tests passed.
+    #[schema(required = true, value_type = bool)]
     passed: Option<bool>,
 }
 
@@ -260,13 +280,13 @@ pub(crate) async fn reject(
 }
 
 /// Signs off a pending deployment's manual tests as passed or failed.
-#[utoipa::path(post, path = "/api/v1/projects/{name}/deployments/{number}/sign-off", tag = "deployments", security(("token" = [])), request_body = DecisionRequest,
+#[utoipa::path(post, path = "/api/v1/projects/{name}/deployments/{number}/sign-off", tag = "deployments", security(("token" = [])), request_body = SignOffRequest,
     responses((status = 200, body = DeploymentAndGate), (status = 403, body = crate::error::ErrorBody)))]
 pub(crate) async fn sign_off(
     State(state): State<AppState>,
     auth: Auth,
     PathParam((project, number)): PathParam<(String, i64)>,
-    Body(request): Body<DecisionRequest>,
+    Body(request): Body<SignOffRequest>,
 ) -> ApiResult<Json<DeploymentAndGate>> {
     let decision = match request.passed {
         Some(true) => DeployDecision::TestPassed,
@@ -360,13 +380,13 @@ pub(crate) async fn list_findings(
 
 /// Records an admin's review of a finding; nobody involved in what it is
 /// about may.
-#[utoipa::path(post, path = "/api/v1/findings/{id}/resolve", tag = "deployments", security(("token" = [])), request_body = DecisionRequest,
+#[utoipa::path(post, path = "/api/v1/findings/{id}/resolve", tag = "deployments", security(("token" = [])), request_body = ResolveRequest,
     responses((status = 200, body = custody_store::FindingView), (status = 403, body = crate::error::ErrorBody)))]
 pub(crate) async fn resolve_finding(
     State(state): State<AppState>,
     auth: Auth,
     PathParam(id): PathParam<i64>,
-    Body(request): Body<DecisionRequest>,
+    Body(request): Body<ResolveRequest>,
 ) -> ApiResult<Json<custody_store::FindingView>> {
     auth.require(Scope::Admin)?;
     Ok(Json(state.store().resolve_finding(&auth.0, id, request.message.unwrap_or_default()).await?))
@@ -376,9 +396,12 @@ pub(crate) async fn resolve_finding(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SecretRequest {
-    /// The variable's name, like `DB_PASSWORD`.
+    /// The variable's name, like `DB_PASSWORD`: A-Z, digits and `_`, starting
+    /// with a letter, and none custody sets itself.
+    #[schema(max_length = 64, pattern = "^(?!CUSTODY_)(?!(?:PATH|HOME|TMPDIR|LANG)$)[A-Z][A-Z0-9_]*$")]
     name: String,
     /// The value; sealed at once, never shown again.
+    #[schema(min_length = 1)]
     value: String,
 }
 
@@ -426,6 +449,7 @@ pub(crate) async fn list_secrets(
     auth: Auth,
     PathParam((project, environment)): PathParam<(String, String)>,
 ) -> ApiResult<Json<Vec<custody_store::SecretView>>> {
+    custody_domain::name::check_environment_name(&environment)?;
     let access = access(&state, &auth, &project).await?;
     Ok(Json(state.store().list_secrets(&access.project, &environment).await?))
 }

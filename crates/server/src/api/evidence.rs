@@ -56,6 +56,7 @@ pub(crate) struct EvidenceQuery {
     deployment: Option<i64>,
     /// An artifact's sha256 (hex): the bundle covers its build and every
     /// successful deployment of that build.
+    #[param(pattern = "^(sha256:)?[0-9a-fA-F]{64}$")]
     artifact: Option<String>,
 }
 

@@ -28,6 +28,7 @@ pub(crate) async fn list_groups(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateGroupRequest {
+    #[schema(value_type = custody_domain::GroupName)]
     name: String,
 }
 
@@ -59,6 +60,7 @@ pub(crate) async fn get_group(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct MemberRequest {
+    #[schema(value_type = custody_domain::UserName)]
     user: String,
 }
 
@@ -94,8 +96,10 @@ pub(crate) async fn remove_member(
 #[into_params(parameter_in = Query)]
 pub(crate) struct GrantQuery {
     /// `pending`, `approved`, `rejected` or `bootstrap`.
+    #[param(pattern = "^(pending|approved|rejected|bootstrap)$")]
     status: Option<String>,
     after: Option<i64>,
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 

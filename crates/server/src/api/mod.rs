@@ -84,6 +84,7 @@ pub struct PageQuery {
     /// The `next_cursor` of the previous page.
     pub after: Option<i64>,
     /// How many items, 1 to 500.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
 }
 

@@ -30,7 +30,8 @@ pub(crate) async fn me(State(state): State<AppState>, auth: Auth) -> ApiResult<J
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PasswordRequest {
-    /// At least 12 characters.
+    /// 12 to 1,024 characters, no control characters.
+    #[schema(min_length = 12, max_length = 1024, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     password: String,
 }
 
@@ -72,7 +73,7 @@ pub(crate) struct LoginRequest {
     name: String,
     password: String,
     /// Defaults to read and write.
-    #[schema(value_type = Option<Vec<String>>)]
+    #[schema(value_type = Option<Vec<custody_domain::Scope>>, min_items = 1)]
     scopes: Option<Scopes>,
 }
 
@@ -182,9 +183,12 @@ pub(crate) async fn list_users(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateUserRequest {
-    /// Lowercase letters, digits, `-`, `_`, `.`; 1 to 64 characters.
+    #[schema(value_type = custody_domain::UserName)]
     name: String,
+    #[schema(value_type = custody_domain::Email)]
     email: String,
+    /// 1 to 128 characters without control characters, not all spaces.
+    #[schema(min_length = 1, max_length = 128, pattern = "^(?=.*\\S)[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     display_name: Option<String>,
 }
 
@@ -250,16 +254,21 @@ pub(crate) async fn list_tokens(
     Ok(Json(state.store().list_tokens(&auth.0, page.request()?).await?))
 }
 
+/// The longest a token may be made to live, in seconds: ten years.
+const TOKEN_LIFETIME_MAX: u64 = 315_576_000;
+
 /// A token to create for oneself.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateTokenRequest {
-    /// What it is for.
+    /// What it is for: 1 to 64 characters without control characters.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     name: String,
     /// Its scopes; `write` and `admin` include `read`.
-    #[schema(value_type = Vec<String>)]
+    #[schema(value_type = Vec<custody_domain::Scope>, min_items = 1)]
     scopes: Scopes,
     /// Seconds until it expires; never when absent.
+    #[schema(minimum = 1, maximum = 315_576_000)]
     expires_in: Option<u64>,
 }
 
@@ -279,6 +288,11 @@ pub(crate) async fn create_token(
     }
     let expires_at = match request.expires_in {
         Some(0) => return Err(ApiError::invalid("expires_in must be at least 1 second")),
+        Some(seconds) if seconds > TOKEN_LIFETIME_MAX => {
+            return Err(ApiError::invalid(format!(
+                "expires_in is at most {TOKEN_LIFETIME_MAX} seconds (ten years); ask for less"
+            )))
+        }
         Some(seconds) => {
             let ms = i64::try_from(seconds)
                 .ok()

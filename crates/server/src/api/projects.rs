@@ -31,9 +31,10 @@ fn answer(state: &AppState, project: ProjectView) -> ProjectAnswer {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateProjectRequest {
-    /// Lowercase letters, digits, `-`, `_`, `.`; not a name custody uses for itself.
+    #[schema(value_type = custody_domain::ProjectName)]
     name: String,
     /// The mainline; `main` when absent. Always protected.
+    #[schema(schema_with = custody_domain::project::optional_branch_schema)]
     default_branch: Option<String>,
     /// A git repository on the server to take as the unreviewed baseline:
     /// a grant, applied when a second admin approves it.
@@ -212,8 +213,10 @@ pub(crate) async fn get_project(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ProjectMemberRequest {
+    #[schema(value_type = custody_domain::UserName)]
     user: String,
     /// `read`, `write` or `maintain`.
+    #[schema(value_type = custody_domain::project::Role)]
     role: String,
 }
 
@@ -251,6 +254,7 @@ pub(crate) async fn remove_member(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct BranchRequest {
+    #[schema(schema_with = custody_domain::project::branch_schema)]
     branch: String,
 }
 

@@ -24,8 +24,10 @@ use crate::AppState;
 #[into_params(parameter_in = Query)]
 pub(crate) struct ReportQuery {
     /// From this RFC 3339 time (inclusive).
+    #[param(value_type = custody_domain::Timestamp)]
     from: String,
     /// To this RFC 3339 time (exclusive).
+    #[param(value_type = custody_domain::Timestamp)]
     to: String,
 }
 
