@@ -286,6 +286,12 @@ pub fn check_environment_name(value: &str) -> Result<(), InvalidInput> {
     check_name("environment name", value, &[])
 }
 
+/// The schema of an environment's name: [`check_environment_name`]'s rule.
+#[cfg(feature = "openapi")]
+pub fn environment_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    name_schema("environment name", &[])
+}
+
 /// Checks a display name: 1 to 128 characters, no control characters.
 pub fn check_display_name(value: &str) -> Result<(), InvalidInput> {
     if value.trim().is_empty() || value.chars().count() > 128 || value.chars().any(char::is_control) {

@@ -177,7 +177,7 @@ pub(crate) async fn gate(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct DeployRequest {
-    #[schema(value_type = String, pattern = "^(?!.*\\.(?:git|lock)$)[a-z0-9][a-z0-9_-]*(?:\\.[a-z0-9_-]+)*$", min_length = 1, max_length = 64)]
+    #[schema(schema_with = custody_domain::name::environment_schema)]
     environment: String,
     /// The build to deploy (an earlier one to roll back).
     #[schema(minimum = 1)]
