@@ -4,6 +4,9 @@
 //! user, each a throwaway identity the fuzzer may lock out of its own token.
 //!
 //! CI runs a few examples per operation; `bash bench/fuzz_api.sh` the long run.
+//!
+//! And a client generated from the document by openapi-python-client plays
+//! the seed's API steps.
 
 mod support;
 
@@ -11,7 +14,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
-use support::hosted::Hosted;
+use support::builds::commit_files;
+use support::deploys::{deploy_to, group, pipeline_with_environments, release_managers, seed_deploying, Target};
+use support::flow::team;
+use support::hosted::{Backend, Hosted, PROJECT};
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemathesis");
 
@@ -80,4 +86,46 @@ fn schemathesis_finds_no_failure_as_an_admin_or_as_a_user() {
     verify.args(["audit", "verify", "--data-dir"]).arg(hosted.sandbox.path("data"));
     let verified = support::run(verify);
     assert_eq!(verified.code(), Some(0), "{verified:#?}");
+}
+
+#[test]
+fn a_client_generated_from_the_document_plays_the_seeds_api_steps() {
+    let present = Command::new("openapi-python-client").arg("--version").output().is_ok_and(|o| o.status.success());
+    assert!(present, "openapi-python-client is not installed: run scripts/setup");
+    let hosted = team(Backend::Sqlite).expect("SQLite is never skipped");
+    hosted.add_user("dave", "write");
+    release_managers(&hosted, &["carol"]);
+    group(&hosted, "testers", &["dave"]);
+    hosted.add_user("erin", "");
+    hosted.as_admin(&["group", "add", "auditors", "erin"]).expect_code(0);
+    let target = Target::start();
+    let policy = pipeline_with_environments("testers = \"testers\"\n");
+    let work = seed_deploying(&hosted, &policy, &deploy_to(&target));
+    commit_files(&work, &[("src/app.txt", "version 2\n", false)], "Version 2");
+    work.ok(&["push", "-q", "origin", "feature"]);
+
+    let generated = hosted.sandbox.path("generated");
+    let mut generate = Command::new("openapi-python-client");
+    generate
+        .current_dir(hosted.sandbox.path(""))
+        .args(["generate", "--url", &format!("{}/api/v1/openapi.json", hosted.server.url), "--output-path"])
+        .arg(&generated);
+    let made = support::run_within(generate, None, Duration::from_secs(300));
+    assert_eq!(made.code(), Some(0), "the generator refused the document: {made:#?}");
+    assert!(!made.stdout.contains("Warning") && !made.stderr.contains("Warning"), "{made:#?}");
+
+    let mut story = Command::new("python3");
+    story
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/generated_client/seed_story.py"))
+        .env("PYTHONPATH", &generated)
+        .env("CUSTODY_URL", &hosted.server.url)
+        .env("CUSTODY_PROJECT", PROJECT);
+    for who in ["alice", "bob", "carol", "dave", "erin"] {
+        story.env(format!("CUSTODY_TOKEN_{}", who.to_uppercase()), hosted.token(who));
+    }
+    let played = support::run_within(story, None, Duration::from_secs(300));
+    assert_eq!(played.code(), Some(0), "{played:#?}");
+    assert!(played.stdout.contains("the evidence is exported: 200"), "{}", played.stdout);
+    let received: Vec<String> = target.received().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(received, ["/staging?build=1", "/production?build=1", "/staging?build=1"], "{}", played.stdout);
 }
