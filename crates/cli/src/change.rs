@@ -179,9 +179,9 @@ fn detail_text(c: &Value) -> String {
 pub async fn run(client: &Client, command: ChangeCommand, out: Output) -> Result<(), Failure> {
     match command {
         ChangeCommand::Open { project, source, target, title, message } => {
-            let body = json!({ "source": source, "target": target, "title": title, "description": message });
+            let body = custody_api::OpenChangeRequest { source, target, title, description: message };
             let made =
-                client.post(&format!("/api/v1/projects/{}/changes", ProjectName::parse(&project)?), body).await?;
+                client.submit(&format!("/api/v1/projects/{}/changes", ProjectName::parse(&project)?), &body).await?;
             out.show(&made, |c| format!("opened change {}\n{}", c["number"], change_line(c)));
         }
         ChangeCommand::List { project, state } => {
@@ -230,8 +230,12 @@ pub async fn run(client: &Client, command: ChangeCommand, out: Output) -> Result
             } else {
                 "comment"
             };
-            let body = json!({ "verdict": verdict, "message": args.message, "head": args.head });
-            let review = client.post(&path(&args.project, args.number, "/reviews")?, body).await?;
+            let body = custody_api::ReviewRequest {
+                verdict: verdict.to_owned(),
+                message: args.message.clone(),
+                head: args.head.clone(),
+            };
+            let review = client.submit(&path(&args.project, args.number, "/reviews")?, &body).await?;
             out.show(&review, |r| {
                 format!(
                     "{} recorded at head {}",

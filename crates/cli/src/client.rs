@@ -119,6 +119,23 @@ impl Client {
         self.call(Method::POST, path, Some(&body)).await
     }
 
+    /// POST of one of the API's request types.
+    pub async fn submit<T: serde::Serialize>(&self, path: &str, request: &T) -> Result<Value, Failure> {
+        self.submit_as(Method::POST, path, request).await
+    }
+
+    /// `method` with one of the API's request types as its body.
+    pub async fn submit_as<T: serde::Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        request: &T,
+    ) -> Result<Value, Failure> {
+        let body =
+            serde_json::to_value(request).map_err(|e| Failure::internal(format!("cannot encode the request: {e}")))?;
+        self.call(method, path, Some(&body)).await
+    }
+
     /// Every item of a paginated list, following `next_cursor`.
     pub async fn list(&self, path: &str) -> Result<Vec<Value>, Failure> {
         let mut items = Vec::new();

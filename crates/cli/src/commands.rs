@@ -116,7 +116,10 @@ pub async fn login(server: Option<String>, args: LoginArgs, out: Output) -> Resu
         let password = read_line("password")?;
         let anonymous = Client::new(&server, None)?;
         let made = anonymous
-            .post("/api/v1/auth/token", json!({ "name": user, "password": password, "scopes": scopes }))
+            .submit(
+                "/api/v1/auth/token",
+                &custody_api::LoginRequest { name: user.to_string(), password, scopes: Some(scopes) },
+            )
             .await?;
         s(&made, "token").to_owned()
     } else {
@@ -219,9 +222,8 @@ pub async fn user(client: &Client, command: UserCommand, out: Output) -> Result<
         UserCommand::Add { name, email, display_name } => {
             UserName::parse(&name)?;
             Email::parse(&email)?;
-            let created = client
-                .post("/api/v1/users", json!({ "name": name, "email": email, "display_name": display_name }))
-                .await?;
+            let created =
+                client.submit("/api/v1/users", &custody_api::CreateUserRequest { name, email, display_name }).await?;
             out.show(&created, |c| {
                 let grant = &c["grant"];
                 let status = match s(grant, "status") {
@@ -262,7 +264,7 @@ pub async fn user(client: &Client, command: UserCommand, out: Output) -> Result<
                 eprintln!("new password (at least 12 characters), then Enter:");
             }
             let password = read_line("password")?;
-            client.call(Method::PUT, "/api/v1/me/password", Some(&json!({ "password": password }))).await?;
+            client.submit_as(Method::PUT, "/api/v1/me/password", &custody_api::PasswordRequest { password }).await?;
             out.show(&json!({ "password_set": true }), |_| "password set".into());
         }
     }
@@ -303,7 +305,9 @@ pub async fn token(server: Option<String>, command: TokenCommand, out: Output) -
             .or(stored.server)
             .ok_or_else(|| Failure::input("name the server: --server URL or CUSTODY_SERVER"))?;
         let client = Client::new(&server, None)?;
-        let token = client.post("/api/v1/invites/redeem", json!({ "code": code.trim() })).await?;
+        let token = client
+            .submit("/api/v1/invites/redeem", &custody_api::RedeemRequest { code: code.trim().to_owned() })
+            .await?;
         if save {
             let mut stored = Credentials::load()?;
             stored.server = Some(client.base().to_owned());
@@ -320,8 +324,9 @@ pub async fn token(server: Option<String>, command: TokenCommand, out: Output) -
         TokenCommand::Redeem { .. } => unreachable!("handled above"),
         TokenCommand::Create { name, scope, expires } => {
             let scopes = Scopes::parse_list(&scope)?;
-            let body = json!({ "name": name, "scopes": scopes, "expires_in": expires.map(|d| d.as_secs().max(1)) });
-            let made = client.post("/api/v1/tokens", body).await?;
+            let body =
+                custody_api::CreateTokenRequest { name, scopes, expires_in: expires.map(|d| d.as_secs().max(1)) };
+            let made = client.submit("/api/v1/tokens", &body).await?;
             out.show(&made, |t| format!("token {} ({}): {}", s(t, "id"), strings(t, "scopes"), s(t, "token")));
         }
         TokenCommand::List => {
@@ -410,12 +415,17 @@ pub async fn group(client: &Client, command: GroupCommand, out: Output) -> Resul
     match command {
         GroupCommand::Create { name } => {
             GroupName::parse(&name)?;
-            let group = client.post("/api/v1/groups", json!({ "name": name })).await?;
+            let group = client.submit("/api/v1/groups", &custody_api::CreateGroupRequest { name }).await?;
             out.show(&group, |g| format!("group {} created", s(g, "name")));
         }
         GroupCommand::Add { group, user } => {
             let (group, user) = (GroupName::parse(&group)?, UserName::parse(&user)?);
-            let grant = client.post(&format!("/api/v1/groups/{group}/members"), json!({ "user": user })).await?;
+            let grant = client
+                .submit(
+                    &format!("/api/v1/groups/{group}/members"),
+                    &custody_api::MemberRequest { user: user.to_string() },
+                )
+                .await?;
             out.show(&grant, grant_outcome);
         }
         GroupCommand::Remove { group, user } => {
@@ -480,7 +490,9 @@ pub async fn grant(client: &Client, command: GrantCommand, out: Output) -> Resul
             out.show(&grant, |g| format!("approved and applied grant {}: {}", g["id"], s(g, "description")));
         }
         GrantCommand::Reject { id, message } => {
-            let grant = client.post(&format!("/api/v1/grants/{id}/reject"), json!({ "note": message })).await?;
+            let grant = client
+                .submit(&format!("/api/v1/grants/{id}/reject"), &custody_api::RejectRequest { note: message })
+                .await?;
             out.show(&grant, |g| format!("rejected grant {}: {}", g["id"], s(g, "description")));
         }
     }

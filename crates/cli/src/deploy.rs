@@ -201,8 +201,12 @@ pub async fn finding(client: &Client, command: FindingCommand, out: Output) -> R
             out.list(list.as_array().map_or(&[][..], Vec::as_slice), finding_line, "no findings");
         }
         FindingCommand::Resolve { id, message } => {
-            let resolved =
-                client.post(&format!("/api/v1/findings/{id}/resolve"), json!({ "message": message })).await?;
+            let resolved = client
+                .submit(
+                    &format!("/api/v1/findings/{id}/resolve"),
+                    &custody_api::ResolveRequest { message: Some(message) },
+                )
+                .await?;
             out.show(&resolved, finding_line);
         }
     }
@@ -233,9 +237,9 @@ pub async fn secret(client: &Client, command: SecretCommand, out: Output) -> Res
                 ));
             }
             let answer = client
-                .post(
+                .submit(
                     &path(&project, &format!("/environments/{environment}/secrets"))?,
-                    json!({ "name": name, "value": value }),
+                    &custody_api::SecretRequest { name: name.clone(), value },
                 )
                 .await?;
             out.show(&answer, |a| {
@@ -324,35 +328,44 @@ pub async fn deploy(client: &Client, command: DeployCommand, out: Output) -> Res
             if args.break_glass && args.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
                 return Err(Failure::input("--break-glass needs --reason saying why"));
             }
-            let body = json!({
-                "environment": args.environment,
-                "build": args.build,
-                "break_glass": if args.break_glass { args.reason.clone() } else { None },
-            });
-            let answer = client.post(&path(&args.project, "/deployments")?, body).await?;
+            let body = custody_api::DeployRequest {
+                environment: args.environment.clone(),
+                build: args.build,
+                break_glass: if args.break_glass { args.reason.clone() } else { None },
+            };
+            let answer = client.submit(&path(&args.project, "/deployments")?, &body).await?;
             out.show(&answer, gate_text);
         }
         DeployCommand::Approve { project, number, message } => {
             let answer = client
-                .post(&path(&project, &format!("/deployments/{number}/approve"))?, json!({ "message": message }))
+                .submit(
+                    &path(&project, &format!("/deployments/{number}/approve"))?,
+                    &custody_api::DecisionRequest { message },
+                )
                 .await?;
             out.show(&answer, gate_text);
         }
         DeployCommand::Reject { project, number, message } => {
             let answer = client
-                .post(&path(&project, &format!("/deployments/{number}/reject"))?, json!({ "message": message }))
+                .submit(
+                    &path(&project, &format!("/deployments/{number}/reject"))?,
+                    &custody_api::DecisionRequest { message: Some(message) },
+                )
                 .await?;
             out.show(&answer, gate_text);
         }
         DeployCommand::SignOff(args) => {
-            let body = json!({ "passed": args.passed && !args.failed, "message": args.message });
+            let body = custody_api::SignOffRequest { passed: Some(args.passed && !args.failed), message: args.message };
             let answer =
-                client.post(&path(&args.project, &format!("/deployments/{}/sign-off", args.number))?, body).await?;
+                client.submit(&path(&args.project, &format!("/deployments/{}/sign-off", args.number))?, &body).await?;
             out.show(&answer, gate_text);
         }
         DeployCommand::Cancel { project, number, message } => {
             let answer = client
-                .post(&path(&project, &format!("/deployments/{number}/cancel"))?, json!({ "message": message }))
+                .submit(
+                    &path(&project, &format!("/deployments/{number}/cancel"))?,
+                    &custody_api::DecisionRequest { message },
+                )
                 .await?;
             out.show(&answer, deployment_text);
         }

@@ -3,7 +3,7 @@
 use clap::Subcommand;
 use custody_domain::{ProjectName, Role, UserName};
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::client::Client;
 use crate::commands::{grant_outcome, Output};
@@ -91,8 +91,8 @@ pub async fn run(client: &Client, command: ProjectCommand, out: Output) -> Resul
             custody_domain::project::check_branch_name(&default_branch)?;
             // A relative path means the caller's directory, when the server shares this machine.
             let import = import.map(|p| std::fs::canonicalize(&p).map(|c| c.display().to_string()).unwrap_or(p));
-            let body = json!({ "name": name, "default_branch": default_branch, "import": import });
-            let made = client.post("/api/v1/projects", body).await?;
+            let body = custody_api::CreateProjectRequest { name, default_branch: Some(default_branch), import };
+            let made = client.submit("/api/v1/projects", &body).await?;
             out.show(&made, |p| {
                 let mut text = format!(
                     "project {} created; clone it with: git clone {}",
@@ -121,7 +121,10 @@ pub async fn run(client: &Client, command: ProjectCommand, out: Output) -> Resul
         ProjectCommand::Member(MemberCommand::Add { project, user, role }) => {
             let (project, user, role) = (ProjectName::parse(&project)?, UserName::parse(&user)?, Role::parse(&role)?);
             let grant = client
-                .post(&format!("/api/v1/projects/{project}/members"), json!({ "user": user, "role": role.as_str() }))
+                .submit(
+                    &format!("/api/v1/projects/{project}/members"),
+                    &custody_api::ProjectMemberRequest { user: user.to_string(), role: role.as_str().to_owned() },
+                )
                 .await?;
             out.show(&grant, grant_outcome);
         }
@@ -134,9 +137,9 @@ pub async fn run(client: &Client, command: ProjectCommand, out: Output) -> Resul
         ProjectCommand::Protect { name, branch } => {
             custody_domain::project::check_branch_name(&branch)?;
             let grant = client
-                .post(
+                .submit(
                     &format!("/api/v1/projects/{}/protected-branches", ProjectName::parse(&name)?),
-                    json!({ "branch": branch }),
+                    &custody_api::BranchRequest { branch },
                 )
                 .await?;
             out.show(&grant, grant_outcome);
@@ -163,7 +166,7 @@ pub async fn run(client: &Client, command: ProjectCommand, out: Output) -> Resul
         ProjectCommand::SetDefaultBranch { name, branch } => {
             custody_domain::project::check_branch_name(&branch)?;
             let path = format!("/api/v1/projects/{}/default-branch", ProjectName::parse(&name)?);
-            let grant = client.call(Method::PUT, &path, Some(&json!({ "branch": branch }))).await?;
+            let grant = client.submit_as(Method::PUT, &path, &custody_api::BranchRequest { branch }).await?;
             out.show(&grant, grant_outcome);
         }
         ProjectCommand::Pushes { name } => {

@@ -15,20 +15,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
 use super::project_access as access;
-
-/// A change to open.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct OpenChangeRequest {
-    /// The branch the change follows.
-    #[schema(schema_with = custody_domain::project::branch_schema)]
-    source: String,
-    /// Where it goes; the project's default branch when absent.
-    #[schema(schema_with = custody_domain::project::optional_branch_schema)]
-    target: Option<String>,
-    title: String,
-    description: Option<String>,
-}
+use custody_api::{OpenChangeRequest, ReviewRequest};
 
 /// Opens a change from a pushed branch.
 #[utoipa::path(post, path = "/api/v1/projects/{name}/changes", tag = "changes", security(("token" = [])), request_body = OpenChangeRequest,
@@ -172,20 +159,6 @@ pub(crate) async fn gate(
 
 /// The header of a change's diff that names the head it ends at.
 pub(crate) const HEAD_HEADER: header::HeaderName = header::HeaderName::from_static("x-custody-head");
-
-/// A review of the current head.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ReviewRequest {
-    /// `approve`, `request_changes`, `comment` or `withdraw`.
-    #[schema(pattern = "^(approve|request_changes|comment|withdraw)$")]
-    verdict: String,
-    message: Option<String>,
-    /// The head the reviewer looked at (the change's `head`, or the
-    /// `X-Custody-Head` of its diff); required to approve, and refused if
-    /// the change has moved on since.
-    head: Option<String>,
-}
 
 /// Reviews the change's current head.
 #[utoipa::path(post, path = "/api/v1/projects/{name}/changes/{number}/reviews", tag = "changes", security(("token" = [])), request_body = ReviewRequest,

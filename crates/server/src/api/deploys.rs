@@ -15,6 +15,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
 use super::project_access as access;
+use custody_api::{DecisionRequest, DeployRequest, ResolveRequest, SecretRequest, SignOffRequest};
 
 /// The gate context of a deployment to `environment` of `commit`, read from git.
 async fn context(
@@ -173,20 +174,6 @@ pub(crate) async fn gate(
     Ok(Json(DeploymentAndGate { deployment, gate, release }))
 }
 
-/// A deployment to ask for.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct DeployRequest {
-    #[schema(schema_with = custody_domain::name::environment_schema)]
-    environment: String,
-    /// The build to deploy (an earlier one to roll back).
-    #[schema(minimum = 1)]
-    build: i64,
-    /// Skip soak and test sign-off, saying why; never approvals.
-    #[schema(min_length = 1)]
-    break_glass: Option<String>,
-}
-
 /// Asks for a deployment; it waits for its gate.
 #[utoipa::path(post, path = "/api/v1/projects/{name}/deployments", tag = "deployments", security(("token" = [])), request_body = DeployRequest,
     responses((status = 201, body = DeploymentAndGate), (status = 403, body = crate::error::ErrorBody)))]
@@ -207,32 +194,6 @@ pub(crate) async fn request(
     let (deployment, gate) =
         state.store().request_deployment(&auth.0, &access, request.build, context, request.break_glass).await?;
     Ok((StatusCode::CREATED, Json(DeploymentAndGate { deployment, gate, release })))
-}
-
-/// What a person says with a decision.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct DecisionRequest {
-    message: Option<String>,
-}
-
-/// What resolving a finding says.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ResolveRequest {
-    /// What the review of the finding found.
-    #[schema(required = true, value_type = String, min_length = 1)]
-    message: Option<String>,
-}
-
-/// A test sign-off.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SignOffRequest {
-    message: Option<String>,
-    /// Whether the tests passed.
-    #[schema(required = true, value_type = bool)]
-    passed: Option<bool>,
 }
 
 async fn decide(
@@ -390,19 +351,6 @@ pub(crate) async fn resolve_finding(
 ) -> ApiResult<Json<custody_store::FindingView>> {
     auth.require(Scope::Admin)?;
     Ok(Json(state.store().resolve_finding(&auth.0, id, request.message.unwrap_or_default()).await?))
-}
-
-/// A new version of a secret.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SecretRequest {
-    /// The variable's name, like `DB_PASSWORD`: A-Z, digits and `_`, starting
-    /// with a letter, and none custody sets itself.
-    #[schema(max_length = 64, pattern = "^(?!CUSTODY_)(?!(?:PATH|HOME|TMPDIR|LANG)$)[A-Z][A-Z0-9_]*$")]
-    name: String,
-    /// The value; sealed at once, never shown again.
-    #[schema(min_length = 1)]
-    value: String,
 }
 
 /// What asking for a secret made: the version, waiting for its grant.

@@ -11,6 +11,7 @@ use super::{PageQuery, Params, PathParam};
 use crate::auth::{Auth, Body};
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
+use custody_api::{CreateGroupRequest, MemberRequest, RejectRequest};
 
 /// Every group with its members.
 #[utoipa::path(get, path = "/api/v1/groups", tag = "groups", security(("token" = [])), params(PageQuery),
@@ -22,14 +23,6 @@ pub(crate) async fn list_groups(
 ) -> ApiResult<Json<Page<GroupView>>> {
     auth.require(custody_domain::Scope::Read)?;
     Ok(Json(state.store().list_groups(page.request()?).await?))
-}
-
-/// A group to create.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct CreateGroupRequest {
-    #[schema(value_type = custody_domain::GroupName)]
-    name: String,
 }
 
 /// An admin creates an empty group.
@@ -54,14 +47,6 @@ pub(crate) async fn get_group(
 ) -> ApiResult<Json<GroupView>> {
     auth.require(custody_domain::Scope::Read)?;
     Ok(Json(state.store().get_group(&GroupName::parse(&name)?).await?))
-}
-
-/// A user to add to a group.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct MemberRequest {
-    #[schema(value_type = custody_domain::UserName)]
-    user: String,
 }
 
 /// An admin asks to add a member: a grant, pending until a second admin
@@ -147,13 +132,6 @@ pub(crate) async fn approve_grant(
     let grant = state.store().approve_grant(&auth.0, id).await?;
     super::complete_grant(&state, &grant).await?;
     Ok(Json(grant))
-}
-
-/// Why a grant is rejected.
-#[derive(Deserialize, Default, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RejectRequest {
-    note: Option<String>,
 }
 
 /// An admin rejects a grant (its requester may withdraw it).

@@ -9,12 +9,13 @@ use axum::http::StatusCode;
 use axum::Json;
 use custody_domain::{Email, Scope, Scopes, UserName};
 use custody_store::{CreatedUser, GrantView, NewToken, Page, TokenView, UserView};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::{PageQuery, Params, PathParam};
 use crate::auth::{limit_keys, Auth, Body};
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
+use custody_api::{CreateTokenRequest, CreateUserRequest, LoginRequest, PasswordRequest, RedeemRequest};
 
 const MIN_PASSWORD: usize = 12;
 const MAX_PASSWORD: usize = 1024;
@@ -24,15 +25,6 @@ const MAX_PASSWORD: usize = 1024;
     responses((status = 200, body = UserView), (status = 401, body = crate::error::ErrorBody)))]
 pub(crate) async fn me(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<UserView>> {
     Ok(Json(state.store().get_user(&auth.0.name).await?))
-}
-
-/// A new password for the web.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct PasswordRequest {
-    /// 12 to 1,024 characters, no control characters.
-    #[schema(min_length = 12, max_length = 1024, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
-    password: String,
 }
 
 /// Sets the caller's own password.
@@ -64,17 +56,6 @@ pub(crate) async fn set_password(
     .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "hashing failed"))?;
     state.store().set_password_hash(&auth.0, hash).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// A password login, which yields a token valid for a day.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct LoginRequest {
-    name: String,
-    password: String,
-    /// Defaults to read and write.
-    #[schema(value_type = Option<Vec<custody_domain::Scope>>, min_items = 1)]
-    scopes: Option<Scopes>,
 }
 
 /// Exchanges a name and password for a token valid for a day. Admins get an
@@ -141,13 +122,6 @@ fn rand_bytes() -> [u8; 32] {
     bytes
 }
 
-/// An invite code to redeem.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RedeemRequest {
-    code: String,
-}
-
 /// Redeems an invite code for the invited user's own token. Needs no
 /// token; attempts are rate-limited per source and per invite.
 #[utoipa::path(post, path = "/api/v1/invites/redeem", tag = "people", request_body = RedeemRequest,
@@ -177,19 +151,6 @@ pub(crate) async fn list_users(
 ) -> ApiResult<Json<Page<UserView>>> {
     auth.require(Scope::Read)?;
     Ok(Json(state.store().list_users(page.request()?).await?))
-}
-
-/// A user to create.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct CreateUserRequest {
-    #[schema(value_type = custody_domain::UserName)]
-    name: String,
-    #[schema(value_type = custody_domain::Email)]
-    email: String,
-    /// 1 to 128 characters without control characters, not all spaces.
-    #[schema(min_length = 1, max_length = 128, pattern = "^(?=.*\\S)[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
-    display_name: Option<String>,
 }
 
 /// An admin asks for a new user: a grant. The answer holds the invite code,
@@ -256,21 +217,6 @@ pub(crate) async fn list_tokens(
 
 /// The longest a token may be made to live, in seconds: ten years.
 const TOKEN_LIFETIME_MAX: u64 = 315_576_000;
-
-/// A token to create for oneself.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct CreateTokenRequest {
-    /// What it is for: 1 to 64 characters without control characters.
-    #[schema(min_length = 1, max_length = 64, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
-    name: String,
-    /// Its scopes; `write` and `admin` include `read`.
-    #[schema(value_type = Vec<custody_domain::Scope>, min_items = 1)]
-    scopes: Scopes,
-    /// Seconds until it expires; never when absent.
-    #[schema(minimum = 1, maximum = 315_576_000)]
-    expires_in: Option<u64>,
-}
 
 /// Creates a token for the caller. Nobody can create one for someone else.
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "people", security(("token" = [])), request_body = CreateTokenRequest,

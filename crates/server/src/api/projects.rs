@@ -6,12 +6,13 @@ use axum::Json;
 use custody_domain::grant::GrantAction;
 use custody_domain::{ProjectName, Role, Scope, UserName};
 use custody_store::{CommitView, GrantView, Page, ProjectView, PushView};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::{PageQuery, Params, PathParam};
 use crate::auth::{Auth, Body};
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
+use custody_api::{BranchRequest, CreateProjectRequest, ProjectMemberRequest};
 
 /// A project with where to clone it from.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -25,20 +26,6 @@ pub(crate) struct ProjectAnswer {
 fn answer(state: &AppState, project: ProjectView) -> ProjectAnswer {
     let clone_url = format!("{}/{}.git", state.hosting().base_url(), project.name);
     ProjectAnswer { project, clone_url }
-}
-
-/// A project to create.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct CreateProjectRequest {
-    #[schema(value_type = custody_domain::ProjectName)]
-    name: String,
-    /// The mainline; `main` when absent. Always protected.
-    #[schema(schema_with = custody_domain::project::optional_branch_schema)]
-    default_branch: Option<String>,
-    /// A git repository on the server to take as the unreviewed baseline:
-    /// a grant, applied when a second admin approves it.
-    import: Option<String>,
 }
 
 /// A project just made, and the import grant if one was asked for.
@@ -209,17 +196,6 @@ pub(crate) async fn get_project(
     Ok(Json(answer(&state, state.store().get_project(&name).await?)))
 }
 
-/// A member to add.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ProjectMemberRequest {
-    #[schema(value_type = custody_domain::UserName)]
-    user: String,
-    /// `read`, `write` or `maintain`.
-    #[schema(value_type = custody_domain::project::Role)]
-    role: String,
-}
-
 /// An admin asks to give a user a role in a project: a grant.
 #[utoipa::path(post, path = "/api/v1/projects/{name}/members", tag = "projects", security(("token" = [])), request_body = ProjectMemberRequest,
     responses((status = 202, body = GrantView), (status = 403, body = crate::error::ErrorBody)))]
@@ -248,14 +224,6 @@ pub(crate) async fn remove_member(
     let action =
         GrantAction::RemoveProjectMember { project: ProjectName::parse(&name)?, user: UserName::parse(&user)? };
     super::grant_requested(&state, &auth, action).await
-}
-
-/// A branch to protect.
-#[derive(Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct BranchRequest {
-    #[schema(schema_with = custody_domain::project::branch_schema)]
-    branch: String,
 }
 
 /// An admin asks to protect another branch: a grant.
