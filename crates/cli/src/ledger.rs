@@ -252,7 +252,7 @@ async fn unrecorded_commits(url: &str, data_dir: &custody_server::instance::Data
             let Ok(Some(tip)) = custody_git::change::read_ref(&repository, &reference) else { continue };
             let chain = custody_git::change::first_parents(&repository, None, &tip)
                 .map_err(|e| Failure::internal(format!("reading {reference} of {project}: {e}")))?;
-            if let Some(intruder) = custody_runner::deploys::unrecorded_on_mainline(&chain, &mainline.merges) {
+            if let Some(intruder) = custody_app::releases::unrecorded_on_mainline(&chain, &mainline.merges) {
                 found.push(format!(
                     "{project} {reference}: commit {intruder} sits on a merge custody recorded and custody recorded \
                      no merge of it (the branch was moved around custody)"

@@ -358,7 +358,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     if deployers {
         builders.push(tokio::spawn(deployer.run(until_stopped(stopped.clone()))));
         // Promotions a process that died right after a success never made.
-        builders.push(tokio::spawn(custody_runner::deploys::repair_promotions(
+        builders.push(tokio::spawn(custody_app::releases::repair_promotions(
             store.clone(),
             custody_git::Repositories::new(data_dir.repositories()),
             PROMOTIONS_REPAIRED_EVERY,

@@ -440,8 +440,15 @@ impl crate::Worker for Builder {
         } else if succeeded {
             custody_store::fault::point("build.succeeded");
             // The environments that follow none get the build.
-            crate::deploys::promote(&self.store, &self.repositories, &lease.project, lease.number, &lease.commit, None)
-                .await;
+            custody_app::releases::promote(
+                &self.store,
+                &self.repositories,
+                &lease.project,
+                lease.number,
+                &lease.commit,
+                None,
+            )
+            .await;
         }
     }
 

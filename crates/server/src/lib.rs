@@ -146,7 +146,7 @@ impl AppState {
         environment: &str,
         commit: &str,
     ) -> Result<custody_store::DeployContext, String> {
-        custody_runner::deploys::release_context(
+        custody_app::releases::release_context(
             self.store(),
             self.hosting().repositories(),
             &access.project,

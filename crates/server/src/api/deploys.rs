@@ -51,7 +51,7 @@ pub(crate) struct EnvironmentView {
 async fn environments(state: &AppState, access: &ProjectAccess) -> ApiResult<Vec<EnvironmentView>> {
     let repository = state.hosting().repositories().path(&access.project);
     let branch = access.default_branch.clone();
-    let policy = tokio::task::spawn_blocking(move || custody_runner::deploys::mainline_pipeline(&repository, &branch))
+    let policy = tokio::task::spawn_blocking(move || custody_app::releases::mainline_pipeline(&repository, &branch))
         .await
         .map_err(|_| ApiError::invalid("reading the repository failed"))?
         .map_err(|why| ApiError::new(StatusCode::CONFLICT, "invalid_pipeline", why))?;
@@ -297,8 +297,8 @@ pub(crate) async fn record(
         (access.default_branch.clone(), deployment.commit.clone(), deployment.environment.clone());
     let log_readers = tokio::task::spawn_blocking(move || -> Result<Vec<custody_domain::GroupName>, String> {
         let policies = [
-            custody_runner::deploys::mainline_pipeline(&repository, &branch)?,
-            custody_runner::deploys::pipeline_at(&repository, &commit)?,
+            custody_app::releases::mainline_pipeline(&repository, &branch)?,
+            custody_app::releases::pipeline_at(&repository, &commit)?,
         ];
         let mut groups: Vec<_> = policies
             .iter()

@@ -71,7 +71,7 @@ fn payload_predicate(envelope: &str) -> Option<serde_json::Value> {
 async fn environment_order(state: &AppState, access: &ProjectAccess) -> ApiResult<Vec<(String, Option<String>)>> {
     let repository = state.hosting().repositories().path(&access.project);
     let branch = access.default_branch.clone();
-    let policy = tokio::task::spawn_blocking(move || custody_runner::deploys::mainline_pipeline(&repository, &branch))
+    let policy = tokio::task::spawn_blocking(move || custody_app::releases::mainline_pipeline(&repository, &branch))
         .await
         .map_err(|_| unavailable("reading the repository failed"))?
         .map_err(conflict)?;

@@ -72,7 +72,7 @@ async fn production_environments(state: &AppState, project: &ProjectName) -> Vec
     let Ok(view) = state.store().get_project(project).await else { return Vec::new() };
     let repository = state.hosting().repositories().path(project);
     let branch = view.default_branch;
-    let policy = tokio::task::spawn_blocking(move || custody_runner::deploys::mainline_pipeline(&repository, &branch))
+    let policy = tokio::task::spawn_blocking(move || custody_app::releases::mainline_pipeline(&repository, &branch))
         .await
         .ok()
         .and_then(Result::ok);

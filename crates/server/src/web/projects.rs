@@ -93,7 +93,7 @@ pub(crate) async fn environments(
 ) -> WebResult<Result<Vec<EnvironmentState>, String>> {
     let repository = state.hosting().repositories().path(&access.project);
     let branch = access.default_branch.clone();
-    let policy = tokio::task::spawn_blocking(move || custody_runner::deploys::mainline_pipeline(&repository, &branch))
+    let policy = tokio::task::spawn_blocking(move || custody_app::releases::mainline_pipeline(&repository, &branch))
         .await
         .map_err(|_| WebError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "reading the repository failed"))?;
     let policy = match policy {

@@ -1,0 +1,234 @@
+//! What governs a release: the pipeline files that define an environment's
+//! gate (the mainline tip's, the live commit's, the release's own), the
+//! changes a release brings, and the promotion of a build to the
+//! environments that follow.
+//!
+//! Both the server (a deployment asked for through the API) and the
+//! deployer (a promotion after a success) take a release's context from
+//! here, so it is decided one way.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+
+use custody_domain::pipeline::{self, Environment, Pipeline};
+use custody_domain::ProjectName;
+use custody_git::change as git;
+use custody_git::Repositories;
+use custody_store::{DeployContext, Store};
+
+/// Answers already worked out, which never go stale: both are functions of
+/// commit ids, which name their content.
+struct Remembered<K, V> {
+    entries: Mutex<HashMap<K, V>>,
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> Remembered<K, V> {
+    /// At most this many answers are kept; then they are all forgotten.
+    const LIMIT: usize = 4096;
+
+    fn get(&self, key: &K) -> Option<V> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
+    }
+
+    fn keep(&self, key: K, value: V) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= Self::LIMIT {
+            entries.clear();
+        }
+        entries.insert(key, value);
+    }
+}
+
+/// Parsed pipeline files, by repository and commit.
+static PIPELINES: LazyLock<Remembered<(PathBuf, String), Pipeline>> =
+    LazyLock::new(|| Remembered { entries: Mutex::new(HashMap::new()) });
+
+/// A project, the commit live in an environment, and a candidate.
+type ReleaseKey = (String, Option<String>, String);
+
+/// The changes of a release, by project, live commit and candidate. The
+/// commits between two commits never change, and each mainline commit was
+/// recorded with its change in the merge's own transaction, before any
+/// build of it (or of a later commit) existed.
+static RELEASES: LazyLock<Remembered<ReleaseKey, Vec<i64>>> =
+    LazyLock::new(|| Remembered { entries: Mutex::new(HashMap::new()) });
+
+/// The pipeline file on the project's mainline tip, which orders the
+/// environments and governs every environment's gate (with the pipelines
+/// of the commit live there and of the release; see [`release_context`]).
+pub fn mainline_pipeline(repository: &Path, default_branch: &str) -> Result<Pipeline, String> {
+    let tip = git::read_ref(repository, &format!("refs/heads/{default_branch}")).map_err(|e| e.to_string())?;
+    let Some(tip) = tip else { return Ok(Pipeline::default()) };
+    pipeline_at(repository, &tip).map_err(|e| format!("the mainline's {e}"))
+}
+
+/// The pipeline file as `commit` has it (the lax default where it has
+/// none); remembered, since a commit never changes.
+pub fn pipeline_at(repository: &Path, commit: &str) -> Result<Pipeline, String> {
+    let key = (repository.to_owned(), commit.to_owned());
+    if let Some(known) = PIPELINES.get(&key) {
+        return Ok(known);
+    }
+    let policy = match git::read_file(repository, commit, pipeline::PATH).map_err(|e| e.to_string())? {
+        Some(text) => pipeline::parse(&text).map_err(|e| e.to_string())?,
+        None => Pipeline::default(),
+    };
+    PIPELINES.keep(key, policy.clone());
+    Ok(policy)
+}
+
+/// The gate context of deploying `commit` to `environment`: every
+/// definition of the environment that governs it, and every change merged
+/// between the commit live there and the candidate, oldest first.
+///
+/// A deployment passes the gate as the mainline tip's pipeline defines it,
+/// as the pipeline of the commit live in the environment defines it, and
+/// as the release's own pipeline defines it: a change that lowers a gate
+/// (fewer approvals, say) never governs its own deployment, and an
+/// environment a change removed keeps its last gate.
+pub async fn release_context(
+    store: &Store,
+    repositories: &Repositories,
+    project: &ProjectName,
+    environment: &str,
+    commit: &str,
+) -> Result<DeployContext, String> {
+    let default_branch = store.get_project(project).await.map_err(|e| e.to_string())?.default_branch;
+    let repository = repositories.path(project);
+    let live = store.live_commit(project, environment).await.map_err(|e| e.to_string())?;
+    let key = (project.as_str().to_owned(), live.clone(), commit.to_owned());
+    let known = RELEASES.get(&key);
+    let (repo, candidate, branch, listed) = (repository.clone(), commit.to_owned(), default_branch, known.is_some());
+    let live_commit = live.clone();
+    let (definitions, commits, chain) = tokio::task::spawn_blocking(move || {
+        let short = |c: &str| custody_domain::short_id(c).to_owned();
+        let mut definitions = vec![("the mainline tip's pipeline".to_owned(), mainline_pipeline(&repo, &branch)?)];
+        if let Some(live) = &live_commit {
+            let policy = pipeline_at(&repo, live).map_err(|e| format!("the live commit's {e}"))?;
+            definitions.push((format!("the pipeline of {}, live in the environment", short(live)), policy));
+        }
+        let policy = pipeline_at(&repo, &candidate).map_err(|e| format!("the release's {e}"))?;
+        definitions.push((format!("the release's pipeline ({})", short(&candidate)), policy));
+        let (commits, chain) = if listed {
+            (Vec::new(), Vec::new())
+        } else {
+            (
+                git::commits(&repo, live_commit.as_deref(), &candidate).map_err(|e| e.to_string())?,
+                git::first_parents(&repo, live_commit.as_deref(), &candidate).map_err(|e| e.to_string())?,
+            )
+        };
+        Ok::<_, String>((definitions, commits, chain))
+    })
+    .await
+    .map_err(|_| "reading the repository failed".to_owned())??;
+    let mut governing: Vec<(String, Environment)> = Vec::new();
+    for (source, policy) in definitions {
+        if let Some(defined) = policy.environments.into_iter().find(|e| e.name == environment) {
+            if !governing.iter().any(|(_, known)| *known == defined) {
+                governing.push((source, defined));
+            }
+        }
+    }
+    if governing.is_empty() {
+        return Err(format!("no pipeline file that governs it defines an environment {environment:?}"));
+    }
+    let (_, primary) = governing.remove(0);
+    let changes = match known {
+        Some(changes) => changes,
+        None => {
+            let recorded = store.merges_recorded_as(project, &commits).await.map_err(|e| e.to_string())?;
+            if let Some(intruder) = unrecorded_on_mainline(&chain, &recorded) {
+                return Err(format!(
+                    "commit {intruder} is on the mainline below this build and custody recorded no merge of it (it \
+                     was put there around custody): no build containing it is deployed; an operator runs \
+                     `custody audit verify`"
+                ));
+            }
+            let mut changes: Vec<i64> = commits.iter().filter_map(|c| recorded.get(c).copied()).collect();
+            changes.sort_unstable();
+            RELEASES.keep(key, changes.clone());
+            changes
+        }
+    };
+    Ok(DeployContext { environment: primary, also: governing, changes })
+}
+
+/// The first commit of a mainline's first-parent `chain` (newest first)
+/// that sits on top of a merge custody recorded without being one itself:
+/// something moved the mainline around custody. Commits below the oldest
+/// recorded merge are the history from before custody merged.
+pub fn unrecorded_on_mainline<'c>(
+    chain: &'c [String],
+    recorded: &std::collections::HashMap<String, i64>,
+) -> Option<&'c str> {
+    let oldest = chain.iter().rposition(|c| recorded.contains_key(c))?;
+    chain[..oldest].iter().find(|c| !recorded.contains_key(*c)).map(String::as_str)
+}
+
+/// Promotes a build to every environment that follows `after` (the
+/// environments with no `after` when it is `None`), as the mainline's
+/// pipeline file orders them.
+pub async fn promote(
+    store: &Store,
+    repositories: &Repositories,
+    project: &str,
+    build: i64,
+    commit: &str,
+    after: Option<&str>,
+) {
+    let Ok(project) = ProjectName::parse(project) else { return };
+    let default_branch = match store.get_project(&project).await {
+        Ok(view) => view.default_branch,
+        Err(error) => return tracing::warn!(%error, "promotion: reading the project"),
+    };
+    let repository = repositories.path(&project);
+    let policy = match tokio::task::spawn_blocking(move || mainline_pipeline(&repository, &default_branch)).await {
+        Ok(Ok(policy)) => policy,
+        Ok(Err(error)) => return tracing::warn!(%error, %project, "promotion: the mainline's pipeline"),
+        Err(_) => return,
+    };
+    for environment in policy.environments.iter().filter(|e| e.after.as_deref() == after) {
+        let context = match release_context(store, repositories, &project, &environment.name, commit).await {
+            Ok(context) => context,
+            Err(error) => {
+                tracing::warn!(%error, %project, environment = %environment.name, "promotion skipped");
+                continue;
+            }
+        };
+        match store.promote(&project, build, context).await {
+            Ok(Some((made, _))) => tracing::info!(
+                %project, environment = %environment.name, deployment = made.number, status = %made.status, "promoted"
+            ),
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, %project, environment = %environment.name, "promotion refused"),
+        }
+    }
+}
+
+/// Makes the promotions owed after every success, should a process have
+/// died between a success and its promotion: at once, then every `every`,
+/// until `shutdown` completes.
+pub async fn repair_promotions(
+    store: Store,
+    repositories: Repositories,
+    every: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        match store.promotions_owed().await {
+            Ok(owed) => {
+                for (project, build, commit, after) in owed {
+                    promote(&store, &repositories, &project, build, &commit, after.as_deref()).await;
+                }
+            }
+            Err(error) => tracing::error!(%error, "listing the promotions owed"),
+        }
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}
