@@ -82,13 +82,13 @@ pub async fn trust(client: &Client, command: TrustCommand) -> Result<(), Failure
 pub async fn evidence(client: &Client, command: EvidenceCommand, out: Output) -> Result<(), Failure> {
     match command {
         EvidenceCommand::Export(args) => {
-            let query = match (&args.deployment, &args.artifact) {
-                (Some(number), _) => format!("deployment={number}"),
-                (None, Some(digest)) => format!("artifact={}", digest.trim_start_matches("sha256:")),
+            let project = custody_domain::ProjectName::parse(&args.project)?;
+            let subject = match (&args.deployment, &args.artifact) {
+                (Some(number), _) => format!("deployments/{number}"),
+                (None, Some(digest)) => format!("artifacts/{}", digest.trim_start_matches("sha256:")),
                 (None, None) => return Err(Failure::input("name --deployment or --artifact")),
             };
-            let project = custody_domain::ProjectName::parse(&args.project)?;
-            let value = client.get(&format!("/api/v1/projects/{project}/evidence?{query}")).await?;
+            let value = client.get(&format!("/api/v1/projects/{project}/{subject}/evidence")).await?;
             let bundle: Bundle = serde_json::from_value(value)
                 .map_err(|e| Failure::internal(format!("the server sent no evidence bundle: {e}")))?;
             let jsonl = args.output.as_deref().is_some_and(|p| p.to_string_lossy().ends_with(".intoto.jsonl"));

@@ -17,7 +17,7 @@ from custody_client import AuthenticatedClient
 from custody_client.api.builds import get_build
 from custody_client.api.changes import get_change, merge, open_change, review
 from custody_client.api.deployments import approve, get_deployment, request, sign_off
-from custody_client.api.evidence import export
+from custody_client.api.evidence import deployment_evidence
 from custody_client.models import DecisionRequest, DeployRequest, OpenChangeRequest, ReviewRequest, SignOffRequest
 
 URL = os.environ["CUSTODY_URL"]
@@ -103,5 +103,5 @@ redeploy = answer(
 again = until("the redeploy runs", deployment(redeploy["deployment"]["number"]), {"succeeded", "failed"})
 assert again["status"] == "succeeded", again
 
-bundle = answer(export.sync_detailed(PROJECT, client=erin, deployment=2), {200}, "the evidence is exported")
+bundle = answer(deployment_evidence.sync_detailed(PROJECT, 2, client=erin), {200}, "the evidence is exported")
 print(json.dumps({"bundle_keys": sorted(bundle)}))

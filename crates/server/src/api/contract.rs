@@ -230,4 +230,20 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn evidence_is_asked_for_by_its_subject_in_the_path_and_the_query_form_is_deprecated() {
+        let document = serde_json::to_value(crate::api::openapi()).unwrap();
+        let paths = &document["paths"];
+        for (path, parameter) in [
+            ("/api/v1/projects/{name}/deployments/{number}/evidence", "number"),
+            ("/api/v1/projects/{name}/artifacts/{digest}/evidence", "digest"),
+        ] {
+            let operation = &paths[path]["get"];
+            assert_ne!(operation["deprecated"], true, "{path}");
+            let declared = operation["parameters"].as_array().unwrap();
+            assert!(declared.iter().any(|p| p["name"] == parameter && p["required"] == true), "{operation}");
+        }
+        assert_eq!(paths["/api/v1/projects/{name}/evidence"]["get"]["deprecated"], true);
+    }
 }

@@ -93,19 +93,52 @@ fn chain_to(order: &[(String, Option<String>)], target: &str) -> Vec<String> {
     chain
 }
 
-/// An evidence bundle: every envelope of the chain (change attestations of
-/// the release, the build's provenance, the deployments in environment
-/// order), each with the audit event that recorded it and its inclusion
-/// proof, and the signed checkpoint they lead to. Admins and auditors only.
+/// The evidence bundle of a deployment: every envelope of its chain (change
+/// attestations of the release, the build's provenance, the deployments of
+/// the same build to the environments before it, in environment order),
+/// each with the audit event that recorded it and its inclusion proof, and
+/// the signed checkpoint they lead to. Admins and auditors only.
+#[utoipa::path(get, path = "/api/v1/projects/{name}/deployments/{number}/evidence", tag = "evidence",
+    security(("token" = [])),
+    responses((status = 200, description = "the bundle (application/vnd.custody.evidence.v2+json)", body = Object)))]
+pub(crate) async fn deployment_evidence(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((project, number)): PathParam<(String, i64)>,
+) -> ApiResult<Json<Bundle>> {
+    export_bundle(state, auth, project, EvidenceQuery { deployment: Some(number), artifact: None }).await
+}
+
+/// The evidence bundle of an artifact: its build and every successful
+/// deployment of that build, as for a deployment. Admins and auditors only.
+#[utoipa::path(get, path = "/api/v1/projects/{name}/artifacts/{digest}/evidence", tag = "evidence",
+    security(("token" = [])),
+    responses((status = 200, description = "the bundle (application/vnd.custody.evidence.v2+json)", body = Object)))]
+pub(crate) async fn artifact_evidence(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((project, digest)): PathParam<(String, String)>,
+) -> ApiResult<Json<Bundle>> {
+    export_bundle(state, auth, project, EvidenceQuery { deployment: None, artifact: Some(digest) }).await
+}
+
+/// An evidence bundle, for a deployment or an artifact named in the query.
+/// Superseded by the two operations above, whose subject is in the path;
+/// kept for clients written against it.
 #[utoipa::path(get, path = "/api/v1/projects/{name}/evidence", tag = "evidence", security(("token" = [])),
     params(("name" = String, Path, description = "The project"), EvidenceQuery),
     responses((status = 200, description = "the bundle (application/vnd.custody.evidence.v2+json)", body = Object)))]
+#[deprecated = "use /deployments/{number}/evidence or /artifacts/{digest}/evidence"]
 pub(crate) async fn export(
     State(state): State<AppState>,
     auth: Auth,
     PathParam(project): PathParam<String>,
     Params(query): Params<EvidenceQuery>,
 ) -> ApiResult<Json<Bundle>> {
+    export_bundle(state, auth, project, query).await
+}
+
+async fn export_bundle(state: AppState, auth: Auth, project: String, query: EvidenceQuery) -> ApiResult<Json<Bundle>> {
     auth.require(Scope::Read)?;
     auth.require_overseer()?;
     let access = state.store().project_access(&auth.0, &ProjectName::parse(&project)?).await?;

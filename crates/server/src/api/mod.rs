@@ -158,6 +158,8 @@ pub(crate) fn routes() -> Router<AppState> {
 
 /// Every operation of the API, each served and described from its one
 /// `#[utoipa::path]`: nothing is served that the document does not describe.
+// The query form of evidence export is served, and described as deprecated.
+#[allow(deprecated)]
 fn operations() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(openapi_json))
@@ -223,6 +225,8 @@ fn operations() -> OpenApiRouter<AppState> {
         .routes(routes!(deploys::cancel))
         .routes(routes!(deploys::record))
         .routes(routes!(evidence::trust))
+        .routes(routes!(evidence::deployment_evidence))
+        .routes(routes!(evidence::artifact_evidence))
         .routes(routes!(evidence::export))
         .routes(routes!(report::report))
         .routes(routes!(deploys::list_findings))
