@@ -29,6 +29,7 @@ impl std::fmt::Display for Rule {
 /// One reason a decision went the way it did: the rule, what happened, and
 /// what would satisfy it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Reason {
     /// The rule's stable name.
     pub rule: String,

@@ -88,6 +88,7 @@ pub struct DeployFacts<'a> {
 
 /// The deployment gate, rule by rule.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeployReport {
     /// Whether every rule holds.
     pub open: bool,

@@ -108,6 +108,7 @@ pub struct GateFacts<'a> {
 
 /// One rule's outcome.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RuleOutcome {
     /// The rule's stable name.
     pub rule: String,
@@ -122,6 +123,7 @@ pub struct RuleOutcome {
 
 /// The gate, rule by rule.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GateReport {
     /// Whether every rule holds.
     pub open: bool,

@@ -35,7 +35,6 @@ struct ErrorDetail {
     message: String,
     /// For refusals: each rule that refused and what would satisfy it.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    #[schema(value_type = Vec<Object>)]
     reasons: Vec<Reason>,
 }
 

@@ -102,7 +102,6 @@ pub(crate) struct ChangeDetail {
     /// Everyone who may not review or approve it, and why.
     authors: Vec<AuthorView>,
     /// The gate as it stands.
-    #[schema(value_type = Object)]
     gate: GateReport,
 }
 
@@ -146,7 +145,7 @@ pub(crate) async fn diff(
 
 /// The gate, rule by rule.
 #[utoipa::path(get, path = "/api/v1/projects/{name}/changes/{number}/gate", tag = "changes", security(("token" = [])),
-    responses((status = 200, body = Object)))]
+    responses((status = 200, body = GateReport)))]
 pub(crate) async fn gate(
     State(state): State<AppState>,
     auth: Auth,
@@ -214,7 +213,6 @@ pub(crate) async fn reopen(
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Merged {
     change: ChangeView,
-    #[schema(value_type = Object)]
     gate: GateReport,
     /// True when the gate was closed and custody will merge the change as
     /// soon as it opens.

@@ -138,7 +138,6 @@ pub(crate) async fn list_deployments(
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct DeploymentAndGate {
     deployment: DeploymentView,
-    #[schema(value_type = Object)]
     gate: DeployReport,
     /// The changes of the release, by number: every change merged between
     /// the commit live in the environment and the candidate.
@@ -357,7 +356,6 @@ pub(crate) async fn resolve_finding(
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct SecretRequested {
     version: i64,
-    #[schema(value_type = Object)]
     grant: custody_store::GrantView,
 }
 
