@@ -3,9 +3,17 @@
 //! `store` and `git`. An entry point authenticates, parses, calls one of
 //! these and renders; it decides nothing itself.
 //!
-//! So far it holds what governs a release (`releases`); merging and deciding
-//! a push still live in the server (ARCHITECTURE.md).
+//! `changes`: gathering a change's facts from git, its gate, merging it
+//! (and settling merges a crash left recorded but unmoved), merging when
+//! the gate opens. `releases`: what governs a release, the pipelines, and
+//! promotion.
 
 #![forbid(unsafe_code)]
 
+pub mod changes;
+mod error;
 pub mod releases;
+mod remembered;
+
+pub use changes::Changes;
+pub use error::AppError;

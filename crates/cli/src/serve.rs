@@ -336,10 +336,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     }
     // A merge recorded by a process that died before moving its ref is
     // moved now, before anyone is served.
-    match custody_server::changes::settle_merges(&state).await {
+    match state.changes().settle_merges().await {
         Ok(0) => {}
         Ok(settled) => tracing::warn!(settled, "settled merges a previous process recorded and did not finish"),
-        Err(error) => tracing::error!(error = %error.message, "settling recorded merges"),
+        Err(error) => tracing::error!(%error, "settling recorded merges"),
     }
     // One signal stops both the server and the check runner.
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -352,7 +352,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         ceiling,
         until_stopped(stopped.clone()),
     ));
-    let merger = tokio::spawn(custody_server::changes::auto_merge(state.clone(), until_stopped(stopped.clone())));
+    let (changes, stop_merging) = (state.changes().clone(), until_stopped(stopped.clone()));
+    let merger = tokio::spawn(async move { changes.auto_merge(stop_merging).await });
     let mut builders: Vec<_> =
         (0..builders).map(|_| tokio::spawn(builder.clone().run(until_stopped(stopped.clone())))).collect();
     if deployers {

@@ -11,12 +11,15 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
+use custody_formats::attestation::{
+    Authorship, ChangeAuthor, ChangeV1, DeploymentV1, EnvironmentGate, GateRule, PipelineFile, Policy, ReleaseChange,
+    Sha256Digest,
+};
 use custody_formats::checkpoint::Checkpoint;
 use custody_formats::evidence::{Bundle, BundleSubject, Entry, InclusionProof, LedgerEvent, BUNDLE_MEDIA_TYPE_V1};
 use custody_formats::merkle::{self, Frontier};
-use custody_formats::statement::{Statement, Subject, CHANGE_PREDICATE};
 use custody_formats::trust::{TrustRoot, TrustedKey};
-use custody_formats::verify::{verify, DEPLOYMENT_PREDICATE};
+use custody_formats::verify::verify;
 use custody_formats::{BuildFacts, KeyRole, ServiceKey};
 use serde_json::json;
 
@@ -44,20 +47,35 @@ fn write(dir: &Path) {
     let commit = "5f".repeat(20);
     let artifact = "a1".repeat(32);
     // The change attestation of the merge of commit `commit`.
-    let change = Statement::new(
-        vec![Subject {
-            name: "payments@refs/heads/main".into(),
-            digest: [("gitCommit".into(), commit.clone())].into(),
+    let change = ChangeV1 {
+        project: "payments".into(),
+        change: 1,
+        title: "Version 2".into(),
+        target_ref: "refs/heads/main".into(),
+        base: Some("4e".repeat(20)),
+        reviewed_head: "3d".repeat(20),
+        merge_commit: commit.clone(),
+        commits: 1,
+        authors: vec![ChangeAuthor {
+            user: "alice".into(),
+            why: vec![Authorship::PushedCommit { commit: "3d".repeat(20) }],
         }],
-        CHANGE_PREDICATE,
-        json!({
-            "project": "payments", "change": 1, "title": "Version 2", "target_ref": "refs/heads/main",
-            "base": "4e".repeat(20), "reviewed_head": "3d".repeat(20), "merge_commit": commit, "commits": 1,
-            "authors": [{"user": "alice", "why": ["pushed"]}], "approvers": ["bob"], "merged_by": "alice",
-            "checks": [], "policy": {"path": ".custody/pipeline.toml", "digest": {"sha256": "9c".repeat(32)}},
-            "gate": [{"rule": "gate.independent_approvals", "passed": true, "message": "1 of 1 independent approvals"}],
-        }),
-    );
+        approvers: vec!["bob".into()],
+        merged_by: "alice".into(),
+        checks: vec![],
+        policy: Policy {
+            path: ".custody/pipeline.toml".into(),
+            digest: Some(Sha256Digest { sha256: "9c".repeat(32) }),
+        },
+        gate: vec![GateRule {
+            rule: "gate.independent_approvals".into(),
+            passed: true,
+            message: "1 of 1 independent approvals".into(),
+            satisfy: None,
+        }],
+        weakened: vec![],
+    }
+    .statement();
     let build = BuildFacts {
         artifacts: vec![("dist/app.tar.gz".into(), artifact.clone())],
         instance: "custody".into(),
@@ -76,23 +94,38 @@ fn write(dir: &Path) {
         finished_on: rfc3339(T0 + 3_000),
     }
     .statement();
+    let strings = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
     let deployment =
         |number: i64, environment: &str, after: Option<&str>, approvers: &[&str], testers: &[&str], at: i64| {
-            Statement::new(
-                vec![Subject { name: "dist/app.tar.gz".into(), digest: [("sha256".into(), artifact.clone())].into() }],
-                DEPLOYMENT_PREDICATE,
-                json!({
-                    "project": "payments", "environment": environment, "after": after,
-                "release": [{"change": 1, "authors": ["alice"], "reviewers": ["bob"]}],
-                    "gate": {"approvals": approvers.len(), "approvers": after.map(|_| "release-managers"),
-                             "testers": after.map(|_| "qa"), "reviewers_may_approve": false},
-                    "deployment": number, "build": 1, "commit": commit,
-                    "pipeline": {"path": ".custody/pipeline.toml", "sha256": "9c".repeat(32)},
-                    "script": "scripts/deploy.sh", "requester": null, "approvers": approvers, "testers": testers,
-                    "previous_deployment": null, "break_glass": null, "secrets": {}, "result": "succeeded",
-                    "deployer": "custody-1", "started_on": rfc3339(at), "finished_on": rfc3339(at + 1_000),
+            DeploymentV1 {
+                project: "payments".into(),
+                environment: environment.into(),
+                after: after.map(str::to_owned),
+                gate: Some(EnvironmentGate {
+                    approvals: approvers.len() as u64,
+                    approvers: after.map(|_| "release-managers".into()),
+                    testers: after.map(|_| "qa".into()),
+                    reviewers_may_approve: false,
                 }),
-            )
+                deployment: number,
+                build: 1,
+                commit: commit.clone(),
+                pipeline: PipelineFile { path: ".custody/pipeline.toml".into(), sha256: "9c".repeat(32) },
+                script: "scripts/deploy.sh".into(),
+                release: vec![ReleaseChange { change: 1, authors: strings(&["alice"]), reviewers: strings(&["bob"]) }],
+                builder: Some("custody://custody/builder".into()),
+                requester: None,
+                approvers: strings(approvers),
+                testers: strings(testers),
+                previous_deployment: None,
+                break_glass: None,
+                secrets: Default::default(),
+                result: "succeeded".into(),
+                deployer: "custody-1".into(),
+                started_on: rfc3339(at),
+                finished_on: rfc3339(at + 1_000),
+            }
+            .statement(&[("dist/app.tar.gz".into(), artifact.clone())])
         };
     let recorded = [
         (change.sign(&keys[&KeyRole::Gate]), "change.merge", "change:payments/1", "alice", 2_000),

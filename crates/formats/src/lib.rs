@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod attestation;
 pub mod checkpoint;
 pub mod dsse;
 pub mod event;

@@ -7,10 +7,6 @@ use serde::{Deserialize, Serialize};
 /// The `_type` of every in-toto Statement v1.
 pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
 
-/// The predicate type of custody's change attestation: who wrote, reviewed
-/// and merged a change, under which policy. Modelled on SLSA's Source VSA.
-pub const CHANGE_PREDICATE: &str = "https://custody.dev/attestation/change/v1";
-
 /// An in-toto Statement v1.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Statement {
@@ -63,7 +59,8 @@ mod tests {
         let gate = ServiceKey::generate(KeyRole::Gate);
         let subject =
             Subject { name: "payments@main".into(), digest: BTreeMap::from([("gitCommit".into(), "ab".repeat(20))]) };
-        let statement = Statement::new(vec![subject], CHANGE_PREDICATE, serde_json::json!({ "change": 1 }));
+        let statement =
+            Statement::new(vec![subject], crate::attestation::CHANGE_PREDICATE, serde_json::json!({ "change": 1 }));
         let envelope = statement.sign(&gate);
         let payload = envelope.verify(&gate.public()).unwrap();
         let read: Statement = serde_json::from_slice(&payload).unwrap();

@@ -18,18 +18,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde::Serialize;
-use serde_json::Value;
 
+use crate::attestation::{
+    ChangeV1, DeploymentV1, EnvironmentGate, ProvenanceV1, CHANGE_PREDICATE, DEPLOYMENT_PREDICATE,
+};
 use crate::checkpoint::{Checkpoint, NoteVerifier};
 use crate::evidence::{Bundle, BundleSubject, Entry, InclusionProof, LedgerEvent};
 use crate::keys::KeyRole;
 use crate::merkle;
 use crate::provenance::PROVENANCE_PREDICATE;
-use crate::statement::{Statement, CHANGE_PREDICATE, STATEMENT_TYPE};
+use crate::statement::{Statement, STATEMENT_TYPE};
 use crate::trust::{millis_of_rfc3339, rfc3339_of_millis, TrustRoot, ValidKey};
-
-/// The predicate type of a deployment attestation.
-pub const DEPLOYMENT_PREDICATE: &str = "https://custody.dev/attestation/deployment/v1";
 
 /// The predicate type of in-toto test results (signed by the builder).
 pub const TEST_RESULT_PREDICATE: &str = "https://in-toto.io/attestation/test-result/v0.1";
@@ -317,10 +316,47 @@ impl Kind {
     }
 }
 
-fn strings(value: &Value) -> Vec<String> {
-    value.as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()).unwrap_or_default()
+/// A statement's predicate, read strictly as the version its type names.
+enum Predicate {
+    Change(ChangeV1),
+    Provenance(ProvenanceV1),
+    Deployment(DeploymentV1),
+    TestResult,
 }
 
+impl Predicate {
+    fn read(kind: Kind, statement: &Statement) -> Result<Predicate, serde_json::Error> {
+        let value = || statement.predicate.clone();
+        Ok(match kind {
+            Kind::Change => Predicate::Change(serde_json::from_value(value())?),
+            Kind::Provenance => Predicate::Provenance(serde_json::from_value(value())?),
+            Kind::Deployment => Predicate::Deployment(serde_json::from_value(value())?),
+            Kind::TestResult => Predicate::TestResult,
+        })
+    }
+
+    fn label(&self) -> String {
+        match self {
+            Predicate::Change(c) => format!("change {}", c.change),
+            Predicate::Provenance(p) => build_label(p),
+            Predicate::Deployment(d) => deployment_label(d.deployment, &d.environment),
+            Predicate::TestResult => "test result".into(),
+        }
+    }
+}
+
+fn build_label(p: &ProvenanceV1) -> String {
+    match p.build_number() {
+        Some(n) => format!("build {n}"),
+        None => "build".into(),
+    }
+}
+
+fn deployment_label(number: i64, environment: &str) -> String {
+    format!("deployment {number} ({environment})")
+}
+
+/// What the verifier reads of a change attestation.
 #[derive(Clone, Debug)]
 struct ChangeFacts {
     number: i64,
@@ -328,7 +364,7 @@ struct ChangeFacts {
     target_ref: String,
     authors: Vec<String>,
     approvers: Vec<String>,
-    merged_by: Option<String>,
+    merged_by: String,
     reviewed_head: String,
     /// The check runs of the reviewed head: (head, status, command).
     checks: Vec<(String, String, String)>,
@@ -339,49 +375,39 @@ struct ChangeFacts {
 }
 
 impl ChangeFacts {
-    fn read(p: &Value) -> ChangeFacts {
+    fn of(p: &ChangeV1) -> ChangeFacts {
         ChangeFacts {
-            number: p["change"].as_i64().unwrap_or(0),
-            merge_commit: p["merge_commit"].as_str().unwrap_or_default().to_owned(),
-            target_ref: p["target_ref"].as_str().unwrap_or_default().to_owned(),
-            authors: p["authors"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|x| x["user"].as_str().map(str::to_owned)).collect())
-                .unwrap_or_default(),
-            approvers: strings(&p["approvers"]),
-            merged_by: p["merged_by"].as_str().map(str::to_owned),
-            reviewed_head: p["reviewed_head"].as_str().unwrap_or_default().to_owned(),
-            checks: p["checks"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|c| {
-                    let text = |key: &str| c[key].as_str().unwrap_or_default().to_owned();
-                    (text("head"), text("status"), text("command"))
-                })
+            number: p.change,
+            merge_commit: p.merge_commit.clone(),
+            target_ref: p.target_ref.clone(),
+            authors: p.authors.iter().map(|a| a.user.clone()).collect(),
+            approvers: p.approvers.clone(),
+            merged_by: p.merged_by.clone(),
+            reviewed_head: p.reviewed_head.clone(),
+            checks: p
+                .checks
+                .iter()
+                .map(|c| (c.head.clone(), c.status.clone(), c.command.clone().unwrap_or_else(|| "(no command)".into())))
                 .collect(),
-            gate: p["gate"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|r| (r["rule"].as_str().unwrap_or_default().to_owned(), r["passed"].as_bool() == Some(true)))
-                .collect(),
-            weakened: strings(&p["weakened"]),
+            gate: p.gate.iter().map(|r| (r.rule.clone(), r.passed)).collect(),
+            weakened: p.weakened.clone(),
         }
     }
 }
 
+/// What the verifier reads of a deployment attestation.
 #[derive(Clone, Debug)]
 struct DeploymentFacts {
     number: i64,
     environment: String,
     after: Option<String>,
     /// The changes the release brings, as the deployer recorded them.
-    changes: Option<Vec<i64>>,
+    changes: Vec<i64>,
     /// Their authors and reviewers, as the deployer recorded them.
     release_authors: Vec<String>,
     release_reviewers: Vec<String>,
-    gate: Value,
+    /// The environment's gate; `None` when the deployer could not read it.
+    gate: Option<EnvironmentGate>,
     build: i64,
     commit: String,
     requester: Option<String>,
@@ -389,69 +415,44 @@ struct DeploymentFacts {
     testers: Vec<String>,
     break_glass: Option<String>,
     result: String,
-    deployer: Option<String>,
+    deployer: String,
     started_ms: Option<i64>,
     finished_ms: Option<i64>,
     artifacts: Vec<String>,
 }
 
 impl DeploymentFacts {
-    fn read(statement: &Statement) -> DeploymentFacts {
-        let p = &statement.predicate;
-        let time = |key: &str| p[key].as_str().and_then(millis_of_rfc3339);
+    fn of(p: &DeploymentV1, statement: &Statement) -> DeploymentFacts {
         DeploymentFacts {
-            number: p["deployment"].as_i64().unwrap_or(0),
-            environment: p["environment"].as_str().unwrap_or_default().to_owned(),
-            after: p["after"].as_str().map(str::to_owned),
-            changes: p["release"].as_array().map(|a| a.iter().filter_map(|r| r["change"].as_i64()).collect()),
-            release_authors: p["release"]
-                .as_array()
-                .map(|a| a.iter().flat_map(|r| strings(&r["authors"])).collect())
-                .unwrap_or_default(),
-            release_reviewers: p["release"]
-                .as_array()
-                .map(|a| a.iter().flat_map(|r| strings(&r["reviewers"])).collect())
-                .unwrap_or_default(),
-            gate: p["gate"].clone(),
-            build: p["build"].as_i64().unwrap_or(0),
-            commit: p["commit"].as_str().unwrap_or_default().to_owned(),
-            requester: p["requester"].as_str().map(str::to_owned),
-            approvers: strings(&p["approvers"]),
-            testers: strings(&p["testers"]),
-            break_glass: p["break_glass"].as_str().map(str::to_owned),
-            result: p["result"].as_str().unwrap_or_default().to_owned(),
-            deployer: p["deployer"].as_str().map(str::to_owned),
-            started_ms: time("started_on"),
-            finished_ms: time("finished_on"),
+            number: p.deployment,
+            environment: p.environment.clone(),
+            after: p.after.clone(),
+            changes: p.release.iter().map(|r| r.change).collect(),
+            release_authors: p.release.iter().flat_map(|r| r.authors.iter().cloned()).collect(),
+            release_reviewers: p.release.iter().flat_map(|r| r.reviewers.iter().cloned()).collect(),
+            gate: p.gate.clone(),
+            build: p.build,
+            commit: p.commit.clone(),
+            requester: p.requester.clone(),
+            approvers: p.approvers.clone(),
+            testers: p.testers.clone(),
+            break_glass: p.break_glass.clone(),
+            result: p.result.clone(),
+            deployer: p.deployer.clone(),
+            started_ms: millis_of_rfc3339(&p.started_on),
+            finished_ms: millis_of_rfc3339(&p.finished_on),
             artifacts: statement.subject.iter().filter_map(|s| s.digest.get("sha256").cloned()).collect(),
         }
     }
 
     fn label(&self) -> String {
-        format!("deployment {} ({})", self.number, self.environment)
+        deployment_label(self.number, &self.environment)
     }
 }
 
 struct Parsed {
     statement: Statement,
-    kind: Kind,
-}
-
-fn build_number(statement: &Statement) -> Option<i64> {
-    let id = statement.predicate["runDetails"]["metadata"]["invocationId"].as_str()?;
-    id.split("/builds/").nth(1)?.split('/').next()?.parse().ok()
-}
-
-fn label(kind: Kind, statement: &Statement) -> String {
-    match kind {
-        Kind::Change => format!("change {}", statement.predicate["change"].as_i64().unwrap_or(0)),
-        Kind::Provenance => match build_number(statement) {
-            Some(n) => format!("build {n}"),
-            None => "build".into(),
-        },
-        Kind::Deployment => DeploymentFacts::read(statement).label(),
-        Kind::TestResult => "test result".into(),
-    }
+    predicate: Predicate,
 }
 
 // ---------------------------------------------------------------------------
@@ -536,13 +537,30 @@ pub fn verify(bundle: &Bundle, trust: &TrustRoot, artifact: Option<&ArtifactFile
             );
             continue;
         };
-        let subject = label(kind, &statement);
+        // An entry whose predicate does not read is still judged on its
+        // signature and its place in the ledger, so that the report says
+        // everything wrong with it.
+        let predicate = Predicate::read(kind, &statement);
+        let subject = match &predicate {
+            Ok(predicate) => predicate.label(),
+            Err(why) => {
+                checks.add(
+                    "envelope.predicate",
+                    &at,
+                    false,
+                    format!("the {} does not read as {}: {why}", kind.what(), statement.predicate_type),
+                );
+                at
+            }
+        };
         if let Some(key_id) = check_signature(&mut checks, entry, kind, &subject, &keys) {
             *verified_by.entry(key_id).or_default() += 1;
         }
-        check_binding(&mut checks, entry, kind, &subject, &statement, &bundle.project);
+        check_binding(&mut checks, entry, kind, &subject, predicate.as_ref().ok(), &bundle.project);
         check_inclusion(&mut checks, &entry.event, &entry.proof, &subject, checkpoint.as_ref().ok());
-        parsed.push(Parsed { statement, kind });
+        if let Ok(predicate) = predicate {
+            parsed.push(Parsed { statement, predicate });
+        }
     }
     // Version 2: the duties the statements name, as the ledger recorded
     // them; only those proved included count.
@@ -557,35 +575,41 @@ pub fn verify(bundle: &Bundle, trust: &TrustRoot, artifact: Option<&ArtifactFile
 
     // The chain: artifact, built from commit C, C merged by custody with
     // independent approvals, then each deployment in environment order.
-    let changes: Vec<ChangeFacts> =
-        parsed.iter().filter(|p| p.kind == Kind::Change).map(|p| ChangeFacts::read(&p.statement.predicate)).collect();
-    let provenances: Vec<&Parsed> = parsed.iter().filter(|p| p.kind == Kind::Provenance).collect();
-    let deployments: Vec<DeploymentFacts> =
-        parsed.iter().filter(|p| p.kind == Kind::Deployment).map(|p| DeploymentFacts::read(&p.statement)).collect();
+    let mut changes = Vec::new();
+    let mut provenances = Vec::new();
+    let mut deployments = Vec::new();
+    for p in &parsed {
+        match &p.predicate {
+            Predicate::Change(c) => changes.push(ChangeFacts::of(c)),
+            Predicate::Provenance(provenance) => provenances.push((&p.statement, provenance)),
+            Predicate::Deployment(d) => deployments.push(DeploymentFacts::of(d, &p.statement)),
+            Predicate::TestResult => {}
+        }
+    }
 
     let mut artifacts = Vec::new();
     let mut commit = None;
     match provenances.as_slice() {
-        [one] => {
-            let s = &one.statement;
+        [(s, provenance)] => {
             for subject in &s.subject {
                 if let Some(sha) = subject.digest.get("sha256") {
                     artifacts.push(Artifact { name: subject.name.clone(), sha256: sha.clone() });
                 }
             }
-            let built = s.predicate["buildDefinition"]["externalParameters"]["commit"].as_str().map(str::to_owned);
+            let built = &provenance.build_definition.external_parameters.commit;
+            let step = build_label(provenance);
             checks.add(
                 "chain.provenance",
-                &label(Kind::Provenance, s),
-                built.is_some() && !artifacts.is_empty(),
-                match &built {
-                    Some(c) => format!("{} artifacts built from commit {c}", artifacts.len()),
-                    None => "the provenance names no source commit".into(),
-                },
+                &step,
+                !artifacts.is_empty(),
+                format!("{} artifacts built from commit {built}", artifacts.len()),
             );
-            let builder = s.predicate["runDetails"]["builder"]["id"].as_str().unwrap_or("?").to_owned();
-            duties.push(Duty { step: label(Kind::Provenance, s), duty: "builder".into(), holders: vec![builder] });
-            commit = built;
+            duties.push(Duty {
+                step,
+                duty: "builder".into(),
+                holders: vec![provenance.run_details.builder.id.clone()],
+            });
+            commit = Some(built.clone());
         }
         [] => checks.add("chain.provenance", "bundle", false, "the bundle holds no build provenance"),
         many => checks.add(
@@ -718,9 +742,7 @@ fn check_changes(
         let step = format!("change {}", ch.number);
         duties.push(Duty { step: step.clone(), duty: "author".into(), holders: ch.authors.clone() });
         duties.push(Duty { step: step.clone(), duty: "reviewer".into(), holders: ch.approvers.clone() });
-        if let Some(m) = &ch.merged_by {
-            duties.push(Duty { step: step.clone(), duty: "merger".into(), holders: vec![m.clone()] });
-        }
+        duties.push(Duty { step: step.clone(), duty: "merger".into(), holders: vec![ch.merged_by.clone()] });
         checks.add(
             "change.approved",
             &step,
@@ -821,11 +843,7 @@ fn check_deployments(
         });
         duties.push(Duty { step: step.clone(), duty: "approver".into(), holders: d.approvers.clone() });
         duties.push(Duty { step: step.clone(), duty: "tester".into(), holders: d.testers.clone() });
-        duties.push(Duty {
-            step: step.clone(),
-            duty: "deployer".into(),
-            holders: d.deployer.iter().cloned().collect(),
-        });
+        duties.push(Duty { step: step.clone(), duty: "deployer".into(), holders: vec![d.deployer.clone()] });
 
         if v2 {
             let subject = format!("deployment:{}/{}", project, d.number);
@@ -906,30 +924,18 @@ fn check_deployments(
         checks.add("deploy.order", &step, passed, message);
 
         // The release: every change it brings, and their authors.
-        let mut release: Vec<&ChangeFacts> = Vec::new();
-        match &d.changes {
-            Some(numbers) => {
-                let missing: Vec<i64> =
-                    numbers.iter().copied().filter(|n| !changes.iter().any(|c| c.number == *n)).collect();
-                release = changes.iter().filter(|c| numbers.contains(&c.number)).collect();
-                checks.add(
-                    "deploy.changes",
-                    &step,
-                    missing.is_empty(),
-                    if missing.is_empty() {
-                        format!("releases changes {numbers:?}, each attested in the bundle")
-                    } else {
-                        format!("releases changes {missing:?}, whose attestations the bundle lacks")
-                    },
-                );
-            }
-            None => {
-                release.extend(changes.iter());
-                findings.push(format!(
-                    "{step}: the attestation does not list the changes it releases; every change in the bundle was taken"
-                ));
-            }
-        }
+        let missing: Vec<i64> = d.changes.iter().copied().filter(|n| !changes.iter().any(|c| c.number == *n)).collect();
+        let release: Vec<&ChangeFacts> = changes.iter().filter(|c| d.changes.contains(&c.number)).collect();
+        checks.add(
+            "deploy.changes",
+            &step,
+            missing.is_empty(),
+            if missing.is_empty() {
+                format!("releases changes {:?}, each attested in the bundle", d.changes)
+            } else {
+                format!("releases changes {missing:?}, whose attestations the bundle lacks")
+            },
+        );
         // Authors and reviewers as the change attestations name them, and
         // as the deployment attestation does: whoever either names counts.
         let mut authors: Vec<String> = release.iter().flat_map(|c| c.authors.iter().cloned()).collect();
@@ -937,7 +943,12 @@ fn check_deployments(
         let mut reviewers: Vec<String> = release.iter().flat_map(|c| c.approvers.iter().cloned()).collect();
         reviewers.extend(d.release_reviewers.iter().cloned());
 
-        let needed = d.gate["approvals"].as_u64().unwrap_or(0) as usize;
+        if d.gate.is_none() {
+            findings.push(format!(
+                "{step}: the deployer could not read the environment's gate; its approvals and tests are not checked against it"
+            ));
+        }
+        let needed = d.gate.as_ref().map_or(0, |g| g.approvals) as usize;
         if needed > 0 {
             checks.add(
                 "deploy.approvals",
@@ -972,7 +983,7 @@ fn check_deployments(
             },
         );
         let reviewed = approvers_who_reviewed(&d.approvers, &reviewers);
-        let allowed = d.gate["reviewers_may_approve"].as_bool().unwrap_or(false);
+        let allowed = d.gate.as_ref().is_some_and(|g| g.reviewers_may_approve);
         if !reviewed.is_empty() && allowed {
             findings.push(format!(
                 "{step}: {} reviewed a change and approved its deployment, as the environment allows",
@@ -1005,7 +1016,7 @@ fn check_deployments(
                 format!("{} signed off the tests but wrote a change of the release", bad.join(", "))
             },
         );
-        if d.gate["testers"].is_string() {
+        if d.gate.as_ref().is_some_and(|g| g.testers.is_some()) {
             let tested = !d.testers.is_empty() || d.break_glass.is_some();
             checks.add(
                 "deploy.tested",
@@ -1110,17 +1121,22 @@ fn check_signature(checks: &mut Checks, entry: &Entry, kind: Kind, subject: &str
     None
 }
 
-fn check_binding(checks: &mut Checks, entry: &Entry, kind: Kind, subject: &str, statement: &Statement, project: &str) {
+fn check_binding(
+    checks: &mut Checks,
+    entry: &Entry,
+    kind: Kind,
+    subject: &str,
+    predicate: Option<&Predicate>,
+    project: &str,
+) {
     let event = &entry.event;
     let digest = entry.envelope.digest();
     let recorded = event.details["envelope_sha256"].as_str();
-    let expected_subject = match kind {
-        Kind::Change => Some(format!("change:{project}/{}", statement.predicate["change"].as_i64().unwrap_or(0))),
-        Kind::Deployment => {
-            Some(format!("deployment:{project}/{}", statement.predicate["deployment"].as_i64().unwrap_or(0)))
-        }
-        Kind::Provenance => build_number(statement).map(|n| format!("build:{project}/{n}")),
-        Kind::TestResult => None,
+    let expected_subject = match predicate {
+        Some(Predicate::Change(c)) => Some(format!("change:{project}/{}", c.change)),
+        Some(Predicate::Deployment(d)) => Some(format!("deployment:{project}/{}", d.deployment)),
+        Some(Predicate::Provenance(p)) => p.build_number().map(|n| format!("build:{project}/{n}")),
+        Some(Predicate::TestResult) | None => None,
     };
     let (passed, message) = if event.action != kind.action() {
         (
@@ -1239,6 +1255,7 @@ fn check_inclusion(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
@@ -1303,6 +1320,54 @@ mod tests {
         let report = verify(&Bundle { checkpoint: note, ..bundle }, &trust, None);
         assert!(report.checks.iter().any(|c| c.rule == "checkpoint.signature" && c.passed), "{}", report.to_text());
         assert_eq!(report.failures().filter(|c| c.rule == "ledger.inclusion").count(), 3);
+    }
+
+    #[test]
+    fn a_signed_change_attestation_missing_a_field_fails_rather_than_reading_as_empty() {
+        use crate::evidence::{Bundle, BundleSubject, Entry, InclusionProof, LedgerEvent, BUNDLE_MEDIA_TYPE};
+        use crate::{KeyRole, ServiceKey};
+        let gate = ServiceKey::generate(KeyRole::Gate);
+        let mut predicate = serde_json::json!({
+            "project": "p", "change": 1, "title": "t", "target_ref": "refs/heads/main", "base": null,
+            "reviewed_head": "aa", "merge_commit": "bb", "commits": 1, "authors": [], "approvers": ["bob"],
+            "merged_by": "alice", "checks": [], "policy": { "path": ".custody/pipeline.toml", "digest": null },
+            "gate": [], "weakened": [],
+        });
+        assert!(serde_json::from_value::<ChangeV1>(predicate.clone()).is_ok(), "the complete predicate reads");
+        predicate.as_object_mut().unwrap().remove("merged_by");
+        let statement = Statement::new(vec![], CHANGE_PREDICATE, predicate);
+        let bundle = Bundle {
+            media_type: BUNDLE_MEDIA_TYPE.into(),
+            origin: "x".into(),
+            project: "p".into(),
+            subject: BundleSubject { deployment: None, artifact: None },
+            checkpoint: String::new(),
+            entries: vec![Entry {
+                envelope: statement.sign(&gate),
+                event: LedgerEvent {
+                    seq: 1,
+                    at_ms: 0,
+                    actor: String::new(),
+                    action: "change.merge".into(),
+                    subject: "change:p/1".into(),
+                    details: Value::Null,
+                },
+                proof: InclusionProof { leaf_index: 0, tree_size: 1, hashes: vec![] },
+            }],
+            duties: vec![],
+        };
+        let trust = TrustRoot::new("x", vec![crate::trust::TrustedKey::current(&gate.public(), 0)]);
+        let report = verify(&bundle, &trust, None);
+        let failure = report.failures().find(|c| c.rule == "envelope.predicate").expect("the predicate fails");
+        assert!(failure.message.contains("missing field `merged_by`"), "{}", failure.message);
+        assert!(
+            report.checks.iter().any(|c| c.rule == "envelope.signature" && c.passed),
+            "still judged on its signature"
+        );
+        assert!(
+            !report.duties.iter().any(|d| d.duty == "merger"),
+            "nothing is read from a predicate that does not read"
+        );
     }
 
     #[test]

@@ -13,20 +13,17 @@ use custody_blobs::Blobs;
 use custody_domain::pipeline;
 use custody_domain::status::DeploymentStatus;
 use custody_domain::{ProjectName, Timestamp};
-use custody_formats::statement::{Statement, Subject};
+use custody_formats::attestation::{DeploymentV1, EnvironmentGate, PipelineFile, ReleaseChange};
+use custody_formats::statement::Statement;
 use custody_formats::ServiceKey;
 use custody_git::change as git;
 use custody_git::Repositories;
 use custody_store::{DeployOutcome, Duty, Heartbeat, LeasedDeployment, Store};
-use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
 use crate::sandbox::{self, Limits};
 use crate::{script_environment, Job, JobKind};
 use custody_app::releases::{promote, release_context};
-
-/// The predicate type of a deployment attestation.
-pub const DEPLOYMENT_PREDICATE: &str = "https://custody.dev/attestation/deployment/v1";
 
 /// Where the verified artifacts are, inside the sandbox.
 pub const ARTIFACTS_DIR: &str = "/work/.custody-artifacts";
@@ -71,7 +68,7 @@ impl Deployer {
 
     /// The changes of the release (merged since what is live in the
     /// environment) with who wrote and who reviewed each.
-    async fn release(&self, lease: &LeasedDeployment) -> Result<Vec<serde_json::Value>, String> {
+    async fn release(&self, lease: &LeasedDeployment) -> Result<Vec<ReleaseChange>, String> {
         let project = ProjectName::parse(&lease.project).map_err(|e| e.to_string())?;
         let context =
             release_context(&self.store, &self.repositories, &project, &lease.environment, &lease.commit).await?;
@@ -84,10 +81,10 @@ impl Deployer {
                     duties
                         .iter()
                         .filter(|d| d.change == *number && d.duty == duty)
-                        .map(|d| d.user.as_str())
-                        .collect::<Vec<_>>()
+                        .map(|d| d.user.to_string())
+                        .collect()
                 };
-                json!({ "change": number, "authors": held(Duty::Author), "reviewers": held(Duty::Reviewer) })
+                ReleaseChange { change: *number, authors: held(Duty::Author), reviewers: held(Duty::Reviewer) }
             })
             .collect())
     }
@@ -242,55 +239,40 @@ impl Deployer {
                 (DeploymentStatus::Cancelled, Some(format!("{why}; the deploy script was stopped")), None, redact(log, &secrets))
             }
         };
-        let subject = lease
-            .artifacts
-            .iter()
-            .map(|(name, digest)| Subject {
-                name: name.clone(),
-                digest: BTreeMap::from([("sha256".into(), digest.clone())]),
-            })
-            .collect();
         // The environment this one follows and its gate, as the mainline
         // defines them now, so that an offline verifier can check the
         // environment order and the approvals the gate asked for.
         let context =
             release_context(&self.store, &self.repositories, &project, &lease.environment, &lease.commit).await.ok();
-        let after = context.as_ref().and_then(|c| c.environment.after.clone());
-        let gate = context.as_ref().map(|c| {
-            json!({
-                "approvals": c.environment.approvals,
-                "approvers": c.environment.approvers.as_ref().map(|g| g.as_str()),
-                "testers": c.environment.testers.as_ref().map(|g| g.as_str()),
-                "reviewers_may_approve": c.environment.reviewers_may_approve,
-            })
-        });
-        let statement = Statement::new(
-            subject,
-            DEPLOYMENT_PREDICATE,
-            json!({
-                "project": lease.project,
-                "environment": lease.environment,
-                "after": after,
-                "gate": gate,
-                "deployment": lease.number,
-                "build": lease.build,
-                "commit": lease.commit,
-                "pipeline": { "path": pipeline::PATH, "sha256": pipeline_digest },
-                "script": script,
-                "release": release,
-                "builder": lease.builder,
-                "requester": lease.requested_by,
-                "approvers": lease.approvers,
-                "testers": lease.testers,
-                "previous_deployment": lease.previous,
-                "break_glass": lease.break_glass,
-                "secrets": versions,
-                "result": status,
-                "deployer": lease.worker,
-                "started_on": Timestamp::from_millis(lease.started_at).to_string(),
-                "finished_on": Timestamp::from_millis(custody_store::now_ms()).to_string(),
+        let predicate = DeploymentV1 {
+            project: lease.project.clone(),
+            environment: lease.environment.clone(),
+            after: context.as_ref().and_then(|c| c.environment.after.clone()),
+            gate: context.as_ref().map(|c| EnvironmentGate {
+                approvals: u64::from(c.environment.approvals),
+                approvers: c.environment.approvers.as_ref().map(ToString::to_string),
+                testers: c.environment.testers.as_ref().map(ToString::to_string),
+                reviewers_may_approve: c.environment.reviewers_may_approve,
             }),
-        );
+            deployment: lease.number,
+            build: lease.build,
+            commit: lease.commit.clone(),
+            pipeline: PipelineFile { path: pipeline::PATH.to_owned(), sha256: pipeline_digest },
+            script,
+            release,
+            builder: lease.builder.clone(),
+            requester: lease.requested_by.clone(),
+            approvers: lease.approvers.clone(),
+            testers: lease.testers.clone(),
+            previous_deployment: lease.previous,
+            break_glass: lease.break_glass.clone(),
+            secrets: versions,
+            result: status.as_str().to_owned(),
+            deployer: lease.worker.clone(),
+            started_on: Timestamp::from_millis(lease.started_at).to_string(),
+            finished_on: Timestamp::from_millis(custody_store::now_ms()).to_string(),
+        };
+        let statement = predicate.statement(&lease.artifacts);
         let envelope = statement.sign(&self.key);
         DeployOutcome {
             status,
@@ -467,6 +449,8 @@ fn prepare(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use custody_formats::statement::Subject;
+    use serde_json::json;
 
     #[test]
     fn only_provenance_the_builder_signed_for_these_artifacts_passes() {

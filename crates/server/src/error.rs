@@ -2,6 +2,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use custody_app::AppError;
 use custody_domain::Reason;
 use custody_store::StoreError;
 use serde::Serialize;
@@ -134,6 +135,20 @@ impl From<StoreError> for ApiError {
                     "internal error; the server log has the details",
                 )
             }
+        }
+    }
+}
+
+impl From<AppError> for ApiError {
+    fn from(error: AppError) -> Self {
+        match error {
+            AppError::Store(error) => error.into(),
+            AppError::Conflict(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            AppError::Busy { message, retry_after } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message).retry_after(retry_after)
+            }
+            AppError::Unavailable(message) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message),
+            AppError::Repository(message) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
         }
     }
 }

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_compression::tokio::bufread::GzipDecoder;
@@ -36,12 +36,6 @@ use crate::auth::Auth;
 use crate::error::ApiError;
 use crate::AppState;
 
-/// Git facts are remembered by project, target tip and head.
-pub(crate) type FactsKey = (String, Option<String>, String);
-
-/// How many sets of git facts are remembered.
-const FACTS_REMEMBERED: usize = 1024;
-
 /// How long a push may take before its capability lapses.
 const CAPABILITY_LIFETIME: Duration = Duration::from_secs(6 * 3600);
 
@@ -50,7 +44,6 @@ pub struct Hosting {
     repositories: Repositories,
     hook_url: OnceLock<String>,
     public_url: OnceLock<String>,
-    facts: Mutex<HashMap<FactsKey, Arc<crate::changes::GitFacts>>>,
     pushes: Mutex<HashMap<String, PushSession>>,
 }
 
@@ -69,7 +62,6 @@ impl Hosting {
             repositories,
             hook_url: OnceLock::new(),
             public_url: OnceLock::new(),
-            facts: Mutex::new(HashMap::new()),
             pushes: Mutex::new(HashMap::new()),
         }
     }
@@ -105,18 +97,6 @@ impl Hosting {
             }
         };
         let _ = self.hook_url.set(format!("http://{host}:{}", address.port()));
-    }
-
-    pub(crate) fn remembered_facts(&self, key: &FactsKey) -> Option<Arc<crate::changes::GitFacts>> {
-        self.facts.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
-    }
-
-    pub(crate) fn remember_facts(&self, key: FactsKey, facts: Arc<crate::changes::GitFacts>) {
-        let mut remembered = self.facts.lock().unwrap_or_else(|e| e.into_inner());
-        if remembered.len() >= FACTS_REMEMBERED {
-            remembered.clear();
-        }
-        remembered.insert(key, facts);
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, PushSession>> {

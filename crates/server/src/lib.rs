@@ -10,7 +10,6 @@
 
 pub mod api;
 pub mod auth;
-pub mod changes;
 pub mod connections;
 pub mod error;
 pub mod git;
@@ -81,9 +80,6 @@ impl Default for Limits {
 #[derive(Clone)]
 pub struct AppState(Arc<Shared>);
 
-/// How many evaluated gates are remembered.
-const GATES_REMEMBERED: usize = 4096;
-
 struct Shared {
     store: Store,
     keys: Vec<custody_formats::ServiceKey>,
@@ -96,11 +92,7 @@ struct Shared {
     redemptions: RateLimiter,
     max_push_bytes: u64,
     max_object_bytes: u64,
-    /// One turn at a time per merge target, in this process.
-    merge_turns: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Gates evaluated, by project and change, with the audit log's newest
-    /// sequence number and the target's tip they were evaluated at.
-    gates: std::sync::Mutex<std::collections::HashMap<(String, i64), Arc<changes::RememberedGate>>>,
+    changes: Arc<custody_app::Changes>,
 }
 
 impl AppState {
@@ -115,6 +107,8 @@ impl AppState {
         keys: Vec<custody_formats::ServiceKey>,
         sealing: Arc<custody_formats::sealed::SealingKey>,
     ) -> Self {
+        let gate_key = keys.iter().find(|k| k.role() == custody_formats::KeyRole::Gate).map(|k| k.clone_key());
+        let changes = Arc::new(custody_app::Changes::new(store.clone(), repositories.clone(), gate_key));
         AppState(Arc::new(Shared {
             store,
             keys,
@@ -127,8 +121,7 @@ impl AppState {
             redemptions: RateLimiter::new(limits.redemptions, limits.window),
             max_push_bytes: limits.max_push_bytes,
             max_object_bytes: limits.max_object_bytes,
-            merge_turns: Default::default(),
-            gates: Default::default(),
+            changes,
         }))
     }
 
@@ -201,26 +194,9 @@ impl AppState {
         self.0.max_object_bytes
     }
 
-    pub(crate) fn remembered_gate(&self, project: &str, number: i64) -> Option<Arc<changes::RememberedGate>> {
-        self.0.gates.lock().unwrap_or_else(|e| e.into_inner()).get(&(project.to_owned(), number)).cloned()
-    }
-
-    pub(crate) fn remember_gate(&self, project: &str, number: i64, gate: changes::RememberedGate) {
-        let mut gates = self.0.gates.lock().unwrap_or_else(|e| e.into_inner());
-        if gates.len() >= GATES_REMEMBERED {
-            gates.clear();
-        }
-        gates.insert((project.to_owned(), number), Arc::new(gate));
-    }
-
-    /// The turn of merges into `target` of `project` in this process.
-    pub(crate) fn merge_turn(
-        &self,
-        project: &custody_domain::ProjectName,
-        target: &str,
-    ) -> Arc<tokio::sync::Mutex<()>> {
-        let mut turns = self.0.merge_turns.lock().unwrap_or_else(|e| e.into_inner());
-        turns.entry(format!("{project}\u{0}{target}")).or_default().clone()
+    /// Changes: their gates and their merges.
+    pub fn changes(&self) -> &Arc<custody_app::Changes> {
+        &self.0.changes
     }
 }
 

@@ -114,7 +114,7 @@ pub(crate) async fn get_change(
     PathParam((project, number)): PathParam<(String, i64)>,
 ) -> ApiResult<Json<ChangeDetail>> {
     let access = access(&state, &auth, &project).await?;
-    let (_, records, gate) = crate::changes::gate_of(&state, &access, number).await?;
+    let (_, records, gate) = state.changes().gate_of(&access, number).await?;
     let authors =
         records.authors.iter().map(|(user, why)| AuthorView { user: user.to_string(), why: why.clone() }).collect();
     Ok(Json(ChangeDetail { change: records.change, authors, gate }))
@@ -152,7 +152,7 @@ pub(crate) async fn gate(
     PathParam((project, number)): PathParam<(String, i64)>,
 ) -> ApiResult<Json<GateReport>> {
     let access = access(&state, &auth, &project).await?;
-    let (_, _, report) = crate::changes::gate_of(&state, &access, number).await?;
+    let (_, _, report) = state.changes().gate_of(&access, number).await?;
     Ok(Json(report))
 }
 
@@ -243,14 +243,14 @@ pub(crate) async fn merge(
 ) -> ApiResult<(StatusCode, Json<Merged>)> {
     let access = access(&state, &auth, &project).await?;
     if query.auto == Some(true) || query.wait == Some(false) {
-        let (_, _, gate) = crate::changes::gate_of(&state, &access, number).await?;
+        let (_, _, gate) = state.changes().gate_of(&access, number).await?;
         if !gate.open || query.wait == Some(false) {
             state.store().request_auto_merge(&auth.0, &access, number).await?;
             let change = state.store().get_change(&access.project, number).await?;
             return Ok((StatusCode::ACCEPTED, Json(Merged { change, gate, auto_merge: true })));
         }
     }
-    let (change, gate) = crate::changes::merge(&state, &auth.0, &access, number).await?;
+    let (change, gate) = state.changes().merge(&auth.0, &access, number).await?;
     Ok((StatusCode::OK, Json(Merged { change, gate, auto_merge: false })))
 }
 

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use base64::Engine as _;
 use custody_domain::audit::AuditEvent;
 use custody_domain::{ProjectName, Scope};
+use custody_formats::attestation::{unverified_predicate, DeploymentV1};
 use custody_formats::evidence::{
     Bundle, BundleSubject, Entry, InclusionProof, LedgerEvent, LoggedDuty, BUNDLE_MEDIA_TYPE,
 };
@@ -58,13 +58,6 @@ pub(crate) struct EvidenceQuery {
     /// successful deployment of that build.
     #[param(pattern = "^(sha256:)?[0-9a-fA-F]{64}$")]
     artifact: Option<String>,
-}
-
-fn payload_predicate(envelope: &str) -> Option<serde_json::Value> {
-    let envelope: custody_formats::Envelope = serde_json::from_str(envelope).ok()?;
-    let payload = base64::engine::general_purpose::STANDARD.decode(envelope.payload).ok()?;
-    let statement: custody_formats::Statement = serde_json::from_slice(&payload).ok()?;
-    Some(statement.predicate)
 }
 
 /// The environments in pipeline order, from the mainline tip's pipeline file.
@@ -204,8 +197,8 @@ async fn export_bundle(state: AppState, auth: Auth, project: String, query: Evid
         let attestation = attestation.ok_or_else(|| {
             conflict(format!("deployment {} ({}) has not run, so it has no attestation yet", d.number, d.environment))
         })?;
-        if let Some(listed) = payload_predicate(&attestation).and_then(|p| p["release"].as_array().cloned()) {
-            changes.extend(listed.iter().filter_map(|r| r["change"].as_i64()));
+        if let Some(attested) = unverified_predicate::<DeploymentV1>(&attestation) {
+            changes.extend(attested.release.iter().map(|r| r.change));
         }
         deployment_envelopes.push((
             attestation,

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use base64::Engine as _;
 use custody_domain::audit::AuditEvent;
 use custody_domain::{ProjectName, Timestamp};
+use custody_formats::attestation::{unverified_predicate, DeploymentV1};
 use custody_store::{AuditFilter, PageRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -44,12 +44,6 @@ pub(crate) struct ReportData {
     deployments: Vec<Value>,
     #[schema(value_type = Vec<Object>)]
     findings: Vec<Value>,
-}
-
-fn predicate_of(envelope: &str) -> Value {
-    let Ok(envelope) = serde_json::from_str::<custody_formats::Envelope>(envelope) else { return Value::Null };
-    let Ok(payload) = base64::engine::general_purpose::STANDARD.decode(envelope.payload) else { return Value::Null };
-    serde_json::from_slice::<custody_formats::Statement>(&payload).map(|s| s.predicate).unwrap_or(Value::Null)
 }
 
 async fn events_between(state: &AppState, from: i64, to: i64) -> ApiResult<Vec<AuditEvent>> {
@@ -135,10 +129,10 @@ pub(crate) async fn report(
                 let number: i64 = number.parse().unwrap_or(0);
                 let access = state.store().project_access(&auth.0, &name).await?;
                 let (_, attestation) = state.store().deployment_record(&access, number).await?;
-                let predicate = attestation.as_deref().map(predicate_of).unwrap_or(Value::Null);
+                let attested = attestation.as_deref().and_then(unverified_predicate::<DeploymentV1>);
                 let mut changes = Vec::new();
-                for change in predicate["release"].as_array().cloned().unwrap_or_default() {
-                    let Some(change) = change["change"].as_i64() else { continue };
+                let released: Vec<i64> = attested.iter().flat_map(|p| &p.release).map(|r| r.change).collect();
+                for change in released {
                     let merged =
                         state.store().audit_event_about("change.merge", &format!("change:{project}/{change}")).await?;
                     if let Some(merged) = merged {
@@ -159,7 +153,7 @@ pub(crate) async fn report(
                     "project": project,
                     "number": number,
                     "environment": environment,
-                    "after": predicate["after"],
+                    "after": attested.as_ref().and_then(|p| p.after.as_deref()),
                     "build": details["build"],
                     "commit": details["commit"],
                     "artifacts": build.as_ref().map(|b| b.details["artifacts"].clone()).unwrap_or(Value::Null),
@@ -168,7 +162,7 @@ pub(crate) async fn report(
                     "approvers": details["approvers"],
                     "testers": details["testers"],
                     "break_glass": details["break_glass"],
-                    "gate": predicate["gate"],
+                    "gate": attested.as_ref().and_then(|p| p.gate.as_ref()),
                     "changes": changes,
                     "envelope_sha256": details["envelope_sha256"],
                     "seq": event.seq,

@@ -4,6 +4,7 @@
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use custody_formats::attestation::ChangeV1;
 use custody_formats::dsse::Envelope;
 use custody_formats::KeyRole;
 use custody_store::{BuildView, ChangeView, DeploymentView};
@@ -151,28 +152,12 @@ async fn chain(
     let mut links = Vec::new();
     if let Some(change) = change {
         let attested = state.store().attestation(access, change.number).await.ok();
-        let predicate = attested
+        let predicate: Option<ChangeV1> = attested
             .as_deref()
             .and_then(|a| open(state, a, KeyRole::Gate).ok())
-            .map(|statement| statement["predicate"].clone())
-            .unwrap_or(Value::Null);
-        let reviewed = predicate["reviewed_head"].as_str().unwrap_or(&change.head).to_owned();
+            .and_then(|statement| serde_json::from_value(statement["predicate"].clone()).ok());
+        let reviewed = predicate.as_ref().map_or_else(|| change.head.clone(), |p| p.reviewed_head.clone());
         let pusher = state.store().commit(&access.project, &reviewed).await.ok().and_then(|c| c.pusher);
-        let list = |key: &str, field: Option<&str>| -> Vec<String> {
-            predicate[key]
-                .as_array()
-                .map(|items| {
-                    items
-                        .iter()
-                        .filter_map(|v| match field {
-                            Some(f) => v[f].as_str(),
-                            None => v.as_str(),
-                        })
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
         links.push(Link {
             kind: "commit".into(),
             title: short(&reviewed).to_owned(),
@@ -180,21 +165,23 @@ async fn chain(
             duties: vec![("pushed by (author)".into(), pusher.unwrap_or_else(|| "unknown".into()))],
             href: None,
         });
-        let mut approvers = list("approvers", None);
-        if approvers.is_empty() && predicate.is_null() {
-            approvers = change
+        let approvers = match &predicate {
+            Some(p) => p.approvers.clone(),
+            None => change
                 .reviews
                 .iter()
                 .filter(|r| r.verdict == "approve" && !r.stale)
                 .map(|r| r.reviewer.clone())
-                .collect();
-        }
+                .collect(),
+        };
+        let authors: Vec<String> =
+            predicate.as_ref().map(|p| p.authors.iter().map(|a| a.user.clone()).collect()).unwrap_or_default();
         links.push(Link {
             kind: "change".into(),
             title: format!("#{} {}", change.number, change.title),
             state: state_of(change.state.as_str()),
             duties: vec![
-                ("authors".into(), names(&list("authors", Some("user")))),
+                ("authors".into(), names(&authors)),
                 ("reviewers (approved)".into(), names(&approvers)),
                 ("merged by".into(), change.merged_by.clone().unwrap_or_else(|| "—".into())),
             ],

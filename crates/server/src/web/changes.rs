@@ -63,10 +63,9 @@ pub(crate) async fn show(
     WebPath((project, number)): WebPath<(String, i64)>,
 ) -> WebResult<Response> {
     let access = access(&state, &visitor, &project).await?;
-    let (change, records, gate) = crate::changes::gate_of(&state, &access, number).await?;
+    let (change, records, gate) = state.changes().gate_of(&access, number).await?;
     let (target, head, merged_as) = state.store().change_position(&access, number).await?;
-    let facts =
-        crate::changes::git_facts(&state, &access.project, &access.default_branch, target, head, merged_as).await?;
+    let facts = state.changes().git_facts(&access.project, &access.default_branch, target, head, merged_as).await?;
     let checks = state.store().check_runs(&access, number, true).await?;
     let repository = state.hosting().repositories().path(&access.project);
     let (base, head, commits) = (facts.target_tip.clone(), facts.head.clone(), facts.commits.clone());
@@ -282,7 +281,9 @@ pub(crate) async fn merge(
 ) -> WebResult<Response> {
     let here = format!("/projects/{}/changes/{number}", seg(&project));
     let access = access(&state, &posted.visitor, &project).await?;
-    crate::changes::merge(&state, &posted.visitor.auth, &access, number)
+    state
+        .changes()
+        .merge(&posted.visitor.auth, &access, number)
         .await
         .map_err(|e| WebError::from(e).back(here.clone()))?;
     Ok(see_other(&here))

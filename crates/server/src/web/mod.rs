@@ -120,6 +120,12 @@ impl From<ApiError> for WebError {
     }
 }
 
+impl From<custody_app::AppError> for WebError {
+    fn from(error: custody_app::AppError) -> Self {
+        ApiError::from(error).into()
+    }
+}
+
 impl From<StoreError> for WebError {
     fn from(error: StoreError) -> Self {
         ApiError::from(error).into()
