@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::projects::ProjectAccess;
-use crate::writer::{Reads, Tx};
+use crate::tx::{Reads, Tx};
 use crate::{col, now_ms, Dialect, Page, PageRequest, Result, Store, StoreError};
 
 /// How many times a build is taken before a worker that keeps vanishing

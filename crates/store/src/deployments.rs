@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::projects::ProjectAccess;
-use crate::writer::{Reads, Tx};
+use crate::tx::{Reads, Tx};
 use crate::{col, now_ms, Authenticated, Result, Store, StoreError};
 
 /// A decision someone took on a deployment.

@@ -8,7 +8,7 @@ use custody_domain::{Decision, Reason, Timestamp};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::writer::Tx;
+use crate::tx::Tx;
 use crate::{col, now_ms, Authenticated, Result, Store, StoreError};
 
 /// A finding as shown.

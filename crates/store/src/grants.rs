@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::people::{in_group, require_admin, revoke_all, user_id, Authenticated};
-use crate::writer::Tx;
+use crate::tx::Tx;
 use crate::{col, now_ms, Dialect, Page, PageRequest, Result, Store, StoreError};
 
 /// A user created by a grant cannot redeem an invite before it is approved.

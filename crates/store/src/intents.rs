@@ -20,7 +20,7 @@ use custody_domain::audit::NewEvent;
 use custody_domain::ProjectName;
 use serde_json::json;
 
-use crate::writer::{Reads as _, Tx};
+use crate::tx::{Reads as _, Tx};
 use crate::{col, now_ms, Result, Store, StoreError};
 
 /// A merge recorded whose ref move is not yet known to have happened.
@@ -339,7 +339,7 @@ pub async fn recorded_mainlines(url: &str) -> Result<Vec<Mainline>> {
 /// the `change.merge_landed` event its settling wrote; merges recorded
 /// before intents existed moved their branch in their own transaction.
 pub(crate) async fn prove_landed(
-    tx: &mut impl crate::writer::Reads,
+    tx: &mut impl crate::tx::Reads,
     project: &str,
     change: i64,
     commit: &str,

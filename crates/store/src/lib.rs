@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod bearer;
 mod builds;
 mod changes;
 mod checks;
@@ -29,6 +30,7 @@ pub mod fault;
 mod findings;
 mod grants;
 mod groups;
+mod inspect;
 mod intents;
 mod ledger;
 mod people;
@@ -36,6 +38,7 @@ mod projects;
 mod proof;
 mod seals;
 mod secrets;
+mod tx;
 mod writer;
 
 use std::sync::Arc;
@@ -59,13 +62,14 @@ pub use dialect::Dialect;
 pub use findings::FindingView;
 pub use grants::GrantView;
 pub use groups::{GroupView, MemberView};
+pub use inspect::{inspect, inspect_with_key, Finding, LedgerReport};
 pub use intents::{recorded_mainlines, Mainline, MergeIntent, MergeQueue, MovingMerge, Settled, WaitingMerge};
-pub use ledger::{inspect, inspect_with_key, Finding, LedgerReport, StoredCheckpoint};
+pub use ledger::StoredCheckpoint;
 pub use people::{random_secret, Authenticated, CreatedUser, Initialised, NewToken, TokenView, UserView};
 pub use projects::{CommitView, ProjectAccess, ProjectMemberView, ProjectView, PushDecided, PushView};
 pub use proof::{LedgerSecrets, UNPROVEN_FACT};
 pub use secrets::{slot as secret_slot, SealedSecret, SecretView};
-pub use writer::Tx;
+pub use tx::Tx;
 
 /// Why a store operation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -339,11 +343,11 @@ impl Store {
     }
 
     /// A reader's connection that knows the ledger, for proofs and seals.
-    pub(crate) async fn reader(&self) -> Result<writer::Reader> {
+    pub(crate) async fn reader(&self) -> Result<tx::Reader> {
         // Read before the connection's first query: what it reads is at
         // least this new.
         let bound = self.ledger().through();
-        Ok(writer::Reader {
+        Ok(tx::Reader {
             conn: self.readers().acquire().await?,
             dialect: self.dialect(),
             ledger: self.ledger().clone(),

@@ -6,7 +6,7 @@ use custody_domain::grant::GrantAction;
 use custody_domain::{ProjectName, Timestamp};
 use serde::Serialize;
 
-use crate::writer::Tx;
+use crate::tx::Tx;
 use crate::{col, now_ms, Authenticated, GrantView, Result, Store, StoreError};
 
 /// A secret as shown: never its value.

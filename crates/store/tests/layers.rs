@@ -30,10 +30,8 @@ fn store_modules_form_no_circle() {
     let modules: BTreeSet<String> = sources.keys().filter(|m| !EXCEPTED.contains(&m.as_str())).cloned().collect();
     assert!(modules.len() > 5, "too few modules found under {}", src.display());
     let reexports = reexports(&lib, &modules);
-    let graph: Graph = modules
-        .iter()
-        .map(|m| (m.clone(), dependencies(m, &sources[m], &modules, &reexports)))
-        .collect();
+    let graph: Graph =
+        modules.iter().map(|m| (m.clone(), dependencies(m, &sources[m], &modules, &reexports))).collect();
     let cycles = cycles(&graph);
     assert!(
         cycles.is_empty(),
