@@ -9,8 +9,7 @@ use custody_domain::{Decision, GroupName, ProjectName, Reason, Rule, Timestamp, 
 use serde::Serialize;
 use serde_json::json;
 
-use crate::people::Authenticated;
-use crate::projects::ProjectAccess;
+use crate::lookups::{Authenticated, ProjectAccess};
 use crate::tx::{Reads, Tx};
 use crate::{col, now_ms, Page, PageRequest, Result, Store, StoreError};
 
@@ -579,7 +578,7 @@ async fn gate_records(
         .collect::<Result<BTreeSet<_>>>()?;
     let mut members = BTreeMap::new();
     for group in groups {
-        members.insert(group.clone(), crate::deployments::group_members(tx, group).await?);
+        members.insert(group.clone(), crate::lookups::group_members(tx, group).await?);
     }
     Ok(GateRecords { change, reviews, authors, writers, groups: members, unrecorded_commits })
 }

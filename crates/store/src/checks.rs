@@ -7,7 +7,7 @@ use custody_domain::Timestamp;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::projects::ProjectAccess;
+use crate::lookups::ProjectAccess;
 use crate::tx::Tx;
 use crate::{col, now_ms, Result, Store, StoreError};
 

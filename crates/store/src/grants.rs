@@ -3,10 +3,11 @@
 use custody_domain::audit::{NewEvent, SYSTEM_ACTOR};
 use custody_domain::grant::{self, AdminActor, AdminEra, Effect, GrantAction, GrantFacts, GrantStatus};
 use custody_domain::{Decision, GroupName, Reason, Scope, Timestamp, UserName};
-use serde::Serialize;
 use serde_json::json;
 
-use crate::people::{in_group, require_admin, revoke_all, user_id, Authenticated};
+use crate::lookups::{
+    existing_user, in_group, pending_for_user, require_admin, revoke_all, user_id, Authenticated, GrantView,
+};
 use crate::tx::Tx;
 use crate::{col, now_ms, Dialect, Page, PageRequest, Result, Store, StoreError};
 
@@ -14,35 +15,6 @@ use crate::{col, now_ms, Dialect, Page, PageRequest, Result, Store, StoreError};
 pub use custody_domain::rules::AWAITING_APPROVAL;
 /// The same grant is already waiting.
 pub use custody_domain::rules::GRANT_DUPLICATE as DUPLICATE;
-
-/// A grant as shown.
-#[derive(Clone, Debug, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct GrantView {
-    /// The grant's number.
-    pub id: i64,
-    /// What it does, as a structured value (`kind`, and its fields).
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
-    pub action: GrantAction,
-    /// What it does, in words.
-    pub description: String,
-    /// The user it is about.
-    pub named_user: String,
-    /// The admin who asked for it.
-    pub requested_by: String,
-    /// When it was asked for.
-    pub requested_at: Timestamp,
-    /// `pending`, `approved`, `rejected` or `bootstrap` (applied at once
-    /// while the instance had a single admin).
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
-    pub status: GrantStatus,
-    /// Who approved or rejected it.
-    pub decided_by: Option<String>,
-    /// When it was decided.
-    pub decided_at: Option<Timestamp>,
-    /// The note given with a rejection.
-    pub note: Option<String>,
-}
 
 fn facts_of(view: &GrantView) -> GrantFacts<'_> {
     GrantFacts { id: view.id, action: &view.action, requested_by: &view.requested_by, status: view.status }
@@ -131,11 +103,6 @@ async fn group_id(tx: &mut Tx, group: &GroupName) -> Result<i64> {
         .fetch_optional(tx.conn())
         .await?
         .ok_or_else(|| StoreError::not_found("group", group))
-}
-
-pub(crate) async fn existing_user(tx: &mut Tx, user: &UserName) -> Result<(i64, bool)> {
-    let (id, _, disabled_at) = user_id(tx, user).await?.ok_or_else(|| StoreError::not_found("user", user))?;
-    Ok((id, disabled_at.is_some()))
 }
 
 /// Checks that `action` can be applied to the state as it is now.
@@ -331,12 +298,6 @@ pub(crate) async fn request(tx: &mut Tx, actor: &Authenticated, action: GrantAct
             Ok(grant)
         }
     }
-}
-
-/// The pending grant that would create `user`, if any.
-pub(crate) async fn pending_for_user(tx: &mut Tx, user: &str) -> Result<Option<i64>> {
-    let sql = tx.sql("SELECT id FROM grants WHERE status = 'pending' AND action = 'user.create' AND named_user = $1");
-    Ok(sqlx::query_scalar(&sql).bind(user).fetch_optional(tx.conn()).await?)
 }
 
 fn refuse_if(decision: Decision) -> Result<()> {

@@ -33,6 +33,7 @@ mod groups;
 mod inspect;
 mod intents;
 mod ledger;
+mod lookups;
 mod people;
 mod projects;
 mod proof;
@@ -60,13 +61,13 @@ pub use deployments::{
 };
 pub use dialect::Dialect;
 pub use findings::FindingView;
-pub use grants::GrantView;
 pub use groups::{GroupView, MemberView};
 pub use inspect::{inspect, inspect_with_key, Finding, LedgerReport};
 pub use intents::{recorded_mainlines, Mainline, MergeIntent, MergeQueue, MovingMerge, Settled, WaitingMerge};
 pub use ledger::StoredCheckpoint;
-pub use people::{random_secret, Authenticated, CreatedUser, Initialised, NewToken, TokenView, UserView};
-pub use projects::{CommitView, ProjectAccess, ProjectMemberView, ProjectView, PushDecided, PushView};
+pub use lookups::{Authenticated, GrantView, ProjectAccess};
+pub use people::{random_secret, CreatedUser, Initialised, NewToken, TokenView, UserView};
+pub use projects::{CommitView, ProjectMemberView, ProjectView, PushDecided, PushView};
 pub use proof::{LedgerSecrets, UNPROVEN_FACT};
 pub use secrets::{slot as secret_slot, SealedSecret, SecretView};
 pub use tx::Tx;
@@ -215,7 +216,7 @@ struct Inner {
     authors: Arc<changes::AuthorsCache>,
     ledger: Arc<proof::LedgerState>,
     /// Project accesses, by project, user and whether they read everything.
-    accesses: AsOf<(String, i64, bool), projects::ProjectAccess>,
+    accesses: AsOf<(String, i64, bool), lookups::ProjectAccess>,
 }
 
 /// Answers remembered with the audit log's newest sequence number they were

@@ -2,7 +2,7 @@
 
 use base64::Engine as _;
 use custody_domain::audit::NewEvent;
-use custody_domain::grant::{self, AdminActor, GrantAction};
+use custody_domain::grant::{self, GrantAction};
 use custody_domain::secret::{self, SecretKind};
 use custody_domain::{Decision, Email, GroupName, InvalidInput, Reason, Scope, Scopes, Timestamp, UserName};
 use rand::Rng as _;
@@ -12,7 +12,8 @@ use serde_json::json;
 use crate::tx::Reads as _;
 
 use crate::bearer::{hash_secret, Bound};
-use crate::grants::{self, GrantView};
+use crate::grants;
+use crate::lookups::{in_group, pending_for_user, require_admin, user_id, Authenticated, GrantView};
 use crate::tx::Tx;
 use crate::{col, now_ms, Page, PageRequest, Result, Store, StoreError};
 
@@ -23,46 +24,6 @@ const LAST_USE_RESOLUTION_MS: i64 = 60_000;
 
 /// Only admins may give a token the admin scope.
 pub use custody_domain::rules::ADMIN_SCOPE_NEEDS_ADMIN;
-
-/// Who is acting, as established by their token. Handlers receive this or
-/// never run.
-#[derive(Clone, Debug)]
-pub struct Authenticated {
-    /// The user's id.
-    pub user_id: i64,
-    /// The user's name.
-    pub name: UserName,
-    /// The scopes of the token used.
-    pub scopes: Scopes,
-    /// The id of the token used.
-    pub token_id: String,
-    /// Whether the user is an admin now.
-    pub is_admin: bool,
-    /// Whether the user is an auditor now.
-    pub is_auditor: bool,
-    /// When the token used stops working, if ever.
-    pub expires_at: Option<i64>,
-    /// The audit log's newest sequence number, read with the token (0 when
-    /// not read): what a request can rely on as current.
-    pub as_of: i64,
-}
-
-impl Authenticated {
-    /// Whether the token carries `scope`.
-    pub fn has_scope(&self, scope: Scope) -> bool {
-        self.scopes.contains(scope)
-    }
-
-    /// The actor as the grant rules see them.
-    pub fn as_admin(&self) -> AdminActor<'_> {
-        AdminActor { name: &self.name, is_admin: self.is_admin, admin_scope: self.has_scope(Scope::Admin) }
-    }
-
-    /// Whether they may read everything (admins and auditors).
-    pub fn reads_everything(&self) -> bool {
-        self.is_admin || self.is_auditor
-    }
-}
 
 /// A person, as shown.
 #[derive(Clone, Debug, Serialize)]
@@ -99,7 +60,7 @@ pub struct CreatedUser {
     /// When the code stops working.
     pub invite_expires_at: Timestamp,
     /// The grant creating the user: pending until a second admin approves.
-    pub grant: grants::GrantView,
+    pub grant: GrantView,
 }
 
 /// A token just made. Its secret is shown once and never stored.
@@ -164,35 +125,6 @@ fn check_token_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-pub(crate) async fn user_id(tx: &mut Tx, name: &UserName) -> Result<Option<(i64, String, Option<i64>)>> {
-    let sql = tx.sql("SELECT id, state, disabled_at FROM users WHERE name = $1");
-    let row = sqlx::query(&sql).bind(name.as_str()).fetch_optional(tx.conn()).await?;
-    row.map(|row| Ok((col(&row, "id")?, col(&row, "state")?, col(&row, "disabled_at")?))).transpose()
-}
-
-/// Whether `user_id` is in the group named `group` now.
-pub(crate) async fn in_group(tx: &mut Tx, user_id: i64, group: &str) -> Result<bool> {
-    let sql = tx.sql(
-        "SELECT COUNT(*) FROM group_members m JOIN groups g ON g.id = m.group_id \
-         WHERE m.user_id = $1 AND g.name = $2",
-    );
-    let count: i64 = sqlx::query_scalar(&sql).bind(user_id).bind(group).fetch_one(tx.conn()).await?;
-    Ok(count > 0)
-}
-
-/// Re-reads the actor's admin status inside the transaction, so that a
-/// decision rests on what is true at commit, not at authentication.
-pub(crate) async fn require_admin(tx: &mut Tx, actor: &Authenticated) -> Result<()> {
-    crate::seals::check(tx, &format!("user:{}", actor.name)).await?;
-    let is_admin = in_group(tx, actor.user_id, "admins").await?;
-    let decision =
-        grant::decide_admin(&AdminActor { name: &actor.name, is_admin, admin_scope: actor.has_scope(Scope::Admin) });
-    if !decision.allowed {
-        return Err(StoreError::Refused(decision));
-    }
-    Ok(())
-}
-
 pub(crate) async fn insert_token(
     tx: &mut Tx,
     user_id: i64,
@@ -233,17 +165,6 @@ fn token_event(actor: &str, user: &str, token: &NewToken, how: &str) -> NewEvent
         subject: format!("user:{user}"),
         details: json!({ "token_id": token.id, "scopes": token.scopes, "expires_at": token.expires_at, "how": how }),
     }
-}
-
-/// Revokes every token of a user and voids their unredeemed invites.
-pub(crate) async fn revoke_all(tx: &mut Tx, user_id: i64) -> Result<()> {
-    let now = now_ms();
-    let sql = tx.sql("UPDATE tokens SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL");
-    sqlx::query(&sql).bind(now).bind(user_id).execute(tx.conn()).await?;
-    let sql =
-        tx.sql("UPDATE invites SET expires_at = $1 WHERE user_id = $2 AND redeemed_at IS NULL AND expires_at > $1");
-    sqlx::query(&sql).bind(now).bind(user_id).execute(tx.conn()).await?;
-    Ok(())
 }
 
 /// What init made: the first admin's token.
@@ -499,7 +420,7 @@ impl Store {
                 crate::seals::check(tx, &format!("user:{name}")).await?;
                 let state: String = col(&row, "state")?;
                 if state != "active" {
-                    let grant = grants::pending_for_user(tx, &name).await?;
+                    let grant = pending_for_user(tx, &name).await?;
                     return Err(StoreError::Refused(Decision::deny(
                         Reason::new(
                             grants::AWAITING_APPROVAL,

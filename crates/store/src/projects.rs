@@ -8,8 +8,7 @@ use custody_domain::{ProjectName, RefUpdate, Role, Timestamp, UserName};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::grants::{existing_user, GrantView};
-use crate::people::{require_admin, Authenticated};
+use crate::lookups::{existing_user, require_admin, Authenticated, GrantView, ProjectAccess};
 use crate::seals::CommitRecord;
 use crate::tx::{Reads, Tx};
 use crate::{col, now_ms, Page, PageRequest, Result, Store, StoreError};
@@ -47,26 +46,6 @@ pub struct ProjectMemberView {
     pub role: Role,
     /// The grant that made them one.
     pub grant: i64,
-}
-
-/// What someone may do in a project, and what the push rules need.
-#[derive(Clone, Debug)]
-pub struct ProjectAccess {
-    /// The project's id.
-    pub project_id: i64,
-    /// The project's name.
-    pub project: ProjectName,
-    /// Their role, if they are a member.
-    pub role: Option<Role>,
-    /// Whether they may read it.
-    pub can_read: bool,
-    /// The default branch.
-    pub default_branch: String,
-    /// The protected branches besides the default one.
-    pub protected: Vec<String>,
-    /// The audit log's newest sequence number when this was read: what the
-    /// database held then is what it held at that event.
-    pub as_of: i64,
 }
 
 /// A commit and who brought it in: the pusher is known from

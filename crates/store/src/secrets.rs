@@ -90,7 +90,7 @@ impl Store {
         let (actor, project) = (actor.clone(), project.clone());
         self.write(move |tx| {
             Box::pin(async move {
-                crate::people::require_admin(tx, &actor).await?;
+                crate::lookups::require_admin(tx, &actor).await?;
                 let sql = tx.sql("SELECT id FROM projects WHERE name = $1");
                 let project_id: i64 = sqlx::query_scalar(&sql)
                     .bind(project.as_str())
