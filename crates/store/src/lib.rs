@@ -18,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+mod applying;
 mod audit;
 mod bearer;
 mod builds;

@@ -632,7 +632,7 @@ impl Store {
                 if grant::disabling_needs_grant(groups > 0) {
                     return grants::request(tx, &actor, action).await.map(Some);
                 }
-                grants::apply(tx, 0, &action).await?;
+                crate::applying::apply(tx, 0, &action).await?;
                 tx.audit(NewEvent {
                     actor: actor.name.to_string(),
                     action: "user.disable".into(),
