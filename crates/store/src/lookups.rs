@@ -101,12 +101,14 @@ pub struct GrantView {
     pub note: Option<String>,
 }
 
+/// A user's id, state and when they were disabled, by name.
 pub(crate) async fn user_id(tx: &mut Tx, name: &UserName) -> Result<Option<(i64, String, Option<i64>)>> {
     let sql = tx.sql("SELECT id, state, disabled_at FROM users WHERE name = $1");
     let row = sqlx::query(&sql).bind(name.as_str()).fetch_optional(tx.conn()).await?;
     row.map(|row| Ok((col(&row, "id")?, col(&row, "state")?, col(&row, "disabled_at")?))).transpose()
 }
 
+/// A user who must exist: their id and whether they are disabled.
 pub(crate) async fn existing_user(tx: &mut Tx, user: &UserName) -> Result<(i64, bool)> {
     let (id, _, disabled_at) = user_id(tx, user).await?.ok_or_else(|| StoreError::not_found("user", user))?;
     Ok((id, disabled_at.is_some()))
@@ -152,6 +154,7 @@ pub(crate) async fn pending_for_user(tx: &mut Tx, user: &str) -> Result<Option<i
     Ok(sqlx::query_scalar(&sql).bind(user).fetch_optional(tx.conn()).await?)
 }
 
+/// A stored user name, read back; another value is damaged data.
 pub(crate) fn parse_user(name: String) -> Result<UserName> {
     UserName::parse(&name).map_err(|e| StoreError::Corrupt(e.to_string()))
 }

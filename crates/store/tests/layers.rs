@@ -325,8 +325,8 @@ fn without_comments(source: &str) -> String {
     out
 }
 
-/// One circle through each group of modules that reach one another, each
-/// named from its alphabetically first module back to it.
+/// Circles between modules: for each module, in name order, that no
+/// circle found so far passes through, the shortest way back to itself.
 fn cycles(graph: &Graph) -> Vec<Vec<String>> {
     let mut found = Vec::new();
     let mut covered = BTreeSet::new();
