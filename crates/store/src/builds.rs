@@ -14,8 +14,8 @@ use custody_domain::{ProjectName, Timestamp};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::projects::ProjectAccess;
-use crate::writer::{Reads, Tx};
+use crate::lookups::ProjectAccess;
+use crate::tx::{Reads, Tx};
 use crate::{col, now_ms, Dialect, Page, PageRequest, Result, Store, StoreError};
 
 /// How many times a build is taken before a worker that keeps vanishing
@@ -377,7 +377,7 @@ impl Store {
                             // A merge's build, only once the merge is proven on its branch.
                             let change = events.first().and_then(|e| e.details.get("change")).and_then(|c| c.as_i64());
                             match change {
-                                Some(change) => crate::intents::prove_landed(tx, &project, change, &commit).await,
+                                Some(change) => crate::lookups::prove_landed(tx, &project, change, &commit).await,
                                 None => Ok(()),
                             }
                         }

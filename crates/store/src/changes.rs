@@ -9,9 +9,8 @@ use custody_domain::{Decision, GroupName, ProjectName, Reason, Rule, Timestamp, 
 use serde::Serialize;
 use serde_json::json;
 
-use crate::people::Authenticated;
-use crate::projects::ProjectAccess;
-use crate::writer::{Reads, Tx};
+use crate::lookups::{Authenticated, ProjectAccess};
+use crate::tx::{Reads, Tx};
 use crate::{col, now_ms, Page, PageRequest, Result, Store, StoreError};
 
 /// Only project members with write access may approve.
@@ -277,7 +276,7 @@ async fn commit_authors(tx: &mut impl Reads, project_id: i64, commits: &[String]
         let key = tx.ledger_state().secrets.key.clone();
         for row in &rows {
             let sha: String = col(row, "sha")?;
-            let record = crate::projects::CommitRecord {
+            let record = crate::seals::CommitRecord {
                 project_id,
                 sha: &sha,
                 first_push: col(row, "first_push_id")?,
@@ -579,7 +578,7 @@ async fn gate_records(
         .collect::<Result<BTreeSet<_>>>()?;
     let mut members = BTreeMap::new();
     for group in groups {
-        members.insert(group.clone(), crate::deployments::group_members(tx, group).await?);
+        members.insert(group.clone(), crate::lookups::group_members(tx, group).await?);
     }
     Ok(GateRecords { change, reviews, authors, writers, groups: members, unrecorded_commits })
 }
@@ -1072,7 +1071,7 @@ impl Store {
                     // custody's own commit: recorded, so that later changes
                     // containing it know who made it (nobody can have pushed it).
                     let (name, email) = ("custody", "custody@localhost");
-                    let seal = crate::projects::CommitRecord {
+                    let seal = crate::seals::CommitRecord {
                         project_id: access2.project_id,
                         sha: &merge_commit,
                         first_push: None,

@@ -7,8 +7,8 @@ use custody_domain::Timestamp;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::projects::ProjectAccess;
-use crate::writer::Tx;
+use crate::lookups::ProjectAccess;
+use crate::tx::Tx;
 use crate::{col, now_ms, Result, Store, StoreError};
 
 /// A check run as shown.

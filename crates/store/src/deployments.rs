@@ -19,8 +19,8 @@ use custody_domain::{Decision, GroupName, Reason, Timestamp, UserName};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::projects::ProjectAccess;
-use crate::writer::{Reads, Tx};
+use crate::lookups::{group_members, parse_user, recorded_decisions, ProjectAccess};
+use crate::tx::{Reads, Tx};
 use crate::{col, now_ms, Authenticated, Result, Store, StoreError};
 
 /// A decision someone took on a deployment.
@@ -222,20 +222,6 @@ fn deployment_view(row: &sqlx::any::AnyRow) -> Result<DeploymentView> {
     })
 }
 
-fn parse_user(name: String) -> Result<UserName> {
-    UserName::parse(&name).map_err(|e| StoreError::Corrupt(e.to_string()))
-}
-
-/// The enabled members of a group.
-pub(crate) async fn group_members(tx: &mut impl Reads, group: &GroupName) -> Result<BTreeSet<UserName>> {
-    let sql = tx.sql(
-        "SELECT u.name FROM group_members m JOIN groups g ON g.id = m.group_id JOIN users u ON u.id = m.user_id \
-         WHERE g.name = $1 AND u.disabled_at IS NULL",
-    );
-    let names = sqlx::query_scalar::<_, String>(&sql).bind(group.as_str()).fetch_all(tx.conn()).await?;
-    names.into_iter().map(parse_user).collect()
-}
-
 /// One deployment with its decisions, read in the transaction.
 async fn load(tx: &mut impl Reads, project_id: i64, number: i64) -> Result<(i64, i64, DeploymentView)> {
     let sql = tx.dialect().sql_owned(format!("SELECT {DEPLOYMENT_COLUMNS} WHERE d.project_id = $1 AND d.number = $2"));
@@ -407,18 +393,6 @@ async fn gather(
         sign_offs,
         break_glass: view.break_glass.is_some(),
     })
-}
-
-/// The decisions custody recorded on a deployment, oldest first, from its
-/// proven events: (who, kind).
-pub(crate) fn recorded_decisions(events: &[crate::proof::TaggedEvent]) -> Vec<(&str, &str)> {
-    events
-        .iter()
-        .filter_map(|e| match e.action.strip_prefix("deploy.")? {
-            kind @ ("approve" | "reject" | "test_passed" | "test_failed") => Some((e.actor.as_str(), kind)),
-            _ => None,
-        })
-        .collect()
 }
 
 /// When custody recorded deployment `number` succeeding; refuses, naming

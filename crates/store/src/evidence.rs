@@ -5,7 +5,7 @@
 use custody_domain::audit::AuditEvent;
 
 use crate::deployments::DeploymentView;
-use crate::projects::ProjectAccess;
+use crate::lookups::ProjectAccess;
 use crate::{col, Result, Store, StoreError};
 
 fn event(row: &sqlx::any::AnyRow) -> Result<AuditEvent> {

@@ -8,7 +8,7 @@ use custody_domain::{Decision, Reason, Timestamp};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::writer::Tx;
+use crate::tx::Tx;
 use crate::{col, now_ms, Authenticated, Result, Store, StoreError};
 
 /// A finding as shown.
@@ -123,7 +123,7 @@ impl Store {
         let actor = actor.clone();
         self.write(move |tx| {
             Box::pin(async move {
-                crate::people::require_admin(tx, &actor).await?;
+                crate::lookups::require_admin(tx, &actor).await?;
                 let row = sqlx::query(&sql_select(tx)).bind(id).fetch_optional(tx.conn()).await?;
                 let row = row.ok_or_else(|| StoreError::not_found("finding", id))?;
                 let finding = finding_view(&row)?;
@@ -139,7 +139,7 @@ impl Store {
                 if finding.subject.starts_with("deployment:") {
                     let events = crate::proof::proven_events(tx, &finding.subject).await?;
                     involved.extend(
-                        crate::deployments::recorded_decisions(&events).into_iter().map(|(user, _)| user.to_owned()),
+                        crate::lookups::recorded_decisions(&events).into_iter().map(|(user, _)| user.to_owned()),
                     );
                 }
                 if involved.iter().any(|name| name == actor.name.as_str()) {

@@ -1,48 +1,20 @@
-//! Grants: asked for by one admin, applied when a second approves.
+//! Grants: asked for by one admin, applied when a second approves. What
+//! applying one changes is in [`crate::applying`].
 
 use custody_domain::audit::{NewEvent, SYSTEM_ACTOR};
 use custody_domain::grant::{self, AdminActor, AdminEra, Effect, GrantAction, GrantFacts, GrantStatus};
 use custody_domain::{Decision, GroupName, Reason, Scope, Timestamp, UserName};
-use serde::Serialize;
 use serde_json::json;
 
-use crate::people::{in_group, require_admin, revoke_all, user_id, Authenticated};
-use crate::writer::Tx;
+use crate::applying::{admin_count, apply, check_applicable};
+use crate::lookups::{in_group, require_admin, Authenticated, GrantView};
+use crate::tx::Tx;
 use crate::{col, now_ms, Dialect, Page, PageRequest, Result, Store, StoreError};
 
 /// A user created by a grant cannot redeem an invite before it is approved.
 pub use custody_domain::rules::AWAITING_APPROVAL;
 /// The same grant is already waiting.
 pub use custody_domain::rules::GRANT_DUPLICATE as DUPLICATE;
-
-/// A grant as shown.
-#[derive(Clone, Debug, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct GrantView {
-    /// The grant's number.
-    pub id: i64,
-    /// What it does, as a structured value (`kind`, and its fields).
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
-    pub action: GrantAction,
-    /// What it does, in words.
-    pub description: String,
-    /// The user it is about.
-    pub named_user: String,
-    /// The admin who asked for it.
-    pub requested_by: String,
-    /// When it was asked for.
-    pub requested_at: Timestamp,
-    /// `pending`, `approved`, `rejected` or `bootstrap` (applied at once
-    /// while the instance had a single admin).
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
-    pub status: GrantStatus,
-    /// Who approved or rejected it.
-    pub decided_by: Option<String>,
-    /// When it was decided.
-    pub decided_at: Option<Timestamp>,
-    /// The note given with a rejection.
-    pub note: Option<String>,
-}
 
 fn facts_of(view: &GrantView) -> GrantFacts<'_> {
     GrantFacts { id: view.id, action: &view.action, requested_by: &view.requested_by, status: view.status }
@@ -98,13 +70,6 @@ pub(crate) async fn era(tx: &mut Tx) -> Result<AdminEra> {
     }
 }
 
-async fn admin_count(tx: &mut Tx) -> Result<usize> {
-    let sql = "SELECT COUNT(*) FROM group_members m JOIN groups g ON g.id = m.group_id \
-               JOIN users u ON u.id = m.user_id WHERE g.name = 'admins' AND u.disabled_at IS NULL";
-    let count: i64 = sqlx::query_scalar(sql).fetch_one(tx.conn()).await?;
-    Ok(count as usize)
-}
-
 /// Ends the bootstrap era for good once a second admin exists. Called after
 /// a grant's own events, so the log reads in the order things happened.
 pub(crate) async fn advance_era(tx: &mut Tx) -> Result<()> {
@@ -120,130 +85,6 @@ pub(crate) async fn advance_era(tx: &mut Tx) -> Result<()> {
             details: json!({ "reason": "a second admin exists; from now on every grant needs a second admin" }),
         })
         .await?;
-    }
-    Ok(())
-}
-
-async fn group_id(tx: &mut Tx, group: &GroupName) -> Result<i64> {
-    let sql = tx.sql("SELECT id FROM groups WHERE name = $1");
-    sqlx::query_scalar(&sql)
-        .bind(group.as_str())
-        .fetch_optional(tx.conn())
-        .await?
-        .ok_or_else(|| StoreError::not_found("group", group))
-}
-
-pub(crate) async fn existing_user(tx: &mut Tx, user: &UserName) -> Result<(i64, bool)> {
-    let (id, _, disabled_at) = user_id(tx, user).await?.ok_or_else(|| StoreError::not_found("user", user))?;
-    Ok((id, disabled_at.is_some()))
-}
-
-/// Checks that `action` can be applied to the state as it is now.
-async fn check_applicable(tx: &mut Tx, action: &GrantAction) -> Result<()> {
-    match action {
-        GrantAction::CreateUser { user, .. } => {
-            let (_, state, _) = user_id(tx, user).await?.ok_or_else(|| StoreError::not_found("user", user))?;
-            if state != "pending" {
-                return Err(StoreError::Conflict(format!("user {user} already exists")));
-            }
-        }
-        GrantAction::AddGroupMember { group, user } => {
-            let group_id = group_id(tx, group).await?;
-            let (user_id, state, disabled_at) =
-                user_id(tx, user).await?.ok_or_else(|| StoreError::not_found("user", user))?;
-            if disabled_at.is_some() {
-                return Err(StoreError::Conflict(format!("user {user} is disabled")));
-            }
-            if state != "active" {
-                let pending = pending_for_user(tx, user.as_str()).await?;
-                return Err(StoreError::Conflict(format!(
-                    "user {user} does not exist yet: the grant creating them ({}) must be approved first",
-                    pending.map_or("pending".to_owned(), |id| format!("grant {id}"))
-                )));
-            }
-            let sql = tx.sql("SELECT COUNT(*) FROM group_members WHERE group_id = $1 AND user_id = $2");
-            let n: i64 = sqlx::query_scalar(&sql).bind(group_id).bind(user_id).fetch_one(tx.conn()).await?;
-            if n > 0 {
-                return Err(StoreError::Conflict(format!("{user} is already a member of {group}")));
-            }
-        }
-        GrantAction::RemoveGroupMember { group, user } => {
-            let group_id = group_id(tx, group).await?;
-            let (user_id, _) = existing_user(tx, user).await?;
-            let sql = tx.sql("SELECT COUNT(*) FROM group_members WHERE group_id = $1 AND user_id = $2");
-            let n: i64 = sqlx::query_scalar(&sql).bind(group_id).bind(user_id).fetch_one(tx.conn()).await?;
-            if n == 0 {
-                return Err(StoreError::Conflict(format!("{user} is not a member of {group}")));
-            }
-            keeps_an_admin(tx, action, true).await?;
-        }
-        GrantAction::DisableUser { user } => {
-            let (user_id, disabled) = existing_user(tx, user).await?;
-            if disabled {
-                return Err(StoreError::Conflict(format!("user {user} is already disabled")));
-            }
-            let is_admin = in_group(tx, user_id, "admins").await?;
-            keeps_an_admin(tx, action, is_admin).await?;
-        }
-        GrantAction::AddProjectMember { .. }
-        | GrantAction::RemoveProjectMember { .. }
-        | GrantAction::ProtectBranch { .. }
-        | GrantAction::UnprotectBranch { .. }
-        | GrantAction::SetDefaultBranch { .. }
-        | GrantAction::ImportRepository { .. }
-        | GrantAction::DeleteTag { .. } => crate::projects::check_applicable(tx, action).await?,
-        GrantAction::SetSecret { .. } => {}
-    }
-    Ok(())
-}
-
-async fn keeps_an_admin(tx: &mut Tx, action: &GrantAction, target_is_admin: bool) -> Result<()> {
-    let decision = grant::decide_keeps_an_admin(action, target_is_admin, admin_count(tx).await?);
-    if !decision.allowed {
-        return Err(StoreError::Refused(decision));
-    }
-    Ok(())
-}
-
-/// Applies a grant's action. `grant_id` is recorded on memberships.
-pub(crate) async fn apply(tx: &mut Tx, grant_id: i64, action: &GrantAction) -> Result<()> {
-    check_applicable(tx, action).await?;
-    // Its event renews the subject's seal: only over rows custody wrote, so
-    // that no forged row is sealed in with the grant.
-    crate::seals::check(tx, &action.subject()).await?;
-    let now = now_ms();
-    match action {
-        GrantAction::CreateUser { user, .. } => {
-            let sql = tx.sql("UPDATE users SET state = 'active' WHERE name = $1 AND state = 'pending'");
-            sqlx::query(&sql).bind(user.as_str()).execute(tx.conn()).await?;
-        }
-        GrantAction::AddGroupMember { group, user } => {
-            let group_id = group_id(tx, group).await?;
-            let (user_id, _) = existing_user(tx, user).await?;
-            let sql =
-                tx.sql("INSERT INTO group_members (group_id, user_id, grant_id, added_at) VALUES ($1, $2, $3, $4)");
-            sqlx::query(&sql).bind(group_id).bind(user_id).bind(grant_id).bind(now).execute(tx.conn()).await?;
-        }
-        GrantAction::RemoveGroupMember { group, user } => {
-            let group_id = group_id(tx, group).await?;
-            let (user_id, _) = existing_user(tx, user).await?;
-            let sql = tx.sql("DELETE FROM group_members WHERE group_id = $1 AND user_id = $2");
-            sqlx::query(&sql).bind(group_id).bind(user_id).execute(tx.conn()).await?;
-        }
-        GrantAction::DisableUser { user } => {
-            let (user_id, _) = existing_user(tx, user).await?;
-            let sql = tx.sql("UPDATE users SET disabled_at = $1 WHERE id = $2");
-            sqlx::query(&sql).bind(now).bind(user_id).execute(tx.conn()).await?;
-            revoke_all(tx, user_id).await?;
-        }
-        GrantAction::AddProjectMember { .. }
-        | GrantAction::RemoveProjectMember { .. }
-        | GrantAction::ProtectBranch { .. }
-        | GrantAction::UnprotectBranch { .. }
-        | GrantAction::SetDefaultBranch { .. }
-        | GrantAction::ImportRepository { .. }
-        | GrantAction::DeleteTag { .. } => crate::projects::apply(tx, grant_id, action).await?,
-        GrantAction::SetSecret { .. } => crate::secrets::apply(tx, action).await?,
     }
     Ok(())
 }
@@ -331,12 +172,6 @@ pub(crate) async fn request(tx: &mut Tx, actor: &Authenticated, action: GrantAct
             Ok(grant)
         }
     }
-}
-
-/// The pending grant that would create `user`, if any.
-pub(crate) async fn pending_for_user(tx: &mut Tx, user: &str) -> Result<Option<i64>> {
-    let sql = tx.sql("SELECT id FROM grants WHERE status = 'pending' AND action = 'user.create' AND named_user = $1");
-    Ok(sqlx::query_scalar(&sql).bind(user).fetch_optional(tx.conn()).await?)
 }
 
 fn refuse_if(decision: Decision) -> Result<()> {

@@ -6,8 +6,7 @@ use custody_domain::{GroupName, Timestamp, UserName};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::grants::GrantView;
-use crate::people::{require_admin, Authenticated};
+use crate::lookups::{require_admin, Authenticated, GrantView};
 use crate::{col, now_ms, Page, PageRequest, Result, Store, StoreError};
 
 /// A group as listed.

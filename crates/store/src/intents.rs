@@ -20,7 +20,8 @@ use custody_domain::audit::NewEvent;
 use custody_domain::ProjectName;
 use serde_json::json;
 
-use crate::writer::{Reads as _, Tx};
+use crate::lookups::short;
+use crate::tx::{Reads as _, Tx};
 use crate::{col, now_ms, Result, Store, StoreError};
 
 /// A merge recorded whose ref move is not yet known to have happened.
@@ -91,10 +92,6 @@ pub(crate) async fn record(
         return Err(StoreError::TargetMoved);
     }
     Ok(())
-}
-
-fn short(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
 }
 
 /// A project's merge queue: merges recorded whose ref is moving, then the
@@ -332,40 +329,4 @@ pub async fn recorded_mainlines(url: &str) -> Result<Vec<Mainline>> {
     }
     let _ = conn.close().await;
     Ok(mainlines)
-}
-
-/// Whether the merge of `change` as `commit` is proven to have reached its
-/// branch: a merge recorded with its intent (its event names a base) needs
-/// the `change.merge_landed` event its settling wrote; merges recorded
-/// before intents existed moved their branch in their own transaction.
-pub(crate) async fn prove_landed(
-    tx: &mut impl crate::writer::Reads,
-    project: &str,
-    change: i64,
-    commit: &str,
-) -> Result<()> {
-    let events = crate::proof::proven_events(tx, &format!("change:{project}/{change}")).await?;
-    let merged = events
-        .iter()
-        .rposition(|e| e.action == "change.merge" && crate::proof::detail(e, "merge_commit") == Some(commit));
-    let Some(merged) = merged else {
-        return Err(crate::proof::unproven(format!(
-            "change {change} of {project}: custody recorded no merge of it as {}",
-            short(commit)
-        )));
-    };
-    if events[merged].details.get("base").is_none() {
-        return Ok(());
-    }
-    let landed = events[merged..]
-        .iter()
-        .any(|e| e.action == "change.merge_landed" && crate::proof::detail(e, "merge_commit") == Some(commit));
-    if landed {
-        return Ok(());
-    }
-    Err(crate::proof::unproven(format!(
-        "merge_intents of change {change} of {project}: custody never recorded its merge {} reaching the branch, and \
-         no intent is pending (deleted or settled around custody)",
-        short(commit)
-    )))
 }

@@ -18,7 +18,9 @@
 
 #![forbid(unsafe_code)]
 
+mod applying;
 mod audit;
+mod bearer;
 mod builds;
 mod changes;
 mod checks;
@@ -29,13 +31,16 @@ pub mod fault;
 mod findings;
 mod grants;
 mod groups;
+mod inspect;
 mod intents;
 mod ledger;
+mod lookups;
 mod people;
 mod projects;
 mod proof;
 mod seals;
 mod secrets;
+mod tx;
 mod writer;
 
 use std::sync::Arc;
@@ -57,15 +62,16 @@ pub use deployments::{
 };
 pub use dialect::Dialect;
 pub use findings::FindingView;
-pub use grants::GrantView;
 pub use groups::{GroupView, MemberView};
+pub use inspect::{inspect, inspect_with_key, Finding, LedgerReport};
 pub use intents::{recorded_mainlines, Mainline, MergeIntent, MergeQueue, MovingMerge, Settled, WaitingMerge};
-pub use ledger::{inspect, inspect_with_key, Finding, LedgerReport, StoredCheckpoint};
-pub use people::{random_secret, Authenticated, CreatedUser, Initialised, NewToken, TokenView, UserView};
-pub use projects::{CommitView, ProjectAccess, ProjectMemberView, ProjectView, PushDecided, PushView};
+pub use ledger::StoredCheckpoint;
+pub use lookups::{Authenticated, GrantView, ProjectAccess};
+pub use people::{random_secret, CreatedUser, Initialised, NewToken, TokenView, UserView};
+pub use projects::{CommitView, ProjectMemberView, ProjectView, PushDecided, PushView};
 pub use proof::{LedgerSecrets, UNPROVEN_FACT};
 pub use secrets::{slot as secret_slot, SealedSecret, SecretView};
-pub use writer::Tx;
+pub use tx::Tx;
 
 /// Why a store operation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -211,7 +217,7 @@ struct Inner {
     authors: Arc<changes::AuthorsCache>,
     ledger: Arc<proof::LedgerState>,
     /// Project accesses, by project, user and whether they read everything.
-    accesses: AsOf<(String, i64, bool), projects::ProjectAccess>,
+    accesses: AsOf<(String, i64, bool), lookups::ProjectAccess>,
 }
 
 /// Answers remembered with the audit log's newest sequence number they were
@@ -339,11 +345,11 @@ impl Store {
     }
 
     /// A reader's connection that knows the ledger, for proofs and seals.
-    pub(crate) async fn reader(&self) -> Result<writer::Reader> {
+    pub(crate) async fn reader(&self) -> Result<tx::Reader> {
         // Read before the connection's first query: what it reads is at
         // least this new.
         let bound = self.ledger().through();
-        Ok(writer::Reader {
+        Ok(tx::Reader {
             conn: self.readers().acquire().await?,
             dialect: self.dialect(),
             ledger: self.ledger().clone(),

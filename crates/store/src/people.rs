@@ -2,20 +2,19 @@
 
 use base64::Engine as _;
 use custody_domain::audit::NewEvent;
-use custody_domain::grant::{self, AdminActor, GrantAction};
+use custody_domain::grant::{self, GrantAction};
 use custody_domain::secret::{self, SecretKind};
 use custody_domain::{Decision, Email, GroupName, InvalidInput, Reason, Scope, Scopes, Timestamp, UserName};
-use custody_formats::ledger_key::EventKey;
 use rand::Rng as _;
 use serde::Serialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
-use crate::writer::Reads as _;
-use subtle::ConstantTimeEq;
+use crate::tx::Reads as _;
 
-use crate::grants::{self, GrantView};
-use crate::writer::Tx;
+use crate::bearer::{hash_secret, Bound};
+use crate::grants;
+use crate::lookups::{in_group, pending_for_user, require_admin, user_id, Authenticated, GrantView};
+use crate::tx::Tx;
 use crate::{col, now_ms, Page, PageRequest, Result, Store, StoreError};
 
 /// How long an invite code stays valid.
@@ -25,46 +24,6 @@ const LAST_USE_RESOLUTION_MS: i64 = 60_000;
 
 /// Only admins may give a token the admin scope.
 pub use custody_domain::rules::ADMIN_SCOPE_NEEDS_ADMIN;
-
-/// Who is acting, as established by their token. Handlers receive this or
-/// never run.
-#[derive(Clone, Debug)]
-pub struct Authenticated {
-    /// The user's id.
-    pub user_id: i64,
-    /// The user's name.
-    pub name: UserName,
-    /// The scopes of the token used.
-    pub scopes: Scopes,
-    /// The id of the token used.
-    pub token_id: String,
-    /// Whether the user is an admin now.
-    pub is_admin: bool,
-    /// Whether the user is an auditor now.
-    pub is_auditor: bool,
-    /// When the token used stops working, if ever.
-    pub expires_at: Option<i64>,
-    /// The audit log's newest sequence number, read with the token (0 when
-    /// not read): what a request can rely on as current.
-    pub as_of: i64,
-}
-
-impl Authenticated {
-    /// Whether the token carries `scope`.
-    pub fn has_scope(&self, scope: Scope) -> bool {
-        self.scopes.contains(scope)
-    }
-
-    /// The actor as the grant rules see them.
-    pub fn as_admin(&self) -> AdminActor<'_> {
-        AdminActor { name: &self.name, is_admin: self.is_admin, admin_scope: self.has_scope(Scope::Admin) }
-    }
-
-    /// Whether they may read everything (admins and auditors).
-    pub fn reads_everything(&self) -> bool {
-        self.is_admin || self.is_auditor
-    }
-}
 
 /// A person, as shown.
 #[derive(Clone, Debug, Serialize)]
@@ -101,7 +60,7 @@ pub struct CreatedUser {
     /// When the code stops working.
     pub invite_expires_at: Timestamp,
     /// The grant creating the user: pending until a second admin approves.
-    pub grant: grants::GrantView,
+    pub grant: GrantView,
 }
 
 /// A token just made. Its secret is shown once and never stored.
@@ -154,76 +113,6 @@ pub fn random_secret() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn hash_secret(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
-}
-
-/// The row a bearer secret belongs to, which its stored hash binds.
-pub(crate) struct Bound<'a> {
-    /// `token` or `invite`.
-    pub(crate) kind: &'static str,
-    pub(crate) id: &'a str,
-    pub(crate) user_id: i64,
-    pub(crate) scopes: &'a str,
-    pub(crate) expires_at: Option<i64>,
-}
-
-/// Marks a hash keyed by the event key and bound to its row.
-const KEYED: &str = "k1:";
-
-impl Bound<'_> {
-    /// What the secret whose SHA-256 digest is `digest` is stored as.
-    pub(crate) fn stored(&self, key: &EventKey, digest: &str) -> String {
-        let expires = self.expires_at.map(|t| t.to_string()).unwrap_or_default();
-        let bound = format!("{}\n{}\n{}\n{}\n{expires}", self.kind, self.id, self.user_id, self.scopes);
-        format!("{KEYED}{}", hex::encode(key.secret_hash(&bound, digest)))
-    }
-
-    /// Whether `presented` is the secret of this row, as stored. A hash not
-    /// keyed by this instance's event key (written around custody, or moved
-    /// from another row) never matches.
-    fn matches(&self, key: &EventKey, stored: &str, presented: &str) -> bool {
-        stored.as_bytes().ct_eq(self.stored(key, &hash_secret(presented)).as_bytes()).into()
-    }
-}
-
-/// Re-keys the secret hashes written before they were keyed (plain SHA-256
-/// digests), once, when an instance first gets its event key: each becomes
-/// the keyed hash of that digest, bound to its row.
-pub(crate) async fn rekey_secrets(
-    conn: &mut sqlx::AnyConnection,
-    dialect: crate::Dialect,
-    key: &EventKey,
-) -> Result<()> {
-    let rows = sqlx::query(&dialect.sql(
-        "SELECT 'token' AS kind, id, user_id, scopes, expires_at, secret_hash FROM tokens WHERE secret_hash NOT LIKE 'k1:%' \
-         UNION ALL SELECT 'invite', id, user_id, '', expires_at, secret_hash FROM invites WHERE secret_hash NOT LIKE 'k1:%'",
-    ))
-    .fetch_all(&mut *conn)
-    .await?;
-    for row in &rows {
-        let kind: String = col(row, "kind")?;
-        let (id, digest): (String, String) = (col(row, "id")?, col(row, "secret_hash")?);
-        let scopes: String = col(row, "scopes")?;
-        let bound = Bound {
-            kind: if kind == "token" { "token" } else { "invite" },
-            id: &id,
-            user_id: col(row, "user_id")?,
-            scopes: &scopes,
-            expires_at: col(row, "expires_at")?,
-        };
-        let sql = match bound.kind {
-            "token" => "UPDATE tokens SET secret_hash = $1 WHERE id = $2",
-            _ => "UPDATE invites SET secret_hash = $1 WHERE id = $2",
-        };
-        sqlx::query(&dialect.sql(sql)).bind(bound.stored(key, &digest)).bind(&id).execute(&mut *conn).await?;
-    }
-    if !rows.is_empty() {
-        tracing::info!(secrets = rows.len(), "keyed the stored hashes of tokens and invites");
-    }
-    Ok(())
-}
-
 fn ts(ms: Option<i64>) -> Option<Timestamp> {
     ms.map(Timestamp::from_millis)
 }
@@ -232,35 +121,6 @@ fn ts(ms: Option<i64>) -> Option<Timestamp> {
 fn check_token_name(name: &str) -> Result<()> {
     if name.trim().is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
         return Err(InvalidInput::new("token name", name, "use 1 to 64 characters without control characters").into());
-    }
-    Ok(())
-}
-
-pub(crate) async fn user_id(tx: &mut Tx, name: &UserName) -> Result<Option<(i64, String, Option<i64>)>> {
-    let sql = tx.sql("SELECT id, state, disabled_at FROM users WHERE name = $1");
-    let row = sqlx::query(&sql).bind(name.as_str()).fetch_optional(tx.conn()).await?;
-    row.map(|row| Ok((col(&row, "id")?, col(&row, "state")?, col(&row, "disabled_at")?))).transpose()
-}
-
-/// Whether `user_id` is in the group named `group` now.
-pub(crate) async fn in_group(tx: &mut Tx, user_id: i64, group: &str) -> Result<bool> {
-    let sql = tx.sql(
-        "SELECT COUNT(*) FROM group_members m JOIN groups g ON g.id = m.group_id \
-         WHERE m.user_id = $1 AND g.name = $2",
-    );
-    let count: i64 = sqlx::query_scalar(&sql).bind(user_id).bind(group).fetch_one(tx.conn()).await?;
-    Ok(count > 0)
-}
-
-/// Re-reads the actor's admin status inside the transaction, so that a
-/// decision rests on what is true at commit, not at authentication.
-pub(crate) async fn require_admin(tx: &mut Tx, actor: &Authenticated) -> Result<()> {
-    crate::seals::check(tx, &format!("user:{}", actor.name)).await?;
-    let is_admin = in_group(tx, actor.user_id, "admins").await?;
-    let decision =
-        grant::decide_admin(&AdminActor { name: &actor.name, is_admin, admin_scope: actor.has_scope(Scope::Admin) });
-    if !decision.allowed {
-        return Err(StoreError::Refused(decision));
     }
     Ok(())
 }
@@ -305,17 +165,6 @@ fn token_event(actor: &str, user: &str, token: &NewToken, how: &str) -> NewEvent
         subject: format!("user:{user}"),
         details: json!({ "token_id": token.id, "scopes": token.scopes, "expires_at": token.expires_at, "how": how }),
     }
-}
-
-/// Revokes every token of a user and voids their unredeemed invites.
-pub(crate) async fn revoke_all(tx: &mut Tx, user_id: i64) -> Result<()> {
-    let now = now_ms();
-    let sql = tx.sql("UPDATE tokens SET revoked_at = $1 WHERE user_id = $2 AND revoked_at IS NULL");
-    sqlx::query(&sql).bind(now).bind(user_id).execute(tx.conn()).await?;
-    let sql =
-        tx.sql("UPDATE invites SET expires_at = $1 WHERE user_id = $2 AND redeemed_at IS NULL AND expires_at > $1");
-    sqlx::query(&sql).bind(now).bind(user_id).execute(tx.conn()).await?;
-    Ok(())
 }
 
 /// What init made: the first admin's token.
@@ -571,7 +420,7 @@ impl Store {
                 crate::seals::check(tx, &format!("user:{name}")).await?;
                 let state: String = col(&row, "state")?;
                 if state != "active" {
-                    let grant = grants::pending_for_user(tx, &name).await?;
+                    let grant = pending_for_user(tx, &name).await?;
                     return Err(StoreError::Refused(Decision::deny(
                         Reason::new(
                             grants::AWAITING_APPROVAL,
@@ -783,7 +632,7 @@ impl Store {
                 if grant::disabling_needs_grant(groups > 0) {
                     return grants::request(tx, &actor, action).await.map(Some);
                 }
-                grants::apply(tx, 0, &action).await?;
+                crate::applying::apply(tx, 0, &action).await?;
                 tx.audit(NewEvent {
                     actor: actor.name.to_string(),
                     action: "user.disable".into(),

@@ -27,7 +27,6 @@ use custody_formats::ledger_key::{Anchor, AnchorFile, EventKey};
 use custody_formats::merkle::{Frontier, Hash};
 use sqlx::AnyConnection;
 
-use crate::writer::Reads;
 use crate::{col, Dialect, Result, StoreError};
 
 /// The rule that refuses a decision whose facts custody cannot prove.
@@ -203,6 +202,152 @@ impl TaggedEvent {
 
 pub(crate) const EVENT_COLUMNS: &str = "seq, at, actor, action, subject, details, prev, mac";
 
+/// A connection that facts are read from: the writer's transaction, or a
+/// reader's connection when nothing is written.
+pub(crate) trait Reads: Send {
+    /// The connection.
+    fn conn(&mut self) -> &mut AnyConnection;
+    /// Which database this is.
+    fn dialect(&self) -> Dialect;
+    /// SQL with placeholders spelled for this database.
+    fn sql(&self, sql: &'static str) -> std::borrow::Cow<'static, str> {
+        self.dialect().sql(sql)
+    }
+    /// The ledger as this process proved it.
+    fn ledger_state(&self) -> Arc<LedgerState>;
+    /// The newest event about `subject` written but not yet committed here.
+    fn pending(&self, _subject: &str) -> Option<i64> {
+        None
+    }
+    /// Whether the running operation is changing `subject`'s sealed rows
+    /// (they are sealed anew when it ends).
+    /// The newest event about `subject` custody recorded, as this reader
+    /// may rely on it: in the writer, the newest written (in its transaction
+    /// or committed); in a reader, the newest committed before the read
+    /// began (see [`LedgerState::newest_within`]).
+    fn newest(&self, subject: &str) -> Option<i64> {
+        self.pending(subject).or_else(|| self.ledger_state().newest(subject))
+    }
+    fn changing(&self, _subject: &str) -> bool {
+        false
+    }
+}
+
+/// Which database a connection is to.
+pub(crate) fn dialect_of(conn: &AnyConnection) -> Dialect {
+    if conn.backend_name().to_ascii_lowercase().starts_with("postgres") {
+        Dialect::Postgres
+    } else {
+        Dialect::Sqlite
+    }
+}
+
+/// How many events one chunk carries.
+pub(crate) const EVENT_CHUNK: i64 = 1 << 15;
+
+/// The next chunk of events after `after`, as one JSON array of
+/// `[seq, at, actor, action, subject, details]` (and, when `tagged`, `prev`
+/// and the tag in hex), with its size and last sequence number: a million
+/// events take a few dozen round trips rather than a million rows. `None`
+/// when no event follows. Without `tagged` it reads a database from before
+/// events were tagged too.
+pub(crate) async fn event_chunk(
+    conn: &mut AnyConnection,
+    after: i64,
+    tagged: bool,
+) -> Result<Option<(i64, i64, String)>> {
+    let sql = match (dialect_of(conn), tagged) {
+        (Dialect::Sqlite, false) => {
+            "SELECT count(*) AS n, max(seq) AS hi, \
+             json_group_array(json_array(seq, at, actor, action, subject, details)) AS events \
+             FROM (SELECT seq, at, actor, action, subject, details FROM audit_events \
+             WHERE seq > $1 ORDER BY seq LIMIT $2)"
+        }
+        (Dialect::Sqlite, true) => {
+            "SELECT count(*) AS n, max(seq) AS hi, \
+             json_group_array(json_array(seq, at, actor, action, subject, details, prev, hex(mac))) AS events \
+             FROM (SELECT seq, at, actor, action, subject, details, prev, mac FROM audit_events \
+             WHERE seq > $1 ORDER BY seq LIMIT $2)"
+        }
+        (Dialect::Postgres, false) => {
+            "SELECT count(*) AS n, max(seq) AS hi, \
+             json_agg(json_build_array(seq, at, actor, action, subject, details))::text AS events \
+             FROM (SELECT seq, at, actor, action, subject, details FROM audit_events \
+             WHERE seq > $1 ORDER BY seq LIMIT $2) AS chunk"
+        }
+        (Dialect::Postgres, true) => {
+            "SELECT count(*) AS n, max(seq) AS hi, \
+             json_agg(json_build_array(seq, at, actor, action, subject, details, prev, encode(mac, 'hex')))::text \
+             AS events FROM (SELECT seq, at, actor, action, subject, details, prev, mac FROM audit_events \
+             WHERE seq > $1 ORDER BY seq LIMIT $2) AS chunk"
+        }
+    };
+    let sql = dialect_of(conn).sql(sql);
+    let row = sqlx::query(&sql).bind(after).bind(EVENT_CHUNK).fetch_one(&mut *conn).await?;
+    let n: i64 = col(&row, "n")?;
+    if n == 0 {
+        return Ok(None);
+    }
+    Ok(Some((n, col(&row, "hi")?, col(&row, "events")?)))
+}
+
+/// An audit event as read, its details not yet parsed.
+pub(crate) struct RawEvent {
+    seq: i64,
+    at: i64,
+    actor: String,
+    action: String,
+    subject: String,
+    details: String,
+    prev: Option<i64>,
+    mac: Option<String>,
+}
+
+impl RawEvent {
+    /// The events of a chunk from [`event_chunk`].
+    pub(crate) fn from_json_array(text: &str) -> Result<Vec<RawEvent>> {
+        let rows: Vec<Vec<serde_json::Value>> =
+            serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("audit events: {e}")))?;
+        let text = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+        rows.iter()
+            .map(|row| {
+                let (fields, tag) = match row.as_slice() {
+                    [a, b, c, d, e, f] => ([a, b, c, d, e, f], None),
+                    [a, b, c, d, e, f, prev, mac] => ([a, b, c, d, e, f], Some((prev, mac))),
+                    _ => return Err(StoreError::Corrupt("audit events: a row of the wrong shape".into())),
+                };
+                let [seq, at, actor, action, subject, details] = fields;
+                Ok(RawEvent {
+                    seq: seq.as_i64().ok_or_else(|| StoreError::Corrupt(format!("audit event seq {seq}")))?,
+                    at: at.as_i64().ok_or_else(|| StoreError::Corrupt(format!("audit event {seq}: at {at}")))?,
+                    actor: text(actor),
+                    action: text(action),
+                    subject: text(subject),
+                    details: text(details),
+                    prev: tag.and_then(|(prev, _)| prev.as_i64()),
+                    mac: tag.and_then(|(_, mac)| mac.as_str()).filter(|m| !m.is_empty()).map(str::to_owned),
+                })
+            })
+            .collect()
+    }
+
+    pub(crate) fn parse(self) -> TaggedEvent {
+        TaggedEvent {
+            seq: self.seq,
+            at: self.at,
+            actor: self.actor,
+            action: self.action,
+            subject: self.subject,
+            // Details that are no longer JSON still hash (as a string), so
+            // the damage shows as a modified event rather than an error.
+            details: serde_json::from_str(&self.details).unwrap_or(serde_json::Value::String(self.details)),
+            prev: self.prev,
+            // A tag that is not hex is no tag: it verifies as nothing.
+            mac: self.mac.map(|m| hex::decode(m).unwrap_or_default()),
+        }
+    }
+}
+
 /// Every event about `subject`, oldest first, proven: each tag verifies,
 /// each names the one before it, and the chain reaches the newest event
 /// custody recorded about it. Anything else fails closed, naming the row.
@@ -272,12 +417,12 @@ pub(crate) fn describe(findings: &[String]) -> String {
 /// Reads every event, oldest first, a chunk at a time.
 async fn for_each_event(conn: &mut AnyConnection, mut each: impl FnMut(TaggedEvent) -> Result<()>) -> Result<()> {
     let mut after = i64::MIN;
-    while let Some((n, hi, events)) = crate::ledger::event_chunk(conn, after, true).await? {
-        for raw in crate::ledger::RawEvent::from_json_array(&events)? {
+    while let Some((n, hi, events)) = event_chunk(conn, after, true).await? {
+        for raw in RawEvent::from_json_array(&events)? {
             each(raw.parse())?;
         }
         after = hi;
-        if n < crate::ledger::EVENT_CHUNK {
+        if n < EVENT_CHUNK {
             break;
         }
     }
@@ -428,7 +573,7 @@ pub(crate) async fn verify_at_open(
     if anchor.is_none() {
         // An instance's first start with its event key: the secrets stored
         // before are keyed now, before the anchor says this was done.
-        crate::people::rekey_secrets(conn, dialect, &secrets.key).await?;
+        crate::bearer::rekey_secrets(conn, dialect, &secrets.key).await?;
         let made = Anchor { size: frontier.size(), root: frontier.root(), legacy: scan.legacy as u64 };
         secrets.anchor.save(&made).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     }

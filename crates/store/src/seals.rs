@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::proof::unproven;
-use crate::writer::{Reads, Tx};
+use crate::tx::{Reads, Tx};
 use crate::{col, Result};
 
 /// The rows of `subject` a rule reads, as one canonical value, or `None`
@@ -339,5 +339,68 @@ pub(crate) async fn seal_all(tx: &mut Tx) -> Result<()> {
         tx.touch(&subject);
     }
     seal_touched(tx).await?;
-    crate::projects::seal_unsealed_commits(tx).await
+    seal_unsealed_commits(tx).await
+}
+
+/// What a commit's record says, as its seal covers it.
+pub(crate) struct CommitRecord<'a> {
+    pub(crate) project_id: i64,
+    pub(crate) sha: &'a str,
+    pub(crate) first_push: Option<i64>,
+    pub(crate) pusher: Option<i64>,
+    pub(crate) import_grant: Option<i64>,
+    pub(crate) author: Option<i64>,
+    pub(crate) committer: Option<i64>,
+    /// The users its co-author trailers name, in any order.
+    pub(crate) co_authors: Vec<i64>,
+}
+
+impl CommitRecord<'_> {
+    /// Its seal under the event key: hex of the tag.
+    pub(crate) fn seal(&self, key: &custody_formats::ledger_key::EventKey) -> String {
+        let text = |v: Option<i64>| v.map(|v| v.to_string()).unwrap_or_default();
+        let mut co_authors = self.co_authors.clone();
+        co_authors.sort_unstable();
+        co_authors.dedup();
+        let co_authors = co_authors.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+        let fields = [
+            self.project_id.to_string(),
+            self.sha.to_owned(),
+            text(self.first_push),
+            text(self.pusher),
+            text(self.import_grant),
+            text(self.author),
+            text(self.committer),
+            co_authors,
+        ];
+        hex::encode(key.row_mac("commits", &fields.iter().map(String::as_str).collect::<Vec<_>>()))
+    }
+}
+
+/// Seals every commit record written before records were sealed, from the
+/// rows as they stand: once, when an instance first gets its event key.
+pub(crate) async fn seal_unsealed_commits(tx: &mut Tx) -> Result<()> {
+    let sql = "SELECT c.project_id, c.sha, c.first_push_id, ps.pusher_id, c.import_grant_id, c.author_user_id, \
+               c.committer_user_id FROM commits c LEFT JOIN pushes ps ON ps.id = c.first_push_id WHERE c.seal IS NULL";
+    let rows = sqlx::query(sql).fetch_all(tx.conn()).await?;
+    let key = tx.ledger_state().secrets.key.clone();
+    for row in &rows {
+        let (project_id, sha): (i64, String) = (col(row, "project_id")?, col(row, "sha")?);
+        let sql =
+            tx.sql("SELECT user_id FROM commit_coauthors WHERE project_id = $1 AND sha = $2 AND user_id IS NOT NULL");
+        let co_authors: Vec<i64> = sqlx::query_scalar(&sql).bind(project_id).bind(&sha).fetch_all(tx.conn()).await?;
+        let record = CommitRecord {
+            project_id,
+            sha: &sha,
+            first_push: col(row, "first_push_id")?,
+            pusher: col(row, "pusher_id")?,
+            import_grant: col(row, "import_grant_id")?,
+            author: col(row, "author_user_id")?,
+            committer: col(row, "committer_user_id")?,
+            co_authors,
+        };
+        let sql = tx.sql("UPDATE commits SET seal = $1 WHERE project_id = $2 AND sha = $3");
+        sqlx::query(&sql).bind(record.seal(&key)).bind(project_id).bind(&sha).execute(tx.conn()).await?;
+    }
+    Ok(())
 }

@@ -6,7 +6,6 @@ use custody_domain::grant::GrantAction;
 use custody_domain::{ProjectName, Timestamp};
 use serde::Serialize;
 
-use crate::writer::Tx;
 use crate::{col, now_ms, Authenticated, GrantView, Result, Store, StoreError};
 
 /// A secret as shown: never its value.
@@ -43,38 +42,6 @@ pub fn slot(project: &str, environment: &str, name: &str, version: i64) -> Strin
     format!("{project}/{environment}/{name}/{version}")
 }
 
-/// Makes a version current (the grant was approved, or bootstrap applied it).
-pub(crate) async fn apply(tx: &mut Tx, action: &GrantAction) -> Result<()> {
-    let GrantAction::SetSecret { project, environment, name, version } = action else { return Ok(()) };
-    let sql = tx.sql("SELECT id FROM projects WHERE name = $1");
-    let project_id: i64 = sqlx::query_scalar(&sql)
-        .bind(project.as_str())
-        .fetch_optional(tx.conn())
-        .await?
-        .ok_or_else(|| StoreError::not_found("project", project))?;
-    let sql = tx.sql(
-        "UPDATE secrets SET status = 'replaced' WHERE project_id = $1 AND environment = $2 AND name = $3 \
-         AND status = 'current'",
-    );
-    sqlx::query(&sql).bind(project_id).bind(environment).bind(name).execute(tx.conn()).await?;
-    let sql = tx.sql(
-        "UPDATE secrets SET status = 'current', current_since = $1 WHERE project_id = $2 AND environment = $3 \
-         AND name = $4 AND version = $5 AND status = 'pending'",
-    );
-    let done = sqlx::query(&sql)
-        .bind(now_ms())
-        .bind(project_id)
-        .bind(environment)
-        .bind(name)
-        .bind(version)
-        .execute(tx.conn())
-        .await?;
-    if done.rows_affected() != 1 {
-        return Err(StoreError::Conflict(format!("version {version} of secret {name} is no longer waiting")));
-    }
-    Ok(())
-}
-
 impl Store {
     /// Stores a sealed new version of a secret and asks for the grant that
     /// makes it current. `seal` seals the value for the version's slot.
@@ -90,7 +57,7 @@ impl Store {
         let (actor, project) = (actor.clone(), project.clone());
         self.write(move |tx| {
             Box::pin(async move {
-                crate::people::require_admin(tx, &actor).await?;
+                crate::lookups::require_admin(tx, &actor).await?;
                 let sql = tx.sql("SELECT id FROM projects WHERE name = $1");
                 let project_id: i64 = sqlx::query_scalar(&sql)
                     .bind(project.as_str())
