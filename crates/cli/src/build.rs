@@ -302,7 +302,7 @@ async fn download(client: &Client, path: &str, digest: &str, output: &PathBuf) -
     if progress {
         eprintln!("\r{}", progress_line(written, total.unwrap_or(written), started.elapsed()));
     }
-    let actual = hex_of(&hasher.finalize());
+    let actual = hex::encode(hasher.finalize());
     if actual != digest || total.is_some_and(|t| t != written) {
         return Err(Failure {
             code: 1,
@@ -316,10 +316,6 @@ async fn download(client: &Client, path: &str, digest: &str, output: &PathBuf) -
     file.as_file().sync_all().map_err(|e| Failure::input(format!("cannot write {}: {e}", output.display())))?;
     file.persist(output).map_err(|e| Failure::input(format!("cannot write {}: {}", output.display(), e.error)))?;
     Ok(written)
-}
-
-fn hex_of(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn progress_line(done: u64, total: u64, elapsed: Duration) -> String {

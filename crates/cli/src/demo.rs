@@ -536,7 +536,7 @@ impl Target {
                 if reader.read_exact(&mut body).is_err() {
                     continue;
                 }
-                let digest: String = Sha256::digest(&body).iter().map(|b| format!("{b:02x}")).collect();
+                let digest = hex::encode(Sha256::digest(&body));
                 log.lock().unwrap_or_else(|e| e.into_inner()).push((path, digest));
                 let _ = reader
                     .get_mut()

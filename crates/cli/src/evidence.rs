@@ -133,7 +133,7 @@ pub fn verify(args: VerifyArgs, out: Output) -> Result<(), Failure> {
             let mut hasher = Sha256::new();
             std::io::copy(&mut file, &mut hasher)
                 .map_err(|e| Failure::input(format!("cannot read the artifact {}: {e}", path.display())))?;
-            let sha256: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+            let sha256 = hex::encode(hasher.finalize());
             Some(ArtifactFile { name: path.display().to_string(), sha256 })
         }
         None => None,

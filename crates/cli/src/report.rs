@@ -144,87 +144,177 @@ fn authors(d: &Value) -> String {
     }
 }
 
-fn markdown(data: &Value) -> String {
-    let mut out = String::new();
-    out.push_str(&format!(
-        "# Segregation of duties report: {}\n\nPeriod: {} to {}  \nGenerated: {}  \nAudit log checkpoint: {} events\n\n",
-        text(&data["instance"]),
-        text(&data["from"]),
-        text(&data["to"]),
-        text(&data["generated_at"]),
-        text(&data["checkpoint_size"])
-    ));
+// ---------------------------------------------------------------------------
+// The report as one model, rendered as Markdown or as HTML
+// ---------------------------------------------------------------------------
+
+/// A piece of running text.
+enum Inline {
+    Text(String),
+    Code(String),
+    Strong(String),
+}
+
+/// A part of the report.
+enum Block {
+    Title(String),
+    /// Facts about the report itself, one per line.
+    Meta(Vec<String>),
+    /// A chapter; `new_page` starts it on a new printed page.
+    Heading {
+        text: String,
+        new_page: bool,
+    },
+    Subheading(String),
+    Paragraph {
+        inlines: Vec<Inline>,
+        class: Option<&'static str>,
+    },
+    Table {
+        header: Vec<&'static str>,
+        rows: Vec<Vec<String>>,
+    },
+    /// Blocks kept together on a printed page.
+    Together(Vec<Block>),
+}
+
+fn paragraph(inlines: Vec<Inline>) -> Block {
+    Block::Paragraph { inlines, class: None }
+}
+
+/// The report's model, read once from the API's answer and the controls.
+fn model(data: &Value) -> Vec<Block> {
+    let mut blocks = vec![
+        Block::Title(format!("Segregation of duties report: {}", text(&data["instance"]))),
+        Block::Meta(vec![
+            format!("Period {} to {}", text(&data["from"]), text(&data["to"])),
+            format!("Generated {}", text(&data["generated_at"])),
+            format!("Audit log checkpoint: {} events", text(&data["checkpoint_size"])),
+        ]),
+    ];
     let deployments = data["deployments"].as_array().cloned().unwrap_or_default();
-    out.push_str(&format!("## Production deployments ({})\n\n", deployments.len()));
+    blocks.push(Block::Heading { text: format!("Production deployments ({})", deployments.len()), new_page: false });
     if deployments.is_empty() {
-        out.push_str("None in this period.\n\n");
+        blocks.push(paragraph(vec![Inline::Text("None in this period.".into())]));
     }
-    for d in &deployments {
-        out.push_str(&format!(
-            "### {} deployment {} to {}\n\nFinished {}; build {} of commit `{}`.\n\n",
+    blocks.extend(deployments.iter().map(deployment));
+    let findings = data["findings"].as_array().cloned().unwrap_or_default();
+    blocks.push(Block::Heading { text: format!("Findings ({})", findings.len()), new_page: true });
+    if findings.is_empty() {
+        blocks.push(paragraph(vec![Inline::Text("None in this period.".into())]));
+    } else {
+        blocks.push(Block::Table {
+            header: vec!["when", "kind", "subject", "what", "resolution"],
+            rows: findings
+                .iter()
+                .map(|f| ["at", "kind", "subject", "summary", "resolution"].iter().map(|k| text(&f[*k])).collect())
+                .collect(),
+        });
+    }
+    blocks.push(Block::Heading { text: "Controls and the requirements they support".into(), new_page: true });
+    blocks.push(Block::Table {
+        header: vec![
+            "control",
+            "how",
+            "SOX ITGC change management",
+            "PCI DSS 4.0 req. 6.5",
+            "NIST 800-53 AC-5",
+            "NIST 800-53 CM-5",
+            "SOC 2 CC8.1",
+        ],
+        rows: data["controls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                ["control", "how", "sox", "pci", "nist_ac5", "nist_cm5", "soc2"].iter().map(|k| text(&c[*k])).collect()
+            })
+            .collect(),
+    });
+    blocks
+}
+
+/// One production deployment: who held each duty, and how to check it.
+fn deployment(d: &Value) -> Block {
+    let mut duties = vec![vec!["author".to_owned(), authors(d)]];
+    for c in d["changes"].as_array().into_iter().flatten() {
+        let number = text(&c["number"]);
+        duties.push(vec![format!("reviewer of change {number}"), names(&c["reviewers"])]);
+        duties.push(vec![format!("merge asked by (change {number})"), text(&c["merged_by"])]);
+    }
+    duties.push(vec!["builder".into(), "custody build service (signed provenance)".into()]);
+    duties.push(vec!["requester".into(), names(&d["requester"])]);
+    duties.push(vec!["approvers".into(), names(&d["approvers"])]);
+    duties.push(vec!["testers".into(), names(&d["testers"])]);
+    duties.push(vec!["deployer".into(), "custody deploy service (signed attestation)".into()]);
+    let mut blocks = vec![
+        Block::Subheading(format!(
+            "{} deployment {} to {}",
             text(&d["project"]),
             text(&d["number"]),
-            text(&d["environment"]),
-            text(&d["finished_at"]),
-            text(&d["build"]),
-            text(&d["commit"])
-        ));
-        out.push_str("| duty | who |\n|---|---|\n");
-        out.push_str(&format!("| author | {} |\n", authors(d)));
-        for c in d["changes"].as_array().into_iter().flatten() {
-            out.push_str(&format!(
-                "| reviewer of change {} | {} |\n| merge asked by (change {}) | {} |\n",
-                text(&c["number"]),
-                names(&c["reviewers"]),
-                text(&c["number"]),
-                text(&c["merged_by"])
-            ));
-        }
-        out.push_str("| builder | custody build service (signed provenance) |\n");
-        out.push_str(&format!("| requester | {} |\n", names(&d["requester"])));
-        out.push_str(&format!("| approvers | {} |\n", names(&d["approvers"])));
-        out.push_str(&format!("| testers | {} |\n", names(&d["testers"])));
-        out.push_str("| deployer | custody deploy service (signed attestation) |\n");
-        if !d["break_glass"].is_null() {
-            out.push_str(&format!("\n**Break-glass:** {}\n", text(&d["break_glass"])));
-        }
-        out.push_str(&format!(
-            "\nEvidence: `custody evidence export {} --deployment {} -o bundle.json`, then `custody verify bundle.json --trust trust.json`.\n\n",
-            text(&d["project"]),
-            text(&d["number"])
-        ));
+            text(&d["environment"])
+        )),
+        paragraph(vec![
+            Inline::Text(format!("Finished {}; build {} of commit ", text(&d["finished_at"]), text(&d["build"]))),
+            Inline::Code(text(&d["commit"])),
+            Inline::Text(".".into()),
+        ]),
+        Block::Table { header: vec!["duty", "who"], rows: duties },
+    ];
+    if !d["break_glass"].is_null() {
+        blocks.push(Block::Paragraph {
+            inlines: vec![Inline::Strong("Break-glass:".into()), Inline::Text(format!(" {}", text(&d["break_glass"])))],
+            class: Some("glass"),
+        });
     }
-    let findings = data["findings"].as_array().cloned().unwrap_or_default();
-    out.push_str(&format!("## Findings ({})\n\n", findings.len()));
-    if findings.is_empty() {
-        out.push_str("None in this period.\n\n");
-    } else {
-        out.push_str("| when | kind | subject | what | resolution |\n|---|---|---|---|---|\n");
-        for f in &findings {
-            out.push_str(&format!(
-                "| {} | {} | {} | {} | {} |\n",
-                text(&f["at"]),
-                text(&f["kind"]),
-                text(&f["subject"]),
-                text(&f["summary"]).replace('|', "\\|"),
-                text(&f["resolution"])
-            ));
+    blocks.push(Block::Paragraph {
+        inlines: vec![
+            Inline::Text("Evidence: ".into()),
+            Inline::Code(format!(
+                "custody evidence export {} --deployment {} -o bundle.json",
+                text(&d["project"]),
+                text(&d["number"])
+            )),
+            Inline::Text(", then ".into()),
+            Inline::Code("custody verify bundle.json --trust trust.json".into()),
+            Inline::Text(".".into()),
+        ],
+        class: Some("meta"),
+    });
+    Block::Together(blocks)
+}
+
+fn markdown(blocks: &[Block]) -> String {
+    // A table cell is one line, and a bar in it is text, not a border.
+    let cell = |s: &str| s.replace('|', "\\|").replace(['\r', '\n'], " ");
+    let inline = |inlines: &[Inline]| -> String {
+        inlines
+            .iter()
+            .map(|i| match i {
+                Inline::Text(t) => t.replace(['\r', '\n'], " "),
+                Inline::Code(t) => format!("`{}`", t.replace(['\r', '\n'], " ")),
+                Inline::Strong(t) => format!("**{}**", t.replace(['\r', '\n'], " ")),
+            })
+            .collect()
+    };
+    let mut out = String::new();
+    for block in blocks {
+        match block {
+            Block::Title(t) => out.push_str(&format!("# {t}\n\n")),
+            Block::Meta(lines) => out.push_str(&format!("{}\n\n", lines.join("  \n"))),
+            Block::Heading { text, .. } => out.push_str(&format!("## {text}\n\n")),
+            Block::Subheading(t) => out.push_str(&format!("### {t}\n\n")),
+            Block::Paragraph { inlines, .. } => out.push_str(&format!("{}\n\n", inline(inlines))),
+            Block::Table { header, rows } => {
+                out.push_str(&format!("| {} |\n|{}\n", header.join(" | "), "---|".repeat(header.len())));
+                for row in rows {
+                    let cells: Vec<String> = row.iter().map(|c| cell(c)).collect();
+                    out.push_str(&format!("| {} |\n", cells.join(" | ")));
+                }
+                out.push('\n');
+            }
+            Block::Together(inner) => out.push_str(&markdown(inner)),
         }
-        out.push('\n');
-    }
-    out.push_str("## Controls and the requirements they support\n\n");
-    out.push_str("| control | how | SOX ITGC change management | PCI DSS 4.0 req. 6.5 | NIST 800-53 AC-5 | NIST 800-53 CM-5 | SOC 2 CC8.1 |\n|---|---|---|---|---|---|---|\n");
-    for c in data["controls"].as_array().into_iter().flatten() {
-        out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} |\n",
-            text(&c["control"]),
-            text(&c["how"]),
-            text(&c["sox"]),
-            text(&c["pci"]),
-            text(&c["nist_ac5"]),
-            text(&c["nist_cm5"]),
-            text(&c["soc2"])
-        ));
     }
     out
 }
@@ -239,95 +329,64 @@ section.deployment{page-break-inside:avoid;break-inside:avoid}\
 @media print{body{margin:0;max-width:none}h2{page-break-after:avoid;break-after:avoid}\
 h2.new-page{page-break-before:always;break-before:page}thead{display:table-header-group}tr{page-break-inside:avoid}}";
 
-fn html(data: &Value) -> String {
-    let e = |v: &Value| escape(&text(v));
-    let mut out = String::new();
-    out.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
-    out.push_str(&format!("<title>Segregation of duties report: {}</title>", e(&data["instance"])));
+/// The report as one self-contained HTML page (for print): every value
+/// escaped, no external assets.
+fn html(blocks: &[Block]) -> String {
+    let title = blocks.iter().find_map(|b| if let Block::Title(t) = b { Some(t.as_str()) } else { None });
+    let mut out = String::from("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">");
+    out.push_str(&format!("<title>{}</title>", escape(title.unwrap_or("Segregation of duties report"))));
     out.push_str(&format!("<style>{STYLE}</style></head><body>\n"));
-    out.push_str(&format!("<h1>Segregation of duties report: {}</h1>\n", e(&data["instance"])));
-    out.push_str(&format!(
-        "<p class=\"meta\">Period {} to {}. Generated {}. Audit log checkpoint: {} events.</p>\n",
-        e(&data["from"]),
-        e(&data["to"]),
-        e(&data["generated_at"]),
-        e(&data["checkpoint_size"])
-    ));
-    let deployments = data["deployments"].as_array().cloned().unwrap_or_default();
-    out.push_str(&format!("<h2>Production deployments ({})</h2>\n", deployments.len()));
-    if deployments.is_empty() {
-        out.push_str("<p>None in this period.</p>\n");
-    }
-    for d in &deployments {
-        out.push_str("<section class=\"deployment\">");
-        out.push_str(&format!(
-            "<h3>{} deployment {} to {}</h3><p>Finished {}; build {} of commit <code>{}</code>.</p>",
-            e(&d["project"]),
-            e(&d["number"]),
-            e(&d["environment"]),
-            e(&d["finished_at"]),
-            e(&d["build"]),
-            e(&d["commit"])
-        ));
-        out.push_str("<table><thead><tr><th>duty</th><th>who</th></tr></thead><tbody>");
-        out.push_str(&format!("<tr><td>author</td><td>{}</td></tr>", escape(&authors(d))));
-        for c in d["changes"].as_array().into_iter().flatten() {
-            out.push_str(&format!(
-                "<tr><td>reviewer of change {}</td><td>{}</td></tr><tr><td>merge asked by (change {})</td><td>{}</td></tr>",
-                e(&c["number"]),
-                escape(&names(&c["reviewers"])),
-                e(&c["number"]),
-                e(&c["merged_by"])
-            ));
-        }
-        out.push_str("<tr><td>builder</td><td>custody build service (signed provenance)</td></tr>");
-        out.push_str(&format!("<tr><td>requester</td><td>{}</td></tr>", escape(&names(&d["requester"]))));
-        out.push_str(&format!("<tr><td>approvers</td><td>{}</td></tr>", escape(&names(&d["approvers"]))));
-        out.push_str(&format!("<tr><td>testers</td><td>{}</td></tr>", escape(&names(&d["testers"]))));
-        out.push_str("<tr><td>deployer</td><td>custody deploy service (signed attestation)</td></tr></tbody></table>");
-        if !d["break_glass"].is_null() {
-            out.push_str(&format!("<p class=\"glass\">Break-glass: {}</p>", e(&d["break_glass"])));
-        }
-        out.push_str(&format!(
-            "<p class=\"meta\">Evidence: <code>custody evidence export {} --deployment {} -o bundle.json</code>, then <code>custody verify bundle.json --trust trust.json</code>.</p></section>\n",
-            e(&d["project"]),
-            e(&d["number"])
-        ));
-    }
-    let findings = data["findings"].as_array().cloned().unwrap_or_default();
-    out.push_str(&format!("<h2 class=\"new-page\">Findings ({})</h2>\n", findings.len()));
-    if findings.is_empty() {
-        out.push_str("<p>None in this period.</p>\n");
-    } else {
-        out.push_str("<table><thead><tr><th>when</th><th>kind</th><th>subject</th><th>what</th><th>resolution</th></tr></thead><tbody>");
-        for f in &findings {
-            out.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                e(&f["at"]),
-                e(&f["kind"]),
-                e(&f["subject"]),
-                e(&f["summary"]),
-                e(&f["resolution"])
-            ));
-        }
-        out.push_str("</tbody></table>\n");
-    }
-    out.push_str("<h2 class=\"new-page\">Controls and the requirements they support</h2>\n");
-    out.push_str("<table><thead><tr><th>control</th><th>how</th><th>SOX ITGC change management</th><th>PCI DSS 4.0 req. 6.5</th><th>NIST 800-53 AC-5</th><th>NIST 800-53 CM-5</th><th>SOC 2 CC8.1</th></tr></thead><tbody>");
-    for c in data["controls"].as_array().into_iter().flatten() {
-        out.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            e(&c["control"]),
-            e(&c["how"]),
-            e(&c["sox"]),
-            e(&c["pci"]),
-            e(&c["nist_ac5"]),
-            e(&c["nist_cm5"]),
-            e(&c["soc2"])
-        ));
-    }
-    out.push_str("</tbody></table>\n</body></html>\n");
+    html_blocks(&mut out, blocks);
+    out.push_str("</body></html>\n");
     out
+}
+
+fn html_blocks(out: &mut String, blocks: &[Block]) {
+    let inline = |inlines: &[Inline]| -> String {
+        inlines
+            .iter()
+            .map(|i| match i {
+                Inline::Text(t) => escape(t),
+                Inline::Code(t) => format!("<code>{}</code>", escape(t)),
+                Inline::Strong(t) => format!("<strong>{}</strong>", escape(t)),
+            })
+            .collect()
+    };
+    for block in blocks {
+        match block {
+            Block::Title(t) => out.push_str(&format!("<h1>{}</h1>\n", escape(t))),
+            Block::Meta(lines) => out.push_str(&format!("<p class=\"meta\">{}.</p>\n", escape(&lines.join(". ")))),
+            Block::Heading { text, new_page } => {
+                let class = if *new_page { " class=\"new-page\"" } else { "" };
+                out.push_str(&format!("<h2{class}>{}</h2>\n", escape(text)));
+            }
+            Block::Subheading(t) => out.push_str(&format!("<h3>{}</h3>", escape(t))),
+            Block::Paragraph { inlines, class } => {
+                let class = class.map(|c| format!(" class=\"{c}\"")).unwrap_or_default();
+                out.push_str(&format!("<p{class}>{}</p>\n", inline(inlines)));
+            }
+            Block::Table { header, rows } => {
+                out.push_str("<table><thead><tr>");
+                for h in header {
+                    out.push_str(&format!("<th>{}</th>", escape(h)));
+                }
+                out.push_str("</tr></thead><tbody>");
+                for row in rows {
+                    out.push_str("<tr>");
+                    for c in row {
+                        out.push_str(&format!("<td>{}</td>", escape(c)));
+                    }
+                    out.push_str("</tr>");
+                }
+                out.push_str("</tbody></table>\n");
+            }
+            Block::Together(inner) => {
+                out.push_str("<section class=\"deployment\">");
+                html_blocks(out, inner);
+                out.push_str("</section>\n");
+            }
+        }
+    }
 }
 
 pub async fn report(client: &Client, args: ReportArgs, out: Output) -> Result<(), Failure> {
@@ -337,8 +396,8 @@ pub async fn report(client: &Client, args: ReportArgs, out: Output) -> Result<()
     data["controls"] = controls();
     let rendered = match args.format {
         Format::Json => serde_json::to_string_pretty(&data).unwrap_or_default() + "\n",
-        Format::Md => markdown(&data),
-        Format::Html => html(&data),
+        Format::Md => markdown(&model(&data)),
+        Format::Html => html(&model(&data)),
     };
     match &args.output {
         Some(path) => {
@@ -370,11 +429,49 @@ fn encode(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn the_report_escapes_every_character_markup_needs() {
         assert_eq!(
             super::escape("<a href='x' title=\"y\">&</a>"),
             "&lt;a href=&#39;x&#39; title=&quot;y&quot;&gt;&amp;&lt;/a&gt;"
         );
+    }
+
+    fn hostile() -> Value {
+        let name = "<img src=x onerror='alert(1)'>|evil";
+        json!({
+            "instance": name, "from": "2026-01-01", "to": "2026-02-01", "generated_at": "now", "checkpoint_size": 9,
+            "deployments": [{
+                "project": "payments", "number": 4, "environment": "production", "finished_at": "then",
+                "build": 2, "commit": "abc", "requester": name, "approvers": ["carol"], "testers": [],
+                "break_glass": "outage\n| forged | row |",
+                "changes": [{ "number": 1, "authors": ["alice"], "reviewers": ["bob"], "merged_by": "alice" }],
+            }],
+            "findings": [{ "at": "t", "kind": "break_glass", "subject": name, "summary": "a | b", "resolution": null }],
+            "controls": controls(),
+        })
+    }
+
+    #[test]
+    fn both_renderings_say_the_same_and_neither_lets_a_name_out_of_its_cell() {
+        let blocks = model(&hostile());
+        let (md, page) = (markdown(&blocks), html(&blocks));
+        for needle in ["| approvers | carol |", "| reviewer of change 1 | bob |", "NIST 800-53 AC-5"] {
+            assert!(md.contains(needle), "{needle}: {md}");
+        }
+        for needle in
+            ["<td>approvers</td><td>carol</td>", "<td>reviewer of change 1</td><td>bob</td>", "NIST 800-53 AC-5"]
+        {
+            assert!(page.contains(needle), "{needle}: {page}");
+        }
+        // The same facts, from the one model.
+        for fact in ["Findings (1)", "Production deployments (1)", "custody verify bundle.json --trust trust.json"] {
+            assert!(md.contains(fact) && page.contains(fact), "{fact}");
+        }
+        assert!(!page.contains("<img") && !page.contains("'alert"), "{page}");
+        assert!(md.contains("\\|evil"), "{md}");
+        assert!(!md.lines().any(|line| line.starts_with("| forged")), "a value cannot start a row: {md}");
     }
 }

@@ -80,7 +80,7 @@ impl Envelope {
     pub fn digest(&self) -> String {
         let value = serde_json::to_value(self).unwrap_or_default();
         let canonical = crate::event::canonical_json(&value);
-        crate::keys::hex_lower(&sha2::Sha256::digest(canonical.as_bytes()))
+        hex::encode(sha2::Sha256::digest(canonical.as_bytes()))
     }
 
     /// [`Envelope::digest`] of an envelope's JSON text, or `None` when the

@@ -179,7 +179,7 @@ impl PublicKey {
     /// The key's id: the hex SHA-256 of its SubjectPublicKeyInfo DER.
     pub fn key_id(&self) -> String {
         let der = self.key.to_public_key_der().map(|d| d.into_vec()).unwrap_or_default();
-        hex_lower(&Sha256::digest(der))
+        hex::encode(Sha256::digest(der))
     }
 
     /// The key's fingerprint as `ssh-keygen -l` shows an ed25519 key:
@@ -209,10 +209,6 @@ impl PublicKey {
         let signature = ed25519_dalek::Signature::from_slice(signature).map_err(|_| KeyError::BadSignature)?;
         self.key.verify(message, &signature).map_err(|_| KeyError::BadSignature)
     }
-}
-
-pub(crate) fn hex_lower(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Reads the 32-byte secret (base64) at `path`, refusing a file others can
@@ -272,7 +268,7 @@ mod tests {
             .output()
             .expect("openssl runs");
         assert!(der.status.success(), "{der:?}");
-        assert_eq!(public.key_id(), hex_lower(&Sha256::digest(&der.stdout)));
+        assert_eq!(public.key_id(), hex::encode(Sha256::digest(&der.stdout)));
         // An OpenSSH public key line from the raw key openssl printed.
         let raw = &der.stdout[der.stdout.len() - 32..];
         let mut wire = Vec::new();

@@ -214,7 +214,7 @@ impl AnchorFile {
         let text = format!(
             "custody ledger anchor v1\nsize {}\nroot {}\nlegacy {}\n",
             anchor.size,
-            hex_encode(&anchor.root),
+            hex::encode(anchor.root),
             anchor.legacy
         );
         // Several processes sharing a data directory each write their own
@@ -238,19 +238,9 @@ impl AnchorFile {
     }
 }
 
-fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn hex_decode(text: &str) -> Option<Hash> {
-    let text = text.trim();
-    if text.len() != 64 || !text.is_ascii() {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
+    hex::decode_to_slice(text.trim(), &mut out).ok()?;
     Some(out)
 }
 

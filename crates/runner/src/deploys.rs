@@ -122,44 +122,48 @@ impl Deployer {
             reason: Some(reason),
             ..DeployOutcome::default()
         };
-        let Ok(project) = ProjectName::parse(&lease.project) else {
-            return failed(format!("project name {:?} is not valid", lease.project));
+        let ready = match self.make_ready(lease).await {
+            Ok(ready) => ready,
+            Err(reason) => return failed(reason),
         };
+        let (status, reason, exit_code, log) = match self.run_script(&ready, stop).await {
+            Ok(ended) => ended,
+            Err(reason) => return failed(reason),
+        };
+        let statement = self.attestation(lease, ready, status).await;
+        let envelope = statement.sign(&self.key);
+        DeployOutcome {
+            status,
+            reason,
+            exit_code,
+            log,
+            attestation: Some(serde_json::to_string(&envelope).unwrap_or_default()),
+        }
+    }
+
+    /// Everything the deploy script needs, made ready before it runs: the
+    /// verified provenance, the checkout and its script, the artifacts, the
+    /// environment's secrets and the release's duties. Nothing after the
+    /// script runs can fail for want of any of them.
+    async fn make_ready(&self, lease: &LeasedDeployment) -> Result<Ready, String> {
+        let project =
+            ProjectName::parse(&lease.project).map_err(|_| format!("project name {:?} is not valid", lease.project))?;
         // Only what the builder signed is deployed: the provenance must
         // verify with the builder key and name every artifact.
         let provenance = match self.store.provenance_of(&project, lease.build).await {
             Ok(Some(provenance)) => provenance,
-            Ok(None) => return failed(format!("build {} has no provenance; nothing was deployed", lease.build)),
-            Err(error) => return failed(format!("reading the provenance failed: {error}")),
+            Ok(None) => return Err(format!("build {} has no provenance; nothing was deployed", lease.build)),
+            Err(error) => return Err(format!("reading the provenance failed: {error}")),
         };
-        if let Err(why) = check_provenance(&provenance, &self.builder, &lease.artifacts) {
-            return failed(format!("the provenance of build {} {why}; nothing was deployed", lease.build));
-        }
+        check_provenance(&provenance, &self.builder, &lease.artifacts)
+            .map_err(|why| format!("the provenance of build {} {why}; nothing was deployed", lease.build))?;
         let repository = self.repositories.path(&project);
         let (commit, environment) = (lease.commit.clone(), lease.environment.clone());
-        let prepared = tokio::task::spawn_blocking(move || prepare(&repository, &commit, &environment)).await;
-        let (workspace, script, timeout, resources, pipeline_digest) = match prepared {
-            Ok(Ok(prepared)) => prepared,
-            Ok(Err(reason)) => return failed(reason),
-            Err(_) => return failed("preparing the deployment failed".into()),
-        };
-        // The artifacts, re-hashed on the way out of the store.
-        let artifacts_dir = workspace.path().join(".custody-artifacts");
-        for (name, digest) in &lease.artifacts {
-            let target = artifacts_dir.join(name);
-            if let Some(parent) = target.parent() {
-                if let Err(error) = std::fs::create_dir_all(parent) {
-                    return failed(format!("cannot place artifact {name}: {error}"));
-                }
-            }
-            let parsed = match digest.parse() {
-                Ok(parsed) => parsed,
-                Err(_) => return failed(format!("artifact {name} has no valid digest")),
-            };
-            if let Err(error) = self.blobs.copy_to_file(&parsed, &target).await {
-                return failed(format!("artifact {name} could not be verified: {error}"));
-            }
-        }
+        let (workspace, script, timeout, resources, pipeline_digest) =
+            tokio::task::spawn_blocking(move || prepare(&repository, &commit, &environment))
+                .await
+                .map_err(|_| "preparing the deployment failed".to_owned())??;
+        self.place_artifacts(lease, &workspace).await?;
         let build = lease.build.to_string();
         let job = Job {
             kind: JobKind::Deploy { environment: lease.environment.clone() },
@@ -169,13 +173,49 @@ impl Deployer {
         };
         let mut env = script_environment(&job, Path::new("/work"));
         env.push(("CUSTODY_ARTIFACTS_DIR".into(), ARTIFACTS_DIR.into()));
-        // The environment's secrets, each a variable of its own name; the
-        // attestation records which version was used, never the value.
-        let sealed = match self.store.current_secrets(&project, &lease.environment).await {
-            Ok(sealed) => sealed,
-            Err(error) => return failed(format!("reading the environment's secrets failed: {error}")),
-        };
-        let mut secrets: Vec<(String, String)> = Vec::new();
+        let (secrets, versions) = self.open_secrets(&project, lease).await?;
+        env.extend(secrets.iter().cloned());
+        // Who held each duty in the release goes into the attestation.
+        let release =
+            self.release(lease).await.map_err(|error| format!("reading the release's duties failed: {error}"))?;
+        Ok(Ready { project, workspace, script, timeout, resources, pipeline_digest, env, secrets, versions, release })
+    }
+
+    /// The artifacts, re-hashed on the way out of the store into the
+    /// workspace.
+    async fn place_artifacts(&self, lease: &LeasedDeployment, workspace: &sandbox::Workspace) -> Result<(), String> {
+        let artifacts_dir = workspace.path().join(".custody-artifacts");
+        for (name, digest) in &lease.artifacts {
+            let target = artifacts_dir.join(name);
+            if let Some(parent) = target.parent().map(Path::to_path_buf) {
+                tokio::task::spawn_blocking(move || std::fs::create_dir_all(parent))
+                    .await
+                    .map_err(|error| error.to_string())
+                    .and_then(|made| made.map_err(|error| error.to_string()))
+                    .map_err(|error| format!("cannot place artifact {name}: {error}"))?;
+            }
+            let parsed = digest.parse().map_err(|_| format!("artifact {name} has no valid digest"))?;
+            self.blobs
+                .copy_to_file(&parsed, &target)
+                .await
+                .map_err(|error| format!("artifact {name} could not be verified: {error}"))?;
+        }
+        Ok(())
+    }
+
+    /// The environment's secrets, each a variable of its own name, and the
+    /// version of each, which the attestation records (never the value).
+    async fn open_secrets(
+        &self,
+        project: &ProjectName,
+        lease: &LeasedDeployment,
+    ) -> Result<(Vec<(String, String)>, BTreeMap<String, i64>), String> {
+        let sealed = self
+            .store
+            .current_secrets(project, &lease.environment)
+            .await
+            .map_err(|error| format!("reading the environment's secrets failed: {error}"))?;
+        let mut secrets = Vec::new();
         let mut versions = BTreeMap::new();
         for secret in &sealed {
             let slot = custody_store::secret_slot(&lease.project, &lease.environment, &secret.name, secret.version);
@@ -184,35 +224,37 @@ impl Deployer {
                 &custody_formats::sealed::Sealed { nonce: secret.nonce.clone(), ciphertext: secret.ciphertext.clone() },
             );
             let Some(value) = opened.and_then(|v| String::from_utf8(v).ok()) else {
-                return failed(format!(
+                return Err(format!(
                     "secret {} (version {}) does not open with this instance's key: it was altered or moved; set it again",
                     secret.name, secret.version
                 ));
             };
-            env.push((secret.name.clone(), value.clone()));
             secrets.push((secret.name.clone(), value));
             versions.insert(secret.name.clone(), secret.version);
         }
-        // Who held each duty in the release goes into the attestation;
-        // read before the script runs, so nothing after it can fail.
-        let release = match self.release(lease).await {
-            Ok(release) => release,
-            Err(error) => return failed(format!("reading the release's duties failed: {error}")),
-        };
+        Ok((secrets, versions))
+    }
+
+    /// Runs the deploy script in its sandbox until it ends or `stop` says
+    /// why it must stop: how it ended, why, its exit code and its log with
+    /// every secret redacted.
+    async fn run_script(
+        &self,
+        ready: &Ready,
+        stop: impl std::future::Future<Output = String>,
+    ) -> Result<(DeploymentStatus, Option<String>, Option<i64>, String), String> {
+        let (script, timeout, secrets) = (&ready.script, ready.timeout, &ready.secrets);
         // A deploy must reach its target: network is given, the data
         // directory stays invisible.
-        let (limits, notes) = Limits::within(timeout, true, &resources, &self.ceiling);
+        let (limits, notes) = Limits::within(timeout, true, &ready.resources, &self.ceiling);
         let (output, mut chunks) = tokio::sync::mpsc::unbounded_channel();
         if !notes.is_empty() {
             let _ = output.send(notes.into_bytes());
         }
-        let running = sandbox::run_streaming(&workspace, &script, &env, &limits, Some(output));
-        let (status, reason, exit_code, log) = tokio::select! {
+        let running = sandbox::run_streaming(&ready.workspace, script, &ready.env, &limits, Some(output));
+        Ok(tokio::select! {
             finished = running => {
-                let finished = match finished {
-                    Ok(finished) => finished,
-                    Err(error) => return failed(error.to_string()),
-                };
+                let finished = finished.map_err(|error| error.to_string())?;
                 let (status, reason) = match (finished.timed_out, finished.exit_code) {
                     _ if finished.limit.is_some() => (
                         DeploymentStatus::Failed,
@@ -227,7 +269,7 @@ impl Deployer {
                     }
                     (false, None) => (DeploymentStatus::Failed, Some(format!("the deploy script `{script}` was killed by a signal"))),
                 };
-                (status, reason, finished.exit_code.map(i64::from), redact(finished.log, &secrets))
+                (status, reason, finished.exit_code.map(i64::from), redact(finished.log, secrets))
             }
             // Dropping the run kills the sandbox and everything in it.
             why = stop => {
@@ -236,15 +278,21 @@ impl Deployer {
                     seen.extend(chunk);
                 }
                 let log = format!("{}\n[stopped: {why}]\n", String::from_utf8_lossy(&seen));
-                (DeploymentStatus::Cancelled, Some(format!("{why}; the deploy script was stopped")), None, redact(log, &secrets))
+                (DeploymentStatus::Cancelled, Some(format!("{why}; the deploy script was stopped")), None, redact(log, secrets))
             }
-        };
+        })
+    }
+
+    /// The deployment attestation of a deployment that ended with `status`.
+    async fn attestation(&self, lease: &LeasedDeployment, ready: Ready, status: DeploymentStatus) -> Statement {
         // The environment this one follows and its gate, as the mainline
         // defines them now, so that an offline verifier can check the
         // environment order and the approvals the gate asked for.
         let context =
-            release_context(&self.store, &self.repositories, &project, &lease.environment, &lease.commit).await.ok();
-        let predicate = DeploymentV1 {
+            release_context(&self.store, &self.repositories, &ready.project, &lease.environment, &lease.commit)
+                .await
+                .ok();
+        DeploymentV1 {
             project: lease.project.clone(),
             environment: lease.environment.clone(),
             after: context.as_ref().and_then(|c| c.environment.after.clone()),
@@ -257,31 +305,39 @@ impl Deployer {
             deployment: lease.number,
             build: lease.build,
             commit: lease.commit.clone(),
-            pipeline: PipelineFile { path: pipeline::PATH.to_owned(), sha256: pipeline_digest },
-            script,
-            release,
+            pipeline: PipelineFile { path: pipeline::PATH.to_owned(), sha256: ready.pipeline_digest },
+            script: ready.script,
+            release: ready.release,
             builder: lease.builder.clone(),
             requester: lease.requested_by.clone(),
             approvers: lease.approvers.clone(),
             testers: lease.testers.clone(),
             previous_deployment: lease.previous,
             break_glass: lease.break_glass.clone(),
-            secrets: versions,
+            secrets: ready.versions,
             result: status.as_str().to_owned(),
             deployer: lease.worker.clone(),
             started_on: Timestamp::from_millis(lease.started_at).to_string(),
             finished_on: Timestamp::from_millis(custody_store::now_ms()).to_string(),
-        };
-        let statement = predicate.statement(&lease.artifacts);
-        let envelope = statement.sign(&self.key);
-        DeployOutcome {
-            status,
-            reason,
-            exit_code,
-            log,
-            attestation: Some(serde_json::to_string(&envelope).unwrap_or_default()),
         }
+        .statement(&lease.artifacts)
     }
+}
+
+/// A deployment made ready to run.
+struct Ready {
+    project: ProjectName,
+    workspace: sandbox::Workspace,
+    script: String,
+    timeout: Duration,
+    resources: pipeline::Resources,
+    pipeline_digest: String,
+    /// The script's environment, secrets included.
+    env: Vec<(String, String)>,
+    /// The secrets by name, to redact from the log.
+    secrets: Vec<(String, String)>,
+    versions: BTreeMap<String, i64>,
+    release: Vec<ReleaseChange>,
 }
 
 impl crate::Worker for Deployer {

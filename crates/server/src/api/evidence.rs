@@ -14,7 +14,7 @@ use custody_formats::evidence::{
 };
 use custody_formats::trust::{TrustRoot, TrustedKey};
 use custody_formats::{KeyRole, ServiceKey};
-use custody_store::{DeploymentView, ProjectAccess};
+use custody_store::{DeploymentView, ProjectAccess, Store, StoredCheckpoint};
 use serde::Deserialize;
 
 use super::{Params, PathParam};
@@ -137,111 +137,11 @@ async fn export_bundle(state: AppState, auth: Auth, project: String, query: Evid
     let access = state.store().project_access(&auth.0, &ProjectName::parse(&project)?).await?;
     let store = state.store();
     let order = environment_order(&state, &access).await?;
-
-    // Which build, and which of its deployments, in environment order.
-    let (subject, build, deployments): (BundleSubject, i64, Vec<DeploymentView>) =
-        match (query.deployment, query.artifact) {
-            (Some(number), None) => {
-                let target = store.get_deployment(&access, number).await?;
-                let succeeded = store.succeeded_deployments_of(&access, target.build).await?;
-                let mut chain = Vec::new();
-                for environment in chain_to(&order, &target.environment) {
-                    if environment == target.environment {
-                        chain.push(target.clone());
-                    } else if let Some(d) =
-                        succeeded.iter().rev().find(|d| d.environment == environment && d.number < target.number)
-                    {
-                        chain.push(d.clone());
-                    }
-                }
-                (BundleSubject { deployment: Some(number), artifact: None }, target.build, chain)
-            }
-            (None, Some(digest)) => {
-                let digest = digest.strip_prefix("sha256:").unwrap_or(&digest).to_ascii_lowercase();
-                if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "invalid",
-                        "artifact: expected a sha256 digest, 64 hex digits",
-                    ));
-                }
-                let made = store.artifact(&access, &digest).await?;
-                let build = made[0].build;
-                // Every successful deployment of the build, in the order
-                // they ran: a second deployment to staging included.
-                let mut chain = store.succeeded_deployments_of(&access, build).await?;
-                chain.sort_by_key(|d| d.number);
-                (BundleSubject { deployment: None, artifact: Some(digest) }, build, chain)
-            }
-            _ => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "usage",
-                    "name exactly one of deployment=NUMBER or artifact=SHA256",
-                ))
-            }
-        };
-
-    // The envelopes, with the events that recorded them.
-    let project = access.project.to_string();
-    let mut envelopes: Vec<(String, String, String)> = Vec::new(); // (envelope, action, subject)
-    let provenance = store
-        .build_provenance(&access, build)
-        .await?
-        .ok_or_else(|| conflict(format!("build {build} has no signed provenance")))?;
-    let built = store.get_build(&access, build).await?;
-    let mut deployment_envelopes = Vec::new();
-    let mut changes: Vec<i64> = built.change.into_iter().collect();
-    for d in &deployments {
-        let (_, attestation) = store.deployment_record(&access, d.number).await?;
-        let attestation = attestation.ok_or_else(|| {
-            conflict(format!("deployment {} ({}) has not run, so it has no attestation yet", d.number, d.environment))
-        })?;
-        if let Some(attested) = unverified_predicate::<DeploymentV1>(&attestation) {
-            changes.extend(attested.release.iter().map(|r| r.change));
-        }
-        deployment_envelopes.push((
-            attestation,
-            "deploy.finish".to_owned(),
-            format!("deployment:{project}/{}", d.number),
-        ));
-    }
-    changes.sort_unstable();
-    changes.dedup();
-    for number in changes {
-        let attestation = store.attestation(&access, number).await?;
-        envelopes.push((attestation, "change.merge".into(), format!("change:{project}/{number}")));
-    }
-    envelopes.push((provenance, "build.finish".into(), format!("build:{project}/{build}")));
-    envelopes.extend(deployment_envelopes);
-
-    // Each envelope's event, and every review, approval and sign-off the
-    // statements name, from events custody can prove it wrote.
-    let mut events: Vec<AuditEvent> = Vec::new();
-    let mut duties: Vec<AuditEvent> = Vec::new();
-    for (_, action, subject) in &envelopes {
-        let about = store.proven_events_about(subject).await?;
-        let event = about
-            .iter()
-            .rev()
-            .find(|e| &e.action == action)
-            .cloned()
-            .ok_or_else(|| conflict(format!("the audit log holds no {action} event about {subject}")))?;
-        duties.extend(logged_duties(&about, &event));
-        events.push(event);
-    }
-
-    // One checkpoint covering every event, signed now if none does yet.
+    let (subject, build, deployments) = chain_of(store, &access, &order, query).await?;
+    let envelopes = envelopes_of(store, &access, build, &deployments).await?;
+    let (events, duties) = events_of(store, &envelopes).await?;
     let newest = events.iter().chain(&duties).map(|e| e.seq).max().unwrap_or(0) as u64;
-    let mut checkpoint = store.latest_checkpoint().await?;
-    if checkpoint.as_ref().is_none_or(|c| c.size < newest) {
-        let key = state.key(KeyRole::Ledger).ok_or_else(|| unavailable("this server holds no ledger key"))?;
-        store.issue_checkpoint(state.instance(), Arc::new(ServiceKey::clone_key(key))).await?;
-        checkpoint = store.latest_checkpoint().await?;
-    }
-    let checkpoint = checkpoint
-        .filter(|c| c.size >= newest)
-        .ok_or_else(|| unavailable("no checkpoint covers these events yet; ask again in a second"))?;
+    let checkpoint = covering_checkpoint(&state, newest).await?;
     let seqs: Vec<i64> = events.iter().chain(&duties).map(|e| e.seq).collect();
     let mut proofs = store.inclusion_proofs(&seqs, checkpoint.size).await?;
     let duty_proofs = proofs.split_off(events.len());
@@ -268,12 +168,144 @@ async fn export_bundle(state: AppState, auth: Auth, project: String, query: Evid
     Ok(Json(Bundle {
         media_type: BUNDLE_MEDIA_TYPE.into(),
         origin: state.instance().to_owned(),
-        project,
+        project: access.project.to_string(),
         subject,
         checkpoint: checkpoint.note,
         entries,
         duties,
     }))
+}
+
+/// What a bundle is for, the build, and the deployments of its chain in
+/// environment order.
+async fn chain_of(
+    store: &Store,
+    access: &ProjectAccess,
+    order: &[(String, Option<String>)],
+    query: EvidenceQuery,
+) -> ApiResult<(BundleSubject, i64, Vec<DeploymentView>)> {
+    Ok(match (query.deployment, query.artifact) {
+        (Some(number), None) => {
+            let target = store.get_deployment(access, number).await?;
+            let succeeded = store.succeeded_deployments_of(access, target.build).await?;
+            let mut chain = Vec::new();
+            for environment in chain_to(order, &target.environment) {
+                if environment == target.environment {
+                    chain.push(target.clone());
+                } else if let Some(d) =
+                    succeeded.iter().rev().find(|d| d.environment == environment && d.number < target.number)
+                {
+                    chain.push(d.clone());
+                }
+            }
+            (BundleSubject { deployment: Some(number), artifact: None }, target.build, chain)
+        }
+        (None, Some(digest)) => {
+            let digest = digest.strip_prefix("sha256:").unwrap_or(&digest).to_ascii_lowercase();
+            if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    "artifact: expected a sha256 digest, 64 hex digits",
+                ));
+            }
+            let made = store.artifact(access, &digest).await?;
+            let build = made[0].build;
+            // Every successful deployment of the build, in the order
+            // they ran: a second deployment to staging included.
+            let mut chain = store.succeeded_deployments_of(access, build).await?;
+            chain.sort_by_key(|d| d.number);
+            (BundleSubject { deployment: None, artifact: Some(digest) }, build, chain)
+        }
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "usage",
+                "name exactly one of deployment=NUMBER or artifact=SHA256",
+            ))
+        }
+    })
+}
+
+/// The signed envelopes of the chain, each with the action and subject of
+/// the event that recorded it: the changes' attestations, the build's
+/// provenance, the deployments' attestations.
+async fn envelopes_of(
+    store: &Store,
+    access: &ProjectAccess,
+    build: i64,
+    deployments: &[DeploymentView],
+) -> ApiResult<Vec<(String, String, String)>> {
+    let project = access.project.as_str();
+    let mut envelopes: Vec<(String, String, String)> = Vec::new(); // (envelope, action, subject)
+    let provenance = store
+        .build_provenance(access, build)
+        .await?
+        .ok_or_else(|| conflict(format!("build {build} has no signed provenance")))?;
+    let built = store.get_build(access, build).await?;
+    let mut deployment_envelopes = Vec::new();
+    let mut changes: Vec<i64> = built.change.into_iter().collect();
+    for d in deployments {
+        let (_, attestation) = store.deployment_record(access, d.number).await?;
+        let attestation = attestation.ok_or_else(|| {
+            conflict(format!("deployment {} ({}) has not run, so it has no attestation yet", d.number, d.environment))
+        })?;
+        if let Some(attested) = unverified_predicate::<DeploymentV1>(&attestation) {
+            changes.extend(attested.release.iter().map(|r| r.change));
+        }
+        deployment_envelopes.push((
+            attestation,
+            "deploy.finish".to_owned(),
+            format!("deployment:{project}/{}", d.number),
+        ));
+    }
+    changes.sort_unstable();
+    changes.dedup();
+    for number in changes {
+        let attestation = store.attestation(access, number).await?;
+        envelopes.push((attestation, "change.merge".into(), format!("change:{project}/{number}")));
+    }
+    envelopes.push((provenance, "build.finish".into(), format!("build:{project}/{build}")));
+    envelopes.extend(deployment_envelopes);
+    Ok(envelopes)
+}
+
+/// Each envelope's event, and every review, approval and sign-off the
+/// statements name, from events custody can prove it wrote.
+async fn events_of(
+    store: &Store,
+    envelopes: &[(String, String, String)],
+) -> ApiResult<(Vec<AuditEvent>, Vec<AuditEvent>)> {
+    let mut events: Vec<AuditEvent> = Vec::new();
+    let mut duties: Vec<AuditEvent> = Vec::new();
+    for (_, action, subject) in envelopes {
+        let about = store.proven_events_about(subject).await?;
+        let event = about
+            .iter()
+            .rev()
+            .find(|e| &e.action == action)
+            .cloned()
+            .ok_or_else(|| conflict(format!("the audit log holds no {action} event about {subject}")))?;
+        duties.extend(logged_duties(&about, &event));
+        events.push(event);
+    }
+    Ok((events, duties))
+}
+
+/// One checkpoint covering every event up to `newest`, signed now if none
+/// does yet.
+async fn covering_checkpoint(state: &AppState, newest: u64) -> ApiResult<StoredCheckpoint> {
+    let store = state.store();
+    let mut checkpoint = store.latest_checkpoint().await?;
+    if checkpoint.as_ref().is_none_or(|c| c.size < newest) {
+        let key = state.key(KeyRole::Ledger).ok_or_else(|| unavailable("this server holds no ledger key"))?;
+        store.issue_checkpoint(state.instance(), Arc::new(ServiceKey::clone_key(key))).await?;
+        checkpoint = store.latest_checkpoint().await?;
+    }
+    let checkpoint = checkpoint
+        .filter(|c| c.size >= newest)
+        .ok_or_else(|| unavailable("no checkpoint covers these events yet; ask again in a second"))?;
+    Ok(checkpoint)
 }
 
 fn ledger_event(event: AuditEvent) -> LedgerEvent {

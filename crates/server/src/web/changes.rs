@@ -4,8 +4,9 @@
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use custody_domain::gate::GateReport;
 use custody_domain::gate::Verdict;
-use custody_store::AuthorReason;
+use custody_store::{AuthorReason, ChangeView, CheckRunView, GateRecords, ProjectAccess};
 
 use super::html::{self, esc, push, seg, short, status};
 use super::projects::{access, read_git};
@@ -78,13 +79,22 @@ pub(crate) async fn show(
     })
     .await?;
 
-    let p = seg(&project);
-    let here = format!("/projects/{p}/changes/{number}");
+    let here = format!("/projects/{}/changes/{number}", seg(&project));
+    let mut body = header(&project, number, &change);
+    body.push_str(&actions(&here, &visitor, &access, &change, &records, &gate));
+    body.push_str(&people(&change, &records));
+    body.push_str(&work(&log, facts.commits.len(), &checks, &diff));
+    Ok(html::document(&format!("#{number} {}", change.title), Some(&visitor), &body).into_response())
+}
+
+/// The change's title, where it goes, who opened it and its head.
+fn header(project: &str, number: i64, change: &ChangeView) -> String {
+    let p = seg(project);
     let mut body = format!(
         "<p class=\"crumbs\"><a href=\"/projects\">Projects</a> / <a href=\"/projects/{p}\">{}</a> /</p>\
          <h1><span class=\"muted\">#{number}</span> <span id=\"change-title\">{}</span> {}</h1>\
          <p class=\"meta\"><code>{}</code> → <code>{}</code> · opened by <strong>{}</strong> {} · head <code class=\"sha\" id=\"head\">{}</code></p>",
-        esc(&project),
+        esc(project),
         esc(&change.title),
         status(change.state.as_str()),
         esc(&change.source_branch),
@@ -106,8 +116,19 @@ pub(crate) async fn show(
     if !change.description.is_empty() {
         push(&mut body, format_args!("<p class=\"description\">{}</p>", esc(&change.description)));
     }
+    body
+}
 
-    // The gate, and the actions.
+/// The gate rule by rule, and the buttons to review and merge.
+fn actions(
+    here: &str,
+    visitor: &Visitor,
+    access: &ProjectAccess,
+    change: &ChangeView,
+    records: &GateRecords,
+    gate: &GateReport,
+) -> String {
+    let mut body = String::new();
     push(
         &mut body,
         format_args!(
@@ -126,7 +147,7 @@ pub(crate) async fn show(
             body.push_str("<p class=\"hint\">Only project members with write access review and merge changes.</p>");
         } else {
             let author = records.authors.get(&visitor.auth.name);
-            body.push_str(&html::form(&format!("{here}/review"), &visitor, "review"));
+            body.push_str(&html::form(&format!("{here}/review"), visitor, "review"));
             push(
                 &mut body,
                 format_args!(
@@ -159,7 +180,7 @@ pub(crate) async fn show(
                 ),
             }
             body.push_str("</form>");
-            body.push_str(&html::form(&format!("{here}/merge"), &visitor, "merge"));
+            body.push_str(&html::form(&format!("{here}/merge"), visitor, "merge"));
             if gate.open {
                 body.push_str("<button type=\"submit\" id=\"merge\" class=\"primary\">Merge</button>");
             } else {
@@ -172,8 +193,12 @@ pub(crate) async fn show(
         }
         body.push_str("</section>");
     }
+    body
+}
 
-    // Authors and reviews.
+/// The authors and why each is one, and the reviews.
+fn people(change: &ChangeView, records: &GateRecords) -> String {
+    let mut body = String::new();
     body.push_str("<div class=\"columns\"><section><h2>Authors</h2><p class=\"hint\">Authors never count as reviewers of their change.</p><ul class=\"plain\" id=\"authors\">");
     for (user, reasons) in &records.authors {
         let why: Vec<String> = reasons.iter().map(why).collect();
@@ -207,8 +232,12 @@ pub(crate) async fn show(
         body.push_str("<li class=\"empty\">No review yet.</li>");
     }
     body.push_str("</ul></section></div>");
+    body
+}
 
-    // Commits, checks, diff.
+/// The commits, the check runs with their logs, and the diff.
+fn work(log: &str, commit_count: usize, checks: &[CheckRunView], diff: &str) -> String {
+    let mut body = String::new();
     body.push_str("<section><h2>Commits</h2><table class=\"list\" id=\"commits\"><thead><tr><th>Commit</th><th>Named author</th><th>Subject</th></tr></thead><tbody>");
     for line in log.lines() {
         let mut fields = line.splitn(3, '\u{1f}');
@@ -225,17 +254,14 @@ pub(crate) async fn show(
         );
     }
     body.push_str("</tbody></table>");
-    if facts.commits.len() > COMMIT_LIMIT {
-        push(
-            &mut body,
-            format_args!("<p class=\"hint\">The first {COMMIT_LIMIT} of {} commits.</p>", facts.commits.len()),
-        );
+    if commit_count > COMMIT_LIMIT {
+        push(&mut body, format_args!("<p class=\"hint\">The first {COMMIT_LIMIT} of {} commits.</p>", commit_count));
     }
     body.push_str("</section><section><h2>Checks</h2>");
     if checks.is_empty() {
         body.push_str("<p class=\"empty\">No check has run.</p>");
     }
-    for check in &checks {
+    for check in checks {
         push(
             &mut body,
             format_args!(
@@ -249,9 +275,9 @@ pub(crate) async fn show(
         );
     }
     body.push_str("</section><section><h2>Diff</h2>");
-    body.push_str(&diff_html(&diff));
+    body.push_str(&diff_html(diff));
     body.push_str("</section>");
-    Ok(html::document(&format!("#{number} {}", change.title), Some(&visitor), &body).into_response())
+    body
 }
 
 /// Reviews the change's head the visitor saw.
