@@ -467,14 +467,95 @@ impl Checks {
     }
 }
 
+/// What the checks have found so far: every rule checked, what an auditor
+/// should look at, and who held which duty.
+struct Tally {
+    checks: Checks,
+    findings: Vec<String>,
+    duties: Vec<Duty>,
+}
+
+/// The chain as the statements tell it, and what the ledger logged of it.
+struct Chain<'a> {
+    project: &'a str,
+    /// Whether the bundle is of version 2, which carries the duties' events.
+    v2: bool,
+    /// The duties' events proved included in the checkpoint.
+    logged: &'a [&'a LedgerEvent],
+    changes: &'a [ChangeFacts],
+    deployments: &'a [DeploymentFacts],
+    built: Built<'a>,
+}
+
+/// What the provenance says was built: the commit and the artifacts' digests.
+struct Built<'a> {
+    commit: Option<&'a str>,
+    digests: &'a BTreeSet<&'a str>,
+}
+
 /// Verifies `bundle` against `trust`, and `artifact` (a local file's
 /// digest) against the bundle when given. Never fails: every problem is a
 /// failed check in the report.
 pub fn verify(bundle: &Bundle, trust: &TrustRoot, artifact: Option<&ArtifactFile>) -> Report {
-    let mut checks = Checks(Vec::new());
-    let mut findings = Vec::new();
-    let mut duties = Vec::new();
+    let mut tally = Tally { checks: Checks(Vec::new()), findings: Vec::new(), duties: Vec::new() };
+    let keys = check_header(&mut tally.checks, bundle, trust);
+    let mut verified_by: BTreeMap<String, usize> = BTreeMap::new();
+    let checkpoint = check_checkpoint(&mut tally.checks, bundle, &trust.origin, &keys, &mut verified_by);
+    let parsed = check_entries(&mut tally.checks, bundle, &keys, checkpoint.as_ref().ok(), &mut verified_by);
+    let logged = check_duties_included(&mut tally.checks, bundle, checkpoint.as_ref().ok());
 
+    // The chain: artifact, built from commit C, C merged by custody with
+    // independent approvals, then each deployment in environment order.
+    let mut changes = Vec::new();
+    let mut provenances = Vec::new();
+    let mut deployments = Vec::new();
+    for p in &parsed {
+        match &p.predicate {
+            Predicate::Change(c) => changes.push(ChangeFacts::of(c)),
+            Predicate::Provenance(provenance) => provenances.push((&p.statement, provenance)),
+            Predicate::Deployment(d) => deployments.push(DeploymentFacts::of(d, &p.statement)),
+            Predicate::TestResult => {}
+        }
+    }
+    let (artifacts, commit) = check_provenance(&mut tally, &provenances);
+    let digests: BTreeSet<&str> = artifacts.iter().map(|a| a.sha256.as_str()).collect();
+    check_artifacts(&mut tally.checks, bundle, artifact, &digests);
+    if let Some(c) = &commit {
+        check_source(&mut tally.checks, c, &changes);
+    }
+    let chain = Chain {
+        project: &bundle.project,
+        v2: bundle.version() == Some(2),
+        logged: &logged,
+        changes: &changes,
+        deployments: &deployments,
+        built: Built { commit: commit.as_deref(), digests: &digests },
+    };
+    check_changes(&mut tally, &chain);
+    check_deployments(&mut tally, &chain);
+    check_subject(&mut tally.checks, bundle, &deployments);
+
+    let Tally { checks: Checks(checks), findings, duties } = tally;
+    Report {
+        valid: checks.iter().all(|c| c.passed),
+        origin: bundle.origin.clone(),
+        project: bundle.project.clone(),
+        subject: bundle.subject.clone(),
+        checkpoint_size: checkpoint.ok().map(|c| c.size),
+        commit,
+        artifacts,
+        environments: deployments.iter().map(|d| d.environment.clone()).collect(),
+        people: people_of(&duties),
+        duties,
+        checks,
+        findings,
+        keys: keys_used(&keys, &verified_by),
+    }
+}
+
+/// The bundle's format and origin, and the trust file's keys: the keys,
+/// when every one is readable.
+fn check_header(checks: &mut Checks, bundle: &Bundle, trust: &TrustRoot) -> Vec<ValidKey> {
     let version = bundle.version();
     checks.add("bundle.format", "bundle", version.is_some(), format!("media type {}", bundle.media_type));
     let origin_ok = bundle.origin == trust.origin;
@@ -490,7 +571,7 @@ pub fn verify(bundle: &Bundle, trust: &TrustRoot, artifact: Option<&ArtifactFile
     );
 
     // Keys: every one must be readable, or the trust file is not usable.
-    let keys: Vec<ValidKey> = match trust.open() {
+    match trust.open() {
         Ok(keys) => {
             checks.add("trust.keys", "trust file", true, format!("{} keys read", keys.len()));
             keys
@@ -499,11 +580,18 @@ pub fn verify(bundle: &Bundle, trust: &TrustRoot, artifact: Option<&ArtifactFile
             checks.add("trust.keys", "trust file", false, error.to_string());
             Vec::new()
         }
-    };
+    }
+}
 
-    // The checkpoint, signed by a ledger key of the trust file.
-    let mut verified_by: BTreeMap<String, usize> = BTreeMap::new();
-    let checkpoint = open_checkpoint(&bundle.checkpoint, &trust.origin, &keys, &mut verified_by);
+/// The checkpoint, signed by a ledger key of the trust file.
+fn check_checkpoint(
+    checks: &mut Checks,
+    bundle: &Bundle,
+    origin: &str,
+    keys: &[ValidKey],
+    verified_by: &mut BTreeMap<String, usize>,
+) -> Result<Checkpoint, String> {
+    let checkpoint = open_checkpoint(&bundle.checkpoint, origin, keys, verified_by);
     match &checkpoint {
         Ok(c) => checks.add(
             "checkpoint.signature",
@@ -513,28 +601,23 @@ pub fn verify(bundle: &Bundle, trust: &TrustRoot, artifact: Option<&ArtifactFile
         ),
         Err(why) => checks.add("checkpoint.signature", "checkpoint", false, why.clone()),
     }
+    checkpoint
+}
 
-    // Each envelope: a statement, signed by its duty's key, recorded by an
-    // audit event that is included in the checkpoint's tree.
+/// Each envelope: a statement, signed by its duty's key, recorded by an
+/// audit event that is included in the checkpoint's tree. The statements
+/// whose predicates read.
+fn check_entries(
+    checks: &mut Checks,
+    bundle: &Bundle,
+    keys: &[ValidKey],
+    checkpoint: Option<&Checkpoint>,
+    verified_by: &mut BTreeMap<String, usize>,
+) -> Vec<Parsed> {
     let mut parsed: Vec<Parsed> = Vec::new();
     for (i, entry) in bundle.entries.iter().enumerate() {
         let at = format!("entry {}", i + 1);
-        let statement = STANDARD
-            .decode(&entry.envelope.payload)
-            .ok()
-            .and_then(|payload| serde_json::from_slice::<Statement>(&payload).ok())
-            .filter(|s| s.statement_type == STATEMENT_TYPE);
-        let Some(statement) = statement else {
-            checks.add("envelope.statement", &at, false, "the envelope's payload is not an in-toto Statement v1");
-            continue;
-        };
-        let Some(kind) = Kind::of(&statement.predicate_type) else {
-            checks.add(
-                "envelope.statement",
-                &at,
-                false,
-                format!("predicate type {} is not one custody signs", statement.predicate_type),
-            );
+        let Some((statement, kind)) = read_statement(checks, entry, &at) else {
             continue;
         };
         // An entry whose predicate does not read is still judged on its
@@ -553,43 +636,64 @@ pub fn verify(bundle: &Bundle, trust: &TrustRoot, artifact: Option<&ArtifactFile
                 at
             }
         };
-        if let Some(key_id) = check_signature(&mut checks, entry, kind, &subject, &keys) {
+        if let Some(key_id) = check_signature(checks, entry, kind, &subject, keys) {
             *verified_by.entry(key_id).or_default() += 1;
         }
-        check_binding(&mut checks, entry, kind, &subject, predicate.as_ref().ok(), &bundle.project);
-        check_inclusion(&mut checks, &entry.event, &entry.proof, &subject, checkpoint.as_ref().ok());
+        check_binding(checks, entry, kind, &subject, predicate.as_ref().ok(), &bundle.project);
+        check_inclusion(checks, &entry.event, &entry.proof, &subject, checkpoint);
         if let Ok(predicate) = predicate {
             parsed.push(Parsed { statement, predicate });
         }
     }
-    // Version 2: the duties the statements name, as the ledger recorded
-    // them; only those proved included count.
+    parsed
+}
+
+/// An envelope's payload as an in-toto statement of a kind custody signs.
+fn read_statement(checks: &mut Checks, entry: &Entry, at: &str) -> Option<(Statement, Kind)> {
+    let statement = STANDARD
+        .decode(&entry.envelope.payload)
+        .ok()
+        .and_then(|payload| serde_json::from_slice::<Statement>(&payload).ok())
+        .filter(|s| s.statement_type == STATEMENT_TYPE);
+    let Some(statement) = statement else {
+        checks.add("envelope.statement", at, false, "the envelope's payload is not an in-toto Statement v1");
+        return None;
+    };
+    let Some(kind) = Kind::of(&statement.predicate_type) else {
+        checks.add(
+            "envelope.statement",
+            at,
+            false,
+            format!("predicate type {} is not one custody signs", statement.predicate_type),
+        );
+        return None;
+    };
+    Some((statement, kind))
+}
+
+/// Version 2: the duties the statements name, as the ledger recorded
+/// them; only those proved included count.
+fn check_duties_included<'a>(
+    checks: &mut Checks,
+    bundle: &'a Bundle,
+    checkpoint: Option<&Checkpoint>,
+) -> Vec<&'a LedgerEvent> {
     let mut logged: Vec<&LedgerEvent> = Vec::new();
     for duty in &bundle.duties {
         let at = format!("{} by {} ({})", duty.event.action, duty.event.actor, duty.event.subject);
-        if check_inclusion(&mut checks, &duty.event, &duty.proof, &at, checkpoint.as_ref().ok()) {
+        if check_inclusion(checks, &duty.event, &duty.proof, &at, checkpoint) {
             logged.push(&duty.event);
         }
     }
-    let v2 = version == Some(2);
+    logged
+}
 
-    // The chain: artifact, built from commit C, C merged by custody with
-    // independent approvals, then each deployment in environment order.
-    let mut changes = Vec::new();
-    let mut provenances = Vec::new();
-    let mut deployments = Vec::new();
-    for p in &parsed {
-        match &p.predicate {
-            Predicate::Change(c) => changes.push(ChangeFacts::of(c)),
-            Predicate::Provenance(provenance) => provenances.push((&p.statement, provenance)),
-            Predicate::Deployment(d) => deployments.push(DeploymentFacts::of(d, &p.statement)),
-            Predicate::TestResult => {}
-        }
-    }
-
+/// The one build provenance of the chain: the artifacts it names and the
+/// commit built, when there is exactly one.
+fn check_provenance(tally: &mut Tally, provenances: &[(&Statement, &ProvenanceV1)]) -> (Vec<Artifact>, Option<String>) {
     let mut artifacts = Vec::new();
     let mut commit = None;
-    match provenances.as_slice() {
+    match provenances {
         [(s, provenance)] => {
             for subject in &s.subject {
                 if let Some(sha) = subject.digest.get("sha256") {
@@ -598,29 +702,33 @@ pub fn verify(bundle: &Bundle, trust: &TrustRoot, artifact: Option<&ArtifactFile
             }
             let built = &provenance.build_definition.external_parameters.commit;
             let step = build_label(provenance);
-            checks.add(
+            tally.checks.add(
                 "chain.provenance",
                 &step,
                 !artifacts.is_empty(),
                 format!("{} artifacts built from commit {built}", artifacts.len()),
             );
-            duties.push(Duty {
+            tally.duties.push(Duty {
                 step,
                 duty: "builder".into(),
                 holders: vec![provenance.run_details.builder.id.clone()],
             });
             commit = Some(built.clone());
         }
-        [] => checks.add("chain.provenance", "bundle", false, "the bundle holds no build provenance"),
-        many => checks.add(
+        [] => tally.checks.add("chain.provenance", "bundle", false, "the bundle holds no build provenance"),
+        many => tally.checks.add(
             "chain.provenance",
             "bundle",
             false,
             format!("the bundle holds {} build provenances; one artifact is built once", many.len()),
         ),
     }
-    let digests: BTreeSet<&str> = artifacts.iter().map(|a| a.sha256.as_str()).collect();
+    (artifacts, commit)
+}
 
+/// The artifact the bundle is for, and the local file when given, among
+/// those the provenance names.
+fn check_artifacts(checks: &mut Checks, bundle: &Bundle, artifact: Option<&ArtifactFile>, digests: &BTreeSet<&str>) {
     if let Some(wanted) = &bundle.subject.artifact {
         let found = digests.contains(wanted.as_str());
         checks.add(
@@ -650,33 +758,24 @@ pub fn verify(bundle: &Bundle, trust: &TrustRoot, artifact: Option<&ArtifactFile
             },
         );
     }
+}
 
-    // The source: custody merged the commit built, through a change.
-    if let Some(c) = &commit {
-        let merged = changes.iter().find(|ch| &ch.merge_commit == c);
-        checks.add(
-            "chain.source",
-            &format!("commit {}", short(c)),
-            merged.is_some(),
-            match merged {
-                Some(ch) => format!("custody merged it as change {} into {}", ch.number, ch.target_ref),
-                None => format!("no change attestation in the bundle says custody merged commit {c}"),
-            },
-        );
-    }
-    check_changes(&mut checks, &mut duties, &mut findings, &changes, v2, &logged, &bundle.project);
-    let built = Built { commit: commit.as_deref(), digests: &digests };
-    check_deployments(
-        &mut checks,
-        &mut duties,
-        &mut findings,
-        &deployments,
-        &changes,
-        &built,
-        v2,
-        &logged,
-        &bundle.project,
+/// The source: custody merged the commit built, through a change.
+fn check_source(checks: &mut Checks, commit: &str, changes: &[ChangeFacts]) {
+    let merged = changes.iter().find(|ch| ch.merge_commit == commit);
+    checks.add(
+        "chain.source",
+        &format!("commit {}", short(commit)),
+        merged.is_some(),
+        match merged {
+            Some(ch) => format!("custody merged it as change {} into {}", ch.number, ch.target_ref),
+            None => format!("no change attestation in the bundle says custody merged commit {commit}"),
+        },
     );
+}
+
+/// The chain ends with the deployment the bundle is for, when it names one.
+fn check_subject(checks: &mut Checks, bundle: &Bundle, deployments: &[DeploymentFacts]) {
     if let Some(number) = bundle.subject.deployment {
         let last = deployments.last().map(|d| d.number);
         checks.add(
@@ -690,10 +789,12 @@ pub fn verify(bundle: &Bundle, trust: &TrustRoot, artifact: Option<&ArtifactFile
             },
         );
     }
+}
 
-    // Who held which duties.
+/// Who held which duties: builders and deployers are services, not people.
+fn people_of(duties: &[Duty]) -> Vec<Person> {
     let mut people: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for d in &duties {
+    for d in duties {
         if d.duty == "builder" || d.duty == "deployer" {
             continue;
         }
@@ -701,106 +802,34 @@ pub fn verify(bundle: &Bundle, trust: &TrustRoot, artifact: Option<&ArtifactFile
             people.entry(h.clone()).or_default().push(format!("{} ({})", d.duty, d.step));
         }
     }
-    let checks = checks.0;
-    Report {
-        valid: checks.iter().all(|c| c.passed),
-        origin: bundle.origin.clone(),
-        project: bundle.project.clone(),
-        subject: bundle.subject.clone(),
-        checkpoint_size: checkpoint.ok().map(|c| c.size),
-        commit,
-        artifacts,
-        environments: deployments.iter().map(|d| d.environment.clone()).collect(),
-        duties,
-        people: people.into_iter().map(|(name, duties)| Person { name, duties }).collect(),
-        checks,
-        findings,
-        keys: keys
-            .iter()
-            .map(|k| KeyUsed {
-                role: k.key.role().as_str().to_owned(),
-                key_id: k.key.key_id(),
-                fingerprint: k.key.fingerprint(),
-                verified: verified_by.get(&k.key.key_id()).copied().unwrap_or(0),
-            })
-            .collect(),
-    }
+    people.into_iter().map(|(name, duties)| Person { name, duties }).collect()
+}
+
+/// Each key of the trust file, and how many signatures it verified.
+fn keys_used(keys: &[ValidKey], verified_by: &BTreeMap<String, usize>) -> Vec<KeyUsed> {
+    keys.iter()
+        .map(|k| KeyUsed {
+            role: k.key.role().as_str().to_owned(),
+            key_id: k.key.key_id(),
+            fingerprint: k.key.fingerprint(),
+            verified: verified_by.get(&k.key.key_id()).copied().unwrap_or(0),
+        })
+        .collect()
 }
 
 /// The rules of each change: approved, independently, on the reviewed head,
 /// through its gate, every approval logged.
-fn check_changes(
-    checks: &mut Checks,
-    duties: &mut Vec<Duty>,
-    findings: &mut Vec<String>,
-    changes: &[ChangeFacts],
-    v2: bool,
-    logged: &[&LedgerEvent],
-    project: &str,
-) {
-    for ch in changes {
+fn check_changes(tally: &mut Tally, chain: &Chain<'_>) {
+    for ch in chain.changes {
         let step = format!("change {}", ch.number);
-        duties.push(Duty { step: step.clone(), duty: "author".into(), holders: ch.authors.clone() });
-        duties.push(Duty { step: step.clone(), duty: "reviewer".into(), holders: ch.approvers.clone() });
-        duties.push(Duty { step: step.clone(), duty: "merger".into(), holders: vec![ch.merged_by.clone()] });
-        checks.add(
-            "change.approved",
-            &step,
-            !ch.approvers.is_empty(),
-            if ch.approvers.is_empty() {
-                "the change was merged without an approval".to_owned()
-            } else {
-                format!("approved by {}", ch.approvers.join(", "))
-            },
-        );
-        let bad = approvers_who_authored(&ch.approvers, &ch.authors);
-        checks.add(
-            "change.approver_not_author",
-            &step,
-            bad.is_empty(),
-            if bad.is_empty() {
-                format!("no approver is among its authors ({})", ch.authors.join(", "))
-            } else {
-                format!("{} approved the change but is among its authors", bad.join(", "))
-            },
-        );
-        let (passed, message) = checks_on_head(&ch.checks, &ch.reviewed_head);
-        checks.add("change.checks", &step, passed, message);
-        if !ch.weakened.is_empty() {
-            findings.push(format!("{step}: weakened the gate: {}", ch.weakened.join("; ")));
-        }
-        let failed: Vec<&str> = ch.gate.iter().filter(|(_, passed)| !passed).map(|(rule, _)| rule.as_str()).collect();
-        checks.add(
-            "change.gate",
-            &step,
-            !ch.gate.is_empty() && failed.is_empty(),
-            match (ch.gate.len(), failed.as_slice()) {
-                (0, _) => "the change attestation records no merge gate".to_owned(),
-                (n, []) => format!("all {n} rules of the merge gate passed"),
-                (_, failed) => format!("merged while {} failed", failed.join(", ")),
-            },
-        );
-        if v2 {
-            let subject = format!("change:{}/{}", project, ch.number);
-            let missing = unlogged(&ch.approvers, logged, "change.review.approve", &subject, Some(&ch.reviewed_head));
-            checks.add(
-                "change.approvals_logged",
-                &step,
-                missing.is_empty(),
-                if missing.is_empty() {
-                    format!("every approval of {} is an event in the ledger", short(&ch.reviewed_head))
-                } else {
-                    format!(
-                        "the ledger holds no approval of {} by {}, whom the attestation names",
-                        short(&ch.reviewed_head),
-                        missing.join(", ")
-                    )
-                },
-            );
+        check_change_approvals(tally, ch, &step);
+        check_change_gate(tally, ch, &step);
+        if chain.v2 {
+            check_change_logged(&mut tally.checks, chain, ch, &step);
         }
         let twice = repeated(&ch.approvers);
         if !twice.is_empty() {
-            checks.add(
+            tally.checks.add(
                 "change.distinct_approvers",
                 &step,
                 false,
@@ -810,238 +839,325 @@ fn check_changes(
     }
 }
 
-/// What the provenance says was built: the commit and the artifacts' digests.
-struct Built<'a> {
-    commit: Option<&'a str>,
-    digests: &'a BTreeSet<&'a str>,
+/// A change's duties, and that someone approved it who is not its author.
+fn check_change_approvals(tally: &mut Tally, ch: &ChangeFacts, step: &str) {
+    tally.duties.push(Duty { step: step.to_owned(), duty: "author".into(), holders: ch.authors.clone() });
+    tally.duties.push(Duty { step: step.to_owned(), duty: "reviewer".into(), holders: ch.approvers.clone() });
+    tally.duties.push(Duty { step: step.to_owned(), duty: "merger".into(), holders: vec![ch.merged_by.clone()] });
+    tally.checks.add(
+        "change.approved",
+        step,
+        !ch.approvers.is_empty(),
+        if ch.approvers.is_empty() {
+            "the change was merged without an approval".to_owned()
+        } else {
+            format!("approved by {}", ch.approvers.join(", "))
+        },
+    );
+    let bad = approvers_who_authored(&ch.approvers, &ch.authors);
+    tally.checks.add(
+        "change.approver_not_author",
+        step,
+        bad.is_empty(),
+        if bad.is_empty() {
+            format!("no approver is among its authors ({})", ch.authors.join(", "))
+        } else {
+            format!("{} approved the change but is among its authors", bad.join(", "))
+        },
+    );
+}
+
+/// A change's checks on the reviewed head, and its merge gate.
+fn check_change_gate(tally: &mut Tally, ch: &ChangeFacts, step: &str) {
+    let (passed, message) = checks_on_head(&ch.checks, &ch.reviewed_head);
+    tally.checks.add("change.checks", step, passed, message);
+    if !ch.weakened.is_empty() {
+        tally.findings.push(format!("{step}: weakened the gate: {}", ch.weakened.join("; ")));
+    }
+    let failed: Vec<&str> = ch.gate.iter().filter(|(_, passed)| !passed).map(|(rule, _)| rule.as_str()).collect();
+    tally.checks.add(
+        "change.gate",
+        step,
+        !ch.gate.is_empty() && failed.is_empty(),
+        match (ch.gate.len(), failed.as_slice()) {
+            (0, _) => "the change attestation records no merge gate".to_owned(),
+            (n, []) => format!("all {n} rules of the merge gate passed"),
+            (_, failed) => format!("merged while {} failed", failed.join(", ")),
+        },
+    );
+}
+
+/// Version 2: every approval of a change is an event in the ledger.
+fn check_change_logged(checks: &mut Checks, chain: &Chain<'_>, ch: &ChangeFacts, step: &str) {
+    let subject = format!("change:{}/{}", chain.project, ch.number);
+    let missing = unlogged(&ch.approvers, chain.logged, "change.review.approve", &subject, Some(&ch.reviewed_head));
+    checks.add(
+        "change.approvals_logged",
+        step,
+        missing.is_empty(),
+        if missing.is_empty() {
+            format!("every approval of {} is an event in the ledger", short(&ch.reviewed_head))
+        } else {
+            format!(
+                "the ledger holds no approval of {} by {}, whom the attestation names",
+                short(&ch.reviewed_head),
+                missing.join(", ")
+            )
+        },
+    );
 }
 
 /// The rules of each deployment: its environment order, its release, its
 /// independent approvers and testers, its artifacts, every decision logged.
-#[allow(clippy::too_many_arguments)]
-fn check_deployments(
-    checks: &mut Checks,
-    duties: &mut Vec<Duty>,
-    findings: &mut Vec<String>,
-    deployments: &[DeploymentFacts],
-    changes: &[ChangeFacts],
-    built: &Built<'_>,
-    v2: bool,
-    logged: &[&LedgerEvent],
-    project: &str,
-) {
-    let (commit, digests) = (built.commit, built.digests);
+fn check_deployments(tally: &mut Tally, chain: &Chain<'_>) {
+    let deployments = chain.deployments;
+    for (i, d) in deployments.iter().enumerate() {
+        let step = d.label();
+        check_deployment_duties(tally, chain, d, &step);
+        check_deployment_build(&mut tally.checks, &chain.built, d, &step);
+        check_order(&mut tally.checks, &deployments[..i], d, &step);
+        let (authors, reviewers) = check_release(&mut tally.checks, chain.changes, d, &step);
+        check_approvers(tally, d, &step, &authors);
+        check_reviewers(tally, d, &step, &reviewers);
+        check_testers(tally, d, &step, &authors);
+    }
     // Deployments, in the bundle's order, which must be the environments'.
     let order: Vec<(String, Option<String>)> =
         deployments.iter().map(|d| (d.environment.clone(), d.after.clone())).collect();
-    for (i, d) in deployments.iter().enumerate() {
-        let step = d.label();
-        duties.push(Duty {
-            step: step.clone(),
-            duty: "requester".into(),
-            holders: d.requester.iter().cloned().collect(),
-        });
-        duties.push(Duty { step: step.clone(), duty: "approver".into(), holders: d.approvers.clone() });
-        duties.push(Duty { step: step.clone(), duty: "tester".into(), holders: d.testers.clone() });
-        duties.push(Duty { step: step.clone(), duty: "deployer".into(), holders: vec![d.deployer.clone()] });
-
-        if v2 {
-            let subject = format!("deployment:{}/{}", project, d.number);
-            let mut missing = unlogged(&d.approvers, logged, "deploy.approve", &subject, None);
-            missing.extend(
-                unlogged(&d.testers, logged, "deploy.test_passed", &subject, None)
-                    .into_iter()
-                    .map(|t| format!("{t} (test sign-off)")),
-            );
-            checks.add(
-                "deploy.decisions_logged",
-                &step,
-                missing.is_empty(),
-                if missing.is_empty() {
-                    "every approval and test sign-off it names is an event in the ledger".to_owned()
-                } else {
-                    format!("the ledger holds no decision by {}, whom the attestation names", missing.join(", "))
-                },
-            );
-        }
-        if let Some(c) = &commit {
-            checks.add(
-                "deploy.commit",
-                &step,
-                &d.commit == c,
-                if &d.commit == c {
-                    format!("deployed build {} of commit {}", d.build, short(c))
-                } else {
-                    format!("deployed commit {}, not the commit built ({})", d.commit, c)
-                },
-            );
-        }
-        let foreign: Vec<&String> = d.artifacts.iter().filter(|a| !digests.contains(a.as_str())).collect();
-        checks.add(
-            "deploy.artifact",
-            &step,
-            foreign.is_empty() && !d.artifacts.is_empty(),
-            if foreign.is_empty() {
-                format!("deployed {} artifacts, each named by the provenance", d.artifacts.len())
-            } else {
-                format!(
-                    "deployed sha256:{}, which the provenance does not name",
-                    foreign.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", sha256:")
-                )
-            },
-        );
-        checks.add(
-            "deploy.result",
-            &step,
-            d.result == "succeeded",
-            format!("the deployment {}", if d.result.is_empty() { "has no result" } else { &d.result }),
-        );
-        // Environment order: a deployment to an environment that follows
-        // another comes after one of the same build there, in the bundle
-        // and in time. A first environment may be deployed to again later.
-        let earlier =
-            |after: &str| deployments[..i].iter().rev().find(|p| p.environment == after && p.build == d.build);
-        let (passed, message) = match &d.after {
-            None => (true, "a first environment of the pipeline".to_owned()),
-            Some(after) => match earlier(after) {
-                None => (
-                    false,
-                    format!(
-                        "{} must follow {after}, but the bundle holds no deployment of build {} to {after} before it: \
-                         the environments are out of order",
-                        d.environment, d.build
-                    ),
-                ),
-                Some(prev) => match (prev.finished_ms, d.started_ms) {
-                    (Some(done), Some(start)) if done <= start => {
-                        (true, format!("follows {} to {after}, finished before it started", prev.label()))
-                    }
-                    (Some(_), Some(_)) => (false, format!("started before {} to {after} had finished", prev.label())),
-                    _ => (false, "the deployments do not say when they started and finished".to_owned()),
-                },
-            },
-        };
-        checks.add("deploy.order", &step, passed, message);
-
-        // The release: every change it brings, and their authors.
-        let missing: Vec<i64> = d.changes.iter().copied().filter(|n| !changes.iter().any(|c| c.number == *n)).collect();
-        let release: Vec<&ChangeFacts> = changes.iter().filter(|c| d.changes.contains(&c.number)).collect();
-        checks.add(
-            "deploy.changes",
-            &step,
-            missing.is_empty(),
-            if missing.is_empty() {
-                format!("releases changes {:?}, each attested in the bundle", d.changes)
-            } else {
-                format!("releases changes {missing:?}, whose attestations the bundle lacks")
-            },
-        );
-        // Authors and reviewers as the change attestations name them, and
-        // as the deployment attestation does: whoever either names counts.
-        let mut authors: Vec<String> = release.iter().flat_map(|c| c.authors.iter().cloned()).collect();
-        authors.extend(d.release_authors.iter().cloned());
-        let mut reviewers: Vec<String> = release.iter().flat_map(|c| c.approvers.iter().cloned()).collect();
-        reviewers.extend(d.release_reviewers.iter().cloned());
-
-        if d.gate.is_none() {
-            findings.push(format!(
-                "{step}: the deployer could not read the environment's gate; its approvals and tests are not checked against it"
-            ));
-        }
-        let needed = d.gate.as_ref().map_or(0, |g| g.approvals) as usize;
-        if needed > 0 {
-            checks.add(
-                "deploy.approvals",
-                &step,
-                d.approvers.len() >= needed && repeated(&d.approvers).is_empty(),
-                format!("{} of {needed} approvals, by {}", d.approvers.len(), none_or(&d.approvers)),
-            );
-        }
-        let bad = approvers_who_authored(&d.approvers, &authors);
-        checks.add(
-            "deploy.approver_not_author",
-            &step,
-            bad.is_empty(),
-            if bad.is_empty() {
-                format!("no approver ({}) wrote a change of the release", none_or(&d.approvers))
-            } else {
-                format!("{} approved the deployment but wrote a change of the release", bad.join(", "))
-            },
-        );
-        let own = requester_approved(d.requester.as_deref(), &d.approvers);
-        checks.add(
-            "deploy.approver_not_requester",
-            &step,
-            !own,
-            if own {
-                format!("{} requested the deployment and approved it", d.requester.as_deref().unwrap_or(""))
-            } else {
-                match &d.requester {
-                    Some(r) => format!("requested by {r}, approved by others"),
-                    None => "an automatic promotion, requested by nobody".to_owned(),
-                }
-            },
-        );
-        let reviewed = approvers_who_reviewed(&d.approvers, &reviewers);
-        let allowed = d.gate.as_ref().is_some_and(|g| g.reviewers_may_approve);
-        if !reviewed.is_empty() && allowed {
-            findings.push(format!(
-                "{step}: {} reviewed a change and approved its deployment, as the environment allows",
-                reviewed.join(", ")
-            ));
-        }
-        checks.add(
-            "deploy.approver_not_reviewer",
-            &step,
-            reviewed.is_empty() || allowed,
-            if reviewed.is_empty() {
-                "no approver reviewed a change of the release".to_owned()
-            } else if allowed {
-                format!(
-                    "{} reviewed a change and approved its deployment, allowed by the environment",
-                    reviewed.join(", ")
-                )
-            } else {
-                format!("{} reviewed a change of the release and approved its deployment", reviewed.join(", "))
-            },
-        );
-        let bad = testers_who_authored(&d.testers, &authors);
-        checks.add(
-            "deploy.tester_not_author",
-            &step,
-            bad.is_empty(),
-            if bad.is_empty() {
-                format!("no tester ({}) wrote a change of the release", none_or(&d.testers))
-            } else {
-                format!("{} signed off the tests but wrote a change of the release", bad.join(", "))
-            },
-        );
-        if d.gate.as_ref().is_some_and(|g| g.testers.is_some()) {
-            let tested = !d.testers.is_empty() || d.break_glass.is_some();
-            checks.add(
-                "deploy.tested",
-                &step,
-                tested,
-                if !d.testers.is_empty() {
-                    format!("manual tests signed off by {}", d.testers.join(", "))
-                } else if d.break_glass.is_some() {
-                    "manual tests skipped by break-glass".to_owned()
-                } else {
-                    "the environment needs a test sign-off and nobody gave one".to_owned()
-                },
-            );
-        }
-        if let Some(why) = &d.break_glass {
-            findings.push(format!("{step}: break-glass deployment ({why}); soak and manual tests were skipped"));
-        }
-    }
     if let Some(position) = out_of_order(&order) {
         // Already reported per deployment; this names the whole sequence.
-        findings.push(format!(
+        tally.findings.push(format!(
             "the deployments are listed as {}; position {} breaks the environment order",
             order.iter().map(|(e, _)| e.as_str()).collect::<Vec<_>>().join(" -> "),
             position + 1
         ));
+    }
+}
+
+/// A deployment's duties, and in version 2 that every approval and test
+/// sign-off it names is an event in the ledger.
+fn check_deployment_duties(tally: &mut Tally, chain: &Chain<'_>, d: &DeploymentFacts, step: &str) {
+    let duty = |duty: &str, holders: Vec<String>| Duty { step: step.to_owned(), duty: duty.into(), holders };
+    tally.duties.push(duty("requester", d.requester.iter().cloned().collect()));
+    tally.duties.push(duty("approver", d.approvers.clone()));
+    tally.duties.push(duty("tester", d.testers.clone()));
+    tally.duties.push(duty("deployer", vec![d.deployer.clone()]));
+
+    if chain.v2 {
+        let subject = format!("deployment:{}/{}", chain.project, d.number);
+        let mut missing = unlogged(&d.approvers, chain.logged, "deploy.approve", &subject, None);
+        missing.extend(
+            unlogged(&d.testers, chain.logged, "deploy.test_passed", &subject, None)
+                .into_iter()
+                .map(|t| format!("{t} (test sign-off)")),
+        );
+        tally.checks.add(
+            "deploy.decisions_logged",
+            step,
+            missing.is_empty(),
+            if missing.is_empty() {
+                "every approval and test sign-off it names is an event in the ledger".to_owned()
+            } else {
+                format!("the ledger holds no decision by {}, whom the attestation names", missing.join(", "))
+            },
+        );
+    }
+}
+
+/// A deployment deployed the commit and artifacts built, and succeeded.
+fn check_deployment_build(checks: &mut Checks, built: &Built<'_>, d: &DeploymentFacts, step: &str) {
+    if let Some(c) = built.commit {
+        checks.add(
+            "deploy.commit",
+            step,
+            d.commit == c,
+            if d.commit == c {
+                format!("deployed build {} of commit {}", d.build, short(c))
+            } else {
+                format!("deployed commit {}, not the commit built ({})", d.commit, c)
+            },
+        );
+    }
+    let foreign: Vec<&String> = d.artifacts.iter().filter(|a| !built.digests.contains(a.as_str())).collect();
+    checks.add(
+        "deploy.artifact",
+        step,
+        foreign.is_empty() && !d.artifacts.is_empty(),
+        if foreign.is_empty() {
+            format!("deployed {} artifacts, each named by the provenance", d.artifacts.len())
+        } else {
+            format!(
+                "deployed sha256:{}, which the provenance does not name",
+                foreign.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", sha256:")
+            )
+        },
+    );
+    checks.add(
+        "deploy.result",
+        step,
+        d.result == "succeeded",
+        format!("the deployment {}", if d.result.is_empty() { "has no result" } else { &d.result }),
+    );
+}
+
+/// Environment order: a deployment to an environment that follows another
+/// comes after one of the same build there (among `before`, the deployments
+/// before it in the bundle), and in time. A first environment may be
+/// deployed to again later.
+fn check_order(checks: &mut Checks, before: &[DeploymentFacts], d: &DeploymentFacts, step: &str) {
+    let earlier = |after: &str| before.iter().rev().find(|p| p.environment == after && p.build == d.build);
+    let (passed, message) = match &d.after {
+        None => (true, "a first environment of the pipeline".to_owned()),
+        Some(after) => match earlier(after) {
+            None => (
+                false,
+                format!(
+                    "{} must follow {after}, but the bundle holds no deployment of build {} to {after} before it: \
+                     the environments are out of order",
+                    d.environment, d.build
+                ),
+            ),
+            Some(prev) => match (prev.finished_ms, d.started_ms) {
+                (Some(done), Some(start)) if done <= start => {
+                    (true, format!("follows {} to {after}, finished before it started", prev.label()))
+                }
+                (Some(_), Some(_)) => (false, format!("started before {} to {after} had finished", prev.label())),
+                _ => (false, "the deployments do not say when they started and finished".to_owned()),
+            },
+        },
+    };
+    checks.add("deploy.order", step, passed, message);
+}
+
+/// The release: every change it brings is attested in the bundle. Returns
+/// the release's authors and reviewers, as the change attestations name
+/// them and as the deployment attestation does: whoever either names counts.
+fn check_release(
+    checks: &mut Checks,
+    changes: &[ChangeFacts],
+    d: &DeploymentFacts,
+    step: &str,
+) -> (Vec<String>, Vec<String>) {
+    let missing: Vec<i64> = d.changes.iter().copied().filter(|n| !changes.iter().any(|c| c.number == *n)).collect();
+    let release: Vec<&ChangeFacts> = changes.iter().filter(|c| d.changes.contains(&c.number)).collect();
+    checks.add(
+        "deploy.changes",
+        step,
+        missing.is_empty(),
+        if missing.is_empty() {
+            format!("releases changes {:?}, each attested in the bundle", d.changes)
+        } else {
+            format!("releases changes {missing:?}, whose attestations the bundle lacks")
+        },
+    );
+    let mut authors: Vec<String> = release.iter().flat_map(|c| c.authors.iter().cloned()).collect();
+    authors.extend(d.release_authors.iter().cloned());
+    let mut reviewers: Vec<String> = release.iter().flat_map(|c| c.approvers.iter().cloned()).collect();
+    reviewers.extend(d.release_reviewers.iter().cloned());
+    (authors, reviewers)
+}
+
+/// A deployment's approvals: as many as its gate needs, none by an author
+/// of the release, none by its requester.
+fn check_approvers(tally: &mut Tally, d: &DeploymentFacts, step: &str, authors: &[String]) {
+    let checks = &mut tally.checks;
+    if d.gate.is_none() {
+        tally.findings.push(format!(
+            "{step}: the deployer could not read the environment's gate; its approvals and tests are not checked against it"
+        ));
+    }
+    let needed = d.gate.as_ref().map_or(0, |g| g.approvals) as usize;
+    if needed > 0 {
+        checks.add(
+            "deploy.approvals",
+            step,
+            d.approvers.len() >= needed && repeated(&d.approvers).is_empty(),
+            format!("{} of {needed} approvals, by {}", d.approvers.len(), none_or(&d.approvers)),
+        );
+    }
+    let bad = approvers_who_authored(&d.approvers, authors);
+    checks.add(
+        "deploy.approver_not_author",
+        step,
+        bad.is_empty(),
+        if bad.is_empty() {
+            format!("no approver ({}) wrote a change of the release", none_or(&d.approvers))
+        } else {
+            format!("{} approved the deployment but wrote a change of the release", bad.join(", "))
+        },
+    );
+    let own = requester_approved(d.requester.as_deref(), &d.approvers);
+    checks.add(
+        "deploy.approver_not_requester",
+        step,
+        !own,
+        if own {
+            format!("{} requested the deployment and approved it", d.requester.as_deref().unwrap_or(""))
+        } else {
+            match &d.requester {
+                Some(r) => format!("requested by {r}, approved by others"),
+                None => "an automatic promotion, requested by nobody".to_owned(),
+            }
+        },
+    );
+}
+
+/// No approver of a deployment reviewed a change of its release, unless
+/// the environment allows it (then it is a finding).
+fn check_reviewers(tally: &mut Tally, d: &DeploymentFacts, step: &str, reviewers: &[String]) {
+    let reviewed = approvers_who_reviewed(&d.approvers, reviewers);
+    let allowed = d.gate.as_ref().is_some_and(|g| g.reviewers_may_approve);
+    if !reviewed.is_empty() && allowed {
+        tally.findings.push(format!(
+            "{step}: {} reviewed a change and approved its deployment, as the environment allows",
+            reviewed.join(", ")
+        ));
+    }
+    tally.checks.add(
+        "deploy.approver_not_reviewer",
+        step,
+        reviewed.is_empty() || allowed,
+        if reviewed.is_empty() {
+            "no approver reviewed a change of the release".to_owned()
+        } else if allowed {
+            format!("{} reviewed a change and approved its deployment, allowed by the environment", reviewed.join(", "))
+        } else {
+            format!("{} reviewed a change of the release and approved its deployment", reviewed.join(", "))
+        },
+    );
+}
+
+/// A deployment's testers: none an author of the release, and a sign-off
+/// when the environment needs one, unless by break-glass.
+fn check_testers(tally: &mut Tally, d: &DeploymentFacts, step: &str, authors: &[String]) {
+    let bad = testers_who_authored(&d.testers, authors);
+    tally.checks.add(
+        "deploy.tester_not_author",
+        step,
+        bad.is_empty(),
+        if bad.is_empty() {
+            format!("no tester ({}) wrote a change of the release", none_or(&d.testers))
+        } else {
+            format!("{} signed off the tests but wrote a change of the release", bad.join(", "))
+        },
+    );
+    if d.gate.as_ref().is_some_and(|g| g.testers.is_some()) {
+        let tested = !d.testers.is_empty() || d.break_glass.is_some();
+        tally.checks.add(
+            "deploy.tested",
+            step,
+            tested,
+            if !d.testers.is_empty() {
+                format!("manual tests signed off by {}", d.testers.join(", "))
+            } else if d.break_glass.is_some() {
+                "manual tests skipped by break-glass".to_owned()
+            } else {
+                "the environment needs a test sign-off and nobody gave one".to_owned()
+            },
+        );
+    }
+    if let Some(why) = &d.break_glass {
+        tally.findings.push(format!("{step}: break-glass deployment ({why}); soak and manual tests were skipped"));
     }
 }
 

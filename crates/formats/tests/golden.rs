@@ -34,3 +34,19 @@ fn a_production_release_exported_earlier_still_verifies() {
     let altered = Bundle::parse(&altered).expect("still a bundle");
     assert!(!verify(&altered, &trust, None).valid);
 }
+
+#[test]
+fn the_whole_report_of_a_golden_bundle_is_as_recorded() {
+    // Every check's rule, subject and message, in order, and every duty,
+    // person, finding and key: what auditors and their scripts read.
+    let trust = TrustRoot::parse(&golden("trust.json")).expect("a trust file");
+    let text = golden("deployment.bundle.json");
+    let altered = text.replacen("\"carol\"", "\"alice\"", 1);
+    for (bundle, expected) in
+        [(text, "deployment.report.json"), (altered, "deployment.carol-approves-as-alice.report.json")]
+    {
+        let report = verify(&Bundle::parse(&bundle).expect("a bundle"), &trust, None);
+        let expected: serde_json::Value = serde_json::from_str(&golden(expected)).expect("a report");
+        assert_eq!(serde_json::to_value(&report).expect("serializes"), expected, "{expected}");
+    }
+}
