@@ -82,17 +82,26 @@ pub fn diff(repository: &Path, base: Option<&str>, head: &str) -> Result<String,
     }
 }
 
-/// A file as of a commit, if it exists there.
+/// A file as of a commit, if it exists there. Whether it exists is read
+/// from the tree (`ls-tree`), never from the wording of an error; a path
+/// that names something other than a file there is an error, so that a
+/// directory in a pipeline file's place never reads as no pipeline file.
 pub fn read_file(repository: &Path, commit: &str, path: &str) -> Result<Option<String>, GitError> {
-    match git(Some(repository), &["cat-file", "blob", &format!("{commit}:{path}")]) {
-        Ok(text) => Ok(Some(text)),
-        Err(GitError::Failed { stderr, .. })
-            if stderr.contains("does not exist") || stderr.contains("exists on disk") =>
-        {
-            Ok(None)
-        }
-        Err(other) => Err(other),
+    let listing = git(Some(repository), &["--literal-pathspecs", "ls-tree", "-z", "--full-tree", commit, "--", path])?;
+    let entry = listing.split('\0').find_map(|line| {
+        let (meta, name) = line.split_once('\t')?;
+        (name == path).then_some(meta)
+    });
+    let Some(meta) = entry else { return Ok(None) };
+    let mut fields = meta.split(' ');
+    let (kind, object) = (fields.nth(1).unwrap_or_default(), fields.next().unwrap_or_default());
+    if kind != "blob" {
+        return Err(GitError::Failed {
+            args: format!("ls-tree {commit} -- {path}"),
+            stderr: format!("{path} is a {kind} at {commit}, not a file"),
+        });
     }
+    git(Some(repository), &["cat-file", "blob", object]).map(Some)
 }
 
 /// The tree of merging `head` into `base`, or why it does not merge cleanly.
@@ -333,5 +342,35 @@ mod tests {
         // A second compare-and-swap from the old value fails: the ref moved.
         let other = commit_tree(repo, &tree, &[&commit], "two").unwrap();
         assert!(compare_and_swap(repo, "refs/heads/main", &other, None).is_err());
+    }
+
+    #[test]
+    fn a_file_is_read_from_the_tree_and_a_directory_in_its_place_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path();
+        let run = |args: &[&str]| {
+            let status = Command::new("git")
+                .args(["-c", "user.name=a", "-c", "user.email=a@example.com"])
+                .args(args)
+                .current_dir(work)
+                .envs(crate::CLEAN_GIT_ENV)
+                .status()
+                .unwrap();
+            assert!(status.success(), "{args:?}");
+        };
+        run(&["init", "-q", "-b", "main"]);
+        std::fs::create_dir_all(work.join(".custody/pipeline.toml")).unwrap();
+        std::fs::write(work.join(".custody/pipeline.toml/inner"), "x").unwrap();
+        std::fs::write(work.join("*.toml"), "literal star").unwrap();
+        std::fs::write(work.join("real.toml"), "real").unwrap();
+        run(&["add", "-A"]);
+        run(&["commit", "-q", "-m", "one"]);
+        let head = git(Some(work), &["rev-parse", "HEAD"]).unwrap().trim().to_owned();
+        assert_eq!(read_file(work, &head, "real.toml").unwrap().as_deref(), Some("real"));
+        assert_eq!(read_file(work, &head, "*.toml").unwrap().as_deref(), Some("literal star"), "a name, not a pattern");
+        assert_eq!(read_file(work, &head, "missing.toml").unwrap(), None);
+        assert_eq!(read_file(work, &head, "no/such/dir.toml").unwrap(), None);
+        assert!(read_file(work, &head, ".custody/pipeline.toml").is_err(), "a directory is not an absent file");
+        assert!(read_file(work, &"0".repeat(40), "real.toml").is_err(), "an unknown commit is an error");
     }
 }
