@@ -115,7 +115,7 @@ pub(crate) async fn report(
                     let found = production_environments(&state, &name).await;
                     production.insert(project.to_owned(), found);
                 }
-                if details["status"] != "succeeded" {
+                if details["status"] != custody_domain::status::DeploymentStatus::Succeeded.as_str() {
                     findings.push(json!({
                         "kind": "deployment_failed", "at": Timestamp::from_millis(event.at_ms), "seq": event.seq,
                         "subject": event.subject,

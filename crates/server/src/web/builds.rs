@@ -10,7 +10,7 @@ use custody_formats::KeyRole;
 use custody_store::{BuildView, ChangeView, DeploymentView};
 use serde_json::Value;
 
-use super::html::{self, esc, push, seg, short, status};
+use super::html::{self, esc, push, seg, short};
 use super::projects::{access, environments, with_decisions};
 use super::session::Visitor;
 use super::{WebError, WebPath, WebResult};
@@ -39,12 +39,13 @@ pub(crate) struct Link {
     pub href: Option<String>,
 }
 
-fn state_of(status: &str) -> &'static str {
-    match status {
-        "succeeded" | "merged" => "ok",
-        "pending" | "queued" | "running" | "open" => "wait",
-        "failed" | "error" | "rejected" | "cancelled" | "closed" => "bad",
-        _ => "none",
+/// How a box of the chain looks.
+fn state_of(state: impl html::Shown) -> &'static str {
+    match state.tone() {
+        html::Tone::Ok => "ok",
+        html::Tone::Wait => "wait",
+        html::Tone::Bad => "bad",
+        html::Tone::Plain => "none",
     }
 }
 
@@ -170,7 +171,7 @@ async fn chain(
             None => change
                 .reviews
                 .iter()
-                .filter(|r| r.verdict == "approve" && !r.stale)
+                .filter(|r| r.verdict == custody_domain::gate::Verdict::Approve.as_str() && !r.stale)
                 .map(|r| r.reviewer.clone())
                 .collect(),
         };
@@ -179,7 +180,7 @@ async fn chain(
         links.push(Link {
             kind: "change".into(),
             title: format!("#{} {}", change.number, change.title),
-            state: state_of(change.state.as_str()),
+            state: state_of(change.state),
             duties: vec![
                 ("authors".into(), names(&authors)),
                 ("reviewers (approved)".into(), names(&approvers)),
@@ -199,7 +200,7 @@ async fn chain(
     links.push(Link {
         kind: "build".into(),
         title: format!("build {}", build.number),
-        state: state_of(build.status.as_str()),
+        state: state_of(build.status),
         duties: vec![
             ("built by (service)".into(), "custody builder".into()),
             ("worker".into(), build.worker.clone().unwrap_or_else(|| "—".into())),
@@ -220,7 +221,7 @@ async fn chain(
                     d.decisions.iter().filter(|x| kinds.contains(&x.kind.as_str())).map(|x| x.user.clone()).collect()
                 };
                 (
-                    state_of(d.status.as_str()),
+                    state_of(d.status),
                     vec![
                         ("requested by".into(), d.requested_by.clone().unwrap_or_else(|| "custody (promotion)".into())),
                         ("approved by".into(), names(&who(&["approve"]))),
@@ -266,7 +267,7 @@ pub(crate) async fn show(
         "<p class=\"crumbs\"><a href=\"/projects\">Projects</a> / <a href=\"/projects/{p}\">{}</a> /</p>\
          <h1>Build {number} {}</h1>",
         esc(&project),
-        status(build.status.as_str())
+        html::badge(build.status)
     );
     body.push_str("<section><h2>Chain of custody</h2><div class=\"chain-frame\">");
     body.push_str(&chain_svg(&links));

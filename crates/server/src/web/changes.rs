@@ -96,7 +96,7 @@ fn header(project: &str, number: i64, change: &ChangeView) -> String {
          <p class=\"meta\"><code>{}</code> → <code>{}</code> · opened by <strong>{}</strong> {} · head <code class=\"sha\" id=\"head\">{}</code></p>",
         esc(project),
         esc(&change.title),
-        status(change.state.as_str()),
+        html::badge(change.state),
         esc(&change.source_branch),
         esc(&change.target_branch),
         esc(&change.opened_by),
@@ -266,7 +266,7 @@ fn work(log: &str, commit_count: usize, checks: &[CheckRunView], diff: &str) -> 
             &mut body,
             format_args!(
                 "<details class=\"check\"><summary>{} on <code class=\"sha\">{}</code> · <code>{}</code>{}</summary><pre class=\"log\">{}</pre></details>",
-                status(check.status.as_str()),
+                html::badge(check.status),
                 esc(short(&check.head)),
                 esc(check.command.as_deref().unwrap_or("no command")),
                 check.exit_code.map(|c| format!(" · exit {c}")).unwrap_or_default(),

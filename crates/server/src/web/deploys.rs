@@ -110,7 +110,7 @@ pub(crate) async fn environment(
             format_args!(
                 "<section class=\"deployment\" id=\"deployment-{n}\"><h3>Deployment {n} of <a href=\"/projects/{p}/builds/{b}\">build {b}</a> {}</h3>\
                  <p class=\"meta\">commit <code class=\"sha\">{}</code> · requested by {}{}</p>",
-                status(waiting.status.as_str()),
+                html::badge(waiting.status),
                 esc(short(&waiting.commit)),
                 esc(waiting.requested_by.as_deref().unwrap_or("custody (promotion)")),
                 waiting.break_glass.as_deref().map(|r| format!(" · <strong>break-glass</strong>: {}", esc(r))).unwrap_or_default(),
@@ -176,7 +176,7 @@ pub(crate) async fn environment(
                     "<tr><td>{}</td><td><a href=\"/projects/{p}/builds/{b}\">build {b}</a> <code class=\"sha\">{}</code></td><td>{}{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                     d.number,
                     esc(short(&d.commit)),
-                    status(d.status.as_str()),
+                    html::badge(d.status),
                     d.reason.as_deref().map(|r| format!("<div class=\"hint\">{}</div>", esc(r))).unwrap_or_default(),
                     esc(d.requested_by.as_deref().unwrap_or("custody (promotion)")),
                     decisions(d),

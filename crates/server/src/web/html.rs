@@ -6,6 +6,7 @@ use std::fmt::{self, Display, Write as _};
 
 use axum::response::Html;
 use custody_domain::gate::RuleOutcome;
+use custody_domain::status::{BuildStatus, ChangeState, CheckStatus, DeploymentStatus};
 use custody_domain::{Reason, Timestamp};
 
 use super::session::Visitor;
@@ -73,12 +74,107 @@ pub fn when(at: Timestamp) -> String {
 /// A status as a coloured label.
 pub fn status(text: &str) -> String {
     let class = match text {
-        "succeeded" | "passed" | "merged" | "approved" | "approve" | "test_passed" | "active" => "ok",
-        "failed" | "error" | "rejected" | "reject" | "test_failed" | "request_changes" => "bad",
-        "pending" | "queued" | "running" | "open" => "wait",
+        "approved" | "approve" | "test_passed" | "active" => "ok",
+        "rejected" | "reject" | "test_failed" | "request_changes" => "bad",
+        "pending" => "wait",
         _ => "plain",
     };
     format!("<span class=\"badge {class}\">{}</span>", esc(&text.replace('_', " ")))
+}
+
+/// How a state looks on a page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tone {
+    /// Done and good.
+    Ok,
+    /// Failed or refused.
+    Bad,
+    /// Still to happen.
+    Wait,
+    /// Neither.
+    Plain,
+}
+
+impl Tone {
+    /// Its CSS class.
+    pub fn class(self) -> &'static str {
+        match self {
+            Tone::Ok => "ok",
+            Tone::Bad => "bad",
+            Tone::Wait => "wait",
+            Tone::Plain => "plain",
+        }
+    }
+}
+
+/// A status a page shows. Every status enum says how each of its states
+/// looks, exhaustively, so that a new state cannot go unstyled and no page
+/// compares a status as text.
+pub trait Shown: Copy {
+    /// Its name, as stored and sent.
+    fn name(self) -> &'static str;
+    /// How it looks.
+    fn tone(self) -> Tone;
+}
+
+impl Shown for ChangeState {
+    fn name(self) -> &'static str {
+        self.as_str()
+    }
+    fn tone(self) -> Tone {
+        match self {
+            ChangeState::Open => Tone::Wait,
+            ChangeState::Merged => Tone::Ok,
+            ChangeState::Closed => Tone::Plain,
+        }
+    }
+}
+
+impl Shown for CheckStatus {
+    fn name(self) -> &'static str {
+        self.as_str()
+    }
+    fn tone(self) -> Tone {
+        match self {
+            CheckStatus::Queued | CheckStatus::Running => Tone::Wait,
+            CheckStatus::Passed => Tone::Ok,
+            CheckStatus::Failed | CheckStatus::Error => Tone::Bad,
+            CheckStatus::NotRequired => Tone::Plain,
+        }
+    }
+}
+
+impl Shown for BuildStatus {
+    fn name(self) -> &'static str {
+        self.as_str()
+    }
+    fn tone(self) -> Tone {
+        match self {
+            BuildStatus::Queued | BuildStatus::Running => Tone::Wait,
+            BuildStatus::Succeeded => Tone::Ok,
+            BuildStatus::Failed | BuildStatus::Error => Tone::Bad,
+            BuildStatus::Skipped => Tone::Plain,
+        }
+    }
+}
+
+impl Shown for DeploymentStatus {
+    fn name(self) -> &'static str {
+        self.as_str()
+    }
+    fn tone(self) -> Tone {
+        match self {
+            DeploymentStatus::Pending | DeploymentStatus::Queued | DeploymentStatus::Running => Tone::Wait,
+            DeploymentStatus::Succeeded => Tone::Ok,
+            DeploymentStatus::Failed | DeploymentStatus::Rejected => Tone::Bad,
+            DeploymentStatus::Cancelled => Tone::Plain,
+        }
+    }
+}
+
+/// A status as a badge.
+pub fn badge(state: impl Shown) -> String {
+    format!("<span class=\"badge {}\">{}</span>", state.tone().class(), esc(&state.name().replace('_', " ")))
 }
 
 /// A list of rules, each passed or failed, with what would satisfy a failed one.
@@ -196,6 +292,14 @@ pub fn document(title: &str, visitor: Option<&Visitor>, body: &str) -> Html<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_status_is_shown_by_its_own_tone_not_by_its_spelling() {
+        assert_eq!(badge(DeploymentStatus::Rejected), "<span class=\"badge bad\">rejected</span>");
+        assert_eq!(badge(CheckStatus::NotRequired), "<span class=\"badge plain\">not required</span>");
+        assert_eq!(badge(ChangeState::Merged), "<span class=\"badge ok\">merged</span>");
+        assert_eq!(BuildStatus::Running.tone(), Tone::Wait);
+    }
 
     #[test]
     fn every_character_that_could_open_markup_is_escaped() {

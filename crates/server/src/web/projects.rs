@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use custody_domain::{ProjectName, Scope};
 use custody_store::{DeploymentView, PageRequest, ProjectAccess};
 
-use super::html::{self, esc, push, seg, short, status};
+use super::html::{self, esc, push, seg, short};
 use super::session::Visitor;
 use super::{WebError, WebPath, WebResult};
 use crate::AppState;
@@ -255,7 +255,7 @@ pub(crate) async fn show(
                         esc(&e.name),
                         esc(e.after.as_deref().unwrap_or("—")),
                         esc(&if gate.is_empty() { "automatic".to_owned() } else { gate.join("; ") }),
-                        env.waiting.iter().map(|d| format!("#{} {}", d.number, status(d.status.as_str()))).collect::<Vec<_>>().join(" ")
+                        env.waiting.iter().map(|d| format!("#{} {}", d.number, html::badge(d.status))).collect::<Vec<_>>().join(" ")
                     ),
                 );
             }
@@ -279,7 +279,7 @@ pub(crate) async fn show(
                     "<tr><td><a href=\"/projects/{}/builds/{n}\">{n}</a></td><td><code class=\"sha\">{}</code></td><td>{change}</td><td>{}</td></tr>",
                     seg(&project),
                     esc(short(&build.commit)),
-                    status(build.status.as_str()),
+                    html::badge(build.status),
                     n = build.number
                 ),
             );
