@@ -9,7 +9,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod audit;
+pub mod change;
 pub mod decision;
 pub mod deploy;
 pub mod gate;
