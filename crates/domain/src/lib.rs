@@ -14,6 +14,7 @@ pub mod audit;
 pub mod change;
 pub mod decision;
 pub mod deploy;
+pub mod finding;
 pub mod gate;
 pub mod glob;
 pub mod grant;
