@@ -42,6 +42,10 @@ pub struct Reason {
 
 impl Reason {
     /// A reason under `rule` with the given message.
+    ///
+    /// Only the rules of this crate make reasons; the one caller elsewhere
+    /// (the server's default-branch check) is being moved here, after which
+    /// this is no longer public.
     pub fn new(rule: Rule, message: impl Into<String>) -> Self {
         Reason { rule: rule.0.to_owned(), message: message.into(), satisfy: None }
     }

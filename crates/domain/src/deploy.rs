@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::gate::RuleOutcome;
 use crate::pipeline::Environment;
+use crate::rules::DEPLOY_PROVENANCE;
 use crate::{Decision, Reason, UserName};
 
 /// Checks an environment secret's name: the variable a deploy script reads,
@@ -407,6 +408,33 @@ pub fn refusal_under_all(
     first
 }
 
+/// A decision by `who` under `gates` (an approval or rejection with
+/// [`approval_refusal`], a sign-off with [`sign_off_refusal`]) is refused
+/// when it would count under none of them, for the first gate's reason.
+pub fn decide_under_all(
+    gates: &[(&str, DeployFacts<'_>)],
+    who: &UserName,
+    refusal: fn(&DeployFacts<'_>, &UserName) -> Option<Reason>,
+) -> Decision {
+    let mut decision = Decision::allow();
+    if let Some(reason) = refusal_under_all(gates, who, refusal) {
+        decision.refuse(reason);
+    }
+    decision
+}
+
+/// A build that can never deploy is refused when the deployment is asked
+/// for, not left waiting: the gate's provenance rule failed in `report`.
+pub fn decide_provenance(report: &DeployReport) -> Decision {
+    let mut decision = Decision::allow();
+    if let Some(rule) = report.rules.iter().find(|r| r.rule == DEPLOY_PROVENANCE.name() && !r.passed) {
+        decision.refuse(
+            Reason::new(DEPLOY_PROVENANCE, rule.message.clone()).satisfy(rule.satisfy.clone().unwrap_or_default()),
+        );
+    }
+    decision
+}
+
 #[cfg(test)]
 mod tests {
     use crate::names_for_tests::{set, user};
@@ -462,7 +490,11 @@ mod tests {
     }
 
     fn report(w: &World) -> DeployReport {
-        evaluate(&DeployFacts {
+        evaluate(&facts(w))
+    }
+
+    fn facts(w: &World) -> DeployFacts<'_> {
+        DeployFacts {
             environment: &w.env,
             provenance: Ok(()),
             previous: w.env.after.clone().map(|environment| Previous { environment, live_since_ms: w.live_since }),
@@ -476,7 +508,7 @@ mod tests {
             sign_offs: &w.sign_offs,
             now_ms: 2 * HOUR,
             break_glass: w.break_glass,
-        })
+        }
     }
 
     fn failing(report: &DeployReport) -> Vec<&str> {
@@ -581,5 +613,39 @@ mod tests {
             break_glass: true,
         });
         assert_eq!(failing(&r), ["deploy.provenance"]);
+    }
+
+    #[test]
+    fn an_author_of_the_release_may_not_approve_it_but_an_approver_may() {
+        let w = world();
+        let gates = [("mainline", facts(&w))];
+        assert!(decide_under_all(&gates, &user("carol"), approval_refusal).allowed);
+        let decision = decide_under_all(&gates, &user("alice"), approval_refusal);
+        assert_eq!(decision.reasons.len(), 1);
+        assert_eq!(decision.reasons[0].rule, "deploy.approver_not_author");
+    }
+
+    #[test]
+    fn a_sign_off_counts_when_it_counts_under_any_gate() {
+        let w = world();
+        let mut other = world();
+        other.testers = set(&["mallory"]);
+        let gates = [("mainline", facts(&w)), ("deployed", facts(&other))];
+        assert!(decide_under_all(&gates, &user("dave"), sign_off_refusal).allowed);
+        assert!(decide_under_all(&gates, &user("mallory"), sign_off_refusal).allowed);
+        let decision = decide_under_all(&gates, &user("erin"), sign_off_refusal);
+        assert_eq!(decision.reasons[0].message, "erin is not a member of qa, the testers of production");
+    }
+
+    #[test]
+    fn a_build_without_valid_provenance_is_refused_when_asked_for() {
+        assert!(decide_provenance(&report(&world())).allowed);
+        let w = world();
+        let mut facts = facts(&w);
+        facts.provenance = Err("build 3 failed, so it has no provenance".into());
+        let decision = decide_provenance(&evaluate(&facts));
+        assert_eq!(decision.reasons.len(), 1);
+        assert_eq!(decision.reasons[0].rule, DEPLOY_PROVENANCE.name());
+        assert_eq!(decision.reasons[0].message, "build 3 failed, so it has no provenance");
     }
 }

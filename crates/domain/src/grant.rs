@@ -12,6 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::rules::{AWAITING_APPROVAL, GRANT_DUPLICATE};
 use crate::{Decision, Email, GroupName, ProjectName, Reason, Role, Rule, UserName};
 
 /// Only admins may ask for or decide grants.
@@ -380,6 +381,35 @@ pub fn decide_keeps_an_admin(action: &GrantAction, target_is_admin: bool, admins
     decision
 }
 
+/// The same grant is asked for once: `pending` is a pending grant that
+/// already asks for `action`, if there is one.
+pub fn decide_not_duplicate(action: &GrantAction, pending: Option<i64>) -> Decision {
+    let mut decision = Decision::allow();
+    if let Some(id) = pending {
+        decision.refuse(
+            Reason::new(GRANT_DUPLICATE, format!("grant {id} already asks to {}", action.describe()))
+                .satisfy(format!("approve or reject grant {id}")),
+        );
+    }
+    decision
+}
+
+/// An invited user redeems their invite only once the grant creating them
+/// is approved: `active` is whether it is, and `pending` the grant still
+/// waiting, when one is found.
+pub fn decide_redemption(user: &str, active: bool, pending: Option<i64>) -> Decision {
+    let mut decision = Decision::allow();
+    decision.require(active, || {
+        Reason::new(AWAITING_APPROVAL, format!("the grant creating user {user} is still pending")).satisfy(
+            match pending {
+                Some(id) => format!("a second admin must approve grant {id}; then redeem the code again"),
+                None => "a second admin must approve the grant; then redeem the code again".into(),
+            },
+        )
+    });
+    decision
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,5 +470,33 @@ mod tests {
         let action = GrantAction::RemoveGroupMember { group: GroupName::admins(), user: user("root") };
         assert!(!decide_keeps_an_admin(&action, true, 1).allowed);
         assert!(decide_keeps_an_admin(&action, true, 2).allowed);
+    }
+
+    #[test]
+    fn a_grant_already_asked_for_is_not_asked_for_again() {
+        let action = GrantAction::DisableUser { user: user("carol") };
+        assert!(decide_not_duplicate(&action, None).allowed);
+        let decision = decide_not_duplicate(&action, Some(7));
+        assert_eq!(decision.reasons.len(), 1);
+        assert_eq!(decision.reasons[0].rule, GRANT_DUPLICATE.name());
+        assert_eq!(decision.reasons[0].message, format!("grant 7 already asks to {}", action.describe()));
+        assert_eq!(decision.reasons[0].satisfy.as_deref(), Some("approve or reject grant 7"));
+    }
+
+    #[test]
+    fn an_invite_is_redeemed_only_after_the_grant_creating_its_user_is_approved() {
+        assert!(decide_redemption("bob", true, None).allowed);
+        let decision = decide_redemption("bob", false, Some(3));
+        assert_eq!(decision.reasons[0].rule, AWAITING_APPROVAL.name());
+        assert_eq!(decision.reasons[0].message, "the grant creating user bob is still pending");
+        assert_eq!(
+            decision.reasons[0].satisfy.as_deref(),
+            Some("a second admin must approve grant 3; then redeem the code again")
+        );
+        let decision = decide_redemption("bob", false, None);
+        assert_eq!(
+            decision.reasons[0].satisfy.as_deref(),
+            Some("a second admin must approve the grant; then redeem the code again")
+        );
     }
 }

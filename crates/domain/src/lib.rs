@@ -9,9 +9,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod audit;
+pub mod change;
 pub mod decision;
 pub mod deploy;
+pub mod finding;
 pub mod gate;
 pub mod glob;
 pub mod grant;

@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::rules::DEFAULT_BRANCH_UNREVIEWED;
 use crate::{Decision, Reason, Rule};
 
 /// Nobody pushes to a protected branch.
@@ -306,6 +307,21 @@ pub fn decide_push(
     decision
 }
 
+/// Only reviewed history becomes a project's default branch: `unreviewed`
+/// is whether `branch` exists and holds commits the current default branch
+/// does not (any commit, when the default branch does not exist).
+pub fn decide_default_branch(branch: &str, default_branch: &str, unreviewed: bool) -> Decision {
+    let mut decision = Decision::allow();
+    decision.require(!unreviewed, || {
+        Reason::new(
+            DEFAULT_BRANCH_UNREVIEWED,
+            format!("branch {branch} has commits that are not on {default_branch}: they never went through a change"),
+        )
+        .satisfy(format!("merge those commits into {default_branch} through a change first"))
+    });
+    decision
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,5 +445,21 @@ mod tests {
         let decision = decide_push(&updates, "payments", &[], "main", false);
         let rules: Vec<_> = decision.reasons.iter().map(|r| r.rule.as_str()).collect();
         assert_eq!(rules, [WRITE_ACCESS.0, PROTECTED_BRANCH.0, INTERNAL_REF.0]);
+    }
+
+    #[test]
+    fn a_branch_holding_unreviewed_commits_does_not_become_the_default() {
+        assert!(decide_default_branch("release", "main", false).allowed);
+        let decision = decide_default_branch("release", "main", true);
+        assert_eq!(decision.reasons.len(), 1);
+        assert_eq!(decision.reasons[0].rule, DEFAULT_BRANCH_UNREVIEWED.name());
+        assert_eq!(
+            decision.reasons[0].message,
+            "branch release has commits that are not on main: they never went through a change"
+        );
+        assert_eq!(
+            decision.reasons[0].satisfy.as_deref(),
+            Some("merge those commits into main through a change first")
+        );
     }
 }

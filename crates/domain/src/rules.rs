@@ -35,8 +35,13 @@ pub const DEFAULT_BRANCH_UNREVIEWED: Rule = Rule("project.default_branch.unrevie
 
 #[cfg(test)]
 mod tests {
+    /// Where a decision may still be made outside the domain for now: the
+    /// default-branch check in the server is converted separately.
+    const NOT_YET_CONVERTED: &[&str] = &["server/src/api/projects.rs"];
+
     /// Every crate's sources but this one's, the independent verifier's and
-    /// the tests': none may make a `Rule` of its own.
+    /// the tests': none may make a `Rule` of its own, and none but test code
+    /// may make a `Reason` or a refusal: the rules here decide them.
     #[test]
     fn no_reason_code_is_decided_outside_the_domain() {
         let crates = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -55,14 +60,53 @@ mod tests {
                     stack.push(path);
                 } else if path.extension().is_some_and(|e| e == "rs") {
                     let text = std::fs::read_to_string(&path).unwrap();
+                    let converted = !NOT_YET_CONVERTED.iter().any(|p| path.ends_with(p));
+                    let test_lines = test_lines(&text);
                     for (n, line) in text.lines().enumerate() {
-                        if line.contains("Rule(\"") {
+                        let decides = converted
+                            && !test_lines.contains(&n)
+                            && !line.trim_start().starts_with("//")
+                            && (line.contains("Reason::new(") || line.contains("Decision::deny("));
+                        if line.contains("Rule(\"") || decides {
                             found.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
                         }
                     }
                 }
             }
         }
-        assert!(found.is_empty(), "reason codes made outside custody-domain:\n{}", found.join("\n"));
+        assert!(found.is_empty(), "reason codes decided outside custody-domain:\n{}", found.join("\n"));
+    }
+
+    /// The lines (from 0) of items marked `#[cfg(test)]`, by their braces.
+    fn test_lines(text: &str) -> std::collections::BTreeSet<usize> {
+        let mut lines = std::collections::BTreeSet::new();
+        let (mut inside, mut depth, mut opened) = (false, 0i64, false);
+        for (n, line) in text.lines().enumerate() {
+            if !inside && line.trim_start().starts_with("#[cfg(test)]") {
+                (inside, depth, opened) = (true, 0, false);
+            }
+            if !inside {
+                continue;
+            }
+            lines.insert(n);
+            for c in line.chars() {
+                match c {
+                    '{' => (depth, opened) = (depth + 1, true),
+                    '}' => depth -= 1,
+                    _ => {}
+                }
+            }
+            if (opened && depth <= 0) || (!opened && line.trim_end().ends_with(';')) {
+                inside = false;
+            }
+        }
+        lines
+    }
+
+    #[test]
+    fn test_items_are_told_apart_from_the_rest() {
+        let text =
+            "fn a() {}\n#[cfg(test)]\nmod tests {\n    fn b() {\n    }\n}\nfn c() {}\n#[cfg(test)]\nmod d;\nfn e() {}";
+        assert_eq!(test_lines(text).into_iter().collect::<Vec<_>>(), [1, 2, 3, 4, 5, 7, 8]);
     }
 }

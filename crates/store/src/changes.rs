@@ -2,23 +2,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use custody_domain::access::ChangeWrite;
 use custody_domain::audit::NewEvent;
 use custody_domain::gate::{Review, Verdict};
 use custody_domain::status::ChangeState;
-use custody_domain::{Decision, GroupName, ProjectName, Reason, Rule, Timestamp, UserName};
+use custody_domain::{GroupName, ProjectName, Timestamp, UserName};
 use serde::Serialize;
 use serde_json::json;
 
 use crate::lookups::{Authenticated, ProjectAccess};
 use crate::tx::{Reads, Tx};
 use crate::{col, now_ms, Page, PageRequest, Result, Store, StoreError};
-
-/// Only project members with write access may approve.
-pub use custody_domain::rules::APPROVER_NEEDS_WRITE;
-/// Opening or changing a change needs write access.
-pub use custody_domain::rules::CHANGE_NEEDS_WRITE;
-/// A review names the head its giver saw; it must still be the head.
-pub use custody_domain::rules::REVIEW_HEAD_MOVED;
 
 /// A change as shown.
 #[derive(Clone, Debug, Serialize)]
@@ -583,15 +577,14 @@ async fn gate_records(
     Ok(GateRecords { change, reviews, authors, writers, groups: members, unrecorded_commits })
 }
 
-fn require_writer(access: &ProjectAccess, actor: &Authenticated, rule: Rule, what: &str) -> Result<()> {
-    let can = access.role.is_some_and(|r| r.can_write()) && actor.has_scope(custody_domain::Scope::Write);
-    if !can {
-        return Err(StoreError::Refused(Decision::deny(
-            Reason::new(rule, format!("{} may not {what} in {}", actor.name, access.project))
-                .satisfy("a project member with write access and a token with the write scope"),
-        )));
-    }
-    Ok(())
+fn require_writer(access: &ProjectAccess, actor: &Authenticated, action: ChangeWrite) -> Result<()> {
+    crate::allowed(custody_domain::access::decide_change_write(
+        &actor.name,
+        &access.project,
+        access.role,
+        actor.scopes,
+        action,
+    ))
 }
 
 /// How a merge is evaluated and made visible, supplied by the caller.
@@ -642,7 +635,7 @@ impl Store {
         description: String,
         head: String,
     ) -> Result<ChangeView> {
-        require_writer(access, actor, CHANGE_NEEDS_WRITE, "open changes")?;
+        require_writer(access, actor, ChangeWrite::Open)?;
         if title.trim().is_empty() || title.chars().count() > 200 {
             return Err(custody_domain::InvalidInput::new("title", &title, "use 1 to 200 characters").into());
         }
@@ -789,7 +782,7 @@ impl Store {
         number: i64,
         open: bool,
     ) -> Result<ChangeView> {
-        require_writer(access, actor, CHANGE_NEEDS_WRITE, "close or reopen changes")?;
+        require_writer(access, actor, ChangeWrite::CloseOrReopen)?;
         let (actor, access2) = (actor.clone(), access.clone());
         self.write(move |tx| {
             Box::pin(async move {
@@ -846,14 +839,13 @@ impl Store {
         message: String,
         seen_head: Option<String>,
     ) -> Result<ReviewView> {
-        if verdict == Verdict::Approve || verdict == Verdict::RequestChanges {
-            require_writer(access, actor, APPROVER_NEEDS_WRITE, "approve or request changes")?;
-        } else if !actor.has_scope(custody_domain::Scope::Write) {
-            return Err(StoreError::Refused(Decision::deny(Reason::new(
-                CHANGE_NEEDS_WRITE,
-                "this token lacks the write scope",
-            ))));
-        }
+        crate::allowed(custody_domain::access::decide_review(
+            &actor.name,
+            &access.project,
+            access.role,
+            actor.scopes,
+            verdict,
+        ))?;
         if message.chars().count() > 20_000 {
             return Err(custody_domain::InvalidInput::new("message", "(long)", "use at most 20,000 characters").into());
         }
@@ -877,19 +869,7 @@ impl Store {
                 if change.state != ChangeState::Open {
                     return Err(StoreError::Conflict(format!("change {number} is {}; only open changes are reviewed", change.state)));
                 }
-                if let Some(seen) = &seen_head {
-                    // The full id: an abbreviation is a prefix an author
-                    // could find a second commit for.
-                    if !seen.eq_ignore_ascii_case(&change.head) {
-                        return Err(StoreError::Refused(Decision::deny(
-                            Reason::new(
-                                REVIEW_HEAD_MOVED,
-                                format!("you reviewed {}, but the change's head is now {}", short(seen), short(&change.head)),
-                            )
-                            .satisfy("look at the new head and review it"),
-                        )));
-                    }
-                }
+                crate::allowed(custody_domain::change::decide_review_head(seen_head.as_deref(), &change.head))?;
 
                 let now = now_ms();
                 let sql = tx.sql(
@@ -946,7 +926,7 @@ impl Store {
     /// Asks for a change to be merged as soon as its gate opens, by the
     /// asker's authority at that moment.
     pub async fn request_auto_merge(&self, actor: &Authenticated, access: &ProjectAccess, number: i64) -> Result<()> {
-        require_writer(access, actor, CHANGE_NEEDS_WRITE, "merge changes")?;
+        require_writer(access, actor, ChangeWrite::Merge)?;
         let (actor, access) = (actor.clone(), access.clone());
         self.write(move |tx| {
             Box::pin(async move {
@@ -1035,25 +1015,13 @@ impl Store {
         groups: Vec<GroupName>,
         plan: MergePlan,
     ) -> Result<(ChangeView, custody_domain::gate::GateReport)> {
-        require_writer(access, actor, CHANGE_NEEDS_WRITE, "merge changes")?;
+        require_writer(access, actor, ChangeWrite::Merge)?;
         let (actor, access2, cache) = (actor.clone(), access.clone(), self.authors_cache());
         let report = self
             .write(move |tx| {
                 Box::pin(async move {
                     let records = gate_records(tx, &cache, &access2, number, &commits, &groups).await?;
-                    if records.change.head != plan.head {
-                        return Err(StoreError::Refused(Decision::deny(
-                            Reason::new(
-                                custody_domain::rules::GATE_HEAD_MOVED,
-                                format!(
-                                    "the change's head moved to {} while merging {}",
-                                    short(&records.change.head),
-                                    short(&plan.head)
-                                ),
-                            )
-                            .satisfy("review the new head; approvals of the old one no longer count"),
-                        )));
-                    }
+                    crate::allowed(custody_domain::change::decide_merge_head(&records.change.head, &plan.head))?;
                     let report = (plan.evaluate)(&records);
                     if !report.open {
                         return Err(StoreError::Refused(report.decision()));

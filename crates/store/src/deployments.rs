@@ -11,11 +11,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use custody_domain::access::DeployAction;
 use custody_domain::audit::{NewEvent, SYSTEM_ACTOR};
 use custody_domain::deploy::{self, DeployFacts, DeployReport, Previous, SignOff};
 use custody_domain::pipeline::Environment;
 use custody_domain::status::DeploymentStatus;
-use custody_domain::{Decision, GroupName, Reason, Timestamp, UserName};
+use custody_domain::{GroupName, Reason, Timestamp, UserName};
 use serde::Serialize;
 use serde_json::json;
 
@@ -550,20 +551,14 @@ async fn open_if_ready(tx: &mut Tx, id: i64, view: &DeploymentView, report: &Dep
     Ok(done.rows_affected() == 1)
 }
 
-fn require_member(access: &ProjectAccess, actor: &Authenticated, what: &str) -> Result<()> {
-    if access.role.is_some() && actor.has_scope(custody_domain::Scope::Write) {
-        return Ok(());
-    }
-    Err(StoreError::Refused(Decision::deny(
-        Reason::new(
-            custody_domain::rules::DEPLOY_PROJECT_MEMBER,
-            format!(
-                "{} is not a member of {} with a token that may write, so cannot {what}",
-                actor.name, access.project
-            ),
-        )
-        .satisfy("a project member acts, with a token that has the write scope"),
-    )))
+fn require_member(access: &ProjectAccess, actor: &Authenticated, action: DeployAction) -> Result<()> {
+    crate::allowed(custody_domain::access::decide_deploy_member(
+        &actor.name,
+        &access.project,
+        access.role,
+        actor.scopes,
+        action,
+    ))
 }
 
 /// Makes a pending deployment, evaluates its gate and queues it if open.
@@ -614,12 +609,7 @@ async fn request(
     let report = evaluate(tx, project_id, build_id, &view, &context).await?;
     // Provenance is checked at once: a build that can never
     // deploy is refused, not left waiting.
-    if let Some(rule) = report.rules.iter().find(|r| r.rule == "deploy.provenance" && !r.passed) {
-        return Err(StoreError::Refused(Decision::deny(
-            Reason::new(custody_domain::rules::DEPLOY_PROVENANCE, rule.message.clone())
-                .satisfy(rule.satisfy.clone().unwrap_or_default()),
-        )));
-    }
+    crate::allowed(deploy::decide_provenance(&report))?;
     tx.audit(NewEvent {
         actor: requester.as_ref().map(|(_, name)| name.clone()).unwrap_or_else(|| SYSTEM_ACTOR.to_owned()),
         action: match (&requester, &break_glass) {
@@ -666,7 +656,7 @@ impl Store {
         context: DeployContext,
         break_glass: Option<String>,
     ) -> Result<(DeploymentView, DeployReport)> {
-        require_member(access, actor, "ask for deployments")?;
+        require_member(access, actor, DeployAction::Request)?;
         let requester = Some((actor.user_id, actor.name.to_string()));
         let (project_id, project) = (access.project_id, access.project.to_string());
         self.write(move |tx| {
@@ -765,12 +755,7 @@ impl Store {
         message: String,
         context: DeployContext,
     ) -> Result<(DeploymentView, DeployReport)> {
-        if !actor.has_scope(custody_domain::Scope::Write) {
-            return Err(StoreError::Refused(Decision::deny(
-                Reason::new(custody_domain::rules::DEPLOY_TOKEN_SCOPE, "this token may only read")
-                    .satisfy("use a token with the write scope"),
-            )));
-        }
+        crate::allowed(custody_domain::access::decide_deploy_token(actor.scopes))?;
         if decision == DeployDecision::Reject && message.trim().is_empty() {
             return Err(StoreError::Invalid(custody_domain::InvalidInput::new(
                 "message",
@@ -802,17 +787,11 @@ impl Store {
                 let gathered = gather(tx, access.project_id, build_id, &view, &context).await?;
                 let gates = gathered.gates(&context);
                 let refusal = match decision {
-                    DeployDecision::Approve | DeployDecision::Reject => {
-                        deploy::refusal_under_all(&gates, &who, deploy::approval_refusal)
-                    }
-                    DeployDecision::TestPassed | DeployDecision::TestFailed => {
-                        deploy::refusal_under_all(&gates, &who, deploy::sign_off_refusal)
-                    }
+                    DeployDecision::Approve | DeployDecision::Reject => deploy::approval_refusal,
+                    DeployDecision::TestPassed | DeployDecision::TestFailed => deploy::sign_off_refusal,
                 };
                 let report = deploy::evaluate_all(&gates);
-                if let Some(reason) = refusal {
-                    return Err(StoreError::Refused(Decision::deny(reason)));
-                }
+                crate::allowed(deploy::decide_under_all(&gates, &who, refusal))?;
                 let sql = tx.sql(
                     "INSERT INTO deployment_decisions (deployment_id, user_id, kind, message, at) \
                      VALUES ($1, $2, $3, $4, $5)",
@@ -935,7 +914,7 @@ impl Store {
         number: i64,
         why: String,
     ) -> Result<DeploymentView> {
-        require_member(access, actor, "cancel deployments")?;
+        require_member(access, actor, DeployAction::Cancel)?;
         let (actor, access) = (actor.clone(), access.clone());
         self.write(move |tx| {
             Box::pin(async move {
@@ -1385,25 +1364,18 @@ impl Store {
         number: i64,
         log_readers: &[GroupName],
     ) -> Result<(String, Option<String>)> {
+        // An auditor reads every log; for anyone else, their memberships
+        // and the deployment's environment are read.
+        let (mut environment, mut memberships) = (String::new(), Vec::new());
         if !reader.is_auditor {
             let mut tx = self.reader().await?;
             crate::seals::check(&mut tx, &format!("user:{}", reader.name)).await?;
             for group in log_readers {
-                if !group_members(&mut tx, group).await?.contains(&reader.name) {
-                    let (_, _, view) = load(&mut tx, access.project_id, number).await?;
-                    return Err(StoreError::Refused(Decision::deny(
-                        Reason::new(
-                            custody_domain::rules::DEPLOY_LOG_READER,
-                            format!(
-                                "the deploy logs of {} are read only by members of {group} and auditors",
-                                view.environment
-                            ),
-                        )
-                        .satisfy(format!("a member of {group} reads it")),
-                    )));
-                }
+                memberships.push((group, group_members(&mut tx, group).await?.contains(&reader.name)));
             }
+            environment = load(&mut tx, access.project_id, number).await?.2.environment;
         }
+        crate::allowed(custody_domain::access::decide_log_reader(reader.is_auditor, &environment, &memberships))?;
         self.deployment_record(access, number).await
     }
 

@@ -4,7 +4,7 @@
 //! it) records a review.
 
 use custody_domain::audit::NewEvent;
-use custody_domain::{Decision, Reason, Timestamp};
+use custody_domain::Timestamp;
 use serde::Serialize;
 use serde_json::json;
 
@@ -142,15 +142,11 @@ impl Store {
                         crate::lookups::recorded_decisions(&events).into_iter().map(|(user, _)| user.to_owned()),
                     );
                 }
-                if involved.iter().any(|name| name == actor.name.as_str()) {
-                    return Err(StoreError::Refused(Decision::deny(
-                        Reason::new(
-                            custody_domain::rules::FINDING_REVIEWER_NOT_INVOLVED,
-                            format!("{} took part in {}, so cannot review it", actor.name, finding.subject),
-                        )
-                        .satisfy("an admin who neither asked for nor decided on it reviews it"),
-                    )));
-                }
+                crate::allowed(custody_domain::finding::decide_finding_reviewer(
+                    &actor.name,
+                    &finding.subject,
+                    &involved,
+                ))?;
                 let sql = tx.sql(
                     "UPDATE findings SET resolved_by = $1, resolved_at = $2, resolution = $3 \
                      WHERE id = $4 AND resolved_at IS NULL",

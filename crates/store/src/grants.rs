@@ -3,18 +3,13 @@
 
 use custody_domain::audit::{NewEvent, SYSTEM_ACTOR};
 use custody_domain::grant::{self, AdminActor, AdminEra, Effect, GrantAction, GrantFacts, GrantStatus};
-use custody_domain::{Decision, GroupName, Reason, Scope, Timestamp, UserName};
+use custody_domain::{GroupName, Scope, Timestamp, UserName};
 use serde_json::json;
 
 use crate::applying::{admin_count, apply, check_applicable};
 use crate::lookups::{in_group, require_admin, Authenticated, GrantView};
 use crate::tx::Tx;
 use crate::{col, now_ms, Dialect, Page, PageRequest, Result, Store, StoreError};
-
-/// A user created by a grant cannot redeem an invite before it is approved.
-pub use custody_domain::rules::AWAITING_APPROVAL;
-/// The same grant is already waiting.
-pub use custody_domain::rules::GRANT_DUPLICATE as DUPLICATE;
 
 fn facts_of(view: &GrantView) -> GrantFacts<'_> {
     GrantFacts { id: view.id, action: &view.action, requested_by: &view.requested_by, status: view.status }
@@ -145,12 +140,7 @@ pub(crate) async fn request(tx: &mut Tx, actor: &Authenticated, action: GrantAct
     let payload = serde_json::to_string(&action).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let sql = tx.sql("SELECT id FROM grants WHERE status = 'pending' AND payload = $1");
     let duplicate: Option<i64> = sqlx::query_scalar(&sql).bind(payload).fetch_optional(tx.conn()).await?;
-    if let Some(id) = duplicate {
-        return Err(StoreError::Refused(Decision::deny(
-            Reason::new(DUPLICATE, format!("grant {id} already asks to {}", action.describe()))
-                .satisfy(format!("approve or reject grant {id}")),
-        )));
-    }
+    crate::allowed(grant::decide_not_duplicate(&action, duplicate))?;
     check_applicable(tx, &action).await?;
     match grant::effect_of_request(era(tx).await?) {
         Effect::ApplyAsBootstrap => {
@@ -171,14 +161,6 @@ pub(crate) async fn request(tx: &mut Tx, actor: &Authenticated, action: GrantAct
             .await?;
             Ok(grant)
         }
-    }
-}
-
-fn refuse_if(decision: Decision) -> Result<()> {
-    if decision.allowed {
-        Ok(())
-    } else {
-        Err(StoreError::Refused(decision))
     }
 }
 
@@ -205,7 +187,7 @@ impl Store {
             Box::pin(async move {
                 let grant = load(tx, id).await?;
                 let admin = acting_admin(tx, &actor).await?;
-                refuse_if(grant::decide_approval(&facts_of(&grant), &admin))?;
+                crate::allowed(grant::decide_approval(&facts_of(&grant), &admin))?;
                 apply(tx, grant.id, &grant.action).await?;
                 tx.touch(&format!("grant:{id}"));
                 let sql = tx.sql(
@@ -241,7 +223,7 @@ impl Store {
             Box::pin(async move {
                 let grant = load(tx, id).await?;
                 let admin = acting_admin(tx, &actor).await?;
-                refuse_if(grant::decide_rejection(&facts_of(&grant), &admin))?;
+                crate::allowed(grant::decide_rejection(&facts_of(&grant), &admin))?;
                 tx.touch(&format!("grant:{id}"));
                 let sql = tx.sql(
                     "UPDATE grants SET status = 'rejected', decided_by = $1, decided_at = $2, note = $3 \

@@ -444,6 +444,15 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// Goes on when the domain's decision allows; otherwise refuses with it.
+pub(crate) fn allowed(decision: Decision) -> Result<()> {
+    if decision.allowed {
+        Ok(())
+    } else {
+        Err(StoreError::Refused(decision))
+    }
+}
+
 /// Reads a column, mapping a decoding failure to [`StoreError::Corrupt`].
 pub(crate) fn col<'r, T>(row: &'r sqlx::any::AnyRow, name: &str) -> Result<T>
 where

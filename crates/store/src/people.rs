@@ -1,10 +1,11 @@
 //! Users, invite codes, tokens and authentication.
 
 use base64::Engine as _;
+use custody_domain::access;
 use custody_domain::audit::NewEvent;
 use custody_domain::grant::{self, GrantAction};
 use custody_domain::secret::{self, SecretKind};
-use custody_domain::{Decision, Email, GroupName, InvalidInput, Reason, Scope, Scopes, Timestamp, UserName};
+use custody_domain::{Email, GroupName, InvalidInput, Scope, Scopes, Timestamp, UserName};
 use rand::Rng as _;
 use serde::Serialize;
 use serde_json::json;
@@ -21,9 +22,6 @@ use crate::{col, now_ms, Page, PageRequest, Result, Store, StoreError};
 pub const INVITE_LIFETIME_MS: i64 = 7 * 24 * 3600 * 1000;
 /// How often a token's last use is written back, at most.
 const LAST_USE_RESOLUTION_MS: i64 = 60_000;
-
-/// Only admins may give a token the admin scope.
-pub use custody_domain::rules::ADMIN_SCOPE_NEEDS_ADMIN;
 
 /// A person, as shown.
 #[derive(Clone, Debug, Serialize)]
@@ -418,20 +416,10 @@ impl Store {
                 let name: String = col(&row, "name")?;
                 // Redeeming renews the user's seal: only over rows custody wrote.
                 crate::seals::check(tx, &format!("user:{name}")).await?;
-                let state: String = col(&row, "state")?;
-                if state != "active" {
-                    let grant = pending_for_user(tx, &name).await?;
-                    return Err(StoreError::Refused(Decision::deny(
-                        Reason::new(
-                            grants::AWAITING_APPROVAL,
-                            format!("the grant creating user {name} is still pending"),
-                        )
-                        .satisfy(match grant {
-                            Some(id) => format!("a second admin must approve grant {id}; then redeem the code again"),
-                            None => "a second admin must approve the grant; then redeem the code again".into(),
-                        }),
-                    )));
-                }
+                let active = col::<String>(&row, "state")? == "active";
+                // The grant still waiting is looked up only to be named.
+                let pending = if active { None } else { pending_for_user(tx, &name).await? };
+                crate::allowed(custody_domain::grant::decide_redemption(&name, active, pending))?;
                 let sql = tx.sql("UPDATE invites SET redeemed_at = $1 WHERE id = $2 AND redeemed_at IS NULL");
                 let done = sqlx::query(&sql).bind(now_ms()).bind(&id).execute(tx.conn()).await?;
                 if done.rows_affected() != 1 {
@@ -474,12 +462,9 @@ impl Store {
         let actor = actor.clone();
         self.write(move |tx| {
             Box::pin(async move {
-                if scopes.contains(Scope::Admin) && !in_group(tx, actor.user_id, "admins").await? {
-                    return Err(StoreError::Refused(Decision::deny(
-                        Reason::new(ADMIN_SCOPE_NEEDS_ADMIN, format!("{} is not an admin", actor.name))
-                            .satisfy("ask for read or write scopes"),
-                    )));
-                }
+                // Whether they are an admin matters only for the admin scope.
+                let is_admin = scopes.contains(Scope::Admin) && in_group(tx, actor.user_id, "admins").await?;
+                crate::allowed(access::decide_token_scopes(&actor.name, scopes, is_admin))?;
                 let token = insert_token(tx, actor.user_id, &name, scopes, expires_at).await?;
                 tx.audit(token_event(actor.name.as_str(), actor.name.as_str(), &token, "create")).await?;
                 Ok(token)
@@ -496,12 +481,9 @@ impl Store {
         let name = name.clone();
         self.write(move |tx| {
             Box::pin(async move {
-                if scopes.contains(Scope::Admin) && !in_group(tx, user_id, "admins").await? {
-                    return Err(StoreError::Refused(Decision::deny(
-                        Reason::new(ADMIN_SCOPE_NEEDS_ADMIN, format!("{name} is not an admin"))
-                            .satisfy("ask for read or write scopes"),
-                    )));
-                }
+                // Whether they are an admin matters only for the admin scope.
+                let is_admin = scopes.contains(Scope::Admin) && in_group(tx, user_id, "admins").await?;
+                crate::allowed(access::decide_token_scopes(&name, scopes, is_admin))?;
                 let token =
                     insert_token(tx, user_id, "password login", scopes, Some(now_ms() + 24 * 3600 * 1000)).await?;
                 tx.audit(token_event(name.as_str(), name.as_str(), &token, "password")).await?;

@@ -21,7 +21,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use custody_domain::{Decision, Reason};
 use custody_formats::event::EventFields;
 use custody_formats::ledger_key::{Anchor, AnchorFile, EventKey};
 use custody_formats::merkle::{Frontier, Hash};
@@ -56,10 +55,7 @@ impl LedgerSecrets {
 
 /// The refusal of a decision that would rest on an unproven fact.
 pub(crate) fn unproven(what: String) -> StoreError {
-    StoreError::Refused(Decision::deny(Reason::new(UNPROVEN_FACT, what).satisfy(
-        "custody did not write this, so no rule may rest on it: an operator runs `custody audit verify`, finds who \
-         wrote the database around custody, and restores the rows custody recorded",
-    )))
+    StoreError::Refused(custody_domain::audit::decide_unproven(what))
 }
 
 /// The process's view of the ledger, shared by the writer and the readers.
