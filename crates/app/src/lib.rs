@@ -6,12 +6,13 @@
 //! `changes`: gathering a change's facts from git, its gate, merging it
 //! (and settling merges a crash left recorded but unmoved), merging when
 //! the gate opens. `releases`: what governs a release, the pipelines, and
-//! promotion.
+//! promotion. `projects`: whether a branch may become the mainline.
 
 #![forbid(unsafe_code)]
 
 pub mod changes;
 mod error;
+pub mod projects;
 pub mod releases;
 mod remembered;
 

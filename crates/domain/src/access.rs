@@ -21,13 +21,17 @@ pub enum ChangeWrite {
     Review,
     /// Merges a change.
     Merge,
+    /// Pushes to the project's repository.
+    Push,
 }
 
 impl ChangeWrite {
     fn rule(self) -> Rule {
         match self {
             ChangeWrite::Review => APPROVER_NEEDS_WRITE,
-            ChangeWrite::Open | ChangeWrite::CloseOrReopen | ChangeWrite::Merge => CHANGE_NEEDS_WRITE,
+            ChangeWrite::Open | ChangeWrite::CloseOrReopen | ChangeWrite::Merge | ChangeWrite::Push => {
+                CHANGE_NEEDS_WRITE
+            }
         }
     }
 
@@ -37,6 +41,7 @@ impl ChangeWrite {
             ChangeWrite::CloseOrReopen => "close or reopen changes",
             ChangeWrite::Review => "approve or request changes",
             ChangeWrite::Merge => "merge changes",
+            ChangeWrite::Push => "push",
         }
     }
 }
@@ -84,6 +89,8 @@ pub enum DeployAction {
     Request,
     /// Cancels a deployment.
     Cancel,
+    /// Approves, rejects or signs off a deployment.
+    Decide,
 }
 
 impl DeployAction {
@@ -91,6 +98,7 @@ impl DeployAction {
         match self {
             DeployAction::Request => "ask for deployments",
             DeployAction::Cancel => "cancel deployments",
+            DeployAction::Decide => "decide on deployments",
         }
     }
 }
@@ -178,6 +186,15 @@ mod tests {
         let decision =
             decide_change_write(&user("alice"), &project(), Some(Role::Maintain), write(), ChangeWrite::Open);
         assert!(decision.allowed);
+    }
+
+    #[test]
+    fn a_reader_or_a_reading_token_may_not_push() {
+        let reader = decide_change_write(&user("bob"), &project(), Some(Role::Read), write(), ChangeWrite::Push);
+        assert_eq!(reader.reasons[0].message, "bob may not push in shop");
+        let token = decide_change_write(&user("bob"), &project(), Some(Role::Write), read(), ChangeWrite::Push);
+        assert!(!token.allowed);
+        assert!(decide_change_write(&user("bob"), &project(), Some(Role::Write), write(), ChangeWrite::Push).allowed);
     }
 
     #[test]

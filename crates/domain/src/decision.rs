@@ -41,12 +41,9 @@ pub struct Reason {
 }
 
 impl Reason {
-    /// A reason under `rule` with the given message.
-    ///
-    /// Only the rules of this crate make reasons; the one caller elsewhere
-    /// (the server's default-branch check) is being moved here, after which
-    /// this is no longer public.
-    pub fn new(rule: Rule, message: impl Into<String>) -> Self {
+    /// A reason under `rule` with the given message. Only the rules of
+    /// this crate make reasons, so no other crate decides a refusal.
+    pub(crate) fn new(rule: Rule, message: impl Into<String>) -> Self {
         Reason { rule: rule.0.to_owned(), message: message.into(), satisfy: None }
     }
 
@@ -86,7 +83,7 @@ impl Decision {
     }
 
     /// A decision refused for one reason.
-    pub fn deny(reason: Reason) -> Self {
+    pub(crate) fn deny(reason: Reason) -> Self {
         let mut decision = Decision::allow();
         decision.refuse(reason);
         decision

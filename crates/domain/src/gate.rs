@@ -155,6 +155,21 @@ pub fn decision_of(rules: &[RuleOutcome]) -> Decision {
     decision
 }
 
+/// Whether an approval by someone would count toward the merge gate: an
+/// author's never does. `authorship` says why they are an author, when they
+/// are one.
+pub fn decide_own_approval(authorship: Option<&str>) -> Decision {
+    let mut decision = Decision::allow();
+    if let Some(why) = authorship {
+        decision.refuse(Reason {
+            rule: "gate.independent_approvals".into(),
+            message: format!("your approval would not count: you are an author of this change ({why})"),
+            satisfy: Some("approvals by project members with write access who are not authors".into()),
+        });
+    }
+    decision
+}
+
 /// Where each reviewer stands: approving this head, and whether they still
 /// request changes.
 fn standing(reviews: &[Review], head: &str) -> (BTreeSet<UserName>, BTreeSet<UserName>) {
@@ -376,6 +391,15 @@ fn short(id: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_authors_approval_would_not_count_and_the_refusal_says_why() {
+        assert!(decide_own_approval(None).allowed);
+        let refused = decide_own_approval(Some("pushed commit 1a2b3c"));
+        assert!(!refused.allowed);
+        assert_eq!(refused.reasons[0].rule, "gate.independent_approvals");
+        assert!(refused.reasons[0].message.contains("you are an author of this change (pushed commit 1a2b3c)"));
+    }
     use crate::names_for_tests::{set, user};
 
     fn review(who: &str, verdict: Verdict, head: &str) -> Review {

@@ -35,10 +35,6 @@ pub const DEFAULT_BRANCH_UNREVIEWED: Rule = Rule("project.default_branch.unrevie
 
 #[cfg(test)]
 mod tests {
-    /// Where a decision may still be made outside the domain for now: the
-    /// default-branch check in the server is converted separately.
-    const NOT_YET_CONVERTED: &[&str] = &["server/src/api/projects.rs"];
-
     /// Every crate's sources but this one's, the independent verifier's and
     /// the tests': none may make a `Rule` of its own, and none but test code
     /// may make a `Reason` or a refusal: the rules here decide them.
@@ -60,11 +56,9 @@ mod tests {
                     stack.push(path);
                 } else if path.extension().is_some_and(|e| e == "rs") {
                     let text = std::fs::read_to_string(&path).unwrap();
-                    let converted = !NOT_YET_CONVERTED.iter().any(|p| path.ends_with(p));
                     let test_lines = test_lines(&text);
                     for (n, line) in text.lines().enumerate() {
-                        let decides = converted
-                            && !test_lines.contains(&n)
+                        let decides = !test_lines.contains(&n)
                             && !line.trim_start().starts_with("//")
                             && (line.contains("Reason::new(") || line.contains("Decision::deny("));
                         if line.contains("Rule(\"") || decides {

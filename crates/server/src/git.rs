@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use custody_domain::project::{PushedCommit, RefUpdate};
-use custody_domain::{ProjectName, Scope};
+use custody_domain::ProjectName;
 use custody_git::service::{self, Service};
 use custody_git::Repositories;
 use custody_store::{Authenticated, ProjectAccess};
@@ -139,6 +139,19 @@ fn challenge(message: &str) -> Response {
     response
 }
 
+/// A refusal as a git client shows it: each reason, its rule and what
+/// would satisfy it, one per line.
+fn refusal_text(decision: &custody_domain::Decision) -> String {
+    let mut lines = Vec::new();
+    for reason in &decision.reasons {
+        lines.push(format!("- {} [{}]", reason.message, reason.rule));
+        if let Some(satisfy) = &reason.satisfy {
+            lines.push(format!("  to get it in: {satisfy}"));
+        }
+    }
+    lines.join("\n")
+}
+
 fn plain(status: StatusCode, message: String) -> Response {
     (status, format!("{message}\n")).into_response()
 }
@@ -163,14 +176,15 @@ async fn authorise(
         Err(error) => return Err(ApiError::from(error).into_response()),
     };
     if service == Service::ReceivePack {
-        let can_write = access.role.is_some_and(|r| r.can_write()) && user.has_scope(Scope::Write);
-        if !can_write {
-            let why = if user.has_scope(Scope::Write) {
-                format!("{} has no write access to {project}; ask an admin for --role write (a grant)", user.name)
-            } else {
-                "this token lacks the write scope".to_owned()
-            };
-            return Err(plain(StatusCode::FORBIDDEN, why));
+        let may = custody_domain::access::decide_change_write(
+            &user.name,
+            &project,
+            access.role,
+            user.scopes,
+            custody_domain::access::ChangeWrite::Push,
+        );
+        if !may.allowed {
+            return Err(plain(StatusCode::FORBIDDEN, refusal_text(&may)));
         }
     }
     Ok((user, access))
@@ -396,12 +410,7 @@ async fn pre_receive(State(state): State<AppState>, headers: HeaderMap, Json(pus
         Ok(custody_store::PushDecided::Recorded { push_id, .. }) => push_id,
         Ok(custody_store::PushDecided::Refused(decision)) => {
             let mut message = vec![format!("custody refused this push by {}:", pusher.name)];
-            for reason in &decision.reasons {
-                message.push(format!("  - {} [{}]", reason.message, reason.rule));
-                if let Some(satisfy) = &reason.satisfy {
-                    message.push(format!("    to get it in: {satisfy}"));
-                }
-            }
+            message.extend(refusal_text(&decision).lines().map(|line| format!("  {line}")));
             return Json(HookAnswer { allowed: false, message }).into_response();
         }
         Err(error) => {

@@ -315,37 +315,14 @@ pub(crate) async fn set_default_branch(
     custody_domain::project::check_branch_name(&request.branch)?;
     let project = ProjectName::parse(&name)?;
     let access = state.store().project_access(&auth.0, &project).await?;
-    // Only reviewed history may become the mainline: an existing branch must
-    // hold nothing the current default branch does not.
-    let repository = state.hosting().repositories().path(&project);
-    let (branch, default_branch) = (request.branch.clone(), access.default_branch.clone());
-    let unreviewed = tokio::task::spawn_blocking(move || -> Result<bool, custody_git::GitError> {
-        let Some(tip) = custody_git::change::read_ref(&repository, &format!("refs/heads/{branch}"))
-            .map_err(custody_git::GitError::Spawn)?
-        else {
-            return Ok(false);
-        };
-        match custody_git::change::read_ref(&repository, &format!("refs/heads/{default_branch}"))
-            .map_err(custody_git::GitError::Spawn)?
-        {
-            Some(default_tip) => custody_git::change::is_ancestor(&repository, &tip, &default_tip).map(|is| !is),
-            None => Ok(true),
-        }
-    })
-    .await
-    .map_err(|_| ApiError::invalid("reading the repository failed"))?
-    .map_err(|_| ApiError::invalid("reading the repository failed"))?;
-    if unreviewed {
-        let decision = custody_domain::Decision::deny(
-            custody_domain::Reason::new(
-                custody_domain::rules::DEFAULT_BRANCH_UNREVIEWED,
-                format!(
-                    "branch {} has commits that are not on {}: they never went through a change",
-                    request.branch, access.default_branch
-                ),
-            )
-            .satisfy(format!("merge those commits into {} through a change first", access.default_branch)),
-        );
+    let decision = custody_app::projects::decide_default_branch(
+        state.hosting().repositories(),
+        &project,
+        &access.default_branch,
+        &request.branch,
+    )
+    .await?;
+    if !decision.allowed {
         return Err(custody_store::StoreError::Refused(decision).into());
     }
     let action = GrantAction::SetDefaultBranch { project, branch: request.branch };

@@ -140,13 +140,29 @@ fn actions(
     body.push_str(&html::rules(&gate.rules));
     body.push_str("</section>");
 
-    let writer = access.role.is_some_and(|r| r.can_write()) && visitor.auth.has_scope(custody_domain::Scope::Write);
+    // Whether the visitor may review and merge, and whether their approval
+    // would count, as the domain decides them.
+    let may_review = custody_domain::access::decide_change_write(
+        &visitor.auth.name,
+        &access.project,
+        access.role,
+        visitor.auth.scopes,
+        custody_domain::access::ChangeWrite::Review,
+    );
     if change.state == custody_domain::status::ChangeState::Open {
         body.push_str("<section class=\"actions\" id=\"actions\"><h2>Your review</h2>");
-        if !writer {
-            body.push_str("<p class=\"hint\">Only project members with write access review and merge changes.</p>");
+        if !may_review.allowed {
+            body.push_str("<div class=\"hint\" id=\"review-refusal\">");
+            for reason in &may_review.reasons {
+                body.push_str(&html::refusal_note(reason));
+            }
+            body.push_str("</div>");
         } else {
-            let author = records.authors.get(&visitor.auth.name);
+            let authorship = records.authors.get(&visitor.auth.name).map(|reasons| {
+                let why: Vec<String> = reasons.iter().map(why).collect();
+                why.join("; ")
+            });
+            let own = custody_domain::gate::decide_own_approval(authorship.as_deref());
             body.push_str(&html::form(&format!("{here}/review"), visitor, "review"));
             push(
                 &mut body,
@@ -157,27 +173,22 @@ fn actions(
                     esc(&change.head)
                 ),
             );
-            match author {
-                Some(reasons) => {
-                    let why: Vec<String> = reasons.iter().map(why).collect();
-                    push(
-                        &mut body,
-                        format_args!(
-                            "<button type=\"submit\" name=\"verdict\" value=\"approve\" id=\"approve\" disabled>Approve</button>\
-                             <button type=\"submit\" name=\"verdict\" value=\"comment\" id=\"comment\">Comment</button></div>\
-                             <div class=\"refusal\" id=\"approve-refusal\" data-rule=\"gate.independent_approvals\">\
-                             <strong>Your approval would not count:</strong> you are an author of this change ({}). \
-                             <code class=\"rule-name\">gate.independent_approvals</code>\
-                             <div class=\"satisfy\">What would satisfy it: approvals by project members with write access who are not authors.</div></div>",
-                            esc(&why.join("; "))
-                        ),
-                    );
-                }
-                None => body.push_str(
+            if own.allowed {
+                body.push_str(
                     "<button type=\"submit\" name=\"verdict\" value=\"approve\" id=\"approve\" class=\"primary\">Approve this head</button>\
                      <button type=\"submit\" name=\"verdict\" value=\"request_changes\" id=\"request-changes\">Request changes</button>\
                      <button type=\"submit\" name=\"verdict\" value=\"comment\" id=\"comment\">Comment</button></div>",
-                ),
+                );
+            } else {
+                body.push_str(
+                    "<button type=\"submit\" name=\"verdict\" value=\"approve\" id=\"approve\" disabled>Approve</button>\
+                     <button type=\"submit\" name=\"verdict\" value=\"comment\" id=\"comment\">Comment</button></div>\
+                     <div id=\"approve-refusal\">",
+                );
+                for reason in &own.reasons {
+                    body.push_str(&html::refusal_note(reason));
+                }
+                body.push_str("</div>");
             }
             body.push_str("</form>");
             body.push_str(&html::form(&format!("{here}/merge"), visitor, "merge"));

@@ -128,9 +128,19 @@ pub(crate) async fn environment(
         push(&mut body, format_args!("<div class=\"gate\" data-open=\"{}\"><h4>Gate</h4>", gate.open));
         body.push_str(&html::rules(&gate.rules));
         push(&mut body, format_args!("</div><p class=\"meta\">Decisions: {}</p>", decisions(waiting)));
-        let member = access.role.is_some() && visitor.auth.has_scope(custody_domain::Scope::Write);
-        if !member {
-            body.push_str("<p class=\"hint\">Only project members decide on deployments.</p></section>");
+        let member = custody_domain::access::decide_deploy_member(
+            &visitor.auth.name,
+            &access.project,
+            access.role,
+            visitor.auth.scopes,
+            custody_domain::access::DeployAction::Decide,
+        );
+        if !member.allowed {
+            body.push_str("<div class=\"hint decide-refusal\">");
+            for reason in &member.reasons {
+                body.push_str(&html::refusal_note(reason));
+            }
+            body.push_str("</div></section>");
             continue;
         }
         let action = format!("/projects/{p}/deployments/{}/decide", waiting.number);
