@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::gate::RuleOutcome;
+use crate::gate::{Outcomes, RuleOutcome};
 use crate::pipeline::Environment;
 use crate::rules::DEPLOY_PROVENANCE;
 use crate::{Decision, Reason, UserName};
@@ -205,18 +205,27 @@ pub fn sign_off_refusal(facts: &DeployFacts<'_>, who: &UserName) -> Option<Reaso
 
 /// Evaluates every rule of the deployment gate.
 pub fn evaluate(facts: &DeployFacts<'_>) -> DeployReport {
-    let env = facts.environment;
-    let mut rules = Vec::new();
-    let mut rule = |rule: &str, passed: bool, message: String, satisfy: Option<String>| {
-        rules.push(RuleOutcome {
-            rule: rule.to_owned(),
-            passed,
-            message,
-            satisfy: if passed { None } else { satisfy },
-        });
-    };
+    let mut rules = Outcomes(Vec::new());
+    provenance_and_previous(facts, &mut rules);
+    not_rejected(facts, &mut rules);
+    let (counted, by_policy) = approvals(facts, &mut rules);
+    let passing = sign_offs(facts, &mut rules);
+    let rules = rules.0;
+    let open = rules.iter().all(|r| r.passed);
+    DeployReport {
+        open,
+        approvers: counted.iter().map(ToString::to_string).collect(),
+        testers: passing.iter().map(ToString::to_string).collect(),
+        reviewers_allowed_by_policy: by_policy,
+        rules,
+    }
+}
 
-    rule(
+/// Valid provenance; and where the environment follows another, the build
+/// live there, for the soak.
+fn provenance_and_previous(facts: &DeployFacts<'_>, rules: &mut Outcomes) {
+    let env = facts.environment;
+    rules.add(
         "deploy.provenance",
         facts.provenance.is_ok(),
         match &facts.provenance {
@@ -227,7 +236,7 @@ pub fn evaluate(facts: &DeployFacts<'_>) -> DeployReport {
     );
 
     if let Some(previous) = &facts.previous {
-        rule(
+        rules.add(
             "deploy.previous_environment",
             previous.live_since_ms.is_some(),
             match previous.live_since_ms {
@@ -240,7 +249,7 @@ pub fn evaluate(facts: &DeployFacts<'_>) -> DeployReport {
             let soak_ms = soak.as_millis() as i64;
             let live = previous.live_since_ms.map(|since| facts.now_ms - since).unwrap_or(0);
             let passed = live >= soak_ms || facts.break_glass;
-            rule(
+            rules.add(
                 "deploy.soak",
                 passed,
                 if facts.break_glass && live < soak_ms {
@@ -252,9 +261,12 @@ pub fn evaluate(facts: &DeployFacts<'_>) -> DeployReport {
             );
         }
     }
+}
 
+/// Nobody rejected the deployment.
+fn not_rejected(facts: &DeployFacts<'_>, rules: &mut Outcomes) {
     let rejected: BTreeSet<&UserName> = facts.rejections.iter().collect();
-    rule(
+    rules.add(
         "deploy.not_rejected",
         rejected.is_empty(),
         if rejected.is_empty() {
@@ -264,7 +276,12 @@ pub fn evaluate(facts: &DeployFacts<'_>) -> DeployReport {
         },
         Some("request a new deployment once the reason for the rejection is dealt with".into()),
     );
+}
 
+/// Independent approvals: who counts, and the reviewers who count only
+/// because the environment allows them.
+fn approvals(facts: &DeployFacts<'_>, rules: &mut Outcomes) -> (Vec<UserName>, Vec<String>) {
+    let env = facts.environment;
     let mut counted: Vec<UserName> = Vec::new();
     let mut refused: Vec<String> = Vec::new();
     let mut by_policy: Vec<String> = Vec::new();
@@ -290,7 +307,7 @@ pub fn evaluate(facts: &DeployFacts<'_>) -> DeployReport {
             message.push_str(&format!("; not counted: {}", refused.join("; ")));
         }
         let group = env.approvers.as_ref().map(|g| g.to_string()).unwrap_or_else(|| "an approvers group".into());
-        rule(
+        rules.add(
             "deploy.approvals",
             counted.len() >= needed,
             message,
@@ -300,50 +317,45 @@ pub fn evaluate(facts: &DeployFacts<'_>) -> DeployReport {
             )),
         );
     }
+    (counted, by_policy)
+}
 
-    let mut passing: Vec<UserName> = Vec::new();
-    if let Some(group) = &env.testers {
-        let mut last: Vec<(&UserName, bool)> = Vec::new();
-        let mut refused: Vec<String> = Vec::new();
-        for sign_off in facts.sign_offs {
-            if let Some(reason) = sign_off_refusal(facts, &sign_off.tester) {
-                refused.push(reason.message);
-                continue;
-            }
-            last.retain(|(who, _)| *who != &sign_off.tester);
-            last.push((&sign_off.tester, sign_off.passed));
+/// The manual tests, where the environment needs them: who signed them off
+/// as passed.
+fn sign_offs(facts: &DeployFacts<'_>, rules: &mut Outcomes) -> Vec<UserName> {
+    let Some(group) = &facts.environment.testers else { return Vec::new() };
+    let mut last: Vec<(&UserName, bool)> = Vec::new();
+    let mut refused: Vec<String> = Vec::new();
+    for sign_off in facts.sign_offs {
+        if let Some(reason) = sign_off_refusal(facts, &sign_off.tester) {
+            refused.push(reason.message);
+            continue;
         }
-        let failed: Vec<&UserName> = last.iter().filter(|(_, p)| !p).map(|(w, _)| *w).collect();
-        passing = last.iter().filter(|(_, p)| *p).map(|(w, _)| (*w).clone()).collect();
-        let passed = (failed.is_empty() && !passing.is_empty()) || (facts.break_glass && failed.is_empty());
-        let mut message = if !failed.is_empty() {
-            format!("manual tests failed, signed off by {}", names(failed.iter().copied()))
-        } else if !passing.is_empty() {
-            format!("manual tests passed, signed off by {}", names(&passing))
-        } else if facts.break_glass {
-            "manual test sign-off skipped by break-glass".to_owned()
-        } else {
-            "no manual test sign-off yet".to_owned()
-        };
-        if !refused.is_empty() {
-            message.push_str(&format!("; not counted: {}", refused.join("; ")));
-        }
-        rule(
-            "deploy.test_sign_off",
-            passed,
-            message,
-            Some(format!("a member of {group} who wrote none of the release's changes signs off the tests as passed")),
-        );
+        last.retain(|(who, _)| *who != &sign_off.tester);
+        last.push((&sign_off.tester, sign_off.passed));
     }
-
-    let open = rules.iter().all(|r| r.passed);
-    DeployReport {
-        open,
-        approvers: counted.iter().map(ToString::to_string).collect(),
-        testers: passing.iter().map(ToString::to_string).collect(),
-        reviewers_allowed_by_policy: by_policy,
-        rules,
+    let failed: Vec<&UserName> = last.iter().filter(|(_, p)| !p).map(|(w, _)| *w).collect();
+    let passing: Vec<UserName> = last.iter().filter(|(_, p)| *p).map(|(w, _)| (*w).clone()).collect();
+    let passed = (failed.is_empty() && !passing.is_empty()) || (facts.break_glass && failed.is_empty());
+    let mut message = if !failed.is_empty() {
+        format!("manual tests failed, signed off by {}", names(failed.iter().copied()))
+    } else if !passing.is_empty() {
+        format!("manual tests passed, signed off by {}", names(&passing))
+    } else if facts.break_glass {
+        "manual test sign-off skipped by break-glass".to_owned()
+    } else {
+        "no manual test sign-off yet".to_owned()
+    };
+    if !refused.is_empty() {
+        message.push_str(&format!("; not counted: {}", refused.join("; ")));
     }
+    rules.add(
+        "deploy.test_sign_off",
+        passed,
+        message,
+        Some(format!("a member of {group} who wrote none of the release's changes signs off the tests as passed")),
+    );
+    passing
 }
 
 /// The deployment gate when more than one definition of the environment

@@ -206,19 +206,42 @@ fn names(users: &BTreeSet<UserName>) -> String {
     }
 }
 
-/// Evaluates every rule of the gate.
-pub fn evaluate(facts: &GateFacts<'_>) -> GateReport {
-    let mut rules = Vec::new();
-    let mut rule = |rule: &str, passed: bool, message: String, satisfy: Option<String>| {
-        rules.push(RuleOutcome {
+/// The outcomes of a gate's rules, in the order they are evaluated.
+pub(crate) struct Outcomes(pub(crate) Vec<RuleOutcome>);
+
+impl Outcomes {
+    /// One rule's outcome; what would satisfy it is kept only when it fails.
+    pub(crate) fn add(&mut self, rule: &str, passed: bool, message: String, satisfy: Option<String>) {
+        self.0.push(RuleOutcome {
             rule: rule.to_owned(),
             passed,
             message,
             satisfy: if passed { None } else { satisfy },
         });
-    };
+    }
+}
 
-    rule(
+/// Evaluates every rule of the gate.
+pub fn evaluate(facts: &GateFacts<'_>) -> GateReport {
+    let mut rules = Outcomes(Vec::new());
+    change_and_commits(facts, &mut rules);
+    let (independent, requesting) = approvals(facts, &mut rules);
+    path_rules(facts, &independent, &mut rules);
+    pipeline_owners(facts, &independent, &mut rules);
+    requests_checks_and_merge(facts, &requesting, &mut rules);
+    let rules = rules.0;
+    let open = rules.iter().all(|r| r.passed);
+    GateReport {
+        open,
+        head: facts.head.to_owned(),
+        approvers: independent.iter().map(|u| u.to_string()).collect(),
+        rules,
+    }
+}
+
+/// The change is open, and custody knows who pushed each of its commits.
+fn change_and_commits(facts: &GateFacts<'_>, rules: &mut Outcomes) {
+    rules.add(
         "gate.change_open",
         facts.open,
         if facts.open { "the change is open".into() } else { "the change is not open".into() },
@@ -227,7 +250,7 @@ pub fn evaluate(facts: &GateFacts<'_>) -> GateReport {
 
     // Authors come from the push log: a commit it does not know could hide
     // an author, so the gate fails closed.
-    rule(
+    rules.add(
         "gate.commits_recorded",
         facts.unrecorded_commits == 0,
         if facts.unrecorded_commits == 0 {
@@ -240,7 +263,11 @@ pub fn evaluate(facts: &GateFacts<'_>) -> GateReport {
         },
         Some("rewrite the commits (for example, rebase them) and push the new ones, so that custody records who brought them in".into()),
     );
+}
 
+/// Independent approvals of the head: the approvers who count, and those
+/// who still request changes.
+fn approvals(facts: &GateFacts<'_>, rules: &mut Outcomes) -> (BTreeSet<UserName>, BTreeSet<UserName>) {
     let (approving, requesting) = standing(facts.reviews, facts.head);
     let ignored_authors: BTreeSet<UserName> = approving.intersection(facts.authors).cloned().collect();
     let ignored_readers: BTreeSet<UserName> =
@@ -252,7 +279,7 @@ pub fn evaluate(facts: &GateFacts<'_>) -> GateReport {
     let mut message = format!(
         "{} of {needed} independent approvals at {} ({})",
         independent.len(),
-        short(facts.head),
+        crate::short_id(facts.head),
         names(&independent)
     );
     if !ignored_authors.is_empty() {
@@ -261,7 +288,7 @@ pub fn evaluate(facts: &GateFacts<'_>) -> GateReport {
     if !ignored_readers.is_empty() {
         message.push_str(&format!("; not counted, without write access: {}", names(&ignored_readers)));
     }
-    rule(
+    rules.add(
         "gate.independent_approvals",
         independent.len() >= needed,
         message,
@@ -271,7 +298,11 @@ pub fn evaluate(facts: &GateFacts<'_>) -> GateReport {
             names(facts.authors)
         )),
     );
+    (independent, requesting)
+}
 
+/// Each path rule the change's paths fall under: approvals from its group.
+fn path_rules(facts: &GateFacts<'_>, independent: &BTreeSet<UserName>, rules: &mut Outcomes) {
     for (index, path_rule) in facts.policy.rules.iter().enumerate() {
         let touched: Vec<&String> =
             facts.changed_paths.iter().filter(|p| path_rule.paths.iter().any(|g| g.matches(p))).collect();
@@ -281,7 +312,7 @@ pub fn evaluate(facts: &GateFacts<'_>) -> GateReport {
         let members = facts.groups.get(&path_rule.group).cloned().unwrap_or_default();
         let from_group: BTreeSet<UserName> = independent.intersection(&members).cloned().collect();
         let patterns: Vec<&str> = path_rule.paths.iter().map(|g| g.as_str()).collect();
-        rule(
+        rules.add(
             &format!("gate.path_rule.{}", index + 1),
             from_group.len() >= path_rule.approvals as usize,
             format!(
@@ -296,14 +327,18 @@ pub fn evaluate(facts: &GateFacts<'_>) -> GateReport {
             Some(format!("an approval of this head by a member of {} who is not an author", path_rule.group)),
         );
     }
+}
 
+/// A change to an owned path (the pipeline file, say) needs a pipeline
+/// owner's approval.
+fn pipeline_owners(facts: &GateFacts<'_>, independent: &BTreeSet<UserName>, rules: &mut Outcomes) {
     let owned: Vec<&String> = facts.changed_paths.iter().filter(|p| facts.policy.owns(p)).collect();
     if let Some(first) = owned.first() {
         match &facts.policy.owners {
             Some(owners) => {
                 let members = facts.groups.get(owners).cloned().unwrap_or_default();
                 let from_owners: BTreeSet<UserName> = independent.intersection(&members).cloned().collect();
-                rule(
+                rules.add(
                     "gate.pipeline_owners",
                     !from_owners.is_empty(),
                     format!(
@@ -314,7 +349,7 @@ pub fn evaluate(facts: &GateFacts<'_>) -> GateReport {
                     Some(format!("an approval of this head by a member of {owners} who is not an author")),
                 );
             }
-            None => rule(
+            None => rules.add(
                 "gate.pipeline_owners",
                 true,
                 format!(
@@ -324,39 +359,45 @@ pub fn evaluate(facts: &GateFacts<'_>) -> GateReport {
             ),
         }
     }
+}
 
-    rule(
+/// No outstanding request for changes, the check, a valid pipeline file,
+/// and a clean merge.
+fn requests_checks_and_merge(facts: &GateFacts<'_>, requesting: &BTreeSet<UserName>, rules: &mut Outcomes) {
+    rules.add(
         "gate.changes_requested",
         requesting.is_empty(),
         if requesting.is_empty() {
             "no outstanding request for changes".into()
         } else {
-            format!("changes requested by {}", names(&requesting))
+            format!("changes requested by {}", names(requesting))
         },
         Some("the same reviewer approves or withdraws the request".into()),
     );
 
     match &facts.check {
         CheckState::NotRequired => {}
-        CheckState::Passed => rule("gate.check", true, format!("the check passed on {}", short(facts.head)), None),
-        CheckState::Pending => rule(
+        CheckState::Passed => {
+            rules.add("gate.check", true, format!("the check passed on {}", crate::short_id(facts.head)), None)
+        }
+        CheckState::Pending => rules.add(
             "gate.check",
             false,
-            format!("the check has not passed on {} yet", short(facts.head)),
+            format!("the check has not passed on {} yet", crate::short_id(facts.head)),
             Some("wait for the check of this head to pass".into()),
         ),
-        CheckState::Failed { reason } => rule(
+        CheckState::Failed { reason } => rules.add(
             "gate.check",
             false,
-            format!("the check failed on {}: {reason}", short(facts.head)),
+            format!("the check failed on {}: {reason}", crate::short_id(facts.head)),
             Some("push a fix; the check runs again on the new head".into()),
         ),
     }
 
     if let Some(proposed) = facts.proposed_pipeline {
         match proposed {
-            Ok(_) => rule("gate.pipeline_valid", true, "the changed pipeline file is valid".into(), None),
-            Err(error) => rule(
+            Ok(_) => rules.add("gate.pipeline_valid", true, "the changed pipeline file is valid".into(), None),
+            Err(error) => rules.add(
                 "gate.pipeline_valid",
                 false,
                 format!("the change would leave an invalid pipeline file: {error}"),
@@ -366,26 +407,14 @@ pub fn evaluate(facts: &GateFacts<'_>) -> GateReport {
     }
 
     match &facts.mergeable {
-        Ok(()) => rule("gate.mergeable", true, "merges cleanly into the target".into(), None),
-        Err(why) => rule(
+        Ok(()) => rules.add("gate.mergeable", true, "merges cleanly into the target".into(), None),
+        Err(why) => rules.add(
             "gate.mergeable",
             false,
             format!("does not merge cleanly: {why}"),
             Some("merge or rebase the target into the source branch and push".into()),
         ),
     }
-
-    let open = rules.iter().all(|r| r.passed);
-    GateReport {
-        open,
-        head: facts.head.to_owned(),
-        approvers: independent.iter().map(|u| u.to_string()).collect(),
-        rules,
-    }
-}
-
-fn short(id: &str) -> &str {
-    crate::short_id(id)
 }
 
 #[cfg(test)]
