@@ -78,17 +78,13 @@ fn digest(text: &str) -> Result<String, Failure> {
     Ok(hex.to_ascii_lowercase())
 }
 
-fn short(text: &str) -> &str {
-    custody_domain::short_id(text)
-}
-
 fn build_line(b: &Value) -> String {
     let reason = b["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
     format!(
         "#{:<5} {:<9} {} on {}{}",
         b["number"],
         b["status"].as_str().unwrap_or(""),
-        short(b["commit"].as_str().unwrap_or("")),
+        custody_domain::short_id(b["commit"].as_str().unwrap_or("")),
         b["branch"].as_str().unwrap_or(""),
         reason
     )
@@ -201,7 +197,7 @@ pub async fn artifact(client: &Client, command: ArtifactCommand, out: Output) ->
                     lines.push(format!(
                         "  build #{} of {} as {}",
                         build["build"],
-                        short(build["commit"].as_str().unwrap_or("")),
+                        custody_domain::short_id(build["commit"].as_str().unwrap_or("")),
                         build["name"].as_str().unwrap_or("")
                     ));
                 }

@@ -231,7 +231,7 @@ impl Story {
         self.say("alice", "developer", "merges it: custody checks the gate and merges");
         let merged = self.custody("alice", &["change", "merge", PROJECT, &change])?;
         let commit = merged["change"]["merge_commit"].as_str().unwrap_or_default().to_owned();
-        self.note(&format!("main is now {}", short(&commit)));
+        self.note(&format!("main is now {}", custody_domain::short_id(&commit)));
 
         self.say("custody", "build service", "builds the merged commit in its sandbox and signs provenance");
         let build = self.until("the build", |story| {
@@ -246,7 +246,7 @@ impl Story {
             });
         }
         let digest = build["artifacts"][0]["digest"].as_str().unwrap_or_default().to_owned();
-        self.note(&format!("build 1 stored dist/app.tar.gz, sha256 {}", short(&digest)));
+        self.note(&format!("build 1 stored dist/app.tar.gz, sha256 {}", custody_domain::short_id(&digest)));
 
         self.say("custody", "deployer", "deploys build 1 to staging on its own: staging has no gate");
         self.finished_deployment(1)?;
@@ -330,7 +330,9 @@ impl Story {
         }
         let environment = done["environment"].as_str().unwrap_or_default().to_owned();
         match self.target.received().into_iter().rev().find(|(path, _)| path.starts_with(&format!("/{environment}"))) {
-            Some((_, digest)) => self.note(&format!("{environment} received app.tar.gz, sha256 {}", short(&digest))),
+            Some((_, digest)) => {
+                self.note(&format!("{environment} received app.tar.gz, sha256 {}", custody_domain::short_id(&digest)))
+            }
             None => self.note(&format!("{environment} is live with build {}", done["build"])),
         }
         Ok(())
@@ -493,10 +495,6 @@ fn shell_words(args: &[&str]) -> String {
     let quoted: Vec<String> =
         args.iter().map(|a| if a.contains(' ') { format!("'{a}'") } else { (*a).to_owned() }).collect();
     quoted.join(" ")
-}
-
-fn short(hex: &str) -> &str {
-    custody_domain::short_id(hex)
 }
 
 /// A plain HTTP endpoint on loopback playing the servers the deploy script

@@ -475,9 +475,9 @@ async fn prove_change(tx: &mut impl Reads, change: &ChangeView) -> Result<BTreeS
         return Err(unproven(format!(
             "changes row {}: its head {} is not the head custody recorded for change {} ({})",
             change.id,
-            short(&change.head),
+            custody_domain::short_id(&change.head),
             change.number,
-            head.map(short).unwrap_or("none")
+            head.map(custody_domain::short_id).unwrap_or("none")
         )));
     }
     if state != Some(change.state.as_str()) {
@@ -498,7 +498,7 @@ async fn prove_change(tx: &mut impl Reads, change: &ChangeView) -> Result<BTreeS
                     review.id,
                     review.reviewer,
                     review.verdict,
-                    short(&review.head)
+                    custody_domain::short_id(&review.head)
                 )))
             }
             None => {
@@ -507,7 +507,7 @@ async fn prove_change(tx: &mut impl Reads, change: &ChangeView) -> Result<BTreeS
                     review.id,
                     review.reviewer,
                     review.verdict,
-                    short(&review.head)
+                    custody_domain::short_id(&review.head)
                 )))
             }
         }
@@ -515,7 +515,7 @@ async fn prove_change(tx: &mut impl Reads, change: &ChangeView) -> Result<BTreeS
     if let Some((id, (reviewer, verdict, head))) = recorded.into_iter().next() {
         return Err(unproven(format!(
             "reviews row {id}: custody recorded {reviewer} {verdict} on {} and the row is gone (deleted around custody)",
-            short(head)
+            custody_domain::short_id(head)
         )));
     }
     Ok(voided)
@@ -1141,10 +1141,6 @@ impl Store {
             .await?;
         Ok((self.get_change(&access.project, number).await?, report))
     }
-}
-
-fn short(id: &str) -> &str {
-    custody_domain::short_id(id)
 }
 
 /// Moves the head of every change following `branch` after a push: open

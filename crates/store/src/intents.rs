@@ -20,7 +20,6 @@ use custody_domain::audit::NewEvent;
 use custody_domain::ProjectName;
 use serde_json::json;
 
-use crate::lookups::short;
 use crate::tx::{Reads as _, Tx};
 use crate::{col, now_ms, Result, Store, StoreError};
 
@@ -209,8 +208,8 @@ impl Store {
                     "merge_intents row {}: custody recorded no merge of change {} from {} to {} (written around custody)",
                     intent.id,
                     intent.change,
-                    intent.old.as_deref().map(short).unwrap_or("nothing"),
-                    short(&intent.new)
+                    intent.old.as_deref().map(custody_domain::short_id).unwrap_or("nothing"),
+                    custody_domain::short_id(&intent.new)
                 )));
             }
             intents.push(intent);
@@ -255,8 +254,8 @@ impl Store {
                 let reason = format!(
                     "{} was at {} rather than {}, where the merge left from: the merge never reached it",
                     intent.reference,
-                    tip.as_deref().map(short).unwrap_or("nothing"),
-                    intent.old.as_deref().map(short).unwrap_or("nothing")
+                    tip.as_deref().map(custody_domain::short_id).unwrap_or("nothing"),
+                    intent.old.as_deref().map(custody_domain::short_id).unwrap_or("nothing")
                 );
                 crate::builds::fail_queued_of(tx, project_id, &intent.project, &intent.new, &reason).await?;
                 tx.audit(NewEvent {

@@ -198,7 +198,7 @@ pub(crate) async fn prove_landed(
     let Some(merged) = merged else {
         return Err(crate::proof::unproven(format!(
             "change {change} of {project}: custody recorded no merge of it as {}",
-            short(commit)
+            custody_domain::short_id(commit)
         )));
     };
     if events[merged].details.get("base").is_none() {
@@ -213,11 +213,6 @@ pub(crate) async fn prove_landed(
     Err(crate::proof::unproven(format!(
         "merge_intents of change {change} of {project}: custody never recorded its merge {} reaching the branch, and \
          no intent is pending (deleted or settled around custody)",
-        short(commit)
+        custody_domain::short_id(commit)
     )))
-}
-
-/// The first twelve characters of a commit id, for messages.
-pub(crate) fn short(id: &str) -> &str {
-    id.get(..12).unwrap_or(id)
 }
