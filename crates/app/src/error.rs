@@ -21,6 +21,9 @@ pub enum AppError {
         /// Seconds to wait.
         retry_after: u64,
     },
+    /// The mainline's pipeline file does not read; it says why.
+    #[error("{0}")]
+    InvalidPipeline(String),
     /// This process cannot do it (it holds no gate key, say).
     #[error("{0}")]
     Unavailable(String),

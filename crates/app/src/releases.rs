@@ -7,43 +7,26 @@
 //! deployer (a promotion after a success) take a release's context from
 //! here, so it is decided one way.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{LazyLock, Mutex};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use custody_domain::pipeline::{self, Environment, Pipeline};
 use custody_domain::ProjectName;
 use custody_git::change as git;
 use custody_git::Repositories;
-use custody_store::{DeployContext, Store};
+use custody_store::{DeployContext, DeploymentView, ProjectAccess, Store};
 
-/// Answers already worked out, which never go stale: both are functions of
-/// commit ids, which name their content.
-struct Remembered<K, V> {
-    entries: Mutex<HashMap<K, V>>,
-}
+use crate::remembered::Remembered;
+use crate::AppError;
 
-impl<K: std::hash::Hash + Eq, V: Clone> Remembered<K, V> {
-    /// At most this many answers are kept; then they are all forgotten.
-    const LIMIT: usize = 4096;
-
-    fn get(&self, key: &K) -> Option<V> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
-    }
-
-    fn keep(&self, key: K, value: V) {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= Self::LIMIT {
-            entries.clear();
-        }
-        entries.insert(key, value);
-    }
-}
+/// How many parsed pipelines and releases are remembered. Both are
+/// functions of commit ids, which name their content, so they never go
+/// stale.
+const REMEMBERED: usize = 4096;
 
 /// Parsed pipeline files, by repository and commit.
-static PIPELINES: LazyLock<Remembered<(PathBuf, String), Pipeline>> =
-    LazyLock::new(|| Remembered { entries: Mutex::new(HashMap::new()) });
+static PIPELINES: LazyLock<Remembered<(PathBuf, String), Pipeline>> = LazyLock::new(|| Remembered::new(REMEMBERED));
 
 /// A project, the commit live in an environment, and a candidate.
 type ReleaseKey = (String, Option<String>, String);
@@ -52,8 +35,7 @@ type ReleaseKey = (String, Option<String>, String);
 /// commits between two commits never change, and each mainline commit was
 /// recorded with its change in the merge's own transaction, before any
 /// build of it (or of a later commit) existed.
-static RELEASES: LazyLock<Remembered<ReleaseKey, Vec<i64>>> =
-    LazyLock::new(|| Remembered { entries: Mutex::new(HashMap::new()) });
+static RELEASES: LazyLock<Remembered<ReleaseKey, Vec<i64>>> = LazyLock::new(|| Remembered::new(REMEMBERED));
 
 /// The pipeline file on the project's mainline tip, which orders the
 /// environments and governs every environment's gate (with the pipelines
@@ -64,18 +46,56 @@ pub fn mainline_pipeline(repository: &Path, default_branch: &str) -> Result<Pipe
     pipeline_at(repository, &tip).map_err(|e| format!("the mainline's {e}"))
 }
 
+/// An environment as the mainline tip's pipeline file defines it, with
+/// what is live there and what waits.
+#[derive(Clone, Debug)]
+pub struct EnvironmentState {
+    /// The environment and its gate.
+    pub environment: Environment,
+    /// Its newest successful deployment.
+    pub live: Option<DeploymentView>,
+    /// Deployments pending, queued or running, newest first.
+    pub waiting: Vec<DeploymentView>,
+}
+
+/// The project's environments in the order of the mainline tip's pipeline
+/// file, each with what is live and what waits: the one definition the API
+/// and the pages share. `AppError::InvalidPipeline` when the mainline's
+/// pipeline file does not read.
+pub async fn environment_states(
+    store: &Store,
+    repositories: &Repositories,
+    access: &ProjectAccess,
+) -> Result<Vec<EnvironmentState>, AppError> {
+    let repository = repositories.path(&access.project);
+    let branch = access.default_branch.clone();
+    let policy = tokio::task::spawn_blocking(move || mainline_pipeline(&repository, &branch))
+        .await
+        .map_err(AppError::repository)?
+        .map_err(AppError::InvalidPipeline)?;
+    let mut now = store.environments_now(access).await?;
+    Ok(policy
+        .environments
+        .into_iter()
+        .map(|environment| {
+            let now = now.remove(&environment.name).unwrap_or_default();
+            EnvironmentState { live: now.live, waiting: now.waiting, environment }
+        })
+        .collect())
+}
+
 /// The pipeline file as `commit` has it (the lax default where it has
 /// none); remembered, since a commit never changes.
 pub fn pipeline_at(repository: &Path, commit: &str) -> Result<Pipeline, String> {
     let key = (repository.to_owned(), commit.to_owned());
     if let Some(known) = PIPELINES.get(&key) {
-        return Ok(known);
+        return Ok(Pipeline::clone(&known));
     }
     let policy = match git::read_file(repository, commit, pipeline::PATH).map_err(|e| e.to_string())? {
         Some(text) => pipeline::parse(&text).map_err(|e| e.to_string())?,
         None => Pipeline::default(),
     };
-    PIPELINES.keep(key, policy.clone());
+    PIPELINES.put(key, std::sync::Arc::new(policy.clone()));
     Ok(policy)
 }
 
@@ -136,7 +156,7 @@ pub async fn release_context(
     }
     let (_, primary) = governing.remove(0);
     let changes = match known {
-        Some(changes) => changes,
+        Some(changes) => Vec::clone(&changes),
         None => {
             let recorded = store.merges_recorded_as(project, &commits).await.map_err(|e| e.to_string())?;
             if let Some(intruder) = unrecorded_on_mainline(&chain, &recorded) {
@@ -148,7 +168,7 @@ pub async fn release_context(
             }
             let mut changes: Vec<i64> = commits.iter().filter_map(|c| recorded.get(c).copied()).collect();
             changes.sort_unstable();
-            RELEASES.keep(key, changes.clone());
+            RELEASES.put(key, std::sync::Arc::new(changes.clone()));
             changes
         }
     };

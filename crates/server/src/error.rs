@@ -144,6 +144,7 @@ impl From<AppError> for ApiError {
         match error {
             AppError::Store(error) => error.into(),
             AppError::Conflict(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            AppError::InvalidPipeline(message) => ApiError::new(StatusCode::CONFLICT, "invalid_pipeline", message),
             AppError::Busy { message, retry_after } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message).retry_after(retry_after)
             }

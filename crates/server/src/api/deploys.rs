@@ -4,6 +4,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use custody_app::releases::EnvironmentState;
 use custody_domain::deploy::DeployReport;
 use custody_domain::{ProjectName, Scope};
 use custody_store::{DeployContext, DeployDecision, DeploymentView, ProjectAccess};
@@ -49,27 +50,20 @@ pub(crate) struct EnvironmentView {
 }
 
 async fn environments(state: &AppState, access: &ProjectAccess) -> ApiResult<Vec<EnvironmentView>> {
-    let repository = state.hosting().repositories().path(&access.project);
-    let branch = access.default_branch.clone();
-    let policy = tokio::task::spawn_blocking(move || custody_app::releases::mainline_pipeline(&repository, &branch))
-        .await
-        .map_err(|_| ApiError::invalid("reading the repository failed"))?
-        .map_err(|why| ApiError::new(StatusCode::CONFLICT, "invalid_pipeline", why))?;
-    let mut now = state.store().environments_now(access).await?;
-    Ok(policy
-        .environments
-        .iter()
-        .map(|e| (e, now.remove(&e.name).unwrap_or_default()))
-        .map(|(e, now)| EnvironmentView {
-            name: e.name.clone(),
-            after: e.after.clone(),
+    let states =
+        custody_app::releases::environment_states(state.store(), state.hosting().repositories(), access).await?;
+    Ok(states
+        .into_iter()
+        .map(|EnvironmentState { environment: e, live, waiting }| EnvironmentView {
+            name: e.name,
+            after: e.after,
             approvals: e.approvals,
             approvers: e.approvers.as_ref().map(ToString::to_string),
             testers: e.testers.as_ref().map(ToString::to_string),
             soak_seconds: e.soak.map(|s| s.as_secs()),
             reviewers_may_approve: e.reviewers_may_approve,
-            live: now.live,
-            waiting: now.waiting,
+            live,
+            waiting,
         })
         .collect())
 }

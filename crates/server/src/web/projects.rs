@@ -3,6 +3,7 @@
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use custody_app::releases::EnvironmentState;
 use custody_domain::{ProjectName, Scope};
 use custody_store::{DeploymentView, PageRequest, ProjectAccess};
 
@@ -77,38 +78,17 @@ pub(crate) async fn with_decisions(
     Ok(())
 }
 
-/// An environment of the mainline's pipeline file and what is live there.
-pub(crate) struct EnvironmentState {
-    pub environment: custody_domain::pipeline::Environment,
-    pub live: Option<DeploymentView>,
-    pub waiting: Vec<DeploymentView>,
-}
-
 /// The environments as the mainline tip's pipeline file defines them, each
-/// with its latest successful deployment and those waiting, from one list
-/// of deployments.
+/// with what is live and what waits; why not, when that file does not read.
 pub(crate) async fn environments(
     state: &AppState,
     access: &ProjectAccess,
 ) -> WebResult<Result<Vec<EnvironmentState>, String>> {
-    let repository = state.hosting().repositories().path(&access.project);
-    let branch = access.default_branch.clone();
-    let policy = tokio::task::spawn_blocking(move || custody_app::releases::mainline_pipeline(&repository, &branch))
-        .await
-        .map_err(|_| WebError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "reading the repository failed"))?;
-    let policy = match policy {
-        Ok(policy) => policy,
-        Err(why) => return Ok(Err(why)),
-    };
-    let mut now = state.store().environments_now(access).await?;
-    Ok(Ok(policy
-        .environments
-        .into_iter()
-        .map(|environment| {
-            let now = now.remove(&environment.name).unwrap_or_default();
-            EnvironmentState { live: now.live, waiting: now.waiting, environment }
-        })
-        .collect()))
+    match custody_app::releases::environment_states(state.store(), state.hosting().repositories(), access).await {
+        Ok(states) => Ok(Ok(states)),
+        Err(custody_app::AppError::InvalidPipeline(why)) => Ok(Err(why)),
+        Err(other) => Err(other.into()),
+    }
 }
 
 /// One project.
