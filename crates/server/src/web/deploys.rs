@@ -61,6 +61,21 @@ pub(crate) async fn environment(
         esc(&project),
         esc(&name)
     );
+    body.push_str(&gate_and_live(e, env.live.as_ref(), &p));
+    body.push_str("<h2>Waiting</h2>");
+    if env.waiting.is_empty() {
+        body.push_str("<p class=\"empty\">Nothing waits.</p>");
+    }
+    for waiting in &env.waiting {
+        body.push_str(&waiting_deployment(&state, &access, &visitor, e, waiting, &p).await?);
+    }
+    body.push_str(&history_table(&history, &p));
+    Ok(html::document(&format!("Environment {name}"), Some(&visitor), &body).into_response())
+}
+
+/// The environment's gate as the mainline defines it, and what is live.
+fn gate_and_live(e: &custody_domain::pipeline::Environment, live: Option<&DeploymentView>, p: &str) -> String {
+    let mut body = String::new();
     body.push_str("<section><h2>Gate and what is live</h2><dl class=\"facts\">");
     push(
         &mut body,
@@ -88,7 +103,7 @@ pub(crate) async fn environment(
         &mut body,
         format_args!("<dt>Reviewers may approve</dt><dd>{}</dd>", if e.reviewers_may_approve { "yes" } else { "no" }),
     );
-    match &env.live {
+    match live {
         Some(d) => push(
             &mut body,
             format_args!(
@@ -100,86 +115,101 @@ pub(crate) async fn environment(
         ),
         None => body.push_str("<dt>Live</dt><dd id=\"live\">nothing yet</dd>"),
     }
-    body.push_str("</dl></section><h2>Waiting</h2>");
-    if env.waiting.is_empty() {
-        body.push_str("<p class=\"empty\">Nothing waits.</p>");
-    }
-    for waiting in &env.waiting {
-        push(
-            &mut body,
-            format_args!(
-                "<section class=\"deployment\" id=\"deployment-{n}\"><h3>Deployment {n} of <a href=\"/projects/{p}/builds/{b}\">build {b}</a> {}</h3>\
-                 <p class=\"meta\">commit <code class=\"sha\">{}</code> · requested by {}{}</p>",
-                html::badge(waiting.status),
-                esc(short(&waiting.commit)),
-                esc(waiting.requested_by.as_deref().unwrap_or("custody (promotion)")),
-                waiting.break_glass.as_deref().map(|r| format!(" · <strong>break-glass</strong>: {}", esc(r))).unwrap_or_default(),
-                n = waiting.number,
-                b = waiting.build
-            ),
-        );
-        if waiting.status != custody_domain::status::DeploymentStatus::Pending {
-            body.push_str("<p class=\"hint\">Its gate is open: the deployer runs it.</p></section>");
-            continue;
-        }
-        let context = context(&state, &access, waiting).await?;
-        let (_, gate, standing) =
-            state.store().deployment_standing(&access, waiting.number, context, &visitor.auth.name).await?;
-        push(&mut body, format_args!("<div class=\"gate\" data-open=\"{}\"><h4>Gate</h4>", gate.open));
-        body.push_str(&html::rules(&gate.rules));
-        push(&mut body, format_args!("</div><p class=\"meta\">Decisions: {}</p>", decisions(waiting)));
-        let member = custody_domain::access::decide_deploy_member(
-            &visitor.auth.name,
-            &access.project,
-            access.role,
-            visitor.auth.scopes,
-            custody_domain::access::DeployAction::Decide,
-        );
-        if !member.allowed {
-            body.push_str("<div class=\"hint decide-refusal\">");
-            for reason in &member.reasons {
-                body.push_str(&html::refusal_note(reason));
-            }
-            body.push_str("</div></section>");
-            continue;
-        }
-        let action = format!("/projects/{p}/deployments/{}/decide", waiting.number);
-        body.push_str(&html::form(&action, &visitor, "decide"));
-        body.push_str("<label>Message <textarea name=\"message\" rows=\"2\" class=\"decision-message\"></textarea></label><div class=\"buttons\">");
-        let disabled = if standing.approve.is_some() { " disabled" } else { "" };
-        push(
-            &mut body,
-            format_args!(
-                "<button type=\"submit\" name=\"decision\" value=\"approve\" class=\"primary approve-deployment\"{disabled}>Approve</button>\
-                 <button type=\"submit\" name=\"decision\" value=\"reject\" class=\"reject-deployment\"{disabled}>Reject</button>"
-            ),
-        );
-        if e.testers.is_some() {
-            let disabled = if standing.sign_off.is_some() { " disabled" } else { "" };
-            push(
-                &mut body,
-                format_args!(
-                    "<button type=\"submit\" name=\"decision\" value=\"test_passed\" class=\"tests-passed\"{disabled}>Tests passed</button>\
-                     <button type=\"submit\" name=\"decision\" value=\"test_failed\" class=\"tests-failed\"{disabled}>Tests failed</button>"
-                ),
-            );
-        }
-        body.push_str("</div></form>");
-        if let Some(reason) = &standing.approve {
-            push(&mut body, format_args!("<div class=\"approve-refusal\">{}</div>", html::refusal_note(reason)));
-        }
-        if let (Some(reason), Some(_)) = (&standing.sign_off, &e.testers) {
-            push(&mut body, format_args!("<div class=\"sign-off-refusal\">{}</div>", html::refusal_note(reason)));
-        }
-        body.push_str("</section>");
-    }
+    body.push_str("</dl></section>");
+    body
+}
 
+/// A deployment waiting: its gate, the decisions so far, and the buttons
+/// the visitor may use, each disabled with the domain's reason when it
+/// would be refused.
+async fn waiting_deployment(
+    state: &AppState,
+    access: &ProjectAccess,
+    visitor: &Visitor,
+    e: &custody_domain::pipeline::Environment,
+    waiting: &DeploymentView,
+    p: &str,
+) -> WebResult<String> {
+    let mut body = String::new();
+    push(
+        &mut body,
+        format_args!(
+            "<section class=\"deployment\" id=\"deployment-{n}\"><h3>Deployment {n} of <a href=\"/projects/{p}/builds/{b}\">build {b}</a> {}</h3>\
+             <p class=\"meta\">commit <code class=\"sha\">{}</code> · requested by {}{}</p>",
+            html::badge(waiting.status),
+            esc(short(&waiting.commit)),
+            esc(waiting.requested_by.as_deref().unwrap_or("custody (promotion)")),
+            waiting.break_glass.as_deref().map(|r| format!(" · <strong>break-glass</strong>: {}", esc(r))).unwrap_or_default(),
+            n = waiting.number,
+            b = waiting.build
+        ),
+    );
+    if waiting.status != custody_domain::status::DeploymentStatus::Pending {
+        body.push_str("<p class=\"hint\">Its gate is open: the deployer runs it.</p></section>");
+        return Ok(body);
+    }
+    let context = context(state, access, waiting).await?;
+    let (_, gate, standing) =
+        state.store().deployment_standing(access, waiting.number, context, &visitor.auth.name).await?;
+    push(&mut body, format_args!("<div class=\"gate\" data-open=\"{}\"><h4>Gate</h4>", gate.open));
+    body.push_str(&html::rules(&gate.rules));
+    push(&mut body, format_args!("</div><p class=\"meta\">Decisions: {}</p>", decisions(waiting)));
+    let member = custody_domain::access::decide_deploy_member(
+        &visitor.auth.name,
+        &access.project,
+        access.role,
+        visitor.auth.scopes,
+        custody_domain::access::DeployAction::Decide,
+    );
+    if !member.allowed {
+        body.push_str("<div class=\"hint decide-refusal\">");
+        for reason in &member.reasons {
+            body.push_str(&html::refusal_note(reason));
+        }
+        body.push_str("</div></section>");
+        return Ok(body);
+    }
+    let action = format!("/projects/{p}/deployments/{}/decide", waiting.number);
+    body.push_str(&html::form(&action, visitor, "decide"));
+    body.push_str("<label>Message <textarea name=\"message\" rows=\"2\" class=\"decision-message\"></textarea></label><div class=\"buttons\">");
+    let disabled = if standing.approve.is_some() { " disabled" } else { "" };
+    push(
+        &mut body,
+        format_args!(
+            "<button type=\"submit\" name=\"decision\" value=\"approve\" class=\"primary approve-deployment\"{disabled}>Approve</button>\
+             <button type=\"submit\" name=\"decision\" value=\"reject\" class=\"reject-deployment\"{disabled}>Reject</button>"
+        ),
+    );
+    if e.testers.is_some() {
+        let disabled = if standing.sign_off.is_some() { " disabled" } else { "" };
+        push(
+            &mut body,
+            format_args!(
+                "<button type=\"submit\" name=\"decision\" value=\"test_passed\" class=\"tests-passed\"{disabled}>Tests passed</button>\
+                 <button type=\"submit\" name=\"decision\" value=\"test_failed\" class=\"tests-failed\"{disabled}>Tests failed</button>"
+            ),
+        );
+    }
+    body.push_str("</div></form>");
+    if let Some(reason) = &standing.approve {
+        push(&mut body, format_args!("<div class=\"approve-refusal\">{}</div>", html::refusal_note(reason)));
+    }
+    if let (Some(reason), Some(_)) = (&standing.sign_off, &e.testers) {
+        push(&mut body, format_args!("<div class=\"sign-off-refusal\">{}</div>", html::refusal_note(reason)));
+    }
+    body.push_str("</section>");
+    Ok(body)
+}
+
+/// Every deployment to the environment, newest first.
+fn history_table(history: &[DeploymentView], p: &str) -> String {
+    let mut body = String::new();
     body.push_str("<h2>History</h2>");
     if history.is_empty() {
         body.push_str("<p class=\"empty\">No deployment yet.</p>");
     } else {
         body.push_str("<table class=\"list\" id=\"history\"><thead><tr><th>#</th><th>Build</th><th>Status</th><th>Requested by</th><th>Decisions</th><th>Finished</th></tr></thead><tbody>");
-        for d in &history {
+        for d in history {
             push(
                 &mut body,
                 format_args!(
@@ -197,7 +227,7 @@ pub(crate) async fn environment(
         }
         body.push_str("</tbody></table>");
     }
-    Ok(html::document(&format!("Environment {name}"), Some(&visitor), &body).into_response())
+    body
 }
 
 /// Records a decision on a pending deployment, through the same store call
