@@ -196,35 +196,65 @@ async fn inspect_connection(
 
     // Checkpoints: the newest genuine one is the reference; the stored tree
     // must give each checkpoint's head at its size.
-    let mut checkpoints: Vec<(u64, Hash, String, i64)> = Vec::new();
-    {
-        let mut rows =
-            sqlx::query("SELECT size, root, note, at FROM ledger_checkpoints ORDER BY size").fetch(&mut *conn);
-        while let Some(row) = rows.try_next().await? {
-            let size = col::<i64>(&row, "size")? as u64;
-            checkpoints.push((size, to_hash(col(&row, "root")?, "a root")?, col(&row, "note")?, col(&row, "at")?));
-        }
+    let checkpoints = read_checkpoints(conn).await?;
+    let reference = newest_genuine(&checkpoints, verifier, &mut findings);
+    let (levels, heads) = recompute(&leaves, &checkpoints);
+    if let Some(reference) = &reference {
+        check_heads(reference, &checkpoints, &heads, tree_size, verifier, &mut findings);
     }
-    let genuine = |size: u64, root: &Hash, note: &str| -> std::result::Result<(), String> {
-        let opened = verifier.open(note).map_err(|e| e.to_string())?;
-        if opened.size != size || &opened.root != root {
-            return Err("its signed note names another tree than its row".into());
-        }
-        Ok(())
-    };
-    let mut reference: Option<StoredCheckpoint> = None;
+    check_nodes(conn, dialect, &levels, &mut findings).await?;
+    drop(levels);
+
+    let leaves = Arc::new(leaves);
+    let (matched, present, suspects, events) = match_events(conn, leaves.clone()).await?;
+    explain(&leaves, matched, &present, suspects, &mut findings);
+    findings.sort_by_key(Finding::seq);
+    Ok(LedgerReport { events, tree_size, checkpoint: reference, findings, tags_checked: secrets.is_some() })
+}
+
+/// A stored checkpoint: its size, root, signed note and time.
+type CheckpointRow = (u64, Hash, String, i64);
+
+/// Every stored checkpoint, smallest first.
+async fn read_checkpoints(conn: &mut AnyConnection) -> Result<Vec<CheckpointRow>> {
+    let mut checkpoints = Vec::new();
+    let mut rows = sqlx::query("SELECT size, root, note, at FROM ledger_checkpoints ORDER BY size").fetch(&mut *conn);
+    while let Some(row) = rows.try_next().await? {
+        let size = col::<i64>(&row, "size")? as u64;
+        checkpoints.push((size, to_hash(col(&row, "root")?, "a root")?, col(&row, "note")?, col(&row, "at")?));
+    }
+    Ok(checkpoints)
+}
+
+/// Whether a checkpoint row's signed note verifies and names the tree the
+/// row names.
+fn genuine(verifier: &NoteVerifier, size: u64, root: &Hash, note: &str) -> std::result::Result<(), String> {
+    let opened = verifier.open(note).map_err(|e| e.to_string())?;
+    if opened.size != size || &opened.root != root {
+        return Err("its signed note names another tree than its row".into());
+    }
+    Ok(())
+}
+
+/// The newest checkpoint whose note verifies; each newer one that does not
+/// is a forged checkpoint.
+fn newest_genuine(
+    checkpoints: &[CheckpointRow],
+    verifier: &NoteVerifier,
+    findings: &mut Vec<Finding>,
+) -> Option<StoredCheckpoint> {
     for (size, root, note, at_ms) in checkpoints.iter().rev() {
-        match genuine(*size, root, note) {
-            Ok(()) => {
-                reference = Some(StoredCheckpoint { size: *size, root: *root, note: note.clone(), at_ms: *at_ms });
-                break;
-            }
+        match genuine(verifier, *size, root, note) {
+            Ok(()) => return Some(StoredCheckpoint { size: *size, root: *root, note: note.clone(), at_ms: *at_ms }),
             Err(why) => findings.push(Finding::ForgedCheckpoint { size: *size, why }),
         }
     }
+    None
+}
 
-    // Recompute the tree over the stored leaves: its head at every
-    // checkpoint's size, and every interior node.
+/// The tree recomputed over the stored leaves: every interior node, level
+/// by level, and its head at every checkpoint's size.
+fn recompute(leaves: &[Hash], checkpoints: &[CheckpointRow]) -> (Vec<Vec<Hash>>, BTreeMap<u64, Hash>) {
     let mut levels: Vec<Vec<Hash>> = Vec::new();
     let mut frontier = Frontier::default();
     let mut heads: BTreeMap<u64, Hash> = BTreeMap::new();
@@ -234,7 +264,7 @@ async fn inspect_connection(
         heads.insert(0, merkle::empty_root());
         next_wanted.next();
     }
-    for leaf in &leaves {
+    for leaf in leaves {
         frontier.push(*leaf, |(level, idx), hash| {
             if level > 0 {
                 let level = level as usize;
@@ -250,25 +280,44 @@ async fn inspect_connection(
             next_wanted.next();
         }
     }
-    if let Some(reference) = &reference {
-        if reference.size > tree_size {
-            findings.push(Finding::TreeTruncated { tree_size, checkpoint_size: reference.size });
+    (levels, heads)
+}
+
+/// The stored tree against the reference checkpoint: not shorter than it,
+/// and giving each genuine checkpoint's head; the first it does not bounds
+/// where the rewriting happened.
+fn check_heads(
+    reference: &StoredCheckpoint,
+    checkpoints: &[CheckpointRow],
+    heads: &BTreeMap<u64, Hash>,
+    tree_size: u64,
+    verifier: &NoteVerifier,
+    findings: &mut Vec<Finding>,
+) {
+    if reference.size > tree_size {
+        findings.push(Finding::TreeTruncated { tree_size, checkpoint_size: reference.size });
+    }
+    let mut good = 0u64;
+    for (size, root, note, _) in checkpoints {
+        if *size > reference.size.min(tree_size) {
+            break;
         }
-        // The first genuine-looking checkpoint the stored leaves disagree with
-        // bounds where the rewriting happened.
-        let mut good = 0u64;
-        for (size, root, note, _) in &checkpoints {
-            if *size > reference.size.min(tree_size) {
-                break;
-            }
-            if heads.get(size) == Some(root) {
-                good = *size;
-            } else if genuine(*size, root, note).is_ok() {
-                findings.push(Finding::TreeRewritten { from_seq: good as i64 + 1, to_seq: *size as i64 });
-                break;
-            }
+        if heads.get(size) == Some(root) {
+            good = *size;
+        } else if genuine(verifier, *size, root, note).is_ok() {
+            findings.push(Finding::TreeRewritten { from_seq: good as i64 + 1, to_seq: *size as i64 });
+            break;
         }
     }
+}
+
+/// Every stored interior node against the recomputed one.
+async fn check_nodes(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    levels: &[Vec<Hash>],
+    findings: &mut Vec<Finding>,
+) -> Result<()> {
     for (level, computed) in levels.iter().enumerate() {
         let level = level as u8 + 1;
         let stored = read_level(conn, dialect, level).await?;
@@ -278,49 +327,62 @@ async fn inspect_connection(
             findings.push(Finding::NodeAltered { level, idx: stored.len() as u64 });
         }
     }
-    drop(levels);
+    Ok(())
+}
 
-    // The events against the leaves: read here, hashed and matched on
-    // another thread, so that reading and hashing overlap.
-    let leaves = Arc::new(leaves);
+/// What matching the events against the leaves found: which leaves an
+/// event at its own place matched, which places hold an event at all, the
+/// events that matched no leaf at their place, and how many events there
+/// are.
+type Matched = (Vec<bool>, Vec<bool>, Vec<TaggedEvent>, u64);
+
+/// The events against the leaves: read here, hashed and matched on another
+/// thread, so that reading and hashing overlap.
+async fn match_events(conn: &mut AnyConnection, leaves: Arc<Vec<Hash>>) -> Result<Matched> {
     let (batches, mut received) = tokio::sync::mpsc::channel::<String>(4);
-    let checker = tokio::task::spawn_blocking({
-        let leaves = leaves.clone();
-        move || {
-            let mut matched = vec![false; leaves.len()];
-            let mut present = vec![false; leaves.len()];
-            let mut suspects: Vec<TaggedEvent> = Vec::new();
-            let mut events = 0u64;
-            while let Some(chunk) = received.blocking_recv() {
-                for raw in RawEvent::from_json_array(&chunk)? {
-                    events += 1;
-                    let event = raw.parse();
-                    let position = event.seq - 1;
-                    if position >= 0 && (position as usize) < leaves.len() {
-                        present[position as usize] = true;
-                        if event.leaf() == leaves[position as usize] {
-                            matched[position as usize] = true;
-                            continue;
-                        }
+    let checker = tokio::task::spawn_blocking(move || {
+        let mut matched = vec![false; leaves.len()];
+        let mut present = vec![false; leaves.len()];
+        let mut suspects: Vec<TaggedEvent> = Vec::new();
+        let mut events = 0u64;
+        while let Some(chunk) = received.blocking_recv() {
+            for raw in RawEvent::from_json_array(&chunk)? {
+                events += 1;
+                let event = raw.parse();
+                let position = event.seq - 1;
+                if position >= 0 && (position as usize) < leaves.len() {
+                    present[position as usize] = true;
+                    if event.leaf() == leaves[position as usize] {
+                        matched[position as usize] = true;
+                        continue;
                     }
-                    suspects.push(event);
                 }
+                suspects.push(event);
             }
-            Ok::<_, StoreError>((matched, present, suspects, events))
         }
+        Ok::<_, StoreError>((matched, present, suspects, events))
     });
-    {
-        let mut after = i64::MIN;
-        while let Some((n, hi, events)) = event_chunk(conn, after, false).await? {
-            after = hi;
-            if batches.send(events).await.is_err() || n < EVENT_CHUNK {
-                break;
-            }
+    let mut after = i64::MIN;
+    while let Some((n, hi, events)) = event_chunk(conn, after, false).await? {
+        after = hi;
+        if batches.send(events).await.is_err() || n < EVENT_CHUNK {
+            break;
         }
-        drop(batches);
     }
-    let (mut matched, present, suspects, events) =
-        checker.await.map_err(|e| StoreError::Corrupt(format!("the event checker failed: {e}")))??;
+    drop(batches);
+    checker.await.map_err(|e| StoreError::Corrupt(format!("the event checker failed: {e}")))?
+}
+
+/// Each event that matched no leaf at its place: moved from a nearby place,
+/// inserted, or standing for a modified one; and each leaf no event matched:
+/// modified or deleted.
+fn explain(
+    leaves: &[Hash],
+    mut matched: Vec<bool>,
+    present: &[bool],
+    suspects: Vec<TaggedEvent>,
+    findings: &mut Vec<Finding>,
+) {
     let mut unexplained = Vec::new();
     for event in suspects {
         let window = (event.seq - MOVE_WINDOW).max(1)..=(event.seq + MOVE_WINDOW).min(leaves.len() as i64);
@@ -348,8 +410,6 @@ async fn inspect_connection(
             findings.push(if present[position] { Finding::Modified { seq } } else { Finding::Deleted { seq } });
         }
     }
-    findings.sort_by_key(Finding::seq);
-    Ok(LedgerReport { events, tree_size, checkpoint: reference, findings, tags_checked: secrets.is_some() })
 }
 
 /// The stored hashes of one level of the tree in index order, up to the
