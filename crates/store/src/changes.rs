@@ -1036,34 +1036,7 @@ impl Store {
                     let reference = format!("refs/heads/{}", records.change.target_branch);
                     crate::intents::record(tx, access2.project_id, number, &reference, plan.base.as_deref(), &merge_commit)
                         .await?;
-                    // custody's own commit: recorded, so that later changes
-                    // containing it know who made it (nobody can have pushed it).
-                    let (name, email) = ("custody", "custody@localhost");
-                    let seal = crate::seals::CommitRecord {
-                        project_id: access2.project_id,
-                        sha: &merge_commit,
-                        first_push: None,
-                        pusher: None,
-                        import_grant: None,
-                        author: None,
-                        committer: None,
-                        co_authors: Vec::new(),
-                    }
-                    .seal(&tx.ledger_state().secrets.key);
-                    let sql = tx.sql(
-                        "INSERT INTO commits (project_id, sha, author_name, author_email, committer_name, committer_email, seal) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (project_id, sha) DO NOTHING",
-                    );
-                    sqlx::query(&sql)
-                        .bind(access2.project_id)
-                        .bind(&merge_commit)
-                        .bind(name)
-                        .bind(email)
-                        .bind(name)
-                        .bind(email)
-                        .bind(seal)
-                        .execute(tx.conn())
-                        .await?;
+                    record_own_commit(tx, access2.project_id, &merge_commit).await?;
                     let now = now_ms();
                     let sql = tx.sql(
                         "UPDATE changes SET state = 'merged', merged_by = $1, merged_at = $2, merge_commit = $3, attestation = $6 \
@@ -1081,16 +1054,7 @@ impl Store {
                     if done.rows_affected() != 1 {
                         return Err(StoreError::Conflict(format!("change {number} changed while merging; try again")));
                     }
-                    // Who held which duty, for the releases this change goes into.
-                    let duties = records.authors.keys().map(|u| (u.as_str().to_owned(), "author"))
-                        .chain(report.approvers.iter().map(|u| (u.clone(), "reviewer")));
-                    for (user, duty) in duties {
-                        let sql = tx.sql(
-                            "INSERT INTO change_duties (change_id, user_name, duty) VALUES ($1, $2, $3) \
-                             ON CONFLICT (change_id, user_name, duty) DO NOTHING",
-                        );
-                        sqlx::query(&sql).bind(records.change.id).bind(user).bind(duty).execute(tx.conn()).await?;
-                    }
+                    record_duties(tx, &records, &report.approvers).await?;
                     // A new mainline commit is built; the build is queued in
                     // this transaction, so no merge can escape its build.
                     let build = if records.change.target_branch == access2.default_branch {
@@ -1098,24 +1062,9 @@ impl Store {
                     } else {
                         None
                     };
-                    // A weakened gate is allowed through review, but never
-                    // quietly: an admin who took no part in it reviews it.
-                    let finding = if plan.weakened.is_empty() {
-                        None
-                    } else {
-                        let mut involved: Vec<String> = records.authors.keys().map(|u| u.as_str().to_owned()).collect();
-                        involved.extend(report.approvers.iter().cloned());
-                        involved.push(actor.name.to_string());
-                        involved.sort();
-                        involved.dedup();
-                        let summary = format!(
-                            "change {}#{number} weakened the gate: {}",
-                            access2.project,
-                            plan.weakened.join("; ")
-                        );
-                        let subject = format!("change:{}/{number}", access2.project);
-                        Some(crate::findings::open(tx, "gate_weakened", Some(access2.project_id), &subject, &summary, &involved).await?)
-                    };
+                    let finding =
+                        open_weakened_finding(tx, &access2, number, &records, &report.approvers, &actor, &plan.weakened)
+                            .await?;
                     tx.audit(NewEvent {
                         actor: actor.name.to_string(),
                         action: "change.merge".into(),
@@ -1141,6 +1090,79 @@ impl Store {
             .await?;
         Ok((self.get_change(&access.project, number).await?, report))
     }
+}
+
+/// custody's own merge commit, recorded, so that later changes containing
+/// it know who made it (nobody can have pushed it).
+async fn record_own_commit(tx: &mut Tx, project_id: i64, sha: &str) -> Result<()> {
+    let (name, email) = ("custody", "custody@localhost");
+    let seal = crate::seals::CommitRecord {
+        project_id,
+        sha,
+        first_push: None,
+        pusher: None,
+        import_grant: None,
+        author: None,
+        committer: None,
+        co_authors: Vec::new(),
+    }
+    .seal(&tx.ledger_state().secrets.key);
+    let sql = tx.sql(
+        "INSERT INTO commits (project_id, sha, author_name, author_email, committer_name, committer_email, seal) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (project_id, sha) DO NOTHING",
+    );
+    sqlx::query(&sql)
+        .bind(project_id)
+        .bind(sha)
+        .bind(name)
+        .bind(email)
+        .bind(name)
+        .bind(email)
+        .bind(seal)
+        .execute(tx.conn())
+        .await?;
+    Ok(())
+}
+
+/// Who held which duty in a merged change, for the releases it goes into.
+async fn record_duties(tx: &mut Tx, records: &GateRecords, approvers: &[String]) -> Result<()> {
+    let duties = records
+        .authors
+        .keys()
+        .map(|u| (u.as_str().to_owned(), "author"))
+        .chain(approvers.iter().map(|u| (u.clone(), "reviewer")));
+    for (user, duty) in duties {
+        let sql = tx.sql(
+            "INSERT INTO change_duties (change_id, user_name, duty) VALUES ($1, $2, $3) \
+             ON CONFLICT (change_id, user_name, duty) DO NOTHING",
+        );
+        sqlx::query(&sql).bind(records.change.id).bind(user).bind(duty).execute(tx.conn()).await?;
+    }
+    Ok(())
+}
+
+/// A weakened gate is allowed through review, but never quietly: a finding
+/// opens, for an admin who took no part in it to review.
+async fn open_weakened_finding(
+    tx: &mut Tx,
+    access: &ProjectAccess,
+    number: i64,
+    records: &GateRecords,
+    approvers: &[String],
+    actor: &Authenticated,
+    weakened: &[String],
+) -> Result<Option<i64>> {
+    if weakened.is_empty() {
+        return Ok(None);
+    }
+    let mut involved: Vec<String> = records.authors.keys().map(|u| u.as_str().to_owned()).collect();
+    involved.extend(approvers.iter().cloned());
+    involved.push(actor.name.to_string());
+    involved.sort();
+    involved.dedup();
+    let summary = format!("change {}#{number} weakened the gate: {}", access.project, weakened.join("; "));
+    let subject = format!("change:{}/{number}", access.project);
+    Ok(Some(crate::findings::open(tx, "gate_weakened", Some(access.project_id), &subject, &summary, &involved).await?))
 }
 
 /// Moves the head of every change following `branch` after a push: open
