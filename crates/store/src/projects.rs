@@ -287,29 +287,7 @@ async fn insert_push(
                 })
             })
             .collect();
-        // The same statement in each dialect's JSON functions, through the
-        // one placeholder rewriting.
-        let sql = tx.sql(match tx.dialect() {
-            crate::Dialect::Sqlite => {
-                "INSERT INTO commits (project_id, sha, first_push_id, author_name, author_email, author_user_id, \
-                             committer_name, committer_email, committer_user_id, seal) \
-                             SELECT $1, json_extract(value, '$.s'), $2, json_extract(value, '$.an'), \
-                             json_extract(value, '$.ae'), json_extract(value, '$.au'), json_extract(value, '$.cn'), \
-                             json_extract(value, '$.ce'), json_extract(value, '$.cu'), json_extract(value, '$.z') \
-                             FROM json_each($3) WHERE true \
-                             ON CONFLICT (project_id, sha) DO NOTHING RETURNING sha"
-            }
-            crate::Dialect::Postgres => {
-                "INSERT INTO commits (project_id, sha, first_push_id, author_name, author_email, author_user_id, \
-                             committer_name, committer_email, committer_user_id, seal) \
-                             SELECT $1, j->>'s', $2, j->>'an', j->>'ae', (j->>'au')::bigint, j->>'cn', j->>'ce', \
-                             (j->>'cu')::bigint, j->>'z' FROM json_array_elements($3::json) AS j \
-                             ON CONFLICT (project_id, sha) DO NOTHING RETURNING sha"
-            }
-        });
-        let document = serde_json::to_string(&rows).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let query = sqlx::query_scalar::<_, String>(&sql).bind(project_id).bind(push_id).bind(document);
-        let inserted: std::collections::HashSet<String> = query.fetch_all(tx.conn()).await?.into_iter().collect();
+        let inserted = insert_commit_rows(tx, project_id, push_id, &rows).await?;
         for (commit, (author, committer)) in chunk.iter().zip(people) {
             if !inserted.contains(&commit.sha) {
                 continue;
@@ -351,6 +329,40 @@ async fn insert_push(
     })
     .await?;
     Ok(push_id)
+}
+
+/// Inserts a chunk of commits (one JSON document the database unpacks, in
+/// each dialect's JSON functions) and returns the ids it inserted: those
+/// the project did not hold yet.
+async fn insert_commit_rows(
+    tx: &mut Tx,
+    project_id: i64,
+    push_id: i64,
+    rows: &[serde_json::Value],
+) -> Result<std::collections::HashSet<String>> {
+    // The same statement in each dialect's JSON functions, through the
+    // one placeholder rewriting.
+    let sql = tx.sql(match tx.dialect() {
+        crate::Dialect::Sqlite => {
+            "INSERT INTO commits (project_id, sha, first_push_id, author_name, author_email, author_user_id, \
+                         committer_name, committer_email, committer_user_id, seal) \
+                         SELECT $1, json_extract(value, '$.s'), $2, json_extract(value, '$.an'), \
+                         json_extract(value, '$.ae'), json_extract(value, '$.au'), json_extract(value, '$.cn'), \
+                         json_extract(value, '$.ce'), json_extract(value, '$.cu'), json_extract(value, '$.z') \
+                         FROM json_each($3) WHERE true \
+                         ON CONFLICT (project_id, sha) DO NOTHING RETURNING sha"
+        }
+        crate::Dialect::Postgres => {
+            "INSERT INTO commits (project_id, sha, first_push_id, author_name, author_email, author_user_id, \
+                         committer_name, committer_email, committer_user_id, seal) \
+                         SELECT $1, j->>'s', $2, j->>'an', j->>'ae', (j->>'au')::bigint, j->>'cn', j->>'ce', \
+                         (j->>'cu')::bigint, j->>'z' FROM json_array_elements($3::json) AS j \
+                         ON CONFLICT (project_id, sha) DO NOTHING RETURNING sha"
+        }
+    });
+    let document = serde_json::to_string(rows).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let query = sqlx::query_scalar::<_, String>(&sql).bind(project_id).bind(push_id).bind(document);
+    Ok(query.fetch_all(tx.conn()).await?.into_iter().collect())
 }
 
 /// How a push was decided in the writer's transaction.
