@@ -278,36 +278,22 @@ impl Changes {
                 if let Err(why) = &facts.merge {
                     return Err(AppError::Conflict(format!("the change does not merge cleanly: {why}")));
                 }
-                let (facts, project, gate_key, merger, runs) = (
-                    facts.clone(),
-                    access.project.to_string(),
-                    gate_key.clone(),
-                    merged_by.clone(),
-                    check_runs.clone(),
-                );
-                let target = change.target_branch.clone();
-                let made = tokio::task::spawn_blocking(move || -> Result<Published, String> {
-                    let tree = facts.merge.clone()?;
-                    let mut message = format!("Merge change {project}#{number}: {}\n\n", records.change.title);
-                    message.push_str(&format!("Change: {project}#{number}\nReviewed-head: {}\n", facts.head));
-                    for approver in &report.approvers {
-                        message.push_str(&format!("Approved-by: {approver}\n"));
-                    }
-                    // The person who merged; custody stays the commit's author
-                    // and committer.
-                    message.push_str(&format!("Merged-by: {merger}\n"));
-                    let mut parents: Vec<&str> = facts.target_tip.iter().map(String::as_str).collect();
-                    parents.push(&facts.head);
-                    let commit = git::commit_tree(&repository, &tree, &parents, &message).map_err(|e| e.to_string())?;
-                    let merged = Merged { target: &target, commit: &commit, merger: &merger, checks: &runs };
-                    let statement = attestation(&project, number, &facts, &records, &report, &merged);
-                    let envelope = serde_json::to_string(&statement.sign(&gate_key)).map_err(|e| e.to_string())?;
-                    let statement = serde_json::to_value(&statement).map_err(|e| e.to_string())?;
-                    Ok(Published { commit, attestation: envelope, statement })
-                })
-                .await
-                .map_err(AppError::repository)?
-                .map_err(AppError::repository)?;
+                let preparation = Preparation {
+                    repository,
+                    project: access.project.to_string(),
+                    number,
+                    target: change.target_branch.clone(),
+                    merger: merged_by.clone(),
+                    runs: check_runs.clone(),
+                    facts: facts.clone(),
+                    records,
+                    report,
+                    gate_key: gate_key.clone(),
+                };
+                let made = tokio::task::spawn_blocking(move || prepare_merge(preparation))
+                    .await
+                    .map_err(AppError::repository)?
+                    .map_err(AppError::repository)?;
                 Some(made)
             } else {
                 None
@@ -548,6 +534,43 @@ struct RememberedGate {
     seq: i64,
     target_tip: Option<String>,
     gate: (ChangeView, GateRecords, GateReport),
+}
+
+/// What a merge commit and its attestation are made from.
+struct Preparation {
+    repository: std::path::PathBuf,
+    project: String,
+    number: i64,
+    target: String,
+    merger: String,
+    runs: Vec<CheckRecord>,
+    facts: Arc<GitFacts>,
+    records: GateRecords,
+    report: GateReport,
+    gate_key: Arc<ServiceKey>,
+}
+
+/// The merge commit (content-addressed, so making it before the writer's
+/// transaction is harmless) and its change attestation, signed with the
+/// gate key; run on a blocking thread.
+fn prepare_merge(p: Preparation) -> std::result::Result<Published, String> {
+    let Preparation { repository, project, number, target, merger, runs, facts, records, report, gate_key } = p;
+    let tree = facts.merge.clone()?;
+    let mut message = format!("Merge change {project}#{number}: {}\n\n", records.change.title);
+    message.push_str(&format!("Change: {project}#{number}\nReviewed-head: {}\n", facts.head));
+    for approver in &report.approvers {
+        message.push_str(&format!("Approved-by: {approver}\n"));
+    }
+    // The person who merged; custody stays the commit's author and committer.
+    message.push_str(&format!("Merged-by: {merger}\n"));
+    let mut parents: Vec<&str> = facts.target_tip.iter().map(String::as_str).collect();
+    parents.push(&facts.head);
+    let commit = git::commit_tree(&repository, &tree, &parents, &message).map_err(|e| e.to_string())?;
+    let merged = Merged { target: &target, commit: &commit, merger: &merger, checks: &runs };
+    let statement = attestation(&project, number, &facts, &records, &report, &merged);
+    let envelope = serde_json::to_string(&statement.sign(&gate_key)).map_err(|e| e.to_string())?;
+    let statement = serde_json::to_value(&statement).map_err(|e| e.to_string())?;
+    Ok(Published { commit, attestation: envelope, statement })
 }
 
 /// What a merge made, for its attestation.
