@@ -86,11 +86,7 @@ pub(crate) async fn check_applicable(tx: &mut Tx, action: &GrantAction) -> Resul
 }
 
 async fn keeps_an_admin(tx: &mut Tx, action: &GrantAction, target_is_admin: bool) -> Result<()> {
-    let decision = grant::decide_keeps_an_admin(action, target_is_admin, admin_count(tx).await?);
-    if !decision.allowed {
-        return Err(StoreError::Refused(decision));
-    }
-    Ok(())
+    crate::allowed(grant::decide_keeps_an_admin(action, target_is_admin, admin_count(tx).await?))
 }
 
 /// Applies a grant's action. `grant_id` is recorded on memberships.

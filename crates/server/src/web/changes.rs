@@ -153,9 +153,7 @@ fn actions(
         body.push_str("<section class=\"actions\" id=\"actions\"><h2>Your review</h2>");
         if !may_review.allowed {
             body.push_str("<div class=\"hint\" id=\"review-refusal\">");
-            for reason in &may_review.reasons {
-                body.push_str(&html::refusal_note(reason));
-            }
+            body.push_str(&html::refusal_notes(&may_review));
             body.push_str("</div>");
         } else {
             let authorship = records.authors.get(&visitor.auth.name).map(|reasons| {
@@ -185,9 +183,7 @@ fn actions(
                      <button type=\"submit\" name=\"verdict\" value=\"comment\" id=\"comment\">Comment</button></div>\
                      <div id=\"approve-refusal\">",
                 );
-                for reason in &own.reasons {
-                    body.push_str(&html::refusal_note(reason));
-                }
+                body.push_str(&html::refusal_notes(&own));
                 body.push_str("</div>");
             }
             body.push_str("</form>");

@@ -163,9 +163,7 @@ async fn waiting_deployment(
     );
     if !member.allowed {
         body.push_str("<div class=\"hint decide-refusal\">");
-        for reason in &member.reasons {
-            body.push_str(&html::refusal_note(reason));
-        }
+        body.push_str(&html::refusal_notes(&member));
         body.push_str("</div></section>");
         return Ok(body);
     }

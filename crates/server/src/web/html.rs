@@ -242,6 +242,11 @@ pub fn refusal_note(reason: &Reason) -> String {
     out
 }
 
+/// A refused decision's reasons, each as a refusal note.
+pub fn refusal_notes(decision: &custody_domain::Decision) -> String {
+    decision.reasons.iter().map(refusal_note).collect()
+}
+
 /// The opening of a POST form to `action` with the visitor's CSRF token.
 pub fn form(action: &str, visitor: &Visitor, class: &str) -> String {
     format!(
