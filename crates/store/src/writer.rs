@@ -138,7 +138,37 @@ async fn commit_group(
     state: &Arc<LedgerState>,
     ledger: &mut Frontier,
 ) -> Option<AnyConnection> {
-    let mut tx = Tx {
+    let mut tx = new_tx(dialect, conn, state, ledger);
+    let mut answers = Answers { each: Vec::with_capacity(group.len()), transient: None };
+    match write_group(&mut tx, group, state, ledger, &mut answers).await {
+        Ok(tree) => {
+            publish_commit(&mut tx, tree, jobs, state, ledger, answers);
+            Some(tx.conn)
+        }
+        Err(error) => fail_group(tx, error, group, state, answers).await,
+    }
+}
+
+/// What a group's operations answered, held until the group commits or fails.
+struct Answers {
+    /// Each operation's caller, with what the operation itself gave.
+    each: Vec<(oneshot::Sender<Result<Erased>>, Result<Erased>)>,
+    /// An operation that failed because the database would not take its
+    /// writes (read-only, full, gone): the writer is not well, even when the
+    /// group's empty remainder commits.
+    transient: Option<String>,
+}
+
+/// Where the transaction stood before an operation, to roll a failed one back to.
+struct Mark {
+    next_seq: i64,
+    jobs_queued: bool,
+    undo: usize,
+}
+
+/// The group's transaction before BEGIN: nothing appended yet, at the head of the last commit.
+fn new_tx(dialect: Dialect, conn: AnyConnection, state: &Arc<LedgerState>, ledger: &Frontier) -> Tx {
+    Tx {
         conn,
         dialect,
         next_seq: 0,
@@ -149,116 +179,166 @@ async fn commit_group(
         undo: Vec::new(),
         head: (ledger.size(), ledger.root()),
         touched: Default::default(),
-    };
-    let mut frontier: Option<Frontier> = None;
-    // An operation that failed because the database would not take its
-    // writes (read-only, full, gone): the writer is not well, even when the
-    // group's empty remainder commits.
-    let mut transient: Option<String> = None;
-    let mut answers: Vec<(oneshot::Sender<Result<Erased>>, Result<Erased>)> = Vec::with_capacity(group.len());
-
-    let outcome: Result<()> = async {
-        if let Some(why) = state.halted() {
-            return Err(StoreError::Tampered(why));
-        }
-        dialect.begin_write(&mut tx.conn).await?;
-        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_events").fetch_one(&mut tx.conn).await?;
-        let last = last.unwrap_or(0);
-        tx.next_seq = last + 1;
-        let mut tree = ledger.clone();
-        if tree.size() != last as u64 {
-            prove_appended(&mut tx, &mut tree, last).await?;
-        }
-        tx.head = (tree.size(), tree.root());
-        // Releasing one operation's savepoint and opening the next one's
-        // share a round trip; COMMIT releases the last.
-        let mut open = false;
-        for job in group.drain(..) {
-            let savepoint = if open { "RELEASE SAVEPOINT op; SAVEPOINT op" } else { "SAVEPOINT op" };
-            tx.conn.execute(savepoint).await?;
-            open = true;
-            let (seq_before, queued_before, undo_before) = (tx.next_seq, tx.jobs_queued, tx.undo.len());
-            let outcome = match (job.op)(&mut tx).await {
-                Ok(value) => crate::seals::seal_touched(&mut tx).await.map(|()| value),
-                Err(error) => Err(error),
-            };
-            match outcome {
-                Ok(value) => answers.push((job.done, Ok(value))),
-                Err(error) => {
-                    if error.is_transient() {
-                        transient = Some(error.to_string());
-                    }
-                    tx.touched.clear();
-                    tx.conn.execute("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op").await?;
-                    open = false;
-                    tx.next_seq = seq_before;
-                    tx.jobs_queued = queued_before;
-                    tx.undo_to(undo_before);
-                    tx.leaves.truncate((seq_before - last - 1) as usize);
-                    answers.push((job.done, Err(error)));
-                }
-            }
-        }
-        let mut nodes = Vec::with_capacity(2 * tx.leaves.len());
-        for leaf in tx.leaves.drain(..) {
-            tree.push(leaf, |id, hash| nodes.push((id, hash)));
-        }
-        crate::ledger::insert_nodes(&mut tx.conn, dialect, &nodes).await?;
-        tx.conn.execute("COMMIT").await?;
-        frontier = Some(tree);
-        Ok(())
     }
-    .await;
+}
 
-    match outcome {
-        Ok(()) => {
-            let tree = frontier.expect("a committed group has its tree");
-            let grew = tree.size() != ledger.size();
-            *ledger = tree;
-            state.committed(tx.newest.drain());
-            *state.write_failure.lock().unwrap_or_else(|e| e.into_inner()) = transient;
-            if grew {
-                let anchor = Anchor { size: ledger.size(), root: ledger.root(), legacy: state.legacy.max(0) as u64 };
-                if let Err(error) = state.secrets.anchor.save(&anchor) {
-                    // The commit stands; an anchor behind the database only
-                    // weakens the check of a later restore, never blocks it.
-                    tracing::error!(%error, "could not anchor the ledger's new tree head");
-                }
-            }
-            if tx.jobs_queued {
-                jobs.notify_waiters();
-            }
-            for (done, answer) in answers {
-                let _ = done.send(answer);
-            }
-            Some(tx.conn)
+/// Runs the whole group in one transaction and commits it; the proven tree after COMMIT.
+async fn write_group(
+    tx: &mut Tx,
+    group: &mut Vec<Job>,
+    state: &Arc<LedgerState>,
+    ledger: &Frontier,
+    answers: &mut Answers,
+) -> Result<Frontier> {
+    let (mut tree, last) = begin(tx, state, ledger).await?;
+    run_operations(tx, group, last, answers).await?;
+    commit_with_tree(tx, &mut tree).await?;
+    Ok(tree)
+}
+
+/// Opens the transaction and proves what others appended; the tree so far and the last seq.
+async fn begin(tx: &mut Tx, state: &Arc<LedgerState>, ledger: &Frontier) -> Result<(Frontier, i64)> {
+    if let Some(why) = state.halted() {
+        return Err(StoreError::Tampered(why));
+    }
+    tx.dialect.begin_write(&mut tx.conn).await?;
+    let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_events").fetch_one(&mut tx.conn).await?;
+    let last = last.unwrap_or(0);
+    tx.next_seq = last + 1;
+    let mut tree = ledger.clone();
+    if tree.size() != last as u64 {
+        prove_appended(tx, &mut tree, last).await?;
+    }
+    tx.head = (tree.size(), tree.root());
+    Ok((tree, last))
+}
+
+/// Runs each operation of the group in a savepoint of its own, keeping its answer.
+async fn run_operations(tx: &mut Tx, group: &mut Vec<Job>, last: i64, answers: &mut Answers) -> Result<()> {
+    // Releasing one operation's savepoint and opening the next one's
+    // share a round trip; COMMIT releases the last.
+    let mut open = false;
+    for job in group.drain(..) {
+        let savepoint = if open { "RELEASE SAVEPOINT op; SAVEPOINT op" } else { "SAVEPOINT op" };
+        tx.conn.execute(savepoint).await?;
+        open = run_in_savepoint(tx, job, last, answers).await?;
+    }
+    Ok(())
+}
+
+/// Runs one operation in its open savepoint; whether the savepoint is still open (it succeeded).
+async fn run_in_savepoint(tx: &mut Tx, job: Job, last: i64, answers: &mut Answers) -> Result<bool> {
+    let mark = Mark { next_seq: tx.next_seq, jobs_queued: tx.jobs_queued, undo: tx.undo.len() };
+    match run_sealed(tx, job.op).await {
+        Ok(value) => {
+            answers.each.push((job.done, Ok(value)));
+            Ok(true)
         }
         Err(error) => {
-            tracing::error!(%error, "write transaction failed; rolling back the whole group");
-            let usable = tx.conn.execute("ROLLBACK").await.is_ok() && !matches!(error, StoreError::Tampered(_));
-            let tampered = matches!(error, StoreError::Tampered(_));
-            let message = match &error {
-                StoreError::Tampered(what) => what.clone(),
-                other => other.to_string(),
-            };
-            *state.write_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(message.clone());
-            let failed = || match tampered {
-                true => StoreError::Tampered(message.clone()),
-                false => StoreError::Unavailable(format!("write transaction failed: {message}")),
-            };
-            for (done, answer) in answers {
-                // Operations that failed on their own keep their own error.
-                let _ = done.send(match answer {
-                    Ok(_) => Err(failed()),
-                    Err(own) => Err(own),
-                });
+            if error.is_transient() {
+                answers.transient = Some(error.to_string());
             }
-            for job in group.drain(..) {
-                let _ = job.done.send(Err(failed()));
-            }
-            usable.then_some(tx.conn)
+            roll_back_operation(tx, mark, last).await?;
+            answers.each.push((job.done, Err(error)));
+            Ok(false)
         }
     }
+}
+
+/// Runs one operation, then seals the subjects it wrote about.
+async fn run_sealed(tx: &mut Tx, op: Op) -> Result<Erased> {
+    let value = op(tx).await?;
+    crate::seals::seal_touched(tx).await?;
+    Ok(value)
+}
+
+/// Undoes a failed operation: its writes, its events and the jobs it queued, back to `mark`.
+async fn roll_back_operation(tx: &mut Tx, mark: Mark, last: i64) -> Result<()> {
+    tx.touched.clear();
+    tx.conn.execute("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op").await?;
+    tx.next_seq = mark.next_seq;
+    tx.jobs_queued = mark.jobs_queued;
+    tx.undo_to(mark.undo);
+    tx.leaves.truncate((mark.next_seq - last - 1) as usize);
+    Ok(())
+}
+
+/// Hashes the group's events into `tree`, stores the tree's new nodes, and commits.
+async fn commit_with_tree(tx: &mut Tx, tree: &mut Frontier) -> Result<()> {
+    let mut nodes = Vec::with_capacity(2 * tx.leaves.len());
+    for leaf in tx.leaves.drain(..) {
+        tree.push(leaf, |id, hash| nodes.push((id, hash)));
+    }
+    crate::ledger::insert_nodes(&mut tx.conn, tx.dialect, &nodes).await?;
+    tx.conn.execute("COMMIT").await?;
+    Ok(())
+}
+
+/// After COMMIT: the ledger takes the new tree, its head is anchored, and every caller is answered.
+fn publish_commit(
+    tx: &mut Tx,
+    tree: Frontier,
+    jobs: &Notify,
+    state: &Arc<LedgerState>,
+    ledger: &mut Frontier,
+    answers: Answers,
+) {
+    let grew = tree.size() != ledger.size();
+    *ledger = tree;
+    state.committed(tx.newest.drain());
+    *state.write_failure.lock().unwrap_or_else(|e| e.into_inner()) = answers.transient;
+    if grew {
+        anchor_head(state, ledger);
+    }
+    if tx.jobs_queued {
+        jobs.notify_waiters();
+    }
+    for (done, answer) in answers.each {
+        let _ = done.send(answer);
+    }
+}
+
+/// Saves the ledger's new tree head outside the database.
+fn anchor_head(state: &LedgerState, ledger: &Frontier) {
+    let anchor = Anchor { size: ledger.size(), root: ledger.root(), legacy: state.legacy.max(0) as u64 };
+    if let Err(error) = state.secrets.anchor.save(&anchor) {
+        // The commit stands; an anchor behind the database only
+        // weakens the check of a later restore, never blocks it.
+        tracing::error!(%error, "could not anchor the ledger's new tree head");
+    }
+}
+
+/// Rolls back a failed group and tells every caller; the connection when it is still usable.
+async fn fail_group(
+    mut tx: Tx,
+    error: StoreError,
+    group: &mut Vec<Job>,
+    state: &LedgerState,
+    answers: Answers,
+) -> Option<AnyConnection> {
+    tracing::error!(%error, "write transaction failed; rolling back the whole group");
+    let usable = tx.conn.execute("ROLLBACK").await.is_ok() && !matches!(error, StoreError::Tampered(_));
+    let tampered = matches!(error, StoreError::Tampered(_));
+    let message = match &error {
+        StoreError::Tampered(what) => what.clone(),
+        other => other.to_string(),
+    };
+    *state.write_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(message.clone());
+    let failed = || match tampered {
+        true => StoreError::Tampered(message.clone()),
+        false => StoreError::Unavailable(format!("write transaction failed: {message}")),
+    };
+    for (done, answer) in answers.each {
+        // Operations that failed on their own keep their own error.
+        let _ = done.send(match answer {
+            Ok(_) => Err(failed()),
+            Err(own) => Err(own),
+        });
+    }
+    for job in group.drain(..) {
+        let _ = job.done.send(Err(failed()));
+    }
+    usable.then_some(tx.conn)
 }
 
 /// Proves the events appended since this writer's last commit (by another
