@@ -19,7 +19,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
-use tokio::process::Command;
+use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
 use crate::cgroup::{Hit, JobGroup};
@@ -373,41 +373,52 @@ pub async fn run_streaming(
     limits: &Limits,
     output: Option<mpsc::UnboundedSender<Vec<u8>>>,
 ) -> Result<Finished, SandboxError> {
-    let bwrap =
-        ["/usr/bin/bwrap", "/bin/bwrap"].into_iter().find(|p| Path::new(p).exists()).ok_or(SandboxError::Missing)?;
+    let bwrap = bwrap()?;
     workspace.hand_over().map_err(SandboxError::Start)?;
     let job_uid = workspace.job_uid();
-    // The kernel's cap on all of the job's processes together, where custody
-    // can make one (as root); the rlimits below are the floor either way.
-    let group = match &workspace.slot {
-        Some(slot) => match JobGroup::create(slot.number, limits.memory_bytes, limits.processes) {
-            Ok(group) => group,
-            Err(error) => {
-                tracing::warn!(%error, "cannot make the job's control group; its memory is not capped");
-                None
-            }
-        },
-        None => None,
-    };
+    let group = control_group(workspace, limits);
     // Held open until the job has started.
     let entry_files = match &group {
         Some(group) => group.entry_files().map_err(SandboxError::Start)?,
         None => Vec::new(),
     };
     let entries: Vec<i32> = entry_files.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
-    let floor = Floor {
-        file_bytes: limits.max_file_bytes,
-        cpu_seconds: limits.cpu_time.as_secs().max(1),
-        // RLIMIT_NPROC counts every task of the real uid: a job's own uid has
-        // only the job's; custody's own user also has custody's.
-        processes: match job_uid {
-            Some(_) => u64::from(limits.processes),
-            None => u64::from(limits.processes) + tasks_of_this_user(),
-        },
-    };
+    let floor = Floor::for_job(limits, job_uid);
+    let mut sandbox = sandbox_command(bwrap, workspace.path(), command, env, limits);
+    confine(&mut sandbox, entries, floor, job_uid);
+    let mut child = sandbox.spawn().map_err(SandboxError::Start)?;
+    drop(entry_files);
+    let notice = output.clone();
+    let mut finished = wait_or_kill(&mut child, output, limits.timeout).await;
+    finished.limit = limit_hit(group.as_ref(), &finished, limits);
+    note_limit(&mut finished, notice.as_ref());
+    remove_group(group).await;
+    Ok(finished)
+}
+
+/// Where bubblewrap is installed on this host.
+fn bwrap() -> Result<&'static str, SandboxError> {
+    ["/usr/bin/bwrap", "/bin/bwrap"].into_iter().find(|p| Path::new(p).exists()).ok_or(SandboxError::Missing)
+}
+
+/// The kernel's cap on all of the job's processes together, where custody can make one (as root).
+fn control_group(workspace: &Workspace, limits: &Limits) -> Option<JobGroup> {
+    // The rlimits of the job's [`Floor`] hold either way.
+    let slot = workspace.slot.as_ref()?;
+    match JobGroup::create(slot.number, limits.memory_bytes, limits.processes) {
+        Ok(group) => group,
+        Err(error) => {
+            tracing::warn!(%error, "cannot make the job's control group; its memory is not capped");
+            None
+        }
+    }
+}
+
+/// bubblewrap running `command` with `sh -c` in `workspace`, its output piped, in a process group of its own.
+fn sandbox_command(bwrap: &str, workspace: &Path, command: &str, env: &[(String, String)], limits: &Limits) -> Command {
     let mut sandbox = Command::new(bwrap);
     sandbox
-        .args(arguments(workspace.path(), env, limits))
+        .args(arguments(workspace, env, limits))
         .args(["--", "/bin/sh", "-c", &format!("exec 2>&1; {command}")])
         .env_clear()
         .stdin(Stdio::null())
@@ -416,11 +427,15 @@ pub async fn run_streaming(
         .kill_on_drop(true)
         // Its own process group, so that a timeout kills all of it.
         .process_group(0);
+    sandbox
+}
+
+/// Between fork and exec: join the control group, close inherited descriptors, apply the floor, take the job's uid.
+fn confine(sandbox: &mut Command, entries: Vec<i32>, floor: Floor, job_uid: Option<u32>) {
     // SAFETY: only async-signal-safe calls (write, close_range or fcntl,
     // setrlimit, setgroups, setgid, setuid) between fork and exec, on
     // memory allocated before the fork.
     unsafe {
-        let entries = entries.clone();
         sandbox.pre_exec(move || {
             for fd in &entries {
                 // `0` is the writing process: the job joins its group
@@ -444,12 +459,17 @@ pub async fn run_streaming(
             Ok(())
         });
     }
-    let mut child = sandbox.spawn().map_err(SandboxError::Start)?;
-    drop(entry_files);
+}
+
+/// Reads the job's output until it exits, or kills it when `timeout` passes first.
+async fn wait_or_kill(
+    child: &mut Child,
+    output: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    timeout: Duration,
+) -> Finished {
     let group_id = child.id();
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
-    let notice = output.clone();
     let reading = async {
         let (mut out, err) = tokio::join!(
             read_capped(&mut stdout, LOG_LIMIT, output.clone()),
@@ -458,13 +478,13 @@ pub async fn run_streaming(
         out.extend(err);
         out
     };
-    let waited = tokio::time::timeout(limits.timeout, async {
+    let waited = tokio::time::timeout(timeout, async {
         let output = reading.await;
         let status = child.wait().await;
         (output, status)
     })
     .await;
-    let mut finished = match waited {
+    match waited {
         Ok((output, status)) => Finished {
             exit_code: status.ok().and_then(|s| s.code()),
             timed_out: false,
@@ -472,24 +492,33 @@ pub async fn run_streaming(
             limit: None,
         },
         Err(_) => {
-            // The whole group goes; bwrap's death also ends the sandbox's
-            // pid namespace, and with it every process the script started.
-            if let Some(pid) = group_id {
-                // SAFETY: kill(2) on a process group id we created.
-                unsafe {
-                    libc::kill(-(pid as i32), libc::SIGKILL);
-                }
-            }
-            let _ = child.kill().await;
+            kill_job(group_id, child).await;
             Finished {
                 exit_code: None,
                 timed_out: true,
-                log: format!("killed after the timeout of {} s\n", limits.timeout.as_secs()),
+                log: format!("killed after the timeout of {} s\n", timeout.as_secs()),
                 limit: None,
             }
         }
-    };
-    finished.limit = match group.as_ref().and_then(JobGroup::hit) {
+    }
+}
+
+/// Kills the job's whole process group, then bubblewrap itself.
+async fn kill_job(group_id: Option<u32>, child: &mut Child) {
+    // The whole group goes; bwrap's death also ends the sandbox's
+    // pid namespace, and with it every process the script started.
+    if let Some(pid) = group_id {
+        // SAFETY: kill(2) on a process group id we created.
+        unsafe {
+            libc::kill(-(pid as i32), libc::SIGKILL);
+        }
+    }
+    let _ = child.kill().await;
+}
+
+/// The resource limit the job ran into, as its control group, exit code or log tell it.
+fn limit_hit(group: Option<&JobGroup>, finished: &Finished, limits: &Limits) -> Option<String> {
+    match group.and_then(JobGroup::hit) {
         Some(Hit::Memory) => Some(format!("its memory limit of {}", bytes(limits.memory_bytes))),
         Some(Hit::Processes) => Some(format!("its limit of {} processes", limits.processes)),
         // 128 + SIGXCPU: a process ran out of CPU time.
@@ -499,7 +528,11 @@ pub async fn run_streaming(
         // A fork refused under RLIMIT_NPROC leaves no other sign.
         None if forks_refused(&finished.log) => Some(format!("its limit of {} processes", limits.processes)),
         None => None,
-    };
+    }
+}
+
+/// Says at the end of the log, and of the stream, which limit stopped the job.
+fn note_limit(finished: &mut Finished, notice: Option<&mpsc::UnboundedSender<Vec<u8>>>) {
     if let Some(limit) = &finished.limit {
         let line = format!("\ncustody: the job ran into {limit} and was stopped\n");
         if let Some(notice) = notice {
@@ -508,11 +541,13 @@ pub async fn run_streaming(
         }
         finished.log.push_str(&line);
     }
-    // Removing the group waits for its last tasks to be reaped.
+}
+
+/// Removes the job's control group, on a blocking thread: it waits for its last tasks to be reaped.
+async fn remove_group(group: Option<JobGroup>) {
     if let Some(group) = group {
         let _ = tokio::task::spawn_blocking(move || drop(group)).await;
     }
-    Ok(finished)
 }
 
 /// Whether a shell said that a fork was refused.
@@ -551,6 +586,20 @@ struct Floor {
 }
 
 impl Floor {
+    /// The floor of a job with `limits`, running as `job_uid` or else as custody's own user.
+    fn for_job(limits: &Limits, job_uid: Option<u32>) -> Floor {
+        Floor {
+            file_bytes: limits.max_file_bytes,
+            cpu_seconds: limits.cpu_time.as_secs().max(1),
+            // RLIMIT_NPROC counts every task of the real uid: a job's own uid has
+            // only the job's; custody's own user also has custody's.
+            processes: match job_uid {
+                Some(_) => u64::from(limits.processes),
+                None => u64::from(limits.processes) + tasks_of_this_user(),
+            },
+        }
+    }
+
     fn apply(&self) -> std::io::Result<()> {
         let set = |resource, soft: u64, hard: u64| {
             let limit = libc::rlimit { rlim_cur: soft as libc::rlim_t, rlim_max: hard as libc::rlim_t };
