@@ -91,33 +91,51 @@ impl Builder {
     /// Runs one build to its outcome; every failure is an outcome with a
     /// reason, never a panic.
     pub async fn build(&self, lease: &LeasedBuild) -> BuildOutcome {
-        let failed = |status: BuildStatus, reason: String| BuildOutcome {
-            status,
-            reason: Some(reason),
-            ..BuildOutcome::default()
+        let plan = match self.plan(lease).await {
+            Prepared::Run(plan) => plan,
+            Prepared::Skip(reason) => return stopped(BuildOutcome::default(), BuildStatus::Skipped, reason),
+            Prepared::Fail(outcome) => return outcome,
         };
+        let mut outcome = unfinished(&plan);
+        let finished = match self.run_script(lease, &plan).await {
+            Ok(finished) => finished,
+            Err(error) => return stopped(outcome, BuildStatus::Error, error.to_string()),
+        };
+        outcome.exit_code = finished.exit_code.map(i64::from);
+        if let Some(reason) = failure(&finished, &plan) {
+            return stopped(outcome, BuildStatus::Failed, reason);
+        }
+        let found = match collect_artifacts(&plan).await {
+            Ok(found) => found,
+            Err((status, reason)) => return stopped(outcome, status, reason),
+        };
+        let artifacts = match self.store_artifacts(found).await {
+            Ok(artifacts) => artifacts,
+            Err(reason) => return stopped(outcome, BuildStatus::Error, reason),
+        };
+        outcome.provenance = Some(self.provenance(lease, &plan, &artifacts));
+        outcome.status = BuildStatus::Succeeded;
+        outcome.artifacts = artifacts;
+        outcome
+    }
+
+    /// Prepares the leased build on a blocking thread: the pipeline as its commit defines it, checked out.
+    async fn plan(&self, lease: &LeasedBuild) -> Prepared {
+        let errored = |reason: String| Prepared::Fail(stopped(BuildOutcome::default(), BuildStatus::Error, reason));
         let Ok(project) = ProjectName::parse(&lease.project) else {
-            return failed(BuildStatus::Error, format!("project name {:?} is not valid", lease.project));
+            return errored(format!("project name {:?} is not valid", lease.project));
         };
         let repository = self.repositories.path(&project);
         let commit = lease.commit.clone();
-        let prepared = tokio::task::spawn_blocking(move || prepare(&repository, &commit)).await;
-        let plan = match prepared {
-            Ok(Ok(Prepared::Run(plan))) => plan,
-            Ok(Ok(Prepared::Skip(reason))) => return failed(BuildStatus::Skipped, reason),
-            Ok(Ok(Prepared::Fail(outcome))) => return outcome,
-            Ok(Err(message)) => return failed(BuildStatus::Error, message),
-            Err(_) => return failed(BuildStatus::Error, "preparing the build failed".into()),
-        };
-        let mut outcome = BuildOutcome {
-            status: BuildStatus::Failed,
-            command: Some(plan.command.clone()),
-            network: Some(plan.network),
-            pipeline_digest: Some(plan.pipeline_digest.clone()),
-            script_digest: plan.script.as_ref().map(|(_, d)| d.clone()),
-            ..BuildOutcome::default()
-        };
+        match tokio::task::spawn_blocking(move || prepare(&repository, &commit)).await {
+            Ok(Ok(prepared)) => prepared,
+            Ok(Err(message)) => errored(message),
+            Err(_) => errored("preparing the build failed".into()),
+        }
+    }
 
+    /// Runs the build command in the sandbox, streaming its output to the build's log.
+    async fn run_script(&self, lease: &LeasedBuild, plan: &Plan) -> Result<sandbox::Finished, sandbox::SandboxError> {
         let build_id = lease.number.to_string();
         let job = Job { kind: JobKind::Build, project: &lease.project, commit: &lease.commit, build: &build_id };
         let env = script_environment(&job, Path::new("/work"));
@@ -129,60 +147,22 @@ impl Builder {
         let streaming = self.stream_log(lease, receiver);
         let running = sandbox::run_streaming(&plan.workspace, &plan.command, &env, &limits, Some(sender));
         let (finished, ()) = tokio::join!(running, streaming);
-        let finished = match finished {
-            Ok(finished) => finished,
-            Err(error) => {
-                outcome.status = BuildStatus::Error;
-                outcome.reason = Some(error.to_string());
-                return outcome;
-            }
-        };
-        outcome.exit_code = finished.exit_code.map(i64::from);
-        if let Some(limit) = &finished.limit {
-            outcome.reason = Some(format!("the build ran into {limit} and was stopped; see the log"));
-            return outcome;
-        }
-        if finished.timed_out {
-            outcome.reason =
-                Some(format!("the build ran past its timeout of {} and was killed", humanize(plan.timeout)));
-            return outcome;
-        }
-        if finished.exit_code != Some(0) {
-            outcome.reason = Some(match finished.exit_code {
-                Some(code) => format!("the build command `{}` exited with code {code}; see the log", plan.command),
-                None => format!("the build command `{}` was killed by a signal; see the log", plan.command),
-            });
-            return outcome;
-        }
+        finished
+    }
 
-        let workspace = plan.workspace.path().to_path_buf();
-        let globs = plan.artifacts.clone();
-        let found = tokio::task::spawn_blocking(move || collect(&workspace, &globs)).await;
-        let found = match found {
-            Ok(Ok(found)) => found,
-            Ok(Err(reason)) => {
-                outcome.reason = Some(reason);
-                return outcome;
-            }
-            Err(_) => {
-                outcome.status = BuildStatus::Error;
-                outcome.reason = Some("collecting the artifacts failed".into());
-                return outcome;
-            }
-        };
+    /// Stores each artifact in the blob store; the reason when one cannot be stored.
+    async fn store_artifacts(&self, found: Vec<(String, PathBuf)>) -> Result<Vec<NewArtifact>, String> {
         let mut artifacts = Vec::with_capacity(found.len());
         for (name, path) in found {
-            match self.blobs.ingest(&path).await {
-                Ok(stored) => {
-                    artifacts.push(NewArtifact { name, digest: stored.digest.to_string(), size: stored.size as i64 })
-                }
-                Err(error) => {
-                    outcome.status = BuildStatus::Error;
-                    outcome.reason = Some(format!("storing artifact {name} failed: {error}"));
-                    return outcome;
-                }
-            }
+            let stored =
+                self.blobs.ingest(&path).await.map_err(|error| format!("storing artifact {name} failed: {error}"))?;
+            artifacts.push(NewArtifact { name, digest: stored.digest.to_string(), size: stored.size as i64 });
         }
+        Ok(artifacts)
+    }
+
+    /// The SLSA provenance of the build's artifacts, signed with the builder key, as JSON.
+    fn provenance(&self, lease: &LeasedBuild, plan: &Plan, artifacts: &[NewArtifact]) -> String {
         let facts = BuildFacts {
             artifacts: artifacts.iter().map(|a| (a.name.clone(), a.digest.clone())).collect(),
             instance: self.instance.clone(),
@@ -204,10 +184,7 @@ impl Builder {
             finished_on: Timestamp::from_millis(custody_store::now_ms()).to_string(),
         };
         let envelope = facts.statement().sign(&self.key);
-        outcome.provenance = Some(serde_json::to_string(&envelope).unwrap_or_default());
-        outcome.status = BuildStatus::Succeeded;
-        outcome.artifacts = artifacts;
-        outcome
+        serde_json::to_string(&envelope).unwrap_or_default()
     }
 
     /// Writes the build's output to its log as it arrives, a batch at a time.
@@ -238,6 +215,51 @@ impl Builder {
                 return;
             }
         }
+    }
+}
+
+/// `outcome`, ended early with `status` for `reason`.
+fn stopped(mut outcome: BuildOutcome, status: BuildStatus, reason: String) -> BuildOutcome {
+    outcome.status = status;
+    outcome.reason = Some(reason);
+    outcome
+}
+
+/// The outcome of a build of `plan` that has not succeeded (yet): what it runs, and how.
+fn unfinished(plan: &Plan) -> BuildOutcome {
+    BuildOutcome {
+        status: BuildStatus::Failed,
+        command: Some(plan.command.clone()),
+        network: Some(plan.network),
+        pipeline_digest: Some(plan.pipeline_digest.clone()),
+        script_digest: plan.script.as_ref().map(|(_, d)| d.clone()),
+        ..BuildOutcome::default()
+    }
+}
+
+/// Why a build command that ran failed, if it did: a limit, its timeout, or its exit.
+fn failure(finished: &sandbox::Finished, plan: &Plan) -> Option<String> {
+    if let Some(limit) = &finished.limit {
+        return Some(format!("the build ran into {limit} and was stopped; see the log"));
+    }
+    if finished.timed_out {
+        return Some(format!("the build ran past its timeout of {} and was killed", humanize(plan.timeout)));
+    }
+    match finished.exit_code {
+        Some(0) => None,
+        Some(code) => Some(format!("the build command `{}` exited with code {code}; see the log", plan.command)),
+        None => Some(format!("the build command `{}` was killed by a signal; see the log", plan.command)),
+    }
+}
+
+/// The artifacts the build left in its workspace, looked for on a blocking thread.
+async fn collect_artifacts(plan: &Plan) -> Result<Vec<(String, PathBuf)>, (BuildStatus, String)> {
+    let workspace = plan.workspace.path().to_path_buf();
+    let globs = plan.artifacts.clone();
+    match tokio::task::spawn_blocking(move || collect(&workspace, &globs)).await {
+        Ok(Ok(found)) => Ok(found),
+        Ok(Err(reason)) => Err((BuildStatus::Failed, reason)),
+        Err(_) => Err((BuildStatus::Error, "collecting the artifacts failed".into())),
     }
 }
 
