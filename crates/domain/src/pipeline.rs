@@ -270,48 +270,79 @@ impl Reader<'_> {
 
 /// Reads and validates a pipeline file.
 pub fn parse(text: &str) -> Result<Pipeline, PipelineError> {
-    let file: File = toml::from_str(text).map_err(|e| {
-        let reader = Reader { text };
-        match e.span() {
-            Some(span) => reader.at(span, e.message().to_owned()),
-            None => PipelineError { location: None, message: e.message().to_owned() },
-        }
-    })?;
     let reader = Reader { text };
+    let file = reader.file()?;
     let mut pipeline = Pipeline::default();
     if let Some(review) = file.review {
-        if let Some(approvals) = &review.approvals {
-            pipeline.approvals = reader.count(approvals, 1, "review.approvals")?;
-        }
-        for rule in review.rule {
-            let span = rule.span();
-            let rule = rule.into_inner();
-            if rule.paths.get_ref().is_empty() {
-                return Err(reader.at(span, "a rule needs at least one path pattern"));
-            }
-            pipeline.rules.push(PathRule {
-                paths: rule.paths.get_ref().iter().map(|p| reader.glob(p)).collect::<Result<_, _>>()?,
-                group: reader.group(&rule.group)?,
-                approvals: match &rule.approvals {
-                    Some(a) => reader.count(a, 1, "rule approvals")?,
-                    None => 1,
-                },
-            });
-        }
+        reader.review_table(review, &mut pipeline)?;
     }
     if let Some(section) = file.pipeline {
-        pipeline.owners = section.owners.as_ref().map(|g| reader.group(g)).transpose()?;
-        pipeline.owned = section.owned.iter().map(|p| reader.glob(p)).collect::<Result<_, _>>()?;
-        pipeline.check = section.check.as_ref().map(|c| reader.command(c)).transpose()?;
-        pipeline.build = section.build.as_ref().map(|c| reader.command(c)).transpose()?;
-        pipeline.artifacts = section.artifacts.iter().map(|p| reader.glob(p)).collect::<Result<_, _>>()?;
+        reader.pipeline_table(&section, &mut pipeline)?;
+    }
+    pipeline.environments = reader.environments(file.environment)?;
+    owners_named(&pipeline)?;
+    Ok(pipeline)
+}
+
+impl Reader<'_> {
+    /// The file's sections as TOML reads them, strictly.
+    fn file(&self) -> Result<File, PipelineError> {
+        toml::from_str(self.text).map_err(|e| match e.span() {
+            Some(span) => self.at(span, e.message().to_owned()),
+            None => PipelineError { location: None, message: e.message().to_owned() },
+        })
+    }
+
+    /// The `[review]` table: the approvals every change needs, and its rules.
+    fn review_table(&self, review: ReviewSection, pipeline: &mut Pipeline) -> Result<(), PipelineError> {
+        if let Some(approvals) = &review.approvals {
+            pipeline.approvals = self.count(approvals, 1, "review.approvals")?;
+        }
+        for rule in review.rule {
+            pipeline.rules.push(self.rule(rule)?);
+        }
+        Ok(())
+    }
+
+    /// One `[[review.rule]]`: at least one path pattern, a group, and its approvals.
+    fn rule(&self, rule: toml::Spanned<RuleSection>) -> Result<PathRule, PipelineError> {
+        let span = rule.span();
+        let rule = rule.into_inner();
+        if rule.paths.get_ref().is_empty() {
+            return Err(self.at(span, "a rule needs at least one path pattern"));
+        }
+        Ok(PathRule {
+            paths: self.globs(rule.paths.get_ref())?,
+            group: self.group(&rule.group)?,
+            approvals: match &rule.approvals {
+                Some(a) => self.count(a, 1, "rule approvals")?,
+                None => 1,
+            },
+        })
+    }
+
+    /// The `[pipeline]` table: owners, scripts, artifacts and how jobs run.
+    fn pipeline_table(&self, section: &PipelineSection, pipeline: &mut Pipeline) -> Result<(), PipelineError> {
+        pipeline.owners = section.owners.as_ref().map(|g| self.group(g)).transpose()?;
+        pipeline.owned = self.globs(&section.owned)?;
+        pipeline.check = section.check.as_ref().map(|c| self.command(c)).transpose()?;
+        pipeline.build = section.build.as_ref().map(|c| self.command(c)).transpose()?;
+        pipeline.artifacts = self.globs(&section.artifacts)?;
         if let Some(timeout) = &section.timeout {
-            pipeline.timeout = reader.duration(timeout)?;
+            pipeline.timeout = self.duration(timeout)?;
         }
         pipeline.network = section.network.unwrap_or(false);
+        pipeline.resources = self.resources(section)?;
+        pipeline.check_inputs = self.globs(&section.check_inputs)?;
+        Ok(())
+    }
+
+    /// What one job may use: `memory`, `processes` and `cpu_time`, each within its range.
+    fn resources(&self, section: &PipelineSection) -> Result<Resources, PipelineError> {
+        let mut resources = Resources::default();
         if let Some(memory) = &section.memory {
             let bytes = parse_size(memory.get_ref()).filter(|b| *b >= 16 << 20).ok_or_else(|| {
-                reader.at(
+                self.at(
                     memory.span(),
                     format!(
                         "memory = {:?} is not a size of at least 16MiB; write it like 512MiB or 4GiB",
@@ -319,69 +350,99 @@ pub fn parse(text: &str) -> Result<Pipeline, PipelineError> {
                     ),
                 )
             })?;
-            pipeline.resources.memory_bytes = Some(bytes);
+            resources.memory_bytes = Some(bytes);
         }
         if let Some(processes) = &section.processes {
             let n = *processes.get_ref();
             if !(8..=1_000_000).contains(&n) {
-                return Err(reader.at(processes.span(), format!("processes must be between 8 and 1000000, not {n}")));
+                return Err(self.at(processes.span(), format!("processes must be between 8 and 1000000, not {n}")));
             }
-            pipeline.resources.processes = Some(n as u32);
+            resources.processes = Some(n as u32);
         }
         if let Some(cpu_time) = &section.cpu_time {
-            pipeline.resources.cpu_time = Some(reader.duration(cpu_time)?).filter(|d| !d.is_zero());
-            if pipeline.resources.cpu_time.is_none() {
-                return Err(reader.at(cpu_time.span(), "cpu_time must be longer than zero"));
+            resources.cpu_time = Some(self.duration(cpu_time)?).filter(|d| !d.is_zero());
+            if resources.cpu_time.is_none() {
+                return Err(self.at(cpu_time.span(), "cpu_time must be longer than zero"));
             }
         }
-        pipeline.check_inputs = section.check_inputs.iter().map(|p| reader.glob(p)).collect::<Result<_, _>>()?;
+        Ok(resources)
     }
-    let mut names: Vec<String> = Vec::new();
-    for environment in file.environment {
-        let environment = environment.into_inner();
-        let name = environment.name.get_ref().clone();
-        if crate::name::check_environment_name(&name).is_err() {
-            return Err(reader.at(
-                environment.name.span(),
-                format!("environment name {name:?} is not valid: {}", crate::name::NAME_RULE),
-            ));
+
+    /// The `[[environment]]` tables, in order.
+    fn environments(
+        &self,
+        sections: Vec<toml::Spanned<EnvironmentSection>>,
+    ) -> Result<Vec<Environment>, PipelineError> {
+        let mut environments: Vec<Environment> = Vec::new();
+        for section in sections {
+            let environment = self.environment(section.into_inner(), &environments)?;
+            environments.push(environment);
         }
-        if names.contains(&name) {
-            return Err(reader.at(environment.name.span(), format!("environment {name} is defined twice")));
-        }
+        Ok(environments)
+    }
+
+    /// One `[[environment]]`, read after the environments defined `above` it.
+    fn environment(
+        &self,
+        environment: EnvironmentSection,
+        above: &[Environment],
+    ) -> Result<Environment, PipelineError> {
+        let name = self.environment_name(&environment.name, above)?;
         if let Some(after) = &environment.after {
             // Naming only environments defined above rules out cycles.
-            if !names.contains(after.get_ref()) {
-                return Err(reader.at(
+            if !above.iter().any(|e| &e.name == after.get_ref()) {
+                return Err(self.at(
                     after.span(),
                     format!("after = {:?} names no environment defined above this one", after.get_ref()),
                 ));
             }
         }
         let approvals = match &environment.approvals {
-            Some(a) => reader.count(a, 0, "approvals")?,
+            Some(a) => self.count(a, 0, "approvals")?,
             None => 0,
         };
-        let approvers = environment.approvers.as_ref().map(|g| reader.group(g)).transpose()?;
+        let approvers = environment.approvers.as_ref().map(|g| self.group(g)).transpose()?;
         if approvals > 0 && approvers.is_none() {
-            return Err(reader.at(
+            return Err(self.at(
                 environment.name.span(),
                 format!("environment {name} needs approvals but names no approvers group"),
             ));
         }
-        pipeline.environments.push(Environment {
-            deploy: environment.deploy.as_ref().map(|c| reader.command(c)).transpose()?,
+        Ok(Environment {
+            deploy: environment.deploy.as_ref().map(|c| self.command(c)).transpose()?,
             after: environment.after.map(|a| a.into_inner()),
             approvals,
             approvers,
-            testers: environment.testers.as_ref().map(|g| reader.group(g)).transpose()?,
-            soak: environment.soak.as_ref().map(|s| reader.duration(s)).transpose()?,
+            testers: environment.testers.as_ref().map(|g| self.group(g)).transpose()?,
+            soak: environment.soak.as_ref().map(|s| self.duration(s)).transpose()?,
             reviewers_may_approve: environment.reviewers_may_approve.unwrap_or(false),
-            log_readers: environment.log_readers.as_ref().map(|g| reader.group(g)).transpose()?,
-            name: name.clone(),
-        });
-        names.push(name);
+            log_readers: environment.log_readers.as_ref().map(|g| self.group(g)).transpose()?,
+            name,
+        })
     }
+
+    /// An environment's name: valid, and not one of the environments defined `above` it.
+    fn environment_name(&self, name: &toml::Spanned<String>, above: &[Environment]) -> Result<String, PipelineError> {
+        let text = name.get_ref().clone();
+        if crate::name::check_environment_name(&text).is_err() {
+            return Err(
+                self.at(name.span(), format!("environment name {text:?} is not valid: {}", crate::name::NAME_RULE))
+            );
+        }
+        if above.iter().any(|e| e.name == text) {
+            return Err(self.at(name.span(), format!("environment {text} is defined twice")));
+        }
+        Ok(text)
+    }
+
+    /// Each pattern of a list, read as a glob.
+    fn globs(&self, values: &[toml::Spanned<String>]) -> Result<Vec<Glob>, PipelineError> {
+        values.iter().map(|p| self.glob(p)).collect()
+    }
+}
+
+/// Refuses scripts or owned paths without an owners group to approve changes to them.
+fn owners_named(pipeline: &Pipeline) -> Result<(), PipelineError> {
     if pipeline.owners.is_none() && (!pipeline.owned.is_empty() || pipeline.check.is_some() || pipeline.build.is_some())
     {
         // Without owners, nobody could ever approve a change to the
@@ -391,7 +452,7 @@ pub fn parse(text: &str) -> Result<Pipeline, PipelineError> {
             message: "[pipeline] names scripts or owned paths but no owners group to approve changes to them".into(),
         });
     }
-    Ok(pipeline)
+    Ok(())
 }
 
 /// How `after` weakens a gate `before` set, one line each (empty when it
