@@ -153,7 +153,7 @@ pub async fn build(client: &Client, command: BuildCommand, out: Output) -> Resul
             let mut after = 0i64;
             let mut stdout = std::io::stdout();
             loop {
-                let page = client.get(&format!("{base}?after={after}")).await?;
+                let page: Value = client.get(&format!("{base}?after={after}")).await?;
                 for chunk in page["chunks"].as_array().into_iter().flatten() {
                     let data = chunk["data"].as_str().unwrap_or("");
                     if out.json {
@@ -190,7 +190,7 @@ pub async fn artifact(client: &Client, command: ArtifactCommand, out: Output) ->
         }
         ArtifactCommand::Show { project, digest: text } => {
             let digest = digest(&text)?;
-            let artifact = client.get(&project_path(&project, &format!("/artifacts/{digest}"))?).await?;
+            let artifact: Value = client.get(&project_path(&project, &format!("/artifacts/{digest}"))?).await?;
             out.show(&artifact, |a| {
                 let mut lines = vec![format!("sha256:{}  {} bytes", digest, a["size"])];
                 for build in a["builds"].as_array().into_iter().flatten() {
@@ -215,7 +215,8 @@ pub async fn artifact(client: &Client, command: ArtifactCommand, out: Output) ->
         }
         ArtifactCommand::Provenance { project, digest: text } => {
             let digest = digest(&text)?;
-            let envelope = client.get(&project_path(&project, &format!("/artifacts/{digest}/provenance"))?).await?;
+            let envelope: Value =
+                client.get(&project_path(&project, &format!("/artifacts/{digest}/provenance"))?).await?;
             out.show(&envelope, |e| serde_json::to_string_pretty(e).unwrap_or_default());
         }
         ArtifactCommand::Verify(args) => {
@@ -223,7 +224,7 @@ pub async fn artifact(client: &Client, command: ArtifactCommand, out: Output) ->
                 Some(text) => format!("/api/v1/artifacts/verify?digest={}", digest(text)?),
                 None => "/api/v1/artifacts/verify".to_owned(),
             };
-            let checks = client.get(&path).await?;
+            let checks: Value = client.get(&path).await?;
             let checks = checks.as_array().cloned().unwrap_or_default();
             let damaged: Vec<&Value> =
                 checks.iter().filter(|c| matches!(c["state"].as_str(), Some("damaged" | "missing"))).collect();

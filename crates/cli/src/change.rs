@@ -180,7 +180,7 @@ pub async fn run(client: &Client, command: ChangeCommand, out: Output) -> Result
     match command {
         ChangeCommand::Open { project, source, target, title, message } => {
             let body = custody_api::OpenChangeRequest { source, target, title, description: message };
-            let made =
+            let made: Value =
                 client.submit(&format!("/api/v1/projects/{}/changes", ProjectName::parse(&project)?), &body).await?;
             out.show(&made, |c| format!("opened change {}\n{}", c["number"], change_line(c)));
         }
@@ -213,11 +213,11 @@ pub async fn run(client: &Client, command: ChangeCommand, out: Output) -> Result
             }
         }
         ChangeCommand::Close { project, number } => {
-            let change = client.post(&path(&project, number, "/close")?, json!(null)).await?;
+            let change: Value = client.post(&path(&project, number, "/close")?).await?;
             out.show(&change, |c| format!("closed change {}", c["number"]));
         }
         ChangeCommand::Reopen { project, number } => {
-            let change = client.post(&path(&project, number, "/reopen")?, json!(null)).await?;
+            let change: Value = client.post(&path(&project, number, "/reopen")?).await?;
             out.show(&change, |c| format!("reopened change {}", c["number"]));
         }
         ChangeCommand::Review(args) => {
@@ -235,7 +235,7 @@ pub async fn run(client: &Client, command: ChangeCommand, out: Output) -> Result
                 message: args.message.clone(),
                 head: args.head.clone(),
             };
-            let review = client.submit(&path(&args.project, args.number, "/reviews")?, &body).await?;
+            let review: Value = client.submit(&path(&args.project, args.number, "/reviews")?, &body).await?;
             out.show(&review, |r| {
                 format!(
                     "{} recorded at head {}",
@@ -256,7 +256,8 @@ pub async fn run(client: &Client, command: ChangeCommand, out: Output) -> Result
             }
         }
         ChangeCommand::Checks { project, number, log } => {
-            let runs = client.get(&path(&project, number, if log { "/checks?log=true" } else { "/checks" })?).await?;
+            let runs: Value =
+                client.get(&path(&project, number, if log { "/checks?log=true" } else { "/checks" })?).await?;
             let runs = runs.as_array().cloned().unwrap_or_default();
             out.list(
                 &runs,
@@ -278,13 +279,13 @@ pub async fn run(client: &Client, command: ChangeCommand, out: Output) -> Result
             );
         }
         ChangeCommand::Attestation { project, number } => {
-            let envelope = client.get(&path(&project, number, "/attestation")?).await?;
+            let envelope: Value = client.get(&path(&project, number, "/attestation")?).await?;
             // An envelope is for machines in any case: always JSON.
             out.print_json(&envelope);
         }
         ChangeCommand::Queue { project } => {
             let name = ProjectName::parse(&project)?;
-            let queue = client.get(&format!("/api/v1/projects/{name}/merge-queue")).await?;
+            let queue: Value = client.get(&format!("/api/v1/projects/{name}/merge-queue")).await?;
             out.show(&queue, |q| {
                 let mut text = String::new();
                 for moving in q["moving"].as_array().into_iter().flatten() {
@@ -317,7 +318,7 @@ pub async fn run(client: &Client, command: ChangeCommand, out: Output) -> Result
                 (true, false) => "/merge?auto=true",
                 (false, false) => "/merge",
             };
-            let merged = client.call(Method::POST, &path(&project, number, rest)?, Some(&json!(null))).await?;
+            let merged: Value = client.call(Method::POST, &path(&project, number, rest)?, Some(&json!(null))).await?;
             out.show(&merged, |m| {
                 if m["auto_merge"].as_bool() == Some(true) {
                     format!(

@@ -1,6 +1,9 @@
 //! A client of custody's JSON API.
 
+use custody_api::Page;
 use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::Credentials;
@@ -43,13 +46,18 @@ impl Client {
         &self.base
     }
 
-    /// Sends a request and returns the JSON answer (null for 204).
-    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, Failure> {
+    /// Sends a request and reads the JSON answer as `R` (a 204 reads as
+    /// null). An answer of another shape is a failure that says so, never
+    /// a field read as empty.
+    pub async fn call<R: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<R, Failure> {
         let text = self.send(method, path, body).await?;
-        if text.is_empty() {
-            return Ok(Value::Null);
-        }
-        serde_json::from_str(&text).map_err(|e| Failure::internal(format!("the server sent invalid JSON: {e}")))
+        let text = if text.is_empty() { "null" } else { text.as_str() };
+        serde_json::from_str(text).map_err(|e| Failure::internal(format!("the server's answer to {path} is not what this command line reads ({e}); is the server a different version?")))
     }
 
     /// Sends a request with the token; a server that cannot be reached is a failure.
@@ -110,34 +118,34 @@ impl Client {
     }
 
     /// GET.
-    pub async fn get(&self, path: &str) -> Result<Value, Failure> {
+    pub async fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R, Failure> {
         self.call(Method::GET, path, None).await
     }
 
-    /// POST with a JSON body.
-    pub async fn post(&self, path: &str, body: Value) -> Result<Value, Failure> {
-        self.call(Method::POST, path, Some(&body)).await
+    /// POST with no body of note.
+    pub async fn post<R: DeserializeOwned>(&self, path: &str) -> Result<R, Failure> {
+        self.call(Method::POST, path, Some(&Value::Null)).await
     }
 
     /// POST of one of the API's request types.
-    pub async fn submit<T: serde::Serialize>(&self, path: &str, request: &T) -> Result<Value, Failure> {
+    pub async fn submit<R: DeserializeOwned>(&self, path: &str, request: &impl Serialize) -> Result<R, Failure> {
         self.submit_as(Method::POST, path, request).await
     }
 
     /// `method` with one of the API's request types as its body.
-    pub async fn submit_as<T: serde::Serialize>(
+    pub async fn submit_as<R: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
-        request: &T,
-    ) -> Result<Value, Failure> {
+        request: &impl Serialize,
+    ) -> Result<R, Failure> {
         let body =
             serde_json::to_value(request).map_err(|e| Failure::internal(format!("cannot encode the request: {e}")))?;
         self.call(method, path, Some(&body)).await
     }
 
     /// Every item of a paginated list, following `next_cursor`.
-    pub async fn list(&self, path: &str) -> Result<Vec<Value>, Failure> {
+    pub async fn list<T: DeserializeOwned>(&self, path: &str) -> Result<Vec<T>, Failure> {
         let mut items = Vec::new();
         let separator = if path.contains('?') { '&' } else { '?' };
         let mut after: Option<i64> = None;
@@ -146,11 +154,9 @@ impl Client {
                 Some(cursor) => format!("{path}{separator}limit=500&after={cursor}"),
                 None => format!("{path}{separator}limit=500"),
             };
-            let page = self.get(&page_path).await?;
-            if let Some(list) = page.get("items").and_then(Value::as_array) {
-                items.extend(list.iter().cloned());
-            }
-            match page.get("next_cursor").and_then(Value::as_i64) {
+            let page: Page<T> = self.get(&page_path).await?;
+            items.extend(page.items);
+            match page.next_cursor {
                 Some(cursor) => after = Some(cursor),
                 None => return Ok(items),
             }

@@ -25,7 +25,7 @@ impl Output {
     }
 
     /// Prints `value` as JSON, or `text(value)` for people.
-    pub fn show(&self, value: &Value, text: impl FnOnce(&Value) -> String) {
+    pub fn show<T: serde::Serialize>(&self, value: &T, text: impl FnOnce(&T) -> String) {
         if self.json {
             self.print_json(value);
         } else {
@@ -34,7 +34,7 @@ impl Output {
     }
 
     /// Prints a list as a JSON array, or one line per item.
-    pub fn list(&self, items: &[Value], line: impl Fn(&Value) -> String, empty: &str) {
+    pub fn list<T: serde::Serialize>(&self, items: &[T], line: impl Fn(&T) -> String, empty: &str) {
         if self.json {
             self.print_json(&items);
         } else if items.is_empty() {
@@ -134,7 +134,7 @@ pub async fn login(server: Option<String>, args: LoginArgs, out: Output) -> Resu
         }
     };
     let client = Client::new(&server, Some(token.clone()))?;
-    let me = client.get("/api/v1/me").await?;
+    let me: Value = client.get("/api/v1/me").await?;
     stored.server = Some(client.base().to_owned());
     stored.token = Some(token);
     let path = stored.save()?;
@@ -189,7 +189,7 @@ fn user_text(user: &Value) -> String {
 }
 
 pub async fn whoami(client: &Client, out: Output) -> Result<(), Failure> {
-    let me = client.get("/api/v1/me").await?;
+    let me: Value = client.get("/api/v1/me").await?;
     out.show(&me, user_text);
     Ok(())
 }
@@ -222,7 +222,7 @@ pub async fn user(client: &Client, command: UserCommand, out: Output) -> Result<
         UserCommand::Add { name, email, display_name } => {
             UserName::parse(&name)?;
             Email::parse(&email)?;
-            let created =
+            let created: Value =
                 client.submit("/api/v1/users", &custody_api::CreateUserRequest { name, email, display_name }).await?;
             out.show(&created, |c| {
                 let grant = &c["grant"];
@@ -250,8 +250,7 @@ pub async fn user(client: &Client, command: UserCommand, out: Output) -> Result<
             out.show(&user, user_text);
         }
         UserCommand::Disable { name } => {
-            let outcome =
-                client.post(&format!("/api/v1/users/{}/disable", UserName::parse(&name)?), json!(null)).await?;
+            let outcome: Value = client.post(&format!("/api/v1/users/{}/disable", UserName::parse(&name)?)).await?;
             out.show(&outcome, |o| match o.get("grant").filter(|g| !g.is_null()) {
                 Some(grant) if s(grant, "status") == "pending" => {
                     format!("disabling {name} is grant {}, pending a second admin", grant["id"])
@@ -264,7 +263,9 @@ pub async fn user(client: &Client, command: UserCommand, out: Output) -> Result<
                 eprintln!("new password (at least 12 characters), then Enter:");
             }
             let password = read_line("password")?;
-            client.submit_as(Method::PUT, "/api/v1/me/password", &custody_api::PasswordRequest { password }).await?;
+            client
+                .submit_as::<Value>(Method::PUT, "/api/v1/me/password", &custody_api::PasswordRequest { password })
+                .await?;
             out.show(&json!({ "password_set": true }), |_| "password set".into());
         }
     }
@@ -333,7 +334,7 @@ pub async fn token(server: Option<String>, command: TokenCommand, out: Output) -
             let tokens = client.list("/api/v1/tokens").await?;
             out.list(
                 &tokens,
-                |t| {
+                |t: &Value| {
                     let state = if !t["revoked_at"].is_null() {
                         "revoked".to_owned()
                     } else if let Some(expiry) = t["expires_at"].as_str() {
@@ -353,7 +354,7 @@ pub async fn token(server: Option<String>, command: TokenCommand, out: Output) -
             );
         }
         TokenCommand::Revoke { id } => {
-            client.call(Method::DELETE, &format!("/api/v1/tokens/{id}"), None).await?;
+            client.call::<Value>(Method::DELETE, &format!("/api/v1/tokens/{id}"), None).await?;
             out.show(&json!({ "revoked": id }), |_| format!("token {id} revoked"));
         }
     }
@@ -486,11 +487,11 @@ pub async fn grant(client: &Client, command: GrantCommand, out: Output) -> Resul
             out.show(&grant, grant_line);
         }
         GrantCommand::Approve { id } => {
-            let grant = client.post(&format!("/api/v1/grants/{id}/approve"), json!(null)).await?;
+            let grant: Value = client.post(&format!("/api/v1/grants/{id}/approve")).await?;
             out.show(&grant, |g| format!("approved and applied grant {}: {}", g["id"], s(g, "description")));
         }
         GrantCommand::Reject { id, message } => {
-            let grant = client
+            let grant: Value = client
                 .submit(&format!("/api/v1/grants/{id}/reject"), &custody_api::RejectRequest { note: message })
                 .await?;
             out.show(&grant, |g| format!("rejected grant {}: {}", g["id"], s(g, "description")));
@@ -605,7 +606,7 @@ pub async fn audit(server: Option<String>, command: AuditCommand, out: Output) -
     let events = client.list(&path).await?;
     out.list(
         &events,
-        |e| {
+        |e: &Value| {
             format!(
                 "{:>6}  {}  {:<12} {:<22} {}  {}",
                 e["seq"],

@@ -197,7 +197,7 @@ fn finding_line(f: &Value) -> String {
 pub async fn finding(client: &Client, command: FindingCommand, out: Output) -> Result<(), Failure> {
     match command {
         FindingCommand::List { open } => {
-            let list = client.get(if open { "/api/v1/findings?open=true" } else { "/api/v1/findings" }).await?;
+            let list: Value = client.get(if open { "/api/v1/findings?open=true" } else { "/api/v1/findings" }).await?;
             out.list(list.as_array().map_or(&[][..], Vec::as_slice), finding_line, "no findings");
         }
         FindingCommand::Resolve { id, message } => {
@@ -236,7 +236,7 @@ pub async fn secret(client: &Client, command: SecretCommand, out: Output) -> Res
                     "no value on standard input: pipe the secret in, e.g. `custody secret set P ENV NAME < file`",
                 ));
             }
-            let answer = client
+            let answer: Value = client
                 .submit(
                     &path(&project, &format!("/environments/{environment}/secrets"))?,
                     &custody_api::SecretRequest { name: name.clone(), value },
@@ -252,7 +252,7 @@ pub async fn secret(client: &Client, command: SecretCommand, out: Output) -> Res
             });
         }
         SecretCommand::List { project, environment } => {
-            let list = client.get(&path(&project, &format!("/environments/{environment}/secrets"))?).await?;
+            let list: Value = client.get(&path(&project, &format!("/environments/{environment}/secrets"))?).await?;
             out.list(
                 list.as_array().map_or(&[][..], Vec::as_slice),
                 |s| {
@@ -277,7 +277,7 @@ pub async fn secret(client: &Client, command: SecretCommand, out: Output) -> Res
 pub async fn env(client: &Client, command: EnvCommand, out: Output) -> Result<(), Failure> {
     match command {
         EnvCommand::List { project } => {
-            let list = client.get(&path(&project, "/environments")?).await?;
+            let list: Value = client.get(&path(&project, "/environments")?).await?;
             out.list(list.as_array().map_or(&[][..], Vec::as_slice), environment_line, "no environments defined");
         }
         EnvCommand::Show { project, environment } => {
@@ -306,7 +306,7 @@ pub async fn deploy(client: &Client, command: DeployCommand, out: Output) -> Res
     match command {
         DeployCommand::List { project, environment } => {
             let query = environment.map(|e| format!("?environment={e}")).unwrap_or_default();
-            let list = client.get(&path(&project, &format!("/deployments{query}"))?).await?;
+            let list: Value = client.get(&path(&project, &format!("/deployments{query}"))?).await?;
             out.list(list.as_array().map_or(&[][..], Vec::as_slice), deployment_line, "no deployments yet");
         }
         DeployCommand::Show { project, number } => {
@@ -337,7 +337,7 @@ pub async fn deploy(client: &Client, command: DeployCommand, out: Output) -> Res
             out.show(&answer, gate_text);
         }
         DeployCommand::Approve { project, number, message } => {
-            let answer = client
+            let answer: Value = client
                 .submit(
                     &path(&project, &format!("/deployments/{number}/approve"))?,
                     &custody_api::DecisionRequest { message },
@@ -346,7 +346,7 @@ pub async fn deploy(client: &Client, command: DeployCommand, out: Output) -> Res
             out.show(&answer, gate_text);
         }
         DeployCommand::Reject { project, number, message } => {
-            let answer = client
+            let answer: Value = client
                 .submit(
                     &path(&project, &format!("/deployments/{number}/reject"))?,
                     &custody_api::DecisionRequest { message: Some(message) },
@@ -361,7 +361,7 @@ pub async fn deploy(client: &Client, command: DeployCommand, out: Output) -> Res
             out.show(&answer, gate_text);
         }
         DeployCommand::Cancel { project, number, message } => {
-            let answer = client
+            let answer: Value = client
                 .submit(
                     &path(&project, &format!("/deployments/{number}/cancel"))?,
                     &custody_api::DecisionRequest { message },
@@ -370,11 +370,11 @@ pub async fn deploy(client: &Client, command: DeployCommand, out: Output) -> Res
             out.show(&answer, deployment_text);
         }
         DeployCommand::Log { project, number } => {
-            let record = client.get(&path(&project, &format!("/deployments/{number}/record"))?).await?;
+            let record: Value = client.get(&path(&project, &format!("/deployments/{number}/record"))?).await?;
             out.show(&record, |r| r["log"].as_str().unwrap_or("").trim_end().to_owned());
         }
         DeployCommand::Attestation { project, number } => {
-            let record = client.get(&path(&project, &format!("/deployments/{number}/record"))?).await?;
+            let record: Value = client.get(&path(&project, &format!("/deployments/{number}/record"))?).await?;
             if record["attestation"].is_null() {
                 return Err(Failure::input(format!("deployment {number} has not run, so it has no attestation yet")));
             }

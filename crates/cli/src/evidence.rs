@@ -72,7 +72,7 @@ fn write_out(output: Option<&Path>, text: &str) -> Result<(), Failure> {
 pub async fn trust(client: &Client, command: TrustCommand) -> Result<(), Failure> {
     match command {
         TrustCommand::Export { output } => {
-            let root = client.get("/api/v1/trust").await?;
+            let root: serde_json::Value = client.get("/api/v1/trust").await?;
             let text = serde_json::to_string_pretty(&root).unwrap_or_default() + "\n";
             write_out(output.as_deref(), &text)
         }

@@ -52,7 +52,7 @@ fn read_verifier(path: &Path) -> Result<NoteVerifier, Failure> {
 
 /// `custody audit checkpoint`: the newest signed checkpoint.
 pub async fn checkpoint(client: &Client, key: Option<PathBuf>, out: Output) -> Result<(), Failure> {
-    let answer = client.get("/api/v1/audit/checkpoint").await?;
+    let answer: Value = client.get("/api/v1/audit/checkpoint").await?;
     if let Some(path) = key {
         let note = answer["note"].as_str().unwrap_or_default();
         read_verifier(&path)?.open(note).map_err(|e| damaged(format!("the server's checkpoint: {e}")))?;
@@ -72,11 +72,11 @@ pub async fn proof(client: &Client, seq: i64, size: Option<u64>, out: Output) ->
         Some(size) => format!("/api/v1/audit/proof/{seq}?size={size}"),
         None => format!("/api/v1/audit/proof/{seq}"),
     };
-    let answer = client.get(&path).await?;
+    let answer: Value = client.get(&path).await?;
     let tree_size = answer["tree_size"].as_u64().ok_or_else(|| Failure::internal("the proof has no tree size"))?;
     let leaf = hash_of(&answer["leaf_hash"], "leaf hash")?;
     let hashes = hashes_of(&answer["hashes"])?;
-    let events = client.get(&format!("/api/v1/audit/events?after={}&limit=1", seq - 1)).await?;
+    let events: Value = client.get(&format!("/api/v1/audit/events?after={}&limit=1", seq - 1)).await?;
     let event = events["items"].get(0).filter(|e| e["seq"].as_i64() == Some(seq));
     let event = event.ok_or_else(|| damaged(format!("the server lists no event {seq}")))?;
     let at_ms = custody_domain::Timestamp::parse_rfc3339(event["at"].as_str().unwrap_or_default())
@@ -126,7 +126,7 @@ fn leaf_of(event: &Value, at_ms: i64) -> Hash {
 /// `custody audit consistency OLD NEW`: the proof that the tree of OLD
 /// events is a prefix of the tree of NEW events.
 pub async fn consistency(client: &Client, old: u64, new: u64, out: Output) -> Result<(), Failure> {
-    let answer = client.get(&format!("/api/v1/audit/consistency?old={old}&new={new}")).await?;
+    let answer: Value = client.get(&format!("/api/v1/audit/consistency?old={old}&new={new}")).await?;
     let hashes = hashes_of(&answer["hashes"])?;
     if out.json {
         out.print_json(&answer);
@@ -285,7 +285,7 @@ pub async fn watch(client: &Client, state_file: &Path, key: Option<PathBuf>, out
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(Failure::input(format!("{}: {e}", state_file.display()))),
     };
-    let answer = client.get("/api/v1/audit/checkpoint").await?;
+    let answer: Value = client.get("/api/v1/audit/checkpoint").await?;
     let mut pinned_now = false;
     let verifier = match (&key, &saved) {
         (Some(path), _) => read_verifier(path)?,
@@ -317,7 +317,7 @@ pub async fn watch(client: &Client, state_file: &Path, key: Option<PathBuf>, out
         let hashes = if latest.size == saved.size {
             Vec::new()
         } else {
-            let proof =
+            let proof: Value =
                 client.get(&format!("/api/v1/audit/consistency?old={}&new={}", saved.size, latest.size)).await?;
             hashes_of(&proof["hashes"])?
         };
@@ -363,7 +363,7 @@ pub async fn watch(client: &Client, state_file: &Path, key: Option<PathBuf>, out
 /// `custody audit export`: one JSON line per event, each with its inclusion
 /// proof and the checkpoint it proves against.
 pub async fn export(client: &Client, since: Option<String>, until: Option<String>) -> Result<(), Failure> {
-    let checkpoint = client.get("/api/v1/audit/checkpoint").await?;
+    let checkpoint: Value = client.get("/api/v1/audit/checkpoint").await?;
     let size = checkpoint["size"].as_u64().ok_or_else(|| Failure::internal("the checkpoint has no size"))?;
     let note = checkpoint["note"].as_str().unwrap_or_default().to_owned();
     let mut path = format!("/api/v1/audit/export?size={size}");
@@ -373,7 +373,7 @@ pub async fn export(client: &Client, since: Option<String>, until: Option<String
     if let Some(until) = until {
         path.push_str(&format!("&until={}", crate::commands::point_in_time(&until)?));
     }
-    for item in client.list(&path).await? {
+    for item in client.list::<Value>(&path).await? {
         let line = json!({
             "event": {
                 "seq": item["seq"], "at": item["at"], "at_ms": item["at_ms"], "actor": item["actor"],

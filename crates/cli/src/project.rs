@@ -92,7 +92,7 @@ pub async fn run(client: &Client, command: ProjectCommand, out: Output) -> Resul
             // A relative path means the caller's directory, when the server shares this machine.
             let import = import.map(|p| std::fs::canonicalize(&p).map(|c| c.display().to_string()).unwrap_or(p));
             let body = custody_api::CreateProjectRequest { name, default_branch: Some(default_branch), import };
-            let made = client.submit("/api/v1/projects", &body).await?;
+            let made: Value = client.submit("/api/v1/projects", &body).await?;
             out.show(&made, |p| {
                 let mut text = format!(
                     "project {} created; clone it with: git clone {}",
@@ -110,7 +110,9 @@ pub async fn run(client: &Client, command: ProjectCommand, out: Output) -> Resul
             let projects = client.list("/api/v1/projects").await?;
             out.list(
                 &projects,
-                |p| format!("{:<24} {}", p["name"].as_str().unwrap_or(""), p["clone_url"].as_str().unwrap_or("")),
+                |p: &Value| {
+                    format!("{:<24} {}", p["name"].as_str().unwrap_or(""), p["clone_url"].as_str().unwrap_or(""))
+                },
                 "no projects",
             );
         }
@@ -173,7 +175,7 @@ pub async fn run(client: &Client, command: ProjectCommand, out: Output) -> Resul
             let pushes = client.list(&format!("/api/v1/projects/{}/pushes", ProjectName::parse(&name)?)).await?;
             out.list(
                 &pushes,
-                |p| {
+                |p: &Value| {
                     let refs: Vec<String> = p["updates"]
                         .as_array()
                         .map(|u| {
@@ -202,7 +204,8 @@ pub async fn run(client: &Client, command: ProjectCommand, out: Output) -> Resul
             );
         }
         ProjectCommand::Commit { name, sha } => {
-            let commit = client.get(&format!("/api/v1/projects/{}/commits/{sha}", ProjectName::parse(&name)?)).await?;
+            let commit: Value =
+                client.get(&format!("/api/v1/projects/{}/commits/{sha}", ProjectName::parse(&name)?)).await?;
             out.show(&commit, |c| {
                 let co: Vec<String> =
                     c["co_authors"].as_array().map(|a| a.iter().map(identity).collect()).unwrap_or_default();

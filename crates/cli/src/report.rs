@@ -392,7 +392,7 @@ fn html_blocks(out: &mut String, blocks: &[Block]) {
 pub async fn report(client: &Client, args: ReportArgs, out: Output) -> Result<(), Failure> {
     let from = instant(&args.from, false)?;
     let to = instant(&args.to, true)?;
-    let mut data = client.get(&format!("/api/v1/report?from={}&to={}", encode(&from), encode(&to))).await?;
+    let mut data: Value = client.get(&format!("/api/v1/report?from={}&to={}", encode(&from), encode(&to))).await?;
     data["controls"] = controls();
     let rendered = match args.format {
         Format::Json => serde_json::to_string_pretty(&data).unwrap_or_default() + "\n",

@@ -68,6 +68,6 @@ impl Store {
                     .map_err(|e| StoreError::Corrupt(format!("audit event details: {e}")))?,
             });
         }
-        Ok(Page::from_items(events, page, |e| e.seq))
+        Ok(crate::page_of(events, page, |e| e.seq))
     }
 }

@@ -9,9 +9,9 @@
 //! fails with the reason. A worker that lost its lease can no longer write
 //! the build's log or finish it.
 
+use custody_api::{ArtifactView, BuildView, LogChunk};
 use custody_domain::audit::{NewEvent, SYSTEM_ACTOR};
 use custody_domain::{ProjectName, Timestamp};
-use serde::Serialize;
 use serde_json::json;
 
 use crate::lookups::ProjectAccess;
@@ -24,69 +24,6 @@ pub const MAX_ATTEMPTS: i64 = 3;
 
 /// The PostgreSQL notification channel that wakes workers.
 pub const JOBS_CHANNEL: &str = "custody_jobs";
-
-/// A build as shown.
-#[derive(Clone, Debug, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct BuildView {
-    /// The build's number in its project.
-    pub number: i64,
-    /// The project.
-    pub project: String,
-    /// The mainline commit built.
-    pub commit: String,
-    /// The branch it was merged into.
-    pub branch: String,
-    /// The change whose merge made the commit.
-    pub change: Option<i64>,
-    /// `queued`, `running`, `succeeded`, `failed`, `error` or `skipped`.
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
-    pub status: custody_domain::status::BuildStatus,
-    /// Why it failed, erred or was skipped.
-    pub reason: Option<String>,
-    /// How many times a worker took it.
-    pub attempt: i64,
-    /// The worker that ran (or runs) it.
-    pub worker: Option<String>,
-    /// When it was queued.
-    pub queued_at: Timestamp,
-    /// When its last attempt started.
-    pub started_at: Option<Timestamp>,
-    /// When it finished.
-    pub finished_at: Option<Timestamp>,
-    /// The build command, as the pipeline file at the commit names it.
-    pub command: Option<String>,
-    /// Whether the build could reach the network.
-    pub network: Option<bool>,
-    /// sha256 of the pipeline file at the commit.
-    pub pipeline_digest: Option<String>,
-    /// sha256 of the build script at the commit.
-    pub script_digest: Option<String>,
-    /// The build command's exit code.
-    pub exit_code: Option<i64>,
-    /// The artifacts it made.
-    pub artifacts: Vec<ArtifactView>,
-}
-
-/// An artifact in the repository.
-#[derive(Clone, Debug, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct ArtifactView {
-    /// The project.
-    pub project: String,
-    /// The build that made it.
-    pub build: i64,
-    /// Its path in the build's workspace.
-    pub name: String,
-    /// sha256 of its content, hex.
-    pub digest: String,
-    /// Its size in bytes.
-    pub size: i64,
-    /// The commit it was built from.
-    pub commit: String,
-    /// When the build stored it.
-    pub created_at: Timestamp,
-}
 
 /// A build a worker has leased.
 #[derive(Clone, Debug)]
@@ -141,16 +78,6 @@ pub struct BuildOutcome {
     pub artifacts: Vec<NewArtifact>,
     /// The signed provenance (a DSSE envelope, JSON).
     pub provenance: Option<String>,
-}
-
-/// One piece of a build's log.
-#[derive(Clone, Debug, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct LogChunk {
-    /// Its position; ask for chunks after it to follow the log.
-    pub seq: i64,
-    /// The text.
-    pub data: String,
 }
 
 /// Queues a build of `commit` in the caller's transaction and wakes the
@@ -601,7 +528,7 @@ impl Store {
             .fetch_all(self.readers())
             .await?;
         let items = rows.iter().map(build_view).collect::<Result<Vec<_>>>()?;
-        Ok(Page::from_items(items, page, |b| b.number))
+        Ok(crate::page_of(items, page, |b| b.number))
     }
 
     /// One build, with its artifacts.

@@ -2,107 +2,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use custody_api::{AuthorReason, ChangeView, ReviewView};
 use custody_domain::access::ChangeWrite;
 use custody_domain::audit::NewEvent;
 use custody_domain::gate::{Review, Verdict};
 use custody_domain::status::ChangeState;
 use custody_domain::{GroupName, ProjectName, Timestamp, UserName};
-use serde::Serialize;
 use serde_json::json;
 
 use crate::lookups::{Authenticated, ProjectAccess};
 use crate::tx::{Reads, Tx};
 use crate::{col, now_ms, Page, PageRequest, Result, Store, StoreError};
-
-/// A change as shown.
-#[derive(Clone, Debug, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct ChangeView {
-    /// Its id across the instance.
-    pub id: i64,
-    /// Its number within the project.
-    pub number: i64,
-    /// The project.
-    pub project: String,
-    /// What it is.
-    pub title: String,
-    /// Why.
-    pub description: String,
-    /// The branch it follows.
-    pub source_branch: String,
-    /// Where it goes.
-    pub target_branch: String,
-    /// `open`, `closed` or `merged`.
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
-    pub state: ChangeState,
-    /// Its current head.
-    pub head: String,
-    /// Who opened it.
-    pub opened_by: String,
-    /// When.
-    pub opened_at: Timestamp,
-    /// Who merged it.
-    pub merged_by: Option<String>,
-    /// When.
-    pub merged_at: Option<Timestamp>,
-    /// The merge commit on the target.
-    pub merge_commit: Option<String>,
-    /// Its reviews, oldest first.
-    pub reviews: Vec<ReviewView>,
-}
-
-/// A review as shown.
-#[derive(Clone, Debug, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct ReviewView {
-    /// Its id.
-    pub id: i64,
-    /// Who.
-    pub reviewer: String,
-    /// `approve`, `request_changes`, `comment` or `withdraw`.
-    pub verdict: String,
-    /// The head it was given on.
-    pub head: String,
-    /// Whether the change has moved on since, or moved on and back (a stale
-    /// review's approval counts for nothing, ever).
-    pub stale: bool,
-    /// What they said.
-    pub message: String,
-    /// When.
-    pub at: Timestamp,
-}
-
-/// Why someone is an author of a change.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum AuthorReason {
-    /// They pushed one of its commits into the repository first.
-    PushedCommit {
-        /// The commit.
-        commit: String,
-    },
-    /// They moved its source branch.
-    MovedSourceBranch {
-        /// The push.
-        push: i64,
-    },
-    /// A commit names them as its author.
-    NamedAuthor {
-        /// The commit.
-        commit: String,
-    },
-    /// A commit names them as its committer.
-    NamedCommitter {
-        /// The commit.
-        commit: String,
-    },
-    /// A commit names them in a `Co-authored-by:` trailer.
-    CoAuthor {
-        /// The commit.
-        commit: String,
-    },
-}
 
 /// The authors of a change, each with every reason.
 pub type Authors = BTreeMap<UserName, Vec<AuthorReason>>;
@@ -771,7 +681,7 @@ impl Store {
             None => Vec::new(),
         };
         let items: Vec<ChangeView> = rows.into_iter().map(ChangeRow::into_view).collect();
-        Ok(Page::from_items(items, page, |c| c.number))
+        Ok(crate::page_of(items, page, |c| c.number))
     }
 
     /// Closes or reopens a change.

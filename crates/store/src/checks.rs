@@ -1,41 +1,15 @@
 //! Check runs: queued with each new head of an open change, leased by a
 //! runner, finished with a status and a log.
 
+use custody_api::CheckRunView;
 use custody_domain::audit::{NewEvent, SYSTEM_ACTOR};
 use custody_domain::gate::CheckState;
 use custody_domain::Timestamp;
-use serde::Serialize;
 use serde_json::json;
 
 use crate::lookups::ProjectAccess;
 use crate::tx::Tx;
 use crate::{col, now_ms, Result, Store, StoreError};
-
-/// A check run as shown.
-#[derive(Clone, Debug, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct CheckRunView {
-    /// Its id.
-    pub id: i64,
-    /// The head checked.
-    pub head: String,
-    /// `queued`, `running`, `passed`, `failed`, `error` or `not_required`.
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
-    pub status: custody_domain::status::CheckStatus,
-    /// The command run, as the target branch's pipeline names it.
-    pub command: Option<String>,
-    /// The target's tip whose pipeline file and script were used.
-    pub target_tip: Option<String>,
-    /// The command's exit code.
-    pub exit_code: Option<i64>,
-    /// When it was queued.
-    pub created_at: Timestamp,
-    /// When it finished.
-    pub finished_at: Option<Timestamp>,
-    /// Its output (only when asked for).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub log: Option<String>,
-}
 
 /// A check run a runner has leased.
 #[derive(Clone, Debug)]

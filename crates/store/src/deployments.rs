@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use custody_api::{DecisionView, DeploymentView};
 use custody_domain::access::DeployAction;
 use custody_domain::audit::{NewEvent, SYSTEM_ACTOR};
 use custody_domain::deploy::{self, DeployFacts, DeployReport, Previous, SignOff};
@@ -47,57 +48,6 @@ impl DeployDecision {
             DeployDecision::TestFailed => "test_failed",
         }
     }
-}
-
-/// A decision as shown.
-#[derive(Clone, Debug, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct DecisionView {
-    /// Who took it.
-    pub user: String,
-    /// `approve`, `reject`, `test_passed` or `test_failed`.
-    pub kind: String,
-    /// What they said.
-    pub message: String,
-    /// When.
-    pub at: Timestamp,
-}
-
-/// A deployment as shown.
-#[derive(Clone, Debug, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct DeploymentView {
-    /// Its number in the project.
-    pub number: i64,
-    /// The project.
-    pub project: String,
-    /// Where it goes.
-    pub environment: String,
-    /// The build deployed.
-    pub build: i64,
-    /// The commit the build was made from.
-    pub commit: String,
-    /// `pending` (waiting for its gate), `queued`, `running`, `succeeded`,
-    /// `failed`, `cancelled` or `rejected`.
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
-    pub status: DeploymentStatus,
-    /// Who asked for it; absent for an automatic promotion.
-    pub requested_by: Option<String>,
-    /// Why the requester broke the glass, when they did.
-    pub break_glass: Option<String>,
-    /// Why it failed, was cancelled or rejected.
-    pub reason: Option<String>,
-    /// Who asked a running deployment to stop, and why; the deployer stops
-    /// its script and records it as cancelled.
-    pub cancel_requested: Option<String>,
-    /// When it was asked for.
-    pub created_at: Timestamp,
-    /// When its gate opened.
-    pub queued_at: Option<Timestamp>,
-    /// When it finished.
-    pub finished_at: Option<Timestamp>,
-    /// The decisions taken on it, in order.
-    pub decisions: Vec<DecisionView>,
 }
 
 /// Where one person stands on a pending deployment: why each decision they

@@ -4,8 +4,8 @@
 
 use custody_domain::audit::AuditEvent;
 
-use crate::deployments::DeploymentView;
 use crate::lookups::ProjectAccess;
+use crate::DeploymentView;
 use crate::{col, Result, Store, StoreError};
 
 fn event(row: &sqlx::any::AnyRow) -> Result<AuditEvent> {

@@ -3,35 +3,13 @@
 //! who was not involved (neither its requester nor anyone who decided on
 //! it) records a review.
 
+use custody_api::FindingView;
 use custody_domain::audit::NewEvent;
 use custody_domain::Timestamp;
-use serde::Serialize;
 use serde_json::json;
 
 use crate::tx::Tx;
 use crate::{col, now_ms, Authenticated, Result, Store, StoreError};
-
-/// A finding as shown.
-#[derive(Clone, Debug, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct FindingView {
-    /// Its id.
-    pub id: i64,
-    /// What kind (`break_glass`).
-    pub kind: String,
-    /// What it is about (`deployment:PROJECT/NUMBER`).
-    pub subject: String,
-    /// In a line.
-    pub summary: String,
-    /// When it was opened.
-    pub opened_at: Timestamp,
-    /// Who reviewed it, once someone did.
-    pub resolved_by: Option<String>,
-    /// When.
-    pub resolved_at: Option<Timestamp>,
-    /// What the review found.
-    pub resolution: Option<String>,
-}
 
 /// Opens a finding in the caller's transaction.
 pub(crate) async fn open(

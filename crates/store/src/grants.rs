@@ -7,8 +7,9 @@ use custody_domain::{GroupName, Scope, Timestamp, UserName};
 use serde_json::json;
 
 use crate::applying::{admin_count, apply, check_applicable};
-use crate::lookups::{in_group, require_admin, Authenticated, GrantView};
+use crate::lookups::{in_group, require_admin, Authenticated};
 use crate::tx::Tx;
+use crate::GrantView;
 use crate::{col, now_ms, Dialect, Page, PageRequest, Result, Store, StoreError};
 
 fn facts_of(view: &GrantView) -> GrantFacts<'_> {
@@ -290,7 +291,7 @@ impl Store {
             .fetch_all(self.readers())
             .await?;
         let items = rows.iter().map(grant_view).collect::<Result<Vec<_>>>()?;
-        Ok(Page::from_items(items, page, |g| g.id))
+        Ok(crate::page_of(items, page, |g| g.id))
     }
 
     /// Whether the instance is still in its bootstrap era.

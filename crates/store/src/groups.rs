@@ -1,41 +1,14 @@
 //! Groups of people, whose membership changes only by grants.
 
+use custody_api::{GroupView, MemberView};
 use custody_domain::audit::NewEvent;
 use custody_domain::grant::GrantAction;
 use custody_domain::{GroupName, Timestamp, UserName};
-use serde::Serialize;
 use serde_json::json;
 
-use crate::lookups::{require_admin, Authenticated, GrantView};
+use crate::lookups::{require_admin, Authenticated};
+use crate::GrantView;
 use crate::{col, now_ms, Page, PageRequest, Result, Store, StoreError};
-
-/// A group as listed.
-#[derive(Clone, Debug, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct GroupView {
-    /// The group's id.
-    pub id: i64,
-    /// Its name.
-    pub name: String,
-    /// Whether custody made it and keeps it (`admins`, `auditors`).
-    pub builtin: bool,
-    /// Its members, in name order.
-    pub members: Vec<MemberView>,
-    /// When it was made.
-    pub created_at: Timestamp,
-}
-
-/// A member of a group, and the grant that made them one.
-#[derive(Clone, Debug, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct MemberView {
-    /// The member's name.
-    pub user: String,
-    /// The grant that added them.
-    pub grant: i64,
-    /// When they were added.
-    pub added_at: Timestamp,
-}
 
 impl Store {
     /// An admin makes an empty group. Membership changes are grants, so an
@@ -88,7 +61,7 @@ impl Store {
         for id in ids {
             groups.push(self.group_by_id(id).await?);
         }
-        Ok(Page::from_items(groups, page, |g| g.id))
+        Ok(crate::page_of(groups, page, |g| g.id))
     }
 
     /// One group with its members.

@@ -16,6 +16,7 @@
 //! change's proven `change.merge` event, so a row written around custody
 //! moves nothing.
 
+use custody_api::{MergeQueue, MovingMerge, WaitingMerge};
 use custody_domain::audit::NewEvent;
 use custody_domain::ProjectName;
 use serde_json::json;
@@ -91,47 +92,6 @@ pub(crate) async fn record(
         return Err(StoreError::TargetMoved);
     }
     Ok(())
-}
-
-/// A project's merge queue: merges recorded whose ref is moving, then the
-/// changes waiting for their turn, oldest first.
-#[derive(Clone, Debug, serde::Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct MergeQueue {
-    /// Merges recorded whose target ref has not yet moved (normally for
-    /// milliseconds; longer only after a crash, until the next start).
-    pub moving: Vec<MovingMerge>,
-    /// Changes custody merges, in this order, as soon as each one's gate
-    /// opens (asked with `--auto` or `--no-wait`).
-    pub waiting: Vec<WaitingMerge>,
-}
-
-/// A merge recorded, its ref not yet moved.
-#[derive(Clone, Debug, serde::Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct MovingMerge {
-    /// The change.
-    pub change: i64,
-    /// The ref.
-    pub reference: String,
-    /// The merge commit.
-    pub merge_commit: String,
-    /// Since when.
-    pub since: custody_domain::Timestamp,
-}
-
-/// A change waiting to be merged.
-#[derive(Clone, Debug, serde::Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct WaitingMerge {
-    /// The change.
-    pub change: i64,
-    /// Its title.
-    pub title: String,
-    /// Its target branch.
-    pub target: String,
-    /// Who asked for it to be merged.
-    pub asked_by: Option<String>,
 }
 
 impl Store {

@@ -50,27 +50,29 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Connection as _};
 
 pub use audit::{AuditFilter, AuditPage};
-pub use builds::{
-    ArtifactView, BuildOutcome, BuildView, LeasedBuild, LogChunk, NewArtifact, JOBS_CHANNEL, MAX_ATTEMPTS,
+pub use builds::{BuildOutcome, LeasedBuild, NewArtifact, JOBS_CHANNEL, MAX_ATTEMPTS};
+pub use changes::{Authors, GateRecords, MergePlan, Published};
+pub use checks::{CheckOutcome, LeasedCheck};
+/// The API's views, which the store builds straight from its rows.
+pub use custody_api::{
+    ArtifactView, AuthorReason, BuildView, ChangeView, CheckRunView, CommitView, CreatedUser, DecisionView,
+    DeploymentView, FindingView, GrantView, GroupView, LogChunk, MemberView, MergeQueue, MovingMerge, NewToken, Page,
+    ProjectMemberView, ProjectView, PushView, ReviewView, SecretView, TokenView, UserView, WaitingMerge,
 };
-pub use changes::{AuthorReason, Authors, ChangeView, GateRecords, MergePlan, Published, ReviewView};
-pub use checks::{CheckOutcome, CheckRunView, LeasedCheck};
 pub use custody_domain::project::{Identity, PushedCommit};
 pub use deployments::{
-    ChangeDuty, DecisionView, DeployContext, DeployDecision, DeployOutcome, DeploymentView, Duty, Heartbeat,
-    LeasedDeployment, Standing,
+    ChangeDuty, DeployContext, DeployDecision, DeployOutcome, Duty, Heartbeat, LeasedDeployment, Standing,
 };
 pub use dialect::Dialect;
-pub use findings::FindingView;
-pub use groups::{GroupView, MemberView};
+
 pub use inspect::{inspect, inspect_with_key, Finding, LedgerReport};
-pub use intents::{recorded_mainlines, Mainline, MergeIntent, MergeQueue, MovingMerge, Settled, WaitingMerge};
+pub use intents::{recorded_mainlines, Mainline, MergeIntent, Settled};
 pub use ledger::StoredCheckpoint;
-pub use lookups::{Authenticated, GrantView, ProjectAccess};
-pub use people::{random_secret, CreatedUser, Initialised, NewToken, TokenView, UserView};
-pub use projects::{CommitView, ProjectMemberView, ProjectView, PushDecided, PushView};
+pub use lookups::{Authenticated, ProjectAccess};
+pub use people::{random_secret, Initialised};
+pub use projects::PushDecided;
 pub use proof::{LedgerSecrets, UNPROVEN_FACT};
-pub use secrets::{slot as secret_slot, SealedSecret, SecretView};
+pub use secrets::{slot as secret_slot, SealedSecret};
 pub use tx::Tx;
 
 /// Why a store operation did not happen.
@@ -186,22 +188,11 @@ impl Default for PageRequest {
     }
 }
 
-/// One page of a list, and where the next one starts.
-#[derive(Clone, Debug, serde::Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct Page<T> {
-    /// The items on this page.
-    pub items: Vec<T>,
-    /// Pass as `after` to read the next page; absent on the last page.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_cursor: Option<i64>,
-}
-
-impl<T> Page<T> {
-    pub(crate) fn from_items(items: Vec<T>, request: PageRequest, id: impl Fn(&T) -> i64) -> Self {
-        let next_cursor = if items.len() as i64 == request.limit { items.last().map(id) } else { None };
-        Page { items, next_cursor }
-    }
+/// A page of `items` read for `request`: a full page says where the next
+/// one starts, by the id of its last item.
+pub(crate) fn page_of<T>(items: Vec<T>, request: PageRequest, id: impl Fn(&T) -> i64) -> Page<T> {
+    let next_cursor = if items.len() as i64 == request.limit { items.last().map(id) } else { None };
+    Page { items, next_cursor }
 }
 
 /// The store: a pool of readers and the handle of the single writer.

@@ -5,9 +5,8 @@
 
 use std::collections::BTreeSet;
 
-use custody_domain::grant::{self, AdminActor, GrantAction, GrantStatus};
-use custody_domain::{GroupName, ProjectName, Role, Scope, Scopes, Timestamp, UserName};
-use serde::Serialize;
+use custody_domain::grant::{self, AdminActor};
+use custody_domain::{GroupName, ProjectName, Role, Scope, Scopes, UserName};
 
 use crate::tx::{Reads, Tx};
 use crate::{col, now_ms, Result, StoreError};
@@ -70,35 +69,6 @@ pub struct ProjectAccess {
     /// The audit log's newest sequence number when this was read: what the
     /// database held then is what it held at that event.
     pub as_of: i64,
-}
-
-/// A grant as shown.
-#[derive(Clone, Debug, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct GrantView {
-    /// The grant's number.
-    pub id: i64,
-    /// What it does, as a structured value (`kind`, and its fields).
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
-    pub action: GrantAction,
-    /// What it does, in words.
-    pub description: String,
-    /// The user it is about.
-    pub named_user: String,
-    /// The admin who asked for it.
-    pub requested_by: String,
-    /// When it was asked for.
-    pub requested_at: Timestamp,
-    /// `pending`, `approved`, `rejected` or `bootstrap` (applied at once
-    /// while the instance had a single admin).
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
-    pub status: GrantStatus,
-    /// Who approved or rejected it.
-    pub decided_by: Option<String>,
-    /// When it was decided.
-    pub decided_at: Option<Timestamp>,
-    /// The note given with a rejection.
-    pub note: Option<String>,
 }
 
 /// A user's id, state and when they were disabled, by name.

@@ -1,6 +1,7 @@
 //! Users, invite codes, tokens and authentication.
 
 use base64::Engine as _;
+use custody_api::{CreatedUser, NewToken, TokenView, UserView};
 use custody_domain::access;
 use custody_domain::audit::NewEvent;
 use custody_domain::grant::{self, GrantAction};
@@ -14,89 +15,15 @@ use crate::tx::Reads as _;
 
 use crate::bearer::{hash_secret, Bound};
 use crate::grants;
-use crate::lookups::{in_group, pending_for_user, require_admin, user_id, Authenticated, GrantView};
+use crate::lookups::{in_group, pending_for_user, require_admin, user_id, Authenticated};
 use crate::tx::Tx;
+use crate::GrantView;
 use crate::{col, now_ms, Page, PageRequest, Result, Store, StoreError};
 
 /// How long an invite code stays valid.
 pub const INVITE_LIFETIME_MS: i64 = 7 * 24 * 3600 * 1000;
 /// How often a token's last use is written back, at most.
 const LAST_USE_RESOLUTION_MS: i64 = 60_000;
-
-/// A person, as shown.
-#[derive(Clone, Debug, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct UserView {
-    /// The user's id.
-    pub id: i64,
-    /// The unique name.
-    pub name: String,
-    /// How they are shown.
-    pub display_name: String,
-    /// Registered e-mail addresses.
-    pub emails: Vec<String>,
-    /// `pending` until the grant creating them is approved, then `active`.
-    pub state: String,
-    /// Whether the user is disabled.
-    pub disabled: bool,
-    /// Whether the user is an admin.
-    pub admin: bool,
-    /// The groups the user belongs to.
-    pub groups: Vec<String>,
-    /// When the user was created.
-    pub created_at: Timestamp,
-}
-
-/// A user just asked for, with the invite code only the asking admin sees.
-#[derive(Clone, Debug, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct CreatedUser {
-    /// The new user's name.
-    pub name: String,
-    /// The one-time code the user redeems for their own token.
-    pub invite_code: String,
-    /// When the code stops working.
-    pub invite_expires_at: Timestamp,
-    /// The grant creating the user: pending until a second admin approves.
-    pub grant: GrantView,
-}
-
-/// A token just made. Its secret is shown once and never stored.
-#[derive(Clone, Debug, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct NewToken {
-    /// The token's public id.
-    pub id: String,
-    /// The token itself.
-    pub token: String,
-    /// Its scopes.
-    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
-    pub scopes: Scopes,
-    /// When it stops working, if ever.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<Timestamp>,
-}
-
-/// A token as listed: never its secret.
-#[derive(Clone, Debug, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct TokenView {
-    /// Its public id.
-    pub id: String,
-    /// What its owner called it.
-    pub name: String,
-    /// Its scopes.
-    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
-    pub scopes: Scopes,
-    /// When it was made.
-    pub created_at: Timestamp,
-    /// When it stops working, if ever.
-    pub expires_at: Option<Timestamp>,
-    /// When it was revoked, if it was.
-    pub revoked_at: Option<Timestamp>,
-    /// When it was last used (to the minute).
-    pub last_used_at: Option<Timestamp>,
-}
 
 fn random_id() -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
@@ -633,7 +560,7 @@ impl Store {
         let sql = self.sql(user_query!("WHERE u.id > $1 ORDER BY u.id LIMIT $2"));
         let rows = sqlx::query(&sql).bind(page.after.unwrap_or(0)).bind(page.limit).fetch_all(self.readers()).await?;
         let users = rows.iter().map(user_view).collect::<Result<Vec<_>>>()?;
-        Ok(Page::from_items(users, page, |u| u.id))
+        Ok(crate::page_of(users, page, |u| u.id))
     }
 
     /// One user.

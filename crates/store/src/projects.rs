@@ -1,90 +1,18 @@
 //! Projects, their members and protected branches, and the push log.
 
+use custody_api::{CommitView, ProjectMemberView, ProjectView, PushView};
 use custody_domain::audit::NewEvent;
 use custody_domain::grant::GrantAction;
 use custody_domain::project::check_branch_name;
 use custody_domain::project::{Identity, PushedCommit};
 use custody_domain::{ProjectName, RefUpdate, Role, Timestamp, UserName};
-use serde::Serialize;
 use serde_json::json;
 
-use crate::lookups::{existing_user, require_admin, Authenticated, GrantView, ProjectAccess};
+use crate::lookups::{existing_user, require_admin, Authenticated, ProjectAccess};
 use crate::seals::CommitRecord;
 use crate::tx::{Reads, Tx};
+use crate::GrantView;
 use crate::{col, now_ms, Page, PageRequest, Result, Store, StoreError};
-
-/// A project as shown.
-#[derive(Clone, Debug, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct ProjectView {
-    /// The project's id.
-    pub id: i64,
-    /// Its name, also its repository's.
-    pub name: String,
-    /// The mainline: always protected, built and deployed.
-    pub default_branch: String,
-    /// Every protected branch, the default branch first.
-    pub protected_branches: Vec<String>,
-    /// Who may read or write it.
-    pub members: Vec<ProjectMemberView>,
-    /// `private`: members, admins and auditors only.
-    pub visibility: String,
-    /// The admin who created it.
-    pub created_by: String,
-    /// When.
-    pub created_at: Timestamp,
-}
-
-/// A member of a project.
-#[derive(Clone, Debug, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct ProjectMemberView {
-    /// The member.
-    pub user: String,
-    /// `read`, `write` or `maintain`.
-    #[cfg_attr(feature = "openapi", schema(value_type = String))]
-    pub role: Role,
-    /// The grant that made them one.
-    pub grant: i64,
-}
-
-/// A commit and who brought it in: the pusher is known from
-/// authentication; the rest is what the commit claims.
-#[derive(Clone, Debug, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct CommitView {
-    /// The commit id.
-    pub sha: String,
-    /// The push that first brought it in.
-    pub first_push: Option<i64>,
-    /// The import grant that brought it in as unreviewed history, if so.
-    pub imported_by_grant: Option<i64>,
-    /// Who made that push.
-    pub pusher: Option<String>,
-    /// The named author.
-    pub author: Identity,
-    /// The named committer.
-    pub committer: Identity,
-    /// The named co-authors.
-    pub co_authors: Vec<Identity>,
-}
-
-/// One accepted push.
-#[derive(Clone, Debug, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct PushView {
-    /// The push's id.
-    pub id: i64,
-    /// The authenticated pusher.
-    pub pusher: String,
-    /// When.
-    pub at: Timestamp,
-    /// The refs it moved.
-    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
-    pub updates: Vec<RefUpdate>,
-    /// The commits it brought in, oldest first.
-    pub commits: Vec<String>,
-}
 
 async fn project_id(tx: &mut Tx, project: &ProjectName) -> Result<(i64, String)> {
     let sql = tx.sql("SELECT id, default_branch FROM projects WHERE name = $1");
@@ -574,7 +502,7 @@ impl Store {
         for row in &rows {
             projects.push(self.project_view(row).await?);
         }
-        Ok(Page::from_items(projects, page, |p| p.id))
+        Ok(crate::page_of(projects, page, |p| p.id))
     }
 
     /// What `user` may do in `project`. A project they may not read is
@@ -862,6 +790,6 @@ impl Store {
                 commits,
             });
         }
-        Ok(Page::from_items(pushes, page, |p| p.id))
+        Ok(crate::page_of(pushes, page, |p| p.id))
     }
 }

@@ -2,27 +2,11 @@
 //! through a grant a second admin approves. Nobody reads a value back: only
 //! the deployer opens them, to hand them to a deploy script.
 
+use custody_api::SecretView;
 use custody_domain::grant::GrantAction;
 use custody_domain::{ProjectName, Timestamp};
-use serde::Serialize;
 
 use crate::{col, now_ms, Authenticated, GrantView, Result, Store, StoreError};
-
-/// A secret as shown: never its value.
-#[derive(Clone, Debug, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct SecretView {
-    /// The variable's name.
-    pub name: String,
-    /// The current version, if one was approved.
-    pub version: Option<i64>,
-    /// Who asked for the current version.
-    pub set_by: Option<String>,
-    /// Since when it is current.
-    pub current_since: Option<Timestamp>,
-    /// A newer version waiting for its grant, if any.
-    pub pending_version: Option<i64>,
-}
 
 /// A current secret, sealed, for the deployer.
 #[derive(Clone, Debug)]

@@ -2,9 +2,10 @@
 
 use axum::extract::State;
 use axum::Json;
+use custody_api::{CheckpointView, ConsistencyView, EventView, InclusionView, ProvenEvent};
 use custody_domain::Timestamp;
 use custody_store::{AuditFilter, Page};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::{PageQuery, Params, PathParam};
 use crate::auth::Auth;
@@ -31,20 +32,6 @@ pub(crate) struct EventQuery {
     /// 1 to 500.
     #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
-}
-
-/// An audit event as shown.
-#[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct EventView {
-    /// Position in the log, from 1, without gaps.
-    seq: i64,
-    /// When it was written.
-    at: Timestamp,
-    actor: String,
-    action: String,
-    subject: String,
-    #[schema(value_type = Object)]
-    details: serde_json::Value,
 }
 
 /// Audit events in sequence order. Admins and auditors only.
@@ -89,24 +76,6 @@ pub(crate) async fn events(
 fn b64(hash: &custody_formats::merkle::Hash) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(hash)
-}
-
-/// A signed tree head of the audit log.
-#[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct CheckpointView {
-    /// The log's name: the instance's name.
-    origin: String,
-    /// How many events the tree covers (events 1 to `size`).
-    size: u64,
-    /// The RFC 6962 tree head, base64.
-    root: String,
-    /// The checkpoint as a C2SP signed note: `origin\nsize\nroot\n\n— origin signature\n`.
-    note: String,
-    /// The ledger's verifier key (`name+keyid+base64 key`). A watcher pins it
-    /// once, from a source it trusts, rather than taking it from here each time.
-    verifier_key: String,
-    /// When it was signed.
-    at: Timestamp,
 }
 
 fn unavailable(message: impl Into<String>) -> ApiError {
@@ -156,15 +125,6 @@ pub(crate) struct ConsistencyQuery {
     new: Option<u64>,
 }
 
-/// A consistency proof (RFC 9162 §2.1.4) between two tree sizes.
-#[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct ConsistencyView {
-    old_size: u64,
-    new_size: u64,
-    /// The proof's hashes, base64, in the RFC's order.
-    hashes: Vec<String>,
-}
-
 /// Proves that the tree of `old` events is a prefix of the tree of `new`
 /// events: that no event up to `old` was changed since. Public, like the
 /// checkpoint: it holds hashes only.
@@ -189,22 +149,6 @@ pub(crate) async fn consistency(
 pub(crate) struct ProofQuery {
     /// The tree size; the newest checkpoint's by default.
     size: Option<u64>,
-}
-
-/// An inclusion proof (RFC 9162 §2.1.3) of one event.
-#[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct InclusionView {
-    seq: i64,
-    /// The leaf's index in the tree: `seq - 1`.
-    leaf_index: u64,
-    tree_size: u64,
-    /// `SHA-256(0x00 || canonical event)`, base64.
-    leaf_hash: String,
-    /// The proof's hashes, base64, leaf side first.
-    hashes: Vec<String>,
-    /// The signed checkpoint of `tree_size`, when one was signed at that size.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    checkpoint: Option<String>,
 }
 
 /// The inclusion proof of event `seq`. Admins and auditors only.
@@ -253,26 +197,6 @@ pub(crate) struct ExportQuery {
     /// 1 to 500.
     #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
-}
-
-/// An audit event with its inclusion proof: everything needed to check it
-/// against a signed checkpoint without custody.
-#[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct ProvenEvent {
-    seq: i64,
-    at: Timestamp,
-    /// `at` in milliseconds since the epoch, as hashed.
-    at_ms: i64,
-    actor: String,
-    action: String,
-    subject: String,
-    #[schema(value_type = Object)]
-    details: serde_json::Value,
-    tree_size: u64,
-    /// `SHA-256(0x00 || canonical event)`, base64.
-    leaf_hash: String,
-    /// The inclusion proof's hashes, base64, leaf side first.
-    hashes: Vec<String>,
 }
 
 /// Audit events in sequence order, each with its inclusion proof in the tree

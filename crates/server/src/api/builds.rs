@@ -8,10 +8,11 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use custody_api::{ArtifactDetail, BlobCheck, LogPage};
 use custody_blobs::{BlobError, Digest, Verdict};
-use custody_store::{ArtifactView, BuildView, LogChunk, Page};
+use custody_store::{ArtifactView, BuildView, Page};
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::{PageQuery, Params, PathParam};
 use crate::auth::Auth;
@@ -58,15 +59,6 @@ pub(crate) struct LogQuery {
     after: Option<i64>,
 }
 
-/// A piece of a build's log.
-#[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct LogPage {
-    /// The chunks after the one asked for.
-    chunks: Vec<LogChunk>,
-    /// Whether the build has finished and this is the end of its log.
-    complete: bool,
-}
-
 /// A build's log after a position; poll with the last `seq` to follow it.
 #[utoipa::path(get, path = "/api/v1/projects/{name}/builds/{number}/log", tag = "builds", security(("token" = [])), params(LogQuery),
     responses((status = 200, body = LogPage)))]
@@ -105,17 +97,6 @@ pub(crate) async fn list_artifacts(
     let access = access(&state, &auth, &project).await?;
     let page = PageQuery { after: query.after, limit: query.limit }.request()?;
     Ok(Json(state.store().list_artifacts(&access, query.build, page).await?))
-}
-
-/// An artifact: every build that made this content.
-#[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct ArtifactDetail {
-    /// sha256, hex.
-    digest: String,
-    /// Size in bytes.
-    size: i64,
-    /// The builds that made it, oldest first, each with the name it had.
-    builds: Vec<ArtifactView>,
 }
 
 /// One artifact by digest.
@@ -230,21 +211,6 @@ pub(crate) struct VerifyQuery {
     /// Only this artifact.
     #[param(pattern = "^(sha256:)?[0-9a-fA-F]{64}$")]
     digest: Option<String>,
-}
-
-/// The result of checking one blob.
-#[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct BlobCheck {
-    /// The digest it is stored under.
-    digest: String,
-    /// `intact`, `damaged`, `missing` or `unrecorded` (in the store, but no
-    /// build recorded it).
-    state: String,
-    /// What its bytes hash to, when damaged.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    actual: Option<String>,
-    /// The projects whose artifacts name it.
-    projects: Vec<String>,
 }
 
 /// Re-hashes stored blobs: every one, or one digest. Admins and auditors.

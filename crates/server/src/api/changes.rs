@@ -4,10 +4,11 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
+use custody_api::{AuthorView, ChangeDetail, Merged};
 use custody_domain::gate::{GateReport, Verdict};
 use custody_domain::project::check_branch_name;
-use custody_store::{AuthorReason, ChangeView, Page, ReviewView};
-use serde::{Deserialize, Serialize};
+use custody_store::{ChangeView, Page, ReviewView};
+use serde::Deserialize;
 
 use super::{Params, PathParam};
 use crate::auth::{Auth, Body};
@@ -85,24 +86,6 @@ pub(crate) async fn list_changes(
     }
     let page = super::PageQuery { after: query.after, limit: query.limit }.request()?;
     Ok(Json(state.store().list_changes(&access, query.state.as_deref(), page).await?))
-}
-
-/// An author and every reason they are one.
-#[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct AuthorView {
-    user: String,
-    why: Vec<AuthorReason>,
-}
-
-/// A change with its authors.
-#[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct ChangeDetail {
-    #[serde(flatten)]
-    change: ChangeView,
-    /// Everyone who may not review or approve it, and why.
-    authors: Vec<AuthorView>,
-    /// The gate as it stands.
-    gate: GateReport,
 }
 
 /// One change, with its authors, reviews and gate.
@@ -207,16 +190,6 @@ pub(crate) async fn reopen(
 ) -> ApiResult<Json<ChangeView>> {
     let access = access(&state, &auth, &project).await?;
     Ok(Json(state.store().set_change_state(&auth.0, &access, number, true).await?))
-}
-
-/// A merged change and the gate that let it in, or the promise to merge it.
-#[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct Merged {
-    change: ChangeView,
-    gate: GateReport,
-    /// True when the gate was closed and custody will merge the change as
-    /// soon as it opens.
-    auto_merge: bool,
 }
 
 /// How to merge.

@@ -4,11 +4,11 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use custody_api::{DeploymentAndGate, DeploymentRecord, EnvironmentDetail, EnvironmentView, SecretRequested};
 use custody_app::releases::EnvironmentState;
-use custody_domain::deploy::DeployReport;
 use custody_domain::{ProjectName, Scope};
 use custody_store::{DeployContext, DeployDecision, DeploymentView, ProjectAccess};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::{Params, PathParam};
 use crate::auth::{Auth, Body};
@@ -29,24 +29,6 @@ async fn context(
         .release_context(access, environment, commit)
         .await
         .map_err(|why| ApiError::new(StatusCode::CONFLICT, "no_environment", why))
-}
-
-/// An environment as the mainline's pipeline file defines it, and what is
-/// live in it.
-#[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct EnvironmentView {
-    name: String,
-    after: Option<String>,
-    approvals: u32,
-    approvers: Option<String>,
-    testers: Option<String>,
-    /// Seconds a build must be live in `after` first.
-    soak_seconds: Option<u64>,
-    reviewers_may_approve: bool,
-    /// The latest successful deployment, if any.
-    live: Option<DeploymentView>,
-    /// Deployments pending, queued or running.
-    waiting: Vec<DeploymentView>,
 }
 
 async fn environments(state: &AppState, access: &ProjectAccess) -> ApiResult<Vec<EnvironmentView>> {
@@ -78,15 +60,6 @@ pub(crate) async fn list_environments(
 ) -> ApiResult<Json<Vec<EnvironmentView>>> {
     let access = access(&state, &auth, &project).await?;
     Ok(Json(environments(&state, &access).await?))
-}
-
-/// One environment, with its history.
-#[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct EnvironmentDetail {
-    #[serde(flatten)]
-    environment: EnvironmentView,
-    /// Every deployment to it, newest first.
-    history: Vec<DeploymentView>,
 }
 
 /// One environment: its gate, what is live, what waits, and its history.
@@ -126,16 +99,6 @@ pub(crate) async fn list_deployments(
 ) -> ApiResult<Json<Vec<DeploymentView>>> {
     let access = access(&state, &auth, &project).await?;
     Ok(Json(state.store().list_deployments(&access, query.environment.as_deref()).await?))
-}
-
-/// A deployment and its gate.
-#[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct DeploymentAndGate {
-    deployment: DeploymentView,
-    gate: DeployReport,
-    /// The changes of the release, by number: every change merged between
-    /// the commit live in the environment and the candidate.
-    release: Vec<i64>,
 }
 
 /// One deployment with the decisions taken on it.
@@ -264,14 +227,6 @@ pub(crate) async fn cancel(
     Ok(Json(state.store().cancel_deployment(&auth.0, &access, number, request.message.unwrap_or_default()).await?))
 }
 
-/// A deployment's output and its signed attestation.
-#[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct DeploymentRecord {
-    log: String,
-    #[schema(value_type = Object)]
-    attestation: Option<serde_json::Value>,
-}
-
 /// A deployment's log and its attestation (a DSSE envelope signed by the
 /// deployer key), once it ran.
 #[utoipa::path(get, path = "/api/v1/projects/{name}/deployments/{number}/record", tag = "deployments", security(("token" = [])),
@@ -344,13 +299,6 @@ pub(crate) async fn resolve_finding(
 ) -> ApiResult<Json<custody_store::FindingView>> {
     auth.require(Scope::Admin)?;
     Ok(Json(state.store().resolve_finding(&auth.0, id, request.message.unwrap_or_default()).await?))
-}
-
-/// What asking for a secret made: the version, waiting for its grant.
-#[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct SecretRequested {
-    version: i64,
-    grant: custody_store::GrantView,
 }
 
 /// Sets a new version of an environment secret: sealed at once, current

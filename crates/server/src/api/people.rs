@@ -7,9 +7,9 @@ use argon2::Argon2;
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::Json;
+use custody_api::DisableOutcome;
 use custody_domain::{Email, Scope, Scopes, UserName};
-use custody_store::{CreatedUser, GrantView, NewToken, Page, TokenView, UserView};
-use serde::Serialize;
+use custody_store::{CreatedUser, NewToken, Page, TokenView, UserView};
 
 use super::{PageQuery, Params, PathParam};
 use crate::auth::{limit_keys, Auth, Body};
@@ -179,15 +179,6 @@ pub(crate) async fn get_user(
 ) -> ApiResult<Json<UserView>> {
     auth.require(Scope::Read)?;
     Ok(Json(state.store().get_user(&UserName::parse(&name)?).await?))
-}
-
-/// The outcome of disabling a user.
-#[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct DisableOutcome {
-    /// Whether the user is disabled now.
-    disabled: bool,
-    /// The grant, when disabling them needs a second admin.
-    grant: Option<GrantView>,
 }
 
 /// Disables a user and revokes their tokens: at once for someone holding no

@@ -3,10 +3,10 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use custody_api::{CreatedProject, ProjectAnswer};
 use custody_domain::grant::GrantAction;
 use custody_domain::{ProjectName, Role, Scope, UserName};
 use custody_store::{CommitView, GrantView, Page, ProjectView, PushView};
-use serde::Serialize;
 
 use super::{PageQuery, Params, PathParam};
 use crate::auth::{Auth, Body};
@@ -14,29 +14,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 use custody_api::{BranchRequest, CreateProjectRequest, ProjectMemberRequest};
 
-/// A project with where to clone it from.
-#[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct ProjectAnswer {
-    #[serde(flatten)]
-    project: ProjectView,
-    /// The URL for `git clone`, with a token as the password.
-    clone_url: String,
-}
-
 fn answer(state: &AppState, project: ProjectView) -> ProjectAnswer {
     let clone_url = format!("{}/{}.git", state.hosting().base_url(), project.name);
     ProjectAnswer { project, clone_url }
-}
-
-/// A project just made, and the import grant if one was asked for.
-#[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct CreatedProject {
-    #[serde(flatten)]
-    project: ProjectAnswer,
-    /// The grant importing the history, pending a second admin (or applied
-    /// at once, marked, during bootstrap).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    import_grant: Option<GrantView>,
 }
 
 /// Deletes the tag an approved grant names, if it still points where it

@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use custody_api::{ReportChange, ReportData, ReportDeployment, ReportFinding};
 use custody_domain::audit::AuditEvent;
 use custody_domain::{ProjectName, Timestamp};
 use custody_formats::attestation::{unverified_predicate, DeploymentV1};
 use custody_store::{AuditFilter, PageRequest};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde::Deserialize;
+use serde_json::Value;
 
 use super::Params;
 use crate::auth::Auth;
@@ -31,19 +32,33 @@ pub(crate) struct ReportQuery {
     to: String,
 }
 
-/// What the report holds; the CLI renders it as HTML, Markdown or JSON.
-#[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct ReportData {
-    instance: String,
-    from: Timestamp,
-    to: Timestamp,
-    generated_at: Timestamp,
-    /// The newest signed checkpoint's tree size.
-    checkpoint_size: Option<u64>,
-    #[schema(value_type = Vec<Object>)]
-    deployments: Vec<Value>,
-    #[schema(value_type = Vec<Object>)]
-    findings: Vec<Value>,
+/// A finding that is an audit event, before its kind and summary.
+fn finding_of(event: &AuditEvent) -> ReportFinding {
+    ReportFinding {
+        kind: String::new(),
+        at: Timestamp::from_millis(event.at_ms),
+        seq: Some(event.seq),
+        subject: event.subject.clone(),
+        actor: None,
+        summary: String::new(),
+        resolved_by: None,
+        resolution: None,
+    }
+}
+
+/// A finding that is an audit event, naming who did it.
+fn finding_by(event: &AuditEvent) -> ReportFinding {
+    ReportFinding { actor: Some(event.actor.clone()), ..finding_of(event) }
+}
+
+/// A recorded text, or nothing.
+fn text(value: &Value) -> String {
+    value.as_str().unwrap_or_default().to_owned()
+}
+
+/// A recorded list of names, or none.
+fn list(value: &Value) -> Vec<String> {
+    serde_json::from_value(value.clone()).unwrap_or_default()
 }
 
 async fn events_between(state: &AppState, from: i64, to: i64) -> ApiResult<Vec<AuditEvent>> {
@@ -116,11 +131,11 @@ pub(crate) async fn report(
                     production.insert(project.to_owned(), found);
                 }
                 if details["status"] != custody_domain::status::DeploymentStatus::Succeeded.as_str() {
-                    findings.push(json!({
-                        "kind": "deployment_failed", "at": Timestamp::from_millis(event.at_ms), "seq": event.seq,
-                        "subject": event.subject,
-                        "summary": format!("deployment to {environment} failed: {}", details["reason"].as_str().unwrap_or("")),
-                    }));
+                    findings.push(ReportFinding {
+                        kind: "deployment_failed".into(),
+                        summary: format!("deployment to {environment} failed: {}", text(&details["reason"])),
+                        ..finding_of(event)
+                    });
                     continue;
                 }
                 if !production[project].contains(&environment) {
@@ -136,58 +151,64 @@ pub(crate) async fn report(
                     let merged =
                         state.store().audit_event_about("change.merge", &format!("change:{project}/{change}")).await?;
                     if let Some(merged) = merged {
-                        changes.push(json!({
-                            "number": change,
-                            "authors": merged.details["authors"],
-                            "reviewers": merged.details["approvers"],
-                            "merged_by": merged.actor,
-                            "merge_commit": merged.details["merge_commit"],
-                            "merged_at": Timestamp::from_millis(merged.at_ms),
-                            "seq": merged.seq,
-                        }));
+                        changes.push(ReportChange {
+                            number: change,
+                            authors: list(&merged.details["authors"]),
+                            reviewers: list(&merged.details["approvers"]),
+                            merged_by: merged.actor,
+                            merge_commit: merged.details["merge_commit"].as_str().map(str::to_owned),
+                            merged_at: Timestamp::from_millis(merged.at_ms),
+                            seq: merged.seq,
+                        });
                     }
                 }
-                let build =
-                    state.store().audit_event_about("build.finish", &format!("build:{project}/{}", details["build"])).await?;
-                deployments.push(json!({
-                    "project": project,
-                    "number": number,
-                    "environment": environment,
-                    "after": attested.as_ref().and_then(|p| p.after.as_deref()),
-                    "build": details["build"],
-                    "commit": details["commit"],
-                    "artifacts": build.as_ref().map(|b| b.details["artifacts"].clone()).unwrap_or(Value::Null),
-                    "finished_at": Timestamp::from_millis(event.at_ms),
-                    "requester": details["requested_by"],
-                    "approvers": details["approvers"],
-                    "testers": details["testers"],
-                    "break_glass": details["break_glass"],
-                    "gate": attested.as_ref().and_then(|p| p.gate.as_ref()),
-                    "changes": changes,
-                    "envelope_sha256": details["envelope_sha256"],
-                    "seq": event.seq,
-                }));
+                let build = details["build"].as_i64().unwrap_or_default();
+                let built =
+                    state.store().audit_event_about("build.finish", &format!("build:{project}/{build}")).await?;
+                deployments.push(ReportDeployment {
+                    project: project.to_owned(),
+                    number,
+                    environment,
+                    after: attested.as_ref().and_then(|p| p.after.clone()),
+                    build,
+                    commit: text(&details["commit"]),
+                    artifacts: built
+                        .and_then(|b| serde_json::from_value(b.details["artifacts"].clone()).ok())
+                        .unwrap_or_default(),
+                    finished_at: Timestamp::from_millis(event.at_ms),
+                    requester: details["requested_by"].as_str().map(str::to_owned),
+                    approvers: list(&details["approvers"]),
+                    testers: list(&details["testers"]),
+                    break_glass: details["break_glass"].as_str().map(str::to_owned),
+                    gate: attested.as_ref().and_then(|p| p.gate.clone()),
+                    changes,
+                    envelope_sha256: details["envelope_sha256"].as_str().map(str::to_owned),
+                    seq: event.seq,
+                });
             }
-            "git.push.refused" => findings.push(json!({
-                "kind": "refused_push", "at": Timestamp::from_millis(event.at_ms), "seq": event.seq,
-                "subject": event.subject, "actor": event.actor,
-                "summary": format!("{} tried to update a protected ref; refused", event.actor),
-            })),
-            "project.import.apply" => findings.push(json!({
-                "kind": "imported_baseline", "at": Timestamp::from_millis(event.at_ms), "seq": event.seq,
-                "subject": event.subject, "actor": event.actor,
-                "summary": "history imported as an unreviewed baseline (approved as a grant)",
-            })),
-            "deploy.reject" | "deploy.test_failed" | "deploy.cancel" => findings.push(json!({
-                "kind": event.action.replace('.', "_"), "at": Timestamp::from_millis(event.at_ms), "seq": event.seq,
-                "subject": event.subject, "actor": event.actor,
-                "summary": format!("{} by {}", event.action, event.actor),
-            })),
-            _ if details["bootstrap"] == true && details["how"] == "bootstrap" => findings.push(json!({
-                "kind": "bootstrap_grant", "at": Timestamp::from_millis(event.at_ms), "seq": event.seq,
-                "subject": event.subject, "actor": event.actor,
-                "summary": format!("{} applied by {} alone, during the single-admin bootstrap", event.action, event.actor),
-            })),
+            "git.push.refused" => findings.push(ReportFinding {
+                kind: "refused_push".into(),
+                summary: format!("{} tried to update a protected ref; refused", event.actor),
+                ..finding_by(event)
+            }),
+            "project.import.apply" => findings.push(ReportFinding {
+                kind: "imported_baseline".into(),
+                summary: "history imported as an unreviewed baseline (approved as a grant)".into(),
+                ..finding_by(event)
+            }),
+            "deploy.reject" | "deploy.test_failed" | "deploy.cancel" => findings.push(ReportFinding {
+                kind: event.action.replace('.', "_"),
+                summary: format!("{} by {}", event.action, event.actor),
+                ..finding_by(event)
+            }),
+            _ if details["bootstrap"] == true && details["how"] == "bootstrap" => findings.push(ReportFinding {
+                kind: "bootstrap_grant".into(),
+                summary: format!(
+                    "{} applied by {} alone, during the single-admin bootstrap",
+                    event.action, event.actor
+                ),
+                ..finding_by(event)
+            }),
             _ => {}
         }
     }
@@ -196,10 +217,16 @@ pub(crate) async fn report(
         if at < from.millis() || at >= to.millis() {
             continue;
         }
-        findings.push(json!({
-            "kind": finding.kind, "at": finding.opened_at, "subject": finding.subject,
-            "summary": finding.summary, "resolved_by": finding.resolved_by, "resolution": finding.resolution,
-        }));
+        findings.push(ReportFinding {
+            kind: finding.kind,
+            at: finding.opened_at,
+            seq: None,
+            subject: finding.subject,
+            actor: None,
+            summary: finding.summary,
+            resolved_by: finding.resolved_by,
+            resolution: finding.resolution,
+        });
     }
     let checkpoint_size = state.store().latest_checkpoint().await?.map(|c| c.size);
     Ok(Json(ReportData {
