@@ -1,6 +1,6 @@
 //! A client of custody's JSON API.
 
-use custody_api::Page;
+use custody_api::{ErrorBody, Page};
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -175,23 +175,21 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 /// Maps an error answer to an exit code and a message with every reason.
 fn failure_from(status: StatusCode, text: &str) -> Failure {
     let body: Option<Value> = serde_json::from_str(text).ok();
-    let error = body.as_ref().and_then(|b| b.get("error"));
-    let mut message = error
-        .and_then(|e| e.get("message"))
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("the server answered {status}"));
-    if let Some(reasons) = error.and_then(|e| e.get("reasons")).and_then(Value::as_array) {
-        message = "refused:".to_owned();
-        for reason in reasons {
-            let rule = reason.get("rule").and_then(Value::as_str).unwrap_or("?");
-            let text = reason.get("message").and_then(Value::as_str).unwrap_or("");
-            message.push_str(&format!("\n  - {text} [{rule}]"));
-            if let Some(satisfy) = reason.get("satisfy").and_then(Value::as_str) {
-                message.push_str(&format!("\n    to satisfy: {satisfy}"));
+    let error = body.clone().and_then(|b| serde_json::from_value::<ErrorBody>(b).ok()).map(|b| b.error);
+    let message = match error {
+        Some(error) if !error.reasons.is_empty() => {
+            let mut message = "refused:".to_owned();
+            for reason in &error.reasons {
+                message.push_str(&format!("\n  - {} [{}]", reason.message, reason.rule));
+                if let Some(satisfy) = &reason.satisfy {
+                    message.push_str(&format!("\n    to satisfy: {satisfy}"));
+                }
             }
+            message
         }
-    }
+        Some(error) => error.message,
+        None => format!("the server answered {status}"),
+    };
     let code = match status.as_u16() {
         401 | 403 | 429 => 1,
         400..=499 => 2,

@@ -15,8 +15,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use clap::Args;
+use custody_api::{BuildView, ChangeDetail, ChangeView, CreatedUser, DeploymentView, ErrorBody, Merged, NewToken};
+use custody_domain::status::{BuildStatus, DeploymentStatus};
+use custody_formats::attestation::{unverified_predicate, DeploymentV1};
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
@@ -123,6 +127,12 @@ struct Story {
     summary: String,
 }
 
+/// What `custody init --json` prints.
+#[derive(Deserialize)]
+struct Initialised {
+    token: String,
+}
+
 impl Story {
     fn start(exe: PathBuf, data_dir: PathBuf, listen: &str) -> Result<Story, Failure> {
         let made = Command::new(&exe)
@@ -136,9 +146,9 @@ impl Story {
                 String::from_utf8_lossy(&made.stderr).trim()
             )));
         }
-        let made: Value = serde_json::from_slice(&made.stdout)
+        let made: Initialised = serde_json::from_slice(&made.stdout)
             .map_err(|e| Failure::internal(format!("`custody init` answered oddly: {e}")))?;
-        let admin = made["token"].as_str().unwrap_or_default().to_owned();
+        let admin = made.token;
         let data_dir = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);
         let work = data_dir.join("demo");
         std::fs::create_dir_all(&work)
@@ -184,26 +194,52 @@ impl Story {
 
     /// The whole story, step by step.
     fn tell(&mut self) -> Result<(), Failure> {
+        self.invite_the_team()?;
+        self.create_the_project()?;
+        self.change_reviewed_and_merged()?;
+        self.build_stored()?;
+        let number = self.deployed_to_production()?;
+        self.summarise(&number)
+    }
+
+    /// The admin invites the team; each redeems an invite for a token.
+    fn invite_the_team(&mut self) -> Result<(), Failure> {
         self.say("admin", "administrator", "invites the team; each redeems an invite for a token");
         for (name, _) in PEOPLE {
-            let added = self.custody("admin", &["user", "add", name, "--email", &format!("{name}@example.com")])?;
-            let code = added["invite_code"].as_str().unwrap_or_default().to_owned();
-            let redeemed = self.run_json(self.command(name).args(["token", "redeem", &code, "--server", &self.url]))?;
-            self.tokens.insert(name, redeemed["token"].as_str().unwrap_or_default().to_owned());
+            let added: CreatedUser =
+                self.custody("admin", &["user", "add", name, "--email", &format!("{name}@example.com")])?;
+            let code = added.invite_code;
+            let redeemed: NewToken =
+                self.run_json(self.command(name).args(["token", "redeem", &code, "--server", &self.url]))?;
+            self.tokens.insert(name, redeemed.token);
         }
 
+        Ok(())
+    }
+
+    /// The admin creates the project and the groups of the duties.
+    fn create_the_project(&mut self) -> Result<(), Failure> {
         self.say("admin", "administrator", "creates the project from a baseline, imported and marked unreviewed");
         let baseline = self.baseline()?;
-        self.custody("admin", &["project", "create", PROJECT, "--import", &baseline.display().to_string()])?;
+        self.custody::<IgnoredAny>(
+            "admin",
+            &["project", "create", PROJECT, "--import", &baseline.display().to_string()],
+        )?;
         for (name, _) in PEOPLE {
-            self.custody("admin", &["project", "member", "add", PROJECT, name, "--role", "write"])?;
+            self.custody::<IgnoredAny>("admin", &["project", "member", "add", PROJECT, name, "--role", "write"])?;
         }
         self.say("admin", "administrator", "puts carol in release-managers and dave in testers");
         for (group, member) in [("release-managers", "carol"), ("testers", "dave")] {
-            self.custody("admin", &["group", "create", group])?;
-            self.custody("admin", &["group", "add", group, member])?;
+            self.custody::<IgnoredAny>("admin", &["group", "create", group])?;
+            self.custody::<IgnoredAny>("admin", &["group", "add", group, member])?;
         }
 
+        Ok(())
+    }
+
+    /// Alice pushes a change, cannot merge it alone, Bob approves it, and
+    /// custody merges it.
+    fn change_reviewed_and_merged(&mut self) -> Result<(), Failure> {
         self.say("alice", "developer", "clones the project, changes the app on a branch and pushes it");
         let clone = self.work.join("alice");
         let remote = self.remote("alice");
@@ -214,84 +250,95 @@ impl Story {
         self.git("alice", &clone, &["commit", "-q", "-am", "Faster payments"])?;
         self.git("alice", &clone, &["push", "-q", "origin", "faster-payments"])?;
         self.say("alice", "developer", "opens a change");
-        let opened = self.custody(
+        let opened: ChangeView = self.custody(
             "alice",
             &["change", "open", PROJECT, "--source", "faster-payments", "--title", "Faster payments"],
         )?;
-        let change = opened["number"].as_i64().unwrap_or(1).to_string();
+        let change = opened.number.to_string();
         self.say("alice", "developer", "tries to merge it before anyone else has approved it");
         self.refused("alice", &["change", "merge", PROJECT, &change])?;
         self.say("bob", "reviewer", &format!("reviews and approves change {change}"));
-        let shown = self.custody("bob", &["change", "show", PROJECT, &change])?;
-        let head = shown["head"].as_str().unwrap_or_default().to_owned();
-        self.custody(
+        let shown: ChangeDetail = self.custody("bob", &["change", "show", PROJECT, &change])?;
+        let head = shown.change.head;
+        self.custody::<IgnoredAny>(
             "bob",
             &["change", "review", PROJECT, &change, "--approve", "--head", &head, "-m", "looks right"],
         )?;
         self.say("alice", "developer", "merges it: custody checks the gate and merges");
-        let merged = self.custody("alice", &["change", "merge", PROJECT, &change])?;
-        let commit = merged["change"]["merge_commit"].as_str().unwrap_or_default().to_owned();
+        let merged: Merged = self.custody("alice", &["change", "merge", PROJECT, &change])?;
+        let commit = merged.change.merge_commit.unwrap_or_default();
         self.note(&format!("main is now {}", custody_domain::short_id(&commit)));
 
+        Ok(())
+    }
+
+    /// custody's build service builds the merge and stores the artifact.
+    fn build_stored(&mut self) -> Result<(), Failure> {
         self.say("custody", "build service", "builds the merged commit in its sandbox and signs provenance");
         let build = self.until("the build", |story| {
-            let build = story.custody_quiet("alice", &["build", "show", PROJECT, "1"]).ok()?;
-            (!matches!(build["status"].as_str(), Some("queued" | "running"))).then_some(build)
+            let build: BuildView = story.custody_quiet("alice", &["build", "show", PROJECT, "1"]).ok()?;
+            (!build.status.is_waiting()).then_some(build)
         })?;
-        if build["status"] != "succeeded" {
+        if build.status != BuildStatus::Succeeded {
             return Err(Failure {
                 code: 1,
-                message: format!("the build did not succeed: {}", build["reason"]),
+                message: format!("the build did not succeed: {}", build.reason.unwrap_or_default()),
                 body: None,
             });
         }
-        let digest = build["artifacts"][0]["digest"].as_str().unwrap_or_default().to_owned();
+        let digest = build.artifacts.first().map(|a| a.digest.clone()).unwrap_or_default();
         self.note(&format!("build 1 stored dist/app.tar.gz, sha256 {}", custody_domain::short_id(&digest)));
 
+        Ok(())
+    }
+
+    /// Staging on its own, then production after a tester's sign-off and a
+    /// release manager's approval; returns the production deployment's number.
+    fn deployed_to_production(&mut self) -> Result<String, Failure> {
         self.say("custody", "deployer", "deploys build 1 to staging on its own: staging has no gate");
         self.finished_deployment(1)?;
         self.say("alice", "developer", "tries to approve the production deployment");
         let production = self.until("the production deployment", |story| {
-            let shown = story.custody_quiet("alice", &["deploy", "show", PROJECT, "2"]).ok()?;
-            (shown["status"] == "pending").then_some(shown)
+            let shown: DeploymentView = story.custody_quiet("alice", &["deploy", "show", PROJECT, "2"]).ok()?;
+            (shown.status == DeploymentStatus::Pending).then_some(shown)
         })?;
-        let number = production["number"].as_i64().unwrap_or(2).to_string();
+        let number = production.number.to_string();
         self.refused("alice", &["deploy", "approve", PROJECT, &number])?;
         self.say("dave", "tester", "tests staging by hand and signs off");
-        self.custody("dave", &["deploy", "sign-off", PROJECT, &number, "--passed", "-m", "payments go through"])?;
+        self.custody::<IgnoredAny>(
+            "dave",
+            &["deploy", "sign-off", PROJECT, &number, "--passed", "-m", "payments go through"],
+        )?;
         self.say("carol", "release manager", &format!("approves deployment {number} to production"));
-        self.custody("carol", &["deploy", "approve", PROJECT, &number, "-m", "ship it"])?;
+        self.custody::<IgnoredAny>("carol", &["deploy", "approve", PROJECT, &number, "-m", "ship it"])?;
         self.say("custody", "deployer", "runs the reviewed deploy script for production");
         self.finished_deployment(2)?;
 
-        let envelope = self.custody("alice", &["deploy", "attestation", PROJECT, &number])?;
-        let statement: Value = envelope["payload"]
-            .as_str()
-            .and_then(|p| base64::engine::general_purpose::STANDARD.decode(p).ok())
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or(Value::Null);
-        let predicate = &statement["predicate"];
-        let names = |value: &Value| {
-            value
-                .as_array()
-                .map(|v| v.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
-                .unwrap_or_default()
-        };
+        Ok(number)
+    }
+
+    /// Who held each duty, as the signed attestation says, and how to look
+    /// around.
+    fn summarise(&mut self, number: &str) -> Result<(), Failure> {
+        let envelope: Value = self.custody("alice", &["deploy", "attestation", PROJECT, number])?;
+        let predicate = unverified_predicate::<DeploymentV1>(&envelope.to_string()).ok_or_else(|| {
+            Failure::internal("the deployment attestation does not hold a deployment predicate of version 1")
+        })?;
         let mut summary = String::from("\nThe signed deployment attestation names who held each duty:\n");
-        for change in predicate["release"].as_array().into_iter().flatten() {
+        for change in &predicate.release {
             summary.push_str(&format!(
                 "  change {}: written by {}, reviewed by {}\n",
-                change["change"],
-                names(&change["authors"]),
-                names(&change["reviewers"])
+                change.change,
+                change.authors.join(", "),
+                change.reviewers.join(", ")
             ));
         }
         summary.push_str(&format!(
             "  built by {}\n  approved by {}\n  tested by {}\n  deployed by {}\n",
-            predicate["builder"].as_str().unwrap_or("?"),
-            names(&predicate["approvers"]),
-            names(&predicate["testers"]),
-            predicate["deployer"].as_str().unwrap_or("?"),
+            predicate.builder.as_deref().unwrap_or("?"),
+            predicate.approvers.join(", "),
+            predicate.testers.join(", "),
+            predicate.deployer,
         ));
         summary.push_str(&format!("\nThe server is still running at {}. Look around as anyone:\n", self.url));
         for (name, token) in &self.tokens {
@@ -318,22 +365,23 @@ impl Story {
     /// Waits for deployment `number` to end and says how it went.
     fn finished_deployment(&mut self, number: i64) -> Result<(), Failure> {
         let done = self.until(&format!("deployment {number}"), |story| {
-            let shown = story.custody_quiet("alice", &["deploy", "show", PROJECT, &number.to_string()]).ok()?;
-            matches!(shown["status"].as_str(), Some("succeeded" | "failed" | "cancelled")).then_some(shown)
+            let shown: DeploymentView =
+                story.custody_quiet("alice", &["deploy", "show", PROJECT, &number.to_string()]).ok()?;
+            (!shown.status.is_waiting()).then_some(shown)
         })?;
-        if done["status"] != "succeeded" {
+        if done.status != DeploymentStatus::Succeeded {
             return Err(Failure {
                 code: 1,
-                message: format!("deployment {number} {}: {}", done["status"], done["reason"]),
+                message: format!("deployment {number} {}: {}", done.status.as_str(), done.reason.unwrap_or_default()),
                 body: None,
             });
         }
-        let environment = done["environment"].as_str().unwrap_or_default().to_owned();
+        let environment = done.environment;
         match self.target.received().into_iter().rev().find(|(path, _)| path.starts_with(&format!("/{environment}"))) {
             Some((_, digest)) => {
                 self.note(&format!("{environment} received app.tar.gz, sha256 {}", custody_domain::short_id(&digest)))
             }
-            None => self.note(&format!("{environment} is live with build {}", done["build"])),
+            None => self.note(&format!("{environment} is live with build {}", done.build)),
         }
         Ok(())
     }
@@ -403,12 +451,12 @@ impl Story {
     }
 
     /// `custody ARGS` as `who`, shown as it is run.
-    fn custody(&self, who: &str, args: &[&str]) -> Result<Value, Failure> {
+    fn custody<T: DeserializeOwned>(&self, who: &str, args: &[&str]) -> Result<T, Failure> {
         println!("    $ custody {}", shell_words(args));
         self.custody_quiet(who, args)
     }
 
-    fn custody_quiet(&self, who: &str, args: &[&str]) -> Result<Value, Failure> {
+    fn custody_quiet<T: DeserializeOwned>(&self, who: &str, args: &[&str]) -> Result<T, Failure> {
         self.run_json(self.command(who).args(args))
     }
 
@@ -419,22 +467,20 @@ impl Story {
         if output.status.success() {
             return Err(Failure { code: 1, message: format!("custody let {who} {}", args.join(" ")), body: None });
         }
-        let error: Value = serde_json::from_slice(&output.stderr).unwrap_or(Value::Null);
-        let reasons = error["error"]["reasons"].as_array().cloned().unwrap_or_default();
-        for reason in &reasons {
-            println!(
-                "    refused by {}: {}",
-                reason["rule"].as_str().unwrap_or("?"),
-                reason["message"].as_str().unwrap_or("")
-            );
-        }
-        if reasons.is_empty() {
-            println!("    refused: {}", error["error"]["message"].as_str().unwrap_or("?"));
+        let error = serde_json::from_slice::<ErrorBody>(&output.stderr).map(|body| body.error);
+        match error {
+            Ok(error) if !error.reasons.is_empty() => {
+                for reason in &error.reasons {
+                    println!("    refused by {}: {}", reason.rule, reason.message);
+                }
+            }
+            Ok(error) => println!("    refused: {}", error.message),
+            Err(_) => println!("    refused: {}", String::from_utf8_lossy(&output.stderr).trim()),
         }
         Ok(())
     }
 
-    fn run_json(&self, command: &mut Command) -> Result<Value, Failure> {
+    fn run_json<T: DeserializeOwned>(&self, command: &mut Command) -> Result<T, Failure> {
         let output = command.output().map_err(|e| Failure::internal(format!("cannot run custody: {e}")))?;
         if !output.status.success() {
             return Err(Failure {
@@ -443,7 +489,9 @@ impl Story {
                 body: None,
             });
         }
-        Ok(serde_json::from_slice(&output.stdout).unwrap_or(Value::Null))
+        serde_json::from_slice(&output.stdout).map_err(|e| {
+            Failure::internal(format!("a step answered with JSON of another shape than the demo reads: {e}"))
+        })
     }
 
     /// `http://WHO:TOKEN@HOST/payments.git`.

@@ -281,33 +281,14 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     init_logging(&log_format)?;
 
     let data_dir = DataDir::new(data_dir);
-    let first_start = !data_dir.has_keys();
-    let bootstrap = if first_start {
-        let options = InitOptions {
-            name: file.name.unwrap_or_else(|| DEFAULT_NAME.to_owned()),
-            admin: UserName::parse(DEFAULT_ADMIN)?,
-            admin_email: None,
-            database_url: database_url.clone(),
-        };
-        Some(instance::init(&data_dir, options).await.map_err(instance_failure)?)
-    } else {
-        None
-    };
-    let instance = instance::open(&data_dir, database_url).await.map_err(instance_failure)?;
-
+    let name = file.name.unwrap_or_else(|| DEFAULT_NAME.to_owned());
+    let (instance, bootstrap) = open_or_init(&data_dir, name, database_url).await?;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .map_err(|e| Failure::input(format!("cannot listen on {listen}: {e}")))?;
     let address = listener.local_addr().map_err(|e| Failure::internal(e.to_string()))?;
     let url = format!("http://{address}");
-    if let Some(made) = bootstrap {
-        println!("initialised a new custody instance in {}", data_dir.root().display());
-        println!("admin: {}", made.admin);
-        println!("token: {}", made.token);
-        println!("(shown once: run `custody login --server {url}` and paste it)");
-    }
-    println!("listening on {url}");
-    let _ = std::io::stdout().flush();
+    announce(&url, &data_dir, bootstrap.as_ref());
     tracing::info!(%url, database = instance.store.dialect().name(), data_dir = %data_dir.root().display(), "serving");
 
     // Every repository runs this very binary as its hooks.
@@ -324,7 +305,6 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let sealing = sealing_key(&data_dir)?;
     let deployer = deployer(&builder, &instance, sealing.clone())?;
     let _boot = start_boot(&data_dir, &store, boot_id, vec![builder.worker.clone(), deployer.worker.clone()]).await?;
-    let deployers = builders > 0;
     let limits = Limits {
         max_push_bytes: args.max_push_bytes.unwrap_or(Limits::MAX_PUSH_BYTES),
         max_object_bytes: args.max_object_bytes.unwrap_or(Limits::MAX_OBJECT_BYTES),
@@ -341,62 +321,129 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         Ok(settled) => tracing::warn!(settled, "settled merges a previous process recorded and did not finish"),
         Err(error) => tracing::error!(%error, "settling recorded merges"),
     }
-    // One signal stops both the server and the check runner.
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = stopped.wait_for(|stop| *stop).await;
-    };
-    let runner = tokio::spawn(custody_runner::checks::run(
-        store.clone(),
-        custody_git::Repositories::new(data_dir.repositories()),
-        ceiling,
-        until_stopped(stopped.clone()),
-    ));
-    let (changes, stop_merging) = (state.changes().clone(), until_stopped(stopped.clone()));
-    let merger = tokio::spawn(async move { changes.auto_merge(stop_merging).await });
-    let mut builders: Vec<_> =
-        (0..builders).map(|_| tokio::spawn(builder.clone().run(until_stopped(stopped.clone())))).collect();
-    if deployers {
-        builders.push(tokio::spawn(deployer.run(until_stopped(stopped.clone()))));
+
+    let stop = Stop::new();
+    let mut background = Background::default();
+    let checks = custody_git::Repositories::new(data_dir.repositories());
+    background.spawn(custody_runner::checks::run(store.clone(), checks, ceiling, stop.signal()));
+    let (changes, stop_merging) = (state.changes().clone(), stop.signal());
+    background.spawn(async move { changes.auto_merge(stop_merging).await });
+    for _ in 0..builders {
+        background.spawn(builder.clone().run(stop.signal()));
+    }
+    if builders > 0 {
+        background.spawn(deployer.run(stop.signal()));
         // Promotions a process that died right after a success never made.
-        builders.push(tokio::spawn(custody_app::releases::repair_promotions(
+        let repositories = custody_git::Repositories::new(data_dir.repositories());
+        let repair = custody_app::releases::repair_promotions(
             store.clone(),
-            custody_git::Repositories::new(data_dir.repositories()),
+            repositories,
             PROMOTIONS_REPAIRED_EVERY,
-            until_stopped(stopped.clone()),
-        )));
+            stop.signal(),
+        );
+        background.spawn(repair);
     }
     // Signs a ledger checkpoint whenever the audit log grew, four times a second at most.
-    let checkpointer = state.key(custody_formats::KeyRole::Ledger).map(|key| {
-        let (store, origin, key) = (store.clone(), state.instance().to_owned(), key.clone_key());
-        let stop = until_stopped(stopped.clone());
-        tokio::spawn(async move { store.run_checkpointer(origin, key, CHECKPOINT_EVERY, stop).await })
-    });
+    if let Some(key) = state.key(custody_formats::KeyRole::Ledger) {
+        let (store, origin, key, until) = (store.clone(), state.instance().to_owned(), key.clone_key(), stop.signal());
+        background.spawn(async move { store.run_checkpointer(origin, key, CHECKPOINT_EVERY, until).await });
+    }
     // Checks the whole audit log against its tags and anchor while serving,
     // as at start-up, so that a change made around custody stops the writer.
-    let ledger_checks = {
-        let (store, stop) = (store.clone(), until_stopped(stopped.clone()));
-        tokio::spawn(async move { store.run_ledger_checks(LEDGER_CHECK_EVERY, stop).await })
-    };
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        let _ = stop.send(true);
-    });
-    custody_server::launch_with_tcp_listener(listener, state, connections, until_stopped(stopped))
+    let (checked, until) = (store.clone(), stop.signal());
+    background.spawn(async move { checked.run_ledger_checks(LEDGER_CHECK_EVERY, until).await });
+    stop.on_shutdown_signal();
+
+    custody_server::launch_with_tcp_listener(listener, state, connections, stop.signal())
         .await
         .map_err(|e| Failure::internal(format!("server failed: {e}")))?;
-    let _ = runner.await;
-    let _ = merger.await;
-    for builder in builders {
-        let _ = builder.await;
-    }
-    if let Some(checkpointer) = checkpointer {
-        let _ = checkpointer.await;
-    }
-    let _ = ledger_checks.await;
+    background.join().await;
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The instance in `data_dir`, made first (with its admin's token) when the
+/// directory holds no keys yet.
+async fn open_or_init(
+    data_dir: &DataDir,
+    name: String,
+    database_url: Option<String>,
+) -> Result<(instance::Instance, Option<custody_store::Initialised>), Failure> {
+    let bootstrap = if data_dir.has_keys() {
+        None
+    } else {
+        let options = InitOptions {
+            name,
+            admin: UserName::parse(DEFAULT_ADMIN)?,
+            admin_email: None,
+            database_url: database_url.clone(),
+        };
+        Some(instance::init(data_dir, options).await.map_err(instance_failure)?)
+    };
+    let instance = instance::open(data_dir, database_url).await.map_err(instance_failure)?;
+    Ok((instance, bootstrap))
+}
+
+/// Tells the operator where custody listens and, on the first start, the
+/// admin's token, once.
+fn announce(url: &str, data_dir: &DataDir, bootstrap: Option<&custody_store::Initialised>) {
+    if let Some(made) = bootstrap {
+        println!("initialised a new custody instance in {}", data_dir.root().display());
+        println!("admin: {}", made.admin);
+        println!("token: {}", made.token);
+        println!("(shown once: run `custody login --server {url}` and paste it)");
+    }
+    println!("listening on {url}");
+    let _ = std::io::stdout().flush();
+}
+
+/// One signal that stops the server and every background task.
+struct Stop {
+    sender: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+    receiver: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Stop {
+    fn new() -> Stop {
+        let (sender, receiver) = tokio::sync::watch::channel(false);
+        Stop { sender: std::sync::Arc::new(sender), receiver }
+    }
+
+    /// A future that ends when the signal is given.
+    fn signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut receiver = self.receiver.clone();
+        async move {
+            let _ = receiver.wait_for(|stop| *stop).await;
+        }
+    }
+
+    /// Gives the signal on SIGINT or SIGTERM.
+    fn on_shutdown_signal(&self) {
+        let sender = self.sender.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = sender.send(true);
+        });
+    }
+}
+
+/// The tasks that run beside the server, awaited when it stops.
+#[derive(Default)]
+struct Background(Vec<tokio::task::JoinHandle<()>>);
+
+impl Background {
+    fn spawn<T: Send + 'static>(&mut self, task: impl std::future::Future<Output = T> + Send + 'static) {
+        self.0.push(tokio::spawn(async move {
+            let _ = task.await;
+        }));
+    }
+
+    async fn join(self) {
+        for task in self.0 {
+            let _ = task.await;
+        }
+    }
 }
 
 fn open_blobs(url: Option<&str>, data_dir: &DataDir) -> Result<custody_blobs::Blobs, Failure> {

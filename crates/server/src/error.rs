@@ -2,10 +2,10 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use custody_api::{ErrorBody, ErrorDetail};
 use custody_app::AppError;
 use custody_domain::Reason;
 use custody_store::StoreError;
-use serde::Serialize;
 
 /// An error as the API returns it.
 #[derive(Debug)]
@@ -21,22 +21,6 @@ pub struct ApiError {
     /// Seconds to wait before trying again: rate limits, and failures that
     /// are not the request's (the database unreachable or full, a race).
     pub retry_after: Option<u64>,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-struct ErrorDetail {
-    /// A stable, machine-readable code such as `refused` or `invalid_input`.
-    code: &'static str,
-    /// What happened and what to do.
-    message: String,
-    /// For refusals: each rule that refused and what would satisfy it.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    reasons: Vec<Reason>,
 }
 
 impl ApiError {
@@ -165,7 +149,9 @@ impl IntoResponse for ApiError {
         if self.status.is_client_error() {
             tracing::debug!(status = self.status.as_u16(), code = self.code, message = %self.message, "request refused");
         }
-        let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message, reasons: self.reasons } };
+        let body = ErrorBody {
+            error: ErrorDetail { code: self.code.to_owned(), message: self.message, reasons: self.reasons },
+        };
         let mut response = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(

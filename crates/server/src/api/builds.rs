@@ -40,7 +40,7 @@ pub(crate) async fn list_builds(
 
 /// One build, with its artifacts.
 #[utoipa::path(get, path = "/api/v1/projects/{name}/builds/{number}", tag = "builds", security(("token" = [])),
-    responses((status = 200, body = BuildView), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = BuildView), (status = 404, body = custody_api::ErrorBody)))]
 pub(crate) async fn get_build(
     State(state): State<AppState>,
     auth: Auth,
@@ -101,7 +101,7 @@ pub(crate) async fn list_artifacts(
 
 /// One artifact by digest.
 #[utoipa::path(get, path = "/api/v1/projects/{name}/artifacts/{digest}", tag = "builds", security(("token" = [])),
-    responses((status = 200, body = ArtifactDetail), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = ArtifactDetail), (status = 404, body = custody_api::ErrorBody)))]
 pub(crate) async fn get_artifact(
     State(state): State<AppState>,
     auth: Auth,
@@ -117,7 +117,7 @@ pub(crate) async fn get_artifact(
 /// no longer match the digest the transfer is cut off before its end, so a
 /// client never receives a complete damaged file.
 #[utoipa::path(get, path = "/api/v1/projects/{name}/artifacts/{digest}/content", tag = "builds", security(("token" = [])),
-    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = custody_api::ErrorBody)))]
 pub(crate) async fn download(
     State(state): State<AppState>,
     auth: Auth,
@@ -182,7 +182,7 @@ fn blob_error(digest: &Digest, error: BlobError) -> ApiError {
 /// The signed SLSA provenance of the build that made an artifact (the
 /// newest, when several builds made the same content).
 #[utoipa::path(get, path = "/api/v1/projects/{name}/artifacts/{digest}/provenance", tag = "builds", security(("token" = [])),
-    responses((status = 200, description = "a DSSE envelope", body = Object), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "a DSSE envelope", body = Object), (status = 404, body = custody_api::ErrorBody)))]
 pub(crate) async fn provenance(
     State(state): State<AppState>,
     auth: Auth,

@@ -20,7 +20,7 @@ use custody_api::{OpenChangeRequest, ReviewRequest};
 
 /// Opens a change from a pushed branch.
 #[utoipa::path(post, path = "/api/v1/projects/{name}/changes", tag = "changes", security(("token" = [])), request_body = OpenChangeRequest,
-    responses((status = 201, body = ChangeView), (status = 400, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = ChangeView), (status = 400, body = custody_api::ErrorBody), (status = 409, body = custody_api::ErrorBody)))]
 pub(crate) async fn open_change(
     State(state): State<AppState>,
     auth: Auth,
@@ -90,7 +90,7 @@ pub(crate) async fn list_changes(
 
 /// One change, with its authors, reviews and gate.
 #[utoipa::path(get, path = "/api/v1/projects/{name}/changes/{number}", tag = "changes", security(("token" = [])),
-    responses((status = 200, body = ChangeDetail), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = ChangeDetail), (status = 404, body = custody_api::ErrorBody)))]
 pub(crate) async fn get_change(
     State(state): State<AppState>,
     auth: Auth,
@@ -144,7 +144,7 @@ pub(crate) const HEAD_HEADER: header::HeaderName = header::HeaderName::from_stat
 
 /// Reviews the change's current head.
 #[utoipa::path(post, path = "/api/v1/projects/{name}/changes/{number}/reviews", tag = "changes", security(("token" = [])), request_body = ReviewRequest,
-    responses((status = 201, body = ReviewView), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = ReviewView), (status = 403, body = custody_api::ErrorBody)))]
 pub(crate) async fn review(
     State(state): State<AppState>,
     auth: Auth,
@@ -207,7 +207,7 @@ pub(crate) struct MergeQuery {
 /// Merges the change if its gate is open; refused with every failing rule
 /// otherwise, or, with `auto=true`, merged by custody as soon as it opens.
 #[utoipa::path(post, path = "/api/v1/projects/{name}/changes/{number}/merge", tag = "changes", security(("token" = [])), params(MergeQuery),
-    responses((status = 200, body = Merged), (status = 202, body = Merged), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = Merged), (status = 202, body = Merged), (status = 403, body = custody_api::ErrorBody)))]
 pub(crate) async fn merge(
     State(state): State<AppState>,
     auth: Auth,
@@ -230,7 +230,7 @@ pub(crate) async fn merge(
 /// The project's merge queue: merges whose ref is moving, then the changes
 /// custody merges in turn as their gates open.
 #[utoipa::path(get, path = "/api/v1/projects/{name}/merge-queue", tag = "changes", security(("token" = [])),
-    responses((status = 200, body = custody_store::MergeQueue), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = custody_store::MergeQueue), (status = 404, body = custody_api::ErrorBody)))]
 pub(crate) async fn merge_queue(
     State(state): State<AppState>,
     auth: Auth,
@@ -243,7 +243,7 @@ pub(crate) async fn merge_queue(
 /// The signed change attestation of a merged change: a DSSE envelope whose
 /// payload is an in-toto Statement v1, signed with the gate key.
 #[utoipa::path(get, path = "/api/v1/projects/{name}/changes/{number}/attestation", tag = "changes", security(("token" = [])),
-    responses((status = 200, body = Object), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = Object), (status = 409, body = custody_api::ErrorBody)))]
 pub(crate) async fn attestation(
     State(state): State<AppState>,
     auth: Auth,

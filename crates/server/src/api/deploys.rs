@@ -64,7 +64,7 @@ pub(crate) async fn list_environments(
 
 /// One environment: its gate, what is live, what waits, and its history.
 #[utoipa::path(get, path = "/api/v1/projects/{name}/environments/{environment}", tag = "deployments", security(("token" = [])),
-    responses((status = 200, body = EnvironmentDetail), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = EnvironmentDetail), (status = 404, body = custody_api::ErrorBody)))]
 pub(crate) async fn get_environment(
     State(state): State<AppState>,
     auth: Auth,
@@ -103,7 +103,7 @@ pub(crate) async fn list_deployments(
 
 /// One deployment with the decisions taken on it.
 #[utoipa::path(get, path = "/api/v1/projects/{name}/deployments/{number}", tag = "deployments", security(("token" = [])),
-    responses((status = 200, body = DeploymentView), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = DeploymentView), (status = 404, body = custody_api::ErrorBody)))]
 pub(crate) async fn get_deployment(
     State(state): State<AppState>,
     auth: Auth,
@@ -132,7 +132,7 @@ pub(crate) async fn gate(
 
 /// Asks for a deployment; it waits for its gate.
 #[utoipa::path(post, path = "/api/v1/projects/{name}/deployments", tag = "deployments", security(("token" = [])), request_body = DeployRequest,
-    responses((status = 201, body = DeploymentAndGate), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = DeploymentAndGate), (status = 403, body = custody_api::ErrorBody)))]
 pub(crate) async fn request(
     State(state): State<AppState>,
     auth: Auth,
@@ -174,7 +174,7 @@ async fn decide(
 
 /// Approves a pending deployment.
 #[utoipa::path(post, path = "/api/v1/projects/{name}/deployments/{number}/approve", tag = "deployments", security(("token" = [])), request_body = DecisionRequest,
-    responses((status = 200, body = DeploymentAndGate), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = DeploymentAndGate), (status = 403, body = custody_api::ErrorBody)))]
 pub(crate) async fn approve(
     State(state): State<AppState>,
     auth: Auth,
@@ -186,7 +186,7 @@ pub(crate) async fn approve(
 
 /// Rejects a pending deployment, saying why.
 #[utoipa::path(post, path = "/api/v1/projects/{name}/deployments/{number}/reject", tag = "deployments", security(("token" = [])), request_body = DecisionRequest,
-    responses((status = 200, body = DeploymentAndGate), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = DeploymentAndGate), (status = 403, body = custody_api::ErrorBody)))]
 pub(crate) async fn reject(
     State(state): State<AppState>,
     auth: Auth,
@@ -198,7 +198,7 @@ pub(crate) async fn reject(
 
 /// Signs off a pending deployment's manual tests as passed or failed.
 #[utoipa::path(post, path = "/api/v1/projects/{name}/deployments/{number}/sign-off", tag = "deployments", security(("token" = [])), request_body = SignOffRequest,
-    responses((status = 200, body = DeploymentAndGate), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = DeploymentAndGate), (status = 403, body = custody_api::ErrorBody)))]
 pub(crate) async fn sign_off(
     State(state): State<AppState>,
     auth: Auth,
@@ -215,7 +215,7 @@ pub(crate) async fn sign_off(
 
 /// Cancels a deployment that has not started.
 #[utoipa::path(post, path = "/api/v1/projects/{name}/deployments/{number}/cancel", tag = "deployments", security(("token" = [])), request_body = DecisionRequest,
-    responses((status = 200, body = DeploymentView), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = DeploymentView), (status = 409, body = custody_api::ErrorBody)))]
 pub(crate) async fn cancel(
     State(state): State<AppState>,
     auth: Auth,
@@ -290,7 +290,7 @@ pub(crate) async fn list_findings(
 /// Records an admin's review of a finding; nobody involved in what it is
 /// about may.
 #[utoipa::path(post, path = "/api/v1/findings/{id}/resolve", tag = "deployments", security(("token" = [])), request_body = ResolveRequest,
-    responses((status = 200, body = custody_store::FindingView), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = custody_store::FindingView), (status = 403, body = custody_api::ErrorBody)))]
 pub(crate) async fn resolve_finding(
     State(state): State<AppState>,
     auth: Auth,
@@ -304,7 +304,7 @@ pub(crate) async fn resolve_finding(
 /// Sets a new version of an environment secret: sealed at once, current
 /// when a second admin approves the grant. Admins only.
 #[utoipa::path(post, path = "/api/v1/projects/{name}/environments/{environment}/secrets", tag = "deployments", security(("token" = [])), request_body = SecretRequest,
-    responses((status = 202, body = SecretRequested), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 202, body = SecretRequested), (status = 403, body = custody_api::ErrorBody)))]
 pub(crate) async fn set_secret(
     State(state): State<AppState>,
     auth: Auth,

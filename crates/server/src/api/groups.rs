@@ -27,7 +27,7 @@ pub(crate) async fn list_groups(
 
 /// An admin creates an empty group.
 #[utoipa::path(post, path = "/api/v1/groups", tag = "groups", security(("token" = [])), request_body = CreateGroupRequest,
-    responses((status = 201, body = GroupView), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = GroupView), (status = 409, body = custody_api::ErrorBody)))]
 pub(crate) async fn create_group(
     State(state): State<AppState>,
     auth: Auth,
@@ -39,7 +39,7 @@ pub(crate) async fn create_group(
 
 /// One group.
 #[utoipa::path(get, path = "/api/v1/groups/{name}", tag = "groups", security(("token" = [])),
-    responses((status = 200, body = GroupView), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = GroupView), (status = 404, body = custody_api::ErrorBody)))]
 pub(crate) async fn get_group(
     State(state): State<AppState>,
     auth: Auth,
@@ -52,7 +52,7 @@ pub(crate) async fn get_group(
 /// An admin asks to add a member: a grant, pending until a second admin
 /// approves it (applied at once, and marked, during bootstrap).
 #[utoipa::path(post, path = "/api/v1/groups/{name}/members", tag = "groups", security(("token" = [])), request_body = MemberRequest,
-    responses((status = 202, body = GrantView), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 202, body = GrantView), (status = 403, body = custody_api::ErrorBody)))]
 pub(crate) async fn add_member(
     State(state): State<AppState>,
     auth: Auth,
@@ -65,7 +65,7 @@ pub(crate) async fn add_member(
 
 /// An admin asks to remove a member: a grant.
 #[utoipa::path(delete, path = "/api/v1/groups/{name}/members/{user}", tag = "groups", security(("token" = [])),
-    responses((status = 202, body = GrantView), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 202, body = GrantView), (status = 403, body = custody_api::ErrorBody)))]
 pub(crate) async fn remove_member(
     State(state): State<AppState>,
     auth: Auth,
@@ -111,7 +111,7 @@ pub(crate) async fn list_grants(
 
 /// One grant. Admins and auditors only.
 #[utoipa::path(get, path = "/api/v1/grants/{id}", tag = "groups", security(("token" = [])),
-    responses((status = 200, body = GrantView), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = GrantView), (status = 404, body = custody_api::ErrorBody)))]
 pub(crate) async fn get_grant(
     State(state): State<AppState>,
     auth: Auth,
@@ -123,7 +123,7 @@ pub(crate) async fn get_grant(
 
 /// A second admin approves a grant; it applies at once.
 #[utoipa::path(post, path = "/api/v1/grants/{id}/approve", tag = "groups", security(("token" = [])),
-    responses((status = 200, body = GrantView), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = GrantView), (status = 403, body = custody_api::ErrorBody)))]
 pub(crate) async fn approve_grant(
     State(state): State<AppState>,
     auth: Auth,
@@ -136,7 +136,7 @@ pub(crate) async fn approve_grant(
 
 /// An admin rejects a grant (its requester may withdraw it).
 #[utoipa::path(post, path = "/api/v1/grants/{id}/reject", tag = "groups", security(("token" = [])), request_body = RejectRequest,
-    responses((status = 200, body = GrantView), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = GrantView), (status = 403, body = custody_api::ErrorBody)))]
 pub(crate) async fn reject_grant(
     State(state): State<AppState>,
     auth: Auth,

@@ -105,7 +105,7 @@ impl PageQuery {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "custody", description = "Segregation of duties from commit to production, and the evidence of it."),
-    components(schemas(crate::error::ErrorBody)),
+    components(schemas(custody_api::ErrorBody)),
     modifiers(&TokenSecurity),
     tags(
         (name = "people", description = "Users, invites, tokens and passwords"),

@@ -22,14 +22,14 @@ const MAX_PASSWORD: usize = 1024;
 
 /// Who the token belongs to.
 #[utoipa::path(get, path = "/api/v1/me", tag = "people", security(("token" = [])),
-    responses((status = 200, body = UserView), (status = 401, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = UserView), (status = 401, body = custody_api::ErrorBody)))]
 pub(crate) async fn me(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<UserView>> {
     Ok(Json(state.store().get_user(&auth.0.name).await?))
 }
 
 /// Sets the caller's own password.
 #[utoipa::path(put, path = "/api/v1/me/password", tag = "people", security(("token" = [])), request_body = PasswordRequest,
-    responses((status = 204), (status = 400, body = crate::error::ErrorBody)))]
+    responses((status = 204), (status = 400, body = custody_api::ErrorBody)))]
 pub(crate) async fn set_password(
     State(state): State<AppState>,
     auth: Auth,
@@ -62,7 +62,7 @@ pub(crate) async fn set_password(
 /// admin-scoped token this way. Failures are limited per source; a name's
 /// failures slow every attempt naming it down, and never lock its owner out.
 #[utoipa::path(post, path = "/api/v1/auth/token", tag = "people", request_body = LoginRequest,
-    responses((status = 200, body = NewToken), (status = 401, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = NewToken), (status = 401, body = custody_api::ErrorBody), (status = 429, body = custody_api::ErrorBody)))]
 pub(crate) async fn login(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -125,8 +125,8 @@ fn rand_bytes() -> [u8; 32] {
 /// Redeems an invite code for the invited user's own token. Needs no
 /// token; attempts are rate-limited per source and per invite.
 #[utoipa::path(post, path = "/api/v1/invites/redeem", tag = "people", request_body = RedeemRequest,
-    responses((status = 200, body = NewToken), (status = 401, body = crate::error::ErrorBody),
-              (status = 403, body = crate::error::ErrorBody), (status = 429, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = NewToken), (status = 401, body = custody_api::ErrorBody),
+              (status = 403, body = custody_api::ErrorBody), (status = 429, body = custody_api::ErrorBody)))]
 pub(crate) async fn redeem(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -156,8 +156,8 @@ pub(crate) async fn list_users(
 /// An admin asks for a new user: a grant. The answer holds the invite code,
 /// which works once a second admin approved the grant.
 #[utoipa::path(post, path = "/api/v1/users", tag = "people", security(("token" = [])), request_body = CreateUserRequest,
-    responses((status = 201, body = CreatedUser), (status = 400, body = crate::error::ErrorBody),
-              (status = 403, body = crate::error::ErrorBody), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = CreatedUser), (status = 400, body = custody_api::ErrorBody),
+              (status = 403, body = custody_api::ErrorBody), (status = 409, body = custody_api::ErrorBody)))]
 pub(crate) async fn create_user(
     State(state): State<AppState>,
     auth: Auth,
@@ -171,7 +171,7 @@ pub(crate) async fn create_user(
 
 /// One user.
 #[utoipa::path(get, path = "/api/v1/users/{name}", tag = "people", security(("token" = [])),
-    responses((status = 200, body = UserView), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = UserView), (status = 404, body = custody_api::ErrorBody)))]
 pub(crate) async fn get_user(
     State(state): State<AppState>,
     auth: Auth,
@@ -184,7 +184,7 @@ pub(crate) async fn get_user(
 /// Disables a user and revokes their tokens: at once for someone holding no
 /// duty, as a grant for an admin or group member.
 #[utoipa::path(post, path = "/api/v1/users/{name}/disable", tag = "people", security(("token" = [])),
-    responses((status = 200, body = DisableOutcome), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = DisableOutcome), (status = 403, body = custody_api::ErrorBody)))]
 pub(crate) async fn disable_user(
     State(state): State<AppState>,
     auth: Auth,
@@ -211,7 +211,7 @@ const TOKEN_LIFETIME_MAX: u64 = 315_576_000;
 
 /// Creates a token for the caller. Nobody can create one for someone else.
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "people", security(("token" = [])), request_body = CreateTokenRequest,
-    responses((status = 201, body = NewToken), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = NewToken), (status = 403, body = custody_api::ErrorBody)))]
 pub(crate) async fn create_token(
     State(state): State<AppState>,
     auth: Auth,
@@ -246,7 +246,7 @@ pub(crate) async fn create_token(
 
 /// Revokes a token: one's own, or any as an admin.
 #[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "people", security(("token" = [])),
-    responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 204), (status = 404, body = custody_api::ErrorBody)))]
 pub(crate) async fn revoke_token(
     State(state): State<AppState>,
     auth: Auth,

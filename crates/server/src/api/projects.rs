@@ -64,7 +64,7 @@ pub(crate) async fn complete_import(state: &AppState, grant: &GrantView) -> ApiR
 
 /// An admin creates a project with an empty repository.
 #[utoipa::path(post, path = "/api/v1/projects", tag = "projects", security(("token" = [])), request_body = CreateProjectRequest,
-    responses((status = 201, body = CreatedProject), (status = 409, body = crate::error::ErrorBody)))]
+    responses((status = 201, body = CreatedProject), (status = 409, body = custody_api::ErrorBody)))]
 pub(crate) async fn create_project(
     State(state): State<AppState>,
     auth: Auth,
@@ -166,7 +166,7 @@ async fn readable(state: &AppState, auth: &Auth, name: &str) -> ApiResult<Projec
 
 /// One project.
 #[utoipa::path(get, path = "/api/v1/projects/{name}", tag = "projects", security(("token" = [])),
-    responses((status = 200, body = ProjectAnswer), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = ProjectAnswer), (status = 404, body = custody_api::ErrorBody)))]
 pub(crate) async fn get_project(
     State(state): State<AppState>,
     auth: Auth,
@@ -178,7 +178,7 @@ pub(crate) async fn get_project(
 
 /// An admin asks to give a user a role in a project: a grant.
 #[utoipa::path(post, path = "/api/v1/projects/{name}/members", tag = "projects", security(("token" = [])), request_body = ProjectMemberRequest,
-    responses((status = 202, body = GrantView), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 202, body = GrantView), (status = 403, body = custody_api::ErrorBody)))]
 pub(crate) async fn add_member(
     State(state): State<AppState>,
     auth: Auth,
@@ -195,7 +195,7 @@ pub(crate) async fn add_member(
 
 /// An admin asks to remove a member: a grant.
 #[utoipa::path(delete, path = "/api/v1/projects/{name}/members/{user}", tag = "projects", security(("token" = [])),
-    responses((status = 202, body = GrantView), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 202, body = GrantView), (status = 403, body = custody_api::ErrorBody)))]
 pub(crate) async fn remove_member(
     State(state): State<AppState>,
     auth: Auth,
@@ -208,7 +208,7 @@ pub(crate) async fn remove_member(
 
 /// An admin asks to protect another branch: a grant.
 #[utoipa::path(post, path = "/api/v1/projects/{name}/protected-branches", tag = "projects", security(("token" = [])), request_body = BranchRequest,
-    responses((status = 202, body = GrantView), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 202, body = GrantView), (status = 403, body = custody_api::ErrorBody)))]
 pub(crate) async fn protect_branch(
     State(state): State<AppState>,
     auth: Auth,
@@ -223,7 +223,7 @@ pub(crate) async fn protect_branch(
 /// An admin asks to stop protecting a branch: a grant. The default branch
 /// stays protected.
 #[utoipa::path(delete, path = "/api/v1/projects/{name}/protected-branches/{branch}", tag = "projects", security(("token" = [])),
-    responses((status = 202, body = GrantView), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 202, body = GrantView), (status = 403, body = custody_api::ErrorBody)))]
 pub(crate) async fn unprotect_branch(
     State(state): State<AppState>,
     auth: Auth,
@@ -236,7 +236,7 @@ pub(crate) async fn unprotect_branch(
 /// An admin asks to delete a tag, which no push may do: a grant. The tag
 /// goes once a second admin approves, if it still points where it did.
 #[utoipa::path(delete, path = "/api/v1/projects/{name}/tags/{tag}", tag = "projects", security(("token" = [])),
-    responses((status = 202, body = GrantView), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 202, body = GrantView), (status = 404, body = custody_api::ErrorBody)))]
 pub(crate) async fn delete_tag(
     State(state): State<AppState>,
     auth: Auth,
@@ -272,7 +272,7 @@ pub(crate) async fn pushes(
 
 /// A commit: who pushed it first, and who it names.
 #[utoipa::path(get, path = "/api/v1/projects/{name}/commits/{sha}", tag = "projects", security(("token" = [])),
-    responses((status = 200, body = CommitView), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, body = CommitView), (status = 404, body = custody_api::ErrorBody)))]
 pub(crate) async fn commit(
     State(state): State<AppState>,
     auth: Auth,
@@ -285,7 +285,7 @@ pub(crate) async fn commit(
 /// An admin asks to make another branch the default: a grant. The old
 /// default branch stays protected.
 #[utoipa::path(put, path = "/api/v1/projects/{name}/default-branch", tag = "projects", security(("token" = [])), request_body = BranchRequest,
-    responses((status = 202, body = GrantView), (status = 403, body = crate::error::ErrorBody)))]
+    responses((status = 202, body = GrantView), (status = 403, body = custody_api::ErrorBody)))]
 pub(crate) async fn set_default_branch(
     State(state): State<AppState>,
     auth: Auth,
