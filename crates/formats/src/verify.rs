@@ -1386,6 +1386,50 @@ mod tests {
         assert_eq!(repeated(&names(&["bob", "bob"])), names(&["bob"]));
     }
 
+    fn deployment(gate: Option<EnvironmentGate>, approvers: &[&str]) -> DeploymentFacts {
+        DeploymentFacts {
+            number: 2,
+            environment: "production".into(),
+            after: Some("staging".into()),
+            changes: vec![1],
+            release_authors: names(&["alice"]),
+            release_reviewers: names(&["bob"]),
+            gate,
+            build: 1,
+            commit: "aa".into(),
+            requester: Some("alice".into()),
+            approvers: names(approvers),
+            testers: vec![],
+            break_glass: None,
+            result: "succeeded".into(),
+            deployer: "custody-deployer".into(),
+            started_ms: None,
+            finished_ms: None,
+            artifacts: vec![],
+        }
+    }
+
+    fn approvals_checked(d: &DeploymentFacts) -> Tally {
+        let mut tally = Tally { checks: Checks(Vec::new()), findings: Vec::new(), duties: Vec::new() };
+        check_approvers(&mut tally, d, "deployment 2 (production)", &names(&["alice"]));
+        tally
+    }
+
+    #[test]
+    fn a_deployment_whose_gate_the_deployer_could_not_read_is_a_finding_not_a_pass() {
+        let unread = approvals_checked(&deployment(None, &[]));
+        assert_eq!(unread.findings.len(), 1, "{:?}", unread.findings);
+        assert!(unread.findings[0].contains("could not read the environment's gate"), "{:?}", unread.findings);
+        // With the gate read, no such finding, and its approvals are counted.
+        let gate = EnvironmentGate { approvals: 1, approvers: None, testers: None, reviewers_may_approve: false };
+        let read = approvals_checked(&deployment(Some(gate.clone()), &[]));
+        assert!(read.findings.is_empty(), "{:?}", read.findings);
+        let approvals = read.checks.0.iter().find(|c| c.rule == "deploy.approvals").expect("approvals checked");
+        assert!(!approvals.passed, "no approver yet: {approvals:?}");
+        let approved = approvals_checked(&deployment(Some(gate), &["carol"]));
+        assert!(approved.checks.0.iter().any(|c| c.rule == "deploy.approvals" && c.passed));
+    }
+
     #[test]
     fn a_bundle_of_nonsense_is_reported_not_panicked_on() {
         use crate::evidence::{Bundle, BundleSubject, Entry, InclusionProof, LedgerEvent, BUNDLE_MEDIA_TYPE};

@@ -59,7 +59,12 @@ pub struct AuthorView {
     pub why: Vec<AuthorReason>,
 }
 
-/// Why someone is an author of a change.
+/// Why someone is an author of a change, as the API shows it.
+///
+/// The change attestation records the same reasons as its own
+/// `Authorship`: a signed predicate's vocabulary is frozen with its version,
+/// while the API's may grow, so the two are kept apart and meet in one
+/// mapping, where the application layer writes the attestation.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AuthorReason {
