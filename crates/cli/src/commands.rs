@@ -3,9 +3,10 @@
 use std::io::BufRead as _;
 
 use clap::{Args, Subcommand};
-use custody_domain::{Email, GroupName, Scopes, Timestamp, UserName};
+use custody_api::{CreatedUser, DisableOutcome, EventView, GrantView, GroupView, NewToken, TokenView, UserView};
+use custody_domain::{Email, GrantStatus, GroupName, Scopes, Timestamp, UserName};
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::client::Client;
 use crate::config::{credentials_path, Credentials};
@@ -61,16 +62,9 @@ pub fn say(line: &str) {
     }
 }
 
-fn s<'a>(value: &'a Value, key: &str) -> &'a str {
-    value.get(key).and_then(Value::as_str).unwrap_or("")
-}
-
-fn strings(value: &Value, key: &str) -> String {
-    value
-        .get(key)
-        .and_then(Value::as_array)
-        .map(|items| items.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
-        .unwrap_or_default()
+/// Scopes as people read them: `read, write`.
+fn scope_list(scopes: Scopes) -> String {
+    scopes.to_vec().iter().map(|scope| scope.as_str()).collect::<Vec<_>>().join(", ")
 }
 
 /// Reads one line from standard input, without its line ending.
@@ -115,13 +109,13 @@ pub async fn login(server: Option<String>, args: LoginArgs, out: Output) -> Resu
         }
         let password = read_line("password")?;
         let anonymous = Client::new(&server, None)?;
-        let made = anonymous
+        let made: NewToken = anonymous
             .submit(
                 "/api/v1/auth/token",
                 &custody_api::LoginRequest { name: user.to_string(), password, scopes: Some(scopes) },
             )
             .await?;
-        s(&made, "token").to_owned()
+        made.token
     } else {
         match from_env {
             Some(token) if !args.token_stdin => token,
@@ -134,12 +128,12 @@ pub async fn login(server: Option<String>, args: LoginArgs, out: Output) -> Resu
         }
     };
     let client = Client::new(&server, Some(token.clone()))?;
-    let me: Value = client.get("/api/v1/me").await?;
+    let me: UserView = client.get("/api/v1/me").await?;
     stored.server = Some(client.base().to_owned());
     stored.token = Some(token);
     let path = stored.save()?;
-    out.show(&json!({ "server": client.base(), "user": me.get("name") }), |_| {
-        format!("logged in to {} as {} (saved in {})", client.base(), s(&me, "name"), path.display())
+    out.show(&json!({ "server": client.base(), "user": &me.name }), |_| {
+        format!("logged in to {} as {} (saved in {})", client.base(), me.name, path.display())
     });
     Ok(())
 }
@@ -161,35 +155,28 @@ pub fn logout(out: Output) -> Result<(), Failure> {
     Ok(())
 }
 
-fn user_line(user: &Value) -> String {
+fn user_line(user: &UserView) -> String {
     let mut flags = Vec::new();
-    if user.get("admin").and_then(Value::as_bool) == Some(true) {
-        flags.push("admin".to_owned());
+    if user.admin {
+        flags.push("admin");
     }
-    if s(user, "state") == "pending" {
-        flags.push("pending approval".to_owned());
+    if user.state == "pending" {
+        flags.push("pending approval");
     }
-    if user.get("disabled").and_then(Value::as_bool) == Some(true) {
-        flags.push("disabled".to_owned());
+    if user.disabled {
+        flags.push("disabled");
     }
     let flags = if flags.is_empty() { String::new() } else { format!(" [{}]", flags.join(", ")) };
-    format!("{:<20} {:<30} {}{}", s(user, "name"), s(user, "display_name"), strings(user, "emails"), flags)
+    format!("{:<20} {:<30} {}{}", user.name, user.display_name, user.emails.join(", "), flags)
 }
 
-fn user_text(user: &Value) -> String {
-    format!(
-        "{}\ngroups: {}\ncreated: {}",
-        user_line(user),
-        match strings(user, "groups") {
-            g if g.is_empty() => "(none)".to_owned(),
-            g => g,
-        },
-        s(user, "created_at")
-    )
+fn user_text(user: &UserView) -> String {
+    let groups = if user.groups.is_empty() { "(none)".to_owned() } else { user.groups.join(", ") };
+    format!("{}\ngroups: {groups}\ncreated: {}", user_line(user), user.created_at)
 }
 
 pub async fn whoami(client: &Client, out: Output) -> Result<(), Failure> {
-    let me: Value = client.get("/api/v1/me").await?;
+    let me: UserView = client.get("/api/v1/me").await?;
     out.show(&me, user_text);
     Ok(())
 }
@@ -222,41 +209,22 @@ pub async fn user(client: &Client, command: UserCommand, out: Output) -> Result<
         UserCommand::Add { name, email, display_name } => {
             UserName::parse(&name)?;
             Email::parse(&email)?;
-            let created: Value =
+            let created: CreatedUser =
                 client.submit("/api/v1/users", &custody_api::CreateUserRequest { name, email, display_name }).await?;
-            out.show(&created, |c| {
-                let grant = &c["grant"];
-                let status = match s(grant, "status") {
-                    "pending" => format!(
-                        "grant {} is pending: another admin must run `custody grant approve {}` before the code works",
-                        grant["id"], grant["id"]
-                    ),
-                    _ => format!("grant {} applied at once (bootstrap: this instance has a single admin)", grant["id"]),
-                };
-                format!(
-                    "user {} asked for; {status}\ninvite code (shown once, valid until {}): {}\nthe user runs: custody token redeem CODE",
-                    s(c, "name"),
-                    s(c, "invite_expires_at"),
-                    s(c, "invite_code")
-                )
-            });
+            out.show(&created, created_user_text);
         }
         UserCommand::List => {
-            let users = client.list("/api/v1/users").await?;
+            let users: Vec<UserView> = client.list("/api/v1/users").await?;
             out.list(&users, user_line, "no users");
         }
         UserCommand::Show { name } => {
-            let user = client.get(&format!("/api/v1/users/{}", UserName::parse(&name)?)).await?;
+            let user: UserView = client.get(&format!("/api/v1/users/{}", UserName::parse(&name)?)).await?;
             out.show(&user, user_text);
         }
         UserCommand::Disable { name } => {
-            let outcome: Value = client.post(&format!("/api/v1/users/{}/disable", UserName::parse(&name)?)).await?;
-            out.show(&outcome, |o| match o.get("grant").filter(|g| !g.is_null()) {
-                Some(grant) if s(grant, "status") == "pending" => {
-                    format!("disabling {name} is grant {}, pending a second admin", grant["id"])
-                }
-                _ => format!("{name} is disabled and their tokens are revoked"),
-            });
+            let outcome: DisableOutcome =
+                client.post(&format!("/api/v1/users/{}/disable", UserName::parse(&name)?)).await?;
+            out.show(&outcome, |outcome| disabled_text(&name, outcome));
         }
         UserCommand::SetPassword => {
             if !out.json {
@@ -264,12 +232,38 @@ pub async fn user(client: &Client, command: UserCommand, out: Output) -> Result<
             }
             let password = read_line("password")?;
             client
-                .submit_as::<Value>(Method::PUT, "/api/v1/me/password", &custody_api::PasswordRequest { password })
+                .submit_as::<()>(Method::PUT, "/api/v1/me/password", &custody_api::PasswordRequest { password })
                 .await?;
             out.show(&json!({ "password_set": true }), |_| "password set".into());
         }
     }
     Ok(())
+}
+
+/// A user asked for: the grant that makes them, and their invite code.
+fn created_user_text(created: &CreatedUser) -> String {
+    let grant = &created.grant;
+    let status = match grant.status {
+        GrantStatus::Pending => format!(
+            "grant {} is pending: another admin must run `custody grant approve {}` before the code works",
+            grant.id, grant.id
+        ),
+        _ => format!("grant {} applied at once (bootstrap: this instance has a single admin)", grant.id),
+    };
+    format!(
+        "user {} asked for; {status}\ninvite code (shown once, valid until {}): {}\nthe user runs: custody token redeem CODE",
+        created.name, created.invite_expires_at, created.invite_code
+    )
+}
+
+/// Whether `name` is disabled now, or waits for a second admin.
+fn disabled_text(name: &str, outcome: &DisableOutcome) -> String {
+    match &outcome.grant {
+        Some(grant) if grant.status == GrantStatus::Pending => {
+            format!("disabling {name} is grant {}, pending a second admin", grant.id)
+        }
+        _ => format!("{name} is disabled and their tokens are revoked"),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -306,17 +300,17 @@ pub async fn token(server: Option<String>, command: TokenCommand, out: Output) -
             .or(stored.server)
             .ok_or_else(|| Failure::input("name the server: --server URL or CUSTODY_SERVER"))?;
         let client = Client::new(&server, None)?;
-        let token = client
+        let token: NewToken = client
             .submit("/api/v1/invites/redeem", &custody_api::RedeemRequest { code: code.trim().to_owned() })
             .await?;
         if save {
             let mut stored = Credentials::load()?;
             stored.server = Some(client.base().to_owned());
-            stored.token = Some(s(&token, "token").to_owned());
+            stored.token = Some(token.token.clone());
             stored.save()?;
         }
-        out.show(&json!({ "token": token["token"], "id": token["id"] }), |t| {
-            format!("your token (shown once; keep it secret): {}", s(t, "token"))
+        out.show(&json!({ "token": &token.token, "id": &token.id }), |_| {
+            format!("your token (shown once; keep it secret): {}", token.token)
         });
         return Ok(());
     }
@@ -327,74 +321,61 @@ pub async fn token(server: Option<String>, command: TokenCommand, out: Output) -
             let scopes = Scopes::parse_list(&scope)?;
             let body =
                 custody_api::CreateTokenRequest { name, scopes, expires_in: expires.map(|d| d.as_secs().max(1)) };
-            let made = client.submit("/api/v1/tokens", &body).await?;
-            out.show(&made, |t| format!("token {} ({}): {}", s(t, "id"), strings(t, "scopes"), s(t, "token")));
+            let made: NewToken = client.submit("/api/v1/tokens", &body).await?;
+            out.show(&made, |t| format!("token {} ({}): {}", t.id, scope_list(t.scopes), t.token));
         }
         TokenCommand::List => {
-            let tokens = client.list("/api/v1/tokens").await?;
-            out.list(
-                &tokens,
-                |t: &Value| {
-                    let state = if !t["revoked_at"].is_null() {
-                        "revoked".to_owned()
-                    } else if let Some(expiry) = t["expires_at"].as_str() {
-                        format!("expires {expiry}")
-                    } else {
-                        "no expiry".to_owned()
-                    };
-                    let used = t["last_used_at"].as_str().unwrap_or("never");
-                    format!(
-                        "{}  {:<16} {:<18} {state}, last used {used}",
-                        s(t, "id"),
-                        s(t, "name"),
-                        strings(t, "scopes")
-                    )
-                },
-                "no tokens",
-            );
+            let tokens: Vec<TokenView> = client.list("/api/v1/tokens").await?;
+            out.list(&tokens, token_line, "no tokens");
         }
         TokenCommand::Revoke { id } => {
-            client.call::<Value>(Method::DELETE, &format!("/api/v1/tokens/{id}"), None).await?;
+            client.call::<()>(Method::DELETE, &format!("/api/v1/tokens/{id}"), None).await?;
             out.show(&json!({ "revoked": id }), |_| format!("token {id} revoked"));
         }
     }
     Ok(())
 }
 
-fn grant_line(grant: &Value) -> String {
-    let decided = match s(grant, "decided_by") {
-        "" => String::new(),
-        by => format!(" by {by}"),
+fn token_line(token: &TokenView) -> String {
+    let state = match (&token.revoked_at, &token.expires_at) {
+        (Some(_), _) => "revoked".to_owned(),
+        (None, Some(expiry)) => format!("expires {expiry}"),
+        (None, None) => "no expiry".to_owned(),
+    };
+    let used = token.last_used_at.map_or_else(|| "never".to_owned(), |at| at.to_string());
+    format!("{}  {:<16} {:<18} {state}, last used {used}", token.id, token.name, scope_list(token.scopes))
+}
+
+fn grant_line(grant: &GrantView) -> String {
+    let decided = match grant.decided_by.as_deref() {
+        Some(by) if !by.is_empty() => format!(" by {by}"),
+        _ => String::new(),
     };
     format!(
-        "#{:<5} {:<9} {}  (asked by {}{decided})",
-        grant["id"],
-        s(grant, "status"),
-        s(grant, "description"),
-        s(grant, "requested_by")
+        "#{} {:<9} {}  (asked by {}{decided})",
+        grant.id,
+        grant.status.as_str(),
+        grant.description,
+        grant.requested_by
     )
 }
 
-fn group_line(group: &Value) -> String {
-    let members: Vec<&str> =
-        group["members"].as_array().map(|m| m.iter().filter_map(|m| m["user"].as_str()).collect()).unwrap_or_default();
-    format!("{:<24} {}", s(group, "name"), if members.is_empty() { "(no members)".into() } else { members.join(", ") })
+fn group_line(group: &GroupView) -> String {
+    let members: Vec<&str> = group.members.iter().map(|member| member.user.as_str()).collect();
+    format!("{:<24} {}", group.name, if members.is_empty() { "(no members)".into() } else { members.join(", ") })
 }
 
-pub fn grant_outcome(grant: &Value) -> String {
-    match s(grant, "status") {
-        "pending" => format!(
+pub fn grant_outcome(grant: &GrantView) -> String {
+    match grant.status {
+        GrantStatus::Pending => format!(
             "grant {} asked for: {}; another admin must approve it (`custody grant approve {}`)",
-            grant["id"],
-            s(grant, "description"),
-            grant["id"]
+            grant.id, grant.description, grant.id
         ),
-        "bootstrap" => format!(
+        GrantStatus::Bootstrap => format!(
             "{} (applied at once as bootstrap grant {}: this instance has a single admin)",
-            s(grant, "description"),
-            grant["id"]
+            grant.description, grant.id
         ),
-        status => format!("grant {} {status}: {}", grant["id"], s(grant, "description")),
+        status => format!("grant {} {}: {}", grant.id, status.as_str(), grant.description),
     }
 }
 
@@ -416,12 +397,12 @@ pub async fn group(client: &Client, command: GroupCommand, out: Output) -> Resul
     match command {
         GroupCommand::Create { name } => {
             GroupName::parse(&name)?;
-            let group = client.submit("/api/v1/groups", &custody_api::CreateGroupRequest { name }).await?;
-            out.show(&group, |g| format!("group {} created", s(g, "name")));
+            let group: GroupView = client.submit("/api/v1/groups", &custody_api::CreateGroupRequest { name }).await?;
+            out.show(&group, |g| format!("group {} created", g.name));
         }
         GroupCommand::Add { group, user } => {
             let (group, user) = (GroupName::parse(&group)?, UserName::parse(&user)?);
-            let grant = client
+            let grant: GrantView = client
                 .submit(
                     &format!("/api/v1/groups/{group}/members"),
                     &custody_api::MemberRequest { user: user.to_string() },
@@ -431,15 +412,16 @@ pub async fn group(client: &Client, command: GroupCommand, out: Output) -> Resul
         }
         GroupCommand::Remove { group, user } => {
             let (group, user) = (GroupName::parse(&group)?, UserName::parse(&user)?);
-            let grant = client.call(Method::DELETE, &format!("/api/v1/groups/{group}/members/{user}"), None).await?;
+            let grant: GrantView =
+                client.call(Method::DELETE, &format!("/api/v1/groups/{group}/members/{user}"), None).await?;
             out.show(&grant, grant_outcome);
         }
         GroupCommand::List => {
-            let groups = client.list("/api/v1/groups").await?;
+            let groups: Vec<GroupView> = client.list("/api/v1/groups").await?;
             out.list(&groups, group_line, "no groups");
         }
         GroupCommand::Show { name } => {
-            let group = client.get(&format!("/api/v1/groups/{}", GroupName::parse(&name)?)).await?;
+            let group: GroupView = client.get(&format!("/api/v1/groups/{}", GroupName::parse(&name)?)).await?;
             out.show(&group, group_line);
         }
     }
@@ -479,22 +461,22 @@ pub async fn grant(client: &Client, command: GrantCommand, out: Output) -> Resul
                     )))
                 }
             };
-            let grants = client.list(&path).await?;
+            let grants: Vec<GrantView> = client.list(&path).await?;
             out.list(&grants, grant_line, &format!("no {status} grants"));
         }
         GrantCommand::Show { id } => {
-            let grant = client.get(&format!("/api/v1/grants/{id}")).await?;
+            let grant: GrantView = client.get(&format!("/api/v1/grants/{id}")).await?;
             out.show(&grant, grant_line);
         }
         GrantCommand::Approve { id } => {
-            let grant: Value = client.post(&format!("/api/v1/grants/{id}/approve")).await?;
-            out.show(&grant, |g| format!("approved and applied grant {}: {}", g["id"], s(g, "description")));
+            let grant: GrantView = client.post(&format!("/api/v1/grants/{id}/approve")).await?;
+            out.show(&grant, |g| format!("approved and applied grant {}: {}", g.id, g.description));
         }
         GrantCommand::Reject { id, message } => {
-            let grant: Value = client
+            let grant: GrantView = client
                 .submit(&format!("/api/v1/grants/{id}/reject"), &custody_api::RejectRequest { note: message })
                 .await?;
-            out.show(&grant, |g| format!("rejected grant {}: {}", g["id"], s(g, "description")));
+            out.show(&grant, |g| format!("rejected grant {}: {}", g.id, g.description));
         }
     }
     Ok(())
@@ -603,23 +585,16 @@ pub async fn audit(server: Option<String>, command: AuditCommand, out: Output) -
     } else {
         format!("/api/v1/audit/events?{}", query.join("&"))
     };
-    let events = client.list(&path).await?;
-    out.list(
-        &events,
-        |e: &Value| {
-            format!(
-                "{:>6}  {}  {:<12} {:<22} {}  {}",
-                e["seq"],
-                s(e, "at"),
-                s(e, "actor"),
-                s(e, "action"),
-                s(e, "subject"),
-                e["details"]
-            )
-        },
-        "no events",
-    );
+    let events: Vec<EventView> = client.list(&path).await?;
+    out.list(&events, event_line, "no events");
     Ok(())
+}
+
+fn event_line(event: &EventView) -> String {
+    format!(
+        "{}  {}  {:<12} {:<22} {}  {}",
+        event.seq, event.at, event.actor, event.action, event.subject, event.details
+    )
 }
 
 /// Percent-encodes a query value.

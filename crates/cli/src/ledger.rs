@@ -13,11 +13,12 @@ use std::path::{Path, PathBuf};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use clap::Args;
+use custody_api::{CheckpointView, ConsistencyView, EventView, InclusionView, Page, ProvenEvent};
 use custody_formats::checkpoint::{Checkpoint, NoteVerifier};
 use custody_formats::event::EventFields;
 use custody_formats::keys::{KeyRole, ServiceKey};
 use custody_formats::merkle::{self, Hash};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::client::Client;
 use crate::commands::{say, Output};
@@ -28,21 +29,16 @@ fn damaged(message: impl Into<String>) -> Failure {
     Failure { code: 1, message: message.into(), body: None }
 }
 
-fn hash_of(value: &Value, what: &str) -> Result<Hash, Failure> {
-    value
-        .as_str()
-        .and_then(|s| STANDARD.decode(s).ok())
+fn hash_of(encoded: &str, what: &str) -> Result<Hash, Failure> {
+    STANDARD
+        .decode(encoded)
+        .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| Failure::internal(format!("the server sent a malformed {what}")))
 }
 
-fn hashes_of(value: &Value) -> Result<Vec<Hash>, Failure> {
-    value
-        .as_array()
-        .ok_or_else(|| Failure::internal("the server sent a proof without hashes"))?
-        .iter()
-        .map(|h| hash_of(h, "proof hash"))
-        .collect()
+fn hashes_of(encoded: &[String]) -> Result<Vec<Hash>, Failure> {
+    encoded.iter().map(|h| hash_of(h, "proof hash")).collect()
 }
 
 fn read_verifier(path: &Path) -> Result<NoteVerifier, Failure> {
@@ -52,15 +48,14 @@ fn read_verifier(path: &Path) -> Result<NoteVerifier, Failure> {
 
 /// `custody audit checkpoint`: the newest signed checkpoint.
 pub async fn checkpoint(client: &Client, key: Option<PathBuf>, out: Output) -> Result<(), Failure> {
-    let answer: Value = client.get("/api/v1/audit/checkpoint").await?;
+    let answer: CheckpointView = client.get("/api/v1/audit/checkpoint").await?;
     if let Some(path) = key {
-        let note = answer["note"].as_str().unwrap_or_default();
-        read_verifier(&path)?.open(note).map_err(|e| damaged(format!("the server's checkpoint: {e}")))?;
+        read_verifier(&path)?.open(&answer.note).map_err(|e| damaged(format!("the server's checkpoint: {e}")))?;
     }
     if out.json {
         out.print_json(&answer);
     } else {
-        say(answer["note"].as_str().unwrap_or_default().trim_end());
+        say(answer.note.trim_end());
     }
     Ok(())
 }
@@ -72,21 +67,18 @@ pub async fn proof(client: &Client, seq: i64, size: Option<u64>, out: Output) ->
         Some(size) => format!("/api/v1/audit/proof/{seq}?size={size}"),
         None => format!("/api/v1/audit/proof/{seq}"),
     };
-    let answer: Value = client.get(&path).await?;
-    let tree_size = answer["tree_size"].as_u64().ok_or_else(|| Failure::internal("the proof has no tree size"))?;
-    let leaf = hash_of(&answer["leaf_hash"], "leaf hash")?;
-    let hashes = hashes_of(&answer["hashes"])?;
-    let events: Value = client.get(&format!("/api/v1/audit/events?after={}&limit=1", seq - 1)).await?;
-    let event = events["items"].get(0).filter(|e| e["seq"].as_i64() == Some(seq));
+    let answer: InclusionView = client.get(&path).await?;
+    let tree_size = answer.tree_size;
+    let leaf = hash_of(&answer.leaf_hash, "leaf hash")?;
+    let hashes = hashes_of(&answer.hashes)?;
+    let events: Page<EventView> = client.get(&format!("/api/v1/audit/events?after={}&limit=1", seq - 1)).await?;
+    let event = events.items.first().filter(|e| e.seq == seq);
     let event = event.ok_or_else(|| damaged(format!("the server lists no event {seq}")))?;
-    let at_ms = custody_domain::Timestamp::parse_rfc3339(event["at"].as_str().unwrap_or_default())
-        .map_err(|e| Failure::internal(e.to_string()))?
-        .millis();
-    if leaf_of(event, at_ms) != leaf {
+    if leaf_of(event) != leaf {
         return Err(damaged(format!("event {seq} as the server lists it does not hash to its leaf in the ledger")));
     }
     let mut verified = None;
-    if let Some(note) = answer["checkpoint"].as_str() {
+    if let Some(note) = &answer.checkpoint {
         let body = &note[..note.find("\n\n").map_or(note.len(), |end| end + 1)];
         let checkpoint = Checkpoint::parse_body(body).map_err(|e| Failure::internal(e.to_string()))?;
         merkle::verify_inclusion(&leaf, seq as u64 - 1, tree_size, &hashes, &checkpoint.root)
@@ -108,17 +100,15 @@ pub async fn proof(client: &Client, seq: i64, size: Option<u64>, out: Output) ->
     Ok(())
 }
 
-/// The leaf hash of an event as the API lists it, with its time in ms.
-fn leaf_of(event: &Value, at_ms: i64) -> Hash {
-    let text = |k: &str| event[k].as_str().unwrap_or_default().to_owned();
-    let (actor, action, subject) = (text("actor"), text("action"), text("subject"));
+/// The leaf hash of an event as the API lists it.
+fn leaf_of(event: &EventView) -> Hash {
     EventFields {
-        seq: event["seq"].as_i64().unwrap_or_default(),
-        at_ms,
-        actor: &actor,
-        action: &action,
-        subject: &subject,
-        details: &event["details"],
+        seq: event.seq,
+        at_ms: event.at.millis(),
+        actor: &event.actor,
+        action: &event.action,
+        subject: &event.subject,
+        details: &event.details,
     }
     .leaf_hash()
 }
@@ -126,8 +116,8 @@ fn leaf_of(event: &Value, at_ms: i64) -> Hash {
 /// `custody audit consistency OLD NEW`: the proof that the tree of OLD
 /// events is a prefix of the tree of NEW events.
 pub async fn consistency(client: &Client, old: u64, new: u64, out: Output) -> Result<(), Failure> {
-    let answer: Value = client.get(&format!("/api/v1/audit/consistency?old={old}&new={new}")).await?;
-    let hashes = hashes_of(&answer["hashes"])?;
+    let answer: ConsistencyView = client.get(&format!("/api/v1/audit/consistency?old={old}&new={new}")).await?;
+    let hashes = hashes_of(&answer.hashes)?;
     if out.json {
         out.print_json(&answer);
     } else {
@@ -188,33 +178,7 @@ pub async fn verify(args: VerifyArgs, out: Output) -> Result<(), Failure> {
             "unrecorded_commits": intruders,
         }));
     } else {
-        match &report.checkpoint {
-            Some(c) => say(&format!(
-                "checked {} events and a tree of {} against checkpoint {} signed {}",
-                report.events,
-                report.tree_size,
-                c.size,
-                custody_domain::Timestamp::from_millis(c.at_ms)
-            )),
-            None => say(&format!(
-                "checked {} events against the stored tree of {}; no genuine signed checkpoint exists yet, \
-                 so a rewrite of the whole ledger would go unseen here (an external watcher still sees it)",
-                report.events, report.tree_size
-            )),
-        }
-        if !report.tags_checked {
-            say(&format!(
-                "the event key is not in {}, so events' tags and the anchored tree head were not checked: run this \
-                 on the instance's host to see events written around custody and a restored older copy",
-                data_dir.keys().display()
-            ));
-        }
-        for finding in &report.findings {
-            say(&format!("  {}", finding.describe()));
-        }
-        for intruder in &intruders {
-            say(&format!("  {intruder}"));
-        }
+        say_inspection(&report, &intruders, &data_dir.keys());
     }
     if !intruders.is_empty() {
         return Err(damaged(format!(
@@ -229,6 +193,37 @@ pub async fn verify(args: VerifyArgs, out: Output) -> Result<(), Failure> {
         Ok(())
     } else {
         Err(damaged(format!("the audit log was tampered with: {} findings", report.findings.len())))
+    }
+}
+
+/// What `custody audit verify` checked and found, for people.
+fn say_inspection(report: &custody_store::LedgerReport, intruders: &[String], keys: &Path) {
+    match &report.checkpoint {
+        Some(c) => say(&format!(
+            "checked {} events and a tree of {} against checkpoint {} signed {}",
+            report.events,
+            report.tree_size,
+            c.size,
+            custody_domain::Timestamp::from_millis(c.at_ms)
+        )),
+        None => say(&format!(
+            "checked {} events against the stored tree of {}; no genuine signed checkpoint exists yet, \
+             so a rewrite of the whole ledger would go unseen here (an external watcher still sees it)",
+            report.events, report.tree_size
+        )),
+    }
+    if !report.tags_checked {
+        say(&format!(
+            "the event key is not in {}, so events' tags and the anchored tree head were not checked: run this \
+             on the instance's host to see events written around custody and a restored older copy",
+            keys.display()
+        ));
+    }
+    for finding in &report.findings {
+        say(&format!("  {}", finding.describe()));
+    }
+    for intruder in intruders {
+        say(&format!("  {intruder}"));
     }
 }
 
@@ -274,82 +269,46 @@ struct WatchState {
     root: String,
 }
 
+/// What `custody audit watch --json` prints.
+#[derive(serde::Serialize)]
+struct WatchReport {
+    size: u64,
+    root: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous_size: Option<u64>,
+    pinned_key: bool,
+}
+
 /// `custody audit watch --state FILE`: fetches the newest checkpoint,
 /// checks its signature, proves it consistent with the one in FILE, and
 /// saves it there.
 pub async fn watch(client: &Client, state_file: &Path, key: Option<PathBuf>, out: Output) -> Result<(), Failure> {
-    let saved: Option<WatchState> = match std::fs::read_to_string(state_file) {
-        Ok(text) => Some(serde_json::from_str(&text).map_err(|e| {
-            Failure::input(format!("{}: not a watch state file ({e}); remove it to start over", state_file.display()))
-        })?),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(Failure::input(format!("{}: {e}", state_file.display()))),
-    };
-    let answer: Value = client.get("/api/v1/audit/checkpoint").await?;
-    let mut pinned_now = false;
-    let verifier = match (&key, &saved) {
-        (Some(path), _) => read_verifier(path)?,
-        (None, Some(saved)) => NoteVerifier::parse(&saved.verifier_key).map_err(|e| Failure::input(e.to_string()))?,
-        (None, None) => {
-            pinned_now = true;
-            let offered = answer["verifier_key"].as_str().unwrap_or_default();
-            NoteVerifier::parse(offered).map_err(|e| Failure::internal(format!("the server's verifier key: {e}")))?
-        }
-    };
-    let note = answer["note"].as_str().unwrap_or_default();
-    let latest = verifier.open(note).map_err(|e| damaged(format!("the server's newest checkpoint: {e}")))?;
-
-    let mut report = json!({ "size": latest.size, "root": STANDARD.encode(latest.root) });
+    let saved = read_watch_state(state_file)?;
+    let answer: CheckpointView = client.get("/api/v1/audit/checkpoint").await?;
+    let (verifier, pinned_now) = watch_verifier(key.as_deref(), saved.as_ref(), &answer)?;
+    let latest = verifier.open(&answer.note).map_err(|e| damaged(format!("the server's newest checkpoint: {e}")))?;
     if let Some(saved) = &saved {
-        let old_root: Hash = STANDARD
-            .decode(&saved.root)
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| Failure::input(format!("{}: the saved root is not a hash", state_file.display())))?;
-        if latest.size < saved.size {
-            return Err(damaged(format!(
-                "history was rewritten: the log shrank from {} to {} events since the checkpoint in {}",
-                saved.size,
-                latest.size,
-                state_file.display()
-            )));
-        }
-        let hashes = if latest.size == saved.size {
-            Vec::new()
-        } else {
-            let proof: Value =
-                client.get(&format!("/api/v1/audit/consistency?old={}&new={}", saved.size, latest.size)).await?;
-            hashes_of(&proof["hashes"])?
-        };
-        merkle::verify_consistency(saved.size, latest.size, &old_root, &latest.root, &hashes).map_err(|e| {
-            damaged(format!(
-                "history was rewritten: checkpoint {} is not consistent with checkpoint {} saved in {} ({e})",
-                latest.size,
-                saved.size,
-                state_file.display()
-            ))
-        })?;
-        report["previous_size"] = json!(saved.size);
+        prove_consistent(client, saved, &latest, state_file).await?;
     }
     let state = WatchState {
         verifier_key: verifier.to_vkey(),
-        note: note.to_owned(),
+        note: answer.note.clone(),
         size: latest.size,
         root: STANDARD.encode(latest.root),
     };
-    let text = serde_json::to_string_pretty(&state).expect("the state serialises");
-    let temporary = state_file.with_extension("tmp");
-    std::fs::write(&temporary, text + "\n")
-        .and_then(|()| std::fs::rename(&temporary, state_file))
-        .map_err(|e| Failure::input(format!("cannot save {}: {e}", state_file.display())))?;
+    save_watch_state(state_file, &state)?;
     if out.json {
-        report["pinned_key"] = json!(pinned_now);
-        out.print_json(&report);
+        out.print_json(&WatchReport {
+            size: state.size,
+            root: state.root,
+            previous_size: saved.as_ref().map(|saved| saved.size),
+            pinned_key: pinned_now,
+        });
     } else {
         if pinned_now {
             say(&format!(
                 "pinned the ledger key {} as the server offered it; check it against one you trust, or pass --key",
-                verifier.to_vkey()
+                state.verifier_key
             ));
         }
         match &saved {
@@ -360,30 +319,111 @@ pub async fn watch(client: &Client, state_file: &Path, key: Option<PathBuf>, out
     Ok(())
 }
 
+/// The state kept in FILE, if there is one yet.
+fn read_watch_state(state_file: &Path) -> Result<Option<WatchState>, Failure> {
+    match std::fs::read_to_string(state_file) {
+        Ok(text) => Ok(Some(serde_json::from_str(&text).map_err(|e| {
+            Failure::input(format!("{}: not a watch state file ({e}); remove it to start over", state_file.display()))
+        })?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Failure::input(format!("{}: {e}", state_file.display()))),
+    }
+}
+
+/// The key checkpoints are checked with: the one given, else the one pinned
+/// in the state, else the server's, pinned now (the `true`).
+fn watch_verifier(
+    key: Option<&Path>,
+    saved: Option<&WatchState>,
+    answer: &CheckpointView,
+) -> Result<(NoteVerifier, bool), Failure> {
+    match (key, saved) {
+        (Some(path), _) => Ok((read_verifier(path)?, false)),
+        (None, Some(saved)) => {
+            let verifier = NoteVerifier::parse(&saved.verifier_key).map_err(|e| Failure::input(e.to_string()))?;
+            Ok((verifier, false))
+        }
+        (None, None) => {
+            let verifier = NoteVerifier::parse(&answer.verifier_key)
+                .map_err(|e| Failure::internal(format!("the server's verifier key: {e}")))?;
+            Ok((verifier, true))
+        }
+    }
+}
+
+/// Proves the newest checkpoint an extension of the saved one.
+async fn prove_consistent(
+    client: &Client,
+    saved: &WatchState,
+    latest: &Checkpoint,
+    state_file: &Path,
+) -> Result<(), Failure> {
+    let old_root: Hash = STANDARD
+        .decode(&saved.root)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| Failure::input(format!("{}: the saved root is not a hash", state_file.display())))?;
+    if latest.size < saved.size {
+        return Err(damaged(format!(
+            "history was rewritten: the log shrank from {} to {} events since the checkpoint in {}",
+            saved.size,
+            latest.size,
+            state_file.display()
+        )));
+    }
+    let hashes = if latest.size == saved.size {
+        Vec::new()
+    } else {
+        let proof: ConsistencyView =
+            client.get(&format!("/api/v1/audit/consistency?old={}&new={}", saved.size, latest.size)).await?;
+        hashes_of(&proof.hashes)?
+    };
+    merkle::verify_consistency(saved.size, latest.size, &old_root, &latest.root, &hashes).map_err(|e| {
+        damaged(format!(
+            "history was rewritten: checkpoint {} is not consistent with checkpoint {} saved in {} ({e})",
+            latest.size,
+            saved.size,
+            state_file.display()
+        ))
+    })
+}
+
+/// Replaces FILE with `state`, whole or not at all.
+fn save_watch_state(state_file: &Path, state: &WatchState) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(state).expect("the state serialises");
+    let temporary = state_file.with_extension("tmp");
+    std::fs::write(&temporary, text + "\n")
+        .and_then(|()| std::fs::rename(&temporary, state_file))
+        .map_err(|e| Failure::input(format!("cannot save {}: {e}", state_file.display())))
+}
+
 /// `custody audit export`: one JSON line per event, each with its inclusion
 /// proof and the checkpoint it proves against.
 pub async fn export(client: &Client, since: Option<String>, until: Option<String>) -> Result<(), Failure> {
-    let checkpoint: Value = client.get("/api/v1/audit/checkpoint").await?;
-    let size = checkpoint["size"].as_u64().ok_or_else(|| Failure::internal("the checkpoint has no size"))?;
-    let note = checkpoint["note"].as_str().unwrap_or_default().to_owned();
-    let mut path = format!("/api/v1/audit/export?size={size}");
+    let checkpoint: CheckpointView = client.get("/api/v1/audit/checkpoint").await?;
+    let mut path = format!("/api/v1/audit/export?size={}", checkpoint.size);
     if let Some(since) = since {
         path.push_str(&format!("&since={}", crate::commands::point_in_time(&since)?));
     }
     if let Some(until) = until {
         path.push_str(&format!("&until={}", crate::commands::point_in_time(&until)?));
     }
-    for item in client.list::<Value>(&path).await? {
-        let line = json!({
-            "event": {
-                "seq": item["seq"], "at": item["at"], "at_ms": item["at_ms"], "actor": item["actor"],
-                "action": item["action"], "subject": item["subject"], "details": item["details"],
-            },
-            "leaf_hash": item["leaf_hash"],
-            "inclusion": { "tree_size": item["tree_size"], "leaf_index": item["seq"].as_i64().map(|s| s - 1), "hashes": item["hashes"] },
-            "checkpoint": note,
-        });
-        say(&line.to_string());
+    for event in client.list::<ProvenEvent>(&path).await? {
+        say(&export_line(&event, &checkpoint.note).to_string());
     }
     Ok(())
+}
+
+/// One line of the export: the event as it is hashed, its inclusion proof,
+/// and the checkpoint the proof leads to.
+fn export_line(event: &ProvenEvent, checkpoint: &str) -> serde_json::Value {
+    json!({
+        "event": {
+            "seq": event.seq, "at": event.at, "at_ms": event.at_ms, "actor": &event.actor,
+            "action": &event.action, "subject": &event.subject, "details": &event.details,
+        },
+        "leaf_hash": &event.leaf_hash,
+        "inclusion": { "tree_size": event.tree_size, "leaf_index": event.seq - 1, "hashes": &event.hashes },
+        "checkpoint": checkpoint,
+    })
 }

@@ -1,9 +1,10 @@
 //! `custody project …`: projects, their members and protected branches.
 
 use clap::Subcommand;
-use custody_domain::{ProjectName, Role, UserName};
+use custody_api::{CommitView, CreatedProject, GrantView, ProjectAnswer, PushView};
+use custody_domain::project::Identity;
+use custody_domain::{ProjectName, RefUpdate, Role, UserName};
 use reqwest::Method;
-use serde_json::Value;
 
 use crate::client::Client;
 use crate::commands::{grant_outcome, Output};
@@ -58,176 +59,186 @@ pub enum MemberCommand {
     Remove { project: String, user: String },
 }
 
-fn project_text(p: &Value) -> String {
-    let members: Vec<String> = p["members"]
-        .as_array()
-        .map(|m| {
-            m.iter()
-                .map(|m| format!("{} ({})", m["user"].as_str().unwrap_or(""), m["role"].as_str().unwrap_or("")))
-                .collect()
-        })
-        .unwrap_or_default();
-    let protected: Vec<&str> =
-        p["protected_branches"].as_array().map(|b| b.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+pub async fn run(client: &Client, command: ProjectCommand, out: Output) -> Result<(), Failure> {
+    match command {
+        ProjectCommand::Create { name, default_branch, import } => {
+            create(client, name, default_branch, import, out).await
+        }
+        ProjectCommand::List => list(client, out).await,
+        ProjectCommand::Show { name } => show(client, &name, out).await,
+        ProjectCommand::Member(command) => asked(out, member(client, command).await?),
+        ProjectCommand::Protect { name, branch } => asked(out, protect(client, &name, branch).await?),
+        ProjectCommand::Unprotect { name, branch } => asked(out, unprotect(client, &name, &branch).await?),
+        ProjectCommand::SetDefaultBranch { name, branch } => {
+            asked(out, set_default_branch(client, &name, branch).await?)
+        }
+        ProjectCommand::DeleteTag { name, tag } => asked(out, delete_tag(client, &name, &tag).await?),
+        ProjectCommand::Pushes { name } => pushes(client, &name, out).await,
+        ProjectCommand::Commit { name, sha } => commit(client, &name, &sha, out).await,
+    }
+}
+
+/// Prints the grant a command asked for.
+fn asked(out: Output, grant: GrantView) -> Result<(), Failure> {
+    out.show(&grant, grant_outcome);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Projects: made, listed, shown
+// ---------------------------------------------------------------------------
+
+async fn create(
+    client: &Client,
+    name: String,
+    default_branch: String,
+    import: Option<String>,
+    out: Output,
+) -> Result<(), Failure> {
+    ProjectName::parse(&name)?;
+    custody_domain::project::check_branch_name(&default_branch)?;
+    // A relative path means the caller's directory, when the server shares this machine.
+    let import = import.map(|p| std::fs::canonicalize(&p).map(|c| c.display().to_string()).unwrap_or(p));
+    let body = custody_api::CreateProjectRequest { name, default_branch: Some(default_branch), import };
+    let made: CreatedProject = client.submit("/api/v1/projects", &body).await?;
+    out.show(&made, created_text);
+    Ok(())
+}
+
+fn created_text(made: &CreatedProject) -> String {
+    let mut text =
+        format!("project {} created; clone it with: git clone {}", made.project.project.name, made.project.clone_url);
+    if let Some(grant) = &made.import_grant {
+        text.push('\n');
+        text.push_str(&grant_outcome(grant));
+    }
+    text
+}
+
+async fn list(client: &Client, out: Output) -> Result<(), Failure> {
+    let projects: Vec<ProjectAnswer> = client.list("/api/v1/projects").await?;
+    out.list(&projects, |p| format!("{:<24} {}", p.project.name, p.clone_url), "no projects");
+    Ok(())
+}
+
+async fn show(client: &Client, name: &str, out: Output) -> Result<(), Failure> {
+    let project: ProjectAnswer = client.get(&format!("/api/v1/projects/{}", ProjectName::parse(name)?)).await?;
+    out.show(&project, project_text);
+    Ok(())
+}
+
+fn project_text(answer: &ProjectAnswer) -> String {
+    let project = &answer.project;
+    let members: Vec<String> = project.members.iter().map(|m| format!("{} ({})", m.user, m.role.as_str())).collect();
     format!(
         "{}\nclone: {}\ndefault branch: {}\nprotected: {}\nmembers: {}",
-        p["name"].as_str().unwrap_or(""),
-        p["clone_url"].as_str().unwrap_or(""),
-        p["default_branch"].as_str().unwrap_or(""),
-        protected.join(", "),
+        project.name,
+        answer.clone_url,
+        project.default_branch,
+        project.protected_branches.join(", "),
         if members.is_empty() { "(none)".to_owned() } else { members.join(", ") }
     )
 }
 
-fn identity(i: &Value) -> String {
-    let user = i["user"].as_str().map(|u| format!(" = {u}")).unwrap_or_else(|| " (no custody user)".into());
-    format!("{} <{}>{user}", i["name"].as_str().unwrap_or(""), i["email"].as_str().unwrap_or(""))
-}
+// ---------------------------------------------------------------------------
+// Grants asked for: members, protected branches, the default branch, tags
+// ---------------------------------------------------------------------------
 
-pub async fn run(client: &Client, command: ProjectCommand, out: Output) -> Result<(), Failure> {
+async fn member(client: &Client, command: MemberCommand) -> Result<GrantView, Failure> {
     match command {
-        ProjectCommand::Create { name, default_branch, import } => {
-            ProjectName::parse(&name)?;
-            custody_domain::project::check_branch_name(&default_branch)?;
-            // A relative path means the caller's directory, when the server shares this machine.
-            let import = import.map(|p| std::fs::canonicalize(&p).map(|c| c.display().to_string()).unwrap_or(p));
-            let body = custody_api::CreateProjectRequest { name, default_branch: Some(default_branch), import };
-            let made: Value = client.submit("/api/v1/projects", &body).await?;
-            out.show(&made, |p| {
-                let mut text = format!(
-                    "project {} created; clone it with: git clone {}",
-                    p["name"].as_str().unwrap_or(""),
-                    p["clone_url"].as_str().unwrap_or("")
-                );
-                if let Some(grant) = p.get("import_grant").filter(|g| !g.is_null()) {
-                    text.push('\n');
-                    text.push_str(&grant_outcome(grant));
-                }
-                text
-            });
-        }
-        ProjectCommand::List => {
-            let projects = client.list("/api/v1/projects").await?;
-            out.list(
-                &projects,
-                |p: &Value| {
-                    format!("{:<24} {}", p["name"].as_str().unwrap_or(""), p["clone_url"].as_str().unwrap_or(""))
-                },
-                "no projects",
-            );
-        }
-        ProjectCommand::Show { name } => {
-            let project = client.get(&format!("/api/v1/projects/{}", ProjectName::parse(&name)?)).await?;
-            out.show(&project, project_text);
-        }
-        ProjectCommand::Member(MemberCommand::Add { project, user, role }) => {
+        MemberCommand::Add { project, user, role } => {
             let (project, user, role) = (ProjectName::parse(&project)?, UserName::parse(&user)?, Role::parse(&role)?);
-            let grant = client
-                .submit(
-                    &format!("/api/v1/projects/{project}/members"),
-                    &custody_api::ProjectMemberRequest { user: user.to_string(), role: role.as_str().to_owned() },
-                )
-                .await?;
-            out.show(&grant, grant_outcome);
+            let request = custody_api::ProjectMemberRequest { user: user.to_string(), role: role.as_str().to_owned() };
+            client.submit(&format!("/api/v1/projects/{project}/members"), &request).await
         }
-        ProjectCommand::Member(MemberCommand::Remove { project, user }) => {
+        MemberCommand::Remove { project, user } => {
             let (project, user) = (ProjectName::parse(&project)?, UserName::parse(&user)?);
-            let grant =
-                client.call(Method::DELETE, &format!("/api/v1/projects/{project}/members/{user}"), None).await?;
-            out.show(&grant, grant_outcome);
-        }
-        ProjectCommand::Protect { name, branch } => {
-            custody_domain::project::check_branch_name(&branch)?;
-            let grant = client
-                .submit(
-                    &format!("/api/v1/projects/{}/protected-branches", ProjectName::parse(&name)?),
-                    &custody_api::BranchRequest { branch },
-                )
-                .await?;
-            out.show(&grant, grant_outcome);
-        }
-        ProjectCommand::Unprotect { name, branch } => {
-            custody_domain::project::check_branch_name(&branch)?;
-            let path = format!("/api/v1/projects/{}/protected-branches/{branch}", ProjectName::parse(&name)?);
-            let grant = client.call(Method::DELETE, &path, None).await?;
-            out.show(&grant, grant_outcome);
-        }
-        ProjectCommand::DeleteTag { name, tag } => {
-            // One path segment, whatever the tag holds (`release/1`, say).
-            let segment: String = tag
-                .bytes()
-                .map(|b| match b {
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-                    other => format!("%{other:02X}"),
-                })
-                .collect();
-            let path = format!("/api/v1/projects/{}/tags/{segment}", ProjectName::parse(&name)?);
-            let grant = client.call(Method::DELETE, &path, None).await?;
-            out.show(&grant, grant_outcome);
-        }
-        ProjectCommand::SetDefaultBranch { name, branch } => {
-            custody_domain::project::check_branch_name(&branch)?;
-            let path = format!("/api/v1/projects/{}/default-branch", ProjectName::parse(&name)?);
-            let grant = client.submit_as(Method::PUT, &path, &custody_api::BranchRequest { branch }).await?;
-            out.show(&grant, grant_outcome);
-        }
-        ProjectCommand::Pushes { name } => {
-            let pushes = client.list(&format!("/api/v1/projects/{}/pushes", ProjectName::parse(&name)?)).await?;
-            out.list(
-                &pushes,
-                |p: &Value| {
-                    let refs: Vec<String> = p["updates"]
-                        .as_array()
-                        .map(|u| {
-                            u.iter()
-                                .map(|u| {
-                                    format!(
-                                        "{} {}..{}",
-                                        u["name"].as_str().unwrap_or(""),
-                                        short(&u["old"]),
-                                        short(&u["new"])
-                                    )
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    let commits = p["commits"].as_array().map_or(0, Vec::len);
-                    format!(
-                        "#{:<5} {} {}  {}  ({commits} new commits)",
-                        p["id"],
-                        p["at"].as_str().unwrap_or(""),
-                        p["pusher"].as_str().unwrap_or(""),
-                        refs.join(", ")
-                    )
-                },
-                "no pushes",
-            );
-        }
-        ProjectCommand::Commit { name, sha } => {
-            let commit: Value =
-                client.get(&format!("/api/v1/projects/{}/commits/{sha}", ProjectName::parse(&name)?)).await?;
-            out.show(&commit, |c| {
-                let co: Vec<String> =
-                    c["co_authors"].as_array().map(|a| a.iter().map(identity).collect()).unwrap_or_default();
-                format!(
-                    "{}\npushed first by: {} (push {})\nauthor: {}\ncommitter: {}\nco-authors: {}",
-                    c["sha"].as_str().unwrap_or(""),
-                    match (c["pusher"].as_str(), c["imported_by_grant"].as_i64()) {
-                        (Some(pusher), _) => pusher.to_owned(),
-                        (None, Some(grant)) => format!("nobody: imported, unreviewed, by grant {grant}"),
-                        (None, None) => "nobody: custody made it, merging a reviewed change".to_owned(),
-                    },
-                    c["first_push"],
-                    identity(&c["author"]),
-                    identity(&c["committer"]),
-                    if co.is_empty() { "(none)".to_owned() } else { co.join("; ") }
-                )
-            });
+            client.call(Method::DELETE, &format!("/api/v1/projects/{project}/members/{user}"), None).await
         }
     }
+}
+
+async fn protect(client: &Client, name: &str, branch: String) -> Result<GrantView, Failure> {
+    custody_domain::project::check_branch_name(&branch)?;
+    let path = format!("/api/v1/projects/{}/protected-branches", ProjectName::parse(name)?);
+    client.submit(&path, &custody_api::BranchRequest { branch }).await
+}
+
+async fn unprotect(client: &Client, name: &str, branch: &str) -> Result<GrantView, Failure> {
+    custody_domain::project::check_branch_name(branch)?;
+    let path = format!("/api/v1/projects/{}/protected-branches/{branch}", ProjectName::parse(name)?);
+    client.call(Method::DELETE, &path, None).await
+}
+
+async fn set_default_branch(client: &Client, name: &str, branch: String) -> Result<GrantView, Failure> {
+    custody_domain::project::check_branch_name(&branch)?;
+    let path = format!("/api/v1/projects/{}/default-branch", ProjectName::parse(name)?);
+    client.submit_as(Method::PUT, &path, &custody_api::BranchRequest { branch }).await
+}
+
+async fn delete_tag(client: &Client, name: &str, tag: &str) -> Result<GrantView, Failure> {
+    // One path segment, whatever the tag holds (`release/1`, say).
+    let segment: String = tag
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect();
+    let path = format!("/api/v1/projects/{}/tags/{segment}", ProjectName::parse(name)?);
+    client.call(Method::DELETE, &path, None).await
+}
+
+// ---------------------------------------------------------------------------
+// History: pushes and commits
+// ---------------------------------------------------------------------------
+
+async fn pushes(client: &Client, name: &str, out: Output) -> Result<(), Failure> {
+    let pushes: Vec<PushView> = client.list(&format!("/api/v1/projects/{}/pushes", ProjectName::parse(name)?)).await?;
+    out.list(&pushes, push_line, "no pushes");
     Ok(())
 }
 
-fn short(id: &Value) -> &str {
-    id.as_str().map(|s| s.char_indices().nth(8).map_or(s, |(end, _)| &s[..end])).unwrap_or("")
+fn push_line(push: &PushView) -> String {
+    let refs: Vec<String> = push.updates.iter().map(ref_moved).collect();
+    format!("#{} {} {}  {}  ({} new commits)", push.id, push.at, push.pusher, refs.join(", "), push.commits.len())
+}
+
+fn ref_moved(update: &RefUpdate) -> String {
+    format!("{} {}..{}", update.name, short(&update.old), short(&update.new))
+}
+
+async fn commit(client: &Client, name: &str, sha: &str, out: Output) -> Result<(), Failure> {
+    let path = format!("/api/v1/projects/{}/commits/{sha}", ProjectName::parse(name)?);
+    let commit: CommitView = client.get(&path).await?;
+    out.show(&commit, commit_text);
+    Ok(())
+}
+
+fn commit_text(commit: &CommitView) -> String {
+    let co_authors: Vec<String> = commit.co_authors.iter().map(identity).collect();
+    let pushed_by = match (&commit.pusher, commit.imported_by_grant) {
+        (Some(pusher), _) => pusher.clone(),
+        (None, Some(grant)) => format!("nobody: imported, unreviewed, by grant {grant}"),
+        (None, None) => "nobody: custody made it, merging a reviewed change".to_owned(),
+    };
+    // The push as JSON wrote it: `null` when no push brought the commit.
+    let first_push = commit.first_push.map_or_else(|| "null".to_owned(), |push| push.to_string());
+    format!(
+        "{}\npushed first by: {pushed_by} (push {first_push})\nauthor: {}\ncommitter: {}\nco-authors: {}",
+        commit.sha,
+        identity(&commit.author),
+        identity(&commit.committer),
+        if co_authors.is_empty() { "(none)".to_owned() } else { co_authors.join("; ") }
+    )
+}
+
+fn identity(identity: &Identity) -> String {
+    let user = identity.user.as_ref().map(|u| format!(" = {u}")).unwrap_or_else(|| " (no custody user)".into());
+    format!("{} <{}>{user}", identity.name, identity.email)
+}
+
+/// A commit id's first eight characters.
+fn short(id: &str) -> &str {
+    id.char_indices().nth(8).map_or(id, |(end, _)| &id[..end])
 }

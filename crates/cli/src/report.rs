@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
-use serde_json::{json, Value};
+use custody_api::{ReportData, ReportDeployment, ReportFinding};
+use serde::Serialize;
+use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 use time::{Date, OffsetDateTime};
@@ -47,79 +49,105 @@ fn instant(text: &str, end_of_day: bool) -> Result<String, Failure> {
     Ok(day.midnight().assume_utc().format(&Rfc3339).unwrap_or_default())
 }
 
+/// One of custody's controls, and the requirements it supports.
+#[derive(Serialize)]
+struct Control {
+    control: &'static str,
+    how: &'static str,
+    sox: &'static str,
+    pci: &'static str,
+    nist_ac5: &'static str,
+    nist_cm5: &'static str,
+    soc2: &'static str,
+}
+
+impl Control {
+    /// The control's row in the report's table.
+    fn row(&self) -> Vec<String> {
+        [self.control, self.how, self.sox, self.pci, self.nist_ac5, self.nist_cm5, self.soc2]
+            .map(str::to_owned)
+            .to_vec()
+    }
+}
+
 /// custody's controls, and the requirements each supports.
-fn controls() -> Value {
-    json!([
-        {
-            "control": "Independent review before merge",
-            "how": "A change merges only with approvals, at its current head, from people who are not its authors (pushers, commit authors, committers, co-authors); the gate comes from the target branch, and custody alone moves protected branches.",
-            "sox": "Change management: changes are authorised and approved before implementation",
-            "pci": "6.5.1 changes approved by authorised parties; 6.5.2 confirmed after change",
-            "nist_ac5": "Author and reviewer are different people",
-            "nist_cm5": "No person, admin included, writes a protected branch",
-            "soc2": "Changes are authorised, designed, reviewed and approved"
-        },
-        {
-            "control": "Builds by the build service only",
-            "how": "Only custody's builder builds merged mainline commits, in a sandbox, and signs SLSA provenance with the builder key; there is no upload path for artifacts.",
-            "sox": "Only approved code reaches the release artifacts",
-            "pci": "6.5.1 documented, controlled implementation of changes",
-            "nist_ac5": "Builder is a service identity, never a person",
-            "nist_cm5": "Artifact repository is writable by the builder alone",
-            "soc2": "Changes are implemented as approved"
-        },
-        {
-            "control": "Gated deployments in environment order",
-            "how": "A deploy script from the reviewed source deploys; environments are passed in order; gated environments need approvers and testers who wrote no change of the release and did not request it. A deployment passes the environment's gate as the mainline, the commit live there and the release each define it, so a change that weakens a gate never governs its own deployment, and every weakening is an open finding.",
-            "sox": "Testing and approval before production; segregation of development and production",
-            "pci": "6.5.1 testing and approval; 6.5.3 pre-production separated from production; 6.5.4 roles separated so only reviewed and approved changes are deployed",
-            "nist_ac5": "Approver, tester and author are different people",
-            "nist_cm5": "Deploying is restricted to the deploy service",
-            "soc2": "Changes are tested and approved before deployment"
-        },
-        {
-            "control": "Break-glass with review",
-            "how": "An emergency deployment may skip soak and manual tests, never approvals; it is marked in the log and stays an open finding until an uninvolved admin reviews it.",
-            "sox": "Emergency changes are approved and reviewed after the fact",
-            "pci": "6.5.1 emergency changes follow the same approval trail",
-            "nist_ac5": "The requester cannot approve their own emergency",
-            "nist_cm5": "Emergency access is logged and reviewed",
-            "soc2": "Emergency changes are documented and reviewed"
-        },
-        {
-            "control": "Two admins for every grant",
-            "how": "Granting users, groups, project membership, admin rights, secrets or branch settings takes a second admin who did not ask for it; the single-admin bootstrap window ends for good.",
-            "sox": "Access to change the system is authorised",
-            "pci": "6.5.4 roles and functions separated",
-            "nist_ac5": "No admin grants duties alone",
-            "nist_cm5": "Privileges to change are granted under dual control",
-            "soc2": "Logical access to change is restricted"
-        },
-        {
-            "control": "Tamper-evident evidence",
-            "how": "Every state change writes an audit event in the same transaction; events form an RFC 6962 Merkle tree with checkpoints signed by the ledger key; evidence bundles verify offline against the trust file.",
-            "sox": "Complete, accurate evidence of each change",
-            "pci": "6.5.1 changes documented",
-            "nist_ac5": "Duties of each release are shown and checkable",
-            "nist_cm5": "Records of changes cannot be altered unnoticed",
-            "soc2": "Change activity is recorded and monitored"
-        }
-    ])
+const CONTROLS: [Control; 6] = [
+    Control {
+        control: "Independent review before merge",
+        how: "A change merges only with approvals, at its current head, from people who are not its authors (pushers, commit authors, committers, co-authors); the gate comes from the target branch, and custody alone moves protected branches.",
+        sox: "Change management: changes are authorised and approved before implementation",
+        pci: "6.5.1 changes approved by authorised parties; 6.5.2 confirmed after change",
+        nist_ac5: "Author and reviewer are different people",
+        nist_cm5: "No person, admin included, writes a protected branch",
+        soc2: "Changes are authorised, designed, reviewed and approved",
+    },
+    Control {
+        control: "Builds by the build service only",
+        how: "Only custody's builder builds merged mainline commits, in a sandbox, and signs SLSA provenance with the builder key; there is no upload path for artifacts.",
+        sox: "Only approved code reaches the release artifacts",
+        pci: "6.5.1 documented, controlled implementation of changes",
+        nist_ac5: "Builder is a service identity, never a person",
+        nist_cm5: "Artifact repository is writable by the builder alone",
+        soc2: "Changes are implemented as approved",
+    },
+    Control {
+        control: "Gated deployments in environment order",
+        how: "A deploy script from the reviewed source deploys; environments are passed in order; gated environments need approvers and testers who wrote no change of the release and did not request it. A deployment passes the environment's gate as the mainline, the commit live there and the release each define it, so a change that weakens a gate never governs its own deployment, and every weakening is an open finding.",
+        sox: "Testing and approval before production; segregation of development and production",
+        pci: "6.5.1 testing and approval; 6.5.3 pre-production separated from production; 6.5.4 roles separated so only reviewed and approved changes are deployed",
+        nist_ac5: "Approver, tester and author are different people",
+        nist_cm5: "Deploying is restricted to the deploy service",
+        soc2: "Changes are tested and approved before deployment",
+    },
+    Control {
+        control: "Break-glass with review",
+        how: "An emergency deployment may skip soak and manual tests, never approvals; it is marked in the log and stays an open finding until an uninvolved admin reviews it.",
+        sox: "Emergency changes are approved and reviewed after the fact",
+        pci: "6.5.1 emergency changes follow the same approval trail",
+        nist_ac5: "The requester cannot approve their own emergency",
+        nist_cm5: "Emergency access is logged and reviewed",
+        soc2: "Emergency changes are documented and reviewed",
+    },
+    Control {
+        control: "Two admins for every grant",
+        how: "Granting users, groups, project membership, admin rights, secrets or branch settings takes a second admin who did not ask for it; the single-admin bootstrap window ends for good.",
+        sox: "Access to change the system is authorised",
+        pci: "6.5.4 roles and functions separated",
+        nist_ac5: "No admin grants duties alone",
+        nist_cm5: "Privileges to change are granted under dual control",
+        soc2: "Logical access to change is restricted",
+    },
+    Control {
+        control: "Tamper-evident evidence",
+        how: "Every state change writes an audit event in the same transaction; events form an RFC 6962 Merkle tree with checkpoints signed by the ledger key; evidence bundles verify offline against the trust file.",
+        sox: "Complete, accurate evidence of each change",
+        pci: "6.5.1 changes documented",
+        nist_ac5: "Duties of each release are shown and checkable",
+        nist_cm5: "Records of changes cannot be altered unnoticed",
+        soc2: "Change activity is recorded and monitored",
+    },
+];
+
+/// The report as `--format json` writes it: the API's answer and the controls.
+#[derive(Serialize)]
+struct ReportDocument<'a> {
+    #[serde(flatten)]
+    data: &'a ReportData,
+    controls: &'a [Control],
 }
 
-fn names(value: &Value) -> String {
-    match value.as_array() {
-        Some(list) if !list.is_empty() => list.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "),
-        _ => value.as_str().map(str::to_owned).unwrap_or_else(|| "—".into()),
+/// Names joined, or a dash for none.
+fn names(names: &[String]) -> String {
+    if names.is_empty() {
+        "—".into()
+    } else {
+        names.join(", ")
     }
 }
 
-fn text(value: &Value) -> String {
-    match value {
-        Value::Null => "—".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+/// A value that may be missing, or a dash.
+fn or_dash(value: Option<impl ToString>) -> String {
+    value.map_or_else(|| "—".into(), |value| value.to_string())
 }
 
 /// Text made safe in HTML, in element content and in attributes quoted
@@ -128,20 +156,15 @@ fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
-fn authors(d: &Value) -> String {
+/// Everyone who wrote a change the deployment released, once each.
+fn authors(deployment: &ReportDeployment) -> String {
     let mut all: Vec<String> = Vec::new();
-    for c in d["changes"].as_array().into_iter().flatten() {
-        for a in c["authors"].as_array().into_iter().flatten().filter_map(Value::as_str) {
-            if !all.iter().any(|x| x == a) {
-                all.push(a.to_owned());
-            }
+    for author in deployment.changes.iter().flat_map(|change| &change.authors) {
+        if !all.contains(author) {
+            all.push(author.clone());
         }
     }
-    if all.is_empty() {
-        "—".into()
-    } else {
-        all.join(", ")
-    }
+    names(&all)
 }
 
 // ---------------------------------------------------------------------------
@@ -183,36 +206,47 @@ fn paragraph(inlines: Vec<Inline>) -> Block {
 }
 
 /// The report's model, read once from the API's answer and the controls.
-fn model(data: &Value) -> Vec<Block> {
+fn model(data: &ReportData) -> Vec<Block> {
     let mut blocks = vec![
-        Block::Title(format!("Segregation of duties report: {}", text(&data["instance"]))),
+        Block::Title(format!("Segregation of duties report: {}", data.instance)),
         Block::Meta(vec![
-            format!("Period {} to {}", text(&data["from"]), text(&data["to"])),
-            format!("Generated {}", text(&data["generated_at"])),
-            format!("Audit log checkpoint: {} events", text(&data["checkpoint_size"])),
+            format!("Period {} to {}", data.from, data.to),
+            format!("Generated {}", data.generated_at),
+            format!("Audit log checkpoint: {} events", or_dash(data.checkpoint_size)),
         ]),
     ];
-    let deployments = data["deployments"].as_array().cloned().unwrap_or_default();
+    let deployments = &data.deployments;
     blocks.push(Block::Heading { text: format!("Production deployments ({})", deployments.len()), new_page: false });
     if deployments.is_empty() {
         blocks.push(paragraph(vec![Inline::Text("None in this period.".into())]));
     }
     blocks.extend(deployments.iter().map(deployment));
-    let findings = data["findings"].as_array().cloned().unwrap_or_default();
-    blocks.push(Block::Heading { text: format!("Findings ({})", findings.len()), new_page: true });
-    if findings.is_empty() {
+    blocks.push(Block::Heading { text: format!("Findings ({})", data.findings.len()), new_page: true });
+    if data.findings.is_empty() {
         blocks.push(paragraph(vec![Inline::Text("None in this period.".into())]));
     } else {
-        blocks.push(Block::Table {
-            header: vec!["when", "kind", "subject", "what", "resolution"],
-            rows: findings
-                .iter()
-                .map(|f| ["at", "kind", "subject", "summary", "resolution"].iter().map(|k| text(&f[*k])).collect())
-                .collect(),
-        });
+        blocks.push(findings_table(&data.findings));
     }
     blocks.push(Block::Heading { text: "Controls and the requirements they support".into(), new_page: true });
-    blocks.push(Block::Table {
+    blocks.push(controls_table(&CONTROLS));
+    blocks
+}
+
+fn findings_table(findings: &[ReportFinding]) -> Block {
+    Block::Table {
+        header: vec!["when", "kind", "subject", "what", "resolution"],
+        rows: findings
+            .iter()
+            .map(|f| {
+                let resolution = or_dash(f.resolution.as_deref());
+                vec![f.at.to_string(), f.kind.clone(), f.subject.clone(), f.summary.clone(), resolution]
+            })
+            .collect(),
+    }
+}
+
+fn controls_table(controls: &[Control]) -> Block {
+    Block::Table {
         header: vec![
             "control",
             "how",
@@ -222,59 +256,47 @@ fn model(data: &Value) -> Vec<Block> {
             "NIST 800-53 CM-5",
             "SOC 2 CC8.1",
         ],
-        rows: data["controls"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|c| {
-                ["control", "how", "sox", "pci", "nist_ac5", "nist_cm5", "soc2"].iter().map(|k| text(&c[*k])).collect()
-            })
-            .collect(),
-    });
-    blocks
+        rows: controls.iter().map(Control::row).collect(),
+    }
+}
+
+/// Who held each duty of a deployment, one row a duty.
+fn duties(d: &ReportDeployment) -> Vec<Vec<String>> {
+    let mut duties = vec![vec!["author".to_owned(), authors(d)]];
+    for change in &d.changes {
+        let number = change.number;
+        duties.push(vec![format!("reviewer of change {number}"), names(&change.reviewers)]);
+        duties.push(vec![format!("merge asked by (change {number})"), change.merged_by.clone()]);
+    }
+    duties.push(vec!["builder".into(), "custody build service (signed provenance)".into()]);
+    duties.push(vec!["requester".into(), or_dash(d.requester.as_deref())]);
+    duties.push(vec!["approvers".into(), names(&d.approvers)]);
+    duties.push(vec!["testers".into(), names(&d.testers)]);
+    duties.push(vec!["deployer".into(), "custody deploy service (signed attestation)".into()]);
+    duties
 }
 
 /// One production deployment: who held each duty, and how to check it.
-fn deployment(d: &Value) -> Block {
-    let mut duties = vec![vec!["author".to_owned(), authors(d)]];
-    for c in d["changes"].as_array().into_iter().flatten() {
-        let number = text(&c["number"]);
-        duties.push(vec![format!("reviewer of change {number}"), names(&c["reviewers"])]);
-        duties.push(vec![format!("merge asked by (change {number})"), text(&c["merged_by"])]);
-    }
-    duties.push(vec!["builder".into(), "custody build service (signed provenance)".into()]);
-    duties.push(vec!["requester".into(), names(&d["requester"])]);
-    duties.push(vec!["approvers".into(), names(&d["approvers"])]);
-    duties.push(vec!["testers".into(), names(&d["testers"])]);
-    duties.push(vec!["deployer".into(), "custody deploy service (signed attestation)".into()]);
+fn deployment(d: &ReportDeployment) -> Block {
     let mut blocks = vec![
-        Block::Subheading(format!(
-            "{} deployment {} to {}",
-            text(&d["project"]),
-            text(&d["number"]),
-            text(&d["environment"])
-        )),
+        Block::Subheading(format!("{} deployment {} to {}", d.project, d.number, d.environment)),
         paragraph(vec![
-            Inline::Text(format!("Finished {}; build {} of commit ", text(&d["finished_at"]), text(&d["build"]))),
-            Inline::Code(text(&d["commit"])),
+            Inline::Text(format!("Finished {}; build {} of commit ", d.finished_at, d.build)),
+            Inline::Code(d.commit.clone()),
             Inline::Text(".".into()),
         ]),
-        Block::Table { header: vec!["duty", "who"], rows: duties },
+        Block::Table { header: vec!["duty", "who"], rows: duties(d) },
     ];
-    if !d["break_glass"].is_null() {
+    if let Some(reason) = &d.break_glass {
         blocks.push(Block::Paragraph {
-            inlines: vec![Inline::Strong("Break-glass:".into()), Inline::Text(format!(" {}", text(&d["break_glass"])))],
+            inlines: vec![Inline::Strong("Break-glass:".into()), Inline::Text(format!(" {reason}"))],
             class: Some("glass"),
         });
     }
     blocks.push(Block::Paragraph {
         inlines: vec![
             Inline::Text("Evidence: ".into()),
-            Inline::Code(format!(
-                "custody evidence export {} --deployment {} -o bundle.json",
-                text(&d["project"]),
-                text(&d["number"])
-            )),
+            Inline::Code(format!("custody evidence export {} --deployment {} -o bundle.json", d.project, d.number)),
             Inline::Text(", then ".into()),
             Inline::Code("custody verify bundle.json --trust trust.json".into()),
             Inline::Text(".".into()),
@@ -392,10 +414,12 @@ fn html_blocks(out: &mut String, blocks: &[Block]) {
 pub async fn report(client: &Client, args: ReportArgs, out: Output) -> Result<(), Failure> {
     let from = instant(&args.from, false)?;
     let to = instant(&args.to, true)?;
-    let mut data: Value = client.get(&format!("/api/v1/report?from={}&to={}", encode(&from), encode(&to))).await?;
-    data["controls"] = controls();
+    let data: ReportData = client.get(&format!("/api/v1/report?from={}&to={}", encode(&from), encode(&to))).await?;
     let rendered = match args.format {
-        Format::Json => serde_json::to_string_pretty(&data).unwrap_or_default() + "\n",
+        Format::Json => {
+            let document = ReportDocument { data: &data, controls: &CONTROLS };
+            serde_json::to_string_pretty(&document).unwrap_or_default() + "\n"
+        }
         Format::Md => markdown(&model(&data)),
         Format::Html => html(&model(&data)),
     };
@@ -403,18 +427,11 @@ pub async fn report(client: &Client, args: ReportArgs, out: Output) -> Result<()
         Some(path) => {
             std::fs::write(path, rendered)
                 .map_err(|e| Failure::input(format!("cannot write {}: {e}", path.display())))?;
-            let summary = json!({
-                "output": path.display().to_string(),
-                "deployments": data["deployments"].as_array().map(Vec::len),
-                "findings": data["findings"].as_array().map(Vec::len),
-            });
-            out.show(&summary, |s| {
-                format!(
-                    "wrote {} ({} production deployments, {} findings)",
-                    text(&s["output"]),
-                    text(&s["deployments"]),
-                    text(&s["findings"])
-                )
+            let output = path.display().to_string();
+            let (deployments, findings) = (data.deployments.len(), data.findings.len());
+            let summary = json!({ "output": &output, "deployments": deployments, "findings": findings });
+            out.show(&summary, |_| {
+                format!("wrote {output} ({deployments} production deployments, {findings} findings)")
             });
         }
         None => print!("{rendered}"),
@@ -430,6 +447,7 @@ fn encode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use custody_api::ReportChange;
 
     #[test]
     fn the_report_escapes_every_character_markup_needs() {
@@ -439,19 +457,52 @@ mod tests {
         );
     }
 
-    fn hostile() -> Value {
+    fn hostile() -> ReportData {
         let name = "<img src=x onerror='alert(1)'>|evil";
-        json!({
-            "instance": name, "from": "2026-01-01", "to": "2026-02-01", "generated_at": "now", "checkpoint_size": 9,
-            "deployments": [{
-                "project": "payments", "number": 4, "environment": "production", "finished_at": "then",
-                "build": 2, "commit": "abc", "requester": name, "approvers": ["carol"], "testers": [],
-                "break_glass": "outage\n| forged | row |",
-                "changes": [{ "number": 1, "authors": ["alice"], "reviewers": ["bob"], "merged_by": "alice" }],
+        let at = custody_domain::Timestamp::from_millis(1_767_225_600_000);
+        ReportData {
+            instance: name.into(),
+            from: at,
+            to: at,
+            generated_at: at,
+            checkpoint_size: Some(9),
+            deployments: vec![ReportDeployment {
+                project: "payments".into(),
+                number: 4,
+                environment: "production".into(),
+                after: None,
+                build: 2,
+                commit: "abc".into(),
+                artifacts: Vec::new(),
+                finished_at: at,
+                requester: Some(name.into()),
+                approvers: vec!["carol".into()],
+                testers: Vec::new(),
+                break_glass: Some("outage\n| forged | row |".into()),
+                gate: None,
+                changes: vec![ReportChange {
+                    number: 1,
+                    authors: vec!["alice".into()],
+                    reviewers: vec!["bob".into()],
+                    merged_by: "alice".into(),
+                    merge_commit: None,
+                    merged_at: at,
+                    seq: 3,
+                }],
+                envelope_sha256: None,
+                seq: 5,
             }],
-            "findings": [{ "at": "t", "kind": "break_glass", "subject": name, "summary": "a | b", "resolution": null }],
-            "controls": controls(),
-        })
+            findings: vec![ReportFinding {
+                kind: "break_glass".into(),
+                at,
+                seq: None,
+                subject: name.into(),
+                actor: None,
+                summary: "a | b".into(),
+                resolved_by: None,
+                resolution: None,
+            }],
+        }
     }
 
     #[test]
