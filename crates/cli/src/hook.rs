@@ -11,7 +11,7 @@ use clap::Subcommand;
 use custody_domain::RefUpdate;
 use custody_git::hook::{self, CAPABILITY_VAR, URL_VAR};
 use custody_server::git::{HookAnswer, PostReceive, PreReceive};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::Failure;
 
@@ -21,17 +21,6 @@ pub enum HookCommand {
     PreReceive,
     /// Records a push after its refs moved.
     PostReceive,
-}
-
-/// What the server says when it refuses a request: `{"error": {"message"}}`.
-#[derive(Deserialize)]
-struct ErrorAnswer {
-    error: ErrorMessage,
-}
-
-#[derive(Deserialize)]
-struct ErrorMessage {
-    message: String,
 }
 
 pub async fn run(command: HookCommand) -> Result<(), Failure> {
@@ -89,7 +78,7 @@ async fn send(url: &str, capability: &str, path: &str, push: &impl Serialize) ->
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
     if !status.is_success() {
-        let answer = serde_json::from_str::<ErrorAnswer>(&text).ok();
+        let answer = serde_json::from_str::<custody_api::ErrorBody>(&text).ok();
         let message = answer.map_or_else(|| "the server refused the hook".to_owned(), |a| a.error.message);
         return Err(Failure { code: 1, message: format!("custody refused this push: {message}"), body: None });
     }
