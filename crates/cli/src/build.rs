@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{ArgGroup, Args, Subcommand};
+use custody_api::{ArtifactDetail, ArtifactView, BlobCheck, BuildView, LogPage};
 use custody_domain::ProjectName;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
@@ -78,74 +79,73 @@ fn digest(text: &str) -> Result<String, Failure> {
     Ok(hex.to_ascii_lowercase())
 }
 
-fn build_line(b: &Value) -> String {
-    let reason = b["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
-    format!(
-        "#{:<5} {:<9} {} on {}{}",
-        b["number"],
-        b["status"].as_str().unwrap_or(""),
-        custody_domain::short_id(b["commit"].as_str().unwrap_or("")),
-        b["branch"].as_str().unwrap_or(""),
-        reason
-    )
+fn build_line(b: &BuildView) -> String {
+    let reason = b.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
+    format!("#{} {:<9} {} on {}{reason}", b.number, b.status.as_str(), custody_domain::short_id(&b.commit), b.branch)
 }
 
-fn artifact_line(a: &Value) -> String {
-    format!(
-        "sha256:{}  {:>12}  build #{:<4} {}",
-        a["digest"].as_str().unwrap_or(""),
-        a["size"],
-        a["build"],
-        a["name"].as_str().unwrap_or("")
-    )
+fn artifact_line(a: &ArtifactView) -> String {
+    format!("sha256:{}  {}  build #{} {}", a.digest, a.size, a.build, a.name)
 }
 
-fn build_text(b: &Value) -> String {
+fn build_text(b: &BuildView) -> String {
     let mut lines = vec![build_line(b)];
-    let field = |name: &str| b[name].as_str().map(str::to_owned);
-    if let Some(change) = b["change"].as_i64() {
+    if let Some(change) = b.change {
         lines.push(format!("  merged by change #{change}"));
     }
-    lines.push(format!("  commit:    {}", field("commit").unwrap_or_default()));
-    if let Some(command) = field("command") {
+    lines.push(format!("  commit:    {}", b.commit));
+    if let Some(command) = &b.command {
         lines.push(format!("  command:   {command}"));
     }
-    if let Some(network) = b["network"].as_bool() {
+    if let Some(network) = b.network {
         lines.push(format!("  network:   {}", if network { "allowed" } else { "none" }));
     }
-    if let Some(digest) = field("pipeline_digest") {
+    if let Some(digest) = &b.pipeline_digest {
         lines.push(format!("  pipeline:  sha256:{digest}"));
     }
-    if let Some(digest) = field("script_digest") {
+    if let Some(digest) = &b.script_digest {
         lines.push(format!("  script:    sha256:{digest}"));
     }
-    if let Some(worker) = field("worker") {
-        lines.push(format!("  worker:    {worker} (attempt {})", b["attempt"]));
+    if let Some(worker) = &b.worker {
+        lines.push(format!("  worker:    {worker} (attempt {})", b.attempt));
     }
-    for (label, key) in [("queued", "queued_at"), ("started", "started_at"), ("finished", "finished_at")] {
-        if let Some(at) = field(key) {
+    for (label, at) in [("queued", Some(b.queued_at)), ("started", b.started_at), ("finished", b.finished_at)] {
+        if let Some(at) = at {
             lines.push(format!("  {label:<10} {at}"));
         }
     }
-    let artifacts = b["artifacts"].as_array().cloned().unwrap_or_default();
-    if !artifacts.is_empty() {
+    if !b.artifacts.is_empty() {
         lines.push("  artifacts:".into());
-        for a in &artifacts {
-            lines.push(format!("    {}", artifact_line(a)));
-        }
+        lines.extend(b.artifacts.iter().map(|a| format!("    {}", artifact_line(a))));
     }
     lines.join("\n")
+}
+
+fn artifact_text(artifact: &ArtifactDetail) -> String {
+    let mut lines = vec![format!("sha256:{}  {} bytes", artifact.digest, artifact.size)];
+    for made in &artifact.builds {
+        lines.push(format!("  build #{} of {} as {}", made.build, custody_domain::short_id(&made.commit), made.name));
+    }
+    lines.join("\n")
+}
+
+fn blob_check_line(check: &BlobCheck) -> String {
+    let detail = match (check.state.as_str(), &check.actual) {
+        ("damaged", Some(actual)) => format!(": its bytes hash to sha256:{actual}"),
+        _ => String::new(),
+    };
+    format!("{:<10} sha256:{}{} [{}]", check.state.to_uppercase(), check.digest, detail, check.projects.join(", "))
 }
 
 /// Runs a `custody build` command.
 pub async fn build(client: &Client, command: BuildCommand, out: Output) -> Result<(), Failure> {
     match command {
         BuildCommand::List { project } => {
-            let builds = client.list(&project_path(&project, "/builds")?).await?;
+            let builds: Vec<BuildView> = client.list(&project_path(&project, "/builds")?).await?;
             out.list(&builds, build_line, "no builds yet: merging a change into the default branch starts one");
         }
         BuildCommand::Show { project, number } => {
-            let build = client.get(&project_path(&project, &format!("/builds/{number}"))?).await?;
+            let build: BuildView = client.get(&project_path(&project, &format!("/builds/{number}"))?).await?;
             out.show(&build, build_text);
         }
         BuildCommand::Logs { project, number, follow } => {
@@ -153,25 +153,23 @@ pub async fn build(client: &Client, command: BuildCommand, out: Output) -> Resul
             let mut after = 0i64;
             let mut stdout = std::io::stdout();
             loop {
-                let page: Value = client.get(&format!("{base}?after={after}")).await?;
-                for chunk in page["chunks"].as_array().into_iter().flatten() {
-                    let data = chunk["data"].as_str().unwrap_or("");
+                let page: LogPage = client.get(&format!("{base}?after={after}")).await?;
+                for chunk in &page.chunks {
                     if out.json {
                         out.print_json(chunk);
-                    } else if stdout.write_all(data.as_bytes()).is_err() {
+                    } else if stdout.write_all(chunk.data.as_bytes()).is_err() {
                         return Ok(());
                     }
-                    after = chunk["seq"].as_i64().unwrap_or(after);
+                    after = chunk.seq;
                 }
                 let _ = stdout.flush();
-                let complete = page["complete"].as_bool() == Some(true);
-                if complete || !follow {
-                    if !complete && page["chunks"].as_array().is_some_and(|c| c.len() == 1000) {
+                if page.complete || !follow {
+                    if !page.complete && page.chunks.len() == 1000 {
                         continue;
                     }
                     break;
                 }
-                if page["chunks"].as_array().is_none_or(|c| c.is_empty()) {
+                if page.chunks.is_empty() {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
@@ -185,24 +183,15 @@ pub async fn artifact(client: &Client, command: ArtifactCommand, out: Output) ->
     match command {
         ArtifactCommand::List { project, build } => {
             let query = build.map(|b| format!("?build={b}")).unwrap_or_default();
-            let artifacts = client.list(&project_path(&project, &format!("/artifacts{query}"))?).await?;
+            let artifacts: Vec<ArtifactView> =
+                client.list(&project_path(&project, &format!("/artifacts{query}"))?).await?;
             out.list(&artifacts, artifact_line, "no artifacts yet");
         }
         ArtifactCommand::Show { project, digest: text } => {
             let digest = digest(&text)?;
-            let artifact: Value = client.get(&project_path(&project, &format!("/artifacts/{digest}"))?).await?;
-            out.show(&artifact, |a| {
-                let mut lines = vec![format!("sha256:{}  {} bytes", digest, a["size"])];
-                for build in a["builds"].as_array().into_iter().flatten() {
-                    lines.push(format!(
-                        "  build #{} of {} as {}",
-                        build["build"],
-                        custody_domain::short_id(build["commit"].as_str().unwrap_or("")),
-                        build["name"].as_str().unwrap_or("")
-                    ));
-                }
-                lines.join("\n")
-            });
+            let artifact: ArtifactDetail =
+                client.get(&project_path(&project, &format!("/artifacts/{digest}"))?).await?;
+            out.show(&artifact, artifact_text);
         }
         ArtifactCommand::Get { project, digest: text, output } => {
             let digest = digest(&text)?;
@@ -215,6 +204,7 @@ pub async fn artifact(client: &Client, command: ArtifactCommand, out: Output) ->
         }
         ArtifactCommand::Provenance { project, digest: text } => {
             let digest = digest(&text)?;
+            // A signed envelope, passed on as received.
             let envelope: Value =
                 client.get(&project_path(&project, &format!("/artifacts/{digest}/provenance"))?).await?;
             out.show(&envelope, |e| serde_json::to_string_pretty(e).unwrap_or_default());
@@ -224,39 +214,24 @@ pub async fn artifact(client: &Client, command: ArtifactCommand, out: Output) ->
                 Some(text) => format!("/api/v1/artifacts/verify?digest={}", digest(text)?),
                 None => "/api/v1/artifacts/verify".to_owned(),
             };
-            let checks: Value = client.get(&path).await?;
-            let checks = checks.as_array().cloned().unwrap_or_default();
-            let damaged: Vec<&Value> =
-                checks.iter().filter(|c| matches!(c["state"].as_str(), Some("damaged" | "missing"))).collect();
+            let checks: Vec<BlobCheck> = client.get(&path).await?;
+            let damaged: Vec<&str> = checks
+                .iter()
+                .filter(|c| matches!(c.state.as_str(), "damaged" | "missing"))
+                .map(|c| c.digest.as_str())
+                .collect();
             if out.json {
                 out.print_json(&checks);
             } else {
                 for check in &checks {
-                    let state = check["state"].as_str().unwrap_or("");
-                    let projects: Vec<&str> =
-                        check["projects"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-                    let detail = match (state, check["actual"].as_str()) {
-                        ("damaged", Some(actual)) => format!(": its bytes hash to sha256:{actual}"),
-                        _ => String::new(),
-                    };
-                    say(&format!(
-                        "{:<10} sha256:{}{} [{}]",
-                        state.to_uppercase(),
-                        check["digest"].as_str().unwrap_or(""),
-                        detail,
-                        projects.join(", ")
-                    ));
+                    say(&blob_check_line(check));
                 }
                 say(&format!("{} blob(s) checked, {} damaged or missing", checks.len(), damaged.len()));
             }
             if !damaged.is_empty() {
                 return Err(Failure {
                     code: 1,
-                    message: format!(
-                        "{} blob(s) damaged or missing: {}",
-                        damaged.len(),
-                        damaged.iter().filter_map(|c| c["digest"].as_str()).collect::<Vec<_>>().join(", ")
-                    ),
+                    message: format!("{} blob(s) damaged or missing: {}", damaged.len(), damaged.join(", ")),
                     body: None,
                 });
             }
@@ -327,4 +302,35 @@ fn progress_line(done: u64, total: u64, elapsed: Duration) -> String {
         total as f64 / (1 << 20) as f64,
         rate
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_build_reads_as_it_always_printed() {
+        let answer = serde_json::json!({
+            "number": 7, "project": "shop", "commit": "0123456789abcdef0123456789abcdef01234567",
+            "branch": "main", "change": null, "status": "failed", "reason": "exit 3", "attempt": 1,
+            "worker": null, "queued_at": "2026-01-02T03:04:05.678Z", "started_at": null, "finished_at": null,
+            "command": null, "network": null, "pipeline_digest": null, "script_digest": null, "exit_code": 3,
+            "artifacts": [{ "project": "shop", "build": 7, "name": "dist/app", "digest": "ab", "size": 12,
+                            "commit": "0123456789abcdef0123456789abcdef01234567",
+                            "created_at": "2026-01-02T03:04:05.678Z" }]
+        });
+        let build: BuildView = serde_json::from_value(answer.clone()).expect("a build");
+        assert_eq!(serde_json::to_value(&build).expect("JSON"), answer);
+        assert_eq!(
+            build_text(&build),
+            [
+                "#7 failed    0123456789ab on main (exit 3)",
+                "  commit:    0123456789abcdef0123456789abcdef01234567",
+                "  queued     2026-01-02T03:04:05.678Z",
+                "  artifacts:",
+                "    sha256:ab  12  build #7 dist/app",
+            ]
+            .join("\n")
+        );
+    }
 }

@@ -1,8 +1,9 @@
 //! `custody change …`: change requests, reviews, the gate and merging.
 
 use clap::{ArgGroup, Args, Subcommand};
+use custody_api::{AuthorReason, AuthorView, ChangeDetail, ChangeView, CheckRunView, MergeQueue, Merged, ReviewView};
+use custody_domain::gate::GateReport;
 use custody_domain::ProjectName;
-use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::client::Client;
@@ -103,86 +104,129 @@ fn path(project: &str, number: i64, rest: &str) -> Result<String, Failure> {
     Ok(format!("/api/v1/projects/{}/changes/{number}{rest}", ProjectName::parse(project)?))
 }
 
-fn change_line(c: &Value) -> String {
+fn change_line(c: &ChangeView) -> String {
     format!(
-        "#{:<5} {:<7} {} ({} -> {}) by {}",
-        c["number"],
-        c["state"].as_str().unwrap_or(""),
-        c["title"].as_str().unwrap_or(""),
-        c["source_branch"].as_str().unwrap_or(""),
-        c["target_branch"].as_str().unwrap_or(""),
-        c["opened_by"].as_str().unwrap_or("")
+        "#{} {:<7} {} ({} -> {}) by {}",
+        c.number,
+        c.state.as_str(),
+        c.title,
+        c.source_branch,
+        c.target_branch,
+        c.opened_by
     )
 }
 
 /// The gate as lines: each rule, passed or failed, and what would satisfy it.
-pub fn gate_text(gate: &Value) -> String {
-    let open = gate["open"].as_bool() == Some(true);
-    let mut lines = vec![format!(
-        "gate {} at {}",
-        if open { "OPEN" } else { "CLOSED" },
-        gate["head"].as_str().map(custody_domain::short_id).unwrap_or("")
-    )];
-    for rule in gate["rules"].as_array().into_iter().flatten() {
-        let mark = if rule["passed"].as_bool() == Some(true) { "pass" } else { "FAIL" };
-        lines.push(format!(
-            "  {mark}  {}: {}",
-            rule["rule"].as_str().unwrap_or(""),
-            rule["message"].as_str().unwrap_or("")
-        ));
-        if let Some(satisfy) = rule["satisfy"].as_str() {
+pub fn gate_text(gate: &GateReport) -> String {
+    let mut lines =
+        vec![format!("gate {} at {}", if gate.open { "OPEN" } else { "CLOSED" }, custody_domain::short_id(&gate.head))];
+    for rule in &gate.rules {
+        let mark = if rule.passed { "pass" } else { "FAIL" };
+        lines.push(format!("  {mark}  {}: {}", rule.rule, rule.message));
+        if let Some(satisfy) = &rule.satisfy {
             lines.push(format!("        to satisfy: {satisfy}"));
         }
     }
     lines.join("\n")
 }
 
-fn detail_text(c: &Value) -> String {
-    let mut lines = vec![change_line(c), format!("head: {}", c["head"].as_str().unwrap_or(""))];
-    if let Some(description) = c["description"].as_str().filter(|d| !d.is_empty()) {
-        lines.push(format!("\n{description}\n"));
+/// Why someone is an author, as `kind detail`: `pushed commit 0123456789ab`.
+fn reason_text(reason: &AuthorReason) -> String {
+    let (kind, commit) = match reason {
+        AuthorReason::MovedSourceBranch { push } => return format!("moved source branch push {push}"),
+        AuthorReason::PushedCommit { commit } => ("pushed commit", commit),
+        AuthorReason::NamedAuthor { commit } => ("named author", commit),
+        AuthorReason::NamedCommitter { commit } => ("named committer", commit),
+        AuthorReason::CoAuthor { commit } => ("co author", commit),
+    };
+    format!("{kind} {}", custody_domain::short_id(commit))
+}
+
+fn author_line(author: &AuthorView) -> String {
+    let why: Vec<String> = author.why.iter().map(reason_text).collect();
+    format!("  {}: {}", author.user, why.join("; "))
+}
+
+fn review_line(review: &ReviewView) -> String {
+    let stale = if review.stale { " (stale: an older head)" } else { "" };
+    format!(
+        "  {} {} at {}{stale} {}",
+        review.reviewer,
+        review.verdict,
+        custody_domain::short_id(&review.head),
+        review.message
+    )
+}
+
+fn detail_text(detail: &ChangeDetail) -> String {
+    let change = &detail.change;
+    let mut lines = vec![change_line(change), format!("head: {}", change.head)];
+    if !change.description.is_empty() {
+        lines.push(format!("\n{}\n", change.description));
     }
     lines.push("authors:".into());
-    for author in c["authors"].as_array().into_iter().flatten() {
-        let why: Vec<String> = author["why"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|w| {
-                let what = w["kind"].as_str().unwrap_or("").replace('_', " ");
-                let detail = w
-                    .get("commit")
-                    .and_then(Value::as_str)
-                    .map(|c| custody_domain::short_id(c).to_owned())
-                    .or_else(|| w.get("push").map(|p| format!("push {p}")))
-                    .unwrap_or_default();
-                format!("{what} {detail}")
-            })
-            .collect();
-        lines.push(format!("  {}: {}", author["user"].as_str().unwrap_or(""), why.join("; ")));
-    }
+    lines.extend(detail.authors.iter().map(author_line));
     lines.push("reviews:".into());
-    for review in c["reviews"].as_array().into_iter().flatten() {
-        let stale = if review["stale"].as_bool() == Some(true) { " (stale: an older head)" } else { "" };
-        lines.push(format!(
-            "  {} {} at {}{stale} {}",
-            review["reviewer"].as_str().unwrap_or(""),
-            review["verdict"].as_str().unwrap_or(""),
-            review["head"].as_str().map(custody_domain::short_id).unwrap_or(""),
-            review["message"].as_str().unwrap_or("")
+    lines.extend(change.reviews.iter().map(review_line));
+    lines.push(gate_text(&detail.gate));
+    lines.join("\n")
+}
+
+fn check_line(run: &CheckRunView) -> String {
+    let exit = run.exit_code.map_or_else(|| "-".to_owned(), |code| code.to_string());
+    let mut line = format!(
+        "{} {:<12} {} exit {exit}",
+        custody_domain::short_id(&run.head),
+        run.status.as_str(),
+        run.command.as_deref().unwrap_or("-")
+    );
+    if let Some(log) = &run.log {
+        line.push('\n');
+        line.push_str(log);
+    }
+    line
+}
+
+fn queue_text(queue: &MergeQueue) -> String {
+    let mut text = String::new();
+    for moving in &queue.moving {
+        text.push_str(&format!("moving  #{} {} to {}\n", moving.change, moving.reference, moving.merge_commit));
+    }
+    for (turn, waiting) in queue.waiting.iter().enumerate() {
+        text.push_str(&format!(
+            "{:<7} #{} into {} (asked by {}): {}\n",
+            turn + 1,
+            waiting.change,
+            waiting.target,
+            waiting.asked_by.as_deref().unwrap_or("?"),
+            waiting.title
         ));
     }
-    lines.push(gate_text(&c["gate"]));
-    lines.join("\n")
+    if text.is_empty() {
+        text.push_str("the merge queue is empty");
+    }
+    text.trim_end().to_owned()
+}
+
+fn merged_text(merged: &Merged) -> String {
+    let number = merged.change.number;
+    if merged.auto_merge {
+        format!(
+            "queued: custody will merge change {number} in its turn, once its gate is open\n{}",
+            gate_text(&merged.gate)
+        )
+    } else {
+        format!("merged change {number} as {}", merged.change.merge_commit.as_deref().unwrap_or(""))
+    }
 }
 
 pub async fn run(client: &Client, command: ChangeCommand, out: Output) -> Result<(), Failure> {
     match command {
         ChangeCommand::Open { project, source, target, title, message } => {
             let body = custody_api::OpenChangeRequest { source, target, title, description: message };
-            let made: Value =
+            let made: ChangeView =
                 client.submit(&format!("/api/v1/projects/{}/changes", ProjectName::parse(&project)?), &body).await?;
-            out.show(&made, |c| format!("opened change {}\n{}", c["number"], change_line(c)));
+            out.show(&made, |c| format!("opened change {}\n{}", c.number, change_line(c)));
         }
         ChangeCommand::List { project, state } => {
             let project = ProjectName::parse(&project)?;
@@ -191,12 +235,12 @@ pub async fn run(client: &Client, command: ChangeCommand, out: Output) -> Result
                 "open" | "closed" | "merged" => format!("/api/v1/projects/{project}/changes?state={state}"),
                 other => return Err(Failure::input(format!("--state {other:?}: use open, closed, merged or all"))),
             };
-            let changes = client.list(&path).await?;
+            let changes: Vec<ChangeView> = client.list(&path).await?;
             out.list(&changes, change_line, "no changes");
         }
         ChangeCommand::Show { project, number } => {
-            let change = client.get(&path(&project, number, "")?).await?;
-            out.show(&change, detail_text);
+            let detail: ChangeDetail = client.get(&path(&project, number, "")?).await?;
+            out.show(&detail, detail_text);
         }
         ChangeCommand::Diff { project, number } => {
             let (text, head) = client.text_with_header(&path(&project, number, "/diff")?, "x-custody-head").await?;
@@ -213,12 +257,12 @@ pub async fn run(client: &Client, command: ChangeCommand, out: Output) -> Result
             }
         }
         ChangeCommand::Close { project, number } => {
-            let change: Value = client.post(&path(&project, number, "/close")?).await?;
-            out.show(&change, |c| format!("closed change {}", c["number"]));
+            let change: ChangeView = client.post(&path(&project, number, "/close")?).await?;
+            out.show(&change, |c| format!("closed change {}", c.number));
         }
         ChangeCommand::Reopen { project, number } => {
-            let change: Value = client.post(&path(&project, number, "/reopen")?).await?;
-            out.show(&change, |c| format!("reopened change {}", c["number"]));
+            let change: ChangeView = client.post(&path(&project, number, "/reopen")?).await?;
+            out.show(&change, |c| format!("reopened change {}", c.number));
         }
         ChangeCommand::Review(args) => {
             let verdict = if args.approve {
@@ -235,19 +279,13 @@ pub async fn run(client: &Client, command: ChangeCommand, out: Output) -> Result
                 message: args.message.clone(),
                 head: args.head.clone(),
             };
-            let review: Value = client.submit(&path(&args.project, args.number, "/reviews")?, &body).await?;
-            out.show(&review, |r| {
-                format!(
-                    "{} recorded at head {}",
-                    r["verdict"].as_str().unwrap_or(""),
-                    r["head"].as_str().map(custody_domain::short_id).unwrap_or("")
-                )
-            });
+            let review: ReviewView = client.submit(&path(&args.project, args.number, "/reviews")?, &body).await?;
+            out.show(&review, |r| format!("{} recorded at head {}", r.verdict, custody_domain::short_id(&r.head)));
         }
         ChangeCommand::Gate { project, number } => {
-            let gate = client.get(&path(&project, number, "/gate")?).await?;
+            let gate: GateReport = client.get(&path(&project, number, "/gate")?).await?;
             out.show(&gate, gate_text);
-            if gate["open"].as_bool() != Some(true) {
+            if !gate.open {
                 return Err(Failure {
                     code: 1,
                     message: "the gate is closed".into(),
@@ -256,61 +294,20 @@ pub async fn run(client: &Client, command: ChangeCommand, out: Output) -> Result
             }
         }
         ChangeCommand::Checks { project, number, log } => {
-            let runs: Value =
+            let runs: Vec<CheckRunView> =
                 client.get(&path(&project, number, if log { "/checks?log=true" } else { "/checks" })?).await?;
-            let runs = runs.as_array().cloned().unwrap_or_default();
-            out.list(
-                &runs,
-                |r| {
-                    let mut line = format!(
-                        "{} {:<12} {} exit {}",
-                        r["head"].as_str().map(custody_domain::short_id).unwrap_or(""),
-                        r["status"].as_str().unwrap_or(""),
-                        r["command"].as_str().unwrap_or("-"),
-                        r["exit_code"]
-                    );
-                    if let Some(text) = r["log"].as_str() {
-                        line.push('\n');
-                        line.push_str(text);
-                    }
-                    line
-                },
-                "no checks",
-            );
+            out.list(&runs, check_line, "no checks");
         }
         ChangeCommand::Attestation { project, number } => {
+            // A signed envelope is for machines in any case: always JSON,
+            // passed on as received.
             let envelope: Value = client.get(&path(&project, number, "/attestation")?).await?;
-            // An envelope is for machines in any case: always JSON.
             out.print_json(&envelope);
         }
         ChangeCommand::Queue { project } => {
             let name = ProjectName::parse(&project)?;
-            let queue: Value = client.get(&format!("/api/v1/projects/{name}/merge-queue")).await?;
-            out.show(&queue, |q| {
-                let mut text = String::new();
-                for moving in q["moving"].as_array().into_iter().flatten() {
-                    text.push_str(&format!(
-                        "moving  #{:<5} {} to {}\n",
-                        moving["change"],
-                        moving["reference"].as_str().unwrap_or(""),
-                        moving["merge_commit"].as_str().unwrap_or("")
-                    ));
-                }
-                for (turn, waiting) in q["waiting"].as_array().into_iter().flatten().enumerate() {
-                    text.push_str(&format!(
-                        "{:<7} #{:<5} into {} (asked by {}): {}\n",
-                        turn + 1,
-                        waiting["change"],
-                        waiting["target"].as_str().unwrap_or(""),
-                        waiting["asked_by"].as_str().unwrap_or("?"),
-                        waiting["title"].as_str().unwrap_or("")
-                    ));
-                }
-                if text.is_empty() {
-                    text.push_str("the merge queue is empty");
-                }
-                text.trim_end().to_owned()
-            });
+            let queue: MergeQueue = client.get(&format!("/api/v1/projects/{name}/merge-queue")).await?;
+            out.show(&queue, queue_text);
         }
         ChangeCommand::Merge { project, number, auto, no_wait } => {
             let rest = match (auto, no_wait) {
@@ -318,23 +315,62 @@ pub async fn run(client: &Client, command: ChangeCommand, out: Output) -> Result
                 (true, false) => "/merge?auto=true",
                 (false, false) => "/merge",
             };
-            let merged: Value = client.call(Method::POST, &path(&project, number, rest)?, Some(&json!(null))).await?;
-            out.show(&merged, |m| {
-                if m["auto_merge"].as_bool() == Some(true) {
-                    format!(
-                        "queued: custody will merge change {} in its turn, once its gate is open\n{}",
-                        m["change"]["number"],
-                        gate_text(&m["gate"])
-                    )
-                } else {
-                    format!(
-                        "merged change {} as {}",
-                        m["change"]["number"],
-                        m["change"]["merge_commit"].as_str().unwrap_or("")
-                    )
-                }
-            });
+            let merged: Merged = client.post(&path(&project, number, rest)?).await?;
+            out.show(&merged, merged_text);
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    #[test]
+    fn a_change_reads_as_it_always_printed() {
+        let answer = json!({
+            "id": 1, "number": 5, "project": "shop", "title": "Refunds", "description": "",
+            "source_branch": "feature", "target_branch": "main", "state": "open", "head": HEAD,
+            "opened_by": "alice", "opened_at": "2026-01-02T03:04:05.678Z",
+            "merged_by": null, "merged_at": null, "merge_commit": null,
+            "reviews": [{ "id": 1, "reviewer": "bob", "verdict": "approve", "head": HEAD, "stale": true,
+                          "message": "fine", "at": "2026-01-02T03:04:05.678Z" }],
+            "authors": [{ "user": "alice", "why": [
+                { "kind": "pushed_commit", "commit": HEAD },
+                { "kind": "moved_source_branch", "push": 7 },
+            ] }],
+            "gate": { "open": false, "head": HEAD, "approvers": [], "rules": [
+                { "rule": "gate.approvals", "passed": false, "message": "none yet", "satisfy": "bob approves" },
+            ] }
+        });
+        let detail: ChangeDetail = serde_json::from_value(answer.clone()).expect("a change's detail");
+        assert_eq!(serde_json::to_value(&detail).expect("JSON"), answer);
+        assert_eq!(
+            detail_text(&detail),
+            [
+                "#5 open    Refunds (feature -> main) by alice",
+                "head: 0123456789abcdef0123456789abcdef01234567",
+                "authors:",
+                "  alice: pushed commit 0123456789ab; moved source branch push 7",
+                "reviews:",
+                "  bob approve at 0123456789ab (stale: an older head) fine",
+                "gate CLOSED at 0123456789ab",
+                "  FAIL  gate.approvals: none yet",
+                "        to satisfy: bob approves",
+            ]
+            .join("\n")
+        );
+    }
+
+    #[test]
+    fn a_check_without_an_exit_code_says_so() {
+        let run: CheckRunView = serde_json::from_value(json!({
+            "id": 1, "head": HEAD, "status": "running", "command": null, "target_tip": null,
+            "exit_code": null, "created_at": "2026-01-02T03:04:05.678Z", "finished_at": null
+        }))
+        .expect("a check run");
+        assert_eq!(check_line(&run), "0123456789ab running      - exit -");
+    }
 }

@@ -2,8 +2,13 @@
 //! the decisions people take on them.
 
 use clap::{ArgGroup, Args, Subcommand};
+use custody_api::{
+    DeploymentAndGate, DeploymentRecord, DeploymentView, EnvironmentDetail, EnvironmentView, FindingView,
+    SecretRequested, SecretView,
+};
+use custody_domain::status::DeploymentStatus;
 use custody_domain::ProjectName;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::client::Client;
 use crate::commands::Output;
@@ -95,78 +100,78 @@ fn path(project: &str, rest: &str) -> Result<String, Failure> {
     Ok(format!("/api/v1/projects/{}{rest}", ProjectName::parse(project)?))
 }
 
-fn deployment_line(d: &Value) -> String {
-    let by = d["requested_by"].as_str().map(|r| format!(" asked by {r}")).unwrap_or_else(|| " (automatic)".into());
-    let reason = d["reason"].as_str().map(|r| format!(": {r}")).unwrap_or_default();
-    format!(
-        "#{:<5} {:<10} {:<9} build #{}{}{}",
-        d["number"],
-        d["environment"].as_str().unwrap_or(""),
-        d["status"].as_str().unwrap_or(""),
-        d["build"],
-        by,
-        reason
-    )
+fn deployment_line(d: &DeploymentView) -> String {
+    let by = d.requested_by.as_ref().map(|r| format!(" asked by {r}")).unwrap_or_else(|| " (automatic)".into());
+    let reason = d.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default();
+    format!("#{} {:<10} {:<9} build #{}{by}{reason}", d.number, d.environment, d.status.as_str(), d.build)
 }
 
-fn deployment_text(d: &Value) -> String {
+fn deployment_text(d: &DeploymentView) -> String {
     let mut lines = vec![deployment_line(d)];
-    lines.push(format!("  commit: {}", d["commit"].as_str().unwrap_or("")));
-    if let Some(reason) = d["break_glass"].as_str() {
+    lines.push(format!("  commit: {}", d.commit));
+    if let Some(reason) = &d.break_glass {
         lines.push(format!("  BREAK-GLASS: {reason}"));
     }
     // A cancel that came too late to stop the script is not news.
-    if let (Some(asked), "running") = (d["cancel_requested"].as_str(), d["status"].as_str().unwrap_or("")) {
+    if let (Some(asked), DeploymentStatus::Running) = (&d.cancel_requested, d.status) {
         lines.push(format!("  stopping: {asked}"));
     }
-    for decision in d["decisions"].as_array().into_iter().flatten() {
-        lines.push(format!(
-            "  {} {} {}",
-            decision["user"].as_str().unwrap_or(""),
-            decision["kind"].as_str().unwrap_or(""),
-            decision["message"].as_str().unwrap_or("")
-        ));
+    for decision in &d.decisions {
+        lines.push(format!("  {} {} {}", decision.user, decision.kind, decision.message));
     }
     lines.join("\n")
 }
 
-/// The gate as lines: each rule, passed or failed, and what would satisfy it.
-fn gate_text(answer: &Value) -> String {
-    let gate = &answer["gate"];
-    let open = gate["open"].as_bool() == Some(true);
-    let mut lines =
-        vec![deployment_line(&answer["deployment"]), format!("gate {}", if open { "OPEN" } else { "CLOSED" })];
-    if let Some(release) = answer["release"].as_array() {
-        let numbers: Vec<String> = release.iter().map(Value::to_string).collect();
-        lines.push(match numbers.len() {
-            0 => "  release: no change since what is live".to_owned(),
-            1..=20 => format!("  release: changes {}", numbers.join(", ")),
-            n => format!("  release: {n} changes, {} … {}", numbers[0], numbers[n - 1]),
-        });
+/// The changes of a release, by number, in a line.
+fn release_line(release: &[i64]) -> String {
+    let numbers: Vec<String> = release.iter().map(i64::to_string).collect();
+    match numbers.len() {
+        0 => "  release: no change since what is live".to_owned(),
+        1..=20 => format!("  release: changes {}", numbers.join(", ")),
+        n => format!("  release: {n} changes, {} … {}", numbers[0], numbers[n - 1]),
     }
-    for rule in gate["rules"].as_array().into_iter().flatten() {
-        let passed = rule["passed"].as_bool() == Some(true);
-        lines.push(format!(
-            "  {} {:<28} {}",
-            if passed { "pass" } else { "FAIL" },
-            rule["rule"].as_str().unwrap_or(""),
-            rule["message"].as_str().unwrap_or("")
-        ));
-        if let Some(satisfy) = rule["satisfy"].as_str() {
+}
+
+/// The gate as lines: each rule, passed or failed, and what would satisfy it.
+fn gate_text(answer: &DeploymentAndGate) -> String {
+    let gate = &answer.gate;
+    let mut lines = vec![
+        deployment_line(&answer.deployment),
+        format!("gate {}", if gate.open { "OPEN" } else { "CLOSED" }),
+        release_line(&answer.release),
+    ];
+    for rule in &gate.rules {
+        lines.push(format!("  {} {:<28} {}", if rule.passed { "pass" } else { "FAIL" }, rule.rule, rule.message));
+        if let Some(satisfy) = &rule.satisfy {
             lines.push(format!("       to satisfy: {satisfy}"));
         }
     }
     lines.join("\n")
 }
 
-fn environment_line(e: &Value) -> String {
-    let live = match e["live"].as_object() {
-        Some(live) => format!("build #{} since {}", live["build"], live["finished_at"].as_str().unwrap_or("")),
+fn environment_line(e: &EnvironmentView) -> String {
+    let live = match &e.live {
+        Some(live) => {
+            format!("build #{} since {}", live.build, live.finished_at.map(|at| at.to_string()).unwrap_or_default())
+        }
         None => "nothing live".into(),
     };
-    let after = e["after"].as_str().map(|a| format!(" after {a}")).unwrap_or_default();
-    let waiting = e["waiting"].as_array().map_or(0, Vec::len);
-    format!("{:<12}{after}: {live}; {waiting} waiting", e["name"].as_str().unwrap_or(""))
+    let after = e.after.as_ref().map(|a| format!(" after {a}")).unwrap_or_default();
+    format!("{:<12}{after}: {live}; {} waiting", e.name, e.waiting.len())
+}
+
+fn environment_text(detail: &EnvironmentDetail) -> String {
+    let e = &detail.environment;
+    let mut lines = vec![environment_line(e)];
+    lines.push(format!(
+        "  gate: {} approval(s) from {}, testers {}, soak {}s",
+        e.approvals,
+        e.approvers.as_deref().unwrap_or("nobody"),
+        e.testers.as_deref().unwrap_or("none"),
+        e.soak_seconds.unwrap_or(0)
+    ));
+    lines.extend(detail.history.iter().map(|d| format!("  {}", deployment_line(d))));
+    lines.join("\n")
 }
 
 #[derive(Subcommand, Debug)]
@@ -185,23 +190,24 @@ pub enum FindingCommand {
     },
 }
 
-fn finding_line(f: &Value) -> String {
-    let state = match f["resolved_by"].as_str() {
-        Some(by) => format!("reviewed by {by}: {}", f["resolution"].as_str().unwrap_or("")),
+fn finding_line(f: &FindingView) -> String {
+    let state = match &f.resolved_by {
+        Some(by) => format!("reviewed by {by}: {}", f.resolution.as_deref().unwrap_or("")),
         None => "OPEN".into(),
     };
-    format!("{:<5} {:<12} {} ({state})", f["id"], f["kind"].as_str().unwrap_or(""), f["summary"].as_str().unwrap_or(""))
+    format!("{} {:<12} {} ({state})", f.id, f.kind, f.summary)
 }
 
 /// Runs a `custody finding` command.
 pub async fn finding(client: &Client, command: FindingCommand, out: Output) -> Result<(), Failure> {
     match command {
         FindingCommand::List { open } => {
-            let list: Value = client.get(if open { "/api/v1/findings?open=true" } else { "/api/v1/findings" }).await?;
-            out.list(list.as_array().map_or(&[][..], Vec::as_slice), finding_line, "no findings");
+            let findings: Vec<FindingView> =
+                client.get(if open { "/api/v1/findings?open=true" } else { "/api/v1/findings" }).await?;
+            out.list(&findings, finding_line, "no findings");
         }
         FindingCommand::Resolve { id, message } => {
-            let resolved = client
+            let resolved: FindingView = client
                 .submit(
                     &format!("/api/v1/findings/{id}/resolve"),
                     &custody_api::ResolveRequest { message: Some(message) },
@@ -223,6 +229,15 @@ pub enum SecretCommand {
     List { project: String, environment: String },
 }
 
+fn secret_line(secret: &SecretView) -> String {
+    let current = match secret.version {
+        Some(version) => format!("version {version}, set by {}", secret.set_by.as_deref().unwrap_or("")),
+        None => "no current version".into(),
+    };
+    let pending = secret.pending_version.map(|v| format!("; version {v} waits for its grant")).unwrap_or_default();
+    format!("{:<24} {current}{pending}", secret.name)
+}
+
 /// Runs a `custody secret` command.
 pub async fn secret(client: &Client, command: SecretCommand, out: Output) -> Result<(), Failure> {
     match command {
@@ -236,38 +251,25 @@ pub async fn secret(client: &Client, command: SecretCommand, out: Output) -> Res
                     "no value on standard input: pipe the secret in, e.g. `custody secret set P ENV NAME < file`",
                 ));
             }
-            let answer: Value = client
+            let requested: SecretRequested = client
                 .submit(
                     &path(&project, &format!("/environments/{environment}/secrets"))?,
                     &custody_api::SecretRequest { name: name.clone(), value },
                 )
                 .await?;
-            out.show(&answer, |a| {
+            out.show(&requested, |r| {
                 format!(
                     "version {} of {name} is sealed; grant {} ({}) makes it current",
-                    a["version"],
-                    a["grant"]["id"],
-                    a["grant"]["status"].as_str().unwrap_or("")
+                    r.version,
+                    r.grant.id,
+                    r.grant.status.as_str()
                 )
             });
         }
         SecretCommand::List { project, environment } => {
-            let list: Value = client.get(&path(&project, &format!("/environments/{environment}/secrets"))?).await?;
-            out.list(
-                list.as_array().map_or(&[][..], Vec::as_slice),
-                |s| {
-                    let current = match s["version"].as_i64() {
-                        Some(v) => format!("version {v}, set by {}", s["set_by"].as_str().unwrap_or("")),
-                        None => "no current version".into(),
-                    };
-                    let pending = s["pending_version"]
-                        .as_i64()
-                        .map(|v| format!("; version {v} waits for its grant"))
-                        .unwrap_or_default();
-                    format!("{:<24} {current}{pending}", s["name"].as_str().unwrap_or(""))
-                },
-                "no secrets",
-            );
+            let secrets: Vec<SecretView> =
+                client.get(&path(&project, &format!("/environments/{environment}/secrets"))?).await?;
+            out.list(&secrets, secret_line, "no secrets");
         }
     }
     Ok(())
@@ -277,25 +279,13 @@ pub async fn secret(client: &Client, command: SecretCommand, out: Output) -> Res
 pub async fn env(client: &Client, command: EnvCommand, out: Output) -> Result<(), Failure> {
     match command {
         EnvCommand::List { project } => {
-            let list: Value = client.get(&path(&project, "/environments")?).await?;
-            out.list(list.as_array().map_or(&[][..], Vec::as_slice), environment_line, "no environments defined");
+            let environments: Vec<EnvironmentView> = client.get(&path(&project, "/environments")?).await?;
+            out.list(&environments, environment_line, "no environments defined");
         }
         EnvCommand::Show { project, environment } => {
-            let shown = client.get(&path(&project, &format!("/environments/{environment}"))?).await?;
-            out.show(&shown, |e| {
-                let mut lines = vec![environment_line(e)];
-                lines.push(format!(
-                    "  gate: {} approval(s) from {}, testers {}, soak {}s",
-                    e["approvals"],
-                    e["approvers"].as_str().unwrap_or("nobody"),
-                    e["testers"].as_str().unwrap_or("none"),
-                    e["soak_seconds"].as_u64().unwrap_or(0)
-                ));
-                for d in e["history"].as_array().into_iter().flatten() {
-                    lines.push(format!("  {}", deployment_line(d)));
-                }
-                lines.join("\n")
-            });
+            let detail: EnvironmentDetail =
+                client.get(&path(&project, &format!("/environments/{environment}"))?).await?;
+            out.show(&detail, environment_text);
         }
     }
     Ok(())
@@ -306,17 +296,19 @@ pub async fn deploy(client: &Client, command: DeployCommand, out: Output) -> Res
     match command {
         DeployCommand::List { project, environment } => {
             let query = environment.map(|e| format!("?environment={e}")).unwrap_or_default();
-            let list: Value = client.get(&path(&project, &format!("/deployments{query}"))?).await?;
-            out.list(list.as_array().map_or(&[][..], Vec::as_slice), deployment_line, "no deployments yet");
+            let deployments: Vec<DeploymentView> =
+                client.get(&path(&project, &format!("/deployments{query}"))?).await?;
+            out.list(&deployments, deployment_line, "no deployments yet");
         }
         DeployCommand::Show { project, number } => {
-            let shown = client.get(&path(&project, &format!("/deployments/{number}"))?).await?;
+            let shown: DeploymentView = client.get(&path(&project, &format!("/deployments/{number}"))?).await?;
             out.show(&shown, deployment_text);
         }
         DeployCommand::Gate { project, number } => {
-            let answer = client.get(&path(&project, &format!("/deployments/{number}/gate"))?).await?;
+            let answer: DeploymentAndGate =
+                client.get(&path(&project, &format!("/deployments/{number}/gate"))?).await?;
             out.show(&answer, gate_text);
-            if answer["gate"]["open"].as_bool() != Some(true) && answer["deployment"]["status"] == "pending" {
+            if !answer.gate.open && answer.deployment.status == DeploymentStatus::Pending {
                 return Err(Failure {
                     code: 1,
                     message: format!("the gate of deployment {number} is closed"),
@@ -333,11 +325,11 @@ pub async fn deploy(client: &Client, command: DeployCommand, out: Output) -> Res
                 build: args.build,
                 break_glass: if args.break_glass { args.reason.clone() } else { None },
             };
-            let answer = client.submit(&path(&args.project, "/deployments")?, &body).await?;
+            let answer: DeploymentAndGate = client.submit(&path(&args.project, "/deployments")?, &body).await?;
             out.show(&answer, gate_text);
         }
         DeployCommand::Approve { project, number, message } => {
-            let answer: Value = client
+            let answer: DeploymentAndGate = client
                 .submit(
                     &path(&project, &format!("/deployments/{number}/approve"))?,
                     &custody_api::DecisionRequest { message },
@@ -346,7 +338,7 @@ pub async fn deploy(client: &Client, command: DeployCommand, out: Output) -> Res
             out.show(&answer, gate_text);
         }
         DeployCommand::Reject { project, number, message } => {
-            let answer: Value = client
+            let answer: DeploymentAndGate = client
                 .submit(
                     &path(&project, &format!("/deployments/{number}/reject"))?,
                     &custody_api::DecisionRequest { message: Some(message) },
@@ -356,30 +348,67 @@ pub async fn deploy(client: &Client, command: DeployCommand, out: Output) -> Res
         }
         DeployCommand::SignOff(args) => {
             let body = custody_api::SignOffRequest { passed: Some(args.passed && !args.failed), message: args.message };
-            let answer =
+            let answer: DeploymentAndGate =
                 client.submit(&path(&args.project, &format!("/deployments/{}/sign-off", args.number))?, &body).await?;
             out.show(&answer, gate_text);
         }
         DeployCommand::Cancel { project, number, message } => {
-            let answer: Value = client
+            let cancelled: DeploymentView = client
                 .submit(
                     &path(&project, &format!("/deployments/{number}/cancel"))?,
                     &custody_api::DecisionRequest { message },
                 )
                 .await?;
-            out.show(&answer, deployment_text);
+            out.show(&cancelled, deployment_text);
         }
         DeployCommand::Log { project, number } => {
-            let record: Value = client.get(&path(&project, &format!("/deployments/{number}/record"))?).await?;
-            out.show(&record, |r| r["log"].as_str().unwrap_or("").trim_end().to_owned());
+            let record: DeploymentRecord =
+                client.get(&path(&project, &format!("/deployments/{number}/record"))?).await?;
+            out.show(&record, |r| r.log.trim_end().to_owned());
         }
         DeployCommand::Attestation { project, number } => {
-            let record: Value = client.get(&path(&project, &format!("/deployments/{number}/record"))?).await?;
-            if record["attestation"].is_null() {
+            let record: DeploymentRecord =
+                client.get(&path(&project, &format!("/deployments/{number}/record"))?).await?;
+            // The signed envelope, passed on as received.
+            let Some(attestation) = record.attestation else {
                 return Err(Failure::input(format!("deployment {number} has not run, so it has no attestation yet")));
-            }
-            out.show(&record["attestation"], |a| serde_json::to_string_pretty(a).unwrap_or_default());
+            };
+            out.show(&attestation, |a| serde_json::to_string_pretty(a).unwrap_or_default());
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deployment_and_its_gate_read_as_they_always_printed() {
+        let answer = json!({
+            "deployment": {
+                "number": 2, "project": "shop", "environment": "production", "build": 3,
+                "commit": "0123456789abcdef0123456789abcdef01234567", "status": "pending",
+                "requested_by": null, "break_glass": null, "reason": null, "cancel_requested": null,
+                "created_at": "2026-01-02T03:04:05.678Z", "queued_at": null, "finished_at": null, "decisions": []
+            },
+            "gate": { "open": false, "approvers": [], "testers": [], "reviewers_allowed_by_policy": [], "rules": [
+                { "rule": "deploy.approvals", "passed": false, "message": "none yet", "satisfy": "bob approves" },
+            ] },
+            "release": [4, 5]
+        });
+        let typed: DeploymentAndGate = serde_json::from_value(answer.clone()).expect("a deployment and its gate");
+        assert_eq!(serde_json::to_value(&typed).expect("JSON"), answer);
+        assert_eq!(
+            gate_text(&typed),
+            [
+                "#2 production pending   build #3 (automatic)",
+                "gate CLOSED",
+                "  release: changes 4, 5",
+                "  FAIL deploy.approvals             none yet",
+                "       to satisfy: bob approves",
+            ]
+            .join("\n")
+        );
+    }
 }
