@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use custody_api::{BuildView, ChangeDetail, ChangeView, CreatedUser, DeploymentView, ErrorBody, Merged, NewToken};
+use custody_api::{BuildView, ChangeDetail, ChangeView, CreatedUser, DeploymentView, ErrorBody, Merged};
 use custody_domain::status::{BuildStatus, DeploymentStatus};
 use custody_formats::attestation::{unverified_predicate, DeploymentV1};
 use serde::de::{DeserializeOwned, IgnoredAny};
@@ -133,6 +133,12 @@ struct Initialised {
     token: String,
 }
 
+/// What `custody token redeem --json` prints.
+#[derive(Deserialize)]
+struct Redeemed {
+    token: String,
+}
+
 impl Story {
     fn start(exe: PathBuf, data_dir: PathBuf, listen: &str) -> Result<Story, Failure> {
         let made = Command::new(&exe)
@@ -209,7 +215,7 @@ impl Story {
             let added: CreatedUser =
                 self.custody("admin", &["user", "add", name, "--email", &format!("{name}@example.com")])?;
             let code = added.invite_code;
-            let redeemed: NewToken =
+            let redeemed: Redeemed =
                 self.run_json(self.command(name).args(["token", "redeem", &code, "--server", &self.url]))?;
             self.tokens.insert(name, redeemed.token);
         }

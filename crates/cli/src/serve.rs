@@ -282,6 +282,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
 
     let data_dir = DataDir::new(data_dir);
     let name = file.name.unwrap_or_else(|| DEFAULT_NAME.to_owned());
+    let database_url_seen = database_url.clone();
     let (instance, bootstrap) = open_or_init(&data_dir, name, database_url).await?;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
@@ -310,6 +311,16 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         max_object_bytes: args.max_object_bytes.unwrap_or(Limits::MAX_OBJECT_BYTES),
         ..Limits::default()
     };
+    let effective = Effective {
+        database_url: database_url_seen.as_deref(),
+        blob_store: blob_store.as_deref(),
+        public_url: public_url.as_deref(),
+        builders,
+        limits: &limits,
+        ceiling: &ceiling,
+        connections: &connections,
+    };
+    record_start(&store, effective.configuration()).await?;
     let state = AppState::new(instance.store, instance.name, limits, repositories, blobs, instance.keys, sealing);
     if let Some(public) = &public_url {
         state.hosting().set_public_url(public);
@@ -360,6 +371,82 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     background.join().await;
     store.close().await;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// The settings a start runs with that bear on custody's controls, as the
+/// ledger records them (no secret: a database URL loses its credentials).
+struct Effective<'a> {
+    database_url: Option<&'a str>,
+    blob_store: Option<&'a str>,
+    public_url: Option<&'a str>,
+    builders: usize,
+    limits: &'a Limits,
+    ceiling: &'a custody_runner::sandbox::Ceiling,
+    connections: &'a ConnectionLimits,
+}
+
+impl Effective<'_> {
+    fn configuration(&self) -> serde_json::Value {
+        let c = self.connections;
+        serde_json::json!({
+            "database": self.database_url.map_or_else(|| "sqlite".to_owned(), without_credentials),
+            "blob_store": self.blob_store.map_or_else(|| "local".to_owned(), without_credentials),
+            "public_url": self.public_url,
+            "builders": self.builders,
+            "max_push_bytes": self.limits.max_push_bytes,
+            "max_object_bytes": self.limits.max_object_bytes,
+            "job_memory_bytes": self.ceiling.memory_bytes,
+            "job_processes": self.ceiling.processes,
+            "job_cpu_seconds": self.ceiling.cpu_time.as_secs(),
+            "header_timeout_ms": c.header_timeout.as_millis() as u64,
+            "idle_timeout_ms": c.idle_timeout.as_millis() as u64,
+            "body_min_rate": c.body_min_rate,
+            "body_grace_ms": c.body_grace.as_millis() as u64,
+            "max_connections": c.max_connections,
+            "max_connections_per_source": c.max_per_source,
+        })
+    }
+}
+
+/// `url` without its user, password and query (where drivers also take a
+/// password): `postgres://u:p@db:5432/custody?sslmode=x` is
+/// `postgres://db:5432/custody`.
+fn without_credentials(url: &str) -> String {
+    let url = url.split(['?', '#']).next().unwrap_or_default();
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+            if path.is_empty() {
+                format!("{scheme}://{host}")
+            } else {
+                format!("{scheme}://{host}/{path}")
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Records this start, its version and configuration, in the ledger, and
+/// warns when either changed since this host's previous start.
+async fn record_start(store: &custody_store::Store, configuration: serde_json::Value) -> Result<(), Failure> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    let version = env!("CARGO_PKG_VERSION").to_owned();
+    let changes = store
+        .record_start(host, version.clone(), configuration)
+        .await
+        .map_err(|e| Failure::internal(format!("cannot record this start in the ledger: {e}")))?;
+    if let Some(before) = &changes.version_from {
+        tracing::warn!(from = %before, to = %version, "custody was upgraded or downgraded since this host's last start; recorded");
+    }
+    if changes.configuration {
+        tracing::warn!("the effective configuration changed since this host's last start; recorded");
+    }
     Ok(())
 }
 

@@ -357,7 +357,56 @@ fn audit_watch_reports_a_database_restored_from_an_older_copy(backend: Backend) 
     assert_eq!(watch(&hosted).code(), Some(1));
 }
 
+/// The `instance.start` events recorded so far, oldest first.
+fn starts(hosted: &Hosted) -> Vec<Value> {
+    let (status, page) = hosted.api("GET", "/api/v1/audit/events?action=instance.start", Some(&hosted.admin), None);
+    assert_eq!(status, 200, "{page}");
+    page["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn every_start_records_its_version_and_configuration_and_a_changed_setting_is_named(backend: Backend) {
+    let Some(mut hosted) = Hosted::on(backend) else { return };
+    let first = starts(&hosted);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let details = &first[0]["details"];
+    assert_eq!(details["version"], env!("CARGO_PKG_VERSION"), "{details}");
+    assert_eq!(details["changed"], serde_json::json!([]), "a first start changes nothing: {details}");
+    let digest = details["configuration_sha256"].as_str().expect("a digest").to_owned();
+    assert_eq!(digest.len(), 64, "{details}");
+    // No secret reaches the ledger: the database is named without credentials.
+    let database = details["configuration"]["database"].as_str().expect("the database named");
+    assert!(!database.contains('@') && !database.contains("password"), "{database}");
+
+    // The same settings again: recorded, with nothing changed.
+    hosted.restart_with(&[]);
+    let again = starts(&hosted);
+    assert_eq!(again.len(), 2, "{again:?}");
+    assert_eq!(again[1]["details"]["configuration_sha256"], digest.as_str());
+    assert_eq!(again[1]["details"]["changed"], serde_json::json!([]));
+
+    // A weaker limit: the start names the configuration as changed, and the
+    // setting is there for an auditor to read.
+    hosted.restart_with(&[("CUSTODY_MAX_CONNECTIONS_PER_SOURCE", "4096")]);
+    let changed = starts(&hosted);
+    let last = &changed.last().expect("a third start")["details"];
+    assert_eq!(last["changed"], serde_json::json!(["configuration"]), "{last}");
+    assert_ne!(last["configuration_sha256"], digest.as_str());
+    assert_eq!(last["configuration"]["max_connections_per_source"], 4096, "{last}");
+    // The report of the period lists it as a finding.
+    let report = admin(&hosted, &["report", "--from", "2000-01-01", "--to", "2100-01-01", "--format", "json"]);
+    let report = report.json();
+    let findings = report["findings"].as_array().cloned().unwrap_or_default();
+    assert!(
+        findings.iter().any(|f| f["kind"] == "configuration_changed"),
+        "the changed start is not a finding: {findings:?}"
+    );
+    // And the ledger still verifies with the starts in it.
+    let verified = verify(&hosted, false);
+    assert!(verified.status.success(), "the ledger does not verify: {}", verified.stderr);
+}
+
 on_both_backends!(
+    every_start_records_its_version_and_configuration_and_a_changed_setting_is_named,
     checkpoints_proofs_and_exports_verify_with_independent_implementations,
     audit_verify_names_every_tampered_event,
     audit_watch_reports_a_database_restored_from_an_older_copy,

@@ -40,6 +40,7 @@ mod projects;
 mod proof;
 mod seals;
 mod secrets;
+mod starts;
 mod tx;
 mod writer;
 
@@ -73,6 +74,7 @@ pub use people::{random_secret, Initialised};
 pub use projects::PushDecided;
 pub use proof::{LedgerSecrets, UNPROVEN_FACT};
 pub use secrets::{slot as secret_slot, SealedSecret};
+pub use starts::{configuration_digest, StartChanges, START_ACTION};
 pub use tx::Tx;
 
 /// Why a store operation did not happen.

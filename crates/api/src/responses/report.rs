@@ -76,7 +76,8 @@ pub struct ReportChange {
 pub struct ReportFinding {
     /// `deployment_failed`, `refused_push`, `imported_baseline`,
     /// `deploy_reject`, `deploy_test_failed`, `deploy_cancel`,
-    /// `bootstrap_grant`, or a finding's own kind (`break_glass`).
+    /// `bootstrap_grant`, `configuration_changed` (a start with another
+    /// version or configuration), or a finding's own kind (`break_glass`).
     pub kind: String,
     pub at: Timestamp,
     /// The audit event's sequence number, when an event is the finding.

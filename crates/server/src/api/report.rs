@@ -186,6 +186,19 @@ pub(crate) async fn report(
                     seq: event.seq,
                 });
             }
+            "instance.start" if details["changed"].as_array().is_some_and(|c| !c.is_empty()) => {
+                findings.push(ReportFinding {
+                    kind: "configuration_changed".into(),
+                    summary: format!(
+                        "custody started on {} with changed {}: version {}, configuration sha256 {}",
+                        event.subject.strip_prefix("host:").unwrap_or(&event.subject),
+                        list(&details["changed"]).join(" and "),
+                        text(&details["version"]),
+                        text(&details["configuration_sha256"]),
+                    ),
+                    ..finding_of(event)
+                })
+            }
             "git.push.refused" => findings.push(ReportFinding {
                 kind: "refused_push".into(),
                 summary: format!("{} tried to update a protected ref; refused", event.actor),

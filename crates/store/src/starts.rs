@@ -1,0 +1,80 @@
+//! Each start of custody, in the ledger: the version that ran and a digest
+//! of its effective configuration, so that an upgrade, or a setting that
+//! weakens a control, is visible to auditors rather than only to whoever
+//! can read the host's files.
+
+use custody_domain::audit::{NewEvent, SYSTEM_ACTOR};
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+
+use crate::{Result, Store};
+
+/// The audit action a start is recorded under.
+pub const START_ACTION: &str = "instance.start";
+
+/// What a start found changed since the previous start of the same host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StartChanges {
+    /// The version that ran before, when another ran.
+    pub version_from: Option<String>,
+    /// Whether the effective configuration differs.
+    pub configuration: bool,
+    /// Whether this is the host's first recorded start.
+    pub first: bool,
+}
+
+/// The digest a configuration is recorded under: sha256 of its JSON, whose
+/// keys serialize in sorted order, so equal settings give equal digests.
+pub fn configuration_digest(configuration: &Value) -> String {
+    hex::encode(Sha256::digest(configuration.to_string().as_bytes()))
+}
+
+impl Store {
+    /// Records that `host` started custody `version` with `configuration`
+    /// (the effective settings, without secrets), and says what changed
+    /// since that host's previous start.
+    pub async fn record_start(&self, host: String, version: String, configuration: Value) -> Result<StartChanges> {
+        let digest = configuration_digest(&configuration);
+        self.write(move |tx| {
+            Box::pin(async move {
+                let subject = format!("host:{host}");
+                let sql = tx.sql(
+                    "SELECT details FROM audit_events WHERE action = $1 AND subject = $2 ORDER BY seq DESC LIMIT 1",
+                );
+                let previous: Option<String> =
+                    sqlx::query_scalar(&sql).bind(START_ACTION).bind(&subject).fetch_optional(tx.conn()).await?;
+                let previous: Option<Value> = previous.and_then(|text| serde_json::from_str(&text).ok());
+                let changes = match &previous {
+                    None => StartChanges { first: true, ..StartChanges::default() },
+                    Some(before) => StartChanges {
+                        version_from: before["version"].as_str().filter(|v| *v != version).map(str::to_owned),
+                        configuration: before["configuration_sha256"].as_str() != Some(digest.as_str()),
+                        first: false,
+                    },
+                };
+                let mut changed = Vec::new();
+                if changes.version_from.is_some() {
+                    changed.push("version");
+                }
+                if changes.configuration {
+                    changed.push("configuration");
+                }
+                tx.audit(NewEvent {
+                    actor: SYSTEM_ACTOR.into(),
+                    action: START_ACTION.into(),
+                    subject,
+                    details: json!({
+                        "version": version,
+                        "previous_version": changes.version_from,
+                        "configuration_sha256": digest,
+                        "configuration": configuration,
+                        "changed": changed,
+                    }),
+                })
+                .await?;
+                Ok(changes)
+            })
+        })
+        .await
+    }
+}
