@@ -197,3 +197,35 @@ fn failure_from(status: StatusCode, text: &str) -> Failure {
     };
     Failure { code, message, body }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Where `text` indexes a JSON value by a field name (`v["field"]`), by
+    /// line; array literals (`["a", "b"]`) follow no name and are not.
+    fn field_reads(text: &str) -> Vec<usize> {
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        let bytes = code.as_bytes();
+        (1..bytes.len().saturating_sub(1))
+            .filter(|&i| bytes[i] == b'[' && bytes[i + 1] == b'"')
+            .filter(|&i| bytes[i - 1].is_ascii_alphanumeric() || matches!(bytes[i - 1], b'_' | b']' | b')'))
+            .map(|i| code[..i].matches('\n').count() + 1)
+            .collect()
+    }
+
+    #[test]
+    fn the_command_line_reads_every_answer_as_its_api_type_never_a_field_by_name() {
+        assert_eq!(field_reads("let t = v[\"title\"].as_str();\nlet f = [\"a\", \"b\"];"), [1]);
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&dir).expect("the sources") {
+            let path = entry.expect("an entry").path();
+            if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("a source file");
+                for line in field_reads(&text) {
+                    found.push(format!("{}:{line}", path.display()));
+                }
+            }
+        }
+        assert!(found.is_empty(), "answers read as untyped JSON (use the custody-api type): {found:#?}");
+    }
+}
