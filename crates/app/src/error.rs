@@ -27,6 +27,11 @@ pub enum AppError {
     /// This process cannot do it (it holds no gate key, say).
     #[error("{0}")]
     Unavailable(String),
+    /// A release has no gate to pass: no pipeline file that governs it
+    /// defines the environment, one does not read, or the mainline below it
+    /// holds a commit custody recorded no merge of. It says which.
+    #[error("{0}")]
+    NoRelease(String),
     /// Reading or writing a repository failed; logged where it happened.
     #[error("{0}")]
     Repository(String),

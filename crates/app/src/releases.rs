@@ -114,10 +114,10 @@ pub async fn release_context(
     project: &ProjectName,
     environment: &str,
     commit: &str,
-) -> Result<DeployContext, String> {
-    let default_branch = store.get_project(project).await.map_err(|e| e.to_string())?.default_branch;
+) -> Result<DeployContext, AppError> {
+    let default_branch = store.get_project(project).await?.default_branch;
     let repository = repositories.path(project);
-    let live = store.live_commit(project, environment).await.map_err(|e| e.to_string())?;
+    let live = store.live_commit(project, environment).await?;
     let key = (project.as_str().to_owned(), live.clone(), commit.to_owned());
     let known = RELEASES.get(&key);
     let (repo, candidate, branch, listed) = (repository.clone(), commit.to_owned(), default_branch, known.is_some());
@@ -142,7 +142,8 @@ pub async fn release_context(
         Ok::<_, String>((definitions, commits, chain))
     })
     .await
-    .map_err(|_| "reading the repository failed".to_owned())??;
+    .map_err(AppError::repository)?
+    .map_err(AppError::NoRelease)?;
     let mut governing: Vec<(String, Environment)> = Vec::new();
     for (source, policy) in definitions {
         if let Some(defined) = policy.environments.into_iter().find(|e| e.name == environment) {
@@ -152,19 +153,21 @@ pub async fn release_context(
         }
     }
     if governing.is_empty() {
-        return Err(format!("no pipeline file that governs it defines an environment {environment:?}"));
+        return Err(AppError::NoRelease(format!(
+            "no pipeline file that governs it defines an environment {environment:?}"
+        )));
     }
     let (_, primary) = governing.remove(0);
     let changes = match known {
         Some(changes) => Vec::clone(&changes),
         None => {
-            let recorded = store.merges_recorded_as(project, &commits).await.map_err(|e| e.to_string())?;
+            let recorded = store.merges_recorded_as(project, &commits).await?;
             if let Some(intruder) = unrecorded_on_mainline(&chain, &recorded) {
-                return Err(format!(
+                return Err(AppError::NoRelease(format!(
                     "commit {intruder} is on the mainline below this build and custody recorded no merge of it (it \
                      was put there around custody): no build containing it is deployed; an operator runs \
                      `custody audit verify`"
-                ));
+                )));
             }
             let mut changes: Vec<i64> = commits.iter().filter_map(|c| recorded.get(c).copied()).collect();
             changes.sort_unstable();

@@ -70,8 +70,9 @@ impl Deployer {
     /// environment) with who wrote and who reviewed each.
     async fn release(&self, lease: &LeasedDeployment) -> Result<Vec<ReleaseChange>, String> {
         let project = ProjectName::parse(&lease.project).map_err(|e| e.to_string())?;
-        let context =
-            release_context(&self.store, &self.repositories, &project, &lease.environment, &lease.commit).await?;
+        let context = release_context(&self.store, &self.repositories, &project, &lease.environment, &lease.commit)
+            .await
+            .map_err(|e| e.to_string())?;
         let duties = self.store.release_duties(&project, &context.changes).await.map_err(|e| e.to_string())?;
         Ok(context
             .changes

@@ -133,6 +133,7 @@ impl From<AppError> for ApiError {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message).retry_after(retry_after)
             }
             AppError::Unavailable(message) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message),
+            AppError::NoRelease(message) => ApiError::new(StatusCode::CONFLICT, "no_environment", message),
             AppError::Repository(message) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message),
         }
     }

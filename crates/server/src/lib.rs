@@ -138,7 +138,7 @@ impl AppState {
         access: &custody_store::ProjectAccess,
         environment: &str,
         commit: &str,
-    ) -> Result<custody_store::DeployContext, String> {
+    ) -> Result<custody_store::DeployContext, custody_app::AppError> {
         custody_app::releases::release_context(
             self.store(),
             self.hosting().repositories(),

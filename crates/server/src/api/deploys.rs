@@ -7,7 +7,7 @@ use axum::Json;
 use custody_api::{DeploymentAndGate, DeploymentRecord, EnvironmentDetail, EnvironmentView, SecretRequested};
 use custody_app::releases::EnvironmentState;
 use custody_domain::{ProjectName, Scope};
-use custody_store::{DeployContext, DeployDecision, DeploymentView, ProjectAccess};
+use custody_store::{DeployDecision, DeploymentView, ProjectAccess};
 use serde::Deserialize;
 
 use super::{Params, PathParam};
@@ -17,19 +17,6 @@ use crate::AppState;
 
 use super::project_access as access;
 use custody_api::{DecisionRequest, DeployRequest, ResolveRequest, SecretRequest, SignOffRequest};
-
-/// The gate context of a deployment to `environment` of `commit`, read from git.
-async fn context(
-    state: &AppState,
-    access: &ProjectAccess,
-    environment: &str,
-    commit: &str,
-) -> ApiResult<DeployContext> {
-    state
-        .release_context(access, environment, commit)
-        .await
-        .map_err(|why| ApiError::new(StatusCode::CONFLICT, "no_environment", why))
-}
 
 async fn environments(state: &AppState, access: &ProjectAccess) -> ApiResult<Vec<EnvironmentView>> {
     let states =
@@ -124,7 +111,7 @@ pub(crate) async fn gate(
 ) -> ApiResult<Json<DeploymentAndGate>> {
     let access = access(&state, &auth, &project).await?;
     let deployment = state.store().get_deployment(&access, number).await?;
-    let context = context(&state, &access, &deployment.environment, &deployment.commit).await?;
+    let context = state.release_context(&access, &deployment.environment, &deployment.commit).await?;
     let release = context.changes.clone();
     let (deployment, gate) = state.store().deployment_gate(&access, number, context).await?;
     Ok(Json(DeploymentAndGate { deployment, gate, release }))
@@ -145,7 +132,7 @@ pub(crate) async fn request(
         return Err(ApiError::invalid("say why the glass is broken: break_glass needs a reason"));
     }
     let build = state.store().get_build(&access, request.build).await?;
-    let context = context(&state, &access, &request.environment, &build.commit).await?;
+    let context = state.release_context(&access, &request.environment, &build.commit).await?;
     let release = context.changes.clone();
     let (deployment, gate) =
         state.store().request_deployment(&auth.0, &access, request.build, context, request.break_glass).await?;
@@ -163,7 +150,7 @@ async fn decide(
     auth.require(Scope::Write)?;
     let access = access(state, auth, project).await?;
     let deployment = state.store().get_deployment(&access, number).await?;
-    let context = context(state, &access, &deployment.environment, &deployment.commit).await?;
+    let context = state.release_context(&access, &deployment.environment, &deployment.commit).await?;
     let release = context.changes.clone();
     let (deployment, gate) = state
         .store()

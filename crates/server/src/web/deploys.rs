@@ -6,20 +6,13 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use custody_store::{DeployContext, DeployDecision, DeploymentView, ProjectAccess};
+use custody_store::{DeployDecision, DeploymentView, ProjectAccess};
 
 use super::html::{self, esc, push, seg, short, status};
 use super::projects::{access, environments, with_decisions};
 use super::session::{see_other, Posted, Visitor};
 use super::{WebError, WebPath, WebResult};
 use crate::AppState;
-
-async fn context(state: &AppState, access: &ProjectAccess, deployment: &DeploymentView) -> WebResult<DeployContext> {
-    state
-        .release_context(access, &deployment.environment, &deployment.commit)
-        .await
-        .map_err(|why| WebError::new(StatusCode::CONFLICT, why))
-}
 
 fn decisions(deployment: &DeploymentView) -> String {
     if deployment.decisions.is_empty() {
@@ -148,7 +141,7 @@ async fn waiting_deployment(
         body.push_str("<p class=\"hint\">Its gate is open: the deployer runs it.</p></section>");
         return Ok(body);
     }
-    let context = context(state, access, waiting).await?;
+    let context = state.release_context(access, &waiting.environment, &waiting.commit).await?;
     let (_, gate, standing) =
         state.store().deployment_standing(access, waiting.number, context, &visitor.auth.name).await?;
     push(&mut body, format_args!("<div class=\"gate\" data-open=\"{}\"><h4>Gate</h4>", gate.open));
@@ -248,7 +241,10 @@ pub(crate) async fn decide(
     if !posted.visitor.auth.has_scope(custody_domain::Scope::Write) {
         return Err(WebError::forbidden("this session may only read").back(back));
     }
-    let context = context(&state, &access, &deployment).await.map_err(|e| e.back(back.clone()))?;
+    let context = state
+        .release_context(&access, &deployment.environment, &deployment.commit)
+        .await
+        .map_err(|e| WebError::from(e).back(back.clone()))?;
     state
         .store()
         .decide_deployment(&posted.visitor.auth, &access, number, decision, posted.text("message"), context)
