@@ -105,3 +105,52 @@ impl Credentials {
         Ok(path)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packaging(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging").join(name)
+    }
+
+    #[test]
+    fn the_packaged_config_file_reads_as_the_settings_the_unit_and_image_expect() {
+        let file = ServerFile::read(&packaging("config.toml")).expect("the packaged config reads");
+        assert_eq!(file.data_dir.as_deref(), Some(Path::new("/var/lib/custody")), "the unit's StateDirectory");
+        assert_eq!(file.listen.as_deref(), Some("127.0.0.1:8080"), "loopback, behind the proxy");
+        assert!(file.public_url.as_deref().is_some_and(|u| u.starts_with("https://")), "{:?}", file.public_url);
+        assert!(file.database_url.is_none(), "no credentials in the file");
+    }
+
+    #[test]
+    fn the_systemd_unit_runs_serve_with_the_packaged_config_and_its_sandboxing() {
+        let unit = std::fs::read_to_string(packaging("custody.service")).expect("the unit");
+        let set: Vec<&str> = unit.lines().map(str::trim).filter(|l| !l.starts_with('#')).collect();
+        for directive in [
+            "ExecStart=/usr/bin/custody serve --config /etc/custody/config.toml",
+            "User=custody",
+            "StateDirectory=custody",
+            "StateDirectoryMode=0700",
+            "ProtectSystem=strict",
+            "NoNewPrivileges=yes",
+            "PrivateTmp=yes",
+            "CapabilityBoundingSet=",
+        ] {
+            assert!(set.contains(&directive), "the unit lacks {directive}");
+        }
+        // What systemd itself says of it, with an executable where the
+        // binary is installed (systemd checks that it exists).
+        let dir = tempfile::tempdir().expect("a directory");
+        let copy = dir.path().join("custody.service");
+        let executable = std::env::current_exe().expect("this test's executable");
+        std::fs::write(&copy, unit.replace("/usr/bin/custody", &executable.display().to_string())).expect("a copy");
+        let verified = std::process::Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&copy)
+            .output()
+            .expect("systemd-analyze runs (scripts/setup installs systemd)");
+        let said = String::from_utf8_lossy(&verified.stderr);
+        assert!(verified.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
+    }
+}

@@ -12,6 +12,7 @@ mod commands;
 mod config;
 mod demo;
 mod deploy;
+mod doctor;
 mod evidence;
 mod hook;
 mod ledger;
@@ -101,6 +102,9 @@ enum Command {
     Verify(evidence::VerifyArgs),
     /// The auditor's report of a period: production deployments, duties, findings, controls.
     Report(report::ReportArgs),
+    /// Check an instance's host: keys' modes, the sandbox, the database and
+    /// its ledger, the clock, the blob store, a running server (exit 0 fine, 1 not).
+    Doctor(doctor::DoctorArgs),
     /// Run builds in a separate process.
     Worker(serve::WorkerArgs),
     /// Run by git during a push; not for people.
@@ -189,6 +193,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Init(args) => serve::init(args, out).await,
         Command::Serve(args) => serve::serve(*args).await,
         Command::Demo(args) => demo::demo(args).await,
+        Command::Doctor(args) => doctor::doctor(args, out).await,
         Command::Login(args) => commands::login(cli.server, args, out).await,
         Command::Logout => commands::logout(out),
         Command::Whoami => commands::whoami(&client::Client::from_env(cli.server)?, out).await,

@@ -13,7 +13,7 @@ use crate::commands::Output;
 use crate::config::ServerFile;
 use crate::Failure;
 
-const DEFAULT_DATA_DIR: &str = "./custody-data";
+pub const DEFAULT_DATA_DIR: &str = "./custody-data";
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 const DEFAULT_ADMIN: &str = "admin";
 const DEFAULT_NAME: &str = "custody";
@@ -391,6 +391,7 @@ impl Effective<'_> {
         let c = self.connections;
         serde_json::json!({
             "database": self.database_url.map_or_else(|| "sqlite".to_owned(), without_credentials),
+            "bubblewrap": custody_runner::sandbox::bubblewrap(),
             "blob_store": self.blob_store.map_or_else(|| "local".to_owned(), without_credentials),
             "public_url": self.public_url,
             "builders": self.builders,
@@ -412,7 +413,7 @@ impl Effective<'_> {
 /// `url` without its user, password and query (where drivers also take a
 /// password): `postgres://u:p@db:5432/custody?sslmode=x` is
 /// `postgres://db:5432/custody`.
-fn without_credentials(url: &str) -> String {
+pub fn without_credentials(url: &str) -> String {
     let url = url.split(['?', '#']).next().unwrap_or_default();
     match url.split_once("://") {
         Some((scheme, rest)) => {

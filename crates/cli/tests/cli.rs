@@ -396,3 +396,62 @@ fn json_errors_are_json() {
     assert_eq!(unauthenticated.code(), Some(1));
     unauthenticated.json_error();
 }
+
+/// `custody doctor --json` on `data`, with `env` set, as a list of checks.
+fn doctor(sandbox: &Sandbox, data: &str, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, Vec<serde_json::Value>) {
+    let mut command = sandbox.as_user("root");
+    command.args(["doctor", "--json", "--data-dir"]).arg(sandbox.path(data)).args(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let done = run(command);
+    let checks: serde_json::Value = serde_json::from_str(&done.stdout).unwrap_or_else(|e| panic!("{e}: {done:?}"));
+    (done.code(), checks.as_array().cloned().expect("a list of checks"))
+}
+
+fn problems<'a>(checks: &'a [serde_json::Value], check: &str) -> Vec<&'a serde_json::Value> {
+    checks.iter().filter(|c| c["check"] == check && c["state"] == "problem").collect()
+}
+
+#[test]
+fn doctor_finds_a_healthy_instance_healthy_and_names_each_problem_of_a_broken_one() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let sandbox = Sandbox::new();
+    let server = sandbox.serve("data");
+    let (code, checks) = doctor(&sandbox, "data", &["--url", &server.url], &[]);
+    assert_eq!(code, Some(0), "{checks:#?}");
+    for check in ["data directory", "keys", "sandbox", "database", "ledger", "blob store", "server"] {
+        let found = checks.iter().find(|c| c["check"] == check).unwrap_or_else(|| panic!("no {check}: {checks:#?}"));
+        assert_ne!(found["state"], "problem", "{found}");
+    }
+
+    // A key others can read, no bubblewrap, and an artifact store that does
+    // not answer: each named, with what to do.
+    let key = sandbox.path("data").join("keys").join("builder.pem");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let env = [
+        ("CUSTODY_BWRAP", "/nonexistent/bwrap"),
+        ("AWS_ENDPOINT_URL", "http://127.0.0.1:1"),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_ACCESS_KEY_ID", "doctor"),
+        ("AWS_SECRET_ACCESS_KEY", "doctor"),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let (code, checks) = doctor(&sandbox, "data", &["--blob-store", "s3://artifacts/custody"], &env);
+    assert_eq!(code, Some(1), "{checks:#?}");
+    let keys = problems(&checks, "keys");
+    assert_eq!(keys.len(), 1, "{checks:#?}");
+    let said = keys[0]["message"].as_str().unwrap_or_default();
+    assert!(said.contains("builder.pem") && said.contains("0644"), "{said}");
+    assert!(keys[0]["fix"].as_str().unwrap_or_default().contains("chmod 600"), "{}", keys[0]);
+    let sandboxed = problems(&checks, "sandbox");
+    assert!(
+        sandboxed.iter().any(|c| c["message"].as_str().unwrap_or_default().contains("not installed")),
+        "{checks:#?}"
+    );
+    let blobs = problems(&checks, "blob store");
+    assert!(blobs.iter().any(|c| c["message"].as_str().unwrap_or_default().contains("s3://artifacts")), "{checks:#?}");
+    // The rest of the instance is still found sound.
+    assert!(problems(&checks, "database").is_empty() && problems(&checks, "ledger").is_empty(), "{checks:#?}");
+}

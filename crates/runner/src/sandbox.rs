@@ -396,9 +396,34 @@ pub async fn run_streaming(
     Ok(finished)
 }
 
-/// Where bubblewrap is installed on this host.
+/// Where bubblewrap is installed on this host: `CUSTODY_BWRAP` when set
+/// (a host that keeps it elsewhere), else `/usr/bin/bwrap` or `/bin/bwrap`.
+/// Which one a server uses is part of the configuration its start records.
+pub fn bubblewrap() -> Option<&'static str> {
+    static CONFIGURED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let configured = CONFIGURED.get_or_init(|| std::env::var("CUSTODY_BWRAP").ok().filter(|p| !p.is_empty()));
+    match configured {
+        Some(path) => Some(path.as_str()).filter(|p| Path::new(p).exists()),
+        None => ["/usr/bin/bwrap", "/bin/bwrap"].into_iter().find(|p| Path::new(p).exists()),
+    }
+}
+
 fn bwrap() -> Result<&'static str, SandboxError> {
-    ["/usr/bin/bwrap", "/bin/bwrap"].into_iter().find(|p| Path::new(p).exists()).ok_or(SandboxError::Missing)
+    bubblewrap().ok_or(SandboxError::Missing)
+}
+
+/// Runs a command in the sandbox as a job would, and says how it went: the
+/// check `custody doctor` makes that bubblewrap is there and works here.
+/// `Ok(true)` when jobs also run under a uid of their own (custody is root).
+pub async fn self_test() -> Result<bool, String> {
+    let workspace = Workspace::new("doctor").map_err(|e| format!("cannot make a job's workspace: {e}"))?;
+    let limits = Limits::new(Duration::from_secs(30), false);
+    let finished = run(&workspace, "echo sandboxed", &[], &limits).await.map_err(|e| e.to_string())?;
+    if finished.exit_code == Some(0) && finished.log.trim() == "sandboxed" {
+        Ok(workspace.job_uid().is_some())
+    } else {
+        Err(format!("bubblewrap did not run a job: exit {:?}, output {:?}", finished.exit_code, finished.log.trim()))
+    }
 }
 
 /// The kernel's cap on all of the job's processes together, where custody can make one (as root).

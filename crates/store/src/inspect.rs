@@ -159,6 +159,23 @@ pub async fn inspect(url: &str, verifier: &NoteVerifier, secrets: Option<&Ledger
     report
 }
 
+/// The database server's clock, in milliseconds since the epoch, read over
+/// a read-only connection; `None` for SQLite, whose clock is this host's.
+/// Several servers on one database each compare theirs with it.
+pub async fn database_clock_ms(url: &str) -> Result<Option<i64>> {
+    let mut conn = connect_read_only(url).await?;
+    let now = match dialect_of(&conn) {
+        Dialect::Sqlite => None,
+        Dialect::Postgres => Some(
+            sqlx::query_scalar::<_, i64>("SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)")
+                .fetch_one(&mut conn)
+                .await?,
+        ),
+    };
+    let _ = conn.close().await;
+    Ok(now)
+}
+
 /// [`inspect`] with the ledger's public key, under the instance name the
 /// database records (a changed name shows as checkpoints it did not sign).
 pub async fn inspect_with_key(url: &str, key: &PublicKey, secrets: Option<&LedgerSecrets>) -> Result<LedgerReport> {

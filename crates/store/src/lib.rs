@@ -66,7 +66,7 @@ pub use deployments::{
 };
 pub use dialect::Dialect;
 
-pub use inspect::{inspect, inspect_with_key, Finding, LedgerReport};
+pub use inspect::{database_clock_ms, inspect, inspect_with_key, Finding, LedgerReport};
 pub use intents::{recorded_mainlines, Mainline, MergeIntent, Settled};
 pub use ledger::StoredCheckpoint;
 pub use lookups::{Authenticated, ProjectAccess};
