@@ -214,7 +214,9 @@ pub struct WorkerArgs {
 
 fn instance_failure(error: InstanceError) -> Failure {
     match error {
-        InstanceError::AlreadyInitialised(_) | InstanceError::NotInitialised(_) => Failure::input(error.to_string()),
+        InstanceError::AlreadyInitialised(_) | InstanceError::NotInitialised(_) | InstanceError::NotShared(_) => {
+            Failure::input(error.to_string())
+        }
         InstanceError::Store(custody_store::StoreError::Invalid(e)) => Failure::input(e.to_string()),
         other => Failure::internal(other.to_string()),
     }
@@ -284,6 +286,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let name = file.name.unwrap_or_else(|| DEFAULT_NAME.to_owned());
     let database_url_seen = database_url.clone();
     let (instance, bootstrap) = open_or_init(&data_dir, name, database_url).await?;
+    let blobs = open_blobs(blob_store.as_deref(), &data_dir)?;
+    instance::check_shared_storage(&data_dir, &instance.store, &blobs).await.map_err(instance_failure)?;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .map_err(|e| Failure::input(format!("cannot listen on {listen}: {e}")))?;
@@ -299,7 +303,6 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         .map_err(|e| Failure::internal(format!("cannot write the git hooks in {}: {e}", data_dir.hooks().display())))?;
     let repositories = custody_git::Repositories::new(data_dir.repositories());
     let store = instance.store.clone();
-    let blobs = open_blobs(blob_store.as_deref(), &data_dir)?;
     let boot_id = custody_runner::boot::Boot::id();
     let ceiling = args.jobs.ceiling()?;
     let builder = builder(&instance, &data_dir, blobs.clone(), &boot_id, ceiling)?;
@@ -620,6 +623,7 @@ pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
     let data_dir = DataDir::new(args.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)));
     let instance = instance::open(&data_dir, args.database_url).await.map_err(instance_failure)?;
     let blobs = open_blobs(args.blob_store.as_deref(), &data_dir)?;
+    instance::check_shared_storage(&data_dir, &instance.store, &blobs).await.map_err(instance_failure)?;
     let boot_id = custody_runner::boot::Boot::id();
     let builder = builder(&instance, &data_dir, blobs, &boot_id, args.jobs.ceiling()?)?;
     let mut workers: Vec<String> = (0..args.builders.max(1))

@@ -667,3 +667,52 @@ fn a_branch_name_and_a_user_agent_sent_to_custody_cannot_forge_a_log_line() {
     assert!(!logged.lines().any(|l| l.starts_with("2026-12-03T00:00:00.000000Z")), "{logged}");
     assert!(!logged.contains(['\u{1b}', '\u{85}', '\u{9b}']), "{logged:?}");
 }
+
+/// Copies the instance's keys into a second host's data directory, modes kept.
+fn keys_copied_to(hosted: &Hosted, data: &std::path::Path) {
+    let keys = data.join("keys");
+    std::fs::create_dir_all(&keys).expect("a keys directory");
+    for entry in std::fs::read_dir(hosted.sandbox.path("data").join("keys")).expect("the instance's keys") {
+        let from = entry.expect("a key").path();
+        let to = keys.join(from.file_name().expect("a name"));
+        std::fs::copy(&from, &to).expect("the key copied");
+    }
+}
+
+#[test]
+fn a_second_server_without_the_instances_storage_refuses_to_start_and_with_it_serves_the_same_branches() {
+    use support::hosted::Backend;
+    let Some(hosted) = Hosted::on(Backend::Postgres) else { return };
+    let database = hosted.database.as_ref().expect("PostgreSQL").url.clone();
+    let work = hosted.workspace("alice", "alice", &hosted.alice);
+    let main = hosted.seed_main(&work);
+
+    // A second host with the instance's keys and database, but a data
+    // directory of its own: it would keep other branches and other
+    // artifacts than the first, so it refuses, saying what it lacks.
+    let second = hosted.sandbox.path("second");
+    keys_copied_to(&hosted, &second);
+    let mut command = hosted.sandbox.as_user("server");
+    command.arg("serve").arg("--data-dir").arg(&second).args(["--listen", "127.0.0.1:0", "--database-url", &database]);
+    let refused = support::run_within(command, None, std::time::Duration::from_secs(60));
+    assert_eq!(refused.code(), Some(2), "{refused:?}");
+    assert!(refused.stderr.contains("repository directory"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("blob store"), "{}", refused.stderr);
+    assert!(!refused.stdout.contains("listening"), "it served: {refused:?}");
+
+    // Given the instance's repository directory and blob store, it starts,
+    // and a push through it lands where the first server serves it from.
+    let first = hosted.sandbox.path("data");
+    std::os::unix::fs::symlink(first.join("repositories"), second.join("repositories")).expect("shared repositories");
+    // (The refused start made an empty blob store of its own.)
+    let _ = std::fs::remove_dir_all(second.join("blobs"));
+    std::os::unix::fs::symlink(first.join("blobs"), second.join("blobs")).expect("shared blobs");
+    let other = hosted.sandbox.serve_with("second", Some(&database), &[], &[]);
+    let through_second = format!("http://alice:{}@127.0.0.1:{}/{PROJECT}.git", hosted.alice, other.port());
+    let listed = work.ok(&["ls-remote", &through_second, "refs/heads/main"]);
+    assert!(listed.starts_with(&main), "the second server serves another main: {listed}");
+    work.ok(&["push", "-q", &through_second, "HEAD:refs/heads/through-second"]);
+    let through_first = hosted.url("alice", &hosted.alice);
+    let listed = work.ok(&["ls-remote", &through_first, "refs/heads/through-second"]);
+    assert!(listed.starts_with(&main), "the push through the second server is not on the first: {listed:?}");
+}

@@ -18,14 +18,22 @@ pub const CAPABILITY_VAR: &str = "CUSTODY_HOOK_CAPABILITY";
 /// The variable that tells the hook the largest object a push may bring.
 pub const MAX_OBJECT_VAR: &str = "CUSTODY_HOOK_MAX_OBJECT_BYTES";
 
+/// The variable that names the binary the hooks run: the server that runs
+/// `git receive-pack` sets it to its own, so that servers sharing one data
+/// directory need not keep the binary at the same path.
+pub const PROGRAM_VAR: &str = "CUSTODY_HOOK_PROGRAM";
+
 /// Writes the `pre-receive` and `post-receive` scripts into `dir`, each
-/// running `program hook NAME`.
+/// running `$CUSTODY_HOOK_PROGRAM hook NAME`, or `program hook NAME` when
+/// git was started by something that did not set it.
 pub fn install(dir: &Path, program: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let quoted = format!("'{}'", program.display().to_string().replace('\'', r"'\''"));
     for name in ["pre-receive", "post-receive"] {
-        let script =
-            format!("#!/bin/sh\n# Written by custody at start; changes are overwritten.\nexec {quoted} hook {name}\n");
+        let script = format!(
+            "#!/bin/sh\n# Written by custody at start; changes are overwritten.\n\
+             program=${{{PROGRAM_VAR}:-{quoted}}}\nexec \"$program\" hook {name}\n"
+        );
         let path = dir.join(name);
         let temporary = dir.join(format!(".{name}.new"));
         std::fs::write(&temporary, script)?;

@@ -274,6 +274,10 @@ async fn rpc(state: AppState, repo: String, service: Service, request: axum::ext
         extra.push((custody_git::hook::URL_VAR.to_owned(), url.clone()));
         extra.push((custody_git::hook::CAPABILITY_VAR.to_owned(), token.clone()));
         extra.push((custody_git::hook::MAX_OBJECT_VAR.to_owned(), state.max_object_bytes().to_string()));
+        // The hooks run this very binary, wherever this host keeps it.
+        if let Ok(program) = std::env::current_exe() {
+            extra.push((custody_git::hook::PROGRAM_VAR.to_owned(), program.display().to_string()));
+        }
         // No push sends more than the instance allows: git refuses the pack
         // and says so to the client.
         for (key, value) in [

@@ -36,6 +36,81 @@ pub enum InstanceError {
     /// The data directory holds no instance.
     #[error("{0} holds no custody instance; run `custody init --data-dir {0} --admin NAME` first")]
     NotInitialised(String),
+    /// This host was not given the instance's shared storage; it says what
+    /// it lacks.
+    #[error(
+        "this host does not have the instance's shared storage: {0}. Every server of one instance shares its \
+         database, its repository directory and its blob store (docs/operating.md, \"Several servers\")"
+    )]
+    NotShared(String),
+}
+
+/// The file in the repository directory that names the instance whose
+/// repositories it holds.
+pub const STORAGE_MARKER_FILE: &str = ".custody-instance";
+
+/// Checks that the repository directory and the blob store this host was
+/// given are the instance's, by the marker the instance wrote into both
+/// when it first started (written now, on the first start). A second server
+/// with a data directory of its own on the instance's database would
+/// otherwise diverge in silence: other commits on its branches, artifacts
+/// missing on one side.
+pub async fn check_shared_storage(
+    data_dir: &DataDir,
+    store: &Store,
+    blobs: &custody_blobs::Blobs,
+) -> Result<(), InstanceError> {
+    let (marker, made) = store.storage_marker().await?;
+    let file = data_dir.repositories().join(STORAGE_MARKER_FILE);
+    let content = format!("custody instance storage {marker}\n");
+    let digest = custody_blobs::Digest::of(content.as_bytes());
+    if made {
+        return mark_shared_storage(&file, &content, blobs).await;
+    }
+    let mut lacks = Vec::new();
+    match std::fs::read_to_string(&file) {
+        Ok(found) if found == content => {}
+        Ok(_) => lacks.push(format!(
+            "the repository directory {} belongs to another custody instance (its {STORAGE_MARKER_FILE} names another)",
+            data_dir.repositories().display()
+        )),
+        Err(_) => lacks.push(format!(
+            "the repository directory {} is not the instance's: it lacks the {STORAGE_MARKER_FILE} the instance \
+             wrote into its own",
+            data_dir.repositories().display()
+        )),
+    }
+    match blobs.size(&digest).await {
+        Ok(Some(_)) => {}
+        Ok(None) => lacks.push(format!(
+            "the blob store ({}) is not the instance's: it lacks the marker blob {digest} the instance stored in its own",
+            blobs.describe()
+        )),
+        Err(e) => lacks.push(format!("the blob store ({}) cannot be read: {e}", blobs.describe())),
+    }
+    if lacks.is_empty() {
+        Ok(())
+    } else {
+        Err(InstanceError::NotShared(lacks.join("; ")))
+    }
+}
+
+/// Writes the marker into the repository directory and the blob store.
+async fn mark_shared_storage(file: &Path, content: &str, blobs: &custody_blobs::Blobs) -> Result<(), InstanceError> {
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| InstanceError::Io { path, source }
+    };
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    std::fs::write(file, content).map_err(io(file))?;
+    // The blob store holds the same bytes, content-addressed.
+    blobs
+        .ingest(file)
+        .await
+        .map_err(|e| InstanceError::Io { path: blobs.describe(), source: std::io::Error::other(e.to_string()) })?;
+    Ok(())
 }
 
 impl DataDir {

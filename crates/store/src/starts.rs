@@ -9,6 +9,10 @@ use sha2::{Digest as _, Sha256};
 
 use crate::{Result, Store};
 
+/// The instance key of the marker that ties the instance's shared storage
+/// to its database.
+const STORAGE_MARKER: &str = "storage_marker";
+
 /// The audit action a start is recorded under.
 pub const START_ACTION: &str = "instance.start";
 
@@ -73,6 +77,38 @@ impl Store {
                 })
                 .await?;
                 Ok(changes)
+            })
+        })
+        .await
+    }
+}
+
+impl Store {
+    /// The marker that ties this instance's shared storage (its repository
+    /// directory and blob store) to its database, made the first time it is
+    /// asked for; and whether this call made it. Every server of the
+    /// instance finds the same marker in the storage it was given, or is
+    /// not given the instance's storage.
+    pub async fn storage_marker(&self) -> Result<(String, bool)> {
+        let fresh = crate::random_secret();
+        self.write(move |tx| {
+            Box::pin(async move {
+                let sql = tx.sql("SELECT value FROM instance WHERE key = $1");
+                let known: Option<String> =
+                    sqlx::query_scalar(&sql).bind(STORAGE_MARKER).fetch_optional(tx.conn()).await?;
+                if let Some(known) = known {
+                    return Ok((known, false));
+                }
+                let sql = tx.sql("INSERT INTO instance (key, value) VALUES ($1, $2)");
+                sqlx::query(&sql).bind(STORAGE_MARKER).bind(&fresh).execute(tx.conn()).await?;
+                tx.audit(NewEvent {
+                    actor: SYSTEM_ACTOR.into(),
+                    action: "instance.storage_marked".into(),
+                    subject: "instance".into(),
+                    details: json!({ "marker": fresh }),
+                })
+                .await?;
+                Ok((fresh, true))
             })
         })
         .await
