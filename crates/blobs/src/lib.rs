@@ -301,6 +301,28 @@ impl Blobs {
         Ok(Ingested { digest, size, created })
     }
 
+    /// Writes the marker that ties this store to its instance: an object
+    /// beside the blobs (`<prefix>/instance`), never listed or served as one.
+    pub async fn write_marker(&self, content: &[u8]) -> Result<(), BlobError> {
+        let key = self.prefix.child("instance");
+        let payload = object_store::PutPayload::from(Bytes::copy_from_slice(content));
+        self.store
+            .put(&key, payload)
+            .await
+            .map_err(BlobError::store(format!("cannot write the instance marker in {}", self.description)))?;
+        Ok(())
+    }
+
+    /// The marker [`Blobs::write_marker`] wrote, or `None` when there is none.
+    pub async fn marker(&self) -> Result<Option<Vec<u8>>, BlobError> {
+        let what = format!("cannot read the instance marker in {}", self.description);
+        match self.store.get(&self.prefix.child("instance")).await {
+            Ok(got) => Ok(Some(got.bytes().await.map_err(BlobError::store(what))?.to_vec())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(BlobError::Store { what, source: e }),
+        }
+    }
+
     /// The size of a stored blob, or `None` when there is none of that digest.
     pub async fn size(&self, digest: &Digest) -> Result<Option<u64>, BlobError> {
         match self.store.head(&self.key_of(digest)).await {

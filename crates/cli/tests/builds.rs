@@ -291,7 +291,33 @@ fn two_workers_on_postgres_run_each_of_200_builds_exactly_once() {
     runtime.block_on(store.close());
 }
 
+/// The value of the metric line that starts with `name` (labels included).
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
+
+fn operators_see_the_queued_build_its_age_and_the_ledger_in_the_metrics(backend: Backend) {
+    let Some(hosted) = Hosted::without_builders(backend) else { return };
+    hosted.add_user("bob", "write");
+    let work = seed_build(&hosted, &pipeline("scripts/build.sh", "[\"dist/*\"]"), BUILD_SCRIPT);
+    let (_, before) = support::http_get(&hosted.server.url, "/metrics");
+    assert_eq!(metric(&before, "custody_work_waiting{kind=\"build\",status=\"queued\"}"), Some(0.0), "{before}");
+    merge_a_change(&hosted, &work);
+    // No builder runs here: the build waits, and the metrics say so.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (status, text) = support::http_get(&hosted.server.url, "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(metric(&text, "custody_work_waiting{kind=\"build\",status=\"queued\"}"), Some(1.0), "{text}");
+    let age = metric(&text, "custody_work_oldest_age_seconds{kind=\"build\",status=\"queued\"}").expect("an age");
+    assert!(age >= 1.0, "the queued build's age is {age}: {text}");
+    assert_eq!(metric(&text, "custody_expired_leases{kind=\"build\"}"), Some(0.0), "{text}");
+    let events = metric(&text, "custody_ledger_events").expect("the ledger's size");
+    assert!(events > metric(&before, "custody_ledger_events").unwrap_or(0.0), "{text}");
+    assert!(metric(&text, "custody_checkpoint_age_seconds").is_some(), "{text}");
+}
+
 on_both_backends! {
+    operators_see_the_queued_build_its_age_and_the_ledger_in_the_metrics,
     merged_commit_is_built_into_a_signed_artifact,
     a_change_merged_elsewhere_is_not_built,
     a_failing_build_says_why_and_stores_nothing,

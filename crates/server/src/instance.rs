@@ -51,6 +51,7 @@ pub const STORAGE_MARKER_FILE: &str = ".custody-instance";
 
 /// Checks that the repository directory and the blob store this host was
 /// given are the instance's, by the marker the instance wrote into both
+/// (`.custody-instance` in the one, an object beside the blobs in the other)
 /// when it first started (written now, on the first start). A second server
 /// with a data directory of its own on the instance's database would
 /// otherwise diverge in silence: other commits on its branches, artifacts
@@ -63,7 +64,6 @@ pub async fn check_shared_storage(
     let (marker, made) = store.storage_marker().await?;
     let file = data_dir.repositories().join(STORAGE_MARKER_FILE);
     let content = format!("custody instance storage {marker}\n");
-    let digest = custody_blobs::Digest::of(content.as_bytes());
     if made {
         return mark_shared_storage(&file, &content, blobs).await;
     }
@@ -80,10 +80,14 @@ pub async fn check_shared_storage(
             data_dir.repositories().display()
         )),
     }
-    match blobs.size(&digest).await {
-        Ok(Some(_)) => {}
+    match blobs.marker().await {
+        Ok(Some(found)) if found == content.as_bytes() => {}
+        Ok(Some(_)) => lacks.push(format!(
+            "the blob store ({}) belongs to another custody instance (its marker names another)",
+            blobs.describe()
+        )),
         Ok(None) => lacks.push(format!(
-            "the blob store ({}) is not the instance's: it lacks the marker blob {digest} the instance stored in its own",
+            "the blob store ({}) is not the instance's: it lacks the marker the instance wrote into its own",
             blobs.describe()
         )),
         Err(e) => lacks.push(format!("the blob store ({}) cannot be read: {e}", blobs.describe())),
@@ -105,9 +109,8 @@ async fn mark_shared_storage(file: &Path, content: &str, blobs: &custody_blobs::
         std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
     std::fs::write(file, content).map_err(io(file))?;
-    // The blob store holds the same bytes, content-addressed.
     blobs
-        .ingest(file)
+        .write_marker(content.as_bytes())
         .await
         .map_err(|e| InstanceError::Io { path: blobs.describe(), source: std::io::Error::other(e.to_string()) })?;
     Ok(())

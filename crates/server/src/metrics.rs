@@ -1,5 +1,8 @@
-//! Prometheus metrics: requests by route and status, and their latency.
+//! Prometheus metrics: requests by route and status, and their latency;
+//! the work waiting (checks, builds, deployments) and since when, leases
+//! that ran out, the ledger's size and its newest checkpoint's age.
 
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -8,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -27,12 +31,91 @@ struct RouteLabels {
 
 type LatencyFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkLabels {
+    kind: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+/// What operators watch of custody's work, set from the store at each scrape.
+struct Work {
+    waiting: Family<WorkLabels, Gauge>,
+    oldest: Family<WorkLabels, Gauge<f64, AtomicU64>>,
+    expired: Family<KindLabels, Gauge>,
+    ledger_events: Gauge,
+    checkpoint_size: Gauge,
+    checkpoint_age: Gauge<f64, AtomicU64>,
+}
+
+impl Work {
+    fn register(registry: &mut Registry) -> Work {
+        let work = Work {
+            waiting: Family::default(),
+            oldest: Family::default(),
+            expired: Family::default(),
+            ledger_events: Gauge::default(),
+            checkpoint_size: Gauge::default(),
+            checkpoint_age: Gauge::default(),
+        };
+        registry.register(
+            "work_waiting",
+            "Checks, builds and deployments waiting, by kind and state",
+            work.waiting.clone(),
+        );
+        registry.register(
+            "work_oldest_age_seconds",
+            "How long the oldest waiting item of a kind and state has waited",
+            work.oldest.clone(),
+        );
+        registry.register(
+            "expired_leases",
+            "Running builds and deployments whose worker stopped renewing its lease",
+            work.expired.clone(),
+        );
+        registry.register("ledger_events", "Events in the audit log", work.ledger_events.clone());
+        registry.register(
+            "checkpoint_size",
+            "Events the newest signed checkpoint covers",
+            work.checkpoint_size.clone(),
+        );
+        registry.register(
+            "checkpoint_age_seconds",
+            "Time since the newest checkpoint was signed",
+            work.checkpoint_age.clone(),
+        );
+        work
+    }
+
+    fn set(&self, snapshot: &custody_store::WorkSnapshot, now_ms: i64) {
+        let seconds = |ms: i64| (now_ms - ms).max(0) as f64 / 1000.0;
+        for queue in &snapshot.queues {
+            let labels = WorkLabels { kind: queue.kind.to_owned(), status: queue.status.to_owned() };
+            self.waiting.get_or_create(&labels).set(queue.count);
+            self.oldest.get_or_create(&labels).set(queue.oldest_ms.map_or(0.0, seconds));
+        }
+        for (kind, expired) in &snapshot.expired_leases {
+            self.expired.get_or_create(&KindLabels { kind: (*kind).to_owned() }).set(*expired);
+        }
+        self.ledger_events.set(snapshot.ledger_events);
+        if let Some((size, at)) = snapshot.checkpoint {
+            self.checkpoint_size.set(size);
+            self.checkpoint_age.set(seconds(at));
+        }
+    }
+}
+
 /// The server's metrics.
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: LatencyFamily,
     damaged_blobs: Counter,
+    work: Work,
 }
 
 impl Default for Metrics {
@@ -49,7 +132,8 @@ impl Default for Metrics {
             "Artifact downloads cut off because the blob no longer matched its digest",
             damaged_blobs.clone(),
         );
-        Metrics { registry, requests, latency, damaged_blobs }
+        let work = Work::register(&mut registry);
+        Metrics { registry, requests, latency, damaged_blobs, work }
     }
 }
 
@@ -92,8 +176,13 @@ pub(crate) fn user_agent(headers: &axum::http::HeaderMap) -> String {
         .unwrap_or_default()
 }
 
-/// `GET /metrics`.
+/// `GET /metrics`: the request counters, and the work and ledger as the
+/// store has them now (left as last read when the database does not answer).
 pub(crate) async fn serve(State(state): State<AppState>) -> impl IntoResponse {
+    match state.store().work_snapshot().await {
+        Ok(snapshot) => state.metrics().work.set(&snapshot, custody_store::now_ms()),
+        Err(error) => tracing::warn!(%error, "metrics: reading the work"),
+    }
     (
         [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         state.metrics().render(),

@@ -114,15 +114,17 @@ pub fn service_key(hosted: &Hosted, role: &str) -> PathBuf {
     found.unwrap_or_else(|| panic!("no {role} key in {}", keys.display()))
 }
 
-/// Every file in the data directory's blob store, sorted.
+/// Every file in the data directory's blob store, sorted, but the instance marker.
 pub fn stored_blobs(data: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
+    // The instance's marker lives beside the blobs and is not one.
+    let marker = data.join("blobs").join("instance");
     let mut stack = vec![data.join("blobs")];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().filter_map(Result::ok) {
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 stack.push(entry.path());
-            } else {
+            } else if entry.path() != marker {
                 found.push(entry.path());
             }
         }
