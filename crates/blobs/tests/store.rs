@@ -394,3 +394,28 @@ async fn a_missing_blob_in_s3_is_not_found_and_verifies_as_missing() {
     let local = tempfile::tempdir().unwrap();
     a_missing_blob_is_not_found(&moto.blobs("missing", local.path()).await).await;
 }
+
+/// The instance marker reads back as written, is not a blob, and is not
+/// listed as one.
+async fn the_marker_is_beside_the_blobs(blobs: &Blobs, work: &Path) {
+    assert_eq!(blobs.marker().await.unwrap(), None, "a fresh store has no marker");
+    let ingested = blobs.ingest(&write(work, "artifact", b"an artifact")).await.unwrap();
+    blobs.write_marker(b"custody instance storage one\n").await.unwrap();
+    assert_eq!(blobs.marker().await.unwrap().as_deref(), Some(&b"custody instance storage one\n"[..]));
+    assert_eq!(blobs.list().await.unwrap(), vec![(ingested.digest, ingested.size)], "the marker is listed as a blob");
+    let as_blob = Digest::of(b"custody instance storage one\n");
+    assert_eq!(blobs.size(&as_blob).await.unwrap(), None, "the marker is served as a blob");
+}
+
+#[tokio::test]
+async fn the_instance_marker_sits_beside_local_blobs_and_is_never_one() {
+    let (root, work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    the_marker_is_beside_the_blobs(&Blobs::local(root.path()).unwrap(), work.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_instance_marker_sits_beside_the_blobs_in_s3_and_is_never_one() {
+    let Some(moto) = custody_blobs::testing::moto() else { return };
+    let (local, work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    the_marker_is_beside_the_blobs(&moto.blobs("marker", local.path()).await, work.path()).await;
+}
