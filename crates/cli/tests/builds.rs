@@ -316,6 +316,90 @@ fn operators_see_the_queued_build_its_age_and_the_ledger_in_the_metrics(backend:
     assert!(metric(&text, "custody_checkpoint_age_seconds").is_some(), "{text}");
 }
 
+#[test]
+fn twenty_changes_merged_through_two_servers_are_each_built_once_by_two_workers_and_the_ledger_verifies() {
+    let Some(hosted) = Hosted::without_builders(Backend::Postgres) else { return };
+    let bob = hosted.add_user("bob", "write");
+    let database = hosted.database.as_ref().expect("PostgreSQL").url.clone();
+    let (work, base) = seed_with(
+        &hosted,
+        &[(PIPELINE, &pipeline("scripts/build.sh", "[\"dist/*\"]"), false), ("scripts/build.sh", BUILD_SCRIPT, true)],
+        "unused",
+    );
+
+    // A second server with the instance's keys, database, repository
+    // directory and blob store, and no builders either.
+    let (first, second) = (hosted.sandbox.path("data"), hosted.sandbox.path("second"));
+    std::fs::create_dir_all(second.join("keys")).expect("a keys directory");
+    for key in std::fs::read_dir(first.join("keys")).expect("the keys") {
+        let key = key.expect("a key").path();
+        std::fs::copy(&key, second.join("keys").join(key.file_name().expect("a name"))).expect("a key copied");
+    }
+    for shared in ["repositories", "blobs"] {
+        std::os::unix::fs::symlink(first.join(shared), second.join(shared)).expect("shared storage");
+    }
+    let other = hosted.sandbox.serve_with("second", Some(&database), &[], &["--builders", "0"]);
+    let servers = [&hosted.server, &other];
+    let worker = |name: &str, data: &std::path::Path| {
+        let mut command = hosted.sandbox.as_user(name);
+        command.arg("worker").arg("--data-dir").arg(data).args(["--database-url", &database]);
+        support::Server::start_announced(command, "worker ")
+    };
+    let _workers = [worker("worker-1", &first), worker("worker-2", &second)];
+
+    // Each change pushed, opened, approved and merged through the servers in
+    // turn: all through the first, then all through the second, and so on.
+    let mut merged = Vec::new();
+    for i in 0..20 {
+        let server = servers[i % 2];
+        let remote = format!("http://alice:{}@127.0.0.1:{}/{PROJECT}.git", hosted.alice, server.port());
+        let branch = format!("change-{i}");
+        work.ok(&["checkout", "-q", "-B", &branch, &base]);
+        let head = commit_files(&work, &[(&format!("src/part-{i}.txt"), &format!("part {i}\n"), false)], "A part");
+        work.ok(&["push", "-q", &remote, &format!("HEAD:refs/heads/{branch}")]);
+        let as_who = |who: &str, token: &str, args: &[&str]| hosted.sandbox.client(who, server, token, args);
+        let opened = as_who(
+            "alice",
+            &hosted.alice,
+            &["change", "open", PROJECT, "--source", &branch, "--title", "A part", "--json"],
+        );
+        let number = opened.json()["number"].as_i64().expect("a number").to_string();
+        as_who("bob", &bob, &["change", "review", PROJECT, &number, "--approve", "--head", &head]).expect_code(0);
+        let done = as_who("alice", &hosted.alice, &["change", "merge", PROJECT, &number, "--json"]).json();
+        merged.push(done["change"]["merge_commit"].as_str().expect("a merge commit").to_owned());
+    }
+
+    // Every merge built exactly once, by one of the two workers.
+    let mut builds = Vec::new();
+    for _ in 0..1200 {
+        builds = custody(&hosted, &["build", "list", PROJECT, "--json"]).json().as_array().cloned().unwrap_or_default();
+        if builds.len() >= 20 && builds.iter().all(|b| b["status"] == "succeeded") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(builds.len(), 20, "{builds:#?}");
+    for commit in &merged {
+        let of_commit: Vec<_> = builds.iter().filter(|b| b["commit"] == commit.as_str()).collect();
+        assert_eq!(of_commit.len(), 1, "merge {commit} built {} times", of_commit.len());
+        assert_eq!(of_commit[0]["status"], "succeeded", "{}", of_commit[0]);
+        assert_eq!(of_commit[0]["attempt"], 1, "{}", of_commit[0]);
+    }
+    // One mainline: both servers serve the last merge as main.
+    for server in servers {
+        let remote = format!("http://alice:{}@127.0.0.1:{}/{PROJECT}.git", hosted.alice, server.port());
+        let main = work.ok(&["ls-remote", &remote, "refs/heads/main"]);
+        assert!(main.starts_with(merged.last().expect("merges")), "{main}");
+    }
+    // The ledger is gapless and verifies, with each host's anchor.
+    for data in [&first, &second] {
+        let mut command = hosted.sandbox.as_user("auditor");
+        command.args(["audit", "verify", "--database-url", &database, "--data-dir"]).arg(data);
+        let verified = support::run(command);
+        assert!(verified.status.success(), "{}: {} {}", data.display(), verified.stdout, verified.stderr);
+    }
+}
+
 on_both_backends! {
     operators_see_the_queued_build_its_age_and_the_ledger_in_the_metrics,
     merged_commit_is_built_into_a_signed_artifact,
