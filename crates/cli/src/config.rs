@@ -28,6 +28,9 @@ pub struct ServerFile {
     pub blob_store: Option<String>,
     /// How many builds run at once in the server's process.
     pub builders: Option<usize>,
+    /// Proxies believed about their client in `X-Forwarded-For`.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl ServerFile {
@@ -121,6 +124,7 @@ mod tests {
         assert_eq!(file.listen.as_deref(), Some("127.0.0.1:8080"), "loopback, behind the proxy");
         assert!(file.public_url.as_deref().is_some_and(|u| u.starts_with("https://")), "{:?}", file.public_url);
         assert!(file.database_url.is_none(), "no credentials in the file");
+        assert_eq!(file.trusted_proxies, ["127.0.0.1"], "the proxy in front, on loopback");
     }
 
     #[test]

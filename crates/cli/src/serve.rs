@@ -79,6 +79,10 @@ pub struct ServeArgs {
     /// The largest object (a file's content) one push may bring, in bytes (100 MiB unless set).
     #[arg(long, env = "CUSTODY_MAX_OBJECT_BYTES", value_name = "BYTES")]
     max_object_bytes: Option<u64>,
+    /// A proxy (an address or a range such as 10.0.0.0/8) believed about
+    /// its client in X-Forwarded-For; repeat it, or separate them with commas.
+    #[arg(long = "trusted-proxy", env = "CUSTODY_TRUSTED_PROXIES", value_name = "ADDRESS", value_delimiter = ',')]
+    trusted_proxies: Vec<String>,
     #[command(flatten)]
     jobs: JobArgs,
     #[command(flatten)]
@@ -309,9 +313,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let sealing = sealing_key(&data_dir)?;
     let deployer = deployer(&builder, &instance, sealing.clone())?;
     let _boot = start_boot(&data_dir, &store, boot_id, vec![builder.worker.clone(), deployer.worker.clone()]).await?;
+    let trusted = if args.trusted_proxies.is_empty() { file.trusted_proxies } else { args.trusted_proxies };
     let limits = Limits {
         max_push_bytes: args.max_push_bytes.unwrap_or(Limits::MAX_PUSH_BYTES),
         max_object_bytes: args.max_object_bytes.unwrap_or(Limits::MAX_OBJECT_BYTES),
+        trusted_proxies: trusted_proxies(&trusted)?,
         ..Limits::default()
     };
     let effective = Effective {
@@ -409,8 +415,18 @@ impl Effective<'_> {
             "body_grace_ms": c.body_grace.as_millis() as u64,
             "max_connections": c.max_connections,
             "max_connections_per_source": c.max_per_source,
+            "trusted_proxies": self.limits.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
         })
     }
+}
+
+/// The proxies `--trusted-proxy` names, each read as an address or a range.
+fn trusted_proxies(given: &[String]) -> Result<Vec<custody_server::proxies::Network>, Failure> {
+    given
+        .iter()
+        .filter(|text| !text.trim().is_empty())
+        .map(|text| text.parse().map_err(|why| Failure::input(format!("--trusted-proxy: {why}"))))
+        .collect()
 }
 
 /// `url` without its user, password and query (where drivers also take a

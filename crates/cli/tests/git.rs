@@ -716,3 +716,34 @@ fn a_second_server_without_the_instances_storage_refuses_to_start_and_with_it_se
     let listed = work.ok(&["ls-remote", &through_first, "refs/heads/through-second"]);
     assert!(listed.starts_with(&main), "the push through the second server is not on the first: {listed:?}");
 }
+
+/// A failed sign-in as `name`, sent with `X-Forwarded-For: forwarded`: the status.
+fn failed_sign_in(hosted: &Hosted, name: &str, forwarded: &str) -> u16 {
+    let body = serde_json::json!({ "name": name, "password": "guess" }).to_string();
+    let headers = [("Content-Type", "application/json"), ("X-Forwarded-For", forwarded)];
+    support::http_send(&hosted.server.url, "POST", "/api/v1/auth/token", &headers, Some(body.as_bytes())).status
+}
+
+#[test]
+fn behind_a_trusted_proxy_each_client_is_limited_alone_and_nobody_else_can_forge_a_client() {
+    // custody trusts no proxy unless told: a client that writes another
+    // address in every attempt still runs into its own limit.
+    let direct = Hosted::new();
+    for i in 0..10 {
+        assert_eq!(failed_sign_in(&direct, &format!("guess-{i}"), &format!("203.0.113.{i}")), 401);
+    }
+    assert_eq!(failed_sign_in(&direct, "guess-10", "198.51.100.1"), 429, "a forged header escaped the limit");
+
+    // Behind a proxy custody is told to trust, each client is counted
+    // alone: one client's failures do not lock out the next.
+    let proxied = Hosted::with_args(&["--trusted-proxy", "127.0.0.1"]);
+    for i in 0..10 {
+        assert_eq!(failed_sign_in(&proxied, &format!("guess-{i}"), "203.0.113.5"), 401);
+    }
+    assert_eq!(failed_sign_in(&proxied, "guess-10", "203.0.113.5"), 429);
+    assert_eq!(failed_sign_in(&proxied, "guess-11", "203.0.113.6"), 401, "another client was locked out");
+    // A client's own header is not believed past the proxy's hop.
+    assert_eq!(failed_sign_in(&proxied, "guess-12", "203.0.113.7, 203.0.113.5"), 429);
+    let logged = proxied.server.stderr();
+    assert!(logged.lines().any(|l| l.contains("failed login") && l.contains("203.0.113.5")), "{logged}");
+}

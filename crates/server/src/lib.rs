@@ -15,6 +15,7 @@ pub mod error;
 pub mod git;
 pub mod instance;
 pub mod metrics;
+pub mod proxies;
 pub mod web;
 
 use std::future::Future;
@@ -54,6 +55,9 @@ pub struct Limits {
     pub max_push_bytes: u64,
     /// The largest object (a file's content, say) one push may bring.
     pub max_object_bytes: u64,
+    /// The proxies believed about their client in `X-Forwarded-For`, for
+    /// the limits above and the log; none by default.
+    pub trusted_proxies: Vec<proxies::Network>,
 }
 
 impl Limits {
@@ -72,6 +76,7 @@ impl Default for Limits {
             window: Duration::from_secs(15 * 60),
             max_push_bytes: Self::MAX_PUSH_BYTES,
             max_object_bytes: Self::MAX_OBJECT_BYTES,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -93,6 +98,7 @@ struct Shared {
     max_push_bytes: u64,
     max_object_bytes: u64,
     changes: Arc<custody_app::Changes>,
+    trusted_proxies: Vec<proxies::Network>,
 }
 
 impl AppState {
@@ -121,6 +127,7 @@ impl AppState {
             redemptions: RateLimiter::new(limits.redemptions, limits.window),
             max_push_bytes: limits.max_push_bytes,
             max_object_bytes: limits.max_object_bytes,
+            trusted_proxies: limits.trusted_proxies,
             changes,
         }))
     }
@@ -176,6 +183,10 @@ impl AppState {
 
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.0.metrics
+    }
+
+    pub(crate) fn trusted_proxies(&self) -> &[proxies::Network] {
+        &self.0.trusted_proxies
     }
 
     pub(crate) fn logins(&self) -> &LoginThrottle {

@@ -1,10 +1,8 @@
 //! Users, invites, tokens and passwords.
 
-use std::net::SocketAddr;
-
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use custody_api::DisableOutcome;
@@ -14,6 +12,7 @@ use custody_store::{CreatedUser, NewToken, Page, TokenView, UserView};
 use super::{PageQuery, Params, PathParam};
 use crate::auth::{limit_keys, Auth, Body};
 use crate::error::{ApiError, ApiResult};
+use crate::proxies::ClientAddress;
 use crate::AppState;
 use custody_api::{CreateTokenRequest, CreateUserRequest, LoginRequest, PasswordRequest, RedeemRequest};
 
@@ -65,17 +64,17 @@ pub(crate) async fn set_password(
     responses((status = 200, body = NewToken), (status = 401, body = custody_api::ErrorBody), (status = 429, body = custody_api::ErrorBody)))]
 pub(crate) async fn login(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddress(client): ClientAddress,
     headers: axum::http::HeaderMap,
     Body(request): Body<LoginRequest>,
 ) -> ApiResult<Json<NewToken>> {
-    state.logins().check_source(peer.ip())?;
+    state.logins().check_source(client)?;
     tokio::time::sleep(state.logins().delay(&request.name)).await;
     let refused = || ApiError::unauthenticated("wrong name or password");
     let Some((name, user_id)) = check_password(&state, &request.name, request.password).await? else {
-        state.logins().failed(peer.ip(), Some(&request.name));
+        state.logins().failed(client, Some(&request.name));
         let user_agent = crate::metrics::user_agent(&headers);
-        tracing::info!(source = %peer.ip(), name = %request.name, %user_agent, "failed login");
+        tracing::info!(source = %client, name = %request.name, %user_agent, "failed login");
         return Err(refused());
     };
     state.logins().succeeded(name.as_str());
@@ -129,13 +128,13 @@ fn rand_bytes() -> [u8; 32] {
               (status = 403, body = custody_api::ErrorBody), (status = 429, body = custody_api::ErrorBody)))]
 pub(crate) async fn redeem(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddress(client): ClientAddress,
     Body(request): Body<RedeemRequest>,
 ) -> ApiResult<Json<NewToken>> {
     // Counted per source, and per invite (its public id), so neither many
     // guesses from one place nor guesses at one invite from many get far.
     let code = request.code.trim();
-    let keys = limit_keys(peer.ip(), code.get(..16));
+    let keys = limit_keys(client, code.get(..16));
     state.redemptions().check(&keys)?;
     state.redemptions().record(&keys);
     Ok(Json(state.store().redeem_invite(code).await?))

@@ -12,9 +12,7 @@
 //! there is a session, is protected the same way by a random value held in
 //! a short-lived cookie of its own.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -25,6 +23,7 @@ use sha2::Digest as _;
 
 use super::html::{self, esc, push};
 use super::{WebError, WebQuery, WebResult};
+use crate::proxies::ClientAddress;
 use crate::AppState;
 
 /// The session cookie's name.
@@ -259,7 +258,7 @@ pub(crate) async fn login_page(
 /// Signs in by password or token.
 pub(crate) async fn login(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddress(client): ClientAddress,
     request: Request,
 ) -> WebResult {
     let headers = request.headers().clone();
@@ -279,7 +278,7 @@ pub(crate) async fn login(
     let made = match field("method").as_str() {
         "password" => {
             let name = field("name");
-            state.logins().check_source(peer.ip()).map_err(WebError::from)?;
+            state.logins().check_source(client).map_err(WebError::from)?;
             tokio::time::sleep(state.logins().delay(name.trim())).await;
             match crate::api::people::check_password(&state, name.trim(), field("password")).await? {
                 Some((name, user_id)) => {
@@ -292,16 +291,16 @@ pub(crate) async fn login(
                     state.store().create_token_after_login(user_id, &name, Scopes::of(&scopes)).await?
                 }
                 None => {
-                    state.logins().failed(peer.ip(), Some(name.trim()));
-                    tracing::info!(source = %peer.ip(), name = %name, "failed sign-in");
+                    state.logins().failed(client, Some(name.trim()));
+                    tracing::info!(source = %client, name = %name, "failed sign-in");
                     return Ok(login_form(&fresh, &next, Some("Wrong name or password.")));
                 }
             }
         }
         "token" => {
-            state.logins().check_source(peer.ip()).map_err(WebError::from)?;
+            state.logins().check_source(client).map_err(WebError::from)?;
             let Ok(auth) = state.store().authenticate(field("token").trim()).await else {
-                state.logins().failed(peer.ip(), None);
+                state.logins().failed(client, None);
                 return Ok(login_form(&fresh, &next, Some("That token is invalid, expired or revoked.")));
             };
             let expires = custody_store::now_ms() + SESSION_MS;
