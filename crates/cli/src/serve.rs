@@ -320,16 +320,18 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         trusted_proxies: trusted_proxies(&trusted)?,
         ..Limits::default()
     };
-    let effective = Effective {
-        database_url: database_url_seen.as_deref(),
-        blob_store: blob_store.as_deref(),
+    let effective = Serving {
+        jobs: Jobs {
+            database_url: database_url_seen.as_deref(),
+            blob_store: blob_store.as_deref(),
+            builders,
+            ceiling: &ceiling,
+        },
         public_url: public_url.as_deref(),
-        builders,
         limits: &limits,
-        ceiling: &ceiling,
         connections: &connections,
     };
-    record_start(&store, effective.configuration()).await?;
+    record_start(&store, "host", effective.configuration()).await?;
     let state = AppState::new(instance.store, instance.name, limits, repositories, blobs, instance.keys, sealing);
     if let Some(public) = &public_url {
         state.hosting().set_public_url(public);
@@ -383,32 +385,48 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The settings a start runs with that bear on custody's controls, as the
-/// ledger records them (no secret: a database URL loses its credentials).
-struct Effective<'a> {
+/// The settings a start runs jobs with, as the ledger records them (no
+/// secret: a database URL loses its credentials). A worker's start records
+/// these; a server's, these and [`Serving`]'s.
+struct Jobs<'a> {
     database_url: Option<&'a str>,
     blob_store: Option<&'a str>,
-    public_url: Option<&'a str>,
     builders: usize,
-    limits: &'a Limits,
     ceiling: &'a custody_runner::sandbox::Ceiling,
-    connections: &'a ConnectionLimits,
 }
 
-impl Effective<'_> {
-    fn configuration(&self) -> serde_json::Value {
-        let c = self.connections;
-        serde_json::json!({
+impl Jobs<'_> {
+    fn configuration(&self) -> serde_json::Map<String, serde_json::Value> {
+        let json = serde_json::json!({
             "database": self.database_url.map_or_else(|| "sqlite".to_owned(), without_credentials),
             "bubblewrap": custody_runner::sandbox::bubblewrap(),
             "blob_store": self.blob_store.map_or_else(|| "local".to_owned(), without_credentials),
-            "public_url": self.public_url,
             "builders": self.builders,
-            "max_push_bytes": self.limits.max_push_bytes,
-            "max_object_bytes": self.limits.max_object_bytes,
             "job_memory_bytes": self.ceiling.memory_bytes,
             "job_processes": self.ceiling.processes,
             "job_cpu_seconds": self.ceiling.cpu_time.as_secs(),
+        });
+        json.as_object().cloned().unwrap_or_default()
+    }
+}
+
+/// What a server's start adds to [`Jobs`]: the settings that bear on who
+/// may reach it and how much they may send.
+struct Serving<'a> {
+    jobs: Jobs<'a>,
+    public_url: Option<&'a str>,
+    limits: &'a Limits,
+    connections: &'a ConnectionLimits,
+}
+
+impl Serving<'_> {
+    fn configuration(&self) -> serde_json::Value {
+        let c = self.connections;
+        let mut all = self.jobs.configuration();
+        let serving = serde_json::json!({
+            "public_url": self.public_url,
+            "max_push_bytes": self.limits.max_push_bytes,
+            "max_object_bytes": self.limits.max_object_bytes,
             "header_timeout_ms": c.header_timeout.as_millis() as u64,
             "idle_timeout_ms": c.idle_timeout.as_millis() as u64,
             "body_min_rate": c.body_min_rate,
@@ -416,7 +434,9 @@ impl Effective<'_> {
             "max_connections": c.max_connections,
             "max_connections_per_source": c.max_per_source,
             "trusted_proxies": self.limits.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        })
+        });
+        all.extend(serving.as_object().cloned().unwrap_or_default());
+        serde_json::Value::Object(all)
     }
 }
 
@@ -448,9 +468,14 @@ pub fn without_credentials(url: &str) -> String {
     }
 }
 
-/// Records this start, its version and configuration, in the ledger, and
-/// warns when either changed since this host's previous start.
-async fn record_start(store: &custody_store::Store, configuration: serde_json::Value) -> Result<(), Failure> {
+/// Records this start, its version and configuration, in the ledger under
+/// `PROCESS:HOSTNAME` (`host` for a server, `worker` for a worker), and
+/// warns when either changed since that process's previous start here.
+async fn record_start(
+    store: &custody_store::Store,
+    process: &str,
+    configuration: serde_json::Value,
+) -> Result<(), Failure> {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_owned())
         .ok()
@@ -458,7 +483,7 @@ async fn record_start(store: &custody_store::Store, configuration: serde_json::V
         .unwrap_or_else(|| "localhost".to_owned());
     let version = env!("CARGO_PKG_VERSION").to_owned();
     let changes = store
-        .record_start(host, version.clone(), configuration)
+        .record_start(format!("{process}:{host}"), version.clone(), configuration)
         .await
         .map_err(|e| Failure::internal(format!("cannot record this start in the ledger: {e}")))?;
     if let Some(before) = &changes.version_from {
@@ -523,6 +548,11 @@ impl Stop {
         async move {
             let _ = receiver.wait_for(|stop| *stop).await;
         }
+    }
+
+    /// Gives the signal.
+    fn stop(&self) {
+        let _ = self.sender.send(true);
     }
 
     /// Gives the signal on SIGINT or SIGTERM.
@@ -637,11 +667,19 @@ fn deployer(
 pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
     init_logging(&args.log_format)?;
     let data_dir = DataDir::new(args.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)));
-    let instance = instance::open(&data_dir, args.database_url).await.map_err(instance_failure)?;
+    let instance = instance::open(&data_dir, args.database_url.clone()).await.map_err(instance_failure)?;
     let blobs = open_blobs(args.blob_store.as_deref(), &data_dir)?;
     instance::check_shared_storage(&data_dir, &instance.store, &blobs).await.map_err(instance_failure)?;
+    let ceiling = args.jobs.ceiling()?;
+    let jobs = Jobs {
+        database_url: args.database_url.as_deref(),
+        blob_store: args.blob_store.as_deref(),
+        builders: args.builders.max(1),
+        ceiling: &ceiling,
+    };
+    record_start(&instance.store, "worker", serde_json::Value::Object(jobs.configuration())).await?;
     let boot_id = custody_runner::boot::Boot::id();
-    let builder = builder(&instance, &data_dir, blobs, &boot_id, args.jobs.ceiling()?)?;
+    let builder = builder(&instance, &data_dir, blobs, &boot_id, ceiling)?;
     let mut workers: Vec<String> = (0..args.builders.max(1))
         .map(|i| if i == 0 { builder.worker.clone() } else { format!("{}/{i}", builder.worker) })
         .collect();
@@ -654,28 +692,20 @@ pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
         builder.blobs.describe()
     );
     let _ = std::io::stdout().flush();
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut tasks = Vec::new();
+    let stop = Stop::new();
+    let mut background = Background::default();
     for index in 0..args.builders.max(1) {
         let mut one = builder.clone();
         if index > 0 {
             one.worker = format!("{}/{index}", builder.worker);
         }
-        let mut stopped = stopped.clone();
-        tasks.push(tokio::spawn(one.run(async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        })));
+        background.spawn(one.run(stop.signal()));
     }
     let deployer = deployer(&builder, &instance, sealing_key(&data_dir)?)?;
-    let mut stopped_deployer = stopped.clone();
-    tasks.push(tokio::spawn(deployer.run(async move {
-        let _ = stopped_deployer.wait_for(|stop| *stop).await;
-    })));
+    background.spawn(deployer.run(stop.signal()));
     shutdown_signal().await;
-    let _ = stop.send(true);
-    for task in tasks {
-        let _ = task.await;
-    }
+    stop.stop();
+    background.join().await;
     instance.store.close().await;
     Ok(())
 }

@@ -303,12 +303,18 @@ fn operators_see_the_queued_build_its_age_and_the_ledger_in_the_metrics(backend:
     let (_, before) = support::http_get(&hosted.server.url, "/metrics");
     assert_eq!(metric(&before, "custody_work_waiting{kind=\"build\",status=\"queued\"}"), Some(0.0), "{before}");
     merge_a_change(&hosted, &work);
-    // No builder runs here: the build waits, and the metrics say so.
-    std::thread::sleep(std::time::Duration::from_millis(1100));
-    let (status, text) = support::http_get(&hosted.server.url, "/metrics");
-    assert_eq!(status, 200);
-    assert_eq!(metric(&text, "custody_work_waiting{kind=\"build\",status=\"queued\"}"), Some(1.0), "{text}");
-    let age = metric(&text, "custody_work_oldest_age_seconds{kind=\"build\",status=\"queued\"}").expect("an age");
+    // No builder runs here: the build waits, and the metrics say so (they
+    // read the store at most every 2 s, and the build must be a second old).
+    let queued = "custody_work_waiting{kind=\"build\",status=\"queued\"}";
+    let aged = "custody_work_oldest_age_seconds{kind=\"build\",status=\"queued\"}";
+    let text = support::flow::eventually(|| {
+        let (status, text) = support::http_get(&hosted.server.url, "/metrics");
+        assert_eq!(status, 200);
+        (metric(&text, queued) == Some(1.0) && metric(&text, aged).is_some_and(|age| age >= 1.0)).then_some(text)
+    })
+    .unwrap_or_else(|| support::http_get(&hosted.server.url, "/metrics").1);
+    assert_eq!(metric(&text, queued), Some(1.0), "{text}");
+    let age = metric(&text, aged).expect("an age");
     assert!(age >= 1.0, "the queued build's age is {age}: {text}");
     assert_eq!(metric(&text, "custody_expired_leases{kind=\"build\"}"), Some(0.0), "{text}");
     let events = metric(&text, "custody_ledger_events").expect("the ledger's size");
@@ -391,6 +397,16 @@ fn twenty_changes_merged_through_two_servers_are_each_built_once_by_two_workers_
         let main = work.ok(&["ls-remote", &remote, "refs/heads/main"]);
         assert!(main.starts_with(merged.last().expect("merges")), "{main}");
     }
+    // Each worker's start is in the ledger, with the bubblewrap it runs jobs in.
+    let starts = hosted.as_admin(&["audit", "log", "--action", "instance.start", "--json"]).json();
+    let workers: Vec<_> = starts
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|e| e["subject"].as_str().is_some_and(|s| s.starts_with("worker:")))
+        .collect();
+    assert_eq!(workers.len(), 2, "{starts:#?}");
+    assert!(workers.iter().all(|e| e["details"]["configuration"]["bubblewrap"].is_string()), "{workers:#?}");
     // The ledger is gapless and verifies, with each host's anchor.
     for data in [&first, &second] {
         let mut command = hosted.sandbox.as_user("auditor");

@@ -699,6 +699,12 @@ fn a_second_server_without_the_instances_storage_refuses_to_start_and_with_it_se
     assert!(refused.stderr.contains("repository directory"), "{}", refused.stderr);
     assert!(refused.stderr.contains("blob store"), "{}", refused.stderr);
     assert!(!refused.stdout.contains("listening"), "it served: {refused:?}");
+    // A worker there would build into artifacts nobody serves: it refuses too.
+    let mut command = hosted.sandbox.as_user("worker");
+    command.arg("worker").arg("--data-dir").arg(&second).args(["--database-url", &database]);
+    let refused = support::run_within(command, None, std::time::Duration::from_secs(60));
+    assert_eq!(refused.code(), Some(2), "{refused:?}");
+    assert!(refused.stderr.contains("repository directory"), "{}", refused.stderr);
 
     // Given the instance's repository directory and blob store, it starts,
     // and a push through it lands where the first server serves it from.

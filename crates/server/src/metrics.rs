@@ -116,6 +116,8 @@ pub struct Metrics {
     latency: LatencyFamily,
     damaged_blobs: Counter,
     work: Work,
+    /// When the work was last read from the store.
+    work_read: std::sync::Mutex<Option<Instant>>,
 }
 
 impl Default for Metrics {
@@ -133,11 +135,26 @@ impl Default for Metrics {
             damaged_blobs.clone(),
         );
         let work = Work::register(&mut registry);
-        Metrics { registry, requests, latency, damaged_blobs, work }
+        Metrics { registry, requests, latency, damaged_blobs, work, work_read: std::sync::Mutex::new(None) }
     }
 }
 
+/// How often a scrape reads the work from the store at most: `/metrics`
+/// answers anyone, and a flood of scrapes must not become a flood of queries.
+const WORK_READ_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Metrics {
+    /// Whether a scrape now should read the work again; claims the read.
+    fn work_is_due(&self) -> bool {
+        let mut last = self.work_read.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < WORK_READ_EVERY) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
     /// Counts a download cut off because its blob was damaged.
     pub fn damaged_blob(&self) {
         self.damaged_blobs.inc();
@@ -177,14 +194,33 @@ pub(crate) fn user_agent(headers: &axum::http::HeaderMap) -> String {
 }
 
 /// `GET /metrics`: the request counters, and the work and ledger as the
-/// store has them now (left as last read when the database does not answer).
+/// store had them at most [`WORK_READ_EVERY`] ago (left as last read when
+/// the database does not answer).
 pub(crate) async fn serve(State(state): State<AppState>) -> impl IntoResponse {
-    match state.store().work_snapshot().await {
-        Ok(snapshot) => state.metrics().work.set(&snapshot, custody_store::now_ms()),
-        Err(error) => tracing::warn!(%error, "metrics: reading the work"),
+    if state.metrics().work_is_due() {
+        match state.store().work_snapshot().await {
+            Ok(snapshot) => state.metrics().work.set(&snapshot, custody_store::now_ms()),
+            Err(error) => tracing::warn!(%error, "metrics: reading the work"),
+        }
     }
     (
         [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         state.metrics().render(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrapes_close_together_read_the_store_once() {
+        let metrics = Metrics::default();
+        assert!(metrics.work_is_due(), "the first scrape reads the work");
+        for _ in 0..100 {
+            assert!(!metrics.work_is_due(), "a scrape within {WORK_READ_EVERY:?} read the store again");
+        }
+        *metrics.work_read.lock().unwrap() = Some(Instant::now() - WORK_READ_EVERY);
+        assert!(metrics.work_is_due(), "a scrape after the interval reads it again");
+    }
 }

@@ -76,7 +76,7 @@ pub use projects::PushDecided;
 pub use proof::{LedgerSecrets, UNPROVEN_FACT};
 pub use queues::{Queue, WorkSnapshot};
 pub use secrets::{slot as secret_slot, SealedSecret};
-pub use starts::{configuration_digest, StartChanges, START_ACTION};
+pub use starts::StartChanges;
 pub use tx::Tx;
 
 /// Why a store operation did not happen.

@@ -14,34 +14,32 @@ use crate::{Result, Store};
 const STORAGE_MARKER: &str = "storage_marker";
 
 /// The audit action a start is recorded under.
-pub const START_ACTION: &str = "instance.start";
+const START_ACTION: &str = "instance.start";
 
-/// What a start found changed since the previous start of the same host.
+/// What a start found changed since the previous start of the same process on its host.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StartChanges {
     /// The version that ran before, when another ran.
     pub version_from: Option<String>,
     /// Whether the effective configuration differs.
     pub configuration: bool,
-    /// Whether this is the host's first recorded start.
-    pub first: bool,
 }
 
 /// The digest a configuration is recorded under: sha256 of its JSON, whose
 /// keys serialize in sorted order, so equal settings give equal digests.
-pub fn configuration_digest(configuration: &Value) -> String {
+fn configuration_digest(configuration: &Value) -> String {
     hex::encode(Sha256::digest(configuration.to_string().as_bytes()))
 }
 
 impl Store {
-    /// Records that `host` started custody `version` with `configuration`
-    /// (the effective settings, without secrets), and says what changed
-    /// since that host's previous start.
-    pub async fn record_start(&self, host: String, version: String, configuration: Value) -> Result<StartChanges> {
+    /// Records that a process (`subject`: `host:NAME` for a server,
+    /// `worker:NAME` for a worker) started custody `version` with
+    /// `configuration` (the effective settings, without secrets), and says
+    /// what changed since that subject's previous start.
+    pub async fn record_start(&self, subject: String, version: String, configuration: Value) -> Result<StartChanges> {
         let digest = configuration_digest(&configuration);
         self.write(move |tx| {
             Box::pin(async move {
-                let subject = format!("host:{host}");
                 let sql = tx.sql(
                     "SELECT details FROM audit_events WHERE action = $1 AND subject = $2 ORDER BY seq DESC LIMIT 1",
                 );
@@ -49,11 +47,10 @@ impl Store {
                     sqlx::query_scalar(&sql).bind(START_ACTION).bind(&subject).fetch_optional(tx.conn()).await?;
                 let previous: Option<Value> = previous.and_then(|text| serde_json::from_str(&text).ok());
                 let changes = match &previous {
-                    None => StartChanges { first: true, ..StartChanges::default() },
+                    None => StartChanges::default(),
                     Some(before) => StartChanges {
                         version_from: before["version"].as_str().filter(|v| *v != version).map(str::to_owned),
                         configuration: before["configuration_sha256"].as_str() != Some(digest.as_str()),
-                        first: false,
                     },
                 };
                 let mut changed = Vec::new();
@@ -90,6 +87,13 @@ impl Store {
     /// instance finds the same marker in the storage it was given, or is
     /// not given the instance's storage.
     pub async fn storage_marker(&self) -> Result<(String, bool)> {
+        // Every start but the first finds it: read it without the writer.
+        let sql = self.sql("SELECT value FROM instance WHERE key = $1");
+        let known: Option<String> =
+            sqlx::query_scalar(&sql).bind(STORAGE_MARKER).fetch_optional(self.readers()).await?;
+        if let Some(known) = known {
+            return Ok((known, false));
+        }
         let fresh = crate::random_secret();
         self.write(move |tx| {
             Box::pin(async move {
