@@ -68,7 +68,7 @@ fn scope_list(scopes: Scopes) -> String {
 }
 
 /// Reads one line from standard input, without its line ending.
-fn read_line(what: &str) -> Result<String, Failure> {
+pub(crate) fn read_line(what: &str) -> Result<String, Failure> {
     let mut line = String::new();
     std::io::stdin()
         .lock()
@@ -530,6 +530,10 @@ pub enum AuditCommand {
         /// The ledger's verifier key file (`name+keyid+key`) [default: pinned in FILE on the first run].
         #[arg(long, value_name = "FILE")]
         key: Option<std::path::PathBuf>,
+        /// Accept a restore the server records (`instance.restored`, proved in
+        /// its newest checkpoint) that lost events this watcher saw.
+        #[arg(long)]
+        accept_restore: bool,
     },
     /// Every event as a JSON line with its inclusion proof and the checkpoint.
     Export {
@@ -563,7 +567,9 @@ pub async fn audit(server: Option<String>, command: AuditCommand, out: Output) -
         AuditCommand::Consistency { old, new } => {
             return ledger::consistency(&Client::from_env(server)?, old, new, out).await
         }
-        AuditCommand::Watch { state, key } => return ledger::watch(&Client::from_env(server)?, &state, key, out).await,
+        AuditCommand::Watch { state, key, accept_restore } => {
+            return ledger::watch(&Client::from_env(server)?, &state, key, accept_restore, out).await
+        }
         AuditCommand::Export { since, until } => return ledger::export(&Client::from_env(server)?, since, until).await,
     };
     let client = &Client::from_env(server)?;

@@ -277,18 +277,43 @@ struct WatchReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     previous_size: Option<u64>,
     pinned_key: bool,
+    /// The `instance.restored` event this run accepted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    accepted_restore: Option<i64>,
 }
 
 /// `custody audit watch --state FILE`: fetches the newest checkpoint,
 /// checks its signature, proves it consistent with the one in FILE, and
 /// saves it there.
-pub async fn watch(client: &Client, state_file: &Path, key: Option<PathBuf>, out: Output) -> Result<(), Failure> {
+pub async fn watch(
+    client: &Client,
+    state_file: &Path,
+    key: Option<PathBuf>,
+    accept_restore: bool,
+    out: Output,
+) -> Result<(), Failure> {
     let saved = read_watch_state(state_file)?;
     let answer: CheckpointView = client.get("/api/v1/audit/checkpoint").await?;
     let (verifier, pinned_now) = watch_verifier(key.as_deref(), saved.as_ref(), &answer)?;
     let latest = verifier.open(&answer.note).map_err(|e| damaged(format!("the server's newest checkpoint: {e}")))?;
+    let mut accepted = None;
     if let Some(saved) = &saved {
-        prove_consistent(client, saved, &latest, state_file).await?;
+        if let Err(inconsistent) = prove_consistent(client, saved, &latest, state_file).await {
+            let Some(restore) = recorded_restore(client, saved, &latest).await? else { return Err(inconsistent) };
+            if !accept_restore {
+                return Err(damaged(format!(
+                    "{}. The server records a restore (event {}) from a backup of {} events taken {}: the {} events \
+                     after it that this watcher saw are gone. If that restore was expected, run again with \
+                     --accept-restore",
+                    inconsistent.message,
+                    restore.0,
+                    restore.1.backup.tree_size,
+                    restore.1.backup.taken_at,
+                    saved.size - restore.1.backup.tree_size
+                )));
+            }
+            accepted = Some(restore);
+        }
     }
     let state = WatchState {
         verifier_key: verifier.to_vkey(),
@@ -303,7 +328,18 @@ pub async fn watch(client: &Client, state_file: &Path, key: Option<PathBuf>, out
             root: state.root,
             previous_size: saved.as_ref().map(|saved| saved.size),
             pinned_key: pinned_now,
+            accepted_restore: accepted.as_ref().map(|(seq, _)| *seq),
         });
+    } else if let (Some((seq, details)), Some(saved)) = (&accepted, &saved) {
+        say(&format!(
+            "accepted the restore recorded as event {seq}: the log continues from a backup of {} events taken {}; \
+             events {} to {} that this watcher saw are lost. Checkpoint {} saved",
+            details.backup.tree_size,
+            details.backup.taken_at,
+            details.backup.tree_size + 1,
+            saved.size,
+            latest.size
+        ));
     } else {
         if pinned_now {
             say(&format!(
@@ -386,6 +422,65 @@ async fn prove_consistent(
             state_file.display()
         ))
     })
+}
+
+/// The restore the server records that explains why the newest checkpoint
+/// does not extend the saved one: an `instance.restored` event from a
+/// backup older than the saved checkpoint, proved included in the newest
+/// checkpoint, whose backup's tree head the newest checkpoint is proved to
+/// extend. `None` when the server records no such restore; an error when it
+/// records one that does not prove.
+async fn recorded_restore(
+    client: &Client,
+    saved: &WatchState,
+    latest: &Checkpoint,
+) -> Result<Option<(i64, custody_api::RestoredDetails)>, Failure> {
+    let events: Vec<EventView> = client.list("/api/v1/audit/events?action=instance.restored").await?;
+    let Some((event, details)) = events
+        .into_iter()
+        .rev()
+        .filter_map(|e| serde_json::from_value::<custody_api::RestoredDetails>(e.details.clone()).ok().map(|d| (e, d)))
+        .find(|(e, d)| d.backup.tree_size < saved.size && e.seq as u64 > d.backup.tree_size)
+    else {
+        return Ok(None);
+    };
+    if event.seq as u64 > latest.size {
+        return Err(damaged(format!(
+            "the server records a restore (event {}), and its newest checkpoint ({} events) does not cover it yet: \
+             run again once it does",
+            event.seq, latest.size
+        )));
+    }
+    let proof: InclusionView = client.get(&format!("/api/v1/audit/proof/{}?size={}", event.seq, latest.size)).await?;
+    merkle::verify_inclusion(
+        &leaf_of(&event),
+        event.seq as u64 - 1,
+        latest.size,
+        &hashes_of(&proof.hashes)?,
+        &latest.root,
+    )
+    .map_err(|e| damaged(format!("the restore event {} is not in the newest checkpoint: {e}", event.seq)))?;
+    let backup_root: Hash = hex::decode(&details.backup.tree_root)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| damaged(format!("the restore event {} names no tree head", event.seq)))?;
+    let old = details.backup.tree_size;
+    let hashes = if old == 0 {
+        Vec::new()
+    } else {
+        let proof: ConsistencyView =
+            client.get(&format!("/api/v1/audit/consistency?old={old}&new={}", latest.size)).await?;
+        hashes_of(&proof.hashes)?
+    };
+    if old > 0 {
+        merkle::verify_consistency(old, latest.size, &backup_root, &latest.root, &hashes).map_err(|e| {
+            damaged(format!(
+                "the newest checkpoint does not extend the backup the restore event {} names: {e}",
+                event.seq
+            ))
+        })?;
+    }
+    Ok(Some((event.seq, details)))
 }
 
 /// Replaces FILE with `state`, whole or not at all.

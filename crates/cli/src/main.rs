@@ -5,6 +5,7 @@
 //! rule, 2 usage or input error or not found, 3 server unreachable or
 //! failed).
 
+mod backup;
 mod build;
 mod change;
 mod client;
@@ -107,6 +108,15 @@ enum Command {
     Doctor(doctor::DoctorArgs),
     /// Run builds in a separate process.
     Worker(serve::WorkerArgs),
+    /// Take a consistent backup of an instance while it serves: database,
+    /// repositories, blobs (of a local store) and a manifest; no keys.
+    Backup(backup::BackupArgs),
+    /// Rebuild an instance from a backup and an escrow of its keys, check
+    /// that its ledger, refs and blobs agree, and record the restore.
+    Restore(backup::RestoreArgs),
+    /// The instance's keys: escrow them under a passphrase.
+    #[command(subcommand)]
+    Key(backup::KeyCommand),
     /// Run by git during a push; not for people.
     #[command(subcommand, hide = true)]
     Hook(hook::HookCommand),
@@ -208,6 +218,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Build(command) => build::build(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Artifact(command) => build::artifact(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Worker(args) => serve::worker(args).await,
+        Command::Backup(args) => backup::backup(args, out).await,
+        Command::Restore(args) => backup::restore(args, out).await,
+        Command::Key(command) => backup::key(command, out).await,
         Command::Secret(command) => deploy::secret(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Finding(command) => deploy::finding(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Env(command) => deploy::env(&client::Client::from_env(cli.server)?, command, out).await,

@@ -468,6 +468,15 @@ pub fn without_credentials(url: &str) -> String {
     }
 }
 
+/// This host's name, as the ledger names the processes that run here.
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
 /// Records this start, its version and configuration, in the ledger under
 /// `PROCESS:HOSTNAME` (`host` for a server, `worker` for a worker), and
 /// warns when either changed since that process's previous start here.
@@ -476,11 +485,7 @@ async fn record_start(
     process: &str,
     configuration: serde_json::Value,
 ) -> Result<(), Failure> {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_owned())
-        .ok()
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned());
+    let host = hostname();
     let version = env!("CARGO_PKG_VERSION").to_owned();
     let changes = store
         .record_start(format!("{process}:{host}"), version.clone(), configuration)

@@ -15,6 +15,7 @@
 pub mod attestation;
 pub mod checkpoint;
 pub mod dsse;
+pub mod escrow;
 pub mod event;
 pub mod evidence;
 pub mod keys;

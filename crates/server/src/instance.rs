@@ -198,7 +198,7 @@ impl DataDir {
         self.key_file(KeyRole::Ledger).exists()
     }
 
-    fn create_dirs(&self) -> Result<(), InstanceError> {
+    pub(crate) fn create_dirs(&self) -> Result<(), InstanceError> {
         for dir in [self.root.clone(), self.repositories(), self.hooks(), self.blobs(), self.keys()] {
             std::fs::create_dir_all(&dir)
                 .map_err(|source| InstanceError::Io { path: dir.display().to_string(), source })?;

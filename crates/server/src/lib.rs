@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod connections;
 pub mod error;
 pub mod git;

@@ -256,15 +256,22 @@ pub struct Mainline {
 pub async fn recorded_mainlines(url: &str) -> Result<Vec<Mainline>> {
     use sqlx::Connection as _;
     let mut conn = crate::ledger::connect_read_only(url).await?;
-    let dialect = crate::Dialect::of_url(url).expect("checked when connecting");
+    let mainlines = mainlines_on(&mut conn).await;
+    let _ = conn.close().await;
+    mainlines
+}
+
+/// Every project's [`Mainline`], read on `conn`.
+pub(crate) async fn mainlines_on(conn: &mut sqlx::AnyConnection) -> Result<Vec<Mainline>> {
+    let dialect = crate::proof::dialect_of(conn);
     let projects =
-        sqlx::query("SELECT id, name, default_branch FROM projects ORDER BY name").fetch_all(&mut conn).await?;
+        sqlx::query("SELECT id, name, default_branch FROM projects ORDER BY name").fetch_all(&mut *conn).await?;
     let mut mainlines = Vec::with_capacity(projects.len());
     for row in projects {
         let (id, project): (i64, String) = (col(&row, "id")?, col(&row, "name")?);
         let default: String = col(&row, "default_branch")?;
         let sql = dialect.sql("SELECT branch FROM protected_branches WHERE project_id = $1 ORDER BY branch");
-        let protected: Vec<String> = sqlx::query_scalar(&sql).bind(id).fetch_all(&mut conn).await?;
+        let protected: Vec<String> = sqlx::query_scalar(&sql).bind(id).fetch_all(&mut *conn).await?;
         let mut branches = vec![default.clone()];
         branches.extend(protected.into_iter().filter(|b| *b != default));
         let sql = dialect.sql(
@@ -272,7 +279,7 @@ pub async fn recorded_mainlines(url: &str) -> Result<Vec<Mainline>> {
              AND subject LIKE $1 ORDER BY seq",
         );
         let mut merges = std::collections::HashMap::new();
-        for event in sqlx::query(&sql).bind(format!("change:{project}/%")).fetch_all(&mut conn).await? {
+        for event in sqlx::query(&sql).bind(format!("change:{project}/%")).fetch_all(&mut *conn).await? {
             let details: serde_json::Value = serde_json::from_str(&col::<String>(&event, "details")?)
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
             let Some(commit) = details.get("merge_commit").and_then(serde_json::Value::as_str) else { continue };
@@ -286,6 +293,5 @@ pub async fn recorded_mainlines(url: &str) -> Result<Vec<Mainline>> {
         }
         mainlines.push(Mainline { project, branches, merges });
     }
-    let _ = conn.close().await;
     Ok(mainlines)
 }

@@ -20,6 +20,7 @@
 
 mod applying;
 mod audit;
+mod backup;
 mod bearer;
 mod builds;
 mod changes;
@@ -52,6 +53,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Connection as _};
 
 pub use audit::{AuditFilter, AuditPage};
+pub use backup::{copy_sqlite, BackupFacts, RecordedHead, Snapshot, RESTORED_ACTION};
 pub use builds::{BuildOutcome, LeasedBuild, NewArtifact, JOBS_CHANNEL, MAX_ATTEMPTS};
 pub use changes::{Authors, GateRecords, MergePlan, Published};
 pub use checks::{CheckOutcome, LeasedCheck};

@@ -430,7 +430,7 @@ pub(crate) struct Scan {
     /// Every row at fault, named.
     pub(crate) findings: Vec<(i64, String)>,
     subjects: HashMap<String, i64>,
-    frontier: Frontier,
+    pub(crate) frontier: Frontier,
     /// The tree's nodes, when the database has none yet (from before the ledger).
     new_nodes: Option<Vec<(custody_formats::merkle::NodeId, Hash)>>,
     legacy: i64,

@@ -100,3 +100,41 @@ pub struct FindingView {
     /// What the review found.
     pub resolution: Option<String>,
 }
+
+/// The details of an `instance.restored` event: the backup the instance was
+/// restored from and what the restore replaced. Events after the backup's
+/// tree size, up to the replaced tree's, were lost.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RestoredDetails {
+    /// The backup restored.
+    pub backup: RestoredBackup,
+    /// The tree head of the instance the restore replaced, if it replaced one.
+    pub replaced: Option<ReplacedTree>,
+    /// How many events the replaced instance held beyond the backup.
+    pub lost_events: u64,
+    /// What did not agree after the restore; empty when everything did.
+    pub problems: Vec<String>,
+}
+
+/// The backup an instance was restored from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RestoredBackup {
+    /// When it was taken (RFC 3339).
+    pub taken_at: String,
+    /// The events its ledger held.
+    pub tree_size: u64,
+    /// Its tree head, hex.
+    pub tree_root: String,
+    /// The newest signed checkpoint it held: its size and note.
+    pub checkpoint_size: Option<u64>,
+    pub checkpoint: Option<String>,
+}
+
+/// The tree head of an instance a restore replaced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ReplacedTree {
+    /// The events it held.
+    pub tree_size: u64,
+    /// Its tree head, hex.
+    pub tree_root: String,
+}
