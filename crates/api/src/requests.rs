@@ -232,3 +232,15 @@ mod tests {
         assert!(token(r#"{"name":"ci","scopes":["read"],"expires_in":-1}"#).is_err());
     }
 }
+
+/// The revocation of a retired service key.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeKeyRequest {
+    /// From when the key is not trusted (RFC 3339): when it was, or may
+    /// have been, compromised. Now when absent.
+    #[serde(default)]
+    pub since: Option<custody_domain::Timestamp>,
+    /// Why it is revoked.
+    pub reason: String,
+}

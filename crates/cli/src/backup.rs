@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Subcommand};
+use clap::Args;
 use custody_server::backup::{self, BackupError, RestoreOptions, Source};
 use custody_server::instance::{self, DataDir};
 
@@ -82,21 +82,6 @@ pub struct RestoreArgs {
     /// the backup is lost, and the restore records how much.
     #[arg(long)]
     replace: bool,
-}
-
-/// Keys of an instance.
-#[derive(Subcommand, Debug)]
-pub enum KeyCommand {
-    /// Seal the instance's keys under a passphrase (CUSTODY_ESCROW_PASSPHRASE
-    /// or standard input) into a new file, kept apart from backups; the
-    /// ledger records every export.
-    Escrow {
-        #[command(flatten)]
-        instance: InstanceArgs,
-        /// The new file to write.
-        #[arg(long, value_name = "FILE")]
-        to: PathBuf,
-    },
 }
 
 fn failure(error: BackupError) -> Failure {
@@ -196,30 +181,26 @@ pub async fn restore(args: RestoreArgs, out: Output) -> Result<(), Failure> {
     }
 }
 
-pub async fn key(command: KeyCommand, out: Output) -> Result<(), Failure> {
-    match command {
-        KeyCommand::Escrow { instance, to } => {
-            let instance = instance.resolve()?;
-            let passphrase = passphrase(&out)?;
-            let opened = instance::open(&instance.data_dir, instance.database_given.clone())
-                .await
-                .map_err(|e| Failure::input(e.to_string()))?;
-            let host = crate::serve::hostname();
-            let escrowed =
-                backup::escrow_keys(&instance.data_dir, &opened.store, &opened.name, &host, &passphrase, &to).await;
-            opened.store.close().await;
-            let escrowed = escrowed.map_err(failure)?;
-            out.show(&escrowed, |e| {
-                format!(
-                    "sealed {} into {} (sha256 {}); the ledger records the export as event {}\nkeep it and its \
-                     passphrase apart from backups",
-                    e.files.join(", "),
-                    e.file.display(),
-                    e.sha256,
-                    e.event
-                )
-            });
-            Ok(())
-        }
-    }
+/// `custody key escrow`: seals this host's keys of the instance into `to`.
+pub async fn escrow(instance: InstanceArgs, to: PathBuf, out: Output) -> Result<(), Failure> {
+    let instance = instance.resolve()?;
+    let passphrase = passphrase(&out)?;
+    let opened = instance::open(&instance.data_dir, instance.database_given.clone())
+        .await
+        .map_err(|e| Failure::input(e.to_string()))?;
+    let host = crate::serve::hostname();
+    let escrowed = backup::escrow_keys(&instance.data_dir, &opened.store, &opened.name, &host, &passphrase, &to).await;
+    opened.store.close().await;
+    let escrowed = escrowed.map_err(failure)?;
+    out.show(&escrowed, |e| {
+        format!(
+            "sealed {} into {} (sha256 {}); the ledger records the export as event {}\nkeep it and its \
+             passphrase apart from backups",
+            e.files.join(", "),
+            e.file.display(),
+            e.sha256,
+            e.event
+        )
+    });
+    Ok(())
 }

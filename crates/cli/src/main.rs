@@ -16,6 +16,7 @@ mod deploy;
 mod doctor;
 mod evidence;
 mod hook;
+mod keys;
 mod ledger;
 mod project;
 mod report;
@@ -114,9 +115,9 @@ enum Command {
     /// Rebuild an instance from a backup and an escrow of its keys, check
     /// that its ledger, refs and blobs agree, and record the restore.
     Restore(backup::RestoreArgs),
-    /// The instance's keys: escrow them under a passphrase.
+    /// The instance's service keys: list, rotate and revoke (grants), escrow.
     #[command(subcommand)]
-    Key(backup::KeyCommand),
+    Key(keys::KeyCommand),
     /// Run by git during a push; not for people.
     #[command(subcommand, hide = true)]
     Hook(hook::HookCommand),
@@ -220,7 +221,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Worker(args) => serve::worker(args).await,
         Command::Backup(args) => backup::backup(args, out).await,
         Command::Restore(args) => backup::restore(args, out).await,
-        Command::Key(command) => backup::key(command, out).await,
+        Command::Key(command) => keys::key(cli.server, command, out).await,
         Command::Secret(command) => deploy::secret(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Finding(command) => deploy::finding(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Env(command) => deploy::env(&client::Client::from_env(cli.server)?, command, out).await,

@@ -292,6 +292,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let (instance, bootstrap) = open_or_init(&data_dir, name, database_url).await?;
     let blobs = open_blobs(blob_store.as_deref(), &data_dir)?;
     instance::check_shared_storage(&data_dir, &instance.store, &blobs).await.map_err(instance_failure)?;
+    custody_server::keyring::reconcile(&instance.store, &data_dir.keys(), &instance.keys, true)
+        .await
+        .map_err(|e| Failure::input(format!("the service keys: {e}")))?;
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .map_err(|e| Failure::input(format!("cannot listen on {listen}: {e}")))?;
@@ -333,6 +336,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     };
     record_start(&store, "host", effective.configuration()).await?;
     let state = AppState::new(instance.store, instance.name, limits, repositories, blobs, instance.keys, sealing);
+    state.set_key_dir(data_dir.keys());
     if let Some(public) = &public_url {
         state.hosting().set_public_url(public);
     }
@@ -661,7 +665,7 @@ fn deployer(
         blobs: builder.blobs.clone(),
         key: std::sync::Arc::new(key.clone_key()),
         sealing,
-        builder: builder.key.public(),
+        builder: builder.key.clone(),
         worker: format!("{}/deployer", builder.worker),
         ceiling: builder.ceiling,
     })
@@ -674,6 +678,9 @@ pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
     let data_dir = DataDir::new(args.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)));
     let instance = instance::open(&data_dir, args.database_url.clone()).await.map_err(instance_failure)?;
     let blobs = open_blobs(args.blob_store.as_deref(), &data_dir)?;
+    custody_server::keyring::reconcile(&instance.store, &data_dir.keys(), &instance.keys, false)
+        .await
+        .map_err(|e| Failure::input(format!("the service keys: {e}")))?;
     instance::check_shared_storage(&data_dir, &instance.store, &blobs).await.map_err(instance_failure)?;
     let ceiling = args.jobs.ceiling()?;
     let jobs = Jobs {

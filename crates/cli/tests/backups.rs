@@ -32,17 +32,6 @@ fn path_arg(path: &Path) -> String {
     path.display().to_string()
 }
 
-/// One change on a branch of its own, pushed, approved by bob and merged by alice.
-fn merge_one(hosted: &Hosted, work: &Workspace<'_>, base: &str, i: usize) -> String {
-    let branch = format!("part-{i}");
-    work.ok(&["checkout", "-q", "-B", &branch, base]);
-    commit_files(work, &[(&format!("src/part-{i}.txt"), &format!("part {i}\n"), false)], "A part");
-    work.ok(&["push", "-q", "origin", &branch]);
-    let number = open(hosted, "alice", &branch, "A part");
-    review(hosted, "bob", number, "--approve");
-    merge(hosted, "alice", number)
-}
-
 /// Waits (up to two minutes) until every build has finished, and returns them.
 fn all_builds_finished(hosted: &Hosted, at_least: usize) -> Vec<Value> {
     for _ in 0..1200 {
@@ -88,7 +77,7 @@ fn backup_under_load_restores(backend: Backend, on_s3: bool) {
         &[(PIPELINE, &pipeline("scripts/build.sh", "[\"dist/*\"]"), false), ("scripts/build.sh", BUILD_SCRIPT, true)],
         "unused",
     );
-    merge_one(&hosted, &work, &base, 0);
+    merge_part(&hosted, &work, &base, 0);
     assert_eq!(all_builds_finished(&hosted, 1)[0]["status"], "succeeded");
 
     // Changes keep merging (and building) while the backup is taken.
@@ -96,7 +85,7 @@ fn backup_under_load_restores(backend: Backend, on_s3: bool) {
     let taken = hosted.sandbox.path("backup");
     let (data_arg, taken_arg) = (path_arg(&data), path_arg(&taken));
     let backup = std::thread::scope(|scope| {
-        let load = scope.spawn(|| (1..7).map(|i| merge_one(&hosted, &work, &base, i)).collect::<Vec<_>>());
+        let load = scope.spawn(|| (1..7).map(|i| merge_part(&hosted, &work, &base, i)).collect::<Vec<_>>());
         std::thread::sleep(std::time::Duration::from_millis(300));
         let mut args = vec!["backup", "--data-dir", &data_arg, "--to", &taken_arg, "--json"];
         if let Some(database) = &hosted.database {
@@ -222,7 +211,7 @@ fn a_backup_whose_blob_was_damaged_does_not_restore_and_names_the_blob() {
         &[(PIPELINE, &pipeline("scripts/build.sh", "[\"dist/*\"]"), false), ("scripts/build.sh", BUILD_SCRIPT, true)],
         "unused",
     );
-    merge_one(&hosted, &work, &base, 0);
+    merge_part(&hosted, &work, &base, 0);
     all_builds_finished(&hosted, 1);
     let (data, taken, escrow) =
         (hosted.sandbox.path("data"), hosted.sandbox.path("backup"), hosted.sandbox.path("escrow.json"));
@@ -261,13 +250,13 @@ fn an_older_backup_restored_over_a_newer_instance_is_recorded_and_a_watcher_acce
     let state = hosted.sandbox.path("watch.json");
     let (manifest, later, seen) = {
         let (work, base) = seed_with(&hosted, &[("src/app.txt", "version 1\n", false)], "unused");
-        merge_one(&hosted, &work, &base, 0);
+        merge_part(&hosted, &work, &base, 0);
         let manifest =
             on_host(&hosted, &["backup", "--data-dir", &path_arg(&data), "--to", &path_arg(&taken), "--json"]).json();
         on_host(&hosted, &["key", "escrow", "--data-dir", &path_arg(&data), "--to", &path_arg(&escrow)]).expect_code(0);
 
         // The instance goes on; a watcher sees its newer checkpoint.
-        let later = merge_one(&hosted, &work, &base, 1);
+        let later = merge_part(&hosted, &work, &base, 1);
         let seen = eventually(|| {
             let checkpoint = hosted.as_admin(&["audit", "checkpoint", "--json"]).json();
             let size = checkpoint["size"].as_u64()?;

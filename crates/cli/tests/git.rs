@@ -9,7 +9,7 @@ mod support;
 
 use serde_json::Value;
 use support::hosted::{git_command, Hosted, Workspace, PROJECT};
-use support::{http_request, run, run_with_input};
+use support::{http_request, run};
 
 #[test]
 fn alice_pushes_a_feature_branch_and_is_recorded_as_its_pusher() {
@@ -528,19 +528,7 @@ fn the_name_in_the_url_is_not_the_pusher() {
 /// token comes only from logging in with a password, which bob's stored
 /// credentials then hold.
 fn bob_second_admin(hosted: &Hosted) {
-    let bob = hosted.add_user("bob", "");
-    let grant = hosted.as_admin(&["group", "add", "admins", "bob", "--json"]).json();
-    assert_eq!(grant["status"], "bootstrap", "{grant}");
-    let mut password = hosted.sandbox.as_user("bob");
-    password.env("CUSTODY_SERVER", &hosted.server.url).env("CUSTODY_TOKEN", &bob).args([
-        "user",
-        "set-password",
-        "--json",
-    ]);
-    run_with_input(password, Some("a long enough password\n")).expect_code(0);
-    let mut login = hosted.sandbox.as_user("bob");
-    login.args(["login", "--server", &hosted.server.url, "--user", "bob", "--scope", "read,write,admin", "--json"]);
-    run_with_input(login, Some("a long enough password\n")).expect_code(0);
+    hosted.second_admin("bob");
 }
 
 #[test]

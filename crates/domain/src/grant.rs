@@ -128,7 +128,28 @@ pub enum GrantAction {
         /// The version the grant makes current.
         version: i64,
     },
+    /// Replaces a service key (`builder`, `gate` or `deployer`) with a new
+    /// one, made when the grant is applied. The old key's validity ends
+    /// then; what it signed before still verifies.
+    RotateKey {
+        /// The key's role.
+        role: String,
+    },
+    /// Revokes a retired service key from a point in time on (when it was,
+    /// or may have been, compromised): evidence it signed from then on no
+    /// longer verifies, and says why.
+    RevokeKey {
+        /// The key's id (hex SHA-256 of its public key).
+        key_id: String,
+        /// From when it is not trusted.
+        since: crate::Timestamp,
+        /// Why.
+        reason: String,
+    },
 }
+
+/// The roles whose keys rotate by a grant.
+pub const ROTATING_ROLES: [&str; 3] = ["builder", "gate", "deployer"];
 
 impl GrantAction {
     /// The person the grant is about, if any. They may never approve it.
@@ -145,7 +166,9 @@ impl GrantAction {
             | GrantAction::SetDefaultBranch { .. }
             | GrantAction::ImportRepository { .. }
             | GrantAction::DeleteTag { .. }
-            | GrantAction::SetSecret { .. } => None,
+            | GrantAction::SetSecret { .. }
+            | GrantAction::RotateKey { .. }
+            | GrantAction::RevokeKey { .. } => None,
         }
     }
 
@@ -158,6 +181,7 @@ impl GrantAction {
             | GrantAction::ImportRepository { project, .. }
             | GrantAction::DeleteTag { project, .. }
             | GrantAction::SetSecret { project, .. } => format!("project:{project}"),
+            GrantAction::RotateKey { .. } | GrantAction::RevokeKey { .. } => "keys".to_owned(),
             _ => self.named_user().map(|u| format!("user:{u}")).unwrap_or_default(),
         }
     }
@@ -177,6 +201,8 @@ impl GrantAction {
             GrantAction::SetDefaultBranch { .. } => "project.default_branch",
             GrantAction::DeleteTag { .. } => "project.tag.delete",
             GrantAction::SetSecret { .. } => "secret.set",
+            GrantAction::RotateKey { .. } => "key.rotate",
+            GrantAction::RevokeKey { .. } => "key.revoke",
         }
     }
 
@@ -203,6 +229,10 @@ impl GrantAction {
             }
             GrantAction::SetSecret { project, environment, name, version } => {
                 format!("make version {version} of secret {name} current for {environment} of project {project}")
+            }
+            GrantAction::RotateKey { role } => format!("replace the {role} key with a new one"),
+            GrantAction::RevokeKey { key_id, since, reason } => {
+                format!("revoke key {} from {since} on: {reason}", crate::short_id(key_id))
             }
             GrantAction::ImportRepository { project, source, refs } => {
                 let shown: Vec<String> =

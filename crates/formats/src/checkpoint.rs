@@ -96,8 +96,8 @@ impl Checkpoint {
             )));
         }
         let body = self.body();
-        let signature = key.sign(body.as_bytes());
-        let id = key_id(&self.origin, &key.public().to_bytes());
+        let (signer, signature) = key.sign_as(body.as_bytes());
+        let id = key_id(&self.origin, &signer.to_bytes());
         let mut blob = Vec::with_capacity(68);
         blob.extend_from_slice(&id);
         blob.extend_from_slice(&signature);

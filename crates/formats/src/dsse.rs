@@ -65,11 +65,11 @@ pub enum EnvelopeError {
 impl Envelope {
     /// Signs `payload` of `payload_type` with `key`.
     pub fn sign(payload_type: &str, payload: &[u8], key: &ServiceKey) -> Envelope {
-        let signature = key.sign(&pae(payload_type, payload));
+        let (signer, signature) = key.sign_as(&pae(payload_type, payload));
         Envelope {
             payload: STANDARD.encode(payload),
             payload_type: payload_type.to_owned(),
-            signatures: vec![Signature { keyid: key.public().key_id(), sig: STANDARD.encode(signature) }],
+            signatures: vec![Signature { keyid: signer.key_id(), sig: STANDARD.encode(signature) }],
         }
     }
 

@@ -70,9 +70,14 @@ pub enum KeyError {
 }
 
 /// A service's private key and its role.
+///
+/// Every handle made by [`ServiceKey::clone_key`] shares one slot, so a
+/// rotation ([`ServiceKey::replace`]) reaches every task that signs for the
+/// role at once; [`ServiceKey::sign_as`] signs and names the key under one
+/// lock, so a signature and the key id it carries always match.
 pub struct ServiceKey {
     role: KeyRole,
-    key: SigningKey,
+    key: std::sync::Arc<std::sync::RwLock<SigningKey>>,
 }
 
 impl std::fmt::Debug for ServiceKey {
@@ -87,7 +92,15 @@ impl std::fmt::Debug for ServiceKey {
 impl ServiceKey {
     /// A new random key for `role`.
     pub fn generate(role: KeyRole) -> ServiceKey {
-        ServiceKey { role, key: SigningKey::generate(&mut rand::rngs::OsRng) }
+        ServiceKey::of(role, SigningKey::generate(&mut rand::rngs::OsRng))
+    }
+
+    fn of(role: KeyRole, key: SigningKey) -> ServiceKey {
+        ServiceKey { role, key: std::sync::Arc::new(std::sync::RwLock::new(key)) }
+    }
+
+    fn signing(&self) -> std::sync::RwLockReadGuard<'_, SigningKey> {
+        self.key.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The role this key signs for.
@@ -95,19 +108,40 @@ impl ServiceKey {
         self.role
     }
 
-    /// Another handle on the same key, for a task that signs on its own.
+    /// Another handle on the same key, for a task that signs on its own; it
+    /// follows the key through rotations.
     pub fn clone_key(&self) -> ServiceKey {
         ServiceKey { role: self.role, key: self.key.clone() }
     }
 
+    /// Makes `next` the key every handle of this one signs with from now
+    /// on (a rotation). Refuses a key of another role.
+    pub fn replace(&self, next: &ServiceKey) -> Result<(), KeyError> {
+        if next.role != self.role {
+            return Err(KeyError::Malformed {
+                path: String::new(),
+                why: format!("a {} key cannot replace the {} key", next.role.as_str(), self.role.as_str()),
+            });
+        }
+        let replacement = next.signing().clone();
+        *self.key.write().unwrap_or_else(|e| e.into_inner()) = replacement;
+        Ok(())
+    }
+
     /// The public half.
     pub fn public(&self) -> PublicKey {
-        PublicKey { role: self.role, key: self.key.verifying_key() }
+        PublicKey { role: self.role, key: self.signing().verifying_key() }
     }
 
     /// Signs `message`.
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
-        self.key.sign(message).to_bytes()
+        self.signing().sign(message).to_bytes()
+    }
+
+    /// Signs `message` and says with which key, as one step.
+    pub fn sign_as(&self, message: &[u8]) -> (PublicKey, [u8; 64]) {
+        let key = self.signing();
+        (PublicKey { role: self.role, key: key.verifying_key() }, key.sign(message).to_bytes())
     }
 
     /// The key as PKCS#8 v1 PEM (RFC 8410: the private key alone), the form
@@ -118,7 +152,7 @@ impl ServiceKey {
         const PREFIX: [u8; 16] =
             [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
         let mut der = PREFIX.to_vec();
-        der.extend_from_slice(self.key.as_bytes());
+        der.extend_from_slice(self.signing().as_bytes());
         let encoded = base64::engine::general_purpose::STANDARD.encode(&der);
         format!("-----BEGIN PRIVATE KEY-----\n{encoded}\n-----END PRIVATE KEY-----\n")
     }
@@ -154,7 +188,7 @@ impl ServiceKey {
         // Both PKCS#8 v1 (written now) and v2 (with the public key) are read.
         let key =
             SigningKey::from_pkcs8_pem(&pem).map_err(|e| KeyError::Malformed { path: shown(), why: e.to_string() })?;
-        Ok(ServiceKey { role, key })
+        Ok(ServiceKey::of(role, key))
     }
 }
 

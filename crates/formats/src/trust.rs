@@ -45,6 +45,21 @@ pub struct TrustedKey {
     pub not_before: String,
     /// Until when it signed (RFC 3339); `null` for the current key.
     pub not_after: Option<String>,
+    /// Set when the key was revoked: nothing it signed from `since` on is
+    /// trusted, whatever its validity says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<Revocation>,
+}
+
+/// The revocation of a key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revocation {
+    /// From when the key is not trusted (RFC 3339): when it was, or may
+    /// have been, compromised.
+    pub since: String,
+    /// Why.
+    pub reason: String,
 }
 
 /// Why a trust file cannot be used.
@@ -74,12 +89,22 @@ pub struct ValidKey {
     pub not_before_ms: i64,
     /// The end of its validity, when retired.
     pub not_after_ms: Option<i64>,
+    /// From when it is revoked, and why.
+    pub revoked: Option<(i64, String)>,
 }
 
 impl ValidKey {
-    /// Whether the key was valid at `at_ms`.
+    /// Whether the key was valid at `at_ms`: within its validity and not
+    /// revoked by then.
     pub fn valid_at(&self, at_ms: i64) -> bool {
-        at_ms >= self.not_before_ms && self.not_after_ms.is_none_or(|end| at_ms <= end)
+        at_ms >= self.not_before_ms
+            && self.not_after_ms.is_none_or(|end| at_ms <= end)
+            && self.revoked.as_ref().is_none_or(|(since, _)| at_ms < *since)
+    }
+
+    /// The revocation that makes the key untrusted at `at_ms`, if one does.
+    pub fn revoked_at(&self, at_ms: i64) -> Option<&(i64, String)> {
+        self.revoked.as_ref().filter(|(since, _)| at_ms >= *since)
     }
 }
 
@@ -107,6 +132,7 @@ impl TrustedKey {
             public_key: key.to_pem(),
             not_before: rfc3339_of_millis(not_before_ms),
             not_after: None,
+            revoked: None,
         }
     }
 
@@ -127,7 +153,14 @@ impl TrustedKey {
             Some(t) => Some(millis_of_rfc3339(t).ok_or_else(|| bad("not_after is not an RFC 3339 time".into()))?),
             None => None,
         };
-        Ok(ValidKey { key, not_before_ms, not_after_ms })
+        let revoked = match &self.revoked {
+            Some(r) => Some((
+                millis_of_rfc3339(&r.since).ok_or_else(|| bad("revoked.since is not an RFC 3339 time".into()))?,
+                r.reason.clone(),
+            )),
+            None => None,
+        };
+        Ok(ValidKey { key, not_before_ms, not_after_ms, revoked })
     }
 }
 

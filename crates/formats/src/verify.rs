@@ -1223,6 +1223,17 @@ fn check_signature(checks: &mut Checks, entry: &Entry, kind: Kind, subject: &str
             role.as_str(),
             role.as_str()
         )
+    } else if let Some((key, (since, reason))) =
+        own.iter().filter_map(|k| k.revoked_at(at).map(|r| (k, r))).find(|(k, _)| entry.envelope.verify(&k.key).is_ok())
+    {
+        format!(
+            "the {} is signed by the {} key {}, which is revoked since {} ({reason}); it was recorded at {}",
+            kind.what(),
+            role.as_str(),
+            short(&key.key.key_id()),
+            rfc3339_of_millis(*since),
+            rfc3339_of_millis(at)
+        )
     } else if own.iter().any(|k| entry.envelope.verify(&k.key).is_ok()) {
         format!(
             "the {} is signed by a {} key that was not valid at {}",

@@ -51,9 +51,10 @@ pub struct Deployer {
     pub key: Arc<ServiceKey>,
     /// The key that seals environment secrets.
     pub sealing: Arc<custody_formats::sealed::SealingKey>,
-    /// The builder's public key: provenance is checked against it before
-    /// anything is deployed.
-    pub builder: custody_formats::PublicKey,
+    /// The builder's key (its public half): provenance is checked against
+    /// it, or a builder key it replaced and nobody revoked, before anything
+    /// is deployed.
+    pub builder: Arc<ServiceKey>,
     /// This worker's name.
     pub worker: String,
     /// The most any job may use, whatever its pipeline asks.
@@ -156,7 +157,9 @@ impl Deployer {
             Ok(None) => return Err(format!("build {} has no provenance; nothing was deployed", lease.build)),
             Err(error) => return Err(format!("reading the provenance failed: {error}")),
         };
-        check_provenance(&provenance, &self.builder, &lease.artifacts)
+        let history = self.store.key_history().await.map_err(|e| format!("reading the key history failed: {e}"))?;
+        let builders = custody_store::unrevoked_keys(&history, &self.builder.public());
+        check_provenance(&provenance, &builders, &lease.artifacts)
             .map_err(|why| format!("the provenance of build {} {why}; nothing was deployed", lease.build))?;
         let repository = self.repositories.path(&project);
         let (commit, environment) = (lease.commit.clone(), lease.environment.clone());
@@ -393,12 +396,15 @@ impl crate::Worker for Deployer {
 /// in-toto statement of SLSA provenance naming each artifact's digest.
 pub fn check_provenance(
     envelope: &str,
-    builder: &custody_formats::PublicKey,
+    builders: &[custody_formats::PublicKey],
     artifacts: &[(String, String)],
 ) -> Result<(), String> {
     let envelope: custody_formats::Envelope =
         serde_json::from_str(envelope).map_err(|e| format!("is not a DSSE envelope ({e})"))?;
-    let payload = envelope.verify(builder).map_err(|_| "does not verify with the builder key".to_owned())?;
+    let payload = builders
+        .iter()
+        .find_map(|builder| envelope.verify(builder).ok())
+        .ok_or_else(|| "does not verify with the builder key".to_owned())?;
     let statement: Statement = serde_json::from_slice(&payload).map_err(|e| format!("holds no statement ({e})"))?;
     if statement.predicate_type != custody_formats::provenance::PROVENANCE_PREDICATE {
         return Err(format!("is a {} statement, not SLSA provenance", statement.predicate_type));
@@ -518,14 +524,14 @@ mod tests {
         let statement = Statement::new(vec![subject], custody_formats::provenance::PROVENANCE_PREDICATE, json!({}));
         let signed = serde_json::to_string(&statement.sign(&builder)).unwrap();
         let artifacts = [("app".to_owned(), "ab".repeat(32))];
-        assert_eq!(check_provenance(&signed, &builder.public(), &artifacts), Ok(()));
+        assert_eq!(check_provenance(&signed, &[builder.public()], &artifacts), Ok(()));
         let by_deployer = serde_json::to_string(&statement.sign(&deployer)).unwrap();
-        assert!(check_provenance(&by_deployer, &builder.public(), &artifacts).unwrap_err().contains("builder key"));
+        assert!(check_provenance(&by_deployer, &[builder.public()], &artifacts).unwrap_err().contains("builder key"));
         let other = [("app".to_owned(), "cd".repeat(32))];
-        assert!(check_provenance(&signed, &builder.public(), &other).unwrap_err().contains("does not name"));
+        assert!(check_provenance(&signed, &[builder.public()], &other).unwrap_err().contains("does not name"));
         let mut altered: serde_json::Value = serde_json::from_str(&signed).unwrap();
         altered["signatures"][0]["sig"] = json!("AAAA");
-        assert!(check_provenance(&altered.to_string(), &builder.public(), &artifacts).is_err());
+        assert!(check_provenance(&altered.to_string(), &[builder.public()], &artifacts).is_err());
     }
 
     #[test]

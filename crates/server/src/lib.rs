@@ -15,6 +15,7 @@ pub mod connections;
 pub mod error;
 pub mod git;
 pub mod instance;
+pub mod keyring;
 pub mod metrics;
 pub mod proxies;
 pub mod web;
@@ -100,6 +101,8 @@ struct Shared {
     max_object_bytes: u64,
     changes: Arc<custody_app::Changes>,
     trusted_proxies: Vec<proxies::Network>,
+    /// Where the service keys' files are, for rotations.
+    key_dir: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 impl AppState {
@@ -130,6 +133,7 @@ impl AppState {
             max_object_bytes: limits.max_object_bytes,
             trusted_proxies: limits.trusted_proxies,
             changes,
+            key_dir: std::sync::OnceLock::new(),
         }))
     }
 
@@ -160,6 +164,17 @@ impl AppState {
     /// The service key of `role`, if this process holds it.
     pub fn key(&self, role: custody_formats::KeyRole) -> Option<&custody_formats::ServiceKey> {
         self.0.keys.iter().find(|k| k.role() == role)
+    }
+
+    /// Names the directory holding the service keys' files, where a
+    /// rotation writes the new key; without it, rotations wait for a start.
+    pub fn set_key_dir(&self, dir: std::path::PathBuf) {
+        let _ = self.0.key_dir.set(dir);
+    }
+
+    /// The directory holding the service keys' files, if named.
+    pub fn key_dir(&self) -> Option<&std::path::Path> {
+        self.0.key_dir.get().map(std::path::PathBuf::as_path)
     }
 
     /// Git hosting.

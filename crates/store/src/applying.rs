@@ -81,6 +81,9 @@ pub(crate) async fn check_applicable(tx: &mut Tx, action: &GrantAction) -> Resul
         | GrantAction::ImportRepository { .. }
         | GrantAction::DeleteTag { .. } => crate::projects::check_applicable(tx, action).await?,
         GrantAction::SetSecret { .. } => {}
+        GrantAction::RotateKey { .. } | GrantAction::RevokeKey { .. } => {
+            crate::keys::check_applicable(tx, action).await?
+        }
     }
     Ok(())
 }
@@ -128,6 +131,9 @@ pub(crate) async fn apply(tx: &mut Tx, grant_id: i64, action: &GrantAction) -> R
         | GrantAction::ImportRepository { .. }
         | GrantAction::DeleteTag { .. } => crate::projects::apply(tx, grant_id, action).await?,
         GrantAction::SetSecret { .. } => apply_secret(tx, action).await?,
+        GrantAction::RotateKey { .. } | GrantAction::RevokeKey { .. } => {
+            crate::keys::apply(tx, grant_id, action).await?
+        }
     }
     Ok(())
 }

@@ -34,6 +34,7 @@ mod grants;
 mod groups;
 mod inspect;
 mod intents;
+mod keys;
 mod ledger;
 mod lookups;
 mod people;
@@ -71,6 +72,7 @@ pub use dialect::Dialect;
 
 pub use inspect::{database_clock_ms, inspect, inspect_with_key, Finding, LedgerReport};
 pub use intents::{recorded_mainlines, Mainline, MergeIntent, Settled};
+pub use keys::{trusted_keys, unrevoked_keys, KeyEvent, RecordedKey, KEYS_SUBJECT};
 pub use ledger::StoredCheckpoint;
 pub use lookups::{Authenticated, ProjectAccess};
 pub use people::{random_secret, Initialised};

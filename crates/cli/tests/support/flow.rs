@@ -87,3 +87,16 @@ pub fn eventually<T>(mut probe: impl FnMut() -> Option<T>) -> Option<T> {
     }
     None
 }
+
+/// One change of its own file on a new branch `part-I` from `base`, pushed
+/// by alice, approved by bob and merged by alice: the merge commit.
+pub fn merge_part(hosted: &Hosted, work: &Workspace<'_>, base: &str, i: usize) -> String {
+    let branch = format!("part-{i}");
+    work.ok(&["checkout", "-q", "-B", &branch, base]);
+    let file = format!("src/part-{i}.txt");
+    super::builds::commit_files(work, &[(&file, &format!("part {i}\n"), false)], "A part");
+    work.ok(&["push", "-q", "origin", &branch]);
+    let number = open(hosted, "alice", &branch, "A part");
+    review(hosted, "bob", number, "--approve");
+    merge(hosted, "alice", number)
+}

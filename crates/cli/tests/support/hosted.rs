@@ -239,6 +239,25 @@ impl Hosted {
         token
     }
 
+    /// Makes `name` a second admin (a bootstrap grant): an admin token
+    /// comes only from logging in with a password, which `name`'s stored
+    /// credentials then hold (`sandbox.as_user(name)` runs with them).
+    pub fn second_admin(&self, name: &str) {
+        let token = self.add_user(name, "");
+        let grant = self.as_admin(&["group", "add", "admins", name, "--json"]).json();
+        assert_eq!(grant["status"], "bootstrap", "{grant}");
+        let mut password = self.sandbox.as_user(name);
+        password.env("CUSTODY_SERVER", &self.server.url).env("CUSTODY_TOKEN", &token).args([
+            "user",
+            "set-password",
+            "--json",
+        ]);
+        run_with_input(password, Some("a long enough password\n")).expect_code(0);
+        let mut login = self.sandbox.as_user(name);
+        login.args(["login", "--server", &self.server.url, "--user", name, "--scope", "read,write,admin", "--json"]);
+        run_with_input(login, Some("a long enough password\n")).expect_code(0);
+    }
+
     /// Makes `name` a member; the single admin's grant applies at once.
     pub fn add_member(&self, name: &str, role: &str) {
         let grant = self.as_admin(&["project", "member", "add", PROJECT, name, "--role", role, "--json"]).json();

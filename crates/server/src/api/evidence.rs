@@ -12,7 +12,7 @@ use custody_formats::attestation::{unverified_predicate, DeploymentV1};
 use custody_formats::evidence::{
     Bundle, BundleSubject, Entry, InclusionProof, LedgerEvent, LoggedDuty, BUNDLE_MEDIA_TYPE,
 };
-use custody_formats::trust::{TrustRoot, TrustedKey};
+use custody_formats::trust::TrustRoot;
 use custody_formats::{KeyRole, ServiceKey};
 use custody_store::{DeploymentView, ProjectAccess, Store, StoredCheckpoint};
 use serde::Deserialize;
@@ -36,13 +36,16 @@ fn conflict(message: impl Into<String>) -> ApiError {
 #[utoipa::path(get, path = "/api/v1/trust", tag = "evidence",
     responses((status = 200, description = "the trust root (application/vnd.custody.trust.v1+json)", body = Object)))]
 pub(crate) async fn trust(State(state): State<AppState>) -> ApiResult<Json<TrustRoot>> {
-    // The keys were made by `init`, just before its first audit event.
+    // The keys were made by `init`, just before its first audit event;
+    // rotations and revocations are in the ledger.
     let since = state.store().initialised_at().await?.unwrap_or(0);
-    let mut keys = Vec::new();
+    let mut current = Vec::new();
     for role in KeyRole::ALL {
         let key = state.key(role).ok_or_else(|| unavailable(format!("this server holds no {} key", role.as_str())))?;
-        keys.push(TrustedKey::current(&key.public(), since));
+        current.push(key.public());
     }
+    let history = state.store().key_history().await?;
+    let keys = custody_store::trusted_keys(&history, &current, since);
     Ok(Json(TrustRoot::new(state.instance(), keys)))
 }
 

@@ -225,6 +225,8 @@ fn operations() -> OpenApiRouter<AppState> {
         .routes(routes!(deploys::cancel))
         .routes(routes!(deploys::record))
         .routes(routes!(evidence::trust))
+        .routes(routes!(crate::keyring::rotate_key))
+        .routes(routes!(crate::keyring::revoke_key))
         .routes(routes!(evidence::deployment_evidence))
         .routes(routes!(evidence::artifact_evidence))
         .routes(routes!(evidence::export))
@@ -247,6 +249,7 @@ pub(crate) async fn complete_grant(
         return Ok(());
     }
     projects::complete_import(state, grant).await?;
+    crate::keyring::complete_rotation(state, grant).await?;
     projects::complete_tag_deletion(state, grant).await
 }
 

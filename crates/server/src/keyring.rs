@@ -1,0 +1,190 @@
+//! Rotating and revoking the service keys, and the trust root their history
+//! gives.
+//!
+//! A rotation is a grant. Once a second admin approved it, the server makes
+//! the new key into `keys/ROLE.next.pem`, records the rotation in the
+//! ledger (old and new public keys), renames the new key over
+//! `keys/ROLE.pem` and makes every handle of the role sign with it; the old
+//! private key is gone with the rename. A server that stops between two of
+//! these steps finishes them at its next start: the ledger says which key
+//! is current, and a `ROLE.next.pem` holding it is moved into place. A key
+//! file that is not the key the ledger names is refused.
+//!
+//! The trust root is derived from the ledger's key events: each key with
+//! the period it signed in, and each revocation with its reason.
+
+use std::path::Path;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use custody_domain::grant::{GrantAction, ROTATING_ROLES};
+use custody_domain::Timestamp;
+use custody_formats::{KeyRole, ServiceKey};
+use custody_store::{GrantView, KeyEvent, RecordedKey, Store};
+
+use crate::auth::{Auth, Body};
+use crate::error::{ApiError, ApiResult};
+use crate::AppState;
+
+fn recorded(key: &ServiceKey) -> RecordedKey {
+    let public = key.public();
+    RecordedKey { key_id: public.key_id(), public_key: public.to_pem() }
+}
+
+fn role_of(name: &str) -> Option<KeyRole> {
+    KeyRole::ALL.into_iter().find(|r| r.as_str() == name)
+}
+
+fn next_file(keys_dir: &Path, role: KeyRole) -> std::path::PathBuf {
+    keys_dir.join(format!("{}.next.pem", role.as_str()))
+}
+
+/// Moves the recorded new key into place and makes `key` sign with it.
+fn install(keys_dir: &Path, key: &ServiceKey, next: &ServiceKey) -> Result<(), String> {
+    let role = key.role();
+    let (from, to) = (next_file(keys_dir, role), keys_dir.join(format!("{}.pem", role.as_str())));
+    std::fs::rename(&from, &to).map_err(|e| format!("moving {} into place: {e}", from.display()))?;
+    std::fs::File::open(keys_dir).and_then(|d| d.sync_all()).map_err(|e| format!("{}: {e}", keys_dir.display()))?;
+    key.replace(next).map_err(|e| e.to_string())
+}
+
+/// Completes the approved rotation `grant` of `key`'s role: makes (or
+/// takes up again) the new key, records the rotation, installs the key.
+pub async fn rotate(store: &Store, keys_dir: &Path, key: &ServiceKey, grant: i64) -> Result<RecordedKey, String> {
+    let role = key.role();
+    let next_path = next_file(keys_dir, role);
+    // A new key an earlier attempt made is taken up again: the ledger may
+    // already name it.
+    let next = match ServiceKey::load(role, &next_path) {
+        Ok(next) => next,
+        Err(_) => {
+            let _ = std::fs::remove_file(&next_path);
+            let made = ServiceKey::generate(role);
+            made.save(&next_path).map_err(|e| e.to_string())?;
+            std::fs::File::open(keys_dir).and_then(|d| d.sync_all()).map_err(|e| e.to_string())?;
+            made
+        }
+    };
+    let (old, new) = (recorded(key), recorded(&next));
+    store.record_rotation(grant, role.as_str().to_owned(), old, new.clone()).await.map_err(|e| e.to_string())?;
+    let history = store.key_history().await.map_err(|e| e.to_string())?;
+    let current = current_key(&history, role.as_str());
+    if current.map(|k| &k.key_id) != Some(&new.key_id) {
+        return Err(format!(
+            "the ledger names another {} key than the one made for grant {grant}; {} was left in place",
+            role.as_str(),
+            next_path.display()
+        ));
+    }
+    install(keys_dir, key, &next)?;
+    tracing::info!(role = role.as_str(), key_id = %new.key_id, grant, "rotated a service key");
+    Ok(new)
+}
+
+/// The key the history makes current for `role`, if it was ever rotated.
+fn current_key<'h>(history: &'h [KeyEvent], role: &str) -> Option<&'h RecordedKey> {
+    history.iter().rev().find_map(|e| match e {
+        KeyEvent::Rotated { role: r, new, .. } if r == role => Some(new),
+        _ => None,
+    })
+}
+
+/// At start: makes the loaded keys the ones the ledger names (finishing a
+/// rotation that stopped half-way) and, when `finish`, completes approved
+/// rotations the ledger does not show yet (a server does; a worker only
+/// checks). Refuses a key file the ledger does not name.
+pub async fn reconcile(store: &Store, keys_dir: &Path, keys: &[ServiceKey], finish: bool) -> Result<(), String> {
+    let history = store.key_history().await.map_err(|e| e.to_string())?;
+    for key in keys {
+        let role = key.role();
+        let Some(expected) = current_key(&history, role.as_str()) else { continue };
+        let loaded = key.public().key_id();
+        if loaded == expected.key_id {
+            continue;
+        }
+        match ServiceKey::load(role, &next_file(keys_dir, role)) {
+            Ok(next) if next.public().key_id() == expected.key_id => install(keys_dir, key, &next)?,
+            _ => {
+                return Err(format!(
+                    "{}/{}.pem holds the {} key {loaded}, and the ledger names {} as the current one (it was \
+                     rotated): restore the keys directory from the instance's escrow",
+                    keys_dir.display(),
+                    role.as_str(),
+                    role.as_str(),
+                    expected.key_id
+                ))
+            }
+        }
+    }
+    if !finish {
+        return Ok(());
+    }
+    for (grant, role) in store.unfinished_rotations().await.map_err(|e| e.to_string())? {
+        let Some(key) = role_of(&role).and_then(|r| keys.iter().find(|k| k.role() == r)) else { continue };
+        rotate(store, keys_dir, key, grant).await?;
+    }
+    Ok(())
+}
+
+/// Finishes an approved rotation grant (nothing for another grant).
+pub(crate) async fn complete_rotation(state: &AppState, grant: &GrantView) -> ApiResult<()> {
+    let GrantAction::RotateKey { role } = &grant.action else { return Ok(()) };
+    let unavailable = |message: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
+    let key = role_of(role)
+        .and_then(|r| state.key(r))
+        .ok_or_else(|| unavailable(format!("this server holds no {role} key")))?;
+    let dir = state.key_dir().ok_or_else(|| unavailable("this server was not given its keys directory".into()))?;
+    rotate(state.store(), dir, key, grant.id).await.map_err(|e| {
+        tracing::error!(error = %e, grant = grant.id, "rotating a key");
+        unavailable(format!(
+            "the rotation was approved and is not finished: {e}; it finishes at the server's next start"
+        ))
+    })?;
+    Ok(())
+}
+
+/// An admin asks to replace a service key (`builder`, `gate` or
+/// `deployer`) with a new one: a grant, applied once a second admin approves.
+#[utoipa::path(post, path = "/api/v1/keys/{role}/rotate", tag = "evidence", security(("token" = [])),
+    params(("role" = String, Path, description = "builder, gate or deployer")),
+    responses((status = 202, body = GrantView), (status = 400, body = custody_api::ErrorBody)))]
+pub(crate) async fn rotate_key(
+    State(state): State<AppState>,
+    auth: Auth,
+    crate::api::PathParam(role): crate::api::PathParam<String>,
+) -> ApiResult<(StatusCode, Json<GrantView>)> {
+    if !ROTATING_ROLES.contains(&role.as_str()) {
+        return Err(ApiError::invalid(format!(
+            "{role:?} is no key that rotates by a grant: use one of {}",
+            ROTATING_ROLES.join(", ")
+        )));
+    }
+    let (status, Json(grant)) = crate::api::grant_requested(&state, &auth, GrantAction::RotateKey { role }).await?;
+    crate::api::complete_grant(&state, &grant).await?;
+    Ok((status, Json(grant)))
+}
+
+/// An admin asks to revoke a retired key from a point in time on: a grant.
+/// Evidence the key signed from then on no longer verifies, with the reason.
+#[utoipa::path(post, path = "/api/v1/keys/{key_id}/revoke", tag = "evidence", security(("token" = [])),
+    params(("key_id" = String, Path, description = "the key's id (hex SHA-256)")),
+    request_body = custody_api::RevokeKeyRequest,
+    responses((status = 202, body = GrantView), (status = 400, body = custody_api::ErrorBody)))]
+pub(crate) async fn revoke_key(
+    State(state): State<AppState>,
+    auth: Auth,
+    crate::api::PathParam(key_id): crate::api::PathParam<String>,
+    Body(request): Body<custody_api::RevokeKeyRequest>,
+) -> ApiResult<(StatusCode, Json<GrantView>)> {
+    if key_id.len() != 64 || !key_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::invalid(format!("{key_id:?} is not a key id: 64 hex characters")));
+    }
+    if request.reason.trim().is_empty() {
+        return Err(ApiError::invalid("say why the key is revoked (reason)"));
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let since = request.since.unwrap_or(Timestamp::from_millis(now));
+    let action = GrantAction::RevokeKey { key_id: key_id.to_ascii_lowercase(), since, reason: request.reason };
+    crate::api::grant_requested(&state, &auth, action).await
+}

@@ -1,0 +1,286 @@
+//! The service keys' history, in the ledger: every rotation (which key
+//! replaced which, when, by which grant) and every revocation. The trust
+//! root is derived from these events alone, each proven, so a row written
+//! around custody cannot add a key to what auditors trust.
+
+use custody_domain::audit::{NewEvent, SYSTEM_ACTOR};
+use custody_domain::grant::GrantAction;
+use custody_formats::keys::{KeyRole, PublicKey};
+use custody_formats::trust::{rfc3339_of_millis, Revocation, TrustedKey};
+use serde::{Deserialize, Serialize};
+
+use crate::proof::proven_events;
+use crate::tx::Tx;
+use crate::{now_ms, Result, Store, StoreError};
+
+/// The subject every key event is recorded under.
+pub const KEYS_SUBJECT: &str = "keys";
+const ROTATED: &str = "key.rotated";
+const REVOKED: &str = "key.revoked";
+
+/// A public key as recorded: its id and SubjectPublicKeyInfo PEM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedKey {
+    /// Hex SHA-256 of its public key's DER.
+    pub key_id: String,
+    /// Its public key, PEM.
+    pub public_key: String,
+}
+
+/// One event of a key's history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyEvent {
+    /// `new` replaced `old` as the key of `role`.
+    Rotated {
+        /// The role.
+        role: String,
+        /// The key retired.
+        old: RecordedKey,
+        /// The key that signs from now on.
+        new: RecordedKey,
+        /// When, in milliseconds since the epoch.
+        at_ms: i64,
+        /// The grant that asked for it.
+        grant: i64,
+    },
+    /// A key is not trusted from `since_ms` on.
+    Revoked {
+        /// The role.
+        role: String,
+        /// The key.
+        key_id: String,
+        /// From when.
+        since_ms: i64,
+        /// Why.
+        reason: String,
+        /// The grant that asked for it.
+        grant: i64,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct RotatedDetails {
+    role: String,
+    old: RecordedKey,
+    new: RecordedKey,
+    grant: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RevokedDetails {
+    role: String,
+    key_id: String,
+    since_ms: i64,
+    reason: String,
+    grant: i64,
+}
+
+/// The key history, from the proven events of [`KEYS_SUBJECT`].
+async fn history(tx: &mut impl crate::tx::Reads) -> Result<Vec<KeyEvent>> {
+    let mut found = Vec::new();
+    for event in proven_events(tx, KEYS_SUBJECT).await? {
+        let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("key event {}: {e}", event.seq));
+        match event.action.as_str() {
+            ROTATED => {
+                let d: RotatedDetails = serde_json::from_value(event.details.clone()).map_err(corrupt)?;
+                found.push(KeyEvent::Rotated { role: d.role, old: d.old, new: d.new, at_ms: event.at, grant: d.grant });
+            }
+            REVOKED => {
+                let d: RevokedDetails = serde_json::from_value(event.details.clone()).map_err(corrupt)?;
+                found.push(KeyEvent::Revoked {
+                    role: d.role,
+                    key_id: d.key_id,
+                    since_ms: d.since_ms,
+                    reason: d.reason,
+                    grant: d.grant,
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(found)
+}
+
+/// The key of `role` the history makes current, if it was ever rotated.
+fn current_of<'h>(history: &'h [KeyEvent], role: &str) -> Option<&'h RecordedKey> {
+    history.iter().rev().find_map(|e| match e {
+        KeyEvent::Rotated { role: r, new, .. } if r == role => Some(new),
+        _ => None,
+    })
+}
+
+/// The role of a key the history retired, and whether it is revoked.
+fn retired(history: &[KeyEvent], key_id: &str) -> Option<(String, bool)> {
+    let role = history.iter().find_map(|e| match e {
+        KeyEvent::Rotated { role, old, .. } if old.key_id == key_id => Some(role.clone()),
+        _ => None,
+    })?;
+    let revoked = history.iter().any(|e| matches!(e, KeyEvent::Revoked { key_id: k, .. } if k == key_id));
+    Some((role, revoked))
+}
+
+/// Whether a key grant can be applied now.
+pub(crate) async fn check_applicable(tx: &mut Tx, action: &GrantAction) -> Result<()> {
+    match action {
+        GrantAction::RotateKey { role } => {
+            if !custody_domain::grant::ROTATING_ROLES.contains(&role.as_str()) {
+                return Err(StoreError::Conflict(format!("the {role} key does not rotate by a grant")));
+            }
+            Ok(())
+        }
+        GrantAction::RevokeKey { key_id, since, .. } => {
+            let history = history(tx).await?;
+            match retired(&history, key_id) {
+                None => Err(StoreError::Conflict(format!(
+                    "key {key_id} is no retired key of this instance: only a key replaced by a rotation is revoked \
+                     (rotate the key first)"
+                ))),
+                Some((_, true)) => Err(StoreError::Conflict(format!("key {key_id} is revoked already"))),
+                Some(_) if since.millis() > now_ms() => {
+                    Err(StoreError::Conflict("a revocation takes effect from a time already past".into()))
+                }
+                Some(_) => Ok(()),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Applies a key grant: a revocation is recorded with it; a rotation is
+/// completed by the server, which makes the new key ([`Store::record_rotation`]).
+pub(crate) async fn apply(tx: &mut Tx, grant_id: i64, action: &GrantAction) -> Result<()> {
+    let GrantAction::RevokeKey { key_id, since, reason } = action else { return Ok(()) };
+    let history = history(tx).await?;
+    let (role, _) = retired(&history, key_id).ok_or_else(|| StoreError::not_found("retired key", key_id))?;
+    let details = RevokedDetails {
+        role,
+        key_id: key_id.clone(),
+        since_ms: since.millis(),
+        reason: reason.clone(),
+        grant: grant_id,
+    };
+    tx.audit(NewEvent {
+        actor: SYSTEM_ACTOR.into(),
+        action: REVOKED.into(),
+        subject: KEYS_SUBJECT.into(),
+        details: serde_json::to_value(details).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+    })
+    .await?;
+    Ok(())
+}
+
+/// The trust root's keys: each role's keys in the order they signed, each
+/// valid from its rotation in to its rotation out, with revocations.
+pub fn trusted_keys(history: &[KeyEvent], current: &[PublicKey], since: i64) -> Vec<TrustedKey> {
+    let mut keys = Vec::new();
+    for role in KeyRole::ALL {
+        let rotations: Vec<(&RecordedKey, &RecordedKey, i64)> = history
+            .iter()
+            .filter_map(|e| match e {
+                KeyEvent::Rotated { role: r, old, new, at_ms, .. } if r == role.as_str() => Some((old, new, *at_ms)),
+                _ => None,
+            })
+            .collect();
+        let entry = |key: &RecordedKey, from: i64, until: Option<i64>| TrustedKey {
+            role,
+            key_id: key.key_id.clone(),
+            algorithm: "ed25519".into(),
+            public_key: key.public_key.clone(),
+            not_before: rfc3339_of_millis(from),
+            not_after: until.map(rfc3339_of_millis),
+            revoked: None,
+        };
+        match rotations.first() {
+            None => {
+                if let Some(key) = current.iter().find(|k| k.role() == role) {
+                    keys.push(TrustedKey::current(key, since));
+                }
+            }
+            Some((first, _, at)) => {
+                keys.push(entry(first, since, Some(*at)));
+                for (i, (_, new, at)) in rotations.iter().enumerate() {
+                    keys.push(entry(new, *at, rotations.get(i + 1).map(|r| r.2)));
+                }
+            }
+        }
+    }
+    for event in history {
+        if let KeyEvent::Revoked { key_id, since_ms, reason, .. } = event {
+            for key in keys.iter_mut().filter(|k| &k.key_id == key_id) {
+                key.revoked = Some(Revocation { since: rfc3339_of_millis(*since_ms), reason: reason.clone() });
+            }
+        }
+    }
+    keys
+}
+
+/// The public keys of `role` that may be trusted now: the current one and
+/// every retired one not revoked, as [`trusted_keys`] lists them.
+pub fn unrevoked_keys(history: &[KeyEvent], current: &PublicKey) -> Vec<PublicKey> {
+    trusted_keys(history, std::slice::from_ref(current), 0)
+        .into_iter()
+        .filter(|k| k.role == current.role() && k.revoked.is_none())
+        .filter_map(|k| k.open().ok().map(|v| v.key))
+        .collect()
+}
+
+impl Store {
+    /// Every rotation and revocation of the instance's keys, oldest first,
+    /// each event proven.
+    pub async fn key_history(&self) -> Result<Vec<KeyEvent>> {
+        history(&mut self.reader().await?).await
+    }
+
+    /// Records that `new` replaced `old` as the key of `role`, for the
+    /// approved grant `grant`; once only (a second call for the same grant
+    /// changes nothing and says so with `false`).
+    pub async fn record_rotation(&self, grant: i64, role: String, old: RecordedKey, new: RecordedKey) -> Result<bool> {
+        self.write(move |tx| {
+            Box::pin(async move {
+                let history = history(tx).await?;
+                let done = history.iter().any(|e| matches!(e, KeyEvent::Rotated { grant: g, .. } if *g == grant));
+                if done {
+                    return Ok(false);
+                }
+                if let Some(current) = current_of(&history, &role) {
+                    if current.key_id != old.key_id {
+                        return Err(StoreError::Conflict(format!(
+                            "the {role} key is {} by the ledger, not {}: the rotation was not made from the current key",
+                            current.key_id, old.key_id
+                        )));
+                    }
+                }
+                let details = RotatedDetails { role, old, new, grant };
+                tx.audit(NewEvent {
+                    actor: SYSTEM_ACTOR.into(),
+                    action: ROTATED.into(),
+                    subject: KEYS_SUBJECT.into(),
+                    details: serde_json::to_value(details).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                })
+                .await?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    /// Approved rotation grants whose new key the ledger does not hold yet:
+    /// (grant, role). A server that stopped between the two completes them.
+    pub async fn unfinished_rotations(&self) -> Result<Vec<(i64, String)>> {
+        let history = self.key_history().await?;
+        let sql = self.sql("SELECT id, payload FROM grants WHERE action = $1 AND status IN ('approved', 'bootstrap')");
+        let rows = sqlx::query(&sql).bind("key.rotate").fetch_all(self.readers()).await?;
+        let mut unfinished = Vec::new();
+        for row in rows {
+            let id: i64 = crate::col(&row, "id")?;
+            let payload: String = crate::col(&row, "payload")?;
+            let Ok(GrantAction::RotateKey { role }) = serde_json::from_str::<GrantAction>(&payload) else { continue };
+            // Only a grant custody decided: a row written around it rotates nothing.
+            self.check_seal(&format!("grant:{id}")).await?;
+            if !history.iter().any(|e| matches!(e, KeyEvent::Rotated { grant, .. } if *grant == id)) {
+                unfinished.push((id, role));
+            }
+        }
+        Ok(unfinished)
+    }
+}
