@@ -242,5 +242,6 @@ pub struct RevokeKeyRequest {
     #[serde(default)]
     pub since: Option<custody_domain::Timestamp>,
     /// Why it is revoked.
+    #[schema(pattern = "\\S")]
     pub reason: String,
 }

@@ -7,6 +7,8 @@
 //! (and settling merges a crash left recorded but unmoved), merging when
 //! the gate opens. `releases`: what governs a release, the pipelines, and
 //! promotion. `projects`: whether a branch may become the mainline.
+//! `repositories`: a backup's copied repositories moved back to what its
+//! copied database records.
 
 #![forbid(unsafe_code)]
 
@@ -15,6 +17,7 @@ mod error;
 pub mod projects;
 pub mod releases;
 mod remembered;
+pub mod repositories;
 
 pub use changes::Changes;
 pub use error::AppError;

@@ -143,3 +143,32 @@ fn a_rotated_builder_keys_old_evidence_verifies_until_it_is_revoked_from_when_it
     assert_eq!(refused.code(), Some(2), "{refused:?}");
     assert!(refused.stderr.contains("restore the keys directory from the instance's escrow"), "{refused:?}");
 }
+
+/// A server killed half-way through a rotation (the new key made but not
+/// recorded; recorded but not in place) finishes it at its next start: the
+/// ledger and the key file agree, and the server starts again on them.
+#[test]
+fn a_rotation_cut_off_by_a_crash_is_finished_at_the_next_start() {
+    for point in ["key.made", "key.recorded"] {
+        let mut hosted = Hosted::on_with(Backend::Sqlite, &[("CUSTODY_CRASH_AT", point)]).expect("SQLite");
+        hosted.second_admin("carol");
+        let old = builder_keys(&hosted)[0]["key_id"].as_str().expect("a key id").to_owned();
+        let asked = hosted.as_admin(&["key", "rotate", "builder", "--json"]).json();
+        let mut approve = hosted.sandbox.as_user("carol");
+        approve.args(["grant", "approve", &asked["id"].as_i64().unwrap().to_string()]);
+        let cut = run(approve);
+        assert_ne!(cut.code(), Some(0), "{point}: {cut:?}");
+        assert!(hosted.server.wait_for_exit(std::time::Duration::from_secs(20)).is_some(), "{point}: still running");
+
+        hosted.restart_with(&[]);
+        let keys = builder_keys(&hosted);
+        assert_eq!(keys.len(), 2, "{point}: {keys:#?}");
+        assert_eq!(keys[0]["key_id"], old.as_str(), "{point}");
+        assert!(keys[1]["not_after"].is_null(), "{point}: {keys:#?}");
+        let data = hosted.sandbox.path("data");
+        assert!(!data.join("keys/builder.next.pem").exists(), "{point}");
+        // The file holds the key the ledger names: the next start accepts it.
+        hosted.restart_with(&[]);
+        assert_eq!(builder_keys(&hosted), keys, "{point}");
+    }
+}

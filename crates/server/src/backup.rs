@@ -19,7 +19,7 @@
 //! when it replaced a newer instance, the head it replaced: the events
 //! between the two are the ones lost, and watchers see exactly that.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use custody_blobs::{Blobs, Digest, Verdict};
@@ -234,7 +234,8 @@ pub async fn backup(source: Source<'_>, to: &Path) -> Result<Manifest, BackupErr
     let newer = custody_store::recorded_mainlines(source.database_url)
         .await
         .map_err(|e| failed("reading the recorded merges")(e.to_string()))?;
-    let repositories = trim_to_records(&repositories_to, &facts, &newer)?;
+    let repositories =
+        custody_app::repositories::trim_to_records(&repositories_to, &facts, &newer).map_err(BackupError::Failed)?;
 
     let blobs: Vec<BlobRef> =
         facts.blobs.iter().map(|(sha256, size)| BlobRef { sha256: sha256.clone(), size: *size }).collect();
@@ -334,78 +335,6 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), BackupError> {
     } else {
         Ok(())
     }
-}
-
-/// Moves the copied refs back to what the copied database records: a
-/// mainline loses the merges recorded after the copy began (`newer` knows
-/// them), an open change's branch goes to the change's recorded head. Then
-/// checks that every object the refs reach is there. Returns every ref.
-fn trim_to_records(
-    repositories: &Path,
-    facts: &BackupFacts,
-    newer: &[custody_store::Mainline],
-) -> Result<BTreeMap<String, BTreeMap<String, String>>, BackupError> {
-    let git_failed = |project: &str| {
-        let project = project.to_owned();
-        move |e: custody_git::GitError| BackupError::Failed(format!("the copied repository of {project}: {e}"))
-    };
-    for mainline in &facts.mainlines {
-        let repository = repositories.join(format!("{}.git", mainline.project));
-        let later: HashMap<&String, ()> = newer
-            .iter()
-            .filter(|m| m.project == mainline.project)
-            .flat_map(|m| m.merges.keys())
-            .filter(|commit| !mainline.merges.contains_key(*commit))
-            .map(|c| (c, ()))
-            .collect();
-        for branch in &mainline.branches {
-            let reference = format!("refs/heads/{branch}");
-            let Some(tip) = custody_git::change::read_ref(&repository, &reference).map_err(io(&repository))? else {
-                continue;
-            };
-            let chain =
-                custody_git::change::first_parents(&repository, None, &tip).map_err(git_failed(&mainline.project))?;
-            let kept = chain.iter().find(|c| !later.contains_key(c));
-            match kept {
-                Some(kept) if *kept != tip => {
-                    custody_git::change::compare_and_swap(&repository, &reference, kept, Some(&tip))
-                        .map_err(git_failed(&mainline.project))?;
-                }
-                Some(_) => {}
-                None => {
-                    custody_git::change::delete_ref(&repository, &reference, &tip)
-                        .map_err(git_failed(&mainline.project))?;
-                }
-            }
-        }
-    }
-    for head in &facts.heads {
-        let repository = repositories.join(format!("{}.git", head.project));
-        let reference = format!("refs/heads/{}", head.branch);
-        let tip = custody_git::change::read_ref(&repository, &reference).map_err(io(&repository))?;
-        if tip.as_deref() != Some(head.head.as_str()) {
-            custody_git::git(Some(&repository), &["update-ref", &reference, &head.head])
-                .map_err(git_failed(&head.project))?;
-        }
-    }
-    let mut all = BTreeMap::new();
-    for project in &facts.projects {
-        let repository = repositories.join(format!("{project}.git"));
-        custody_git::git(Some(&repository), &["fsck", "--connectivity-only", "--no-dangling", "--no-progress"])
-            .map_err(git_failed(project))?;
-        all.insert(project.clone(), refs_of(&repository).map_err(git_failed(project))?);
-    }
-    Ok(all)
-}
-
-/// Every ref of a repository and the commit it names.
-fn refs_of(repository: &Path) -> Result<BTreeMap<String, String>, custody_git::GitError> {
-    let listed = custody_git::git(Some(repository), &["for-each-ref", "--format=%(refname) %(objectname)"])?;
-    Ok(listed
-        .lines()
-        .filter_map(|line| line.split_once(' '))
-        .map(|(name, id)| (name.to_owned(), id.to_owned()))
-        .collect())
 }
 
 /// Copies every named blob into a local store at `to`, re-hashed on the
@@ -894,7 +823,7 @@ fn check_refs(
     }
     for (project, refs) in &manifest.repositories {
         let Ok(name) = ProjectName::parse(project) else { continue };
-        let found = refs_of(&repositories.path(&name))
+        let found = custody_app::repositories::refs_of(&repositories.path(&name))
             .map_err(|e| BackupError::Failed(format!("the restored repository of {project}: {e}")))?;
         if &found != refs {
             problems.push(format!("{project}: the restored refs are not the ones the backup's manifest lists"));

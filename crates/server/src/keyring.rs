@@ -63,11 +63,13 @@ pub async fn rotate(store: &Store, keys_dir: &Path, key: &ServiceKey, grant: i64
             let made = ServiceKey::generate(role);
             made.save(&next_path).map_err(|e| e.to_string())?;
             std::fs::File::open(keys_dir).and_then(|d| d.sync_all()).map_err(|e| e.to_string())?;
+            custody_store::fault::point("key.made");
             made
         }
     };
     let (old, new) = (recorded(key), recorded(&next));
     store.record_rotation(grant, role.as_str().to_owned(), old, new.clone()).await.map_err(|e| e.to_string())?;
+    custody_store::fault::point("key.recorded");
     let history = store.key_history().await.map_err(|e| e.to_string())?;
     let current = current_key(&history, role.as_str());
     if current.map(|k| &k.key_id) != Some(&new.key_id) {
@@ -144,10 +146,30 @@ pub(crate) async fn complete_rotation(state: &AppState, grant: &GrantView) -> Ap
     Ok(())
 }
 
+/// The role in a rotation's path.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub(crate) struct RolePath {
+    /// builder, gate or deployer.
+    #[param(pattern = "^(builder|gate|deployer)$")]
+    role: String,
+}
+
+/// The key in a revocation's path.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub(crate) struct KeyPath {
+    /// The key's id: hex SHA-256 of its public key.
+    #[param(pattern = "^[0-9a-fA-F]{64}$")]
+    key_id: String,
+}
+
 /// An admin asks to replace a service key (`builder`, `gate` or
 /// `deployer`) with a new one: a grant, applied once a second admin approves.
 #[utoipa::path(post, path = "/api/v1/keys/{role}/rotate", tag = "evidence", security(("token" = [])),
-    params(("role" = String, Path, description = "builder, gate or deployer")),
+    params(RolePath),
     responses((status = 202, body = GrantView), (status = 400, body = custody_api::ErrorBody)))]
 pub(crate) async fn rotate_key(
     State(state): State<AppState>,
@@ -168,7 +190,7 @@ pub(crate) async fn rotate_key(
 /// An admin asks to revoke a retired key from a point in time on: a grant.
 /// Evidence the key signed from then on no longer verifies, with the reason.
 #[utoipa::path(post, path = "/api/v1/keys/{key_id}/revoke", tag = "evidence", security(("token" = [])),
-    params(("key_id" = String, Path, description = "the key's id (hex SHA-256)")),
+    params(KeyPath),
     request_body = custody_api::RevokeKeyRequest,
     responses((status = 202, body = GrantView), (status = 400, body = custody_api::ErrorBody)))]
 pub(crate) async fn revoke_key(
@@ -180,7 +202,7 @@ pub(crate) async fn revoke_key(
     if key_id.len() != 64 || !key_id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ApiError::invalid(format!("{key_id:?} is not a key id: 64 hex characters")));
     }
-    if request.reason.trim().is_empty() {
+    if !request.reason.chars().any(|c| !c.is_whitespace()) {
         return Err(ApiError::invalid("say why the key is revoked (reason)"));
     }
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
