@@ -568,7 +568,8 @@ fn prepare_merge(p: Preparation) -> std::result::Result<Published, String> {
     let commit = git::commit_tree(&repository, &tree, &parents, &message).map_err(|e| e.to_string())?;
     let merged = Merged { target: &target, commit: &commit, merger: &merger, checks: &runs };
     let statement = attestation(&project, number, &facts, &records, &report, &merged);
-    let envelope = serde_json::to_string(&statement.sign(&gate_key)).map_err(|e| e.to_string())?;
+    let envelope = statement.sign(&gate_key).map_err(|e| format!("signing the change attestation: {e}"))?;
+    let envelope = serde_json::to_string(&envelope).map_err(|e| e.to_string())?;
     let statement = serde_json::to_value(&statement).map_err(|e| e.to_string())?;
     Ok(Published { commit, attestation: envelope, statement })
 }

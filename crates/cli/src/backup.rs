@@ -44,7 +44,8 @@ impl InstanceArgs {
         };
         let data_dir = DataDir::new(
             self.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from(crate::serve::DEFAULT_DATA_DIR)),
-        );
+        )
+        .with_hsm(crate::config::hsm_from_env()?);
         let database_given = self.database_url.clone().or(file.database_url);
         let database_url = database_given.clone().unwrap_or_else(|| data_dir.database_url());
         Ok(Instance { data_dir, database_url, database_given, blob_store: self.blob_store.clone().or(file.blob_store) })

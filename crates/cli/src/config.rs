@@ -109,6 +109,26 @@ impl Credentials {
     }
 }
 
+/// The PKCS#11 token holding the service keys, when `CUSTODY_PKCS11_MODULE`
+/// names a module: `CUSTODY_PKCS11_TOKEN` (its label) and the user PIN from
+/// `CUSTODY_PKCS11_PIN_FILE` or `CUSTODY_PKCS11_PIN`.
+pub fn hsm_from_env() -> Result<Option<custody_hsm::Settings>, Failure> {
+    let Some(module) = std::env::var_os("CUSTODY_PKCS11_MODULE").filter(|m| !m.is_empty()) else { return Ok(None) };
+    let token = std::env::var("CUSTODY_PKCS11_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Failure::input("CUSTODY_PKCS11_MODULE is set: set CUSTODY_PKCS11_TOKEN to the token's label"))?;
+    let pin = match std::env::var_os("CUSTODY_PKCS11_PIN_FILE").filter(|p| !p.is_empty()) {
+        Some(file) => std::fs::read_to_string(&file)
+            .map(|pin| pin.trim_end_matches(['\r', '\n']).to_owned())
+            .map_err(|e| Failure::input(format!("CUSTODY_PKCS11_PIN_FILE {}: {e}", Path::new(&file).display())))?,
+        None => std::env::var("CUSTODY_PKCS11_PIN").map_err(|_| {
+            Failure::input("CUSTODY_PKCS11_MODULE is set: give the token's user PIN in CUSTODY_PKCS11_PIN_FILE or CUSTODY_PKCS11_PIN")
+        })?,
+    };
+    Ok(Some(custody_hsm::Settings { module: module.into(), token, pin }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

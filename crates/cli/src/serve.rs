@@ -229,7 +229,7 @@ fn instance_failure(error: InstanceError) -> Failure {
 pub async fn init(args: InitArgs, out: Output) -> Result<(), Failure> {
     let admin = UserName::parse(&args.admin)?;
     let admin_email = args.admin_email.as_deref().map(Email::parse).transpose()?;
-    let data_dir = DataDir::new(&args.data_dir);
+    let data_dir = DataDir::new(&args.data_dir).with_hsm(crate::config::hsm_from_env()?);
     let options = InitOptions { name: args.name, admin, admin_email, database_url: args.database_url };
     let made = instance::init(&data_dir, options).await.map_err(instance_failure)?;
     if out.json {
@@ -286,7 +286,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let connections = args.connections.limits()?;
     init_logging(&log_format)?;
 
-    let data_dir = DataDir::new(data_dir);
+    let data_dir = DataDir::new(data_dir).with_hsm(crate::config::hsm_from_env()?);
     let name = file.name.unwrap_or_else(|| DEFAULT_NAME.to_owned());
     let database_url_seen = database_url.clone();
     let (instance, bootstrap) = open_or_init(&data_dir, name, database_url).await?;
@@ -404,6 +404,7 @@ impl Jobs<'_> {
         let json = serde_json::json!({
             "database": self.database_url.map_or_else(|| "sqlite".to_owned(), without_credentials),
             "bubblewrap": custody_runner::sandbox::bubblewrap(),
+            "keys_in": std::env::var("CUSTODY_PKCS11_MODULE").ok().map(|m| format!("pkcs11:{m}")).unwrap_or_else(|| "files".to_owned()),
             "blob_store": self.blob_store.map_or_else(|| "local".to_owned(), without_credentials),
             "builders": self.builders,
             "job_memory_bytes": self.ceiling.memory_bytes,
@@ -675,7 +676,8 @@ fn deployer(
 /// instead of) the server's own builders, until Ctrl-C or SIGTERM.
 pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
     init_logging(&args.log_format)?;
-    let data_dir = DataDir::new(args.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)));
+    let data_dir = DataDir::new(args.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)))
+        .with_hsm(crate::config::hsm_from_env()?);
     let instance = instance::open(&data_dir, args.database_url.clone()).await.map_err(instance_failure)?;
     let blobs = open_blobs(args.blob_store.as_deref(), &data_dir)?;
     custody_server::keyring::reconcile(&instance.store, &data_dir.keys(), &instance.keys, false)

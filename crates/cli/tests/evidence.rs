@@ -161,7 +161,8 @@ fn with_statement(entry: &mut Value, statement: &Value) {
 fn resign(hosted: &Hosted, entry: &mut Value, role: KeyRole) {
     let key = ServiceKey::load(role, &support::builds::service_key(hosted, role.as_str())).expect("the key");
     let payload = STANDARD.decode(entry["envelope"]["payload"].as_str().expect("a payload")).expect("base64");
-    let envelope = Envelope::sign(custody_formats::dsse::IN_TOTO_PAYLOAD_TYPE, &payload, &key);
+    let envelope =
+        Envelope::sign(custody_formats::dsse::IN_TOTO_PAYLOAD_TYPE, &payload, &key).expect("a key in memory signs");
     entry["envelope"] = serde_json::to_value(envelope).expect("JSON");
 }
 

@@ -128,10 +128,24 @@ fn write(dir: &Path) {
             .statement(&[("dist/app.tar.gz".into(), artifact.clone())])
         };
     let recorded = [
-        (change.sign(&keys[&KeyRole::Gate]), "change.merge", "change:payments/1", "alice", 2_000),
-        (build.sign(&keys[&KeyRole::Builder]), "build.finish", "build:payments/1", "system", 4_000),
         (
-            deployment(1, "staging", None, &[], &[], T0 + 5_000).sign(&keys[&KeyRole::Deployer]),
+            change.sign(&keys[&KeyRole::Gate]).expect("a key in memory signs"),
+            "change.merge",
+            "change:payments/1",
+            "alice",
+            2_000,
+        ),
+        (
+            build.sign(&keys[&KeyRole::Builder]).expect("a key in memory signs"),
+            "build.finish",
+            "build:payments/1",
+            "system",
+            4_000,
+        ),
+        (
+            deployment(1, "staging", None, &[], &[], T0 + 5_000)
+                .sign(&keys[&KeyRole::Deployer])
+                .expect("a key in memory signs"),
             "deploy.finish",
             "deployment:payments/1",
             "system",
@@ -139,7 +153,8 @@ fn write(dir: &Path) {
         ),
         (
             deployment(2, "production", Some("staging"), &["carol"], &["dave"], T0 + 8_000)
-                .sign(&keys[&KeyRole::Deployer]),
+                .sign(&keys[&KeyRole::Deployer])
+                .expect("a key in memory signs"),
             "deploy.finish",
             "deployment:payments/2",
             "system",

@@ -96,7 +96,7 @@ impl Checkpoint {
             )));
         }
         let body = self.body();
-        let (signer, signature) = key.sign_as(body.as_bytes());
+        let (signer, signature) = key.sign_as(body.as_bytes()).map_err(|e| CheckpointError::WrongKey(e.to_string()))?;
         let id = key_id(&self.origin, &signer.to_bytes());
         let mut blob = Vec::with_capacity(68);
         blob.extend_from_slice(&id);

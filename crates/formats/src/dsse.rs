@@ -63,14 +63,15 @@ pub enum EnvelopeError {
 }
 
 impl Envelope {
-    /// Signs `payload` of `payload_type` with `key`.
-    pub fn sign(payload_type: &str, payload: &[u8], key: &ServiceKey) -> Envelope {
-        let (signer, signature) = key.sign_as(&pae(payload_type, payload));
-        Envelope {
+    /// Signs `payload` of `payload_type` with `key`; fails only when a key
+    /// held outside the process cannot sign.
+    pub fn sign(payload_type: &str, payload: &[u8], key: &ServiceKey) -> Result<Envelope, crate::keys::KeyError> {
+        let (signer, signature) = key.sign_as(&pae(payload_type, payload))?;
+        Ok(Envelope {
             payload: STANDARD.encode(payload),
             payload_type: payload_type.to_owned(),
             signatures: vec![Signature { keyid: signer.key_id(), sig: STANDARD.encode(signature) }],
-        }
+        })
     }
 
     /// The envelope's digest, hex SHA-256 of its canonical JSON (keys
@@ -126,7 +127,7 @@ mod tests {
     fn an_envelope_verifies_only_with_the_key_of_its_duty() {
         let gate = ServiceKey::generate(KeyRole::Gate);
         let builder = ServiceKey::generate(KeyRole::Builder);
-        let envelope = Envelope::sign(IN_TOTO_PAYLOAD_TYPE, br#"{"_type":"x"}"#, &gate);
+        let envelope = Envelope::sign(IN_TOTO_PAYLOAD_TYPE, br#"{"_type":"x"}"#, &gate).expect("a key in memory signs");
         assert_eq!(envelope.verify(&gate.public()).unwrap(), br#"{"_type":"x"}"#);
         assert!(envelope.verify(&builder.public()).is_err());
     }
@@ -134,10 +135,10 @@ mod tests {
     #[test]
     fn a_changed_payload_or_type_breaks_the_signature() {
         let gate = ServiceKey::generate(KeyRole::Gate);
-        let mut envelope = Envelope::sign(IN_TOTO_PAYLOAD_TYPE, b"approved", &gate);
+        let mut envelope = Envelope::sign(IN_TOTO_PAYLOAD_TYPE, b"approved", &gate).expect("a key in memory signs");
         envelope.payload = STANDARD.encode(b"approvex");
         assert!(envelope.verify(&gate.public()).is_err());
-        let mut envelope = Envelope::sign(IN_TOTO_PAYLOAD_TYPE, b"approved", &gate);
+        let mut envelope = Envelope::sign(IN_TOTO_PAYLOAD_TYPE, b"approved", &gate).expect("a key in memory signs");
         envelope.payload_type = "text/plain".into();
         assert!(envelope.verify(&gate.public()).is_err());
     }

@@ -67,6 +67,34 @@ pub enum KeyError {
     /// A signature did not verify.
     #[error("signature does not verify")]
     BadSignature,
+    /// A key held outside this process could not sign.
+    #[error("the key in {key} could not sign: {why}")]
+    External {
+        /// Where the key is.
+        key: String,
+        /// What went wrong.
+        why: String,
+    },
+}
+
+/// A key that signs outside this process (in an HSM or a KMS): the private
+/// key never leaves it.
+pub trait ExternalSigner: Send + Sync {
+    /// Its public key.
+    fn verifying_key(&self) -> VerifyingKey;
+    /// An ed25519 signature of `message`, or why none could be made.
+    fn sign(&self, message: &[u8]) -> Result<[u8; 64], String>;
+    /// Where the key is, for people (`pkcs11:token=custody;object=builder`).
+    fn describe(&self) -> String;
+}
+
+/// Where a service key's private half is.
+#[derive(Clone)]
+enum Held {
+    /// In this process's memory, read from a key file.
+    Memory(Box<SigningKey>),
+    /// In a device that signs for us.
+    External(std::sync::Arc<dyn ExternalSigner>),
 }
 
 /// A service's private key and its role.
@@ -77,7 +105,7 @@ pub enum KeyError {
 /// lock, so a signature and the key id it carries always match.
 pub struct ServiceKey {
     role: KeyRole,
-    key: std::sync::Arc<std::sync::RwLock<SigningKey>>,
+    key: std::sync::Arc<std::sync::RwLock<Held>>,
 }
 
 impl std::fmt::Debug for ServiceKey {
@@ -92,20 +120,33 @@ impl std::fmt::Debug for ServiceKey {
 impl ServiceKey {
     /// A new random key for `role`.
     pub fn generate(role: KeyRole) -> ServiceKey {
-        ServiceKey::of(role, SigningKey::generate(&mut rand::rngs::OsRng))
+        ServiceKey::of(role, Held::Memory(Box::new(SigningKey::generate(&mut rand::rngs::OsRng))))
     }
 
-    fn of(role: KeyRole, key: SigningKey) -> ServiceKey {
+    /// The key of `role` that `signer` holds outside this process.
+    pub fn external(role: KeyRole, signer: std::sync::Arc<dyn ExternalSigner>) -> ServiceKey {
+        ServiceKey::of(role, Held::External(signer))
+    }
+
+    fn of(role: KeyRole, key: Held) -> ServiceKey {
         ServiceKey { role, key: std::sync::Arc::new(std::sync::RwLock::new(key)) }
     }
 
-    fn signing(&self) -> std::sync::RwLockReadGuard<'_, SigningKey> {
+    fn held(&self) -> std::sync::RwLockReadGuard<'_, Held> {
         self.key.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The role this key signs for.
     pub fn role(&self) -> KeyRole {
         self.role
+    }
+
+    /// Where the key is held, when outside this process.
+    pub fn held_outside(&self) -> Option<String> {
+        match &*self.held() {
+            Held::Memory(_) => None,
+            Held::External(signer) => Some(signer.describe()),
+        }
     }
 
     /// Another handle on the same key, for a task that signs on its own; it
@@ -123,45 +164,71 @@ impl ServiceKey {
                 why: format!("a {} key cannot replace the {} key", next.role.as_str(), self.role.as_str()),
             });
         }
-        let replacement = next.signing().clone();
+        let replacement = next.held().clone();
         *self.key.write().unwrap_or_else(|e| e.into_inner()) = replacement;
         Ok(())
     }
 
     /// The public half.
     pub fn public(&self) -> PublicKey {
-        PublicKey { role: self.role, key: self.signing().verifying_key() }
+        let key = match &*self.held() {
+            Held::Memory(key) => key.verifying_key(),
+            Held::External(signer) => signer.verifying_key(),
+        };
+        PublicKey { role: self.role, key }
     }
 
     /// Signs `message`.
-    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
-        self.signing().sign(message).to_bytes()
+    pub fn sign(&self, message: &[u8]) -> Result<[u8; 64], KeyError> {
+        self.sign_as(message).map(|(_, signature)| signature)
     }
 
-    /// Signs `message` and says with which key, as one step.
-    pub fn sign_as(&self, message: &[u8]) -> (PublicKey, [u8; 64]) {
-        let key = self.signing();
-        (PublicKey { role: self.role, key: key.verifying_key() }, key.sign(message).to_bytes())
+    /// Signs `message` and says with which key, as one step. A signature an
+    /// external signer returns is checked before it is used.
+    pub fn sign_as(&self, message: &[u8]) -> Result<(PublicKey, [u8; 64]), KeyError> {
+        match &*self.held() {
+            Held::Memory(key) => {
+                Ok((PublicKey { role: self.role, key: key.verifying_key() }, key.sign(message).to_bytes()))
+            }
+            Held::External(signer) => {
+                let public = PublicKey { role: self.role, key: signer.verifying_key() };
+                let signature =
+                    signer.sign(message).map_err(|why| KeyError::External { key: signer.describe(), why })?;
+                public.verify(message, &signature).map_err(|_| KeyError::External {
+                    key: signer.describe(),
+                    why: "it returned a signature that does not verify with its public key".into(),
+                })?;
+                Ok((public, signature))
+            }
+        }
     }
 
     /// The key as PKCS#8 v1 PEM (RFC 8410: the private key alone), the form
-    /// OpenSSL and other tools read.
-    pub fn to_pem(&self) -> String {
+    /// OpenSSL and other tools read; `None` for a key held outside.
+    pub fn to_pem(&self) -> Option<String> {
         use base64::Engine;
+        let Held::Memory(key) = &*self.held() else { return None };
         // PrivateKeyInfo { version 0, algorithm id-Ed25519, privateKey OCTET STRING { OCTET STRING seed } }
         const PREFIX: [u8; 16] =
             [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
         let mut der = PREFIX.to_vec();
-        der.extend_from_slice(self.signing().as_bytes());
+        der.extend_from_slice(key.as_bytes());
         let encoded = base64::engine::general_purpose::STANDARD.encode(&der);
-        format!("-----BEGIN PRIVATE KEY-----\n{encoded}\n-----END PRIVATE KEY-----\n")
+        Some(format!("-----BEGIN PRIVATE KEY-----\n{encoded}\n-----END PRIVATE KEY-----\n"))
     }
 
     /// Writes the key as PKCS#8 PEM to a new file readable by its owner
     /// only. Refuses to overwrite an existing file.
     pub fn save(&self, path: &Path) -> Result<(), KeyError> {
         let io = |source| KeyError::Io { path: path.display().to_string(), source };
-        let pem = self.to_pem();
+        let pem = self.to_pem().ok_or_else(|| KeyError::Malformed {
+            path: path.display().to_string(),
+            why: format!(
+                "the {} key is held in {}, never in a file",
+                self.role.as_str(),
+                self.held_outside().unwrap_or_default()
+            ),
+        })?;
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]
@@ -188,7 +255,7 @@ impl ServiceKey {
         // Both PKCS#8 v1 (written now) and v2 (with the public key) are read.
         let key =
             SigningKey::from_pkcs8_pem(&pem).map_err(|e| KeyError::Malformed { path: shown(), why: e.to_string() })?;
-        Ok(ServiceKey::of(role, key))
+        Ok(ServiceKey::of(role, Held::Memory(Box::new(key))))
     }
 }
 
@@ -327,7 +394,7 @@ mod tests {
         key.save(&path).unwrap();
         let loaded = ServiceKey::load(KeyRole::Gate, &path).unwrap();
         assert_eq!(loaded.public(), key.public());
-        let signature = loaded.sign(b"merge");
+        let signature = loaded.sign(b"merge").unwrap();
         key.public().verify(b"merge", &signature).unwrap();
         assert!(key.public().verify(b"merged", &signature).is_err());
     }

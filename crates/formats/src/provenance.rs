@@ -152,7 +152,7 @@ mod tests {
     fn provenance_signed_by_the_builder_does_not_verify_with_another_key() {
         let builder = ServiceKey::generate(KeyRole::Builder);
         let deployer = ServiceKey::generate(KeyRole::Deployer);
-        let envelope = facts().statement().sign(&builder);
+        let envelope = facts().statement().sign(&builder).expect("a key in memory signs");
         assert!(envelope.verify(&builder.public()).is_ok());
         assert!(envelope.verify(&deployer.public()).is_err());
     }

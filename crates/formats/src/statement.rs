@@ -42,8 +42,9 @@ impl Statement {
         }
     }
 
-    /// Signs the statement into a DSSE envelope with `key`.
-    pub fn sign(&self, key: &crate::ServiceKey) -> crate::Envelope {
+    /// Signs the statement into a DSSE envelope with `key`; fails only when
+    /// a key held outside the process cannot sign.
+    pub fn sign(&self, key: &crate::ServiceKey) -> Result<crate::Envelope, crate::keys::KeyError> {
         let payload = serde_json::to_vec(self).unwrap_or_default();
         crate::Envelope::sign(crate::dsse::IN_TOTO_PAYLOAD_TYPE, &payload, key)
     }
@@ -61,7 +62,7 @@ mod tests {
             Subject { name: "payments@main".into(), digest: BTreeMap::from([("gitCommit".into(), "ab".repeat(20))]) };
         let statement =
             Statement::new(vec![subject], crate::attestation::CHANGE_PREDICATE, serde_json::json!({ "change": 1 }));
-        let envelope = statement.sign(&gate);
+        let envelope = statement.sign(&gate).expect("a key in memory signs");
         let payload = envelope.verify(&gate.public()).unwrap();
         let read: Statement = serde_json::from_slice(&payload).unwrap();
         assert_eq!(read, statement);

@@ -1458,7 +1458,7 @@ mod tests {
             serde_json::json!({ "buildDefinition": { "externalParameters": { "commit": "ééééééééééééééé" } } }),
         );
         let entry = |statement: &Statement, seq: i64| Entry {
-            envelope: statement.sign(&gate),
+            envelope: statement.sign(&gate).expect("a key in memory signs"),
             event: LedgerEvent {
                 seq,
                 at_ms: i64::MIN,
@@ -1514,7 +1514,7 @@ mod tests {
             subject: BundleSubject { deployment: None, artifact: None },
             checkpoint: String::new(),
             entries: vec![Entry {
-                envelope: statement.sign(&gate),
+                envelope: statement.sign(&gate).expect("a key in memory signs"),
                 event: LedgerEvent {
                     seq: 1,
                     at_ms: 0,

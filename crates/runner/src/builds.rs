@@ -113,7 +113,10 @@ impl Builder {
             Ok(artifacts) => artifacts,
             Err(reason) => return stopped(outcome, BuildStatus::Error, reason),
         };
-        outcome.provenance = Some(self.provenance(lease, &plan, &artifacts));
+        match self.provenance(lease, &plan, &artifacts) {
+            Ok(provenance) => outcome.provenance = Some(provenance),
+            Err(reason) => return stopped(outcome, BuildStatus::Error, reason),
+        }
         outcome.status = BuildStatus::Succeeded;
         outcome.artifacts = artifacts;
         outcome
@@ -162,7 +165,7 @@ impl Builder {
     }
 
     /// The SLSA provenance of the build's artifacts, signed with the builder key, as JSON.
-    fn provenance(&self, lease: &LeasedBuild, plan: &Plan, artifacts: &[NewArtifact]) -> String {
+    fn provenance(&self, lease: &LeasedBuild, plan: &Plan, artifacts: &[NewArtifact]) -> Result<String, String> {
         let facts = BuildFacts {
             artifacts: artifacts.iter().map(|a| (a.name.clone(), a.digest.clone())).collect(),
             instance: self.instance.clone(),
@@ -183,8 +186,8 @@ impl Builder {
             started_on: Timestamp::from_millis(lease.started_at).to_string(),
             finished_on: Timestamp::from_millis(custody_store::now_ms()).to_string(),
         };
-        let envelope = facts.statement().sign(&self.key);
-        serde_json::to_string(&envelope).unwrap_or_default()
+        let envelope = facts.statement().sign(&self.key).map_err(|e| format!("signing the provenance failed: {e}"))?;
+        Ok(serde_json::to_string(&envelope).unwrap_or_default())
     }
 
     /// Writes the build's output to its log as it arrives, a batch at a time.

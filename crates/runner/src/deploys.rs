@@ -133,7 +133,23 @@ impl Deployer {
             Err(reason) => return failed(reason),
         };
         let statement = self.attestation(lease, ready, status).await;
-        let envelope = statement.sign(&self.key);
+        let envelope = match statement.sign(&self.key) {
+            Ok(envelope) => envelope,
+            // Never a success without its attestation: the script ran, and
+            // the deployment counts as failed, saying why.
+            Err(error) => {
+                return DeployOutcome {
+                    status: DeploymentStatus::Failed,
+                    reason: Some(format!(
+                        "the script ended {}; signing its attestation failed: {error}",
+                        status.as_str()
+                    )),
+                    exit_code,
+                    log,
+                    attestation: None,
+                }
+            }
+        };
         DeployOutcome {
             status,
             reason,
@@ -522,10 +538,10 @@ mod tests {
         let deployer = ServiceKey::generate(KeyRole::Deployer);
         let subject = Subject { name: "app".into(), digest: BTreeMap::from([("sha256".into(), "ab".repeat(32))]) };
         let statement = Statement::new(vec![subject], custody_formats::provenance::PROVENANCE_PREDICATE, json!({}));
-        let signed = serde_json::to_string(&statement.sign(&builder)).unwrap();
+        let signed = serde_json::to_string(&statement.sign(&builder).expect("a key in memory signs")).unwrap();
         let artifacts = [("app".to_owned(), "ab".repeat(32))];
         assert_eq!(check_provenance(&signed, &[builder.public()], &artifacts), Ok(()));
-        let by_deployer = serde_json::to_string(&statement.sign(&deployer)).unwrap();
+        let by_deployer = serde_json::to_string(&statement.sign(&deployer).expect("a key in memory signs")).unwrap();
         assert!(check_provenance(&by_deployer, &[builder.public()], &artifacts).unwrap_err().contains("builder key"));
         let other = [("app".to_owned(), "cd".repeat(32))];
         assert!(check_provenance(&signed, &[builder.public()], &other).unwrap_err().contains("does not name"));

@@ -408,6 +408,10 @@ fn escrowed_files(data_dir: &DataDir) -> Result<Vec<(KeyFile, Option<String>)>, 
     let mut files = Vec::new();
     for role in KeyRole::ALL {
         let path = data_dir.key_file(role);
+        if !path.exists() && data_dir.holds_keys_outside() {
+            // The HSM holds this one; it is escrowed by the device's own means.
+            continue;
+        }
         let key = ServiceKey::load(role, &path).map_err(|e| BackupError::Input(e.to_string()))?;
         let bytes = std::fs::read(&path).map_err(io(&path))?;
         files.push((KeyFile { file: format!("{}.pem", role.as_str()), bytes }, Some(key.public().key_id())));

@@ -7,10 +7,12 @@ use custody_formats::keys::{KeyError, KeyRole, ServiceKey};
 use custody_formats::ledger_key::{AnchorFile, EventKey};
 use custody_store::{Initialised, LedgerSecrets, Store, StoreError};
 
-/// Where an instance keeps everything, under one directory.
+/// Where an instance keeps everything, under one directory; and, when its
+/// service keys are held in an HSM, where that is.
 #[derive(Clone, Debug)]
 pub struct DataDir {
     root: PathBuf,
+    hsm: Option<custody_hsm::Settings>,
 }
 
 /// Why an instance could not be made or opened.
@@ -33,6 +35,9 @@ pub enum InstanceError {
     /// The data directory already holds an instance.
     #[error("{0} already holds a custody instance; use `custody serve --data-dir {0}`, or choose another directory")]
     AlreadyInitialised(String),
+    /// The HSM holding the service keys could not be used.
+    #[error("the HSM: {0}")]
+    Hsm(String),
     /// The data directory holds no instance.
     #[error("{0} holds no custody instance; run `custody init --data-dir {0} --admin NAME` first")]
     NotInitialised(String),
@@ -119,7 +124,28 @@ async fn mark_shared_storage(file: &Path, content: &str, blobs: &custody_blobs::
 impl DataDir {
     /// The data directory at `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        DataDir { root: root.into() }
+        DataDir { root: root.into(), hsm: None }
+    }
+
+    /// The same directory, its service keys taken from the PKCS#11 token
+    /// `hsm` names wherever the token holds a key of the role.
+    pub fn with_hsm(self, hsm: Option<custody_hsm::Settings>) -> Self {
+        DataDir { hsm, ..self }
+    }
+
+    /// Whether service keys may be held in an HSM rather than in files.
+    pub fn holds_keys_outside(&self) -> bool {
+        self.hsm.is_some()
+    }
+
+    /// The keys the HSM holds, if one is configured.
+    fn hsm_keys(&self) -> Result<Vec<ServiceKey>, InstanceError> {
+        match &self.hsm {
+            Some(settings) => {
+                custody_hsm::open_keys(settings, &KeyRole::ALL).map_err(|e| InstanceError::Hsm(e.to_string()))
+            }
+            None => Ok(Vec::new()),
+        }
     }
 
     /// The directory itself.
@@ -193,9 +219,10 @@ impl DataDir {
             .map(|key| LedgerSecrets { key, anchor: AnchorFile::new(self.anchor_file()) }))
     }
 
-    /// Whether the directory already holds service keys.
+    /// Whether the directory already holds an instance's keys: its ledger
+    /// key's file or, when the service keys are in an HSM, its event key.
     pub fn has_keys(&self) -> bool {
-        self.key_file(KeyRole::Ledger).exists()
+        self.key_file(KeyRole::Ledger).exists() || self.event_key_file().exists()
     }
 
     pub(crate) fn create_dirs(&self) -> Result<(), InstanceError> {
@@ -219,9 +246,17 @@ impl DataDir {
         Ok(())
     }
 
-    /// Loads every service key, refusing missing or open ones.
+    /// Loads every service key: from the HSM where it holds the role's key,
+    /// else from the key file, refusing missing or open ones.
     pub fn load_keys(&self) -> Result<Vec<ServiceKey>, InstanceError> {
-        KeyRole::ALL.into_iter().map(|role| Ok(ServiceKey::load(role, &self.key_file(role))?)).collect()
+        let mut held = self.hsm_keys()?;
+        KeyRole::ALL
+            .into_iter()
+            .map(|role| match held.iter().position(|k| k.role() == role) {
+                Some(i) => Ok(held.swap_remove(i)),
+                None => Ok(ServiceKey::load(role, &self.key_file(role))?),
+            })
+            .collect()
     }
 }
 
@@ -263,7 +298,8 @@ pub async fn init(data_dir: &DataDir, options: InitOptions) -> Result<Initialise
         if store.instance_name().await?.is_some() {
             return Err(InstanceError::AlreadyInitialised(data_dir.root().display().to_string()));
         }
-        for role in KeyRole::ALL {
+        let held: Vec<KeyRole> = data_dir.hsm_keys()?.iter().map(ServiceKey::role).collect();
+        for role in KeyRole::ALL.into_iter().filter(|r| !held.contains(r)) {
             ServiceKey::generate(role).save(&data_dir.key_file(role))?;
         }
         Ok(store.initialise(&options.name, options.admin, options.admin_email).await?)

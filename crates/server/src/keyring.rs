@@ -53,6 +53,12 @@ fn install(keys_dir: &Path, key: &ServiceKey, next: &ServiceKey) -> Result<(), S
 /// takes up again) the new key, records the rotation, installs the key.
 pub async fn rotate(store: &Store, keys_dir: &Path, key: &ServiceKey, grant: i64) -> Result<RecordedKey, String> {
     let role = key.role();
+    if let Some(device) = key.held_outside() {
+        return Err(format!(
+            "the {} key is held in {device}: make its new key in the device, never in a file",
+            role.as_str()
+        ));
+    }
     let next_path = next_file(keys_dir, role);
     // A new key an earlier attempt made is taken up again: the ledger may
     // already name it.
@@ -124,6 +130,10 @@ pub async fn reconcile(store: &Store, keys_dir: &Path, keys: &[ServiceKey], fini
     }
     for (grant, role) in store.unfinished_rotations().await.map_err(|e| e.to_string())? {
         let Some(key) = role_of(&role).and_then(|r| keys.iter().find(|k| k.role() == r)) else { continue };
+        if let Some(device) = key.held_outside() {
+            tracing::warn!(grant, role, %device, "an approved rotation of a key held in a device is left undone");
+            continue;
+        }
         rotate(store, keys_dir, key, grant).await?;
     }
     Ok(())
@@ -181,6 +191,13 @@ pub(crate) async fn rotate_key(
             "{role:?} is no key that rotates by a grant: use one of {}",
             ROTATING_ROLES.join(", ")
         )));
+    }
+    if let Some(device) = role_of(&role).and_then(|r| state.key(r)).and_then(ServiceKey::held_outside) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("the {role} key is held in {device}: make its new key in the device, never in a file"),
+        ));
     }
     let (status, Json(grant)) = crate::api::grant_requested(&state, &auth, GrantAction::RotateKey { role }).await?;
     crate::api::complete_grant(&state, &grant).await?;
