@@ -139,7 +139,7 @@ pub async fn restore(args: RestoreArgs, out: Output) -> Result<(), Failure> {
     let escrow = std::fs::read_to_string(&args.keys)
         .map_err(|e| Failure::input(format!("{}: {e}; pass the escrow file with --keys", args.keys.display())))?;
     let passphrase = passphrase(&out)?;
-    let data_dir = DataDir::new(&args.data_dir);
+    let data_dir = DataDir::new(&args.data_dir).with_hsm(crate::config::hsm_from_env()?);
     let options = RestoreOptions {
         from: &args.from,
         data_dir: &data_dir,

@@ -6,7 +6,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use custody_formats::{KeyRole, ServiceKey};
+use custody_formats::KeyRole;
 use custody_server::instance::DataDir;
 use serde::Serialize;
 
@@ -91,7 +91,8 @@ impl Instance {
         };
         let data_dir = DataDir::new(
             args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from(crate::serve::DEFAULT_DATA_DIR)),
-        );
+        )
+        .with_hsm(crate::config::hsm_from_env()?);
         let database_url = args.database_url.clone().or(file.database_url).unwrap_or_else(|| data_dir.database_url());
         Ok(Instance { data_dir, database_url, blob_store: args.blob_store.clone().or(file.blob_store) })
     }
@@ -219,7 +220,7 @@ async fn sandbox() -> Check {
 async fn database(instance: &Instance) -> Vec<Check> {
     let url = &instance.database_url;
     let shown = crate::serve::without_credentials(url);
-    let key = match ServiceKey::load(KeyRole::Ledger, &instance.data_dir.key_file(KeyRole::Ledger)) {
+    let key = match instance.data_dir.load_key(KeyRole::Ledger) {
         Ok(key) => key,
         Err(e) => {
             return vec![Check::problem(

@@ -16,7 +16,7 @@ use clap::Args;
 use custody_api::{CheckpointView, ConsistencyView, EventView, InclusionView, Page, ProvenEvent};
 use custody_formats::checkpoint::{Checkpoint, NoteVerifier};
 use custody_formats::event::EventFields;
-use custody_formats::keys::{KeyRole, ServiceKey};
+use custody_formats::keys::KeyRole;
 use custody_formats::merkle::{self, Hash};
 use serde_json::json;
 
@@ -147,7 +147,7 @@ pub struct VerifyArgs {
 /// `custody audit verify`: recomputes the tree from the stored events and
 /// checks it against the newest genuine signed checkpoint.
 pub async fn verify(args: VerifyArgs, out: Output) -> Result<(), Failure> {
-    let data_dir = custody_server::instance::DataDir::new(&args.data_dir);
+    let data_dir = custody_server::instance::DataDir::new(&args.data_dir).with_hsm(crate::config::hsm_from_env()?);
     let url = args.database_url.clone().unwrap_or_else(|| data_dir.database_url());
     if args.database_url.is_none() && !data_dir.root().join("custody.db").exists() {
         return Err(Failure::input(format!(
@@ -161,7 +161,8 @@ pub async fn verify(args: VerifyArgs, out: Output) -> Result<(), Failure> {
     let report = match &args.key {
         Some(path) => custody_store::inspect(&url, &read_verifier(path)?, secrets.as_ref()).await,
         None => {
-            let key = ServiceKey::load(KeyRole::Ledger, &data_dir.key_file(KeyRole::Ledger))
+            let key = data_dir
+                .load_key(KeyRole::Ledger)
                 .map_err(|e| Failure::input(format!("{e}; pass the ledger's verifier key with --key FILE")))?;
             custody_store::inspect_with_key(&url, &key.public(), secrets.as_ref()).await
         }

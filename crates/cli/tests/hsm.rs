@@ -133,6 +133,36 @@ fn keys_held_in_softhsm_sign_provenance_that_verify_accepts_and_no_private_key_i
     assert!(signers.iter().any(|k| k["role"] == "builder" && k["key_id"] == device_key.as_str()), "{report:#}");
     assert!(signers.iter().any(|k| k["role"] == "ledger"), "{report:#}");
 
+    // The host's own tools take the ledger key from the device too; an
+    // escrow holds only the keys that are files, and a backup restores with
+    // the device's keys.
+    let on_host = |args: &[&str]| {
+        let mut command = hosted.sandbox.as_user("operator");
+        command.envs(env).env("CUSTODY_ESCROW_PASSPHRASE", "a passphrase kept in the vault").args(args);
+        run(command)
+    };
+    let data = hosted.sandbox.path("data");
+    let data = data.to_str().unwrap();
+    on_host(&["audit", "verify", "--data-dir", data]).expect_code(0);
+    let (taken, escrow, restored) =
+        (hosted.sandbox.path("backup"), hosted.sandbox.path("escrow.json"), hosted.sandbox.path("restored"));
+    on_host(&["backup", "--data-dir", data, "--to", taken.to_str().unwrap()]).expect_code(0);
+    let escrowed = on_host(&["key", "escrow", "--data-dir", data, "--to", escrow.to_str().unwrap(), "--json"]).json();
+    assert_eq!(escrowed["key_ids"], serde_json::json!([]), "{escrowed}");
+    assert!(escrowed["files"].as_array().unwrap().iter().all(|f| !f.as_str().unwrap().ends_with(".pem")), "{escrowed}");
+    let back = on_host(&[
+        "restore",
+        "--from",
+        taken.to_str().unwrap(),
+        "--data-dir",
+        restored.to_str().unwrap(),
+        "--keys",
+        escrow.to_str().unwrap(),
+        "--json",
+    ])
+    .json();
+    assert_eq!(back["problems"], serde_json::json!([]), "{back}");
+
     // A key in the device is rotated in the device, never into a file.
     let asked = hosted.as_admin(&["key", "rotate", "builder", "--json"]);
     assert_ne!(asked.code(), Some(0), "{asked:?}");

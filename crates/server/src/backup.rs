@@ -725,8 +725,7 @@ async fn pg_restore(url: &str, dump: &Path) -> Result<(), BackupError> {
 
 /// The restored ledger against its checkpoints, with the restored ledger key.
 async fn check_ledger(url: &str, data_dir: &DataDir) -> Result<Vec<String>, BackupError> {
-    let key = ServiceKey::load(KeyRole::Ledger, &data_dir.key_file(KeyRole::Ledger))
-        .map_err(|e| BackupError::Input(e.to_string()))?;
+    let key = data_dir.load_key(KeyRole::Ledger).map_err(|e| BackupError::Input(e.to_string()))?;
     let report = custody_store::inspect_with_key(url, &key.public(), None)
         .await
         .map_err(|e| failed("verifying the restored ledger")(e.to_string()))?;

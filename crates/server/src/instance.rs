@@ -246,6 +246,14 @@ impl DataDir {
         Ok(())
     }
 
+    /// The key of `role`: from the HSM when it holds one, else its file.
+    pub fn load_key(&self, role: KeyRole) -> Result<ServiceKey, InstanceError> {
+        match self.hsm_keys()?.into_iter().find(|k| k.role() == role) {
+            Some(key) => Ok(key),
+            None => Ok(ServiceKey::load(role, &self.key_file(role))?),
+        }
+    }
+
     /// Loads every service key: from the HSM where it holds the role's key,
     /// else from the key file, refusing missing or open ones.
     pub fn load_keys(&self) -> Result<Vec<ServiceKey>, InstanceError> {
