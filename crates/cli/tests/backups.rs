@@ -321,3 +321,45 @@ fn an_older_backup_restored_over_a_newer_instance_is_recorded_and_a_watcher_acce
     let followed = hosted.as_admin(&["audit", "watch", "--state", &path_arg(&state), "--json"]).json();
     assert_eq!(followed["previous_size"], accepted["size"], "{followed}");
 }
+
+#[test]
+fn whoever_holds_a_backup_cannot_edit_its_tree_head_or_its_repositories_hooks_into_a_restore() {
+    let hosted = Hosted::new();
+    hosted.add_user("bob", "write");
+    let (work, base) = seed_with(&hosted, &[("src/app.txt", "version 1\n", false)], "unused");
+    merge_part(&hosted, &work, &base, 0);
+    let (data, taken, escrow) =
+        (hosted.sandbox.path("data"), hosted.sandbox.path("backup"), hosted.sandbox.path("escrow.json"));
+    on_host(&hosted, &["backup", "--data-dir", &path_arg(&data), "--to", &path_arg(&taken)]).expect_code(0);
+    on_host(&hosted, &["key", "escrow", "--data-dir", &path_arg(&data), "--to", &path_arg(&escrow)]).expect_code(0);
+    let restore = |into: &str| {
+        let into = path_arg(&hosted.sandbox.path(into));
+        on_host(&hosted, &["restore", "--from", &path_arg(&taken), "--data-dir", &into, "--keys", &path_arg(&escrow)])
+    };
+
+    // A tree head declared shorter, or with every event called legacy
+    // (untagged), is not the one the instance's key tagged.
+    let manifest_file = taken.join("custody-backup.json");
+    let original = std::fs::read_to_string(&manifest_file).expect("the manifest");
+    let mut manifest: Value = serde_json::from_str(&original).expect("JSON");
+    let size = manifest["tree"]["size"].as_u64().expect("a size");
+    manifest["tree"]["legacy"] = size.into();
+    std::fs::write(&manifest_file, manifest.to_string()).expect("edited");
+    let refused = restore("edited");
+    assert_eq!(refused.code(), Some(2), "{refused:?}");
+    assert!(refused.stderr.contains("not the one this instance's key tagged"), "{refused:?}");
+    assert!(!hosted.sandbox.path("edited").join("custody.db").exists(), "nothing was restored");
+    std::fs::write(&manifest_file, &original).expect("restored manifest");
+
+    // A repository configured to skip custody's hooks comes back as custody
+    // makes repositories: its hooks are custody's.
+    let repository = taken.join("repositories").join(format!("{PROJECT}.git"));
+    let mut config = std::process::Command::new("git");
+    config.arg("-C").arg(&repository).args(["config", "core.hooksPath", "/nonexistent"]);
+    run(config).expect_code(0);
+    restore("restored").expect_code(0);
+    let mut read = std::process::Command::new("git");
+    let restored = hosted.sandbox.path("restored").join("repositories").join(format!("{PROJECT}.git"));
+    read.arg("-C").arg(&restored).args(["config", "core.hooksPath"]);
+    assert_eq!(run(read).stdout.trim(), "../../hooks");
+}

@@ -5,6 +5,8 @@
 
 mod support;
 
+use std::process::Command;
+
 use serde_json::Value;
 use support::builds::{finished_build, pipeline, seed_with, BUILD_SCRIPT, PIPELINE};
 use support::flow::*;
@@ -171,4 +173,26 @@ fn a_rotation_cut_off_by_a_crash_is_finished_at_the_next_start() {
         hosted.restart_with(&[]);
         assert_eq!(builder_keys(&hosted), keys, "{point}");
     }
+}
+
+/// The keys an instance started with are in its ledger: a key file swapped
+/// for another on the host (never rotated) is refused at start, and the
+/// trust root keeps naming the recorded key.
+#[test]
+fn a_gate_key_swapped_on_the_host_is_refused_at_start() {
+    let mut hosted = Hosted::new();
+    let recorded = hosted.as_admin(&["audit", "log", "--action", "key.registered", "--json"]).json();
+    assert_eq!(recorded.as_array().map(Vec::len), Some(4), "{recorded:#}");
+    hosted.server.stop();
+    let gate = hosted.sandbox.path("data").join("keys/gate.pem");
+    std::fs::remove_file(&gate).expect("remove the gate key");
+    let mut made = Command::new("openssl");
+    made.args(["genpkey", "-algorithm", "ed25519", "-out"]).arg(&gate);
+    run(made).expect_code(0);
+    std::fs::set_permissions(&gate, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("owner only");
+    let mut serve = hosted.sandbox.as_user("server");
+    serve.arg("serve").arg("--data-dir").arg(hosted.sandbox.path("data")).args(["--listen", "127.0.0.1:0"]);
+    let refused = run(serve);
+    assert_eq!(refused.code(), Some(2), "{refused:?}");
+    assert!(refused.stderr.contains("gate.pem holds the gate key"), "{refused:?}");
 }

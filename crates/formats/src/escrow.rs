@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 /// The media type of an escrow file.
 pub const ESCROW_MEDIA_TYPE: &str = "application/vnd.custody.key-escrow.v1+json";
 
+/// The files an escrow may hold, each once.
+pub const KEY_FILES: [&str; 6] = ["builder.pem", "gate.pem", "deployer.pem", "ledger.pem", "event.key", "secrets.key"];
+
 /// The shortest passphrase accepted.
 pub const MIN_PASSPHRASE_CHARS: usize = 12;
 
@@ -31,6 +34,10 @@ const LANES: u32 = 4;
 /// The most memory an escrow may ask to be opened with (1 GiB): a file
 /// cannot make its reader allocate without bound.
 const MAX_MEMORY_KIB: u32 = 1024 * 1024;
+/// The most passes an escrow may ask for.
+const MAX_ITERATIONS: u32 = 64;
+/// The most lanes an escrow may ask for.
+const MAX_LANES: u32 = 64;
 
 /// Why an escrow could not be made or opened.
 #[derive(Debug, thiserror::Error)]
@@ -141,8 +148,12 @@ fn derive(passphrase: &str, kdf: &Kdf) -> Result<[u8; 32], EscrowError> {
     if kdf.algorithm != "argon2id" {
         return Err(EscrowError::Malformed(format!("key derivation {:?} is not argon2id", kdf.algorithm)));
     }
-    if kdf.memory_kib > MAX_MEMORY_KIB {
-        return Err(EscrowError::Malformed(format!("it asks for {} KiB of memory to open", kdf.memory_kib)));
+    if kdf.memory_kib > MAX_MEMORY_KIB || kdf.iterations > MAX_ITERATIONS || kdf.parallelism > MAX_LANES {
+        return Err(EscrowError::Malformed(format!(
+            "it asks for {} KiB, {} passes and {} lanes to open, beyond {MAX_MEMORY_KIB} KiB, {MAX_ITERATIONS} and \
+             {MAX_LANES}",
+            kdf.memory_kib, kdf.iterations, kdf.parallelism
+        )));
     }
     let salt = b64().decode(&kdf.salt).map_err(|e| EscrowError::Malformed(format!("salt: {e}")))?;
     let params = Params::new(kdf.memory_kib, kdf.iterations, kdf.parallelism, Some(32))
@@ -235,9 +246,14 @@ pub fn open(text: &str, passphrase: &str) -> Result<(EscrowHeader, Vec<KeyFile>)
     if files.iter().map(|f| f.file.as_str()).ne(named.iter().copied()) {
         return Err(EscrowError::Malformed("the sealed files are not the files its header names".into()));
     }
+    let mut seen = std::collections::BTreeSet::new();
     for f in &files {
-        if f.file.is_empty() || f.file.contains('/') || f.file.starts_with('.') {
-            return Err(EscrowError::Malformed(format!("{:?} is not a key file's name", f.file)));
+        if !KEY_FILES.contains(&f.file.as_str()) || !seen.insert(f.file.as_str()) {
+            return Err(EscrowError::Malformed(format!(
+                "{:?} is not a key file's name, or is there twice (an escrow holds each of {} once at most)",
+                f.file,
+                KEY_FILES.join(", ")
+            )));
         }
     }
     Ok((file.header, files))

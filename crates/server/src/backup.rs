@@ -140,6 +140,10 @@ pub struct Manifest {
     pub database_file: String,
     /// The tree head the copied ledger gives, every event's tag checked.
     pub tree: TreeHead,
+    /// The tree head's tag under the instance's event key (hex), binding it
+    /// to the instance and the backup's time: a manifest edited by whoever
+    /// holds the backup does not restore.
+    pub tree_tag: String,
     /// The newest signed checkpoint the copy holds.
     pub checkpoint: Option<CheckpointRef>,
     /// Each project's refs as backed up, by project.
@@ -242,13 +246,16 @@ pub async fn backup(source: Source<'_>, to: &Path) -> Result<Manifest, BackupErr
     if source.blobs_local {
         copy_blobs(source.blobs, &to.join("blobs"), &blobs).await?;
     }
+    let tag = hex::encode(tree_tag(&secrets.key, &facts.instance, &taken_at, &tree.into()));
     let manifest = Manifest {
+        tree_tag: tag,
         media_type: BACKUP_MEDIA_TYPE.into(),
         instance: facts.instance.clone(),
         taken_at,
         custody_version: env!("CARGO_PKG_VERSION").into(),
         database: if postgres { "postgres" } else { "sqlite" }.into(),
         database_file: database_file.into(),
+
         tree: tree.into(),
         checkpoint: facts.checkpoint.as_ref().map(|c| CheckpointRef { size: c.size, note: c.note.clone() }),
         repositories,
@@ -258,6 +265,13 @@ pub async fn backup(source: Source<'_>, to: &Path) -> Result<Manifest, BackupErr
     };
     write_durably(&to.join(MANIFEST_FILE), serde_json::to_string_pretty(&manifest).expect("a manifest") + "\n")?;
     Ok(manifest)
+}
+
+/// The tag of a backup's tree head: the instance, the backup's time and
+/// the head (size, root, legacy boundary) under the event key.
+fn tree_tag(key: &EventKey, instance: &str, taken_at: &str, tree: &TreeHead) -> [u8; 32] {
+    let (size, root, legacy) = (tree.size.to_string(), hex::encode(tree.root), tree.legacy.to_string());
+    key.row_mac("backup_manifest", &[instance, taken_at, &size, &root, &legacy])
 }
 
 /// Runs `pg_dump` of `url` in the custom format, at `snapshot`.
@@ -297,7 +311,9 @@ fn copy_repositories(from: &Path, to: &Path, facts: &BackupFacts) -> Result<(), 
             )));
         }
         std::fs::create_dir_all(&dest).map_err(io(&dest))?;
-        for part in ["HEAD", "config", "packed-refs", "refs", "logs", "info", "objects"] {
+        // Loose refs before packed-refs: a ref packed in between is in the
+        // packed file copied after.
+        for part in ["HEAD", "config", "refs", "packed-refs", "logs", "info", "objects"] {
             let path = source.join(part);
             if path.exists() {
                 copy_tree(&path, &dest.join(part))?;
@@ -315,7 +331,12 @@ fn copy_repositories(from: &Path, to: &Path, facts: &BackupFacts) -> Result<(), 
 fn copy_tree(from: &Path, to: &Path) -> Result<(), BackupError> {
     let meta = std::fs::symlink_metadata(from).map_err(io(from))?;
     let name = from.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    if name.ends_with(".lock") || name.starts_with("incoming-") || name.starts_with("tmp_") {
+    if name.ends_with(".lock")
+        || name.starts_with("incoming-")
+        || name.starts_with("tmp_")
+        || name == "alternates"
+        || name == "http-alternates"
+    {
         return Ok(());
     }
     if meta.is_dir() {
@@ -534,6 +555,7 @@ pub async fn restore(options: RestoreOptions<'_>) -> Result<Restored, BackupErro
             header.instance, manifest.instance
         )));
     }
+    check_tree_tag(&manifest, &files, options.from)?;
     let data_dir = options.data_dir;
     let replaced = prepare_data_dir(data_dir, &files, options.replace)?;
     write_keys(data_dir, &files)?;
@@ -555,8 +577,14 @@ pub async fn restore(options: RestoreOptions<'_>) -> Result<Restored, BackupErro
         )));
     }
     let mut problems = check_ledger(&url, data_dir).await?;
+    if !problems.is_empty() {
+        return Err(BackupError::Failed(format!(
+            "the restored ledger does not verify against its checkpoints: {}",
+            problems.join("; ")
+        )));
+    }
 
-    replace_dir(&options.from.join("repositories"), &data_dir.repositories())?;
+    restore_repositories(&options.from.join("repositories"), &data_dir.repositories(), &facts)?;
     let (blobs, blobs_checked) = restore_blobs(&manifest, options.from, data_dir, options.blob_store).await?;
     let (refs_checked, ref_problems) = check_refs(data_dir, &facts, &manifest)?;
     problems.extend(ref_problems);
@@ -589,6 +617,30 @@ pub async fn restore(options: RestoreOptions<'_>) -> Result<Restored, BackupErro
         problems,
         event,
     })
+}
+
+/// Checks, before anything is written, that the manifest's tree head is
+/// the one the instance's event key (from the escrow) tagged.
+fn check_tree_tag(manifest: &Manifest, files: &[KeyFile], from: &Path) -> Result<(), BackupError> {
+    use base64::Engine as _;
+    let key = files
+        .iter()
+        .find(|f| f.file == "event.key")
+        .and_then(|f| base64::engine::general_purpose::STANDARD.decode(String::from_utf8_lossy(&f.bytes).trim()).ok())
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .map(EventKey::from_bytes)
+        .ok_or_else(|| BackupError::Input("the escrow holds no event key".into()))?;
+    let expected = tree_tag(&key, &manifest.instance, &manifest.taken_at, &manifest.tree);
+    if hex::decode(&manifest.tree_tag).ok().as_deref() != Some(&expected[..])
+        || manifest.tree.legacy > manifest.tree.size
+    {
+        return Err(BackupError::Input(format!(
+            "{}: its tree head is not the one this instance's key tagged (the manifest was edited, or the escrow is \
+             of another instance); nothing was restored",
+            from.join(MANIFEST_FILE).display()
+        )));
+    }
+    Ok(())
 }
 
 /// Makes the data directory ready for a restore, and returns the tree head
@@ -732,13 +784,42 @@ async fn check_ledger(url: &str, data_dir: &DataDir) -> Result<Vec<String>, Back
     Ok(report.findings.iter().map(|f| format!("ledger: {}", f.describe())).collect())
 }
 
-/// Replaces the directory `to` with a copy of `from`.
-fn replace_dir(from: &Path, to: &Path) -> Result<(), BackupError> {
+/// Replaces the repository directory `to` with the backup's repositories
+/// of the restored projects: each made anew as custody makes one (its
+/// configuration and hooks custody's own, never the backup's), then given
+/// the backup's refs and objects.
+fn restore_repositories(from: &Path, to: &Path, facts: &BackupFacts) -> Result<(), BackupError> {
     if to.exists() {
         std::fs::remove_dir_all(to).map_err(io(to))?;
     }
-    copy_tree(from, to)?;
-    restrict(to)
+    std::fs::create_dir_all(to).map_err(io(to))?;
+    restrict(to)?;
+    let marker = from.join(STORAGE_MARKER_FILE);
+    if marker.exists() {
+        std::fs::copy(&marker, to.join(STORAGE_MARKER_FILE)).map_err(io(&marker))?;
+    }
+    let repositories = custody_git::Repositories::new(to);
+    for name in &facts.projects {
+        let project = ProjectName::parse(name)
+            .map_err(|e| BackupError::Failed(format!("the restored database names a project {name:?}: {e}")))?;
+        let source = from.join(format!("{project}.git"));
+        let head = std::fs::read_to_string(source.join("HEAD")).map_err(io(&source))?;
+        let branch = head
+            .trim()
+            .strip_prefix("ref: refs/heads/")
+            .filter(|b| custody_domain::project::check_branch_name(b).is_ok())
+            .ok_or_else(|| BackupError::Failed(format!("the backup's repository of {project} has no valid HEAD")))?;
+        let dest = repositories
+            .create(&project, branch)
+            .map_err(|e| BackupError::Failed(format!("making the repository of {project}: {e}")))?;
+        for part in ["refs", "packed-refs", "objects"] {
+            let path = source.join(part);
+            if path.exists() {
+                copy_tree(&path, &dest.join(part))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Puts the backup's blobs into the restored instance's store (or, when the
@@ -800,6 +881,9 @@ fn check_refs(
         for branch in &mainline.branches {
             let reference = format!("refs/heads/{branch}");
             let Some(tip) = custody_git::change::read_ref(&repository, &reference).map_err(io(&repository))? else {
+                if !mainline.merges.is_empty() {
+                    problems.push(format!("{project} {reference} is missing, and merges into it are recorded"));
+                }
                 continue;
             };
             checked += 1;

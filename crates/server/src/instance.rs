@@ -300,6 +300,22 @@ pub async fn init(data_dir: &DataDir, options: InitOptions) -> Result<Initialise
         return Err(InstanceError::AlreadyInitialised(data_dir.root().display().to_string()));
     }
     data_dir.create_dirs()?;
+    let made = init_store(data_dir, options).await;
+    if made.is_err() {
+        // An init that did not finish leaves no key behind, so that it can
+        // be run again (the keys are what says a directory holds an instance).
+        for file in KeyRole::ALL
+            .map(|r| data_dir.key_file(r))
+            .into_iter()
+            .chain([data_dir.event_key_file(), data_dir.anchor_file()])
+        {
+            let _ = std::fs::remove_file(file);
+        }
+    }
+    made
+}
+
+async fn init_store(data_dir: &DataDir, options: InitOptions) -> Result<Initialised, InstanceError> {
     let url = options.database_url.unwrap_or_else(|| data_dir.database_url());
     let store = Store::open(&url, data_dir.ledger_secrets()?).await?;
     let outcome = async {

@@ -21,7 +21,7 @@ use axum::Json;
 use custody_domain::grant::{GrantAction, ROTATING_ROLES};
 use custody_domain::Timestamp;
 use custody_formats::{KeyRole, ServiceKey};
-use custody_store::{GrantView, KeyEvent, RecordedKey, Store};
+use custody_store::{GrantView, RecordedKey, Store};
 
 use crate::auth::{Auth, Body};
 use crate::error::{ApiError, ApiResult};
@@ -90,19 +90,20 @@ pub async fn rotate(store: &Store, keys_dir: &Path, key: &ServiceKey, grant: i64
     Ok(new)
 }
 
-/// The key the history makes current for `role`, if it was ever rotated.
-fn current_key<'h>(history: &'h [KeyEvent], role: &str) -> Option<&'h RecordedKey> {
-    history.iter().rev().find_map(|e| match e {
-        KeyEvent::Rotated { role: r, new, .. } if r == role => Some(new),
-        _ => None,
-    })
-}
+use custody_store::current_key_of as current_key;
 
 /// At start: makes the loaded keys the ones the ledger names (finishing a
 /// rotation that stopped half-way) and, when `finish`, completes approved
 /// rotations the ledger does not show yet (a server does; a worker only
 /// checks). Refuses a key file the ledger does not name.
 pub async fn reconcile(store: &Store, keys_dir: &Path, keys: &[ServiceKey], finish: bool) -> Result<(), String> {
+    // The keys the instance started with are recorded at its first start
+    // with this record; from then on the ledger names each role's key.
+    let loaded = keys.iter().map(|k| (k.role().as_str().to_owned(), recorded(k))).collect();
+    let registered = store.register_keys(loaded).await.map_err(|e| e.to_string())?;
+    if !registered.is_empty() {
+        tracing::info!(roles = ?registered, "recorded the service keys this instance holds");
+    }
     let history = store.key_history().await.map_err(|e| e.to_string())?;
     for key in keys {
         let role = key.role();
@@ -115,8 +116,9 @@ pub async fn reconcile(store: &Store, keys_dir: &Path, keys: &[ServiceKey], fini
             Ok(next) if next.public().key_id() == expected.key_id => install(keys_dir, key, &next)?,
             _ => {
                 return Err(format!(
-                    "{}/{}.pem holds the {} key {loaded}, and the ledger names {} as the current one (it was \
-                     rotated): restore the keys directory from the instance's escrow",
+                    "{}/{}.pem holds the {} key {loaded}, and the ledger names {} as the current one: restore the \
+                     keys directory from the instance's escrow (or, for a key in an HSM, give this process the \
+                     device that holds it)",
                     keys_dir.display(),
                     role.as_str(),
                     role.as_str(),

@@ -15,6 +15,7 @@ use crate::{now_ms, Result, Store, StoreError};
 
 /// The subject every key event is recorded under.
 pub const KEYS_SUBJECT: &str = "keys";
+const REGISTERED: &str = "key.registered";
 const ROTATED: &str = "key.rotated";
 const REVOKED: &str = "key.revoked";
 
@@ -30,6 +31,14 @@ pub struct RecordedKey {
 /// One event of a key's history.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyEvent {
+    /// `key` is the key of `role` the instance started with (recorded at
+    /// its first start with this record).
+    Registered {
+        /// The role.
+        role: String,
+        /// The key.
+        key: RecordedKey,
+    },
     /// `new` replaced `old` as the key of `role`.
     Rotated {
         /// The role.
@@ -59,6 +68,12 @@ pub enum KeyEvent {
 }
 
 #[derive(Serialize, Deserialize)]
+struct RegisteredDetails {
+    role: String,
+    key: RecordedKey,
+}
+
+#[derive(Serialize, Deserialize)]
 struct RotatedDetails {
     role: String,
     old: RecordedKey,
@@ -81,6 +96,10 @@ async fn history(tx: &mut impl crate::tx::Reads) -> Result<Vec<KeyEvent>> {
     for event in proven_events(tx, KEYS_SUBJECT).await? {
         let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("key event {}: {e}", event.seq));
         match event.action.as_str() {
+            REGISTERED => {
+                let d: RegisteredDetails = serde_json::from_value(event.details.clone()).map_err(corrupt)?;
+                found.push(KeyEvent::Registered { role: d.role, key: d.key });
+            }
             ROTATED => {
                 let d: RotatedDetails = serde_json::from_value(event.details.clone()).map_err(corrupt)?;
                 found.push(KeyEvent::Rotated { role: d.role, old: d.old, new: d.new, at_ms: event.at, grant: d.grant });
@@ -101,10 +120,12 @@ async fn history(tx: &mut impl crate::tx::Reads) -> Result<Vec<KeyEvent>> {
     Ok(found)
 }
 
-/// The key of `role` the history makes current, if it was ever rotated.
-fn current_of<'h>(history: &'h [KeyEvent], role: &str) -> Option<&'h RecordedKey> {
+/// The key of `role` the history makes current: the newest rotation's, else
+/// the registered one; `None` before either is recorded.
+pub fn current_of<'h>(history: &'h [KeyEvent], role: &str) -> Option<&'h RecordedKey> {
     history.iter().rev().find_map(|e| match e {
         KeyEvent::Rotated { role: r, new, .. } if r == role => Some(new),
+        KeyEvent::Registered { role: r, key } if r == role => Some(key),
         _ => None,
     })
 }
@@ -169,40 +190,44 @@ pub(crate) async fn apply(tx: &mut Tx, grant_id: i64, action: &GrantAction) -> R
     Ok(())
 }
 
-/// The trust root's keys: each role's keys in the order they signed, each
-/// valid from its rotation in to its rotation out, with revocations.
+/// The trust root's keys: each role's keys in the order they signed, the
+/// first valid from `since` (the instance's start), each next one from the
+/// rotation that made it, with revocations. A role with no key recorded yet
+/// lists its `current` key from `since`.
 pub fn trusted_keys(history: &[KeyEvent], current: &[PublicKey], since: i64) -> Vec<TrustedKey> {
     let mut keys = Vec::new();
     for role in KeyRole::ALL {
-        let rotations: Vec<(&RecordedKey, &RecordedKey, i64)> = history
-            .iter()
-            .filter_map(|e| match e {
-                KeyEvent::Rotated { role: r, old, new, at_ms, .. } if r == role.as_str() => Some((old, new, *at_ms)),
-                _ => None,
-            })
-            .collect();
-        let entry = |key: &RecordedKey, from: i64, until: Option<i64>| TrustedKey {
+        let entry = |key: &RecordedKey, from: i64| TrustedKey {
             role,
             key_id: key.key_id.clone(),
             algorithm: "ed25519".into(),
             public_key: key.public_key.clone(),
             not_before: rfc3339_of_millis(from),
-            not_after: until.map(rfc3339_of_millis),
+            not_after: None,
             revoked: None,
         };
-        match rotations.first() {
-            None => {
-                if let Some(key) = current.iter().find(|k| k.role() == role) {
-                    keys.push(TrustedKey::current(key, since));
+        let mut own: Vec<TrustedKey> = Vec::new();
+        for event in history {
+            match event {
+                KeyEvent::Registered { role: r, key } if r == role.as_str() && own.is_empty() => {
+                    own.push(entry(key, since));
                 }
-            }
-            Some((first, _, at)) => {
-                keys.push(entry(first, since, Some(*at)));
-                for (i, (_, new, at)) in rotations.iter().enumerate() {
-                    keys.push(entry(new, *at, rotations.get(i + 1).map(|r| r.2)));
+                KeyEvent::Rotated { role: r, old, new, at_ms, .. } if r == role.as_str() => {
+                    if own.is_empty() {
+                        own.push(entry(old, since));
+                    }
+                    if let Some(last) = own.last_mut() {
+                        last.not_after = Some(rfc3339_of_millis(*at_ms));
+                    }
+                    own.push(entry(new, *at_ms));
                 }
+                _ => {}
             }
         }
+        if own.is_empty() {
+            own.extend(current.iter().filter(|k| k.role() == role).map(|k| TrustedKey::current(k, since)));
+        }
+        keys.extend(own);
     }
     for event in history {
         if let KeyEvent::Revoked { key_id, since_ms, reason, .. } = event {
@@ -259,6 +284,34 @@ impl Store {
                 })
                 .await?;
                 Ok(true)
+            })
+        })
+        .await
+    }
+
+    /// Records, for each role whose key the ledger names none of yet, the
+    /// key this process holds: the instance's keys are then the ledger's,
+    /// and a key file swapped later is refused. Returns the roles recorded.
+    pub async fn register_keys(&self, keys: Vec<(String, RecordedKey)>) -> Result<Vec<String>> {
+        self.write(move |tx| {
+            Box::pin(async move {
+                let history = history(tx).await?;
+                let mut recorded = Vec::new();
+                for (role, key) in keys {
+                    if current_of(&history, &role).is_some() {
+                        continue;
+                    }
+                    let details = RegisteredDetails { role: role.clone(), key };
+                    tx.audit(NewEvent {
+                        actor: SYSTEM_ACTOR.into(),
+                        action: REGISTERED.into(),
+                        subject: KEYS_SUBJECT.into(),
+                        details: serde_json::to_value(details).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    })
+                    .await?;
+                    recorded.push(role);
+                }
+                Ok(recorded)
             })
         })
         .await
