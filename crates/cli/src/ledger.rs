@@ -480,6 +480,13 @@ async fn recorded_restore(
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| damaged(format!("the restore event {} names no tree head", event.seq)))?;
     let old = details.backup.tree_size;
+    if old == 0 {
+        return Err(damaged(format!(
+            "the restore event {} names a backup of no events: nothing ties it to the history this watcher saw; \
+             if the instance was rebuilt on purpose, start the watch over with a key obtained out of band",
+            event.seq
+        )));
+    }
     let hashes = if old == 0 {
         Vec::new()
     } else {
