@@ -274,9 +274,51 @@ fn tree_tag(key: &EventKey, instance: &str, taken_at: &str, tree: &TreeHead) -> 
     key.row_mac("backup_manifest", &[instance, taken_at, &size, &root, &legacy])
 }
 
+/// A PostgreSQL client program, given the password (if any) in its
+/// environment rather than on its command line, where others on the host
+/// could read it.
+fn postgres_program(program: &str, password: Option<String>) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(program);
+    if let Some(password) = password {
+        command.env("PGPASSWORD", password);
+    }
+    command
+}
+
+/// A `postgres://` URL without its password, and the password (decoded).
+fn without_password(url: &str) -> (String, Option<String>) {
+    let Some((scheme, rest)) = url.split_once("://") else { return (url.to_owned(), None) };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else { return (url.to_owned(), None) };
+    let Some((user, password)) = userinfo.split_once(':') else { return (url.to_owned(), None) };
+    (format!("{scheme}://{user}@{host}{tail}"), Some(percent_decoded(password)))
+}
+
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Runs `pg_dump` of `url` in the custom format, at `snapshot`.
 async fn pg_dump(url: &str, snapshot: Option<&str>, file: &Path) -> Result<(), BackupError> {
-    let mut command = tokio::process::Command::new("pg_dump");
+    let (url, password) = without_password(url);
+    let mut command = postgres_program("pg_dump", password);
     command.args(["--format=custom", "--no-owner", "--file"]).arg(file);
     if let Some(snapshot) = snapshot {
         command.arg(format!("--snapshot={snapshot}"));
@@ -741,8 +783,9 @@ async fn restore_database(
 
 /// Restores a custom-format dump into an empty PostgreSQL database.
 async fn pg_restore(url: &str, dump: &Path) -> Result<(), BackupError> {
-    let mut conn_check = tokio::process::Command::new("psql");
-    conn_check.args(["-XAtq", "-c", "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"]).arg(url);
+    let (url, password) = without_password(url);
+    let mut conn_check = postgres_program("psql", password.clone());
+    conn_check.args(["-XAtq", "-c", "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"]).arg(&url);
     let output = conn_check.output().await.map_err(|e| {
         BackupError::Input(format!("cannot run psql ({e}): install PostgreSQL's client programs on this host"))
     })?;
@@ -759,7 +802,7 @@ async fn pg_restore(url: &str, dump: &Path) -> Result<(), BackupError> {
             }
         )));
     }
-    let output = tokio::process::Command::new("pg_restore")
+    let output = postgres_program("pg_restore", password)
         .args(["--no-owner", "--exit-on-error", "--single-transaction"])
         .arg(format!("--dbname={url}"))
         .arg(dump)
@@ -917,4 +960,22 @@ fn check_refs(
         }
     }
     Ok((checked, problems))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_password;
+
+    #[test]
+    fn a_database_password_leaves_the_url_for_the_environment() {
+        assert_eq!(
+            without_password("postgres://custody:s%40cret:x@db:5432/custody?sslmode=require"),
+            ("postgres://custody@db:5432/custody?sslmode=require".to_owned(), Some("s@cret:x".to_owned()))
+        );
+        assert_eq!(
+            without_password("postgres://postgres@127.0.0.1:5432/test"),
+            ("postgres://postgres@127.0.0.1:5432/test".to_owned(), None)
+        );
+        assert_eq!(without_password("postgres://db/custody"), ("postgres://db/custody".to_owned(), None));
+    }
 }
