@@ -173,8 +173,16 @@ impl Deployer {
             Ok(None) => return Err(format!("build {} has no provenance; nothing was deployed", lease.build)),
             Err(error) => return Err(format!("reading the provenance failed: {error}")),
         };
+        // The builder keys valid when the build finished, as the verifier
+        // will judge it: a retired key signs nothing after its rotation, a
+        // revoked one nothing from its revocation's time.
         let history = self.store.key_history().await.map_err(|e| format!("reading the key history failed: {e}"))?;
-        let builders = custody_store::unrevoked_keys(&history, &self.builder.public());
+        let finished = match self.store.build_finished_at(&project, lease.build).await {
+            Ok(Some(at)) => at,
+            Ok(None) => return Err(format!("build {} has no recorded finish; nothing was deployed", lease.build)),
+            Err(error) => return Err(format!("reading the build's finish failed: {error}")),
+        };
+        let builders = custody_store::keys_valid_at(&history, &self.builder.public(), finished);
         check_provenance(&provenance, &builders, &lease.artifacts)
             .map_err(|why| format!("the provenance of build {} {why}; nothing was deployed", lease.build))?;
         let repository = self.repositories.path(&project);

@@ -1294,6 +1294,15 @@ impl Store {
     }
 
     /// The signed provenance of a build, by project name and build number.
+    /// When build `build` of `project` finished, as its proven `build.finish`
+    /// event says (not the row's column, which a database administrator
+    /// could move).
+    pub async fn build_finished_at(&self, project: &custody_domain::ProjectName, build: i64) -> Result<Option<i64>> {
+        let events =
+            crate::proof::proven_events(&mut self.reader().await?, &format!("build:{project}/{build}")).await?;
+        Ok(events.iter().rev().find(|e| e.action == "build.finish").map(|e| e.at))
+    }
+
     pub async fn provenance_of(&self, project: &custody_domain::ProjectName, build: i64) -> Result<Option<String>> {
         let sql = self.sql(
             "SELECT b.provenance FROM builds b JOIN projects p ON p.id = b.project_id WHERE p.name = $1 AND b.number = $2",

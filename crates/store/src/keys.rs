@@ -239,13 +239,16 @@ pub fn trusted_keys(history: &[KeyEvent], current: &[PublicKey], since: i64) -> 
     keys
 }
 
-/// The public keys of `role` that may be trusted now: the current one and
-/// every retired one not revoked, as [`trusted_keys`] lists them.
-pub fn unrevoked_keys(history: &[KeyEvent], current: &PublicKey) -> Vec<PublicKey> {
+/// The keys of `current`'s role that were valid at `at_ms`, as
+/// [`trusted_keys`] lists them: within their validity and not revoked by
+/// then (what `custody verify` accepts of a statement recorded then).
+pub fn keys_valid_at(history: &[KeyEvent], current: &PublicKey, at_ms: i64) -> Vec<PublicKey> {
     trusted_keys(history, std::slice::from_ref(current), 0)
         .into_iter()
-        .filter(|k| k.role == current.role() && k.revoked.is_none())
-        .filter_map(|k| k.open().ok().map(|v| v.key))
+        .filter(|k| k.role == current.role())
+        .filter_map(|k| k.open().ok())
+        .filter(|k| k.valid_at(at_ms))
+        .map(|k| k.key)
         .collect()
 }
 
@@ -335,5 +338,46 @@ impl Store {
             }
         }
         Ok(unfinished)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use custody_formats::{KeyRole, ServiceKey};
+
+    use super::*;
+
+    fn recorded(key: &ServiceKey) -> RecordedKey {
+        RecordedKey { key_id: key.public().key_id(), public_key: key.public().to_pem() }
+    }
+
+    #[test]
+    fn a_retired_builder_key_is_valid_until_its_rotation_and_a_revoked_one_until_its_revocation() {
+        let (first, second) = (ServiceKey::generate(KeyRole::Builder), ServiceKey::generate(KeyRole::Builder));
+        let mut history = vec![
+            KeyEvent::Registered { role: "builder".into(), key: recorded(&first) },
+            KeyEvent::Rotated {
+                role: "builder".into(),
+                old: recorded(&first),
+                new: recorded(&second),
+                at_ms: 1_000,
+                grant: 1,
+            },
+        ];
+        let ids = |at: i64, history: &[KeyEvent]| -> Vec<String> {
+            keys_valid_at(history, &second.public(), at).iter().map(PublicKey::key_id).collect()
+        };
+        assert_eq!(ids(500, &history), vec![first.public().key_id()]);
+        assert_eq!(ids(1_000, &history), vec![first.public().key_id(), second.public().key_id()]);
+        assert_eq!(ids(1_500, &history), vec![second.public().key_id()], "the retired key signs no more");
+        history.push(KeyEvent::Revoked {
+            role: "builder".into(),
+            key_id: first.public().key_id(),
+            since_ms: 400,
+            reason: "copied".into(),
+            grant: 2,
+        });
+        assert_eq!(ids(300, &history), vec![first.public().key_id()], "before its compromise");
+        assert!(ids(500, &history).is_empty(), "revoked from 400 on");
     }
 }

@@ -72,7 +72,7 @@ pub use dialect::Dialect;
 
 pub use inspect::{database_clock_ms, inspect, inspect_with_key, Finding, LedgerReport};
 pub use intents::{recorded_mainlines, Mainline, MergeIntent, Settled};
-pub use keys::{current_of as current_key_of, trusted_keys, unrevoked_keys, KeyEvent, RecordedKey, KEYS_SUBJECT};
+pub use keys::{current_of as current_key_of, keys_valid_at, trusted_keys, KeyEvent, RecordedKey, KEYS_SUBJECT};
 pub use ledger::StoredCheckpoint;
 pub use lookups::{Authenticated, ProjectAccess};
 pub use people::{random_secret, Initialised};
