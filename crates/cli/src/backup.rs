@@ -8,49 +8,8 @@ use custody_server::backup::{self, BackupError, RestoreOptions, Source};
 use custody_server::instance::{self, DataDir};
 
 use crate::commands::Output;
-use crate::config::ServerFile;
+use crate::config::InstanceArgs;
 use crate::Failure;
-
-/// Where an instance is, as `custody serve` would read it.
-#[derive(Args, Debug)]
-pub struct InstanceArgs {
-    /// The config file `custody serve` reads; flags and CUSTODY_* variables override it.
-    #[arg(long, env = "CUSTODY_CONFIG", value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// The data directory [default: ./custody-data].
-    #[arg(long, env = "CUSTODY_DATA_DIR", value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-    /// The PostgreSQL URL; SQLite in the data directory by default.
-    #[arg(long, env = "CUSTODY_DATABASE_URL", value_name = "URL")]
-    database_url: Option<String>,
-    /// The artifact store (`s3://BUCKET/PREFIX`); the data directory's blobs/ by default.
-    #[arg(long, env = "CUSTODY_BLOB_STORE", value_name = "URL")]
-    blob_store: Option<String>,
-}
-
-/// The instance's settings, resolved.
-struct Instance {
-    data_dir: DataDir,
-    database_url: String,
-    database_given: Option<String>,
-    blob_store: Option<String>,
-}
-
-impl InstanceArgs {
-    fn resolve(&self) -> Result<Instance, Failure> {
-        let file = match &self.config {
-            Some(path) => ServerFile::read(path)?,
-            None => ServerFile::default(),
-        };
-        let data_dir = DataDir::new(
-            self.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from(crate::serve::DEFAULT_DATA_DIR)),
-        )
-        .with_hsm(crate::config::hsm_from_env()?);
-        let database_given = self.database_url.clone().or(file.database_url);
-        let database_url = database_given.clone().unwrap_or_else(|| data_dir.database_url());
-        Ok(Instance { data_dir, database_url, database_given, blob_store: self.blob_store.clone().or(file.blob_store) })
-    }
-}
 
 #[derive(Args, Debug)]
 pub struct BackupArgs {

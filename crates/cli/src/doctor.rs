@@ -7,11 +7,10 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use custody_formats::KeyRole;
-use custody_server::instance::DataDir;
 use serde::Serialize;
 
 use crate::commands::Output;
-use crate::config::ServerFile;
+use crate::config::Instance;
 use crate::Failure;
 
 /// The largest difference between this host's clock and the database's
@@ -21,18 +20,8 @@ const CLOCK_SKEW_LIMIT_MS: i64 = 2_000;
 
 #[derive(Args, Debug)]
 pub struct DoctorArgs {
-    /// The config file `custody serve` reads; flags and CUSTODY_* variables override it.
-    #[arg(long, env = "CUSTODY_CONFIG", value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// The data directory [default: ./custody-data].
-    #[arg(long, env = "CUSTODY_DATA_DIR", value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-    /// The PostgreSQL URL; SQLite in the data directory by default.
-    #[arg(long, env = "CUSTODY_DATABASE_URL", value_name = "URL")]
-    database_url: Option<String>,
-    /// The artifact store (`s3://BUCKET/PREFIX`); the data directory's blobs/ by default.
-    #[arg(long, env = "CUSTODY_BLOB_STORE", value_name = "URL")]
-    blob_store: Option<String>,
+    #[command(flatten)]
+    instance: crate::config::InstanceArgs,
     /// A running server to ask whether it is ready, such as http://127.0.0.1:8080.
     #[arg(long, value_name = "URL")]
     url: Option<String>,
@@ -76,30 +65,8 @@ impl Check {
     }
 }
 
-/// The settings of the instance to check, as `custody serve` would read them.
-struct Instance {
-    data_dir: DataDir,
-    database_url: String,
-    blob_store: Option<String>,
-}
-
-impl Instance {
-    fn of(args: &DoctorArgs) -> Result<Instance, Failure> {
-        let file = match &args.config {
-            Some(path) => ServerFile::read(path)?,
-            None => ServerFile::default(),
-        };
-        let data_dir = DataDir::new(
-            args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from(crate::serve::DEFAULT_DATA_DIR)),
-        )
-        .with_hsm(crate::config::hsm_from_env()?);
-        let database_url = args.database_url.clone().or(file.database_url).unwrap_or_else(|| data_dir.database_url());
-        Ok(Instance { data_dir, database_url, blob_store: args.blob_store.clone().or(file.blob_store) })
-    }
-}
-
 pub async fn doctor(args: DoctorArgs, out: Output) -> Result<(), Failure> {
-    let instance = Instance::of(&args)?;
+    let instance = args.instance.resolve()?;
     let mut checks = vec![data_directory(instance.data_dir.root())];
     checks.extend(keys(&instance.data_dir.keys()));
     checks.push(sandbox().await);

@@ -8,9 +8,9 @@ use custody_api::RevokeKeyRequest;
 use custody_formats::trust::TrustRoot;
 use custody_store::GrantView;
 
-use crate::backup::InstanceArgs;
 use crate::client::Client;
 use crate::commands::{grant_outcome, Output};
+use crate::config::InstanceArgs;
 use crate::Failure;
 
 /// The instance's service keys.

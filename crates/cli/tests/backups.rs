@@ -9,7 +9,7 @@ mod support;
 use std::path::Path;
 
 use serde_json::Value;
-use support::builds::{blob_file, commit_files, pipeline, seed_with, BUILD_SCRIPT, PIPELINE};
+use support::builds::{blob_file, commit_files, seed_building, seed_with};
 use support::flow::*;
 use support::hosted::*;
 use support::*;
@@ -72,11 +72,7 @@ fn backup_under_load_restores(backend: Backend, on_s3: bool) {
     let env: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let Some(hosted) = Hosted::on_with(backend, &env) else { return };
     hosted.add_user("bob", "write");
-    let (work, base) = seed_with(
-        &hosted,
-        &[(PIPELINE, &pipeline("scripts/build.sh", "[\"dist/*\"]"), false), ("scripts/build.sh", BUILD_SCRIPT, true)],
-        "unused",
-    );
+    let (work, base) = seed_building(&hosted);
     merge_part(&hosted, &work, &base, 0);
     assert_eq!(all_builds_finished(&hosted, 1)[0]["status"], "succeeded");
 
@@ -206,11 +202,7 @@ fn collect_files(dir: &Path, into: &mut Vec<String>) {
 fn a_backup_whose_blob_was_damaged_does_not_restore_and_names_the_blob() {
     let hosted = Hosted::new();
     hosted.add_user("bob", "write");
-    let (work, base) = seed_with(
-        &hosted,
-        &[(PIPELINE, &pipeline("scripts/build.sh", "[\"dist/*\"]"), false), ("scripts/build.sh", BUILD_SCRIPT, true)],
-        "unused",
-    );
+    let (work, base) = seed_building(&hosted);
     merge_part(&hosted, &work, &base, 0);
     all_builds_finished(&hosted, 1);
     let (data, taken, escrow) =

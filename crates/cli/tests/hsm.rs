@@ -8,7 +8,7 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use support::builds::{finished_build, pipeline, seed_with, BUILD_SCRIPT, PIPELINE};
+use support::builds::{finished_build, seed_building};
 use support::flow::*;
 use support::hosted::*;
 use support::*;
@@ -69,11 +69,7 @@ fn keys_held_in_softhsm_sign_provenance_that_verify_accepts_and_no_private_key_i
     ];
     let hosted = Hosted::on_with(Backend::Sqlite, &env).expect("SQLite");
     hosted.add_user("bob", "write");
-    let (work, base) = seed_with(
-        &hosted,
-        &[(PIPELINE, &pipeline("scripts/build.sh", "[\"dist/*\"]"), false), ("scripts/build.sh", BUILD_SCRIPT, true)],
-        "unused",
-    );
+    let (work, base) = seed_building(&hosted);
     merge_part(&hosted, &work, &base, 0);
     let build = finished_build(&hosted, 1);
     assert_eq!(build["status"], "succeeded", "{build}");

@@ -8,7 +8,7 @@ mod support;
 use std::process::Command;
 
 use serde_json::Value;
-use support::builds::{finished_build, pipeline, seed_with, BUILD_SCRIPT, PIPELINE};
+use support::builds::{finished_build, seed_building};
 use support::flow::*;
 use support::hosted::*;
 use support::*;
@@ -55,14 +55,7 @@ fn a_rotated_builder_keys_old_evidence_verifies_until_it_is_revoked_from_when_it
     };
     let data = hosted.sandbox.path("data");
     let (first, before, after, old_key, new_key) = {
-        let (work, base) = seed_with(
-            &hosted,
-            &[
-                (PIPELINE, &pipeline("scripts/build.sh", "[\"dist/*\"]"), false),
-                ("scripts/build.sh", BUILD_SCRIPT, true),
-            ],
-            "unused",
-        );
+        let (work, base) = seed_building(&hosted);
         merge_part(&hosted, &work, &base, 0);
         let first = bundle_of(&hosted, 1);
         // From here on the old key may have been copied.

@@ -169,10 +169,6 @@ pub struct Source<'a> {
     pub blobs_local: bool,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
 fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{}", path.display())
 }
@@ -210,7 +206,7 @@ pub async fn backup(source: Source<'_>, to: &Path) -> Result<Manifest, BackupErr
     // The anchor never runs ahead of what is committed: read before the
     // copy, the copy extends it.
     let anchor = secrets.anchor.load().map_err(|e| BackupError::Failed(e.to_string()))?;
-    let taken_at = rfc3339_of_millis(now_ms());
+    let taken_at = rfc3339_of_millis(custody_store::now_ms());
     let postgres = Dialect::of_url(source.database_url) == Some(Dialect::Postgres);
     let (database_file, mut snapshot) = if postgres {
         let snapshot = Snapshot::begin(source.database_url).await.map_err(|e| failed("the database")(e.to_string()))?;
@@ -524,10 +520,12 @@ pub async fn escrow_keys(
     let files = escrowed_files(data_dir)?;
     let key_ids: Vec<String> = files.iter().filter_map(|(_, id)| id.clone()).collect();
     let names: Vec<String> = files.iter().map(|(f, _)| f.file.clone()).collect();
-    let (text, _) = escrow::seal(instance, &rfc3339_of_millis(now_ms()), files, passphrase).map_err(|e| match e {
-        escrow::EscrowError::WeakPassphrase => BackupError::Input(e.to_string()),
-        other => BackupError::Failed(other.to_string()),
-    })?;
+    let (text, _) = escrow::seal(instance, &rfc3339_of_millis(custody_store::now_ms()), files, passphrase).map_err(
+        |e| match e {
+            escrow::EscrowError::WeakPassphrase => BackupError::Input(e.to_string()),
+            other => BackupError::Failed(other.to_string()),
+        },
+    )?;
     let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()));
     let event = store
         .record_escrow(host.to_owned(), key_ids.clone(), sha256.clone())

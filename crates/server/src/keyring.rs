@@ -224,8 +224,7 @@ pub(crate) async fn revoke_key(
     if !request.reason.chars().any(|c| !c.is_whitespace()) {
         return Err(ApiError::invalid("say why the key is revoked (reason)"));
     }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    let since = request.since.unwrap_or(Timestamp::from_millis(now));
+    let since = request.since.unwrap_or(Timestamp::from_millis(custody_store::now_ms()));
     let action = GrantAction::RevokeKey { key_id: key_id.to_ascii_lowercase(), since, reason: request.reason };
     crate::api::grant_requested(&state, &auth, action).await
 }

@@ -90,6 +90,13 @@ struct RevokedDetails {
     grant: i64,
 }
 
+/// Records a key event with `details`.
+async fn record(tx: &mut Tx, action: &str, details: impl Serialize) -> Result<i64> {
+    let details = serde_json::to_value(details).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    tx.audit(NewEvent { actor: SYSTEM_ACTOR.into(), action: action.into(), subject: KEYS_SUBJECT.into(), details })
+        .await
+}
+
 /// The key history, from the proven events of [`KEYS_SUBJECT`].
 async fn history(tx: &mut impl crate::tx::Reads) -> Result<Vec<KeyEvent>> {
     let mut found = Vec::new();
@@ -180,13 +187,7 @@ pub(crate) async fn apply(tx: &mut Tx, grant_id: i64, action: &GrantAction) -> R
         reason: reason.clone(),
         grant: grant_id,
     };
-    tx.audit(NewEvent {
-        actor: SYSTEM_ACTOR.into(),
-        action: REVOKED.into(),
-        subject: KEYS_SUBJECT.into(),
-        details: serde_json::to_value(details).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-    })
-    .await?;
+    record(tx, REVOKED, details).await?;
     Ok(())
 }
 
@@ -279,13 +280,7 @@ impl Store {
                     }
                 }
                 let details = RotatedDetails { role, old, new, grant };
-                tx.audit(NewEvent {
-                    actor: SYSTEM_ACTOR.into(),
-                    action: ROTATED.into(),
-                    subject: KEYS_SUBJECT.into(),
-                    details: serde_json::to_value(details).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                })
-                .await?;
+                record(tx, ROTATED, details).await?;
                 Ok(true)
             })
         })
@@ -305,13 +300,7 @@ impl Store {
                         continue;
                     }
                     let details = RegisteredDetails { role: role.clone(), key };
-                    tx.audit(NewEvent {
-                        actor: SYSTEM_ACTOR.into(),
-                        action: REGISTERED.into(),
-                        subject: KEYS_SUBJECT.into(),
-                        details: serde_json::to_value(details).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    })
-                    .await?;
+                    record(tx, REGISTERED, details).await?;
                     recorded.push(role);
                 }
                 Ok(recorded)

@@ -52,6 +52,13 @@ pub fn seed_with<'a>(hosted: &'a Hosted, files: &[(&str, &str, bool)], branch: &
     (work, base)
 }
 
+/// main with a pipeline that builds `dist/*` with [`BUILD_SCRIPT`]:
+/// alice's workspace (on a branch of its own) and main's commit.
+pub fn seed_building(hosted: &Hosted) -> (Workspace<'_>, String) {
+    let policy = pipeline("scripts/build.sh", "[\"dist/*\"]");
+    seed_with(hosted, &[(PIPELINE, &policy, false), ("scripts/build.sh", BUILD_SCRIPT, true)], "unused")
+}
+
 /// A pipeline file: one approval, the `build` command and the `artifacts`
 /// (a TOML array, as written).
 /// main with `policy` as its pipeline file, `script` as `scripts/build.sh`
