@@ -13,6 +13,8 @@
 pub mod integer;
 mod requests;
 mod responses;
+mod workers;
 
 pub use requests::*;
 pub use responses::*;
+pub use workers::*;

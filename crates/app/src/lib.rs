@@ -18,6 +18,7 @@ pub mod projects;
 pub mod releases;
 mod remembered;
 pub mod repositories;
+pub mod work;
 
 pub use changes::Changes;
 pub use error::AppError;

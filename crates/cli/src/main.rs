@@ -19,6 +19,7 @@ mod hook;
 mod keys;
 mod ledger;
 mod project;
+mod remote;
 mod report;
 mod serve;
 
@@ -107,8 +108,9 @@ enum Command {
     /// Check an instance's host: keys' modes, the sandbox, the database and
     /// its ledger, the clock, the blob store, a running server (exit 0 fine, 1 not).
     Doctor(doctor::DoctorArgs),
-    /// Run builds in a separate process.
-    Worker(serve::WorkerArgs),
+    /// Run builds and deployments in a separate process: on the instance's
+    /// data directory, or (init, register, run) sharing nothing with it.
+    Worker(serve::WorkerCli),
     /// Take a consistent backup of an instance while it serves: database,
     /// repositories, blobs (of a local store) and a manifest; no keys.
     Backup(backup::BackupArgs),
@@ -218,7 +220,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Change(command) => change::run(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Build(command) => build::build(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Artifact(command) => build::artifact(&client::Client::from_env(cli.server)?, command, out).await,
-        Command::Worker(args) => serve::worker(args).await,
+        Command::Worker(serve::WorkerCli { remote: Some(command), .. }) => {
+            remote::remote(cli.server, command, out).await
+        }
+        Command::Worker(serve::WorkerCli { local, .. }) => serve::worker(local).await,
         Command::Backup(args) => backup::backup(args, out).await,
         Command::Restore(args) => backup::restore(args, out).await,
         Command::Key(command) => keys::key(cli.server, command, out).await,

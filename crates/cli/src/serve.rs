@@ -170,7 +170,7 @@ pub struct JobArgs {
 }
 
 impl JobArgs {
-    fn ceiling(&self) -> Result<custody_runner::sandbox::Ceiling, Failure> {
+    pub(crate) fn ceiling(&self) -> Result<custody_runner::sandbox::Ceiling, Failure> {
         use custody_domain::pipeline::{parse_duration, parse_size};
         let mut ceiling = custody_runner::sandbox::Ceiling::default();
         if let Some(memory) = &self.job_memory {
@@ -193,6 +193,17 @@ impl JobArgs {
         }
         Ok(ceiling)
     }
+}
+
+/// `custody worker`: a worker on the instance's data directory, or (with a
+/// subcommand) a worker that shares nothing with the server.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct WorkerCli {
+    #[command(subcommand)]
+    pub remote: Option<crate::remote::RemoteCommand>,
+    #[command(flatten)]
+    pub local: WorkerArgs,
 }
 
 #[derive(Args, Debug)]
@@ -243,7 +254,7 @@ pub async fn init(args: InitArgs, out: Output) -> Result<(), Failure> {
     Ok(())
 }
 
-fn init_logging(format: &str) -> Result<(), Failure> {
+pub(crate) fn init_logging(format: &str) -> Result<(), Failure> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("CUSTODY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -541,19 +552,19 @@ fn announce(url: &str, data_dir: &DataDir, bootstrap: Option<&custody_store::Ini
 }
 
 /// One signal that stops the server and every background task.
-struct Stop {
+pub(crate) struct Stop {
     sender: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
     receiver: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Stop {
-    fn new() -> Stop {
+    pub(crate) fn new() -> Stop {
         let (sender, receiver) = tokio::sync::watch::channel(false);
         Stop { sender: std::sync::Arc::new(sender), receiver }
     }
 
     /// A future that ends when the signal is given.
-    fn signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+    pub(crate) fn signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut receiver = self.receiver.clone();
         async move {
             let _ = receiver.wait_for(|stop| *stop).await;
@@ -561,7 +572,7 @@ impl Stop {
     }
 
     /// Gives the signal.
-    fn stop(&self) {
+    pub(crate) fn stop(&self) {
         let _ = self.sender.send(true);
     }
 
@@ -635,12 +646,15 @@ fn builder(
         .iter()
         .find(|k| k.role() == custody_formats::KeyRole::Builder)
         .ok_or_else(|| Failure::input(format!("{} holds no builder key", data_dir.keys().display())))?;
-    Ok(custody_runner::builds::Builder {
+    let desk = custody_runner::desk::Local {
         store: instance.store.clone(),
         repositories: custody_git::Repositories::new(data_dir.repositories()),
         blobs,
-        key: std::sync::Arc::new(key.clone_key()),
         instance: instance.name.clone(),
+    };
+    Ok(custody_runner::builds::Builder {
+        desk,
+        key: std::sync::Arc::new(key.clone_key()),
         worker: custody_runner::builds::worker_name(boot),
         ceiling,
     })
@@ -660,13 +674,11 @@ fn deployer(
         .iter()
         .find(|k| k.role() == custody_formats::KeyRole::Deployer)
         .ok_or_else(|| Failure::input("the data directory holds no deployer key"))?;
+    let desk =
+        custody_runner::desk::LocalDeploys { local: builder.desk.clone(), sealing, builder: builder.key.clone() };
     Ok(custody_runner::deploys::Deployer {
-        store: builder.store.clone(),
-        repositories: builder.repositories.clone(),
-        blobs: builder.blobs.clone(),
+        desk,
         key: std::sync::Arc::new(key.clone_key()),
-        sealing,
-        builder: builder.key.clone(),
         worker: format!("{}/deployer", builder.worker),
         ceiling: builder.ceiling,
     })
@@ -703,7 +715,7 @@ pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
         "worker {} running {} builder(s); artifacts in {}",
         builder.worker,
         args.builders,
-        builder.blobs.describe()
+        builder.desk.blobs.describe()
     );
     let _ = std::io::stdout().flush();
     let stop = Stop::new();
@@ -725,7 +737,7 @@ pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
 }
 
 /// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let interrupt = async {
         let _ = tokio::signal::ctrl_c().await;
     };

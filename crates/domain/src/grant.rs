@@ -146,10 +146,27 @@ pub enum GrantAction {
         /// Why.
         reason: String,
     },
+    /// Registers a worker that shares nothing with the server: its name,
+    /// the role its key signs as (`builder` or `deployer`), its public key
+    /// and the SHA-256 of the credential it calls the API with. The
+    /// credential itself never leaves the worker's host.
+    RegisterWorker {
+        /// The worker's name.
+        name: String,
+        /// `builder` or `deployer`.
+        role: String,
+        /// Its ed25519 public key, SubjectPublicKeyInfo PEM.
+        public_key: String,
+        /// Hex SHA-256 of its credential.
+        credential_sha256: String,
+    },
 }
 
 /// The roles whose keys rotate by a grant.
 pub const ROTATING_ROLES: [&str; 3] = ["builder", "gate", "deployer"];
+
+/// The roles a worker's key may sign as.
+pub const WORKER_ROLES: [&str; 2] = ["builder", "deployer"];
 
 impl GrantAction {
     /// The person the grant is about, if any. They may never approve it.
@@ -168,7 +185,8 @@ impl GrantAction {
             | GrantAction::DeleteTag { .. }
             | GrantAction::SetSecret { .. }
             | GrantAction::RotateKey { .. }
-            | GrantAction::RevokeKey { .. } => None,
+            | GrantAction::RevokeKey { .. }
+            | GrantAction::RegisterWorker { .. } => None,
         }
     }
 
@@ -181,7 +199,9 @@ impl GrantAction {
             | GrantAction::ImportRepository { project, .. }
             | GrantAction::DeleteTag { project, .. }
             | GrantAction::SetSecret { project, .. } => format!("project:{project}"),
-            GrantAction::RotateKey { .. } | GrantAction::RevokeKey { .. } => "keys".to_owned(),
+            GrantAction::RotateKey { .. } | GrantAction::RevokeKey { .. } | GrantAction::RegisterWorker { .. } => {
+                "keys".to_owned()
+            }
             _ => self.named_user().map(|u| format!("user:{u}")).unwrap_or_default(),
         }
     }
@@ -203,6 +223,7 @@ impl GrantAction {
             GrantAction::SetSecret { .. } => "secret.set",
             GrantAction::RotateKey { .. } => "key.rotate",
             GrantAction::RevokeKey { .. } => "key.revoke",
+            GrantAction::RegisterWorker { .. } => "worker.register",
         }
     }
 
@@ -233,6 +254,9 @@ impl GrantAction {
             GrantAction::RotateKey { role } => format!("replace the {role} key with a new one"),
             GrantAction::RevokeKey { key_id, since, reason } => {
                 format!("revoke key {} from {since} on: {reason}", crate::short_id(key_id))
+            }
+            GrantAction::RegisterWorker { name, role, .. } => {
+                format!("register worker {name}, whose own key signs as a {role}")
             }
             GrantAction::ImportRepository { project, source, refs } => {
                 let shown: Vec<String> =

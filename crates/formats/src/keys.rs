@@ -35,6 +35,11 @@ impl KeyRole {
             KeyRole::Ledger => "ledger",
         }
     }
+
+    /// The role named `name`, if one is.
+    pub fn parse(name: &str) -> Option<KeyRole> {
+        KeyRole::ALL.into_iter().find(|role| role.as_str() == name)
+    }
 }
 
 /// Why a key could not be made, read or used.
@@ -270,6 +275,14 @@ impl PublicKey {
     /// The public key `key`, signing for `role`.
     pub fn from_verifying_key(role: KeyRole, key: VerifyingKey) -> PublicKey {
         PublicKey { role, key }
+    }
+
+    /// The ed25519 public key in SubjectPublicKeyInfo PEM `pem`, signing for `role`.
+    pub fn from_pem(role: KeyRole, pem: &str) -> Result<PublicKey, KeyError> {
+        use ed25519_dalek::pkcs8::DecodePublicKey as _;
+        let key = VerifyingKey::from_public_key_pem(pem)
+            .map_err(|e| KeyError::Malformed { path: "(public key)".into(), why: e.to_string() })?;
+        Ok(PublicKey { role, key })
     }
 
     /// The role this key signs for.

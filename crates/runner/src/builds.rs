@@ -12,18 +12,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use custody_blobs::Blobs;
 use custody_domain::glob::Glob;
 use custody_domain::pipeline;
 use custody_domain::status::BuildStatus;
-use custody_domain::{ProjectName, Timestamp};
+use custody_domain::Timestamp;
 use custody_formats::{BuildFacts, ServiceKey};
 use custody_git::change as git;
-use custody_git::Repositories;
 use custody_store::{BuildOutcome, LeasedBuild, NewArtifact, Store};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
 
+use crate::desk::{BuildDesk, Local};
 use crate::sandbox::{self, Limits};
 use crate::{script_environment, Job, JobKind};
 
@@ -37,17 +36,12 @@ const MAX_FILES: usize = 100_000;
 
 /// What a builder needs.
 #[derive(Clone)]
-pub struct Builder {
-    /// The database.
-    pub store: Store,
-    /// The git repositories.
-    pub repositories: Repositories,
-    /// The artifact repository.
-    pub blobs: Blobs,
-    /// The builder key, which signs provenance.
+pub struct Builder<D = Local> {
+    /// Where its builds come from and go.
+    pub desk: D,
+    /// The key that signs provenance: the instance's builder key, or a
+    /// worker's own.
     pub key: Arc<ServiceKey>,
-    /// The instance's name.
-    pub instance: String,
     /// This worker's name, unique among running workers.
     pub worker: String,
     /// The most any job may use, whatever its pipeline asks.
@@ -60,7 +54,7 @@ pub fn worker_name(boot: &str) -> String {
     format!("{}:{}:{boot}", crate::boot::host(), std::process::id())
 }
 
-impl Builder {
+impl<D: BuildDesk> Builder<D> {
     /// Runs builds until `shutdown` completes.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         crate::work_until(&self, shutdown).await;
@@ -72,7 +66,7 @@ impl Builder {
         let heartbeat = async {
             loop {
                 tokio::time::sleep(LEASE / 3).await;
-                match self.store.heartbeat_build(lease, LEASE.as_millis() as i64).await {
+                match self.desk.heartbeat(lease, LEASE.as_millis() as i64).await {
                     Ok(true) => {}
                     Ok(false) => return,
                     Err(error) => tracing::warn!(%error, build = lease.number, "heartbeat failed"),
@@ -109,7 +103,7 @@ impl Builder {
             Ok(found) => found,
             Err((status, reason)) => return stopped(outcome, status, reason),
         };
-        let artifacts = match self.store_artifacts(found).await {
+        let artifacts = match self.store_artifacts(lease, found).await {
             Ok(artifacts) => artifacts,
             Err(reason) => return stopped(outcome, BuildStatus::Error, reason),
         };
@@ -125,10 +119,10 @@ impl Builder {
     /// Prepares the leased build on a blocking thread: the pipeline as its commit defines it, checked out.
     async fn plan(&self, lease: &LeasedBuild) -> Prepared {
         let errored = |reason: String| Prepared::Fail(stopped(BuildOutcome::default(), BuildStatus::Error, reason));
-        let Ok(project) = ProjectName::parse(&lease.project) else {
-            return errored(format!("project name {:?} is not valid", lease.project));
+        let repository = match self.desk.repository(lease).await {
+            Ok(repository) => repository,
+            Err(reason) => return errored(reason),
         };
-        let repository = self.repositories.path(&project);
         let commit = lease.commit.clone();
         match tokio::task::spawn_blocking(move || prepare(&repository, &commit)).await {
             Ok(Ok(prepared)) => prepared,
@@ -154,35 +148,35 @@ impl Builder {
     }
 
     /// Stores each artifact in the blob store; the reason when one cannot be stored.
-    async fn store_artifacts(&self, found: Vec<(String, PathBuf)>) -> Result<Vec<NewArtifact>, String> {
+    async fn store_artifacts(
+        &self,
+        lease: &LeasedBuild,
+        found: Vec<(String, PathBuf)>,
+    ) -> Result<Vec<NewArtifact>, String> {
         let mut artifacts = Vec::with_capacity(found.len());
         for (name, path) in found {
-            let stored =
-                self.blobs.ingest(&path).await.map_err(|error| format!("storing artifact {name} failed: {error}"))?;
-            artifacts.push(NewArtifact { name, digest: stored.digest.to_string(), size: stored.size as i64 });
+            artifacts.push(self.desk.store_artifact(lease, &name, &path).await?);
         }
         Ok(artifacts)
     }
 
     /// The SLSA provenance of the build's artifacts, signed with the builder key, as JSON.
     fn provenance(&self, lease: &LeasedBuild, plan: &Plan, artifacts: &[NewArtifact]) -> Result<String, String> {
+        let instance = self.desk.instance(lease);
         let facts = BuildFacts {
             artifacts: artifacts.iter().map(|a| (a.name.clone(), a.digest.clone())).collect(),
-            instance: self.instance.clone(),
+            instance: instance.clone(),
             project: lease.project.clone(),
-            repository: format!("custody://{}/{}.git", self.instance, lease.project),
+            repository: format!("custody://{instance}/{}.git", lease.project),
             branch: lease.branch.clone(),
             commit: lease.commit.clone(),
             pipeline: (pipeline::PATH.to_owned(), plan.pipeline_digest.clone()),
             command: plan.command.clone(),
             script: plan.script.clone(),
             network: plan.network,
-            builder_id: format!("custody://{}/builder", self.instance),
+            builder_id: self.desk.builder_id(lease),
             builder_version: env!("CARGO_PKG_VERSION").to_owned(),
-            invocation_id: format!(
-                "custody://{}/{}/builds/{}/attempts/{}",
-                self.instance, lease.project, lease.number, lease.attempt
-            ),
+            invocation_id: custody_app::work::invocation_id(&instance, lease),
             started_on: Timestamp::from_millis(lease.started_at).to_string(),
             finished_on: Timestamp::from_millis(custody_store::now_ms()).to_string(),
         };
@@ -210,7 +204,7 @@ impl Builder {
             if cut > 0 {
                 let text = String::from_utf8_lossy(&pending[..cut]).into_owned();
                 pending.drain(..cut);
-                if let Err(error) = self.store.append_build_log(lease, text).await {
+                if let Err(error) = self.desk.append_log(lease, text).await {
                     tracing::warn!(%error, build = lease.number, "writing a build's log");
                 }
             }
@@ -438,18 +432,18 @@ pub fn collect(workspace: &Path, globs: &[Glob]) -> Result<Vec<(String, PathBuf)
     Ok(found)
 }
 
-impl crate::Worker for Builder {
+impl<D: BuildDesk> crate::Worker for Builder<D> {
     type Lease = LeasedBuild;
     type Outcome = BuildOutcome;
     const KIND: &'static str = "build";
     const IDLE: Duration = IDLE;
 
-    fn store(&self) -> &Store {
-        &self.store
+    fn store(&self) -> Option<&Store> {
+        self.desk.store()
     }
 
-    async fn lease(&self) -> custody_store::Result<Option<LeasedBuild>> {
-        self.store.lease_build(&self.worker, LEASE.as_millis() as i64).await
+    async fn lease(&self) -> Result<Option<LeasedBuild>, String> {
+        self.desk.lease(&self.worker, LEASE.as_millis() as i64).await
     }
 
     async fn work(&self, lease: &LeasedBuild) -> Option<BuildOutcome> {
@@ -459,29 +453,12 @@ impl crate::Worker for Builder {
 
     async fn record(&self, lease: &LeasedBuild, outcome: BuildOutcome) {
         tracing::info!(project = %lease.project, build = lease.number, status = %outcome.status, "build finished");
-        let succeeded = outcome.status == BuildStatus::Succeeded;
-        if let Err(error) = self.store.finish_build(lease, outcome).await {
-            tracing::error!(%error, build = lease.number, "recording a build");
-        } else if succeeded {
-            custody_store::fault::point("build.succeeded");
-            // The environments that follow none get the build.
-            custody_app::releases::promote(
-                &self.store,
-                &self.repositories,
-                &lease.project,
-                lease.number,
-                &lease.commit,
-                None,
-            )
-            .await;
-        }
+        self.desk.finish(lease, outcome).await;
     }
 
     async fn interrupted(&self, lease: &LeasedBuild) {
         // Another worker takes the build again.
-        if let Err(error) = self.store.requeue_build(lease).await {
-            tracing::error!(%error, build = lease.number, "requeueing a build");
-        }
+        self.desk.requeue(lease).await;
     }
 }
 

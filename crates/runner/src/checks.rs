@@ -42,12 +42,12 @@ impl crate::Worker for CheckRunner {
     const KIND: &'static str = "check";
     const IDLE: Duration = IDLE;
 
-    fn store(&self) -> &Store {
-        &self.store
+    fn store(&self) -> Option<&Store> {
+        Some(&self.store)
     }
 
-    async fn lease(&self) -> custody_store::Result<Option<LeasedCheck>> {
-        self.store.lease_check(STALE_MS).await
+    async fn lease(&self) -> Result<Option<LeasedCheck>, String> {
+        self.store.lease_check(STALE_MS).await.map_err(|e| e.to_string())
     }
 
     async fn work(&self, lease: &LeasedCheck) -> Option<CheckOutcome> {

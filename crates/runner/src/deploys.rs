@@ -4,32 +4,32 @@
 //! attestation with the deployer key; then promotes the build to the
 //! environments that follow.
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use custody_blobs::Blobs;
+use custody_app::work::{environment_gate, release_changes, PreparedDeployment};
 use custody_domain::pipeline;
 use custody_domain::status::DeploymentStatus;
-use custody_domain::{ProjectName, Timestamp};
-use custody_formats::attestation::{DeploymentV1, EnvironmentGate, PipelineFile, ReleaseChange};
+use custody_domain::Timestamp;
+use custody_formats::attestation::{DeploymentV1, PipelineFile};
 use custody_formats::statement::Statement;
 use custody_formats::ServiceKey;
 use custody_git::change as git;
-use custody_git::Repositories;
-use custody_store::{DeployOutcome, Duty, Heartbeat, LeasedDeployment, Store};
+use custody_store::{DeployOutcome, Heartbeat, LeasedDeployment, Store};
 use sha2::{Digest as _, Sha256};
 
+pub use custody_app::work::check_provenance;
+
+use crate::desk::{DeployDesk, LocalDeploys};
 use crate::sandbox::{self, Limits};
 use crate::{script_environment, Job, JobKind};
-use custody_app::releases::{promote, release_context};
 
 /// Where the verified artifacts are, inside the sandbox.
 pub const ARTIFACTS_DIR: &str = "/work/.custody-artifacts";
 
 /// How long a deployment's lease lasts without a heartbeat.
-const LEASE: Duration = Duration::from_secs(30);
+pub const LEASE: Duration = Duration::from_secs(30);
 
 /// How often a running deployment's deployer renews its lease and looks
 /// for a cancel from another process.
@@ -40,55 +40,35 @@ const IDLE: Duration = Duration::from_secs(2);
 
 /// What a deployer needs.
 #[derive(Clone)]
-pub struct Deployer {
-    /// The database.
-    pub store: Store,
-    /// The git repositories.
-    pub repositories: Repositories,
-    /// The artifact repository.
-    pub blobs: Blobs,
-    /// The deployer key, which signs deployment attestations.
+pub struct Deployer<D = LocalDeploys> {
+    /// Where its deployments come from and go.
+    pub desk: D,
+    /// The key that signs deployment attestations: the instance's deployer
+    /// key, or a worker's own.
     pub key: Arc<ServiceKey>,
-    /// The key that seals environment secrets.
-    pub sealing: Arc<custody_formats::sealed::SealingKey>,
-    /// The builder's key (its public half): provenance is checked against
-    /// it, or a builder key it replaced and nobody revoked, before anything
-    /// is deployed.
-    pub builder: Arc<ServiceKey>,
     /// This worker's name.
     pub worker: String,
     /// The most any job may use, whatever its pipeline asks.
     pub ceiling: sandbox::Ceiling,
 }
 
-impl Deployer {
+/// Where an artifact called `name` goes under `dir`, its directories made.
+pub async fn artifact_path(dir: &Path, name: &str) -> Result<PathBuf, String> {
+    let target = dir.join(name);
+    if let Some(parent) = target.parent().map(Path::to_path_buf) {
+        tokio::task::spawn_blocking(move || std::fs::create_dir_all(parent))
+            .await
+            .map_err(|error| error.to_string())
+            .and_then(|made| made.map_err(|error| error.to_string()))
+            .map_err(|error| format!("cannot place artifact {name}: {error}"))?;
+    }
+    Ok(target)
+}
+
+impl<D: DeployDesk> Deployer<D> {
     /// Runs deployments until `shutdown` completes.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         crate::work_until(&self, shutdown).await;
-    }
-
-    /// The changes of the release (merged since what is live in the
-    /// environment) with who wrote and who reviewed each.
-    async fn release(&self, lease: &LeasedDeployment) -> Result<Vec<ReleaseChange>, String> {
-        let project = ProjectName::parse(&lease.project).map_err(|e| e.to_string())?;
-        let context = release_context(&self.store, &self.repositories, &project, &lease.environment, &lease.commit)
-            .await
-            .map_err(|e| e.to_string())?;
-        let duties = self.store.release_duties(&project, &context.changes).await.map_err(|e| e.to_string())?;
-        Ok(context
-            .changes
-            .iter()
-            .map(|number| {
-                let held = |duty| {
-                    duties
-                        .iter()
-                        .filter(|d| d.change == *number && d.duty == duty)
-                        .map(|d| d.user.to_string())
-                        .collect()
-                };
-                ReleaseChange { change: *number, authors: held(Duty::Author), reviewers: held(Duty::Reviewer) }
-            })
-            .collect())
     }
 
     /// Keeps a running deployment's lease alive; completes with the reason
@@ -96,15 +76,22 @@ impl Deployer {
     /// wakes it at once in this process, or within a heartbeat elsewhere.
     async fn stop_signal(&self, lease: &LeasedDeployment) -> String {
         loop {
-            let woken = self.store.jobs_queued();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            match self.store.heartbeat_deployment(lease, LEASE.as_millis() as i64).await {
+            let mut woken = self.desk.store().map(|store| Box::pin(store.jobs_queued()));
+            if let Some(woken) = woken.as_mut() {
+                woken.as_mut().enable();
+            }
+            match self.desk.heartbeat(lease, LEASE.as_millis() as i64).await {
                 Ok(Heartbeat::Held) => {}
                 Ok(Heartbeat::Cancel(reason)) => return reason,
                 Ok(Heartbeat::Lost) => return format!("{} no longer holds the deployment", self.worker),
                 Err(error) => tracing::warn!(%error, deployment = lease.number, "heartbeat failed"),
             }
+            let woken = async move {
+                match woken {
+                    Some(woken) => woken.await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = woken => {}
                 () = tokio::time::sleep(HEARTBEAT) => {}
@@ -132,7 +119,7 @@ impl Deployer {
             Ok(ended) => ended,
             Err(reason) => return failed(reason),
         };
-        let statement = self.attestation(lease, ready, status).await;
+        let statement = attestation(lease, ready, status);
         let envelope = match statement.sign(&self.key) {
             Ok(envelope) => envelope,
             // Never a success without its attestation: the script ran, and
@@ -164,34 +151,14 @@ impl Deployer {
     /// environment's secrets and the release's duties. Nothing after the
     /// script runs can fail for want of any of them.
     async fn make_ready(&self, lease: &LeasedDeployment) -> Result<Ready, String> {
-        let project =
-            ProjectName::parse(&lease.project).map_err(|_| format!("project name {:?} is not valid", lease.project))?;
-        // Only what the builder signed is deployed: the provenance must
-        // verify with the builder key and name every artifact.
-        let provenance = match self.store.provenance_of(&project, lease.build).await {
-            Ok(Some(provenance)) => provenance,
-            Ok(None) => return Err(format!("build {} has no provenance; nothing was deployed", lease.build)),
-            Err(error) => return Err(format!("reading the provenance failed: {error}")),
-        };
-        // The builder keys valid when the build finished, as the verifier
-        // will judge it: a retired key signs nothing after its rotation, a
-        // revoked one nothing from its revocation's time.
-        let history = self.store.key_history().await.map_err(|e| format!("reading the key history failed: {e}"))?;
-        let finished = match self.store.build_finished_at(&project, lease.build).await {
-            Ok(Some(at)) => at,
-            Ok(None) => return Err(format!("build {} has no recorded finish; nothing was deployed", lease.build)),
-            Err(error) => return Err(format!("reading the build's finish failed: {error}")),
-        };
-        let builders = custody_store::keys_valid_at(&history, &self.builder.public(), finished);
-        check_provenance(&provenance, &builders, &lease.artifacts)
-            .map_err(|why| format!("the provenance of build {} {why}; nothing was deployed", lease.build))?;
-        let repository = self.repositories.path(&project);
+        let PreparedDeployment { facts, secrets } = self.desk.prepare(lease).await?;
+        let repository = self.desk.repository(lease).await?;
         let (commit, environment) = (lease.commit.clone(), lease.environment.clone());
         let (workspace, script, timeout, resources, pipeline_digest) =
             tokio::task::spawn_blocking(move || prepare(&repository, &commit, &environment))
                 .await
                 .map_err(|_| "preparing the deployment failed".to_owned())??;
-        self.place_artifacts(lease, &workspace).await?;
+        self.desk.place_artifacts(lease, &workspace.path().join(".custody-artifacts")).await?;
         let build = lease.build.to_string();
         let job = Job {
             kind: JobKind::Deploy { environment: lease.environment.clone() },
@@ -201,66 +168,8 @@ impl Deployer {
         };
         let mut env = script_environment(&job, Path::new("/work"));
         env.push(("CUSTODY_ARTIFACTS_DIR".into(), ARTIFACTS_DIR.into()));
-        let (secrets, versions) = self.open_secrets(&project, lease).await?;
         env.extend(secrets.iter().cloned());
-        // Who held each duty in the release goes into the attestation.
-        let release =
-            self.release(lease).await.map_err(|error| format!("reading the release's duties failed: {error}"))?;
-        Ok(Ready { project, workspace, script, timeout, resources, pipeline_digest, env, secrets, versions, release })
-    }
-
-    /// The artifacts, re-hashed on the way out of the store into the
-    /// workspace.
-    async fn place_artifacts(&self, lease: &LeasedDeployment, workspace: &sandbox::Workspace) -> Result<(), String> {
-        let artifacts_dir = workspace.path().join(".custody-artifacts");
-        for (name, digest) in &lease.artifacts {
-            let target = artifacts_dir.join(name);
-            if let Some(parent) = target.parent().map(Path::to_path_buf) {
-                tokio::task::spawn_blocking(move || std::fs::create_dir_all(parent))
-                    .await
-                    .map_err(|error| error.to_string())
-                    .and_then(|made| made.map_err(|error| error.to_string()))
-                    .map_err(|error| format!("cannot place artifact {name}: {error}"))?;
-            }
-            let parsed = digest.parse().map_err(|_| format!("artifact {name} has no valid digest"))?;
-            self.blobs
-                .copy_to_file(&parsed, &target)
-                .await
-                .map_err(|error| format!("artifact {name} could not be verified: {error}"))?;
-        }
-        Ok(())
-    }
-
-    /// The environment's secrets, each a variable of its own name, and the
-    /// version of each, which the attestation records (never the value).
-    async fn open_secrets(
-        &self,
-        project: &ProjectName,
-        lease: &LeasedDeployment,
-    ) -> Result<(Vec<(String, String)>, BTreeMap<String, i64>), String> {
-        let sealed = self
-            .store
-            .current_secrets(project, &lease.environment)
-            .await
-            .map_err(|error| format!("reading the environment's secrets failed: {error}"))?;
-        let mut secrets = Vec::new();
-        let mut versions = BTreeMap::new();
-        for secret in &sealed {
-            let slot = custody_store::secret_slot(&lease.project, &lease.environment, &secret.name, secret.version);
-            let opened = self.sealing.open(
-                &slot,
-                &custody_formats::sealed::Sealed { nonce: secret.nonce.clone(), ciphertext: secret.ciphertext.clone() },
-            );
-            let Some(value) = opened.and_then(|v| String::from_utf8(v).ok()) else {
-                return Err(format!(
-                    "secret {} (version {}) does not open with this instance's key: it was altered or moved; set it again",
-                    secret.name, secret.version
-                ));
-            };
-            secrets.push((secret.name.clone(), value));
-            versions.insert(secret.name.clone(), secret.version);
-        }
-        Ok((secrets, versions))
+        Ok(Ready { workspace, script, timeout, resources, pipeline_digest, env, secrets, facts })
     }
 
     /// Runs the deploy script in its sandbox until it ends or `stop` says
@@ -310,51 +219,38 @@ impl Deployer {
             }
         })
     }
+}
 
-    /// The deployment attestation of a deployment that ended with `status`.
-    async fn attestation(&self, lease: &LeasedDeployment, ready: Ready, status: DeploymentStatus) -> Statement {
-        // The environment this one follows and its gate, as the mainline
-        // defines them now, so that an offline verifier can check the
-        // environment order and the approvals the gate asked for.
-        let context =
-            release_context(&self.store, &self.repositories, &ready.project, &lease.environment, &lease.commit)
-                .await
-                .ok();
-        DeploymentV1 {
-            project: lease.project.clone(),
-            environment: lease.environment.clone(),
-            after: context.as_ref().and_then(|c| c.environment.after.clone()),
-            gate: context.as_ref().map(|c| EnvironmentGate {
-                approvals: u64::from(c.environment.approvals),
-                approvers: c.environment.approvers.as_ref().map(ToString::to_string),
-                testers: c.environment.testers.as_ref().map(ToString::to_string),
-                reviewers_may_approve: c.environment.reviewers_may_approve,
-            }),
-            deployment: lease.number,
-            build: lease.build,
-            commit: lease.commit.clone(),
-            pipeline: PipelineFile { path: pipeline::PATH.to_owned(), sha256: ready.pipeline_digest },
-            script: ready.script,
-            release: ready.release,
-            builder: lease.builder.clone(),
-            requester: lease.requested_by.clone(),
-            approvers: lease.approvers.clone(),
-            testers: lease.testers.clone(),
-            previous_deployment: lease.previous,
-            break_glass: lease.break_glass.clone(),
-            secrets: ready.versions,
-            result: status.as_str().to_owned(),
-            deployer: lease.worker.clone(),
-            started_on: Timestamp::from_millis(lease.started_at).to_string(),
-            finished_on: Timestamp::from_millis(custody_store::now_ms()).to_string(),
-        }
-        .statement(&lease.artifacts)
+/// The deployment attestation of a deployment that ended with `status`.
+fn attestation(lease: &LeasedDeployment, ready: Ready, status: DeploymentStatus) -> Statement {
+    DeploymentV1 {
+        project: lease.project.clone(),
+        environment: lease.environment.clone(),
+        after: ready.facts.after.clone(),
+        gate: environment_gate(&ready.facts),
+        deployment: lease.number,
+        build: lease.build,
+        commit: lease.commit.clone(),
+        pipeline: PipelineFile { path: pipeline::PATH.to_owned(), sha256: ready.pipeline_digest },
+        script: ready.script,
+        release: release_changes(&ready.facts),
+        builder: lease.builder.clone(),
+        requester: lease.requested_by.clone(),
+        approvers: lease.approvers.clone(),
+        testers: lease.testers.clone(),
+        previous_deployment: lease.previous,
+        break_glass: lease.break_glass.clone(),
+        secrets: ready.facts.secrets,
+        result: status.as_str().to_owned(),
+        deployer: lease.worker.clone(),
+        started_on: Timestamp::from_millis(lease.started_at).to_string(),
+        finished_on: Timestamp::from_millis(custody_store::now_ms()).to_string(),
     }
+    .statement(&lease.artifacts)
 }
 
 /// A deployment made ready to run.
 struct Ready {
-    project: ProjectName,
     workspace: sandbox::Workspace,
     script: String,
     timeout: Duration,
@@ -364,22 +260,22 @@ struct Ready {
     env: Vec<(String, String)>,
     /// The secrets by name, to redact from the log.
     secrets: Vec<(String, String)>,
-    versions: BTreeMap<String, i64>,
-    release: Vec<ReleaseChange>,
+    /// What the attestation records beyond the lease.
+    facts: custody_api::DeployFacts,
 }
 
-impl crate::Worker for Deployer {
+impl<D: DeployDesk> crate::Worker for Deployer<D> {
     type Lease = LeasedDeployment;
     type Outcome = DeployOutcome;
     const KIND: &'static str = "deployment";
     const IDLE: Duration = IDLE;
 
-    fn store(&self) -> &Store {
-        &self.store
+    fn store(&self) -> Option<&Store> {
+        self.desk.store()
     }
 
-    async fn lease(&self) -> custody_store::Result<Option<LeasedDeployment>> {
-        self.store.lease_deployment(&self.worker, LEASE.as_millis() as i64).await
+    async fn lease(&self) -> Result<Option<LeasedDeployment>, String> {
+        self.desk.lease(&self.worker, LEASE.as_millis() as i64).await
     }
 
     async fn work(&self, lease: &LeasedDeployment) -> Option<DeployOutcome> {
@@ -388,13 +284,7 @@ impl crate::Worker for Deployer {
 
     async fn record(&self, lease: &LeasedDeployment, outcome: DeployOutcome) {
         tracing::info!(project = %lease.project, deployment = lease.number, environment = %lease.environment, status = %outcome.status, "deployment finished");
-        let succeeded = outcome.status == DeploymentStatus::Succeeded;
-        if let Err(error) = self.store.finish_deployment(lease, outcome).await {
-            tracing::error!(%error, deployment = lease.number, "recording a deployment");
-        } else if succeeded {
-            let next = Some(lease.environment.as_str());
-            promote(&self.store, &self.repositories, &lease.project, lease.build, &lease.commit, next).await;
-        }
+        self.desk.finish(lease, outcome).await;
     }
 
     async fn interrupted(&self, lease: &LeasedDeployment) {
@@ -410,35 +300,8 @@ impl crate::Worker for Deployer {
             )),
             ..DeployOutcome::default()
         };
-        if let Err(error) = self.store.finish_deployment(lease, stopped).await {
-            tracing::error!(%error, deployment = lease.number, "recording a stopped deployment");
-        }
+        self.desk.finish(lease, stopped).await;
     }
-}
-
-/// Checks a build's provenance envelope: signed by the builder key, an
-/// in-toto statement of SLSA provenance naming each artifact's digest.
-pub fn check_provenance(
-    envelope: &str,
-    builders: &[custody_formats::PublicKey],
-    artifacts: &[(String, String)],
-) -> Result<(), String> {
-    let envelope: custody_formats::Envelope =
-        serde_json::from_str(envelope).map_err(|e| format!("is not a DSSE envelope ({e})"))?;
-    let payload = builders
-        .iter()
-        .find_map(|builder| envelope.verify(builder).ok())
-        .ok_or_else(|| "does not verify with the builder key".to_owned())?;
-    let statement: Statement = serde_json::from_slice(&payload).map_err(|e| format!("holds no statement ({e})"))?;
-    if statement.predicate_type != custody_formats::provenance::PROVENANCE_PREDICATE {
-        return Err(format!("is a {} statement, not SLSA provenance", statement.predicate_type));
-    }
-    for (name, digest) in artifacts {
-        if !statement.subject.iter().any(|s| s.digest.get("sha256") == Some(digest)) {
-            return Err(format!("does not name artifact {name} (sha256:{digest})"));
-        }
-    }
-    Ok(())
 }
 
 /// The log with every secret value replaced by its name.
@@ -535,6 +398,8 @@ fn prepare(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use custody_formats::statement::Subject;
     use serde_json::json;

@@ -12,6 +12,7 @@ pub mod builds;
 pub mod cgroup;
 pub mod checks;
 pub mod deploys;
+pub mod desk;
 pub mod sandbox;
 
 use std::path::Path;
@@ -39,10 +40,11 @@ pub(crate) trait Worker: Sync {
     const KIND: &'static str;
     /// How long an idle worker waits when no wake-up came.
     const IDLE: std::time::Duration;
-    /// The store the jobs come from.
-    fn store(&self) -> &custody_store::Store;
+    /// The database the jobs come from, when the worker reaches it: its
+    /// commits wake an idle worker at once.
+    fn store(&self) -> Option<&custody_store::Store>;
     /// Takes the next job, if there is one.
-    fn lease(&self) -> impl std::future::Future<Output = custody_store::Result<Option<Self::Lease>>> + Send;
+    fn lease(&self) -> impl std::future::Future<Output = Result<Option<Self::Lease>, String>> + Send;
     /// Runs a job to its end; `None` when its lease was lost on the way.
     fn work(&self, lease: &Self::Lease) -> impl std::future::Future<Output = Option<Self::Outcome>> + Send;
     /// Records how the job ended, and what follows from it. Runs to its
@@ -59,9 +61,16 @@ pub(crate) async fn work_until<W: Worker>(worker: &W, shutdown: impl std::future
     tokio::pin!(shutdown);
     loop {
         // Registered before looking, so a job queued in between still wakes us.
-        let woken = worker.store().jobs_queued();
-        tokio::pin!(woken);
-        woken.as_mut().enable();
+        let mut woken = worker.store().map(|store| Box::pin(store.jobs_queued()));
+        if let Some(woken) = woken.as_mut() {
+            woken.as_mut().enable();
+        }
+        let woken = async move {
+            match woken {
+                Some(woken) => woken.await,
+                None => std::future::pending().await,
+            }
+        };
         let leased = tokio::select! {
             () = &mut shutdown => return,
             leased = worker.lease() => leased,

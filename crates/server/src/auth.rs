@@ -49,7 +49,7 @@ impl Auth {
 
 /// The token presented: `Authorization: Bearer TOKEN`, or HTTP Basic with
 /// the token as the password (what git clients send).
-fn presented_token(parts: &Parts) -> Result<Option<String>, ApiError> {
+pub(crate) fn presented_token(parts: &Parts) -> Result<Option<String>, ApiError> {
     let Some(value) = parts.headers.get(AUTHORIZATION) else {
         return Ok(None);
     };

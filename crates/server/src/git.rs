@@ -156,13 +156,46 @@ fn plain(status: StatusCode, message: String) -> Response {
     (status, format!("{message}\n")).into_response()
 }
 
+/// Who a git client is: a person, with what they may do in the project,
+/// or a worker that shares nothing with the server, fetching the commit of
+/// a job it holds.
+enum Caller {
+    Person(Authenticated, ProjectAccess),
+    Worker(ProjectName),
+}
+
+impl Caller {
+    fn project(&self) -> &ProjectName {
+        match self {
+            Caller::Person(_, access) => &access.project,
+            Caller::Worker(project) => project,
+        }
+    }
+}
+
 /// Authenticates a git client and finds what it may do in the project.
 async fn authorise(
     state: &AppState,
     parts: &mut axum::http::request::Parts,
     repo: &str,
     service: Service,
-) -> Result<(Authenticated, ProjectAccess), Response> {
+) -> Result<Caller, Response> {
+    let token = crate::auth::presented_token(parts).ok().flatten().unwrap_or_default();
+    if let Some(worker) = crate::api::workers::authenticate_worker(state, &token).await {
+        let worker = worker.map_err(|error| challenge(&error.message))?;
+        let project = project_of(repo).map_err(|_| plain(StatusCode::NOT_FOUND, "repository not found".into()))?;
+        if service != Service::UploadPack {
+            return Err(plain(StatusCode::FORBIDDEN, "a worker fetches; it never pushes".into()));
+        }
+        return match state.store().holds_job(&worker.lease_name(), project.as_str()).await {
+            Ok(true) => Ok(Caller::Worker(project)),
+            Ok(false) => Err(plain(
+                StatusCode::NOT_FOUND,
+                format!("repository {project} not found among the jobs this worker holds"),
+            )),
+            Err(error) => Err(ApiError::from(error).into_response()),
+        };
+    }
     let Auth(user) = match Auth::from_request_parts(parts, state).await {
         Ok(auth) => auth,
         Err(error) => return Err(challenge(&error.message)),
@@ -187,7 +220,7 @@ async fn authorise(
             return Err(plain(StatusCode::FORBIDDEN, refusal_text(&may)));
         }
     }
-    Ok((user, access))
+    Ok(Caller::Person(user, access))
 }
 
 #[derive(Deserialize)]
@@ -208,12 +241,12 @@ async fn info_refs(
         );
     };
     let (mut parts, _) = request.into_parts();
-    let (_, access) = match authorise(&state, &mut parts, &repo, service).await {
-        Ok(ok) => ok,
+    let caller = match authorise(&state, &mut parts, &repo, service).await {
+        Ok(caller) => caller,
         Err(response) => return response,
     };
     let protocol = git_protocol(&parts.headers);
-    let path = state.hosting().repositories().path(&access.project);
+    let path = state.hosting().repositories().path(caller.project());
     let output = match service::command(service, &path, true, protocol.as_deref(), &[]).output().await {
         Ok(output) if output.status.success() => output.stdout,
         Ok(output) => {
@@ -258,15 +291,15 @@ async fn receive_pack(
 /// back, without holding either pack in memory.
 async fn rpc(state: AppState, repo: String, service: Service, request: axum::extract::Request) -> Response {
     let (mut parts, body) = request.into_parts();
-    let (user, access) = match authorise(&state, &mut parts, &repo, service).await {
-        Ok(ok) => ok,
+    let caller = match authorise(&state, &mut parts, &repo, service).await {
+        Ok(caller) => caller,
         Err(response) => return response,
     };
     let hosting = state.hosting();
-    let path = hosting.repositories().path(&access.project);
+    let path = hosting.repositories().path(caller.project());
     let mut extra = Vec::new();
     let mut capability = None;
-    if service == Service::ReceivePack {
+    if let (Service::ReceivePack, Caller::Person(user, access)) = (service, &caller) {
         let Some(url) = hosting.hook_url.get() else {
             return plain(StatusCode::SERVICE_UNAVAILABLE, "the server is still starting".into());
         };

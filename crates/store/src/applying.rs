@@ -81,7 +81,7 @@ pub(crate) async fn check_applicable(tx: &mut Tx, action: &GrantAction) -> Resul
         | GrantAction::ImportRepository { .. }
         | GrantAction::DeleteTag { .. } => crate::projects::check_applicable(tx, action).await?,
         GrantAction::SetSecret { .. } => {}
-        GrantAction::RotateKey { .. } | GrantAction::RevokeKey { .. } => {
+        GrantAction::RotateKey { .. } | GrantAction::RevokeKey { .. } | GrantAction::RegisterWorker { .. } => {
             crate::keys::check_applicable(tx, action).await?
         }
     }
@@ -131,7 +131,7 @@ pub(crate) async fn apply(tx: &mut Tx, grant_id: i64, action: &GrantAction) -> R
         | GrantAction::ImportRepository { .. }
         | GrantAction::DeleteTag { .. } => crate::projects::apply(tx, grant_id, action).await?,
         GrantAction::SetSecret { .. } => apply_secret(tx, action).await?,
-        GrantAction::RotateKey { .. } | GrantAction::RevokeKey { .. } => {
+        GrantAction::RotateKey { .. } | GrantAction::RevokeKey { .. } | GrantAction::RegisterWorker { .. } => {
             crate::keys::apply(tx, grant_id, action).await?
         }
     }

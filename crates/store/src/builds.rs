@@ -25,60 +25,7 @@ pub const MAX_ATTEMPTS: i64 = 3;
 /// The PostgreSQL notification channel that wakes workers.
 pub const JOBS_CHANNEL: &str = "custody_jobs";
 
-/// A build a worker has leased.
-#[derive(Clone, Debug)]
-pub struct LeasedBuild {
-    /// The build's row id.
-    pub id: i64,
-    /// The project.
-    pub project: String,
-    /// The build's number in its project.
-    pub number: i64,
-    /// The commit to build.
-    pub commit: String,
-    /// The branch it is on.
-    pub branch: String,
-    /// Which attempt this is (1 for the first).
-    pub attempt: i64,
-    /// The worker holding the lease.
-    pub worker: String,
-    /// When this attempt started.
-    pub started_at: i64,
-}
-
-/// An artifact a build made, stored in the blob store already.
-#[derive(Clone, Debug)]
-pub struct NewArtifact {
-    /// Its path in the workspace.
-    pub name: String,
-    /// sha256, hex.
-    pub digest: String,
-    /// Size in bytes.
-    pub size: i64,
-}
-
-/// How a build ended.
-#[derive(Clone, Debug, Default)]
-pub struct BuildOutcome {
-    /// `succeeded`, `failed`, `error` or `skipped`.
-    pub status: custody_domain::status::BuildStatus,
-    /// Why, when it did not succeed.
-    pub reason: Option<String>,
-    /// The command run.
-    pub command: Option<String>,
-    /// Whether it had network.
-    pub network: Option<bool>,
-    /// sha256 of the pipeline file.
-    pub pipeline_digest: Option<String>,
-    /// sha256 of the build script.
-    pub script_digest: Option<String>,
-    /// The exit code.
-    pub exit_code: Option<i64>,
-    /// What it made (only when it succeeded).
-    pub artifacts: Vec<NewArtifact>,
-    /// The signed provenance (a DSSE envelope, JSON).
-    pub provenance: Option<String>,
-}
+pub use custody_api::{BuildOutcome, LeasedBuild, NewArtifact};
 
 /// Queues a build of `commit` in the caller's transaction and wakes the
 /// workers when it commits. Returns the build's number.

@@ -973,66 +973,7 @@ impl Store {
     }
 }
 
-/// A deployment a deployer has leased.
-#[derive(Clone, Debug)]
-pub struct LeasedDeployment {
-    /// Its row id.
-    pub id: i64,
-    /// The project.
-    pub project: String,
-    /// Its number.
-    pub number: i64,
-    /// Where it goes.
-    pub environment: String,
-    /// The build deployed.
-    pub build: i64,
-    /// The build's commit.
-    pub commit: String,
-    /// The build's artifacts: name and sha256.
-    pub artifacts: Vec<(String, String)>,
-    /// Who asked for it.
-    pub requested_by: Option<String>,
-    /// Who approved it.
-    pub approvers: Vec<String>,
-    /// Who signed off its tests as passed.
-    pub testers: Vec<String>,
-    /// The deployment live in the environment before it.
-    pub previous: Option<i64>,
-    /// The break-glass reason, when the glass was broken.
-    pub break_glass: Option<String>,
-    /// The worker that built the build.
-    pub builder: Option<String>,
-    /// The deployer holding it.
-    pub worker: String,
-    /// When it started.
-    pub started_at: i64,
-}
-
-/// What a running deployment's heartbeat found.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Heartbeat {
-    /// The deployer still holds it: go on.
-    Held,
-    /// Someone cancelled it: stop the script. Who and why.
-    Cancel(String),
-    /// The deployer no longer holds it.
-    Lost,
-}
-
-/// How a deployment ended.
-#[derive(Clone, Debug, Default)]
-pub struct DeployOutcome {
-    /// `succeeded`, `failed` or `cancelled`.
-    pub status: DeploymentStatus,
-    /// Why it failed.
-    pub reason: Option<String>,
-    /// The deploy script's exit code.
-    pub exit_code: Option<i64>,
-    /// Its output (secrets redacted).
-    pub log: String,
-    /// The signed deployment attestation.
-    pub attestation: Option<String>,
-}
+pub use custody_api::{DeployOutcome, Heartbeat, LeasedDeployment};
 
 impl Store {
     /// Releases at once the work held by `workers`, whose process is known

@@ -18,6 +18,7 @@ pub const KEYS_SUBJECT: &str = "keys";
 const REGISTERED: &str = "key.registered";
 const ROTATED: &str = "key.rotated";
 const REVOKED: &str = "key.revoked";
+const WORKER: &str = "worker.registered";
 
 /// A public key as recorded: its id and SubjectPublicKeyInfo PEM.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +66,47 @@ pub enum KeyEvent {
         /// The grant that asked for it.
         grant: i64,
     },
+    /// A worker that shares nothing with the server was registered: its
+    /// own `key` signs as one more key of `role` from `at_ms` on, and it
+    /// calls the API with the credential whose SHA-256 is `credential`.
+    Worker {
+        /// The worker's name.
+        name: String,
+        /// `builder` or `deployer`.
+        role: String,
+        /// Its key.
+        key: RecordedKey,
+        /// Hex SHA-256 of its credential.
+        credential: String,
+        /// When, in milliseconds since the epoch.
+        at_ms: i64,
+        /// The grant that asked for it.
+        grant: i64,
+    },
+}
+
+/// A registered worker, as the key history records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegisteredWorker {
+    /// Its name.
+    pub name: String,
+    /// The role its key signs as.
+    pub role: KeyRole,
+    /// Its key.
+    pub key: RecordedKey,
+    /// Hex SHA-256 of its credential.
+    pub credential: String,
+    /// Its key's revocation, if it was revoked: from when, and why.
+    pub revoked: Option<(i64, String)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WorkerDetails {
+    name: String,
+    role: String,
+    key: RecordedKey,
+    credential: String,
+    grant: i64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -111,6 +153,17 @@ async fn history(tx: &mut impl crate::tx::Reads) -> Result<Vec<KeyEvent>> {
                 let d: RotatedDetails = serde_json::from_value(event.details.clone()).map_err(corrupt)?;
                 found.push(KeyEvent::Rotated { role: d.role, old: d.old, new: d.new, at_ms: event.at, grant: d.grant });
             }
+            WORKER => {
+                let d: WorkerDetails = serde_json::from_value(event.details.clone()).map_err(corrupt)?;
+                found.push(KeyEvent::Worker {
+                    name: d.name,
+                    role: d.role,
+                    key: d.key,
+                    credential: d.credential,
+                    at_ms: event.at,
+                    grant: d.grant,
+                });
+            }
             REVOKED => {
                 let d: RevokedDetails = serde_json::from_value(event.details.clone()).map_err(corrupt)?;
                 found.push(KeyEvent::Revoked {
@@ -137,10 +190,12 @@ pub fn current_of<'h>(history: &'h [KeyEvent], role: &str) -> Option<&'h Recorde
     })
 }
 
-/// The role of a key the history retired, and whether it is revoked.
-fn retired(history: &[KeyEvent], key_id: &str) -> Option<(String, bool)> {
+/// The role of a key that may be revoked (one the history retired, or a
+/// worker's), and whether it is revoked.
+fn revocable(history: &[KeyEvent], key_id: &str) -> Option<(String, bool)> {
     let role = history.iter().find_map(|e| match e {
         KeyEvent::Rotated { role, old, .. } if old.key_id == key_id => Some(role.clone()),
+        KeyEvent::Worker { role, key, .. } if key.key_id == key_id => Some(role.clone()),
         _ => None,
     })?;
     let revoked = history.iter().any(|e| matches!(e, KeyEvent::Revoked { key_id: k, .. } if k == key_id));
@@ -158,10 +213,10 @@ pub(crate) async fn check_applicable(tx: &mut Tx, action: &GrantAction) -> Resul
         }
         GrantAction::RevokeKey { key_id, since, .. } => {
             let history = history(tx).await?;
-            match retired(&history, key_id) {
+            match revocable(&history, key_id) {
                 None => Err(StoreError::Conflict(format!(
-                    "key {key_id} is no retired key of this instance: only a key replaced by a rotation is revoked \
-                     (rotate the key first)"
+                    "key {key_id} is neither a retired key of this instance nor a worker's: only a key replaced by \
+                     a rotation, or a worker's own key, is revoked (rotate the key first)"
                 ))),
                 Some((_, true)) => Err(StoreError::Conflict(format!("key {key_id} is revoked already"))),
                 Some(_) if since.millis() > now_ms() => {
@@ -170,16 +225,100 @@ pub(crate) async fn check_applicable(tx: &mut Tx, action: &GrantAction) -> Resul
                 Some(_) => Ok(()),
             }
         }
+        GrantAction::RegisterWorker { name, role, public_key, credential_sha256 } => {
+            check_worker(&history(tx).await?, name, role, public_key, credential_sha256).map(|_| ())
+        }
         _ => Ok(()),
     }
+}
+
+/// The key a worker registration names, when it may be registered: a
+/// new name, a worker role, an ed25519 public key no other key of the
+/// instance has, and a credential digest.
+fn check_worker(
+    history: &[KeyEvent],
+    name: &str,
+    role: &str,
+    public_key: &str,
+    credential: &str,
+) -> Result<RecordedKey> {
+    let invalid = |message: String| StoreError::Conflict(message);
+    if name.is_empty()
+        || name.len() > 64
+        || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        || name.starts_with('-')
+    {
+        return Err(invalid(format!(
+            "worker name {name:?} must be 1 to 64 lowercase letters, digits and dashes, not starting with a dash"
+        )));
+    }
+    let Some(role) = KeyRole::parse(role).filter(|r| custody_domain::grant::WORKER_ROLES.contains(&r.as_str())) else {
+        return Err(invalid(format!("a worker's key signs as a builder or a deployer, not as {role:?}")));
+    };
+    if credential.len() != 64 || !credential.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        return Err(invalid("the credential's SHA-256 must be 64 lowercase hex digits".into()));
+    }
+    let key = PublicKey::from_pem(role, public_key)
+        .map_err(|e| invalid(format!("the worker's public key is not an ed25519 public key in PEM: {e}")))?;
+    let recorded = RecordedKey { key_id: key.key_id(), public_key: key.to_pem() };
+    for event in history {
+        let (taken_name, keys): (Option<&str>, Vec<&RecordedKey>) = match event {
+            KeyEvent::Registered { key, .. } => (None, vec![key]),
+            KeyEvent::Rotated { old, new, .. } => (None, vec![old, new]),
+            KeyEvent::Worker { name, key, .. } => (Some(name.as_str()), vec![key]),
+            KeyEvent::Revoked { .. } => (None, vec![]),
+        };
+        if taken_name == Some(name) {
+            return Err(invalid(format!("a worker named {name} is registered already; choose another name")));
+        }
+        if keys.iter().any(|k| k.key_id == recorded.key_id) {
+            return Err(invalid(format!("key {} is already one of this instance's keys", recorded.key_id)));
+        }
+    }
+    Ok(recorded)
+}
+
+/// The workers the history registered, with their revocations.
+pub fn registered_workers(history: &[KeyEvent]) -> Vec<RegisteredWorker> {
+    history
+        .iter()
+        .filter_map(|event| {
+            let KeyEvent::Worker { name, role, key, credential, .. } = event else { return None };
+            let revoked = history.iter().find_map(|e| match e {
+                KeyEvent::Revoked { key_id, since_ms, reason, .. } if *key_id == key.key_id => {
+                    Some((*since_ms, reason.clone()))
+                }
+                _ => None,
+            });
+            Some(RegisteredWorker {
+                name: name.clone(),
+                role: KeyRole::parse(role)?,
+                key: key.clone(),
+                credential: credential.clone(),
+                revoked,
+            })
+        })
+        .collect()
 }
 
 /// Applies a key grant: a revocation is recorded with it; a rotation is
 /// completed by the server, which makes the new key ([`Store::record_rotation`]).
 pub(crate) async fn apply(tx: &mut Tx, grant_id: i64, action: &GrantAction) -> Result<()> {
+    if let GrantAction::RegisterWorker { name, role, public_key, credential_sha256 } = action {
+        let key = check_worker(&history(tx).await?, name, role, public_key, credential_sha256)?;
+        let details = WorkerDetails {
+            name: name.clone(),
+            role: role.clone(),
+            key,
+            credential: credential_sha256.clone(),
+            grant: grant_id,
+        };
+        record(tx, WORKER, details).await?;
+        return Ok(());
+    }
     let GrantAction::RevokeKey { key_id, since, reason } = action else { return Ok(()) };
     let history = history(tx).await?;
-    let (role, _) = retired(&history, key_id).ok_or_else(|| StoreError::not_found("retired key", key_id))?;
+    let (role, _) = revocable(&history, key_id).ok_or_else(|| StoreError::not_found("revocable key", key_id))?;
     let details = RevokedDetails {
         role,
         key_id: key_id.clone(),
@@ -217,7 +356,9 @@ pub fn trusted_keys(history: &[KeyEvent], current: &[PublicKey], since: i64) -> 
                     if own.is_empty() {
                         own.push(entry(old, since));
                     }
-                    if let Some(last) = own.last_mut() {
+                    // The instance's own key of the role before it (a
+                    // worker's key is not replaced by a rotation).
+                    if let Some(last) = own.iter_mut().rev().find(|k| k.key_id == old.key_id) {
                         last.not_after = Some(rfc3339_of_millis(*at_ms));
                     }
                     own.push(entry(new, *at_ms));
@@ -227,6 +368,14 @@ pub fn trusted_keys(history: &[KeyEvent], current: &[PublicKey], since: i64) -> 
         }
         if own.is_empty() {
             own.extend(current.iter().filter(|k| k.role() == role).map(|k| TrustedKey::current(k, since)));
+        }
+        // Each worker's own key: one more key of its role, from its registration on.
+        for event in history {
+            if let KeyEvent::Worker { role: r, key, at_ms, .. } = event {
+                if r == role.as_str() {
+                    own.push(entry(key, *at_ms));
+                }
+            }
         }
         keys.extend(own);
     }
@@ -307,6 +456,19 @@ impl Store {
             })
         })
         .await
+    }
+
+    /// Whether `worker` holds a running build or deployment of `project`:
+    /// what lets a worker elsewhere fetch the project's commits.
+    pub async fn holds_job(&self, worker: &str, project: &str) -> Result<bool> {
+        let sql = self.sql(
+            "SELECT (SELECT COUNT(*) FROM builds b JOIN projects p ON p.id = b.project_id \
+               WHERE p.name = $1 AND b.worker = $2 AND b.status = 'running') \
+             + (SELECT COUNT(*) FROM deployments d JOIN projects p ON p.id = d.project_id \
+               WHERE p.name = $1 AND d.worker = $2 AND d.status = 'running')",
+        );
+        let held: i64 = sqlx::query_scalar(&sql).bind(project).bind(worker).fetch_one(self.readers()).await?;
+        Ok(held > 0)
     }
 
     /// Approved rotation grants whose new key the ledger does not hold yet:

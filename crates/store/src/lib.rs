@@ -72,7 +72,10 @@ pub use dialect::Dialect;
 
 pub use inspect::{database_clock_ms, inspect, inspect_with_key, Finding, LedgerReport};
 pub use intents::{recorded_mainlines, Mainline, MergeIntent, Settled};
-pub use keys::{current_of as current_key_of, keys_valid_at, trusted_keys, KeyEvent, RecordedKey, KEYS_SUBJECT};
+pub use keys::{
+    current_of as current_key_of, keys_valid_at, registered_workers, trusted_keys, KeyEvent, RecordedKey,
+    RegisteredWorker, KEYS_SUBJECT,
+};
 pub use ledger::StoredCheckpoint;
 pub use lookups::{Authenticated, ProjectAccess};
 pub use people::{random_secret, Initialised};

@@ -126,9 +126,17 @@ pub(crate) async fn download(
     let access = access(&state, &auth, &project).await?;
     let digest = digest(&text)?;
     let records = state.store().artifact(&access, &digest.to_string()).await?;
+    let name = records.last().map(|a| a.name.clone()).unwrap_or_default();
+    send_blob(&state, &text, &name).await
+}
+
+/// Sends the blob `text` names as the file `name`, re-hashed while it is
+/// sent and cut off before its end when it no longer matches.
+pub(crate) async fn send_blob(state: &AppState, text: &str, name: &str) -> ApiResult<Response> {
+    let digest = digest(text)?;
     let reader = state.blobs().read(&digest).await.map_err(|e| blob_error(&digest, e))?;
     let size = reader.size();
-    let name = records.last().map(|a| a.name.rsplit('/').next().unwrap_or("artifact").to_owned()).unwrap_or_default();
+    let name = name.rsplit('/').next().unwrap_or("artifact").to_owned();
     let metrics = state.clone();
     let stream = reader.map(move |chunk| {
         chunk.map_err(|error| {

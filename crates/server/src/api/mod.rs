@@ -1,7 +1,7 @@
 //! The JSON API under `/api/v1`, and its OpenAPI document.
 
 mod audit;
-mod builds;
+pub(crate) mod builds;
 mod changes;
 mod contract;
 mod deploys;
@@ -10,6 +10,7 @@ mod groups;
 pub(crate) mod people;
 mod projects;
 mod report;
+pub(crate) mod workers;
 
 use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
@@ -117,6 +118,7 @@ impl PageQuery {
         (name = "evidence", description = "Trust roots and evidence bundles for offline verification"),
         (name = "meta", description = "This document"),
         (name = "builds", description = "Builds of mainline commits and the artifact repository (read-only: only the builder stores artifacts)"),
+        (name = "workers", description = "Workers that share nothing with the server: registering them, and the jobs they lease and report with their own credential and key"),
     )
 )]
 struct ApiDoc;
@@ -234,6 +236,17 @@ fn operations() -> OpenApiRouter<AppState> {
         .routes(routes!(deploys::list_findings))
         .routes(routes!(deploys::list_secrets, deploys::set_secret))
         .routes(routes!(deploys::resolve_finding))
+        .routes(routes!(workers::list_workers, workers::register_worker))
+        .routes(routes!(workers::lease_build))
+        .routes(routes!(workers::build_heartbeat))
+        .routes(routes!(workers::build_log))
+        .routes(routes!(workers::upload_artifact))
+        .routes(routes!(workers::finish_build))
+        .routes(routes!(workers::requeue_build))
+        .routes(routes!(workers::lease_deployment))
+        .routes(routes!(workers::deployment_heartbeat))
+        .routes(routes!(workers::deployment_artifact))
+        .routes(routes!(workers::finish_deployment))
 }
 
 /// Asks for a grant on behalf of the caller: 202 with the grant, pending a

@@ -1,0 +1,282 @@
+//! What jobs need from the instance and what their reports must prove,
+//! written once for a worker in the server's process and a worker that
+//! shares nothing with it.
+//!
+//! Before a deploy script runs, [`prepare_deployment`] checks the build's
+//! provenance and gathers what the attestation records (the release's
+//! duties, the environment's gate, the secrets' versions) and the secrets
+//! themselves. A worker elsewhere reports through the API, and its report
+//! is held to what custody leased it: [`check_build_report`] and
+//! [`check_deploy_report`] refuse a statement its registered key did not
+//! sign or that says anything but what the lease and its facts say.
+
+use std::collections::BTreeSet;
+
+use custody_api::{BuildOutcome, DeployFacts, DeployOutcome, GateFacts, LeasedBuild, LeasedDeployment, ReleaseDuties};
+use custody_domain::status::{BuildStatus, DeploymentStatus};
+use custody_domain::ProjectName;
+use custody_formats::attestation::{DeploymentV1, EnvironmentGate, ProvenanceV1, ReleaseChange};
+use custody_formats::provenance::PROVENANCE_PREDICATE;
+use custody_formats::sealed::{Sealed, SealingKey};
+use custody_formats::statement::Statement;
+use custody_formats::PublicKey;
+use custody_git::Repositories;
+use custody_store::{Duty, Store};
+
+use crate::releases::release_context;
+
+/// What a deploy script gets and its attestation records: the facts, and
+/// the environment's secrets as (name, value).
+pub struct PreparedDeployment {
+    /// What the attestation records beyond the lease.
+    pub facts: DeployFacts,
+    /// The secrets, each a variable of the script.
+    pub secrets: Vec<(String, String)>,
+}
+
+/// Checks that the leased deployment's build carries provenance a builder
+/// key valid when the build finished signed for every artifact (as
+/// `custody verify` will judge it), and gathers what the deployment needs.
+/// `builder` is the instance's current builder key.
+pub async fn prepare_deployment(
+    store: &Store,
+    repositories: &Repositories,
+    sealing: &SealingKey,
+    builder: &PublicKey,
+    lease: &LeasedDeployment,
+) -> Result<PreparedDeployment, String> {
+    let project =
+        ProjectName::parse(&lease.project).map_err(|_| format!("project name {:?} is not valid", lease.project))?;
+    // Only what a builder signed is deployed.
+    let provenance = match store.provenance_of(&project, lease.build).await {
+        Ok(Some(provenance)) => provenance,
+        Ok(None) => return Err(format!("build {} has no provenance; nothing was deployed", lease.build)),
+        Err(error) => return Err(format!("reading the provenance failed: {error}")),
+    };
+    // The builder keys valid when the build finished: a retired key signs
+    // nothing after its rotation, a revoked one nothing from its
+    // revocation's time, a worker's from its registration on.
+    let history = store.key_history().await.map_err(|e| format!("reading the key history failed: {e}"))?;
+    let finished = match store.build_finished_at(&project, lease.build).await {
+        Ok(Some(at)) => at,
+        Ok(None) => return Err(format!("build {} has no recorded finish; nothing was deployed", lease.build)),
+        Err(error) => return Err(format!("reading the build's finish failed: {error}")),
+    };
+    let builders = custody_store::keys_valid_at(&history, builder, finished);
+    check_provenance(&provenance, &builders, &lease.artifacts)
+        .map_err(|why| format!("the provenance of build {} {why}; nothing was deployed", lease.build))?;
+    let (secrets, versions) = open_secrets(store, sealing, &project, lease).await?;
+    let context = release_context(store, repositories, &project, &lease.environment, &lease.commit)
+        .await
+        .map_err(|error| format!("reading the release failed: {error}"))?;
+    let duties = store
+        .release_duties(&project, &context.changes)
+        .await
+        .map_err(|error| format!("reading the release's duties failed: {error}"))?;
+    let release = context
+        .changes
+        .iter()
+        .map(|number| {
+            let held = |duty| {
+                duties.iter().filter(|d| d.change == *number && d.duty == duty).map(|d| d.user.to_string()).collect()
+            };
+            ReleaseDuties { change: *number, authors: held(Duty::Author), reviewers: held(Duty::Reviewer) }
+        })
+        .collect();
+    let environment = &context.environment;
+    let facts = DeployFacts {
+        release,
+        after: environment.after.clone(),
+        gate: Some(GateFacts {
+            approvals: u64::from(environment.approvals),
+            approvers: environment.approvers.as_ref().map(ToString::to_string),
+            testers: environment.testers.as_ref().map(ToString::to_string),
+            reviewers_may_approve: environment.reviewers_may_approve,
+        }),
+        secrets: versions,
+    };
+    Ok(PreparedDeployment { facts, secrets })
+}
+
+/// The environment's secrets, each a variable of its own name, and the
+/// version of each, which the attestation records (never the value).
+async fn open_secrets(
+    store: &Store,
+    sealing: &SealingKey,
+    project: &ProjectName,
+    lease: &LeasedDeployment,
+) -> Result<(Vec<(String, String)>, std::collections::BTreeMap<String, i64>), String> {
+    let sealed = store
+        .current_secrets(project, &lease.environment)
+        .await
+        .map_err(|error| format!("reading the environment's secrets failed: {error}"))?;
+    let mut secrets = Vec::new();
+    let mut versions = std::collections::BTreeMap::new();
+    for secret in &sealed {
+        let slot = custody_store::secret_slot(&lease.project, &lease.environment, &secret.name, secret.version);
+        let opened =
+            sealing.open(&slot, &Sealed { nonce: secret.nonce.clone(), ciphertext: secret.ciphertext.clone() });
+        let Some(value) = opened.and_then(|v| String::from_utf8(v).ok()) else {
+            return Err(format!(
+                "secret {} (version {}) does not open with this instance's key: it was altered or moved; set it again",
+                secret.name, secret.version
+            ));
+        };
+        secrets.push((secret.name.clone(), value));
+        versions.insert(secret.name.clone(), secret.version);
+    }
+    Ok((secrets, versions))
+}
+
+/// The attestation's form of the release's duties.
+pub fn release_changes(facts: &DeployFacts) -> Vec<ReleaseChange> {
+    facts
+        .release
+        .iter()
+        .map(|r| ReleaseChange { change: r.change, authors: r.authors.clone(), reviewers: r.reviewers.clone() })
+        .collect()
+}
+
+/// The attestation's form of the environment's gate.
+pub fn environment_gate(facts: &DeployFacts) -> Option<EnvironmentGate> {
+    facts.gate.as_ref().map(|g| EnvironmentGate {
+        approvals: g.approvals,
+        approvers: g.approvers.clone(),
+        testers: g.testers.clone(),
+        reviewers_may_approve: g.reviewers_may_approve,
+    })
+}
+
+/// Checks a build's provenance envelope: signed by one of `builders`, an
+/// in-toto statement of SLSA provenance naming each artifact's digest.
+pub fn check_provenance(envelope: &str, builders: &[PublicKey], artifacts: &[(String, String)]) -> Result<(), String> {
+    let statement = open_statement(envelope, builders, "the builder key")?;
+    if statement.predicate_type != PROVENANCE_PREDICATE {
+        return Err(format!("is a {} statement, not SLSA provenance", statement.predicate_type));
+    }
+    for (name, digest) in artifacts {
+        if !statement.subject.iter().any(|s| s.digest.get("sha256") == Some(digest)) {
+            return Err(format!("does not name artifact {name} (sha256:{digest})"));
+        }
+    }
+    Ok(())
+}
+
+/// The statement of an envelope (JSON) one of `keys` signed.
+fn open_statement(envelope: &str, keys: &[PublicKey], whose: &str) -> Result<Statement, String> {
+    let envelope: custody_formats::Envelope =
+        serde_json::from_str(envelope).map_err(|e| format!("is not a DSSE envelope ({e})"))?;
+    let payload =
+        keys.iter().find_map(|key| envelope.verify(key).ok()).ok_or_else(|| format!("does not verify with {whose}"))?;
+    serde_json::from_slice(&payload).map_err(|e| format!("holds no statement ({e})"))
+}
+
+/// The invocation id a build's provenance names: this instance, project,
+/// build and attempt.
+pub fn invocation_id(instance: &str, lease: &LeasedBuild) -> String {
+    format!("custody://{instance}/{}/builds/{}/attempts/{}", lease.project, lease.number, lease.attempt)
+}
+
+/// Checks what a worker elsewhere reports of a leased build: a success
+/// carries provenance its own `key` signed, of exactly the artifacts it
+/// reports, for the leased commit, build and attempt; anything else
+/// carries neither provenance nor artifacts.
+pub fn check_build_report(
+    instance: &str,
+    lease: &LeasedBuild,
+    outcome: &BuildOutcome,
+    key: &PublicKey,
+) -> Result<(), String> {
+    if outcome.status != BuildStatus::Succeeded {
+        if outcome.provenance.is_some() || !outcome.artifacts.is_empty() {
+            return Err(format!("a build that ended {} stores no artifacts and no provenance", outcome.status));
+        }
+        return Ok(());
+    }
+    let envelope = outcome.provenance.as_deref().ok_or("a successful build reports its signed provenance")?;
+    let statement = open_statement(envelope, std::slice::from_ref(key), "the worker's registered key")
+        .map_err(|why| format!("the provenance {why}"))?;
+    if statement.predicate_type != PROVENANCE_PREDICATE {
+        return Err(format!("the provenance is a {} statement, not SLSA provenance", statement.predicate_type));
+    }
+    let named: BTreeSet<(String, String)> =
+        statement.subject.iter().filter_map(|s| Some((s.name.clone(), s.digest.get("sha256")?.clone()))).collect();
+    let reported: BTreeSet<(String, String)> =
+        outcome.artifacts.iter().map(|a| (a.name.clone(), a.digest.clone())).collect();
+    if named != reported || named.len() != statement.subject.len() {
+        return Err("the provenance's subjects are not exactly the artifacts reported".into());
+    }
+    let provenance: ProvenanceV1 = serde_json::from_value(statement.predicate)
+        .map_err(|e| format!("the provenance does not read as SLSA provenance v1 ({e})"))?;
+    if provenance.build_definition.external_parameters.commit != lease.commit {
+        return Err(format!(
+            "the provenance names commit {}, but build {} is of {}",
+            provenance.build_definition.external_parameters.commit, lease.number, lease.commit
+        ));
+    }
+    let expected = invocation_id(instance, lease);
+    if provenance.run_details.metadata.invocation_id != expected {
+        return Err(format!(
+            "the provenance names run {}, not this lease's {expected}",
+            provenance.run_details.metadata.invocation_id
+        ));
+    }
+    Ok(())
+}
+
+/// Checks what a worker elsewhere reports of a leased deployment: its
+/// attestation (required unless the deployment failed before its script
+/// ran) is signed by its own `key` and says exactly what the lease and the
+/// facts it was given say, with the outcome's result.
+pub fn check_deploy_report(
+    lease: &LeasedDeployment,
+    facts: &DeployFacts,
+    outcome: &DeployOutcome,
+    key: &PublicKey,
+) -> Result<(), String> {
+    let Some(envelope) = outcome.attestation.as_deref() else {
+        if outcome.status == DeploymentStatus::Succeeded {
+            return Err("a successful deployment reports its signed attestation".into());
+        }
+        return Ok(());
+    };
+    let statement = open_statement(envelope, std::slice::from_ref(key), "the worker's registered key")
+        .map_err(|why| format!("the attestation {why}"))?;
+    if statement.predicate_type != custody_formats::attestation::DEPLOYMENT_PREDICATE {
+        return Err(format!("the attestation is a {} statement, not a deployment", statement.predicate_type));
+    }
+    let subjects: BTreeSet<(String, String)> =
+        statement.subject.iter().filter_map(|s| Some((s.name.clone(), s.digest.get("sha256")?.clone()))).collect();
+    if subjects != lease.artifacts.iter().cloned().collect() {
+        return Err("the attestation's subjects are not the build's artifacts".into());
+    }
+    let said: DeploymentV1 = serde_json::from_value(statement.predicate)
+        .map_err(|e| format!("the attestation does not read as a deployment ({e})"))?;
+    let mismatch = [
+        ("project", said.project == lease.project),
+        ("environment", said.environment == lease.environment),
+        ("deployment", said.deployment == lease.number),
+        ("build", said.build == lease.build),
+        ("commit", said.commit == lease.commit),
+        ("release", said.release == release_changes(facts)),
+        ("after", said.after == facts.after),
+        ("gate", said.gate == environment_gate(facts)),
+        ("builder", said.builder == lease.builder),
+        ("requester", said.requester == lease.requested_by),
+        ("approvers", said.approvers == lease.approvers),
+        ("testers", said.testers == lease.testers),
+        ("previous_deployment", said.previous_deployment == lease.previous),
+        ("break_glass", said.break_glass == lease.break_glass),
+        ("secrets", said.secrets == facts.secrets),
+        ("result", said.result == outcome.status.as_str()),
+        ("deployer", said.deployer == lease.worker),
+    ]
+    .into_iter()
+    .filter(|(_, same)| !same)
+    .map(|(field, _)| field)
+    .collect::<Vec<_>>();
+    if !mismatch.is_empty() {
+        return Err(format!("the attestation's {} differ from what custody leased", mismatch.join(", ")));
+    }
+    Ok(())
+}
