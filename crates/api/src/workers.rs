@@ -83,7 +83,8 @@ pub struct LeasedDeployment {
     pub build: i64,
     /// The build's commit.
     pub commit: String,
-    /// The build's artifacts: name and sha256.
+    /// The build's artifacts: name and sha256, each a pair.
+    #[schema(value_type = Vec<Vec<String>>)]
     pub artifacts: Vec<(String, String)>,
     /// Who asked for it.
     pub requested_by: Option<String>,
@@ -145,7 +146,7 @@ pub struct ReleaseDuties {
 
 /// The gate of the environment deployed to, as the mainline defines it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct GateFacts {
+pub struct EnvironmentGateFacts {
     /// Independent approvals it asks for.
     pub approvals: u64,
     /// The group approvers come from.
@@ -160,13 +161,13 @@ pub struct GateFacts {
 /// server before the deploy script runs: the release's duties, the
 /// environment's place and gate, the secrets' versions.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct DeployFacts {
+pub struct DeploymentFacts {
     /// Each change of the release, with its authors and reviewers.
     pub release: Vec<ReleaseDuties>,
     /// The environment this one follows, if any.
     pub after: Option<String>,
     /// The environment's gate, when the mainline defines it.
-    pub gate: Option<GateFacts>,
+    pub gate: Option<EnvironmentGateFacts>,
     /// The version of each secret the script gets (never a value).
     pub secrets: std::collections::BTreeMap<String, i64>,
 }
@@ -199,7 +200,7 @@ pub struct DeployOrder {
     /// The lease.
     pub lease: LeasedDeployment,
     /// What the attestation records beyond the lease.
-    pub facts: DeployFacts,
+    pub facts: DeploymentFacts,
     /// The environment's secrets, each a variable of the script.
     pub secrets: Vec<SecretValue>,
     /// The lease, sealed by the server: presented with every report.
@@ -234,7 +235,7 @@ pub struct BuildLogRequest {
 /// How a leased build ended.
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct BuildReport {
+pub struct BuildReportRequest {
     /// The ticket of the order.
     pub ticket: String,
     /// The outcome; a success carries provenance signed with the worker's key.
@@ -244,7 +245,7 @@ pub struct BuildReport {
 /// How a leased deployment ended.
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct DeployReport {
+pub struct DeploymentReport {
     /// The ticket of the order.
     pub ticket: String,
     /// The outcome, with its attestation signed with the worker's key.
@@ -253,7 +254,7 @@ pub struct DeployReport {
 
 /// Whether a build's worker still holds its lease.
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Held {
+pub struct LeaseHeld {
     /// `false` once another worker holds it or it ended: stop.
     pub held: bool,
 }

@@ -12,7 +12,9 @@
 
 use std::collections::BTreeSet;
 
-use custody_api::{BuildOutcome, DeployFacts, DeployOutcome, GateFacts, LeasedBuild, LeasedDeployment, ReleaseDuties};
+use custody_api::{
+    BuildOutcome, DeployOutcome, DeploymentFacts, EnvironmentGateFacts, LeasedBuild, LeasedDeployment, ReleaseDuties,
+};
 use custody_domain::status::{BuildStatus, DeploymentStatus};
 use custody_domain::ProjectName;
 use custody_formats::attestation::{DeploymentV1, EnvironmentGate, ProvenanceV1, ReleaseChange};
@@ -29,7 +31,7 @@ use crate::releases::release_context;
 /// the environment's secrets as (name, value).
 pub struct PreparedDeployment {
     /// What the attestation records beyond the lease.
-    pub facts: DeployFacts,
+    pub facts: DeploymentFacts,
     /// The secrets, each a variable of the script.
     pub secrets: Vec<(String, String)>,
 }
@@ -84,10 +86,10 @@ pub async fn prepare_deployment(
         })
         .collect();
     let environment = &context.environment;
-    let facts = DeployFacts {
+    let facts = DeploymentFacts {
         release,
         after: environment.after.clone(),
-        gate: Some(GateFacts {
+        gate: Some(EnvironmentGateFacts {
             approvals: u64::from(environment.approvals),
             approvers: environment.approvers.as_ref().map(ToString::to_string),
             testers: environment.testers.as_ref().map(ToString::to_string),
@@ -129,7 +131,7 @@ async fn open_secrets(
 }
 
 /// The attestation's form of the release's duties.
-pub fn release_changes(facts: &DeployFacts) -> Vec<ReleaseChange> {
+pub fn release_changes(facts: &DeploymentFacts) -> Vec<ReleaseChange> {
     facts
         .release
         .iter()
@@ -138,7 +140,7 @@ pub fn release_changes(facts: &DeployFacts) -> Vec<ReleaseChange> {
 }
 
 /// The attestation's form of the environment's gate.
-pub fn environment_gate(facts: &DeployFacts) -> Option<EnvironmentGate> {
+pub fn environment_gate(facts: &DeploymentFacts) -> Option<EnvironmentGate> {
     facts.gate.as_ref().map(|g| EnvironmentGate {
         approvals: g.approvals,
         approvers: g.approvers.clone(),
@@ -230,7 +232,7 @@ pub fn check_build_report(
 /// facts it was given say, with the outcome's result.
 pub fn check_deploy_report(
     lease: &LeasedDeployment,
-    facts: &DeployFacts,
+    facts: &DeploymentFacts,
     outcome: &DeployOutcome,
     key: &PublicKey,
 ) -> Result<(), String> {

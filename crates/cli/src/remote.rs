@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex};
 
 use clap::{Args, Subcommand};
 use custody_api::{
-    BuildLogRequest, BuildOrder, BuildOutcome, BuildReport, DeployOrder, DeployOutcome, DeployReport, Heartbeat, Held,
-    LeasedBuild, LeasedDeployment, NewArtifact, RegisterWorkerRequest, TicketRequest, WorkerView, TICKET_HEADER,
-    WORKER_CREDENTIAL_PREFIX,
+    BuildLogRequest, BuildOrder, BuildOutcome, BuildReportRequest, DeployOrder, DeployOutcome, DeploymentReport,
+    Heartbeat, LeaseHeld, LeasedBuild, LeasedDeployment, NewArtifact, RegisterWorkerRequest, TicketRequest, WorkerView,
+    TICKET_HEADER, WORKER_CREDENTIAL_PREFIX,
 };
 use custody_app::work::PreparedDeployment;
 use custody_formats::{KeyRole, ServiceKey};
@@ -388,7 +388,7 @@ impl BuildDesk for Remote {
 
     async fn heartbeat(&self, lease: &LeasedBuild, _: i64) -> Result<bool, String> {
         let request = TicketRequest { ticket: self.ticket_of_build(lease)? };
-        let held: Option<Held> = self.post("/api/v1/worker/builds/heartbeat", Some(&request)).await?;
+        let held: Option<LeaseHeld> = self.post("/api/v1/worker/builds/heartbeat", Some(&request)).await?;
         Ok(held.is_some_and(|h| h.held))
     }
 
@@ -437,7 +437,7 @@ impl BuildDesk for Remote {
     }
 
     async fn finish(&self, lease: &LeasedBuild, outcome: BuildOutcome) {
-        let report = self.ticket_of_build(lease).map(|ticket| BuildReport { ticket, outcome });
+        let report = self.ticket_of_build(lease).map(|ticket| BuildReportRequest { ticket, outcome });
         let sent = match report {
             Ok(report) => self.post::<serde_json::Value>("/api/v1/worker/builds/finish", Some(&report)).await,
             Err(error) => Err(error),
@@ -526,7 +526,7 @@ impl DeployDesk for Remote {
     }
 
     async fn finish(&self, lease: &LeasedDeployment, outcome: DeployOutcome) {
-        let report = self.ticket_of_deployment(lease).map(|ticket| DeployReport { ticket, outcome });
+        let report = self.ticket_of_deployment(lease).map(|ticket| DeploymentReport { ticket, outcome });
         let sent = match report {
             Ok(report) => self.post::<serde_json::Value>("/api/v1/worker/deployments/finish", Some(&report)).await,
             Err(error) => Err(error),

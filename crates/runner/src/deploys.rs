@@ -261,7 +261,7 @@ struct Ready {
     /// The secrets by name, to redact from the log.
     secrets: Vec<(String, String)>,
     /// What the attestation records beyond the lease.
-    facts: custody_api::DeployFacts,
+    facts: custody_api::DeploymentFacts,
 }
 
 impl<D: DeployDesk> crate::Worker for Deployer<D> {

@@ -22,9 +22,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use custody_api::{
-    BuildLogRequest, BuildOrder, BuildReport, DeployFacts, DeployOrder, DeployReport, Heartbeat, Held, LeasedBuild,
-    LeasedDeployment, NewArtifact, RegisterWorkerRequest, SecretValue, TicketRequest, WorkerView, TICKET_HEADER,
-    WORKER_CREDENTIAL_PREFIX,
+    BuildLogRequest, BuildOrder, BuildReportRequest, DeployOrder, DeploymentFacts, DeploymentReport, Heartbeat,
+    LeaseHeld, LeasedBuild, LeasedDeployment, NewArtifact, RegisterWorkerRequest, SecretValue, TicketRequest,
+    WorkerView, TICKET_HEADER, WORKER_CREDENTIAL_PREFIX,
 };
 use custody_domain::status::{BuildStatus, DeploymentStatus};
 use custody_domain::GrantAction;
@@ -131,7 +131,7 @@ impl FromRequestParts<AppState> for WorkerAuth {
 #[derive(Serialize, Deserialize)]
 struct DeployTicket {
     lease: LeasedDeployment,
-    facts: DeployFacts,
+    facts: DeploymentFacts,
 }
 
 fn slot(kind: &str, worker: &WorkerAuth) -> String {
@@ -204,14 +204,14 @@ pub(crate) async fn lease_build(State(state): State<AppState>, worker: WorkerAut
 /// Keeps a leased build's lease alive: `held` false when it is lost.
 #[utoipa::path(post, path = "/api/v1/worker/builds/heartbeat", tag = "workers", security(("token" = [])),
     request_body = TicketRequest,
-    responses((status = 200, body = Held), (status = 401, body = custody_api::ErrorBody), (status = 403, body = custody_api::ErrorBody)))]
+    responses((status = 200, body = LeaseHeld), (status = 401, body = custody_api::ErrorBody), (status = 403, body = custody_api::ErrorBody)))]
 pub(crate) async fn build_heartbeat(
     State(state): State<AppState>,
     worker: WorkerAuth,
     Body(request): Body<TicketRequest>,
-) -> ApiResult<Json<Held>> {
+) -> ApiResult<Json<LeaseHeld>> {
     let lease: LeasedBuild = open(&state, "build", &worker, &request.ticket)?;
-    Ok(Json(Held { held: state.store().heartbeat_build(&lease, LEASE_MS).await? }))
+    Ok(Json(LeaseHeld { held: state.store().heartbeat_build(&lease, LEASE_MS).await? }))
 }
 
 /// Appends a running build's output to its log.
@@ -302,13 +302,13 @@ fn ticket_of(headers: &HeaderMap) -> ApiResult<&str> {
 /// leased commit and attempt; anything else is refused and nothing is
 /// recorded (the lease runs out and another worker builds it).
 #[utoipa::path(post, path = "/api/v1/worker/builds/finish", tag = "workers", security(("token" = [])),
-    request_body = BuildReport,
+    request_body = BuildReportRequest,
     responses((status = 204, description = "Recorded"), (status = 401, body = custody_api::ErrorBody),
         (status = 409, body = custody_api::ErrorBody), (status = 422, body = custody_api::ErrorBody)))]
 pub(crate) async fn finish_build(
     State(state): State<AppState>,
     worker: WorkerAuth,
-    Body(report): Body<BuildReport>,
+    Body(report): Body<BuildReportRequest>,
 ) -> ApiResult<StatusCode> {
     let lease: LeasedBuild = open(&state, "build", &worker, &report.ticket)?;
     let outcome = report.outcome;
@@ -445,13 +445,13 @@ pub(crate) async fn deployment_artifact(
 /// Reports how a leased deployment ended, with its attestation signed by
 /// the worker's own key saying exactly what custody leased it.
 #[utoipa::path(post, path = "/api/v1/worker/deployments/finish", tag = "workers", security(("token" = [])),
-    request_body = DeployReport,
+    request_body = DeploymentReport,
     responses((status = 204, description = "Recorded"), (status = 401, body = custody_api::ErrorBody),
         (status = 409, body = custody_api::ErrorBody), (status = 422, body = custody_api::ErrorBody)))]
 pub(crate) async fn finish_deployment(
     State(state): State<AppState>,
     worker: WorkerAuth,
-    Body(report): Body<DeployReport>,
+    Body(report): Body<DeploymentReport>,
 ) -> ApiResult<StatusCode> {
     let DeployTicket { lease, facts } = open(&state, "deployment", &worker, &report.ticket)?;
     let outcome = report.outcome;
