@@ -138,7 +138,7 @@ fn a_killed_worker_hands_its_build_to_another_and_a_revoked_worker_is_refused() 
     hosted.second_admin("carol");
     let first = registered_worker(&hosted, "first", "builder");
     let second = registered_worker(&hosted, "second", "builder");
-    let slow = "#!/bin/sh\nset -e\necho started\nsleep 4\nmkdir -p dist\ntar -czf dist/app.tar.gz src\n";
+    let slow = "#!/bin/sh\nset -e\necho started\nsleep 6\nmkdir -p dist\ntar -czf dist/app.tar.gz src\n";
     let work = seed_build(&hosted, &pipeline("scripts/build.sh", "[\"dist/*\"]"), slow);
 
     // The first worker takes build 1 and is killed while it runs.
@@ -184,7 +184,8 @@ fn a_killed_worker_hands_its_build_to_another_and_a_revoked_worker_is_refused() 
         .to_owned();
     let asked = hosted.as_admin(&["key", "revoke", &key, "--reason", "its host was lost", "--json"]).json();
     approve_as_carol(&hosted, &asked["id"].as_i64().expect("a grant id").to_string());
-    std::thread::sleep(std::time::Duration::from_secs(8));
+    // Its script ends within six seconds of the lease; its report comes after.
+    std::thread::sleep(std::time::Duration::from_secs(10));
     let shown = hosted.run_as("alice", &["build", "show", PROJECT, "2", "--json"]).json();
     assert_eq!(shown["status"], "running", "the revoked worker's success was not recorded: {shown}");
     assert!(shown["artifacts"].as_array().is_none_or(Vec::is_empty), "{shown}");
