@@ -207,13 +207,6 @@ pub struct DeployOrder {
     pub ticket: String,
 }
 
-/// The answer to a lease request: an order, or none after the wait.
-#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Leased<T> {
-    /// The job leased, if one was waiting.
-    pub order: Option<T>,
-}
-
 /// A report that names only its lease.
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -282,3 +282,164 @@ pub fn check_deploy_report(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use custody_api::NewArtifact;
+    use custody_formats::{BuildFacts, KeyRole, ServiceKey};
+
+    use super::*;
+
+    fn lease() -> LeasedBuild {
+        LeasedBuild {
+            id: 7,
+            project: "payments".into(),
+            number: 3,
+            commit: "c0ffee".repeat(6) + "c0ff",
+            branch: "main".into(),
+            attempt: 2,
+            worker: "worker/build-1".into(),
+            started_at: 0,
+        }
+    }
+
+    fn artifact() -> NewArtifact {
+        NewArtifact { name: "dist/app.tar.gz".into(), digest: "ab".repeat(32), size: 3 }
+    }
+
+    /// A successful outcome whose provenance `key` signed of `facts`.
+    fn signed(key: &ServiceKey, facts: &BuildFacts) -> BuildOutcome {
+        let envelope = facts.statement().sign(key).expect("a key in memory signs");
+        BuildOutcome {
+            status: BuildStatus::Succeeded,
+            artifacts: vec![artifact()],
+            provenance: Some(serde_json::to_string(&envelope).unwrap()),
+            ..BuildOutcome::default()
+        }
+    }
+
+    fn facts(lease: &LeasedBuild) -> BuildFacts {
+        BuildFacts {
+            artifacts: vec![(artifact().name, artifact().digest)],
+            instance: "bank".into(),
+            project: lease.project.clone(),
+            repository: "custody://bank/payments.git".into(),
+            branch: lease.branch.clone(),
+            commit: lease.commit.clone(),
+            pipeline: (".custody/pipeline.toml".into(), "cd".repeat(32)),
+            command: "scripts/build.sh".into(),
+            script: None,
+            network: false,
+            builder_id: "custody://bank/workers/build-1".into(),
+            builder_version: "0".into(),
+            invocation_id: invocation_id("bank", lease),
+            started_on: "2026-12-04T00:00:00Z".into(),
+            finished_on: "2026-12-04T00:01:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn a_workers_build_report_is_held_to_its_own_key_and_its_lease() {
+        let worker = ServiceKey::generate(KeyRole::Builder);
+        let other = ServiceKey::generate(KeyRole::Builder);
+        let lease = lease();
+        let honest = signed(&worker, &facts(&lease));
+        assert_eq!(check_build_report("bank", &lease, &honest, &worker.public()), Ok(()));
+
+        // Another key's signature, even a builder's, is not this worker's.
+        let forged = signed(&other, &facts(&lease));
+        let why = check_build_report("bank", &lease, &forged, &worker.public()).unwrap_err();
+        assert!(why.contains("worker's registered key"), "{why}");
+
+        // Its own key, but another commit than the one leased.
+        let mut elsewhere = facts(&lease);
+        elsewhere.commit = "ba".repeat(20);
+        let why = check_build_report("bank", &lease, &signed(&worker, &elsewhere), &worker.public()).unwrap_err();
+        assert!(why.contains("names commit"), "{why}");
+
+        // A stale attempt's provenance replayed on the next lease.
+        let mut earlier = lease.clone();
+        earlier.attempt = 1;
+        let replayed = signed(&worker, &facts(&earlier));
+        let why = check_build_report("bank", &lease, &replayed, &worker.public()).unwrap_err();
+        assert!(why.contains("not this lease's"), "{why}");
+
+        // An artifact reported that the provenance does not name.
+        let mut smuggled = honest.clone();
+        smuggled.artifacts.push(NewArtifact { name: "dist/extra".into(), digest: "ef".repeat(32), size: 1 });
+        let why = check_build_report("bank", &lease, &smuggled, &worker.public()).unwrap_err();
+        assert!(why.contains("not exactly the artifacts"), "{why}");
+
+        // A failure carries nothing to store.
+        let mut failed = honest;
+        failed.status = BuildStatus::Failed;
+        assert!(check_build_report("bank", &lease, &failed, &worker.public()).is_err());
+    }
+
+    #[test]
+    fn a_workers_deployment_attestation_must_say_what_custody_leased_it() {
+        let worker = ServiceKey::generate(KeyRole::Deployer);
+        let lease = LeasedDeployment {
+            id: 1,
+            project: "payments".into(),
+            number: 2,
+            environment: "production".into(),
+            build: 3,
+            commit: "c0ffee".repeat(6) + "c0ff",
+            artifacts: vec![("dist/app.tar.gz".into(), "ab".repeat(32))],
+            requested_by: Some("alice".into()),
+            approvers: vec!["dave".into()],
+            testers: vec![],
+            previous: None,
+            break_glass: None,
+            builder: Some("worker/build-1".into()),
+            worker: "worker/deploy-1".into(),
+            started_at: 0,
+        };
+        let facts = DeploymentFacts {
+            release: vec![ReleaseDuties { change: 1, authors: vec!["alice".into()], reviewers: vec!["bob".into()] }],
+            after: Some("staging".into()),
+            gate: None,
+            secrets: Default::default(),
+        };
+        let attestation = |approvers: Vec<String>| {
+            let predicate = DeploymentV1 {
+                project: lease.project.clone(),
+                environment: lease.environment.clone(),
+                after: facts.after.clone(),
+                gate: environment_gate(&facts),
+                deployment: lease.number,
+                build: lease.build,
+                commit: lease.commit.clone(),
+                pipeline: custody_formats::attestation::PipelineFile { path: "p".into(), sha256: "cd".repeat(32) },
+                script: "scripts/deploy.sh".into(),
+                release: release_changes(&facts),
+                builder: lease.builder.clone(),
+                requester: lease.requested_by.clone(),
+                approvers,
+                testers: vec![],
+                previous_deployment: None,
+                break_glass: None,
+                secrets: Default::default(),
+                result: "succeeded".into(),
+                deployer: lease.worker.clone(),
+                started_on: "2026-12-04T00:00:00Z".into(),
+                finished_on: "2026-12-04T00:01:00Z".into(),
+            };
+            let envelope = predicate.statement(&lease.artifacts).sign(&worker).expect("signs");
+            DeployOutcome {
+                status: DeploymentStatus::Succeeded,
+                attestation: Some(serde_json::to_string(&envelope).unwrap()),
+                ..DeployOutcome::default()
+            }
+        };
+        assert_eq!(check_deploy_report(&lease, &facts, &attestation(vec!["dave".into()]), &worker.public()), Ok(()));
+        // A worker naming an approver custody did not record.
+        let why =
+            check_deploy_report(&lease, &facts, &attestation(vec!["mallory".into()]), &worker.public()).unwrap_err();
+        assert!(why.contains("approvers"), "{why}");
+        // A success without its attestation.
+        let bare = DeployOutcome { status: DeploymentStatus::Succeeded, ..DeployOutcome::default() };
+        assert!(check_deploy_report(&lease, &facts, &bare, &worker.public()).is_err());
+    }
+}

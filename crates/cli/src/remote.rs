@@ -118,12 +118,10 @@ pub async fn remote(server: Option<String>, command: RemoteCommand, out: Output)
 }
 
 fn init(dir: &Path, name: &str, role: &str, out: Output) -> Result<(), Failure> {
-    let role = KeyRole::parse(role)
-        .filter(|r| custody_domain::grant::WORKER_ROLES.contains(&r.as_str()))
-        .ok_or_else(|| Failure::input(format!("--role {role:?}: a worker is a builder or a deployer")))?;
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-        return Err(Failure::input(format!("--name {name:?}: use lowercase letters, digits and dashes")));
+    if let Some(problem) = custody_domain::grant::worker_problem(name, role) {
+        return Err(Failure::input(problem));
     }
+    let role = KeyRole::parse(role).ok_or_else(|| Failure::input(format!("{role:?} is no key role")))?;
     if std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some()) {
         return Err(Failure::input(format!("{} is not empty; give a new directory", dir.display())));
     }
@@ -203,6 +201,35 @@ async fn run(args: RunArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The orders a worker holds, by lease id: each kept from its lease to its report.
+struct Orders<T>(Mutex<HashMap<i64, T>>);
+
+impl<T> Default for Orders<T> {
+    fn default() -> Self {
+        Orders(Mutex::default())
+    }
+}
+
+impl<T> Orders<T> {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<i64, T>> {
+        // An order map a panic left half-written is still a map.
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn put(&self, id: i64, order: T) {
+        self.held().insert(id, order);
+    }
+
+    /// `read` of the order of lease `id` (`what` names it when there is none).
+    fn read<R>(&self, id: i64, what: &str, read: impl FnOnce(&T) -> R) -> Result<R, String> {
+        self.held().get(&id).map(read).ok_or_else(|| format!("this worker holds no order for {what}"))
+    }
+
+    fn forget(&self, id: i64) {
+        self.held().remove(&id);
+    }
+}
+
 /// A desk that is a server reached over HTTP.
 #[derive(Clone)]
 pub struct Remote {
@@ -211,8 +238,8 @@ pub struct Remote {
     credential: String,
     name: String,
     repositories: PathBuf,
-    builds: Arc<Mutex<HashMap<i64, BuildOrder>>>,
-    deployments: Arc<Mutex<HashMap<i64, DeployOrder>>>,
+    builds: Arc<Orders<BuildOrder>>,
+    deployments: Arc<Orders<DeployOrder>>,
 }
 
 impl Remote {
@@ -254,16 +281,23 @@ impl Remote {
     }
 
     fn ticket_of_build(&self, lease: &LeasedBuild) -> Result<String, String> {
-        let orders = self.builds.lock().map_err(|_| "the worker's orders are unreadable".to_owned())?;
-        orders.get(&lease.id).map(|o| o.ticket.clone()).ok_or_else(|| format!("no order for build {}", lease.number))
+        self.builds.read(lease.id, &format!("build {}", lease.number), |o| o.ticket.clone())
     }
 
     fn ticket_of_deployment(&self, lease: &LeasedDeployment) -> Result<String, String> {
-        let orders = self.deployments.lock().map_err(|_| "the worker's orders are unreadable".to_owned())?;
-        orders
-            .get(&lease.id)
-            .map(|o| o.ticket.clone())
-            .ok_or_else(|| format!("no order for deployment {}", lease.number))
+        self.deployments.read(lease.id, &format!("deployment {}", lease.number), |o| o.ticket.clone())
+    }
+
+    /// Sends a job's final report to `path`; a failure is logged, as the
+    /// job is over either way (an unrecorded one is leased again).
+    async fn report(&self, path: &str, report: Result<impl Serialize, String>, job: &str) {
+        let sent = match report {
+            Ok(report) => self.post::<serde_json::Value>(path, Some(&report)).await.map(|_| ()),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = sent {
+            tracing::error!(%error, job, "reporting a job");
+        }
     }
 
     /// The worker's own copy of `project`'s repository, fetched from the
@@ -369,13 +403,12 @@ impl BuildDesk for Remote {
         let order: Option<BuildOrder> = self.post("/api/v1/worker/builds/lease", None::<&()>).await?;
         let Some(order) = order else { return Ok(None) };
         let lease = order.lease.clone();
-        self.builds.lock().map_err(|_| "the worker's orders are unreadable".to_owned())?.insert(lease.id, order);
+        self.builds.put(lease.id, order);
         Ok(Some(lease))
     }
 
     fn instance(&self, lease: &LeasedBuild) -> String {
-        let orders = self.builds.lock();
-        orders.ok().and_then(|o| o.get(&lease.id).map(|o| o.instance.clone())).unwrap_or_default()
+        self.builds.read(lease.id, "this build", |o| o.instance.clone()).unwrap_or_default()
     }
 
     fn builder_id(&self, lease: &LeasedBuild) -> String {
@@ -438,25 +471,14 @@ impl BuildDesk for Remote {
 
     async fn finish(&self, lease: &LeasedBuild, outcome: BuildOutcome) {
         let report = self.ticket_of_build(lease).map(|ticket| BuildReportRequest { ticket, outcome });
-        let sent = match report {
-            Ok(report) => self.post::<serde_json::Value>("/api/v1/worker/builds/finish", Some(&report)).await,
-            Err(error) => Err(error),
-        };
-        if let Err(error) = sent {
-            tracing::error!(%error, build = lease.number, "reporting a build");
-        }
-        if let Ok(mut orders) = self.builds.lock() {
-            orders.remove(&lease.id);
-        }
+        self.report("/api/v1/worker/builds/finish", report, &format!("build {}", lease.number)).await;
+        self.builds.forget(lease.id);
     }
 
     async fn requeue(&self, lease: &LeasedBuild) {
-        if let Ok(ticket) = self.ticket_of_build(lease) {
-            let request = TicketRequest { ticket };
-            if let Err(error) = self.post::<serde_json::Value>("/api/v1/worker/builds/requeue", Some(&request)).await {
-                tracing::error!(%error, build = lease.number, "requeueing a build");
-            }
-        }
+        let request = self.ticket_of_build(lease).map(|ticket| TicketRequest { ticket });
+        self.report("/api/v1/worker/builds/requeue", request, &format!("build {}", lease.number)).await;
+        self.builds.forget(lease.id);
     }
 }
 
@@ -469,14 +491,12 @@ impl DeployDesk for Remote {
         let order: Option<DeployOrder> = self.post("/api/v1/worker/deployments/lease", None::<&()>).await?;
         let Some(order) = order else { return Ok(None) };
         let lease = order.lease.clone();
-        self.deployments.lock().map_err(|_| "the worker's orders are unreadable".to_owned())?.insert(lease.id, order);
+        self.deployments.put(lease.id, order);
         Ok(Some(lease))
     }
 
     async fn prepare(&self, lease: &LeasedDeployment) -> Result<PreparedDeployment, String> {
-        let orders = self.deployments.lock().map_err(|_| "the worker's orders are unreadable".to_owned())?;
-        let order = orders.get(&lease.id).ok_or_else(|| format!("no order for deployment {}", lease.number))?;
-        Ok(PreparedDeployment {
+        self.deployments.read(lease.id, &format!("deployment {}", lease.number), |order| PreparedDeployment {
             facts: order.facts.clone(),
             secrets: order.secrets.iter().map(|s| (s.name.clone(), s.value.clone())).collect(),
         })
@@ -527,17 +547,9 @@ impl DeployDesk for Remote {
 
     async fn finish(&self, lease: &LeasedDeployment, outcome: DeployOutcome) {
         let report = self.ticket_of_deployment(lease).map(|ticket| DeploymentReport { ticket, outcome });
-        let sent = match report {
-            Ok(report) => self.post::<serde_json::Value>("/api/v1/worker/deployments/finish", Some(&report)).await,
-            Err(error) => Err(error),
-        };
-        if let Err(error) = sent {
-            tracing::error!(%error, deployment = lease.number, "reporting a deployment");
-        }
+        self.report("/api/v1/worker/deployments/finish", report, &format!("deployment {}", lease.number)).await;
         // The secrets go with the order.
-        if let Ok(mut orders) = self.deployments.lock() {
-            orders.remove(&lease.id);
-        }
+        self.deployments.forget(lease.id);
     }
 }
 

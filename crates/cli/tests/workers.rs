@@ -132,6 +132,49 @@ fn workers_sharing_nothing_build_and_deploy_the_story_and_its_evidence_verifies(
 }
 
 #[test]
+fn a_workers_credential_reaches_only_its_own_jobs_and_never_pushes() {
+    let hosted = Hosted::without_builders(Backend::Sqlite).expect("SQLite is never skipped");
+    hosted.second_admin("carol");
+    let builder = registered_worker(&hosted, "builder-1", "builder");
+    let credential = std::fs::read_to_string(builder.join("credential")).expect("the credential");
+    let bearer = format!("Bearer {}", credential.trim());
+    let url = &hosted.server.url;
+    let post = |path: &str, authorization: &str| {
+        http_send(
+            url,
+            "POST",
+            path,
+            &[("Authorization", authorization), ("Content-Type", "application/json")],
+            Some(b"{}"),
+        )
+    };
+
+    // A builder takes no deployment, whose order would carry secrets.
+    let refused = post("/api/v1/worker/deployments/lease", &bearer);
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    // A person's token is no worker's credential, nor is a guessed one.
+    assert_eq!(post("/api/v1/worker/builds/lease", &format!("Bearer {}", hosted.alice)).status, 401);
+    let guessed = format!("Bearer custody-worker.builder-1.{}", "A".repeat(43));
+    assert_eq!(post("/api/v1/worker/builds/lease", &guessed).status, 401);
+    // A ticket the server did not seal for this worker reports nothing.
+    let forged = post_json(url, "/api/v1/worker/builds/heartbeat", &bearer, r#"{"ticket":"AAAA.AAAA"}"#);
+    assert_eq!(forged.status, 403, "{}", forged.body);
+
+    // With no job of the project, the worker cannot even read it; it never pushes.
+    let git = |service: &str| {
+        let path = format!("/{PROJECT}.git/info/refs?service={service}");
+        http_request(url, &path, &[("Authorization", &bearer)]).status
+    };
+    assert_eq!(git("git-upload-pack"), 404);
+    assert_eq!(git("git-receive-pack"), 403);
+}
+
+fn post_json(url: &str, path: &str, authorization: &str, body: &str) -> HttpAnswer {
+    let headers = [("Authorization", authorization), ("Content-Type", "application/json")];
+    http_send(url, "POST", path, &headers, Some(body.as_bytes()))
+}
+
+#[test]
 fn a_killed_worker_hands_its_build_to_another_and_a_revoked_worker_is_refused() {
     let hosted = Hosted::without_builders(Backend::Sqlite).expect("SQLite is never skipped");
     hosted.add_user("bob", "write");

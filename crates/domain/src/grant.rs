@@ -168,6 +168,25 @@ pub const ROTATING_ROLES: [&str; 3] = ["builder", "gate", "deployer"];
 /// The roles a worker's key may sign as.
 pub const WORKER_ROLES: [&str; 2] = ["builder", "deployer"];
 
+/// What is wrong with a worker's name and role, if anything: a name is 1
+/// to 64 lowercase letters, digits and dashes, not starting with a dash;
+/// the role is one of [`WORKER_ROLES`].
+pub fn worker_problem(name: &str, role: &str) -> Option<String> {
+    let name_ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('-')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !name_ok {
+        return Some(format!(
+            "worker name {name:?} must be 1 to 64 lowercase letters, digits and dashes, not starting with a dash"
+        ));
+    }
+    if !WORKER_ROLES.contains(&role) {
+        return Some(format!("a worker's key signs as a builder or a deployer, not as {role:?}"));
+    }
+    None
+}
+
 impl GrantAction {
     /// The person the grant is about, if any. They may never approve it.
     pub fn named_user(&self) -> Option<&UserName> {

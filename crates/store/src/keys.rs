@@ -243,18 +243,10 @@ fn check_worker(
     credential: &str,
 ) -> Result<RecordedKey> {
     let invalid = |message: String| StoreError::Conflict(message);
-    if name.is_empty()
-        || name.len() > 64
-        || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        || name.starts_with('-')
-    {
-        return Err(invalid(format!(
-            "worker name {name:?} must be 1 to 64 lowercase letters, digits and dashes, not starting with a dash"
-        )));
+    if let Some(problem) = custody_domain::grant::worker_problem(name, role) {
+        return Err(invalid(problem));
     }
-    let Some(role) = KeyRole::parse(role).filter(|r| custody_domain::grant::WORKER_ROLES.contains(&r.as_str())) else {
-        return Err(invalid(format!("a worker's key signs as a builder or a deployer, not as {role:?}")));
-    };
+    let role = KeyRole::parse(role).ok_or_else(|| invalid(format!("{role:?} is no key role")))?;
     if credential.len() != 64 || !credential.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
         return Err(invalid("the credential's SHA-256 must be 64 lowercase hex digits".into()));
     }
@@ -356,9 +348,7 @@ pub fn trusted_keys(history: &[KeyEvent], current: &[PublicKey], since: i64) -> 
                     if own.is_empty() {
                         own.push(entry(old, since));
                     }
-                    // The instance's own key of the role before it (a
-                    // worker's key is not replaced by a rotation).
-                    if let Some(last) = own.iter_mut().rev().find(|k| k.key_id == old.key_id) {
+                    if let Some(last) = own.last_mut() {
                         last.not_after = Some(rfc3339_of_millis(*at_ms));
                     }
                     own.push(entry(new, *at_ms));

@@ -224,9 +224,7 @@ pub(crate) async fn build_log(
     Body(request): Body<BuildLogRequest>,
 ) -> ApiResult<StatusCode> {
     let lease: LeasedBuild = open(&state, "build", &worker, &request.ticket)?;
-    if !state.store().heartbeat_build(&lease, LEASE_MS).await? {
-        return Err(lost("build"));
-    }
+    // Appended only while this worker holds the lease.
     state.store().append_build_log(&lease, request.text).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -334,10 +332,8 @@ pub(crate) async fn finish_build(
             ));
         }
     }
-    if !state.store().heartbeat_build(&lease, LEASE_MS).await? {
-        return Err(lost("build"));
-    }
     let succeeded = outcome.status == BuildStatus::Succeeded;
+    // Recorded only while this worker holds the lease.
     state.store().finish_build(&lease, outcome).await?;
     if succeeded {
         let repositories = state.hosting().repositories();
@@ -485,6 +481,9 @@ pub(crate) async fn register_worker(
     auth: Auth,
     Body(request): Body<RegisterWorkerRequest>,
 ) -> ApiResult<(StatusCode, Json<GrantView>)> {
+    if let Some(problem) = custody_domain::grant::worker_problem(&request.name, &request.role) {
+        return Err(ApiError::invalid(problem));
+    }
     let action = GrantAction::RegisterWorker {
         name: request.name,
         role: request.role,
