@@ -130,6 +130,40 @@ async fn open_secrets(
     Ok((secrets, versions))
 }
 
+/// Records how a leased build ended and, when it succeeded, promotes it
+/// to the environments that follow none: for a worker of any kind.
+pub async fn record_build(
+    store: &Store,
+    repositories: &Repositories,
+    lease: &LeasedBuild,
+    outcome: BuildOutcome,
+) -> custody_store::Result<()> {
+    let succeeded = outcome.status == BuildStatus::Succeeded;
+    store.finish_build(lease, outcome).await?;
+    if succeeded {
+        custody_store::fault::point("build.succeeded");
+        crate::releases::promote(store, repositories, &lease.project, lease.number, &lease.commit, None).await;
+    }
+    Ok(())
+}
+
+/// Records how a leased deployment ended and, when it succeeded, promotes
+/// its build to the environments that follow this one.
+pub async fn record_deployment(
+    store: &Store,
+    repositories: &Repositories,
+    lease: &LeasedDeployment,
+    outcome: DeployOutcome,
+) -> custody_store::Result<()> {
+    let succeeded = outcome.status == DeploymentStatus::Succeeded;
+    store.finish_deployment(lease, outcome).await?;
+    if succeeded {
+        let next = Some(lease.environment.as_str());
+        crate::releases::promote(store, repositories, &lease.project, lease.build, &lease.commit, next).await;
+    }
+    Ok(())
+}
+
 /// The attestation's form of the release's duties.
 pub fn release_changes(facts: &DeploymentFacts) -> Vec<ReleaseChange> {
     facts

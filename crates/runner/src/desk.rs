@@ -134,15 +134,9 @@ impl BuildDesk for Local {
     }
 
     async fn finish(&self, lease: &LeasedBuild, outcome: BuildOutcome) {
-        let succeeded = outcome.status == custody_domain::status::BuildStatus::Succeeded;
-        if let Err(error) = self.store.finish_build(lease, outcome).await {
+        let recorded = custody_app::work::record_build(&self.store, &self.repositories, lease, outcome).await;
+        if let Err(error) = recorded {
             tracing::error!(%error, build = lease.number, "recording a build");
-        } else if succeeded {
-            custody_store::fault::point("build.succeeded");
-            // The environments that follow none get the build.
-            let (store, repositories) = (&self.store, &self.repositories);
-            custody_app::releases::promote(store, repositories, &lease.project, lease.number, &lease.commit, None)
-                .await;
         }
     }
 
@@ -210,21 +204,10 @@ impl DeployDesk for LocalDeploys {
     }
 
     async fn finish(&self, lease: &LeasedDeployment, outcome: DeployOutcome) {
-        let succeeded = outcome.status == custody_domain::status::DeploymentStatus::Succeeded;
         let local = &self.local;
-        if let Err(error) = local.store.finish_deployment(lease, outcome).await {
+        let recorded = custody_app::work::record_deployment(&local.store, &local.repositories, lease, outcome).await;
+        if let Err(error) = recorded {
             tracing::error!(%error, deployment = lease.number, "recording a deployment");
-        } else if succeeded {
-            let next = Some(lease.environment.as_str());
-            custody_app::releases::promote(
-                &local.store,
-                &local.repositories,
-                &lease.project,
-                lease.build,
-                &lease.commit,
-                next,
-            )
-            .await;
         }
     }
 }

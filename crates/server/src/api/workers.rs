@@ -26,7 +26,7 @@ use custody_api::{
     LeaseHeld, LeasedBuild, LeasedDeployment, NewArtifact, RegisterWorkerRequest, SecretValue, TicketRequest,
     WorkerView, TICKET_HEADER, WORKER_CREDENTIAL_PREFIX,
 };
-use custody_domain::status::{BuildStatus, DeploymentStatus};
+use custody_domain::status::DeploymentStatus;
 use custody_domain::GrantAction;
 use custody_formats::{KeyRole, PublicKey};
 use custody_store::{GrantView, RegisteredWorker};
@@ -332,14 +332,8 @@ pub(crate) async fn finish_build(
             ));
         }
     }
-    let succeeded = outcome.status == BuildStatus::Succeeded;
     // Recorded only while this worker holds the lease.
-    state.store().finish_build(&lease, outcome).await?;
-    if succeeded {
-        let repositories = state.hosting().repositories();
-        custody_app::releases::promote(state.store(), repositories, &lease.project, lease.number, &lease.commit, None)
-            .await;
-    }
+    custody_app::work::record_build(state.store(), state.hosting().repositories(), &lease, outcome).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -459,13 +453,7 @@ pub(crate) async fn finish_deployment(
             format!("deployment {} not recorded: {why}", lease.number),
         )
     })?;
-    let succeeded = outcome.status == DeploymentStatus::Succeeded;
-    state.store().finish_deployment(&lease, outcome).await?;
-    if succeeded {
-        let (store, repositories) = (state.store(), state.hosting().repositories());
-        let next = Some(lease.environment.as_str());
-        custody_app::releases::promote(store, repositories, &lease.project, lease.build, &lease.commit, next).await;
-    }
+    custody_app::work::record_deployment(state.store(), state.hosting().repositories(), &lease, outcome).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
