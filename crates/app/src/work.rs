@@ -207,6 +207,22 @@ fn open_statement(envelope: &str, keys: &[PublicKey], whose: &str) -> Result<Sta
     serde_json::from_slice(&payload).map_err(|e| format!("holds no statement ({e})"))
 }
 
+/// Checks an artifact's name: a relative path inside a workspace (what a
+/// build's collection gives), so that no deployment can be made to write
+/// it anywhere else. A worker elsewhere chooses the names it reports.
+pub fn check_artifact_name(name: &str) -> Result<(), String> {
+    let inside = !name.is_empty()
+        && name.len() <= 4096
+        && !name.starts_with('/')
+        && !name.contains('\0')
+        && name.split('/').all(|part| !part.is_empty() && part != "." && part != "..");
+    if inside {
+        Ok(())
+    } else {
+        Err(format!("artifact name {name:?} is not a relative path inside the workspace"))
+    }
+}
+
 /// The invocation id a build's provenance names: this instance, project,
 /// build and attempt.
 pub fn invocation_id(instance: &str, lease: &LeasedBuild) -> String {
@@ -228,6 +244,9 @@ pub fn check_build_report(
             return Err(format!("a build that ended {} stores no artifacts and no provenance", outcome.status));
         }
         return Ok(());
+    }
+    for artifact in &outcome.artifacts {
+        check_artifact_name(&artifact.name)?;
     }
     let envelope = outcome.provenance.as_deref().ok_or("a successful build reports its signed provenance")?;
     let statement = open_statement(envelope, std::slice::from_ref(key), "the worker's registered key")
@@ -403,6 +422,18 @@ mod tests {
         smuggled.artifacts.push(NewArtifact { name: "dist/extra".into(), digest: "ef".repeat(32), size: 1 });
         let why = check_build_report("bank", &lease, &smuggled, &worker.public()).unwrap_err();
         assert!(why.contains("not exactly the artifacts"), "{why}");
+
+        // A name that would lead a deployment out of its workspace.
+        let mut escaping = facts(&lease);
+        escaping.artifacts = vec![("../../etc/cron.d/job".into(), artifact().digest)];
+        let mut outcome = signed(&worker, &escaping);
+        outcome.artifacts[0].name = "../../etc/cron.d/job".into();
+        let why = check_build_report("bank", &lease, &outcome, &worker.public()).unwrap_err();
+        assert!(why.contains("not a relative path inside the workspace"), "{why}");
+        for bad in ["", "/etc/passwd", "dist/../../x", "dist//app", "./app", "a\0b"] {
+            assert!(check_artifact_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(check_artifact_name("dist/sub/app.tar.gz"), Ok(()));
 
         // A failure carries nothing to store.
         let mut failed = honest;

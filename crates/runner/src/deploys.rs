@@ -54,6 +54,7 @@ pub struct Deployer<D = LocalDeploys> {
 
 /// Where an artifact called `name` goes under `dir`, its directories made.
 pub async fn artifact_path(dir: &Path, name: &str) -> Result<PathBuf, String> {
+    custody_app::work::check_artifact_name(name)?;
     let target = dir.join(name);
     if let Some(parent) = target.parent().map(Path::to_path_buf) {
         tokio::task::spawn_blocking(move || std::fs::create_dir_all(parent))

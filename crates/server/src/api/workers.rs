@@ -253,9 +253,7 @@ pub(crate) async fn upload_artifact(
     body: axum::body::Body,
 ) -> ApiResult<(StatusCode, Json<NewArtifact>)> {
     let lease: LeasedBuild = open(&state, "build", &worker, ticket_of(&headers)?)?;
-    if query.name.is_empty() || query.name.len() > 4096 {
-        return Err(ApiError::invalid("an artifact's name is its path in the workspace: 1 to 4096 characters"));
-    }
+    custody_app::work::check_artifact_name(&query.name).map_err(ApiError::invalid)?;
     if !state.store().heartbeat_build(&lease, LEASE_MS).await? {
         return Err(lost("build"));
     }
