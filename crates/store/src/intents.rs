@@ -194,7 +194,9 @@ impl Store {
                     return Ok(());
                 }
                 let Settled::Dropped { tip } = settled else {
-                    // The builder builds the merge only once this is logged.
+                    // The builder builds the merge only once this is logged:
+                    // its build becomes a job now, so the workers wake.
+                    tx.jobs_queued();
                     tx.audit(NewEvent {
                         actor: custody_domain::audit::SYSTEM_ACTOR.into(),
                         action: "change.merge_landed".into(),
