@@ -70,6 +70,7 @@ latencies = sorted(ms(started[n]) - ms(merged[n]) for n in merged if n in starte
 succeeded = {
     int(e["subject"].rsplit("/", 1)[1]): e["at"] for e in events("build.finish") if e["details"]["status"] == "succeeded"
 }
+building = sorted(ms(succeeded[n]) - ms(started[n]) for n in succeeded if n in started)
 deploying = {e["details"]["build"]: e["at"] for e in events("deploy.start") if e["details"]["environment"] == "staging"}
 promoted = sorted(ms(deploying[n]) - ms(succeeded[n]) for n in succeeded if n in deploying)
 
@@ -80,4 +81,5 @@ def report(label, values):
 
 
 report("merge -> build start", latencies)
+report("build start -> build success", building)
 report("build success -> staging deploy start", promoted)

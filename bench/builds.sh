@@ -3,11 +3,27 @@
 # from the build's success to the start of its automatic staging
 # deployment, on a release build with SQLite: 50 changes pushed, approved
 # and merged one after another, each followed until it is live in staging.
+# With `remote`, the server runs no jobs: a builder and a deployer that share
+# nothing with it (their own directories, key and credential) run them.
 #
-#   bash bench/builds.sh [MERGES]
+#   bash bench/builds.sh [MERGES] [local|remote]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mode="${2:-local}"
+[ "$mode" = remote ] && export SERVE_ARGS="--builders 0"
 . bench/team.sh
+
+if [ "$mode" = remote ]; then
+  # The only admin's grants apply at once (bootstrap).
+  for role in builder deployer; do
+    dir="$work/worker-$role"
+    digest=$("$bin" worker init --dir "$dir" --name "bench-$role" --role "$role" --json \
+      | sed -E 's/.*"credential_sha256":"([0-9a-f]+)".*/\1/')
+    c worker register "bench-$role" --role "$role" --public-key "$dir/worker.pub" --credential-sha256 "$digest" >/dev/null
+    CUSTODY_LOG=warn "$bin" worker run --server "$url" --dir "$dir" >"$work/$role.out" 2>"$work/$role.err" &
+    extra_pids+=($!)
+  done
+fi
 
 # main: a pipeline whose build writes one small artifact (set up by hand,
 # as the first reviewed merge would have).

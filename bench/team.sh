@@ -5,13 +5,20 @@
 #
 #   . bench/team.sh
 # then use $bin, $work, $url, $admin, $alice, $bob and `c` (custody as admin).
+# SERVE_ARGS adds arguments to `custody serve`; processes whose ids a script
+# appends to `extra_pids` are stopped with the server.
 cargo build --release --quiet
 target_dir="${CARGO_TARGET_DIR:-target}"
 case "$target_dir" in /*) ;; *) target_dir="$(pwd)/$target_dir" ;; esac
 bin="$target_dir/release/custody"
 work=$(mktemp -d)
 server=""
-cleanup() { [ -n "$server" ] && kill -TERM "$server" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
+extra_pids=()
+cleanup() {
+  for pid in "${extra_pids[@]}" $server; do kill -TERM "$pid" 2>/dev/null; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
 export GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null GIT_TERMINAL_PROMPT=0 HOME="$work/home" CUSTODY_CONFIG_DIR="$work/cfg"
 mkdir -p "$HOME"
@@ -24,7 +31,7 @@ if [ "${BACKEND:-sqlite}" = postgres ]; then
   trap 'cleanup; psql -q -h 127.0.0.1 -U postgres -d test -c "DROP DATABASE IF EXISTS $db_name WITH (FORCE)" >/dev/null' EXIT
   db_args=(--database-url "postgres://postgres@127.0.0.1:5432/$db_name")
 fi
-CUSTODY_LOG="${CUSTODY_LOG:-warn}" "$bin" serve --data-dir "$work/data" --listen 127.0.0.1:0 "${db_args[@]}" >"$work/out" 2>"$work/err" &
+CUSTODY_LOG="${CUSTODY_LOG:-warn}" "$bin" serve --data-dir "$work/data" --listen 127.0.0.1:0 "${db_args[@]}" ${SERVE_ARGS:-} >"$work/out" 2>"$work/err" &
 server=$!
 for _ in $(seq 1 50); do grep -q '^listening on' "$work/out" && break; sleep 0.1; done
 url=$(sed -n 's/^listening on //p' "$work/out")
