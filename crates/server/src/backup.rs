@@ -365,9 +365,11 @@ fn copy_repositories(from: &Path, to: &Path, facts: &BackupFacts) -> Result<(), 
 }
 
 /// Copies a file, or a directory and everything under it, skipping git's
-/// lock files and the quarantine of pushes in progress.
+/// lock files and the quarantine of pushes in progress. An entry that
+/// vanishes between its listing and its copy is skipped: git removes only
+/// lock files, quarantines, loose refs it has packed (in `packed-refs`,
+/// copied after) and loose objects it has packed (in a pack, copied after).
 fn copy_tree(from: &Path, to: &Path) -> Result<(), BackupError> {
-    let meta = std::fs::symlink_metadata(from).map_err(io(from))?;
     let name = from.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if name.ends_with(".lock")
         || name.starts_with("incoming-")
@@ -377,9 +379,19 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), BackupError> {
     {
         return Ok(());
     }
+    let meta = match std::fs::symlink_metadata(from) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(from)(e)),
+    };
     if meta.is_dir() {
         std::fs::create_dir_all(to).map_err(io(to))?;
-        for entry in std::fs::read_dir(from).map_err(io(from))? {
+        let entries = match std::fs::read_dir(from) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(from)(e)),
+        };
+        for entry in entries {
             let entry = entry.map_err(io(from))?;
             copy_tree(&entry.path(), &to.join(entry.file_name()))?;
         }
