@@ -18,10 +18,12 @@ use crate::Failure;
 pub enum KeyCommand {
     /// Every key of the trust root: role, id, validity, revocation.
     List,
-    /// Replace the builder, gate or deployer key with a new one (a grant).
-    /// What the old key signed before still verifies.
+    /// Replace the builder, gate, deployer or ledger key with a new one (a
+    /// grant). What the old key signed before still verifies; the old
+    /// ledger key hands the log over to the new one in a checkpoint both
+    /// sign, which `custody audit watch` follows.
     Rotate {
-        /// builder, gate or deployer.
+        /// builder, gate, deployer or ledger.
         role: String,
     },
     /// Revoke a retired key from a point in time on (a grant): evidence it

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use clap::Args;
-use custody_api::{CheckpointView, ConsistencyView, EventView, InclusionView, Page, ProvenEvent};
-use custody_formats::checkpoint::{Checkpoint, NoteVerifier};
+use custody_api::{CheckpointView, ConsistencyView, EventView, HandoverView, InclusionView, Page, ProvenEvent};
+use custody_formats::checkpoint::{Checkpoint, KeyChain, NoteVerifier};
 use custody_formats::event::EventFields;
 use custody_formats::keys::KeyRole;
 use custody_formats::merkle::{self, Hash};
@@ -46,11 +46,30 @@ fn read_verifier(path: &Path) -> Result<NoteVerifier, Failure> {
     NoteVerifier::parse(&text).map_err(|e| Failure::input(format!("{}: {e}", path.display())))
 }
 
+/// Opens the signed checkpoint `note` with the ledger key `pinned`, or,
+/// when another key signed it, with the key the server's handovers lead to
+/// from `pinned`: each handover signed by the key it hands over from and by
+/// the key it hands over to. Returns the checkpoint and the keys followed.
+async fn open_following(
+    client: &Client,
+    pinned: NoteVerifier,
+    note: &str,
+) -> Result<(Checkpoint, KeyChain), Failure> {
+    if let Ok(checkpoint) = pinned.open(note) {
+        return Ok((checkpoint, KeyChain::of(pinned)));
+    }
+    let handovers: Vec<HandoverView> = client.list("/api/v1/audit/handovers").await?;
+    let notes: Vec<String> = handovers.into_iter().map(|h| h.note).collect();
+    let (chain, _) = KeyChain::follow(pinned, &notes);
+    let checkpoint = chain.open(note).map_err(|e| damaged(format!("the server's newest checkpoint: {e}")))?;
+    Ok((checkpoint, chain))
+}
+
 /// `custody audit checkpoint`: the newest signed checkpoint.
 pub async fn checkpoint(client: &Client, key: Option<PathBuf>, out: Output) -> Result<(), Failure> {
     let answer: CheckpointView = client.get("/api/v1/audit/checkpoint").await?;
     if let Some(path) = key {
-        read_verifier(&path)?.open(&answer.note).map_err(|e| damaged(format!("the server's checkpoint: {e}")))?;
+        open_following(client, read_verifier(&path)?, &answer.note).await?;
     }
     if out.json {
         out.print_json(&answer);
@@ -281,6 +300,10 @@ struct WatchReport {
     /// The `instance.restored` event this run accepted.
     #[serde(skip_serializing_if = "Option::is_none")]
     accepted_restore: Option<i64>,
+    /// The ledger keys this run followed handovers to, oldest first; the
+    /// last is pinned now.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    followed_keys: Vec<String>,
 }
 
 /// `custody audit watch --state FILE`: fetches the newest checkpoint,
@@ -295,11 +318,22 @@ pub async fn watch(
 ) -> Result<(), Failure> {
     let saved = read_watch_state(state_file)?;
     let answer: CheckpointView = client.get("/api/v1/audit/checkpoint").await?;
-    let (verifier, pinned_now) = watch_verifier(key.as_deref(), saved.as_ref(), &answer)?;
-    let latest = verifier.open(&answer.note).map_err(|e| damaged(format!("the server's newest checkpoint: {e}")))?;
+    let (pinned, pinned_now) = watch_verifier(key.as_deref(), saved.as_ref(), &answer)?;
+    let (latest, chain) = open_following(client, pinned.clone(), &answer.note).await?;
+    let verifier = chain.current().clone();
+    // The handovers after the pinned key, each a signed tree head the
+    // newest checkpoint must extend.
+    let followed: Vec<_> = chain.handovers_after(&pinned).collect();
     let mut accepted = None;
     if let Some(saved) = &saved {
-        if let Err(inconsistent) = prove_consistent(client, saved, &latest, state_file).await {
+        let mut consistent = prove_consistent(client, saved, &latest, state_file).await;
+        for handover in &followed {
+            if consistent.is_err() {
+                break;
+            }
+            consistent = prove_extends(client, &handover.checkpoint, &latest).await;
+        }
+        if let Err(inconsistent) = consistent {
             let Some(restore) = recorded_restore(client, saved, &latest, accept_restore).await? else {
                 return Err(inconsistent);
             };
@@ -332,6 +366,7 @@ pub async fn watch(
             previous_size: saved.as_ref().map(|saved| saved.size),
             pinned_key: pinned_now,
             accepted_restore: accepted.as_ref().map(|(seq, _)| *seq),
+            followed_keys: followed.iter().map(|h| h.to.to_vkey()).collect(),
         });
     } else if let (Some((seq, details)), Some(saved)) = (&accepted, &saved) {
         say(&format!(
@@ -344,6 +379,16 @@ pub async fn watch(
             latest.size
         ));
     } else {
+        for handover in &followed {
+            say(&format!(
+                "followed the ledger key's handover at {} events from {} to {}, both of which signed it; {} is \
+                 pinned now",
+                handover.checkpoint.size,
+                handover.from.to_vkey(),
+                handover.to.to_vkey(),
+                handover.to.to_vkey()
+            ));
+        }
         if pinned_now {
             say(&format!(
                 "pinned the ledger key {} as the server offered it; check it against one you trust, or pass --key",
@@ -423,6 +468,29 @@ async fn prove_consistent(
             latest.size,
             saved.size,
             state_file.display()
+        ))
+    })
+}
+
+/// Proves the newest checkpoint an extension of a handover's tree head.
+async fn prove_extends(client: &Client, old: &Checkpoint, latest: &Checkpoint) -> Result<(), Failure> {
+    if old.size > latest.size {
+        return Err(damaged(format!(
+            "history was rewritten: the ledger key's handover covers {} events and the newest checkpoint {}",
+            old.size, latest.size
+        )));
+    }
+    let hashes = if old.size == latest.size {
+        Vec::new()
+    } else {
+        let proof: ConsistencyView =
+            client.get(&format!("/api/v1/audit/consistency?old={}&new={}", old.size, latest.size)).await?;
+        hashes_of(&proof.hashes)?
+    };
+    merkle::verify_consistency(old.size, latest.size, &old.root, &latest.root, &hashes).map_err(|e| {
+        damaged(format!(
+            "history was rewritten: checkpoint {} is not consistent with the ledger key's handover at {} events ({e})",
+            latest.size, old.size
         ))
     })
 }

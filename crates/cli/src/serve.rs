@@ -303,7 +303,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let (instance, bootstrap) = open_or_init(&data_dir, name, database_url).await?;
     let blobs = open_blobs(blob_store.as_deref(), &data_dir)?;
     instance::check_shared_storage(&data_dir, &instance.store, &blobs).await.map_err(instance_failure)?;
-    custody_server::keyring::reconcile(&instance.store, &data_dir.keys(), &instance.keys, true)
+    custody_server::keyring::reconcile(&instance.store, &instance.name, &data_dir.keys(), &instance.keys, true)
         .await
         .map_err(|e| Failure::input(format!("the service keys: {e}")))?;
     let listener = tokio::net::TcpListener::bind(&listen)
@@ -692,7 +692,7 @@ pub async fn worker(args: WorkerArgs) -> Result<(), Failure> {
         .with_hsm(crate::config::hsm_from_env()?);
     let instance = instance::open(&data_dir, args.database_url.clone()).await.map_err(instance_failure)?;
     let blobs = open_blobs(args.blob_store.as_deref(), &data_dir)?;
-    custody_server::keyring::reconcile(&instance.store, &data_dir.keys(), &instance.keys, false)
+    custody_server::keyring::reconcile(&instance.store, &instance.name, &data_dir.keys(), &instance.keys, false)
         .await
         .map_err(|e| Failure::input(format!("the service keys: {e}")))?;
     instance::check_shared_storage(&data_dir, &instance.store, &blobs).await.map_err(instance_failure)?;

@@ -189,3 +189,190 @@ fn a_gate_key_swapped_on_the_host_is_refused_at_start() {
     assert_eq!(refused.code(), Some(2), "{refused:?}");
     assert!(refused.stderr.contains("gate.pem holds the gate key"), "{refused:?}");
 }
+
+fn ledger_keys(hosted: &Hosted) -> Vec<Value> {
+    let keys = hosted.as_admin(&["key", "list", "--json"]).json();
+    keys.as_array().expect("a list").iter().filter(|k| k["role"] == "ledger").cloned().collect()
+}
+
+/// `custody audit watch --state FILE --json` by a watcher with no account.
+fn watch(hosted: &Hosted, state: &std::path::Path) -> Run {
+    let mut command = hosted.sandbox.as_user("watcher");
+    command.env("CUSTODY_SERVER", &hosted.server.url).args(["audit", "watch", "--json", "--state"]).arg(state);
+    run(command)
+}
+
+/// `custody audit verify` on the instance's data directory (and database).
+fn audit_verify(hosted: &Hosted) -> Run {
+    let mut command = hosted.sandbox.as_user("operator");
+    command.args(["audit", "verify", "--json", "--data-dir"]).arg(hosted.sandbox.path("data"));
+    if let Some(database) = &hosted.database {
+        command.args(["--database-url", &database.url]);
+    }
+    run(command)
+}
+
+/// The stored handovers, as anyone may read them.
+fn handovers(hosted: &Hosted) -> Vec<Value> {
+    let (status, page) = hosted.api("GET", "/api/v1/audit/handovers", None, None);
+    assert_eq!(status, 200, "{page}");
+    page["items"].as_array().expect("items").clone()
+}
+
+/// Waits until the newest checkpoint covers more than `size` events.
+fn checkpoint_beyond(hosted: &Hosted, size: u64) -> Value {
+    for _ in 0..100 {
+        let (status, checkpoint) = hosted.api("GET", "/api/v1/audit/checkpoint", None, None);
+        if status == 200 && checkpoint["size"].as_u64() > Some(size) {
+            return checkpoint;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("no checkpoint beyond {size} events was signed");
+}
+
+/// The ledger key rotates by a grant like the others. The old key hands the
+/// log over in a checkpoint both keys sign and that names both; from then
+/// on only the new key signs. A watcher pinned to the old key follows the
+/// rotation through that handover and pins the new key; evidence proved
+/// against the old key's checkpoints still verifies; and whoever kept a
+/// copy of the old key cannot sign the log's future with it.
+#[test]
+fn a_ledger_key_rotation_hands_the_log_over_and_a_watcher_follows_it_only_through_the_handover() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let Some(hosted) = Hosted::on(backend) else { continue };
+        ledger_rotation_story(hosted);
+    }
+}
+
+fn ledger_rotation_story(hosted: Hosted) {
+    hosted.add_user("bob", "write");
+    hosted.second_admin("carol");
+    let data = hosted.sandbox.path("data");
+    let (work, base) = seed_building(&hosted);
+    merge_part(&hosted, &work, &base, 0);
+    let before = bundle_of(&hosted, 1);
+    let state = hosted.sandbox.path("watch.json");
+    let first = watch(&hosted, &state).expect_code(0).json();
+    assert_eq!(first["pinned_key"], true, "{first}");
+    let old_vkey = serde_json::from_str::<Value>(&std::fs::read_to_string(&state).unwrap()).unwrap()["verifier_key"]
+        .as_str()
+        .expect("a pinned key")
+        .to_owned();
+    std::fs::copy(data.join("keys/ledger.pem"), hosted.sandbox.path("old-ledger.pem")).expect("a copy");
+
+    let asked = hosted.as_admin(&["key", "rotate", "ledger", "--json"]).json();
+    assert_eq!(asked["status"], "pending", "{asked}");
+    let mut approve = hosted.sandbox.as_user("carol");
+    approve.args(["grant", "approve", &asked["id"].as_i64().unwrap().to_string()]);
+    run(approve).expect_code(0);
+    let keys = ledger_keys(&hosted);
+    assert_eq!(keys.len(), 2, "{keys:#?}");
+    assert!(keys[0]["not_after"].is_string() && keys[1]["not_after"].is_null(), "{keys:#?}");
+
+    // One handover: from the pinned key to the new one, signed by both,
+    // covering the rotation's event.
+    let handover = handovers(&hosted);
+    assert_eq!(handover.len(), 1, "{handover:#?}");
+    let handover = &handover[0];
+    assert_eq!(handover["from_key"], old_vkey.as_str());
+    let new_vkey = handover["to_key"].as_str().expect("the new key").to_owned();
+    assert_ne!(new_vkey, old_vkey);
+    let note = handover["note"].as_str().unwrap();
+    assert!(note.contains(&format!("\ncustody-ledger-key-from {old_vkey}\ncustody-ledger-key-to {new_vkey}\n")));
+    assert_eq!(note.matches("\u{2014} ").count(), 2, "two signatures: {note}");
+    let rotated = hosted.audit_events("key.rotated");
+    let rotation_seq = rotated.last().expect("the rotation")["seq"].as_u64().unwrap();
+    let handover_size = handover["size"].as_u64().unwrap();
+    assert!(handover_size >= rotation_seq, "{handover} before event {rotation_seq}");
+
+    // The log goes on under the new key; the watcher follows the handover.
+    merge_part(&hosted, &work, &base, 1);
+    let after = bundle_of(&hosted, 2);
+    let newest = checkpoint_beyond(&hosted, handover_size);
+    assert_eq!(newest["verifier_key"], new_vkey.as_str());
+    let followed = watch(&hosted, &state).expect_code(0).json();
+    assert_eq!(followed["followed_keys"], serde_json::json!([new_vkey]), "{followed}");
+    let pinned: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!(pinned["verifier_key"], new_vkey.as_str());
+    watch(&hosted, &state).expect_code(0);
+
+    // The ledger verifies end to end: old checkpoints by the old key, new
+    // ones by the new key, the handover by both.
+    let verified = audit_verify(&hosted).expect_code(0).json();
+    assert_eq!(verified["intact"], true, "{verified:#}");
+
+    // Evidence proved against either key's checkpoints verifies offline.
+    let trust = trust_now(&hosted, "trust-ledger-rotated.json");
+    for bundle in [&before, &after] {
+        let report = verify(&hosted, bundle, &trust).expect_code(0).json();
+        assert_eq!(report["valid"], true, "{report:#}");
+    }
+
+    // A thief who copied the old key signs a checkpoint of a future that
+    // never was and writes it into the database: the watcher refuses it,
+    // and so does the audit.
+    let old = custody_formats::ServiceKey::load(custody_formats::KeyRole::Ledger, &hosted.sandbox.path("old-ledger.pem"))
+        .expect("the old key");
+    let origin = newest["origin"].as_str().unwrap().to_owned();
+    let size = newest["size"].as_u64().unwrap() + 3;
+    let forged = custody_formats::checkpoint::Checkpoint { origin, size, root: [7; 32] }.sign(&old).unwrap();
+    hosted.tamper(&format!(
+        "INSERT INTO ledger_checkpoints (size, root, note, at) VALUES ({size}, {}, '{forged}', 0)",
+        match backend_of(&hosted) {
+            Backend::Sqlite => format!("X'{}'", "07".repeat(32)),
+            Backend::Postgres => format!("'\\x{}'::bytea", "07".repeat(32)),
+        }
+    ));
+    let refused = watch(&hosted, &state);
+    assert_eq!(refused.code(), Some(1), "{refused:?}");
+    assert!(refused.stderr.contains("handed over"), "{refused:?}");
+    let audit = audit_verify(&hosted);
+    assert_eq!(audit.code(), Some(1), "{audit:?}");
+    let report: Value = serde_json::from_str(audit.stdout.trim()).expect("a JSON report");
+    let findings = report["report"]["findings"].clone();
+    assert_eq!(findings.as_array().map(Vec::len), Some(1), "{findings:#}");
+    assert_eq!((&findings[0]["kind"], findings[0]["size"].as_u64()), (&Value::from("forged_checkpoint"), Some(size)));
+    assert!(findings[0]["why"].as_str().unwrap().contains("handed over"), "{findings:#}");
+}
+
+fn backend_of(hosted: &Hosted) -> Backend {
+    if hosted.database.is_some() {
+        Backend::Postgres
+    } else {
+        Backend::Sqlite
+    }
+}
+
+/// A server killed after recording the ledger key's rotation (before or
+/// after its handover) hands over and installs the new key at its next
+/// start: one handover, the ledger intact, and a watcher follows.
+#[test]
+fn a_ledger_rotation_cut_off_by_a_crash_hands_over_at_the_next_start() {
+    for point in ["key.recorded", "key.handed_over"] {
+        let mut hosted = Hosted::on_with(Backend::Sqlite, &[("CUSTODY_CRASH_AT", point)]).expect("SQLite");
+        hosted.second_admin("carol");
+        let state = hosted.sandbox.path("watch.json");
+        checkpoint_beyond(&hosted, 0);
+        watch(&hosted, &state).expect_code(0);
+        let asked = hosted.as_admin(&["key", "rotate", "ledger", "--json"]).json();
+        let mut approve = hosted.sandbox.as_user("carol");
+        approve.args(["grant", "approve", &asked["id"].as_i64().unwrap().to_string()]);
+        let cut = run(approve);
+        assert_ne!(cut.code(), Some(0), "{point}: {cut:?}");
+        assert!(hosted.server.wait_for_exit(std::time::Duration::from_secs(20)).is_some(), "{point}: still running");
+
+        hosted.restart_with(&[]);
+        let keys = ledger_keys(&hosted);
+        assert_eq!(keys.len(), 2, "{point}: {keys:#?}");
+        assert_eq!(handovers(&hosted).len(), 1, "{point}");
+        assert!(!hosted.sandbox.path("data").join("keys/ledger.next.pem").exists(), "{point}");
+        hosted.as_admin(&["group", "create", "release-managers"]).expect_code(0);
+        checkpoint_beyond(&hosted, handovers(&hosted)[0]["size"].as_u64().unwrap());
+        let followed = watch(&hosted, &state).expect_code(0).json();
+        assert_eq!(followed["followed_keys"].as_array().map(Vec::len), Some(1), "{point}: {followed}");
+        hosted.server.stop();
+        let verified = audit_verify(&hosted).expect_code(0).json();
+        assert_eq!(verified["intact"], true, "{point}: {verified:#}");
+    }
+}

@@ -163,7 +163,7 @@ pub enum GrantAction {
 }
 
 /// The roles whose keys rotate by a grant.
-pub const ROTATING_ROLES: [&str; 3] = ["builder", "gate", "deployer"];
+pub const ROTATING_ROLES: [&str; 4] = ["builder", "gate", "deployer", "ledger"];
 
 /// The roles a worker's key may sign as.
 pub const WORKER_ROLES: [&str; 2] = ["builder", "deployer"];

@@ -1187,6 +1187,19 @@ fn open_checkpoint(
     let mut last = String::new();
     for key in ledger {
         match NoteVerifier::new(origin, &key.key).and_then(|v| v.open(note)) {
+            // A checkpoint carries no time: once a ledger key is revoked,
+            // nothing tells a checkpoint it signed before from one an
+            // attacker holding it signed after.
+            Ok(_) if key.revoked.is_some() => {
+                let (since, reason) = key.revoked.as_ref().expect("checked");
+                return Err(format!(
+                    "the checkpoint is signed by the ledger key {}, revoked since {} ({reason}); a checkpoint carries \
+                     no time, so none it signed is trusted: export the evidence again, proved against a checkpoint \
+                     of the current ledger key",
+                    short(&key.key.key_id()),
+                    rfc3339_of_millis(*since)
+                ));
+            }
             Ok(checkpoint) => {
                 *verified_by.entry(key.key.key_id()).or_default() += 1;
                 return Ok(checkpoint);
@@ -1488,9 +1501,19 @@ mod tests {
             .sign(&ledger)
             .unwrap();
         let trust = TrustRoot::new("x", vec![crate::trust::TrustedKey::current(&ledger.public(), 0)]);
-        let report = verify(&Bundle { checkpoint: note, ..bundle }, &trust, None);
+        let report = verify(&Bundle { checkpoint: note.clone(), ..bundle.clone() }, &trust, None);
         assert!(report.checks.iter().any(|c| c.rule == "checkpoint.signature" && c.passed), "{}", report.to_text());
         assert_eq!(report.failures().filter(|c| c.rule == "ledger.inclusion").count(), 3);
+
+        // Once that ledger key is revoked, none of its checkpoints is
+        // trusted: a checkpoint carries no time to tell before from after.
+        let mut revoked = crate::trust::TrustedKey::current(&ledger.public(), 0);
+        revoked.not_after = Some(rfc3339_of_millis(10));
+        revoked.revoked = Some(crate::trust::Revocation { since: rfc3339_of_millis(5), reason: "stolen".into() });
+        let report = verify(&Bundle { checkpoint: note, ..bundle }, &TrustRoot::new("x", vec![revoked]), None);
+        let failure = report.failures().find(|c| c.rule == "checkpoint.signature").expect("the checkpoint fails");
+        assert!(failure.message.contains("revoked since") && failure.message.contains("stolen"), "{}", failure.message);
+        assert!(failure.message.contains("export the evidence again"), "{}", failure.message);
     }
 
     #[test]

@@ -194,3 +194,22 @@ fn a_note_signed_by_the_go_compatible_signer_opens_with_our_verifier() {
     let opened = NoteVerifier::parse(&vkey).unwrap().open(&text).unwrap();
     assert_eq!((opened.origin.as_str(), opened.size), ("custody.example", 9));
 }
+
+#[test]
+fn a_ledger_key_handover_is_a_c2sp_checkpoint_both_keys_signed() {
+    let (old, new) = (ServiceKey::generate(KeyRole::Ledger), ServiceKey::generate(KeyRole::Ledger));
+    let checkpoint = Checkpoint { origin: "custody.example.com".into(), size: 77, root: merkle::leaf_hash(b"h") };
+    let note = custody_formats::checkpoint::Handover::sign(&checkpoint, &old, &new).unwrap();
+    let vkey = |key: &ServiceKey| NoteVerifier::new(&checkpoint.origin, &key.public()).unwrap().to_vkey();
+    let parsed = Note::from_bytes(note.as_bytes()).expect("signed_note parses the handover");
+    let verifiers = VerifierList::new(vec![
+        Box::new(StandardVerifier::new(&vkey(&old)).unwrap()),
+        Box::new(StandardVerifier::new(&vkey(&new)).unwrap()),
+    ]);
+    let (verified, unverified) = parsed.verify(&verifiers).expect("both signatures verify");
+    assert_eq!((verified.len(), unverified.len()), (2, 0));
+    // The keys' lines are extension lines of an ordinary checkpoint.
+    let body = tlog_tiles::Checkpoint::from_bytes(parsed.text()).expect("tlog reads the handover's body");
+    assert_eq!((body.size(), body.hash().0), (77, checkpoint.root));
+    assert_eq!(body.extension(), format!("custody-ledger-key-from {}\ncustody-ledger-key-to {}\n", vkey(&old), vkey(&new)));
+}

@@ -40,9 +40,22 @@ fn next_file(keys_dir: &Path, role: KeyRole) -> std::path::PathBuf {
     keys_dir.join(format!("{}.next.pem", role.as_str()))
 }
 
-/// Moves the recorded new key into place and makes `key` sign with it.
-fn install(keys_dir: &Path, key: &ServiceKey, next: &ServiceKey) -> Result<(), String> {
+/// Moves the recorded new key into place and makes `key` sign with it. The
+/// ledger key first hands the log over to the new key (a checkpoint both
+/// sign, naming both), so that watchers pinned to the old key can follow.
+async fn install(
+    store: &Store,
+    origin: &str,
+    keys_dir: &Path,
+    key: &ServiceKey,
+    next: &ServiceKey,
+) -> Result<(), String> {
     let role = key.role();
+    if role == KeyRole::Ledger {
+        let handover = store.hand_over_ledger(origin, key, next).await.map_err(|e| e.to_string())?;
+        custody_store::fault::point("key.handed_over");
+        tracing::info!(size = handover.size, to = %handover.to_key, "handed the ledger over to its new key");
+    }
     let (from, to) = (next_file(keys_dir, role), keys_dir.join(format!("{}.pem", role.as_str())));
     std::fs::rename(&from, &to).map_err(|e| format!("moving {} into place: {e}", from.display()))?;
     std::fs::File::open(keys_dir).and_then(|d| d.sync_all()).map_err(|e| format!("{}: {e}", keys_dir.display()))?;
@@ -51,7 +64,13 @@ fn install(keys_dir: &Path, key: &ServiceKey, next: &ServiceKey) -> Result<(), S
 
 /// Completes the approved rotation `grant` of `key`'s role: makes (or
 /// takes up again) the new key, records the rotation, installs the key.
-pub async fn rotate(store: &Store, keys_dir: &Path, key: &ServiceKey, grant: i64) -> Result<RecordedKey, String> {
+pub async fn rotate(
+    store: &Store,
+    origin: &str,
+    keys_dir: &Path,
+    key: &ServiceKey,
+    grant: i64,
+) -> Result<RecordedKey, String> {
     let role = key.role();
     if let Some(device) = key.held_outside() {
         return Err(format!(
@@ -85,7 +104,7 @@ pub async fn rotate(store: &Store, keys_dir: &Path, key: &ServiceKey, grant: i64
             next_path.display()
         ));
     }
-    install(keys_dir, key, &next)?;
+    install(store, origin, keys_dir, key, &next).await?;
     tracing::info!(role = role.as_str(), key_id = %new.key_id, grant, "rotated a service key");
     Ok(new)
 }
@@ -96,7 +115,13 @@ use custody_store::current_key_of as current_key;
 /// rotation that stopped half-way) and, when `finish`, completes approved
 /// rotations the ledger does not show yet (a server does; a worker only
 /// checks). Refuses a key file the ledger does not name.
-pub async fn reconcile(store: &Store, keys_dir: &Path, keys: &[ServiceKey], finish: bool) -> Result<(), String> {
+pub async fn reconcile(
+    store: &Store,
+    origin: &str,
+    keys_dir: &Path,
+    keys: &[ServiceKey],
+    finish: bool,
+) -> Result<(), String> {
     // The keys the instance started with are recorded at its first start
     // with this record; from then on the ledger names each role's key.
     let loaded = keys.iter().map(|k| (k.role().as_str().to_owned(), recorded(k))).collect();
@@ -113,7 +138,9 @@ pub async fn reconcile(store: &Store, keys_dir: &Path, keys: &[ServiceKey], fini
             continue;
         }
         match ServiceKey::load(role, &next_file(keys_dir, role)) {
-            Ok(next) if next.public().key_id() == expected.key_id => install(keys_dir, key, &next)?,
+            Ok(next) if next.public().key_id() == expected.key_id => {
+                install(store, origin, keys_dir, key, &next).await?
+            }
             _ => {
                 return Err(format!(
                     "{}/{}.pem holds the {} key {loaded}, and the ledger names {} as the current one: restore the \
@@ -136,7 +163,7 @@ pub async fn reconcile(store: &Store, keys_dir: &Path, keys: &[ServiceKey], fini
             tracing::warn!(grant, role, %device, "an approved rotation of a key held in a device is left undone");
             continue;
         }
-        rotate(store, keys_dir, key, grant).await?;
+        rotate(store, origin, keys_dir, key, grant).await?;
     }
     Ok(())
 }
@@ -149,7 +176,7 @@ pub(crate) async fn complete_rotation(state: &AppState, grant: &GrantView) -> Ap
         .and_then(|r| state.key(r))
         .ok_or_else(|| unavailable(format!("this server holds no {role} key")))?;
     let dir = state.key_dir().ok_or_else(|| unavailable("this server was not given its keys directory".into()))?;
-    rotate(state.store(), dir, key, grant.id).await.map_err(|e| {
+    rotate(state.store(), state.instance(), dir, key, grant.id).await.map_err(|e| {
         tracing::error!(error = %e, grant = grant.id, "rotating a key");
         unavailable(format!(
             "the rotation was approved and is not finished: {e}; it finishes at the server's next start"
@@ -163,8 +190,8 @@ pub(crate) async fn complete_rotation(state: &AppState, grant: &GrantView) -> Ap
 #[into_params(parameter_in = Path)]
 #[allow(dead_code)]
 pub(crate) struct RolePath {
-    /// builder, gate or deployer.
-    #[param(pattern = "^(builder|gate|deployer)$")]
+    /// builder, gate, deployer or ledger.
+    #[param(pattern = "^(builder|gate|deployer|ledger)$")]
     role: String,
 }
 
@@ -178,8 +205,10 @@ pub(crate) struct KeyPath {
     key_id: String,
 }
 
-/// An admin asks to replace a service key (`builder`, `gate` or
-/// `deployer`) with a new one: a grant, applied once a second admin approves.
+/// An admin asks to replace a service key (`builder`, `gate`, `deployer` or
+/// `ledger`) with a new one: a grant, applied once a second admin approves.
+/// The ledger key hands the log over to its successor in a checkpoint both
+/// keys sign.
 #[utoipa::path(post, path = "/api/v1/keys/{role}/rotate", tag = "evidence", security(("token" = [])),
     params(RolePath),
     responses((status = 202, body = GrantView), (status = 400, body = custody_api::ErrorBody)))]

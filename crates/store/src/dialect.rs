@@ -40,6 +40,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (11, "subject_seals", include_str!("../migrations/sqlite/0011_subject_seals.sql")),
     (12, "commit_seals", include_str!("../migrations/sqlite/0012_commit_seals.sql")),
     (13, "merge_intents", include_str!("../migrations/sqlite/0013_merge_intents.sql")),
+    (14, "ledger_handovers", include_str!("../migrations/sqlite/0014_ledger_handovers.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "people", include_str!("../migrations/postgres/0001_people.sql")),
@@ -55,6 +56,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (11, "subject_seals", include_str!("../migrations/postgres/0011_subject_seals.sql")),
     (12, "commit_seals", include_str!("../migrations/postgres/0012_commit_seals.sql")),
     (13, "merge_intents", include_str!("../migrations/postgres/0013_merge_intents.sql")),
+    (14, "ledger_handovers", include_str!("../migrations/postgres/0014_ledger_handovers.sql")),
 ];
 
 /// The PostgreSQL advisory lock held by whoever appends to the audit log or

@@ -7,7 +7,9 @@
 //! - `merge.moved`: the ref moved, the merge's intent not yet settled;
 //! - `build.succeeded`: a build's success committed, its promotion not made.
 //! - `key.made`: a rotation's new key written beside the old, not recorded;
-//! - `key.recorded`: the rotation recorded, the new key not yet in place.
+//! - `key.recorded`: the rotation recorded, the new key not yet in place;
+//! - `key.handed_over`: the ledger's handover to its new key stored, the
+//!   new key not yet in place.
 //!
 //! A test can also hold the process at a point, to act while it waits: set
 //! `CUSTODY_PAUSE_AT` to the point's name and `CUSTODY_PAUSE_FILE` to a

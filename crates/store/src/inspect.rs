@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use custody_domain::InvalidInput;
-use custody_formats::checkpoint::NoteVerifier;
+use custody_formats::checkpoint::{KeyChain, NoteVerifier};
 use custody_formats::keys::PublicKey;
 use custody_formats::merkle::{self, Frontier, Hash};
 use futures_util::TryStreamExt as _;
@@ -81,6 +81,14 @@ pub enum Finding {
         /// What the verifier said.
         why: String,
     },
+    /// A stored ledger-key handover that does not open, or that links no
+    /// key of the chain the ledger key given reaches.
+    ForgedHandover {
+        /// The size it claims.
+        size: u64,
+        /// Why it is not followed.
+        why: String,
+    },
 }
 
 impl Finding {
@@ -92,7 +100,7 @@ impl Finding {
             Finding::TreeRewritten { from_seq, .. } => *from_seq,
             Finding::TreeTruncated { tree_size, .. } => *tree_size as i64 + 1,
             Finding::NodeAltered { level, idx } => ((*idx << level) + 1) as i64,
-            Finding::ForgedCheckpoint { size, .. } => *size as i64,
+            Finding::ForgedCheckpoint { size, .. } | Finding::ForgedHandover { size, .. } => *size as i64,
             Finding::Unproven { seq, .. } => *seq,
         }
     }
@@ -114,6 +122,9 @@ impl Finding {
             ),
             Finding::NodeAltered { level, idx } => format!("the ledger's node at level {level}, index {idx} was altered"),
             Finding::ForgedCheckpoint { size, why } => format!("the checkpoint of size {size} is not genuine: {why}"),
+            Finding::ForgedHandover { size, why } => {
+                format!("the ledger-key handover at size {size} is not genuine: {why}")
+            }
             Finding::Unproven { why, .. } => why.clone(),
         }
     }
@@ -211,13 +222,27 @@ async fn inspect_connection(
     let leaves = read_level(conn, dialect, 0).await?;
     let tree_size = leaves.len() as u64;
 
+    // The ledger keys: the one given and those its handovers link to. Each
+    // handover followed is one more checkpoint (signed by both its keys).
+    let handovers = read_handovers_if_any(conn, dialect).await?;
+    let notes: Vec<String> = handovers.iter().map(|h| h.note.clone()).collect();
+    let (chain, rejected) = KeyChain::follow(verifier.clone(), &notes);
+    for (i, why) in rejected {
+        let size = handovers.get(i).map_or(0, |h| h.size);
+        findings.push(Finding::ForgedHandover { size, why });
+    }
+
     // Checkpoints: the newest genuine one is the reference; the stored tree
     // must give each checkpoint's head at its size.
-    let checkpoints = read_checkpoints(conn).await?;
-    let reference = newest_genuine(&checkpoints, verifier, &mut findings);
+    let mut checkpoints = read_checkpoints(conn).await?;
+    for handover in handovers.iter().filter(|h| chain.handovers().any(|f| f.checkpoint.size == h.size)) {
+        checkpoints.push((handover.size, handover.root, handover.note.clone(), handover.at_ms));
+    }
+    checkpoints.sort_by_key(|c| c.0);
+    let reference = newest_genuine(&checkpoints, &chain, &mut findings);
     let (levels, heads) = recompute(&leaves, &checkpoints);
     if let Some(reference) = &reference {
-        check_heads(reference, &checkpoints, &heads, tree_size, verifier, &mut findings);
+        check_heads(reference, &checkpoints, &heads, tree_size, &chain, &mut findings);
     }
     check_nodes(conn, dialect, &levels, &mut findings).await?;
     drop(levels);
@@ -243,9 +268,25 @@ async fn read_checkpoints(conn: &mut AnyConnection) -> Result<Vec<CheckpointRow>
     Ok(checkpoints)
 }
 
+/// The stored ledger-key handovers; none in a database older than them.
+async fn read_handovers_if_any(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+) -> Result<Vec<crate::ledger::StoredHandover>> {
+    let exists: Option<i64> = sqlx::query_scalar("SELECT version FROM custody_migrations WHERE version = 14")
+        .fetch_optional(&mut *conn)
+        .await
+        .ok()
+        .flatten();
+    if exists.is_none() {
+        return Ok(Vec::new());
+    }
+    crate::ledger::read_handovers(conn, dialect, None).await
+}
+
 /// Whether a checkpoint row's signed note verifies and names the tree the
 /// row names.
-fn genuine(verifier: &NoteVerifier, size: u64, root: &Hash, note: &str) -> std::result::Result<(), String> {
+fn genuine(verifier: &KeyChain, size: u64, root: &Hash, note: &str) -> std::result::Result<(), String> {
     let opened = verifier.open(note).map_err(|e| e.to_string())?;
     if opened.size != size || &opened.root != root {
         return Err("its signed note names another tree than its row".into());
@@ -257,7 +298,7 @@ fn genuine(verifier: &NoteVerifier, size: u64, root: &Hash, note: &str) -> std::
 /// is a forged checkpoint.
 fn newest_genuine(
     checkpoints: &[CheckpointRow],
-    verifier: &NoteVerifier,
+    verifier: &KeyChain,
     findings: &mut Vec<Finding>,
 ) -> Option<StoredCheckpoint> {
     for (size, root, note, at_ms) in checkpoints.iter().rev() {
@@ -308,7 +349,7 @@ fn check_heads(
     checkpoints: &[CheckpointRow],
     heads: &BTreeMap<u64, Hash>,
     tree_size: u64,
-    verifier: &NoteVerifier,
+    verifier: &KeyChain,
     findings: &mut Vec<Finding>,
 ) {
     if reference.size > tree_size {

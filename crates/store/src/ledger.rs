@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use custody_domain::InvalidInput;
-use custody_formats::checkpoint::Checkpoint;
+use custody_formats::checkpoint::{Checkpoint, Handover, KeyChain, NoteVerifier};
 use custody_formats::keys::ServiceKey;
 use custody_formats::merkle::{self, Hash, NodeId};
 use sqlx::any::AnyConnectOptions;
@@ -33,6 +33,24 @@ pub struct StoredCheckpoint {
     #[serde(serialize_with = "base64_hash")]
     pub root: Hash,
     /// The signed note (C2SP `tlog-checkpoint` in `signed-note`).
+    pub note: String,
+    /// When it was signed, in milliseconds since the epoch.
+    pub at_ms: i64,
+}
+
+/// A ledger-key handover as stored: the checkpoint both keys signed.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct StoredHandover {
+    /// The verifier key (C2SP vkey) of the key that handed over.
+    pub from_key: String,
+    /// The verifier key of the key that took over.
+    pub to_key: String,
+    /// How many events the handover's checkpoint covers.
+    pub size: u64,
+    /// Its tree head.
+    #[serde(serialize_with = "base64_hash")]
+    pub root: Hash,
+    /// The signed note: the checkpoint, both keys' lines, both signatures.
     pub note: String,
     /// When it was signed, in milliseconds since the epoch.
     pub at_ms: i64,
@@ -136,6 +154,36 @@ async fn read_checkpoint(
     .transpose()
 }
 
+/// The stored handovers (the one to `to_key`, or all), oldest first.
+pub(crate) async fn read_handovers(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    to_key: Option<&str>,
+) -> Result<Vec<StoredHandover>> {
+    let columns = "SELECT from_key, to_key, size, root, note, at FROM ledger_handovers";
+    let rows = match to_key {
+        Some(key) => {
+            sqlx::query(&dialect.sql_owned(format!("{columns} WHERE to_key = $1")))
+                .bind(key.to_owned())
+                .fetch_all(&mut *conn)
+                .await?
+        }
+        None => sqlx::query(&format!("{columns} ORDER BY size, at")).fetch_all(&mut *conn).await?,
+    };
+    rows.iter()
+        .map(|row| {
+            Ok(StoredHandover {
+                from_key: col(row, "from_key")?,
+                to_key: col(row, "to_key")?,
+                size: col::<i64>(row, "size")? as u64,
+                root: to_hash(col(row, "root")?, "a handover's root")?,
+                note: col(row, "note")?,
+                at_ms: col(row, "at")?,
+            })
+        })
+        .collect()
+}
+
 impl Store {
     /// How many events the ledger's tree covers.
     pub async fn ledger_size(&self) -> Result<u64> {
@@ -185,6 +233,20 @@ impl Store {
                 if last.is_some_and(|c| c.size >= size) || size == 0 {
                     return Ok(None);
                 }
+                // A key that handed over signs nothing after: the handle
+                // signs with the new key once the rotation installed it.
+                let signer = NoteVerifier::new(&origin, &key.public())
+                    .map_err(|e| StoreError::Invalid(InvalidInput::new("ledger key", "", e.to_string())))?
+                    .to_vkey();
+                let retired: Option<i64> =
+                    sqlx::query_scalar(&tx.sql("SELECT size FROM ledger_handovers WHERE from_key = $1"))
+                        .bind(&signer)
+                        .fetch_optional(tx.conn())
+                        .await?;
+                if let Some(at) = retired {
+                    tracing::warn!(at, "the ledger key handed over and signs no more checkpoints; waiting for the new key");
+                    return Ok(None);
+                }
                 let note = Checkpoint { origin, size, root }
                     .sign(&key)
                     .map_err(|e| StoreError::Invalid(InvalidInput::new("ledger key", "", e.to_string())))?;
@@ -200,6 +262,60 @@ impl Store {
             })
         })
         .await
+    }
+
+    /// Hands the ledger over from the key `old` to the key `new`: signs,
+    /// with both, a checkpoint of the tree as it stands (the rotation that
+    /// named `new` is in it) whose body names both keys, and stores it. The
+    /// old key signs no checkpoint after it. Done once per new key: a
+    /// second call returns the stored handover.
+    pub async fn hand_over_ledger(&self, origin: &str, old: &ServiceKey, new: &ServiceKey) -> Result<StoredHandover> {
+        let invalid = |e: custody_formats::checkpoint::CheckpointError| {
+            StoreError::Invalid(InvalidInput::new("ledger key", "", e.to_string()))
+        };
+        let to_key = NoteVerifier::new(origin, &new.public()).map_err(invalid)?.to_vkey();
+        let from_key = NoteVerifier::new(origin, &old.public()).map_err(invalid)?.to_vkey();
+        let (old, new, origin) = (Arc::new(old.clone_key()), Arc::new(new.clone_key()), origin.to_owned());
+        self.write(move |tx| {
+            Box::pin(async move {
+                let dialect = tx.dialect();
+                if let Some(done) = read_handovers(tx.conn(), dialect, Some(&to_key)).await?.pop() {
+                    return Ok(done);
+                }
+                let (size, root) = tx.proven_head();
+                let note = Handover::sign(&Checkpoint { origin, size, root }, &old, &new).map_err(invalid)?;
+                let at = crate::now_ms();
+                sqlx::query(&tx.sql(
+                    "INSERT INTO ledger_handovers (to_key, from_key, size, root, note, at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                ))
+                .bind(&to_key)
+                .bind(&from_key)
+                .bind(size as i64)
+                .bind(root.to_vec())
+                .bind(&note)
+                .bind(at)
+                .execute(tx.conn())
+                .await?;
+                Ok(StoredHandover { from_key, to_key, size, root, note, at_ms: at })
+            })
+        })
+        .await
+    }
+
+    /// Every ledger-key handover, oldest first.
+    pub async fn ledger_handovers(&self) -> Result<Vec<StoredHandover>> {
+        let mut conn = self.readers().acquire().await?;
+        read_handovers(&mut conn, self.dialect(), None).await
+    }
+
+    /// The ledger keys from `current` back through the stored handovers,
+    /// for checking the checkpoints each key signed.
+    pub async fn ledger_key_chain(&self, origin: &str, current: &ServiceKey) -> Result<KeyChain> {
+        let pinned = NoteVerifier::new(origin, &current.public())
+            .map_err(|e| StoreError::Invalid(InvalidInput::new("ledger key", "", e.to_string())))?;
+        let notes: Vec<String> = self.ledger_handovers().await?.into_iter().map(|h| h.note).collect();
+        Ok(KeyChain::follow(pinned, &notes).0)
     }
 
     /// Signs a checkpoint every `every` while the tree grows, until `stop`

@@ -76,7 +76,7 @@ pub use keys::{
     current_of as current_key_of, keys_valid_at, registered_workers, trusted_keys, KeyEvent, RecordedKey,
     RegisteredWorker, KEYS_SUBJECT,
 };
-pub use ledger::StoredCheckpoint;
+pub use ledger::{StoredCheckpoint, StoredHandover};
 pub use lookups::{Authenticated, ProjectAccess};
 pub use people::{random_secret, Initialised};
 pub use projects::PushDecided;

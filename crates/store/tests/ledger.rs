@@ -308,7 +308,67 @@ async fn an_event_written_around_custody_stops_the_writer_instead_of_being_vouch
     assert_eq!(report.findings, vec![Finding::Inserted { seq: 21 }]);
 }
 
+/// A ledger key that handed over signs nothing after; the handover is made
+/// once; the log inspects clean from either key, and a handover the DBA
+/// wrote with a key of their own is named, not followed.
+async fn a_ledger_key_that_handed_over_signs_nothing_after(store: Store, url: String, _: Dialect) {
+    let old = Arc::new(ServiceKey::generate(KeyRole::Ledger));
+    let new = ServiceKey::generate(KeyRole::Ledger);
+    append(&store, 6).await;
+    store.issue_checkpoint(ORIGIN, old.clone()).await.unwrap().expect("the tree grew");
+    append(&store, 2).await;
+    let handover = store.hand_over_ledger(ORIGIN, &old, &new).await.unwrap();
+    assert_eq!(handover.size, 8);
+    assert_eq!(store.hand_over_ledger(ORIGIN, &old, &new).await.unwrap(), handover, "made once");
+    append(&store, 3).await;
+    assert_eq!(store.issue_checkpoint(ORIGIN, old.clone()).await.unwrap(), None, "the old key handed over");
+    let signed = store.issue_checkpoint(ORIGIN, Arc::new(new.clone_key())).await.unwrap().expect("the new key signs");
+    assert_eq!(signed.size, 11);
+    for pinned in [&old.public(), &new.public()] {
+        let report = inspect(&url, &NoteVerifier::new(ORIGIN, pinned).unwrap(), None).await.unwrap();
+        assert!(report.intact(), "{:?}", report.findings);
+        assert_eq!(report.checkpoint.map(|c| c.size), Some(11));
+    }
+    let chain = store.ledger_key_chain(ORIGIN, &new).await.unwrap();
+    assert_eq!(chain.open(&handover.note).unwrap().size, 8);
+
+    // The DBA writes a handover between two keys of their own: it links
+    // no key of the chain, and is named and not followed.
+    let dba = ServiceKey::generate(KeyRole::Ledger);
+    let theirs = custody_formats::checkpoint::Handover::sign(
+        &custody_formats::checkpoint::Checkpoint { origin: ORIGIN.into(), size: 11, root: signed.root },
+        &dba,
+        &ServiceKey::generate(KeyRole::Ledger),
+    )
+    .unwrap();
+    execute_raw(
+        &url,
+        &format!(
+            "INSERT INTO ledger_handovers (to_key, from_key, size, root, note, at) VALUES ('x', 'y', 11, {}, '{theirs}', 0)",
+            hex_literal(&url, &signed.root)
+        ),
+    )
+    .await;
+    let report = inspect(&url, &NoteVerifier::new(ORIGIN, &new.public()).unwrap(), None).await.unwrap();
+    assert!(
+        matches!(report.findings.as_slice(), [Finding::ForgedHandover { size: 11, .. }]),
+        "{:?}",
+        report.findings
+    );
+}
+
+/// A hash as a binary literal of the database at `url`.
+fn hex_literal(url: &str, hash: &Hash) -> String {
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    if url.starts_with("sqlite") {
+        format!("X'{hex}'")
+    } else {
+        format!("'\\x{hex}'::bytea")
+    }
+}
+
 on_both_backends! {
+    a_ledger_key_that_handed_over_signs_nothing_after,
     the_tree_covers_every_committed_event_and_its_proofs_verify_independently,
     a_failed_operation_leaves_no_leaf_behind,
     a_checkpoint_is_signed_when_the_tree_grew_and_only_then,

@@ -35,6 +35,28 @@ pub struct CheckpointView {
     pub at: Timestamp,
 }
 
+/// A ledger-key handover: the checkpoint the old and the new ledger key
+/// both signed, whose body names both keys. A watcher pinned to the old key
+/// follows the log to the new one through it; the old key signs no
+/// checkpoint larger than it.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HandoverView {
+    /// The verifier key of the key that handed over.
+    pub from_key: String,
+    /// The verifier key of the key that took over.
+    pub to_key: String,
+    /// How many events its checkpoint covers.
+    pub size: u64,
+    /// Its tree head, base64.
+    pub root: String,
+    /// The signed note: the checkpoint's three lines,
+    /// `custody-ledger-key-from VKEY` and `custody-ledger-key-to VKEY`, then
+    /// a signature by each key.
+    pub note: String,
+    /// When it was signed.
+    pub at: Timestamp,
+}
+
 /// A consistency proof (RFC 9162 §2.1.4) between two tree sizes.
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConsistencyView {

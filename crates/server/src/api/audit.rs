@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use axum::Json;
-use custody_api::{CheckpointView, ConsistencyView, EventView, InclusionView, ProvenEvent};
+use custody_api::{CheckpointView, ConsistencyView, EventView, HandoverView, InclusionView, ProvenEvent};
 use custody_domain::Timestamp;
 use custody_store::{AuditFilter, Page};
 use serde::Deserialize;
@@ -111,6 +111,28 @@ pub(crate) async fn checkpoint(State(state): State<AppState>) -> ApiResult<Json<
         note: latest.note,
         verifier_key: verifier_key(&state)?,
         at: Timestamp::from_millis(latest.at_ms),
+    }))
+}
+
+/// Every ledger-key handover, oldest first: how a watcher pinned to an
+/// earlier ledger key reaches the current one. Public, like the checkpoint.
+#[utoipa::path(get, path = "/api/v1/audit/handovers", tag = "audit",
+    responses((status = 200, body = Page<HandoverView>)))]
+pub(crate) async fn handovers(State(state): State<AppState>) -> ApiResult<Json<Page<HandoverView>>> {
+    let handovers = state.store().ledger_handovers().await?;
+    Ok(Json(Page {
+        items: handovers
+            .into_iter()
+            .map(|h| HandoverView {
+                from_key: h.from_key,
+                to_key: h.to_key,
+                size: h.size,
+                root: b64(&h.root),
+                note: h.note,
+                at: Timestamp::from_millis(h.at_ms),
+            })
+            .collect(),
+        next_cursor: None,
     }))
 }
 

@@ -184,6 +184,7 @@ fn operations() -> OpenApiRouter<AppState> {
         .routes(routes!(groups::reject_grant))
         .routes(routes!(audit::events))
         .routes(routes!(audit::checkpoint))
+        .routes(routes!(audit::handovers))
         .routes(routes!(audit::consistency))
         .routes(routes!(audit::proof))
         .routes(routes!(audit::export))

@@ -4,7 +4,6 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use custody_domain::Timestamp;
-use custody_formats::checkpoint::NoteVerifier;
 use custody_formats::KeyRole;
 use custody_store::{AuditFilter, PageRequest};
 use serde::Deserialize;
@@ -53,7 +52,7 @@ async fn checkpoint(state: &AppState) -> WebResult<String> {
     );
     let verdict = match state.key(KeyRole::Ledger) {
         None => Err("this server holds no ledger key to check the signature with".to_owned()),
-        Some(key) => match NoteVerifier::new(state.instance(), &key.public()).and_then(|v| v.open(&latest.note)) {
+        Some(key) => match state.store().ledger_key_chain(state.instance(), key).await?.open(&latest.note) {
             Err(e) => Err(e.to_string()),
             Ok(opened) if opened.size != latest.size => {
                 Err(format!("the signed note covers {} events, not the {} recorded", opened.size, latest.size))
