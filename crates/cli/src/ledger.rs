@@ -50,11 +50,7 @@ fn read_verifier(path: &Path) -> Result<NoteVerifier, Failure> {
 /// when another key signed it, with the key the server's handovers lead to
 /// from `pinned`: each handover signed by the key it hands over from and by
 /// the key it hands over to. Returns the checkpoint and the keys followed.
-async fn open_following(
-    client: &Client,
-    pinned: NoteVerifier,
-    note: &str,
-) -> Result<(Checkpoint, KeyChain), Failure> {
+async fn open_following(client: &Client, pinned: NoteVerifier, note: &str) -> Result<(Checkpoint, KeyChain), Failure> {
     if let Ok(checkpoint) = pinned.open(note) {
         return Ok((checkpoint, KeyChain::of(pinned)));
     }

@@ -1,6 +1,7 @@
 //! Service keys held in a PKCS#11 token (SoftHSM2): the instance signs its
 //! provenance, attestations and checkpoints in the device, the data
-//! directory holds no private key file, and `custody verify` accepts what
+//! directory holds no private key file (the event key and the secrets' key
+//! only sealed by the device's AES key), and `custody verify` accepts what
 //! the device signed.
 
 mod support;
@@ -54,6 +55,26 @@ fn token_with_keys(dir: &Path) -> String {
             ],
         );
     }
+    // The AES key that seals the event key and the secrets' key.
+    tool(
+        "pkcs11-tool",
+        &[
+            "--module",
+            MODULE,
+            "--token-label",
+            TOKEN,
+            "--login",
+            "--pin",
+            PIN,
+            "--keygen",
+            "--key-type",
+            "AES:32",
+            "--label",
+            "custody-wrap",
+            "--id",
+            "10",
+        ],
+    );
     conf
 }
 
@@ -74,14 +95,26 @@ fn keys_held_in_softhsm_sign_provenance_that_verify_accepts_and_no_private_key_i
     let build = finished_build(&hosted, 1);
     assert_eq!(build["status"], "succeeded", "{build}");
 
-    // No private key is a file: only the event key and the anchor are.
+    // A secret is sealed under the secrets' key, which the device seals.
+    let mut set = hosted.sandbox.as_user("admin");
+    set.args(["secret", "set", PROJECT, "staging", "DB_PASSWORD", "--json"]);
+    support::run_with_input(set, Some("correct horse battery staple\n")).expect_code(0);
+
+    // No private key is a file, and the event key and the secrets' key are
+    // kept only sealed by the device: the anchor is the one plain file.
     let keys = hosted.sandbox.path("data").join("keys");
     let mut files: Vec<String> = std::fs::read_dir(&keys)
         .expect("the keys directory")
         .map(|e| e.expect("an entry").file_name().to_string_lossy().into_owned())
         .collect();
     files.sort();
-    assert!(files.iter().all(|f| !f.ends_with(".pem")), "{files:?}");
+    assert_eq!(files, ["event.key.wrapped", "ledger.anchor", "secrets.key.wrapped"], "{files:?}");
+    // A copy of the data directory without the device proves nothing.
+    let mut without = hosted.sandbox.as_user("thief");
+    without.args(["audit", "verify", "--data-dir"]).arg(hosted.sandbox.path("data"));
+    let refused = run(without);
+    assert_eq!(refused.code(), Some(2), "{refused:?}");
+    assert!(refused.stderr.contains("sealed by an HSM's custody-wrap key"), "{refused:?}");
 
     // The trust root's builder key is the device's public key.
     let public = hsm.path().join("builder.pub.pem");
@@ -158,6 +191,7 @@ fn keys_held_in_softhsm_sign_provenance_that_verify_accepts_and_no_private_key_i
     ])
     .json();
     assert_eq!(back["problems"], serde_json::json!([]), "{back}");
+    assert!(restored.join("keys/event.key.wrapped").exists() && !restored.join("keys/event.key").exists());
 
     // A key in the device is rotated in the device, never into a file.
     let asked = hosted.as_admin(&["key", "rotate", "builder", "--json"]);

@@ -312,8 +312,9 @@ fn ledger_rotation_story(hosted: Hosted) {
     // A thief who copied the old key signs a checkpoint of a future that
     // never was and writes it into the database: the watcher refuses it,
     // and so does the audit.
-    let old = custody_formats::ServiceKey::load(custody_formats::KeyRole::Ledger, &hosted.sandbox.path("old-ledger.pem"))
-        .expect("the old key");
+    let old =
+        custody_formats::ServiceKey::load(custody_formats::KeyRole::Ledger, &hosted.sandbox.path("old-ledger.pem"))
+            .expect("the old key");
     let origin = newest["origin"].as_str().unwrap().to_owned();
     let size = newest["size"].as_u64().unwrap() + 3;
     let forged = custody_formats::checkpoint::Checkpoint { origin, size, root: [7; 32] }.sign(&old).unwrap();

@@ -333,7 +333,14 @@ impl KeyChain {
             chain.keys.insert(0, (handover.from, None));
         }
         rejected.extend(open.into_iter().map(|(i, h)| {
-            (i, format!("it hands over from {} to {}, and neither key is in the chain followed", h.from.to_vkey(), h.to.to_vkey()))
+            (
+                i,
+                format!(
+                    "it hands over from {} to {}, and neither key is in the chain followed",
+                    h.from.to_vkey(),
+                    h.to.to_vkey()
+                ),
+            )
         }));
         rejected.sort_by_key(|(i, _)| *i);
         (chain, rejected)

@@ -19,7 +19,16 @@ use serde::{Deserialize, Serialize};
 pub const ESCROW_MEDIA_TYPE: &str = "application/vnd.custody.key-escrow.v1+json";
 
 /// The files an escrow may hold, each once.
-pub const KEY_FILES: [&str; 6] = ["builder.pem", "gate.pem", "deployer.pem", "ledger.pem", "event.key", "secrets.key"];
+pub const KEY_FILES: [&str; 8] = [
+    "builder.pem",
+    "gate.pem",
+    "deployer.pem",
+    "ledger.pem",
+    "event.key",
+    "secrets.key",
+    "event.key.wrapped",
+    "secrets.key.wrapped",
+];
 
 /// The shortest passphrase accepted.
 pub const MIN_PASSPHRASE_CHARS: usize = 12;

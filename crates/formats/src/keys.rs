@@ -72,6 +72,14 @@ pub enum KeyError {
     /// A signature did not verify.
     #[error("signature does not verify")]
     BadSignature,
+    /// A secret kept sealed by a device could not be sealed or opened.
+    #[error("{path}: {why}")]
+    Sealed {
+        /// The file.
+        path: String,
+        /// What went wrong, and what to do.
+        why: String,
+    },
     /// A key held outside this process could not sign.
     #[error("the key in {key} could not sign: {why}")]
     External {
@@ -90,6 +98,19 @@ pub trait ExternalSigner: Send + Sync {
     /// An ed25519 signature of `message`, or why none could be made.
     fn sign(&self, message: &[u8]) -> Result<[u8; 64], String>;
     /// Where the key is, for people (`pkcs11:token=custody;object=builder`).
+    fn describe(&self) -> String;
+}
+
+/// A key in a device (an HSM or a KMS) that seals the instance's own
+/// secrets, the event key and the secrets' key, which are then kept on disk
+/// only sealed by it (envelope encryption): a copy of the data directory
+/// without the device opens none of them.
+pub trait SecretWrapper: Send + Sync {
+    /// `secret` sealed for `context` (authenticated, randomised).
+    fn wrap(&self, secret: &[u8], context: &str) -> Result<Vec<u8>, String>;
+    /// What `wrap` sealed for `context`, or why it does not open.
+    fn unwrap(&self, sealed: &[u8], context: &str) -> Result<Vec<u8>, String>;
+    /// Where the key is, for people (`pkcs11:token=custody;object=custody-wrap`).
     fn describe(&self) -> String;
 }
 
@@ -365,9 +386,138 @@ pub fn load_or_create_secret(path: &std::path::Path, what: &str) -> Result<[u8; 
     }
 }
 
+/// The file beside `path` that holds its secret sealed by a device.
+pub fn wrapped_file(path: &std::path::Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".wrapped");
+    path.with_file_name(name)
+}
+
+/// Writes `text` to the new file `path` (mode 0600), fsynced with its
+/// directory.
+fn write_private(path: &std::path::Path, text: &str) -> Result<(), KeyError> {
+    let io = |source| KeyError::Io { path: path.display().to_string(), source };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(io)?;
+    std::io::Write::write_all(&mut file, text.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// The 32-byte secret of `path` kept sealed by `wrapper` in the file
+/// `path.wrapped`: opened from it; or, when only the plain file exists,
+/// sealed into it and the plain file removed; or, when neither does and
+/// `create`, made at random and sealed. `None` when there is none and
+/// `create` is false.
+pub fn load_wrapped_secret(
+    path: &std::path::Path,
+    wrapper: &dyn SecretWrapper,
+    what: &str,
+    create: bool,
+) -> Result<Option<[u8; 32]>, KeyError> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let wrapped = wrapped_file(path);
+    let context = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let sealed_error = |why: String| KeyError::Sealed { path: wrapped.display().to_string(), why };
+    if wrapped.exists() {
+        let stored = read_private_text(&wrapped)?;
+        let sealed = b64.decode(stored.trim()).map_err(|e| sealed_error(format!("not base64: {e}")))?;
+        let opened = wrapper.unwrap(&sealed, &context).map_err(|e| {
+            sealed_error(format!("{} does not open it ({e}): it was sealed by another device key", wrapper.describe()))
+        })?;
+        let secret: [u8; 32] = opened.try_into().map_err(|_| sealed_error(format!("{what} is 32 bytes")))?;
+        // A plain copy left by a sealing cut short is removed once sealed.
+        if path.exists() && load_or_create_secret(path, what)? == secret {
+            std::fs::remove_file(path).map_err(|source| KeyError::Io { path: path.display().to_string(), source })?;
+        }
+        return Ok(Some(secret));
+    }
+    let secret = if path.exists() {
+        load_or_create_secret(path, what)?
+    } else if create {
+        let mut made = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut made);
+        made
+    } else {
+        return Ok(None);
+    };
+    let sealed = wrapper
+        .wrap(&secret, &context)
+        .map_err(|e| sealed_error(format!("{} cannot seal: {e}", wrapper.describe())))?;
+    write_private(&wrapped, &format!("{}\n", b64.encode(sealed)))?;
+    if path.exists() {
+        std::fs::remove_file(path).map_err(|source| KeyError::Io { path: path.display().to_string(), source })?;
+    }
+    Ok(Some(secret))
+}
+
+/// The text of a file that must be its owner's only.
+fn read_private_text(path: &std::path::Path) -> Result<String, KeyError> {
+    let shown = || path.display().to_string();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode =
+            std::fs::metadata(path).map_err(|source| KeyError::Io { path: shown(), source })?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(KeyError::TooOpen { path: shown(), mode: mode & 0o777 });
+        }
+    }
+    std::fs::read_to_string(path).map_err(|source| KeyError::Io { path: shown(), source })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A device stand-in for the file logic: XOR with a byte, the context
+    /// appended (so that another context does not open).
+    struct Xor(u8);
+
+    impl SecretWrapper for Xor {
+        fn wrap(&self, secret: &[u8], context: &str) -> Result<Vec<u8>, String> {
+            let mut out: Vec<u8> = secret.iter().map(|b| b ^ self.0).collect();
+            out.extend_from_slice(context.as_bytes());
+            Ok(out)
+        }
+        fn unwrap(&self, sealed: &[u8], context: &str) -> Result<Vec<u8>, String> {
+            let body = sealed.strip_suffix(context.as_bytes()).ok_or("another context")?;
+            if self.0 == 0 {
+                return Err("no such key".into());
+            }
+            Ok(body.iter().map(|b| b ^ self.0).collect())
+        }
+        fn describe(&self) -> String {
+            "xor".into()
+        }
+    }
+
+    #[test]
+    fn a_plain_secret_is_sealed_by_the_device_and_its_file_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("event.key");
+        assert_eq!(load_wrapped_secret(&path, &Xor(7), "the event key", false).unwrap(), None);
+        let plain = load_or_create_secret(&path, "the event key").unwrap();
+        let sealed = load_wrapped_secret(&path, &Xor(7), "the event key", false).unwrap();
+        assert_eq!(sealed, Some(plain));
+        assert!(!path.exists(), "the plain file is gone");
+        assert!(wrapped_file(&path).exists());
+        assert_eq!(load_wrapped_secret(&path, &Xor(7), "the event key", true).unwrap(), Some(plain));
+        // Another device key does not open it, and says so.
+        let error = load_wrapped_secret(&path, &Xor(0), "the event key", true).unwrap_err().to_string();
+        assert!(error.contains("another device key"), "{error}");
+        // Nor does the file renamed to another secret's place.
+        let other = dir.path().join("secrets.key");
+        std::fs::rename(wrapped_file(&path), wrapped_file(&other)).unwrap();
+        assert!(load_wrapped_secret(&other, &Xor(7), "the secrets key", true).is_err());
+    }
 
     #[test]
     fn a_keys_id_and_fingerprint_are_what_openssl_and_ssh_keygen_print() {

@@ -38,6 +38,11 @@ impl SealingKey {
         SealingKey { key }
     }
 
+    /// The key of these 32 bytes.
+    pub fn from_bytes(key: [u8; 32]) -> SealingKey {
+        SealingKey { key }
+    }
+
     /// Reads the key at `path`, or makes one there (mode 0600) when there is
     /// none yet.
     pub fn load_or_create(path: &Path) -> Result<SealingKey, KeyError> {

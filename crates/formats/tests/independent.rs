@@ -211,5 +211,8 @@ fn a_ledger_key_handover_is_a_c2sp_checkpoint_both_keys_signed() {
     // The keys' lines are extension lines of an ordinary checkpoint.
     let body = tlog_tiles::Checkpoint::from_bytes(parsed.text()).expect("tlog reads the handover's body");
     assert_eq!((body.size(), body.hash().0), (77, checkpoint.root));
-    assert_eq!(body.extension(), format!("custody-ledger-key-from {}\ncustody-ledger-key-to {}\n", vkey(&old), vkey(&new)));
+    assert_eq!(
+        body.extension(),
+        format!("custody-ledger-key-from {}\ncustody-ledger-key-to {}\n", vkey(&old), vkey(&new))
+    );
 }

@@ -7,6 +7,11 @@
 //! reads each public key, and signs with `CKM_EDDSA`: the private key never
 //! leaves the device, and the data directory holds no file of it.
 //!
+//! An AES key labelled `custody-wrap` in the same token (`pkcs11-tool
+//! --keygen --key-type AES:32 --label custody-wrap`) seals the instance's
+//! own secrets, the event key and the secrets' key, with `CKM_AES_GCM`: the
+//! data directory then keeps them only sealed.
+//!
 //! **Architecture invariant:** this crate knows PKCS#11 and the formats'
 //! signer interface only: nothing of the database, HTTP or policy.
 
@@ -15,13 +20,14 @@ use std::sync::{Arc, Mutex};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
-use custody_formats::keys::ExternalSigner;
+use custody_formats::keys::{ExternalSigner, SecretWrapper};
 use custody_formats::{KeyRole, ServiceKey};
 use ed25519_dalek::VerifyingKey;
 
@@ -94,6 +100,77 @@ pub fn open_keys(settings: &Settings, roles: &[KeyRole]) -> Result<Vec<ServiceKe
         }
     }
     Ok(keys)
+}
+
+/// The label of the AES key that seals the instance's own secrets.
+pub const WRAP_LABEL: &str = "custody-wrap";
+
+/// The token's `custody-wrap` AES key, sealing in the device; `None` when
+/// the token holds none (the secrets are then files).
+pub fn open_wrapper(settings: &Settings) -> Result<Option<Arc<dyn SecretWrapper>>, HsmError> {
+    let pkcs11 = Pkcs11::new(&settings.module).map_err(module_error(settings))?;
+    match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+        Err(e) => return Err(module_error(settings)(e)),
+    }
+    let slot = token_slot(&pkcs11, settings)?;
+    let session = pkcs11.open_ro_session(slot).map_err(module_error(settings))?;
+    match session.login(UserType::User, Some(&AuthPin::new(settings.pin.clone().into()))) {
+        Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
+        Err(e) => return Err(module_error(settings)(e)),
+    }
+    let bad = |why: String| HsmError::Key { role: WRAP_LABEL, token: settings.token.clone(), why };
+    let found = session
+        .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Label(WRAP_LABEL.as_bytes().to_vec())])
+        .map_err(module_error(settings))?;
+    let key = match found.as_slice() {
+        [] => return Ok(None),
+        [one] => *one,
+        _ => return Err(bad(format!("{} secret keys carry the label; keep one", found.len()))),
+    };
+    let kind = session.get_attributes(key, &[AttributeType::KeyType]).map_err(module_error(settings))?;
+    if !kind.iter().any(|a| matches!(a, Attribute::KeyType(k) if *k == KeyType::AES)) {
+        return Err(bad("it is not an AES key".into()));
+    }
+    let name = format!("pkcs11:token={};object={WRAP_LABEL}", settings.token);
+    Ok(Some(Arc::new(Pkcs11Wrapper { session: Mutex::new(session), key, name })))
+}
+
+/// The token's AES key, sealing with AES-GCM: a random 12-byte IV from the
+/// device, then the ciphertext and its 16-byte tag; the context is the
+/// additional authenticated data.
+struct Pkcs11Wrapper {
+    session: Mutex<Session>,
+    key: ObjectHandle,
+    name: String,
+}
+
+const IV_BYTES: usize = 12;
+
+impl SecretWrapper for Pkcs11Wrapper {
+    fn wrap(&self, secret: &[u8], context: &str) -> Result<Vec<u8>, String> {
+        let session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        let mut iv = session.generate_random_vec(IV_BYTES as u32).map_err(|e| e.to_string())?;
+        let params = GcmParams::new(&mut iv, context.as_bytes(), 128.into()).map_err(|e| e.to_string())?;
+        let sealed = session.encrypt(&Mechanism::AesGcm(params), self.key, secret).map_err(|e| e.to_string())?;
+        let mut out = iv;
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    fn unwrap(&self, sealed: &[u8], context: &str) -> Result<Vec<u8>, String> {
+        if sealed.len() < IV_BYTES + 16 {
+            return Err("too short to be sealed".into());
+        }
+        let session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        let mut iv = sealed[..IV_BYTES].to_vec();
+        let params = GcmParams::new(&mut iv, context.as_bytes(), 128.into()).map_err(|e| e.to_string())?;
+        session.decrypt(&Mechanism::AesGcm(params), self.key, &sealed[IV_BYTES..]).map_err(|e| e.to_string())
+    }
+
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
 }
 
 fn token_slot(pkcs11: &Pkcs11, settings: &Settings) -> Result<Slot, HsmError> {

@@ -487,13 +487,17 @@ fn escrowed_files(data_dir: &DataDir) -> Result<Vec<(KeyFile, Option<String>)>, 
         let bytes = std::fs::read(&path).map_err(io(&path))?;
         files.push((KeyFile { file: format!("{}.pem", role.as_str()), bytes }, Some(key.public().key_id())));
     }
-    for path in [data_dir.event_key_file(), data_dir.sealing_key_file()] {
+    // The event and secrets keys, as files or sealed by the HSM (a sealed
+    // one opens only with the device's key).
+    for (plain, optional) in [(data_dir.event_key_file(), false), (data_dir.sealing_key_file(), true)] {
+        let wrapped = custody_formats::keys::wrapped_file(&plain);
+        let path = if wrapped.exists() { wrapped } else { plain };
         match std::fs::read(&path) {
             Ok(bytes) => {
                 let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 files.push((KeyFile { file, bytes }, None));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && path == data_dir.sealing_key_file() => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && optional => {}
             Err(e) => return Err(io(&path)(e)),
         }
     }
@@ -607,15 +611,17 @@ pub async fn restore(options: RestoreOptions<'_>) -> Result<Restored, BackupErro
             header.instance, manifest.instance
         )));
     }
-    check_tree_tag(&manifest, &files, options.from)?;
+    check_tree_tag(&manifest, &files, options.from, options.data_dir)?;
     let data_dir = options.data_dir;
     let replaced = prepare_data_dir(data_dir, &files, options.replace)?;
     write_keys(data_dir, &files)?;
 
     let url = restore_database(&manifest, options.from, data_dir, options.database_url).await?;
-    let event_key = EventKey::load(&data_dir.event_key_file())
+    let event_key = data_dir
+        .existing_ledger_secrets()
         .map_err(|e| BackupError::Input(e.to_string()))?
-        .ok_or_else(|| BackupError::Input("the escrow holds no event key".into()))?;
+        .ok_or_else(|| BackupError::Input("the escrow holds no event key".into()))?
+        .key;
     let mut snapshot = Snapshot::begin(&url).await.map_err(|e| failed("the restored database")(e.to_string()))?;
     let proved = snapshot.prove_head(&event_key, Some(manifest.tree.into()), &options.from.join(MANIFEST_FILE)).await;
     let facts = snapshot.facts().await;
@@ -673,15 +679,20 @@ pub async fn restore(options: RestoreOptions<'_>) -> Result<Restored, BackupErro
 
 /// Checks, before anything is written, that the manifest's tree head is
 /// the one the instance's event key (from the escrow) tagged.
-fn check_tree_tag(manifest: &Manifest, files: &[KeyFile], from: &Path) -> Result<(), BackupError> {
+fn check_tree_tag(manifest: &Manifest, files: &[KeyFile], from: &Path, data_dir: &DataDir) -> Result<(), BackupError> {
     use base64::Engine as _;
-    let key = files
-        .iter()
-        .find(|f| f.file == "event.key")
-        .and_then(|f| base64::engine::general_purpose::STANDARD.decode(String::from_utf8_lossy(&f.bytes).trim()).ok())
-        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-        .map(EventKey::from_bytes)
-        .ok_or_else(|| BackupError::Input("the escrow holds no event key".into()))?;
+    let key = match files.iter().find(|f| f.file == "event.key.wrapped") {
+        Some(sealed) => data_dir.unseal("event.key", &sealed.bytes).map_err(|e| BackupError::Input(e.to_string()))?,
+        None => files
+            .iter()
+            .find(|f| f.file == "event.key")
+            .and_then(|f| {
+                base64::engine::general_purpose::STANDARD.decode(String::from_utf8_lossy(&f.bytes).trim()).ok()
+            })
+            .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+            .ok_or_else(|| BackupError::Input("the escrow holds no event key".into()))?,
+    };
+    let key = EventKey::from_bytes(key);
     let expected = tree_tag(&key, &manifest.instance, &manifest.taken_at, &manifest.tree);
     if hex::decode(&manifest.tree_tag).ok().as_deref() != Some(&expected[..])
         || manifest.tree.legacy > manifest.tree.size
@@ -717,8 +728,9 @@ fn prepare_data_dir(data_dir: &DataDir, files: &[KeyFile], replace: bool) -> Res
             data_dir.root().display()
         )));
     }
-    let escrowed = files.iter().find(|f| f.file == "event.key").map(|f| f.bytes.clone());
-    let current = std::fs::read(data_dir.event_key_file()).ok();
+    let escrowed = files.iter().find(|f| f.file.starts_with("event.key"));
+    let current = escrowed.and_then(|f| std::fs::read(data_dir.keys().join(&f.file)).ok());
+    let escrowed = escrowed.map(|f| f.bytes.clone());
     if escrowed.is_none() || escrowed != current {
         return Err(BackupError::Input(format!(
             "the escrow holds another instance's event key than {}'s: a restore replaces an instance only with a \

@@ -189,8 +189,65 @@ impl DataDir {
     }
 
     /// The key that seals environment secrets, made on first use.
-    pub fn sealing_key(&self) -> Result<custody_formats::sealed::SealingKey, custody_formats::keys::KeyError> {
-        custody_formats::sealed::SealingKey::load_or_create(&self.sealing_key_file())
+    pub fn sealing_key(&self) -> Result<custody_formats::sealed::SealingKey, KeyError> {
+        let key = self.secret(&self.sealing_key_file(), "the secrets key", true)?;
+        Ok(custody_formats::sealed::SealingKey::from_bytes(key.expect("made when missing")))
+    }
+
+    /// The HSM's key that seals the instance's own secrets, if the HSM
+    /// holds one.
+    fn wrapper(&self) -> Result<Option<std::sync::Arc<dyn custody_formats::keys::SecretWrapper>>, KeyError> {
+        match &self.hsm {
+            Some(settings) => custody_hsm::open_wrapper(settings)
+                .map_err(|e| KeyError::Sealed { path: self.keys().display().to_string(), why: e.to_string() }),
+            None => Ok(None),
+        }
+    }
+
+    /// A 32-byte secret of the keys directory: sealed by the HSM's wrapping
+    /// key when it holds one (a plain file is then sealed and removed),
+    /// else a file of its own. Made when missing and `create`.
+    fn secret(&self, path: &Path, what: &str, create: bool) -> Result<Option<[u8; 32]>, KeyError> {
+        if let Some(wrapper) = self.wrapper()? {
+            return custody_formats::keys::load_wrapped_secret(path, wrapper.as_ref(), what, create);
+        }
+        let wrapped = custody_formats::keys::wrapped_file(path);
+        if wrapped.exists() {
+            return Err(KeyError::Sealed {
+                path: wrapped.display().to_string(),
+                why: format!(
+                    "{what} is sealed by an HSM's custody-wrap key: give this process the device \
+                     (CUSTODY_PKCS11_MODULE, CUSTODY_PKCS11_TOKEN, CUSTODY_PKCS11_PIN)"
+                ),
+            });
+        }
+        if !create && !path.exists() {
+            return Ok(None);
+        }
+        custody_formats::keys::load_or_create_secret(path, what).map(Some)
+    }
+
+    /// Opens the text of a sealed secret file of the keys directory (such as
+    /// an escrow's `event.key.wrapped`) with the HSM's wrapping key.
+    pub fn unseal(&self, name: &str, text: &[u8]) -> Result<[u8; 32], KeyError> {
+        use base64::Engine as _;
+        let path = self.keys().join(format!("{name}.wrapped"));
+        let sealed_error = |why: String| KeyError::Sealed { path: path.display().to_string(), why };
+        let wrapper = self.wrapper()?.ok_or_else(|| {
+            sealed_error("it is sealed by an HSM's custody-wrap key: give this process the device".into())
+        })?;
+        let sealed = base64::engine::general_purpose::STANDARD
+            .decode(String::from_utf8_lossy(text).trim())
+            .map_err(|e| sealed_error(format!("not base64: {e}")))?;
+        let opened = wrapper
+            .unwrap(&sealed, name)
+            .map_err(|e| sealed_error(format!("{} does not open it: {e}", wrapper.describe())))?;
+        opened.try_into().map_err(|_| sealed_error("not a 32-byte secret".into()))
+    }
+
+    /// Whether the secrets are sealed by an HSM rather than files.
+    pub fn seals_secrets_outside(&self) -> bool {
+        custody_formats::keys::wrapped_file(&self.event_key_file()).exists()
     }
 
     /// The secret that authenticates audit events and hashes tokens.
@@ -206,23 +263,25 @@ impl DataDir {
     /// The event key (made on first use) and the anchor, which the store
     /// needs to trust what it reads back.
     pub fn ledger_secrets(&self) -> Result<LedgerSecrets, KeyError> {
-        Ok(LedgerSecrets {
-            key: EventKey::load_or_create(&self.event_key_file())?,
-            anchor: AnchorFile::new(self.anchor_file()),
-        })
+        let key = self.secret(&self.event_key_file(), "the event key", true)?.expect("made when missing");
+        Ok(LedgerSecrets { key: EventKey::from_bytes(key), anchor: AnchorFile::new(self.anchor_file()) })
     }
 
     /// The event key and anchor if this directory has them, never making
     /// one: for reading a database without becoming its writer.
     pub fn existing_ledger_secrets(&self) -> Result<Option<LedgerSecrets>, KeyError> {
-        Ok(EventKey::load(&self.event_key_file())?
-            .map(|key| LedgerSecrets { key, anchor: AnchorFile::new(self.anchor_file()) }))
+        Ok(self
+            .secret(&self.event_key_file(), "the event key", false)?
+            .map(|key| LedgerSecrets { key: EventKey::from_bytes(key), anchor: AnchorFile::new(self.anchor_file()) }))
     }
 
     /// Whether the directory already holds an instance's keys: its ledger
-    /// key's file or, when the service keys are in an HSM, its event key.
+    /// key's file or, when the service keys are in an HSM, its event key
+    /// (a file, or sealed by the HSM).
     pub fn has_keys(&self) -> bool {
-        self.key_file(KeyRole::Ledger).exists() || self.event_key_file().exists()
+        self.key_file(KeyRole::Ledger).exists()
+            || self.event_key_file().exists()
+            || custody_formats::keys::wrapped_file(&self.event_key_file()).exists()
     }
 
     pub(crate) fn create_dirs(&self) -> Result<(), InstanceError> {
@@ -304,11 +363,11 @@ pub async fn init(data_dir: &DataDir, options: InitOptions) -> Result<Initialise
     if made.is_err() {
         // An init that did not finish leaves no key behind, so that it can
         // be run again (the keys are what says a directory holds an instance).
-        for file in KeyRole::ALL
-            .map(|r| data_dir.key_file(r))
-            .into_iter()
-            .chain([data_dir.event_key_file(), data_dir.anchor_file()])
-        {
+        for file in KeyRole::ALL.map(|r| data_dir.key_file(r)).into_iter().chain([
+            data_dir.event_key_file(),
+            custody_formats::keys::wrapped_file(&data_dir.event_key_file()),
+            data_dir.anchor_file(),
+        ]) {
             let _ = std::fs::remove_file(file);
         }
     }

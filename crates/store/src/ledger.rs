@@ -244,7 +244,10 @@ impl Store {
                         .fetch_optional(tx.conn())
                         .await?;
                 if let Some(at) = retired {
-                    tracing::warn!(at, "the ledger key handed over and signs no more checkpoints; waiting for the new key");
+                    tracing::warn!(
+                        at,
+                        "the ledger key handed over and signs no more checkpoints; waiting for the new key"
+                    );
                     return Ok(None);
                 }
                 let note = Checkpoint { origin, size, root }

@@ -350,11 +350,7 @@ async fn a_ledger_key_that_handed_over_signs_nothing_after(store: Store, url: St
     )
     .await;
     let report = inspect(&url, &NoteVerifier::new(ORIGIN, &new.public()).unwrap(), None).await.unwrap();
-    assert!(
-        matches!(report.findings.as_slice(), [Finding::ForgedHandover { size: 11, .. }]),
-        "{:?}",
-        report.findings
-    );
+    assert!(matches!(report.findings.as_slice(), [Finding::ForgedHandover { size: 11, .. }]), "{:?}", report.findings);
 }
 
 /// A hash as a binary literal of the database at `url`.
