@@ -7,6 +7,8 @@
 //! (and settling merges a crash left recorded but unmoved), merging when
 //! the gate opens. `releases`: what governs a release, the pipelines, and
 //! promotion. `projects`: whether a branch may become the mainline.
+//! `inbox`: what waits for one person, by duty, decided by the rules that
+//! would decide each action.
 //! `repositories`: a backup's copied repositories moved back to what its
 //! copied database records.
 
@@ -14,6 +16,7 @@
 
 pub mod changes;
 mod error;
+pub mod inbox;
 pub mod projects;
 pub mod releases;
 mod remembered;

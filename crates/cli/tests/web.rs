@@ -118,6 +118,15 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     assert_eq!(browser.url(), change_page, "back on the page asked for");
     assert_eq!(browser.text("#signed-in-as"), "bob");
 
+    // bob's work lists alice's change to review; the navigation bar counts it.
+    let work = format!("{base}/work");
+    let waiting = format!("tr[data-change='{PROJECT}/{number}']");
+    browser.goto(&work);
+    assert!(browser.exists(&format!("#work-reviews {waiting}")), "{}", browser.body_text());
+    assert!(!browser.exists("#work-own .own"), "bob has no change of his own: {}", browser.body_text());
+    reload_until(&browser, &work, "the count of one", |b| b.text("#work-count") == "1");
+    browser.goto(&change_page);
+
     // The session cookie is Secure, HttpOnly and SameSite=Strict, and
     // Chromium keeps it on http://127.0.0.1 (a secure context).
     let cookie = browser.cookie("custody_session").expect("a session cookie");
@@ -144,6 +153,8 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     let approved = hosted.audit_events("change.review.approve");
     assert_eq!(approved.len(), 1, "{approved:?}");
     assert_eq!(approved[0]["actor"], "bob");
+    browser.goto(&work);
+    assert!(!browser.exists(&waiting), "an approved change still waits for bob: {}", browser.body_text());
 
     // Signing out ends the session on the server, not only in the browser.
     let session = cookie["value"].as_str().expect("the cookie's value").to_owned();
@@ -155,6 +166,11 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
 
     // alice may not approve her own change, and the page says why; she merges.
     sign_in_with_password(&browser, &hosted, "alice");
+    assert!(browser.url().ends_with("/work"), "signing in leads to the visitor's work: {}", browser.url());
+    let own = format!("#work-own .own[data-change='{PROJECT}/{number}']");
+    reload_until(&browser, &work, "alice's change ready to merge", |b| b.text(&own).contains("ready to merge"));
+    assert!(!browser.exists(&format!("#work-reviews {waiting}")), "alice's own change waits for her review");
+    snap(&browser, "work", 900);
     browser.goto(&change_page);
     assert!(!browser.enabled("#approve"), "alice's approve button is enabled");
     let why = browser.text("#approve-refusal");
@@ -173,7 +189,12 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     deployment_reaching(&hosted, 1, &["succeeded"]);
     deployment_reaching(&hosted, 2, &["pending"]);
 
-    // alice wrote the release: her approve button is refused, with the rule.
+    // alice wrote the release: nothing of it waits for her, and her approve
+    // button is refused, with the rule.
+    let production_waiting = format!("#work-deployments tr[data-deployment='{PROJECT}/2']");
+    browser.goto(&work);
+    assert!(!browser.exists(&production_waiting), "alice may decide on her release: {}", browser.body_text());
+    assert!(!browser.exists("#work-own .own"), "a merged change is no longer open: {}", browser.body_text());
     let production = format!("{base}/projects/{PROJECT}/environments/production");
     browser.goto(&production);
     assert!(!browser.enabled("#deployment-2 .approve-deployment"), "alice's approve button is enabled");
@@ -209,6 +230,9 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     browser.type_into("#token", &hosted.token("dave"));
     browser.click("#sign-in-token");
     assert_eq!(browser.text("#signed-in-as"), "dave");
+    browser.goto(&work);
+    let yours = browser.text(&production_waiting);
+    assert!(yours.contains("sign off tests") && !yours.contains("approve"), "dave, a tester: {yours}");
     browser.goto(&production);
     assert!(!browser.exists("#deployment-2 .sign-off-refusal"), "dave is refused: {}", browser.body_text());
     browser.type_into("#deployment-2 .decision-message", "refunds go through");
@@ -223,6 +247,9 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     browser.type_into("#token", &hosted.token("carol"));
     browser.click("#sign-in-token");
     assert_eq!(browser.text("#signed-in-as"), "carol");
+    browser.goto(&work);
+    let yours = browser.text(&production_waiting);
+    assert!(yours.contains("approve") && !yours.contains("sign off"), "carol, a release manager: {yours}");
     browser.goto(&production);
     let gate = browser.text("#deployment-2 .gate");
     assert!(gate.contains("deploy.approvals") || gate.contains("approval"), "{gate}");
@@ -276,7 +303,13 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     assert_eq!(page.status, 200);
     let policy = page.header("content-security-policy").unwrap_or_default();
     assert!(policy.contains("default-src 'self'") && policy.contains("frame-ancestors 'none'"), "{policy}");
-    assert!(!page.body.contains("<script"), "the pages use no script");
+    // The one script is custody's own file, never inline.
+    let scripts: Vec<&str> = page.body.match_indices("<script").map(|(at, _)| &page.body[at..]).collect();
+    assert!(
+        scripts.iter().all(|s| s.starts_with("<script src=\"/static/custody.js\" defer></script>")),
+        "an inline script: {}",
+        page.body
+    );
     browser.goto(&format!("{base}/projects/{PROJECT}"));
     assert!(browser.text("#environments").contains("production"), "{}", browser.text("#environments"));
     snap(&browser, "project", 1100);
@@ -313,6 +346,9 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     hosted.as_admin(&["group", "create", "qa"]).expect_code(0);
     let asked = hosted.as_admin(&["group", "add", "qa", "carol", "--json"]).json();
     assert_eq!(asked["status"], "pending", "{asked}");
+    let grant_waiting = format!("#work-grants li[data-grant='{}']", asked["id"]);
+    browser.goto(&work);
+    assert!(!browser.exists(&grant_waiting), "the requester's work lists his own grant: {}", browser.body_text());
     browser.goto(&format!("{base}/admin"));
     let approve = ".card.grant button[value='approve']";
     assert!(!browser.enabled(approve), "the requester may approve his own grant");
@@ -321,6 +357,7 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     snap(&browser, "admin", 1000);
     sign_out(&browser);
     sign_in_with_password(&browser, &hosted, "bob");
+    assert!(browser.exists(&grant_waiting), "the grant does not wait for bob: {}", browser.body_text());
     browser.goto(&format!("{base}/admin"));
     assert!(browser.enabled(approve), "bob, the second admin, may not approve: {}", browser.body_text());
     browser.click(approve);

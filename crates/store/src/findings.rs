@@ -5,10 +5,10 @@
 
 use custody_api::FindingView;
 use custody_domain::audit::NewEvent;
-use custody_domain::Timestamp;
+use custody_domain::{Timestamp, UserName};
 use serde_json::json;
 
-use crate::tx::Tx;
+use crate::tx::{Reads, Tx};
 use crate::{col, now_ms, Authenticated, Result, Store, StoreError};
 
 /// Opens a finding in the caller's transaction.
@@ -102,23 +102,9 @@ impl Store {
         self.write(move |tx| {
             Box::pin(async move {
                 crate::lookups::require_admin(tx, &actor).await?;
-                let row = sqlx::query(&sql_select(tx)).bind(id).fetch_optional(tx.conn()).await?;
-                let row = row.ok_or_else(|| StoreError::not_found("finding", id))?;
-                let finding = finding_view(&row)?;
+                let (finding, involved) = involvement(tx, id).await?;
                 if finding.resolved_at.is_some() {
                     return Err(StoreError::Conflict(format!("finding {id} was reviewed already")));
-                }
-                // Who was involved, only as custody wrote it.
-                crate::seals::check(tx, &format!("finding:{id}")).await?;
-                let mut involved: Vec<String> = serde_json::from_str(&col::<String>(&row, "involved")?)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                // Everyone who decided on the deployment is involved too, as
-                // its proven events say.
-                if finding.subject.starts_with("deployment:") {
-                    let events = crate::proof::proven_events(tx, &finding.subject).await?;
-                    involved.extend(
-                        crate::lookups::recorded_decisions(&events).into_iter().map(|(user, _)| user.to_owned()),
-                    );
                 }
                 crate::allowed(custody_domain::finding::decide_finding_reviewer(
                     &actor.name,
@@ -151,6 +137,34 @@ impl Store {
     }
 }
 
-fn sql_select(tx: &Tx) -> String {
+fn sql_select(tx: &impl Reads) -> String {
     tx.dialect().sql_owned(format!("SELECT {FINDING_COLUMNS} WHERE f.id = $1"))
+}
+
+/// A finding and who was involved in what it is about, only as custody
+/// wrote it: the people it names, and everyone who decided on its
+/// deployment as the deployment's proven events say.
+async fn involvement(tx: &mut impl Reads, id: i64) -> Result<(FindingView, Vec<String>)> {
+    let row = sqlx::query(&sql_select(tx)).bind(id).fetch_optional(tx.conn()).await?;
+    let row = row.ok_or_else(|| StoreError::not_found("finding", id))?;
+    let finding = finding_view(&row)?;
+    crate::seals::check(tx, &format!("finding:{id}")).await?;
+    let mut involved: Vec<String> =
+        serde_json::from_str(&col::<String>(&row, "involved")?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    if finding.subject.starts_with("deployment:") {
+        let events = crate::proof::proven_events(tx, &finding.subject).await?;
+        involved.extend(crate::lookups::recorded_decisions(&events).into_iter().map(|(user, _)| user.to_owned()));
+    }
+    Ok((finding, involved))
+}
+
+impl Store {
+    /// Whether `who` may review the open finding `id`, by the rule
+    /// [`Store::resolve_finding`] applies, so that a page can say so before
+    /// anyone clicks.
+    pub async fn finding_review_decision(&self, who: &UserName, id: i64) -> Result<custody_domain::Decision> {
+        let mut reader = self.reader().await?;
+        let (finding, involved) = involvement(&mut reader, id).await?;
+        Ok(custody_domain::finding::decide_finding_reviewer(who, &finding.subject, &involved))
+    }
 }

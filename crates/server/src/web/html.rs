@@ -257,6 +257,11 @@ pub fn form(action: &str, visitor: &Visitor, class: &str) -> String {
     )
 }
 
+/// A whole page around markup made by a template.
+pub fn page(title: &str, visitor: Option<&Visitor>, body: maud::Markup) -> Html<String> {
+    document(title, visitor, &body.into_string())
+}
+
 /// A whole page: the frame (navigation, who is signed in) around `body`.
 pub fn document(title: &str, visitor: Option<&Visitor>, body: &str) -> Html<String> {
     let mut out = String::with_capacity(body.len() + 2048);
@@ -265,13 +270,17 @@ pub fn document(title: &str, visitor: Option<&Visitor>, body: &str) -> Html<Stri
         format_args!(
             "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
              <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-             <title>{} · custody</title><link rel=\"stylesheet\" href=\"/static/custody.css\"></head><body>\
-             <header class=\"top\"><a class=\"brand\" href=\"/projects\">custody</a>",
+             <title>{} · custody</title><link rel=\"stylesheet\" href=\"/static/custody.css\">\
+             <script src=\"/static/custody.js\" defer></script></head><body>\
+             <header class=\"top\"><a class=\"brand\" href=\"/work\">custody</a>",
             esc(title)
         ),
     );
     if let Some(visitor) = visitor {
-        out.push_str("<nav><a href=\"/projects\">Projects</a>");
+        out.push_str(
+            "<nav><a href=\"/work\" id=\"nav-work\">My work <span class=\"count\" id=\"work-count\" hidden></span></a>\
+             <a href=\"/projects\">Projects</a>",
+        );
         if visitor.auth.reads_everything() {
             out.push_str("<a href=\"/audit\">Audit</a>");
         }

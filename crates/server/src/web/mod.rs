@@ -16,6 +16,7 @@ mod builds;
 mod changes;
 mod deploys;
 pub(crate) mod html;
+mod inbox;
 mod projects;
 pub(crate) mod session;
 
@@ -39,11 +40,19 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'
 
 const STYLESHEET: &str = include_str!("custody.css");
 
+/// The one script: fills in the navigation bar's count of what waits. Every
+/// page works without it.
+const SCRIPT: &str = include_str!("custody.js");
+
 /// The pages' routes.
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
-        .route("/", get(|| async { Redirect::to("/projects") }))
+        .route("/", get(|| async { Redirect::to("/work") }))
         .route("/static/custody.css", get(stylesheet))
+        .route("/static/custody.js", get(script))
+        .route("/work", get(inbox::show))
+        .route("/work/count", get(inbox::count))
+        .route("/findings/{id}/resolve", post(inbox::resolve_finding))
         .route("/login", get(session::login_page).post(session::login))
         .route("/logout", post(session::logout))
         .route("/projects", get(projects::list))
@@ -63,6 +72,14 @@ pub(crate) fn routes() -> Router<AppState> {
 
 async fn stylesheet() -> Response {
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=3600")], STYLESHEET)
+        .into_response()
+}
+
+async fn script() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=3600")],
+        SCRIPT,
+    )
         .into_response()
 }
 

@@ -190,7 +190,7 @@ pub(crate) struct LoginQuery {
     next: Option<String>,
 }
 
-/// A local path to return to after signing in, or the projects.
+/// A local path to return to after signing in, or the visitor's work.
 fn next_or_home(next: Option<&str>) -> String {
     match next {
         Some(path)
@@ -201,7 +201,7 @@ fn next_or_home(next: Option<&str>) -> String {
         {
             path.to_owned()
         }
-        _ => "/projects".to_owned(),
+        _ => "/work".to_owned(),
     }
 }
 
@@ -330,10 +330,10 @@ mod tests {
     #[test]
     fn only_local_paths_are_returned_to_after_sign_in() {
         assert_eq!(next_or_home(Some("/projects/payments")), "/projects/payments");
-        assert_eq!(next_or_home(Some("//evil.example/")), "/projects");
-        assert_eq!(next_or_home(Some("https://evil.example/")), "/projects");
-        assert_eq!(next_or_home(Some("/\\evil")), "/projects");
-        assert_eq!(next_or_home(None), "/projects");
+        assert_eq!(next_or_home(Some("//evil.example/")), "/work");
+        assert_eq!(next_or_home(Some("https://evil.example/")), "/work");
+        assert_eq!(next_or_home(Some("/\\evil")), "/work");
+        assert_eq!(next_or_home(None), "/work");
     }
 
     #[test]
