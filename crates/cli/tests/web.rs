@@ -14,8 +14,10 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 use support::browser::Browser;
-use support::builds::{commit_files, finished_build, seed_with, BUILD_SCRIPT, PIPELINE};
-use support::deploys::{deployment_reaching, group, pipeline_with_environments, release_managers, DEPLOY_SCRIPT};
+use support::builds::{commit_files, finished_build, merge_a_change, seed_with, BUILD_SCRIPT, PIPELINE};
+use support::deploys::{
+    deployment_reaching, group, pipeline_with_environments, release_managers, seed_deploying, DEPLOY_SCRIPT,
+};
 use support::flow::{open, team};
 use support::hosted::{Backend, Hosted, PROJECT};
 use support::{http_send, run_with_input};
@@ -367,6 +369,72 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     assert_eq!(approved.last().map(|e| e["actor"].clone()), Some(Value::from("bob")), "{approved:?}");
 }
 
+fn sign_in_with_token(browser: &Browser, hosted: &Hosted, who: &str, token: &str) {
+    browser.goto(&format!("{}/login", hosted.server.url));
+    browser.type_into("#token", token);
+    browser.click("#sign-in-token");
+    assert_eq!(browser.text("#signed-in-as"), who, "signed in: {}", browser.body_text());
+}
+
+/// A break-glass deployment opens a finding: it waits in the work of an
+/// admin who had no hand in it, who reviews it right there, and never in
+/// the work of the admin who broke the glass.
+fn a_finding_waits_only_for_an_admin_who_was_not_involved(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let Some(browser) = Browser::start() else { return };
+    release_managers(&hosted, &["carol"]);
+    hosted.as_admin(&["group", "add", "admins", "carol"]).expect_code(0);
+    let work = seed_deploying(&hosted, &pipeline_with_environments(""), DEPLOY_SCRIPT);
+    merge_a_change(&hosted, &work);
+    deployment_reaching(&hosted, 1, &["succeeded"]);
+    deployment_reaching(&hosted, 2, &["pending"]);
+    hosted.run_as("carol", &["deploy", "approve", PROJECT, "2", "--json"]).expect_code(0);
+    deployment_reaching(&hosted, 2, &["succeeded"]);
+    let asked = hosted
+        .run_as(
+            "carol",
+            &[
+                "deploy",
+                "request",
+                PROJECT,
+                "production",
+                "--build",
+                "1",
+                "--break-glass",
+                "--reason",
+                "hotfix",
+                "--json",
+            ],
+        )
+        .json();
+    assert_eq!(asked["deployment"]["break_glass"], "hotfix", "{asked}");
+    let findings = hosted.as_admin(&["finding", "list", "--open", "--json"]).json();
+    let id = findings[0]["id"].as_i64().expect("a finding");
+    let listed = format!("#work-findings [data-finding='{id}']");
+    let base = &hosted.server.url;
+
+    sign_in_with_token(&browser, &hosted, "carol", &hosted.token("carol"));
+    browser.goto(&format!("{base}/work"));
+    assert!(browser.exists("#work-findings"), "carol is an admin: {}", browser.body_text());
+    assert!(!browser.exists(&listed), "carol broke the glass and may not review it: {}", browser.body_text());
+    sign_out(&browser);
+
+    sign_in_with_token(&browser, &hosted, "admin", &hosted.admin);
+    browser.goto(&format!("{base}/work"));
+    assert!(
+        browser.text(&listed).contains("hotfix") || browser.text(&listed).contains("break"),
+        "{}",
+        browser.body_text()
+    );
+    browser.type_into(&format!("{listed} textarea[name='resolution']"), "reviewed the hotfix with carol");
+    browser.click(&format!("{listed} button[type='submit']"));
+    assert!(browser.url().ends_with("/work"), "{}", browser.url());
+    assert!(!browser.exists(&listed), "a reviewed finding still waits: {}", browser.body_text());
+    let resolved = hosted.audit_events("finding.resolve");
+    assert_eq!(resolved.iter().map(|e| e["actor"].clone()).collect::<Vec<_>>(), [Value::from("admin")]);
+}
+
 on_both_backends! {
     reviewers_and_approvers_work_in_a_real_browser,
+    a_finding_waits_only_for_an_admin_who_was_not_involved,
 }
