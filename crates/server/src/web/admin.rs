@@ -6,9 +6,10 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use custody_domain::grant::{self, GrantFacts};
 use custody_domain::GrantStatus;
-use custody_store::PageRequest;
+use custody_store::{GrantView, PageRequest};
+use maud::{html, Markup};
 
-use super::html::{self, esc, push, status};
+use super::html::{self, status};
 use super::session::{see_other, Posted, Visitor};
 use super::{WebError, WebPath, WebResult};
 use crate::AppState;
@@ -22,65 +23,73 @@ pub(crate) async fn show(State(state): State<AppState>, visitor: Visitor) -> Web
     let pending = state.store().list_grants(Some(GrantStatus::Pending), all).await?;
     let users = state.store().list_users(all).await?;
     let groups = state.store().list_groups(all).await?;
-
-    let mut body = String::from("<h1>Admin</h1><section><h2>Grants waiting for a second admin</h2>");
-    if !visitor.auth.has_scope(custody_domain::Scope::Admin) {
-        body.push_str(
-            "<p class=\"hint\">This session lacks the admin scope: sign in with your password to decide on grants.</p>",
-        );
-    }
-    if pending.items.is_empty() {
-        body.push_str("<p class=\"empty\">No grant waits.</p>");
-    }
-    for g in &pending.items {
-        let facts = GrantFacts { id: g.id, action: &g.action, requested_by: &g.requested_by, status: g.status };
-        let decision = grant::decide_approval(&facts, &visitor.auth.as_admin());
-        push(
-            &mut body,
-            format_args!(
-                "<div class=\"card grant\" id=\"grant-{id}\"><p><strong>Grant {id}</strong>: {} <span class=\"muted\">asked by {} · {}</span></p>",
-                esc(&g.description),
-                esc(&g.requested_by),
-                esc(&html::when(g.requested_at)),
-                id = g.id
-            ),
-        );
-        body.push_str(&html::form(&format!("/admin/grants/{}/decide", g.id), &visitor, "decide"));
-        let disabled = if decision.allowed { "" } else { " disabled" };
-        push(
-            &mut body,
-            format_args!(
-                "<label>Note (for a rejection) <input name=\"note\"></label><div class=\"buttons\">\
-                 <button type=\"submit\" name=\"decision\" value=\"approve\" class=\"primary\"{disabled}>Approve</button>\
-                 <button type=\"submit\" name=\"decision\" value=\"reject\">Reject</button></div></form>"
-            ),
-        );
-        for reason in &decision.reasons {
-            body.push_str(&html::refusal_note(reason));
+    let body = html! {
+        h1 { "Admin" }
+        section {
+            h2 { "Grants waiting for a second admin" }
+            @if !visitor.auth.has_scope(custody_domain::Scope::Admin) {
+                p.hint { "This session lacks the admin scope: sign in with your password to decide on grants." }
+            }
+            @if pending.items.is_empty() { p.empty { "No grant waits." } }
+            @for g in &pending.items { (grant_card(g, &visitor)) }
         }
-        body.push_str("</div>");
+        div.columns {
+            section {
+                h2 { "Users" }
+                table.list #users {
+                    thead { tr { th { "Name" } th { "E-mail" } th { "State" } th { "Groups" } } }
+                    tbody {
+                        @for u in &users.items {
+                            tr {
+                                td { (u.name) @if u.admin { " " span.badge.plain { "admin" } } }
+                                td { (u.emails.join(", ")) }
+                                td { (status(if u.disabled { "disabled" } else { &u.state })) }
+                                td { (u.groups.join(", ")) }
+                            }
+                        }
+                    }
+                }
+            }
+            section {
+                h2 { "Groups" }
+                table.list #groups {
+                    thead { tr { th { "Group" } th { "Members" } } }
+                    tbody {
+                        @for g in &groups.items {
+                            tr {
+                                td { (g.name) }
+                                td { (g.members.iter().map(|m| m.user.as_str()).collect::<Vec<_>>().join(", ")) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok(html::page("Admin", Some(&visitor), body).into_response())
+}
+
+/// A grant that waits, with the buttons to decide on it; approve disabled
+/// with the grant rules' reasons where they would refuse it.
+fn grant_card(g: &GrantView, visitor: &Visitor) -> Markup {
+    let facts = GrantFacts { id: g.id, action: &g.action, requested_by: &g.requested_by, status: g.status };
+    let decision = grant::decide_approval(&facts, &visitor.auth.as_admin());
+    html! {
+        div.card.grant #{ "grant-" (g.id) } {
+            p {
+                strong { "Grant " (g.id) } ": " (g.description) " "
+                span.muted { "asked by " (g.requested_by) " · " (html::when(g.requested_at)) }
+            }
+            (html::post_form(&format!("/admin/grants/{}/decide", g.id), visitor, "decide", html! {
+                label { "Note (for a rejection) " input name="note"; }
+                div.buttons {
+                    button type="submit" name="decision" value="approve" class="primary" disabled[!decision.allowed] { "Approve" }
+                    button type="submit" name="decision" value="reject" { "Reject" }
+                }
+            }))
+            (html::refusal_notes(&decision))
+        }
     }
-    body.push_str("</section><div class=\"columns\"><section><h2>Users</h2><table class=\"list\" id=\"users\"><thead><tr><th>Name</th><th>E-mail</th><th>State</th><th>Groups</th></tr></thead><tbody>");
-    for u in &users.items {
-        push(
-            &mut body,
-            format_args!(
-                "<tr><td>{}{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&u.name),
-                if u.admin { " <span class=\"badge plain\">admin</span>" } else { "" },
-                esc(&u.emails.join(", ")),
-                status(if u.disabled { "disabled" } else { &u.state }),
-                esc(&u.groups.join(", "))
-            ),
-        );
-    }
-    body.push_str("</tbody></table></section><section><h2>Groups</h2><table class=\"list\" id=\"groups\"><thead><tr><th>Group</th><th>Members</th></tr></thead><tbody>");
-    for g in &groups.items {
-        let members: Vec<&str> = g.members.iter().map(|m| m.user.as_str()).collect();
-        push(&mut body, format_args!("<tr><td>{}</td><td>{}</td></tr>", esc(&g.name), esc(&members.join(", "))));
-    }
-    body.push_str("</tbody></table></section></div>");
-    Ok(html::document("Admin", Some(&visitor), &body).into_response())
 }
 
 /// Approves or rejects a grant, through the same store calls as the API.

@@ -8,7 +8,9 @@ use custody_formats::KeyRole;
 use custody_store::{AuditFilter, PageRequest};
 use serde::Deserialize;
 
-use super::html::{self, esc, push};
+use maud::{html, Markup};
+
+use super::html;
 use super::session::Visitor;
 use super::{WebError, WebQuery, WebResult};
 use crate::AppState;
@@ -39,17 +41,10 @@ fn some(value: &Option<String>) -> Option<String> {
 }
 
 /// What verifying the newest checkpoint found, in words, and whether it held.
-async fn checkpoint(state: &AppState) -> WebResult<String> {
+async fn checkpoint(state: &AppState) -> WebResult<Markup> {
     let Some(latest) = state.store().latest_checkpoint().await? else {
-        return Ok("<p class=\"empty\">No checkpoint has been signed yet.</p>".into());
+        return Ok(html! { p.empty { "No checkpoint has been signed yet." } });
     };
-    let mut out = format!(
-        "<dl class=\"facts\"><dt>Events covered</dt><dd id=\"checkpoint-size\">{}</dd><dt>Signed</dt><dd>{}</dd></dl>\
-         <pre class=\"log\" id=\"checkpoint-note\">{}</pre>",
-        latest.size,
-        esc(&html::when(Timestamp::from_millis(latest.at_ms))),
-        esc(&latest.note)
-    );
     let verdict = match state.key(KeyRole::Ledger) {
         None => Err("this server holds no ledger key to check the signature with".to_owned()),
         Some(key) => match state.store().ledger_key_chain(state.instance(), key).await?.open(&latest.note) {
@@ -70,27 +65,24 @@ async fn checkpoint(state: &AppState) -> WebResult<String> {
             }
         },
     };
-    match verdict {
-        Ok(size) => push(
-            &mut out,
-            format_args!(
-                "<p class=\"notice ok\" id=\"checkpoint-verdict\" data-intact=\"true\">✓ The signature verifies with the ledger key, \
-                 and the stored tree of the first {size} events has the signed root.</p>"
-            ),
-        ),
-        Err(why) => push(
-            &mut out,
-            format_args!(
-                "<p class=\"refusal\" id=\"checkpoint-verdict\" data-intact=\"false\">✗ {}</p>",
-                esc(&why)
-            ),
-        ),
-    }
-    out.push_str(
-        "<p class=\"hint\">This check runs on the server. To check without trusting it, run \
-         <code>custody audit verify</code> against the database, or <code>custody audit watch</code> from elsewhere.</p>",
-    );
-    Ok(out)
+    Ok(html! {
+        dl.facts {
+            dt { "Events covered" } dd #checkpoint-size { (latest.size) }
+            dt { "Signed" } dd { (html::when(Timestamp::from_millis(latest.at_ms))) }
+        }
+        pre.log #checkpoint-note { (latest.note) }
+        @match verdict {
+            Ok(size) => p.notice.ok #checkpoint-verdict data-intact="true" {
+                "✓ The signature verifies with the ledger key, and the stored tree of the first " (size)
+                " events has the signed root."
+            },
+            Err(why) => p.refusal #checkpoint-verdict data-intact="false" { "✗ " (why) },
+        }
+        p.hint {
+            "This check runs on the server. To check without trusting it, run " code { "custody audit verify" }
+            " against the database, or " code { "custody audit watch" } " from elsewhere."
+        }
+    })
 }
 
 /// The audit log.
@@ -109,49 +101,8 @@ pub(crate) async fn events(
         action: some(&query.action),
     };
     let page = state.store().audit_events(&filter, PageRequest::new(query.after, Some(PAGE))).await?;
-    let mut body = String::from("<h1>Audit log</h1><section><h2>Latest checkpoint</h2>");
-    body.push_str(&checkpoint(&state).await?);
-    body.push_str("</section><section><h2>Events</h2>");
-    let value = |v: &Option<String>| esc(v.as_deref().unwrap_or_default()).to_string();
-    push(
-        &mut body,
-        format_args!(
-            "<form method=\"get\" action=\"/audit\" class=\"filters\">\
-             <label>Actor <input name=\"actor\" value=\"{}\" id=\"filter-actor\"></label>\
-             <label>Action <input name=\"action\" value=\"{}\" id=\"filter-action\" placeholder=\"deploy.approve\"></label>\
-             <label>Since <input name=\"since\" value=\"{}\" placeholder=\"2025-01-31\"></label>\
-             <label>Until <input name=\"until\" value=\"{}\"></label>\
-             <button type=\"submit\" id=\"filter\">Filter</button> <a href=\"/audit\">Clear</a></form>",
-            value(&query.actor),
-            value(&query.action),
-            value(&query.since),
-            value(&query.until)
-        ),
-    );
-    if page.items.is_empty() {
-        body.push_str("<p class=\"empty\">No event matches.</p>");
-    } else {
-        body.push_str(
-            "<table class=\"list\" id=\"events\"><thead><tr><th>#</th><th>When</th><th>Actor</th><th>Action</th>\
-             <th>Subject</th><th>Details</th></tr></thead><tbody>",
-        );
-        for event in &page.items {
-            push(
-                &mut body,
-                format_args!(
-                    "<tr><td>{}</td><td class=\"nowrap\">{}</td><td>{}</td><td><code>{}</code></td><td>{}</td><td><code class=\"details\">{}</code></td></tr>",
-                    event.seq,
-                    esc(&html::when(Timestamp::from_millis(event.at_ms))),
-                    esc(&event.actor),
-                    esc(&event.action),
-                    esc(&event.subject),
-                    esc(&event.details.to_string())
-                ),
-            );
-        }
-        body.push_str("</tbody></table>");
-    }
-    if let Some(next) = page.next_cursor {
+    let checkpoint = checkpoint(&state).await?;
+    let next = page.next_cursor.map(|next| {
         let mut link = format!("/audit?after={next}");
         for (name, v) in
             [("actor", &query.actor), ("action", &query.action), ("since", &query.since), ("until", &query.until)]
@@ -160,8 +111,42 @@ pub(crate) async fn events(
                 link.push_str(&format!("&{name}={}", html::seg(&v)));
             }
         }
-        push(&mut body, format_args!("<p><a href=\"{}\" id=\"next-page\">Next {PAGE} events →</a></p>", esc(&link)));
-    }
-    body.push_str("</section>");
-    Ok(html::document("Audit log", Some(&visitor), &body).into_response())
+        link
+    });
+    let value = |v: &Option<String>| v.clone().unwrap_or_default();
+    let body = html! {
+        h1 { "Audit log" }
+        section { h2 { "Latest checkpoint" } (checkpoint) }
+        section {
+            h2 { "Events" }
+            form method="get" action="/audit" class="filters" {
+                label { "Actor " input name="actor" value=(value(&query.actor)) #filter-actor; }
+                label { "Action " input name="action" value=(value(&query.action)) #filter-action placeholder="deploy.approve"; }
+                label { "Since " input name="since" value=(value(&query.since)) placeholder="2025-01-31"; }
+                label { "Until " input name="until" value=(value(&query.until)); }
+                button type="submit" #filter { "Filter" } " " a href="/audit" { "Clear" }
+            }
+            @if page.items.is_empty() {
+                p.empty { "No event matches." }
+            } @else {
+                table.list #events {
+                    thead { tr { th { "#" } th { "When" } th { "Actor" } th { "Action" } th { "Subject" } th { "Details" } } }
+                    tbody {
+                        @for event in &page.items {
+                            tr {
+                                td { (event.seq) }
+                                td.nowrap { (html::when(Timestamp::from_millis(event.at_ms))) }
+                                td { (event.actor) }
+                                td { code { (event.action) } }
+                                td { (event.subject) }
+                                td { code.details { (event.details.to_string()) } }
+                            }
+                        }
+                    }
+                }
+            }
+            @if let Some(link) = next { p { a href=(link) #next-page { "Next " (PAGE) " events →" } } }
+        }
+    };
+    Ok(html::page("Audit log", Some(&visitor), body).into_response())
 }

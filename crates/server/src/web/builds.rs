@@ -10,7 +10,9 @@ use custody_formats::KeyRole;
 use custody_store::{BuildView, ChangeView, DeploymentView};
 use serde_json::Value;
 
-use super::html::{self, esc, push, seg, short};
+use maud::{html, Markup};
+
+use super::html::{self, seg, short};
 use super::projects::{access, environments, with_decisions};
 use super::session::Visitor;
 use super::{WebError, WebPath, WebResult};
@@ -59,76 +61,63 @@ fn clip(text: &str, max: usize) -> String {
     }
 }
 
+/// How a box of the chain is drawn: stroke, fill, and a dash for none.
+fn colours(state: &str) -> (&'static str, &'static str, Option<&'static str>) {
+    match state {
+        "ok" => ("#1f7a4d", "#f1f8f4", None),
+        "wait" => ("#a86b00", "#fdf7ea", None),
+        "bad" => ("#b3261e", "#fcf0ef", None),
+        _ => ("#9aa3ae", "#ffffff", Some("5 4")),
+    }
+}
+
 /// The chain as an inline SVG: one box per link, left to right, joined by
 /// arrows. Every text is escaped; colours are attributes, not styles, so
 /// the page's Content-Security-Policy holds.
-pub(crate) fn chain_svg(links: &[Link]) -> String {
+pub(crate) fn chain_svg(links: &[Link]) -> Markup {
     const W: usize = 190;
     const GAP: usize = 34;
     const LINE: usize = 17;
     let rows = links.iter().map(|l| l.duties.len()).max().unwrap_or(0);
     let height = 62 + rows * LINE * 2 + 12;
     let width = links.len() * W + links.len().saturating_sub(1) * GAP + 4;
-    let mut out = format!(
-        "<svg class=\"chain\" id=\"chain\" role=\"img\" xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {width} {height}\" \
-         width=\"{width}\" height=\"{height}\" font-family=\"system-ui, sans-serif\">\
-         <title>Chain of custody: who held each duty</title>\
-         <defs><marker id=\"arrow\" viewBox=\"0 0 10 10\" refX=\"9\" refY=\"5\" markerWidth=\"7\" markerHeight=\"7\" orient=\"auto\">\
-         <path d=\"M0,0 L10,5 L0,10 z\" fill=\"#5b6472\"/></marker></defs>"
-    );
-    for (i, link) in links.iter().enumerate() {
-        let x = 2 + i * (W + GAP);
-        let (stroke, fill, dash) = match link.state {
-            "ok" => ("#1f7a4d", "#f1f8f4", ""),
-            "wait" => ("#a86b00", "#fdf7ea", ""),
-            "bad" => ("#b3261e", "#fcf0ef", ""),
-            _ => ("#9aa3ae", "#ffffff", " stroke-dasharray=\"5 4\""),
-        };
-        let mut node = format!(
-            "<g class=\"link\" data-kind=\"{}\" data-state=\"{}\"><rect x=\"{x}\" y=\"2\" width=\"{W}\" height=\"{}\" rx=\"8\" \
-             fill=\"{fill}\" stroke=\"{stroke}\" stroke-width=\"1.6\"{dash}/>\
-             <text x=\"{}\" y=\"22\" font-size=\"11\" fill=\"#5b6472\" letter-spacing=\"0.06em\">{}</text>\
-             <text x=\"{}\" y=\"42\" font-size=\"15\" font-weight=\"600\" fill=\"#17202b\">{}</text>",
-            esc(&link.kind),
-            link.state,
-            height - 4,
-            x + 12,
-            esc(&link.kind.to_uppercase()),
-            x + 12,
-            esc(&clip(&link.title, 20)),
-        );
-        for (row, (duty, who)) in link.duties.iter().enumerate() {
-            let y = 64 + row * LINE * 2;
-            push(
-                &mut node,
-                format_args!(
-                    "<text x=\"{}\" y=\"{y}\" font-size=\"11\" fill=\"#5b6472\">{}</text>\
-                     <text x=\"{}\" y=\"{}\" font-size=\"13\" fill=\"#17202b\" class=\"person\">{}</text>",
-                    x + 12,
-                    esc(&clip(duty, 28)),
-                    x + 12,
-                    y + 15,
-                    esc(&clip(who, 24)),
-                ),
-            );
+    let node = |x: usize, link: &Link| {
+        let (stroke, fill, dash) = colours(link.state);
+        html! {
+            g.link data-kind=(link.kind) data-state=(link.state) {
+                rect x=(x) y="2" width=(W) height=(height - 4) rx="8" fill=(fill) stroke=(stroke) stroke-width="1.6"
+                    stroke-dasharray=[dash] {}
+                text x=(x + 12) y="22" font-size="11" fill="#5b6472" letter-spacing="0.06em" { (link.kind.to_uppercase()) }
+                text x=(x + 12) y="42" font-size="15" font-weight="600" fill="#17202b" { (clip(&link.title, 20)) }
+                @for (row, (duty, who)) in link.duties.iter().enumerate() {
+                    text x=(x + 12) y=(64 + row * LINE * 2) font-size="11" fill="#5b6472" { (clip(duty, 28)) }
+                    text.person x=(x + 12) y=(64 + row * LINE * 2 + 15) font-size="13" fill="#17202b" { (clip(who, 24)) }
+                }
+            }
         }
-        node.push_str("</g>");
-        match &link.href {
-            Some(href) => push(&mut out, format_args!("<a href=\"{}\">{node}</a>", esc(href))),
-            None => out.push_str(&node),
-        }
-        if i + 1 < links.len() {
-            let (x1, x2, y) = (x + W, x + W + GAP - 2, height / 2);
-            push(
-                &mut out,
-                format_args!(
-                    "<line x1=\"{x1}\" y1=\"{y}\" x2=\"{x2}\" y2=\"{y}\" stroke=\"#5b6472\" stroke-width=\"1.6\" marker-end=\"url(#arrow)\"/>"
-                ),
-            );
+    };
+    html! {
+        svg.chain #chain role="img" xmlns="http://www.w3.org/2000/svg" viewBox={ "0 0 " (width) " " (height) }
+            width=(width) height=(height) font-family="system-ui, sans-serif" {
+            title { "Chain of custody: who held each duty" }
+            defs {
+                marker #arrow viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto" {
+                    path d="M0,0 L10,5 L0,10 z" fill="#5b6472" {}
+                }
+            }
+            @for (i, link) in links.iter().enumerate() {
+                @let x = 2 + i * (W + GAP);
+                @match &link.href {
+                    Some(href) => a href=(href) { (node(x, link)) },
+                    None => (node(x, link)),
+                }
+                @if i + 1 < links.len() {
+                    line x1=(x + W) y1=(height / 2) x2=(x + W + GAP - 2) y2=(height / 2) stroke="#5b6472"
+                        stroke-width="1.6" marker-end="url(#arrow)" {}
+                }
+            }
         }
     }
-    out.push_str("</svg>");
-    out
 }
 
 fn names(list: &[String]) -> String {
@@ -263,95 +252,68 @@ pub(crate) async fn show(
     let links = chain(&state, &access, &build, change.as_ref(), &deployments).await?;
 
     let p = seg(&project);
-    let mut body = format!(
-        "<p class=\"crumbs\"><a href=\"/projects\">Projects</a> / <a href=\"/projects/{p}\">{}</a> /</p>\
-         <h1>Build {number} {}</h1>",
-        esc(&project),
-        html::badge(build.status)
-    );
-    body.push_str("<section><h2>Chain of custody</h2><div class=\"chain-frame\">");
-    body.push_str(&chain_svg(&links));
-    body.push_str("</div><p class=\"hint\">Each box names who held the duty: people author, review, approve and test; custody's builder and deployer, never a person, build and deploy.</p></section>");
-
-    body.push_str("<section><h2>Build</h2><dl class=\"facts\">");
-    let fact = |body: &mut String, name: &str, value: &str| {
-        push(body, format_args!("<dt>{}</dt><dd>{}</dd>", esc(name), value));
+    let provenance = provenance.as_deref().map(|p| open(&state, p, KeyRole::Builder));
+    let body = html! {
+        p.crumbs { a href="/projects" { "Projects" } " / " a href={ "/projects/" (p) } { (project) } " /" }
+        h1 { "Build " (number) " " (html::badge(build.status)) }
+        section {
+            h2 { "Chain of custody" }
+            div.chain-frame { (chain_svg(&links)) }
+            p.hint { "Each box names who held the duty: people author, review, approve and test; custody's builder and deployer, never a person, build and deploy." }
+        }
+        section {
+            h2 { "Build" }
+            dl.facts {
+                dt { "Commit" } dd { code.sha { (build.commit) } " on " code { (build.branch) } }
+                @if let Some(c) = &change {
+                    dt { "Change" } dd { a href={ "/projects/" (p) "/changes/" (c.number) } { "#" (c.number) " " (c.title) } }
+                }
+                dt { "Command" } dd { code { (build.command.as_deref().unwrap_or("—")) } }
+                dt { "Network" } dd { (if build.network == Some(true) { "allowed" } else { "none" }) }
+                dt { "Pipeline file sha256" } dd { code.sha { (build.pipeline_digest.as_deref().unwrap_or("—")) } }
+                dt { "Build script sha256" } dd { code.sha { (build.script_digest.as_deref().unwrap_or("—")) } }
+                dt { "Worker" } dd { (build.worker.as_deref().unwrap_or("—")) }
+                dt { "Queued" } dd { (html::when(build.queued_at)) }
+                @if let Some(at) = build.finished_at { dt { "Finished" } dd { (html::when(at)) } }
+                @if let Some(reason) = &build.reason { dt { "Why" } dd { (reason) } }
+            }
+        }
+        section {
+            h2 { "Artifacts" }
+            @if build.artifacts.is_empty() {
+                p.empty { "No artifact." }
+            } @else {
+                table.list #artifacts {
+                    thead { tr { th { "Name" } th { "sha256" } th { "Size" } } }
+                    tbody {
+                        @for artifact in &build.artifacts {
+                            tr {
+                                td { (artifact.name) }
+                                td { a href={ "/projects/" (p) "/artifacts/" (seg(&artifact.digest)) } { code.sha { (short(&artifact.digest)) } } }
+                                td { (artifact.size) " bytes" }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        section {
+            h2 { "Provenance" }
+            @match &provenance {
+                None => p.empty { "No provenance: the build made no artifact." },
+                Some(Err(why)) => p.refusal #provenance-check { (why) },
+                Some(Ok(statement)) => {
+                    p.notice.ok #provenance-check { "✓ SLSA provenance v1, signed by custody's builder key; the signature verifies." }
+                    details { summary { "The signed statement" } pre.log { (serde_json::to_string_pretty(statement).unwrap_or_default()) } }
+                },
+            }
+        }
+        section {
+            h2 { "Log" }
+            pre.log #build-log { @for chunk in &log { (chunk.data) } }
+        }
     };
-    fact(
-        &mut body,
-        "Commit",
-        &format!("<code class=\"sha\">{}</code> on <code>{}</code>", esc(&build.commit), esc(&build.branch)),
-    );
-    if let Some(c) = &change {
-        fact(
-            &mut body,
-            "Change",
-            &format!("<a href=\"/projects/{p}/changes/{n}\">#{n} {}</a>", esc(&c.title), n = c.number),
-        );
-    }
-    fact(&mut body, "Command", &format!("<code>{}</code>", esc(build.command.as_deref().unwrap_or("—"))));
-    fact(&mut body, "Network", if build.network == Some(true) { "allowed" } else { "none" });
-    fact(
-        &mut body,
-        "Pipeline file sha256",
-        &format!("<code class=\"sha\">{}</code>", esc(build.pipeline_digest.as_deref().unwrap_or("—"))),
-    );
-    fact(
-        &mut body,
-        "Build script sha256",
-        &format!("<code class=\"sha\">{}</code>", esc(build.script_digest.as_deref().unwrap_or("—"))),
-    );
-    fact(&mut body, "Worker", &esc(build.worker.as_deref().unwrap_or("—")).to_string());
-    fact(&mut body, "Queued", &esc(&html::when(build.queued_at)).to_string());
-    if let Some(at) = build.finished_at {
-        fact(&mut body, "Finished", &esc(&html::when(at)).to_string());
-    }
-    if let Some(reason) = &build.reason {
-        fact(&mut body, "Why", &esc(reason).to_string());
-    }
-    body.push_str("</dl></section><section><h2>Artifacts</h2>");
-    if build.artifacts.is_empty() {
-        body.push_str("<p class=\"empty\">No artifact.</p>");
-    } else {
-        body.push_str("<table class=\"list\" id=\"artifacts\"><thead><tr><th>Name</th><th>sha256</th><th>Size</th></tr></thead><tbody>");
-        for artifact in &build.artifacts {
-            push(
-                &mut body,
-                format_args!(
-                    "<tr><td>{}</td><td><a href=\"/projects/{p}/artifacts/{}\"><code class=\"sha\">{}</code></a></td><td>{} bytes</td></tr>",
-                    esc(&artifact.name),
-                    seg(&artifact.digest),
-                    esc(short(&artifact.digest)),
-                    artifact.size
-                ),
-            );
-        }
-        body.push_str("</tbody></table>");
-    }
-    body.push_str("</section><section><h2>Provenance</h2>");
-    match provenance.as_deref().map(|p| open(&state, p, KeyRole::Builder)) {
-        None => body.push_str("<p class=\"empty\">No provenance: the build made no artifact.</p>"),
-        Some(Err(why)) => {
-            push(&mut body, format_args!("<p class=\"refusal\" id=\"provenance-check\">{}</p>", esc(&why)))
-        }
-        Some(Ok(statement)) => {
-            let pretty = serde_json::to_string_pretty(&statement).unwrap_or_default();
-            push(
-                &mut body,
-                format_args!(
-                    "<p class=\"notice ok\" id=\"provenance-check\">✓ SLSA provenance v1, signed by custody's builder key; the signature verifies.</p>\
-                     <details><summary>The signed statement</summary><pre class=\"log\">{}</pre></details>",
-                    esc(&pretty)
-                ),
-            );
-        }
-    }
-    body.push_str("</section><section><h2>Log</h2><pre class=\"log\" id=\"build-log\">");
-    for chunk in &log {
-        body.push_str(&esc(&chunk.data).to_string());
-    }
-    body.push_str("</pre></section>");
-    Ok(html::document(&format!("Build {number}"), Some(&visitor), &body).into_response())
+    Ok(html::page(&format!("Build {number}"), Some(&visitor), body).into_response())
 }
 
 /// One artifact: its digest, size and every build that made it.
@@ -366,33 +328,26 @@ pub(crate) async fn artifact(
     }
     let made = state.store().artifact(&access, &digest).await?;
     let p = seg(&project);
-    let mut body = format!(
-        "<p class=\"crumbs\"><a href=\"/projects\">Projects</a> / <a href=\"/projects/{p}\">{}</a> /</p><h1>Artifact</h1>\
-         <dl class=\"facts\"><dt>sha256</dt><dd><code class=\"sha\">{}</code></dd>",
-        esc(&project),
-        esc(&digest)
-    );
-    if let Some(first) = made.first() {
-        push(
-            &mut body,
-            format_args!("<dt>Name</dt><dd>{}</dd><dt>Size</dt><dd>{} bytes</dd>", esc(&first.name), first.size),
-        );
-    }
-    body.push_str("</dl><h2>Made by</h2><ul class=\"plain\">");
-    for a in &made {
-        push(
-            &mut body,
-            format_args!(
-                "<li><a href=\"/projects/{p}/builds/{b}\">build {b}</a> of <code class=\"sha\">{}</code>, {}</li>",
-                esc(short(&a.commit)),
-                esc(&html::when(a.created_at)),
-                b = a.build
-            ),
-        );
-    }
-    body.push_str(
-        "</ul><p class=\"hint\">Only custody's builder stores artifacts; each download is re-hashed. \
-                   Fetch it with <code>custody artifact get</code>.</p>",
-    );
-    Ok(html::document("Artifact", Some(&visitor), &body).into_response())
+    let body = html! {
+        p.crumbs { a href="/projects" { "Projects" } " / " a href={ "/projects/" (p) } { (project) } " /" }
+        h1 { "Artifact" }
+        dl.facts {
+            dt { "sha256" } dd { code.sha { (digest) } }
+            @if let Some(first) = made.first() {
+                dt { "Name" } dd { (first.name) }
+                dt { "Size" } dd { (first.size) " bytes" }
+            }
+        }
+        h2 { "Made by" }
+        ul.plain {
+            @for a in &made {
+                li {
+                    a href={ "/projects/" (p) "/builds/" (a.build) } { "build " (a.build) } " of "
+                    code.sha { (short(&a.commit)) } ", " (html::when(a.created_at))
+                }
+            }
+        }
+        p.hint { "Only custody's builder stores artifacts; each download is re-hashed. Fetch it with " code { "custody artifact get" } "." }
+    };
+    Ok(html::page("Artifact", Some(&visitor), body).into_response())
 }

@@ -8,25 +8,23 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use custody_store::{DeployDecision, DeploymentView, ProjectAccess};
 
-use super::html::{self, esc, push, seg, short, status};
+use maud::{html, Markup};
+
+use super::html::{self, seg, short, status};
 use super::projects::{access, environments, with_decisions};
 use super::session::{see_other, Posted, Visitor};
 use super::{WebError, WebPath, WebResult};
 use crate::AppState;
 
-fn decisions(deployment: &DeploymentView) -> String {
-    if deployment.decisions.is_empty() {
-        return "—".to_owned();
+fn decisions(deployment: &DeploymentView) -> Markup {
+    html! {
+        @if deployment.decisions.is_empty() { "—" }
+        @for (i, d) in deployment.decisions.iter().enumerate() {
+            @if i > 0 { br; }
+            (status(&d.kind)) " " (d.user)
+            @if !d.message.is_empty() { ": “" (d.message) "”" }
+        }
     }
-    deployment
-        .decisions
-        .iter()
-        .map(|d| {
-            let said = if d.message.is_empty() { String::new() } else { format!(": “{}”", esc(&d.message)) };
-            format!("{} {}{said}", status(&d.kind), esc(&d.user))
-        })
-        .collect::<Vec<_>>()
-        .join("<br>")
 }
 
 /// One environment.
@@ -48,68 +46,46 @@ pub(crate) async fn environment(
     with_decisions(&state, &access, Some(&name), &mut env.waiting).await?;
     let e = &env.environment;
     let p = seg(&project);
-
-    let mut body = format!(
-        "<p class=\"crumbs\"><a href=\"/projects\">Projects</a> / <a href=\"/projects/{p}\">{}</a> /</p><h1>Environment {}</h1>",
-        esc(&project),
-        esc(&name)
-    );
-    body.push_str(&gate_and_live(e, env.live.as_ref(), &p));
-    body.push_str("<h2>Waiting</h2>");
-    if env.waiting.is_empty() {
-        body.push_str("<p class=\"empty\">Nothing waits.</p>");
+    let mut waiting = Vec::with_capacity(env.waiting.len());
+    for deployment in &env.waiting {
+        waiting.push(waiting_deployment(&state, &access, &visitor, e, deployment, &p).await?);
     }
-    for waiting in &env.waiting {
-        body.push_str(&waiting_deployment(&state, &access, &visitor, e, waiting, &p).await?);
-    }
-    body.push_str(&history_table(&history, &p));
-    Ok(html::document(&format!("Environment {name}"), Some(&visitor), &body).into_response())
+    let body = html! {
+        p.crumbs { a href="/projects" { "Projects" } " / " a href={ "/projects/" (p) } { (project) } " /" }
+        h1 { "Environment " (name) }
+        (gate_and_live(e, env.live.as_ref(), &p))
+        h2 { "Waiting" }
+        @if waiting.is_empty() { p.empty { "Nothing waits." } }
+        @for w in waiting { (w) }
+        (history_table(&history, &p))
+    };
+    Ok(html::page(&format!("Environment {name}"), Some(&visitor), body).into_response())
 }
 
 /// The environment's gate as the mainline defines it, and what is live.
-fn gate_and_live(e: &custody_domain::pipeline::Environment, live: Option<&DeploymentView>, p: &str) -> String {
-    let mut body = String::new();
-    body.push_str("<section><h2>Gate and what is live</h2><dl class=\"facts\">");
-    push(
-        &mut body,
-        format_args!("<dt>After</dt><dd>{}</dd>", esc(e.after.as_deref().unwrap_or("— (deployed after each build)"))),
-    );
-    push(
-        &mut body,
-        format_args!(
-            "<dt>Approvals</dt><dd>{} from {}</dd>",
-            e.approvals,
-            esc(&e.approvers.as_ref().map(ToString::to_string).unwrap_or_else(|| "nobody".into()))
-        ),
-    );
-    push(
-        &mut body,
-        format_args!(
-            "<dt>Manual tests</dt><dd>{}</dd>",
-            esc(&e.testers.as_ref().map(|t| format!("signed off by a member of {t}")).unwrap_or_else(|| "none".into()))
-        ),
-    );
-    if let Some(soak) = e.soak {
-        push(&mut body, format_args!("<dt>Soak</dt><dd>{} s in the previous environment</dd>", soak.as_secs()));
+fn gate_and_live(e: &custody_domain::pipeline::Environment, live: Option<&DeploymentView>, p: &str) -> Markup {
+    html! {
+        section {
+            h2 { "Gate and what is live" }
+            dl.facts {
+                dt { "After" } dd { (e.after.as_deref().unwrap_or("— (deployed after each build)")) }
+                dt { "Approvals" }
+                dd { (e.approvals) " from " (e.approvers.as_ref().map(ToString::to_string).unwrap_or_else(|| "nobody".into())) }
+                dt { "Manual tests" }
+                dd { (e.testers.as_ref().map(|t| format!("signed off by a member of {t}")).unwrap_or_else(|| "none".into())) }
+                @if let Some(soak) = e.soak { dt { "Soak" } dd { (soak.as_secs()) " s in the previous environment" } }
+                dt { "Reviewers may approve" } dd { (if e.reviewers_may_approve { "yes" } else { "no" }) }
+                dt { "Live" }
+                @match live {
+                    Some(d) => dd #live {
+                        a href={ "/projects/" (p) "/builds/" (d.build) } { "build " (d.build) } " "
+                        code.sha { (short(&d.commit)) } " since " (d.finished_at.map(html::when).unwrap_or_default())
+                    },
+                    None => dd #live { "nothing yet" },
+                }
+            }
+        }
     }
-    push(
-        &mut body,
-        format_args!("<dt>Reviewers may approve</dt><dd>{}</dd>", if e.reviewers_may_approve { "yes" } else { "no" }),
-    );
-    match live {
-        Some(d) => push(
-            &mut body,
-            format_args!(
-                "<dt>Live</dt><dd id=\"live\"><a href=\"/projects/{p}/builds/{b}\">build {b}</a> <code class=\"sha\">{}</code> since {}</dd>",
-                esc(short(&d.commit)),
-                esc(&d.finished_at.map(html::when).unwrap_or_default()),
-                b = d.build
-            ),
-        ),
-        None => body.push_str("<dt>Live</dt><dd id=\"live\">nothing yet</dd>"),
-    }
-    body.push_str("</dl></section>");
-    body
 }
 
 /// A deployment waiting: its gate, the decisions so far, and the buttons
@@ -122,31 +98,27 @@ async fn waiting_deployment(
     e: &custody_domain::pipeline::Environment,
     waiting: &DeploymentView,
     p: &str,
-) -> WebResult<String> {
-    let mut body = String::new();
-    push(
-        &mut body,
-        format_args!(
-            "<section class=\"deployment\" id=\"deployment-{n}\"><h3>Deployment {n} of <a href=\"/projects/{p}/builds/{b}\">build {b}</a> {}</h3>\
-             <p class=\"meta\">commit <code class=\"sha\">{}</code> · requested by {}{}</p>",
-            html::badge(waiting.status),
-            esc(short(&waiting.commit)),
-            esc(waiting.requested_by.as_deref().unwrap_or("custody (promotion)")),
-            waiting.break_glass.as_deref().map(|r| format!(" · <strong>break-glass</strong>: {}", esc(r))).unwrap_or_default(),
-            n = waiting.number,
-            b = waiting.build
-        ),
-    );
+) -> WebResult<Markup> {
+    let heading = html! {
+        h3 {
+            "Deployment " (waiting.number) " of " a href={ "/projects/" (p) "/builds/" (waiting.build) } { "build " (waiting.build) }
+            " " (html::badge(waiting.status))
+        }
+        p.meta {
+            "commit " code.sha { (short(&waiting.commit)) } " · requested by "
+            (waiting.requested_by.as_deref().unwrap_or("custody (promotion)"))
+            @if let Some(reason) = &waiting.break_glass { " · " strong { "break-glass" } ": " (reason) }
+        }
+    };
+    let id = format!("deployment-{}", waiting.number);
     if waiting.status != custody_domain::status::DeploymentStatus::Pending {
-        body.push_str("<p class=\"hint\">Its gate is open: the deployer runs it.</p></section>");
-        return Ok(body);
+        return Ok(html! {
+            section.deployment id=(id) { (heading) p.hint { "Its gate is open: the deployer runs it." } }
+        });
     }
     let context = state.release_context(access, &waiting.environment, &waiting.commit).await?;
     let (_, gate, standing) =
         state.store().deployment_standing(access, waiting.number, context, &visitor.auth.name).await?;
-    push(&mut body, format_args!("<div class=\"gate\" data-open=\"{}\"><h4>Gate</h4>", gate.open));
-    body.push_str(&html::rules(&gate.rules));
-    push(&mut body, format_args!("</div><p class=\"meta\">Decisions: {}</p>", decisions(waiting)));
     let member = custody_domain::access::decide_deploy_member(
         &visitor.auth.name,
         &access.project,
@@ -154,71 +126,59 @@ async fn waiting_deployment(
         visitor.auth.scopes,
         custody_domain::access::DeployAction::Decide,
     );
-    if !member.allowed {
-        body.push_str("<div class=\"hint decide-refusal\">");
-        body.push_str(&html::refusal_notes(&member));
-        body.push_str("</div></section>");
-        return Ok(body);
-    }
     let action = format!("/projects/{p}/deployments/{}/decide", waiting.number);
-    body.push_str(&html::form(&action, visitor, "decide"));
-    body.push_str("<label>Message <textarea name=\"message\" rows=\"2\" class=\"decision-message\"></textarea></label><div class=\"buttons\">");
-    let disabled = if standing.approve.is_some() { " disabled" } else { "" };
-    push(
-        &mut body,
-        format_args!(
-            "<button type=\"submit\" name=\"decision\" value=\"approve\" class=\"primary approve-deployment\"{disabled}>Approve</button>\
-             <button type=\"submit\" name=\"decision\" value=\"reject\" class=\"reject-deployment\"{disabled}>Reject</button>"
-        ),
-    );
-    if e.testers.is_some() {
-        let disabled = if standing.sign_off.is_some() { " disabled" } else { "" };
-        push(
-            &mut body,
-            format_args!(
-                "<button type=\"submit\" name=\"decision\" value=\"test_passed\" class=\"tests-passed\"{disabled}>Tests passed</button>\
-                 <button type=\"submit\" name=\"decision\" value=\"test_failed\" class=\"tests-failed\"{disabled}>Tests failed</button>"
-            ),
-        );
-    }
-    body.push_str("</div></form>");
-    if let Some(reason) = &standing.approve {
-        push(&mut body, format_args!("<div class=\"approve-refusal\">{}</div>", html::refusal_note(reason)));
-    }
-    if let (Some(reason), Some(_)) = (&standing.sign_off, &e.testers) {
-        push(&mut body, format_args!("<div class=\"sign-off-refusal\">{}</div>", html::refusal_note(reason)));
-    }
-    body.push_str("</section>");
-    Ok(body)
+    Ok(html! {
+        section.deployment id=(id) {
+            (heading)
+            div.gate data-open=(gate.open) { h4 { "Gate" } (html::rules(&gate.rules)) }
+            p.meta { "Decisions: " (decisions(waiting)) }
+            @if !member.allowed {
+                div.hint.decide-refusal { (html::refusal_notes(&member)) }
+            } @else {
+                (html::post_form(&action, visitor, "decide", html! {
+                    label { "Message " textarea name="message" rows="2" class="decision-message" {} }
+                    div.buttons {
+                        button type="submit" name="decision" value="approve" class="primary approve-deployment" disabled[standing.approve.is_some()] { "Approve" }
+                        button type="submit" name="decision" value="reject" class="reject-deployment" disabled[standing.approve.is_some()] { "Reject" }
+                        @if e.testers.is_some() {
+                            button type="submit" name="decision" value="test_passed" class="tests-passed" disabled[standing.sign_off.is_some()] { "Tests passed" }
+                            button type="submit" name="decision" value="test_failed" class="tests-failed" disabled[standing.sign_off.is_some()] { "Tests failed" }
+                        }
+                    }
+                }))
+                @if let Some(reason) = &standing.approve { div.approve-refusal { (html::refusal_note(reason)) } }
+                @if let (Some(reason), Some(_)) = (&standing.sign_off, &e.testers) {
+                    div.sign-off-refusal { (html::refusal_note(reason)) }
+                }
+            }
+        }
+    })
 }
 
 /// Every deployment to the environment, newest first.
-fn history_table(history: &[DeploymentView], p: &str) -> String {
-    let mut body = String::new();
-    body.push_str("<h2>History</h2>");
-    if history.is_empty() {
-        body.push_str("<p class=\"empty\">No deployment yet.</p>");
-    } else {
-        body.push_str("<table class=\"list\" id=\"history\"><thead><tr><th>#</th><th>Build</th><th>Status</th><th>Requested by</th><th>Decisions</th><th>Finished</th></tr></thead><tbody>");
-        for d in history {
-            push(
-                &mut body,
-                format_args!(
-                    "<tr><td>{}</td><td><a href=\"/projects/{p}/builds/{b}\">build {b}</a> <code class=\"sha\">{}</code></td><td>{}{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                    d.number,
-                    esc(short(&d.commit)),
-                    html::badge(d.status),
-                    d.reason.as_deref().map(|r| format!("<div class=\"hint\">{}</div>", esc(r))).unwrap_or_default(),
-                    esc(d.requested_by.as_deref().unwrap_or("custody (promotion)")),
-                    decisions(d),
-                    esc(&d.finished_at.map(html::when).unwrap_or_default()),
-                    b = d.build
-                ),
-            );
+fn history_table(history: &[DeploymentView], p: &str) -> Markup {
+    html! {
+        h2 { "History" }
+        @if history.is_empty() {
+            p.empty { "No deployment yet." }
+        } @else {
+            table.list #history {
+                thead { tr { th { "#" } th { "Build" } th { "Status" } th { "Requested by" } th { "Decisions" } th { "Finished" } } }
+                tbody {
+                    @for d in history {
+                        tr {
+                            td { (d.number) }
+                            td { a href={ "/projects/" (p) "/builds/" (d.build) } { "build " (d.build) } " " code.sha { (short(&d.commit)) } }
+                            td { (html::badge(d.status)) @if let Some(r) = &d.reason { div.hint { (r) } } }
+                            td { (d.requested_by.as_deref().unwrap_or("custody (promotion)")) }
+                            td { (decisions(d)) }
+                            td { (d.finished_at.map(html::when).unwrap_or_default()) }
+                        }
+                    }
+                }
+            }
         }
-        body.push_str("</tbody></table>");
     }
-    body
 }
 
 /// Records a decision on a pending deployment, through the same store call

@@ -1,41 +1,17 @@
-//! Writing HTML: one escaping helper that every interpolated value goes
-//! through, the page's frame, and the pieces many pages share (a rule list
-//! with pass or fail, a list of reasons, a form with its CSRF token).
+//! Writing HTML with maud templates, which escape every interpolated value
+//! and are checked when custody compiles: the page's frame, and the pieces
+//! many pages share (a rule list with pass or fail, a list of reasons, a
+//! form with its CSRF token).
 
-use std::fmt::{self, Display, Write as _};
+use std::fmt::Write as _;
 
 use axum::response::Html;
 use custody_domain::gate::RuleOutcome;
 use custody_domain::status::{BuildStatus, ChangeState, CheckStatus, DeploymentStatus};
 use custody_domain::{Reason, Timestamp};
+use maud::{html, Markup, DOCTYPE};
 
 use super::session::Visitor;
-
-/// Text made safe for HTML, in element content and in quoted attributes.
-pub struct Esc<'a>(&'a str);
-
-/// Escapes `text` for HTML.
-pub fn esc(text: &str) -> Esc<'_> {
-    Esc(text)
-}
-
-impl Display for Esc<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut rest = self.0;
-        while let Some(at) = rest.find(['&', '<', '>', '"', '\'']) {
-            f.write_str(&rest[..at])?;
-            f.write_str(match rest.as_bytes()[at] {
-                b'&' => "&amp;",
-                b'<' => "&lt;",
-                b'>' => "&gt;",
-                b'"' => "&quot;",
-                _ => "&#39;",
-            })?;
-            rest = &rest[at + 1..];
-        }
-        f.write_str(rest)
-    }
-}
 
 /// Text for a path segment of a link: everything but unreserved characters
 /// percent-encoded (the result needs no further escaping in an attribute).
@@ -49,11 +25,6 @@ pub fn seg(text: &str) -> String {
         }
     }
     out
-}
-
-/// Appends formatted text to a page being written.
-pub fn push(out: &mut String, args: fmt::Arguments<'_>) {
-    let _ = out.write_fmt(args);
 }
 
 /// The first characters of a commit id or digest.
@@ -72,14 +43,14 @@ pub fn when(at: Timestamp) -> String {
 }
 
 /// A status as a coloured label.
-pub fn status(text: &str) -> String {
+pub fn status(text: &str) -> Markup {
     let class = match text {
         "approved" | "approve" | "test_passed" | "active" => "ok",
         "rejected" | "reject" | "test_failed" | "request_changes" => "bad",
         "pending" => "wait",
         _ => "plain",
     };
-    format!("<span class=\"badge {class}\">{}</span>", esc(&text.replace('_', " ")))
+    html! { span class={ "badge " (class) } { (text.replace('_', " ")) } }
 }
 
 /// How a state looks on a page.
@@ -173,134 +144,101 @@ impl Shown for DeploymentStatus {
 }
 
 /// A status as a badge.
-pub fn badge(state: impl Shown) -> String {
-    format!("<span class=\"badge {}\">{}</span>", state.tone().class(), esc(&state.name().replace('_', " ")))
+pub fn badge(state: impl Shown) -> Markup {
+    html! { span class={ "badge " (state.tone().class()) } { (state.name().replace('_', " ")) } }
 }
 
 /// A list of rules, each passed or failed, with what would satisfy a failed one.
-pub fn rules(rules: &[RuleOutcome]) -> String {
-    let mut out = String::from("<ul class=\"rules\">");
-    for rule in rules {
-        let (class, mark) = if rule.passed { ("pass", "✓ pass") } else { ("fail", "✗ fail") };
-        push(
-            &mut out,
-            format_args!(
-                "<li class=\"rule {class}\" data-rule=\"{}\"><span class=\"mark\">{mark}</span> \
-                 <span class=\"message\">{}</span> <code class=\"rule-name\">{}</code>",
-                esc(&rule.rule),
-                esc(&rule.message),
-                esc(&rule.rule)
-            ),
-        );
-        if let Some(satisfy) = &rule.satisfy {
-            push(&mut out, format_args!("<div class=\"satisfy\">To pass: {}</div>", esc(satisfy)));
+pub fn rules(rules: &[RuleOutcome]) -> Markup {
+    html! {
+        ul.rules {
+            @for rule in rules {
+                li class={ "rule " (if rule.passed { "pass" } else { "fail" }) } data-rule=(rule.rule) {
+                    span.mark { (if rule.passed { "✓ pass" } else { "✗ fail" }) }
+                    " " span.message { (rule.message) } " " code.rule-name { (rule.rule) }
+                    @if let Some(satisfy) = &rule.satisfy { div.satisfy { "To pass: " (satisfy) } }
+                }
+            }
         }
-        out.push_str("</li>");
     }
-    out.push_str("</ul>");
-    out
 }
 
 /// The reasons of a refusal, each naming its rule and what would satisfy it.
-pub fn reasons(reasons: &[Reason]) -> String {
-    if reasons.is_empty() {
-        return String::new();
-    }
-    let mut out = String::from("<ul class=\"rules reasons\">");
-    for reason in reasons {
-        push(
-            &mut out,
-            format_args!(
-                "<li class=\"rule fail\" data-rule=\"{}\"><span class=\"mark\">✗ refused</span> \
-                 <span class=\"message\">{}</span> <code class=\"rule-name\">{}</code>",
-                esc(&reason.rule),
-                esc(&reason.message),
-                esc(&reason.rule)
-            ),
-        );
-        if let Some(satisfy) = &reason.satisfy {
-            push(&mut out, format_args!("<div class=\"satisfy\">What would satisfy it: {}</div>", esc(satisfy)));
+pub fn reasons(reasons: &[Reason]) -> Markup {
+    html! {
+        @if !reasons.is_empty() {
+            ul.rules.reasons {
+                @for reason in reasons {
+                    li.rule.fail data-rule=(reason.rule) {
+                        span.mark { "✗ refused" } " " span.message { (reason.message) } " "
+                        code.rule-name { (reason.rule) }
+                        @if let Some(satisfy) = &reason.satisfy { div.satisfy { "What would satisfy it: " (satisfy) } }
+                    }
+                }
+            }
         }
-        out.push_str("</li>");
     }
-    out.push_str("</ul>");
-    out
 }
 
 /// A reason shown next to a button that is disabled because of it.
-pub fn refusal_note(reason: &Reason) -> String {
-    let mut out = format!(
-        "<div class=\"refusal\" data-rule=\"{}\"><strong>Not yours to take:</strong> {} <code class=\"rule-name\">{}</code>",
-        esc(&reason.rule),
-        esc(&reason.message),
-        esc(&reason.rule)
-    );
-    if let Some(satisfy) = &reason.satisfy {
-        push(&mut out, format_args!("<div class=\"satisfy\">What would satisfy it: {}</div>", esc(satisfy)));
+pub fn refusal_note(reason: &Reason) -> Markup {
+    html! {
+        div.refusal data-rule=(reason.rule) {
+            strong { "Not yours to take:" } " " (reason.message) " " code.rule-name { (reason.rule) }
+            @if let Some(satisfy) = &reason.satisfy { div.satisfy { "What would satisfy it: " (satisfy) } }
+        }
     }
-    out.push_str("</div>");
-    out
 }
 
 /// A refused decision's reasons, each as a refusal note.
-pub fn refusal_notes(decision: &custody_domain::Decision) -> String {
-    decision.reasons.iter().map(refusal_note).collect()
+pub fn refusal_notes(decision: &custody_domain::Decision) -> Markup {
+    html! { @for reason in &decision.reasons { (refusal_note(reason)) } }
 }
 
-/// The opening of a POST form to `action` with the visitor's CSRF token.
-pub fn form(action: &str, visitor: &Visitor, class: &str) -> String {
-    format!(
-        "<form method=\"post\" action=\"{}\" class=\"{}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">",
-        esc(action),
-        esc(class),
-        esc(visitor.csrf())
-    )
+/// The CSRF token field every form carries.
+pub fn csrf(visitor: &Visitor) -> Markup {
+    html! { input type="hidden" name="csrf" value=(visitor.csrf()); }
+}
+
+/// A POST form to `action` with the visitor's CSRF token around `fields`.
+pub fn post_form(action: &str, visitor: &Visitor, class: &str, fields: Markup) -> Markup {
+    html! { form method="post" action=(action) class=(class) { (csrf(visitor)) (fields) } }
 }
 
 /// A whole page around markup made by a template.
-pub fn page(title: &str, visitor: Option<&Visitor>, body: maud::Markup) -> Html<String> {
-    document(title, visitor, &body.into_string())
-}
-
-/// A whole page: the frame (navigation, who is signed in) around `body`.
-pub fn document(title: &str, visitor: Option<&Visitor>, body: &str) -> Html<String> {
-    let mut out = String::with_capacity(body.len() + 2048);
-    push(
-        &mut out,
-        format_args!(
-            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-             <title>{} · custody</title><link rel=\"stylesheet\" href=\"/static/custody.css\">\
-             <script src=\"/static/custody.js\" defer></script></head><body>\
-             <header class=\"top\"><a class=\"brand\" href=\"/work\">custody</a>",
-            esc(title)
-        ),
-    );
-    if let Some(visitor) = visitor {
-        out.push_str(
-            "<nav><a href=\"/work\" id=\"nav-work\">My work <span class=\"count\" id=\"work-count\" hidden></span></a>\
-             <a href=\"/projects\">Projects</a>",
-        );
-        if visitor.auth.reads_everything() {
-            out.push_str("<a href=\"/audit\">Audit</a>");
+pub fn page(title: &str, visitor: Option<&Visitor>, body: Markup) -> Html<String> {
+    let page = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · custody" }
+                link rel="stylesheet" href="/static/custody.css";
+                script src="/static/custody.js" defer {}
+            }
+            body {
+                header.top {
+                    a.brand href="/work" { "custody" }
+                    @if let Some(visitor) = visitor {
+                        nav aria-label="Main" {
+                            a #nav-work href="/work" { "My work " span.count #work-count hidden {} }
+                            a href="/projects" { "Projects" }
+                            @if visitor.auth.reads_everything() { a href="/audit" { "Audit" } }
+                            @if visitor.auth.is_admin { a href="/admin" { "Admin" } }
+                        }
+                        div.who {
+                            "Signed in as " strong #signed-in-as { (visitor.auth.name.as_str()) }
+                            (post_form("/logout", visitor, "inline", html! { button type="submit" class="link" { "Sign out" } }))
+                        }
+                    }
+                }
+                main { (body) }
+                footer { "custody · segregation of duties from commit to production" }
+            }
         }
-        if visitor.auth.is_admin {
-            out.push_str("<a href=\"/admin\">Admin</a>");
-        }
-        push(
-            &mut out,
-            format_args!(
-                "</nav><div class=\"who\">Signed in as <strong id=\"signed-in-as\">{}</strong>{}\
-                 <button type=\"submit\" class=\"link\">Sign out</button></form></div>",
-                esc(visitor.auth.name.as_str()),
-                form("/logout", visitor, "inline")
-            ),
-        );
-    }
-    out.push_str("</header><main>");
-    out.push_str(body);
-    out.push_str("</main><footer>custody · segregation of duties from commit to production</footer></body></html>\n");
-    Html(out)
+    };
+    Html(page.into_string())
 }
 
 #[cfg(test)]
@@ -309,17 +247,10 @@ mod tests {
 
     #[test]
     fn each_status_is_shown_by_its_own_tone_not_by_its_spelling() {
-        assert_eq!(badge(DeploymentStatus::Rejected), "<span class=\"badge bad\">rejected</span>");
-        assert_eq!(badge(CheckStatus::NotRequired), "<span class=\"badge plain\">not required</span>");
-        assert_eq!(badge(ChangeState::Merged), "<span class=\"badge ok\">merged</span>");
+        assert_eq!(badge(DeploymentStatus::Rejected).into_string(), "<span class=\"badge bad\">rejected</span>");
+        assert_eq!(badge(CheckStatus::NotRequired).into_string(), "<span class=\"badge plain\">not required</span>");
+        assert_eq!(badge(ChangeState::Merged).into_string(), "<span class=\"badge ok\">merged</span>");
         assert_eq!(BuildStatus::Running.tone(), Tone::Wait);
-    }
-
-    #[test]
-    fn every_character_that_could_open_markup_is_escaped() {
-        let title = "<script>alert('x')</script> & \"quoted\"";
-        assert_eq!(esc(title).to_string(), "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;quoted&quot;");
-        assert_eq!(esc("plain text é").to_string(), "plain text é");
     }
 
     #[test]
@@ -329,7 +260,8 @@ mod tests {
             passed: false,
             message: "<img src=x onerror=alert(1)>".into(),
             satisfy: Some("<b>".into()),
-        }]);
+        }])
+        .into_string();
         assert!(!rendered.contains("<img"), "{rendered}");
         assert!(rendered.contains("&lt;img src=x onerror=alert(1)&gt;"), "{rendered}");
         assert!(rendered.contains("To pass: &lt;b&gt;"), "{rendered}");

@@ -5,10 +5,12 @@
 //! The pages know no SQL and decide no rule: a handler signs the visitor in
 //! (a cookie holding a day-long token), checks a form's CSRF token, calls
 //! the store method the API calls, and renders what comes back, the
-//! `Reason`s of a refusal included. Every value interpolated into HTML goes
-//! through [`html::esc`]. The one stylesheet is served from the binary, and
-//! every page is sent with a Content-Security-Policy that allows nothing
-//! from elsewhere and no inline script or style.
+//! `Reason`s of a refusal included. Every page is a maud template: a value
+//! interpolated into HTML is escaped unless the code says otherwise (none
+//! does), and a malformed template does not compile. The one stylesheet and
+//! the one script (the navigation bar's count) are served from the binary,
+//! and every page is sent with a Content-Security-Policy that allows
+//! nothing from elsewhere and no inline script or style.
 
 mod admin;
 mod audit;
@@ -168,14 +170,13 @@ impl IntoResponse for WebError {
             status if status.is_server_error() => "Something went wrong",
             _ => "Cannot do that",
         };
-        let mut body = String::new();
-        html::push(&mut body, format_args!("<h1>{}</h1>", html::esc(title)));
-        html::push(&mut body, format_args!("<p class=\"lead\" id=\"error\">{}</p>", html::esc(&self.message)));
-        body.push_str(&html::reasons(&self.reasons));
-        if let Some(back) = &self.back {
-            html::push(&mut body, format_args!("<p><a href=\"{}\" id=\"back\">Back</a></p>", html::esc(back)));
-        }
-        (self.status, html::document(title, None, &body)).into_response()
+        let body = maud::html! {
+            h1 { (title) }
+            p.lead #error { (self.message) }
+            (html::reasons(&self.reasons))
+            @if let Some(back) = &self.back { p { a #back href=(back) { "Back" } } }
+        };
+        (self.status, html::page(title, None, body)).into_response()
     }
 }
 

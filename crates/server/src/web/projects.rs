@@ -7,7 +7,9 @@ use custody_app::releases::EnvironmentState;
 use custody_domain::{ProjectName, Scope};
 use custody_store::{DeploymentView, PageRequest, ProjectAccess};
 
-use super::html::{self, esc, push, seg, short};
+use maud::{html, Markup};
+
+use super::html::{self, seg, short};
 use super::session::Visitor;
 use super::{WebError, WebPath, WebResult};
 use crate::AppState;
@@ -36,30 +38,27 @@ pub(crate) async fn read_git<T: Send + 'static>(
 /// Every project the visitor may read.
 pub(crate) async fn list(State(state): State<AppState>, visitor: Visitor) -> WebResult {
     let projects = state.store().list_projects(&visitor.auth, PageRequest::new(None, Some(PageRequest::MAX))).await?;
-    let mut body = String::from("<h1>Projects</h1>");
-    if projects.items.is_empty() {
-        body.push_str("<p class=\"empty\">No project you may read yet.</p>");
-    } else {
-        body.push_str(
-            "<table class=\"list\" id=\"projects\"><thead><tr><th>Project</th><th>Mainline</th>\
-             <th>Protected branches</th><th>Members</th></tr></thead><tbody>",
-        );
-        for project in &projects.items {
-            push(
-                &mut body,
-                format_args!(
-                    "<tr><td><a href=\"/projects/{}\">{}</a></td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
-                    seg(&project.name),
-                    esc(&project.name),
-                    esc(&project.default_branch),
-                    esc(&project.protected_branches.join(", ")),
-                    project.members.len()
-                ),
-            );
+    let body = html! {
+        h1 { "Projects" }
+        @if projects.items.is_empty() {
+            p.empty { "No project you may read yet." }
+        } @else {
+            table.list #projects {
+                thead { tr { th { "Project" } th { "Mainline" } th { "Protected branches" } th { "Members" } } }
+                tbody {
+                    @for project in &projects.items {
+                        tr {
+                            td { a href={ "/projects/" (seg(&project.name)) } { (project.name) } }
+                            td { code { (project.default_branch) } }
+                            td { (project.protected_branches.join(", ")) }
+                            td { (project.members.len()) }
+                        }
+                    }
+                }
+            }
         }
-        body.push_str("</tbody></table>");
-    }
-    Ok(html::document("Projects", Some(&visitor), &body).into_response())
+    };
+    Ok(html::page("Projects", Some(&visitor), body).into_response())
 }
 
 /// Fills in the decisions taken on each of `deployments` (all to
@@ -117,155 +116,138 @@ pub(crate) async fn show(
     let builds = state.store().list_builds(&access, PageRequest::new(None, Some(10))).await?;
     let queue = state.store().merge_queue(&access.project).await?;
 
-    let mut body = format!("<p class=\"crumbs\"><a href=\"/projects\">Projects</a> /</p><h1>{}</h1>", esc(&project));
-    body.push_str("<div class=\"columns\"><section><h2>Open changes</h2>");
-    if changes.items.is_empty() {
-        body.push_str("<p class=\"empty\">No open change.</p>");
-    } else {
-        body.push_str("<table class=\"list\" id=\"changes\"><thead><tr><th>#</th><th>Title</th><th>From</th><th>Opened by</th></tr></thead><tbody>");
-        for change in &changes.items {
-            push(
-                &mut body,
-                format_args!(
-                    "<tr><td>{n}</td><td><a href=\"/projects/{p}/changes/{n}\">{}</a></td>\
-                     <td><code>{}</code> → <code>{}</code></td><td>{}</td></tr>",
-                    esc(&change.title),
-                    esc(&change.source_branch),
-                    esc(&change.target_branch),
-                    esc(&change.opened_by),
-                    n = change.number,
-                    p = seg(&project),
-                ),
-            );
-        }
-        body.push_str("</tbody></table>");
-    }
-    if !queue.moving.is_empty() || !queue.waiting.is_empty() {
-        body.push_str("<h2>Merge queue</h2><ol id=\"merge-queue\">");
-        for moving in &queue.moving {
-            push(
-                &mut body,
-                format_args!(
-                    "<li><a href=\"/projects/{p}/changes/{n}\">#{n}</a> merged as <code class=\"sha\">{}</code>; \
-                     <code>{}</code> is moving to it</li>",
-                    esc(short(&moving.merge_commit)),
-                    esc(&moving.reference),
-                    n = moving.change,
-                    p = seg(&project),
-                ),
-            );
-        }
-        for waiting in &queue.waiting {
-            push(
-                &mut body,
-                format_args!(
-                    "<li><a href=\"/projects/{p}/changes/{n}\">#{n}</a> {} into <code>{}</code>, \
-                     merged in its turn once its gate is open (asked by {})</li>",
-                    esc(&waiting.title),
-                    esc(&waiting.target),
-                    esc(waiting.asked_by.as_deref().unwrap_or("?")),
-                    n = waiting.change,
-                    p = seg(&project),
-                ),
-            );
-        }
-        body.push_str("</ol>");
-    }
-    body.push_str("</section><section><h2>Branches</h2><ul class=\"plain\" id=\"branches\">");
-    for (branch, id) in &branches {
-        let mark = if *branch == access.default_branch {
-            " <span class=\"badge plain\">mainline, protected</span>"
-        } else if access.protected.contains(branch) {
-            " <span class=\"badge plain\">protected</span>"
-        } else {
-            ""
-        };
-        push(
-            &mut body,
-            format_args!("<li><code>{}</code> <code class=\"sha\">{}</code>{mark}</li>", esc(branch), esc(short(id))),
-        );
-    }
-    if branches.is_empty() {
-        body.push_str("<li class=\"empty\">No branch yet.</li>");
-    }
-    body.push_str("</ul></section></div>");
-
-    body.push_str("<section><h2>Environments</h2>");
-    match &environments {
-        Err(why) => push(
-            &mut body,
-            format_args!("<p class=\"refusal\">The mainline's pipeline file cannot be read: {}</p>", esc(why)),
-        ),
-        Ok(list) if list.is_empty() => {
-            body.push_str("<p class=\"empty\">The mainline's pipeline file names no environment.</p>")
-        }
-        Ok(list) => {
-            body.push_str("<table class=\"list\" id=\"environments\"><thead><tr><th>Environment</th><th>After</th><th>Gate</th><th>Live</th><th>Waiting</th></tr></thead><tbody>");
-            for env in list {
-                let e = &env.environment;
-                let mut gate = Vec::new();
-                if e.approvals > 0 {
-                    gate.push(format!(
-                        "{} approval(s) from {}",
-                        e.approvals,
-                        e.approvers.as_ref().map(ToString::to_string).unwrap_or_default()
-                    ));
+    let p = seg(&project);
+    let body = html! {
+        p.crumbs { a href="/projects" { "Projects" } " /" }
+        h1 { (project) }
+        div.columns {
+            section {
+                h2 { "Open changes" }
+                @if changes.items.is_empty() {
+                    p.empty { "No open change." }
+                } @else {
+                    table.list #changes {
+                        thead { tr { th { "#" } th { "Title" } th { "From" } th { "Opened by" } } }
+                        tbody {
+                            @for change in &changes.items {
+                                tr {
+                                    td { (change.number) }
+                                    td { a href={ "/projects/" (p) "/changes/" (change.number) } { (change.title) } }
+                                    td { code { (change.source_branch) } " → " code { (change.target_branch) } }
+                                    td { (change.opened_by) }
+                                }
+                            }
+                        }
+                    }
                 }
-                if let Some(testers) = &e.testers {
-                    gate.push(format!("test sign-off by {testers}"));
+                @if !queue.moving.is_empty() || !queue.waiting.is_empty() {
+                    h2 { "Merge queue" }
+                    ol #merge-queue {
+                        @for moving in &queue.moving {
+                            li {
+                                a href={ "/projects/" (p) "/changes/" (moving.change) } { "#" (moving.change) }
+                                " merged as " code.sha { (short(&moving.merge_commit)) } "; "
+                                code { (moving.reference) } " is moving to it"
+                            }
+                        }
+                        @for waiting in &queue.waiting {
+                            li {
+                                a href={ "/projects/" (p) "/changes/" (waiting.change) } { "#" (waiting.change) }
+                                " " (waiting.title) " into " code { (waiting.target) }
+                                ", merged in its turn once its gate is open (asked by "
+                                (waiting.asked_by.as_deref().unwrap_or("?")) ")"
+                            }
+                        }
+                    }
                 }
-                if let Some(soak) = e.soak {
-                    gate.push(format!("{} s soak", soak.as_secs()));
-                }
-                let live = match &env.live {
-                    Some(d) => format!(
-                        "<a href=\"/projects/{}/builds/{b}\">build {b}</a> <code class=\"sha\">{}</code>",
-                        seg(&project),
-                        esc(short(&d.commit)),
-                        b = d.build
-                    ),
-                    None => "nothing yet".to_owned(),
-                };
-                push(
-                    &mut body,
-                    format_args!(
-                        "<tr><td><a href=\"/projects/{}/environments/{}\">{}</a></td><td>{}</td><td>{}</td><td>{live}</td><td>{}</td></tr>",
-                        seg(&project),
-                        seg(&e.name),
-                        esc(&e.name),
-                        esc(e.after.as_deref().unwrap_or("—")),
-                        esc(&if gate.is_empty() { "automatic".to_owned() } else { gate.join("; ") }),
-                        env.waiting.iter().map(|d| format!("#{} {}", d.number, html::badge(d.status))).collect::<Vec<_>>().join(" ")
-                    ),
-                );
             }
-            body.push_str("</tbody></table>");
+            section {
+                h2 { "Branches" }
+                ul.plain #branches {
+                    @for (branch, id) in &branches {
+                        li {
+                            code { (branch) } " " code.sha { (short(id)) }
+                            @if *branch == access.default_branch {
+                                " " span.badge.plain { "mainline, protected" }
+                            } @else if access.protected.contains(branch) {
+                                " " span.badge.plain { "protected" }
+                            }
+                        }
+                    }
+                    @if branches.is_empty() { li.empty { "No branch yet." } }
+                }
+            }
         }
-    }
+        section {
+            h2 { "Environments" }
+            @match &environments {
+                Err(why) => p.refusal { "The mainline's pipeline file cannot be read: " (why) },
+                Ok(list) if list.is_empty() => p.empty { "The mainline's pipeline file names no environment." },
+                Ok(list) => table.list #environments {
+                    thead { tr { th { "Environment" } th { "After" } th { "Gate" } th { "Live" } th { "Waiting" } } }
+                    tbody { @for env in list { (environment_row(env, &p)) } }
+                },
+            }
+        }
+        section {
+            h2 { "Latest builds" }
+            @if builds.items.is_empty() {
+                p.empty { "No build yet: the builder builds each merge into the mainline." }
+            } @else {
+                table.list #builds {
+                    thead { tr { th { "Build" } th { "Commit" } th { "Change" } th { "Status" } } }
+                    tbody {
+                        @for build in &builds.items {
+                            tr {
+                                td { a href={ "/projects/" (p) "/builds/" (build.number) } { (build.number) } }
+                                td { code.sha { (short(&build.commit)) } }
+                                td {
+                                    @match build.change {
+                                        Some(c) => a href={ "/projects/" (p) "/changes/" (c) } { "#" (c) },
+                                        None => "—",
+                                    }
+                                }
+                                td { (html::badge(build.status)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok(html::page(&project, Some(&visitor), body).into_response())
+}
 
-    body.push_str("</section><section><h2>Latest builds</h2>");
-    if builds.items.is_empty() {
-        body.push_str("<p class=\"empty\">No build yet: the builder builds each merge into the mainline.</p>");
-    } else {
-        body.push_str("<table class=\"list\" id=\"builds\"><thead><tr><th>Build</th><th>Commit</th><th>Change</th><th>Status</th></tr></thead><tbody>");
-        for build in &builds.items {
-            let change = build
-                .change
-                .map(|c| format!("<a href=\"/projects/{}/changes/{c}\">#{c}</a>", seg(&project)))
-                .unwrap_or_else(|| "—".into());
-            push(
-                &mut body,
-                format_args!(
-                    "<tr><td><a href=\"/projects/{}/builds/{n}\">{n}</a></td><td><code class=\"sha\">{}</code></td><td>{change}</td><td>{}</td></tr>",
-                    seg(&project),
-                    esc(short(&build.commit)),
-                    html::badge(build.status),
-                    n = build.number
-                ),
-            );
-        }
-        body.push_str("</tbody></table>");
+/// One environment of the project's table: its gate in words, what is
+/// live and what waits.
+fn environment_row(env: &EnvironmentState, p: &str) -> Markup {
+    let e = &env.environment;
+    let mut gate = Vec::new();
+    if e.approvals > 0 {
+        gate.push(format!(
+            "{} approval(s) from {}",
+            e.approvals,
+            e.approvers.as_ref().map(ToString::to_string).unwrap_or_default()
+        ));
     }
-    body.push_str("</section>");
-    Ok(html::document(&project, Some(&visitor), &body).into_response())
+    if let Some(testers) = &e.testers {
+        gate.push(format!("test sign-off by {testers}"));
+    }
+    if let Some(soak) = e.soak {
+        gate.push(format!("{} s soak", soak.as_secs()));
+    }
+    html! {
+        tr {
+            td { a href={ "/projects/" (p) "/environments/" (seg(&e.name)) } { (e.name) } }
+            td { (e.after.as_deref().unwrap_or("—")) }
+            td { (if gate.is_empty() { "automatic".to_owned() } else { gate.join("; ") }) }
+            td {
+                @match &env.live {
+                    Some(d) => { a href={ "/projects/" (p) "/builds/" (d.build) } { "build " (d.build) } " " code.sha { (short(&d.commit)) } },
+                    None => "nothing yet",
+                }
+            }
+            td { @for d in &env.waiting { "#" (d.number) " " (html::badge(d.status)) " " } }
+        }
+    }
 }

@@ -21,7 +21,7 @@ use custody_store::Authenticated;
 use serde::Deserialize;
 use sha2::Digest as _;
 
-use super::html::{self, esc, push};
+use super::html;
 use super::{WebError, WebQuery, WebResult};
 use crate::proxies::ClientAddress;
 use crate::AppState;
@@ -206,37 +206,37 @@ fn next_or_home(next: Option<&str>) -> String {
 }
 
 fn login_form(nonce: &str, next: &str, error: Option<&str>) -> Response {
-    let mut body = String::from("<section class=\"signin\"><h1>Sign in to custody</h1>");
-    if let Some(error) = error {
-        push(&mut body, format_args!("<p class=\"refusal\" id=\"error\">{}</p>", esc(error)));
-    }
-    let hidden = format!(
-        "<input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"next\" value=\"{}\">",
-        esc(nonce),
-        esc(next)
-    );
-    push(
-        &mut body,
-        format_args!(
-            "<form method=\"post\" action=\"/login\" class=\"card\" id=\"password-form\">{hidden}\
-             <input type=\"hidden\" name=\"method\" value=\"password\">\
-             <h2>With your password</h2>\
-             <label>Name <input name=\"name\" id=\"name\" autocomplete=\"username\" required></label>\
-             <label>Password <input name=\"password\" id=\"password\" type=\"password\" \
-             autocomplete=\"current-password\" required></label>\
-             <button type=\"submit\" id=\"sign-in\">Sign in</button></form>\
-             <form method=\"post\" action=\"/login\" class=\"card\" id=\"token-form\">{hidden}\
-             <input type=\"hidden\" name=\"method\" value=\"token\">\
-             <h2>With a token</h2>\
-             <label>Token <input name=\"token\" id=\"token\" type=\"password\" autocomplete=\"off\" \
-             placeholder=\"cst_…\" required></label>\
-             <button type=\"submit\" id=\"sign-in-token\">Sign in with the token</button>\
-             <p class=\"hint\">The token stays with you: signing in makes a session of its own, \
-             valid for a day at most, which signing out ends.</p></form></section>"
-        ),
-    );
+    let hidden = maud::html! {
+        input type="hidden" name="csrf" value=(nonce);
+        input type="hidden" name="next" value=(next);
+    };
+    let body = maud::html! {
+        section.signin {
+            h1 { "Sign in to custody" }
+            @if let Some(error) = error { p.refusal #error { (error) } }
+            form method="post" action="/login" class="card" #password-form {
+                (hidden)
+                input type="hidden" name="method" value="password";
+                h2 { "With your password" }
+                label { "Name " input name="name" #name autocomplete="username" required; }
+                label { "Password " input name="password" #password type="password" autocomplete="current-password" required; }
+                button type="submit" #sign-in { "Sign in" }
+            }
+            form method="post" action="/login" class="card" #token-form {
+                (hidden)
+                input type="hidden" name="method" value="token";
+                h2 { "With a token" }
+                label { "Token " input name="token" #token type="password" autocomplete="off" placeholder="cst_…" required; }
+                button type="submit" #sign-in-token { "Sign in with the token" }
+                p.hint {
+                    "The token stays with you: signing in makes a session of its own, valid for a day at most, which \
+                     signing out ends."
+                }
+            }
+        }
+    };
     let status = if error.is_some() { StatusCode::UNAUTHORIZED } else { StatusCode::OK };
-    let mut response = (status, html::document("Sign in", None, &body)).into_response();
+    let mut response = (status, html::page("Sign in", None, body)).into_response();
     response.headers_mut().append(header::SET_COOKIE, set_cookie(LOGIN_COOKIE, nonce, "/login", Some(3600)));
     response
 }
