@@ -18,7 +18,7 @@ use support::builds::{commit_files, finished_build, merge_a_change, seed_with, B
 use support::deploys::{
     deployment_reaching, group, pipeline_with_environments, release_managers, seed_deploying, DEPLOY_SCRIPT,
 };
-use support::flow::{open, team};
+use support::flow::{merge, open, review, team};
 use support::hosted::{Backend, Hosted, PROJECT};
 use support::{http_send, run_with_input};
 
@@ -434,7 +434,124 @@ fn a_finding_waits_only_for_an_admin_who_was_not_involved(backend: Backend) {
     assert_eq!(resolved.iter().map(|e| e["actor"].clone()).collect::<Vec<_>>(), [Value::from("admin")]);
 }
 
+/// Markup an attacker would have a page run, and a quote to break out of
+/// an attribute.
+const HOSTILE: &str = "<script>alert(1)</script>\"onmouseover=alert(2) x='<img src=x onerror=alert(3)>";
+
+/// Checks one page's HTML: no hostile markup, attribute or link made it in
+/// unescaped, and the only script is custody's own file.
+#[track_caller]
+fn assert_inert(page: &str, html: &str) {
+    for raw in ["<script>alert", "<img src=x", "\"onmouseover=", "'<img"] {
+        assert!(!html.contains(raw), "{page} holds {raw:?} unescaped:\n{html}");
+    }
+    let mut rest = html;
+    while let Some(at) = rest.find("<script") {
+        assert!(
+            rest[at..].starts_with("<script src=\"/static/custody.js\" defer></script>"),
+            "{page}: an inline script"
+        );
+        rest = &rest[at + 7..];
+    }
+    for (at, _) in html.match_indices("href=\"") {
+        let target = &html[at + 6..];
+        let target = &target[..target.find('"').unwrap_or(target.len())];
+        assert!(
+            target.starts_with('/') || target.starts_with('#'),
+            "{page} links to {target:?}: every link is one of custody's own paths"
+        );
+    }
+}
+
+/// Every page, drawn with hostile values wherever a person can put text
+/// (a commit, a file name, a change's title, a review, a build
+/// log, a decision, a break-glass reason, a filter, a page's address),
+/// shows them as text: nothing runs, no attribute is broken out of, and
+/// no link leaves custody.
+fn every_page_shows_hostile_values_as_text(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let Some(browser) = Browser::start() else { return };
+    release_managers(&hosted, &["carol"]);
+    let script = BUILD_SCRIPT.replacen("set -e\n", &format!("set -e\necho '{}'\n", HOSTILE.replace('\'', "")), 1);
+    let files = [
+        (PIPELINE, pipeline_with_environments(""), false),
+        ("scripts/build.sh", script, true),
+        ("scripts/deploy.sh", DEPLOY_SCRIPT.to_owned(), true),
+        ("src/app.txt", "version 1\n".to_owned(), false),
+    ];
+    let files: Vec<(&str, &str, bool)> = files.iter().map(|(p, c, x)| (*p, c.as_str(), *x)).collect();
+    // (Branch names are refused with quotes or markup already: push.ref_name.)
+    let branch = "feature";
+    let (work, _) = seed_with(&hosted, &files, branch);
+    commit_files(&work, &[("src/<img src=x onerror=alert(3)>.txt", HOSTILE, false)], HOSTILE);
+    work.ok(&["push", "-q", "origin", branch]);
+    let number = open(&hosted, "alice", branch, HOSTILE);
+    let n = number.to_string();
+    hosted.run_as("bob", &["change", "review", PROJECT, &n, "--comment", "-m", HOSTILE, "--json"]).expect_code(0);
+    review(&hosted, "bob", number, "--approve");
+    merge(&hosted, "alice", number);
+    assert_eq!(finished_build(&hosted, 1)["status"], "succeeded");
+    deployment_reaching(&hosted, 1, &["succeeded"]);
+    deployment_reaching(&hosted, 2, &["pending"]);
+    hosted.run_as("carol", &["deploy", "reject", PROJECT, "2", "-m", HOSTILE, "--json"]).expect_code(0);
+    hosted
+        .run_as(
+            "carol",
+            &[
+                "deploy",
+                "request",
+                PROJECT,
+                "production",
+                "--build",
+                "1",
+                "--break-glass",
+                "--reason",
+                HOSTILE,
+                "--json",
+            ],
+        )
+        .expect_code(0);
+
+    sign_in_with_token(&browser, &hosted, "admin", &hosted.admin);
+    let session = browser.cookie("custody_session").expect("a session");
+    let cookie = format!("custody_session={}", session["value"].as_str().expect("a value"));
+    let digest = finished_build(&hosted, 1)["artifacts"][0]["digest"].as_str().expect("an artifact").to_owned();
+    let hostile_query: String = HOSTILE.bytes().map(|b| format!("%{b:02X}")).collect();
+    let pages = [
+        "/work".to_owned(),
+        "/projects".to_owned(),
+        format!("/projects/{PROJECT}"),
+        format!("/projects/{PROJECT}/changes/{number}"),
+        format!("/projects/{PROJECT}/builds/1"),
+        format!("/projects/{PROJECT}/artifacts/{digest}"),
+        format!("/projects/{PROJECT}/environments/production"),
+        format!("/audit?actor={hostile_query}&action={hostile_query}"),
+        "/admin".to_owned(),
+        format!("/projects/{hostile_query}"),
+        format!("/projects/{PROJECT}/environments/{hostile_query}"),
+        format!("/login?next={hostile_query}"),
+        "/login?next=javascript:alert(4)".to_owned(),
+    ];
+    let base = &hosted.server.url;
+    for page in &pages {
+        let answer = support::http_send(base, "GET", page, &[("Cookie", &cookie)], None);
+        assert!(answer.status < 500, "{page}: {answer:?}");
+        assert_inert(page, &answer.body);
+    }
+    // The hostile values are there, as text.
+    let change = support::http_send(base, "GET", &pages[3], &[("Cookie", &cookie)], None).body;
+    assert!(change.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;onmouseover=alert(2)"), "{change}");
+    // And the browser runs none of it: no dialog opened, the title is text.
+    for page in &pages[..9] {
+        browser.goto(&format!("{base}{page}"));
+        assert!(browser.alert_text().is_none(), "{page} ran a script");
+    }
+    browser.goto(&format!("{base}{}", pages[3]));
+    assert_eq!(browser.text("#change-title"), HOSTILE);
+}
+
 on_both_backends! {
     reviewers_and_approvers_work_in_a_real_browser,
     a_finding_waits_only_for_an_admin_who_was_not_involved,
+    every_page_shows_hostile_values_as_text,
 }

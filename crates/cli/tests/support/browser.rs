@@ -139,6 +139,17 @@ impl Browser {
         answer["value"].clone()
     }
 
+    /// The text of an open alert, prompt or confirm dialog; `None` when no
+    /// dialog is open.
+    pub fn alert_text(&self) -> Option<String> {
+        let answer = self.raw("GET", &format!("/session/{}/alert/text", self.session), None);
+        match answer["value"]["error"].as_str() {
+            Some("no such alert") => None,
+            Some(error) => Some(format!("{error}: {}", answer["value"]["message"])),
+            None => Some(answer["value"].as_str().unwrap_or_default().to_owned()),
+        }
+    }
+
     /// Opens `url` and waits for it to load.
     pub fn goto(&self, url: &str) {
         self.call("POST", "/url", Some(json!({ "url": url })));
