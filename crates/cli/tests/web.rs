@@ -548,6 +548,47 @@ fn every_page_shows_hostile_values_as_text(backend: Backend) {
     }
     browser.goto(&format!("{base}{}", pages[3]));
     assert_eq!(browser.text("#change-title"), HOSTILE);
+
+    // Every page passes axe-core with no serious or critical violation, and
+    // reads at 390 px wide without scrolling sideways.
+    for page in pages[..9].iter().chain(["/login".to_owned()].iter()) {
+        if page == "/login" {
+            sign_out(&browser);
+        }
+        browser.goto(&format!("{base}{page}"));
+        let violations = accessibility_violations(&browser);
+        assert!(violations.is_empty(), "{page}: {violations:#?}");
+        browser.resize(390, 844);
+        let overflow = browser.execute(
+            "const width = document.documentElement.clientWidth;\
+             const over = document.documentElement.scrollWidth - width;\
+             const wide = [...document.querySelectorAll('body *')]\
+               .filter(e => e.getBoundingClientRect().right > width + 1)\
+               .slice(0, 5).map(e => e.tagName + '#' + e.id + '.' + e.className);\
+             return [over, wide];",
+            serde_json::json!([]),
+        );
+        browser.resize(1280, 1000);
+        assert!(overflow[0].as_i64().is_some_and(|o| o <= 0), "{page} scrolls sideways at 390 px: {overflow}");
+    }
+}
+
+/// The serious and critical accessibility violations axe-core finds on the
+/// open page, each with the elements it names.
+fn accessibility_violations(browser: &Browser) -> Vec<String> {
+    let axe = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/axe/node_modules/axe-core/axe.min.js");
+    let axe = std::fs::read_to_string(&axe).unwrap_or_else(|e| panic!("{}: {e}; run scripts/setup", axe.display()));
+    browser.execute(&axe, serde_json::json!([]));
+    let found = browser.execute_async(
+        "const done = arguments[arguments.length - 1];\
+         axe.run(document, { resultTypes: ['violations'] })\
+           .then(r => done(r.violations\
+             .filter(v => v.impact === 'serious' || v.impact === 'critical')\
+             .map(v => v.id + ': ' + v.help + ' at ' + v.nodes.map(n => n.target.join(' ')).join(', '))))\
+           .catch(e => done(['axe-core failed: ' + e]));",
+        serde_json::json!([]),
+    );
+    found.as_array().expect("a list").iter().map(|v| v.as_str().unwrap_or_default().to_owned()).collect()
 }
 
 on_both_backends! {

@@ -257,6 +257,12 @@ impl Browser {
         self.call("POST", "/execute/sync", Some(json!({ "script": script, "args": args })))
     }
 
+    /// Runs `script` in the page until it calls its last argument: what it
+    /// passed.
+    pub fn execute_async(&self, script: &str, args: Value) -> Value {
+        self.call("POST", "/execute/async", Some(json!({ "script": script, "args": args })))
+    }
+
     /// Every cookie the browser holds for the page, HttpOnly ones included.
     pub fn cookies(&self) -> Vec<Value> {
         self.call("GET", "/cookie", None).as_array().cloned().unwrap_or_default()

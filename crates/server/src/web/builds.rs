@@ -97,7 +97,7 @@ pub(crate) fn chain_svg(links: &[Link]) -> Markup {
         }
     };
     html! {
-        svg.chain #chain role="img" xmlns="http://www.w3.org/2000/svg" viewBox={ "0 0 " (width) " " (height) }
+        svg.chain #chain role="group" aria-label="Chain of custody: who held each duty" xmlns="http://www.w3.org/2000/svg" viewBox={ "0 0 " (width) " " (height) }
             width=(width) height=(height) font-family="system-ui, sans-serif" {
             title { "Chain of custody: who held each duty" }
             defs {
