@@ -21,6 +21,18 @@ pub struct OpenChangeRequest {
     pub description: Option<String>,
 }
 
+/// New words for an open change: its title, its description, or both.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EditChangeRequest {
+    /// One line of 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200)]
+    pub title: Option<String>,
+    /// At most 20,000 characters.
+    #[schema(max_length = 20000)]
+    pub description: Option<String>,
+}
+
 /// A review of the current head.
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

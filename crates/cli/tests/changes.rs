@@ -1043,7 +1043,45 @@ fn auto_merge_lapses_when_the_asking_token_is_revoked(backend: Backend) {
     assert_eq!(hosted.server_ref("refs/heads/main").as_deref(), Some(base.as_str()));
 }
 
+/// An open change's title and description are edited by the project's
+/// writers, with an event; a reader is refused, and a merged change keeps
+/// the words its attestation signed.
+fn an_open_changes_words_are_edited_and_a_merged_ones_are_kept(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    hosted.add_user("rita", "read");
+    let (work, _) = alice_on_branch(&hosted, "feature");
+    work.commit("src/app.txt", "version 2\n", "Version 2");
+    work.ok(&["push", "-q", "origin", "feature"]);
+    let number = open(&hosted, "alice", "feature", "Version 2");
+    let path = format!("/api/v1/projects/{PROJECT}/changes/{number}");
+    let edit = |who: &str, body: Value| hosted.api("PATCH", &path, Some(&hosted.token(who)), Some(body));
+
+    let (status, edited) = edit("bob", serde_json::json!({ "description": "Refunds, with the ledger's entry." }));
+    assert_eq!(status, 200, "{edited}");
+    assert_eq!(
+        (edited["title"].as_str(), edited["description"].as_str()),
+        (Some("Version 2"), Some("Refunds, with the ledger's entry."))
+    );
+    let (status, refused) = edit("rita", serde_json::json!({ "title": "Mine now" }));
+    assert_eq!(status, 403, "a reader edits: {refused}");
+    let (status, refused) = edit("alice", serde_json::json!({ "title": "two\nlines" }));
+    assert_eq!(status, 400, "{refused}");
+    let (status, refused) = edit("alice", serde_json::json!({}));
+    assert_eq!(status, 400, "{refused}");
+    let events = hosted.audit_events("change.edit");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["actor"], "bob");
+
+    review(&hosted, "bob", number, "--approve");
+    merge(&hosted, "alice", number);
+    let (status, refused) = edit("alice", serde_json::json!({ "title": "Version 2, renamed after merging" }));
+    assert_eq!(status, 409, "{refused}");
+    let shown = change(&hosted, "alice", &["show", PROJECT, &number.to_string(), "--json"]).json();
+    assert_eq!(shown["title"], "Version 2", "{shown}");
+}
+
 on_both_backends!(
+    an_open_changes_words_are_edited_and_a_merged_ones_are_kept,
     alices_change_merges_after_bob_approves,
     bob_pushing_to_alices_branch_makes_him_an_author,
     a_new_push_makes_approvals_stale,

@@ -102,9 +102,32 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     let (work, _) = seed_with(&hosted, &files, "feature");
     commit_files(&work, &[("src/app.txt", "version 2\n", false)], "Refunds");
     work.ok(&["push", "-q", "origin", "feature"]);
-    let number = open(&hosted, "alice", "feature", TITLE);
     let base = &hosted.server.url;
+
+    // alice opens the change from the project's page, words it again, and
+    // closes and reopens it.
+    sign_in_with_password(&browser, &hosted, "alice");
+    browser.goto(&format!("{base}/projects/{PROJECT}"));
+    browser.click_here("#open-change summary");
+    browser.type_into("#open-title", "Refunds, first draft");
+    browser.type_into("#open-description", "Lets support refund a payment.");
+    browser.click("#open-submit");
+    let number: i64 = browser.url().rsplit('/').next().and_then(|n| n.parse().ok()).expect("the change's page");
     let change_page = format!("{base}/projects/{PROJECT}/changes/{number}");
+    assert_eq!(browser.text("#change-title"), "Refunds, first draft");
+    browser.click_here("#edit summary");
+    browser.execute("document.querySelector('#edit-title').value = arguments[0];", serde_json::json!([TITLE]));
+    browser.click("#save-edit");
+    assert_eq!(browser.text("#change-title"), TITLE);
+    assert_eq!(hosted.audit_events("change.edit").len(), 1);
+    browser.click("#close-change");
+    assert!(browser.text("h1").contains("closed"), "{}", browser.body_text());
+    browser.goto(&format!("{base}/projects/{PROJECT}/changes?state=closed&author=alice"));
+    assert!(browser.text("#change-list").contains("Refunds"), "{}", browser.body_text());
+    browser.goto(&change_page);
+    browser.click("#reopen-change");
+    assert!(browser.text("h1").contains("open"), "{}", browser.body_text());
+    sign_out(&browser);
 
     // A page asks for a sign-in first, then returns to itself.
     browser.goto(&change_page);
@@ -527,6 +550,8 @@ fn every_page_shows_hostile_values_as_text(backend: Backend) {
         format!("/projects/{PROJECT}/environments/production"),
         format!("/audit?actor={hostile_query}&action={hostile_query}"),
         "/admin".to_owned(),
+        format!("/projects/{PROJECT}/changes?state=merged&reviewer=bob"),
+        format!("/projects/{PROJECT}/changes?author={hostile_query}"),
         format!("/projects/{hostile_query}"),
         format!("/projects/{PROJECT}/environments/{hostile_query}"),
         format!("/login?next={hostile_query}"),
@@ -542,7 +567,7 @@ fn every_page_shows_hostile_values_as_text(backend: Backend) {
     let change = support::http_send(base, "GET", &pages[3], &[("Cookie", &cookie)], None).body;
     assert!(change.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;onmouseover=alert(2)"), "{change}");
     // And the browser runs none of it: no dialog opened, the title is text.
-    for page in &pages[..9] {
+    for page in &pages[..10] {
         browser.goto(&format!("{base}{page}"));
         assert!(browser.alert_text().is_none(), "{page} ran a script");
     }
@@ -551,7 +576,7 @@ fn every_page_shows_hostile_values_as_text(backend: Backend) {
 
     // Every page passes axe-core with no serious or critical violation, and
     // reads at 390 px wide without scrolling sideways.
-    for page in pages[..9].iter().chain(["/login".to_owned()].iter()) {
+    for page in pages[..10].iter().chain(["/login".to_owned()].iter()) {
         if page == "/login" {
             sign_out(&browser);
         }

@@ -532,6 +532,22 @@ pub struct Published {
     pub statement: serde_json::Value,
 }
 
+/// A change's title: one line of 1 to 200 characters.
+fn check_title(title: &str) -> Result<()> {
+    if title.trim().is_empty() || title.chars().count() > 200 {
+        return Err(custody_domain::InvalidInput::new("title", title, "use 1 to 200 characters").into());
+    }
+    if title.chars().any(char::is_control) {
+        return Err(custody_domain::InvalidInput::new(
+            "title",
+            title,
+            "a title is one line, without control characters; say more in the description",
+        )
+        .into());
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens a change from `source` into `target` at `head`.
     #[allow(clippy::too_many_arguments)]
@@ -546,17 +562,7 @@ impl Store {
         head: String,
     ) -> Result<ChangeView> {
         require_writer(access, actor, ChangeWrite::Open)?;
-        if title.trim().is_empty() || title.chars().count() > 200 {
-            return Err(custody_domain::InvalidInput::new("title", &title, "use 1 to 200 characters").into());
-        }
-        if title.chars().any(char::is_control) {
-            return Err(custody_domain::InvalidInput::new(
-                "title",
-                &title,
-                "a title is one line, without control characters; say more in the description",
-            )
-            .into());
-        }
+        check_title(&title)?;
         let (actor, project) = (actor.clone(), access.clone());
         let number = self
             .write(move |tx| {
@@ -727,6 +733,57 @@ impl Store {
                     action: if open { "change.reopen" } else { "change.close" }.into(),
                     subject: format!("change:{}/{number}", access2.project),
                     details: json!({ "head": change.head }),
+                })
+                .await?;
+                Ok(())
+            })
+        })
+        .await?;
+        self.get_change(&access.project, number).await
+    }
+
+    /// Changes an open change's title or description (whichever is given),
+    /// as a writer of the project. A merged or closed change keeps what it
+    /// was merged or closed with: its title is in its signed attestation.
+    pub async fn edit_change(
+        &self,
+        actor: &Authenticated,
+        access: &ProjectAccess,
+        number: i64,
+        title: Option<String>,
+        description: Option<String>,
+    ) -> Result<ChangeView> {
+        require_writer(access, actor, ChangeWrite::Open)?;
+        if let Some(title) = &title {
+            check_title(title)?;
+        }
+        if description.as_ref().is_some_and(|d| d.chars().count() > 20_000) {
+            return Err(
+                custody_domain::InvalidInput::new("description", "(long)", "use at most 20,000 characters").into()
+            );
+        }
+        let (actor, access2) = (actor.clone(), access.clone());
+        self.write(move |tx| {
+            Box::pin(async move {
+                let (id, change) = change_row(tx, access2.project_id, number).await?;
+                if change.state != ChangeState::Open {
+                    return Err(StoreError::Conflict(format!(
+                        "change {number} is {}: only an open change is edited",
+                        change.state
+                    )));
+                }
+                let title = title.unwrap_or(change.title.clone());
+                let description = description.unwrap_or(change.description.clone());
+                if title == change.title && description == change.description {
+                    return Ok(());
+                }
+                let sql = tx.sql("UPDATE changes SET title = $1, description = $2 WHERE id = $3");
+                sqlx::query(&sql).bind(&title).bind(&description).bind(id).execute(tx.conn()).await?;
+                tx.audit(NewEvent {
+                    actor: actor.name.to_string(),
+                    action: "change.edit".into(),
+                    subject: format!("change:{}/{number}", access2.project),
+                    details: json!({ "title": title, "description": description }),
                 })
                 .await?;
                 Ok(())

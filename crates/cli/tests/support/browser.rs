@@ -206,6 +206,14 @@ impl Browser {
         }
     }
 
+    /// Clicks the element matching `css` where it is, without leaving the
+    /// page (a `<summary>` opening its details, a checkbox).
+    #[track_caller]
+    pub fn click_here(&self, css: &str) {
+        let element = self.find(css);
+        self.call("POST", &format!("/element/{element}/click"), Some(json!({})));
+    }
+
     /// Types `text` into the element matching `css`.
     #[track_caller]
     pub fn type_into(&self, css: &str, text: &str) {

@@ -16,7 +16,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
 use super::project_access as access;
-use custody_api::{OpenChangeRequest, ReviewRequest};
+use custody_api::{EditChangeRequest, OpenChangeRequest, ReviewRequest};
 
 /// Opens a change from a pushed branch.
 #[utoipa::path(post, path = "/api/v1/projects/{name}/changes", tag = "changes", security(("token" = [])), request_body = OpenChangeRequest,
@@ -101,6 +101,25 @@ pub(crate) async fn get_change(
     let authors =
         records.authors.iter().map(|(user, why)| AuthorView { user: user.to_string(), why: why.clone() }).collect();
     Ok(Json(ChangeDetail { change: records.change, authors, gate }))
+}
+
+/// Changes an open change's title or description (a writer of the
+/// project); a merged or closed change keeps its words.
+#[utoipa::path(patch, path = "/api/v1/projects/{name}/changes/{number}", tag = "changes", security(("token" = [])),
+    request_body = EditChangeRequest,
+    responses((status = 200, body = ChangeView), (status = 400, body = custody_api::ErrorBody),
+        (status = 409, body = custody_api::ErrorBody)))]
+pub(crate) async fn edit_change(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((project, number)): PathParam<(String, i64)>,
+    Body(request): Body<EditChangeRequest>,
+) -> ApiResult<Json<ChangeView>> {
+    let access = access(&state, &auth, &project).await?;
+    if request.title.is_none() && request.description.is_none() {
+        return Err(ApiError::invalid("give a title, a description or both"));
+    }
+    Ok(Json(state.store().edit_change(&auth.0, &access, number, request.title, request.description).await?))
 }
 
 /// The change's diff against where it forked from its target.

@@ -199,7 +199,7 @@ fn operations() -> OpenApiRouter<AppState> {
         .routes(routes!(projects::set_default_branch))
         .routes(routes!(projects::commit))
         .routes(routes!(changes::list_changes, changes::open_change))
-        .routes(routes!(changes::get_change))
+        .routes(routes!(changes::get_change, changes::edit_change))
         .routes(routes!(changes::diff))
         .routes(routes!(changes::gate))
         .routes(routes!(changes::review))

@@ -85,6 +85,7 @@ pub(crate) async fn show(
     let here = format!("/projects/{}/changes/{number}", seg(&project));
     let body = html! {
         (header(&project, number, &change))
+        (manage(&here, &visitor, &access, &change))
         (actions(&here, &visitor, &access, &change, &records, &gate))
         (people(&change, &records))
         (work(&log, facts.commits.len(), &checks, &diff))
@@ -106,6 +107,46 @@ fn header(project: &str, number: i64, change: &ChangeView) -> Markup {
             p.notice.ok { "Merged by " strong { (by) } " as " code.sha { (short(commit)) } "." }
         }
         @if !change.description.is_empty() { p.description { (change.description) } }
+    }
+}
+
+/// For the project's writers: the change's title and description to edit
+/// while it is open, and the button to close or reopen it.
+fn manage(here: &str, visitor: &Visitor, access: &ProjectAccess, change: &ChangeView) -> Markup {
+    let may = |action| {
+        custody_domain::access::decide_change_write(
+            &visitor.auth.name,
+            &access.project,
+            access.role,
+            visitor.auth.scopes,
+            action,
+        )
+        .allowed
+    };
+    let open = change.state == custody_domain::status::ChangeState::Open;
+    let closed = change.state == custody_domain::status::ChangeState::Closed;
+    html! {
+        @if open && may(custody_domain::access::ChangeWrite::Open) {
+            details.edit #edit {
+                summary { "Edit the title and description" }
+                (html::post_form(&format!("{here}/edit"), visitor, "edit", html! {
+                    label { "Title " input name="title" #edit-title value=(change.title) maxlength="200" required; }
+                    label { "Description " textarea name="description" #edit-description rows="5" { (change.description) } }
+                    div.buttons { button type="submit" #save-edit class="primary" { "Save" } }
+                }))
+            }
+        }
+        @if (open || closed) && may(custody_domain::access::ChangeWrite::CloseOrReopen) {
+            @if open {
+                (html::post_form(&format!("{here}/close"), visitor, "state", html! {
+                    button type="submit" #close-change { "Close this change" }
+                }))
+            } @else {
+                (html::post_form(&format!("{here}/reopen"), visitor, "state", html! {
+                    button type="submit" #reopen-change { "Reopen this change" }
+                }))
+            }
+        }
     }
 }
 
@@ -237,6 +278,160 @@ fn work(log: &str, commit_count: usize, checks: &[CheckRunView], diff: &str) -> 
         }
         section { h2 { "Diff" } (diff_html(diff)) }
     }
+}
+
+/// Saves a new title or description.
+pub(crate) async fn edit(
+    State(state): State<AppState>,
+    WebPath((project, number)): WebPath<(String, i64)>,
+    posted: Posted,
+) -> WebResult<Response> {
+    let here = format!("/projects/{}/changes/{number}", seg(&project));
+    let access = access(&state, &posted.visitor, &project).await?;
+    let title = posted.text("title");
+    let description = posted.get("description").unwrap_or_default().replace("\r\n", "\n");
+    state
+        .store()
+        .edit_change(&posted.visitor.auth, &access, number, Some(title), Some(description.trim_end().to_owned()))
+        .await
+        .map_err(|e| WebError::from(e).back(here.clone()))?;
+    Ok(see_other(&here))
+}
+
+/// Closes the change.
+pub(crate) async fn close(
+    State(state): State<AppState>,
+    WebPath((project, number)): WebPath<(String, i64)>,
+    posted: Posted,
+) -> WebResult<Response> {
+    set_state(state, project, number, posted, false).await
+}
+
+/// Reopens the change.
+pub(crate) async fn reopen(
+    State(state): State<AppState>,
+    WebPath((project, number)): WebPath<(String, i64)>,
+    posted: Posted,
+) -> WebResult<Response> {
+    set_state(state, project, number, posted, true).await
+}
+
+async fn set_state(state: AppState, project: String, number: i64, posted: Posted, open: bool) -> WebResult<Response> {
+    let here = format!("/projects/{}/changes/{number}", seg(&project));
+    let access = access(&state, &posted.visitor, &project).await?;
+    state
+        .store()
+        .set_change_state(&posted.visitor.auth, &access, number, open)
+        .await
+        .map_err(|e| WebError::from(e).back(here.clone()))?;
+    Ok(see_other(&here))
+}
+
+/// Which changes a project's list shows.
+#[derive(serde::Deserialize)]
+pub(crate) struct ListQuery {
+    state: Option<String>,
+    author: Option<String>,
+    reviewer: Option<String>,
+}
+
+/// A project's changes: open, merged or closed, by who opened them or
+/// who reviewed them.
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    WebPath(project): WebPath<String>,
+    super::WebQuery(query): super::WebQuery<ListQuery>,
+) -> WebResult<Response> {
+    let access = access(&state, &visitor, &project).await?;
+    let wanted = query.state.as_deref().filter(|s| !s.is_empty()).unwrap_or("open");
+    if !["open", "merged", "closed"].contains(&wanted) {
+        return Err(
+            WebError::invalid("state is open, merged or closed").back(format!("/projects/{}/changes", seg(&project)))
+        );
+    }
+    let some = |v: &Option<String>| v.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
+    let (author, reviewer) = (some(&query.author), some(&query.reviewer));
+    let page = state
+        .store()
+        .list_changes(
+            &access,
+            Some(wanted),
+            custody_store::PageRequest::new(None, Some(custody_store::PageRequest::MAX)),
+        )
+        .await?;
+    let changes: Vec<&ChangeView> = page
+        .items
+        .iter()
+        .filter(|c| author.as_ref().is_none_or(|a| &c.opened_by == a))
+        .filter(|c| reviewer.as_ref().is_none_or(|r| c.reviews.iter().any(|v| &v.reviewer == r)))
+        .collect();
+    let p = seg(&project);
+    let body = html! {
+        p.crumbs { a href="/projects" { "Projects" } " / " a href={ "/projects/" (p) } { (project) } " /" }
+        h1 { "Changes" }
+        form method="get" action={ "/projects/" (p) "/changes" } class="filters" {
+            label { "State "
+                select name="state" #filter-state {
+                    @for s in ["open", "merged", "closed"] { option value=(s) selected[s == wanted] { (s) } }
+                }
+            }
+            label { "Opened by " input name="author" #filter-author value=(author.clone().unwrap_or_default()); }
+            label { "Reviewed by " input name="reviewer" #filter-reviewer value=(reviewer.clone().unwrap_or_default()); }
+            button type="submit" #filter { "Filter" }
+        }
+        @if changes.is_empty() {
+            p.empty { "No " (wanted) " change matches." }
+        } @else {
+            table.list #change-list {
+                thead { tr { th { "#" } th { "Title" } th { "From" } th { "Opened by" } th { "Reviews" } } }
+                tbody {
+                    @for c in &changes {
+                        tr {
+                            td { (c.number) }
+                            td { a href={ "/projects/" (p) "/changes/" (c.number) } { (c.title) } " " (html::badge(c.state)) }
+                            td { code { (c.source_branch) } " → " code { (c.target_branch) } }
+                            td { (c.opened_by) " · " (html::when(c.opened_at)) }
+                            td {
+                                @for r in c.reviews.iter().filter(|r| !r.stale) { (status(&r.verdict)) " " (r.reviewer) " " }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    Ok(html::page(&format!("Changes of {project}"), Some(&visitor), body).into_response())
+}
+
+/// Opens a change from a pushed branch, as the API does.
+pub(crate) async fn open(
+    State(state): State<AppState>,
+    WebPath(project): WebPath<String>,
+    posted: Posted,
+) -> WebResult<Response> {
+    let back = format!("/projects/{}", seg(&project));
+    let access = access(&state, &posted.visitor, &project).await?;
+    let source = posted.text("source");
+    let target = Some(posted.text("target")).filter(|t| !t.is_empty()).unwrap_or_else(|| access.default_branch.clone());
+    custody_domain::project::check_branch_name(&source).map_err(|e| WebError::from(e).back(back.clone()))?;
+    custody_domain::project::check_branch_name(&target).map_err(|e| WebError::from(e).back(back.clone()))?;
+    if source == target {
+        return Err(WebError::invalid("the source and target branches are the same").back(back));
+    }
+    let repository = state.hosting().repositories().path(&access.project);
+    let source_ref = format!("refs/heads/{source}");
+    let head =
+        super::projects::read_git(move || custody_git::change::resolve(&repository, &source_ref)).await?.ok_or_else(
+            || WebError::invalid(format!("branch {source} does not exist; push it first")).back(back.clone()),
+        )?;
+    let description = posted.get("description").unwrap_or_default().replace("\r\n", "\n").trim_end().to_owned();
+    let change = state
+        .store()
+        .open_change(&posted.visitor.auth, &access, source, target, posted.text("title"), description, head)
+        .await
+        .map_err(|e| WebError::from(e).back(back.clone()))?;
+    Ok(see_other(&format!("/projects/{}/changes/{}", seg(&project), change.number)))
 }
 
 /// Reviews the change's head the visitor saw.

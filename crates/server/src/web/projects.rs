@@ -123,6 +123,8 @@ pub(crate) async fn show(
         div.columns {
             section {
                 h2 { "Open changes" }
+                p { a href={ "/projects/" (p) "/changes" } #all-changes { "All changes, merged and closed too" } }
+                (open_change_form(&visitor, &access, &branches, &p))
                 @if changes.items.is_empty() {
                     p.empty { "No open change." }
                 } @else {
@@ -216,6 +218,44 @@ pub(crate) async fn show(
         }
     };
     Ok(html::page(&project, Some(&visitor), body).into_response())
+}
+
+/// For the project's writers: a change opened from a pushed branch.
+fn open_change_form(visitor: &Visitor, access: &ProjectAccess, branches: &[(String, String)], p: &str) -> Markup {
+    let may = custody_domain::access::decide_change_write(
+        &visitor.auth.name,
+        &access.project,
+        access.role,
+        visitor.auth.scopes,
+        custody_domain::access::ChangeWrite::Open,
+    );
+    let protected = |b: &String| *b == access.default_branch || access.protected.contains(b);
+    let sources: Vec<&String> = branches.iter().map(|(b, _)| b).filter(|b| !protected(b)).collect();
+    let targets: Vec<&String> = branches.iter().map(|(b, _)| b).filter(|b| protected(b)).collect();
+    html! {
+        @if may.allowed {
+            details.open-change #open-change {
+                summary { "Open a change" }
+                @if sources.is_empty() {
+                    p.hint { "Push a branch first: a change follows a pushed branch into a protected one." }
+                } @else {
+                    (html::post_form(&format!("/projects/{p}/changes"), visitor, "open", html! {
+                        label { "From "
+                            select name="source" #open-source { @for b in &sources { option value=(b) { (b) } } }
+                        }
+                        label { "Into "
+                            select name="target" #open-target {
+                                @for b in &targets { option value=(b) selected[**b == access.default_branch] { (b) } }
+                            }
+                        }
+                        label { "Title " input name="title" #open-title maxlength="200" required; }
+                        label { "Description " textarea name="description" #open-description rows="4" {} }
+                        div.buttons { button type="submit" #open-submit class="primary" { "Open the change" } }
+                    }))
+                }
+            }
+        }
+    }
 }
 
 /// One environment of the project's table: its gate in words, what is
