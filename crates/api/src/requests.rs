@@ -21,16 +21,58 @@ pub struct OpenChangeRequest {
     pub description: Option<String>,
 }
 
-/// New words for an open change: its title, its description, or both.
+/// New words for an open change: its title, its description, both, or
+/// neither (which changes nothing).
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EditChangeRequest {
-    /// One line of 1 to 200 characters.
-    #[schema(min_length = 1, max_length = 200)]
+    /// One line of 1 to 200 characters, not all spaces.
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$")]
     pub title: Option<String>,
     /// At most 20,000 characters.
     #[schema(max_length = 20000)]
     pub description: Option<String>,
+}
+
+/// A comment on a line of the change's current head, or a reply to a
+/// thread (which takes its thread's place).
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum CommentRequest {
+    /// A new thread on a line.
+    Line(LineCommentRequest),
+    /// A reply to a thread.
+    Reply(ReplyRequest),
+}
+
+/// A new thread on a line of the head its writer read.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LineCommentRequest {
+    /// The file, as the diff names it.
+    #[schema(min_length = 1, max_length = 4096, pattern = r"^[^\x00]+$")]
+    pub path: String,
+    /// The line in the file at `head`, from 1.
+    #[schema(minimum = 1)]
+    pub line: i64,
+    /// The full id of the head you read: a thread on any other is refused.
+    #[schema(pattern = "^[0-9a-fA-F]{40,64}$")]
+    pub head: String,
+    /// What you say: 1 to 20,000 characters, not all spaces.
+    #[schema(min_length = 1, max_length = 20000, pattern = r"\S")]
+    pub body: String,
+}
+
+/// A reply to a thread, by its first comment.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplyRequest {
+    /// The thread's first comment.
+    #[schema(minimum = 1)]
+    pub reply_to: i64,
+    /// What you say: 1 to 20,000 characters, not all spaces.
+    #[schema(min_length = 1, max_length = 20000, pattern = r"\S")]
+    pub body: String,
 }
 
 /// A review of the current head.

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod changes;
+pub mod comments;
 mod error;
 pub mod inbox;
 pub mod projects;

@@ -1066,8 +1066,8 @@ fn an_open_changes_words_are_edited_and_a_merged_ones_are_kept(backend: Backend)
     assert_eq!(status, 403, "a reader edits: {refused}");
     let (status, refused) = edit("alice", serde_json::json!({ "title": "two\nlines" }));
     assert_eq!(status, 400, "{refused}");
-    let (status, refused) = edit("alice", serde_json::json!({}));
-    assert_eq!(status, 400, "{refused}");
+    let (status, unchanged) = edit("alice", serde_json::json!({}));
+    assert_eq!((status, &unchanged["title"]), (200, &Value::from("Version 2")), "{unchanged}");
     let events = hosted.audit_events("change.edit");
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["actor"], "bob");
@@ -1080,7 +1080,75 @@ fn an_open_changes_words_are_edited_and_a_merged_ones_are_kept(backend: Backend)
     assert_eq!(shown["title"], "Version 2", "{shown}");
 }
 
+/// Line comments through the API: a thread binds to the head its writer
+/// read and to a line that exists there; a later head that changes the
+/// line marks it outdated; a reply joins a thread, never a reply; only its
+/// author, the opener or a writer resolves it; a merged change takes none.
+fn line_comments_bind_to_a_read_line_and_go_outdated_when_it_changes(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    hosted.add_user("rita", "read");
+    let (work, _) = alice_on_branch(&hosted, "feature");
+    let first = work.commit("src/app.txt", "one\ntwo\nthree\n", "Three lines");
+    work.ok(&["push", "-q", "origin", "feature"]);
+    let number = open(&hosted, "alice", "feature", "Three lines");
+    let path = format!("/api/v1/projects/{PROJECT}/changes/{number}/comments");
+    let post = |who: &str, body: Value| hosted.api("POST", &path, Some(&hosted.token(who)), Some(body));
+    let on = |line: i64, head: &str| serde_json::json!({ "path": "src/app.txt", "line": line, "head": head, "body": "why?" });
+
+    let (status, thread) = post("bob", on(2, &first));
+    assert_eq!(status, 201, "{thread}");
+    assert_eq!((thread["line_text"].as_str(), thread["outdated"].as_bool()), (Some("two"), Some(false)));
+    let (status, refused) = post("bob", on(9, &first));
+    assert_eq!(status, 409, "a line the file lacks: {refused}");
+    let (status, reply) =
+        post("alice", serde_json::json!({ "reply_to": thread["id"], "body": "because the ticket says so" }));
+    assert_eq!(status, 201, "{reply}");
+    let (status, refused) = post("bob", serde_json::json!({ "reply_to": reply["id"], "body": "to a reply" }));
+    assert_eq!(status, 400, "{refused}");
+    let (status, refused) = post("bob", serde_json::json!({ "path": "src/app.txt", "body": "no line" }));
+    assert_eq!(status, 422, "neither a line's comment nor a reply: {refused}");
+
+    // alice changes line 2: a comment on the old head is refused, and the
+    // thread is outdated, its replies with it.
+    let second = work.commit("src/app.txt", "one\nTWO\nthree\n", "Shout two");
+    work.ok(&["push", "-q", "origin", "feature"]);
+    eventually(|| {
+        let shown = change(&hosted, "bob", &["show", PROJECT, &number.to_string(), "--json"]).json();
+        (shown["head"] == second.as_str()).then_some(())
+    })
+    .expect("the change follows the push");
+    let (status, refused) = post("bob", on(1, &first));
+    assert_eq!(status, 403, "a thread on a head bob no longer sees: {refused}");
+    let (status, listed) = hosted.api("GET", &path, Some(&hosted.token("rita")), None);
+    assert_eq!(status, 200, "{listed}");
+    let outdated: Vec<bool> = listed.as_array().unwrap().iter().map(|c| c["outdated"].as_bool().unwrap()).collect();
+    assert_eq!(outdated, [true, true], "{listed}");
+    let (status, unchanged) = post("bob", on(3, &second));
+    assert_eq!(status, 201, "{unchanged}");
+
+    // Resolving is the thread's author's, the opener's or a writer's.
+    let resolve = |who: &str, id: &Value| {
+        hosted.api("POST", &format!("{path}/{id}/resolve"), Some(&hosted.token(who)), Some(serde_json::json!({})))
+    };
+    let (status, refused) = resolve("rita", &thread["id"]);
+    assert_eq!(status, 403, "{refused}");
+    assert_eq!(refused["error"]["reasons"][0]["rule"], "comment.resolver", "{refused}");
+    let (status, refused) = resolve("alice", &reply["id"]);
+    assert_eq!(status, 409, "a reply is not a thread: {refused}");
+    let (status, resolved) = resolve("alice", &thread["id"]);
+    assert_eq!(status, 200, "{resolved}");
+    assert_eq!(resolved["resolved_by"], "alice");
+    assert_eq!(hosted.audit_events("change.comment").len(), 3);
+    assert_eq!(hosted.audit_events("change.comment.resolve").len(), 1);
+
+    review(&hosted, "bob", number, "--approve");
+    merge(&hosted, "alice", number);
+    let (status, refused) = post("bob", on(1, &second));
+    assert_eq!(status, 409, "a merged change takes no comment: {refused}");
+}
+
 on_both_backends!(
+    line_comments_bind_to_a_read_line_and_go_outdated_when_it_changes,
     an_open_changes_words_are_edited_and_a_merged_ones_are_kept,
     alices_change_merges_after_bob_approves,
     bob_pushing_to_alices_branch_makes_him_an_author,

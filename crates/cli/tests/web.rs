@@ -144,12 +144,12 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     assert_eq!(browser.text("#signed-in-as"), "bob");
 
     // bob's work lists alice's change to review; the navigation bar counts it.
-    let work = format!("{base}/work");
+    let inbox = format!("{base}/work");
     let waiting = format!("tr[data-change='{PROJECT}/{number}']");
-    browser.goto(&work);
+    browser.goto(&inbox);
     assert!(browser.exists(&format!("#work-reviews {waiting}")), "{}", browser.body_text());
     assert!(!browser.exists("#work-own .own"), "bob has no change of his own: {}", browser.body_text());
-    reload_until(&browser, &work, "the count of one", |b| b.text("#work-count") == "1");
+    reload_until(&browser, &inbox, "the count of one", |b| b.text("#work-count") == "1");
     browser.goto(&change_page);
 
     // The session cookie is Secure, HttpOnly and SameSite=Strict, and
@@ -169,6 +169,34 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     assert!(browser.attribute(approvals, "class").is_some_and(|c| c.contains("fail")));
     assert!(browser.text(approvals).contains("To pass:"), "{}", browser.text(approvals));
 
+    // bob comments on the changed line and asks for changes.
+    let first_head = browser.text("#head");
+    browser.click("#L0-1");
+    browser.type_into("#comment-body", "Which version is this? <b>say it</b>");
+    browser.click("#comment-submit");
+    let thread = ".thread[data-outdated='false']";
+    assert!(browser.text(thread).contains("Which version is this? <b>say it</b>"), "{}", browser.body_text());
+    browser.type_into("#review-message", "see my comment on src/app.txt");
+    browser.click("#request-changes");
+    assert!(browser.text("#reviews").contains("request changes"), "{}", browser.text("#reviews"));
+    let commented = hosted.audit_events("change.comment");
+    assert_eq!(commented.len(), 1, "{commented:?}");
+    assert_eq!(
+        (&commented[0]["details"]["path"], &commented[0]["details"]["line"]),
+        (&Value::from("src/app.txt"), &Value::from(1))
+    );
+
+    // alice pushes a fix: bob's thread is about a line the new head changed.
+    commit_files(&work, &[("src/app.txt", "version 3\n", false)], "Say version 3");
+    work.ok(&["push", "-q", "origin", "feature"]);
+    reload_until(&browser, &change_page, "the new head", |b| b.text("#head") != first_head);
+    let outdated = "#earlier-comments .thread[data-outdated='true']";
+    assert!(browser.text(outdated).contains("version 2"), "{}", browser.body_text());
+    assert!(!browser.exists(thread), "the thread still sits on a line of the new head");
+    browser.click(&format!("{outdated} .resolve-thread"));
+    assert!(browser.exists("#earlier-comments .thread[data-resolved='true']"), "{}", browser.body_text());
+    snap(&browser, "change-comments", 1400);
+
     // bob approves the head he sees.
     assert!(browser.enabled("#approve"));
     browser.type_into("#review-message", "looks right");
@@ -178,7 +206,7 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     let approved = hosted.audit_events("change.review.approve");
     assert_eq!(approved.len(), 1, "{approved:?}");
     assert_eq!(approved[0]["actor"], "bob");
-    browser.goto(&work);
+    browser.goto(&inbox);
     assert!(!browser.exists(&waiting), "an approved change still waits for bob: {}", browser.body_text());
 
     // Signing out ends the session on the server, not only in the browser.
@@ -193,7 +221,7 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     sign_in_with_password(&browser, &hosted, "alice");
     assert!(browser.url().ends_with("/work"), "signing in leads to the visitor's work: {}", browser.url());
     let own = format!("#work-own .own[data-change='{PROJECT}/{number}']");
-    reload_until(&browser, &work, "alice's change ready to merge", |b| b.text(&own).contains("ready to merge"));
+    reload_until(&browser, &inbox, "alice's change ready to merge", |b| b.text(&own).contains("ready to merge"));
     assert!(!browser.exists(&format!("#work-reviews {waiting}")), "alice's own change waits for her review");
     snap(&browser, "work", 900);
     browser.goto(&change_page);
@@ -217,7 +245,7 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     // alice wrote the release: nothing of it waits for her, and her approve
     // button is refused, with the rule.
     let production_waiting = format!("#work-deployments tr[data-deployment='{PROJECT}/2']");
-    browser.goto(&work);
+    browser.goto(&inbox);
     assert!(!browser.exists(&production_waiting), "alice may decide on her release: {}", browser.body_text());
     assert!(!browser.exists("#work-own .own"), "a merged change is no longer open: {}", browser.body_text());
     let production = format!("{base}/projects/{PROJECT}/environments/production");
@@ -255,7 +283,7 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     browser.type_into("#token", &hosted.token("dave"));
     browser.click("#sign-in-token");
     assert_eq!(browser.text("#signed-in-as"), "dave");
-    browser.goto(&work);
+    browser.goto(&inbox);
     let yours = browser.text(&production_waiting);
     assert!(yours.contains("sign off tests") && !yours.contains("approve"), "dave, a tester: {yours}");
     browser.goto(&production);
@@ -272,7 +300,7 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     browser.type_into("#token", &hosted.token("carol"));
     browser.click("#sign-in-token");
     assert_eq!(browser.text("#signed-in-as"), "carol");
-    browser.goto(&work);
+    browser.goto(&inbox);
     let yours = browser.text(&production_waiting);
     assert!(yours.contains("approve") && !yours.contains("sign off"), "carol, a release manager: {yours}");
     browser.goto(&production);
@@ -372,7 +400,7 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     let asked = hosted.as_admin(&["group", "add", "qa", "carol", "--json"]).json();
     assert_eq!(asked["status"], "pending", "{asked}");
     let grant_waiting = format!("#work-grants li[data-grant='{}']", asked["id"]);
-    browser.goto(&work);
+    browser.goto(&inbox);
     assert!(!browser.exists(&grant_waiting), "the requester's work lists his own grant: {}", browser.body_text());
     browser.goto(&format!("{base}/admin"));
     let approve = ".card.grant button[value='approve']";
@@ -511,6 +539,12 @@ fn every_page_shows_hostile_values_as_text(backend: Backend) {
     let number = open(&hosted, "alice", branch, HOSTILE);
     let n = number.to_string();
     hosted.run_as("bob", &["change", "review", PROJECT, &n, "--comment", "-m", HOSTILE, "--json"]).expect_code(0);
+    let head = hosted.run_as("bob", &["change", "show", PROJECT, &n, "--json"]).json()["head"].clone();
+    let thread =
+        serde_json::json!({ "path": "src/<img src=x onerror=alert(3)>.txt", "line": 1, "head": head, "body": HOSTILE });
+    let comments = format!("/api/v1/projects/{PROJECT}/changes/{number}/comments");
+    let (status, made) = hosted.api("POST", &comments, Some(&hosted.token("bob")), Some(thread));
+    assert_eq!(status, 201, "{made}");
     review(&hosted, "bob", number, "--approve");
     merge(&hosted, "alice", number);
     assert_eq!(finished_build(&hosted, 1)["status"], "succeeded");

@@ -1,7 +1,7 @@
 //! Changes: a review binds to the head its reviewer saw, and a merge to the
 //! head its gate was evaluated on.
 
-use crate::rules::{GATE_HEAD_MOVED, REVIEW_HEAD_MOVED};
+use crate::rules::{COMMENT_RESOLVER, GATE_HEAD_MOVED, REVIEW_HEAD_MOVED};
 use crate::{short_id, Decision, Reason};
 
 /// A review lands only on the head its reviewer says they saw, given in
@@ -35,12 +35,32 @@ pub fn decide_merge_head(head: &str, evaluated: &str) -> Decision {
     decision
 }
 
+/// Who may resolve a thread of line comments: whoever started it, the
+/// change's opener, or a writer of the project (`may_write`).
+pub fn decide_resolve_thread(who: &str, started_by: &str, opened_by: &str, may_write: bool) -> Decision {
+    let mut decision = Decision::allow();
+    decision.require(may_write || who == started_by || who == opened_by, || {
+        Reason::new(COMMENT_RESOLVER, format!("{who} neither started this thread nor opened the change"))
+            .satisfy("the thread's author, the change's opener or a writer of the project resolves it")
+    });
+    decision
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const OLD: &str = "1111111111111111111111111111111111111111";
     const NEW: &str = "2222222222222222222222222222222222222222";
+
+    #[test]
+    fn a_thread_is_resolved_by_its_author_the_opener_or_a_writer() {
+        assert!(decide_resolve_thread("bob", "bob", "alice", false).allowed);
+        assert!(decide_resolve_thread("alice", "bob", "alice", false).allowed);
+        assert!(decide_resolve_thread("carol", "bob", "alice", true).allowed);
+        let refused = decide_resolve_thread("rita", "bob", "alice", false);
+        assert_eq!(refused.reasons[0].rule, COMMENT_RESOLVER.name());
+    }
 
     #[test]
     fn a_review_of_the_head_seen_lands() {

@@ -10,6 +10,9 @@ pub const UNPROVEN_FACT: Rule = Rule("integrity.unproven_fact");
 pub const APPROVER_NEEDS_WRITE: Rule = Rule("review.write_access");
 /// A review names a head the change no longer has.
 pub const REVIEW_HEAD_MOVED: Rule = Rule("review.head_moved");
+/// A comment's thread is resolved by its author, the change's opener or a
+/// writer of the project.
+pub const COMMENT_RESOLVER: Rule = Rule("comment.resolver");
 /// Opening, closing or merging a change needs write access.
 pub const CHANGE_NEEDS_WRITE: Rule = Rule("change.write_access");
 /// The change's head moved while it was being merged.

@@ -39,7 +39,7 @@ fn parse_user(name: String) -> Result<UserName> {
     UserName::parse(&name).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-async fn change_row(tx: &mut impl Reads, project_id: i64, number: i64) -> Result<(i64, ChangeView)> {
+pub(crate) async fn change_row(tx: &mut impl Reads, project_id: i64, number: i64) -> Result<(i64, ChangeView)> {
     let sql = tx.sql(
         "SELECT c.id, c.number, p.name AS project, c.title, c.description, c.source_branch, c.target_branch, c.state, \
                 c.head, o.name AS opened_by, c.opened_at, m.name AS merged_by, c.merged_at, c.merge_commit \

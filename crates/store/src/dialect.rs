@@ -41,6 +41,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (12, "commit_seals", include_str!("../migrations/sqlite/0012_commit_seals.sql")),
     (13, "merge_intents", include_str!("../migrations/sqlite/0013_merge_intents.sql")),
     (14, "ledger_handovers", include_str!("../migrations/sqlite/0014_ledger_handovers.sql")),
+    (15, "change_comments", include_str!("../migrations/sqlite/0015_change_comments.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "people", include_str!("../migrations/postgres/0001_people.sql")),
@@ -57,6 +58,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (12, "commit_seals", include_str!("../migrations/postgres/0012_commit_seals.sql")),
     (13, "merge_intents", include_str!("../migrations/postgres/0013_merge_intents.sql")),
     (14, "ledger_handovers", include_str!("../migrations/postgres/0014_ledger_handovers.sql")),
+    (15, "change_comments", include_str!("../migrations/postgres/0015_change_comments.sql")),
 ];
 
 /// The PostgreSQL advisory lock held by whoever appends to the audit log or

@@ -25,6 +25,7 @@ mod bearer;
 mod builds;
 mod changes;
 mod checks;
+mod comments;
 mod deployments;
 mod dialect;
 mod evidence;
@@ -58,6 +59,7 @@ pub use backup::{copy_sqlite, BackupFacts, RecordedHead, Snapshot, RESTORED_ACTI
 pub use builds::{BuildOutcome, LeasedBuild, NewArtifact, JOBS_CHANNEL, MAX_ATTEMPTS};
 pub use changes::{Authors, GateRecords, MergePlan, Published};
 pub use checks::{CheckOutcome, LeasedCheck};
+pub use comments::NewComment;
 /// The API's views, which the store builds straight from its rows.
 pub use custody_api::{
     ArtifactView, AuthorReason, BuildView, ChangeView, CheckRunView, CommitView, CreatedUser, DecisionView,

@@ -115,6 +115,36 @@ pub struct ReviewView {
     pub at: Timestamp,
 }
 
+/// A comment on a line of a change's diff, or a reply in its thread.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CommentView {
+    /// Its id.
+    pub id: i64,
+    /// Who wrote it.
+    pub author: String,
+    /// The head it was written on.
+    pub head: String,
+    /// The file, as the diff names it at that head.
+    pub path: String,
+    /// The line in the file at that head, from 1.
+    pub line: i64,
+    /// The line as it read then.
+    pub line_text: String,
+    /// The first comment of its thread, for a reply.
+    pub reply_to: Option<i64>,
+    /// What it says.
+    pub body: String,
+    /// When.
+    pub at: Timestamp,
+    /// Whether the line no longer reads the same at the change's current
+    /// head (or its file is gone): the thread is about an earlier head.
+    pub outdated: bool,
+    /// Who resolved its thread, once someone did (on the thread's first comment).
+    pub resolved_by: Option<String>,
+    /// When.
+    pub resolved_at: Option<Timestamp>,
+}
+
 /// A merged change and the gate that let it in, or the promise to merge it.
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Merged {

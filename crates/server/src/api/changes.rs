@@ -16,7 +16,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
 use super::project_access as access;
-use custody_api::{EditChangeRequest, OpenChangeRequest, ReviewRequest};
+use custody_api::{CommentRequest, CommentView, EditChangeRequest, OpenChangeRequest, ReviewRequest};
 
 /// Opens a change from a pushed branch.
 #[utoipa::path(post, path = "/api/v1/projects/{name}/changes", tag = "changes", security(("token" = [])), request_body = OpenChangeRequest,
@@ -116,10 +116,70 @@ pub(crate) async fn edit_change(
     Body(request): Body<EditChangeRequest>,
 ) -> ApiResult<Json<ChangeView>> {
     let access = access(&state, &auth, &project).await?;
-    if request.title.is_none() && request.description.is_none() {
-        return Err(ApiError::invalid("give a title, a description or both"));
-    }
     Ok(Json(state.store().edit_change(&auth.0, &access, number, request.title, request.description).await?))
+}
+
+/// The change's line comments, oldest first, each thread marked outdated
+/// when its line no longer reads the same at the current head.
+#[utoipa::path(get, path = "/api/v1/projects/{name}/changes/{number}/comments", tag = "changes", security(("token" = [])),
+    responses((status = 200, body = Vec<CommentView>)))]
+pub(crate) async fn comments(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((project, number)): PathParam<(String, i64)>,
+) -> ApiResult<Json<Vec<CommentView>>> {
+    let access = access(&state, &auth, &project).await?;
+    Ok(Json(custody_app::comments::comments(state.store(), state.hosting().repositories(), &access, number).await?))
+}
+
+/// Comments on a line of the change's current head (`path`, `line`,
+/// `head`), or replies to a thread (`reply_to`).
+#[utoipa::path(post, path = "/api/v1/projects/{name}/changes/{number}/comments", tag = "changes", security(("token" = [])),
+    request_body = CommentRequest,
+    responses((status = 201, body = CommentView), (status = 400, body = custody_api::ErrorBody),
+        (status = 403, body = custody_api::ErrorBody), (status = 409, body = custody_api::ErrorBody)))]
+pub(crate) async fn comment(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((project, number)): PathParam<(String, i64)>,
+    Body(request): Body<CommentRequest>,
+) -> ApiResult<(StatusCode, Json<CommentView>)> {
+    let access = access(&state, &auth, &project).await?;
+    let made = match request {
+        CommentRequest::Reply(reply) => {
+            let reply = custody_store::NewComment::Reply { to: reply.reply_to, body: reply.body };
+            state.store().add_comment(&auth.0, &access, number, reply).await?
+        }
+        CommentRequest::Line(line) => {
+            custody_app::comments::start_thread(
+                state.store(),
+                state.hosting().repositories(),
+                &auth.0,
+                &access,
+                number,
+                line.path,
+                line.line,
+                line.head,
+                line.body,
+            )
+            .await?
+        }
+    };
+    Ok((StatusCode::CREATED, Json(made)))
+}
+
+/// Resolves a thread of comments, by its first comment.
+#[utoipa::path(post, path = "/api/v1/projects/{name}/changes/{number}/comments/{id}/resolve", tag = "changes",
+    security(("token" = [])),
+    responses((status = 200, body = CommentView), (status = 403, body = custody_api::ErrorBody),
+        (status = 409, body = custody_api::ErrorBody)))]
+pub(crate) async fn resolve_comment(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((project, number, id)): PathParam<(String, i64, i64)>,
+) -> ApiResult<Json<CommentView>> {
+    let access = access(&state, &auth, &project).await?;
+    Ok(Json(state.store().resolve_thread(&auth.0, &access, number, id).await?))
 }
 
 /// The change's diff against where it forked from its target.

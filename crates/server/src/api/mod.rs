@@ -201,6 +201,8 @@ fn operations() -> OpenApiRouter<AppState> {
         .routes(routes!(changes::list_changes, changes::open_change))
         .routes(routes!(changes::get_change, changes::edit_change))
         .routes(routes!(changes::diff))
+        .routes(routes!(changes::comments, changes::comment))
+        .routes(routes!(changes::resolve_comment))
         .routes(routes!(changes::gate))
         .routes(routes!(changes::review))
         .routes(routes!(changes::close))

@@ -4,6 +4,7 @@
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use custody_api::CommentView;
 use custody_domain::gate::GateReport;
 use custody_domain::gate::Verdict;
 use custody_store::{AuthorReason, ChangeView, CheckRunView, GateRecords, ProjectAccess};
@@ -31,33 +32,176 @@ fn why(reason: &AuthorReason) -> String {
     }
 }
 
-/// How a diff line is drawn.
-fn diff_class(line: &str) -> &'static str {
-    if line.starts_with("+++") || line.starts_with("---") || line.starts_with("diff ") {
-        "file"
-    } else if line.starts_with('+') {
-        "add"
-    } else if line.starts_with('-') {
-        "del"
-    } else if line.starts_with("@@") {
-        "hunk"
-    } else {
-        "ctx"
+/// A thread of line comments: its first comment and the replies.
+struct Thread {
+    first: CommentView,
+    replies: Vec<CommentView>,
+}
+
+/// The change's comments as threads, oldest first.
+fn threads(comments: Vec<CommentView>) -> Vec<Thread> {
+    let mut threads: Vec<Thread> = Vec::new();
+    for comment in comments {
+        match comment.reply_to {
+            None => threads.push(Thread { first: comment, replies: Vec::new() }),
+            Some(to) => {
+                if let Some(thread) = threads.iter_mut().find(|t| t.first.id == to) {
+                    thread.replies.push(comment);
+                }
+            }
+        }
+    }
+    threads
+}
+
+/// What the diff's tables need besides the diff: where forms post, who
+/// looks, the head, the threads, and the line a new comment is being
+/// written on.
+struct DiffContext<'a> {
+    here: &'a str,
+    visitor: &'a Visitor,
+    head: &'a str,
+    opened_by: &'a str,
+    may_comment: bool,
+    may_write: bool,
+    threads: &'a [Thread],
+    writing_at: Option<(&'a str, u64)>,
+}
+
+impl DiffContext<'_> {
+    /// The threads still anchored at `line` of `path` at the current head.
+    fn at<'b>(&'b self, path: &'b str, line: u64) -> impl Iterator<Item = &'b Thread> + 'b {
+        self.threads.iter().filter(move |t| !t.first.outdated && t.first.path == path && t.first.line == line as i64)
+    }
+
+    /// A link that opens the comment form under `line` of `path`.
+    fn comment_href(&self, path: &str, line: u64) -> String {
+        let target: String = format!("{path}:{line}").bytes().map(|b| format!("%{b:02X}")).collect();
+        format!("{}?line={target}#comment-form", self.here)
     }
 }
 
-/// The diff, each line marked as added, removed or context.
-fn diff_html(diff: &str) -> Markup {
-    let (text, cut) = match diff.char_indices().nth(DIFF_LIMIT) {
-        Some((at, _)) => (&diff[..at], true),
-        None => (diff, false),
+/// The diff, one collapsible table per file with the old and new line
+/// numbers; each new line can take a comment, and each thread sits under
+/// its line.
+fn diff_tables(files: &[super::diff::File], cut: bool, context: &DiffContext<'_>) -> Markup {
+    html! {
+        div #diff {
+            @if files.is_empty() { p.empty { "The change makes no difference to its target." } }
+            @for (i, file) in files.iter().enumerate() {
+                details.file open id={ "file-" (i) } {
+                    summary {
+                        code.path { (file.path) } " "
+                        span.muted { "+" (file.added) " −" (file.removed) }
+                    }
+                    @if file.binary {
+                        p.hint { "A binary file: fetch the branch to see it." }
+                    } @else {
+                        table.diff {
+                            @for line in &file.lines {
+                                tr class=(line.kind.class()) {
+                                    td.num { @if let Some(n) = line.old { (n) } }
+                                    td.num {
+                                        @if let Some(n) = line.new {
+                                            @if context.may_comment {
+                                                a href=(context.comment_href(&file.path, n)) id={ "L" (i) "-" (n) }
+                                                    title={ "Comment on line " (n) } { (n) }
+                                            } @else { (n) }
+                                        }
+                                    }
+                                    td.code { (line.text) }
+                                }
+                                @if let Some(n) = line.new {
+                                    @for thread in context.at(&file.path, n) {
+                                        tr.thread-row { td colspan="3" { (thread_markup(thread, context)) } }
+                                    }
+                                    @if context.writing_at == Some((file.path.as_str(), n)) {
+                                        tr.thread-row { td colspan="3" { (new_thread_form(&file.path, n, context)) } }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @if cut { p.hint { "The diff is cut off here; fetch the branch to read the rest." } }
+        }
+    }
+}
+
+/// The form for a new thread on `line` of `path` at the current head.
+fn new_thread_form(path: &str, line: u64, context: &DiffContext<'_>) -> Markup {
+    html! {
+        (html::post_form(&format!("{}/comments", context.here), context.visitor, "comment", html! {
+            input type="hidden" name="path" value=(path);
+            input type="hidden" name="line" value=(line);
+            input type="hidden" name="head" value=(context.head);
+            label #comment-form { "Comment on line " (line) " of " code { (path) } " "
+                textarea name="body" #comment-body rows="3" required {} }
+            div.buttons { button type="submit" #comment-submit class="primary" { "Comment" } }
+        }))
+    }
+}
+
+/// One thread: its comments, a reply form, and the button to resolve it
+/// (shown only to those the rule lets resolve it).
+fn thread_markup(thread: &Thread, context: &DiffContext<'_>) -> Markup {
+    let first = &thread.first;
+    let may_resolve = custody_domain::change::decide_resolve_thread(
+        context.visitor.auth.name.as_str(),
+        &first.author,
+        context.opened_by,
+        context.may_write,
+    )
+    .allowed;
+    let comment = |c: &CommentView| {
+        html! {
+            div.comment id={ "comment-" (c.id) } {
+                p.meta { strong { (c.author) } " " (html::when(c.at)) }
+                p.body { (c.body) }
+            }
+        }
     };
     html! {
-        pre.diff #diff {
-            @for line in text.lines() { span class=(diff_class(line)) { (line) } "\n" }
+        div.thread id={ "thread-" (first.id) } data-outdated=(first.outdated) data-resolved=(first.resolved_at.is_some()) {
+            @if first.outdated {
+                p.hint {
+                    span.badge.plain { "outdated" } " on " code { (first.path) } " line " (first.line) " at "
+                    code.sha { (short(&first.head)) } ", which read:"
+                }
+                pre.quoted { (first.line_text) }
+            }
+            @if let (Some(by), Some(at)) = (&first.resolved_by, first.resolved_at) {
+                details.resolved {
+                    summary { span.badge.ok { "resolved" } " by " (by) " " (html::when(at)) }
+                    (comment(first))
+                    @for reply in &thread.replies { (comment(reply)) }
+                }
+            } @else {
+                (comment(first))
+                @for reply in &thread.replies { (comment(reply)) }
+                @if context.may_comment {
+                    (html::post_form(&format!("{}/comments", context.here), context.visitor, "reply", html! {
+                        input type="hidden" name="reply_to" value=(first.id);
+                        label { "Reply " textarea name="body" rows="2" required {} }
+                        div.buttons { button type="submit" { "Reply" } }
+                    }))
+                }
+                @if may_resolve {
+                    (html::post_form(&format!("{}/comments/{}/resolve", context.here, first.id), context.visitor, "resolve", html! {
+                        button type="submit" class="resolve-thread" { "Resolve" }
+                    }))
+                }
+            }
         }
-        @if cut { p.hint { "The diff is cut off here; fetch the branch to read the rest." } }
     }
+}
+
+/// What a change's page is asked for: the line a comment is being
+/// written on (`PATH:LINE`).
+#[derive(serde::Deserialize)]
+pub(crate) struct ShowQuery {
+    line: Option<String>,
 }
 
 /// One change.
@@ -65,6 +209,7 @@ pub(crate) async fn show(
     State(state): State<AppState>,
     visitor: Visitor,
     WebPath((project, number)): WebPath<(String, i64)>,
+    super::WebQuery(query): super::WebQuery<ShowQuery>,
 ) -> WebResult<Response> {
     let access = access(&state, &visitor, &project).await?;
     let (change, records, gate) = state.changes().gate_of(&access, number).await?;
@@ -82,13 +227,72 @@ pub(crate) async fn show(
     })
     .await?;
 
+    let comments =
+        custody_app::comments::comments(state.store(), state.hosting().repositories(), &access, number).await?;
+    let threads = threads(comments);
     let here = format!("/projects/{}/changes/{number}", seg(&project));
+    let (text, cut) = match diff.char_indices().nth(DIFF_LIMIT) {
+        Some((at, _)) => (&diff[..at], true),
+        None => (diff.as_str(), false),
+    };
+    let files = super::diff::parse(text);
+    let decide = |action| {
+        custody_domain::access::decide_change_write(
+            &visitor.auth.name,
+            &access.project,
+            access.role,
+            visitor.auth.scopes,
+            action,
+        )
+        .allowed
+    };
+    let may_comment = change.state == custody_domain::status::ChangeState::Open
+        && custody_domain::access::decide_review(
+            &visitor.auth.name,
+            &access.project,
+            access.role,
+            visitor.auth.scopes,
+            custody_domain::gate::Verdict::Comment,
+        )
+        .allowed;
+    let writing_at =
+        query.line.as_deref().and_then(|l| l.rsplit_once(':')).and_then(|(p, n)| Some((p, n.parse().ok()?)));
+    let context = DiffContext {
+        here: &here,
+        visitor: &visitor,
+        head: &change.head,
+        opened_by: &change.opened_by,
+        may_comment,
+        may_write: decide(custody_domain::access::ChangeWrite::Review),
+        threads: &threads,
+        writing_at,
+    };
+    // Threads no line of the current diff carries: outdated, or on a line
+    // the diff no longer shows.
+    let shown = |t: &Thread| {
+        !t.first.outdated
+            && files
+                .iter()
+                .any(|f| f.path == t.first.path && f.lines.iter().any(|l| l.new == Some(t.first.line as u64)))
+    };
+    let elsewhere: Vec<&Thread> = threads.iter().filter(|t| !shown(t)).collect();
     let body = html! {
         (header(&project, number, &change))
         (manage(&here, &visitor, &access, &change))
         (actions(&here, &visitor, &access, &change, &records, &gate))
         (people(&change, &records))
-        (work(&log, facts.commits.len(), &checks, &diff))
+        (work(&log, facts.commits.len(), &checks))
+        section {
+            h2 { "Diff" }
+            @if may_comment { p.hint { "Click a line's number to comment on it." } }
+            (diff_tables(&files, cut, &context))
+        }
+        @if !elsewhere.is_empty() {
+            section #earlier-comments {
+                h2 { "Comments on earlier heads" }
+                @for thread in elsewhere { (thread_markup(thread, &context)) }
+            }
+        }
     };
     Ok(html::page(&format!("#{number} {}", change.title), Some(&visitor), body).into_response())
 }
@@ -245,8 +449,8 @@ fn people(change: &ChangeView, records: &GateRecords) -> Markup {
     }
 }
 
-/// The commits, the check runs with their logs, and the diff.
-fn work(log: &str, commit_count: usize, checks: &[CheckRunView], diff: &str) -> Markup {
+/// The commits, and the check runs with their logs.
+fn work(log: &str, commit_count: usize, checks: &[CheckRunView]) -> Markup {
     html! {
         section {
             h2 { "Commits" }
@@ -276,8 +480,63 @@ fn work(log: &str, commit_count: usize, checks: &[CheckRunView], diff: &str) -> 
                 }
             }
         }
-        section { h2 { "Diff" } (diff_html(diff)) }
     }
+}
+
+/// A comment on a line, or a reply to a thread, through the same calls
+/// as the API.
+pub(crate) async fn comment(
+    State(state): State<AppState>,
+    WebPath((project, number)): WebPath<(String, i64)>,
+    posted: Posted,
+) -> WebResult<Response> {
+    let here = format!("/projects/{}/changes/{number}", seg(&project));
+    let access = access(&state, &posted.visitor, &project).await?;
+    let body = posted.get("body").unwrap_or_default().replace("\r\n", "\n").trim().to_owned();
+    let made = match posted.get("reply_to").map(str::parse::<i64>) {
+        Some(Ok(to)) => {
+            let reply = custody_store::NewComment::Reply { to, body };
+            state.store().add_comment(&posted.visitor.auth, &access, number, reply).await.map_err(WebError::from)
+        }
+        Some(Err(_)) => Err(WebError::invalid("reply_to names a comment by its number")),
+        None => {
+            let line = posted.text("line").parse::<i64>().map_err(|_| WebError::invalid("line is a number, from 1"));
+            match line {
+                Ok(line) => custody_app::comments::start_thread(
+                    state.store(),
+                    state.hosting().repositories(),
+                    &posted.visitor.auth,
+                    &access,
+                    number,
+                    posted.text("path"),
+                    line,
+                    posted.text("head"),
+                    body,
+                )
+                .await
+                .map_err(WebError::from),
+                Err(e) => Err(e),
+            }
+        }
+    }
+    .map_err(|e| e.back(here.clone()))?;
+    Ok(see_other(&format!("{here}#thread-{}", made.reply_to.unwrap_or(made.id))))
+}
+
+/// Resolves a thread.
+pub(crate) async fn resolve_comment(
+    State(state): State<AppState>,
+    WebPath((project, number, id)): WebPath<(String, i64, i64)>,
+    posted: Posted,
+) -> WebResult<Response> {
+    let here = format!("/projects/{}/changes/{number}", seg(&project));
+    let access = access(&state, &posted.visitor, &project).await?;
+    state
+        .store()
+        .resolve_thread(&posted.visitor.auth, &access, number, id)
+        .await
+        .map_err(|e| WebError::from(e).back(here.clone()))?;
+    Ok(see_other(&format!("{here}#thread-{id}")))
 }
 
 /// Saves a new title or description.

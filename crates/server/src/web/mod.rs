@@ -17,6 +17,7 @@ mod audit;
 mod builds;
 mod changes;
 mod deploys;
+mod diff;
 pub(crate) mod html;
 mod inbox;
 mod projects;
@@ -62,6 +63,8 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/projects/{name}/changes", get(changes::list).post(changes::open))
         .route("/projects/{name}/changes/{number}", get(changes::show))
         .route("/projects/{name}/changes/{number}/edit", post(changes::edit))
+        .route("/projects/{name}/changes/{number}/comments", post(changes::comment))
+        .route("/projects/{name}/changes/{number}/comments/{id}/resolve", post(changes::resolve_comment))
         .route("/projects/{name}/changes/{number}/close", post(changes::close))
         .route("/projects/{name}/changes/{number}/reopen", post(changes::reopen))
         .route("/projects/{name}/changes/{number}/review", post(changes::review))
