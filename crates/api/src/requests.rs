@@ -54,6 +54,7 @@ pub struct LineCommentRequest {
     pub path: String,
     /// The line in the file at `head`, from 1.
     #[schema(minimum = 1)]
+    #[serde(deserialize_with = "integer::required")]
     pub line: i64,
     /// The full id of the head you read: a thread on any other is refused.
     #[schema(pattern = "^[0-9a-fA-F]{40,64}$")]
@@ -69,6 +70,7 @@ pub struct LineCommentRequest {
 pub struct ReplyRequest {
     /// The thread's first comment.
     #[schema(minimum = 1)]
+    #[serde(deserialize_with = "integer::required")]
     pub reply_to: i64,
     /// What you say: 1 to 20,000 characters, not all spaces.
     #[schema(min_length = 1, max_length = 20000, pattern = r"\S")]

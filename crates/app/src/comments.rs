@@ -79,6 +79,9 @@ pub async fn start_thread(
     if line < 1 || !head.bytes().all(|b| b.is_ascii_hexdigit()) || !(40..=64).contains(&head.len()) {
         return Err(invalid("name a line from 1 of a file at a full commit id".into()));
     }
+    if path.is_empty() || path.len() > 4096 || path.contains('\0') {
+        return Err(invalid("name a file of the diff by its path".into()));
+    }
     let lines = lines_at(repositories, access, &head, &path).await?;
     let Some(text) = lines.as_ref().and_then(|l| l.get(line as usize - 1)) else {
         return Err(AppError::Conflict(format!(

@@ -383,6 +383,42 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     browser.goto(&format!("{base}/login"));
     browser.type_into("#token", &hosted.admin);
     browser.click("#sign-in-token");
+    // The auditor downloads the production release's evidence bundle from
+    // its environment's history, and the trust file, and checks them offline.
+    browser.goto(&production);
+    let href = browser.attribute("#history a.evidence", "href").expect("an evidence link");
+    let admin = browser.cookie("custody_session").expect("the admin's session");
+    let admin_cookie = format!("custody_session={}", admin["value"].as_str().expect("a value"));
+    let path = href.strip_prefix(base.as_str()).unwrap_or(&href).to_owned();
+    let bundle = http_send(base, "GET", &path, &[("Cookie", &admin_cookie)], None);
+    assert_eq!(bundle.status, 200, "{bundle:?}");
+    assert!(bundle.header("content-disposition").is_some_and(|d| d.contains("attachment")), "{bundle:?}");
+    let digest = build["artifacts"][0]["digest"].as_str().expect("an artifact").to_owned();
+    browser.goto(&format!("{base}/projects/{PROJECT}/artifacts/{digest}"));
+    let trust_href = browser.attribute("#trust-file", "href").expect("a trust file link");
+    let trust = http_send(base, "GET", trust_href.strip_prefix(base.as_str()).unwrap_or(&trust_href), &[], None);
+    assert_eq!(trust.status, 200, "{trust:?}");
+    let (bundle_file, trust_file) =
+        (hosted.sandbox.path("downloaded.json"), hosted.sandbox.path("trust-downloaded.json"));
+    std::fs::write(&bundle_file, &bundle.body).expect("save the bundle");
+    std::fs::write(&trust_file, &trust.body).expect("save the trust file");
+    let mut verify = hosted.sandbox.as_user("auditor");
+    verify.args(["verify", bundle_file.to_str().unwrap(), "--trust", trust_file.to_str().unwrap(), "--json"]);
+    let verified = support::run(verify).json();
+    assert_eq!(verified["valid"], true, "{verified:#}");
+    let artifact_bundle = browser.attribute("#evidence-bundle", "href").expect("an artifact's bundle link");
+    let artifact_bundle = http_send(
+        base,
+        "GET",
+        artifact_bundle.strip_prefix(base.as_str()).unwrap_or(&artifact_bundle),
+        &[("Cookie", &admin_cookie)],
+        None,
+    );
+    assert_eq!(artifact_bundle.status, 200, "{artifact_bundle:?}");
+    // Without a session, the download asks for a sign-in.
+    let anonymous = http_send(base, "GET", &path, &[], None);
+    assert_eq!(anonymous.status, 303, "{anonymous:?}");
+
     browser.goto(&format!("{base}/audit"));
     snap(&browser, "audit", 1400);
     browser.goto(&format!("{base}/audit?action=deploy.approve"));
@@ -650,7 +686,45 @@ fn accessibility_violations(browser: &Browser) -> Vec<String> {
     found.as_array().expect("a list").iter().map(|v| v.as_str().unwrap_or_default().to_owned()).collect()
 }
 
+/// A running build's page follows its log in place, without reloading,
+/// and shows the finished build once it ends.
+fn a_running_builds_log_follows_in_its_page(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let Some(browser) = Browser::start() else { return };
+    let script = "#!/bin/sh\nset -e\necho step one\nsleep 4\necho step two\nsleep 3\nmkdir -p dist\n\
+                  tar -czf dist/app.tar.gz src\n";
+    let work =
+        support::builds::seed_build(&hosted, &support::builds::pipeline("scripts/build.sh", "[\"dist/*\"]"), script);
+    merge_a_change(&hosted, &work);
+    let log = format!("/api/v1/projects/{PROJECT}/builds/1/log");
+    support::flow::eventually(|| {
+        let (_, page) = hosted.api("GET", &log, Some(&hosted.token("bob")), None);
+        page["chunks"]
+            .as_array()?
+            .iter()
+            .any(|c| c["data"].as_str().is_some_and(|d| d.contains("step one")))
+            .then_some(())
+    })
+    .expect("the build starts");
+    sign_in_with_token(&browser, &hosted, "bob", &hosted.token("bob"));
+    let page = format!("{}/projects/{PROJECT}/builds/1", hosted.server.url);
+    browser.goto(&page);
+    assert!(browser.exists("#build-log[data-follow]"), "{}", browser.body_text());
+    assert!(browser.text("#build-log").contains("step one"));
+    // A mark the page keeps until it reloads.
+    browser.execute("window.custodyStillHere = true;", serde_json::json!([]));
+    let followed = support::flow::eventually(|| {
+        let still = browser.execute("return window.custodyStillHere === true;", serde_json::json!([]));
+        (still == true && browser.text("#build-log").contains("step two")).then_some(())
+    });
+    assert!(followed.is_some(), "the log did not follow in place: {}", browser.body_text());
+    let finished = support::flow::eventually(|| browser.exists("#provenance-check").then_some(()));
+    assert!(finished.is_some(), "the finished build never showed: {}", browser.body_text());
+    assert!(!browser.exists("#build-log[data-follow]"));
+}
+
 on_both_backends! {
+    a_running_builds_log_follows_in_its_page,
     reviewers_and_approvers_work_in_a_real_browser,
     a_finding_waits_only_for_an_admin_who_was_not_involved,
     every_page_shows_hostile_values_as_text,

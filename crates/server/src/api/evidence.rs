@@ -56,11 +56,11 @@ pub(crate) async fn trust(State(state): State<AppState>) -> ApiResult<Json<Trust
 pub(crate) struct EvidenceQuery {
     /// A deployment's number: the bundle covers it and the deployments of
     /// the same build to the environments before it.
-    deployment: Option<i64>,
+    pub(crate) deployment: Option<i64>,
     /// An artifact's sha256 (hex): the bundle covers its build and every
     /// successful deployment of that build.
     #[param(pattern = "^(sha256:)?[0-9a-fA-F]{64}$")]
-    artifact: Option<String>,
+    pub(crate) artifact: Option<String>,
 }
 
 /// The environments in pipeline order, from the mainline tip's pipeline file.
@@ -134,7 +134,14 @@ pub(crate) async fn export(
     export_bundle(state, auth, project, query).await
 }
 
-async fn export_bundle(state: AppState, auth: Auth, project: String, query: EvidenceQuery) -> ApiResult<Json<Bundle>> {
+/// The evidence bundle `query` names, for an admin or auditor: the API's
+/// and the pages' one definition.
+pub(crate) async fn export_bundle(
+    state: AppState,
+    auth: Auth,
+    project: String,
+    query: EvidenceQuery,
+) -> ApiResult<Json<Bundle>> {
     auth.require(Scope::Read)?;
     auth.require_overseer()?;
     let access = state.store().project_access(&auth.0, &ProjectName::parse(&project)?).await?;

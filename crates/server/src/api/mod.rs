@@ -5,7 +5,7 @@ pub(crate) mod builds;
 mod changes;
 mod contract;
 mod deploys;
-mod evidence;
+pub(crate) mod evidence;
 mod groups;
 pub(crate) mod people;
 mod projects;

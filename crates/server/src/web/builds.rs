@@ -241,6 +241,8 @@ pub(crate) async fn show(
     let access = access(&state, &visitor, &project).await?;
     let build = state.store().get_build(&access, number).await?;
     let (log, _) = state.store().build_log(&access, number, 0).await?;
+    let running = build.status.is_waiting();
+    let after = log.last().map_or(0, |c| c.seq);
     let provenance = state.store().build_provenance(&access, number).await?;
     let change = match build.change {
         Some(c) => Some(state.store().get_change(&access.project, c).await?),
@@ -310,10 +312,36 @@ pub(crate) async fn show(
         }
         section {
             h2 { "Log" }
-            pre.log #build-log { @for chunk in &log { (chunk.data) } }
+            @if running { p.hint #log-live { "The build is running: its log follows here as it is written." } }
+            pre.log #build-log data-follow=[running.then(|| format!("/projects/{p}/builds/{number}/log"))] data-after=(after) {
+                @for chunk in &log { (chunk.data) }
+            }
         }
     };
-    Ok(html::page(&format!("Build {number}"), Some(&visitor), body).into_response())
+    let title = format!("Build {number}");
+    if running {
+        return Ok(html::live_page(&title, Some(&visitor), body, 3).into_response());
+    }
+    Ok(html::page(&title, Some(&visitor), body).into_response())
+}
+
+/// Where to follow a log from.
+#[derive(serde::Deserialize)]
+pub(crate) struct LogQuery {
+    after: Option<i64>,
+}
+
+/// A running build's log after `after`, for the page's script to follow:
+/// the API's log page, read with the visitor's session.
+pub(crate) async fn log(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    WebPath((project, number)): WebPath<(String, i64)>,
+    super::WebQuery(query): super::WebQuery<LogQuery>,
+) -> WebResult<Response> {
+    let access = access(&state, &visitor, &project).await?;
+    let (chunks, complete) = state.store().build_log(&access, number, query.after.unwrap_or(0)).await?;
+    Ok(axum::Json(custody_api::LogPage { chunks, complete }).into_response())
 }
 
 /// One artifact: its digest, size and every build that made it.
@@ -348,6 +376,19 @@ pub(crate) async fn artifact(
             }
         }
         p.hint { "Only custody's builder stores artifacts; each download is re-hashed. Fetch it with " code { "custody artifact get" } "." }
+        @if visitor.auth.reads_everything() {
+            section #evidence {
+                h2 { "Evidence" }
+                p {
+                    a #evidence-bundle href={ "/projects/" (p) "/artifacts/" (digest) "/evidence" } download { "The evidence bundle" }
+                    " of this artifact: its build and every deployment of it, each statement signed and proved in the ledger. "
+                    "Check it on your own machine against the "
+                    a #trust-file href="/api/v1/trust" download { "trust file" } ":"
+                }
+                pre.log { "custody verify BUNDLE.json --trust trust.json --artifact FILE" }
+                p.hint { "This page proves nothing about the server that serves it; the offline check does." }
+            }
+        }
     };
     Ok(html::page("Artifact", Some(&visitor), body).into_response())
 }

@@ -1,5 +1,7 @@
-// Fills in the navigation bar's count of what waits for the visitor, and
-// keeps it current. The pages work without it: "My work" lists the same.
+// The pages' one script. It fills in the navigation bar's count of what
+// waits for the visitor, and follows a running build's log in place. The
+// pages work without it: "My work" lists the same, and a running build's
+// page reloads itself.
 (function () {
   "use strict";
   var badge = document.getElementById("work-count");
@@ -22,4 +24,41 @@
   }
   refresh();
   window.setInterval(refresh, 30000);
+})();
+
+(function () {
+  "use strict";
+  var log = document.getElementById("build-log");
+  var follow = log && log.getAttribute("data-follow");
+  if (!follow || !window.fetch) {
+    return;
+  }
+  var after = Number(log.getAttribute("data-after")) || 0;
+  function poll() {
+    fetch(follow + "?after=" + after, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (answer) {
+        return answer.ok ? answer.json() : null;
+      })
+      .then(function (page) {
+        if (!page) {
+          window.setTimeout(poll, 3000);
+          return;
+        }
+        page.chunks.forEach(function (chunk) {
+          log.appendChild(document.createTextNode(chunk.data));
+          after = chunk.seq;
+        });
+        log.setAttribute("data-after", String(after));
+        if (page.complete) {
+          // Finished: the page shows its artifacts and provenance now.
+          window.location.reload();
+        } else {
+          window.setTimeout(poll, 1000);
+        }
+      })
+      .catch(function () {
+        window.setTimeout(poll, 3000);
+      });
+  }
+  window.setTimeout(poll, 1000);
 })();

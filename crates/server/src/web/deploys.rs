@@ -57,7 +57,7 @@ pub(crate) async fn environment(
         h2 { "Waiting" }
         @if waiting.is_empty() { p.empty { "Nothing waits." } }
         @for w in waiting { (w) }
-        (history_table(&history, &p))
+        (history_table(&history, &p, visitor.auth.reads_everything()))
     };
     Ok(html::page(&format!("Environment {name}"), Some(&visitor), body).into_response())
 }
@@ -156,14 +156,19 @@ async fn waiting_deployment(
 }
 
 /// Every deployment to the environment, newest first.
-fn history_table(history: &[DeploymentView], p: &str) -> Markup {
+fn history_table(history: &[DeploymentView], p: &str, overseer: bool) -> Markup {
     html! {
         h2 { "History" }
         @if history.is_empty() {
             p.empty { "No deployment yet." }
         } @else {
             table.list #history {
-                thead { tr { th { "#" } th { "Build" } th { "Status" } th { "Requested by" } th { "Decisions" } th { "Finished" } } }
+                thead {
+                    tr {
+                        th { "#" } th { "Build" } th { "Status" } th { "Requested by" } th { "Decisions" } th { "Finished" }
+                        @if overseer { th { "Evidence" } }
+                    }
+                }
                 tbody {
                     @for d in history {
                         tr {
@@ -173,12 +178,66 @@ fn history_table(history: &[DeploymentView], p: &str) -> Markup {
                             td { (d.requested_by.as_deref().unwrap_or("custody (promotion)")) }
                             td { (decisions(d)) }
                             td { (d.finished_at.map(html::when).unwrap_or_default()) }
+                            @if overseer {
+                                td {
+                                    @if d.status == custody_domain::status::DeploymentStatus::Succeeded {
+                                        a.evidence href={ "/projects/" (p) "/deployments/" (d.number) "/evidence" } download {
+                                            "bundle"
+                                        }
+                                    }
+                                }
+                            }
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// A deployment's evidence bundle, downloaded by an admin or auditor: the
+/// same bundle as `custody evidence export`, for `custody verify`.
+pub(crate) async fn evidence(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    WebPath((project, number)): WebPath<(String, i64)>,
+) -> WebResult<Response> {
+    let query = crate::api::evidence::EvidenceQuery { deployment: Some(number), artifact: None };
+    bundle_download(state, visitor, project, query, format!("deployment-{number}")).await
+}
+
+/// An artifact's evidence bundle, as for a deployment.
+pub(crate) async fn artifact_evidence(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    WebPath((project, digest)): WebPath<(String, String)>,
+) -> WebResult<Response> {
+    let name = format!("artifact-{}", short(&digest));
+    let query = crate::api::evidence::EvidenceQuery { deployment: None, artifact: Some(digest) };
+    bundle_download(state, visitor, project, query, name).await
+}
+
+async fn bundle_download(
+    state: AppState,
+    visitor: Visitor,
+    project: String,
+    query: crate::api::evidence::EvidenceQuery,
+    name: String,
+) -> WebResult<Response> {
+    let auth = crate::auth::Auth(visitor.auth.clone());
+    let axum::Json(bundle) = crate::api::evidence::export_bundle(state, auth, project.clone(), query).await?;
+    let body = serde_json::to_vec_pretty(&bundle)
+        .map_err(|_| WebError::new(StatusCode::INTERNAL_SERVER_ERROR, "the bundle could not be written"))?;
+    // The file's name is made of a project name and digits only.
+    let file = format!("attachment; filename=\"{project}-{name}.evidence.json\"");
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "application/vnd.custody.evidence.v2+json".to_owned()),
+            (axum::http::header::CONTENT_DISPOSITION, file),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 /// Records a decision on a pending deployment, through the same store call

@@ -207,6 +207,16 @@ pub fn post_form(action: &str, visitor: &Visitor, class: &str, fields: Markup) -
 
 /// A whole page around markup made by a template.
 pub fn page(title: &str, visitor: Option<&Visitor>, body: Markup) -> Html<String> {
+    frame(title, visitor, body, None)
+}
+
+/// A page of something still running: without scripts it reloads itself
+/// every `seconds`; with them, its script follows what changes in place.
+pub fn live_page(title: &str, visitor: Option<&Visitor>, body: Markup, seconds: u32) -> Html<String> {
+    frame(title, visitor, body, Some(seconds))
+}
+
+fn frame(title: &str, visitor: Option<&Visitor>, body: Markup, refresh: Option<u32>) -> Html<String> {
     let page = html! {
         (DOCTYPE)
         html lang="en" {
@@ -216,6 +226,7 @@ pub fn page(title: &str, visitor: Option<&Visitor>, body: Markup) -> Html<String
                 title { (title) " · custody" }
                 link rel="stylesheet" href="/static/custody.css";
                 script src="/static/custody.js" defer {}
+                @if let Some(seconds) = refresh { noscript { meta http-equiv="refresh" content=(seconds); } }
             }
             body {
                 header.top {
