@@ -603,6 +603,20 @@ fn an_import_waits_for_a_second_admin_and_is_recorded_as_unreviewed() {
     assert_eq!(applied[0]["details"]["reviewed"], false);
 }
 
+/// The server's log once it holds every one of `lines`: each is written as
+/// its request is answered, and under load a moment later (5 s at most).
+fn logged_once(hosted: &Hosted, lines: &[&str]) -> String {
+    let mut logged = hosted.server.stderr();
+    for _ in 0..50 {
+        if lines.iter().all(|l| logged.contains(l)) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        logged = hosted.server.stderr();
+    }
+    logged
+}
+
 #[test]
 fn a_name_sent_to_sign_in_cannot_forge_a_log_line() {
     let hosted = Hosted::new();
@@ -614,7 +628,7 @@ fn a_name_sent_to_sign_in_cannot_forge_a_log_line() {
         Some(serde_json::json!({ "name": forged, "password": "guess" })),
     );
     assert_eq!(status, 401);
-    let logged = hosted.server.stderr();
+    let logged = logged_once(&hosted, &["failed login"]);
     let line = logged.lines().find(|l| l.contains("failed login")).unwrap_or_else(|| panic!("{logged}"));
     assert!(line.contains("mallory\\n2026-12-03") && line.contains("\\u001b[2J"), "{line}");
     assert!(!logged.lines().any(|l| l.starts_with("2026-12-03T00:00:00.000000Z")), "{logged}");
@@ -644,7 +658,7 @@ fn a_branch_name_and_a_user_agent_sent_to_custody_cannot_forge_a_log_line() {
     );
     assert_eq!(status, 400);
 
-    let logged = hosted.server.stderr();
+    let logged = logged_once(&hosted, &["failed login", "request refused"]);
     let login = logged.lines().find(|l| l.contains("failed login")).unwrap_or_else(|| panic!("{logged}"));
     assert!(login.contains("curl\\u00852026-12-03") && login.contains("\\u009b2J"), "{login}");
     let refused = logged

@@ -406,6 +406,24 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     verify.args(["verify", bundle_file.to_str().unwrap(), "--trust", trust_file.to_str().unwrap(), "--json"]);
     let verified = support::run(verify).json();
     assert_eq!(verified["valid"], true, "{verified:#}");
+    // The artifact itself downloads from its page, re-hashed on the way.
+    let download = browser.attribute("#download", "href").expect("a download link");
+    let file = http_send(
+        base,
+        "GET",
+        download.strip_prefix(base.as_str()).unwrap_or(&download),
+        &[("Cookie", &admin_cookie)],
+        None,
+    );
+    assert_eq!(file.status, 200, "{file:?}");
+    let expected = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(support::builds::bytes_of_hex(&digest))
+    };
+    assert_eq!(file.header("repr-digest"), Some(format!("sha-256=:{expected}:").as_str()), "{file:?}");
+    browser.goto(&format!("{base}/projects/{PROJECT}/builds"));
+    assert!(browser.text("#build-list").contains("succeeded"), "{}", browser.body_text());
+    browser.goto(&format!("{base}/projects/{PROJECT}/artifacts/{digest}"));
     let artifact_bundle = browser.attribute("#evidence-bundle", "href").expect("an artifact's bundle link");
     let artifact_bundle = http_send(
         base,
@@ -621,6 +639,7 @@ fn every_page_shows_hostile_values_as_text(backend: Backend) {
         format!("/audit?actor={hostile_query}&action={hostile_query}"),
         "/admin".to_owned(),
         format!("/projects/{PROJECT}/changes?state=merged&reviewer=bob"),
+        format!("/projects/{PROJECT}/builds"),
         format!("/projects/{PROJECT}/changes?author={hostile_query}"),
         format!("/projects/{hostile_query}"),
         format!("/projects/{PROJECT}/environments/{hostile_query}"),
@@ -637,7 +656,7 @@ fn every_page_shows_hostile_values_as_text(backend: Backend) {
     let change = support::http_send(base, "GET", &pages[3], &[("Cookie", &cookie)], None).body;
     assert!(change.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;onmouseover=alert(2)"), "{change}");
     // And the browser runs none of it: no dialog opened, the title is text.
-    for page in &pages[..10] {
+    for page in &pages[..11] {
         browser.goto(&format!("{base}{page}"));
         assert!(browser.alert_text().is_none(), "{page} ran a script");
     }
@@ -646,7 +665,7 @@ fn every_page_shows_hostile_values_as_text(backend: Backend) {
 
     // Every page passes axe-core with no serious or critical violation, and
     // reads at 390 px wide without scrolling sideways.
-    for page in pages[..10].iter().chain(["/login".to_owned()].iter()) {
+    for page in pages[..11].iter().chain(["/login".to_owned()].iter()) {
         if page == "/login" {
             sign_out(&browser);
         }

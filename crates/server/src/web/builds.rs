@@ -325,6 +325,72 @@ pub(crate) async fn show(
     Ok(html::page(&title, Some(&visitor), body).into_response())
 }
 
+/// The artifact's bytes, re-hashed while they are sent and cut off before
+/// their end when they no longer match, exactly as the API sends them.
+pub(crate) async fn download(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    WebPath((project, digest)): WebPath<(String, String)>,
+) -> WebResult<Response> {
+    let access = access(&state, &visitor, &project).await?;
+    if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(WebError::invalid("an artifact is named by its sha256: 64 hexadecimal digits"));
+    }
+    let made = state.store().artifact(&access, &digest).await?;
+    let name = made.last().map(|a| a.name.clone()).unwrap_or_default();
+    Ok(crate::api::builds::send_blob(&state, &digest, &name).await?)
+}
+
+/// Which builds a project's list shows: those numbered below `before`.
+#[derive(serde::Deserialize)]
+pub(crate) struct ListQuery {
+    before: Option<i64>,
+}
+
+/// A project's builds, newest first, a page at a time.
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    visitor: Visitor,
+    WebPath(project): WebPath<String>,
+    super::WebQuery(query): super::WebQuery<ListQuery>,
+) -> WebResult<Response> {
+    let access = access(&state, &visitor, &project).await?;
+    let page = state.store().list_builds(&access, custody_store::PageRequest::new(query.before, Some(50))).await?;
+    let p = seg(&project);
+    let body = html! {
+        p.crumbs { a href="/projects" { "Projects" } " / " a href={ "/projects/" (p) } { (project) } " /" }
+        h1 { "Builds" }
+        @if page.items.is_empty() {
+            p.empty { "No build yet: the builder builds each merge into the mainline." }
+        } @else {
+            table.list #build-list {
+                thead { tr { th { "Build" } th { "Commit" } th { "Change" } th { "Status" } th { "Queued" } th { "Artifacts" } } }
+                tbody {
+                    @for build in &page.items {
+                        tr {
+                            td { a href={ "/projects/" (p) "/builds/" (build.number) } { (build.number) } }
+                            td { code.sha { (short(&build.commit)) } }
+                            td {
+                                @match build.change {
+                                    Some(c) => a href={ "/projects/" (p) "/changes/" (c) } { "#" (c) },
+                                    None => "—",
+                                }
+                            }
+                            td { (html::badge(build.status)) }
+                            td { (html::when(build.queued_at)) }
+                            td { (build.artifacts.len()) }
+                        }
+                    }
+                }
+            }
+            @if let Some(next) = page.next_cursor {
+                p { a #older-builds href={ "/projects/" (p) "/builds?before=" (next) } { "Older builds →" } }
+            }
+        }
+    };
+    Ok(html::page(&format!("Builds of {project}"), Some(&visitor), body).into_response())
+}
+
 /// Where to follow a log from.
 #[derive(serde::Deserialize)]
 pub(crate) struct LogQuery {
@@ -366,6 +432,8 @@ pub(crate) async fn artifact(
                 dt { "Size" } dd { (first.size) " bytes" }
             }
         }
+        p { a #download href={ "/projects/" (p) "/artifacts/" (digest) "/content" } download { "Download" }
+            " (re-hashed as it is sent: a damaged file is cut off before its end)" }
         h2 { "Made by" }
         ul.plain {
             @for a in &made {

@@ -193,6 +193,7 @@ pub(crate) async fn show(
         }
         section {
             h2 { "Latest builds" }
+            p { a #all-builds href={ "/projects/" (p) "/builds" } { "All builds" } }
             @if builds.items.is_empty() {
                 p.empty { "No build yet: the builder builds each merge into the mainline." }
             } @else {
