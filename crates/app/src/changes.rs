@@ -57,11 +57,64 @@ pub struct Changes {
     /// Gates evaluated, by project and change, with the audit log's newest
     /// sequence number and the target's tip they were evaluated at.
     gates: Remembered<(String, i64), RememberedGate>,
+    /// What a change's page shows from git (its commits' log and its diff),
+    /// by project, base and head: commits never change, so neither does it.
+    shown: Remembered<(String, Option<String>, String), ShownFromGit>,
     /// One turn at a time per merge target, in this process.
     turns: Mutex<HashMap<(String, String), Turn>>,
 }
 
+/// What a change's page shows from git.
+#[derive(Clone, Debug)]
+pub struct ShownFromGit {
+    /// One line per commit, at most `limit` of them, in the order given:
+    /// `id \x1f named author \x1f subject`.
+    pub log: String,
+    /// The diff from the base to the head.
+    pub diff: String,
+}
+
+/// How many changes' logs and diffs are remembered (a diff can be large:
+/// few are kept).
+const SHOWN_REMEMBERED: usize = 64;
+/// The largest log and diff remembered.
+const SHOWN_MAX_BYTES: usize = 4 << 20;
+
 impl Changes {
+    /// The log of the first `limit` of `commits` and the diff from `base`
+    /// to `head`, read from git once per base and head.
+    pub async fn shown_from_git(
+        &self,
+        project: &ProjectName,
+        base: Option<String>,
+        head: String,
+        commits: &[String],
+        limit: usize,
+    ) -> Result<Arc<ShownFromGit>> {
+        let key = (project.to_string(), base.clone(), head.clone());
+        if let Some(known) = self.shown.get(&key) {
+            return Ok(known);
+        }
+        let repository = self.repositories.path(project);
+        let commits: Vec<String> = commits.iter().take(limit).cloned().collect();
+        let shown = tokio::task::spawn_blocking(move || -> std::result::Result<ShownFromGit, custody_git::GitError> {
+            let mut args = vec!["log", "--no-walk=unsorted", "--format=%H%x1f%an <%ae>%x1f%s"];
+            args.extend(commits.iter().map(String::as_str));
+            let log = if commits.is_empty() { String::new() } else { custody_git::git(Some(&repository), &args)? };
+            let diff = custody_git::change::diff(&repository, base.as_deref(), &head)?;
+            Ok(ShownFromGit { log, diff })
+        })
+        .await
+        .map_err(AppError::repository)?
+        .map_err(AppError::repository)?;
+        let shown = Arc::new(shown);
+        // A huge diff is read again each time rather than held.
+        if shown.log.len() + shown.diff.len() <= SHOWN_MAX_BYTES {
+            self.shown.put(key, shown.clone());
+        }
+        Ok(shown)
+    }
+
     /// The changes kept in `store` of the repositories under
     /// `repositories`, merged with `gate_key` signing their attestations.
     pub fn new(store: Store, repositories: Repositories, gate_key: Option<ServiceKey>) -> Changes {
@@ -71,6 +124,7 @@ impl Changes {
             gate_key: gate_key.map(Arc::new),
             facts: Remembered::new(FACTS_REMEMBERED),
             gates: Remembered::new(GATES_REMEMBERED),
+            shown: Remembered::new(SHOWN_REMEMBERED),
             turns: Mutex::new(HashMap::new()),
         }
     }

@@ -12,7 +12,7 @@ use custody_store::{AuthorReason, ChangeView, CheckRunView, GateRecords, Project
 use maud::{html, Markup};
 
 use super::html::{self, seg, short, status};
-use super::projects::{access, read_git};
+use super::projects::access;
 use super::session::{see_other, Posted, Visitor};
 use super::{WebError, WebPath, WebResult};
 use crate::AppState;
@@ -216,16 +216,11 @@ pub(crate) async fn show(
     let (target, head, merged_as) = state.store().change_position(&access, number).await?;
     let facts = state.changes().git_facts(&access.project, &access.default_branch, target, head, merged_as).await?;
     let checks = state.store().check_runs(&access, number, true).await?;
-    let repository = state.hosting().repositories().path(&access.project);
-    let (base, head, commits) = (facts.target_tip.clone(), facts.head.clone(), facts.commits.clone());
-    let (log, diff) = read_git(move || {
-        let mut args = vec!["log", "--no-walk=unsorted", "--format=%H%x1f%an <%ae>%x1f%s"];
-        args.extend(commits.iter().take(COMMIT_LIMIT).map(String::as_str));
-        let log = if commits.is_empty() { String::new() } else { custody_git::git(Some(&repository), &args)? };
-        let diff = custody_git::change::diff(&repository, base.as_deref(), &head)?;
-        Ok((log, diff))
-    })
-    .await?;
+    let shown = state
+        .changes()
+        .shown_from_git(&access.project, facts.target_tip.clone(), facts.head.clone(), &facts.commits, COMMIT_LIMIT)
+        .await?;
+    let (log, diff) = (&shown.log, &shown.diff);
 
     let comments =
         custody_app::comments::comments(state.store(), state.hosting().repositories(), &access, number).await?;
@@ -281,7 +276,7 @@ pub(crate) async fn show(
         (manage(&here, &visitor, &access, &change))
         (actions(&here, &visitor, &access, &change, &records, &gate))
         (people(&change, &records))
-        (work(&log, facts.commits.len(), &checks))
+        (work(log, facts.commits.len(), &checks))
         section {
             h2 { "Diff" }
             @if may_comment { p.hint { "Click a line's number to comment on it." } }
