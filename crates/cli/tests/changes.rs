@@ -1133,6 +1133,30 @@ fn line_comments_bind_to_a_read_line_and_go_outdated_when_it_changes(backend: Ba
     let (status, refused) = resolve("rita", &thread["id"]);
     assert_eq!(status, 403, "{refused}");
     assert_eq!(refused["error"]["reasons"][0]["rule"], "comment.resolver", "{refused}");
+    // A DBA makes rita the thread's author, and writes a thread of her own
+    // around custody: neither lets her resolve anything.
+    hosted.tamper(&format!(
+        "UPDATE change_comments SET author_id = (SELECT id FROM users WHERE name = 'rita') WHERE id = {}",
+        thread["id"]
+    ));
+    let (status, refused) = resolve("rita", &thread["id"]);
+    assert_eq!(status, 403, "the row's author decided: {refused}");
+    hosted.tamper(&format!(
+        "INSERT INTO change_comments (change_id, author_id, head, path, line, line_text, body, at) \
+         SELECT change_id, (SELECT id FROM users WHERE name = 'rita'), head, path, line, line_text, 'mine', at \
+         FROM change_comments WHERE id = {}",
+        thread["id"]
+    ));
+    let (_, listed) = hosted.api("GET", &path, Some(&hosted.token("rita")), None);
+    let forged = listed.as_array().unwrap().iter().map(|c| c["id"].clone()).max_by_key(|id| id.as_i64()).unwrap();
+    let (status, refused) = resolve("rita", &forged);
+    assert_eq!(status, 409, "a thread custody never wrote: {refused}");
+    assert!(refused["error"]["message"].as_str().unwrap_or_default().contains("around custody"), "{refused}");
+    hosted.tamper(&format!(
+        "UPDATE change_comments SET author_id = (SELECT id FROM users WHERE name = 'bob') WHERE id = {}",
+        thread["id"]
+    ));
+    hosted.tamper(&format!("DELETE FROM change_comments WHERE id = {forged}"));
     let (status, refused) = resolve("alice", &reply["id"]);
     assert_eq!(status, 409, "a reply is not a thread: {refused}");
     let (status, resolved) = resolve("alice", &thread["id"]);

@@ -1,6 +1,8 @@
 //! Comments on the lines of a change's diff, in threads: each thread
 //! anchored to a file, a line and the head it was written on, with that
-//! line's text, so that a later head can show it as outdated.
+//! line's text, so that a later head can show it as outdated. The one rule
+//! that reads them (who may resolve a thread) takes who started it from the
+//! change's proven `change.comment` event, never from the row.
 
 use custody_api::CommentView;
 use custody_domain::access::{decide_change_write, decide_review, ChangeWrite};
@@ -197,18 +199,28 @@ impl Store {
             Box::pin(async move {
                 let (change_id, change) = change_row(tx, access.project_id, number).await?;
                 let first = read_comment(tx, change_id, thread).await?;
-                if first.reply_to.is_some() {
-                    return Err(StoreError::Conflict(format!(
-                        "comment {thread} is a reply: resolve its thread, {}",
-                        first.reply_to.unwrap_or(thread)
-                    )));
+                // Who started the thread, and whether it is one, as the
+                // change's proven events say: never as the row says.
+                let subject = format!("change:{}/{number}", access.project);
+                let events = crate::proof::proven_events(tx, &subject).await?;
+                let written = events
+                    .iter()
+                    .find(|e| e.action == "change.comment" && e.details["comment"] == thread)
+                    .ok_or_else(|| {
+                        StoreError::Conflict(format!(
+                            "comment {thread} of {subject} has no event custody wrote: it was written around \
+                             custody, and nobody resolves it"
+                        ))
+                    })?;
+                if let Some(to) = written.details["reply_to"].as_i64() {
+                    return Err(StoreError::Conflict(format!("comment {thread} is a reply: resolve its thread, {to}")));
                 }
                 if first.resolved_at.is_some() {
                     return Err(StoreError::Conflict(format!("thread {thread} is resolved already")));
                 }
                 crate::allowed(custody_domain::change::decide_resolve_thread(
                     actor.name.as_str(),
-                    &first.author,
+                    &written.actor,
                     &change.opened_by,
                     may_write,
                 ))?;

@@ -351,6 +351,30 @@ async fn a_ledger_key_that_handed_over_signs_nothing_after(store: Store, url: St
     .await;
     let report = inspect(&url, &NoteVerifier::new(ORIGIN, &new.public()).unwrap(), None).await.unwrap();
     assert!(matches!(report.findings.as_slice(), [Finding::ForgedHandover { size: 11, .. }]), "{:?}", report.findings);
+
+    // The DBA drops the append-only triggers and edits the genuine
+    // handover's note: it no longer opens, and the audit names it.
+    let drop_handover_triggers = if url.starts_with("sqlite") {
+        "DROP TRIGGER ledger_handovers_no_update; DROP TRIGGER ledger_handovers_no_delete;"
+    } else {
+        "DROP TRIGGER ledger_handovers_no_change ON ledger_handovers;"
+    };
+    execute_raw(&url, drop_handover_triggers).await;
+    execute_raw(&url, "DELETE FROM ledger_handovers WHERE to_key = 'x'").await;
+    let edited = handover.note.replacen("\n8\n", "\n9\n", 1);
+    execute_raw(&url, &format!("UPDATE ledger_handovers SET note = '{edited}' WHERE to_key = '{}'", handover.to_key))
+        .await;
+    let report = inspect(&url, &NoteVerifier::new(ORIGIN, &new.public()).unwrap(), None).await.unwrap();
+    assert!(matches!(report.findings.as_slice(), [Finding::ForgedHandover { size: 8, .. }]), "{:?}", report.findings);
+    // Deleted, it leaves whoever holds the old key with nothing to follow:
+    // the new key's checkpoint is refused as not genuine, never believed.
+    execute_raw(&url, "DELETE FROM ledger_handovers").await;
+    let report = inspect(&url, &NoteVerifier::new(ORIGIN, &old.public()).unwrap(), None).await.unwrap();
+    assert!(
+        report.findings.iter().any(|f| matches!(f, Finding::ForgedCheckpoint { size: 11, .. })),
+        "{:?}",
+        report.findings
+    );
 }
 
 /// A hash as a binary literal of the database at `url`.

@@ -325,6 +325,14 @@ pub(crate) async fn show(
     Ok(html::page(&title, Some(&visitor), body).into_response())
 }
 
+/// An artifact's name in an address: its sha256, 64 hex digits.
+fn check_digest(digest: &str) -> WebResult<()> {
+    if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(WebError::invalid("an artifact is named by its sha256: 64 hexadecimal digits"));
+    }
+    Ok(())
+}
+
 /// The artifact's bytes, re-hashed while they are sent and cut off before
 /// their end when they no longer match, exactly as the API sends them.
 pub(crate) async fn download(
@@ -333,9 +341,7 @@ pub(crate) async fn download(
     WebPath((project, digest)): WebPath<(String, String)>,
 ) -> WebResult<Response> {
     let access = access(&state, &visitor, &project).await?;
-    if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(WebError::invalid("an artifact is named by its sha256: 64 hexadecimal digits"));
-    }
+    check_digest(&digest)?;
     let made = state.store().artifact(&access, &digest).await?;
     let name = made.last().map(|a| a.name.clone()).unwrap_or_default();
     Ok(crate::api::builds::send_blob(&state, &digest, &name).await?)
@@ -417,9 +423,7 @@ pub(crate) async fn artifact(
     WebPath((project, digest)): WebPath<(String, String)>,
 ) -> WebResult<Response> {
     let access = access(&state, &visitor, &project).await?;
-    if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(WebError::invalid("an artifact is named by its sha256: 64 hexadecimal digits"));
-    }
+    check_digest(&digest)?;
     let made = state.store().artifact(&access, &digest).await?;
     let p = seg(&project);
     let body = html! {
