@@ -8,7 +8,7 @@
 
 use custody_api::FindingView;
 use custody_domain::access::{decide_change_write, decide_deploy_member, ChangeWrite, DeployAction};
-use custody_domain::gate::{decide_own_approval, RuleOutcome, Verdict};
+use custody_domain::gate::{RuleOutcome, Verdict};
 use custody_domain::grant::{decide_approval, GrantFacts};
 use custody_domain::status::{ChangeState, DeploymentStatus};
 use custody_domain::{GrantStatus, ProjectName, Timestamp};
@@ -157,12 +157,13 @@ async fn changes_waiting(
             });
             continue;
         }
-        let authorship = records.authors.get(&reader.name).map(|_| "an author");
+        // Not an author (above), so the approval would count: unless given
+        // at this head already.
         let approved_here = records
             .reviews
             .iter()
             .any(|r| r.reviewer == reader.name && r.head == change.head && !r.voided && r.verdict == Verdict::Approve);
-        if may_review && decide_own_approval(authorship).allowed && !approved_here {
+        if may_review && !approved_here {
             inbox.reviews.push(ReviewWaiting {
                 project: access.project.to_string(),
                 number: change.number,
