@@ -215,7 +215,7 @@ pub struct TicketRequest {
     pub ticket: String,
 }
 
-/// Output of a running build, appended to its log.
+/// Output of a running build or deployment, appended to its log.
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BuildLogRequest {

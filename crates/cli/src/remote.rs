@@ -545,6 +545,15 @@ impl DeployDesk for Remote {
         answer.ok_or_else(|| "the heartbeat had no answer".to_owned())
     }
 
+    async fn append_log(&self, lease: &LeasedDeployment, text: String) -> Result<(), String> {
+        let ticket = self.ticket_of_deployment(lease)?;
+        for piece in pieces(&text) {
+            let request = BuildLogRequest { ticket: ticket.clone(), text: piece.to_owned() };
+            self.post::<serde_json::Value>("/api/v1/worker/deployments/log", Some(&request)).await?;
+        }
+        Ok(())
+    }
+
     async fn finish(&self, lease: &LeasedDeployment, outcome: DeployOutcome) {
         let report = self.ticket_of_deployment(lease).map(|ticket| DeploymentReport { ticket, outcome });
         self.report("/api/v1/worker/deployments/finish", report, &format!("deployment {}", lease.number)).await;

@@ -636,6 +636,8 @@ fn every_page_shows_hostile_values_as_text(backend: Backend) {
         format!("/projects/{PROJECT}/builds/1"),
         format!("/projects/{PROJECT}/artifacts/{digest}"),
         format!("/projects/{PROJECT}/environments/production"),
+        format!("/projects/{PROJECT}/deployments/2"),
+        format!("/projects/{PROJECT}/deployments/3"),
         format!("/audit?actor={hostile_query}&action={hostile_query}"),
         "/admin".to_owned(),
         format!("/projects/{PROJECT}/changes?state=merged&reviewer=bob"),
@@ -656,7 +658,7 @@ fn every_page_shows_hostile_values_as_text(backend: Backend) {
     let change = support::http_send(base, "GET", &pages[3], &[("Cookie", &cookie)], None).body;
     assert!(change.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;onmouseover=alert(2)"), "{change}");
     // And the browser runs none of it: no dialog opened, the title is text.
-    for page in &pages[..11] {
+    for page in &pages[..13] {
         browser.goto(&format!("{base}{page}"));
         assert!(browser.alert_text().is_none(), "{page} ran a script");
     }
@@ -665,7 +667,7 @@ fn every_page_shows_hostile_values_as_text(backend: Backend) {
 
     // Every page passes axe-core with no serious or critical violation, and
     // reads at 390 px wide without scrolling sideways.
-    for page in pages[..11].iter().chain(["/login".to_owned()].iter()) {
+    for page in pages[..13].iter().chain(["/login".to_owned()].iter()) {
         if page == "/login" {
             sign_out(&browser);
         }
@@ -742,7 +744,100 @@ fn a_running_builds_log_follows_in_its_page(backend: Backend) {
     assert!(!browser.exists("#build-log[data-follow]"));
 }
 
+/// Production runs build 2. carol asks, on the production page, to roll
+/// back to build 1: the page names it a rollback, and her deployment's page
+/// shows her approve button refused with the rule before she clicks (and
+/// the server refuses it when forced). dave approves it; its page shows the
+/// log and the signed attestation verified. dave breaks the glass for
+/// build 2, with the page saying what that opens, and cancels it.
+fn a_rollback_asked_for_in_the_browser_waits_for_someone_but_its_requester(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let Some(browser) = Browser::start() else { return };
+    hosted.add_user("dave", "write");
+    release_managers(&hosted, &["carol", "dave"]);
+    let work = seed_deploying(&hosted, &pipeline_with_environments(""), DEPLOY_SCRIPT);
+    merge_a_change(&hosted, &work);
+    deployment_reaching(&hosted, 2, &["pending"]);
+    hosted.run_as("dave", &["deploy", "approve", PROJECT, "2"]).expect_code(0);
+    deployment_reaching(&hosted, 2, &["succeeded"]);
+    let main = support::flow::branch_from_main(&work, "next");
+    support::flow::merge_part(&hosted, &work, &main, 2);
+    assert_eq!(finished_build(&hosted, 2)["status"], "succeeded");
+    deployment_reaching(&hosted, 4, &["pending"]);
+    hosted.run_as("carol", &["deploy", "approve", PROJECT, "4"]).expect_code(0);
+    deployment_reaching(&hosted, 4, &["succeeded"]);
+    let base = &hosted.server.url;
+
+    sign_in_with_token(&browser, &hosted, "carol", &hosted.token("carol"));
+    let production = format!("{base}/projects/{PROJECT}/environments/production");
+    browser.goto(&production);
+    let offered = browser.text("#request-build");
+    assert!(offered.contains("build 2") && offered.contains("live now"), "{offered}");
+    assert!(offered.contains("build 1") && offered.contains("a rollback"), "{offered}");
+    browser.execute("document.querySelector('#request-build').value = '1';", serde_json::json!([]));
+    browser.click("#request-deployment");
+    assert!(browser.url().ends_with(&format!("/projects/{PROJECT}/deployments/5")), "{}", browser.url());
+    assert_eq!(browser.text("#requested-by"), "carol");
+    assert!(!browser.enabled("#deployment-5 .approve-deployment"), "carol may approve her own rollback");
+    assert_eq!(
+        browser.attribute("#deployment-5 .approve-refusal .refusal", "data-rule").as_deref(),
+        Some("deploy.approver_not_requester")
+    );
+    assert!(browser.text("#deployment-5 .approve-refusal").contains("What would satisfy it"));
+    snap(&browser, "deployment-refused", 1200);
+    browser.execute(
+        "document.querySelector('#deployment-5 .approve-deployment').disabled = false;",
+        serde_json::json!([]),
+    );
+    browser.click("#deployment-5 .approve-deployment");
+    assert!(browser.exists("li[data-rule='deploy.approver_not_requester']"), "{}", browser.body_text());
+    assert!(
+        hosted.audit_events("deploy.approve").iter().all(|e| e["subject"] != format!("deployment:{PROJECT}/5")),
+        "a refused approval was recorded"
+    );
+    browser.click("#back");
+    assert!(browser.url().ends_with("/deployments/5"), "{}", browser.url());
+    sign_out(&browser);
+
+    // dave had no hand in it: his approval opens the gate, and the page
+    // shows the deployment's log and its verified attestation.
+    sign_in_with_token(&browser, &hosted, "dave", &hosted.token("dave"));
+    let page = format!("{base}/projects/{PROJECT}/deployments/5");
+    browser.goto(&page);
+    assert!(browser.enabled("#deployment-5 .approve-deployment"), "{}", browser.body_text());
+    browser.type_into("#deployment-5 .decision-message", "roll back");
+    browser.click("#deployment-5 .approve-deployment");
+    assert!(browser.url().contains("/deployments/5#"), "a decision returns to the deployment: {}", browser.url());
+    deployment_reaching(&hosted, 5, &["succeeded"]);
+    reload_until(&browser, &page, "the attestation", |b| b.exists("#attestation-check"));
+    assert!(browser.text("#attestation-check").contains("verifies"), "{}", browser.text("#attestation-check"));
+    assert!(browser.text("#deployment-log").contains("deploying to production build 1"), "{}", browser.body_text());
+    assert!(browser.text("#decisions").contains("dave"), "{}", browser.text("#decisions"));
+    snap(&browser, "deployment", 1400);
+    browser.goto(&production);
+    assert!(browser.text("#live").contains("build 1"), "rolled back: {}", browser.text("#live"));
+    browser.click("#history a[href$='/deployments/5']");
+    assert!(browser.url().ends_with("/deployments/5"), "{}", browser.url());
+
+    // Breaking the glass says what it opens and what it never skips.
+    browser.goto(&production);
+    browser.click_here("#break-glass-form summary");
+    let said = browser.text("#break-glass-form");
+    assert!(said.contains("never skips the approvals") && said.contains("finding"), "{said}");
+    browser.execute("document.querySelector('#request-build').value = '2';", serde_json::json!([]));
+    browser.type_into("#break-glass-reason", "payments are down");
+    browser.click("#request-deployment");
+    assert!(browser.url().ends_with("/deployments/6"), "{}", browser.url());
+    assert!(browser.text("#break-glass").contains("payments are down"), "{}", browser.body_text());
+    browser.type_into("#cancel .cancel-message", "fixed another way");
+    browser.click("#cancel .cancel-deployment");
+    assert_eq!(deployment_reaching(&hosted, 6, &["cancelled"])["status"], "cancelled");
+    assert!(browser.text("#deployment-reason").contains("cancelled by dave"), "{}", browser.body_text());
+    assert!(!browser.exists("#cancel"), "a cancelled deployment offers a cancel");
+}
+
 on_both_backends! {
+    a_rollback_asked_for_in_the_browser_waits_for_someone_but_its_requester,
     a_running_builds_log_follows_in_its_page,
     reviewers_and_approvers_work_in_a_real_browser,
     a_finding_waits_only_for_an_admin_who_was_not_involved,

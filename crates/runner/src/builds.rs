@@ -260,7 +260,7 @@ async fn collect_artifacts(plan: &Plan) -> Result<Vec<(String, PathBuf)>, (Build
     }
 }
 
-fn utf8_boundary(bytes: &[u8]) -> usize {
+pub(crate) fn utf8_boundary(bytes: &[u8]) -> usize {
     match std::str::from_utf8(bytes) {
         Ok(_) => bytes.len(),
         Err(error) if error.error_len().is_none() => error.valid_up_to(),

@@ -116,7 +116,7 @@ impl<D: DeployDesk> Deployer<D> {
             Ok(ready) => ready,
             Err(reason) => return failed(reason),
         };
-        let (status, reason, exit_code, log) = match self.run_script(&ready, stop).await {
+        let (status, reason, exit_code, log) = match self.run_script(lease, &ready, stop).await {
             Ok(ended) => ended,
             Err(reason) => return failed(reason),
         };
@@ -178,6 +178,7 @@ impl<D: DeployDesk> Deployer<D> {
     /// every secret redacted.
     async fn run_script(
         &self,
+        lease: &LeasedDeployment,
         ready: &Ready,
         stop: impl std::future::Future<Output = String>,
     ) -> Result<(DeploymentStatus, Option<String>, Option<i64>, String), String> {
@@ -185,13 +186,16 @@ impl<D: DeployDesk> Deployer<D> {
         // A deploy must reach its target: network is given, the data
         // directory stays invisible.
         let (limits, notes) = Limits::within(timeout, true, &ready.resources, &self.ceiling);
-        let (output, mut chunks) = tokio::sync::mpsc::unbounded_channel();
+        let (output, chunks) = tokio::sync::mpsc::unbounded_channel();
         if !notes.is_empty() {
             let _ = output.send(notes.into_bytes());
         }
+        // What the script wrote so far, for the log of a script stopped.
+        let seen = std::sync::Mutex::new(Vec::new());
         let running = sandbox::run_streaming(&ready.workspace, script, &ready.env, &limits, Some(output));
+        let streaming = self.stream_log(lease, chunks, secrets, &seen);
         Ok(tokio::select! {
-            finished = running => {
+            (finished, ()) = async { tokio::join!(running, streaming) } => {
                 let finished = finished.map_err(|error| error.to_string())?;
                 let (status, reason) = match (finished.timed_out, finished.exit_code) {
                     _ if finished.limit.is_some() => (
@@ -211,14 +215,61 @@ impl<D: DeployDesk> Deployer<D> {
             }
             // Dropping the run kills the sandbox and everything in it.
             why = stop => {
-                let mut seen = Vec::new();
-                while let Ok(chunk) = chunks.try_recv() {
-                    seen.extend(chunk);
-                }
+                let seen = std::mem::take(&mut *seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
                 let log = format!("{}\n[stopped: {why}]\n", String::from_utf8_lossy(&seen));
                 (DeploymentStatus::Cancelled, Some(format!("{why}; the deploy script was stopped")), None, redact(log, secrets))
             }
         })
+    }
+
+    /// Writes the script's output to the deployment's log as it arrives, a
+    /// batch at a time, every secret redacted; the whole log its finish
+    /// records replaces it.
+    async fn stream_log(
+        &self,
+        lease: &LeasedDeployment,
+        mut chunks: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+        secrets: &[(String, String)],
+        seen: &std::sync::Mutex<Vec<u8>>,
+    ) {
+        let mut redactor = StreamRedactor::new(secrets);
+        let (mut raw, mut sent) = (Vec::new(), 0);
+        loop {
+            let open = match tokio::time::timeout(Duration::from_millis(200), chunks.recv()).await {
+                Ok(Some(chunk)) => {
+                    raw.extend(chunk);
+                    while let Ok(more) = chunks.try_recv() {
+                        raw.extend(more);
+                    }
+                    true
+                }
+                Ok(None) => false,
+                Err(_) => true,
+            };
+            // Whole characters only; a split one waits for its rest.
+            let cut = if open { crate::builds::utf8_boundary(&raw) } else { raw.len() };
+            seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend(&raw[..cut]);
+            let mut text = redactor.push(&String::from_utf8_lossy(&raw[..cut]));
+            raw.drain(..cut);
+            if !open {
+                text.push_str(&redactor.finish());
+            }
+            // The streamed log stops where the kept log is cut.
+            let mut room = sandbox::LOG_LIMIT.saturating_sub(sent).min(text.len());
+            while !text.is_char_boundary(room) {
+                room -= 1;
+            }
+            text.truncate(room);
+            if !text.is_empty() {
+                sent += text.len();
+                if let Err(error) = self.desk.append_log(lease, text).await {
+                    tracing::warn!(%error, deployment = lease.number, "writing a deployment's log");
+                }
+            }
+            if !open {
+                return;
+            }
+        }
     }
 }
 
@@ -306,24 +357,77 @@ impl<D: DeployDesk> crate::Worker for Deployer<D> {
 }
 
 /// The log with every secret value replaced by its name.
-pub fn redact(mut log: String, secrets: &[(String, String)]) -> String {
-    // Each value as written, and as a script would most often re-encode it:
-    // base64 (padded or not), base64url, hex in either case, and
-    // URL-encoding.
-    let mut forms: Vec<(String, &str)> = Vec::new();
+pub fn redact(log: String, secrets: &[(String, String)]) -> String {
+    replace_forms(log, &secret_forms(secrets))
+}
+
+/// Each secret value as written, and as a script would most often
+/// re-encode it (base64 padded or not, base64url, hex in either case, and
+/// URL-encoding), with its name: longer forms first, so a value containing
+/// another is hidden whole.
+fn secret_forms(secrets: &[(String, String)]) -> Vec<(String, String)> {
+    let mut forms: Vec<(String, String)> = Vec::new();
     for (name, value) in secrets.iter().filter(|(_, v)| !v.is_empty()) {
         for form in encodings(value) {
             if form.len() >= 4 {
-                forms.push((form, name.as_str()));
+                forms.push((form, format!("[secret {name}]")));
             }
         }
     }
-    // Longer forms first, so a value containing another is hidden whole.
     forms.sort_by_key(|(form, _)| std::cmp::Reverse(form.len()));
-    for (form, name) in forms {
-        log = log.replace(form.as_str(), &format!("[secret {name}]"));
+    forms
+}
+
+fn replace_forms(mut log: String, forms: &[(String, String)]) -> String {
+    for (form, shown) in forms {
+        log = log.replace(form.as_str(), shown);
     }
     log
+}
+
+/// Redacts a log as it streams: every whole secret form is replaced, and
+/// an end that could still grow into one is held back until more output,
+/// or the end of the script, decides. No form reaches the output split
+/// across two pieces.
+pub struct StreamRedactor {
+    forms: Vec<(String, String)>,
+    held: String,
+}
+
+impl StreamRedactor {
+    /// A redactor of these secrets' values.
+    pub fn new(secrets: &[(String, String)]) -> Self {
+        StreamRedactor { forms: secret_forms(secrets), held: String::new() }
+    }
+
+    /// Takes more output: what may be shown now.
+    pub fn push(&mut self, text: &str) -> String {
+        let mut all = std::mem::take(&mut self.held);
+        all.push_str(text);
+        let all = replace_forms(all, &self.forms);
+        // The longest end of the text that begins some form.
+        let bytes = all.as_bytes();
+        let hold = self
+            .forms
+            .iter()
+            .filter_map(|(form, _)| {
+                let form = form.as_bytes();
+                (1..form.len()).rev().find(|&k| bytes.ends_with(&form[..k]))
+            })
+            .max()
+            .unwrap_or(0);
+        // The held end starts where a form starts: on a character's first byte.
+        let cut = all.len() - hold;
+        self.held = all[cut..].to_owned();
+        let mut shown = all;
+        shown.truncate(cut);
+        shown
+    }
+
+    /// The output ended: what was held back, which no form can complete now.
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.held)
+    }
 }
 
 /// A secret value and its common encodings.
@@ -448,5 +552,36 @@ mod tests {
             let log = redact(format!("token: {shown}\n"), &secrets);
             assert_eq!(log, "token: [secret DB_PASSWORD]\n", "{shown}");
         }
+    }
+
+    #[test]
+    fn a_secret_split_across_streamed_pieces_never_reaches_the_log() {
+        let secrets = vec![("DB".to_owned(), "hunter2".to_owned()), ("KEY".to_owned(), "ключ-секрет".to_owned())];
+        let output = "pw hunter2 and 68756e74657232 then ключ-секрет, hunter done";
+        let whole = redact(output.to_owned(), &secrets);
+        let cuts: Vec<usize> = (0..=output.len()).filter(|&i| output.is_char_boundary(i)).collect();
+        for &a in &cuts {
+            for &b in cuts.iter().filter(|&&b| b >= a) {
+                let mut redactor = StreamRedactor::new(&secrets);
+                let pieces = [redactor.push(&output[..a]), redactor.push(&output[a..b]), redactor.push(&output[b..])];
+                for piece in &pieces {
+                    for form in ["hunter2", "68756e74657232", "ключ-секрет"] {
+                        assert!(!piece.contains(form), "{form} shown when cut at {a} and {b}: {pieces:?}");
+                    }
+                }
+                let streamed = pieces.concat() + &redactor.finish();
+                assert_eq!(streamed, whole, "cut at {a} and {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_streamed_log_holds_back_only_what_could_still_become_a_secret() {
+        let secrets = vec![("DB".to_owned(), "hunter2".to_owned())];
+        let mut redactor = StreamRedactor::new(&secrets);
+        assert_eq!(redactor.push("step one\nconnecting as hun"), "step one\nconnecting as ");
+        assert_eq!(redactor.push("gry\n"), "hungry\n");
+        assert_eq!(redactor.push("done hunt"), "done ");
+        assert_eq!(redactor.finish(), "hunt");
     }
 }

@@ -73,6 +73,8 @@ pub trait DeployDesk: Send + Sync + 'static {
         lease: &LeasedDeployment,
         lease_ms: i64,
     ) -> impl Future<Output = Result<Heartbeat, String>> + Send;
+    /// Appends output, its secrets redacted, to the running deployment's log.
+    fn append_log(&self, lease: &LeasedDeployment, text: String) -> impl Future<Output = Result<(), String>> + Send;
     /// Records how the deployment ended, and what follows from it.
     fn finish(&self, lease: &LeasedDeployment, outcome: DeployOutcome) -> impl Future<Output = ()> + Send;
 }
@@ -201,6 +203,10 @@ impl DeployDesk for LocalDeploys {
 
     async fn heartbeat(&self, lease: &LeasedDeployment, lease_ms: i64) -> Result<Heartbeat, String> {
         self.local.store.heartbeat_deployment(lease, lease_ms).await.map_err(|e| e.to_string())
+    }
+
+    async fn append_log(&self, lease: &LeasedDeployment, text: String) -> Result<(), String> {
+        self.local.store.append_deployment_log(lease, text).await.map_err(|e| e.to_string())
     }
 
     async fn finish(&self, lease: &LeasedDeployment, outcome: DeployOutcome) {

@@ -1174,6 +1174,30 @@ impl Store {
         .await
     }
 
+    /// Appends a running deployment's output (its secrets already
+    /// redacted) to its log, while `lease`'s deployer still holds it. The
+    /// whole log its finish records replaces what was appended.
+    pub async fn append_deployment_log(&self, lease: &LeasedDeployment, data: String) -> Result<()> {
+        let lease = lease.clone();
+        self.write(move |tx| {
+            Box::pin(async move {
+                let sql = tx.sql(
+                    "UPDATE deployments SET log = COALESCE(log, '') || $1 \
+                     WHERE id = $2 AND status = 'running' AND worker = $3",
+                );
+                let done = sqlx::query(&sql).bind(&data).bind(lease.id).bind(&lease.worker).execute(tx.conn()).await?;
+                if done.rows_affected() != 1 {
+                    return Err(StoreError::Conflict(format!(
+                        "deployment {}/{} is no longer leased by this deployer",
+                        lease.project, lease.number
+                    )));
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
     /// Records how a deployment ended, if the deployer still holds it.
     pub async fn finish_deployment(&self, lease: &LeasedDeployment, outcome: DeployOutcome) -> Result<()> {
         let lease = lease.clone();

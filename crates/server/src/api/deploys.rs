@@ -214,23 +214,17 @@ pub(crate) async fn cancel(
     Ok(Json(state.store().cancel_deployment(&auth.0, &access, number, request.message.unwrap_or_default()).await?))
 }
 
-/// A deployment's log and its attestation (a DSSE envelope signed by the
-/// deployer key), once it ran.
-#[utoipa::path(get, path = "/api/v1/projects/{name}/deployments/{number}/record", tag = "deployments", security(("token" = [])),
-    responses((status = 200, body = DeploymentRecord)))]
-pub(crate) async fn record(
-    State(state): State<AppState>,
-    auth: Auth,
-    PathParam((project, number)): PathParam<(String, i64)>,
-) -> ApiResult<Json<DeploymentRecord>> {
-    let access = access(&state, &auth, &project).await?;
-    // Who reads the log: as the mainline's pipeline and the deployed
-    // commit's define the environment, each restriction holding.
-    let deployment = state.store().get_deployment(&access, number).await?;
+/// Who reads a deployment's log: as the mainline's pipeline and the
+/// deployed commit's define its environment, each restriction holding.
+pub(crate) async fn log_readers(
+    state: &AppState,
+    access: &ProjectAccess,
+    deployment: &DeploymentView,
+) -> ApiResult<Vec<custody_domain::GroupName>> {
     let repository = state.hosting().repositories().path(&access.project);
     let (branch, commit, environment) =
         (access.default_branch.clone(), deployment.commit.clone(), deployment.environment.clone());
-    let log_readers = tokio::task::spawn_blocking(move || -> Result<Vec<custody_domain::GroupName>, String> {
+    tokio::task::spawn_blocking(move || -> Result<Vec<custody_domain::GroupName>, String> {
         let policies = [
             custody_app::releases::mainline_pipeline(&repository, &branch)?,
             custody_app::releases::pipeline_at(&repository, &commit)?,
@@ -244,7 +238,21 @@ pub(crate) async fn record(
     })
     .await
     .map_err(|_| ApiError::invalid("reading the repository failed"))?
-    .map_err(|why| ApiError::new(StatusCode::CONFLICT, "invalid_pipeline", why))?;
+    .map_err(|why| ApiError::new(StatusCode::CONFLICT, "invalid_pipeline", why))
+}
+
+/// A deployment's log and its attestation (a DSSE envelope signed by the
+/// deployer key), once it ran.
+#[utoipa::path(get, path = "/api/v1/projects/{name}/deployments/{number}/record", tag = "deployments", security(("token" = [])),
+    responses((status = 200, body = DeploymentRecord)))]
+pub(crate) async fn record(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((project, number)): PathParam<(String, i64)>,
+) -> ApiResult<Json<DeploymentRecord>> {
+    let access = access(&state, &auth, &project).await?;
+    let deployment = state.store().get_deployment(&access, number).await?;
+    let log_readers = log_readers(&state, &access, &deployment).await?;
     let (log, attestation) = state.store().deployment_log(&auth.0, &access, number, &log_readers).await?;
     let attestation = attestation.map(|a| serde_json::from_str(&a)).transpose().map_err(|_| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the stored attestation is damaged")

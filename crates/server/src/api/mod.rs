@@ -4,7 +4,7 @@ mod audit;
 pub(crate) mod builds;
 mod changes;
 mod contract;
-mod deploys;
+pub(crate) mod deploys;
 pub(crate) mod evidence;
 mod groups;
 pub(crate) mod people;
@@ -248,6 +248,7 @@ fn operations() -> OpenApiRouter<AppState> {
         .routes(routes!(workers::requeue_build))
         .routes(routes!(workers::lease_deployment))
         .routes(routes!(workers::deployment_heartbeat))
+        .routes(routes!(workers::deployment_log))
         .routes(routes!(workers::deployment_artifact))
         .routes(routes!(workers::finish_deployment))
 }

@@ -401,6 +401,22 @@ pub(crate) async fn deployment_heartbeat(
     Ok(Json(state.store().heartbeat_deployment(&ticket.lease, LEASE_MS).await?))
 }
 
+/// Appends a running deployment's output, its secrets redacted by the
+/// deployer, to its log.
+#[utoipa::path(post, path = "/api/v1/worker/deployments/log", tag = "workers", security(("token" = [])),
+    request_body = BuildLogRequest,
+    responses((status = 204, description = "Appended"), (status = 401, body = custody_api::ErrorBody), (status = 409, body = custody_api::ErrorBody)))]
+pub(crate) async fn deployment_log(
+    State(state): State<AppState>,
+    worker: WorkerAuth,
+    Body(request): Body<BuildLogRequest>,
+) -> ApiResult<StatusCode> {
+    let ticket: DeployTicket = open(&state, "deployment", &worker, &request.ticket)?;
+    // Appended only while this worker holds the lease.
+    state.store().append_deployment_log(&ticket.lease, request.text).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// An artifact of a leased deployment's build, by digest.
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Path)]

@@ -20,7 +20,7 @@ use crate::AppState;
 
 /// A signed envelope opened with the key of its duty: the statement, or
 /// why it does not verify.
-fn open(state: &AppState, envelope: &str, role: KeyRole) -> Result<Value, String> {
+pub(crate) fn open(state: &AppState, envelope: &str, role: KeyRole) -> Result<Value, String> {
     let envelope: Envelope = serde_json::from_str(envelope).map_err(|_| "the stored envelope is damaged".to_owned())?;
     let key = state.key(role).ok_or_else(|| format!("this server holds no {role:?} key to check it with"))?;
     let payload = envelope.verify(&key.public()).map_err(|e| format!("the signature does not verify: {e}"))?;

@@ -1,7 +1,7 @@
 // The pages' one script. It fills in the navigation bar's count of what
-// waits for the visitor, and follows a running build's log in place. The
-// pages work without it: "My work" lists the same, and a running build's
-// page reloads itself.
+// waits for the visitor, and follows a running build's or deployment's log
+// in place. The pages work without it: "My work" lists the same, and a
+// running build's or deployment's page reloads itself.
 (function () {
   "use strict";
   var badge = document.getElementById("work-count");
@@ -51,6 +51,44 @@
         log.setAttribute("data-after", String(after));
         if (page.complete) {
           // Finished: the page shows its artifacts and provenance now.
+          window.location.reload();
+        } else {
+          window.setTimeout(poll, 1000);
+        }
+      })
+      .catch(function () {
+        window.setTimeout(poll, 3000);
+      });
+  }
+  window.setTimeout(poll, 1000);
+})();
+
+(function () {
+  "use strict";
+  // A running deployment's log, followed by the length the page holds.
+  var log = document.getElementById("deployment-log");
+  var follow = log && log.getAttribute("data-follow");
+  if (!follow || !window.fetch) {
+    return;
+  }
+  var after = Number(log.getAttribute("data-after")) || 0;
+  function poll() {
+    fetch(follow + "?after=" + after, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (answer) {
+        return answer.ok ? answer.json() : null;
+      })
+      .then(function (page) {
+        if (!page) {
+          window.setTimeout(poll, 3000);
+          return;
+        }
+        if (page.data) {
+          log.appendChild(document.createTextNode(page.data));
+        }
+        after = page.length;
+        log.setAttribute("data-after", String(after));
+        if (page.complete) {
+          // Ended: the page shows how, and the signed attestation.
           window.location.reload();
         } else {
           window.setTimeout(poll, 1000);

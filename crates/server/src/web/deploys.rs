@@ -16,7 +16,8 @@ use super::session::{see_other, Posted, Visitor};
 use super::{WebError, WebPath, WebResult};
 use crate::AppState;
 
-fn decisions(deployment: &DeploymentView) -> Markup {
+/// The decisions taken on a deployment, in order.
+pub(crate) fn decisions(deployment: &DeploymentView) -> Markup {
     html! {
         @if deployment.decisions.is_empty() { "—" }
         @for (i, d) in deployment.decisions.iter().enumerate() {
@@ -48,8 +49,9 @@ pub(crate) async fn environment(
     let p = seg(&project);
     let mut waiting = Vec::with_capacity(env.waiting.len());
     for deployment in &env.waiting {
-        waiting.push(waiting_deployment(&state, &access, &visitor, e, deployment, &p).await?);
+        waiting.push(waiting_deployment(&state, &access, &visitor, e, deployment, &p, false).await?);
     }
+    let request = super::deployment::request_form(&state, &access, &visitor, e, env.live.as_ref()).await?;
     let body = html! {
         p.crumbs { a href="/projects" { "Projects" } " / " a href={ "/projects/" (p) } { (project) } " /" }
         h1 { "Environment " (name) }
@@ -57,6 +59,7 @@ pub(crate) async fn environment(
         h2 { "Waiting" }
         @if waiting.is_empty() { p.empty { "Nothing waits." } }
         @for w in waiting { (w) }
+        (request)
         (history_table(&history, &p, visitor.auth.reads_everything()))
     };
     Ok(html::page(&format!("Environment {name}"), Some(&visitor), body).into_response())
@@ -91,17 +94,22 @@ fn gate_and_live(e: &custody_domain::pipeline::Environment, live: Option<&Deploy
 /// A deployment waiting: its gate, the decisions so far, and the buttons
 /// the visitor may use, each disabled with the domain's reason when it
 /// would be refused.
-async fn waiting_deployment(
+///
+/// On the deployment's own page (`own_page`), a decision returns there;
+/// elsewhere, to the environment.
+pub(crate) async fn waiting_deployment(
     state: &AppState,
     access: &ProjectAccess,
     visitor: &Visitor,
     e: &custody_domain::pipeline::Environment,
     waiting: &DeploymentView,
     p: &str,
+    own_page: bool,
 ) -> WebResult<Markup> {
     let heading = html! {
         h3 {
-            "Deployment " (waiting.number) " of " a href={ "/projects/" (p) "/builds/" (waiting.build) } { "build " (waiting.build) }
+            a href={ "/projects/" (p) "/deployments/" (waiting.number) } { "Deployment " (waiting.number) }
+            " of " a href={ "/projects/" (p) "/builds/" (waiting.build) } { "build " (waiting.build) }
             " " (html::badge(waiting.status))
         }
         p.meta {
@@ -136,6 +144,7 @@ async fn waiting_deployment(
                 div.hint.decide-refusal { (html::refusal_notes(&member)) }
             } @else {
                 (html::post_form(&action, visitor, "decide", html! {
+                    @if own_page { input type="hidden" name="from" value="deployment"; }
                     label { "Message " textarea name="message" rows="2" class="decision-message" {} }
                     div.buttons {
                         button type="submit" name="decision" value="approve" class="primary approve-deployment" disabled[standing.approve.is_some()] { "Approve" }
@@ -172,7 +181,7 @@ fn history_table(history: &[DeploymentView], p: &str, overseer: bool) -> Markup 
                 tbody {
                     @for d in history {
                         tr {
-                            td { (d.number) }
+                            td { a href={ "/projects/" (p) "/deployments/" (d.number) } { (d.number) } }
                             td { a href={ "/projects/" (p) "/builds/" (d.build) } { "build " (d.build) } " " code.sha { (short(&d.commit)) } }
                             td { (html::badge(d.status)) @if let Some(r) = &d.reason { div.hint { (r) } } }
                             td { (d.requested_by.as_deref().unwrap_or("custody (promotion)")) }
@@ -249,7 +258,10 @@ pub(crate) async fn decide(
 ) -> WebResult<Response> {
     let access = access(&state, &posted.visitor, &project).await?;
     let deployment = state.store().get_deployment(&access, number).await?;
-    let back = format!("/projects/{}/environments/{}", seg(&project), seg(&deployment.environment));
+    let back = match posted.get("from") {
+        Some("deployment") => format!("/projects/{}/deployments/{number}", seg(&project)),
+        _ => format!("/projects/{}/environments/{}", seg(&project), seg(&deployment.environment)),
+    };
     let decision = match posted.get("decision") {
         Some("approve") => DeployDecision::Approve,
         Some("reject") => DeployDecision::Reject,

@@ -16,6 +16,7 @@ mod admin;
 mod audit;
 mod builds;
 mod changes;
+mod deployment;
 mod deploys;
 mod diff;
 pub(crate) mod html;
@@ -75,6 +76,10 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/projects/{name}/builds/{number}/log", get(builds::log))
         .route("/projects/{name}/artifacts/{digest}", get(builds::artifact))
         .route("/projects/{name}/environments/{environment}", get(deploys::environment))
+        .route("/projects/{name}/deployments", post(deployment::request))
+        .route("/projects/{name}/deployments/{number}", get(deployment::show))
+        .route("/projects/{name}/deployments/{number}/log", get(deployment::log))
+        .route("/projects/{name}/deployments/{number}/cancel", post(deployment::cancel))
         .route("/projects/{name}/deployments/{number}/decide", post(deploys::decide))
         .route("/projects/{name}/deployments/{number}/evidence", get(deploys::evidence))
         .route("/projects/{name}/artifacts/{digest}/evidence", get(deploys::artifact_evidence))
