@@ -638,6 +638,7 @@ fn every_page_shows_hostile_values_as_text(backend: Backend) {
         format!("/projects/{PROJECT}/environments/production"),
         format!("/projects/{PROJECT}/deployments/2"),
         format!("/projects/{PROJECT}/deployments/3"),
+        "/me".to_owned(),
         format!("/audit?actor={hostile_query}&action={hostile_query}"),
         "/admin".to_owned(),
         format!("/projects/{PROJECT}/changes?state=merged&reviewer=bob"),
@@ -658,7 +659,7 @@ fn every_page_shows_hostile_values_as_text(backend: Backend) {
     let change = support::http_send(base, "GET", &pages[3], &[("Cookie", &cookie)], None).body;
     assert!(change.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;onmouseover=alert(2)"), "{change}");
     // And the browser runs none of it: no dialog opened, the title is text.
-    for page in &pages[..13] {
+    for page in &pages[..14] {
         browser.goto(&format!("{base}{page}"));
         assert!(browser.alert_text().is_none(), "{page} ran a script");
     }
@@ -667,7 +668,7 @@ fn every_page_shows_hostile_values_as_text(backend: Backend) {
 
     // Every page passes axe-core with no serious or critical violation, and
     // reads at 390 px wide without scrolling sideways.
-    for page in pages[..13].iter().chain(["/login".to_owned()].iter()) {
+    for page in pages[..14].iter().chain(["/login".to_owned()].iter()) {
         if page == "/login" {
             sign_out(&browser);
         }
@@ -836,7 +837,173 @@ fn a_rollback_asked_for_in_the_browser_waits_for_someone_but_its_requester(backe
     assert!(!browser.exists("#cancel"), "a cancelled deployment offers a cancel");
 }
 
+/// A running deployment's page follows its log in place, as the script
+/// writes it; a secret the script prints in two writes is held back until
+/// it can be hidden whole, and never shows, not even in part.
+fn a_running_deployments_log_follows_in_its_page_with_its_secrets_hidden(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let Some(browser) = Browser::start() else { return };
+    let value = "correct-horse-battery-staple";
+    let mut set = hosted.sandbox.as_user("admin");
+    set.args(["secret", "set", PROJECT, "staging", "DB_PASSWORD", "--json"]);
+    run_with_input(set, Some(&format!("{value}\n"))).expect_code(0);
+    let script = "#!/bin/sh\necho step one\nprintf 'password is %s' \"${DB_PASSWORD%%-*}\"\nsleep 2\n\
+                  printf -- '-%s\\n' \"${DB_PASSWORD#*-}\"\nsleep 3\necho step two\nsleep 3\n";
+    let policy = format!(
+        "{}\n[[environment]]\nname = \"staging\"\ndeploy = \"scripts/deploy.sh\"\n",
+        support::deploys::build_section()
+    );
+    let work = seed_deploying(&hosted, &policy, script);
+    merge_a_change(&hosted, &work);
+    let record = format!("/api/v1/projects/{PROJECT}/deployments/1/record");
+    let bob = hosted.token("bob");
+    let streamed = support::flow::eventually(|| {
+        let (_, shown) = hosted.api("GET", &record, Some(&bob), None);
+        let log = shown["log"].as_str().unwrap_or_default().to_owned();
+        assert!(!log.contains("correct"), "a part of the secret streamed: {log}");
+        log.contains("step one").then_some(log)
+    });
+    assert!(streamed.is_some(), "the deployment's log never streamed");
+    sign_in_with_token(&browser, &hosted, "bob", &bob);
+    let page = format!("{}/projects/{PROJECT}/deployments/1", hosted.server.url);
+    browser.goto(&page);
+    assert!(browser.exists("#deployment-log[data-follow]"), "{}", browser.body_text());
+    assert!(!browser.text("#deployment-log").contains("correct"), "{}", browser.text("#deployment-log"));
+    browser.execute("window.custodyStillHere = true;", serde_json::json!([]));
+    let followed = support::flow::eventually(|| {
+        let still = browser.execute("return window.custodyStillHere === true;", serde_json::json!([]));
+        let log = browser.text("#deployment-log");
+        (still == true && log.contains("password is [secret DB_PASSWORD]")).then_some(log)
+    });
+    let log = followed.unwrap_or_else(|| panic!("the log did not follow in place: {}", browser.body_text()));
+    assert!(!log.contains("correct"), "{log}");
+    let finished = support::flow::eventually(|| browser.exists("#attestation-check").then_some(()));
+    assert!(finished.is_some(), "the finished deployment never showed: {}", browser.body_text());
+    let log = browser.text("#deployment-log");
+    assert!(log.contains("step two") && !log.contains("correct"), "{log}");
+    assert!(!browser.exists("#deployment-log[data-follow]"));
+}
+
+/// alice, on her own page: she sees her sessions, makes a read-only token
+/// for 90 days after entering her password again (a wrong one makes
+/// nothing; a scope her session lacks or a longer life is refused even
+/// when forced), revokes it, signs out her other session, and changes her
+/// password.
+fn alice_keeps_her_tokens_password_and_sessions_on_her_own_page(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let Some(browser) = Browser::start() else { return };
+    set_password(&hosted, "alice");
+    let login = |password: &str| {
+        hosted.api(
+            "POST",
+            "/api/v1/auth/token",
+            None,
+            Some(serde_json::json!({ "name": "alice", "password": password })),
+        )
+    };
+    let (status, elsewhere) = login(PASSWORD);
+    assert_eq!(status, 200, "{elsewhere}");
+    let elsewhere = elsewhere["token"].as_str().expect("a token").to_owned();
+    sign_in_with_password(&browser, &hosted, "alice");
+    let base = &hosted.server.url;
+    browser.click("#nav-me");
+    assert!(browser.url().ends_with("/me"), "{}", browser.url());
+    assert_eq!(
+        browser.execute("return document.querySelectorAll('#sessions tbody tr').length;", serde_json::json!([])),
+        2
+    );
+    assert!(browser.text("#sessions").contains("this session"), "{}", browser.text("#sessions"));
+    assert!(!browser.exists("#tokens input[value='admin']"), "alice's session has no admin scope to give");
+
+    // A wrong password makes nothing.
+    browser.type_into("#token-name", "ci");
+    browser.click_here("#tokens input[value='write']");
+    browser.execute("document.querySelector('#token-days').value = '90';", serde_json::json!([]));
+    browser.type_into("#token-password", "not my password");
+    browser.click("#make-token");
+    assert!(browser.text("#error").contains("not your password"), "{}", browser.body_text());
+    let (_, listed) = hosted.api("GET", "/api/v1/tokens", Some(&hosted.token("alice")), None);
+    assert!(!listed.to_string().contains("\"ci\""), "a token was made: {listed}");
+
+    browser.goto(&format!("{base}/me"));
+    browser.type_into("#token-name", "ci");
+    browser.click_here("#tokens input[value='write']");
+    browser.execute("document.querySelector('#token-days').value = '90';", serde_json::json!([]));
+    browser.type_into("#token-password", PASSWORD);
+    browser.click("#make-token");
+    let token = browser.text("#new-token");
+    let (status, me) = hosted.api("GET", "/api/v1/me", Some(&token), None);
+    assert_eq!((status, me["name"].as_str()), (200, Some("alice")), "{me}");
+    let (_, listed) = hosted.api("GET", "/api/v1/tokens", Some(&token), None);
+    let made = listed["items"].as_array().and_then(|t| t.iter().find(|t| t["name"] == "ci").cloned()).expect("ci");
+    assert_eq!(made["scopes"], serde_json::json!(["read"]), "{made}");
+    let expires = made["expires_at"].as_str().expect("an expiry");
+    let days = (chrono_days(expires) - chrono_days(made["created_at"].as_str().expect("made"))).round();
+    assert_eq!(days, 90.0, "the token lives 90 days, not the session's one: {made}");
+    let write = serde_json::json!({ "password": "a password set with a read-only token" });
+    let (status, refused) = hosted.api("PUT", "/api/v1/me/password", Some(&token), Some(write));
+    assert_eq!(status, 403, "a read-only token wrote: {refused}");
+
+    // Forced past the form: a scope the session lacks, a longer life.
+    for (field, value, why) in [("scope", "admin", "lacks the admin scope"), ("days", "365", "1 to 90 days")] {
+        browser.goto(&format!("{base}/me"));
+        browser.type_into("#token-name", "forced");
+        browser.type_into("#token-password", PASSWORD);
+        browser.execute(
+            "const [field, value] = arguments; const form = document.querySelector('form.make-token');\
+             if (field === 'days') { form.querySelector('#token-days').innerHTML = '<option>' + value + '</option>'; }\
+             else { const i = document.createElement('input'); i.type = 'hidden'; i.name = field; i.value = value; form.appendChild(i); }",
+            serde_json::json!([field, value]),
+        );
+        browser.click("#make-token");
+        assert!(browser.text("#error").contains(why), "{field}={value}: {}", browser.body_text());
+    }
+    let (_, listed) = hosted.api("GET", "/api/v1/tokens", Some(&token), None);
+    assert!(!listed.to_string().contains("forced"), "{listed}");
+
+    // Revoked at a click; the other session signed out at a click.
+    browser.goto(&format!("{base}/me"));
+    let id = made["id"].as_str().expect("an id");
+    browser.click(&format!("#tokens tr[data-token='{id}'] .revoke-token"));
+    assert_eq!(hosted.api("GET", "/api/v1/me", Some(&token), None).0, 401, "a revoked token works");
+    assert_eq!(hosted.api("GET", "/api/v1/me", Some(&elsewhere), None).0, 200);
+    browser.click("#end-other-sessions");
+    assert_eq!(hosted.api("GET", "/api/v1/me", Some(&elsewhere), None).0, 401, "the other session lives on");
+    assert_eq!(browser.text("#signed-in-as"), "alice", "this session ended too");
+    assert!(!browser.exists("#end-other-sessions"), "{}", browser.text("#sessions"));
+    snap(&browser, "me", 1300);
+
+    // The password changes only with the current one.
+    let new = "a much longer passphrase of alice's";
+    for (current, again, why) in [("wrong", new, "not your password"), (PASSWORD, "typo", "differ")] {
+        browser.goto(&format!("{base}/me"));
+        browser.type_into("#current-password", current);
+        browser.type_into("#new-password", new);
+        browser.type_into("#new-password-again", again);
+        browser.click("#change-password");
+        assert!(browser.text("#error").contains(why), "{}", browser.body_text());
+    }
+    assert_eq!(login(PASSWORD).0, 200, "a refused change changed the password");
+    browser.goto(&format!("{base}/me"));
+    browser.type_into("#current-password", PASSWORD);
+    browser.type_into("#new-password", new);
+    browser.type_into("#new-password-again", new);
+    browser.click("#change-password");
+    assert!(browser.exists("#password-changed"), "{}", browser.body_text());
+    assert_eq!(login(PASSWORD).0, 401, "the old password still works");
+    assert_eq!(login(new).0, 200, "the new password does not work");
+}
+
+/// An RFC 3339 time in days since the epoch.
+fn chrono_days(at: &str) -> f64 {
+    let output = std::process::Command::new("date").args(["-u", "-d", at, "+%s"]).output().expect("date runs");
+    let seconds: f64 = String::from_utf8_lossy(&output.stdout).trim().parse().expect("seconds");
+    seconds / 86_400.0
+}
+
 on_both_backends! {
+    alice_keeps_her_tokens_password_and_sessions_on_her_own_page,
+    a_running_deployments_log_follows_in_its_page_with_its_secrets_hidden,
     a_rollback_asked_for_in_the_browser_waits_for_someone_but_its_requester,
     a_running_builds_log_follows_in_its_page,
     reviewers_and_approvers_work_in_a_real_browser,

@@ -35,26 +35,31 @@ pub(crate) async fn set_password(
     Body(request): Body<PasswordRequest>,
 ) -> ApiResult<StatusCode> {
     auth.require(Scope::Write)?;
-    if request.password.chars().any(char::is_control) {
+    let hash = hash_new_password(request.password).await?;
+    state.store().set_password_hash(&auth.0, hash).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A new password checked (length, no control characters) and hashed.
+pub(crate) async fn hash_new_password(password: String) -> ApiResult<String> {
+    if password.chars().any(char::is_control) {
         return Err(ApiError::invalid(
             "a password holds no control characters (a NUL, a line break, a tab): choose one without them",
         ));
     }
-    let length = request.password.chars().count();
+    let length = password.chars().count();
     if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&length) {
         return Err(ApiError::invalid(format!(
             "a password needs {MIN_PASSWORD} to {MAX_PASSWORD} characters; this one has {length}"
         )));
     }
-    let hash = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-        Argon2::default().hash_password(request.password.as_bytes(), &salt).map(|h| h.to_string())
+        Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string())
     })
     .await
     .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "hashing failed"))?
-    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "hashing failed"))?;
-    state.store().set_password_hash(&auth.0, hash).await?;
-    Ok(StatusCode::NO_CONTENT)
+    .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "hashing failed"))
 }
 
 /// Exchanges a name and password for a token valid for a day. Admins get an

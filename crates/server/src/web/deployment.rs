@@ -149,7 +149,10 @@ pub(crate) async fn show(
         Ok((log, attestation)) => (Ok(log), attestation),
         Err(custody_store::StoreError::Refused(decision)) => {
             let why = decision.reasons.first().map(|r| r.message.clone()).unwrap_or_default();
-            (Err(format!("This log is not yours to read: {why}")), state.store().deployment_record(&access, number).await?.1)
+            (
+                Err(format!("This log is not yours to read: {why}")),
+                state.store().deployment_record(&access, number).await?.1,
+            )
         }
         Err(other) => return Err(other.into()),
     };
@@ -162,9 +165,9 @@ pub(crate) async fn show(
     let running = deployment.status == DeploymentStatus::Running;
     let follow = running.then(|| format!("/projects/{p}/deployments/{number}/log"));
     let waiting = match (&environment, deployment.status) {
-        (Some(e), DeploymentStatus::Pending | DeploymentStatus::Queued) => Some(
-            super::deploys::waiting_deployment(&state, &access, &visitor, e, &deployment, &p, true).await?,
-        ),
+        (Some(e), DeploymentStatus::Pending | DeploymentStatus::Queued) => {
+            Some(super::deploys::waiting_deployment(&state, &access, &visitor, e, &deployment, &p, true).await?)
+        }
         _ => None,
     };
     let evidence = (visitor.auth.reads_everything() && deployment.status == DeploymentStatus::Succeeded)
@@ -210,7 +213,13 @@ fn cancel_form(visitor: &Visitor, access: &ProjectAccess, d: &DeploymentView, p:
     if !d.status.is_waiting() || d.cancel_requested.is_some() {
         return html! {};
     }
-    let member = decide_deploy_member(&visitor.auth.name, &access.project, access.role, visitor.auth.scopes, DeployAction::Cancel);
+    let member = decide_deploy_member(
+        &visitor.auth.name,
+        &access.project,
+        access.role,
+        visitor.auth.scopes,
+        DeployAction::Cancel,
+    );
     html! {
         section #cancel {
             h2 { "Cancel" }
@@ -262,8 +271,13 @@ pub(crate) async fn request_form(
     environment: &custody_domain::pipeline::Environment,
     live: Option<&DeploymentView>,
 ) -> WebResult<Markup> {
-    let member =
-        decide_deploy_member(&visitor.auth.name, &access.project, access.role, visitor.auth.scopes, DeployAction::Request);
+    let member = decide_deploy_member(
+        &visitor.auth.name,
+        &access.project,
+        access.role,
+        visitor.auth.scopes,
+        DeployAction::Request,
+    );
     if !member.allowed {
         return Ok(html! { section #request { h2 { "Ask for a deployment" } (html::refusal_notes(&member)) } });
     }
@@ -327,7 +341,8 @@ pub(crate) async fn request(
     if !posted.visitor.auth.has_scope(Scope::Write) {
         return Err(WebError::forbidden("this session may only read").back(back));
     }
-    let build: i64 = posted.text("build").parse().map_err(|_| WebError::invalid("choose a build").back(back.clone()))?;
+    let build: i64 =
+        posted.text("build").parse().map_err(|_| WebError::invalid("choose a build").back(back.clone()))?;
     let break_glass = Some(posted.text("break_glass")).filter(|r| !r.is_empty());
     let access = access(&state, &posted.visitor, &project).await?;
     let fail = |e: WebError| e.back(back.clone());
@@ -360,9 +375,9 @@ pub(crate) async fn log(
     let deployment = state.store().get_deployment(&access, number).await?;
     let readers = crate::api::deploys::log_readers(&state, &access, &deployment).await?;
     let (log, _) = state.store().deployment_log(&visitor.auth, &access, number, &readers).await?;
-    let more = log.get(query.after..).ok_or_else(|| {
-        WebError::new(StatusCode::BAD_REQUEST, "after is past the log's end or inside a character")
-    })?;
+    let more = log
+        .get(query.after..)
+        .ok_or_else(|| WebError::new(StatusCode::BAD_REQUEST, "after is past the log's end or inside a character"))?;
     Ok(Json(serde_json::json!({
         "data": more,
         "length": log.len(),

@@ -239,7 +239,7 @@ fn frame(title: &str, visitor: Option<&Visitor>, body: Markup, refresh: Option<u
                             @if visitor.auth.is_admin { a href="/admin" { "Admin" } }
                         }
                         div.who {
-                            "Signed in as " strong #signed-in-as { (visitor.auth.name.as_str()) }
+                            "Signed in as " a #nav-me href="/me" title="Me: tokens, password, sessions" { strong #signed-in-as { (visitor.auth.name.as_str()) } }
                             (post_form("/logout", visitor, "inline", html! { button type="submit" class="link" { "Sign out" } }))
                         }
                     }

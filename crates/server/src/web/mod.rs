@@ -21,6 +21,7 @@ mod deploys;
 mod diff;
 pub(crate) mod html;
 mod inbox;
+mod me;
 mod projects;
 pub(crate) mod session;
 
@@ -59,6 +60,11 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/findings/{id}/resolve", post(inbox::resolve_finding))
         .route("/login", get(session::login_page).post(session::login))
         .route("/logout", post(session::logout))
+        .route("/me", get(me::show))
+        .route("/me/tokens", post(me::make_token))
+        .route("/me/tokens/{id}/revoke", post(me::revoke_token))
+        .route("/me/sessions/end", post(me::end_sessions))
+        .route("/me/password", post(me::change_password))
         .route("/projects", get(projects::list))
         .route("/projects/{name}", get(projects::show))
         .route("/projects/{name}/changes", get(changes::list).post(changes::open))

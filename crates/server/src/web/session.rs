@@ -166,6 +166,11 @@ impl Posted {
         self.fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
+    /// Every field, in the form's order (a name may come more than once).
+    pub fn fields(&self) -> &[(String, String)] {
+        &self.fields
+    }
+
     /// A field's value, trimmed; empty when absent.
     pub fn text(&self, name: &str) -> String {
         self.get(name).unwrap_or_default().trim().to_owned()
