@@ -201,7 +201,7 @@ pub(crate) async fn show(
         (attestation_section(opened.as_ref(), evidence))
     };
     let title = format!("Deployment {number}");
-    if !!d.status.is_waiting() {
+    if d.status.is_waiting() {
         return Ok(html::live_page(&title, Some(&visitor), body, 3).into_response());
     }
     Ok(html::page(&title, Some(&visitor), body).into_response())
