@@ -639,6 +639,8 @@ fn every_page_shows_hostile_values_as_text(backend: Backend) {
         format!("/projects/{PROJECT}/deployments/2"),
         format!("/projects/{PROJECT}/deployments/3"),
         "/me".to_owned(),
+        "/admin/grants/1".to_owned(),
+        format!("/projects/{PROJECT}/settings"),
         format!("/audit?actor={hostile_query}&action={hostile_query}"),
         "/admin".to_owned(),
         format!("/projects/{PROJECT}/changes?state=merged&reviewer=bob"),
@@ -659,7 +661,7 @@ fn every_page_shows_hostile_values_as_text(backend: Backend) {
     let change = support::http_send(base, "GET", &pages[3], &[("Cookie", &cookie)], None).body;
     assert!(change.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;onmouseover=alert(2)"), "{change}");
     // And the browser runs none of it: no dialog opened, the title is text.
-    for page in &pages[..14] {
+    for page in &pages[..16] {
         browser.goto(&format!("{base}{page}"));
         assert!(browser.alert_text().is_none(), "{page} ran a script");
     }
@@ -668,7 +670,7 @@ fn every_page_shows_hostile_values_as_text(backend: Backend) {
 
     // Every page passes axe-core with no serious or critical violation, and
     // reads at 390 px wide without scrolling sideways.
-    for page in pages[..14].iter().chain(["/login".to_owned()].iter()) {
+    for page in pages[..16].iter().chain(["/login".to_owned()].iter()) {
         if page == "/login" {
             sign_out(&browser);
         }
@@ -1001,7 +1003,112 @@ fn chrono_days(at: &str) -> f64 {
     seconds / 86_400.0
 }
 
+/// Every admin change asked for from the pages is a grant, shown with its
+/// state: the first admin invites frank, adds carol to a group and to the
+/// project, protects a branch and sets a secret, and may approve none of
+/// it; erin, the second admin, approves each, and only then does each take
+/// effect. A secret's value is never shown, not even to admins.
+fn admins_ask_for_grants_in_the_browser_and_a_second_admin_decides(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let Some(browser) = Browser::start() else { return };
+    seed_deploying(&hosted, &pipeline_with_environments(""), DEPLOY_SCRIPT);
+    hosted.as_admin(&["group", "create", "qa"]).expect_code(0);
+    hosted.second_admin("erin");
+    let base = &hosted.server.url;
+    let secret = "s3cret-value-<script>";
+    sign_in_with_token(&browser, &hosted, "admin", &hosted.admin);
+    let mut asked = Vec::new();
+    let mut grant_shown = |browser: &Browser, what: &str| {
+        assert!(browser.url().contains("/admin/grants/"), "{what}: {}", browser.url());
+        assert_eq!(browser.text("#grant-state"), "pending", "{what}: {}", browser.body_text());
+        assert!(!browser.enabled(".card.grant button[value='approve']"), "{what}: the asker may approve");
+        assert!(browser.exists(".card.grant .refusal[data-rule]"), "{what}: {}", browser.body_text());
+        asked.push(browser.url());
+    };
+
+    browser.goto(&format!("{base}/admin"));
+    browser.type_into("#invite-name", "frank");
+    browser.type_into("#invite-email", "frank@example.com");
+    browser.click("#invite");
+    assert!(!browser.text("#invite-code").is_empty(), "{}", browser.body_text());
+    assert_eq!(browser.text("#invite-grant-state"), "pending");
+    browser.goto(&format!("{base}/admin"));
+    browser.execute(
+        "document.querySelector(\"#groups tr[data-group='qa'] select\").value = 'carol';",
+        serde_json::json!([]),
+    );
+    browser.click("#groups tr[data-group='qa'] .add-member button");
+    grant_shown(&browser, "group member");
+    snap(&browser, "grant", 900);
+
+    browser.goto(&format!("{base}/projects/{PROJECT}"));
+    browser.click("#project-settings");
+    browser.execute("document.querySelector('#member-user').value = 'carol'; document.querySelector('#member-role').value = 'maintain';", serde_json::json!([]));
+    browser.click("#add-member");
+    grant_shown(&browser, "project member");
+    browser.goto(&format!("{base}/projects/{PROJECT}/settings"));
+    browser.type_into("#protect-branch", "release");
+    browser.click("#protect");
+    grant_shown(&browser, "protected branch");
+    browser.goto(&format!("{base}/projects/{PROJECT}/settings"));
+    browser.type_into("#secret-name", "DB_PASSWORD");
+    browser.type_into("#secret-value", secret);
+    browser.click("#set-secret");
+    grant_shown(&browser, "secret");
+    assert!(!browser.source().contains("s3cret-value"), "the secret's value is shown");
+    browser.goto(&format!("{base}/projects/{PROJECT}/settings"));
+    assert!(!browser.source().contains("s3cret-value"), "the secret's value is shown");
+    assert!(
+        browser.text("#secrets-section").contains("version 1, for a second admin"),
+        "{}",
+        browser.text("#secrets-section")
+    );
+    snap(&browser, "settings", 1400);
+    // Nothing took effect yet.
+    let project = hosted.as_admin(&["project", "show", PROJECT, "--json"]).json();
+    assert!(!project.to_string().contains("release"), "{project}");
+    sign_out(&browser);
+
+    // erin, the second admin, approves each from its page.
+    browser.goto(&format!("{base}/login"));
+    browser.type_into("#name", "erin");
+    browser.type_into("#password", "a long enough password");
+    browser.click("#sign-in");
+    assert_eq!(browser.text("#signed-in-as"), "erin");
+    browser.goto(&format!("{base}/work"));
+    assert_eq!(
+        browser
+            .execute("return document.querySelectorAll('#work-grants li[data-grant]').length;", serde_json::json!([])),
+        5
+    );
+    for url in &asked {
+        browser.goto(url);
+        browser.click(".card.grant button[value='approve']");
+        assert_eq!(browser.text("#grant-state"), "approved", "{url}: {}", browser.body_text());
+    }
+    browser.goto(&format!("{base}/admin"));
+    let invite = browser.text("#recent-grants");
+    assert!(invite.contains("erin"), "{invite}");
+    let card = ".card.grant button[value='approve']";
+    browser.click(card);
+    assert!(browser.text("#grant-state").contains("approved"), "{}", browser.body_text());
+    browser.goto(&format!("{base}/admin"));
+    assert!(browser.text("#groups tr[data-group='qa']").contains("carol"), "{}", browser.text("#groups"));
+    assert!(browser.text("#users").contains("frank"), "{}", browser.text("#users"));
+    browser.goto(&format!("{base}/projects/{PROJECT}/settings"));
+    assert!(browser.text("#protected").contains("release"), "{}", browser.text("#protected"));
+    assert!(browser.text("#members tr[data-user='carol']").contains("maintain"), "{}", browser.text("#members"));
+    let secrets = browser.text("#secrets-section");
+    assert!(secrets.contains("DB_PASSWORD") && !secrets.contains("for a second admin"), "{secrets}");
+
+    // frank holds no duty: disabling him takes effect at once.
+    browser.goto(&format!("{base}/admin"));
+    browser.click("#users tr[data-user='frank'] .disable-user");
+    assert!(browser.text("#users tr[data-user='frank']").contains("disabled"), "{}", browser.text("#users"));
+}
+
 on_both_backends! {
+    admins_ask_for_grants_in_the_browser_and_a_second_admin_decides,
     alice_keeps_her_tokens_password_and_sessions_on_her_own_page,
     a_running_deployments_log_follows_in_its_page_with_its_secrets_hidden,
     a_rollback_asked_for_in_the_browser_waits_for_someone_but_its_requester,

@@ -294,6 +294,16 @@ impl Store {
         Ok(crate::page_of(items, page, |g| g.id))
     }
 
+    /// The newest `limit` grants that are no longer pending, newest first.
+    pub async fn decided_grants(&self, limit: i64) -> Result<Vec<GrantView>> {
+        let sql = self.sql(
+            "SELECT id, payload, named_user, requested_by, requested_at, status, decided_by, decided_at, note \
+             FROM grants WHERE status <> 'pending' ORDER BY id DESC LIMIT $1",
+        );
+        let rows = sqlx::query(&sql).bind(limit).fetch_all(self.readers()).await?;
+        rows.iter().map(grant_view).collect()
+    }
+
     /// Whether the instance is still in its bootstrap era.
     pub async fn admin_era(&self) -> Result<AdminEra> {
         let sql = self.sql("SELECT value FROM instance WHERE key = $1");

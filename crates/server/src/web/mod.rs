@@ -24,6 +24,7 @@ mod inbox;
 mod me;
 mod projects;
 pub(crate) mod session;
+mod settings;
 
 use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -91,7 +92,19 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/projects/{name}/artifacts/{digest}/evidence", get(deploys::artifact_evidence))
         .route("/audit", get(audit::events))
         .route("/admin", get(admin::show))
+        .route("/admin/grants/{id}", get(admin::grant))
         .route("/admin/grants/{id}/decide", post(admin::decide))
+        .route("/admin/users", post(admin::invite))
+        .route("/admin/users/{name}/disable", post(admin::disable))
+        .route("/admin/groups", post(admin::make_group))
+        .route("/admin/groups/{name}/members", post(admin::add_member))
+        .route("/admin/groups/{name}/members/{user}/remove", post(admin::remove_member))
+        .route("/projects/{name}/settings", get(settings::show))
+        .route("/projects/{name}/settings/members", post(settings::add_member))
+        .route("/projects/{name}/settings/members/{user}/remove", post(settings::remove_member))
+        .route("/projects/{name}/settings/branches", post(settings::protect))
+        .route("/projects/{name}/settings/branches/{branch}/unprotect", post(settings::unprotect))
+        .route("/projects/{name}/settings/secrets", post(settings::set_secret))
         .layer(axum::middleware::from_fn(security_headers))
 }
 

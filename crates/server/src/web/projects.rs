@@ -120,6 +120,7 @@ pub(crate) async fn show(
     let body = html! {
         p.crumbs { a href="/projects" { "Projects" } " /" }
         h1 { (project) }
+        @if visitor.auth.is_admin { p { a #project-settings href={ "/projects/" (p) "/settings" } { "Settings: members, protected branches, secrets" } } }
         div.columns {
             section {
                 h2 { "Open changes" }
