@@ -522,9 +522,17 @@ fn a_finding_waits_only_for_an_admin_who_was_not_involved(backend: Backend) {
     browser.goto(&format!("{base}/work"));
     assert!(browser.exists("#work-findings"), "carol is an admin: {}", browser.body_text());
     assert!(!browser.exists(&listed), "carol broke the glass and may not review it: {}", browser.body_text());
+    // The findings page says why before she tries.
+    browser.goto(&format!("{base}/findings"));
+    let row = format!("#findings tr[data-finding='{id}']");
+    assert!(!browser.exists(&format!("{row} .resolve-finding")), "{}", browser.text(&row));
+    assert!(browser.exists(&format!("{row} .refusal[data-rule]")), "{}", browser.text(&row));
     sign_out(&browser);
 
     sign_in_with_token(&browser, &hosted, "admin", &hosted.admin);
+    // The admin keeps the newest checkpoint before reviewing.
+    browser.goto(&format!("{base}/audit/checkpoint"));
+    let kept = browser.text("#newest-checkpoint");
     browser.goto(&format!("{base}/work"));
     assert!(
         browser.text(&listed).contains("hotfix") || browser.text(&listed).contains("break"),
@@ -537,6 +545,41 @@ fn a_finding_waits_only_for_an_admin_who_was_not_involved(backend: Backend) {
     assert!(!browser.exists(&listed), "a reviewed finding still waits: {}", browser.body_text());
     let resolved = hosted.audit_events("finding.resolve");
     assert_eq!(resolved.iter().map(|e| e["actor"].clone()).collect::<Vec<_>>(), [Value::from("admin")]);
+    browser.goto(&format!("{base}/findings"));
+    assert!(browser.text(&row).contains("resolved by admin"), "{}", browser.text(&row));
+    snap(&browser, "findings", 700);
+
+    // The report of the last 30 days names production's deployment and its duties.
+    browser.goto(&format!("{base}/report"));
+    let deployed = browser.text(&format!("#report-deployments tr[data-deployment='{PROJECT}/2']"));
+    for who in ["carol", "alice", "bob"] {
+        assert!(deployed.contains(who), "{who}: {deployed}");
+    }
+    snap(&browser, "report", 1000);
+
+    // The checkpoint kept is proved a prefix of the newest; an altered one is no checkpoint.
+    let checkpoint = format!("{base}/audit/checkpoint");
+    reload_until(&browser, &checkpoint, "a newer checkpoint", |b| b.text("#newest-checkpoint") != kept);
+    browser.type_into("#pasted-checkpoint", &kept);
+    browser.click("#prove");
+    assert_eq!(
+        browser.attribute("#consistency-verdict", "data-consistent").as_deref(),
+        Some("true"),
+        "{}",
+        browser.body_text()
+    );
+    snap(&browser, "checkpoint", 1100);
+    let mut lines: Vec<String> = kept.lines().map(str::to_owned).collect();
+    lines[1] = (lines[1].parse::<u64>().expect("a size") - 1).to_string();
+    browser.goto(&checkpoint);
+    browser.type_into("#pasted-checkpoint", &lines.join("\n"));
+    browser.click("#prove");
+    assert_eq!(browser.attribute("#consistency-verdict", "data-consistent").as_deref(), Some("false"));
+    assert!(
+        browser.text("#consistency-verdict").contains("not a checkpoint this ledger signed"),
+        "{}",
+        browser.body_text()
+    );
 }
 
 /// Markup an attacker would have a page run, and a quote to break out of
@@ -640,6 +683,9 @@ fn every_page_shows_hostile_values_as_text(backend: Backend) {
         format!("/projects/{PROJECT}/deployments/3"),
         "/me".to_owned(),
         "/admin/grants/1".to_owned(),
+        "/findings".to_owned(),
+        "/report".to_owned(),
+        "/audit/checkpoint".to_owned(),
         format!("/projects/{PROJECT}/settings"),
         format!("/audit?actor={hostile_query}&action={hostile_query}"),
         "/admin".to_owned(),
@@ -661,7 +707,7 @@ fn every_page_shows_hostile_values_as_text(backend: Backend) {
     let change = support::http_send(base, "GET", &pages[3], &[("Cookie", &cookie)], None).body;
     assert!(change.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;onmouseover=alert(2)"), "{change}");
     // And the browser runs none of it: no dialog opened, the title is text.
-    for page in &pages[..16] {
+    for page in &pages[..19] {
         browser.goto(&format!("{base}{page}"));
         assert!(browser.alert_text().is_none(), "{page} ran a script");
     }
@@ -670,7 +716,7 @@ fn every_page_shows_hostile_values_as_text(backend: Backend) {
 
     // Every page passes axe-core with no serious or critical violation, and
     // reads at 390 px wide without scrolling sideways.
-    for page in pages[..16].iter().chain(["/login".to_owned()].iter()) {
+    for page in pages[..19].iter().chain(["/login".to_owned()].iter()) {
         if page == "/login" {
             sign_out(&browser);
         }

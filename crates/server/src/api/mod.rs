@@ -9,7 +9,7 @@ pub(crate) mod evidence;
 mod groups;
 pub(crate) mod people;
 mod projects;
-mod report;
+pub(crate) mod report;
 pub(crate) mod workers;
 
 use axum::extract::{FromRequestParts, Query};

@@ -109,6 +109,19 @@ pub(crate) async fn report(
     auth.require_overseer()?;
     let from = Timestamp::parse_rfc3339(&query.from)?;
     let to = Timestamp::parse_rfc3339(&query.to)?;
+    Ok(Json(report_of(&state, &auth.0, from, to).await?))
+}
+
+/// The report of the period from `from` (inclusive) to `to` (exclusive),
+/// for the API and the pages alike, as `reader` (an admin or auditor: the
+/// caller checks) reads it.
+pub(crate) async fn report_of(
+    state: &AppState,
+    reader: &custody_store::Authenticated,
+    from: Timestamp,
+    to: Timestamp,
+) -> ApiResult<ReportData> {
+    let state = state.clone();
     if to.millis() <= from.millis() {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid", "the period must end after it starts"));
     }
@@ -142,7 +155,7 @@ pub(crate) async fn report(
                     continue;
                 }
                 let number: i64 = number.parse().unwrap_or(0);
-                let access = state.store().project_access(&auth.0, &name).await?;
+                let access = state.store().project_access(reader, &name).await?;
                 let (_, attestation) = state.store().deployment_record(&access, number).await?;
                 let attested = attestation.as_deref().and_then(unverified_predicate::<DeploymentV1>);
                 let mut changes = Vec::new();
@@ -242,7 +255,7 @@ pub(crate) async fn report(
         });
     }
     let checkpoint_size = state.store().latest_checkpoint().await?.map(|c| c.size);
-    Ok(Json(ReportData {
+    Ok(ReportData {
         instance: state.instance().to_owned(),
         from,
         to,
@@ -250,5 +263,5 @@ pub(crate) async fn report(
         checkpoint_size,
         deployments,
         findings,
-    }))
+    })
 }

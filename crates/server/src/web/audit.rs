@@ -115,6 +115,7 @@ pub(crate) async fn events(
     });
     let value = |v: &Option<String>| v.clone().unwrap_or_default();
     let body = html! {
+        (super::oversight::links())
         h1 { "Audit log" }
         section { h2 { "Latest checkpoint" } (checkpoint) }
         section {

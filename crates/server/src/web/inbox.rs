@@ -40,12 +40,13 @@ pub(crate) async fn resolve_finding(
     posted: Posted,
 ) -> WebResult<Response> {
     let resolution = posted.text("resolution");
+    let back = if posted.get("from") == Some("findings") { "/findings" } else { "/work" };
     state
         .store()
         .resolve_finding(&posted.visitor.auth, id, resolution)
         .await
-        .map_err(|e| WebError::from(e).back("/work"))?;
-    Ok(see_other("/work"))
+        .map_err(|e| WebError::from(e).back(back))?;
+    Ok(see_other(back))
 }
 
 fn change_href(project: &str, number: i64) -> String {

@@ -22,6 +22,7 @@ mod diff;
 pub(crate) mod html;
 mod inbox;
 mod me;
+mod oversight;
 mod projects;
 pub(crate) mod session;
 mod settings;
@@ -91,6 +92,9 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/projects/{name}/deployments/{number}/evidence", get(deploys::evidence))
         .route("/projects/{name}/artifacts/{digest}/evidence", get(deploys::artifact_evidence))
         .route("/audit", get(audit::events))
+        .route("/audit/checkpoint", get(oversight::checkpoint).post(oversight::prove))
+        .route("/findings", get(oversight::findings))
+        .route("/report", get(oversight::report))
         .route("/admin", get(admin::show))
         .route("/admin/grants/{id}", get(admin::grant))
         .route("/admin/grants/{id}/decide", post(admin::decide))
