@@ -200,6 +200,8 @@ pub enum UserCommand {
     Show { name: String },
     /// Disable a user and revoke their tokens (a grant for admins and group members).
     Disable { name: String },
+    /// Enable a disabled user again (a grant), with a fresh invite code for them.
+    Enable { name: String },
     /// Set your own password for the web, read from standard input.
     SetPassword,
 }
@@ -226,6 +228,11 @@ pub async fn user(client: &Client, command: UserCommand, out: Output) -> Result<
                 client.post(&format!("/api/v1/users/{}/disable", UserName::parse(&name)?)).await?;
             out.show(&outcome, |outcome| disabled_text(&name, outcome));
         }
+        UserCommand::Enable { name } => {
+            let created: CreatedUser =
+                client.post(&format!("/api/v1/users/{}/enable", UserName::parse(&name)?)).await?;
+            out.show(&created, created_user_text);
+        }
         UserCommand::SetPassword => {
             if !out.json {
                 eprintln!("new password (at least 12 characters), then Enter:");
@@ -240,7 +247,8 @@ pub async fn user(client: &Client, command: UserCommand, out: Output) -> Result<
     Ok(())
 }
 
-/// A user asked for: the grant that makes them, and their invite code.
+/// A user asked for, or asked to be enabled again: the grant, and their
+/// invite code.
 fn created_user_text(created: &CreatedUser) -> String {
     let grant = &created.grant;
     let status = match grant.status {
@@ -251,8 +259,11 @@ fn created_user_text(created: &CreatedUser) -> String {
         _ => format!("grant {} applied at once (bootstrap: this instance has a single admin)", grant.id),
     };
     format!(
-        "user {} asked for; {status}\ninvite code (shown once, valid until {}): {}\nthe user runs: custody token redeem CODE",
-        created.name, created.invite_expires_at, created.invite_code
+        "user {} asked for ({}); {status}\ninvite code (shown once, valid until {}): {}\nthe user runs: custody token redeem CODE",
+        created.name,
+        grant.description,
+        created.invite_expires_at,
+        created.invite_code
     )
 }
 

@@ -1151,6 +1151,24 @@ fn admins_ask_for_grants_in_the_browser_and_a_second_admin_decides(backend: Back
     browser.goto(&format!("{base}/admin"));
     browser.click("#users tr[data-user='frank'] .disable-user");
     assert!(browser.text("#users tr[data-user='frank']").contains("disabled"), "{}", browser.text("#users"));
+
+    // Enabling him again is a grant; his new code works only once it is approved.
+    browser.click("#users tr[data-user='frank'] .enable-user");
+    assert_eq!(browser.text("#invite-grant-state"), "pending", "{}", browser.body_text());
+    let code = browser.text("#invite-code");
+    let redeem = || hosted.api("POST", "/api/v1/invites/redeem", None, Some(serde_json::json!({ "code": code })));
+    assert_eq!(redeem().0, 401, "a disabled user redeemed an invite");
+    sign_out(&browser);
+    sign_in_with_token(&browser, &hosted, "admin", &hosted.admin);
+    browser.goto(&format!("{base}/admin"));
+    let enable = ".card.grant button[value='approve']";
+    assert!(browser.text(".card.grant").contains("enable user frank again"), "{}", browser.body_text());
+    browser.click(enable);
+    assert_eq!(browser.text("#grant-state"), "approved", "{}", browser.body_text());
+    let (status, token) = redeem();
+    assert_eq!(status, 200, "{token}");
+    let (status, me) = hosted.api("GET", "/api/v1/me", token["token"].as_str(), None);
+    assert_eq!((status, me["name"].as_str()), (200, Some("frank")), "{me}");
 }
 
 on_both_backends! {

@@ -58,6 +58,12 @@ pub enum GrantAction {
         /// The user disabled.
         user: UserName,
     },
+    /// Enables a disabled user again: they sign in with their password, or
+    /// redeem the invite code the request made.
+    EnableUser {
+        /// The user enabled.
+        user: UserName,
+    },
     /// Makes a user a member of a project, or changes their role.
     AddProjectMember {
         /// The project.
@@ -195,6 +201,7 @@ impl GrantAction {
             | GrantAction::AddGroupMember { user, .. }
             | GrantAction::RemoveGroupMember { user, .. }
             | GrantAction::DisableUser { user }
+            | GrantAction::EnableUser { user }
             | GrantAction::AddProjectMember { user, .. }
             | GrantAction::RemoveProjectMember { user, .. } => Some(user),
             GrantAction::ProtectBranch { .. }
@@ -232,6 +239,7 @@ impl GrantAction {
             GrantAction::AddGroupMember { .. } => "group.member.add",
             GrantAction::RemoveGroupMember { .. } => "group.member.remove",
             GrantAction::DisableUser { .. } => "user.disable",
+            GrantAction::EnableUser { .. } => "user.enable",
             GrantAction::AddProjectMember { .. } => "project.member.add",
             GrantAction::RemoveProjectMember { .. } => "project.member.remove",
             GrantAction::ProtectBranch { .. } => "project.branch.protect",
@@ -253,6 +261,7 @@ impl GrantAction {
             GrantAction::AddGroupMember { group, user } => format!("add {user} to group {group}"),
             GrantAction::RemoveGroupMember { group, user } => format!("remove {user} from group {group}"),
             GrantAction::DisableUser { user } => format!("disable user {user}"),
+            GrantAction::EnableUser { user } => format!("enable user {user} again"),
             GrantAction::AddProjectMember { project, user, role } => {
                 format!("give {user} {} access to project {project}", role.as_str())
             }

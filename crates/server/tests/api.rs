@@ -193,6 +193,7 @@ macro_rules! on_both_backends {
 on_both_backends!(
     an_invited_user_redeems_the_code_once_for_their_own_token,
     revoked_expired_and_disabled_tokens_get_401,
+    a_disabled_user_comes_back_only_by_a_grant_with_a_fresh_code,
     a_read_token_cannot_write,
     a_grant_waits_for_a_second_admin_who_did_not_ask_for_it,
     an_admin_cannot_approve_a_grant_naming_themselves,
@@ -266,6 +267,31 @@ async fn revoked_expired_and_disabled_tokens_get_401(server: Server) {
     assert!(events
         .iter()
         .any(|e| e["action"] == "user.disable" && e["actor"] == "root" && e["subject"] == "user:alice"));
+}
+
+/// Enabling a disabled user is an admin's grant that comes with a new
+/// invite code: their old tokens and codes stay dead, and enabling someone
+/// who is not disabled is a conflict that writes nothing.
+async fn a_disabled_user_comes_back_only_by_a_grant_with_a_fresh_code(server: Server) {
+    let alice = server.person("alice").await;
+    let bob = server.person("bob").await;
+    let (status, outcome) = server.post(&server.root, "/api/v1/users/alice/disable", json!(null)).await;
+    assert_eq!(status, StatusCode::OK, "{outcome}");
+    let (status, body) = server.post(&bob, "/api/v1/users/alice/enable", json!(null)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "bob is no admin: {body}");
+    let (status, made) = server.post(&server.root, "/api/v1/users/alice/enable", json!(null)).await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    assert_eq!(made["grant"]["status"], "bootstrap", "{made}");
+    assert_eq!(made["grant"]["description"], "enable user alice again", "{made}");
+    assert_eq!(server.get(&alice, "/api/v1/me").await.0, StatusCode::UNAUTHORIZED, "an old token came back");
+    let (status, token) = server.redeem(made["invite_code"].as_str().unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{token}");
+    let (status, me) = server.get(token["token"].as_str().unwrap(), "/api/v1/me").await;
+    assert_eq!((status, me["disabled"].as_bool()), (StatusCode::OK, Some(false)), "{me}");
+    let before = server.events().await.len();
+    let (status, body) = server.post(&server.root, "/api/v1/users/alice/enable", json!(null)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(server.events().await.len(), before, "a refused enable wrote an event");
 }
 
 async fn a_read_token_cannot_write(server: Server) {

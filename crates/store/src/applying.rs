@@ -73,6 +73,12 @@ pub(crate) async fn check_applicable(tx: &mut Tx, action: &GrantAction) -> Resul
             let is_admin = in_group(tx, user_id, "admins").await?;
             keeps_an_admin(tx, action, is_admin).await?;
         }
+        GrantAction::EnableUser { user } => {
+            let (_, disabled) = existing_user(tx, user).await?;
+            if !disabled {
+                return Err(StoreError::Conflict(format!("user {user} is not disabled")));
+            }
+        }
         GrantAction::AddProjectMember { .. }
         | GrantAction::RemoveProjectMember { .. }
         | GrantAction::ProtectBranch { .. }
@@ -122,6 +128,18 @@ pub(crate) async fn apply(tx: &mut Tx, grant_id: i64, action: &GrantAction) -> R
             let sql = tx.sql("UPDATE users SET disabled_at = $1 WHERE id = $2");
             sqlx::query(&sql).bind(now).bind(user_id).execute(tx.conn()).await?;
             revoke_all(tx, user_id).await?;
+        }
+        GrantAction::EnableUser { user } => {
+            let (user_id, _) = existing_user(tx, user).await?;
+            let sql = tx.sql("UPDATE users SET disabled_at = NULL WHERE id = $1");
+            sqlx::query(&sql).bind(user_id).execute(tx.conn()).await?;
+            // Only the newest invite, made with this request, works: one an
+            // earlier request (rejected, say) made stays dead.
+            let sql = tx.sql(
+                "UPDATE invites SET expires_at = $1 WHERE user_id = $2 AND redeemed_at IS NULL AND expires_at > $1 \
+                 AND created_at < (SELECT MAX(created_at) FROM invites WHERE user_id = $2)",
+            );
+            sqlx::query(&sql).bind(now).bind(user_id).execute(tx.conn()).await?;
         }
         GrantAction::AddProjectMember { .. }
         | GrantAction::RemoveProjectMember { .. }

@@ -268,23 +268,7 @@ impl Store {
                     return Err(StoreError::Conflict(format!("the e-mail address {email} belongs to another user")));
                 }
                 let user_id = insert_user(tx, &name, &display_name, Some(&email), "pending").await?;
-                let (id, secret) = (random_id(), random_secret());
-                let expires_at = now_ms() + INVITE_LIFETIME_MS;
-                let bound = Bound { kind: "invite", id: &id, user_id, scopes: "", expires_at: Some(expires_at) };
-                let stored = bound.stored(&tx.ledger_state().secrets.key, &hash_secret(&secret));
-                let sql = tx.sql(
-                    "INSERT INTO invites (id, user_id, secret_hash, created_by, created_at, expires_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                );
-                sqlx::query(&sql)
-                    .bind(&id)
-                    .bind(user_id)
-                    .bind(stored)
-                    .bind(actor.name.as_str())
-                    .bind(now_ms())
-                    .bind(expires_at)
-                    .execute(tx.conn())
-                    .await?;
+                let (id, secret, expires_at) = insert_invite(tx, user_id, &actor.name).await?;
                 let action = GrantAction::CreateUser { user: name.clone(), email, display_name };
                 let grant = grants::request(tx, &actor, action).await?;
                 if grant.status == custody_domain::GrantStatus::Pending {
@@ -555,6 +539,33 @@ impl Store {
         .await
     }
 
+    /// Asks to enable a disabled user again: a grant, and a fresh invite
+    /// code for them, which works only once the grant is applied (a
+    /// disabled user redeems nothing). Their password, if they have one,
+    /// works again then too.
+    pub async fn request_enable_user(&self, actor: &Authenticated, name: UserName) -> Result<CreatedUser> {
+        let actor = actor.clone();
+        self.write(move |tx| {
+            Box::pin(async move {
+                require_admin(tx, &actor).await?;
+                let (user_id, _, disabled_at) =
+                    user_id(tx, &name).await?.ok_or_else(|| StoreError::not_found("user", &name))?;
+                if disabled_at.is_none() {
+                    return Err(StoreError::Conflict(format!("user {name} is not disabled")));
+                }
+                let (id, secret, expires_at) = insert_invite(tx, user_id, &actor.name).await?;
+                let grant = grants::request(tx, &actor, GrantAction::EnableUser { user: name.clone() }).await?;
+                Ok(CreatedUser {
+                    name: name.to_string(),
+                    invite_code: secret::format_secret(SecretKind::Invite, &id, &secret),
+                    invite_expires_at: Timestamp::from_millis(expires_at),
+                    grant,
+                })
+            })
+        })
+        .await
+    }
+
     /// Every user, a page at a time.
     pub async fn list_users(&self, page: PageRequest) -> Result<Page<UserView>> {
         let sql = self.sql(user_query!("WHERE u.id > $1 ORDER BY u.id LIMIT $2"));
@@ -573,6 +584,29 @@ impl Store {
             .ok_or_else(|| StoreError::not_found("user", name))?;
         user_view(&row)
     }
+}
+
+/// A new invite code for `user_id`, made by `by`: its id, its secret and
+/// when it stops working. Only its bound hash is stored.
+async fn insert_invite(tx: &mut Tx, user_id: i64, by: &UserName) -> Result<(String, String, i64)> {
+    let (id, secret) = (random_id(), random_secret());
+    let expires_at = now_ms() + INVITE_LIFETIME_MS;
+    let bound = Bound { kind: "invite", id: &id, user_id, scopes: "", expires_at: Some(expires_at) };
+    let stored = bound.stored(&tx.ledger_state().secrets.key, &hash_secret(&secret));
+    let sql = tx.sql(
+        "INSERT INTO invites (id, user_id, secret_hash, created_by, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    );
+    sqlx::query(&sql)
+        .bind(&id)
+        .bind(user_id)
+        .bind(stored)
+        .bind(by.as_str())
+        .bind(now_ms())
+        .bind(expires_at)
+        .execute(tx.conn())
+        .await?;
+    Ok((id, secret, expires_at))
 }
 
 /// A user with their e-mail addresses and groups, in one query: each list

@@ -172,6 +172,7 @@ fn operations() -> OpenApiRouter<AppState> {
         .routes(routes!(people::list_users, people::create_user))
         .routes(routes!(people::get_user))
         .routes(routes!(people::disable_user))
+        .routes(routes!(people::enable_user))
         .routes(routes!(people::list_tokens, people::create_token))
         .routes(routes!(people::revoke_token))
         .routes(routes!(groups::list_groups, groups::create_group))

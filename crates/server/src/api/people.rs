@@ -199,6 +199,21 @@ pub(crate) async fn disable_user(
     Ok(Json(DisableOutcome { disabled, grant }))
 }
 
+/// An admin asks to enable a disabled user again: a grant. The answer holds
+/// a fresh invite code for them, which works once a second admin approved
+/// the grant; their password, if they have one, works again then too.
+#[utoipa::path(post, path = "/api/v1/users/{name}/enable", tag = "people", security(("token" = [])),
+    responses((status = 201, body = CreatedUser), (status = 403, body = custody_api::ErrorBody),
+              (status = 409, body = custody_api::ErrorBody)))]
+pub(crate) async fn enable_user(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam(name): PathParam<String>,
+) -> ApiResult<(StatusCode, Json<CreatedUser>)> {
+    let created = state.store().request_enable_user(&auth.0, UserName::parse(&name)?).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
 /// The caller's own tokens.
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "people", security(("token" = [])), params(PageQuery),
     responses((status = 200, body = Page<TokenView>)))]

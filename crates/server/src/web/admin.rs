@@ -1,4 +1,4 @@
-//! Admin: users (invite, disable), groups and their members, and the
+//! Admin: users (invite, disable, enable), groups and their members, and the
 //! grants: every change an admin asks for here is a grant, shown with its
 //! state, that waits for a second admin (applied at once, and marked,
 //! while the instance has one admin), with the buttons to approve or reject
@@ -78,7 +78,11 @@ fn users_section(users: &[UserView], visitor: &Visitor) -> Markup {
                             td { (status(if u.disabled { "disabled" } else { &u.state })) }
                             td { (u.groups.join(", ")) }
                             td {
-                                @if !u.disabled && u.name != visitor.auth.name.as_str() {
+                                @if u.disabled {
+                                    (html::post_form(&format!("/admin/users/{}/enable", html::seg(&u.name)), visitor, "inline", html! {
+                                        button type="submit" class="enable-user" aria-label={ "Ask to enable " (u.name) } { "Ask to enable" }
+                                    }))
+                                } @else if u.name != visitor.auth.name.as_str() {
                                     (html::post_form(&format!("/admin/users/{}/disable", html::seg(&u.name)), visitor, "inline", html! {
                                         button type="submit" class="disable-user" aria-label={ "Disable " (u.name) } { "Disable" }
                                     }))
@@ -243,19 +247,40 @@ pub(crate) async fn invite(State(state): State<AppState>, posted: Posted) -> Web
         .request_user(&posted.visitor.auth, name, email, display)
         .await
         .map_err(|e| WebError::from(e).back(back))?;
+    Ok(invite_page(&posted.visitor, &made))
+}
+
+/// An invite code, shown once, and the grant it waits for.
+fn invite_page(visitor: &Visitor, made: &custody_api::CreatedUser) -> Response {
     let g = &made.grant;
     let body = html! {
         h1 { "Invite for " (made.name) }
+        p #invite-grant-description { "Grant " a href={ "/admin/grants/" (g.id) } { (g.id) } ": " (g.description) ", "
+            span #invite-grant-state { (status(g.status.as_str())) } }
         p.lead { "Give this code to " (made.name) " by a channel you trust. It is shown once, works once, and only "
-            @if g.status == GrantStatus::Pending { "after a second admin approves " a href={ "/admin/grants/" (g.id) } { "grant " (g.id) } }
+            @if g.status == GrantStatus::Pending { "after a second admin approves the grant" }
             @else { "until it expires" }
             "."
         }
         pre.log #invite-code { (made.invite_code) }
-        p { "It expires " (html::when(made.invite_expires_at)) ". They redeem it with " code { "custody login --invite CODE" } "." }
-        p { "Grant " a href={ "/admin/grants/" (g.id) } { (g.id) } ": " span #invite-grant-state { (status(g.status.as_str())) } }
+        p { "It expires " (html::when(made.invite_expires_at)) ". They redeem it with " code { "custody token redeem CODE" } "." }
     };
-    Ok(html::page("Invite", Some(&posted.visitor), body).into_response())
+    html::page("Invite", Some(visitor), body).into_response()
+}
+
+/// Asks to enable a disabled user again, and shows their new invite code.
+pub(crate) async fn enable(
+    State(state): State<AppState>,
+    WebPath(name): WebPath<String>,
+    posted: Posted,
+) -> WebResult<Response> {
+    let name = UserName::parse(&name)?;
+    let made = state
+        .store()
+        .request_enable_user(&posted.visitor.auth, name)
+        .await
+        .map_err(|e| WebError::from(e).back("/admin"))?;
+    Ok(invite_page(&posted.visitor, &made))
 }
 
 /// Disables a user: at once, or as a grant.

@@ -100,6 +100,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/admin/grants/{id}/decide", post(admin::decide))
         .route("/admin/users", post(admin::invite))
         .route("/admin/users/{name}/disable", post(admin::disable))
+        .route("/admin/users/{name}/enable", post(admin::enable))
         .route("/admin/groups", post(admin::make_group))
         .route("/admin/groups/{name}/members", post(admin::add_member))
         .route("/admin/groups/{name}/members/{user}/remove", post(admin::remove_member))
