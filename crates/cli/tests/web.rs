@@ -235,6 +235,9 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     snap(&browser, "change", 1700);
     browser.click("#merge");
     assert!(browser.body_text().contains("Merged by alice"), "{}", browser.body_text());
+    browser.goto(&format!("{base}/projects/{PROJECT}/changes?state=merged"));
+    assert!(browser.text("#change-list").contains("Refunds"), "{}", browser.body_text());
+    snap(&browser, "changes", 600);
 
     // The builder builds, staging deploys itself, production waits.
     let build = finished_build(&hosted, 1);
@@ -423,7 +426,9 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     assert_eq!(file.header("repr-digest"), Some(format!("sha-256=:{expected}:").as_str()), "{file:?}");
     browser.goto(&format!("{base}/projects/{PROJECT}/builds"));
     assert!(browser.text("#build-list").contains("succeeded"), "{}", browser.body_text());
+    snap(&browser, "builds", 700);
     browser.goto(&format!("{base}/projects/{PROJECT}/artifacts/{digest}"));
+    snap(&browser, "artifact", 1000);
     let artifact_bundle = browser.attribute("#evidence-bundle", "href").expect("an artifact's bundle link");
     let artifact_bundle = http_send(
         base,
@@ -468,6 +473,8 @@ fn reviewers_and_approvers_work_in_a_real_browser(backend: Backend) {
     browser.goto(&format!("{base}/admin"));
     assert!(browser.enabled(approve), "bob, the second admin, may not approve: {}", browser.body_text());
     browser.click(approve);
+    assert_eq!(browser.text("#grant-state"), "approved", "{}", browser.body_text());
+    browser.goto(&format!("{base}/admin"));
     assert!(!browser.exists(".card.grant"), "the grant still waits: {}", browser.body_text());
     assert!(browser.text("#groups").contains("carol"), "{}", browser.text("#groups"));
     let approved = hosted.audit_events("grant.approve");
@@ -1019,7 +1026,8 @@ fn alice_keeps_her_tokens_password_and_sessions_on_her_own_page(backend: Backend
     assert_eq!(hosted.api("GET", "/api/v1/me", Some(&elsewhere), None).0, 401, "the other session lives on");
     assert_eq!(browser.text("#signed-in-as"), "alice", "this session ended too");
     assert!(!browser.exists("#end-other-sessions"), "{}", browser.text("#sessions"));
-    snap(&browser, "me", 1300);
+    browser.goto(&format!("{base}/me"));
+    snap(&browser, "me", 1400);
 
     // The password changes only with the current one.
     let new = "a much longer passphrase of alice's";

@@ -149,10 +149,8 @@ pub(crate) async fn show(
         Ok((log, attestation)) => (Ok(log), attestation),
         Err(custody_store::StoreError::Refused(decision)) => {
             let why = decision.reasons.first().map(|r| r.message.clone()).unwrap_or_default();
-            (
-                Err(format!("This log is not yours to read: {why}")),
-                state.store().deployment_record(&access, number).await?.1,
-            )
+            // The attestation goes with the log, as the API's record does.
+            (Err(format!("This log and its attestation are not yours to read: {why}")), None)
         }
         Err(other) => return Err(other.into()),
     };
@@ -191,17 +189,19 @@ pub(crate) async fn show(
                 @if let Some(at) = d.finished_at { dt { "Finished" } dd { (html::when(at)) } }
                 @if let Some(reason) = &d.reason { dt { "Why" } dd #deployment-reason { (reason) } }
                 @if let Some(asked) = &d.cancel_requested { dt { "Stopping" } dd { (asked) } }
-                dt { "Decisions" } dd #decisions { (super::deploys::decisions(d)) }
+                @if waiting.is_none() { dt { "Decisions" } dd #decisions { (super::deploys::decisions(d)) } }
             }
         }
         @if let Some(waiting) = waiting { (waiting) }
         (cancel_form(&visitor, &access, d, &p))
         (release_table(&release, &p))
         (log_section(&log, follow))
-        (attestation_section(opened.as_ref(), evidence))
+        @if log.is_ok() { (attestation_section(opened.as_ref(), evidence)) }
     };
     let title = format!("Deployment {number}");
-    if d.status.is_waiting() {
+    // Queued or running, it changes by itself; a pending one waits for
+    // people, and reloading would lose what they type.
+    if matches!(d.status, DeploymentStatus::Queued | DeploymentStatus::Running) {
         return Ok(html::live_page(&title, Some(&visitor), body, 3).into_response());
     }
     Ok(html::page(&title, Some(&visitor), body).into_response())
