@@ -21,6 +21,7 @@ pub mod evidence;
 pub mod keys;
 pub mod ledger_key;
 pub mod merkle;
+pub mod oci;
 pub mod provenance;
 pub mod sealed;
 pub mod statement;
