@@ -42,6 +42,8 @@ pub struct Pipeline {
     pub build: Option<String>,
     /// The files a build produces.
     pub artifacts: Vec<Glob>,
+    /// The container images a build produces, as OCI image layouts.
+    pub images: Vec<ImageSpec>,
     /// How long a check or build may run.
     pub timeout: Duration,
     /// Whether checks and builds may reach the network.
@@ -55,6 +57,47 @@ pub struct Pipeline {
     pub check_inputs: Vec<Glob>,
     /// Environments, in the order they are passed.
     pub environments: Vec<Environment>,
+}
+
+/// A container image a build produces: `[[pipeline.image]]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageSpec {
+    /// Its name in the project's registry (`payments/app`'s `app`):
+    /// lowercase letters and digits, separated by one `.`, `_`, `__` or `-`.
+    pub name: String,
+    /// Where the build leaves it: an OCI image layout, a directory or a
+    /// `.tar` of one, relative to the workspace.
+    pub layout: String,
+}
+
+/// Whether `name` is one path component of an OCI repository name
+/// (`[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`), at most 64 characters.
+pub fn is_image_name(name: &str) -> bool {
+    if name.is_empty() || name.len() > 64 {
+        return false;
+    }
+    let bytes = name.as_bytes();
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < bytes.len() {
+        if alnum(bytes[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && !alnum(bytes[i]) {
+            i += 1;
+        }
+        let separator = &name[start..i];
+        let dashes = separator.bytes().all(|b| b == b'-');
+        if !(separator == "." || separator == "_" || separator == "__" || dashes) {
+            return false;
+        }
+    }
+    true
 }
 
 /// What one job may use, as the pipeline file asks; the instance caps each.
@@ -115,6 +158,7 @@ impl Default for Pipeline {
             check: None,
             build: None,
             artifacts: Vec::new(),
+            images: Vec::new(),
             timeout: Duration::from_secs(30 * 60),
             network: false,
             resources: Resources::default(),
@@ -166,6 +210,15 @@ struct PipelineSection {
     cpu_time: Option<toml::Spanned<String>>,
     #[serde(default)]
     check_inputs: Vec<toml::Spanned<String>>,
+    #[serde(default)]
+    image: Vec<toml::Spanned<ImageSection>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImageSection {
+    name: toml::Spanned<String>,
+    layout: toml::Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -334,7 +387,43 @@ impl Reader<'_> {
         pipeline.network = section.network.unwrap_or(false);
         pipeline.resources = self.resources(section)?;
         pipeline.check_inputs = self.globs(&section.check_inputs)?;
+        pipeline.images = self.images(&section.image)?;
         Ok(())
+    }
+
+    /// The `[[pipeline.image]]` tables: distinct names, layouts inside the
+    /// workspace.
+    fn images(&self, sections: &[toml::Spanned<ImageSection>]) -> Result<Vec<ImageSpec>, PipelineError> {
+        let mut images: Vec<ImageSpec> = Vec::new();
+        for section in sections {
+            let image = section.get_ref();
+            let name = image.name.get_ref();
+            if !is_image_name(name) {
+                return Err(self.at(
+                    image.name.span(),
+                    format!(
+                        "image name {name:?} is not a registry name: 1 to 64 lowercase letters and digits, \
+                         separated by one '.', '_', '__' or dashes, such as \"app\" or \"web-api\""
+                    ),
+                ));
+            }
+            if images.iter().any(|i| &i.name == name) {
+                return Err(self.at(image.name.span(), format!("image {name:?} is named twice")));
+            }
+            let layout = image.layout.get_ref().trim_end_matches('/');
+            if layout.is_empty()
+                || layout.starts_with('/')
+                || layout.split('/').any(|p| p == ".." || p == "." || p.is_empty())
+            {
+                return Err(self.at(
+                    image.layout.span(),
+                    "an image's layout is a path in the build's workspace, such as dist/app-oci or dist/app.tar \
+                     (relative, no '..')",
+                ));
+            }
+            images.push(ImageSpec { name: name.clone(), layout: layout.to_owned() });
+        }
+        Ok(images)
     }
 
     /// What one job may use: `memory`, `processes` and `cpu_time`, each within its range.
@@ -646,6 +735,34 @@ reviewers_may_approve = false
         assert_eq!(error.location, Some((3, 9)), "{error}");
         let error = parse("[[environment]]\nname = \"prod\"\napprovals = 1\n").unwrap_err();
         assert!(error.message.contains("approvers"), "{error}");
+    }
+
+    #[test]
+    fn a_build_names_its_images_and_where_it_leaves_their_layouts() {
+        let pipeline = parse(
+            "[pipeline]\nowners = \"platform\"\nbuild = \"scripts/build.sh\"\n\n\
+             [[pipeline.image]]\nname = \"app\"\nlayout = \"dist/app-oci/\"\n\n\
+             [[pipeline.image]]\nname = \"web__api-2\"\nlayout = \"dist/web.tar\"\n",
+        )
+        .unwrap();
+        let images: Vec<(&str, &str)> = pipeline.images.iter().map(|i| (i.name.as_str(), i.layout.as_str())).collect();
+        assert_eq!(images, [("app", "dist/app-oci"), ("web__api-2", "dist/web.tar")]);
+        for (name, layout, why) in [
+            ("App", "dist/a", "not a registry name"),
+            ("a..b", "dist/a", "not a registry name"),
+            ("-a", "dist/a", "not a registry name"),
+            ("app", "/tmp/app", "relative"),
+            ("app", "dist/../../etc", "relative"),
+        ] {
+            let text =
+                format!("[pipeline]\nowners = \"p\"\n[[pipeline.image]]\nname = {name:?}\nlayout = {layout:?}\n");
+            let error = parse(&text).unwrap_err();
+            assert!(error.message.contains(why), "{name} {layout}: {error}");
+            assert_eq!(error.location.map(|l| l.0), Some(if why.contains("registry") { 4 } else { 5 }), "{error}");
+        }
+        let twice = "[pipeline]\nowners = \"p\"\n[[pipeline.image]]\nname = \"app\"\nlayout = \"a\"\n\
+                     [[pipeline.image]]\nname = \"app\"\nlayout = \"b\"\n";
+        assert!(parse(twice).unwrap_err().message.contains("named twice"));
     }
 
     #[test]

@@ -173,7 +173,19 @@ pub fn sha256_hex(digest: &str) -> Option<&str> {
 }
 
 /// Checks the image layout in `dir` and the one image its index names.
+/// Nothing of the layout may be a symbolic link (its directories, its
+/// index or its blobs): a layout is read where it lies, never elsewhere.
+/// The caller checks that no directory above `dir` is one.
 pub fn check_layout(dir: &Path) -> Result<CheckedImage, OciError> {
+    for inner in [dir.to_path_buf(), dir.join("blobs"), dir.join("blobs/sha256")] {
+        let real = std::fs::symlink_metadata(&inner).map(|m| m.file_type().is_dir()).unwrap_or(false);
+        if !real {
+            return Err(OciError::Layout(format!(
+                "has no directory {} (a symbolic link is not one)",
+                inner.strip_prefix(dir).ok().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).display()
+            )));
+        }
+    }
     let marker = read_small(&dir.join("oci-layout"))
         .map_err(|why| OciError::Layout(format!("has no readable oci-layout file: {why}")))?;
     let marker: LayoutMarker = serde_json::from_slice(&marker)
@@ -474,6 +486,8 @@ mod tests {
     fn malformed_layouts_are_refused_saying_why() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
+        assert!(check_layout(d).unwrap_err().to_string().contains("no directory blobs"));
+        std::fs::create_dir_all(d.join("blobs/sha256")).unwrap();
         assert!(check_layout(d).unwrap_err().to_string().contains("oci-layout"));
         let top = image(d, "amd64");
         layout(d, &top);
@@ -500,6 +514,13 @@ mod tests {
             .unwrap();
         layout(d, &target);
         assert!(check_layout(d).unwrap_err().to_string().contains("not a regular file"));
+        // A blobs directory that is a symbolic link to elsewhere.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let top = image(elsewhere.path(), "amd64");
+        let linked = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(elsewhere.path().join("blobs"), linked.path().join("blobs")).unwrap();
+        layout(linked.path(), &top);
+        assert!(check_layout(linked.path()).unwrap_err().to_string().contains("no directory blobs"));
     }
 
     #[test]
