@@ -35,40 +35,17 @@ for i in $(seq -f %04g 1 "$changes"); do
   CUSTODY_TOKEN="$alice" "$bin" change open bench --source "part-$i" --title "part $i" --json >/dev/null
 done
 
-CUSTODY_SERVER="$url" BOB="$bob" READS="${2:-200}" CHANGES="$changes" python3 - <<'PY'
-import http.client, json, os, re, statistics, time, urllib.parse
-server = urllib.parse.urlparse(os.environ["CUSTODY_SERVER"])
-conn = http.client.HTTPConnection(server.hostname, server.port)
-origin = f"http://{server.hostname}:{server.port}"
-conn.request("GET", "/login")
-answer = conn.getresponse()
-page = answer.read().decode()
-nonce = re.search(r"custody_login=([^;]+)", answer.getheader("Set-Cookie")).group(1)
-csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
-form = urllib.parse.urlencode({"csrf": csrf, "next": "/work", "method": "token", "token": os.environ["BOB"]})
-conn.request("POST", "/login", body=form, headers={"Content-Type": "application/x-www-form-urlencoded", "Origin": origin, "Cookie": f"custody_login={nonce}"})
-answer = conn.getresponse(); answer.read()
-session = re.search(r"custody_session=([^;]+)", answer.getheader("Set-Cookie")).group(1)
-def timed(path, check):
-    times = []
-    for i in range(20 + int(os.environ["READS"])):
-        started = time.perf_counter()
-        conn.request("GET", path, headers={"Cookie": f"custody_session={session}"})
-        answer = conn.getresponse(); body = answer.read()
-        assert answer.status == 200, answer.status
-        check(body)
-        if i >= 20:
-            times.append((time.perf_counter() - started) * 1000)
-    times.sort()
-    return statistics.median(times), times[min(len(times) - 1, round(0.99 * (len(times) - 1)))]
-n = int(os.environ["CHANGES"])
+PYTHONPATH=bench PROJECT=bench ADMIN="$admin" ALICE="$alice" BOB="$bob" READS="${2:-200}" CHANGES="$changes" python3 - <<'PY'
+import json, os, team
+session = team.sign_in("bob")
+n, reads = int(os.environ["CHANGES"]), int(os.environ["READS"])
 def counted(body):
     assert json.loads(body)["count"] == n, body[:200]
 def listed(body):
     assert body.count(b'data-change="bench/') == n, "not every change is listed"
 for path, check in [("/work/count", counted), ("/work", listed)]:
-    p50, p99 = timed(path, check)
-    print(f"{path} with {n} changes to review, {os.environ['READS']} reads: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+    p50, p99, _ = team.read_page(path, session, reads, check)
+    print(f"{path} with {n} changes to review, {reads} reads: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
 PY
 
 # The anchor: SQLite reading the open changes and their reviews from the

@@ -38,34 +38,14 @@ git --git-dir "$work/data/repositories/bench.git" update-ref refs/heads/main "$(
 number=$(CUSTODY_TOKEN="$alice" "$bin" change open bench --source feature --title "a thousand commits" --json \
   | sed -E 's/.*"number":([0-9]+).*/\1/')
 
-CUSTODY_SERVER="$url" BOB="$bob" NUMBER="$number" READS="${1:-300}" python3 - <<'PY'
-import http.client, os, re, statistics, time, urllib.parse
-server = urllib.parse.urlparse(os.environ["CUSTODY_SERVER"])
-conn = http.client.HTTPConnection(server.hostname, server.port)
-origin = f"http://{server.hostname}:{server.port}"
-# Sign in with bob's token through the sign-in form, as a browser would.
-conn.request("GET", "/login")
-answer = conn.getresponse()
-page = answer.read().decode()
-nonce = re.search(r"custody_login=([^;]+)", answer.getheader("Set-Cookie")).group(1)
-csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
-form = urllib.parse.urlencode({"csrf": csrf, "next": "/work", "method": "token", "token": os.environ["BOB"]})
-conn.request("POST", "/login", body=form, headers={"Content-Type": "application/x-www-form-urlencoded", "Origin": origin, "Cookie": f"custody_login={nonce}"})
-answer = conn.getresponse(); answer.read()
-session = re.search(r"custody_session=([^;]+)", answer.getheader("Set-Cookie")).group(1)
+PYTHONPATH=bench PROJECT=bench ADMIN="$admin" ALICE="$alice" BOB="$bob" NUMBER="$number" READS="${1:-300}" python3 - <<'PY'
+import os, team
+session = team.sign_in("bob")
 path = f"/projects/bench/changes/{os.environ['NUMBER']}"
-times = []
-for i in range(20 + int(os.environ["READS"])):
-    started = time.perf_counter()
-    conn.request("GET", path, headers={"Cookie": f"custody_session={session}"})
-    answer = conn.getresponse(); body = answer.read()
-    assert answer.status == 200, answer.status
-    if i >= 20:
-        times.append((time.perf_counter() - started) * 1000)
-times.sort()
-p99 = times[min(len(times) - 1, round(0.99 * (len(times) - 1)))]
-print(f"change page of 1,000 commits and 200 files ({len(body) // 1024} KiB of HTML), {len(times)} reads: "
-      f"p50 {statistics.median(times):.2f} ms, p99 {p99:.2f} ms")
+reads = int(os.environ["READS"])
+p50, p99, body = team.read_page(path, session, reads)
+print(f"change page of 1,000 commits and 200 files ({len(body) // 1024} KiB of HTML), {reads} reads: "
+      f"p50 {p50:.2f} ms, p99 {p99:.2f} ms")
 PY
 
 # The anchor: the git the page asks for, as processes (the first 200

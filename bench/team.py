@@ -3,6 +3,8 @@ started, called as admin, alice or bob, and percentiles."""
 import http.client
 import json
 import os
+import re
+import statistics
 import time
 import urllib.parse
 
@@ -34,3 +36,36 @@ def call(method, path, who, body=None, connection=None):
 def percentile(values, p):
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def sign_in(who):
+    """A browser's session for `who`, made through the sign-in form with
+    their token, as a browser makes it: the session cookie's value."""
+    origin = f"http://{server.hostname}:{server.port}"
+    conn.request("GET", "/login")
+    answer = conn.getresponse()
+    page = answer.read().decode()
+    nonce = re.search(r"custody_login=([^;]+)", answer.getheader("Set-Cookie")).group(1)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    form = urllib.parse.urlencode({"csrf": csrf, "next": "/work", "method": "token", "token": tokens[who]})
+    headers = {"Content-Type": "application/x-www-form-urlencoded", "Origin": origin, "Cookie": f"custody_login={nonce}"}
+    conn.request("POST", "/login", body=form, headers=headers)
+    answer = conn.getresponse()
+    answer.read()
+    return re.search(r"custody_session=([^;]+)", answer.getheader("Set-Cookie")).group(1)
+
+
+def read_page(path, session, reads, check=lambda body: None, warm=20):
+    """Reads `path` with `session` `reads` times after `warm` unmeasured
+    reads, each checked: p50 and p99 in milliseconds, and the last body."""
+    times = []
+    for i in range(warm + reads):
+        started = time.perf_counter()
+        conn.request("GET", path, headers={"Cookie": f"custody_session={session}"})
+        answer = conn.getresponse()
+        body = answer.read()
+        assert answer.status == 200, (path, answer.status)
+        check(body)
+        if i >= warm:
+            times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times), percentile(times, 99), body

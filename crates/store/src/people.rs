@@ -282,12 +282,7 @@ impl Store {
                     })
                     .await?;
                 }
-                Ok(CreatedUser {
-                    name: name.to_string(),
-                    invite_code: secret::format_secret(SecretKind::Invite, &id, &secret),
-                    invite_expires_at: Timestamp::from_millis(expires_at),
-                    grant,
-                })
+                Ok(invited(&name, &id, &secret, expires_at, grant))
             })
         })
         .await
@@ -555,12 +550,7 @@ impl Store {
                 }
                 let (id, secret, expires_at) = insert_invite(tx, user_id, &actor.name).await?;
                 let grant = grants::request(tx, &actor, GrantAction::EnableUser { user: name.clone() }).await?;
-                Ok(CreatedUser {
-                    name: name.to_string(),
-                    invite_code: secret::format_secret(SecretKind::Invite, &id, &secret),
-                    invite_expires_at: Timestamp::from_millis(expires_at),
-                    grant,
-                })
+                Ok(invited(&name, &id, &secret, expires_at, grant))
             })
         })
         .await
@@ -583,6 +573,16 @@ impl Store {
             .await?
             .ok_or_else(|| StoreError::not_found("user", name))?;
         user_view(&row)
+    }
+}
+
+/// What an admin gets back for an invite: the code, shown once.
+fn invited(name: &UserName, id: &str, secret: &str, expires_at: i64, grant: GrantView) -> CreatedUser {
+    CreatedUser {
+        name: name.to_string(),
+        invite_code: secret::format_secret(SecretKind::Invite, id, secret),
+        invite_expires_at: Timestamp::from_millis(expires_at),
+        grant,
     }
 }
 

@@ -28,75 +28,55 @@
 
 (function () {
   "use strict";
-  var log = document.getElementById("build-log");
-  var follow = log && log.getAttribute("data-follow");
-  if (!follow || !window.fetch) {
-    return;
-  }
-  var after = Number(log.getAttribute("data-after")) || 0;
-  function poll() {
-    fetch(follow + "?after=" + after, { credentials: "same-origin", headers: { Accept: "application/json" } })
-      .then(function (answer) {
-        return answer.ok ? answer.json() : null;
-      })
-      .then(function (page) {
-        if (!page) {
+  // Follows a running job's log in place: asks for what came after the
+  // cursor the page holds, adds it, and reloads the page once the job has
+  // ended (it shows how, and what the job signed).
+  function follow(id, take) {
+    var log = document.getElementById(id);
+    var address = log && log.getAttribute("data-follow");
+    if (!address || !window.fetch) {
+      return;
+    }
+    var after = Number(log.getAttribute("data-after")) || 0;
+    function poll() {
+      fetch(address + "?after=" + after, { credentials: "same-origin", headers: { Accept: "application/json" } })
+        .then(function (answer) {
+          return answer.ok ? answer.json() : null;
+        })
+        .then(function (page) {
+          if (!page) {
+            window.setTimeout(poll, 3000);
+            return;
+          }
+          after = take(page, function (text) {
+            log.appendChild(document.createTextNode(text));
+          }, after);
+          log.setAttribute("data-after", String(after));
+          if (page.complete) {
+            window.location.reload();
+          } else {
+            window.setTimeout(poll, 1000);
+          }
+        })
+        .catch(function () {
           window.setTimeout(poll, 3000);
-          return;
-        }
-        page.chunks.forEach(function (chunk) {
-          log.appendChild(document.createTextNode(chunk.data));
-          after = chunk.seq;
         });
-        log.setAttribute("data-after", String(after));
-        if (page.complete) {
-          // Finished: the page shows its artifacts and provenance now.
-          window.location.reload();
-        } else {
-          window.setTimeout(poll, 1000);
-        }
-      })
-      .catch(function () {
-        window.setTimeout(poll, 3000);
-      });
+    }
+    window.setTimeout(poll, 1000);
   }
-  window.setTimeout(poll, 1000);
-})();
-
-(function () {
-  "use strict";
-  // A running deployment's log, followed by the length the page holds.
-  var log = document.getElementById("deployment-log");
-  var follow = log && log.getAttribute("data-follow");
-  if (!follow || !window.fetch) {
-    return;
-  }
-  var after = Number(log.getAttribute("data-after")) || 0;
-  function poll() {
-    fetch(follow + "?after=" + after, { credentials: "same-origin", headers: { Accept: "application/json" } })
-      .then(function (answer) {
-        return answer.ok ? answer.json() : null;
-      })
-      .then(function (page) {
-        if (!page) {
-          window.setTimeout(poll, 3000);
-          return;
-        }
-        if (page.data) {
-          log.appendChild(document.createTextNode(page.data));
-        }
-        after = page.length;
-        log.setAttribute("data-after", String(after));
-        if (page.complete) {
-          // Ended: the page shows how, and the signed attestation.
-          window.location.reload();
-        } else {
-          window.setTimeout(poll, 1000);
-        }
-      })
-      .catch(function () {
-        window.setTimeout(poll, 3000);
-      });
-  }
-  window.setTimeout(poll, 1000);
+  // A build's log comes in numbered chunks.
+  follow("build-log", function (page, add, after) {
+    page.chunks.forEach(function (chunk) {
+      add(chunk.data);
+      after = chunk.seq;
+    });
+    return after;
+  });
+  // A deployment's log comes as what follows the length the page holds.
+  follow("deployment-log", function (page, add) {
+    if (page.data) {
+      add(page.data);
+    }
+    return page.length;
+  });
 })();
