@@ -1,7 +1,9 @@
 //! The builder: leases queued builds, runs the pipeline's `build` command as
 //! the built commit defines it, in the sandbox, on a fresh checkout; stores
-//! the files that match `artifacts` in the blob store and signs SLSA
-//! provenance for them with the builder key.
+//! the files that match `artifacts` and the container images its
+//! `[[pipeline.image]]` tables name (OCI image layouts, checked whole) in
+//! the blob store and signs SLSA provenance for them with the builder key:
+//! an image's subject is its manifest, as container-image provenance has it.
 //!
 //! The build script never touches the blob store or the key: it runs in a
 //! sandbox where neither exists. Only after it has exited does the builder
@@ -16,6 +18,7 @@ use custody_domain::glob::Glob;
 use custody_domain::pipeline;
 use custody_domain::status::BuildStatus;
 use custody_domain::Timestamp;
+use custody_formats::oci::{self, CheckedImage};
 use custody_formats::{BuildFacts, ServiceKey};
 use custody_git::change as git;
 use custody_store::{BuildOutcome, LeasedBuild, NewArtifact, Store};
@@ -103,10 +106,18 @@ impl<D: BuildDesk> Builder<D> {
             Ok(found) => found,
             Err((status, reason)) => return stopped(outcome, status, reason),
         };
-        let artifacts = match self.store_artifacts(lease, found).await {
+        let images = match check_images(&plan, &found).await {
+            Ok(images) => images,
+            Err((status, reason)) => return stopped(outcome, status, reason),
+        };
+        let mut artifacts = match self.store_artifacts(lease, found).await {
             Ok(artifacts) => artifacts,
             Err(reason) => return stopped(outcome, BuildStatus::Error, reason),
         };
+        match self.store_images(lease, images).await {
+            Ok(manifests) => artifacts.extend(manifests),
+            Err(reason) => return stopped(outcome, BuildStatus::Error, reason),
+        }
         match self.provenance(lease, &plan, &artifacts) {
             Ok(provenance) => outcome.provenance = Some(provenance),
             Err(reason) => return stopped(outcome, BuildStatus::Error, reason),
@@ -158,6 +169,34 @@ impl<D: BuildDesk> Builder<D> {
             artifacts.push(self.desk.store_artifact(lease, &name, &path).await?);
         }
         Ok(artifacts)
+    }
+
+    /// Stores every blob of each checked image in the blob store, each
+    /// re-hashed on its way: the image's manifest (or index) as the
+    /// artifact `oci/NAME`, whose digest the provenance names; the blobs it
+    /// reaches by digest alone, found again by walking from it.
+    async fn store_images(
+        &self,
+        lease: &LeasedBuild,
+        images: Vec<(String, CheckedImage)>,
+    ) -> Result<Vec<NewArtifact>, String> {
+        let mut manifests = Vec::with_capacity(images.len());
+        for (name, image) in images {
+            let artifact = image_artifact(&name);
+            for blob in &image.blobs {
+                let top = blob.digest == image.top.digest;
+                let shown = if top { artifact.clone() } else { format!("{artifact} blob {}", blob.digest) };
+                let mut stored = self.desk.store_artifact(lease, &shown, &blob.path).await?;
+                if Some(stored.digest.as_str()) != oci::sha256_hex(&blob.digest) {
+                    return Err(format!("{shown} changed while it was stored (now sha256:{})", stored.digest));
+                }
+                if top {
+                    stored.name = artifact.clone();
+                    manifests.push(stored);
+                }
+            }
+        }
+        Ok(manifests)
     }
 
     /// The SLSA provenance of the build's artifacts, signed with the builder key, as JSON.
@@ -260,6 +299,65 @@ async fn collect_artifacts(plan: &Plan) -> Result<Vec<(String, PathBuf)>, (Build
     }
 }
 
+/// The artifact an image's manifest is recorded as: `oci/NAME`.
+pub fn image_artifact(name: &str) -> String {
+    format!("oci/{name}")
+}
+
+/// The images the build left in its workspace, each layout checked whole
+/// on a blocking thread. An image's artifact name taken by a file
+/// artifact fails the build.
+async fn check_images(
+    plan: &Plan,
+    files: &[(String, PathBuf)],
+) -> Result<Vec<(String, CheckedImage)>, (BuildStatus, String)> {
+    if let Some(taken) = plan.images.iter().find(|i| files.iter().any(|(f, _)| *f == image_artifact(&i.name))) {
+        return Err((
+            BuildStatus::Failed,
+            format!(
+                "the file {} is an artifact, but that name is image {:?}'s; rename one of them",
+                image_artifact(&taken.name),
+                taken.name
+            ),
+        ));
+    }
+    let workspace = plan.workspace.path().to_path_buf();
+    let specs = plan.images.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        specs.into_iter().map(|spec| Ok((spec.name.clone(), check_image(&workspace, &spec)?))).collect()
+    });
+    match checked.await {
+        Ok(Ok(images)) => Ok(images),
+        Ok(Err(reason)) => Err((BuildStatus::Failed, reason)),
+        Err(_) => Err((BuildStatus::Error, "checking the images failed".into())),
+    }
+}
+
+/// One image's layout, reached without following a symbolic link, and
+/// checked whole.
+pub fn check_image(workspace: &Path, spec: &pipeline::ImageSpec) -> Result<CheckedImage, String> {
+    let mut dir = workspace.to_path_buf();
+    for part in Path::new(&spec.layout).components() {
+        dir.push(part);
+        let meta = std::fs::symlink_metadata(&dir).map_err(|_| {
+            format!("image {:?}: the build left no layout at {} (the pipeline's `layout`)", spec.name, spec.layout)
+        })?;
+        if meta.file_type().is_symlink() {
+            return Err(format!(
+                "image {:?}: {} is reached through a symbolic link; a layout must lie in the workspace",
+                spec.name, spec.layout
+            ));
+        }
+    }
+    if !dir.is_dir() {
+        return Err(format!(
+            "image {:?}: {} is not a directory; leave the image as an OCI image layout directory",
+            spec.name, spec.layout
+        ));
+    }
+    oci::check_layout(&dir).map_err(|e| format!("image {:?} at {}: {e}", spec.name, spec.layout))
+}
+
 pub(crate) fn utf8_boundary(bytes: &[u8]) -> usize {
     match std::str::from_utf8(bytes) {
         Ok(_) => bytes.len(),
@@ -286,6 +384,7 @@ struct Plan {
     timeout: Duration,
     resources: pipeline::Resources,
     artifacts: Vec<Glob>,
+    images: Vec<pipeline::ImageSpec>,
     pipeline_digest: String,
     script: Option<(String, String)>,
 }
@@ -368,6 +467,7 @@ fn prepare(repository: &Path, commit: &str) -> Result<Prepared, String> {
         timeout: policy.timeout,
         resources: policy.resources,
         artifacts: policy.artifacts.clone(),
+        images: policy.images.clone(),
         pipeline_digest,
         script,
     }))
