@@ -50,23 +50,9 @@ pub async fn prepare_deployment(
     let project =
         ProjectName::parse(&lease.project).map_err(|_| format!("project name {:?} is not valid", lease.project))?;
     // Only what a builder signed is deployed.
-    let provenance = match store.provenance_of(&project, lease.build).await {
-        Ok(Some(provenance)) => provenance,
-        Ok(None) => return Err(format!("build {} has no provenance; nothing was deployed", lease.build)),
-        Err(error) => return Err(format!("reading the provenance failed: {error}")),
-    };
-    // The builder keys valid when the build finished: a retired key signs
-    // nothing after its rotation, a revoked one nothing from its
-    // revocation's time, a worker's from its registration on.
-    let history = store.key_history().await.map_err(|e| format!("reading the key history failed: {e}"))?;
-    let finished = match store.build_finished_at(&project, lease.build).await {
-        Ok(Some(at)) => at,
-        Ok(None) => return Err(format!("build {} has no recorded finish; nothing was deployed", lease.build)),
-        Err(error) => return Err(format!("reading the build's finish failed: {error}")),
-    };
-    let builders = custody_store::keys_valid_at(&history, builder, finished);
-    check_provenance(&provenance, &builders, &lease.artifacts)
-        .map_err(|why| format!("the provenance of build {} {why}; nothing was deployed", lease.build))?;
+    signed_by_builder(store, &project, lease.build, builder, &lease.artifacts)
+        .await
+        .map_err(|why| format!("{why}; nothing was deployed"))?;
     let (secrets, versions) = open_secrets(store, sealing, &project, lease).await?;
     let context = release_context(store, repositories, &project, &lease.environment, &lease.commit)
         .await
@@ -183,15 +169,47 @@ pub fn environment_gate(facts: &DeploymentFacts) -> Option<EnvironmentGate> {
     })
 }
 
+/// Whether build `build` of `project` has provenance, signed by a builder
+/// key valid when the build finished (as its proven `build.finish` event
+/// dates it), that names each of `artifacts` (name, sha256 hex): the
+/// reason when not.
+pub async fn signed_by_builder(
+    store: &Store,
+    project: &ProjectName,
+    build: i64,
+    builder: &PublicKey,
+    artifacts: &[(String, String)],
+) -> Result<(), String> {
+    let provenance = match store.provenance_of(project, build).await {
+        Ok(Some(provenance)) => provenance,
+        Ok(None) => return Err(format!("build {build} has no provenance")),
+        Err(error) => return Err(format!("reading the provenance failed: {error}")),
+    };
+    // The builder keys valid when the build finished: a retired key signs
+    // nothing after its rotation, a revoked one nothing from its
+    // revocation's time, a worker's from its registration on.
+    let history = store.key_history().await.map_err(|e| format!("reading the key history failed: {e}"))?;
+    let finished = match store.build_finished_at(project, build).await {
+        Ok(Some(at)) => at,
+        Ok(None) => return Err(format!("build {build} has no recorded finish")),
+        Err(error) => return Err(format!("reading the build's finish failed: {error}")),
+    };
+    let builders = custody_store::keys_valid_at(&history, builder, finished);
+    check_provenance(&provenance, &builders, artifacts).map_err(|why| format!("the provenance of build {build} {why}"))
+}
+
 /// Checks a build's provenance envelope: signed by one of `builders`, an
-/// in-toto statement of SLSA provenance naming each artifact's digest.
+/// in-toto statement of SLSA provenance naming each artifact by its name
+/// and digest.
 pub fn check_provenance(envelope: &str, builders: &[PublicKey], artifacts: &[(String, String)]) -> Result<(), String> {
     let statement = open_statement(envelope, builders, "the builder key")?;
     if statement.predicate_type != PROVENANCE_PREDICATE {
         return Err(format!("is a {} statement, not SLSA provenance", statement.predicate_type));
     }
+    // By name and digest: a digest the provenance names under another name
+    // (a file's, recorded as an image) is not what was signed.
     for (name, digest) in artifacts {
-        if !statement.subject.iter().any(|s| s.digest.get("sha256") == Some(digest)) {
+        if !statement.subject.iter().any(|s| s.name == *name && s.digest.get("sha256") == Some(digest)) {
             return Err(format!("does not name artifact {name} (sha256:{digest})"));
         }
     }

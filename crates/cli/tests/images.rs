@@ -122,7 +122,197 @@ fn an_image_layout_that_is_a_link_out_of_the_workspace_fails_the_build(backend: 
     assert_eq!(stored_blobs(&hosted.sandbox.path("data")), Vec::<PathBuf>::new(), "a blob was stored");
 }
 
+/// `skopeo ARGS`: its output.
+fn skopeo(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("skopeo").args(args).output().expect("skopeo runs (scripts/setup installs it)")
+}
+
+/// The registry serves the built image to a real client, by tag and by
+/// digest, with every blob checked on the client's side too; it takes no
+/// push, answers nobody without a token, and hides a project from whoever
+/// may not read it.
+fn skopeo_pulls_a_built_image_from_the_registry_and_can_push_nothing(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    hosted.add_user("mallory", "");
+    let script = format!("{BUILD_SCRIPT}{LAYOUT_SCRIPT}");
+    let work = seed_build(&hosted, &policy(), &script);
+    merge_a_change(&hosted, &work);
+    let build = finished_build(&hosted, 1);
+    assert_eq!(build["status"], "succeeded", "{build}");
+    let manifest = build["artifacts"][1]["digest"].as_str().expect("the manifest's digest").to_owned();
+    let file = build["artifacts"][0]["digest"].as_str().expect("the file's digest").to_owned();
+    let host = hosted.server.url.trim_start_matches("http://").to_owned();
+    let alice = format!("alice:{}", hosted.token("alice"));
+
+    let inspected = skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "--creds",
+        &alice,
+        &format!("docker://{host}/{PROJECT}/app:build-1"),
+    ]);
+    assert!(inspected.status.success(), "{}", String::from_utf8_lossy(&inspected.stderr));
+    let inspected: Value = serde_json::from_slice(&inspected.stdout).expect("skopeo's JSON");
+    assert_eq!(inspected["Digest"], format!("sha256:{manifest}"), "{inspected}");
+    assert_eq!(inspected["RepoTags"], serde_json::json!(["build-1"]), "{inspected}");
+
+    let copied = hosted.sandbox.path("pulled");
+    let pulled = skopeo(&[
+        "copy",
+        "--preserve-digests",
+        "--src-tls-verify=false",
+        "--src-creds",
+        &alice,
+        &format!("docker://{host}/{PROJECT}/app@sha256:{manifest}"),
+        &format!("oci:{}:app", copied.display()),
+    ]);
+    assert!(pulled.status.success(), "{}", String::from_utf8_lossy(&pulled.stderr));
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(copied.join("index.json")).expect("the copy's index")).expect("JSON");
+    assert_eq!(index["manifests"][0]["digest"], format!("sha256:{manifest}"), "{index}");
+
+    // Nothing goes in: a push is denied, as the specification words it.
+    let base = &hosted.server.url;
+    let bearer = format!("Bearer {}", hosted.token("alice"));
+    for (method, path) in [
+        ("POST", format!("/v2/{PROJECT}/app/blobs/uploads/")),
+        ("PUT", format!("/v2/{PROJECT}/app/manifests/evil")),
+        ("DELETE", format!("/v2/{PROJECT}/app/manifests/sha256:{manifest}")),
+    ] {
+        let answer = support::http_send(base, method, &path, &[("Authorization", &bearer)], Some(b"{}"));
+        assert_eq!(answer.status, 403, "{method} {path}: {answer:?}");
+        assert!(answer.body.contains("\"DENIED\""), "{method} {path}: {answer:?}");
+    }
+    let pushed = skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        "--dest-creds",
+        &alice,
+        &format!("oci:{}:app", copied.display()),
+        &format!("docker://{host}/{PROJECT}/app:evil"),
+    ]);
+    assert!(!pushed.status.success(), "skopeo pushed an image");
+    let tags =
+        skopeo(&["list-tags", "--tls-verify=false", "--creds", &alice, &format!("docker://{host}/{PROJECT}/app")]);
+    let tags: Value = serde_json::from_slice(&tags.stdout).expect("the tags");
+    assert_eq!(tags["Tags"], serde_json::json!(["build-1"]), "{tags}");
+
+    // Without a token: a challenge naming the token endpoint.
+    let anonymous = support::http_send(base, "GET", &format!("/v2/{PROJECT}/app/manifests/build-1"), &[], None);
+    assert_eq!(anonymous.status, 401, "{anonymous:?}");
+    let challenge = anonymous.header("www-authenticate").unwrap_or_default();
+    assert!(challenge.starts_with("Bearer realm=") && challenge.contains("/v2/token"), "{challenge}");
+    // Someone who may not read the project finds no such repository.
+    let mallory = format!("Bearer {}", hosted.token("mallory"));
+    let hidden = support::http_send(
+        base,
+        "GET",
+        &format!("/v2/{PROJECT}/app/manifests/build-1"),
+        &[("Authorization", &mallory)],
+        None,
+    );
+    assert_eq!(hidden.status, 404, "{hidden:?}");
+    assert!(hidden.body.contains("NAME_UNKNOWN"), "{hidden:?}");
+    // A blob of the project that no manifest of the image reaches is not the image's.
+    let stray = support::http_send(
+        base,
+        "GET",
+        &format!("/v2/{PROJECT}/app/blobs/sha256:{file}"),
+        &[("Authorization", &bearer)],
+        None,
+    );
+    assert_eq!(stray.status, 404, "{stray:?}");
+    assert!(stray.body.contains("BLOB_UNKNOWN"), "{stray:?}");
+}
+
+/// An environment's tag names the image live there: it appears when a
+/// deployment there succeeds and moves only with the next one, never with
+/// a build; nobody sets it.
+fn environment_tags_move_only_when_deployments_succeed(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    support::deploys::release_managers(&hosted, &["carol"]);
+    let policy = format!(
+        "{}\n[[pipeline.image]]\nname = \"app\"\nlayout = \"dist/app-oci\"\n\n[[environment]]\nname = \"staging\"\n\
+         deploy = \"scripts/deploy.sh\"\n\n[[environment]]\nname = \"production\"\nafter = \"staging\"\n\
+         deploy = \"scripts/deploy.sh\"\napprovals = 1\napprovers = \"release-managers\"\n",
+        pipeline("scripts/build.sh", "[\"dist/*.tar.gz\"]")
+    );
+    let deploy = "#!/bin/sh\nset -e\necho deploying image $(sha256sum $CUSTODY_ARTIFACTS_DIR/oci/app | cut -c1-64)\n";
+    let script = format!("{BUILD_SCRIPT}{LAYOUT_SCRIPT}");
+    let work = support::deploys::seed_deploying_with(&hosted, &policy, &script, deploy);
+    merge_a_change(&hosted, &work);
+    let first = finished_build(&hosted, 1)["artifacts"][1]["digest"].as_str().expect("a manifest").to_owned();
+    support::deploys::deployment_reaching(&hosted, 1, &["succeeded"]);
+    support::deploys::deployment_reaching(&hosted, 2, &["pending"]);
+    let base = &hosted.server.url;
+    let bearer = format!("Bearer {}", hosted.token("alice"));
+    let tagged = |tag: &str| {
+        let answer = support::http_send(
+            base,
+            "HEAD",
+            &format!("/v2/{PROJECT}/app/manifests/{tag}"),
+            &[("Authorization", &bearer)],
+            None,
+        );
+        (answer.status == 200).then(|| answer.header("docker-content-digest").unwrap_or_default().to_owned())
+    };
+    assert_eq!(tagged("staging"), Some(format!("sha256:{first}")));
+    assert_eq!(tagged("production"), None, "production is tagged before its deployment");
+    let log = custody(&hosted, &["deploy", "log", PROJECT, "1"]).expect_code(0).stdout;
+    assert!(log.contains(&format!("deploying image {first}")), "the deploy script got the manifest: {log}");
+
+    hosted.run_as("carol", &["deploy", "approve", PROJECT, "2"]).expect_code(0);
+    support::deploys::deployment_reaching(&hosted, 2, &["succeeded"]);
+    assert_eq!(tagged("production"), Some(format!("sha256:{first}")));
+
+    // A second build moves staging when its deployment there succeeds; production stays.
+    let main = support::flow::branch_from_main(&work, "next");
+    support::flow::merge_part(&hosted, &work, &main, 2);
+    let second = finished_build(&hosted, 2)["artifacts"][1]["digest"].as_str().expect("a manifest").to_owned();
+    assert_ne!(first, second);
+    support::deploys::deployment_reaching(&hosted, 3, &["succeeded"]);
+    assert_eq!(tagged("staging"), Some(format!("sha256:{second}")));
+    assert_eq!(tagged("production"), Some(format!("sha256:{first}")));
+    assert_eq!(tagged("build-2"), Some(format!("sha256:{second}")));
+}
+
+/// A database administrator who points an image's record at other
+/// content, or records an image no build made, gets nothing served: the
+/// registry serves a manifest only when its build's signed provenance
+/// names it.
+fn a_dba_cannot_make_the_registry_serve_an_image_no_builder_signed(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let script = format!("{BUILD_SCRIPT}{LAYOUT_SCRIPT}");
+    let work = seed_build(&hosted, &policy(), &script);
+    merge_a_change(&hosted, &work);
+    let build = finished_build(&hosted, 1);
+    assert_eq!(build["status"], "succeeded", "{build}");
+    let file = build["artifacts"][0]["digest"].as_str().expect("the file's digest").to_owned();
+    let base = &hosted.server.url;
+    let bearer = format!("Bearer {}", hosted.token("alice"));
+    let get = |path: &str| support::http_send(base, "GET", path, &[("Authorization", &bearer)], None);
+    assert_eq!(get(&format!("/v2/{PROJECT}/app/manifests/build-1")).status, 200);
+
+    // An image recorded for a build that never made it.
+    hosted.tamper(&format!(
+        "INSERT INTO artifacts (project_id, build_id, name, digest, size, created_at) \
+         SELECT project_id, build_id, 'oci/evil', digest, size, created_at FROM artifacts WHERE digest = '{file}'"
+    ));
+    let forged = get(&format!("/v2/{PROJECT}/evil/manifests/build-1"));
+    assert_eq!(forged.status, 404, "{forged:?}");
+    // The image's own record pointed at other content.
+    hosted.tamper(&format!("UPDATE artifacts SET digest = '{file}' WHERE name = 'oci/app'"));
+    let moved = get(&format!("/v2/{PROJECT}/app/manifests/build-1"));
+    assert_eq!(moved.status, 404, "{moved:?}");
+    assert!(moved.body.contains("MANIFEST_UNKNOWN"), "{moved:?}");
+    let by_digest = get(&format!("/v2/{PROJECT}/app/blobs/sha256:{file}"));
+    assert_eq!(by_digest.status, 404, "{by_digest:?}");
+}
+
 on_both_backends! {
+    a_dba_cannot_make_the_registry_serve_an_image_no_builder_signed,
+    environment_tags_move_only_when_deployments_succeed,
+    skopeo_pulls_a_built_image_from_the_registry_and_can_push_nothing,
     a_built_image_is_stored_and_its_provenance_names_its_manifest,
     an_image_whose_layer_changed_after_its_manifest_fails_the_build_and_stores_nothing,
     an_image_layout_that_is_a_link_out_of_the_workspace_fails_the_build,

@@ -18,6 +18,7 @@ pub mod instance;
 pub mod keyring;
 pub mod metrics;
 pub mod proxies;
+mod registry;
 pub mod web;
 
 use std::future::Future;
@@ -237,6 +238,8 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         // The pages for people, beside the API.
         .merge(web::routes())
+        // The images builds made, for container runtimes.
+        .merge(registry::routes())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track));
     tracked
         .route("/metrics", get(metrics::serve))

@@ -566,6 +566,16 @@ impl Store {
         Ok(found)
     }
 
+    /// Every record of the artifact `name` in a project (an image's
+    /// manifest, say), one a build, oldest build first.
+    pub async fn artifacts_named(&self, access: &ProjectAccess, name: &str) -> Result<Vec<ArtifactView>> {
+        let sql = self.inner.dialect.sql_owned(format!(
+            "SELECT {ARTIFACT_COLUMNS} WHERE a.project_id = $1 AND a.name = $2 ORDER BY b.number, a.id"
+        ));
+        let rows = sqlx::query(&sql).bind(access.project_id).bind(name).fetch_all(self.readers()).await?;
+        rows.iter().map(artifact_view).collect()
+    }
+
     /// Every digest the artifact records name, with the projects naming it.
     pub async fn artifact_digests(&self) -> Result<Vec<(String, String)>> {
         let sql = "SELECT DISTINCT a.digest, p.name FROM artifacts a JOIN projects p ON p.id = a.project_id \

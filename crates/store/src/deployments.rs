@@ -1318,6 +1318,17 @@ impl Store {
         project: &custody_domain::ProjectName,
         environment: &str,
     ) -> Result<Option<String>> {
+        Ok(self.live_build(project, environment).await?.map(|(_, commit)| commit))
+    }
+
+    /// The build live in an environment, and its commit: that of its
+    /// latest successful deployment, proven by its events (never a row
+    /// written around custody).
+    pub async fn live_build(
+        &self,
+        project: &custody_domain::ProjectName,
+        environment: &str,
+    ) -> Result<Option<(i64, String)>> {
         // Its gate governs the next deployment there: only a success and a
         // commit custody recorded count, never a row written around it.
         let mut reader = self.reader().await?;
@@ -1328,10 +1339,10 @@ impl Store {
         );
         let row = sqlx::query(&sql).bind(project.as_str()).bind(environment).fetch_optional(reader.conn()).await?;
         let Some(row) = row else { return Ok(None) };
-        let commit: String = col(&row, "commit_sha")?;
+        let (commit, build): (String, i64) = (col(&row, "commit_sha")?, col(&row, "build")?);
         succeeded_at(&mut reader, project.as_str(), col(&row, "number")?).await?;
-        crate::builds::prove_build(&mut reader, project.as_str(), col(&row, "build")?, &commit, "succeeded").await?;
-        Ok(Some(commit))
+        crate::builds::prove_build(&mut reader, project.as_str(), build, &commit, "succeeded").await?;
+        Ok(Some((build, commit)))
     }
 
     /// The changes whose merges made these commits, by number, in the

@@ -36,9 +36,15 @@ pub fn pipeline_with_environments(extra: &str) -> String {
 /// main with `policy`, the standard build script, `deploy` as
 /// `scripts/deploy.sh` and `src/app.txt`; alice's workspace on `feature`.
 pub fn seed_deploying<'a>(hosted: &'a Hosted, policy: &str, deploy: &str) -> Workspace<'a> {
+    seed_deploying_with(hosted, policy, BUILD_SCRIPT, deploy)
+}
+
+/// main with `policy`, `build` as `scripts/build.sh`, `deploy` as
+/// `scripts/deploy.sh` and `src/app.txt`; alice's workspace on `feature`.
+pub fn seed_deploying_with<'a>(hosted: &'a Hosted, policy: &str, build: &str, deploy: &str) -> Workspace<'a> {
     let files = [
         (PIPELINE, policy, false),
-        ("scripts/build.sh", BUILD_SCRIPT, true),
+        ("scripts/build.sh", build, true),
         ("scripts/deploy.sh", deploy, true),
         ("src/app.txt", "version 1\n", false),
     ];

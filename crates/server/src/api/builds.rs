@@ -134,16 +134,33 @@ pub(crate) async fn download(
 /// sent and cut off before its end when it no longer matches.
 pub(crate) async fn send_blob(state: &AppState, text: &str, name: &str) -> ApiResult<Response> {
     let digest = digest(text)?;
-    let reader = state.blobs().read(&digest).await.map_err(|e| blob_error(&digest, e))?;
-    let size = reader.size();
+    let (size, body) = blob_body(state, &digest).await?;
     let name = name.rsplit('/').next().unwrap_or("artifact").to_owned();
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{}\"", name.replace('"', ""))) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&format!("sha-256=:{}:", base64_of_hex(&digest.to_string()))) {
+        headers.insert("repr-digest", value);
+    }
+    Ok(response)
+}
+
+/// A blob's size and its bytes as a body, re-hashed while they are sent and
+/// cut off before their end when they no longer match their digest.
+pub(crate) async fn blob_body(state: &AppState, digest: &Digest) -> ApiResult<(u64, HttpBody)> {
+    let reader = state.blobs().read(digest).await.map_err(|e| blob_error(digest, e))?;
+    let size = reader.size();
     let metrics = state.clone();
     let stream = reader.map(move |chunk| {
         chunk.map_err(|error| {
             if matches!(error, BlobError::Damaged { .. }) {
                 metrics.metrics().damaged_blob();
             }
-            tracing::error!(%error, "artifact download cut off");
+            tracing::error!(%error, "blob download cut off");
             std::io::Error::other(error.to_string())
         })
     });
@@ -155,17 +172,7 @@ pub(crate) async fn send_blob(state: &AppState, text: &str, name: &str) -> ApiRe
         }
         chunk
     });
-    let mut response = HttpBody::from_stream(stream).into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
-    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{}\"", name.replace('"', ""))) {
-        headers.insert(header::CONTENT_DISPOSITION, value);
-    }
-    if let Ok(value) = HeaderValue::from_str(&format!("sha-256=:{}:", base64_of_hex(&digest.to_string()))) {
-        headers.insert("repr-digest", value);
-    }
-    Ok(response)
+    Ok((size, HttpBody::from_stream(stream)))
 }
 
 fn base64_of_hex(hex_text: &str) -> String {
