@@ -13,11 +13,13 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 use support::builds::{
-    blob_file, custody, finished_build, merge_a_change, pipeline, seed_build, sha256_hex, stored_blobs, BUILD_SCRIPT,
+    blob_file, builder_key, custody, finished_build, merge_a_change, pipeline, seed_build, service_key, sha256_hex,
+    stored_blobs, BUILD_SCRIPT,
 };
 use support::deploys::statement_of;
 use support::flow::team;
 use support::hosted::{Backend, PROJECT};
+use support::verify::{python, VERIFY_ENVELOPE};
 
 /// Writes an OCI image layout of one uncompressed layer (the packed
 /// sources) at `dist/app-oci`, with nothing but the shell's tools.
@@ -309,7 +311,70 @@ fn a_dba_cannot_make_the_registry_serve_an_image_no_builder_signed(backend: Back
     assert_eq!(by_digest.status, 404, "{by_digest:?}");
 }
 
+/// An image's signed attestations are its referrers: a puller finds its
+/// build's provenance through the Referrers API and checks it with an
+/// implementation that is not custody's; an auditor also finds each
+/// deployment's attestation, checked with the deployer's key.
+fn an_images_provenance_and_deployment_attestations_are_its_referrers(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let policy = format!("{}\n[[environment]]\nname = \"staging\"\ndeploy = \"scripts/deploy.sh\"\n", policy());
+    let script = format!("{BUILD_SCRIPT}{LAYOUT_SCRIPT}");
+    let work = support::deploys::seed_deploying_with(&hosted, &policy, &script, support::deploys::DEPLOY_SCRIPT_ANY);
+    merge_a_change(&hosted, &work);
+    let manifest = finished_build(&hosted, 1)["artifacts"][1]["digest"].as_str().expect("a manifest").to_owned();
+    support::deploys::deployment_reaching(&hosted, 1, &["succeeded"]);
+    let base = &hosted.server.url;
+    let get = |token: &str, path: &str| {
+        let answer = support::http_send(base, "GET", path, &[("Authorization", &format!("Bearer {token}"))], None);
+        assert_eq!(answer.status, 200, "{path}: {answer:?}");
+        answer
+    };
+    let referrers = |token: &str, query: &str| -> Value {
+        let answer = get(token, &format!("/v2/{PROJECT}/app/referrers/sha256:{manifest}{query}"));
+        assert_eq!(answer.header("content-type"), Some("application/vnd.oci.image.index.v1+json"));
+        serde_json::from_str(&answer.body).expect("an image index")
+    };
+    // The envelope a referrer carries, checked by securesystemslib with `key`.
+    let opened = |token: &str, referrer: &Value, key: &std::path::Path| -> Option<Value> {
+        assert_eq!(referrer["artifactType"], "application/vnd.dsse.envelope.v1+json", "{referrer}");
+        let digest = referrer["digest"].as_str().expect("a digest");
+        let artifact: Value =
+            serde_json::from_str(&get(token, &format!("/v2/{PROJECT}/app/manifests/{digest}")).body).expect("JSON");
+        assert_eq!(artifact["subject"]["digest"], format!("sha256:{manifest}"), "{artifact}");
+        let layer = artifact["layers"][0]["digest"].as_str().expect("a layer");
+        let envelope = get(token, &format!("/v2/{PROJECT}/app/blobs/{layer}")).body;
+        let file = hosted.sandbox.path("referrer.json");
+        std::fs::write(&file, envelope).expect("write the envelope");
+        let output = python(VERIFY_ENVELOPE, &[file.to_str().expect("UTF-8"), key.to_str().expect("UTF-8")])?;
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        Some(serde_json::from_slice(&output.stdout).expect("the statement"))
+    };
+
+    let alice = hosted.token("alice");
+    let found = referrers(&alice, "");
+    let listed = found["manifests"].as_array().expect("manifests");
+    assert_eq!(listed.len(), 1, "a reader sees the provenance alone: {found}");
+    if let Some(statement) = opened(&alice, &listed[0], &builder_key(&hosted)) {
+        assert_eq!(statement["predicateType"], "https://slsa.dev/provenance/v1", "{statement}");
+        let names: Vec<&Value> =
+            statement["subject"].as_array().expect("subjects").iter().map(|s| &s["name"]).collect();
+        assert!(names.contains(&&Value::from("oci/app")), "{statement}");
+    }
+    let other = referrers(&alice, "?artifactType=application/example");
+    assert_eq!(other["manifests"], serde_json::json!([]), "{other}");
+
+    let admin = hosted.admin.clone();
+    let found = referrers(&admin, "?artifactType=application/vnd.dsse.envelope.v1%2Bjson");
+    let listed = found["manifests"].as_array().expect("manifests");
+    assert_eq!(listed.len(), 2, "an auditor sees the deployment's attestation too: {found}");
+    let deployed = listed.iter().find(|r| r["annotations"]["dev.custody.attestation"] != "provenance").expect("one");
+    if let Some(statement) = opened(&admin, deployed, &service_key(&hosted, "deployer")) {
+        assert_eq!(statement["predicate"]["environment"], "staging", "{statement}");
+    }
+}
+
 on_both_backends! {
+    an_images_provenance_and_deployment_attestations_are_its_referrers,
     a_dba_cannot_make_the_registry_serve_an_image_no_builder_signed,
     environment_tags_move_only_when_deployments_succeed,
     skopeo_pulls_a_built_image_from_the_registry_and_can_push_nothing,

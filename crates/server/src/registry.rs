@@ -14,6 +14,12 @@
 //! naming `/v2/token`, which takes the custody user name and a custody
 //! token as Basic credentials and hands the token back as the bearer
 //! token; a private project's images need read access to it.
+//!
+//! Each image manifest's signed attestations are its referrers (the
+//! Referrers API): its build's SLSA provenance, and for admins and
+//! auditors each of its deployments' attestations, each an artifact
+//! manifest of type `application/vnd.dsse.envelope.v1+json` whose one
+//! layer is the DSSE envelope as custody signed it.
 
 use std::collections::BTreeSet;
 
@@ -189,6 +195,9 @@ fn parse(rest: &str) -> Option<(&str, Asked<'_>)> {
 struct Repository {
     access: ProjectAccess,
     image: String,
+    /// Whether the puller is an admin or auditor, who reads deployment
+    /// attestations too.
+    overseer: bool,
 }
 
 impl Repository {
@@ -207,7 +216,7 @@ async fn repository(state: &AppState, auth: &Authenticated, name: &str) -> Resul
     let project = ProjectName::parse(project).map_err(|_| unknown())?;
     // A project the visitor may not read is one this registry does not know.
     let access = state.store().project_access(auth, &project).await.map_err(|_| unknown())?;
-    Ok(Repository { access, image: image.to_owned() })
+    Ok(Repository { access, image: image.to_owned(), overseer: auth.reads_everything() })
 }
 
 async fn dispatch(State(state): State<AppState>, Path(rest): Path<String>, request: Request) -> Answer {
@@ -233,7 +242,11 @@ async fn dispatch(State(state): State<AppState>, Path(rest): Path<String>, reque
                 .map_err(|e| RegistryError::new(StatusCode::BAD_REQUEST, "UNSUPPORTED", e.body_text()))?;
             tags(&state, &repository, name, query.0).await?
         }
-        Asked::Referrers(digest) => referrers(&state, &repository, digest).await?,
+        Asked::Referrers(digest) => {
+            let query = Query::<ReferrersQuery>::try_from_uri(request.uri())
+                .map_err(|e| RegistryError::new(StatusCode::BAD_REQUEST, "UNSUPPORTED", e.body_text()))?;
+            referrers(&state, &repository, digest, query.0).await?
+        }
     };
     Ok(with_version(response))
 }
@@ -333,7 +346,10 @@ async fn manifest(state: &AppState, repository: &Repository, reference: &str, he
             if !built(state, repository).await?.iter().any(|a| a.digest == hex)
                 && !reachable(state, repository, hex).await?
             {
-                return Err(unknown());
+                // An attestation's manifest, made for its referrers.
+                let found = attestations(state, repository, None).await?.into_iter().find(|r| r.digest == hex);
+                let attestation = found.ok_or_else(unknown)?;
+                return Ok(document_response(attestation.manifest, media::MANIFEST, &hex, head));
             }
             hex.to_owned()
         }
@@ -347,17 +363,22 @@ async fn manifest(state: &AppState, repository: &Repository, reference: &str, he
     let bytes = document(state, &hex).await?;
     // Only an image manifest or index is served as a manifest.
     let media_type = media_type_of(&bytes).ok_or_else(unknown)?;
+    Ok(document_response(bytes, &media_type, &hex, head))
+}
+
+/// A manifest (or small blob) with its type, length and digest.
+fn document_response(bytes: Vec<u8>, media_type: &str, hex: &str, head: bool) -> Response {
     let size = bytes.len();
     let mut response = if head { ().into_response() } else { bytes.into_response() };
     let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&media_type) {
+    if let Ok(value) = HeaderValue::from_str(media_type) {
         headers.insert(header::CONTENT_TYPE, value);
     }
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
     if let Ok(value) = HeaderValue::from_str(&format!("sha256:{hex}")) {
         headers.insert("docker-content-digest", value);
     }
-    Ok(response)
+    response
 }
 
 /// The digests (hex) a manifest or index reaches, itself excluded: an
@@ -400,6 +421,15 @@ async fn blob(state: &AppState, repository: &Repository, reference: &str, head: 
     let hex = oci::sha256_hex(reference).ok_or_else(unknown)?;
     let own = built(state, repository).await?.iter().any(|a| a.digest == hex);
     if !own && !reachable(state, repository, hex).await? {
+        // An attestation's envelope, or the empty config its manifest names.
+        for attestation in attestations(state, repository, None).await? {
+            if attestation.envelope_digest == hex {
+                return Ok(document_response(attestation.envelope, media::DSSE, hex, head));
+            }
+            if hex == EMPTY_DIGEST {
+                return Ok(document_response(b"{}".to_vec(), media::EMPTY, hex, head));
+            }
+        }
         return Err(unknown());
     }
     let digest: Digest = hex.parse().map_err(|_| unknown())?;
@@ -440,18 +470,127 @@ async fn tags(state: &AppState, repository: &Repository, name: &str, query: Tags
     Ok(response)
 }
 
-/// The artifacts that refer to a manifest: none yet, as an empty index.
-async fn referrers(state: &AppState, repository: &Repository, reference: &str) -> Answer {
+/// The sha256 of the empty JSON object `{}`, the config of every
+/// attestation's manifest.
+const EMPTY_DIGEST: &str = "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+
+/// A signed envelope about an image, served as a referrer of its manifest:
+/// an artifact manifest whose one layer is the DSSE envelope.
+struct Attestation {
+    /// The manifest's bytes and digest (hex).
+    manifest: Vec<u8>,
+    digest: String,
+    /// The envelope's bytes and digest (hex).
+    envelope: Vec<u8>,
+    envelope_digest: String,
+    /// The image manifest it refers to (hex).
+    subject: String,
+    /// What it is: `provenance`, or `deployment N to ENV`.
+    kind: String,
+}
+
+impl Attestation {
+    fn new(subject: (&str, &str, u64), envelope: &str, kind: String) -> Attestation {
+        let (subject_type, subject, subject_size) = subject;
+        let envelope = envelope.as_bytes().to_vec();
+        let envelope_digest = hex::encode(Sha256::digest(&envelope));
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": media::MANIFEST,
+            "artifactType": media::DSSE,
+            "config": { "mediaType": media::EMPTY, "digest": format!("sha256:{EMPTY_DIGEST}"), "size": 2 },
+            "layers": [{ "mediaType": media::DSSE, "digest": format!("sha256:{envelope_digest}"), "size": envelope.len() }],
+            "subject": { "mediaType": subject_type, "digest": format!("sha256:{subject}"), "size": subject_size },
+            "annotations": { "dev.custody.attestation": kind },
+        });
+        let manifest = serde_json::to_vec(&manifest).unwrap_or_default();
+        let digest = hex::encode(Sha256::digest(&manifest));
+        Attestation { manifest, digest, envelope, envelope_digest, subject: subject.to_owned(), kind }
+    }
+}
+
+/// The attestations of the image's built manifests (only those of
+/// `subject`, when given): each build's provenance, and, for admins and
+/// auditors, the attestation of each deployment of it that ran.
+async fn attestations(
+    state: &AppState,
+    repository: &Repository,
+    subject: Option<&str>,
+) -> Result<Vec<Attestation>, RegistryError> {
+    let failed =
+        |e: custody_store::StoreError| RegistryError::new(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", e.to_string());
+    let mut found = Vec::new();
+    for artifact in built(state, repository).await? {
+        if subject.is_some_and(|s| s != artifact.digest) {
+            continue;
+        }
+        let bytes = document(state, &artifact.digest).await?;
+        let Some(media_type) = media_type_of(&bytes) else { continue };
+        let about = (media_type.as_str(), artifact.digest.as_str(), bytes.len() as u64);
+        if let Some(provenance) =
+            state.store().build_provenance(&repository.access, artifact.build).await.map_err(failed)?
+        {
+            found.push(Attestation::new(about, &provenance, "provenance".into()));
+        }
+        if !repository.overseer {
+            continue;
+        }
+        for deployment in
+            state.store().deployments_of_build(&repository.access, artifact.build).await.map_err(failed)?
+        {
+            let (_, attestation) =
+                state.store().deployment_record(&repository.access, deployment.number).await.map_err(failed)?;
+            if let Some(attestation) = attestation {
+                let kind = format!("deployment {} to {}", deployment.number, deployment.environment);
+                found.push(Attestation::new(about, &attestation, kind));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The artifacts that refer to a manifest (its build's provenance, and the
+/// attestations of its deployments for admins and auditors), as an image
+/// index, filtered by `artifactType` when asked.
+async fn referrers(state: &AppState, repository: &Repository, reference: &str, query: ReferrersQuery) -> Answer {
     let unknown =
         || RegistryError::unknown("MANIFEST_UNKNOWN", format!("no manifest {reference:?} in this repository"));
     let hex = oci::sha256_hex(reference).ok_or_else(unknown)?;
-    if !built(state, repository).await?.iter().any(|a| a.digest == hex) && !reachable(state, repository, hex).await? {
+    let known =
+        built(state, repository).await?.iter().any(|a| a.digest == hex) || reachable(state, repository, hex).await?;
+    if !known {
         return Err(unknown());
     }
-    let index = json!({ "schemaVersion": 2, "mediaType": media::INDEX, "manifests": [] });
+    let wanted = query.artifact_type.as_deref();
+    let manifests: Vec<Value> = attestations(state, repository, Some(hex))
+        .await?
+        .into_iter()
+        .filter(|a| a.subject == hex && wanted.is_none_or(|t| t == media::DSSE))
+        .map(|a| {
+            json!({
+                "mediaType": media::MANIFEST,
+                "digest": format!("sha256:{}", a.digest),
+                "size": a.manifest.len(),
+                "artifactType": media::DSSE,
+                "annotations": { "dev.custody.attestation": a.kind },
+            })
+        })
+        .collect();
+    let index = json!({ "schemaVersion": 2, "mediaType": media::INDEX, "manifests": manifests });
     let mut response = Json(index).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(media::INDEX));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(media::INDEX));
+    if wanted.is_some() {
+        headers.insert("oci-filters-applied", HeaderValue::from_static("artifactType"));
+    }
     Ok(response)
+}
+
+/// A referrers query: only artifacts of this type.
+#[derive(Deserialize)]
+struct ReferrersQuery {
+    #[serde(rename = "artifactType")]
+    artifact_type: Option<String>,
 }
 
 #[cfg(test)]

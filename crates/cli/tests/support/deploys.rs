@@ -17,6 +17,9 @@ use super::hosted::{Hosted, Workspace, PROJECT};
 pub const DEPLOY_SCRIPT: &str = "#!/bin/sh\nset -e\necho deploying to $CUSTODY_ENVIRONMENT build $CUSTODY_BUILD\n\
      sha256sum $CUSTODY_ARTIFACTS_DIR/dist/app.tar.gz\n";
 
+/// A deploy script that deploys whatever the build made.
+pub const DEPLOY_SCRIPT_ANY: &str = "#!/bin/sh\nset -e\necho deploying to $CUSTODY_ENVIRONMENT build $CUSTODY_BUILD\n";
+
 /// The build section of every deployment story's pipeline.
 pub fn build_section() -> String {
     pipeline("scripts/build.sh", "[\"dist/*.tar.gz\"]")
