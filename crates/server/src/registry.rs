@@ -349,7 +349,7 @@ async fn manifest(state: &AppState, repository: &Repository, reference: &str, he
                 // An attestation's manifest, made for its referrers.
                 let found = attestations(state, repository, None).await?.into_iter().find(|r| r.digest == hex);
                 let attestation = found.ok_or_else(unknown)?;
-                return Ok(document_response(attestation.manifest, media::MANIFEST, &hex, head));
+                return Ok(document_response(attestation.manifest, media::MANIFEST, hex, head));
             }
             hex.to_owned()
         }
