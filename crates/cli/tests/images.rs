@@ -295,6 +295,13 @@ fn a_dba_cannot_make_the_registry_serve_an_image_no_builder_signed(backend: Back
     let get = |path: &str| support::http_send(base, "GET", path, &[("Authorization", &bearer)], None);
     assert_eq!(get(&format!("/v2/{PROJECT}/app/manifests/build-1")).status, 200);
 
+    // The image's own record renamed, once the registry has served it.
+    hosted.tamper("UPDATE artifacts SET name = 'oci/renamed' WHERE name = 'oci/app'");
+    let renamed = get(&format!("/v2/{PROJECT}/renamed/manifests/build-1"));
+    assert_eq!(renamed.status, 404, "{renamed:?}");
+    hosted.tamper("UPDATE artifacts SET name = 'oci/app' WHERE name = 'oci/renamed'");
+    assert_eq!(get(&format!("/v2/{PROJECT}/app/manifests/build-1")).status, 200);
+
     // An image recorded for a build that never made it.
     hosted.tamper(&format!(
         "INSERT INTO artifacts (project_id, build_id, name, digest, size, created_at) \

@@ -269,6 +269,21 @@ async fn document(state: &AppState, hex: &str) -> Result<Vec<u8>, RegistryError>
     Ok(bytes.to_vec())
 }
 
+/// How many checks and manifests the registry remembers, each.
+const CACHED: usize = 10_000;
+
+/// An image manifest found signed: project, build, artifact name, digest,
+/// and the length of the key history it was checked under.
+type Signed = (String, i64, String, String, usize);
+
+/// The image manifests found signed.
+static SIGNED: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<Signed>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// What each manifest (by digest, immutable) reaches.
+static REACHES: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, BTreeSet<String>>>> =
+    std::sync::LazyLock::new(Default::default);
+
 /// The image's manifests custody built, oldest build first: each one its
 /// build's provenance names, signed by a builder key valid when the build
 /// finished. A row a database administrator wrote around custody names
@@ -284,8 +299,22 @@ async fn built(state: &AppState, repository: &Repository) -> Result<Vec<Artifact
         .key(custody_formats::KeyRole::Builder)
         .map(|k| k.public())
         .ok_or_else(|| failed("this server holds no builder key to check provenance with".into()))?;
+    // A check that held holds while the key history is the same: a
+    // rotation or revocation adds to it, and everything is checked again.
+    let keys = state.store().key_history().await.map_err(|e| failed(e.to_string()))?.len();
     let mut signed = Vec::with_capacity(recorded.len());
     for artifact in recorded {
+        let known = (
+            repository.access.project.to_string(),
+            artifact.build,
+            artifact.name.clone(),
+            artifact.digest.clone(),
+            keys,
+        );
+        if SIGNED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&known) {
+            signed.push(artifact);
+            continue;
+        }
         let named = [(artifact.name.clone(), artifact.digest.clone())];
         let checked = custody_app::work::signed_by_builder(
             state.store(),
@@ -296,7 +325,14 @@ async fn built(state: &AppState, repository: &Repository) -> Result<Vec<Artifact
         )
         .await;
         match checked {
-            Ok(()) => signed.push(artifact),
+            Ok(()) => {
+                let mut cache = SIGNED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if cache.len() >= CACHED {
+                    cache.clear();
+                }
+                cache.insert(known);
+                signed.push(artifact)
+            }
             Err(why) => {
                 tracing::warn!(project = %repository.access.project, build = artifact.build, %why, "an image no builder signed is not served")
             }
@@ -384,6 +420,19 @@ fn document_response(bytes: Vec<u8>, media_type: &str, hex: &str, head: bool) ->
 /// The digests (hex) a manifest or index reaches, itself excluded: an
 /// index's manifests and what each reaches, a manifest's config and layers.
 async fn children(state: &AppState, hex: &str, depth: usize) -> Result<BTreeSet<String>, RegistryError> {
+    if let Some(known) = REACHES.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(hex) {
+        return Ok(known.clone());
+    }
+    let found = read_children(state, hex, depth).await?;
+    let mut cache = REACHES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if cache.len() >= CACHED {
+        cache.clear();
+    }
+    cache.insert(hex.to_owned(), found.clone());
+    Ok(found)
+}
+
+async fn read_children(state: &AppState, hex: &str, depth: usize) -> Result<BTreeSet<String>, RegistryError> {
     let mut found = BTreeSet::new();
     let document: Value = serde_json::from_slice(&document(state, hex).await?).unwrap_or(Value::Null);
     let mut descriptors: Vec<&Value> = Vec::new();
