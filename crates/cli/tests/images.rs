@@ -124,6 +124,11 @@ fn an_image_layout_that_is_a_link_out_of_the_workspace_fails_the_build(backend: 
     assert_eq!(stored_blobs(&hosted.sandbox.path("data")), Vec::<PathBuf>::new(), "a blob was stored");
 }
 
+/// A GET of the registry with an `Authorization` header.
+fn pull(base: &str, path: &str, authorization: &str) -> support::HttpAnswer {
+    support::http_send(base, "GET", path, &[("Authorization", authorization)], None)
+}
+
 /// `skopeo ARGS`: its output.
 fn skopeo(args: &[&str]) -> std::process::Output {
     std::process::Command::new("skopeo").args(args).output().expect("skopeo runs (scripts/setup installs it)")
@@ -206,23 +211,11 @@ fn skopeo_pulls_a_built_image_from_the_registry_and_can_push_nothing(backend: Ba
     assert!(challenge.starts_with("Bearer realm=") && challenge.contains("/v2/token"), "{challenge}");
     // Someone who may not read the project finds no such repository.
     let mallory = format!("Bearer {}", hosted.token("mallory"));
-    let hidden = support::http_send(
-        base,
-        "GET",
-        &format!("/v2/{PROJECT}/app/manifests/build-1"),
-        &[("Authorization", &mallory)],
-        None,
-    );
+    let hidden = pull(base, &format!("/v2/{PROJECT}/app/manifests/build-1"), &mallory);
     assert_eq!(hidden.status, 404, "{hidden:?}");
     assert!(hidden.body.contains("NAME_UNKNOWN"), "{hidden:?}");
     // A blob of the project that no manifest of the image reaches is not the image's.
-    let stray = support::http_send(
-        base,
-        "GET",
-        &format!("/v2/{PROJECT}/app/blobs/sha256:{file}"),
-        &[("Authorization", &bearer)],
-        None,
-    );
+    let stray = pull(base, &format!("/v2/{PROJECT}/app/blobs/sha256:{file}"), &bearer);
     assert_eq!(stray.status, 404, "{stray:?}");
     assert!(stray.body.contains("BLOB_UNKNOWN"), "{stray:?}");
 }
