@@ -373,7 +373,53 @@ fn an_images_provenance_and_deployment_attestations_are_its_referrers(backend: B
     }
 }
 
+/// An image may come as a tar of its layout: the builder unpacks it on its
+/// own side (files and directories only) and checks it as a directory.
+fn an_image_layout_as_a_tar_is_unpacked_by_the_builder(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let tarred = pipeline("scripts/build.sh", "[\"dist/*.tar.gz\"]")
+        + "\n[[pipeline.image]]\nname = \"app\"\nlayout = \"dist/app.tar\"\n";
+    let script = format!("{BUILD_SCRIPT}{LAYOUT_SCRIPT}tar -cf dist/app.tar -C dist/app-oci .\n");
+    let work = seed_build(&hosted, &tarred, &script);
+    merge_a_change(&hosted, &work);
+    let build = finished_build(&hosted, 1);
+    assert_eq!(build["status"], "succeeded", "{build}");
+    assert_eq!(build["artifacts"][1]["name"], "oci/app", "{build}");
+    let host = hosted.server.url.trim_start_matches("http://").to_owned();
+    let alice = format!("alice:{}", hosted.token("alice"));
+    let inspected = skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "--creds",
+        &alice,
+        &format!("docker://{host}/{PROJECT}/app:build-1"),
+    ]);
+    assert!(inspected.status.success(), "{}", String::from_utf8_lossy(&inspected.stderr));
+}
+
+/// A tar layout holding a symbolic link (to a file of the host) fails the
+/// build: the builder unpacks files and directories only, and stores nothing.
+fn a_tar_layout_holding_a_link_fails_the_build_and_stores_nothing(backend: Backend) {
+    let Some(hosted) = team(backend) else { return };
+    let tarred = pipeline("scripts/build.sh", "[\"dist/*.tar.gz\"]")
+        + "\n[[pipeline.image]]\nname = \"app\"\nlayout = \"dist/app.tar\"\n";
+    let linked = format!(
+        "{BUILD_SCRIPT}{LAYOUT_SCRIPT}ln -s /etc/passwd dist/app-oci/blobs/sha256/passwd\n\
+         tar -cf dist/app.tar -C dist/app-oci .\n"
+    );
+    let work = seed_build(&hosted, &tarred, &linked);
+    merge_a_change(&hosted, &work);
+    let build = finished_build(&hosted, 1);
+    assert_eq!(build["status"], "failed", "{build}");
+    let reason = build["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("only files and directories"), "{reason}");
+    assert_eq!(build["artifacts"], Value::Array(vec![]), "{build}");
+    assert_eq!(stored_blobs(&hosted.sandbox.path("data")), Vec::<PathBuf>::new(), "a blob was stored");
+}
+
 on_both_backends! {
+    a_tar_layout_holding_a_link_fails_the_build_and_stores_nothing,
+    an_image_layout_as_a_tar_is_unpacked_by_the_builder,
     an_images_provenance_and_deployment_attestations_are_its_referrers,
     a_dba_cannot_make_the_registry_serve_an_image_no_builder_signed,
     environment_tags_move_only_when_deployments_succeed,

@@ -178,10 +178,11 @@ impl<D: BuildDesk> Builder<D> {
     async fn store_images(
         &self,
         lease: &LeasedBuild,
-        images: Vec<(String, CheckedImage)>,
+        images: Vec<(String, FoundImage)>,
     ) -> Result<Vec<NewArtifact>, String> {
         let mut manifests = Vec::with_capacity(images.len());
-        for (name, image) in images {
+        // A tar's unpacked directory goes once its blobs are stored.
+        for (name, FoundImage { image, unpacked: _unpacked }) in images {
             let artifact = image_artifact(&name);
             for blob in &image.blobs {
                 let top = blob.digest == image.top.digest;
@@ -310,7 +311,7 @@ pub fn image_artifact(name: &str) -> String {
 async fn check_images(
     plan: &Plan,
     files: &[(String, PathBuf)],
-) -> Result<Vec<(String, CheckedImage)>, (BuildStatus, String)> {
+) -> Result<Vec<(String, FoundImage)>, (BuildStatus, String)> {
     if let Some(taken) = plan.images.iter().find(|i| files.iter().any(|(f, _)| *f == image_artifact(&i.name))) {
         return Err((
             BuildStatus::Failed,
@@ -333,9 +334,71 @@ async fn check_images(
     }
 }
 
-/// One image's layout, reached without following a symbolic link, and
-/// checked whole.
-pub fn check_image(workspace: &Path, spec: &pipeline::ImageSpec) -> Result<CheckedImage, String> {
+/// An image checked whole, and the directory its tar was unpacked into
+/// (kept until its blobs are stored), when it came as one.
+pub struct FoundImage {
+    /// The image.
+    pub image: CheckedImage,
+    /// Where a tar layout was unpacked.
+    pub unpacked: Option<tempfile::TempDir>,
+}
+
+/// The most a tar layout may hold unpacked: 16 GiB in 100,000 entries.
+const TAR_BYTES: u64 = 16 << 30;
+const TAR_ENTRIES: usize = 100_000;
+
+/// Unpacks a tar layout into a directory of the builder's own: regular
+/// files and directories only, each inside it, within [`TAR_BYTES`] and
+/// [`TAR_ENTRIES`]. Anything else (a link, a device, a path with `..` or a
+/// leading `/`) fails it.
+fn unpack(file: &Path, name: &str) -> Result<tempfile::TempDir, String> {
+    let bad = |why: String| format!("image {name:?}: the tar layout {why}");
+    let into = tempfile::Builder::new()
+        .prefix("custody-image-")
+        .tempdir()
+        .map_err(|e| bad(format!("cannot be unpacked: {e}")))?;
+    let opened = std::fs::File::open(file).map_err(|e| bad(format!("cannot be read: {e}")))?;
+    let mut archive = tar::Archive::new(opened);
+    let (mut bytes, mut count) = (0u64, 0usize);
+    for entry in archive.entries().map_err(|e| bad(format!("is not a tar: {e}")))? {
+        let mut entry = entry.map_err(|e| bad(format!("is not a tar: {e}")))?;
+        count += 1;
+        if count > TAR_ENTRIES {
+            return Err(bad(format!("holds more than {TAR_ENTRIES} entries")));
+        }
+        let path = entry.path().map_err(|e| bad(format!("names an unreadable path: {e}")))?.into_owned();
+        let inside =
+            path.components().all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir));
+        if !inside {
+            return Err(bad(format!("holds {} outside itself", path.display())));
+        }
+        let target = into.path().join(&path);
+        match entry.header().entry_type() {
+            tar::EntryType::Directory => std::fs::create_dir_all(&target).map_err(|e| bad(e.to_string()))?,
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                bytes += entry.size();
+                if bytes > TAR_BYTES {
+                    return Err(bad(format!("holds more than {TAR_BYTES} bytes")));
+                }
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| bad(e.to_string()))?;
+                }
+                let mut out = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&target)
+                    .map_err(|e| bad(format!("holds {} twice or in a bad place: {e}", path.display())))?;
+                std::io::copy(&mut entry, &mut out).map_err(|e| bad(format!("cannot be unpacked: {e}")))?;
+            }
+            other => return Err(bad(format!("holds {} as a {other:?}; only files and directories", path.display()))),
+        }
+    }
+    Ok(into)
+}
+
+/// One image's layout, reached without following a symbolic link (a
+/// directory, or a tar of one unpacked by the builder), and checked whole.
+pub fn check_image(workspace: &Path, spec: &pipeline::ImageSpec) -> Result<FoundImage, String> {
     let mut dir = workspace.to_path_buf();
     for part in Path::new(&spec.layout).components() {
         dir.push(part);
@@ -349,13 +412,20 @@ pub fn check_image(workspace: &Path, spec: &pipeline::ImageSpec) -> Result<Check
             ));
         }
     }
-    if !dir.is_dir() {
+    let unpacked = if dir.is_dir() {
+        None
+    } else if dir.is_file() && spec.layout.ends_with(".tar") {
+        let unpacked = unpack(&dir, &spec.name)?;
+        dir = unpacked.path().to_path_buf();
+        Some(unpacked)
+    } else {
         return Err(format!(
-            "image {:?}: {} is not a directory; leave the image as an OCI image layout directory",
+            "image {:?}: {} is neither an OCI image layout directory nor a .tar of one",
             spec.name, spec.layout
         ));
-    }
-    oci::check_layout(&dir).map_err(|e| format!("image {:?} at {}: {e}", spec.name, spec.layout))
+    };
+    let image = oci::check_layout(&dir).map_err(|e| format!("image {:?} at {}: {e}", spec.name, spec.layout))?;
+    Ok(FoundImage { image, unpacked })
 }
 
 pub(crate) fn utf8_boundary(bytes: &[u8]) -> usize {
