@@ -129,6 +129,16 @@ fn pull(base: &str, path: &str, authorization: &str) -> support::HttpAnswer {
     support::http_send(base, "GET", path, &[("Authorization", authorization)], None)
 }
 
+/// `skopeo inspect` of `PROJECT/REFERENCE` as alice: what it says.
+fn inspect(hosted: &support::hosted::Hosted, reference: &str) -> Value {
+    let host = hosted.server.url.trim_start_matches("http://");
+    let creds = format!("alice:{}", hosted.token("alice"));
+    let image = format!("docker://{host}/{PROJECT}/{reference}");
+    let inspected = skopeo(&["inspect", "--tls-verify=false", "--creds", &creds, &image]);
+    assert!(inspected.status.success(), "{}", String::from_utf8_lossy(&inspected.stderr));
+    serde_json::from_slice(&inspected.stdout).expect("skopeo's JSON")
+}
+
 /// `skopeo ARGS`: its output.
 fn skopeo(args: &[&str]) -> std::process::Output {
     std::process::Command::new("skopeo").args(args).output().expect("skopeo runs (scripts/setup installs it)")
@@ -151,15 +161,7 @@ fn skopeo_pulls_a_built_image_from_the_registry_and_can_push_nothing(backend: Ba
     let host = hosted.server.url.trim_start_matches("http://").to_owned();
     let alice = format!("alice:{}", hosted.token("alice"));
 
-    let inspected = skopeo(&[
-        "inspect",
-        "--tls-verify=false",
-        "--creds",
-        &alice,
-        &format!("docker://{host}/{PROJECT}/app:build-1"),
-    ]);
-    assert!(inspected.status.success(), "{}", String::from_utf8_lossy(&inspected.stderr));
-    let inspected: Value = serde_json::from_slice(&inspected.stdout).expect("skopeo's JSON");
+    let inspected = inspect(&hosted, "app:build-1");
     assert_eq!(inspected["Digest"], format!("sha256:{manifest}"), "{inspected}");
     assert_eq!(inspected["RepoTags"], serde_json::json!(["build-1"]), "{inspected}");
 
@@ -377,32 +379,22 @@ fn an_images_provenance_and_deployment_attestations_are_its_referrers(backend: B
 /// own side (files and directories only) and checks it as a directory.
 fn an_image_layout_as_a_tar_is_unpacked_by_the_builder(backend: Backend) {
     let Some(hosted) = team(backend) else { return };
-    let tarred = pipeline("scripts/build.sh", "[\"dist/*.tar.gz\"]")
-        + "\n[[pipeline.image]]\nname = \"app\"\nlayout = \"dist/app.tar\"\n";
+    let tarred = policy().replace("dist/app-oci", "dist/app.tar");
     let script = format!("{BUILD_SCRIPT}{LAYOUT_SCRIPT}tar -cf dist/app.tar -C dist/app-oci .\n");
     let work = seed_build(&hosted, &tarred, &script);
     merge_a_change(&hosted, &work);
     let build = finished_build(&hosted, 1);
     assert_eq!(build["status"], "succeeded", "{build}");
     assert_eq!(build["artifacts"][1]["name"], "oci/app", "{build}");
-    let host = hosted.server.url.trim_start_matches("http://").to_owned();
-    let alice = format!("alice:{}", hosted.token("alice"));
-    let inspected = skopeo(&[
-        "inspect",
-        "--tls-verify=false",
-        "--creds",
-        &alice,
-        &format!("docker://{host}/{PROJECT}/app:build-1"),
-    ]);
-    assert!(inspected.status.success(), "{}", String::from_utf8_lossy(&inspected.stderr));
+    let inspected = inspect(&hosted, "app:build-1");
+    assert_eq!(inspected["Digest"], format!("sha256:{}", build["artifacts"][1]["digest"].as_str().unwrap_or_default()));
 }
 
 /// A tar layout holding a symbolic link (to a file of the host) fails the
 /// build: the builder unpacks files and directories only, and stores nothing.
 fn a_tar_layout_holding_a_link_fails_the_build_and_stores_nothing(backend: Backend) {
     let Some(hosted) = team(backend) else { return };
-    let tarred = pipeline("scripts/build.sh", "[\"dist/*.tar.gz\"]")
-        + "\n[[pipeline.image]]\nname = \"app\"\nlayout = \"dist/app.tar\"\n";
+    let tarred = policy().replace("dist/app-oci", "dist/app.tar");
     let linked = format!(
         "{BUILD_SCRIPT}{LAYOUT_SCRIPT}ln -s /etc/passwd dist/app-oci/blobs/sha256/passwd\n\
          tar -cf dist/app.tar -C dist/app-oci .\n"

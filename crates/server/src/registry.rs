@@ -198,6 +198,9 @@ struct Repository {
     /// Whether the puller is an admin or auditor, who reads deployment
     /// attestations too.
     overseer: bool,
+    /// The image's manifests custody built and signed, oldest build first:
+    /// read once a request.
+    built: Vec<ArtifactView>,
 }
 
 impl Repository {
@@ -216,7 +219,10 @@ async fn repository(state: &AppState, auth: &Authenticated, name: &str) -> Resul
     let project = ProjectName::parse(project).map_err(|_| unknown())?;
     // A project the visitor may not read is one this registry does not know.
     let access = state.store().project_access(auth, &project).await.map_err(|_| unknown())?;
-    Ok(Repository { access, image: image.to_owned(), overseer: auth.reads_everything() })
+    let mut repository =
+        Repository { access, image: image.to_owned(), overseer: auth.reads_everything(), built: Vec::new() };
+    repository.built = built(state, &repository).await?;
+    Ok(repository)
 }
 
 async fn dispatch(State(state): State<AppState>, Path(rest): Path<String>, request: Request) -> Answer {
@@ -343,7 +349,7 @@ async fn built(state: &AppState, repository: &Repository) -> Result<Vec<Artifact
 
 /// Every tag of the image, and the manifest digest (hex) each names.
 async fn tag_list(state: &AppState, repository: &Repository) -> Result<Vec<(String, String)>, RegistryError> {
-    let built = built(state, repository).await?;
+    let built = &repository.built;
     let mut tags: Vec<(String, String)> =
         built.iter().map(|a| (format!("build-{}", a.build), a.digest.clone())).collect();
     let environments =
@@ -379,9 +385,7 @@ async fn manifest(state: &AppState, repository: &Repository, reference: &str, he
     };
     let hex = match oci::sha256_hex(reference) {
         Some(hex) => {
-            if !built(state, repository).await?.iter().any(|a| a.digest == hex)
-                && !reachable(state, repository, hex).await?
-            {
+            if !repository.built.iter().any(|a| a.digest == hex) && !reachable(state, repository, hex).await? {
                 // An attestation's manifest, made for its referrers.
                 let found = attestations(state, repository, None).await?.into_iter().find(|r| r.digest == hex);
                 let attestation = found.ok_or_else(unknown)?;
@@ -456,7 +460,7 @@ async fn read_children(state: &AppState, hex: &str, depth: usize) -> Result<BTre
 
 /// Whether one of the image's built manifests reaches the blob `hex`.
 async fn reachable(state: &AppState, repository: &Repository, hex: &str) -> Result<bool, RegistryError> {
-    for artifact in built(state, repository).await?.iter().rev() {
+    for artifact in repository.built.iter().rev() {
         if children(state, &artifact.digest, 0).await?.contains(hex) {
             return Ok(true);
         }
@@ -468,18 +472,16 @@ async fn reachable(state: &AppState, repository: &Repository, hex: &str) -> Resu
 async fn blob(state: &AppState, repository: &Repository, reference: &str, head: bool) -> Answer {
     let unknown = || RegistryError::unknown("BLOB_UNKNOWN", format!("no blob {reference:?} in this repository"));
     let hex = oci::sha256_hex(reference).ok_or_else(unknown)?;
-    let own = built(state, repository).await?.iter().any(|a| a.digest == hex);
+    let own = repository.built.iter().any(|a| a.digest == hex);
     if !own && !reachable(state, repository, hex).await? {
-        // An attestation's envelope, or the empty config its manifest names.
-        for attestation in attestations(state, repository, None).await? {
-            if attestation.envelope_digest == hex {
-                return Ok(document_response(attestation.envelope, media::DSSE, hex, head));
-            }
-            if hex == EMPTY_DIGEST {
-                return Ok(document_response(b"{}".to_vec(), media::EMPTY, hex, head));
-            }
+        // The empty config every attestation's manifest names, or an
+        // attestation's envelope.
+        if hex == EMPTY_DIGEST && !repository.built.is_empty() {
+            return Ok(document_response(b"{}".to_vec(), media::EMPTY, hex, head));
         }
-        return Err(unknown());
+        let found = attestations(state, repository, None).await?.into_iter().find(|a| a.envelope_digest == hex);
+        let attestation = found.ok_or_else(unknown)?;
+        return Ok(document_response(attestation.envelope, media::DSSE, hex, head));
     }
     let digest: Digest = hex.parse().map_err(|_| unknown())?;
     let broken =
@@ -569,7 +571,7 @@ async fn attestations(
     let failed =
         |e: custody_store::StoreError| RegistryError::new(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", e.to_string());
     let mut found = Vec::new();
-    for artifact in built(state, repository).await? {
+    for artifact in &repository.built {
         if subject.is_some_and(|s| s != artifact.digest) {
             continue;
         }
@@ -605,8 +607,7 @@ async fn referrers(state: &AppState, repository: &Repository, reference: &str, q
     let unknown =
         || RegistryError::unknown("MANIFEST_UNKNOWN", format!("no manifest {reference:?} in this repository"));
     let hex = oci::sha256_hex(reference).ok_or_else(unknown)?;
-    let known =
-        built(state, repository).await?.iter().any(|a| a.digest == hex) || reachable(state, repository, hex).await?;
+    let known = repository.built.iter().any(|a| a.digest == hex) || reachable(state, repository, hex).await?;
     if !known {
         return Err(unknown());
     }
