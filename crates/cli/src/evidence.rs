@@ -27,6 +27,25 @@ pub enum TrustCommand {
 pub enum EvidenceCommand {
     /// The evidence bundle of a deployment or an artifact.
     Export(ExportArgs),
+    /// Keep a directory of what `custody admit` reads offline: each
+    /// environment's signed state and its deployments' bundles.
+    Sync(SyncArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    /// The directory to write (made when missing): PROJECT/environments/ENV.json
+    /// and PROJECT/deployments/N.json.
+    dir: PathBuf,
+    /// A project whose environments to sync; repeat for more.
+    #[arg(long = "project", required = true)]
+    projects: Vec<String>,
+    /// How many of each environment's newest deployments to name (1 to 50).
+    #[arg(long, default_value_t = 10)]
+    last: u32,
+    /// Sync again at this interval (such as 5m) until stopped, instead of once.
+    #[arg(long)]
+    every: Option<humantime::Duration>,
 }
 
 #[derive(Args, Debug)]
@@ -81,6 +100,7 @@ pub async fn trust(client: &Client, command: TrustCommand) -> Result<(), Failure
 
 pub async fn evidence(client: &Client, command: EvidenceCommand, out: Output) -> Result<(), Failure> {
     match command {
+        EvidenceCommand::Sync(args) => sync(client, args, out).await,
         EvidenceCommand::Export(args) => {
             let project = custody_domain::ProjectName::parse(&args.project)?;
             let subject = match (&args.deployment, &args.artifact) {
@@ -113,6 +133,138 @@ pub async fn evidence(client: &Client, command: EvidenceCommand, out: Output) ->
                 });
             }
             Ok(())
+        }
+    }
+}
+
+/// What one sync wrote for an environment.
+#[derive(serde::Serialize)]
+struct Synced {
+    project: String,
+    environment: String,
+    /// The deployments its state names, newest (live) first; empty when
+    /// nothing was deployed there yet.
+    deployments: Vec<i64>,
+    /// The bundles fetched now (the others were there already).
+    fetched: Vec<i64>,
+}
+
+/// Writes `text` to `path` whole or not at all: a reader never sees half a file.
+fn write_atomically(path: &Path, text: &str) -> Result<(), Failure> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Failure::input(format!("cannot make {}: {e}", dir.display())))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("evidence");
+    let partial = dir.join(format!(".{name}.partial"));
+    let failed = |e: std::io::Error| Failure::input(format!("cannot write {}: {e}", path.display()));
+    std::fs::write(&partial, text).map_err(failed)?;
+    std::fs::rename(&partial, path).map_err(failed)
+}
+
+/// A bundle already synced for deployment `number` of `project`.
+fn synced_bundle(path: &Path, project: &str, number: i64) -> bool {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| Bundle::parse(&text).ok())
+        .is_some_and(|b| b.project == project && b.subject.deployment == Some(number))
+}
+
+async fn sync_once(client: &Client, args: &SyncArgs) -> Result<Vec<Synced>, Failure> {
+    use custody_formats::environment::EnvironmentV1;
+    let mut synced = Vec::new();
+    for project in &args.projects {
+        let project = custody_domain::ProjectName::parse(project)?;
+        let environments: Vec<custody_api::EnvironmentView> =
+            client.get(&format!("/api/v1/projects/{project}/environments")).await?;
+        let dir = args.dir.join(project.as_str());
+        for environment in environments {
+            let name = environment.name;
+            let path = format!("/api/v1/projects/{project}/environments/{name}/evidence?last={}", args.last);
+            let state: custody_formats::Envelope = match client.get(&path).await {
+                Ok(state) => state,
+                Err(failure) if failure_code(&failure).as_deref() == Some("no_evidence") => {
+                    synced.push(Synced {
+                        project: project.to_string(),
+                        environment: name,
+                        deployments: vec![],
+                        fetched: vec![],
+                    });
+                    continue;
+                }
+                Err(failure) => return Err(failure),
+            };
+            // What it names, read without checking the signature: `custody
+            // admit` checks it with the trust file.
+            let named: EnvironmentV1 =
+                custody_formats::attestation::unverified_predicate(&serde_json::to_string(&state).unwrap_or_default())
+                    .ok_or_else(|| Failure::internal(format!("the server sent no environment state for {name}")))?;
+            let mut fetched = Vec::new();
+            for deployment in named.deployments.iter().map(|d| d.deployment) {
+                let file = dir.join("deployments").join(format!("{deployment}.json"));
+                if synced_bundle(&file, project.as_str(), deployment) {
+                    continue;
+                }
+                let bundle: Bundle =
+                    client.get(&format!("/api/v1/projects/{project}/deployments/{deployment}/evidence")).await?;
+                write_atomically(&file, &(serde_json::to_string_pretty(&bundle).unwrap_or_default() + "\n"))?;
+                fetched.push(deployment);
+            }
+            // The state last, so that it never names a bundle not yet there.
+            let file = dir.join("environments").join(format!("{name}.json"));
+            write_atomically(&file, &(serde_json::to_string_pretty(&state).unwrap_or_default() + "\n"))?;
+            synced.push(Synced {
+                project: project.to_string(),
+                environment: name,
+                deployments: named.deployments.iter().map(|d| d.deployment).collect(),
+                fetched,
+            });
+        }
+    }
+    Ok(synced)
+}
+
+fn failure_code(failure: &Failure) -> Option<String> {
+    let body = failure.body.clone()?;
+    serde_json::from_value::<custody_api::ErrorBody>(body).ok().map(|b| b.error.code)
+}
+
+fn show_synced(out: Output, synced: &[Synced]) {
+    out.show(&synced, |synced| {
+        synced
+            .iter()
+            .map(|s| match s.deployments.first() {
+                None => format!("{} {}: nothing deployed yet", s.project, s.environment),
+                Some(live) => format!(
+                    "{} {}: live deployment {live}, {} named, {} bundles fetched",
+                    s.project,
+                    s.environment,
+                    s.deployments.len(),
+                    s.fetched.len()
+                ),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+}
+
+/// `custody evidence sync`: once, or every interval until stopped (a
+/// failed round is reported and tried again at the next).
+async fn sync(client: &Client, args: SyncArgs, out: Output) -> Result<(), Failure> {
+    if !(1..=50).contains(&args.last) {
+        return Err(Failure::input(format!("--last is {}; name 1 to 50 deployments", args.last)));
+    }
+    let Some(every) = args.every else {
+        let synced = sync_once(client, &args).await?;
+        show_synced(out, &synced);
+        return Ok(());
+    };
+    loop {
+        match sync_once(client, &args).await {
+            Ok(synced) => show_synced(out, &synced),
+            Err(failure) => eprintln!("custody: sync failed, trying again in {every}: {}", failure.message),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(*every) => {}
+            () = crate::serve::shutdown_signal() => return Ok(()),
         }
     }
 }

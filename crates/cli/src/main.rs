@@ -5,6 +5,7 @@
 //! rule, 2 usage or input error or not found, 3 server unreachable or
 //! failed).
 
+mod admit;
 mod backup;
 mod build;
 mod change;
@@ -103,6 +104,10 @@ enum Command {
     Evidence(evidence::EvidenceCommand),
     /// Verify an evidence bundle offline, against a trust file (exit 0 valid, 1 not, 2 unreadable).
     Verify(evidence::VerifyArgs),
+    /// Run a Kubernetes validating admission webhook (HTTPS) that admits only
+    /// images custody deployed to the namespace's environment, from synced
+    /// evidence, without reaching custody.
+    Admit(admit::AdmitArgs),
     /// The auditor's report of a period: production deployments, duties, findings, controls.
     Report(report::ReportArgs),
     /// Check an instance's host: keys' modes, the sandbox, the database and
@@ -234,6 +239,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Trust(command) => evidence::trust(&client::Client::from_env(cli.server)?, command).await,
         Command::Evidence(command) => evidence::evidence(&client::Client::from_env(cli.server)?, command, out).await,
         Command::Verify(args) => evidence::verify(args, out),
+        Command::Admit(args) => admit::admit(args).await,
         Command::Report(args) => report::report(&client::Client::from_env(cli.server)?, args, out).await,
     }
 }

@@ -12,9 +12,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod attestation;
 pub mod checkpoint;
 pub mod dsse;
+pub mod environment;
 pub mod escrow;
 pub mod event;
 pub mod evidence;

@@ -89,6 +89,28 @@ pub async fn serve(
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    serve_with(listener, router, limits, None, shutdown).await
+}
+
+/// [`serve`] over TLS: each connection's handshake must end within the
+/// header timeout, and the limits count the bytes under the encryption.
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    tls: tokio_rustls::TlsAcceptor,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    serve_with(listener, router, limits, Some(tls), shutdown).await
+}
+
+async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
     let census = Arc::new(Census::new(limits.max_connections, limits.max_per_source));
     let limits = Arc::new(limits);
     let (closing, closed) = tokio::sync::watch::channel(false);
@@ -112,8 +134,8 @@ pub async fn serve(
         }
         match census.admit(peer.ip()) {
             Ok(admission) => {
-                let (router, limits, closed) = (router.clone(), limits.clone(), closed.clone());
-                tokio::spawn(connection(socket, peer, admission, router, limits, closed));
+                let (router, limits, closed, tls) = (router.clone(), limits.clone(), closed.clone(), tls.clone());
+                tokio::spawn(connection(socket, peer, admission, router, limits, tls, closed));
             }
             Err(crowded) => {
                 tracing::warn!(source = %peer.ip(), %crowded, "refusing a connection");
@@ -142,10 +164,35 @@ async fn connection(
     admission: Admission,
     router: Router,
     limits: Arc<ConnectionLimits>,
-    mut closed: tokio::sync::watch::Receiver<bool>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    closed: tokio::sync::watch::Receiver<bool>,
 ) {
+    let header_timeout = limits.header_timeout;
     let pace = Arc::new(Pace::new(limits));
-    let io = hyper_util::rt::TokioIo::new(Paced::new(socket, pace.clone()));
+    let paced = Paced::new(socket, pace.clone());
+    match tls {
+        None => exchange(paced, peer, router, pace, closed).await,
+        Some(tls) => match tokio::time::timeout(header_timeout, tls.accept(paced)).await {
+            Ok(Ok(stream)) => exchange(stream, peer, router, pace, closed).await,
+            Ok(Err(error)) => tracing::debug!(%error, source = %peer.ip(), "TLS handshake failed"),
+            Err(_) => tracing::debug!(source = %peer.ip(), "TLS handshake took too long"),
+        },
+    }
+    drop(admission);
+}
+
+/// Serves the requests of one connection until it closes, or until
+/// shutdown once its request in flight is answered.
+async fn exchange<S>(
+    stream: S,
+    peer: SocketAddr,
+    router: Router,
+    pace: Arc<Pace>,
+    mut closed: tokio::sync::watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = hyper_util::rt::TokioIo::new(stream);
     let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
         let pace = pace.clone();
         let router = router.clone();
@@ -173,7 +220,6 @@ async fn connection(
     if let Err(error) = outcome {
         tracing::debug!(%error, source = %peer.ip(), "connection ended");
     }
-    drop(admission);
 }
 
 /// Why a connection was refused.

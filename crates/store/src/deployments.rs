@@ -361,6 +361,29 @@ async fn succeeded_at(tx: &mut impl Reads, project: &str, number: i64) -> Result
     }
 }
 
+/// The action recording that a deployment succeeded, about its environment.
+const ENVIRONMENT_DEPLOYED: &str = "environment.deployed";
+
+/// The ledger subject of an environment's chain of successful deployments.
+fn environment_subject(project: &str, environment: &str) -> String {
+    format!("environment:{project}/{environment}")
+}
+
+/// A successful deployment of an environment, as its chain recorded it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveDeployment {
+    /// The deployment's number.
+    pub deployment: i64,
+    /// The build it deployed.
+    pub build: i64,
+    /// When it finished, milliseconds since the Unix epoch.
+    pub finished_at: i64,
+    /// Its signed attestation's digest ([`custody_formats::Envelope::digest`]).
+    pub envelope_sha256: Option<String>,
+    /// Why glass was broken, for an emergency deployment.
+    pub break_glass: Option<String>,
+}
+
 /// Checks a deployment's decision rows against its proven events: exactly
 /// the approvals, rejections and sign-offs custody recorded, in order. A
 /// decision inserted, edited or deleted around custody fails closed, naming
@@ -1244,6 +1267,23 @@ impl Store {
                     }),
                 })
                 .await?;
+                if outcome.status == DeploymentStatus::Succeeded {
+                    // The environment's own chain: what runs there, proven
+                    // whole, so a later deployment cannot be hidden from
+                    // whoever asks what is live.
+                    tx.audit(NewEvent {
+                        actor: SYSTEM_ACTOR.into(),
+                        action: ENVIRONMENT_DEPLOYED.into(),
+                        subject: environment_subject(&lease.project, &lease.environment),
+                        details: json!({
+                            "deployment": lease.number,
+                            "build": lease.build,
+                            "break_glass": lease.break_glass,
+                            "envelope_sha256": outcome.attestation.as_deref().and_then(custody_formats::Envelope::digest_of_json),
+                        }),
+                    })
+                    .await?;
+                }
                 Ok(())
             })
         })
@@ -1343,6 +1383,40 @@ impl Store {
         succeeded_at(&mut reader, project.as_str(), col(&row, "number")?).await?;
         crate::builds::prove_build(&mut reader, project.as_str(), build, &commit, "succeeded").await?;
         Ok(Some((build, commit)))
+    }
+
+    /// The successful deployments of an environment, newest first, at most
+    /// `limit`, read from the environment's proven chain of events (never
+    /// from rows): one hidden, edited or put back around custody fails
+    /// closed. Deployments from before environments had their chain are
+    /// not in it.
+    pub async fn environment_history(
+        &self,
+        project: &custody_domain::ProjectName,
+        environment: &str,
+        limit: usize,
+    ) -> Result<Vec<LiveDeployment>> {
+        let mut reader = self.reader().await?;
+        let subject = environment_subject(project.as_str(), environment);
+        let events = crate::proof::proven_events(&mut reader, &subject).await?;
+        let mut history = Vec::new();
+        for event in events.iter().rev().filter(|e| e.action == ENVIRONMENT_DEPLOYED).take(limit) {
+            let number = |field: &str| event.details.get(field).and_then(serde_json::Value::as_i64);
+            let (Some(deployment), Some(build)) = (number("deployment"), number("build")) else {
+                return Err(crate::proof::unproven(format!(
+                    "audit event {} about {subject} names no deployment and build",
+                    event.seq
+                )));
+            };
+            history.push(LiveDeployment {
+                deployment,
+                build,
+                finished_at: event.at,
+                envelope_sha256: crate::proof::detail(event, "envelope_sha256").map(str::to_owned),
+                break_glass: crate::proof::detail(event, "break_glass").map(str::to_owned),
+            });
+        }
+        Ok(history)
     }
 
     /// The changes whose merges made these commits, by number, in the

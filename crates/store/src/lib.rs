@@ -68,7 +68,8 @@ pub use custody_api::{
 };
 pub use custody_domain::project::{Identity, PushedCommit};
 pub use deployments::{
-    ChangeDuty, DeployContext, DeployDecision, DeployOutcome, Duty, Heartbeat, LeasedDeployment, Standing,
+    ChangeDuty, DeployContext, DeployDecision, DeployOutcome, Duty, Heartbeat, LeasedDeployment, LiveDeployment,
+    Standing,
 };
 pub use dialect::Dialect;
 

@@ -348,3 +348,81 @@ fn logged_duties(about: &[AuditEvent], recorded: &AuditEvent) -> Vec<AuditEvent>
         _ => Vec::new(),
     }
 }
+
+/// How many of an environment's deployments its signed state names.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct EnvironmentQuery {
+    /// Its newest deployments to name, 1 to 50 (10 by default): what an
+    /// admission check admits for rolling updates is among them.
+    #[param(minimum = 1, maximum = 50)]
+    pub(crate) last: Option<i64>,
+}
+
+/// What runs in an environment, signed with the ledger key: its newest
+/// successful deployments, read from the environment's proven chain of
+/// events, each bound to its attestation by digest, as of now. An admission
+/// check reads it with each deployment's evidence bundle, offline, and
+/// refuses it once it is older than it allows. Admins and auditors only.
+#[utoipa::path(get, path = "/api/v1/projects/{name}/environments/{environment}/evidence", tag = "evidence",
+    security(("token" = [])), params(EnvironmentQuery),
+    responses((status = 200, description = "a DSSE envelope of an in-toto statement of type https://custody.dev/attestation/environment/v1, signed by the ledger key", body = Object),
+        (status = 404, body = custody_api::ErrorBody), (status = 409, body = custody_api::ErrorBody)))]
+pub(crate) async fn environment_evidence(
+    State(state): State<AppState>,
+    auth: Auth,
+    PathParam((project, environment)): PathParam<(String, String)>,
+    Params(query): Params<EnvironmentQuery>,
+) -> ApiResult<Json<custody_formats::Envelope>> {
+    use custody_formats::environment::{EnvironmentV1, LiveDeployment};
+    use custody_formats::trust::rfc3339_of_millis;
+    auth.require(Scope::Read)?;
+    auth.require_overseer()?;
+    let last = match query.last {
+        None => 10,
+        Some(n @ 1..=50) => n as usize,
+        Some(n) => return Err(ApiError::invalid(format!("last is {n}; name 1 to 50 deployments"))),
+    };
+    let access = state.store().project_access(&auth.0, &ProjectName::parse(&project)?).await?;
+    if !environment_order(&state, &access).await?.iter().any(|(name, _)| *name == environment) {
+        return Err(ApiError::not_found(format!(
+            "the mainline's pipeline file defines no environment {environment:?}"
+        )));
+    }
+    // The ledger's size first: the chain read after it holds at least
+    // what the size covers.
+    let ledger_size = state.store().ledger_size().await?;
+    let history = state.store().environment_history(&access.project, &environment, last).await?;
+    if history.is_empty() {
+        return Err(conflict(format!(
+            "nothing was deployed to {environment} yet (or only before environments kept their chain)"
+        )));
+    }
+    let deployments = history
+        .into_iter()
+        .map(|d| {
+            let attestation_sha256 = d.envelope_sha256.ok_or_else(|| {
+                conflict(format!("deployment {} succeeded with no attestation recorded", d.deployment))
+            })?;
+            Ok(LiveDeployment {
+                deployment: d.deployment,
+                build: d.build,
+                finished_on: rfc3339_of_millis(d.finished_at),
+                attestation_sha256,
+                break_glass: d.break_glass,
+            })
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    let signed = EnvironmentV1 {
+        origin: state.instance().to_owned(),
+        project: access.project.to_string(),
+        environment,
+        as_of: rfc3339_of_millis(custody_store::now_ms()),
+        ledger_size,
+        deployments,
+    };
+    let key = state.key(KeyRole::Ledger).ok_or_else(|| unavailable("this server holds no ledger key"))?;
+    let envelope = signed.statement().sign(key).map_err(|e| unavailable(format!("the ledger key cannot sign: {e}")))?;
+    Ok(Json(envelope))
+}

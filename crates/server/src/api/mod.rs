@@ -235,6 +235,7 @@ fn operations() -> OpenApiRouter<AppState> {
         .routes(routes!(crate::keyring::revoke_key))
         .routes(routes!(evidence::deployment_evidence))
         .routes(routes!(evidence::artifact_evidence))
+        .routes(routes!(evidence::environment_evidence))
         .routes(routes!(evidence::export))
         .routes(routes!(report::report))
         .routes(routes!(deploys::list_findings))
