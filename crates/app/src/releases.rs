@@ -255,3 +255,55 @@ pub async fn repair_promotions(
         }
     }
 }
+
+/// What runs in `environment` of `project`, signed with the ledger key
+/// `key` as of now: its newest `last` successful deployments, read from
+/// the environment's proven chain of events and each bound to its
+/// attestation by digest ([`custody_formats::environment`]). `Ok(None)`
+/// when nothing was deployed there yet.
+pub async fn signed_environment(
+    store: &custody_store::Store,
+    origin: &str,
+    key: &custody_formats::ServiceKey,
+    project: &custody_domain::ProjectName,
+    environment: &str,
+    last: usize,
+) -> Result<Option<custody_formats::Envelope>, crate::AppError> {
+    use custody_formats::environment::{EnvironmentV1, LiveDeployment};
+    use custody_formats::trust::rfc3339_of_millis;
+    // The ledger's size first: the chain read after it holds at least
+    // what the size covers.
+    let ledger_size = store.ledger_size().await?;
+    let history = store.environment_history(project, environment, last).await?;
+    if history.is_empty() {
+        return Ok(None);
+    }
+    let deployments = history
+        .into_iter()
+        .map(|d| {
+            let attestation_sha256 = d.envelope_sha256.ok_or_else(|| {
+                crate::AppError::Conflict(format!("deployment {} succeeded with no attestation recorded", d.deployment))
+            })?;
+            Ok(LiveDeployment {
+                deployment: d.deployment,
+                build: d.build,
+                finished_on: rfc3339_of_millis(d.finished_at),
+                attestation_sha256,
+                break_glass: d.break_glass,
+            })
+        })
+        .collect::<Result<Vec<_>, crate::AppError>>()?;
+    let state = EnvironmentV1 {
+        origin: origin.to_owned(),
+        project: project.to_string(),
+        environment: environment.to_owned(),
+        as_of: rfc3339_of_millis(custody_store::now_ms()),
+        ledger_size,
+        deployments,
+    };
+    let envelope = state
+        .statement()
+        .sign(key)
+        .map_err(|e| crate::AppError::Unavailable(format!("the ledger key cannot sign: {e}")))?;
+    Ok(Some(envelope))
+}

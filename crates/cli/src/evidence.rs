@@ -66,7 +66,8 @@ pub struct ExportArgs {
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
-    /// The evidence bundle (JSON).
+    /// The evidence bundle (JSON), or a single signed attestation (a DSSE
+    /// envelope, as an image's referrer carries it).
     bundle: PathBuf,
     /// The trust file from `custody trust export`, obtained from a source you trust.
     #[arg(long)]
@@ -276,8 +277,16 @@ fn read(path: &Path, what: &str) -> Result<String, Failure> {
 /// Verifies a bundle offline: exit 0 valid, 1 not valid (every reason
 /// printed), 2 when the bundle, trust file or artifact cannot be read.
 pub fn verify(args: VerifyArgs, out: Output) -> Result<(), Failure> {
-    let bundle = Bundle::parse(&read(&args.bundle, "bundle")?).map_err(|e| Failure::input(e.to_string()))?;
+    let text = read(&args.bundle, "bundle")?;
     let trust = TrustRoot::parse(&read(&args.trust, "trust file")?).map_err(|e| Failure::input(e.to_string()))?;
+    // A single DSSE envelope (an image's referrer, say) is checked alone.
+    if let Ok(envelope) = serde_json::from_str::<custody_formats::Envelope>(&text) {
+        if args.artifact.is_some() {
+            return Err(Failure::input("--artifact needs an evidence bundle, not a single attestation"));
+        }
+        return reported(verify::verify_envelope(&envelope, &trust), out);
+    }
+    let bundle = Bundle::parse(&text).map_err(|e| Failure::input(e.to_string()))?;
     let artifact = match &args.artifact {
         Some(path) => {
             let mut file = std::fs::File::open(path)
@@ -290,7 +299,11 @@ pub fn verify(args: VerifyArgs, out: Output) -> Result<(), Failure> {
         }
         None => None,
     };
-    let report = verify::verify(&bundle, &trust, artifact.as_ref());
+    reported(verify::verify(&bundle, &trust, artifact.as_ref()), out)
+}
+
+/// Prints a verifier's report; not valid is exit 1 with every reason.
+fn reported(report: verify::Report, out: Output) -> Result<(), Failure> {
     if out.json {
         out.print_json(&report);
     } else {

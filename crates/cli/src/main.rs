@@ -102,7 +102,8 @@ enum Command {
     /// Evidence bundles of deployments and artifacts.
     #[command(subcommand)]
     Evidence(evidence::EvidenceCommand),
-    /// Verify an evidence bundle offline, against a trust file (exit 0 valid, 1 not, 2 unreadable).
+    /// Verify an evidence bundle, or a single signed attestation, offline
+    /// against a trust file (exit 0 valid, 1 not, 2 unreadable).
     Verify(evidence::VerifyArgs),
     /// Run a Kubernetes validating admission webhook (HTTPS) that admits only
     /// images custody deployed to the namespace's environment, from synced

@@ -336,7 +336,11 @@ fn an_images_provenance_and_deployment_attestations_are_its_referrers(backend: B
         assert_eq!(answer.header("content-type"), Some("application/vnd.oci.image.index.v1+json"));
         serde_json::from_str(&answer.body).expect("an image index")
     };
-    // The envelope a referrer carries, checked by securesystemslib with `key`.
+    let trust_file = hosted.sandbox.path("trust.json");
+    let trust = trust_file.to_str().expect("UTF-8").to_owned();
+    hosted.as_admin(&["trust", "export", "-o", &trust]).expect_code(0);
+    // The envelope a referrer carries, checked by custody's verifier and by
+    // securesystemslib with `key`.
     let opened = |token: &str, referrer: &Value, key: &std::path::Path| -> Option<Value> {
         assert_eq!(referrer["artifactType"], "application/vnd.dsse.envelope.v1+json", "{referrer}");
         let digest = referrer["digest"].as_str().expect("a digest");
@@ -347,6 +351,19 @@ fn an_images_provenance_and_deployment_attestations_are_its_referrers(backend: B
         let envelope = get(token, &format!("/v2/{PROJECT}/app/blobs/{layer}")).body;
         let file = hosted.sandbox.path("referrer.json");
         std::fs::write(&file, envelope).expect("write the envelope");
+        // custody's own verifier accepts it, with the trust file's key of its duty.
+        let verified = custody(&hosted, &["verify", file.to_str().expect("UTF-8"), "--trust", &trust, "--json"]);
+        let report = verified.expect_code(0).json();
+        assert_eq!(report["valid"], true, "{report}");
+        assert!(report["checks"].as_array().is_some_and(|c| c.iter().any(|c| c["rule"] == "envelope.signature")));
+        let mut forged: Value = serde_json::from_str(&std::fs::read_to_string(&file).expect("read")).expect("JSON");
+        let mut statement = statement_of(&forged);
+        statement["subject"][0]["digest"]["sha256"] = "00".repeat(32).into();
+        forged["payload"] = base64_of(statement.to_string().as_bytes()).into();
+        let forged_file = hosted.sandbox.path("forged-referrer.json");
+        std::fs::write(&forged_file, forged.to_string()).expect("write the forgery");
+        let refused = custody(&hosted, &["verify", forged_file.to_str().expect("UTF-8"), "--trust", &trust]);
+        assert_eq!(refused.code(), Some(1), "a forged referrer verified: {refused:#?}");
         let output = python(VERIFY_ENVELOPE, &[file.to_str().expect("UTF-8"), key.to_str().expect("UTF-8")])?;
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
         Some(serde_json::from_slice(&output.stdout).expect("the statement"))

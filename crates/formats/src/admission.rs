@@ -765,3 +765,52 @@ mod tests {
         assert!(!decide(&policy(1), &Evidence::default(), &unknown, HOUR).allowed);
     }
 }
+
+#[cfg(test)]
+mod example {
+    use super::*;
+
+    /// The example `ValidatingWebhookConfiguration` sends only kinds the
+    /// webhook reads, CREATE and UPDATE, ephemeral containers included,
+    /// and fails closed.
+    #[test]
+    fn the_example_webhook_configuration_sends_only_what_admission_reads() {
+        let example = include_str!("../../../docs/admission/validating-webhook.yaml");
+        assert!(example.contains("failurePolicy: Fail"));
+        assert!(example.contains("pods/ephemeralcontainers"));
+        let kinds = [
+            ("pods", "Pod"),
+            ("replicationcontrollers", "ReplicationController"),
+            ("podtemplates", "PodTemplate"),
+            ("deployments", "Deployment"),
+            ("replicasets", "ReplicaSet"),
+            ("statefulsets", "StatefulSet"),
+            ("daemonsets", "DaemonSet"),
+            ("jobs", "Job"),
+            ("cronjobs", "CronJob"),
+        ];
+        for line in example.lines().filter(|l| l.trim_start().starts_with("resources:")) {
+            let list = line.split_once('[').and_then(|(_, rest)| rest.split_once(']')).map(|(l, _)| l).unwrap();
+            for resource in list.split(',').map(|r| r.trim().trim_matches('"')) {
+                if resource == "pods/ephemeralcontainers" {
+                    continue;
+                }
+                let kind = kinds.iter().find(|(r, _)| *r == resource).map(|(_, k)| *k);
+                let kind =
+                    kind.unwrap_or_else(|| panic!("the example sends {resource}, which admission does not read"));
+                let request = Request {
+                    uid: "u".into(),
+                    kind: kind.into(),
+                    operation: "CREATE".into(),
+                    namespace: None,
+                    sub_resource: None,
+                    object: json!({ "spec": { "template": { "spec": {} }, "jobTemplate": { "spec": { "template": { "spec": {} } } } }, "template": { "spec": {} } }),
+                };
+                assert!(request.containers().is_some(), "{kind} is not read");
+            }
+        }
+        for line in example.lines().filter(|l| l.trim_start().starts_with("operations:")) {
+            assert_eq!(line.trim(), "operations: [\"CREATE\", \"UPDATE\"]");
+        }
+    }
+}

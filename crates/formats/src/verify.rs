@@ -23,6 +23,7 @@ use crate::attestation::{
     ChangeV1, DeploymentV1, EnvironmentGate, ProvenanceV1, CHANGE_PREDICATE, DEPLOYMENT_PREDICATE,
 };
 use crate::checkpoint::{Checkpoint, NoteVerifier};
+use crate::dsse::Envelope;
 use crate::evidence::{Bundle, BundleSubject, Entry, InclusionProof, LedgerEvent};
 use crate::keys::KeyRole;
 use crate::merkle;
@@ -553,6 +554,112 @@ pub fn verify(bundle: &Bundle, trust: &TrustRoot, artifact: Option<&ArtifactFile
     }
 }
 
+/// Verifies one signed statement alone, as an image's referrer carries
+/// it: an in-toto statement custody signs, signed by its duty's key valid
+/// at the time the statement gives (when it gives none, by a key never
+/// revoked). A statement alone proves who signed it, not its place in the
+/// ledger nor the rest of its chain: the report says so, and names the
+/// bundle that proves those.
+pub fn verify_envelope(envelope: &Envelope, trust: &TrustRoot) -> Report {
+    let mut checks = Checks(Vec::new());
+    let mut findings = vec![
+        "a single attestation: its signature is checked, not its place in the ledger nor the chain it belongs to; \
+         `custody evidence export` gives the bundle that proves both"
+            .to_owned(),
+    ];
+    let keys = match trust.open() {
+        Ok(keys) => {
+            checks.add("trust.keys", "trust file", true, format!("{} keys read", keys.len()));
+            keys
+        }
+        Err(error) => {
+            checks.add("trust.keys", "trust file", false, error.to_string());
+            Vec::new()
+        }
+    };
+    let mut verified_by: BTreeMap<String, usize> = BTreeMap::new();
+    let mut subject = BundleSubject { deployment: None, artifact: None };
+    let (mut project, mut commit, mut environments, mut artifacts) = (String::new(), None, Vec::new(), Vec::new());
+    if let Some((statement, kind)) = read_statement(&mut checks, envelope, "envelope") {
+        let predicate = Predicate::read(kind, &statement);
+        let label = match &predicate {
+            Ok(p) => p.label(),
+            Err(why) => {
+                checks.add(
+                    "envelope.predicate",
+                    "envelope",
+                    false,
+                    format!("the {} does not read: {why}", kind.what()),
+                );
+                "envelope".to_owned()
+            }
+        };
+        let time = match &predicate {
+            Ok(Predicate::Deployment(d)) => millis_of_rfc3339(&d.finished_on),
+            Ok(Predicate::Provenance(_)) => statement
+                .predicate
+                .pointer("/runDetails/metadata/finishedOn")
+                .and_then(serde_json::Value::as_str)
+                .and_then(millis_of_rfc3339),
+            _ => None,
+        };
+        let at = time.unwrap_or_else(|| {
+            findings.push("the statement gives no time: it is checked against keys never revoked".into());
+            i64::MAX
+        });
+        let usable: Vec<ValidKey> = if time.is_some() {
+            keys.clone()
+        } else {
+            // Any time will do for a key that was never revoked.
+            keys.iter()
+                .filter(|k| k.revoked.is_none())
+                .map(|k| ValidKey { not_before_ms: i64::MIN, not_after_ms: None, ..k.clone() })
+                .collect()
+        };
+        if let Some(key_id) = check_signature(&mut checks, envelope, at, kind, &label, &usable) {
+            *verified_by.entry(key_id).or_default() += 1;
+        }
+        artifacts = statement
+            .subject
+            .iter()
+            .filter_map(|s| Some(Artifact { name: s.name.clone(), sha256: s.digest.get("sha256")?.clone() }))
+            .collect();
+        match &predicate {
+            Ok(Predicate::Deployment(d)) => {
+                subject.deployment = Some(d.deployment);
+                project = d.project.clone();
+                commit = Some(d.commit.clone());
+                environments.push(d.environment.clone());
+                if let Some(reason) = &d.break_glass {
+                    findings.push(format!("{label} broke the glass: {reason}"));
+                }
+            }
+            Ok(Predicate::Provenance(p)) => commit = Some(p.build_definition.external_parameters.commit.clone()),
+            Ok(Predicate::Change(c)) => {
+                project = c.project.clone();
+                commit = Some(c.merge_commit.clone());
+            }
+            _ => {}
+        }
+    }
+    let checks = checks.0;
+    Report {
+        valid: checks.iter().all(|c| c.passed),
+        origin: trust.origin.clone(),
+        project,
+        subject,
+        checkpoint_size: None,
+        commit,
+        artifacts,
+        environments,
+        duties: Vec::new(),
+        people: Vec::new(),
+        checks,
+        findings,
+        keys: keys_used(&keys, &verified_by),
+    }
+}
+
 /// The bundle's format and origin, and the trust file's keys: the keys,
 /// when every one is readable.
 fn check_header(checks: &mut Checks, bundle: &Bundle, trust: &TrustRoot) -> Vec<ValidKey> {
@@ -617,7 +724,7 @@ fn check_entries(
     let mut parsed: Vec<Parsed> = Vec::new();
     for (i, entry) in bundle.entries.iter().enumerate() {
         let at = format!("entry {}", i + 1);
-        let Some((statement, kind)) = read_statement(checks, entry, &at) else {
+        let Some((statement, kind)) = read_statement(checks, &entry.envelope, &at) else {
             continue;
         };
         // An entry whose predicate does not read is still judged on its
@@ -636,7 +743,7 @@ fn check_entries(
                 at
             }
         };
-        if let Some(key_id) = check_signature(checks, entry, kind, &subject, keys) {
+        if let Some(key_id) = check_signature(checks, &entry.envelope, entry.event.at_ms, kind, &subject, keys) {
             *verified_by.entry(key_id).or_default() += 1;
         }
         check_binding(checks, entry, kind, &subject, predicate.as_ref().ok(), &bundle.project);
@@ -649,9 +756,9 @@ fn check_entries(
 }
 
 /// An envelope's payload as an in-toto statement of a kind custody signs.
-fn read_statement(checks: &mut Checks, entry: &Entry, at: &str) -> Option<(Statement, Kind)> {
+fn read_statement(checks: &mut Checks, envelope: &Envelope, at: &str) -> Option<(Statement, Kind)> {
     let statement = STANDARD
-        .decode(&entry.envelope.payload)
+        .decode(&envelope.payload)
         .ok()
         .and_then(|payload| serde_json::from_slice::<Statement>(&payload).ok())
         .filter(|s| s.statement_type == STATEMENT_TYPE);
@@ -1211,12 +1318,18 @@ fn open_checkpoint(
 }
 
 /// Checks an envelope's signature: the id of the key that verified it.
-fn check_signature(checks: &mut Checks, entry: &Entry, kind: Kind, subject: &str, keys: &[ValidKey]) -> Option<String> {
+fn check_signature(
+    checks: &mut Checks,
+    envelope: &Envelope,
+    at: i64,
+    kind: Kind,
+    subject: &str,
+    keys: &[ValidKey],
+) -> Option<String> {
     let role = kind.role();
-    let at = entry.event.at_ms;
     let own: Vec<&ValidKey> = keys.iter().filter(|k| k.key.role() == role).collect();
     let valid: Vec<&&ValidKey> = own.iter().filter(|k| k.valid_at(at)).collect();
-    if let Some(key) = valid.iter().find(|k| entry.envelope.verify(&k.key).is_ok()) {
+    if let Some(key) = valid.iter().find(|k| envelope.verify(&k.key).is_ok()) {
         let key_id = key.key.key_id();
         checks.add(
             "envelope.signature",
@@ -1226,9 +1339,7 @@ fn check_signature(checks: &mut Checks, entry: &Entry, kind: Kind, subject: &str
         );
         return Some(key_id);
     }
-    let message = if let Some(other) =
-        keys.iter().find(|k| k.key.role() != role && entry.envelope.verify(&k.key).is_ok())
-    {
+    let message = if let Some(other) = keys.iter().find(|k| k.key.role() != role && envelope.verify(&k.key).is_ok()) {
         format!(
             "the {} is signed by the {} key, not the {} key: only the {} key may sign it",
             kind.what(),
@@ -1237,7 +1348,7 @@ fn check_signature(checks: &mut Checks, entry: &Entry, kind: Kind, subject: &str
             role.as_str()
         )
     } else if let Some((key, (since, reason))) =
-        own.iter().filter_map(|k| k.revoked_at(at).map(|r| (k, r))).find(|(k, _)| entry.envelope.verify(&k.key).is_ok())
+        own.iter().filter_map(|k| k.revoked_at(at).map(|r| (k, r))).find(|(k, _)| envelope.verify(&k.key).is_ok())
     {
         format!(
             "the {} is signed by the {} key {}, which is revoked since {} ({reason}); it was recorded at {}",
@@ -1247,7 +1358,7 @@ fn check_signature(checks: &mut Checks, entry: &Entry, kind: Kind, subject: &str
             rfc3339_of_millis(*since),
             rfc3339_of_millis(at)
         )
-    } else if own.iter().any(|k| entry.envelope.verify(&k.key).is_ok()) {
+    } else if own.iter().any(|k| envelope.verify(&k.key).is_ok()) {
         format!(
             "the {} is signed by a {} key that was not valid at {}",
             kind.what(),

@@ -375,8 +375,6 @@ pub(crate) async fn environment_evidence(
     PathParam((project, environment)): PathParam<(String, String)>,
     Params(query): Params<EnvironmentQuery>,
 ) -> ApiResult<Json<custody_formats::Envelope>> {
-    use custody_formats::environment::{EnvironmentV1, LiveDeployment};
-    use custody_formats::trust::rfc3339_of_millis;
     auth.require(Scope::Read)?;
     auth.require_overseer()?;
     let last = match query.last {
@@ -390,39 +388,18 @@ pub(crate) async fn environment_evidence(
             "the mainline's pipeline file defines no environment {environment:?}"
         )));
     }
-    // The ledger's size first: the chain read after it holds at least
-    // what the size covers.
-    let ledger_size = state.store().ledger_size().await?;
-    let history = state.store().environment_history(&access.project, &environment, last).await?;
-    if history.is_empty() {
-        return Err(conflict(format!(
-            "nothing was deployed to {environment} yet (or only before environments kept their chain)"
-        )));
-    }
-    let deployments = history
-        .into_iter()
-        .map(|d| {
-            let attestation_sha256 = d.envelope_sha256.ok_or_else(|| {
-                conflict(format!("deployment {} succeeded with no attestation recorded", d.deployment))
-            })?;
-            Ok(LiveDeployment {
-                deployment: d.deployment,
-                build: d.build,
-                finished_on: rfc3339_of_millis(d.finished_at),
-                attestation_sha256,
-                break_glass: d.break_glass,
-            })
-        })
-        .collect::<ApiResult<Vec<_>>>()?;
-    let signed = EnvironmentV1 {
-        origin: state.instance().to_owned(),
-        project: access.project.to_string(),
-        environment,
-        as_of: rfc3339_of_millis(custody_store::now_ms()),
-        ledger_size,
-        deployments,
-    };
     let key = state.key(KeyRole::Ledger).ok_or_else(|| unavailable("this server holds no ledger key"))?;
-    let envelope = signed.statement().sign(key).map_err(|e| unavailable(format!("the ledger key cannot sign: {e}")))?;
+    let signed = custody_app::releases::signed_environment(
+        state.store(),
+        state.instance(),
+        key,
+        &access.project,
+        &environment,
+        last,
+    )
+    .await?;
+    let envelope = signed.ok_or_else(|| {
+        conflict(format!("nothing was deployed to {environment} yet (or only before environments kept their chain)"))
+    })?;
     Ok(Json(envelope))
 }
