@@ -48,6 +48,22 @@ struct Config {
     max_age: String,
     /// Which environment of which project each namespace is.
     namespaces: BTreeMap<String, Mapped>,
+    /// When set, the webhook fetches the evidence from custody itself.
+    sync: Option<Fetch>,
+}
+
+/// Fetching the evidence from custody, as `custody evidence sync --every` would.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Fetch {
+    /// custody's URL.
+    server: String,
+    /// A file holding an admin's or auditor's token.
+    token_file: PathBuf,
+    /// The projects whose environments to fetch.
+    projects: Vec<String>,
+    /// How often, such as `1m`.
+    every: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,6 +94,9 @@ fn read_config(path: &Path) -> Result<(Config, Policy, TrustRoot), Failure> {
     let base = path.parent().unwrap_or(Path::new("."));
     for file in [&mut config.tls_certificate, &mut config.tls_key, &mut config.trust, &mut config.evidence] {
         *file = relative_to(base, file);
+    }
+    if let Some(sync) = &mut config.sync {
+        sync.token_file = relative_to(base, &sync.token_file);
     }
     let max_age = humantime::parse_duration(&config.max_age).map_err(|e| {
         Failure::input(format!("max_age {:?} is not a duration such as 15m or 1h: {e}", config.max_age))
@@ -117,6 +136,28 @@ pub async fn admit(args: AdmitArgs) -> Result<(), Failure> {
     let (config, policy, trust) = read_config(&args.config)?;
     let tls =
         custody_server::admission::tls_acceptor(&config.tls_certificate, &config.tls_key).map_err(Failure::input)?;
+    if let Some(sync) = &config.sync {
+        let every = humantime::parse_duration(&sync.every)
+            .map_err(|e| Failure::input(format!("sync.every {:?} is not a duration such as 1m: {e}", sync.every)))?;
+        let token = std::fs::read_to_string(&sync.token_file)
+            .map_err(|e| Failure::input(format!("cannot read the token file {}: {e}", sync.token_file.display())))?;
+        let client = crate::client::Client::new(&sync.server, Some(token.trim().to_owned()))?;
+        let args = crate::evidence::SyncArgs {
+            dir: config.evidence.clone(),
+            projects: sync.projects.clone(),
+            last: u32::try_from(config.last.max(10)).unwrap_or(10),
+            every: None,
+        };
+        tokio::spawn(async move {
+            loop {
+                match crate::evidence::sync_once(&client, &args).await {
+                    Ok(synced) => tracing::info!(environments = synced.len(), "evidence fetched from custody"),
+                    Err(failure) => tracing::warn!(why = %failure.message, "fetching the evidence from custody failed"),
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
     let webhook = Arc::new(custody_server::admission::Webhook::new(policy, trust, config.evidence.clone()));
     // Read and verify the evidence once now, so that what is wrong with it
     // shows at start.

@@ -36,16 +36,16 @@ pub enum EvidenceCommand {
 pub struct SyncArgs {
     /// The directory to write (made when missing): PROJECT/environments/ENV.json
     /// and PROJECT/deployments/N.json.
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// A project whose environments to sync; repeat for more.
     #[arg(long = "project", required = true)]
-    projects: Vec<String>,
+    pub(crate) projects: Vec<String>,
     /// How many of each environment's newest deployments to name (1 to 50).
     #[arg(long, default_value_t = 10)]
-    last: u32,
+    pub(crate) last: u32,
     /// Sync again at this interval (such as 5m) until stopped, instead of once.
     #[arg(long)]
-    every: Option<humantime::Duration>,
+    pub(crate) every: Option<humantime::Duration>,
 }
 
 #[derive(Args, Debug)]
@@ -140,7 +140,7 @@ pub async fn evidence(client: &Client, command: EvidenceCommand, out: Output) ->
 
 /// What one sync wrote for an environment.
 #[derive(serde::Serialize)]
-struct Synced {
+pub(crate) struct Synced {
     project: String,
     environment: String,
     /// The deployments its state names, newest (live) first; empty when
@@ -169,7 +169,7 @@ fn synced_bundle(path: &Path, project: &str, number: i64) -> bool {
         .is_some_and(|b| b.project == project && b.subject.deployment == Some(number))
 }
 
-async fn sync_once(client: &Client, args: &SyncArgs) -> Result<Vec<Synced>, Failure> {
+pub(crate) async fn sync_once(client: &Client, args: &SyncArgs) -> Result<Vec<Synced>, Failure> {
     use custody_formats::environment::EnvironmentV1;
     let mut synced = Vec::new();
     for project in &args.projects {

@@ -492,8 +492,8 @@ struct Webhook {
 impl Webhook {
     /// Starts `custody admit` with `config` (TOML lines besides the TLS
     /// identity, made here with openssl for 127.0.0.1).
-    fn start(hosted: &support::hosted::Hosted, config: &str) -> Webhook {
-        let dir = hosted.sandbox.path("admit");
+    fn start(hosted: &support::hosted::Hosted, name: &str, config: &str) -> Webhook {
+        let dir = hosted.sandbox.path(name);
         std::fs::create_dir_all(&dir).expect("a directory");
         let made = std::process::Command::new("openssl")
             .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
@@ -646,12 +646,35 @@ fn the_seed_story_with_an_image_from_merge_to_admission(backend: Backend, s3: bo
     assert_eq!(synced[1]["deployments"], serde_json::json!([2]), "{synced}");
     let webhook = Webhook::start(
         &hosted,
+        "admit",
         &format!(
             "trust = {trust:?}\nevidence = {evidence:?}\nregistries = [\"{host}\"]\nlast = 2\nmax_age = \"1h\"\n\
              [namespaces]\npayments-prod = {{ project = \"{PROJECT}\", environment = \"production\" }}\n\
              payments-staging = {{ project = \"{PROJECT}\", environment = \"staging\" }}\n"
         ),
     );
+    // A webhook may fetch its evidence from custody itself.
+    let token_file = hosted.sandbox.path("auditor-token");
+    std::fs::write(&token_file, &hosted.admin).expect("the token");
+    let fetching = Webhook::start(
+        &hosted,
+        "admit-fetching",
+        &format!(
+            "trust = {trust:?}\nevidence = \"fetched\"\nregistries = [\"{host}\"]\nmax_age = \"1h\"\n\
+             [namespaces]\npayments-prod = {{ project = \"{PROJECT}\", environment = \"production\" }}\n\
+             [sync]\nserver = \"{}\"\ntoken_file = {token_file:?}\nprojects = [\"{PROJECT}\"]\nevery = \"1s\"\n",
+            hosted.server.url
+        ),
+    );
+    let pod_of_first = review("f1", "Pod", "payments-prod", "CREATE", None, pod(&[("app", &image(&first))], &[], &[]));
+    let fetched = support::flow::eventually(|| fetching.ask(&pod_of_first).0.then_some(()));
+    assert!(
+        fetched.is_some(),
+        "the fetching webhook never admitted the production image: {}",
+        fetching.server.stderr()
+    );
+    drop(fetching);
+
     let ask_pod = |namespace: &str, containers: &[(&str, &str)]| {
         webhook.ask(&review("a1", "Pod", namespace, "CREATE", None, pod(containers, &[], &[])))
     };
