@@ -7,7 +7,8 @@
 #   - skopeo copying the image from custody by digest, against skopeo
 #     copying the same layout from disk (the same client and checks);
 #   - curl reading the layer blob through custody (custody re-hashes it as it
-#     streams), against sha256sum reading the blob file custody stores;
+#     streams), against openssl hashing the blob file custody stores (and
+#     cat reading it);
 #   - manifest GETs by digest (keep-alive, a bearer token), against
 #     GET /healthz on the same server and connection.
 #
@@ -86,24 +87,26 @@ host="${url#http://}"
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 seconds() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N); echo "$e - $s" | bc -l; }
 
-pull_custody=(); pull_disk=(); blob_custody=(); blob_disk=()
+pull_custody=(); pull_disk=(); blob_custody=(); blob_disk=(); blob_cat=()
 for _ in 1 2 3; do
   rm -rf "$work/pulled" "$work/copied"
   pull_custody+=("$(seconds skopeo copy --src-tls-verify=false --src-creds "alice:$alice" "docker://$host/bench/app@sha256:$manifest" "dir:$work/pulled")")
   pull_disk+=("$(seconds skopeo copy "oci:$src/dist/app-oci:app" "dir:$work/copied")")
   blob_custody+=("$(seconds curl -sf -o /dev/null -H "Authorization: Bearer $alice" "$url/v2/bench/app/blobs/sha256:$layer")")
-  blob_disk+=("$(seconds sha256sum "$work/data/blobs/sha256/${layer:0:2}/$layer")")
+  blob_disk+=("$(seconds openssl dgst -sha256 "$work/data/blobs/sha256/${layer:0:2}/$layer")")
+  blob_cat+=("$(seconds cat "$work/data/blobs/sha256/${layer:0:2}/$layer")")
 done
 [ -f "$work/pulled/$layer" ] && [ "$(sha256sum "$work/pulled/$layer" | cut -c1-64)" = "$layer" ] || { echo "the pulled layer is not the image's"; exit 1; }
 pc=$(printf '%s\n' "${pull_custody[@]}" | median); pd=$(printf '%s\n' "${pull_disk[@]}" | median)
 bc_=$(printf '%s\n' "${blob_custody[@]}" | median); bd=$(printf '%s\n' "${blob_disk[@]}" | median)
+bcat=$(printf '%s\n' "${blob_cat[@]}" | median)
 size=$(stat -c %s "$work/data/blobs/sha256/${layer:0:2}/$layer")
 printf 'layer of %d MB; medians of 3\n' $((size / 1000000))
 printf 'skopeo copy by digest from custody: %.2f s; from the layout on disk: %.2f s; ratio %.2f\n' "$pc" "$pd" "$(echo "$pc / $pd" | bc -l)"
-printf 'layer blob through custody (curl): %.2f s (%.0f MB/s); sha256sum of the stored blob: %.2f s (%.0f MB/s); ratio %.2f\n' \
-  "$bc_" "$(echo "$size / 1000000 / $bc_" | bc -l)" "$bd" "$(echo "$size / 1000000 / $bd" | bc -l)" "$(echo "$bc_ / $bd" | bc -l)"
+printf 'layer blob through custody (curl): %.3f s (%.0f MB/s); openssl dgst -sha256 of the stored blob: %.3f s (%.0f MB/s); ratio %.2f; cat of it: %.3f s\n' \
+  "$bc_" "$(echo "$size / 1000000 / $bc_" | bc -l)" "$bd" "$(echo "$size / 1000000 / $bd" | bc -l)" "$(echo "$bc_ / $bd" | bc -l)" "$bcat"
 
-PYTHONPATH=bench URL="$url" ALICE="$alice" MANIFEST="$manifest" GETS="${1:-2000}" python3 - <<'PY'
+PYTHONPATH=bench CUSTODY_SERVER="$url" PROJECT=bench ADMIN="$admin" BOB="$bob" URL="$url" ALICE="$alice" MANIFEST="$manifest" GETS="${1:-2000}" python3 - <<'PY'
 import http.client, os, time
 from team import percentile
 host = os.environ["URL"].removeprefix("http://")

@@ -187,6 +187,9 @@ fn skopeo_pulls_a_built_image_from_the_registry_and_can_push_nothing(backend: Ba
         ("POST", format!("/v2/{PROJECT}/app/blobs/uploads/")),
         ("PUT", format!("/v2/{PROJECT}/app/manifests/evil")),
         ("DELETE", format!("/v2/{PROJECT}/app/manifests/sha256:{manifest}")),
+        ("DELETE", format!("/v2/{PROJECT}/app/manifests/build-1")),
+        ("PATCH", format!("/v2/{PROJECT}/app/blobs/uploads/1")),
+        ("POST", format!("/v2/{PROJECT}/app/blobs/uploads/?mount=sha256:{manifest}&from={PROJECT}/app")),
     ] {
         let answer = support::http_send(base, method, &path, &[("Authorization", &bearer)], Some(b"{}"));
         assert_eq!(answer.status, 403, "{method} {path}: {answer:?}");

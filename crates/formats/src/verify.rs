@@ -567,16 +567,7 @@ pub fn verify_envelope(envelope: &Envelope, trust: &TrustRoot) -> Report {
          `custody evidence export` gives the bundle that proves both"
             .to_owned(),
     ];
-    let keys = match trust.open() {
-        Ok(keys) => {
-            checks.add("trust.keys", "trust file", true, format!("{} keys read", keys.len()));
-            keys
-        }
-        Err(error) => {
-            checks.add("trust.keys", "trust file", false, error.to_string());
-            Vec::new()
-        }
-    };
+    let keys = trust_keys(&mut checks, trust);
     let mut verified_by: BTreeMap<String, usize> = BTreeMap::new();
     let mut subject = BundleSubject { deployment: None, artifact: None };
     let (mut project, mut commit, mut environments, mut artifacts) = (String::new(), None, Vec::new(), Vec::new());
@@ -677,7 +668,12 @@ fn check_header(checks: &mut Checks, bundle: &Bundle, trust: &TrustRoot) -> Vec<
         },
     );
 
-    // Keys: every one must be readable, or the trust file is not usable.
+    trust_keys(checks, trust)
+}
+
+/// The trust file's keys: every one must be readable, or the trust file is
+/// not usable (and no key is).
+fn trust_keys(checks: &mut Checks, trust: &TrustRoot) -> Vec<ValidKey> {
     match trust.open() {
         Ok(keys) => {
             checks.add("trust.keys", "trust file", true, format!("{} keys read", keys.len()));
