@@ -1478,6 +1478,27 @@ async fn what_is_live_holds_past_five_hundred_deployments(store: Store) {
     assert!(now.values().all(|n| n.waiting.is_empty()));
     assert_eq!(store.deployments_of_build(&access, build).await.unwrap().len(), 511);
     assert_eq!(store.succeeded_deployments_of(&access, build).await.unwrap()[0].number, pending.number);
+
+    // Each environment's own chain says the same, newest first; a failure
+    // is not in it.
+    store.request_deployment(&erin, &access, build, staging.clone(), None).await.unwrap();
+    let failing = store.lease_deployment("deployer", 30_000).await.unwrap().expect("staging runs");
+    let failed = custody_store::DeployOutcome {
+        status: custody_domain::status::DeploymentStatus::Failed,
+        ..custody_store::DeployOutcome::default()
+    };
+    store.finish_deployment(&failing, failed).await.unwrap();
+    let chain = |env: &'static str, last: usize| {
+        let (store, project) = (store.clone(), access.project.clone());
+        async move {
+            let history = store.environment_history(&project, env, last).await.unwrap();
+            history.iter().map(|d| d.deployment).collect::<Vec<_>>()
+        }
+    };
+    let newest = pending.number + 510;
+    assert_eq!(chain("staging", 3).await, [newest, newest - 1, newest - 2]);
+    assert_eq!(chain("production", 10).await, [pending.number]);
+    assert_eq!(chain("qa", 10).await, Vec::<i64>::new());
 }
 
 async fn a_live_deployment_written_around_custody_never_governs_a_gate(store: Store, url: String) {
