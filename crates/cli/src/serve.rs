@@ -358,6 +358,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         Ok(settled) => tracing::warn!(settled, "settled merges a previous process recorded and did not finish"),
         Err(error) => tracing::error!(%error, "settling recorded merges"),
     }
+    // Environments deployed to before they kept their chain get it now,
+    // so that their signed state (what admission reads) names them.
+    match store.begin_environment_chains().await {
+        Ok(0) => {}
+        Ok(begun) => tracing::info!(begun, "began the chains of environments deployed to before they kept one"),
+        Err(error) => tracing::error!(%error, "beginning the environments' chains"),
+    }
 
     let stop = Stop::new();
     let mut background = Background::default();

@@ -1223,6 +1223,21 @@ impl Store {
 
     /// Records how a deployment ended, if the deployer still holds it.
     pub async fn finish_deployment(&self, lease: &LeasedDeployment, outcome: DeployOutcome) -> Result<()> {
+        self.finish(lease, outcome, true).await
+    }
+
+    /// Records how a deployment ended as custody did before environments
+    /// kept their chain: the data an upgraded instance starts from.
+    #[cfg(any(test, feature = "testing"))]
+    pub async fn finish_deployment_without_environment_chain(
+        &self,
+        lease: &LeasedDeployment,
+        outcome: DeployOutcome,
+    ) -> Result<()> {
+        self.finish(lease, outcome, false).await
+    }
+
+    async fn finish(&self, lease: &LeasedDeployment, outcome: DeployOutcome, chain: bool) -> Result<()> {
         let lease = lease.clone();
         self.write(move |tx| {
             Box::pin(async move {
@@ -1267,7 +1282,7 @@ impl Store {
                     }),
                 })
                 .await?;
-                if outcome.status == DeploymentStatus::Succeeded {
+                if chain && outcome.status == DeploymentStatus::Succeeded {
                     // The environment's own chain: what runs there, proven
                     // whole, so a later deployment cannot be hidden from
                     // whoever asks what is live.
@@ -1388,8 +1403,8 @@ impl Store {
     /// The successful deployments of an environment, newest first, at most
     /// `limit`, read from the environment's proven chain of events (never
     /// from rows): one hidden, edited or put back around custody fails
-    /// closed. Deployments from before environments had their chain are
-    /// not in it.
+    /// closed. Deployments from before environments kept their chain are
+    /// in it once a start began it ([`Store::begin_environment_chains`]).
     pub async fn environment_history(
         &self,
         project: &custody_domain::ProjectName,
@@ -1411,12 +1426,76 @@ impl Store {
             history.push(LiveDeployment {
                 deployment,
                 build,
-                finished_at: event.at,
+                // A chain begun at a start names when each deployment finished.
+                finished_at: number("finished_at").unwrap_or(event.at),
                 envelope_sha256: crate::proof::detail(event, "envelope_sha256").map(str::to_owned),
                 break_glass: crate::proof::detail(event, "break_glass").map(str::to_owned),
             });
         }
         Ok(history)
+    }
+
+    /// Begins the chain of each environment custody deployed to before
+    /// environments kept one: an `environment.deployed` event for each of
+    /// its successful deployments, in the order custody recorded their
+    /// successes, each read from the deployment's proven events (every
+    /// deployment custody recorded, whatever its row now says). An
+    /// environment that has its chain is left alone, so this writes once;
+    /// it runs at every start. How many events it wrote.
+    pub async fn begin_environment_chains(&self) -> Result<usize> {
+        self.write(|tx| {
+            Box::pin(async move {
+                let sql = tx.sql(
+                    "SELECT DISTINCT p.name, d.environment FROM deployments d JOIN projects p ON p.id = d.project_id \
+                     WHERE d.status = 'succeeded'",
+                );
+                let mut missing = BTreeSet::new();
+                for row in sqlx::query(&sql).fetch_all(tx.conn()).await? {
+                    let (project, environment): (String, String) = (col(&row, "name")?, col(&row, "environment")?);
+                    if tx.newest(&environment_subject(&project, &environment)).is_none() {
+                        missing.insert((project, environment));
+                    }
+                }
+                let projects: BTreeSet<String> = missing.iter().map(|(project, _)| project.clone()).collect();
+                let mut found = Vec::new();
+                for project in projects {
+                    for subject in tx.ledger_state().subjects_starting(&format!("deployment:{project}/")) {
+                        let Some(number) = subject.rsplit('/').next().and_then(|n| n.parse::<i64>().ok()) else {
+                            continue;
+                        };
+                        let events = crate::proof::proven_events(tx, &subject).await?;
+                        let Some(last) = events.last().filter(|e| {
+                            e.action == "deploy.finish" && crate::proof::detail(e, "status") == Some("succeeded")
+                        }) else {
+                            continue;
+                        };
+                        let Some(environment) = crate::proof::detail(last, "environment") else { continue };
+                        if missing.contains(&(project.clone(), environment.to_owned())) {
+                            let details = json!({
+                                "deployment": number,
+                                "build": last.details.get("build"),
+                                "break_glass": last.details.get("break_glass"),
+                                "envelope_sha256": last.details.get("envelope_sha256"),
+                                "finished_at": last.at,
+                            });
+                            found.push((last.seq, environment_subject(&project, environment), details));
+                        }
+                    }
+                }
+                found.sort_by_key(|(seq, _, _)| *seq);
+                for (_, subject, details) in &found {
+                    tx.audit(NewEvent {
+                        actor: SYSTEM_ACTOR.into(),
+                        action: ENVIRONMENT_DEPLOYED.into(),
+                        subject: subject.clone(),
+                        details: details.clone(),
+                    })
+                    .await?;
+                }
+                Ok(found.len())
+            })
+        })
+        .await
     }
 
     /// The changes whose merges made these commits, by number, in the

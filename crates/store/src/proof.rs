@@ -81,6 +81,13 @@ impl LedgerState {
         self.subjects.lock().unwrap_or_else(|e| e.into_inner()).get(subject).copied()
     }
 
+    /// Every subject custody recorded an event about whose name starts
+    /// with `prefix`.
+    pub(crate) fn subjects_starting(&self, prefix: &str) -> Vec<String> {
+        let subjects = self.subjects.lock().unwrap_or_else(|e| e.into_inner());
+        subjects.keys().filter(|s| s.starts_with(prefix)).cloned().collect()
+    }
+
     /// Why the writer must not write: the log was found changed around
     /// custody while it ran.
     pub(crate) fn halted(&self) -> Option<String> {

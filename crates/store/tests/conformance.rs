@@ -1501,6 +1501,49 @@ async fn what_is_live_holds_past_five_hundred_deployments(store: Store) {
     assert_eq!(chain("qa", 10).await, Vec::<i64>::new());
 }
 
+/// An instance whose deployments finished before environments kept their
+/// chain gets it at its next start, in the order the successes were
+/// recorded, once; deployments after that extend it.
+async fn environments_deployed_to_before_their_chain_get_it_once(store: Store) {
+    let (_root, [_alice, _bob, _carol, _dave, erin], access, build) = released_build(&store).await;
+    let staging = custody_store::DeployContext {
+        environment: custody_domain::pipeline::Environment {
+            name: "staging".into(),
+            deploy: Some("scripts/deploy.sh".into()),
+            after: None,
+            approvals: 0,
+            approvers: None,
+            testers: None,
+            soak: None,
+            reviewers_may_approve: false,
+            log_readers: None,
+        },
+        also: Vec::new(),
+        changes: vec![1],
+    };
+    let outcome = |status| custody_store::DeployOutcome { status, ..custody_store::DeployOutcome::default() };
+    use custody_domain::status::DeploymentStatus::{Failed, Succeeded};
+    let mut numbers = Vec::new();
+    for status in [Succeeded, Failed, Succeeded] {
+        let (queued, _) = store.request_deployment(&erin, &access, build, staging.clone(), None).await.unwrap();
+        let lease = store.lease_deployment("deployer", 30_000).await.unwrap().expect("staging runs");
+        store.finish_deployment_without_environment_chain(&lease, outcome(status)).await.unwrap();
+        numbers.push(queued.number);
+    }
+    let chain = || async { store.environment_history(&access.project, "staging", 10).await.unwrap() };
+    assert!(chain().await.is_empty(), "no chain before the start that begins it");
+    assert_eq!(store.begin_environment_chains().await.unwrap(), 2);
+    let begun: Vec<i64> = chain().await.iter().map(|d| d.deployment).collect();
+    assert_eq!(begun, [numbers[2], numbers[0]]);
+    assert_eq!(store.begin_environment_chains().await.unwrap(), 0, "begun once");
+
+    store.request_deployment(&erin, &access, build, staging.clone(), None).await.unwrap();
+    let lease = store.lease_deployment("deployer", 30_000).await.unwrap().expect("staging runs");
+    store.finish_deployment(&lease, outcome(Succeeded)).await.unwrap();
+    let extended: Vec<i64> = chain().await.iter().map(|d| d.deployment).collect();
+    assert_eq!(extended, [lease.number, numbers[2], numbers[0]]);
+}
+
 async fn a_live_deployment_written_around_custody_never_governs_a_gate(store: Store, url: String) {
     use custody_store::DeployDecision::{Approve, TestPassed};
     let (_root, [_alice, _bob, carol, dave, erin], access, build) = released_build(&store).await;
@@ -1959,6 +2002,7 @@ on_both_backends! {
     a_live_deployment_written_around_custody_never_governs_a_gate,
     a_merge_prepared_on_other_facts_is_decided_again_and_records_nothing,
     what_is_live_holds_past_five_hundred_deployments,
+    environments_deployed_to_before_their_chain_get_it_once,
     a_rejected_user_replayed_in_the_database_is_refused,
     a_forged_membership_is_not_sealed_in_by_a_later_grant,
     a_merge_is_recorded_with_its_intent_and_one_per_starting_tip,

@@ -398,8 +398,6 @@ pub(crate) async fn environment_evidence(
         last,
     )
     .await?;
-    let envelope = signed.ok_or_else(|| {
-        conflict(format!("nothing was deployed to {environment} yet (or only before environments kept their chain)"))
-    })?;
+    let envelope = signed.ok_or_else(|| conflict(format!("nothing was deployed to {environment} yet")))?;
     Ok(Json(envelope))
 }
