@@ -1107,6 +1107,25 @@ fn production(approvals: u32, testers: bool) -> custody_store::DeployContext {
     }
 }
 
+/// An environment anyone's build deploys to, with no gate.
+fn staging() -> custody_store::DeployContext {
+    custody_store::DeployContext {
+        environment: custody_domain::pipeline::Environment {
+            name: "staging".into(),
+            deploy: Some("scripts/deploy.sh".into()),
+            after: None,
+            approvals: 0,
+            approvers: None,
+            testers: None,
+            soak: None,
+            reviewers_may_approve: false,
+            log_readers: None,
+        },
+        also: Vec::new(),
+        changes: vec![1],
+    }
+}
+
 async fn decide(
     store: &Store,
     who: &Authenticated,
@@ -1452,21 +1471,7 @@ async fn what_is_live_holds_past_five_hundred_deployments(store: Store) {
     decide(&store, &dave, &access, pending.number, TestPassed).await.unwrap();
     succeed(store.lease_deployment("deployer", 30_000).await.unwrap().expect("production runs")).await;
     // Then staging, again and again: far more than any page of deployments.
-    let staging = custody_store::DeployContext {
-        environment: custody_domain::pipeline::Environment {
-            name: "staging".into(),
-            deploy: Some("scripts/deploy.sh".into()),
-            after: None,
-            approvals: 0,
-            approvers: None,
-            testers: None,
-            soak: None,
-            reviewers_may_approve: false,
-            log_readers: None,
-        },
-        also: Vec::new(),
-        changes: vec![1],
-    };
+    let staging = staging();
     for _ in 0..510 {
         store.request_deployment(&erin, &access, build, staging.clone(), None).await.unwrap();
         succeed(store.lease_deployment("deployer", 30_000).await.unwrap().expect("staging runs")).await;
@@ -1506,21 +1511,7 @@ async fn what_is_live_holds_past_five_hundred_deployments(store: Store) {
 /// recorded, once; deployments after that extend it.
 async fn environments_deployed_to_before_their_chain_get_it_once(store: Store) {
     let (_root, [_alice, _bob, _carol, _dave, erin], access, build) = released_build(&store).await;
-    let staging = custody_store::DeployContext {
-        environment: custody_domain::pipeline::Environment {
-            name: "staging".into(),
-            deploy: Some("scripts/deploy.sh".into()),
-            after: None,
-            approvals: 0,
-            approvers: None,
-            testers: None,
-            soak: None,
-            reviewers_may_approve: false,
-            log_readers: None,
-        },
-        also: Vec::new(),
-        changes: vec![1],
-    };
+    let staging = staging();
     let outcome = |status| custody_store::DeployOutcome { status, ..custody_store::DeployOutcome::default() };
     use custody_domain::status::DeploymentStatus::{Failed, Succeeded};
     let mut numbers = Vec::new();
