@@ -799,6 +799,11 @@ fn the_seed_story_with_an_image_from_merge_to_admission(backend: Backend, s3: bo
     let (allowed, why, _) = ask_pod("payments-prod", &[("app", &image(&second))]);
     assert!(!allowed && why.contains("admit.evidence_verifies"), "{why}");
     assert!(why.contains("not signed by a ledger key"), "{why}");
+    // Staging's state, genuine, copied over production's: not production's.
+    let staging_state = evidence.join(PROJECT).join("environments").join("staging.json");
+    std::fs::copy(&staging_state, &state_file).expect("copy");
+    let (allowed, why, _) = ask_pod("payments-prod", &[("app", &image(&second))]);
+    assert!(!allowed && why.contains("holds the state of staging"), "{why}");
     std::fs::write(&state_file, &kept).expect("put back");
     let bundle_file = evidence.join(PROJECT).join("deployments").join(format!("{glass}.json"));
     let bundle = std::fs::read_to_string(&bundle_file).expect("a bundle");
