@@ -46,13 +46,20 @@ fn policy() -> String {
     )
 }
 
+/// alice's change merged on a main whose build makes the image `app`:
+/// build 1, succeeded.
+fn built_image(hosted: &support::hosted::Hosted) -> Value {
+    let script = format!("{BUILD_SCRIPT}{LAYOUT_SCRIPT}");
+    let work = seed_build(hosted, &policy(), &script);
+    merge_a_change(hosted, &work);
+    let build = finished_build(hosted, 1);
+    assert_eq!(build["status"], "succeeded", "{build}");
+    build
+}
+
 fn a_built_image_is_stored_and_its_provenance_names_its_manifest(backend: Backend) {
     let Some(hosted) = team(backend) else { return };
-    let script = format!("{BUILD_SCRIPT}{LAYOUT_SCRIPT}");
-    let work = seed_build(&hosted, &policy(), &script);
-    merge_a_change(&hosted, &work);
-    let build = finished_build(&hosted, 1);
-    assert_eq!(build["status"], "succeeded", "{build}");
+    let build = built_image(&hosted);
     let artifacts = build["artifacts"].as_array().expect("artifacts");
     let names: Vec<&str> = artifacts.iter().filter_map(|a| a["name"].as_str()).collect();
     assert_eq!(names, ["dist/app.tar.gz", "oci/app"], "{build}");
@@ -151,11 +158,7 @@ fn skopeo(args: &[&str]) -> std::process::Output {
 fn skopeo_pulls_a_built_image_from_the_registry_and_can_push_nothing(backend: Backend) {
     let Some(hosted) = team(backend) else { return };
     hosted.add_user("mallory", "");
-    let script = format!("{BUILD_SCRIPT}{LAYOUT_SCRIPT}");
-    let work = seed_build(&hosted, &policy(), &script);
-    merge_a_change(&hosted, &work);
-    let build = finished_build(&hosted, 1);
-    assert_eq!(build["status"], "succeeded", "{build}");
+    let build = built_image(&hosted);
     let manifest = build["artifacts"][1]["digest"].as_str().expect("the manifest's digest").to_owned();
     let file = build["artifacts"][0]["digest"].as_str().expect("the file's digest").to_owned();
     let host = hosted.server.url.trim_start_matches("http://").to_owned();
@@ -282,11 +285,7 @@ fn environment_tags_move_only_when_deployments_succeed(backend: Backend) {
 /// names it.
 fn a_dba_cannot_make_the_registry_serve_an_image_no_builder_signed(backend: Backend) {
     let Some(hosted) = team(backend) else { return };
-    let script = format!("{BUILD_SCRIPT}{LAYOUT_SCRIPT}");
-    let work = seed_build(&hosted, &policy(), &script);
-    merge_a_change(&hosted, &work);
-    let build = finished_build(&hosted, 1);
-    assert_eq!(build["status"], "succeeded", "{build}");
+    let build = built_image(&hosted);
     let file = build["artifacts"][0]["digest"].as_str().expect("the file's digest").to_owned();
     let base = &hosted.server.url;
     let bearer = format!("Bearer {}", hosted.token("alice"));

@@ -454,7 +454,6 @@ pub fn decide(policy: &Policy, evidence: &Evidence, request: &Request, now_ms: i
         decision.allowed = false;
         return decision;
     };
-    let evidence_of_all = evidence;
     let environment = evidence.environments.get(target);
     for container in &containers {
         let at = format!("{} {}", container.field, container.name);
@@ -496,7 +495,7 @@ pub fn decide(policy: &Policy, evidence: &Evidence, request: &Request, now_ms: i
             );
             continue;
         }
-        let evidence = match environment {
+        let found = match environment {
             None => {
                 deny(EVIDENCE, at, format!("there is no evidence of {target}; run `custody evidence sync`"));
                 continue;
@@ -505,22 +504,22 @@ pub fn decide(policy: &Policy, evidence: &Evidence, request: &Request, now_ms: i
                 deny(EVIDENCE, at, format!("the evidence of {target} does not verify: {why}"));
                 continue;
             }
-            Some(Ok(evidence)) => evidence,
+            Some(Ok(found)) => found,
         };
-        if now_ms - evidence.as_of_ms > policy.max_age_ms {
+        if now_ms - found.as_of_ms > policy.max_age_ms {
             deny(
                 FRESH,
                 at,
                 format!(
                     "the evidence of {target} is {} old, more than the {} allowed; run `custody evidence sync`",
-                    age(now_ms - evidence.as_of_ms),
+                    age(now_ms - found.as_of_ms),
                     age(policy.max_age_ms)
                 ),
             );
             continue;
         }
         let wanted = (name.to_owned(), sha256.clone());
-        match placed(policy, evidence, &wanted) {
+        match placed(policy, found, &wanted) {
             Placed::Admitted(deployed) => {
                 if let Some(reason) = &deployed.break_glass {
                     decision.warnings.push(format!(
@@ -551,7 +550,7 @@ pub fn decide(policy: &Policy, evidence: &Evidence, request: &Request, now_ms: i
                 ),
             ),
             Placed::Nowhere => {
-                let elsewhere = deployed_elsewhere(evidence_of_all, target, &wanted);
+                let elsewhere = deployed_elsewhere(evidence, target, &wanted);
                 let hint = if elsewhere.is_empty() {
                     "custody's evidence shows no deployment of it".to_owned()
                 } else {
